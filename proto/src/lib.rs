@@ -1,0 +1,22 @@
+//! Grapevine's data model and every decision, as pure functions over plain data.
+//!
+//! **Architecture Invariant:** this crate depends on no async runtime, does no I/O, reads no
+//! clock and draws no random number. Time arrives as an argument (`now_ms`), so every rule can
+//! be unit-tested and simulated for thousands of nodes without a socket.
+
+pub mod eval;
+pub mod hlc;
+pub mod limits;
+pub mod log;
+pub mod model;
+pub mod state;
+pub mod validate;
+pub mod wire;
+
+pub use hlc::{Clock, ClockError, Stamp};
+pub use log::{InsertOutcome, Log, VersionVector};
+pub use model::{
+    Change, ContentHash, GenId, Generation, GenerationBody, JsonText, Key, NodeName, Op,
+};
+pub use state::{AppliedState, Entry};
+pub use validate::ValidationError;

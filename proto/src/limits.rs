@@ -1,0 +1,30 @@
+//! Every limit of the data model, each a named constant with the reason for its value.
+//!
+//! Limits are checked where data enters (the admin API and peers' streams) with an error that
+//! names the limit, the expected bound and what was found.
+
+/// Longest node name. Node names travel in every chitchat digest, whose whole must fit one
+/// 65,507-byte datagram (DESIGN.md, "Measured constraints"): short names keep room for members.
+pub const MAX_NODE_NAME_BYTES: usize = 32;
+
+/// Longest flag or config key. Long enough for dotted namespaces, short enough to index cheaply.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// Largest JSON text of one config value or flag definition. Values travel on QUIC streams,
+/// never in chitchat, so the bound is about memory per pull and per apply, not datagram size.
+pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most operations in one change. A change is applied atomically on each node; a bound keeps
+/// validation and history readable.
+pub const MAX_OPS_PER_CHANGE: usize = 256;
+
+/// Largest encoded generation. Bounds the buffer a peer may make us hold for one frame of log
+/// sync; a change of several large values must be split into several changes.
+pub const MAX_GENERATION_BYTES: usize = 2 * MAX_VALUE_BYTES + 64 * 1024;
+
+/// Most members of one gossip cluster. chitchat's full digest must fit one datagram of 65,507
+/// bytes: with 32-byte names and addresses that is about 800 members; half leaves headroom.
+pub const MAX_MEMBERS: usize = 400;
+
+/// Most variants in one flag definition. flagd flags rarely have more than a handful.
+pub const MAX_VARIANTS: usize = 256;

@@ -1,0 +1,248 @@
+//! The log: the grow-only set of every generation a node knows, and its version vector.
+//!
+//! Merge is set union keyed by [`GenId`], so it is commutative, associative and idempotent:
+//! nodes that have seen the same generations hold the same log, whatever the order.
+//! A version vector summarises the log as `origin -> highest contiguous seq`; a peer whose
+//! vector is ahead of ours on any origin has generations we lack.
+
+use std::collections::BTreeMap;
+
+use crdts::{CmRDT, Dot, VClock};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{GenId, Generation, NodeName};
+
+/// `origin -> highest seq such that every seq from 1 up to it is in the log`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionVector(VClock<NodeName>);
+
+impl VersionVector {
+    pub fn get(&self, origin: &NodeName) -> u64 {
+        self.0.get(origin)
+    }
+
+    /// Raises `origin` to `seq` if that is higher.
+    pub fn raise(&mut self, origin: NodeName, seq: u64) {
+        self.0.apply(Dot::new(origin, seq));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeName, u64)> {
+        self.0.dots.iter().map(|(origin, seq)| (origin, *seq))
+    }
+
+    /// True when `other` holds a generation this vector does not cover.
+    pub fn is_behind(&self, other: &VersionVector) -> bool {
+        other.iter().any(|(origin, seq)| seq > self.get(origin))
+    }
+
+    /// Number of generations the vector covers.
+    pub fn total(&self) -> u64 {
+        self.iter().map(|(_, seq)| seq).sum()
+    }
+}
+
+/// What [`Log::insert`] did with a generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// The generation is new to this log.
+    Inserted,
+    /// The same generation (same id and hash) was already there.
+    Duplicate,
+    /// Another generation with the same id but different content is there; it was kept.
+    /// Only a node that lost its store and reused sequence numbers causes this.
+    Conflict,
+}
+
+/// Every generation a node knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Log {
+    generations: BTreeMap<GenId, Generation>,
+    version_vector: VersionVector,
+}
+
+impl Log {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.generations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.generations.is_empty()
+    }
+
+    pub fn get(&self, id: &GenId) -> Option<&Generation> {
+        self.generations.get(id)
+    }
+
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.version_vector
+    }
+
+    /// Generations in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &Generation> {
+        self.generations.values()
+    }
+
+    /// The next sequence number for a generation accepted by `origin`: one past the highest
+    /// it has used, contiguous or not.
+    pub fn next_seq(&self, origin: &NodeName) -> u64 {
+        let first = GenId {
+            origin: origin.clone(),
+            seq: 0,
+        };
+        let last = GenId {
+            origin: origin.clone(),
+            seq: u64::MAX,
+        };
+        self.generations
+            .range(first..=last)
+            .next_back()
+            .map_or(1, |(id, _)| id.seq + 1)
+    }
+
+    /// Adds one generation. The caller has verified its hash.
+    pub fn insert(&mut self, generation: Generation) -> InsertOutcome {
+        if let Some(existing) = self.generations.get(generation.id()) {
+            return if existing.hash == generation.hash {
+                InsertOutcome::Duplicate
+            } else {
+                InsertOutcome::Conflict
+            };
+        }
+        let origin = generation.id().origin.clone();
+        self.generations.insert(generation.id().clone(), generation);
+        self.advance(origin);
+        InsertOutcome::Inserted
+    }
+
+    /// Set union: every generation of `other` that this log lacks.
+    pub fn merge(&mut self, other: &Log) {
+        for generation in other.iter() {
+            self.insert(generation.clone());
+        }
+    }
+
+    /// The generations a peer with vector `theirs` lacks, in id order.
+    pub fn missing_from<'a>(
+        &'a self,
+        theirs: &'a VersionVector,
+    ) -> impl Iterator<Item = &'a Generation> + 'a {
+        self.generations
+            .values()
+            .filter(move |g| g.id().seq > theirs.get(&g.id().origin))
+    }
+
+    fn advance(&mut self, origin: NodeName) {
+        let mut seq = self.version_vector.get(&origin);
+        while self.generations.contains_key(&GenId {
+            origin: origin.clone(),
+            seq: seq + 1,
+        }) {
+            seq += 1;
+        }
+        self.version_vector.raise(origin, seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::Stamp;
+    use crate::model::{Change, GenerationBody, JsonText, Key, Op};
+
+    fn generation(origin: &str, seq: u64, wall_ms: u64, value: u8) -> Generation {
+        GenerationBody {
+            id: GenId {
+                origin: origin.parse().unwrap(),
+                seq,
+            },
+            hlc: Stamp {
+                wall_ms,
+                logical: 0,
+            },
+            members: vec![],
+            change: Change {
+                ops: vec![Op::PutConfig {
+                    key: "k".parse::<Key>().unwrap(),
+                    value: JsonText::try_from(value.to_string()).unwrap(),
+                }],
+            },
+        }
+        .seal()
+    }
+
+    fn arb_log() -> impl Strategy<Value = Log> {
+        let one = (0..3usize, 1..6u64);
+        proptest::collection::vec(one, 0..12).prop_map(|specs| {
+            let mut log = Log::new();
+            for (origin, seq) in specs {
+                // The same id always carries the same content, as it does in a real cluster.
+                let origin = ["a", "b", "c"][origin];
+                log.insert(generation(origin, seq, seq * 10, seq as u8));
+            }
+            log
+        })
+    }
+
+    fn merged(a: &Log, b: &Log) -> Log {
+        let mut out = a.clone();
+        out.merge(b);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_log(), b in arb_log()) {
+            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
+        }
+
+        #[test]
+        fn merge_is_associative(a in arb_log(), b in arb_log(), c in arb_log()) {
+            prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
+        }
+
+        #[test]
+        fn merge_is_idempotent(a in arb_log()) {
+            prop_assert_eq!(merged(&a, &a), a);
+        }
+
+        #[test]
+        fn a_peer_gets_exactly_what_it_lacks(a in arb_log(), b in arb_log()) {
+            let mut b_after = b.clone();
+            for generation in a.missing_from(b.version_vector()) {
+                b_after.insert(generation.clone());
+            }
+            prop_assert!(!b_after.version_vector().is_behind(a.version_vector()));
+        }
+    }
+
+    #[test]
+    fn version_vector_counts_only_contiguous_seqs() {
+        let mut log = Log::new();
+        log.insert(generation("a", 1, 1, 1));
+        log.insert(generation("a", 3, 3, 3));
+        let a: NodeName = "a".parse().unwrap();
+        assert_eq!(log.version_vector().get(&a), 1);
+        assert_eq!(log.next_seq(&a), 4);
+        log.insert(generation("a", 2, 2, 2));
+        assert_eq!(log.version_vector().get(&a), 3);
+    }
+
+    #[test]
+    fn same_id_with_other_content_is_a_conflict_and_the_first_is_kept() {
+        let mut log = Log::new();
+        let first = generation("a", 1, 1, 1);
+        assert_eq!(log.insert(first.clone()), InsertOutcome::Inserted);
+        assert_eq!(log.insert(first.clone()), InsertOutcome::Duplicate);
+        assert_eq!(
+            log.insert(generation("a", 1, 1, 9)),
+            InsertOutcome::Conflict
+        );
+        assert_eq!(log.get(first.id()), Some(&first));
+    }
+}

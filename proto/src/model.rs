@@ -1,0 +1,326 @@
+//! The data model: node names, keys, changes and the generations that record them.
+//!
+//! Every type here that crosses the wire or reaches the disk checks its invariants when it is
+//! deserialized (`serde(try_from)`), so a malformed value from a peer fails to decode instead
+//! of entering the log.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::hlc::Stamp;
+use crate::limits::{MAX_KEY_BYTES, MAX_NODE_NAME_BYTES, MAX_VALUE_BYTES};
+use crate::validate::ValidationError;
+
+/// The name of a node: 1 to 32 bytes of ASCII letters, digits, `-` and `_`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeName(String);
+
+impl NodeName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeName {
+    type Error = ValidationError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if name.is_empty() || name.len() > MAX_NODE_NAME_BYTES || !name.chars().all(valid_char) {
+            return Err(ValidationError::NodeName { found: name });
+        }
+        Ok(NodeName(name))
+    }
+}
+
+impl FromStr for NodeName {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeName::try_from(s.to_owned())
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(name: NodeName) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A flag or config key: 1 to 128 bytes of ASCII letters, digits, `-`, `_`, `.` and `/`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Key(String);
+
+impl Key {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Key {
+    type Error = ValidationError;
+
+    fn try_from(key: String) -> Result<Self, Self::Error> {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || "-_./".contains(c);
+        if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.chars().all(valid_char) {
+            return Err(ValidationError::Key { found: key });
+        }
+        Ok(Key(key))
+    }
+}
+
+impl FromStr for Key {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Key::try_from(s.to_owned())
+    }
+}
+
+impl From<Key> for String {
+    fn from(key: Key) -> String {
+        key.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A JSON document kept as its text, at most [`MAX_VALUE_BYTES`].
+///
+/// postcard cannot carry `serde_json::Value` (it needs a self-describing format), and keeping
+/// the text makes the content hash independent of how a reader would re-serialize it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JsonText(String);
+
+impl JsonText {
+    /// Canonical text of `value`: compact, object keys sorted (serde_json's default map).
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, ValidationError> {
+        let text = serde_json::to_string(value).expect("a Value always serializes");
+        Self::try_from(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The parsed document. Construction checked that it parses.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).expect("JsonText holds valid JSON by construction")
+    }
+}
+
+impl TryFrom<String> for JsonText {
+    type Error = ValidationError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        if text.len() > MAX_VALUE_BYTES {
+            return Err(ValidationError::TooLarge {
+                what: "JSON value",
+                limit: MAX_VALUE_BYTES,
+                found: text.len(),
+            });
+        }
+        if text.trim().is_empty() {
+            return Err(ValidationError::EmptyValue);
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|error| {
+            ValidationError::Json {
+                error: error.to_string(),
+            }
+        })?;
+        Ok(JsonText(text))
+    }
+}
+
+impl From<JsonText> for String {
+    fn from(text: JsonText) -> String {
+        text.0
+    }
+}
+
+/// The identity of a generation: the node that accepted it and that node's sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GenId {
+    pub origin: NodeName,
+    pub seq: u64,
+}
+
+impl fmt::Display for GenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.origin, self.seq)
+    }
+}
+
+impl FromStr for GenId {
+    type Err = ValidationError;
+
+    /// Parses the `origin.seq` form that [`fmt::Display`] prints.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || ValidationError::GenId {
+            found: s.to_owned(),
+        };
+        let (origin, seq) = s.rsplit_once('.').ok_or_else(invalid)?;
+        let seq = seq.parse::<u64>().map_err(|_| invalid())?;
+        let origin = origin.parse::<NodeName>().map_err(|_| invalid())?;
+        if seq == 0 {
+            return Err(invalid());
+        }
+        Ok(GenId { origin, seq })
+    }
+}
+
+/// One operation of a change. Every operation carries the whole new value of its key, so a
+/// generation is self-contained and the fold of the log is a last-writer-wins register per key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create or replace a flag with a flagd flag definition.
+    SetFlag { key: Key, definition: JsonText },
+    /// Create or replace a config value.
+    PutConfig { key: Key, value: JsonText },
+}
+
+impl Op {
+    pub fn key(&self) -> &Key {
+        match self {
+            Op::SetFlag { key, .. } | Op::PutConfig { key, .. } => key,
+        }
+    }
+
+    /// `flag` or `config`: the namespace the key lives in.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::SetFlag { .. } => "flag",
+            Op::PutConfig { .. } => "config",
+        }
+    }
+}
+
+/// What a user submits: operations applied together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub ops: Vec<Op>,
+}
+
+/// SHA-256 of a generation's encoded body.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContentHash(pub [u8; 32]);
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentHash({self})")
+    }
+}
+
+impl fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// The content of a generation: everything its hash covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationBody {
+    pub id: GenId,
+    /// Hybrid-logical-clock stamp; `(hlc, origin)` orders generations for the fold.
+    pub hlc: Stamp,
+    /// The members alive in the accepting node's view, sorted: waves are cut from this set.
+    pub members: Vec<NodeName>,
+    pub change: Change,
+}
+
+impl GenerationBody {
+    pub fn hash(&self) -> ContentHash {
+        let bytes = postcard::to_stdvec(self).expect("a generation body always encodes");
+        ContentHash(Sha256::digest(&bytes).into())
+    }
+
+    /// Seals the body with its content hash.
+    pub fn seal(self) -> Generation {
+        let hash = self.hash();
+        Generation { body: self, hash }
+    }
+}
+
+/// An accepted change: immutable and content-addressed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    pub body: GenerationBody,
+    pub hash: ContentHash,
+}
+
+impl Generation {
+    pub fn id(&self) -> &GenId {
+        &self.body.id
+    }
+
+    /// The fold order: greater wins per key. `GenId` orders by origin, then seq.
+    pub fn order_key(&self) -> (Stamp, &GenId) {
+        (self.body.hlc, &self.body.id)
+    }
+
+    /// Checks that the hash matches the body, as received from a peer or read from disk.
+    pub fn verify(&self) -> Result<(), ValidationError> {
+        let computed = self.body.hash();
+        if computed != self.hash {
+            return Err(ValidationError::HashMismatch {
+                id: self.body.id.to_string(),
+                expected: self.hash.to_string(),
+                found: computed.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_keys_are_checked() {
+        assert!("n1".parse::<NodeName>().is_ok());
+        assert!("".parse::<NodeName>().is_err());
+        assert!("a.b".parse::<NodeName>().is_err());
+        assert!("x".repeat(33).parse::<NodeName>().is_err());
+        assert!("checkout.new-flow".parse::<Key>().is_ok());
+        assert!("with space".parse::<Key>().is_err());
+        assert!("k".repeat(129).parse::<Key>().is_err());
+    }
+
+    #[test]
+    fn gen_id_round_trips_through_text() {
+        let id: GenId = "node-1.42".parse().unwrap();
+        assert_eq!(id.origin.as_str(), "node-1");
+        assert_eq!(id.seq, 42);
+        assert_eq!(id.to_string(), "node-1.42");
+        assert!("node-1".parse::<GenId>().is_err());
+        assert!("node-1.0".parse::<GenId>().is_err());
+        assert!("node-1.x".parse::<GenId>().is_err());
+    }
+
+    #[test]
+    fn json_text_refuses_invalid_and_oversized_json() {
+        assert!(JsonText::try_from("{\"a\":1}".to_owned()).is_ok());
+        assert!(JsonText::try_from("{".to_owned()).is_err());
+        assert!(JsonText::try_from(String::new()).is_err());
+        let big = format!("\"{}\"", "x".repeat(MAX_VALUE_BYTES));
+        assert!(matches!(
+            JsonText::try_from(big),
+            Err(ValidationError::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,189 @@
+//! Validation of everything that enters the log, with errors that say what was expected and
+//! what was found.
+//!
+//! The same checks run on a change from the admin API and on a generation from a peer, so a
+//! node never stores what it would have refused from a user.
+
+use std::collections::BTreeSet;
+
+use crate::eval::FlagDefinition;
+use crate::limits::{MAX_MEMBERS, MAX_OPS_PER_CHANGE};
+use crate::model::{Change, Generation, JsonText, Key, Op};
+
+/// Why a change, a name or a generation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// A node name outside the allowed alphabet or length.
+    #[error("node name must be 1 to 32 ASCII letters, digits, '-' or '_', got {found:?}")]
+    NodeName { found: String },
+    /// A flag or config key outside the allowed alphabet or length.
+    #[error("key must be 1 to 128 ASCII letters, digits, '-', '_', '.' or '/', got {found:?}")]
+    Key { found: String },
+    /// A generation id that is not `ORIGIN.SEQ`.
+    #[error("generation id must look like ORIGIN.SEQ with SEQ >= 1 (e.g. n1.3), got {found:?}")]
+    GenId { found: String },
+    /// Input that should hold a JSON value holds nothing.
+    #[error("expected a JSON value, got empty input")]
+    EmptyValue,
+    /// Text that does not parse as JSON.
+    #[error("expected valid JSON, got a parse error: {error}")]
+    Json { error: String },
+    /// Something larger than its limit.
+    #[error("{what} must be at most {limit} bytes, got {found} bytes")]
+    TooLarge {
+        what: &'static str,
+        limit: usize,
+        found: usize,
+    },
+    /// A flag definition that is not a valid flagd flag.
+    #[error("flag {key:?}: {detail}")]
+    Flag { key: String, detail: String },
+    /// A config value that is refused.
+    #[error("config {key:?}: {detail}")]
+    Config { key: String, detail: String },
+    /// A change without operations.
+    #[error("a change must have at least one operation, got none")]
+    EmptyChange,
+    /// A change with more operations than allowed.
+    #[error("a change may have at most {limit} operations, got {found}")]
+    TooManyOps { limit: usize, found: usize },
+    /// A change that sets the same key twice.
+    #[error("a change may set each key once, got {kind} {key:?} twice")]
+    DuplicateKey { kind: &'static str, key: String },
+    /// A generation recording more members than a cluster may have.
+    #[error("a generation may record at most {limit} members, got {found}")]
+    TooManyMembers { limit: usize, found: usize },
+    /// A generation whose content does not match its hash.
+    #[error("generation {id}: content hash mismatch, expected {expected}, got {found}")]
+    HashMismatch {
+        id: String,
+        expected: String,
+        found: String,
+    },
+}
+
+/// Checks a change as a whole and each of its operations.
+pub fn validate_change(change: &Change) -> Result<(), ValidationError> {
+    if change.ops.is_empty() {
+        return Err(ValidationError::EmptyChange);
+    }
+    if change.ops.len() > MAX_OPS_PER_CHANGE {
+        return Err(ValidationError::TooManyOps {
+            limit: MAX_OPS_PER_CHANGE,
+            found: change.ops.len(),
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for op in &change.ops {
+        if !seen.insert((op.kind(), op.key())) {
+            return Err(ValidationError::DuplicateKey {
+                kind: op.kind(),
+                key: op.key().to_string(),
+            });
+        }
+        validate_op(op)?;
+    }
+    Ok(())
+}
+
+/// Checks a generation from a peer or from disk: its hash, its member set and its change.
+pub fn validate_generation(generation: &Generation) -> Result<(), ValidationError> {
+    generation.verify()?;
+    let members = generation.body.members.len();
+    if members > MAX_MEMBERS {
+        return Err(ValidationError::TooManyMembers {
+            limit: MAX_MEMBERS,
+            found: members,
+        });
+    }
+    validate_change(&generation.body.change)
+}
+
+fn validate_op(op: &Op) -> Result<(), ValidationError> {
+    match op {
+        Op::SetFlag { key, definition } => FlagDefinition::parse(key, definition).map(drop),
+        Op::PutConfig { key, value } => validate_config_value(key, value),
+    }
+}
+
+/// A config value may be any JSON value but `null`: an absent value is not a value, and an
+/// application reading it would most likely crash on it.
+pub fn validate_config_value(key: &Key, value: &JsonText) -> Result<(), ValidationError> {
+    if value.as_str().trim() == "null" {
+        return Err(ValidationError::Config {
+            key: key.to_string(),
+            detail: "expected a JSON value other than null, got null".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::MAX_VALUE_BYTES;
+
+    fn config(key: &str, text: &str) -> Op {
+        Op::PutConfig {
+            key: key.parse().unwrap(),
+            value: JsonText::try_from(text.to_owned()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_change_needs_ops_and_distinct_keys() {
+        assert_eq!(
+            validate_change(&Change { ops: vec![] }),
+            Err(ValidationError::EmptyChange)
+        );
+        let twice = Change {
+            ops: vec![config("a", "1"), config("a", "2")],
+        };
+        assert!(matches!(
+            validate_change(&twice),
+            Err(ValidationError::DuplicateKey { .. })
+        ));
+        let many = Change {
+            ops: (0..=MAX_OPS_PER_CHANGE)
+                .map(|i| config(&format!("k{i}"), "1"))
+                .collect(),
+        };
+        assert!(matches!(
+            validate_change(&many),
+            Err(ValidationError::TooManyOps { .. })
+        ));
+        assert_eq!(
+            validate_change(&Change {
+                ops: vec![config("a", "1"), config("b", "{}")]
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn null_and_empty_config_values_are_refused() {
+        let error = validate_change(&Change {
+            ops: vec![config("a", "null")],
+        })
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "config \"a\": expected a JSON value other than null, got null"
+        );
+        assert_eq!(
+            JsonText::try_from("  ".to_owned()),
+            Err(ValidationError::EmptyValue)
+        );
+    }
+
+    #[test]
+    fn oversized_values_name_the_limit() {
+        let text = format!("\"{}\"", "x".repeat(MAX_VALUE_BYTES));
+        let error = JsonText::try_from(text).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("JSON value must be at most 4194304 bytes, got 4194306")
+        );
+    }
+}
