@@ -94,14 +94,9 @@ impl FlagDefinition {
                 "/variants must be booleans, strings, numbers or objects, got null".to_owned(),
             );
         }
-        if let Some(default) = &self.default_variant {
-            if !self.variants.contains_key(default) {
-                let names: Vec<&str> = self.variants.keys().map(String::as_str).collect();
-                return Err(format!(
-                    "/defaultVariant must be one of the variants ({}), got {default:?}",
-                    names.join(", ")
-                ));
-            }
+        if let Some(default) = self.default_variant.as_ref().filter(|d| !self.variants.contains_key(*d)) {
+            let names: Vec<&str> = self.variants.keys().map(String::as_str).collect();
+            return Err(format!("/defaultVariant must be one of the variants ({}), got {default:?}", names.join(", ")));
         }
         match &self.targeting {
             None => {}
@@ -113,8 +108,9 @@ impl FlagDefinition {
         Ok(())
     }
 
-    /// Evaluates the flag for a context. Static flags ignore the context.
-    pub fn evaluate(&self) -> Evaluation {
+    /// Evaluates the flag for an evaluation context. Static flags (the only kind this version
+    /// accepts) do not depend on it.
+    pub fn evaluate(&self, _context: &serde_json::Map<String, Value>) -> Evaluation {
         if self.state == FlagState::Disabled {
             return Evaluation {
                 value: None,
@@ -228,7 +224,7 @@ mod tests {
     fn static_evaluation_follows_flagd() {
         let flag = parse(json!({"state": "ENABLED", "variants": {"red": "#f00", "blue": "#00f"}, "defaultVariant": "blue"})).unwrap();
         assert_eq!(
-            flag.evaluate(),
+            flag.evaluate(&Default::default()),
             Evaluation {
                 value: Some(json!("#00f")),
                 variant: Some("blue".into()),
@@ -239,13 +235,13 @@ mod tests {
             state: FlagState::Disabled,
             ..flag.clone()
         };
-        assert_eq!(disabled.evaluate().reason, Reason::Disabled);
+        assert_eq!(disabled.evaluate(&Default::default()).reason, Reason::Disabled);
         let no_default = FlagDefinition {
             default_variant: None,
             ..flag
         };
         assert_eq!(
-            no_default.evaluate(),
+            no_default.evaluate(&Default::default()),
             Evaluation {
                 value: None,
                 variant: None,
@@ -262,6 +258,6 @@ mod tests {
             FlagDefinition::parse(&"f".parse().unwrap(), &text).unwrap(),
             flag
         );
-        assert_eq!(flag.evaluate().value, Some(json!(true)));
+        assert_eq!(flag.evaluate(&Default::default()).value, Some(json!(true)));
     }
 }

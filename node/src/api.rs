@@ -1,0 +1,299 @@
+//! The node's HTTP API (axum): admin endpoints under `/v1`, plus `/healthz` and `/metrics`.
+//!
+//! **API Boundary:** the request and response shapes here are what the CLI and scripts use;
+//! `docs/api.md` lists them. Errors are `{"error": "..."}` with a 4xx status when the request
+//! was refused and 5xx when the node failed.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use grapevine_proto::eval::{FlagDefinition, FlagState};
+use grapevine_proto::limits::MAX_VALUE_BYTES;
+use grapevine_proto::{Change, Generation, JsonText, Key, NodeName, Op, ValidationError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::engine::{EngineHandle, SubmitError, short_digest};
+use crate::gossip::Gossip;
+use crate::metrics::Metrics;
+
+/// Largest request body. A value at its 4 MiB limit may grow when JSON-escaped inside a
+/// request; twice the limit covers any escaping short of pathological.
+pub const MAX_HTTP_BODY_BYTES: usize = 2 * MAX_VALUE_BYTES + 64 * 1024;
+
+/// Most generations one history request returns.
+const MAX_HISTORY: usize = 1000;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub name: NodeName,
+    pub cluster: String,
+    pub engine: EngineHandle,
+    pub gossip: Arc<Gossip>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/history", get(history))
+        .route("/v1/flags/{key}", get(get_flag).post(set_flag))
+        .route("/v1/flags/{key}/evaluate", post(evaluate_flag))
+        .route("/v1/config/{key}", get(get_config).post(put_config))
+        .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
+        .with_state(state)
+}
+
+/// An error answered as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl ToString) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, message: message.to_string() }
+    }
+
+    fn not_found(message: impl ToString) -> Self {
+        ApiError { status: StatusCode::NOT_FOUND, message: message.to_string() }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(error: ValidationError) -> Self {
+        ApiError::bad_request(error)
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        let status = match &error {
+            SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
+            SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError { status, message: error.to_string() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Parses a JSON body with an error that says which shape was expected.
+fn parse_body<T: DeserializeOwned>(body: &Bytes, shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("expected a JSON body {shape}, got: {e}")))
+}
+
+fn parse_key(key: String) -> Result<Key, ApiError> {
+    Ok(key.parse::<Key>()?)
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
+}
+
+async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
+    let members = state.gossip.members().await;
+    let alive = members.iter().filter(|m| m.alive).count();
+    state.metrics.members.get_or_create(&crate::metrics::reason("alive")).set(alive as i64);
+    state.metrics.members.get_or_create(&crate::metrics::reason("dead")).set((members.len() - alive) as i64);
+    let view = state.engine.view();
+    Ok(Json(json!({
+        "node": state.name,
+        "cluster": state.cluster,
+        "generations": view.generations,
+        "applied": view.state.latest().map(ToString::to_string),
+        "state_digest": short_digest(&view.state),
+        "members": members,
+    })))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// One generation as `history` shows it.
+#[derive(Serialize)]
+struct GenerationSummary {
+    id: String,
+    origin: String,
+    seq: u64,
+    hlc: String,
+    hash: String,
+    members: Vec<NodeName>,
+    ops: Vec<Value>,
+}
+
+impl From<&Generation> for GenerationSummary {
+    fn from(generation: &Generation) -> Self {
+        let body = &generation.body;
+        let ops = body
+            .change
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::SetFlag { key, definition } => json!({"op": "set_flag", "key": key, "definition": definition.to_value()}),
+                Op::PutConfig { key, value } => json!({"op": "put_config", "key": key, "bytes": value.as_str().len()}),
+            })
+            .collect();
+        GenerationSummary {
+            id: body.id.to_string(),
+            origin: body.id.origin.to_string(),
+            seq: body.id.seq,
+            hlc: body.hlc.to_string(),
+            hash: generation.hash.to_string(),
+            members: body.members.clone(),
+            ops,
+        }
+    }
+}
+
+async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery>) -> ApiResult<Value> {
+    let limit = query.limit.unwrap_or(100).min(MAX_HISTORY);
+    let generations = state.engine.history().await;
+    let newest: Vec<GenerationSummary> = generations.iter().rev().take(limit).map(GenerationSummary::from).collect();
+    Ok(Json(json!({ "node": state.name, "total": generations.len(), "generations": newest })))
+}
+
+/// What `flag set` asks for: exactly one of the fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagSetRequest {
+    on: Option<bool>,
+    variant: Option<String>,
+    definition: Option<Value>,
+}
+
+fn accepted(generation: &Generation) -> Json<Value> {
+    Json(json!({
+        "generation": generation.id().to_string(),
+        "hlc": generation.body.hlc.to_string(),
+        "hash": generation.hash.to_string(),
+        "members": generation.body.members,
+    }))
+}
+
+async fn set_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
+    let key = parse_key(key)?;
+    let request: FlagSetRequest = parse_body(&body, r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#)?;
+    let current = state.engine.view().state.flags.get(&key).map(|entry| entry.value.clone());
+    let definition = match (request.on, request.variant, request.definition) {
+        (Some(on), None, None) => switch_boolean(&key, current, on)?,
+        (None, Some(variant), None) => {
+            let mut flag = current.ok_or_else(|| {
+                ApiError::not_found(format!("flag {key:?} does not exist on node {}; create it with --on, --off or --file", state.name))
+            })?;
+            flag.default_variant = Some(variant);
+            flag
+        }
+        (None, None, Some(definition)) => {
+            let text = JsonText::from_value(&definition)?;
+            FlagDefinition::parse(&key, &text)?
+        }
+        _ => return Err(ApiError::bad_request("expected exactly one of `on`, `variant` or `definition`")),
+    };
+    let op = Op::SetFlag { key, definition: definition.to_json_text()? };
+    let generation = state.engine.submit(Change { ops: vec![op] }).await?;
+    Ok(accepted(&generation))
+}
+
+/// `--on`/`--off`: a boolean flag serving `on` or `off`. An existing flag keeps its metadata,
+/// but a flag of another shape is not silently turned into a boolean.
+fn switch_boolean(key: &Key, current: Option<FlagDefinition>, on: bool) -> Result<FlagDefinition, ApiError> {
+    let Some(mut flag) = current else { return Ok(FlagDefinition::boolean(on)) };
+    if flag.variants != FlagDefinition::boolean(on).variants {
+        let names: Vec<&str> = flag.variants.keys().map(String::as_str).collect();
+        return Err(ApiError::bad_request(format!(
+            "flag {key:?}: --on/--off need variants on: true and off: false, got variants ({}); use --variant or --file",
+            names.join(", ")
+        )));
+    }
+    flag.state = FlagState::Enabled;
+    flag.default_variant = Some(if on { "on" } else { "off" }.to_owned());
+    Ok(flag)
+}
+
+fn flag_answer(state: &ApiState, key: &Key, context: &serde_json::Map<String, Value>) -> Result<Value, ApiError> {
+    let view = state.engine.view();
+    let entry = view
+        .state
+        .flags
+        .get(key)
+        .ok_or_else(|| ApiError::not_found(format!("flag {key:?} not found on node {}", state.name)))?;
+    let evaluation = entry.value.evaluate(context);
+    Ok(json!({
+        "key": key,
+        "value": evaluation.value,
+        "variant": evaluation.variant,
+        "reason": evaluation.reason,
+        "generation": entry.generation.to_string(),
+        "definition": entry.value,
+    }))
+}
+
+async fn get_flag(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult<Value> {
+    Ok(Json(flag_answer(&state, &parse_key(key)?, &Default::default())?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluateRequest {
+    #[serde(default)]
+    context: serde_json::Map<String, Value>,
+}
+
+async fn evaluate_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
+    let key = parse_key(key)?;
+    let request = if body.is_empty() {
+        EvaluateRequest { context: Default::default() }
+    } else {
+        parse_body(&body, r#"{"context": {...}}"#)?
+    };
+    Ok(Json(flag_answer(&state, &key, &request.context)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigPutRequest {
+    value: Value,
+}
+
+async fn put_config(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
+    let key = parse_key(key)?;
+    let request: ConfigPutRequest = parse_body(&body, r#"{"value": <JSON value>}"#)?;
+    let op = Op::PutConfig { key, value: JsonText::from_value(&request.value)? };
+    let generation = state.engine.submit(Change { ops: vec![op] }).await?;
+    Ok(accepted(&generation))
+}
+
+async fn get_config(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult<Value> {
+    let key = parse_key(key)?;
+    let view = state.engine.view();
+    let entry = view
+        .state
+        .config
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found(format!("config {key:?} not found on node {}", state.name)))?;
+    Ok(Json(json!({
+        "key": key,
+        "value": entry.value.to_value(),
+        "generation": entry.generation.to_string(),
+    })))
+}

@@ -1,0 +1,319 @@
+//! The command line: clap definitions and the dispatch to daemon, demo, CA and client code.
+//!
+//! **API Boundary:** commands, options and exit codes are documented in `docs/cli.md`.
+//! Exit codes: 0 success, 1 the request was refused (validation, conflict, not found),
+//! 2 usage error, 3 the node could not be reached.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{self, CliError, Client};
+use crate::config::{Config, RawConfig, parse_labels};
+use crate::{daemon, demo, tls};
+
+#[derive(Parser, Debug)]
+#[command(name = "grapevine", version, about = "Ship config and feature-flag changes to a fleet, safely, peer to peer")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of every command that talks to a node.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The node's HTTP API.
+    #[arg(long, env = "GRAPEVINE_NODE", default_value = "http://127.0.0.1:7401")]
+    pub node: String,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Make the cluster CA and node certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Run a node (the peer daemon).
+    Node(Box<NodeArgs>),
+    /// Start a cluster on loopback in this process, make a change, and watch it spread.
+    Demo {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..=20))]
+        nodes: u16,
+    },
+    /// Set and read feature flags.
+    #[command(subcommand)]
+    Flag(FlagCommand),
+    /// Put and read config values.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Members of the cluster as a node sees them, with their log summaries.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Generations in a node's log, newest first.
+    History {
+        /// Show at most this many generations.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Create a new cluster CA (ca.pem, ca.key) in DIR.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a node certificate (node.pem, node.key, ca.pem) signed by the CA.
+    Issue {
+        /// Directory of the CA (from `ca init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Node name; it becomes the certificate's common name.
+        #[arg(long)]
+        name: String,
+        /// IP address to put in the certificate (repeatable).
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// DNS name to put in the certificate (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Directory to write to; give it to `grapevine node --tls`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// TOML config file; options given on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Node name, unique in the cluster.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Gossip address (QUIC over UDP) [default: 127.0.0.1:7400].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Gossip address peers dial, when it differs from --listen.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// HTTP API address [default: 127.0.0.1:7401].
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Gossip address of a node to join through (repeatable).
+    #[arg(long)]
+    pub seed: Vec<String>,
+    /// Data directory (the store).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Directory written by `grapevine ca issue`.
+    #[arg(long)]
+    pub tls: Option<PathBuf>,
+    /// Labels, as k=v,k2=v2.
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Gossip interval in milliseconds [default: 1000].
+    #[arg(long)]
+    pub gossip_interval_ms: Option<u64>,
+    /// Log format: `text` or `json`.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FlagCommand {
+    /// Create or change a flag.
+    Set(FlagSetArgs),
+    /// Evaluate a flag on the node.
+    Get {
+        key: String,
+        /// Evaluation context as a JSON object.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["on", "off", "variant", "file"]))]
+pub struct FlagSetArgs {
+    pub key: String,
+    /// Serve `on` (a boolean flag with variants on: true, off: false).
+    #[arg(long)]
+    pub on: bool,
+    /// Serve `off`.
+    #[arg(long)]
+    pub off: bool,
+    /// Make NAME the default variant of an existing flag.
+    #[arg(long, value_name = "NAME")]
+    pub variant: Option<String>,
+    /// A flagd flag definition (JSON).
+    #[arg(long, value_name = "FLAG.json")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Create or replace a config value.
+    Put {
+        key: String,
+        /// The value, as JSON.
+        #[arg(long, group = "source", required_unless_present = "file")]
+        value: Option<String>,
+        /// A file holding the value as JSON.
+        #[arg(long, group = "source")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read a config value.
+    Get {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Runs a parsed command line and maps the outcome to the documented exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Ca(command) => run_ca(command),
+        Command::Node(args) => run_node(*args),
+        Command::Demo { nodes } => runtime().and_then(|rt| rt.block_on(demo::run(nodes.into()))),
+        Command::Flag(command) => runtime().and_then(|rt| rt.block_on(run_flag(command))),
+        Command::Config(command) => runtime().and_then(|rt| rt.block_on(run_config(command))),
+        Command::Status { client } => with_client(&client, |c| async move { client::status(&c).await }),
+        Command::History { limit, client } => with_client(&client, |c| async move { client::history(&c, limit).await }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
+}
+
+fn with_client<F, Fut>(args: &ClientArgs, f: F) -> Result<(), CliError>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
+{
+    let client = Client::new(&args.node, args.json)?;
+    runtime()?.block_on(f(client))
+}
+
+fn run_ca(command: CaCommand) -> Result<(), CliError> {
+    match command {
+        CaCommand::Init { out } => {
+            tls::ca_init(&out).map_err(|e| CliError::Refused(e.to_string()))?;
+            println!("created cluster CA in {} (keep {} secret)", out.display(), tls::CA_KEY_FILE);
+        }
+        CaCommand::Issue { ca, name, ip, dns, out } => {
+            name.parse::<grapevine_proto::NodeName>().map_err(|e| CliError::Usage(e.to_string()))?;
+            tls::ca_issue(&ca, &name, &ip, &dns, &out).map_err(|e| CliError::Refused(e.to_string()))?;
+            println!("issued certificate for {name} in {} (use: grapevine node --tls {})", out.display(), out.display());
+        }
+    }
+    Ok(())
+}
+
+fn run_node(args: NodeArgs) -> Result<(), CliError> {
+    install_logging(&args.log_format);
+    let file = match &args.config {
+        Some(path) => RawConfig::from_file(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        None => RawConfig::default(),
+    };
+    let labels = args.labels.as_deref().map(parse_labels).transpose().map_err(|e| CliError::Usage(e.to_string()))?;
+    let flags = RawConfig {
+        name: args.name,
+        listen: args.listen,
+        advertise: args.advertise,
+        api: args.api,
+        seeds: (!args.seed.is_empty()).then_some(args.seed),
+        data: args.data,
+        tls: args.tls,
+        labels,
+        gossip_interval_ms: args.gossip_interval_ms,
+        ..RawConfig::default()
+    };
+    let config = Config::try_from(file.overlay(flags)).map_err(|e| CliError::Usage(e.to_string()))?;
+    let runtime = runtime()?;
+    runtime
+        .block_on(daemon::run(config, shutdown_signal()))
+        .map_err(|e| CliError::Failed(format!("node cannot start: {e}")))
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn install_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GRAPEVINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
+    match command {
+        FlagCommand::Set(args) => {
+            let client = Client::new(&args.client.node, args.client.json)?;
+            let request = if args.on || args.off {
+                serde_json::json!({ "on": args.on })
+            } else if let Some(variant) = args.variant {
+                serde_json::json!({ "variant": variant })
+            } else {
+                let path = args.file.expect("clap requires one of --on, --off, --variant, --file");
+                serde_json::json!({ "definition": client::read_json_file(&path)? })
+            };
+            client::flag_set(&client, &args.key, request).await
+        }
+        FlagCommand::Get { key, context, client } => {
+            let context = context.as_deref().map(client::parse_context).transpose()?;
+            client::flag_get(&Client::new(&client.node, client.json)?, &key, context).await
+        }
+    }
+}
+
+async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
+    match command {
+        ConfigCommand::Put { key, value, file, client } => {
+            let value = match (value, file) {
+                (Some(text), _) => client::parse_json_value(&text, "--value")?,
+                (None, Some(path)) => client::read_json_file(&path)?,
+                (None, None) => return Err(CliError::Usage("expected --value JSON or --file PATH".into())),
+            };
+            client::config_put(&Client::new(&client.node, client.json)?, &key, value).await
+        }
+        ConfigCommand::Get { key, client } => client::config_get(&Client::new(&client.node, client.json)?, &key).await,
+    }
+}

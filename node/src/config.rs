@@ -1,0 +1,244 @@
+//! Node configuration, in two stages: a raw form from the TOML file and the command line,
+//! then a checked [`Config`] of real types. `deploy/node.example.toml` documents each option.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use grapevine_proto::NodeName;
+use serde::Deserialize;
+
+/// Gossip intervals outside this range are refused: below, chitchat's loop would eat a core;
+/// above, failure detection would take minutes.
+const GOSSIP_INTERVAL_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
+
+/// Labels per node. Labels travel in one chitchat value, which must stay small.
+const MAX_LABELS: usize = 16;
+/// Longest label key or value.
+const MAX_LABEL_BYTES: usize = 63;
+
+/// Options as written in the file or on the command line; every field optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub name: Option<String>,
+    pub cluster: Option<String>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub api: Option<String>,
+    pub seeds: Option<Vec<String>>,
+    pub data: Option<PathBuf>,
+    pub tls: Option<PathBuf>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub gossip_interval_ms: Option<u64>,
+    pub dead_node_grace_period_s: Option<u64>,
+    pub max_clock_offset_ms: Option<u64>,
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::File { path: path.to_owned(), error: error.to_string() })?;
+        toml::from_str(&text).map_err(|error| ConfigError::File { path: path.to_owned(), error: error.to_string() })
+    }
+
+    /// Options set in `over` replace those of `self`; labels merge key by key.
+    pub fn overlay(mut self, over: RawConfig) -> RawConfig {
+        macro_rules! take {
+            ($($field:ident),*) => { $( if over.$field.is_some() { self.$field = over.$field; } )* };
+        }
+        take!(name, cluster, listen, advertise, api, seeds, data, tls, gossip_interval_ms, dead_node_grace_period_s, max_clock_offset_ms);
+        if let Some(labels) = over.labels {
+            self.labels.get_or_insert_with(BTreeMap::new).extend(labels);
+        }
+        self
+    }
+}
+
+/// Parses `k=v,k2=v2` as given to `--labels`.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| ConfigError::Invalid {
+            option: "labels",
+            expected: "k=v pairs separated by commas",
+            found: pair.to_owned(),
+        })?;
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: NodeName,
+    pub cluster: String,
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub api: SocketAddr,
+    pub seeds: Vec<String>,
+    pub data: PathBuf,
+    pub tls: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    pub gossip_interval: Duration,
+    pub dead_node_grace_period: Duration,
+    pub max_clock_offset_ms: u64,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {error}")]
+    File { path: PathBuf, error: String },
+    #[error("missing required option `{option}` (set {flag} or `{option}` in the config file)")]
+    Missing { option: &'static str, flag: &'static str },
+    #[error("option `{option}`: expected {expected}, got {found:?}")]
+    Invalid { option: &'static str, expected: &'static str, found: String },
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        let name = raw.name.ok_or(ConfigError::Missing { option: "name", flag: "--name" })?;
+        let name = name.parse::<NodeName>().map_err(|_| ConfigError::Invalid {
+            option: "name",
+            expected: "1 to 32 ASCII letters, digits, '-' or '_'",
+            found: name,
+        })?;
+        let listen = socket_addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:7400"))?;
+        let advertise = raw.advertise.as_deref().map(|a| socket_addr("advertise", a)).transpose()?;
+        let advertised = advertise.unwrap_or(listen);
+        if advertised.ip().is_unspecified() {
+            return Err(ConfigError::Invalid {
+                option: "advertise",
+                expected: "an address peers can reach (set --advertise when listening on 0.0.0.0)",
+                found: advertised.to_string(),
+            });
+        }
+        let seeds = raw.seeds.unwrap_or_default();
+        for seed in &seeds {
+            if seed.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+                return Err(ConfigError::Invalid { option: "seeds", expected: "HOST:PORT", found: seed.clone() });
+            }
+        }
+        let gossip_interval_ms = raw.gossip_interval_ms.unwrap_or(1_000);
+        if !GOSSIP_INTERVAL_MS.contains(&gossip_interval_ms) {
+            return Err(ConfigError::Invalid {
+                option: "gossip_interval_ms",
+                expected: "a number of milliseconds from 10 to 60000",
+                found: gossip_interval_ms.to_string(),
+            });
+        }
+        Ok(Config {
+            name,
+            cluster: raw.cluster.unwrap_or_else(|| "grapevine".to_owned()),
+            listen,
+            advertise,
+            api: socket_addr("api", raw.api.as_deref().unwrap_or("127.0.0.1:7401"))?,
+            seeds,
+            data: raw.data.ok_or(ConfigError::Missing { option: "data", flag: "--data" })?,
+            tls: raw.tls.ok_or(ConfigError::Missing { option: "tls", flag: "--tls" })?,
+            labels: check_labels(raw.labels.unwrap_or_default())?,
+            gossip_interval: Duration::from_millis(gossip_interval_ms),
+            dead_node_grace_period: Duration::from_secs(raw.dead_node_grace_period_s.unwrap_or(600)),
+            max_clock_offset_ms: raw.max_clock_offset_ms.unwrap_or(500),
+        })
+    }
+}
+
+fn socket_addr(option: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::Invalid { option, expected: "IP:PORT", found: text.to_owned() })
+}
+
+fn check_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ConfigError::Invalid {
+            option: "labels",
+            expected: "at most 16 labels",
+            found: format!("{} labels", labels.len()),
+        });
+    }
+    let valid = |s: &str| {
+        !s.is_empty() && s.len() <= MAX_LABEL_BYTES && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    };
+    for (key, value) in &labels {
+        if !valid(key) || !valid(value) {
+            return Err(ConfigError::Invalid {
+                option: "labels",
+                expected: "keys and values of 1 to 63 ASCII letters, digits, '-', '_', '.' or '/'",
+                found: format!("{key}={value}"),
+            });
+        }
+    }
+    Ok(labels)
+}
+
+impl Config {
+    /// The address peers dial.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+
+    /// Labels as one gossip value: `k=v,k2=v2`.
+    pub fn labels_text(&self) -> String {
+        self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> RawConfig {
+        RawConfig { name: Some("n1".into()), data: Some("d".into()), tls: Some("t".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_optional() {
+        let config = Config::try_from(minimal()).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7400");
+        assert_eq!(config.api.to_string(), "127.0.0.1:7401");
+        assert_eq!(config.gossip_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn each_bad_option_is_named() {
+        let error = |raw: RawConfig| Config::try_from(raw).unwrap_err().to_string();
+        assert_eq!(
+            error(RawConfig { name: None, ..minimal() }),
+            "missing required option `name` (set --name or `name` in the config file)"
+        );
+        assert!(error(RawConfig { listen: Some("nowhere".into()), ..minimal() }).starts_with("option `listen`: expected IP:PORT"));
+        assert!(error(RawConfig { listen: Some("0.0.0.0:7400".into()), ..minimal() }).contains("--advertise"));
+        assert!(error(RawConfig { seeds: Some(vec!["host".into()]), ..minimal() }).contains("HOST:PORT"));
+        assert!(error(RawConfig { gossip_interval_ms: Some(0), ..minimal() }).contains("gossip_interval_ms"));
+        let labels = parse_labels("zone=eu 1").unwrap();
+        assert!(error(RawConfig { labels: Some(labels), ..minimal() }).contains("labels"));
+        assert!(parse_labels("zone").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_labels_merge() {
+        let file: RawConfig = toml::from_str("name = \"a\"\nlabels = { zone = \"eu\", role = \"web\" }").unwrap();
+        let flags = RawConfig { name: Some("b".into()), labels: Some(parse_labels("zone=us").unwrap()), ..Default::default() };
+        let merged = file.overlay(flags);
+        assert_eq!(merged.name.as_deref(), Some("b"));
+        assert_eq!(merged.labels.unwrap(), parse_labels("role=web,zone=us").unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        assert!(toml::from_str::<RawConfig>("nmae = \"a\"").unwrap_err().to_string().contains("unknown field"));
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/node.example.toml");
+        let raw = RawConfig::from_file(&path).unwrap();
+        Config::try_from(raw).unwrap();
+    }
+}

@@ -1,0 +1,143 @@
+//! The daemon: loads certificates and the store, binds the sockets, wires the tasks, and
+//! shuts them all down when told.
+//!
+//! Start-up checks every resource before it starts any task, so a node that cannot run says
+//! why and leaves nothing behind. [`start`] returns a [`RunningNode`]; the binary wires
+//! SIGINT/SIGTERM to [`RunningNode::stop`], the demo and tests call it themselves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use grapevine_proto::NodeName;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::api::{ApiState, router};
+use crate::config::Config;
+use crate::engine;
+use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::sync::{run_puller, run_server};
+use crate::tls::{NodeTls, TlsError};
+use crate::transport::{Transport, TransportError};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("certificates in {dir}: {error}")]
+    Tls { dir: String, error: TlsError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot listen on {addr}/TCP for the API: {error}")]
+    Api { addr: SocketAddr, error: std::io::Error },
+    #[error("gossip failed to start: {0}")]
+    Gossip(anyhow::Error),
+}
+
+/// A node that is running.
+pub struct RunningNode {
+    pub name: NodeName,
+    /// Where peers reach this node.
+    pub gossip_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub api_addr: SocketAddr,
+    shutdown: CancellationToken,
+    transport: Transport,
+    gossip: Arc<Gossip>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Checks every resource, then starts the node's tasks.
+pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    let tls = NodeTls::load(&config.tls).map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
+    let store = Arc::new(Store::open(&config.data, &config.name)?);
+    let loading = store.clone();
+    let loaded = tokio::task::spawn_blocking(move || loading.load()).await.expect("store task panicked")?;
+    let metrics = Arc::new(Metrics::new());
+    let (transport, inboxes) = Transport::bind(config.listen, &tls, metrics.clone())?;
+    let api_listener =
+        TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
+    let api_addr = api_listener.local_addr().map_err(|error| StartError::Api { addr: config.api, error })?;
+    // Bound to port 0 (demo, tests): advertise the port the endpoint really has.
+    let gossip_addr = config.advertise.unwrap_or_else(|| transport.local_addr());
+
+    let gossip_config = GossipConfig {
+        name: config.name.clone(),
+        cluster_id: config.cluster.clone(),
+        advertise: gossip_addr,
+        seeds: config.seeds.clone(),
+        interval: config.gossip_interval,
+        dead_node_grace_period: config.dead_node_grace_period,
+        incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+    };
+    let initial_keys = vec![
+        (KEY_API.to_owned(), format!("http://{}", reachable(api_addr, gossip_addr))),
+        (KEY_LABELS.to_owned(), config.labels_text()),
+    ];
+    let gossip = Gossip::start(&gossip_config, transport.clone(), inboxes.gossip, initial_keys)
+        .await
+        .map_err(StartError::Gossip)?;
+    let gossip = Arc::new(gossip);
+    let (engine, engine_task) = engine::spawn(
+        config.name.clone(),
+        loaded,
+        config.max_clock_offset_ms,
+        store.clone(),
+        gossip.clone(),
+        metrics.clone(),
+    )
+    .await;
+
+    let shutdown = CancellationToken::new();
+    let puller = run_puller(transport.clone(), engine.clone(), gossip.clone(), config.gossip_interval, shutdown.clone());
+    let server = run_server(inboxes.streams, store, metrics.clone(), shutdown.clone());
+    let api_state = ApiState { name: config.name.clone(), cluster: config.cluster.clone(), engine, gossip: gossip.clone(), metrics };
+    let api_shutdown = shutdown.clone();
+    let api = async move {
+        let serve = axum::serve(api_listener, router(api_state)).with_graceful_shutdown(api_shutdown.cancelled_owned());
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "API server failed");
+        }
+    };
+    let tasks = vec![tokio::spawn(puller), tokio::spawn(server), tokio::spawn(api), engine_task];
+    info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
+    Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, tasks })
+}
+
+/// The API address as peers should print it: the gossip host when the API listens on any.
+fn reachable(api: SocketAddr, gossip: SocketAddr) -> SocketAddr {
+    if api.ip().is_unspecified() { SocketAddr::new(gossip.ip(), api.port()) } else { api }
+}
+
+/// How long shutdown waits for tasks to end before it lets them go.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl RunningNode {
+    /// Stops every task, closes the sockets and releases the store.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.gossip.shutdown().await;
+        self.transport.close().await;
+        drop(self.gossip);
+        for task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                tracing::warn!("a task did not stop within {SHUTDOWN_GRACE:?}");
+            }
+        }
+        info!(node = %self.name, "node stopped");
+    }
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
+    let node = start(config).await?;
+    shutdown.await;
+    node.stop().await;
+    Ok(())
+}

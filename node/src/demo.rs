@@ -1,0 +1,215 @@
+//! `grapevine demo`: a cluster on loopback in one process, driven over real HTTP and QUIC.
+//!
+//! It makes a fresh CA and a certificate per node in a temp dir, starts the nodes, waits for
+//! every node to see every other, sets a flag on the first node and shows when each node
+//! serves it; then puts a config value on the last node and does the same; then stops.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::client::CliError;
+use crate::config::{Config, RawConfig};
+use crate::daemon::{self, RunningNode};
+use crate::tls;
+
+/// Gossip interval of the demo cluster: short, so the cluster forms in about a second.
+const DEMO_GOSSIP_INTERVAL_MS: u64 = 200;
+/// How long the demo waits for the cluster to form or a change to arrive.
+const DEMO_DEADLINE: Duration = Duration::from_secs(30);
+
+struct Style {
+    color: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+    }
+    fn bold(&self, text: &str) -> String {
+        self.paint("1", text)
+    }
+    fn green(&self, text: &str) -> String {
+        self.paint("32", text)
+    }
+    fn dim(&self, text: &str) -> String {
+        self.paint("2", text)
+    }
+}
+
+fn failed(context: &str) -> impl FnOnce(String) -> CliError + '_ {
+    move |error| CliError::Failed(format!("demo: {context}: {error}"))
+}
+
+pub async fn run(nodes: usize) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    let style = Style { color: std::io::stdout().is_terminal() };
+    let dir = tempfile::tempdir().map_err(|e| failed("temp dir")(e.to_string()))?;
+    println!("{}", style.bold(&format!("Grapevine demo: {nodes} nodes on loopback, gossip every {DEMO_GOSSIP_INTERVAL_MS} ms")));
+    println!("{}", style.dim(&format!("  certificates from a fresh CA and data in {}", dir.path().display())));
+
+    let ca = dir.path().join("ca");
+    tls::ca_init(&ca).map_err(|e| failed("ca init")(e.to_string()))?;
+    let mut running: Vec<RunningNode> = Vec::new();
+    let started = Instant::now();
+    for index in 1..=nodes {
+        let name = format!("n{index}");
+        let tls_dir = dir.path().join(&name).join("tls");
+        tls::ca_issue(&ca, &name, &["127.0.0.1".parse().expect("an IP")], &[], &tls_dir)
+            .map_err(|e| failed("ca issue")(e.to_string()))?;
+        let raw = RawConfig {
+            name: Some(name.clone()),
+            listen: Some("127.0.0.1:0".into()),
+            api: Some("127.0.0.1:0".into()),
+            seeds: running.first().map(|first| vec![first.gossip_addr.to_string()]),
+            data: Some(dir.path().join(&name).join("data")),
+            tls: Some(tls_dir),
+            gossip_interval_ms: Some(DEMO_GOSSIP_INTERVAL_MS),
+            ..RawConfig::default()
+        };
+        let config = Config::try_from(raw).map_err(|e| failed("config")(e.to_string()))?;
+        let node = daemon::start(config).await.map_err(|e| failed("start")(e.to_string()))?;
+        println!("  {} {name}  gossip quic://{}  api http://{}", style.green("✓"), node.gossip_addr, node.api_addr);
+        running.push(node);
+    }
+    let result = show(&style, &running, started).await;
+    println!("{}", style.dim("stopping the nodes..."));
+    for node in running {
+        node.stop().await;
+    }
+    result
+}
+
+async fn show(style: &Style, nodes: &[RunningNode], started: Instant) -> Result<(), CliError> {
+    let http = reqwest::Client::new();
+    let apis: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect();
+    wait_formed(&http, &apis).await?;
+    println!(
+        "\n{} every node sees all {} members alive after {} ms",
+        style.green("✓"),
+        nodes.len(),
+        started.elapsed().as_millis()
+    );
+
+    let first = &apis[0];
+    println!("\n{}", style.bold(&format!("$ grapevine flag set new-checkout --on --node {first}")));
+    let set = Instant::now();
+    let answer = post(&http, &format!("{first}/v1/flags/new-checkout"), json!({"on": true})).await?;
+    let generation = answer["generation"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "  accepted as generation {} in {:.1} ms (stored durably on n1 before the reply)",
+        style.bold(&generation),
+        set.elapsed().as_secs_f64() * 1000.0
+    );
+    watch_arrival(style, &http, nodes, "flags/new-checkout", &generation, set).await?;
+
+    let last = apis.last().expect("at least two nodes");
+    let last_name = &nodes.last().expect("at least two nodes").name;
+    let value = json!({"requests_per_second": 500, "burst": 50});
+    println!("\n{}", style.bold(&format!("$ grapevine config put ratelimit --value '{value}' --node {last}")));
+    let put = Instant::now();
+    let answer = post(&http, &format!("{last}/v1/config/ratelimit"), json!({ "value": value })).await?;
+    let generation = answer["generation"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "  accepted as generation {} on {last_name} in {:.1} ms",
+        style.bold(&generation),
+        put.elapsed().as_secs_f64() * 1000.0
+    );
+    watch_arrival(style, &http, nodes, "config/ratelimit", &generation, put).await?;
+
+    let mut digests = std::collections::BTreeSet::new();
+    for api in &apis {
+        let status = get(&http, &format!("{api}/v1/status")).await?.unwrap_or_default();
+        digests.insert(status["state_digest"].as_str().unwrap_or("?").to_owned());
+    }
+    if digests.len() != 1 {
+        return Err(failed("convergence")(format!("nodes report different state digests: {digests:?}")));
+    }
+    let digest = digests.into_iter().next().unwrap_or_default();
+    println!("\n{} all {} nodes report the same applied-state digest {digest}", style.green("✓"), nodes.len());
+    println!("\nNext: `grapevine ca init`, `grapevine ca issue`, `grapevine node` to run real nodes (see README.md).");
+    Ok(())
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> Result<Option<Value>, CliError> {
+    let response = http.get(url).send().await.map_err(|e| failed("request")(e.to_string()))?;
+    if !response.status().is_success() {
+        return Ok(None);
+    }
+    Ok(Some(response.json().await.map_err(|e| failed("response")(e.to_string()))?))
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Value) -> Result<Value, CliError> {
+    let response = http.post(url).json(&body).send().await.map_err(|e| failed("request")(e.to_string()))?;
+    let status = response.status();
+    let answer: Value = response.json().await.map_err(|e| failed("response")(e.to_string()))?;
+    if !status.is_success() {
+        return Err(failed("change refused")(answer.to_string()));
+    }
+    Ok(answer)
+}
+
+async fn wait_formed(http: &reqwest::Client, apis: &[String]) -> Result<(), CliError> {
+    let deadline = Instant::now() + DEMO_DEADLINE;
+    loop {
+        let mut formed = true;
+        for api in apis {
+            let status = get(http, &format!("{api}/v1/status")).await?.unwrap_or_default();
+            let alive = status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count();
+            formed &= alive == apis.len();
+        }
+        if formed {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(failed("cluster")(format!("did not form within {DEMO_DEADLINE:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls every node until it serves `generation` at `path`, printing when each did.
+async fn watch_arrival(
+    style: &Style,
+    http: &reqwest::Client,
+    nodes: &[RunningNode],
+    path: &str,
+    generation: &str,
+    since: Instant,
+) -> Result<(), CliError> {
+    // Poll every node at once, so each arrival time is its own.
+    let mut waits = tokio::task::JoinSet::new();
+    for node in nodes {
+        let (http, name, generation) = (http.clone(), node.name.to_string(), generation.to_owned());
+        let url = format!("http://{}/v1/{path}", node.api_addr);
+        waits.spawn(async move {
+            loop {
+                if let Ok(Some(answer)) = get(&http, &url).await
+                    && answer["generation"] == generation.as_str()
+                {
+                    return Ok((name, since.elapsed(), answer["value"].clone()));
+                }
+                if since.elapsed() > DEMO_DEADLINE {
+                    return Err(failed("propagation")(format!("{name} did not get {generation}")));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
+    let mut arrivals = Vec::new();
+    for result in waits.join_all().await {
+        arrivals.push(result?);
+    }
+    arrivals.sort_by_key(|(_, elapsed, _)| *elapsed);
+    let slowest = arrivals.last().map(|(_, elapsed, _)| *elapsed).unwrap_or_default();
+    for (name, elapsed, value) in &arrivals {
+        let width = (elapsed.as_secs_f64() / slowest.as_secs_f64().max(1e-9) * 30.0).round() as usize;
+        println!(
+            "  {} {name:<4} serves {value} after {:>7.1} ms  {}",
+            style.green("✓"),
+            elapsed.as_secs_f64() * 1000.0,
+            style.dim(&"█".repeat(width.max(1)))
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The engine: the one task that owns a node's log, clock and applied state.
+//!
+//! Every change to the log goes through its command queue: changes from the admin API
+//! (`Submit`) and generations pulled from peers (`Ingest`). It stores before it acknowledges,
+//! then publishes the new applied state to readers through a `watch` channel and the new
+//! version vector to peers through gossip. Readers never wait on the queue.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use grapevine_proto::limits::MAX_MEMBERS;
+use grapevine_proto::validate::validate_change;
+use grapevine_proto::{AppliedState, Change, Clock, Generation, GenerationBody, InsertOutcome, Log, NodeName, ValidationError, VersionVector};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, version_vector_keys};
+use crate::metrics::{Metrics, WarnLimiter, reason};
+use crate::store::{Store, StoreError};
+
+/// Commands waiting for the engine. Submissions come from HTTP handlers and ingests from the
+/// sync task; a full queue makes them wait, which is the back-pressure we want.
+const COMMAND_QUEUE_CAPACITY: usize = 256;
+
+/// What readers see: the applied state and a summary of the log, replaced as a whole.
+#[derive(Debug, Default)]
+pub struct View {
+    pub state: AppliedState,
+    pub version_vector: VersionVector,
+    pub generations: usize,
+}
+
+/// Why a submitted change was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The change is invalid; nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The store failed; nothing was applied.
+    #[error("the change was not stored: {0}")]
+    Store(#[from] StoreError),
+    /// The engine has stopped (the node is shutting down).
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+enum Command {
+    Submit { change: Change, reply: oneshot::Sender<Result<Generation, SubmitError>> },
+    Ingest { generations: Vec<Generation>, reply: oneshot::Sender<usize> },
+    History { reply: oneshot::Sender<Vec<Generation>> },
+}
+
+/// A handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    view: watch::Receiver<Arc<View>>,
+}
+
+impl EngineHandle {
+    /// Validates, stamps, stores and applies a change; returns its generation once durable.
+    pub async fn submit(&self, change: Change) -> Result<Generation, SubmitError> {
+        let (reply, response) = oneshot::channel();
+        self.commands.send(Command::Submit { change, reply }).await.map_err(|_| SubmitError::Stopped)?;
+        response.await.map_err(|_| SubmitError::Stopped)?
+    }
+
+    /// Stores and applies validated generations from a peer; returns how many were new.
+    pub async fn ingest(&self, generations: Vec<Generation>) -> usize {
+        let (reply, response) = oneshot::channel();
+        if self.commands.send(Command::Ingest { generations, reply }).await.is_err() {
+            return 0;
+        }
+        response.await.unwrap_or(0)
+    }
+
+    /// Every generation of the log, in `(hlc, origin, seq)` order.
+    pub async fn history(&self) -> Vec<Generation> {
+        let (reply, response) = oneshot::channel();
+        if self.commands.send(Command::History { reply }).await.is_err() {
+            return Vec::new();
+        }
+        response.await.unwrap_or_default()
+    }
+
+    /// The current view, without waiting on the engine.
+    pub fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that changes with every new view.
+    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
+        self.view.clone()
+    }
+}
+
+struct Engine {
+    name: NodeName,
+    log: Log,
+    state: AppliedState,
+    clock: Clock,
+    store: Arc<Store>,
+    gossip: Arc<Gossip>,
+    metrics: Arc<Metrics>,
+    view: watch::Sender<Arc<View>>,
+    warnings: WarnLimiter,
+}
+
+/// Starts the engine over the generations loaded from the store. The task ends when every
+/// handle is dropped; it holds the store until then.
+pub async fn spawn(
+    name: NodeName,
+    loaded: Vec<Generation>,
+    max_clock_offset_ms: u64,
+    store: Arc<Store>,
+    gossip: Arc<Gossip>,
+    metrics: Arc<Metrics>,
+) -> (EngineHandle, JoinHandle<()>) {
+    let mut log = Log::new();
+    let mut clock = Clock::new(max_clock_offset_ms);
+    for generation in loaded {
+        // Our own log may hold stamps from a clock that was ahead: never issue below them.
+        clock.observe(generation.body.hlc, u64::MAX).expect("no stamp is ahead of u64::MAX");
+        log.insert(generation);
+    }
+    let state = AppliedState::fold(log.iter());
+    let (view, view_receiver) = watch::channel(Arc::new(View::default()));
+    let (commands, queue) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
+    let engine = Engine {
+        name,
+        log,
+        state,
+        clock,
+        store,
+        gossip,
+        metrics,
+        view,
+        warnings: WarnLimiter::new(std::time::Duration::from_secs(30)),
+    };
+    engine.publish().await;
+    let task = tokio::spawn(engine.run(queue));
+    (EngineHandle { commands, view: view_receiver }, task)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Engine {
+    async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
+        while let Some(command) = queue.recv().await {
+            match command {
+                Command::Submit { change, reply } => {
+                    let result = self.submit(change).await;
+                    let outcome = if result.is_ok() { "accepted" } else { "refused" };
+                    self.metrics.changes.get_or_create(&reason(outcome)).inc();
+                    let _ = reply.send(result);
+                }
+                Command::Ingest { generations, reply } => {
+                    let _ = reply.send(self.ingest(generations).await);
+                }
+                Command::History { reply } => {
+                    let mut generations: Vec<Generation> = self.log.iter().cloned().collect();
+                    generations.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+                    let _ = reply.send(generations);
+                }
+            }
+        }
+    }
+
+    async fn submit(&mut self, change: Change) -> Result<Generation, SubmitError> {
+        validate_change(&change)?;
+        let mut members = self.gossip.live_names().await;
+        members.truncate(MAX_MEMBERS);
+        let body = GenerationBody {
+            id: grapevine_proto::GenId { origin: self.name.clone(), seq: self.log.next_seq(&self.name) },
+            hlc: self.clock.tick(now_ms()),
+            members,
+            change,
+        };
+        let generation = body.seal();
+        self.store_durably(vec![generation.clone()]).await?;
+        info!(generation = %generation.id(), "accepted change");
+        self.apply(generation.clone());
+        self.publish().await;
+        self.gossip.nudge_live_peers().await;
+        Ok(generation)
+    }
+
+    async fn ingest(&mut self, generations: Vec<Generation>) -> usize {
+        let mut new: Vec<Generation> = Vec::new();
+        for generation in generations {
+            let known = self.log.get(generation.id()).or_else(|| new.iter().find(|g| g.id() == generation.id()));
+            match known {
+                Some(existing) if existing.hash == generation.hash => continue,
+                Some(_) => {
+                    self.metrics.generation_conflicts.inc();
+                    error!(generation = %generation.id(), "a peer holds other content under a known generation id; kept ours");
+                    continue;
+                }
+                None => {}
+            }
+            if let Err(refusal) = self.clock.observe(generation.body.hlc, now_ms()) {
+                // Stored all the same (refusing would split the cluster's logs), but our clock
+                // does not follow it.
+                self.metrics.clock_offset_refusals.inc();
+                if self.warnings.allow(generation.id().origin.as_str()) {
+                    warn!(generation = %generation.id(), %refusal, "generation stamped in the future");
+                }
+            }
+            new.push(generation);
+        }
+        if new.is_empty() {
+            return 0;
+        }
+        if let Err(error) = self.store_durably(new.clone()).await {
+            error!(%error, "could not store pulled generations; they will be pulled again");
+            return 0;
+        }
+        let count = new.len();
+        for generation in new {
+            self.apply(generation);
+        }
+
+        self.metrics.sync_generations_stored.inc_by(count as u64);
+        self.publish().await;
+        count
+    }
+
+    async fn store_durably(&self, generations: Vec<Generation>) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put(&generations)).await.expect("store task panicked")
+    }
+
+    /// Adds a generation checked to be new (not in the log, not repeated in its batch).
+    fn apply(&mut self, generation: Generation) {
+        self.state.apply(&generation);
+        let outcome = self.log.insert(generation);
+        debug_assert_eq!(outcome, InsertOutcome::Inserted);
+    }
+
+    async fn publish(&self) {
+        let view = View {
+            state: self.state.clone(),
+            version_vector: self.log.version_vector().clone(),
+            generations: self.log.len(),
+        };
+        self.metrics.generations_known.set(view.generations as i64);
+        let mut keys: Vec<(String, String)> = version_vector_keys(&view.version_vector).collect();
+        keys.push((KEY_GENERATIONS.to_owned(), view.generations.to_string()));
+        keys.push((KEY_APPLIED.to_owned(), view.state.latest().map(ToString::to_string).unwrap_or_default()));
+        keys.push((KEY_DIGEST.to_owned(), short_digest(&view.state)));
+        self.gossip.set_keys(keys).await;
+        self.view.send_replace(Arc::new(view));
+    }
+}
+
+/// The first 16 hex digits of the state digest: enough to tell states apart at a glance.
+pub fn short_digest(state: &AppliedState) -> String {
+    state.digest().to_string()[..16].to_owned()
+}

@@ -1,0 +1,336 @@
+//! Membership, failure detection and small per-node facts: chitchat over the QUIC transport.
+//!
+//! chitchat `=0.11.2` is pinned: it is the last version whose message codec is public
+//! (`Serializable`/`Deserializable`), which a transport outside the crate needs.
+//!
+//! Each node publishes a few small keys (see `docs/protocol.md`): its API address, labels,
+//! log size, latest applied generation, state digest, and its version vector as one key per
+//! origin (`vv.<origin>` = highest contiguous seq), so a new generation changes one tiny key.
+//! Generation bodies never travel in chitchat.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chitchat::transport::{Socket, Transport as ChitchatTransport};
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage, Deserializable, FailureDetectorConfig, ListenerHandle,
+    NodeState, Serializable, spawn_chitchat,
+};
+use grapevine_proto::{NodeName, VersionVector};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tracing::debug;
+
+use crate::metrics::{Metrics, reason};
+use crate::transport::Transport;
+
+pub const KEY_API: &str = "api";
+pub const KEY_LABELS: &str = "labels";
+pub const KEY_GENERATIONS: &str = "generations";
+pub const KEY_APPLIED: &str = "applied";
+pub const KEY_DIGEST: &str = "digest";
+pub const PREFIX_VERSION_VECTOR: &str = "vv.";
+
+/// Gossip messages waiting to be sent to one peer. chitchat sends a few per round; a full
+/// queue means the peer is unreachable or slow, and the message is dropped as UDP would.
+const PEER_QUEUE_CAPACITY: usize = 16;
+
+/// A peer's sender task ends after this long without messages, so unused peers cost nothing.
+const PEER_SENDER_IDLE: Duration = Duration::from_secs(60);
+
+/// Most peers with a live sender task; past it, messages to new peers are dropped.
+const MAX_PEER_SENDERS: usize = 1024;
+
+/// How chitchat runs on this node.
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    pub name: NodeName,
+    pub cluster_id: String,
+    pub advertise: SocketAddr,
+    pub seeds: Vec<String>,
+    pub interval: Duration,
+    pub dead_node_grace_period: Duration,
+    /// Distinguishes restarts of the same node; must grow with each start.
+    pub incarnation: u64,
+}
+
+impl GossipConfig {
+    /// The failure detector tuned to the gossip interval: with the default 5 s prior, the
+    /// first detection after start takes tens of seconds at a 100 ms interval.
+    fn failure_detector(&self) -> FailureDetectorConfig {
+        FailureDetectorConfig {
+            phi_threshold: 8.0,
+            sampling_window_size: 1_000,
+            max_interval: self.interval * 10,
+            initial_interval: self.interval,
+            dead_node_grace_period: self.dead_node_grace_period,
+        }
+    }
+}
+
+/// One member as this node sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Member {
+    pub name: String,
+    pub gossip: SocketAddr,
+    pub alive: bool,
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    pub api: Option<String>,
+    pub labels: Option<String>,
+    pub generations: Option<u64>,
+    pub version_vector: BTreeMap<String, u64>,
+    pub applied: Option<String>,
+    pub state_digest: Option<String>,
+}
+
+/// The running gossip of a node.
+pub struct Gossip {
+    handle: ChitchatHandle,
+    version_vectors_changed: Arc<Notify>,
+    /// Keeps the subscription that feeds `version_vectors_changed` alive.
+    _listener: ListenerHandle,
+}
+
+impl Gossip {
+    /// Starts chitchat on the node's transport with its first keys.
+    pub async fn start(
+        config: &GossipConfig,
+        transport: Transport,
+        inbox: mpsc::Receiver<(SocketAddr, Bytes)>,
+        initial_keys: Vec<(String, String)>,
+    ) -> anyhow::Result<Gossip> {
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(config.name.as_str(), config.incarnation, config.advertise),
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.interval,
+            listen_addr: transport.local_addr(),
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: config.failure_detector(),
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let adapter = QuicGossip { transport, inbox: Mutex::new(Some(inbox)) };
+        let handle = spawn_chitchat(chitchat_config, initial_keys, &adapter).await?;
+        // chitchat refreshes its live-node watcher once per round only; a key event fires as
+        // soon as a delta is applied, so a peer's new generation is pulled without waiting.
+        let version_vectors_changed = Arc::new(Notify::new());
+        let notify = version_vectors_changed.clone();
+        let listener = handle
+            .with_chitchat(|chitchat| {
+                let notify = notify.clone();
+                chitchat.subscribe_event(PREFIX_VERSION_VECTOR, move |_| notify.notify_one())
+            })
+            .await;
+        Ok(Gossip { handle, version_vectors_changed, _listener: listener })
+    }
+
+    /// Sets keys of this node's state.
+    pub async fn set_keys(&self, keys: Vec<(String, String)>) {
+        self.handle
+            .with_chitchat(move |chitchat| {
+                let state = chitchat.self_node_state();
+                for (key, value) in &keys {
+                    state.set(key, value);
+                }
+            })
+            .await;
+    }
+
+    /// Notified whenever a peer's version vector changes.
+    pub fn version_vectors_changed(&self) -> Arc<Notify> {
+        self.version_vectors_changed.clone()
+    }
+
+    /// Live peers (this node excluded) with their advertised version vectors.
+    pub async fn peer_version_vectors(&self) -> Vec<(SocketAddr, VersionVector)> {
+        let own = self.handle.chitchat_id().clone();
+        self.handle
+            .with_chitchat(|chitchat| {
+                chitchat
+                    .live_nodes()
+                    .filter(|id| **id != own)
+                    .filter_map(|id| Some((id.gossip_advertise_addr, version_vector_of(chitchat.node_state(id)?))))
+                    .collect()
+            })
+            .await
+    }
+
+    /// Names of live members, sorted, this node included.
+    pub async fn live_names(&self) -> Vec<NodeName> {
+        let mut names: Vec<NodeName> = self
+            .handle
+            .with_chitchat(|chitchat| chitchat.live_nodes().filter_map(|id| id.node_id.parse().ok()).collect())
+            .await;
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Starts a gossip exchange with every live peer now, instead of at the next round, so
+    /// a new key reaches them in one round trip.
+    pub async fn nudge_live_peers(&self) {
+        let own = self.handle.chitchat_id().gossip_advertise_addr;
+        let peers: Vec<SocketAddr> = self
+            .handle
+            .with_chitchat(|chitchat| chitchat.live_nodes().map(|id| id.gossip_advertise_addr).collect())
+            .await;
+        for peer in peers.into_iter().filter(|addr| *addr != own) {
+            let _ = self.handle.gossip(peer);
+        }
+    }
+
+    /// Every member this node knows of, alive or dead; the latest incarnation of each name.
+    pub async fn members(&self) -> Vec<Member> {
+        let own = self.handle.chitchat_id().clone();
+        self.handle
+            .with_chitchat(|chitchat| {
+                let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
+                let mut latest: BTreeMap<String, Member> = BTreeMap::new();
+                let mut incarnations: HashMap<String, u64> = HashMap::new();
+                for (id, state) in chitchat.node_states() {
+                    let name = id.node_id.to_string();
+                    if incarnations.get(&name).is_some_and(|seen| *seen > id.generation_id) {
+                        continue;
+                    }
+                    incarnations.insert(name.clone(), id.generation_id);
+                    latest.insert(name, member_of(id, state, live.contains(id), *id == own));
+                }
+                latest.into_values().collect()
+            })
+            .await
+    }
+
+    /// Stops chitchat's loop and waits for it.
+    pub async fn shutdown(&self) {
+        let _ = self.handle.initiate_shutdown();
+        let _ = self.handle.termination_watcher().await;
+    }
+}
+
+fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> Member {
+    let version_vector = version_vector_of(state).iter().map(|(o, s)| (o.to_string(), s)).collect();
+    Member {
+        name: id.node_id.to_string(),
+        gossip: id.gossip_advertise_addr,
+        alive,
+        is_self,
+        api: state.get(KEY_API).map(str::to_owned),
+        labels: state.get(KEY_LABELS).map(str::to_owned),
+        generations: state.get(KEY_GENERATIONS).and_then(|v| v.parse().ok()),
+        version_vector,
+        applied: state.get(KEY_APPLIED).filter(|v| !v.is_empty()).map(str::to_owned),
+        state_digest: state.get(KEY_DIGEST).map(str::to_owned),
+    }
+}
+
+/// A peer's version vector from its `vv.<origin>` keys; malformed entries are skipped.
+pub fn version_vector_of(state: &NodeState) -> VersionVector {
+    let mut vector = VersionVector::default();
+    for (key, value) in state.key_values() {
+        let Some(origin) = key.strip_prefix(PREFIX_VERSION_VECTOR) else { continue };
+        if let (Ok(origin), Ok(seq)) = (origin.parse::<NodeName>(), value.parse::<u64>()) {
+            vector.raise(origin, seq);
+        }
+    }
+    vector
+}
+
+/// The keys that publish `vector`, one per origin.
+pub fn version_vector_keys(vector: &VersionVector) -> impl Iterator<Item = (String, String)> + '_ {
+    vector.iter().map(|(origin, seq)| (format!("{PREFIX_VERSION_VECTOR}{origin}"), seq.to_string()))
+}
+
+/// chitchat's `Transport` on our endpoint. chitchat calls `open` once, with the address the
+/// endpoint is already bound to.
+struct QuicGossip {
+    transport: Transport,
+    inbox: Mutex<Option<mpsc::Receiver<(SocketAddr, Bytes)>>>,
+}
+
+#[async_trait]
+impl ChitchatTransport for QuicGossip {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let bound = self.transport.local_addr();
+        anyhow::ensure!(listen_addr == bound, "gossip must listen on the endpoint's address {bound}, got {listen_addr}");
+        let inbox = self.inbox.lock().expect("inbox lock poisoned").take();
+        let inbox = inbox.ok_or_else(|| anyhow::anyhow!("the gossip socket of {bound} is already open"))?;
+        Ok(Box::new(GossipSocket { transport: self.transport.clone(), inbox, peers: HashMap::new() }))
+    }
+}
+
+/// chitchat's `Socket`: `send` queues and returns at once (it runs inside chitchat's single
+/// gossip loop, which must never wait on a handshake); `recv` is cancel-safe (an mpsc recv).
+struct GossipSocket {
+    transport: Transport,
+    inbox: mpsc::Receiver<(SocketAddr, Bytes)>,
+    peers: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+}
+
+impl GossipSocket {
+    fn metrics(&self) -> &Metrics {
+        self.transport.metrics()
+    }
+
+    fn sender_for(&mut self, to: SocketAddr) -> Option<&mpsc::Sender<Bytes>> {
+        if self.peers.get(&to).is_none_or(|sender| sender.is_closed()) {
+            if self.peers.len() >= MAX_PEER_SENDERS {
+                self.peers.retain(|_, sender| !sender.is_closed());
+                if self.peers.len() >= MAX_PEER_SENDERS {
+                    return None;
+                }
+            }
+            let (sender, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
+            tokio::spawn(run_peer_sender(self.transport.clone(), to, receiver));
+            self.peers.insert(to, sender);
+        }
+        self.peers.get(&to)
+    }
+}
+
+#[async_trait]
+impl Socket for GossipSocket {
+    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
+        let bytes = Bytes::from(message.serialize_to_vec());
+        let queued = self.sender_for(to).is_some_and(|sender| sender.try_send(bytes).is_ok());
+        if !queued {
+            self.metrics().gossip_dropped.get_or_create(&reason("queue_full")).inc();
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        loop {
+            let (from, bytes) = self.inbox.recv().await.ok_or_else(|| anyhow::anyhow!("the transport has stopped"))?;
+            match ChitchatMessage::deserialize(&mut &bytes[..]) {
+                Ok(message) => {
+                    self.metrics().gossip_received.inc();
+                    return Ok((from, message));
+                }
+                Err(error) => {
+                    self.metrics().gossip_dropped.get_or_create(&reason("malformed")).inc();
+                    debug!(peer = %from, %error, "dropped malformed gossip message");
+                }
+            }
+        }
+    }
+}
+
+/// Sends one peer's queued gossip in order; ends when idle or when the socket is dropped.
+async fn run_peer_sender(transport: Transport, to: SocketAddr, mut queue: mpsc::Receiver<Bytes>) {
+    while let Ok(Some(message)) = tokio::time::timeout(PEER_SENDER_IDLE, queue.recv()).await {
+        if let Err(error) = transport.send_gossip(to, message).await {
+            debug!(peer = %to, %error, "gossip send failed");
+            let mut dropped = 1;
+            while queue.try_recv().is_ok() {
+                dropped += 1;
+            }
+            transport.metrics().gossip_dropped.get_or_create(&reason("send_failed")).inc_by(dropped);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The Grapevine peer daemon, its CLI client and the demo.
+//!
+//! The binary (`main.rs`) only parses the command line and calls into [`cli`]. Everything that
+//! decides lives in `grapevine-proto`; this crate adapts sockets, disks, timers and HTTP to it.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod engine;
+pub mod gossip;
+pub mod metrics;
+pub mod store;
+pub mod sync;
+pub mod tls;
+pub mod transport;

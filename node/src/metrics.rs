@@ -1,0 +1,165 @@
+//! Prometheus metrics of one node (prometheus-client), and a limiter for repeated warnings.
+//!
+//! One [`Metrics`] value is shared by every task of a node; each counter is cheap to clone and
+//! lock-free to increment. `GET /metrics` renders [`Metrics::render`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A label naming why something happened (`reason="queue_full"`, `outcome="refused"`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+pub fn reason(reason: &'static str) -> Reason {
+    Reason { reason }
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Registry,
+    /// Gossip messages received from peers and handed to chitchat.
+    pub gossip_received: Counter,
+    /// Gossip messages sent to peers.
+    pub gossip_sent: Counter,
+    /// Gossip messages dropped, by reason (`queue_full`, `malformed`, `dial_failed`, ...).
+    pub gossip_dropped: Family<Reason, Counter>,
+    /// Bytes of gossip sent and received.
+    pub gossip_bytes: Family<Reason, Counter>,
+    /// TLS handshakes that failed, in either direction (a peer outside the CA, or a bad cert).
+    pub tls_handshake_failures: Counter,
+    /// Log-sync pulls made, by outcome.
+    pub sync_pulls: Family<Reason, Counter>,
+    /// Log-sync pulls served to peers, by outcome.
+    pub sync_served: Family<Reason, Counter>,
+    /// Generations received by log sync and stored.
+    pub sync_generations_stored: Counter,
+    /// Malformed traffic from peers (frames, requests, generations) dropped, by kind.
+    pub peer_malformed: Family<Reason, Counter>,
+    /// Changes submitted through the admin API, by outcome (`accepted`, `refused`).
+    pub changes: Family<Reason, Counter>,
+    /// Generations in the local log.
+    pub generations_known: Gauge,
+    /// Members of the cluster in this node's view, by state (`alive`, `dead`).
+    pub members: Family<Reason, Gauge>,
+    /// Generations received with the same id as a stored one but other content.
+    pub generation_conflicts: Counter,
+    /// Generations refused because their clock stamp was too far in the future.
+    pub clock_offset_refusals: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("grapevine");
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            gossip_received: Counter::default(),
+            gossip_sent: Counter::default(),
+            gossip_dropped: Family::default(),
+            gossip_bytes: Family::default(),
+            tls_handshake_failures: Counter::default(),
+            sync_pulls: Family::default(),
+            sync_served: Family::default(),
+            sync_generations_stored: Counter::default(),
+            peer_malformed: Family::default(),
+            changes: Family::default(),
+            generations_known: Gauge::default(),
+            members: Family::default(),
+            generation_conflicts: Counter::default(),
+            clock_offset_refusals: Counter::default(),
+        };
+        let r = &mut registry;
+        r.register("gossip_messages_received", "Gossip messages received from peers", metrics.gossip_received.clone());
+        r.register("gossip_messages_sent", "Gossip messages sent to peers", metrics.gossip_sent.clone());
+        r.register("gossip_messages_dropped", "Gossip messages dropped, by reason", metrics.gossip_dropped.clone());
+        r.register("gossip_bytes", "Gossip bytes, by direction", metrics.gossip_bytes.clone());
+        r.register("tls_handshake_failures", "Failed TLS handshakes with peers", metrics.tls_handshake_failures.clone());
+        r.register("sync_pulls", "Log-sync pulls made, by outcome", metrics.sync_pulls.clone());
+        r.register("sync_served", "Log-sync pulls served, by outcome", metrics.sync_served.clone());
+        r.register("sync_generations_stored", "Generations stored from log sync", metrics.sync_generations_stored.clone());
+        r.register("peer_malformed", "Malformed traffic from peers dropped, by kind", metrics.peer_malformed.clone());
+        r.register("changes", "Changes submitted to this node, by outcome", metrics.changes.clone());
+        r.register("generations_known", "Generations in the local log", metrics.generations_known.clone());
+        r.register("members", "Cluster members in this node's view, by state", metrics.members.clone());
+        r.register("generation_conflicts", "Generations with a known id but other content", metrics.generation_conflicts.clone());
+        r.register("clock_offset_refusals", "Generations refused for a clock stamp too far ahead", metrics.clock_offset_refusals.clone());
+        metrics.registry = registry;
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Most distinct keys a [`WarnLimiter`] remembers; past it, it forgets them all (and may let
+/// one extra warning through) rather than grow.
+const MAX_WARN_KEYS: usize = 1024;
+
+/// Lets a warning with a given key through at most once per interval, so a fault that recurs
+/// every gossip round (a partition, a rogue peer) does not flood the log.
+pub struct WarnLimiter {
+    interval: Duration,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl WarnLimiter {
+    pub fn new(interval: Duration) -> Self {
+        WarnLimiter { interval, last: Mutex::new(HashMap::new()) }
+    }
+
+    /// True when a warning for `key` may be logged now.
+    pub fn allow(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut last = self.last.lock().expect("warn limiter lock poisoned");
+        if last.len() >= MAX_WARN_KEYS {
+            last.clear();
+        }
+        match last.get(key) {
+            Some(at) if now.duration_since(*at) < self.interval => false,
+            _ => {
+                last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_each_metric() {
+        let metrics = Metrics::new();
+        metrics.gossip_dropped.get_or_create(&reason("queue_full")).inc();
+        let text = metrics.render();
+        assert!(text.contains("grapevine_gossip_messages_dropped_total{reason=\"queue_full\"} 1"), "{text}");
+        assert!(text.contains("# TYPE grapevine_tls_handshake_failures counter"), "{text}");
+    }
+
+    #[test]
+    fn repeated_warnings_are_limited_per_key() {
+        let limiter = WarnLimiter::new(Duration::from_secs(60));
+        assert!(limiter.allow("a"));
+        assert!(!limiter.allow("a"));
+        assert!(limiter.allow("b"));
+    }
+}

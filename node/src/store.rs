@@ -1,0 +1,210 @@
+//! The durable log of one node, in one redb file under the data directory.
+//!
+//! A generation is written and committed (fsync) before the node acknowledges it to a client
+//! or counts it as received from a peer. redb holds an exclusive lock on the file, so a second
+//! process on the same data directory is refused at start. Every record is checked against its
+//! content hash when loaded; the applied state is not stored, it is the fold of the log.
+
+use std::path::{Path, PathBuf};
+
+use grapevine_proto::validate::validate_generation;
+use grapevine_proto::wire::{decode, encode};
+use grapevine_proto::{Generation, NodeName, VersionVector};
+use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
+
+/// Generations by `(origin, seq)`, each the versioned encoding of a [`Generation`].
+const GENERATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("generations");
+/// Facts about the store itself: which node owns it.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const META_NODE: &str = "node";
+
+/// The file under the data directory.
+pub const STORE_FILE: &str = "grapevine.redb";
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {error}")]
+    CreateDir { path: PathBuf, error: std::io::Error },
+    #[error("data directory {path} is locked by another process (is another grapevine node running on it?)")]
+    Locked { path: PathBuf },
+    #[error("data directory {path} belongs to node {found:?}, not {expected:?}")]
+    WrongNode { path: PathBuf, expected: String, found: String },
+    #[error("store {path} is corrupt: record {record}: {detail}")]
+    Corrupt { path: PathBuf, record: String, detail: String },
+    #[error("store {path}: {error}")]
+    Database { path: PathBuf, error: Box<redb::Error> },
+}
+
+/// The redb database of a node. Reads and writes are blocking: call them off the async
+/// workers (`spawn_blocking`) where they may take long.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store of node `name` in `dir`.
+    pub fn open(dir: &Path, name: &NodeName) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::CreateDir { path: dir.to_owned(), error })?;
+        let path = dir.join(STORE_FILE);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked { path: dir.to_owned() }),
+            Err(error) => return Err(StoreError::Database { path, error: Box::new(error.into()) }),
+        };
+        let store = Store { db, path };
+        store.claim(name)?;
+        Ok(store)
+    }
+
+    fn error(&self) -> impl Fn(redb::Error) -> StoreError + '_ {
+        |error| StoreError::Database { path: self.path.clone(), error: Box::new(error) }
+    }
+
+    /// Records which node owns the store, or checks that it is `name`.
+    fn claim(&self, name: &NodeName) -> Result<(), StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|x| e(x.into()))?;
+            let owner = meta.get(META_NODE).map_err(|x| e(x.into()))?.map(|v| v.value().to_owned());
+            match owner {
+                Some(found) if found != name.as_str() => {
+                    return Err(StoreError::WrongNode {
+                        path: self.path.clone(),
+                        expected: name.to_string(),
+                        found,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(META_NODE, name.as_str()).map_err(|x| e(x.into()))?;
+                }
+            }
+            txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// Every stored generation, each checked against its hash and validated.
+    pub fn load(&self) -> Result<Vec<Generation>, StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
+        let mut generations = Vec::new();
+        for row in table.iter().map_err(|x| e(x.into()))? {
+            let (key, value) = row.map_err(|x| e(x.into()))?;
+            let (origin, seq) = key.value();
+            generations.push(self.decode_record(origin, seq, value.value())?);
+        }
+        Ok(generations)
+    }
+
+    fn decode_record(&self, origin: &str, seq: u64, bytes: &[u8]) -> Result<Generation, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            record: format!("{origin}.{seq}"),
+            detail,
+        };
+        let generation: Generation = decode(bytes, "generation").map_err(|x| corrupt(x.to_string()))?;
+        validate_generation(&generation).map_err(|x| corrupt(x.to_string()))?;
+        let id = generation.id();
+        if id.origin.as_str() != origin || id.seq != seq {
+            return Err(corrupt(format!("stored under {origin}.{seq} but holds {id}")));
+        }
+        Ok(generation)
+    }
+
+    /// Writes generations in one transaction and waits until they are durable.
+    pub fn put(&self, generations: &[Generation]) -> Result<(), StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut table = txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
+            for generation in generations {
+                let id = generation.id();
+                table.insert((id.origin.as_str(), id.seq), encode(generation).as_slice()).map_err(|x| e(x.into()))?;
+            }
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// Generations a peer with vector `have` lacks, in id order, until their encoded size
+    /// would pass `max_bytes` (at least one is returned, whatever its size). The flag is true
+    /// when more were left out.
+    pub fn missing_from(&self, have: &VersionVector, max_bytes: usize) -> Result<(Vec<Generation>, bool), StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
+        let mut generations = Vec::new();
+        let mut bytes = 0;
+        for row in table.iter().map_err(|x| e(x.into()))? {
+            let (key, value) = row.map_err(|x| e(x.into()))?;
+            let (origin, seq) = key.value();
+            let lacks = origin.parse::<NodeName>().map(|o| seq > have.get(&o)).unwrap_or(false);
+            if !lacks {
+                continue;
+            }
+            let value = value.value();
+            if !generations.is_empty() && bytes + value.len() > max_bytes {
+                return Ok((generations, true));
+            }
+            bytes += value.len();
+            generations.push(self.decode_record(origin, seq, value)?);
+        }
+        Ok((generations, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use grapevine_proto::{Change, GenId, GenerationBody, JsonText, Op, Stamp};
+
+    use super::*;
+
+    fn generation(origin: &str, seq: u64) -> Generation {
+        GenerationBody {
+            id: GenId { origin: origin.parse().unwrap(), seq },
+            hlc: Stamp { wall_ms: seq, logical: 0 },
+            members: vec![],
+            change: Change {
+                ops: vec![Op::PutConfig { key: "k".parse().unwrap(), value: JsonText::try_from(seq.to_string()).unwrap() }],
+            },
+        }
+        .seal()
+    }
+
+    #[test]
+    fn generations_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let name: NodeName = "n1".parse().unwrap();
+        let stored = vec![generation("n1", 1), generation("n2", 1), generation("n2", 2)];
+        Store::open(dir.path(), &name).unwrap().put(&stored).unwrap();
+        let store = Store::open(dir.path(), &name).unwrap();
+        assert_eq!(store.load().unwrap(), stored);
+        let mut have = VersionVector::default();
+        have.raise("n2".parse().unwrap(), 1);
+        let (missing, more) = store.missing_from(&have, usize::MAX).unwrap();
+        assert_eq!(missing, vec![stored[0].clone(), stored[2].clone()]);
+        assert!(!more);
+        let (first, more) = store.missing_from(&have, 1).unwrap();
+        assert_eq!((first.len(), more), (1, true));
+    }
+
+    #[test]
+    fn a_second_open_is_refused_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let name: NodeName = "n1".parse().unwrap();
+        let _first = Store::open(dir.path(), &name).unwrap();
+        assert!(matches!(Store::open(dir.path(), &name), Err(StoreError::Locked { .. })));
+    }
+
+    #[test]
+    fn another_nodes_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), &"n1".parse().unwrap()).unwrap());
+        let error = Store::open(dir.path(), &"n2".parse().unwrap()).err().unwrap();
+        assert!(error.to_string().contains("belongs to node \"n1\""), "{error}");
+    }
+}

@@ -1,0 +1,277 @@
+//! The cluster CA and node certificates (rcgen), and the mutual-TLS configs (rustls, ring).
+//!
+//! `ca init --out DIR` writes `ca.pem` and `ca.key`. `ca issue --out DIR` writes `ca.pem`,
+//! `node.pem` and `node.key`: exactly what `grapevine node --tls DIR` reads.
+//!
+//! Peers are dialed by the gossip address chitchat hands us, not by a name, so a peer's
+//! certificate is checked for a chain to the cluster CA and a valid signature, not for a host
+//! name: membership in the cluster is what the CA attests.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+pub const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca.key";
+pub const NODE_CERT_FILE: &str = "node.pem";
+pub const NODE_KEY_FILE: &str = "node.key";
+
+/// The ALPN protocol of the peer plane; a peer speaking anything else is refused.
+pub const ALPN: &[u8] = b"grapevine/1";
+
+/// Why certificates could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file that should exist does not, or cannot be read or written.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    /// A file that exists but holds no usable certificate or key.
+    #[error("{path}: expected {expected}, got {found}")]
+    Invalid { path: PathBuf, expected: &'static str, found: String },
+    /// `ca init` refuses to overwrite an existing CA.
+    #[error("{path} already exists; refusing to overwrite a CA (choose another --out)")]
+    Exists { path: PathBuf },
+    /// rcgen or rustls refused to build something.
+    #[error("certificate error: {0}")]
+    Build(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |error| TlsError::Io { path: path.to_owned(), error }
+}
+
+fn build_error(error: impl std::fmt::Display) -> TlsError {
+    TlsError::Build(error.to_string())
+}
+
+/// Writes `contents` to `path`; private keys are readable by their owner only.
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = if private { 0o600 } else { 0o644 };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_error(path))?;
+    file.write_all(contents.as_bytes()).map_err(io_error(path))
+}
+
+fn read_file(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(io_error(path))
+}
+
+/// `grapevine ca init`: a new self-signed cluster CA in `out`.
+pub fn ca_init(out: &Path) -> Result<(), TlsError> {
+    let cert_path = out.join(CA_CERT_FILE);
+    if cert_path.exists() {
+        return Err(TlsError::Exists { path: cert_path });
+    }
+    fs::create_dir_all(out).map_err(io_error(out))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "grapevine cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().map_err(build_error)?;
+    let cert = params.self_signed(&key).map_err(build_error)?;
+    write_file(&out.join(CA_KEY_FILE), &key.serialize_pem(), true)?;
+    write_file(&cert_path, &cert.pem(), false)
+}
+
+/// `grapevine ca issue`: a node certificate signed by the CA in `ca_dir`, written to `out`
+/// with a copy of the CA certificate.
+pub fn ca_issue(ca_dir: &Path, name: &str, ips: &[IpAddr], dns: &[String], out: &Path) -> Result<(), TlsError> {
+    let ca_cert_path = ca_dir.join(CA_CERT_FILE);
+    let ca_key_path = ca_dir.join(CA_KEY_FILE);
+    let ca_cert_pem = read_file(&ca_cert_path)?;
+    let ca_key = KeyPair::from_pem(&read_file(&ca_key_path)?).map_err(|e| TlsError::Invalid {
+        path: ca_key_path.clone(),
+        expected: "a PEM private key",
+        found: e.to_string(),
+    })?;
+    let ca_params = CertificateParams::from_ca_cert_pem(&ca_cert_pem).map_err(|e| TlsError::Invalid {
+        path: ca_cert_path.clone(),
+        expected: "a PEM CA certificate",
+        found: e.to_string(),
+    })?;
+    // rcgen signs with a Certificate value: re-create it from the CA's own parameters and key.
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(build_error)?;
+
+    let mut names = vec![name.to_owned()];
+    names.extend(dns.iter().cloned());
+    let mut params = CertificateParams::new(names).map_err(build_error)?;
+    params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().map_err(build_error)?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(build_error)?;
+
+    fs::create_dir_all(out).map_err(io_error(out))?;
+    write_file(&out.join(NODE_KEY_FILE), &key.serialize_pem(), true)?;
+    write_file(&out.join(NODE_CERT_FILE), &cert.pem(), false)?;
+    write_file(&out.join(CA_CERT_FILE), &ca_cert_pem, false)
+}
+
+/// What a node needs for mutual TLS, loaded from the directory `ca issue` wrote.
+#[derive(Clone, Debug)]
+pub struct NodeTls {
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl NodeTls {
+    /// Loads `ca.pem`, `node.pem` and `node.key` from `dir`, naming the file at fault.
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        let ca = load_first_cert(&dir.join(CA_CERT_FILE))?;
+        let chain = vec![load_first_cert(&dir.join(NODE_CERT_FILE))?];
+        let key_path = dir.join(NODE_KEY_FILE);
+        let key = PrivateKeyDer::from_pem_slice(read_file(&key_path)?.as_bytes()).map_err(|e| TlsError::Invalid {
+            path: key_path,
+            expected: "a PEM private key",
+            found: e.to_string(),
+        })?;
+        Ok(NodeTls { ca, chain, key: Arc::new(key) })
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(build_error)?;
+        Ok(Arc::new(roots))
+    }
+
+    /// The server side: present our certificate, require one from the CA of the client.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = provider();
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone()).build().map_err(build_error)?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(build_error)?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(build_error)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// The client side: present our certificate, require the server's to chain to the CA.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let provider = provider();
+        let verifier = Arc::new(CaOnlyVerifier { roots: self.roots()?, algorithms: provider.signature_verification_algorithms });
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(build_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(build_error)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+/// ring, and only ring: with two providers compiled in, rustls panics at the first builder.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load_first_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    let pem = read_file(path)?;
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Invalid {
+        path: path.to_owned(),
+        expected: "a PEM certificate",
+        found: e.to_string(),
+    })
+}
+
+/// Verifies a server certificate's chain to the cluster CA and its signatures, not its name.
+#[derive(Debug)]
+struct CaOnlyVerifier {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for CaOnlyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_load_and_build_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        ca_init(&ca).unwrap();
+        assert!(matches!(ca_init(&ca), Err(TlsError::Exists { .. })));
+        let node = dir.path().join("n1");
+        ca_issue(&ca, "n1", &["127.0.0.1".parse().unwrap()], &["n1.example".into()], &node).unwrap();
+        let tls = NodeTls::load(&node).unwrap();
+        tls.server_config().unwrap();
+        tls.client_config().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(node.join(NODE_KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = NodeTls::load(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("ca.pem"), "{error}");
+    }
+}

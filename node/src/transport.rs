@@ -1,0 +1,323 @@
+//! The peer plane: one quinn endpoint per node, mutual TLS, a cached connection per peer.
+//!
+//! Gossip travels as QUIC datagrams when it fits and on unidirectional streams otherwise; log
+//! sync uses bidirectional streams. Every stream opens with one byte naming its kind, so a
+//! later protocol can add kinds without confusing an older peer (it resets unknown kinds).
+//!
+//! Dialing and accepting share one endpoint, so a peer's connection comes from its gossip
+//! address: chitchat replies to the address a message came from, and that must be where the
+//! peer listens.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::metrics::{Metrics, WarnLimiter, reason};
+use crate::tls::{NodeTls, TlsError};
+
+/// Largest gossip message accepted on a stream. chitchat builds messages of up to 65,510
+/// bytes, a little over UDP's 65,507: the stream path must take them whole.
+pub const MAX_GOSSIP_MESSAGE_BYTES: usize = 66 * 1024;
+
+/// Gossip messages received but not yet taken by chitchat. chitchat handles a message in
+/// microseconds; a full inbox means it is stalled, and dropping is what UDP would do.
+const GOSSIP_INBOX_CAPACITY: usize = 1024;
+
+/// Incoming sync streams waiting for the sync server; past it a stream is reset.
+const STREAM_INBOX_CAPACITY: usize = 64;
+
+/// Most open connections. Each costs a TLS session and buffers; a cluster of the member
+/// ceiling (400) gossips with a few peers at a time, so this leaves room for sync too.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a QUIC handshake may take before the peer is treated as unreachable.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A connection without traffic for this long closes itself, evicting idle peers.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The kind byte of a unidirectional stream that carries one gossip message.
+pub const STREAM_GOSSIP: u8 = 1;
+/// The kind byte of a bidirectional stream that pulls generations (log sync).
+pub const STREAM_PULL: u8 = 2;
+
+/// Why the transport could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {addr}/UDP: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot dial {addr}: {error}")]
+    Dial { addr: SocketAddr, error: String },
+    #[error("handshake with {addr} timed out after {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout { addr: SocketAddr },
+    #[error("connection to {addr} failed: {error}")]
+    Connection { addr: SocketAddr, error: ConnectionError },
+    #[error("already {MAX_CONNECTIONS} connections open; refusing to dial {addr}")]
+    TooManyConnections { addr: SocketAddr },
+    #[error("stream to {addr} failed: {error}")]
+    Stream { addr: SocketAddr, error: String },
+}
+
+/// A bidirectional stream a peer opened, after its kind byte.
+pub struct IncomingStream {
+    pub peer: SocketAddr,
+    pub kind: u8,
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
+
+/// What the transport hands to the tasks above it.
+pub struct Inboxes {
+    /// Raw gossip messages, with the address they came from.
+    pub gossip: mpsc::Receiver<(SocketAddr, Bytes)>,
+    /// Bidirectional streams opened by peers.
+    pub streams: mpsc::Receiver<IncomingStream>,
+}
+
+/// A handle to the node's endpoint; cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    connections: Mutex<HashMap<SocketAddr, Connection>>,
+    gossip_tx: mpsc::Sender<(SocketAddr, Bytes)>,
+    streams_tx: mpsc::Sender<IncomingStream>,
+    metrics: Arc<Metrics>,
+    warnings: WarnLimiter,
+}
+
+impl Transport {
+    /// Binds the endpoint on `listen` and starts accepting peers.
+    pub fn bind(listen: SocketAddr, tls: &NodeTls, metrics: Arc<Metrics>) -> Result<(Transport, Inboxes), TransportError> {
+        let mut transport_config = quinn::TransportConfig::default();
+        transport_config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits a varint")));
+        let transport_config = Arc::new(transport_config);
+
+        let server_crypto = QuicServerConfig::try_from(tls.server_config()?)
+            .map_err(|e| TlsError::Build(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport_config.clone());
+        let client_crypto = QuicClientConfig::try_from(tls.client_config()?)
+            .map_err(|e| TlsError::Build(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport_config);
+
+        let mut endpoint =
+            Endpoint::server(server_config, listen).map_err(|error| TransportError::Bind { addr: listen, error })?;
+        endpoint.set_default_client_config(client_config);
+
+        let (gossip_tx, gossip) = mpsc::channel(GOSSIP_INBOX_CAPACITY);
+        let (streams_tx, streams) = mpsc::channel(STREAM_INBOX_CAPACITY);
+        let inner = Arc::new(Inner {
+            endpoint,
+            connections: Mutex::new(HashMap::new()),
+            gossip_tx,
+            streams_tx,
+            metrics,
+            warnings: WarnLimiter::new(Duration::from_secs(30)),
+        });
+        tokio::spawn(accept_loop(inner.clone()));
+        Ok((Transport { inner }, Inboxes { gossip, streams }))
+    }
+
+    /// The address the endpoint is bound to (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.endpoint.local_addr().expect("a bound endpoint has an address")
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The open connection to `addr`, dialing it if there is none.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
+        if let Some(connection) = self.inner.cached(addr) {
+            return Ok(connection);
+        }
+        if self.inner.connection_count() >= MAX_CONNECTIONS {
+            return Err(TransportError::TooManyConnections { addr });
+        }
+        // The name is not checked (see `tls`): peers are dialed by address.
+        let connecting = self
+            .inner
+            .endpoint
+            .connect(addr, "grapevine")
+            .map_err(|e| TransportError::Dial { addr, error: e.to_string() })?;
+        let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+            Err(_) => return Err(TransportError::HandshakeTimeout { addr }),
+            Ok(Err(error)) => {
+                self.inner.handshake_failed(addr, &error, "outgoing");
+                return Err(TransportError::Connection { addr, error });
+            }
+            Ok(Ok(connection)) => connection,
+        };
+        self.inner.register(connection.clone());
+        tokio::spawn(serve_connection(self.inner.clone(), connection.clone()));
+        Ok(connection)
+    }
+
+    /// Opens a bidirectional stream of `kind` to `addr`.
+    pub async fn open_stream(&self, addr: SocketAddr, kind: u8) -> Result<(SendStream, RecvStream), TransportError> {
+        let connection = self.connect(addr).await?;
+        let stream_error = |error: String| TransportError::Stream { addr, error };
+        let (mut send, recv) = connection.open_bi().await.map_err(|e| stream_error(e.to_string()))?;
+        send.write_all(&[kind]).await.map_err(|e| stream_error(e.to_string()))?;
+        Ok((send, recv))
+    }
+
+    /// Sends one gossip message: as a datagram when it fits, else on a unidirectional stream.
+    pub async fn send_gossip(&self, addr: SocketAddr, message: Bytes) -> Result<(), TransportError> {
+        let connection = self.connect(addr).await?;
+        let stream_error = |error: String| TransportError::Stream { addr, error };
+        let length = message.len() as u64;
+        if connection.max_datagram_size().is_some_and(|max| message.len() <= max) {
+            connection.send_datagram(message).map_err(|e| stream_error(e.to_string()))?;
+        } else {
+            let mut send = connection.open_uni().await.map_err(|e| stream_error(e.to_string()))?;
+            send.write_all(&[STREAM_GOSSIP]).await.map_err(|e| stream_error(e.to_string()))?;
+            send.write_all(&message).await.map_err(|e| stream_error(e.to_string()))?;
+            send.finish().map_err(|e| stream_error(e.to_string()))?;
+        }
+        self.inner.metrics.gossip_sent.inc();
+        self.inner.metrics.gossip_bytes.get_or_create(&reason("sent")).inc_by(length);
+        Ok(())
+    }
+
+    /// Closes every connection and waits briefly for peers to be told.
+    pub async fn close(&self) {
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+impl Inner {
+    fn cached(&self, addr: SocketAddr) -> Option<Connection> {
+        let connections = self.connections.lock().expect("connection map lock poisoned");
+        connections.get(&addr).filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    fn connection_count(&self) -> usize {
+        self.connections.lock().expect("connection map lock poisoned").len()
+    }
+
+    fn register(&self, connection: Connection) {
+        let mut connections = self.connections.lock().expect("connection map lock poisoned");
+        connections.insert(connection.remote_address(), connection);
+    }
+
+    fn forget(&self, connection: &Connection) {
+        let mut connections = self.connections.lock().expect("connection map lock poisoned");
+        let addr = connection.remote_address();
+        if connections.get(&addr).is_some_and(|c| c.stable_id() == connection.stable_id()) {
+            connections.remove(&addr);
+        }
+    }
+
+    /// Counts a failed handshake and logs it, rate-limited: a rogue or misconfigured peer
+    /// fails every gossip round.
+    fn handshake_failed(&self, addr: SocketAddr, error: &ConnectionError, direction: &str) {
+        if matches!(error, ConnectionError::TimedOut) {
+            return;
+        }
+        self.metrics.tls_handshake_failures.inc();
+        if self.warnings.allow(&format!("handshake {addr}")) {
+            warn!(peer = %addr, %error, direction, "peer handshake failed (is its certificate from this cluster's CA?)");
+        } else {
+            debug!(peer = %addr, %error, direction, "peer handshake failed");
+        }
+    }
+
+    fn deliver_gossip(&self, from: SocketAddr, message: Bytes) {
+        self.metrics.gossip_bytes.get_or_create(&reason("received")).inc_by(message.len() as u64);
+        if self.gossip_tx.try_send((from, message)).is_err() {
+            self.metrics.gossip_dropped.get_or_create(&reason("inbox_full")).inc();
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        if inner.connection_count() >= MAX_CONNECTIONS {
+            incoming.refuse();
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            let connecting = match incoming.accept() {
+                Ok(connecting) => connecting,
+                Err(error) => return inner.handshake_failed(addr, &error, "incoming"),
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+                Ok(Ok(connection)) => {
+                    inner.register(connection.clone());
+                    serve_connection(inner, connection).await;
+                }
+                Ok(Err(error)) => inner.handshake_failed(addr, &error, "incoming"),
+                Err(_) => debug!(peer = %addr, "incoming handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Reads everything a peer sends on one connection until it closes.
+async fn serve_connection(inner: Arc<Inner>, connection: Connection) {
+    let peer = connection.remote_address();
+    loop {
+        tokio::select! {
+            datagram = connection.read_datagram() => match datagram {
+                Ok(message) => inner.deliver_gossip(peer, message),
+                Err(_) => break,
+            },
+            stream = connection.accept_uni() => match stream {
+                Ok(recv) => { tokio::spawn(read_gossip_stream(inner.clone(), peer, recv)); }
+                Err(_) => break,
+            },
+            stream = connection.accept_bi() => match stream {
+                Ok((send, recv)) => { tokio::spawn(hand_over_stream(inner.clone(), peer, send, recv)); }
+                Err(_) => break,
+            },
+        }
+    }
+    inner.forget(&connection);
+}
+
+async fn read_gossip_stream(inner: Arc<Inner>, peer: SocketAddr, mut recv: RecvStream) {
+    match recv.read_to_end(MAX_GOSSIP_MESSAGE_BYTES + 1).await {
+        Ok(bytes) if bytes.first() == Some(&STREAM_GOSSIP) => {
+            inner.deliver_gossip(peer, Bytes::from(bytes).slice(1..));
+        }
+        Ok(_) => {
+            inner.metrics.peer_malformed.get_or_create(&reason("unknown_stream_kind")).inc();
+        }
+        Err(error) => {
+            inner.metrics.peer_malformed.get_or_create(&reason("gossip_stream")).inc();
+            debug!(%peer, %error, "dropped gossip stream");
+        }
+    }
+}
+
+async fn hand_over_stream(inner: Arc<Inner>, peer: SocketAddr, send: SendStream, mut recv: RecvStream) {
+    let mut kind = [0u8; 1];
+    let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, recv.read_exact(&mut kind)).await;
+    if !matches!(read, Ok(Ok(()))) {
+        inner.metrics.peer_malformed.get_or_create(&reason("stream_kind")).inc();
+        return;
+    }
+    let stream = IncomingStream { peer, kind: kind[0], send, recv };
+    if inner.streams_tx.try_send(stream).is_err() {
+        inner.metrics.sync_served.get_or_create(&reason("busy")).inc();
+    }
+}
