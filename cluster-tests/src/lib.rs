@@ -1,1 +1,333 @@
+//! A harness for multi-node tests: real `grapevine` processes on loopback, each with its own
+//! data directory and certificate, driven only through the CLI and HTTP API a user has.
+//!
+//! The harness finds the `grapevine` binary next to the test binary (cargo builds it for the
+//! workspace's tests) and builds it with cargo when it is missing.
 
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// Gossip interval of test clusters: short, so tests spend little time waiting for rounds.
+pub const TEST_GOSSIP_INTERVAL_MS: u64 = 100;
+
+/// The `grapevine` binary under test.
+pub fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Ok(path) = std::env::var("GRAPEVINE_BIN") {
+            return PathBuf::from(path);
+        }
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        // target/<profile>/deps/<test> -> target/<profile>/grapevine
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binaries live in target/<profile>/deps");
+        let binary = profile_dir.join("grapevine");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--bin", "grapevine", "-p", "grapevine-node"]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        // Always ask cargo: it rebuilds a stale binary and does nothing for a fresh one.
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the grapevine binary failed");
+        assert!(
+            binary.exists(),
+            "no grapevine binary at {}",
+            binary.display()
+        );
+        binary
+    })
+}
+
+/// A free port on loopback for UDP (gossip) or TCP (API). The socket is closed before the
+/// node binds it; on a busy machine another process could take it in between, rarely.
+pub fn free_port(udp: bool) -> u16 {
+    if udp {
+        UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port")
+            .port()
+    } else {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free TCP port")
+            .port()
+    }
+}
+
+/// Runs `grapevine` with `args` and waits for it.
+pub fn grapevine(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env_remove("GRAPEVINE_NODE")
+        .output()
+        .expect("grapevine runs")
+}
+
+/// One node of a test cluster.
+pub struct Node {
+    pub name: String,
+    pub gossip: SocketAddr,
+    pub api: SocketAddr,
+    pub data: PathBuf,
+    pub tls: PathBuf,
+    seeds: Vec<SocketAddr>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// Starts the node's process and waits until its API answers.
+    pub fn start(&mut self) -> Result<()> {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut command = Command::new(binary());
+        command
+            .args(["node", "--name", &self.name])
+            .args([
+                "--listen",
+                &self.gossip.to_string(),
+                "--api",
+                &self.api.to_string(),
+            ])
+            .args([
+                "--data".as_ref(),
+                self.data.as_os_str(),
+                "--tls".as_ref(),
+                self.tls.as_os_str(),
+            ])
+            .args(["--gossip-interval-ms", &TEST_GOSSIP_INTERVAL_MS.to_string()])
+            .env("GRAPEVINE_LOG", "info,chitchat=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for seed in &self.seeds {
+            command.args(["--seed", &seed.to_string()]);
+        }
+        self.child = Some(command.spawn()?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().expect("just spawned").try_wait()? {
+                self.child = None;
+                bail!(
+                    "{} exited with {status} at start:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            if self.cli(&["status"]).status.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "{} did not answer within 20 s:\n{}",
+            self.name,
+            self.log_text()
+        )
+    }
+
+    /// `kill -9`: no shutdown, no flush beyond what was already durable.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit and returns its status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        bail!("{} did not stop within 10 s of SIGTERM", self.name)
+    }
+
+    /// Runs a client command against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let url = self.url();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--node", &url]);
+        grapevine(&all)
+    }
+
+    /// Runs a client command with `--json` and parses what it printed.
+    pub fn cli_json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let output = self.cli(&all);
+        if !output.status.success() {
+            bail!(
+                "grapevine {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Nodes on loopback sharing one CA, in one temp dir.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Makes the CA and `count` node definitions (n1, n2, ...), all seeded with n1; starts none.
+    pub fn new(count: usize) -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca");
+        check(grapevine(&["ca", "init", "--out", path_str(&ca)]))?;
+        let mut cluster = Cluster {
+            dir,
+            ca,
+            nodes: Vec::new(),
+        };
+        for _ in 0..count {
+            cluster.add_node()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts `count` nodes and waits until each sees all alive.
+    pub fn start(count: usize) -> Result<Cluster> {
+        let mut cluster = Cluster::new(count)?;
+        for node in &mut cluster.nodes {
+            node.start()?;
+        }
+        cluster.wait_formed(Duration::from_secs(20))?;
+        Ok(cluster)
+    }
+
+    /// Defines one more node with a certificate from the cluster CA.
+    pub fn add_node(&mut self) -> Result<&mut Node> {
+        let name = format!("n{}", self.nodes.len() + 1);
+        let ca = self.ca.clone();
+        self.add_node_with_ca(&name, &ca)
+    }
+
+    /// Defines a node whose certificate comes from the CA in `ca` (which may be foreign).
+    pub fn add_node_with_ca(&mut self, name: &str, ca: &Path) -> Result<&mut Node> {
+        let root = self.dir.path().join(name);
+        let tls = root.join("tls");
+        check(grapevine(&[
+            "ca",
+            "issue",
+            "--ca",
+            path_str(ca),
+            "--name",
+            name,
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            path_str(&tls),
+        ]))?;
+        let gossip: SocketAddr = ([127, 0, 0, 1], free_port(true)).into();
+        let seeds = self
+            .nodes
+            .first()
+            .map(|first| vec![first.gossip])
+            .unwrap_or_default();
+        self.nodes.push(Node {
+            name: name.to_owned(),
+            gossip,
+            api: ([127, 0, 0, 1], free_port(false)).into(),
+            data: root.join("data"),
+            tls,
+            seeds,
+            log: root.join("node.log"),
+            child: None,
+        });
+        Ok(self.nodes.last_mut().expect("just pushed"))
+    }
+
+    /// Waits until every running node sees every running node alive.
+    pub fn wait_formed(&self, timeout: Duration) -> Result<()> {
+        let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+        wait_until(timeout, "the cluster to form", || {
+            running.iter().all(|node| {
+                alive_members(node)
+                    .is_ok_and(|alive| running.iter().all(|n| alive.contains(&n.name)))
+            })
+        })
+    }
+}
+
+/// Names of the members `node` sees alive.
+pub fn alive_members(node: &Node) -> Result<Vec<String>> {
+    let status = node.cli_json(&["status"])?;
+    Ok(status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["alive"] == true)
+        .filter_map(|m| m["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// Fails with the command's stderr unless it succeeded.
+pub fn check(output: Output) -> Result<Output> {
+    if !output.status.success() {
+        bail!(
+            "command failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}

@@ -61,11 +61,17 @@ pub struct ApiError {
 
 impl ApiError {
     fn bad_request(message: impl ToString) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, message: message.to_string() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.to_string(),
+        }
     }
 
     fn not_found(message: impl ToString) -> Self {
-        ApiError { status: StatusCode::NOT_FOUND, message: message.to_string() }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.to_string(),
+        }
     }
 }
 
@@ -82,7 +88,10 @@ impl From<SubmitError> for ApiError {
             SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError { status, message: error.to_string() }
+        ApiError {
+            status,
+            message: error.to_string(),
+        }
     }
 }
 
@@ -96,7 +105,8 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Parses a JSON body with an error that says which shape was expected.
 fn parse_body<T: DeserializeOwned>(body: &Bytes, shape: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("expected a JSON body {shape}, got: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("expected a JSON body {shape}, got: {e}")))
 }
 
 fn parse_key(key: String) -> Result<Key, ApiError> {
@@ -105,14 +115,26 @@ fn parse_key(key: String) -> Result<Key, ApiError> {
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
     let members = state.gossip.members().await;
     let alive = members.iter().filter(|m| m.alive).count();
-    state.metrics.members.get_or_create(&crate::metrics::reason("alive")).set(alive as i64);
-    state.metrics.members.get_or_create(&crate::metrics::reason("dead")).set((members.len() - alive) as i64);
+    state
+        .metrics
+        .members
+        .get_or_create(&crate::metrics::reason("alive"))
+        .set(alive as i64);
+    state
+        .metrics
+        .members
+        .get_or_create(&crate::metrics::reason("dead"))
+        .set((members.len() - alive) as i64);
     let view = state.engine.view();
     Ok(Json(json!({
         "node": state.name,
@@ -149,8 +171,12 @@ impl From<&Generation> for GenerationSummary {
             .ops
             .iter()
             .map(|op| match op {
-                Op::SetFlag { key, definition } => json!({"op": "set_flag", "key": key, "definition": definition.to_value()}),
-                Op::PutConfig { key, value } => json!({"op": "put_config", "key": key, "bytes": value.as_str().len()}),
+                Op::SetFlag { key, definition } => {
+                    json!({"op": "set_flag", "key": key, "definition": definition.to_value()})
+                }
+                Op::PutConfig { key, value } => {
+                    json!({"op": "put_config", "key": key, "bytes": value.as_str().len()})
+                }
             })
             .collect();
         GenerationSummary {
@@ -165,11 +191,21 @@ impl From<&Generation> for GenerationSummary {
     }
 }
 
-async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery>) -> ApiResult<Value> {
+async fn history(
+    State(state): State<ApiState>,
+    Query(query): Query<HistoryQuery>,
+) -> ApiResult<Value> {
     let limit = query.limit.unwrap_or(100).min(MAX_HISTORY);
     let generations = state.engine.history().await;
-    let newest: Vec<GenerationSummary> = generations.iter().rev().take(limit).map(GenerationSummary::from).collect();
-    Ok(Json(json!({ "node": state.name, "total": generations.len(), "generations": newest })))
+    let newest: Vec<GenerationSummary> = generations
+        .iter()
+        .rev()
+        .take(limit)
+        .map(GenerationSummary::from)
+        .collect();
+    Ok(Json(
+        json!({ "node": state.name, "total": generations.len(), "generations": newest }),
+    ))
 }
 
 /// What `flag set` asks for: exactly one of the fields.
@@ -190,15 +226,31 @@ fn accepted(generation: &Generation) -> Json<Value> {
     }))
 }
 
-async fn set_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
+async fn set_flag(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> ApiResult<Value> {
     let key = parse_key(key)?;
-    let request: FlagSetRequest = parse_body(&body, r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#)?;
-    let current = state.engine.view().state.flags.get(&key).map(|entry| entry.value.clone());
+    let request: FlagSetRequest = parse_body(
+        &body,
+        r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#,
+    )?;
+    let current = state
+        .engine
+        .view()
+        .state
+        .flags
+        .get(&key)
+        .map(|entry| entry.value.clone());
     let definition = match (request.on, request.variant, request.definition) {
         (Some(on), None, None) => switch_boolean(&key, current, on)?,
         (None, Some(variant), None) => {
             let mut flag = current.ok_or_else(|| {
-                ApiError::not_found(format!("flag {key:?} does not exist on node {}; create it with --on, --off or --file", state.name))
+                ApiError::not_found(format!(
+                    "flag {key:?} does not exist on node {}; create it with --on, --off or --file",
+                    state.name
+                ))
             })?;
             flag.default_variant = Some(variant);
             flag
@@ -207,17 +259,30 @@ async fn set_flag(State(state): State<ApiState>, Path(key): Path<String>, body: 
             let text = JsonText::from_value(&definition)?;
             FlagDefinition::parse(&key, &text)?
         }
-        _ => return Err(ApiError::bad_request("expected exactly one of `on`, `variant` or `definition`")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "expected exactly one of `on`, `variant` or `definition`",
+            ));
+        }
     };
-    let op = Op::SetFlag { key, definition: definition.to_json_text()? };
+    let op = Op::SetFlag {
+        key,
+        definition: definition.to_json_text()?,
+    };
     let generation = state.engine.submit(Change { ops: vec![op] }).await?;
     Ok(accepted(&generation))
 }
 
 /// `--on`/`--off`: a boolean flag serving `on` or `off`. An existing flag keeps its metadata,
 /// but a flag of another shape is not silently turned into a boolean.
-fn switch_boolean(key: &Key, current: Option<FlagDefinition>, on: bool) -> Result<FlagDefinition, ApiError> {
-    let Some(mut flag) = current else { return Ok(FlagDefinition::boolean(on)) };
+fn switch_boolean(
+    key: &Key,
+    current: Option<FlagDefinition>,
+    on: bool,
+) -> Result<FlagDefinition, ApiError> {
+    let Some(mut flag) = current else {
+        return Ok(FlagDefinition::boolean(on));
+    };
     if flag.variants != FlagDefinition::boolean(on).variants {
         let names: Vec<&str> = flag.variants.keys().map(String::as_str).collect();
         return Err(ApiError::bad_request(format!(
@@ -230,13 +295,15 @@ fn switch_boolean(key: &Key, current: Option<FlagDefinition>, on: bool) -> Resul
     Ok(flag)
 }
 
-fn flag_answer(state: &ApiState, key: &Key, context: &serde_json::Map<String, Value>) -> Result<Value, ApiError> {
+fn flag_answer(
+    state: &ApiState,
+    key: &Key,
+    context: &serde_json::Map<String, Value>,
+) -> Result<Value, ApiError> {
     let view = state.engine.view();
-    let entry = view
-        .state
-        .flags
-        .get(key)
-        .ok_or_else(|| ApiError::not_found(format!("flag {key:?} not found on node {}", state.name)))?;
+    let entry = view.state.flags.get(key).ok_or_else(|| {
+        ApiError::not_found(format!("flag {key:?} not found on node {}", state.name))
+    })?;
     let evaluation = entry.value.evaluate(context);
     Ok(json!({
         "key": key,
@@ -249,7 +316,11 @@ fn flag_answer(state: &ApiState, key: &Key, context: &serde_json::Map<String, Va
 }
 
 async fn get_flag(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult<Value> {
-    Ok(Json(flag_answer(&state, &parse_key(key)?, &Default::default())?))
+    Ok(Json(flag_answer(
+        &state,
+        &parse_key(key)?,
+        &Default::default(),
+    )?))
 }
 
 #[derive(Deserialize)]
@@ -259,10 +330,16 @@ struct EvaluateRequest {
     context: serde_json::Map<String, Value>,
 }
 
-async fn evaluate_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
+async fn evaluate_flag(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request = if body.is_empty() {
-        EvaluateRequest { context: Default::default() }
+        EvaluateRequest {
+            context: Default::default(),
+        }
     } else {
         parse_body(&body, r#"{"context": {...}}"#)?
     };
@@ -275,10 +352,17 @@ struct ConfigPutRequest {
     value: Value,
 }
 
-async fn put_config(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
+async fn put_config(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request: ConfigPutRequest = parse_body(&body, r#"{"value": <JSON value>}"#)?;
-    let op = Op::PutConfig { key, value: JsonText::from_value(&request.value)? };
+    let op = Op::PutConfig {
+        key,
+        value: JsonText::from_value(&request.value)?,
+    };
     let generation = state.engine.submit(Change { ops: vec![op] }).await?;
     Ok(accepted(&generation))
 }
@@ -286,11 +370,9 @@ async fn put_config(State(state): State<ApiState>, Path(key): Path<String>, body
 async fn get_config(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let view = state.engine.view();
-    let entry = view
-        .state
-        .config
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found(format!("config {key:?} not found on node {}", state.name)))?;
+    let entry = view.state.config.get(&key).ok_or_else(|| {
+        ApiError::not_found(format!("config {key:?} not found on node {}", state.name))
+    })?;
     Ok(Json(json!({
         "key": key,
         "value": entry.value.to_value(),

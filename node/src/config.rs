@@ -39,9 +39,14 @@ pub struct RawConfig {
 impl RawConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| ConfigError::File { path: path.to_owned(), error: error.to_string() })?;
-        toml::from_str(&text).map_err(|error| ConfigError::File { path: path.to_owned(), error: error.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::File {
+            path: path.to_owned(),
+            error: error.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|error| ConfigError::File {
+            path: path.to_owned(),
+            error: error.to_string(),
+        })
     }
 
     /// Options set in `over` replace those of `self`; labels merge key by key.
@@ -49,7 +54,19 @@ impl RawConfig {
         macro_rules! take {
             ($($field:ident),*) => { $( if over.$field.is_some() { self.$field = over.$field; } )* };
         }
-        take!(name, cluster, listen, advertise, api, seeds, data, tls, gossip_interval_ms, dead_node_grace_period_s, max_clock_offset_ms);
+        take!(
+            name,
+            cluster,
+            listen,
+            advertise,
+            api,
+            seeds,
+            data,
+            tls,
+            gossip_interval_ms,
+            dead_node_grace_period_s,
+            max_clock_offset_ms
+        );
         if let Some(labels) = over.labels {
             self.labels.get_or_insert_with(BTreeMap::new).extend(labels);
         }
@@ -94,23 +111,37 @@ pub enum ConfigError {
     #[error("config file {path}: {error}")]
     File { path: PathBuf, error: String },
     #[error("missing required option `{option}` (set {flag} or `{option}` in the config file)")]
-    Missing { option: &'static str, flag: &'static str },
+    Missing {
+        option: &'static str,
+        flag: &'static str,
+    },
     #[error("option `{option}`: expected {expected}, got {found:?}")]
-    Invalid { option: &'static str, expected: &'static str, found: String },
+    Invalid {
+        option: &'static str,
+        expected: &'static str,
+        found: String,
+    },
 }
 
 impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
-        let name = raw.name.ok_or(ConfigError::Missing { option: "name", flag: "--name" })?;
+        let name = raw.name.ok_or(ConfigError::Missing {
+            option: "name",
+            flag: "--name",
+        })?;
         let name = name.parse::<NodeName>().map_err(|_| ConfigError::Invalid {
             option: "name",
             expected: "1 to 32 ASCII letters, digits, '-' or '_'",
             found: name,
         })?;
         let listen = socket_addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:7400"))?;
-        let advertise = raw.advertise.as_deref().map(|a| socket_addr("advertise", a)).transpose()?;
+        let advertise = raw
+            .advertise
+            .as_deref()
+            .map(|a| socket_addr("advertise", a))
+            .transpose()?;
         let advertised = advertise.unwrap_or(listen);
         if advertised.ip().is_unspecified() {
             return Err(ConfigError::Invalid {
@@ -121,8 +152,15 @@ impl TryFrom<RawConfig> for Config {
         }
         let seeds = raw.seeds.unwrap_or_default();
         for seed in &seeds {
-            if seed.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
-                return Err(ConfigError::Invalid { option: "seeds", expected: "HOST:PORT", found: seed.clone() });
+            if seed
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(ConfigError::Invalid {
+                    option: "seeds",
+                    expected: "HOST:PORT",
+                    found: seed.clone(),
+                });
             }
         }
         let gossip_interval_ms = raw.gossip_interval_ms.unwrap_or(1_000);
@@ -140,18 +178,30 @@ impl TryFrom<RawConfig> for Config {
             advertise,
             api: socket_addr("api", raw.api.as_deref().unwrap_or("127.0.0.1:7401"))?,
             seeds,
-            data: raw.data.ok_or(ConfigError::Missing { option: "data", flag: "--data" })?,
-            tls: raw.tls.ok_or(ConfigError::Missing { option: "tls", flag: "--tls" })?,
+            data: raw.data.ok_or(ConfigError::Missing {
+                option: "data",
+                flag: "--data",
+            })?,
+            tls: raw.tls.ok_or(ConfigError::Missing {
+                option: "tls",
+                flag: "--tls",
+            })?,
             labels: check_labels(raw.labels.unwrap_or_default())?,
             gossip_interval: Duration::from_millis(gossip_interval_ms),
-            dead_node_grace_period: Duration::from_secs(raw.dead_node_grace_period_s.unwrap_or(600)),
+            dead_node_grace_period: Duration::from_secs(
+                raw.dead_node_grace_period_s.unwrap_or(600),
+            ),
             max_clock_offset_ms: raw.max_clock_offset_ms.unwrap_or(500),
         })
     }
 }
 
 fn socket_addr(option: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse().map_err(|_| ConfigError::Invalid { option, expected: "IP:PORT", found: text.to_owned() })
+    text.parse().map_err(|_| ConfigError::Invalid {
+        option,
+        expected: "IP:PORT",
+        found: text.to_owned(),
+    })
 }
 
 fn check_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -163,7 +213,10 @@ fn check_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, Str
         });
     }
     let valid = |s: &str| {
-        !s.is_empty() && s.len() <= MAX_LABEL_BYTES && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        !s.is_empty()
+            && s.len() <= MAX_LABEL_BYTES
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
     };
     for (key, value) in &labels {
         if !valid(key) || !valid(value) {
@@ -185,7 +238,11 @@ impl Config {
 
     /// Labels as one gossip value: `k=v,k2=v2`.
     pub fn labels_text(&self) -> String {
-        self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        self.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -194,7 +251,12 @@ mod tests {
     use super::*;
 
     fn minimal() -> RawConfig {
-        RawConfig { name: Some("n1".into()), data: Some("d".into()), tls: Some("t".into()), ..Default::default() }
+        RawConfig {
+            name: Some("n1".into()),
+            data: Some("d".into()),
+            tls: Some("t".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -209,30 +271,76 @@ mod tests {
     fn each_bad_option_is_named() {
         let error = |raw: RawConfig| Config::try_from(raw).unwrap_err().to_string();
         assert_eq!(
-            error(RawConfig { name: None, ..minimal() }),
+            error(RawConfig {
+                name: None,
+                ..minimal()
+            }),
             "missing required option `name` (set --name or `name` in the config file)"
         );
-        assert!(error(RawConfig { listen: Some("nowhere".into()), ..minimal() }).starts_with("option `listen`: expected IP:PORT"));
-        assert!(error(RawConfig { listen: Some("0.0.0.0:7400".into()), ..minimal() }).contains("--advertise"));
-        assert!(error(RawConfig { seeds: Some(vec!["host".into()]), ..minimal() }).contains("HOST:PORT"));
-        assert!(error(RawConfig { gossip_interval_ms: Some(0), ..minimal() }).contains("gossip_interval_ms"));
+        assert!(
+            error(RawConfig {
+                listen: Some("nowhere".into()),
+                ..minimal()
+            })
+            .starts_with("option `listen`: expected IP:PORT")
+        );
+        assert!(
+            error(RawConfig {
+                listen: Some("0.0.0.0:7400".into()),
+                ..minimal()
+            })
+            .contains("--advertise")
+        );
+        assert!(
+            error(RawConfig {
+                seeds: Some(vec!["host".into()]),
+                ..minimal()
+            })
+            .contains("HOST:PORT")
+        );
+        assert!(
+            error(RawConfig {
+                gossip_interval_ms: Some(0),
+                ..minimal()
+            })
+            .contains("gossip_interval_ms")
+        );
         let labels = parse_labels("zone=eu 1").unwrap();
-        assert!(error(RawConfig { labels: Some(labels), ..minimal() }).contains("labels"));
+        assert!(
+            error(RawConfig {
+                labels: Some(labels),
+                ..minimal()
+            })
+            .contains("labels")
+        );
         assert!(parse_labels("zone").is_err());
     }
 
     #[test]
     fn flags_override_the_file_and_labels_merge() {
-        let file: RawConfig = toml::from_str("name = \"a\"\nlabels = { zone = \"eu\", role = \"web\" }").unwrap();
-        let flags = RawConfig { name: Some("b".into()), labels: Some(parse_labels("zone=us").unwrap()), ..Default::default() };
+        let file: RawConfig =
+            toml::from_str("name = \"a\"\nlabels = { zone = \"eu\", role = \"web\" }").unwrap();
+        let flags = RawConfig {
+            name: Some("b".into()),
+            labels: Some(parse_labels("zone=us").unwrap()),
+            ..Default::default()
+        };
         let merged = file.overlay(flags);
         assert_eq!(merged.name.as_deref(), Some("b"));
-        assert_eq!(merged.labels.unwrap(), parse_labels("role=web,zone=us").unwrap());
+        assert_eq!(
+            merged.labels.unwrap(),
+            parse_labels("role=web,zone=us").unwrap()
+        );
     }
 
     #[test]
     fn unknown_keys_in_the_file_are_refused() {
-        assert!(toml::from_str::<RawConfig>("nmae = \"a\"").unwrap_err().to_string().contains("unknown field"));
+        assert!(
+            toml::from_str::<RawConfig>("nmae = \"a\"")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field")
+        );
     }
 
     #[test]

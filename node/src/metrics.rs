@@ -77,20 +77,76 @@ impl Metrics {
             clock_offset_refusals: Counter::default(),
         };
         let r = &mut registry;
-        r.register("gossip_messages_received", "Gossip messages received from peers", metrics.gossip_received.clone());
-        r.register("gossip_messages_sent", "Gossip messages sent to peers", metrics.gossip_sent.clone());
-        r.register("gossip_messages_dropped", "Gossip messages dropped, by reason", metrics.gossip_dropped.clone());
-        r.register("gossip_bytes", "Gossip bytes, by direction", metrics.gossip_bytes.clone());
-        r.register("tls_handshake_failures", "Failed TLS handshakes with peers", metrics.tls_handshake_failures.clone());
-        r.register("sync_pulls", "Log-sync pulls made, by outcome", metrics.sync_pulls.clone());
-        r.register("sync_served", "Log-sync pulls served, by outcome", metrics.sync_served.clone());
-        r.register("sync_generations_stored", "Generations stored from log sync", metrics.sync_generations_stored.clone());
-        r.register("peer_malformed", "Malformed traffic from peers dropped, by kind", metrics.peer_malformed.clone());
-        r.register("changes", "Changes submitted to this node, by outcome", metrics.changes.clone());
-        r.register("generations_known", "Generations in the local log", metrics.generations_known.clone());
-        r.register("members", "Cluster members in this node's view, by state", metrics.members.clone());
-        r.register("generation_conflicts", "Generations with a known id but other content", metrics.generation_conflicts.clone());
-        r.register("clock_offset_refusals", "Generations refused for a clock stamp too far ahead", metrics.clock_offset_refusals.clone());
+        r.register(
+            "gossip_messages_received",
+            "Gossip messages received from peers",
+            metrics.gossip_received.clone(),
+        );
+        r.register(
+            "gossip_messages_sent",
+            "Gossip messages sent to peers",
+            metrics.gossip_sent.clone(),
+        );
+        r.register(
+            "gossip_messages_dropped",
+            "Gossip messages dropped, by reason",
+            metrics.gossip_dropped.clone(),
+        );
+        r.register(
+            "gossip_bytes",
+            "Gossip bytes, by direction",
+            metrics.gossip_bytes.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "Failed TLS handshakes with peers",
+            metrics.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "sync_pulls",
+            "Log-sync pulls made, by outcome",
+            metrics.sync_pulls.clone(),
+        );
+        r.register(
+            "sync_served",
+            "Log-sync pulls served, by outcome",
+            metrics.sync_served.clone(),
+        );
+        r.register(
+            "sync_generations_stored",
+            "Generations stored from log sync",
+            metrics.sync_generations_stored.clone(),
+        );
+        r.register(
+            "peer_malformed",
+            "Malformed traffic from peers dropped, by kind",
+            metrics.peer_malformed.clone(),
+        );
+        r.register(
+            "changes",
+            "Changes submitted to this node, by outcome",
+            metrics.changes.clone(),
+        );
+        r.register(
+            "generations_known",
+            "Generations in the local log",
+            metrics.generations_known.clone(),
+        );
+        r.register(
+            "members",
+            "Cluster members in this node's view, by state",
+            metrics.members.clone(),
+        );
+        r.register(
+            "generation_conflicts",
+            "Generations with a known id but other content",
+            metrics.generation_conflicts.clone(),
+        );
+        r.register(
+            "clock_offset_refusals",
+            "Generations refused for a clock stamp too far ahead",
+            metrics.clock_offset_refusals.clone(),
+        );
         metrics.registry = registry;
         metrics
     }
@@ -98,7 +154,8 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -122,7 +179,10 @@ pub struct WarnLimiter {
 
 impl WarnLimiter {
     pub fn new(interval: Duration) -> Self {
-        WarnLimiter { interval, last: Mutex::new(HashMap::new()) }
+        WarnLimiter {
+            interval,
+            last: Mutex::new(HashMap::new()),
+        }
     }
 
     /// True when a warning for `key` may be logged now.
@@ -149,10 +209,19 @@ mod tests {
     #[test]
     fn exposition_names_each_metric() {
         let metrics = Metrics::new();
-        metrics.gossip_dropped.get_or_create(&reason("queue_full")).inc();
+        metrics
+            .gossip_dropped
+            .get_or_create(&reason("queue_full"))
+            .inc();
         let text = metrics.render();
-        assert!(text.contains("grapevine_gossip_messages_dropped_total{reason=\"queue_full\"} 1"), "{text}");
-        assert!(text.contains("# TYPE grapevine_tls_handshake_failures counter"), "{text}");
+        assert!(
+            text.contains("grapevine_gossip_messages_dropped_total{reason=\"queue_full\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE grapevine_tls_handshake_failures counter"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use grapevine_proto::VersionVector;
 use grapevine_proto::limits::MAX_GENERATION_BYTES;
 use grapevine_proto::validate::validate_generation;
 use grapevine_proto::wire::{PullFrame, PullRequest, decode, encode};
-use grapevine_proto::VersionVector;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -64,25 +64,48 @@ pub enum SyncError {
     Timeout,
 }
 
+impl SyncError {
+    /// True when the peer sent something no correct peer sends: counted as malformed.
+    fn is_malformed(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Malformed(_) | SyncError::FrameTooLarge { .. }
+        )
+    }
+}
+
 async fn write_frame(send: &mut SendStream, payload: &[u8]) -> Result<(), SyncError> {
     let length = u32::try_from(payload.len()).expect("frames are far below 4 GiB");
-    send.write_all(&length.to_be_bytes()).await.map_err(|e| SyncError::Stream(e.to_string()))?;
-    send.write_all(payload).await.map_err(|e| SyncError::Stream(e.to_string()))
+    send.write_all(&length.to_be_bytes())
+        .await
+        .map_err(|e| SyncError::Stream(e.to_string()))?;
+    send.write_all(payload)
+        .await
+        .map_err(|e| SyncError::Stream(e.to_string()))
 }
 
 async fn read_frame(recv: &mut RecvStream, limit: usize) -> Result<Vec<u8>, SyncError> {
     let read = async {
         let mut length = [0u8; 4];
-        recv.read_exact(&mut length).await.map_err(|e| SyncError::Stream(e.to_string()))?;
+        recv.read_exact(&mut length)
+            .await
+            .map_err(|e| SyncError::Stream(e.to_string()))?;
         let length = u32::from_be_bytes(length) as usize;
         if length > limit {
-            return Err(SyncError::FrameTooLarge { limit, found: length });
+            return Err(SyncError::FrameTooLarge {
+                limit,
+                found: length,
+            });
         }
         let mut payload = vec![0u8; length];
-        recv.read_exact(&mut payload).await.map_err(|e| SyncError::Stream(e.to_string()))?;
+        recv.read_exact(&mut payload)
+            .await
+            .map_err(|e| SyncError::Stream(e.to_string()))?;
         Ok(payload)
     };
-    tokio::time::timeout(FRAME_TIMEOUT, read).await.map_err(|_| SyncError::Timeout)?
+    tokio::time::timeout(FRAME_TIMEOUT, read)
+        .await
+        .map_err(|_| SyncError::Timeout)?
 }
 
 /// Pulls from peers whose advertised vectors are ahead of ours until none is, or shutdown.
@@ -130,8 +153,11 @@ pub async fn run_puller(
                     }
                 }
                 Err(error) => {
-                    let kind = if matches!(error, SyncError::Malformed(_) | SyncError::FrameTooLarge { .. }) {
-                        metrics.peer_malformed.get_or_create(&reason("pull_frame")).inc();
+                    let kind = if error.is_malformed() {
+                        metrics
+                            .peer_malformed
+                            .get_or_create(&reason("pull_frame"))
+                            .inc();
                         "malformed"
                     } else {
                         "failed"
@@ -146,9 +172,21 @@ pub async fn run_puller(
 }
 
 /// One pull from `peer`; returns how many new generations were stored.
-async fn pull(transport: &Transport, engine: &EngineHandle, peer: SocketAddr, have: VersionVector) -> Result<usize, SyncError> {
+async fn pull(
+    transport: &Transport,
+    engine: &EngineHandle,
+    peer: SocketAddr,
+    have: VersionVector,
+) -> Result<usize, SyncError> {
     let (mut send, mut recv) = transport.open_stream(peer, STREAM_PULL).await?;
-    write_frame(&mut send, &encode(&PullRequest { have, max_bytes: MAX_PULL_BYTES as u64 })).await?;
+    write_frame(
+        &mut send,
+        &encode(&PullRequest {
+            have,
+            max_bytes: MAX_PULL_BYTES as u64,
+        }),
+    )
+    .await?;
     let _ = send.finish();
     let mut batch = Vec::new();
     let mut stored = 0;
@@ -157,11 +195,16 @@ async fn pull(transport: &Transport, engine: &EngineHandle, peer: SocketAddr, ha
         let frame = read_frame(&mut recv, MAX_FRAME_BYTES).await?;
         received_bytes += frame.len();
         if received_bytes > MAX_PULL_BYTES + MAX_FRAME_BYTES {
-            return Err(SyncError::Malformed(format!("peer sent more than the {MAX_PULL_BYTES}-byte budget")));
+            return Err(SyncError::Malformed(format!(
+                "peer sent more than the {MAX_PULL_BYTES}-byte budget"
+            )));
         }
-        match decode::<PullFrame>(&frame, "pull frame").map_err(|e| SyncError::Malformed(e.to_string()))? {
+        match decode::<PullFrame>(&frame, "pull frame")
+            .map_err(|e| SyncError::Malformed(e.to_string()))?
+        {
             PullFrame::Generation(generation) => {
-                validate_generation(&generation).map_err(|e| SyncError::Malformed(e.to_string()))?;
+                validate_generation(&generation)
+                    .map_err(|e| SyncError::Malformed(e.to_string()))?;
                 batch.push(generation);
                 if batch.len() >= INGEST_BATCH {
                     stored += engine.ingest(std::mem::take(&mut batch)).await;
@@ -188,17 +231,25 @@ pub async fn run_server(
             stream = streams.recv() => match stream { Some(stream) => stream, None => return },
         };
         if stream.kind != STREAM_PULL {
-            metrics.peer_malformed.get_or_create(&reason("unknown_stream_kind")).inc();
+            metrics
+                .peer_malformed
+                .get_or_create(&reason("unknown_stream_kind"))
+                .inc();
             continue;
         }
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (store, metrics) = (store.clone(), metrics.clone());
         tokio::spawn(async move {
             let peer = stream.peer;
             let outcome = match serve_pull(stream, store).await {
                 Ok(()) => "ok",
-                Err(SyncError::Malformed(error)) => {
-                    metrics.peer_malformed.get_or_create(&reason("pull_request")).inc();
+                Err(error) if error.is_malformed() => {
+                    metrics
+                        .peer_malformed
+                        .get_or_create(&reason("pull_request"))
+                        .inc();
                     debug!(%peer, %error, "malformed pull request");
                     "malformed"
                 }
@@ -215,16 +266,27 @@ pub async fn run_server(
 
 async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>) -> Result<(), SyncError> {
     let request = read_frame(&mut stream.recv, MAX_PULL_REQUEST_BYTES).await?;
-    let request: PullRequest = decode(&request, "pull request").map_err(|e| SyncError::Malformed(e.to_string()))?;
-    let budget = usize::try_from(request.max_bytes).unwrap_or(usize::MAX).min(MAX_PULL_BYTES);
-    let (generations, more) = tokio::task::spawn_blocking(move || store.missing_from(&request.have, budget))
-        .await
-        .expect("store task panicked")
-        .map_err(|e| SyncError::Stream(e.to_string()))?;
+    let request: PullRequest =
+        decode(&request, "pull request").map_err(|e| SyncError::Malformed(e.to_string()))?;
+    let budget = usize::try_from(request.max_bytes)
+        .unwrap_or(usize::MAX)
+        .min(MAX_PULL_BYTES);
+    let (generations, more) =
+        tokio::task::spawn_blocking(move || store.missing_from(&request.have, budget))
+            .await
+            .expect("store task panicked")
+            .map_err(|e| SyncError::Stream(e.to_string()))?;
     for generation in generations {
-        write_frame(&mut stream.send, &encode(&PullFrame::Generation(generation))).await?;
+        write_frame(
+            &mut stream.send,
+            &encode(&PullFrame::Generation(generation)),
+        )
+        .await?;
     }
     write_frame(&mut stream.send, &encode(&PullFrame::End { more })).await?;
-    stream.send.finish().map_err(|e| SyncError::Stream(e.to_string()))?;
+    stream
+        .send
+        .finish()
+        .map_err(|e| SyncError::Stream(e.to_string()))?;
     Ok(())
 }

@@ -94,9 +94,16 @@ impl FlagDefinition {
                 "/variants must be booleans, strings, numbers or objects, got null".to_owned(),
             );
         }
-        if let Some(default) = self.default_variant.as_ref().filter(|d| !self.variants.contains_key(*d)) {
+        if let Some(default) = self
+            .default_variant
+            .as_ref()
+            .filter(|d| !self.variants.contains_key(*d))
+        {
             let names: Vec<&str> = self.variants.keys().map(String::as_str).collect();
-            return Err(format!("/defaultVariant must be one of the variants ({}), got {default:?}", names.join(", ")));
+            return Err(format!(
+                "/defaultVariant must be one of the variants ({}), got {default:?}",
+                names.join(", ")
+            ));
         }
         match &self.targeting {
             None => {}
@@ -235,7 +242,10 @@ mod tests {
             state: FlagState::Disabled,
             ..flag.clone()
         };
-        assert_eq!(disabled.evaluate(&Default::default()).reason, Reason::Disabled);
+        assert_eq!(
+            disabled.evaluate(&Default::default()).reason,
+            Reason::Disabled
+        );
         let no_default = FlagDefinition {
             default_variant: None,
             ..flag
