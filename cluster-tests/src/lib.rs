@@ -25,10 +25,7 @@ pub fn binary() -> &'static Path {
         }
         let exe = std::env::current_exe().expect("the test binary has a path");
         // target/<profile>/deps/<test> -> target/<profile>/grapevine
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binaries live in target/<profile>/deps");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
         let binary = profile_dir.join("grapevine");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
@@ -39,11 +36,7 @@ pub fn binary() -> &'static Path {
         // Always ask cargo: it rebuilds a stale binary and does nothing for a fresh one.
         let status = build.status().expect("cargo runs");
         assert!(status.success(), "building the grapevine binary failed");
-        assert!(
-            binary.exists(),
-            "no grapevine binary at {}",
-            binary.display()
-        );
+        assert!(binary.exists(), "no grapevine binary at {}", binary.display());
         binary
     })
 }
@@ -52,25 +45,15 @@ pub fn binary() -> &'static Path {
 /// node binds it; on a busy machine another process could take it in between, rarely.
 pub fn free_port(udp: bool) -> u16 {
     if udp {
-        UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free UDP port")
-            .port()
+        UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free UDP port").port()
     } else {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free TCP port")
-            .port()
+        TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free TCP port").port()
     }
 }
 
 /// Runs `grapevine` with `args` and waits for it.
 pub fn grapevine(args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .env_remove("GRAPEVINE_NODE")
-        .output()
-        .expect("grapevine runs")
+    Command::new(binary()).args(args).env_remove("GRAPEVINE_NODE").output().expect("grapevine runs")
 }
 
 /// One node of a test cluster.
@@ -83,6 +66,8 @@ pub struct Node {
     seeds: Vec<SocketAddr>,
     log: PathBuf,
     child: Option<Child>,
+    /// `--gossip-interval-ms`; the node's default (1000) when `None`.
+    pub gossip_interval_ms: Option<u64>,
 }
 
 impl Node {
@@ -93,29 +78,18 @@ impl Node {
     /// Starts the node's process and waits until its API answers.
     pub fn start(&mut self) -> Result<()> {
         assert!(self.child.is_none(), "{} is already running", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut command = Command::new(binary());
         command
             .args(["node", "--name", &self.name])
-            .args([
-                "--listen",
-                &self.gossip.to_string(),
-                "--api",
-                &self.api.to_string(),
-            ])
-            .args([
-                "--data".as_ref(),
-                self.data.as_os_str(),
-                "--tls".as_ref(),
-                self.tls.as_os_str(),
-            ])
-            .args(["--gossip-interval-ms", &TEST_GOSSIP_INTERVAL_MS.to_string()])
+            .args(["--listen", &self.gossip.to_string(), "--api", &self.api.to_string()])
+            .args(["--data".as_ref(), self.data.as_os_str(), "--tls".as_ref(), self.tls.as_os_str()])
             .env("GRAPEVINE_LOG", "info,chitchat=warn")
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(interval) = self.gossip_interval_ms {
+            command.args(["--gossip-interval-ms", &interval.to_string()]);
+        }
         for seed in &self.seeds {
             command.args(["--seed", &seed.to_string()]);
         }
@@ -124,22 +98,14 @@ impl Node {
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().expect("just spawned").try_wait()? {
                 self.child = None;
-                bail!(
-                    "{} exited with {status} at start:\n{}",
-                    self.name,
-                    self.log_text()
-                );
+                bail!("{} exited with {status} at start:\n{}", self.name, self.log_text());
             }
             if self.cli(&["status"]).status.success() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!(
-            "{} did not answer within 20 s:\n{}",
-            self.name,
-            self.log_text()
-        )
+        bail!("{} did not answer within 20 s:\n{}", self.name, self.log_text())
     }
 
     /// `kill -9`: no shutdown, no flush beyond what was already durable.
@@ -180,13 +146,14 @@ impl Node {
         all.push("--json");
         let output = self.cli(&all);
         if !output.status.success() {
-            bail!(
-                "grapevine {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
+            bail!("grapevine {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
         }
         Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The process id while the node runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_text(&self) -> String {
@@ -213,11 +180,7 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let ca = dir.path().join("ca");
         check(grapevine(&["ca", "init", "--out", path_str(&ca)]))?;
-        let mut cluster = Cluster {
-            dir,
-            ca,
-            nodes: Vec::new(),
-        };
+        let mut cluster = Cluster { dir, ca, nodes: Vec::new() };
         for _ in 0..count {
             cluster.add_node()?;
         }
@@ -258,11 +221,7 @@ impl Cluster {
             path_str(&tls),
         ]))?;
         let gossip: SocketAddr = ([127, 0, 0, 1], free_port(true)).into();
-        let seeds = self
-            .nodes
-            .first()
-            .map(|first| vec![first.gossip])
-            .unwrap_or_default();
+        let seeds = self.nodes.first().map(|first| vec![first.gossip]).unwrap_or_default();
         self.nodes.push(Node {
             name: name.to_owned(),
             gossip,
@@ -272,6 +231,7 @@ impl Cluster {
             seeds,
             log: root.join("node.log"),
             child: None,
+            gossip_interval_ms: Some(TEST_GOSSIP_INTERVAL_MS),
         });
         Ok(self.nodes.last_mut().expect("just pushed"))
     }
@@ -280,10 +240,9 @@ impl Cluster {
     pub fn wait_formed(&self, timeout: Duration) -> Result<()> {
         let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
         wait_until(timeout, "the cluster to form", || {
-            running.iter().all(|node| {
-                alive_members(node)
-                    .is_ok_and(|alive| running.iter().all(|n| alive.contains(&n.name)))
-            })
+            running
+                .iter()
+                .all(|node| alive_members(node).is_ok_and(|alive| running.iter().all(|n| alive.contains(&n.name))))
         })
     }
 }
@@ -301,11 +260,7 @@ pub fn alive_members(node: &Node) -> Result<Vec<String>> {
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
-pub fn wait_until(
-    timeout: Duration,
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-) -> Result<()> {
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if condition() {
@@ -319,13 +274,23 @@ pub fn wait_until(
 /// Fails with the command's stderr unless it succeeded.
 pub fn check(output: Output) -> Result<Output> {
     if !output.status.success() {
-        bail!(
-            "command failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        bail!("command failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     }
     Ok(output)
+}
+
+/// A plain HTTP/1.1 GET over std networking: status code and body.
+pub fn http_get(url: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").context("an http:// URL")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(host)?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("an HTTP status line")?;
+    Ok((status, body.to_owned()))
 }
 
 fn path_str(path: &Path) -> &str {

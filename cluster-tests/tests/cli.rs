@@ -8,15 +8,8 @@ use grapevine_cluster_tests::{Cluster, Node, check, grapevine};
 
 fn assert_fails(output: std::process::Output, code: i32, message: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "expected exit {code} with {message:?}, got stderr: {stderr}"
-    );
-    assert!(
-        stderr.contains(message),
-        "expected {message:?} in stderr: {stderr}"
-    );
+    assert_eq!(output.status.code(), Some(code), "expected exit {code} with {message:?}, got stderr: {stderr}");
+    assert!(stderr.contains(message), "expected {message:?} in stderr: {stderr}");
 }
 
 fn generations(node: &Node) -> Result<u64> {
@@ -31,21 +24,9 @@ fn refused_changes_exit_1_and_change_nothing() -> Result<()> {
     check(node.cli(&["config", "put", "c", "--value", "1"]))?;
     let dir = cluster.dir.path();
 
-    assert_fails(
-        node.cli(&["config", "put", "c", "--value", ""]),
-        1,
-        "expected a JSON value, got empty input",
-    );
-    assert_fails(
-        node.cli(&["config", "put", "c", "--value", "{oops"]),
-        1,
-        "expected valid JSON",
-    );
-    assert_fails(
-        node.cli(&["config", "put", "c", "--value", "null"]),
-        1,
-        "expected a JSON value other than null",
-    );
+    assert_fails(node.cli(&["config", "put", "c", "--value", ""]), 1, "expected a JSON value, got empty input");
+    assert_fails(node.cli(&["config", "put", "c", "--value", "{oops"]), 1, "expected valid JSON");
+    assert_fails(node.cli(&["config", "put", "c", "--value", "null"]), 1, "expected a JSON value other than null");
     let big = dir.join("big.json");
     std::fs::write(&big, format!("\"{}\"", "x".repeat(4 * 1024 * 1024)))?;
     assert_fails(
@@ -53,11 +34,7 @@ fn refused_changes_exit_1_and_change_nothing() -> Result<()> {
         1,
         "must be at most 4194304 bytes",
     );
-    assert_fails(
-        node.cli(&["config", "put", "bad key", "--value", "1"]),
-        1,
-        "key must be 1 to 128",
-    );
+    assert_fails(node.cli(&["config", "put", "bad key", "--value", "1"]), 1, "key must be 1 to 128");
 
     let flag = dir.join("flag.json");
     std::fs::write(
@@ -74,11 +51,7 @@ fn refused_changes_exit_1_and_change_nothing() -> Result<()> {
         1,
         "/defaultVariant must be one of the variants",
     );
-    assert_fails(
-        node.cli(&["flag", "set", "nope", "--variant", "on"]),
-        1,
-        "does not exist",
-    );
+    assert_fails(node.cli(&["flag", "set", "nope", "--variant", "on"]), 1, "does not exist");
     assert_fails(node.cli(&["flag", "get", "nope"]), 1, "not found");
 
     assert_eq!(generations(node)?, 2, "a refused change was stored");
@@ -89,11 +62,7 @@ fn refused_changes_exit_1_and_change_nothing() -> Result<()> {
 #[test]
 fn usage_errors_exit_2() {
     assert_fails(grapevine(&["flag", "set", "f"]), 2, "required");
-    assert_fails(
-        grapevine(&["status", "--node", "ftp://127.0.0.1:7401"]),
-        2,
-        "--node must be an http:// URL",
-    );
+    assert_fails(grapevine(&["status", "--node", "ftp://127.0.0.1:7401"]), 2, "--node must be an http:// URL");
     assert_fails(
         grapevine(&["config", "put", "k", "--file", "/nonexistent/value.json"]),
         2,
@@ -105,57 +74,28 @@ fn usage_errors_exit_2() {
 fn an_unreachable_node_exits_3() {
     let port = grapevine_cluster_tests::free_port(false);
     let url = format!("http://127.0.0.1:{port}");
-    assert_fails(
-        grapevine(&["status", "--node", &url]),
-        3,
-        "could not reach node at",
-    );
-    assert_fails(
-        grapevine(&["flag", "set", "f", "--on", "--node", &url]),
-        3,
-        "could not reach node at",
-    );
+    assert_fails(grapevine(&["status", "--node", &url]), 3, "could not reach node at");
+    assert_fails(grapevine(&["flag", "set", "f", "--on", "--node", &url]), 3, "could not reach node at");
 }
 
 #[test]
 fn a_node_refuses_to_start_and_says_why() -> Result<()> {
     let mut cluster = Cluster::new(1)?;
     let node = &cluster.nodes[0];
-    let (data, tls) = (
-        node.data.to_str().unwrap().to_owned(),
-        node.tls.to_str().unwrap().to_owned(),
-    );
+    let (data, tls) = (node.data.to_str().unwrap().to_owned(), node.tls.to_str().unwrap().to_owned());
 
+    assert_fails(grapevine(&["node", "--data", &data, "--tls", &tls]), 2, "missing required option `name`");
     assert_fails(
-        grapevine(&["node", "--data", &data, "--tls", &tls]),
-        2,
-        "missing required option `name`",
-    );
-    assert_fails(
-        grapevine(&[
-            "node", "--name", "n1", "--listen", "nowhere", "--data", &data, "--tls", &tls,
-        ]),
+        grapevine(&["node", "--name", "n1", "--listen", "nowhere", "--data", &data, "--tls", &tls]),
         2,
         "option `listen`: expected IP:PORT, got \"nowhere\"",
     );
     let config = cluster.dir.path().join("bad.toml");
     std::fs::write(&config, "nmae = \"n1\"\n")?;
-    assert_fails(
-        grapevine(&["node", "--config", config.to_str().unwrap()]),
-        2,
-        "unknown field `nmae`",
-    );
+    assert_fails(grapevine(&["node", "--config", config.to_str().unwrap()]), 2, "unknown field `nmae`");
     let missing = cluster.dir.path().join("no-certs");
     assert_fails(
-        grapevine(&[
-            "node",
-            "--name",
-            "n1",
-            "--data",
-            &data,
-            "--tls",
-            missing.to_str().unwrap(),
-        ]),
+        grapevine(&["node", "--name", "n1", "--data", &data, "--tls", missing.to_str().unwrap()]),
         1,
         "ca.pem",
     );
@@ -164,12 +104,27 @@ fn a_node_refuses_to_start_and_says_why() -> Result<()> {
     let listen = format!("127.0.0.1:{}", grapevine_cluster_tests::free_port(true));
     let api = format!("127.0.0.1:{}", grapevine_cluster_tests::free_port(false));
     assert_fails(
-        grapevine(&[
-            "node", "--name", "n1", "--listen", &listen, "--api", &api, "--data", &data, "--tls",
-            &tls,
-        ]),
+        grapevine(&["node", "--name", "n1", "--listen", &listen, "--api", &api, "--data", &data, "--tls", &tls]),
         1,
         "is locked by another process",
     );
+    Ok(())
+}
+
+#[test]
+fn keys_with_slashes_and_exact_numbers_round_trip() -> Result<()> {
+    let cluster = Cluster::start(1)?;
+    let node = &cluster.nodes[0];
+    let big = "123456789012345678901234567890";
+    check(node.cli(&["config", "put", "team/limits", "--value", &format!(r#"{{"max": {big}, "ratio": 0.1}}"#)]))?;
+    let answer = node.cli_json(&["config", "get", "team/limits"])?;
+    assert_eq!(answer["key"], "team/limits");
+    assert_eq!(answer["value"]["max"].to_string(), big, "{answer}");
+    assert_eq!(answer["value"]["ratio"].to_string(), "0.1");
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} history --node {} | head -c 1", grapevine_cluster_tests::binary().display(), node.url()))
+        .output()?;
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("panicked"), "{piped:?}");
     Ok(())
 }

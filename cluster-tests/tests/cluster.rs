@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use grapevine_cluster_tests::{Cluster, Node, alive_members, check, wait_until};
+use grapevine_cluster_tests::{Cluster, Node, alive_members, check, http_get, wait_until};
 use serde_json::Value;
 
 const PROPAGATION: Duration = Duration::from_secs(10);
@@ -24,14 +24,9 @@ fn a_change_on_any_node_is_visible_on_every_node() -> Result<()> {
     let generation = accepted["generation"].as_str().unwrap().to_owned();
     assert!(generation.starts_with("n2."), "accepted by n2: {accepted}");
     for node in &cluster.nodes {
-        wait_until(
-            PROPAGATION,
-            &format!("{} to serve checkout", node.name),
-            || {
-                flag(node, "checkout")
-                    .is_some_and(|f| f["value"] == true && f["generation"] == generation.as_str())
-            },
-        )?;
+        wait_until(PROPAGATION, &format!("{} to serve checkout", node.name), || {
+            flag(node, "checkout").is_some_and(|f| f["value"] == true && f["generation"] == generation.as_str())
+        })?;
     }
     let answer = flag(&cluster.nodes[0], "checkout").unwrap();
     assert_eq!(answer["variant"], "on");
@@ -48,10 +43,7 @@ fn a_change_on_any_node_is_visible_on_every_node() -> Result<()> {
             .collect();
         digests.len() == 3 && digests.iter().all(|d| *d == digests[0]) && digests[0].ends_with("/2")
     })?;
-    assert_eq!(
-        config(&cluster.nodes[0], "ratelimit").unwrap()["value"]["burst"],
-        50
-    );
+    assert_eq!(config(&cluster.nodes[0], "ratelimit").unwrap()["value"]["burst"], 50);
     Ok(())
 }
 
@@ -59,22 +51,15 @@ fn a_change_on_any_node_is_visible_on_every_node() -> Result<()> {
 fn a_node_killed_with_sigkill_catches_up_on_restart_and_keeps_what_it_had() -> Result<()> {
     let mut cluster = Cluster::start(3)?;
     check(cluster.nodes[1].cli(&["config", "put", "first", "--value", "1"]))?;
-    wait_until(PROPAGATION, "n3 to get the first change", || {
-        config(&cluster.nodes[2], "first").is_some()
-    })?;
+    wait_until(PROPAGATION, "n3 to get the first change", || config(&cluster.nodes[2], "first").is_some())?;
 
     cluster.nodes[2].kill9();
     check(cluster.nodes[0].cli(&["config", "put", "second", "--value", "2"]))?;
     cluster.nodes[2].start()?;
 
     let n3 = &cluster.nodes[2];
-    assert_eq!(
-        config(n3, "first").expect("kept across kill -9")["value"],
-        1
-    );
-    wait_until(PROPAGATION, "restarted n3 to catch up", || {
-        config(n3, "second").is_some_and(|c| c["value"] == 2)
-    })?;
+    assert_eq!(config(n3, "first").expect("kept across kill -9")["value"], 1);
+    wait_until(PROPAGATION, "restarted n3 to catch up", || config(n3, "second").is_some_and(|c| c["value"] == 2))?;
     let history = n3.cli_json(&["history"])?;
     assert_eq!(history["total"], 2);
     Ok(())
@@ -84,21 +69,13 @@ fn a_node_killed_with_sigkill_catches_up_on_restart_and_keeps_what_it_had() -> R
 fn a_node_started_empty_gets_every_generation() -> Result<()> {
     let mut cluster = Cluster::start(2)?;
     for i in 0..5 {
-        check(cluster.nodes[i % 2].cli(&[
-            "config",
-            "put",
-            &format!("k{i}"),
-            "--value",
-            &i.to_string(),
-        ]))?;
+        check(cluster.nodes[i % 2].cli(&["config", "put", &format!("k{i}"), "--value", &i.to_string()]))?;
     }
     cluster.add_node()?.start()?;
     let late = &cluster.nodes[2];
-    wait_until(
-        PROPAGATION,
-        "the late joiner to hold all 5 generations",
-        || late.cli_json(&["history"]).is_ok_and(|h| h["total"] == 5),
-    )?;
+    wait_until(PROPAGATION, "the late joiner to hold all 5 generations", || {
+        late.cli_json(&["history"]).is_ok_and(|h| h["total"] == 5)
+    })?;
     assert_eq!(config(late, "k4").unwrap()["value"], 4);
     Ok(())
 }
@@ -118,12 +95,7 @@ fn sigterm_stops_a_node_cleanly_and_releases_its_data_directory() -> Result<()> 
 fn a_node_with_a_foreign_ca_certificate_never_joins_and_its_changes_never_arrive() -> Result<()> {
     let mut cluster = Cluster::start(2)?;
     let foreign_ca = cluster.dir.path().join("foreign-ca");
-    check(grapevine_cluster_tests::grapevine(&[
-        "ca",
-        "init",
-        "--out",
-        foreign_ca.to_str().unwrap(),
-    ]))?;
+    check(grapevine_cluster_tests::grapevine(&["ca", "init", "--out", foreign_ca.to_str().unwrap()]))?;
     cluster.add_node_with_ca("rogue", &foreign_ca)?.start()?;
     let rogue = &cluster.nodes[2];
     check(rogue.cli(&["flag", "set", "takeover", "--on"]))?;
@@ -133,62 +105,23 @@ fn a_node_with_a_foreign_ca_certificate_never_joins_and_its_changes_never_arrive
     std::thread::sleep(Duration::from_secs(3));
     for node in &cluster.nodes[..2] {
         let status = node.cli_json(&["status"])?;
-        let names: Vec<&str> = status["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|m| m["name"].as_str())
-            .collect();
-        assert!(
-            !names.contains(&"rogue"),
-            "{} lists the rogue node: {names:?}",
-            node.name
-        );
-        assert!(
-            flag(node, "takeover").is_none(),
-            "{} serves the rogue change",
-            node.name
-        );
+        let names: Vec<&str> =
+            status["members"].as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
+        assert!(!names.contains(&"rogue"), "{} lists the rogue node: {names:?}", node.name);
+        assert!(flag(node, "takeover").is_none(), "{} serves the rogue change", node.name);
         assert!(flag(node, "legit").is_some());
     }
     assert_eq!(alive_members(rogue)?, vec!["rogue".to_owned()]);
-    assert!(
-        flag(rogue, "legit").is_none(),
-        "the rogue node read the cluster's change"
-    );
+    assert!(flag(rogue, "legit").is_none(), "the rogue node read the cluster's change");
 
     // The cluster did refuse it: its handshakes failed and were counted.
-    let metrics = http_get(&format!("{}/metrics", cluster.nodes[0].url()))?;
+    let (_, metrics) = http_get(&format!("{}/metrics", cluster.nodes[0].url()))?;
     let failures = metrics
         .lines()
         .find(|l| l.starts_with("grapevine_tls_handshake_failures_total"))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
-    assert!(
-        failures > 0.0,
-        "no TLS handshake failure counted on n1:\n{metrics}"
-    );
+    assert!(failures > 0.0, "no TLS handshake failure counted on n1:\n{metrics}");
     Ok(())
-}
-
-/// A plain HTTP/1.1 GET over std networking, for endpoints the CLI does not wrap.
-fn http_get(url: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap();
-    let mut stream = std::net::TcpStream::connect(host)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
 }

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::engine::{EngineHandle, SubmitError, short_digest};
 use crate::gossip::Gossip;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, reason};
 
 /// Largest request body. A value at its 4 MiB limit may grow when JSON-escaped inside a
 /// request; twice the limit covers any escaping short of pathological.
@@ -48,6 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/flags/{key}", get(get_flag).post(set_flag))
         .route("/v1/flags/{key}/evaluate", post(evaluate_flag))
         .route("/v1/config/{key}", get(get_config).post(put_config))
+        .fallback(|| async { ApiError::not_found("no such endpoint (see docs/api.md)") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
         .with_state(state)
 }
@@ -61,17 +62,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn bad_request(message: impl ToString) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.to_string(),
-        }
+        ApiError { status: StatusCode::BAD_REQUEST, message: message.to_string() }
     }
 
     fn not_found(message: impl ToString) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: message.to_string(),
-        }
+        ApiError { status: StatusCode::NOT_FOUND, message: message.to_string() }
     }
 }
 
@@ -88,10 +83,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError {
-            status,
-            message: error.to_string(),
-        }
+        ApiError { status, message: error.to_string() }
     }
 }
 
@@ -105,8 +97,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Parses a JSON body with an error that says which shape was expected.
 fn parse_body<T: DeserializeOwned>(body: &Bytes, shape: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("expected a JSON body {shape}, got: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("expected a JSON body {shape}, got: {e}")))
 }
 
 fn parse_key(key: String) -> Result<Key, ApiError> {
@@ -114,27 +105,17 @@ fn parse_key(key: String) -> Result<Key, ApiError> {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
+    // Membership is read from chitchat at scrape time, so the gauge is never stale.
+    let members = state.gossip.members().await;
+    let alive = members.iter().filter(|m| m.alive).count();
+    state.metrics.members.get_or_create(&reason("alive")).set(alive as i64);
+    state.metrics.members.get_or_create(&reason("dead")).set((members.len() - alive) as i64);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    (
-        [(header::CONTENT_TYPE, content_type)],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
 }
 
 async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
     let members = state.gossip.members().await;
-    let alive = members.iter().filter(|m| m.alive).count();
-    state
-        .metrics
-        .members
-        .get_or_create(&crate::metrics::reason("alive"))
-        .set(alive as i64);
-    state
-        .metrics
-        .members
-        .get_or_create(&crate::metrics::reason("dead"))
-        .set((members.len() - alive) as i64);
     let view = state.engine.view();
     Ok(Json(json!({
         "node": state.name,
@@ -191,21 +172,11 @@ impl From<&Generation> for GenerationSummary {
     }
 }
 
-async fn history(
-    State(state): State<ApiState>,
-    Query(query): Query<HistoryQuery>,
-) -> ApiResult<Value> {
+async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery>) -> ApiResult<Value> {
     let limit = query.limit.unwrap_or(100).min(MAX_HISTORY);
     let generations = state.engine.history().await;
-    let newest: Vec<GenerationSummary> = generations
-        .iter()
-        .rev()
-        .take(limit)
-        .map(GenerationSummary::from)
-        .collect();
-    Ok(Json(
-        json!({ "node": state.name, "total": generations.len(), "generations": newest }),
-    ))
+    let newest: Vec<GenerationSummary> = generations.iter().rev().take(limit).map(GenerationSummary::from).collect();
+    Ok(Json(json!({ "node": state.name, "total": generations.len(), "generations": newest })))
 }
 
 /// What `flag set` asks for: exactly one of the fields.
@@ -226,29 +197,32 @@ fn accepted(generation: &Generation) -> Json<Value> {
     }))
 }
 
-async fn set_flag(
-    State(state): State<ApiState>,
-    Path(key): Path<String>,
-    body: Bytes,
-) -> ApiResult<Value> {
+/// Counts a change request by outcome: `accepted`, `refused` (4xx) or `failed` (5xx).
+fn count_change(state: &ApiState, result: ApiResult<Value>) -> ApiResult<Value> {
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(error) if error.status.is_client_error() => "refused",
+        Err(_) => "failed",
+    };
+    state.metrics.changes.get_or_create(&reason(outcome)).inc();
+    result
+}
+
+async fn set_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
+    let result = set_flag_change(&state, key, body).await;
+    count_change(&state, result)
+}
+
+async fn set_flag_change(state: &ApiState, key: String, body: Bytes) -> ApiResult<Value> {
     let key = parse_key(key)?;
-    let request: FlagSetRequest = parse_body(
-        &body,
-        r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#,
-    )?;
-    let current = state
-        .engine
-        .view()
-        .state
-        .flags
-        .get(&key)
-        .map(|entry| entry.value.clone());
+    let request: FlagSetRequest = parse_body(&body, r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#)?;
+    let current = state.engine.view().state.flags.get(&key).map(|entry| entry.value.clone());
     let definition = match (request.on, request.variant, request.definition) {
         (Some(on), None, None) => switch_boolean(&key, current, on)?,
         (None, Some(variant), None) => {
             let mut flag = current.ok_or_else(|| {
                 ApiError::not_found(format!(
-                    "flag {key:?} does not exist on node {}; create it with --on, --off or --file",
+                    "flag \"{key}\" does not exist on node {}; create it with --on, --off or --file",
                     state.name
                 ))
             })?;
@@ -260,33 +234,24 @@ async fn set_flag(
             FlagDefinition::parse(&key, &text)?
         }
         _ => {
-            return Err(ApiError::bad_request(
-                "expected exactly one of `on`, `variant` or `definition`",
-            ));
+            return Err(ApiError::bad_request("expected exactly one of `on`, `variant` or `definition`"));
         }
     };
-    let op = Op::SetFlag {
-        key,
-        definition: definition.to_json_text()?,
-    };
+    let op = Op::SetFlag { key, definition: definition.to_json_text()? };
     let generation = state.engine.submit(Change { ops: vec![op] }).await?;
     Ok(accepted(&generation))
 }
 
 /// `--on`/`--off`: a boolean flag serving `on` or `off`. An existing flag keeps its metadata,
 /// but a flag of another shape is not silently turned into a boolean.
-fn switch_boolean(
-    key: &Key,
-    current: Option<FlagDefinition>,
-    on: bool,
-) -> Result<FlagDefinition, ApiError> {
+fn switch_boolean(key: &Key, current: Option<FlagDefinition>, on: bool) -> Result<FlagDefinition, ApiError> {
     let Some(mut flag) = current else {
         return Ok(FlagDefinition::boolean(on));
     };
     if flag.variants != FlagDefinition::boolean(on).variants {
         let names: Vec<&str> = flag.variants.keys().map(String::as_str).collect();
         return Err(ApiError::bad_request(format!(
-            "flag {key:?}: --on/--off need variants on: true and off: false, got variants ({}); use --variant or --file",
+            "flag \"{key}\": --on/--off need variants on: true and off: false, got variants ({}); use --variant or --file",
             names.join(", ")
         )));
     }
@@ -295,15 +260,13 @@ fn switch_boolean(
     Ok(flag)
 }
 
-fn flag_answer(
-    state: &ApiState,
-    key: &Key,
-    context: &serde_json::Map<String, Value>,
-) -> Result<Value, ApiError> {
+fn flag_answer(state: &ApiState, key: &Key, context: &serde_json::Map<String, Value>) -> Result<Value, ApiError> {
     let view = state.engine.view();
-    let entry = view.state.flags.get(key).ok_or_else(|| {
-        ApiError::not_found(format!("flag {key:?} not found on node {}", state.name))
-    })?;
+    let entry = view
+        .state
+        .flags
+        .get(key)
+        .ok_or_else(|| ApiError::not_found(format!("flag \"{key}\" not found on node {}", state.name)))?;
     let evaluation = entry.value.evaluate(context);
     Ok(json!({
         "key": key,
@@ -316,11 +279,7 @@ fn flag_answer(
 }
 
 async fn get_flag(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult<Value> {
-    Ok(Json(flag_answer(
-        &state,
-        &parse_key(key)?,
-        &Default::default(),
-    )?))
+    Ok(Json(flag_answer(&state, &parse_key(key)?, &Default::default())?))
 }
 
 #[derive(Deserialize)]
@@ -330,16 +289,10 @@ struct EvaluateRequest {
     context: serde_json::Map<String, Value>,
 }
 
-async fn evaluate_flag(
-    State(state): State<ApiState>,
-    Path(key): Path<String>,
-    body: Bytes,
-) -> ApiResult<Value> {
+async fn evaluate_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request = if body.is_empty() {
-        EvaluateRequest {
-            context: Default::default(),
-        }
+        EvaluateRequest { context: Default::default() }
     } else {
         parse_body(&body, r#"{"context": {...}}"#)?
     };
@@ -352,17 +305,15 @@ struct ConfigPutRequest {
     value: Value,
 }
 
-async fn put_config(
-    State(state): State<ApiState>,
-    Path(key): Path<String>,
-    body: Bytes,
-) -> ApiResult<Value> {
+async fn put_config(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
+    let result = put_config_change(&state, key, body).await;
+    count_change(&state, result)
+}
+
+async fn put_config_change(state: &ApiState, key: String, body: Bytes) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request: ConfigPutRequest = parse_body(&body, r#"{"value": <JSON value>}"#)?;
-    let op = Op::PutConfig {
-        key,
-        value: JsonText::from_value(&request.value)?,
-    };
+    let op = Op::PutConfig { key, value: JsonText::from_value(&request.value)? };
     let generation = state.engine.submit(Change { ops: vec![op] }).await?;
     Ok(accepted(&generation))
 }
@@ -370,9 +321,11 @@ async fn put_config(
 async fn get_config(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let view = state.engine.view();
-    let entry = view.state.config.get(&key).ok_or_else(|| {
-        ApiError::not_found(format!("config {key:?} not found on node {}", state.name))
-    })?;
+    let entry = view
+        .state
+        .config
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found(format!("config \"{key}\" not found on node {}", state.name)))?;
     Ok(Json(json!({
         "key": key,
         "value": entry.value.to_value(),

@@ -15,11 +15,7 @@ use crate::config::{Config, RawConfig, parse_labels};
 use crate::{daemon, demo, tls};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "grapevine",
-    version,
-    about = "Ship config and feature-flag changes to a fleet, safely, peer to peer"
-)]
+#[command(name = "grapevine", version, about = "Ship config and feature-flag changes to a fleet, safely, peer to peer")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -199,12 +195,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Demo { nodes } => runtime().and_then(|rt| rt.block_on(demo::run(nodes.into()))),
         Command::Flag(command) => runtime().and_then(|rt| rt.block_on(run_flag(command))),
         Command::Config(command) => runtime().and_then(|rt| rt.block_on(run_config(command))),
-        Command::Status { client } => {
-            with_client(&client, |c| async move { client::status(&c).await })
-        }
-        Command::History { limit, client } => {
-            with_client(&client, |c| async move { client::history(&c, limit).await })
-        }
+        Command::Status { client } => with_client(&client, |c| async move { client::status(&c).await }),
+        Command::History { limit, client } => with_client(&client, |c| async move { client::history(&c, limit).await }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,8 +208,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Runtime::new()
-        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
+    tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
 }
 
 fn with_client<F, Fut>(args: &ClientArgs, f: F) -> Result<(), CliError>
@@ -233,23 +224,11 @@ fn run_ca(command: CaCommand) -> Result<(), CliError> {
     match command {
         CaCommand::Init { out } => {
             tls::ca_init(&out).map_err(|e| CliError::Refused(e.to_string()))?;
-            println!(
-                "created cluster CA in {} (keep {} secret)",
-                out.display(),
-                tls::CA_KEY_FILE
-            );
+            println!("created cluster CA in {} (keep {} secret)", out.display(), tls::CA_KEY_FILE);
         }
-        CaCommand::Issue {
-            ca,
-            name,
-            ip,
-            dns,
-            out,
-        } => {
-            name.parse::<grapevine_proto::NodeName>()
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            tls::ca_issue(&ca, &name, &ip, &dns, &out)
-                .map_err(|e| CliError::Refused(e.to_string()))?;
+        CaCommand::Issue { ca, name, ip, dns, out } => {
+            name.parse::<grapevine_proto::NodeName>().map_err(|e| CliError::Usage(e.to_string()))?;
+            tls::ca_issue(&ca, &name, &ip, &dns, &out).map_err(|e| CliError::Refused(e.to_string()))?;
             println!(
                 "issued certificate for {name} in {} (use: grapevine node --tls {})",
                 out.display(),
@@ -266,12 +245,7 @@ fn run_node(args: NodeArgs) -> Result<(), CliError> {
         Some(path) => RawConfig::from_file(path).map_err(|e| CliError::Usage(e.to_string()))?,
         None => RawConfig::default(),
     };
-    let labels = args
-        .labels
-        .as_deref()
-        .map(parse_labels)
-        .transpose()
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let labels = args.labels.as_deref().map(parse_labels).transpose().map_err(|e| CliError::Usage(e.to_string()))?;
     let flags = RawConfig {
         name: args.name,
         listen: args.listen,
@@ -284,8 +258,7 @@ fn run_node(args: NodeArgs) -> Result<(), CliError> {
         gossip_interval_ms: args.gossip_interval_ms,
         ..RawConfig::default()
     };
-    let config =
-        Config::try_from(file.overlay(flags)).map_err(|e| CliError::Usage(e.to_string()))?;
+    let config = Config::try_from(file.overlay(flags)).map_err(|e| CliError::Usage(e.to_string()))?;
     let runtime = runtime()?;
     runtime
         .block_on(daemon::run(config, shutdown_signal()))
@@ -295,8 +268,7 @@ fn run_node(args: NodeArgs) -> Result<(), CliError> {
 /// Completes on the first SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate =
-        signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
@@ -307,9 +279,7 @@ async fn shutdown_signal() {
 fn install_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GRAPEVINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -326,18 +296,12 @@ async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
             } else if let Some(variant) = args.variant {
                 serde_json::json!({ "variant": variant })
             } else {
-                let path = args
-                    .file
-                    .expect("clap requires one of --on, --off, --variant, --file");
+                let path = args.file.expect("clap requires one of --on, --off, --variant, --file");
                 serde_json::json!({ "definition": client::read_json_file(&path)? })
             };
             client::flag_set(&client, &args.key, request).await
         }
-        FlagCommand::Get {
-            key,
-            context,
-            client,
-        } => {
+        FlagCommand::Get { key, context, client } => {
             let context = context.as_deref().map(client::parse_context).transpose()?;
             client::flag_get(&Client::new(&client.node, client.json)?, &key, context).await
         }
@@ -346,25 +310,16 @@ async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
 
 async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
     match command {
-        ConfigCommand::Put {
-            key,
-            value,
-            file,
-            client,
-        } => {
+        ConfigCommand::Put { key, value, file, client } => {
             let value = match (value, file) {
                 (Some(text), _) => client::parse_json_value(&text, "--value")?,
                 (None, Some(path)) => client::read_json_file(&path)?,
                 (None, None) => {
-                    return Err(CliError::Usage(
-                        "expected --value JSON or --file PATH".into(),
-                    ));
+                    return Err(CliError::Usage("expected --value JSON or --file PATH".into()));
                 }
             };
             client::config_put(&Client::new(&client.node, client.json)?, &key, value).await
         }
-        ConfigCommand::Get { key, client } => {
-            client::config_get(&Client::new(&client.node, client.json)?, &key).await
-        }
+        ConfigCommand::Get { key, client } => client::config_get(&Client::new(&client.node, client.json)?, &key).await,
     }
 }

@@ -52,9 +52,7 @@ pub struct Client {
 impl Client {
     pub fn new(node: &str, json: bool) -> Result<Client, CliError> {
         let base = node.trim_end_matches('/').to_owned();
-        let valid = base
-            .strip_prefix("http://")
-            .is_some_and(|rest| !rest.is_empty());
+        let valid = base.strip_prefix("http://").is_some_and(|rest| !rest.is_empty());
         if !valid || reqwest::Url::parse(&base).is_err() {
             return Err(CliError::Usage(format!(
                 "--node must be an http:// URL like http://127.0.0.1:7401, got {node:?}"
@@ -68,48 +66,37 @@ impl Client {
         Ok(Client { base, http, json })
     }
 
-    async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, CliError> {
+    async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.map_err(|error| {
-            CliError::Unreachable(format!(
-                "could not reach node at {}: {}",
-                self.base,
-                root_cause(&error)
-            ))
+            CliError::Unreachable(format!("could not reach node at {}: {}", self.base, root_cause(&error)))
         })?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| {
-            CliError::Unreachable(format!("node at {} stopped answering: {e}", self.base))
-        })?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| CliError::Unreachable(format!("node at {} stopped answering: {e}", self.base)))?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             return Ok(value);
         }
-        let message = value
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| value.to_string());
+        let message = match (value.get("error").and_then(Value::as_str), value.as_str()) {
+            (Some(error), _) => error.to_owned(),
+            (None, Some(text)) if !text.trim().is_empty() => text.trim().to_owned(),
+            (None, Some(_)) => format!("the node answered {status}"),
+            (None, None) => value.to_string(),
+        };
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Err(CliError::Refused(format!(
-                "request body is larger than the node accepts: {message}"
-            )));
+            return Err(CliError::Refused(format!("request body is larger than the node accepts: {message}")));
         }
         if status.is_client_error() {
             Err(CliError::Refused(message))
         } else {
-            Err(CliError::Failed(format!(
-                "node error ({status}): {message}"
-            )))
+            Err(CliError::Failed(format!("node error ({status}): {message}")))
         }
     }
 }
@@ -124,15 +111,14 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Parses JSON given on the command line, refusing empty, invalid or oversized input.
 pub fn parse_json_value(text: &str, origin: &str) -> Result<Value, CliError> {
-    let checked = JsonText::try_from(text.to_owned())
-        .map_err(|e| CliError::Refused(format!("{origin}: {e}")))?;
+    let checked = JsonText::try_from(text.to_owned()).map_err(|e| CliError::Refused(format!("{origin}: {e}")))?;
     Ok(checked.to_value())
 }
 
 /// Reads a JSON file; a file that cannot be read is a usage error, bad content a refusal.
 pub fn read_json_file(path: &Path) -> Result<Value, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
     parse_json_value(&text, &path.display().to_string())
 }
 
@@ -140,51 +126,34 @@ pub fn read_json_file(path: &Path) -> Result<Value, CliError> {
 pub fn parse_context(text: &str) -> Result<Value, CliError> {
     let value = parse_json_value(text, "--context")?;
     if !value.is_object() {
-        return Err(CliError::Refused(format!(
-            "--context: expected a JSON object, got {value}"
-        )));
+        return Err(CliError::Refused(format!("--context: expected a JSON object, got {value}")));
     }
     Ok(value)
 }
 
 fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("a Value always serializes")
-    );
+    println!("{}", serde_json::to_string_pretty(value).expect("a Value always serializes"));
 }
 
 fn text<'a>(value: &'a Value, field: &str) -> &'a str {
     value.get(field).and_then(Value::as_str).unwrap_or("-")
 }
 
+/// A key as one URL path segment: keys may hold `/`, which must not split the path.
 fn key_path(key: &str) -> Result<String, CliError> {
-    key.parse::<grapevine_proto::Key>()
-        .map_err(|e| CliError::Refused(e.to_string()))?;
-    Ok(key.to_owned())
+    key.parse::<grapevine_proto::Key>().map_err(|e| CliError::Refused(e.to_string()))?;
+    Ok(key.replace('/', "%2F"))
 }
 
 pub async fn flag_set(client: &Client, key: &str, request: Value) -> Result<(), CliError> {
-    let answer = client
-        .request(
-            Method::POST,
-            &format!("/v1/flags/{}", key_path(key)?),
-            Some(request),
-        )
-        .await?;
+    let answer = client.request(Method::POST, &format!("/v1/flags/{}", key_path(key)?), Some(request)).await?;
     report_accepted(client, &format!("flag {key}"), &answer);
     Ok(())
 }
 
 pub async fn config_put(client: &Client, key: &str, value: Value) -> Result<(), CliError> {
     let request = serde_json::json!({ "value": value });
-    let answer = client
-        .request(
-            Method::POST,
-            &format!("/v1/config/{}", key_path(key)?),
-            Some(request),
-        )
-        .await?;
+    let answer = client.request(Method::POST, &format!("/v1/config/{}", key_path(key)?), Some(request)).await?;
     report_accepted(client, &format!("config {key}"), &answer);
     Ok(())
 }
@@ -193,34 +162,17 @@ fn report_accepted(client: &Client, what: &str, answer: &Value) {
     if client.json {
         print_json(answer);
     } else {
-        println!(
-            "{what} accepted as generation {} (durable on {})",
-            text(answer, "generation"),
-            client.base
-        );
+        println!("{what} accepted as generation {} (durable on {})", text(answer, "generation"), client.base);
     }
 }
 
 pub async fn flag_get(client: &Client, key: &str, context: Option<Value>) -> Result<(), CliError> {
     let body = serde_json::json!({ "context": context.unwrap_or_else(|| serde_json::json!({})) });
-    let answer = client
-        .request(
-            Method::POST,
-            &format!("/v1/flags/{}/evaluate", key_path(key)?),
-            Some(body),
-        )
-        .await?;
+    let answer = client.request(Method::POST, &format!("/v1/flags/{}/evaluate", key_path(key)?), Some(body)).await?;
     if client.json {
         let fields = ["key", "value", "variant", "reason", "generation"];
-        let shown: serde_json::Map<String, Value> = fields
-            .iter()
-            .map(|f| {
-                (
-                    f.to_string(),
-                    answer.get(*f).cloned().unwrap_or(Value::Null),
-                )
-            })
-            .collect();
+        let shown: serde_json::Map<String, Value> =
+            fields.iter().map(|f| (f.to_string(), answer.get(*f).cloned().unwrap_or(Value::Null))).collect();
         print_json(&Value::Object(shown));
     } else {
         println!(
@@ -235,9 +187,7 @@ pub async fn flag_get(client: &Client, key: &str, context: Option<Value>) -> Res
 }
 
 pub async fn config_get(client: &Client, key: &str) -> Result<(), CliError> {
-    let answer = client
-        .request(Method::GET, &format!("/v1/config/{}", key_path(key)?), None)
-        .await?;
+    let answer = client.request(Method::GET, &format!("/v1/config/{}", key_path(key)?), None).await?;
     if client.json {
         print_json(&answer);
     } else {
@@ -266,22 +216,10 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
         "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16}",
         "MEMBER", "ALIVE", "GOSSIP", "API", "GENERATIONS", "APPLIED", "DIGEST"
     );
-    for member in answer
-        .get("members")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = format!(
-            "{}{}",
-            text(member, "name"),
-            if member["self"] == true { "*" } else { "" }
-        );
+    for member in answer.get("members").and_then(Value::as_array).into_iter().flatten() {
+        let name = format!("{}{}", text(member, "name"), if member["self"] == true { "*" } else { "" });
         let alive = if member["alive"] == true { "yes" } else { "no" };
-        let generations = member
-            .get("generations")
-            .filter(|g| !g.is_null())
-            .map_or("-".to_owned(), Value::to_string);
+        let generations = member.get("generations").filter(|g| !g.is_null()).map_or("-".to_owned(), Value::to_string);
         println!(
             "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16}",
             name,
@@ -297,23 +235,13 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
 }
 
 pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
-    let answer = client
-        .request(Method::GET, &format!("/v1/history?limit={limit}"), None)
-        .await?;
+    let answer = client.request(Method::GET, &format!("/v1/history?limit={limit}"), None).await?;
     if client.json {
         print_json(&answer);
         return Ok(());
     }
-    let generations = answer
-        .get("generations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    println!(
-        "{} of {} generations, newest first",
-        generations.len(),
-        answer.get("total").unwrap_or(&Value::Null)
-    );
+    let generations = answer.get("generations").and_then(Value::as_array).cloned().unwrap_or_default();
+    println!("{} of {} generations, newest first", generations.len(), answer.get("total").unwrap_or(&Value::Null));
     for generation in &generations {
         let ops: Vec<String> = generation
             .get("ops")
@@ -322,19 +250,10 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
             .flatten()
             .map(|op| match text(op, "op") {
                 "set_flag" => format!("flag {}", text(op, "key")),
-                _ => format!(
-                    "config {} ({} bytes)",
-                    text(op, "key"),
-                    op.get("bytes").unwrap_or(&Value::Null)
-                ),
+                _ => format!("config {} ({} bytes)", text(op, "key"), op.get("bytes").unwrap_or(&Value::Null)),
             })
             .collect();
-        println!(
-            "{:<14} hlc {:<18} {}",
-            text(generation, "id"),
-            text(generation, "hlc"),
-            ops.join(", ")
-        );
+        println!("{:<14} hlc {:<18} {}", text(generation, "id"), text(generation, "hlc"), ops.join(", "));
     }
     Ok(())
 }

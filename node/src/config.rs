@@ -13,6 +13,14 @@ use serde::Deserialize;
 /// above, failure detection would take minutes.
 const GOSSIP_INTERVAL_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
+/// A dead member is forgotten after this long: long enough to ride out a restart or a short
+/// partition, short enough that chitchat's digest (one datagram) does not fill with ghosts.
+const DEAD_NODE_GRACE_PERIOD_S: std::ops::RangeInclusive<u64> = 10..=86_400;
+
+/// How far ahead of our clock a peer's stamp may be and still move it. Zero would refuse all
+/// skew; an hour would let one bad clock win every key for an hour.
+const MAX_CLOCK_OFFSET_MS: std::ops::RangeInclusive<u64> = 1..=3_600_000;
+
 /// Labels per node. Labels travel in one chitchat value, which must stay small.
 const MAX_LABELS: usize = 16;
 /// Longest label key or value.
@@ -39,14 +47,9 @@ pub struct RawConfig {
 impl RawConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::File {
-            path: path.to_owned(),
-            error: error.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|error| ConfigError::File {
-            path: path.to_owned(),
-            error: error.to_string(),
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::File { path: path.to_owned(), error: error.to_string() })?;
+        toml::from_str(&text).map_err(|error| ConfigError::File { path: path.to_owned(), error: error.to_string() })
     }
 
     /// Options set in `over` replace those of `self`; labels merge key by key.
@@ -111,37 +114,23 @@ pub enum ConfigError {
     #[error("config file {path}: {error}")]
     File { path: PathBuf, error: String },
     #[error("missing required option `{option}` (set {flag} or `{option}` in the config file)")]
-    Missing {
-        option: &'static str,
-        flag: &'static str,
-    },
+    Missing { option: &'static str, flag: &'static str },
     #[error("option `{option}`: expected {expected}, got {found:?}")]
-    Invalid {
-        option: &'static str,
-        expected: &'static str,
-        found: String,
-    },
+    Invalid { option: &'static str, expected: &'static str, found: String },
 }
 
 impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
-        let name = raw.name.ok_or(ConfigError::Missing {
-            option: "name",
-            flag: "--name",
-        })?;
+        let name = raw.name.ok_or(ConfigError::Missing { option: "name", flag: "--name" })?;
         let name = name.parse::<NodeName>().map_err(|_| ConfigError::Invalid {
             option: "name",
             expected: "1 to 32 ASCII letters, digits, '-' or '_'",
             found: name,
         })?;
         let listen = socket_addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:7400"))?;
-        let advertise = raw
-            .advertise
-            .as_deref()
-            .map(|a| socket_addr("advertise", a))
-            .transpose()?;
+        let advertise = raw.advertise.as_deref().map(|a| socket_addr("advertise", a)).transpose()?;
         let advertised = advertise.unwrap_or(listen);
         if advertised.ip().is_unspecified() {
             return Err(ConfigError::Invalid {
@@ -152,15 +141,8 @@ impl TryFrom<RawConfig> for Config {
         }
         let seeds = raw.seeds.unwrap_or_default();
         for seed in &seeds {
-            if seed
-                .rsplit_once(':')
-                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-            {
-                return Err(ConfigError::Invalid {
-                    option: "seeds",
-                    expected: "HOST:PORT",
-                    found: seed.clone(),
-                });
+            if seed.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+                return Err(ConfigError::Invalid { option: "seeds", expected: "HOST:PORT", found: seed.clone() });
             }
         }
         let gossip_interval_ms = raw.gossip_interval_ms.unwrap_or(1_000);
@@ -173,35 +155,58 @@ impl TryFrom<RawConfig> for Config {
         }
         Ok(Config {
             name,
-            cluster: raw.cluster.unwrap_or_else(|| "grapevine".to_owned()),
+            cluster: check_cluster(raw.cluster.unwrap_or_else(|| "grapevine".to_owned()))?,
             listen,
             advertise,
             api: socket_addr("api", raw.api.as_deref().unwrap_or("127.0.0.1:7401"))?,
             seeds,
-            data: raw.data.ok_or(ConfigError::Missing {
-                option: "data",
-                flag: "--data",
-            })?,
-            tls: raw.tls.ok_or(ConfigError::Missing {
-                option: "tls",
-                flag: "--tls",
-            })?,
+            data: raw.data.ok_or(ConfigError::Missing { option: "data", flag: "--data" })?,
+            tls: raw.tls.ok_or(ConfigError::Missing { option: "tls", flag: "--tls" })?,
             labels: check_labels(raw.labels.unwrap_or_default())?,
             gossip_interval: Duration::from_millis(gossip_interval_ms),
-            dead_node_grace_period: Duration::from_secs(
+            dead_node_grace_period: Duration::from_secs(in_range(
+                "dead_node_grace_period_s",
                 raw.dead_node_grace_period_s.unwrap_or(600),
-            ),
-            max_clock_offset_ms: raw.max_clock_offset_ms.unwrap_or(500),
+                DEAD_NODE_GRACE_PERIOD_S,
+                "a number of seconds from 10 to 86400",
+            )?),
+            max_clock_offset_ms: in_range(
+                "max_clock_offset_ms",
+                raw.max_clock_offset_ms.unwrap_or(500),
+                MAX_CLOCK_OFFSET_MS,
+                "a number of milliseconds from 1 to 3600000",
+            )?,
         })
     }
 }
 
+fn in_range(
+    option: &'static str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+    expected: &'static str,
+) -> Result<u64, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid { option, expected, found: value.to_string() })
+    }
+}
+
+fn check_cluster(cluster: String) -> Result<String, ConfigError> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if cluster.is_empty() || cluster.len() > 64 || !cluster.chars().all(valid_char) {
+        return Err(ConfigError::Invalid {
+            option: "cluster",
+            expected: "1 to 64 ASCII letters, digits, '-', '_' or '.'",
+            found: cluster,
+        });
+    }
+    Ok(cluster)
+}
+
 fn socket_addr(option: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse().map_err(|_| ConfigError::Invalid {
-        option,
-        expected: "IP:PORT",
-        found: text.to_owned(),
-    })
+    text.parse().map_err(|_| ConfigError::Invalid { option, expected: "IP:PORT", found: text.to_owned() })
 }
 
 fn check_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -215,8 +220,7 @@ fn check_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, Str
     let valid = |s: &str| {
         !s.is_empty()
             && s.len() <= MAX_LABEL_BYTES
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
     };
     for (key, value) in &labels {
         if !valid(key) || !valid(value) {
@@ -238,11 +242,7 @@ impl Config {
 
     /// Labels as one gossip value: `k=v,k2=v2`.
     pub fn labels_text(&self) -> String {
-        self.labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -251,12 +251,7 @@ mod tests {
     use super::*;
 
     fn minimal() -> RawConfig {
-        RawConfig {
-            name: Some("n1".into()),
-            data: Some("d".into()),
-            tls: Some("t".into()),
-            ..Default::default()
-        }
+        RawConfig { name: Some("n1".into()), data: Some("d".into()), tls: Some("t".into()), ..Default::default() }
     }
 
     #[test]
@@ -271,76 +266,39 @@ mod tests {
     fn each_bad_option_is_named() {
         let error = |raw: RawConfig| Config::try_from(raw).unwrap_err().to_string();
         assert_eq!(
-            error(RawConfig {
-                name: None,
-                ..minimal()
-            }),
+            error(RawConfig { name: None, ..minimal() }),
             "missing required option `name` (set --name or `name` in the config file)"
         );
         assert!(
-            error(RawConfig {
-                listen: Some("nowhere".into()),
-                ..minimal()
-            })
-            .starts_with("option `listen`: expected IP:PORT")
+            error(RawConfig { listen: Some("nowhere".into()), ..minimal() })
+                .starts_with("option `listen`: expected IP:PORT")
         );
+        assert!(error(RawConfig { listen: Some("0.0.0.0:7400".into()), ..minimal() }).contains("--advertise"));
+        assert!(error(RawConfig { seeds: Some(vec!["host".into()]), ..minimal() }).contains("HOST:PORT"));
+        assert!(error(RawConfig { gossip_interval_ms: Some(0), ..minimal() }).contains("gossip_interval_ms"));
+        assert!(error(RawConfig { cluster: Some(String::new()), ..minimal() }).contains("option `cluster`"));
+        assert!(error(RawConfig { max_clock_offset_ms: Some(0), ..minimal() }).contains("max_clock_offset_ms"));
         assert!(
-            error(RawConfig {
-                listen: Some("0.0.0.0:7400".into()),
-                ..minimal()
-            })
-            .contains("--advertise")
-        );
-        assert!(
-            error(RawConfig {
-                seeds: Some(vec!["host".into()]),
-                ..minimal()
-            })
-            .contains("HOST:PORT")
-        );
-        assert!(
-            error(RawConfig {
-                gossip_interval_ms: Some(0),
-                ..minimal()
-            })
-            .contains("gossip_interval_ms")
+            error(RawConfig { dead_node_grace_period_s: Some(1), ..minimal() }).contains("dead_node_grace_period_s")
         );
         let labels = parse_labels("zone=eu 1").unwrap();
-        assert!(
-            error(RawConfig {
-                labels: Some(labels),
-                ..minimal()
-            })
-            .contains("labels")
-        );
+        assert!(error(RawConfig { labels: Some(labels), ..minimal() }).contains("labels"));
         assert!(parse_labels("zone").is_err());
     }
 
     #[test]
     fn flags_override_the_file_and_labels_merge() {
-        let file: RawConfig =
-            toml::from_str("name = \"a\"\nlabels = { zone = \"eu\", role = \"web\" }").unwrap();
-        let flags = RawConfig {
-            name: Some("b".into()),
-            labels: Some(parse_labels("zone=us").unwrap()),
-            ..Default::default()
-        };
+        let file: RawConfig = toml::from_str("name = \"a\"\nlabels = { zone = \"eu\", role = \"web\" }").unwrap();
+        let flags =
+            RawConfig { name: Some("b".into()), labels: Some(parse_labels("zone=us").unwrap()), ..Default::default() };
         let merged = file.overlay(flags);
         assert_eq!(merged.name.as_deref(), Some("b"));
-        assert_eq!(
-            merged.labels.unwrap(),
-            parse_labels("role=web,zone=us").unwrap()
-        );
+        assert_eq!(merged.labels.unwrap(), parse_labels("role=web,zone=us").unwrap());
     }
 
     #[test]
     fn unknown_keys_in_the_file_are_refused() {
-        assert!(
-            toml::from_str::<RawConfig>("nmae = \"a\"")
-                .unwrap_err()
-                .to_string()
-                .contains("unknown field")
-        );
+        assert!(toml::from_str::<RawConfig>("nmae = \"a\"").unwrap_err().to_string().contains("unknown field"));
     }
 
     #[test]

@@ -35,10 +35,7 @@ pub enum StartError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("cannot listen on {addr}/TCP for the API: {error}")]
-    Api {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
+    Api { addr: SocketAddr, error: std::io::Error },
     #[error("gossip failed to start: {0}")]
     Gossip(anyhow::Error),
 }
@@ -58,27 +55,16 @@ pub struct RunningNode {
 
 /// Checks every resource, then starts the node's tasks.
 pub async fn start(config: Config) -> Result<RunningNode, StartError> {
-    let tls = NodeTls::load(&config.tls).map_err(|error| StartError::Tls {
-        dir: config.tls.display().to_string(),
-        error,
-    })?;
+    let tls =
+        NodeTls::load(&config.tls).map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
     let store = Arc::new(Store::open(&config.data, &config.name)?);
     let loading = store.clone();
-    let loaded = tokio::task::spawn_blocking(move || loading.load())
-        .await
-        .expect("store task panicked")?;
+    let loaded = tokio::task::spawn_blocking(move || loading.load()).await.expect("store task panicked")?;
     let metrics = Arc::new(Metrics::new());
     let (transport, inboxes) = Transport::bind(config.listen, &tls, metrics.clone())?;
-    let api_listener = TcpListener::bind(config.api)
-        .await
-        .map_err(|error| StartError::Api {
-            addr: config.api,
-            error,
-        })?;
-    let api_addr = api_listener.local_addr().map_err(|error| StartError::Api {
-        addr: config.api,
-        error,
-    })?;
+    let api_listener =
+        TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
+    let api_addr = api_listener.local_addr().map_err(|error| StartError::Api { addr: config.api, error })?;
     // Bound to port 0 (demo, tests): advertise the port the endpoint really has.
     let gossip_addr = config.advertise.unwrap_or_else(|| transport.local_addr());
 
@@ -89,25 +75,15 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         seeds: config.seeds.clone(),
         interval: config.gossip_interval,
         dead_node_grace_period: config.dead_node_grace_period,
-        incarnation: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     };
     let initial_keys = vec![
-        (
-            KEY_API.to_owned(),
-            format!("http://{}", reachable(api_addr, gossip_addr)),
-        ),
+        (KEY_API.to_owned(), format!("http://{}", reachable(api_addr, gossip_addr))),
         (KEY_LABELS.to_owned(), config.labels_text()),
     ];
-    let gossip = Gossip::start(
-        &gossip_config,
-        transport.clone(),
-        inboxes.gossip,
-        initial_keys,
-    )
-    .await
-    .map_err(StartError::Gossip)?;
+    let gossip = Gossip::start(&gossip_config, transport.clone(), inboxes.gossip, initial_keys)
+        .await
+        .map_err(StartError::Gossip)?;
     let gossip = Arc::new(gossip);
     let (engine, engine_task) = engine::spawn(
         config.name.clone(),
@@ -120,13 +96,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     .await;
 
     let shutdown = CancellationToken::new();
-    let puller = run_puller(
-        transport.clone(),
-        engine.clone(),
-        gossip.clone(),
-        config.gossip_interval,
-        shutdown.clone(),
-    );
+    let puller =
+        run_puller(transport.clone(), engine.clone(), gossip.clone(), config.gossip_interval, shutdown.clone());
     let server = run_server(inboxes.streams, store, metrics.clone(), shutdown.clone());
     let api_state = ApiState {
         name: config.name.clone(),
@@ -137,37 +108,19 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     };
     let api_shutdown = shutdown.clone();
     let api = async move {
-        let serve = axum::serve(api_listener, router(api_state))
-            .with_graceful_shutdown(api_shutdown.cancelled_owned());
+        let serve = axum::serve(api_listener, router(api_state)).with_graceful_shutdown(api_shutdown.cancelled_owned());
         if let Err(error) = serve.await {
             tracing::error!(%error, "API server failed");
         }
     };
-    let tasks = vec![
-        tokio::spawn(puller),
-        tokio::spawn(server),
-        tokio::spawn(api),
-        engine_task,
-    ];
+    let tasks = vec![tokio::spawn(puller), tokio::spawn(server), tokio::spawn(api), engine_task];
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
-    Ok(RunningNode {
-        name: config.name,
-        gossip_addr,
-        api_addr,
-        shutdown,
-        transport,
-        gossip,
-        tasks,
-    })
+    Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, tasks })
 }
 
 /// The API address as peers should print it: the gossip host when the API listens on any.
 fn reachable(api: SocketAddr, gossip: SocketAddr) -> SocketAddr {
-    if api.ip().is_unspecified() {
-        SocketAddr::new(gossip.ip(), api.port())
-    } else {
-        api
-    }
+    if api.ip().is_unspecified() { SocketAddr::new(gossip.ip(), api.port()) } else { api }
 }
 
 /// How long shutdown waits for tasks to end before it lets them go.
@@ -190,10 +143,7 @@ impl RunningNode {
 }
 
 /// Runs a node until `shutdown` completes.
-pub async fn run(
-    config: Config,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), StartError> {
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
     let node = start(config).await?;
     shutdown.await;
     node.stop().await;

@@ -24,11 +24,7 @@ struct Style {
 
 impl Style {
     fn paint(&self, code: &str, text: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_owned()
-        }
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
     }
     fn bold(&self, text: &str) -> String {
         self.paint("1", text)
@@ -47,23 +43,13 @@ fn failed(context: &str) -> impl FnOnce(String) -> CliError + '_ {
 
 pub async fn run(nodes: usize) -> Result<(), CliError> {
     use std::io::IsTerminal;
-    let style = Style {
-        color: std::io::stdout().is_terminal(),
-    };
+    let style = Style { color: std::io::stdout().is_terminal() };
     let dir = tempfile::tempdir().map_err(|e| failed("temp dir")(e.to_string()))?;
     println!(
         "{}",
-        style.bold(&format!(
-            "Grapevine demo: {nodes} nodes on loopback, gossip every {DEMO_GOSSIP_INTERVAL_MS} ms"
-        ))
+        style.bold(&format!("Grapevine demo: {nodes} nodes on loopback, gossip every {DEMO_GOSSIP_INTERVAL_MS} ms"))
     );
-    println!(
-        "{}",
-        style.dim(&format!(
-            "  certificates from a fresh CA and data in {}",
-            dir.path().display()
-        ))
-    );
+    println!("{}", style.dim(&format!("  certificates from a fresh CA and data in {}", dir.path().display())));
 
     let ca = dir.path().join("ca");
     tls::ca_init(&ca).map_err(|e| failed("ca init")(e.to_string()))?;
@@ -72,36 +58,21 @@ pub async fn run(nodes: usize) -> Result<(), CliError> {
     for index in 1..=nodes {
         let name = format!("n{index}");
         let tls_dir = dir.path().join(&name).join("tls");
-        tls::ca_issue(
-            &ca,
-            &name,
-            &["127.0.0.1".parse().expect("an IP")],
-            &[],
-            &tls_dir,
-        )
-        .map_err(|e| failed("ca issue")(e.to_string()))?;
+        tls::ca_issue(&ca, &name, &["127.0.0.1".parse().expect("an IP")], &[], &tls_dir)
+            .map_err(|e| failed("ca issue")(e.to_string()))?;
         let raw = RawConfig {
             name: Some(name.clone()),
             listen: Some("127.0.0.1:0".into()),
             api: Some("127.0.0.1:0".into()),
-            seeds: running
-                .first()
-                .map(|first| vec![first.gossip_addr.to_string()]),
+            seeds: running.first().map(|first| vec![first.gossip_addr.to_string()]),
             data: Some(dir.path().join(&name).join("data")),
             tls: Some(tls_dir),
             gossip_interval_ms: Some(DEMO_GOSSIP_INTERVAL_MS),
             ..RawConfig::default()
         };
         let config = Config::try_from(raw).map_err(|e| failed("config")(e.to_string()))?;
-        let node = daemon::start(config)
-            .await
-            .map_err(|e| failed("start")(e.to_string()))?;
-        println!(
-            "  {} {name}  gossip quic://{}  api http://{}",
-            style.green("✓"),
-            node.gossip_addr,
-            node.api_addr
-        );
+        let node = daemon::start(config).await.map_err(|e| failed("start")(e.to_string()))?;
+        println!("  {} {name}  gossip quic://{}  api http://{}", style.green("✓"), node.gossip_addr, node.api_addr);
         running.push(node);
     }
     let result = show(&style, &running, started).await;
@@ -114,10 +85,7 @@ pub async fn run(nodes: usize) -> Result<(), CliError> {
 
 async fn show(style: &Style, nodes: &[RunningNode], started: Instant) -> Result<(), CliError> {
     let http = reqwest::Client::new();
-    let apis: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("http://{}", n.api_addr))
-        .collect();
+    let apis: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect();
     wait_formed(&http, &apis).await?;
     println!(
         "\n{} every node sees all {} members alive after {} ms",
@@ -127,19 +95,9 @@ async fn show(style: &Style, nodes: &[RunningNode], started: Instant) -> Result<
     );
 
     let first = &apis[0];
-    println!(
-        "\n{}",
-        style.bold(&format!(
-            "$ grapevine flag set new-checkout --on --node {first}"
-        ))
-    );
+    println!("\n{}", style.bold(&format!("$ grapevine flag set new-checkout --on --node {first}")));
     let set = Instant::now();
-    let answer = post(
-        &http,
-        &format!("{first}/v1/flags/new-checkout"),
-        json!({"on": true}),
-    )
-    .await?;
+    let answer = post(&http, &format!("{first}/v1/flags/new-checkout"), json!({"on": true})).await?;
     let generation = answer["generation"].as_str().unwrap_or_default().to_owned();
     println!(
         "  accepted as generation {} in {:.1} ms (stored durably on n1 before the reply)",
@@ -151,19 +109,9 @@ async fn show(style: &Style, nodes: &[RunningNode], started: Instant) -> Result<
     let last = apis.last().expect("at least two nodes");
     let last_name = &nodes.last().expect("at least two nodes").name;
     let value = json!({"requests_per_second": 500, "burst": 50});
-    println!(
-        "\n{}",
-        style.bold(&format!(
-            "$ grapevine config put ratelimit --value '{value}' --node {last}"
-        ))
-    );
+    println!("\n{}", style.bold(&format!("$ grapevine config put ratelimit --value '{value}' --node {last}")));
     let put = Instant::now();
-    let answer = post(
-        &http,
-        &format!("{last}/v1/config/ratelimit"),
-        json!({ "value": value }),
-    )
-    .await?;
+    let answer = post(&http, &format!("{last}/v1/config/ratelimit"), json!({ "value": value })).await?;
     let generation = answer["generation"].as_str().unwrap_or_default().to_owned();
     println!(
         "  accepted as generation {} on {last_name} in {:.1} ms",
@@ -174,57 +122,30 @@ async fn show(style: &Style, nodes: &[RunningNode], started: Instant) -> Result<
 
     let mut digests = std::collections::BTreeSet::new();
     for api in &apis {
-        let status = get(&http, &format!("{api}/v1/status"))
-            .await?
-            .unwrap_or_default();
+        let status = get(&http, &format!("{api}/v1/status")).await?.unwrap_or_default();
         digests.insert(status["state_digest"].as_str().unwrap_or("?").to_owned());
     }
     if digests.len() != 1 {
-        return Err(failed("convergence")(format!(
-            "nodes report different state digests: {digests:?}"
-        )));
+        return Err(failed("convergence")(format!("nodes report different state digests: {digests:?}")));
     }
     let digest = digests.into_iter().next().unwrap_or_default();
-    println!(
-        "\n{} all {} nodes report the same applied-state digest {digest}",
-        style.green("✓"),
-        nodes.len()
-    );
-    println!(
-        "\nNext: `grapevine ca init`, `grapevine ca issue`, `grapevine node` to run real nodes (see README.md)."
-    );
+    println!("\n{} all {} nodes report the same applied-state digest {digest}", style.green("✓"), nodes.len());
+    println!("\nNext: `grapevine ca init`, `grapevine ca issue`, `grapevine node` to run real nodes (see README.md).");
     Ok(())
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> Result<Option<Value>, CliError> {
-    let response = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| failed("request")(e.to_string()))?;
+    let response = http.get(url).send().await.map_err(|e| failed("request")(e.to_string()))?;
     if !response.status().is_success() {
         return Ok(None);
     }
-    Ok(Some(
-        response
-            .json()
-            .await
-            .map_err(|e| failed("response")(e.to_string()))?,
-    ))
+    Ok(Some(response.json().await.map_err(|e| failed("response")(e.to_string()))?))
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: Value) -> Result<Value, CliError> {
-    let response = http
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| failed("request")(e.to_string()))?;
+    let response = http.post(url).json(&body).send().await.map_err(|e| failed("request")(e.to_string()))?;
     let status = response.status();
-    let answer: Value = response
-        .json()
-        .await
-        .map_err(|e| failed("response")(e.to_string()))?;
+    let answer: Value = response.json().await.map_err(|e| failed("response")(e.to_string()))?;
     if !status.is_success() {
         return Err(failed("change refused")(answer.to_string()));
     }
@@ -236,24 +157,15 @@ async fn wait_formed(http: &reqwest::Client, apis: &[String]) -> Result<(), CliE
     loop {
         let mut formed = true;
         for api in apis {
-            let status = get(http, &format!("{api}/v1/status"))
-                .await?
-                .unwrap_or_default();
-            let alive = status["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|m| m["alive"] == true)
-                .count();
+            let status = get(http, &format!("{api}/v1/status")).await?.unwrap_or_default();
+            let alive = status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count();
             formed &= alive == apis.len();
         }
         if formed {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(failed("cluster")(format!(
-                "did not form within {DEMO_DEADLINE:?}"
-            )));
+            return Err(failed("cluster")(format!("did not form within {DEMO_DEADLINE:?}")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -281,9 +193,7 @@ async fn watch_arrival(
                     return Ok((name, since.elapsed(), answer["value"].clone()));
                 }
                 if since.elapsed() > DEMO_DEADLINE {
-                    return Err(failed("propagation")(format!(
-                        "{name} did not get {generation}"
-                    )));
+                    return Err(failed("propagation")(format!("{name} did not get {generation}")));
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -294,13 +204,9 @@ async fn watch_arrival(
         arrivals.push(result?);
     }
     arrivals.sort_by_key(|(_, elapsed, _)| *elapsed);
-    let slowest = arrivals
-        .last()
-        .map(|(_, elapsed, _)| *elapsed)
-        .unwrap_or_default();
+    let slowest = arrivals.last().map(|(_, elapsed, _)| *elapsed).unwrap_or_default();
     for (name, elapsed, value) in &arrivals {
-        let width =
-            (elapsed.as_secs_f64() / slowest.as_secs_f64().max(1e-9) * 30.0).round() as usize;
+        let width = (elapsed.as_secs_f64() / slowest.as_secs_f64().max(1e-9) * 30.0).round() as usize;
         println!(
             "  {} {name:<4} serves {value} after {:>7.1} ms  {}",
             style.green("✓"),

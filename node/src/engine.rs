@@ -8,18 +8,17 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use grapevine_proto::limits::MAX_MEMBERS;
-use grapevine_proto::validate::validate_change;
+use grapevine_proto::validate::{check_envelope, validate_change};
 use grapevine_proto::{
-    AppliedState, Change, Clock, Generation, GenerationBody, InsertOutcome, Log, NodeName,
-    ValidationError, VersionVector,
+    AppliedState, Change, Clock, Generation, GenerationBody, InsertOutcome, Log, NodeName, ValidationError,
+    VersionVector,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, version_vector_keys};
-use crate::metrics::{Metrics, WarnLimiter, reason};
+use crate::metrics::{Metrics, WarnLimiter};
 use crate::store::{Store, StoreError};
 
 /// Commands waiting for the engine. Submissions come from HTTP handlers and ingests from the
@@ -49,17 +48,9 @@ pub enum SubmitError {
 }
 
 enum Command {
-    Submit {
-        change: Change,
-        reply: oneshot::Sender<Result<Generation, SubmitError>>,
-    },
-    Ingest {
-        generations: Vec<Generation>,
-        reply: oneshot::Sender<usize>,
-    },
-    History {
-        reply: oneshot::Sender<Vec<Generation>>,
-    },
+    Submit { change: Change, reply: oneshot::Sender<Result<Generation, SubmitError>> },
+    Ingest { generations: Vec<Generation>, reply: oneshot::Sender<usize> },
+    History { reply: oneshot::Sender<Vec<Generation>> },
 }
 
 /// A handle to the engine; cheap to clone.
@@ -73,22 +64,14 @@ impl EngineHandle {
     /// Validates, stamps, stores and applies a change; returns its generation once durable.
     pub async fn submit(&self, change: Change) -> Result<Generation, SubmitError> {
         let (reply, response) = oneshot::channel();
-        self.commands
-            .send(Command::Submit { change, reply })
-            .await
-            .map_err(|_| SubmitError::Stopped)?;
+        self.commands.send(Command::Submit { change, reply }).await.map_err(|_| SubmitError::Stopped)?;
         response.await.map_err(|_| SubmitError::Stopped)?
     }
 
     /// Stores and applies validated generations from a peer; returns how many were new.
     pub async fn ingest(&self, generations: Vec<Generation>) -> usize {
         let (reply, response) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::Ingest { generations, reply })
-            .await
-            .is_err()
-        {
+        if self.commands.send(Command::Ingest { generations, reply }).await.is_err() {
             return 0;
         }
         response.await.unwrap_or(0)
@@ -97,12 +80,7 @@ impl EngineHandle {
     /// Every generation of the log, in `(hlc, origin, seq)` order.
     pub async fn history(&self) -> Vec<Generation> {
         let (reply, response) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::History { reply })
-            .await
-            .is_err()
-        {
+        if self.commands.send(Command::History { reply }).await.is_err() {
             return Vec::new();
         }
         response.await.unwrap_or_default()
@@ -143,11 +121,12 @@ pub async fn spawn(
 ) -> (EngineHandle, JoinHandle<()>) {
     let mut log = Log::new();
     let mut clock = Clock::new(max_clock_offset_ms);
+    let now = now_ms();
     for generation in loaded {
-        // Our own log may hold stamps from a clock that was ahead: never issue below them.
-        clock
-            .observe(generation.body.hlc, u64::MAX)
-            .expect("no stamp is ahead of u64::MAX");
+        // Our own stamps are followed whatever the wall clock says now, so our changes stay in
+        // order; peers' stamps under the same offset rule as when they arrived.
+        let physical = if generation.id().origin == name { u64::MAX } else { now };
+        let _ = clock.observe(generation.body.hlc, physical);
         log.insert(generation);
     }
     let state = AppliedState::fold(log.iter());
@@ -166,19 +145,11 @@ pub async fn spawn(
     };
     engine.publish().await;
     let task = tokio::spawn(engine.run(queue));
-    (
-        EngineHandle {
-            commands,
-            view: view_receiver,
-        },
-        task,
-    )
+    (EngineHandle { commands, view: view_receiver }, task)
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Engine {
@@ -186,14 +157,7 @@ impl Engine {
         while let Some(command) = queue.recv().await {
             match command {
                 Command::Submit { change, reply } => {
-                    let result = self.submit(change).await;
-                    let outcome = if result.is_ok() {
-                        "accepted"
-                    } else {
-                        "refused"
-                    };
-                    self.metrics.changes.get_or_create(&reason(outcome)).inc();
-                    let _ = reply.send(result);
+                    let _ = reply.send(self.submit(change).await);
                 }
                 Command::Ingest { generations, reply } => {
                     let _ = reply.send(self.ingest(generations).await);
@@ -209,18 +173,15 @@ impl Engine {
 
     async fn submit(&mut self, change: Change) -> Result<Generation, SubmitError> {
         validate_change(&change)?;
-        let mut members = self.gossip.live_names().await;
-        members.truncate(MAX_MEMBERS);
+        let members = self.gossip.live_names().await;
         let body = GenerationBody {
-            id: grapevine_proto::GenId {
-                origin: self.name.clone(),
-                seq: self.log.next_seq(&self.name),
-            },
+            id: grapevine_proto::GenId { origin: self.name.clone(), seq: self.log.next_seq(&self.name) },
             hlc: self.clock.tick(now_ms()),
             members,
             change,
         };
         let generation = body.seal();
+        check_envelope(&generation)?;
         self.store_durably(vec![generation.clone()]).await?;
         info!(generation = %generation.id(), "accepted change");
         self.apply(generation.clone());
@@ -232,15 +193,14 @@ impl Engine {
     async fn ingest(&mut self, generations: Vec<Generation>) -> usize {
         let mut new: Vec<Generation> = Vec::new();
         for generation in generations {
-            let known = self
-                .log
-                .get(generation.id())
-                .or_else(|| new.iter().find(|g| g.id() == generation.id()));
+            let known = self.log.get(generation.id()).or_else(|| new.iter().find(|g| g.id() == generation.id()));
             match known {
                 Some(existing) if existing.hash == generation.hash => continue,
                 Some(_) => {
                     self.metrics.generation_conflicts.inc();
-                    error!(generation = %generation.id(), "a peer holds other content under a known generation id; kept ours");
+                    if self.warnings.allow(&format!("conflict {}", generation.id().origin)) {
+                        error!(generation = %generation.id(), "a peer holds other content under a known generation id; kept ours");
+                    }
                     continue;
                 }
                 None => {}
@@ -274,9 +234,7 @@ impl Engine {
 
     async fn store_durably(&self, generations: Vec<Generation>) -> Result<(), StoreError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.put(&generations))
-            .await
-            .expect("store task panicked")
+        tokio::task::spawn_blocking(move || store.put(&generations)).await.expect("store task panicked")
     }
 
     /// Adds a generation checked to be new (not in the log, not repeated in its batch).
@@ -295,13 +253,7 @@ impl Engine {
         self.metrics.generations_known.set(view.generations as i64);
         let mut keys: Vec<(String, String)> = version_vector_keys(&view.version_vector).collect();
         keys.push((KEY_GENERATIONS.to_owned(), view.generations.to_string()));
-        keys.push((
-            KEY_APPLIED.to_owned(),
-            view.state
-                .latest()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-        ));
+        keys.push((KEY_APPLIED.to_owned(), view.state.latest().map(ToString::to_string).unwrap_or_default()));
         keys.push((KEY_DIGEST.to_owned(), short_digest(&view.state)));
         self.gossip.set_keys(keys).await;
         self.view.send_replace(Arc::new(view));

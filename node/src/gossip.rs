@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chitchat::transport::{Socket, Transport as ChitchatTransport};
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage, Deserializable,
-    FailureDetectorConfig, ListenerHandle, NodeState, Serializable, spawn_chitchat,
+    ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage, Deserializable, FailureDetectorConfig, ListenerHandle,
+    NodeState, Serializable, spawn_chitchat,
 };
 use grapevine_proto::{NodeName, VersionVector};
 use serde::Serialize;
@@ -105,11 +105,7 @@ impl Gossip {
         initial_keys: Vec<(String, String)>,
     ) -> anyhow::Result<Gossip> {
         let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(
-                config.name.as_str(),
-                config.incarnation,
-                config.advertise,
-            ),
+            chitchat_id: ChitchatId::new(config.name.as_str(), config.incarnation, config.advertise),
             cluster_id: config.cluster_id.clone(),
             gossip_interval: config.interval,
             listen_addr: transport.local_addr(),
@@ -119,10 +115,7 @@ impl Gossip {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
-        let adapter = QuicGossip {
-            transport,
-            inbox: Mutex::new(Some(inbox)),
-        };
+        let adapter = QuicGossip { transport, inbox: Mutex::new(Some(inbox)) };
         let handle = spawn_chitchat(chitchat_config, initial_keys, &adapter).await?;
         // chitchat refreshes its live-node watcher once per round only; a key event fires as
         // soon as a delta is applied, so a peer's new generation is pulled without waiting.
@@ -134,11 +127,7 @@ impl Gossip {
                 chitchat.subscribe_event(PREFIX_VERSION_VECTOR, move |_| notify.notify_one())
             })
             .await;
-        Ok(Gossip {
-            handle,
-            version_vectors_changed,
-            _listener: listener,
-        })
+        Ok(Gossip { handle, version_vectors_changed, _listener: listener })
     }
 
     /// Sets keys of this node's state.
@@ -166,12 +155,7 @@ impl Gossip {
                 chitchat
                     .live_nodes()
                     .filter(|id| **id != own)
-                    .filter_map(|id| {
-                        Some((
-                            id.gossip_advertise_addr,
-                            version_vector_of(chitchat.node_state(id)?),
-                        ))
-                    })
+                    .filter_map(|id| Some((id.gossip_advertise_addr, version_vector_of(chitchat.node_state(id)?))))
                     .collect()
             })
             .await
@@ -181,12 +165,7 @@ impl Gossip {
     pub async fn live_names(&self) -> Vec<NodeName> {
         let mut names: Vec<NodeName> = self
             .handle
-            .with_chitchat(|chitchat| {
-                chitchat
-                    .live_nodes()
-                    .filter_map(|id| id.node_id.parse().ok())
-                    .collect()
-            })
+            .with_chitchat(|chitchat| chitchat.live_nodes().filter_map(|id| id.node_id.parse().ok()).collect())
             .await;
         names.sort();
         names.dedup();
@@ -199,12 +178,7 @@ impl Gossip {
         let own = self.handle.chitchat_id().gossip_advertise_addr;
         let peers: Vec<SocketAddr> = self
             .handle
-            .with_chitchat(|chitchat| {
-                chitchat
-                    .live_nodes()
-                    .map(|id| id.gossip_advertise_addr)
-                    .collect()
-            })
+            .with_chitchat(|chitchat| chitchat.live_nodes().map(|id| id.gossip_advertise_addr).collect())
             .await;
         for peer in peers.into_iter().filter(|addr| *addr != own) {
             let _ = self.handle.gossip(peer);
@@ -221,10 +195,7 @@ impl Gossip {
                 let mut incarnations: HashMap<String, u64> = HashMap::new();
                 for (id, state) in chitchat.node_states() {
                     let name = id.node_id.to_string();
-                    if incarnations
-                        .get(&name)
-                        .is_some_and(|seen| *seen > id.generation_id)
-                    {
+                    if incarnations.get(&name).is_some_and(|seen| *seen > id.generation_id) {
                         continue;
                     }
                     incarnations.insert(name.clone(), id.generation_id);
@@ -243,10 +214,7 @@ impl Gossip {
 }
 
 fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> Member {
-    let version_vector = version_vector_of(state)
-        .iter()
-        .map(|(o, s)| (o.to_string(), s))
-        .collect();
+    let version_vector = version_vector_of(state).iter().map(|(o, s)| (o.to_string(), s)).collect();
     Member {
         name: id.node_id.to_string(),
         gossip: id.gossip_advertise_addr,
@@ -256,10 +224,7 @@ fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> 
         labels: state.get(KEY_LABELS).map(str::to_owned),
         generations: state.get(KEY_GENERATIONS).and_then(|v| v.parse().ok()),
         version_vector,
-        applied: state
-            .get(KEY_APPLIED)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned),
+        applied: state.get(KEY_APPLIED).filter(|v| !v.is_empty()).map(str::to_owned),
         state_digest: state.get(KEY_DIGEST).map(str::to_owned),
     }
 }
@@ -280,9 +245,7 @@ pub fn version_vector_of(state: &NodeState) -> VersionVector {
 
 /// The keys that publish `vector`, one per origin.
 pub fn version_vector_keys(vector: &VersionVector) -> impl Iterator<Item = (String, String)> + '_ {
-    vector
-        .iter()
-        .map(|(origin, seq)| (format!("{PREFIX_VERSION_VECTOR}{origin}"), seq.to_string()))
+    vector.iter().map(|(origin, seq)| (format!("{PREFIX_VERSION_VECTOR}{origin}"), seq.to_string()))
 }
 
 /// chitchat's `Transport` on our endpoint. chitchat calls `open` once, with the address the
@@ -301,13 +264,8 @@ impl ChitchatTransport for QuicGossip {
             "gossip must listen on the endpoint's address {bound}, got {listen_addr}"
         );
         let inbox = self.inbox.lock().expect("inbox lock poisoned").take();
-        let inbox =
-            inbox.ok_or_else(|| anyhow::anyhow!("the gossip socket of {bound} is already open"))?;
-        Ok(Box::new(GossipSocket {
-            transport: self.transport.clone(),
-            inbox,
-            peers: HashMap::new(),
-        }))
+        let inbox = inbox.ok_or_else(|| anyhow::anyhow!("the gossip socket of {bound} is already open"))?;
+        Ok(Box::new(GossipSocket { transport: self.transport.clone(), inbox, peers: HashMap::new() }))
     }
 }
 
@@ -344,35 +302,23 @@ impl GossipSocket {
 impl Socket for GossipSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
         let bytes = Bytes::from(message.serialize_to_vec());
-        let queued = self
-            .sender_for(to)
-            .is_some_and(|sender| sender.try_send(bytes).is_ok());
+        let queued = self.sender_for(to).is_some_and(|sender| sender.try_send(bytes).is_ok());
         if !queued {
-            self.metrics()
-                .gossip_dropped
-                .get_or_create(&reason("queue_full"))
-                .inc();
+            self.metrics().gossip_dropped.get_or_create(&reason("queue_full")).inc();
         }
         Ok(())
     }
 
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         loop {
-            let (from, bytes) = self
-                .inbox
-                .recv()
-                .await
-                .ok_or_else(|| anyhow::anyhow!("the transport has stopped"))?;
+            let (from, bytes) = self.inbox.recv().await.ok_or_else(|| anyhow::anyhow!("the transport has stopped"))?;
             match ChitchatMessage::deserialize(&mut &bytes[..]) {
                 Ok(message) => {
                     self.metrics().gossip_received.inc();
                     return Ok((from, message));
                 }
                 Err(error) => {
-                    self.metrics()
-                        .gossip_dropped
-                        .get_or_create(&reason("malformed"))
-                        .inc();
+                    self.metrics().gossip_dropped.get_or_create(&reason("malformed")).inc();
                     debug!(peer = %from, %error, "dropped malformed gossip message");
                 }
             }
@@ -389,11 +335,7 @@ async fn run_peer_sender(transport: Transport, to: SocketAddr, mut queue: mpsc::
             while queue.try_recv().is_ok() {
                 dropped += 1;
             }
-            transport
-                .metrics()
-                .gossip_dropped
-                .get_or_create(&reason("send_failed"))
-                .inc_by(dropped);
+            transport.metrics().gossip_dropped.get_or_create(&reason("send_failed")).inc_by(dropped);
         }
     }
 }

@@ -6,5 +6,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = grapevine_node::cli::Cli::parse();
+    if !matches!(cli.command, grapevine_node::cli::Command::Node(_) | grapevine_node::cli::Command::Demo { .. }) {
+        // A client command piped into `head` should end quietly when the pipe closes, as Unix
+        // tools do, not panic in `println!`. The daemon keeps Rust's default (SIGPIPE ignored).
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     grapevine_node::cli::run(cli)
 }

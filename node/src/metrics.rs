@@ -13,7 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// A label naming why something happened (`reason="queue_full"`, `outcome="refused"`).
+/// The one label of the node's metric families: why or how something happened
+/// (`reason="queue_full"`, `reason="refused"`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: &'static str,
@@ -30,7 +31,7 @@ pub struct Metrics {
     pub gossip_received: Counter,
     /// Gossip messages sent to peers.
     pub gossip_sent: Counter,
-    /// Gossip messages dropped, by reason (`queue_full`, `malformed`, `dial_failed`, ...).
+    /// Gossip messages dropped, by reason (`queue_full`, `inbox_full`, `malformed`, `send_failed`).
     pub gossip_dropped: Family<Reason, Counter>,
     /// Bytes of gossip sent and received.
     pub gossip_bytes: Family<Reason, Counter>,
@@ -44,7 +45,7 @@ pub struct Metrics {
     pub sync_generations_stored: Counter,
     /// Malformed traffic from peers (frames, requests, generations) dropped, by kind.
     pub peer_malformed: Family<Reason, Counter>,
-    /// Changes submitted through the admin API, by outcome (`accepted`, `refused`).
+    /// Changes submitted through the admin API, by outcome (`accepted`, `refused`, `failed`).
     pub changes: Family<Reason, Counter>,
     /// Generations in the local log.
     pub generations_known: Gauge,
@@ -52,7 +53,7 @@ pub struct Metrics {
     pub members: Family<Reason, Gauge>,
     /// Generations received with the same id as a stored one but other content.
     pub generation_conflicts: Counter,
-    /// Generations refused because their clock stamp was too far in the future.
+    /// Generations stored whose clock stamp was too far ahead for our clock to follow.
     pub clock_offset_refusals: Counter,
 }
 
@@ -77,66 +78,26 @@ impl Metrics {
             clock_offset_refusals: Counter::default(),
         };
         let r = &mut registry;
-        r.register(
-            "gossip_messages_received",
-            "Gossip messages received from peers",
-            metrics.gossip_received.clone(),
-        );
-        r.register(
-            "gossip_messages_sent",
-            "Gossip messages sent to peers",
-            metrics.gossip_sent.clone(),
-        );
-        r.register(
-            "gossip_messages_dropped",
-            "Gossip messages dropped, by reason",
-            metrics.gossip_dropped.clone(),
-        );
-        r.register(
-            "gossip_bytes",
-            "Gossip bytes, by direction",
-            metrics.gossip_bytes.clone(),
-        );
+        r.register("gossip_messages_received", "Gossip messages received from peers", metrics.gossip_received.clone());
+        r.register("gossip_messages_sent", "Gossip messages sent to peers", metrics.gossip_sent.clone());
+        r.register("gossip_messages_dropped", "Gossip messages dropped, by reason", metrics.gossip_dropped.clone());
+        r.register("gossip_bytes", "Gossip bytes, by direction", metrics.gossip_bytes.clone());
         r.register(
             "tls_handshake_failures",
             "Failed TLS handshakes with peers",
             metrics.tls_handshake_failures.clone(),
         );
-        r.register(
-            "sync_pulls",
-            "Log-sync pulls made, by outcome",
-            metrics.sync_pulls.clone(),
-        );
-        r.register(
-            "sync_served",
-            "Log-sync pulls served, by outcome",
-            metrics.sync_served.clone(),
-        );
+        r.register("sync_pulls", "Log-sync pulls made, by outcome", metrics.sync_pulls.clone());
+        r.register("sync_served", "Log-sync pulls served, by outcome", metrics.sync_served.clone());
         r.register(
             "sync_generations_stored",
             "Generations stored from log sync",
             metrics.sync_generations_stored.clone(),
         );
-        r.register(
-            "peer_malformed",
-            "Malformed traffic from peers dropped, by kind",
-            metrics.peer_malformed.clone(),
-        );
-        r.register(
-            "changes",
-            "Changes submitted to this node, by outcome",
-            metrics.changes.clone(),
-        );
-        r.register(
-            "generations_known",
-            "Generations in the local log",
-            metrics.generations_known.clone(),
-        );
-        r.register(
-            "members",
-            "Cluster members in this node's view, by state",
-            metrics.members.clone(),
-        );
+        r.register("peer_malformed", "Malformed traffic from peers dropped, by kind", metrics.peer_malformed.clone());
+        r.register("changes", "Changes submitted to this node, by outcome", metrics.changes.clone());
+        r.register("generations_known", "Generations in the local log", metrics.generations_known.clone());
+        r.register("members", "Cluster members in this node's view, by state", metrics.members.clone());
         r.register(
             "generation_conflicts",
             "Generations with a known id but other content",
@@ -144,7 +105,7 @@ impl Metrics {
         );
         r.register(
             "clock_offset_refusals",
-            "Generations refused for a clock stamp too far ahead",
+            "Generations whose clock stamp was too far ahead to follow",
             metrics.clock_offset_refusals.clone(),
         );
         metrics.registry = registry;
@@ -154,8 +115,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -179,10 +139,7 @@ pub struct WarnLimiter {
 
 impl WarnLimiter {
     pub fn new(interval: Duration) -> Self {
-        WarnLimiter {
-            interval,
-            last: Mutex::new(HashMap::new()),
-        }
+        WarnLimiter { interval, last: Mutex::new(HashMap::new()) }
     }
 
     /// True when a warning for `key` may be logged now.
@@ -209,19 +166,10 @@ mod tests {
     #[test]
     fn exposition_names_each_metric() {
         let metrics = Metrics::new();
-        metrics
-            .gossip_dropped
-            .get_or_create(&reason("queue_full"))
-            .inc();
+        metrics.gossip_dropped.get_or_create(&reason("queue_full")).inc();
         let text = metrics.render();
-        assert!(
-            text.contains("grapevine_gossip_messages_dropped_total{reason=\"queue_full\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE grapevine_tls_handshake_failures counter"),
-            "{text}"
-        );
+        assert!(text.contains("grapevine_gossip_messages_dropped_total{reason=\"queue_full\"} 1"), "{text}");
+        assert!(text.contains("# TYPE grapevine_tls_handshake_failures counter"), "{text}");
     }
 
     #[test]

@@ -25,31 +25,15 @@ pub const STORE_FILE: &str = "grapevine.redb";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create data directory {path}: {error}")]
-    CreateDir {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error(
-        "data directory {path} is locked by another process (is another grapevine node running on it?)"
-    )]
+    CreateDir { path: PathBuf, error: std::io::Error },
+    #[error("data directory {path} is locked by another process (is another grapevine node running on it?)")]
     Locked { path: PathBuf },
     #[error("data directory {path} belongs to node {found:?}, not {expected:?}")]
-    WrongNode {
-        path: PathBuf,
-        expected: String,
-        found: String,
-    },
+    WrongNode { path: PathBuf, expected: String, found: String },
     #[error("store {path} is corrupt: record {record}: {detail}")]
-    Corrupt {
-        path: PathBuf,
-        record: String,
-        detail: String,
-    },
+    Corrupt { path: PathBuf, record: String, detail: String },
     #[error("store {path}: {error}")]
-    Database {
-        path: PathBuf,
-        error: Box<redb::Error>,
-    },
+    Database { path: PathBuf, error: Box<redb::Error> },
 }
 
 /// The redb database of a node. Reads and writes are blocking: call them off the async
@@ -62,23 +46,15 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store of node `name` in `dir`.
     pub fn open(dir: &Path, name: &NodeName) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|error| StoreError::CreateDir {
-            path: dir.to_owned(),
-            error,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::CreateDir { path: dir.to_owned(), error })?;
         let path = dir.join(STORE_FILE);
         let db = match Database::create(&path) {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked {
-                    path: dir.to_owned(),
-                });
+                return Err(StoreError::Locked { path: dir.to_owned() });
             }
             Err(error) => {
-                return Err(StoreError::Database {
-                    path,
-                    error: Box::new(error.into()),
-                });
+                return Err(StoreError::Database { path, error: Box::new(error.into()) });
             }
         };
         let store = Store { db, path };
@@ -87,10 +63,7 @@ impl Store {
     }
 
     fn error(&self) -> impl Fn(redb::Error) -> StoreError + '_ {
-        |error| StoreError::Database {
-            path: self.path.clone(),
-            error: Box::new(error),
-        }
+        |error| StoreError::Database { path: self.path.clone(), error: Box::new(error) }
     }
 
     /// Records which node owns the store, or checks that it is `name`.
@@ -99,22 +72,15 @@ impl Store {
         let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
         {
             let mut meta = txn.open_table(META).map_err(|x| e(x.into()))?;
-            let owner = meta
-                .get(META_NODE)
-                .map_err(|x| e(x.into()))?
-                .map(|v| v.value().to_owned());
+            let owner = meta.get(META_NODE).map_err(|x| e(x.into()))?.map(|v| v.value().to_owned());
             match owner {
                 Some(found) if found != name.as_str() => {
-                    return Err(StoreError::WrongNode {
-                        path: self.path.clone(),
-                        expected: name.to_string(),
-                        found,
-                    });
+                    let path = self.path.parent().unwrap_or(&self.path).to_owned();
+                    return Err(StoreError::WrongNode { path, expected: name.to_string(), found });
                 }
                 Some(_) => {}
                 None => {
-                    meta.insert(META_NODE, name.as_str())
-                        .map_err(|x| e(x.into()))?;
+                    meta.insert(META_NODE, name.as_str()).map_err(|x| e(x.into()))?;
                 }
             }
             txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
@@ -136,25 +102,14 @@ impl Store {
         Ok(generations)
     }
 
-    fn decode_record(
-        &self,
-        origin: &str,
-        seq: u64,
-        bytes: &[u8],
-    ) -> Result<Generation, StoreError> {
-        let corrupt = |detail: String| StoreError::Corrupt {
-            path: self.path.clone(),
-            record: format!("{origin}.{seq}"),
-            detail,
-        };
-        let generation: Generation =
-            decode(bytes, "generation").map_err(|x| corrupt(x.to_string()))?;
+    fn decode_record(&self, origin: &str, seq: u64, bytes: &[u8]) -> Result<Generation, StoreError> {
+        let corrupt =
+            |detail: String| StoreError::Corrupt { path: self.path.clone(), record: format!("{origin}.{seq}"), detail };
+        let generation: Generation = decode(bytes, "generation").map_err(|x| corrupt(x.to_string()))?;
         validate_generation(&generation).map_err(|x| corrupt(x.to_string()))?;
         let id = generation.id();
         if id.origin.as_str() != origin || id.seq != seq {
-            return Err(corrupt(format!(
-                "stored under {origin}.{seq} but holds {id}"
-            )));
+            return Err(corrupt(format!("stored under {origin}.{seq} but holds {id}")));
         }
         Ok(generation)
     }
@@ -167,9 +122,7 @@ impl Store {
             let mut table = txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
             for generation in generations {
                 let id = generation.id();
-                table
-                    .insert((id.origin.as_str(), id.seq), encode(generation).as_slice())
-                    .map_err(|x| e(x.into()))?;
+                table.insert((id.origin.as_str(), id.seq), encode(generation).as_slice()).map_err(|x| e(x.into()))?;
             }
         }
         txn.commit().map_err(|x| e(x.into()))
@@ -178,11 +131,7 @@ impl Store {
     /// Generations a peer with vector `have` lacks, in id order, until their encoded size
     /// would pass `max_bytes` (at least one is returned, whatever its size). The flag is true
     /// when more were left out.
-    pub fn missing_from(
-        &self,
-        have: &VersionVector,
-        max_bytes: usize,
-    ) -> Result<(Vec<Generation>, bool), StoreError> {
+    pub fn missing_from(&self, have: &VersionVector, max_bytes: usize) -> Result<(Vec<Generation>, bool), StoreError> {
         let e = self.error();
         let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
         let table = txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
@@ -191,10 +140,7 @@ impl Store {
         for row in table.iter().map_err(|x| e(x.into()))? {
             let (key, value) = row.map_err(|x| e(x.into()))?;
             let (origin, seq) = key.value();
-            let lacks = origin
-                .parse::<NodeName>()
-                .map(|o| seq > have.get(&o))
-                .unwrap_or(false);
+            let lacks = origin.parse::<NodeName>().map(|o| seq > have.get(&o)).unwrap_or(false);
             if !lacks {
                 continue;
             }
@@ -217,14 +163,8 @@ mod tests {
 
     fn generation(origin: &str, seq: u64) -> Generation {
         GenerationBody {
-            id: GenId {
-                origin: origin.parse().unwrap(),
-                seq,
-            },
-            hlc: Stamp {
-                wall_ms: seq,
-                logical: 0,
-            },
+            id: GenId { origin: origin.parse().unwrap(), seq },
+            hlc: Stamp { wall_ms: seq, logical: 0 },
             members: vec![],
             change: Change {
                 ops: vec![Op::PutConfig {
@@ -240,15 +180,8 @@ mod tests {
     fn generations_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let name: NodeName = "n1".parse().unwrap();
-        let stored = vec![
-            generation("n1", 1),
-            generation("n2", 1),
-            generation("n2", 2),
-        ];
-        Store::open(dir.path(), &name)
-            .unwrap()
-            .put(&stored)
-            .unwrap();
+        let stored = vec![generation("n1", 1), generation("n2", 1), generation("n2", 2)];
+        Store::open(dir.path(), &name).unwrap().put(&stored).unwrap();
         let store = Store::open(dir.path(), &name).unwrap();
         assert_eq!(store.load().unwrap(), stored);
         let mut have = VersionVector::default();
@@ -265,22 +198,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name: NodeName = "n1".parse().unwrap();
         let _first = Store::open(dir.path(), &name).unwrap();
-        assert!(matches!(
-            Store::open(dir.path(), &name),
-            Err(StoreError::Locked { .. })
-        ));
+        assert!(matches!(Store::open(dir.path(), &name), Err(StoreError::Locked { .. })));
     }
 
     #[test]
     fn another_nodes_data_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path(), &"n1".parse().unwrap()).unwrap());
-        let error = Store::open(dir.path(), &"n2".parse().unwrap())
-            .err()
-            .unwrap();
-        assert!(
-            error.to_string().contains("belongs to node \"n1\""),
-            "{error}"
-        );
+        let error = Store::open(dir.path(), &"n2".parse().unwrap()).err().unwrap();
+        assert!(error.to_string().contains("belongs to node \"n1\""), "{error}");
     }
 }

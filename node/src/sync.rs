@@ -67,45 +67,29 @@ pub enum SyncError {
 impl SyncError {
     /// True when the peer sent something no correct peer sends: counted as malformed.
     fn is_malformed(&self) -> bool {
-        matches!(
-            self,
-            SyncError::Malformed(_) | SyncError::FrameTooLarge { .. }
-        )
+        matches!(self, SyncError::Malformed(_) | SyncError::FrameTooLarge { .. })
     }
 }
 
 async fn write_frame(send: &mut SendStream, payload: &[u8]) -> Result<(), SyncError> {
     let length = u32::try_from(payload.len()).expect("frames are far below 4 GiB");
-    send.write_all(&length.to_be_bytes())
-        .await
-        .map_err(|e| SyncError::Stream(e.to_string()))?;
-    send.write_all(payload)
-        .await
-        .map_err(|e| SyncError::Stream(e.to_string()))
+    send.write_all(&length.to_be_bytes()).await.map_err(|e| SyncError::Stream(e.to_string()))?;
+    send.write_all(payload).await.map_err(|e| SyncError::Stream(e.to_string()))
 }
 
 async fn read_frame(recv: &mut RecvStream, limit: usize) -> Result<Vec<u8>, SyncError> {
     let read = async {
         let mut length = [0u8; 4];
-        recv.read_exact(&mut length)
-            .await
-            .map_err(|e| SyncError::Stream(e.to_string()))?;
+        recv.read_exact(&mut length).await.map_err(|e| SyncError::Stream(e.to_string()))?;
         let length = u32::from_be_bytes(length) as usize;
         if length > limit {
-            return Err(SyncError::FrameTooLarge {
-                limit,
-                found: length,
-            });
+            return Err(SyncError::FrameTooLarge { limit, found: length });
         }
         let mut payload = vec![0u8; length];
-        recv.read_exact(&mut payload)
-            .await
-            .map_err(|e| SyncError::Stream(e.to_string()))?;
+        recv.read_exact(&mut payload).await.map_err(|e| SyncError::Stream(e.to_string()))?;
         Ok(payload)
     };
-    tokio::time::timeout(FRAME_TIMEOUT, read)
-        .await
-        .map_err(|_| SyncError::Timeout)?
+    tokio::time::timeout(FRAME_TIMEOUT, read).await.map_err(|_| SyncError::Timeout)?
 }
 
 /// Pulls from peers whose advertised vectors are ahead of ours until none is, or shutdown.
@@ -154,10 +138,7 @@ pub async fn run_puller(
                 }
                 Err(error) => {
                     let kind = if error.is_malformed() {
-                        metrics
-                            .peer_malformed
-                            .get_or_create(&reason("pull_frame"))
-                            .inc();
+                        metrics.peer_malformed.get_or_create(&reason("pull_frame")).inc();
                         "malformed"
                     } else {
                         "failed"
@@ -179,42 +160,39 @@ async fn pull(
     have: VersionVector,
 ) -> Result<usize, SyncError> {
     let (mut send, mut recv) = transport.open_stream(peer, STREAM_PULL).await?;
-    write_frame(
-        &mut send,
-        &encode(&PullRequest {
-            have,
-            max_bytes: MAX_PULL_BYTES as u64,
-        }),
-    )
-    .await?;
+    write_frame(&mut send, &encode(&PullRequest { have, max_bytes: MAX_PULL_BYTES as u64 })).await?;
     let _ = send.finish();
     let mut batch = Vec::new();
     let mut stored = 0;
     let mut received_bytes = 0;
-    loop {
-        let frame = read_frame(&mut recv, MAX_FRAME_BYTES).await?;
-        received_bytes += frame.len();
-        if received_bytes > MAX_PULL_BYTES + MAX_FRAME_BYTES {
-            return Err(SyncError::Malformed(format!(
-                "peer sent more than the {MAX_PULL_BYTES}-byte budget"
-            )));
-        }
-        match decode::<PullFrame>(&frame, "pull frame")
-            .map_err(|e| SyncError::Malformed(e.to_string()))?
-        {
-            PullFrame::Generation(generation) => {
-                validate_generation(&generation)
-                    .map_err(|e| SyncError::Malformed(e.to_string()))?;
-                batch.push(generation);
-                if batch.len() >= INGEST_BATCH {
-                    stored += engine.ingest(std::mem::take(&mut batch)).await;
-                }
+    let received: Result<(), SyncError> = async {
+        loop {
+            let frame = read_frame(&mut recv, MAX_FRAME_BYTES).await?;
+            received_bytes += frame.len();
+            if received_bytes > MAX_PULL_BYTES + MAX_FRAME_BYTES {
+                return Err(SyncError::Malformed(format!("peer sent more than the {MAX_PULL_BYTES}-byte budget")));
             }
-            PullFrame::End { .. } => break,
+            match decode::<PullFrame>(&frame, "pull frame").map_err(|e| SyncError::Malformed(e.to_string()))? {
+                PullFrame::Generation(generation) => match validate_generation(&generation) {
+                    Ok(()) => batch.push(generation),
+                    // One generation this node cannot accept (say, from a newer version) must
+                    // not hold back the others: skip it, count it, go on.
+                    Err(error) => {
+                        transport.metrics().peer_malformed.get_or_create(&reason("invalid_generation")).inc();
+                        debug!(%peer, generation = %generation.id(), %error, "skipped an invalid generation");
+                    }
+                },
+                PullFrame::End { .. } => return Ok(()),
+            }
+            if batch.len() >= INGEST_BATCH {
+                stored += engine.ingest(std::mem::take(&mut batch)).await;
+            }
         }
     }
+    .await;
+    // What arrived intact before a failure is kept.
     stored += engine.ingest(batch).await;
-    Ok(stored)
+    received.map(|()| stored)
 }
 
 /// Serves the streams peers open, until shutdown.
@@ -231,10 +209,7 @@ pub async fn run_server(
             stream = streams.recv() => match stream { Some(stream) => stream, None => return },
         };
         if stream.kind != STREAM_PULL {
-            metrics
-                .peer_malformed
-                .get_or_create(&reason("unknown_stream_kind"))
-                .inc();
+            metrics.peer_malformed.get_or_create(&reason("unknown_stream_kind")).inc();
             continue;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -246,10 +221,7 @@ pub async fn run_server(
             let outcome = match serve_pull(stream, store).await {
                 Ok(()) => "ok",
                 Err(error) if error.is_malformed() => {
-                    metrics
-                        .peer_malformed
-                        .get_or_create(&reason("pull_request"))
-                        .inc();
+                    metrics.peer_malformed.get_or_create(&reason("pull_request")).inc();
                     debug!(%peer, %error, "malformed pull request");
                     "malformed"
                 }
@@ -266,27 +238,16 @@ pub async fn run_server(
 
 async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>) -> Result<(), SyncError> {
     let request = read_frame(&mut stream.recv, MAX_PULL_REQUEST_BYTES).await?;
-    let request: PullRequest =
-        decode(&request, "pull request").map_err(|e| SyncError::Malformed(e.to_string()))?;
-    let budget = usize::try_from(request.max_bytes)
-        .unwrap_or(usize::MAX)
-        .min(MAX_PULL_BYTES);
-    let (generations, more) =
-        tokio::task::spawn_blocking(move || store.missing_from(&request.have, budget))
-            .await
-            .expect("store task panicked")
-            .map_err(|e| SyncError::Stream(e.to_string()))?;
+    let request: PullRequest = decode(&request, "pull request").map_err(|e| SyncError::Malformed(e.to_string()))?;
+    let budget = usize::try_from(request.max_bytes).unwrap_or(usize::MAX).min(MAX_PULL_BYTES);
+    let (generations, more) = tokio::task::spawn_blocking(move || store.missing_from(&request.have, budget))
+        .await
+        .expect("store task panicked")
+        .map_err(|e| SyncError::Stream(e.to_string()))?;
     for generation in generations {
-        write_frame(
-            &mut stream.send,
-            &encode(&PullFrame::Generation(generation)),
-        )
-        .await?;
+        write_frame(&mut stream.send, &encode(&PullFrame::Generation(generation))).await?;
     }
     write_frame(&mut stream.send, &encode(&PullFrame::End { more })).await?;
-    stream
-        .send
-        .finish()
-        .map_err(|e| SyncError::Stream(e.to_string()))?;
+    stream.send.finish().map_err(|e| SyncError::Stream(e.to_string()))?;
     Ok(())
 }

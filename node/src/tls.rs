@@ -20,6 +20,19 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+/// How long the cluster CA is valid. Replacing a CA means re-issuing every node certificate,
+/// so it is long; a node certificate expires sooner and is re-issued with `ca issue`.
+const CA_VALIDITY: time::Duration = time::Duration::days(10 * 365);
+/// How long a node certificate is valid.
+const NODE_VALIDITY: time::Duration = time::Duration::days(2 * 365);
+
+/// Sets validity from yesterday (tolerating clock skew between hosts) for `validity`.
+fn set_validity(params: &mut CertificateParams, validity: time::Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + validity;
+}
+
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
 pub const NODE_CERT_FILE: &str = "node.pem";
@@ -33,17 +46,10 @@ pub const ALPN: &[u8] = b"grapevine/1";
 pub enum TlsError {
     /// A file that should exist does not, or cannot be read or written.
     #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Io { path: PathBuf, error: std::io::Error },
     /// A file that exists but holds no usable certificate or key.
     #[error("{path}: expected {expected}, got {found}")]
-    Invalid {
-        path: PathBuf,
-        expected: &'static str,
-        found: String,
-    },
+    Invalid { path: PathBuf, expected: &'static str, found: String },
     /// `ca init` refuses to overwrite an existing CA.
     #[error("{path} already exists; refusing to overwrite a CA (choose another --out)")]
     Exists { path: PathBuf },
@@ -53,10 +59,7 @@ pub enum TlsError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |error| TlsError::Io {
-        path: path.to_owned(),
-        error,
-    }
+    move |error| TlsError::Io { path: path.to_owned(), error }
 }
 
 fn build_error(error: impl std::fmt::Display) -> TlsError {
@@ -68,13 +71,8 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), TlsError
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mode = if private { 0o600 } else { 0o644 };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_error(path))?;
+    let mut file =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(io_error(path))?;
     file.write_all(contents.as_bytes()).map_err(io_error(path))
 }
 
@@ -90,11 +88,10 @@ pub fn ca_init(out: &Path) -> Result<(), TlsError> {
     }
     fs::create_dir_all(out).map_err(io_error(out))?;
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "grapevine cluster CA");
+    params.distinguished_name.push(DnType::CommonName, "grapevine cluster CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    set_validity(&mut params, CA_VALIDITY);
     let key = KeyPair::generate().map_err(build_error)?;
     let cert = params.self_signed(&key).map_err(build_error)?;
     write_file(&out.join(CA_KEY_FILE), &key.serialize_pem(), true)?;
@@ -103,13 +100,7 @@ pub fn ca_init(out: &Path) -> Result<(), TlsError> {
 
 /// `grapevine ca issue`: a node certificate signed by the CA in `ca_dir`, written to `out`
 /// with a copy of the CA certificate.
-pub fn ca_issue(
-    ca_dir: &Path,
-    name: &str,
-    ips: &[IpAddr],
-    dns: &[String],
-    out: &Path,
-) -> Result<(), TlsError> {
+pub fn ca_issue(ca_dir: &Path, name: &str, ips: &[IpAddr], dns: &[String], out: &Path) -> Result<(), TlsError> {
     let ca_cert_path = ca_dir.join(CA_CERT_FILE);
     let ca_key_path = ca_dir.join(CA_KEY_FILE);
     let ca_cert_pem = read_file(&ca_cert_path)?;
@@ -118,31 +109,25 @@ pub fn ca_issue(
         expected: "a PEM private key",
         found: e.to_string(),
     })?;
-    let ca_params =
-        CertificateParams::from_ca_cert_pem(&ca_cert_pem).map_err(|e| TlsError::Invalid {
-            path: ca_cert_path.clone(),
-            expected: "a PEM CA certificate",
-            found: e.to_string(),
-        })?;
+    let ca_params = CertificateParams::from_ca_cert_pem(&ca_cert_pem).map_err(|e| TlsError::Invalid {
+        path: ca_cert_path.clone(),
+        expected: "a PEM CA certificate",
+        found: e.to_string(),
+    })?;
     // rcgen signs with a Certificate value: re-create it from the CA's own parameters and key.
     let ca_cert = ca_params.self_signed(&ca_key).map_err(build_error)?;
 
     let mut names = vec![name.to_owned()];
     names.extend(dns.iter().cloned());
     let mut params = CertificateParams::new(names).map_err(build_error)?;
-    params
-        .subject_alt_names
-        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::ExplicitNoCa;
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    set_validity(&mut params, NODE_VALIDITY);
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let key = KeyPair::generate().map_err(build_error)?;
-    let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
-        .map_err(build_error)?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(build_error)?;
 
     fs::create_dir_all(out).map_err(io_error(out))?;
     write_file(&out.join(NODE_KEY_FILE), &key.serialize_pem(), true)?;
@@ -164,18 +149,12 @@ impl NodeTls {
         let ca = load_first_cert(&dir.join(CA_CERT_FILE))?;
         let chain = vec![load_first_cert(&dir.join(NODE_CERT_FILE))?];
         let key_path = dir.join(NODE_KEY_FILE);
-        let key = PrivateKeyDer::from_pem_slice(read_file(&key_path)?.as_bytes()).map_err(|e| {
-            TlsError::Invalid {
-                path: key_path,
-                expected: "a PEM private key",
-                found: e.to_string(),
-            }
+        let key = PrivateKeyDer::from_pem_slice(read_file(&key_path)?.as_bytes()).map_err(|e| TlsError::Invalid {
+            path: key_path,
+            expected: "a PEM private key",
+            found: e.to_string(),
         })?;
-        Ok(NodeTls {
-            ca,
-            chain,
-            key: Arc::new(key),
-        })
+        Ok(NodeTls { ca, chain, key: Arc::new(key) })
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
@@ -187,10 +166,9 @@ impl NodeTls {
     /// The server side: present our certificate, require one from the CA of the client.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let provider = provider();
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
-                .build()
-                .map_err(build_error)?;
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
+            .build()
+            .map_err(build_error)?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(build_error)?
@@ -204,10 +182,8 @@ impl NodeTls {
     /// The client side: present our certificate, require the server's to chain to the CA.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
         let provider = provider();
-        let verifier = Arc::new(CaOnlyVerifier {
-            roots: self.roots()?,
-            algorithms: provider.signature_verification_algorithms,
-        });
+        let verifier =
+            Arc::new(CaOnlyVerifier { roots: self.roots()?, algorithms: provider.signature_verification_algorithms });
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(build_error)?
@@ -295,22 +271,12 @@ mod tests {
         ca_init(&ca).unwrap();
         assert!(matches!(ca_init(&ca), Err(TlsError::Exists { .. })));
         let node = dir.path().join("n1");
-        ca_issue(
-            &ca,
-            "n1",
-            &["127.0.0.1".parse().unwrap()],
-            &["n1.example".into()],
-            &node,
-        )
-        .unwrap();
+        ca_issue(&ca, "n1", &["127.0.0.1".parse().unwrap()], &["n1.example".into()], &node).unwrap();
         let tls = NodeTls::load(&node).unwrap();
         tls.server_config().unwrap();
         tls.client_config().unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(node.join(NODE_KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(node.join(NODE_KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 

@@ -52,10 +52,7 @@ pub const STREAM_PULL: u8 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("cannot listen on {addr}/UDP: {error}")]
-    Bind {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
+    Bind { addr: SocketAddr, error: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot dial {addr}: {error}")]
@@ -63,10 +60,7 @@ pub enum TransportError {
     #[error("handshake with {addr} timed out after {HANDSHAKE_TIMEOUT:?}")]
     HandshakeTimeout { addr: SocketAddr },
     #[error("connection to {addr} failed: {error}")]
-    Connection {
-        addr: SocketAddr,
-        error: ConnectionError,
-    },
+    Connection { addr: SocketAddr, error: ConnectionError },
     #[error("already {MAX_CONNECTIONS} connections open; refusing to dial {addr}")]
     TooManyConnections { addr: SocketAddr },
     #[error("stream to {addr} failed: {error}")]
@@ -112,25 +106,20 @@ impl Transport {
         metrics: Arc<Metrics>,
     ) -> Result<(Transport, Inboxes), TransportError> {
         let mut transport_config = quinn::TransportConfig::default();
-        transport_config.max_idle_timeout(Some(
-            IDLE_TIMEOUT.try_into().expect("idle timeout fits a varint"),
-        ));
+        transport_config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits a varint")));
         let transport_config = Arc::new(transport_config);
 
-        let server_crypto = QuicServerConfig::try_from(tls.server_config()?)
-            .map_err(|e| TlsError::Build(e.to_string()))?;
+        let server_crypto =
+            QuicServerConfig::try_from(tls.server_config()?).map_err(|e| TlsError::Build(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server_config.transport_config(transport_config.clone());
-        let client_crypto = QuicClientConfig::try_from(tls.client_config()?)
-            .map_err(|e| TlsError::Build(e.to_string()))?;
+        let client_crypto =
+            QuicClientConfig::try_from(tls.client_config()?).map_err(|e| TlsError::Build(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
         client_config.transport_config(transport_config);
 
         let mut endpoint =
-            Endpoint::server(server_config, listen).map_err(|error| TransportError::Bind {
-                addr: listen,
-                error,
-            })?;
+            Endpoint::server(server_config, listen).map_err(|error| TransportError::Bind { addr: listen, error })?;
         endpoint.set_default_client_config(client_config);
 
         let (gossip_tx, gossip) = mpsc::channel(GOSSIP_INBOX_CAPACITY);
@@ -149,10 +138,7 @@ impl Transport {
 
     /// The address the endpoint is bound to (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner
-            .endpoint
-            .local_addr()
-            .expect("a bound endpoint has an address")
+        self.inner.endpoint.local_addr().expect("a bound endpoint has an address")
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -172,10 +158,7 @@ impl Transport {
             .inner
             .endpoint
             .connect(addr, "grapevine")
-            .map_err(|e| TransportError::Dial {
-                addr,
-                error: e.to_string(),
-            })?;
+            .map_err(|e| TransportError::Dial { addr, error: e.to_string() })?;
         let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
             Err(_) => return Err(TransportError::HandshakeTimeout { addr }),
             Ok(Err(error)) => {
@@ -190,58 +173,29 @@ impl Transport {
     }
 
     /// Opens a bidirectional stream of `kind` to `addr`.
-    pub async fn open_stream(
-        &self,
-        addr: SocketAddr,
-        kind: u8,
-    ) -> Result<(SendStream, RecvStream), TransportError> {
+    pub async fn open_stream(&self, addr: SocketAddr, kind: u8) -> Result<(SendStream, RecvStream), TransportError> {
         let connection = self.connect(addr).await?;
         let stream_error = |error: String| TransportError::Stream { addr, error };
-        let (mut send, recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| stream_error(e.to_string()))?;
-        send.write_all(&[kind])
-            .await
-            .map_err(|e| stream_error(e.to_string()))?;
+        let (mut send, recv) = connection.open_bi().await.map_err(|e| stream_error(e.to_string()))?;
+        send.write_all(&[kind]).await.map_err(|e| stream_error(e.to_string()))?;
         Ok((send, recv))
     }
 
     /// Sends one gossip message: as a datagram when it fits, else on a unidirectional stream.
-    pub async fn send_gossip(
-        &self,
-        addr: SocketAddr,
-        message: Bytes,
-    ) -> Result<(), TransportError> {
+    pub async fn send_gossip(&self, addr: SocketAddr, message: Bytes) -> Result<(), TransportError> {
         let connection = self.connect(addr).await?;
         let stream_error = |error: String| TransportError::Stream { addr, error };
         let length = message.len() as u64;
-        if connection
-            .max_datagram_size()
-            .is_some_and(|max| message.len() <= max)
-        {
-            connection
-                .send_datagram(message)
-                .map_err(|e| stream_error(e.to_string()))?;
+        if connection.max_datagram_size().is_some_and(|max| message.len() <= max) {
+            connection.send_datagram(message).map_err(|e| stream_error(e.to_string()))?;
         } else {
-            let mut send = connection
-                .open_uni()
-                .await
-                .map_err(|e| stream_error(e.to_string()))?;
-            send.write_all(&[STREAM_GOSSIP])
-                .await
-                .map_err(|e| stream_error(e.to_string()))?;
-            send.write_all(&message)
-                .await
-                .map_err(|e| stream_error(e.to_string()))?;
+            let mut send = connection.open_uni().await.map_err(|e| stream_error(e.to_string()))?;
+            send.write_all(&[STREAM_GOSSIP]).await.map_err(|e| stream_error(e.to_string()))?;
+            send.write_all(&message).await.map_err(|e| stream_error(e.to_string()))?;
             send.finish().map_err(|e| stream_error(e.to_string()))?;
         }
         self.inner.metrics.gossip_sent.inc();
-        self.inner
-            .metrics
-            .gossip_bytes
-            .get_or_create(&reason("sent"))
-            .inc_by(length);
+        self.inner.metrics.gossip_bytes.get_or_create(&reason("sent")).inc_by(length);
         Ok(())
     }
 
@@ -254,41 +208,23 @@ impl Transport {
 
 impl Inner {
     fn cached(&self, addr: SocketAddr) -> Option<Connection> {
-        let connections = self
-            .connections
-            .lock()
-            .expect("connection map lock poisoned");
-        connections
-            .get(&addr)
-            .filter(|c| c.close_reason().is_none())
-            .cloned()
+        let connections = self.connections.lock().expect("connection map lock poisoned");
+        connections.get(&addr).filter(|c| c.close_reason().is_none()).cloned()
     }
 
     fn connection_count(&self) -> usize {
-        self.connections
-            .lock()
-            .expect("connection map lock poisoned")
-            .len()
+        self.connections.lock().expect("connection map lock poisoned").len()
     }
 
     fn register(&self, connection: Connection) {
-        let mut connections = self
-            .connections
-            .lock()
-            .expect("connection map lock poisoned");
+        let mut connections = self.connections.lock().expect("connection map lock poisoned");
         connections.insert(connection.remote_address(), connection);
     }
 
     fn forget(&self, connection: &Connection) {
-        let mut connections = self
-            .connections
-            .lock()
-            .expect("connection map lock poisoned");
+        let mut connections = self.connections.lock().expect("connection map lock poisoned");
         let addr = connection.remote_address();
-        if connections
-            .get(&addr)
-            .is_some_and(|c| c.stable_id() == connection.stable_id())
-        {
+        if connections.get(&addr).is_some_and(|c| c.stable_id() == connection.stable_id()) {
             connections.remove(&addr);
         }
     }
@@ -296,7 +232,8 @@ impl Inner {
     /// Counts a failed handshake and logs it, rate-limited: a rogue or misconfigured peer
     /// fails every gossip round.
     fn handshake_failed(&self, addr: SocketAddr, error: &ConnectionError, direction: &str) {
-        if matches!(error, ConnectionError::TimedOut) {
+        if !is_tls_failure(error) {
+            debug!(peer = %addr, %error, direction, "peer handshake did not complete");
             return;
         }
         self.metrics.tls_handshake_failures.inc();
@@ -308,17 +245,23 @@ impl Inner {
     }
 
     fn deliver_gossip(&self, from: SocketAddr, message: Bytes) {
-        self.metrics
-            .gossip_bytes
-            .get_or_create(&reason("received"))
-            .inc_by(message.len() as u64);
+        self.metrics.gossip_bytes.get_or_create(&reason("received")).inc_by(message.len() as u64);
         if self.gossip_tx.try_send((from, message)).is_err() {
-            self.metrics
-                .gossip_dropped
-                .get_or_create(&reason("inbox_full"))
-                .inc();
+            self.metrics.gossip_dropped.get_or_create(&reason("inbox_full")).inc();
         }
     }
+}
+
+/// True when a handshake failed on TLS (a certificate outside the CA, a bad signature, no
+/// common ALPN), not because the peer timed out or shut down. QUIC carries TLS alerts as the
+/// crypto error codes 0x100 to 0x1ff.
+fn is_tls_failure(error: &ConnectionError) -> bool {
+    let code = match error {
+        ConnectionError::TransportError(error) => error.code,
+        ConnectionError::ConnectionClosed(close) => close.error_code,
+        _ => return false,
+    };
+    (0x100..=0x1ff).contains(&u64::from(code))
 }
 
 async fn accept_loop(inner: Arc<Inner>) {
@@ -374,50 +317,24 @@ async fn read_gossip_stream(inner: Arc<Inner>, peer: SocketAddr, mut recv: RecvS
             inner.deliver_gossip(peer, Bytes::from(bytes).slice(1..));
         }
         Ok(_) => {
-            inner
-                .metrics
-                .peer_malformed
-                .get_or_create(&reason("unknown_stream_kind"))
-                .inc();
+            inner.metrics.peer_malformed.get_or_create(&reason("unknown_stream_kind")).inc();
         }
         Err(error) => {
-            inner
-                .metrics
-                .peer_malformed
-                .get_or_create(&reason("gossip_stream"))
-                .inc();
+            inner.metrics.peer_malformed.get_or_create(&reason("gossip_stream")).inc();
             debug!(%peer, %error, "dropped gossip stream");
         }
     }
 }
 
-async fn hand_over_stream(
-    inner: Arc<Inner>,
-    peer: SocketAddr,
-    send: SendStream,
-    mut recv: RecvStream,
-) {
+async fn hand_over_stream(inner: Arc<Inner>, peer: SocketAddr, send: SendStream, mut recv: RecvStream) {
     let mut kind = [0u8; 1];
     let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, recv.read_exact(&mut kind)).await;
     if !matches!(read, Ok(Ok(()))) {
-        inner
-            .metrics
-            .peer_malformed
-            .get_or_create(&reason("stream_kind"))
-            .inc();
+        inner.metrics.peer_malformed.get_or_create(&reason("stream_kind")).inc();
         return;
     }
-    let stream = IncomingStream {
-        peer,
-        kind: kind[0],
-        send,
-        recv,
-    };
+    let stream = IncomingStream { peer, kind: kind[0], send, recv };
     if inner.streams_tx.try_send(stream).is_err() {
-        inner
-            .metrics
-            .sync_served
-            .get_or_create(&reason("busy"))
-            .inc();
+        inner.metrics.sync_served.get_or_create(&reason("busy")).inc();
     }
 }

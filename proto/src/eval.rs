@@ -38,10 +38,7 @@ pub struct FlagDefinition {
 impl FlagDefinition {
     /// Parses and checks the definition of flag `key`.
     pub fn parse(key: &Key, text: &JsonText) -> Result<Self, ValidationError> {
-        let error = |detail: String| ValidationError::Flag {
-            key: key.to_string(),
-            detail,
-        };
+        let error = |detail: String| ValidationError::Flag { key: key.to_string(), detail };
         let flag: FlagDefinition = serde_json::from_str(text.as_str())
             .map_err(|e| error(format!("expected a flagd flag definition, got {e}")))?;
         flag.check().map_err(error)?;
@@ -52,10 +49,7 @@ impl FlagDefinition {
     pub fn boolean(on: bool) -> Self {
         FlagDefinition {
             state: FlagState::Enabled,
-            variants: BTreeMap::from([
-                ("on".to_owned(), Value::Bool(true)),
-                ("off".to_owned(), Value::Bool(false)),
-            ]),
+            variants: BTreeMap::from([("on".to_owned(), Value::Bool(true)), ("off".to_owned(), Value::Bool(false))]),
             default_variant: Some(if on { "on" } else { "off" }.to_owned()),
             targeting: None,
             metadata: BTreeMap::new(),
@@ -64,9 +58,7 @@ impl FlagDefinition {
 
     /// The canonical JSON text of this definition.
     pub fn to_json_text(&self) -> Result<JsonText, ValidationError> {
-        JsonText::from_value(
-            &serde_json::to_value(self).expect("a flag definition always serializes"),
-        )
+        JsonText::from_value(&serde_json::to_value(self).expect("a flag definition always serializes"))
     }
 
     fn check(&self) -> Result<(), String> {
@@ -74,15 +66,9 @@ impl FlagDefinition {
             return Err("/variants must hold at least one variant, got none".to_owned());
         }
         if self.variants.len() > MAX_VARIANTS {
-            return Err(format!(
-                "/variants may hold at most {MAX_VARIANTS} variants, got {}",
-                self.variants.len()
-            ));
+            return Err(format!("/variants may hold at most {MAX_VARIANTS} variants, got {}", self.variants.len()));
         }
-        let mut kinds = self
-            .variants
-            .iter()
-            .map(|(name, value)| (name, json_kind(value)));
+        let mut kinds = self.variants.iter().map(|(name, value)| (name, json_kind(value)));
         let (first_name, first_kind) = kinds.next().expect("variants is not empty");
         if let Some((name, kind)) = kinds.find(|(_, kind)| *kind != first_kind) {
             return Err(format!(
@@ -90,26 +76,20 @@ impl FlagDefinition {
             ));
         }
         if first_kind == "null" {
-            return Err(
-                "/variants must be booleans, strings, numbers or objects, got null".to_owned(),
-            );
+            return Err("/variants must be booleans, strings, numbers or objects, got null".to_owned());
         }
-        if let Some(default) = self
-            .default_variant
-            .as_ref()
-            .filter(|d| !self.variants.contains_key(*d))
-        {
+        if let Some(default) = self.default_variant.as_ref().filter(|d| !self.variants.contains_key(*d)) {
             let names: Vec<&str> = self.variants.keys().map(String::as_str).collect();
-            return Err(format!(
-                "/defaultVariant must be one of the variants ({}), got {default:?}",
-                names.join(", ")
-            ));
+            return Err(format!("/defaultVariant must be one of the variants ({}), got {default:?}", names.join(", ")));
         }
         match &self.targeting {
             None => {}
             Some(Value::Object(rules)) if rules.is_empty() => {}
             Some(_) => {
-                return Err("/targeting rules are not supported by this version yet, got a rule (remove it or leave it empty)".to_owned());
+                return Err(
+                    "/targeting rules are not supported by this version yet, got a rule (remove it or leave it empty)"
+                        .to_owned(),
+                );
             }
         }
         Ok(())
@@ -119,11 +99,7 @@ impl FlagDefinition {
     /// accepts) do not depend on it.
     pub fn evaluate(&self, _context: &serde_json::Map<String, Value>) -> Evaluation {
         if self.state == FlagState::Disabled {
-            return Evaluation {
-                value: None,
-                variant: None,
-                reason: Reason::Disabled,
-            };
+            return Evaluation { value: None, variant: None, reason: Reason::Disabled };
         }
         match &self.default_variant {
             Some(variant) => Evaluation {
@@ -132,11 +108,7 @@ impl FlagDefinition {
                 reason: Reason::Static,
             },
             // No default variant: the caller's code default applies (flagd's semantics).
-            None => Evaluation {
-                value: None,
-                variant: None,
-                reason: Reason::Default,
-            },
+            None => Evaluation { value: None, variant: None, reason: Reason::Default },
         }
     }
 }
@@ -185,36 +157,18 @@ mod tests {
 
     #[test]
     fn a_default_variant_outside_the_variants_is_refused() {
-        let error = parse(json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "maybe"}))
-            .unwrap_err();
-        assert_eq!(
-            error,
-            "flag \"f\": /defaultVariant must be one of the variants (off, on), got \"maybe\""
-        );
+        let error =
+            parse(json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "maybe"}))
+                .unwrap_err();
+        assert_eq!(error, "flag \"f\": /defaultVariant must be one of the variants (off, on), got \"maybe\"");
     }
 
     #[test]
     fn malformed_definitions_are_refused_with_the_reason() {
-        assert!(
-            parse(json!({"variants": {"on": true}}))
-                .unwrap_err()
-                .contains("missing field `state`")
-        );
-        assert!(
-            parse(json!({"state": "ON", "variants": {"on": true}}))
-                .unwrap_err()
-                .contains("unknown variant `ON`")
-        );
-        assert!(
-            parse(json!({"state": "ENABLED", "variants": {}}))
-                .unwrap_err()
-                .contains("at least one variant")
-        );
-        assert!(
-            parse(json!({"state": "ENABLED", "variants": {"a": 1, "b": "x"}}))
-                .unwrap_err()
-                .contains("same type")
-        );
+        assert!(parse(json!({"variants": {"on": true}})).unwrap_err().contains("missing field `state`"));
+        assert!(parse(json!({"state": "ON", "variants": {"on": true}})).unwrap_err().contains("unknown variant `ON`"));
+        assert!(parse(json!({"state": "ENABLED", "variants": {}})).unwrap_err().contains("at least one variant"));
+        assert!(parse(json!({"state": "ENABLED", "variants": {"a": 1, "b": "x"}})).unwrap_err().contains("same type"));
         assert!(
             parse(json!({"state": "ENABLED", "variants": {"a": 1}, "colour": 1}))
                 .unwrap_err()
@@ -229,34 +183,19 @@ mod tests {
 
     #[test]
     fn static_evaluation_follows_flagd() {
-        let flag = parse(json!({"state": "ENABLED", "variants": {"red": "#f00", "blue": "#00f"}, "defaultVariant": "blue"})).unwrap();
+        let flag =
+            parse(json!({"state": "ENABLED", "variants": {"red": "#f00", "blue": "#00f"}, "defaultVariant": "blue"}))
+                .unwrap();
         assert_eq!(
             flag.evaluate(&Default::default()),
-            Evaluation {
-                value: Some(json!("#00f")),
-                variant: Some("blue".into()),
-                reason: Reason::Static
-            }
+            Evaluation { value: Some(json!("#00f")), variant: Some("blue".into()), reason: Reason::Static }
         );
-        let disabled = FlagDefinition {
-            state: FlagState::Disabled,
-            ..flag.clone()
-        };
-        assert_eq!(
-            disabled.evaluate(&Default::default()).reason,
-            Reason::Disabled
-        );
-        let no_default = FlagDefinition {
-            default_variant: None,
-            ..flag
-        };
+        let disabled = FlagDefinition { state: FlagState::Disabled, ..flag.clone() };
+        assert_eq!(disabled.evaluate(&Default::default()).reason, Reason::Disabled);
+        let no_default = FlagDefinition { default_variant: None, ..flag };
         assert_eq!(
             no_default.evaluate(&Default::default()),
-            Evaluation {
-                value: None,
-                variant: None,
-                reason: Reason::Default
-            }
+            Evaluation { value: None, variant: None, reason: Reason::Default }
         );
     }
 
@@ -264,10 +203,7 @@ mod tests {
     fn boolean_flags_round_trip_through_their_text() {
         let flag = FlagDefinition::boolean(true);
         let text = flag.to_json_text().unwrap();
-        assert_eq!(
-            FlagDefinition::parse(&"f".parse().unwrap(), &text).unwrap(),
-            flag
-        );
+        assert_eq!(FlagDefinition::parse(&"f".parse().unwrap(), &text).unwrap(), flag);
         assert_eq!(flag.evaluate(&Default::default()).value, Some(json!(true)));
     }
 }

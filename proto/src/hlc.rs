@@ -9,9 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// A point in hybrid logical time: wall-clock milliseconds, then a logical counter.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     pub wall_ms: u64,
     pub logical: u32,
@@ -30,12 +28,7 @@ pub enum ClockError {
     #[error(
         "remote clock stamp {remote} is {ahead_ms} ms ahead of local physical time {physical_ms}, more than the maximum offset of {max_offset_ms} ms"
     )]
-    TooFarAhead {
-        remote: Stamp,
-        physical_ms: u64,
-        ahead_ms: u64,
-        max_offset_ms: u64,
-    },
+    TooFarAhead { remote: Stamp, physical_ms: u64, ahead_ms: u64, max_offset_ms: u64 },
 }
 
 /// The clock of one node. The caller passes physical time in on every call.
@@ -47,10 +40,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn new(max_offset_ms: u64) -> Self {
-        Clock {
-            last: Stamp::default(),
-            max_offset_ms,
-        }
+        Clock { last: Stamp::default(), max_offset_ms }
     }
 
     /// The greatest stamp this clock has issued or observed.
@@ -61,10 +51,7 @@ impl Clock {
     /// A new stamp for a local event, greater than every stamp issued or observed before.
     pub fn tick(&mut self, physical_ms: u64) -> Stamp {
         self.last = if physical_ms > self.last.wall_ms {
-            Stamp {
-                wall_ms: physical_ms,
-                logical: 0,
-            }
+            Stamp { wall_ms: physical_ms, logical: 0 }
         } else {
             self.successor_of_last()
         };
@@ -75,12 +62,7 @@ impl Clock {
     pub fn observe(&mut self, remote: Stamp, physical_ms: u64) -> Result<(), ClockError> {
         let ahead_ms = remote.wall_ms.saturating_sub(physical_ms);
         if ahead_ms > self.max_offset_ms {
-            return Err(ClockError::TooFarAhead {
-                remote,
-                physical_ms,
-                ahead_ms,
-                max_offset_ms: self.max_offset_ms,
-            });
+            return Err(ClockError::TooFarAhead { remote, physical_ms, ahead_ms, max_offset_ms: self.max_offset_ms });
         }
         self.last = self.last.max(remote);
         Ok(())
@@ -88,15 +70,9 @@ impl Clock {
 
     fn successor_of_last(&self) -> Stamp {
         match self.last.logical.checked_add(1) {
-            Some(logical) => Stamp {
-                wall_ms: self.last.wall_ms,
-                logical,
-            },
+            Some(logical) => Stamp { wall_ms: self.last.wall_ms, logical },
             // 4 billion events in one millisecond: borrow the next millisecond.
-            None => Stamp {
-                wall_ms: self.last.wall_ms + 1,
-                logical: 0,
-            },
+            None => Stamp { wall_ms: self.last.wall_ms + 1, logical: 0 },
         }
     }
 }
@@ -113,58 +89,21 @@ mod tests {
         let c = clock.tick(1_000);
         let d = clock.tick(1_001);
         assert!(a < b && b < c && c < d);
-        assert_eq!(
-            d,
-            Stamp {
-                wall_ms: 1_001,
-                logical: 0
-            }
-        );
+        assert_eq!(d, Stamp { wall_ms: 1_001, logical: 0 });
     }
 
     #[test]
     fn observed_stamps_push_the_clock_forward() {
         let mut clock = Clock::new(500);
-        clock
-            .observe(
-                Stamp {
-                    wall_ms: 1_400,
-                    logical: 7,
-                },
-                1_000,
-            )
-            .unwrap();
-        assert_eq!(
-            clock.tick(1_000),
-            Stamp {
-                wall_ms: 1_400,
-                logical: 8
-            }
-        );
+        clock.observe(Stamp { wall_ms: 1_400, logical: 7 }, 1_000).unwrap();
+        assert_eq!(clock.tick(1_000), Stamp { wall_ms: 1_400, logical: 8 });
     }
 
     #[test]
     fn a_stamp_too_far_ahead_is_refused_and_ignored() {
         let mut clock = Clock::new(500);
-        let error = clock
-            .observe(
-                Stamp {
-                    wall_ms: 1_501,
-                    logical: 0,
-                },
-                1_000,
-            )
-            .unwrap_err();
-        assert!(matches!(
-            error,
-            ClockError::TooFarAhead { ahead_ms: 501, .. }
-        ));
-        assert_eq!(
-            clock.tick(1_000),
-            Stamp {
-                wall_ms: 1_000,
-                logical: 0
-            }
-        );
+        let error = clock.observe(Stamp { wall_ms: 1_501, logical: 0 }, 1_000).unwrap_err();
+        assert!(matches!(error, ClockError::TooFarAhead { ahead_ms: 501, .. }));
+        assert_eq!(clock.tick(1_000), Stamp { wall_ms: 1_000, logical: 0 });
     }
 }

@@ -15,8 +15,6 @@ pub mod wire;
 
 pub use hlc::{Clock, ClockError, Stamp};
 pub use log::{InsertOutcome, Log, VersionVector};
-pub use model::{
-    Change, ContentHash, GenId, Generation, GenerationBody, JsonText, Key, NodeName, Op,
-};
+pub use model::{Change, ContentHash, GenId, Generation, GenerationBody, JsonText, Key, NodeName, Op};
 pub use state::{AppliedState, Entry};
 pub use validate::ValidationError;

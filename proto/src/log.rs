@@ -89,28 +89,15 @@ impl Log {
     /// The next sequence number for a generation accepted by `origin`: one past the highest
     /// it has used, contiguous or not.
     pub fn next_seq(&self, origin: &NodeName) -> u64 {
-        let first = GenId {
-            origin: origin.clone(),
-            seq: 0,
-        };
-        let last = GenId {
-            origin: origin.clone(),
-            seq: u64::MAX,
-        };
-        self.generations
-            .range(first..=last)
-            .next_back()
-            .map_or(1, |(id, _)| id.seq + 1)
+        let first = GenId { origin: origin.clone(), seq: 0 };
+        let last = GenId { origin: origin.clone(), seq: u64::MAX };
+        self.generations.range(first..=last).next_back().map_or(1, |(id, _)| id.seq + 1)
     }
 
     /// Adds one generation. The caller has verified its hash.
     pub fn insert(&mut self, generation: Generation) -> InsertOutcome {
         if let Some(existing) = self.generations.get(generation.id()) {
-            return if existing.hash == generation.hash {
-                InsertOutcome::Duplicate
-            } else {
-                InsertOutcome::Conflict
-            };
+            return if existing.hash == generation.hash { InsertOutcome::Duplicate } else { InsertOutcome::Conflict };
         }
         let origin = generation.id().origin.clone();
         self.generations.insert(generation.id().clone(), generation);
@@ -126,21 +113,13 @@ impl Log {
     }
 
     /// The generations a peer with vector `theirs` lacks, in id order.
-    pub fn missing_from<'a>(
-        &'a self,
-        theirs: &'a VersionVector,
-    ) -> impl Iterator<Item = &'a Generation> + 'a {
-        self.generations
-            .values()
-            .filter(move |g| g.id().seq > theirs.get(&g.id().origin))
+    pub fn missing_from<'a>(&'a self, theirs: &'a VersionVector) -> impl Iterator<Item = &'a Generation> + 'a {
+        self.generations.values().filter(move |g| g.id().seq > theirs.get(&g.id().origin))
     }
 
     fn advance(&mut self, origin: NodeName) {
         let mut seq = self.version_vector.get(&origin);
-        while self.generations.contains_key(&GenId {
-            origin: origin.clone(),
-            seq: seq + 1,
-        }) {
+        while self.generations.contains_key(&GenId { origin: origin.clone(), seq: seq + 1 }) {
             seq += 1;
         }
         self.version_vector.raise(origin, seq);
@@ -157,14 +136,8 @@ mod tests {
 
     fn generation(origin: &str, seq: u64, wall_ms: u64, value: u8) -> Generation {
         GenerationBody {
-            id: GenId {
-                origin: origin.parse().unwrap(),
-                seq,
-            },
-            hlc: Stamp {
-                wall_ms,
-                logical: 0,
-            },
+            id: GenId { origin: origin.parse().unwrap(), seq },
+            hlc: Stamp { wall_ms, logical: 0 },
             members: vec![],
             change: Change {
                 ops: vec![Op::PutConfig {
@@ -239,10 +212,7 @@ mod tests {
         let first = generation("a", 1, 1, 1);
         assert_eq!(log.insert(first.clone()), InsertOutcome::Inserted);
         assert_eq!(log.insert(first.clone()), InsertOutcome::Duplicate);
-        assert_eq!(
-            log.insert(generation("a", 1, 1, 9)),
-            InsertOutcome::Conflict
-        );
+        assert_eq!(log.insert(generation("a", 1, 1, 9)), InsertOutcome::Conflict);
         assert_eq!(log.get(first.id()), Some(&first));
     }
 }

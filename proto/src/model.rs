@@ -128,20 +128,13 @@ impl TryFrom<String> for JsonText {
 
     fn try_from(text: String) -> Result<Self, Self::Error> {
         if text.len() > MAX_VALUE_BYTES {
-            return Err(ValidationError::TooLarge {
-                what: "JSON value",
-                limit: MAX_VALUE_BYTES,
-                found: text.len(),
-            });
+            return Err(ValidationError::TooLarge { what: "JSON value", limit: MAX_VALUE_BYTES, found: text.len() });
         }
         if text.trim().is_empty() {
             return Err(ValidationError::EmptyValue);
         }
-        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|error| {
-            ValidationError::Json {
-                error: error.to_string(),
-            }
-        })?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|error| ValidationError::Json { error: error.to_string() })?;
         Ok(JsonText(text))
     }
 }
@@ -170,9 +163,7 @@ impl FromStr for GenId {
 
     /// Parses the `origin.seq` form that [`fmt::Display`] prints.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || ValidationError::GenId {
-            found: s.to_owned(),
-        };
+        let invalid = || ValidationError::GenId { found: s.to_owned() };
         let (origin, seq) = s.rsplit_once('.').ok_or_else(invalid)?;
         let seq = seq.parse::<u64>().map_err(|_| invalid())?;
         let origin = origin.parse::<NodeName>().map_err(|_| invalid())?;
@@ -318,9 +309,6 @@ mod tests {
         assert!(JsonText::try_from("{".to_owned()).is_err());
         assert!(JsonText::try_from(String::new()).is_err());
         let big = format!("\"{}\"", "x".repeat(MAX_VALUE_BYTES));
-        assert!(matches!(
-            JsonText::try_from(big),
-            Err(ValidationError::TooLarge { .. })
-        ));
+        assert!(matches!(JsonText::try_from(big), Err(ValidationError::TooLarge { .. })));
     }
 }

@@ -23,11 +23,7 @@ pub struct Entry<T> {
 
 impl<T> Entry<T> {
     fn of(body: &GenerationBody, value: T) -> Self {
-        Entry {
-            value,
-            generation: body.id.clone(),
-            hlc: body.hlc,
-        }
+        Entry { value, generation: body.id.clone(), hlc: body.hlc }
     }
 
     fn order_key(&self) -> (Stamp, &GenId) {
@@ -64,9 +60,7 @@ impl AppliedState {
                     // Unreachable for a validated generation; skipping keeps the old value.
                     Err(_) => debug_assert!(false, "applied an unvalidated flag {key}"),
                 },
-                Op::PutConfig { key, value } => {
-                    set_if_later(&mut self.config, key, Entry::of(body, value.clone()))
-                }
+                Op::PutConfig { key, value } => set_if_later(&mut self.config, key, Entry::of(body, value.clone())),
             }
         }
         let candidate = (body.hlc, body.id.clone());
@@ -90,13 +84,7 @@ impl AppliedState {
             hash_entry(&mut hasher, "flag", key, &entry.generation, &text);
         }
         for (key, entry) in &self.config {
-            hash_entry(
-                &mut hasher,
-                "config",
-                key,
-                &entry.generation,
-                entry.value.as_str(),
-            );
+            hash_entry(&mut hasher, "config", key, &entry.generation, entry.value.as_str());
         }
         ContentHash(hasher.finalize().into())
     }
@@ -129,14 +117,8 @@ mod tests {
 
     fn put(origin: &str, seq: u64, wall_ms: u64, key: &str, value: &str) -> Generation {
         GenerationBody {
-            id: GenId {
-                origin: origin.parse().unwrap(),
-                seq,
-            },
-            hlc: Stamp {
-                wall_ms,
-                logical: 0,
-            },
+            id: GenId { origin: origin.parse().unwrap(), seq },
+            hlc: Stamp { wall_ms, logical: 0 },
             members: vec![],
             change: Change {
                 ops: vec![Op::PutConfig {
@@ -154,10 +136,7 @@ mod tests {
         let late = put("a", 1, 20, "k", "2");
         let tie = put("b", 2, 20, "k", "3");
         let state = AppliedState::fold([&late, &tie, &early]);
-        assert_eq!(
-            state.config[&"k".parse::<Key>().unwrap()].value.as_str(),
-            "3"
-        );
+        assert_eq!(state.config[&"k".parse::<Key>().unwrap()].value.as_str(), "3");
         assert_eq!(state.latest(), Some(tie.id()));
     }
 

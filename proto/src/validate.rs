@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use crate::eval::FlagDefinition;
-use crate::limits::{MAX_MEMBERS, MAX_OPS_PER_CHANGE};
+use crate::limits::{MAX_GENERATION_BYTES, MAX_MEMBERS, MAX_OPS_PER_CHANGE};
 use crate::model::{Change, Generation, JsonText, Key, Op};
 
 /// Why a change, a name or a generation was refused.
@@ -30,11 +30,7 @@ pub enum ValidationError {
     Json { error: String },
     /// Something larger than its limit.
     #[error("{what} must be at most {limit} bytes, got {found} bytes")]
-    TooLarge {
-        what: &'static str,
-        limit: usize,
-        found: usize,
-    },
+    TooLarge { what: &'static str, limit: usize, found: usize },
     /// A flag definition that is not a valid flagd flag.
     #[error("flag {key:?}: {detail}")]
     Flag { key: String, detail: String },
@@ -51,15 +47,11 @@ pub enum ValidationError {
     #[error("a change may set each key once, got {kind} {key:?} twice")]
     DuplicateKey { kind: &'static str, key: String },
     /// A generation recording more members than a cluster may have.
-    #[error("a generation may record at most {limit} members, got {found}")]
+    #[error("a cluster may have at most {limit} members (the member ceiling), got {found}")]
     TooManyMembers { limit: usize, found: usize },
     /// A generation whose content does not match its hash.
     #[error("generation {id}: content hash mismatch, expected {expected}, got {found}")]
-    HashMismatch {
-        id: String,
-        expected: String,
-        found: String,
-    },
+    HashMismatch { id: String, expected: String, found: String },
 }
 
 /// Checks a change as a whole and each of its operations.
@@ -68,35 +60,36 @@ pub fn validate_change(change: &Change) -> Result<(), ValidationError> {
         return Err(ValidationError::EmptyChange);
     }
     if change.ops.len() > MAX_OPS_PER_CHANGE {
-        return Err(ValidationError::TooManyOps {
-            limit: MAX_OPS_PER_CHANGE,
-            found: change.ops.len(),
-        });
+        return Err(ValidationError::TooManyOps { limit: MAX_OPS_PER_CHANGE, found: change.ops.len() });
     }
     let mut seen = BTreeSet::new();
     for op in &change.ops {
         if !seen.insert((op.kind(), op.key())) {
-            return Err(ValidationError::DuplicateKey {
-                kind: op.kind(),
-                key: op.key().to_string(),
-            });
+            return Err(ValidationError::DuplicateKey { kind: op.kind(), key: op.key().to_string() });
         }
         validate_op(op)?;
     }
     Ok(())
 }
 
-/// Checks a generation from a peer or from disk: its hash, its member set and its change.
+/// Checks a generation from a peer or from disk: its hash, its envelope and its change.
 pub fn validate_generation(generation: &Generation) -> Result<(), ValidationError> {
     generation.verify()?;
+    check_envelope(generation)?;
+    validate_change(&generation.body.change)
+}
+
+/// Checks what a generation adds around its change: the member set and the encoded size.
+pub fn check_envelope(generation: &Generation) -> Result<(), ValidationError> {
     let members = generation.body.members.len();
     if members > MAX_MEMBERS {
-        return Err(ValidationError::TooManyMembers {
-            limit: MAX_MEMBERS,
-            found: members,
-        });
+        return Err(ValidationError::TooManyMembers { limit: MAX_MEMBERS, found: members });
     }
-    validate_change(&generation.body.change)
+    let size = crate::wire::encode(generation).len();
+    if size > MAX_GENERATION_BYTES {
+        return Err(ValidationError::TooLarge { what: "encoded generation", limit: MAX_GENERATION_BYTES, found: size });
+    }
+    Ok(())
 }
 
 fn validate_op(op: &Op) -> Result<(), ValidationError> {
@@ -124,66 +117,46 @@ mod tests {
     use crate::limits::MAX_VALUE_BYTES;
 
     fn config(key: &str, text: &str) -> Op {
-        Op::PutConfig {
-            key: key.parse().unwrap(),
-            value: JsonText::try_from(text.to_owned()).unwrap(),
-        }
+        Op::PutConfig { key: key.parse().unwrap(), value: JsonText::try_from(text.to_owned()).unwrap() }
     }
 
     #[test]
     fn a_change_needs_ops_and_distinct_keys() {
-        assert_eq!(
-            validate_change(&Change { ops: vec![] }),
-            Err(ValidationError::EmptyChange)
-        );
-        let twice = Change {
-            ops: vec![config("a", "1"), config("a", "2")],
-        };
-        assert!(matches!(
-            validate_change(&twice),
-            Err(ValidationError::DuplicateKey { .. })
-        ));
-        let many = Change {
-            ops: (0..=MAX_OPS_PER_CHANGE)
-                .map(|i| config(&format!("k{i}"), "1"))
-                .collect(),
-        };
-        assert!(matches!(
-            validate_change(&many),
-            Err(ValidationError::TooManyOps { .. })
-        ));
-        assert_eq!(
-            validate_change(&Change {
-                ops: vec![config("a", "1"), config("b", "{}")]
-            }),
-            Ok(())
-        );
+        assert_eq!(validate_change(&Change { ops: vec![] }), Err(ValidationError::EmptyChange));
+        let twice = Change { ops: vec![config("a", "1"), config("a", "2")] };
+        assert!(matches!(validate_change(&twice), Err(ValidationError::DuplicateKey { .. })));
+        let many = Change { ops: (0..=MAX_OPS_PER_CHANGE).map(|i| config(&format!("k{i}"), "1")).collect() };
+        assert!(matches!(validate_change(&many), Err(ValidationError::TooManyOps { .. })));
+        assert_eq!(validate_change(&Change { ops: vec![config("a", "1"), config("b", "{}")] }), Ok(()));
     }
 
     #[test]
     fn null_and_empty_config_values_are_refused() {
-        let error = validate_change(&Change {
-            ops: vec![config("a", "null")],
-        })
-        .unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "config \"a\": expected a JSON value other than null, got null"
-        );
-        assert_eq!(
-            JsonText::try_from("  ".to_owned()),
-            Err(ValidationError::EmptyValue)
-        );
+        let error = validate_change(&Change { ops: vec![config("a", "null")] }).unwrap_err();
+        assert_eq!(error.to_string(), "config \"a\": expected a JSON value other than null, got null");
+        assert_eq!(JsonText::try_from("  ".to_owned()), Err(ValidationError::EmptyValue));
+    }
+
+    #[test]
+    fn a_generation_past_the_member_ceiling_is_refused() {
+        use crate::hlc::Stamp;
+        use crate::model::{GenId, GenerationBody};
+        let members = (0..=MAX_MEMBERS).map(|i| format!("n{i}").parse().unwrap()).collect();
+        let generation = GenerationBody {
+            id: GenId { origin: "n0".parse().unwrap(), seq: 1 },
+            hlc: Stamp::default(),
+            members,
+            change: Change { ops: vec![config("a", "1")] },
+        }
+        .seal();
+        let error = validate_generation(&generation).unwrap_err();
+        assert_eq!(error.to_string(), "a cluster may have at most 400 members (the member ceiling), got 401");
     }
 
     #[test]
     fn oversized_values_name_the_limit() {
         let text = format!("\"{}\"", "x".repeat(MAX_VALUE_BYTES));
         let error = JsonText::try_from(text).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .starts_with("JSON value must be at most 4194304 bytes, got 4194306")
-        );
+        assert!(error.to_string().starts_with("JSON value must be at most 4194304 bytes, got 4194306"));
     }
 }

@@ -40,10 +40,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T
         return Err(WireError::UnknownVersion { found: version });
     }
     let (value, trailing) =
-        postcard::take_from_bytes(rest).map_err(|error| WireError::Malformed {
-            what,
-            error: error.to_string(),
-        })?;
+        postcard::take_from_bytes(rest).map_err(|error| WireError::Malformed { what, error: error.to_string() })?;
     if !trailing.is_empty() {
         let error = format!("{} trailing bytes", trailing.len());
         return Err(WireError::Malformed { what, error });
@@ -87,9 +84,7 @@ mod tests {
             }),
             (key, any::<bool>()).prop_map(|(k, on)| Op::SetFlag {
                 key: k.parse().unwrap(),
-                definition: crate::eval::FlagDefinition::boolean(on)
-                    .to_json_text()
-                    .unwrap(),
+                definition: crate::eval::FlagDefinition::boolean(on).to_json_text().unwrap(),
             }),
         ];
         (
@@ -102,10 +97,7 @@ mod tests {
         )
             .prop_map(|(origin, seq, wall_ms, logical, members, ops)| {
                 GenerationBody {
-                    id: GenId {
-                        origin: origin.parse().unwrap(),
-                        seq,
-                    },
+                    id: GenId { origin: origin.parse().unwrap(), seq },
                     hlc: Stamp { wall_ms, logical },
                     members: members.into_iter().map(|m| m.parse().unwrap()).collect(),
                     change: Change { ops },
@@ -133,27 +125,15 @@ mod tests {
     fn wrong_version_and_trailing_bytes_are_refused() {
         let mut bytes = encode(&PullFrame::End { more: false });
         bytes.push(0);
-        assert!(matches!(
-            decode::<PullFrame>(&bytes, "pull frame"),
-            Err(WireError::Malformed { .. })
-        ));
+        assert!(matches!(decode::<PullFrame>(&bytes, "pull frame"), Err(WireError::Malformed { .. })));
         bytes[0] = 9;
-        assert_eq!(
-            decode::<PullFrame>(&bytes, "pull frame"),
-            Err(WireError::UnknownVersion { found: 9 })
-        );
-        assert_eq!(
-            decode::<PullFrame>(&[], "pull frame"),
-            Err(WireError::Empty)
-        );
+        assert_eq!(decode::<PullFrame>(&bytes, "pull frame"), Err(WireError::UnknownVersion { found: 9 }));
+        assert_eq!(decode::<PullFrame>(&[], "pull frame"), Err(WireError::Empty));
     }
 
     #[test]
     fn invalid_names_from_a_peer_fail_to_decode() {
-        let mut request = PullRequest {
-            have: VersionVector::default(),
-            max_bytes: 1,
-        };
+        let mut request = PullRequest { have: VersionVector::default(), max_bytes: 1 };
         request.have.raise("ok".parse().unwrap(), 3);
         let bytes = encode(&request);
         let text = String::from_utf8_lossy(&bytes).replace("ok", "o!");
