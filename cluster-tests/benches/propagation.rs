@@ -3,7 +3,8 @@
 //! the CPU and RSS of an idle node.
 //!
 //! Run: `cargo bench -p grapevine-cluster-tests --bench propagation` (GRAPEVINE_BENCH_RUNS=N
-//! sets the number of changes, default 30). Prints medians; no assertion on speed.
+//! sets the number of changes, default 30; GRAPEVINE_BENCH_IDLE_SECONDS the idle window,
+//! default 30). Prints medians; no assertion on speed.
 
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,10 @@ fn main() -> Result<()> {
     );
 
     std::thread::sleep(Duration::from_secs(3));
-    let window = Duration::from_secs(10);
+    // A clock tick is 10 ms: a 30 s window resolves 0.03% of a core.
+    let window = Duration::from_secs(
+        std::env::var("GRAPEVINE_BENCH_IDLE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30),
+    );
     let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect::<Result<_>>()?;
     std::thread::sleep(window);

@@ -21,6 +21,9 @@ const DEAD_NODE_GRACE_PERIOD_S: std::ops::RangeInclusive<u64> = 10..=86_400;
 /// skew; an hour would let one bad clock win every key for an hour.
 const MAX_CLOCK_OFFSET_MS: std::ops::RangeInclusive<u64> = 1..=3_600_000;
 
+/// Longest cluster id. chitchat puts it in every Syn message; short keeps gossip small.
+const MAX_CLUSTER_ID_BYTES: usize = 64;
+
 /// Labels per node. Labels travel in one chitchat value, which must stay small.
 const MAX_LABELS: usize = 16;
 /// Longest label key or value.
@@ -195,7 +198,7 @@ fn in_range(
 
 fn check_cluster(cluster: String) -> Result<String, ConfigError> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
-    if cluster.is_empty() || cluster.len() > 64 || !cluster.chars().all(valid_char) {
+    if cluster.is_empty() || cluster.len() > MAX_CLUSTER_ID_BYTES || !cluster.chars().all(valid_char) {
         return Err(ConfigError::Invalid {
             option: "cluster",
             expected: "1 to 64 ASCII letters, digits, '-', '_' or '.'",

@@ -1,8 +1,8 @@
 //! The daemon: loads certificates and the store, binds the sockets, wires the tasks, and
 //! shuts them all down when told.
 //!
-//! Start-up checks every resource before it starts any task, so a node that cannot run says
-//! why and leaves nothing behind. [`start`] returns a [`RunningNode`]; the binary wires
+//! Start-up checks every resource (certificates, store, both ports) before it starts any task,
+//! so a node that cannot run says why and leaves nothing behind. [`start`] returns a [`RunningNode`]; the binary wires
 //! SIGINT/SIGTERM to [`RunningNode::stop`], the demo and tests call it themselves.
 
 use std::net::SocketAddr;
@@ -60,11 +60,12 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let store = Arc::new(Store::open(&config.data, &config.name)?);
     let loading = store.clone();
     let loaded = tokio::task::spawn_blocking(move || loading.load()).await.expect("store task panicked")?;
-    let metrics = Arc::new(Metrics::new());
-    let (transport, inboxes) = Transport::bind(config.listen, &tls, metrics.clone())?;
     let api_listener =
         TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
     let api_addr = api_listener.local_addr().map_err(|error| StartError::Api { addr: config.api, error })?;
+    let metrics = Arc::new(Metrics::new());
+    // Binding starts the accept loop: the last check, so a failure leaves no task behind.
+    let (transport, inboxes) = Transport::bind(config.listen, &tls, metrics.clone())?;
     // Bound to port 0 (demo, tests): advertise the port the endpoint really has.
     let gossip_addr = config.advertise.unwrap_or_else(|| transport.local_addr());
 
@@ -81,9 +82,13 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         (KEY_API.to_owned(), format!("http://{}", reachable(api_addr, gossip_addr))),
         (KEY_LABELS.to_owned(), config.labels_text()),
     ];
-    let gossip = Gossip::start(&gossip_config, transport.clone(), inboxes.gossip, initial_keys)
-        .await
-        .map_err(StartError::Gossip)?;
+    let gossip = match Gossip::start(&gossip_config, transport.clone(), inboxes.gossip, initial_keys).await {
+        Ok(gossip) => gossip,
+        Err(error) => {
+            transport.close().await;
+            return Err(StartError::Gossip(error));
+        }
+    };
     let gossip = Arc::new(gossip);
     let (engine, engine_task) = engine::spawn(
         config.name.clone(),
@@ -123,7 +128,8 @@ fn reachable(api: SocketAddr, gossip: SocketAddr) -> SocketAddr {
     if api.ip().is_unspecified() { SocketAddr::new(gossip.ip(), api.port()) } else { api }
 }
 
-/// How long shutdown waits for tasks to end before it lets them go.
+/// How long shutdown waits, in all, for tasks to end before it lets them go. Well under
+/// systemd's `TimeoutStopSec=15` in `deploy/systemd/grapevine.service`.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl RunningNode {
@@ -133,9 +139,11 @@ impl RunningNode {
         self.gossip.shutdown().await;
         self.transport.close().await;
         drop(self.gossip);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         for task in self.tasks {
-            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
-                tracing::warn!("a task did not stop within {SHUTDOWN_GRACE:?}");
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("tasks did not stop within {SHUTDOWN_GRACE:?}; exiting without them");
+                break;
             }
         }
         info!(node = %self.name, "node stopped");
