@@ -5,6 +5,7 @@
 //! was refused and 5xx when the node failed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -13,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use grapevine_proto::eval::{FlagDefinition, FlagState};
-use grapevine_proto::limits::MAX_VALUE_BYTES;
+use grapevine_proto::limits::{MAX_MEMBERS, MAX_VALUE_BYTES};
 use grapevine_proto::{Change, Generation, JsonText, Key, NodeName, Op, ValidationError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 use crate::engine::{EngineHandle, SubmitError, short_digest};
 use crate::gossip::Gossip;
 use crate::metrics::{Metrics, reason};
+use crate::sync::PeerHoldings;
 
 /// Largest request body. A value at its 4 MiB limit may grow when JSON-escaped inside a
 /// request; twice the limit covers any escaping short of pathological.
@@ -37,6 +39,7 @@ pub struct ApiState {
     pub engine: EngineHandle,
     pub gossip: Arc<Gossip>,
     pub metrics: Arc<Metrics>,
+    pub holdings: Arc<PeerHoldings>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -188,13 +191,13 @@ struct FlagSetRequest {
     definition: Option<Value>,
 }
 
-fn accepted(generation: &Generation) -> Json<Value> {
-    Json(json!({
+fn accepted(generation: &Generation) -> Value {
+    json!({
         "generation": generation.id().to_string(),
         "hlc": generation.body.hlc.to_string(),
         "hash": generation.hash.to_string(),
         "members": generation.body.members,
-    }))
+    })
 }
 
 /// Counts a change request by outcome: `accepted`, `refused` (4xx) or `failed` (5xx).
@@ -208,12 +211,66 @@ fn count_change(state: &ApiState, result: ApiResult<Value>) -> ApiResult<Value> 
     result
 }
 
-async fn set_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
-    let result = set_flag_change(&state, key, body).await;
+/// `?wait_replicas=K&timeout_ms=T` on a change: answer only once K other nodes hold it.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    #[serde(default)]
+    wait_replicas: usize,
+    timeout_ms: Option<u64>,
+}
+
+/// How long a change waits for replicas unless the request says otherwise.
+const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a request may wait for replicas.
+const MAX_REPLICA_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often the replica count is checked while waiting.
+const REPLICA_POLL: Duration = Duration::from_millis(5);
+
+/// Submits a one-operation change and, if asked, waits until enough peers hold it.
+async fn submit(state: &ApiState, op: Op, wait: &WaitQuery) -> ApiResult<Value> {
+    if wait.wait_replicas > MAX_MEMBERS {
+        return Err(ApiError::bad_request(format!(
+            "wait_replicas must be at most {MAX_MEMBERS} (the member ceiling), got {}",
+            wait.wait_replicas
+        )));
+    }
+    let timeout = wait.timeout_ms.map_or(DEFAULT_REPLICA_TIMEOUT, Duration::from_millis).min(MAX_REPLICA_TIMEOUT);
+    let generation = state.engine.submit(Change { ops: vec![op] }).await?;
+    let id = generation.id();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut replicas = state.holdings.count_holding(state.gossip.peer_version_vectors().await, id);
+    while replicas < wait.wait_replicas {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                message: format!(
+                    "generation {id} is stored on {} but reached {replicas} of the {} other nodes asked for within {} ms; it keeps spreading",
+                    state.name,
+                    wait.wait_replicas,
+                    timeout.as_millis()
+                ),
+            });
+        }
+        tokio::time::sleep(REPLICA_POLL).await;
+        replicas = state.holdings.count_holding(state.gossip.peer_version_vectors().await, id);
+    }
+    let mut answer = accepted(&generation);
+    answer["replicas"] = json!(replicas);
+    Ok(Json(answer))
+}
+
+async fn set_flag(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    Query(wait): Query<WaitQuery>,
+    body: Bytes,
+) -> ApiResult<Value> {
+    let result = set_flag_change(&state, key, &wait, body).await;
     count_change(&state, result)
 }
 
-async fn set_flag_change(state: &ApiState, key: String, body: Bytes) -> ApiResult<Value> {
+async fn set_flag_change(state: &ApiState, key: String, wait: &WaitQuery, body: Bytes) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request: FlagSetRequest = parse_body(&body, r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#)?;
     let current = state.engine.view().state.flags.get(&key).map(|entry| entry.value.clone());
@@ -237,9 +294,7 @@ async fn set_flag_change(state: &ApiState, key: String, body: Bytes) -> ApiResul
             return Err(ApiError::bad_request("expected exactly one of `on`, `variant` or `definition`"));
         }
     };
-    let op = Op::SetFlag { key, definition: definition.to_json_text()? };
-    let generation = state.engine.submit(Change { ops: vec![op] }).await?;
-    Ok(accepted(&generation))
+    submit(state, Op::SetFlag { key, definition: definition.to_json_text()? }, wait).await
 }
 
 /// `--on`/`--off`: a boolean flag serving `on` or `off`. An existing flag keeps its metadata,
@@ -305,17 +360,20 @@ struct ConfigPutRequest {
     value: Value,
 }
 
-async fn put_config(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
-    let result = put_config_change(&state, key, body).await;
+async fn put_config(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    Query(wait): Query<WaitQuery>,
+    body: Bytes,
+) -> ApiResult<Value> {
+    let result = put_config_change(&state, key, &wait, body).await;
     count_change(&state, result)
 }
 
-async fn put_config_change(state: &ApiState, key: String, body: Bytes) -> ApiResult<Value> {
+async fn put_config_change(state: &ApiState, key: String, wait: &WaitQuery, body: Bytes) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request: ConfigPutRequest = parse_body(&body, r#"{"value": <JSON value>}"#)?;
-    let op = Op::PutConfig { key, value: JsonText::from_value(&request.value)? };
-    let generation = state.engine.submit(Change { ops: vec![op] }).await?;
-    Ok(accepted(&generation))
+    submit(state, Op::PutConfig { key, value: JsonText::from_value(&request.value)? }, wait).await
 }
 
 async fn get_config(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult<Value> {

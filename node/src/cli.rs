@@ -162,7 +162,20 @@ pub struct FlagSetArgs {
     #[arg(long, value_name = "FLAG.json")]
     pub file: Option<PathBuf>,
     #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// How long a change command waits, and for what.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct WaitArgs {
+    /// Return only once K other nodes hold the change (durable there too).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub wait_replicas: usize,
+    /// How long to wait for the replicas, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub wait_timeout_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +189,8 @@ pub enum ConfigCommand {
         /// A file holding the value as JSON.
         #[arg(long, group = "source")]
         file: Option<PathBuf>,
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -299,7 +314,7 @@ async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
                 let path = args.file.expect("clap requires one of --on, --off, --variant, --file");
                 serde_json::json!({ "definition": client::read_json_file(&path)? })
             };
-            client::flag_set(&client, &args.key, request).await
+            client::flag_set(&client, &args.key, request, args.wait).await
         }
         FlagCommand::Get { key, context, client } => {
             let context = context.as_deref().map(client::parse_context).transpose()?;
@@ -310,7 +325,7 @@ async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
 
 async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
     match command {
-        ConfigCommand::Put { key, value, file, client } => {
+        ConfigCommand::Put { key, value, file, wait, client } => {
             let value = match (value, file) {
                 (Some(text), _) => client::parse_json_value(&text, "--value")?,
                 (None, Some(path)) => client::read_json_file(&path)?,
@@ -318,7 +333,7 @@ async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
                     return Err(CliError::Usage("expected --value JSON or --file PATH".into()));
                 }
             };
-            client::config_put(&Client::new(&client.node, client.json)?, &key, value).await
+            client::config_put(&Client::new(&client.node, client.json)?, &key, value, wait).await
         }
         ConfigCommand::Get { key, client } => client::config_get(&Client::new(&client.node, client.json)?, &key).await,
     }

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use grapevine_proto::JsonText;
+
+use crate::cli::WaitArgs;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -93,6 +95,10 @@ impl Client {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return Err(CliError::Refused(format!("request body is larger than the node accepts: {message}")));
         }
+        if status == StatusCode::GATEWAY_TIMEOUT {
+            // The change is accepted and durable; what timed out is the wait for replicas.
+            return Err(CliError::Failed(message));
+        }
         if status.is_client_error() {
             Err(CliError::Refused(message))
         } else {
@@ -145,15 +151,22 @@ fn key_path(key: &str) -> Result<String, CliError> {
     Ok(key.replace('/', "%2F"))
 }
 
-pub async fn flag_set(client: &Client, key: &str, request: Value) -> Result<(), CliError> {
-    let answer = client.request(Method::POST, &format!("/v1/flags/{}", key_path(key)?), Some(request)).await?;
+/// The query string that makes the node wait for replicas.
+fn wait_query(wait: WaitArgs) -> String {
+    format!("?wait_replicas={}&timeout_ms={}", wait.wait_replicas, wait.wait_timeout_ms)
+}
+
+pub async fn flag_set(client: &Client, key: &str, request: Value, wait: WaitArgs) -> Result<(), CliError> {
+    let path = format!("/v1/flags/{}{}", key_path(key)?, wait_query(wait));
+    let answer = client.request(Method::POST, &path, Some(request)).await?;
     report_accepted(client, &format!("flag {key}"), &answer);
     Ok(())
 }
 
-pub async fn config_put(client: &Client, key: &str, value: Value) -> Result<(), CliError> {
+pub async fn config_put(client: &Client, key: &str, value: Value, wait: WaitArgs) -> Result<(), CliError> {
     let request = serde_json::json!({ "value": value });
-    let answer = client.request(Method::POST, &format!("/v1/config/{}", key_path(key)?), Some(request)).await?;
+    let path = format!("/v1/config/{}{}", key_path(key)?, wait_query(wait));
+    let answer = client.request(Method::POST, &path, Some(request)).await?;
     report_accepted(client, &format!("config {key}"), &answer);
     Ok(())
 }
@@ -162,7 +175,9 @@ fn report_accepted(client: &Client, what: &str, answer: &Value) {
     if client.json {
         print_json(answer);
     } else {
-        println!("{what} accepted as generation {} (durable on {})", text(answer, "generation"), client.base);
+        let replicas = answer.get("replicas").and_then(Value::as_u64).unwrap_or(0);
+        let also = if replicas > 0 { format!(" and on {replicas} other nodes") } else { String::new() };
+        println!("{what} accepted as generation {} (durable on {}{also})", text(answer, "generation"), client.base);
     }
 }
 

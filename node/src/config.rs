@@ -45,6 +45,9 @@ pub struct RawConfig {
     pub gossip_interval_ms: Option<u64>,
     pub dead_node_grace_period_s: Option<u64>,
     pub max_clock_offset_ms: Option<u64>,
+    /// Skews this node's wall clock, for tests of the hybrid logical clock.
+    #[cfg(feature = "testsuite")]
+    pub test_clock_skew_ms: Option<i64>,
 }
 
 impl RawConfig {
@@ -73,6 +76,8 @@ impl RawConfig {
             dead_node_grace_period_s,
             max_clock_offset_ms
         );
+        #[cfg(feature = "testsuite")]
+        take!(test_clock_skew_ms);
         if let Some(labels) = over.labels {
             self.labels.get_or_insert_with(BTreeMap::new).extend(labels);
         }
@@ -109,6 +114,8 @@ pub struct Config {
     pub gossip_interval: Duration,
     pub dead_node_grace_period: Duration,
     pub max_clock_offset_ms: u64,
+    #[cfg(feature = "testsuite")]
+    pub test_clock_skew_ms: i64,
 }
 
 /// Why a configuration was refused.
@@ -179,6 +186,8 @@ impl TryFrom<RawConfig> for Config {
                 MAX_CLOCK_OFFSET_MS,
                 "a number of milliseconds from 1 to 3600000",
             )?,
+            #[cfg(feature = "testsuite")]
+            test_clock_skew_ms: raw.test_clock_skew_ms.unwrap_or(0),
         })
     }
 }
@@ -238,6 +247,14 @@ fn check_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, Str
 }
 
 impl Config {
+    /// Milliseconds added to this node's wall clock: always zero outside the test suite.
+    pub fn clock_skew_ms(&self) -> i64 {
+        #[cfg(feature = "testsuite")]
+        return self.test_clock_skew_ms;
+        #[cfg(not(feature = "testsuite"))]
+        0
+    }
+
     /// The address peers dial.
     pub fn advertised(&self) -> SocketAddr {
         self.advertise.unwrap_or(self.listen)

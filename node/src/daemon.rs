@@ -11,17 +11,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use grapevine_proto::NodeName;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::api::{ApiState, router};
 use crate::config::Config;
-use crate::engine;
+use crate::engine::{self, EngineParts};
 use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::sync::{run_puller, run_server};
+use crate::sync::{PUSH_QUEUE_CAPACITY, PeerHoldings, PullRequests, Server, run_puller, run_pusher, run_server};
 use crate::tls::{NodeTls, TlsError};
 use crate::transport::{Transport, TransportError};
 
@@ -90,21 +91,42 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         }
     };
     let gossip = Arc::new(gossip);
-    let (engine, engine_task) = engine::spawn(
-        config.name.clone(),
-        loaded,
-        config.max_clock_offset_ms,
-        store.clone(),
-        gossip.clone(),
-        metrics.clone(),
-    )
-    .await;
+    let (pushes, push_jobs) = mpsc::channel(PUSH_QUEUE_CAPACITY);
+    let parts = EngineParts {
+        name: config.name.clone(),
+        max_clock_offset_ms: config.max_clock_offset_ms,
+        clock_skew_ms: config.clock_skew_ms(),
+        store: store.clone(),
+        gossip: gossip.clone(),
+        metrics: metrics.clone(),
+        pushes,
+    };
+    let (engine, engine_task) = engine::spawn(parts, loaded).await;
 
     let shutdown = CancellationToken::new();
-    let puller =
-        run_puller(transport.clone(), engine.clone(), gossip.clone(), config.gossip_interval, shutdown.clone());
-    let server = run_server(inboxes.streams, store, metrics.clone(), shutdown.clone());
+    let holdings = Arc::new(PeerHoldings::default());
+    let (pulls, pull_requests) = PullRequests::channel();
+    let puller = run_puller(
+        transport.clone(),
+        engine.clone(),
+        gossip.clone(),
+        pull_requests,
+        config.gossip_interval,
+        shutdown.clone(),
+    );
+    let pusher = run_pusher(
+        config.name.clone(),
+        transport.clone(),
+        engine.clone(),
+        gossip.clone(),
+        holdings.clone(),
+        push_jobs,
+        shutdown.clone(),
+    );
+    let server = Server { store, engine: engine.clone(), transport: transport.clone(), pulls };
+    let server = run_server(server, inboxes.streams, shutdown.clone());
     let api_state = ApiState {
+        holdings,
         name: config.name.clone(),
         cluster: config.cluster.clone(),
         engine,
@@ -118,7 +140,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             tracing::error!(%error, "API server failed");
         }
     };
-    let tasks = vec![tokio::spawn(puller), tokio::spawn(server), tokio::spawn(api), engine_task];
+    let tasks = vec![tokio::spawn(puller), tokio::spawn(pusher), tokio::spawn(server), tokio::spawn(api), engine_task];
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
     Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, tasks })
 }

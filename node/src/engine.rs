@@ -5,6 +5,7 @@
 //! then publishes the new applied state to readers through a `watch` channel and the new
 //! version vector to peers through gossip. Readers never wait on the queue.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,7 @@ use tracing::{error, info, warn};
 use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, version_vector_keys};
 use crate::metrics::{Metrics, WarnLimiter};
 use crate::store::{Store, StoreError};
+use crate::sync::PushJob;
 
 /// Commands waiting for the engine. Submissions come from HTTP handlers and ingests from the
 /// sync task; a full queue makes them wait, which is the back-pressure we want.
@@ -49,7 +51,7 @@ pub enum SubmitError {
 
 enum Command {
     Submit { change: Change, reply: oneshot::Sender<Result<Generation, SubmitError>> },
-    Ingest { generations: Vec<Generation>, reply: oneshot::Sender<usize> },
+    Ingest { generations: Vec<Generation>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
     History { reply: oneshot::Sender<Vec<Generation>> },
 }
 
@@ -68,10 +70,13 @@ impl EngineHandle {
         response.await.map_err(|_| SubmitError::Stopped)?
     }
 
-    /// Stores and applies validated generations from a peer; returns how many were new.
-    pub async fn ingest(&self, generations: Vec<Generation>) -> usize {
+    /// Stores and applies validated generations from peer `from`; returns how many were new.
+    pub async fn ingest(&self, generations: Vec<Generation>, from: Option<SocketAddr>) -> usize {
+        if generations.is_empty() {
+            return 0;
+        }
         let (reply, response) = oneshot::channel();
-        if self.commands.send(Command::Ingest { generations, reply }).await.is_err() {
+        if self.commands.send(Command::Ingest { generations, from, reply }).await.is_err() {
             return 0;
         }
         response.await.unwrap_or(0)
@@ -97,59 +102,55 @@ impl EngineHandle {
     }
 }
 
+/// What the engine is made of.
+pub struct EngineParts {
+    pub name: NodeName,
+    pub max_clock_offset_ms: u64,
+    /// Added to the wall clock: zero, except in tests of skewed clocks.
+    pub clock_skew_ms: i64,
+    pub store: Arc<Store>,
+    pub gossip: Arc<Gossip>,
+    pub metrics: Arc<Metrics>,
+    /// Where newly stored generations go to be pushed to peers.
+    pub pushes: mpsc::Sender<PushJob>,
+}
+
 struct Engine {
-    name: NodeName,
+    parts: EngineParts,
     log: Log,
     state: AppliedState,
     clock: Clock,
-    store: Arc<Store>,
-    gossip: Arc<Gossip>,
-    metrics: Arc<Metrics>,
     view: watch::Sender<Arc<View>>,
     warnings: WarnLimiter,
 }
 
 /// Starts the engine over the generations loaded from the store. The task ends when every
 /// handle is dropped; it holds the store until then.
-pub async fn spawn(
-    name: NodeName,
-    loaded: Vec<Generation>,
-    max_clock_offset_ms: u64,
-    store: Arc<Store>,
-    gossip: Arc<Gossip>,
-    metrics: Arc<Metrics>,
-) -> (EngineHandle, JoinHandle<()>) {
+pub async fn spawn(parts: EngineParts, loaded: Vec<Generation>) -> (EngineHandle, JoinHandle<()>) {
     let mut log = Log::new();
-    let mut clock = Clock::new(max_clock_offset_ms);
-    let now = now_ms();
+    let mut clock = Clock::new(parts.max_clock_offset_ms);
+    let now = now_ms(parts.clock_skew_ms);
+    let name = &parts.name;
     for generation in loaded {
         // Our own stamps are followed whatever the wall clock says now, so our changes stay in
         // order; peers' stamps under the same offset rule as when they arrived.
-        let physical = if generation.id().origin == name { u64::MAX } else { now };
+        let physical = if generation.id().origin == *name { u64::MAX } else { now };
         let _ = clock.observe(generation.body.hlc, physical);
         log.insert(generation);
     }
     let state = AppliedState::fold(log.iter());
     let (view, view_receiver) = watch::channel(Arc::new(View::default()));
     let (commands, queue) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
-    let engine = Engine {
-        name,
-        log,
-        state,
-        clock,
-        store,
-        gossip,
-        metrics,
-        view,
-        warnings: WarnLimiter::new(std::time::Duration::from_secs(30)),
-    };
+    let engine =
+        Engine { parts, log, state, clock, view, warnings: WarnLimiter::new(std::time::Duration::from_secs(30)) };
     engine.publish().await;
     let task = tokio::spawn(engine.run(queue));
     (EngineHandle { commands, view: view_receiver }, task)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+fn now_ms(skew_ms: i64) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    now.saturating_add_signed(skew_ms)
 }
 
 impl Engine {
@@ -159,8 +160,8 @@ impl Engine {
                 Command::Submit { change, reply } => {
                     let _ = reply.send(self.submit(change).await);
                 }
-                Command::Ingest { generations, reply } => {
-                    let _ = reply.send(self.ingest(generations).await);
+                Command::Ingest { generations, from, reply } => {
+                    let _ = reply.send(self.ingest(generations, from).await);
                 }
                 Command::History { reply } => {
                     let mut generations: Vec<Generation> = self.log.iter().cloned().collect();
@@ -173,10 +174,11 @@ impl Engine {
 
     async fn submit(&mut self, change: Change) -> Result<Generation, SubmitError> {
         validate_change(&change)?;
-        let members = self.gossip.live_names().await;
+        let members = self.parts.gossip.live_names().await;
+        let name = self.parts.name.clone();
         let body = GenerationBody {
-            id: grapevine_proto::GenId { origin: self.name.clone(), seq: self.log.next_seq(&self.name) },
-            hlc: self.clock.tick(now_ms()),
+            id: grapevine_proto::GenId { seq: self.log.next_seq(&name), origin: name },
+            hlc: self.clock.tick(now_ms(self.parts.clock_skew_ms)),
             members,
             change,
         };
@@ -186,18 +188,21 @@ impl Engine {
         info!(generation = %generation.id(), "accepted change");
         self.apply(generation.clone());
         self.publish().await;
-        self.gossip.nudge_live_peers().await;
+        self.push(vec![generation.clone()], None);
+        // Push reaches a few peers at once; the nudge makes every live peer exchange gossip
+        // with us now, learn our vector, and pull what push has not brought it yet.
+        self.parts.gossip.nudge_live_peers().await;
         Ok(generation)
     }
 
-    async fn ingest(&mut self, generations: Vec<Generation>) -> usize {
+    async fn ingest(&mut self, generations: Vec<Generation>, from: Option<SocketAddr>) -> usize {
         let mut new: Vec<Generation> = Vec::new();
         for generation in generations {
             let known = self.log.get(generation.id()).or_else(|| new.iter().find(|g| g.id() == generation.id()));
             match known {
                 Some(existing) if existing.hash == generation.hash => continue,
                 Some(_) => {
-                    self.metrics.generation_conflicts.inc();
+                    self.parts.metrics.generation_conflicts.inc();
                     if self.warnings.allow(&format!("conflict {}", generation.id().origin)) {
                         error!(generation = %generation.id(), "a peer holds other content under a known generation id; kept ours");
                     }
@@ -205,13 +210,15 @@ impl Engine {
                 }
                 None => {}
             }
-            if let Err(refusal) = self.clock.observe(generation.body.hlc, now_ms()) {
-                // Stored all the same (refusing would split the cluster's logs), but our clock
-                // does not follow it.
-                self.metrics.clock_offset_refusals.inc();
+            if let Err(refusal) = self.clock.observe(generation.body.hlc, now_ms(self.parts.clock_skew_ms)) {
+                // Refused, not stored: a node whose clock runs ahead must not win every key
+                // until real time catches up. Once our clock is within the maximum offset of
+                // the stamp, the next pull takes it.
+                self.parts.metrics.clock_offset_refusals.inc();
                 if self.warnings.allow(generation.id().origin.as_str()) {
-                    warn!(generation = %generation.id(), %refusal, "generation stamped in the future");
+                    warn!(generation = %generation.id(), %refusal, "refused a generation stamped in the future");
                 }
+                continue;
             }
             new.push(generation);
         }
@@ -223,17 +230,25 @@ impl Engine {
             return 0;
         }
         let count = new.len();
-        for generation in new {
-            self.apply(generation);
+        for generation in &new {
+            self.apply(generation.clone());
         }
-
-        self.metrics.sync_generations_stored.inc_by(count as u64);
+        self.parts.metrics.sync_generations_stored.inc_by(count as u64);
         self.publish().await;
+        self.push(new, from);
         count
     }
 
+    /// Hands newly stored generations to the pusher; when its queue is full, anti-entropy
+    /// spreads them instead.
+    fn push(&self, generations: Vec<Generation>, from: Option<SocketAddr>) {
+        if self.parts.pushes.try_send(PushJob { generations, from }).is_err() {
+            self.parts.metrics.push_jobs_dropped.inc();
+        }
+    }
+
     async fn store_durably(&self, generations: Vec<Generation>) -> Result<(), StoreError> {
-        let store = self.store.clone();
+        let store = self.parts.store.clone();
         tokio::task::spawn_blocking(move || store.put(&generations)).await.expect("store task panicked")
     }
 
@@ -250,12 +265,12 @@ impl Engine {
             version_vector: self.log.version_vector().clone(),
             generations: self.log.len(),
         };
-        self.metrics.generations_known.set(view.generations as i64);
+        self.parts.metrics.generations_known.set(view.generations as i64);
         let mut keys: Vec<(String, String)> = version_vector_keys(&view.version_vector).collect();
         keys.push((KEY_GENERATIONS.to_owned(), view.generations.to_string()));
         keys.push((KEY_APPLIED.to_owned(), view.state.latest().map(ToString::to_string).unwrap_or_default()));
         keys.push((KEY_DIGEST.to_owned(), short_digest(&view.state)));
-        self.gossip.set_keys(keys).await;
+        self.parts.gossip.set_keys(keys).await;
         self.view.send_replace(Arc::new(view));
     }
 }

@@ -41,6 +41,12 @@ pub struct Metrics {
     pub sync_pulls: Family<Reason, Counter>,
     /// Log-sync pulls served to peers, by outcome.
     pub sync_served: Family<Reason, Counter>,
+    /// Eager pushes sent, by outcome (`ok`, `failed`, `malformed`, `skipped_busy`).
+    pub sync_pushes: Family<Reason, Counter>,
+    /// Eager pushes received, by outcome.
+    pub sync_pushes_received: Family<Reason, Counter>,
+    /// Push jobs dropped because the pusher's queue was full.
+    pub push_jobs_dropped: Counter,
     /// Generations received by log sync and stored.
     pub sync_generations_stored: Counter,
     /// Malformed traffic from peers (frames, requests, generations) dropped, by kind.
@@ -69,6 +75,9 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             sync_pulls: Family::default(),
             sync_served: Family::default(),
+            sync_pushes: Family::default(),
+            sync_pushes_received: Family::default(),
+            push_jobs_dropped: Counter::default(),
             sync_generations_stored: Counter::default(),
             peer_malformed: Family::default(),
             changes: Family::default(),
@@ -89,6 +98,9 @@ impl Metrics {
         );
         r.register("sync_pulls", "Log-sync pulls made, by outcome", metrics.sync_pulls.clone());
         r.register("sync_served", "Log-sync pulls served, by outcome", metrics.sync_served.clone());
+        r.register("sync_pushes", "Eager pushes sent, by outcome", metrics.sync_pushes.clone());
+        r.register("sync_pushes_received", "Eager pushes received, by outcome", metrics.sync_pushes_received.clone());
+        r.register("push_jobs_dropped", "Push jobs dropped on a full queue", metrics.push_jobs_dropped.clone());
         r.register(
             "sync_generations_stored",
             "Generations stored from log sync",

@@ -47,6 +47,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const STREAM_GOSSIP: u8 = 1;
 /// The kind byte of a bidirectional stream that pulls generations (log sync).
 pub const STREAM_PULL: u8 = 2;
+/// The kind byte of a bidirectional stream that pushes new generations (eager push).
+pub const STREAM_PUSH: u8 = 3;
 
 /// Why the transport could not do something.
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,18 @@ impl VersionVector {
         other.iter().any(|(origin, seq)| seq > self.get(origin))
     }
 
+    /// True when the vector covers generation `id` (its seq is at most the origin's entry).
+    pub fn covers(&self, id: &GenId) -> bool {
+        id.seq <= self.get(&id.origin)
+    }
+
+    /// Raises every origin to the higher of the two vectors (the vectors' join).
+    pub fn merge(&mut self, other: &VersionVector) {
+        for (origin, seq) in other.iter() {
+            self.raise(origin.clone(), seq);
+        }
+    }
+
     /// Number of generations the vector covers.
     pub fn total(&self) -> u64 {
         self.iter().map(|(_, seq)| seq).sum()

@@ -66,6 +66,20 @@ pub enum PullFrame {
     },
 }
 
+/// An eager push: generations the sender just stored, and what the sender holds, so the
+/// receiver can pull whatever was too large to travel inline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Push {
+    pub generations: Vec<Generation>,
+    pub sender_has: VersionVector,
+}
+
+/// The answer to a [`Push`]: what the receiver holds once it has stored the push.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushAck {
+    pub have: VersionVector,
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -1,0 +1,159 @@
+//! Pulling: ask a peer for every generation our version vector lacks, within a byte budget.
+//!
+//! The puller wakes when a peer's version-vector key changes in gossip, when a push told us
+//! its sender holds more than it could inline (`PullRequests`), and every gossip interval
+//! (anti-entropy: whatever pushes missed is repaired here).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use grapevine_proto::VersionVector;
+use grapevine_proto::wire::{PullFrame, PullRequest, decode, encode};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{MAX_FRAME_BYTES, SyncError, keep_valid, read_frame, write_frame};
+use crate::engine::EngineHandle;
+use crate::gossip::Gossip;
+use crate::metrics::reason;
+use crate::transport::{STREAM_PULL, Transport};
+
+/// Generation bytes one pull may bring. Bounds the memory a pull holds; a peer that has more
+/// says so (`End { more: true }`) and we pull again at once.
+pub const MAX_PULL_BYTES: usize = 16 * 1024 * 1024;
+
+/// Generations handed to the engine at once while a pull is still streaming.
+const INGEST_BATCH: usize = 64;
+
+/// Pulls one wake-up may make in a row while peers stay ahead; the next wake-up goes on.
+const MAX_PULLS_PER_WAKE: usize = 16;
+
+/// Peers waiting for a prompted pull. A push prompts one pull; when the queue is full the
+/// next anti-entropy round does it instead.
+const PULL_REQUEST_CAPACITY: usize = 64;
+
+/// A handle to ask the puller to pull from a peer now.
+#[derive(Clone)]
+pub struct PullRequests(mpsc::Sender<SocketAddr>);
+
+impl PullRequests {
+    pub fn channel() -> (PullRequests, mpsc::Receiver<SocketAddr>) {
+        let (sender, receiver) = mpsc::channel(PULL_REQUEST_CAPACITY);
+        (PullRequests(sender), receiver)
+    }
+
+    pub fn request(&self, peer: SocketAddr) {
+        let _ = self.0.try_send(peer);
+    }
+}
+
+/// Pulls from peers whose vectors are ahead of ours until none is, or shutdown.
+pub async fn run_puller(
+    transport: Transport,
+    engine: EngineHandle,
+    gossip: Arc<Gossip>,
+    mut requests: mpsc::Receiver<SocketAddr>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    let changed = gossip.version_vectors_changed();
+    let mut turn = 0usize;
+    loop {
+        let mut prompted = None;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changed.notified() => {}
+            _ = ticker.tick() => {}
+            peer = requests.recv() => prompted = peer,
+        }
+        if let Some(peer) = prompted {
+            let ours = engine.view().version_vector.clone();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = pull_counted(&transport, &engine, peer, ours) => {}
+            }
+        }
+        for _ in 0..MAX_PULLS_PER_WAKE {
+            let ours = engine.view().version_vector.clone();
+            let ahead: Vec<SocketAddr> = gossip
+                .peer_version_vectors()
+                .await
+                .into_iter()
+                .filter(|(_, theirs)| ours.is_behind(theirs))
+                .map(|(addr, _)| addr)
+                .collect();
+            if ahead.is_empty() {
+                break;
+            }
+            // Take turns among the peers that are ahead, so one slow peer cannot starve us.
+            turn = turn.wrapping_add(1);
+            let peer = ahead[turn % ahead.len()];
+            let stored = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                stored = pull_counted(&transport, &engine, peer, ours) => stored,
+            };
+            if stored == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// One pull, counted in the metrics; returns how many new generations were stored.
+async fn pull_counted(transport: &Transport, engine: &EngineHandle, peer: SocketAddr, have: VersionVector) -> usize {
+    let metrics = transport.metrics();
+    match pull(transport, engine, peer, have).await {
+        Ok(stored) => {
+            metrics.sync_pulls.get_or_create(&reason("ok")).inc();
+            stored
+        }
+        Err(error) => {
+            let outcome = if error.is_malformed() {
+                metrics.peer_malformed.get_or_create(&reason("pull_frame")).inc();
+                "malformed"
+            } else {
+                "failed"
+            };
+            metrics.sync_pulls.get_or_create(&reason(outcome)).inc();
+            debug!(%peer, %error, "pull failed");
+            0
+        }
+    }
+}
+
+async fn pull(
+    transport: &Transport,
+    engine: &EngineHandle,
+    peer: SocketAddr,
+    have: VersionVector,
+) -> Result<usize, SyncError> {
+    let (mut send, mut recv) = transport.open_stream(peer, STREAM_PULL).await?;
+    write_frame(&mut send, &encode(&PullRequest { have, max_bytes: MAX_PULL_BYTES as u64 })).await?;
+    let _ = send.finish();
+    let mut batch = Vec::new();
+    let mut stored = 0;
+    let mut received_bytes = 0;
+    let received: Result<(), SyncError> = async {
+        loop {
+            let frame = read_frame(&mut recv, MAX_FRAME_BYTES).await?;
+            received_bytes += frame.len();
+            if received_bytes > MAX_PULL_BYTES + MAX_FRAME_BYTES {
+                return Err(SyncError::Malformed(format!("peer sent more than the {MAX_PULL_BYTES}-byte budget")));
+            }
+            match decode::<PullFrame>(&frame, "pull frame").map_err(|e| SyncError::Malformed(e.to_string()))? {
+                PullFrame::Generation(generation) => batch.extend(keep_valid(vec![generation], transport, peer)),
+                PullFrame::End { .. } => return Ok(()),
+            }
+            if batch.len() >= INGEST_BATCH {
+                stored += engine.ingest(std::mem::take(&mut batch), Some(peer)).await;
+            }
+        }
+    }
+    .await;
+    // What arrived intact before a failure is kept.
+    stored += engine.ingest(batch, Some(peer)).await;
+    received.map(|()| stored)
+}

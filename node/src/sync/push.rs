@@ -1,0 +1,122 @@
+//! Eager push: a node that stores new generations sends them at once to a few live peers
+//! that lack them, and each receiver does the same on first receipt (push on first receipt,
+//! fanout [`FANOUT`]), so a change crosses the cluster in about log_FANOUT(N) network hops
+//! instead of waiting for gossip rounds. Whatever a push misses, pull repairs.
+//!
+//! Who lacks a generation is judged from each peer's advertised version vector joined with
+//! what it acknowledged to our earlier pushes. Targets are ranked by a hash of this node,
+//! the generation and the peer: different nodes and generations pick different peers, with no
+//! random number drawn.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use grapevine_proto::wire::{Push, PushAck, decode, encode};
+use grapevine_proto::{Generation, NodeName, VersionVector};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{PeerHoldings, SyncError, read_frame, write_frame};
+use crate::engine::EngineHandle;
+use crate::gossip::Gossip;
+use crate::metrics::reason;
+use crate::transport::{STREAM_PUSH, Transport};
+
+/// Peers each new generation is pushed to by each node that stores it. With push on first
+/// receipt, a fanout of 3 leaves about e^-3 (5%) of nodes to anti-entropy in the worst case;
+/// the accepting node also nudges every live peer through gossip, which closes that gap.
+pub const FANOUT: usize = 3;
+
+/// Largest total of generation bytes sent inline in one push. Larger generations are announced
+/// (the receiver learns our vector) and pulled, so one stream never carries megabytes that
+/// the receiver may already hold.
+pub const PUSH_INLINE_BYTES: usize = 64 * 1024;
+
+/// Pushes in flight at once; past it a push is skipped and anti-entropy does its work.
+const MAX_CONCURRENT_PUSHES: usize = 16;
+
+/// Push jobs waiting for the pusher; when full, the newest job is dropped (and counted).
+pub const PUSH_QUEUE_CAPACITY: usize = 256;
+
+/// Generations a node just stored, and the peer they came from (not pushed back to it).
+pub struct PushJob {
+    pub generations: Vec<Generation>,
+    pub from: Option<SocketAddr>,
+}
+
+/// Pushes every job to up to [`FANOUT`] peers lacking its generations, until shutdown.
+pub async fn run_pusher(
+    own: NodeName,
+    transport: Transport,
+    engine: EngineHandle,
+    gossip: Arc<Gossip>,
+    holdings: Arc<PeerHoldings>,
+    mut jobs: mpsc::Receiver<PushJob>,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_PUSHES));
+    loop {
+        let job = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            job = jobs.recv() => match job { Some(job) => job, None => return },
+        };
+        let peers = holdings.merged(gossip.peer_version_vectors().await);
+        let targets = choose_targets(&own, &job, peers);
+        if targets.is_empty() {
+            continue;
+        }
+        let inline_bytes: usize = job.generations.iter().map(|g| encode(g).len()).sum();
+        let generations = if inline_bytes <= PUSH_INLINE_BYTES { job.generations } else { Vec::new() };
+        let push = Arc::new(encode(&Push { generations, sender_has: engine.view().version_vector.clone() }));
+        for peer in targets {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                transport.metrics().sync_pushes.get_or_create(&reason("skipped_busy")).inc();
+                continue;
+            };
+            let (transport, holdings, push) = (transport.clone(), holdings.clone(), push.clone());
+            tokio::spawn(async move {
+                let outcome = match push_to(&transport, peer, &push).await {
+                    Ok(have) => {
+                        holdings.record_ack(peer, &have);
+                        "ok"
+                    }
+                    Err(error) => {
+                        debug!(%peer, %error, "push failed");
+                        if error.is_malformed() { "malformed" } else { "failed" }
+                    }
+                };
+                transport.metrics().sync_pushes.get_or_create(&reason(outcome)).inc();
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Up to [`FANOUT`] peers that lack at least one of the job's generations, ranked by a hash
+/// of (this node, first generation, peer).
+fn choose_targets(own: &NodeName, job: &PushJob, peers: Vec<(SocketAddr, VersionVector)>) -> Vec<SocketAddr> {
+    let Some(first) = job.generations.first() else { return Vec::new() };
+    let mut lacking: Vec<(u64, SocketAddr)> = peers
+        .into_iter()
+        .filter(|(peer, _)| Some(*peer) != job.from)
+        .filter(|(_, have)| job.generations.iter().any(|g| !have.covers(g.id())))
+        .map(|(peer, _)| {
+            let mut hasher = DefaultHasher::new();
+            (own, first.id(), peer).hash(&mut hasher);
+            (hasher.finish(), peer)
+        })
+        .collect();
+    lacking.sort();
+    lacking.into_iter().take(FANOUT).map(|(_, peer)| peer).collect()
+}
+
+async fn push_to(transport: &Transport, peer: SocketAddr, push: &[u8]) -> Result<VersionVector, SyncError> {
+    let (mut send, mut recv) = transport.open_stream(peer, STREAM_PUSH).await?;
+    write_frame(&mut send, push).await?;
+    let _ = send.finish();
+    let ack = read_frame(&mut recv, super::MAX_REQUEST_BYTES).await?;
+    let ack: PushAck = decode(&ack, "push ack").map_err(|e| SyncError::Malformed(e.to_string()))?;
+    Ok(ack.have)
+}

@@ -1,0 +1,112 @@
+//! Serving peers: answering their pulls from the store, and taking their pushes.
+
+use std::sync::Arc;
+
+use grapevine_proto::wire::{PullFrame, PullRequest, Push, PushAck, decode, encode};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::pull::MAX_PULL_BYTES;
+use super::push::PUSH_INLINE_BYTES;
+use super::{MAX_FRAME_BYTES, MAX_REQUEST_BYTES, PullRequests, SyncError, keep_valid, read_frame, write_frame};
+use crate::engine::EngineHandle;
+use crate::metrics::{Metrics, reason};
+use crate::store::Store;
+use crate::transport::{IncomingStream, STREAM_PULL, STREAM_PUSH, Transport};
+
+/// Streams this node serves at once; more wait for a permit.
+const MAX_CONCURRENT_SERVES: usize = 8;
+
+/// Largest push frame: the inline budget plus the sender's vector and framing.
+const MAX_PUSH_FRAME_BYTES: usize = PUSH_INLINE_BYTES + MAX_REQUEST_BYTES;
+
+/// What the server needs to answer peers.
+#[derive(Clone)]
+pub struct Server {
+    pub store: Arc<Store>,
+    pub engine: EngineHandle,
+    pub transport: Transport,
+    pub pulls: PullRequests,
+}
+
+/// Serves the streams peers open, until shutdown.
+pub async fn run_server(server: Server, mut streams: mpsc::Receiver<IncomingStream>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
+    let metrics = server.transport.metrics().clone();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            stream = streams.recv() => match stream { Some(stream) => stream, None => return },
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (server, metrics) = (server.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let (peer, kind) = (stream.peer, stream.kind);
+            let (what, result) = match kind {
+                STREAM_PULL => ("pull", serve_pull(stream, server.store).await),
+                STREAM_PUSH => ("push", take_push(stream, &server).await),
+                _ => {
+                    metrics.peer_malformed.get_or_create(&reason("unknown_stream_kind")).inc();
+                    return;
+                }
+            };
+            count(&metrics, what, peer, result);
+            drop(permit);
+        });
+    }
+}
+
+fn count(metrics: &Metrics, what: &'static str, peer: std::net::SocketAddr, result: Result<(), SyncError>) {
+    let outcome = match result {
+        Ok(()) => "ok",
+        Err(error) if error.is_malformed() => {
+            let kind = if what == "pull" { "pull_request" } else { "push" };
+            metrics.peer_malformed.get_or_create(&reason(kind)).inc();
+            debug!(%peer, %error, what, "malformed stream from a peer");
+            "malformed"
+        }
+        Err(error) => {
+            debug!(%peer, %error, what, "serving a peer failed");
+            "failed"
+        }
+    };
+    let family = if what == "pull" { &metrics.sync_served } else { &metrics.sync_pushes_received };
+    family.get_or_create(&reason(outcome)).inc();
+}
+
+async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>) -> Result<(), SyncError> {
+    let request = read_frame(&mut stream.recv, MAX_REQUEST_BYTES).await?;
+    let request: PullRequest = decode(&request, "pull request").map_err(|e| SyncError::Malformed(e.to_string()))?;
+    let budget = usize::try_from(request.max_bytes).unwrap_or(usize::MAX).min(MAX_PULL_BYTES);
+    let (generations, more) = tokio::task::spawn_blocking(move || store.missing_from(&request.have, budget))
+        .await
+        .expect("store task panicked")
+        .map_err(|e| SyncError::Stream(e.to_string()))?;
+    for generation in generations {
+        let frame = encode(&PullFrame::Generation(generation));
+        debug_assert!(frame.len() <= MAX_FRAME_BYTES);
+        write_frame(&mut stream.send, &frame).await?;
+    }
+    write_frame(&mut stream.send, &encode(&PullFrame::End { more })).await?;
+    stream.send.finish().map_err(|e| SyncError::Stream(e.to_string()))?;
+    Ok(())
+}
+
+/// Stores a push, answers with what we now hold, and pulls from the sender if it holds more
+/// than it sent.
+async fn take_push(mut stream: IncomingStream, server: &Server) -> Result<(), SyncError> {
+    let frame = read_frame(&mut stream.recv, MAX_PUSH_FRAME_BYTES).await?;
+    let push: Push = decode(&frame, "push").map_err(|e| SyncError::Malformed(e.to_string()))?;
+    let generations = keep_valid(push.generations, &server.transport, stream.peer);
+    server.engine.ingest(generations, Some(stream.peer)).await;
+    let have = server.engine.view().version_vector.clone();
+    write_frame(&mut stream.send, &encode(&PushAck { have: have.clone() })).await?;
+    stream.send.finish().map_err(|e| SyncError::Stream(e.to_string()))?;
+    if have.is_behind(&push.sender_has) {
+        server.pulls.request(stream.peer);
+    }
+    Ok(())
+}
