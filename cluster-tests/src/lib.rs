@@ -1,8 +1,11 @@
 //! A harness for multi-node tests: real `grapevine` processes on loopback, each with its own
 //! data directory and certificate, driven only through the CLI and HTTP API a user has.
 //!
-//! The harness finds the `grapevine` binary next to the test binary (cargo builds it for the
-//! workspace's tests) and builds it with cargo when it is missing.
+//! The harness runs the `grapevine` binary next to the test binary, built by cargo with the
+//! `testsuite` feature (the link-filter endpoint), asking cargo to bring it up to date first.
+//! `scenario` drives in-process nodes instead, for partition and loss scenarios as data.
+
+pub mod scenario;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -29,7 +32,7 @@ pub fn binary() -> &'static Path {
         let binary = profile_dir.join("grapevine");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--bin", "grapevine", "-p", "grapevine-node"]);
+        build.args(["build", "--bin", "grapevine", "-p", "grapevine-node", "--features", "testsuite"]);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }

@@ -125,3 +125,41 @@ fn a_node_with_a_foreign_ca_certificate_never_joins_and_its_changes_never_arrive
     assert!(failures > 0.0, "no TLS handshake failure counted on n1:\n{metrics}");
     Ok(())
 }
+
+#[test]
+fn a_change_acknowledged_with_wait_replicas_survives_the_crash_of_its_node() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    let answer = cluster.nodes[0].cli_json(&["config", "put", "durable", "--value", "42", "--wait-replicas", "1"])?;
+    assert!(answer["replicas"].as_u64().unwrap() >= 1, "{answer}");
+    // kill -9 at once: the change must live on the node(s) that acknowledged it.
+    cluster.nodes[0].kill9();
+    for node in &cluster.nodes[1..] {
+        wait_until(PROPAGATION, &format!("{} to hold the change", node.name), || {
+            config(node, "durable").is_some_and(|c| c["value"] == 42)
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn wait_replicas_times_out_with_a_clear_error_when_peers_are_gone() -> Result<()> {
+    let mut cluster = Cluster::start(2)?;
+    cluster.nodes[1].kill9();
+    let output = cluster.nodes[0].cli(&[
+        "config",
+        "put",
+        "alone",
+        "--value",
+        "1",
+        "--wait-replicas",
+        "1",
+        "--wait-timeout-ms",
+        "500",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is stored on n1 but reached 0 of the 1 other nodes asked for within 500 ms"), "{stderr}");
+    // Accepted and durable all the same.
+    assert_eq!(config(&cluster.nodes[0], "alone").unwrap()["value"], 1);
+    Ok(())
+}

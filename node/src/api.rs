@@ -40,10 +40,16 @@ pub struct ApiState {
     pub gossip: Arc<Gossip>,
     pub metrics: Arc<Metrics>,
     pub holdings: Arc<PeerHoldings>,
+    /// The transport, whose link filter the test endpoints set.
+    #[cfg(feature = "testsuite")]
+    pub transport: crate::transport::Transport,
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let router = Router::new();
+    #[cfg(feature = "testsuite")]
+    let router = router.route("/v1/testsuite/links", post(set_link).delete(clear_links));
+    router
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
@@ -105,6 +111,36 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes, shape: &str) -> Result<T, ApiEr
 
 fn parse_key(key: String) -> Result<Key, ApiError> {
     Ok(key.parse::<Key>()?)
+}
+
+/// `POST /v1/testsuite/links`: `{"peer": "IP:PORT" or null for every peer, "drop", "loss",
+/// "delay_ms"}` sets a rule of this node's link filter.
+#[cfg(feature = "testsuite")]
+async fn set_link(State(state): State<ApiState>, body: Bytes) -> ApiResult<Value> {
+    // No `serde(flatten)`: with arbitrary_precision it cannot read numbers.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LinkRequest {
+        peer: Option<std::net::SocketAddr>,
+        #[serde(default)]
+        drop: bool,
+        #[serde(default)]
+        loss: f64,
+        #[serde(default)]
+        delay_ms: u64,
+    }
+    let request: LinkRequest =
+        parse_body(&body, r#"{"peer": "IP:PORT"|null, "drop": bool, "loss": 0.2, "delay_ms": 10}"#)?;
+    let rule = crate::faults::LinkRule { drop: request.drop, loss: request.loss, delay_ms: request.delay_ms };
+    state.transport.link_filter().set(request.peer, rule);
+    Ok(Json(json!({ "ok": true })))
+}
+
+/// `DELETE /v1/testsuite/links`: every link passes again.
+#[cfg(feature = "testsuite")]
+async fn clear_links(State(state): State<ApiState>) -> ApiResult<Value> {
+    state.transport.link_filter().clear();
+    Ok(Json(json!({ "ok": true })))
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

@@ -127,6 +127,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let server = run_server(server, inboxes.streams, shutdown.clone());
     let api_state = ApiState {
         holdings,
+        #[cfg(feature = "testsuite")]
+        transport: transport.clone(),
         name: config.name.clone(),
         cluster: config.cluster.clone(),
         engine,
@@ -155,6 +157,12 @@ fn reachable(api: SocketAddr, gossip: SocketAddr) -> SocketAddr {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl RunningNode {
+    /// The link filter of this node's transport, for fault injection in tests.
+    #[cfg(feature = "testsuite")]
+    pub fn link_filter(&self) -> &crate::faults::LinkFilter {
+        self.transport.link_filter()
+    }
+
     /// Stops every task, closes the sockets and releases the store.
     pub async fn stop(self) {
         self.shutdown.cancel();

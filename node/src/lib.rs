@@ -10,6 +10,8 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+#[cfg(feature = "testsuite")]
+pub mod faults;
 pub mod gossip;
 pub mod metrics;
 pub mod store;

@@ -54,19 +54,29 @@ pub const STREAM_PUSH: u8 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("cannot listen on {addr}/UDP: {error}")]
+    /// The UDP port could not be bound.
     Bind { addr: SocketAddr, error: std::io::Error },
     #[error(transparent)]
+    /// The certificates could not be turned into a TLS config.
     Tls(#[from] TlsError),
     #[error("cannot dial {addr}: {error}")]
+    /// quinn refused to start a connection (a bad address, a closed endpoint).
     Dial { addr: SocketAddr, error: String },
     #[error("handshake with {addr} timed out after {HANDSHAKE_TIMEOUT:?}")]
+    /// The peer did not complete the handshake in time.
     HandshakeTimeout { addr: SocketAddr },
     #[error("connection to {addr} failed: {error}")]
+    /// The handshake failed (TLS or transport error).
     Connection { addr: SocketAddr, error: ConnectionError },
     #[error("already {MAX_CONNECTIONS} connections open; refusing to dial {addr}")]
+    /// The connection limit is reached.
     TooManyConnections { addr: SocketAddr },
+    /// A stream could not be opened or written.
     #[error("stream to {addr} failed: {error}")]
     Stream { addr: SocketAddr, error: String },
+    /// The test suite's link filter dropped it.
+    #[error("the link filter drops traffic to {addr}")]
+    Filtered { addr: SocketAddr },
 }
 
 /// A bidirectional stream a peer opened, after its kind byte.
@@ -98,6 +108,8 @@ struct Inner {
     streams_tx: mpsc::Sender<IncomingStream>,
     metrics: Arc<Metrics>,
     warnings: WarnLimiter,
+    #[cfg(feature = "testsuite")]
+    filter: crate::faults::LinkFilter,
 }
 
 impl Transport {
@@ -133,6 +145,8 @@ impl Transport {
             streams_tx,
             metrics,
             warnings: WarnLimiter::new(Duration::from_secs(30)),
+            #[cfg(feature = "testsuite")]
+            filter: crate::faults::LinkFilter::new(u64::from(listen.port())),
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok((Transport { inner }, Inboxes { gossip, streams }))
@@ -145,6 +159,12 @@ impl Transport {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The link filter, for fault injection in tests.
+    #[cfg(feature = "testsuite")]
+    pub fn link_filter(&self) -> &crate::faults::LinkFilter {
+        &self.inner.filter
     }
 
     /// The open connection to `addr`, dialing it if there is none.
@@ -176,6 +196,7 @@ impl Transport {
 
     /// Opens a bidirectional stream of `kind` to `addr`.
     pub async fn open_stream(&self, addr: SocketAddr, kind: u8) -> Result<(SendStream, RecvStream), TransportError> {
+        self.inner.admit(addr).await.ok_or(TransportError::Filtered { addr })?;
         let connection = self.connect(addr).await?;
         let stream_error = |error: String| TransportError::Stream { addr, error };
         let (mut send, recv) = connection.open_bi().await.map_err(|e| stream_error(e.to_string()))?;
@@ -185,6 +206,10 @@ impl Transport {
 
     /// Sends one gossip message: as a datagram when it fits, else on a unidirectional stream.
     pub async fn send_gossip(&self, addr: SocketAddr, message: Bytes) -> Result<(), TransportError> {
+        if self.inner.admit(addr).await.is_none() {
+            self.inner.metrics.gossip_dropped.get_or_create(&reason("link_filter")).inc();
+            return Ok(());
+        }
         let connection = self.connect(addr).await?;
         let stream_error = |error: String| TransportError::Stream { addr, error };
         let length = message.len() as u64;
@@ -246,7 +271,36 @@ impl Inner {
         }
     }
 
+    /// Whether the link filter lets one message to or from `peer` through; waits out its delay.
+    async fn admit(&self, peer: SocketAddr) -> Option<()> {
+        #[cfg(feature = "testsuite")]
+        {
+            let delay = self.filter.admit(peer)?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let _ = peer;
+        Some(())
+    }
+
+    /// Whether the link filter drops one incoming message from `peer` (no delay on receipt:
+    /// the sender's filter delays).
+    fn refuses(&self, peer: SocketAddr) -> bool {
+        #[cfg(feature = "testsuite")]
+        return self.filter.admit(peer).is_none();
+        #[cfg(not(feature = "testsuite"))]
+        {
+            let _ = peer;
+            false
+        }
+    }
+
     fn deliver_gossip(&self, from: SocketAddr, message: Bytes) {
+        if self.refuses(from) {
+            self.metrics.gossip_dropped.get_or_create(&reason("link_filter")).inc();
+            return;
+        }
         self.metrics.gossip_bytes.get_or_create(&reason("received")).inc_by(message.len() as u64);
         if self.gossip_tx.try_send((from, message)).is_err() {
             self.metrics.gossip_dropped.get_or_create(&reason("inbox_full")).inc();
@@ -333,6 +387,9 @@ async fn hand_over_stream(inner: Arc<Inner>, peer: SocketAddr, send: SendStream,
     let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, recv.read_exact(&mut kind)).await;
     if !matches!(read, Ok(Ok(()))) {
         inner.metrics.peer_malformed.get_or_create(&reason("stream_kind")).inc();
+        return;
+    }
+    if inner.refuses(peer) {
         return;
     }
     let stream = IncomingStream { peer, kind: kind[0], send, recv };

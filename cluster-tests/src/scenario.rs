@@ -1,0 +1,328 @@
+//! Scenarios as data: a list of [`Op`]s run against in-process nodes (real QUIC, real redb,
+//! real HTTP) whose links are cut, lossy or slow through each node's link filter.
+//!
+//! Every scenario has a seed; the random choices of a run (which node writes, which messages a
+//! lossy link drops) follow from it, and a failure prints the seed and the ops so the run can
+//! be replayed.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use grapevine_node::config::{Config, RawConfig};
+use grapevine_node::daemon::{self, RunningNode};
+use grapevine_node::faults::LinkRule;
+use grapevine_node::tls;
+use serde_json::{Value, json};
+
+/// One step of a scenario.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// `config put KEY --value VALUE` on a node; the acknowledged generation is recorded.
+    Change { node: usize, key: String, value: i64 },
+    /// `count` changes of keys `k0..k{keys}` on nodes drawn from the seed.
+    RandomChanges { count: usize, keys: usize },
+    /// Cut every link between nodes of different groups, both ways.
+    Partition(Vec<Vec<usize>>),
+    /// Drop a share of the messages on every link.
+    Loss(f64),
+    /// Every link passes again.
+    Heal,
+    /// Stop a node (its store keeps what it acknowledged).
+    Stop(usize),
+    /// Start a stopped node again on the same ports and data.
+    Restart(usize),
+    /// Within the bound, every running node holds the same log, the same state digest, and
+    /// every acknowledged generation.
+    AssertConverged { within: Duration },
+    /// After waiting `after` (many gossip rounds), none of `nodes` serves config `key`: the
+    /// faults really keep it away.
+    AssertAbsent { nodes: Vec<usize>, key: String, after: Duration },
+    /// Every running node serves config `key` = `value`.
+    AssertValue { key: String, value: i64 },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Change { node, key, value } => write!(f, "Change(n{} {key}={value})", node + 1),
+            Op::RandomChanges { count, keys } => write!(f, "RandomChanges({count} over {keys} keys)"),
+            Op::Partition(groups) => {
+                let groups: Vec<String> = groups
+                    .iter()
+                    .map(|g| g.iter().map(|n| format!("n{}", n + 1)).collect::<Vec<_>>().join(","))
+                    .collect();
+                write!(f, "Partition({})", groups.join(" | "))
+            }
+            Op::Loss(share) => write!(f, "Loss({:.0}%)", share * 100.0),
+            Op::Heal => write!(f, "Heal"),
+            Op::Stop(node) => write!(f, "Stop(n{})", node + 1),
+            Op::Restart(node) => write!(f, "Restart(n{})", node + 1),
+            Op::AssertConverged { within } => write!(f, "AssertConverged(within {within:?})"),
+            Op::AssertValue { key, value } => write!(f, "AssertValue({key}={value})"),
+            Op::AssertAbsent { nodes, key, after } => {
+                let nodes: Vec<String> = nodes.iter().map(|n| format!("n{}", n + 1)).collect();
+                write!(f, "AssertAbsent({key} on {} after {after:?})", nodes.join(","))
+            }
+        }
+    }
+}
+
+/// A scenario: nodes, a seed, and the ops to run.
+pub struct Scenario {
+    pub name: &'static str,
+    pub nodes: usize,
+    pub seed: u64,
+    pub gossip_interval_ms: u64,
+    /// Wall-clock skew per node, in milliseconds (missing entries: none).
+    pub clock_skews_ms: Vec<i64>,
+    pub ops: Vec<Op>,
+}
+
+/// What a finished run measured.
+#[derive(Debug)]
+pub struct Report {
+    /// How long each `AssertConverged` took to hold.
+    pub convergence: Vec<Duration>,
+    /// Generations acknowledged to clients.
+    pub acknowledged: usize,
+}
+
+struct Slot {
+    config: Config,
+    node: Option<RunningNode>,
+    gossip: SocketAddr,
+    api: SocketAddr,
+}
+
+struct Run {
+    dir: tempfile::TempDir,
+    slots: Vec<Slot>,
+    acknowledged: BTreeSet<String>,
+    random: u64,
+    http: reqwest::Client,
+}
+
+impl Scenario {
+    /// Runs the scenario; on failure the error names the seed, the op and the whole script.
+    pub async fn run(&self) -> Result<Report> {
+        let mut run = Run::start(self).await.with_context(|| self.describe())?;
+        let mut convergence = Vec::new();
+        for (index, op) in self.ops.iter().enumerate() {
+            let step = run.apply(op).await.with_context(|| format!("op {index}: {op}\n{}", self.describe()))?;
+            convergence.extend(step);
+        }
+        let acknowledged = run.acknowledged.len();
+        run.stop_all().await;
+        drop(run.dir);
+        Ok(Report { convergence, acknowledged })
+    }
+
+    fn describe(&self) -> String {
+        let ops: Vec<String> = self.ops.iter().map(ToString::to_string).collect();
+        format!("scenario {} (seed {}, {} nodes): {}", self.name, self.seed, self.nodes, ops.join(", "))
+    }
+}
+
+impl Run {
+    async fn start(scenario: &Scenario) -> Result<Run> {
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca");
+        tls::ca_init(&ca)?;
+        let mut run = Run {
+            dir,
+            slots: Vec::new(),
+            acknowledged: BTreeSet::new(),
+            random: scenario.seed,
+            http: reqwest::Client::new(),
+        };
+        for index in 0..scenario.nodes {
+            let name = format!("n{}", index + 1);
+            let root: PathBuf = run.dir.path().join(&name);
+            tls::ca_issue(&ca, &name, &["127.0.0.1".parse()?], &[], &root.join("tls"))?;
+            let seeds = run.slots.first().map(|first| vec![first.gossip.to_string()]);
+            let raw = RawConfig {
+                name: Some(name),
+                listen: Some("127.0.0.1:0".into()),
+                api: Some("127.0.0.1:0".into()),
+                seeds,
+                data: Some(root.join("data")),
+                tls: Some(root.join("tls")),
+                gossip_interval_ms: Some(scenario.gossip_interval_ms),
+                test_clock_skew_ms: scenario.clock_skews_ms.get(index).copied(),
+                ..RawConfig::default()
+            };
+            let mut config = Config::try_from(raw)?;
+            let node = daemon::start(config.clone()).await?;
+            node.link_filter().reseed(scenario.seed ^ index as u64);
+            // Restarts reuse the ports the first start got.
+            config.listen = node.gossip_addr;
+            config.api = node.api_addr;
+            run.slots.push(Slot { config, gossip: node.gossip_addr, api: node.api_addr, node: Some(node) });
+        }
+        run.wait_formed(Duration::from_secs(20)).await?;
+        Ok(run)
+    }
+
+    async fn apply(&mut self, op: &Op) -> Result<Option<Duration>> {
+        match op {
+            Op::Change { node, key, value } => self.change(*node, key, *value).await?,
+            Op::RandomChanges { count, keys } => {
+                for _ in 0..*count {
+                    let running: Vec<usize> = (0..self.slots.len()).filter(|i| self.slots[*i].node.is_some()).collect();
+                    let node = running[self.next_random() as usize % running.len()];
+                    let key = format!("k{}", self.next_random() as usize % keys);
+                    let value = (self.next_random() % 1_000_000) as i64;
+                    self.change(node, &key, value).await?;
+                }
+            }
+            Op::Partition(groups) => self.partition(groups),
+            Op::Loss(share) => {
+                for node in self.running() {
+                    node.link_filter().set(None, LinkRule { loss: *share, ..LinkRule::default() });
+                }
+            }
+            Op::Heal => {
+                for node in self.running() {
+                    node.link_filter().clear();
+                }
+            }
+            Op::Stop(index) => {
+                let node = self.slots[*index].node.take().context("node is not running")?;
+                node.stop().await;
+            }
+            Op::Restart(index) => {
+                let slot = &mut self.slots[*index];
+                anyhow::ensure!(slot.node.is_none(), "node is already running");
+                let mut config = slot.config.clone();
+                config.seeds = self.slots.iter().map(|s| s.gossip.to_string()).collect();
+                let node = daemon::start(config).await?;
+                self.slots[*index].node = Some(node);
+            }
+            Op::AssertConverged { within } => return Ok(Some(self.assert_converged(*within).await?)),
+            Op::AssertValue { key, value } => {
+                for slot in self.slots.iter().filter(|s| s.node.is_some()) {
+                    let answer = self.get(slot.api, &format!("/v1/config/{key}")).await?;
+                    anyhow::ensure!(answer["value"] == *value, "{} serves {key} = {answer}", slot.config.name);
+                }
+            }
+            Op::AssertAbsent { nodes, key, after } => {
+                tokio::time::sleep(*after).await;
+                for node in nodes {
+                    let url = format!("http://{}/v1/config/{key}", self.slots[*node].api);
+                    let status = self.http.get(&url).send().await?.status();
+                    anyhow::ensure!(status == 404, "n{} serves {key} (HTTP {status}) through the fault", node + 1);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn running(&self) -> impl Iterator<Item = &RunningNode> {
+        self.slots.iter().filter_map(|slot| slot.node.as_ref())
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // SplitMix64: the same seed gives the same run.
+        self.random = self.random.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.random;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    async fn change(&mut self, node: usize, key: &str, value: i64) -> Result<()> {
+        let url = format!("http://{}/v1/config/{key}", self.slots[node].api);
+        let response = self.http.post(&url).json(&json!({ "value": value })).send().await?;
+        let status = response.status();
+        let answer: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("change on n{} refused: {answer}", node + 1);
+        }
+        let generation = answer["generation"].as_str().context("a generation id")?;
+        self.acknowledged.insert(generation.to_owned());
+        Ok(())
+    }
+
+    fn partition(&self, groups: &[Vec<usize>]) {
+        let group_of = |node: usize| groups.iter().position(|g| g.contains(&node));
+        for (a, slot) in self.slots.iter().enumerate() {
+            let Some(node) = &slot.node else { continue };
+            for (b, other) in self.slots.iter().enumerate() {
+                if a != b && group_of(a) != group_of(b) {
+                    node.link_filter().set(Some(other.gossip), LinkRule { drop: true, ..LinkRule::default() });
+                }
+            }
+        }
+    }
+
+    async fn get(&self, api: SocketAddr, path: &str) -> Result<Value> {
+        Ok(self.http.get(format!("http://{api}{path}")).send().await?.json().await?)
+    }
+
+    async fn wait_formed(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut formed = true;
+            for slot in &self.slots {
+                let status = self.get(slot.api, "/v1/status").await?;
+                let alive = status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count();
+                formed &= alive == self.slots.len();
+            }
+            if formed {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster did not form within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One running node's log (generation ids) and state digest.
+    async fn snapshot(&self, api: SocketAddr) -> Result<(BTreeSet<String>, String)> {
+        let history = self.get(api, "/v1/history?limit=1000").await?;
+        let ids = history["generations"].as_array().into_iter().flatten();
+        let ids: BTreeSet<String> = ids.filter_map(|g| g["id"].as_str().map(str::to_owned)).collect();
+        let status = self.get(api, "/v1/status").await?;
+        Ok((ids, status["state_digest"].as_str().unwrap_or_default().to_owned()))
+    }
+
+    async fn assert_converged(&self, within: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let mut snapshots = Vec::new();
+            for slot in self.slots.iter().filter(|s| s.node.is_some()) {
+                snapshots.push((slot.config.name.to_string(), self.snapshot(slot.api).await?));
+            }
+            let (_, first) = &snapshots[0];
+            let same = snapshots.iter().all(|(_, snapshot)| snapshot == first);
+            let complete = self.acknowledged.is_subset(&first.0);
+            if same && complete {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                let lines: Vec<String> = snapshots
+                    .iter()
+                    .map(|(name, (ids, digest))| {
+                        let missing: Vec<&String> = self.acknowledged.difference(ids).collect();
+                        format!("{name}: {} generations, digest {digest}, missing acknowledged {missing:?}", ids.len())
+                    })
+                    .collect();
+                bail!("not converged within {within:?}:\n  {}", lines.join("\n  "));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(node) = slot.node.take() {
+                node.stop().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Fault injection for tests (feature `testsuite`): a link filter in the transport.
+//!
+//! Each node's filter decides, per message or stream to or from a peer, whether it passes,
+//! after what delay, or is dropped. Dropping both directions between two groups is a
+//! partition; dropping one direction an asymmetric one; a `loss` fraction drops that share of
+//! messages (gossip messages, pulls and pushes: whole messages, not QUIC packets, which QUIC
+//! would retransmit). Decisions draw from a seeded generator, so a seeded run repeats.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What happens to traffic on one link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRule {
+    /// Drop everything.
+    #[serde(default)]
+    pub drop: bool,
+    /// Drop this fraction of messages, from 0.0 to 1.0.
+    #[serde(default)]
+    pub loss: f64,
+    /// Hold each message this long before it goes.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+/// The rules of one node: per peer, with a rule for every other peer.
+pub struct LinkFilter {
+    state: Mutex<FilterState>,
+}
+
+struct FilterState {
+    rules: HashMap<SocketAddr, LinkRule>,
+    default: LinkRule,
+    random: u64,
+}
+
+impl LinkFilter {
+    pub fn new(seed: u64) -> Self {
+        LinkFilter {
+            state: Mutex::new(FilterState { rules: HashMap::new(), default: LinkRule::default(), random: seed }),
+        }
+    }
+
+    /// Sets the rule for `peer`, or for every peer without a rule of its own when `None`.
+    pub fn set(&self, peer: Option<SocketAddr>, rule: LinkRule) {
+        let mut state = self.state.lock().expect("link filter lock poisoned");
+        match peer {
+            Some(peer) => {
+                state.rules.insert(peer, rule);
+            }
+            None => state.default = rule,
+        }
+    }
+
+    /// Removes every rule: all links pass.
+    pub fn clear(&self) {
+        let mut state = self.state.lock().expect("link filter lock poisoned");
+        state.rules.clear();
+        state.default = LinkRule::default();
+    }
+
+    /// Reseeds the loss generator.
+    pub fn reseed(&self, seed: u64) {
+        self.state.lock().expect("link filter lock poisoned").random = seed;
+    }
+
+    /// `None` to drop one message to or from `peer`; `Some(delay)` to let it pass.
+    pub fn admit(&self, peer: SocketAddr) -> Option<Duration> {
+        let mut state = self.state.lock().expect("link filter lock poisoned");
+        let rule = state.rules.get(&peer).copied().unwrap_or(state.default);
+        if rule.drop || (rule.loss > 0.0 && state.next_unit() < rule.loss) {
+            return None;
+        }
+        Some(Duration::from_millis(rule.delay_ms))
+    }
+}
+
+impl FilterState {
+    /// A uniform draw from [0, 1): SplitMix64, so a seed gives the same drops on every run.
+    fn next_unit(&mut self) -> f64 {
+        self.random = self.random.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.random;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_drop_delay_and_lose_a_seeded_share() {
+        let filter = LinkFilter::new(7);
+        let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        assert_eq!(filter.admit(a), Some(Duration::ZERO));
+        filter.set(Some(a), LinkRule { drop: true, ..LinkRule::default() });
+        filter.set(None, LinkRule { delay_ms: 5, ..LinkRule::default() });
+        assert_eq!(filter.admit(a), None);
+        assert_eq!(filter.admit(b), Some(Duration::from_millis(5)));
+        filter.clear();
+        filter.set(None, LinkRule { loss: 0.2, ..LinkRule::default() });
+        let dropped = (0..10_000).filter(|_| filter.admit(b).is_none()).count();
+        assert!((1_800..2_200).contains(&dropped), "{dropped} of 10000 dropped at 20% loss");
+    }
+}
