@@ -71,6 +71,8 @@ pub struct Node {
     child: Option<Child>,
     /// `--gossip-interval-ms`; the node's default (1000) when `None`.
     pub gossip_interval_ms: Option<u64>,
+    /// The network namespace the node and its CLI commands run in, if any.
+    netns: Option<String>,
 }
 
 impl Node {
@@ -78,11 +80,25 @@ impl Node {
         format!("http://{}", self.api)
     }
 
+    /// `grapevine`, inside the node's network namespace when it has one.
+    fn command(&self) -> Command {
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns".as_ref(), "exec".as_ref(), netns.as_ref(), binary().as_os_str()]);
+                command
+            }
+            None => Command::new(binary()),
+        };
+        command.env_remove("GRAPEVINE_NODE");
+        command
+    }
+
     /// Starts the node's process and waits until its API answers.
     pub fn start(&mut self) -> Result<()> {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut command = Command::new(binary());
+        let mut command = self.command();
         command
             .args(["node", "--name", &self.name])
             .args(["--listen", &self.gossip.to_string(), "--api", &self.api.to_string()])
@@ -138,9 +154,7 @@ impl Node {
     /// Runs a client command against this node.
     pub fn cli(&self, args: &[&str]) -> Output {
         let url = self.url();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--node", &url]);
-        grapevine(&all)
+        self.command().args(args).args(["--node", &url]).output().expect("grapevine runs")
     }
 
     /// Runs a client command with `--json` and parses what it printed.
@@ -152,6 +166,20 @@ impl Node {
             bail!("grapevine {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
         }
         Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// Sets a rule of the node's link filter (`POST /v1/testsuite/links`).
+    pub fn set_link(&self, rule: &str) -> Result<()> {
+        let (status, body) = http_request("POST", &format!("{}/v1/testsuite/links", self.url()), Some(rule))?;
+        anyhow::ensure!(status == 200, "setting a link rule on {} failed: {status} {body}", self.name);
+        Ok(())
+    }
+
+    /// Clears the node's link filter (`DELETE /v1/testsuite/links`).
+    pub fn clear_links(&self) -> Result<()> {
+        let (status, body) = http_request("DELETE", &format!("{}/v1/testsuite/links", self.url()), None)?;
+        anyhow::ensure!(status == 200, "clearing link rules on {} failed: {status} {body}", self.name);
+        Ok(())
     }
 
     /// The process id while the node runs.
@@ -170,11 +198,40 @@ impl Drop for Node {
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill9();
+        }
+        if let Some(netns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", netns]).status();
+        }
+    }
+}
+
 /// Nodes on loopback sharing one CA, in one temp dir.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub ca: PathBuf,
     pub nodes: Vec<Node>,
+    /// A private network namespace holding every node, where faults are iptables rules.
+    netns: Option<String>,
+}
+
+/// True when this process may create network namespaces and set iptables rules (root, with
+/// `ip` and `iptables` installed; `.ci/run` installs iptables).
+pub fn can_use_netns() -> bool {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let tools = ["ip", "iptables"].iter().all(|tool| Command::new(tool).arg("-V").output().is_ok());
+    root && tools
+}
+
+fn run_checked(program: &str, args: &[&str]) -> Result<()> {
+    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
 }
 
 impl Cluster {
@@ -183,11 +240,86 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let ca = dir.path().join("ca");
         check(grapevine(&["ca", "init", "--out", path_str(&ca)]))?;
-        let mut cluster = Cluster { dir, ca, nodes: Vec::new() };
+        let mut cluster = Cluster { dir, ca, nodes: Vec::new(), netns: None };
         for _ in 0..count {
             cluster.add_node()?;
         }
         Ok(cluster)
+    }
+
+    /// Like [`Cluster::new`], with every node in a fresh network namespace of its own, where
+    /// partitions and loss are iptables rules on loopback. Needs [`can_use_netns`].
+    pub fn new_in_netns(count: usize) -> Result<Cluster> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let index = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let netns = format!("gv-{}-{index}", std::process::id());
+        run_checked("ip", &["netns", "add", &netns])?;
+        let mut cluster = Cluster::new(0)?;
+        cluster.netns = Some(netns.clone());
+        run_checked("ip", &["netns", "exec", &netns, "ip", "link", "set", "lo", "up"])?;
+        for _ in 0..count {
+            cluster.add_node()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts every defined node and waits until each sees all alive.
+    pub fn start_all(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            node.start()?;
+        }
+        self.wait_formed(Duration::from_secs(20))
+    }
+
+    /// Cuts every link between nodes of different groups, both ways: iptables DROP rules per
+    /// UDP port pair in the namespace, or each node's link filter without one.
+    pub fn partition(&self, groups: &[Vec<usize>]) -> Result<()> {
+        let group_of = |node: usize| groups.iter().position(|g| g.contains(&node));
+        for (a, from) in self.nodes.iter().enumerate() {
+            for (b, to) in self.nodes.iter().enumerate() {
+                if a == b || group_of(a) == group_of(b) {
+                    continue;
+                }
+                match &self.netns {
+                    Some(netns) => {
+                        let (sport, dport) = (from.gossip.port().to_string(), to.gossip.port().to_string());
+                        let rule = ["-A", "INPUT", "-p", "udp", "--sport", &sport, "--dport", &dport, "-j", "DROP"];
+                        let mut args = vec!["netns", "exec", netns, "iptables"];
+                        args.extend(rule);
+                        run_checked("ip", &args)?;
+                    }
+                    None => from.set_link(&format!(r#"{{"peer": "{}", "drop": true}}"#, to.gossip))?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `share` of the packets (with iptables) or messages (link filter) on every link.
+    pub fn loss(&self, share: f64) -> Result<()> {
+        match &self.netns {
+            Some(netns) => {
+                let probability = share.to_string();
+                run_checked(
+                    "ip",
+                    &["netns", "exec", netns, "iptables", "-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode"]
+                        .into_iter()
+                        .chain(["random", "--probability", &probability, "-j", "DROP"])
+                        .collect::<Vec<_>>(),
+                )
+            }
+            None => {
+                self.nodes.iter().try_for_each(|node| node.set_link(&format!(r#"{{"peer": null, "loss": {share}}}"#)))
+            }
+        }
+    }
+
+    /// Every link passes again.
+    pub fn heal(&self) -> Result<()> {
+        match &self.netns {
+            Some(netns) => run_checked("ip", &["netns", "exec", netns, "iptables", "-F", "INPUT"]),
+            None => self.nodes.iter().filter(|n| n.child.is_some()).try_for_each(Node::clear_links),
+        }
     }
 
     /// Starts `count` nodes and waits until each sees all alive.
@@ -235,6 +367,7 @@ impl Cluster {
             log: root.join("node.log"),
             child: None,
             gossip_interval_ms: Some(TEST_GOSSIP_INTERVAL_MS),
+            netns: self.netns.clone(),
         });
         Ok(self.nodes.last_mut().expect("just pushed"))
     }
@@ -284,11 +417,21 @@ pub fn check(output: Output) -> Result<Output> {
 
 /// A plain HTTP/1.1 GET over std networking: status code and body.
 pub fn http_get(url: &str) -> Result<(u16, String)> {
+    http_request("GET", url, None)
+}
+
+/// A plain HTTP/1.1 request with an optional JSON body: status code and body.
+pub fn http_request(method: &str, url: &str, body: Option<&str>) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").context("an http:// URL")?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(host)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
