@@ -16,6 +16,7 @@ use grapevine_node::config::{Config, RawConfig};
 use grapevine_node::daemon::{self, RunningNode};
 use grapevine_node::faults::LinkRule;
 use grapevine_node::tls;
+use grapevine_proto::sim::SplitMix64;
 use serde_json::{Value, json};
 
 /// One step of a scenario.
@@ -102,7 +103,7 @@ struct Run {
     dir: tempfile::TempDir,
     slots: Vec<Slot>,
     acknowledged: BTreeSet<String>,
-    random: u64,
+    random: SplitMix64,
     http: reqwest::Client,
 }
 
@@ -136,7 +137,7 @@ impl Run {
             dir,
             slots: Vec::new(),
             acknowledged: BTreeSet::new(),
-            random: scenario.seed,
+            random: SplitMix64::new(scenario.seed),
             http: reqwest::Client::new(),
         };
         for index in 0..scenario.nodes {
@@ -173,9 +174,9 @@ impl Run {
             Op::RandomChanges { count, keys } => {
                 for _ in 0..*count {
                     let running: Vec<usize> = (0..self.slots.len()).filter(|i| self.slots[*i].node.is_some()).collect();
-                    let node = running[self.next_random() as usize % running.len()];
-                    let key = format!("k{}", self.next_random() as usize % keys);
-                    let value = (self.next_random() % 1_000_000) as i64;
+                    let node = running[self.random.below(running.len())];
+                    let key = format!("k{}", self.random.below(*keys));
+                    let value = self.random.below(1_000_000) as i64;
                     self.change(node, &key, value).await?;
                 }
             }
@@ -223,15 +224,6 @@ impl Run {
 
     fn running(&self) -> impl Iterator<Item = &RunningNode> {
         self.slots.iter().filter_map(|slot| slot.node.as_ref())
-    }
-
-    fn next_random(&mut self) -> u64 {
-        // SplitMix64: the same seed gives the same run.
-        self.random = self.random.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.random;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 
     async fn change(&mut self, node: usize, key: &str, value: i64) -> Result<()> {

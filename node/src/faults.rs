@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use grapevine_proto::sim::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 /// What happens to traffic on one link.
@@ -36,13 +37,17 @@ pub struct LinkFilter {
 struct FilterState {
     rules: HashMap<SocketAddr, LinkRule>,
     default: LinkRule,
-    random: u64,
+    random: SplitMix64,
 }
 
 impl LinkFilter {
     pub fn new(seed: u64) -> Self {
         LinkFilter {
-            state: Mutex::new(FilterState { rules: HashMap::new(), default: LinkRule::default(), random: seed }),
+            state: Mutex::new(FilterState {
+                rules: HashMap::new(),
+                default: LinkRule::default(),
+                random: SplitMix64::new(seed),
+            }),
         }
     }
 
@@ -66,29 +71,17 @@ impl LinkFilter {
 
     /// Reseeds the loss generator.
     pub fn reseed(&self, seed: u64) {
-        self.state.lock().expect("link filter lock poisoned").random = seed;
+        self.state.lock().expect("link filter lock poisoned").random = SplitMix64::new(seed);
     }
 
     /// `None` to drop one message to or from `peer`; `Some(delay)` to let it pass.
     pub fn admit(&self, peer: SocketAddr) -> Option<Duration> {
         let mut state = self.state.lock().expect("link filter lock poisoned");
         let rule = state.rules.get(&peer).copied().unwrap_or(state.default);
-        if rule.drop || (rule.loss > 0.0 && state.next_unit() < rule.loss) {
+        if rule.drop || (rule.loss > 0.0 && state.random.next_unit() < rule.loss) {
             return None;
         }
         Some(Duration::from_millis(rule.delay_ms))
-    }
-}
-
-impl FilterState {
-    /// A uniform draw from [0, 1): SplitMix64, so a seed gives the same drops on every run.
-    fn next_unit(&mut self) -> f64 {
-        self.random = self.random.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.random;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
