@@ -18,7 +18,7 @@ use tracing::info;
 
 use crate::api::{ApiState, router};
 use crate::config::Config;
-use crate::engine::{self, EngineParts};
+use crate::engine::{self, EngineHandle, EngineParts};
 use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -51,6 +51,7 @@ pub struct RunningNode {
     shutdown: CancellationToken,
     transport: Transport,
     gossip: Arc<Gossip>,
+    engine: EngineHandle,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -131,7 +132,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         transport: transport.clone(),
         name: config.name.clone(),
         cluster: config.cluster.clone(),
-        engine,
+        engine: engine.clone(),
         gossip: gossip.clone(),
         metrics,
     };
@@ -144,7 +145,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     };
     let tasks = vec![tokio::spawn(puller), tokio::spawn(pusher), tokio::spawn(server), tokio::spawn(api), engine_task];
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
-    Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, tasks })
+    Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, engine, tasks })
 }
 
 /// The API address as peers should print it: the gossip host when the API listens on any.
@@ -157,6 +158,16 @@ fn reachable(api: SocketAddr, gossip: SocketAddr) -> SocketAddr {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl RunningNode {
+    /// The node's engine: its current view, and a watch on every new one.
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.transport.metrics()
+    }
+
     /// The link filter of this node's transport, for fault injection in tests.
     #[cfg(feature = "testsuite")]
     pub fn link_filter(&self) -> &crate::faults::LinkFilter {
@@ -169,6 +180,8 @@ impl RunningNode {
         self.gossip.shutdown().await;
         self.transport.close().await;
         drop(self.gossip);
+        // The engine ends (and releases the store) once its last handle is gone.
+        drop(self.engine);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         for task in self.tasks {
             if tokio::time::timeout_at(deadline, task).await.is_err() {

@@ -1,0 +1,275 @@
+//! Propagation of one change to every node, Grapevine over QUIC side by side with chitchat's
+//! own key propagation over UDP at the same gossip interval, in one run; idle cost at N = 20;
+//! time for a 1 MiB config value to reach 10 nodes. All nodes in this process, on loopback.
+//!
+//! Run: `cargo bench -p grapevine-cluster-tests --bench spread`
+//! (`GRAPEVINE_BENCH_SIZES=5,20,50`, `GRAPEVINE_BENCH_RUNS=10`, `GRAPEVINE_BENCH_INTERVAL_MS=1000`).
+//! Prints p50 and p99 and their ratio; asserts nothing about speed.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chitchat::transport::UdpTransport;
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use grapevine_cluster_tests::free_port;
+use grapevine_node::config::{Config, RawConfig};
+use grapevine_node::daemon::{self, RunningNode};
+use grapevine_node::tls;
+use grapevine_proto::GenId;
+use grapevine_proto::sim::SplitMix64;
+use serde_json::json;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+struct Grapevine {
+    _dir: tempfile::TempDir,
+    nodes: Vec<RunningNode>,
+    http: reqwest::Client,
+}
+
+impl Grapevine {
+    async fn start(count: usize, interval_ms: u64) -> Result<Grapevine> {
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca");
+        tls::ca_init(&ca)?;
+        let mut nodes: Vec<RunningNode> = Vec::new();
+        for index in 0..count {
+            let name = format!("n{index}");
+            let root = dir.path().join(&name);
+            tls::ca_issue(&ca, &name, &["127.0.0.1".parse()?], &[], &root.join("tls"))?;
+            let raw = RawConfig {
+                name: Some(name),
+                listen: Some("127.0.0.1:0".into()),
+                api: Some("127.0.0.1:0".into()),
+                seeds: nodes.first().map(|first| vec![first.gossip_addr.to_string()]),
+                data: Some(root.join("data")),
+                tls: Some(root.join("tls")),
+                gossip_interval_ms: Some(interval_ms),
+                ..RawConfig::default()
+            };
+            nodes.push(daemon::start(Config::try_from(raw)?).await?);
+        }
+        let cluster = Grapevine { _dir: dir, nodes, http: reqwest::Client::new() };
+        cluster.wait_formed().await?;
+        Ok(cluster)
+    }
+
+    async fn wait_formed(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let url = |node: &RunningNode| format!("http://{}/v1/status", node.api_addr);
+        'poll: while Instant::now() < deadline {
+            for node in &self.nodes {
+                let status: serde_json::Value = self.http.get(url(node)).send().await?.json().await?;
+                let alive = status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count();
+                if alive < self.nodes.len() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'poll;
+                }
+            }
+            return Ok(());
+        }
+        anyhow::bail!("{} nodes did not form within 120 s", self.nodes.len())
+    }
+
+    /// Puts `value` under `key` on node `writer`; returns the time until every node holds it.
+    async fn spread(&self, writer: usize, key: &str, value: serde_json::Value) -> Result<Duration> {
+        let url = format!("http://{}/v1/config/{key}", self.nodes[writer].api_addr);
+        let started = Instant::now();
+        let answer: serde_json::Value = self.http.post(url).json(&json!({ "value": value })).send().await?.json().await?;
+        let id: GenId = answer["generation"].as_str().context("a generation")?.parse()?;
+        for node in &self.nodes {
+            let mut watch = node.engine().watch();
+            tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|view| view.version_vector.covers(&id)))
+                .await
+                .context("a node never got the change")??;
+        }
+        Ok(started.elapsed())
+    }
+
+    async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
+    }
+}
+
+struct Chitchats {
+    handles: Vec<ChitchatHandle>,
+}
+
+impl Chitchats {
+    async fn start(count: usize, interval: Duration) -> Result<Chitchats> {
+        let addrs: Vec<SocketAddr> = (0..count).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port(true)))).collect();
+        let mut handles = Vec::new();
+        for (index, addr) in addrs.iter().enumerate() {
+            let config = ChitchatConfig {
+                chitchat_id: ChitchatId::new(format!("c{index}"), 1, *addr),
+                cluster_id: "bench".into(),
+                gossip_interval: interval,
+                listen_addr: *addr,
+                seed_nodes: vec![addrs[0].to_string()],
+                failure_detector_config: FailureDetectorConfig {
+                    initial_interval: interval,
+                    max_interval: interval * 10,
+                    ..FailureDetectorConfig::default()
+                },
+                marked_for_deletion_grace_period: Duration::from_secs(3600),
+                catchup_callback: None,
+                extra_liveness_predicate: None,
+            };
+            handles.push(spawn_chitchat(config, Vec::new(), &UdpTransport).await?);
+        }
+        let chitchats = Chitchats { handles };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            let mut formed = true;
+            for handle in &chitchats.handles {
+                formed &= handle.with_chitchat(|c| c.live_nodes().count()).await == count;
+            }
+            if formed {
+                return Ok(chitchats);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("{count} chitchat nodes did not form within 120 s")
+    }
+
+    /// Sets `key` on node `writer`; returns the time until every node sees it.
+    async fn spread(&self, writer: usize, key: &str) -> Result<Duration> {
+        let started = Instant::now();
+        let writer_id = self.handles[writer].chitchat_id().clone();
+        self.handles[writer].with_chitchat(|c| c.self_node_state().set(key, "1")).await;
+        let mut waiting: BTreeSet<usize> = (0..self.handles.len()).collect();
+        while !waiting.is_empty() {
+            for index in waiting.clone() {
+                let seen = self.handles[index]
+                    .with_chitchat(|c| c.node_state(&writer_id).is_some_and(|s| s.get(key).is_some()))
+                    .await;
+                if seen {
+                    waiting.remove(&index);
+                }
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "chitchat never spread {key}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(started.elapsed())
+    }
+
+    async fn stop(self) {
+        for handle in self.handles {
+            let _ = handle.shutdown().await;
+        }
+    }
+}
+
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn gossip_bytes(node: &RunningNode) -> u64 {
+    let text = node.metrics().render();
+    text.lines()
+        .filter(|l| l.starts_with("grapevine_gossip_bytes_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
+    println!("one change to all nodes, gossip interval {interval_ms} ms, {runs} changes per size (writer drawn from seed 1):");
+    println!("{:>5}  {:>24}  {:>24}  {:>12}", "nodes", "grapevine QUIC p50 / p99", "chitchat UDP p50 / p99", "p50 ratio");
+    for &count in sizes {
+        let mut random = SplitMix64::new(1);
+        let grapevine = Grapevine::start(count, interval_ms).await?;
+        let mut ours = Vec::new();
+        for run in 0..runs {
+            ours.push(grapevine.spread(random.below(count), &format!("bench-{run}"), json!(run)).await?);
+        }
+        grapevine.stop().await;
+        let chitchats = Chitchats::start(count, Duration::from_millis(interval_ms)).await?;
+        let mut theirs = Vec::new();
+        for run in 0..runs {
+            theirs.push(chitchats.spread(random.below(count), &format!("bench-{run}")).await?);
+        }
+        chitchats.stop().await;
+        ours.sort();
+        theirs.sort();
+        let (p50, their_p50) = (percentile(&ours, 0.5), percentile(&theirs, 0.5));
+        println!(
+            "{count:>5}  {:>10.1} / {:>8.1} ms  {:>10.1} / {:>8.1} ms  {:>11.0}x",
+            ms(p50),
+            ms(percentile(&ours, 0.99)),
+            ms(their_p50),
+            ms(percentile(&theirs, 0.99)),
+            their_p50.as_secs_f64() / p50.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+async fn idle(count: usize, interval_ms: u64) -> Result<()> {
+    let cluster = Grapevine::start(count, interval_ms).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let window = Duration::from_secs(env_or("GRAPEVINE_BENCH_IDLE_SECONDS", 20));
+    let bytes_before: u64 = cluster.nodes.iter().map(gossip_bytes).sum();
+    let cpu_before = process_cpu_seconds();
+    tokio::time::sleep(window).await;
+    let cpu = (process_cpu_seconds() - cpu_before) / window.as_secs_f64() / count as f64 * 100.0;
+    let bytes: u64 = cluster.nodes.iter().map(gossip_bytes).sum::<u64>() - bytes_before;
+    // Each byte is counted once sent and once received: halve for bytes on the wire.
+    let per_node = bytes as f64 / 2.0 / count as f64 / window.as_secs_f64();
+    println!(
+        "idle, {count} nodes, gossip interval {interval_ms} ms, {}-second window: {:.0} gossip payload bytes/s sent per node, {cpu:.2}% of a core per node",
+        window.as_secs(),
+        per_node
+    );
+    cluster.stop().await;
+    Ok(())
+}
+
+async fn large_value(count: usize, interval_ms: u64) -> Result<()> {
+    let cluster = Grapevine::start(count, interval_ms).await?;
+    let value = json!("x".repeat(1024 * 1024 - 2));
+    let mut times = Vec::new();
+    for run in 0..5 {
+        times.push(cluster.spread(run % count, &format!("large-{run}"), value.clone()).await?);
+    }
+    times.sort();
+    println!(
+        "a 1 MiB config value to all {count} nodes: median {:.1} ms, max {:.1} ms (5 values, from the POST to the last node storing it)",
+        ms(percentile(&times, 0.5)),
+        ms(times[times.len() - 1])
+    );
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let sizes: Vec<usize> = std::env::var("GRAPEVINE_BENCH_SIZES")
+        .unwrap_or_else(|_| "5,20,50".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let runs = env_or("GRAPEVINE_BENCH_RUNS", 10);
+    let interval_ms = env_or("GRAPEVINE_BENCH_INTERVAL_MS", 1000);
+    compare(&sizes, runs, interval_ms).await?;
+    idle(20, interval_ms).await?;
+    large_value(10, interval_ms).await?;
+    Ok(())
+}
