@@ -87,7 +87,8 @@ impl Grapevine {
     async fn spread(&self, writer: usize, key: &str, value: serde_json::Value) -> Result<Duration> {
         let url = format!("http://{}/v1/config/{key}", self.nodes[writer].api_addr);
         let started = Instant::now();
-        let answer: serde_json::Value = self.http.post(url).json(&json!({ "value": value })).send().await?.json().await?;
+        let answer: serde_json::Value =
+            self.http.post(url).json(&json!({ "value": value })).send().await?.json().await?;
         let id: GenId = answer["generation"].as_str().context("a generation")?.parse()?;
         for node in &self.nodes {
             let mut watch = node.engine().watch();
@@ -191,8 +192,13 @@ fn gossip_bytes(node: &RunningNode) -> u64 {
 }
 
 async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
-    println!("one change to all nodes, gossip interval {interval_ms} ms, {runs} changes per size (writer drawn from seed 1):");
-    println!("{:>5}  {:>24}  {:>24}  {:>12}", "nodes", "grapevine QUIC p50 / p99", "chitchat UDP p50 / p99", "p50 ratio");
+    println!(
+        "one change to all nodes, gossip interval {interval_ms} ms, {runs} changes per size (writer drawn from seed 1):"
+    );
+    println!(
+        "{:>5}  {:>24}  {:>24}  {:>12}",
+        "nodes", "grapevine QUIC p50 / p99", "chitchat UDP p50 / p99", "p50 ratio"
+    );
     for &count in sizes {
         let mut random = SplitMix64::new(1);
         let grapevine = Grapevine::start(count, interval_ms).await?;

@@ -17,6 +17,7 @@ use grapevine_node::daemon::{self, RunningNode};
 use grapevine_node::faults::LinkRule;
 use grapevine_node::tls;
 use grapevine_proto::sim::SplitMix64;
+use grapevine_proto::{GenId, VersionVector};
 use serde_json::{Value, json};
 
 /// One step of a scenario.
@@ -44,6 +45,8 @@ pub enum Op {
     AssertAbsent { nodes: Vec<usize>, key: String, after: Duration },
     /// Every running node serves config `key` = `value`.
     AssertValue { key: String, value: i64 },
+    /// Within 20 s, a node has folded at least `at_least` generations into its snapshot.
+    AssertCompacted { node: usize, at_least: u64 },
 }
 
 impl fmt::Display for Op {
@@ -64,6 +67,7 @@ impl fmt::Display for Op {
             Op::Restart(node) => write!(f, "Restart(n{})", node + 1),
             Op::AssertConverged { within } => write!(f, "AssertConverged(within {within:?})"),
             Op::AssertValue { key, value } => write!(f, "AssertValue({key}={value})"),
+            Op::AssertCompacted { node, at_least } => write!(f, "AssertCompacted(n{} >= {at_least})", node + 1),
             Op::AssertAbsent { nodes, key, after } => {
                 let nodes: Vec<String> = nodes.iter().map(|n| format!("n{}", n + 1)).collect();
                 write!(f, "AssertAbsent({key} on {} after {after:?})", nodes.join(","))
@@ -80,6 +84,9 @@ pub struct Scenario {
     pub gossip_interval_ms: u64,
     /// Wall-clock skew per node, in milliseconds (missing entries: none).
     pub clock_skews_ms: Vec<i64>,
+    /// `retain_generations` of every node (the node's default when `None`); retention age 0
+    /// when set, so compaction runs as soon as the count allows.
+    pub retain_generations: Option<u64>,
     pub ops: Vec<Op>,
 }
 
@@ -102,7 +109,7 @@ struct Slot {
 struct Run {
     dir: tempfile::TempDir,
     slots: Vec<Slot>,
-    acknowledged: BTreeSet<String>,
+    acknowledged: BTreeSet<GenId>,
     random: SplitMix64,
     http: reqwest::Client,
 }
@@ -154,6 +161,8 @@ impl Run {
                 tls: Some(root.join("tls")),
                 gossip_interval_ms: Some(scenario.gossip_interval_ms),
                 test_clock_skew_ms: scenario.clock_skews_ms.get(index).copied(),
+                retain_generations: scenario.retain_generations,
+                retain_age_s: scenario.retain_generations.map(|_| 0),
                 ..RawConfig::default()
             };
             let mut config = Config::try_from(raw)?;
@@ -204,6 +213,18 @@ impl Run {
                 self.slots[*index].node = Some(node);
             }
             Op::AssertConverged { within } => return Ok(Some(self.assert_converged(*within).await?)),
+            Op::AssertCompacted { node, at_least } => {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let status = self.get(self.slots[*node].api, "/v1/status").await?;
+                    let compacted = status["compacted"].as_u64().unwrap_or(0);
+                    if compacted >= *at_least {
+                        break;
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "n{} compacted only {compacted} generations", node + 1);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
             Op::AssertValue { key, value } => {
                 for slot in self.slots.iter().filter(|s| s.node.is_some()) {
                     let answer = self.get(slot.api, &format!("/v1/config/{key}")).await?;
@@ -235,7 +256,7 @@ impl Run {
             bail!("change on n{} refused: {answer}", node + 1);
         }
         let generation = answer["generation"].as_str().context("a generation id")?;
-        self.acknowledged.insert(generation.to_owned());
+        self.acknowledged.insert(generation.parse()?);
         Ok(())
     }
 
@@ -274,13 +295,15 @@ impl Run {
         }
     }
 
-    /// One running node's log (generation ids) and state digest.
-    async fn snapshot(&self, api: SocketAddr) -> Result<(BTreeSet<String>, String)> {
-        let history = self.get(api, "/v1/history?limit=1000").await?;
-        let ids = history["generations"].as_array().into_iter().flatten();
-        let ids: BTreeSet<String> = ids.filter_map(|g| g["id"].as_str().map(str::to_owned)).collect();
+    /// One running node's log, as its version vector (compaction folds generations away, so
+    /// the vector, not the list, is the log's identity), and its state digest.
+    async fn snapshot(&self, api: SocketAddr) -> Result<(VersionVector, String)> {
         let status = self.get(api, "/v1/status").await?;
-        Ok((ids, status["state_digest"].as_str().unwrap_or_default().to_owned()))
+        let mut vector = VersionVector::default();
+        for (origin, seq) in status["version_vector"].as_object().into_iter().flatten() {
+            vector.raise(origin.parse()?, seq.as_u64().context("a seq")?);
+        }
+        Ok((vector, status["state_digest"].as_str().unwrap_or_default().to_owned()))
     }
 
     async fn assert_converged(&self, within: Duration) -> Result<Duration> {
@@ -292,16 +315,20 @@ impl Run {
             }
             let (_, first) = &snapshots[0];
             let same = snapshots.iter().all(|(_, snapshot)| snapshot == first);
-            let complete = self.acknowledged.is_subset(&first.0);
+            let complete = self.acknowledged.iter().all(|id| first.0.covers(id));
             if same && complete {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > within {
                 let lines: Vec<String> = snapshots
                     .iter()
-                    .map(|(name, (ids, digest))| {
-                        let missing: Vec<&String> = self.acknowledged.difference(ids).collect();
-                        format!("{name}: {} generations, digest {digest}, missing acknowledged {missing:?}", ids.len())
+                    .map(|(name, (vector, digest))| {
+                        let missing: Vec<String> =
+                            self.acknowledged.iter().filter(|id| !vector.covers(id)).map(ToString::to_string).collect();
+                        format!(
+                            "{name}: {} generations, digest {digest}, missing acknowledged {missing:?}",
+                            vector.total()
+                        )
                     })
                     .collect();
                 bail!("not converged within {within:?}:\n  {}", lines.join("\n  "));

@@ -20,6 +20,7 @@ async fn a_2_3_split_with_writes_on_both_sides_heals_to_one_state() -> Result<()
         seed: 0x5EED_0001,
         gossip_interval_ms: INTERVAL_MS,
         clock_skews_ms: vec![],
+        retain_generations: None,
         ops: vec![
             Op::Change { node: 0, key: "before".into(), value: 1 },
             converged(10),
@@ -51,6 +52,7 @@ async fn a_node_isolated_through_many_changes_catches_up_after_heal() -> Result<
         seed: 0x5EED_0002,
         gossip_interval_ms: INTERVAL_MS,
         clock_skews_ms: vec![],
+        retain_generations: None,
         ops: vec![
             Op::Partition(vec![vec![3], vec![0, 1, 2]]),
             Op::RandomChanges { count: 40, keys: 8 },
@@ -74,6 +76,7 @@ async fn twenty_percent_loss_on_every_link_still_converges() -> Result<()> {
         seed: 0x5EED_0003,
         gossip_interval_ms: INTERVAL_MS,
         clock_skews_ms: vec![],
+        retain_generations: None,
         ops: vec![Op::Loss(0.2), Op::RandomChanges { count: 30, keys: 6 }, converged(20), Op::Heal],
     }
     .run()
@@ -89,6 +92,7 @@ async fn a_stopped_node_restarts_with_its_log_and_catches_up() -> Result<()> {
         seed: 0x5EED_0004,
         gossip_interval_ms: INTERVAL_MS,
         clock_skews_ms: vec![],
+        retain_generations: None,
         ops: vec![
             Op::RandomChanges { count: 5, keys: 3 },
             converged(10),
@@ -113,6 +117,7 @@ async fn skewed_clocks_keep_causal_order_and_a_clock_far_ahead_cannot_win() -> R
         // n2 runs 2 s behind (within no bound: stamps from the past are fine); n3 runs 10 min
         // ahead, far past the 500 ms maximum offset.
         clock_skews_ms: vec![0, -2_000, 600_000],
+        retain_generations: None,
         ops: vec![
             Op::Change { node: 0, key: "k".into(), value: 1 },
             converged(10),
@@ -123,6 +128,32 @@ async fn skewed_clocks_keep_causal_order_and_a_clock_far_ahead_cannot_win() -> R
             // n3's change is refused by every node whose clock is correct, and stays refused.
             Op::Change { node: 2, key: "future".into(), value: 3 },
             Op::AssertAbsent { nodes: vec![0, 1], key: "future".into(), after: Duration::from_secs(1) },
+        ],
+    }
+    .run()
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_away_longer_than_the_retention_catches_up_from_a_snapshot() -> Result<()> {
+    Scenario {
+        name: "compaction",
+        nodes: 3,
+        seed: 0x5EED_0006,
+        gossip_interval_ms: INTERVAL_MS,
+        clock_skews_ms: vec![],
+        retain_generations: Some(5),
+        ops: vec![
+            Op::RandomChanges { count: 8, keys: 4 },
+            converged(10),
+            Op::Stop(2),
+            Op::RandomChanges { count: 30, keys: 6 },
+            // n3 is gone (dead in the others' view): the live nodes compact without it.
+            Op::AssertCompacted { node: 0, at_least: 20 },
+            Op::Restart(2),
+            converged(15),
+            Op::AssertCompacted { node: 2, at_least: 20 },
         ],
     }
     .run()

@@ -160,6 +160,8 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
         "node": state.name,
         "cluster": state.cluster,
         "generations": view.generations,
+        "compacted": view.compacted,
+        "version_vector": view.version_vector.iter().map(|(o, s)| (o.to_string(), s)).collect::<std::collections::BTreeMap<_, _>>(),
         "applied": view.state.latest().map(ToString::to_string),
         "state_digest": short_digest(&view.state),
         "members": members,
@@ -215,7 +217,8 @@ async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery
     let limit = query.limit.unwrap_or(100).min(MAX_HISTORY);
     let generations = state.engine.history().await;
     let newest: Vec<GenerationSummary> = generations.iter().rev().take(limit).map(GenerationSummary::from).collect();
-    Ok(Json(json!({ "node": state.name, "total": generations.len(), "generations": newest })))
+    let compacted = state.engine.view().compacted;
+    Ok(Json(json!({ "node": state.name, "total": generations.len(), "compacted": compacted, "generations": newest })))
 }
 
 /// What `flag set` asks for: exactly one of the fields.

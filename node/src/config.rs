@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use grapevine_proto::NodeName;
+use grapevine_proto::snapshot::Retention;
 use serde::Deserialize;
 
 /// Gossip intervals outside this range are refused: below, chitchat's loop would eat a core;
@@ -20,6 +21,13 @@ const DEAD_NODE_GRACE_PERIOD_S: std::ops::RangeInclusive<u64> = 10..=86_400;
 /// How far ahead of our clock a peer's stamp may be and still move it. Zero would refuse all
 /// skew; an hour would let one bad clock win every key for an hour.
 const MAX_CLOCK_OFFSET_MS: std::ops::RangeInclusive<u64> = 1..=3_600_000;
+
+/// Generations kept whole before compaction: at least one; at most a million, since the
+/// engine holds the whole log in memory.
+const RETAIN_GENERATIONS: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+
+/// How old a generation must be before compaction, in seconds: up to a year.
+const RETAIN_AGE_S: std::ops::RangeInclusive<u64> = 0..=31_536_000;
 
 /// Longest cluster id. chitchat puts it in every Syn message; short keeps gossip small.
 const MAX_CLUSTER_ID_BYTES: usize = 64;
@@ -45,6 +53,8 @@ pub struct RawConfig {
     pub gossip_interval_ms: Option<u64>,
     pub dead_node_grace_period_s: Option<u64>,
     pub max_clock_offset_ms: Option<u64>,
+    pub retain_generations: Option<u64>,
+    pub retain_age_s: Option<u64>,
     /// Skews this node's wall clock, for tests of the hybrid logical clock.
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: Option<i64>,
@@ -74,7 +84,9 @@ impl RawConfig {
             tls,
             gossip_interval_ms,
             dead_node_grace_period_s,
-            max_clock_offset_ms
+            max_clock_offset_ms,
+            retain_generations,
+            retain_age_s
         );
         #[cfg(feature = "testsuite")]
         take!(test_clock_skew_ms);
@@ -114,6 +126,7 @@ pub struct Config {
     pub gossip_interval: Duration,
     pub dead_node_grace_period: Duration,
     pub max_clock_offset_ms: u64,
+    pub retention: Retention,
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: i64,
 }
@@ -186,6 +199,21 @@ impl TryFrom<RawConfig> for Config {
                 MAX_CLOCK_OFFSET_MS,
                 "a number of milliseconds from 1 to 3600000",
             )?,
+            retention: Retention {
+                generations: in_range(
+                    "retain_generations",
+                    raw.retain_generations.unwrap_or(10_000),
+                    RETAIN_GENERATIONS,
+                    "a number of generations from 1 to 1000000",
+                )? as usize,
+                age_ms: 1_000
+                    * in_range(
+                        "retain_age_s",
+                        raw.retain_age_s.unwrap_or(7 * 24 * 3600),
+                        RETAIN_AGE_S,
+                        "a number of seconds from 0 to 31536000",
+                    )?,
+            },
             #[cfg(feature = "testsuite")]
             test_clock_skew_ms: raw.test_clock_skew_ms.unwrap_or(0),
         })

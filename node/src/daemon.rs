@@ -61,7 +61,10 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         NodeTls::load(&config.tls).map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
     let store = Arc::new(Store::open(&config.data, &config.name)?);
     let loading = store.clone();
-    let loaded = tokio::task::spawn_blocking(move || loading.load()).await.expect("store task panicked")?;
+    let (snapshot, loaded) =
+        tokio::task::spawn_blocking(move || Ok::<_, StoreError>((loading.snapshot()?, loading.load()?)))
+            .await
+            .expect("store task panicked")?;
     let api_listener =
         TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
     let api_addr = api_listener.local_addr().map_err(|error| StartError::Api { addr: config.api, error })?;
@@ -101,8 +104,9 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         gossip: gossip.clone(),
         metrics: metrics.clone(),
         pushes,
+        retention: config.retention,
     };
-    let (engine, engine_task) = engine::spawn(parts, loaded).await;
+    let (engine, engine_task) = engine::spawn(parts, snapshot, loaded).await;
 
     let shutdown = CancellationToken::new();
     let holdings = Arc::new(PeerHoldings::default());

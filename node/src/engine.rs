@@ -1,18 +1,22 @@
 //! The engine: the one task that owns a node's log, clock and applied state.
 //!
 //! Every change to the log goes through its command queue: changes from the admin API
-//! (`Submit`) and generations pulled from peers (`Ingest`). It stores before it acknowledges,
-//! then publishes the new applied state to readers through a `watch` channel and the new
-//! version vector to peers through gossip. Readers never wait on the queue.
+//! (`Submit`), generations and snapshots from peers (`Ingest`, `AbsorbSnapshot`). It stores
+//! before it acknowledges, then publishes the new applied state to readers through a `watch`
+//! channel and the new version vector to peers through gossip. Readers never wait on the
+//! queue. It also compacts: generations outside the retention that every live peer holds are
+//! folded into the snapshot.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
+use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_change};
 use grapevine_proto::{
-    AppliedState, Change, Clock, Generation, GenerationBody, InsertOutcome, Log, NodeName, ValidationError,
-    VersionVector,
+    AppliedState, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Snapshot,
+    ValidationError, VersionVector,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -23,6 +27,10 @@ use crate::metrics::{Metrics, WarnLimiter};
 use crate::store::{Store, StoreError};
 use crate::sync::PushJob;
 
+/// How often the engine looks for generations to compact, besides after each change that
+/// takes the log past the retention count.
+const COMPACTION_CHECK: Duration = Duration::from_secs(10);
+
 /// Commands waiting for the engine. Submissions come from HTTP handlers and ingests from the
 /// sync task; a full queue makes them wait, which is the back-pressure we want.
 const COMMAND_QUEUE_CAPACITY: usize = 256;
@@ -32,7 +40,10 @@ const COMMAND_QUEUE_CAPACITY: usize = 256;
 pub struct View {
     pub state: AppliedState,
     pub version_vector: VersionVector,
+    /// Generations held whole.
     pub generations: usize,
+    /// Generations folded into the snapshot.
+    pub compacted: u64,
 }
 
 /// Why a submitted change was not accepted.
@@ -52,6 +63,7 @@ pub enum SubmitError {
 enum Command {
     Submit { change: Change, reply: oneshot::Sender<Result<Generation, SubmitError>> },
     Ingest { generations: Vec<Generation>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
+    AbsorbSnapshot { snapshot: Snapshot, reply: oneshot::Sender<bool> },
     History { reply: oneshot::Sender<Vec<Generation>> },
 }
 
@@ -82,7 +94,16 @@ impl EngineHandle {
         response.await.unwrap_or(0)
     }
 
-    /// Every generation of the log, in `(hlc, origin, seq)` order.
+    /// Takes in a peer's validated snapshot; true when it brought anything new.
+    pub async fn absorb_snapshot(&self, snapshot: Snapshot) -> bool {
+        let (reply, response) = oneshot::channel();
+        if self.commands.send(Command::AbsorbSnapshot { snapshot, reply }).await.is_err() {
+            return false;
+        }
+        response.await.unwrap_or(false)
+    }
+
+    /// Every generation of the log held whole, in `(hlc, origin, seq)` order.
     pub async fn history(&self) -> Vec<Generation> {
         let (reply, response) = oneshot::channel();
         if self.commands.send(Command::History { reply }).await.is_err() {
@@ -113,6 +134,8 @@ pub struct EngineParts {
     pub metrics: Arc<Metrics>,
     /// Where newly stored generations go to be pushed to peers.
     pub pushes: mpsc::Sender<PushJob>,
+    /// How much history stays whole before compaction.
+    pub retention: Retention,
 }
 
 struct Engine {
@@ -126,8 +149,9 @@ struct Engine {
 
 /// Starts the engine over the generations loaded from the store. The task ends when every
 /// handle is dropped; it holds the store until then.
-pub async fn spawn(parts: EngineParts, loaded: Vec<Generation>) -> (EngineHandle, JoinHandle<()>) {
+pub async fn spawn(parts: EngineParts, snapshot: Snapshot, loaded: Vec<Generation>) -> (EngineHandle, JoinHandle<()>) {
     let mut log = Log::new();
+    log.absorb_snapshot(&snapshot);
     let mut clock = Clock::new(parts.max_clock_offset_ms);
     let now = now_ms(parts.clock_skew_ms);
     let name = &parts.name;
@@ -138,7 +162,7 @@ pub async fn spawn(parts: EngineParts, loaded: Vec<Generation>) -> (EngineHandle
         let _ = clock.observe(generation.body.hlc, physical);
         log.insert(generation);
     }
-    let state = AppliedState::fold(log.iter());
+    let state = AppliedState::fold_from(log.base(), log.iter());
     let (view, view_receiver) = watch::channel(Arc::new(View::default()));
     let (commands, queue) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
     let engine =
@@ -155,13 +179,26 @@ fn now_ms(skew_ms: i64) -> u64 {
 
 impl Engine {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
-        while let Some(command) = queue.recv().await {
+        let mut compaction = tokio::time::interval(COMPACTION_CHECK);
+        loop {
+            let command = tokio::select! {
+                command = queue.recv() => match command { Some(command) => command, None => return },
+                _ = compaction.tick() => {
+                    self.compact().await;
+                    continue;
+                }
+            };
             match command {
+                Command::AbsorbSnapshot { snapshot, reply } => {
+                    let _ = reply.send(self.absorb_snapshot(snapshot).await);
+                }
                 Command::Submit { change, reply } => {
                     let _ = reply.send(self.submit(change).await);
+                    self.compact_if_over_retention().await;
                 }
                 Command::Ingest { generations, from, reply } => {
                     let _ = reply.send(self.ingest(generations, from).await);
+                    self.compact_if_over_retention().await;
                 }
                 Command::History { reply } => {
                     let mut generations: Vec<Generation> = self.log.iter().cloned().collect();
@@ -239,6 +276,69 @@ impl Engine {
         count
     }
 
+    async fn compact_if_over_retention(&mut self) {
+        if self.log.len() > self.parts.retention.generations {
+            self.compact().await;
+        }
+    }
+
+    /// Folds into the snapshot the generations outside the retention that every live peer
+    /// holds. The state does not change; the log holds fewer generations whole.
+    async fn compact(&mut self) {
+        let peers: Vec<VersionVector> =
+            self.parts.gossip.peer_version_vectors().await.into_iter().map(|(_, vector)| vector).collect();
+        let now = now_ms(self.parts.clock_skew_ms);
+        let mut compacted = self.log.clone();
+        let covered = compacted.compact(compactable(&self.log, self.parts.retention, now, &peers));
+        if covered.is_empty() {
+            return;
+        }
+        if self.commit_snapshot(compacted, covered.clone()).await {
+            self.parts.metrics.generations_compacted.inc_by(covered.len() as u64);
+            info!(generations = covered.len(), "compacted generations into the snapshot");
+        }
+    }
+
+    /// Takes in a peer's snapshot: generations it covers are dropped, the state refolded.
+    async fn absorb_snapshot(&mut self, snapshot: Snapshot) -> bool {
+        if !self.log.version_vector().is_behind(snapshot.covers()) {
+            return false;
+        }
+        for write in snapshot.writes() {
+            // Stamps from the past never fail; a future one simply does not move the clock.
+            let _ = self.clock.observe(write.hlc, now_ms(self.parts.clock_skew_ms));
+        }
+        let mut absorbed = self.log.clone();
+        let covered = absorbed.absorb_snapshot(&snapshot);
+        if !self.commit_snapshot(absorbed, covered).await {
+            return false;
+        }
+        self.state = AppliedState::fold_from(self.log.base(), self.log.iter());
+        self.publish().await;
+        true
+    }
+
+    /// Stores `log`'s snapshot and deletes `covered`, then makes `log` ours. False (and
+    /// nothing changed) when the snapshot would pass its size limit or the store failed.
+    async fn commit_snapshot(&mut self, log: Log, covered: Vec<GenId>) -> bool {
+        let size = grapevine_proto::wire::encode(log.base()).len();
+        if size > MAX_SNAPSHOT_BYTES {
+            if self.warnings.allow("snapshot size") {
+                warn!(size, limit = MAX_SNAPSHOT_BYTES, "snapshot would pass its size limit; not compacting");
+            }
+            return false;
+        }
+        let (store, snapshot) = (self.parts.store.clone(), log.base().clone());
+        let stored = tokio::task::spawn_blocking(move || store.compact(&snapshot, &covered)).await;
+        if let Err(error) = stored.expect("store task panicked") {
+            error!(%error, "could not store the snapshot");
+            return false;
+        }
+        self.log = log;
+        self.publish().await;
+        true
+    }
+
     /// Hands newly stored generations to the pusher; when its queue is full, anti-entropy
     /// spreads them instead.
     fn push(&self, generations: Vec<Generation>, from: Option<SocketAddr>) {
@@ -264,6 +364,7 @@ impl Engine {
             state: self.state.clone(),
             version_vector: self.log.version_vector().clone(),
             generations: self.log.len(),
+            compacted: self.log.base().covers().total(),
         };
         self.parts.metrics.generations_known.set(view.generations as i64);
         let mut keys: Vec<(String, String)> = version_vector_keys(&view.version_vector).collect();

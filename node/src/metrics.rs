@@ -55,6 +55,8 @@ pub struct Metrics {
     pub changes: Family<Reason, Counter>,
     /// Generations in the local log.
     pub generations_known: Gauge,
+    /// Generations folded into the snapshot by compaction.
+    pub generations_compacted: Counter,
     /// Members of the cluster in this node's view, by state (`alive`, `dead`).
     pub members: Family<Reason, Gauge>,
     /// Generations received with the same id as a stored one but other content.
@@ -82,6 +84,7 @@ impl Metrics {
             peer_malformed: Family::default(),
             changes: Family::default(),
             generations_known: Gauge::default(),
+            generations_compacted: Counter::default(),
             members: Family::default(),
             generation_conflicts: Counter::default(),
             clock_offset_refusals: Counter::default(),
@@ -109,6 +112,11 @@ impl Metrics {
         r.register("peer_malformed", "Malformed traffic from peers dropped, by kind", metrics.peer_malformed.clone());
         r.register("changes", "Changes submitted to this node, by outcome", metrics.changes.clone());
         r.register("generations_known", "Generations in the local log", metrics.generations_known.clone());
+        r.register(
+            "generations_compacted",
+            "Generations folded into the snapshot",
+            metrics.generations_compacted.clone(),
+        );
         r.register("members", "Cluster members in this node's view, by state", metrics.members.clone());
         r.register(
             "generation_conflicts",

@@ -7,13 +7,16 @@
 
 use std::path::{Path, PathBuf};
 
-use grapevine_proto::validate::validate_generation;
+use grapevine_proto::validate::{validate_generation, validate_snapshot};
 use grapevine_proto::wire::{decode, encode};
-use grapevine_proto::{Generation, NodeName, VersionVector};
+use grapevine_proto::{GenId, Generation, NodeName, Snapshot, VersionVector};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
 /// Generations by `(origin, seq)`, each the versioned encoding of a [`Generation`].
 const GENERATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("generations");
+/// The snapshot of compacted generations, under [`SNAPSHOT_KEY`].
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+const SNAPSHOT_KEY: &str = "base";
 /// Facts about the store itself: which node owns it.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const META_NODE: &str = "node";
@@ -84,6 +87,37 @@ impl Store {
                 }
             }
             txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
+            txn.open_table(SNAPSHOTS).map_err(|x| e(x.into()))?;
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// The snapshot of compacted generations (empty before the first compaction), validated.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(SNAPSHOTS).map_err(|x| e(x.into()))?;
+        let Some(bytes) = table.get(SNAPSHOT_KEY).map_err(|x| e(x.into()))? else {
+            return Ok(Snapshot::default());
+        };
+        let corrupt =
+            |detail: String| StoreError::Corrupt { path: self.path.clone(), record: "snapshot".to_owned(), detail };
+        let snapshot: Snapshot = decode(bytes.value(), "snapshot").map_err(|x| corrupt(x.to_string()))?;
+        validate_snapshot(&snapshot).map_err(|x| corrupt(x.to_string()))?;
+        Ok(snapshot)
+    }
+
+    /// Replaces the snapshot and deletes the generations it now covers, in one transaction.
+    pub fn compact(&self, snapshot: &Snapshot, covered: &[GenId]) -> Result<(), StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(|x| e(x.into()))?;
+            snapshots.insert(SNAPSHOT_KEY, encode(snapshot).as_slice()).map_err(|x| e(x.into()))?;
+            let mut table = txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
+            for id in covered {
+                table.remove((id.origin.as_str(), id.seq)).map_err(|x| e(x.into()))?;
+            }
         }
         txn.commit().map_err(|x| e(x.into()))
     }

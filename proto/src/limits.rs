@@ -22,6 +22,10 @@ pub const MAX_OPS_PER_CHANGE: usize = 256;
 /// sync; a change of several large values must be split into several changes.
 pub const MAX_GENERATION_BYTES: usize = 2 * MAX_VALUE_BYTES + 64 * 1024;
 
+/// Largest encoded snapshot. A node that comes back after the retention takes the whole
+/// snapshot in one pull, so it bounds that pull's memory; compaction stops short of it.
+pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most members of one gossip cluster. chitchat's full digest must fit one datagram of 65,507
 /// bytes: with 32-byte names and addresses that is about 800 members; half leaves headroom.
 pub const MAX_MEMBERS: usize = 400;

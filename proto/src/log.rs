@@ -11,6 +11,7 @@ use crdts::{CmRDT, Dot, VClock};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{GenId, Generation, NodeName};
+use crate::snapshot::Snapshot;
 
 /// `origin -> highest seq such that every seq from 1 up to it is in the log`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,11 +66,13 @@ pub enum InsertOutcome {
     Conflict,
 }
 
-/// Every generation a node knows.
+/// Every generation a node knows: those still held whole, and the snapshot of those
+/// compacted away.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Log {
     generations: BTreeMap<GenId, Generation>,
     version_vector: VersionVector,
+    base: Snapshot,
 }
 
 impl Log {
@@ -77,8 +80,14 @@ impl Log {
         Self::default()
     }
 
+    /// Generations held whole (not compacted).
     pub fn len(&self) -> usize {
         self.generations.len()
+    }
+
+    /// The snapshot of the generations compacted away.
+    pub fn base(&self) -> &Snapshot {
+        &self.base
     }
 
     pub fn is_empty(&self) -> bool {
@@ -103,11 +112,16 @@ impl Log {
     pub fn next_seq(&self, origin: &NodeName) -> u64 {
         let first = GenId { origin: origin.clone(), seq: 0 };
         let last = GenId { origin: origin.clone(), seq: u64::MAX };
-        self.generations.range(first..=last).next_back().map_or(1, |(id, _)| id.seq + 1)
+        let held = self.generations.range(first..=last).next_back().map_or(0, |(id, _)| id.seq);
+        held.max(self.base.covers().get(origin)) + 1
     }
 
     /// Adds one generation. The caller has verified its hash.
     pub fn insert(&mut self, generation: Generation) -> InsertOutcome {
+        if self.base.covers().covers(generation.id()) {
+            // Folded into the snapshot already; its content cannot be compared any more.
+            return InsertOutcome::Duplicate;
+        }
         if let Some(existing) = self.generations.get(generation.id()) {
             return if existing.hash == generation.hash { InsertOutcome::Duplicate } else { InsertOutcome::Conflict };
         }
@@ -117,11 +131,54 @@ impl Log {
         InsertOutcome::Inserted
     }
 
-    /// Set union: every generation of `other` that this log lacks.
+    /// Set union: every generation of `other` that this log lacks, and its snapshot.
     pub fn merge(&mut self, other: &Log) {
+        self.absorb_snapshot(&other.base);
         for generation in other.iter() {
             self.insert(generation.clone());
         }
+    }
+
+    /// Takes in a snapshot (from a peer, or read from disk): joins it with ours and drops the
+    /// generations it covers. Returns the ids dropped.
+    pub fn absorb_snapshot(&mut self, snapshot: &Snapshot) -> Vec<GenId> {
+        if snapshot.is_empty() {
+            return Vec::new();
+        }
+        self.base.merge(snapshot);
+        let covered: Vec<GenId> = self.generations.keys().filter(|id| self.base.covers().covers(id)).cloned().collect();
+        for id in &covered {
+            self.generations.remove(id);
+        }
+        let origins: Vec<NodeName> = self.base.covers().iter().map(|(origin, _)| origin.clone()).collect();
+        for origin in origins {
+            self.advance(origin);
+        }
+        covered
+    }
+
+    /// Moves into the snapshot every generation `eligible` accepts, oldest first per origin,
+    /// stopping at the first one it refuses (so the snapshot covers a contiguous prefix of
+    /// each origin). Returns the ids compacted.
+    pub fn compact(&mut self, mut eligible: impl FnMut(&Generation) -> bool) -> Vec<GenId> {
+        let origins: Vec<NodeName> = self.version_vector.iter().map(|(origin, _)| origin.clone()).collect();
+        let mut compacted = Vec::new();
+        for origin in origins {
+            let mut next = GenId { seq: self.base.covers().get(&origin) + 1, origin };
+            while let Some(generation) = self.generations.get(&next).filter(|g| eligible(g)) {
+                self.base.absorb(generation);
+                self.generations.remove(&next);
+                compacted.push(next.clone());
+                next.seq += 1;
+            }
+        }
+        compacted
+    }
+
+    /// True when a peer with vector `theirs` lacks generations that only the snapshot still
+    /// holds: it must take the snapshot before the generations.
+    pub fn needs_snapshot(&self, theirs: &VersionVector) -> bool {
+        theirs.is_behind(self.base.covers())
     }
 
     /// The generations a peer with vector `theirs` lacks, in id order.
@@ -130,7 +187,7 @@ impl Log {
     }
 
     fn advance(&mut self, origin: NodeName) {
-        let mut seq = self.version_vector.get(&origin);
+        let mut seq = self.version_vector.get(&origin).max(self.base.covers().get(&origin));
         while self.generations.contains_key(&GenId { origin: origin.clone(), seq: seq + 1 }) {
             seq += 1;
         }
@@ -203,6 +260,41 @@ mod tests {
                 b_after.insert(generation.clone());
             }
             prop_assert!(!b_after.version_vector().is_behind(a.version_vector()));
+        }
+    }
+
+    fn state_of(log: &Log) -> crate::AppliedState {
+        crate::AppliedState::fold_from(log.base(), log.iter())
+    }
+
+    proptest! {
+        #[test]
+        fn compaction_keeps_the_state_and_the_vector(a in arb_log(), b in arb_log(), cut in 0..8u64) {
+            let mut compacted = a.clone();
+            compacted.compact(|g| g.id().seq <= cut);
+            prop_assert_eq!(state_of(&compacted), state_of(&a));
+            prop_assert_eq!(compacted.version_vector(), a.version_vector());
+            // A compacted log and a whole one merge to the same state, from either side.
+            let (whole, mixed) = (merged(&a, &b), merged(&compacted, &b));
+            prop_assert_eq!(state_of(&mixed), state_of(&whole));
+            prop_assert_eq!(state_of(&merged(&b, &compacted)), state_of(&whole));
+            prop_assert_eq!(mixed.version_vector(), whole.version_vector());
+        }
+
+        #[test]
+        fn a_peer_behind_the_snapshot_catches_up_from_it(a in arb_log(), cut in 0..8u64) {
+            let mut server = a.clone();
+            server.compact(|g| g.id().seq <= cut);
+            let mut peer = Log::new();
+            if server.needs_snapshot(peer.version_vector()) {
+                peer.absorb_snapshot(server.base());
+            }
+            let missing: Vec<Generation> = server.missing_from(peer.version_vector()).cloned().collect();
+            for generation in missing {
+                peer.insert(generation);
+            }
+            prop_assert_eq!(state_of(&peer), state_of(&a));
+            prop_assert_eq!(peer.version_vector(), a.version_vector());
         }
     }
 

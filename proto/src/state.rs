@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::eval::FlagDefinition;
 use crate::hlc::Stamp;
-use crate::model::{ContentHash, GenId, Generation, GenerationBody, JsonText, Key, Op};
+use crate::model::{ContentHash, GenId, Generation, JsonText, Key, Op};
+use crate::snapshot::Snapshot;
 
 /// A value and the generation that set it.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,10 +23,6 @@ pub struct Entry<T> {
 }
 
 impl<T> Entry<T> {
-    fn of(body: &GenerationBody, value: T) -> Self {
-        Entry { value, generation: body.id.clone(), hlc: body.hlc }
-    }
-
     fn order_key(&self) -> (Stamp, &GenId) {
         (self.hlc, &self.generation)
     }
@@ -49,24 +46,45 @@ impl AppliedState {
         state
     }
 
+    /// Applies a snapshot's writes, then generations: the same state as folding every
+    /// generation the snapshot folded, plus the others.
+    pub fn fold_from<'a>(snapshot: &Snapshot, generations: impl IntoIterator<Item = &'a Generation>) -> Self {
+        let mut state = AppliedState::default();
+        for write in snapshot.writes() {
+            state.apply_write(&write.op, &write.generation, write.hlc);
+        }
+        for generation in generations {
+            state.apply(generation);
+        }
+        state
+    }
+
     /// Applies one validated generation: each of its keys takes its value unless a generation
     /// later in `(hlc, origin, seq)` order already set that key.
     pub fn apply(&mut self, generation: &Generation) {
         let body = &generation.body;
         for op in &body.change.ops {
-            match op {
-                Op::SetFlag { key, definition } => match FlagDefinition::parse(key, definition) {
-                    Ok(flag) => set_if_later(&mut self.flags, key, Entry::of(body, flag)),
-                    // Unreachable for a validated generation; skipping keeps the old value.
-                    Err(_) => debug_assert!(false, "applied an unvalidated flag {key}"),
-                },
-                Op::PutConfig { key, value } => set_if_later(&mut self.config, key, Entry::of(body, value.clone())),
+            self.apply_write(op, &body.id, body.hlc);
+        }
+    }
+
+    /// Applies one write of generation `generation` stamped `hlc`, if it is the key's latest.
+    pub fn apply_write(&mut self, op: &Op, generation: &GenId, hlc: Stamp) {
+        let entry = |value| Entry { value, generation: generation.clone(), hlc };
+        match op {
+            Op::SetFlag { key, definition } => match FlagDefinition::parse(key, definition) {
+                Ok(flag) => set_if_later(&mut self.flags, key, entry(flag)),
+                // Unreachable for a validated generation; skipping keeps the old value.
+                Err(_) => debug_assert!(false, "applied an unvalidated flag {key}"),
+            },
+            Op::PutConfig { key, value } => {
+                let entry = Entry { value: value.clone(), generation: generation.clone(), hlc };
+                set_if_later(&mut self.config, key, entry)
             }
         }
-        let candidate = (body.hlc, body.id.clone());
-        let is_later = |(hlc, id): &(Stamp, GenId)| (body.hlc, &body.id) > (*hlc, id);
+        let is_later = |(latest_hlc, latest): &(Stamp, GenId)| (hlc, generation) > (*latest_hlc, latest);
         if self.latest.as_ref().is_none_or(is_later) {
-            self.latest = Some(candidate);
+            self.latest = Some((hlc, generation.clone()));
         }
     }
 
@@ -113,7 +131,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::Change;
+    use crate::model::{Change, GenerationBody};
 
     fn put(origin: &str, seq: u64, wall_ms: u64, key: &str, value: &str) -> Generation {
         GenerationBody {

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use crate::eval::FlagDefinition;
 use crate::limits::{MAX_GENERATION_BYTES, MAX_MEMBERS, MAX_OPS_PER_CHANGE};
 use crate::model::{Change, Generation, JsonText, Key, Op};
+use crate::snapshot::Snapshot;
 
 /// Why a change, a name or a generation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +50,9 @@ pub enum ValidationError {
     /// A generation recording more members than a cluster may have.
     #[error("a cluster may have at most {limit} members (the member ceiling), got {found}")]
     TooManyMembers { limit: usize, found: usize },
+    /// A snapshot that contradicts itself.
+    #[error("invalid snapshot: {detail}")]
+    Snapshot { detail: String },
     /// A generation whose content does not match its hash.
     #[error("generation {id}: content hash mismatch, expected {expected}, got {found}")]
     HashMismatch { id: String, expected: String, found: String },
@@ -88,6 +92,20 @@ pub fn check_envelope(generation: &Generation) -> Result<(), ValidationError> {
     let size = crate::wire::encode(generation).len();
     if size > MAX_GENERATION_BYTES {
         return Err(ValidationError::TooLarge { what: "encoded generation", limit: MAX_GENERATION_BYTES, found: size });
+    }
+    Ok(())
+}
+
+/// Checks a snapshot from a peer or from disk: each write is a valid operation of a
+/// generation the snapshot says it covers.
+pub fn validate_snapshot(snapshot: &Snapshot) -> Result<(), ValidationError> {
+    for write in snapshot.writes() {
+        if !snapshot.covers().covers(&write.generation) {
+            return Err(ValidationError::Snapshot {
+                detail: format!("a write of generation {} that the snapshot does not cover", write.generation),
+            });
+        }
+        validate_op(&write.op)?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::VersionVector;
 use crate::model::Generation;
+use crate::snapshot::Write;
 
 /// The format version written in front of every encoded item.
 pub const WIRE_VERSION: u8 = 1;
@@ -56,9 +57,14 @@ pub struct PullRequest {
     pub max_bytes: u64,
 }
 
-/// One frame of the answer to a [`PullRequest`].
+/// One frame of the answer to a [`PullRequest`]. A puller behind the server's snapshot gets
+/// the snapshot first: its writes, then `SnapshotEnd`, which commits them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PullFrame {
+    SnapshotWrite(Write),
+    SnapshotEnd {
+        covers: VersionVector,
+    },
     Generation(Generation),
     /// The last frame. `more` is true when the byte budget cut the answer short.
     End {

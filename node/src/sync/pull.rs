@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use grapevine_proto::VersionVector;
+use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
+use grapevine_proto::validate::validate_snapshot;
 use grapevine_proto::wire::{PullFrame, PullRequest, decode, encode};
+use grapevine_proto::{Snapshot, VersionVector};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -135,16 +137,33 @@ async fn pull(
     let _ = send.finish();
     let mut batch = Vec::new();
     let mut stored = 0;
-    let mut received_bytes = 0;
+    let (mut received_bytes, mut snapshot_bytes) = (0, 0);
+    let mut snapshot_writes = Vec::new();
     let received: Result<(), SyncError> = async {
         loop {
             let frame = read_frame(&mut recv, MAX_FRAME_BYTES).await?;
-            received_bytes += frame.len();
-            if received_bytes > MAX_PULL_BYTES + MAX_FRAME_BYTES {
-                return Err(SyncError::Malformed(format!("peer sent more than the {MAX_PULL_BYTES}-byte budget")));
-            }
             match decode::<PullFrame>(&frame, "pull frame").map_err(|e| SyncError::Malformed(e.to_string()))? {
-                PullFrame::Generation(generation) => batch.extend(keep_valid(vec![generation], transport, peer)),
+                PullFrame::SnapshotWrite(write) => {
+                    snapshot_bytes += frame.len();
+                    if snapshot_bytes > MAX_SNAPSHOT_BYTES {
+                        let error = format!("peer sent a snapshot over the {MAX_SNAPSHOT_BYTES}-byte limit");
+                        return Err(SyncError::Malformed(error));
+                    }
+                    snapshot_writes.push(write);
+                }
+                PullFrame::SnapshotEnd { covers } => {
+                    let snapshot = Snapshot::from_parts(covers, std::mem::take(&mut snapshot_writes));
+                    validate_snapshot(&snapshot).map_err(|e| SyncError::Malformed(e.to_string()))?;
+                    engine.absorb_snapshot(snapshot).await;
+                }
+                PullFrame::Generation(generation) => {
+                    received_bytes += frame.len();
+                    if received_bytes > MAX_PULL_BYTES + MAX_FRAME_BYTES {
+                        let error = format!("peer sent more than the {MAX_PULL_BYTES}-byte budget");
+                        return Err(SyncError::Malformed(error));
+                    }
+                    batch.extend(keep_valid(vec![generation], transport, peer));
+                }
                 PullFrame::End { .. } => return Ok(()),
             }
             if batch.len() >= INGEST_BATCH {

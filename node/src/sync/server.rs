@@ -81,10 +81,22 @@ async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>) -> Result<(),
     let request = read_frame(&mut stream.recv, MAX_REQUEST_BYTES).await?;
     let request: PullRequest = decode(&request, "pull request").map_err(|e| SyncError::Malformed(e.to_string()))?;
     let budget = usize::try_from(request.max_bytes).unwrap_or(usize::MAX).min(MAX_PULL_BYTES);
-    let (generations, more) = tokio::task::spawn_blocking(move || store.missing_from(&request.have, budget))
-        .await
-        .expect("store task panicked")
-        .map_err(|e| SyncError::Stream(e.to_string()))?;
+    let (snapshot, generations, more) = tokio::task::spawn_blocking(move || {
+        let snapshot = store.snapshot()?;
+        let (generations, more) = store.missing_from(&request.have, budget)?;
+        // A puller behind our snapshot lacks generations only the snapshot still holds.
+        let snapshot = request.have.is_behind(snapshot.covers()).then_some(snapshot);
+        Ok::<_, crate::store::StoreError>((snapshot, generations, more))
+    })
+    .await
+    .expect("store task panicked")
+    .map_err(|e| SyncError::Stream(e.to_string()))?;
+    if let Some(snapshot) = snapshot {
+        for write in snapshot.writes() {
+            write_frame(&mut stream.send, &encode(&PullFrame::SnapshotWrite(write.clone()))).await?;
+        }
+        write_frame(&mut stream.send, &encode(&PullFrame::SnapshotEnd { covers: snapshot.covers().clone() })).await?;
+    }
     for generation in generations {
         let frame = encode(&PullFrame::Generation(generation));
         debug_assert!(frame.len() <= MAX_FRAME_BYTES);
