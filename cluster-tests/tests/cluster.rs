@@ -163,3 +163,19 @@ fn wait_replicas_times_out_with_a_clear_error_when_peers_are_gone() -> Result<()
     assert_eq!(config(&cluster.nodes[0], "alone").unwrap()["value"], 1);
     Ok(())
 }
+
+#[test]
+fn a_large_config_value_reaches_every_node_intact() -> Result<()> {
+    let cluster = Cluster::start(3)?;
+    // 3 MiB: far over what travels inline in a push, under the 4 MiB value limit.
+    let text = "0123456789abcdef".repeat(3 * 1024 * 1024 / 16);
+    let file = cluster.dir.path().join("large.json");
+    std::fs::write(&file, serde_json::to_string(&text)?)?;
+    check(cluster.nodes[0].cli(&["config", "put", "large", "--file", file.to_str().unwrap()]))?;
+    for node in &cluster.nodes {
+        wait_until(PROPAGATION, &format!("{} to hold the large value", node.name), || {
+            config(node, "large").is_some_and(|c| c["value"].as_str() == Some(text.as_str()))
+        })?;
+    }
+    Ok(())
+}

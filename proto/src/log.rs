@@ -254,6 +254,23 @@ mod tests {
         }
 
         #[test]
+        fn any_interleaving_with_duplicates_gives_one_log(a in arb_log(), seed in any::<u64>()) {
+            // Every generation twice, in an order drawn from the seed.
+            let mut arrivals: Vec<Generation> = a.iter().chain(a.iter()).cloned().collect();
+            let mut random = crate::sim::SplitMix64::new(seed);
+            for i in (1..arrivals.len()).rev() {
+                arrivals.swap(i, random.below(i + 1));
+            }
+            let mut log = Log::new();
+            for generation in arrivals {
+                log.insert(generation);
+            }
+            prop_assert_eq!(log.version_vector(), a.version_vector());
+            prop_assert_eq!(state_of(&log), state_of(&a));
+            prop_assert_eq!(log, a);
+        }
+
+        #[test]
         fn a_peer_gets_exactly_what_it_lacks(a in arb_log(), b in arb_log()) {
             let mut b_after = b.clone();
             for generation in a.missing_from(b.version_vector()) {
