@@ -191,23 +191,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use grapevine_proto::{Change, GenId, GenerationBody, JsonText, Op, Stamp};
-
     use super::*;
 
     fn generation(origin: &str, seq: u64) -> Generation {
-        GenerationBody {
-            id: GenId { origin: origin.parse().unwrap(), seq },
-            hlc: Stamp { wall_ms: seq, logical: 0 },
-            members: vec![],
-            change: Change {
-                ops: vec![Op::PutConfig {
-                    key: "k".parse().unwrap(),
-                    value: JsonText::try_from(seq.to_string()).unwrap(),
-                }],
-            },
-        }
-        .seal()
+        grapevine_proto::testing::put(origin, seq, seq, "k", &seq.to_string())
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod model;
 pub mod sim;
 pub mod snapshot;
 pub mod state;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testing;
 pub mod validate;
 pub mod wire;
 

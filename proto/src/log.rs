@@ -200,22 +200,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::Stamp;
-    use crate::model::{Change, GenerationBody, JsonText, Key, Op};
 
     fn generation(origin: &str, seq: u64, wall_ms: u64, value: u8) -> Generation {
-        GenerationBody {
-            id: GenId { origin: origin.parse().unwrap(), seq },
-            hlc: Stamp { wall_ms, logical: 0 },
-            members: vec![],
-            change: Change {
-                ops: vec![Op::PutConfig {
-                    key: "k".parse::<Key>().unwrap(),
-                    value: JsonText::try_from(value.to_string()).unwrap(),
-                }],
-            },
-        }
-        .seal()
+        crate::testing::put(origin, seq, wall_ms, "k", &value.to_string())
     }
 
     fn arb_log() -> impl Strategy<Value = Log> {

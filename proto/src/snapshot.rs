@@ -142,22 +142,11 @@ impl<'de> Deserialize<'de> for Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Change, GenerationBody, JsonText};
+
     use crate::{AppliedState, Log};
 
     fn put(origin: &str, seq: u64, wall_ms: u64) -> Generation {
-        GenerationBody {
-            id: GenId { origin: origin.parse().unwrap(), seq },
-            hlc: Stamp { wall_ms, logical: 0 },
-            members: vec![],
-            change: Change {
-                ops: vec![Op::PutConfig {
-                    key: format!("k{}", seq % 3).parse().unwrap(),
-                    value: JsonText::try_from(seq.to_string()).unwrap(),
-                }],
-            },
-        }
-        .seal()
+        crate::testing::put(origin, seq, wall_ms, &format!("k{}", seq % 3), &seq.to_string())
     }
 
     fn log_of(count: u64) -> Log {

@@ -131,22 +131,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::{Change, GenerationBody};
-
-    fn put(origin: &str, seq: u64, wall_ms: u64, key: &str, value: &str) -> Generation {
-        GenerationBody {
-            id: GenId { origin: origin.parse().unwrap(), seq },
-            hlc: Stamp { wall_ms, logical: 0 },
-            members: vec![],
-            change: Change {
-                ops: vec![Op::PutConfig {
-                    key: key.parse().unwrap(),
-                    value: JsonText::try_from(value.to_owned()).unwrap(),
-                }],
-            },
-        }
-        .seal()
-    }
+    use crate::testing::put;
 
     #[test]
     fn later_stamp_wins_and_origin_breaks_ties() {
