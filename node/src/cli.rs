@@ -178,6 +178,13 @@ pub struct WaitArgs {
     pub wait_timeout_ms: u64,
 }
 
+impl WaitArgs {
+    /// How long the request may take: the node's wait, plus time to answer.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.wait_timeout_ms) + std::time::Duration::from_secs(5)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Create or replace a config value.
@@ -305,7 +312,7 @@ fn install_logging(format: &str) {
 async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
     match command {
         FlagCommand::Set(args) => {
-            let client = Client::new(&args.client.node, args.client.json)?;
+            let client = Client::with_timeout(&args.client.node, args.client.json, args.wait.request_timeout())?;
             let request = if args.on || args.off {
                 serde_json::json!({ "on": args.on })
             } else if let Some(variant) = args.variant {
@@ -333,7 +340,8 @@ async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
                     return Err(CliError::Usage("expected --value JSON or --file PATH".into()));
                 }
             };
-            client::config_put(&Client::new(&client.node, client.json)?, &key, value, wait).await
+            let client = Client::with_timeout(&client.node, client.json, wait.request_timeout())?;
+            client::config_put(&client, &key, value, wait).await
         }
         ConfigCommand::Get { key, client } => client::config_get(&Client::new(&client.node, client.json)?, &key).await,
     }

@@ -53,6 +53,11 @@ pub struct Client {
 
 impl Client {
     pub fn new(node: &str, json: bool) -> Result<Client, CliError> {
+        Client::with_timeout(node, json, REQUEST_TIMEOUT)
+    }
+
+    /// A client whose requests may take `timeout` (a change that waits for replicas).
+    pub fn with_timeout(node: &str, json: bool, timeout: Duration) -> Result<Client, CliError> {
         let base = node.trim_end_matches('/').to_owned();
         let valid = base.strip_prefix("http://").is_some_and(|rest| !rest.is_empty());
         if !valid || reqwest::Url::parse(&base).is_err() {
@@ -61,7 +66,7 @@ impl Client {
             )));
         }
         let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(timeout.max(REQUEST_TIMEOUT))
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| CliError::Failed(format!("cannot build an HTTP client: {e}")))?;

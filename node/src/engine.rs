@@ -235,6 +235,10 @@ impl Engine {
     async fn ingest(&mut self, generations: Vec<Generation>, from: Option<SocketAddr>) -> usize {
         let mut new: Vec<Generation> = Vec::new();
         for generation in generations {
+            if self.log.base().covers().covers(generation.id()) {
+                // Folded into our snapshot already.
+                continue;
+            }
             let known = self.log.get(generation.id()).or_else(|| new.iter().find(|g| g.id() == generation.id()));
             match known {
                 Some(existing) if existing.hash == generation.hash => continue,
@@ -304,10 +308,18 @@ impl Engine {
         if !self.log.version_vector().is_behind(snapshot.covers()) {
             return false;
         }
-        for write in snapshot.writes() {
-            // Stamps from the past never fail; a future one simply does not move the clock.
-            let _ = self.clock.observe(write.hlc, now_ms(self.parts.clock_skew_ms));
+        // The same rule as for generations: a snapshot holding a write stamped beyond the
+        // maximum offset is refused whole, until our clock catches up.
+        let now = now_ms(self.parts.clock_skew_ms);
+        let mut clock = self.clock.clone();
+        if let Some(refusal) = snapshot.writes().find_map(|write| clock.observe(write.hlc, now).err()) {
+            self.parts.metrics.clock_offset_refusals.inc();
+            if self.warnings.allow("snapshot clock") {
+                warn!(%refusal, "refused a snapshot with a write stamped in the future");
+            }
+            return false;
         }
+        self.clock = clock;
         let mut absorbed = self.log.clone();
         let covered = absorbed.absorb_snapshot(&snapshot);
         if !self.commit_snapshot(absorbed, covered).await {

@@ -31,7 +31,8 @@ pub struct Metrics {
     pub gossip_received: Counter,
     /// Gossip messages sent to peers.
     pub gossip_sent: Counter,
-    /// Gossip messages dropped, by reason (`queue_full`, `inbox_full`, `malformed`, `send_failed`).
+    /// Gossip messages dropped, by reason (`queue_full`, `inbox_full`, `malformed`, `send_failed`,
+    /// `link_filter`).
     pub gossip_dropped: Family<Reason, Counter>,
     /// Bytes of gossip sent and received.
     pub gossip_bytes: Family<Reason, Counter>,
@@ -61,7 +62,7 @@ pub struct Metrics {
     pub members: Family<Reason, Gauge>,
     /// Generations received with the same id as a stored one but other content.
     pub generation_conflicts: Counter,
-    /// Generations stored whose clock stamp was too far ahead for our clock to follow.
+    /// Generations and snapshots refused because a clock stamp was beyond the maximum offset.
     pub clock_offset_refusals: Counter,
 }
 
@@ -125,7 +126,7 @@ impl Metrics {
         );
         r.register(
             "clock_offset_refusals",
-            "Generations whose clock stamp was too far ahead to follow",
+            "Generations and snapshots refused for a clock stamp beyond the maximum offset",
             metrics.clock_offset_refusals.clone(),
         );
         metrics.registry = registry;

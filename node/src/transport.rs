@@ -135,6 +135,9 @@ impl Transport {
         let mut endpoint =
             Endpoint::server(server_config, listen).map_err(|error| TransportError::Bind { addr: listen, error })?;
         endpoint.set_default_client_config(client_config);
+        // The link filter is seeded by the bound port, so nodes of one process draw different losses.
+        #[cfg(feature = "testsuite")]
+        let filter_seed = u64::from(endpoint.local_addr().map_or(listen.port(), |bound| bound.port()));
 
         let (gossip_tx, gossip) = mpsc::channel(GOSSIP_INBOX_CAPACITY);
         let (streams_tx, streams) = mpsc::channel(STREAM_INBOX_CAPACITY);
@@ -146,7 +149,7 @@ impl Transport {
             metrics,
             warnings: WarnLimiter::new(Duration::from_secs(30)),
             #[cfg(feature = "testsuite")]
-            filter: crate::faults::LinkFilter::new(u64::from(listen.port())),
+            filter: crate::faults::LinkFilter::new(filter_seed),
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok((Transport { inner }, Inboxes { gossip, streams }))

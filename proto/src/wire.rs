@@ -135,6 +135,21 @@ mod tests {
         }
 
         #[test]
+        fn pushes_and_snapshot_frames_round_trip(generation in arb_generation()) {
+            let push = Push { generations: vec![generation.clone()], sender_has: VersionVector::default() };
+            prop_assert_eq!(decode::<Push>(&encode(&push), "push").unwrap(), push);
+            let mut have = VersionVector::default();
+            have.raise(generation.id().origin.clone(), generation.id().seq);
+            let ack = PushAck { have: have.clone() };
+            prop_assert_eq!(decode::<PushAck>(&encode(&ack), "push ack").unwrap(), ack);
+            let op = generation.body.change.ops[0].clone();
+            let write = crate::snapshot::Write { op, generation: generation.id().clone(), hlc: generation.body.hlc };
+            for frame in [PullFrame::SnapshotWrite(write), PullFrame::SnapshotEnd { covers: have }] {
+                prop_assert_eq!(decode::<PullFrame>(&encode(&frame), "pull frame").unwrap(), frame);
+            }
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode::<PullFrame>(&bytes, "pull frame");
             let _ = decode::<PullRequest>(&bytes, "pull request");
