@@ -9,6 +9,7 @@ pub mod hlc;
 pub mod limits;
 pub mod log;
 pub mod model;
+pub mod rollout;
 pub mod sim;
 pub mod snapshot;
 pub mod state;

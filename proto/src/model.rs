@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
 use crate::limits::{MAX_KEY_BYTES, MAX_NODE_NAME_BYTES, MAX_VALUE_BYTES};
+use crate::rollout::{Control, Policy};
 use crate::validate::ValidationError;
 
 /// The name of a node: 1 to 32 bytes of ASCII letters, digits, `-` and `_`.
@@ -200,10 +201,20 @@ impl Op {
     }
 }
 
-/// What a user submits: operations applied together.
+/// What a user submits: operations applied together, and how they roll out; or controls of
+/// other generations' rollouts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub ops: Vec<Op>,
+    pub policy: Policy,
+    pub controls: Vec<Control>,
+}
+
+impl Change {
+    /// Operations under the built-in default policy.
+    pub fn with_ops(ops: Vec<Op>) -> Change {
+        Change { ops, policy: Policy::default(), controls: Vec::new() }
+    }
 }
 
 /// SHA-256 of a generation's encoded body.
@@ -230,6 +241,8 @@ pub struct GenerationBody {
     pub hlc: Stamp,
     /// The members alive in the accepting node's view, sorted: waves are cut from this set.
     pub members: Vec<NodeName>,
+    /// With a `waves_by` policy, each member's value of that label (aligned with `members`).
+    pub groups: Vec<String>,
     pub change: Change,
 }
 

@@ -10,12 +10,11 @@ pub fn put(origin: &str, seq: u64, wall_ms: u64, key: &str, value: &str) -> Gene
         id: GenId { origin: origin.parse().expect("a valid node name"), seq },
         hlc: Stamp { wall_ms, logical: 0 },
         members: vec![],
-        change: Change {
-            ops: vec![Op::PutConfig {
-                key: key.parse().expect("a valid key"),
-                value: JsonText::try_from(value.to_owned()).expect("valid JSON"),
-            }],
-        },
+        groups: vec![],
+        change: Change::with_ops(vec![Op::PutConfig {
+            key: key.parse().expect("a valid key"),
+            value: JsonText::try_from(value.to_owned()).expect("valid JSON"),
+        }]),
     }
     .seal()
 }

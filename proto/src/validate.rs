@@ -50,6 +50,9 @@ pub enum ValidationError {
     /// A generation recording more members than a cluster may have.
     #[error("a cluster may have at most {limit} members (the member ceiling), got {found}")]
     TooManyMembers { limit: usize, found: usize },
+    /// A rollout policy that cannot work.
+    #[error("rollout policy: {detail}")]
+    Policy { detail: String },
     /// A snapshot that contradicts itself.
     #[error("invalid snapshot: {detail}")]
     Snapshot { detail: String },
@@ -60,9 +63,13 @@ pub enum ValidationError {
 
 /// Checks a change as a whole and each of its operations.
 pub fn validate_change(change: &Change) -> Result<(), ValidationError> {
-    if change.ops.is_empty() {
+    if change.ops.is_empty() && change.controls.is_empty() {
         return Err(ValidationError::EmptyChange);
     }
+    if change.controls.len() > MAX_OPS_PER_CHANGE {
+        return Err(ValidationError::TooManyOps { limit: MAX_OPS_PER_CHANGE, found: change.controls.len() });
+    }
+    change.policy.validate().map_err(|error| ValidationError::Policy { detail: error.0 })?;
     if change.ops.len() > MAX_OPS_PER_CHANGE {
         return Err(ValidationError::TooManyOps { limit: MAX_OPS_PER_CHANGE, found: change.ops.len() });
     }
@@ -88,6 +95,11 @@ pub fn check_envelope(generation: &Generation) -> Result<(), ValidationError> {
     let members = generation.body.members.len();
     if members > MAX_MEMBERS {
         return Err(ValidationError::TooManyMembers { limit: MAX_MEMBERS, found: members });
+    }
+    let groups = generation.body.groups.len();
+    if groups != 0 && groups != members {
+        let detail = format!("expected a group per member ({members}), got {groups}");
+        return Err(ValidationError::Policy { detail });
     }
     let size = crate::wire::encode(generation).len();
     if size > MAX_GENERATION_BYTES {
@@ -140,17 +152,17 @@ mod tests {
 
     #[test]
     fn a_change_needs_ops_and_distinct_keys() {
-        assert_eq!(validate_change(&Change { ops: vec![] }), Err(ValidationError::EmptyChange));
-        let twice = Change { ops: vec![config("a", "1"), config("a", "2")] };
+        assert_eq!(validate_change(&Change::with_ops(vec![])), Err(ValidationError::EmptyChange));
+        let twice = Change::with_ops(vec![config("a", "1"), config("a", "2")]);
         assert!(matches!(validate_change(&twice), Err(ValidationError::DuplicateKey { .. })));
-        let many = Change { ops: (0..=MAX_OPS_PER_CHANGE).map(|i| config(&format!("k{i}"), "1")).collect() };
+        let many = Change::with_ops((0..=MAX_OPS_PER_CHANGE).map(|i| config(&format!("k{i}"), "1")).collect());
         assert!(matches!(validate_change(&many), Err(ValidationError::TooManyOps { .. })));
-        assert_eq!(validate_change(&Change { ops: vec![config("a", "1"), config("b", "{}")] }), Ok(()));
+        assert_eq!(validate_change(&Change::with_ops(vec![config("a", "1"), config("b", "{}")])), Ok(()));
     }
 
     #[test]
     fn null_and_empty_config_values_are_refused() {
-        let error = validate_change(&Change { ops: vec![config("a", "null")] }).unwrap_err();
+        let error = validate_change(&Change::with_ops(vec![config("a", "null")])).unwrap_err();
         assert_eq!(error.to_string(), "config \"a\": expected a JSON value other than null, got null");
         assert_eq!(JsonText::try_from("  ".to_owned()), Err(ValidationError::EmptyValue));
     }
@@ -164,7 +176,8 @@ mod tests {
             id: GenId { origin: "n0".parse().unwrap(), seq: 1 },
             hlc: Stamp::default(),
             members,
-            change: Change { ops: vec![config("a", "1")] },
+            groups: vec![],
+            change: Change::with_ops(vec![config("a", "1")]),
         }
         .seal();
         let error = validate_generation(&generation).unwrap_err();

@@ -11,7 +11,7 @@ use crate::model::Generation;
 use crate::snapshot::Write;
 
 /// The format version written in front of every encoded item.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,7 +120,8 @@ mod tests {
                     id: GenId { origin: origin.parse().unwrap(), seq },
                     hlc: Stamp { wall_ms, logical },
                     members: members.into_iter().map(|m| m.parse().unwrap()).collect(),
-                    change: Change { ops },
+                    groups: vec![],
+                    change: Change::with_ops(ops),
                 }
                 .seal()
             })

@@ -1,0 +1,493 @@
+//! Rollout: the policy a change carries, its deterministic waves, and the gate that releases
+//! it to a node, as pure functions of gossiped facts.
+//!
+//! A generation records the members alive when it was accepted. Members are ranked by
+//! `sha256(generation id, node)` and cut by the policy's cumulative wave sizes (or, with
+//! `waves_by`, a canary then one label value per wave). Every node computes the same waves
+//! from the same generation. A node in wave k is released when every earlier wave has at
+//! least its quorum of members reporting `healthy` on the generation for at least the bake
+//! time, or an operator promoted past it, and the rollout is not paused. Missing reports
+//! never count: a silent or partitioned wave stalls the rollout, it never advances it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{GenId, GenerationBody, NodeName};
+
+/// Most waves in one policy.
+pub const MAX_WAVES: usize = 16;
+/// The longest bake time: a day. A rollout slower than that is a paused one.
+pub const MAX_BAKE_MS: u64 = 24 * 3600 * 1000;
+/// The longest watch window: a week.
+pub const MAX_WATCH_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// One cumulative wave size: a number of nodes or a percentage of the member set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaveSize {
+    Count(u32),
+    Percent(u8),
+}
+
+impl WaveSize {
+    /// How many of `members` nodes the waves up to this one hold.
+    fn cumulative(self, members: usize) -> usize {
+        match self {
+            WaveSize::Count(count) => (count as usize).min(members),
+            WaveSize::Percent(percent) => (members * percent as usize).div_ceil(100),
+        }
+    }
+}
+
+impl fmt::Display for WaveSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaveSize::Count(count) => write!(f, "{count}"),
+            WaveSize::Percent(percent) => write!(f, "{percent}%"),
+        }
+    }
+}
+
+/// Why a policy was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rollout policy: {0}")]
+pub struct PolicyError(pub String);
+
+/// How a change rolls out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Cumulative wave sizes; the last is 100%.
+    pub waves: Vec<WaveSize>,
+    /// How long a wave's members must report healthy before the next wave opens.
+    pub bake_ms: u64,
+    /// The share of a wave, in thousandths, that must report healthy (1 to 1000).
+    pub health_quorum_permille: u16,
+    /// How long after apply a node keeps judging and reporting a generation.
+    pub watch_window_ms: u64,
+    /// Group the waves after the canary by this label: one label value per wave.
+    pub waves_by: Option<String>,
+    /// A kill switch: one wave, no bake.
+    pub emergency: bool,
+}
+
+impl Default for Policy {
+    /// The built-in default: 1 node, 10%, 50%, 100%, 30 s bake, 90% healthy, 10 min watch.
+    fn default() -> Self {
+        Policy {
+            waves: vec![WaveSize::Count(1), WaveSize::Percent(10), WaveSize::Percent(50), WaveSize::Percent(100)],
+            bake_ms: 30_000,
+            health_quorum_permille: 900,
+            watch_window_ms: 600_000,
+            waves_by: None,
+            emergency: false,
+        }
+    }
+}
+
+impl Policy {
+    /// The emergency policy: every node at once, no bake.
+    pub fn emergency() -> Self {
+        Policy { waves: vec![WaveSize::Percent(100)], bake_ms: 0, emergency: true, ..Policy::default() }
+    }
+
+    /// Checks the policy, saying what is wrong.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let error = |message: String| Err(PolicyError(message));
+        if self.waves.is_empty() || self.waves.len() > MAX_WAVES {
+            return error(format!("expected 1 to {MAX_WAVES} waves, got {}", self.waves.len()));
+        }
+        for pair in self.waves.windows(2) {
+            let in_order = match (pair[0], pair[1]) {
+                (WaveSize::Count(a), WaveSize::Count(b)) => a < b,
+                (WaveSize::Percent(a), WaveSize::Percent(b)) => a < b,
+                (WaveSize::Count(_), WaveSize::Percent(_)) => true,
+                (WaveSize::Percent(_), WaveSize::Count(_)) => false,
+            };
+            if !in_order {
+                return error(format!("waves must grow, counts before percents, got {} after {}", pair[1], pair[0]));
+            }
+        }
+        for wave in &self.waves {
+            match wave {
+                WaveSize::Percent(p) if *p == 0 || *p > 100 => {
+                    return error(format!("a wave percentage must be from 1% to 100%, got {p}%"));
+                }
+                WaveSize::Count(0) => return error("a wave count must be at least 1, got 0".into()),
+                _ => {}
+            }
+        }
+        if self.waves.last() != Some(&WaveSize::Percent(100)) {
+            return error(format!("the last wave must be 100%, got {}", self.waves.last().expect("not empty")));
+        }
+        if self.bake_ms == 0 && !self.emergency && self.waves.len() > 1 {
+            return error("a bake time of 0 is for --emergency changes only, got 0 with waves".into());
+        }
+        if self.bake_ms > MAX_BAKE_MS {
+            return error(format!("bake time must be at most 24h, got {} ms", self.bake_ms));
+        }
+        if self.health_quorum_permille == 0 || self.health_quorum_permille > 1000 {
+            let found = f64::from(self.health_quorum_permille) / 1000.0;
+            return error(format!("health quorum must be in (0, 1], got {found}"));
+        }
+        if self.watch_window_ms > MAX_WATCH_WINDOW_MS {
+            return error(format!("watch window must be at most 7 days, got {} ms", self.watch_window_ms));
+        }
+        if self.emergency && self.waves != [WaveSize::Percent(100)] {
+            return error("an emergency change has one wave of 100%".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `1,10%,50%,100%`.
+pub fn parse_waves(text: &str) -> Result<Vec<WaveSize>, PolicyError> {
+    text.split(',')
+        .map(str::trim)
+        .map(|part| {
+            let parsed = match part.strip_suffix('%') {
+                Some(percent) => percent.parse::<u8>().map(WaveSize::Percent).ok(),
+                None => part.parse::<u32>().map(WaveSize::Count).ok(),
+            };
+            parsed.ok_or_else(|| PolicyError(format!("a wave must be a count (5) or a percentage (10%), got {part:?}")))
+        })
+        .collect()
+}
+
+/// Parses a duration like `30s`, `500ms`, `2m` or `1h` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, PolicyError> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(value) if scale > 0 => Ok(value.saturating_mul(scale)),
+        _ => Err(PolicyError(format!("expected a duration like 30s, 500ms, 2m or 1h, got {text:?}"))),
+    }
+}
+
+/// A control an operator writes about another generation's rollout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// No further wave opens until resumed.
+    Pause { target: GenId },
+    /// Undoes a pause.
+    Resume { target: GenId },
+    /// Opens every wave up to and including `through_wave`, whatever the health.
+    Promote { target: GenId, through_wave: u32 },
+}
+
+impl Control {
+    pub fn target(&self) -> &GenId {
+        match self {
+            Control::Pause { target } | Control::Resume { target } | Control::Promote { target, .. } => target,
+        }
+    }
+}
+
+/// What the controls in the log say about one generation's rollout. Controls fold in
+/// `(hlc, origin, seq)` order: the last pause or resume wins; promotion only grows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Controls {
+    pub paused: bool,
+    pub promoted_through: Option<u32>,
+}
+
+impl Controls {
+    /// Folds one control (in log order).
+    pub fn apply(&mut self, control: &Control) {
+        match control {
+            Control::Pause { .. } => self.paused = true,
+            Control::Resume { .. } => self.paused = false,
+            Control::Promote { through_wave, .. } => {
+                self.promoted_through = Some(self.promoted_through.map_or(*through_wave, |p| p.max(*through_wave)));
+            }
+        }
+    }
+}
+
+/// A node's verdict on a generation it applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Healthy,
+    Inconclusive,
+    Anomalous,
+}
+
+impl Verdict {
+    pub fn as_char(self) -> char {
+        match self {
+            Verdict::Healthy => 'h',
+            Verdict::Inconclusive => 'i',
+            Verdict::Anomalous => 'a',
+        }
+    }
+}
+
+/// What a node reports about one generation: its verdict, and how long ago (on its own
+/// monotonic clock) it applied it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub verdict: Verdict,
+    pub elapsed_ms: u64,
+}
+
+impl fmt::Display for Report {
+    /// The gossip form: `h:12000`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.verdict.as_char(), self.elapsed_ms)
+    }
+}
+
+impl FromStr for Report {
+    type Err = PolicyError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || PolicyError(format!("expected a report like h:12000, got {text:?}"));
+        let (verdict, elapsed) = text.split_once(':').ok_or_else(bad)?;
+        let verdict = match verdict {
+            "h" => Verdict::Healthy,
+            "i" => Verdict::Inconclusive,
+            "a" => Verdict::Anomalous,
+            _ => return Err(bad()),
+        };
+        Ok(Report { verdict, elapsed_ms: elapsed.parse().map_err(|_| bad())? })
+    }
+}
+
+/// The waves of one generation: disjoint, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub waves: Vec<Vec<NodeName>>,
+}
+
+impl Plan {
+    /// The waves of `body`, from its recorded members (and their groups, with `waves_by`).
+    pub fn of(body: &GenerationBody) -> Plan {
+        let policy = &body.change.policy;
+        let mut ranked: Vec<(Vec<u8>, &NodeName)> =
+            body.members.iter().map(|member| (rank(&body.id, member.as_str()), member)).collect();
+        ranked.sort();
+        let ranked: Vec<NodeName> = ranked.into_iter().map(|(_, member)| member.clone()).collect();
+        if policy.emergency || policy.waves.len() == 1 {
+            return Plan { waves: vec![ranked] };
+        }
+        let waves = match &policy.waves_by {
+            Some(_) => grouped(body, &ranked),
+            None => cut(&ranked, &policy.waves),
+        };
+        Plan { waves: waves.into_iter().filter(|wave| !wave.is_empty()).collect() }
+    }
+
+    /// The wave `node` is in: a node that joined after the generation is in the last.
+    pub fn wave_of(&self, node: &NodeName) -> usize {
+        self.waves.iter().position(|wave| wave.contains(node)).unwrap_or(self.waves.len().saturating_sub(1))
+    }
+
+    /// Whether wave `wave` may apply: every earlier wave reached its quorum of healthy
+    /// reports baked for at least the bake time, or was promoted past; and not paused.
+    pub fn is_open(
+        &self,
+        wave: usize,
+        policy: &Policy,
+        controls: Controls,
+        reports: &BTreeMap<NodeName, Report>,
+    ) -> bool {
+        if wave == 0 || controls.promoted_through.is_some_and(|through| through as usize >= wave) {
+            return true;
+        }
+        if controls.paused {
+            return false;
+        }
+        self.waves[..wave.min(self.waves.len())].iter().all(|members| self.baked(members, policy, reports))
+    }
+
+    /// Whether a wave's members report healthy, baked, in at least the quorum.
+    pub fn baked(&self, members: &[NodeName], policy: &Policy, reports: &BTreeMap<NodeName, Report>) -> bool {
+        let needed = (members.len() * policy.health_quorum_permille as usize).div_ceil(1000).max(1);
+        let healthy = members
+            .iter()
+            .filter_map(|member| reports.get(member))
+            .filter(|report| report.verdict == Verdict::Healthy && report.elapsed_ms >= policy.bake_ms)
+            .count();
+        healthy >= needed
+    }
+
+    /// How many waves are open.
+    pub fn open_waves(&self, policy: &Policy, controls: Controls, reports: &BTreeMap<NodeName, Report>) -> usize {
+        (0..self.waves.len()).take_while(|wave| self.is_open(*wave, policy, controls, reports)).count()
+    }
+}
+
+fn rank(id: &GenId, node: &str) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(id.origin.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(id.seq.to_be_bytes());
+    hasher.update(node.as_bytes());
+    hasher.finalize().to_vec()
+}
+
+/// Cuts ranked members by cumulative sizes.
+fn cut(ranked: &[NodeName], waves: &[WaveSize]) -> Vec<Vec<NodeName>> {
+    let mut start = 0;
+    waves
+        .iter()
+        .map(|size| {
+            let end = size.cumulative(ranked.len()).max(start).min(ranked.len());
+            let wave = ranked[start..end].to_vec();
+            start = end;
+            wave
+        })
+        .collect()
+}
+
+/// The canary (the first wave size), then one wave per label value, ordered by rank.
+fn grouped(body: &GenerationBody, ranked: &[NodeName]) -> Vec<Vec<NodeName>> {
+    let canary_size = body.change.policy.waves[0].cumulative(ranked.len()).min(ranked.len());
+    let (canary, rest) = ranked.split_at(canary_size);
+    let group_of = |node: &NodeName| {
+        let index = body.members.iter().position(|m| m == node).expect("ranked from the members");
+        body.groups.get(index).cloned().unwrap_or_default()
+    };
+    let mut groups: BTreeMap<Vec<u8>, Vec<NodeName>> = BTreeMap::new();
+    let mut ranks: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for node in rest {
+        let group = group_of(node);
+        let key = ranks.entry(group.clone()).or_insert_with(|| rank(&body.id, &group)).clone();
+        groups.entry(key).or_default().push(node.clone());
+    }
+    std::iter::once(canary.to_vec()).chain(groups.into_values()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::hlc::Stamp;
+    use crate::model::{Change, Op};
+
+    fn body(members: usize, policy: Policy, groups: Vec<String>) -> GenerationBody {
+        GenerationBody {
+            id: GenId { origin: "n0".parse().unwrap(), seq: 7 },
+            hlc: Stamp::default(),
+            members: (0..members).map(|i| format!("n{i}").parse().unwrap()).collect(),
+            groups,
+            change: Change {
+                ops: vec![Op::PutConfig { key: "k".parse().unwrap(), value: "1".to_owned().try_into().unwrap() }],
+                policy,
+                controls: vec![],
+            },
+        }
+    }
+
+    fn healthy(elapsed_ms: u64) -> Report {
+        Report { verdict: Verdict::Healthy, elapsed_ms }
+    }
+
+    #[test]
+    fn default_waves_on_ten_nodes_are_one_one_three_five() {
+        let plan = Plan::of(&body(10, Policy::default(), vec![]));
+        let sizes: Vec<usize> = plan.waves.iter().map(Vec::len).collect();
+        // 10% of 10 is 1, already the canary: that wave is empty and dropped.
+        assert_eq!(sizes, vec![1, 4, 5]);
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_reason() {
+        let with = |waves: &str| Policy { waves: parse_waves(waves).unwrap(), ..Policy::default() }.validate();
+        assert!(with("50%,10%,100%").unwrap_err().to_string().contains("waves must grow"));
+        assert!(with("1,10%,50%").unwrap_err().to_string().contains("last wave must be 100%"));
+        assert!(parse_waves("1,150%").is_err() || with("1,150%").is_err());
+        assert!(with("1,0%,100%").is_err());
+        assert!(Policy { bake_ms: 0, ..Policy::default() }.validate().unwrap_err().to_string().contains("--emergency"));
+        assert!(Policy { health_quorum_permille: 0, ..Policy::default() }.validate().is_err());
+        assert!(Policy { health_quorum_permille: 1001, ..Policy::default() }.validate().is_err());
+        assert_eq!(Policy::emergency().validate(), Ok(()));
+        assert_eq!(Policy::default().validate(), Ok(()));
+        assert_eq!(parse_duration_ms("2s"), Ok(2_000));
+        assert_eq!(parse_duration_ms("150ms"), Ok(150));
+        assert!(parse_duration_ms("soon").is_err());
+    }
+
+    #[test]
+    fn a_wave_opens_only_on_a_baked_healthy_quorum_of_every_earlier_wave() {
+        let policy = Policy { waves: parse_waves("1,50%,100%").unwrap(), bake_ms: 1_000, ..Policy::default() };
+        let plan = Plan::of(&body(6, policy.clone(), vec![]));
+        assert_eq!(plan.waves.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let canary = plan.waves[0][0].clone();
+        let mut reports = BTreeMap::new();
+        let none = Controls::default();
+        assert!(plan.is_open(0, &policy, none, &reports));
+        assert!(!plan.is_open(1, &policy, none, &reports), "no report is not healthy");
+        reports.insert(canary.clone(), healthy(999));
+        assert!(!plan.is_open(1, &policy, none, &reports), "not baked yet");
+        reports.insert(canary.clone(), Report { verdict: Verdict::Anomalous, elapsed_ms: 5_000 });
+        assert!(!plan.is_open(1, &policy, none, &reports), "anomalous");
+        reports.insert(canary, healthy(1_000));
+        assert!(plan.is_open(1, &policy, none, &reports));
+        assert!(!plan.is_open(2, &policy, none, &reports), "wave 1 has not reported");
+        assert!(!plan.is_open(1, &policy, Controls { paused: true, promoted_through: None }, &reports));
+        assert!(plan.is_open(2, &policy, Controls { paused: true, promoted_through: Some(2) }, &reports));
+        assert_eq!(plan.open_waves(&policy, none, &reports), 2);
+    }
+
+    #[test]
+    fn waves_by_label_put_one_zone_in_each_wave_after_the_canary() {
+        let policy = Policy { waves_by: Some("zone".into()), ..Policy::default() };
+        let groups: Vec<String> = (0..9).map(|i| format!("z{}", i % 3)).collect();
+        let generation = body(9, policy, groups.clone());
+        let plan = Plan::of(&generation);
+        assert_eq!(plan.waves.len(), 4);
+        assert_eq!(plan.waves[0].len(), 1);
+        for wave in &plan.waves[1..] {
+            let zones: std::collections::BTreeSet<&String> =
+                wave.iter().map(|n| &groups[generation.members.iter().position(|m| m == n).unwrap()]).collect();
+            assert_eq!(zones.len(), 1, "{wave:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_node_computes_the_same_waves_covering_every_member_once(
+            members in 1..60usize, seq in 1..1000u64, cut_at in 1..99u8,
+        ) {
+            let policy = Policy { waves: vec![WaveSize::Count(1), WaveSize::Percent(cut_at), WaveSize::Percent(100)], ..Policy::default() };
+            let mut generation = body(members, policy, vec![]);
+            generation.id.seq = seq;
+            let plan = Plan::of(&generation);
+            let mut shuffled = generation.clone();
+            shuffled.members.reverse();
+            prop_assert_eq!(&Plan::of(&shuffled), &plan, "member order must not matter");
+            let mut all: Vec<&NodeName> = plan.waves.iter().flatten().collect();
+            all.sort();
+            all.dedup();
+            prop_assert_eq!(all.len(), members);
+            prop_assert_eq!(plan.waves.iter().map(Vec::len).sum::<usize>(), members);
+            prop_assert_eq!(plan.waves[0].len(), 1);
+        }
+
+        #[test]
+        fn a_silent_wave_never_advances_anything(
+            members in 3..40usize, reporting in proptest::collection::vec(any::<bool>(), 40),
+        ) {
+            let policy = Policy { waves: parse_waves("1,50%,100%").unwrap(), bake_ms: 10, ..Policy::default() };
+            let plan = Plan::of(&body(members, policy.clone(), vec![]));
+            // Only members of wave 1 and later report: the canary is silent.
+            let reports: BTreeMap<NodeName, Report> = plan.waves[1..].iter().flatten()
+                .zip(&reporting).filter(|(_, r)| **r).map(|(n, _)| (n.clone(), healthy(1_000))).collect();
+            for wave in 1..plan.waves.len() {
+                prop_assert!(!plan.is_open(wave, &policy, Controls::default(), &reports));
+            }
+        }
+    }
+}
