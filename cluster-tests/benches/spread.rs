@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use grapevine_cluster_tests::free_port;
-use grapevine_node::config::{Config, RawConfig};
+use grapevine_node::config::{Config, RawConfig, RawRollout};
 use grapevine_node::daemon::{self, RunningNode};
 use grapevine_node::tls;
 use grapevine_proto::GenId;
@@ -57,6 +57,7 @@ impl Grapevine {
                 data: Some(root.join("data")),
                 tls: Some(root.join("tls")),
                 gossip_interval_ms: Some(interval_ms),
+                rollout: Some(RawRollout { waves: Some("100%".into()), ..RawRollout::default() }),
                 ..RawConfig::default()
             };
             nodes.push(daemon::start(Config::try_from(raw)?).await?);

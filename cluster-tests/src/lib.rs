@@ -98,9 +98,14 @@ impl Node {
     pub fn start(&mut self) -> Result<()> {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        // Changes apply everywhere at once unless a test asks for waves: most tests are about
+        // spreading, not rolling out.
+        let config = self.data.with_extension("toml");
+        std::fs::write(&config, "[rollout]\nwaves = \"100%\"\n")?;
         let mut command = self.command();
         command
-            .args(["node", "--name", &self.name])
+            .args(["node".as_ref(), "--config".as_ref(), config.as_os_str()])
+            .args(["--name", &self.name])
             .args(["--listen", &self.gossip.to_string(), "--api", &self.api.to_string()])
             .args(["--data".as_ref(), self.data.as_os_str(), "--tls".as_ref(), self.tls.as_os_str()])
             .env("GRAPEVINE_LOG", "info,chitchat=warn")

@@ -51,6 +51,9 @@ pub enum Command {
     /// Put and read config values.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Watch and steer rollouts: waves, their members' verdicts, pause, resume, promote.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Members of the cluster as a node sees them, with their log summaries.
     Status {
         #[command(flatten)]
@@ -140,6 +143,41 @@ pub enum FlagCommand {
         /// Evaluation context as a JSON object.
         #[arg(long)]
         context: Option<String>,
+        /// The log's latest definition, not yet applied here perhaps.
+        #[arg(long)]
+        desired: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// The waves of a generation (or of the newest ones) and their members' verdicts.
+    Status {
+        /// A generation id like n1.3.
+        generation: Option<String>,
+        /// Redraw every second until every wave is open.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a rollout: no further wave opens.
+    Pause {
+        generation: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Undo a pause.
+    Resume {
+        generation: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Open the next closed wave, whatever its predecessors' health.
+    Promote {
+        generation: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -162,14 +200,32 @@ pub struct FlagSetArgs {
     #[arg(long, value_name = "FLAG.json")]
     pub file: Option<PathBuf>,
     #[command(flatten)]
-    pub wait: WaitArgs,
+    pub change: ChangeArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
-/// How long a change command waits, and for what.
-#[derive(Args, Debug, Clone, Copy)]
-pub struct WaitArgs {
+/// How a change rolls out, and how long the command waits for it.
+#[derive(Args, Debug, Clone)]
+pub struct ChangeArgs {
+    /// Cumulative waves, counts then percents [default: the node's, 1,10%,50%,100%].
+    #[arg(long, value_name = "1,10%,50%,100%", conflicts_with = "emergency")]
+    pub waves: Option<String>,
+    /// How long each wave must report healthy before the next opens, like 30s.
+    #[arg(long, value_name = "DURATION", conflicts_with = "emergency")]
+    pub bake: Option<String>,
+    /// The share of a wave that must report healthy, in (0, 1].
+    #[arg(long, value_name = "Q", conflicts_with = "emergency")]
+    pub health_quorum: Option<f64>,
+    /// How long each node judges the change after applying it, like 10m.
+    #[arg(long, value_name = "DURATION")]
+    pub watch_window: Option<String>,
+    /// After the canary, one wave per value of this label.
+    #[arg(long, value_name = "LABEL", conflicts_with = "emergency")]
+    pub waves_by: Option<String>,
+    /// A kill switch: every node at once, no waves, no bake.
+    #[arg(long)]
+    pub emergency: bool,
     /// Return only once K other nodes hold the change (durable there too).
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub wait_replicas: usize,
@@ -178,7 +234,27 @@ pub struct WaitArgs {
     pub wait_timeout_ms: u64,
 }
 
-impl WaitArgs {
+impl ChangeArgs {
+    /// The query string of the change request.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query =
+            vec![("wait_replicas", self.wait_replicas.to_string()), ("timeout_ms", self.wait_timeout_ms.to_string())];
+        let options = [
+            ("waves", &self.waves),
+            ("bake", &self.bake),
+            ("watch_window", &self.watch_window),
+            ("waves_by", &self.waves_by),
+        ];
+        query.extend(options.into_iter().filter_map(|(name, value)| Some((name, value.clone()?))));
+        if let Some(quorum) = self.health_quorum {
+            query.push(("health_quorum", quorum.to_string()));
+        }
+        if self.emergency {
+            query.push(("emergency", "true".to_owned()));
+        }
+        query
+    }
+
     /// How long the request may take: the node's wait, plus time to answer.
     pub fn request_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.wait_timeout_ms) + std::time::Duration::from_secs(5)
@@ -197,13 +273,16 @@ pub enum ConfigCommand {
         #[arg(long, group = "source")]
         file: Option<PathBuf>,
         #[command(flatten)]
-        wait: WaitArgs,
+        change: ChangeArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Read a config value.
     Get {
         key: String,
+        /// The log's latest value, not yet applied here perhaps.
+        #[arg(long)]
+        desired: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -217,6 +296,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Demo { nodes } => runtime().and_then(|rt| rt.block_on(demo::run(nodes.into()))),
         Command::Flag(command) => runtime().and_then(|rt| rt.block_on(run_flag(command))),
         Command::Config(command) => runtime().and_then(|rt| rt.block_on(run_config(command))),
+        Command::Rollout(command) => runtime().and_then(|rt| rt.block_on(run_rollout(command))),
         Command::Status { client } => with_client(&client, |c| async move { client::status(&c).await }),
         Command::History { limit, client } => with_client(&client, |c| async move { client::history(&c, limit).await }),
     };
@@ -312,7 +392,7 @@ fn install_logging(format: &str) {
 async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
     match command {
         FlagCommand::Set(args) => {
-            let client = Client::with_timeout(&args.client.node, args.client.json, args.wait.request_timeout())?;
+            let client = Client::with_timeout(&args.client.node, args.client.json, args.change.request_timeout())?;
             let request = if args.on || args.off {
                 serde_json::json!({ "on": args.on })
             } else if let Some(variant) = args.variant {
@@ -321,18 +401,18 @@ async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
                 let path = args.file.expect("clap requires one of --on, --off, --variant, --file");
                 serde_json::json!({ "definition": client::read_json_file(&path)? })
             };
-            client::flag_set(&client, &args.key, request, args.wait).await
+            client::flag_set(&client, &args.key, request, &args.change).await
         }
-        FlagCommand::Get { key, context, client } => {
+        FlagCommand::Get { key, context, desired, client } => {
             let context = context.as_deref().map(client::parse_context).transpose()?;
-            client::flag_get(&Client::new(&client.node, client.json)?, &key, context).await
+            client::flag_get(&Client::new(&client.node, client.json)?, &key, context, desired).await
         }
     }
 }
 
 async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
     match command {
-        ConfigCommand::Put { key, value, file, wait, client } => {
+        ConfigCommand::Put { key, value, file, change, client } => {
             let value = match (value, file) {
                 (Some(text), _) => client::parse_json_value(&text, "--value")?,
                 (None, Some(path)) => client::read_json_file(&path)?,
@@ -340,9 +420,24 @@ async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
                     return Err(CliError::Usage("expected --value JSON or --file PATH".into()));
                 }
             };
-            let client = Client::with_timeout(&client.node, client.json, wait.request_timeout())?;
-            client::config_put(&client, &key, value, wait).await
+            let client = Client::with_timeout(&client.node, client.json, change.request_timeout())?;
+            client::config_put(&client, &key, value, &change).await
         }
-        ConfigCommand::Get { key, client } => client::config_get(&Client::new(&client.node, client.json)?, &key).await,
+        ConfigCommand::Get { key, desired, client } => {
+            client::config_get(&Client::new(&client.node, client.json)?, &key, desired).await
+        }
     }
+}
+
+async fn run_rollout(command: RolloutCommand) -> Result<(), CliError> {
+    let (client, generation, action) = match command {
+        RolloutCommand::Status { generation, watch, client } => {
+            let client = Client::new(&client.node, client.json)?;
+            return client::rollout_status(&client, generation.as_deref(), watch).await;
+        }
+        RolloutCommand::Pause { generation, client } => (client, generation, "pause"),
+        RolloutCommand::Resume { generation, client } => (client, generation, "resume"),
+        RolloutCommand::Promote { generation, client } => (client, generation, "promote"),
+    };
+    client::rollout_control(&Client::new(&client.node, client.json)?, &generation, action).await
 }

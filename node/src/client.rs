@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use grapevine_proto::JsonText;
 
-use crate::cli::WaitArgs;
+use crate::cli::ChangeArgs;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -74,8 +74,18 @@ impl Client {
     }
 
     async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+        self.request_with(method, path, &[], body).await
+    }
+
+    async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
+        let mut request = self.http.request(method, &url).query(query);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -157,21 +167,17 @@ fn key_path(key: &str) -> Result<String, CliError> {
 }
 
 /// The query string that makes the node wait for replicas.
-fn wait_query(wait: WaitArgs) -> String {
-    format!("?wait_replicas={}&timeout_ms={}", wait.wait_replicas, wait.wait_timeout_ms)
-}
-
-pub async fn flag_set(client: &Client, key: &str, request: Value, wait: WaitArgs) -> Result<(), CliError> {
-    let path = format!("/v1/flags/{}{}", key_path(key)?, wait_query(wait));
-    let answer = client.request(Method::POST, &path, Some(request)).await?;
+pub async fn flag_set(client: &Client, key: &str, request: Value, change: &ChangeArgs) -> Result<(), CliError> {
+    let path = format!("/v1/flags/{}", key_path(key)?);
+    let answer = client.request_with(Method::POST, &path, &change.query(), Some(request)).await?;
     report_accepted(client, &format!("flag {key}"), &answer);
     Ok(())
 }
 
-pub async fn config_put(client: &Client, key: &str, value: Value, wait: WaitArgs) -> Result<(), CliError> {
+pub async fn config_put(client: &Client, key: &str, value: Value, change: &ChangeArgs) -> Result<(), CliError> {
     let request = serde_json::json!({ "value": value });
-    let path = format!("/v1/config/{}{}", key_path(key)?, wait_query(wait));
-    let answer = client.request(Method::POST, &path, Some(request)).await?;
+    let path = format!("/v1/config/{}", key_path(key)?);
+    let answer = client.request_with(Method::POST, &path, &change.query(), Some(request)).await?;
     report_accepted(client, &format!("config {key}"), &answer);
     Ok(())
 }
@@ -186,9 +192,14 @@ fn report_accepted(client: &Client, what: &str, answer: &Value) {
     }
 }
 
-pub async fn flag_get(client: &Client, key: &str, context: Option<Value>) -> Result<(), CliError> {
+fn read_query(desired: bool) -> Vec<(&'static str, String)> {
+    if desired { vec![("desired", "true".to_owned())] } else { Vec::new() }
+}
+
+pub async fn flag_get(client: &Client, key: &str, context: Option<Value>, desired: bool) -> Result<(), CliError> {
     let body = serde_json::json!({ "context": context.unwrap_or_else(|| serde_json::json!({})) });
-    let answer = client.request(Method::POST, &format!("/v1/flags/{}/evaluate", key_path(key)?), Some(body)).await?;
+    let path = format!("/v1/flags/{}/evaluate", key_path(key)?);
+    let answer = client.request_with(Method::POST, &path, &read_query(desired), Some(body)).await?;
     if client.json {
         let fields = ["key", "value", "variant", "reason", "generation"];
         let shown: serde_json::Map<String, Value> =
@@ -206,8 +217,9 @@ pub async fn flag_get(client: &Client, key: &str, context: Option<Value>) -> Res
     Ok(())
 }
 
-pub async fn config_get(client: &Client, key: &str) -> Result<(), CliError> {
-    let answer = client.request(Method::GET, &format!("/v1/config/{}", key_path(key)?), None).await?;
+pub async fn config_get(client: &Client, key: &str, desired: bool) -> Result<(), CliError> {
+    let path = format!("/v1/config/{}", key_path(key)?);
+    let answer = client.request_with(Method::GET, &path, &read_query(desired), None).await?;
     if client.json {
         print_json(&answer);
     } else {
@@ -276,4 +288,102 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
         println!("{:<14} hlc {:<18} {}", text(generation, "id"), text(generation, "hlc"), ops.join(", "));
     }
     Ok(())
+}
+
+fn generation_path(generation: &str) -> Result<String, CliError> {
+    generation.parse::<grapevine_proto::GenId>().map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(format!("/v1/rollouts/{generation}"))
+}
+
+/// `rollout pause|resume|promote GEN`.
+pub async fn rollout_control(client: &Client, generation: &str, action: &str) -> Result<(), CliError> {
+    let path = format!("{}/{action}", generation_path(generation)?);
+    let answer = client.request(Method::POST, &path, None).await?;
+    report_accepted(client, &format!("{action} of {generation}"), &answer);
+    Ok(())
+}
+
+/// How often `rollout status --watch` redraws.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `rollout status [GEN] [--watch]`.
+pub async fn rollout_status(client: &Client, generation: Option<&str>, watch: bool) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    let path = match generation {
+        Some(generation) => generation_path(generation)?,
+        None => "/v1/rollouts".to_owned(),
+    };
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let answer = client.request(Method::GET, &path, None).await?;
+        let rollouts: Vec<Value> = match answer.get("rollouts").and_then(Value::as_array) {
+            Some(list) => list.clone(),
+            None => vec![answer.clone()],
+        };
+        if client.json {
+            print_json(&answer);
+        } else {
+            if watch && terminal {
+                print!("\x1b[2J\x1b[H");
+            }
+            for rollout in &rollouts {
+                print_rollout(rollout, terminal);
+            }
+            if rollouts.is_empty() {
+                println!("no rollouts in this node's log");
+            }
+        }
+        let done = rollouts.iter().all(|r| r["all_waves_open"] == true);
+        if !watch || done {
+            return Ok(());
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    }
+}
+
+fn print_rollout(rollout: &Value, color: bool) {
+    let paint = |code: &str, text: String| if color { format!("\x1b[{code}m{text}\x1b[0m") } else { text };
+    let policy = &rollout["policy"];
+    let waves: Vec<String> = policy["waves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| match (w.get("Count"), w.get("Percent")) {
+            (Some(count), _) => count.to_string(),
+            (_, Some(percent)) => format!("{percent}%"),
+            _ => w.to_string(),
+        })
+        .collect();
+    let paused = if rollout["controls"]["paused"] == true { paint("33", " PAUSED".into()) } else { String::new() };
+    println!(
+        "{}  {}  waves {}  bake {} ms  quorum {}{paused}",
+        paint("1", text(rollout, "generation").to_owned()),
+        rollout["keys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+        waves.join(","),
+        policy["bake_ms"],
+        policy["health_quorum_permille"].as_u64().map_or(0.0, |q| q as f64 / 1000.0),
+    );
+    for wave in rollout["waves"].as_array().into_iter().flatten() {
+        let members = wave["members"].as_array().cloned().unwrap_or_default();
+        let cells: Vec<String> = members
+            .iter()
+            .map(|member| {
+                let name = text(member, "name").to_owned();
+                match member["report"]["verdict"].as_str() {
+                    Some("healthy") => paint("32", format!("{name} healthy {:.1}s", elapsed_s(member))),
+                    Some("anomalous") => paint("31", format!("{name} ANOMALOUS {:.1}s", elapsed_s(member))),
+                    Some(verdict) => paint("36", format!("{name} {verdict} {:.1}s", elapsed_s(member))),
+                    None => paint("2", format!("{name} waiting")),
+                }
+            })
+            .collect();
+        let applied = members.iter().filter(|m| !m["report"].is_null()).count();
+        let bar: String = (0..members.len()).map(|i| if i < applied { '█' } else { '░' }).collect();
+        let state = if wave["open"] == true { paint("32", "open  ".into()) } else { paint("2", "closed".into()) };
+        println!("  wave {} {state} {bar} {}", wave["index"], cells.join("  "));
+    }
+}
+
+fn elapsed_s(member: &Value) -> f64 {
+    member["report"]["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
 }

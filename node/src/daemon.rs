@@ -20,6 +20,7 @@ use crate::api::{ApiState, router};
 use crate::config::Config;
 use crate::engine::{self, EngineHandle, EngineParts};
 use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS};
+use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::sync::{PUSH_QUEUE_CAPACITY, PeerHoldings, PullRequests, Server, run_puller, run_pusher, run_server};
@@ -61,10 +62,12 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         NodeTls::load(&config.tls).map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
     let store = Arc::new(Store::open(&config.data, &config.name)?);
     let loading = store.clone();
-    let (snapshot, loaded) =
-        tokio::task::spawn_blocking(move || Ok::<_, StoreError>((loading.snapshot()?, loading.load()?)))
-            .await
-            .expect("store task panicked")?;
+    let (snapshot, loaded, released) = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>((loading.snapshot()?, loading.load()?, loading.released()?))
+    })
+    .await
+    .expect("store task panicked")?;
+    let health = Health::new(config.health.clone());
     let api_listener =
         TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
     let api_addr = api_listener.local_addr().map_err(|error| StartError::Api { addr: config.api, error })?;
@@ -105,8 +108,9 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         metrics: metrics.clone(),
         pushes,
         retention: config.retention,
+        health: health.clone(),
     };
-    let (engine, engine_task) = engine::spawn(parts, snapshot, loaded).await;
+    let (engine, engine_task) = engine::spawn(parts, snapshot, loaded, released).await;
 
     let shutdown = CancellationToken::new();
     let holdings = Arc::new(PeerHoldings::default());
@@ -130,8 +134,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     );
     let server = Server { store, engine: engine.clone(), transport: transport.clone(), pulls };
     let server = run_server(server, inboxes.streams, shutdown.clone());
+    let health_task = health::run(health.clone(), gossip.clone(), shutdown.clone());
     let api_state = ApiState {
         holdings,
+        health,
+        default_policy: config.rollout.clone(),
         #[cfg(feature = "testsuite")]
         transport: transport.clone(),
         name: config.name.clone(),
@@ -147,7 +154,14 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             tracing::error!(%error, "API server failed");
         }
     };
-    let tasks = vec![tokio::spawn(puller), tokio::spawn(pusher), tokio::spawn(server), tokio::spawn(api), engine_task];
+    let tasks = vec![
+        tokio::spawn(puller),
+        tokio::spawn(pusher),
+        tokio::spawn(server),
+        tokio::spawn(api),
+        tokio::spawn(health_task),
+        engine_task,
+    ];
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
     Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, engine, tasks })
 }

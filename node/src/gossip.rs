@@ -20,7 +20,8 @@ use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage, Deserializable, FailureDetectorConfig, ListenerHandle,
     NodeState, Serializable, spawn_chitchat,
 };
-use grapevine_proto::{NodeName, VersionVector};
+use grapevine_proto::rollout::Report;
+use grapevine_proto::{GenId, NodeName, VersionVector};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
@@ -34,6 +35,8 @@ pub const KEY_GENERATIONS: &str = "generations";
 pub const KEY_APPLIED: &str = "applied";
 pub const KEY_DIGEST: &str = "digest";
 pub const PREFIX_VERSION_VECTOR: &str = "vv.";
+/// `rep.<generation>` = this node's report on a generation it applied (`h:12000`).
+pub const PREFIX_REPORT: &str = "rep.";
 
 /// Gossip messages waiting to be sent to one peer. chitchat sends a few per round; a full
 /// queue means the peer is unreachable or slow, and the message is dropped as UDP would.
@@ -92,8 +95,9 @@ pub struct Member {
 pub struct Gossip {
     handle: ChitchatHandle,
     version_vectors_changed: Arc<Notify>,
-    /// Keeps the subscription that feeds `version_vectors_changed` alive.
-    _listener: ListenerHandle,
+    reports_changed: Arc<Notify>,
+    /// Keep the subscriptions that feed the notifications alive.
+    _listeners: [ListenerHandle; 2],
 }
 
 impl Gossip {
@@ -120,14 +124,18 @@ impl Gossip {
         // chitchat refreshes its live-node watcher once per round only; a key event fires as
         // soon as a delta is applied, so a peer's new generation is pulled without waiting.
         let version_vectors_changed = Arc::new(Notify::new());
-        let notify = version_vectors_changed.clone();
-        let listener = handle
-            .with_chitchat(|chitchat| {
+        let reports_changed = Arc::new(Notify::new());
+        let subscribe = |prefix: &'static str, notify: Arc<Notify>| {
+            handle.with_chitchat(move |chitchat| {
                 let notify = notify.clone();
-                chitchat.subscribe_event(PREFIX_VERSION_VECTOR, move |_| notify.notify_one())
+                chitchat.subscribe_event(prefix, move |_| notify.notify_one())
             })
-            .await;
-        Ok(Gossip { handle, version_vectors_changed, _listener: listener })
+        };
+        let listeners = [
+            subscribe(PREFIX_VERSION_VECTOR, version_vectors_changed.clone()).await,
+            subscribe(PREFIX_REPORT, reports_changed.clone()).await,
+        ];
+        Ok(Gossip { handle, version_vectors_changed, reports_changed, _listeners: listeners })
     }
 
     /// Sets keys of this node's state.
@@ -145,6 +153,69 @@ impl Gossip {
     /// Notified whenever a peer's version vector changes.
     pub fn version_vectors_changed(&self) -> Arc<Notify> {
         self.version_vectors_changed.clone()
+    }
+
+    /// Notified whenever a peer's report changes.
+    pub fn reports_changed(&self) -> Arc<Notify> {
+        self.reports_changed.clone()
+    }
+
+    /// Publishes this node's reports.
+    pub async fn publish_reports(&self, reports: &BTreeMap<GenId, Report>) {
+        let keys = reports.iter().map(|(id, report)| (format!("{PREFIX_REPORT}{id}"), report.to_string())).collect();
+        self.set_keys(keys).await;
+    }
+
+    /// Withdraws this node's reports on generations it no longer judges.
+    pub async fn delete_reports(&self, generations: &[GenId]) {
+        if generations.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = generations.iter().map(|id| format!("{PREFIX_REPORT}{id}")).collect();
+        self.handle
+            .with_chitchat(move |chitchat| {
+                let state = chitchat.self_node_state();
+                for key in &keys {
+                    if state.contains_key(key) {
+                        state.delete(key);
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// The reports of live members (this node included) on `generation`. Dead members'
+    /// reports are left out: a silent node never counts as healthy.
+    pub async fn reports_for(&self, generation: &GenId) -> BTreeMap<NodeName, Report> {
+        let key = format!("{PREFIX_REPORT}{generation}");
+        self.handle
+            .with_chitchat(|chitchat| {
+                chitchat
+                    .live_nodes()
+                    .filter_map(|id| {
+                        let report = chitchat.node_state(id)?.get(&key)?.parse::<Report>().ok()?;
+                        Some((id.node_id.parse::<NodeName>().ok()?, report))
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Each live member's value of label `label` (members without it are left out).
+    pub async fn live_label(&self, label: &str) -> BTreeMap<NodeName, String> {
+        self.handle
+            .with_chitchat(|chitchat| {
+                chitchat
+                    .live_nodes()
+                    .filter_map(|id| {
+                        let labels = chitchat.node_state(id)?.get(KEY_LABELS)?.to_owned();
+                        let value =
+                            labels.split(',').find_map(|pair| pair.strip_prefix(&format!("{label}=")))?.to_owned();
+                        Some((id.node_id.parse::<NodeName>().ok()?, value))
+                    })
+                    .collect()
+            })
+            .await
     }
 
     /// Live peers (this node excluded) with their advertised version vectors.

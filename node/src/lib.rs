@@ -13,6 +13,7 @@ pub mod engine;
 #[cfg(feature = "testsuite")]
 pub mod faults;
 pub mod gossip;
+pub mod health;
 pub mod metrics;
 pub mod store;
 pub mod sync;

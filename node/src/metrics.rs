@@ -58,6 +58,8 @@ pub struct Metrics {
     pub generations_known: Gauge,
     /// Generations folded into the snapshot by compaction.
     pub generations_compacted: Counter,
+    /// Generations released to (applied on) this node by their rollout gate.
+    pub generations_applied: Counter,
     /// Members of the cluster in this node's view, by state (`alive`, `dead`).
     pub members: Family<Reason, Gauge>,
     /// Generations received with the same id as a stored one but other content.
@@ -86,6 +88,7 @@ impl Metrics {
             changes: Family::default(),
             generations_known: Gauge::default(),
             generations_compacted: Counter::default(),
+            generations_applied: Counter::default(),
             members: Family::default(),
             generation_conflicts: Counter::default(),
             clock_offset_refusals: Counter::default(),
@@ -113,6 +116,16 @@ impl Metrics {
         r.register("peer_malformed", "Malformed traffic from peers dropped, by kind", metrics.peer_malformed.clone());
         r.register("changes", "Changes submitted to this node, by outcome", metrics.changes.clone());
         r.register("generations_known", "Generations in the local log", metrics.generations_known.clone());
+        r.register(
+            "generations_compacted",
+            "Generations folded into the snapshot",
+            metrics.generations_compacted.clone(),
+        );
+        r.register(
+            "generations_applied",
+            "Generations applied here by their rollout gate",
+            metrics.generations_applied.clone(),
+        );
         r.register(
             "generations_compacted",
             "Generations folded into the snapshot",

@@ -5,6 +5,7 @@
 //! process on the same data directory is refused at start. Every record is checked against its
 //! content hash when loaded; the applied state is not stored, it is the fold of the log.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use grapevine_proto::validate::{validate_generation, validate_snapshot};
@@ -14,6 +15,9 @@ use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
 /// Generations by `(origin, seq)`, each the versioned encoding of a [`Generation`].
 const GENERATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("generations");
+/// Generations released to this node (applied), so a restart does not take them back while
+/// the reports that opened their gates are still on their way.
+const RELEASED: TableDefinition<(&str, u64), ()> = TableDefinition::new("released");
 /// The snapshot of compacted generations, under [`SNAPSHOT_KEY`].
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const SNAPSHOT_KEY: &str = "base";
@@ -88,6 +92,7 @@ impl Store {
             }
             txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
             txn.open_table(SNAPSHOTS).map_err(|x| e(x.into()))?;
+            txn.open_table(RELEASED).map_err(|x| e(x.into()))?;
         }
         txn.commit().map_err(|x| e(x.into()))
     }
@@ -115,11 +120,42 @@ impl Store {
             let mut snapshots = txn.open_table(SNAPSHOTS).map_err(|x| e(x.into()))?;
             snapshots.insert(SNAPSHOT_KEY, encode(snapshot).as_slice()).map_err(|x| e(x.into()))?;
             let mut table = txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
+            let mut released = txn.open_table(RELEASED).map_err(|x| e(x.into()))?;
             for id in covered {
                 table.remove((id.origin.as_str(), id.seq)).map_err(|x| e(x.into()))?;
+                released.remove((id.origin.as_str(), id.seq)).map_err(|x| e(x.into()))?;
             }
         }
         txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// Records generations as released to this node, durably.
+    pub fn release(&self, ids: &[GenId]) -> Result<(), StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut table = txn.open_table(RELEASED).map_err(|x| e(x.into()))?;
+            for id in ids {
+                table.insert((id.origin.as_str(), id.seq), ()).map_err(|x| e(x.into()))?;
+            }
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// The generations released to this node.
+    pub fn released(&self) -> Result<BTreeSet<GenId>, StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(RELEASED).map_err(|x| e(x.into()))?;
+        let mut released = BTreeSet::new();
+        for row in table.iter().map_err(|x| e(x.into()))? {
+            let (key, _) = row.map_err(|x| e(x.into()))?;
+            let (origin, seq) = key.value();
+            if let Ok(origin) = origin.parse::<NodeName>() {
+                released.insert(GenId { origin, seq });
+            }
+        }
+        Ok(released)
     }
 
     /// Every stored generation, each checked against its hash and validated.

@@ -7,6 +7,7 @@
 //! queue. It also compacts: generations outside the retention that every live peer holds are
 //! folded into the snapshot.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, version_vector_keys};
+use crate::health::Health;
 use crate::metrics::{Metrics, WarnLimiter};
 use crate::store::{Store, StoreError};
 use crate::sync::PushJob;
@@ -35,10 +37,22 @@ const COMPACTION_CHECK: Duration = Duration::from_secs(10);
 /// sync task; a full queue makes them wait, which is the back-pressure we want.
 const COMMAND_QUEUE_CAPACITY: usize = 256;
 
-/// What readers see: the applied state and a summary of the log, replaced as a whole.
+mod release;
+
+pub use release::{MemberView, RolloutView, WaveView};
+
+/// How often the engine re-checks the gates of generations not yet released here, besides
+/// whenever a peer's report changes.
+const RELEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// What readers see: the applied and desired states and a summary of the log, replaced as
+/// a whole.
 #[derive(Debug, Default)]
 pub struct View {
+    /// The fold of the generations released to this node: what applications get.
     pub state: AppliedState,
+    /// The fold of the whole log: what the node will apply once every rollout is done.
+    pub desired: AppliedState,
     pub version_vector: VersionVector,
     /// Generations held whole.
     pub generations: usize,
@@ -65,6 +79,7 @@ enum Command {
     Ingest { generations: Vec<Generation>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
     AbsorbSnapshot { snapshot: Snapshot, reply: oneshot::Sender<bool> },
     History { reply: oneshot::Sender<Vec<Generation>> },
+    Rollout { id: GenId, reply: oneshot::Sender<Option<RolloutView>> },
 }
 
 /// A handle to the engine; cheap to clone.
@@ -103,6 +118,13 @@ impl EngineHandle {
         response.await.unwrap_or(false)
     }
 
+    /// The rollout of a generation held whole, as this node sees it.
+    pub async fn rollout(&self, id: GenId) -> Option<RolloutView> {
+        let (reply, response) = oneshot::channel();
+        self.commands.send(Command::Rollout { id, reply }).await.ok()?;
+        response.await.ok().flatten()
+    }
+
     /// Every generation of the log held whole, in `(hlc, origin, seq)` order.
     pub async fn history(&self) -> Vec<Generation> {
         let (reply, response) = oneshot::channel();
@@ -136,12 +158,17 @@ pub struct EngineParts {
     pub pushes: mpsc::Sender<PushJob>,
     /// How much history stays whole before compaction.
     pub retention: Retention,
+    /// Judges the generations this node applies.
+    pub health: Health,
 }
 
 struct Engine {
     parts: EngineParts,
     log: Log,
+    /// Generations released to (applied on) this node.
+    released: BTreeSet<GenId>,
     state: AppliedState,
+    desired: AppliedState,
     clock: Clock,
     view: watch::Sender<Arc<View>>,
     warnings: WarnLimiter,
@@ -149,7 +176,12 @@ struct Engine {
 
 /// Starts the engine over the generations loaded from the store. The task ends when every
 /// handle is dropped; it holds the store until then.
-pub async fn spawn(parts: EngineParts, snapshot: Snapshot, loaded: Vec<Generation>) -> (EngineHandle, JoinHandle<()>) {
+pub async fn spawn(
+    parts: EngineParts,
+    snapshot: Snapshot,
+    loaded: Vec<Generation>,
+    released: BTreeSet<GenId>,
+) -> (EngineHandle, JoinHandle<()>) {
     let mut log = Log::new();
     log.absorb_snapshot(&snapshot);
     let mut clock = Clock::new(parts.max_clock_offset_ms);
@@ -162,12 +194,14 @@ pub async fn spawn(parts: EngineParts, snapshot: Snapshot, loaded: Vec<Generatio
         let _ = clock.observe(generation.body.hlc, physical);
         log.insert(generation);
     }
-    let state = AppliedState::fold_from(log.base(), log.iter());
+    let state = release::applied_state(&log, &released);
+    let desired = AppliedState::fold_from(log.base(), log.iter());
     let (view, view_receiver) = watch::channel(Arc::new(View::default()));
     let (commands, queue) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
-    let engine =
-        Engine { parts, log, state, clock, view, warnings: WarnLimiter::new(std::time::Duration::from_secs(30)) };
+    let warnings = WarnLimiter::new(Duration::from_secs(30));
+    let mut engine = Engine { parts, log, released, state, desired, clock, view, warnings };
     engine.publish().await;
+    engine.release_pass().await;
     let task = tokio::spawn(engine.run(queue));
     (EngineHandle { commands, view: view_receiver }, task)
 }
@@ -180,6 +214,8 @@ fn now_ms(skew_ms: i64) -> u64 {
 impl Engine {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         let mut compaction = tokio::time::interval(COMPACTION_CHECK);
+        let mut release = tokio::time::interval(RELEASE_CHECK);
+        let reports_changed = self.parts.gossip.reports_changed();
         loop {
             let command = tokio::select! {
                 command = queue.recv() => match command { Some(command) => command, None => return },
@@ -187,18 +223,32 @@ impl Engine {
                     self.compact().await;
                     continue;
                 }
+                _ = release.tick() => {
+                    self.release_pass().await;
+                    continue;
+                }
+                _ = reports_changed.notified() => {
+                    self.release_pass().await;
+                    continue;
+                }
             };
             match command {
                 Command::AbsorbSnapshot { snapshot, reply } => {
                     let _ = reply.send(self.absorb_snapshot(snapshot).await);
+                    self.release_pass().await;
                 }
                 Command::Submit { change, reply } => {
                     let _ = reply.send(self.submit(change).await);
+                    self.release_pass().await;
                     self.compact_if_over_retention().await;
                 }
                 Command::Ingest { generations, from, reply } => {
                     let _ = reply.send(self.ingest(generations, from).await);
+                    self.release_pass().await;
                     self.compact_if_over_retention().await;
+                }
+                Command::Rollout { id, reply } => {
+                    let _ = reply.send(self.rollout(&id).await);
                 }
                 Command::History { reply } => {
                     let mut generations: Vec<Generation> = self.log.iter().cloned().collect();
@@ -212,11 +262,13 @@ impl Engine {
     async fn submit(&mut self, change: Change) -> Result<Generation, SubmitError> {
         validate_change(&change)?;
         let members = self.parts.gossip.live_names().await;
+        let groups = self.groups_of(&members, &change).await?;
         let name = self.parts.name.clone();
         let body = GenerationBody {
-            id: grapevine_proto::GenId { seq: self.log.next_seq(&name), origin: name },
+            id: GenId { seq: self.log.next_seq(&name), origin: name },
             hlc: self.clock.tick(now_ms(self.parts.clock_skew_ms)),
             members,
+            groups,
             change,
         };
         let generation = body.seal();
@@ -280,6 +332,18 @@ impl Engine {
         count
     }
 
+    /// With a `waves_by` policy, each member's value of the label (empty for members without
+    /// it); a label no live member has is refused.
+    async fn groups_of(&self, members: &[NodeName], change: &Change) -> Result<Vec<String>, SubmitError> {
+        let Some(label) = &change.policy.waves_by else { return Ok(Vec::new()) };
+        let values = self.parts.gossip.live_label(label).await;
+        if values.is_empty() {
+            let detail = format!("--waves-by {label:?}: no live member has that label");
+            return Err(ValidationError::Policy { detail }.into());
+        }
+        Ok(members.iter().map(|member| values.get(member).cloned().unwrap_or_default()).collect())
+    }
+
     async fn compact_if_over_retention(&mut self) {
         if self.log.len() > self.parts.retention.generations {
             self.compact().await;
@@ -293,7 +357,12 @@ impl Engine {
             self.parts.gossip.peer_version_vectors().await.into_iter().map(|(_, vector)| vector).collect();
         let now = now_ms(self.parts.clock_skew_ms);
         let mut compacted = self.log.clone();
-        let covered = compacted.compact(compactable(&self.log, self.parts.retention, now, &peers));
+        let covered = {
+            // Only what this node has applied folds away: the snapshot is applied state.
+            let mut eligible = compactable(&self.log, self.parts.retention, now, &peers);
+            let released = &self.released;
+            compacted.compact(|g| released.contains(g.id()) && eligible(g))
+        };
         if covered.is_empty() {
             return;
         }
@@ -325,7 +394,8 @@ impl Engine {
         if !self.commit_snapshot(absorbed, covered).await {
             return false;
         }
-        self.state = AppliedState::fold_from(self.log.base(), self.log.iter());
+        self.state = release::applied_state(&self.log, &self.released);
+        self.desired = AppliedState::fold_from(self.log.base(), self.log.iter());
         self.publish().await;
         true
     }
@@ -365,8 +435,9 @@ impl Engine {
     }
 
     /// Adds a generation checked to be new (not in the log, not repeated in its batch).
+    /// Adds a generation to the log and the desired state; the gate decides when it applies.
     fn apply(&mut self, generation: Generation) {
-        self.state.apply(&generation);
+        self.desired.apply(&generation);
         let outcome = self.log.insert(generation);
         debug_assert_eq!(outcome, InsertOutcome::Inserted);
     }
@@ -374,6 +445,7 @@ impl Engine {
     async fn publish(&self) {
         let view = View {
             state: self.state.clone(),
+            desired: self.desired.clone(),
             version_vector: self.log.version_vector().clone(),
             generations: self.log.len(),
             compacted: self.log.base().covers().total(),

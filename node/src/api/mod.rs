@@ -15,15 +15,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use grapevine_proto::eval::{FlagDefinition, FlagState};
 use grapevine_proto::limits::{MAX_MEMBERS, MAX_VALUE_BYTES};
+use grapevine_proto::rollout::{Policy, PolicyError, parse_duration_ms, parse_waves};
 use grapevine_proto::{Change, Generation, JsonText, Key, NodeName, Op, ValidationError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::config::quorum_permille;
 use crate::engine::{EngineHandle, SubmitError, short_digest};
 use crate::gossip::Gossip;
+use crate::health::Health;
 use crate::metrics::{Metrics, reason};
 use crate::sync::PeerHoldings;
+
+mod rollout;
 
 /// Largest request body. A value at its 4 MiB limit may grow when JSON-escaped inside a
 /// request; twice the limit covers any escaping short of pathological.
@@ -40,6 +45,9 @@ pub struct ApiState {
     pub gossip: Arc<Gossip>,
     pub metrics: Arc<Metrics>,
     pub holdings: Arc<PeerHoldings>,
+    pub health: Health,
+    /// The policy of a change that names none (`[rollout]` in the node config).
+    pub default_policy: Policy,
     /// The transport, whose link filter the test endpoints set.
     #[cfg(feature = "testsuite")]
     pub transport: crate::transport::Transport,
@@ -57,6 +65,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/flags/{key}", get(get_flag).post(set_flag))
         .route("/v1/flags/{key}/evaluate", post(evaluate_flag))
         .route("/v1/config/{key}", get(get_config).post(put_config))
+        .route("/v1/health", post(rollout::push_health))
+        .route("/v1/rollouts", get(rollout::list))
+        .route("/v1/rollouts/{generation}", get(rollout::show))
+        .route("/v1/rollouts/{generation}/{action}", post(rollout::control))
         .fallback(|| async { ApiError::not_found("no such endpoint (see docs/api.md)") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
         .with_state(state)
@@ -164,6 +176,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
         "version_vector": view.version_vector.iter().map(|(o, s)| (o.to_string(), s)).collect::<std::collections::BTreeMap<_, _>>(),
         "applied": view.state.latest().map(ToString::to_string),
         "state_digest": short_digest(&view.state),
+        "health": state.health.sources(),
         "members": members,
     })))
 }
@@ -250,13 +263,45 @@ fn count_change(state: &ApiState, result: ApiResult<Value>) -> ApiResult<Value> 
     result
 }
 
-/// `?wait_replicas=K&timeout_ms=T` on a change: answer only once K other nodes hold it.
+/// The query of a change: its rollout policy over the node's default (`waves`, `bake`,
+/// `health_quorum`, `watch_window`, `waves_by`, `emergency`), and `wait_replicas=K&timeout_ms=T`
+/// to answer only once K other nodes hold it.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct WaitQuery {
+pub struct ChangeQuery {
     #[serde(default)]
     wait_replicas: usize,
     timeout_ms: Option<u64>,
+    waves: Option<String>,
+    bake: Option<String>,
+    health_quorum: Option<f64>,
+    watch_window: Option<String>,
+    waves_by: Option<String>,
+    #[serde(default)]
+    emergency: bool,
+}
+
+impl ChangeQuery {
+    /// The policy the query asks for, checked.
+    fn policy(&self, default: &Policy) -> Result<Policy, ApiError> {
+        let refused = |error: PolicyError| ApiError::bad_request(ValidationError::Policy { detail: error.0 });
+        let mut policy = if self.emergency { Policy::emergency() } else { default.clone() };
+        if let Some(waves) = &self.waves {
+            policy.waves = parse_waves(waves).map_err(refused)?;
+        }
+        if let Some(bake) = &self.bake {
+            policy.bake_ms = parse_duration_ms(bake).map_err(refused)?;
+        }
+        if let Some(quorum) = self.health_quorum {
+            policy.health_quorum_permille = quorum_permille(quorum).map_err(refused)?;
+        }
+        if let Some(window) = &self.watch_window {
+            policy.watch_window_ms = parse_duration_ms(window).map_err(refused)?;
+        }
+        policy.waves_by = self.waves_by.clone();
+        policy.validate().map_err(refused)?;
+        Ok(policy)
+    }
 }
 
 /// How long a change waits for replicas unless the request says otherwise.
@@ -267,7 +312,13 @@ const MAX_REPLICA_TIMEOUT: Duration = Duration::from_secs(600);
 const REPLICA_POLL: Duration = Duration::from_millis(5);
 
 /// Submits a one-operation change and, if asked, waits until enough peers hold it.
-async fn submit(state: &ApiState, op: Op, wait: &WaitQuery) -> ApiResult<Value> {
+async fn submit(state: &ApiState, op: Op, wait: &ChangeQuery) -> ApiResult<Value> {
+    let change = Change { ops: vec![op], policy: wait.policy(&state.default_policy)?, controls: Vec::new() };
+    submit_change(state, change, wait).await
+}
+
+/// Submits a change and, if asked, waits until enough peers hold it.
+pub(crate) async fn submit_change(state: &ApiState, change: Change, wait: &ChangeQuery) -> ApiResult<Value> {
     if wait.wait_replicas > MAX_MEMBERS {
         return Err(ApiError::bad_request(format!(
             "wait_replicas must be at most {MAX_MEMBERS} (the member ceiling), got {}",
@@ -275,7 +326,7 @@ async fn submit(state: &ApiState, op: Op, wait: &WaitQuery) -> ApiResult<Value> 
         )));
     }
     let timeout = wait.timeout_ms.map_or(DEFAULT_REPLICA_TIMEOUT, Duration::from_millis).min(MAX_REPLICA_TIMEOUT);
-    let generation = state.engine.submit(Change { ops: vec![op] }).await?;
+    let generation = state.engine.submit(change).await?;
     let id = generation.id();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut replicas = state.holdings.count_holding(state.gossip.peer_version_vectors().await, id);
@@ -302,14 +353,14 @@ async fn submit(state: &ApiState, op: Op, wait: &WaitQuery) -> ApiResult<Value> 
 async fn set_flag(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    Query(wait): Query<WaitQuery>,
+    Query(wait): Query<ChangeQuery>,
     body: Bytes,
 ) -> ApiResult<Value> {
     let result = set_flag_change(&state, key, &wait, body).await;
     count_change(&state, result)
 }
 
-async fn set_flag_change(state: &ApiState, key: String, wait: &WaitQuery, body: Bytes) -> ApiResult<Value> {
+async fn set_flag_change(state: &ApiState, key: String, wait: &ChangeQuery, body: Bytes) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request: FlagSetRequest = parse_body(&body, r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#)?;
     let current = state.engine.view().state.flags.get(&key).map(|entry| entry.value.clone());
@@ -354,10 +405,22 @@ fn switch_boolean(key: &Key, current: Option<FlagDefinition>, on: bool) -> Resul
     Ok(flag)
 }
 
-fn flag_answer(state: &ApiState, key: &Key, context: &serde_json::Map<String, Value>) -> Result<Value, ApiError> {
+/// `?desired=true` on a read: the log's latest value instead of the applied one.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    #[serde(default)]
+    desired: bool,
+}
+
+fn flag_answer(
+    state: &ApiState,
+    key: &Key,
+    context: &serde_json::Map<String, Value>,
+    read: &ReadQuery,
+) -> Result<Value, ApiError> {
     let view = state.engine.view();
-    let entry = view
-        .state
+    let entry = if read.desired { &view.desired } else { &view.state }
         .flags
         .get(key)
         .ok_or_else(|| ApiError::not_found(format!("flag \"{key}\" not found on node {}", state.name)))?;
@@ -372,8 +435,12 @@ fn flag_answer(state: &ApiState, key: &Key, context: &serde_json::Map<String, Va
     }))
 }
 
-async fn get_flag(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult<Value> {
-    Ok(Json(flag_answer(&state, &parse_key(key)?, &Default::default())?))
+async fn get_flag(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    Query(read): Query<ReadQuery>,
+) -> ApiResult<Value> {
+    Ok(Json(flag_answer(&state, &parse_key(key)?, &Default::default(), &read)?))
 }
 
 #[derive(Deserialize)]
@@ -383,14 +450,19 @@ struct EvaluateRequest {
     context: serde_json::Map<String, Value>,
 }
 
-async fn evaluate_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> ApiResult<Value> {
+async fn evaluate_flag(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    Query(read): Query<ReadQuery>,
+    body: Bytes,
+) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request = if body.is_empty() {
         EvaluateRequest { context: Default::default() }
     } else {
         parse_body(&body, r#"{"context": {...}}"#)?
     };
-    Ok(Json(flag_answer(&state, &key, &request.context)?))
+    Ok(Json(flag_answer(&state, &key, &request.context, &read)?))
 }
 
 #[derive(Deserialize)]
@@ -402,24 +474,27 @@ struct ConfigPutRequest {
 async fn put_config(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    Query(wait): Query<WaitQuery>,
+    Query(wait): Query<ChangeQuery>,
     body: Bytes,
 ) -> ApiResult<Value> {
     let result = put_config_change(&state, key, &wait, body).await;
     count_change(&state, result)
 }
 
-async fn put_config_change(state: &ApiState, key: String, wait: &WaitQuery, body: Bytes) -> ApiResult<Value> {
+async fn put_config_change(state: &ApiState, key: String, wait: &ChangeQuery, body: Bytes) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request: ConfigPutRequest = parse_body(&body, r#"{"value": <JSON value>}"#)?;
     submit(state, Op::PutConfig { key, value: JsonText::from_value(&request.value)? }, wait).await
 }
 
-async fn get_config(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult<Value> {
+async fn get_config(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    Query(read): Query<ReadQuery>,
+) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let view = state.engine.view();
-    let entry = view
-        .state
+    let entry = if read.desired { &view.desired } else { &view.state }
         .config
         .get(&key)
         .ok_or_else(|| ApiError::not_found(format!("config \"{key}\" not found on node {}", state.name)))?;

@@ -1,0 +1,88 @@
+//! Rollout endpoints: the waves of a generation as this node sees them, the operator's
+//! controls (each one a generation in the log), and the push health source.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use grapevine_proto::rollout::{Control, Policy};
+use grapevine_proto::{Change, GenId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiResult, ApiState, ChangeQuery, parse_body, submit_change};
+use crate::health::Sample;
+
+/// Rollouts `GET /v1/rollouts` lists unless asked for more.
+const DEFAULT_ROLLOUTS: usize = 10;
+/// The most rollouts one list returns.
+const MAX_ROLLOUTS: usize = 100;
+
+fn generation_id(text: &str) -> Result<GenId, ApiError> {
+    Ok(text.parse::<GenId>()?)
+}
+
+/// `POST /v1/health`: an application's counts since its previous push.
+pub async fn push_health(State(state): State<ApiState>, body: Bytes) -> ApiResult<Value> {
+    if !state.health.accepts_push() {
+        return Err(ApiError::bad_request(
+            "push is not a health source of this node (set `push = true` under [health] in its config)",
+        ));
+    }
+    let sample: Sample = parse_body(&body, r#"{"requests": N, "errors": M, "latency_p99_ms": X}"#)?;
+    if sample.errors > sample.requests {
+        let message = format!("errors ({}) cannot exceed requests ({})", sample.errors, sample.requests);
+        return Err(ApiError::bad_request(message));
+    }
+    state.health.record(sample);
+    Ok(Json(json!({ "ok": true })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/rollouts`: the newest generations held whole, with their waves.
+pub async fn list(State(state): State<ApiState>, Query(query): Query<ListQuery>) -> ApiResult<Value> {
+    let limit = query.limit.unwrap_or(DEFAULT_ROLLOUTS).min(MAX_ROLLOUTS);
+    let history = state.engine.history().await;
+    let mut rollouts = Vec::new();
+    for generation in history.iter().rev().filter(|g| !g.body.change.ops.is_empty()).take(limit) {
+        if let Some(view) = state.engine.rollout(generation.id().clone()).await {
+            rollouts.push(view);
+        }
+    }
+    Ok(Json(json!({ "node": state.name, "rollouts": rollouts })))
+}
+
+/// `GET /v1/rollouts/{generation}`.
+pub async fn show(State(state): State<ApiState>, Path(generation): Path<String>) -> ApiResult<Value> {
+    let id = generation_id(&generation)?;
+    let view = state.engine.rollout(id.clone()).await.ok_or_else(|| {
+        ApiError::not_found(format!("generation {id} is not in the log of node {} (or is compacted)", state.name))
+    })?;
+    Ok(Json(serde_json::to_value(view).expect("a rollout view always serializes")))
+}
+
+/// `POST /v1/rollouts/{generation}/{pause|resume|promote}`: writes the control as a
+/// generation of its own (emergency policy: controls apply everywhere at once).
+pub async fn control(
+    State(state): State<ApiState>,
+    Path((generation, action)): Path<(String, String)>,
+    Query(wait): Query<ChangeQuery>,
+) -> ApiResult<Value> {
+    let target = generation_id(&generation)?;
+    let view = state.engine.rollout(target.clone()).await.ok_or_else(|| {
+        ApiError::not_found(format!("generation {target} is not in the log of node {} (or is compacted)", state.name))
+    })?;
+    let control = match action.as_str() {
+        "pause" => Control::Pause { target },
+        "resume" => Control::Resume { target },
+        // Opens the first wave still closed in this node's view.
+        "promote" => Control::Promote { target, through_wave: view.open_waves as u32 },
+        other => return Err(ApiError::not_found(format!("expected pause, resume or promote, got {other:?}"))),
+    };
+    let change = Change { ops: Vec::new(), policy: Policy::emergency(), controls: vec![control] };
+    submit_change(&state, change, &wait).await
+}

@@ -1,0 +1,140 @@
+//! Releases: which generations of the log this node applies, decided by `proto::rollout`'s
+//! gate from the generation's waves, the controls in the log, and the reports in gossip.
+//!
+//! A released generation stays released (it is recorded in the store), so a restart never
+//! takes back what the node applied while the reports that opened the gate are still on
+//! their way. The applied state is the fold of the snapshot and the released generations;
+//! the desired state is the fold of the whole log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use grapevine_proto::rollout::{Controls, Plan, Report};
+use grapevine_proto::{AppliedState, GenId, Generation, Log, NodeName};
+use serde::Serialize;
+use tracing::{error, info};
+
+use super::Engine;
+
+/// What `rollout status` shows about one generation, as this node sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RolloutView {
+    pub generation: String,
+    pub keys: Vec<String>,
+    pub policy: grapevine_proto::rollout::Policy,
+    pub controls: Controls,
+    pub waves: Vec<WaveView>,
+    /// Waves open in this node's view.
+    pub open_waves: usize,
+    /// Whether every wave is open in this node's view.
+    pub all_waves_open: bool,
+}
+
+/// One wave of a rollout.
+#[derive(Clone, Debug, Serialize)]
+pub struct WaveView {
+    pub index: usize,
+    pub open: bool,
+    pub members: Vec<MemberView>,
+}
+
+/// One member of a wave: its report, if any.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberView {
+    pub name: NodeName,
+    pub report: Option<Report>,
+}
+
+/// The controls of every generation, folded from the log in `(hlc, origin, seq)` order.
+pub(super) fn controls_of(log: &Log) -> BTreeMap<GenId, Controls> {
+    let mut generations: Vec<&Generation> = log.iter().filter(|g| !g.body.change.controls.is_empty()).collect();
+    generations.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    let mut controls: BTreeMap<GenId, Controls> = BTreeMap::new();
+    for control in generations.into_iter().flat_map(|g| &g.body.change.controls) {
+        controls.entry(control.target().clone()).or_default().apply(control);
+    }
+    controls
+}
+
+/// The fold of the snapshot and the released generations.
+pub(super) fn applied_state(log: &Log, released: &BTreeSet<GenId>) -> AppliedState {
+    AppliedState::fold_from(log.base(), log.iter().filter(|g| released.contains(g.id())))
+}
+
+impl Engine {
+    /// Releases every generation whose gate is open for this node.
+    pub(super) async fn release_pass(&mut self) {
+        let controls = controls_of(&self.log);
+        let own = self.parts.name.clone();
+        let mut candidates: Vec<&Generation> = self.log.iter().filter(|g| !self.released.contains(g.id())).collect();
+        candidates.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        let mut newly = Vec::new();
+        for generation in candidates {
+            let body = &generation.body;
+            let plan = Plan::of(body);
+            let wave = plan.wave_of(&own);
+            let open = wave == 0 || {
+                let reports = self.parts.gossip.reports_for(&body.id).await;
+                let controls = controls.get(&body.id).copied().unwrap_or_default();
+                plan.is_open(wave, &body.change.policy, controls, &reports)
+            };
+            if open {
+                newly.push(generation.clone());
+            }
+        }
+        if newly.is_empty() {
+            return;
+        }
+        let ids: Vec<GenId> = newly.iter().map(|g| g.id().clone()).collect();
+        let store = self.parts.store.clone();
+        let recording = ids.clone();
+        let stored = tokio::task::spawn_blocking(move || store.release(&recording)).await.expect("store task panicked");
+        if let Err(error) = stored {
+            error!(%error, "could not record released generations; will try again");
+            return;
+        }
+        for generation in &newly {
+            self.released.insert(generation.id().clone());
+            self.state.apply(generation);
+            let watch_window = Duration::from_millis(generation.body.change.policy.watch_window_ms);
+            if !generation.body.change.ops.is_empty() {
+                self.parts.health.applied(generation.id().clone(), watch_window);
+            }
+            info!(generation = %generation.id(), "applied");
+        }
+        self.parts.metrics.generations_applied.inc_by(ids.len() as u64);
+        self.publish().await;
+    }
+
+    /// The rollout of one generation as this node sees it, or `None` if it is not held whole.
+    pub(super) async fn rollout(&self, id: &GenId) -> Option<RolloutView> {
+        let generation = self.log.get(id)?;
+        let body = &generation.body;
+        let plan = Plan::of(body);
+        let reports = self.parts.gossip.reports_for(id).await;
+        let controls = controls_of(&self.log).get(id).copied().unwrap_or_default();
+        let open_waves = plan.open_waves(&body.change.policy, controls, &reports);
+        let waves: Vec<WaveView> = plan
+            .waves
+            .iter()
+            .enumerate()
+            .map(|(index, members)| WaveView {
+                index,
+                open: index < open_waves,
+                members: members
+                    .iter()
+                    .map(|name| MemberView { name: name.clone(), report: reports.get(name).copied() })
+                    .collect(),
+            })
+            .collect();
+        Some(RolloutView {
+            generation: id.to_string(),
+            keys: body.change.ops.iter().map(|op| format!("{} {}", op.kind(), op.key())).collect(),
+            policy: body.change.policy.clone(),
+            controls,
+            waves,
+            all_waves_open: open_waves == plan.waves.len(),
+            open_waves,
+        })
+    }
+}
