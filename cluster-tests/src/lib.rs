@@ -73,6 +73,9 @@ pub struct Node {
     pub gossip_interval_ms: Option<u64>,
     /// The network namespace the node and its CLI commands run in, if any.
     netns: Option<String>,
+    /// The node's config file. By default changes apply everywhere at once (one wave):
+    /// most tests are about spreading, not rolling out.
+    pub config_toml: String,
 }
 
 impl Node {
@@ -98,10 +101,8 @@ impl Node {
     pub fn start(&mut self) -> Result<()> {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        // Changes apply everywhere at once unless a test asks for waves: most tests are about
-        // spreading, not rolling out.
         let config = self.data.with_extension("toml");
-        std::fs::write(&config, "[rollout]\nwaves = \"100%\"\n")?;
+        std::fs::write(&config, &self.config_toml)?;
         let mut command = self.command();
         command
             .args(["node".as_ref(), "--config".as_ref(), config.as_os_str()])
@@ -373,6 +374,7 @@ impl Cluster {
             child: None,
             gossip_interval_ms: Some(TEST_GOSSIP_INTERVAL_MS),
             netns: self.netns.clone(),
+            config_toml: "[rollout]\nwaves = \"100%\"\n".to_owned(),
         });
         Ok(self.nodes.last_mut().expect("just pushed"))
     }

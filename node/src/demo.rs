@@ -17,6 +17,8 @@ use crate::tls;
 const DEMO_GOSSIP_INTERVAL_MS: u64 = 200;
 /// How long the demo waits for the cluster to form or a change to arrive.
 const DEMO_DEADLINE: Duration = Duration::from_secs(30);
+/// Bake time of the demo's rollout: long enough to see the waves, short enough to wait for.
+const DEMO_BAKE: &str = "2s";
 
 struct Style {
     color: bool,
@@ -95,30 +97,48 @@ async fn show(style: &Style, nodes: &[RunningNode], started: Instant) -> Result<
     );
 
     let first = &apis[0];
-    println!("\n{}", style.bold(&format!("$ grapevine flag set new-checkout --on --node {first}")));
+    let command =
+        format!("$ grapevine flag set new-checkout --on --waves 1,50%,100% --bake {DEMO_BAKE} --node {first}");
+    println!("\n{}", style.bold(&command));
     let set = Instant::now();
-    let answer = post(&http, &format!("{first}/v1/flags/new-checkout"), json!({"on": true})).await?;
+    let url = format!("{first}/v1/flags/new-checkout?waves=1,50%25,100%25&bake={DEMO_BAKE}");
+    let answer = post(&http, &url, json!({"on": true})).await?;
     let generation = answer["generation"].as_str().unwrap_or_default().to_owned();
     println!(
-        "  accepted as generation {} in {:.1} ms (stored durably on n1 before the reply)",
+        "  accepted as generation {} in {:.1} ms (stored durably on n1 before the reply; every node holds it within ms)",
         style.bold(&generation),
         set.elapsed().as_secs_f64() * 1000.0
     );
-    watch_arrival(style, &http, nodes, "flags/new-checkout", &generation, set).await?;
+    println!(
+        "  {}",
+        style.dim(&format!(
+            "applied in waves: the canary first, each next wave once the one before reports healthy for {DEMO_BAKE}"
+        ))
+    );
+    let rollout = get(&http, &format!("{first}/v1/rollouts/{generation}")).await?.unwrap_or_default();
+    let mut waves = std::collections::BTreeMap::new();
+    for wave in rollout["waves"].as_array().into_iter().flatten() {
+        for member in wave["members"].as_array().into_iter().flatten() {
+            waves.insert(member["name"].as_str().unwrap_or_default().to_owned(), wave["index"].as_u64().unwrap_or(0));
+        }
+    }
+    watch_arrival(style, &http, nodes, "flags/new-checkout", &generation, set, &waves).await?;
 
     let last = apis.last().expect("at least two nodes");
     let last_name = &nodes.last().expect("at least two nodes").name;
     let value = json!({"requests_per_second": 500, "burst": 50});
-    println!("\n{}", style.bold(&format!("$ grapevine config put ratelimit --value '{value}' --node {last}")));
+    let command = format!("$ grapevine config put ratelimit --value '{value}' --emergency --node {last}");
+    println!("\n{}", style.bold(&command));
     let put = Instant::now();
-    let answer = post(&http, &format!("{last}/v1/config/ratelimit"), json!({ "value": value })).await?;
+    let url = format!("{last}/v1/config/ratelimit?emergency=true");
+    let answer = post(&http, &url, json!({ "value": value })).await?;
     let generation = answer["generation"].as_str().unwrap_or_default().to_owned();
     println!(
-        "  accepted as generation {} on {last_name} in {:.1} ms",
+        "  accepted as generation {} on {last_name} in {:.1} ms; --emergency: one wave, every node at once",
         style.bold(&generation),
         put.elapsed().as_secs_f64() * 1000.0
     );
-    watch_arrival(style, &http, nodes, "config/ratelimit", &generation, put).await?;
+    watch_arrival(style, &http, nodes, "config/ratelimit", &generation, put, &Default::default()).await?;
 
     let mut digests = std::collections::BTreeSet::new();
     for api in &apis {
@@ -179,6 +199,7 @@ async fn watch_arrival(
     path: &str,
     generation: &str,
     since: Instant,
+    waves: &std::collections::BTreeMap<String, u64>,
 ) -> Result<(), CliError> {
     // Poll every node at once, so each arrival time is its own.
     let mut waits = tokio::task::JoinSet::new();
@@ -207,8 +228,9 @@ async fn watch_arrival(
     let slowest = arrivals.last().map(|(_, elapsed, _)| *elapsed).unwrap_or_default();
     for (name, elapsed, value) in &arrivals {
         let width = (elapsed.as_secs_f64() / slowest.as_secs_f64().max(1e-9) * 30.0).round() as usize;
+        let wave = waves.get(name).map_or(String::new(), |wave| format!("wave {wave}  "));
         println!(
-            "  {} {name:<4} serves {value} after {:>7.1} ms  {}",
+            "  {} {name:<4} {wave}serves {value} after {:>7.1} ms  {}",
             style.green("✓"),
             elapsed.as_secs_f64() * 1000.0,
             style.dim(&"█".repeat(width.max(1)))

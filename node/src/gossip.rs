@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,6 +44,10 @@ const PEER_QUEUE_CAPACITY: usize = 16;
 
 /// A peer's sender task ends after this long without messages, so unused peers cost nothing.
 const PEER_SENDER_IDLE: Duration = Duration::from_secs(60);
+
+/// Report values remembered with the time they were first seen; past it they are forgotten
+/// (and age again from zero, which only delays a gate).
+const MAX_SEEN_REPORTS: usize = 64 * 1024;
 
 /// Most peers with a live sender task; past it, messages to new peers are dropped.
 const MAX_PEER_SENDERS: usize = 1024;
@@ -96,6 +100,9 @@ pub struct Gossip {
     handle: ChitchatHandle,
     version_vectors_changed: Arc<Notify>,
     reports_changed: Arc<Notify>,
+    /// When this node first saw each report value: a report ages on our own monotonic clock
+    /// from then, a lower bound of its true age that compares no clocks across hosts.
+    reports_seen: Mutex<HashMap<(String, String), (String, Instant)>>,
     /// Keep the subscriptions that feed the notifications alive.
     _listeners: [ListenerHandle; 2],
 }
@@ -135,7 +142,8 @@ impl Gossip {
             subscribe(PREFIX_VERSION_VECTOR, version_vectors_changed.clone()).await,
             subscribe(PREFIX_REPORT, reports_changed.clone()).await,
         ];
-        Ok(Gossip { handle, version_vectors_changed, reports_changed, _listeners: listeners })
+        let reports_seen = Mutex::new(HashMap::new());
+        Ok(Gossip { handle, version_vectors_changed, reports_changed, reports_seen, _listeners: listeners })
     }
 
     /// Sets keys of this node's state.
@@ -184,21 +192,39 @@ impl Gossip {
             .await;
     }
 
-    /// The reports of live members (this node included) on `generation`. Dead members'
-    /// reports are left out: a silent node never counts as healthy.
+    /// The reports of live members (this node included) on `generation`, each aged by the
+    /// time since this node first saw it. Dead members' reports are left out: a silent node
+    /// never counts as healthy.
     pub async fn reports_for(&self, generation: &GenId) -> BTreeMap<NodeName, Report> {
         let key = format!("{PREFIX_REPORT}{generation}");
-        self.handle
+        let raw: Vec<(NodeName, String)> = self
+            .handle
             .with_chitchat(|chitchat| {
                 chitchat
                     .live_nodes()
                     .filter_map(|id| {
-                        let report = chitchat.node_state(id)?.get(&key)?.parse::<Report>().ok()?;
-                        Some((id.node_id.parse::<NodeName>().ok()?, report))
+                        let value = chitchat.node_state(id)?.get(&key)?.to_owned();
+                        Some((id.node_id.parse::<NodeName>().ok()?, value))
                     })
                     .collect()
             })
-            .await
+            .await;
+        let now = Instant::now();
+        let mut seen = self.reports_seen.lock().expect("reports lock poisoned");
+        if seen.len() > MAX_SEEN_REPORTS {
+            seen.clear();
+        }
+        raw.into_iter()
+            .filter_map(|(node, value)| {
+                let mut report = value.parse::<Report>().ok()?;
+                let slot = seen.entry((node.to_string(), key.clone())).or_insert_with(|| (value.clone(), now));
+                if slot.0 != value {
+                    *slot = (value, now);
+                }
+                report.elapsed_ms += now.duration_since(slot.1).as_millis() as u64;
+                Some((node, report))
+            })
+            .collect()
     }
 
     /// Each live member's value of label `label` (members without it are left out).

@@ -43,7 +43,7 @@ pub use release::{MemberView, RolloutView, WaveView};
 
 /// How often the engine re-checks the gates of generations not yet released here, besides
 /// whenever a peer's report changes.
-const RELEASE_CHECK: Duration = Duration::from_secs(1);
+const RELEASE_CHECK: Duration = Duration::from_millis(250);
 
 /// What readers see: the applied and desired states and a summary of the log, replaced as
 /// a whole.

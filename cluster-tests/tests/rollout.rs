@@ -1,0 +1,182 @@
+//! Health-gated waves with real processes: a change reaches a canary first, then wider waves,
+//! each only while the earlier waves report healthy for the bake time.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use grapevine_cluster_tests::{Cluster, Node, check, http_request, wait_until};
+use serde_json::Value;
+
+/// Nodes that judge by pushed samples (at least 10 requests).
+const PUSH_HEALTH: &str = "[health]\npush = true\nmin_samples = 10\nsample_interval_ms = 200\n";
+
+fn cluster(count: usize, config_toml: &str) -> Result<Cluster> {
+    let mut cluster = Cluster::new(count)?;
+    for node in &mut cluster.nodes {
+        node.config_toml = config_toml.to_owned();
+    }
+    cluster.start_all()?;
+    Ok(cluster)
+}
+
+fn rollout(node: &Node, generation: &str) -> Result<Value> {
+    node.cli_json(&["rollout", "status", generation])
+}
+
+/// Wave index of each node in the rollout of `generation`.
+fn waves(node: &Node, generation: &str) -> Result<BTreeMap<String, usize>> {
+    let status = rollout(node, generation)?;
+    let mut waves = BTreeMap::new();
+    for wave in status["waves"].as_array().context("waves")? {
+        for member in wave["members"].as_array().context("members")? {
+            waves.insert(member["name"].as_str().context("name")?.to_owned(), wave["index"].as_u64().unwrap() as usize);
+        }
+    }
+    Ok(waves)
+}
+
+fn applied(node: &Node, key: &str) -> bool {
+    node.cli(&["config", "get", key]).status.success()
+}
+
+fn push_health(node: &Node, errors: u64) {
+    let body = format!(r#"{{"requests": 100, "errors": {errors}, "latency_p99_ms": 5}}"#);
+    let _ = http_request("POST", &format!("{}/v1/health", node.url()), Some(&body));
+}
+
+fn put(node: &Node, key: &str, waves: &str, bake: &str) -> Result<String> {
+    let answer = node.cli_json(&["config", "put", key, "--value", "1", "--waves", waves, "--bake", bake])?;
+    Ok(answer["generation"].as_str().context("a generation")?.to_owned())
+}
+
+#[test]
+fn an_unhealthy_canary_keeps_the_change_on_the_canary() -> Result<()> {
+    let cluster = cluster(5, PUSH_HEALTH)?;
+    let generation = put(&cluster.nodes[0], "risky", "1,50%,100%", "1s")?;
+    let waves = waves(&cluster.nodes[0], &generation)?;
+    let started = Instant::now();
+    // For 5 s (5 bakes), the canary's application reports 50% errors, the others none.
+    while started.elapsed() < Duration::from_secs(5) {
+        for node in &cluster.nodes {
+            push_health(node, if waves[&node.name] == 0 { 50 } else { 0 });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for node in &cluster.nodes {
+        let on_canary = waves[&node.name] == 0;
+        assert_eq!(
+            applied(node, "risky"),
+            on_canary,
+            "{} (wave {}) applied: {}",
+            node.name,
+            waves[&node.name],
+            !on_canary
+        );
+        // Every node holds it in its log all the same.
+        check(node.cli(&["config", "get", "risky", "--desired"]))?;
+    }
+    let status = rollout(&cluster.nodes[1], &generation)?;
+    assert_eq!(status["open_waves"], 1, "{status}");
+    let canary = status["waves"][0]["members"][0].clone();
+    assert_eq!(canary["report"]["verdict"], "anomalous", "{status}");
+    Ok(())
+}
+
+#[test]
+fn a_healthy_change_reaches_every_wave_in_order() -> Result<()> {
+    let cluster = cluster(5, PUSH_HEALTH)?;
+    let generation = put(&cluster.nodes[2], "good", "1,50%,100%", "1s")?;
+    let waves = waves(&cluster.nodes[2], &generation)?;
+    let started = Instant::now();
+    let mut applied_at: BTreeMap<String, Duration> = BTreeMap::new();
+    while applied_at.len() < cluster.nodes.len() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "rollout did not finish: {applied_at:?}");
+        for node in &cluster.nodes {
+            push_health(node, 0);
+            if !applied_at.contains_key(&node.name) && applied(node, "good") {
+                applied_at.insert(node.name.clone(), started.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every node of a later wave applied after every node of an earlier one.
+    for (a, a_at) in &applied_at {
+        for (b, b_at) in &applied_at {
+            if waves[a] < waves[b] {
+                assert!(a_at < b_at, "{a} (wave {}) at {a_at:?}, {b} (wave {}) at {b_at:?}", waves[a], waves[b]);
+            }
+        }
+    }
+    // Each wave after the first waited at least one bake.
+    let first_of = |wave: usize| applied_at.iter().filter(|(n, _)| waves[*n] == wave).map(|(_, t)| *t).min().unwrap();
+    assert!(first_of(1) >= Duration::from_secs(1), "wave 1 opened before the bake: {applied_at:?}");
+    wait_until(Duration::from_secs(5), "every wave open in the status", || {
+        rollout(&cluster.nodes[0], &generation).is_ok_and(|s| s["all_waves_open"] == true)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_partition_that_cuts_off_the_canary_stalls_the_next_wave_until_it_heals() -> Result<()> {
+    // No health source: an applied generation is healthy once baked.
+    let cluster = cluster(4, "")?;
+    let generation = put(&cluster.nodes[0], "cut", "1,100%", "2s")?;
+    let waves = waves(&cluster.nodes[0], &generation)?;
+    let canary = cluster.nodes.iter().position(|n| waves[&n.name] == 0).unwrap();
+    let others: Vec<usize> = (0..cluster.nodes.len()).filter(|i| *i != canary).collect();
+    cluster.partition(&[vec![canary], others.clone()])?;
+    std::thread::sleep(Duration::from_secs(5));
+    for &other in &others {
+        assert!(
+            !applied(&cluster.nodes[other], "cut"),
+            "{} applied without the canary's report",
+            cluster.nodes[other].name
+        );
+    }
+    cluster.heal()?;
+    for &other in &others {
+        wait_until(Duration::from_secs(20), "the wave to open after the heal", || {
+            applied(&cluster.nodes[other], "cut")
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn operators_pause_and_promote_rollouts_and_bad_policies_are_refused() -> Result<()> {
+    let cluster = cluster(3, "")?;
+    let node = &cluster.nodes[0];
+    let generation = put(node, "slow", "1,100%", "1h")?;
+    let waves = waves(node, &generation)?;
+    let later: Vec<&Node> = cluster.nodes.iter().filter(|n| waves[&n.name] == 1).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(later.iter().all(|n| !applied(n, "slow")), "a one-hour bake let wave 1 in");
+    check(node.cli(&["rollout", "pause", &generation]))?;
+    wait_until(Duration::from_secs(5), "the pause to show", || {
+        rollout(node, &generation).is_ok_and(|s| s["controls"]["paused"] == true)
+    })?;
+    check(node.cli(&["rollout", "promote", &generation]))?;
+    for n in &later {
+        wait_until(Duration::from_secs(10), "promotion to open wave 1", || applied(n, "slow"))?;
+    }
+    let refused = |args: &[&str], message: &str| {
+        let output = node.cli(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+    };
+    refused(&["config", "put", "k", "--value", "1", "--waves", "50%,10%,100%"], "waves must grow");
+    refused(&["config", "put", "k", "--value", "1", "--waves", "1,50%"], "last wave must be 100%");
+    refused(&["config", "put", "k", "--value", "1", "--waves", "1,150%"], "from 1% to 100%");
+    refused(&["config", "put", "k", "--value", "1", "--bake", "0s"], "--emergency");
+    refused(&["config", "put", "k", "--value", "1", "--health-quorum", "1.5"], "health quorum must be in (0, 1]");
+    refused(&["config", "put", "k", "--value", "1", "--waves-by", "zone"], "no live member has that label");
+    assert!(!applied(node, "k"), "a refused change was applied");
+    // --emergency goes everywhere at once.
+    check(node.cli(&["config", "put", "kill", "--value", "1", "--emergency"]))?;
+    for n in &cluster.nodes {
+        wait_until(Duration::from_secs(10), "the emergency change everywhere", || applied(n, "kill"))?;
+    }
+    Ok(())
+}
