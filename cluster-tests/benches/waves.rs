@@ -1,0 +1,132 @@
+//! Rollout timing and the cost of health sources, with 10 in-process nodes on loopback.
+//!
+//! 1. A change with waves 1, 50%, 100% and a 2 s bake: time from the POST until every node
+//!    applied it, against the floor of two bakes (plus propagation, a few ms).
+//! 2. CPU of the process over 20 s idle, without health sources and then with one HTTP probe
+//!    per node at one sample per second: the difference, per node.
+//!
+//! Run: `cargo bench -p grapevine-cluster-tests --bench waves` (`GRAPEVINE_BENCH_RUNS=5`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use grapevine_node::config::{Config, RawConfig};
+use grapevine_node::daemon::{self, RunningNode};
+use grapevine_node::health::{HealthConfig, ProbeConfig};
+use grapevine_node::tls;
+use serde_json::json;
+
+const NODES: usize = 10;
+const BAKE: Duration = Duration::from_secs(2);
+
+async fn start(health: impl Fn(&RunningNode) -> HealthConfig) -> Result<(tempfile::TempDir, Vec<RunningNode>)> {
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("ca");
+    tls::ca_init(&ca)?;
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for index in 0..NODES {
+        let name = format!("n{index}");
+        let root = dir.path().join(&name);
+        tls::ca_issue(&ca, &name, &["127.0.0.1".parse()?], &[], &root.join("tls"))?;
+        let raw = RawConfig {
+            name: Some(name),
+            listen: Some("127.0.0.1:0".into()),
+            api: Some("127.0.0.1:0".into()),
+            seeds: nodes.first().map(|first| vec![first.gossip_addr.to_string()]),
+            data: Some(root.join("data")),
+            tls: Some(root.join("tls")),
+            gossip_interval_ms: Some(200),
+            health: nodes.first().map(&health),
+            ..RawConfig::default()
+        };
+        nodes.push(daemon::start(Config::try_from(raw)?).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let http = reqwest::Client::new();
+    'formed: while Instant::now() < deadline {
+        for node in &nodes {
+            let status: serde_json::Value = http.get(format!("http://{}/v1/status", node.api_addr)).send().await?.json().await?;
+            if status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count() < NODES {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue 'formed;
+            }
+        }
+        return Ok((dir, nodes));
+    }
+    anyhow::bail!("the cluster did not form")
+}
+
+async fn stop(nodes: Vec<RunningNode>) {
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).into_iter().flatten().filter_map(|v| v.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
+
+/// CPU of the whole process over an idle window, in % of a core.
+async fn idle_cpu(nodes: &[RunningNode]) -> f64 {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let window = Duration::from_secs(20);
+    let before = process_cpu_seconds();
+    tokio::time::sleep(window).await;
+    let _ = nodes;
+    (process_cpu_seconds() - before) / window.as_secs_f64() * 100.0
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let runs: usize = std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let (_dir, nodes) = start(|_| HealthConfig::default()).await?;
+    let http = reqwest::Client::new();
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let key = format!("wave-{run}");
+        let url = format!("http://{}/v1/config/{key}?waves=1,50%25,100%25&bake=2s", nodes[run % NODES].api_addr);
+        let started = Instant::now();
+        let answer: serde_json::Value = http.post(url).json(&json!({"value": run})).send().await?.json().await?;
+        answer["generation"].as_str().context("a generation")?;
+        let key: grapevine_proto::Key = key.parse()?;
+        for node in &nodes {
+            let mut watch = node.engine().watch();
+            watch.wait_for(|view| view.state.config.contains_key(&key)).await?;
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    println!(
+        "waves 1,50%,100% with a {} s bake, {NODES} nodes, {runs} changes: all applied after median {:.2} s (min {:.2} s, max {:.2} s); floor 2 bakes = {:.2} s, overhead {:.0} ms",
+        BAKE.as_secs(),
+        median.as_secs_f64(),
+        times[0].as_secs_f64(),
+        times[times.len() - 1].as_secs_f64(),
+        2.0 * BAKE.as_secs_f64(),
+        (median.as_secs_f64() - 2.0 * BAKE.as_secs_f64()) * 1000.0
+    );
+    let without = idle_cpu(&nodes).await;
+    stop(nodes).await;
+
+    // Every node but the first probes the first one's /healthz once a second (the first is
+    // started before any address is known, so it has no source).
+    let (_dir, nodes) = start(|first| HealthConfig {
+        probe: vec![ProbeConfig { url: format!("http://{}/healthz", first.api_addr), timeout_ms: Some(1000) }],
+        sample_interval_ms: Some(1000),
+        ..HealthConfig::default()
+    })
+    .await?;
+    let with = idle_cpu(&nodes).await;
+    stop(nodes).await;
+    let probing = (NODES - 1) as f64;
+    println!(
+        "idle CPU per node: {:.3}% of a core without health sources; with one HTTP probe a second, {:.3} points more per probing node ({NODES} nodes, {probing} probing: {without:.2}% -> {with:.2}% for the process)",
+        without / NODES as f64,
+        (with - without) / probing
+    );
+    Ok(())
+}
