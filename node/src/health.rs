@@ -154,7 +154,8 @@ impl Health {
         self.state.lock().expect("health lock poisoned")
     }
 
-    /// Starts judging a generation just applied; its report goes out at once.
+    /// Starts judging a generation just applied (or, after a restart, applied before it:
+    /// its age starts again from zero, which only delays a gate); its report goes out at once.
     pub fn applied(&self, generation: GenId, watch_window: Duration) {
         let mut state = self.lock();
         if state.tracked.len() >= MAX_TRACKED {
@@ -254,6 +255,10 @@ pub async fn run(health: Health, gossip: Arc<Gossip>, shutdown: CancellationToke
     let config = health.lock().config.clone();
     let mut ticker = tokio::time::interval(config.sample_interval());
     let http = reqwest::Client::new();
+    // What was last published per generation. A report is republished only when its verdict
+    // changes: observers age it on their own clocks (`Gossip::reports_for`), so an unchanged
+    // verdict costs no gossip.
+    let mut published: BTreeMap<GenId, Verdict> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -261,8 +266,16 @@ pub async fn run(health: Health, gossip: Arc<Gossip>, shutdown: CancellationToke
             _ = health.publish.notified() => {}
         }
         let expired = health.expire();
+        for id in &expired {
+            published.remove(id);
+        }
         gossip.delete_reports(&expired).await;
-        gossip.publish_reports(&health.reports()).await;
+        let changed: BTreeMap<GenId, Report> =
+            health.reports().into_iter().filter(|(id, report)| published.get(id) != Some(&report.verdict)).collect();
+        for (id, report) in &changed {
+            published.insert(id.clone(), report.verdict);
+        }
+        gossip.publish_reports(&changed).await;
     }
 }
 

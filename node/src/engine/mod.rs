@@ -199,6 +199,13 @@ pub async fn spawn(
     let (view, view_receiver) = watch::channel(Arc::new(View::default()));
     let (commands, queue) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
     let warnings = WarnLimiter::new(Duration::from_secs(30));
+    // Generations applied before a restart, and stamped within their watch window, are judged
+    // again from zero: their reports may still open later waves.
+    let recent = |g: &&Generation| now.saturating_sub(g.body.hlc.wall_ms) < g.body.change.policy.watch_window_ms;
+    for generation in log.iter().filter(|g| released.contains(g.id()) && !g.body.change.ops.is_empty()).filter(recent) {
+        let watch_window = Duration::from_millis(generation.body.change.policy.watch_window_ms);
+        parts.health.applied(generation.id().clone(), watch_window);
+    }
     let mut engine = Engine { parts, log, released, state, desired, clock, view, warnings };
     engine.publish().await;
     engine.release_pass().await;
