@@ -45,7 +45,8 @@ async fn start(health: impl Fn(&RunningNode) -> HealthConfig) -> Result<(tempfil
     let http = reqwest::Client::new();
     'formed: while Instant::now() < deadline {
         for node in &nodes {
-            let status: serde_json::Value = http.get(format!("http://{}/v1/status", node.api_addr)).send().await?.json().await?;
+            let status: serde_json::Value =
+                http.get(format!("http://{}/v1/status", node.api_addr)).send().await?.json().await?;
             if status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count() < NODES {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue 'formed;
