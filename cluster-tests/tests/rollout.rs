@@ -147,11 +147,11 @@ fn a_partition_that_cuts_off_the_canary_stalls_the_next_wave_until_it_heals() ->
 fn operators_pause_and_promote_rollouts_and_bad_policies_are_refused() -> Result<()> {
     let cluster = cluster(3, "")?;
     let node = &cluster.nodes[0];
-    let generation = put(node, "slow", "1,100%", "1h")?;
+    let generation = put(node, "slow", "1,100%", "5m")?;
     let waves = waves(node, &generation)?;
     let later: Vec<&Node> = cluster.nodes.iter().filter(|n| waves[&n.name] == 1).collect();
     std::thread::sleep(Duration::from_millis(500));
-    assert!(later.iter().all(|n| !applied(n, "slow")), "a one-hour bake let wave 1 in");
+    assert!(later.iter().all(|n| !applied(n, "slow")), "a five-minute bake let wave 1 in");
     check(node.cli(&["rollout", "pause", &generation]))?;
     wait_until(Duration::from_secs(5), "the pause to show", || {
         rollout(node, &generation).is_ok_and(|s| s["controls"]["paused"] == true)
@@ -172,6 +172,7 @@ fn operators_pause_and_promote_rollouts_and_bad_policies_are_refused() -> Result
     refused(&["config", "put", "k", "--value", "1", "--bake", "0s"], "--emergency");
     refused(&["config", "put", "k", "--value", "1", "--health-quorum", "1.5"], "health quorum must be in (0, 1]");
     refused(&["config", "put", "k", "--value", "1", "--waves-by", "zone"], "no live member has that label");
+    refused(&["config", "put", "k", "--value", "1", "--bake", "1h"], "watch window must be at least the bake time");
     assert!(!applied(node, "k"), "a refused change was applied");
     // --emergency goes everywhere at once.
     check(node.cli(&["config", "put", "kill", "--value", "1", "--emergency"]))?;

@@ -333,7 +333,8 @@ pub async fn rollout_status(client: &Client, generation: Option<&str>, watch: bo
                 println!("no rollouts in this node's log");
             }
         }
-        let done = rollouts.iter().all(|r| r["all_waves_open"] == true);
+        // A paused rollout will not move until someone resumes it: stop watching.
+        let done = rollouts.iter().all(|r| r["all_waves_open"] == true || r["controls"]["paused"] == true);
         if !watch || done {
             return Ok(());
         }

@@ -1,8 +1,9 @@
 //! `grapevine demo`: a cluster on loopback in one process, driven over real HTTP and QUIC.
 //!
 //! It makes a fresh CA and a certificate per node in a temp dir, starts the nodes, waits for
-//! every node to see every other, sets a flag on the first node and shows when each node
-//! serves it; then puts a config value on the last node and does the same; then stops.
+//! every node to see every other, sets a flag on the first node with waves 1, 50%, 100% and
+//! a 2 s bake and shows when each node serves it (wave by wave); then puts a config value
+//! with `--emergency` on the last node (every node at once); then stops.
 
 use std::time::{Duration, Instant};
 

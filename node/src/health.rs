@@ -7,6 +7,10 @@
 //! judges only the apply itself: an applied generation is healthy (documented decision).
 //! A source that cannot be reached adds no sample, and its error shows in `status`: a
 //! generation without enough samples stays inconclusive, never healthy.
+//!
+//! After its watch window a generation takes no more samples, but its last verdict stays in
+//! gossip until the generation is compacted (or evicted past [`MAX_TRACKED`]): a rollout that
+//! outlasts the window, or a node that joins late, still finds the earlier waves' reports.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
@@ -21,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gossip::Gossip;
 
-/// Generations judged at once; older ones past their watch window are dropped first.
+/// Generations whose reports are kept at once; past it, the one applied longest ago goes.
 const MAX_TRACKED: usize = 256;
 
 /// `[health]` in the node config.
@@ -75,6 +79,10 @@ pub struct PrometheusConfig {
     pub timeout_ms: Option<u64>,
 }
 
+/// Sample intervals outside this range are refused: faster would load the application,
+/// slower would make gates wait on a single sample.
+const SAMPLE_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
 /// How long a source may take unless it says otherwise.
 const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -84,16 +92,22 @@ impl HealthConfig {
     }
 
     pub fn sample_interval(&self) -> Duration {
-        Duration::from_millis(self.sample_interval_ms.unwrap_or(1_000).clamp(100, 60_000))
+        Duration::from_millis(self.sample_interval_ms.unwrap_or(1_000))
     }
 
     /// Checks the thresholds, saying which is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(rate) = self.max_error_rate.filter(|r| !(0.0..=1.0).contains(r)) {
-            return Err(format!("health.max_error_rate must be from 0 to 1, got {rate}"));
+            return Err(format!("max_error_rate must be from 0 to 1, got {rate}"));
+        }
+        if let Some(latency) = self.max_latency_p99_ms.filter(|l| l.is_nan() || *l <= 0.0) {
+            return Err(format!("max_latency_p99_ms must be above 0, got {latency}"));
+        }
+        if let Some(interval) = self.sample_interval_ms.filter(|i| !SAMPLE_INTERVAL_MS.contains(i)) {
+            return Err(format!("sample_interval_ms must be from 100 to 60000, got {interval}"));
         }
         if let Some(command) = self.exec.iter().find(|e| e.command.is_empty()) {
-            return Err(format!("health.exec needs a command, got {command:?}"));
+            return Err(format!("exec needs a command, got {command:?}"));
         }
         Ok(())
     }
@@ -135,6 +149,8 @@ struct State {
     sources: BTreeMap<String, SourceStatus>,
     /// Last counter values per Prometheus endpoint, to turn totals into increases.
     counters: HashMap<String, (f64, f64)>,
+    /// Generations no longer reported on, whose keys are still to be deleted.
+    dropped: Vec<GenId>,
 }
 
 /// A handle to the node's health; cheap to clone.
@@ -146,7 +162,13 @@ pub struct Health {
 
 impl Health {
     pub fn new(config: HealthConfig) -> Health {
-        let state = State { config, tracked: BTreeMap::new(), sources: BTreeMap::new(), counters: HashMap::new() };
+        let state = State {
+            config,
+            tracked: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            counters: HashMap::new(),
+            dropped: Vec::new(),
+        };
         Health { state: Arc::new(Mutex::new(state)), publish: Arc::new(Notify::new()) }
     }
 
@@ -162,6 +184,7 @@ impl Health {
             let oldest = state.tracked.iter().min_by_key(|(_, t)| t.applied_at).map(|(id, _)| id.clone());
             if let Some(oldest) = oldest {
                 state.tracked.remove(&oldest);
+                state.dropped.push(oldest);
             }
         }
         state.tracked.insert(generation, Tracked { applied_at: Instant::now(), watch_window, tally: Tally::default() });
@@ -222,19 +245,19 @@ impl Health {
         }
     }
 
-    /// Forgets generations past their watch window; returns them, for their keys to go.
-    fn expire(&self) -> Vec<GenId> {
+    /// Stops reporting on generations folded into the snapshot.
+    pub fn forget(&self, generations: &[GenId]) {
         let mut state = self.lock();
-        let expired: Vec<GenId> = state
-            .tracked
-            .iter()
-            .filter(|(_, t)| t.applied_at.elapsed() > t.watch_window)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &expired {
-            state.tracked.remove(id);
+        for id in generations {
+            if state.tracked.remove(id).is_some() {
+                state.dropped.push(id.clone());
+            }
         }
-        expired
+    }
+
+    /// Generations no longer reported on since the last call, for their keys to go.
+    fn take_dropped(&self) -> Vec<GenId> {
+        std::mem::take(&mut self.lock().dropped)
     }
 }
 
@@ -265,11 +288,11 @@ pub async fn run(health: Health, gossip: Arc<Gossip>, shutdown: CancellationToke
             _ = ticker.tick() => sample_sources(&health, &config, &http).await,
             _ = health.publish.notified() => {}
         }
-        let expired = health.expire();
-        for id in &expired {
+        let dropped = health.take_dropped();
+        for id in &dropped {
             published.remove(id);
         }
-        gossip.delete_reports(&expired).await;
+        gossip.delete_reports(&dropped).await;
         let changed: BTreeMap<GenId, Report> =
             health.reports().into_iter().filter(|(id, report)| published.get(id) != Some(&report.verdict)).collect();
         for (id, report) in &changed {

@@ -126,11 +126,6 @@ impl Metrics {
             "Generations applied here by their rollout gate",
             metrics.generations_applied.clone(),
         );
-        r.register(
-            "generations_compacted",
-            "Generations folded into the snapshot",
-            metrics.generations_compacted.clone(),
-        );
         r.register("members", "Cluster members in this node's view, by state", metrics.members.clone());
         r.register(
             "generation_conflicts",
@@ -204,6 +199,11 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("grapevine_gossip_messages_dropped_total{reason=\"queue_full\"} 1"), "{text}");
         assert!(text.contains("# TYPE grapevine_tls_handshake_failures counter"), "{text}");
+        let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let count = types.len();
+        types.sort();
+        types.dedup();
+        assert_eq!(types.len(), count, "a metric is registered twice:\n{text}");
     }
 
     #[test]

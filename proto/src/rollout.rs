@@ -138,6 +138,15 @@ impl Policy {
         if self.emergency && self.waves != [WaveSize::Percent(100)] {
             return error("an emergency change has one wave of 100%".into());
         }
+        if self.emergency && self.waves_by.is_some() {
+            return error("an emergency change has one wave: --waves-by does not apply".into());
+        }
+        if !self.emergency && self.waves.len() > 1 && self.watch_window_ms < self.bake_ms {
+            return error(format!(
+                "the watch window must be at least the bake time ({} ms), got {} ms",
+                self.bake_ms, self.watch_window_ms
+            ));
+        }
         Ok(())
     }
 }
@@ -412,6 +421,10 @@ mod tests {
         assert!(Policy { bake_ms: 0, ..Policy::default() }.validate().unwrap_err().to_string().contains("--emergency"));
         assert!(Policy { health_quorum_permille: 0, ..Policy::default() }.validate().is_err());
         assert!(Policy { health_quorum_permille: 1001, ..Policy::default() }.validate().is_err());
+        let short_window = Policy { watch_window_ms: 1_000, ..Policy::default() };
+        assert!(short_window.validate().unwrap_err().to_string().contains("watch window must be at least"));
+        let grouped = Policy { waves_by: Some("zone".into()), ..Policy::emergency() };
+        assert!(grouped.validate().is_err());
         assert_eq!(Policy::emergency().validate(), Ok(()));
         assert_eq!(Policy::default().validate(), Ok(()));
         assert_eq!(parse_duration_ms("2s"), Ok(2_000));

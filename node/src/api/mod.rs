@@ -285,7 +285,11 @@ impl ChangeQuery {
     /// The policy the query asks for, checked.
     fn policy(&self, default: &Policy) -> Result<Policy, ApiError> {
         let refused = |error: PolicyError| ApiError::bad_request(ValidationError::Policy { detail: error.0 });
-        let mut policy = if self.emergency { Policy::emergency() } else { default.clone() };
+        let mut policy = if self.emergency {
+            Policy { watch_window_ms: default.watch_window_ms, ..Policy::emergency() }
+        } else {
+            default.clone()
+        };
         if let Some(waves) = &self.waves {
             policy.waves = parse_waves(waves).map_err(refused)?;
         }
@@ -363,7 +367,9 @@ async fn set_flag(
 async fn set_flag_change(state: &ApiState, key: String, wait: &ChangeQuery, body: Bytes) -> ApiResult<Value> {
     let key = parse_key(key)?;
     let request: FlagSetRequest = parse_body(&body, r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#)?;
-    let current = state.engine.view().state.flags.get(&key).map(|entry| entry.value.clone());
+    // From the log's latest definition, not the applied one: a change builds on the one
+    // before it even where that one has not reached this node's wave yet.
+    let current = state.engine.view().desired.flags.get(&key).map(|entry| entry.value.clone());
     let definition = match (request.on, request.variant, request.definition) {
         (Some(on), None, None) => switch_boolean(&key, current, on)?,
         (None, Some(variant), None) => {

@@ -282,7 +282,7 @@ impl Engine {
         check_envelope(&generation)?;
         self.store_durably(vec![generation.clone()]).await?;
         info!(generation = %generation.id(), "accepted change");
-        self.apply(generation.clone());
+        self.add(generation.clone());
         self.publish().await;
         self.push(vec![generation.clone()], None);
         // Push reaches a few peers at once; the nudge makes every live peer exchange gossip
@@ -331,7 +331,7 @@ impl Engine {
         }
         let count = new.len();
         for generation in &new {
-            self.apply(generation.clone());
+            self.add(generation.clone());
         }
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
         self.publish().await;
@@ -365,10 +365,12 @@ impl Engine {
         let now = now_ms(self.parts.clock_skew_ms);
         let mut compacted = self.log.clone();
         let covered = {
-            // Only what this node has applied folds away: the snapshot is applied state.
+            // Only what this node has applied folds away: the snapshot is applied state. A
+            // control stays whole while its target does: folded away, it would be forgotten.
             let mut eligible = compactable(&self.log, self.parts.retention, now, &peers);
-            let released = &self.released;
-            compacted.compact(|g| released.contains(g.id()) && eligible(g))
+            let (released, log) = (&self.released, &self.log);
+            let controls_live = |g: &Generation| g.body.change.controls.iter().any(|c| log.get(c.target()).is_some());
+            compacted.compact(|g| released.contains(g.id()) && !controls_live(g) && eligible(g))
         };
         if covered.is_empty() {
             return;
@@ -417,12 +419,13 @@ impl Engine {
             }
             return false;
         }
-        let (store, snapshot) = (self.parts.store.clone(), log.base().clone());
-        let stored = tokio::task::spawn_blocking(move || store.compact(&snapshot, &covered)).await;
+        let (store, snapshot, deleting) = (self.parts.store.clone(), log.base().clone(), covered.clone());
+        let stored = tokio::task::spawn_blocking(move || store.compact(&snapshot, &deleting)).await;
         if let Err(error) = stored.expect("store task panicked") {
             error!(%error, "could not store the snapshot");
             return false;
         }
+        self.parts.health.forget(&covered);
         self.log = log;
         self.publish().await;
         true
@@ -441,9 +444,9 @@ impl Engine {
         tokio::task::spawn_blocking(move || store.put(&generations)).await.expect("store task panicked")
     }
 
-    /// Adds a generation checked to be new (not in the log, not repeated in its batch).
-    /// Adds a generation to the log and the desired state; the gate decides when it applies.
-    fn apply(&mut self, generation: Generation) {
+    /// Adds a generation checked to be new (not in the log, not repeated in its batch) to the
+    /// log and the desired state; its gate decides when it applies (`release_pass`).
+    fn add(&mut self, generation: Generation) {
         self.desired.apply(&generation);
         let outcome = self.log.insert(generation);
         debug_assert_eq!(outcome, InsertOutcome::Inserted);
