@@ -14,9 +14,9 @@ use anyhow::{Context, Result};
 use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use grapevine_cluster_tests::free_port;
-use grapevine_node::config::{Config, RawConfig, RawRollout};
-use grapevine_node::daemon::{self, RunningNode};
-use grapevine_node::tls;
+use grapevine_cluster_tests::inproc::InProcessCluster;
+use grapevine_node::config::RawRollout;
+use grapevine_node::daemon::RunningNode;
 use grapevine_proto::GenId;
 use grapevine_proto::sim::SplitMix64;
 use serde_json::json;
@@ -34,64 +34,28 @@ fn ms(duration: Duration) -> f64 {
 }
 
 struct Grapevine {
-    _dir: tempfile::TempDir,
-    nodes: Vec<RunningNode>,
+    cluster: InProcessCluster,
     http: reqwest::Client,
 }
 
 impl Grapevine {
     async fn start(count: usize, interval_ms: u64) -> Result<Grapevine> {
-        let dir = tempfile::tempdir()?;
-        let ca = dir.path().join("ca");
-        tls::ca_init(&ca)?;
-        let mut nodes: Vec<RunningNode> = Vec::new();
-        for index in 0..count {
-            let name = format!("n{index}");
-            let root = dir.path().join(&name);
-            tls::ca_issue(&ca, &name, &["127.0.0.1".parse()?], &[], &root.join("tls"))?;
-            let raw = RawConfig {
-                name: Some(name),
-                listen: Some("127.0.0.1:0".into()),
-                api: Some("127.0.0.1:0".into()),
-                seeds: nodes.first().map(|first| vec![first.gossip_addr.to_string()]),
-                data: Some(root.join("data")),
-                tls: Some(root.join("tls")),
-                gossip_interval_ms: Some(interval_ms),
-                rollout: Some(RawRollout { waves: Some("100%".into()), ..RawRollout::default() }),
-                ..RawConfig::default()
-            };
-            nodes.push(daemon::start(Config::try_from(raw)?).await?);
-        }
-        let cluster = Grapevine { _dir: dir, nodes, http: reqwest::Client::new() };
-        cluster.wait_formed().await?;
-        Ok(cluster)
-    }
-
-    async fn wait_formed(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let url = |node: &RunningNode| format!("http://{}/v1/status", node.api_addr);
-        'poll: while Instant::now() < deadline {
-            for node in &self.nodes {
-                let status: serde_json::Value = self.http.get(url(node)).send().await?.json().await?;
-                let alive = status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count();
-                if alive < self.nodes.len() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue 'poll;
-                }
-            }
-            return Ok(());
-        }
-        anyhow::bail!("{} nodes did not form within 120 s", self.nodes.len())
+        let cluster = InProcessCluster::start(count, |_, _, raw| {
+            raw.gossip_interval_ms = Some(interval_ms);
+            raw.rollout = Some(RawRollout { waves: Some("100%".into()), ..RawRollout::default() });
+        })
+        .await?;
+        Ok(Grapevine { cluster, http: reqwest::Client::new() })
     }
 
     /// Puts `value` under `key` on node `writer`; returns the time until every node holds it.
     async fn spread(&self, writer: usize, key: &str, value: serde_json::Value) -> Result<Duration> {
-        let url = format!("http://{}/v1/config/{key}", self.nodes[writer].api_addr);
+        let url = format!("http://{}/v1/config/{key}", self.cluster.nodes[writer].api_addr);
         let started = Instant::now();
         let answer: serde_json::Value =
             self.http.post(url).json(&json!({ "value": value })).send().await?.json().await?;
         let id: GenId = answer["generation"].as_str().context("a generation")?.parse()?;
-        for node in &self.nodes {
+        for node in &self.cluster.nodes {
             let mut watch = node.engine().watch();
             tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|view| view.version_vector.covers(&id)))
                 .await
@@ -101,9 +65,7 @@ impl Grapevine {
     }
 
     async fn stop(self) {
-        for node in self.nodes {
-            node.stop().await;
-        }
+        self.cluster.stop().await;
     }
 }
 
@@ -233,11 +195,11 @@ async fn idle(count: usize, interval_ms: u64) -> Result<()> {
     let cluster = Grapevine::start(count, interval_ms).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let window = Duration::from_secs(env_or("GRAPEVINE_BENCH_IDLE_SECONDS", 20));
-    let bytes_before: u64 = cluster.nodes.iter().map(gossip_bytes).sum();
+    let bytes_before: u64 = cluster.cluster.nodes.iter().map(gossip_bytes).sum();
     let cpu_before = process_cpu_seconds();
     tokio::time::sleep(window).await;
     let cpu = (process_cpu_seconds() - cpu_before) / window.as_secs_f64() / count as f64 * 100.0;
-    let bytes: u64 = cluster.nodes.iter().map(gossip_bytes).sum::<u64>() - bytes_before;
+    let bytes: u64 = cluster.cluster.nodes.iter().map(gossip_bytes).sum::<u64>() - bytes_before;
     // Each byte is counted once sent and once received: halve for bytes on the wire.
     let per_node = bytes as f64 / 2.0 / count as f64 / window.as_secs_f64();
     println!(

@@ -10,57 +10,20 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use grapevine_node::config::{Config, RawConfig};
-use grapevine_node::daemon::{self, RunningNode};
+use grapevine_cluster_tests::inproc::InProcessCluster;
+use grapevine_node::daemon::RunningNode;
 use grapevine_node::health::{HealthConfig, ProbeConfig};
-use grapevine_node::tls;
 use serde_json::json;
 
 const NODES: usize = 10;
 const BAKE: Duration = Duration::from_secs(2);
 
-async fn start(health: impl Fn(&RunningNode) -> HealthConfig) -> Result<(tempfile::TempDir, Vec<RunningNode>)> {
-    let dir = tempfile::tempdir()?;
-    let ca = dir.path().join("ca");
-    tls::ca_init(&ca)?;
-    let mut nodes: Vec<RunningNode> = Vec::new();
-    for index in 0..NODES {
-        let name = format!("n{index}");
-        let root = dir.path().join(&name);
-        tls::ca_issue(&ca, &name, &["127.0.0.1".parse()?], &[], &root.join("tls"))?;
-        let raw = RawConfig {
-            name: Some(name),
-            listen: Some("127.0.0.1:0".into()),
-            api: Some("127.0.0.1:0".into()),
-            seeds: nodes.first().map(|first| vec![first.gossip_addr.to_string()]),
-            data: Some(root.join("data")),
-            tls: Some(root.join("tls")),
-            gossip_interval_ms: Some(200),
-            health: nodes.first().map(&health),
-            ..RawConfig::default()
-        };
-        nodes.push(daemon::start(Config::try_from(raw)?).await?);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let http = reqwest::Client::new();
-    'formed: while Instant::now() < deadline {
-        for node in &nodes {
-            let status: serde_json::Value =
-                http.get(format!("http://{}/v1/status", node.api_addr)).send().await?.json().await?;
-            if status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count() < NODES {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue 'formed;
-            }
-        }
-        return Ok((dir, nodes));
-    }
-    anyhow::bail!("the cluster did not form")
-}
-
-async fn stop(nodes: Vec<RunningNode>) {
-    for node in nodes {
-        node.stop().await;
-    }
+async fn start(health: impl Fn(&RunningNode) -> HealthConfig) -> Result<InProcessCluster> {
+    InProcessCluster::start(NODES, |_, first, raw| {
+        raw.gossip_interval_ms = Some(200);
+        raw.health = first.map(&health);
+    })
+    .await
 }
 
 fn process_cpu_seconds() -> f64 {
@@ -71,19 +34,19 @@ fn process_cpu_seconds() -> f64 {
 }
 
 /// CPU of the whole process over an idle window, in % of a core.
-async fn idle_cpu(nodes: &[RunningNode]) -> f64 {
+async fn idle_cpu() -> f64 {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let window = Duration::from_secs(20);
     let before = process_cpu_seconds();
     tokio::time::sleep(window).await;
-    let _ = nodes;
     (process_cpu_seconds() - before) / window.as_secs_f64() * 100.0
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let runs: usize = std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let (_dir, nodes) = start(|_| HealthConfig::default()).await?;
+    let cluster = start(|_| HealthConfig::default()).await?;
+    let nodes = &cluster.nodes;
     let http = reqwest::Client::new();
     let mut times = Vec::new();
     for run in 0..runs {
@@ -93,7 +56,7 @@ async fn main() -> Result<()> {
         let answer: serde_json::Value = http.post(url).json(&json!({"value": run})).send().await?.json().await?;
         answer["generation"].as_str().context("a generation")?;
         let key: grapevine_proto::Key = key.parse()?;
-        for node in &nodes {
+        for node in nodes {
             let mut watch = node.engine().watch();
             watch.wait_for(|view| view.state.config.contains_key(&key)).await?;
         }
@@ -110,19 +73,19 @@ async fn main() -> Result<()> {
         2.0 * BAKE.as_secs_f64(),
         (median.as_secs_f64() - 2.0 * BAKE.as_secs_f64()) * 1000.0
     );
-    let without = idle_cpu(&nodes).await;
-    stop(nodes).await;
+    let without = idle_cpu().await;
+    cluster.stop().await;
 
     // Every node but the first probes the first one's /healthz once a second (the first is
     // started before any address is known, so it has no source).
-    let (_dir, nodes) = start(|first| HealthConfig {
+    let cluster = start(|first| HealthConfig {
         probe: vec![ProbeConfig { url: format!("http://{}/healthz", first.api_addr), timeout_ms: Some(1000) }],
         sample_interval_ms: Some(1000),
         ..HealthConfig::default()
     })
     .await?;
-    let with = idle_cpu(&nodes).await;
-    stop(nodes).await;
+    let with = idle_cpu().await;
+    cluster.stop().await;
     let probing = (NODES - 1) as f64;
     println!(
         "idle CPU per node: {:.3}% of a core without health sources; with one HTTP probe a second, {:.3} points more per probing node ({NODES} nodes, {probing} probing: {without:.2}% -> {with:.2}% for the process)",

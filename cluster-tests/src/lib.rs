@@ -5,6 +5,7 @@
 //! `testsuite` feature (the link-filter endpoint), asking cargo to bring it up to date first.
 //! `scenario` drives in-process nodes instead, for partition and loss scenarios as data.
 
+pub mod inproc;
 pub mod scenario;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
