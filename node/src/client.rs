@@ -243,6 +243,10 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
         text(&answer, "applied"),
         text(&answer, "state_digest"),
     );
+    for source in answer["health"].as_array().into_iter().flatten() {
+        let state = if source["ok"] == true { "ok" } else { "FAILING" };
+        println!("health source {}: {state} ({})", text(source, "source"), text(source, "detail"));
+    }
     println!();
     println!(
         "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16}",
@@ -284,10 +288,32 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
                 "set_flag" => format!("flag {}", text(op, "key")),
                 _ => format!("config {} ({} bytes)", text(op, "key"), op.get("bytes").unwrap_or(&Value::Null)),
             })
+            .chain(generation.get("controls").and_then(Value::as_array).into_iter().flatten().map(describe_control))
             .collect();
-        println!("{:<14} hlc {:<18} {}", text(generation, "id"), text(generation, "hlc"), ops.join(", "));
+        let policy = &generation["policy"];
+        let rollout = if policy["emergency"] == true {
+            "emergency".to_owned()
+        } else {
+            let waves = policy["waves"].as_array().map_or(0, Vec::len);
+            format!("{waves} waves, bake {} ms", policy["bake_ms"])
+        };
+        println!(
+            "{:<14} hlc {:<18} {:<28} {}",
+            text(generation, "id"),
+            text(generation, "hlc"),
+            rollout,
+            ops.join(", ")
+        );
     }
     Ok(())
+}
+
+/// `{"Pause": {"target": {"origin": "n1", "seq": 3}}}` as `pause n1.3`.
+fn describe_control(control: &Value) -> String {
+    let Some((action, fields)) = control.as_object().and_then(|o| o.iter().next()) else { return control.to_string() };
+    let target = &fields["target"];
+    let through = fields.get("through_wave").map_or(String::new(), |w| format!(" through wave {w}"));
+    format!("{} {}.{}{through}", action.to_lowercase(), text(target, "origin"), target["seq"])
 }
 
 fn generation_path(generation: &str) -> Result<String, CliError> {

@@ -196,6 +196,8 @@ struct GenerationSummary {
     hash: String,
     members: Vec<NodeName>,
     ops: Vec<Value>,
+    policy: Policy,
+    controls: Vec<grapevine_proto::rollout::Control>,
 }
 
 impl From<&Generation> for GenerationSummary {
@@ -222,6 +224,8 @@ impl From<&Generation> for GenerationSummary {
             hash: generation.hash.to_string(),
             members: body.members.clone(),
             ops,
+            policy: body.change.policy.clone(),
+            controls: body.change.controls.clone(),
         }
     }
 }
