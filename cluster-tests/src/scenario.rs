@@ -45,6 +45,8 @@ pub enum Op {
     AssertAbsent { nodes: Vec<usize>, key: String, after: Duration },
     /// Every running node serves config `key` = `value`.
     AssertValue { key: String, value: i64 },
+    /// Every running node's link filter has dropped gossip: the fault was really in force.
+    AssertFaultsDropped,
     /// Within 20 s, a node has folded at least `at_least` generations into its snapshot.
     AssertCompacted { node: usize, at_least: u64 },
 }
@@ -67,6 +69,7 @@ impl fmt::Display for Op {
             Op::Restart(node) => write!(f, "Restart(n{})", node + 1),
             Op::AssertConverged { within } => write!(f, "AssertConverged(within {within:?})"),
             Op::AssertValue { key, value } => write!(f, "AssertValue({key}={value})"),
+            Op::AssertFaultsDropped => write!(f, "AssertFaultsDropped"),
             Op::AssertCompacted { node, at_least } => write!(f, "AssertCompacted(n{} >= {at_least})", node + 1),
             Op::AssertAbsent { nodes, key, after } => {
                 let nodes: Vec<String> = nodes.iter().map(|n| format!("n{}", n + 1)).collect();
@@ -215,6 +218,17 @@ impl Run {
                 self.slots[*index].node = Some(node);
             }
             Op::AssertConverged { within } => return Ok(Some(self.assert_converged(*within).await?)),
+            Op::AssertFaultsDropped => {
+                for node in self.running() {
+                    let text = node.metrics().render();
+                    let dropped = text
+                        .lines()
+                        .find(|l| l.starts_with("grapevine_gossip_messages_dropped_total{reason=\"link_filter\"}"))
+                        .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    anyhow::ensure!(dropped > 0, "{}'s link filter dropped no gossip", node.name);
+                }
+            }
             Op::AssertCompacted { node, at_least } => {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 loop {

@@ -77,7 +77,13 @@ async fn twenty_percent_loss_on_every_link_still_converges() -> Result<()> {
         gossip_interval_ms: INTERVAL_MS,
         clock_skews_ms: vec![],
         retain_generations: None,
-        ops: vec![Op::Loss(0.2), Op::RandomChanges { count: 30, keys: 6 }, converged(20), Op::Heal],
+        ops: vec![
+            Op::Loss(0.2),
+            Op::RandomChanges { count: 30, keys: 6 },
+            converged(20),
+            Op::AssertFaultsDropped,
+            Op::Heal,
+        ],
     }
     .run()
     .await?;
