@@ -15,7 +15,7 @@ use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use grapevine_cluster_tests::free_port;
 use grapevine_cluster_tests::inproc::InProcessCluster;
-use grapevine_node::config::RawRollout;
+use grapevine_proto::rollout::PolicyOptions;
 use grapevine_node::daemon::RunningNode;
 use grapevine_proto::GenId;
 use grapevine_proto::sim::SplitMix64;
@@ -42,7 +42,7 @@ impl Grapevine {
     async fn start(count: usize, interval_ms: u64) -> Result<Grapevine> {
         let cluster = InProcessCluster::start(count, |_, _, raw| {
             raw.gossip_interval_ms = Some(interval_ms);
-            raw.rollout = Some(RawRollout { waves: Some("100%".into()), ..RawRollout::default() });
+            raw.rollout = Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() });
         })
         .await?;
         Ok(Grapevine { cluster, http: reqwest::Client::new() })

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use grapevine_node::config::{Config, RawConfig, RawRollout};
+use grapevine_node::config::{Config, RawConfig};
+use grapevine_proto::rollout::PolicyOptions;
 use grapevine_node::daemon::{self, RunningNode};
 use grapevine_node::faults::LinkRule;
 use grapevine_node::tls;
@@ -167,7 +168,7 @@ impl Run {
                 retain_generations: scenario.retain_generations,
                 retain_age_s: scenario.retain_generations.map(|_| 0),
                 // One wave: scenarios are about spreading, not rolling out.
-                rollout: Some(RawRollout { waves: Some("100%".into()), ..RawRollout::default() }),
+                rollout: Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() }),
                 ..RawConfig::default()
             };
             let mut config = Config::try_from(raw)?;

@@ -59,7 +59,14 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Generations in a node's log, newest first.
+    /// Revert a generation on every node at once, for good (re-shipping it is a new change).
+    Rollback {
+        /// A generation id like n1.3.
+        generation: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Generations in a node's log, newest first, with their waves, reports and reverts.
     History {
         /// Show at most this many generations.
         #[arg(long, default_value_t = 20)]
@@ -226,6 +233,27 @@ pub struct ChangeArgs {
     /// A kill switch: every node at once, no waves, no bake.
     #[arg(long)]
     pub emergency: bool,
+    /// The share of the nodes that applied the change whose anomaly reports revert it, in (0, 1] [default: 0.34].
+    #[arg(long, value_name = "Q")]
+    pub anomaly_quorum: Option<f64>,
+    /// The fewest anomaly reports that revert the change [default: 1].
+    #[arg(long, value_name = "N")]
+    pub anomaly_quorum_min: Option<u32>,
+    /// Requests a node must see after applying the change before it judges it [default: 20].
+    #[arg(long, value_name = "N")]
+    pub min_samples: Option<u32>,
+    /// The highest acceptable error rate, in (0, 1] [default: 0.05].
+    #[arg(long, value_name = "RATE")]
+    pub max_error_rate: Option<f64>,
+    /// The highest acceptable median p99 latency in milliseconds [default: none].
+    #[arg(long, value_name = "MS")]
+    pub max_latency_p99_ms: Option<u32>,
+    /// How many times the baseline's and the peers' error rate is acceptable [default: 2].
+    #[arg(long, value_name = "X")]
+    pub max_error_ratio: Option<f64>,
+    /// How many times the baseline's and the peers' latency is acceptable [default: 1.5].
+    #[arg(long, value_name = "X")]
+    pub max_latency_ratio: Option<f64>,
     /// Return only once K other nodes hold the change (durable there too).
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub wait_replicas: usize,
@@ -246,9 +274,17 @@ impl ChangeArgs {
             ("waves_by", &self.waves_by),
         ];
         query.extend(options.into_iter().filter_map(|(name, value)| Some((name, value.clone()?))));
-        if let Some(quorum) = self.health_quorum {
-            query.push(("health_quorum", quorum.to_string()));
-        }
+        let numbers = [
+            ("health_quorum", self.health_quorum.map(|v| v.to_string())),
+            ("anomaly_quorum", self.anomaly_quorum.map(|v| v.to_string())),
+            ("anomaly_quorum_min", self.anomaly_quorum_min.map(|v| v.to_string())),
+            ("min_samples", self.min_samples.map(|v| v.to_string())),
+            ("max_error_rate", self.max_error_rate.map(|v| v.to_string())),
+            ("max_latency_p99_ms", self.max_latency_p99_ms.map(|v| v.to_string())),
+            ("max_error_ratio", self.max_error_ratio.map(|v| v.to_string())),
+            ("max_latency_ratio", self.max_latency_ratio.map(|v| v.to_string())),
+        ];
+        query.extend(numbers.into_iter().filter_map(|(name, value)| Some((name, value?))));
         if self.emergency {
             query.push(("emergency", "true".to_owned()));
         }
@@ -299,6 +335,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Rollout(command) => runtime().and_then(|rt| rt.block_on(run_rollout(command))),
         Command::Status { client } => with_client(&client, |c| async move { client::status(&c).await }),
         Command::History { limit, client } => with_client(&client, |c| async move { client::history(&c, limit).await }),
+        Command::Rollback { generation, client } => {
+            with_client(&client, |c| async move { client::rollback(&c, &generation).await })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -304,8 +304,71 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
             rollout,
             ops.join(", ")
         );
+        if let Some(rollout) = generation.get("rollout").filter(|r| !r.is_null()) {
+            for wave in rollout["waves"].as_array().into_iter().flatten() {
+                let state = if wave["open"] == true { "open" } else { "closed" };
+                println!("    wave {} {state:<6} {}", wave["index"], member_cells(wave, |_, text| text).join("  "));
+            }
+            if let Some(line) = revert_line(rollout) {
+                println!("    {line}");
+            }
+        }
     }
     Ok(())
+}
+
+/// `rollback GEN`.
+pub async fn rollback(client: &Client, generation: &str) -> Result<(), CliError> {
+    let answer = client.request(Method::POST, &format!("{}/rollback", generation_path(generation)?), None).await?;
+    if client.json {
+        print_json(&answer);
+    } else if answer["already_reverted"] == true {
+        println!("{generation} was already reverted ({}); nothing to do", text(&answer, "revert"));
+    } else {
+        println!("wrote {}: {generation} is undone on every node as the revert reaches it", text(&answer, "revert"));
+    }
+    Ok(())
+}
+
+/// Why a rollout was reverted, and by whom, if it was.
+fn revert_line(rollout: &Value) -> Option<String> {
+    if rollout["reverted"] != true {
+        return None;
+    }
+    let by: Vec<String> = rollout["reverted_by"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(node, cause)| format!("{node} ({})", cause.as_str().unwrap_or("?")))
+        .collect();
+    let by = if by.is_empty() { "a node no longer in gossip".to_owned() } else { by.join(", ") };
+    let quorum = &rollout["anomaly_quorum"];
+    let anomalous: Vec<&str> = quorum["anomalous"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    Some(format!(
+        "REVERTED by {by}; anomalous: {} of {} that applied it ({}), quorum {}",
+        anomalous.len(),
+        quorum["applied"],
+        anomalous.join(", "),
+        quorum["needed"]
+    ))
+}
+
+/// Each member of a wave with its report, painted by `paint(color, text)`.
+fn member_cells(wave: &Value, paint: impl Fn(&str, String) -> String) -> Vec<String> {
+    wave["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|member| {
+            let name = text(member, "name").to_owned();
+            match member["report"]["verdict"].as_str() {
+                Some("healthy") => paint("32", format!("{name} healthy {:.1}s", elapsed_s(member))),
+                Some("anomalous") => paint("31", format!("{name} ANOMALOUS {:.1}s", elapsed_s(member))),
+                Some(verdict) => paint("36", format!("{name} {verdict} {:.1}s", elapsed_s(member))),
+                None => paint("2", format!("{name} waiting")),
+            }
+        })
+        .collect()
 }
 
 /// `{"Pause": {"target": {"origin": "n1", "seq": 3}}}` as `pause n1.3`.
@@ -359,8 +422,10 @@ pub async fn rollout_status(client: &Client, generation: Option<&str>, watch: bo
                 println!("no rollouts in this node's log");
             }
         }
-        // A paused rollout will not move until someone resumes it: stop watching.
-        let done = rollouts.iter().all(|r| r["all_waves_open"] == true || r["controls"]["paused"] == true);
+        // A paused rollout will not move until someone resumes it, a reverted one never: stop watching.
+        let done = rollouts
+            .iter()
+            .all(|r| r["all_waves_open"] == true || r["controls"]["paused"] == true || r["reverted"] == true);
         if !watch || done {
             return Ok(());
         }
@@ -382,6 +447,7 @@ fn print_rollout(rollout: &Value, color: bool) {
         })
         .collect();
     let paused = if rollout["controls"]["paused"] == true { paint("33", " PAUSED".into()) } else { String::new() };
+    let paused = if rollout["reverted"] == true { format!("{paused}{}", paint("31", " REVERTED".into())) } else { paused };
     println!(
         "{}  {}  waves {}  bake {} ms  quorum {}{paused}",
         paint("1", text(rollout, "generation").to_owned()),
@@ -392,22 +458,17 @@ fn print_rollout(rollout: &Value, color: bool) {
     );
     for wave in rollout["waves"].as_array().into_iter().flatten() {
         let members = wave["members"].as_array().cloned().unwrap_or_default();
-        let cells: Vec<String> = members
-            .iter()
-            .map(|member| {
-                let name = text(member, "name").to_owned();
-                match member["report"]["verdict"].as_str() {
-                    Some("healthy") => paint("32", format!("{name} healthy {:.1}s", elapsed_s(member))),
-                    Some("anomalous") => paint("31", format!("{name} ANOMALOUS {:.1}s", elapsed_s(member))),
-                    Some(verdict) => paint("36", format!("{name} {verdict} {:.1}s", elapsed_s(member))),
-                    None => paint("2", format!("{name} waiting")),
-                }
-            })
-            .collect();
+        let cells = member_cells(wave, paint);
         let applied = members.iter().filter(|m| !m["report"].is_null()).count();
         let bar: String = (0..members.len()).map(|i| if i < applied { '█' } else { '░' }).collect();
         let state = if wave["open"] == true { paint("32", "open  ".into()) } else { paint("2", "closed".into()) };
         println!("  wave {} {state} {bar} {}", wave["index"], cells.join("  "));
+    }
+    if let Some(line) = revert_line(rollout) {
+        println!("  {}", paint("31", line));
+    }
+    if let Some(judgement) = rollout["judgement"].as_str() {
+        println!("  this node: {judgement}");
     }
 }
 

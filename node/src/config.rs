@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use grapevine_proto::NodeName;
-use grapevine_proto::rollout::{Policy, PolicyError, parse_duration_ms, parse_waves};
+use grapevine_proto::rollout::{Policy, PolicyOptions};
 use grapevine_proto::snapshot::Retention;
 
+use crate::alerts::AlertsConfig;
 use crate::health::HealthConfig;
 use serde::Deserialize;
 
@@ -60,8 +61,10 @@ pub struct RawConfig {
     pub retain_age_s: Option<u64>,
     /// `[health]`: the sources that judge applied generations.
     pub health: Option<HealthConfig>,
-    /// `[rollout]`: the policy of a change that names none.
-    pub rollout: Option<RawRollout>,
+    /// `[rollout]`: the policy of a change that names none, in the CLI's notation.
+    pub rollout: Option<PolicyOptions>,
+    /// `[alerts]`: webhooks for anomalies and reverts.
+    pub alerts: Option<AlertsConfig>,
     /// Skews this node's wall clock, for tests of the hybrid logical clock.
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: Option<i64>,
@@ -95,7 +98,8 @@ impl RawConfig {
             retain_generations,
             retain_age_s,
             health,
-            rollout
+            rollout,
+            alerts
         );
         #[cfg(feature = "testsuite")]
         take!(test_clock_skew_ms);
@@ -139,6 +143,7 @@ pub struct Config {
     pub health: HealthConfig,
     /// The cluster's default rollout policy.
     pub rollout: Policy,
+    pub alerts: AlertsConfig,
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: i64,
 }
@@ -234,55 +239,20 @@ impl TryFrom<RawConfig> for Config {
                 health.validate().map_err(|error| ConfigError::Section { section: "health", error })?;
                 health
             },
-            rollout: raw.rollout.unwrap_or_default().policy()?,
+            rollout: raw
+                .rollout
+                .unwrap_or_default()
+                .apply(Policy::default())
+                .map_err(|error| ConfigError::Section { section: "rollout", error: error.0 })?,
+            alerts: {
+                let alerts = raw.alerts.unwrap_or_default();
+                alerts.validate().map_err(|error| ConfigError::Section { section: "alerts", error })?;
+                alerts
+            },
             #[cfg(feature = "testsuite")]
             test_clock_skew_ms: raw.test_clock_skew_ms.unwrap_or(0),
         })
     }
-}
-
-/// `[rollout]` in the node config: the default policy, in the CLI's notation.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRollout {
-    /// Cumulative waves, like `1,10%,50%,100%`.
-    pub waves: Option<String>,
-    /// Bake time per wave, like `30s`.
-    pub bake: Option<String>,
-    /// Share of a wave that must report healthy, in (0, 1].
-    pub health_quorum: Option<f64>,
-    /// How long a node judges a generation after applying it, like `10m`.
-    pub watch_window: Option<String>,
-}
-
-impl RawRollout {
-    /// The policy these options describe, over the built-in default.
-    pub fn policy(self) -> Result<Policy, ConfigError> {
-        let section = |error: PolicyError| ConfigError::Section { section: "rollout", error: error.0 };
-        let mut policy = Policy::default();
-        if let Some(waves) = self.waves {
-            policy.waves = parse_waves(&waves).map_err(section)?;
-        }
-        if let Some(bake) = self.bake {
-            policy.bake_ms = parse_duration_ms(&bake).map_err(section)?;
-        }
-        if let Some(quorum) = self.health_quorum {
-            policy.health_quorum_permille = quorum_permille(quorum).map_err(section)?;
-        }
-        if let Some(window) = self.watch_window {
-            policy.watch_window_ms = parse_duration_ms(&window).map_err(section)?;
-        }
-        policy.validate().map_err(section)?;
-        Ok(policy)
-    }
-}
-
-/// A health quorum in (0, 1] as thousandths.
-pub fn quorum_permille(quorum: f64) -> Result<u16, PolicyError> {
-    if !(quorum > 0.0 && quorum <= 1.0) {
-        return Err(PolicyError(format!("health quorum must be in (0, 1], got {quorum}")));
-    }
-    Ok((quorum * 1000.0).round().max(1.0) as u16)
 }
 
 fn in_range(

@@ -16,9 +16,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::alerts::Alerts;
 use crate::api::{ApiState, router};
 use crate::config::Config;
-use crate::engine::{self, EngineHandle, EngineParts};
+use crate::engine::{self, EngineHandle, EngineParts, Stored};
 use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
@@ -62,8 +63,13 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         NodeTls::load(&config.tls).map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
     let store = Arc::new(Store::open(&config.data, &config.name)?);
     let loading = store.clone();
-    let (snapshot, loaded, released) = tokio::task::spawn_blocking(move || {
-        Ok::<_, StoreError>((loading.snapshot()?, loading.load()?, loading.released()?))
+    let stored = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>(Stored {
+            snapshot: loading.snapshot()?,
+            generations: loading.load()?,
+            released: loading.released()?,
+            reverts: loading.reverts()?,
+        })
     })
     .await
     .expect("store task panicked")?;
@@ -98,6 +104,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         }
     };
     let gossip = Arc::new(gossip);
+    let shutdown = CancellationToken::new();
+    let (alerts, alerts_task) = Alerts::new(&config.alerts, metrics.clone(), shutdown.clone());
     let (pushes, push_jobs) = mpsc::channel(PUSH_QUEUE_CAPACITY);
     let parts = EngineParts {
         name: config.name.clone(),
@@ -109,10 +117,10 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         pushes,
         retention: config.retention,
         health: health.clone(),
+        alerts: alerts.clone(),
     };
-    let (engine, engine_task) = engine::spawn(parts, snapshot, loaded, released).await;
+    let (engine, engine_task) = engine::spawn(parts, stored).await;
 
-    let shutdown = CancellationToken::new();
     let holdings = Arc::new(PeerHoldings::default());
     let (pulls, pull_requests) = PullRequests::channel();
     let puller = run_puller(
@@ -134,7 +142,14 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     );
     let server = Server { store, engine: engine.clone(), transport: transport.clone(), pulls };
     let server = run_server(server, inboxes.streams, shutdown.clone());
-    let health_task = health::run(health.clone(), gossip.clone(), shutdown.clone());
+    let health_task = health::HealthTask {
+        health: health.clone(),
+        gossip: gossip.clone(),
+        alerts,
+        metrics: metrics.clone(),
+        name: config.name.clone(),
+    };
+    let health_task = health::run(health_task, shutdown.clone());
     let api_state = ApiState {
         holdings,
         health,
@@ -154,7 +169,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             tracing::error!(%error, "API server failed");
         }
     };
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(puller),
         tokio::spawn(pusher),
         tokio::spawn(server),
@@ -162,6 +177,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         tokio::spawn(health_task),
         engine_task,
     ];
+    tasks.extend(alerts_task.map(tokio::spawn));
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
     Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, engine, tasks })
 }

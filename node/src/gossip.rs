@@ -20,12 +20,14 @@ use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage, Deserializable, FailureDetectorConfig, ListenerHandle,
     NodeState, Serializable, spawn_chitchat,
 };
-use grapevine_proto::rollout::Report;
+use grapevine_proto::health::Window;
+use grapevine_proto::rollout::{Report, Verdict};
 use grapevine_proto::{GenId, NodeName, VersionVector};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
+use crate::health::PeerHealth;
 use crate::metrics::{Metrics, reason};
 use crate::transport::Transport;
 
@@ -37,6 +39,13 @@ pub const KEY_DIGEST: &str = "digest";
 pub const PREFIX_VERSION_VECTOR: &str = "vv.";
 /// `rep.<generation>` = this node's report on a generation it applied (`h:12000`).
 pub const PREFIX_REPORT: &str = "rep.";
+/// This node's KPIs over the last minute (`requests:errors:latency_ms:intervals`), for peers
+/// that compare theirs with it.
+pub const KEY_KPI: &str = "kpi";
+/// The summary of the reverts this node holds (`count.hash`); a peer with another pulls.
+pub const KEY_REVERTS: &str = "reverts";
+/// `rv.<generation>` = why this node wrote the revert of a generation (`quorum`, `rollback`).
+pub const PREFIX_REVERTED_BY: &str = "rv.";
 
 /// Gossip messages waiting to be sent to one peer. chitchat sends a few per round; a full
 /// queue means the peer is unreachable or slow, and the message is dropped as UDP would.
@@ -104,7 +113,7 @@ pub struct Gossip {
     /// from then, a lower bound of its true age that compares no clocks across hosts.
     reports_seen: Mutex<HashMap<(String, String), (String, Instant)>>,
     /// Keep the subscriptions that feed the notifications alive.
-    _listeners: [ListenerHandle; 2],
+    _listeners: [ListenerHandle; 3],
 }
 
 impl Gossip {
@@ -140,6 +149,7 @@ impl Gossip {
         };
         let listeners = [
             subscribe(PREFIX_VERSION_VECTOR, version_vectors_changed.clone()).await,
+            subscribe(KEY_REVERTS, version_vectors_changed.clone()).await,
             subscribe(PREFIX_REPORT, reports_changed.clone()).await,
         ];
         let reports_seen = Mutex::new(HashMap::new());
@@ -158,7 +168,7 @@ impl Gossip {
             .await;
     }
 
-    /// Notified whenever a peer's version vector changes.
+    /// Notified whenever a peer's version vector or reverts summary changes.
     pub fn version_vectors_changed(&self) -> Arc<Notify> {
         self.version_vectors_changed.clone()
     }
@@ -174,12 +184,16 @@ impl Gossip {
         self.set_keys(keys).await;
     }
 
-    /// Withdraws this node's reports on generations it no longer judges.
+    /// Withdraws this node's reports on generations it no longer judges, and why it reverted
+    /// them if it did.
     pub async fn delete_reports(&self, generations: &[GenId]) {
         if generations.is_empty() {
             return;
         }
-        let keys: Vec<String> = generations.iter().map(|id| format!("{PREFIX_REPORT}{id}")).collect();
+        let keys: Vec<String> = generations
+            .iter()
+            .flat_map(|id| [format!("{PREFIX_REPORT}{id}"), format!("{PREFIX_REVERTED_BY}{id}")])
+            .collect();
         self.handle
             .with_chitchat(move |chitchat| {
                 let state = chitchat.self_node_state();
@@ -225,6 +239,122 @@ impl Gossip {
                 Some((node, report))
             })
             .collect()
+    }
+
+    /// Every report on `generation` of any member this node knows of, live or dead: a node
+    /// that reported an anomaly and then died still counts toward the anomaly quorum. A name
+    /// with several incarnations keeps its worst verdict.
+    pub async fn all_reports_for(&self, generation: &GenId) -> BTreeMap<NodeName, Report> {
+        let key = format!("{PREFIX_REPORT}{generation}");
+        self.handle
+            .with_chitchat(|chitchat| {
+                let mut reports: BTreeMap<NodeName, Report> = BTreeMap::new();
+                for (id, state) in chitchat.node_states() {
+                    let parsed = state.get(&key).and_then(|v| v.parse::<Report>().ok());
+                    let (Some(report), Ok(name)) = (parsed, id.node_id.parse::<NodeName>()) else { continue };
+                    let slot = reports.entry(name).or_insert(report);
+                    if report.verdict > slot.verdict {
+                        *slot = report;
+                    }
+                }
+                reports
+            })
+            .await
+    }
+
+    /// Generations some member (live or dead) reports anomalous.
+    pub async fn anomalous_generations(&self) -> Vec<GenId> {
+        let mut generations: Vec<GenId> = self
+            .handle
+            .with_chitchat(|chitchat| {
+                chitchat
+                    .node_states()
+                    .iter()
+                    .flat_map(|(_, state)| state.key_values())
+                    .filter_map(|(key, value)| {
+                        let id = key.strip_prefix(PREFIX_REPORT)?;
+                        let report = value.parse::<Report>().ok()?;
+                        (report.verdict == Verdict::Anomalous).then(|| id.parse::<GenId>().ok()).flatten()
+                    })
+                    .collect()
+            })
+            .await;
+        generations.sort();
+        generations.dedup();
+        generations
+    }
+
+    /// Live peers (this node excluded): their KPIs and the generations they report on.
+    pub async fn peer_health(&self) -> BTreeMap<NodeName, PeerHealth> {
+        let own = self.handle.chitchat_id().clone();
+        self.handle
+            .with_chitchat(|chitchat| {
+                chitchat
+                    .live_nodes()
+                    .filter(|id| **id != own)
+                    .filter_map(|id| {
+                        let state = chitchat.node_state(id)?;
+                        let kpis = state.get(KEY_KPI).and_then(|v| v.parse::<Window>().ok());
+                        let reported = state
+                            .key_values()
+                            .filter_map(|(key, _)| key.strip_prefix(PREFIX_REPORT)?.parse::<GenId>().ok())
+                            .collect();
+                        Some((id.node_id.parse::<NodeName>().ok()?, PeerHealth { kpis, reported }))
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Says why this node wrote the revert of `generation`.
+    pub async fn publish_revert_cause(&self, generation: &GenId, cause: &str) {
+        self.set_keys(vec![(format!("{PREFIX_REVERTED_BY}{generation}"), cause.to_owned())]).await;
+    }
+
+    /// The members (live or dead) that wrote the revert of `generation`, and why.
+    pub async fn revert_causes(&self, generation: &GenId) -> BTreeMap<String, String> {
+        let key = format!("{PREFIX_REVERTED_BY}{generation}");
+        self.handle
+            .with_chitchat(|chitchat| {
+                chitchat
+                    .node_states()
+                    .iter()
+                    .filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(&key)?.to_owned())))
+                    .collect()
+            })
+            .await
+    }
+
+    /// The KPIs that members `names` (live or dead) last published, by name.
+    pub async fn kpis_of(&self, names: &[NodeName]) -> BTreeMap<String, String> {
+        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+        self.handle
+            .with_chitchat(move |chitchat| {
+                chitchat
+                    .node_states()
+                    .iter()
+                    .filter(|(id, _)| names.iter().any(|name| **name == *id.node_id))
+                    .filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(KEY_KPI)?.to_owned())))
+                    .collect()
+            })
+            .await
+    }
+
+    /// Live peers' summaries of the reverts they hold.
+    pub async fn peer_reverts_digests(&self) -> Vec<(SocketAddr, String)> {
+        let own = self.handle.chitchat_id().clone();
+        self.handle
+            .with_chitchat(|chitchat| {
+                chitchat
+                    .live_nodes()
+                    .filter(|id| **id != own)
+                    .map(|id| {
+                        let digest = chitchat.node_state(id).and_then(|s| s.get(KEY_REVERTS)).unwrap_or_default();
+                        (id.gossip_advertise_addr, digest.to_owned())
+                    })
+                    .collect()
+            })
+            .await
     }
 
     /// Each live member's value of label `label` (members without it are left out).

@@ -8,25 +8,49 @@
 //! A source that cannot be reached adds no sample, and its error shows in `status`: a
 //! generation without enough samples stays inconclusive, never healthy.
 //!
+//! Each generation is judged by `proto::health::judge` with its policy's thresholds: the
+//! samples since the apply against absolute limits, against this node's own baseline (the
+//! samples of the [`BASELINE_WINDOW`] before the apply), and against live peers that have not
+//! applied it (their KPIs over the last [`KPI_WINDOW`], which every node with a source
+//! publishes in gossip as `kpi`). An anomalous verdict is final: it is reported, counted and
+//! alerted once, and a generation that recovers does not take it back. An apply failure is an
+//! anomaly at once ([`Health::apply_failed`]).
+//!
 //! After its watch window a generation takes no more samples, but its last verdict stays in
 //! gossip until the generation is compacted (or evicted past [`MAX_TRACKED`]): a rollout that
 //! outlasts the window, or a node that joins late, still finds the earlier waves' reports.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use grapevine_proto::GenId;
+use grapevine_proto::health::{Judgement, References, Thresholds, Window, judge};
 use grapevine_proto::rollout::{Report, Verdict};
+use grapevine_proto::{GenId, NodeName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-use crate::gossip::Gossip;
+use crate::alerts::{Alert, AlertKind, Alerts};
+use crate::gossip::{Gossip, KEY_KPI};
 
 /// Generations whose reports are kept at once; past it, the one applied longest ago goes.
 const MAX_TRACKED: usize = 256;
+
+/// How far back the baseline of a generation reaches before its apply.
+pub const BASELINE_WINDOW: Duration = Duration::from_secs(600);
+
+/// The span of the KPIs each node publishes for its peers' comparisons.
+pub const KPI_WINDOW: Duration = Duration::from_secs(60);
+
+/// How often a node republishes its KPIs (a small gossip key that changes every time).
+const KPI_PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Samples kept for the baseline and the KPIs, and per generation since its apply; past it the
+/// oldest go (at the fastest sample interval, 100 ms, this still covers minutes).
+const MAX_SAMPLES: usize = 8192;
 
 /// `[health]` in the node config.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -34,12 +58,6 @@ const MAX_TRACKED: usize = 256;
 pub struct HealthConfig {
     /// How often sources are sampled and reports published [default: 1000].
     pub sample_interval_ms: Option<u64>,
-    /// Requests a generation needs before it can be judged healthy [default: 5].
-    pub min_samples: Option<u64>,
-    /// The highest healthy error rate, 0 to 1 [default: 0.05].
-    pub max_error_rate: Option<f64>,
-    /// The highest healthy p99 latency in milliseconds [default: none].
-    pub max_latency_p99_ms: Option<f64>,
     /// Applications push samples to `POST /v1/health`.
     #[serde(default)]
     pub push: bool,
@@ -95,14 +113,9 @@ impl HealthConfig {
         Duration::from_millis(self.sample_interval_ms.unwrap_or(1_000))
     }
 
-    /// Checks the thresholds, saying which is wrong.
+    /// Checks the section, saying what is wrong. (Thresholds belong to the rollout policy:
+    /// `[rollout]` holds the cluster's defaults.)
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(rate) = self.max_error_rate.filter(|r| !(0.0..=1.0).contains(r)) {
-            return Err(format!("max_error_rate must be from 0 to 1, got {rate}"));
-        }
-        if let Some(latency) = self.max_latency_p99_ms.filter(|l| l.is_nan() || *l <= 0.0) {
-            return Err(format!("max_latency_p99_ms must be above 0, got {latency}"));
-        }
         if let Some(interval) = self.sample_interval_ms.filter(|i| !SAMPLE_INTERVAL_MS.contains(i)) {
             return Err(format!("sample_interval_ms must be from 100 to 60000, got {interval}"));
         }
@@ -122,17 +135,45 @@ pub struct Sample {
     pub latency_p99_ms: Option<f64>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    requests: u64,
-    errors: u64,
-    worst_latency_p99_ms: Option<f64>,
+impl Sample {
+    fn parts(&self) -> (u64, u64, Option<f64>) {
+        (self.requests, self.errors, self.latency_p99_ms)
+    }
 }
 
 struct Tracked {
     applied_at: Instant,
     watch_window: Duration,
-    tally: Tally,
+    thresholds: Thresholds,
+    /// This node's KPIs over the [`BASELINE_WINDOW`] before the apply.
+    baseline: Option<Window>,
+    /// Samples since the apply, oldest first.
+    samples: VecDeque<Sample>,
+    judgement: Judgement,
+    /// No more samples: the generation was reverted.
+    frozen: bool,
+}
+
+impl Tracked {
+    fn watching(&self) -> bool {
+        !self.frozen && self.judgement.verdict != Verdict::Anomalous && self.applied_at.elapsed() <= self.watch_window
+    }
+}
+
+/// What a live peer publishes that judging needs: its KPIs, and the generations it reports
+/// on (those it applied).
+#[derive(Clone, Debug, Default)]
+pub struct PeerHealth {
+    pub kpis: Option<Window>,
+    pub reported: BTreeSet<GenId>,
+}
+
+/// A generation this node just judged anomalous.
+#[derive(Clone, Debug)]
+pub struct Anomaly {
+    pub generation: GenId,
+    pub reason: String,
+    pub kpis: Window,
 }
 
 /// The last outcome of one source, for `status`.
@@ -146,6 +187,12 @@ pub struct SourceStatus {
 struct State {
     config: HealthConfig,
     tracked: BTreeMap<GenId, Tracked>,
+    /// Recent samples of every source, for baselines and the published KPIs.
+    recent: VecDeque<(Instant, Sample)>,
+    /// Live peers' KPIs and reports, refreshed every sample interval.
+    peers: BTreeMap<NodeName, PeerHealth>,
+    /// Anomalies judged since the last call of [`Health::take_anomalies`].
+    anomalies: Vec<Anomaly>,
     sources: BTreeMap<String, SourceStatus>,
     /// Last counter values per Prometheus endpoint, to turn totals into increases.
     counters: HashMap<String, (f64, f64)>,
@@ -165,6 +212,9 @@ impl Health {
         let state = State {
             config,
             tracked: BTreeMap::new(),
+            recent: VecDeque::new(),
+            peers: BTreeMap::new(),
+            anomalies: Vec::new(),
             sources: BTreeMap::new(),
             counters: HashMap::new(),
             dropped: Vec::new(),
@@ -178,7 +228,7 @@ impl Health {
 
     /// Starts judging a generation just applied (or, after a restart, applied before it:
     /// its age starts again from zero, which only delays a gate); its report goes out at once.
-    pub fn applied(&self, generation: GenId, watch_window: Duration) {
+    pub fn applied(&self, generation: GenId, watch_window: Duration, thresholds: Thresholds) {
         let mut state = self.lock();
         if state.tracked.len() >= MAX_TRACKED {
             let oldest = state.tracked.iter().min_by_key(|(_, t)| t.applied_at).map(|(id, _)| id.clone());
@@ -187,22 +237,109 @@ impl Health {
                 state.dropped.push(oldest);
             }
         }
-        state.tracked.insert(generation, Tracked { applied_at: Instant::now(), watch_window, tally: Tally::default() });
+        let baseline = state.window_since(BASELINE_WINDOW);
+        let judgement = Judgement { verdict: Verdict::Inconclusive, reason: "just applied".to_owned() };
+        let tracked = Tracked {
+            applied_at: Instant::now(),
+            watch_window,
+            thresholds,
+            baseline,
+            samples: VecDeque::new(),
+            judgement,
+            frozen: false,
+        };
+        state.tracked.insert(generation, tracked);
         drop(state);
         self.publish.notify_one();
     }
 
-    /// Adds one sample to every generation within its watch window.
+    /// Applying the generation failed on this node (a render, a check or a reload hook): it
+    /// is anomalous at once, whatever the samples say.
+    pub fn apply_failed(&self, generation: &GenId, reason: String) {
+        let mut state = self.lock();
+        let Some(tracked) = state.tracked.get_mut(generation) else { return };
+        if tracked.judgement.verdict == Verdict::Anomalous {
+            return;
+        }
+        let reason = format!("apply failed: {reason}");
+        tracked.judgement = Judgement { verdict: Verdict::Anomalous, reason: reason.clone() };
+        let kpis = Window::of(tracked.samples.iter().map(Sample::parts));
+        state.anomalies.push(Anomaly { generation: generation.clone(), reason, kpis });
+        drop(state);
+        self.publish.notify_one();
+    }
+
+    /// Stops sampling a generation (it was reverted); its last verdict stays reported.
+    pub fn freeze(&self, generation: &GenId) {
+        if let Some(tracked) = self.lock().tracked.get_mut(generation) {
+            tracked.frozen = true;
+        }
+    }
+
+    /// Adds one sample to every generation within its watch window, and to the recent ones.
     pub fn record(&self, sample: Sample) {
         let mut state = self.lock();
-        for tracked in state.tracked.values_mut().filter(|t| t.applied_at.elapsed() <= t.watch_window) {
-            tracked.tally.requests += sample.requests;
-            tracked.tally.errors += sample.errors;
-            if let Some(latency) = sample.latency_p99_ms {
-                let worst = tracked.tally.worst_latency_p99_ms.map_or(latency, |w| w.max(latency));
-                tracked.tally.worst_latency_p99_ms = Some(worst);
+        let now = Instant::now();
+        state.recent.push_back((now, sample));
+        while state.recent.len() > MAX_SAMPLES
+            || state.recent.front().is_some_and(|(at, _)| now.duration_since(*at) > BASELINE_WINDOW)
+        {
+            state.recent.pop_front();
+        }
+        for tracked in state.tracked.values_mut().filter(|t| t.watching()) {
+            tracked.samples.push_back(sample);
+            if tracked.samples.len() > MAX_SAMPLES {
+                tracked.samples.pop_front();
             }
         }
+    }
+
+    /// Judges every generation still watched, with the peers' KPIs last seen; anomalies
+    /// found go to [`Health::take_anomalies`].
+    fn judge_all(&self) {
+        let mut state = self.lock();
+        if !state.config.has_sources() {
+            return;
+        }
+        let State { tracked, peers, anomalies, .. } = &mut *state;
+        for (id, tracked) in tracked.iter_mut().filter(|(_, t)| t.watching()) {
+            let without: Vec<&Window> =
+                peers.values().filter(|p| !p.reported.contains(id)).filter_map(|p| p.kpis.as_ref()).collect();
+            let references = References {
+                baseline: tracked.baseline,
+                peers: (!without.is_empty()).then(|| Window::pool(without)),
+            };
+            let since = Window::of(tracked.samples.iter().map(Sample::parts));
+            tracked.judgement = judge(&tracked.thresholds, &since, &references);
+            if tracked.judgement.verdict == Verdict::Anomalous {
+                let reason = tracked.judgement.reason.clone();
+                anomalies.push(Anomaly { generation: id.clone(), reason, kpis: since });
+            }
+        }
+    }
+
+    fn take_anomalies(&self) -> Vec<Anomaly> {
+        std::mem::take(&mut self.lock().anomalies)
+    }
+
+    fn set_peers(&self, peers: BTreeMap<NodeName, PeerHealth>) {
+        self.lock().peers = peers;
+    }
+
+    /// This node's KPIs over the last [`KPI_WINDOW`], if it has any source.
+    fn kpis(&self) -> Option<Window> {
+        let state = self.lock();
+        if !state.config.has_sources() {
+            return None;
+        }
+        Some(state.window_since(KPI_WINDOW).unwrap_or_default())
+    }
+
+    /// Why this node judges a generation as it does, if it judges it.
+    pub fn judgement(&self, generation: &GenId) -> Option<Judgement> {
+        let state = self.lock();
+        let tracked = state.tracked.get(generation)?;
+        Some(state.verdict_of(tracked))
     }
 
     /// Whether `POST /v1/health` is a configured source.
@@ -218,7 +355,7 @@ impl Health {
             .iter()
             .map(|(id, tracked)| {
                 let elapsed_ms = tracked.applied_at.elapsed().as_millis() as u64;
-                (id.clone(), Report { verdict: verdict(&state.config, &tracked.tally), elapsed_ms })
+                (id.clone(), Report { verdict: state.verdict_of(tracked).verdict, elapsed_ms })
             })
             .collect()
     }
@@ -261,20 +398,36 @@ impl Health {
     }
 }
 
-fn verdict(config: &HealthConfig, tally: &Tally) -> Verdict {
-    if !config.has_sources() {
-        return Verdict::Healthy;
+impl State {
+    /// The window of the recent samples no older than `span`, if there are any.
+    fn window_since(&self, span: Duration) -> Option<Window> {
+        let now = Instant::now();
+        let samples: Vec<(u64, u64, Option<f64>)> =
+            self.recent.iter().filter(|(at, _)| now.duration_since(*at) <= span).map(|(_, s)| s.parts()).collect();
+        (!samples.is_empty()).then(|| Window::of(samples))
     }
-    if tally.requests < config.min_samples.unwrap_or(5).max(1) {
-        return Verdict::Inconclusive;
+
+    fn verdict_of(&self, tracked: &Tracked) -> Judgement {
+        if self.config.has_sources() {
+            return tracked.judgement.clone();
+        }
+        let reason = "no health source: judged on the apply alone".to_owned();
+        Judgement { verdict: Verdict::Healthy, reason }
     }
-    let error_rate = tally.errors as f64 / tally.requests as f64;
-    let too_slow = config.max_latency_p99_ms.zip(tally.worst_latency_p99_ms).is_some_and(|(max, seen)| seen > max);
-    if error_rate > config.max_error_rate.unwrap_or(0.05) || too_slow { Verdict::Anomalous } else { Verdict::Healthy }
+}
+
+/// What the health task needs besides the health itself.
+pub struct HealthTask {
+    pub health: Health,
+    pub gossip: Arc<Gossip>,
+    pub alerts: Alerts,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub name: NodeName,
 }
 
 /// Samples the sources and publishes reports every sample interval, until shutdown.
-pub async fn run(health: Health, gossip: Arc<Gossip>, shutdown: CancellationToken) {
+pub async fn run(task: HealthTask, shutdown: CancellationToken) {
+    let HealthTask { health, gossip, alerts, metrics, name } = task;
     let config = health.lock().config.clone();
     let mut ticker = tokio::time::interval(config.sample_interval());
     let http = reqwest::Client::new();
@@ -282,11 +435,34 @@ pub async fn run(health: Health, gossip: Arc<Gossip>, shutdown: CancellationToke
     // changes: observers age it on their own clocks (`Gossip::reports_for`), so an unchanged
     // verdict costs no gossip.
     let mut published: BTreeMap<GenId, Verdict> = BTreeMap::new();
+    let mut kpis_published: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => sample_sources(&health, &config, &http).await,
+            _ = ticker.tick() => {
+                sample_sources(&health, &config, &http).await;
+                health.set_peers(gossip.peer_health().await);
+                if let Some(kpis) = health.kpis().filter(|_| kpis_published.is_none_or(|at| at.elapsed() >= KPI_PUBLISH_INTERVAL)) {
+                    gossip.set_keys(vec![(KEY_KPI.to_owned(), kpis.to_string())]).await;
+                    kpis_published = Some(Instant::now());
+                }
+                health.judge_all();
+            }
             _ = health.publish.notified() => {}
+        }
+        for anomaly in health.take_anomalies() {
+            warn!(generation = %anomaly.generation, reason = %anomaly.reason, kpis = %anomaly.kpis, "judged anomalous");
+            metrics.anomaly_reports.inc();
+            alerts.raise(Alert {
+                kind: AlertKind::Anomaly,
+                node: name.to_string(),
+                generation: anomaly.generation.to_string(),
+                trigger: None,
+                reason: anomaly.reason,
+                reporting_nodes: vec![name.to_string()],
+                kpis: BTreeMap::from([(name.to_string(), anomaly.kpis.to_string())]),
+                at_ms: unix_ms(),
+            });
         }
         let dropped = health.take_dropped();
         for id in &dropped {
@@ -300,6 +476,10 @@ pub async fn run(health: Health, gossip: Arc<Gossip>, shutdown: CancellationToke
         }
         gossip.publish_reports(&changed).await;
     }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn sample_sources(health: &Health, config: &HealthConfig, http: &reqwest::Client) {
@@ -396,31 +576,71 @@ mod tests {
         GenId { origin: "n1".parse().unwrap(), seq }
     }
 
+    fn verdict(health: &Health, seq: u64) -> Verdict {
+        health.judge_all();
+        health.reports()[&id(seq)].verdict
+    }
+
+    fn sample(requests: u64, errors: u64, latency: f64) -> Sample {
+        Sample { requests, errors, latency_p99_ms: Some(latency) }
+    }
+
     #[test]
-    fn verdicts_follow_samples_and_thresholds() {
-        let config = HealthConfig {
-            push: true,
-            min_samples: Some(10),
-            max_latency_p99_ms: Some(200.0),
-            ..HealthConfig::default()
-        };
-        let health = Health::new(config);
-        health.applied(id(1), Duration::from_secs(60));
-        assert_eq!(health.reports()[&id(1)].verdict, Verdict::Inconclusive, "no samples yet");
-        health.record(Sample { requests: 100, errors: 1, latency_p99_ms: Some(50.0) });
-        assert_eq!(health.reports()[&id(1)].verdict, Verdict::Healthy);
-        health.record(Sample { requests: 100, errors: 30, latency_p99_ms: None });
-        assert_eq!(health.reports()[&id(1)].verdict, Verdict::Anomalous, "error rate 15%");
-        health.applied(id(2), Duration::from_secs(60));
-        health.record(Sample { requests: 100, errors: 0, latency_p99_ms: Some(500.0) });
-        assert_eq!(health.reports()[&id(2)].verdict, Verdict::Anomalous, "too slow");
+    fn verdicts_follow_samples_baseline_and_peers_and_an_anomaly_is_final() {
+        let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
+        let thresholds = Thresholds { min_samples: 50, ..Thresholds::default() };
+        for _ in 0..20 {
+            health.record(sample(100, 0, 40.0));
+        }
+        health.applied(id(1), Duration::from_secs(60), thresholds.clone());
+        assert_eq!(verdict(&health, 1), Verdict::Inconclusive, "no samples yet");
+        health.record(sample(100, 1, 42.0));
+        assert_eq!(verdict(&health, 1), Verdict::Healthy);
+        // 4% errors: under the absolute 5%, but forty times the baseline's none.
+        for _ in 0..5 {
+            health.record(sample(100, 4, 41.0));
+        }
+        assert_eq!(verdict(&health, 1), Verdict::Anomalous);
+        let anomalies = health.take_anomalies();
+        assert_eq!(anomalies.len(), 1);
+        assert!(anomalies[0].reason.contains("baseline"), "{}", anomalies[0].reason);
+        for _ in 0..100 {
+            health.record(sample(100, 0, 40.0));
+        }
+        assert_eq!(verdict(&health, 1), Verdict::Anomalous, "an anomaly is final");
+        assert!(health.take_anomalies().is_empty(), "and raised once");
+
+        // No baseline of its own, but peers without it run at 40 ms and this node at 120 ms.
+        let fresh = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
+        let peer = PeerHealth { kpis: Some(Window { requests: 5_000, errors: 5, latency_ms: Some(40.0), latency_intervals: 60 }), reported: BTreeSet::new() };
+        fresh.set_peers(BTreeMap::from([("n2".parse().unwrap(), peer)]));
+        fresh.applied(id(2), Duration::from_secs(60), thresholds);
+        for _ in 0..6 {
+            fresh.record(sample(100, 0, 120.0));
+        }
+        assert_eq!(verdict(&fresh, 2), Verdict::Anomalous);
+        assert!(fresh.judgement(&id(2)).unwrap().reason.contains("peers without it"));
+    }
+
+    #[test]
+    fn an_apply_failure_is_anomalous_at_once_and_a_frozen_generation_takes_no_samples() {
+        let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
+        health.applied(id(1), Duration::from_secs(60), Thresholds::default());
+        health.apply_failed(&id(1), "reload hook exited with status 1".into());
+        assert_eq!(health.reports()[&id(1)].verdict, Verdict::Anomalous);
+        assert_eq!(health.take_anomalies().len(), 1);
+        health.applied(id(2), Duration::from_secs(60), Thresholds::default());
+        health.freeze(&id(2));
+        health.record(sample(1_000, 1_000, 1.0));
+        assert_eq!(verdict(&health, 2), Verdict::Inconclusive, "frozen before any sample");
     }
 
     #[test]
     fn without_sources_an_applied_generation_is_healthy() {
         let health = Health::new(HealthConfig::default());
-        health.applied(id(1), Duration::from_secs(60));
-        assert_eq!(health.reports()[&id(1)].verdict, Verdict::Healthy);
+        health.applied(id(1), Duration::from_secs(60), Thresholds::default());
+        assert_eq!(verdict(&health, 1), Verdict::Healthy);
+        assert_eq!(health.kpis(), None, "nothing to publish");
     }
 
     #[tokio::test]

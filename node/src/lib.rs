@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) only parses the command line and calls into [`cli`]. Everything that
 //! decides lives in `grapevine-proto`; this crate adapts sockets, disks, timers and HTTP to it.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod client;

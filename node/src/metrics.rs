@@ -66,6 +66,17 @@ pub struct Metrics {
     pub generation_conflicts: Counter,
     /// Generations and snapshots refused because a clock stamp was beyond the maximum offset.
     pub clock_offset_refusals: Counter,
+    /// Reverts this node learned, by how (`quorum`: it saw the anomaly quorum and wrote it;
+    /// `rollback`: an operator asked it; `received`: from a peer).
+    pub reverts: Family<Reason, Counter>,
+    /// Reverts held in the log (grow-only).
+    pub reverts_known: Gauge,
+    /// Generations this node judged anomalous (each one reported once).
+    pub anomaly_reports: Counter,
+    /// Alerts raised by this node, by kind (`anomaly`, `revert`).
+    pub alerts: Family<Reason, Counter>,
+    /// Webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
+    pub webhook_deliveries: Family<Reason, Counter>,
 }
 
 impl Metrics {
@@ -92,6 +103,11 @@ impl Metrics {
             members: Family::default(),
             generation_conflicts: Counter::default(),
             clock_offset_refusals: Counter::default(),
+            reverts: Family::default(),
+            reverts_known: Gauge::default(),
+            anomaly_reports: Counter::default(),
+            alerts: Family::default(),
+            webhook_deliveries: Family::default(),
         };
         let r = &mut registry;
         r.register("gossip_messages_received", "Gossip messages received from peers", metrics.gossip_received.clone());
@@ -137,6 +153,11 @@ impl Metrics {
             "Generations and snapshots refused for a clock stamp beyond the maximum offset",
             metrics.clock_offset_refusals.clone(),
         );
+        r.register("reverts", "Reverts learned, by how: quorum, rollback, received", metrics.reverts.clone());
+        r.register("reverts_known", "Reverts held in the log", metrics.reverts_known.clone());
+        r.register("anomaly_reports", "Generations this node judged anomalous", metrics.anomaly_reports.clone());
+        r.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
+        r.register("webhook_deliveries", "Webhook deliveries, by outcome", metrics.webhook_deliveries.clone());
         metrics.registry = registry;
         metrics
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use grapevine_proto::validate::{validate_generation, validate_snapshot};
 use grapevine_proto::wire::{decode, encode};
-use grapevine_proto::{GenId, Generation, NodeName, Snapshot, VersionVector};
+use grapevine_proto::{GenId, Generation, NodeName, Revert, Snapshot, VersionVector};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
 /// Generations by `(origin, seq)`, each the versioned encoding of a [`Generation`].
@@ -18,6 +18,8 @@ const GENERATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("g
 /// Generations released to this node (applied), so a restart does not take them back while
 /// the reports that opened their gates are still on their way.
 const RELEASED: TableDefinition<(&str, u64), ()> = TableDefinition::new("released");
+/// Targets of the reverts this node holds (grow-only, never deleted: a few bytes each).
+const REVERTS: TableDefinition<(&str, u64), ()> = TableDefinition::new("reverts");
 /// The snapshot of compacted generations, under [`SNAPSHOT_KEY`].
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const SNAPSHOT_KEY: &str = "base";
@@ -93,6 +95,7 @@ impl Store {
             txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
             txn.open_table(SNAPSHOTS).map_err(|x| e(x.into()))?;
             txn.open_table(RELEASED).map_err(|x| e(x.into()))?;
+            txn.open_table(REVERTS).map_err(|x| e(x.into()))?;
         }
         txn.commit().map_err(|x| e(x.into()))
     }
@@ -144,18 +147,44 @@ impl Store {
 
     /// The generations released to this node.
     pub fn released(&self) -> Result<BTreeSet<GenId>, StoreError> {
+        self.ids(RELEASED)
+    }
+
+    /// Records reverts, durably.
+    pub fn put_reverts(&self, reverts: &[Revert]) -> Result<(), StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut table = txn.open_table(REVERTS).map_err(|x| e(x.into()))?;
+            for revert in reverts {
+                table.insert((revert.target.origin.as_str(), revert.target.seq), ()).map_err(|x| e(x.into()))?;
+            }
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// The reverts this node holds.
+    pub fn reverts(&self) -> Result<Vec<Revert>, StoreError> {
+        Ok(self.ids(REVERTS)?.iter().map(Revert::of).collect())
+    }
+
+    /// The generation ids that key `table`.
+    fn ids(&self, table: TableDefinition<(&str, u64), ()>) -> Result<BTreeSet<GenId>, StoreError> {
         let e = self.error();
         let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
-        let table = txn.open_table(RELEASED).map_err(|x| e(x.into()))?;
-        let mut released = BTreeSet::new();
+        let table = txn.open_table(table).map_err(|x| e(x.into()))?;
+        let mut ids = BTreeSet::new();
         for row in table.iter().map_err(|x| e(x.into()))? {
             let (key, _) = row.map_err(|x| e(x.into()))?;
             let (origin, seq) = key.value();
-            if let Ok(origin) = origin.parse::<NodeName>() {
-                released.insert(GenId { origin, seq });
-            }
+            let origin = origin.parse::<NodeName>().map_err(|error| StoreError::Corrupt {
+                path: self.path.clone(),
+                record: format!("{origin}.{seq}"),
+                detail: error.to_string(),
+            })?;
+            ids.insert(GenId { origin, seq });
         }
-        Ok(released)
+        Ok(ids)
     }
 
     /// Every stored generation, each checked against its hash and validated.

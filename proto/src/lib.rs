@@ -5,6 +5,7 @@
 //! be unit-tested and simulated for thousands of nodes without a socket.
 
 pub mod eval;
+pub mod health;
 pub mod hlc;
 pub mod limits;
 pub mod log;
@@ -20,7 +21,7 @@ pub mod wire;
 
 pub use hlc::{Clock, ClockError, Stamp};
 pub use log::{InsertOutcome, Log, VersionVector};
-pub use model::{Change, ContentHash, GenId, Generation, GenerationBody, JsonText, Key, NodeName, Op};
+pub use model::{Change, ContentHash, GenId, Generation, GenerationBody, JsonText, Key, NodeName, Op, Revert};
 pub use snapshot::{Snapshot, Write};
 pub use state::{AppliedState, Entry};
 pub use validate::ValidationError;

@@ -1,17 +1,21 @@
 //! The log: the grow-only set of every generation a node knows, and its version vector.
 //!
 //! Merge is set union keyed by [`GenId`], so it is commutative, associative and idempotent:
-//! nodes that have seen the same generations hold the same log, whatever the order.
+//! nodes that have seen the same generations hold the same log, whatever the order. The log
+//! also holds the reverts (a grow-only set keyed by their target, so it too merges by union):
+//! a reverted generation never counts in the state again.
 //! A version vector summarises the log as `origin -> highest contiguous seq`; a peer whose
 //! vector is ahead of ours on any origin has generations we lack.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crdts::{CmRDT, Dot, VClock};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::model::{GenId, Generation, NodeName};
+use crate::model::{GenId, Generation, NodeName, Revert};
 use crate::snapshot::Snapshot;
+use crate::state::AppliedState;
 
 /// `origin -> highest seq such that every seq from 1 up to it is in the log`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +77,9 @@ pub struct Log {
     generations: BTreeMap<GenId, Generation>,
     version_vector: VersionVector,
     base: Snapshot,
+    /// Targets of the reverts this log holds; kept for good (a few bytes each), so a peer that
+    /// still holds a target whole always learns it is reverted.
+    reverts: BTreeSet<GenId>,
 }
 
 impl Log {
@@ -107,6 +114,41 @@ impl Log {
         self.generations.values()
     }
 
+    /// Adds the revert of a generation (held or not); true when it is new.
+    pub fn revert(&mut self, revert: &Revert) -> bool {
+        self.reverts.insert(revert.target.clone())
+    }
+
+    pub fn is_reverted(&self, id: &GenId) -> bool {
+        self.reverts.contains(id)
+    }
+
+    /// The reverts held, in target order.
+    pub fn reverts(&self) -> impl Iterator<Item = Revert> + '_ {
+        self.reverts.iter().map(Revert::of)
+    }
+
+    /// A short summary of the reverts held: their count and a hash of their targets. Equal
+    /// summaries mean (but for a hash collision) the same reverts.
+    pub fn reverts_digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        for target in &self.reverts {
+            hasher.update(target.origin.as_str().as_bytes());
+            hasher.update([0]);
+            hasher.update(target.seq.to_be_bytes());
+        }
+        let hash = hex::encode(&hasher.finalize()[..8]);
+        format!("{}.{hash}", self.reverts.len())
+    }
+
+    /// The fold of the snapshot and of the generations `counts` accepts that are not
+    /// reverted: with every generation, the desired state; with the released ones, the
+    /// applied state.
+    pub fn state(&self, counts: impl Fn(&GenId) -> bool) -> AppliedState {
+        let live = self.generations.values().filter(|g| counts(g.id()) && !self.reverts.contains(g.id()));
+        AppliedState::fold_from(&self.base, live)
+    }
+
     /// The next sequence number for a generation accepted by `origin`: one past the highest
     /// it has used, contiguous or not.
     pub fn next_seq(&self, origin: &NodeName) -> u64 {
@@ -131,8 +173,9 @@ impl Log {
         InsertOutcome::Inserted
     }
 
-    /// Set union: every generation of `other` that this log lacks, and its snapshot.
+    /// Set union: every generation and revert of `other` that this log lacks, and its snapshot.
     pub fn merge(&mut self, other: &Log) {
+        self.reverts.extend(other.reverts.iter().cloned());
         self.absorb_snapshot(&other.base);
         for generation in other.iter() {
             self.insert(generation.clone());
@@ -159,14 +202,19 @@ impl Log {
 
     /// Moves into the snapshot every generation `eligible` accepts, oldest first per origin,
     /// stopping at the first one it refuses (so the snapshot covers a contiguous prefix of
-    /// each origin). Returns the ids compacted.
+    /// each origin). A reverted generation leaves no write in the snapshot, only its place.
+    /// Returns the ids compacted.
     pub fn compact(&mut self, mut eligible: impl FnMut(&Generation) -> bool) -> Vec<GenId> {
         let origins: Vec<NodeName> = self.version_vector.iter().map(|(origin, _)| origin.clone()).collect();
         let mut compacted = Vec::new();
         for origin in origins {
             let mut next = GenId { seq: self.base.covers().get(&origin) + 1, origin };
             while let Some(generation) = self.generations.get(&next).filter(|g| eligible(g)) {
-                self.base.absorb(generation);
+                if self.reverts.contains(&next) {
+                    self.base.cover(&next);
+                } else {
+                    self.base.absorb(generation);
+                }
                 self.generations.remove(&next);
                 compacted.push(next.clone());
                 next.seq += 1;
@@ -206,13 +254,19 @@ mod tests {
     }
 
     fn arb_log() -> impl Strategy<Value = Log> {
-        let one = (0..3usize, 1..6u64);
+        // Some generations, and some reverts (of generations held or not).
+        let one = (0..3usize, 1..6u64, proptest::bool::weighted(0.2));
         proptest::collection::vec(one, 0..12).prop_map(|specs| {
             let mut log = Log::new();
-            for (origin, seq) in specs {
+            for (origin, seq, reverted) in specs {
                 // The same id always carries the same content, as it does in a real cluster.
                 let origin = ["a", "b", "c"][origin];
-                log.insert(generation(origin, seq, seq * 10, seq as u8));
+                let generation = generation(origin, seq, seq * 10, seq as u8);
+                if reverted {
+                    log.revert(&Revert::of(generation.id()));
+                } else {
+                    log.insert(generation);
+                }
             }
             log
         })
@@ -249,6 +303,9 @@ mod tests {
                 arrivals.swap(i, random.below(i + 1));
             }
             let mut log = Log::new();
+            for revert in a.reverts() {
+                log.revert(&revert);
+            }
             for generation in arrivals {
                 log.insert(generation);
             }
@@ -268,7 +325,42 @@ mod tests {
     }
 
     fn state_of(log: &Log) -> crate::AppliedState {
-        crate::AppliedState::fold_from(log.base(), log.iter())
+        log.state(|_| true)
+    }
+
+    #[test]
+    fn a_revert_written_anywhere_in_any_order_is_one_revert_and_the_state_falls_back() {
+        let before = generation("a", 1, 10, 1);
+        let bad = generation("b", 1, 20, 2);
+        let other_key = crate::testing::put("c", 1, 30, "other", "3");
+        // Two nodes decide on their own (different reports, different times): the same revert.
+        let (left, right) = (Revert::of(bad.id()), Revert::of(bad.id()));
+        assert_eq!(left, right);
+        assert_eq!(left.to_string(), "b.1/revert");
+        let mut one = Log::new();
+        one.insert(before.clone());
+        one.insert(bad.clone());
+        one.revert(&left);
+        one.insert(other_key.clone());
+        // The other node hears of the revert before the generation it undoes.
+        let mut two = Log::new();
+        assert!(two.revert(&right));
+        assert!(!two.revert(&right), "a revert is held once");
+        for generation in [other_key, bad, before.clone()] {
+            two.insert(generation);
+        }
+        assert_eq!(one, two);
+        assert_eq!(one.reverts().count(), 1);
+        assert_eq!(one.reverts_digest(), two.reverts_digest());
+        let state = state_of(&one);
+        let key: crate::Key = "k".parse().unwrap();
+        assert_eq!(state.config[&key].generation, *before.id(), "k falls back to the value before");
+        assert_eq!(state.config.len(), 2, "the later generation on another key is untouched");
+        // Compaction folds the reverted generation away without its write.
+        let mut compacted = one.clone();
+        compacted.compact(|_| true);
+        assert!(compacted.is_empty());
+        assert_eq!(state_of(&compacted), state);
     }
 
     proptest! {
@@ -290,6 +382,10 @@ mod tests {
             let mut server = a.clone();
             server.compact(|g| g.id().seq <= cut);
             let mut peer = Log::new();
+            // A pull brings the reverts first, then the snapshot if needed, then generations.
+            for revert in server.reverts() {
+                peer.revert(&revert);
+            }
             if server.needs_snapshot(peer.version_vector()) {
                 peer.absorb_snapshot(server.base());
             }

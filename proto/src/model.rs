@@ -290,6 +290,29 @@ impl Generation {
     }
 }
 
+/// The revert generation of a generation: it undoes its target on every node, for good.
+///
+/// Its identity and its content are derived from the target's id alone (printed
+/// `origin.seq/revert`), so nodes that decide to revert the same generation independently,
+/// even on both sides of a partition, write the same revert, and every log holds it once.
+/// Who wrote it and why is not part of it: that is gossiped and alerted beside it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Revert {
+    pub target: GenId,
+}
+
+impl Revert {
+    pub fn of(target: &GenId) -> Revert {
+        Revert { target: target.clone() }
+    }
+}
+
+impl fmt::Display for Revert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/revert", self.target)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

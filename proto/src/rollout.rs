@@ -16,6 +16,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::health::Thresholds;
+use crate::limits::MAX_MEMBERS;
 use crate::model::{GenId, GenerationBody, NodeName};
 
 /// Most waves in one policy.
@@ -71,10 +73,17 @@ pub struct Policy {
     pub waves_by: Option<String>,
     /// A kill switch: one wave, no bake.
     pub emergency: bool,
+    /// Generation g is reverted when at least this many distinct nodes report it anomalous...
+    pub anomaly_quorum_min: u32,
+    /// ...and at least this share, in thousandths, of the nodes that applied it.
+    pub anomaly_quorum_permille: u16,
+    /// The limits each node judges the generation by.
+    pub thresholds: Thresholds,
 }
 
 impl Default for Policy {
-    /// The built-in default: 1 node, 10%, 50%, 100%, 30 s bake, 90% healthy, 10 min watch.
+    /// The built-in default: 1 node, 10%, 50%, 100%, 30 s bake, 90% healthy, 10 min watch;
+    /// reverted when at least 1 node and 34% of those that applied it report an anomaly.
     fn default() -> Self {
         Policy {
             waves: vec![WaveSize::Count(1), WaveSize::Percent(10), WaveSize::Percent(50), WaveSize::Percent(100)],
@@ -83,6 +92,9 @@ impl Default for Policy {
             watch_window_ms: 600_000,
             waves_by: None,
             emergency: false,
+            anomaly_quorum_min: 1,
+            anomaly_quorum_permille: 340,
+            thresholds: Thresholds::default(),
         }
     }
 }
@@ -135,6 +147,14 @@ impl Policy {
         if self.watch_window_ms > MAX_WATCH_WINDOW_MS {
             return error(format!("watch window must be at most 7 days, got {} ms", self.watch_window_ms));
         }
+        if self.anomaly_quorum_min == 0 || self.anomaly_quorum_min as usize > MAX_MEMBERS {
+            return error(format!("anomaly quorum min must be from 1 to {MAX_MEMBERS}, got {}", self.anomaly_quorum_min));
+        }
+        if self.anomaly_quorum_permille == 0 || self.anomaly_quorum_permille > 1000 {
+            let found = f64::from(self.anomaly_quorum_permille) / 1000.0;
+            return error(format!("anomaly quorum must be in (0, 1], got {found}"));
+        }
+        self.thresholds.validate()?;
         if self.emergency && self.waves != [WaveSize::Percent(100)] {
             return error("an emergency change has one wave of 100%".into());
         }
@@ -270,6 +290,139 @@ impl FromStr for Report {
         };
         Ok(Report { verdict, elapsed_ms: elapsed.parse().map_err(|_| bad())? })
     }
+}
+
+/// Whether the nodes that applied a generation say it hurts. Every node that applied it
+/// reports on it (see `Report`), so the reporters are the nodes that applied it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AnomalyQuorum {
+    /// Distinct nodes that report on the generation: those that applied it.
+    pub applied: usize,
+    /// Those that report it anomalous.
+    pub anomalous: Vec<NodeName>,
+    /// `max(min, ceil(fraction * applied))`.
+    pub needed: usize,
+}
+
+impl AnomalyQuorum {
+    pub fn of(policy: &Policy, reports: &BTreeMap<NodeName, Report>) -> AnomalyQuorum {
+        let applied = reports.len();
+        let anomalous: Vec<NodeName> =
+            reports.iter().filter(|(_, r)| r.verdict == Verdict::Anomalous).map(|(n, _)| n.clone()).collect();
+        let share = (applied * policy.anomaly_quorum_permille as usize).div_ceil(1000);
+        AnomalyQuorum { applied, anomalous, needed: share.max(policy.anomaly_quorum_min as usize) }
+    }
+
+    /// Whether the generation is bad: enough distinct nodes report it anomalous.
+    pub fn reached(&self) -> bool {
+        !self.anomalous.is_empty() && self.anomalous.len() >= self.needed
+    }
+}
+
+impl fmt::Display for AnomalyQuorum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.anomalous.iter().map(NodeName::as_str).collect();
+        write!(
+            f,
+            "{} of {} nodes that applied it report it anomalous ({}), {} needed",
+            self.anomalous.len(),
+            self.applied,
+            names.join(", "),
+            self.needed
+        )
+    }
+}
+
+/// Policy options as the CLI, the HTTP query and the `[rollout]` config section name them;
+/// each option set replaces the base policy's.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyOptions {
+    /// Cumulative waves, like `1,10%,50%,100%`.
+    pub waves: Option<String>,
+    /// Bake time per wave, like `30s`.
+    pub bake: Option<String>,
+    /// Share of a wave that must report healthy, in (0, 1].
+    pub health_quorum: Option<f64>,
+    /// How long a node judges a generation after applying it, like `10m`.
+    pub watch_window: Option<String>,
+    /// After the canary, one wave per value of this label.
+    pub waves_by: Option<String>,
+    /// Share of the nodes that applied a generation whose anomaly reports revert it, in (0, 1].
+    pub anomaly_quorum: Option<f64>,
+    /// Fewest anomaly reports that revert a generation.
+    pub anomaly_quorum_min: Option<u32>,
+    /// Requests a node must see after the apply before it judges.
+    pub min_samples: Option<u32>,
+    /// Highest acceptable error rate, in (0, 1].
+    pub max_error_rate: Option<f64>,
+    /// Highest acceptable median p99 latency, in milliseconds.
+    pub max_latency_p99_ms: Option<u32>,
+    /// How many times the baseline's (and the peers') error rate is still acceptable.
+    pub max_error_ratio: Option<f64>,
+    /// How many times the baseline's (and the peers') latency is still acceptable.
+    pub max_latency_ratio: Option<f64>,
+}
+
+impl PolicyOptions {
+    /// `base` with every option set here replacing its value, checked.
+    pub fn apply(&self, mut policy: Policy) -> Result<Policy, PolicyError> {
+        if let Some(waves) = &self.waves {
+            policy.waves = parse_waves(waves)?;
+        }
+        if let Some(bake) = &self.bake {
+            policy.bake_ms = parse_duration_ms(bake)?;
+        }
+        if let Some(quorum) = self.health_quorum {
+            policy.health_quorum_permille = share_permille("health quorum", quorum)?;
+        }
+        if let Some(window) = &self.watch_window {
+            policy.watch_window_ms = parse_duration_ms(window)?;
+        }
+        if let Some(label) = &self.waves_by {
+            policy.waves_by = Some(label.clone());
+        }
+        if let Some(quorum) = self.anomaly_quorum {
+            policy.anomaly_quorum_permille = share_permille("anomaly quorum", quorum)?;
+        }
+        if let Some(min) = self.anomaly_quorum_min {
+            policy.anomaly_quorum_min = min;
+        }
+        let thresholds = &mut policy.thresholds;
+        if let Some(min) = self.min_samples {
+            thresholds.min_samples = min;
+        }
+        if let Some(rate) = self.max_error_rate {
+            thresholds.max_error_rate_permille = share_permille("max error rate", rate)?;
+        }
+        if let Some(latency) = self.max_latency_p99_ms {
+            thresholds.max_latency_p99_ms = Some(latency);
+        }
+        if let Some(ratio) = self.max_error_ratio {
+            thresholds.max_error_ratio_percent = ratio_percent("max error ratio", ratio)?;
+        }
+        if let Some(ratio) = self.max_latency_ratio {
+            thresholds.max_latency_ratio_percent = ratio_percent("max latency ratio", ratio)?;
+        }
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
+/// A share in (0, 1] as thousandths.
+fn share_permille(what: &str, share: f64) -> Result<u16, PolicyError> {
+    if !(share > 0.0 && share <= 1.0) {
+        return Err(PolicyError(format!("{what} must be in (0, 1], got {share}")));
+    }
+    Ok((share * 1000.0).round().max(1.0) as u16)
+}
+
+/// A ratio above 1 and at most 100 as percent.
+fn ratio_percent(what: &str, ratio: f64) -> Result<u16, PolicyError> {
+    if !(ratio > 1.0 && ratio <= 100.0) {
+        return Err(PolicyError(format!("{what} must be above 1 and at most 100, got {ratio}")));
+    }
+    Ok((ratio * 100.0).round() as u16)
 }
 
 /// The waves of one generation: disjoint, in order.
@@ -467,6 +620,59 @@ mod tests {
                 wave.iter().map(|n| &groups[generation.members.iter().position(|m| m == n).unwrap()]).collect();
             assert_eq!(zones.len(), 1, "{wave:?}");
         }
+    }
+
+    fn reports(verdicts: &[(&str, Verdict)]) -> BTreeMap<NodeName, Report> {
+        verdicts.iter().map(|(n, v)| (n.parse().unwrap(), Report { verdict: *v, elapsed_ms: 0 })).collect()
+    }
+
+    #[test]
+    fn the_anomaly_quorum_is_the_larger_of_the_minimum_and_the_share_of_appliers() {
+        use Verdict::*;
+        let policy = Policy::default();
+        // The canary alone applied it and reports an anomaly: 1 of 1, quorum max(1, ceil(0.34)) = 1.
+        let quorum = AnomalyQuorum::of(&policy, &reports(&[("a", Anomalous)]));
+        assert_eq!((quorum.applied, quorum.needed, quorum.reached()), (1, 1, true));
+        // Ten applied it: ceil(3.4) = 4 reports needed.
+        let mut ten: Vec<(String, Verdict)> = (0..10).map(|i| (format!("n{i}"), Healthy)).collect();
+        for entry in ten.iter_mut().take(3) {
+            entry.1 = Anomalous;
+        }
+        fn as_refs(v: &[(String, Verdict)]) -> Vec<(&str, Verdict)> {
+            v.iter().map(|(n, v)| (n.as_str(), *v)).collect()
+        }
+        let quorum = AnomalyQuorum::of(&policy, &reports(&as_refs(&ten)));
+        assert_eq!((quorum.anomalous.len(), quorum.needed, quorum.reached()), (3, 4, false));
+        ten[3].1 = Anomalous;
+        assert!(AnomalyQuorum::of(&policy, &reports(&as_refs(&ten))).reached());
+        // A minimum above the share wins; nobody anomalous never reaches it.
+        let strict = Policy { anomaly_quorum_min: 2, ..Policy::default() };
+        assert!(!AnomalyQuorum::of(&strict, &reports(&[("a", Anomalous), ("b", Healthy)])).reached());
+        assert!(AnomalyQuorum::of(&strict, &reports(&[("a", Anomalous), ("b", Anomalous)])).reached());
+        assert!(!AnomalyQuorum::of(&policy, &BTreeMap::new()).reached());
+        assert!(!AnomalyQuorum::of(&policy, &reports(&[("a", Inconclusive)])).reached());
+    }
+
+    #[test]
+    fn policy_options_replace_what_they_set_and_refuse_nonsense() {
+        let options = PolicyOptions {
+            anomaly_quorum: Some(0.5),
+            anomaly_quorum_min: Some(2),
+            max_error_rate: Some(0.01),
+            max_error_ratio: Some(3.0),
+            ..PolicyOptions::default()
+        };
+        let policy = options.apply(Policy::default()).unwrap();
+        assert_eq!((policy.anomaly_quorum_permille, policy.anomaly_quorum_min), (500, 2));
+        assert_eq!(policy.thresholds.max_error_rate_permille, 10);
+        assert_eq!(policy.thresholds.max_error_ratio_percent, 300);
+        assert_eq!(policy.waves, Policy::default().waves);
+        let refused = |options: PolicyOptions| options.apply(Policy::default()).unwrap_err().to_string();
+        assert!(refused(PolicyOptions { anomaly_quorum: Some(0.0), ..Default::default() }).contains("(0, 1]"));
+        assert!(refused(PolicyOptions { anomaly_quorum_min: Some(0), ..Default::default() }).contains("from 1"));
+        assert!(refused(PolicyOptions { max_error_ratio: Some(1.0), ..Default::default() }).contains("above 1"));
+        assert!(refused(PolicyOptions { min_samples: Some(0), ..Default::default() }).contains("min samples"));
+        assert!(refused(PolicyOptions { bake: Some("soon".into()), ..Default::default() }).contains("duration"));
     }
 
     proptest! {

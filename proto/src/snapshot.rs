@@ -61,6 +61,12 @@ impl Snapshot {
         self.covers.raise(body.id.origin.clone(), body.id.seq);
     }
 
+    /// Covers a generation that leaves no write (a reverted one). The caller keeps `covers`
+    /// contiguous, as for [`Snapshot::absorb`].
+    pub fn cover(&mut self, id: &GenId) {
+        self.covers.raise(id.origin.clone(), id.seq);
+    }
+
     /// Keeps `write` if it is the latest for its key.
     pub fn absorb_write(&mut self, write: Write) {
         let slot = (write.op.kind(), write.op.key().clone());

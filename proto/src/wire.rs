@@ -7,11 +7,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::log::VersionVector;
-use crate::model::Generation;
+use crate::model::{GenId, Generation, Revert};
 use crate::snapshot::Write;
 
 /// The format version written in front of every encoded item.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,12 +55,16 @@ pub struct PullRequest {
     pub have: VersionVector,
     /// The most generation bytes the puller accepts in this pull; the server stops before it.
     pub max_bytes: u64,
+    /// The targets of the reverts the puller holds: the server sends the others.
+    pub reverts: Vec<GenId>,
 }
 
-/// One frame of the answer to a [`PullRequest`]. A puller behind the server's snapshot gets
-/// the snapshot first: its writes, then `SnapshotEnd`, which commits them.
+/// One frame of the answer to a [`PullRequest`]. Reverts the puller lacks come first, so it
+/// never applies a generation it is about to learn is reverted; then, for a puller behind the
+/// server's snapshot, the snapshot: its writes, then `SnapshotEnd`, which commits them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PullFrame {
+    Revert(Revert),
     SnapshotWrite(Write),
     SnapshotEnd {
         covers: VersionVector,
@@ -76,6 +80,8 @@ pub enum PullFrame {
 /// receiver can pull whatever was too large to travel inline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Push {
+    /// Reverts the sender just stored; taken before the generations.
+    pub reverts: Vec<Revert>,
     pub generations: Vec<Generation>,
     pub sender_has: VersionVector,
 }
@@ -137,7 +143,11 @@ mod tests {
 
         #[test]
         fn pushes_and_snapshot_frames_round_trip(generation in arb_generation()) {
-            let push = Push { generations: vec![generation.clone()], sender_has: VersionVector::default() };
+            let push = Push {
+                reverts: vec![Revert::of(generation.id())],
+                generations: vec![generation.clone()],
+                sender_has: VersionVector::default(),
+            };
             prop_assert_eq!(decode::<Push>(&encode(&push), "push").unwrap(), push);
             let mut have = VersionVector::default();
             have.raise(generation.id().origin.clone(), generation.id().seq);
@@ -145,7 +155,8 @@ mod tests {
             prop_assert_eq!(decode::<PushAck>(&encode(&ack), "push ack").unwrap(), ack);
             let op = generation.body.change.ops[0].clone();
             let write = crate::snapshot::Write { op, generation: generation.id().clone(), hlc: generation.body.hlc };
-            for frame in [PullFrame::SnapshotWrite(write), PullFrame::SnapshotEnd { covers: have }] {
+            let revert = PullFrame::Revert(Revert::of(generation.id()));
+            for frame in [revert, PullFrame::SnapshotWrite(write), PullFrame::SnapshotEnd { covers: have }] {
                 prop_assert_eq!(decode::<PullFrame>(&encode(&frame), "pull frame").unwrap(), frame);
             }
         }
@@ -169,7 +180,7 @@ mod tests {
 
     #[test]
     fn invalid_names_from_a_peer_fail_to_decode() {
-        let mut request = PullRequest { have: VersionVector::default(), max_bytes: 1 };
+        let mut request = PullRequest { have: VersionVector::default(), max_bytes: 1, reverts: vec![] };
         request.have.raise("ok".parse().unwrap(), 3);
         let bytes = encode(&request);
         let text = String::from_utf8_lossy(&bytes).replace("ok", "o!");

@@ -8,20 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use grapevine_proto::eval::{FlagDefinition, FlagState};
 use grapevine_proto::limits::{MAX_MEMBERS, MAX_VALUE_BYTES};
-use grapevine_proto::rollout::{Policy, PolicyError, parse_duration_ms, parse_waves};
+use grapevine_proto::rollout::{Policy, PolicyOptions};
 use grapevine_proto::{Change, Generation, JsonText, Key, NodeName, Op, ValidationError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::quorum_permille;
 use crate::engine::{EngineHandle, SubmitError, short_digest};
 use crate::gossip::Gossip;
 use crate::health::Health;
@@ -198,6 +198,8 @@ struct GenerationSummary {
     ops: Vec<Value>,
     policy: Policy,
     controls: Vec<grapevine_proto::rollout::Control>,
+    /// The waves, reports and revert of a change (not of a control), as this node sees them.
+    rollout: Option<crate::engine::RolloutView>,
 }
 
 impl From<&Generation> for GenerationSummary {
@@ -226,6 +228,7 @@ impl From<&Generation> for GenerationSummary {
             ops,
             policy: body.change.policy.clone(),
             controls: body.change.controls.clone(),
+            rollout: None,
         }
     }
 }
@@ -233,7 +236,14 @@ impl From<&Generation> for GenerationSummary {
 async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery>) -> ApiResult<Value> {
     let limit = query.limit.unwrap_or(100).min(MAX_HISTORY);
     let generations = state.engine.history().await;
-    let newest: Vec<GenerationSummary> = generations.iter().rev().take(limit).map(GenerationSummary::from).collect();
+    let mut newest = Vec::new();
+    for generation in generations.iter().rev().take(limit) {
+        let mut summary = GenerationSummary::from(generation);
+        if !generation.body.change.ops.is_empty() {
+            summary.rollout = state.engine.rollout(generation.id().clone()).await;
+        }
+        newest.push(summary);
+    }
     let compacted = state.engine.view().compacted;
     Ok(Json(json!({ "node": state.name, "total": generations.len(), "compacted": compacted, "generations": newest })))
 }
@@ -267,48 +277,54 @@ fn count_change(state: &ApiState, result: ApiResult<Value>) -> ApiResult<Value> 
     result
 }
 
-/// The query of a change: its rollout policy over the node's default (`waves`, `bake`,
-/// `health_quorum`, `watch_window`, `waves_by`, `emergency`), and `wait_replicas=K&timeout_ms=T`
-/// to answer only once K other nodes hold it.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// The query of a change: `wait_replicas=K&timeout_ms=T` to answer only once K other nodes
+/// hold it, `emergency=true` for a kill switch, and any rollout policy option
+/// ([`PolicyOptions`]: `waves`, `bake`, `anomaly_quorum`, `max_error_rate`, ...) over the
+/// node's default policy. An unknown option is refused, naming it.
+#[derive(Default)]
 pub struct ChangeQuery {
-    #[serde(default)]
     wait_replicas: usize,
     timeout_ms: Option<u64>,
-    waves: Option<String>,
-    bake: Option<String>,
-    health_quorum: Option<f64>,
-    watch_window: Option<String>,
-    waves_by: Option<String>,
-    #[serde(default)]
     emergency: bool,
+    policy: PolicyOptions,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ChangeQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        ChangeQuery::parse(parts.uri.query().unwrap_or_default())
+    }
 }
 
 impl ChangeQuery {
+    fn parse(query: &str) -> Result<ChangeQuery, ApiError> {
+        let refused = |error: String| ApiError::bad_request(format!("query: {error}"));
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| refused(e.to_string()))?;
+        let mut parsed = ChangeQuery::default();
+        let mut policy = Vec::new();
+        for (name, value) in pairs {
+            let invalid = |expected: &str| refused(format!("{name} must be {expected}, got {value:?}"));
+            match name.as_str() {
+                "wait_replicas" => parsed.wait_replicas = value.parse().map_err(|_| invalid("a count"))?,
+                "timeout_ms" => parsed.timeout_ms = Some(value.parse().map_err(|_| invalid("milliseconds"))?),
+                "emergency" => parsed.emergency = value.parse().map_err(|_| invalid("true or false"))?,
+                _ => policy.push((name, value)),
+            }
+        }
+        let policy = serde_urlencoded::to_string(&policy).map_err(|e| refused(e.to_string()))?;
+        parsed.policy = serde_urlencoded::from_str(&policy).map_err(|e| refused(e.to_string()))?;
+        Ok(parsed)
+    }
+
     /// The policy the query asks for, checked.
     fn policy(&self, default: &Policy) -> Result<Policy, ApiError> {
-        let refused = |error: PolicyError| ApiError::bad_request(ValidationError::Policy { detail: error.0 });
-        let mut policy = if self.emergency {
+        let base = if self.emergency {
             Policy { watch_window_ms: default.watch_window_ms, ..Policy::emergency() }
         } else {
             default.clone()
         };
-        if let Some(waves) = &self.waves {
-            policy.waves = parse_waves(waves).map_err(refused)?;
-        }
-        if let Some(bake) = &self.bake {
-            policy.bake_ms = parse_duration_ms(bake).map_err(refused)?;
-        }
-        if let Some(quorum) = self.health_quorum {
-            policy.health_quorum_permille = quorum_permille(quorum).map_err(refused)?;
-        }
-        if let Some(window) = &self.watch_window {
-            policy.watch_window_ms = parse_duration_ms(window).map_err(refused)?;
-        }
-        policy.waves_by = self.waves_by.clone();
-        policy.validate().map_err(refused)?;
-        Ok(policy)
+        self.policy.apply(base).map_err(|error| ApiError::bad_request(ValidationError::Policy { detail: error.0 }))
     }
 }
 
@@ -361,7 +377,7 @@ pub(crate) async fn submit_change(state: &ApiState, change: Change, wait: &Chang
 async fn set_flag(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    Query(wait): Query<ChangeQuery>,
+    wait: ChangeQuery,
     body: Bytes,
 ) -> ApiResult<Value> {
     let result = set_flag_change(&state, key, &wait, body).await;
@@ -484,7 +500,7 @@ struct ConfigPutRequest {
 async fn put_config(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    Query(wait): Query<ChangeQuery>,
+    wait: ChangeQuery,
     body: Bytes,
 ) -> ApiResult<Value> {
     let result = put_config_change(&state, key, &wait, body).await;

@@ -4,12 +4,14 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use grapevine_proto::rollout::{Control, Policy};
 use grapevine_proto::{Change, GenId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, ApiState, ChangeQuery, parse_body, submit_change};
+use crate::engine::RollbackError;
 use crate::health::Sample;
 
 /// Rollouts `GET /v1/rollouts` lists unless asked for more.
@@ -67,12 +69,16 @@ pub async fn show(State(state): State<ApiState>, Path(generation): Path<String>)
 
 /// `POST /v1/rollouts/{generation}/{pause|resume|promote}`: writes the control as a
 /// generation of its own (emergency policy: controls apply everywhere at once).
+/// `POST /v1/rollouts/{generation}/rollback`: writes the generation's revert.
 pub async fn control(
     State(state): State<ApiState>,
     Path((generation, action)): Path<(String, String)>,
-    Query(wait): Query<ChangeQuery>,
+    wait: ChangeQuery,
 ) -> ApiResult<Value> {
     let target = generation_id(&generation)?;
+    if action == "rollback" {
+        return rollback(&state, target).await;
+    }
     let view = state.engine.rollout(target.clone()).await.ok_or_else(|| {
         ApiError::not_found(format!("generation {target} is not in the log of node {} (or is compacted)", state.name))
     })?;
@@ -81,8 +87,24 @@ pub async fn control(
         "resume" => Control::Resume { target },
         // Opens the first wave still closed in this node's view.
         "promote" => Control::Promote { target, through_wave: view.open_waves as u32 },
-        other => return Err(ApiError::not_found(format!("expected pause, resume or promote, got {other:?}"))),
+        other => {
+            return Err(ApiError::not_found(format!("expected pause, resume, promote or rollback, got {other:?}")));
+        }
     };
     let change = Change { ops: Vec::new(), policy: Policy::emergency(), controls: vec![control] };
     submit_change(&state, change, &wait).await
+}
+
+async fn rollback(state: &ApiState, target: GenId) -> ApiResult<Value> {
+    let outcome = state.engine.rollback(target).await.map_err(|error| {
+        let status = match &error {
+            RollbackError::NotFound(_) => StatusCode::NOT_FOUND,
+            RollbackError::Compacted(_) => StatusCode::CONFLICT,
+            RollbackError::Control(_) => StatusCode::BAD_REQUEST,
+            RollbackError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RollbackError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError { status, message: format!("node {}: {error}", state.name) }
+    })?;
+    Ok(Json(serde_json::to_value(outcome).expect("a rollback outcome always serializes")))
 }

@@ -5,7 +5,8 @@
 //! before it acknowledges, then publishes the new applied state to readers through a `watch`
 //! channel and the new version vector to peers through gossip. Readers never wait on the
 //! queue. It also compacts: generations outside the retention that every live peer holds are
-//! folded into the snapshot.
+//! folded into the snapshot. And it decides, from the reports in gossip, which generations this
+//! node applies (`release.rs`) and which the cluster reverts (`revert.rs`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -16,14 +17,15 @@ use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_change};
 use grapevine_proto::{
-    AppliedState, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Snapshot,
+    AppliedState, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Revert, Snapshot,
     ValidationError, VersionVector,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, version_vector_keys};
+use crate::alerts::Alerts;
+use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, KEY_REVERTS, version_vector_keys};
 use crate::health::Health;
 use crate::metrics::{Metrics, WarnLimiter};
 use crate::store::{Store, StoreError};
@@ -38,8 +40,10 @@ const COMPACTION_CHECK: Duration = Duration::from_secs(10);
 const COMMAND_QUEUE_CAPACITY: usize = 256;
 
 mod release;
+mod revert;
 
 pub use release::{MemberView, RolloutView, WaveView};
+pub use revert::{RollbackError, RollbackOutcome};
 
 /// How often the engine re-checks the gates of generations not yet released here, besides
 /// whenever a peer's report changes.
@@ -58,6 +62,10 @@ pub struct View {
     pub generations: usize,
     /// Generations folded into the snapshot.
     pub compacted: u64,
+    /// Targets of the reverts held: generations that never count again.
+    pub reverted: BTreeSet<GenId>,
+    /// The summary of `reverted` that gossip carries.
+    pub reverts_digest: String,
 }
 
 /// Why a submitted change was not accepted.
@@ -77,6 +85,8 @@ pub enum SubmitError {
 enum Command {
     Submit { change: Change, reply: oneshot::Sender<Result<Generation, SubmitError>> },
     Ingest { generations: Vec<Generation>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
+    IngestReverts { reverts: Vec<Revert>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
+    Rollback { target: GenId, reply: oneshot::Sender<Result<RollbackOutcome, RollbackError>> },
     AbsorbSnapshot { snapshot: Snapshot, reply: oneshot::Sender<bool> },
     History { reply: oneshot::Sender<Vec<Generation>> },
     Rollout { id: GenId, reply: oneshot::Sender<Option<RolloutView>> },
@@ -107,6 +117,25 @@ impl EngineHandle {
             return 0;
         }
         response.await.unwrap_or(0)
+    }
+
+    /// Takes in reverts from peer `from`; returns how many were new.
+    pub async fn ingest_reverts(&self, reverts: Vec<Revert>, from: Option<SocketAddr>) -> usize {
+        if reverts.is_empty() {
+            return 0;
+        }
+        let (reply, response) = oneshot::channel();
+        if self.commands.send(Command::IngestReverts { reverts, from, reply }).await.is_err() {
+            return 0;
+        }
+        response.await.unwrap_or(0)
+    }
+
+    /// Writes the revert of `target`, as an operator asked.
+    pub async fn rollback(&self, target: GenId) -> Result<RollbackOutcome, RollbackError> {
+        let (reply, response) = oneshot::channel();
+        self.commands.send(Command::Rollback { target, reply }).await.map_err(|_| RollbackError::Stopped)?;
+        response.await.map_err(|_| RollbackError::Stopped)?
     }
 
     /// Takes in a peer's validated snapshot; true when it brought anything new.
@@ -160,6 +189,8 @@ pub struct EngineParts {
     pub retention: Retention,
     /// Judges the generations this node applies.
     pub health: Health,
+    /// Where reverts this node writes are announced.
+    pub alerts: Alerts,
 }
 
 struct Engine {
@@ -176,14 +207,13 @@ struct Engine {
 
 /// Starts the engine over the generations loaded from the store. The task ends when every
 /// handle is dropped; it holds the store until then.
-pub async fn spawn(
-    parts: EngineParts,
-    snapshot: Snapshot,
-    loaded: Vec<Generation>,
-    released: BTreeSet<GenId>,
-) -> (EngineHandle, JoinHandle<()>) {
+pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHandle<()>) {
+    let Stored { snapshot, generations: loaded, released, reverts } = stored;
     let mut log = Log::new();
     log.absorb_snapshot(&snapshot);
+    for revert in &reverts {
+        log.revert(revert);
+    }
     let mut clock = Clock::new(parts.max_clock_offset_ms);
     let now = now_ms(parts.clock_skew_ms);
     let name = &parts.name;
@@ -194,23 +224,31 @@ pub async fn spawn(
         let _ = clock.observe(generation.body.hlc, physical);
         log.insert(generation);
     }
-    let state = release::applied_state(&log, &released);
-    let desired = AppliedState::fold_from(log.base(), log.iter());
+    let state = log.state(|id| released.contains(id));
+    let desired = log.state(|_| true);
     let (view, view_receiver) = watch::channel(Arc::new(View::default()));
     let (commands, queue) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
     let warnings = WarnLimiter::new(Duration::from_secs(30));
     // Generations applied before a restart, and stamped within their watch window, are judged
     // again from zero: their reports may still open later waves.
     let recent = |g: &&Generation| now.saturating_sub(g.body.hlc.wall_ms) < g.body.change.policy.watch_window_ms;
-    for generation in log.iter().filter(|g| released.contains(g.id()) && !g.body.change.ops.is_empty()).filter(recent) {
-        let watch_window = Duration::from_millis(generation.body.change.policy.watch_window_ms);
-        parts.health.applied(generation.id().clone(), watch_window);
+    let judged = |g: &&Generation| released.contains(g.id()) && !log.is_reverted(g.id()) && !g.body.change.ops.is_empty();
+    for generation in log.iter().filter(judged).filter(recent) {
+        release::judge(&parts.health, generation);
     }
     let mut engine = Engine { parts, log, released, state, desired, clock, view, warnings };
     engine.publish().await;
-    engine.release_pass().await;
+    engine.decide().await;
     let task = tokio::spawn(engine.run(queue));
     (EngineHandle { commands, view: view_receiver }, task)
+}
+
+/// What the store holds at start.
+pub struct Stored {
+    pub snapshot: Snapshot,
+    pub generations: Vec<Generation>,
+    pub released: BTreeSet<GenId>,
+    pub reverts: Vec<Revert>,
 }
 
 fn now_ms(skew_ms: i64) -> u64 {
@@ -231,28 +269,34 @@ impl Engine {
                     continue;
                 }
                 _ = release.tick() => {
-                    self.release_pass().await;
+                    self.decide().await;
                     continue;
                 }
                 _ = reports_changed.notified() => {
-                    self.release_pass().await;
+                    self.decide().await;
                     continue;
                 }
             };
             match command {
                 Command::AbsorbSnapshot { snapshot, reply } => {
                     let _ = reply.send(self.absorb_snapshot(snapshot).await);
-                    self.release_pass().await;
+                    self.decide().await;
                 }
                 Command::Submit { change, reply } => {
                     let _ = reply.send(self.submit(change).await);
-                    self.release_pass().await;
+                    self.decide().await;
                     self.compact_if_over_retention().await;
                 }
                 Command::Ingest { generations, from, reply } => {
                     let _ = reply.send(self.ingest(generations, from).await);
-                    self.release_pass().await;
+                    self.decide().await;
                     self.compact_if_over_retention().await;
+                }
+                Command::IngestReverts { reverts, from, reply } => {
+                    let _ = reply.send(self.ingest_reverts(reverts, from).await);
+                }
+                Command::Rollback { target, reply } => {
+                    let _ = reply.send(self.rollback(target).await);
                 }
                 Command::Rollout { id, reply } => {
                     let _ = reply.send(self.rollout(&id).await);
@@ -264,6 +308,12 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Reverts what the reports say hurts, then releases what they say is safe.
+    async fn decide(&mut self) {
+        self.revert_pass().await;
+        self.release_pass().await;
     }
 
     async fn submit(&mut self, change: Change) -> Result<Generation, SubmitError> {
@@ -284,7 +334,7 @@ impl Engine {
         info!(generation = %generation.id(), "accepted change");
         self.add(generation.clone());
         self.publish().await;
-        self.push(vec![generation.clone()], None);
+        self.push(PushJob { reverts: Vec::new(), generations: vec![generation.clone()], from: None });
         // Push reaches a few peers at once; the nudge makes every live peer exchange gossip
         // with us now, learn our vector, and pull what push has not brought it yet.
         self.parts.gossip.nudge_live_peers().await;
@@ -335,7 +385,7 @@ impl Engine {
         }
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
         self.publish().await;
-        self.push(new, from);
+        self.push(PushJob { reverts: Vec::new(), generations: new, from });
         count
     }
 
@@ -364,13 +414,20 @@ impl Engine {
             self.parts.gossip.peer_version_vectors().await.into_iter().map(|(_, vector)| vector).collect();
         let now = now_ms(self.parts.clock_skew_ms);
         let mut compacted = self.log.clone();
+        // A reverted generation folds away (leaving no write) only once every live peer holds
+        // the same reverts: one that lacks the revert must still be able to learn it.
+        let ours = self.log.reverts_digest();
+        let reverts_settled = self.parts.gossip.peer_reverts_digests().await.iter().all(|(_, digest)| *digest == ours);
         let covered = {
             // Only what this node has applied folds away: the snapshot is applied state. A
             // control stays whole while its target does: folded away, it would be forgotten.
             let mut eligible = compactable(&self.log, self.parts.retention, now, &peers);
             let (released, log) = (&self.released, &self.log);
             let controls_live = |g: &Generation| g.body.change.controls.iter().any(|c| log.get(c.target()).is_some());
-            compacted.compact(|g| released.contains(g.id()) && !controls_live(g) && eligible(g))
+            let settled = |g: &Generation| {
+                if log.is_reverted(g.id()) { reverts_settled } else { released.contains(g.id()) }
+            };
+            compacted.compact(|g| settled(g) && !controls_live(g) && eligible(g))
         };
         if covered.is_empty() {
             return;
@@ -403,10 +460,15 @@ impl Engine {
         if !self.commit_snapshot(absorbed, covered).await {
             return false;
         }
-        self.state = release::applied_state(&self.log, &self.released);
-        self.desired = AppliedState::fold_from(self.log.base(), self.log.iter());
-        self.publish().await;
+        self.refold().await;
         true
+    }
+
+    /// Recomputes both states from the log, and publishes them.
+    async fn refold(&mut self) {
+        self.state = self.log.state(|id| self.released.contains(id));
+        self.desired = self.log.state(|_| true);
+        self.publish().await;
     }
 
     /// Stores `log`'s snapshot and deletes `covered`, then makes `log` ours. False (and
@@ -431,10 +493,10 @@ impl Engine {
         true
     }
 
-    /// Hands newly stored generations to the pusher; when its queue is full, anti-entropy
-    /// spreads them instead.
-    fn push(&self, generations: Vec<Generation>, from: Option<SocketAddr>) {
-        if self.parts.pushes.try_send(PushJob { generations, from }).is_err() {
+    /// Hands newly stored generations and reverts to the pusher; when its queue is full,
+    /// anti-entropy spreads them instead.
+    fn push(&self, job: PushJob) {
+        if self.parts.pushes.try_send(job).is_err() {
             self.parts.metrics.push_jobs_dropped.inc();
         }
     }
@@ -447,7 +509,9 @@ impl Engine {
     /// Adds a generation checked to be new (not in the log, not repeated in its batch) to the
     /// log and the desired state; its gate decides when it applies (`release_pass`).
     fn add(&mut self, generation: Generation) {
-        self.desired.apply(&generation);
+        if !self.log.is_reverted(generation.id()) {
+            self.desired.apply(&generation);
+        }
         let outcome = self.log.insert(generation);
         debug_assert_eq!(outcome, InsertOutcome::Inserted);
     }
@@ -459,12 +523,16 @@ impl Engine {
             version_vector: self.log.version_vector().clone(),
             generations: self.log.len(),
             compacted: self.log.base().covers().total(),
+            reverted: self.log.reverts().map(|revert| revert.target).collect(),
+            reverts_digest: self.log.reverts_digest(),
         };
         self.parts.metrics.generations_known.set(view.generations as i64);
+        self.parts.metrics.reverts_known.set(view.reverted.len() as i64);
         let mut keys: Vec<(String, String)> = version_vector_keys(&view.version_vector).collect();
         keys.push((KEY_GENERATIONS.to_owned(), view.generations.to_string()));
         keys.push((KEY_APPLIED.to_owned(), view.state.latest().map(ToString::to_string).unwrap_or_default()));
         keys.push((KEY_DIGEST.to_owned(), short_digest(&view.state)));
+        keys.push((KEY_REVERTS.to_owned(), view.reverts_digest.clone()));
         self.parts.gossip.set_keys(keys).await;
         self.view.send_replace(Arc::new(view));
     }

@@ -3,18 +3,20 @@
 //!
 //! A released generation stays released (it is recorded in the store), so a restart never
 //! takes back what the node applied while the reports that opened the gate are still on
-//! their way. The applied state is the fold of the snapshot and the released generations;
-//! the desired state is the fold of the whole log.
+//! their way; only a revert does. The applied state is the fold of the snapshot and the
+//! released generations not reverted; the desired state is the fold of the whole log but the
+//! reverted generations. A reverted generation is never released.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use grapevine_proto::rollout::{Controls, Plan, Report};
-use grapevine_proto::{AppliedState, GenId, Generation, Log, NodeName};
+use grapevine_proto::rollout::{AnomalyQuorum, Controls, Plan, Report};
+use grapevine_proto::{GenId, Generation, Log, NodeName};
 use serde::Serialize;
 use tracing::{error, info};
 
 use super::Engine;
+use crate::health::Health;
 
 /// What `rollout status` shows about one generation, as this node sees it.
 #[derive(Clone, Debug, Serialize)]
@@ -28,6 +30,16 @@ pub struct RolloutView {
     pub open_waves: usize,
     /// Whether every wave is open in this node's view.
     pub all_waves_open: bool,
+    /// Whether this node ever applied it (a revert since does not erase the record).
+    pub applied_here: bool,
+    /// Whether it is reverted.
+    pub reverted: bool,
+    /// Who reports it anomalous, against the quorum that reverts it.
+    pub anomaly_quorum: AnomalyQuorum,
+    /// The nodes that wrote its revert, and why (`quorum` or `rollback`), as gossip tells.
+    pub reverted_by: BTreeMap<String, String>,
+    /// Why this node judges it as it does, if it judges it.
+    pub judgement: Option<String>,
 }
 
 /// One wave of a rollout.
@@ -56,15 +68,19 @@ pub(super) fn controls_of(log: &Log) -> BTreeMap<GenId, Controls> {
     controls
 }
 
-/// The fold of the snapshot and the released generations.
-pub(super) fn applied_state(log: &Log, released: &BTreeSet<GenId>) -> AppliedState {
-    AppliedState::fold_from(log.base(), log.iter().filter(|g| released.contains(g.id())))
+/// Starts judging a generation this node applied.
+pub(super) fn judge(health: &Health, generation: &Generation) {
+    let policy = &generation.body.change.policy;
+    let watch_window = Duration::from_millis(policy.watch_window_ms);
+    health.applied(generation.id().clone(), watch_window, policy.thresholds.clone());
 }
 
 impl Engine {
     /// Releases every generation whose gate is open for this node.
     pub(super) async fn release_pass(&mut self) {
-        let mut candidates: Vec<&Generation> = self.log.iter().filter(|g| !self.released.contains(g.id())).collect();
+        let (released, log) = (&self.released, &self.log);
+        let mut candidates: Vec<&Generation> =
+            log.iter().filter(|g| !released.contains(g.id()) && !log.is_reverted(g.id())).collect();
         if candidates.is_empty() {
             // The common case, every 250 ms: nothing waits, so no controls to fold.
             return;
@@ -100,9 +116,8 @@ impl Engine {
         for generation in &newly {
             self.released.insert(generation.id().clone());
             self.state.apply(generation);
-            let watch_window = Duration::from_millis(generation.body.change.policy.watch_window_ms);
             if !generation.body.change.ops.is_empty() {
-                self.parts.health.applied(generation.id().clone(), watch_window);
+                judge(&self.parts.health, generation);
             }
             info!(generation = %generation.id(), "applied");
         }
@@ -118,6 +133,8 @@ impl Engine {
         let reports = self.parts.gossip.reports_for(id).await;
         let controls = controls_of(&self.log).get(id).copied().unwrap_or_default();
         let open_waves = plan.open_waves(&body.change.policy, controls, &reports);
+        let anomaly_quorum = AnomalyQuorum::of(&body.change.policy, &self.parts.gossip.all_reports_for(id).await);
+        let reverted = self.log.is_reverted(id);
         let waves: Vec<WaveView> = plan
             .waves
             .iter()
@@ -139,6 +156,11 @@ impl Engine {
             waves,
             all_waves_open: open_waves == plan.waves.len(),
             open_waves,
+            applied_here: self.released.contains(id),
+            reverted,
+            anomaly_quorum,
+            reverted_by: self.parts.gossip.revert_causes(id).await,
+            judgement: self.parts.health.judgement(id).map(|judgement| judgement.reason),
         })
     }
 }

@@ -40,8 +40,9 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_FRAME_BYTES: usize = MAX_GENERATION_BYTES + 1024;
 
 /// Largest frame that carries a version vector (a pull request, a push ack): the vector of a
-/// cluster at the member ceiling with long names fits easily.
-const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// cluster at the member ceiling with long names fits easily, and so do the targets of the
+/// reverts a pull request lists (about 30,000 with the longest names).
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// The generations that pass validation; each one that fails is counted and skipped, so one
 /// generation this node cannot accept (say, from a newer version) does not hold back the rest.

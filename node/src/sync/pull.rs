@@ -1,6 +1,7 @@
-//! Pulling: ask a peer for every generation our version vector lacks, within a byte budget.
+//! Pulling: ask a peer for every generation our version vector lacks, within a byte budget,
+//! and every revert we lack.
 //!
-//! The puller wakes when a peer's version-vector key changes in gossip, when a push told us
+//! The puller wakes when a peer's version-vector or reverts key changes in gossip, when a push told us
 //! its sender holds more than it could inline (`PullRequests`), and every gossip interval
 //! (anti-entropy: whatever pushes missed is repaired here).
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::validate::validate_snapshot;
 use grapevine_proto::wire::{PullFrame, PullRequest, decode, encode};
-use grapevine_proto::{Snapshot, VersionVector};
+use grapevine_proto::Snapshot;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -25,6 +26,9 @@ use crate::transport::{STREAM_PULL, Transport};
 /// Generation bytes one pull may bring. Bounds the memory a pull holds; a peer that has more
 /// says so (`End { more: true }`) and we pull again at once.
 pub const MAX_PULL_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most reverts one pull may bring: far more than a cluster writes, so a peer past it is broken.
+const MAX_REVERTS_PER_PULL: usize = 1_000_000;
 
 /// Generations handed to the engine at once while a pull is still streaming.
 const INGEST_BATCH: usize = 64;
@@ -72,21 +76,27 @@ pub async fn run_puller(
             peer = requests.recv() => prompted = peer,
         }
         if let Some(peer) = prompted {
-            let ours = engine.view().version_vector.clone();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = pull_counted(&transport, &engine, peer, ours) => {}
+                _ = pull_counted(&transport, &engine, peer) => {}
             }
         }
         for _ in 0..MAX_PULLS_PER_WAKE {
-            let ours = engine.view().version_vector.clone();
-            let ahead: Vec<SocketAddr> = gossip
+            let view = engine.view();
+            let mut ahead: Vec<SocketAddr> = gossip
                 .peer_version_vectors()
                 .await
                 .into_iter()
-                .filter(|(_, theirs)| ours.is_behind(theirs))
+                .filter(|(_, theirs)| view.version_vector.is_behind(theirs))
                 .map(|(addr, _)| addr)
                 .collect();
+            // A peer whose reverts differ may hold one we lack (or lack one of ours: then it
+            // pulls from us, and the pull from it brings nothing and ends this round).
+            for (addr, digest) in gossip.peer_reverts_digests().await {
+                if digest != view.reverts_digest && !ahead.contains(&addr) {
+                    ahead.push(addr);
+                }
+            }
             if ahead.is_empty() {
                 break;
             }
@@ -95,7 +105,7 @@ pub async fn run_puller(
             let peer = ahead[turn % ahead.len()];
             let stored = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                stored = pull_counted(&transport, &engine, peer, ours) => stored,
+                stored = pull_counted(&transport, &engine, peer) => stored,
             };
             if stored == 0 {
                 break;
@@ -104,10 +114,10 @@ pub async fn run_puller(
     }
 }
 
-/// One pull, counted in the metrics; returns how many new generations were stored.
-async fn pull_counted(transport: &Transport, engine: &EngineHandle, peer: SocketAddr, have: VersionVector) -> usize {
+/// One pull, counted in the metrics; returns how many new generations and reverts were stored.
+async fn pull_counted(transport: &Transport, engine: &EngineHandle, peer: SocketAddr) -> usize {
     let metrics = transport.metrics();
-    match pull(transport, engine, peer, have).await {
+    match pull(transport, engine, peer).await {
         Ok(stored) => {
             metrics.sync_pulls.get_or_create(&reason("ok")).inc();
             stored
@@ -126,25 +136,40 @@ async fn pull_counted(transport: &Transport, engine: &EngineHandle, peer: Socket
     }
 }
 
-async fn pull(
-    transport: &Transport,
-    engine: &EngineHandle,
-    peer: SocketAddr,
-    have: VersionVector,
-) -> Result<usize, SyncError> {
+async fn pull(transport: &Transport, engine: &EngineHandle, peer: SocketAddr) -> Result<usize, SyncError> {
+    let view = engine.view();
+    let request = PullRequest {
+        have: view.version_vector.clone(),
+        max_bytes: MAX_PULL_BYTES as u64,
+        reverts: view.reverted.iter().cloned().collect(),
+    };
+    drop(view);
     let (mut send, mut recv) = transport.open_stream(peer, STREAM_PULL).await?;
-    write_frame(&mut send, &encode(&PullRequest { have, max_bytes: MAX_PULL_BYTES as u64 })).await?;
+    write_frame(&mut send, &encode(&request)).await?;
     let _ = send.finish();
     let mut batch = Vec::new();
+    let mut reverts = Vec::new();
     let mut stored = 0;
     let (mut received_bytes, mut snapshot_bytes) = (0, 0);
     let mut snapshot_writes = Vec::new();
     let received: Result<(), SyncError> = async {
         loop {
             let frame = read_frame(&mut recv, MAX_FRAME_BYTES).await?;
-            match decode::<PullFrame>(&frame, "pull frame").map_err(|e| SyncError::Malformed(e.to_string()))? {
+            let frame_bytes = frame.len();
+            let frame = decode::<PullFrame>(&frame, "pull frame").map_err(|e| SyncError::Malformed(e.to_string()))?;
+            if !matches!(frame, PullFrame::Revert(_)) && !reverts.is_empty() {
+                // Every revert comes first: take them in before anything they may undo.
+                stored += engine.ingest_reverts(std::mem::take(&mut reverts), Some(peer)).await;
+            }
+            match frame {
+                PullFrame::Revert(revert) => {
+                    if reverts.len() >= MAX_REVERTS_PER_PULL {
+                        return Err(SyncError::Malformed(format!("more than {MAX_REVERTS_PER_PULL} reverts")));
+                    }
+                    reverts.push(revert);
+                }
                 PullFrame::SnapshotWrite(write) => {
-                    snapshot_bytes += frame.len();
+                    snapshot_bytes += frame_bytes;
                     if snapshot_bytes > MAX_SNAPSHOT_BYTES {
                         let error = format!("peer sent a snapshot over the {MAX_SNAPSHOT_BYTES}-byte limit");
                         return Err(SyncError::Malformed(error));
@@ -157,7 +182,7 @@ async fn pull(
                     engine.absorb_snapshot(snapshot).await;
                 }
                 PullFrame::Generation(generation) => {
-                    received_bytes += frame.len();
+                    received_bytes += frame_bytes;
                     if received_bytes > MAX_PULL_BYTES + MAX_FRAME_BYTES {
                         let error = format!("peer sent more than the {MAX_PULL_BYTES}-byte budget");
                         return Err(SyncError::Malformed(error));
@@ -173,6 +198,7 @@ async fn pull(
     }
     .await;
     // What arrived intact before a failure is kept.
+    stored += engine.ingest_reverts(reverts, Some(peer)).await;
     stored += engine.ingest(batch, Some(peer)).await;
     received.map(|()| stored)
 }

@@ -1,10 +1,11 @@
-//! Eager push: a node that stores new generations sends them at once to a few live peers
-//! that lack them, and each receiver does the same on first receipt (push on first receipt,
+//! Eager push: a node that stores new generations (or reverts) sends them at once to a few live
+//! peers that lack them, and each receiver does the same on first receipt (push on first receipt,
 //! fanout [`FANOUT`]), so a change crosses the cluster in about log_FANOUT(N) network hops
 //! instead of waiting for gossip rounds. Whatever a push misses, pull repairs.
 //!
 //! Who lacks a generation is judged from each peer's advertised version vector joined with
-//! what it acknowledged to our earlier pushes. Targets are ranked by a hash of this node,
+//! what it acknowledged to our earlier pushes; who lacks a revert, from each peer's reverts
+//! summary in gossip (any peer whose summary differs from ours). Targets are ranked by a hash of this node,
 //! the generation and the peer: different nodes and generations pick different peers, with no
 //! random number drawn.
 
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use grapevine_proto::wire::{Push, PushAck, decode, encode};
-use grapevine_proto::{Generation, NodeName, VersionVector};
+use grapevine_proto::{Generation, NodeName, Revert, VersionVector};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -40,8 +41,10 @@ const MAX_CONCURRENT_PUSHES: usize = 16;
 /// Push jobs waiting for the pusher; when full, the newest job is dropped (and counted).
 pub const PUSH_QUEUE_CAPACITY: usize = 256;
 
-/// Generations a node just stored, and the peer they came from (not pushed back to it).
+/// Generations and reverts a node just stored, and the peer they came from (not pushed back
+/// to it).
 pub struct PushJob {
+    pub reverts: Vec<Revert>,
     pub generations: Vec<Generation>,
     pub from: Option<SocketAddr>,
 }
@@ -63,13 +66,21 @@ pub async fn run_pusher(
             job = jobs.recv() => match job { Some(job) => job, None => return },
         };
         let peers = holdings.merged(gossip.peer_version_vectors().await);
-        let targets = choose_targets(&own, &job, peers);
+        let view = engine.view();
+        let other_reverts: Vec<SocketAddr> = if job.reverts.is_empty() {
+            Vec::new()
+        } else {
+            let digests = gossip.peer_reverts_digests().await;
+            digests.into_iter().filter(|(_, digest)| *digest != view.reverts_digest).map(|(peer, _)| peer).collect()
+        };
+        let targets = choose_targets(&own, &job, peers, &other_reverts);
         if targets.is_empty() {
             continue;
         }
         let inline_bytes: usize = job.generations.iter().map(|g| encode(g).len()).sum();
         let generations = if inline_bytes <= PUSH_INLINE_BYTES { job.generations } else { Vec::new() };
-        let push = Arc::new(encode(&Push { generations, sender_has: engine.view().version_vector.clone() }));
+        let push = Push { reverts: job.reverts, generations, sender_has: view.version_vector.clone() };
+        let push = Arc::new(encode(&push));
         for peer in targets {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 transport.metrics().sync_pushes.get_or_create(&reason("skipped_busy")).inc();
@@ -94,17 +105,30 @@ pub async fn run_pusher(
     }
 }
 
-/// Up to [`FANOUT`] peers that lack at least one of the job's generations, ranked by a hash
-/// of (this node, first generation, peer).
-fn choose_targets(own: &NodeName, job: &PushJob, peers: Vec<(SocketAddr, VersionVector)>) -> Vec<SocketAddr> {
-    let Some(first) = job.generations.first() else { return Vec::new() };
+/// Up to [`FANOUT`] peers that lack at least one of the job's generations, or whose reverts
+/// differ from ours (`other_reverts`) when the job has reverts, ranked by a hash of (this
+/// node, the job's first generation or revert target, peer).
+fn choose_targets(
+    own: &NodeName,
+    job: &PushJob,
+    peers: Vec<(SocketAddr, VersionVector)>,
+    other_reverts: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    let first = match (job.generations.first(), job.reverts.first()) {
+        (Some(generation), _) => generation.id(),
+        (None, Some(revert)) => &revert.target,
+        (None, None) => return Vec::new(),
+    };
+    let lacks = |peer: &SocketAddr, have: &VersionVector| {
+        job.generations.iter().any(|g| !have.covers(g.id())) || other_reverts.contains(peer)
+    };
     let mut lacking: Vec<(u64, SocketAddr)> = peers
         .into_iter()
         .filter(|(peer, _)| Some(*peer) != job.from)
-        .filter(|(_, have)| job.generations.iter().any(|g| !have.covers(g.id())))
+        .filter(|(peer, have)| lacks(peer, have))
         .map(|(peer, _)| {
             let mut hasher = DefaultHasher::new();
-            (own, first.id(), peer).hash(&mut hasher);
+            (own, first, peer).hash(&mut hasher);
             (hasher.finish(), peer)
         })
         .collect();

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeSet;
+
 use grapevine_proto::wire::{PullFrame, PullRequest, Push, PushAck, decode, encode};
+use grapevine_proto::{GenId, Revert};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -81,16 +84,22 @@ async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>) -> Result<(),
     let request = read_frame(&mut stream.recv, MAX_REQUEST_BYTES).await?;
     let request: PullRequest = decode(&request, "pull request").map_err(|e| SyncError::Malformed(e.to_string()))?;
     let budget = usize::try_from(request.max_bytes).unwrap_or(usize::MAX).min(MAX_PULL_BYTES);
-    let (snapshot, generations, more) = tokio::task::spawn_blocking(move || {
+    let (reverts, snapshot, generations, more) = tokio::task::spawn_blocking(move || {
+        let held: BTreeSet<GenId> = request.reverts.into_iter().collect();
+        let reverts: Vec<Revert> = store.reverts()?.into_iter().filter(|r| !held.contains(&r.target)).collect();
         let snapshot = store.snapshot()?;
         let (generations, more) = store.missing_from(&request.have, budget)?;
         // A puller behind our snapshot lacks generations only the snapshot still holds.
         let snapshot = request.have.is_behind(snapshot.covers()).then_some(snapshot);
-        Ok::<_, crate::store::StoreError>((snapshot, generations, more))
+        Ok::<_, crate::store::StoreError>((reverts, snapshot, generations, more))
     })
     .await
     .expect("store task panicked")
     .map_err(|e| SyncError::Stream(e.to_string()))?;
+    // Reverts first: the puller must never apply a generation it is about to learn is reverted.
+    for revert in reverts {
+        write_frame(&mut stream.send, &encode(&PullFrame::Revert(revert))).await?;
+    }
     if let Some(snapshot) = snapshot {
         for write in snapshot.writes() {
             write_frame(&mut stream.send, &encode(&PullFrame::SnapshotWrite(write.clone()))).await?;
@@ -112,6 +121,7 @@ async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>) -> Result<(),
 async fn take_push(mut stream: IncomingStream, server: &Server) -> Result<(), SyncError> {
     let frame = read_frame(&mut stream.recv, MAX_PUSH_FRAME_BYTES).await?;
     let push: Push = decode(&frame, "push").map_err(|e| SyncError::Malformed(e.to_string()))?;
+    server.engine.ingest_reverts(push.reverts, Some(stream.peer)).await;
     let generations = keep_valid(push.generations, &server.transport, stream.peer);
     server.engine.ingest(generations, Some(stream.peer)).await;
     let have = server.engine.view().version_vector.clone();

@@ -1,0 +1,287 @@
+//! Alerts: each anomaly this node reports and each revert it writes is counted, and posted as
+//! JSON to the webhooks of the node's `[alerts]` config, with retries and a bounded queue.
+//!
+//! The node that raises an event alerts on it: the node that judged a generation anomalous,
+//! the node that wrote a revert (two nodes on both sides of a partition may both write the same
+//! revert, and both alert). Nodes that merely receive a revert log and count it, but do not
+//! post it, so one revert does not page anyone once per host.
+//!
+//! Delivery never blocks the caller: alerts wait in a queue of [`AlertsConfig::queue`] and are
+//! dropped (and counted) when it is full. Each is posted to every webhook until one answer is
+//! 2xx, up to `max_attempts` times with exponential backoff from [`FIRST_BACKOFF`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::metrics::{Metrics, reason};
+
+/// Waits before the second attempt; each later one waits twice as long, up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Deliveries in flight at once (each alert to each webhook is one).
+const MAX_CONCURRENT_DELIVERIES: usize = 16;
+
+/// `[alerts]` in the node config.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Alerts waiting for delivery; past it new alerts are dropped and counted [default: 1024].
+    pub queue: Option<usize>,
+    /// Attempts per alert and webhook [default: 5].
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub webhook: Vec<WebhookConfig>,
+}
+
+/// A webhook: alerts are POSTed to it as JSON.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// How long one attempt may take [default: 5000].
+    pub timeout_ms: Option<u64>,
+}
+
+impl AlertsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(queue) = self.queue.filter(|q| !(1..=100_000).contains(q)) {
+            return Err(format!("queue must be from 1 to 100000, got {queue}"));
+        }
+        if let Some(attempts) = self.max_attempts.filter(|a| !(1..=20).contains(a)) {
+            return Err(format!("max_attempts must be from 1 to 20, got {attempts}"));
+        }
+        for webhook in &self.webhook {
+            let parsed = reqwest::Url::parse(&webhook.url).map_err(|e| format!("webhook url {:?}: {e}", webhook.url))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(format!("webhook url must be http or https, got {:?}", webhook.url));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an alert is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    /// This node judged a generation anomalous.
+    Anomaly,
+    /// This node wrote the revert of a generation.
+    Revert,
+}
+
+impl AlertKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Anomaly => "anomaly",
+            AlertKind::Revert => "revert",
+        }
+    }
+}
+
+/// The JSON body posted to webhooks.
+#[derive(Clone, Debug, Serialize)]
+pub struct Alert {
+    pub kind: AlertKind,
+    /// The node that raised it.
+    pub node: String,
+    pub generation: String,
+    /// For a revert: `quorum` or `rollback`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<&'static str>,
+    pub reason: String,
+    /// Nodes that report the generation anomalous, as the raising node sees them.
+    pub reporting_nodes: Vec<String>,
+    /// KPIs by node, as `requests:errors:latency_ms:intervals` windows (see `docs/protocol.md`).
+    pub kpis: BTreeMap<String, String>,
+    /// Milliseconds since the Unix epoch, on the raising node's clock.
+    pub at_ms: u64,
+}
+
+/// A handle to raise alerts; cheap to clone.
+#[derive(Clone)]
+pub struct Alerts {
+    queue: Option<mpsc::Sender<Arc<Alert>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Alerts {
+    /// Alerts and the task that delivers them (`None` without webhooks).
+    pub fn new(
+        config: &AlertsConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> (Alerts, Option<impl std::future::Future<Output = ()> + use<>>) {
+        if config.webhook.is_empty() {
+            return (Alerts { queue: None, metrics }, None);
+        }
+        let (sender, receiver) = mpsc::channel(config.queue.unwrap_or(1024));
+        let task = deliver(config.clone(), receiver, metrics.clone(), shutdown);
+        (Alerts { queue: Some(sender), metrics }, Some(task))
+    }
+
+    /// Counts the alert and queues it for the webhooks; never waits.
+    pub fn raise(&self, alert: Alert) {
+        self.metrics.alerts.get_or_create(&reason(alert.kind.as_str())).inc();
+        let Some(queue) = &self.queue else { return };
+        if queue.try_send(Arc::new(alert)).is_err() {
+            self.metrics.webhook_deliveries.get_or_create(&reason("dropped")).inc();
+        }
+    }
+}
+
+async fn deliver(
+    config: AlertsConfig,
+    mut queue: mpsc::Receiver<Arc<Alert>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let http = reqwest::Client::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_DELIVERIES));
+    let attempts = config.max_attempts.unwrap_or(5);
+    loop {
+        let alert = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            alert = queue.recv() => match alert { Some(alert) => alert, None => return },
+        };
+        for webhook in &config.webhook {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let (http, metrics, webhook, alert) = (http.clone(), metrics.clone(), webhook.clone(), alert.clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = post_with_retries(&http, &webhook, &alert, attempts, &metrics) => {}
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn post_with_retries(
+    http: &reqwest::Client,
+    webhook: &WebhookConfig,
+    alert: &Alert,
+    attempts: u32,
+    metrics: &Metrics,
+) {
+    let timeout = Duration::from_millis(webhook.timeout_ms.unwrap_or(5_000));
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=attempts {
+        let outcome = http.post(&webhook.url).timeout(timeout).json(alert).send().await;
+        let error = match outcome {
+            Ok(response) if response.status().is_success() => {
+                metrics.webhook_deliveries.get_or_create(&reason("delivered")).inc();
+                return;
+            }
+            Ok(response) => format!("answered {}", response.status()),
+            Err(error) => error.to_string(),
+        };
+        if attempt == attempts {
+            metrics.webhook_deliveries.get_or_create(&reason("failed")).inc();
+            warn!(url = %webhook.url, generation = %alert.generation, attempts, %error, "webhook delivery failed; giving up");
+            return;
+        }
+        metrics.webhook_deliveries.get_or_create(&reason("retried")).inc();
+        debug!(url = %webhook.url, generation = %alert.generation, attempt, %error, "webhook delivery failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Json;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    use super::*;
+
+    fn alert(generation: &str) -> Alert {
+        Alert {
+            kind: AlertKind::Revert,
+            node: "n1".into(),
+            generation: generation.into(),
+            trigger: Some("quorum"),
+            reason: "1 of 1 nodes that applied it report it anomalous (n2), 1 needed".into(),
+            reporting_nodes: vec!["n2".into()],
+            kpis: BTreeMap::from([("n2".into(), "100:40::0".into())]),
+            at_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_webhook_that_fails_twice_gets_the_alert_on_the_third_attempt() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, r) = (calls.clone(), received.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |Json(body): Json<serde_json::Value>| async move {
+                if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                r.lock().unwrap().push(body);
+                StatusCode::OK
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let config = AlertsConfig {
+            webhook: vec![WebhookConfig { url, timeout_ms: Some(1_000) }],
+            ..AlertsConfig::default()
+        };
+        config.validate().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let (alerts, task) = Alerts::new(&config, metrics.clone(), shutdown.clone());
+        tokio::spawn(task.unwrap());
+        alerts.raise(alert("n1.4"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while received.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let body = received.lock().unwrap()[0].clone();
+        assert_eq!(body["generation"], "n1.4");
+        assert_eq!(body["kind"], "revert");
+        assert_eq!(body["reporting_nodes"][0], "n2");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let text = metrics.render();
+        assert!(text.contains("grapevine_webhook_deliveries_total{reason=\"retried\"} 2"), "{text}");
+        assert!(text.contains("grapevine_webhook_deliveries_total{reason=\"delivered\"} 1"), "{text}");
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let metrics = Arc::new(Metrics::new());
+        let (sender, _receiver) = mpsc::channel(1);
+        let alerts = Alerts { queue: Some(sender), metrics: metrics.clone() };
+        alerts.raise(alert("n1.1"));
+        alerts.raise(alert("n1.2"));
+        let text = metrics.render();
+        assert!(text.contains("grapevine_webhook_deliveries_total{reason=\"dropped\"} 1"), "{text}");
+        assert!(text.contains("grapevine_alerts_total{reason=\"revert\"} 2"), "{text}");
+    }
+
+    #[test]
+    fn bad_webhook_urls_are_refused() {
+        let config = |url: &str| AlertsConfig {
+            webhook: vec![WebhookConfig { url: url.into(), timeout_ms: None }],
+            ..AlertsConfig::default()
+        };
+        assert!(config("not a url").validate().is_err());
+        assert!(config("ftp://x/y").validate().unwrap_err().contains("http or https"));
+        assert!(config("https://hooks.example.com/grapevine").validate().is_ok());
+    }
+}

@@ -1,0 +1,173 @@
+//! Reverts: the cluster undoing a generation that hurts, without a human.
+//!
+//! Whenever reports change (and every release check), the engine looks at the generations
+//! some member reports anomalous. When the distinct members reporting one anomalous reach its
+//! policy's anomaly quorum (`proto::rollout::AnomalyQuorum`), this node writes its revert. The
+//! revert is derived from the generation alone (`proto::Revert`), so every node that sees the
+//! quorum, on any side of a partition, writes the same one, and every log holds it once. An
+//! operator's `rollback` writes the same revert.
+//!
+//! A revert skips waves: it takes effect on each node the moment it arrives, and spreads like a
+//! generation (pushed at once, pulled by anti-entropy). Reverts are stored before they count,
+//! and never undone: a reverted generation is never applied again.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use grapevine_proto::rollout::AnomalyQuorum;
+use grapevine_proto::{GenId, Revert};
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use super::Engine;
+use crate::alerts::{Alert, AlertKind};
+use crate::health::unix_ms;
+use crate::metrics::reason;
+use crate::store::StoreError;
+use crate::sync::PushJob;
+
+/// Why this node writes a revert.
+enum Cause {
+    /// It saw the anomaly quorum.
+    Quorum(AnomalyQuorum),
+    /// An operator asked.
+    Rollback,
+}
+
+/// What `rollback` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RollbackOutcome {
+    pub generation: String,
+    pub revert: String,
+    /// True when the generation was already reverted: nothing was written.
+    pub already_reverted: bool,
+}
+
+/// Why a rollback was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("generation {0} is not in the log of this node")]
+    NotFound(GenId),
+    #[error(
+        "generation {0} is compacted into the snapshot and can no longer be reverted; ship the value you want as a new change"
+    )]
+    Compacted(GenId),
+    #[error("generation {0} is a rollout control, not a change; write the opposite control instead")]
+    Control(GenId),
+    #[error("the revert was not stored: {0}")]
+    Store(#[from] StoreError),
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+impl Engine {
+    /// Writes the revert of every generation whose anomaly quorum is reached in this node's
+    /// view of the reports.
+    pub(super) async fn revert_pass(&mut self) {
+        for id in self.parts.gossip.anomalous_generations().await {
+            let Some(generation) = self.log.get(&id) else { continue };
+            if self.log.is_reverted(&id) {
+                continue;
+            }
+            let policy = generation.body.change.policy.clone();
+            let quorum = AnomalyQuorum::of(&policy, &self.parts.gossip.all_reports_for(&id).await);
+            if !quorum.reached() {
+                continue;
+            }
+            if let Err(error) = self.write_revert(&id, Cause::Quorum(quorum)).await {
+                error!(generation = %id, %error, "could not store a revert; will try again");
+            }
+        }
+    }
+
+    /// An operator's rollback: the same revert the quorum would write.
+    pub(super) async fn rollback(&mut self, target: GenId) -> Result<RollbackOutcome, RollbackError> {
+        let outcome = |already_reverted| RollbackOutcome {
+            generation: target.to_string(),
+            revert: Revert::of(&target).to_string(),
+            already_reverted,
+        };
+        if self.log.is_reverted(&target) {
+            return Ok(outcome(true));
+        }
+        match self.log.get(&target) {
+            Some(generation) if generation.body.change.ops.is_empty() => Err(RollbackError::Control(target)),
+            Some(_) => {
+                self.write_revert(&target, Cause::Rollback).await?;
+                Ok(outcome(false))
+            }
+            None if self.log.base().covers().covers(&target) => Err(RollbackError::Compacted(target)),
+            None => Err(RollbackError::NotFound(target)),
+        }
+    }
+
+    /// Stores the revert of `target`, applies it, spreads it, and says why.
+    async fn write_revert(&mut self, target: &GenId, cause: Cause) -> Result<(), StoreError> {
+        let revert = Revert::of(target);
+        self.store_reverts(vec![revert.clone()]).await?;
+        self.log.revert(&revert);
+        let (trigger, reason_text, reporting) = match &cause {
+            Cause::Quorum(quorum) => ("quorum", format!("anomaly quorum: {quorum}"), quorum.anomalous.clone()),
+            Cause::Rollback => ("rollback", format!("operator rollback on {}", self.parts.name), Vec::new()),
+        };
+        warn!(generation = %target, revert = %revert, trigger, reason = %reason_text, "reverted");
+        self.parts.metrics.reverts.get_or_create(&reason(trigger)).inc();
+        self.parts.gossip.publish_revert_cause(target, trigger).await;
+        self.take_effect(vec![revert], None).await;
+        // As for a new change: every live peer exchanges gossip with us now, learns our
+        // reverts summary, and pulls what the push has not brought it yet.
+        self.parts.gossip.nudge_live_peers().await;
+        let names: Vec<String> = reporting.iter().map(ToString::to_string).collect();
+        let kpis = self.parts.gossip.kpis_of(&reporting).await;
+        self.parts.alerts.raise(Alert {
+            kind: AlertKind::Revert,
+            node: self.parts.name.to_string(),
+            generation: target.to_string(),
+            trigger: Some(trigger),
+            reason: reason_text,
+            reporting_nodes: names,
+            kpis,
+            at_ms: unix_ms(),
+        });
+        Ok(())
+    }
+
+    /// Stores and applies reverts from peer `from`; returns how many were new.
+    pub(super) async fn ingest_reverts(&mut self, reverts: Vec<Revert>, from: Option<SocketAddr>) -> usize {
+        let mut new: BTreeMap<GenId, Revert> = BTreeMap::new();
+        for revert in reverts.into_iter().filter(|r| !self.log.is_reverted(&r.target)) {
+            new.insert(revert.target.clone(), revert);
+        }
+        if new.is_empty() {
+            return 0;
+        }
+        let new: Vec<Revert> = new.into_values().collect();
+        if let Err(error) = self.store_reverts(new.clone()).await {
+            error!(%error, "could not store reverts from a peer; they will be pulled again");
+            return 0;
+        }
+        for revert in &new {
+            self.log.revert(revert);
+            info!(generation = %revert.target, revert = %revert, "revert received");
+        }
+        self.parts.metrics.reverts.get_or_create(&reason("received")).inc_by(new.len() as u64);
+        let count = new.len();
+        self.take_effect(new, from).await;
+        count
+    }
+
+    /// Reverts just added to the log: stop judging their targets, refold both states without
+    /// them, publish, and push them on.
+    async fn take_effect(&mut self, reverts: Vec<Revert>, from: Option<SocketAddr>) {
+        for revert in &reverts {
+            self.parts.health.freeze(&revert.target);
+        }
+        self.refold().await;
+        self.push(PushJob { reverts, generations: Vec::new(), from });
+    }
+
+    async fn store_reverts(&self, reverts: Vec<Revert>) -> Result<(), StoreError> {
+        let store = self.parts.store.clone();
+        tokio::task::spawn_blocking(move || store.put_reverts(&reverts)).await.expect("store task panicked")
+    }
+}

@@ -1,0 +1,367 @@
+//! Health judgement: a node's KPIs since it applied a generation, judged against absolute
+//! limits, against its own baseline from before the apply, and against concurrently running
+//! peers that have not applied it (canary against baseline, as Kayenta and LaunchDarkly judge).
+//!
+//! Noise must not revert a healthy change, so every comparison asks two questions: is the
+//! difference large enough to matter (the policy's limits and ratios), and is it unlikely to
+//! be chance? Error rates use the Chernoff bound of the binomial tail: the observed rate
+//! `p̂` over `n` requests is significantly above a limit `p` when `n · KL(p̂ ‖ p) ≥ ln(1/α)`,
+//! with `α` = [`SIGNIFICANCE`]. The bound holds at any sample size (no normal approximation)
+//! and is conservative, so repeated looks during a watch window stay rare false alarms.
+//! Latency compares medians of per-interval p99 values, which one slow interval cannot move.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rollout::{PolicyError, Verdict};
+
+/// The false-alarm probability each error-rate comparison allows (one in ten thousand).
+pub const SIGNIFICANCE: f64 = 1e-4;
+
+/// Per-interval latency values a side needs before its latency is compared.
+pub const MIN_LATENCY_INTERVALS: u32 = 5;
+
+/// A relative error-rate limit is never closer than this to the reference rate: from 0.1% to
+/// 0.2% errors doubles the rate but is not an incident.
+pub const MIN_ERROR_RATE_DELTA: f64 = 0.005;
+
+/// A relative latency limit is never closer than this to the reference, in milliseconds.
+pub const MIN_LATENCY_DELTA_MS: f64 = 5.0;
+
+/// KPIs over a span of time: request and error counts, and the median of the per-interval
+/// p99 latencies (with how many intervals reported one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_ms: Option<f64>,
+    pub latency_intervals: u32,
+}
+
+impl Window {
+    /// The window of per-interval samples `(requests, errors, p99 latency)`.
+    pub fn of(samples: impl IntoIterator<Item = (u64, u64, Option<f64>)>) -> Window {
+        let mut window = Window::default();
+        let mut latencies = Vec::new();
+        for (requests, errors, latency) in samples {
+            window.requests += requests;
+            window.errors += errors.min(requests);
+            latencies.extend(latency.filter(|l| l.is_finite() && *l >= 0.0));
+        }
+        window.latency_intervals = latencies.len() as u32;
+        window.latency_ms = median(&mut latencies);
+        window
+    }
+
+    /// Several nodes' windows as one reference: counts add up, latency is the median of the
+    /// nodes' medians.
+    pub fn pool<'a>(windows: impl IntoIterator<Item = &'a Window>) -> Window {
+        let mut pooled = Window::default();
+        let mut latencies = Vec::new();
+        for window in windows {
+            pooled.requests += window.requests;
+            pooled.errors += window.errors;
+            pooled.latency_intervals += window.latency_intervals;
+            latencies.extend(window.latency_ms.filter(|_| window.latency_intervals > 0));
+        }
+        pooled.latency_ms = median(&mut latencies);
+        pooled
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
+    }
+}
+
+impl fmt::Display for Window {
+    /// The gossip form: `requests:errors:latency_ms:intervals` (latency empty when unknown).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let latency = self.latency_ms.map(|l| format!("{l:.1}")).unwrap_or_default();
+        write!(f, "{}:{}:{}:{}", self.requests, self.errors, latency, self.latency_intervals)
+    }
+}
+
+impl std::str::FromStr for Window {
+    type Err = PolicyError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || PolicyError(format!("expected KPIs like 120:3:41.5:60, got {text:?}"));
+        let parts: Vec<&str> = text.split(':').collect();
+        let [requests, errors, latency, intervals] = parts[..] else { return Err(bad()) };
+        let latency_ms = match latency {
+            "" => None,
+            text => Some(text.parse::<f64>().ok().filter(|l| l.is_finite() && *l >= 0.0).ok_or_else(bad)?),
+        };
+        let window = Window {
+            requests: requests.parse().map_err(|_| bad())?,
+            errors: errors.parse().map_err(|_| bad())?,
+            latency_ms,
+            latency_intervals: intervals.parse().map_err(|_| bad())?,
+        };
+        if window.errors > window.requests {
+            return Err(bad());
+        }
+        Ok(window)
+    }
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 })
+}
+
+/// The limits a generation is judged by: part of its rollout policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Requests a node must see after the apply before it judges at all.
+    pub min_samples: u32,
+    /// Absolute: the highest acceptable error rate, in thousandths.
+    pub max_error_rate_permille: u16,
+    /// Absolute: the highest acceptable median p99 latency, in milliseconds.
+    pub max_latency_p99_ms: Option<u32>,
+    /// Relative: the error rate may grow to this share of the reference's, in percent.
+    pub max_error_ratio_percent: u16,
+    /// Relative: the latency may grow to this share of the reference's, in percent.
+    pub max_latency_ratio_percent: u16,
+}
+
+impl Default for Thresholds {
+    /// At least 20 requests; at most 5% errors; errors at most 2x and latency at most 1.5x the
+    /// baseline's and the peers'.
+    fn default() -> Self {
+        Thresholds {
+            min_samples: 20,
+            max_error_rate_permille: 50,
+            max_latency_p99_ms: None,
+            max_error_ratio_percent: 200,
+            max_latency_ratio_percent: 150,
+        }
+    }
+}
+
+impl Thresholds {
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let error = |message: String| Err(PolicyError(message));
+        if self.min_samples == 0 || self.min_samples > 1_000_000 {
+            return error(format!("min samples must be from 1 to 1000000, got {}", self.min_samples));
+        }
+        if self.max_error_rate_permille == 0 || self.max_error_rate_permille > 1000 {
+            let found = f64::from(self.max_error_rate_permille) / 1000.0;
+            return error(format!("max error rate must be in (0, 1], got {found}"));
+        }
+        if self.max_latency_p99_ms == Some(0) {
+            return error("max latency must be at least 1 ms, got 0".into());
+        }
+        for (what, percent) in [("error", self.max_error_ratio_percent), ("latency", self.max_latency_ratio_percent)] {
+            if !(101..=10_000).contains(&percent) {
+                let found = f64::from(percent) / 100.0;
+                return error(format!("max {what} ratio must be above 1 and at most 100, got {found}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a node compares its KPIs since the apply with.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct References {
+    /// The node's own KPIs before the apply.
+    pub baseline: Option<Window>,
+    /// Live peers that have not applied the generation, pooled.
+    pub peers: Option<Window>,
+}
+
+/// A verdict and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+/// Judges `since` (the KPIs since the apply) by `thresholds` and the references.
+pub fn judge(thresholds: &Thresholds, since: &Window, references: &References) -> Judgement {
+    let min = u64::from(thresholds.min_samples);
+    if since.requests < min {
+        let reason = format!("{} of {min} requests needed before judging", since.requests);
+        return Judgement { verdict: Verdict::Inconclusive, reason };
+    }
+    let anomalous = |reason: String| Judgement { verdict: Verdict::Anomalous, reason };
+    let rate = since.error_rate();
+    let limit = f64::from(thresholds.max_error_rate_permille) / 1000.0;
+    if significantly_above(since, limit) {
+        return anomalous(format!(
+            "error rate {} over {} requests, above the {} limit",
+            percent(rate),
+            since.requests,
+            percent(limit)
+        ));
+    }
+    let intervals = since.latency_intervals >= MIN_LATENCY_INTERVALS;
+    if let (Some(max), Some(latency), true) = (thresholds.max_latency_p99_ms, since.latency_ms, intervals) {
+        if latency > f64::from(max) {
+            return anomalous(format!("p99 latency {latency:.1} ms, above the {max} ms limit"));
+        }
+    }
+    let named = [("the baseline before the apply", references.baseline), ("peers without it", references.peers)];
+    for (name, reference) in named {
+        let Some(reference) = reference.filter(|r| r.requests >= min) else { continue };
+        // The reference's rate, smoothed so that a reference without errors is not zero.
+        let reference_rate = (reference.errors as f64 + 1.0) / (reference.requests as f64 + 2.0);
+        let ratio = f64::from(thresholds.max_error_ratio_percent) / 100.0;
+        let limit = (reference_rate * ratio).max(reference_rate + MIN_ERROR_RATE_DELTA).min(0.999);
+        if significantly_above(since, limit) {
+            return anomalous(format!(
+                "error rate {} over {} requests, against {} on {name} (limit {})",
+                percent(rate),
+                since.requests,
+                percent(reference.error_rate()),
+                percent(limit)
+            ));
+        }
+        let both = intervals && reference.latency_intervals >= MIN_LATENCY_INTERVALS;
+        if let (Some(latency), Some(before), true) = (since.latency_ms, reference.latency_ms, both) {
+            let ratio = f64::from(thresholds.max_latency_ratio_percent) / 100.0;
+            let limit = (before * ratio).max(before + MIN_LATENCY_DELTA_MS);
+            if latency > limit {
+                return anomalous(format!(
+                    "p99 latency {latency:.1} ms, against {before:.1} ms on {name} (limit {limit:.1} ms)"
+                ));
+            }
+        }
+    }
+    let reason = format!("error rate {} over {} requests, within limits", percent(rate), since.requests);
+    Judgement { verdict: Verdict::Healthy, reason }
+}
+
+/// Whether the error rate of `window` is above `limit` by more than chance allows: the
+/// Chernoff bound `exp(-n · KL(p̂ ‖ limit))` of seeing this many errors if the true rate were
+/// `limit` is below [`SIGNIFICANCE`].
+fn significantly_above(window: &Window, limit: f64) -> bool {
+    let rate = window.error_rate();
+    if window.requests == 0 || rate <= limit {
+        return false;
+    }
+    window.requests as f64 * kl_bernoulli(rate, limit) >= (1.0 / SIGNIFICANCE).ln()
+}
+
+/// The Kullback-Leibler divergence between Bernoulli(p) and Bernoulli(q), `0 < q < 1`.
+fn kl_bernoulli(p: f64, q: f64) -> f64 {
+    let term = |a: f64, b: f64| if a == 0.0 { 0.0 } else { a * (a / b).ln() };
+    term(p, q) + term(1.0 - p, 1.0 - q)
+}
+
+fn percent(rate: f64) -> String {
+    format!("{:.2}%", rate * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SplitMix64;
+
+    fn window(requests: u64, errors: u64, latency: Option<f64>, intervals: u32) -> Window {
+        Window { requests, errors, latency_ms: latency, latency_intervals: intervals }
+    }
+
+    #[test]
+    fn too_few_samples_is_inconclusive() {
+        let judgement = judge(&Thresholds::default(), &window(19, 19, None, 0), &References::default());
+        assert_eq!(judgement.verdict, Verdict::Inconclusive, "{}", judgement.reason);
+    }
+
+    #[test]
+    fn a_failing_node_is_anomalous_on_the_absolute_limit() {
+        let judgement = judge(&Thresholds::default(), &window(20, 10, None, 0), &References::default());
+        assert_eq!(judgement.verdict, Verdict::Anomalous, "{}", judgement.reason);
+        assert!(judgement.reason.contains("above the 5.00% limit"), "{}", judgement.reason);
+        // One error in twenty is 5%, not above the limit by more than chance.
+        let judgement = judge(&Thresholds::default(), &window(20, 2, None, 0), &References::default());
+        assert_eq!(judgement.verdict, Verdict::Healthy, "{}", judgement.reason);
+    }
+
+    #[test]
+    fn relative_limits_catch_what_the_absolute_ones_miss() {
+        let references = References { baseline: Some(window(10_000, 10, Some(40.0), 100)), peers: None };
+        // 3% errors is under the 5% limit, but thirty times the baseline's 0.1%.
+        let judgement = judge(&Thresholds::default(), &window(2_000, 60, Some(41.0), 20), &references);
+        assert_eq!(judgement.verdict, Verdict::Anomalous, "{}", judgement.reason);
+        assert!(judgement.reason.contains("baseline"), "{}", judgement.reason);
+        // Latency doubled against peers.
+        let references = References { baseline: None, peers: Some(window(10_000, 10, Some(40.0), 100)) };
+        let judgement = judge(&Thresholds::default(), &window(2_000, 2, Some(85.0), 20), &references);
+        assert_eq!(judgement.verdict, Verdict::Anomalous, "{}", judgement.reason);
+        assert!(judgement.reason.contains("peers without it"), "{}", judgement.reason);
+        // Within 1.5x: healthy.
+        let judgement = judge(&Thresholds::default(), &window(2_000, 2, Some(55.0), 20), &references);
+        assert_eq!(judgement.verdict, Verdict::Healthy, "{}", judgement.reason);
+    }
+
+    #[test]
+    fn an_absolute_latency_limit_needs_enough_intervals() {
+        let thresholds = Thresholds { max_latency_p99_ms: Some(100), ..Thresholds::default() };
+        let judgement = judge(&thresholds, &window(100, 0, Some(300.0), 2), &References::default());
+        assert_eq!(judgement.verdict, Verdict::Healthy, "{}", judgement.reason);
+        let judgement = judge(&thresholds, &window(100, 0, Some(300.0), 5), &References::default());
+        assert_eq!(judgement.verdict, Verdict::Anomalous, "{}", judgement.reason);
+    }
+
+    #[test]
+    fn windows_round_trip_through_gossip_text_and_refuse_nonsense() {
+        let window = Window::of([(10, 1, Some(30.0)), (12, 0, Some(50.0)), (8, 0, None)]);
+        assert_eq!(window, Window { requests: 30, errors: 1, latency_ms: Some(40.0), latency_intervals: 2 });
+        assert_eq!(window.to_string().parse::<Window>().unwrap(), window);
+        assert_eq!("5:0::0".parse::<Window>().unwrap().latency_ms, None);
+        for bad in ["", "1:2:3", "1:2:x:1", "1:5::0", "a:0::0", "1:0:-3:1", "1:0:NaN:1"] {
+            assert!(bad.parse::<Window>().is_err(), "{bad}");
+        }
+    }
+
+    /// A healthy application with noisy but normal metrics: 1% errors, latency that wanders
+    /// by up to 30% from interval to interval, request counts that vary twofold.
+    fn noisy(rng: &mut SplitMix64, error_rate: f64, latency_ms: f64) -> (u64, u64, Option<f64>) {
+        let requests = 25 + rng.below(50) as u64;
+        let errors = (0..requests).filter(|_| rng.next_unit() < error_rate).count() as u64;
+        let latency = latency_ms * (0.7 + 0.6 * rng.next_unit());
+        (requests, errors, Some(latency))
+    }
+
+    /// Judges a node through a watch window of 600 one-second intervals, looking after every
+    /// interval (as the node does); returns the first interval judged anomalous.
+    fn first_anomaly(seed: u64, error_rate_after: f64, latency_after: f64) -> Option<usize> {
+        let mut rng = SplitMix64::new(seed);
+        let baseline = Window::of((0..300).map(|_| noisy(&mut rng, 0.01, 40.0)).collect::<Vec<_>>());
+        let peers: Vec<Window> =
+            (0..4).map(|_| Window::of((0..60).map(|_| noisy(&mut rng, 0.01, 40.0)).collect::<Vec<_>>())).collect();
+        let references = References { baseline: Some(baseline), peers: Some(Window::pool(&peers)) };
+        let mut since = Vec::new();
+        for interval in 0..600 {
+            since.push(noisy(&mut rng, error_rate_after, latency_after));
+            let judgement = judge(&Thresholds::default(), &Window::of(since.iter().copied()), &references);
+            if judgement.verdict == Verdict::Anomalous {
+                return Some(interval);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn noisy_but_normal_metrics_raise_no_false_alarm_in_a_hundred_seeded_runs() {
+        for seed in 0..100 {
+            assert_eq!(first_anomaly(seed, 0.01, 40.0), None, "seed {seed}: a healthy change judged anomalous");
+        }
+    }
+
+    #[test]
+    fn real_regressions_are_caught_within_seconds() {
+        for seed in 0..20 {
+            let errors = first_anomaly(seed, 0.30, 40.0).expect("30% errors must be anomalous");
+            assert!(errors <= 2, "seed {seed}: 30% errors caught only at interval {errors}");
+            let slow = first_anomaly(seed, 0.01, 120.0).expect("3x latency must be anomalous");
+            assert!(slow <= MIN_LATENCY_INTERVALS as usize, "seed {seed}: 3x latency caught at interval {slow}");
+        }
+    }
+}
