@@ -15,9 +15,9 @@ use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use grapevine_cluster_tests::free_port;
 use grapevine_cluster_tests::inproc::InProcessCluster;
-use grapevine_proto::rollout::PolicyOptions;
 use grapevine_node::daemon::RunningNode;
 use grapevine_proto::GenId;
+use grapevine_proto::rollout::PolicyOptions;
 use grapevine_proto::sim::SplitMix64;
 use serde_json::json;
 

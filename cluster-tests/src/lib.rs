@@ -450,3 +450,59 @@ pub fn http_request(method: &str, url: &str, body: Option<&str>) -> Result<(u16,
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
 }
+
+/// A webhook receiver on loopback: records every JSON body POSTed to it and answers 200.
+pub struct WebhookSink {
+    addr: SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl WebhookSink {
+    pub fn start() -> Result<WebhookSink> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Some(body) = read_post(stream) {
+                    recorded.lock().expect("sink lock").push(body);
+                }
+            }
+        });
+        Ok(WebhookSink { addr, bodies })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// The bodies received so far.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().expect("sink lock").clone()
+    }
+}
+
+/// Reads one HTTP/1.1 request with a Content-Length body, answers 200, returns the JSON body.
+fn read_post(mut stream: std::net::TcpStream) -> Option<Value> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    serde_json::from_slice(&body).ok()
+}

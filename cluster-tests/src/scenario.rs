@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use grapevine_node::config::{Config, RawConfig};
-use grapevine_proto::rollout::PolicyOptions;
 use grapevine_node::daemon::{self, RunningNode};
 use grapevine_node::faults::LinkRule;
 use grapevine_node::tls;
+use grapevine_proto::rollout::PolicyOptions;
 use grapevine_proto::sim::SplitMix64;
 use grapevine_proto::{GenId, VersionVector};
 use serde_json::{Value, json};

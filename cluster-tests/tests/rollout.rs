@@ -9,7 +9,7 @@ use grapevine_cluster_tests::{Cluster, Node, check, http_request, wait_until};
 use serde_json::Value;
 
 /// Nodes that judge by pushed samples (at least 10 requests).
-const PUSH_HEALTH: &str = "[health]\npush = true\nmin_samples = 10\nsample_interval_ms = 200\n";
+const PUSH_HEALTH: &str = "[health]\npush = true\nsample_interval_ms = 200\n[rollout]\nmin_samples = 10\n";
 
 fn cluster(count: usize, config_toml: &str) -> Result<Cluster> {
     let mut cluster = Cluster::new(count)?;
@@ -46,14 +46,21 @@ fn push_health(node: &Node, errors: u64) {
 }
 
 fn put(node: &Node, key: &str, waves: &str, bake: &str) -> Result<String> {
-    let answer = node.cli_json(&["config", "put", key, "--value", "1", "--waves", waves, "--bake", bake])?;
+    put_with(node, key, waves, bake, &[])
+}
+
+fn put_with(node: &Node, key: &str, waves: &str, bake: &str, options: &[&str]) -> Result<String> {
+    let mut args = vec!["config", "put", key, "--value", "1", "--waves", waves, "--bake", bake];
+    args.extend(options);
+    let answer = node.cli_json(&args)?;
     Ok(answer["generation"].as_str().context("a generation")?.to_owned())
 }
 
 #[test]
 fn an_unhealthy_canary_keeps_the_change_on_the_canary() -> Result<()> {
     let cluster = cluster(5, PUSH_HEALTH)?;
-    let generation = put(&cluster.nodes[0], "risky", "1,50%,100%", "1s")?;
+    // Two anomaly reports revert it: the canary's alone only holds the rollout.
+    let generation = put_with(&cluster.nodes[0], "risky", "1,50%,100%", "1s", &["--anomaly-quorum-min", "2"])?;
     let waves = waves(&cluster.nodes[0], &generation)?;
     let started = Instant::now();
     // For 5 s (5 bakes), the canary's application reports 50% errors, the others none.
@@ -80,6 +87,8 @@ fn an_unhealthy_canary_keeps_the_change_on_the_canary() -> Result<()> {
     assert_eq!(status["open_waves"], 1, "{status}");
     let canary = status["waves"][0]["members"][0].clone();
     assert_eq!(canary["report"]["verdict"], "anomalous", "{status}");
+    assert_eq!(status["reverted"], false, "one report of the two needed: {status}");
+    assert_eq!(status["anomaly_quorum"]["needed"], 2, "{status}");
     Ok(())
 }
 

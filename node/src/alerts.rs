@@ -57,7 +57,8 @@ impl AlertsConfig {
             return Err(format!("max_attempts must be from 1 to 20, got {attempts}"));
         }
         for webhook in &self.webhook {
-            let parsed = reqwest::Url::parse(&webhook.url).map_err(|e| format!("webhook url {:?}: {e}", webhook.url))?;
+            let parsed =
+                reqwest::Url::parse(&webhook.url).map_err(|e| format!("webhook url {:?}: {e}", webhook.url))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(format!("webhook url must be http or https, got {:?}", webhook.url));
             }
@@ -237,10 +238,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let config = AlertsConfig {
-            webhook: vec![WebhookConfig { url, timeout_ms: Some(1_000) }],
-            ..AlertsConfig::default()
-        };
+        let config =
+            AlertsConfig { webhook: vec![WebhookConfig { url, timeout_ms: Some(1_000) }], ..AlertsConfig::default() };
         config.validate().unwrap();
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();

@@ -236,10 +236,11 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "node {} in cluster {}: {} generations, applied {}, state digest {}",
+        "node {} in cluster {}: {} generations ({} reverted), applied {}, state digest {}",
         text(&answer, "node"),
         text(&answer, "cluster"),
         answer.get("generations").unwrap_or(&Value::Null),
+        answer.get("reverted").unwrap_or(&Value::Null),
         text(&answer, "applied"),
         text(&answer, "state_digest"),
     );
@@ -447,7 +448,8 @@ fn print_rollout(rollout: &Value, color: bool) {
         })
         .collect();
     let paused = if rollout["controls"]["paused"] == true { paint("33", " PAUSED".into()) } else { String::new() };
-    let paused = if rollout["reverted"] == true { format!("{paused}{}", paint("31", " REVERTED".into())) } else { paused };
+    let paused =
+        if rollout["reverted"] == true { format!("{paused}{}", paint("31", " REVERTED".into())) } else { paused };
     println!(
         "{}  {}  waves {}  bake {} ms  quorum {}{paused}",
         paint("1", text(rollout, "generation").to_owned()),

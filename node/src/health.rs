@@ -147,14 +147,19 @@ struct Tracked {
     thresholds: Thresholds,
     /// This node's KPIs over the [`BASELINE_WINDOW`] before the apply.
     baseline: Option<Window>,
-    /// Samples since the apply, oldest first.
-    samples: VecDeque<Sample>,
+    /// Samples since the apply, oldest first, with when they came.
+    samples: VecDeque<(Instant, Sample)>,
     judgement: Judgement,
     /// No more samples: the generation was reverted.
     frozen: bool,
 }
 
 impl Tracked {
+    /// The KPIs since the apply.
+    fn window(&self) -> Window {
+        Window::of(self.samples.iter().map(|(_, sample)| sample.parts()))
+    }
+
     fn watching(&self) -> bool {
         !self.frozen && self.judgement.verdict != Verdict::Anomalous && self.applied_at.elapsed() <= self.watch_window
     }
@@ -263,16 +268,22 @@ impl Health {
         }
         let reason = format!("apply failed: {reason}");
         tracked.judgement = Judgement { verdict: Verdict::Anomalous, reason: reason.clone() };
-        let kpis = Window::of(tracked.samples.iter().map(Sample::parts));
+        let kpis = tracked.window();
         state.anomalies.push(Anomaly { generation: generation.clone(), reason, kpis });
         drop(state);
         self.publish.notify_one();
     }
 
-    /// Stops sampling a generation (it was reverted); its last verdict stays reported.
+    /// Stops sampling a generation (it was reverted); its last verdict stays reported. The
+    /// samples taken while it was applied are its own: generations applied before it forget
+    /// them, so they are not judged on the harm the reverted one did.
     pub fn freeze(&self, generation: &GenId) {
-        if let Some(tracked) = self.lock().tracked.get_mut(generation) {
-            tracked.frozen = true;
+        let mut state = self.lock();
+        let Some(tracked) = state.tracked.get_mut(generation) else { return };
+        tracked.frozen = true;
+        let since = tracked.applied_at;
+        for older in state.tracked.values_mut().filter(|t| t.applied_at < since && t.watching()) {
+            older.samples.retain(|(at, _)| *at < since);
         }
     }
 
@@ -287,7 +298,7 @@ impl Health {
             state.recent.pop_front();
         }
         for tracked in state.tracked.values_mut().filter(|t| t.watching()) {
-            tracked.samples.push_back(sample);
+            tracked.samples.push_back((now, sample));
             if tracked.samples.len() > MAX_SAMPLES {
                 tracked.samples.pop_front();
             }
@@ -302,18 +313,59 @@ impl Health {
             return;
         }
         let State { tracked, peers, anomalies, .. } = &mut *state;
-        for (id, tracked) in tracked.iter_mut().filter(|(_, t)| t.watching()) {
+        let mut judged: Vec<(GenId, Instant, Judgement, Window)> = Vec::new();
+        for (id, tracked) in tracked.iter().filter(|(_, t)| t.watching()) {
             let without: Vec<&Window> =
                 peers.values().filter(|p| !p.reported.contains(id)).filter_map(|p| p.kpis.as_ref()).collect();
-            let references = References {
-                baseline: tracked.baseline,
-                peers: (!without.is_empty()).then(|| Window::pool(without)),
+            let references =
+                References { baseline: tracked.baseline, peers: (!without.is_empty()).then(|| Window::pool(without)) };
+            let since = tracked.window();
+            judged.push((id.clone(), tracked.applied_at, judge(&tracked.thresholds, &since, &references), since));
+        }
+        // The same samples count toward every generation watched, so bad samples make every
+        // one of them look bad. Blame goes to the newest: an older generation is anomalous only
+        // when every newer one still watched (or anomalous and not yet reverted) is judged
+        // healthy, so the harm came before them. Until then it stays inconclusive (which holds
+        // its waves); once the newer one is reverted, the older forgets its samples (`freeze`).
+        let latched = tracked
+            .iter()
+            .filter(|(_, t)| !t.watching() && !t.frozen && t.judgement.verdict == Verdict::Anomalous)
+            .map(|(id, t)| (t.applied_at, id.clone(), None));
+        let mut order: Vec<(Instant, GenId, Option<(Judgement, Window)>)> = judged
+            .into_iter()
+            .map(|(id, applied_at, judgement, since)| (applied_at, id, Some((judgement, since))))
+            .chain(latched)
+            .collect();
+        order.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+        let mut newer_unsettled: Option<GenId> = None;
+        for (_, id, judged) in order {
+            let Some((mut judgement, since)) = judged else {
+                newer_unsettled.get_or_insert(id);
+                continue;
             };
-            let since = Window::of(tracked.samples.iter().map(Sample::parts));
-            tracked.judgement = judge(&tracked.thresholds, &since, &references);
-            if tracked.judgement.verdict == Verdict::Anomalous {
-                let reason = tracked.judgement.reason.clone();
-                anomalies.push(Anomaly { generation: id.clone(), reason, kpis: since });
+            if judgement.verdict == Verdict::Anomalous {
+                match &newer_unsettled {
+                    Some(newer) => {
+                        judgement = Judgement {
+                            verdict: Verdict::Inconclusive,
+                            reason: format!(
+                                "{}; deferred to {newer}, applied later and not judged healthy",
+                                judgement.reason
+                            ),
+                        }
+                    }
+                    None => anomalies.push(Anomaly {
+                        generation: id.clone(),
+                        reason: judgement.reason.clone(),
+                        kpis: since,
+                    }),
+                }
+            }
+            if judgement.verdict != Verdict::Healthy {
+                newer_unsettled.get_or_insert(id.clone());
+            }
+            if let Some(tracked) = tracked.get_mut(&id) {
+                tracked.judgement = judgement;
             }
         }
     }
@@ -612,7 +664,10 @@ mod tests {
 
         // No baseline of its own, but peers without it run at 40 ms and this node at 120 ms.
         let fresh = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
-        let peer = PeerHealth { kpis: Some(Window { requests: 5_000, errors: 5, latency_ms: Some(40.0), latency_intervals: 60 }), reported: BTreeSet::new() };
+        let peer = PeerHealth {
+            kpis: Some(Window { requests: 5_000, errors: 5, latency_ms: Some(40.0), latency_intervals: 60 }),
+            reported: BTreeSet::new(),
+        };
         fresh.set_peers(BTreeMap::from([("n2".parse().unwrap(), peer)]));
         fresh.applied(id(2), Duration::from_secs(60), thresholds);
         for _ in 0..6 {
@@ -620,6 +675,47 @@ mod tests {
         }
         assert_eq!(verdict(&fresh, 2), Verdict::Anomalous);
         assert!(fresh.judgement(&id(2)).unwrap().reason.contains("peers without it"));
+    }
+
+    #[test]
+    fn when_samples_look_bad_the_newest_generation_not_judged_healthy_takes_the_blame() {
+        let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
+        let thresholds = Thresholds { min_samples: 10, ..Thresholds::default() };
+        health.applied(id(1), Duration::from_secs(60), thresholds.clone());
+        std::thread::sleep(Duration::from_millis(2));
+        health.applied(id(2), Duration::from_secs(60), thresholds);
+        health.record(sample(100, 60, 5.0));
+        assert_eq!(verdict(&health, 2), Verdict::Anomalous);
+        assert_eq!(health.reports()[&id(1)].verdict, Verdict::Inconclusive);
+        assert_eq!(verdict(&health, 1), Verdict::Inconclusive, "still blamed on the newer one");
+        assert_eq!(health.take_anomalies().len(), 1);
+        assert!(health.judgement(&id(1)).unwrap().reason.contains("deferred to n1.2"));
+        // Once the newer one is reverted, the older one forgets the samples taken while it was
+        // applied, and is judged on what comes after.
+        health.freeze(&id(2));
+        assert_eq!(verdict(&health, 1), Verdict::Inconclusive, "no samples of its own yet");
+        health.record(sample(100, 0, 5.0));
+        assert_eq!(verdict(&health, 1), Verdict::Healthy);
+        // Had it been bad on its own, it is anomalous then.
+        health.record(sample(100, 90, 5.0));
+        assert_eq!(verdict(&health, 1), Verdict::Anomalous);
+    }
+
+    #[test]
+    fn an_older_generation_defers_to_a_newer_one_still_collecting_and_not_to_a_healthy_one() {
+        let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
+        health.applied(id(1), Duration::from_secs(60), Thresholds { min_samples: 1_000, ..Thresholds::default() });
+        for _ in 0..10 {
+            health.record(sample(100, 50, 5.0));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        health.applied(id(2), Duration::from_secs(60), Thresholds { min_samples: 100, ..Thresholds::default() });
+        assert_eq!(verdict(&health, 1), Verdict::Inconclusive, "the newer one may be the cause");
+        assert_eq!(health.reports()[&id(2)].verdict, Verdict::Inconclusive);
+        // The newer one turns out healthy on its own samples: the harm came before it.
+        health.record(sample(100, 0, 5.0));
+        assert_eq!(verdict(&health, 2), Verdict::Healthy);
+        assert_eq!(health.reports()[&id(1)].verdict, Verdict::Anomalous);
     }
 
     #[test]

@@ -148,7 +148,10 @@ impl Policy {
             return error(format!("watch window must be at most 7 days, got {} ms", self.watch_window_ms));
         }
         if self.anomaly_quorum_min == 0 || self.anomaly_quorum_min as usize > MAX_MEMBERS {
-            return error(format!("anomaly quorum min must be from 1 to {MAX_MEMBERS}, got {}", self.anomaly_quorum_min));
+            return error(format!(
+                "anomaly quorum min must be from 1 to {MAX_MEMBERS}, got {}",
+                self.anomaly_quorum_min
+            ));
         }
         if self.anomaly_quorum_permille == 0 || self.anomaly_quorum_permille > 1000 {
             let found = f64::from(self.anomaly_quorum_permille) / 1000.0;

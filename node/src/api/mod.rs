@@ -173,6 +173,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
         "cluster": state.cluster,
         "generations": view.generations,
         "compacted": view.compacted,
+        "reverted": view.reverted.len(),
         "version_vector": view.version_vector.iter().map(|(o, s)| (o.to_string(), s)).collect::<std::collections::BTreeMap<_, _>>(),
         "applied": view.state.latest().map(ToString::to_string),
         "state_digest": short_digest(&view.state),

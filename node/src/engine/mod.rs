@@ -232,7 +232,8 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
     // Generations applied before a restart, and stamped within their watch window, are judged
     // again from zero: their reports may still open later waves.
     let recent = |g: &&Generation| now.saturating_sub(g.body.hlc.wall_ms) < g.body.change.policy.watch_window_ms;
-    let judged = |g: &&Generation| released.contains(g.id()) && !log.is_reverted(g.id()) && !g.body.change.ops.is_empty();
+    let judged =
+        |g: &&Generation| released.contains(g.id()) && !log.is_reverted(g.id()) && !g.body.change.ops.is_empty();
     for generation in log.iter().filter(judged).filter(recent) {
         release::judge(&parts.health, generation);
     }

@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use grapevine_proto::Snapshot;
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::validate::validate_snapshot;
 use grapevine_proto::wire::{PullFrame, PullRequest, decode, encode};
-use grapevine_proto::Snapshot;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
