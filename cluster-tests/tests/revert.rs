@@ -203,3 +203,88 @@ fn both_sides_of_a_partition_revert_on_their_own_and_converge_on_one_revert() ->
     })?;
     Ok(())
 }
+
+/// The applications of every node report noisy but normal metrics (1% errors, latency that
+/// wanders by 30%, request counts that vary threefold), drawn from a seed, until `stop`.
+fn noisy_applications(
+    cluster: &Cluster,
+    seed: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| format!("{}/v1/health", n.url())).collect();
+    std::thread::spawn(move || {
+        let mut rng = grapevine_proto::sim::SplitMix64::new(seed);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for url in &urls {
+                let requests = 25 + rng.below(51) as u64;
+                let errors = (0..requests).filter(|_| rng.next_unit() < 0.01).count();
+                let latency = 40.0 * (0.7 + 0.6 * rng.next_unit());
+                let body = format!(r#"{{"requests": {requests}, "errors": {errors}, "latency_p99_ms": {latency:.1}}}"#);
+                let _ = http_request("POST", url, Some(&body));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+#[test]
+fn healthy_changes_under_noisy_metrics_are_never_reverted() -> Result<()> {
+    const CHANGES: usize = 20;
+    let seed = std::env::var("GRAPEVINE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    eprintln!("noise seed {seed} (set GRAPEVINE_SEED to replay)");
+    let mut cluster = Cluster::new(5)?;
+    for node in &mut cluster.nodes {
+        node.config_toml = "[health]\npush = true\nsample_interval_ms = 200\n".to_owned();
+    }
+    cluster.start_all()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let applications = noisy_applications(&cluster, seed, stop.clone());
+    // A baseline first, then twenty healthy changes, each judged by all five nodes against
+    // absolute limits, its baseline and the peers that have not applied it yet.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut generations = Vec::new();
+    for change in 0..CHANGES {
+        let node = &cluster.nodes[change % cluster.nodes.len()];
+        let answer = node.cli_json(&[
+            "config",
+            "put",
+            &format!("k{change}"),
+            "--value",
+            "1",
+            "--waves",
+            "1,100%",
+            "--bake",
+            "1s",
+        ])?;
+        generations.push(answer["generation"].as_str().context("a generation")?.to_owned());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Every change reaches every node, judged healthy by each.
+    let first = &cluster.nodes[0];
+    for generation in &generations {
+        wait_until(Duration::from_secs(60), &format!("{generation} judged healthy by every node"), || {
+            rollout(first, generation).is_ok_and(|s| {
+                let members: Vec<&Value> = s["waves"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|w| w["members"].as_array().into_iter().flatten())
+                    .collect();
+                members.len() == 5 && members.iter().all(|m| m["report"]["verdict"] == "healthy")
+            })
+        })?;
+    }
+    // And they stay so: ten more seconds of noise.
+    std::thread::sleep(Duration::from_secs(10));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    applications.join().expect("the application thread");
+    for node in &cluster.nodes {
+        let status = node.cli_json(&["status"])?;
+        assert_eq!(status["reverted"], 0, "seed {seed}: {} reverted a healthy change", node.name);
+    }
+    for generation in &generations {
+        let status = rollout(first, generation)?;
+        assert_eq!(status["anomaly_quorum"]["anomalous"], serde_json::json!([]), "seed {seed}: {status}");
+    }
+    Ok(())
+}
