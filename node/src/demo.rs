@@ -3,7 +3,11 @@
 //! It makes a fresh CA and a certificate per node in a temp dir, starts the nodes, waits for
 //! every node to see every other, sets a flag on the first node with waves 1, 50%, 100% and
 //! a 2 s bake and shows when each node serves it (wave by wave); then puts a config value
-//! with `--emergency` on the last node (every node at once); then stops.
+//! with `--emergency` on the last node (every node at once). Last, a bad change: each node
+//! runs a simulated application that pushes its request counts to the node (`POST
+//! /v1/health`) and fails when the config it reads says `timeout_ms: 0`. The canary applies
+//! it, its application fails, it reports the anomaly, the quorum is reached and the revert
+//! reaches every node; the demo prints that timeline, then stops.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +16,7 @@ use serde_json::{Value, json};
 use crate::client::CliError;
 use crate::config::{Config, RawConfig};
 use crate::daemon::{self, RunningNode};
+use crate::health::HealthConfig;
 use crate::tls;
 
 /// Gossip interval of the demo cluster: short, so the cluster forms in about a second.
@@ -71,6 +76,8 @@ pub async fn run(nodes: usize) -> Result<(), CliError> {
             data: Some(dir.path().join(&name).join("data")),
             tls: Some(tls_dir),
             gossip_interval_ms: Some(DEMO_GOSSIP_INTERVAL_MS),
+            // The simulated applications push their counts.
+            health: Some(HealthConfig { push: true, sample_interval_ms: Some(200), ..HealthConfig::default() }),
             ..RawConfig::default()
         };
         let config = Config::try_from(raw).map_err(|e| failed("config")(e.to_string()))?;
@@ -78,7 +85,9 @@ pub async fn run(nodes: usize) -> Result<(), CliError> {
         println!("  {} {name}  gossip quic://{}  api http://{}", style.green("✓"), node.gossip_addr, node.api_addr);
         running.push(node);
     }
-    let result = show(&style, &running, started).await;
+    let applications = Applications::start(&running);
+    let result = show(&style, &running, started, &applications).await;
+    applications.stop();
     println!("{}", style.dim("stopping the nodes..."));
     for node in running {
         node.stop().await;
@@ -86,7 +95,12 @@ pub async fn run(nodes: usize) -> Result<(), CliError> {
     result
 }
 
-async fn show(style: &Style, nodes: &[RunningNode], started: Instant) -> Result<(), CliError> {
+async fn show(
+    style: &Style,
+    nodes: &[RunningNode],
+    started: Instant,
+    applications: &Applications,
+) -> Result<(), CliError> {
     let http = reqwest::Client::new();
     let apis: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect();
     wait_formed(&http, &apis).await?;
@@ -151,6 +165,7 @@ async fn show(style: &Style, nodes: &[RunningNode], started: Instant) -> Result<
     }
     let digest = digests.into_iter().next().unwrap_or_default();
     println!("\n{} all {} nodes report the same applied-state digest {digest}", style.green("✓"), nodes.len());
+    bad_change(style, &http, nodes, applications).await?;
     println!("\nNext: `grapevine ca init`, `grapevine ca issue`, `grapevine node` to run real nodes (see README.md).");
     Ok(())
 }
@@ -236,6 +251,176 @@ async fn watch_arrival(
             elapsed.as_secs_f64() * 1000.0,
             style.dim(&"█".repeat(width.max(1)))
         );
+    }
+    Ok(())
+}
+
+/// The config the simulated applications read; `timeout_ms: 0` makes every request fail.
+const PAYMENTS: &str = "payments";
+
+/// A simulated application on each node: every 100 ms it reads `payments` from its node, serves
+/// 50 requests (all failing while `timeout_ms` is 0, 1% otherwise) and pushes the counts.
+struct Applications {
+    /// When an application first failed because of the bad value.
+    first_failure: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Applications {
+    fn start(nodes: &[RunningNode]) -> Applications {
+        let apis: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect();
+        let first_failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let failed_at = first_failure.clone();
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut tick = 0u64;
+            loop {
+                for api in &apis {
+                    let config = get(&http, &format!("{api}/v1/config/{PAYMENTS}")).await.ok().flatten();
+                    let broken = config.is_some_and(|c| c["value"]["timeout_ms"] == 0);
+                    tick += 1;
+                    let errors = if broken { 50 } else { u64::from(tick % 2 == 0) };
+                    if broken {
+                        failed_at.lock().expect("demo lock").get_or_insert_with(Instant::now);
+                    }
+                    let sample = json!({"requests": 50, "errors": errors, "latency_p99_ms": 20});
+                    let _ = http.post(format!("{api}/v1/health")).json(&sample).send().await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Applications { first_failure, task }
+    }
+
+    fn first_failure(&self) -> Option<Instant> {
+        *self.first_failure.lock().expect("demo lock")
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Ships a bad change and prints how the cluster undoes it.
+async fn bad_change(
+    style: &Style,
+    http: &reqwest::Client,
+    nodes: &[RunningNode],
+    applications: &Applications,
+) -> Result<(), CliError> {
+    let first = format!("http://{}", nodes[0].api_addr);
+    let good = json!({"timeout_ms": 800});
+    post(http, &format!("{first}/v1/config/{PAYMENTS}?emergency=true"), json!({ "value": good })).await?;
+    for node in nodes {
+        wait_for(&format!("{} to serve the good payments config", node.name), || {
+            node.engine().view().state.config.contains_key(&PAYMENTS.parse().expect("a key"))
+        })
+        .await?;
+    }
+    let bad = json!({"timeout_ms": 0});
+    let command = format!("$ grapevine config put {PAYMENTS} --value '{bad}' --waves 1,50%,100% --bake {DEMO_BAKE}");
+    println!("\n{}", style.bold(&command));
+    println!("  {}", style.dim("a bad change: with timeout_ms 0 the application on a node fails every request"));
+    let accepted = Instant::now();
+    let url = format!("{first}/v1/config/{PAYMENTS}?waves=1,50%25,100%25&bake={DEMO_BAKE}");
+    let answer = post(http, &url, json!({ "value": bad })).await?;
+    let generation: grapevine_proto::GenId = answer["generation"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| failed("bad change")(answer.to_string()))?;
+    let rollout = get(http, &format!("{first}/v1/rollouts/{generation}")).await?.unwrap_or_default();
+    let canary_name = rollout["waves"][0]["members"][0]["name"].as_str().unwrap_or_default().to_owned();
+    let canary =
+        nodes.iter().find(|n| n.name.as_str() == canary_name).ok_or_else(|| failed("canary")(canary_name.clone()))?;
+
+    let mut timeline: Vec<(Duration, String)> =
+        vec![(Duration::ZERO, format!("accepted as {generation} on {}", nodes[0].name))];
+    let serves_bad = |node: &RunningNode| {
+        node.engine()
+            .view()
+            .state
+            .config
+            .get(&PAYMENTS.parse().expect("a key"))
+            .is_some_and(|e| e.generation == generation)
+    };
+    wait_for("the canary to apply the bad change", || serves_bad(canary)).await?;
+    timeline.push((accepted.elapsed(), format!("canary {canary_name} applied it")));
+    wait_for("the canary's application to fail", || applications.first_failure().is_some()).await?;
+    let first_failure = applications.first_failure().expect("just seen");
+    timeline.push((first_failure - accepted, format!("the application on {canary_name} fails its first requests")));
+    let canary_api = format!("http://{}", canary.api_addr);
+    let rollout_url = format!("{canary_api}/v1/rollouts/{generation}");
+    let deadline = Instant::now() + DEMO_DEADLINE;
+    loop {
+        let status = get(http, &rollout_url).await?.unwrap_or_default();
+        if status["anomaly_quorum"]["anomalous"].as_array().is_some_and(|a| !a.is_empty()) {
+            let quorum = &status["anomaly_quorum"];
+            timeline.push((
+                accepted.elapsed(),
+                format!("{canary_name} reports it anomalous: {}", status["judgement"].as_str().unwrap_or("")),
+            ));
+            timeline.push((
+                accepted.elapsed(),
+                format!(
+                    "quorum: {} of {} nodes that applied it report an anomaly, {} needed",
+                    quorum["anomalous"].as_array().map_or(0, Vec::len),
+                    quorum["applied"],
+                    quorum["needed"]
+                ),
+            ));
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(failed("anomaly")(format!("{canary_name} never reported {generation} anomalous")));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Each node applies the revert the moment it holds it: watch every node's view.
+    let mut waits = tokio::task::JoinSet::new();
+    for node in nodes {
+        let (mut view, name, target) = (node.engine().watch(), node.name.to_string(), generation.clone());
+        waits.spawn(async move {
+            let reverted = tokio::time::timeout(DEMO_DEADLINE, view.wait_for(|v| v.reverted.contains(&target))).await;
+            reverted.map(|_| (accepted.elapsed(), name)).map_err(|_| failed("revert")(format!("{target} not reverted")))
+        });
+    }
+    let mut reverted = Vec::new();
+    for result in waits.join_all().await {
+        reverted.push(result?);
+    }
+    for (at, name) in &reverted {
+        timeline.push((*at, format!("revert applied on {name}")));
+    }
+    timeline.sort_by_key(|(at, _)| *at);
+    println!();
+    for (at, event) in &timeline {
+        println!("  {:>8.1} ms  {event}", at.as_secs_f64() * 1000.0);
+    }
+    let everywhere = reverted.iter().map(|(at, _)| *at).max().unwrap_or_default();
+    let others: Vec<&str> = nodes.iter().filter(|n| n.name != canary.name).map(|n| n.name.as_str()).collect();
+    for node in nodes.iter().filter(|n| n.name != canary.name) {
+        let status = get(http, &format!("http://{}/v1/rollouts/{generation}", node.api_addr)).await?;
+        if status.is_none_or(|s| s["applied_here"] != false) {
+            return Err(failed("revert")(format!("{} outside the canary applied the bad change", node.name)));
+        }
+    }
+    println!(
+        "\n{} reverted on every node {:.0} ms after the first failed request; {} never applied it",
+        style.green("✓"),
+        (everywhere - (first_failure - accepted)).as_secs_f64() * 1000.0,
+        others.join(", ")
+    );
+    Ok(())
+}
+
+/// Polls `condition` every millisecond until it holds or the demo deadline passes.
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) -> Result<(), CliError> {
+    let deadline = Instant::now() + DEMO_DEADLINE;
+    while !condition() {
+        if Instant::now() > deadline {
+            return Err(failed("waiting")(format!("{what} within {DEMO_DEADLINE:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
 }
