@@ -207,7 +207,7 @@ pub struct FlagSetArgs {
     #[arg(long, value_name = "FLAG.json")]
     pub file: Option<PathBuf>,
     #[command(flatten)]
-    pub change: ChangeArgs,
+    pub change: Box<ChangeArgs>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -309,7 +309,7 @@ pub enum ConfigCommand {
         #[arg(long, group = "source")]
         file: Option<PathBuf>,
         #[command(flatten)]
-        change: ChangeArgs,
+        change: Box<ChangeArgs>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -279,7 +279,7 @@ impl Applications {
                     let config = get(&http, &format!("{api}/v1/config/{PAYMENTS}")).await.ok().flatten();
                     let broken = config.is_some_and(|c| c["value"]["timeout_ms"] == 0);
                     tick += 1;
-                    let errors = if broken { 50 } else { u64::from(tick % 2 == 0) };
+                    let errors = if broken { 50 } else { u64::from(tick.is_multiple_of(2)) };
                     if broken {
                         failed_at.lock().expect("demo lock").get_or_insert_with(Instant::now);
                     }

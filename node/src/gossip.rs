@@ -269,8 +269,8 @@ impl Gossip {
             .with_chitchat(|chitchat| {
                 chitchat
                     .node_states()
-                    .iter()
-                    .flat_map(|(_, state)| state.key_values())
+                    .values()
+                    .flat_map(|state| state.key_values())
                     .filter_map(|(key, value)| {
                         let id = key.strip_prefix(PREFIX_REPORT)?;
                         let report = value.parse::<Report>().ok()?;

@@ -165,6 +165,10 @@ impl Tracked {
     }
 }
 
+/// A generation in the order of blame: when it was applied, and its judgement now with the
+/// KPIs behind it (`None` for one judged anomalous before and not reverted since).
+type Candidate = (Instant, GenId, Option<(Judgement, Window)>);
+
 /// What a live peer publishes that judging needs: its KPIs, and the generations it reports
 /// on (those it applied).
 #[derive(Clone, Debug, Default)]
@@ -331,7 +335,7 @@ impl Health {
             .iter()
             .filter(|(_, t)| !t.watching() && !t.frozen && t.judgement.verdict == Verdict::Anomalous)
             .map(|(id, t)| (t.applied_at, id.clone(), None));
-        let mut order: Vec<(Instant, GenId, Option<(Judgement, Window)>)> = judged
+        let mut order: Vec<Candidate> = judged
             .into_iter()
             .map(|(id, applied_at, judgement, since)| (applied_at, id, Some((judgement, since))))
             .chain(latched)

@@ -201,10 +201,10 @@ pub fn judge(thresholds: &Thresholds, since: &Window, references: &References) -
         ));
     }
     let intervals = since.latency_intervals >= MIN_LATENCY_INTERVALS;
-    if let (Some(max), Some(latency), true) = (thresholds.max_latency_p99_ms, since.latency_ms, intervals) {
-        if latency > f64::from(max) {
-            return anomalous(format!("p99 latency {latency:.1} ms, above the {max} ms limit"));
-        }
+    if let (Some(max), Some(latency), true) = (thresholds.max_latency_p99_ms, since.latency_ms, intervals)
+        && latency > f64::from(max)
+    {
+        return anomalous(format!("p99 latency {latency:.1} ms, above the {max} ms limit"));
     }
     let named = [("the baseline before the apply", references.baseline), ("peers without it", references.peers)];
     for (name, reference) in named {
