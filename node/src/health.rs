@@ -45,6 +45,10 @@ pub const BASELINE_WINDOW: Duration = Duration::from_secs(600);
 /// The span of the KPIs each node publishes for its peers' comparisons.
 pub const KPI_WINDOW: Duration = Duration::from_secs(60);
 
+/// Pushed samples are judged as they come, at most this often (other sources every sample
+/// interval), so a failing canary is caught within a push, not a sample interval.
+const MIN_JUDGE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How often a node republishes its KPIs (a small gossip key that changes every time).
 const KPI_PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -307,6 +311,8 @@ impl Health {
                 tracked.samples.pop_front();
             }
         }
+        drop(state);
+        self.publish.notify_one();
     }
 
     /// Judges every generation still watched, with the peers' KPIs last seen; anomalies
@@ -492,6 +498,7 @@ pub async fn run(task: HealthTask, shutdown: CancellationToken) {
     // verdict costs no gossip.
     let mut published: BTreeMap<GenId, Verdict> = BTreeMap::new();
     let mut kpis_published: Option<Instant> = None;
+    let mut judged = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -503,8 +510,14 @@ pub async fn run(task: HealthTask, shutdown: CancellationToken) {
                     kpis_published = Some(Instant::now());
                 }
                 health.judge_all();
+                judged = Instant::now();
             }
-            _ = health.publish.notified() => {}
+            _ = health.publish.notified() => {
+                if judged.elapsed() >= MIN_JUDGE_INTERVAL {
+                    health.judge_all();
+                    judged = Instant::now();
+                }
+            }
         }
         for anomaly in health.take_anomalies() {
             warn!(generation = %anomaly.generation, reason = %anomaly.reason, kpis = %anomaly.kpis, "judged anomalous");

@@ -335,7 +335,12 @@ impl Engine {
         info!(generation = %generation.id(), "accepted change");
         self.add(generation.clone());
         self.publish().await;
-        self.push(PushJob { reverts: Vec::new(), generations: vec![generation.clone()], from: None });
+        self.push(PushJob {
+            reverts: Vec::new(),
+            generations: vec![generation.clone()],
+            from: None,
+            reverts_digest: self.log.reverts_digest(),
+        });
         // Push reaches a few peers at once; the nudge makes every live peer exchange gossip
         // with us now, learn our vector, and pull what push has not brought it yet.
         self.parts.gossip.nudge_live_peers().await;
@@ -386,7 +391,7 @@ impl Engine {
         }
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
         self.publish().await;
-        self.push(PushJob { reverts: Vec::new(), generations: new, from });
+        self.push(PushJob { reverts: Vec::new(), generations: new, from, reverts_digest: self.log.reverts_digest() });
         count
     }
 

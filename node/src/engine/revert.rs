@@ -110,13 +110,13 @@ impl Engine {
             Cause::Quorum(quorum) => ("quorum", format!("anomaly quorum: {quorum}"), quorum.anomalous.clone()),
             Cause::Rollback => ("rollback", format!("operator rollback on {}", self.parts.name), Vec::new()),
         };
-        warn!(generation = %target, revert = %revert, trigger, reason = %reason_text, "reverted");
-        self.parts.metrics.reverts.get_or_create(&reason(trigger)).inc();
-        self.parts.gossip.publish_revert_cause(target, trigger).await;
-        self.take_effect(vec![revert], None).await;
+        self.take_effect(vec![revert.clone()], None).await;
         // As for a new change: every live peer exchanges gossip with us now, learns our
         // reverts summary, and pulls what the push has not brought it yet.
         self.parts.gossip.nudge_live_peers().await;
+        warn!(generation = %target, revert = %revert, trigger, reason = %reason_text, "reverted");
+        self.parts.metrics.reverts.get_or_create(&reason(trigger)).inc();
+        self.parts.gossip.publish_revert_cause(target, trigger).await;
         let names: Vec<String> = reporting.iter().map(ToString::to_string).collect();
         let kpis = self.parts.gossip.kpis_of(&reporting).await;
         self.parts.alerts.raise(Alert {
@@ -156,14 +156,14 @@ impl Engine {
         count
     }
 
-    /// Reverts just added to the log: stop judging their targets, refold both states without
-    /// them, publish, and push them on.
+    /// Reverts just added to the log: push them on first (they are durable already), then
+    /// stop judging their targets and refold both states without them.
     async fn take_effect(&mut self, reverts: Vec<Revert>, from: Option<SocketAddr>) {
         for revert in &reverts {
             self.parts.health.freeze(&revert.target);
         }
+        self.push(PushJob { reverts, generations: Vec::new(), from, reverts_digest: self.log.reverts_digest() });
         self.refold().await;
-        self.push(PushJob { reverts, generations: Vec::new(), from });
     }
 
     async fn store_reverts(&self, reverts: Vec<Revert>) -> Result<(), StoreError> {

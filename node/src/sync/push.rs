@@ -47,6 +47,8 @@ pub struct PushJob {
     pub reverts: Vec<Revert>,
     pub generations: Vec<Generation>,
     pub from: Option<SocketAddr>,
+    /// The summary of this node's reverts with the job's: peers with another one may lack them.
+    pub reverts_digest: String,
 }
 
 /// Pushes every job to up to [`FANOUT`] peers lacking its generations, until shutdown.
@@ -71,7 +73,7 @@ pub async fn run_pusher(
             Vec::new()
         } else {
             let digests = gossip.peer_reverts_digests().await;
-            digests.into_iter().filter(|(_, digest)| *digest != view.reverts_digest).map(|(peer, _)| peer).collect()
+            digests.into_iter().filter(|(_, digest)| *digest != job.reverts_digest).map(|(peer, _)| peer).collect()
         };
         let targets = choose_targets(&own, &job, peers, &other_reverts);
         if targets.is_empty() {

@@ -1,0 +1,141 @@
+//! How fast the cluster undoes a bad change, with 10 in-process nodes on loopback at the
+//! default gossip interval (1 s) and the default rollout policy.
+//!
+//! Each node runs a simulated application that pushes 50 requests every 100 ms to its node
+//! (`POST /v1/health`), all failing while the node serves the bad value, 1 in 100 otherwise.
+//! Per run:
+//! 1. an ordinary change (`--emergency`): time from the first node holding it (its origin) to
+//!    the last node applying it;
+//! 2. a bad change under the default policy (canary first): time from the first node holding
+//!    the revert (the one that saw the quorum and wrote it) to the last node applying it, and
+//!    from the first failed request on the canary to the last node applying the revert.
+//!
+//! The ratio of the medians of (2) and (1) is the figure: a revert should be no slower than a
+//! change. Run: `cargo bench -p grapevine-cluster-tests --bench revert` (`GRAPEVINE_BENCH_RUNS=5`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use grapevine_cluster_tests::inproc::InProcessCluster;
+use grapevine_node::engine::View;
+use grapevine_node::health::HealthConfig;
+use grapevine_proto::{GenId, Key};
+use serde_json::json;
+
+const NODES: usize = 10;
+
+/// When each node's view first satisfied `condition`: (first, last).
+async fn spread(
+    cluster: &InProcessCluster,
+    condition: impl Fn(&View) -> bool + Clone + Send + Sync + 'static,
+) -> Result<(Instant, Instant)> {
+    let mut waits = tokio::task::JoinSet::new();
+    for node in &cluster.nodes {
+        let (mut watch, condition) = (node.engine().watch(), condition.clone());
+        waits.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(120), watch.wait_for(|view| condition(view))).await??;
+            Ok::<Instant, anyhow::Error>(Instant::now())
+        });
+    }
+    let mut times = Vec::new();
+    for time in waits.join_all().await {
+        times.push(time?);
+    }
+    Ok((*times.iter().min().context("nodes")?, *times.iter().max().context("nodes")?))
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let runs: usize = std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let cluster = InProcessCluster::start(NODES, |_, _, raw| {
+        raw.health = Some(HealthConfig { push: true, ..HealthConfig::default() });
+    })
+    .await?;
+    let apis: Vec<String> = cluster.nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect();
+    let views: Vec<_> = cluster.nodes.iter().map(|n| n.engine().clone()).collect();
+    // The simulated applications: they fail while their node serves `"bad"` for the key.
+    let bad_key: Arc<Mutex<Option<Key>>> = Arc::new(Mutex::new(None));
+    let first_failure: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let applications = {
+        let (bad_key, first_failure, apis) = (bad_key.clone(), first_failure.clone(), apis.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut tick = 0u64;
+            loop {
+                let key = bad_key.lock().unwrap().clone();
+                for (api, engine) in apis.iter().zip(&views) {
+                    tick += 1;
+                    let broken = key.as_ref().is_some_and(|key| {
+                        engine.view().state.config.get(key).is_some_and(|entry| entry.value.as_str() == "\"bad\"")
+                    });
+                    if broken {
+                        first_failure.lock().unwrap().get_or_insert_with(Instant::now);
+                    }
+                    let errors = if broken { 50 } else { u64::from(tick.is_multiple_of(100)) };
+                    let sample = json!({"requests": 50, "errors": errors, "latency_p99_ms": 20});
+                    let _ = http.post(format!("{api}/v1/health")).json(&sample).send().await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // A baseline before the first change.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let http = reqwest::Client::new();
+    let (mut changes, mut reverts, mut loops) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        // 1. An ordinary change, everywhere at once.
+        let key: Key = format!("plain-{run}").parse()?;
+        let url = format!("{}/v1/config/{key}?emergency=true", apis[run % NODES]);
+        let answer: serde_json::Value = http.post(url).json(&json!({"value": run})).send().await?.json().await?;
+        answer["generation"].as_str().context("a generation")?;
+        let wanted = key.clone();
+        let (first, last) = spread(&cluster, move |view| view.state.config.contains_key(&wanted)).await?;
+        changes.push(last - first);
+
+        // 2. A bad change under the default policy: the canary applies it, fails, reports.
+        let key: Key = format!("bad-{run}").parse()?;
+        *bad_key.lock().unwrap() = Some(key.clone());
+        *first_failure.lock().unwrap() = None;
+        let url = format!("{}/v1/config/{key}", apis[(run + 3) % NODES]);
+        let answer: serde_json::Value = http.post(url).json(&json!({"value": "bad"})).send().await?.json().await?;
+        let generation: GenId = answer["generation"].as_str().context("a generation")?.parse()?;
+        let (first, last) = spread(&cluster, move |view| view.reverted.contains(&generation)).await?;
+        let failed = first_failure.lock().unwrap().context("the canary's application never failed")?;
+        reverts.push(last - first);
+        loops.push(last - failed);
+        eprintln!(
+            "run {run}: change spread {:.1} ms, revert spread {:.1} ms, first failed request to reverted everywhere {:.0} ms",
+            ms(*changes.last().unwrap()),
+            ms(last - first),
+            ms(last - failed)
+        );
+        *bad_key.lock().unwrap() = None;
+        // Let the baseline settle before the next run.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    applications.abort();
+    let (change, revert, detect) = (median(changes), median(reverts), median(loops));
+    println!(
+        "{NODES} nodes, 1 s gossip, {runs} runs: first holder to all applied, median: change {:.1} ms, revert (from the quorum writer) {:.1} ms, ratio revert/change {:.2}",
+        ms(change),
+        ms(revert),
+        revert.as_secs_f64() / change.as_secs_f64()
+    );
+    println!(
+        "default policy (20 requests, 1 s samples): first failed request on the canary to the revert applied on all {NODES}: median {:.0} ms",
+        ms(detect)
+    );
+    cluster.stop().await;
+    Ok(())
+}
