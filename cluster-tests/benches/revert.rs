@@ -5,7 +5,8 @@
 //! (`POST /v1/health`), all failing while the node serves the bad value, 1 in 100 otherwise.
 //! Per run:
 //! 1. an ordinary change (`--emergency`): time from the first node holding it (its origin) to
-//!    the last node applying it;
+//!    the last node applying it; then an operator's rollback of it from another node, in the
+//!    same quiet cluster: time from the first node holding the revert to the last;
 //! 2. a bad change under the default policy (canary first): time from the first node holding
 //!    the revert (the one that saw the quorum and wrote it) to the last node applying it, and
 //!    from the first failed request on the canary to the last node applying the revert.
@@ -41,6 +42,12 @@ async fn spread(
     let mut times = Vec::new();
     for time in waits.join_all().await {
         times.push(time?);
+    }
+    if std::env::var("GRAPEVINE_BENCH_DETAIL").is_ok() {
+        let first = *times.iter().min().context("nodes")?;
+        let mut offsets: Vec<f64> = times.iter().map(|t| ms(*t - first)).collect();
+        offsets.sort_by(f64::total_cmp);
+        eprintln!("  arrivals (ms after the first): {offsets:.1?}");
     }
     Ok((*times.iter().min().context("nodes")?, *times.iter().max().context("nodes")?))
 }
@@ -92,7 +99,7 @@ async fn main() -> Result<()> {
     // A baseline before the first change.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let http = reqwest::Client::new();
-    let (mut changes, mut reverts, mut loops) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut changes, mut rollbacks, mut reverts, mut loops) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         // 1. An ordinary change, everywhere at once.
         let key: Key = format!("plain-{run}").parse()?;
@@ -102,6 +109,15 @@ async fn main() -> Result<()> {
         let wanted = key.clone();
         let (first, last) = spread(&cluster, move |view| view.state.config.contains_key(&wanted)).await?;
         changes.push(last - first);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // 1b. An operator's rollback of it, in a quiet cluster: the same revert, no reports.
+        let generation: GenId = answer["generation"].as_str().context("a generation")?.parse()?;
+        let url = format!("{}/v1/rollouts/{generation}/rollback", apis[(run + 5) % NODES]);
+        http.post(url).send().await?.error_for_status()?;
+        let (first, last) = spread(&cluster, move |view| view.reverted.contains(&generation)).await?;
+        rollbacks.push(last - first);
+        tokio::time::sleep(Duration::from_millis(500)).await;
 
         // 2. A bad change under the default policy: the canary applies it, fails, reports.
         let key: Key = format!("bad-{run}").parse()?;
@@ -115,8 +131,9 @@ async fn main() -> Result<()> {
         reverts.push(last - first);
         loops.push(last - failed);
         eprintln!(
-            "run {run}: change spread {:.1} ms, revert spread {:.1} ms, first failed request to reverted everywhere {:.0} ms",
+            "run {run}: change spread {:.1} ms, rollback spread {:.1} ms, revert spread {:.1} ms, first failed request to reverted everywhere {:.0} ms",
             ms(*changes.last().unwrap()),
+            ms(*rollbacks.last().unwrap()),
             ms(last - first),
             ms(last - failed)
         );
@@ -125,10 +142,12 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     applications.abort();
-    let (change, revert, detect) = (median(changes), median(reverts), median(loops));
+    let (change, rollback, revert, detect) = (median(changes), median(rollbacks), median(reverts), median(loops));
     println!(
-        "{NODES} nodes, 1 s gossip, {runs} runs: first holder to all applied, median: change {:.1} ms, revert (from the quorum writer) {:.1} ms, ratio revert/change {:.2}",
+        "{NODES} nodes, 1 s gossip, {runs} runs: first holder to all applied, median: change {:.1} ms; rollback {:.1} ms (ratio {:.2}); automatic revert, from the node that saw the quorum, {:.1} ms (ratio {:.2})",
         ms(change),
+        ms(rollback),
+        rollback.as_secs_f64() / change.as_secs_f64(),
         ms(revert),
         revert.as_secs_f64() / change.as_secs_f64()
     );

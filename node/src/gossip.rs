@@ -311,6 +311,22 @@ impl Gossip {
         self.set_keys(vec![(format!("{PREFIX_REVERTED_BY}{generation}"), cause.to_owned())]).await;
     }
 
+    /// Live members (this node excluded) that wrote the revert of `generation`.
+    pub async fn live_revert_writers(&self, generation: &GenId) -> Vec<String> {
+        let key = format!("{PREFIX_REVERTED_BY}{generation}");
+        let own = self.handle.chitchat_id().clone();
+        self.handle
+            .with_chitchat(|chitchat| {
+                chitchat
+                    .live_nodes()
+                    .filter(|id| **id != own)
+                    .filter(|id| chitchat.node_state(id).is_some_and(|state| state.get(&key).is_some()))
+                    .map(|id| id.node_id.to_string())
+                    .collect()
+            })
+            .await
+    }
+
     /// The members (live or dead) that wrote the revert of `generation`, and why.
     pub async fn revert_causes(&self, generation: &GenId) -> BTreeMap<String, String> {
         let key = format!("{PREFIX_REVERTED_BY}{generation}");

@@ -470,7 +470,8 @@ impl State {
     }
 
     fn verdict_of(&self, tracked: &Tracked) -> Judgement {
-        if self.config.has_sources() {
+        // An apply failure is an anomaly with or without a source.
+        if self.config.has_sources() || tracked.judgement.verdict == Verdict::Anomalous {
             return tracked.judgement.clone();
         }
         let reason = "no health source: judged on the apply alone".to_owned();
@@ -753,6 +754,9 @@ mod tests {
         let health = Health::new(HealthConfig::default());
         health.applied(id(1), Duration::from_secs(60), Thresholds::default());
         assert_eq!(verdict(&health, 1), Verdict::Healthy);
+        health.applied(id(2), Duration::from_secs(60), Thresholds::default());
+        health.apply_failed(&id(2), "reload hook exited with status 1".into());
+        assert_eq!(verdict(&health, 2), Verdict::Anomalous, "a failed apply needs no source");
         assert_eq!(health.kpis(), None, "nothing to publish");
     }
 

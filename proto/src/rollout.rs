@@ -102,7 +102,13 @@ impl Default for Policy {
 impl Policy {
     /// The emergency policy: every node at once, no bake.
     pub fn emergency() -> Self {
-        Policy { waves: vec![WaveSize::Percent(100)], bake_ms: 0, emergency: true, ..Policy::default() }
+        Policy::default().as_emergency()
+    }
+
+    /// This policy as a kill switch: one wave of every node, no bake, no label waves; its
+    /// watch window, anomaly quorum and thresholds stay.
+    pub fn as_emergency(&self) -> Self {
+        Policy { waves: vec![WaveSize::Percent(100)], bake_ms: 0, emergency: true, waves_by: None, ..self.clone() }
     }
 
     /// Checks the policy, saying what is wrong.

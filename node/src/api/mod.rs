@@ -320,11 +320,7 @@ impl ChangeQuery {
 
     /// The policy the query asks for, checked.
     fn policy(&self, default: &Policy) -> Result<Policy, ApiError> {
-        let base = if self.emergency {
-            Policy { watch_window_ms: default.watch_window_ms, ..Policy::emergency() }
-        } else {
-            default.clone()
-        };
+        let base = if self.emergency { default.as_emergency() } else { default.clone() };
         self.policy.apply(base).map_err(|error| ApiError::bad_request(ValidationError::Policy { detail: error.0 }))
     }
 }

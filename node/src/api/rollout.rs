@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use grapevine_proto::rollout::{Control, Policy};
+use grapevine_proto::rollout::Control;
 use grapevine_proto::{Change, GenId};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -91,7 +91,7 @@ pub async fn control(
             return Err(ApiError::not_found(format!("expected pause, resume, promote or rollback, got {other:?}")));
         }
     };
-    let change = Change { ops: Vec::new(), policy: Policy::emergency(), controls: vec![control] };
+    let change = Change { ops: Vec::new(), policy: state.default_policy.as_emergency(), controls: vec![control] };
     submit_change(&state, change, &wait).await
 }
 

@@ -203,6 +203,9 @@ struct Engine {
     clock: Clock,
     view: watch::Sender<Arc<View>>,
     warnings: WarnLimiter,
+    /// Generations whose quorum this node saw while a live member had written the revert,
+    /// and since when it waits for that revert to arrive.
+    deferred_reverts: std::collections::BTreeMap<GenId, std::time::Instant>,
 }
 
 /// Starts the engine over the generations loaded from the store. The task ends when every
@@ -237,7 +240,8 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
     for generation in log.iter().filter(judged).filter(recent) {
         release::judge(&parts.health, generation);
     }
-    let mut engine = Engine { parts, log, released, state, desired, clock, view, warnings };
+    let deferred_reverts = Default::default();
+    let mut engine = Engine { parts, log, released, state, desired, clock, view, warnings, deferred_reverts };
     engine.publish().await;
     engine.decide().await;
     let task = tokio::spawn(engine.run(queue));
@@ -494,6 +498,9 @@ impl Engine {
             return false;
         }
         self.parts.health.forget(&covered);
+        // Reports and revert causes go with the generations (health deletes the reports of
+        // those it judged; a revert this node wrote of one it never applied is deleted here).
+        self.parts.gossip.delete_reports(&covered).await;
         self.log = log;
         self.publish().await;
         true

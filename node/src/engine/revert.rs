@@ -10,14 +10,22 @@
 //! A revert skips waves: it takes effect on each node the moment it arrives, and spreads like a
 //! generation (pushed at once, pulled by anti-entropy). Reverts are stored before they count,
 //! and never undone: a reverted generation is never applied again.
+//!
+//! The writer's gossip (`rv.<generation>`) usually reaches a peer with the very report that
+//! completes the quorum there. A node that sees a live member has written the revert waits up
+//! to [`REVERT_DEFER`] for it to arrive instead of writing (and spreading) it again: without
+//! that, every node writes the revert at once, and the storm of pushes and nudges makes it
+//! spread slower than a change. A writer that dies, or whose revert does not arrive, is not
+//! waited for longer.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use grapevine_proto::rollout::AnomalyQuorum;
 use grapevine_proto::{GenId, Revert};
 use serde::Serialize;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Engine;
 use crate::alerts::{Alert, AlertKind};
@@ -25,6 +33,10 @@ use crate::health::unix_ms;
 use crate::metrics::reason;
 use crate::store::StoreError;
 use crate::sync::PushJob;
+
+/// How long a node that sees the quorum waits for a revert a live member already wrote,
+/// before it writes the revert itself.
+pub const REVERT_DEFER: Duration = Duration::from_secs(1);
 
 /// Why this node writes a revert.
 enum Cause {
@@ -74,6 +86,13 @@ impl Engine {
             if !quorum.reached() {
                 continue;
             }
+            let writers = self.parts.gossip.live_revert_writers(&id).await;
+            let since = *self.deferred_reverts.entry(id.clone()).or_insert_with(Instant::now);
+            if !writers.is_empty() && since.elapsed() < REVERT_DEFER {
+                debug!(generation = %id, ?writers, "quorum reached; waiting for the revert a live member wrote");
+                continue;
+            }
+            self.deferred_reverts.remove(&id);
             if let Err(error) = self.write_revert(&id, Cause::Quorum(quorum)).await {
                 error!(generation = %id, %error, "could not store a revert; will try again");
             }
@@ -147,6 +166,7 @@ impl Engine {
             return 0;
         }
         for revert in &new {
+            self.deferred_reverts.remove(&revert.target);
             self.log.revert(revert);
             info!(generation = %revert.target, revert = %revert, "revert received");
         }
