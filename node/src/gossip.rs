@@ -284,26 +284,49 @@ impl Gossip {
         generations
     }
 
-    /// Live peers (this node excluded): their KPIs and the generations they report on.
-    pub async fn peer_health(&self) -> BTreeMap<NodeName, PeerHealth> {
+    /// `read` of each live peer (this node excluded) and its state, where it gives a value.
+    async fn live_peers<T: Send + 'static>(
+        &self,
+        read: impl Fn(&ChitchatId, &NodeState) -> Option<T> + Send + 'static,
+    ) -> Vec<T> {
         let own = self.handle.chitchat_id().clone();
         self.handle
-            .with_chitchat(|chitchat| {
+            .with_chitchat(move |chitchat| {
                 chitchat
                     .live_nodes()
                     .filter(|id| **id != own)
-                    .filter_map(|id| {
-                        let state = chitchat.node_state(id)?;
-                        let kpis = state.get(KEY_KPI).and_then(|v| v.parse::<Window>().ok());
-                        let reported = state
-                            .key_values()
-                            .filter_map(|(key, _)| key.strip_prefix(PREFIX_REPORT)?.parse::<GenId>().ok())
-                            .collect();
-                        Some((id.node_id.parse::<NodeName>().ok()?, PeerHealth { kpis, reported }))
-                    })
+                    .filter_map(|id| read(id, chitchat.node_state(id)?))
                     .collect()
             })
             .await
+    }
+
+    /// Every member's (live or dead) value of `key`, by name.
+    async fn members_value_of(&self, key: String) -> BTreeMap<String, String> {
+        self.handle
+            .with_chitchat(move |chitchat| {
+                chitchat
+                    .node_states()
+                    .iter()
+                    .filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(&key)?.to_owned())))
+                    .collect()
+            })
+            .await
+    }
+
+    /// Live peers (this node excluded): their KPIs and the generations they report on.
+    pub async fn peer_health(&self) -> BTreeMap<NodeName, PeerHealth> {
+        self.live_peers(|id, state| {
+            let kpis = state.get(KEY_KPI).and_then(|v| v.parse::<Window>().ok());
+            let reported = state
+                .key_values()
+                .filter_map(|(key, _)| key.strip_prefix(PREFIX_REPORT)?.parse::<GenId>().ok())
+                .collect();
+            Some((id.node_id.parse::<NodeName>().ok()?, PeerHealth { kpis, reported }))
+        })
+        .await
+        .into_iter()
+        .collect()
     }
 
     /// Says why this node wrote the revert of `generation`.
@@ -314,63 +337,27 @@ impl Gossip {
     /// Live members (this node excluded) that wrote the revert of `generation`.
     pub async fn live_revert_writers(&self, generation: &GenId) -> Vec<String> {
         let key = format!("{PREFIX_REVERTED_BY}{generation}");
-        let own = self.handle.chitchat_id().clone();
-        self.handle
-            .with_chitchat(|chitchat| {
-                chitchat
-                    .live_nodes()
-                    .filter(|id| **id != own)
-                    .filter(|id| chitchat.node_state(id).is_some_and(|state| state.get(&key).is_some()))
-                    .map(|id| id.node_id.to_string())
-                    .collect()
-            })
-            .await
+        self.live_peers(move |id, state| state.get(&key).map(|_| id.node_id.to_string())).await
     }
 
     /// The members (live or dead) that wrote the revert of `generation`, and why.
     pub async fn revert_causes(&self, generation: &GenId) -> BTreeMap<String, String> {
-        let key = format!("{PREFIX_REVERTED_BY}{generation}");
-        self.handle
-            .with_chitchat(|chitchat| {
-                chitchat
-                    .node_states()
-                    .iter()
-                    .filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(&key)?.to_owned())))
-                    .collect()
-            })
-            .await
+        self.members_value_of(format!("{PREFIX_REVERTED_BY}{generation}")).await
     }
 
     /// The KPIs that members `names` (live or dead) last published, by name.
     pub async fn kpis_of(&self, names: &[NodeName]) -> BTreeMap<String, String> {
-        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
-        self.handle
-            .with_chitchat(move |chitchat| {
-                chitchat
-                    .node_states()
-                    .iter()
-                    .filter(|(id, _)| names.iter().any(|name| **name == *id.node_id))
-                    .filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(KEY_KPI)?.to_owned())))
-                    .collect()
-            })
-            .await
+        let mut kpis = self.members_value_of(KEY_KPI.to_owned()).await;
+        kpis.retain(|name, _| names.iter().any(|wanted| wanted.as_str() == name));
+        kpis
     }
 
-    /// Live peers' summaries of the reverts they hold.
+    /// Live peers' summaries of the reverts they hold (empty for a peer without the key).
     pub async fn peer_reverts_digests(&self) -> Vec<(SocketAddr, String)> {
-        let own = self.handle.chitchat_id().clone();
-        self.handle
-            .with_chitchat(|chitchat| {
-                chitchat
-                    .live_nodes()
-                    .filter(|id| **id != own)
-                    .map(|id| {
-                        let digest = chitchat.node_state(id).and_then(|s| s.get(KEY_REVERTS)).unwrap_or_default();
-                        (id.gossip_advertise_addr, digest.to_owned())
-                    })
-                    .collect()
-            })
-            .await
+        self.live_peers(|id, state| {
+            Some((id.gossip_advertise_addr, state.get(KEY_REVERTS).unwrap_or_default().to_owned()))
+        })
+        .await
     }
 
     /// Each live member's value of label `label` (members without it are left out).
@@ -392,16 +379,7 @@ impl Gossip {
 
     /// Live peers (this node excluded) with their advertised version vectors.
     pub async fn peer_version_vectors(&self) -> Vec<(SocketAddr, VersionVector)> {
-        let own = self.handle.chitchat_id().clone();
-        self.handle
-            .with_chitchat(|chitchat| {
-                chitchat
-                    .live_nodes()
-                    .filter(|id| **id != own)
-                    .filter_map(|id| Some((id.gossip_advertise_addr, version_vector_of(chitchat.node_state(id)?))))
-                    .collect()
-            })
-            .await
+        self.live_peers(|id, state| Some((id.gossip_advertise_addr, version_vector_of(state)))).await
     }
 
     /// Names of live members, sorted, this node included.

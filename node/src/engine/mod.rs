@@ -8,10 +8,10 @@
 //! folded into the snapshot. And it decides, from the reports in gossip, which generations this
 //! node applies (`release.rs`) and which the cluster reverts (`revert.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::snapshot::{Retention, compactable};
@@ -205,7 +205,7 @@ struct Engine {
     warnings: WarnLimiter,
     /// Generations whose quorum this node saw while a live member had written the revert,
     /// and since when it waits for that revert to arrive.
-    deferred_reverts: std::collections::BTreeMap<GenId, std::time::Instant>,
+    deferred_reverts: BTreeMap<GenId, Instant>,
 }
 
 /// Starts the engine over the generations loaded from the store. The task ends when every
@@ -339,12 +339,7 @@ impl Engine {
         info!(generation = %generation.id(), "accepted change");
         self.add(generation.clone());
         self.publish().await;
-        self.push(PushJob {
-            reverts: Vec::new(),
-            generations: vec![generation.clone()],
-            from: None,
-            reverts_digest: self.log.reverts_digest(),
-        });
+        self.push(Vec::new(), vec![generation.clone()], None);
         // Push reaches a few peers at once; the nudge makes every live peer exchange gossip
         // with us now, learn our vector, and pull what push has not brought it yet.
         self.parts.gossip.nudge_live_peers().await;
@@ -395,7 +390,7 @@ impl Engine {
         }
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
         self.publish().await;
-        self.push(PushJob { reverts: Vec::new(), generations: new, from, reverts_digest: self.log.reverts_digest() });
+        self.push(Vec::new(), new, from);
         count
     }
 
@@ -508,7 +503,8 @@ impl Engine {
 
     /// Hands newly stored generations and reverts to the pusher; when its queue is full,
     /// anti-entropy spreads them instead.
-    fn push(&self, job: PushJob) {
+    fn push(&self, reverts: Vec<Revert>, generations: Vec<Generation>, from: Option<SocketAddr>) {
+        let job = PushJob { reverts, generations, from, reverts_digest: self.log.reverts_digest() };
         if self.parts.pushes.try_send(job).is_err() {
             self.parts.metrics.push_jobs_dropped.inc();
         }

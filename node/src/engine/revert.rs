@@ -32,7 +32,6 @@ use crate::alerts::{Alert, AlertKind};
 use crate::health::unix_ms;
 use crate::metrics::reason;
 use crate::store::StoreError;
-use crate::sync::PushJob;
 
 /// How long a node that sees the quorum waits for a revert a live member already wrote,
 /// before it writes the revert itself.
@@ -182,7 +181,7 @@ impl Engine {
         for revert in &reverts {
             self.parts.health.freeze(&revert.target);
         }
-        self.push(PushJob { reverts, generations: Vec::new(), from, reverts_digest: self.log.reverts_digest() });
+        self.push(reverts, Vec::new(), from);
         self.refold().await;
     }
 
