@@ -9,6 +9,7 @@ use std::time::Duration;
 use grapevine_proto::NodeName;
 use grapevine_proto::rollout::{Policy, PolicyOptions};
 use grapevine_proto::snapshot::Retention;
+use grapevine_proto::targeting::Fractional;
 
 use crate::alerts::AlertsConfig;
 use crate::health::HealthConfig;
@@ -65,6 +66,8 @@ pub struct RawConfig {
     pub rollout: Option<PolicyOptions>,
     /// `[alerts]`: webhooks for anomalies and reverts.
     pub alerts: Option<AlertsConfig>,
+    /// flagd's `fractional` bucketing: `v2` (default) or `cbor`; the same on every node.
+    pub fractional: Option<Fractional>,
     /// Skews this node's wall clock, for tests of the hybrid logical clock.
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: Option<i64>,
@@ -99,7 +102,8 @@ impl RawConfig {
             retain_age_s,
             health,
             rollout,
-            alerts
+            alerts,
+            fractional
         );
         #[cfg(feature = "testsuite")]
         take!(test_clock_skew_ms);
@@ -144,6 +148,7 @@ pub struct Config {
     /// The cluster's default rollout policy.
     pub rollout: Policy,
     pub alerts: AlertsConfig,
+    pub fractional: Fractional,
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: i64,
 }
@@ -244,6 +249,7 @@ impl TryFrom<RawConfig> for Config {
                 .unwrap_or_default()
                 .apply(Policy::default())
                 .map_err(|error| ConfigError::Section { section: "rollout", error: error.0 })?,
+            fractional: raw.fractional.unwrap_or_default(),
             alerts: {
                 let alerts = raw.alerts.unwrap_or_default();
                 alerts.validate().map_err(|error| ConfigError::Section { section: "alerts", error })?;

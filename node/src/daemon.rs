@@ -154,6 +154,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         holdings,
         health,
         default_policy: config.rollout.clone(),
+        fractional: config.fractional,
         #[cfg(feature = "testsuite")]
         transport: transport.clone(),
         name: config.name.clone(),

@@ -1,16 +1,23 @@
 //! Flag definitions in flagd's shape, and their evaluation.
 //!
 //! A flag is `{ "state", "variants", "defaultVariant", "targeting", "metadata" }` exactly as in
-//! flagd's flag files. This version evaluates static flags; a definition with targeting rules
-//! is refused with a clear error until JsonLogic targeting lands, rather than evaluated wrongly.
+//! flagd's flag files; a flag set (a flagd file) is `{ "flags", "$evaluators", "metadata" }`.
+//! Targeting is JsonLogic with flagd's operators (`targeting.rs`); `$ref`s to the set's
+//! evaluators are resolved when the set is read, so each stored flag stands alone.
+//!
+//! Evaluation follows flagd: a disabled flag gives `DISABLED` and the caller's default; without
+//! targeting, the default variant (`STATIC`), or the caller's default when there is none
+//! (`DEFAULT`); with targeting, the variant the rule names (`TARGETING_MATCH`), the default
+//! variant when it names none (`null`: `DEFAULT`), or an error.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::limits::MAX_VARIANTS;
 use crate::model::{JsonText, Key};
+use crate::targeting::{Fractional, Rule};
 use crate::validate::ValidationError;
 
 /// Whether a flag is served.
@@ -33,16 +40,42 @@ pub struct FlagDefinition {
     pub targeting: Option<Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, Value>,
+    /// `targeting`, prepared (set by [`FlagDefinition::prepare`]; `None` without a rule).
+    #[serde(skip)]
+    rule: Option<Rule>,
 }
 
 impl FlagDefinition {
-    /// Parses and checks the definition of flag `key`.
+    /// Parses and checks the definition of flag `key` (self-contained: no `$ref`).
     pub fn parse(key: &Key, text: &JsonText) -> Result<Self, ValidationError> {
         let error = |detail: String| ValidationError::Flag { key: key.to_string(), detail };
-        let flag: FlagDefinition = serde_json::from_str(text.as_str())
+        let value: Value = serde_json::from_str(text.as_str())
             .map_err(|e| error(format!("expected a flagd flag definition, got {e}")))?;
-        flag.check().map_err(error)?;
+        Self::from_value(value, &Map::new()).map_err(error)
+    }
+
+    /// A flag from its JSON, with `$ref`s resolved against `evaluators`; the error says where.
+    pub fn from_value(value: Value, evaluators: &Map<String, Value>) -> Result<Self, String> {
+        let mut flag: FlagDefinition =
+            serde_json::from_value(value).map_err(|e| format!("expected a flagd flag definition, got {e}"))?;
+        flag.check()?;
+        flag.prepare(evaluators)?;
         Ok(flag)
+    }
+
+    /// Prepares the targeting rule; an empty object means none.
+    fn prepare(&mut self, evaluators: &Map<String, Value>) -> Result<(), String> {
+        self.rule = match &self.targeting {
+            None => None,
+            Some(Value::Object(rules)) if rules.is_empty() => None,
+            Some(rule) => {
+                let rule = Rule::prepare(rule, evaluators).map_err(|e| e.to_string())?;
+                // Stored self-contained: the `$ref`s resolved.
+                self.targeting = Some(rule.source.clone());
+                Some(rule)
+            }
+        };
+        Ok(())
     }
 
     /// A boolean flag with variants `on: true` and `off: false`, serving `on` or `off`.
@@ -53,6 +86,7 @@ impl FlagDefinition {
             default_variant: Some(if on { "on" } else { "off" }.to_owned()),
             targeting: None,
             metadata: BTreeMap::new(),
+            rule: None,
         }
     }
 
@@ -83,33 +117,118 @@ impl FlagDefinition {
             return Err(format!("/defaultVariant must be one of the variants ({}), got {default:?}", names.join(", ")));
         }
         match &self.targeting {
-            None => {}
-            Some(Value::Object(rules)) if rules.is_empty() => {}
-            Some(_) => {
-                return Err(
-                    "/targeting rules are not supported by this version yet, got a rule (remove it or leave it empty)"
-                        .to_owned(),
-                );
-            }
+            None | Some(Value::Object(_)) => Ok(()),
+            Some(other) => Err(format!("/targeting must be a JsonLogic object, got {other}")),
         }
-        Ok(())
     }
 
-    /// Evaluates the flag for an evaluation context. Static flags (the only kind this version
-    /// accepts) do not depend on it.
-    pub fn evaluate(&self, _context: &serde_json::Map<String, Value>) -> Evaluation {
+    /// Evaluates flag `key` for an evaluation context, with the cluster's `fractional` scheme.
+    pub fn evaluate(&self, key: &str, context: &Map<String, Value>, scheme: Fractional) -> Evaluation {
         if self.state == FlagState::Disabled {
-            return Evaluation { value: None, variant: None, reason: Reason::Disabled };
+            return Evaluation::of(None, Reason::Disabled);
         }
+        let Some(rule) = &self.rule else {
+            return self.default_evaluation(Reason::Static);
+        };
+        if rule.needs_targeting_key() && !context.get("targetingKey").is_some_and(Value::is_string) {
+            return Evaluation::error(ErrorCode::TargetingKeyMissing, "the targeting rule needs a targetingKey");
+        }
+        let mut data = context.clone();
+        let flagd = serde_json::json!({"flagKey": key, "timestamp": now_s()});
+        data.insert("$flagd".to_owned(), flagd);
+        match rule.evaluate(Value::Object(data), scheme) {
+            Ok(Value::Null) => self.default_evaluation(Reason::Default),
+            Ok(Value::String(variant)) => self.variant_evaluation(variant),
+            Ok(Value::Bool(flag)) => self.variant_evaluation(flag.to_string()),
+            Ok(other) => {
+                Evaluation::error(ErrorCode::General, format!("the targeting rule must name a variant, got {other}"))
+            }
+            Err(error) => Evaluation::error(ErrorCode::General, format!("the targeting rule failed: {error}")),
+        }
+    }
+
+    fn default_evaluation(&self, reason: Reason) -> Evaluation {
         match &self.default_variant {
             Some(variant) => Evaluation {
                 value: self.variants.get(variant).cloned(),
                 variant: Some(variant.clone()),
-                reason: Reason::Static,
+                ..Evaluation::of(None, reason)
             },
             // No default variant: the caller's code default applies (flagd's semantics).
-            None => Evaluation { value: None, variant: None, reason: Reason::Default },
+            None => Evaluation::of(None, Reason::Default),
         }
+    }
+
+    fn variant_evaluation(&self, variant: String) -> Evaluation {
+        match self.variants.get(&variant) {
+            Some(value) => Evaluation {
+                value: Some(value.clone()),
+                variant: Some(variant),
+                ..Evaluation::of(None, Reason::TargetingMatch)
+            },
+            None => Evaluation::error(
+                ErrorCode::General,
+                format!("the targeting rule named variant {variant:?}, which the flag does not have"),
+            ),
+        }
+    }
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A flagd flag file: flags, shared evaluators, and metadata shared by its flags.
+#[derive(Clone, Debug, Default)]
+pub struct FlagSet {
+    /// Each flag, or why it cannot be used (an evaluator misses it: a `PARSE_ERROR` when it is
+    /// evaluated; the admin API refuses the whole set).
+    pub flags: BTreeMap<String, Result<FlagDefinition, String>>,
+    pub metadata: BTreeMap<String, Value>,
+}
+
+impl FlagSet {
+    /// Reads a flagd flag file.
+    pub fn parse(text: &str) -> Result<FlagSet, String> {
+        let file: Value =
+            serde_json::from_str(text).map_err(|e| format!("expected a flagd flag file (JSON), got {e}"))?;
+        let object = file.as_object().ok_or("expected a flagd flag file: a JSON object with \"flags\"")?;
+        let flags = object.get("flags").and_then(Value::as_object).ok_or("/flags must be an object of flags")?;
+        let evaluators = match object.get("$evaluators") {
+            None => Map::new(),
+            Some(Value::Object(evaluators)) => evaluators.clone(),
+            Some(other) => return Err(format!("/$evaluators must be an object, got {other}")),
+        };
+        let metadata = match object.get("metadata") {
+            None => BTreeMap::new(),
+            Some(value) => serde_json::from_value(value.clone()).map_err(|e| format!("/metadata: {e}"))?,
+        };
+        let flags = flags
+            .iter()
+            .map(|(key, flag)| {
+                let parsed = FlagDefinition::from_value(flag.clone(), &evaluators)
+                    .map_err(|detail| format!("flag {key:?}: {detail}"));
+                (key.clone(), parsed)
+            })
+            .collect();
+        Ok(FlagSet { flags, metadata })
+    }
+
+    /// Evaluates flag `key` as flagd does, with the set's metadata under the flag's.
+    pub fn evaluate(&self, key: &str, context: &Map<String, Value>, scheme: Fractional) -> Evaluation {
+        let mut evaluation = match self.flags.get(key) {
+            None => Evaluation::error(ErrorCode::FlagNotFound, format!("flag {key:?} does not exist")),
+            Some(Err(error)) => return Evaluation::error(ErrorCode::ParseError, error.clone()),
+            Some(Ok(flag)) => {
+                let mut evaluation = flag.evaluate(key, context, scheme);
+                evaluation.metadata = flag.metadata.clone();
+                evaluation
+            }
+        };
+        for (name, value) in &self.metadata {
+            evaluation.metadata.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+        evaluation
     }
 }
 
@@ -121,6 +240,40 @@ fn json_kind(value: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
+    }
+}
+
+/// Why an evaluation failed, as OpenFeature names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    FlagNotFound,
+    ParseError,
+    TypeMismatch,
+    TargetingKeyMissing,
+    InvalidContext,
+    General,
+}
+
+/// The type a caller asks a flag for (OpenFeature's typed resolvers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    Boolean,
+    String,
+    Integer,
+    Float,
+    Object,
+}
+
+impl Expected {
+    fn accepts(self, value: &Value) -> bool {
+        match self {
+            Expected::Boolean => value.is_boolean(),
+            Expected::String => value.is_string(),
+            Expected::Integer => value.is_i64() || value.is_u64(),
+            Expected::Float => value.is_number(),
+            Expected::Object => value.is_object() || value.is_array(),
+        }
     }
 }
 
@@ -142,6 +295,38 @@ pub struct Evaluation {
     pub value: Option<Value>,
     pub variant: Option<String>,
     pub reason: Reason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, Value>,
+}
+
+impl Evaluation {
+    fn of(value: Option<Value>, reason: Reason) -> Evaluation {
+        Evaluation { value, variant: None, reason, error_code: None, error_message: None, metadata: BTreeMap::new() }
+    }
+
+    fn error(code: ErrorCode, message: impl Into<String>) -> Evaluation {
+        Evaluation {
+            error_code: Some(code),
+            error_message: Some(message.into()),
+            ..Evaluation::of(None, Reason::Error)
+        }
+    }
+
+    /// The evaluation as a caller expecting `expected` sees it: a value of another type is a
+    /// `TYPE_MISMATCH`.
+    pub fn expecting(self, expected: Expected) -> Evaluation {
+        match &self.value {
+            Some(value) if !expected.accepts(value) => Evaluation {
+                metadata: self.metadata,
+                ..Evaluation::error(ErrorCode::TypeMismatch, format!("expected a {expected:?} flag, got {value}"))
+            },
+            _ => self,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -175,10 +360,14 @@ mod tests {
                 .contains("unknown field")
         );
         assert!(
-            parse(json!({"state": "ENABLED", "variants": {"a": 1}, "targeting": {"if": []}}))
+            parse(json!({"state": "ENABLED", "variants": {"a": 1}, "targeting": "a"}))
                 .unwrap_err()
-                .contains("not supported")
+                .contains("JsonLogic object")
         );
+    }
+
+    fn evaluate(flag: &FlagDefinition, context: Value) -> Evaluation {
+        flag.evaluate("f", context.as_object().unwrap(), Fractional::V2)
     }
 
     #[test]
@@ -186,17 +375,44 @@ mod tests {
         let flag =
             parse(json!({"state": "ENABLED", "variants": {"red": "#f00", "blue": "#00f"}, "defaultVariant": "blue"}))
                 .unwrap();
+        let evaluation = evaluate(&flag, json!({}));
         assert_eq!(
-            flag.evaluate(&Default::default()),
-            Evaluation { value: Some(json!("#00f")), variant: Some("blue".into()), reason: Reason::Static }
+            (evaluation.value, evaluation.variant, evaluation.reason),
+            (Some(json!("#00f")), Some("blue".into()), Reason::Static)
         );
         let disabled = FlagDefinition { state: FlagState::Disabled, ..flag.clone() };
-        assert_eq!(disabled.evaluate(&Default::default()).reason, Reason::Disabled);
+        assert_eq!(evaluate(&disabled, json!({})).reason, Reason::Disabled);
         let no_default = FlagDefinition { default_variant: None, ..flag };
-        assert_eq!(
-            no_default.evaluate(&Default::default()),
-            Evaluation { value: None, variant: None, reason: Reason::Default }
-        );
+        let evaluation = evaluate(&no_default, json!({}));
+        assert_eq!((evaluation.value, evaluation.reason), (None, Reason::Default));
+    }
+
+    #[test]
+    fn targeting_names_a_variant_or_falls_back_and_bad_rules_are_refused() {
+        let flag = parse(json!({
+            "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "targeting": {"if": [{"ends_with": [{"var": "email"}, "@example.com"]}, "on", null]}
+        }))
+        .unwrap();
+        let hit = evaluate(&flag, json!({"email": "a@example.com"}));
+        assert_eq!((hit.value, hit.reason), (Some(json!(true)), Reason::TargetingMatch));
+        let miss = evaluate(&flag, json!({"email": "a@other.org"}));
+        assert_eq!((miss.value, miss.reason), (Some(json!(false)), Reason::Default));
+        let unknown =
+            parse(json!({"state": "ENABLED", "variants": {"a": 1}, "targeting": {"if": [true, "zzz", "a"]}})).unwrap();
+        let evaluation = evaluate(&unknown, json!({}));
+        assert_eq!((evaluation.reason, evaluation.error_code), (Reason::Error, Some(ErrorCode::General)));
+        let split = parse(json!({"state": "ENABLED", "variants": {"a": 1, "b": 2}, "targeting": {"fractional": [["a", 50], ["b", 50]]}})).unwrap();
+        assert_eq!(evaluate(&split, json!({})).error_code, Some(ErrorCode::TargetingKeyMissing));
+        assert_eq!(evaluate(&split, json!({"targetingKey": "u1"})).reason, Reason::TargetingMatch);
+        let error = parse(
+            json!({"state": "ENABLED", "variants": {"a": 1}, "targeting": {"if": [{"regex": ["x", "y"]}, "a", null]}}),
+        )
+        .unwrap_err();
+        assert!(error.contains("/targeting/if/0: unknown operator \"regex\""), "{error}");
+        let error =
+            parse(json!({"state": "ENABLED", "variants": {"a": 1}, "targeting": {"$ref": "shared"}})).unwrap_err();
+        assert!(error.contains("does not exist"), "{error}");
     }
 
     #[test]
@@ -204,6 +420,6 @@ mod tests {
         let flag = FlagDefinition::boolean(true);
         let text = flag.to_json_text().unwrap();
         assert_eq!(FlagDefinition::parse(&"f".parse().unwrap(), &text).unwrap(), flag);
-        assert_eq!(flag.evaluate(&Default::default()).value, Some(json!(true)));
+        assert_eq!(evaluate(&flag, json!({})).value, Some(json!(true)));
     }
 }

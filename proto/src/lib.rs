@@ -14,6 +14,7 @@ pub mod rollout;
 pub mod sim;
 pub mod snapshot;
 pub mod state;
+pub mod targeting;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
 pub mod validate;

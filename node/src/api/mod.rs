@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use grapevine_proto::eval::{FlagDefinition, FlagState};
 use grapevine_proto::limits::{MAX_MEMBERS, MAX_VALUE_BYTES};
 use grapevine_proto::rollout::{Policy, PolicyOptions};
+use grapevine_proto::targeting::Fractional;
 use grapevine_proto::{Change, Generation, JsonText, Key, NodeName, Op, ValidationError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub health: Health,
     /// The policy of a change that names none (`[rollout]` in the node config).
     pub default_policy: Policy,
+    /// The cluster's `fractional` bucketing scheme.
+    pub fractional: Fractional,
     /// The transport, whose link filter the test endpoints set.
     #[cfg(feature = "testsuite")]
     pub transport: crate::transport::Transport,
@@ -447,12 +450,14 @@ fn flag_answer(
         .flags
         .get(key)
         .ok_or_else(|| ApiError::not_found(format!("flag \"{key}\" not found on node {}", state.name)))?;
-    let evaluation = entry.value.evaluate(context);
+    let evaluation = entry.value.evaluate(key.as_str(), context, state.fractional);
     Ok(json!({
         "key": key,
         "value": evaluation.value,
         "variant": evaluation.variant,
         "reason": evaluation.reason,
+        "error_code": evaluation.error_code,
+        "error_message": evaluation.error_message,
         "generation": entry.generation.to_string(),
         "definition": entry.value,
     }))

@@ -1,0 +1,684 @@
+//! Targeting rules: JsonLogic (datalogic-rs) with flagd's custom operators.
+//!
+//! A rule is prepared once, when its flag is parsed: `$ref`s to shared evaluators are replaced
+//! by the evaluators, every operator is checked against the ones flagd supports, and the rule
+//! is compiled. flagd's operators that differ from datalogic's built-ins of the same name
+//! (`starts_with`, `ends_with`: flagd answers `null`, not `false`, on bad input) are renamed to
+//! ours before compiling. Evaluation is then a walk of the compiled rule over the context.
+//!
+//! `fractional` buckets the evaluation in one of two schemes ([`Fractional`]), chosen per
+//! cluster so that splits match the user's other flagd evaluators:
+//! - `v2`: MurmurHash3-x86-32 (seed 0) of the bucket-by string, by default `flagKey +
+//!   targetingKey`; `bucket = hash * totalWeight >> 32`;
+//! - `cbor`: the same hash of the canonical CBOR encoding of the bucket-by value (integral
+//!   floats as integers), by default the array `[flagKey, targetingKey]`.
+
+use std::sync::{Arc, LazyLock};
+
+use datalogic_rs::{CompiledLogic, ContextStack, DataLogic, Evaluator, Operator};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The `fractional` bucketing scheme of a cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fractional {
+    /// flagd's high-precision string scheme (flagd's JavaScript core, the testbed's v2).
+    #[default]
+    V2,
+    /// The CBOR-keyed scheme (flagd's Python core 2.x, the Rust flagd engine).
+    Cbor,
+}
+
+/// Operators a rule may use: JsonLogic's own, and flagd's.
+const OPERATORS: &[&str] = &[
+    "var",
+    "missing",
+    "missing_some",
+    "if",
+    "?:",
+    "==",
+    "===",
+    "!=",
+    "!==",
+    "!",
+    "!!",
+    "or",
+    "and",
+    ">",
+    ">=",
+    "<",
+    "<=",
+    "max",
+    "min",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "map",
+    "reduce",
+    "filter",
+    "all",
+    "none",
+    "some",
+    "merge",
+    "in",
+    "cat",
+    "substr",
+    "fractional",
+    "sem_ver",
+    "starts_with",
+    "ends_with",
+];
+
+/// flagd operators whose datalogic built-in namesakes behave differently, and our names.
+const RENAMED: &[(&str, &str)] =
+    &[("starts_with", "flagd_starts_with"), ("ends_with", "flagd_ends_with"), ("cat", "flagd_cat")];
+
+/// One engine per scheme; they differ only in `fractional`.
+static ENGINES: LazyLock<[DataLogic; 2]> = LazyLock::new(|| [engine(Fractional::V2), engine(Fractional::Cbor)]);
+
+fn engine(scheme: Fractional) -> DataLogic {
+    let mut engine = DataLogic::new();
+    engine.add_operator("fractional".into(), Box::new(FractionalOperator(scheme)));
+    engine.add_operator("sem_ver".into(), Box::new(SemVerOperator));
+    engine.add_operator("flagd_starts_with".into(), Box::new(AffixOperator { prefix: true }));
+    engine.add_operator("flagd_ends_with".into(), Box::new(AffixOperator { prefix: false }));
+    engine.add_operator("flagd_cat".into(), Box::new(CatOperator(scheme)));
+    engine
+}
+
+fn engine_for(scheme: Fractional) -> &'static DataLogic {
+    &ENGINES[match scheme {
+        Fractional::V2 => 0,
+        Fractional::Cbor => 1,
+    }]
+}
+
+/// A prepared rule: the rule as written (with `$ref`s resolved), and its compiled form.
+#[derive(Clone)]
+pub struct Rule {
+    pub source: Value,
+    compiled: Arc<CompiledLogic>,
+    /// Whether it buckets by the default `targetingKey` (a `fractional` without bucket-by).
+    needs_targeting_key: bool,
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rule({})", self.source)
+    }
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// Why a rule cannot be used, with the JSON path where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {detail}")]
+pub struct RuleError {
+    pub path: String,
+    pub detail: String,
+}
+
+impl Rule {
+    /// Resolves `$ref`s against `evaluators`, checks the operators and compiles the rule.
+    pub fn prepare(rule: &Value, evaluators: &Map<String, Value>) -> Result<Rule, RuleError> {
+        let resolved = resolve(rule, evaluators, "/targeting", 0)?;
+        let renamed = check_and_rename(&resolved, "/targeting")?;
+        let compiled = engine_for(Fractional::V2).compile(&renamed).map_err(|error| RuleError {
+            path: "/targeting".into(),
+            detail: format!("not valid JsonLogic: {error}"),
+        })?;
+        let needs_targeting_key = default_bucketing(&resolved);
+        Ok(Rule { source: resolved, compiled, needs_targeting_key })
+    }
+
+    pub fn needs_targeting_key(&self) -> bool {
+        self.needs_targeting_key
+    }
+
+    /// Evaluates the rule over `data` (the context with `$flagd` and `targetingKey`).
+    pub fn evaluate(&self, data: Value, scheme: Fractional) -> Result<Value, String> {
+        engine_for(scheme).evaluate_owned(&self.compiled, data).map_err(|error| error.to_string())
+    }
+}
+
+/// Whether a `fractional` in `rule` buckets by the default key (its first argument a bucket).
+fn default_bucketing(rule: &Value) -> bool {
+    match rule {
+        Value::Object(object) => object.iter().any(|(operator, arguments)| {
+            let default =
+                operator == "fractional" && arguments.as_array().and_then(|a| a.first()).is_some_and(Value::is_array);
+            default || default_bucketing(arguments)
+        }),
+        Value::Array(items) => items.iter().any(default_bucketing),
+        _ => false,
+    }
+}
+
+/// Deepest nesting of `$ref`s (an evaluator may use another).
+const MAX_REF_DEPTH: usize = 8;
+
+fn resolve(rule: &Value, evaluators: &Map<String, Value>, path: &str, depth: usize) -> Result<Value, RuleError> {
+    let error = |detail: String| RuleError { path: path.to_owned(), detail };
+    match rule {
+        Value::Object(object) if object.len() == 1 && object.contains_key("$ref") => {
+            let name = object["$ref"].as_str().ok_or_else(|| error("$ref must name an evaluator".into()))?;
+            if depth >= MAX_REF_DEPTH {
+                return Err(error(format!("$ref {name:?} nests deeper than {MAX_REF_DEPTH} evaluators")));
+            }
+            let target = evaluators.get(name).ok_or_else(|| {
+                let known: Vec<&str> = evaluators.keys().map(String::as_str).collect();
+                error(format!("$ref to evaluator {name:?}, which does not exist (known: {})", known.join(", ")))
+            })?;
+            resolve(target, evaluators, &format!("{path}/$ref:{name}"), depth + 1)
+        }
+        Value::Object(object) => {
+            let mut out = Map::new();
+            for (key, value) in object {
+                out.insert(key.clone(), resolve(value, evaluators, &format!("{path}/{key}"), depth)?);
+            }
+            Ok(Value::Object(out))
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| resolve(item, evaluators, &format!("{path}/{index}"), depth))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        other => Ok(other.clone()),
+    }
+}
+
+/// Checks that every single-key object is a known operator, and renames flagd's operators
+/// that differ from datalogic's built-ins.
+fn check_and_rename(rule: &Value, path: &str) -> Result<Value, RuleError> {
+    match rule {
+        Value::Object(object) if object.len() == 1 => {
+            let (operator, arguments) = object.iter().next().expect("one entry");
+            if !OPERATORS.contains(&operator.as_str()) {
+                return Err(RuleError {
+                    path: path.to_owned(),
+                    detail: format!("unknown operator {operator:?} (expected a JsonLogic or flagd operator)"),
+                });
+            }
+            let name = RENAMED.iter().find(|(from, _)| from == operator).map_or(operator.as_str(), |(_, to)| to);
+            let arguments = check_and_rename(arguments, &format!("{path}/{operator}"))?;
+            Ok(Value::Object(Map::from_iter([(name.to_owned(), arguments)])))
+        }
+        Value::Object(object) if !object.is_empty() => Err(RuleError {
+            path: path.to_owned(),
+            detail: format!("expected an operation with one operator, got an object with {} keys", object.len()),
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| check_and_rename(item, &format!("{path}/{index}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        other => Ok(other.clone()),
+    }
+}
+
+/// flagd's `fractional`: `[bucketBy?, [variant, weight?], ...]`.
+struct FractionalOperator(Fractional);
+
+impl Operator for FractionalOperator {
+    fn evaluate(
+        &self,
+        args: &[Value],
+        context: &mut ContextStack,
+        evaluator: &dyn Evaluator,
+    ) -> datalogic_rs::Result<Value> {
+        let Some(first) = args.first() else { return Ok(Value::Null) };
+        // A first argument that is not a bucket is the bucket-by expression.
+        let (bucket_by, buckets) = if first.is_array() {
+            (None, args)
+        } else {
+            let value = evaluator.evaluate(first, context)?;
+            // No key to bucket by; an array is no key either (flagd reads it as a bucket).
+            if value.is_null() || value.is_array() {
+                return Ok(Value::Null);
+            }
+            (Some(value), &args[1..])
+        };
+        let mut weighted: Vec<(Value, u64)> = Vec::with_capacity(buckets.len());
+        for bucket in buckets {
+            let Some(parts) = bucket.as_array().filter(|p| !p.is_empty() && p.len() <= 2) else {
+                return Ok(Value::Null);
+            };
+            let variant = evaluator.evaluate(&parts[0], context)?;
+            let weight = match parts.get(1) {
+                Some(weight) => evaluator.evaluate(weight, context)?.as_f64().unwrap_or(0.0),
+                None => 1.0,
+            };
+            // A negative weight counts as zero; weights sum to at most 2^31 - 1.
+            weighted.push((variant, weight.max(0.0).min(i32::MAX as f64) as u64));
+        }
+        let total: u64 = weighted.iter().map(|(_, weight)| weight).sum();
+        if total == 0 || total > i32::MAX as u64 {
+            return Ok(Value::Null);
+        }
+        let flag_key = evaluator.evaluate(&serde_json::json!({"var": "$flagd.flagKey"}), context)?;
+        let targeting_key = evaluator.evaluate(&serde_json::json!({"var": "targetingKey"}), context)?;
+        let hash = match self.0 {
+            Fractional::V2 => {
+                let text = match bucket_by {
+                    Some(other) => js_string(&other),
+                    None => match (flag_key.as_str(), targeting_key.as_str()) {
+                        (Some(flag), Some(key)) => format!("{flag}{key}"),
+                        _ => return Ok(Value::Null),
+                    },
+                };
+                murmur3_32(text.as_bytes())
+            }
+            Fractional::Cbor => {
+                let value = match bucket_by {
+                    Some(value) => value,
+                    None if targeting_key.is_null() => return Ok(Value::Null),
+                    None => Value::Array(vec![flag_key, targeting_key]),
+                };
+                let mut bytes = Vec::new();
+                cbor(&value, &mut bytes);
+                murmur3_32(&bytes)
+            }
+        };
+        let bucket = (u64::from(hash) * total) >> 32;
+        let mut cumulative = 0;
+        for (variant, weight) in weighted {
+            cumulative += weight;
+            if bucket < cumulative {
+                return Ok(variant);
+            }
+        }
+        Ok(Value::Null)
+    }
+}
+
+fn murmur3_32(bytes: &[u8]) -> u32 {
+    murmur3::murmur3_32(&mut std::io::Cursor::new(bytes), 0).expect("reading from memory cannot fail")
+}
+
+/// The canonical CBOR encoding of a JSON value (RFC 8949 core deterministic encoding):
+/// shortest heads, integral numbers as integers, other floats in the shortest of half,
+/// single and double precision that keeps the value, map keys sorted by their encoding.
+pub fn cbor(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.push(0xf6),
+        Value::Bool(false) => out.push(0xf4),
+        Value::Bool(true) => out.push(0xf5),
+        Value::Number(number) => {
+            if let Some(unsigned) = number.as_u64() {
+                head(0, unsigned, out);
+            } else if let Some(signed) = number.as_i64() {
+                head(1, (-1 - signed) as u64, out);
+            } else {
+                let float = number.as_f64().unwrap_or(f64::NAN);
+                if float.fract() == 0.0 && float.abs() <= MAX_SAFE_INTEGER {
+                    if float >= 0.0 {
+                        head(0, float as u64, out);
+                    } else {
+                        head(1, (-1.0 - float) as u64, out);
+                    }
+                } else {
+                    cbor_float(float, out);
+                }
+            }
+        }
+        Value::String(text) => {
+            head(3, text.len() as u64, out);
+            out.extend_from_slice(text.as_bytes());
+        }
+        Value::Array(items) => {
+            head(4, items.len() as u64, out);
+            for item in items {
+                cbor(item, out);
+            }
+        }
+        Value::Object(object) => {
+            let mut entries: Vec<(Vec<u8>, Vec<u8>)> = object
+                .iter()
+                .map(|(key, value)| {
+                    let (mut k, mut v) = (Vec::new(), Vec::new());
+                    cbor(&Value::String(key.clone()), &mut k);
+                    cbor(value, &mut v);
+                    (k, v)
+                })
+                .collect();
+            entries.sort();
+            head(5, entries.len() as u64, out);
+            for (key, value) in entries {
+                out.extend(key);
+                out.extend(value);
+            }
+        }
+    }
+}
+
+fn head(major: u8, argument: u64, out: &mut Vec<u8>) {
+    let major = major << 5;
+    match argument {
+        0..=23 => out.push(major | argument as u8),
+        24..=0xff => out.extend([major | 24, argument as u8]),
+        0x100..=0xffff => {
+            out.push(major | 25);
+            out.extend((argument as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(major | 26);
+            out.extend((argument as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(major | 27);
+            out.extend(argument.to_be_bytes());
+        }
+    }
+}
+
+fn cbor_float(float: f64, out: &mut Vec<u8>) {
+    let single = float as f32;
+    if f64::from(single) == float || float.is_nan() {
+        if let Some(half) = to_half(single) {
+            out.push(0xf9);
+            out.extend(half.to_be_bytes());
+        } else {
+            out.push(0xfa);
+            out.extend(single.to_be_bytes());
+        }
+    } else {
+        out.push(0xfb);
+        out.extend(float.to_be_bytes());
+    }
+}
+
+/// The half-precision bits of `value`, when half precision holds it exactly.
+fn to_half(value: f32) -> Option<u16> {
+    if value.is_nan() {
+        return Some(0x7e00);
+    }
+    let bits = value.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    if value.is_infinite() {
+        return Some(sign | 0x7c00);
+    }
+    if value == 0.0 {
+        return Some(sign);
+    }
+    let exponent = ((bits >> 23) & 0xff) as i32 - 127;
+    let mantissa = bits & 0x7f_ffff;
+    if (-14..=15).contains(&exponent) {
+        // Normal half: 10 mantissa bits.
+        if mantissa & 0x1fff != 0 {
+            return None;
+        }
+        return Some(sign | (((exponent + 15) as u16) << 10) | (mantissa >> 13) as u16);
+    }
+    if (-24..-14).contains(&exponent) {
+        // Subnormal half.
+        let full = mantissa | 0x80_0000;
+        let shift = (-exponent - 14 + 13) as u32;
+        if full & ((1 << shift) - 1) != 0 {
+            return None;
+        }
+        return Some(sign | (full >> shift) as u16);
+    }
+    None
+}
+
+/// flagd's `sem_ver`: `[version, operator, version]` with `=`, `!=`, `<`, `<=`, `>`, `>=`, `^`
+/// (same major), `~` (same major and minor). Anything it cannot read gives `null`.
+struct SemVerOperator;
+
+impl Operator for SemVerOperator {
+    fn evaluate(
+        &self,
+        args: &[Value],
+        context: &mut ContextStack,
+        evaluator: &dyn Evaluator,
+    ) -> datalogic_rs::Result<Value> {
+        if args.len() != 3 {
+            return Ok(Value::Null);
+        }
+        let left = evaluator.evaluate(&args[0], context)?;
+        let operator = evaluator.evaluate(&args[1], context)?;
+        let right = evaluator.evaluate(&args[2], context)?;
+        let (Some(left), Some(right)) = (version(&left), version(&right)) else { return Ok(Value::Null) };
+        let result = match operator.as_str() {
+            Some("=") => left == right,
+            Some("!=") => left != right,
+            Some("<") => left < right,
+            Some("<=") => left <= right,
+            Some(">") => left > right,
+            Some(">=") => left >= right,
+            Some("^") => left.major == right.major,
+            Some("~") => left.major == right.major && left.minor == right.minor,
+            _ => return Ok(Value::Null),
+        };
+        Ok(Value::Bool(result))
+    }
+}
+
+/// A version as flagd reads it: an optional `v`, missing minor and patch as 0, build metadata
+/// ignored; numbers (`1.2`) read as their text.
+fn version(value: &Value) -> Option<semver::Version> {
+    let text = match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        _ => return None,
+    };
+    let text = text.trim();
+    let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
+    let text = text.split('+').next().unwrap_or(text);
+    let (core, pre) = match text.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (text, None),
+    };
+    let mut parts: Vec<&str> = core.split('.').collect();
+    if parts.is_empty()
+        || parts.len() > 3
+        || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    parts.resize(3, "0");
+    let full = match pre {
+        Some(pre) => format!("{}-{pre}", parts.join(".")),
+        None => parts.join("."),
+    };
+    let mut version = semver::Version::parse(&full).ok()?;
+    version.build = semver::BuildMetadata::EMPTY;
+    Some(version)
+}
+
+/// flagd's `cat`: its arguments written as the scheme's reference evaluator writes them
+/// ([`js_string`] for `v2`, [`py_string`] for `cbor`), joined.
+struct CatOperator(Fractional);
+
+impl Operator for CatOperator {
+    fn evaluate(
+        &self,
+        args: &[Value],
+        context: &mut ContextStack,
+        evaluator: &dyn Evaluator,
+    ) -> datalogic_rs::Result<Value> {
+        let mut out = String::new();
+        for arg in args {
+            let value = evaluator.evaluate(arg, context)?;
+            out.push_str(&match self.0 {
+                Fractional::V2 => js_string(&value),
+                Fractional::Cbor => py_string(&value),
+            });
+        }
+        Ok(Value::String(out))
+    }
+}
+
+/// A value as JavaScript's `String()` writes it (how flagd's evaluators join and key values):
+/// `3.0` is `3`, `true` is `true`, `null` is `null`, arrays join their items with commas and
+/// objects are `[object Object]`.
+pub fn js_string(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(flag) => flag.to_string(),
+        Value::String(text) => text.clone(),
+        Value::Number(number) => {
+            if let Some(integer) = number.as_i64() {
+                return integer.to_string();
+            }
+            if let Some(unsigned) = number.as_u64() {
+                return unsigned.to_string();
+            }
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            if float.fract() == 0.0 && float.abs() < 1e21 { format!("{float:.0}") } else { float.to_string() }
+        }
+        Value::Array(items) => items
+            .iter()
+            .map(|item| if item.is_null() { String::new() } else { js_string(item) })
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Object(_) => "[object Object]".to_owned(),
+    }
+}
+
+/// The largest integer a double holds exactly: integral floats up to it count as integers in
+/// the CBOR scheme (its reference evaluator's reading of a context).
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_992.0;
+
+/// A value as flagd's Python core writes it in `cat`: like [`js_string`], but booleans are
+/// `True`/`False`, integral floats up to 2^53 are integers and other floats are Python's
+/// `repr` (`2.5`, `1e+20`).
+pub fn py_string(value: &Value) -> String {
+    match value {
+        Value::Bool(flag) => if *flag { "True" } else { "False" }.to_owned(),
+        Value::Number(number) if number.as_i64().is_none() && number.as_u64().is_none() => {
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            if float.fract() == 0.0 && float.abs() <= MAX_SAFE_INTEGER {
+                format!("{float:.0}")
+            } else {
+                python_repr(float)
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .map(|item| if item.is_null() { String::new() } else { py_string(item) })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => js_string(other),
+    }
+}
+
+/// Python's `repr` of a float: the shortest digits that read back, positional from 1e-4 up to
+/// 1e16, else `d.ddde+XX`.
+fn python_repr(float: f64) -> String {
+    if !float.is_finite() {
+        return if float.is_nan() {
+            "nan".into()
+        } else if float > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        };
+    }
+    let magnitude = float.abs();
+    if magnitude == 0.0 || (1e-4..1e16).contains(&magnitude) {
+        let text = float.to_string();
+        return if text.contains('.') { text } else { format!("{text}.0") };
+    }
+    let text = format!("{float:e}");
+    let (mantissa, exponent) = text.split_once('e').expect("exponent form");
+    let exponent: i32 = exponent.parse().expect("an exponent");
+    format!("{mantissa}e{}{:02}", if exponent < 0 { '-' } else { '+' }, exponent.abs())
+}
+
+/// flagd's `starts_with` / `ends_with`: two strings, else `null`.
+struct AffixOperator {
+    prefix: bool,
+}
+
+impl Operator for AffixOperator {
+    fn evaluate(
+        &self,
+        args: &[Value],
+        context: &mut ContextStack,
+        evaluator: &dyn Evaluator,
+    ) -> datalogic_rs::Result<Value> {
+        if args.len() != 2 {
+            return Ok(Value::Null);
+        }
+        let text = evaluator.evaluate(&args[0], context)?;
+        let affix = evaluator.evaluate(&args[1], context)?;
+        let (Some(text), Some(affix)) = (text.as_str(), affix.as_str()) else { return Ok(Value::Null) };
+        Ok(Value::Bool(if self.prefix { text.starts_with(affix) } else { text.ends_with(affix) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn canonical_cbor_of_json_values() {
+        let encode = |value: Value| {
+            let mut out = Vec::new();
+            cbor(&value, &mut out);
+            hex::encode(out)
+        };
+        assert_eq!(encode(json!(0)), "00");
+        assert_eq!(encode(json!(24)), "1818");
+        assert_eq!(encode(json!(-1)), "20");
+        assert_eq!(encode(json!(1000)), "1903e8");
+        assert_eq!(encode(json!(1.0)), "01", "integral floats are integers");
+        assert_eq!(encode(json!(1.5)), "f93e00");
+        assert_eq!(encode(json!(100000.0)), "1a000186a0");
+        assert_eq!(encode(json!(3.4028234663852886e38)), "fa7f7fffff");
+        assert_eq!(encode(json!(1.1)), "fb3ff199999999999a");
+        assert_eq!(encode(json!("a")), "6161");
+        assert_eq!(encode(json!(["a", 1])), "82616101");
+        assert_eq!(encode(json!({"b": 1, "a": 2})), "a2616102616201");
+        assert_eq!(encode(json!(null)), "f6");
+    }
+
+    #[test]
+    fn values_are_written_as_each_reference_evaluator_writes_them() {
+        assert_eq!(js_string(&json!(3.0)), "3");
+        assert_eq!(js_string(&json!(true)), "true");
+        assert_eq!(js_string(&json!([1, "a", null])), "1,a,");
+        assert_eq!(js_string(&json!({"a": 1})), "[object Object]");
+        assert_eq!(py_string(&json!(true)), "True");
+        assert_eq!(py_string(&json!(3.0)), "3");
+        assert_eq!(py_string(&json!(2.5)), "2.5");
+        assert_eq!(py_string(&json!(1e20)), "1e+20");
+        assert_eq!(py_string(&json!(1.5e-5)), "1.5e-05");
+        assert_eq!(py_string(&json!(null)), "null");
+    }
+
+    #[test]
+    fn unknown_operators_and_missing_refs_are_refused_with_their_path() {
+        let evaluators = Map::from_iter([("ok".to_owned(), json!({"==": [1, 1]}))]);
+        let error = Rule::prepare(&json!({"if": [{"nope": [1]}, "a", "b"]}), &evaluators).unwrap_err();
+        assert_eq!(error.path, "/targeting/if/0");
+        assert!(error.detail.contains("unknown operator \"nope\""), "{error}");
+        let error = Rule::prepare(&json!({"if": [{"$ref": "missing"}, "a", "b"]}), &evaluators).unwrap_err();
+        assert!(error.detail.contains("does not exist"), "{error}");
+        assert!(Rule::prepare(&json!({"if": [{"$ref": "ok"}, "a", "b"]}), &evaluators).is_ok());
+    }
+
+    #[test]
+    fn semver_reads_versions_as_flagd_does() {
+        let v = |text: Value| version(&text).map(|v| v.to_string());
+        assert_eq!(v(json!("v1.2.3")), Some("1.2.3".into()));
+        assert_eq!(v(json!("1")), Some("1.0.0".into()));
+        assert_eq!(v(json!(1.1)), Some("1.1.0".into()));
+        assert_eq!(v(json!("1.0.0+build")), Some("1.0.0".into()));
+        assert_eq!(v(json!("1.0.0-rc.1")), Some("1.0.0-rc.1".into()));
+        assert_eq!(v(json!("not")), None);
+        assert_eq!(v(json!("1.2.3.4")), None);
+    }
+}
