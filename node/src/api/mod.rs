@@ -29,6 +29,7 @@ use crate::health::Health;
 use crate::metrics::{Metrics, reason};
 use crate::sync::PeerHoldings;
 
+mod ofrep;
 mod rollout;
 
 /// Largest request body. A value at its 4 MiB limit may grow when JSON-escaped inside a
@@ -72,6 +73,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rollouts", get(rollout::list))
         .route("/v1/rollouts/{generation}", get(rollout::show))
         .route("/v1/rollouts/{generation}/{action}", post(rollout::control))
+        .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
+        .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
+        .route("/ofrep/v1/events", get(ofrep::events))
         .fallback(|| async { ApiError::not_found("no such endpoint (see docs/api.md)") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
         .with_state(state)

@@ -1,0 +1,197 @@
+//! OFREP, the OpenFeature Remote Evaluation Protocol, on the node's HTTP port: any OpenFeature
+//! SDK with an OFREP provider pointed at `http://localhost:7401` evaluates this node's
+//! applied flags.
+//!
+//! - `POST /ofrep/v1/evaluate/flags/{key}`: one flag. 200 with `key`, `value` (typed as in
+//!   the definition), `variant`, `reason`, `metadata`; without `value` and `variant` when the
+//!   caller's default applies (a disabled flag, no default variant). 404 `FLAG_NOT_FOUND`;
+//!   400 `PARSE_ERROR`, `TARGETING_KEY_MISSING` (only where the rule buckets by the targeting
+//!   key), `INVALID_CONTEXT` (a context that is not an object), `GENERAL`.
+//! - `POST /ofrep/v1/evaluate/flags`: every flag, with a strong `ETag` over the answer and
+//!   `304` on a matching `If-None-Match`, and `eventStreams` naming the SSE endpoint below.
+//! - `GET /ofrep/v1/events`: Server-Sent Events, one `refetchEvaluation` event each time the
+//!   applied flags change (a change applied here, or a revert), with the flags' digest as
+//!   the event id and `etag`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use grapevine_proto::eval::Evaluation;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::ApiState;
+use crate::engine::View;
+use crate::health::unix_ms;
+
+/// How long an idle SDK may keep the event stream before it should close it.
+const INACTIVITY_DELAY_S: u64 = 120;
+
+/// The evaluation context of a request: `{"context": {...}}`, an empty body, or a failure
+/// answer naming what is wrong.
+fn context_of(body: &Bytes) -> Result<Map<String, Value>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| format!("expected a JSON body {{\"context\": {{...}}}}, got: {e}"))?;
+    match request.get("context") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(context)) => Ok(context.clone()),
+        Some(other) => Err(format!("context must be an object, got {other}")),
+    }
+}
+
+fn failure(status: StatusCode, key: Option<&str>, code: &str, details: String) -> Response {
+    let mut body = json!({"errorCode": code, "errorDetails": details});
+    if let Some(key) = key {
+        body["key"] = json!(key);
+    }
+    (status, Json(body)).into_response()
+}
+
+/// One evaluation in OFREP's shape: success, or failure with its code.
+fn answer(key: &str, evaluation: Evaluation) -> Result<Value, Value> {
+    if let Some(code) = evaluation.error_code {
+        return Err(json!({"key": key, "errorCode": code, "errorDetails": evaluation.error_message}));
+    }
+    let mut success = json!({"key": key, "reason": evaluation.reason, "metadata": evaluation.metadata});
+    if let (Some(value), Some(variant)) = (evaluation.value, evaluation.variant) {
+        success["value"] = value;
+        success["variant"] = json!(variant);
+    }
+    Ok(success)
+}
+
+fn evaluate(state: &ApiState, view: &View, key: &str, context: &Map<String, Value>) -> Option<Evaluation> {
+    let key = key.parse().ok()?;
+    let entry = view.state.flags.get(&key)?;
+    let mut evaluation = entry.value.evaluate(key.as_str(), context, state.fractional);
+    evaluation.metadata = entry.value.metadata.clone();
+    Some(evaluation)
+}
+
+/// `POST /ofrep/v1/evaluate/flags/{key}`.
+pub async fn evaluate_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> Response {
+    let context = match context_of(&body) {
+        Ok(context) => context,
+        Err(details) => return failure(StatusCode::BAD_REQUEST, Some(&key), "INVALID_CONTEXT", details),
+    };
+    let view = state.engine.view();
+    let Some(evaluation) = evaluate(&state, &view, &key, &context) else {
+        let details = format!("flag {key:?} is not applied on node {}", state.name);
+        return failure(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", details);
+    };
+    match answer(&key, evaluation) {
+        Ok(success) => Json(success).into_response(),
+        Err(failure) => (StatusCode::BAD_REQUEST, Json(failure)).into_response(),
+    }
+}
+
+/// `POST /ofrep/v1/evaluate/flags`.
+pub async fn evaluate_all(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let context = match context_of(&body) {
+        Ok(context) => context,
+        Err(details) => return failure(StatusCode::BAD_REQUEST, None, "INVALID_CONTEXT", details),
+    };
+    let view = state.engine.view();
+    let flags: Vec<Value> = view
+        .state
+        .flags
+        .keys()
+        .filter_map(|key| {
+            let evaluation = evaluate(&state, &view, key.as_str(), &context)?;
+            Some(answer(key.as_str(), evaluation).unwrap_or_else(|failure| failure))
+        })
+        .collect();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let events = json!([{"type": "sse", "url": format!("http://{host}/ofrep/v1/events"), "inactivityDelaySec": INACTIVITY_DELAY_S}]);
+    let body = json!({"flags": flags, "eventStreams": events});
+    let bytes = serde_json::to_vec(&body).expect("an answer always serializes");
+    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (StatusCode::OK, [(header::ETAG, etag), (header::CONTENT_TYPE, "application/json".to_owned())], bytes)
+        .into_response()
+}
+
+/// A digest of the applied flags: what every bulk evaluation depends on.
+pub fn flags_digest(view: &View) -> String {
+    let mut hasher = Sha256::new();
+    for (key, entry) in &view.state.flags {
+        hasher.update(key.as_str().as_bytes());
+        hasher.update([0]);
+        hasher.update(entry.generation.to_string().as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// `GET /ofrep/v1/events`: a `refetchEvaluation` event each time the applied flags change.
+pub async fn events(State(state): State<ApiState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let watch = state.engine.watch();
+    let last = flags_digest(&watch.borrow());
+    let stream = futures_util::stream::unfold((watch, last), |(mut watch, last)| async move {
+        loop {
+            watch.changed().await.ok()?;
+            let digest = flags_digest(&watch.borrow_and_update());
+            if digest != last {
+                let data = json!({"type": "refetchEvaluation", "etag": format!("\"{digest}\""), "lastModified": unix_ms() / 1000});
+                let event = Event::default().id(digest.clone()).event("message").data(data.to_string());
+                return Some((Ok(event), (watch, digest)));
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use grapevine_proto::eval::Reason;
+
+    use super::*;
+
+    #[test]
+    fn contexts_are_read_or_refused_with_the_reason() {
+        assert_eq!(context_of(&Bytes::new()).unwrap(), Map::new());
+        assert_eq!(context_of(&Bytes::from_static(b"{}")).unwrap(), Map::new());
+        let context = context_of(&Bytes::from_static(br#"{"context": {"targetingKey": "u1"}}"#)).unwrap();
+        assert_eq!(context["targetingKey"], "u1");
+        assert!(context_of(&Bytes::from_static(br#"{"context": [1]}"#)).unwrap_err().contains("must be an object"));
+        assert!(context_of(&Bytes::from_static(b"{")).unwrap_err().contains("expected a JSON body"));
+    }
+
+    #[test]
+    fn a_default_from_the_caller_has_no_value_and_an_error_has_its_code() {
+        let evaluation = Evaluation {
+            value: None,
+            variant: None,
+            reason: Reason::Disabled,
+            error_code: None,
+            error_message: None,
+            metadata: Default::default(),
+        };
+        let success = answer("f", evaluation.clone()).unwrap();
+        assert_eq!(success["reason"], "DISABLED");
+        assert!(success.get("value").is_none());
+        let failed = Evaluation {
+            error_code: Some(grapevine_proto::eval::ErrorCode::TargetingKeyMissing),
+            error_message: Some("needs a targetingKey".into()),
+            reason: Reason::Error,
+            ..evaluation
+        };
+        assert_eq!(answer("f", failed).unwrap_err()["errorCode"], "TARGETING_KEY_MISSING");
+    }
+}
