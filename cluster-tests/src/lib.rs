@@ -506,3 +506,23 @@ fn read_post(mut stream: std::net::TcpStream) -> Option<Value> {
     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     serde_json::from_slice(&body).ok()
 }
+
+/// The next SSE event (keep-alive comments skipped), within 10 s.
+pub async fn next_sse_event(stream: &mut reqwest::Response) -> Result<String> {
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let chunk = stream.chunk().await?.context("the event stream ended")?;
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(end) = text.find("\n\n") {
+                let event: String = text[..end].to_owned();
+                if event.lines().any(|line| line.starts_with("data:")) {
+                    return Ok(event);
+                }
+                text.drain(..end + 2);
+            }
+        }
+    })
+    .await
+    .context("no event within 10 s")?
+}

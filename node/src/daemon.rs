@@ -150,7 +150,9 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         name: config.name.clone(),
     };
     let health_task = health::run(health_task, shutdown.clone());
+    let (feed, feed_task) = crate::api::watch::Feed::start(engine.clone(), shutdown.clone());
     let api_state = ApiState {
+        feed,
         holdings,
         health,
         default_policy: config.rollout.clone(),
@@ -179,6 +181,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         engine_task,
     ];
     tasks.extend(alerts_task.map(tokio::spawn));
+    tasks.push(tokio::spawn(feed_task));
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
     Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, engine, tasks })
 }

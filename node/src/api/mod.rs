@@ -31,6 +31,7 @@ use crate::sync::PeerHoldings;
 
 mod ofrep;
 mod rollout;
+pub mod watch;
 
 /// Largest request body. A value at its 4 MiB limit may grow when JSON-escaped inside a
 /// request; twice the limit covers any escaping short of pathological.
@@ -52,6 +53,8 @@ pub struct ApiState {
     pub default_policy: Policy,
     /// The cluster's `fractional` bucketing scheme.
     pub fractional: Fractional,
+    /// Applied changes, for `/v1/watch`.
+    pub feed: watch::Feed,
     /// The transport, whose link filter the test endpoints set.
     #[cfg(feature = "testsuite")]
     pub transport: crate::transport::Transport,
@@ -76,6 +79,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
         .route("/ofrep/v1/events", get(ofrep::events))
+        .route("/v1/watch", get(watch::watch))
         .fallback(|| async { ApiError::not_found("no such endpoint (see docs/api.md)") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
         .with_state(state)
@@ -519,20 +523,32 @@ async fn put_config_change(state: &ApiState, key: String, wait: &ChangeQuery, bo
     submit(state, Op::PutConfig { key, value: JsonText::from_value(&request.value)? }, wait).await
 }
 
+/// `GET /v1/config/{key}`: the value, the generation that set it, and a strong `ETag` (the
+/// generation); `304` on a matching `If-None-Match`.
 async fn get_config(
     State(state): State<ApiState>,
     Path(key): Path<String>,
     Query(read): Query<ReadQuery>,
-) -> ApiResult<Value> {
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let key = parse_key(key)?;
     let view = state.engine.view();
     let entry = if read.desired { &view.desired } else { &view.state }
         .config
         .get(&key)
         .ok_or_else(|| ApiError::not_found(format!("config \"{key}\" not found on node {}", state.name)))?;
-    Ok(Json(json!({
+    let etag = format!("\"{}\"", entry.generation);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let body = json!({
         "key": key,
         "value": entry.value.to_value(),
         "generation": entry.generation.to_string(),
-    })))
+    });
+    Ok(([(header::ETAG, etag)], Json(body)).into_response())
 }

@@ -1,10 +1,11 @@
-//! OFREP against real processes: single and bulk evaluation with every status code, ETag and
-//! 304, and the SSE event stream seeing a change and a revert.
+//! What applications see, against real processes: OFREP (single and bulk evaluation with every
+//! status code, ETag and 304, the SSE event stream seeing a change and a revert), config reads
+//! with ETags, and the `/v1/watch` stream of applied changes with `Last-Event-ID` resume.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use grapevine_cluster_tests::{Cluster, Node, check};
+use grapevine_cluster_tests::{Cluster, Node, check, next_sse_event as next_event};
 use serde_json::{Value, json};
 
 fn put_flag(node: &Node, dir: &std::path::Path, key: &str, definition: Value) -> Result<String> {
@@ -145,22 +146,72 @@ async fn ofrep_evaluates_flags_with_every_status_etags_and_events() -> Result<()
     Ok(())
 }
 
-/// The next SSE event (keep-alive comments skipped), within 10 s.
-async fn next_event(stream: &mut reqwest::Response) -> Result<String> {
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let chunk = stream.chunk().await?.context("the event stream ended")?;
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if let Some(end) = text.find("\n\n") {
-                let event: String = text[..end].to_owned();
-                if event.lines().any(|line| line.starts_with("data:")) {
-                    return Ok(event);
-                }
-                text.drain(..end + 2);
-            }
-        }
-    })
-    .await
-    .context("no event within 10 s")?
+fn data(event: &str) -> Value {
+    let line = event.lines().find_map(|l| l.strip_prefix("data:")).unwrap_or("null");
+    serde_json::from_str(line.trim()).unwrap_or(Value::Null)
+}
+
+fn id(event: &str) -> String {
+    event.lines().find_map(|l| l.strip_prefix("id:")).unwrap_or("").trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_reads_carry_etags_and_the_watch_stream_resumes() -> Result<()> {
+    let mut cluster = Cluster::new(1)?;
+    cluster.start_all()?;
+    let node = &cluster.nodes[0];
+    let http = reqwest::Client::new();
+    let put = |key: &str, value: &str| -> Result<String> {
+        let answer = node.cli_json(&["config", "put", key, "--value", value])?;
+        Ok(answer["generation"].as_str().context("a generation")?.to_owned())
+    };
+    let first = put("app/limit", "1")?;
+    // A read, its ETag, and 304 for the same.
+    let url = format!("{}/v1/config/app%2Flimit", node.url());
+    let response = http.get(&url).send().await?;
+    let etag = response.headers()["etag"].to_str()?.to_owned();
+    assert_eq!(etag, format!("\"{first}\""));
+    assert_eq!(http.get(&url).header("if-none-match", &etag).send().await?.status().as_u16(), 304);
+
+    let watch = format!("{}/v1/watch?prefix=app/", node.url());
+    let mut stream = http.get(&watch).send().await?;
+    let second = put("app/limit", "2")?;
+    put("other/key", "9")?;
+    let third = put("app/name", "\"x\"")?;
+    let event = next_event(&mut stream).await?;
+    let change = data(&event);
+    assert_eq!(
+        (&change["key"], &change["value"], &change["cause"]),
+        (&json!("app/limit"), &json!(2), &json!("change")),
+        "{event}"
+    );
+    assert_eq!(change["generation"], second.as_str());
+    let resume_from = id(&event);
+    let event = next_event(&mut stream).await?;
+    assert_eq!(data(&event)["key"], "app/name", "other/key is outside the prefix: {event}");
+    assert_eq!(data(&event)["generation"], third.as_str());
+    // A revert is an event too, back to the value before.
+    check(node.cli(&["rollback", &second]))?;
+    let event = next_event(&mut stream).await?;
+    let change = data(&event);
+    assert_eq!(
+        (&change["value"], &change["cause"], &change["generation"]),
+        (&json!(1), &json!("revert"), &json!(first)),
+        "{event}"
+    );
+    drop(stream);
+
+    // Reconnecting with the id of the first event replays what came after it.
+    let mut resumed = http.get(&watch).header("last-event-id", &resume_from).send().await?;
+    assert_eq!(data(&next_event(&mut resumed).await?)["key"], "app/name");
+    assert_eq!(data(&next_event(&mut resumed).await?)["cause"], "revert");
+    // An id from another incarnation: a resync, then the current values.
+    let mut stale = http.get(&watch).header("last-event-id", "1-5").send().await?;
+    let event = next_event(&mut stale).await?;
+    assert!(event.contains("event: resync"), "{event}");
+    let mut current = vec![data(&next_event(&mut stale).await?), data(&next_event(&mut stale).await?)];
+    current.sort_by_key(|c| c["key"].as_str().unwrap_or_default().to_owned());
+    assert_eq!((&current[0]["key"], &current[0]["value"]), (&json!("app/limit"), &json!(1)));
+    assert_eq!((&current[1]["key"], &current[1]["value"]), (&json!("app/name"), &json!("x")));
+    Ok(())
 }
