@@ -209,7 +209,7 @@ async fn config_reads_carry_etags_and_the_watch_stream_resumes() -> Result<()> {
     let mut stale = http.get(&watch).header("last-event-id", "1-5").send().await?;
     let event = next_event(&mut stale).await?;
     assert!(event.contains("event: resync"), "{event}");
-    let mut current = vec![data(&next_event(&mut stale).await?), data(&next_event(&mut stale).await?)];
+    let mut current = [data(&next_event(&mut stale).await?), data(&next_event(&mut stale).await?)];
     current.sort_by_key(|c| c["key"].as_str().unwrap_or_default().to_owned());
     assert_eq!((&current[0]["key"], &current[0]["value"]), (&json!("app/limit"), &json!(1)));
     assert_eq!((&current[1]["key"], &current[1]["value"]), (&json!("app/name"), &json!("x")));

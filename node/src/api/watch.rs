@@ -95,26 +95,26 @@ impl Feed {
     }
 }
 
+type Entries = std::collections::BTreeMap<String, (GenId, Value)>;
+
+/// The applied entries of one kind (`config` or `flag`): key, generation, value.
+fn entries(state: &AppliedState, kind: &str) -> Entries {
+    if kind == "config" {
+        state.config.iter().map(|(k, e)| (k.to_string(), (e.generation.clone(), e.value.to_value()))).collect()
+    } else {
+        let value = |flag| serde_json::to_value(flag).unwrap_or_default();
+        state.flags.iter().map(|(k, e)| (k.to_string(), (e.generation.clone(), value(&e.value)))).collect()
+    }
+}
+
 /// The keys whose applied value differs between two views.
 fn diff(before: &View, after: &View) -> Vec<Change> {
     let mut changes = Vec::new();
     let cause = |previous: Option<&GenId>| {
         if previous.is_some_and(|id| after.reverted.contains(id)) { "revert" } else { "change" }
     };
-    let config = |state: &AppliedState| {
-        state.config.iter().map(|(k, e)| (k.to_string(), (e.generation.clone(), e.value.to_value()))).collect()
-    };
-    let flags = |state: &AppliedState| {
-        state
-            .flags
-            .iter()
-            .map(|(k, e)| (k.to_string(), (e.generation.clone(), serde_json::to_value(&e.value).unwrap_or_default())))
-            .collect()
-    };
-    type Entries = std::collections::BTreeMap<String, (GenId, Value)>;
-    let kinds: [(&'static str, fn(&AppliedState) -> Entries); 2] = [("config", config), ("flag", flags)];
-    for (kind, entries) in kinds {
-        let (old, new) = (entries(&before.state), entries(&after.state));
+    for kind in ["config", "flag"] {
+        let (old, new) = (entries(&before.state, kind), entries(&after.state, kind));
         for (key, (generation, value)) in &new {
             let previous = old.get(key).map(|(g, _)| g);
             if previous != Some(generation) {
