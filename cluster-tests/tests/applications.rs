@@ -215,3 +215,90 @@ async fn config_reads_carry_etags_and_the_watch_stream_resumes() -> Result<()> {
     assert_eq!((&current[1]["key"], &current[1]["value"]), (&json!("app/name"), &json!("x")));
     Ok(())
 }
+
+#[test]
+fn schemas_refuse_bad_values_dry_runs_change_nothing_and_apply_takes_a_flagd_file() -> Result<()> {
+    let mut cluster = Cluster::new(2)?;
+    cluster.start_all()?;
+    let node = &cluster.nodes[0];
+    let dir = cluster.dir.path().to_owned();
+    let refused = |args: &[&str], message: &str| {
+        let output = node.cli(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+    };
+    let schema = dir.join("ratelimit.schema.json");
+    std::fs::write(
+        &schema,
+        json!({"type": "object", "required": ["burst"], "properties": {
+            "burst": {"type": "integer", "minimum": 1, "maximum": 10000},
+            "blocklist": {"type": "array", "items": {"type": "string", "maxLength": 64}}
+        }})
+        .to_string(),
+    )?;
+    let schema = schema.to_str().context("a UTF-8 path")?;
+    refused(
+        &["config", "put", "ratelimit", "--value", r#"{"burst": 50000}"#, "--schema", schema],
+        "config \"ratelimit\": /burst: 50000 is greater than the maximum of 10000",
+    );
+    check(node.cli(&["config", "put", "ratelimit", "--value", r#"{"burst": 50}"#, "--schema", schema]))?;
+    // The schema stays with the key: a later change that names none is held to it, and the
+    // over-long blocklist entry of the seed incident is refused before it ships.
+    let long = format!(r#"{{"burst": 50, "blocklist": ["{}"]}}"#, "x".repeat(65));
+    refused(&["config", "put", "ratelimit", "--value", &long], "/blocklist/0: ");
+    refused(&["config", "put", "ratelimit", "--value", "{}"], "\"burst\" is a required property");
+
+    // A dry run shows the diff and the waves, and changes nothing.
+    let preview = node.cli_json(&[
+        "config",
+        "put",
+        "ratelimit",
+        "--value",
+        r#"{"burst": 60}"#,
+        "--waves",
+        "1,100%",
+        "--bake",
+        "5s",
+        "--dry-run",
+    ])?;
+    assert_eq!(preview["dry_run"], true, "{preview}");
+    assert_eq!(preview["diff"][0]["before"]["burst"], 50);
+    assert_eq!(preview["diff"][0]["after"]["burst"], 60);
+    assert_eq!(preview["waves"].as_array().map(Vec::len), Some(2), "{preview}");
+    assert_eq!(node.cli_json(&["config", "get", "ratelimit"])?["value"]["burst"], 50, "a dry run changed the value");
+
+    // A flagd file, unchanged: shared evaluators, metadata, targeting.
+    let file = dir.join("flags.json");
+    std::fs::write(
+        &file,
+        json!({
+            "$evaluators": {"is_staff": {"ends_with": [{"var": "email"}, "@example.com"]}},
+            "metadata": {"owner": "web"},
+            "flags": {
+                "new-nav": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                            "targeting": {"if": [{"$ref": "is_staff"}, "on", null]}},
+                "theme": {"state": "ENABLED", "variants": {"dark": "dark", "light": "light"}, "defaultVariant": "light"}
+            }
+        })
+        .to_string(),
+    )?;
+    let file = file.to_str().context("a UTF-8 path")?;
+    let preview = node.cli_json(&["apply", file, "--dry-run"])?;
+    assert_eq!((&preview["changed"], &preview["dry_run"]), (&json!(2), &json!(true)), "{preview}");
+    assert!(!node.cli(&["flag", "get", "theme"]).status.success(), "a dry run applied a flag");
+    let applied = node.cli_json(&["apply", file])?;
+    assert_eq!(applied["changed"], 2, "{applied}");
+    let staff = node.cli_json(&["flag", "get", "new-nav", "--context", r#"{"email": "a@example.com"}"#])?;
+    assert_eq!((&staff["value"], &staff["reason"]), (&json!(true), &json!("TARGETING_MATCH")), "{staff}");
+    let again = String::from_utf8(check(node.cli(&["apply", file]))?.stdout)?;
+    assert!(again.contains("already the log's latest"), "{again}");
+    // A file with a dangling $ref is refused whole, naming the flag.
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, json!({"flags": {"x": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"$ref": "nope"}}}}).to_string())?;
+    refused(
+        &["apply", broken.to_str().context("a UTF-8 path")?],
+        "flag \"x\": /targeting: $ref to evaluator \"nope\", which does not exist",
+    );
+    Ok(())
+}

@@ -59,6 +59,15 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Ship a flagd flag file, unchanged: the flags that differ become one change.
+    Apply {
+        /// The flagd flag file (`{"flags": {...}, "$evaluators": {...}}`).
+        file: PathBuf,
+        #[command(flatten)]
+        change: Box<ChangeArgs>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Revert a generation on every node at once, for good (re-shipping it is a new change).
     Rollback {
         /// A generation id like n1.3.
@@ -254,6 +263,9 @@ pub struct ChangeArgs {
     /// How many times the baseline's and the peers' latency is acceptable [default: 1.5].
     #[arg(long, value_name = "X")]
     pub max_latency_ratio: Option<f64>,
+    /// Check the change and show what it would do (diff, waves); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Return only once K other nodes hold the change (durable there too).
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub wait_replicas: usize,
@@ -288,6 +300,9 @@ impl ChangeArgs {
         if self.emergency {
             query.push(("emergency", "true".to_owned()));
         }
+        if self.dry_run {
+            query.push(("dry_run", "true".to_owned()));
+        }
         query
     }
 
@@ -308,6 +323,9 @@ pub enum ConfigCommand {
         /// A file holding the value as JSON.
         #[arg(long, group = "source")]
         file: Option<PathBuf>,
+        /// A JSON Schema file the key's values must follow from now on (kept with the key).
+        #[arg(long, value_name = "SCHEMA.json")]
+        schema: Option<PathBuf>,
         #[command(flatten)]
         change: Box<ChangeArgs>,
         #[command(flatten)]
@@ -335,6 +353,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Rollout(command) => runtime().and_then(|rt| rt.block_on(run_rollout(command))),
         Command::Status { client } => with_client(&client, |c| async move { client::status(&c).await }),
         Command::History { limit, client } => with_client(&client, |c| async move { client::history(&c, limit).await }),
+        Command::Apply { file, change, client } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let flags = client::read_json_file(&file)?;
+                let client = Client::with_timeout(&client.node, client.json, change.request_timeout())?;
+                client::apply(&client, flags, &change).await
+            })
+        }),
         Command::Rollback { generation, client } => {
             with_client(&client, |c| async move { client::rollback(&c, &generation).await })
         }
@@ -451,7 +476,8 @@ async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
 
 async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
     match command {
-        ConfigCommand::Put { key, value, file, change, client } => {
+        ConfigCommand::Put { key, value, file, schema, change, client } => {
+            let schema = schema.as_deref().map(client::read_json_file).transpose()?;
             let value = match (value, file) {
                 (Some(text), _) => client::parse_json_value(&text, "--value")?,
                 (None, Some(path)) => client::read_json_file(&path)?,
@@ -460,7 +486,7 @@ async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
                 }
             };
             let client = Client::with_timeout(&client.node, client.json, change.request_timeout())?;
-            client::config_put(&client, &key, value, &change).await
+            client::config_put(&client, &key, value, schema, &change).await
         }
         ConfigCommand::Get { key, desired, client } => {
             client::config_get(&Client::new(&client.node, client.json)?, &key, desired).await

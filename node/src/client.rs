@@ -174,17 +174,58 @@ pub async fn flag_set(client: &Client, key: &str, request: Value, change: &Chang
     Ok(())
 }
 
-pub async fn config_put(client: &Client, key: &str, value: Value, change: &ChangeArgs) -> Result<(), CliError> {
-    let request = serde_json::json!({ "value": value });
+pub async fn config_put(
+    client: &Client,
+    key: &str,
+    value: Value,
+    schema: Option<Value>,
+    change: &ChangeArgs,
+) -> Result<(), CliError> {
+    let mut request = serde_json::json!({ "value": value });
+    if let Some(schema) = schema {
+        request["schema"] = schema;
+    }
     let path = format!("/v1/config/{}", key_path(key)?);
     let answer = client.request_with(Method::POST, &path, &change.query(), Some(request)).await?;
     report_accepted(client, &format!("config {key}"), &answer);
     Ok(())
 }
 
+/// `apply FILE`.
+pub async fn apply(client: &Client, flags: Value, change: &ChangeArgs) -> Result<(), CliError> {
+    let answer = client.request_with(Method::POST, "/v1/apply", &change.query(), Some(flags)).await?;
+    if answer["changed"] == 0 && !client.json {
+        println!("{}", text(&answer, "message"));
+        return Ok(());
+    }
+    report_accepted(client, &format!("{} flags", answer["changed"]), &answer);
+    Ok(())
+}
+
+/// At most this much of a value is printed in a dry run's diff.
+const DIFF_VALUE_CHARS: usize = 160;
+
 fn report_accepted(client: &Client, what: &str, answer: &Value) {
     if client.json {
         print_json(answer);
+    } else if answer["dry_run"] == true {
+        println!("dry run: {what} would be generation {}; nothing was changed", text(answer, "generation"));
+        let short = |value: &Value| {
+            let text = value.to_string();
+            if text.chars().count() > DIFF_VALUE_CHARS {
+                format!("{}...", text.chars().take(DIFF_VALUE_CHARS).collect::<String>())
+            } else {
+                text
+            }
+        };
+        for entry in answer["diff"].as_array().into_iter().flatten() {
+            let before = if entry["before"].is_null() { "(new)".to_owned() } else { short(&entry["before"]) };
+            println!("  {} {}: {before} -> {}", text(entry, "kind"), text(entry, "key"), short(&entry["after"]));
+        }
+        for (index, wave) in answer["waves"].as_array().into_iter().flatten().enumerate() {
+            let members: Vec<&str> = wave.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            println!("  wave {index}: {}", members.join(", "));
+        }
     } else {
         let replicas = answer.get("replicas").and_then(Value::as_u64).unwrap_or(0);
         let also = if replicas > 0 { format!(" and on {replicas} other nodes") } else { String::new() };

@@ -181,8 +181,9 @@ impl FromStr for GenId {
 pub enum Op {
     /// Create or replace a flag with a flagd flag definition.
     SetFlag { key: Key, definition: JsonText },
-    /// Create or replace a config value.
-    PutConfig { key: Key, value: JsonText },
+    /// Create or replace a config value, with the JSON Schema it must follow, if any. The
+    /// schema stays with the key: a change that names none carries the key's current one.
+    PutConfig { key: Key, value: JsonText, schema: Option<JsonText> },
 }
 
 impl Op {

@@ -554,7 +554,11 @@ mod tests {
             members: (0..members).map(|i| format!("n{i}").parse().unwrap()).collect(),
             groups,
             change: Change {
-                ops: vec![Op::PutConfig { key: "k".parse().unwrap(), value: "1".to_owned().try_into().unwrap() }],
+                ops: vec![Op::PutConfig {
+                    key: "k".parse().unwrap(),
+                    value: "1".to_owned().try_into().unwrap(),
+                    schema: None,
+                }],
                 policy,
                 controls: vec![],
             },

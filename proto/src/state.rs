@@ -33,6 +33,8 @@ impl<T> Entry<T> {
 pub struct AppliedState {
     pub flags: BTreeMap<Key, Entry<FlagDefinition>>,
     pub config: BTreeMap<Key, Entry<JsonText>>,
+    /// The JSON Schema of each config key that has one (set with the key's latest value).
+    pub schemas: BTreeMap<Key, JsonText>,
     latest: Option<(Stamp, GenId)>,
 }
 
@@ -73,13 +75,20 @@ impl AppliedState {
         let entry = |value| Entry { value, generation: generation.clone(), hlc };
         match op {
             Op::SetFlag { key, definition } => match FlagDefinition::parse(key, definition) {
-                Ok(flag) => set_if_later(&mut self.flags, key, entry(flag)),
+                Ok(flag) => {
+                    set_if_later(&mut self.flags, key, entry(flag));
+                }
                 // Unreachable for a validated generation; skipping keeps the old value.
                 Err(_) => debug_assert!(false, "applied an unvalidated flag {key}"),
             },
-            Op::PutConfig { key, value } => {
+            Op::PutConfig { key, value, schema } => {
                 let entry = Entry { value: value.clone(), generation: generation.clone(), hlc };
-                set_if_later(&mut self.config, key, entry)
+                if set_if_later(&mut self.config, key, entry) {
+                    match schema {
+                        Some(schema) => self.schemas.insert(key.clone(), schema.clone()),
+                        None => self.schemas.remove(key),
+                    };
+                }
             }
         }
         let is_later = |(latest_hlc, latest): &(Stamp, GenId)| (hlc, generation) > (*latest_hlc, latest);
@@ -103,16 +112,20 @@ impl AppliedState {
         }
         for (key, entry) in &self.config {
             hash_entry(&mut hasher, "config", key, &entry.generation, entry.value.as_str());
+            let schema = self.schemas.get(key).map_or("", JsonText::as_str);
+            hash_entry(&mut hasher, "schema", key, &entry.generation, schema);
         }
         ContentHash(hasher.finalize().into())
     }
 }
 
-fn set_if_later<T>(map: &mut BTreeMap<Key, Entry<T>>, key: &Key, entry: Entry<T>) {
+/// Sets `key` to `entry` if it is later than the current one; true when it was set.
+fn set_if_later<T>(map: &mut BTreeMap<Key, Entry<T>>, key: &Key, entry: Entry<T>) -> bool {
     match map.get(key) {
-        Some(existing) if existing.order_key() >= entry.order_key() => {}
+        Some(existing) if existing.order_key() >= entry.order_key() => false,
         _ => {
             map.insert(key.clone(), entry);
+            true
         }
     }
 }

@@ -14,6 +14,7 @@ pub fn put(origin: &str, seq: u64, wall_ms: u64, key: &str, value: &str) -> Gene
         change: Change::with_ops(vec![Op::PutConfig {
             key: key.parse().expect("a valid key"),
             value: JsonText::try_from(value.to_owned()).expect("valid JSON"),
+            schema: None,
         }]),
     }
     .seal()

@@ -125,18 +125,26 @@ pub fn validate_snapshot(snapshot: &Snapshot) -> Result<(), ValidationError> {
 fn validate_op(op: &Op) -> Result<(), ValidationError> {
     match op {
         Op::SetFlag { key, definition } => FlagDefinition::parse(key, definition).map(drop),
-        Op::PutConfig { key, value } => validate_config_value(key, value),
+        Op::PutConfig { key, value, schema } => validate_config_value(key, value, schema.as_ref()),
     }
 }
 
-/// A config value may be any JSON value but `null`: an absent value is not a value, and an
-/// application reading it would most likely crash on it.
-pub fn validate_config_value(key: &Key, value: &JsonText) -> Result<(), ValidationError> {
+/// A config value may be any JSON value but `null` (an absent value is not a value, and an
+/// application reading it would most likely crash on it) that follows the key's JSON Schema,
+/// if it has one; the error names the JSON path, what was expected and what was found.
+pub fn validate_config_value(key: &Key, value: &JsonText, schema: Option<&JsonText>) -> Result<(), ValidationError> {
+    let refuse = |detail: String| ValidationError::Config { key: key.to_string(), detail };
     if value.as_str().trim() == "null" {
-        return Err(ValidationError::Config {
-            key: key.to_string(),
-            detail: "expected a JSON value other than null, got null".to_owned(),
-        });
+        return Err(refuse("expected a JSON value other than null, got null".to_owned()));
+    }
+    let Some(schema) = schema else { return Ok(()) };
+    let validator = jsonschema::validator_for(&schema.to_value())
+        .map_err(|error| refuse(format!("the schema is not a valid JSON Schema: {error}")))?;
+    let instance = value.to_value();
+    if let Some(error) = validator.iter_errors(&instance).next() {
+        let path = error.instance_path.to_string();
+        let path = if path.is_empty() { "/".to_owned() } else { path };
+        return Err(refuse(format!("{path}: {error}")));
     }
     Ok(())
 }
@@ -147,7 +155,35 @@ mod tests {
     use crate::limits::MAX_VALUE_BYTES;
 
     fn config(key: &str, text: &str) -> Op {
-        Op::PutConfig { key: key.parse().unwrap(), value: JsonText::try_from(text.to_owned()).unwrap() }
+        Op::PutConfig { key: key.parse().unwrap(), value: JsonText::try_from(text.to_owned()).unwrap(), schema: None }
+    }
+
+    #[test]
+    fn a_value_that_breaks_its_schema_is_refused_with_the_path() {
+        let schema = JsonText::try_from(
+            r#"{"type": "object", "properties": {"burst": {"type": "integer", "maximum": 10000}, "name": {"type": "string", "maxLength": 8}}, "required": ["burst"]}"#.to_owned(),
+        )
+        .unwrap();
+        let put = |text: &str| Op::PutConfig {
+            key: "ratelimit".parse().unwrap(),
+            value: JsonText::try_from(text.to_owned()).unwrap(),
+            schema: Some(schema.clone()),
+        };
+        let refused = |text: &str| validate_change(&Change::with_ops(vec![put(text)])).unwrap_err().to_string();
+        assert_eq!(
+            refused(r#"{"burst": 50000}"#),
+            "config \"ratelimit\": /burst: 50000 is greater than the maximum of 10000"
+        );
+        assert!(refused(r#"{"burst": 1, "name": "far-too-long"}"#).starts_with("config \"ratelimit\": /name: "));
+        assert!(refused(r#"{"name": "x"}"#).contains("\"burst\" is a required property"));
+        assert!(validate_change(&Change::with_ops(vec![put(r#"{"burst": 500}"#)])).is_ok());
+        let bad_schema = Op::PutConfig {
+            key: "k".parse().unwrap(),
+            value: JsonText::try_from("1".to_owned()).unwrap(),
+            schema: Some(JsonText::try_from(r#"{"type": 12}"#.to_owned()).unwrap()),
+        };
+        let error = validate_change(&Change::with_ops(vec![bad_schema])).unwrap_err().to_string();
+        assert!(error.contains("not a valid JSON Schema"), "{error}");
     }
 
     #[test]

@@ -107,6 +107,7 @@ mod tests {
             (key, any::<i64>()).prop_map(|(k, v)| Op::PutConfig {
                 key: k.parse().unwrap(),
                 value: JsonText::try_from(v.to_string()).unwrap(),
+                schema: None,
             }),
             (key, any::<bool>()).prop_map(|(k, on)| Op::SetFlag {
                 key: k.parse().unwrap(),

@@ -80,6 +80,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
         .route("/ofrep/v1/events", get(ofrep::events))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/apply", post(apply))
         .fallback(|| async { ApiError::not_found("no such endpoint (see docs/api.md)") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
         .with_state(state)
@@ -225,8 +226,8 @@ impl From<&Generation> for GenerationSummary {
                 Op::SetFlag { key, definition } => {
                     json!({"op": "set_flag", "key": key, "definition": definition.to_value()})
                 }
-                Op::PutConfig { key, value } => {
-                    json!({"op": "put_config", "key": key, "bytes": value.as_str().len()})
+                Op::PutConfig { key, value, schema } => {
+                    json!({"op": "put_config", "key": key, "bytes": value.as_str().len(), "schema": schema.is_some()})
                 }
             })
             .collect();
@@ -258,6 +259,40 @@ async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery
     }
     let compacted = state.engine.view().compacted;
     Ok(Json(json!({ "node": state.name, "total": generations.len(), "compacted": compacted, "generations": newest })))
+}
+
+/// `POST /v1/apply`: a flagd flag file, unchanged. Every flag must be valid (its `$ref`s
+/// resolved against the file's `$evaluators`, the file's `metadata` under each flag's); the
+/// flags that differ from the log's latest become one change. Flags not in the file stay.
+async fn apply(State(state): State<ApiState>, wait: ChangeQuery, body: Bytes) -> ApiResult<Value> {
+    let result = apply_change(&state, &wait, body).await;
+    count_change(&state, result)
+}
+
+async fn apply_change(state: &ApiState, wait: &ChangeQuery, body: Bytes) -> ApiResult<Value> {
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("expected a flagd flag file in UTF-8"))?;
+    let set = grapevine_proto::eval::FlagSet::parse(text).map_err(ApiError::bad_request)?;
+    let desired = state.engine.view().desired.flags.clone();
+    let mut ops = Vec::new();
+    for (name, flag) in set.flags {
+        let mut flag = flag.map_err(ApiError::bad_request)?;
+        let key: Key = name.parse().map_err(|error| ApiError::bad_request(format!("flag {name:?}: {error}")))?;
+        for (field, value) in &set.metadata {
+            flag.metadata.entry(field.clone()).or_insert_with(|| value.clone());
+        }
+        if desired.get(&key).is_some_and(|entry| entry.value == flag) {
+            continue;
+        }
+        ops.push(Op::SetFlag { key, definition: flag.to_json_text()? });
+    }
+    if ops.is_empty() {
+        return Ok(Json(json!({"changed": 0, "message": "every flag in the file is already the log's latest"})));
+    }
+    let changed = ops.len();
+    let change = Change { ops, policy: wait.policy(&state.default_policy)?, controls: Vec::new() };
+    let mut answer = submit_change(state, change, wait).await?;
+    answer["changed"] = json!(changed);
+    Ok(answer)
 }
 
 /// What `flag set` asks for: exactly one of the fields.
@@ -298,6 +333,8 @@ pub struct ChangeQuery {
     wait_replicas: usize,
     timeout_ms: Option<u64>,
     emergency: bool,
+    /// Check and describe the change (diff, waves), store nothing.
+    dry_run: bool,
     policy: PolicyOptions,
 }
 
@@ -321,6 +358,7 @@ impl ChangeQuery {
                 "wait_replicas" => parsed.wait_replicas = value.parse().map_err(|_| invalid("a count"))?,
                 "timeout_ms" => parsed.timeout_ms = Some(value.parse().map_err(|_| invalid("milliseconds"))?),
                 "emergency" => parsed.emergency = value.parse().map_err(|_| invalid("true or false"))?,
+                "dry_run" => parsed.dry_run = value.parse().map_err(|_| invalid("true or false"))?,
                 _ => policy.push((name, value)),
             }
         }
@@ -351,6 +389,12 @@ async fn submit(state: &ApiState, op: Op, wait: &ChangeQuery) -> ApiResult<Value
 
 /// Submits a change and, if asked, waits until enough peers hold it.
 pub(crate) async fn submit_change(state: &ApiState, change: Change, wait: &ChangeQuery) -> ApiResult<Value> {
+    if wait.dry_run {
+        let preview = state.engine.preview(change).await?;
+        let mut answer = serde_json::to_value(preview).expect("a preview always serializes");
+        answer["dry_run"] = json!(true);
+        return Ok(Json(answer));
+    }
     if wait.wait_replicas > MAX_MEMBERS {
         return Err(ApiError::bad_request(format!(
             "wait_replicas must be at most {MAX_MEMBERS} (the member ceiling), got {}",
@@ -505,6 +549,9 @@ async fn evaluate_flag(
 #[serde(deny_unknown_fields)]
 struct ConfigPutRequest {
     value: Value,
+    /// A JSON Schema the key's values must follow from now on; without it, the key keeps the
+    /// schema it has.
+    schema: Option<Value>,
 }
 
 async fn put_config(
@@ -519,8 +566,13 @@ async fn put_config(
 
 async fn put_config_change(state: &ApiState, key: String, wait: &ChangeQuery, body: Bytes) -> ApiResult<Value> {
     let key = parse_key(key)?;
-    let request: ConfigPutRequest = parse_body(&body, r#"{"value": <JSON value>}"#)?;
-    submit(state, Op::PutConfig { key, value: JsonText::from_value(&request.value)? }, wait).await
+    let request: ConfigPutRequest = parse_body(&body, r#"{"value": <JSON value>, "schema": <JSON Schema>?}"#)?;
+    let schema = match request.schema {
+        Some(schema) => Some(JsonText::from_value(&schema)?),
+        // From the log's latest value of the key, as `flag set` builds on the latest flag.
+        None => state.engine.view().desired.schemas.get(&key).cloned(),
+    };
+    submit(state, Op::PutConfig { key, value: JsonText::from_value(&request.value)?, schema }, wait).await
 }
 
 /// `GET /v1/config/{key}`: the value, the generation that set it, and a strong `ETag` (the

@@ -17,7 +17,7 @@ use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_change};
 use grapevine_proto::{
-    AppliedState, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Revert, Snapshot,
+    AppliedState, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Op, Revert, Snapshot,
     ValidationError, VersionVector,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -68,6 +68,26 @@ pub struct View {
     pub reverts_digest: String,
 }
 
+/// What a change would do, from a dry run.
+#[derive(Debug, serde::Serialize)]
+pub struct Preview {
+    /// The id it would take on this node now.
+    pub generation: String,
+    pub policy: grapevine_proto::rollout::Policy,
+    /// Its waves, from the members alive now.
+    pub waves: Vec<Vec<NodeName>>,
+    pub diff: Vec<DiffEntry>,
+}
+
+/// One key of a dry run: its desired value before, and after.
+#[derive(Debug, serde::Serialize)]
+pub struct DiffEntry {
+    pub kind: &'static str,
+    pub key: String,
+    pub before: Option<serde_json::Value>,
+    pub after: serde_json::Value,
+}
+
 /// Why a submitted change was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -84,6 +104,7 @@ pub enum SubmitError {
 
 enum Command {
     Submit { change: Change, reply: oneshot::Sender<Result<Generation, SubmitError>> },
+    Preview { change: Change, reply: oneshot::Sender<Result<Preview, SubmitError>> },
     Ingest { generations: Vec<Generation>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
     IngestReverts { reverts: Vec<Revert>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
     Rollback { target: GenId, reply: oneshot::Sender<Result<RollbackOutcome, RollbackError>> },
@@ -117,6 +138,13 @@ impl EngineHandle {
             return 0;
         }
         response.await.unwrap_or(0)
+    }
+
+    /// What a change would do (a dry run): checked like a submission, stored nowhere.
+    pub async fn preview(&self, change: Change) -> Result<Preview, SubmitError> {
+        let (reply, response) = oneshot::channel();
+        self.commands.send(Command::Preview { change, reply }).await.map_err(|_| SubmitError::Stopped)?;
+        response.await.map_err(|_| SubmitError::Stopped)?
     }
 
     /// Takes in reverts from peer `from`; returns how many were new.
@@ -297,6 +325,9 @@ impl Engine {
                     self.decide().await;
                     self.compact_if_over_retention().await;
                 }
+                Command::Preview { change, reply } => {
+                    let _ = reply.send(self.preview(change).await);
+                }
                 Command::IngestReverts { reverts, from, reply } => {
                     let _ = reply.send(self.ingest_reverts(reverts, from).await);
                 }
@@ -321,20 +352,54 @@ impl Engine {
         self.release_pass().await;
     }
 
-    async fn submit(&mut self, change: Change) -> Result<Generation, SubmitError> {
+    /// The generation `change` becomes here now, checked, stamped by `clock`; not stored.
+    async fn seal(&self, change: Change, clock: &mut Clock) -> Result<Generation, SubmitError> {
         validate_change(&change)?;
         let members = self.parts.gossip.live_names().await;
         let groups = self.groups_of(&members, &change).await?;
         let name = self.parts.name.clone();
         let body = GenerationBody {
             id: GenId { seq: self.log.next_seq(&name), origin: name },
-            hlc: self.clock.tick(now_ms(self.parts.clock_skew_ms)),
+            hlc: clock.tick(now_ms(self.parts.clock_skew_ms)),
             members,
             groups,
             change,
         };
         let generation = body.seal();
         check_envelope(&generation)?;
+        Ok(generation)
+    }
+
+    /// What `change` would do, changing nothing: the generation it would become (its waves
+    /// follow from it) and, per key, the desired value before and after.
+    async fn preview(&self, change: Change) -> Result<Preview, SubmitError> {
+        let generation = self.seal(change, &mut self.clock.clone()).await?;
+        let diff = generation
+            .body
+            .change
+            .ops
+            .iter()
+            .map(|op| {
+                let key = op.key();
+                let before = match op {
+                    Op::SetFlag { .. } => self.desired.flags.get(key).map(|e| serde_json::json!(e.value)),
+                    Op::PutConfig { .. } => self.desired.config.get(key).map(|e| e.value.to_value()),
+                };
+                let after = match op {
+                    Op::SetFlag { definition, .. } => definition.to_value(),
+                    Op::PutConfig { value, .. } => value.to_value(),
+                };
+                DiffEntry { kind: op.kind(), key: key.to_string(), before, after }
+            })
+            .collect();
+        let waves = grapevine_proto::rollout::Plan::of(&generation.body).waves;
+        Ok(Preview { generation: generation.id().to_string(), policy: generation.body.change.policy, waves, diff })
+    }
+
+    async fn submit(&mut self, change: Change) -> Result<Generation, SubmitError> {
+        let mut clock = self.clock.clone();
+        let generation = self.seal(change, &mut clock).await?;
+        self.clock = clock;
         self.store_durably(vec![generation.clone()]).await?;
         info!(generation = %generation.id(), "accepted change");
         self.add(generation.clone());
