@@ -68,6 +68,8 @@ pub struct RawConfig {
     pub alerts: Option<AlertsConfig>,
     /// flagd's `fractional` bucketing: `v2` (default) or `cbor`; the same on every node.
     pub fractional: Option<Fractional>,
+    /// `[[files]]`: config keys rendered to files on the host.
+    pub files: Option<Vec<crate::files::FileConfig>>,
     /// Skews this node's wall clock, for tests of the hybrid logical clock.
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: Option<i64>,
@@ -103,7 +105,8 @@ impl RawConfig {
             health,
             rollout,
             alerts,
-            fractional
+            fractional,
+            files
         );
         #[cfg(feature = "testsuite")]
         take!(test_clock_skew_ms);
@@ -149,6 +152,7 @@ pub struct Config {
     pub rollout: Policy,
     pub alerts: AlertsConfig,
     pub fractional: Fractional,
+    pub files: Vec<crate::files::FileConfig>,
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: i64,
 }
@@ -250,6 +254,13 @@ impl TryFrom<RawConfig> for Config {
                 .apply(Policy::default())
                 .map_err(|error| ConfigError::Section { section: "rollout", error: error.0 })?,
             fractional: raw.fractional.unwrap_or_default(),
+            files: {
+                let files = raw.files.unwrap_or_default();
+                for file in &files {
+                    file.validate().map_err(|error| ConfigError::Section { section: "files", error })?;
+                }
+                files
+            },
             alerts: {
                 let alerts = raw.alerts.unwrap_or_default();
                 alerts.validate().map_err(|error| ConfigError::Section { section: "alerts", error })?;

@@ -151,8 +151,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     };
     let health_task = health::run(health_task, shutdown.clone());
     let (feed, feed_task) = crate::api::watch::Feed::start(engine.clone(), shutdown.clone());
+    let files = crate::files::Files::default();
+    let (files_health, metrics_for_files) = (health.clone(), metrics.clone());
     let api_state = ApiState {
         feed,
+        files: files.clone(),
         holdings,
         health,
         default_policy: config.rollout.clone(),
@@ -182,6 +185,15 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     ];
     tasks.extend(alerts_task.map(tokio::spawn));
     tasks.push(tokio::spawn(feed_task));
+    let files_task = crate::files::FilesTask {
+        files: config.files.clone(),
+        engine: engine.clone(),
+        health: files_health,
+        metrics: metrics_for_files,
+        data: config.data.clone(),
+        statuses: files.clone(),
+    };
+    tasks.push(tokio::spawn(crate::files::run(files_task, shutdown.clone())));
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
     Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, engine, tasks })
 }

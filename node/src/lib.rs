@@ -13,6 +13,7 @@ pub mod demo;
 pub mod engine;
 #[cfg(feature = "testsuite")]
 pub mod faults;
+pub mod files;
 pub mod gossip;
 pub mod health;
 pub mod metrics;

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub alerts: Family<Reason, Counter>,
     /// Webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
     pub webhook_deliveries: Family<Reason, Counter>,
+    /// Rendered files, by outcome (`ok`, `render_failed`, `empty_refused`, `check_failed`,
+    /// `reload_failed`).
+    pub file_renders: Family<Reason, Counter>,
 }
 
 impl Metrics {
@@ -108,6 +111,7 @@ impl Metrics {
             anomaly_reports: Counter::default(),
             alerts: Family::default(),
             webhook_deliveries: Family::default(),
+            file_renders: Family::default(),
         };
         let r = &mut registry;
         r.register("gossip_messages_received", "Gossip messages received from peers", metrics.gossip_received.clone());
@@ -158,6 +162,7 @@ impl Metrics {
         r.register("anomaly_reports", "Generations this node judged anomalous", metrics.anomaly_reports.clone());
         r.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
         r.register("webhook_deliveries", "Webhook deliveries, by outcome", metrics.webhook_deliveries.clone());
+        r.register("file_renders", "Rendered files, by outcome", metrics.file_renders.clone());
         metrics.registry = registry;
         metrics
     }

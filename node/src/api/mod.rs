@@ -55,6 +55,8 @@ pub struct ApiState {
     pub fractional: Fractional,
     /// Applied changes, for `/v1/watch`.
     pub feed: watch::Feed,
+    /// The files this node renders, and their last outcomes.
+    pub files: crate::files::Files,
     /// The transport, whose link filter the test endpoints set.
     #[cfg(feature = "testsuite")]
     pub transport: crate::transport::Transport,
@@ -190,6 +192,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
         "applied": view.state.latest().map(ToString::to_string),
         "state_digest": short_digest(&view.state),
         "health": state.health.sources(),
+        "files": state.files.statuses(),
         "members": members,
     })))
 }

@@ -1,0 +1,445 @@
+//! Files on the host: config keys rendered to files, checked, swapped in atomically and
+//! reloaded, with a last-known-good fallback.
+//!
+//! Each `[[files]]` entry of the node config maps one config key (`key`) or every key under a
+//! prefix (`prefix`, rendered as an object keyed by the rest of each key) to a file, in a format
+//! (`raw`, `json`, `yaml`, `toml`, `env`). Whenever the applied value changes:
+//!
+//! 1. render it; empty output where the file was not empty is refused unless `allow_empty`;
+//! 2. write it to a temp file in the same directory and fsync it;
+//! 3. run `check` (with `{path}` replaced by the temp file); on failure the temp file goes;
+//! 4. rename the temp file over the file (atomic: readers see the whole old or the whole new
+//!    file, even if the node dies mid-render) and fsync the directory;
+//! 5. run `reload`; on failure the last-known-good content is put back the same way and
+//!    `reload` runs again.
+//!
+//! Every command runs with a timeout and is killed past it. A refusal, a failed check or a
+//! failed reload is an apply failure of the generation that set the value: it is judged
+//! anomalous at once on this node (`Health::apply_failed`), which the anomaly quorum may turn
+//! into a revert. The last-known-good content is kept in the data directory, so it survives a
+//! restart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use grapevine_proto::{AppliedState, GenId, Key};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::engine::EngineHandle;
+use crate::health::Health;
+use crate::metrics::{Metrics, reason};
+
+/// How long `check` and `reload` may run unless the entry says otherwise.
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The format a file is rendered in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A JSON string as its text; any other value as JSON.
+    Raw,
+    #[default]
+    Json,
+    Yaml,
+    Toml,
+    /// An object of scalars as `NAME=value` lines.
+    Env,
+}
+
+/// One `[[files]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub path: PathBuf,
+    /// The config key rendered to the file...
+    pub key: Option<String>,
+    /// ...or every key under this prefix, as an object keyed by the rest of each key.
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub format: Format,
+    /// Run against the new file before it replaces the old; `{path}` is the new file.
+    #[serde(default)]
+    pub check: Vec<String>,
+    /// Run after the new file is in place.
+    #[serde(default)]
+    pub reload: Vec<String>,
+    /// How long each command may run, in milliseconds [default: 10000].
+    pub timeout_ms: Option<u64>,
+    /// Whether empty output may replace a file that is not empty [default: false].
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+impl FileConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let path = self.path.display();
+        match (&self.key, &self.prefix) {
+            (Some(key), None) => {
+                key.parse::<Key>().map_err(|e| format!("file {path}: key: {e}"))?;
+            }
+            (None, Some(_)) => {}
+            _ => return Err(format!("file {path}: expected exactly one of `key` and `prefix`")),
+        }
+        if !self.path.is_absolute() || self.path.file_name().is_none() {
+            return Err(format!("file {path}: expected an absolute path to a file"));
+        }
+        if self.timeout_ms.is_some_and(|t| !(1..=600_000).contains(&t)) {
+            return Err(format!("file {path}: timeout_ms must be from 1 to 600000"));
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout_ms.map_or(DEFAULT_COMMAND_TIMEOUT, Duration::from_millis)
+    }
+
+    /// The value this entry renders from `state`, and the newest generation behind it; `None`
+    /// when no key of it is set.
+    fn source(&self, state: &AppliedState) -> Option<(Value, GenId)> {
+        match (&self.key, &self.prefix) {
+            (Some(key), _) => {
+                let entry = state.config.get(&key.parse::<Key>().ok()?)?;
+                Some((entry.value.to_value(), entry.generation.clone()))
+            }
+            (None, Some(prefix)) => {
+                let mut object = serde_json::Map::new();
+                let mut newest: Option<(grapevine_proto::Stamp, GenId)> = None;
+                for (key, entry) in state.config.iter().filter(|(k, _)| k.as_str().starts_with(prefix.as_str())) {
+                    object.insert(key.as_str()[prefix.len()..].to_owned(), entry.value.to_value());
+                    if newest.as_ref().is_none_or(|(hlc, _)| entry.hlc > *hlc) {
+                        newest = Some((entry.hlc, entry.generation.clone()));
+                    }
+                }
+                newest.map(|(_, generation)| (Value::Object(object), generation))
+            }
+            (None, None) => None,
+        }
+    }
+}
+
+/// Renders `value` in `format`.
+pub fn render(value: &Value, format: Format) -> Result<Vec<u8>, String> {
+    match format {
+        Format::Raw => Ok(match value {
+            Value::String(text) => text.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        }),
+        Format::Json => {
+            let mut text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+            text.push('\n');
+            Ok(text.into_bytes())
+        }
+        Format::Yaml => serde_yaml_ng::to_string(&plain(value)).map(String::into_bytes).map_err(|e| e.to_string()),
+        Format::Toml => {
+            let table = toml::Value::try_from(plain(value)).map_err(|e| e.to_string())?;
+            if !table.is_table() {
+                return Err(format!("toml needs an object at the top, got {value}"));
+            }
+            toml::to_string(&table).map(String::into_bytes).map_err(|e| e.to_string())
+        }
+        Format::Env => {
+            let object = value.as_object().ok_or_else(|| format!("env needs an object of scalars, got {value}"))?;
+            let mut out = String::new();
+            for (name, value) in object {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("env: {name:?} is not a variable name"));
+                }
+                let text = match value {
+                    Value::String(text) => text.clone(),
+                    Value::Number(_) | Value::Bool(_) => value.to_string(),
+                    other => return Err(format!("env: {name} must be a string, number or boolean, got {other}")),
+                };
+                if text.contains('\n') {
+                    return Err(format!("env: {name} holds a newline"));
+                }
+                out.push_str(&format!("{name}={text}\n"));
+            }
+            Ok(out.into_bytes())
+        }
+    }
+}
+
+/// A JSON value with plain numbers, for serializers other than serde_json's (which would see
+/// `arbitrary_precision`'s private number form).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Plain {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(String),
+    List(Vec<Plain>),
+    Map(BTreeMap<String, Plain>),
+}
+
+fn plain(value: &Value) -> Plain {
+    match value {
+        Value::Null => Plain::Null,
+        Value::Bool(flag) => Plain::Bool(*flag),
+        Value::Number(number) => match (number.as_i64(), number.as_u64()) {
+            (Some(int), _) => Plain::Int(int),
+            (None, Some(uint)) => Plain::UInt(uint),
+            _ => Plain::Float(number.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(text) => Plain::Text(text.clone()),
+        Value::Array(items) => Plain::List(items.iter().map(plain).collect()),
+        Value::Object(object) => Plain::Map(object.iter().map(|(k, v)| (k.clone(), plain(v))).collect()),
+    }
+}
+
+/// The last outcome of one file, for `status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileStatus {
+    pub path: PathBuf,
+    pub generation: Option<String>,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The files of a node and their last outcomes; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Files {
+    statuses: Arc<Mutex<BTreeMap<PathBuf, FileStatus>>>,
+}
+
+impl Files {
+    pub fn statuses(&self) -> Vec<FileStatus> {
+        self.statuses.lock().expect("files lock poisoned").values().cloned().collect()
+    }
+
+    fn note(&self, status: FileStatus) {
+        self.statuses.lock().expect("files lock poisoned").insert(status.path.clone(), status);
+    }
+}
+
+/// What the files task needs.
+pub struct FilesTask {
+    pub files: Vec<FileConfig>,
+    pub engine: EngineHandle,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+    pub data: PathBuf,
+    pub statuses: Files,
+}
+
+/// Renders every file on each applied change, until shutdown.
+pub async fn run(task: FilesTask, shutdown: CancellationToken) {
+    if task.files.is_empty() {
+        return;
+    }
+    let mut views = task.engine.watch();
+    // What each file holds as far as this task knows (the last-known-good, from disk at start).
+    let mut good: Vec<Option<Vec<u8>>> = task.files.iter().map(|file| read_lkg(&task.data, &file.path)).collect();
+    let mut failed: Vec<Option<Vec<u8>>> = vec![None; task.files.len()];
+    loop {
+        let state = views.borrow_and_update().state.clone();
+        for ((file, good), failed) in task.files.iter().zip(good.iter_mut()).zip(failed.iter_mut()) {
+            sync_file(&task, file, &state, good, failed).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = views.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Brings one file to the applied value, if it changed.
+async fn sync_file(
+    task: &FilesTask,
+    file: &FileConfig,
+    state: &AppliedState,
+    good: &mut Option<Vec<u8>>,
+    failed: &mut Option<Vec<u8>>,
+) {
+    let Some((value, generation)) = file.source(state) else { return };
+    let outcome = match render(&value, file.format) {
+        Err(error) => Err(("render_failed", format!("cannot render {}: {error}", file.path.display()))),
+        Ok(bytes) if good.as_deref() == Some(bytes.as_slice()) && on_disk(&file.path) == Some(bytes.clone()) => return,
+        // Content that failed is not tried again until the value changes.
+        Ok(bytes) if failed.as_deref() == Some(bytes.as_slice()) => return,
+        Ok(bytes) => match install(file, &bytes, good.as_deref()).await {
+            Ok(()) => Ok(bytes),
+            Err(error) => {
+                *failed = Some(bytes);
+                Err(error)
+            }
+        },
+    };
+    let path = file.path.clone();
+    match outcome {
+        Ok(bytes) => {
+            task.metrics.file_renders.get_or_create(&reason("ok")).inc();
+            info!(generation = %generation, path = %path.display(), "rendered file");
+            write_lkg(&task.data, &path, &bytes);
+            *good = Some(bytes);
+            *failed = None;
+            task.statuses.note(FileStatus {
+                path,
+                generation: Some(generation.to_string()),
+                ok: true,
+                detail: "rendered".into(),
+            });
+        }
+        Err((outcome, detail)) => {
+            task.metrics.file_renders.get_or_create(&reason(outcome)).inc();
+            warn!(generation = %generation, path = %path.display(), %detail, "file not applied; last-known-good kept");
+            task.health.apply_failed(&generation, detail.clone());
+            task.statuses.note(FileStatus { path, generation: Some(generation.to_string()), ok: false, detail });
+        }
+    }
+}
+
+fn on_disk(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+/// Steps 1 to 5 for new content; on failure, the file holds `previous` again (or what it held).
+async fn install(file: &FileConfig, bytes: &[u8], previous: Option<&[u8]>) -> Result<(), (&'static str, String)> {
+    let path = &file.path;
+    let current = on_disk(path).or_else(|| previous.map(<[u8]>::to_vec));
+    if bytes.is_empty() && current.as_ref().is_some_and(|c| !c.is_empty()) && !file.allow_empty {
+        return Err((
+            "empty_refused",
+            format!("refused to replace {} with empty output (allow_empty is off)", path.display()),
+        ));
+    }
+    let temp = temp_path(path);
+    write_synced(&temp, bytes).map_err(|e| ("render_failed", format!("cannot write {}: {e}", temp.display())))?;
+    if !file.check.is_empty()
+        && let Err(error) = run_command(&file.check, &temp, file.timeout()).await
+    {
+        let _ = std::fs::remove_file(&temp);
+        return Err(("check_failed", format!("check of {} failed: {error}", path.display())));
+    }
+    swap_in(&temp, path).map_err(|e| ("render_failed", format!("cannot replace {}: {e}", path.display())))?;
+    if file.reload.is_empty() {
+        return Ok(());
+    }
+    let Err(error) = run_command(&file.reload, path, file.timeout()).await else { return Ok(()) };
+    // Put the last-known-good back, and reload it.
+    let restored = match current {
+        Some(good) => write_synced(&temp, &good).and_then(|()| swap_in(&temp, path)).map_err(|e| e.to_string()),
+        None => std::fs::remove_file(path).map_err(|e| e.to_string()),
+    };
+    let again = run_command(&file.reload, path, file.timeout()).await;
+    let restored = match (restored, again) {
+        (Ok(()), Ok(())) => "the last-known-good file is back and reloaded".to_owned(),
+        (Err(e), _) => format!("restoring the last-known-good file failed too: {e}"),
+        (Ok(()), Err(e)) => format!("the last-known-good file is back, but its reload failed too: {e}"),
+    };
+    Err(("reload_failed", format!("reload after {} failed: {error}; {restored}", path.display())))
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.grapevine-tmp"))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Renames `temp` over `path` and fsyncs the directory, so the rename survives a crash.
+fn swap_in(temp: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Runs `command` with `{path}` replaced, killed past `timeout`; Err says why it failed.
+async fn run_command(command: &[String], path: &Path, timeout: Duration) -> Result<(), String> {
+    let path = path.to_string_lossy();
+    let args: Vec<String> = command.iter().map(|arg| arg.replace("{path}", &path)).collect();
+    let child = tokio::process::Command::new(&args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Err(format!("{} did not finish within {timeout:?} (killed)", args[0])),
+        Ok(Err(e)) => Err(format!("{} failed: {e}", args[0])),
+        Ok(Ok(output)) if output.status.success() => Ok(()),
+        Ok(Ok(output)) => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let stderr: String = stderr.trim().chars().take(300).collect();
+            Err(format!("{} exited with {}: {stderr}", args[0], output.status))
+        }
+    }
+}
+
+/// Where the last-known-good content of `path` is kept in the data directory.
+fn lkg_path(data: &Path, path: &Path) -> PathBuf {
+    let digest = hex::encode(&Sha256::digest(path.to_string_lossy().as_bytes())[..8]);
+    data.join("files").join(format!("{digest}.lkg"))
+}
+
+fn read_lkg(data: &Path, path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(lkg_path(data, path)).ok()
+}
+
+fn write_lkg(data: &Path, path: &Path, bytes: &[u8]) {
+    let lkg = lkg_path(data, path);
+    let written = lkg.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+        let temp = lkg.with_extension("tmp");
+        write_synced(&temp, bytes).and_then(|()| std::fs::rename(&temp, &lkg))
+    });
+    if let Err(error) = written {
+        warn!(path = %path.display(), %error, "cannot keep the last-known-good copy");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn values_render_in_each_format() {
+        let value = json!({"burst": 50, "name": "api", "ratio": 0.5, "on": true});
+        let json_text = String::from_utf8(render(&value, Format::Json).unwrap()).unwrap();
+        assert!(json_text.contains("\"burst\": 50"), "{json_text}");
+        let yaml = String::from_utf8(render(&value, Format::Yaml).unwrap()).unwrap();
+        assert!(yaml.contains("burst: 50\n") && yaml.contains("ratio: 0.5"), "{yaml}");
+        let toml_text = String::from_utf8(render(&value, Format::Toml).unwrap()).unwrap();
+        assert!(toml_text.contains("burst = 50") && toml_text.contains("name = \"api\""), "{toml_text}");
+        let env = String::from_utf8(render(&value, Format::Env).unwrap()).unwrap();
+        assert_eq!(env, "burst=50\nname=api\non=true\nratio=0.5\n");
+        assert_eq!(render(&json!("server { }"), Format::Raw).unwrap(), b"server { }");
+        assert!(render(&json!([1]), Format::Env).unwrap_err().contains("object of scalars"));
+        assert!(render(&json!({"a b": 1}), Format::Env).unwrap_err().contains("not a variable name"));
+        assert!(render(&json!(3), Format::Toml).unwrap_err().contains("object"));
+    }
+
+    #[tokio::test]
+    async fn commands_time_out_and_say_why_they_failed() {
+        let path = Path::new("/tmp/x");
+        assert!(run_command(&["true".into()], path, Duration::from_secs(5)).await.is_ok());
+        let failed =
+            run_command(&["sh".into(), "-c".into(), "echo bad >&2; exit 3".into()], path, Duration::from_secs(5)).await;
+        assert!(failed.unwrap_err().contains("bad"));
+        let slow = run_command(&["sleep".into(), "5".into()], path, Duration::from_millis(50)).await;
+        assert!(slow.unwrap_err().contains("killed"));
+        let echoed =
+            run_command(&["test".into(), "{path}".into(), "=".into(), "/tmp/x".into()], path, Duration::from_secs(5))
+                .await;
+        assert!(echoed.is_ok(), "{{path}} is replaced");
+    }
+}
