@@ -134,8 +134,10 @@ impl FlagDefinition {
             return Evaluation::error(ErrorCode::TargetingKeyMissing, "the targeting rule needs a targetingKey");
         }
         let mut data = context.clone();
-        let flagd = serde_json::json!({"flagKey": key, "timestamp": now_s()});
-        data.insert("$flagd".to_owned(), flagd);
+        if rule.uses_flagd() {
+            let flagd = serde_json::json!({"flagKey": key, "timestamp": now_s()});
+            data.insert("$flagd".to_owned(), flagd);
+        }
         match rule.evaluate(Value::Object(data), scheme) {
             Ok(Value::Null) => self.default_evaluation(Reason::Default),
             Ok(Value::String(variant)) => self.variant_evaluation(variant),

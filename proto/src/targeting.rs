@@ -103,6 +103,8 @@ pub struct Rule {
     compiled: Arc<CompiledLogic>,
     /// Whether it buckets by the default `targetingKey` (a `fractional` without bucket-by).
     needs_targeting_key: bool,
+    /// Whether it reads `$flagd` (the flag key, the time), directly or through `fractional`.
+    uses_flagd: bool,
 }
 
 impl std::fmt::Debug for Rule {
@@ -135,7 +137,14 @@ impl Rule {
             detail: format!("not valid JsonLogic: {error}"),
         })?;
         let needs_targeting_key = default_bucketing(&resolved);
-        Ok(Rule { source: resolved, compiled, needs_targeting_key })
+        let text = resolved.to_string();
+        let uses_flagd = text.contains("$flagd") || text.contains("\"fractional\"");
+        Ok(Rule { source: resolved, compiled, needs_targeting_key, uses_flagd })
+    }
+
+    /// Whether evaluation data needs `$flagd` (the flag key and the time).
+    pub fn uses_flagd(&self) -> bool {
+        self.uses_flagd
     }
 
     pub fn needs_targeting_key(&self) -> bool {
@@ -225,6 +234,39 @@ fn check_and_rename(rule: &Value, path: &str) -> Result<Value, RuleError> {
     }
 }
 
+/// Evaluates one argument of a custom operator. datalogic hands custom operators their
+/// arguments as written and compiles each on every call; literals and plain `var` lookups,
+/// by far the most common arguments, are read directly instead.
+fn arg(logic: &Value, context: &mut ContextStack, evaluator: &dyn Evaluator) -> datalogic_rs::Result<Value> {
+    match logic {
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => Ok(logic.clone()),
+        Value::Object(object) if object.len() == 1 => {
+            let path = match object.get("var") {
+                Some(Value::String(path)) => Some(path.as_str()),
+                Some(Value::Array(parts)) if parts.len() == 1 => parts[0].as_str(),
+                _ => None,
+            };
+            match path {
+                Some(path) => Ok(lookup(context.current().data(), path).cloned().unwrap_or(Value::Null)),
+                None => evaluator.evaluate(logic, context),
+            }
+        }
+        _ => evaluator.evaluate(logic, context),
+    }
+}
+
+/// `var`'s dotted path into `data` (`""` is the data itself).
+fn lookup<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
+    if path.is_empty() {
+        return Some(data);
+    }
+    path.split('.').try_fold(data, |value, part| match value {
+        Value::Object(object) => object.get(part),
+        Value::Array(items) => items.get(part.parse::<usize>().ok()?),
+        _ => None,
+    })
+}
+
 /// flagd's `fractional`: `[bucketBy?, [variant, weight?], ...]`.
 struct FractionalOperator(Fractional);
 
@@ -240,7 +282,7 @@ impl Operator for FractionalOperator {
         let (bucket_by, buckets) = if first.is_array() {
             (None, args)
         } else {
-            let value = evaluator.evaluate(first, context)?;
+            let value = arg(first, context, evaluator)?;
             // No key to bucket by; an array is no key either (flagd reads it as a bucket).
             if value.is_null() || value.is_array() {
                 return Ok(Value::Null);
@@ -252,9 +294,9 @@ impl Operator for FractionalOperator {
             let Some(parts) = bucket.as_array().filter(|p| !p.is_empty() && p.len() <= 2) else {
                 return Ok(Value::Null);
             };
-            let variant = evaluator.evaluate(&parts[0], context)?;
+            let variant = arg(&parts[0], context, evaluator)?;
             let weight = match parts.get(1) {
-                Some(weight) => evaluator.evaluate(weight, context)?.as_f64().unwrap_or(0.0),
+                Some(weight) => arg(weight, context, evaluator)?.as_f64().unwrap_or(0.0),
                 None => 1.0,
             };
             // A negative weight counts as zero; weights sum to at most 2^31 - 1.
@@ -264,8 +306,9 @@ impl Operator for FractionalOperator {
         if total == 0 || total > i32::MAX as u64 {
             return Ok(Value::Null);
         }
-        let flag_key = evaluator.evaluate(&serde_json::json!({"var": "$flagd.flagKey"}), context)?;
-        let targeting_key = evaluator.evaluate(&serde_json::json!({"var": "targetingKey"}), context)?;
+        let root = context.root();
+        let flag_key = lookup(root.data(), "$flagd.flagKey").cloned().unwrap_or(Value::Null);
+        let targeting_key = lookup(root.data(), "targetingKey").cloned().unwrap_or(Value::Null);
         let hash = match self.0 {
             Fractional::V2 => {
                 let text = match bucket_by {
@@ -444,9 +487,9 @@ impl Operator for SemVerOperator {
         if args.len() != 3 {
             return Ok(Value::Null);
         }
-        let left = evaluator.evaluate(&args[0], context)?;
-        let operator = evaluator.evaluate(&args[1], context)?;
-        let right = evaluator.evaluate(&args[2], context)?;
+        let left = arg(&args[0], context, evaluator)?;
+        let operator = arg(&args[1], context, evaluator)?;
+        let right = arg(&args[2], context, evaluator)?;
         let (Some(left), Some(right)) = (version(&left), version(&right)) else { return Ok(Value::Null) };
         let result = match operator.as_str() {
             Some("=") => left == right,
@@ -508,7 +551,7 @@ impl Operator for CatOperator {
     ) -> datalogic_rs::Result<Value> {
         let mut out = String::new();
         for arg in args {
-            let value = evaluator.evaluate(arg, context)?;
+            let value = self::arg(arg, context, evaluator)?;
             out.push_str(&match self.0 {
                 Fractional::V2 => js_string(&value),
                 Fractional::Cbor => py_string(&value),
@@ -610,8 +653,8 @@ impl Operator for AffixOperator {
         if args.len() != 2 {
             return Ok(Value::Null);
         }
-        let text = evaluator.evaluate(&args[0], context)?;
-        let affix = evaluator.evaluate(&args[1], context)?;
+        let text = arg(&args[0], context, evaluator)?;
+        let affix = arg(&args[1], context, evaluator)?;
         let (Some(text), Some(affix)) = (text.as_str(), affix.as_str()) else { return Ok(Value::Null) };
         Ok(Value::Bool(if self.prefix { text.starts_with(affix) } else { text.ends_with(affix) }))
     }
