@@ -122,8 +122,10 @@ impl FlagDefinition {
         }
     }
 
-    /// Evaluates flag `key` for an evaluation context, with the cluster's `fractional` scheme.
-    pub fn evaluate(&self, key: &str, context: &Map<String, Value>, scheme: Fractional) -> Evaluation {
+    /// Evaluates flag `key` for an evaluation context, with the cluster's `fractional` scheme;
+    /// `now_s` (Unix seconds, given by the caller: this crate reads no clock) is
+    /// `$flagd.timestamp`.
+    pub fn evaluate(&self, key: &str, context: &Map<String, Value>, scheme: Fractional, now_s: u64) -> Evaluation {
         if self.state == FlagState::Disabled {
             return Evaluation::of(None, Reason::Disabled);
         }
@@ -135,8 +137,11 @@ impl FlagDefinition {
         }
         let mut data = context.clone();
         if rule.uses_flagd() {
-            let flagd = serde_json::json!({"flagKey": key, "timestamp": now_s()});
-            data.insert("$flagd".to_owned(), flagd);
+            let mut flagd = Map::from_iter([("flagKey".to_owned(), Value::String(key.to_owned()))]);
+            if rule.uses_time() {
+                flagd.insert("timestamp".to_owned(), Value::from(now_s));
+            }
+            data.insert("$flagd".to_owned(), Value::Object(flagd));
         }
         match rule.evaluate(Value::Object(data), scheme) {
             Ok(Value::Null) => self.default_evaluation(Reason::Default),
@@ -176,10 +181,6 @@ impl FlagDefinition {
     }
 }
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// A flagd flag file: flags, shared evaluators, and metadata shared by its flags.
 #[derive(Clone, Debug, Default)]
 pub struct FlagSet {
@@ -217,12 +218,12 @@ impl FlagSet {
     }
 
     /// Evaluates flag `key` as flagd does, with the set's metadata under the flag's.
-    pub fn evaluate(&self, key: &str, context: &Map<String, Value>, scheme: Fractional) -> Evaluation {
+    pub fn evaluate(&self, key: &str, context: &Map<String, Value>, scheme: Fractional, now_s: u64) -> Evaluation {
         let mut evaluation = match self.flags.get(key) {
             None => Evaluation::error(ErrorCode::FlagNotFound, format!("flag {key:?} does not exist")),
             Some(Err(error)) => return Evaluation::error(ErrorCode::ParseError, error.clone()),
             Some(Ok(flag)) => {
-                let mut evaluation = flag.evaluate(key, context, scheme);
+                let mut evaluation = flag.evaluate(key, context, scheme, now_s);
                 evaluation.metadata = flag.metadata.clone();
                 evaluation
             }
@@ -369,7 +370,7 @@ mod tests {
     }
 
     fn evaluate(flag: &FlagDefinition, context: Value) -> Evaluation {
-        flag.evaluate("f", context.as_object().unwrap(), Fractional::V2)
+        flag.evaluate("f", context.as_object().unwrap(), Fractional::V2, 0)
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub struct Rule {
     needs_targeting_key: bool,
     /// Whether it reads `$flagd` (the flag key, the time), directly or through `fractional`.
     uses_flagd: bool,
+    /// Whether it reads `$flagd.timestamp` (the time is then read for each evaluation).
+    uses_time: bool,
 }
 
 impl std::fmt::Debug for Rule {
@@ -139,7 +141,13 @@ impl Rule {
         let needs_targeting_key = default_bucketing(&resolved);
         let text = resolved.to_string();
         let uses_flagd = text.contains("$flagd") || text.contains("\"fractional\"");
-        Ok(Rule { source: resolved, compiled, needs_targeting_key, uses_flagd })
+        let uses_time = text.contains("$flagd.timestamp") || text.contains("\"timestamp\"");
+        Ok(Rule { source: resolved, compiled, needs_targeting_key, uses_flagd, uses_time })
+    }
+
+    /// Whether evaluation data needs `$flagd.timestamp`.
+    pub fn uses_time(&self) -> bool {
+        self.uses_time
     }
 
     /// Whether evaluation data needs `$flagd` (the flag key and the time).

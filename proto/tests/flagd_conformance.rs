@@ -14,6 +14,9 @@ use grapevine_proto::eval::{ErrorCode, Evaluation, Expected, FlagSet, Reason};
 use grapevine_proto::targeting::Fractional;
 use serde_json::{Map, Value, json};
 
+/// `$flagd.timestamp` in these tests (no testbed rule reads it).
+const NOW_S: u64 = 1_800_000_000;
+
 fn conformance() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")
 }
@@ -168,7 +171,7 @@ fn run(flags: &FlagSet, scenario: &Scenario) -> Result<(), String> {
             outer.as_object_mut().unwrap().insert(args[1].clone(), json!(args[2]));
         } else if body == "the flag was evaluated with details" {
             let (kind, key, _) = flag.as_ref().ok_or("no flag before evaluating")?;
-            result = Some(flags.evaluate(key, &context, Fractional::V2).expecting(expected(kind)));
+            result = Some(flags.evaluate(key, &context, Fractional::V2, NOW_S).expecting(expected(kind)));
         } else if body.starts_with("the resolved details value should be") {
             let (kind, _, fallback) = flag.as_ref().unwrap();
             let evaluation = result.as_ref().ok_or("not evaluated")?;
@@ -253,7 +256,7 @@ fn every_cbor_fractional_vector_matches_the_reference_evaluator() {
     for vector in vectors {
         let key = vector["flag"].as_str().unwrap();
         let context = vector["context"].as_object().unwrap();
-        let evaluation = flags.evaluate(key, context, Fractional::Cbor).expecting(Expected::String);
+        let evaluation = flags.evaluate(key, context, Fractional::Cbor, NOW_S).expecting(Expected::String);
         let ok = match vector.get("error") {
             Some(_) => evaluation.error_code == Some(ErrorCode::General) && evaluation.reason == Reason::Error,
             None => {

@@ -505,7 +505,7 @@ fn flag_answer(
         .flags
         .get(key)
         .ok_or_else(|| ApiError::not_found(format!("flag \"{key}\" not found on node {}", state.name)))?;
-    let evaluation = entry.value.evaluate(key.as_str(), context, state.fractional);
+    let evaluation = entry.value.evaluate(key.as_str(), context, state.fractional, crate::health::unix_ms() / 1000);
     Ok(json!({
         "key": key,
         "value": evaluation.value,

@@ -77,6 +77,11 @@ pub async fn control(
 ) -> ApiResult<Value> {
     let target = generation_id(&generation)?;
     if action == "rollback" {
+        if wait.dry_run {
+            return Err(ApiError::bad_request(
+                "a rollback has no dry run: it writes only the revert, which `rollout status` previews",
+            ));
+        }
         return rollback(&state, target).await;
     }
     let view = state.engine.rollout(target.clone()).await.ok_or_else(|| {
