@@ -578,6 +578,14 @@ async fn put_config_change(state: &ApiState, key: String, wait: &ChangeQuery, bo
     submit(state, Op::PutConfig { key, value: JsonText::from_value(&request.value)?, schema }, wait).await
 }
 
+/// Whether the request's `If-None-Match` names `etag` (or `*`): the answer is `304`.
+fn if_none_match(headers: &axum::http::HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"))
+}
+
 /// `GET /v1/config/{key}`: the value, the generation that set it, and a strong `ETag` (the
 /// generation); `304` on a matching `If-None-Match`.
 async fn get_config(
@@ -593,11 +601,7 @@ async fn get_config(
         .get(&key)
         .ok_or_else(|| ApiError::not_found(format!("config \"{key}\" not found on node {}", state.name)))?;
     let etag = format!("\"{}\"", entry.generation);
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
-    if matches {
+    if if_none_match(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     let body = json!({

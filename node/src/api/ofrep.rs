@@ -116,11 +116,7 @@ pub async fn evaluate_all(State(state): State<ApiState>, headers: HeaderMap, bod
     let body = json!({"flags": flags, "eventStreams": events});
     let bytes = serde_json::to_vec(&body).expect("an answer always serializes");
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
-    if matches {
+    if super::if_none_match(&headers, &etag) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
     (StatusCode::OK, [(header::ETAG, etag), (header::CONTENT_TYPE, "application/json".to_owned())], bytes)
