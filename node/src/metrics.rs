@@ -11,6 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// The one label of the node's metric families: why or how something happened
@@ -77,6 +78,17 @@ pub struct Metrics {
     pub alerts: Family<Reason, Counter>,
     /// Webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
     pub webhook_deliveries: Family<Reason, Counter>,
+    /// Generations held here whose wave is not open yet (waiting on a gate).
+    pub generations_waiting: Gauge,
+    /// Seconds from a generation's stamp (its origin's wall clock) to this node, by stage
+    /// (`stored`: received from a peer; `applied`: released here).
+    pub propagation: Family<Reason, Histogram, fn() -> Histogram>,
+    /// Generations live peers hold that this node lacks (summed over origins), at scrape time.
+    pub log_behind: Gauge,
+    /// OFREP requests, by HTTP status (`200`, `304`, `400`, `404`).
+    pub ofrep_requests: Family<Reason, Counter>,
+    /// Seconds to evaluate one OFREP request (single or bulk), HTTP excluded.
+    pub ofrep_evaluation: Histogram,
     /// Rendered files, by outcome (`ok`, `render_failed`, `empty_refused`, `check_failed`,
     /// `reload_failed`).
     pub file_renders: Family<Reason, Counter>,
@@ -112,6 +124,11 @@ impl Metrics {
             alerts: Family::default(),
             webhook_deliveries: Family::default(),
             file_renders: Family::default(),
+            generations_waiting: Gauge::default(),
+            propagation: Family::new_with_constructor(propagation_histogram),
+            log_behind: Gauge::default(),
+            ofrep_requests: Family::default(),
+            ofrep_evaluation: Histogram::new(exponential_buckets(0.000_000_5, 2.0, 20)),
         };
         let r = &mut registry;
         r.register("gossip_messages_received", "Gossip messages received from peers", metrics.gossip_received.clone());
@@ -163,6 +180,27 @@ impl Metrics {
         r.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
         r.register("webhook_deliveries", "Webhook deliveries, by outcome", metrics.webhook_deliveries.clone());
         r.register("file_renders", "Rendered files, by outcome", metrics.file_renders.clone());
+        r.register(
+            "propagation_seconds",
+            "Seconds from a generation's stamp to this node, by stage",
+            metrics.propagation.clone(),
+        );
+        r.register(
+            "log_behind_generations",
+            "Generations live peers hold that this node lacks",
+            metrics.log_behind.clone(),
+        );
+        r.register("ofrep_requests", "OFREP requests, by HTTP status", metrics.ofrep_requests.clone());
+        r.register(
+            "ofrep_evaluation_seconds",
+            "Seconds to evaluate one OFREP request",
+            metrics.ofrep_evaluation.clone(),
+        );
+        r.register(
+            "generations_waiting",
+            "Generations held here whose wave is not open yet",
+            metrics.generations_waiting.clone(),
+        );
         metrics.registry = registry;
         metrics
     }
@@ -173,6 +211,11 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// Buckets from 0.5 ms to about 65 s.
+fn propagation_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
 
 impl Default for Metrics {

@@ -68,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
     let router = router.route("/v1/testsuite/links", post(set_link).delete(clear_links));
     router
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/history", get(history))
@@ -169,12 +170,31 @@ async fn clear_links(State(state): State<ApiState>) -> ApiResult<Value> {
     Ok(Json(json!({ "ok": true })))
 }
 
+/// `GET /readyz`: 200 once the node has caught up with its live peers' logs and applied
+/// every generation whose wave is open for it; 503 with what it still waits for.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let readiness = state.engine.readiness().await;
+    let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(readiness)).into_response()
+}
+
 async fn metrics(State(state): State<ApiState>) -> Response {
     // Membership is read from chitchat at scrape time, so the gauge is never stale.
     let members = state.gossip.members().await;
     let alive = members.iter().filter(|m| m.alive).count();
     state.metrics.members.get_or_create(&reason("alive")).set(alive as i64);
     state.metrics.members.get_or_create(&reason("dead")).set((members.len() - alive) as i64);
+    // How far behind the most advanced live peer this node's log is, in generations.
+    let ours = state.engine.view().version_vector.clone();
+    let behind = state
+        .gossip
+        .peer_version_vectors()
+        .await
+        .iter()
+        .map(|(_, theirs)| theirs.iter().map(|(origin, seq)| seq.saturating_sub(ours.get(origin))).sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    state.metrics.log_behind.set(behind as i64);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
 }

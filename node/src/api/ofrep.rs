@@ -78,14 +78,35 @@ fn evaluate(state: &ApiState, view: &View, key: &str, context: &Map<String, Valu
     Some(evaluation)
 }
 
+/// Counts an OFREP answer by status, and how long its evaluation took.
+fn counted(state: &ApiState, started: std::time::Instant, response: Response) -> Response {
+    state.metrics.ofrep_evaluation.observe(started.elapsed().as_secs_f64());
+    let status = match response.status().as_u16() {
+        200 => "200",
+        304 => "304",
+        400 => "400",
+        404 => "404",
+        _ => "other",
+    };
+    state.metrics.ofrep_requests.get_or_create(&crate::metrics::reason(status)).inc();
+    response
+}
+
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
 pub async fn evaluate_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> Response {
-    let context = match context_of(&body) {
+    let started = std::time::Instant::now();
+    let response = evaluate_one(&state, &key, &body);
+    counted(&state, started, response)
+}
+
+fn evaluate_one(state: &ApiState, key: &str, body: &Bytes) -> Response {
+    let key = key.to_owned();
+    let context = match context_of(body) {
         Ok(context) => context,
         Err(details) => return failure(StatusCode::BAD_REQUEST, Some(&key), "INVALID_CONTEXT", details),
     };
     let view = state.engine.view();
-    let Some(evaluation) = evaluate(&state, &view, &key, &context) else {
+    let Some(evaluation) = evaluate(state, &view, &key, &context) else {
         let details = format!("flag {key:?} is not applied on node {}", state.name);
         return failure(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", details);
     };
@@ -97,7 +118,13 @@ pub async fn evaluate_flag(State(state): State<ApiState>, Path(key): Path<String
 
 /// `POST /ofrep/v1/evaluate/flags`.
 pub async fn evaluate_all(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
-    let context = match context_of(&body) {
+    let started = std::time::Instant::now();
+    let response = evaluate_bulk(&state, &headers, &body);
+    counted(&state, started, response)
+}
+
+fn evaluate_bulk(state: &ApiState, headers: &HeaderMap, body: &Bytes) -> Response {
+    let context = match context_of(body) {
         Ok(context) => context,
         Err(details) => return failure(StatusCode::BAD_REQUEST, None, "INVALID_CONTEXT", details),
     };
@@ -107,7 +134,7 @@ pub async fn evaluate_all(State(state): State<ApiState>, headers: HeaderMap, bod
         .flags
         .keys()
         .filter_map(|key| {
-            let evaluation = evaluate(&state, &view, key.as_str(), &context)?;
+            let evaluation = evaluate(state, &view, key.as_str(), &context)?;
             Some(answer(key.as_str(), evaluation).unwrap_or_else(|failure| failure))
         })
         .collect();
@@ -116,7 +143,7 @@ pub async fn evaluate_all(State(state): State<ApiState>, headers: HeaderMap, bod
     let body = json!({"flags": flags, "eventStreams": events});
     let bytes = serde_json::to_vec(&body).expect("an answer always serializes");
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
-    if super::if_none_match(&headers, &etag) {
+    if super::if_none_match(headers, &etag) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
     (StatusCode::OK, [(header::ETAG, etag), (header::CONTENT_TYPE, "application/json".to_owned())], bytes)

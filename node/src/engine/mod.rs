@@ -68,6 +68,16 @@ pub struct View {
     pub reverts_digest: String,
 }
 
+/// What `/readyz` answers.
+#[derive(Debug, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Live peers whose logs hold generations this node lacks.
+    pub behind: Vec<String>,
+    /// Generations whose wave is open for this node but that it has not applied yet.
+    pub open_not_applied: Vec<String>,
+}
+
 /// What a change would do, from a dry run.
 #[derive(Debug, serde::Serialize)]
 pub struct Preview {
@@ -105,6 +115,7 @@ pub enum SubmitError {
 enum Command {
     Submit { change: Change, reply: oneshot::Sender<Result<Generation, SubmitError>> },
     Preview { change: Change, reply: oneshot::Sender<Result<Preview, SubmitError>> },
+    Readiness { reply: oneshot::Sender<Readiness> },
     Ingest { generations: Vec<Generation>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
     IngestReverts { reverts: Vec<Revert>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
     Rollback { target: GenId, reply: oneshot::Sender<Result<RollbackOutcome, RollbackError>> },
@@ -138,6 +149,16 @@ impl EngineHandle {
             return 0;
         }
         response.await.unwrap_or(0)
+    }
+
+    /// Whether this node has caught up with its live peers' logs and applied every generation
+    /// whose wave is open for it (`/readyz`).
+    pub async fn readiness(&self) -> Readiness {
+        let (reply, response) = oneshot::channel();
+        if self.commands.send(Command::Readiness { reply }).await.is_err() {
+            return Readiness { ready: false, behind: Vec::new(), open_not_applied: Vec::new() };
+        }
+        response.await.unwrap_or(Readiness { ready: false, behind: Vec::new(), open_not_applied: Vec::new() })
     }
 
     /// What a change would do (a dry run): checked like a submission, stored nowhere.
@@ -328,6 +349,9 @@ impl Engine {
                 Command::Preview { change, reply } => {
                     let _ = reply.send(self.preview(change).await);
                 }
+                Command::Readiness { reply } => {
+                    let _ = reply.send(self.readiness().await);
+                }
                 Command::IngestReverts { reverts, from, reply } => {
                     let _ = reply.send(self.ingest_reverts(reverts, from).await);
                 }
@@ -368,6 +392,21 @@ impl Engine {
         let generation = body.seal();
         check_envelope(&generation)?;
         Ok(generation)
+    }
+
+    async fn readiness(&self) -> Readiness {
+        let ours = self.log.version_vector();
+        let behind: Vec<String> = self
+            .parts
+            .gossip
+            .peer_version_vectors()
+            .await
+            .into_iter()
+            .filter(|(_, theirs)| ours.is_behind(theirs))
+            .map(|(peer, _)| peer.to_string())
+            .collect();
+        let open: Vec<String> = self.gates().await.0.iter().map(|g| g.id().to_string()).collect();
+        Readiness { ready: behind.is_empty() && open.is_empty(), behind, open_not_applied: open }
     }
 
     /// What `change` would do, changing nothing: the generation it would become (its waves
@@ -450,7 +489,9 @@ impl Engine {
             return 0;
         }
         let count = new.len();
+        let now = now_ms(self.parts.clock_skew_ms);
         for generation in &new {
+            self.observe_propagation("stored", generation, now);
             self.add(generation.clone());
         }
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
@@ -532,6 +573,13 @@ impl Engine {
         }
         self.refold().await;
         true
+    }
+
+    /// Records how long `generation` took from its stamp to `stage` here. Clocks of different
+    /// hosts differ by up to the maximum offset, so a figure below it is an upper bound.
+    fn observe_propagation(&self, stage: &'static str, generation: &Generation, now_ms: u64) {
+        let seconds = now_ms.saturating_sub(generation.body.hlc.wall_ms) as f64 / 1000.0;
+        self.parts.metrics.propagation.get_or_create(&crate::metrics::reason(stage)).observe(seconds);
     }
 
     /// Recomputes both states from the log, and publishes them.

@@ -78,30 +78,8 @@ pub(super) fn judge(health: &Health, generation: &Generation) {
 impl Engine {
     /// Releases every generation whose gate is open for this node.
     pub(super) async fn release_pass(&mut self) {
-        let (released, log) = (&self.released, &self.log);
-        let mut candidates: Vec<&Generation> =
-            log.iter().filter(|g| !released.contains(g.id()) && !log.is_reverted(g.id())).collect();
-        if candidates.is_empty() {
-            // The common case, every 250 ms: nothing waits, so no controls to fold.
-            return;
-        }
-        candidates.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-        let controls = controls_of(&self.log);
-        let own = self.parts.name.clone();
-        let mut newly = Vec::new();
-        for generation in candidates {
-            let body = &generation.body;
-            let plan = Plan::of(body);
-            let wave = plan.wave_of(&own);
-            let open = wave == 0 || {
-                let reports = self.parts.gossip.reports_for(&body.id).await;
-                let controls = controls.get(&body.id).copied().unwrap_or_default();
-                plan.is_open(wave, &body.change.policy, controls, &reports)
-            };
-            if open {
-                newly.push(generation.clone());
-            }
-        }
+        let (newly, waiting) = self.gates().await;
+        self.parts.metrics.generations_waiting.set(waiting as i64);
         if newly.is_empty() {
             return;
         }
@@ -113,7 +91,9 @@ impl Engine {
             error!(%error, "could not record released generations; will try again");
             return;
         }
+        let now = super::now_ms(self.parts.clock_skew_ms);
         for generation in &newly {
+            self.observe_propagation("applied", generation, now);
             self.released.insert(generation.id().clone());
             self.state.apply(generation);
             if !generation.body.change.ops.is_empty() {
@@ -123,6 +103,38 @@ impl Engine {
         }
         self.parts.metrics.generations_applied.inc_by(ids.len() as u64);
         self.publish().await;
+    }
+
+    /// The generations not yet released here whose gate is open for this node, in fold
+    /// order, and how many others wait for their wave.
+    pub(super) async fn gates(&self) -> (Vec<Generation>, usize) {
+        let (released, log) = (&self.released, &self.log);
+        let mut candidates: Vec<&Generation> =
+            log.iter().filter(|g| !released.contains(g.id()) && !log.is_reverted(g.id())).collect();
+        if candidates.is_empty() {
+            // The common case, every 250 ms: nothing waits, so no controls to fold.
+            return (Vec::new(), 0);
+        }
+        candidates.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        let controls = controls_of(&self.log);
+        let own = self.parts.name.clone();
+        let (mut open, mut waiting) = (Vec::new(), 0);
+        for generation in candidates {
+            let body = &generation.body;
+            let plan = Plan::of(body);
+            let wave = plan.wave_of(&own);
+            let is_open = wave == 0 || {
+                let reports = self.parts.gossip.reports_for(&body.id).await;
+                let controls = controls.get(&body.id).copied().unwrap_or_default();
+                plan.is_open(wave, &body.change.policy, controls, &reports)
+            };
+            if is_open {
+                open.push(generation.clone());
+            } else {
+                waiting += 1;
+            }
+        }
+        (open, waiting)
     }
 
     /// The rollout of one generation as this node sees it, or `None` if it is not held whole.
