@@ -48,6 +48,10 @@ fn metrics_parse_with_real_parsers_and_probes_answer() -> Result<()> {
     ] {
         assert!(names.contains(family), "no {family} in:\n{text}");
     }
+    assert!(
+        text.contains("grapevine_generation_verdict{generation=\"n1.1\",verdict=\"healthy\"} 1"),
+        "n2's verdict on the change it applied:\n{text}"
+    );
     for stage in ["stored", "applied"] {
         let count = format!("grapevine_propagation_seconds_count{{reason=\"{stage}\"}} 1");
         assert!(text.contains(&count), "the change's propagation to {stage} was observed:\n{text}");

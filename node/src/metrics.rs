@@ -25,6 +25,20 @@ pub fn reason(reason: &'static str) -> Reason {
     Reason { reason }
 }
 
+/// A generation, for the per-generation gauges (a bounded set: those this node judges or
+/// waits on, refilled at each scrape).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenerationLabel {
+    pub generation: String,
+}
+
+/// A generation and this node's verdict on it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub generation: String,
+    pub verdict: &'static str,
+}
+
 /// Every metric of a node.
 pub struct Metrics {
     registry: Registry,
@@ -85,6 +99,12 @@ pub struct Metrics {
     pub propagation: Family<Reason, Histogram, fn() -> Histogram>,
     /// Generations live peers hold that this node lacks (summed over origins), at scrape time.
     pub log_behind: Gauge,
+    /// This node's verdict on each generation it judges: 1 for the current verdict.
+    pub generation_verdict: Family<VerdictLabel, Gauge>,
+    /// For each generation waiting here for its wave: the waves open in this node's view...
+    pub rollout_open_waves: Family<GenerationLabel, Gauge>,
+    /// ...and its waves in all.
+    pub rollout_waves: Family<GenerationLabel, Gauge>,
     /// OFREP requests, by HTTP status (`200`, `304`, `400`, `404`).
     pub ofrep_requests: Family<Reason, Counter>,
     /// Seconds to evaluate one OFREP request (single or bulk), HTTP excluded.
@@ -127,6 +147,9 @@ impl Metrics {
             generations_waiting: Gauge::default(),
             propagation: Family::new_with_constructor(propagation_histogram),
             log_behind: Gauge::default(),
+            generation_verdict: Family::default(),
+            rollout_open_waves: Family::default(),
+            rollout_waves: Family::default(),
             ofrep_requests: Family::default(),
             ofrep_evaluation: Histogram::new(exponential_buckets(0.000_000_5, 2.0, 20)),
         };
@@ -191,6 +214,21 @@ impl Metrics {
             metrics.log_behind.clone(),
         );
         r.register("ofrep_requests", "OFREP requests, by HTTP status", metrics.ofrep_requests.clone());
+        r.register(
+            "generation_verdict",
+            "This node's verdict on each generation it judges (1 for the current one)",
+            metrics.generation_verdict.clone(),
+        );
+        r.register(
+            "rollout_open_waves",
+            "Waves open in this node's view, for each generation waiting here for its wave",
+            metrics.rollout_open_waves.clone(),
+        );
+        r.register(
+            "rollout_waves",
+            "Waves of each generation waiting here for its wave",
+            metrics.rollout_waves.clone(),
+        );
         r.register(
             "ofrep_evaluation_seconds",
             "Seconds to evaluate one OFREP request",

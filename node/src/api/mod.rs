@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::engine::{EngineHandle, SubmitError, short_digest};
 use crate::gossip::Gossip;
 use crate::health::Health;
-use crate::metrics::{Metrics, reason};
+use crate::metrics::{GenerationLabel, Metrics, VerdictLabel, reason};
 use crate::sync::PeerHoldings;
 
 mod ofrep;
@@ -195,6 +195,24 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         .max()
         .unwrap_or(0);
     state.metrics.log_behind.set(behind as i64);
+    // Per-generation gauges: refilled, so generations that are done leave no stale series.
+    let metrics = &state.metrics;
+    metrics.generation_verdict.clear();
+    for (id, report) in state.health.reports() {
+        let verdict = match report.verdict {
+            grapevine_proto::rollout::Verdict::Healthy => "healthy",
+            grapevine_proto::rollout::Verdict::Inconclusive => "inconclusive",
+            grapevine_proto::rollout::Verdict::Anomalous => "anomalous",
+        };
+        metrics.generation_verdict.get_or_create(&VerdictLabel { generation: id.to_string(), verdict }).set(1);
+    }
+    metrics.rollout_open_waves.clear();
+    metrics.rollout_waves.clear();
+    for (id, open, waves) in state.engine.waiting().await {
+        let label = GenerationLabel { generation: id.to_string() };
+        metrics.rollout_open_waves.get_or_create(&label).set(open as i64);
+        metrics.rollout_waves.get_or_create(&label).set(waves as i64);
+    }
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
 }

@@ -116,6 +116,7 @@ enum Command {
     Submit { change: Change, reply: oneshot::Sender<Result<Generation, SubmitError>> },
     Preview { change: Change, reply: oneshot::Sender<Result<Preview, SubmitError>> },
     Readiness { reply: oneshot::Sender<Readiness> },
+    Waiting { reply: oneshot::Sender<Vec<(GenId, usize, usize)>> },
     Ingest { generations: Vec<Generation>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
     IngestReverts { reverts: Vec<Revert>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
     Rollback { target: GenId, reply: oneshot::Sender<Result<RollbackOutcome, RollbackError>> },
@@ -159,6 +160,15 @@ impl EngineHandle {
             return Readiness { ready: false, behind: Vec::new(), open_not_applied: Vec::new() };
         }
         response.await.unwrap_or(Readiness { ready: false, behind: Vec::new(), open_not_applied: Vec::new() })
+    }
+
+    /// The generations waiting here for their wave: id, waves open in this node's view, waves.
+    pub async fn waiting(&self) -> Vec<(GenId, usize, usize)> {
+        let (reply, response) = oneshot::channel();
+        if self.commands.send(Command::Waiting { reply }).await.is_err() {
+            return Vec::new();
+        }
+        response.await.unwrap_or_default()
     }
 
     /// What a change would do (a dry run): checked like a submission, stored nowhere.
@@ -351,6 +361,9 @@ impl Engine {
                 }
                 Command::Readiness { reply } => {
                     let _ = reply.send(self.readiness().await);
+                }
+                Command::Waiting { reply } => {
+                    let _ = reply.send(self.waiting().await);
                 }
                 Command::IngestReverts { reverts, from, reply } => {
                     let _ = reply.send(self.ingest_reverts(reverts, from).await);

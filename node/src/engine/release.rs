@@ -137,6 +137,23 @@ impl Engine {
         (open, waiting)
     }
 
+    /// The generations not yet released here (nor reverted): id, open waves, waves.
+    pub(super) async fn waiting(&self) -> Vec<(GenId, usize, usize)> {
+        let (released, log) = (&self.released, &self.log);
+        let ids: Vec<GenId> = log
+            .iter()
+            .filter(|g| !released.contains(g.id()) && !log.is_reverted(g.id()) && !g.body.change.ops.is_empty())
+            .map(|g| g.id().clone())
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(view) = self.rollout(&id).await {
+                out.push((id, view.open_waves, view.waves.len()));
+            }
+        }
+        out
+    }
+
     /// The rollout of one generation as this node sees it, or `None` if it is not held whole.
     pub(super) async fn rollout(&self, id: &GenId) -> Option<RolloutView> {
         let generation = self.log.get(id)?;
