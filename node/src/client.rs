@@ -289,6 +289,15 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
         let state = if source["ok"] == true { "ok" } else { "FAILING" };
         println!("health source {}: {state} ({})", text(source, "source"), text(source, "detail"));
     }
+    for file in answer["files"].as_array().into_iter().flatten() {
+        let state = if file["ok"] == true { "ok" } else { "NOT APPLIED" };
+        println!(
+            "file {}: {state}, generation {} ({})",
+            text(file, "path"),
+            text(file, "generation"),
+            text(file, "detail")
+        );
+    }
     println!();
     println!(
         "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16}",

@@ -498,7 +498,8 @@ impl Engine {
             return 0;
         }
         if let Err(error) = self.store_durably(new.clone()).await {
-            error!(%error, "could not store pulled generations; they will be pulled again");
+            let generations: Vec<String> = new.iter().map(|g| g.id().to_string()).collect();
+            error!(%error, ?generations, "could not store pulled generations; they will be pulled again");
             return 0;
         }
         let count = new.len();
@@ -558,7 +559,8 @@ impl Engine {
         }
         if self.commit_snapshot(compacted, covered.clone()).await {
             self.parts.metrics.generations_compacted.inc_by(covered.len() as u64);
-            info!(generations = covered.len(), "compacted generations into the snapshot");
+            let generations: Vec<String> = covered.iter().map(ToString::to_string).collect();
+            info!(count = covered.len(), ?generations, "compacted generations into the snapshot");
         }
     }
 

@@ -88,7 +88,8 @@ impl Engine {
         let recording = ids.clone();
         let stored = tokio::task::spawn_blocking(move || store.release(&recording)).await.expect("store task panicked");
         if let Err(error) = stored {
-            error!(%error, "could not record released generations; will try again");
+            let generations: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            error!(%error, ?generations, "could not record released generations; will try again");
             return;
         }
         let now = super::now_ms(self.parts.clock_skew_ms);

@@ -161,7 +161,8 @@ impl Engine {
         }
         let new: Vec<Revert> = new.into_values().collect();
         if let Err(error) = self.store_reverts(new.clone()).await {
-            error!(%error, "could not store reverts from a peer; they will be pulled again");
+            let generations: Vec<String> = new.iter().map(|r| r.target.to_string()).collect();
+            error!(%error, ?generations, "could not store reverts from a peer; they will be pulled again");
             return 0;
         }
         for revert in &new {
