@@ -24,18 +24,21 @@ use unleash_yggdrasil::{Context, EngineState};
 
 const ITERATIONS: u32 = 200_000;
 const ROUNDS: usize = 7;
+/// In the suite's quick mode: enough to run every case.
+const QUICK_ITERATIONS: u32 = 2_000;
 /// `$flagd.timestamp`: a node reads its clock once per request, not per evaluation.
 const NOW_S: u64 = 1_800_000_000;
 
 /// Median ns per call of `f` over the rounds.
 fn time(mut f: impl FnMut()) -> f64 {
+    let iterations = if grapevine_cluster_tests::bench_quick() { QUICK_ITERATIONS } else { ITERATIONS };
     let mut rounds: Vec<f64> = (0..ROUNDS)
         .map(|_| {
             let started = Instant::now();
-            for _ in 0..ITERATIONS {
+            for _ in 0..iterations {
                 f();
             }
-            started.elapsed().as_nanos() as f64 / f64::from(ITERATIONS)
+            started.elapsed().as_nanos() as f64 / f64::from(iterations)
         })
         .collect();
     rounds.sort_by(f64::total_cmp);
@@ -91,6 +94,12 @@ fn main() -> Result<()> {
         let yggdrasil = time(|| {
             black_box(theirs.is_enabled(black_box("f"), black_box(&unleash_context), &None));
         });
+        grapevine_cluster_tests::suite_row(
+            &format!("evaluation, {name}"),
+            &format!("{grapevine:.0} ns/op"),
+            &format!("unleash-yggdrasil {yggdrasil:.0} ns/op"),
+            &format!("{:.2}x the time", grapevine / yggdrasil),
+        );
         println!(
             "{name:<28} {:>9.0} ns ({:>5.1} M/s) {:>9.0} ns ({:>5.1} M/s) {:>7.2}x",
             grapevine,
@@ -129,7 +138,7 @@ fn ofrep_load() -> Result<()> {
          wrk.body = '{\"context\": {\"targetingKey\": \"user-42\", \"email\": \"ada@example.com\"}}'\n",
     )?;
     let output = std::process::Command::new("wrk")
-        .args(["-t2", "-c32", "-d10s", "--latency", "-s"])
+        .args(["-t2", "-c32", if grapevine_cluster_tests::bench_quick() { "-d2s" } else { "-d10s" }, "--latency", "-s"])
         .arg(&script)
         .arg(format!("{api}/ofrep/v1/evaluate/flags/checkout"))
         .output()?;
@@ -139,6 +148,13 @@ fn ofrep_load() -> Result<()> {
     println!("OFREP single flag over HTTP on loopback (wrk -t2 -c32 -d10s, a targeting rule):");
     println!("  {}", line("Requests/sec"));
     println!("  latency p50: {}  p90: {}  p99: {}", line("50%"), line("90%"), line("99%"));
+    let number = |prefix: &str| line(prefix).split_whitespace().last().unwrap_or("?").to_owned();
+    grapevine_cluster_tests::suite_row(
+        "OFREP single flag over HTTP, loopback (wrk -t2 -c32)",
+        &format!("{} req/s, p99 {}", number("Requests/sec"), number("99%")),
+        "-",
+        "-",
+    );
     let errors = line("Non-2xx");
     if !errors.is_empty() {
         println!("  {errors}");

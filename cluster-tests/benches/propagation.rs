@@ -40,7 +40,9 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 fn main() -> Result<()> {
-    let runs: usize = std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let quick = grapevine_cluster_tests::bench_quick();
+    let runs: usize =
+        std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 5 } else { 30 });
     let mut cluster = Cluster::new(3)?;
     for node in &mut cluster.nodes {
         node.gossip_interval_ms = None; // the default interval
@@ -85,11 +87,21 @@ fn main() -> Result<()> {
         all_visible_ms[0],
         all_visible_ms[all_visible_ms.len() - 1],
     );
+    grapevine_cluster_tests::suite_row(
+        "change served by 3 real processes, median / p90 (flag set returned to served)",
+        &format!("{:.1} / {:.1} ms", percentile(&all_visible_ms, 0.5), percentile(&all_visible_ms, 0.9)),
+        "-",
+        "-",
+    );
 
     std::thread::sleep(Duration::from_secs(3));
     // A clock tick is 10 ms: a 30 s window resolves 0.03% of a core.
     let window = Duration::from_secs(
-        std::env::var("GRAPEVINE_BENCH_IDLE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30),
+        std::env::var("GRAPEVINE_BENCH_IDLE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick {
+            3
+        } else {
+            30
+        }),
     );
     let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect::<Result<_>>()?;
@@ -107,5 +119,11 @@ fn main() -> Result<()> {
     rss.sort();
     println!("idle node in a 3-node cluster ({}-second window, median of 3 nodes):", window.as_secs());
     println!("  CPU {:.2}% of one core, RSS {:.1} MiB", cpu_percent[1], rss[1] as f64 / 1024.0);
+    grapevine_cluster_tests::suite_row(
+        "idle node process, 3 real processes (median)",
+        &format!("{:.2}% core, {:.1} MiB RSS", cpu_percent[1], rss[1] as f64 / 1024.0),
+        "-",
+        "-",
+    );
     Ok(())
 }

@@ -63,7 +63,9 @@ fn ms(duration: Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let runs: usize = std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let quick = grapevine_cluster_tests::bench_quick();
+    let runs: usize =
+        std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 1 } else { 5 });
     let cluster = InProcessCluster::start(NODES, |_, _, raw| {
         raw.health = Some(HealthConfig { push: true, ..HealthConfig::default() });
     })
@@ -97,7 +99,7 @@ async fn main() -> Result<()> {
         })
     };
     // A baseline before the first change.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(if quick { 2 } else { 5 })).await;
     let http = reqwest::Client::new();
     let (mut changes, mut rollbacks, mut reverts, mut loops) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
@@ -154,6 +156,22 @@ async fn main() -> Result<()> {
     println!(
         "default policy (20 requests, 1 s samples): first failed request on the canary to the revert applied on all {NODES}: median {:.0} ms",
         ms(detect)
+    );
+    grapevine_cluster_tests::suite_row(
+        &format!("revert vs change, {NODES} nodes: first holder to all applied (median)"),
+        &format!("revert {:.1} ms (rollback {:.1} ms)", ms(revert), ms(rollback)),
+        &format!("change {:.1} ms", ms(change)),
+        &format!(
+            "{:.2}x ({:.2}x)",
+            revert.as_secs_f64() / change.as_secs_f64(),
+            rollback.as_secs_f64() / change.as_secs_f64()
+        ),
+    );
+    grapevine_cluster_tests::suite_row(
+        &format!("first failed request to revert applied on all {NODES} (default policy)"),
+        &format!("{:.0} ms", ms(detect)),
+        "-",
+        "-",
     );
     cluster.stop().await;
     Ok(())

@@ -1,6 +1,7 @@
 //! Propagation of one change to every node, Grapevine over QUIC side by side with chitchat's
-//! own key propagation over UDP at the same gossip interval, in one run; idle cost at N = 20;
-//! time for a 1 MiB config value to reach 10 nodes. All nodes in this process, on loopback.
+//! own key propagation over UDP at the same gossip interval, in one run; idle cost per node at
+//! each size (bytes, CPU against chitchat's UDP transport, memory) and its growth with N; time
+//! for a 1 MiB config value to reach 10 nodes. All nodes in this process, on loopback.
 //!
 //! Run: `cargo bench -p grapevine-cluster-tests --bench spread`
 //! (`GRAPEVINE_BENCH_SIZES=5,20,50`, `GRAPEVINE_BENCH_RUNS=10`, `GRAPEVINE_BENCH_INTERVAL_MS=1000`).
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
-use grapevine_cluster_tests::free_port;
 use grapevine_cluster_tests::inproc::InProcessCluster;
+use grapevine_cluster_tests::{bench_quick, free_port, process_rss_kib, suite_row};
 use grapevine_node::daemon::RunningNode;
 use grapevine_proto::GenId;
 use grapevine_proto::rollout::PolicyOptions;
@@ -179,6 +180,13 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
         ours.sort();
         theirs.sort();
         let (p50, their_p50) = (percentile(&ours, 0.5), percentile(&theirs, 0.5));
+        let bound = grapevine_proto::sim::epidemic_bound(count, grapevine_node::sync::FANOUT);
+        suite_row(
+            &format!("change to all {count} nodes, p50 / p99 (1 s gossip)"),
+            &format!("{:.1} / {:.1} ms", ms(p50), ms(percentile(&ours, 0.99))),
+            &format!("chitchat UDP {:.0} / {:.0} ms", ms(their_p50), ms(percentile(&theirs, 0.99))),
+            &format!("{:.0}x faster (push bound {bound:.1} hops)", their_p50.as_secs_f64() / p50.as_secs_f64()),
+        );
         println!(
             "{count:>5}  {:>10.1} / {:>8.1} ms  {:>10.1} / {:>8.1} ms  {:>11.0}x",
             ms(p50),
@@ -191,38 +199,72 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
     Ok(())
 }
 
-async fn idle(count: usize, interval_ms: u64) -> Result<()> {
+/// Idle cost per node at `count` nodes: gossip payload bytes/s sent, % of a core, and resident
+/// memory (the process's growth over the cluster's start, divided by the nodes: an in-process
+/// approximation); then the same CPU for chitchat's own UDP transport at the same size and
+/// interval, which sends the same chitchat messages (its loop is the same code).
+async fn idle(count: usize, interval_ms: u64, window: Duration) -> Result<f64> {
+    let rss_before = process_rss_kib();
     let cluster = Grapevine::start(count, interval_ms).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let window = Duration::from_secs(env_or("GRAPEVINE_BENCH_IDLE_SECONDS", 20));
     let bytes_before: u64 = cluster.cluster.nodes.iter().map(gossip_bytes).sum();
     let cpu_before = process_cpu_seconds();
     tokio::time::sleep(window).await;
     let cpu = (process_cpu_seconds() - cpu_before) / window.as_secs_f64() / count as f64 * 100.0;
     let bytes: u64 = cluster.cluster.nodes.iter().map(gossip_bytes).sum::<u64>() - bytes_before;
+    let rss_mib = process_rss_kib().saturating_sub(rss_before) as f64 / 1024.0 / count as f64;
     // Each byte is counted once sent and once received: halve for bytes on the wire.
     let per_node = bytes as f64 / 2.0 / count as f64 / window.as_secs_f64();
+    cluster.stop().await;
+    let chitchats = Chitchats::start(count, Duration::from_millis(interval_ms)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu_before = process_cpu_seconds();
+    tokio::time::sleep(window).await;
+    let udp_cpu = (process_cpu_seconds() - cpu_before) / window.as_secs_f64() / count as f64 * 100.0;
+    chitchats.stop().await;
     println!(
-        "idle, {count} nodes, gossip interval {interval_ms} ms, {}-second window: {:.0} gossip payload bytes/s sent per node, {cpu:.2}% of a core per node",
+        "idle, {count} nodes, gossip interval {interval_ms} ms, {}-second window: {:.0} gossip payload bytes/s sent per node, {cpu:.2}% of a core per node, {rss_mib:.1} MiB per node; chitchat UDP {udp_cpu:.2}% of a core per node",
         window.as_secs(),
         per_node
     );
-    cluster.stop().await;
-    Ok(())
+    suite_row(
+        &format!("idle per node, {count} nodes"),
+        &format!("{per_node:.0} B/s, {cpu:.2}% core, {rss_mib:.1} MiB"),
+        &format!("chitchat UDP {udp_cpu:.2}% core"),
+        &format!("{:.1}x the CPU per message (QUIC + TLS)", cpu / udp_cpu.max(1e-9)),
+    );
+    Ok(per_node)
+}
+
+/// The least-squares slope and intercept of `ys` over `xs`.
+fn fit(xs: &[f64], ys: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let covariance: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let variance: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    let slope = if variance > 0.0 { covariance / variance } else { 0.0 };
+    (slope, my - slope * mx)
 }
 
 async fn large_value(count: usize, interval_ms: u64) -> Result<()> {
     let cluster = Grapevine::start(count, interval_ms).await?;
     let value = json!("x".repeat(1024 * 1024 - 2));
     let mut times = Vec::new();
-    for run in 0..5 {
+    for run in 0..if bench_quick() { 2 } else { 5 } {
         times.push(cluster.spread(run % count, &format!("large-{run}"), value.clone()).await?);
     }
     times.sort();
     println!(
-        "a 1 MiB config value to all {count} nodes: median {:.1} ms, max {:.1} ms (5 values, from the POST to the last node storing it)",
+        "a 1 MiB config value to all {count} nodes: median {:.1} ms, max {:.1} ms ({} values, from the POST to the last node storing it)",
         ms(percentile(&times, 0.5)),
-        ms(times[times.len() - 1])
+        ms(times[times.len() - 1]),
+        times.len()
+    );
+    suite_row(
+        &format!("1 MiB config value to all {count} nodes, median"),
+        &format!("{:.1} ms", ms(percentile(&times, 0.5))),
+        "-",
+        "-",
     );
     cluster.stop().await;
     Ok(())
@@ -230,15 +272,31 @@ async fn large_value(count: usize, interval_ms: u64) -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
+    let quick = bench_quick();
     let sizes: Vec<usize> = std::env::var("GRAPEVINE_BENCH_SIZES")
-        .unwrap_or_else(|_| "5,20,50".into())
+        .unwrap_or_else(|_| if quick { "5".into() } else { "5,20,50".into() })
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let runs = env_or("GRAPEVINE_BENCH_RUNS", 10);
+    let runs = env_or("GRAPEVINE_BENCH_RUNS", if quick { 3 } else { 10 });
     let interval_ms = env_or("GRAPEVINE_BENCH_INTERVAL_MS", 1000);
     compare(&sizes, runs, interval_ms).await?;
-    idle(20, interval_ms).await?;
-    large_value(10, interval_ms).await?;
+    let window = Duration::from_secs(env_or("GRAPEVINE_BENCH_IDLE_SECONDS", if quick { 3 } else { 20 }));
+    let mut per_node = Vec::new();
+    for &count in &sizes {
+        per_node.push(idle(count, interval_ms, window).await?);
+    }
+    if sizes.len() >= 2 {
+        let xs: Vec<f64> = sizes.iter().map(|&n| n as f64).collect();
+        let (slope, intercept) = fit(&xs, &per_node);
+        println!("idle gossip bytes/s per node = {intercept:.0} + {slope:.1} * nodes (least squares over {sizes:?})");
+        suite_row(
+            "idle gossip per node, growth with N",
+            &format!("{intercept:.0} + {slope:.1} B/s per node"),
+            "-",
+            "linear fit",
+        );
+    }
+    large_value(if quick { 3 } else { 10 }, interval_ms).await?;
     Ok(())
 }

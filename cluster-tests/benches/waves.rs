@@ -36,7 +36,7 @@ fn process_cpu_seconds() -> f64 {
 /// CPU of the whole process over an idle window, in % of a core.
 async fn idle_cpu() -> f64 {
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let window = Duration::from_secs(20);
+    let window = Duration::from_secs(if grapevine_cluster_tests::bench_quick() { 3 } else { 20 });
     let before = process_cpu_seconds();
     tokio::time::sleep(window).await;
     (process_cpu_seconds() - before) / window.as_secs_f64() * 100.0
@@ -44,7 +44,9 @@ async fn idle_cpu() -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let runs: usize = std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let quick = grapevine_cluster_tests::bench_quick();
+    let runs: usize =
+        std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 1 } else { 5 });
     let cluster = start(|_| HealthConfig::default()).await?;
     let nodes = &cluster.nodes;
     let http = reqwest::Client::new();
@@ -72,6 +74,12 @@ async fn main() -> Result<()> {
         times[times.len() - 1].as_secs_f64(),
         2.0 * BAKE.as_secs_f64(),
         (median.as_secs_f64() - 2.0 * BAKE.as_secs_f64()) * 1000.0
+    );
+    grapevine_cluster_tests::suite_row(
+        &format!("waves 1,50%,100%, {} s bake, {NODES} nodes: all applied (median)", BAKE.as_secs()),
+        &format!("{:.2} s", median.as_secs_f64()),
+        &format!("floor of two bakes {:.2} s", 2.0 * BAKE.as_secs_f64()),
+        &format!("+{:.0} ms", (median.as_secs_f64() - 2.0 * BAKE.as_secs_f64()) * 1000.0),
     );
     let without = idle_cpu().await;
     cluster.stop().await;

@@ -526,3 +526,24 @@ pub async fn next_sse_event(stream: &mut reqwest::Response) -> Result<String> {
     .await
     .context("no event within 10 s")?
 }
+
+/// Whether benchmarks run in the suite's quick mode (`GRAPEVINE_BENCH_QUICK=1`): the fewest
+/// sizes and runs that still exercise every measurement, for CI.
+pub fn bench_quick() -> bool {
+    std::env::var("GRAPEVINE_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// Prints one row of the benchmark suite's table (`cargo run -p grapevine-cluster-tests
+/// --release -- bench` collects the `SUITE|` lines of every benchmark).
+pub fn suite_row(name: &str, grapevine: &str, comparison: &str, ratio: &str) {
+    println!("SUITE|{name}|{grapevine}|{comparison}|{ratio}");
+}
+
+/// This process's resident memory, in KiB.
+pub fn process_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0)
+}
