@@ -100,7 +100,7 @@ fn main() -> Result<()> {
         std::env::var("GRAPEVINE_BENCH_IDLE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick {
             3
         } else {
-            30
+            15
         }),
     );
     let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();

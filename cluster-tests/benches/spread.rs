@@ -281,7 +281,7 @@ async fn main() -> Result<()> {
     let runs = env_or("GRAPEVINE_BENCH_RUNS", if quick { 3 } else { 10 });
     let interval_ms = env_or("GRAPEVINE_BENCH_INTERVAL_MS", 1000);
     compare(&sizes, runs, interval_ms).await?;
-    let window = Duration::from_secs(env_or("GRAPEVINE_BENCH_IDLE_SECONDS", if quick { 3 } else { 20 }));
+    let window = Duration::from_secs(env_or("GRAPEVINE_BENCH_IDLE_SECONDS", if quick { 3 } else { 10 }));
     let mut per_node = Vec::new();
     for &count in &sizes {
         per_node.push(idle(count, interval_ms, window).await?);

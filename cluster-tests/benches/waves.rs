@@ -36,7 +36,7 @@ fn process_cpu_seconds() -> f64 {
 /// CPU of the whole process over an idle window, in % of a core.
 async fn idle_cpu() -> f64 {
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let window = Duration::from_secs(if grapevine_cluster_tests::bench_quick() { 3 } else { 20 });
+    let window = Duration::from_secs(if grapevine_cluster_tests::bench_quick() { 3 } else { 10 });
     let before = process_cpu_seconds();
     tokio::time::sleep(window).await;
     (process_cpu_seconds() - before) / window.as_secs_f64() * 100.0
