@@ -10,7 +10,7 @@
 //! restart), it gets a `resync` event, then the current value of every key under the prefix,
 //! then the live feed: it never silently skips a change.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use grapevine_proto::{AppliedState, GenId};
+use grapevine_proto::{Entry, GenId, JsonText, Key};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -95,54 +95,43 @@ impl Feed {
     }
 }
 
-type Entries = std::collections::BTreeMap<String, (GenId, Value)>;
-
-/// The applied entries of one kind (`config` or `flag`): key, generation, value.
-fn entries(state: &AppliedState, kind: &str) -> Entries {
-    if kind == "config" {
-        state.config.iter().map(|(k, e)| (k.to_string(), (e.generation.clone(), e.value.to_value()))).collect()
-    } else {
-        let value = |flag| serde_json::to_value(flag).unwrap_or_default();
-        state.flags.iter().map(|(k, e)| (k.to_string(), (e.generation.clone(), value(&e.value)))).collect()
-    }
-}
-
-/// The keys whose applied value differs between two views.
+/// The keys whose applied value differs between two views. Generations are compared; only
+/// the values of changed keys are copied.
 fn diff(before: &View, after: &View) -> Vec<Change> {
     let mut changes = Vec::new();
-    let cause = |previous: Option<&GenId>| {
-        if previous.is_some_and(|id| after.reverted.contains(id)) { "revert" } else { "change" }
-    };
-    for kind in ["config", "flag"] {
-        let (old, new) = (entries(&before.state, kind), entries(&after.state, kind));
-        for (key, (generation, value)) in &new {
-            let previous = old.get(key).map(|(g, _)| g);
-            if previous != Some(generation) {
-                changes.push(Change {
-                    seq: 0,
-                    kind,
-                    key: key.clone(),
-                    value: value.clone(),
-                    generation: Some(generation.to_string()),
-                    cause: cause(previous),
-                });
-            }
-        }
-        for (key, (generation, _)) in &old {
-            if !new.contains_key(key) {
-                let change = Change {
-                    seq: 0,
-                    kind,
-                    key: key.clone(),
-                    value: Value::Null,
-                    generation: None,
-                    cause: cause(Some(generation)),
-                };
-                changes.push(change);
-            }
+    let flag = |flag: &grapevine_proto::eval::FlagDefinition| serde_json::to_value(flag).unwrap_or_default();
+    diff_kind("config", &before.state.config, &after.state.config, JsonText::to_value, &after.reverted, &mut changes);
+    diff_kind("flag", &before.state.flags, &after.state.flags, flag, &after.reverted, &mut changes);
+    changes
+}
+
+fn diff_kind<T>(
+    kind: &'static str,
+    old: &BTreeMap<Key, Entry<T>>,
+    new: &BTreeMap<Key, Entry<T>>,
+    value: impl Fn(&T) -> Value,
+    reverted: &BTreeSet<GenId>,
+    out: &mut Vec<Change>,
+) {
+    let cause =
+        |previous: Option<&GenId>| if previous.is_some_and(|id| reverted.contains(id)) { "revert" } else { "change" };
+    for (key, entry) in new {
+        let previous = old.get(key).map(|e| &e.generation);
+        if previous != Some(&entry.generation) {
+            out.push(Change {
+                seq: 0,
+                kind,
+                key: key.to_string(),
+                value: value(&entry.value),
+                generation: Some(entry.generation.to_string()),
+                cause: cause(previous),
+            });
         }
     }
-    changes
+    for (key, entry) in old.iter().filter(|(key, _)| !new.contains_key(*key)) {
+        let cause = cause(Some(&entry.generation));
+        out.push(Change { seq: 0, kind, key: key.to_string(), value: Value::Null, generation: None, cause });
+    }
 }
 
 #[derive(Deserialize)]

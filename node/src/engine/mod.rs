@@ -133,11 +133,17 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// Sends the command `make` builds around a reply channel and waits for the reply;
+    /// `None` when the engine has stopped (the node is shutting down).
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, response) = oneshot::channel();
+        self.commands.send(make(reply)).await.ok()?;
+        response.await.ok()
+    }
+
     /// Validates, stamps, stores and applies a change; returns its generation once durable.
     pub async fn submit(&self, change: Change) -> Result<Generation, SubmitError> {
-        let (reply, response) = oneshot::channel();
-        self.commands.send(Command::Submit { change, reply }).await.map_err(|_| SubmitError::Stopped)?;
-        response.await.map_err(|_| SubmitError::Stopped)?
+        self.ask(|reply| Command::Submit { change, reply }).await.unwrap_or(Err(SubmitError::Stopped))
     }
 
     /// Stores and applies validated generations from peer `from`; returns how many were new.
@@ -145,37 +151,24 @@ impl EngineHandle {
         if generations.is_empty() {
             return 0;
         }
-        let (reply, response) = oneshot::channel();
-        if self.commands.send(Command::Ingest { generations, from, reply }).await.is_err() {
-            return 0;
-        }
-        response.await.unwrap_or(0)
+        self.ask(|reply| Command::Ingest { generations, from, reply }).await.unwrap_or(0)
     }
 
     /// Whether this node has caught up with its live peers' logs and applied every generation
     /// whose wave is open for it (`/readyz`).
     pub async fn readiness(&self) -> Readiness {
-        let (reply, response) = oneshot::channel();
-        if self.commands.send(Command::Readiness { reply }).await.is_err() {
-            return Readiness { ready: false, behind: Vec::new(), open_not_applied: Vec::new() };
-        }
-        response.await.unwrap_or(Readiness { ready: false, behind: Vec::new(), open_not_applied: Vec::new() })
+        let stopped = || Readiness { ready: false, behind: Vec::new(), open_not_applied: Vec::new() };
+        self.ask(|reply| Command::Readiness { reply }).await.unwrap_or_else(stopped)
     }
 
     /// The generations waiting here for their wave: id, waves open in this node's view, waves.
     pub async fn waiting(&self) -> Vec<(GenId, usize, usize)> {
-        let (reply, response) = oneshot::channel();
-        if self.commands.send(Command::Waiting { reply }).await.is_err() {
-            return Vec::new();
-        }
-        response.await.unwrap_or_default()
+        self.ask(|reply| Command::Waiting { reply }).await.unwrap_or_default()
     }
 
     /// What a change would do (a dry run): checked like a submission, stored nowhere.
     pub async fn preview(&self, change: Change) -> Result<Preview, SubmitError> {
-        let (reply, response) = oneshot::channel();
-        self.commands.send(Command::Preview { change, reply }).await.map_err(|_| SubmitError::Stopped)?;
-        response.await.map_err(|_| SubmitError::Stopped)?
+        self.ask(|reply| Command::Preview { change, reply }).await.unwrap_or(Err(SubmitError::Stopped))
     }
 
     /// Takes in reverts from peer `from`; returns how many were new.
@@ -183,43 +176,27 @@ impl EngineHandle {
         if reverts.is_empty() {
             return 0;
         }
-        let (reply, response) = oneshot::channel();
-        if self.commands.send(Command::IngestReverts { reverts, from, reply }).await.is_err() {
-            return 0;
-        }
-        response.await.unwrap_or(0)
+        self.ask(|reply| Command::IngestReverts { reverts, from, reply }).await.unwrap_or(0)
     }
 
     /// Writes the revert of `target`, as an operator asked.
     pub async fn rollback(&self, target: GenId) -> Result<RollbackOutcome, RollbackError> {
-        let (reply, response) = oneshot::channel();
-        self.commands.send(Command::Rollback { target, reply }).await.map_err(|_| RollbackError::Stopped)?;
-        response.await.map_err(|_| RollbackError::Stopped)?
+        self.ask(|reply| Command::Rollback { target, reply }).await.unwrap_or(Err(RollbackError::Stopped))
     }
 
     /// Takes in a peer's validated snapshot; true when it brought anything new.
     pub async fn absorb_snapshot(&self, snapshot: Snapshot) -> bool {
-        let (reply, response) = oneshot::channel();
-        if self.commands.send(Command::AbsorbSnapshot { snapshot, reply }).await.is_err() {
-            return false;
-        }
-        response.await.unwrap_or(false)
+        self.ask(|reply| Command::AbsorbSnapshot { snapshot, reply }).await.unwrap_or(false)
     }
 
     /// The rollout of a generation held whole, as this node sees it.
     pub async fn rollout(&self, id: GenId) -> Option<RolloutView> {
-        let (reply, response) = oneshot::channel();
-        self.commands.send(Command::Rollout { id, reply }).await.ok()?;
-        response.await.ok().flatten()
+        self.ask(|reply| Command::Rollout { id, reply }).await.flatten()
     }
 
     /// Every generation of the log held whole, in `(hlc, origin, seq)` order.
     pub async fn history(&self) -> Vec<Generation> {
-        let (reply, response) = oneshot::channel();
-        if self.commands.send(Command::History { reply }).await.is_err() {
-            return Vec::new();
-        }
-        response.await.unwrap_or_default()
+        self.ask(|reply| Command::History { reply }).await.unwrap_or_default()
     }
 
     /// The current view, without waiting on the engine.
@@ -333,7 +310,12 @@ impl Engine {
                     continue;
                 }
                 _ = release.tick() => {
-                    self.decide().await;
+                    // The quorum can change only with reports or the log, which wake `decide`
+                    // themselves; the tick re-checks reverts only while one is deferred.
+                    if !self.deferred_reverts.is_empty() {
+                        self.revert_pass().await;
+                    }
+                    self.release_pass().await;
                     continue;
                 }
                 _ = reports_changed.notified() => {
@@ -632,7 +614,9 @@ impl Engine {
     /// Hands newly stored generations and reverts to the pusher; when its queue is full,
     /// anti-entropy spreads them instead.
     fn push(&self, reverts: Vec<Revert>, generations: Vec<Generation>, from: Option<SocketAddr>) {
-        let job = PushJob { reverts, generations, from, reverts_digest: self.log.reverts_digest() };
+        // Only a job with reverts compares peers' reverts summaries.
+        let reverts_digest = if reverts.is_empty() { String::new() } else { self.log.reverts_digest() };
+        let job = PushJob { reverts, generations, from, reverts_digest };
         if self.parts.pushes.try_send(job).is_err() {
             self.parts.metrics.push_jobs_dropped.inc();
         }
