@@ -43,6 +43,38 @@ pub enum StartError {
     Gossip(anyhow::Error),
 }
 
+/// Opens the store and reads it whole. A damaged store (unreadable by redb, failing its
+/// integrity check, or holding a record that fails its hash) is never served from: the file is
+/// moved aside, the node starts with an empty store and recovers the log from its peers, and
+/// says so; until it has caught up it refuses reads and changes (see `engine::View::recovering`).
+async fn open_store(config: &Config) -> Result<(Arc<Store>, Stored, Option<String>), StartError> {
+    let read = |config: &Config| {
+        let (data, name) = (config.data.clone(), config.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open(&data, &name)?;
+            let stored = Stored {
+                snapshot: store.snapshot()?,
+                generations: store.load()?,
+                released: store.released()?,
+                reverts: store.reverts()?,
+            };
+            Ok::<_, StoreError>((Arc::new(store), stored))
+        })
+    };
+    let damage = match read(config).await {
+        Ok(Ok((store, stored))) => return Ok((store, stored, None)),
+        Ok(Err(error)) if Store::is_corruption(&error) => error.to_string(),
+        Ok(Err(error)) => return Err(error.into()),
+        // A damaged page can make the database library panic; the task's end closed the file.
+        Err(panic) => format!("store {}: reading it failed: {panic}", config.data.display()),
+    };
+    let aside = Store::quarantine(&config.data)?;
+    let reason = format!("{damage}; moved aside to {}", aside.display());
+    tracing::error!(%reason, "the store is damaged: starting empty and recovering the log from peers; reads and changes are refused until caught up");
+    let (store, stored) = read(config).await.expect("store task panicked")?;
+    Ok((store, stored, Some(reason)))
+}
+
 /// A node that is running.
 pub struct RunningNode {
     pub name: NodeName,
@@ -61,18 +93,7 @@ pub struct RunningNode {
 pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let tls =
         NodeTls::load(&config.tls).map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
-    let store = Arc::new(Store::open(&config.data, &config.name)?);
-    let loading = store.clone();
-    let stored = tokio::task::spawn_blocking(move || {
-        Ok::<_, StoreError>(Stored {
-            snapshot: loading.snapshot()?,
-            generations: loading.load()?,
-            released: loading.released()?,
-            reverts: loading.reverts()?,
-        })
-    })
-    .await
-    .expect("store task panicked")?;
+    let (store, stored, recovering) = open_store(&config).await?;
     let health = Health::new(config.health.clone());
     let api_listener =
         TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
@@ -118,6 +139,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         retention: config.retention,
         health: health.clone(),
         alerts: alerts.clone(),
+        recovering,
     };
     let (engine, engine_task) = engine::spawn(parts, stored).await;
 

@@ -27,6 +27,10 @@ pub struct LinkRule {
     /// Hold each message this long before it goes.
     #[serde(default)]
     pub delay_ms: u64,
+    /// Apply the rule only to what this node sends to the peer, not to what it receives from
+    /// it: a one-way (asymmetric) link.
+    #[serde(default)]
+    pub outbound_only: bool,
 }
 
 /// The rules of one node: per peer, with a rule for every other peer.
@@ -74,10 +78,13 @@ impl LinkFilter {
         self.state.lock().expect("link filter lock poisoned").random = SplitMix64::new(seed);
     }
 
-    /// `None` to drop one message to or from `peer`; `Some(delay)` to let it pass.
-    pub fn admit(&self, peer: SocketAddr) -> Option<Duration> {
+    /// `None` to drop one message to (`outbound`) or from `peer`; `Some(delay)` to let it pass.
+    pub fn admit(&self, peer: SocketAddr, outbound: bool) -> Option<Duration> {
         let mut state = self.state.lock().expect("link filter lock poisoned");
         let rule = state.rules.get(&peer).copied().unwrap_or(state.default);
+        if rule.outbound_only && !outbound {
+            return Some(Duration::ZERO);
+        }
         if rule.drop || (rule.loss > 0.0 && state.random.next_unit() < rule.loss) {
             return None;
         }
@@ -93,14 +100,18 @@ mod tests {
     fn rules_drop_delay_and_lose_a_seeded_share() {
         let filter = LinkFilter::new(7);
         let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
-        assert_eq!(filter.admit(a), Some(Duration::ZERO));
+        assert_eq!(filter.admit(a, true), Some(Duration::ZERO));
         filter.set(Some(a), LinkRule { drop: true, ..LinkRule::default() });
         filter.set(None, LinkRule { delay_ms: 5, ..LinkRule::default() });
-        assert_eq!(filter.admit(a), None);
-        assert_eq!(filter.admit(b), Some(Duration::from_millis(5)));
+        assert_eq!(filter.admit(a, true), None);
+        assert_eq!(filter.admit(a, false), None);
+        assert_eq!(filter.admit(b, true), Some(Duration::from_millis(5)));
+        filter.set(Some(a), LinkRule { drop: true, outbound_only: true, ..LinkRule::default() });
+        assert_eq!(filter.admit(a, true), None, "what this node sends is dropped");
+        assert_eq!(filter.admit(a, false), Some(Duration::ZERO), "what it receives passes");
         filter.clear();
         filter.set(None, LinkRule { loss: 0.2, ..LinkRule::default() });
-        let dropped = (0..10_000).filter(|_| filter.admit(b).is_none()).count();
+        let dropped = (0..10_000).filter(|_| filter.admit(b, true).is_none()).count();
         assert!((1_800..2_200).contains(&dropped), "{dropped} of 10000 dropped at 20% loss");
     }
 }

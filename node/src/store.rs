@@ -57,7 +57,7 @@ impl Store {
     pub fn open(dir: &Path, name: &NodeName) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|error| StoreError::CreateDir { path: dir.to_owned(), error })?;
         let path = dir.join(STORE_FILE);
-        let db = match Database::create(&path) {
+        let mut db = match Database::create(&path) {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked { path: dir.to_owned() });
@@ -66,9 +66,47 @@ impl Store {
                 return Err(StoreError::Database { path, error: Box::new(error.into()) });
             }
         };
+        // redb repairs what an unclean stop left on open; a file changed behind its back (a
+        // bad disk, a truncation) shows here, before anything is served from it.
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => {
+                let detail = "failed redb's integrity check (redb repaired it, perhaps by dropping commits)";
+                return Err(StoreError::Corrupt { path, record: "the file".into(), detail: detail.into() });
+            }
+            Err(error) => return Err(StoreError::Database { path, error: Box::new(error.into()) }),
+        }
         let store = Store { db, path };
         store.claim(name)?;
         Ok(store)
+    }
+
+    /// Whether the error says the file's content is damaged (as opposed to the store being
+    /// locked, owned by another node, or the disk refusing a write): the node then moves the
+    /// file aside and recovers from its peers instead of refusing to start.
+    pub fn is_corruption(error: &StoreError) -> bool {
+        match error {
+            StoreError::Corrupt { .. } => true,
+            StoreError::Database { error, .. } => match error.as_ref() {
+                redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => true,
+                redb::Error::Io(io) => {
+                    matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData)
+                }
+                _ => false,
+            },
+            StoreError::CreateDir { .. } | StoreError::Locked { .. } | StoreError::WrongNode { .. } => false,
+        }
+    }
+
+    /// Moves the store file of `dir` aside, to `grapevine.redb.corrupt-UNIX_MS`, and returns
+    /// where it went: kept for a post-mortem, never read again.
+    pub fn quarantine(dir: &Path) -> Result<PathBuf, StoreError> {
+        let path = dir.join(STORE_FILE);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let aside = dir.join(format!("{STORE_FILE}.corrupt-{now}"));
+        std::fs::rename(&path, &aside)
+            .map_err(|error| StoreError::Database { path, error: Box::new(redb::Error::Io(error)) })?;
+        Ok(aside)
     }
 
     fn error(&self) -> impl Fn(redb::Error) -> StoreError + '_ {

@@ -278,7 +278,7 @@ impl Inner {
     async fn admit(&self, peer: SocketAddr) -> Option<()> {
         #[cfg(feature = "testsuite")]
         {
-            let delay = self.filter.admit(peer)?;
+            let delay = self.filter.admit(peer, true)?;
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -291,7 +291,7 @@ impl Inner {
     /// the sender's filter delays).
     fn refuses(&self, peer: SocketAddr) -> bool {
         #[cfg(feature = "testsuite")]
-        return self.filter.admit(peer).is_none();
+        return self.filter.admit(peer, false).is_none();
         #[cfg(not(feature = "testsuite"))]
         {
             let _ = peer;

@@ -97,6 +97,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// 503 while the node recovers its log after a damaged store: it has nothing to serve
+    /// that it can vouch for.
+    fn unless_recovering(view: &crate::engine::View, node: &str) -> Result<(), ApiError> {
+        match &view.recovering {
+            None => Ok(()),
+            Some(reason) => Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("node {node} is recovering its log from peers ({reason}); read from another node"),
+            }),
+        }
+    }
+
     fn bad_request(message: impl ToString) -> Self {
         ApiError { status: StatusCode::BAD_REQUEST, message: message.to_string() }
     }
@@ -117,7 +129,7 @@ impl From<SubmitError> for ApiError {
         let status = match &error {
             SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
             SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            SubmitError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            SubmitError::Stopped | SubmitError::Recovering(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError { status, message: error.to_string() }
     }
@@ -141,7 +153,7 @@ fn parse_key(key: String) -> Result<Key, ApiError> {
 }
 
 /// `POST /v1/testsuite/links`: `{"peer": "IP:PORT" or null for every peer, "drop", "loss",
-/// "delay_ms"}` sets a rule of this node's link filter.
+/// "delay_ms", "outbound_only"}` sets a rule of this node's link filter.
 #[cfg(feature = "testsuite")]
 async fn set_link(State(state): State<ApiState>, body: Bytes) -> ApiResult<Value> {
     // No `serde(flatten)`: with arbitrary_precision it cannot read numbers.
@@ -155,10 +167,19 @@ async fn set_link(State(state): State<ApiState>, body: Bytes) -> ApiResult<Value
         loss: f64,
         #[serde(default)]
         delay_ms: u64,
+        #[serde(default)]
+        outbound_only: bool,
     }
-    let request: LinkRequest =
-        parse_body(&body, r#"{"peer": "IP:PORT"|null, "drop": bool, "loss": 0.2, "delay_ms": 10}"#)?;
-    let rule = crate::faults::LinkRule { drop: request.drop, loss: request.loss, delay_ms: request.delay_ms };
+    let request: LinkRequest = parse_body(
+        &body,
+        r#"{"peer": "IP:PORT"|null, "drop": bool, "loss": 0.2, "delay_ms": 10, "outbound_only": bool}"#,
+    )?;
+    let rule = crate::faults::LinkRule {
+        drop: request.drop,
+        loss: request.loss,
+        delay_ms: request.delay_ms,
+        outbound_only: request.outbound_only,
+    };
     state.transport.link_filter().set(request.peer, rule);
     Ok(Json(json!({ "ok": true })))
 }
@@ -229,6 +250,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
         "version_vector": view.version_vector.iter().map(|(o, s)| (o.to_string(), s)).collect::<std::collections::BTreeMap<_, _>>(),
         "applied": view.state.latest().map(ToString::to_string),
         "state_digest": short_digest(&view.state),
+        "recovering": view.recovering,
         "health": state.health.sources(),
         "files": state.files.statuses(),
         "members": members,
@@ -539,6 +561,7 @@ fn flag_answer(
     read: &ReadQuery,
 ) -> Result<Value, ApiError> {
     let view = state.engine.view();
+    ApiError::unless_recovering(&view, state.name.as_str())?;
     let entry = if read.desired { &view.desired } else { &view.state }
         .flags
         .get(key)
@@ -634,6 +657,7 @@ async fn get_config(
 ) -> Result<Response, ApiError> {
     let key = parse_key(key)?;
     let view = state.engine.view();
+    ApiError::unless_recovering(&view, state.name.as_str())?;
     let entry = if read.desired { &view.desired } else { &view.state }
         .config
         .get(&key)

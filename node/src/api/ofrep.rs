@@ -57,6 +57,12 @@ fn failure(status: StatusCode, key: Option<&str>, code: &str, details: String) -
     (status, Json(body)).into_response()
 }
 
+/// 503 while the node recovers its log after a damaged store (the SDK keeps its last values).
+fn recovering(state: &ApiState, key: Option<&str>, reason: &str) -> Response {
+    let details = format!("node {} is recovering its log from peers ({reason})", state.name);
+    failure(StatusCode::SERVICE_UNAVAILABLE, key, "GENERAL", details)
+}
+
 /// One evaluation in OFREP's shape: success, or failure with its code.
 fn answer(key: &str, evaluation: Evaluation) -> Result<Value, Value> {
     if let Some(code) = evaluation.error_code {
@@ -106,6 +112,9 @@ fn evaluate_one(state: &ApiState, key: &str, body: &Bytes) -> Response {
         Err(details) => return failure(StatusCode::BAD_REQUEST, Some(&key), "INVALID_CONTEXT", details),
     };
     let view = state.engine.view();
+    if let Some(reason) = &view.recovering {
+        return recovering(state, Some(&key), reason);
+    }
     let Some(evaluation) = evaluate(state, &view, &key, &context) else {
         let details = format!("flag {key:?} is not applied on node {}", state.name);
         return failure(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", details);
@@ -129,6 +138,9 @@ fn evaluate_bulk(state: &ApiState, headers: &HeaderMap, body: &Bytes) -> Respons
         Err(details) => return failure(StatusCode::BAD_REQUEST, None, "INVALID_CONTEXT", details),
     };
     let view = state.engine.view();
+    if let Some(reason) = &view.recovering {
+        return recovering(state, None, reason);
+    }
     let flags: Vec<Value> = view
         .state
         .flags

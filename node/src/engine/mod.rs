@@ -66,6 +66,10 @@ pub struct View {
     pub reverted: BTreeSet<GenId>,
     /// The summary of `reverted` that gossip carries.
     pub reverts_digest: String,
+    /// Why this node's store was found damaged at start, while it recovers the log from its
+    /// peers: until then it serves no reads and takes no changes (it could serve a stale state,
+    /// and reuse ids of its own generations that peers hold).
+    pub recovering: Option<String>,
 }
 
 /// What `/readyz` answers.
@@ -110,6 +114,9 @@ pub enum SubmitError {
     /// The engine has stopped (the node is shutting down).
     #[error("the node is shutting down")]
     Stopped,
+    /// The node's store was damaged and it has not caught up with its peers yet.
+    #[error("this node is recovering its log from peers ({0}); send the change to another node")]
+    Recovering(String),
 }
 
 enum Command {
@@ -227,6 +234,8 @@ pub struct EngineParts {
     pub health: Health,
     /// Where reverts this node writes are announced.
     pub alerts: Alerts,
+    /// Why the store was damaged at start, while the node recovers from peers.
+    pub recovering: Option<String>,
 }
 
 struct Engine {
@@ -234,6 +243,8 @@ struct Engine {
     log: Log,
     /// Generations released to (applied on) this node.
     released: BTreeSet<GenId>,
+    /// The evidence each generation released since start was released on (pruned with the log).
+    releases: BTreeMap<GenId, release::Release>,
     state: AppliedState,
     desired: AppliedState,
     clock: Clock,
@@ -277,7 +288,8 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
         release::judge(&parts.health, generation);
     }
     let deferred_reverts = Default::default();
-    let mut engine = Engine { parts, log, released, state, desired, clock, view, warnings, deferred_reverts };
+    let releases = BTreeMap::new();
+    let mut engine = Engine { parts, log, released, releases, state, desired, clock, view, warnings, deferred_reverts };
     engine.publish().await;
     engine.decide().await;
     let task = tokio::spawn(engine.run(queue));
@@ -310,6 +322,9 @@ impl Engine {
                     continue;
                 }
                 _ = release.tick() => {
+                    if self.parts.recovering.is_some() {
+                        self.end_recovery_if_caught_up().await;
+                    }
                     // The quorum can change only with reports or the log, which wake `decide`
                     // themselves; the tick re-checks reverts only while one is deferred.
                     if !self.deferred_reverts.is_empty() {
@@ -373,6 +388,9 @@ impl Engine {
 
     /// The generation `change` becomes here now, checked, stamped by `clock`; not stored.
     async fn seal(&self, change: Change, clock: &mut Clock) -> Result<Generation, SubmitError> {
+        if let Some(reason) = &self.parts.recovering {
+            return Err(SubmitError::Recovering(reason.clone()));
+        }
         validate_change(&change)?;
         let members = self.parts.gossip.live_names().await;
         let groups = self.groups_of(&members, &change).await?;
@@ -389,6 +407,23 @@ impl Engine {
         Ok(generation)
     }
 
+    /// Ends a recovery once a live peer is known and no live peer's log is ahead of this one.
+    async fn end_recovery_if_caught_up(&mut self) {
+        let peers = self.parts.gossip.peer_version_vectors().await;
+        let ours = self.log.version_vector();
+        if peers.is_empty() || peers.iter().any(|(_, theirs)| ours.is_behind(theirs)) {
+            return;
+        }
+        self.parts.recovering = None;
+        info!(
+            generations = self.log.len(),
+            reverts = self.log.reverts().count(),
+            peers = peers.len(),
+            "recovered the log from peers after a damaged store: serving again"
+        );
+        self.publish().await;
+    }
+
     async fn readiness(&self) -> Readiness {
         let ours = self.log.version_vector();
         let behind: Vec<String> = self
@@ -400,7 +435,7 @@ impl Engine {
             .filter(|(_, theirs)| ours.is_behind(theirs))
             .map(|(peer, _)| peer.to_string())
             .collect();
-        let open: Vec<String> = self.gates().await.0.iter().map(|g| g.id().to_string()).collect();
+        let open: Vec<String> = self.gates().await.0.iter().map(|(g, _)| g.id().to_string()).collect();
         Readiness { ready: behind.is_empty() && open.is_empty(), behind, open_not_applied: open }
     }
 
@@ -646,6 +681,7 @@ impl Engine {
             compacted: self.log.base().covers().total(),
             reverted: self.log.reverts().map(|revert| revert.target).collect(),
             reverts_digest: self.log.reverts_digest(),
+            recovering: self.parts.recovering.clone(),
         };
         self.parts.metrics.generations_known.set(view.generations as i64);
         self.parts.metrics.reverts_known.set(view.reverted.len() as i64);

@@ -40,6 +40,21 @@ pub struct RolloutView {
     pub reverted_by: BTreeMap<String, String>,
     /// Why this node judges it as it does, if it judges it.
     pub judgement: Option<String>,
+    /// When and on what evidence this node applied it, if it did since it started.
+    pub release: Option<Release>,
+}
+
+/// The evidence a node applied a generation on: its wave, and the controls and reports that
+/// opened the wave's gate in its view then. The chaos suite checks the gate rule against it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Release {
+    /// This node's wave.
+    pub wave: usize,
+    /// This node's wall clock (unix ms) when it applied it.
+    pub at_unix_ms: u64,
+    pub controls: Controls,
+    /// The reports of the members of earlier waves (none for wave 0).
+    pub reports: BTreeMap<NodeName, Report>,
 }
 
 /// One wave of a rollout.
@@ -83,7 +98,7 @@ impl Engine {
         if newly.is_empty() {
             return;
         }
-        let ids: Vec<GenId> = newly.iter().map(|g| g.id().clone()).collect();
+        let ids: Vec<GenId> = newly.iter().map(|(g, _)| g.id().clone()).collect();
         let store = self.parts.store.clone();
         let recording = ids.clone();
         let stored = tokio::task::spawn_blocking(move || store.release(&recording)).await.expect("store task panicked");
@@ -93,7 +108,12 @@ impl Engine {
             return;
         }
         let now = super::now_ms(self.parts.clock_skew_ms);
-        for generation in &newly {
+        let log = &self.log;
+        self.releases.retain(|id, _| log.get(id).is_some());
+        for (generation, mut release) in newly {
+            let generation = &generation;
+            release.at_unix_ms = now;
+            self.releases.insert(generation.id().clone(), release);
             self.observe_propagation("applied", generation, now);
             self.released.insert(generation.id().clone());
             self.state.apply(generation);
@@ -107,8 +127,8 @@ impl Engine {
     }
 
     /// The generations not yet released here whose gate is open for this node, in fold
-    /// order, and how many others wait for their wave.
-    pub(super) async fn gates(&self) -> (Vec<Generation>, usize) {
+    /// order, with the evidence that opened it, and how many others wait for their wave.
+    pub(super) async fn gates(&self) -> (Vec<(Generation, Release)>, usize) {
         let (released, log) = (&self.released, &self.log);
         let mut candidates: Vec<&Generation> =
             log.iter().filter(|g| !released.contains(g.id()) && !log.is_reverted(g.id())).collect();
@@ -124,13 +144,18 @@ impl Engine {
             let body = &generation.body;
             let plan = Plan::of(body);
             let wave = plan.wave_of(&own);
+            let controls = controls.get(&body.id).copied().unwrap_or_default();
+            let mut release = Release { wave, at_unix_ms: 0, controls, reports: BTreeMap::new() };
             let is_open = wave == 0 || {
-                let reports = self.parts.gossip.reports_for(&body.id).await;
-                let controls = controls.get(&body.id).copied().unwrap_or_default();
-                plan.is_open(wave, &body.change.policy, controls, &reports)
+                let mut reports = self.parts.gossip.reports_for(&body.id).await;
+                let earlier: Vec<&NodeName> = plan.waves[..wave.min(plan.waves.len())].iter().flatten().collect();
+                let is_open = plan.is_open(wave, &body.change.policy, controls, &reports);
+                reports.retain(|name, _| earlier.contains(&name));
+                release.reports = reports;
+                is_open
             };
             if is_open {
-                open.push(generation.clone());
+                open.push((generation.clone(), release));
             } else {
                 waiting += 1;
             }
@@ -191,6 +216,7 @@ impl Engine {
             anomaly_quorum,
             reverted_by: self.parts.gossip.revert_causes(id).await,
             judgement: self.parts.health.judgement(id).map(|judgement| judgement.reason),
+            release: self.releases.get(id).cloned(),
         })
     }
 }
