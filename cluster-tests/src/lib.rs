@@ -5,6 +5,7 @@
 //! `testsuite` feature (the link-filter endpoint), asking cargo to bring it up to date first.
 //! `scenario` drives in-process nodes instead, for partition and loss scenarios as data.
 
+pub mod chaos;
 pub mod inproc;
 pub mod scenario;
 
@@ -28,8 +29,9 @@ pub fn binary() -> &'static Path {
             return PathBuf::from(path);
         }
         let exe = std::env::current_exe().expect("the test binary has a path");
-        // target/<profile>/deps/<test> -> target/<profile>/grapevine
-        let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
+        // target/<profile>/deps/<test>, or target/<profile>/<this runner> -> target/<profile>/grapevine
+        let dir = exe.parent().expect("a binary lives in a directory");
+        let profile_dir = if dir.ends_with("deps") { dir.parent().expect("deps has a parent") } else { dir };
         let binary = profile_dir.join("grapevine");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
@@ -189,6 +191,12 @@ impl Node {
         Ok(())
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the process freezes or resumes, sockets open.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let pid = self.pid().context("not running")?.to_string();
+        run_checked("kill", &[if frozen { "-STOP" } else { "-CONT" }, &pid])
+    }
+
     /// The process id while the node runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -282,24 +290,41 @@ impl Cluster {
     /// UDP port pair in the namespace, or each node's link filter without one.
     pub fn partition(&self, groups: &[Vec<usize>]) -> Result<()> {
         let group_of = |node: usize| groups.iter().position(|g| g.contains(&node));
-        for (a, from) in self.nodes.iter().enumerate() {
-            for (b, to) in self.nodes.iter().enumerate() {
-                if a == b || group_of(a) == group_of(b) {
-                    continue;
-                }
-                match &self.netns {
-                    Some(netns) => {
-                        let (sport, dport) = (from.gossip.port().to_string(), to.gossip.port().to_string());
-                        let rule = ["-A", "INPUT", "-p", "udp", "--sport", &sport, "--dport", &dport, "-j", "DROP"];
-                        let mut args = vec!["netns", "exec", netns, "iptables"];
-                        args.extend(rule);
-                        run_checked("ip", &args)?;
-                    }
-                    None => from.set_link(&format!(r#"{{"peer": "{}", "drop": true}}"#, to.gossip))?,
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                if a != b && group_of(a) != group_of(b) {
+                    self.cut(a, b, true)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Drops (`cut`) or lets pass again what node `from` sends to node `to`, one way only: an
+    /// iptables rule on their UDP ports in the namespace, or `from`'s link filter (a rule for
+    /// what it sends to `to`) without one. Cutting both ways takes two calls.
+    pub fn cut(&self, from: usize, to: usize, cut: bool) -> Result<()> {
+        self.links().cut(from, to, cut)
+    }
+
+    /// What it takes to cut links, apart from the cluster: for a thread that flaps them.
+    pub fn links(&self) -> Links {
+        Links {
+            netns: self.netns.clone(),
+            gossip: self.nodes.iter().map(|n| n.gossip).collect(),
+            api: self.nodes.iter().map(Node::url).collect(),
+        }
+    }
+
+    /// Moves the calling thread into the cluster's network namespace, if it has one, so that
+    /// its sockets reach the nodes' loopback addresses (CLI commands enter it on their own).
+    pub fn enter_netns(&self) -> Result<()> {
+        self.links().enter_netns()
+    }
+
+    /// Whether faults are iptables rules in a network namespace (else link-filter rules).
+    pub fn in_netns(&self) -> bool {
+        self.netns.is_some()
     }
 
     /// Drops `share` of the packets (with iptables) or messages (link filter) on every link.
@@ -391,6 +416,44 @@ impl Cluster {
     }
 }
 
+/// The links of a cluster, by node index.
+pub struct Links {
+    netns: Option<String>,
+    gossip: Vec<SocketAddr>,
+    api: Vec<String>,
+}
+
+impl Links {
+    /// See [`Cluster::enter_netns`].
+    pub fn enter_netns(&self) -> Result<()> {
+        let Some(netns) = &self.netns else { return Ok(()) };
+        let file = std::fs::File::open(format!("/var/run/netns/{netns}")).context("opening the namespace")?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
+        Ok(())
+    }
+
+    /// See [`Cluster::cut`].
+    pub fn cut(&self, from: usize, to: usize, cut: bool) -> Result<()> {
+        match &self.netns {
+            Some(netns) => {
+                let (sport, dport) = (self.gossip[from].port().to_string(), self.gossip[to].port().to_string());
+                let action = if cut { "-A" } else { "-D" };
+                let rule = [action, "INPUT", "-p", "udp", "--sport", &sport, "--dport", &dport, "-j", "DROP"];
+                let mut args = vec!["netns", "exec", netns, "iptables"];
+                args.extend(rule);
+                run_checked("ip", &args)
+            }
+            None => {
+                let rule = format!(r#"{{"peer": "{}", "drop": {cut}, "outbound_only": true}}"#, self.gossip[to]);
+                let (status, body) =
+                    http_request("POST", &format!("{}/v1/testsuite/links", self.api[from]), Some(&rule))?;
+                anyhow::ensure!(status == 200, "setting a link rule failed: {status} {body}");
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Names of the members `node` sees alive.
 pub fn alive_members(node: &Node) -> Result<Vec<String>> {
     let status = node.cli_json(&["status"])?;
@@ -430,10 +493,19 @@ pub fn http_get(url: &str) -> Result<(u16, String)> {
 
 /// A plain HTTP/1.1 request with an optional JSON body: status code and body.
 pub fn http_request(method: &str, url: &str, body: Option<&str>) -> Result<(u16, String)> {
+    http_request_within(method, url, body, Duration::from_secs(30))
+}
+
+/// [`http_request`], giving up after `timeout` to connect, and `timeout` for each read or
+/// write: a frozen (SIGSTOP) node still completes TCP handshakes but never answers.
+pub fn http_request_within(method: &str, url: &str, body: Option<&str>, timeout: Duration) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").context("an http:// URL")?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut stream = std::net::TcpStream::connect(host)?;
+    let addr: SocketAddr = host.parse().context("an IP:PORT host")?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let body = body.unwrap_or("");
     write!(
         stream,

@@ -16,6 +16,7 @@
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+use grapevine_cluster_tests::chaos;
 use grapevine_proto::sim::{SpreadConfig, epidemic_bound, simulate_spread};
 
 /// The benchmarks under `benches/`, in the order they run.
@@ -35,6 +36,9 @@ struct Row {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("chaos") {
+        return chaos(&args[1..]);
+    }
     if args.first().map(String::as_str) != Some("bench")
         || args.iter().skip(1).any(|a| a != "--quick" && a != "--write")
     {
@@ -72,6 +76,104 @@ fn main() -> ExitCode {
         eprintln!("benchmarks that did not run: {failed:?}");
         ExitCode::FAILURE
     }
+}
+
+const CHAOS_USAGE: &str = "usage: grapevine-cluster-tests chaos [--quick] [--seeds N] [--first S] [--seed S]... \
+[--nodes N] [--events N] [--jobs J]";
+
+/// The seeds of the quick mode (CI): fixed, so CI runs the same schedules every time.
+const QUICK_SEEDS: &[u64] = &[1, 2, 3];
+
+/// `chaos`: runs seeded schedules against real clusters and checks each run's invariants.
+/// Exits 1 when any run breaks one (or cannot run), 2 on a usage error.
+fn chaos(args: &[String]) -> ExitCode {
+    let (mut seeds, mut count, mut first, mut nodes, mut events, mut jobs, mut quick) =
+        (Vec::new(), None, 1u64, 5usize, 16usize, 1usize, false);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> Result<u64, String> {
+            let value = args.next().ok_or_else(|| format!("{name} needs a number"))?;
+            value.parse().map_err(|_| format!("{name}: expected a number, got {value:?}"))
+        };
+        let parsed = match arg.as_str() {
+            "--quick" => {
+                quick = true;
+                Ok(())
+            }
+            "--seeds" => number("--seeds").map(|n| count = Some(n)),
+            "--first" => number("--first").map(|n| first = n),
+            "--seed" => number("--seed").map(|n| seeds.push(n)),
+            "--nodes" => number("--nodes").map(|n| nodes = n as usize),
+            "--events" => number("--events").map(|n| events = n as usize),
+            "--jobs" => number("--jobs").map(|n| jobs = (n as usize).max(1)),
+            other => Err(format!("unknown option {other:?}")),
+        };
+        if let Err(error) = parsed {
+            eprintln!("{error}\n{CHAOS_USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    if nodes < 3 {
+        eprintln!(
+            "--nodes: expected at least 3 (a majority must stay up while one is down), got {nodes}\n{CHAOS_USAGE}"
+        );
+        return ExitCode::from(2);
+    }
+    if quick {
+        (nodes, events) = (4, 10);
+        seeds.extend(QUICK_SEEDS);
+    }
+    if let Some(count) = count {
+        seeds.extend(first..first + count);
+    }
+    if seeds.is_empty() {
+        seeds.push(first);
+    }
+    let options = chaos::Options::new(nodes, events);
+    eprintln!(
+        "chaos: {} seeds, {nodes} nodes, {events} events each, faults by {}, {jobs} at a time",
+        seeds.len(),
+        if options.netns { "iptables in a network namespace" } else { "the link filter (not root)" }
+    );
+    let started = Instant::now();
+    let queue = std::sync::Mutex::new(seeds.clone().into_iter());
+    let reports = std::sync::Mutex::new(Vec::new());
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let Some(seed) = queue.lock().expect("queue lock").next() else { return };
+                    eprintln!("seed {seed}: running");
+                    match chaos::run_seed(seed, &options) {
+                        Ok(report) => {
+                            eprintln!(
+                                "seed {seed}: {} violations, {} checks, {:.1} s",
+                                report.violations.len(),
+                                report.checked,
+                                report.wall.as_secs_f64()
+                            );
+                            reports.lock().expect("reports lock").push(report);
+                        }
+                        Err(error) => {
+                            eprintln!("seed {seed}: could not run: {error:#}");
+                            failed.lock().expect("failed lock").push(seed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut reports = reports.into_inner().expect("reports lock");
+    reports.sort_by_key(|r| r.seed);
+    println!("\n{}", chaos::summary(&reports));
+    println!("chaos ran in {:.0} s{}", started.elapsed().as_secs_f64(), if quick { " (quick mode)" } else { "" });
+    let failed = failed.into_inner().expect("failed lock");
+    let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
+    if !failed.is_empty() {
+        eprintln!("seeds that could not run: {failed:?}");
+    }
+    if violations > 0 || !failed.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// Rounds to full coverage of the push-pull simulation (fanout 3, anti-entropy), median over

@@ -1,0 +1,351 @@
+//! The invariants a chaos run must keep, checked over its recorded history and the final
+//! state of every node after the final heal and quiet period.
+//!
+//! The checker recomputes what it can on its own (the gate rule of a wave, the anomaly
+//! quorum) from the numbers nodes report, rather than trusting their conclusions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::schedule::APP_KEY;
+use super::{Final, History};
+
+/// A broken invariant, with the part of the history that shows it.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+    /// The events and observations of the history that involve what the detail names.
+    pub history: Vec<String>,
+}
+
+/// How many instances of the invariants were checked, and which broke.
+pub struct Verdict {
+    pub checked: usize,
+    pub violations: Vec<Violation>,
+}
+
+struct Checker<'a> {
+    history: &'a History,
+    checked: usize,
+    violations: Vec<Violation>,
+}
+
+impl Checker<'_> {
+    /// Counts one check; records a violation unless `ok`.
+    fn expect(&mut self, ok: bool, invariant: &'static str, detail: impl FnOnce() -> (String, Vec<String>)) {
+        self.checked += 1;
+        if !ok {
+            let (detail, needles) = detail();
+            let history = minimal_history(self.history, &needles);
+            self.violations.push(Violation { invariant, detail, history });
+        }
+    }
+}
+
+/// Checks every invariant. `not_converged` says why the cluster did not converge, if it did not.
+pub fn check(
+    history: &History,
+    finals: &[Final],
+    logs: &BTreeMap<String, String>,
+    not_converged: Option<String>,
+) -> Verdict {
+    let mut checker = Checker { history, checked: 0, violations: Vec::new() };
+    checker.expect(not_converged.is_none(), "the cluster converges after the final heal", || {
+        (not_converged.clone().unwrap_or_default(), Vec::new())
+    });
+    same_everywhere(&mut checker, finals);
+    acknowledged_everywhere(&mut checker, finals);
+    gates_respected(&mut checker, finals);
+    reverts_match_quorums(&mut checker, finals);
+    served_only_written(&mut checker);
+    damaged_stores_recovered(&mut checker, logs);
+    Verdict { checked: checker.checked, violations: checker.violations }
+}
+
+/// Generations of a node's final history, by id.
+fn generations(last: &Final) -> BTreeMap<String, &Value> {
+    last.history["generations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| Some((g["id"].as_str()?.to_owned(), g)))
+        .collect()
+}
+
+fn reverted_set(last: &Final) -> BTreeSet<String> {
+    generations(last).into_iter().filter(|(_, g)| g["rollout"]["reverted"] == true).map(|(id, _)| id).collect()
+}
+
+/// Every live node holds the same log, the same reverted set and the same applied state.
+fn same_everywhere(checker: &mut Checker, finals: &[Final]) {
+    let Some(first) = finals.first() else { return };
+    let first_generations = generations(first);
+    for other in &finals[1..] {
+        let pairs = [
+            ("state digest", &first.status["state_digest"], &other.status["state_digest"]),
+            ("version vector", &first.status["version_vector"], &other.status["version_vector"]),
+            ("reverts held", &first.status["reverted"], &other.status["reverted"]),
+        ];
+        for (what, a, b) in pairs {
+            checker.expect(a == b, "every node holds the same log, reverts and state", || {
+                (
+                    format!("{what}: {} has {a}, {} has {b}", first.name, other.name),
+                    vec![first.name.clone(), other.name.clone()],
+                )
+            });
+        }
+        let (ours, theirs) = (reverted_set(first), reverted_set(other));
+        checker.expect(ours == theirs, "every node holds the same log, reverts and state", || {
+            (format!("reverted: {} has {ours:?}, {} has {theirs:?}", first.name, other.name), Vec::new())
+        });
+        for (id, generation) in generations(other) {
+            if let Some(mine) = first_generations.get(&id) {
+                checker.expect(
+                    mine["hash"] == generation["hash"],
+                    "every node holds the same log, reverts and state",
+                    || {
+                        (
+                            format!(
+                                "{id}: {} holds hash {}, {} holds {}",
+                                first.name, mine["hash"], other.name, generation["hash"]
+                            ),
+                            vec![id.clone()],
+                        )
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// `origin.seq` as a pair.
+fn parse_id(id: &str) -> Option<(&str, u64)> {
+    let (origin, seq) = id.rsplit_once('.')?;
+    Some((origin, seq.parse().ok()?))
+}
+
+/// Every change acknowledged to a client is in every node's log (held whole or compacted:
+/// the version vector covers it).
+fn acknowledged_everywhere(checker: &mut Checker, finals: &[Final]) {
+    let acked: Vec<String> =
+        checker.history.ops.iter().filter(|op| op.target.is_none()).filter_map(|op| op.outcome.clone().ok()).collect();
+    for id in acked {
+        let Some((origin, seq)) = parse_id(&id) else { continue };
+        for last in finals {
+            let held = last.status["version_vector"][origin].as_u64().unwrap_or(0);
+            checker.expect(held >= seq, "no acknowledged change is lost", || {
+                (
+                    format!("{id} was acknowledged, but {}'s log holds {origin} only up to {held}", last.name),
+                    vec![id.clone()],
+                )
+            });
+        }
+    }
+}
+
+/// No node applied a generation before its wave's gate was open in its view: each release's
+/// evidence (the reports it saw) satisfies the gate rule, recomputed here, and every member it
+/// counted as healthy did apply the generation.
+fn gates_respected(checker: &mut Checker, finals: &[Final]) {
+    let mut releases: BTreeMap<(String, String), Value> = checker.history.releases.clone();
+    for last in finals {
+        for (id, generation) in generations(last) {
+            if !generation["rollout"]["release"].is_null() {
+                releases.entry((last.name.clone(), id)).or_insert_with(|| generation["rollout"].clone());
+            }
+        }
+    }
+    let applied: BTreeSet<(String, String)> = finals
+        .iter()
+        .flat_map(|last| {
+            generations(last)
+                .into_iter()
+                .filter(|(_, g)| g["rollout"]["applied_here"] == true)
+                .map(|(id, _)| (last.name.clone(), id))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let held: BTreeSet<(String, String)> = finals
+        .iter()
+        .flat_map(|l| generations(l).into_keys().map(|id| (l.name.clone(), id)).collect::<Vec<_>>())
+        .collect();
+    for ((node, id), rollout) in releases {
+        let release = &rollout["release"];
+        let wave = release["wave"].as_u64().unwrap_or(0) as usize;
+        let promoted = release["controls"]["promoted_through"].as_u64().is_some_and(|p| p as usize >= wave);
+        if wave == 0 || promoted {
+            checker.checked += 1;
+            continue;
+        }
+        let policy = &rollout["policy"];
+        let bake = policy["bake_ms"].as_u64().unwrap_or(0);
+        let permille = policy["health_quorum_permille"].as_u64().unwrap_or(1000) as usize;
+        for earlier in 0..wave {
+            let members: Vec<&str> = rollout["waves"][earlier]["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["name"].as_str())
+                .collect();
+            let needed = (members.len() * permille).div_ceil(1000).max(1);
+            let healthy: Vec<&str> = members
+                .iter()
+                .copied()
+                .filter(|m| {
+                    let report = &release["reports"][*m];
+                    report["verdict"] == "healthy" && report["elapsed_ms"].as_u64().is_some_and(|e| e >= bake)
+                })
+                .collect();
+            checker.expect(healthy.len() >= needed, "no node applies a generation before its wave's gate opens", || {
+                (
+                    format!(
+                        "{node} applied {id} in wave {wave}, but wave {earlier} had {} of the {needed} healthy baked reports needed: {}",
+                        healthy.len(),
+                        release["reports"]
+                    ),
+                    vec![id.clone(), node.clone()],
+                )
+            });
+            for member in healthy {
+                let key = (member.to_owned(), id.clone());
+                if held.contains(&key) {
+                    checker.expect(
+                        applied.contains(&key),
+                        "no node applies a generation before its wave's gate opens",
+                        || {
+                            (
+                                format!("{node} counted {member} healthy on {id}, which {member} never applied"),
+                                vec![id.clone()],
+                            )
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Whether a rollout view's anomaly reports reach its quorum, recomputed from its numbers.
+pub fn quorum_reached(rollout: &Value) -> bool {
+    let quorum = &rollout["anomaly_quorum"];
+    let anomalous = quorum["anomalous"].as_array().map_or(0, Vec::len);
+    let applied = quorum["applied"].as_u64().unwrap_or(0) as usize;
+    let permille = rollout["policy"]["anomaly_quorum_permille"].as_u64().unwrap_or(1000) as usize;
+    let min = rollout["policy"]["anomaly_quorum_min"].as_u64().unwrap_or(1) as usize;
+    anomalous > 0 && anomalous >= (applied * permille).div_ceil(1000).max(min)
+}
+
+/// Every generation whose anomaly quorum was reached (in any node's view, at any time) or
+/// that an operator rolled back is reverted everywhere, and nothing else is.
+fn reverts_match_quorums(checker: &mut Checker, finals: &[Final]) {
+    let mut expected: BTreeMap<String, String> = checker.history.quorum_seen.clone();
+    for last in finals {
+        for (id, generation) in generations(last) {
+            if quorum_reached(&generation["rollout"]) {
+                expected.entry(id).or_insert_with(|| format!("{}'s final view", last.name));
+            }
+        }
+    }
+    for op in &checker.history.ops {
+        if let (Some(target), Ok(_)) = (&op.target, &op.outcome) {
+            expected.entry(target.clone()).or_insert_with(|| format!("rolled back on {}", op.node));
+        }
+    }
+    for last in finals {
+        let held = generations(last);
+        let reverted = reverted_set(last);
+        for (id, why) in &expected {
+            if held.contains_key(id) {
+                checker.expect(reverted.contains(id), "reverted exactly where the anomaly quorum was reached", || {
+                    (format!("{id} should be reverted ({why}) but is not on {}", last.name), vec![id.clone()])
+                });
+            }
+        }
+        for id in &reverted {
+            checker.expect(expected.contains_key(id), "reverted exactly where the anomaly quorum was reached", || {
+                (format!("{id} is reverted on {} without a quorum seen or a rollback", last.name), vec![id.clone()])
+            });
+        }
+    }
+}
+
+/// No node served a config value, a flag value or a file that no change ever wrote; and a
+/// config value served under an acknowledged generation is the one that change wrote.
+fn served_only_written(checker: &mut Checker) {
+    let mut written: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut by_generation: BTreeMap<String, String> = BTreeMap::new();
+    for op in &checker.history.ops {
+        let Some(key) = op.what.split_once(' ').map(|(_, key)| key.to_owned()) else { continue };
+        for value in &op.values {
+            written.entry(key.clone()).or_default().insert(value.to_string());
+        }
+        if let (Ok(generation), [value]) = (&op.outcome, op.values.as_slice()) {
+            by_generation.insert(generation.clone(), value.to_string());
+        }
+    }
+    let observations = checker.history.observations.clone();
+    for seen in observations {
+        let value = seen.value.to_string();
+        let key = if seen.source == "file" { APP_KEY.to_owned() } else { seen.key.clone() };
+        let known = written.get(&key).is_some_and(|values| values.contains(&value));
+        checker.expect(known, "nothing served that no change wrote", || {
+            (
+                format!(
+                    "{} served {} {key} = {value} at {} ms, a value no change wrote",
+                    seen.node, seen.source, seen.t_ms
+                ),
+                vec![key.clone(), seen.node.clone()],
+            )
+        });
+        if let Some(expected) = seen.generation.as_ref().and_then(|g| by_generation.get(g)) {
+            checker.expect(*expected == value, "nothing served that no change wrote", || {
+                let generation = seen.generation.clone().unwrap_or_default();
+                (
+                    format!("{} served {key} = {value} as {generation}, which wrote {expected}", seen.node),
+                    vec![generation],
+                )
+            });
+        }
+    }
+}
+
+/// A node whose store was damaged said so, and said when it had recovered from its peers.
+fn damaged_stores_recovered(checker: &mut Checker, logs: &BTreeMap<String, String>) {
+    for (node, times) in &checker.history.corruptions.clone() {
+        let log = logs.get(node).map(String::as_str).unwrap_or_default();
+        let detected = log.matches("the store is damaged").count();
+        let recovered = log.matches("recovered the log from peers").count();
+        checker.expect(detected >= *times, "a damaged store is detected, never served, and recovered", || {
+            (format!("{node}'s store was damaged {times} times; its log says so {detected} times"), vec![node.clone()])
+        });
+        checker.expect(recovered >= *times, "a damaged store is detected, never served, and recovered", || {
+            (format!("{node}'s store was damaged {times} times; it recovered {recovered} times"), vec![node.clone()])
+        });
+    }
+}
+
+/// The events and observations that mention any of `needles`: the last 12 of each.
+fn minimal_history(history: &History, needles: &[String]) -> Vec<String> {
+    let mentions = |text: &str| needles.iter().any(|needle| text.contains(needle.as_str()));
+    let events: Vec<String> = history
+        .events
+        .iter()
+        .filter(|(_, text)| mentions(text))
+        .map(|(t, text)| format!("{t:>7} ms  {text}"))
+        .collect();
+    let observations: Vec<String> = history
+        .observations
+        .iter()
+        .filter(|o| mentions(&o.node) || mentions(&o.key) || o.generation.as_deref().is_some_and(mentions))
+        .map(|o| {
+            let generation = o.generation.as_deref().unwrap_or("-");
+            format!("{:>7} ms  {} serves {} {} = {} ({generation})", o.t_ms, o.node, o.source, o.key, o.value)
+        })
+        .collect();
+    let tail = |lines: Vec<String>| lines[lines.len().saturating_sub(12)..].to_vec();
+    let mut lines = tail(events);
+    lines.extend(tail(observations));
+    lines
+}

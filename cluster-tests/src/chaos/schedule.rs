@@ -1,0 +1,304 @@
+//! Seeded schedules: what a chaos run does, step by step, derived from its seed alone.
+//!
+//! A schedule interleaves changes sent to random nodes (good ones, and bad ones whose canary
+//! turns unhealthy), faults, and heals. The same seed gives the same schedule; the timing of
+//! real processes makes each run's history differ in detail, so a replay repeats the schedule,
+//! not the interleaving (see `docs/chaos.md`).
+
+use std::fmt;
+
+use grapevine_proto::sim::SplitMix64;
+
+/// The keys and flags a schedule changes. `app` is rendered to a file on every node, whose
+/// health check fails while the file holds a value starting with `BAD`.
+pub const APP_KEY: &str = "app";
+pub const OTHER_KEYS: &[&str] = &["limits", "banner"];
+pub const FLAGS: &[&str] = &["checkout", "search"];
+
+/// One step of a schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    Change(Change),
+    Fault(Fault),
+    /// Ends every fault in force: links pass, frozen nodes resume, killed nodes restart.
+    Heal,
+    /// Lets the cluster run.
+    Pause {
+        ms: u64,
+    },
+}
+
+/// A change a client sends to node `node`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub node: usize,
+    pub kind: ChangeKind,
+    /// Unique within the run: every value a schedule writes is distinct, so a value read back
+    /// names the change that wrote it.
+    pub serial: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChangeKind {
+    /// `app` to a good value, in waves.
+    GoodApp,
+    /// `app` to a value its application fails on, in waves: the canary should report it.
+    BadApp,
+    /// Another config key, at once (`--emergency`).
+    Config { key: &'static str },
+    /// A flag with two string variants, in waves.
+    Flag { key: &'static str },
+    /// An operator's rollback of the `nth` change acknowledged so far (modulo their number).
+    Rollback { nth: usize },
+}
+
+/// A fault, injected while the cluster runs and ended by the next [`Step::Heal`] (or the final
+/// heal), except where it says otherwise.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Links between different groups are cut both ways.
+    Partition { groups: Vec<Vec<usize>> },
+    /// What `from` sends to each of `to` is dropped; the other way passes.
+    OneWay { from: usize, to: Vec<usize> },
+    /// The links between two groups go down and up every `period_ms`, until healed.
+    Flap { groups: Vec<Vec<usize>>, period_ms: u64 },
+    /// This share of messages (iptables: packets) on every link is dropped.
+    Loss { share: f64 },
+    /// SIGSTOP now; SIGCONT at the heal.
+    Freeze { node: usize },
+    /// `kill -9` now; restarted at the heal. `during` says what it is timed to interrupt.
+    Kill { node: usize, during: Interrupt },
+    /// The node restarts with its wall clock skewed by `ms` (it stays skewed for the run).
+    Skew { node: usize, ms: i64 },
+    /// Once the cluster has converged, the node stops, its store file is damaged, and it
+    /// restarts: it must move the file aside and recover from its peers. Ends by itself.
+    Corrupt { node: usize, damage: Damage },
+}
+
+/// What a `kill -9` is timed to interrupt.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Interrupt {
+    /// Nothing in particular.
+    Anything,
+    /// A rollout in waves: killed 0.3 s after a change in waves was accepted.
+    Wave,
+    /// A revert: killed as soon as a bad change's canary reports it anomalous.
+    Revert,
+    /// A file render: killed 0-40 ms after a change of the rendered key was accepted.
+    Render,
+}
+
+/// How a store file is damaged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Damage {
+    /// Cut to half its length.
+    Truncate,
+    /// 4 KiB of random bytes written over its middle.
+    Garble,
+}
+
+impl Fault {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::Partition { .. } => "partition",
+            Fault::OneWay { .. } => "one-way partition",
+            Fault::Flap { .. } => "flapping links",
+            Fault::Loss { .. } => "loss on every link",
+            Fault::Freeze { .. } => "SIGSTOP/SIGCONT",
+            Fault::Kill { during: Interrupt::Anything, .. } => "kill -9",
+            Fault::Kill { during: Interrupt::Wave, .. } => "kill -9 mid-wave",
+            Fault::Kill { during: Interrupt::Revert, .. } => "kill -9 mid-revert",
+            Fault::Kill { during: Interrupt::Render, .. } => "kill -9 mid-render",
+            Fault::Skew { .. } => "clock skew",
+            Fault::Corrupt { damage: Damage::Truncate, .. } => "store truncated",
+            Fault::Corrupt { damage: Damage::Garble, .. } => "store garbled",
+        }
+    }
+
+    /// Whether it is a fault of the network (as opposed to one of a process or its disk).
+    pub fn is_network(&self) -> bool {
+        matches!(self, Fault::Partition { .. } | Fault::OneWay { .. } | Fault::Flap { .. } | Fault::Loss { .. })
+    }
+
+    /// The node it takes down until the heal, if any.
+    pub fn takes_down(&self) -> Option<usize> {
+        match self {
+            Fault::Freeze { node } | Fault::Kill { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = |node: &usize| format!("n{}", node + 1);
+        let names = |nodes: &[usize]| nodes.iter().map(name).collect::<Vec<_>>().join(",");
+        let groups = |groups: &[Vec<usize>]| groups.iter().map(|g| names(g)).collect::<Vec<_>>().join(" | ");
+        match self {
+            Step::Change(change) => {
+                let node = name(&change.node);
+                match &change.kind {
+                    ChangeKind::GoodApp => write!(f, "change on {node}: config {APP_KEY} good-{}", change.serial),
+                    ChangeKind::BadApp => write!(f, "change on {node}: config {APP_KEY} BAD-{}", change.serial),
+                    ChangeKind::Config { key } => {
+                        write!(f, "change on {node}: config {key} {} (emergency)", change.serial)
+                    }
+                    ChangeKind::Flag { key } => write!(f, "change on {node}: flag {key} v{}", change.serial),
+                    ChangeKind::Rollback { nth } => write!(f, "rollback on {node} of acknowledged change #{nth}"),
+                }
+            }
+            Step::Fault(fault) => {
+                write!(f, "fault: {}", fault.name())?;
+                match fault {
+                    Fault::Partition { groups: g } | Fault::Flap { groups: g, .. } => write!(f, " {}", groups(g)),
+                    Fault::OneWay { from, to } => write!(f, " {} -/-> {}", name(from), names(to)),
+                    Fault::Loss { share } => write!(f, " {:.0}%", share * 100.0),
+                    Fault::Freeze { node } | Fault::Kill { node, .. } => write!(f, " {}", name(node)),
+                    Fault::Skew { node, ms } => write!(f, " {} by {ms:+} ms", name(node)),
+                    Fault::Corrupt { node, .. } => write!(f, " {}", name(node)),
+                }
+            }
+            Step::Heal => write!(f, "heal"),
+            Step::Pause { ms } => write!(f, "pause {ms} ms"),
+        }
+    }
+}
+
+/// How long a schedule is.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub nodes: usize,
+    /// Changes and faults, not counting pauses and heals.
+    pub events: usize,
+}
+
+/// The schedule of `seed`.
+pub fn generate(seed: u64, shape: Shape) -> Vec<Step> {
+    let mut random = SplitMix64::new(seed);
+    let n = shape.nodes;
+    let mut steps = Vec::new();
+    let mut serial = 0;
+    // At most one node down (frozen or killed) at a time, and one network fault: a majority
+    // stays up, as in the failure model of DESIGN.md.
+    let (mut network_fault, mut down) = (false, false);
+    for _ in 0..shape.events {
+        let roll = random.next_unit();
+        if roll < 0.55 {
+            serial += 1;
+            let node = random.below(n);
+            let kind = match random.below(10) {
+                0..=2 => ChangeKind::GoodApp,
+                3..=4 => ChangeKind::BadApp,
+                5..=6 => ChangeKind::Config { key: OTHER_KEYS[random.below(OTHER_KEYS.len())] },
+                7..=8 => ChangeKind::Flag { key: FLAGS[random.below(FLAGS.len())] },
+                _ => ChangeKind::Rollback { nth: random.below(8) },
+            };
+            steps.push(Step::Change(Change { node, kind, serial }));
+        } else if roll < 0.85 {
+            let fault = match random.below(12) {
+                0..=1 if !network_fault => Fault::Partition { groups: split(&mut random, n) },
+                2 if !network_fault => {
+                    let from = random.below(n);
+                    let mut to: Vec<usize> = (0..n).filter(|x| *x != from && random.next_unit() < 0.6).collect();
+                    if to.is_empty() {
+                        to.push((from + 1) % n);
+                    }
+                    Fault::OneWay { from, to }
+                }
+                3 if !network_fault => {
+                    Fault::Flap { groups: split(&mut random, n), period_ms: 300 + random.below(700) as u64 }
+                }
+                4 if !network_fault => Fault::Loss { share: 0.1 + 0.3 * random.next_unit() },
+                5 if !down => Fault::Freeze { node: random.below(n) },
+                6..=7 if !down => {
+                    let during =
+                        [Interrupt::Anything, Interrupt::Wave, Interrupt::Revert, Interrupt::Render][random.below(4)];
+                    Fault::Kill { node: random.below(n), during }
+                }
+                8 if !down => {
+                    // Within the maximum clock offset (500 ms by default) and beyond it: beyond,
+                    // peers hold its generations back until their own clocks reach the stamp.
+                    let magnitude = [200, 450, 1500][random.below(3)];
+                    let sign = if random.below(2) == 0 { -1 } else { 1 };
+                    Fault::Skew { node: random.below(n), ms: sign * magnitude }
+                }
+                9 if !down => {
+                    let damage = if random.below(2) == 0 { Damage::Truncate } else { Damage::Garble };
+                    Fault::Corrupt { node: random.below(n), damage }
+                }
+                _ => {
+                    steps.push(Step::Heal);
+                    (network_fault, down) = (false, false);
+                    continue;
+                }
+            };
+            if matches!(fault, Fault::Corrupt { .. }) {
+                // A corruption waits for the cluster to converge, which a fault in force prevents.
+                steps.push(Step::Heal);
+                (network_fault, down) = (false, false);
+            }
+            network_fault |= fault.is_network();
+            down |= fault.takes_down().is_some();
+            steps.push(Step::Fault(fault));
+        } else {
+            steps.push(Step::Heal);
+            (network_fault, down) = (false, false);
+        }
+        steps.push(Step::Pause { ms: 200 + random.below(1_300) as u64 });
+    }
+    steps
+}
+
+/// Two non-empty groups, the first the larger (or equal).
+fn split(random: &mut SplitMix64, n: usize) -> Vec<Vec<usize>> {
+    let minority = 1 + random.below((n / 2).max(1));
+    let mut nodes: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        nodes.swap(i, random.below(i + 1));
+    }
+    let (small, large) = nodes.split_at(minority);
+    let (mut small, mut large) = (small.to_vec(), large.to_vec());
+    small.sort_unstable();
+    large.sort_unstable();
+    vec![large, small]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_one_schedule_and_seeds_differ() {
+        let shape = Shape { nodes: 5, events: 30 };
+        assert_eq!(generate(7, shape), generate(7, shape));
+        assert_ne!(generate(7, shape), generate(8, shape));
+    }
+
+    #[test]
+    fn schedules_keep_a_majority_up_and_corrupt_only_after_a_heal() {
+        for seed in 0..300 {
+            let steps = generate(seed, Shape { nodes: 5, events: 40 });
+            let (mut network, mut down) = (0, 0);
+            for (i, step) in steps.iter().enumerate() {
+                match step {
+                    Step::Heal => (network, down) = (0, 0),
+                    Step::Fault(fault) => {
+                        if let Fault::Corrupt { .. } = fault {
+                            assert_eq!(steps[i - 1], Step::Heal, "seed {seed}: a corruption follows a heal");
+                        }
+                        network += usize::from(fault.is_network());
+                        down += usize::from(fault.takes_down().is_some());
+                        assert!(network <= 1 && down <= 1, "seed {seed}: {network} network faults, {down} down");
+                    }
+                    _ => {}
+                }
+            }
+            for step in &steps {
+                if let Step::Fault(Fault::Partition { groups } | Fault::Flap { groups, .. }) = step {
+                    assert_eq!(groups.len(), 2);
+                    assert!(groups[0].len() >= groups[1].len() && !groups[1].is_empty(), "seed {seed}: {groups:?}");
+                }
+            }
+        }
+    }
+}
