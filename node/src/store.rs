@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use grapevine_proto::validate::{validate_generation, validate_snapshot};
-use grapevine_proto::wire::{decode, encode};
+use grapevine_proto::wire::{WireError, decode, encode};
 use grapevine_proto::{GenId, Generation, NodeName, Revert, Snapshot, VersionVector};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
@@ -41,6 +41,9 @@ pub enum StoreError {
     WrongNode { path: PathBuf, expected: String, found: String },
     #[error("store {path} is corrupt: record {record}: {detail}")]
     Corrupt { path: PathBuf, record: String, detail: String },
+    /// Written by a build of another format version: not damage, an upgrade to plan.
+    #[error("store {path}: record {record}: {error} (see \"Format version\" in docs/operations.md)")]
+    Format { path: PathBuf, record: String, error: grapevine_proto::wire::WireError },
     #[error("store {path}: {error}")]
     Database { path: PathBuf, error: Box<redb::Error> },
 }
@@ -94,7 +97,10 @@ impl Store {
                 }
                 _ => false,
             },
-            StoreError::CreateDir { .. } | StoreError::Locked { .. } | StoreError::WrongNode { .. } => false,
+            StoreError::CreateDir { .. }
+            | StoreError::Locked { .. }
+            | StoreError::WrongNode { .. }
+            | StoreError::Format { .. } => false,
         }
     }
 
@@ -107,6 +113,15 @@ impl Store {
         std::fs::rename(&path, &aside)
             .map_err(|error| StoreError::Database { path, error: Box::new(redb::Error::Io(error)) })?;
         Ok(aside)
+    }
+
+    /// A record that does not decode: written by another format version, or damaged.
+    fn undecodable(&self, record: &str, error: WireError) -> StoreError {
+        let (path, record) = (self.path.clone(), record.to_owned());
+        match error {
+            WireError::UnknownVersion { .. } => StoreError::Format { path, record, error },
+            other => StoreError::Corrupt { path, record, detail: other.to_string() },
+        }
     }
 
     fn error(&self) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -148,7 +163,7 @@ impl Store {
         };
         let corrupt =
             |detail: String| StoreError::Corrupt { path: self.path.clone(), record: "snapshot".to_owned(), detail };
-        let snapshot: Snapshot = decode(bytes.value(), "snapshot").map_err(|x| corrupt(x.to_string()))?;
+        let snapshot: Snapshot = decode(bytes.value(), "snapshot").map_err(|x| self.undecodable("snapshot", x))?;
         validate_snapshot(&snapshot).map_err(|x| corrupt(x.to_string()))?;
         Ok(snapshot)
     }
@@ -242,7 +257,8 @@ impl Store {
     fn decode_record(&self, origin: &str, seq: u64, bytes: &[u8]) -> Result<Generation, StoreError> {
         let corrupt =
             |detail: String| StoreError::Corrupt { path: self.path.clone(), record: format!("{origin}.{seq}"), detail };
-        let generation: Generation = decode(bytes, "generation").map_err(|x| corrupt(x.to_string()))?;
+        let generation: Generation =
+            decode(bytes, "generation").map_err(|x| self.undecodable(&format!("{origin}.{seq}"), x))?;
         validate_generation(&generation).map_err(|x| corrupt(x.to_string()))?;
         let id = generation.id();
         if id.origin.as_str() != origin || id.seq != seq {
@@ -331,5 +347,35 @@ mod tests {
         drop(Store::open(dir.path(), &"n1".parse().unwrap()).unwrap());
         let error = Store::open(dir.path(), &"n2".parse().unwrap()).err().unwrap();
         assert!(error.to_string().contains("belongs to node \"n1\""), "{error}");
+        assert!(!Store::is_corruption(&error));
+    }
+
+    /// Writes `bytes` as record n1.1, past every check.
+    fn raw_record(store: &Store, bytes: &[u8]) {
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(GENERATIONS).unwrap().insert(("n1", 1), bytes).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_record_is_corruption_and_another_format_version_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let name: NodeName = "n1".parse().unwrap();
+        let store = Store::open(dir.path(), &name).unwrap();
+        let mut bytes = encode(&generation("n1", 1));
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xFF;
+        raw_record(&store, &bytes);
+        let damaged = store.load().unwrap_err();
+        assert!(Store::is_corruption(&damaged), "{damaged}");
+        bytes[0] = 2;
+        raw_record(&store, &bytes);
+        let older = store.load().unwrap_err();
+        assert!(!Store::is_corruption(&older), "{older}");
+        assert!(older.to_string().contains("expected format version 3, got version 2"), "{older}");
+        drop(store);
+        let aside = Store::quarantine(dir.path()).unwrap();
+        assert!(aside.file_name().unwrap().to_string_lossy().starts_with("grapevine.redb.corrupt-"));
+        assert!(Store::open(dir.path(), &name).unwrap().load().unwrap().is_empty(), "a fresh store after quarantine");
     }
 }

@@ -62,8 +62,15 @@ pub struct History {
     pub releases: BTreeMap<(String, String), Value>,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, usize>,
-    /// Store damages: node name, and how many times.
-    pub corruptions: BTreeMap<String, usize>,
+    /// Store damages, by node name.
+    pub corruptions: BTreeMap<String, Damages>,
+}
+
+/// How often one node's store was damaged, by kind.
+#[derive(Clone, Debug, Default)]
+pub struct Damages {
+    pub truncated: usize,
+    pub garbled: usize,
 }
 
 /// A client operation and its outcome.
@@ -357,7 +364,13 @@ impl World {
                 let file = self.cluster.nodes[*node].data.join("grapevine.redb");
                 damage_file(&file, *damage, self.seed ^ index as u64)?;
                 let name = self.cluster.nodes[*node].name.clone();
-                *self.recorder.history.lock().expect("history lock").corruptions.entry(name).or_default() += 1;
+                let mut history = self.recorder.history.lock().expect("history lock");
+                let damages = history.corruptions.entry(name).or_default();
+                match damage {
+                    Damage::Truncate => damages.truncated += 1,
+                    Damage::Garble => damages.garbled += 1,
+                }
+                drop(history);
                 self.start(*node)?;
             }
         }
@@ -533,9 +546,21 @@ fn damage_file(path: &Path, damage: Damage, seed: u64) -> Result<()> {
         Damage::Truncate => file.set_len(length / 2)?,
         Damage::Garble => {
             let mut random = grapevine_proto::sim::SplitMix64::new(seed);
-            let garbage: Vec<u8> = (0..4096).map(|_| random.next_u64() as u8).collect();
-            file.seek(SeekFrom::Start(length / 2))?;
-            file.write_all(&garbage)?;
+            let bytes = std::fs::read(path)?;
+            let in_use: Vec<usize> = bytes
+                .chunks(4096)
+                .enumerate()
+                .skip(1)
+                .filter(|(_, page)| page.iter().any(|b| *b != 0))
+                .map(|(i, _)| i)
+                .collect();
+            for page in in_use {
+                if random.below(2) == 0 {
+                    let garbage: Vec<u8> = (0..64).map(|_| random.next_u64() as u8).collect();
+                    file.seek(SeekFrom::Start(page as u64 * 4096 + random.below(4096 - 64) as u64))?;
+                    file.write_all(&garbage)?;
+                }
+            }
         }
     }
     file.sync_all()?;

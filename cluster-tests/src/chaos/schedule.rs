@@ -93,7 +93,8 @@ pub enum Interrupt {
 pub enum Damage {
     /// Cut to half its length.
     Truncate,
-    /// 4 KiB of random bytes written over its middle.
+    /// 64 random bytes written into each of a random half of its pages in use. Damage that
+    /// hits only pages redb no longer uses is harmless: then the node must simply go on.
     Garble,
 }
 
