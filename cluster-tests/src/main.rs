@@ -153,6 +153,9 @@ fn chaos(args: &[String]) -> ExitCode {
                                 report.checked,
                                 report.wall.as_secs_f64()
                             );
+                            if !report.violations.is_empty() {
+                                eprintln!("{}", chaos::summary(std::slice::from_ref(&report)));
+                            }
                             reports.lock().expect("reports lock").push(report);
                         }
                         Err(error) => {

@@ -78,6 +78,8 @@ fn a_damaged_store_is_moved_aside_never_served_and_recovered_from_peers() -> Res
         let reason =
             recovering["recovering"].as_str().with_context(|| format!("{damage}: not recovering: {recovering}"))?;
         assert!(reason.contains("moved aside to"), "{damage}: {reason}");
+        let text = String::from_utf8(check(node.cli(&["status"]))?.stdout)?;
+        assert!(text.contains("RECOVERING from peers"), "{damage}: {text}");
         let (code, stderr) = failure(node, &["config", "get", "limits"]);
         assert_eq!(code, Some(1), "{damage}: a read while recovering: {stderr}");
         assert!(stderr.contains("recovering its log from peers"), "{damage}: {stderr}");

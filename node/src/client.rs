@@ -285,6 +285,9 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
         text(&answer, "applied"),
         text(&answer, "state_digest"),
     );
+    if let Some(reason) = answer["recovering"].as_str() {
+        println!("RECOVERING from peers, serving no reads and taking no changes: {reason}");
+    }
     for source in answer["health"].as_array().into_iter().flatten() {
         let state = if source["ok"] == true { "ok" } else { "FAILING" };
         println!("health source {}: {state} ({})", text(source, "source"), text(source, "detail"));

@@ -169,6 +169,10 @@ pub fn run_seed(seed: u64, options: &Options) -> Result<Report> {
     let history = std::mem::take(&mut *recorder.history.lock().expect("history lock"));
     let logs: BTreeMap<String, String> = world.cluster.nodes.iter().map(|n| (n.name.clone(), n.log_text())).collect();
     let verdict = check::check(&history, &finals, &logs, converged.err().map(|e| e.to_string()));
+    let recorded = history_file(seed);
+    if let Err(error) = write_history(&recorded, &history, &finals, &logs) {
+        eprintln!("seed {seed}: cannot write the history to {}: {error}", recorded.display());
+    }
     let ops = history.ops.iter().filter(|op| op.target.is_none());
     Ok(Report {
         seed,
@@ -182,6 +186,37 @@ pub fn run_seed(seed: u64, options: &Options) -> Result<Report> {
         violations: verdict.violations,
         wall: started.elapsed(),
     })
+}
+
+/// Where the history of a seed's last run is written: `$TMPDIR/grapevine-chaos/seed-N/`.
+pub fn history_file(seed: u64) -> PathBuf {
+    std::env::temp_dir().join("grapevine-chaos").join(format!("seed-{seed}"))
+}
+
+/// Writes the run's history (events, operations, observations), each node's final status
+/// and history, and each node's log, for a post-mortem of a violation.
+fn write_history(dir: &Path, history: &History, finals: &[Final], logs: &BTreeMap<String, String>) -> Result<()> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let mut text = String::new();
+    for (t, event) in &history.events {
+        writeln!(text, "{t:>7} ms  {event}")?;
+    }
+    writeln!(text, "\nobservations (changes of what a node serves):")?;
+    for o in &history.observations {
+        let generation = o.generation.as_deref().unwrap_or("-");
+        writeln!(text, "{:>7} ms  {} {} {} = {} ({generation})", o.t_ms, o.node, o.source, o.key, o.value)?;
+    }
+    writeln!(text, "\nanomaly quorums seen: {:?}", history.quorum_seen)?;
+    std::fs::write(dir.join("history.txt"), text)?;
+    for last in finals {
+        let both = json!({ "status": last.status, "history": last.history });
+        std::fs::write(dir.join(format!("{}.final.json", last.name)), serde_json::to_string_pretty(&both)?)?;
+    }
+    for (name, log) in logs {
+        std::fs::write(dir.join(format!("{name}.log")), log)?;
+    }
+    Ok(())
 }
 
 /// The config of every chaos node: changes in three waves with a short bake, judged by an
@@ -736,6 +771,7 @@ pub fn summary(reports: &[Report]) -> String {
                 ),
             );
             line(&mut out, format!("  {}", violation.detail));
+            line(&mut out, format!("  whole history and node logs: {}", history_file(report.seed).display()));
             for evidence in &violation.history {
                 line(&mut out, format!("    {evidence}"));
             }
