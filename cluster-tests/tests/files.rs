@@ -121,3 +121,27 @@ fn a_node_killed_mid_render_leaves_the_whole_old_file() -> Result<()> {
     check(cluster.nodes[0].cli(&["status"]))?;
     Ok(())
 }
+
+#[test]
+fn a_file_whose_only_value_is_reverted_is_removed_and_reloaded() -> Result<()> {
+    // Found by the chaos suite: the file kept the reverted value, so the application kept
+    // failing after the revert, and its errors were blamed on an unrelated change.
+    let cluster = cluster("true", "echo reloaded >> \"$(dirname {path})/reloads\"")?;
+    let node = &cluster.nodes[0];
+    let dir = cluster.dir.path();
+    let limits = dir.join("limits.json");
+    let first = put(node, "app/limits", r#"{"burst": 9}"#)?;
+    wait_until(Duration::from_secs(10), "the file rendered", || read(&limits).contains("\"burst\": 9"))?;
+    check(node.cli(&["rollback", &first]))?;
+    wait_until(Duration::from_secs(10), "the file removed", || !limits.exists())?;
+    wait_until(Duration::from_secs(5), "a reload after the removal", || {
+        read(&dir.join("reloads")).lines().count() == 2
+    })?;
+    let status = file_status(node, &limits);
+    assert_eq!(status["ok"], true, "{status}");
+    assert_eq!(status["detail"], "removed: the key has no applied value", "{status}");
+    // A new value renders the file again.
+    put(node, "app/limits", r#"{"burst": 10}"#)?;
+    wait_until(Duration::from_secs(10), "the file rendered again", || read(&limits).contains("\"burst\": 10"))?;
+    Ok(())
+}

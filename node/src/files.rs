@@ -241,9 +241,13 @@ pub async fn run(task: FilesTask, shutdown: CancellationToken) {
     let mut good: Vec<Option<Vec<u8>>> = task.files.iter().map(|file| read_lkg(&task.data, &file.path)).collect();
     let mut failed: Vec<Option<Vec<u8>>> = vec![None; task.files.len()];
     loop {
-        let state = views.borrow_and_update().state.clone();
-        for ((file, good), failed) in task.files.iter().zip(good.iter_mut()).zip(failed.iter_mut()) {
-            sync_file(&task, file, &state, good, failed).await;
+        let view = views.borrow_and_update().clone();
+        // A node recovering from a damaged store holds nothing it can vouch for: its files
+        // stay as they are until it has caught up with its peers.
+        if view.recovering.is_none() {
+            for ((file, good), failed) in task.files.iter().zip(good.iter_mut()).zip(failed.iter_mut()) {
+                sync_file(&task, file, &view.state, good, failed).await;
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -260,7 +264,14 @@ async fn sync_file(
     good: &mut Option<Vec<u8>>,
     failed: &mut Option<Vec<u8>>,
 ) {
-    let Some((value, generation)) = file.source(state) else { return };
+    let Some((value, generation)) = file.source(state) else {
+        // The key has no applied value any more (its only value was reverted): a file this
+        // node rendered goes, as before that value; a file it never rendered stays.
+        if good.is_some() {
+            remove(task, file, good, failed).await;
+        }
+        return;
+    };
     let outcome = match render(&value, file.format) {
         Err(error) => Err(("render_failed", format!("cannot render {}: {error}", file.path.display()))),
         Ok(bytes) if good.as_deref() == Some(bytes.as_slice()) && on_disk(&file.path) == Some(bytes.clone()) => return,
@@ -296,6 +307,44 @@ async fn sync_file(
             task.statuses.note(FileStatus { path, generation: Some(generation.to_string()), ok: false, detail });
         }
     }
+}
+
+/// Removes a rendered file whose key has no applied value, and its last-known-good copy, then
+/// runs the reload command.
+async fn remove(task: &FilesTask, file: &FileConfig, good: &mut Option<Vec<u8>>, failed: &mut Option<Vec<u8>>) {
+    let path = file.path.clone();
+    *failed = None;
+    let removed = match std::fs::remove_file(&path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(format!("cannot remove it: {error}")),
+        _ => Ok(()),
+    };
+    let outcome = match removed {
+        Ok(()) => {
+            *good = None;
+            let _ = std::fs::remove_file(lkg_path(&task.data, &path));
+            if file.reload.is_empty() {
+                Ok(())
+            } else {
+                run_command(&file.reload, &path, file.timeout()).await.map_err(|e| format!("reload failed: {e}"))
+            }
+        }
+        Err(error) => Err(error),
+    };
+    let detail = match &outcome {
+        Ok(()) => "removed: the key has no applied value".to_owned(),
+        Err(error) => format!("the key has no applied value; {error}"),
+    };
+    match outcome {
+        Ok(()) => {
+            task.metrics.file_renders.get_or_create(&reason("removed")).inc();
+            info!(path = %path.display(), "removed file: its key has no applied value");
+        }
+        Err(_) => {
+            task.metrics.file_renders.get_or_create(&reason("remove_failed")).inc();
+            warn!(path = %path.display(), %detail, "file not removed");
+        }
+    }
+    task.statuses.note(FileStatus { path, generation: None, ok: outcome.is_ok(), detail });
 }
 
 fn on_disk(path: &Path) -> Option<Vec<u8>> {

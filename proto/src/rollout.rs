@@ -478,6 +478,15 @@ impl Plan {
         if controls.paused {
             return false;
         }
+        // A gate that opened stays open: a member of this wave or a later one that reports on
+        // the generation applied it, so the gate was open in its view. Without this latch, a
+        // wave-mate that was down while the gate was open, and came back after an earlier
+        // wave's report turned anomalous (short of the anomaly quorum), would never apply what
+        // the rest of its wave did: the cluster would stay split for good.
+        let later = &self.waves[wave.min(self.waves.len())..];
+        if later.iter().flatten().any(|member| reports.contains_key(member)) {
+            return true;
+        }
         self.waves[..wave.min(self.waves.len())].iter().all(|members| self.baked(members, policy, reports))
     }
 
@@ -618,6 +627,14 @@ mod tests {
         assert!(!plan.is_open(1, &policy, Controls { paused: true, promoted_through: None }, &reports));
         assert!(plan.is_open(2, &policy, Controls { paused: true, promoted_through: Some(2) }, &reports));
         assert_eq!(plan.open_waves(&policy, none, &reports), 2);
+        // A gate that opened stays open: once a wave-2 member applied it (and reports), the
+        // rest of wave 2 follows, even though the canary's report has since turned anomalous.
+        let wave_mate = plan.waves[2][0].clone();
+        reports.insert(plan.waves[0][0].clone(), Report { verdict: Verdict::Anomalous, elapsed_ms: 9_000 });
+        assert!(!plan.is_open(2, &policy, none, &reports));
+        reports.insert(wave_mate, healthy(10));
+        assert!(plan.is_open(2, &policy, none, &reports));
+        assert!(plan.is_open(1, &policy, none, &reports), "a later wave's member went through wave 1 too");
     }
 
     #[test]
@@ -709,16 +726,21 @@ mod tests {
         }
 
         #[test]
-        fn a_silent_wave_never_advances_anything(
+        fn a_silent_canary_opens_a_wave_only_through_a_member_that_went_through(
             members in 3..40usize, reporting in proptest::collection::vec(any::<bool>(), 40),
         ) {
             let policy = Policy { waves: parse_waves("1,50%,100%").unwrap(), bake_ms: 10, ..Policy::default() };
             let plan = Plan::of(&body(members, policy.clone(), vec![]));
-            // Only members of wave 1 and later report: the canary is silent.
+            // Only members of wave 1 and later report: the canary is silent, so the rule never
+            // holds, and a wave is open only when one of its members (or a later wave's)
+            // already applied the generation.
             let reports: BTreeMap<NodeName, Report> = plan.waves[1..].iter().flatten()
                 .zip(&reporting).filter(|(_, r)| **r).map(|(n, _)| (n.clone(), healthy(1_000))).collect();
             for wave in 1..plan.waves.len() {
-                prop_assert!(!plan.is_open(wave, &policy, Controls::default(), &reports));
+                let went_through = plan.waves[wave..].iter().flatten().any(|m| reports.contains_key(m));
+                prop_assert_eq!(plan.is_open(wave, &policy, Controls::default(), &reports), went_through);
+                let paused = Controls { paused: true, promoted_through: None };
+                prop_assert!(!plan.is_open(wave, &policy, paused, &reports), "a pause holds every later wave");
             }
         }
     }

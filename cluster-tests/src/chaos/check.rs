@@ -24,6 +24,9 @@ pub struct Violation {
 pub struct Verdict {
     pub checked: usize,
     pub violations: Vec<Violation>,
+    /// Generations whose rollout stalled: applied by some nodes, waiting on others for a wave
+    /// that stays closed (legal; the nodes differ in state by exactly those).
+    pub stalled: BTreeSet<String>,
 }
 
 struct Checker<'a> {
@@ -56,12 +59,13 @@ pub fn check(
         (not_converged.clone().unwrap_or_default(), Vec::new())
     });
     same_everywhere(&mut checker, finals);
+    let stalled = stalled(&mut checker, finals);
     acknowledged_everywhere(&mut checker, finals);
     gates_respected(&mut checker, finals);
     reverts_match_quorums(&mut checker, finals);
     served_only_written(&mut checker);
     damaged_stores_recovered(&mut checker, logs);
-    Verdict { checked: checker.checked, violations: checker.violations }
+    Verdict { checked: checker.checked, violations: checker.violations, stalled }
 }
 
 /// Generations of a node's final history, by id.
@@ -74,6 +78,46 @@ fn generations(last: &Final) -> BTreeMap<String, &Value> {
         .collect()
 }
 
+/// The generations a node applied and holds unreverted.
+fn applied_set(last: &Final) -> BTreeSet<String> {
+    generations(last)
+        .into_iter()
+        .filter(|(_, g)| g["rollout"]["applied_here"] == true && g["rollout"]["reverted"] != true)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Generations some node applied and another did not: each must be waiting, on the node that
+/// did not, for a wave closed in its view (a stalled rollout: an earlier wave's report turned
+/// anomalous short of the anomaly quorum). Returns the stalled generations.
+fn stalled(checker: &mut Checker, finals: &[Final]) -> BTreeSet<String> {
+    let everywhere: BTreeSet<String> = finals.iter().flat_map(applied_set).collect();
+    let mut stalled = BTreeSet::new();
+    for last in finals {
+        let held = generations(last);
+        for id in everywhere.difference(&applied_set(last)) {
+            let Some(generation) = held.get(id) else { continue };
+            let rollout = &generation["rollout"];
+            if rollout["reverted"] == true || rollout.is_null() {
+                continue;
+            }
+            let open = rollout["open_waves"].as_u64().unwrap_or(0) as usize;
+            let wave =
+                rollout["waves"].as_array().into_iter().flatten().position(|w| {
+                    w["members"].as_array().into_iter().flatten().any(|m| m["name"] == last.name.as_str())
+                });
+            let waiting = wave.is_some_and(|wave| wave >= open);
+            checker.expect(waiting, "every node holds the same log, reverts and state", || {
+                (format!("{id} is applied elsewhere but not on {}, whose wave is open", last.name), vec![id.clone()])
+            });
+            if waiting {
+                stalled.insert(id.clone());
+            }
+        }
+    }
+    stalled
+}
+
 fn reverted_set(last: &Final) -> BTreeSet<String> {
     generations(last).into_iter().filter(|(_, g)| g["rollout"]["reverted"] == true).map(|(id, _)| id).collect()
 }
@@ -84,10 +128,23 @@ fn same_everywhere(checker: &mut Checker, finals: &[Final]) {
     let first_generations = generations(first);
     for other in &finals[1..] {
         let pairs = [
-            ("state digest", &first.status["state_digest"], &other.status["state_digest"]),
             ("version vector", &first.status["version_vector"], &other.status["version_vector"]),
             ("reverts held", &first.status["reverted"], &other.status["reverted"]),
         ];
+        // Nodes that applied the same generations hold the same state; nodes that did not
+        // differ only by rollouts stalled in a wave closed for one of them (see `stalled`).
+        if applied_set(first) == applied_set(other) {
+            let (a, b) = (&first.status["state_digest"], &other.status["state_digest"]);
+            checker.expect(a == b, "every node holds the same log, reverts and state", || {
+                (
+                    format!(
+                        "state digest: {} has {a}, {} has {b}, having applied the same generations",
+                        first.name, other.name
+                    ),
+                    Vec::new(),
+                )
+            });
+        }
         for (what, a, b) in pairs {
             checker.expect(a == b, "every node holds the same log, reverts and state", || {
                 (
@@ -182,6 +239,32 @@ fn gates_respected(checker: &mut Checker, finals: &[Final]) {
         let policy = &rollout["policy"];
         let bake = policy["bake_ms"].as_u64().unwrap_or(0);
         let permille = policy["health_quorum_permille"].as_u64().unwrap_or(1000) as usize;
+        let names = |index: usize| -> Vec<String> {
+            rollout["waves"][index]["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                .collect()
+        };
+        // The latch: a member of this wave or a later one had applied it (it reports on it).
+        let waves = rollout["waves"].as_array().map_or(0, Vec::len);
+        let went_through: Vec<String> =
+            (wave..waves).flat_map(names).filter(|m| *m != node && !release["reports"][m.as_str()].is_null()).collect();
+        if let Some(member) = went_through.first() {
+            let key = (member.clone(), id.clone());
+            checker.expect(
+                !held.contains(&key) || applied.contains(&key),
+                "no node applies a generation before its wave's gate opens",
+                || {
+                    (
+                        format!("{node} applied {id} because {member} had, but {member} never applied it"),
+                        vec![id.clone()],
+                    )
+                },
+            );
+            continue;
+        }
         for earlier in 0..wave {
             let members: Vec<&str> = rollout["waves"][earlier]["members"]
                 .as_array()

@@ -53,7 +53,7 @@ pub struct Release {
     /// This node's wall clock (unix ms) when it applied it.
     pub at_unix_ms: u64,
     pub controls: Controls,
-    /// The reports of the members of earlier waves (none for wave 0).
+    /// The reports of live members it saw (none recorded for wave 0, which needs none).
     pub reports: BTreeMap<NodeName, Report>,
 }
 
@@ -147,10 +147,8 @@ impl Engine {
             let controls = controls.get(&body.id).copied().unwrap_or_default();
             let mut release = Release { wave, at_unix_ms: 0, controls, reports: BTreeMap::new() };
             let is_open = wave == 0 || {
-                let mut reports = self.parts.gossip.reports_for(&body.id).await;
-                let earlier: Vec<&NodeName> = plan.waves[..wave.min(plan.waves.len())].iter().flatten().collect();
+                let reports = self.parts.gossip.reports_for(&body.id).await;
                 let is_open = plan.is_open(wave, &body.change.policy, controls, &reports);
-                reports.retain(|name, _| earlier.contains(&name));
                 release.reports = reports;
                 is_open
             };
