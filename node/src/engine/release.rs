@@ -110,15 +110,13 @@ impl Engine {
         let now = super::now_ms(self.parts.clock_skew_ms);
         let log = &self.log;
         self.releases.retain(|id, _| log.get(id).is_some());
-        for (generation, mut release) in newly {
-            let generation = &generation;
-            release.at_unix_ms = now;
-            self.releases.insert(generation.id().clone(), release);
-            self.observe_propagation("applied", generation, now);
+        for (generation, release) in newly {
+            self.releases.insert(generation.id().clone(), Release { at_unix_ms: now, ..release });
+            self.observe_propagation("applied", &generation, now);
             self.released.insert(generation.id().clone());
-            self.state.apply(generation);
+            self.state.apply(&generation);
             if !generation.body.change.ops.is_empty() {
-                judge(&self.parts.health, generation);
+                judge(&self.parts.health, &generation);
             }
             info!(generation = %generation.id(), "applied");
         }
