@@ -81,9 +81,6 @@ fn main() -> ExitCode {
 const CHAOS_USAGE: &str = "usage: grapevine-cluster-tests chaos [--quick] [--seeds N] [--first S] [--seed S]... \
 [--nodes N] [--events N] [--jobs J]";
 
-/// The seeds of the quick mode (CI): fixed, so CI runs the same schedules every time.
-const QUICK_SEEDS: &[u64] = &[1, 2, 3];
-
 /// `chaos`: runs seeded schedules against real clusters and checks each run's invariants.
 /// Exits 1 when any run breaks one (or cannot run), 2 on a usage error.
 fn chaos(args: &[String]) -> ExitCode {
@@ -120,8 +117,10 @@ fn chaos(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     }
     if quick {
-        (nodes, events) = (4, 10);
-        seeds.extend(QUICK_SEEDS);
+        // Fixed, so CI runs the same schedules every time; together they inject every fault.
+        let shape = chaos::schedule::QUICK_SHAPE;
+        (nodes, events) = (shape.nodes, shape.events);
+        seeds.extend(chaos::schedule::QUICK_SEEDS);
     }
     if let Some(count) = count {
         seeds.extend(first..first + count);

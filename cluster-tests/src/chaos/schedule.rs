@@ -165,6 +165,27 @@ impl fmt::Display for Step {
     }
 }
 
+/// The quick mode (CI): these seeds, in clusters of this shape, inject every kind of fault
+/// at least once (a test below keeps it so).
+pub const QUICK_SEEDS: [u64; 4] = [1, 13, 22, 39];
+pub const QUICK_SHAPE: Shape = Shape { nodes: 5, events: 14 };
+
+/// Every fault kind, as [`Fault::name`] names them.
+pub const FAULT_KINDS: [&str; 12] = [
+    "partition",
+    "one-way partition",
+    "flapping links",
+    "loss on every link",
+    "SIGSTOP/SIGCONT",
+    "kill -9",
+    "kill -9 mid-wave",
+    "kill -9 mid-revert",
+    "kill -9 mid-render",
+    "clock skew",
+    "store truncated",
+    "store garbled",
+];
+
 /// How long a schedule is.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
@@ -267,6 +288,20 @@ fn split(random: &mut SplitMix64, n: usize) -> Vec<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quick_seeds_inject_every_kind_of_fault() {
+        let mut kinds: Vec<&str> = QUICK_SEEDS
+            .iter()
+            .flat_map(|seed| generate(*seed, QUICK_SHAPE))
+            .filter_map(|step| if let Step::Fault(fault) = step { Some(fault.name()) } else { None })
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let mut all = FAULT_KINDS.to_vec();
+        all.sort_unstable();
+        assert_eq!(kinds, all);
+    }
 
     #[test]
     fn a_seed_gives_one_schedule_and_seeds_differ() {
