@@ -8,7 +8,7 @@
 //! origin (`vv.<origin>` = highest contiguous seq), so a new generation changes one tiny key.
 //! Generation bodies never travel in chitchat.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -314,15 +314,22 @@ impl Gossip {
             .await
     }
 
-    /// Live peers (this node excluded): their KPIs and the generations they report on.
+    /// Live peers (this node excluded): their KPIs, the generations they report on, and
+    /// those they judge healthy.
     pub async fn peer_health(&self) -> BTreeMap<NodeName, PeerHealth> {
         self.live_peers(|id, state| {
             let kpis = state.get(KEY_KPI).and_then(|v| v.parse::<Window>().ok());
-            let reported = state
-                .key_values()
-                .filter_map(|(key, _)| key.strip_prefix(PREFIX_REPORT)?.parse::<GenId>().ok())
-                .collect();
-            Some((id.node_id.parse::<NodeName>().ok()?, PeerHealth { kpis, reported }))
+            let (mut reported, mut healthy) = (BTreeSet::new(), BTreeSet::new());
+            for (key, value) in state.key_values() {
+                let Some(generation) = key.strip_prefix(PREFIX_REPORT).and_then(|g| g.parse::<GenId>().ok()) else {
+                    continue;
+                };
+                if value.parse::<Report>().is_ok_and(|report| report.verdict == Verdict::Healthy) {
+                    healthy.insert(generation.clone());
+                }
+                reported.insert(generation);
+            }
+            Some((id.node_id.parse::<NodeName>().ok()?, PeerHealth { kpis, reported, healthy }))
         })
         .await
         .into_iter()

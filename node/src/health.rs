@@ -179,6 +179,8 @@ type Candidate = (Instant, GenId, Option<(Judgement, Window)>);
 pub struct PeerHealth {
     pub kpis: Option<Window>,
     pub reported: BTreeSet<GenId>,
+    /// The generations it judges healthy.
+    pub healthy: BTreeSet<GenId>,
 }
 
 /// A generation this node just judged anomalous.
@@ -333,10 +335,16 @@ impl Health {
             judged.push((id.clone(), tracked.applied_at, judge(&tracked.thresholds, &since, &references), since));
         }
         // The same samples count toward every generation watched, so bad samples make every
-        // one of them look bad. Blame goes to the newest: an older generation is anomalous only
-        // when every newer one still watched (or anomalous and not yet reverted) is judged
-        // healthy, so the harm came before them. Until then it stays inconclusive (which holds
-        // its waves); once the newer one is reverted, the older forgets its samples (`freeze`).
+        // one of them look bad. Blame goes to one suspect (a generation watched and not judged
+        // healthy, or anomalous and not yet reverted): the newest that no other node judges
+        // healthy, or the newest of all when every suspect is judged healthy elsewhere. The
+        // other suspects stay inconclusive (which holds their waves); once the blamed one is
+        // reverted, they forget the samples taken while it was applied (`freeze`).
+        //
+        // Newest first, because a change usually hurts at once; but a change that other nodes
+        // run healthy is not what hurts here when an older change no one vouches for is also
+        // applied here (found by the chaos suite: a bad canary applied just before an innocent
+        // change that was healthy everywhere else deferred to it forever and was never reverted).
         let latched = tracked
             .iter()
             .filter(|(_, t)| !t.watching() && !t.frozen && t.judgement.verdict == Verdict::Anomalous)
@@ -347,32 +355,33 @@ impl Health {
             .chain(latched)
             .collect();
         order.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
-        let mut newer_unsettled: Option<GenId> = None;
+        let suspect = |(_, _, judged): &&Candidate| judged.as_ref().is_none_or(|(j, _)| j.verdict != Verdict::Healthy);
+        let vouched = |id: &GenId| peers.values().any(|peer| peer.healthy.contains(id));
+        let blamed: Option<GenId> = order
+            .iter()
+            .filter(suspect)
+            .find(|(_, id, _)| !vouched(id))
+            .or_else(|| order.iter().find(suspect))
+            .map(|(_, id, _)| id.clone());
         for (_, id, judged) in order {
-            let Some((mut judgement, since)) = judged else {
-                newer_unsettled.get_or_insert(id);
-                continue;
-            };
+            let Some((mut judgement, since)) = judged else { continue };
             if judgement.verdict == Verdict::Anomalous {
-                match &newer_unsettled {
-                    Some(newer) => {
+                match &blamed {
+                    Some(blamed) if *blamed != id => {
                         judgement = Judgement {
                             verdict: Verdict::Inconclusive,
                             reason: format!(
-                                "{}; deferred to {newer}, applied later and not judged healthy",
+                                "{}; deferred to {blamed}, also applied here and not judged healthy",
                                 judgement.reason
                             ),
                         }
                     }
-                    None => anomalies.push(Anomaly {
+                    _ => anomalies.push(Anomaly {
                         generation: id.clone(),
                         reason: judgement.reason.clone(),
                         kpis: since,
                     }),
                 }
-            }
-            if judgement.verdict != Verdict::Healthy {
-                newer_unsettled.get_or_insert(id.clone());
             }
             if let Some(tracked) = tracked.get_mut(&id) {
                 tracked.judgement = judgement;
@@ -685,6 +694,7 @@ mod tests {
         let peer = PeerHealth {
             kpis: Some(Window { requests: 5_000, errors: 5, latency_ms: Some(40.0), latency_intervals: 60 }),
             reported: BTreeSet::new(),
+            healthy: BTreeSet::new(),
         };
         fresh.set_peers(BTreeMap::from([("n2".parse().unwrap(), peer)]));
         fresh.applied(id(2), Duration::from_secs(60), thresholds);
@@ -717,6 +727,39 @@ mod tests {
         // Had it been bad on its own, it is anomalous then.
         health.record(sample(100, 90, 5.0));
         assert_eq!(verdict(&health, 1), Verdict::Anomalous);
+    }
+
+    #[test]
+    fn a_newer_generation_other_nodes_run_healthy_does_not_shield_an_older_one() {
+        let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
+        let thresholds = Thresholds { min_samples: 10, ..Thresholds::default() };
+        health.applied(id(1), Duration::from_secs(60), thresholds.clone());
+        std::thread::sleep(Duration::from_millis(2));
+        health.applied(id(2), Duration::from_secs(60), thresholds);
+        // Another node applied n1.2 and judges it healthy; no one vouches for n1.1.
+        let peer = PeerHealth { kpis: None, reported: BTreeSet::from([id(2)]), healthy: BTreeSet::from([id(2)]) };
+        health.set_peers(BTreeMap::from([("n2".parse().unwrap(), peer)]));
+        health.record(sample(100, 60, 5.0));
+        assert_eq!(verdict(&health, 1), Verdict::Anomalous, "the older one, vouched for by no one, is blamed");
+        assert_eq!(verdict(&health, 2), Verdict::Inconclusive);
+        assert!(health.judgement(&id(2)).unwrap().reason.contains("deferred to n1.1"));
+        let anomalies = health.take_anomalies();
+        assert_eq!(anomalies.iter().map(|a| a.generation.clone()).collect::<Vec<_>>(), vec![id(1)]);
+        // When every suspect is vouched for elsewhere, the newest takes the blame as before.
+        let both = PeerHealth {
+            kpis: None,
+            reported: BTreeSet::from([id(3), id(4)]),
+            healthy: BTreeSet::from([id(3), id(4)]),
+        };
+        let fresh = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
+        fresh.set_peers(BTreeMap::from([("n2".parse().unwrap(), both)]));
+        let thresholds = Thresholds { min_samples: 10, ..Thresholds::default() };
+        fresh.applied(id(3), Duration::from_secs(60), thresholds.clone());
+        std::thread::sleep(Duration::from_millis(2));
+        fresh.applied(id(4), Duration::from_secs(60), thresholds);
+        fresh.record(sample(100, 60, 5.0));
+        assert_eq!(verdict(&fresh, 4), Verdict::Anomalous);
+        assert_eq!(verdict(&fresh, 3), Verdict::Inconclusive);
     }
 
     #[test]

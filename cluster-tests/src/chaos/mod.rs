@@ -534,27 +534,40 @@ impl World {
     }
 
     /// Waits until every node is up and serving, holds the same log and reverts, and has
-    /// applied every generation whose wave is open for it (`/readyz`), twice in a row.
+    /// applied every generation whose wave is open for it (`/readyz`), and nothing changes on
+    /// any node for `QUIET` (a rollout still baking opens its next wave within about a bake
+    /// and a verdict, 1.6 s here; one stalled between waves stays as it is).
     fn wait_converged(&self, timeout: Duration) -> Result<()> {
+        const POLL: Duration = Duration::from_millis(500);
+        const QUIET: Duration = Duration::from_secs(4);
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
-        let mut agreed_once = false;
+        let mut stable: Option<(Value, Instant)> = None;
         while Instant::now() < deadline {
             match self.agreement() {
-                Ok(()) if agreed_once => return Ok(()),
-                Ok(()) => agreed_once = true,
+                Ok(states) => match &stable {
+                    Some((before, since)) if *before == states => {
+                        if since.elapsed() >= QUIET {
+                            return Ok(());
+                        }
+                    }
+                    _ => stable = Some((states, Instant::now())),
+                },
                 Err(why) => {
-                    agreed_once = false;
+                    stable = None;
                     last = why.to_string();
                 }
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(POLL);
         }
         anyhow::bail!("not converged {timeout:?} after the heal: {last}")
     }
 
-    fn agreement(&self) -> Result<()> {
+    /// Every node's applied state, once every node is ready and holds the same log and
+    /// reverts; why not, otherwise.
+    fn agreement(&self) -> Result<Value> {
         let mut seen: Option<(String, Value)> = None;
+        let mut states = Vec::new();
         for node in &self.cluster.nodes {
             let timeout = Duration::from_secs(5);
             let (code, body) = http_request_within("GET", &format!("{}/v1/status", node.url()), None, timeout)?;
@@ -571,8 +584,9 @@ impl World {
                     anyhow::ensure!(*theirs == summary, "{first} holds {theirs}, {} holds {summary}", node.name)
                 }
             }
+            states.push(status["state_digest"].clone());
         }
-        Ok(())
+        Ok(Value::Array(states))
     }
 }
 
