@@ -285,15 +285,17 @@ impl Health {
     }
 
     /// Stops sampling a generation (it was reverted); its last verdict stays reported. The
-    /// samples taken while it was applied are its own: generations applied before it forget
-    /// them, so they are not judged on the harm the reverted one did.
+    /// samples taken while it was applied are its own: every other generation forgets them,
+    /// so none is judged on the harm the reverted one did.
     pub fn freeze(&self, generation: &GenId) {
         let mut state = self.lock();
         let Some(tracked) = state.tracked.get_mut(generation) else { return };
         tracked.frozen = true;
+        // Every other generation still watched forgets the samples taken while it was applied:
+        // an older one keeps what came before, a newer one starts afresh.
         let since = tracked.applied_at;
-        for older in state.tracked.values_mut().filter(|t| t.applied_at < since && t.watching()) {
-            older.samples.retain(|(at, _)| *at < since);
+        for other in state.tracked.values_mut().filter(|t| t.watching()) {
+            other.samples.retain(|(at, _)| *at < since);
         }
     }
 
@@ -745,6 +747,10 @@ mod tests {
         assert!(health.judgement(&id(2)).unwrap().reason.contains("deferred to n1.1"));
         let anomalies = health.take_anomalies();
         assert_eq!(anomalies.iter().map(|a| a.generation.clone()).collect::<Vec<_>>(), vec![id(1)]);
+        // Once n1.1 is reverted, n1.2 forgets the samples taken while n1.1 was applied.
+        health.freeze(&id(1));
+        health.record(sample(100, 0, 5.0));
+        assert_eq!(verdict(&health, 2), Verdict::Healthy);
         // When every suspect is vouched for elsewhere, the newest takes the blame as before.
         let both = PeerHealth {
             kpis: None,
