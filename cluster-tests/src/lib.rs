@@ -269,7 +269,13 @@ impl Cluster {
         let index = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let netns = format!("gv-{}-{index}", std::process::id());
         run_checked("ip", &["netns", "add", &netns])?;
-        let mut cluster = Cluster::new(0)?;
+        let mut cluster = match Cluster::new(0) {
+            Ok(cluster) => cluster,
+            Err(error) => {
+                let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+                return Err(error);
+            }
+        };
         cluster.netns = Some(netns.clone());
         run_checked("ip", &["netns", "exec", &netns, "ip", "link", "set", "lo", "up"])?;
         for _ in 0..count {
@@ -424,6 +430,23 @@ pub struct Links {
 }
 
 impl Links {
+    /// Whether faults are iptables rules in a network namespace (else link-filter rules).
+    pub fn in_netns(&self) -> bool {
+        self.netns.is_some()
+    }
+
+    /// Drops `share` of the messages node `node` sends and receives (its link filter).
+    pub fn loss(&self, node: usize, share: f64) -> Result<()> {
+        self.filter_rule(node, &format!(r#"{{"peer": null, "loss": {share}}}"#))
+    }
+
+    /// Sets a rule of node `node`'s link filter, giving up after 2 s (a frozen node never answers).
+    fn filter_rule(&self, node: usize, rule: &str) -> Result<()> {
+        let url = format!("{}/v1/testsuite/links", self.api[node]);
+        let (status, body) = http_request_within("POST", &url, Some(rule), Duration::from_secs(2))?;
+        anyhow::ensure!(status == 200, "setting a link rule failed: {status} {body}");
+        Ok(())
+    }
     /// See [`Cluster::enter_netns`].
     pub fn enter_netns(&self) -> Result<()> {
         let Some(netns) = &self.netns else { return Ok(()) };
@@ -445,10 +468,7 @@ impl Links {
             }
             None => {
                 let rule = format!(r#"{{"peer": "{}", "drop": {cut}, "outbound_only": true}}"#, self.gossip[to]);
-                let (status, body) =
-                    http_request("POST", &format!("{}/v1/testsuite/links", self.api[from]), Some(&rule))?;
-                anyhow::ensure!(status == 200, "setting a link rule failed: {status} {body}");
-                Ok(())
+                self.filter_rule(from, &rule)
             }
         }
     }

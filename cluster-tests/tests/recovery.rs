@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use grapevine_cluster_tests::{Cluster, Node, can_use_netns, check, wait_until};
+use grapevine_cluster_tests::chaos::damage_file;
+use grapevine_cluster_tests::chaos::schedule::Damage;
+use grapevine_cluster_tests::{Cluster, Node, can_use_netns, check, http_get, wait_until};
 use serde_json::Value;
 
 fn status(node: &Node) -> Result<Value> {
@@ -37,7 +39,9 @@ fn isolate(cluster: &Cluster, lone: usize) -> Result<()> {
 fn a_damaged_store_is_moved_aside_never_served_and_recovered_from_peers() -> Result<()> {
     let mut cluster = if can_use_netns() { Cluster::new_in_netns(3)? } else { Cluster::new(3)? };
     cluster.start_all()?;
-    for (round, damage) in ["truncate", "garble"].into_iter().enumerate() {
+    // This thread's sockets reach the nodes' loopback inside the namespace, if there is one.
+    cluster.enter_netns()?;
+    for (round, damage) in [Damage::Truncate, Damage::Garble].into_iter().enumerate() {
         let value = format!("{{\"round\": {round}}}");
         check(cluster.nodes[0].cli(&["config", "put", "limits", "--value", &value]))?;
         check(cluster.nodes[2].cli(&["config", "put", &format!("mine-{round}"), "--value", "1"]))?;
@@ -50,25 +54,9 @@ fn a_damaged_store_is_moved_aside_never_served_and_recovered_from_peers() -> Res
 
         let node = &mut cluster.nodes[2];
         node.kill9();
-        let store = node.data.join("grapevine.redb");
-        let length = std::fs::metadata(&store)?.len();
-        match damage {
-            "truncate" => std::fs::OpenOptions::new().write(true).open(&store)?.set_len(length / 2)?,
-            _ => {
-                // 64 bytes of garbage into every 4 KiB page in use after the header's: redb's
-                // checksums catch damage to live pages (garbage in a free page is harmless).
-                use std::io::{Read, Seek, SeekFrom, Write};
-                let mut file = std::fs::OpenOptions::new().read(true).write(true).open(&store)?;
-                let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes)?;
-                for (index, page) in bytes.chunks(4096).enumerate().skip(1) {
-                    if page.iter().any(|b| *b != 0) {
-                        file.seek(SeekFrom::Start(index as u64 * 4096 + 100))?;
-                        file.write_all(&[0xA5; 64])?;
-                    }
-                }
-            }
-        }
+        // Garbage into every page in use: redb's checksums catch damage to live pages (garbage
+        // in a page it no longer uses is harmless, and goes unnoticed).
+        damage_file(&node.data.join("grapevine.redb"), damage, 7, 1.0)?;
         isolate(&cluster, 2)?;
         let node = &mut cluster.nodes[2];
         node.start()?;
@@ -76,22 +64,26 @@ fn a_damaged_store_is_moved_aside_never_served_and_recovered_from_peers() -> Res
         // Cut off from its peers, it has nothing it can vouch for: it says why and serves nothing.
         let recovering = status(node)?;
         let reason =
-            recovering["recovering"].as_str().with_context(|| format!("{damage}: not recovering: {recovering}"))?;
-        assert!(reason.contains("moved aside to"), "{damage}: {reason}");
+            recovering["recovering"].as_str().with_context(|| format!("{damage:?}: not recovering: {recovering}"))?;
+        assert!(reason.contains("moved aside to"), "{damage:?}: {reason}");
         let text = String::from_utf8(check(node.cli(&["status"]))?.stdout)?;
-        assert!(text.contains("RECOVERING from peers"), "{damage}: {text}");
+        assert!(text.contains("RECOVERING from peers"), "{damage:?}: {text}");
         let (code, stderr) = failure(node, &["config", "get", "limits"]);
-        assert_eq!(code, Some(1), "{damage}: a read while recovering: {stderr}");
-        assert!(stderr.contains("recovering its log from peers"), "{damage}: {stderr}");
+        assert_eq!(code, Some(1), "{damage:?}: a read while recovering: {stderr}");
+        assert!(stderr.contains("recovering its log from peers"), "{damage:?}: {stderr}");
         let (code, stderr) = failure(node, &["config", "put", "limits", "--value", "7"]);
-        assert_eq!(code, Some(1), "{damage}: a change while recovering: {stderr}");
-        assert!(stderr.contains("send the change to another node"), "{damage}: {stderr}");
-        assert!(node.log_text().contains("the store is damaged"), "{damage}: {}", node.log_text());
+        assert_eq!(code, Some(1), "{damage:?}: a change while recovering: {stderr}");
+        assert!(stderr.contains("send the change to another node"), "{damage:?}: {stderr}");
+        assert!(node.log_text().contains("the store is damaged"), "{damage:?}: {}", node.log_text());
+        let (ready, body) = http_get(&format!("{}/readyz", node.url()))?;
+        assert_eq!(ready, 503, "{damage:?}: not ready while recovering: {body}");
+        let (watch, body) = http_get(&format!("{}/v1/watch", node.url()))?;
+        assert_eq!(watch, 503, "{damage:?}: no watch stream of an empty state: {body}");
         let aside = std::fs::read_dir(&node.data)?
             .flatten()
             .filter(|entry| entry.file_name().to_string_lossy().starts_with("grapevine.redb.corrupt-"))
             .count();
-        assert_eq!(aside, round + 1, "{damage}: each damaged file is kept aside");
+        assert_eq!(aside, round + 1, "{damage:?}: each damaged file is kept aside");
 
         cluster.heal()?;
         let node = &cluster.nodes[2];
@@ -99,14 +91,14 @@ fn a_damaged_store_is_moved_aside_never_served_and_recovered_from_peers() -> Res
             status(node).is_ok_and(|s| s["recovering"].is_null())
         })?;
         let recovered = status(node)?;
-        assert_eq!(recovered["state_digest"], expected["state_digest"], "{damage}: {recovered}");
-        assert_eq!(recovered["version_vector"], expected["version_vector"], "{damage}: {recovered}");
+        assert_eq!(recovered["state_digest"], expected["state_digest"], "{damage:?}: {recovered}");
+        assert_eq!(recovered["version_vector"], expected["version_vector"], "{damage:?}: {recovered}");
         assert_eq!(node.cli_json(&["config", "get", "limits"])?["value"], serde_json::from_str::<Value>(&value)?);
-        assert!(node.log_text().contains("recovered the log from peers"), "{damage}");
+        assert!(node.log_text().contains("recovered the log from peers"), "{damage:?}");
         // Its own generations came back from peers, so a new change takes the next id.
         let next = node.cli_json(&["config", "put", "after", "--value", &round.to_string()])?;
         let own = expected["version_vector"]["n3"].as_u64().context("n3's generations")?;
-        assert_eq!(next["generation"], format!("n3.{}", own + 1), "{damage}: {next}");
+        assert_eq!(next["generation"], format!("n3.{}", own + 1), "{damage:?}: {next}");
     }
     Ok(())
 }

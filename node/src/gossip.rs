@@ -389,6 +389,16 @@ impl Gossip {
         self.live_peers(|id, state| Some((id.gossip_advertise_addr, version_vector_of(state)))).await
     }
 
+    /// Like [`Gossip::peer_version_vectors`], only for peers whose log summary has arrived
+    /// (they publish `generations` with their vector): an empty vector from them is known.
+    pub async fn peer_version_vectors_known(&self) -> Vec<(SocketAddr, VersionVector)> {
+        self.live_peers(|id, state| {
+            state.get(KEY_GENERATIONS)?;
+            Some((id.gossip_advertise_addr, version_vector_of(state)))
+        })
+        .await
+    }
+
     /// Names of live members, sorted, this node included.
     pub async fn live_names(&self) -> Vec<NodeName> {
         let mut names: Vec<NodeName> = self

@@ -91,7 +91,8 @@ impl Store {
         match error {
             StoreError::Corrupt { .. } => true,
             StoreError::Database { error, .. } => match error.as_ref() {
-                redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => true,
+                // Not `UpgradeRequired`: a file of an older redb format is an upgrade to plan.
+                redb::Error::Corrupted(_) => true,
                 redb::Error::Io(io) => {
                     matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData)
                 }

@@ -56,13 +56,13 @@ pub fn check(
 ) -> Verdict {
     let mut checker = Checker { history, checked: 0, violations: Vec::new() };
     checker.expect(not_converged.is_none(), "the cluster converges after the final heal", || {
-        (not_converged.clone().unwrap_or_default(), Vec::new())
+        (not_converged.clone().unwrap_or_default(), vec!["heal".to_owned()])
     });
     same_everywhere(&mut checker, finals);
     let stalled = stalled(&mut checker, finals);
     acknowledged_everywhere(&mut checker, finals);
     gates_respected(&mut checker, finals);
-    reverts_match_quorums(&mut checker, finals);
+    reverts_match_quorums(&mut checker, finals, logs);
     served_only_written(&mut checker);
     damaged_stores_recovered(&mut checker, logs);
     Verdict { checked: checker.checked, violations: checker.violations, stalled }
@@ -87,30 +87,58 @@ fn applied_set(last: &Final) -> BTreeSet<String> {
         .collect()
 }
 
+/// The names of the members of wave `index` of a rollout view.
+fn wave_members(rollout: &Value, index: usize) -> Vec<String> {
+    rollout["waves"][index]["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn wave_count(rollout: &Value) -> usize {
+    rollout["waves"].as_array().map_or(0, Vec::len)
+}
+
 /// Generations some node applied and another did not: each must be waiting, on the node that
-/// did not, for a wave closed in its view (a stalled rollout: an earlier wave's report turned
-/// anomalous short of the anomaly quorum). Returns the stalled generations.
+/// did not, for a wave closed in its view, and no member of that wave or a later one may have
+/// applied it (else the gate's latch would have opened it: D57). That is a stalled rollout (an
+/// earlier wave's report turned anomalous short of the anomaly quorum, or a canary stayed
+/// inconclusive). Returns the stalled generations.
 fn stalled(checker: &mut Checker, finals: &[Final]) -> BTreeSet<String> {
-    let everywhere: BTreeSet<String> = finals.iter().flat_map(applied_set).collect();
+    let applied: BTreeMap<&str, BTreeSet<String>> = finals.iter().map(|l| (l.name.as_str(), applied_set(l))).collect();
+    let everywhere: BTreeSet<String> = applied.values().flatten().cloned().collect();
     let mut stalled = BTreeSet::new();
     for last in finals {
         let held = generations(last);
-        for id in everywhere.difference(&applied_set(last)) {
+        for id in everywhere.difference(&applied[last.name.as_str()]) {
             let Some(generation) = held.get(id) else { continue };
             let rollout = &generation["rollout"];
             if rollout["reverted"] == true || rollout.is_null() {
                 continue;
             }
             let open = rollout["open_waves"].as_u64().unwrap_or(0) as usize;
-            let wave =
-                rollout["waves"].as_array().into_iter().flatten().position(|w| {
-                    w["members"].as_array().into_iter().flatten().any(|m| m["name"] == last.name.as_str())
-                });
+            let wave = (0..wave_count(rollout)).position(|w| wave_members(rollout, w).contains(&last.name));
             let waiting = wave.is_some_and(|wave| wave >= open);
             checker.expect(waiting, "every node holds the same log, reverts and state", || {
                 (format!("{id} is applied elsewhere but not on {}, whose wave is open", last.name), vec![id.clone()])
             });
-            if waiting {
+            let Some(wave) = wave else { continue };
+            let went_through: Vec<String> = (wave..wave_count(rollout))
+                .flat_map(|w| wave_members(rollout, w))
+                .filter(|m| applied.get(m.as_str()).is_some_and(|set| set.contains(id)))
+                .collect();
+            checker.expect(went_through.is_empty(), "every node holds the same log, reverts and state", || {
+                (
+                    format!(
+                        "{id} is not applied on {}, though {went_through:?} of its wave or later applied it",
+                        last.name
+                    ),
+                    vec![id.clone(), last.name.clone()],
+                )
+            });
+            if waiting && went_through.is_empty() {
                 stalled.insert(id.clone());
             }
         }
@@ -122,56 +150,51 @@ fn reverted_set(last: &Final) -> BTreeSet<String> {
     generations(last).into_iter().filter(|(_, g)| g["rollout"]["reverted"] == true).map(|(id, _)| id).collect()
 }
 
-/// Every live node holds the same log, the same reverted set and the same applied state.
+/// Every live node holds the same log and the same reverted set, and nodes that applied the
+/// same generations hold the same state (those that did not differ only by stalled rollouts,
+/// see [`stalled`]).
 fn same_everywhere(checker: &mut Checker, finals: &[Final]) {
+    const INVARIANT: &str = "every node holds the same log, reverts and state";
+    let mut by_applied: BTreeMap<BTreeSet<String>, Vec<&Final>> = BTreeMap::new();
+    for last in finals {
+        by_applied.entry(applied_set(last)).or_default().push(last);
+    }
+    for group in by_applied.values() {
+        for other in &group[1..] {
+            let (first, a, b) = (group[0], &group[0].status["state_digest"], &other.status["state_digest"]);
+            checker.expect(a == b, INVARIANT, || {
+                let detail = format!(
+                    "state digest: {} has {a}, {} has {b}, having applied the same generations",
+                    first.name, other.name
+                );
+                (detail, vec![first.name.clone(), other.name.clone()])
+            });
+        }
+    }
     let Some(first) = finals.first() else { return };
     let first_generations = generations(first);
+    let ours = reverted_set(first);
     for other in &finals[1..] {
-        let pairs = [
-            ("version vector", &first.status["version_vector"], &other.status["version_vector"]),
-            ("reverts held", &first.status["reverted"], &other.status["reverted"]),
-        ];
-        // Nodes that applied the same generations hold the same state; nodes that did not
-        // differ only by rollouts stalled in a wave closed for one of them (see `stalled`).
-        if applied_set(first) == applied_set(other) {
-            let (a, b) = (&first.status["state_digest"], &other.status["state_digest"]);
-            checker.expect(a == b, "every node holds the same log, reverts and state", || {
-                (
-                    format!(
-                        "state digest: {} has {a}, {} has {b}, having applied the same generations",
-                        first.name, other.name
-                    ),
-                    Vec::new(),
-                )
+        let names = vec![first.name.clone(), other.name.clone()];
+        for what in ["version_vector", "reverted"] {
+            let (a, b) = (&first.status[what], &other.status[what]);
+            checker.expect(a == b, INVARIANT, || {
+                (format!("{what}: {} has {a}, {} has {b}", first.name, other.name), names.clone())
             });
         }
-        for (what, a, b) in pairs {
-            checker.expect(a == b, "every node holds the same log, reverts and state", || {
-                (
-                    format!("{what}: {} has {a}, {} has {b}", first.name, other.name),
-                    vec![first.name.clone(), other.name.clone()],
-                )
-            });
-        }
-        let (ours, theirs) = (reverted_set(first), reverted_set(other));
-        checker.expect(ours == theirs, "every node holds the same log, reverts and state", || {
-            (format!("reverted: {} has {ours:?}, {} has {theirs:?}", first.name, other.name), Vec::new())
+        let theirs = reverted_set(other);
+        checker.expect(ours == theirs, INVARIANT, || {
+            (format!("reverted: {} has {ours:?}, {} has {theirs:?}", first.name, other.name), names.clone())
         });
         for (id, generation) in generations(other) {
             if let Some(mine) = first_generations.get(&id) {
-                checker.expect(
-                    mine["hash"] == generation["hash"],
-                    "every node holds the same log, reverts and state",
-                    || {
-                        (
-                            format!(
-                                "{id}: {} holds hash {}, {} holds {}",
-                                first.name, mine["hash"], other.name, generation["hash"]
-                            ),
-                            vec![id.clone()],
-                        )
-                    },
-                );
+                checker.expect(mine["hash"] == generation["hash"], INVARIANT, || {
+                    let detail = format!(
+                        "{id}: {} holds hash {}, {} holds {}",
+                        first.name, mine["hash"], other.name, generation["hash"]
+                    );
+                    (detail, vec![id.clone()])
+                });
             }
         }
     }
@@ -206,6 +229,7 @@ fn acknowledged_everywhere(checker: &mut Checker, finals: &[Final]) {
 /// evidence (the reports it saw) satisfies the gate rule, recomputed here, and every member it
 /// counted as healthy did apply the generation.
 fn gates_respected(checker: &mut Checker, finals: &[Final]) {
+    const INVARIANT: &str = "no node applies a generation before its wave's gate opens";
     let mut releases: BTreeMap<(String, String), Value> = checker.history.releases.clone();
     for last in finals {
         for (id, generation) in generations(last) {
@@ -214,20 +238,16 @@ fn gates_respected(checker: &mut Checker, finals: &[Final]) {
             }
         }
     }
-    let applied: BTreeSet<(String, String)> = finals
-        .iter()
-        .flat_map(|last| {
-            generations(last)
-                .into_iter()
-                .filter(|(_, g)| g["rollout"]["applied_here"] == true)
-                .map(|(id, _)| (last.name.clone(), id))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let held: BTreeSet<(String, String)> = finals
-        .iter()
-        .flat_map(|l| generations(l).into_keys().map(|id| (l.name.clone(), id)).collect::<Vec<_>>())
-        .collect();
+    // Whether `member` applied `id`, as far as its final view can tell: not when it does not
+    // hold `id` whole, nor when its store was damaged (its record of releases went with it,
+    // and a generation reverted since is never released again).
+    let damaged: BTreeSet<&str> = checker.history.corruptions.keys().map(String::as_str).collect();
+    let views: BTreeMap<&str, BTreeMap<String, &Value>> =
+        finals.iter().map(|l| (l.name.as_str(), generations(l))).collect();
+    let never_applied = |member: &str, id: &str| {
+        !damaged.contains(member)
+            && views.get(member).and_then(|held| held.get(id)).is_some_and(|g| g["rollout"]["applied_here"] != true)
+    };
     for ((node, id), rollout) in releases {
         let release = &rollout["release"];
         let wave = release["wave"].as_u64().unwrap_or(0) as usize;
@@ -236,75 +256,40 @@ fn gates_respected(checker: &mut Checker, finals: &[Final]) {
             checker.checked += 1;
             continue;
         }
-        let policy = &rollout["policy"];
-        let bake = policy["bake_ms"].as_u64().unwrap_or(0);
-        let permille = policy["health_quorum_permille"].as_u64().unwrap_or(1000) as usize;
-        let names = |index: usize| -> Vec<String> {
-            rollout["waves"][index]["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|m| m["name"].as_str().map(str::to_owned))
-                .collect()
-        };
         // The latch: a member of this wave or a later one had applied it (it reports on it).
-        let waves = rollout["waves"].as_array().map_or(0, Vec::len);
-        let went_through: Vec<String> =
-            (wave..waves).flat_map(names).filter(|m| *m != node && !release["reports"][m.as_str()].is_null()).collect();
-        if let Some(member) = went_through.first() {
-            let key = (member.clone(), id.clone());
-            checker.expect(
-                !held.contains(&key) || applied.contains(&key),
-                "no node applies a generation before its wave's gate opens",
-                || {
-                    (
-                        format!("{node} applied {id} because {member} had, but {member} never applied it"),
-                        vec![id.clone()],
-                    )
-                },
-            );
+        let went_through = (wave..wave_count(&rollout))
+            .flat_map(|w| wave_members(&rollout, w))
+            .find(|m| *m != node && !release["reports"][m.as_str()].is_null());
+        if let Some(member) = went_through {
+            checker.expect(!never_applied(&member, &id), INVARIANT, || {
+                (format!("{node} applied {id} because {member} had, but {member} never applied it"), vec![id.clone()])
+            });
             continue;
         }
+        let bake = rollout["policy"]["bake_ms"].as_u64().unwrap_or(0);
+        let permille = rollout["policy"]["health_quorum_permille"].as_u64().unwrap_or(1000) as usize;
         for earlier in 0..wave {
-            let members: Vec<&str> = rollout["waves"][earlier]["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|m| m["name"].as_str())
-                .collect();
+            let members = wave_members(&rollout, earlier);
             let needed = (members.len() * permille).div_ceil(1000).max(1);
-            let healthy: Vec<&str> = members
+            let healthy: Vec<&String> = members
                 .iter()
-                .copied()
                 .filter(|m| {
-                    let report = &release["reports"][*m];
+                    let report = &release["reports"][m.as_str()];
                     report["verdict"] == "healthy" && report["elapsed_ms"].as_u64().is_some_and(|e| e >= bake)
                 })
                 .collect();
-            checker.expect(healthy.len() >= needed, "no node applies a generation before its wave's gate opens", || {
-                (
-                    format!(
-                        "{node} applied {id} in wave {wave}, but wave {earlier} had {} of the {needed} healthy baked reports needed: {}",
-                        healthy.len(),
-                        release["reports"]
-                    ),
-                    vec![id.clone(), node.clone()],
-                )
+            checker.expect(healthy.len() >= needed, INVARIANT, || {
+                let detail = format!(
+                    "{node} applied {id} in wave {wave}, but wave {earlier} had {} of the {needed} healthy baked reports needed: {}",
+                    healthy.len(),
+                    release["reports"]
+                );
+                (detail, vec![id.clone(), node.clone()])
             });
             for member in healthy {
-                let key = (member.to_owned(), id.clone());
-                if held.contains(&key) {
-                    checker.expect(
-                        applied.contains(&key),
-                        "no node applies a generation before its wave's gate opens",
-                        || {
-                            (
-                                format!("{node} counted {member} healthy on {id}, which {member} never applied"),
-                                vec![id.clone()],
-                            )
-                        },
-                    );
-                }
+                checker.expect(!never_applied(member, &id), INVARIANT, || {
+                    (format!("{node} counted {member} healthy on {id}, which {member} never applied"), vec![id.clone()])
+                });
             }
         }
     }
@@ -322,12 +307,41 @@ pub fn quorum_reached(rollout: &Value) -> bool {
 
 /// Every generation whose anomaly quorum was reached (in any node's view, at any time) or
 /// that an operator rolled back is reverted everywhere, and nothing else is.
-fn reverts_match_quorums(checker: &mut Checker, finals: &[Final]) {
+fn reverts_match_quorums(checker: &mut Checker, finals: &[Final], logs: &BTreeMap<String, String>) {
     let mut expected: BTreeMap<String, String> = checker.history.quorum_seen.clone();
+    let mut policies: BTreeMap<String, Value> = BTreeMap::new();
     for last in finals {
         for (id, generation) in generations(last) {
             if quorum_reached(&generation["rollout"]) {
-                expected.entry(id).or_insert_with(|| format!("{}'s final view", last.name));
+                expected.entry(id.clone()).or_insert_with(|| format!("{}'s final view", last.name));
+            }
+            policies.entry(id).or_insert_with(|| generation["rollout"]["policy"].clone());
+        }
+    }
+    // A quorum can be reached in one node's view for an instant (say 1 of the 1 node it has
+    // heard applied it, just before two more report): the writer logs the numbers it decided
+    // on, and they must reach the quorum by the generation's own policy.
+    for (node, log) in logs {
+        for decision in logged_quorum_decisions(log) {
+            let Some(policy) = policies.get(&decision.generation) else { continue };
+            let permille = policy["anomaly_quorum_permille"].as_u64().unwrap_or(1000) as usize;
+            let min = policy["anomaly_quorum_min"].as_u64().unwrap_or(1) as usize;
+            let needed = (decision.applied * permille).div_ceil(1000).max(min);
+            let reached = decision.anomalous.len() == decision.count
+                && decision.count >= 1
+                && decision.needed == needed
+                && decision.count >= needed;
+            checker.expect(reached, "reverted exactly where the anomaly quorum was reached", || {
+                let detail = format!(
+                    "{node} reverted {} on a quorum its numbers do not reach: {}",
+                    decision.generation, decision.text
+                );
+                (detail, vec![decision.generation.clone()])
+            });
+            if reached {
+                expected
+                    .entry(decision.generation.clone())
+                    .or_insert_with(|| format!("{node} decided: {}", decision.text));
             }
         }
     }
@@ -352,6 +366,67 @@ fn reverts_match_quorums(checker: &mut Checker, finals: &[Final]) {
             });
         }
     }
+}
+
+/// A revert a node logged as written on the anomaly quorum, with the numbers it decided on.
+struct QuorumDecision {
+    generation: String,
+    count: usize,
+    applied: usize,
+    anomalous: Vec<String>,
+    needed: usize,
+    text: String,
+}
+
+/// Parses the node log's `reverted generation=G ... trigger="quorum" reason=anomaly quorum:
+/// K of N nodes that applied it report it anomalous (NAMES), M needed` lines (text format,
+/// colours stripped).
+fn logged_quorum_decisions(log: &str) -> Vec<QuorumDecision> {
+    let mut decisions = Vec::new();
+    for line in log.lines().map(strip_ansi) {
+        let Some(rest) = line.split_once("reverted generation=").map(|(_, rest)| rest) else { continue };
+        if !line.contains("trigger=\"quorum\"") {
+            continue;
+        }
+        let Some(generation) = rest.split_whitespace().next() else { continue };
+        let Some(text) = line.split_once("anomaly quorum: ").map(|(_, text)| text.trim().to_owned()) else { continue };
+        let parse = || -> Option<QuorumDecision> {
+            let (count, rest) = text.split_once(" of ")?;
+            let (applied, rest) = rest.split_once(" nodes that applied it report it anomalous (")?;
+            let (names, rest) = rest.split_once("), ")?;
+            let needed = rest.strip_suffix(" needed")?;
+            Some(QuorumDecision {
+                generation: generation.to_owned(),
+                count: count.parse().ok()?,
+                applied: applied.parse().ok()?,
+                anomalous: names.split(", ").filter(|n| !n.is_empty()).map(str::to_owned).collect(),
+                needed: needed.parse().ok()?,
+                text: text.clone(),
+            })
+        };
+        if let Some(decision) = parse() {
+            decisions.push(decision);
+        }
+    }
+    decisions
+}
+
+/// A log line without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for end in chars.by_ref() {
+                if end.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// No node served a config value, a flag value or a file that no change ever wrote; and a
@@ -446,4 +521,24 @@ fn minimal_history(history: &History, needles: &[String]) -> Vec<String> {
     let mut lines = tail(events);
     lines.extend(tail(observations));
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_decisions_are_read_back_from_the_log() {
+        let line = "\u{1b}[2m2026-11-22T03:23:04.756368Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m grapevine_node::engine::revert: \
+                    reverted \u{1b}[3mgeneration\u{1b}[0m\u{1b}[2m=\u{1b}[0mn5.3 revert=n5.3/revert trigger=\"quorum\" \
+                    reason=anomaly quorum: 2 of 4 nodes that applied it report it anomalous (n2, n4), 2 needed";
+        let rollback =
+            "INFO reverted generation=n1.1 revert=n1.1/revert trigger=\"rollback\" reason=an operator's rollback";
+        let decisions = logged_quorum_decisions(&format!("{line}\n{rollback}\n"));
+        assert_eq!(decisions.len(), 1);
+        let decision = &decisions[0];
+        assert_eq!(decision.generation, "n5.3");
+        assert_eq!((decision.count, decision.applied, decision.needed), (2, 4, 2));
+        assert_eq!(decision.anomalous, vec!["n2".to_owned(), "n4".to_owned()]);
+    }
 }

@@ -44,6 +44,8 @@ pub enum ChangeKind {
     GoodApp,
     /// `app` to a value its application fails on, in waves: the canary should report it.
     BadApp,
+    /// `app` to a good value at once (`--emergency`): every node renders it now.
+    AppAtOnce,
     /// Another config key, at once (`--emergency`).
     Config { key: &'static str },
     /// A flag with two string variants, in waves.
@@ -141,6 +143,9 @@ impl fmt::Display for Step {
                 match &change.kind {
                     ChangeKind::GoodApp => write!(f, "change on {node}: config {APP_KEY} good-{}", change.serial),
                     ChangeKind::BadApp => write!(f, "change on {node}: config {APP_KEY} BAD-{}", change.serial),
+                    ChangeKind::AppAtOnce => {
+                        write!(f, "change on {node}: config {APP_KEY} good-{} (emergency)", change.serial)
+                    }
                     ChangeKind::Config { key } => {
                         write!(f, "change on {node}: config {key} {} (emergency)", change.serial)
                     }

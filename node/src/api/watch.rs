@@ -150,7 +150,9 @@ pub async fn watch(
     State(state): State<ApiState>,
     Query(query): Query<WatchQuery>,
     headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, super::ApiError> {
+    // A node recovering from a damaged store would stream an empty state as the truth.
+    super::ApiError::unless_recovering(&state.engine.view(), state.name.as_str())?;
     let feed = state.feed.clone();
     let prefix = query.prefix;
     // Subscribe before reading the kept events, so nothing falls between the two.
@@ -212,8 +214,8 @@ pub async fn watch(
                 }
             }
         });
-    Sse::new(futures_util::StreamExt::chain(initial, rest))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(futures_util::StreamExt::chain(initial, rest))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// The current value of every key under `prefix`, as events without ids.

@@ -48,6 +48,9 @@ pub use revert::{RollbackError, RollbackOutcome};
 /// How often the engine re-checks the gates of generations not yet released here, besides
 /// whenever a peer's report changes.
 const RELEASE_CHECK: Duration = Duration::from_millis(250);
+/// How long a node recovering from a damaged store must see every live peer's log summary
+/// and none ahead of its own before it serves again: a few gossip rounds at the default 1 s.
+const RECOVERY_SETTLE: Duration = Duration::from_secs(3);
 
 /// What readers see: the applied and desired states and a summary of the log, replaced as
 /// a whole.
@@ -80,6 +83,8 @@ pub struct Readiness {
     pub behind: Vec<String>,
     /// Generations whose wave is open for this node but that it has not applied yet.
     pub open_not_applied: Vec<String>,
+    /// Why the store was damaged, while the node recovers from its peers (never ready then).
+    pub recovering: Option<String>,
 }
 
 /// What a change would do, from a dry run.
@@ -164,7 +169,7 @@ impl EngineHandle {
     /// Whether this node has caught up with its live peers' logs and applied every generation
     /// whose wave is open for it (`/readyz`).
     pub async fn readiness(&self) -> Readiness {
-        let stopped = || Readiness { ready: false, behind: Vec::new(), open_not_applied: Vec::new() };
+        let stopped = || Readiness { ready: false, behind: Vec::new(), open_not_applied: Vec::new(), recovering: None };
         self.ask(|reply| Command::Readiness { reply }).await.unwrap_or_else(stopped)
     }
 
@@ -250,6 +255,8 @@ struct Engine {
     clock: Clock,
     view: watch::Sender<Arc<View>>,
     warnings: WarnLimiter,
+    /// Since when a recovering node has seen no live peer ahead of its log.
+    caught_up_since: Option<Instant>,
     /// Generations whose quorum this node saw while a live member had written the revert,
     /// and since when it waits for that revert to arrive.
     deferred_reverts: BTreeMap<GenId, Instant>,
@@ -289,7 +296,19 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
     }
     let deferred_reverts = Default::default();
     let releases = BTreeMap::new();
-    let mut engine = Engine { parts, log, released, releases, state, desired, clock, view, warnings, deferred_reverts };
+    let mut engine = Engine {
+        parts,
+        log,
+        released,
+        releases,
+        state,
+        desired,
+        clock,
+        view,
+        warnings,
+        caught_up_since: None,
+        deferred_reverts,
+    };
     engine.publish().await;
     engine.decide().await;
     let task = tokio::spawn(engine.run(queue));
@@ -407,11 +426,18 @@ impl Engine {
         Ok(generation)
     }
 
-    /// Ends a recovery once a live peer is known and no live peer's log is ahead of this one.
+    /// Ends a recovery once, for [`RECOVERY_SETTLE`] on end, live peers' log summaries are
+    /// known and none is ahead of this log: a peer whose summary has not arrived yet, or that
+    /// is about to pull from the others, must not pass for one that holds nothing more.
     async fn end_recovery_if_caught_up(&mut self) {
-        let peers = self.parts.gossip.peer_version_vectors().await;
+        let peers = self.parts.gossip.peer_version_vectors_known().await;
         let ours = self.log.version_vector();
         if peers.is_empty() || peers.iter().any(|(_, theirs)| ours.is_behind(theirs)) {
+            self.caught_up_since = None;
+            return;
+        }
+        let since = *self.caught_up_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < RECOVERY_SETTLE {
             return;
         }
         self.parts.recovering = None;
@@ -436,7 +462,9 @@ impl Engine {
             .map(|(peer, _)| peer.to_string())
             .collect();
         let open: Vec<String> = self.gates().await.0.iter().map(|(g, _)| g.id().to_string()).collect();
-        Readiness { ready: behind.is_empty() && open.is_empty(), behind, open_not_applied: open }
+        let recovering = self.parts.recovering.clone();
+        let ready = behind.is_empty() && open.is_empty() && recovering.is_none();
+        Readiness { ready, behind, open_not_applied: open, recovering }
     }
 
     /// What `change` would do, changing nothing: the generation it would become (its waves
