@@ -62,7 +62,14 @@ async fn open_store(config: &Config) -> Result<(Arc<Store>, Stored, Option<Strin
         })
     };
     let damage = match read(config).await {
-        Ok(Ok((store, stored))) => return Ok((store, stored, None)),
+        Ok(Ok((store, stored))) => {
+            // A recovery cut short by a restart goes on: the store is not whole yet.
+            let unfinished = store.recovering()?;
+            if let Some(reason) = &unfinished {
+                tracing::warn!(%reason, "still recovering the log from peers after a damaged store");
+            }
+            return Ok((store, stored, unfinished));
+        }
         Ok(Err(error)) if Store::is_corruption(&error) => error.to_string(),
         Ok(Err(error)) => return Err(error.into()),
         // A damaged page can make the database library panic; the task's end closed the file.
@@ -72,6 +79,7 @@ async fn open_store(config: &Config) -> Result<(Arc<Store>, Stored, Option<Strin
     let reason = format!("{damage}; moved aside to {}", aside.display());
     tracing::error!(%reason, "the store is damaged: starting empty and recovering the log from peers; reads and changes are refused until caught up");
     let (store, stored) = read(config).await.expect("store task panicked")?;
+    store.set_recovering(Some(&reason))?;
     Ok((store, stored, Some(reason)))
 }
 

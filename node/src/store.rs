@@ -26,6 +26,9 @@ const SNAPSHOT_KEY: &str = "base";
 /// Facts about the store itself: which node owns it.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const META_NODE: &str = "node";
+/// Present while the node recovers its log after a damaged store: a restart before the
+/// recovery ends must not serve the empty store as if it were whole.
+const META_RECOVERING: &str = "recovering";
 
 /// The file under the data directory.
 pub const STORE_FILE: &str = "grapevine.redb";
@@ -114,6 +117,29 @@ impl Store {
         std::fs::rename(&path, &aside)
             .map_err(|error| StoreError::Database { path, error: Box::new(redb::Error::Io(error)) })?;
         Ok(aside)
+    }
+
+    /// Why the node is recovering its log from peers, if an unfinished recovery left a mark.
+    pub fn recovering(&self) -> Result<Option<String>, StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let meta = txn.open_table(META).map_err(|x| e(x.into()))?;
+        Ok(meta.get(META_RECOVERING).map_err(|x| e(x.into()))?.map(|v| v.value().to_owned()))
+    }
+
+    /// Marks the store as recovering (with why), or clears the mark once caught up.
+    pub fn set_recovering(&self, reason: Option<&str>) -> Result<(), StoreError> {
+        let e = self.error();
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|x| e(x.into()))?;
+            match reason {
+                Some(reason) => meta.insert(META_RECOVERING, reason).map(|_| ()),
+                None => meta.remove(META_RECOVERING).map(|_| ()),
+            }
+            .map_err(|x| e(x.into()))?;
+        }
+        txn.commit().map_err(|x| e(x.into()))
     }
 
     /// A record that does not decode: written by another format version, or damaged.

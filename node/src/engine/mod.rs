@@ -440,6 +440,13 @@ impl Engine {
         if since.elapsed() < RECOVERY_SETTLE {
             return;
         }
+        let store = self.parts.store.clone();
+        let cleared =
+            tokio::task::spawn_blocking(move || store.set_recovering(None)).await.expect("store task panicked");
+        if let Err(error) = cleared {
+            // Serving on is safe; a restart would only recover again.
+            warn!(%error, "could not record the end of the recovery");
+        }
         self.parts.recovering = None;
         info!(
             generations = self.log.len(),
