@@ -411,6 +411,17 @@ impl Cluster {
         Ok(self.nodes.last_mut().expect("just pushed"))
     }
 
+    /// Seeds every node with the next two (by index, wrapping), instead of only with n1 (which
+    /// has none): a node that restarts then finds live members whichever others restarted,
+    /// as in a fleet whose every host lists a few seeds.
+    pub fn seed_each_other(&mut self) {
+        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.gossip).collect();
+        let count = addrs.len();
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            node.seeds = (1..=2.min(count - 1)).map(|step| addrs[(index + step) % count]).collect();
+        }
+    }
+
     /// Waits until every running node sees every running node alive.
     pub fn wait_formed(&self, timeout: Duration) -> Result<()> {
         let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();

@@ -137,6 +137,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Result<Report> {
     let started = Instant::now();
     let steps = schedule::generate(seed, Shape { nodes: options.nodes, events: options.events });
     let mut cluster = if options.netns { Cluster::new_in_netns(options.nodes)? } else { Cluster::new(options.nodes)? };
+    cluster.seed_each_other();
     for index in 0..options.nodes {
         cluster.nodes[index].config_toml = node_config(&cluster.nodes[index], 0);
     }
@@ -622,6 +623,9 @@ impl World {
             anyhow::ensure!(status["recovering"].is_null(), "{} is recovering", node.name);
             let (ready, body) = http_request_within("GET", &format!("{}/readyz", node.url()), None, timeout)?;
             anyhow::ensure!(ready == 200, "{} is not ready: {body}", node.name);
+            // Membership too: a node that sees a member as dead ignores its reports.
+            let alive = status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count();
+            anyhow::ensure!(alive == self.cluster.nodes.len(), "{} sees {alive} members alive", node.name);
             // Not the state digest: a rollout stalled in a closed wave legally leaves nodes apart.
             let summary = json!([status["version_vector"], status["reverted"]]);
             match &seen {
