@@ -179,9 +179,7 @@ impl Node {
 
     /// Sets a rule of the node's link filter (`POST /v1/testsuite/links`).
     pub fn set_link(&self, rule: &str) -> Result<()> {
-        let (status, body) = http_request("POST", &format!("{}/v1/testsuite/links", self.url()), Some(rule))?;
-        anyhow::ensure!(status == 200, "setting a link rule on {} failed: {status} {body}", self.name);
-        Ok(())
+        post_link_rule(&self.url(), rule).with_context(|| format!("on {}", self.name))
     }
 
     /// Clears the node's link filter (`DELETE /v1/testsuite/links`).
@@ -346,9 +344,7 @@ impl Cluster {
                         .collect::<Vec<_>>(),
                 )
             }
-            None => {
-                self.nodes.iter().try_for_each(|node| node.set_link(&format!(r#"{{"peer": null, "loss": {share}}}"#)))
-            }
+            None => (0..self.nodes.len()).try_for_each(|node| self.links().loss(node, share)),
         }
     }
 
@@ -433,6 +429,15 @@ impl Cluster {
     }
 }
 
+/// Sets a rule of the link filter of the node whose API is `api`, giving up after 2 s (a
+/// frozen node accepts the connection but never answers).
+fn post_link_rule(api: &str, rule: &str) -> Result<()> {
+    let url = format!("{api}/v1/testsuite/links");
+    let (status, body) = http_request_within("POST", &url, Some(rule), Duration::from_secs(2))?;
+    anyhow::ensure!(status == 200, "setting link rule {rule} failed: {status} {body}");
+    Ok(())
+}
+
 /// The links of a cluster, by node index.
 pub struct Links {
     netns: Option<String>,
@@ -451,12 +456,8 @@ impl Links {
         self.filter_rule(node, &format!(r#"{{"peer": null, "loss": {share}}}"#))
     }
 
-    /// Sets a rule of node `node`'s link filter, giving up after 2 s (a frozen node never answers).
     fn filter_rule(&self, node: usize, rule: &str) -> Result<()> {
-        let url = format!("{}/v1/testsuite/links", self.api[node]);
-        let (status, body) = http_request_within("POST", &url, Some(rule), Duration::from_secs(2))?;
-        anyhow::ensure!(status == 200, "setting a link rule failed: {status} {body}");
-        Ok(())
+        post_link_rule(&self.api[node], rule)
     }
     /// See [`Cluster::enter_netns`].
     pub fn enter_netns(&self) -> Result<()> {
