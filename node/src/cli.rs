@@ -30,6 +30,10 @@ pub struct ClientArgs {
     /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
+    /// Who you are, recorded with the changes you make (1 to 64 of A-Z a-z 0-9 - _ . @ / + :)
+    /// [default: $USER@HOSTNAME]
+    #[arg(long, env = "GRAPEVINE_AUTHOR")]
+    pub author: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -356,7 +360,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Apply { file, change, client } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let flags = client::read_json_file(&file)?;
-                let client = Client::with_timeout(&client.node, client.json, change.request_timeout())?;
+                let client = Client::with_timeout(&client, change.request_timeout())?;
                 client::apply(&client, flags, &change).await
             })
         }),
@@ -382,7 +386,7 @@ where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<(), CliError>>,
 {
-    let client = Client::new(&args.node, args.json)?;
+    let client = Client::new(args)?;
     runtime()?.block_on(f(client))
 }
 
@@ -456,7 +460,7 @@ fn install_logging(format: &str) {
 async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
     match command {
         FlagCommand::Set(args) => {
-            let client = Client::with_timeout(&args.client.node, args.client.json, args.change.request_timeout())?;
+            let client = Client::with_timeout(&args.client, args.change.request_timeout())?;
             let request = if args.on || args.off {
                 serde_json::json!({ "on": args.on })
             } else if let Some(variant) = args.variant {
@@ -469,7 +473,7 @@ async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
         }
         FlagCommand::Get { key, context, desired, client } => {
             let context = context.as_deref().map(client::parse_context).transpose()?;
-            client::flag_get(&Client::new(&client.node, client.json)?, &key, context, desired).await
+            client::flag_get(&Client::new(&client)?, &key, context, desired).await
         }
     }
 }
@@ -485,24 +489,22 @@ async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
                     return Err(CliError::Usage("expected --value JSON or --file PATH".into()));
                 }
             };
-            let client = Client::with_timeout(&client.node, client.json, change.request_timeout())?;
+            let client = Client::with_timeout(&client, change.request_timeout())?;
             client::config_put(&client, &key, value, schema, &change).await
         }
-        ConfigCommand::Get { key, desired, client } => {
-            client::config_get(&Client::new(&client.node, client.json)?, &key, desired).await
-        }
+        ConfigCommand::Get { key, desired, client } => client::config_get(&Client::new(&client)?, &key, desired).await,
     }
 }
 
 async fn run_rollout(command: RolloutCommand) -> Result<(), CliError> {
     let (client, generation, action) = match command {
         RolloutCommand::Status { generation, watch, client } => {
-            let client = Client::new(&client.node, client.json)?;
+            let client = Client::new(&client)?;
             return client::rollout_status(&client, generation.as_deref(), watch).await;
         }
         RolloutCommand::Pause { generation, client } => (client, generation, "pause"),
         RolloutCommand::Resume { generation, client } => (client, generation, "resume"),
         RolloutCommand::Promote { generation, client } => (client, generation, "promote"),
     };
-    client::rollout_control(&Client::new(&client.node, client.json)?, &generation, action).await
+    client::rollout_control(&Client::new(&client)?, &generation, action).await
 }

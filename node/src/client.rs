@@ -6,9 +6,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use grapevine_proto::JsonText;
+use grapevine_proto::{Author, JsonText};
 
-use crate::cli::ChangeArgs;
+use crate::api::AUTHOR_HEADER;
+use crate::cli::{ChangeArgs, ClientArgs};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -51,13 +52,44 @@ pub struct Client {
     pub json: bool,
 }
 
+/// `$USER@HOSTNAME` (the account's name without `$USER`), with characters an author may not hold replaced by `_`, cut to the limit.
+fn default_author() -> Author {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| {
+        // SAFETY: getpwuid returns null or a pointer to a static record we only read here,
+        // before any other call that could overwrite it.
+        unsafe {
+            let entry = libc::getpwuid(libc::getuid());
+            if entry.is_null() {
+                format!("uid{}", libc::getuid())
+            } else {
+                std::ffi::CStr::from_ptr((*entry).pw_name).to_string_lossy().into_owned()
+            }
+        }
+    });
+    let mut host = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let host = if unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0 {
+        let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+        String::from_utf8_lossy(&host[..end]).into_owned()
+    } else {
+        "unknown".into()
+    };
+    let clean: String = format!("{user}@{host}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.@/+:".contains(c) { c } else { '_' })
+        .take(grapevine_proto::limits::MAX_AUTHOR_BYTES)
+        .collect();
+    clean.parse().expect("cleaned to the author alphabet and length")
+}
+
 impl Client {
-    pub fn new(node: &str, json: bool) -> Result<Client, CliError> {
-        Client::with_timeout(node, json, REQUEST_TIMEOUT)
+    pub fn new(args: &ClientArgs) -> Result<Client, CliError> {
+        Client::with_timeout(args, REQUEST_TIMEOUT)
     }
 
     /// A client whose requests may take `timeout` (a change that waits for replicas).
-    pub fn with_timeout(node: &str, json: bool, timeout: Duration) -> Result<Client, CliError> {
+    pub fn with_timeout(args: &ClientArgs, timeout: Duration) -> Result<Client, CliError> {
+        let (node, json) = (args.node.as_str(), args.json);
         let base = node.trim_end_matches('/').to_owned();
         let valid = base.strip_prefix("http://").is_some_and(|rest| !rest.is_empty());
         if !valid || reqwest::Url::parse(&base).is_err() {
@@ -65,7 +97,15 @@ impl Client {
                 "--node must be an http:// URL like http://127.0.0.1:7401, got {node:?}"
             )));
         }
+        let author = match &args.author {
+            Some(author) => author.parse::<Author>().map_err(|e| CliError::Usage(format!("--author: {e}")))?,
+            None => default_author(),
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        let author = reqwest::header::HeaderValue::from_str(author.as_str()).expect("an author is printable ASCII");
+        headers.insert(AUTHOR_HEADER, author);
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(timeout.max(REQUEST_TIMEOUT))
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
@@ -303,15 +343,15 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
     }
     println!();
     println!(
-        "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16}",
-        "MEMBER", "ALIVE", "GOSSIP", "API", "GENERATIONS", "APPLIED", "DIGEST"
+        "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16} {:>4}",
+        "MEMBER", "ALIVE", "GOSSIP", "API", "GENERATIONS", "APPLIED", "DIGEST", "WIRE"
     );
     for member in answer.get("members").and_then(Value::as_array).into_iter().flatten() {
         let name = format!("{}{}", text(member, "name"), if member["self"] == true { "*" } else { "" });
         let alive = if member["alive"] == true { "yes" } else { "no" };
         let generations = member.get("generations").filter(|g| !g.is_null()).map_or("-".to_owned(), Value::to_string);
         println!(
-            "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16}",
+            "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16} {:>4}",
             name,
             alive,
             text(member, "gossip"),
@@ -319,6 +359,7 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
             generations,
             text(member, "applied"),
             text(member, "state_digest"),
+            member["wire"],
         );
     }
     Ok(())
@@ -351,8 +392,9 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
             let waves = policy["waves"].as_array().map_or(0, Vec::len);
             format!("{waves} waves, bake {} ms", policy["bake_ms"])
         };
+        let author = generation["author"].as_str().map_or(String::new(), |author| format!("  by {author}"));
         println!(
-            "{:<14} hlc {:<18} {:<28} {}",
+            "{:<14} hlc {:<18} {:<28} {}{author}",
             text(generation, "id"),
             text(generation, "hlc"),
             rollout,

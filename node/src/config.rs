@@ -73,6 +73,10 @@ pub struct RawConfig {
     /// Skews this node's wall clock, for tests of the hybrid logical clock.
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: Option<i64>,
+    /// Makes the node write and read this wire format only, as a build of it does, for
+    /// mixed-version tests.
+    #[cfg(feature = "testsuite")]
+    pub test_wire_version: Option<u8>,
 }
 
 impl RawConfig {
@@ -109,7 +113,7 @@ impl RawConfig {
             files
         );
         #[cfg(feature = "testsuite")]
-        take!(test_clock_skew_ms);
+        take!(test_clock_skew_ms, test_wire_version);
         if let Some(labels) = over.labels {
             self.labels.get_or_insert_with(BTreeMap::new).extend(labels);
         }
@@ -155,6 +159,8 @@ pub struct Config {
     pub files: Vec<crate::files::FileConfig>,
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: i64,
+    #[cfg(feature = "testsuite")]
+    pub test_wire_version: Option<u8>,
 }
 
 /// Why a configuration was refused.
@@ -268,6 +274,16 @@ impl TryFrom<RawConfig> for Config {
             },
             #[cfg(feature = "testsuite")]
             test_clock_skew_ms: raw.test_clock_skew_ms.unwrap_or(0),
+            #[cfg(feature = "testsuite")]
+            test_wire_version: match raw.test_wire_version {
+                Some(v)
+                    if !(grapevine_proto::wire::OLDEST_READABLE..=grapevine_proto::wire::WIRE_VERSION).contains(&v) =>
+                {
+                    let expected = "a wire format this build speaks";
+                    return Err(ConfigError::Invalid { option: "test_wire_version", expected, found: v.to_string() });
+                }
+                version => version,
+            },
         })
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use grapevine_proto::NodeName;
+use grapevine_proto::{NodeName, wire};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -20,7 +20,7 @@ use crate::alerts::Alerts;
 use crate::api::{ApiState, router};
 use crate::config::Config;
 use crate::engine::{self, EngineHandle, EngineParts, Stored};
-use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS};
+use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS, KEY_WIRE};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -99,6 +99,10 @@ pub struct RunningNode {
 
 /// Checks every resource, then starts the node's tasks.
 pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    #[cfg(feature = "testsuite")]
+    if let Some(version) = config.test_wire_version {
+        wire::act_as_version(version);
+    }
     let tls =
         NodeTls::load(&config.tls).map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
     let (store, stored, recovering) = open_store(&config).await?;
@@ -121,10 +125,14 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         dead_node_grace_period: config.dead_node_grace_period,
         incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     };
-    let initial_keys = vec![
+    let mut initial_keys = vec![
         (KEY_API.to_owned(), format!("http://{}", reachable(api_addr, gossip_addr))),
         (KEY_LABELS.to_owned(), config.labels_text()),
     ];
+    // Builds of format 3 published no format: acting as one (tests), publish none either.
+    if wire::newest() > wire::OLDEST_READABLE {
+        initial_keys.push((KEY_WIRE.to_owned(), wire::newest().to_string()));
+    }
     let gossip = match Gossip::start(&gossip_config, transport.clone(), inboxes.gossip, initial_keys).await {
         Ok(gossip) => gossip,
         Err(error) => {

@@ -22,6 +22,7 @@ use chitchat::{
 };
 use grapevine_proto::health::Window;
 use grapevine_proto::rollout::{Report, Verdict};
+use grapevine_proto::wire::OLDEST_READABLE;
 use grapevine_proto::{GenId, NodeName, VersionVector};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
@@ -44,6 +45,9 @@ pub const PREFIX_REPORT: &str = "rep.";
 pub const KEY_KPI: &str = "kpi";
 /// The summary of the reverts this node holds (`count.hash`); a peer with another pulls.
 pub const KEY_REVERTS: &str = "reverts";
+/// The newest wire format this node reads and writes (`wire::newest`). Builds of format 3
+/// publish none: a member without it reads format 3 only.
+pub const KEY_WIRE: &str = "wire";
 /// `rv.<generation>` = why this node wrote the revert of a generation (`quorum`, `rollback`).
 pub const PREFIX_REVERTED_BY: &str = "rv.";
 
@@ -102,6 +106,8 @@ pub struct Member {
     pub version_vector: BTreeMap<String, u64>,
     pub applied: Option<String>,
     pub state_digest: Option<String>,
+    /// The newest wire format the member reads (3 for a build that publishes none).
+    pub wire: u8,
 }
 
 /// The running gossip of a node.
@@ -359,6 +365,21 @@ impl Gossip {
         kpis
     }
 
+    /// The newest wire format `peer` reads, from its gossip (its latest incarnation's: a node
+    /// upgraded in place keeps its address): [`OLDEST_READABLE`] for a peer that publishes
+    /// none (a build of format 3) or is not known yet.
+    pub async fn wire_version_of(&self, peer: SocketAddr) -> u8 {
+        let members = self.members().await;
+        members.iter().find(|m| m.gossip == peer).map_or(OLDEST_READABLE, |m| m.wire)
+    }
+
+    /// Members (live, or dead and not yet forgotten; the latest incarnation of each) that read
+    /// no format as new as `version`, by name: while there are any, nothing that only that
+    /// format can hold may be written.
+    pub async fn members_reading_below(&self, version: u8) -> Vec<String> {
+        self.members().await.into_iter().filter(|m| m.wire < version).map(|m| m.name).collect()
+    }
+
     /// Live peers' summaries of the reverts they hold (empty for a peer without the key).
     pub async fn peer_reverts_digests(&self) -> Vec<(SocketAddr, String)> {
         self.live_peers(|id, state| {
@@ -464,7 +485,13 @@ fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> 
         version_vector,
         applied: state.get(KEY_APPLIED).filter(|v| !v.is_empty()).map(str::to_owned),
         state_digest: state.get(KEY_DIGEST).map(str::to_owned),
+        wire: wire_version_in(state),
     }
+}
+
+/// The newest wire format a member reads, from its `wire` key ([`OLDEST_READABLE`] without).
+fn wire_version_in(state: &NodeState) -> u8 {
+    state.get(KEY_WIRE).and_then(|v| v.parse().ok()).unwrap_or(OLDEST_READABLE)
 }
 
 /// A peer's version vector from its `vv.<origin>` keys; malformed entries are skipped.

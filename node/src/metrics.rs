@@ -63,6 +63,8 @@ pub struct Metrics {
     pub sync_pushes_received: Family<Reason, Counter>,
     /// Push jobs dropped because the pusher's queue was full.
     pub push_jobs_dropped: Counter,
+    /// Generations not sent to a peer because its older wire format cannot hold them.
+    pub sync_format_withheld: Counter,
     /// Generations received by log sync and stored.
     pub sync_generations_stored: Counter,
     /// Malformed traffic from peers (frames, requests, generations) dropped, by kind.
@@ -129,6 +131,7 @@ impl Metrics {
             sync_pushes: Family::default(),
             sync_pushes_received: Family::default(),
             push_jobs_dropped: Counter::default(),
+            sync_format_withheld: Counter::default(),
             sync_generations_stored: Counter::default(),
             peer_malformed: Family::default(),
             changes: Family::default(),
@@ -167,6 +170,11 @@ impl Metrics {
         r.register("sync_served", "Log-sync pulls served, by outcome", metrics.sync_served.clone());
         r.register("sync_pushes", "Eager pushes sent, by outcome", metrics.sync_pushes.clone());
         r.register("sync_pushes_received", "Eager pushes received, by outcome", metrics.sync_pushes_received.clone());
+        r.register(
+            "sync_format_withheld",
+            "Generations not sent to a peer whose older wire format cannot hold them (upgrade it)",
+            metrics.sync_format_withheld.clone(),
+        );
         r.register("push_jobs_dropped", "Push jobs dropped on a full queue", metrics.push_jobs_dropped.clone());
         r.register(
             "sync_generations_stored",

@@ -26,6 +26,10 @@ pub const MAX_GENERATION_BYTES: usize = 2 * MAX_VALUE_BYTES + 64 * 1024;
 /// snapshot in one pull, so it bounds that pull's memory; compaction stops short of it.
 pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 
+/// Longest author of a change (`alice@laptop`, `ci/deploy-bot`): a name for `history`, not a
+/// document; it travels in every generation.
+pub const MAX_AUTHOR_BYTES: usize = 64;
+
 /// Most members of one gossip cluster. chitchat's full digest must fit one datagram of 65,507
 /// bytes: with 32-byte names and addresses that is about 800 members; half leaves headroom.
 pub const MAX_MEMBERS: usize = 400;

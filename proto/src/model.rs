@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
-use crate::limits::{MAX_KEY_BYTES, MAX_NODE_NAME_BYTES, MAX_VALUE_BYTES};
+use crate::limits::{MAX_AUTHOR_BYTES, MAX_KEY_BYTES, MAX_NODE_NAME_BYTES, MAX_VALUE_BYTES};
 use crate::rollout::{Control, Policy};
 use crate::validate::ValidationError;
 
@@ -94,6 +94,49 @@ impl From<Key> for String {
 }
 
 impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who submitted a change, as the client named itself (`alice@laptop`, `ci/deploy-bot`): 1 to
+/// 64 bytes of ASCII letters, digits and `-_.@/+:`. Recorded in the generation (format 4 on).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Author(String);
+
+impl Author {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Author {
+    type Error = ValidationError;
+
+    fn try_from(author: String) -> Result<Self, Self::Error> {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || "-_.@/+:".contains(c);
+        if author.is_empty() || author.len() > MAX_AUTHOR_BYTES || !author.chars().all(valid_char) {
+            return Err(ValidationError::Author { found: author });
+        }
+        Ok(Author(author))
+    }
+}
+
+impl FromStr for Author {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Author::try_from(s.to_owned())
+    }
+}
+
+impl From<Author> for String {
+    fn from(author: Author) -> String {
+        author.0
+    }
+}
+
+impl fmt::Display for Author {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -245,11 +288,22 @@ pub struct GenerationBody {
     /// With a `waves_by` policy, each member's value of that label (aligned with `members`).
     pub groups: Vec<String>,
     pub change: Change,
+    /// Who submitted it (format 4 on). A node leaves it out while any member reads only
+    /// format 3, so that every member can hold every generation during a rolling upgrade.
+    pub author: Option<Author>,
 }
 
 impl GenerationBody {
+    /// SHA-256 of the body's encoding. Without an author, the body is hashed as format 3
+    /// encoded it (the same fields, without the author's slot), so a generation written by a
+    /// node of format 3 keeps its hash when a node of format 4 holds it, and back.
     pub fn hash(&self) -> ContentHash {
-        let bytes = postcard::to_stdvec(self).expect("a generation body always encodes");
+        let GenerationBody { id, hlc, members, groups, change, author } = self;
+        let bytes = match author {
+            None => postcard::to_stdvec(&(id, hlc, members, groups, change)),
+            Some(_) => postcard::to_stdvec(self),
+        }
+        .expect("a generation body always encodes");
         ContentHash(Sha256::digest(&bytes).into())
     }
 

@@ -571,6 +571,7 @@ mod tests {
                 policy,
                 controls: vec![],
             },
+            author: None,
         }
     }
 

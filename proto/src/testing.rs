@@ -16,6 +16,7 @@ pub fn put(origin: &str, seq: u64, wall_ms: u64, key: &str, value: &str) -> Gene
             value: JsonText::try_from(value.to_owned()).expect("valid JSON"),
             schema: None,
         }]),
+        author: None,
     }
     .seal()
 }

@@ -20,6 +20,9 @@ pub enum ValidationError {
     /// A flag or config key outside the allowed alphabet or length.
     #[error("key must be 1 to 128 ASCII letters, digits, '-', '_', '.' or '/', got {found:?}")]
     Key { found: String },
+    /// An author outside the allowed alphabet or length.
+    #[error("author must be 1 to 64 ASCII letters, digits or any of - _ . @ / + :, got {found:?}")]
+    Author { found: String },
     /// A generation id that is not `ORIGIN.SEQ`.
     #[error("generation id must look like ORIGIN.SEQ with SEQ >= 1 (e.g. n1.3), got {found:?}")]
     GenId { found: String },
@@ -214,6 +217,7 @@ mod tests {
             members,
             groups: vec![],
             change: Change::with_ops(vec![config("a", "1")]),
+            author: None,
         }
         .seal();
         let error = validate_generation(&generation).unwrap_err();

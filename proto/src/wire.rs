@@ -1,47 +1,141 @@
 //! The versioned binary encoding of everything that crosses the wire or reaches the disk.
 //!
-//! Each encoded item is one version byte followed by its postcard encoding, so a later format
-//! can be recognised (and refused with a clear error) instead of misread.
+//! Each encoded item is one version byte followed by its postcard encoding. A build reads its
+//! own version and the one before ([`OLDEST_READABLE`]), and writes either: so a node of
+//! version N and a node of version N-1 work together during a rolling upgrade, and a node of
+//! version N reads a store written by N-1. A version outside that range is refused with a
+//! clear error instead of misread.
+//!
+//! Version history (the types of each older version live in [`v3`]):
+//! - 3: reverts, the anomaly quorum and the thresholds in each change's policy.
+//! - 4: a generation records its author ([`GenerationBody::author`]).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::log::VersionVector;
-use crate::model::{GenId, Generation, Revert};
-use crate::snapshot::Write;
+use crate::model::{GenId, Generation, GenerationBody, Revert};
+use crate::snapshot::{Snapshot, Write};
 
-/// The format version written in front of every encoded item.
-pub const WIRE_VERSION: u8 = 3;
+/// The format version this build writes.
+pub const WIRE_VERSION: u8 = 4;
 
-/// Why bytes could not be decoded.
+/// The oldest format version this build reads and can write for a peer that reads no newer.
+pub const OLDEST_READABLE: u8 = 3;
+
+/// Why bytes could not be decoded, or a value not encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// No bytes at all.
     #[error("expected an encoded item, got 0 bytes")]
     Empty,
-    /// A version byte this build does not know.
-    #[error("expected format version {WIRE_VERSION}, got version {found}")]
+    /// A version byte this build does not read.
+    #[error("expected format version {oldest} to {newest}, got version {found}", oldest = OLDEST_READABLE, newest = newest())]
     UnknownVersion { found: u8 },
     /// Bytes that do not decode as the expected type (or whose content fails its checks).
     #[error("malformed {what}: {error}")]
     Malformed { what: &'static str, error: String },
+    /// A value that the older format asked for cannot hold (a generation with an author, for a
+    /// peer that reads format 3 only).
+    #[error("{what} cannot be written in format version {version}: {why}")]
+    Unrepresentable { what: &'static str, version: u8, why: &'static str },
 }
 
-/// Encodes `value` with the version byte in front.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = vec![WIRE_VERSION];
-    postcard::to_io(value, &mut bytes).expect("writing to a Vec cannot fail");
-    bytes
+/// The newest format this process writes and reads: [`WIRE_VERSION`], unless the test suite
+/// made the process act as a build of the previous version.
+pub fn newest() -> u8 {
+    #[cfg(feature = "testsuite")]
+    {
+        let cap = ACT_AS_VERSION.load(std::sync::atomic::Ordering::Relaxed);
+        if cap != 0 {
+            return cap;
+        }
+    }
+    WIRE_VERSION
 }
 
-/// Decodes bytes written by [`encode`]; `what` names the item in the error.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, WireError> {
+#[cfg(feature = "testsuite")]
+static ACT_AS_VERSION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Makes this process write and read format `version` only, as a build of that version does
+/// (for mixed-version tests of real processes). Test suite only.
+#[cfg(feature = "testsuite")]
+pub fn act_as_version(version: u8) {
+    assert!(
+        (OLDEST_READABLE..=WIRE_VERSION).contains(&version),
+        "format version {version} is not one this build speaks"
+    );
+    ACT_AS_VERSION.store(version, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// An item with a versioned encoding: how version 3 encoded it, and the conversions.
+pub trait Versioned: Serialize + DeserializeOwned {
+    /// The item as format 3 encoded it.
+    type V3: Serialize + DeserializeOwned;
+    /// Reads an item of format 3.
+    fn from_v3(old: Self::V3) -> Self;
+    /// The item in format 3, or why that format cannot hold it.
+    fn to_v3(&self) -> Result<Self::V3, &'static str>;
+}
+
+/// Items whose encoding did not change in version 4.
+macro_rules! unchanged_since_v3 {
+    ($($item:ty),*) => {$(
+        impl Versioned for $item {
+            type V3 = $item;
+            fn from_v3(old: $item) -> $item {
+                old
+            }
+            fn to_v3(&self) -> Result<$item, &'static str> {
+                Ok(self.clone())
+            }
+        }
+    )*};
+}
+
+unchanged_since_v3!(PullRequest, PushAck, Snapshot, Revert, VersionVector);
+
+/// Encodes `value` in the newest format, with the version byte in front.
+pub fn encode<T: Versioned>(value: &T) -> Vec<u8> {
+    encode_at(value, newest(), "item").expect("the newest format holds every value")
+}
+
+/// Encodes `value` in format `version`, for a peer that reads no newer; `what` names the item
+/// in the error when that format cannot hold it.
+pub fn encode_at<T: Versioned>(value: &T, version: u8, what: &'static str) -> Result<Vec<u8>, WireError> {
+    let version = version.min(newest());
+    let mut bytes = vec![version];
+    let written = match version {
+        WIRE_VERSION => postcard::to_io(value, &mut bytes).map(drop),
+        3 => {
+            let old = value.to_v3().map_err(|why| WireError::Unrepresentable { what, version, why })?;
+            postcard::to_io(&old, &mut bytes).map(drop)
+        }
+        other => return Err(WireError::UnknownVersion { found: other }),
+    };
+    written.expect("writing to a Vec cannot fail");
+    Ok(bytes)
+}
+
+/// Decodes bytes written by [`encode`] or [`encode_at`]; `what` names the item in the error.
+pub fn decode<T: Versioned>(bytes: &[u8], what: &'static str) -> Result<T, WireError> {
+    decode_versioned(bytes, what).map(|(value, _)| value)
+}
+
+/// Decodes like [`decode`], and says which format the bytes were in (a reply to a request
+/// goes back in the request's format).
+pub fn decode_versioned<T: Versioned>(bytes: &[u8], what: &'static str) -> Result<(T, u8), WireError> {
     let (&version, rest) = bytes.split_first().ok_or(WireError::Empty)?;
-    if version != WIRE_VERSION {
+    if !(OLDEST_READABLE..=newest()).contains(&version) {
         return Err(WireError::UnknownVersion { found: version });
     }
+    let value = if version == WIRE_VERSION { take_all(rest, what)? } else { T::from_v3(take_all(rest, what)?) };
+    Ok((value, version))
+}
+
+fn take_all<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, WireError> {
     let (value, trailing) =
-        postcard::take_from_bytes(rest).map_err(|error| WireError::Malformed { what, error: error.to_string() })?;
+        postcard::take_from_bytes(bytes).map_err(|error| WireError::Malformed { what, error: error.to_string() })?;
     if !trailing.is_empty() {
         let error = format!("{} trailing bytes", trailing.len());
         return Err(WireError::Malformed { what, error });
@@ -92,6 +186,103 @@ pub struct PushAck {
     pub have: VersionVector,
 }
 
+impl Versioned for Generation {
+    type V3 = v3::Generation;
+
+    fn from_v3(old: v3::Generation) -> Generation {
+        let v3::GenerationBody { id, hlc, members, groups, change } = old.body;
+        Generation { body: GenerationBody { id, hlc, members, groups, change, author: None }, hash: old.hash }
+    }
+
+    fn to_v3(&self) -> Result<v3::Generation, &'static str> {
+        let GenerationBody { id, hlc, members, groups, change, author } = self.body.clone();
+        if author.is_some() {
+            return Err("format 3 has no author");
+        }
+        Ok(v3::Generation { body: v3::GenerationBody { id, hlc, members, groups, change }, hash: self.hash })
+    }
+}
+
+impl Versioned for PullFrame {
+    type V3 = v3::PullFrame;
+
+    fn from_v3(old: v3::PullFrame) -> PullFrame {
+        match old {
+            v3::PullFrame::Revert(revert) => PullFrame::Revert(revert),
+            v3::PullFrame::SnapshotWrite(write) => PullFrame::SnapshotWrite(write),
+            v3::PullFrame::SnapshotEnd { covers } => PullFrame::SnapshotEnd { covers },
+            v3::PullFrame::Generation(generation) => PullFrame::Generation(Generation::from_v3(generation)),
+            v3::PullFrame::End { more } => PullFrame::End { more },
+        }
+    }
+
+    fn to_v3(&self) -> Result<v3::PullFrame, &'static str> {
+        Ok(match self.clone() {
+            PullFrame::Revert(revert) => v3::PullFrame::Revert(revert),
+            PullFrame::SnapshotWrite(write) => v3::PullFrame::SnapshotWrite(write),
+            PullFrame::SnapshotEnd { covers } => v3::PullFrame::SnapshotEnd { covers },
+            PullFrame::Generation(generation) => v3::PullFrame::Generation(generation.to_v3()?),
+            PullFrame::End { more } => v3::PullFrame::End { more },
+        })
+    }
+}
+
+impl Versioned for Push {
+    type V3 = v3::Push;
+
+    fn from_v3(old: v3::Push) -> Push {
+        let generations = old.generations.into_iter().map(Generation::from_v3).collect();
+        Push { reverts: old.reverts, generations, sender_has: old.sender_has }
+    }
+
+    fn to_v3(&self) -> Result<v3::Push, &'static str> {
+        let generations = self.generations.iter().map(Generation::to_v3).collect::<Result<_, _>>()?;
+        Ok(v3::Push { reverts: self.reverts.clone(), generations, sender_has: self.sender_has.clone() })
+    }
+}
+
+/// The items whose encoding changed in format 4, as format 3 encoded them. Field and variant
+/// order is the encoding: never reorder, only add a new module for a new version.
+pub mod v3 {
+    use serde::{Deserialize, Serialize};
+
+    use crate::hlc::Stamp;
+    use crate::log::VersionVector;
+    use crate::model::{Change, ContentHash, GenId, NodeName, Revert};
+    use crate::snapshot::Write;
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct GenerationBody {
+        pub id: GenId,
+        pub hlc: Stamp,
+        pub members: Vec<NodeName>,
+        pub groups: Vec<String>,
+        pub change: Change,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Generation {
+        pub body: GenerationBody,
+        pub hash: ContentHash,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum PullFrame {
+        Revert(Revert),
+        SnapshotWrite(Write),
+        SnapshotEnd { covers: VersionVector },
+        Generation(Generation),
+        End { more: bool },
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Push {
+        pub reverts: Vec<Revert>,
+        pub generations: Vec<Generation>,
+        pub sender_has: VersionVector,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -121,14 +312,16 @@ mod tests {
             any::<u32>(),
             proptest::collection::vec(name, 0..5),
             proptest::collection::vec(op, 1..5),
+            proptest::option::of("[a-z0-9@./+:_-]{1,64}"),
         )
-            .prop_map(|(origin, seq, wall_ms, logical, members, ops)| {
+            .prop_map(|(origin, seq, wall_ms, logical, members, ops, author)| {
                 GenerationBody {
                     id: GenId { origin: origin.parse().unwrap(), seq },
                     hlc: Stamp { wall_ms, logical },
                     members: members.into_iter().map(|m| m.parse().unwrap()).collect(),
                     groups: vec![],
                     change: Change::with_ops(ops),
+                    author: author.map(|a| a.parse().unwrap()),
                 }
                 .seal()
             })
@@ -174,9 +367,71 @@ mod tests {
         let mut bytes = encode(&PullFrame::End { more: false });
         bytes.push(0);
         assert!(matches!(decode::<PullFrame>(&bytes, "pull frame"), Err(WireError::Malformed { .. })));
-        bytes[0] = 9;
-        assert_eq!(decode::<PullFrame>(&bytes, "pull frame"), Err(WireError::UnknownVersion { found: 9 }));
+        for version in [2, 5, 9] {
+            bytes[0] = version;
+            let refused = decode::<PullFrame>(&bytes, "pull frame").unwrap_err();
+            assert_eq!(refused, WireError::UnknownVersion { found: version });
+            assert_eq!(refused.to_string(), format!("expected format version 3 to 4, got version {version}"));
+        }
         assert_eq!(decode::<PullFrame>(&[], "pull frame"), Err(WireError::Empty));
+    }
+
+    /// Items as the build before format 4 (commit 6f2157a) encoded them, by name.
+    fn format_3_fixtures() -> std::collections::BTreeMap<&'static str, Vec<u8>> {
+        include_str!("../tests/fixtures/wire-v3.txt")
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                let (name, hex) = line.split_once(' ').expect("name, then hex");
+                (name, hex::decode(hex).expect("hex"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn items_written_by_format_3_are_read_and_written_back_byte_for_byte() {
+        let fixtures = format_3_fixtures();
+        let generation: Generation = decode(&fixtures["generation"], "generation").unwrap();
+        assert_eq!(generation.id().to_string(), "old1.7");
+        assert_eq!(generation.body.author, None);
+        generation.verify().expect("a format 3 generation keeps its hash in format 4");
+        crate::validate::validate_generation(&generation).unwrap();
+        assert_eq!(encode_at(&generation, 3, "generation").unwrap(), fixtures["generation"]);
+
+        let (push, version) = decode_versioned::<Push>(&fixtures["push"], "push").unwrap();
+        assert_eq!((version, &push.generations[..]), (3, std::slice::from_ref(&generation)));
+        assert_eq!(encode_at(&push, version, "push").unwrap(), fixtures["push"]);
+        let frame: PullFrame = decode(&fixtures["pull-frame-generation"], "pull frame").unwrap();
+        assert_eq!(frame, PullFrame::Generation(generation.clone()));
+        assert_eq!(encode_at(&frame, 3, "pull frame").unwrap(), fixtures["pull-frame-generation"]);
+        let request: PullRequest = decode(&fixtures["pull-request"], "pull request").unwrap();
+        assert_eq!(request.max_bytes, 1 << 20);
+        assert_eq!(encode_at(&request, 3, "pull request").unwrap(), fixtures["pull-request"]);
+        let ack: PushAck = decode(&fixtures["push-ack"], "push ack").unwrap();
+        assert_eq!(encode_at(&ack, 3, "push ack").unwrap(), fixtures["push-ack"]);
+
+        // The same generation in format 4 differs by the author's slot only, and hashes alike.
+        let newer = encode(&generation);
+        assert_eq!((newer[0], newer.len()), (4, fixtures["generation"].len() + 1));
+        assert_eq!(decode::<Generation>(&newer, "generation").unwrap(), generation);
+    }
+
+    #[test]
+    fn an_author_is_covered_by_the_hash_and_has_no_format_3_form() {
+        let mut generation = crate::testing::put("n1", 1, 5, "k", "1");
+        let unsigned = generation.hash;
+        generation.body.author = Some("alice@laptop".parse().unwrap());
+        assert!(generation.verify().is_err(), "the author is part of the content");
+        let generation = generation.body.seal();
+        assert_ne!(generation.hash, unsigned);
+        let refused = encode_at(&generation, 3, "generation").unwrap_err();
+        assert_eq!(refused.to_string(), "generation cannot be written in format version 3: format 3 has no author");
+        let push =
+            Push { reverts: vec![], generations: vec![generation.clone()], sender_has: VersionVector::default() };
+        assert!(encode_at(&push, 3, "push").is_err());
+        assert_eq!(decode::<Generation>(&encode(&generation), "generation").unwrap(), generation);
+        assert!("has space".parse::<crate::Author>().is_err());
+        assert!("x".repeat(65).parse::<crate::Author>().is_err());
     }
 
     #[test]

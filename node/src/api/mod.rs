@@ -18,7 +18,7 @@ use grapevine_proto::eval::{FlagDefinition, FlagState};
 use grapevine_proto::limits::{MAX_MEMBERS, MAX_VALUE_BYTES};
 use grapevine_proto::rollout::{Policy, PolicyOptions};
 use grapevine_proto::targeting::Fractional;
-use grapevine_proto::{Change, Generation, JsonText, Key, NodeName, Op, ValidationError};
+use grapevine_proto::{Author, Change, Generation, JsonText, Key, NodeName, Op, ValidationError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -270,6 +270,8 @@ struct GenerationSummary {
     seq: u64,
     hlc: String,
     hash: String,
+    /// Who submitted it, when recorded (wire format 4 on).
+    author: Option<grapevine_proto::Author>,
     members: Vec<NodeName>,
     ops: Vec<Value>,
     policy: Policy,
@@ -300,6 +302,7 @@ impl From<&Generation> for GenerationSummary {
             seq: body.id.seq,
             hlc: body.hlc.to_string(),
             hash: generation.hash.to_string(),
+            author: body.author.clone(),
             members: body.members.clone(),
             ops,
             policy: body.change.policy.clone(),
@@ -373,6 +376,7 @@ fn accepted(generation: &Generation) -> Value {
         "hlc": generation.body.hlc.to_string(),
         "hash": generation.hash.to_string(),
         "members": generation.body.members,
+        "author": generation.body.author,
     })
 }
 
@@ -399,13 +403,20 @@ pub struct ChangeQuery {
     /// Check and describe the change (diff, waves), store nothing.
     dry_run: bool,
     policy: PolicyOptions,
+    /// Who submits the change: the `X-Grapevine-Author` header.
+    author: Option<Author>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ChangeQuery {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        ChangeQuery::parse(parts.uri.query().unwrap_or_default())
+        let mut query = ChangeQuery::parse(parts.uri.query().unwrap_or_default())?;
+        if let Some(author) = parts.headers.get(AUTHOR_HEADER) {
+            let author = author.to_str().unwrap_or("(not ASCII)").to_owned();
+            query.author = Some(author.parse().map_err(|e| ApiError::bad_request(format!("{AUTHOR_HEADER}: {e}")))?);
+        }
+        Ok(query)
     }
 }
 
@@ -437,6 +448,9 @@ impl ChangeQuery {
     }
 }
 
+/// The header that names who submits a change (`grapevine` sends `$USER@host` unless told).
+pub const AUTHOR_HEADER: &str = "x-grapevine-author";
+
 /// How long a change waits for replicas unless the request says otherwise.
 const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a request may wait for replicas.
@@ -465,7 +479,7 @@ pub(crate) async fn submit_change(state: &ApiState, change: Change, wait: &Chang
         )));
     }
     let timeout = wait.timeout_ms.map_or(DEFAULT_REPLICA_TIMEOUT, Duration::from_millis).min(MAX_REPLICA_TIMEOUT);
-    let generation = state.engine.submit(change).await?;
+    let generation = state.engine.submit(change, wait.author.clone()).await?;
     let id = generation.id();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut replicas = state.holdings.count_holding(state.gossip.peer_version_vectors().await, id);

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_change};
+use grapevine_proto::wire;
 use grapevine_proto::{
-    AppliedState, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Op, Revert, Snapshot,
-    ValidationError, VersionVector,
+    AppliedState, Author, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Op, Revert,
+    Snapshot, ValidationError, VersionVector,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -125,7 +126,7 @@ pub enum SubmitError {
 }
 
 enum Command {
-    Submit { change: Change, reply: oneshot::Sender<Result<Generation, SubmitError>> },
+    Submit { change: Change, author: Option<Author>, reply: oneshot::Sender<Result<Generation, SubmitError>> },
     Preview { change: Change, reply: oneshot::Sender<Result<Preview, SubmitError>> },
     Readiness { reply: oneshot::Sender<Readiness> },
     Waiting { reply: oneshot::Sender<Vec<(GenId, usize, usize)>> },
@@ -154,8 +155,9 @@ impl EngineHandle {
     }
 
     /// Validates, stamps, stores and applies a change; returns its generation once durable.
-    pub async fn submit(&self, change: Change) -> Result<Generation, SubmitError> {
-        self.ask(|reply| Command::Submit { change, reply }).await.unwrap_or(Err(SubmitError::Stopped))
+    /// `author` is recorded once every member reads wire format 4 (left out before).
+    pub async fn submit(&self, change: Change, author: Option<Author>) -> Result<Generation, SubmitError> {
+        self.ask(|reply| Command::Submit { change, author, reply }).await.unwrap_or(Err(SubmitError::Stopped))
     }
 
     /// Stores and applies validated generations from peer `from`; returns how many were new.
@@ -362,8 +364,8 @@ impl Engine {
                     let _ = reply.send(self.absorb_snapshot(snapshot).await);
                     self.decide().await;
                 }
-                Command::Submit { change, reply } => {
-                    let _ = reply.send(self.submit(change).await);
+                Command::Submit { change, author, reply } => {
+                    let _ = reply.send(self.submit(change, author).await);
                     self.decide().await;
                     self.compact_if_over_retention().await;
                 }
@@ -406,7 +408,7 @@ impl Engine {
     }
 
     /// The generation `change` becomes here now, checked, stamped by `clock`; not stored.
-    async fn seal(&self, change: Change, clock: &mut Clock) -> Result<Generation, SubmitError> {
+    async fn seal(&self, change: Change, author: Option<Author>, clock: &mut Clock) -> Result<Generation, SubmitError> {
         if let Some(reason) = &self.parts.recovering {
             return Err(SubmitError::Recovering(reason.clone()));
         }
@@ -420,10 +422,27 @@ impl Engine {
             members,
             groups,
             change,
+            author: self.recordable(author).await,
         };
         let generation = body.seal();
         check_envelope(&generation)?;
         Ok(generation)
+    }
+
+    /// The author to record: none while a member (live, or dead and not yet forgotten) reads
+    /// only wire format 3, which has no author, so that every member can hold the generation
+    /// during a rolling upgrade.
+    async fn recordable(&self, author: Option<Author>) -> Option<Author> {
+        let author = author?;
+        if wire::newest() < 4 {
+            return None;
+        }
+        let older = self.parts.gossip.members_reading_below(4).await;
+        if !older.is_empty() {
+            info!(%author, members = ?older, "author left out of the change: these members read wire format 3 only");
+            return None;
+        }
+        Some(author)
     }
 
     /// Ends a recovery once, for [`RECOVERY_SETTLE`] on end, live peers' log summaries are
@@ -477,7 +496,7 @@ impl Engine {
     /// What `change` would do, changing nothing: the generation it would become (its waves
     /// follow from it) and, per key, the desired value before and after.
     async fn preview(&self, change: Change) -> Result<Preview, SubmitError> {
-        let generation = self.seal(change, &mut self.clock.clone()).await?;
+        let generation = self.seal(change, None, &mut self.clock.clone()).await?;
         let diff = generation
             .body
             .change
@@ -500,9 +519,9 @@ impl Engine {
         Ok(Preview { generation: generation.id().to_string(), policy: generation.body.change.policy, waves, diff })
     }
 
-    async fn submit(&mut self, change: Change) -> Result<Generation, SubmitError> {
+    async fn submit(&mut self, change: Change, author: Option<Author>) -> Result<Generation, SubmitError> {
         let mut clock = self.clock.clone();
-        let generation = self.seal(change, &mut clock).await?;
+        let generation = self.seal(change, author, &mut clock).await?;
         self.clock = clock;
         self.store_durably(vec![generation.clone()]).await?;
         info!(generation = %generation.id(), "accepted change");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use grapevine_proto::Snapshot;
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::validate::validate_snapshot;
-use grapevine_proto::wire::{PullFrame, PullRequest, decode, encode};
+use grapevine_proto::wire::{PullFrame, PullRequest, decode, encode_at};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -78,7 +78,7 @@ pub async fn run_puller(
         if let Some(peer) = prompted {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = pull_counted(&transport, &engine, peer) => {}
+                _ = pull_counted(&transport, &engine, &gossip, peer) => {}
             }
         }
         for _ in 0..MAX_PULLS_PER_WAKE {
@@ -105,7 +105,7 @@ pub async fn run_puller(
             let peer = ahead[turn % ahead.len()];
             let stored = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                stored = pull_counted(&transport, &engine, peer) => stored,
+                stored = pull_counted(&transport, &engine, &gossip, peer) => stored,
             };
             if stored == 0 {
                 break;
@@ -115,9 +115,9 @@ pub async fn run_puller(
 }
 
 /// One pull, counted in the metrics; returns how many new generations and reverts were stored.
-async fn pull_counted(transport: &Transport, engine: &EngineHandle, peer: SocketAddr) -> usize {
+async fn pull_counted(transport: &Transport, engine: &EngineHandle, gossip: &Gossip, peer: SocketAddr) -> usize {
     let metrics = transport.metrics();
-    match pull(transport, engine, peer).await {
+    match pull(transport, engine, gossip, peer).await {
         Ok(stored) => {
             metrics.sync_pulls.get_or_create(&reason("ok")).inc();
             stored
@@ -136,7 +136,12 @@ async fn pull_counted(transport: &Transport, engine: &EngineHandle, peer: Socket
     }
 }
 
-async fn pull(transport: &Transport, engine: &EngineHandle, peer: SocketAddr) -> Result<usize, SyncError> {
+async fn pull(
+    transport: &Transport,
+    engine: &EngineHandle,
+    gossip: &Gossip,
+    peer: SocketAddr,
+) -> Result<usize, SyncError> {
     let view = engine.view();
     let request = PullRequest {
         have: view.version_vector.clone(),
@@ -144,8 +149,11 @@ async fn pull(transport: &Transport, engine: &EngineHandle, peer: SocketAddr) ->
         reverts: view.reverted.iter().cloned().collect(),
     };
     drop(view);
+    // In the peer's format, if older than ours: it answers in the format it was asked in.
+    let request = encode_at(&request, gossip.wire_version_of(peer).await, "pull request")
+        .expect("a pull request has the same form in every format");
     let (mut send, mut recv) = transport.open_stream(peer, STREAM_PULL).await?;
-    write_frame(&mut send, &encode(&request)).await?;
+    write_frame(&mut send, &request).await?;
     let _ = send.finish();
     let mut batch = Vec::new();
     let mut reverts = Vec::new();

@@ -9,11 +9,12 @@
 //! the generation and the peer: different nodes and generations pick different peers, with no
 //! random number drawn.
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use grapevine_proto::wire::{Push, PushAck, decode, encode};
+use grapevine_proto::wire::{Push, PushAck, decode, encode, encode_at};
 use grapevine_proto::{Generation, NodeName, Revert, VersionVector};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,7 @@ use tracing::debug;
 use super::{PeerHoldings, SyncError, read_frame, write_frame};
 use crate::engine::EngineHandle;
 use crate::gossip::Gossip;
-use crate::metrics::reason;
+use crate::metrics::{Metrics, reason};
 use crate::transport::{STREAM_PUSH, Transport};
 
 /// Peers each new generation is pushed to by each node that stores it. With push on first
@@ -82,13 +83,18 @@ pub async fn run_pusher(
         let inline_bytes: usize = job.generations.iter().map(|g| encode(g).len()).sum();
         let generations = if inline_bytes <= PUSH_INLINE_BYTES { job.generations } else { Vec::new() };
         let push = Push { reverts: job.reverts, generations, sender_has: view.version_vector.clone() };
-        let push = Arc::new(encode(&push));
+        let mut encoded: BTreeMap<u8, Arc<Vec<u8>>> = BTreeMap::new();
         for peer in targets {
+            let version = gossip.wire_version_of(peer).await;
+            let push = encoded
+                .entry(version)
+                .or_insert_with(|| Arc::new(encode_for(&push, version, transport.metrics())))
+                .clone();
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 transport.metrics().sync_pushes.get_or_create(&reason("skipped_busy")).inc();
                 continue;
             };
-            let (transport, holdings, push) = (transport.clone(), holdings.clone(), push.clone());
+            let (transport, holdings) = (transport.clone(), holdings.clone());
             tokio::spawn(async move {
                 let outcome = match push_to(&transport, peer, &push).await {
                     Ok(have) => {
@@ -105,6 +111,19 @@ pub async fn run_pusher(
             });
         }
     }
+}
+
+/// The push in wire format `version` (a peer's, when older than ours), without the
+/// generations that format cannot hold: the peer cannot store those until it is upgraded.
+fn encode_for(push: &Push, version: u8, metrics: &Metrics) -> Vec<u8> {
+    if let Ok(bytes) = encode_at(push, version, "push") {
+        return bytes;
+    }
+    let (held, withheld): (Vec<Generation>, Vec<Generation>) =
+        push.generations.iter().cloned().partition(|g| encode_at(g, version, "generation").is_ok());
+    metrics.sync_format_withheld.inc_by(withheld.len() as u64);
+    let push = Push { generations: held, ..push.clone() };
+    encode_at(&push, version, "push").expect("a push of generations each in the format is in the format")
 }
 
 /// Up to [`FANOUT`] peers that lack at least one of the job's generations, or whose reverts

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeSet;
 
-use grapevine_proto::wire::{PullFrame, PullRequest, Push, PushAck, decode, encode};
+use grapevine_proto::wire::{PullFrame, PullRequest, Push, PushAck, WireError, decode_versioned, encode_at};
 use grapevine_proto::{GenId, Revert};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -49,7 +49,7 @@ pub async fn run_server(server: Server, mut streams: mpsc::Receiver<IncomingStre
         tokio::spawn(async move {
             let (peer, kind) = (stream.peer, stream.kind);
             let (what, result) = match kind {
-                STREAM_PULL => ("pull", serve_pull(stream, server.store).await),
+                STREAM_PULL => ("pull", serve_pull(stream, server.store, &metrics).await),
                 STREAM_PUSH => ("push", take_push(stream, &server).await),
                 _ => {
                     metrics.peer_malformed.get_or_create(&reason("unknown_stream_kind")).inc();
@@ -80,9 +80,12 @@ fn count(metrics: &Metrics, what: &'static str, peer: std::net::SocketAddr, resu
     family.get_or_create(&reason(outcome)).inc();
 }
 
-async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>) -> Result<(), SyncError> {
+async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>, metrics: &Metrics) -> Result<(), SyncError> {
     let request = read_frame(&mut stream.recv, MAX_REQUEST_BYTES).await?;
-    let request: PullRequest = decode(&request, "pull request").map_err(|e| SyncError::Malformed(e.to_string()))?;
+    // The answer goes in the request's format: a puller of the previous version reads no newer.
+    let (request, version) =
+        decode_versioned::<PullRequest>(&request, "pull request").map_err(|e| SyncError::Malformed(e.to_string()))?;
+    let frame = |frame: &PullFrame| encode_at(frame, version, "pull frame");
     let budget = usize::try_from(request.max_bytes).unwrap_or(usize::MAX).min(MAX_PULL_BYTES);
     let (reverts, snapshot, generations, more) = tokio::task::spawn_blocking(move || {
         let held: BTreeSet<GenId> = request.reverts.into_iter().collect();
@@ -97,21 +100,32 @@ async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>) -> Result<(),
     .expect("store task panicked")
     .map_err(|e| SyncError::Stream(e.to_string()))?;
     // Reverts first: the puller must never apply a generation it is about to learn is reverted.
+    let unwritable = |e: WireError| SyncError::Stream(e.to_string());
     for revert in reverts {
-        write_frame(&mut stream.send, &encode(&PullFrame::Revert(revert))).await?;
+        write_frame(&mut stream.send, &frame(&PullFrame::Revert(revert)).map_err(unwritable)?).await?;
     }
     if let Some(snapshot) = snapshot {
         for write in snapshot.writes() {
-            write_frame(&mut stream.send, &encode(&PullFrame::SnapshotWrite(write.clone()))).await?;
+            write_frame(&mut stream.send, &frame(&PullFrame::SnapshotWrite(write.clone())).map_err(unwritable)?)
+                .await?;
         }
-        write_frame(&mut stream.send, &encode(&PullFrame::SnapshotEnd { covers: snapshot.covers().clone() })).await?;
+        let end = PullFrame::SnapshotEnd { covers: snapshot.covers().clone() };
+        write_frame(&mut stream.send, &frame(&end).map_err(unwritable)?).await?;
     }
     for generation in generations {
-        let frame = encode(&PullFrame::Generation(generation));
-        debug_assert!(frame.len() <= MAX_FRAME_BYTES);
-        write_frame(&mut stream.send, &frame).await?;
+        let id = generation.id().clone();
+        match frame(&PullFrame::Generation(generation)) {
+            Ok(bytes) => {
+                debug_assert!(bytes.len() <= MAX_FRAME_BYTES);
+                write_frame(&mut stream.send, &bytes).await?;
+            }
+            Err(error) => {
+                metrics.sync_format_withheld.inc();
+                debug!(peer = %stream.peer, generation = %id, %error, "withheld from a peer of an older format");
+            }
+        }
     }
-    write_frame(&mut stream.send, &encode(&PullFrame::End { more })).await?;
+    write_frame(&mut stream.send, &frame(&PullFrame::End { more }).map_err(unwritable)?).await?;
     stream.send.finish().map_err(|e| SyncError::Stream(e.to_string()))?;
     Ok(())
 }
@@ -120,12 +134,14 @@ async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>) -> Result<(),
 /// than it sent.
 async fn take_push(mut stream: IncomingStream, server: &Server) -> Result<(), SyncError> {
     let frame = read_frame(&mut stream.recv, MAX_PUSH_FRAME_BYTES).await?;
-    let push: Push = decode(&frame, "push").map_err(|e| SyncError::Malformed(e.to_string()))?;
+    let (push, version) = decode_versioned::<Push>(&frame, "push").map_err(|e| SyncError::Malformed(e.to_string()))?;
     server.engine.ingest_reverts(push.reverts, Some(stream.peer)).await;
     let generations = keep_valid(push.generations, &server.transport, stream.peer);
     server.engine.ingest(generations, Some(stream.peer)).await;
     let have = server.engine.view().version_vector.clone();
-    write_frame(&mut stream.send, &encode(&PushAck { have: have.clone() })).await?;
+    let ack = encode_at(&PushAck { have: have.clone() }, version, "push ack")
+        .map_err(|e| SyncError::Stream(e.to_string()))?;
+    write_frame(&mut stream.send, &ack).await?;
     stream.send.finish().map_err(|e| SyncError::Stream(e.to_string()))?;
     if have.is_behind(&push.sender_has) {
         server.pulls.request(stream.peer);
