@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::client::{self, CliError, Client};
 use crate::config::{Config, RawConfig, parse_labels};
@@ -86,6 +86,21 @@ pub enum Command {
         limit: usize,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish or powershell).
+    ///
+    /// bash: `grapevine completions bash > /etc/bash_completion.d/grapevine`;
+    /// zsh: `grapevine completions zsh > "${fpath[1]}/_grapevine"`;
+    /// fish: `grapevine completions fish > ~/.config/fish/completions/grapevine.fish`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page grapevine(1), or write it and one page per command to DIR.
+    ///
+    /// `grapevine man | man -l -` reads it; `grapevine man --out /usr/local/share/man/man1`
+    /// installs grapevine.1, grapevine-flag.1, grapevine-flag-set.1 and the others.
+    Man {
+        /// Write every page into this directory (created if missing) instead of printing one.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -367,6 +382,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Rollback { generation, client } => {
             with_client(&client, |c| async move { client::rollback(&c, &generation).await })
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "grapevine", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => write_man(out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -375,6 +395,23 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// `man`: grapevine(1) to standard output, or every page into `out`.
+fn write_man(out: Option<&std::path::Path>) -> Result<(), CliError> {
+    let failed = |e: std::io::Error| CliError::Failed(format!("cannot write the manual: {e}"));
+    let Some(out) = out else {
+        return clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(failed);
+    };
+    std::fs::create_dir_all(out).map_err(|e| CliError::Failed(format!("cannot create {}: {e}", out.display())))?;
+    clap_mangen::generate_to(Cli::command(), out).map_err(failed)?;
+    let mut pages: Vec<_> = std::fs::read_dir(out).map_err(failed)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    pages.retain(|p| p.extension().is_some_and(|x| x == "1"));
+    pages.sort();
+    for page in pages {
+        println!("{}", page.display());
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
