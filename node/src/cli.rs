@@ -87,6 +87,17 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Save a consistent copy of a node's store (its whole log) to FILE, while it runs.
+    ///
+    /// To restore: stop the node, put FILE in place of DATA/grapevine.redb, start it; it then
+    /// catches up from its peers on whatever is newer.
+    Backup {
+        /// The file to write (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish or powershell).
     ///
     /// bash: `grapevine completions bash > /etc/bash_completion.d/grapevine`;
@@ -382,6 +393,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Rollback { generation, client } => {
             with_client(&client, |c| async move { client::rollback(&c, &generation).await })
         }
+        Command::Backup { out, client } => runtime().and_then(|rt| {
+            rt.block_on(async { client::backup(&Client::with_timeout(&client, BACKUP_TIMEOUT)?, &out).await })
+        }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "grapevine", &mut std::io::stdout());
             Ok(())
@@ -396,6 +410,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     }
 }
+
+/// The longest a backup may take to arrive (a store of the largest retention, on a slow link).
+const BACKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// `man`: grapevine(1) to standard output, or every page into `out`.
 fn write_man(out: Option<&std::path::Path>) -> Result<(), CliError> {

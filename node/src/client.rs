@@ -141,24 +141,59 @@ impl Client {
         if status.is_success() {
             return Ok(value);
         }
-        let message = match (value.get("error").and_then(Value::as_str), value.as_str()) {
-            (Some(error), _) => error.to_owned(),
-            (None, Some(text)) if !text.trim().is_empty() => text.trim().to_owned(),
-            (None, Some(_)) => format!("the node answered {status}"),
-            (None, None) => value.to_string(),
+        Err(refusal(status, &value))
+    }
+
+    /// `GET path`, saved to `out` as it streams: through `out.partial`, renamed once whole, so
+    /// `out` never holds half a file. Returns the bytes written.
+    async fn download(&self, path: &str, out: &Path) -> Result<u64, CliError> {
+        use tokio::io::AsyncWriteExt;
+        if out.exists() {
+            return Err(CliError::Usage(format!("{} already exists: name a new file", out.display())));
+        }
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: reqwest::Error| {
+            CliError::Unreachable(format!("could not reach node at {}: {}", self.base, root_cause(&e)))
         };
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Err(CliError::Refused(format!("request body is larger than the node accepts: {message}")));
+        let mut response = self.http.get(&url).send().await.map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(refusal(status, &serde_json::from_str(&text).unwrap_or(Value::String(text))));
         }
-        if status == StatusCode::GATEWAY_TIMEOUT {
-            // The change is accepted and durable; what timed out is the wait for replicas.
-            return Err(CliError::Failed(message));
+        let partial = out.with_extension("partial");
+        let cannot = |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", partial.display()));
+        let mut file = tokio::fs::File::create(&partial).await.map_err(cannot)?;
+        let mut written = 0;
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            file.write_all(&chunk).await.map_err(cannot)?;
+            written += chunk.len() as u64;
         }
-        if status.is_client_error() {
-            Err(CliError::Refused(message))
-        } else {
-            Err(CliError::Failed(format!("node error ({status}): {message}")))
-        }
+        file.sync_all().await.map_err(cannot)?;
+        tokio::fs::rename(&partial, out).await.map_err(cannot)?;
+        Ok(written)
+    }
+}
+
+/// The error a non-2xx answer stands for.
+fn refusal(status: StatusCode, value: &Value) -> CliError {
+    let message = match (value.get("error").and_then(Value::as_str), value.as_str()) {
+        (Some(error), _) => error.to_owned(),
+        (None, Some(text)) if !text.trim().is_empty() => text.trim().to_owned(),
+        (None, Some(_)) => format!("the node answered {status}"),
+        (None, None) => value.to_string(),
+    };
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return CliError::Refused(format!("request body is larger than the node accepts: {message}"));
+    }
+    if status == StatusCode::GATEWAY_TIMEOUT {
+        // The change is accepted and durable; what timed out is the wait for replicas.
+        return CliError::Failed(message);
+    }
+    if status.is_client_error() {
+        CliError::Refused(message)
+    } else {
+        CliError::Failed(format!("node error ({status}): {message}"))
     }
 }
 
@@ -409,6 +444,18 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
                 println!("    {line}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `backup --out FILE`: a consistent copy of the node's store.
+pub async fn backup(client: &Client, out: &Path) -> Result<(), CliError> {
+    let bytes = client.download("/v1/backup", out).await?;
+    if client.json {
+        print_json(&serde_json::json!({"file": out, "bytes": bytes, "node": client.base}));
+    } else {
+        println!("wrote {} ({bytes} bytes): the store of the node at {}", out.display(), client.base);
+        println!("to restore: stop that node, put the file in place of DATA/grapevine.redb, start it");
     }
     Ok(())
 }

@@ -178,7 +178,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         push_jobs,
         shutdown.clone(),
     );
-    let server = Server { store, engine: engine.clone(), transport: transport.clone(), pulls };
+    let server = Server { store: store.clone(), engine: engine.clone(), transport: transport.clone(), pulls };
     let server = run_server(server, inboxes.streams, shutdown.clone());
     let health_task = health::HealthTask {
         health: health.clone(),
@@ -192,6 +192,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let files = crate::files::Files::default();
     let (files_health, metrics_for_files) = (health.clone(), metrics.clone());
     let api_state = ApiState {
+        store,
+        data: config.data.clone(),
         feed,
         files: files.clone(),
         holdings,

@@ -30,6 +30,21 @@ const META_NODE: &str = "node";
 /// recovery ends must not serve the empty store as if it were whole.
 const META_RECOVERING: &str = "recovering";
 
+/// Copies every row of `table` as `read` sees it into the same table of `write`.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    read: &redb::ReadTransaction,
+    write: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<(), redb::Error> {
+    let from = read.open_table(table)?;
+    let mut to = write.open_table(table)?;
+    for row in from.iter()? {
+        let (key, value) = row?;
+        to.insert(key.value(), value.value())?;
+    }
+    Ok(())
+}
+
 /// The file under the data directory.
 pub const STORE_FILE: &str = "grapevine.redb";
 
@@ -292,6 +307,26 @@ impl Store {
             return Err(corrupt(format!("stored under {origin}.{seq} but holds {id}")));
         }
         Ok(generation)
+    }
+
+    /// Writes a consistent copy of the whole store to a new file at `path` (which must not
+    /// exist): every table as of one read transaction, while the node goes on writing. The
+    /// copy is a store of the same node, to put in place of `grapevine.redb` to restore it.
+    pub fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
+        let failed = |error: redb::Error| StoreError::Database { path: path.to_owned(), error: Box::new(error) };
+        if path.exists() {
+            let exists = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the backup file already exists");
+            return Err(failed(redb::Error::Io(exists)));
+        }
+        let copy = Database::create(path).map_err(|x| failed(x.into()))?;
+        let read = self.db.begin_read().map_err(|x| failed(x.into()))?;
+        let write = copy.begin_write().map_err(|x| failed(x.into()))?;
+        copy_table(&read, &write, GENERATIONS).map_err(failed)?;
+        copy_table(&read, &write, RELEASED).map_err(failed)?;
+        copy_table(&read, &write, REVERTS).map_err(failed)?;
+        copy_table(&read, &write, SNAPSHOTS).map_err(failed)?;
+        copy_table(&read, &write, META).map_err(failed)?;
+        write.commit().map_err(|x| failed(x.into()))
     }
 
     /// Writes generations in one transaction and waits until they are durable.

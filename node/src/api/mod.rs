@@ -57,6 +57,9 @@ pub struct ApiState {
     pub feed: watch::Feed,
     /// The files this node renders, and their last outcomes.
     pub files: crate::files::Files,
+    /// The store, for `/v1/backup`, and the data directory the backup is written in first.
+    pub store: Arc<crate::store::Store>,
+    pub data: std::path::PathBuf,
     /// The transport, whose link filter the test endpoints set.
     #[cfg(feature = "testsuite")]
     pub transport: crate::transport::Transport,
@@ -84,6 +87,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ofrep/v1/events", get(ofrep::events))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/apply", post(apply))
+        .route("/v1/backup", get(backup))
         .fallback(|| async { ApiError::not_found("no such endpoint (see docs/api.md)") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
         .with_state(state)
@@ -197,6 +201,37 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     let readiness = state.engine.readiness().await;
     let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(readiness)).into_response()
+}
+
+/// `GET /v1/backup`: a consistent copy of this node's store, as a redb file to put in place
+/// of `grapevine.redb` (of this node name) to restore it. Written next to the store first
+/// (the same disk, so no other file system fills up), then streamed and removed.
+async fn backup(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    ApiError::unless_recovering(&state.engine.view(), state.name.as_str())?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let path = state.data.join(format!(".backup-{now}.redb"));
+    let store = state.store.clone();
+    let written = path.clone();
+    let failed = |message: String| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message };
+    tokio::task::spawn_blocking(move || store.backup_to(&written))
+        .await
+        .map_err(|e| failed(format!("backup task failed: {e}")))?
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            failed(format!("node {}: backup failed: {e}", state.name))
+        })?;
+    let file = tokio::fs::File::open(&path).await;
+    // Unlinked at once: the open file streams on, and nothing is left behind if the client goes.
+    let _ = std::fs::remove_file(&path);
+    let file = file.map_err(|e| failed(format!("node {}: cannot read the backup: {e}", state.name)))?;
+    let length = file.metadata().await.map(|m| m.len()).unwrap_or_default();
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (axum::http::header::CONTENT_LENGTH, length.to_string()),
+        (axum::http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"grapevine-{}.redb\"", state.name)),
+    ];
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((headers, body).into_response())
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
