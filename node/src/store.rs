@@ -35,12 +35,15 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     read: &redb::ReadTransaction,
     write: &redb::WriteTransaction,
     table: TableDefinition<K, V>,
-) -> Result<(), redb::Error> {
-    let from = read.open_table(table)?;
-    let mut to = write.open_table(table)?;
-    for row in from.iter()? {
-        let (key, value) = row?;
-        to.insert(key.value(), value.value())?;
+) -> Result<(), Box<redb::Error>> {
+    fn boxed(error: impl Into<redb::Error>) -> Box<redb::Error> {
+        Box::new(error.into())
+    }
+    let from = read.open_table(table).map_err(boxed)?;
+    let mut to = write.open_table(table).map_err(boxed)?;
+    for row in from.iter().map_err(boxed)? {
+        let (key, value) = row.map_err(boxed)?;
+        to.insert(key.value(), value.value()).map_err(boxed)?;
     }
     Ok(())
 }
@@ -313,7 +316,8 @@ impl Store {
     /// exist): every table as of one read transaction, while the node goes on writing. The
     /// copy is a store of the same node, to put in place of `grapevine.redb` to restore it.
     pub fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
-        let failed = |error: redb::Error| StoreError::Database { path: path.to_owned(), error: Box::new(error) };
+        let boxed = |error: Box<redb::Error>| StoreError::Database { path: path.to_owned(), error };
+        let failed = |error: redb::Error| boxed(Box::new(error));
         if path.exists() {
             let exists = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the backup file already exists");
             return Err(failed(redb::Error::Io(exists)));
@@ -321,11 +325,11 @@ impl Store {
         let copy = Database::create(path).map_err(|x| failed(x.into()))?;
         let read = self.db.begin_read().map_err(|x| failed(x.into()))?;
         let write = copy.begin_write().map_err(|x| failed(x.into()))?;
-        copy_table(&read, &write, GENERATIONS).map_err(failed)?;
-        copy_table(&read, &write, RELEASED).map_err(failed)?;
-        copy_table(&read, &write, REVERTS).map_err(failed)?;
-        copy_table(&read, &write, SNAPSHOTS).map_err(failed)?;
-        copy_table(&read, &write, META).map_err(failed)?;
+        copy_table(&read, &write, GENERATIONS).map_err(boxed)?;
+        copy_table(&read, &write, RELEASED).map_err(boxed)?;
+        copy_table(&read, &write, REVERTS).map_err(boxed)?;
+        copy_table(&read, &write, SNAPSHOTS).map_err(boxed)?;
+        copy_table(&read, &write, META).map_err(boxed)?;
         write.commit().map_err(|x| failed(x.into()))
     }
 
