@@ -138,7 +138,8 @@ pub fn ca_issue(ca_dir: &Path, name: &str, ips: &[IpAddr], dns: &[String], out: 
 /// What a node needs for mutual TLS, loaded from the directory `ca issue` wrote.
 #[derive(Clone, Debug)]
 pub struct NodeTls {
-    ca: CertificateDer<'static>,
+    /// Every certificate in `ca.pem`: one CA, or during a CA rotation the old and the new.
+    cas: Vec<CertificateDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
 }
@@ -146,7 +147,7 @@ pub struct NodeTls {
 impl NodeTls {
     /// Loads `ca.pem`, `node.pem` and `node.key` from `dir`, naming the file at fault.
     pub fn load(dir: &Path) -> Result<Self, TlsError> {
-        let ca = load_first_cert(&dir.join(CA_CERT_FILE))?;
+        let cas = load_all_certs(&dir.join(CA_CERT_FILE))?;
         let chain = vec![load_first_cert(&dir.join(NODE_CERT_FILE))?];
         let key_path = dir.join(NODE_KEY_FILE);
         let key = PrivateKeyDer::from_pem_slice(read_file(&key_path)?.as_bytes()).map_err(|e| TlsError::Invalid {
@@ -154,12 +155,14 @@ impl NodeTls {
             expected: "a PEM private key",
             found: e.to_string(),
         })?;
-        Ok(NodeTls { ca, chain, key: Arc::new(key) })
+        Ok(NodeTls { cas, chain, key: Arc::new(key) })
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
         let mut roots = RootCertStore::empty();
-        roots.add(self.ca.clone()).map_err(build_error)?;
+        for ca in &self.cas {
+            roots.add(ca.clone()).map_err(build_error)?;
+        }
         Ok(Arc::new(roots))
     }
 
@@ -208,6 +211,19 @@ fn load_first_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
         expected: "a PEM certificate",
         found: e.to_string(),
     })
+}
+
+/// Every PEM certificate in `path` (at least one): a CA bundle.
+fn load_all_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(path)?;
+    let invalid = |found: String| TlsError::Invalid { path: path.to_owned(), expected: "PEM certificates", found };
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(invalid("no certificate".into()));
+    }
+    Ok(certs)
 }
 
 /// Verifies a server certificate's chain to the cluster CA and its signatures, not its name.
@@ -278,6 +294,23 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(node.join(NODE_KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn every_ca_of_a_bundle_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        ca_init(&old).unwrap();
+        ca_init(&new).unwrap();
+        let node = dir.path().join("n1");
+        ca_issue(&new, "n1", &[], &[], &node).unwrap();
+        let bundle = [&old, &new].map(|ca| fs::read_to_string(ca.join(CA_CERT_FILE)).unwrap()).concat();
+        fs::write(node.join(CA_CERT_FILE), bundle).unwrap();
+        let tls = NodeTls::load(&node).unwrap();
+        assert_eq!(tls.roots().unwrap().len(), 2);
+        fs::write(node.join(CA_CERT_FILE), "").unwrap();
+        let error = NodeTls::load(&node).unwrap_err().to_string();
+        assert!(error.contains("expected PEM certificates") && error.contains("no certificate"), "{error}");
     }
 
     #[test]
