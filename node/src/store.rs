@@ -438,7 +438,7 @@ mod tests {
         raw_record(&store, &bytes);
         let older = store.load().unwrap_err();
         assert!(!Store::is_corruption(&older), "{older}");
-        assert!(older.to_string().contains("expected format version 3, got version 2"), "{older}");
+        assert!(older.to_string().contains("expected format version 3 to 4, got version 2"), "{older}");
         drop(store);
         let aside = Store::quarantine(dir.path()).unwrap();
         assert!(aside.file_name().unwrap().to_string_lossy().starts_with("grapevine.redb.corrupt-"));
