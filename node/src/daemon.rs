@@ -25,7 +25,8 @@ use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::sync::{PUSH_QUEUE_CAPACITY, PeerHoldings, PullRequests, Server, run_puller, run_pusher, run_server};
-use crate::tls::{NodeTls, TlsError};
+use crate::tls::TlsError;
+use crate::tls::reload::TlsWatch;
 use crate::transport::{Transport, TransportError};
 
 /// Why a node could not start.
@@ -103,8 +104,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     if let Some(version) = config.test_wire_version {
         wire::act_as_version(version);
     }
-    let tls =
-        NodeTls::load(&config.tls).map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
+    let (tls_watch, tls) = TlsWatch::load(&config.tls)
+        .map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
     let (store, stored, recovering) = open_store(&config).await?;
     let health = Health::new(config.health.clone());
     let api_listener =
@@ -234,6 +235,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         statuses: files.clone(),
     };
     tasks.push(tokio::spawn(crate::files::run(files_task, shutdown.clone())));
+    tasks.push(tokio::spawn(crate::tls::reload::run(tls_watch, transport.clone(), shutdown.clone())));
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
     Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, engine, tasks })
 }

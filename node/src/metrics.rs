@@ -53,6 +53,8 @@ pub struct Metrics {
     pub gossip_bytes: Family<Reason, Counter>,
     /// TLS handshakes that failed, in either direction (a peer outside the CA, or a bad cert).
     pub tls_handshake_failures: Counter,
+    /// Reloads of changed certificate files, by outcome (`ok`, `failed`).
+    pub tls_reloads: Family<Reason, Counter>,
     /// Log-sync pulls made, by outcome.
     pub sync_pulls: Family<Reason, Counter>,
     /// Log-sync pulls served to peers, by outcome.
@@ -126,6 +128,7 @@ impl Metrics {
             gossip_dropped: Family::default(),
             gossip_bytes: Family::default(),
             tls_handshake_failures: Counter::default(),
+            tls_reloads: Family::default(),
             sync_pulls: Family::default(),
             sync_served: Family::default(),
             sync_pushes: Family::default(),
@@ -166,6 +169,7 @@ impl Metrics {
             "Failed TLS handshakes with peers",
             metrics.tls_handshake_failures.clone(),
         );
+        r.register("tls_reloads", "Reloads of changed certificate files, by outcome", metrics.tls_reloads.clone());
         r.register("sync_pulls", "Log-sync pulls made, by outcome", metrics.sync_pulls.clone());
         r.register("sync_served", "Log-sync pulls served, by outcome", metrics.sync_served.clone());
         r.register("sync_pushes", "Eager pushes sent, by outcome", metrics.sync_pushes.clone());

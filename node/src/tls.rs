@@ -6,6 +6,12 @@
 //! Peers are dialed by the gossip address chitchat hands us, not by a name, so a peer's
 //! certificate is checked for a chain to the cluster CA and a valid signature, not for a host
 //! name: membership in the cluster is what the CA attests.
+//!
+//! Start-up and every reload go through one path: [`TlsFiles::read`] takes the three files at
+//! once, [`NodeTls::from_files`] parses and checks them. [`reload`] polls the files and swaps a
+//! changed set into the transport without a restart.
+
+pub mod reload;
 
 use std::fs;
 use std::net::IpAddr;
@@ -17,8 +23,11 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
 
 /// How long the cluster CA is valid. Replacing a CA means re-issuing every node certificate,
 /// so it is long; a node certificate expires sooner and is re-issued with `ca issue`.
@@ -135,6 +144,53 @@ pub fn ca_issue(ca_dir: &Path, name: &str, ips: &[IpAddr], dns: &[String], out: 
     write_file(&out.join(CA_CERT_FILE), &ca_cert_pem, false)
 }
 
+/// The three files of a `tls` directory, each read once: what start-up and every reload
+/// parse, and what the reload task compares, so a file that changes between the comparison
+/// and the parse cannot slip by.
+pub struct TlsFiles {
+    dir: PathBuf,
+    ca: std::io::Result<Vec<u8>>,
+    cert: std::io::Result<Vec<u8>>,
+    key: std::io::Result<Vec<u8>>,
+}
+
+impl TlsFiles {
+    /// Reads `ca.pem`, `node.pem` and `node.key` from `dir`; a file that cannot be read is kept
+    /// as its error, which [`NodeTls::from_files`] reports.
+    pub fn read(dir: &Path) -> TlsFiles {
+        let read = |name: &str| fs::read(dir.join(name));
+        TlsFiles { dir: dir.to_owned(), ca: read(CA_CERT_FILE), cert: read(NODE_CERT_FILE), key: read(NODE_KEY_FILE) }
+    }
+
+    /// A SHA-256 over each file's bytes, or its read error: equal fingerprints, equal files.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        for file in [&self.ca, &self.cert, &self.key] {
+            let error_text;
+            let (tag, bytes): (u8, &[u8]) = match file {
+                Ok(bytes) => (1, bytes),
+                Err(error) => {
+                    error_text = error.to_string();
+                    (0, error_text.as_bytes())
+                }
+            };
+            hasher.update([tag]);
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        }
+        hasher.finalize().into()
+    }
+}
+
+/// The bytes of the file `name` in `dir` as read, or the error naming it.
+fn contents(dir: &Path, name: &str, read: std::io::Result<Vec<u8>>) -> Result<(PathBuf, Vec<u8>), TlsError> {
+    let path = dir.join(name);
+    match read {
+        Ok(bytes) => Ok((path, bytes)),
+        Err(error) => Err(TlsError::Io { path, error }),
+    }
+}
+
 /// What a node needs for mutual TLS, loaded from the directory `ca issue` wrote.
 #[derive(Clone, Debug)]
 pub struct NodeTls {
@@ -147,15 +203,62 @@ pub struct NodeTls {
 impl NodeTls {
     /// Loads `ca.pem`, `node.pem` and `node.key` from `dir`, naming the file at fault.
     pub fn load(dir: &Path) -> Result<Self, TlsError> {
-        let cas = load_all_certs(&dir.join(CA_CERT_FILE))?;
-        let chain = vec![load_first_cert(&dir.join(NODE_CERT_FILE))?];
-        let key_path = dir.join(NODE_KEY_FILE);
-        let key = PrivateKeyDer::from_pem_slice(read_file(&key_path)?.as_bytes()).map_err(|e| TlsError::Invalid {
-            path: key_path,
+        Self::from_files(TlsFiles::read(dir))
+    }
+
+    /// Parses the files and checks that `node.key` is the key of `node.pem`: a set caught half
+    /// written (one of the two replaced) is refused here, not at the first handshake.
+    pub fn from_files(files: TlsFiles) -> Result<Self, TlsError> {
+        let TlsFiles { dir, ca, cert, key } = files;
+        let (ca_path, ca) = contents(&dir, CA_CERT_FILE, ca)?;
+        let cas = parse_all_certs(&ca_path, &ca)?;
+        let (cert_path, cert) = contents(&dir, NODE_CERT_FILE, cert)?;
+        let chain = vec![parse_first_cert(&cert_path, &cert)?];
+        let (key_path, key) = contents(&dir, NODE_KEY_FILE, key)?;
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| TlsError::Invalid {
+            path: key_path.clone(),
             expected: "a PEM private key",
             found: e.to_string(),
         })?;
-        Ok(NodeTls { cas, chain, key: Arc::new(key) })
+        CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(|e| TlsError::Invalid {
+            path: key_path,
+            expected: "the private key of the certificate in node.pem",
+            found: e.to_string(),
+        })?;
+        let tls = NodeTls { cas, chain, key: Arc::new(key) };
+        // Checked here so that a bad bundle names its file, not the first config built from it.
+        tls.roots().map_err(|e| TlsError::Invalid {
+            path: ca_path,
+            expected: "CA certificates",
+            found: e.to_string(),
+        })?;
+        Ok(tls)
+    }
+
+    /// How many CA certificates `ca.pem` holds.
+    pub fn ca_count(&self) -> usize {
+        self.cas.len()
+    }
+
+    /// When the node certificate expires, in UTC (`2027-11-21T21:38:51Z`), or `unknown` for a
+    /// certificate rcgen cannot parse (it was made elsewhere; rustls took it).
+    pub fn not_after(&self) -> String {
+        let Ok(params) = CertificateParams::from_ca_cert_der(&self.chain[0]) else {
+            return "unknown".into();
+        };
+        let at = params.not_after.to_offset(time::UtcOffset::UTC);
+        let (year, month, day) = (at.year(), u8::from(at.month()), at.day());
+        format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", at.hour(), at.minute(), at.second())
+    }
+
+    /// What an open connection's peer certificate is held to after a reload: the verifiers
+    /// of the handshake, over this bundle.
+    pub fn peer_trust(&self) -> Result<PeerTrust, TlsError> {
+        let roots = self.roots()?;
+        let client =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider()).build().map_err(build_error)?;
+        let server = CaOnlyVerifier { roots, algorithms: provider().signature_verification_algorithms };
+        Ok(PeerTrust { client, server })
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
@@ -204,26 +307,46 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_first_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
-    let pem = read_file(path)?;
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Invalid {
+fn parse_first_cert(path: &Path, pem: &[u8]) -> Result<CertificateDer<'static>, TlsError> {
+    CertificateDer::from_pem_slice(pem).map_err(|e| TlsError::Invalid {
         path: path.to_owned(),
         expected: "a PEM certificate",
         found: e.to_string(),
     })
 }
 
-/// Every PEM certificate in `path` (at least one): a CA bundle.
-fn load_all_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_file(path)?;
+/// Every PEM certificate in `pem` (at least one): a CA bundle.
+fn parse_all_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let invalid = |found: String| TlsError::Invalid { path: path.to_owned(), expected: "PEM certificates", found };
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(e.to_string()))?;
+    let certs =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| invalid(e.to_string()))?;
     if certs.is_empty() {
         return Err(invalid("no certificate".into()));
     }
     Ok(certs)
+}
+
+/// Whether a peer's certificate, verified at its handshake, still chains to the CA bundle of
+/// the latest reload: the same checks as a handshake (chain, validity dates, signatures).
+pub struct PeerTrust {
+    /// For peers that dialed us: they presented a client certificate.
+    client: Arc<dyn ClientCertVerifier>,
+    /// For peers we dialed: they presented a server certificate.
+    server: CaOnlyVerifier,
+}
+
+impl PeerTrust {
+    /// Checks `chain` (end entity first) as the handshake did; `peer_is_server` when we dialed.
+    pub fn check(&self, chain: &[CertificateDer<'_>], peer_is_server: bool) -> Result<(), rustls::Error> {
+        let (end_entity, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
+        let now = UnixTime::now();
+        if peer_is_server {
+            let name = ServerName::try_from("grapevine").expect("a valid DNS name");
+            self.server.verify_server_cert(end_entity, intermediates, &name, &[], now).map(drop)
+        } else {
+            self.client.verify_client_cert(end_entity, intermediates, now).map(drop)
+        }
+    }
 }
 
 /// Verifies a server certificate's chain to the cluster CA and its signatures, not its name.

@@ -7,6 +7,10 @@
 //! Dialing and accepting share one endpoint, so a peer's connection comes from its gossip
 //! address: chitchat replies to the address a message came from, and that must be where the
 //! peer listens.
+//!
+//! [`Transport::set_tls`] swaps in reloaded certificates: new handshakes, both ways, use them
+//! at once, and every open connection whose peer certificate the new CA bundle does not trust
+//! is closed, so dropping a CA shuts its holders out without waiting for connections to end.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,12 +19,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream};
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, Side};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, WarnLimiter, reason};
-use crate::tls::{NodeTls, TlsError};
+use crate::tls::{NodeTls, PeerTrust, TlsError};
 
 /// Largest gossip message accepted on a stream. chitchat builds messages of up to 65,510
 /// bytes, a little over UDP's 65,507: the stream path must take them whole.
@@ -54,6 +59,10 @@ pub const STREAM_GOSSIP: u8 = 1;
 pub const STREAM_PULL: u8 = 2;
 /// The kind byte of a bidirectional stream that pushes new generations (eager push).
 pub const STREAM_PUSH: u8 = 3;
+
+/// The application close code of a connection closed because a reload stopped trusting the
+/// peer's certificate (0 is a shutdown). The peer redials and its handshake is refused.
+pub const CLOSE_UNTRUSTED: u32 = 1;
 
 /// Why the transport could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +117,10 @@ pub struct Transport {
 
 struct Inner {
     endpoint: Endpoint,
+    /// The certificates of the latest load; every connection's task watches it.
+    tls: watch::Sender<Arc<ActiveTls>>,
+    /// Kept to build the configs of a reload the same way.
+    transport_config: Arc<quinn::TransportConfig>,
     connections: Mutex<HashMap<SocketAddr, Connection>>,
     gossip_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     streams_tx: mpsc::Sender<IncomingStream>,
@@ -115,6 +128,28 @@ struct Inner {
     warnings: WarnLimiter,
     #[cfg(feature = "testsuite")]
     filter: crate::faults::LinkFilter,
+}
+
+/// What new outgoing handshakes present and open connections are held to, replaced whole by
+/// a reload. (The server side lives in the endpoint: `Endpoint::set_server_config`.)
+struct ActiveTls {
+    client: quinn::ClientConfig,
+    trust: PeerTrust,
+}
+
+/// The quinn configs of one certificate set: the server side, and the client side with the
+/// trust that open connections are checked against.
+fn quinn_configs(
+    tls: &NodeTls,
+    transport_config: &Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, ActiveTls), TlsError> {
+    let server_crypto = QuicServerConfig::try_from(tls.server_config()?).map_err(|e| TlsError::Build(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport_config.clone());
+    let client_crypto = QuicClientConfig::try_from(tls.client_config()?).map_err(|e| TlsError::Build(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport_config.clone());
+    Ok((server, ActiveTls { client, trust: tls.peer_trust()? }))
 }
 
 impl Transport {
@@ -128,19 +163,9 @@ impl Transport {
         transport_config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits a varint")));
         transport_config.keep_alive_interval(Some(KEEP_ALIVE));
         let transport_config = Arc::new(transport_config);
-
-        let server_crypto =
-            QuicServerConfig::try_from(tls.server_config()?).map_err(|e| TlsError::Build(e.to_string()))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(transport_config.clone());
-        let client_crypto =
-            QuicClientConfig::try_from(tls.client_config()?).map_err(|e| TlsError::Build(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client_config.transport_config(transport_config);
-
-        let mut endpoint =
+        let (server_config, active) = quinn_configs(tls, &transport_config)?;
+        let endpoint =
             Endpoint::server(server_config, listen).map_err(|error| TransportError::Bind { addr: listen, error })?;
-        endpoint.set_default_client_config(client_config);
         // The link filter is seeded by the bound port, so nodes of one process draw different losses.
         #[cfg(feature = "testsuite")]
         let filter_seed = u64::from(endpoint.local_addr().map_or(listen.port(), |bound| bound.port()));
@@ -149,6 +174,8 @@ impl Transport {
         let (streams_tx, streams) = mpsc::channel(STREAM_INBOX_CAPACITY);
         let inner = Arc::new(Inner {
             endpoint,
+            tls: watch::Sender::new(Arc::new(active)),
+            transport_config,
             connections: Mutex::new(HashMap::new()),
             gossip_tx,
             streams_tx,
@@ -159,6 +186,17 @@ impl Transport {
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok((Transport { inner }, Inboxes { gossip, streams }))
+    }
+
+    /// Swaps in a new certificate set: the next handshakes, incoming and outgoing, use it, and
+    /// each open connection whose peer certificate it does not trust is closed by its task
+    /// (`serve_connection`). Both configs are built before either is used: on an error
+    /// nothing changed.
+    pub fn set_tls(&self, tls: &NodeTls) -> Result<(), TransportError> {
+        let (server_config, active) = quinn_configs(tls, &self.inner.transport_config)?;
+        self.inner.endpoint.set_server_config(Some(server_config));
+        self.inner.tls.send_replace(Arc::new(active));
+        Ok(())
     }
 
     /// The address the endpoint is bound to (with the real port when bound to port 0).
@@ -185,10 +223,11 @@ impl Transport {
             return Err(TransportError::TooManyConnections { addr });
         }
         // The name is not checked (see `tls`): peers are dialed by address.
+        let client_config = self.inner.tls.borrow().client.clone();
         let connecting = self
             .inner
             .endpoint
-            .connect(addr, "grapevine")
+            .connect_with(client_config, addr, "grapevine")
             .map_err(|e| TransportError::Dial { addr, error: e.to_string() })?;
         let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
             Err(_) => return Err(TransportError::HandshakeTimeout { addr }),
@@ -354,11 +393,21 @@ async fn accept_loop(inner: Arc<Inner>) {
     }
 }
 
-/// Reads everything a peer sends on one connection until it closes.
+/// Reads everything a peer sends on one connection until it closes, or until a reload stops
+/// trusting the peer's certificate.
 async fn serve_connection(inner: Arc<Inner>, connection: Connection) {
     let peer = connection.remote_address();
+    let mut tls = inner.tls.subscribe();
+    // Checked once at the start too: a handshake that began before a reload used the old set.
+    tls.mark_changed();
     loop {
         tokio::select! {
+            changed = tls.changed() => {
+                let active = tls.borrow_and_update().clone();
+                if changed.is_err() || !still_trusted(&connection, &active.trust) {
+                    break;
+                }
+            },
             datagram = connection.read_datagram() => match datagram {
                 Ok(message) => inner.deliver_gossip(peer, message),
                 Err(_) => break,
@@ -374,6 +423,22 @@ async fn serve_connection(inner: Arc<Inner>, connection: Connection) {
         }
     }
     inner.forget(&connection);
+}
+
+/// Whether the peer's certificate chains to the CA bundle in `trust`; closes the connection
+/// (code [`CLOSE_UNTRUSTED`]) when it does not.
+fn still_trusted(connection: &Connection, trust: &PeerTrust) -> bool {
+    let chain = connection.peer_identity().and_then(|identity| identity.downcast::<Vec<CertificateDer>>().ok());
+    let peer_is_server = connection.side() == Side::Client;
+    let verdict = match &chain {
+        Some(chain) => trust.check(chain, peer_is_server),
+        None => Err(rustls::Error::NoCertificatesPresented),
+    };
+    let Err(error) = verdict else { return true };
+    let peer = connection.remote_address();
+    info!(%peer, %error, "closed a connection whose peer certificate is no longer trusted");
+    connection.close(CLOSE_UNTRUSTED.into(), b"certificate no longer trusted");
+    false
 }
 
 async fn read_gossip_stream(inner: Arc<Inner>, peer: SocketAddr, mut recv: RecvStream) {

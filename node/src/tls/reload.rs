@@ -1,0 +1,281 @@
+//! Certificate rotation without a restart: the node polls its `tls` directory and swaps a
+//! changed, valid set of files into the transport.
+//!
+//! Polling compares the files' content, not their times or inodes, and does not use inotify:
+//! Kubernetes updates a Secret volume by renaming a symlink to a new directory (a file watch
+//! on the old path sees nothing), and a copy by hand is several writes. A hash of three small
+//! files every few seconds sees every way of replacing them the same way.
+//!
+//! A set is applied only once it loads whole and `node.key` is the key of `node.pem`; until
+//! then the node keeps the set it has. Each content is tried once, so a set caught half
+//! written is refused, then taken at the poll after the last file lands, and a set left
+//! broken is reported once, not at every poll.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{NodeTls, TlsError, TlsFiles};
+use crate::metrics::reason;
+use crate::transport::{Transport, TransportError};
+
+/// How often the files are read and compared. Short enough that an operator waits seconds per
+/// node between the steps of a CA rotation; long enough that reading three small files and
+/// hashing them is no cost.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The `tls` directory of a node and the content last tried from it.
+pub struct TlsWatch {
+    dir: PathBuf,
+    /// The fingerprint of the files last loaded or refused.
+    tried: [u8; 32],
+}
+
+/// What one poll found.
+pub enum Polled {
+    /// The files hold what was last tried.
+    Unchanged,
+    /// They changed, and the new set does not load; the current one stays.
+    Refused(TlsError),
+    /// They changed, and the new set loads and its key matches its certificate.
+    Changed(NodeTls),
+}
+
+impl TlsWatch {
+    /// The first load, at start: the certificates, and the watch that later polls compare to
+    /// them (from the same read, so a change in between is not missed).
+    pub fn load(dir: &Path) -> Result<(TlsWatch, NodeTls), TlsError> {
+        let files = TlsFiles::read(dir);
+        let tried = files.fingerprint();
+        let tls = NodeTls::from_files(files)?;
+        Ok((TlsWatch { dir: dir.to_owned(), tried }, tls))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the files again (blocking I/O) and loads them if they changed since the last try.
+    pub fn poll(&mut self) -> Polled {
+        let files = TlsFiles::read(&self.dir);
+        let fingerprint = files.fingerprint();
+        if fingerprint == self.tried {
+            return Polled::Unchanged;
+        }
+        self.tried = fingerprint;
+        match NodeTls::from_files(files) {
+            Ok(tls) => Polled::Changed(tls),
+            Err(error) => Polled::Refused(error),
+        }
+    }
+}
+
+/// Polls every [`POLL_INTERVAL`] until `shutdown`, swapping each changed, valid set into
+/// `transport`.
+pub async fn run(mut watch: TlsWatch, transport: Transport, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(POLL_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and the files were just loaded.
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let polled = tokio::task::spawn_blocking(move || {
+            let polled = watch.poll();
+            (watch, polled)
+        });
+        match polled.await {
+            Ok((returned, polled)) => {
+                watch = returned;
+                apply(watch.dir(), &transport, polled);
+            }
+            Err(panic) => {
+                error!(%panic, "reading the TLS files failed; certificates are no longer reloaded");
+                return;
+            }
+        }
+    }
+}
+
+/// Swaps a changed set into `transport`, and counts and logs the outcome.
+pub fn apply(dir: &Path, transport: &Transport, polled: Polled) {
+    let result = match polled {
+        Polled::Unchanged => return,
+        Polled::Refused(error) => Err(TransportError::Tls(error)),
+        Polled::Changed(tls) => transport.set_tls(&tls).map(|()| tls),
+    };
+    let reloads = &transport.metrics().tls_reloads;
+    match result {
+        Ok(tls) => {
+            reloads.get_or_create(&reason("ok")).inc();
+            let (not_after, cas) = (tls.not_after(), tls.ca_count());
+            info!(dir = %dir.display(), %not_after, cas, "reloaded TLS certificates");
+        }
+        Err(error) => {
+            reloads.get_or_create(&reason("failed")).inc();
+            warn!(dir = %dir.display(), %error, "TLS files changed but do not load; keeping the current certificates");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::tls::{CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE, ca_init, ca_issue};
+
+    fn issue(ca: &Path, name: &str, out: &Path) {
+        ca_issue(ca, name, &["127.0.0.1".parse().unwrap()], &[], out).unwrap();
+    }
+
+    fn copy(from: &Path, to: &Path, file: &str) {
+        fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+
+    fn write_ca_bundle(node: &Path, cas: &[&Path]) {
+        let bundle = cas.iter().map(|ca| fs::read_to_string(ca.join(CA_CERT_FILE)).unwrap()).collect::<String>();
+        fs::write(node.join(CA_CERT_FILE), bundle).unwrap();
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        ca_init(&ca).unwrap();
+        let (n1, n2) = (dir.path().join("n1"), dir.path().join("n2"));
+        issue(&ca, "n1", &n1);
+        issue(&ca, "n2", &n2);
+        copy(&n2, &n1, NODE_KEY_FILE);
+        let error = NodeTls::load(&n1).unwrap_err().to_string();
+        assert!(error.contains("node.key: expected the private key of the certificate in node.pem"), "{error}");
+    }
+
+    #[test]
+    fn a_half_written_set_is_refused_then_taken_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        ca_init(&ca).unwrap();
+        let (node, renewed) = (dir.path().join("n1"), dir.path().join("n1-renewed"));
+        issue(&ca, "n1", &node);
+        issue(&ca, "n1", &renewed);
+        let (mut watch, _) = TlsWatch::load(&node).unwrap();
+        assert!(matches!(watch.poll(), Polled::Unchanged));
+
+        // A copy caught mid-write: half of node.pem.
+        let pem = fs::read_to_string(renewed.join(NODE_CERT_FILE)).unwrap();
+        fs::write(node.join(NODE_CERT_FILE), &pem[..pem.len() / 2]).unwrap();
+        let Polled::Refused(error) = watch.poll() else { panic!("half a certificate was taken") };
+        assert!(error.to_string().contains("node.pem: expected a PEM certificate"), "{error}");
+        assert!(matches!(watch.poll(), Polled::Unchanged), "the same broken content is tried once");
+
+        // node.pem whole, node.key not replaced yet.
+        copy(&renewed, &node, NODE_CERT_FILE);
+        let Polled::Refused(error) = watch.poll() else { panic!("a certificate with the old key was taken") };
+        assert!(error.to_string().contains("node.key: expected the private key"), "{error}");
+
+        // A symlink swap shows a moment with a file missing.
+        fs::remove_file(node.join(NODE_KEY_FILE)).unwrap();
+        let Polled::Refused(error) = watch.poll() else { panic!("a set without its key was taken") };
+        assert!(error.to_string().contains("node.key: No such file"), "{error}");
+
+        copy(&renewed, &node, NODE_KEY_FILE);
+        let Polled::Changed(tls) = watch.poll() else { panic!("the complete set was not taken") };
+        assert_eq!(tls.ca_count(), 1);
+        let expires = (time::OffsetDateTime::now_utc() + crate::tls::NODE_VALIDITY).year().to_string();
+        assert!(tls.not_after().starts_with(&expires), "{}", tls.not_after());
+        assert!(matches!(watch.poll(), Polled::Unchanged));
+    }
+
+    struct Peer {
+        dir: PathBuf,
+        watch: TlsWatch,
+        transport: Transport,
+    }
+
+    impl Peer {
+        fn bind(dir: PathBuf) -> Peer {
+            let (watch, tls) = TlsWatch::load(&dir).unwrap();
+            let listen = "127.0.0.1:0".parse().unwrap();
+            let (transport, _inboxes) = Transport::bind(listen, &tls, Arc::new(Metrics::new())).unwrap();
+            Peer { dir, watch, transport }
+        }
+
+        /// Polls and applies, and returns the `tls_reloads` counter of `outcome`.
+        fn reload(&mut self, outcome: &'static str) -> u64 {
+            let polled = self.watch.poll();
+            apply(&self.dir, &self.transport, polled);
+            self.transport.metrics().tls_reloads.get_or_create(&reason(outcome)).get()
+        }
+    }
+
+    /// Why `connection` closed, waiting up to 5 s.
+    async fn closed(connection: &quinn::Connection) -> Option<quinn::ConnectionError> {
+        tokio::time::timeout(Duration::from_secs(5), connection.closed()).await.ok()
+    }
+
+    /// Closed by the peer because it no longer trusts our certificate.
+    fn closed_as_untrusted(error: &Option<quinn::ConnectionError>) -> bool {
+        matches!(error, Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == crate::transport::CLOSE_UNTRUSTED.into())
+    }
+
+    /// The CA rotation of `docs/operations.md` between two live transports, and the
+    /// connections a dropped CA closes, on the accepting side and on the dialing side.
+    #[tokio::test]
+    async fn a_reload_serves_new_handshakes_and_closes_connections_it_no_longer_trusts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_ca, new_ca) = (dir.path().join("old-ca"), dir.path().join("new-ca"));
+        ca_init(&old_ca).unwrap();
+        ca_init(&new_ca).unwrap();
+        let (a_dir, b_dir, b_new) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("b-new"));
+        issue(&old_ca, "a", &a_dir);
+        issue(&old_ca, "b", &b_dir);
+        issue(&new_ca, "b", &b_new);
+        let (mut a, mut b) = (Peer::bind(a_dir.clone()), Peer::bind(b_dir.clone()));
+        let b_addr = b.transport.local_addr();
+        let first = a.transport.connect(b_addr).await.unwrap();
+
+        // b trusts both CAs: the open connection stays, and is still the one a uses.
+        write_ca_bundle(&b_dir, &[&old_ca, &new_ca]);
+        assert_eq!(b.reload("ok"), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(first.close_reason().is_none(), "{:?}", first.close_reason());
+        assert_eq!(a.transport.connect(b_addr).await.unwrap().stable_id(), first.stable_id());
+
+        // b moves to the new CA alone: a's certificate is no longer trusted, so b closes the
+        // connection a dialed, and a's next dial is refused.
+        copy(&b_new, &b_dir, NODE_CERT_FILE);
+        copy(&b_new, &b_dir, NODE_KEY_FILE);
+        write_ca_bundle(&b_dir, &[&new_ca]);
+        assert_eq!(b.reload("ok"), 2);
+        let why = closed(&first).await;
+        assert!(closed_as_untrusted(&why), "{why:?}");
+        assert!(a.transport.connect(b_addr).await.is_err());
+
+        // A half-written set on a is refused and a keeps its certificate; once whole, a dials
+        // with its new certificate and gets in.
+        let a_new = dir.path().join("a-new");
+        issue(&new_ca, "a", &a_new);
+        copy(&a_new, &a_dir, NODE_CERT_FILE);
+        write_ca_bundle(&a_dir, &[&old_ca, &new_ca]);
+        assert_eq!(a.reload("failed"), 1);
+        copy(&a_new, &a_dir, NODE_KEY_FILE);
+        assert_eq!(a.reload("ok"), 1);
+        let second = a.transport.connect(b_addr).await.unwrap();
+
+        // a, the dialer, drops the CA of b's certificate: a closes its own connection.
+        write_ca_bundle(&a_dir, &[&old_ca]);
+        assert_eq!(a.reload("ok"), 2);
+        let why = closed(&second).await;
+        assert!(matches!(why, Some(quinn::ConnectionError::LocallyClosed)), "{why:?}");
+        a.transport.close().await;
+        b.transport.close().await;
+    }
+}
