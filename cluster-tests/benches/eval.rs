@@ -127,7 +127,12 @@ fn ofrep_load() -> Result<()> {
     });
     runtime.block_on(async {
         let url = format!("{api}/v1/flags/checkout?waves=100%25");
-        reqwest::Client::new().post(url).json(&json!({"definition": definition})).send().await?.error_for_status()?;
+        grapevine_cluster_tests::http_client()
+            .post(url)
+            .json(&json!({"definition": definition}))
+            .send()
+            .await?
+            .error_for_status()?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         anyhow::Ok(())
     })?;

@@ -78,7 +78,7 @@ async fn main() -> Result<()> {
     let applications = {
         let (bad_key, first_failure, apis) = (bad_key.clone(), first_failure.clone(), apis.clone());
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = grapevine_cluster_tests::http_client();
             let mut tick = 0u64;
             loop {
                 let key = bad_key.lock().unwrap().clone();
@@ -100,7 +100,7 @@ async fn main() -> Result<()> {
     };
     // A baseline before the first change.
     tokio::time::sleep(Duration::from_secs(if quick { 2 } else { 5 })).await;
-    let http = reqwest::Client::new();
+    let http = grapevine_cluster_tests::http_client();
     let (mut changes, mut rollbacks, mut reverts, mut loops) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         // 1. An ordinary change, everywhere at once.

@@ -46,7 +46,7 @@ impl Grapevine {
             raw.rollout = Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() });
         })
         .await?;
-        Ok(Grapevine { cluster, http: reqwest::Client::new() })
+        Ok(Grapevine { cluster, http: grapevine_cluster_tests::http_client() })
     }
 
     /// Puts `value` under `key` on node `writer`; returns the time until every node holds it.

@@ -49,7 +49,7 @@ async fn main() -> Result<()> {
         std::env::var("GRAPEVINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick { 1 } else { 5 });
     let cluster = start(|_| HealthConfig::default()).await?;
     let nodes = &cluster.nodes;
-    let http = reqwest::Client::new();
+    let http = grapevine_cluster_tests::http_client();
     let mut times = Vec::new();
     for run in 0..runs {
         let key = format!("wave-{run}");

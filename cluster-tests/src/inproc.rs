@@ -37,6 +37,8 @@ impl InProcessCluster {
                 seeds: nodes.first().map(|first| vec![first.gossip_addr.to_string()]),
                 data: Some(root.join("data")),
                 tls: Some(root.join("tls")),
+                auth: Some(crate::in_process_auth()),
+                limits: Some(crate::in_process_limits()),
                 ..RawConfig::default()
             };
             configure(index, nodes.first(), &mut raw);

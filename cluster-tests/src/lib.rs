@@ -21,6 +21,65 @@ use serde_json::Value;
 /// Gossip interval of test clusters: short, so tests spend little time waiting for rounds.
 pub const TEST_GOSSIP_INTERVAL_MS: u64 = 100;
 
+/// The API token every test node accepts (role write, every key): CLI commands send it
+/// (`GRAPEVINE_TOKEN`), and so do [`http_request`] and [`http_client`].
+pub const TEST_TOKEN: &str = "gv_cluster-tests";
+
+/// The `[auth]` of a test node's process: the test token, and the admin socket in its data
+/// directory (the default); and `[limits]` far above what tests and benchmarks send from one
+/// client (the limits have their own test).
+pub fn test_auth_toml() -> String {
+    format!("{}\n{TEST_LIMITS_TOML}", test_token_toml())
+}
+
+/// The `[[auth.token]]` of the test token alone.
+pub fn test_token_toml() -> String {
+    let digest = hex_sha256(TEST_TOKEN);
+    format!("[[auth.token]]\nname = \"tests\"\nsha256 = \"{digest}\"\nrole = \"write\"\n")
+}
+
+/// `[limits]` of test nodes: high enough never to bite.
+pub const TEST_LIMITS_TOML: &str = "[limits]\nadmin_per_s = 1000000\nadmin_burst = 1000000\napplications_per_s = 1000000\napplications_burst = 1000000\n";
+
+/// [`TEST_LIMITS_TOML`] for in-process nodes.
+pub fn in_process_limits() -> grapevine_node::api::limits::LimitsSection {
+    grapevine_node::api::limits::LimitsSection {
+        admin_per_s: Some(1_000_000),
+        admin_burst: Some(1_000_000),
+        applications_per_s: Some(1_000_000),
+        applications_burst: Some(1_000_000),
+    }
+}
+
+/// The `[auth]` of an in-process node: the test token, anonymous requests allowed to write
+/// (in-process clusters are on loopback, inside one test), and no admin socket.
+pub fn in_process_auth() -> grapevine_node::auth::AuthSection {
+    grapevine_node::auth::AuthSection {
+        socket: Some(PathBuf::new()),
+        anonymous: Some("write".into()),
+        token: Some(vec![grapevine_node::auth::TokenSection {
+            name: "tests".into(),
+            sha256: hex_sha256(TEST_TOKEN),
+            role: grapevine_node::auth::Role::Write,
+            prefixes: None,
+        }]),
+        ..Default::default()
+    }
+}
+
+fn hex_sha256(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An HTTP client that sends the test token with every request.
+pub fn http_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {TEST_TOKEN}");
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("a valid header"));
+    reqwest::Client::builder().default_headers(headers).build().expect("an HTTP client")
+}
+
 /// The `grapevine` binary under test.
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
@@ -79,6 +138,8 @@ pub struct Node {
     /// The node's config file. By default changes apply everywhere at once (one wave):
     /// most tests are about spreading, not rolling out.
     pub config_toml: String,
+    /// Appended to the config file: `[auth]` ([`test_auth_toml`] unless a test sets another).
+    pub auth_toml: String,
 }
 
 impl Node {
@@ -96,7 +157,7 @@ impl Node {
             }
             None => Command::new(binary()),
         };
-        command.env_remove("GRAPEVINE_NODE");
+        command.env_remove("GRAPEVINE_NODE").env("GRAPEVINE_TOKEN", TEST_TOKEN);
         command
     }
 
@@ -105,7 +166,7 @@ impl Node {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let config = self.data.with_extension("toml");
-        std::fs::write(&config, &self.config_toml)?;
+        std::fs::write(&config, format!("{}\n{}", self.config_toml, self.auth_toml))?;
         let mut command = self.command();
         command
             .args(["node".as_ref(), "--config".as_ref(), config.as_os_str()])
@@ -403,6 +464,7 @@ impl Cluster {
             gossip_interval_ms: Some(TEST_GOSSIP_INTERVAL_MS),
             netns: self.netns.clone(),
             config_toml: "[rollout]\nwaves = \"100%\"\n".to_owned(),
+            auth_toml: test_auth_toml(),
         });
         Ok(self.nodes.last_mut().expect("just pushed"))
     }
@@ -541,7 +603,7 @@ pub fn http_request_within(method: &str, url: &str, body: Option<&str>, timeout:
     let body = body.unwrap_or("");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();

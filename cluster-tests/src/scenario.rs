@@ -169,6 +169,8 @@ impl Run {
                 retain_age_s: scenario.retain_generations.map(|_| 0),
                 // One wave: scenarios are about spreading, not rolling out.
                 rollout: Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() }),
+                auth: Some(crate::in_process_auth()),
+                limits: Some(crate::in_process_limits()),
                 ..RawConfig::default()
             };
             let mut config = Config::try_from(raw)?;

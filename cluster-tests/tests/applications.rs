@@ -59,7 +59,7 @@ async fn ofrep_evaluates_flags_with_every_status_etags_and_events() -> Result<()
     )?;
     put_flag(first, &dir, "off", json!({"state": "DISABLED", "variants": {"a": "A"}, "defaultVariant": "a"}))?;
     let base = node.url();
-    let http = reqwest::Client::new();
+    let http = grapevine_cluster_tests::http_client();
     let single = |key: &str| format!("{base}/ofrep/v1/evaluate/flags/{key}");
     for key in ["limits", "checkout", "split", "broken", "off"] {
         grapevine_cluster_tests::wait_until(Duration::from_secs(10), "the flags on the second node", || {
@@ -160,7 +160,7 @@ async fn config_reads_carry_etags_and_the_watch_stream_resumes() -> Result<()> {
     let mut cluster = Cluster::new(1)?;
     cluster.start_all()?;
     let node = &cluster.nodes[0];
-    let http = reqwest::Client::new();
+    let http = grapevine_cluster_tests::http_client();
     let put = |key: &str, value: &str| -> Result<String> {
         let answer = node.cli_json(&["config", "put", key, "--value", value])?;
         Ok(answer["generation"].as_str().context("a generation")?.to_owned())

@@ -16,6 +16,9 @@ use serde_json::Value;
 
 const OLD_FORMAT: &str = "test_wire_version = 3\n";
 
+/// The author a change of the test harness records: the name of its token.
+const AUTHOR: &str = "token:tests";
+
 fn history(node: &Node) -> Result<Vec<Value>> {
     let answer = node.cli_json(&["history"])?;
     Ok(answer["generations"].as_array().cloned().unwrap_or_default())
@@ -37,9 +40,9 @@ fn counter(node: &Node, name: &str) -> f64 {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
-/// Puts config `key` = `value` through `node` as `author`; returns the generation id.
-fn put(node: &Node, key: &str, value: &str, author: &str) -> Result<String> {
-    let answer = node.cli_json(&["config", "put", key, "--value", value, "--author", author])?;
+/// Puts config `key` = `value` through `node` (as the harness's token); returns the generation.
+fn put(node: &Node, key: &str, value: &str) -> Result<String> {
+    let answer = node.cli_json(&["config", "put", key, "--value", value])?;
     Ok(answer["generation"].as_str().context("an accepted change names its generation")?.to_owned())
 }
 
@@ -72,10 +75,10 @@ fn a_store_written_by_the_previous_format_is_read_and_served() -> Result<()> {
     assert!(!refused.status.success(), "the schema stored in format 3 still holds");
 
     // New records go in format 4 beside the old ones, and the mixed store reads back.
-    let id = put(node, "limits", r#"{"burst": 70}"#, "alice@laptop")?;
+    let id = put(node, "limits", r#"{"burst": 70}"#)?;
     node.terminate()?;
     node.start()?;
-    assert_eq!(author_of(node, &id)?, "alice@laptop");
+    assert_eq!(author_of(node, &id)?, AUTHOR);
     assert_eq!(config_value(node, "limits"), Some(serde_json::json!({"burst": 70})));
     assert_eq!(history(node)?.len(), 4);
     Ok(())
@@ -91,8 +94,8 @@ fn nodes_of_two_formats_share_a_cluster_through_a_rolling_upgrade() -> Result<()
     wait_until(Duration::from_secs(10), "n1 to see n3's format", || wire_formats(&cluster.nodes[new]) == [4, 4, 3])?;
 
     // While a member reads format 3 only, changes leave their author out, so it holds them.
-    let from_new = put(&cluster.nodes[new], "a", "1", "alice@laptop")?;
-    let from_old = put(&cluster.nodes[old], "b", "2", "bob@old-host")?;
+    let from_new = put(&cluster.nodes[new], "a", "1")?;
+    let from_old = put(&cluster.nodes[old], "b", "2")?;
     assert_eq!(author_of(&cluster.nodes[new], &from_new)?, Value::Null);
     assert_eq!(author_of(&cluster.nodes[old], &from_old)?, Value::Null);
     let spread = |cluster: &Cluster| {
@@ -109,9 +112,9 @@ fn nodes_of_two_formats_share_a_cluster_through_a_rolling_upgrade() -> Result<()
     wait_until(Duration::from_secs(10), "every member to publish format 4", || {
         wire_formats(&cluster.nodes[new]) == [4, 4, 4]
     })?;
-    let authored = put(&cluster.nodes[new], "a", "3", "alice@laptop")?;
+    let authored = put(&cluster.nodes[new], "a", "3")?;
     wait_until(Duration::from_secs(15), "the authored change on the upgraded node", || {
-        author_of(&cluster.nodes[old], &authored).is_ok_and(|a| a == "alice@laptop")
+        author_of(&cluster.nodes[old], &authored).is_ok_and(|a| a == AUTHOR)
     })?;
     assert_eq!(author_of(&cluster.nodes[old], &from_old)?, Value::Null, "the old log reads back");
 

@@ -24,12 +24,16 @@ pub struct Cli {
 /// Options of every command that talks to a node.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// The node's HTTP API.
+    /// The node's HTTP API (`http://HOST:PORT`), or its admin socket (`unix:/var/lib/grapevine/admin.sock`).
     #[arg(long, env = "GRAPEVINE_NODE", default_value = "http://127.0.0.1:7401")]
     pub node: String,
     /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
+    /// The API token (`gv_...`) for a node that requires one; without it, the credentials
+    /// file (~/.config/grapevine/credentials.toml). Not sent over the admin socket.
+    #[arg(long, env = "GRAPEVINE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Who you are, recorded with the changes you make (1 to 64 of A-Z a-z 0-9 - _ . @ / + :)
     /// [default: $USER@HOSTNAME]
     #[arg(long, env = "GRAPEVINE_AUTHOR")]
@@ -98,6 +102,9 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make API tokens for the nodes' `[auth]`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish or powershell).
     ///
     /// bash: `grapevine completions bash > /etc/bash_completion.d/grapevine`;
@@ -112,6 +119,26 @@ pub enum Command {
         /// Write every page into this directory (created if missing) instead of printing one.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Print a new random token, and the `[[auth.token]]` lines (with its SHA-256, never the
+    /// token) to add to the config of every node that should accept it.
+    New {
+        /// Names the token in its changes (`token:NAME`) and in the nodes' logs.
+        #[arg(long)]
+        name: String,
+        /// read, report (read and push health samples) or write.
+        #[arg(long, default_value = "read")]
+        role: crate::auth::Role,
+        /// A key prefix the token may touch (repeatable); every key without one.
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -396,6 +423,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Backup { out, client } => runtime().and_then(|rt| {
             rt.block_on(async { client::backup(&Client::with_timeout(&client, BACKUP_TIMEOUT)?, &out).await })
         }),
+        Command::Token(TokenCommand::New { name, role, prefixes, json }) => new_token(name, role, prefixes, json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "grapevine", &mut std::io::stdout());
             Ok(())
@@ -409,6 +437,36 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// `token new`: a token, and the config lines that make nodes accept it (checked as the node
+/// checks them).
+fn new_token(name: String, role: crate::auth::Role, prefixes: Vec<String>, json: bool) -> Result<(), CliError> {
+    let (token, sha256) = crate::auth::new_token();
+    let prefixes = if prefixes.is_empty() { vec![String::new()] } else { prefixes };
+    let section = crate::auth::AuthSection {
+        token: Some(vec![crate::auth::TokenSection {
+            name: name.clone(),
+            sha256: sha256.clone(),
+            role,
+            prefixes: Some(prefixes.clone()),
+        }]),
+        ..Default::default()
+    };
+    crate::auth::Auth::from_section(&section, std::path::Path::new("/")).map_err(CliError::Usage)?;
+    let quoted: Vec<String> = prefixes.iter().map(|p| format!("{p:?}")).collect();
+    let toml = format!(
+        "[[auth.token]]\nname = {name:?}\nsha256 = \"{sha256}\"\nrole = \"{role}\"\nprefixes = [{}]\n",
+        quoted.join(", ")
+    );
+    if json {
+        println!("{}", serde_json::json!({"token": token, "sha256": sha256, "toml": toml}));
+    } else {
+        println!("token (give it to the client: GRAPEVINE_TOKEN, --token or ~/.config/grapevine/credentials.toml;");
+        println!("it is not stored anywhere, and cannot be shown again):\n\n  {token}\n");
+        println!("for the config of every node that should accept it:\n\n{toml}");
+    }
+    Ok(())
 }
 
 /// The longest a backup may take to arrive (a store of the largest retention, on a slow link).

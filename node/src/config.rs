@@ -70,6 +70,10 @@ pub struct RawConfig {
     pub fractional: Option<Fractional>,
     /// `[[files]]`: config keys rendered to files on the host.
     pub files: Option<Vec<crate::files::FileConfig>>,
+    /// `[auth]`: the admin socket, bearer tokens and the anonymous role.
+    pub auth: Option<crate::auth::AuthSection>,
+    /// `[limits]`: request rates per client on the API.
+    pub limits: Option<crate::api::limits::LimitsSection>,
     /// Skews this node's wall clock, for tests of the hybrid logical clock.
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: Option<i64>,
@@ -110,7 +114,9 @@ impl RawConfig {
             rollout,
             alerts,
             fractional,
-            files
+            files,
+            auth,
+            limits
         );
         #[cfg(feature = "testsuite")]
         take!(test_clock_skew_ms, test_wire_version);
@@ -157,6 +163,10 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub fractional: Fractional,
     pub files: Vec<crate::files::FileConfig>,
+    /// Who may use the API, and for what.
+    pub auth: crate::auth::Auth,
+    /// Request rates per client on the API.
+    pub limits: crate::api::limits::Limits,
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: i64,
     #[cfg(feature = "testsuite")]
@@ -211,6 +221,9 @@ impl TryFrom<RawConfig> for Config {
                 found: gossip_interval_ms.to_string(),
             });
         }
+        let data = raw.data.ok_or(ConfigError::Missing { option: "data", flag: "--data" })?;
+        let auth = crate::auth::Auth::from_section(&raw.auth.unwrap_or_default(), &data)
+            .map_err(|error| ConfigError::Section { section: "auth", error })?;
         Ok(Config {
             name,
             cluster: check_cluster(raw.cluster.unwrap_or_else(|| "grapevine".to_owned()))?,
@@ -218,7 +231,7 @@ impl TryFrom<RawConfig> for Config {
             advertise,
             api: socket_addr("api", raw.api.as_deref().unwrap_or("127.0.0.1:7401"))?,
             seeds,
-            data: raw.data.ok_or(ConfigError::Missing { option: "data", flag: "--data" })?,
+            data,
             tls: raw.tls.ok_or(ConfigError::Missing { option: "tls", flag: "--tls" })?,
             labels: check_labels(raw.labels.unwrap_or_default())?,
             gossip_interval: Duration::from_millis(gossip_interval_ms),
@@ -272,6 +285,9 @@ impl TryFrom<RawConfig> for Config {
                 alerts.validate().map_err(|error| ConfigError::Section { section: "alerts", error })?;
                 alerts
             },
+            auth,
+            limits: crate::api::limits::Limits::from_section(&raw.limits.unwrap_or_default())
+                .map_err(|error| ConfigError::Section { section: "limits", error })?,
             #[cfg(feature = "testsuite")]
             test_clock_skew_ms: raw.test_clock_skew_ms.unwrap_or(0),
             #[cfg(feature = "testsuite")]

@@ -40,8 +40,32 @@ pub enum StartError {
     Transport(#[from] TransportError),
     #[error("cannot listen on {addr}/TCP for the API: {error}")]
     Api { addr: SocketAddr, error: std::io::Error },
+    #[error("admin socket {path}: {error} (set [auth] socket, or \"\" for none)")]
+    Socket { path: String, error: std::io::Error },
     #[error("gossip failed to start: {0}")]
     Gossip(anyhow::Error),
+}
+
+/// Binds the admin socket at `path` with `mode`: a file left by a node that stopped uncleanly
+/// is replaced, one another process still listens on is refused.
+fn bind_socket(
+    (path, mode, _): &(std::path::PathBuf, u32, crate::auth::Role),
+) -> Result<(tokio::net::UnixListener, std::path::PathBuf), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |error: std::io::Error| StartError::Socket { path: path.display().to_string(), error };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            let in_use = std::io::Error::new(std::io::ErrorKind::AddrInUse, "another process listens on it");
+            return Err(failed(in_use));
+        }
+        std::fs::remove_file(path).map_err(failed)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(failed)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(failed)?;
+    Ok((listener, path.clone()))
 }
 
 /// Opens the store and reads it whole. A damaged store (unreadable by redb, failing its
@@ -111,6 +135,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let api_listener =
         TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
     let api_addr = api_listener.local_addr().map_err(|error| StartError::Api { addr: config.api, error })?;
+    let socket_listener = config.auth.socket.as_ref().map(bind_socket).transpose()?;
     let metrics = Arc::new(Metrics::new());
     // Binding starts the accept loop: the last check, so a failure leaves no task behind.
     let (transport, inboxes) = Transport::bind(config.listen, &tls, metrics.clone())?;
@@ -193,6 +218,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let files = crate::files::Files::default();
     let (files_health, metrics_for_files) = (health.clone(), metrics.clone());
     let api_state = ApiState {
+        auth: Arc::new(config.auth.clone()),
+        limits: Arc::new(crate::api::limits::RateLimits::new(config.limits)),
         store,
         data: config.data.clone(),
         feed,
@@ -210,8 +237,20 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         metrics,
     };
     let api_shutdown = shutdown.clone();
+    let socket_api = socket_listener.map(|(listener, path)| {
+        let (app, shutdown) = (router(api_state.clone()), shutdown.clone());
+        async move {
+            let app = app.into_make_service_with_connect_info::<crate::api::access::SocketPeer>();
+            if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+                tracing::error!(%error, "admin socket server failed");
+            }
+            let _ = std::fs::remove_file(path);
+        }
+    });
     let api = async move {
-        let serve = axum::serve(api_listener, router(api_state)).with_graceful_shutdown(api_shutdown.cancelled_owned());
+        // With the client's address, by which anonymous clients are rate-limited.
+        let app = router(api_state).into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(api_listener, app).with_graceful_shutdown(api_shutdown.cancelled_owned());
         if let Err(error) = serve.await {
             tracing::error!(%error, "API server failed");
         }
@@ -225,6 +264,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         engine_task,
     ];
     tasks.extend(alerts_task.map(tokio::spawn));
+    tasks.extend(socket_api.map(tokio::spawn));
     tasks.push(tokio::spawn(feed_task));
     let files_task = crate::files::FilesTask {
         files: config.files.clone(),

@@ -9,10 +9,12 @@
 //! it, its application fails, it reports the anomaly, the quorum is reached and the revert
 //! reaches every node; the demo prints that timeline, then stops.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::auth::AuthSection;
 use crate::client::CliError;
 use crate::config::{Config, RawConfig};
 use crate::daemon::{self, RunningNode};
@@ -78,6 +80,13 @@ pub async fn run(nodes: usize) -> Result<(), CliError> {
             gossip_interval_ms: Some(DEMO_GOSSIP_INTERVAL_MS),
             // The simulated applications push their counts.
             health: Some(HealthConfig { push: true, sample_interval_ms: Some(200), ..HealthConfig::default() }),
+            // The demo's nodes listen on loopback for this process only: its own requests need
+            // no token, and there is no admin socket to clean up.
+            auth: Some(AuthSection {
+                anonymous: Some("write".into()),
+                socket: Some(PathBuf::new()),
+                ..AuthSection::default()
+            }),
             ..RawConfig::default()
         };
         let config = Config::try_from(raw).map_err(|e| failed("config")(e.to_string()))?;

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub push_jobs_dropped: Counter,
     /// Generations not sent to a peer because its older wire format cannot hold them.
     pub sync_format_withheld: Counter,
+    /// API requests refused: `unauthenticated` (401) or `forbidden` (403).
+    pub api_auth_refusals: Family<Reason, Counter>,
+    /// API requests answered 429, by class (`admin`, `applications`).
+    pub api_rate_limited: Family<Reason, Counter>,
     /// Generations received by log sync and stored.
     pub sync_generations_stored: Counter,
     /// Malformed traffic from peers (frames, requests, generations) dropped, by kind.
@@ -135,6 +139,8 @@ impl Metrics {
             sync_pushes_received: Family::default(),
             push_jobs_dropped: Counter::default(),
             sync_format_withheld: Counter::default(),
+            api_auth_refusals: Family::default(),
+            api_rate_limited: Family::default(),
             sync_generations_stored: Counter::default(),
             peer_malformed: Family::default(),
             changes: Family::default(),
@@ -174,6 +180,16 @@ impl Metrics {
         r.register("sync_served", "Log-sync pulls served, by outcome", metrics.sync_served.clone());
         r.register("sync_pushes", "Eager pushes sent, by outcome", metrics.sync_pushes.clone());
         r.register("sync_pushes_received", "Eager pushes received, by outcome", metrics.sync_pushes_received.clone());
+        r.register(
+            "api_rate_limited",
+            "API requests over their client's rate, by class (admin, applications): answered 429",
+            metrics.api_rate_limited.clone(),
+        );
+        r.register(
+            "api_auth_refusals",
+            "API requests refused: unauthenticated (401) or forbidden (403)",
+            metrics.api_auth_refusals.clone(),
+        );
         r.register(
             "sync_format_withheld",
             "Generations not sent to a peer whose older wire format cannot hold them (upgrade it)",

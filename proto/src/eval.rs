@@ -235,6 +235,23 @@ impl FlagSet {
     }
 }
 
+/// The evaluation context of an OFREP evaluation request's body: `{"context": {...}}`, a body
+/// without `context` (or with `null`), or an empty body. The error says what is wrong; the
+/// node answers it as `INVALID_CONTEXT`. Pure, so that it can be fuzzed: the body comes from
+/// any application on the node's HTTP port.
+pub fn ofrep_context(body: &[u8]) -> Result<Map<String, Value>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| format!("expected a JSON body {{\"context\": {{...}}}}, got: {e}"))?;
+    match request.get("context") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(context)) => Ok(context.clone()),
+        Some(other) => Err(format!("context must be an object, got {other}")),
+    }
+}
+
 fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -416,6 +433,18 @@ mod tests {
         let error =
             parse(json!({"state": "ENABLED", "variants": {"a": 1}, "targeting": {"$ref": "shared"}})).unwrap_err();
         assert!(error.contains("does not exist"), "{error}");
+    }
+
+    #[test]
+    fn ofrep_contexts_are_read_or_refused_with_the_reason() {
+        assert_eq!(ofrep_context(b"").unwrap(), Map::new());
+        assert_eq!(ofrep_context(b" \n").unwrap(), Map::new());
+        assert_eq!(ofrep_context(b"{}").unwrap(), Map::new());
+        assert_eq!(ofrep_context(br#"{"context": null}"#).unwrap(), Map::new());
+        let context = ofrep_context(br#"{"context": {"targetingKey": "u1"}}"#).unwrap();
+        assert_eq!(context["targetingKey"], "u1");
+        assert!(ofrep_context(br#"{"context": [1]}"#).unwrap_err().contains("must be an object"));
+        assert!(ofrep_context(b"{").unwrap_err().contains("expected a JSON body"));
     }
 
     #[test]

@@ -52,9 +52,10 @@ impl VersionVector {
         }
     }
 
-    /// Number of generations the vector covers.
+    /// Number of generations the vector covers, at most `u64::MAX`: a peer's snapshot may
+    /// claim any seqs, and their sum must not overflow.
     pub fn total(&self) -> u64 {
-        self.iter().map(|(_, seq)| seq).sum()
+        self.iter().fold(0, |total, (_, seq)| total.saturating_add(seq))
     }
 }
 
@@ -414,6 +415,16 @@ mod tests {
         assert_eq!(log.next_seq(&a), 4);
         log.insert(generation("a", 2, 2, 2));
         assert_eq!(log.version_vector().get(&a), 3);
+    }
+
+    /// Found by `fuzz/` (`wire_push_ack`, minimized): a peer's vector `{a: u64::MAX, b: 1}`,
+    /// whose total overflowed (a panic in a debug build, a wrong count in a release one). The
+    /// engine publishes the total of its snapshot's vector, which a peer's snapshot sets.
+    #[test]
+    fn the_total_of_a_peers_vector_saturates() {
+        let bytes = hex::decode("04020161ffffffffffffffffff01016201").unwrap();
+        let ack: crate::wire::PushAck = crate::wire::decode(&bytes, "push ack").unwrap();
+        assert_eq!(ack.have.total(), u64::MAX);
     }
 
     #[test]

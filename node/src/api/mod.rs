@@ -29,6 +29,8 @@ use crate::health::Health;
 use crate::metrics::{GenerationLabel, Metrics, VerdictLabel, reason};
 use crate::sync::PeerHoldings;
 
+pub mod access;
+pub mod limits;
 mod ofrep;
 mod rollout;
 pub mod watch;
@@ -57,6 +59,10 @@ pub struct ApiState {
     pub feed: watch::Feed,
     /// The files this node renders, and their last outcomes.
     pub files: crate::files::Files,
+    /// Who may do what (`[auth]`).
+    pub auth: Arc<crate::auth::Auth>,
+    /// Request rates per client (`[limits]`).
+    pub limits: Arc<limits::RateLimits>,
     /// The store, for `/v1/backup`, and the data directory the backup is written in first.
     pub store: Arc<crate::store::Store>,
     pub data: std::path::PathBuf,
@@ -66,6 +72,7 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
+    let authorize = axum::middleware::from_fn_with_state(state.clone(), access::authorize);
     let router = Router::new();
     #[cfg(feature = "testsuite")]
     let router = router.route("/v1/testsuite/links", post(set_link).delete(clear_links));
@@ -88,6 +95,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/watch", get(watch::watch))
         .route("/v1/apply", post(apply))
         .route("/v1/backup", get(backup))
+        // On matched routes only: an unknown path is a 404 for everyone.
+        .route_layer(authorize)
         .fallback(|| async { ApiError::not_found("no such endpoint (see docs/api.md)") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
         .with_state(state)
@@ -347,11 +356,16 @@ impl From<&Generation> for GenerationSummary {
     }
 }
 
-async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery>) -> ApiResult<Value> {
+async fn history(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
+    Query(query): Query<HistoryQuery>,
+) -> ApiResult<Value> {
     let limit = query.limit.unwrap_or(100).min(MAX_HISTORY);
     let generations = state.engine.history().await;
     let mut newest = Vec::new();
-    for generation in generations.iter().rev().take(limit) {
+    // A principal of some keys sees the changes of those keys only.
+    for generation in generations.iter().rev().filter(|g| access::may_see(&principal, g)).take(limit) {
         let mut summary = GenerationSummary::from(generation);
         if !generation.body.change.ops.is_empty() {
             summary.rollout = state.engine.rollout(generation.id().clone()).await;
@@ -365,14 +379,25 @@ async fn history(State(state): State<ApiState>, Query(query): Query<HistoryQuery
 /// `POST /v1/apply`: a flagd flag file, unchanged. Every flag must be valid (its `$ref`s
 /// resolved against the file's `$evaluators`, the file's `metadata` under each flag's); the
 /// flags that differ from the log's latest become one change. Flags not in the file stay.
-async fn apply(State(state): State<ApiState>, wait: ChangeQuery, body: Bytes) -> ApiResult<Value> {
-    let result = apply_change(&state, &wait, body).await;
+async fn apply(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
+    wait: ChangeQuery,
+    body: Bytes,
+) -> ApiResult<Value> {
+    let result = apply_change(&state, &principal, &wait, body).await;
     count_change(&state, result)
 }
 
-async fn apply_change(state: &ApiState, wait: &ChangeQuery, body: Bytes) -> ApiResult<Value> {
+async fn apply_change(
+    state: &ApiState,
+    principal: &crate::auth::Principal,
+    wait: &ChangeQuery,
+    body: Bytes,
+) -> ApiResult<Value> {
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("expected a flagd flag file in UTF-8"))?;
     let set = grapevine_proto::eval::FlagSet::parse(text).map_err(ApiError::bad_request)?;
+    access::covers_all(state, principal, set.flags.keys().map(String::as_str))?;
     let desired = state.engine.view().desired.flags.clone();
     let mut ops = Vec::new();
     for (name, flag) in set.flags {
@@ -447,7 +472,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ChangeQuery {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let mut query = ChangeQuery::parse(parts.uri.query().unwrap_or_default())?;
-        if let Some(author) = parts.headers.get(AUTHOR_HEADER) {
+        // An authenticated client is who it proved to be; an anonymous one may say who it is.
+        if let Some(principal) = parts.extensions.get::<crate::auth::Principal>().filter(|p| p.authenticated) {
+            query.author = principal.name.parse().ok();
+        } else if let Some(author) = parts.headers.get(AUTHOR_HEADER) {
             let author = author.to_str().unwrap_or("(not ASCII)").to_owned();
             query.author = Some(author.parse().map_err(|e| ApiError::bad_request(format!("{AUTHOR_HEADER}: {e}")))?);
         }

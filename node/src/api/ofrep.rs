@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use grapevine_proto::eval::Evaluation;
+use grapevine_proto::eval::{Evaluation, ofrep_context};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -33,21 +33,6 @@ use crate::health::unix_ms;
 
 /// How long an idle SDK may keep the event stream before it should close it.
 const INACTIVITY_DELAY_S: u64 = 120;
-
-/// The evaluation context of a request: `{"context": {...}}`, an empty body, or a failure
-/// answer naming what is wrong.
-fn context_of(body: &Bytes) -> Result<Map<String, Value>, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    let request: Value =
-        serde_json::from_slice(body).map_err(|e| format!("expected a JSON body {{\"context\": {{...}}}}, got: {e}"))?;
-    match request.get("context") {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(context)) => Ok(context.clone()),
-        Some(other) => Err(format!("context must be an object, got {other}")),
-    }
-}
 
 fn failure(status: StatusCode, key: Option<&str>, code: &str, details: String) -> Response {
     let mut body = json!({"errorCode": code, "errorDetails": details});
@@ -107,7 +92,7 @@ pub async fn evaluate_flag(State(state): State<ApiState>, Path(key): Path<String
 
 fn evaluate_one(state: &ApiState, key: &str, body: &Bytes) -> Response {
     let key = key.to_owned();
-    let context = match context_of(body) {
+    let context = match ofrep_context(body) {
         Ok(context) => context,
         Err(details) => return failure(StatusCode::BAD_REQUEST, Some(&key), "INVALID_CONTEXT", details),
     };
@@ -126,14 +111,20 @@ fn evaluate_one(state: &ApiState, key: &str, body: &Bytes) -> Response {
 }
 
 /// `POST /ofrep/v1/evaluate/flags`.
-pub async fn evaluate_all(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn evaluate_all(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = std::time::Instant::now();
-    let response = evaluate_bulk(&state, &headers, &body);
+    let response = evaluate_bulk(&state, &principal, &headers, &body);
     counted(&state, started, response)
 }
 
-fn evaluate_bulk(state: &ApiState, headers: &HeaderMap, body: &Bytes) -> Response {
-    let context = match context_of(body) {
+/// Every applied flag in the principal's scope, evaluated.
+fn evaluate_bulk(state: &ApiState, principal: &crate::auth::Principal, headers: &HeaderMap, body: &Bytes) -> Response {
+    let context = match ofrep_context(body) {
         Ok(context) => context,
         Err(details) => return failure(StatusCode::BAD_REQUEST, None, "INVALID_CONTEXT", details),
     };
@@ -145,6 +136,7 @@ fn evaluate_bulk(state: &ApiState, headers: &HeaderMap, body: &Bytes) -> Respons
         .state
         .flags
         .keys()
+        .filter(|key| principal.covers(key.as_str()))
         .filter_map(|key| {
             let evaluation = evaluate(state, &view, key.as_str(), &context)?;
             Some(answer(key.as_str(), evaluation).unwrap_or_else(|failure| failure))
@@ -197,16 +189,6 @@ mod tests {
     use grapevine_proto::eval::Reason;
 
     use super::*;
-
-    #[test]
-    fn contexts_are_read_or_refused_with_the_reason() {
-        assert_eq!(context_of(&Bytes::new()).unwrap(), Map::new());
-        assert_eq!(context_of(&Bytes::from_static(b"{}")).unwrap(), Map::new());
-        let context = context_of(&Bytes::from_static(br#"{"context": {"targetingKey": "u1"}}"#)).unwrap();
-        assert_eq!(context["targetingKey"], "u1");
-        assert!(context_of(&Bytes::from_static(br#"{"context": [1]}"#)).unwrap_err().contains("must be an object"));
-        assert!(context_of(&Bytes::from_static(b"{")).unwrap_err().contains("expected a JSON body"));
-    }
 
     #[test]
     fn a_default_from_the_caller_has_no_value_and_an_error_has_its_code() {

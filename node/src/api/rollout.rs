@@ -1,6 +1,7 @@
 //! Rollout endpoints: the waves of a generation as this node sees them, the operator's
 //! controls (each one a generation in the log), and the push health source.
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -10,7 +11,9 @@ use grapevine_proto::{Change, GenId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::access::{may_see, may_touch};
 use super::{ApiError, ApiResult, ApiState, ChangeQuery, parse_body, submit_change};
+use crate::auth::Principal;
 use crate::engine::RollbackError;
 use crate::health::Sample;
 
@@ -46,11 +49,16 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/rollouts`: the newest generations held whole, with their waves.
-pub async fn list(State(state): State<ApiState>, Query(query): Query<ListQuery>) -> ApiResult<Value> {
+pub async fn list(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Value> {
     let limit = query.limit.unwrap_or(DEFAULT_ROLLOUTS).min(MAX_ROLLOUTS);
     let history = state.engine.history().await;
     let mut rollouts = Vec::new();
-    for generation in history.iter().rev().filter(|g| !g.body.change.ops.is_empty()).take(limit) {
+    let listed = history.iter().rev().filter(|g| !g.body.change.ops.is_empty() && may_see(&principal, g));
+    for generation in listed.take(limit) {
         if let Some(view) = state.engine.rollout(generation.id().clone()).await {
             rollouts.push(view);
         }
@@ -59,8 +67,13 @@ pub async fn list(State(state): State<ApiState>, Query(query): Query<ListQuery>)
 }
 
 /// `GET /v1/rollouts/{generation}`.
-pub async fn show(State(state): State<ApiState>, Path(generation): Path<String>) -> ApiResult<Value> {
+pub async fn show(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Path(generation): Path<String>,
+) -> ApiResult<Value> {
     let id = generation_id(&generation)?;
+    may_touch(&state, &principal, &id).await?;
     let view = state.engine.rollout(id.clone()).await.ok_or_else(|| {
         ApiError::not_found(format!("generation {id} is not in the log of node {} (or is compacted)", state.name))
     })?;
@@ -72,10 +85,12 @@ pub async fn show(State(state): State<ApiState>, Path(generation): Path<String>)
 /// `POST /v1/rollouts/{generation}/rollback`: writes the generation's revert.
 pub async fn control(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path((generation, action)): Path<(String, String)>,
     wait: ChangeQuery,
 ) -> ApiResult<Value> {
     let target = generation_id(&generation)?;
+    may_touch(&state, &principal, &target).await?;
     if action == "rollback" {
         if wait.dry_run {
             return Err(ApiError::bad_request(

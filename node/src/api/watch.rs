@@ -148,9 +148,12 @@ fn event(feed: &Feed, change: &Change) -> Event {
 /// `GET /v1/watch?prefix=P`.
 pub async fn watch(
     State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
     Query(query): Query<WatchQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, super::ApiError> {
+    // Every key under the prefix must be in the principal's scope.
+    super::access::covers_all(&state, &principal, [query.prefix.as_str()])?;
     // A node recovering from a damaged store would stream an empty state as the truth.
     super::ApiError::unless_recovering(&state.engine.view(), state.name.as_str())?;
     let feed = state.feed.clone();

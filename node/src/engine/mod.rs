@@ -365,8 +365,12 @@ impl Engine {
                     self.decide().await;
                 }
                 Command::Submit { change, author, reply } => {
-                    let _ = reply.send(self.submit(change, author).await);
+                    let submitted = self.submit(change, author).await;
+                    // Released here before the answer: a client that reads back its change from
+                    // the node that took it sees it applied when this node's wave is open (the
+                    // first wave, an emergency, or a single wave).
                     self.decide().await;
+                    let _ = reply.send(submitted);
                     self.compact_if_over_retention().await;
                 }
                 Command::Ingest { generations, from, reply } => {

@@ -13,10 +13,13 @@ use crate::cli::{ChangeArgs, ClientArgs};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+mod connection;
+pub mod credentials;
+use connection::Connection;
+
 /// How long the CLI waits for a node to answer. A change is acknowledged once durable on the
 /// node, which takes milliseconds; anything near this means the node is unwell.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A failed command, by exit code.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +50,7 @@ impl CliError {
 
 /// A connection to one node's API.
 pub struct Client {
-    base: String,
-    http: reqwest::Client,
+    connection: Connection,
     pub json: bool,
 }
 
@@ -89,14 +91,6 @@ impl Client {
 
     /// A client whose requests may take `timeout` (a change that waits for replicas).
     pub fn with_timeout(args: &ClientArgs, timeout: Duration) -> Result<Client, CliError> {
-        let (node, json) = (args.node.as_str(), args.json);
-        let base = node.trim_end_matches('/').to_owned();
-        let valid = base.strip_prefix("http://").is_some_and(|rest| !rest.is_empty());
-        if !valid || reqwest::Url::parse(&base).is_err() {
-            return Err(CliError::Usage(format!(
-                "--node must be an http:// URL like http://127.0.0.1:7401, got {node:?}"
-            )));
-        }
         let author = match &args.author {
             Some(author) => author.parse::<Author>().map_err(|e| CliError::Usage(format!("--author: {e}")))?,
             None => default_author(),
@@ -104,13 +98,23 @@ impl Client {
         let mut headers = reqwest::header::HeaderMap::new();
         let author = reqwest::header::HeaderValue::from_str(author.as_str()).expect("an author is printable ASCII");
         headers.insert(AUTHOR_HEADER, author);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(timeout.max(REQUEST_TIMEOUT))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| CliError::Failed(format!("cannot build an HTTP client: {e}")))?;
-        Ok(Client { base, http, json })
+        let mut connection = Connection::open(&args.node, headers, timeout.max(REQUEST_TIMEOUT))?;
+        // The admin socket needs no token: its file permissions decided who got this far.
+        let token = match connection.is_socket() {
+            true => None,
+            false => credentials::token_for(args.token.as_deref(), &connection.base)?,
+        };
+        if let Some(token) = token {
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| CliError::Usage("the token holds characters a header cannot carry".into()))?;
+            connection.add_header(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(Client { connection, json: args.json })
+    }
+
+    /// The node this client talks to (`http://...` or `unix:...`).
+    pub fn base(&self) -> &str {
+        &self.connection.base
     }
 
     async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
@@ -124,19 +128,12 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Value>,
     ) -> Result<Value, CliError> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url).query(query);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.map_err(|error| {
-            CliError::Unreachable(format!("could not reach node at {}: {}", self.base, root_cause(&error)))
-        })?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| CliError::Unreachable(format!("node at {} stopped answering: {e}", self.base)))?;
+        let query = serde_urlencoded::to_string(query).expect("pairs of strings always encode");
+        let path_and_query = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+        let body = body.map(|body| serde_json::to_vec(&body).expect("a Value always serializes"));
+        let reply = self.connection.send(method, &path_and_query, body).await?;
+        let status = reply.status;
+        let text = reply.text().await?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             return Ok(value);
@@ -151,21 +148,17 @@ impl Client {
         if out.exists() {
             return Err(CliError::Usage(format!("{} already exists: name a new file", out.display())));
         }
-        let url = format!("{}{path}", self.base);
-        let unreachable = |e: reqwest::Error| {
-            CliError::Unreachable(format!("could not reach node at {}: {}", self.base, root_cause(&e)))
-        };
-        let mut response = self.http.get(&url).send().await.map_err(unreachable)?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
+        let mut reply = self.connection.send(Method::GET, path, None).await?;
+        if !reply.status.is_success() {
+            let status = reply.status;
+            let text = reply.text().await.unwrap_or_default();
             return Err(refusal(status, &serde_json::from_str(&text).unwrap_or(Value::String(text))));
         }
         let partial = out.with_extension("partial");
         let cannot = |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", partial.display()));
         let mut file = tokio::fs::File::create(&partial).await.map_err(cannot)?;
         let mut written = 0;
-        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        while let Some(chunk) = reply.chunk().await? {
             file.write_all(&chunk).await.map_err(cannot)?;
             written += chunk.len() as u64;
         }
@@ -195,14 +188,6 @@ fn refusal(status: StatusCode, value: &Value) -> CliError {
     } else {
         CliError::Failed(format!("node error ({status}): {message}"))
     }
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
 }
 
 /// Parses JSON given on the command line, refusing empty, invalid or oversized input.
@@ -304,7 +289,7 @@ fn report_accepted(client: &Client, what: &str, answer: &Value) {
     } else {
         let replicas = answer.get("replicas").and_then(Value::as_u64).unwrap_or(0);
         let also = if replicas > 0 { format!(" and on {replicas} other nodes") } else { String::new() };
-        println!("{what} accepted as generation {} (durable on {}{also})", text(answer, "generation"), client.base);
+        println!("{what} accepted as generation {} (durable on {}{also})", text(answer, "generation"), client.base());
     }
 }
 
@@ -452,9 +437,9 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
 pub async fn backup(client: &Client, out: &Path) -> Result<(), CliError> {
     let bytes = client.download("/v1/backup", out).await?;
     if client.json {
-        print_json(&serde_json::json!({"file": out, "bytes": bytes, "node": client.base}));
+        print_json(&serde_json::json!({"file": out, "bytes": bytes, "node": client.base()}));
     } else {
-        println!("wrote {} ({bytes} bytes): the store of the node at {}", out.display(), client.base);
+        println!("wrote {} ({bytes} bytes): the store of the node at {}", out.display(), client.base());
         println!("to restore: stop that node, put the file in place of DATA/grapevine.redb, start it");
     }
     Ok(())

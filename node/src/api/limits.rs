@@ -1,0 +1,134 @@
+//! Request rates per client: a token bucket per client and class of endpoint, so one runaway
+//! script or application cannot take a node's API from everyone else (answered 429, counted).
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+
+/// Which budget a request draws from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Changes, rollouts, history, status, backups: what operators and pipelines call.
+    Admin,
+    /// Flag evaluation (OFREP), config and flag reads, watches and health pushes: what
+    /// applications call, often per request they serve.
+    Applications,
+}
+
+impl Class {
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Admin => "admin",
+            Class::Applications => "applications",
+        }
+    }
+}
+
+/// `[limits]` in the node config, as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Admin requests per second per client (1 to 1000000); default 20.
+    pub admin_per_s: Option<u32>,
+    /// How many admin requests a client may make at once after a quiet spell; default 100.
+    pub admin_burst: Option<u32>,
+    /// Application requests per second per client (1 to 1000000); default 10000.
+    pub applications_per_s: Option<u32>,
+    /// Default 20000.
+    pub applications_burst: Option<u32>,
+}
+
+/// The checked budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub admin: (NonZeroU32, NonZeroU32),
+    pub applications: (NonZeroU32, NonZeroU32),
+}
+
+impl Limits {
+    pub fn from_section(section: &LimitsSection) -> Result<Limits, String> {
+        let value = |name: &str, given: Option<u32>, default: u32| -> Result<NonZeroU32, String> {
+            let value = given.unwrap_or(default);
+            NonZeroU32::new(value)
+                .filter(|v| v.get() <= 1_000_000)
+                .ok_or_else(|| format!("{name}: expected 1 to 1000000, got {value}"))
+        };
+        Ok(Limits {
+            admin: (value("admin_per_s", section.admin_per_s, 20)?, value("admin_burst", section.admin_burst, 100)?),
+            applications: (
+                value("applications_per_s", section.applications_per_s, 10_000)?,
+                value("applications_burst", section.applications_burst, 20_000)?,
+            ),
+        })
+    }
+}
+
+/// The buckets of every client, by class.
+pub struct RateLimits {
+    limits: Limits,
+    admin: DefaultKeyedRateLimiter<String>,
+    applications: DefaultKeyedRateLimiter<String>,
+    checks: AtomicU64,
+}
+
+/// Clients forgotten (their buckets full again) every this many checks, so the map of
+/// clients stays as small as the set of recent ones.
+const FORGET_EVERY: u64 = 4096;
+
+impl RateLimits {
+    pub fn new(limits: Limits) -> RateLimits {
+        let keyed =
+            |(rate, burst): (NonZeroU32, NonZeroU32)| RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst));
+        RateLimits {
+            limits,
+            admin: keyed(limits.admin),
+            applications: keyed(limits.applications),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one request from `client`'s bucket of `class`, or says how long until one is there.
+    pub fn take(&self, class: Class, client: &str) -> Result<(), Duration> {
+        let limiter = match class {
+            Class::Admin => &self.admin,
+            Class::Applications => &self.applications,
+        };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&client.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// The rate of `class`, for messages.
+    pub fn rate(&self, class: Class) -> u32 {
+        match class {
+            Class::Admin => self.limits.admin.0.get(),
+            Class::Applications => self.limits.applications.0.get(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_past_its_burst_waits_and_others_do_not() {
+        let section = LimitsSection { admin_per_s: Some(1), admin_burst: Some(2), ..Default::default() };
+        let limits = RateLimits::new(Limits::from_section(&section).unwrap());
+        assert!(limits.take(Class::Admin, "a").is_ok());
+        assert!(limits.take(Class::Admin, "a").is_ok());
+        let wait = limits.take(Class::Admin, "a").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(limits.take(Class::Admin, "b").is_ok(), "each client has its own bucket");
+        assert!(limits.take(Class::Applications, "a").is_ok(), "and each class");
+        let refused = Limits::from_section(&LimitsSection { admin_per_s: Some(0), ..Default::default() });
+        assert_eq!(refused.unwrap_err(), "admin_per_s: expected 1 to 1000000, got 0");
+    }
+}
