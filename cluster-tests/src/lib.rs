@@ -48,6 +48,7 @@ pub fn in_process_limits() -> grapevine_node::api::limits::LimitsSection {
         admin_burst: Some(1_000_000),
         applications_per_s: Some(1_000_000),
         applications_burst: Some(1_000_000),
+        api_connections: None,
     }
 }
 
@@ -140,6 +141,8 @@ pub struct Node {
     pub config_toml: String,
     /// Appended to the config file: `[auth]` ([`test_auth_toml`] unless a test sets another).
     pub auth_toml: String,
+    /// Environment variables of the node's process (test hooks of the `testsuite` feature).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -174,6 +177,7 @@ impl Node {
             .args(["--listen", &self.gossip.to_string(), "--api", &self.api.to_string()])
             .args(["--data".as_ref(), self.data.as_os_str(), "--tls".as_ref(), self.tls.as_os_str()])
             .env("GRAPEVINE_LOG", "info,chitchat=warn")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(interval) = self.gossip_interval_ms {
@@ -465,6 +469,7 @@ impl Cluster {
             netns: self.netns.clone(),
             config_toml: "[rollout]\nwaves = \"100%\"\n".to_owned(),
             auth_toml: test_auth_toml(),
+            env: Vec::new(),
         });
         Ok(self.nodes.last_mut().expect("just pushed"))
     }

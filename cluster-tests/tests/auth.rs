@@ -168,3 +168,51 @@ fn a_client_over_its_rate_is_told_to_wait_and_others_are_not() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn connections_past_the_limit_are_answered_503_and_counted() -> Result<()> {
+    use std::io::{Read, Write};
+    let mut cluster = Cluster::new(1)?;
+    let node = &mut cluster.nodes[0];
+    node.auth_toml = format!(
+        "{}\n{}api_connections = 2\n",
+        grapevine_cluster_tests::test_token_toml(),
+        grapevine_cluster_tests::TEST_LIMITS_TOML
+    );
+    node.start()?;
+    let node = &cluster.nodes[0];
+    // Two watchers hold their connections open.
+    let watch = format!(
+        "GET /v1/watch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        grapevine_cluster_tests::TEST_TOKEN
+    );
+    let mut watchers = Vec::new();
+    for _ in 0..2 {
+        let mut stream = std::net::TcpStream::connect(node.api)?;
+        stream.write_all(watch.as_bytes())?;
+        let mut first = [0u8; 12];
+        stream.read_exact(&mut first)?;
+        assert_eq!(&first, b"HTTP/1.1 200");
+        watchers.push(stream);
+    }
+    let (status, body) = http_get(&format!("{}/v1/status", node.url()))?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("has 2 API connections open, its limit ([limits] api_connections); retry later"), "{body}");
+    drop(watchers.pop());
+    grapevine_cluster_tests::wait_until(std::time::Duration::from_secs(5), "a slot to free", || {
+        http_get(&format!("{}/v1/status", node.url())).is_ok_and(|(status, _)| status == 200)
+    })?;
+    // The server frees a slot once it has seen the previous connection close: retry briefly.
+    let mut metrics = String::new();
+    grapevine_cluster_tests::wait_until(std::time::Duration::from_secs(5), "the metrics", || {
+        let answer = http_get(&format!("{}/metrics", node.url()));
+        answer.is_ok_and(|(status, body)| {
+            metrics = body;
+            status == 200
+        })
+    })?;
+    let refused =
+        metrics.lines().find_map(|l| l.strip_prefix("grapevine_api_connections_refused_total ")?.parse::<f64>().ok());
+    assert!(refused.is_some_and(|count| count >= 1.0), "{refused:?}");
+    Ok(())
+}

@@ -237,6 +237,12 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         metrics,
     };
     let api_shutdown = shutdown.clone();
+    let api_listener = crate::api::limits::LimitedListener::new(
+        api_listener,
+        config.limits.api_connections.get() as usize,
+        config.name.to_string(),
+        api_state.metrics.clone(),
+    );
     let socket_api = socket_listener.map(|(listener, path)| {
         let (app, shutdown) = (router(api_state.clone()), shutdown.clone());
         async move {
@@ -249,7 +255,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     });
     let api = async move {
         // With the client's address, by which anonymous clients are rate-limited.
-        let app = router(api_state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(api_state).into_make_service_with_connect_info::<crate::api::limits::ClientAddr>();
         let serve = axum::serve(api_listener, app).with_graceful_shutdown(api_shutdown.cancelled_owned());
         if let Err(error) = serve.await {
             tracing::error!(%error, "API server failed");

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub api_auth_refusals: Family<Reason, Counter>,
     /// API requests answered 429, by class (`admin`, `applications`).
     pub api_rate_limited: Family<Reason, Counter>,
+    /// API connections answered 503 because the node had its limit open.
+    pub api_connections_refused: Counter,
+    /// Peer connections refused: `too_many` (the node's limit), `per_peer` (one certificate's).
+    pub peer_connections_refused: Family<Reason, Counter>,
     /// Generations received by log sync and stored.
     pub sync_generations_stored: Counter,
     /// Malformed traffic from peers (frames, requests, generations) dropped, by kind.
@@ -141,6 +145,8 @@ impl Metrics {
             sync_format_withheld: Counter::default(),
             api_auth_refusals: Family::default(),
             api_rate_limited: Family::default(),
+            peer_connections_refused: Family::default(),
+            api_connections_refused: Counter::default(),
             sync_generations_stored: Counter::default(),
             peer_malformed: Family::default(),
             changes: Family::default(),
@@ -180,6 +186,16 @@ impl Metrics {
         r.register("sync_served", "Log-sync pulls served, by outcome", metrics.sync_served.clone());
         r.register("sync_pushes", "Eager pushes sent, by outcome", metrics.sync_pushes.clone());
         r.register("sync_pushes_received", "Eager pushes received, by outcome", metrics.sync_pushes_received.clone());
+        r.register(
+            "api_connections_refused",
+            "API connections answered 503 because the node had its limit open ([limits] api_connections)",
+            metrics.api_connections_refused.clone(),
+        );
+        r.register(
+            "peer_connections_refused",
+            "Peer connections refused: too_many (the node's limit) or per_peer (one certificate's limit)",
+            metrics.peer_connections_refused.clone(),
+        );
         r.register(
             "api_rate_limited",
             "API requests over their client's rate, by class (admin, applications): answered 429",

@@ -42,6 +42,11 @@ const STREAM_INBOX_CAPACITY: usize = 64;
 /// ceiling (400) gossips with a few peers at a time, so this leaves room for sync too.
 const MAX_CONNECTIONS: usize = 1024;
 
+/// Most connections open at once with one peer (one certificate), whatever addresses it
+/// comes from. A peer needs one, two while both sides dial at once, a few more across
+/// restarts; past it a node with a valid certificate could take every connection slot.
+const MAX_CONNECTIONS_PER_PEER: usize = 4;
+
 /// How long a QUIC handshake may take before the peer is treated as unreachable.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -63,6 +68,8 @@ pub const STREAM_PUSH: u8 = 3;
 /// The application close code of a connection closed because a reload stopped trusting the
 /// peer's certificate (0 is a shutdown). The peer redials and its handshake is refused.
 pub const CLOSE_UNTRUSTED: u32 = 1;
+/// The application close code of a connection over [`MAX_CONNECTIONS_PER_PEER`].
+pub const CLOSE_TOO_MANY: u32 = 2;
 
 /// Why the transport could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -291,6 +298,16 @@ impl Inner {
         self.connections.lock().expect("connection map lock poisoned").len()
     }
 
+    /// Open connections whose peer presented the same certificate as `connection`'s.
+    fn connections_of_peer(&self, connection: &Connection) -> usize {
+        let Some(certificate) = peer_certificate(connection) else { return 0 };
+        let connections = self.connections.lock().expect("connection map lock poisoned");
+        connections
+            .values()
+            .filter(|c| c.close_reason().is_none() && peer_certificate(c).as_deref() == Some(certificate.as_slice()))
+            .count()
+    }
+
     fn register(&self, connection: Connection) {
         let mut connections = self.connections.lock().expect("connection map lock poisoned");
         connections.insert(connection.remote_address(), connection);
@@ -368,9 +385,17 @@ fn is_tls_failure(error: &ConnectionError) -> bool {
     (0x100..=0x1ff).contains(&u64::from(code))
 }
 
+/// The end-entity certificate the peer presented at the handshake (DER).
+fn peer_certificate(connection: &Connection) -> Option<Vec<u8>> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
+    chain.first().map(|certificate| certificate.to_vec())
+}
+
 async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
         if inner.connection_count() >= MAX_CONNECTIONS {
+            inner.metrics.peer_connections_refused.get_or_create(&reason("too_many")).inc();
             incoming.refuse();
             continue;
         }
@@ -383,6 +408,12 @@ async fn accept_loop(inner: Arc<Inner>) {
             };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
                 Ok(Ok(connection)) => {
+                    if inner.connections_of_peer(&connection) >= MAX_CONNECTIONS_PER_PEER {
+                        inner.metrics.peer_connections_refused.get_or_create(&reason("per_peer")).inc();
+                        let why = format!("already {MAX_CONNECTIONS_PER_PEER} connections open with this certificate");
+                        connection.close(CLOSE_TOO_MANY.into(), why.as_bytes());
+                        return;
+                    }
                     inner.register(connection.clone());
                     serve_connection(inner, connection).await;
                 }
@@ -469,5 +500,44 @@ async fn hand_over_stream(inner: Arc<Inner>, peer: SocketAddr, send: SendStream,
     let stream = IncomingStream { peer, kind: kind[0], send, recv };
     if inner.streams_tx.try_send(stream).is_err() {
         inner.metrics.sync_served.get_or_create(&reason("busy")).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{ca_init, ca_issue};
+
+    /// A node that dials from many addresses with one certificate gets at most
+    /// [`MAX_CONNECTIONS_PER_PEER`] connections; the next is closed, saying why, and counted.
+    #[tokio::test]
+    async fn one_peer_gets_a_bounded_number_of_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        ca_init(&ca).unwrap();
+        for name in ["a", "b"] {
+            ca_issue(&ca, name, &["127.0.0.1".parse().unwrap()], &[], &dir.path().join(name)).unwrap();
+        }
+        let bind = |name: &str| {
+            let tls = NodeTls::load(&dir.path().join(name)).unwrap();
+            Transport::bind("127.0.0.1:0".parse().unwrap(), &tls, Arc::new(Metrics::new())).unwrap()
+        };
+        let (server, _server_inboxes) = bind("b");
+        let mut clients = Vec::new();
+        let mut connections = Vec::new();
+        for _ in 0..MAX_CONNECTIONS_PER_PEER + 1 {
+            let (client, inboxes) = bind("a");
+            connections.push(client.connect(server.local_addr()).await.unwrap());
+            clients.push((client, inboxes));
+            // The server registers each connection once its handshake is done.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let last = connections.last().unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(5), last.closed()).await.unwrap();
+        let quinn::ConnectionError::ApplicationClosed(close) = why else { panic!("{why:?}") };
+        assert_eq!(close.error_code, CLOSE_TOO_MANY.into());
+        assert_eq!(String::from_utf8_lossy(&close.reason), "already 4 connections open with this certificate");
+        assert!(connections[..MAX_CONNECTIONS_PER_PEER].iter().all(|c| c.close_reason().is_none()));
+        assert_eq!(server.metrics().peer_connections_refused.get_or_create(&reason("per_peer")).get(), 1);
     }
 }

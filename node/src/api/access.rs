@@ -75,9 +75,10 @@ pub async fn authorize(
         Err(refusal) => return refused(&state, refusal).into_response(),
     };
     // Authenticated clients are limited by name, anonymous ones by address.
-    let client = match (&principal, request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()) {
+    let client = match (&principal, request.extensions().get::<axum::extract::ConnectInfo<super::limits::ClientAddr>>())
+    {
         (Some(principal), _) if principal.authenticated => principal.name.clone(),
-        (_, Some(address)) => format!("ip:{}", address.0.ip()),
+        (_, Some(address)) => format!("ip:{}", address.0.0.ip()),
         _ => "anonymous".to_owned(),
     };
     let class = class_of(request.method(), path.as_str());
