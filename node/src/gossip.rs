@@ -7,8 +7,13 @@
 //! log size, latest applied generation, state digest, and its version vector as one key per
 //! origin (`vv.<origin>` = highest contiguous seq), so a new generation changes one tiny key.
 //! Generation bodies never travel in chitchat.
+//!
+//! Reports (`rep.<generation>`) and KPIs (`kpi`) are signed by the node's TLS key, and the node
+//! publishes its certificate (`cert`); readers keep only values that verify (see [`signed`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+pub mod signed;
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,10 +31,12 @@ use grapevine_proto::wire::OLDEST_READABLE;
 use grapevine_proto::{GenId, NodeName, VersionVector};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
-use tracing::debug;
+use tracing::{debug, warn};
 
+use self::signed::{Published, Signer, Verifier};
 use crate::health::PeerHealth;
-use crate::metrics::{Metrics, reason};
+use crate::metrics::{Metrics, WarnLimiter, reason};
+use crate::tls::NodeIdentity;
 use crate::transport::Transport;
 
 pub const KEY_API: &str = "api";
@@ -64,6 +71,14 @@ const MAX_SEEN_REPORTS: usize = 64 * 1024;
 
 /// Most peers with a live sender task; past it, messages to new peers are dropped.
 const MAX_PEER_SENDERS: usize = 1024;
+
+/// A refused report is logged at most once per member and reason in this interval; every
+/// refusal is counted.
+const FORGED_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Fields of an unsigned `rep.` value (`h:12000`) and `kpi` value (`120:3:41.5:60`).
+const REPORT_FIELDS: usize = 2;
+const KPI_FIELDS: usize = 4;
 
 /// How chitchat runs on this node.
 #[derive(Clone, Debug)]
@@ -120,6 +135,43 @@ pub struct Gossip {
     reports_seen: Mutex<HashMap<(String, String), (String, Instant)>>,
     /// Keep the subscriptions that feed the notifications alive.
     _listeners: [ListenerHandle; 3],
+    /// The current certificate and key (a reload swaps them) and the CA bundle.
+    transport: Transport,
+    cluster_id: String,
+    name: NodeName,
+    incarnation: u64,
+    /// What this node signed and published, to sign again after a certificate reload.
+    signing: Mutex<Signing>,
+    verifier: Mutex<Verifier>,
+    forged_warnings: WarnLimiter,
+    #[cfg(feature = "testsuite")]
+    forge: Option<signed::Forge>,
+}
+
+/// This node's signed values, kept to sign them again with a reloaded key.
+#[derive(Default)]
+struct Signing {
+    /// The identity the published values are signed with.
+    identity: Option<Arc<NodeIdentity>>,
+    /// Each published report and when it was written (its age grows from then).
+    reports: BTreeMap<GenId, (Report, Instant)>,
+    kpis: Option<Window>,
+}
+
+/// A value of a member's state that must be signed, as read inside chitchat's lock (checked
+/// outside it).
+struct Raw {
+    id: ChitchatId,
+    certificate: Option<String>,
+    key: String,
+    value: String,
+}
+
+impl Raw {
+    fn of(id: &ChitchatId, state: &NodeState, key: &str, value: &str) -> Raw {
+        let certificate = state.get(signed::KEY_CERT).map(str::to_owned);
+        Raw { id: id.clone(), certificate, key: key.to_owned(), value: value.to_owned() }
+    }
 }
 
 impl Gossip {
@@ -128,8 +180,21 @@ impl Gossip {
         config: &GossipConfig,
         transport: Transport,
         inbox: mpsc::Receiver<(SocketAddr, Bytes)>,
-        initial_keys: Vec<(String, String)>,
+        mut initial_keys: Vec<(String, String)>,
     ) -> anyhow::Result<Gossip> {
+        #[cfg(feature = "testsuite")]
+        let forge = signed::Forge::from_env();
+        let identity = transport.identity();
+        #[cfg(feature = "testsuite")]
+        let identity_shown = match &forge {
+            Some(forge) if forge.publish_certificate => &forge.identity,
+            _ => &*identity,
+        };
+        #[cfg(not(feature = "testsuite"))]
+        let identity_shown = &*identity;
+        initial_keys.push((signed::KEY_CERT.to_owned(), signed::certificate_value(identity_shown)));
+        let signing = Mutex::new(Signing { identity: Some(identity), ..Signing::default() });
+        let own_transport = transport.clone();
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(config.name.as_str(), config.incarnation, config.advertise),
             cluster_id: config.cluster_id.clone(),
@@ -159,7 +224,22 @@ impl Gossip {
             subscribe(PREFIX_REPORT, reports_changed.clone()).await,
         ];
         let reports_seen = Mutex::new(HashMap::new());
-        Ok(Gossip { handle, version_vectors_changed, reports_changed, reports_seen, _listeners: listeners })
+        Ok(Gossip {
+            handle,
+            version_vectors_changed,
+            reports_changed,
+            reports_seen,
+            _listeners: listeners,
+            transport: own_transport,
+            cluster_id: config.cluster_id.clone(),
+            name: config.name.clone(),
+            incarnation: config.incarnation,
+            signing,
+            verifier: Mutex::new(Verifier::default()),
+            forged_warnings: WarnLimiter::new(FORGED_WARN_INTERVAL),
+            #[cfg(feature = "testsuite")]
+            forge,
+        })
     }
 
     /// Sets keys of this node's state.
@@ -184,10 +264,114 @@ impl Gossip {
         self.reports_changed.clone()
     }
 
-    /// Publishes this node's reports.
+    /// Publishes this node's reports, signed. After a certificate reload, it first publishes
+    /// the new certificate and signs every report and the KPIs again (aged since written).
     pub async fn publish_reports(&self, reports: &BTreeMap<GenId, Report>) {
-        let keys = reports.iter().map(|(id, report)| (format!("{PREFIX_REPORT}{id}"), report.to_string())).collect();
-        self.set_keys(keys).await;
+        let now = Instant::now();
+        let current = self.transport.identity();
+        let keys = {
+            let mut signing = self.signing.lock().expect("signing lock poisoned");
+            for (id, report) in reports {
+                signing.reports.insert(id.clone(), (*report, now));
+            }
+            let reloaded = !signing.identity.as_ref().is_some_and(|used| Arc::ptr_eq(used, &current));
+            let mut keys = Vec::new();
+            let mut to_sign: Vec<(GenId, Report)> = reports.iter().map(|(id, r)| (id.clone(), *r)).collect();
+            if reloaded {
+                signing.identity = Some(current.clone());
+                keys.push((signed::KEY_CERT.to_owned(), signed::certificate_value(self.shown_identity(&current))));
+                to_sign = signing
+                    .reports
+                    .iter()
+                    .map(|(id, (report, at))| {
+                        let elapsed_ms = report.elapsed_ms + now.duration_since(*at).as_millis() as u64;
+                        (id.clone(), Report { elapsed_ms, ..*report })
+                    })
+                    .collect();
+                if let Some(kpis) = signing.kpis {
+                    keys.push((KEY_KPI.to_owned(), self.sign(&current, KEY_KPI, &kpis.to_string())));
+                }
+            }
+            for (id, report) in to_sign {
+                let key = format!("{PREFIX_REPORT}{id}");
+                let value = self.sign(&current, &key, &self.forged(report).to_string());
+                keys.push((key, value));
+            }
+            keys
+        };
+        if !keys.is_empty() {
+            self.set_keys(keys).await;
+        }
+    }
+
+    /// Publishes this node's KPIs, signed.
+    pub async fn publish_kpis(&self, kpis: Window) {
+        let identity = {
+            let mut signing = self.signing.lock().expect("signing lock poisoned");
+            signing.kpis = Some(kpis);
+            signing.identity.clone().unwrap_or_else(|| self.transport.identity())
+        };
+        let value = self.sign(&identity, KEY_KPI, &kpis.to_string());
+        self.set_keys(vec![(KEY_KPI.to_owned(), value)]).await;
+    }
+
+    /// `value` of `key` signed by this node (unsigned if the key cannot sign: peers refuse it).
+    fn sign(&self, identity: &NodeIdentity, key: &str, value: &str) -> String {
+        #[cfg(feature = "testsuite")]
+        let identity = self.forge.as_ref().map_or(identity, |forge| &forge.identity);
+        let signer = Signer { cluster: &self.cluster_id, name: self.name.as_str(), incarnation: self.incarnation };
+        signed::sign(identity, signer, key, value).unwrap_or_else(|| value.to_owned())
+    }
+
+    /// The identity whose certificate this node publishes.
+    fn shown_identity<'a>(&'a self, identity: &'a NodeIdentity) -> &'a NodeIdentity {
+        #[cfg(feature = "testsuite")]
+        if let Some(forge) = self.forge.as_ref().filter(|forge| forge.publish_certificate) {
+            return &forge.identity;
+        }
+        identity
+    }
+
+    /// The report as published: a forger (tests) says what it was told to.
+    fn forged(&self, report: Report) -> Report {
+        #[cfg(feature = "testsuite")]
+        if let Some(forge) = &self.forge {
+            return Report { verdict: forge.verdict, ..report };
+        }
+        report
+    }
+
+    /// The values of `raw` whose signature by their member verifies, unsigned; refusals are
+    /// counted and logged (at most once per member and reason per [`FORGED_WARN_INTERVAL`]).
+    fn keep_signed(&self, raw: Vec<Raw>, fields: usize) -> Vec<(ChitchatId, String, String)> {
+        let trust = self.transport.trust();
+        let now = Instant::now();
+        let mut verifier = self.verifier.lock().expect("verifier lock poisoned");
+        let mut kept = Vec::with_capacity(raw.len());
+        for Raw { id, certificate, key, value } in raw {
+            let signer = Signer { cluster: &self.cluster_id, name: &id.node_id, incarnation: id.generation_id };
+            let published = Published { signer, certificate: certificate.as_deref(), key: &key, value: &value };
+            match verifier.check(&trust, &published, fields, now) {
+                Ok(unsigned) => {
+                    let unsigned = unsigned.to_owned();
+                    kept.push((id, key, unsigned));
+                }
+                Err(refused) => self.refused(&id, &key, refused),
+            }
+        }
+        kept
+    }
+
+    fn refused(&self, id: &ChitchatId, key: &str, refused: signed::Refused) {
+        if !refused.first {
+            return;
+        }
+        let reason_label = refused.refusal.reason();
+        self.transport.metrics().forged_reports.get_or_create(&reason(reason_label)).inc();
+        if self.forged_warnings.allow(&format!("{}/{reason_label}", id.node_id)) {
+            let (member, refusal) = (&id.node_id, refused.refusal);
+            warn!(%member, key, reason = reason_label, %refusal, "refused a peer's report; it counts as no report");
+        }
     }
 
     /// Withdraws this node's reports on generations it no longer judges, and why it reverted
@@ -195,6 +379,12 @@ impl Gossip {
     pub async fn delete_reports(&self, generations: &[GenId]) {
         if generations.is_empty() {
             return;
+        }
+        {
+            let mut signing = self.signing.lock().expect("signing lock poisoned");
+            for id in generations {
+                signing.reports.remove(id);
+            }
         }
         let keys: Vec<String> = generations
             .iter()
@@ -217,25 +407,28 @@ impl Gossip {
     /// never counts as healthy.
     pub async fn reports_for(&self, generation: &GenId) -> BTreeMap<NodeName, Report> {
         let key = format!("{PREFIX_REPORT}{generation}");
-        let raw: Vec<(NodeName, String)> = self
+        let raw: Vec<Raw> = self
             .handle
             .with_chitchat(|chitchat| {
                 chitchat
                     .live_nodes()
                     .filter_map(|id| {
-                        let value = chitchat.node_state(id)?.get(&key)?.to_owned();
-                        Some((id.node_id.parse::<NodeName>().ok()?, value))
+                        let state = chitchat.node_state(id)?;
+                        Some(Raw::of(id, state, &key, state.get(&key)?))
                     })
                     .collect()
             })
             .await;
+        let signed = self.keep_signed(raw, REPORT_FIELDS);
         let now = Instant::now();
         let mut seen = self.reports_seen.lock().expect("reports lock poisoned");
         if seen.len() > MAX_SEEN_REPORTS {
             seen.clear();
         }
-        raw.into_iter()
-            .filter_map(|(node, value)| {
+        signed
+            .into_iter()
+            .filter_map(|(id, _, value)| {
+                let node = id.node_id.parse::<NodeName>().ok()?;
                 let mut report = value.parse::<Report>().ok()?;
                 let slot = seen.entry((node.to_string(), key.clone())).or_insert_with(|| (value.clone(), now));
                 if slot.0 != value {
@@ -252,39 +445,49 @@ impl Gossip {
     /// with several incarnations keeps its worst verdict.
     pub async fn all_reports_for(&self, generation: &GenId) -> BTreeMap<NodeName, Report> {
         let key = format!("{PREFIX_REPORT}{generation}");
-        self.handle
+        let raw: Vec<Raw> = self
+            .handle
             .with_chitchat(|chitchat| {
-                let mut reports: BTreeMap<NodeName, Report> = BTreeMap::new();
-                for (id, state) in chitchat.node_states() {
-                    let parsed = state.get(&key).and_then(|v| v.parse::<Report>().ok());
-                    let (Some(report), Ok(name)) = (parsed, id.node_id.parse::<NodeName>()) else { continue };
-                    let slot = reports.entry(name).or_insert(report);
-                    if report.verdict > slot.verdict {
-                        *slot = report;
-                    }
-                }
-                reports
+                let states = chitchat.node_states().iter();
+                states.filter_map(|(id, state)| Some(Raw::of(id, state, &key, state.get(&key)?))).collect()
             })
-            .await
+            .await;
+        let mut reports: BTreeMap<NodeName, Report> = BTreeMap::new();
+        for (id, _, value) in self.keep_signed(raw, REPORT_FIELDS) {
+            let (Ok(report), Ok(name)) = (value.parse::<Report>(), id.node_id.parse::<NodeName>()) else { continue };
+            let slot = reports.entry(name).or_insert(report);
+            if report.verdict > slot.verdict {
+                *slot = report;
+            }
+        }
+        reports
     }
 
     /// Generations some member (live or dead) reports anomalous.
     pub async fn anomalous_generations(&self) -> Vec<GenId> {
-        let mut generations: Vec<GenId> = self
+        let anomalous = Verdict::Anomalous.as_char();
+        let raw: Vec<Raw> = self
             .handle
-            .with_chitchat(|chitchat| {
-                chitchat
-                    .node_states()
-                    .values()
-                    .flat_map(|state| state.key_values())
-                    .filter_map(|(key, value)| {
-                        let id = key.strip_prefix(PREFIX_REPORT)?;
-                        let report = value.parse::<Report>().ok()?;
-                        (report.verdict == Verdict::Anomalous).then(|| id.parse::<GenId>().ok()).flatten()
-                    })
-                    .collect()
+            .with_chitchat(move |chitchat| {
+                let mut raw = Vec::new();
+                for (id, state) in chitchat.node_states() {
+                    let reports = state.key_values().filter(|(key, _)| key.starts_with(PREFIX_REPORT));
+                    for (key, value) in reports.filter(|(_, value)| value.starts_with(anomalous)) {
+                        raw.push(Raw::of(id, state, key, value));
+                    }
+                }
+                raw
             })
             .await;
+        let mut generations: Vec<GenId> = self
+            .keep_signed(raw, REPORT_FIELDS)
+            .into_iter()
+            .filter_map(|(_, key, value)| {
+                let report = value.parse::<Report>().ok()?;
+                let id = key.strip_prefix(PREFIX_REPORT)?.parse::<GenId>().ok()?;
+                (report.verdict == Verdict::Anomalous).then_some(id)
+            })
+            .collect();
         generations.sort();
         generations.dedup();
         generations
@@ -323,23 +526,30 @@ impl Gossip {
     /// Live peers (this node excluded): their KPIs, the generations they report on, and
     /// those they judge healthy.
     pub async fn peer_health(&self) -> BTreeMap<NodeName, PeerHealth> {
-        self.live_peers(|id, state| {
-            let kpis = state.get(KEY_KPI).and_then(|v| v.parse::<Window>().ok());
-            let (mut reported, mut healthy) = (BTreeSet::new(), BTreeSet::new());
-            for (key, value) in state.key_values() {
-                let Some(generation) = key.strip_prefix(PREFIX_REPORT).and_then(|g| g.parse::<GenId>().ok()) else {
-                    continue;
-                };
-                if value.parse::<Report>().is_ok_and(|report| report.verdict == Verdict::Healthy) {
-                    healthy.insert(generation.clone());
-                }
-                reported.insert(generation);
+        let peers: Vec<(Vec<Raw>, Vec<Raw>)> = self
+            .live_peers(|id, state| {
+                let kpis = state.get(KEY_KPI).map(|value| Raw::of(id, state, KEY_KPI, value)).into_iter().collect();
+                let reports = state.key_values().filter(|(key, _)| key.starts_with(PREFIX_REPORT));
+                Some((kpis, reports.map(|(key, value)| Raw::of(id, state, key, value)).collect()))
+            })
+            .await;
+        let mut health: BTreeMap<NodeName, PeerHealth> = BTreeMap::new();
+        for (kpis, reports) in peers {
+            for (id, _, value) in self.keep_signed(kpis, KPI_FIELDS) {
+                let Ok(name) = id.node_id.parse::<NodeName>() else { continue };
+                health.entry(name).or_default().kpis = value.parse::<Window>().ok();
             }
-            Some((id.node_id.parse::<NodeName>().ok()?, PeerHealth { kpis, reported, healthy }))
-        })
-        .await
-        .into_iter()
-        .collect()
+            for (id, key, value) in self.keep_signed(reports, REPORT_FIELDS) {
+                let generation = key.strip_prefix(PREFIX_REPORT).and_then(|g| g.parse::<GenId>().ok());
+                let (Some(generation), Ok(name)) = (generation, id.node_id.parse::<NodeName>()) else { continue };
+                let peer = health.entry(name).or_default();
+                if value.parse::<Report>().is_ok_and(|report| report.verdict == Verdict::Healthy) {
+                    peer.healthy.insert(generation.clone());
+                }
+                peer.reported.insert(generation);
+            }
+        }
+        health
     }
 
     /// Says why this node wrote the revert of `generation`.
@@ -359,9 +569,15 @@ impl Gossip {
     }
 
     /// The KPIs that members `names` (live or dead) last published, by name.
+    /// (Shown as published, without the signature: they only describe an alert.)
     pub async fn kpis_of(&self, names: &[NodeName]) -> BTreeMap<String, String> {
         let mut kpis = self.members_value_of(KEY_KPI.to_owned()).await;
         kpis.retain(|name, _| names.iter().any(|wanted| wanted.as_str() == name));
+        for value in kpis.values_mut() {
+            if let Ok((unsigned, _)) = signed::split(value, KPI_FIELDS) {
+                *value = unsigned.to_owned();
+            }
+        }
         kpis
     }
 

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::alerts::{Alert, AlertKind, Alerts};
-use crate::gossip::{Gossip, KEY_KPI};
+use crate::gossip::Gossip;
 
 /// Generations whose reports are kept at once; past it, the one applied longest ago goes.
 const MAX_TRACKED: usize = 256;
@@ -518,7 +518,7 @@ pub async fn run(task: HealthTask, shutdown: CancellationToken) {
                 sample_sources(&health, &config, &http).await;
                 health.set_peers(gossip.peer_health().await);
                 if let Some(kpis) = health.kpis().filter(|_| kpis_published.is_none_or(|at| at.elapsed() >= KPI_PUBLISH_INTERVAL)) {
-                    gossip.set_keys(vec![(KEY_KPI.to_owned(), kpis.to_string())]).await;
+                    gossip.publish_kpis(kpis).await;
                     kpis_published = Some(Instant::now());
                 }
                 health.judge_all();

@@ -100,6 +100,9 @@ pub struct Metrics {
     pub reverts_known: Gauge,
     /// Generations this node judged anomalous (each one reported once).
     pub anomaly_reports: Counter,
+    /// Peers' signed gossip values (reports, KPIs) refused, by reason (`unsigned`,
+    /// `bad_signature`, `no_certificate`, `untrusted_certificate`, `wrong_name`).
+    pub forged_reports: Family<Reason, Counter>,
     /// Alerts raised by this node, by kind (`anomaly`, `revert`).
     pub alerts: Family<Reason, Counter>,
     /// Webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
@@ -159,6 +162,7 @@ impl Metrics {
             reverts: Family::default(),
             reverts_known: Gauge::default(),
             anomaly_reports: Counter::default(),
+            forged_reports: Family::default(),
             alerts: Family::default(),
             webhook_deliveries: Family::default(),
             file_renders: Family::default(),
@@ -244,6 +248,11 @@ impl Metrics {
         r.register("reverts", "Reverts learned, by how: quorum, rollback, received", metrics.reverts.clone());
         r.register("reverts_known", "Reverts held in the log", metrics.reverts_known.clone());
         r.register("anomaly_reports", "Generations this node judged anomalous", metrics.anomaly_reports.clone());
+        r.register(
+            "forged_reports",
+            "Peers' reports and KPIs refused for a missing or bad signature or certificate, by reason",
+            metrics.forged_reports.clone(),
+        );
         r.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
         r.register("webhook_deliveries", "Webhook deliveries, by outcome", metrics.webhook_deliveries.clone());
         r.register("file_renders", "Rendered files, by outcome", metrics.file_renders.clone());

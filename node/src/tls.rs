@@ -25,7 +25,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
@@ -46,6 +46,15 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
 pub const NODE_CERT_FILE: &str = "node.pem";
 pub const NODE_KEY_FILE: &str = "node.key";
+
+/// The schemes a node signs its gossip reports with, in order of preference: the first its key
+/// supports is used (ECDSA P-256 for the keys `ca issue` makes).
+pub const SIGNATURE_SCHEMES: [SignatureScheme; 4] = [
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ED25519,
+    SignatureScheme::RSA_PSS_SHA256,
+];
 
 /// The ALPN protocol of the peer plane; a peer speaking anything else is refused.
 pub const ALPN: &[u8] = b"grapevine/1";
@@ -261,6 +270,20 @@ impl NodeTls {
         Ok(PeerTrust { client, server })
     }
 
+    /// What this node signs its gossip reports with: its certificate and its private key.
+    pub fn identity(&self) -> Result<NodeIdentity, TlsError> {
+        let key = provider().key_provider.load_private_key(self.key.clone_key()).map_err(build_error)?;
+        if key.choose_scheme(&SIGNATURE_SCHEMES).is_none() {
+            let found = format!("a {:?} key", key.algorithm());
+            return Err(TlsError::Invalid {
+                path: NODE_KEY_FILE.into(),
+                expected: "an ECDSA, Ed25519 or RSA key",
+                found,
+            });
+        }
+        Ok(NodeIdentity { certificate: self.chain[0].clone(), key })
+    }
+
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
         let mut roots = RootCertStore::empty();
         for ca in &self.cas {
@@ -300,6 +323,16 @@ impl NodeTls {
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
+}
+
+/// The node's certificate and signing key, as the latest load made them: what signs the
+/// reports it publishes in gossip (`gossip::signed`).
+#[derive(Debug)]
+pub struct NodeIdentity {
+    /// The end-entity certificate of `node.pem`.
+    pub certificate: CertificateDer<'static>,
+    /// The key of `node.key`.
+    pub key: Arc<dyn SigningKey>,
 }
 
 /// ring, and only ring: with two providers compiled in, rustls panics at the first builder.

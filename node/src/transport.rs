@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, WarnLimiter, reason};
-use crate::tls::{NodeTls, PeerTrust, TlsError};
+use crate::tls::{NodeIdentity, NodeTls, PeerTrust, TlsError};
 
 /// Largest gossip message accepted on a stream. chitchat builds messages of up to 65,510
 /// bytes, a little over UDP's 65,507: the stream path must take them whole.
@@ -141,7 +141,9 @@ struct Inner {
 /// a reload. (The server side lives in the endpoint: `Endpoint::set_server_config`.)
 struct ActiveTls {
     client: quinn::ClientConfig,
-    trust: PeerTrust,
+    trust: Arc<PeerTrust>,
+    /// What gossip reports are signed with (`gossip::signed`).
+    identity: Arc<NodeIdentity>,
 }
 
 /// The quinn configs of one certificate set: the server side, and the client side with the
@@ -156,7 +158,7 @@ fn quinn_configs(
     let client_crypto = QuicClientConfig::try_from(tls.client_config()?).map_err(|e| TlsError::Build(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport_config.clone());
-    Ok((server, ActiveTls { client, trust: tls.peer_trust()? }))
+    Ok((server, ActiveTls { client, trust: Arc::new(tls.peer_trust()?), identity: Arc::new(tls.identity()?) }))
 }
 
 impl Transport {
@@ -213,6 +215,17 @@ impl Transport {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The node's certificate and key of the latest load, which sign its gossip reports.
+    pub fn identity(&self) -> Arc<NodeIdentity> {
+        self.inner.tls.borrow().identity.clone()
+    }
+
+    /// The CA bundle of the latest load, as a handshake checks it: peers' certificates in
+    /// gossip are held to it. A reload makes a new one (compare with `Arc::ptr_eq`).
+    pub fn trust(&self) -> Arc<PeerTrust> {
+        self.inner.tls.borrow().trust.clone()
     }
 
     /// The link filter, for fault injection in tests.
