@@ -7,8 +7,8 @@
 //! - cert-manager's `Issuer` and `Certificate` validate against a strict subset of its v1 API
 //!   (`tests/fixtures/cert-manager-v1.schema.json`).
 //! - The pod runs what the node accepts: the ConfigMap's `node.toml` and the container's flags
-//!   make a `Config`, the mounts are where that config looks, and the probes, ports, seeds and
-//!   Secret keys match what the node serves and reads.
+//!   make a `Config`, the mounts are where that config looks, and the probes, ports and seeds
+//!   match what the node serves and reads; the certificate is each host's own.
 //! - The Containerfile builds `target/release/grapevine` and the run stage ships it, non-root.
 //!
 //! A missing kubectl or Python prints a notice (a newcomer's machine passes); with
@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use grapevine_node::config::{Config, RawConfig};
-use grapevine_node::tls::{CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The Kubernetes release the manifests target, and the schemas of it that validate them.
@@ -339,14 +339,13 @@ fn pod_config(label: &str, documents: &[Value], pod: &Value, container: &Value) 
     config
 }
 
-/// The config's `tls` is the Secret, with the file names the node reads; `data` is the hostPath.
+/// The config's `tls` is the host's own certificate directory (one certificate per node, naming
+/// it: a shared Secret would make peers refuse every node's reports); `data` is the hostPath.
 fn check_mounts(label: &str, pod: &Value, container: &Value, config: &Config) {
-    assert_eq!(config.tls, Path::new(mount_path(container, "tls")), "{label}: the node's tls is the Secret");
-    let items: BTreeMap<String, String> = (volume(pod, "tls")["secret"]["items"].as_array().unwrap().iter())
-        .map(|i| (i["key"].as_str().unwrap().to_owned(), i["path"].as_str().unwrap().to_owned()))
-        .collect();
-    let expected = [("ca.crt", CA_CERT_FILE), ("tls.crt", NODE_CERT_FILE), ("tls.key", NODE_KEY_FILE)];
-    assert_eq!(items, expected.map(|(k, p)| (k.to_owned(), p.to_owned())).into(), "{label}: Secret keys");
+    assert_eq!(config.tls, Path::new(mount_path(container, "tls")), "{label}: the node's tls is the host's");
+    let tls = &volume(pod, "tls")["hostPath"];
+    assert_eq!(tls["path"], "/etc/grapevine/tls", "{label}: each host's own certificate, not a shared Secret");
+    assert_eq!(tls["type"], "Directory", "{label}: a host without its certificate must not start an empty directory");
     assert_eq!(config.data, Path::new(mount_path(container, "data")), "{label}: the store is the data volume");
     assert_eq!(volume(pod, "data")["hostPath"]["path"], "/var/lib/grapevine", "{label}: hostPath store");
 }
@@ -423,7 +422,7 @@ fn base_and_overlays_render_validate_and_run_what_the_node_accepts() {
 }
 
 #[test]
-fn cert_manager_resources_follow_its_v1_api_and_make_the_secret_the_pods_mount() {
+fn cert_manager_resources_follow_its_v1_api_and_make_one_certificate_per_node() {
     let kubernetes = repo().join("deploy/kubernetes");
     let (documents, workload) = if kubectl_present() {
         (kustomize(&kubernetes.join("cert-manager")), kustomize(&kubernetes.join("base")))
@@ -446,8 +445,21 @@ fn cert_manager_resources_follow_its_v1_api_and_make_the_secret_the_pods_mount()
             name_of(document)
         );
     }
+    // One Certificate per node, as node-certificates.sh prints them.
+    let script = kubernetes.join("cert-manager/node-certificates.sh");
+    let printed = Command::new("sh").arg(&script).args(["kind-worker", "kind-worker2"]).output().unwrap();
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let nodes: Vec<Value> = serde_yaml_ng::Deserializer::from_str(std::str::from_utf8(&printed.stdout).unwrap())
+        .map(|document| Value::deserialize(document).unwrap())
+        .filter(|document| !document.is_null())
+        .collect();
+    assert_eq!(nodes.len(), 2);
+    for document in &nodes {
+        let found = errors(document);
+        assert!(found.is_empty(), "{} breaks cert-manager's v1 API: {found:#?}", name_of(document));
+    }
     // The schema can fail: a misspelt field and a key size ECDSA does not have are refused.
-    let mut bad = find(&documents, "Certificate", "grapevine-node").clone();
+    let mut bad = nodes[0].clone();
     bad["spec"]["secretNme"] = json!("x");
     bad["spec"]["privateKey"]["size"] = json!(2048);
     let found = errors(&bad).join("\n");
@@ -457,17 +469,17 @@ fn cert_manager_resources_follow_its_v1_api_and_make_the_secret_the_pods_mount()
     let ca = find(&documents, "Certificate", "grapevine-ca");
     assert_eq!(ca["spec"]["isCA"], true);
     find(&documents, "Issuer", ca["spec"]["issuerRef"]["name"].as_str().unwrap());
-    let node = find(&documents, "Certificate", "grapevine-node");
+    let node = &nodes[0];
+    assert_eq!(node["spec"]["dnsNames"], json!(["kind-worker"]), "a node's certificate names the node");
+    assert_eq!(node["spec"]["secretName"], "grapevine-tls-kind-worker");
     let issuer = find(&documents, "Issuer", node["spec"]["issuerRef"]["name"].as_str().unwrap());
     assert_eq!(issuer["spec"]["ca"]["secretName"], ca["spec"]["secretName"], "the node's issuer signs with the CA");
     let usages = strings(&node["spec"]["usages"]);
     for usage in ["server auth", "client auth"] {
         assert!(usages.contains(&usage.to_owned()), "each peer is a TLS server and client: {usage} is missing");
     }
-    let pod = &find(&workload, "DaemonSet", "grapevine")["spec"]["template"]["spec"];
-    assert_eq!(volume(pod, "tls")["secret"]["secretName"], node["spec"]["secretName"], "the pods mount this Secret");
     let namespace = |docs: &[Value]| docs.iter().map(|d| d["metadata"]["namespace"].clone()).find(|n| !n.is_null());
-    assert_eq!(namespace(&documents), namespace(&workload), "the Secret must be in the pods' namespace");
+    assert_eq!(namespace(&documents), namespace(&workload), "the Issuer must be in the pods' namespace");
 }
 
 #[test]
