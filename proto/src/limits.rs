@@ -34,5 +34,10 @@ pub const MAX_AUTHOR_BYTES: usize = 64;
 /// bytes: with 32-byte names and addresses that is about 800 members; half leaves headroom.
 pub const MAX_MEMBERS: usize = 400;
 
+/// Highest sequence number of a generation, and so of a version vector's entry from a peer.
+/// A node accepts a handful of changes a second: 2^53 lasts 285,000 years at 1,000 a second.
+/// The bound keeps `seq + 1` from overflowing in the log, and every seq exact as a JSON number.
+pub const MAX_SEQ: u64 = 1 << 53;
+
 /// Most variants in one flag definition. flagd flags rarely have more than a handful.
 pub const MAX_VARIANTS: usize = 256;

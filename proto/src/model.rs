@@ -177,7 +177,9 @@ impl TryFrom<String> for JsonText {
         if text.trim().is_empty() {
             return Err(ValidationError::EmptyValue);
         }
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        // Parsed as `to_value` parses it: serde_json's `IgnoredAny` reads what a `Value`
+        // refuses (a lone surrogate escape, nesting 128 levels deep), and `to_value` panicked.
+        serde_json::from_str::<serde_json::Value>(&text)
             .map_err(|error| ValidationError::Json { error: error.to_string() })?;
         Ok(JsonText(text))
     }
@@ -401,5 +403,19 @@ mod tests {
         assert!(JsonText::try_from(String::new()).is_err());
         let big = format!("\"{}\"", "x".repeat(MAX_VALUE_BYTES));
         assert!(matches!(JsonText::try_from(big), Err(ValidationError::TooLarge { .. })));
+    }
+
+    /// Found while writing `fuzz/`'s `json_schema` target, and replayed by it: JSON that
+    /// serde_json skips over but does not parse into a `Value`. A config value or schema of
+    /// that kind from a peer or the disk passed as `JsonText`, and `to_value` panicked.
+    #[test]
+    fn json_text_holds_only_what_parses_into_a_value() {
+        let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        for text in [r#""\ud800""#.to_owned(), deep] {
+            let refused = JsonText::try_from(text.clone()).unwrap_err();
+            assert!(matches!(refused, ValidationError::Json { .. }), "{text}: {refused}");
+        }
+        let deepest = format!("{}{}", "[".repeat(127), "]".repeat(127));
+        assert_eq!(JsonText::try_from(deepest).unwrap().to_value().to_string().len(), 254);
     }
 }

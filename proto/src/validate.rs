@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use crate::eval::FlagDefinition;
-use crate::limits::{MAX_GENERATION_BYTES, MAX_MEMBERS, MAX_OPS_PER_CHANGE};
+use crate::limits::{MAX_GENERATION_BYTES, MAX_MEMBERS, MAX_OPS_PER_CHANGE, MAX_SEQ};
 use crate::model::{Change, Generation, JsonText, Key, Op};
 use crate::snapshot::Snapshot;
 
@@ -59,6 +59,9 @@ pub enum ValidationError {
     /// A snapshot that contradicts itself.
     #[error("invalid snapshot: {detail}")]
     Snapshot { detail: String },
+    /// A generation id, or a snapshot's entry, past the highest sequence number.
+    #[error("{what} must have a sequence number of at most {limit}, got {found}")]
+    SeqTooLarge { what: String, limit: u64, found: u64 },
     /// A generation whose content does not match its hash.
     #[error("generation {id}: content hash mismatch, expected {expected}, got {found}")]
     HashMismatch { id: String, expected: String, found: String },
@@ -93,8 +96,10 @@ pub fn validate_generation(generation: &Generation) -> Result<(), ValidationErro
     validate_change(&generation.body.change)
 }
 
-/// Checks what a generation adds around its change: the member set and the encoded size.
+/// Checks what a generation adds around its change: its seq, the member set and the encoded
+/// size.
 pub fn check_envelope(generation: &Generation) -> Result<(), ValidationError> {
+    check_seq(generation.id().seq, || format!("a generation of {}", generation.id().origin))?;
     let members = generation.body.members.len();
     if members > MAX_MEMBERS {
         return Err(ValidationError::TooManyMembers { limit: MAX_MEMBERS, found: members });
@@ -114,6 +119,9 @@ pub fn check_envelope(generation: &Generation) -> Result<(), ValidationError> {
 /// Checks a snapshot from a peer or from disk: each write is a valid operation of a
 /// generation the snapshot says it covers.
 pub fn validate_snapshot(snapshot: &Snapshot) -> Result<(), ValidationError> {
+    for (origin, seq) in snapshot.covers().iter() {
+        check_seq(seq, || format!("a snapshot's entry for {origin}"))?;
+    }
     for write in snapshot.writes() {
         if !snapshot.covers().covers(&write.generation) {
             return Err(ValidationError::Snapshot {
@@ -121,6 +129,14 @@ pub fn validate_snapshot(snapshot: &Snapshot) -> Result<(), ValidationError> {
             });
         }
         validate_op(&write.op)?;
+    }
+    Ok(())
+}
+
+/// A seq from a peer or the disk is at most [`MAX_SEQ`], so the log can count past it.
+fn check_seq(seq: u64, what: impl FnOnce() -> String) -> Result<(), ValidationError> {
+    if seq > MAX_SEQ {
+        return Err(ValidationError::SeqTooLarge { what: what(), limit: MAX_SEQ, found: seq });
     }
     Ok(())
 }
@@ -222,6 +238,30 @@ mod tests {
         .seal();
         let error = validate_generation(&generation).unwrap_err();
         assert_eq!(error.to_string(), "a cluster may have at most 400 members (the member ceiling), got 401");
+    }
+
+    /// Found by `fuzz/` (`wire_pull_frame`, minimized): a pull's `SnapshotEnd` covering
+    /// `{"7": u64::MAX}`. Absorbing it overflowed `seq + 1` in `Log::advance` (a panic in a
+    /// debug build); in a release build, every later generation of origin 7 counted as
+    /// covered by the snapshot and was dropped. Seqs past `MAX_SEQ` are now refused.
+    #[test]
+    fn seqs_past_the_limit_are_refused() {
+        use crate::limits::MAX_SEQ;
+        use crate::wire::{PullFrame, decode};
+        let bytes = hex::decode("0402010137ffffffffffffffffff01").unwrap();
+        let Ok(PullFrame::SnapshotEnd { covers }) = decode(&bytes, "pull frame") else { panic!("a snapshot's end") };
+        let error = validate_snapshot(&Snapshot::from_parts(covers, [])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a snapshot's entry for 7 must have a sequence number of at most 9007199254740992, got 18446744073709551615"
+        );
+        let refused = crate::testing::put("n1", MAX_SEQ + 1, 5, "k", "1");
+        assert!(matches!(validate_generation(&refused), Err(ValidationError::SeqTooLarge { .. })));
+        let last = crate::testing::put("n1", MAX_SEQ, 5, "k", "1");
+        validate_generation(&last).unwrap();
+        let mut log = crate::Log::new();
+        log.insert(last);
+        assert_eq!(log.next_seq(&"n1".parse().unwrap()), MAX_SEQ + 1);
     }
 
     #[test]
