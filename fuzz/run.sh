@@ -98,7 +98,7 @@ for target in $targets; do
     if [[ $crashes -ne 0 ]]; then
         echo
         echo "== $target failed; the end of libFuzzer's output:"
-        grep -v '^#' "$work/$target.log" | tail -n 30
+        grep -v '^#' "$work/$target.log" | tail -n 30 || true
     fi
 done
 exit $failed
