@@ -232,11 +232,7 @@ impl Auth {
     pub fn over_socket(&self, uid: Option<u32>) -> Principal {
         let role = self.socket.as_ref().map_or(Role::Write, |(_, _, role)| *role);
         let user = uid.map_or_else(|| "unknown".to_owned(), user_name);
-        let name: String = format!("unix:{user}")
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.@/+:".contains(c) { c } else { '_' })
-            .take(grapevine_proto::limits::MAX_AUTHOR_BYTES)
-            .collect();
+        let name = grapevine_proto::Author::lossy(&format!("unix:{user}")).to_string();
         Principal { name, role, prefixes: vec![String::new()], authenticated: true }
     }
 }

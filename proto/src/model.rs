@@ -109,14 +109,25 @@ impl Author {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `text` made an author: characters outside the alphabet become `_`, and it is cut to
+    /// the limit (`unknown` when empty). For names from the system (a login, a host name).
+    pub fn lossy(text: &str) -> Author {
+        let cleaned: String =
+            text.chars().map(|c| if Author::allowed(c) { c } else { '_' }).take(MAX_AUTHOR_BYTES).collect();
+        Author(if cleaned.is_empty() { "unknown".to_owned() } else { cleaned })
+    }
+
+    fn allowed(c: char) -> bool {
+        c.is_ascii_alphanumeric() || "-_.@/+:".contains(c)
+    }
 }
 
 impl TryFrom<String> for Author {
     type Error = ValidationError;
 
     fn try_from(author: String) -> Result<Self, Self::Error> {
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || "-_.@/+:".contains(c);
-        if author.is_empty() || author.len() > MAX_AUTHOR_BYTES || !author.chars().all(valid_char) {
+        if author.is_empty() || author.len() > MAX_AUTHOR_BYTES || !author.chars().all(Author::allowed) {
             return Err(ValidationError::Author { found: author });
         }
         Ok(Author(author))
@@ -394,6 +405,13 @@ mod tests {
         assert!("node-1".parse::<GenId>().is_err());
         assert!("node-1.0".parse::<GenId>().is_err());
         assert!("node-1.x".parse::<GenId>().is_err());
+    }
+
+    #[test]
+    fn system_names_become_authors() {
+        assert_eq!(Author::lossy("ada lovelace@host.example").as_str(), "ada_lovelace@host.example");
+        assert_eq!(Author::lossy("").as_str(), "unknown");
+        assert_eq!(Author::lossy(&"x".repeat(100)).as_str().len(), MAX_AUTHOR_BYTES);
     }
 
     #[test]

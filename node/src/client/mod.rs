@@ -76,12 +76,7 @@ fn default_author() -> Author {
     } else {
         "unknown".into()
     };
-    let clean: String = format!("{user}@{host}")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.@/+:".contains(c) { c } else { '_' })
-        .take(grapevine_proto::limits::MAX_AUTHOR_BYTES)
-        .collect();
-    clean.parse().expect("cleaned to the author alphabet and length")
+    Author::lossy(&format!("{user}@{host}"))
 }
 
 impl Client {
