@@ -141,8 +141,16 @@ pub struct TokenSection {
 pub struct Auth {
     tokens: HashMap<[u8; 32], Principal>,
     anonymous: Option<Role>,
-    /// Where the admin socket is, its mode and its clients' role (`None`: no socket).
-    pub socket: Option<(PathBuf, u32, Role)>,
+    /// The admin socket (`None`: no socket).
+    pub socket: Option<AdminSocket>,
+}
+
+/// Where the admin socket is, who may connect (its file mode), and its clients' role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSocket {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub role: Role,
 }
 
 /// Prefix of every token `grapevine token new` makes, so a leaked one is recognisable.
@@ -196,13 +204,8 @@ impl Auth {
             Some(path) => Some(path.clone()),
             None => Some(data.join(SOCKET_FILE)),
         };
-        let socket = socket.map(|path| (path, mode, section.socket_role.unwrap_or(Role::Write)));
+        let socket = socket.map(|path| AdminSocket { path, mode, role: section.socket_role.unwrap_or(Role::Write) });
         Ok(Auth { tokens, anonymous, socket })
-    }
-
-    /// An API open to every request (in-process clusters on loopback: the demo, tests).
-    pub fn open() -> Auth {
-        Auth { tokens: HashMap::new(), anonymous: Some(Role::Write), socket: None }
     }
 
     /// The principal of a TCP request with this `Authorization` header value, if any.
@@ -230,7 +233,7 @@ impl Auth {
 
     /// The principal of a client of the admin socket, named after its Unix user.
     pub fn over_socket(&self, uid: Option<u32>) -> Principal {
-        let role = self.socket.as_ref().map_or(Role::Write, |(_, _, role)| *role);
+        let role = self.socket.as_ref().map_or(Role::Write, |socket| socket.role);
         let user = uid.map_or_else(|| "unknown".to_owned(), user_name);
         let name = grapevine_proto::Author::lossy(&format!("unix:{user}")).to_string();
         Principal { name, role, prefixes: vec![String::new()], authenticated: true }
@@ -291,7 +294,7 @@ pub fn new_token() -> (String, String) {
 }
 
 /// The login name of `uid`, or the number.
-fn user_name(uid: u32) -> String {
+pub(crate) fn user_name(uid: u32) -> String {
     let mut buffer = vec![0u8; 4096];
     let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -345,7 +348,8 @@ mod tests {
         assert!(matches!(auth.over_tcp(Some("Basic abc")), Err(Refusal::Unauthenticated(_))));
         assert!(matches!(check(None, &write("x")), Err(Refusal::Unauthenticated(_))));
         assert_eq!(check(None, &Requirement::Public), Ok(()));
-        assert_eq!(auth.socket, Some(("/data/admin.sock".into(), 0o600, Role::Write)));
+        let socket = AdminSocket { path: "/data/admin.sock".into(), mode: 0o600, role: Role::Write };
+        assert_eq!(auth.socket, Some(socket));
     }
 
     #[test]

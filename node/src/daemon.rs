@@ -49,7 +49,7 @@ pub enum StartError {
 /// Binds the admin socket at `path` with `mode`: a file left by a node that stopped uncleanly
 /// is replaced, one another process still listens on is refused.
 fn bind_socket(
-    (path, mode, _): &(std::path::PathBuf, u32, crate::auth::Role),
+    crate::auth::AdminSocket { path, mode, .. }: &crate::auth::AdminSocket,
 ) -> Result<(tokio::net::UnixListener, std::path::PathBuf), StartError> {
     use std::os::unix::fs::PermissionsExt;
     let failed = |error: std::io::Error| StartError::Socket { path: path.display().to_string(), error };

@@ -585,15 +585,29 @@ impl Gossip {
     /// upgraded in place keeps its address): [`OLDEST_READABLE`] for a peer that publishes
     /// none (a build of format 3) or is not known yet.
     pub async fn wire_version_of(&self, peer: SocketAddr) -> u8 {
-        let members = self.members().await;
-        members.iter().find(|m| m.gossip == peer).map_or(OLDEST_READABLE, |m| m.wire)
+        let versions = self.wire_versions().await;
+        versions.iter().find(|(_, addr, _)| *addr == peer).map_or(OLDEST_READABLE, |(_, _, version)| *version)
     }
 
     /// Members (live, or dead and not yet forgotten; the latest incarnation of each) that read
     /// no format as new as `version`, by name: while there are any, nothing that only that
     /// format can hold may be written.
     pub async fn members_reading_below(&self, version: u8) -> Vec<String> {
-        self.members().await.into_iter().filter(|m| m.wire < version).map(|m| m.name).collect()
+        let versions = self.wire_versions().await;
+        versions.into_iter().filter(|(_, _, wire)| *wire < version).map(|(name, _, _)| name).collect()
+    }
+
+    /// Each member's name, address and newest wire format (the latest incarnation of each),
+    /// without building the rest of its [`Member`]: the pusher asks for every push.
+    async fn wire_versions(&self) -> Vec<(String, SocketAddr, u8)> {
+        self.handle
+            .with_chitchat(|chitchat| {
+                latest_incarnations(chitchat)
+                    .into_iter()
+                    .map(|(name, (id, state))| (name, id.gossip_advertise_addr, wire_version_in(state)))
+                    .collect()
+            })
+            .await
     }
 
     /// Live peers' summaries of the reverts they hold (empty for a peer without the key).
@@ -666,17 +680,10 @@ impl Gossip {
         self.handle
             .with_chitchat(|chitchat| {
                 let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
-                let mut latest: BTreeMap<String, Member> = BTreeMap::new();
-                let mut incarnations: HashMap<String, u64> = HashMap::new();
-                for (id, state) in chitchat.node_states() {
-                    let name = id.node_id.to_string();
-                    if incarnations.get(&name).is_some_and(|seen| *seen > id.generation_id) {
-                        continue;
-                    }
-                    incarnations.insert(name.clone(), id.generation_id);
-                    latest.insert(name, member_of(id, state, live.contains(id), *id == own));
-                }
-                latest.into_values().collect()
+                latest_incarnations(chitchat)
+                    .into_values()
+                    .map(|(id, state)| member_of(id, state, live.contains(id), *id == own))
+                    .collect()
             })
             .await
     }
@@ -686,6 +693,18 @@ impl Gossip {
         let _ = self.handle.initiate_shutdown();
         let _ = self.handle.termination_watcher().await;
     }
+}
+
+/// Each member name's latest incarnation and its state, by name.
+fn latest_incarnations(chitchat: &chitchat::Chitchat) -> BTreeMap<String, (&ChitchatId, &NodeState)> {
+    let mut latest: BTreeMap<String, (&ChitchatId, &NodeState)> = BTreeMap::new();
+    for (id, state) in chitchat.node_states() {
+        let name = id.node_id.to_string();
+        if latest.get(&name).is_none_or(|(seen, _)| seen.generation_id <= id.generation_id) {
+            latest.insert(name, (id, state));
+        }
+    }
+    latest
 }
 
 fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> Member {

@@ -26,24 +26,28 @@ impl Connected<IncomingStream<'_, UnixListener>> for SocketPeer {
     }
 }
 
-/// What the endpoint matched by `path` needs for `method`. Endpoints that name keys other
-/// than in the path check them in their handler (see [`Requirement::Role`]).
-fn requirement(method: &Method, path: &str, key: Option<String>) -> Requirement {
+/// What the endpoint matched by `path` needs for `method`, and the rate budget it draws from:
+/// one table, so an endpoint cannot be added to one and forgotten in the other. Endpoints that
+/// name keys other than in the path check them in their handler (see [`Requirement::Role`]).
+fn endpoint(method: &Method, path: &str, key: Option<String>) -> (Requirement, Class) {
     let role = |role: Role| Requirement::Role { role, key: key.clone() };
+    use Class::{Admin, Applications};
     match (path, method.as_str()) {
-        ("/healthz" | "/readyz" | "/metrics", _) => Requirement::Public,
-        ("/v1/flags/{key}" | "/v1/config/{key}", "POST") => role(Role::Write),
-        ("/v1/apply" | "/v1/rollouts/{generation}/{action}", "POST") => role(Role::Write),
-        ("/v1/health", "POST") => role(Role::Report),
-        ("/v1/status" | "/v1/history" | "/v1/rollouts" | "/v1/rollouts/{generation}" | "/v1/watch", "GET")
-        | ("/v1/flags/{key}" | "/v1/config/{key}" | "/ofrep/v1/events", "GET")
-        | ("/v1/flags/{key}/evaluate" | "/ofrep/v1/evaluate/flags/{key}" | "/ofrep/v1/evaluate/flags", "POST") => {
-            role(Role::Read)
+        ("/healthz" | "/readyz" | "/metrics", _) => (Requirement::Public, Admin),
+        ("/v1/flags/{key}" | "/v1/config/{key}", "POST") => (role(Role::Write), Admin),
+        ("/v1/apply" | "/v1/rollouts/{generation}/{action}", "POST") => (role(Role::Write), Admin),
+        ("/v1/health", "POST") => (role(Role::Report), Applications),
+        ("/v1/status" | "/v1/history" | "/v1/rollouts" | "/v1/rollouts/{generation}", "GET") => {
+            (role(Role::Read), Admin)
         }
-        ("/v1/backup", "GET") => Requirement::Unrestricted(Role::Read),
+        ("/v1/flags/{key}" | "/v1/config/{key}" | "/v1/watch" | "/ofrep/v1/events", "GET")
+        | ("/v1/flags/{key}/evaluate" | "/ofrep/v1/evaluate/flags/{key}" | "/ofrep/v1/evaluate/flags", "POST") => {
+            (role(Role::Read), Applications)
+        }
+        ("/v1/backup", "GET") => (Requirement::Unrestricted(Role::Read), Admin),
         // Anything else (the test-suite endpoints, and any endpoint added without a line
         // here) needs every right.
-        _ => Requirement::Unrestricted(Role::Write),
+        _ => (Requirement::Unrestricted(Role::Write), Admin),
     }
 }
 
@@ -57,7 +61,7 @@ pub async fn authorize(
     next: Next,
 ) -> Response {
     let key = params.iter().find(|(name, _)| *name == "key").map(|(_, value)| value.to_owned());
-    let needs = requirement(request.method(), path.as_str(), key);
+    let (needs, class) = endpoint(request.method(), path.as_str(), key);
     if needs == Requirement::Public {
         // Probes and scrapers are served whatever credentials they carry, stale ones included.
         return next.run(request).await;
@@ -81,7 +85,6 @@ pub async fn authorize(
         (_, Some(address)) => format!("ip:{}", address.0.0.ip()),
         _ => "anonymous".to_owned(),
     };
-    let class = class_of(request.method(), path.as_str());
     if let Err(wait) = state.limits.take(class, &client) {
         return rate_limited(&state, class, &client, wait);
     }
@@ -89,16 +92,6 @@ pub async fn authorize(
         request.extensions_mut().insert(principal);
     }
     next.run(request).await
-}
-
-/// Which rate budget an endpoint draws from: what applications call, or the rest.
-fn class_of(method: &Method, path: &str) -> Class {
-    match (path, method.as_str()) {
-        (p, _) if p.starts_with("/ofrep/") => Class::Applications,
-        ("/v1/flags/{key}" | "/v1/config/{key}" | "/v1/watch", "GET")
-        | ("/v1/flags/{key}/evaluate" | "/v1/health", "POST") => Class::Applications,
-        _ => Class::Admin,
-    }
 }
 
 /// 429 with `Retry-After` (whole seconds, at least 1) and a message that says the limit.

@@ -57,16 +57,8 @@ pub struct Client {
 /// `$USER@HOSTNAME` (the account's name without `$USER`), with characters an author may not hold replaced by `_`, cut to the limit.
 fn default_author() -> Author {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| {
-        // SAFETY: getpwuid returns null or a pointer to a static record we only read here,
-        // before any other call that could overwrite it.
-        unsafe {
-            let entry = libc::getpwuid(libc::getuid());
-            if entry.is_null() {
-                format!("uid{}", libc::getuid())
-            } else {
-                std::ffi::CStr::from_ptr((*entry).pw_name).to_string_lossy().into_owned()
-            }
-        }
+        // SAFETY: getuid cannot fail and touches no memory of ours.
+        crate::auth::user_name(unsafe { libc::getuid() })
     });
     let mut host = [0u8; 256];
     // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
