@@ -94,6 +94,7 @@ fn wire_seeds(corpus: &mut Corpus, fixtures: &Path) -> anyhow::Result<()> {
         op: generations[1].body.change.ops[0].clone(),
         generation: generations[1].id().clone(),
         hlc: generations[1].body.hlc,
+        proof: None,
     };
     for frame in [
         PullFrame::Revert(revert.clone()),
@@ -160,6 +161,7 @@ fn generations() -> Vec<Generation> {
         groups: vec![],
         change,
         author: None,
+        signed: None,
     };
     let split = json!({"state": "ENABLED", "variants": {"red": "#f00", "blue": "#00f"}, "defaultVariant": "red",
         "targeting": {"fractional": [{"var": "email"}, ["red", 50], ["blue", 50]]}});

@@ -105,6 +105,7 @@ pub fn check_peer_vector(theirs: &VersionVector) {
         groups: vec![],
         change: grapevine_proto::Change::with_ops(vec![]),
         author: None,
+        signed: None,
     }
     .seal();
     let mut log = Log::new();

@@ -38,6 +38,10 @@ pub struct ClientArgs {
     /// [default: $USER@HOSTNAME]
     #[arg(long, env = "GRAPEVINE_AUTHOR")]
     pub author: Option<String>,
+    /// The operator key file that signs your changes, for a cluster that requires signed
+    /// changes [default: ~/.config/grapevine/signing.key, if it exists]
+    #[arg(long, env = "GRAPEVINE_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,6 +109,9 @@ pub enum Command {
     /// Make API tokens for the nodes' `[auth]`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Signing keys: make root and operator keys, delegate, revoke (`[signing]`).
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish or powershell).
     ///
     /// bash: `grapevine completions bash > /etc/bash_completion.d/grapevine`;
@@ -139,6 +146,58 @@ pub enum TokenCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Make a new ed25519 key file (mode 0600) and print its public key: a root key (its
+    /// public key goes into every node's `[signing] roots`) or an operator's key.
+    New {
+        /// Recorded as the author of every change the key signs.
+        #[arg(long)]
+        name: String,
+        /// The key file to write (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// As a root: let an operator's key sign changes of CLUSTER, and print the delegation.
+    Delegate {
+        /// The root's key file.
+        #[arg(long)]
+        root: PathBuf,
+        /// The operator's key file: the delegation is written into it.
+        #[arg(long, conflicts_with = "public", required_unless_present = "public")]
+        key: Option<PathBuf>,
+        /// The operator's public key (`ed25519:...`), when its file is elsewhere.
+        #[arg(long, requires = "name")]
+        public: Option<String>,
+        /// The operator's name [default: the key file's].
+        #[arg(long)]
+        name: Option<String>,
+        /// The cluster id (`cluster` in the nodes' config) the delegation holds in.
+        #[arg(long)]
+        cluster: String,
+        /// A key prefix the operator may change (repeatable); every key, rollout controls and
+        /// revocations without one.
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+        /// Days until the delegation expires.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+    /// Print a key file's public key, name and delegation (never the secret).
+    Show { file: PathBuf },
+    /// Revoke an operator key on every node: a change of `grapevine.revoked.<key>`, signed by
+    /// you; every change the key signed after it is reverted everywhere.
+    Revoke {
+        /// The public key to revoke (`ed25519:...`).
+        public: String,
+        /// Why, recorded in the change.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -424,6 +483,10 @@ pub fn run(cli: Cli) -> ExitCode {
             rt.block_on(async { client::backup(&Client::with_timeout(&client, BACKUP_TIMEOUT)?, &out).await })
         }),
         Command::Token(TokenCommand::New { name, role, prefixes, json }) => new_token(name, role, prefixes, json),
+        Command::Key(KeyCommand::Revoke { public, reason, client }) => {
+            with_client(&client, |c| async move { client::revoke_key(&c, &public, reason).await })
+        }
+        Command::Key(command) => crate::client::signing::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "grapevine", &mut std::io::stdout());
             Ok(())

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use grapevine_proto::NodeName;
+use grapevine_proto::signing::{PublicKey, Trust};
+use grapevine_proto::{NodeName, VersionVector};
 use grapevine_proto::rollout::{Policy, PolicyOptions};
 use grapevine_proto::snapshot::Retention;
 use grapevine_proto::targeting::Fractional;
@@ -74,6 +75,8 @@ pub struct RawConfig {
     pub auth: Option<crate::auth::AuthSection>,
     /// `[limits]`: request rates per client on the API.
     pub limits: Option<crate::api::limits::LimitsSection>,
+    /// `[signing]`: the root keys operators' changes must be signed under.
+    pub signing: Option<SigningSection>,
     /// Skews this node's wall clock, for tests of the hybrid logical clock.
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: Option<i64>,
@@ -116,7 +119,8 @@ impl RawConfig {
             fractional,
             files,
             auth,
-            limits
+            limits,
+            signing
         );
         #[cfg(feature = "testsuite")]
         take!(test_clock_skew_ms, test_wire_version);
@@ -167,6 +171,8 @@ pub struct Config {
     pub auth: crate::auth::Auth,
     /// Request rates per client on the API.
     pub limits: crate::api::limits::Limits,
+    /// Whose changes this node takes: the cluster's root keys.
+    pub trust: Trust,
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: i64,
     #[cfg(feature = "testsuite")]
@@ -224,9 +230,12 @@ impl TryFrom<RawConfig> for Config {
         let data = raw.data.ok_or(ConfigError::Missing { option: "data", flag: "--data" })?;
         let auth = crate::auth::Auth::from_section(&raw.auth.unwrap_or_default(), &data)
             .map_err(|error| ConfigError::Section { section: "auth", error })?;
+        let cluster = check_cluster(raw.cluster.unwrap_or_else(|| "grapevine".to_owned()))?;
+        let trust = raw.signing.unwrap_or_default().trust(&cluster)?;
         Ok(Config {
             name,
-            cluster: check_cluster(raw.cluster.unwrap_or_else(|| "grapevine".to_owned()))?,
+            cluster,
+            trust,
             listen,
             advertise,
             api: socket_addr("api", raw.api.as_deref().unwrap_or("127.0.0.1:7401"))?,
@@ -314,6 +323,37 @@ fn in_range(
         Ok(value)
     } else {
         Err(ConfigError::Invalid { option, expected, found: value.to_string() })
+    }
+}
+
+/// `[signing]` as written: `roots = ["ed25519:<hex>", ...]` and, for a cluster that turned
+/// signatures on with history, `unsigned_through = { NODE = SEQ, ... }`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    #[serde(default)]
+    pub roots: Vec<String>,
+    #[serde(default)]
+    pub unsigned_through: BTreeMap<String, u64>,
+}
+
+impl SigningSection {
+    fn trust(self, cluster: &str) -> Result<Trust, ConfigError> {
+        let section = |error: String| ConfigError::Section { section: "signing", error };
+        let roots = self
+            .roots
+            .iter()
+            .map(|root| root.parse::<PublicKey>().map_err(|error| section(format!("roots: {error}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if roots.is_empty() && !self.unsigned_through.is_empty() {
+            return Err(section("unsigned_through needs roots: without roots every change is taken".to_owned()));
+        }
+        let mut unsigned_through = VersionVector::default();
+        for (node, seq) in self.unsigned_through {
+            let origin = node.parse::<NodeName>().map_err(|error| section(format!("unsigned_through: {error}")))?;
+            unsigned_through.raise(origin, seq);
+        }
+        Ok(Trust { cluster: cluster.to_owned(), roots, unsigned_through })
     }
 }
 

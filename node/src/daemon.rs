@@ -151,13 +151,15 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         dead_node_grace_period: config.dead_node_grace_period,
         incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     };
-    let mut initial_keys = vec![
+    let initial_keys = vec![
         (KEY_API.to_owned(), format!("http://{}", reachable(api_addr, gossip_addr))),
         (KEY_LABELS.to_owned(), config.labels_text()),
+        (KEY_WIRE.to_owned(), wire::newest().to_string()),
     ];
-    // Builds of format 3 published no format: acting as one (tests), publish none either.
-    if wire::newest() > wire::OLDEST_READABLE {
-        initial_keys.push((KEY_WIRE.to_owned(), wire::newest().to_string()));
+    if !config.trust.required() {
+        tracing::warn!(
+            "changes are not signed ([signing] names no root key): any node with a cluster certificate can make one; see docs/security.md"
+        );
     }
     let gossip = match Gossip::start(&gossip_config, transport.clone(), inboxes.gossip, initial_keys).await {
         Ok(gossip) => gossip,
@@ -170,6 +172,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let shutdown = CancellationToken::new();
     let (alerts, alerts_task) = Alerts::new(&config.alerts, metrics.clone(), shutdown.clone());
     let (pushes, push_jobs) = mpsc::channel(PUSH_QUEUE_CAPACITY);
+    let trust = Arc::new(config.trust.clone());
     let parts = EngineParts {
         name: config.name.clone(),
         max_clock_offset_ms: config.max_clock_offset_ms,
@@ -182,6 +185,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         health: health.clone(),
         alerts: alerts.clone(),
         recovering,
+        trust: trust.clone(),
     };
     let (engine, engine_task) = engine::spawn(parts, stored).await;
 
@@ -219,6 +223,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let (files_health, metrics_for_files) = (health.clone(), metrics.clone());
     let api_state = ApiState {
         auth: Arc::new(config.auth.clone()),
+        trust,
         limits: Arc::new(crate::api::limits::RateLimits::new(config.limits)),
         store,
         data: config.data.clone(),

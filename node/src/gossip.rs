@@ -582,19 +582,11 @@ impl Gossip {
     }
 
     /// The newest wire format `peer` reads, from its gossip (its latest incarnation's: a node
-    /// upgraded in place keeps its address): [`OLDEST_READABLE`] for a peer that publishes
-    /// none (a build of format 3) or is not known yet.
+    /// upgraded in place keeps its address): [`OLDEST_READABLE`] for a peer that is not known
+    /// yet.
     pub async fn wire_version_of(&self, peer: SocketAddr) -> u8 {
         let versions = self.wire_versions().await;
         versions.iter().find(|(_, addr, _)| *addr == peer).map_or(OLDEST_READABLE, |(_, _, version)| *version)
-    }
-
-    /// Members (live, or dead and not yet forgotten; the latest incarnation of each) that read
-    /// no format as new as `version`, by name: while there are any, nothing that only that
-    /// format can hold may be written.
-    pub async fn members_reading_below(&self, version: u8) -> Vec<String> {
-        let versions = self.wire_versions().await;
-        versions.into_iter().filter(|(_, _, wire)| *wire < version).map(|(name, _, _)| name).collect()
     }
 
     /// Each member's name, address and newest wire format (the latest incarnation of each),

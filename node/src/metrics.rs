@@ -103,6 +103,11 @@ pub struct Metrics {
     /// Peers' signed gossip values (reports, KPIs) refused, by reason (`unsigned`,
     /// `bad_signature`, `no_certificate`, `untrusted_certificate`, `wrong_name`).
     pub forged_reports: Family<Reason, Counter>,
+    /// Peers' generations and snapshots refused for a missing or bad operator signature, by
+    /// reason (`unsigned`, `unknown_root`, `bad_signature`, ...: [`SigningError::reason`]).
+    ///
+    /// [`SigningError::reason`]: grapevine_proto::signing::SigningError::reason
+    pub unsigned_changes: Family<Reason, Counter>,
     /// Alerts raised by this node, by kind (`anomaly`, `revert`).
     pub alerts: Family<Reason, Counter>,
     /// Webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
@@ -163,6 +168,7 @@ impl Metrics {
             reverts_known: Gauge::default(),
             anomaly_reports: Counter::default(),
             forged_reports: Family::default(),
+            unsigned_changes: Family::default(),
             alerts: Family::default(),
             webhook_deliveries: Family::default(),
             file_renders: Family::default(),
@@ -252,6 +258,11 @@ impl Metrics {
             "forged_reports",
             "Peers' reports and KPIs refused for a missing or bad signature or certificate, by reason",
             metrics.forged_reports.clone(),
+        );
+        r.register(
+            "unsigned_changes_refused",
+            "Peers' generations and snapshot writes refused for a missing or bad operator signature, by reason",
+            metrics.unsigned_changes.clone(),
         );
         r.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
         r.register("webhook_deliveries", "Webhook deliveries, by outcome", metrics.webhook_deliveries.clone());

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod log;
 pub mod model;
 pub mod rollout;
+pub mod signing;
 pub mod sim;
 pub mod snapshot;
 pub mod state;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::hlc::Stamp;
 use crate::limits::{MAX_AUTHOR_BYTES, MAX_KEY_BYTES, MAX_NODE_NAME_BYTES, MAX_VALUE_BYTES};
 use crate::rollout::{Control, Policy};
+use crate::signing::Signed;
 use crate::validate::ValidationError;
 
 /// The name of a node: 1 to 32 bytes of ASCII letters, digits, `-` and `_`.
@@ -304,17 +305,22 @@ pub struct GenerationBody {
     /// Who submitted it (format 4 on). A node leaves it out while any member reads only
     /// format 3, so that every member can hold every generation during a rolling upgrade.
     pub author: Option<Author>,
+    /// The operator's signature on the change (format 5 on), checked against the cluster's
+    /// root keys by every node ([`crate::signing`]).
+    pub signed: Option<Signed>,
 }
 
 impl GenerationBody {
-    /// SHA-256 of the body's encoding. Without an author, the body is hashed as format 3
-    /// encoded it (the same fields, without the author's slot), so a generation written by a
-    /// node of format 3 keeps its hash when a node of format 4 holds it, and back.
+    /// SHA-256 of the body's encoding. A body is hashed as the oldest format that holds it
+    /// encoded it: without a signature as format 4 (without the signature's slot), without an
+    /// author as format 3 (without the author's either). So a generation keeps its hash
+    /// whichever format carried it.
     pub fn hash(&self) -> ContentHash {
-        let GenerationBody { id, hlc, members, groups, change, author } = self;
-        let bytes = match author {
-            None => postcard::to_stdvec(&(id, hlc, members, groups, change)),
-            Some(_) => postcard::to_stdvec(self),
+        let GenerationBody { id, hlc, members, groups, change, author, signed } = self;
+        let bytes = match (author, signed) {
+            (None, None) => postcard::to_stdvec(&(id, hlc, members, groups, change)),
+            (Some(_), None) => postcard::to_stdvec(&(id, hlc, members, groups, change, author)),
+            (_, Some(_)) => postcard::to_stdvec(self),
         }
         .expect("a generation body always encodes");
         ContentHash(Sha256::digest(&bytes).into())

@@ -572,6 +572,7 @@ mod tests {
                 controls: vec![],
             },
             author: None,
+            signed: None,
         }
     }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::hlc::Stamp;
 use crate::log::VersionVector;
 use crate::model::{GenId, Generation, Key, Op};
+use crate::signing::WriteProof;
 
 /// The winning write of one key: the operation, and the generation that made it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +21,9 @@ pub struct Write {
     pub op: Op,
     pub generation: GenId,
     pub hlc: Stamp,
+    /// The generation's signed change, where it had one (format 5 on): a node that requires
+    /// signatures takes a peer's snapshot only with every write proven.
+    pub proof: Option<Box<WriteProof>>,
 }
 
 impl Write {
@@ -55,8 +59,10 @@ impl Snapshot {
     /// [`Log::compact`]: crate::Log::compact
     pub fn absorb(&mut self, generation: &Generation) {
         let body = &generation.body;
+        let proof = body.signed.as_ref().map(|signed| Box::new(WriteProof { change: body.change.clone(), signed: signed.clone() }));
         for op in &body.change.ops {
-            self.absorb_write(Write { op: op.clone(), generation: body.id.clone(), hlc: body.hlc });
+            let (op, generation, proof) = (op.clone(), body.id.clone(), proof.clone());
+            self.absorb_write(Write { op, generation, hlc: body.hlc, proof });
         }
         self.covers.raise(body.id.origin.clone(), body.id.seq);
     }

@@ -17,6 +17,7 @@ pub fn put(origin: &str, seq: u64, wall_ms: u64, key: &str, value: &str) -> Gene
             schema: None,
         }]),
         author: None,
+        signed: None,
     }
     .seal()
 }

@@ -234,6 +234,7 @@ mod tests {
             groups: vec![],
             change: Change::with_ops(vec![config("a", "1")]),
             author: None,
+            signed: None,
         }
         .seal();
         let error = validate_generation(&generation).unwrap_err();

@@ -6,9 +6,11 @@
 //! version N reads a store written by N-1. A version outside that range is refused with a
 //! clear error instead of misread.
 //!
-//! Version history (the types of each older version live in [`v3`]):
+//! Version history (the types of the version before live in [`v4`]):
 //! - 3: reverts, the anomaly quorum and the thresholds in each change's policy.
 //! - 4: a generation records its author ([`GenerationBody::author`]).
+//! - 5: a generation carries its operator's signature ([`GenerationBody::signed`]), and a
+//!   snapshot's write the signed change it came from ([`Write::proof`]).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -18,10 +20,10 @@ use crate::model::{GenId, Generation, GenerationBody, Revert};
 use crate::snapshot::{Snapshot, Write};
 
 /// The format version this build writes.
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 
 /// The oldest format version this build reads and can write for a peer that reads no newer.
-pub const OLDEST_READABLE: u8 = 3;
+pub const OLDEST_READABLE: u8 = WIRE_VERSION - 1;
 
 /// Why bytes could not be decoded, or a value not encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,8 +37,8 @@ pub enum WireError {
     /// Bytes that do not decode as the expected type (or whose content fails its checks).
     #[error("malformed {what}: {error}")]
     Malformed { what: &'static str, error: String },
-    /// A value that the older format asked for cannot hold (a generation with an author, for a
-    /// peer that reads format 3 only).
+    /// A value that the older format asked for cannot hold (a signed generation, for a peer
+    /// that reads format 4 only).
     #[error("{what} cannot be written in format version {version}: {why}")]
     Unrepresentable { what: &'static str, version: u8, why: &'static str },
 }
@@ -68,32 +70,32 @@ pub fn act_as_version(version: u8) {
     ACT_AS_VERSION.store(version, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// An item with a versioned encoding: how version 3 encoded it, and the conversions.
+/// An item with a versioned encoding: how the version before encoded it, and the conversions.
 pub trait Versioned: Serialize + DeserializeOwned {
-    /// The item as format 3 encoded it.
-    type V3: Serialize + DeserializeOwned;
-    /// Reads an item of format 3.
-    fn from_v3(old: Self::V3) -> Self;
-    /// The item in format 3, or why that format cannot hold it.
-    fn to_v3(&self) -> Result<Self::V3, &'static str>;
+    /// The item as format [`OLDEST_READABLE`] encoded it.
+    type Previous: Serialize + DeserializeOwned;
+    /// Reads an item of the previous format.
+    fn from_previous(old: Self::Previous) -> Self;
+    /// The item in the previous format, or why that format cannot hold it.
+    fn to_previous(&self) -> Result<Self::Previous, &'static str>;
 }
 
-/// Items whose encoding did not change in version 4.
-macro_rules! unchanged_since_v3 {
+/// Items whose encoding did not change in the newest version.
+macro_rules! unchanged_since_previous {
     ($($item:ty),*) => {$(
         impl Versioned for $item {
-            type V3 = $item;
-            fn from_v3(old: $item) -> $item {
+            type Previous = $item;
+            fn from_previous(old: $item) -> $item {
                 old
             }
-            fn to_v3(&self) -> Result<$item, &'static str> {
+            fn to_previous(&self) -> Result<$item, &'static str> {
                 Ok(self.clone())
             }
         }
     )*};
 }
 
-unchanged_since_v3!(PullRequest, PushAck, Snapshot, Revert, VersionVector);
+unchanged_since_previous!(PullRequest, PushAck, Revert, VersionVector);
 
 /// Encodes `value` in the newest format, with the version byte in front.
 pub fn encode<T: Versioned>(value: &T) -> Vec<u8> {
@@ -107,8 +109,8 @@ pub fn encode_at<T: Versioned>(value: &T, version: u8, what: &'static str) -> Re
     let mut bytes = vec![version];
     let written = match version {
         WIRE_VERSION => postcard::to_io(value, &mut bytes).map(drop),
-        3 => {
-            let old = value.to_v3().map_err(|why| WireError::Unrepresentable { what, version, why })?;
+        OLDEST_READABLE => {
+            let old = value.to_previous().map_err(|why| WireError::Unrepresentable { what, version, why })?;
             postcard::to_io(&old, &mut bytes).map(drop)
         }
         other => return Err(WireError::UnknownVersion { found: other }),
@@ -129,7 +131,7 @@ pub fn decode_versioned<T: Versioned>(bytes: &[u8], what: &'static str) -> Resul
     if !(OLDEST_READABLE..=newest()).contains(&version) {
         return Err(WireError::UnknownVersion { found: version });
     }
-    let value = if version == WIRE_VERSION { take_all(rest, what)? } else { T::from_v3(take_all(rest, what)?) };
+    let value = if version == WIRE_VERSION { take_all(rest, what)? } else { T::from_previous(take_all(rest, what)?) };
     Ok((value, version))
 }
 
@@ -186,70 +188,102 @@ pub struct PushAck {
     pub have: VersionVector,
 }
 
-impl Versioned for Generation {
-    type V3 = v3::Generation;
+const NO_SIGNATURES: &str = "format 4 has no operator signatures";
 
-    fn from_v3(old: v3::Generation) -> Generation {
-        let v3::GenerationBody { id, hlc, members, groups, change } = old.body;
-        Generation { body: GenerationBody { id, hlc, members, groups, change, author: None }, hash: old.hash }
+impl Versioned for Generation {
+    type Previous = v4::Generation;
+
+    fn from_previous(old: v4::Generation) -> Generation {
+        let v4::GenerationBody { id, hlc, members, groups, change, author } = old.body;
+        let body = GenerationBody { id, hlc, members, groups, change, author, signed: None };
+        Generation { body, hash: old.hash }
     }
 
-    fn to_v3(&self) -> Result<v3::Generation, &'static str> {
-        let GenerationBody { id, hlc, members, groups, change, author } = self.body.clone();
-        if author.is_some() {
-            return Err("format 3 has no author");
+    fn to_previous(&self) -> Result<v4::Generation, &'static str> {
+        let GenerationBody { id, hlc, members, groups, change, author, signed } = self.body.clone();
+        if signed.is_some() {
+            return Err(NO_SIGNATURES);
         }
-        Ok(v3::Generation { body: v3::GenerationBody { id, hlc, members, groups, change }, hash: self.hash })
+        Ok(v4::Generation { body: v4::GenerationBody { id, hlc, members, groups, change, author }, hash: self.hash })
+    }
+}
+
+impl Versioned for Write {
+    type Previous = v4::Write;
+
+    fn from_previous(old: v4::Write) -> Write {
+        let v4::Write { op, generation, hlc } = old;
+        Write { op, generation, hlc, proof: None }
+    }
+
+    fn to_previous(&self) -> Result<v4::Write, &'static str> {
+        let Write { op, generation, hlc, proof } = self.clone();
+        if proof.is_some() {
+            return Err(NO_SIGNATURES);
+        }
+        Ok(v4::Write { op, generation, hlc })
+    }
+}
+
+impl Versioned for Snapshot {
+    type Previous = v4::Snapshot;
+
+    fn from_previous(old: v4::Snapshot) -> Snapshot {
+        Snapshot::from_parts(old.covers, old.writes.into_iter().map(Write::from_previous))
+    }
+
+    fn to_previous(&self) -> Result<v4::Snapshot, &'static str> {
+        let writes = self.writes().map(Write::to_previous).collect::<Result<_, _>>()?;
+        Ok(v4::Snapshot { covers: self.covers().clone(), writes })
     }
 }
 
 impl Versioned for PullFrame {
-    type V3 = v3::PullFrame;
+    type Previous = v4::PullFrame;
 
-    fn from_v3(old: v3::PullFrame) -> PullFrame {
+    fn from_previous(old: v4::PullFrame) -> PullFrame {
         match old {
-            v3::PullFrame::Revert(revert) => PullFrame::Revert(revert),
-            v3::PullFrame::SnapshotWrite(write) => PullFrame::SnapshotWrite(write),
-            v3::PullFrame::SnapshotEnd { covers } => PullFrame::SnapshotEnd { covers },
-            v3::PullFrame::Generation(generation) => PullFrame::Generation(Generation::from_v3(generation)),
-            v3::PullFrame::End { more } => PullFrame::End { more },
+            v4::PullFrame::Revert(revert) => PullFrame::Revert(revert),
+            v4::PullFrame::SnapshotWrite(write) => PullFrame::SnapshotWrite(Write::from_previous(write)),
+            v4::PullFrame::SnapshotEnd { covers } => PullFrame::SnapshotEnd { covers },
+            v4::PullFrame::Generation(generation) => PullFrame::Generation(Generation::from_previous(generation)),
+            v4::PullFrame::End { more } => PullFrame::End { more },
         }
     }
 
-    fn to_v3(&self) -> Result<v3::PullFrame, &'static str> {
+    fn to_previous(&self) -> Result<v4::PullFrame, &'static str> {
         Ok(match self.clone() {
-            PullFrame::Revert(revert) => v3::PullFrame::Revert(revert),
-            PullFrame::SnapshotWrite(write) => v3::PullFrame::SnapshotWrite(write),
-            PullFrame::SnapshotEnd { covers } => v3::PullFrame::SnapshotEnd { covers },
-            PullFrame::Generation(generation) => v3::PullFrame::Generation(generation.to_v3()?),
-            PullFrame::End { more } => v3::PullFrame::End { more },
+            PullFrame::Revert(revert) => v4::PullFrame::Revert(revert),
+            PullFrame::SnapshotWrite(write) => v4::PullFrame::SnapshotWrite(write.to_previous()?),
+            PullFrame::SnapshotEnd { covers } => v4::PullFrame::SnapshotEnd { covers },
+            PullFrame::Generation(generation) => v4::PullFrame::Generation(generation.to_previous()?),
+            PullFrame::End { more } => v4::PullFrame::End { more },
         })
     }
 }
 
 impl Versioned for Push {
-    type V3 = v3::Push;
+    type Previous = v4::Push;
 
-    fn from_v3(old: v3::Push) -> Push {
-        let generations = old.generations.into_iter().map(Generation::from_v3).collect();
+    fn from_previous(old: v4::Push) -> Push {
+        let generations = old.generations.into_iter().map(Generation::from_previous).collect();
         Push { reverts: old.reverts, generations, sender_has: old.sender_has }
     }
 
-    fn to_v3(&self) -> Result<v3::Push, &'static str> {
-        let generations = self.generations.iter().map(Generation::to_v3).collect::<Result<_, _>>()?;
-        Ok(v3::Push { reverts: self.reverts.clone(), generations, sender_has: self.sender_has.clone() })
+    fn to_previous(&self) -> Result<v4::Push, &'static str> {
+        let generations = self.generations.iter().map(Generation::to_previous).collect::<Result<_, _>>()?;
+        Ok(v4::Push { reverts: self.reverts.clone(), generations, sender_has: self.sender_has.clone() })
     }
 }
 
-/// The items whose encoding changed in format 4, as format 3 encoded them. Field and variant
+/// The items whose encoding changed in format 5, as format 4 encoded them. Field and variant
 /// order is the encoding: never reorder, only add a new module for a new version.
-pub mod v3 {
+pub mod v4 {
     use serde::{Deserialize, Serialize};
 
     use crate::hlc::Stamp;
     use crate::log::VersionVector;
-    use crate::model::{Change, ContentHash, GenId, NodeName, Revert};
-    use crate::snapshot::Write;
+    use crate::model::{Author, Change, ContentHash, GenId, NodeName, Op, Revert};
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct GenerationBody {
@@ -258,12 +292,26 @@ pub mod v3 {
         pub members: Vec<NodeName>,
         pub groups: Vec<String>,
         pub change: Change,
+        pub author: Option<Author>,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Generation {
         pub body: GenerationBody,
         pub hash: ContentHash,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Write {
+        pub op: Op,
+        pub generation: GenId,
+        pub hlc: Stamp,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Snapshot {
+        pub covers: VersionVector,
+        pub writes: Vec<Write>,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,7 +396,7 @@ mod tests {
             let ack = PushAck { have: have.clone() };
             prop_assert_eq!(decode::<PushAck>(&encode(&ack), "push ack").unwrap(), ack);
             let op = generation.body.change.ops[0].clone();
-            let write = crate::snapshot::Write { op, generation: generation.id().clone(), hlc: generation.body.hlc };
+            let write = crate::snapshot::Write { op, generation: generation.id().clone(), hlc: generation.body.hlc, proof: None };
             let revert = PullFrame::Revert(Revert::of(generation.id()));
             for frame in [revert, PullFrame::SnapshotWrite(write), PullFrame::SnapshotEnd { covers: have }] {
                 prop_assert_eq!(decode::<PullFrame>(&encode(&frame), "pull frame").unwrap(), frame);

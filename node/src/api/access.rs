@@ -35,7 +35,7 @@ fn endpoint(method: &Method, path: &str, key: Option<String>) -> (Requirement, C
     match (path, method.as_str()) {
         ("/healthz" | "/readyz" | "/metrics", _) => (Requirement::Public, Admin),
         ("/v1/flags/{key}" | "/v1/config/{key}", "POST") => (role(Role::Write), Admin),
-        ("/v1/apply" | "/v1/rollouts/{generation}/{action}", "POST") => (role(Role::Write), Admin),
+        ("/v1/apply" | "/v1/changes" | "/v1/rollouts/{generation}/{action}", "POST") => (role(Role::Write), Admin),
         ("/v1/health", "POST") => (role(Role::Report), Applications),
         ("/v1/status" | "/v1/history" | "/v1/rollouts" | "/v1/rollouts/{generation}", "GET") => {
             (role(Role::Read), Admin)

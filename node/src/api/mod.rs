@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use grapevine_proto::eval::{FlagDefinition, FlagState};
 use grapevine_proto::limits::{MAX_MEMBERS, MAX_VALUE_BYTES};
 use grapevine_proto::rollout::{Policy, PolicyOptions};
+use grapevine_proto::signing::{Signed, SigningError};
 use grapevine_proto::targeting::Fractional;
 use grapevine_proto::{Author, Change, Generation, JsonText, Key, NodeName, Op, ValidationError};
 use serde::de::DeserializeOwned;
@@ -63,6 +64,8 @@ pub struct ApiState {
     pub auth: Arc<crate::auth::Auth>,
     /// Request rates per client (`[limits]`).
     pub limits: Arc<limits::RateLimits>,
+    /// Whose changes the cluster takes (`[signing]`).
+    pub trust: Arc<grapevine_proto::signing::Trust>,
     /// The store, for `/v1/backup`, and the data directory the backup is written in first.
     pub store: Arc<crate::store::Store>,
     pub data: std::path::PathBuf,
@@ -94,6 +97,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ofrep/v1/events", get(ofrep::events))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/apply", post(apply))
+        .route("/v1/changes", post(signed_change))
         .route("/v1/backup", get(backup))
         // On matched routes only: an unknown path is a 404 for everyone.
         .route_layer(authorize)
@@ -143,6 +147,13 @@ impl From<SubmitError> for ApiError {
             SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
             SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             SubmitError::Stopped | SubmitError::Recovering(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SubmitError::Signing(SigningError::Unsigned { .. }) => {
+                let message = format!(
+                    "{error}: sign it with an operator key (`grapevine --signing-key FILE`, or GRAPEVINE_SIGNING_KEY; see docs/security.md)"
+                );
+                return ApiError { status: StatusCode::FORBIDDEN, message };
+            }
+            SubmitError::Signing(_) => StatusCode::FORBIDDEN,
         };
         ApiError { status, message: error.to_string() }
     }
@@ -297,6 +308,10 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
         "recovering": view.recovering,
         "health": state.health.sources(),
         "files": state.files.statuses(),
+        "signing": {
+            "required": state.trust.required(),
+            "roots": state.trust.roots.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
         "members": members,
     })))
 }
@@ -316,6 +331,8 @@ struct GenerationSummary {
     hash: String,
     /// Who submitted it, when recorded (wire format 4 on).
     author: Option<grapevine_proto::Author>,
+    /// The operator key that signed it and the root that delegated that key (format 5 on).
+    signed_by: Option<Value>,
     members: Vec<NodeName>,
     ops: Vec<Value>,
     policy: Policy,
@@ -347,6 +364,9 @@ impl From<&Generation> for GenerationSummary {
             hlc: body.hlc.to_string(),
             hash: generation.hash.to_string(),
             author: body.author.clone(),
+            signed_by: body.signed.as_ref().map(|signed| {
+                json!({"key": signed.delegation.key.to_string(), "root": signed.delegation.root.to_string()})
+            }),
             members: body.members.clone(),
             ops,
             policy: body.change.policy.clone(),
@@ -416,9 +436,61 @@ async fn apply_change(
     }
     let changed = ops.len();
     let change = Change { ops, policy: wait.policy(&state.default_policy)?, controls: Vec::new() };
-    let mut answer = submit_change(state, change, wait).await?;
+    let mut answer = submit_change(state, change, None, wait).await?;
     answer["changed"] = json!(changed);
     Ok(answer)
+}
+
+/// `POST /v1/changes`: a change as a node prepared it (`?prepare=true` on any change request),
+/// with its operator's signature, both hex of their postcard encoding. The node stores exactly
+/// that change, after the checks every peer makes on it.
+async fn signed_change(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<crate::auth::Principal>,
+    wait: ChangeQuery,
+    body: Bytes,
+) -> ApiResult<Value> {
+    let result = signed_change_of(&state, &principal, &wait, body).await;
+    count_change(&state, result)
+}
+
+async fn signed_change_of(
+    state: &ApiState,
+    principal: &crate::auth::Principal,
+    wait: &ChangeQuery,
+    body: Bytes,
+) -> ApiResult<Value> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SignedChangeRequest {
+        change: String,
+        signed: String,
+    }
+    let request: SignedChangeRequest = parse_body(&body, r#"{"change": "<hex>", "signed": "<hex>"}"#)?;
+    let change: Change = decode_hex(&request.change, "change")?;
+    let signed: Signed = decode_hex(&request.signed, "signed")?;
+    if wait.dry_run || wait.prepare {
+        return Err(ApiError::bad_request("a signed change is stored as signed: prepare and dry-run the request it came from"));
+    }
+    access::covers_all(state, principal, change.ops.iter().map(|op| op.key().as_str()))?;
+    for control in &change.controls {
+        access::may_touch(state, principal, control.target()).await?;
+    }
+    submit_change(state, change, Some(signed), wait).await
+}
+
+/// Decodes `field`, hex of a postcard encoding in this build's wire format.
+fn decode_hex<T: DeserializeOwned>(text: &str, field: &str) -> Result<T, ApiError> {
+    let refused = |error: String| {
+        let format = grapevine_proto::wire::WIRE_VERSION;
+        ApiError::bad_request(format!("{field}: expected hex of its encoding in wire format {format}, got {error}"))
+    };
+    let bytes = hex::decode(text).map_err(|error| refused(format!("invalid hex ({error})")))?;
+    match postcard::take_from_bytes(&bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, trailing)) => Err(refused(format!("{} trailing bytes", trailing.len()))),
+        Err(error) => Err(refused(format!("bytes that do not decode ({error})"))),
+    }
 }
 
 /// What `flag set` asks for: exactly one of the fields.
@@ -462,6 +534,8 @@ pub struct ChangeQuery {
     emergency: bool,
     /// Check and describe the change (diff, waves), store nothing.
     dry_run: bool,
+    /// A dry run that also answers what an operator signs (`POST /v1/changes` takes it back).
+    prepare: bool,
     policy: PolicyOptions,
     /// Who submits the change: the `X-Grapevine-Author` header.
     author: Option<Author>,
@@ -496,6 +570,7 @@ impl ChangeQuery {
                 "timeout_ms" => parsed.timeout_ms = Some(value.parse().map_err(|_| invalid("milliseconds"))?),
                 "emergency" => parsed.emergency = value.parse().map_err(|_| invalid("true or false"))?,
                 "dry_run" => parsed.dry_run = value.parse().map_err(|_| invalid("true or false"))?,
+                "prepare" => parsed.prepare = value.parse().map_err(|_| invalid("true or false"))?,
                 _ => policy.push((name, value)),
             }
         }
@@ -524,15 +599,29 @@ const REPLICA_POLL: Duration = Duration::from_millis(5);
 /// Submits a one-operation change and, if asked, waits until enough peers hold it.
 async fn submit(state: &ApiState, op: Op, wait: &ChangeQuery) -> ApiResult<Value> {
     let change = Change { ops: vec![op], policy: wait.policy(&state.default_policy)?, controls: Vec::new() };
-    submit_change(state, change, wait).await
+    submit_change(state, change, None, wait).await
 }
 
-/// Submits a change and, if asked, waits until enough peers hold it.
-pub(crate) async fn submit_change(state: &ApiState, change: Change, wait: &ChangeQuery) -> ApiResult<Value> {
-    if wait.dry_run {
-        let preview = state.engine.preview(change).await?;
+/// Submits a change (signed by its operator, where the cluster requires it) and, if asked,
+/// waits until enough peers hold it.
+pub(crate) async fn submit_change(
+    state: &ApiState,
+    change: Change,
+    signed: Option<Signed>,
+    wait: &ChangeQuery,
+) -> ApiResult<Value> {
+    if wait.dry_run || wait.prepare {
+        let preview = state.engine.preview(change.clone()).await?;
         let mut answer = serde_json::to_value(preview).expect("a preview always serializes");
         answer["dry_run"] = json!(true);
+        if wait.prepare {
+            answer["sign"] = json!({
+                "cluster": state.cluster,
+                "format": grapevine_proto::wire::WIRE_VERSION,
+                "issued_ms": crate::health::unix_ms(),
+                "change": hex::encode(postcard::to_stdvec(&change).expect("a change always encodes")),
+            });
+        }
         return Ok(Json(answer));
     }
     if wait.wait_replicas > MAX_MEMBERS {
@@ -542,7 +631,7 @@ pub(crate) async fn submit_change(state: &ApiState, change: Change, wait: &Chang
         )));
     }
     let timeout = wait.timeout_ms.map_or(DEFAULT_REPLICA_TIMEOUT, Duration::from_millis).min(MAX_REPLICA_TIMEOUT);
-    let generation = state.engine.submit(change, wait.author.clone()).await?;
+    let generation = state.engine.submit(change, wait.author.clone(), signed).await?;
     let id = generation.id();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut replicas = state.holdings.count_holding(state.gossip.peer_version_vectors().await, id);

@@ -112,7 +112,7 @@ pub async fn control(
         }
     };
     let change = Change { ops: Vec::new(), policy: state.default_policy.as_emergency(), controls: vec![control] };
-    submit_change(&state, change, &wait).await
+    submit_change(&state, change, None, &wait).await
 }
 
 async fn rollback(state: &ApiState, target: GenId) -> ApiResult<Value> {

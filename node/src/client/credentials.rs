@@ -58,7 +58,7 @@ pub fn token_for(given: Option<&str>, base: &str) -> Result<Option<String>, CliE
 }
 
 /// Tokens are secrets: say so when the file is readable by the group or others, as ssh does.
-fn warn_if_readable_by_others(path: &std::path::Path) {
+pub(super) fn warn_if_readable_by_others(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if std::fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & 0o077 != 0) {
         eprintln!("warning: {} is readable by others; chmod 600 it", path.display());

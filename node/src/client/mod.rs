@@ -15,7 +15,9 @@ use serde_json::Value;
 
 mod connection;
 pub mod credentials;
+pub mod signing;
 use connection::Connection;
+pub use signing::Intent;
 
 /// How long the CLI waits for a node to answer. A change is acknowledged once durable on the
 /// node, which takes milliseconds; anything near this means the node is unwell.
@@ -52,6 +54,8 @@ impl CliError {
 pub struct Client {
     connection: Connection,
     pub json: bool,
+    /// The operator key that signs this invocation's changes, if one is configured.
+    signer: Option<signing::Signer>,
 }
 
 /// `$USER@HOSTNAME` (the account's name without `$USER`), with characters an author may not hold replaced by `_`, cut to the limit.
@@ -96,7 +100,38 @@ impl Client {
                 .map_err(|_| CliError::Usage("the token holds characters a header cannot carry".into()))?;
             connection.add_header(reqwest::header::AUTHORIZATION, value);
         }
-        Ok(Client { connection, json: args.json })
+        let signer = signing::signer_for(args.signing_key.as_deref())?;
+        Ok(Client { connection, json: args.json, signer })
+    }
+
+    /// Sends a change request. With an operator key, the node prepares the change, the CLI
+    /// checks it against `intent`, signs it, and sends it back to be stored as signed.
+    async fn change(
+        &self,
+        path: &str,
+        query: &[(&'static str, String)],
+        body: Option<Value>,
+        intent: &Intent,
+    ) -> Result<Value, CliError> {
+        let dry_run = query.iter().any(|(name, value)| *name == "dry_run" && value == "true");
+        let Some(signer) = self.signer.as_ref().filter(|_| !dry_run) else {
+            return self.request_with(Method::POST, path, query, body).await;
+        };
+        let mut prepare = query.to_vec();
+        prepare.push(("prepare", "true".to_owned()));
+        let prepared = self.request_with(Method::POST, path, &prepare, body).await?;
+        if prepared.get("sign").is_none() {
+            // Nothing to change (`apply` of flags that are already the latest).
+            return Ok(prepared);
+        }
+        let signed = signer.sign(&prepared, intent)?;
+        let wait: Vec<(&str, String)> =
+            query.iter().filter(|(name, _)| matches!(*name, "wait_replicas" | "timeout_ms")).cloned().collect();
+        let mut answer = self.request_with(Method::POST, "/v1/changes", &wait, Some(signed)).await?;
+        if let Some(changed) = prepared.get("changed") {
+            answer["changed"] = changed.clone();
+        }
+        Ok(answer)
     }
 
     /// The node this client talks to (`http://...` or `unix:...`).
@@ -216,7 +251,8 @@ fn key_path(key: &str) -> Result<String, CliError> {
 /// The query string that makes the node wait for replicas.
 pub async fn flag_set(client: &Client, key: &str, request: Value, change: &ChangeArgs) -> Result<(), CliError> {
     let path = format!("/v1/flags/{}", key_path(key)?);
-    let answer = client.request_with(Method::POST, &path, &change.query(), Some(request)).await?;
+    let intent = Intent { keys: [key.to_owned()].into(), ..Intent::default() };
+    let answer = client.change(&path, &change.query(), Some(request), &intent).await?;
     report_accepted(client, &format!("flag {key}"), &answer);
     Ok(())
 }
@@ -233,14 +269,17 @@ pub async fn config_put(
         request["schema"] = schema;
     }
     let path = format!("/v1/config/{}", key_path(key)?);
-    let answer = client.request_with(Method::POST, &path, &change.query(), Some(request)).await?;
+    let intent = Intent { keys: [key.to_owned()].into(), values: vec![(key.to_owned(), value)], control_of: None };
+    let answer = client.change(&path, &change.query(), Some(request), &intent).await?;
     report_accepted(client, &format!("config {key}"), &answer);
     Ok(())
 }
 
 /// `apply FILE`.
 pub async fn apply(client: &Client, flags: Value, change: &ChangeArgs) -> Result<(), CliError> {
-    let answer = client.request_with(Method::POST, "/v1/apply", &change.query(), Some(flags)).await?;
+    let names = flags["flags"].as_object().into_iter().flatten().map(|(name, _)| name.clone()).collect();
+    let intent = Intent { keys: names, ..Intent::default() };
+    let answer = client.change("/v1/apply", &change.query(), Some(flags), &intent).await?;
     if answer["changed"] == 0 && !client.json {
         println!("{}", text(&answer, "message"));
         return Ok(());
@@ -432,6 +471,20 @@ pub async fn backup(client: &Client, out: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `key revoke KEY`: a signed write of the key's revocation, applied everywhere at once.
+pub async fn revoke_key(client: &Client, public: &str, reason: Option<String>) -> Result<(), CliError> {
+    if client.signer.is_none() {
+        return Err(CliError::Usage("a revocation is a signed change: give your key with --signing-key".into()));
+    }
+    let (key, value) = signing::revocation(public, reason)?;
+    let path = format!("/v1/config/{}", key_path(&key)?);
+    let intent = Intent { keys: [key.clone()].into(), values: vec![(key.clone(), value.clone())], control_of: None };
+    let query = [("emergency", "true".to_owned())];
+    let answer = client.change(&path, &query, Some(serde_json::json!({ "value": value })), &intent).await?;
+    report_accepted(client, &format!("the revocation of {public}"), &answer);
+    Ok(())
+}
+
 /// `rollback GEN`.
 pub async fn rollback(client: &Client, generation: &str) -> Result<(), CliError> {
     let answer = client.request(Method::POST, &format!("{}/rollback", generation_path(generation)?), None).await?;
@@ -502,7 +555,8 @@ fn generation_path(generation: &str) -> Result<String, CliError> {
 /// `rollout pause|resume|promote GEN`.
 pub async fn rollout_control(client: &Client, generation: &str, action: &str) -> Result<(), CliError> {
     let path = format!("{}/{action}", generation_path(generation)?);
-    let answer = client.request(Method::POST, &path, None).await?;
+    let intent = Intent { control_of: generation.parse().ok(), ..Intent::default() };
+    let answer = client.change(&path, &[], None, &intent).await?;
     report_accepted(client, &format!("{action} of {generation}"), &answer);
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_change};
-use grapevine_proto::wire;
+use grapevine_proto::signing::{Signed, SigningError, Trust};
 use grapevine_proto::{
     AppliedState, Author, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Op, Revert,
     Snapshot, ValidationError, VersionVector,
@@ -123,10 +123,18 @@ pub enum SubmitError {
     /// The node's store was damaged and it has not caught up with its peers yet.
     #[error("this node is recovering its log from peers ({0}); send the change to another node")]
     Recovering(String),
+    /// The change is not signed by a trusted operator key; nothing was stored.
+    #[error(transparent)]
+    Signing(#[from] SigningError),
 }
 
 enum Command {
-    Submit { change: Change, author: Option<Author>, reply: oneshot::Sender<Result<Generation, SubmitError>> },
+    Submit {
+        change: Change,
+        author: Option<Author>,
+        signed: Option<Signed>,
+        reply: oneshot::Sender<Result<Generation, SubmitError>>,
+    },
     Preview { change: Change, reply: oneshot::Sender<Result<Preview, SubmitError>> },
     Readiness { reply: oneshot::Sender<Readiness> },
     Waiting { reply: oneshot::Sender<Vec<(GenId, usize, usize)>> },
@@ -156,8 +164,14 @@ impl EngineHandle {
 
     /// Validates, stamps, stores and applies a change; returns its generation once durable.
     /// `author` is recorded once every member reads wire format 4 (left out before).
-    pub async fn submit(&self, change: Change, author: Option<Author>) -> Result<Generation, SubmitError> {
-        self.ask(|reply| Command::Submit { change, author, reply }).await.unwrap_or(Err(SubmitError::Stopped))
+    /// Accepts a change: signed by its operator where the cluster requires it.
+    pub async fn submit(
+        &self,
+        change: Change,
+        author: Option<Author>,
+        signed: Option<Signed>,
+    ) -> Result<Generation, SubmitError> {
+        self.ask(|reply| Command::Submit { change, author, signed, reply }).await.unwrap_or(Err(SubmitError::Stopped))
     }
 
     /// Stores and applies validated generations from peer `from`; returns how many were new.
@@ -243,6 +257,8 @@ pub struct EngineParts {
     pub alerts: Alerts,
     /// Why the store was damaged at start, while the node recovers from peers.
     pub recovering: Option<String>,
+    /// Whose changes this node takes (signed changes).
+    pub trust: Arc<Trust>,
 }
 
 struct Engine {
@@ -364,8 +380,8 @@ impl Engine {
                     let _ = reply.send(self.absorb_snapshot(snapshot).await);
                     self.decide().await;
                 }
-                Command::Submit { change, author, reply } => {
-                    let submitted = self.submit(change, author).await;
+                Command::Submit { change, author, signed, reply } => {
+                    let submitted = self.submit(change, author, signed).await;
                     // Released here before the answer: a client that reads back its change from
                     // the node that took it sees it applied when this node's wave is open (the
                     // first wave, an emergency, or a single wave).
@@ -405,14 +421,22 @@ impl Engine {
         }
     }
 
-    /// Reverts what the reports say hurts, then releases what they say is safe.
+    /// Reverts what revoked keys signed and what the reports say hurts, then releases what
+    /// they say is safe.
     async fn decide(&mut self) {
+        self.revocation_pass().await;
         self.revert_pass().await;
         self.release_pass().await;
     }
 
     /// The generation `change` becomes here now, checked, stamped by `clock`; not stored.
-    async fn seal(&self, change: Change, author: Option<Author>, clock: &mut Clock) -> Result<Generation, SubmitError> {
+    async fn seal(
+        &self,
+        change: Change,
+        author: Option<Author>,
+        signed: Option<Signed>,
+        clock: &mut Clock,
+    ) -> Result<Generation, SubmitError> {
         if let Some(reason) = &self.parts.recovering {
             return Err(SubmitError::Recovering(reason.clone()));
         }
@@ -426,27 +450,13 @@ impl Engine {
             members,
             groups,
             change,
-            author: self.recordable(author).await,
+            // A signed change is by its operator, whoever sent it.
+            author: signed.as_ref().map_or(author, |signed| Some(signed.delegation.operator.clone())),
+            signed,
         };
         let generation = body.seal();
         check_envelope(&generation)?;
         Ok(generation)
-    }
-
-    /// The author to record: none while a member (live, or dead and not yet forgotten) reads
-    /// only wire format 3, which has no author, so that every member can hold the generation
-    /// during a rolling upgrade.
-    async fn recordable(&self, author: Option<Author>) -> Option<Author> {
-        let author = author?;
-        if wire::newest() < 4 {
-            return None;
-        }
-        let older = self.parts.gossip.members_reading_below(4).await;
-        if !older.is_empty() {
-            info!(%author, members = ?older, "author left out of the change: these members read wire format 3 only");
-            return None;
-        }
-        Some(author)
     }
 
     /// Ends a recovery once, for [`RECOVERY_SETTLE`] on end, live peers' log summaries are
@@ -500,7 +510,7 @@ impl Engine {
     /// What `change` would do, changing nothing: the generation it would become (its waves
     /// follow from it) and, per key, the desired value before and after.
     async fn preview(&self, change: Change) -> Result<Preview, SubmitError> {
-        let generation = self.seal(change, None, &mut self.clock.clone()).await?;
+        let generation = self.seal(change, None, None, &mut self.clock.clone()).await?;
         let diff = generation
             .body
             .change
@@ -523,9 +533,23 @@ impl Engine {
         Ok(Preview { generation: generation.id().to_string(), policy: generation.body.change.policy, waves, diff })
     }
 
-    async fn submit(&mut self, change: Change, author: Option<Author>) -> Result<Generation, SubmitError> {
+    async fn submit(
+        &mut self,
+        change: Change,
+        author: Option<Author>,
+        signed: Option<Signed>,
+    ) -> Result<Generation, SubmitError> {
         let mut clock = self.clock.clone();
-        let generation = self.seal(change, author, &mut clock).await?;
+        let generation = self.seal(change, author, signed, &mut clock).await?;
+        // The same check every peer makes on it, and, since this node knows the history, no
+        // change under a key revoked already (peers would revert it at once).
+        self.parts.trust.check(&generation.body)?;
+        if let Some(signed) = &generation.body.signed
+            && let Some(by) = self.revocations().remove(&signed.delegation.key)
+        {
+            let (operator, key) = (signed.delegation.operator.clone(), signed.delegation.key);
+            return Err(SigningError::Revoked { operator, key, by: by.1 }.into());
+        }
         self.clock = clock;
         self.store_durably(vec![generation.clone()]).await?;
         info!(generation = %generation.id(), "accepted change");
@@ -557,6 +581,11 @@ impl Engine {
                 }
                 None => {}
             }
+            if let Err(refusal) = self.parts.trust.check(&generation.body) {
+                // Refused for good: no operator key the cluster trusts signed it.
+                self.refused_signature(&refusal, generation.id());
+                continue;
+            }
             if let Err(refusal) = self.clock.observe(generation.body.hlc, now_ms(self.parts.clock_skew_ms)) {
                 // Refused, not stored: a node whose clock runs ahead must not win every key
                 // until real time catches up. Once our clock is within the maximum offset of
@@ -586,7 +615,16 @@ impl Engine {
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
         self.publish().await;
         self.push(Vec::new(), new, from);
+        self.revocation_pass().await;
         count
+    }
+
+    /// Counts and logs (rate-limited) a generation or snapshot refused for its signature.
+    fn refused_signature(&self, refusal: &SigningError, what: &dyn std::fmt::Display) {
+        self.parts.metrics.unsigned_changes.get_or_create(&crate::metrics::reason(refusal.reason())).inc();
+        if self.warnings.allow(&format!("signature {}", refusal.reason())) {
+            warn!(%what, %refusal, "refused a change without a trusted operator signature");
+        }
     }
 
     /// With a `waves_by` policy, each member's value of the label (empty for members without
@@ -655,6 +693,13 @@ impl Engine {
             }
             return false;
         }
+        let trust = &self.parts.trust;
+        let unproven =
+            snapshot.writes().find_map(|w| trust.check_write(&w.op, &w.generation, w.hlc, w.proof.as_deref()).err());
+        if let Some(refusal) = unproven {
+            self.refused_signature(&refusal, &"a peer's snapshot");
+            return false;
+        }
         self.clock = clock;
         let mut absorbed = self.log.clone();
         let covered = absorbed.absorb_snapshot(&snapshot);
@@ -662,6 +707,7 @@ impl Engine {
             return false;
         }
         self.refold().await;
+        self.revocation_pass().await;
         true
     }
 

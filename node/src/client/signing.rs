@@ -1,0 +1,344 @@
+//! The operator's side of signed changes: key files, delegations, and signing what a node
+//! prepared (see `proto::signing` for what every node checks).
+//!
+//! A key file is TOML, mode 0600, made by `grapevine key new`:
+//!
+//! ```toml
+//! name = "alice"                  # recorded as the author of every change it signs
+//! public = "ed25519:..."
+//! secret = "..."                  # 64 hex digits: the ed25519 seed
+//! delegation = "..."              # hex, from `grapevine key delegate` (operators only)
+//! ```
+//!
+//! The CLI finds it at `--signing-key`, `GRAPEVINE_SIGNING_KEY`, or
+//! `$XDG_CONFIG_HOME/grapevine/signing.key` (`~/.config/grapevine/signing.key`).
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use grapevine_proto::signing::{Delegation, MAX_PREFIXES, PublicKey, SecretKey, revocation_key};
+use grapevine_proto::{Author, Change, GenId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::CliError;
+use crate::cli::KeyCommand;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFileText {
+    name: String,
+    public: String,
+    secret: String,
+    delegation: Option<String>,
+}
+
+/// A key file, read and checked.
+#[derive(Debug)]
+pub struct KeyFile {
+    pub path: PathBuf,
+    pub name: Author,
+    pub key: SecretKey,
+    pub delegation: Option<Delegation>,
+}
+
+impl KeyFile {
+    /// A new key named `name`, from the system's random number generator.
+    pub fn generate(path: &Path, name: Author) -> Result<KeyFile, CliError> {
+        let mut seed = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+            .map_err(|_| CliError::Failed("the system's random number generator failed".into()))?;
+        Ok(KeyFile { path: path.to_owned(), name, key: SecretKey::from_seed(seed), delegation: None })
+    }
+
+    pub fn read(path: &Path) -> Result<KeyFile, CliError> {
+        let invalid = |detail: String| CliError::Usage(format!("signing key {}: {detail}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|error| invalid(format!("cannot read it: {error}")))?;
+        super::credentials::warn_if_readable_by_others(path);
+        let file: KeyFileText = toml::from_str(&text)
+            .map_err(|error| invalid(format!("expected name, public, secret (and delegation): {error}")))?;
+        let name = file.name.parse::<Author>().map_err(|error| invalid(format!("name: {error}")))?;
+        let seed: [u8; 32] = hex::decode(&file.secret)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| invalid("secret: expected 64 hex digits".into()))?;
+        let key = SecretKey::from_seed(seed);
+        if file.public.parse::<PublicKey>().ok() != Some(key.public()) {
+            return Err(invalid(format!("public {} is not the secret's public key {}", file.public, key.public())));
+        }
+        let delegation = file.delegation.as_deref().map(decode_delegation).transpose().map_err(invalid)?;
+        if let Some(delegation) = &delegation
+            && delegation.key != key.public()
+        {
+            return Err(invalid(format!("the delegation is for {}, not for this key", delegation.key)));
+        }
+        Ok(KeyFile { path: path.to_owned(), name, key, delegation })
+    }
+
+    /// Writes the file: a new one is refused if it exists; either way readable by its owner only.
+    pub fn write(&self, replace: bool) -> Result<(), CliError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let text = KeyFileText {
+            name: self.name.to_string(),
+            public: self.key.public().to_string(),
+            secret: hex::encode(self.key.seed()),
+            delegation: self.delegation.as_ref().map(encode_delegation),
+        };
+        let body = format!(
+            "# A grapevine signing key: keep it secret.\n{}",
+            toml::to_string(&text).expect("a key file always serializes")
+        );
+        let cannot = |error: std::io::Error| CliError::Failed(format!("cannot write {}: {error}", self.path.display()));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).mode(0o600);
+        if replace {
+            options.truncate(true);
+        } else {
+            options.create_new(true);
+        }
+        let mut file = options.open(&self.path).map_err(|error| match error.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                CliError::Usage(format!("{} already exists: name a new file", self.path.display()))
+            }
+            _ => cannot(error),
+        })?;
+        file.write_all(body.as_bytes()).and_then(|()| file.sync_all()).map_err(cannot)
+    }
+
+    /// The key and delegation that sign changes; an error that says how to get a delegation.
+    pub fn signer(self) -> Result<Signer, CliError> {
+        let Some(delegation) = self.delegation else {
+            return Err(CliError::Usage(format!(
+                "signing key {} has no delegation: a root holder runs `grapevine key delegate --public {} --name {}` and you add its output as `delegation = \"...\"`",
+                self.path.display(),
+                self.key.public(),
+                self.name
+            )));
+        };
+        Ok(Signer { key: self.key, delegation })
+    }
+}
+
+/// `key new`, `key delegate`, `key show` (`key revoke` talks to a node: `client::revoke_key`).
+pub fn run(command: KeyCommand) -> Result<(), CliError> {
+    let usage = |option: &str, error: &dyn std::fmt::Display| CliError::Usage(format!("{option}: {error}"));
+    match command {
+        KeyCommand::New { name, out } => {
+            let name = name.parse::<Author>().map_err(|e| usage("--name", &e))?;
+            let file = KeyFile::generate(&out, name)?;
+            file.write(false)?;
+            println!("{}", file.key.public());
+            eprintln!("wrote {} (keep it secret); its public key is above", out.display());
+        }
+        KeyCommand::Delegate { root, key, public, name, cluster, prefixes, days } => {
+            let root = KeyFile::read(&root)?;
+            let mut operator = key.as_deref().map(KeyFile::read).transpose()?;
+            let public = match (&operator, public) {
+                (Some(file), _) => file.key.public(),
+                (None, Some(public)) => public.parse::<PublicKey>().map_err(|e| usage("--public", &e))?,
+                (None, None) => return Err(CliError::Usage("expected --key FILE or --public KEY".into())),
+            };
+            let name = match (name, &operator) {
+                (Some(name), _) => name.parse::<Author>().map_err(|e| usage("--name", &e))?,
+                (None, Some(file)) => file.name.clone(),
+                (None, None) => return Err(CliError::Usage("--public needs --name".into())),
+            };
+            if prefixes.len() > MAX_PREFIXES {
+                return Err(CliError::Usage(format!("at most {MAX_PREFIXES} --prefix, got {}", prefixes.len())));
+            }
+            let now_ms = crate::health::unix_ms();
+            let not_after_ms = now_ms + u64::from(days) * 24 * 3600 * 1000;
+            let delegation = root.key.delegate(&cluster, name.clone(), public, prefixes, not_after_ms);
+            let text = encode_delegation(&delegation);
+            match operator.as_mut() {
+                Some(file) => {
+                    file.delegation = Some(delegation);
+                    file.name = name;
+                    file.write(true)?;
+                    eprintln!("wrote the delegation into {}", file.path.display());
+                }
+                None => {
+                    println!("{text}");
+                    eprintln!("add it to the operator's key file as: delegation = \"{text}\"");
+                }
+            }
+        }
+        KeyCommand::Show { file } => {
+            let file = KeyFile::read(&file)?;
+            let delegation = file.delegation.as_ref().map(|d| {
+                serde_json::json!({
+                    "operator": d.operator,
+                    "root": d.root.to_string(),
+                    "prefixes": d.prefixes,
+                    "not_after_ms": d.not_after_ms,
+                })
+            });
+            let shown = serde_json::json!({"name": file.name, "public": file.key.public().to_string(), "delegation": delegation});
+            println!("{}", serde_json::to_string_pretty(&shown).expect("a Value always serializes"));
+        }
+        KeyCommand::Revoke { .. } => unreachable!("`key revoke` is run by `client::revoke_key`"),
+    }
+    Ok(())
+}
+
+pub fn encode_delegation(delegation: &Delegation) -> String {
+    hex::encode(postcard::to_stdvec(delegation).expect("a delegation always encodes"))
+}
+
+pub fn decode_delegation(text: &str) -> Result<Delegation, String> {
+    let bytes = hex::decode(text.trim()).map_err(|error| format!("delegation: expected hex, got {error}"))?;
+    match postcard::take_from_bytes::<Delegation>(&bytes) {
+        Ok((delegation, [])) => Ok(delegation),
+        _ => Err("delegation: the hex does not hold a delegation (made by `grapevine key delegate`)".into()),
+    }
+}
+
+/// The default key file's path, if a home or config directory is known.
+pub fn default_file() -> Option<PathBuf> {
+    Some(super::credentials::file()?.with_file_name("signing.key"))
+}
+
+/// The signer of this invocation: the key file named, else the default one if it exists.
+pub fn signer_for(given: Option<&Path>) -> Result<Option<Signer>, CliError> {
+    let path = match given {
+        Some(path) => path.to_owned(),
+        None => match default_file() {
+            Some(path) if path.exists() => path,
+            _ => return Ok(None),
+        },
+    };
+    KeyFile::read(&path)?.signer().map(Some)
+}
+
+/// An operator's key with its delegation.
+#[derive(Debug)]
+pub struct Signer {
+    key: SecretKey,
+    delegation: Delegation,
+}
+
+/// What the operator asked for, to check a prepared change against before signing it: a node
+/// that prepared something else (a compromised one, or one whose latest value differs from
+/// what the operator saw) does not get a signature.
+#[derive(Debug, Default)]
+pub struct Intent {
+    /// Operations may touch these keys only.
+    pub keys: BTreeSet<String>,
+    /// Config values the operations must carry exactly.
+    pub values: Vec<(String, Value)>,
+    /// The generation the change's controls may target (none: no controls).
+    pub control_of: Option<GenId>,
+}
+
+impl Signer {
+    /// Signs the change a node prepared (`answer["sign"]` of a `?prepare=true` request), after
+    /// checking it is what `intent` asked for. Returns the body of `POST /v1/changes`.
+    pub fn sign(&self, prepared: &Value, intent: &Intent) -> Result<Value, CliError> {
+        let refused = |detail: String| CliError::Refused(format!("not signed: {detail}"));
+        let sign = &prepared["sign"];
+        let format = sign["format"].as_u64().unwrap_or_default();
+        if format != u64::from(grapevine_proto::wire::WIRE_VERSION) {
+            return Err(refused(format!(
+                "the node speaks wire format {format} and this CLI {}: use a CLI of the node's version",
+                grapevine_proto::wire::WIRE_VERSION
+            )));
+        }
+        let (Some(cluster), Some(issued_ms), Some(change)) =
+            (sign["cluster"].as_str(), sign["issued_ms"].as_u64(), sign["change"].as_str())
+        else {
+            return Err(refused(format!("the node's answer holds nothing to sign: {prepared}")));
+        };
+        let bytes = hex::decode(change).map_err(|error| refused(format!("the prepared change is not hex: {error}")))?;
+        let change: Change = match postcard::take_from_bytes(&bytes) {
+            Ok((change, [])) => change,
+            _ => return Err(refused("the prepared change does not decode".into())),
+        };
+        check_intent(&change, intent).map_err(refused)?;
+        let signed = self.key.sign_change(cluster, self.delegation.clone(), issued_ms, &change);
+        let signed = hex::encode(postcard::to_stdvec(&signed).expect("a signature always encodes"));
+        Ok(serde_json::json!({ "change": change_hex(&change), "signed": signed }))
+    }
+}
+
+/// The config key and value of a revocation of `public`.
+pub fn revocation(public: &str, reason: Option<String>) -> Result<(String, Value), CliError> {
+    let key = public.parse::<PublicKey>().map_err(|error| CliError::Usage(error.to_string()))?;
+    Ok((revocation_key(&key).to_string(), serde_json::json!({ "key": key.to_string(), "reason": reason })))
+}
+
+fn change_hex(change: &Change) -> String {
+    hex::encode(postcard::to_stdvec(change).expect("a change always encodes"))
+}
+
+fn check_intent(change: &Change, intent: &Intent) -> Result<(), String> {
+    if let Some(op) = change.ops.iter().find(|op| !intent.keys.contains(op.key().as_str())) {
+        return Err(format!("the node prepared a change of {} {}, which was not asked for", op.kind(), op.key()));
+    }
+    for (key, expected) in &intent.values {
+        let carried = change.ops.iter().find_map(|op| match op {
+            grapevine_proto::Op::PutConfig { key: k, value, .. } if k.as_str() == key => Some(value.to_value()),
+            _ => None,
+        });
+        if carried.as_ref() != Some(expected) {
+            return Err(format!("the node prepared config {key} = {carried:?}, not the value asked for"));
+        }
+    }
+    if let Some(control) = change.controls.iter().find(|c| Some(c.target()) != intent.control_of.as_ref()) {
+        return Err(format!("the node prepared a control of {}, which was not asked for", control.target()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_round_trip_and_refuse_a_mismatched_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alice.key");
+        let mut file = KeyFile::generate(&path, "alice".parse().unwrap()).unwrap();
+        file.write(false).unwrap();
+        assert!(file.write(false).is_err(), "an existing key file is never overwritten by `key new`");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let read = KeyFile::read(&path).unwrap();
+        assert_eq!(read.key.public(), file.key.public());
+        let error = read.signer().unwrap_err().to_string();
+        assert!(error.contains("has no delegation"), "{error}");
+
+        let root = SecretKey::from_seed([1; 32]);
+        file.delegation = Some(root.delegate("c", file.name.clone(), file.key.public(), vec![], u64::MAX));
+        file.write(true).unwrap();
+        assert!(KeyFile::read(&path).unwrap().signer().is_ok());
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let other = SecretKey::from_seed([2; 32]).public().to_string();
+        std::fs::write(&path, text.replace(&file.key.public().to_string(), &other)).unwrap();
+        let error = KeyFile::read(&path).unwrap_err().to_string();
+        assert!(error.contains("is not the secret's public key"), "{error}");
+    }
+
+    #[test]
+    fn a_prepared_change_other_than_asked_is_not_signed() {
+        let put = |key: &str, value: &str| grapevine_proto::Op::PutConfig {
+            key: key.parse().unwrap(),
+            value: grapevine_proto::JsonText::try_from(value.to_owned()).unwrap(),
+            schema: None,
+        };
+        let intent = Intent {
+            keys: ["limits".to_owned()].into(),
+            values: vec![("limits".to_owned(), serde_json::json!(5))],
+            control_of: None,
+        };
+        check_intent(&Change::with_ops(vec![put("limits", "5")]), &intent).unwrap();
+        let other_value = check_intent(&Change::with_ops(vec![put("limits", "6")]), &intent).unwrap_err();
+        assert!(other_value.contains("not the value asked for"), "{other_value}");
+        let extra = check_intent(&Change::with_ops(vec![put("limits", "5"), put("admins", "1")]), &intent).unwrap_err();
+        assert!(extra.contains("config admins"), "{extra}");
+        let mut control = Change::with_ops(vec![]);
+        control.controls.push(grapevine_proto::rollout::Control::Resume { target: "n1.1".parse().unwrap() });
+        assert!(check_intent(&control, &intent).is_err());
+    }
+}
