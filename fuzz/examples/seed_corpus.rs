@@ -17,6 +17,7 @@ use chitchat::transport::{ChannelTransport, Socket, Transport};
 use chitchat::{ChitchatConfig, ChitchatId, ChitchatMessage, FailureDetectorConfig, Serializable, spawn_chitchat};
 use grapevine_proto::eval::FlagDefinition;
 use grapevine_proto::rollout::{Control, Policy};
+use grapevine_proto::signing::SecretKey;
 use grapevine_proto::wire::{self, PullFrame, PullRequest, Push, PushAck, Versioned};
 use grapevine_proto::{
     Change, GenId, Generation, GenerationBody, JsonText, Op, Revert, Snapshot, Stamp, VersionVector, Write,
@@ -136,7 +137,7 @@ fn both_formats<T: Versioned>(corpus: &mut Corpus, target: &'static str, item: &
 }
 
 /// Generations as nodes accept them: flags with targeting, configs with a schema, a change
-/// with an author, a grouped rollout, an emergency change and a control.
+/// with an author, a grouped rollout, an emergency change, a control and a signed change.
 fn generations() -> Vec<Generation> {
     let flag = |key: &str, definition: serde_json::Value| Op::SetFlag {
         key: key.parse().expect("a valid key"),
@@ -206,7 +207,13 @@ fn generations() -> Vec<Generation> {
             controls: vec![Control::Pause { target: GenId { origin: "n1".parse().expect("a valid name"), seq: 2 } }],
         },
     );
-    [first, second, grouped, emergency, control].into_iter().map(GenerationBody::seal).collect()
+    let mut signed = body("n3", 2, Change::with_ops(vec![config("payments.limit", "7", None)]));
+    let (root, operator) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
+    let alice: grapevine_proto::Author = "alice".parse().expect("a valid author");
+    let delegation = root.delegate("grapevine", alice.clone(), operator.public(), vec!["payments.".into()], u64::MAX);
+    signed.signed = Some(operator.sign_change("grapevine", delegation, signed.hlc.wall_ms, &signed.change));
+    signed.author = Some(alice);
+    [first, second, grouped, emergency, control, signed].into_iter().map(GenerationBody::seal).collect()
 }
 
 fn json_seeds(corpus: &mut Corpus) {

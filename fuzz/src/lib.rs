@@ -8,6 +8,7 @@ use std::fmt::Debug;
 
 use grapevine_proto::eval::{Expected, FlagDefinition, Reason};
 use grapevine_proto::rollout::Plan;
+use grapevine_proto::signing::Trust;
 use grapevine_proto::targeting::Fractional;
 use grapevine_proto::validate::validate_generation;
 use grapevine_proto::wire::{self, OLDEST_READABLE, Versioned, WIRE_VERSION, WireError};
@@ -43,12 +44,20 @@ pub fn wire_item<T: Versioned + PartialEq + Debug>(bytes: &[u8], what: &'static 
 pub fn check_generation(generation: &Generation) {
     let verdict = validate_generation(generation);
     let resealed = generation.body.clone().seal();
+    // Every node checks the operator's signature, whatever else is wrong with the generation.
+    let _ = trust().check(&generation.body);
     if verdict.is_ok() {
         assert_eq!(&resealed, generation, "a valid generation's hash is its content's");
     }
     if validate_generation(&resealed).is_ok() {
         apply(&resealed);
     }
+}
+
+/// A cluster that requires signatures under the root the seed corpus signs with.
+fn trust() -> Trust {
+    let root = grapevine_proto::signing::SecretKey::from_seed([1; 32]).public();
+    Trust { cluster: "grapevine".into(), roots: vec![root], unsigned_through: VersionVector::default() }
 }
 
 /// What the node's engine does with a generation that passed validation: store it in its
@@ -75,6 +84,10 @@ fn apply(generation: &Generation) {
 /// What the node's engine does with a snapshot that passed validation (from a peer's pull
 /// answer, or its store): absorb it into its log, and publish what it covers.
 pub fn check_snapshot(snapshot: &Snapshot) {
+    let trust = trust();
+    for write in snapshot.writes() {
+        let _ = trust.check_write(&write.op, &write.generation, write.hlc, write.proof.as_deref());
+    }
     let mut log = Log::new();
     log.absorb_snapshot(snapshot);
     check_log(&log);
@@ -89,6 +102,7 @@ pub fn check_snapshot(snapshot: &Snapshot) {
 /// What the engine publishes about its log (`View`) and computes for its next change.
 fn check_log(log: &Log) {
     let _ = log.base().covers().total();
+    let _ = grapevine_proto::signing::revoked_after(log);
     for (origin, _) in log.version_vector().iter() {
         let _ = log.next_seq(origin);
     }

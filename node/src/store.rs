@@ -434,11 +434,11 @@ mod tests {
         raw_record(&store, &bytes);
         let damaged = store.load().unwrap_err();
         assert!(Store::is_corruption(&damaged), "{damaged}");
-        bytes[0] = 2;
+        bytes[0] = 3;
         raw_record(&store, &bytes);
         let older = store.load().unwrap_err();
         assert!(!Store::is_corruption(&older), "{older}");
-        assert!(older.to_string().contains("expected format version 3 to 4, got version 2"), "{older}");
+        assert!(older.to_string().contains("expected format version 4 to 5, got version 3"), "{older}");
         drop(store);
         let aside = Store::quarantine(dir.path()).unwrap();
         assert!(aside.file_name().unwrap().to_string_lossy().starts_with("grapevine.redb.corrupt-"));

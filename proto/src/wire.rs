@@ -337,6 +337,7 @@ mod tests {
 
     use super::*;
     use crate::hlc::Stamp;
+    use crate::signing::SecretKey;
     use crate::model::{Change, GenId, GenerationBody, JsonText, Op};
 
     fn arb_generation() -> impl Strategy<Value = Generation> {
@@ -361,18 +362,32 @@ mod tests {
             proptest::collection::vec(name, 0..5),
             proptest::collection::vec(op, 1..5),
             proptest::option::of("[a-z0-9@./+:_-]{1,64}"),
+            any::<bool>(),
         )
-            .prop_map(|(origin, seq, wall_ms, logical, members, ops, author)| {
+            .prop_map(|(origin, seq, wall_ms, logical, members, ops, author, signed)| {
+                let change = Change::with_ops(ops);
+                let author: Option<crate::Author> = author.map(|a| a.parse().unwrap());
+                let signed = match (&author, signed) {
+                    (Some(author), true) => Some(signed_by(author, wall_ms, &change)),
+                    _ => None,
+                };
                 GenerationBody {
                     id: GenId { origin: origin.parse().unwrap(), seq },
                     hlc: Stamp { wall_ms, logical },
                     members: members.into_iter().map(|m| m.parse().unwrap()).collect(),
                     groups: vec![],
-                    change: Change::with_ops(ops),
-                    author: author.map(|a| a.parse().unwrap()),
+                    change,
+                    author,
+                    signed,
                 }
                 .seal()
             })
+    }
+
+    fn signed_by(author: &crate::Author, issued_ms: u64, change: &Change) -> crate::signing::Signed {
+        let (root, operator) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
+        let delegation = root.delegate("c", author.clone(), operator.public(), vec![], u64::MAX);
+        operator.sign_change("c", delegation, issued_ms, change)
     }
 
     proptest! {
@@ -415,19 +430,19 @@ mod tests {
         let mut bytes = encode(&PullFrame::End { more: false });
         bytes.push(0);
         assert!(matches!(decode::<PullFrame>(&bytes, "pull frame"), Err(WireError::Malformed { .. })));
-        for version in [2, 5, 9] {
+        for version in [2, 3, 6, 9] {
             bytes[0] = version;
             let refused = decode::<PullFrame>(&bytes, "pull frame").unwrap_err();
             assert_eq!(refused, WireError::UnknownVersion { found: version });
-            assert_eq!(refused.to_string(), format!("expected format version 3 to 4, got version {version}"));
+            assert_eq!(refused.to_string(), format!("expected format version 4 to 5, got version {version}"));
         }
         assert_eq!(decode::<PullFrame>(&[], "pull frame"), Err(WireError::Empty));
     }
 
-    /// Items as the build before format 4 (commit 6f2157a) encoded them, by name.
-    fn format_3_fixtures() -> std::collections::BTreeMap<&'static str, Vec<u8>> {
-        include_str!("../tests/fixtures/wire-v3.txt")
-            .lines()
+    /// Items as a build encoded them, by name: `wire-v3.txt` by the build of format 3
+    /// (commit 6f2157a), `wire-v4.txt` by the build of format 4 (commit 15805e4).
+    fn fixtures(text: &str) -> std::collections::BTreeMap<&str, Vec<u8>> {
+        text.lines()
             .filter(|line| !line.starts_with('#'))
             .map(|line| {
                 let (name, hex) = line.split_once(' ').expect("name, then hex");
@@ -437,49 +452,77 @@ mod tests {
     }
 
     #[test]
-    fn items_written_by_format_3_are_read_and_written_back_byte_for_byte() {
-        let fixtures = format_3_fixtures();
+    fn items_written_by_format_4_are_read_and_written_back_byte_for_byte() {
+        let fixtures = fixtures(include_str!("../tests/fixtures/wire-v4.txt"));
         let generation: Generation = decode(&fixtures["generation"], "generation").unwrap();
         assert_eq!(generation.id().to_string(), "old1.7");
-        assert_eq!(generation.body.author, None);
-        generation.verify().expect("a format 3 generation keeps its hash in format 4");
+        assert_eq!((&generation.body.author, &generation.body.signed), (&None, &None));
+        generation.verify().expect("a format 3 generation keeps its hash in format 4 and 5");
         crate::validate::validate_generation(&generation).unwrap();
-        assert_eq!(encode_at(&generation, 3, "generation").unwrap(), fixtures["generation"]);
+        assert_eq!(encode_at(&generation, 4, "generation").unwrap(), fixtures["generation"]);
+        let authored: Generation = decode(&fixtures["generation-authored"], "generation").unwrap();
+        assert_eq!(authored.body.author.as_ref().map(crate::Author::as_str), Some("alice@laptop"));
+        authored.verify().expect("an authored format 4 generation keeps its hash in format 5");
+        assert_eq!(encode_at(&authored, 4, "generation").unwrap(), fixtures["generation-authored"]);
 
         let (push, version) = decode_versioned::<Push>(&fixtures["push"], "push").unwrap();
-        assert_eq!((version, &push.generations[..]), (3, std::slice::from_ref(&generation)));
+        assert_eq!((version, &push.generations[..]), (4, std::slice::from_ref(&generation)));
         assert_eq!(encode_at(&push, version, "push").unwrap(), fixtures["push"]);
-        let frame: PullFrame = decode(&fixtures["pull-frame-generation"], "pull frame").unwrap();
-        assert_eq!(frame, PullFrame::Generation(generation.clone()));
-        assert_eq!(encode_at(&frame, 3, "pull frame").unwrap(), fixtures["pull-frame-generation"]);
+        for (name, what) in [("pull-frame-generation", "pull frame"), ("pull-frame-snapshot-write", "pull frame")] {
+            let frame: PullFrame = decode(&fixtures[name], what).unwrap();
+            assert_eq!(encode_at(&frame, 4, what).unwrap(), fixtures[name], "{name}");
+        }
+        let snapshot: Snapshot = decode(&fixtures["snapshot"], "snapshot").unwrap();
+        assert!(snapshot.writes().all(|write| write.proof.is_none()));
+        assert_eq!(encode_at(&snapshot, 4, "snapshot").unwrap(), fixtures["snapshot"]);
         let request: PullRequest = decode(&fixtures["pull-request"], "pull request").unwrap();
         assert_eq!(request.max_bytes, 1 << 20);
-        assert_eq!(encode_at(&request, 3, "pull request").unwrap(), fixtures["pull-request"]);
+        assert_eq!(encode_at(&request, 4, "pull request").unwrap(), fixtures["pull-request"]);
         let ack: PushAck = decode(&fixtures["push-ack"], "push ack").unwrap();
-        assert_eq!(encode_at(&ack, 3, "push ack").unwrap(), fixtures["push-ack"]);
+        assert_eq!(encode_at(&ack, 4, "push ack").unwrap(), fixtures["push-ack"]);
 
-        // The same generation in format 4 differs by the author's slot only, and hashes alike.
-        let newer = encode(&generation);
-        assert_eq!((newer[0], newer.len()), (4, fixtures["generation"].len() + 1));
-        assert_eq!(decode::<Generation>(&newer, "generation").unwrap(), generation);
+        // The same generations in format 5 differ by the signature's slot only, and hash alike.
+        for generation in [generation, authored] {
+            let newer = encode(&generation);
+            let older = encode_at(&generation, 4, "generation").unwrap();
+            assert_eq!((newer[0], newer.len()), (5, older.len() + 1));
+            assert_eq!(decode::<Generation>(&newer, "generation").unwrap(), generation);
+        }
     }
 
     #[test]
-    fn an_author_is_covered_by_the_hash_and_has_no_format_3_form() {
+    fn format_3_is_refused_with_the_versions_this_build_reads() {
+        let fixtures = fixtures(include_str!("../tests/fixtures/wire-v3.txt"));
+        let refused = decode::<Generation>(&fixtures["generation"], "generation").unwrap_err();
+        assert_eq!(refused.to_string(), "expected format version 4 to 5, got version 3");
+    }
+
+    #[test]
+    fn a_signature_is_covered_by_the_hash_and_has_no_format_4_form() {
         let mut generation = crate::testing::put("n1", 1, 5, "k", "1");
-        let unsigned = generation.hash;
-        generation.body.author = Some("alice@laptop".parse().unwrap());
-        assert!(generation.verify().is_err(), "the author is part of the content");
-        let generation = generation.body.seal();
-        assert_ne!(generation.hash, unsigned);
-        let refused = encode_at(&generation, 3, "generation").unwrap_err();
-        assert_eq!(refused.to_string(), "generation cannot be written in format version 3: format 3 has no author");
-        let push =
-            Push { reverts: vec![], generations: vec![generation.clone()], sender_has: VersionVector::default() };
-        assert!(encode_at(&push, 3, "push").is_err());
-        assert_eq!(decode::<Generation>(&encode(&generation), "generation").unwrap(), generation);
-        assert!("has space".parse::<crate::Author>().is_err());
-        assert!("x".repeat(65).parse::<crate::Author>().is_err());
+        let author: crate::Author = "alice".parse().unwrap();
+        generation.body.author = Some(author.clone());
+        let authored = generation.body.clone().seal();
+        generation.body.signed = Some(signed_by(&author, 5, &generation.body.change));
+        assert!(authored.clone().body.seal().verify().is_ok());
+        let mut forged = authored.clone();
+        forged.body.signed = generation.body.signed.clone();
+        assert!(forged.verify().is_err(), "the signature is part of the content");
+        let signed = generation.body.seal();
+        assert_ne!(signed.hash, authored.hash);
+        let refused = encode_at(&signed, 4, "generation").unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "generation cannot be written in format version 4: format 4 has no operator signatures"
+        );
+        let push = Push { reverts: vec![], generations: vec![signed.clone()], sender_has: VersionVector::default() };
+        assert!(encode_at(&push, 4, "push").is_err());
+        let mut snapshot = Snapshot::default();
+        snapshot.absorb(&signed);
+        assert!(snapshot.writes().all(|write| write.proof.is_some()));
+        assert!(encode_at(&snapshot, 4, "snapshot").is_err());
+        assert_eq!(decode::<Snapshot>(&encode(&snapshot), "snapshot").unwrap(), snapshot);
+        assert_eq!(decode::<Generation>(&encode(&signed), "generation").unwrap(), signed);
     }
 
     #[test]

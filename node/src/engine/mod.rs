@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_change};
-use grapevine_proto::signing::{Signed, SigningError, Trust};
+use grapevine_proto::signing::{Signed, SigningError, Trust, revocations};
 use grapevine_proto::{
     AppliedState, Author, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Op, Revert,
     Snapshot, ValidationError, VersionVector,
@@ -545,7 +545,7 @@ impl Engine {
         // change under a key revoked already (peers would revert it at once).
         self.parts.trust.check(&generation.body)?;
         if let Some(signed) = &generation.body.signed
-            && let Some(by) = self.revocations().remove(&signed.delegation.key)
+            && let Some(by) = revocations(&self.log).remove(&signed.delegation.key)
         {
             let (operator, key) = (signed.delegation.operator.clone(), signed.delegation.key);
             return Err(SigningError::Revoked { operator, key, by: by.1 }.into());

@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use grapevine_proto::rollout::AnomalyQuorum;
-use grapevine_proto::signing::{PublicKey, revoked_by};
-use grapevine_proto::{GenId, Revert, Stamp};
+use grapevine_proto::signing::{PublicKey, revoked_after};
+use grapevine_proto::{GenId, Revert};
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
@@ -101,49 +101,11 @@ impl Engine {
         }
     }
 
-    /// The earliest revocation of each revoked operator key in the log and the snapshot: the
-    /// write of its [`revocation_key`], in fold order. A revocation is final: reverting the
-    /// change that wrote it does not restore the key (delegate a new one instead).
-    pub(super) fn revocations(&self) -> BTreeMap<PublicKey, (Stamp, GenId)> {
-        let mut revoked: BTreeMap<PublicKey, (Stamp, GenId)> = BTreeMap::new();
-        let mut note = |key: &grapevine_proto::Key, at: (Stamp, &GenId)| {
-            if let Some(public) = revoked_by(key) {
-                let earliest = revoked.entry(public).or_insert_with(|| (at.0, at.1.clone()));
-                if at < (earliest.0, &earliest.1) {
-                    *earliest = (at.0, at.1.clone());
-                }
-            }
-        };
-        for write in self.log.base().writes() {
-            note(write.op.key(), (write.hlc, &write.generation));
-        }
-        for generation in self.log.iter() {
-            for op in &generation.body.change.ops {
-                note(op.key(), generation.order_key());
-            }
-        }
-        revoked
-    }
-
     /// Reverts every generation signed by a revoked key and ordered after its revocation. The
     /// rule reads only the log, so every node that holds the revocation and the generation
     /// writes the same revert; a node that lacks the revocation learns the revert itself.
     pub(super) async fn revocation_pass(&mut self) {
-        let revoked = self.revocations();
-        if revoked.is_empty() {
-            return;
-        }
-        let targets: Vec<(GenId, PublicKey)> = self
-            .log
-            .iter()
-            .filter(|g| !self.log.is_reverted(g.id()))
-            .filter_map(|g| {
-                let key = g.body.signed.as_ref()?.delegation.key;
-                let (stamp, by) = revoked.get(&key)?;
-                (g.order_key() > (*stamp, by)).then(|| (g.id().clone(), key))
-            })
-            .collect();
-        for (target, key) in targets {
+        for (target, key) in revoked_after(&self.log) {
             if let Err(error) = self.write_revert(&target, Cause::Revoked(key)).await {
                 error!(generation = %target, %error, "could not store the revert of a revoked key's change; will try again");
             }

@@ -1,0 +1,162 @@
+//! Signed changes with real processes: only an operator key delegated by a root changes the
+//! fleet.
+//!
+//! n1 to n3 require signatures under one root key. n4 is a compromised node: it holds a valid
+//! cluster certificate but its config trusts no root, so it takes whatever it is given and
+//! spreads it. What it makes (unsigned, or signed by a key it delegated itself) is refused by
+//! every honest node and counted; what an operator signs reaches every node, n4 included. A
+//! revoked key's change made behind a partition is reverted everywhere once the partition
+//! heals.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use grapevine_cluster_tests::{Cluster, Node, check, grapevine, http_get, wait_until};
+use serde_json::Value;
+
+/// Makes key `name` in `dir` and returns its file and public key.
+fn new_key(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let file = dir.join(format!("{name}.key"));
+    let output = check(grapevine(&["key", "new", "--name", name, "--out", file.to_str().context("utf-8")?]))?;
+    Ok((file, String::from_utf8(output.stdout)?.trim().to_owned()))
+}
+
+/// Delegates `key`'s file by `root`'s, for the test clusters' id.
+fn delegate(root: &Path, key: &Path, prefixes: &[&str]) -> Result<()> {
+    let mut args = vec!["key", "delegate", "--root", root.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    args.extend(["--cluster", "grapevine"]);
+    for prefix in prefixes {
+        args.extend(["--prefix", prefix]);
+    }
+    check(grapevine(&args))?;
+    Ok(())
+}
+
+/// `config put KEY --value VALUE`, signed by `key` when given.
+fn put(node: &Node, key: &str, value: &str, signer: Option<&Path>) -> std::process::Output {
+    let mut args = vec!["config", "put", key, "--value", value];
+    if let Some(signer) = signer {
+        args.extend(["--signing-key", signer.to_str().unwrap()]);
+    }
+    node.cli(&args)
+}
+
+fn value_of(node: &Node, key: &str) -> Option<Value> {
+    node.cli_json(&["config", "get", key, "--desired"]).ok().map(|answer| answer["value"].clone())
+}
+
+fn refused_count(node: &Node, reason: &str) -> u64 {
+    let Ok((200, text)) = http_get(&format!("{}/metrics", node.url())) else { return 0 };
+    let prefix = format!("grapevine_unsigned_changes_refused_total{{reason=\"{reason}\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
+    let mut cluster = Cluster::new(4)?;
+    let keys = cluster.dir.path().join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let (root, root_public) = new_key(&keys, "root")?;
+    let (alice, _) = new_key(&keys, "alice")?;
+    delegate(&root, &alice, &[])?;
+    let (carol, _) = new_key(&keys, "carol")?;
+    delegate(&root, &carol, &["payments."])?;
+    // The compromised node's own "root", which no honest node trusts.
+    let (rogue_root, _) = new_key(&keys, "rogue")?;
+    let (mallory, _) = new_key(&keys, "mallory")?;
+    delegate(&rogue_root, &mallory, &[])?;
+    for node in &mut cluster.nodes[..3] {
+        node.config_toml.push_str(&format!("[signing]\nroots = [\"{root_public}\"]\n"));
+    }
+    cluster.start_all()?;
+    let [n1, n2, n3, n4] = [0, 1, 2, 3].map(|i| &cluster.nodes[i]);
+
+    // An honest node refuses what is not signed, saying how to sign.
+    let unsigned = put(n1, "limits", "1", None);
+    ensure!(!unsigned.status.success(), "an unsigned change was accepted by n1");
+    let message = stderr(&unsigned);
+    ensure!(message.contains("accepts signed changes only") && message.contains("--signing-key"), "{message}");
+    let untrusted = put(n2, "limits", "1", Some(&mallory));
+    ensure!(stderr(&untrusted).contains("not one of this cluster's root keys"), "{}", stderr(&untrusted));
+    let scoped = put(n1, "search.limit", "1", Some(&carol));
+    ensure!(stderr(&scoped).contains("may change keys under [\"payments.\"] only"), "{}", stderr(&scoped));
+
+    // The compromised node takes anything, and tries to spread it: nobody else stores it.
+    check(put(n4, "limits", "666", None))?;
+    check(put(n4, "admins", "\"mallory\"", Some(&mallory)))?;
+    wait_until(Duration::from_secs(15), "n1..n3 to refuse n4's inventions", || {
+        [n1, n2, n3].iter().all(|n| refused_count(n, "unsigned") > 0 && refused_count(n, "unknown_root") > 0)
+    })?;
+
+    // An operator's signed change reaches every node, the compromised one too.
+    let answer: Value = serde_json::from_slice(
+        &check(n2.cli(&["config", "put", "limits", "--value", "5", "--json", "--signing-key", alice.to_str().unwrap()]))?
+            .stdout,
+    )?;
+    assert_eq!(answer["author"], "alice", "a signed change is by its operator: {answer}");
+    check(put(n3, "payments.limit", "7", Some(&carol)))?;
+    wait_until(Duration::from_secs(15), "the signed changes on every node", || {
+        cluster.nodes.iter().all(|n| {
+            value_of(n, "payments.limit") == Some(Value::from(7))
+                && (n.name == "n4" || value_of(n, "limits") == Some(Value::from(5)))
+        })
+    })?;
+    for node in [n1, n2, n3] {
+        ensure!(value_of(node, "admins").is_none(), "{} holds mallory's change", node.name);
+        let history = node.cli_json(&["history"])?;
+        let generations = history["generations"].as_array().context("generations")?;
+        ensure!(generations.len() == 2, "{}: only the two signed changes: {history}", node.name);
+        ensure!(generations.iter().all(|g| g["signed_by"]["root"] == root_public.as_str()), "{history}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_revoked_keys_change_behind_a_partition_is_reverted_everywhere() -> Result<()> {
+    let mut cluster = Cluster::new(3)?;
+    let keys = cluster.dir.path().join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let (root, root_public) = new_key(&keys, "root")?;
+    let (alice, _) = new_key(&keys, "alice")?;
+    let (bob, bob_public) = new_key(&keys, "bob")?;
+    delegate(&root, &alice, &[])?;
+    delegate(&root, &bob, &[])?;
+    for node in &mut cluster.nodes {
+        node.config_toml.push_str(&format!("[signing]\nroots = [\"{root_public}\"]\n"));
+    }
+    cluster.start_all()?;
+    check(put(&cluster.nodes[0], "before", "1", Some(&bob)))?;
+    wait_until(Duration::from_secs(15), "bob's first change everywhere", || {
+        cluster.nodes.iter().all(|n| value_of(n, "before").is_some())
+    })?;
+
+    // n3 is cut off; alice revokes bob's key through n1, and bob, through n3, which has not
+    // heard of it, changes a key after the revocation.
+    let lone = cluster.nodes[2].gossip;
+    cluster.nodes[2].set_link(r#"{"peer": null, "drop": true}"#)?;
+    for node in &cluster.nodes[..2] {
+        node.set_link(&format!(r#"{{"peer": "{lone}", "drop": true}}"#))?;
+    }
+    let revoke = ["key", "revoke", &bob_public, "--reason", "laptop stolen", "--signing-key", alice.to_str().unwrap()];
+    check(cluster.nodes[0].cli(&revoke))?;
+    let refused = put(&cluster.nodes[1], "after", "1", Some(&bob));
+    ensure!(stderr(&refused).contains("is revoked"), "n2 knows the revocation: {}", stderr(&refused));
+    std::thread::sleep(Duration::from_millis(50));
+    check(put(&cluster.nodes[2], "after", "1", Some(&bob)))?;
+    ensure!(value_of(&cluster.nodes[2], "after").is_some());
+
+    for node in &cluster.nodes {
+        node.clear_links()?;
+    }
+    wait_until(Duration::from_secs(20), "bob's late change reverted on every node", || {
+        cluster.nodes.iter().all(|n| value_of(n, "after").is_none() && value_of(n, "before").is_some())
+    })?;
+    let status = cluster.nodes[0].cli_json(&["status"])?;
+    ensure!(status["reverted"] == 1, "one revert: {status}");
+    Ok(())
+}
