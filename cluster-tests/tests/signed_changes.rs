@@ -92,6 +92,15 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
     wait_until(Duration::from_secs(15), "n1..n3 to refuse n4's inventions", || {
         [n1, n2, n3].iter().all(|n| refused_count(n, "unsigned") > 0 && refused_count(n, "unknown_root") > 0)
     })?;
+    // Refused for good, and once: n4 holding them is not "ahead", so nobody keeps pulling them
+    // (gossip runs every 100 ms here) nor reports itself behind n4.
+    std::thread::sleep(Duration::from_secs(2));
+    for node in [n1, n2, n3] {
+        ensure!(refused_count(node, "unsigned") == 1 && refused_count(node, "unknown_root") == 1, "{}", node.name);
+        let (_, readiness) = http_get(&format!("{}/readyz", node.url()))?;
+        let readiness: Value = serde_json::from_str(&readiness)?;
+        ensure!(readiness["behind"] == serde_json::json!([]), "{}: {readiness}", node.name);
+    }
 
     // An operator's signed change reaches every node, the compromised one too.
     let answer: Value = serde_json::from_slice(

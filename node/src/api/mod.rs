@@ -261,7 +261,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     state.metrics.members.get_or_create(&reason("alive")).set(alive as i64);
     state.metrics.members.get_or_create(&reason("dead")).set((members.len() - alive) as i64);
     // How far behind the most advanced live peer this node's log is, in generations.
-    let ours = state.engine.view().version_vector.clone();
+    let ours = state.engine.view().settled.clone();
     let behind = state
         .gossip
         .peer_version_vectors()

@@ -62,6 +62,10 @@ pub struct View {
     /// The fold of the whole log: what the node will apply once every rollout is done.
     pub desired: AppliedState,
     pub version_vector: VersionVector,
+    /// `version_vector` with the generations refused for good (no trusted operator signature)
+    /// counted as held: a peer ahead of this vector has something to give; a peer ahead of
+    /// `version_vector` only by refused generations has not.
+    pub settled: VersionVector,
     /// Generations held whole.
     pub generations: usize,
     /// Generations folded into the snapshot.
@@ -278,7 +282,14 @@ struct Engine {
     /// Generations whose quorum this node saw while a live member had written the revert,
     /// and since when it waits for that revert to arrive.
     deferred_reverts: BTreeMap<GenId, Instant>,
+    /// Generations refused for good (no trusted operator signature), by origin, up to
+    /// [`MAX_REFUSED`] ids: each is counted once, and a peer holding them is not ahead.
+    refused: BTreeMap<NodeName, BTreeSet<u64>>,
 }
+
+/// Most refused generation ids remembered; past it a refusal is counted every time it is
+/// pulled again, and its holder counts as ahead (the cost of a flood is bounded, not its alarm).
+const MAX_REFUSED: usize = 64 * 1024;
 
 /// Starts the engine over the generations loaded from the store. The task ends when every
 /// handle is dropped; it holds the store until then.
@@ -326,6 +337,7 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
         warnings,
         caught_up_since: None,
         deferred_reverts,
+        refused: BTreeMap::new(),
     };
     engine.publish().await;
     engine.decide().await;
@@ -464,7 +476,7 @@ impl Engine {
     /// is about to pull from the others, must not pass for one that holds nothing more.
     async fn end_recovery_if_caught_up(&mut self) {
         let peers = self.parts.gossip.peer_version_vectors_known().await;
-        let ours = self.log.version_vector();
+        let ours = self.settled();
         if peers.is_empty() || peers.iter().any(|(_, theirs)| ours.is_behind(theirs)) {
             self.caught_up_since = None;
             return;
@@ -491,7 +503,7 @@ impl Engine {
     }
 
     async fn readiness(&self) -> Readiness {
-        let ours = self.log.version_vector();
+        let ours = self.settled();
         let behind: Vec<String> = self
             .parts
             .gossip
@@ -583,7 +595,9 @@ impl Engine {
             }
             if let Err(refusal) = self.parts.trust.check(&generation.body) {
                 // Refused for good: no operator key the cluster trusts signed it.
-                self.refused_signature(&refusal, generation.id());
+                if self.remember_refusal(generation.id()) {
+                    self.refused_signature(&refusal, generation.id());
+                }
                 continue;
             }
             if let Err(refusal) = self.clock.observe(generation.body.hlc, now_ms(self.parts.clock_skew_ms)) {
@@ -617,6 +631,29 @@ impl Engine {
         self.push(Vec::new(), new, from);
         self.revocation_pass().await;
         count
+    }
+
+    /// Remembers a generation refused for good; false if it was refused before.
+    fn remember_refusal(&mut self, id: &GenId) -> bool {
+        let remembered: usize = self.refused.values().map(BTreeSet::len).sum();
+        if remembered >= MAX_REFUSED {
+            return true;
+        }
+        self.refused.entry(id.origin.clone()).or_default().insert(id.seq)
+    }
+
+    /// The version vector with the generations refused for good counted as held ([`View::settled`]).
+    fn settled(&self) -> VersionVector {
+        let mut settled = self.log.version_vector().clone();
+        for (origin, seqs) in &self.refused {
+            let mut seq = settled.get(origin);
+            let held = |seq: u64| self.log.get(&GenId { origin: origin.clone(), seq }).is_some();
+            while seqs.contains(&(seq + 1)) || held(seq + 1) {
+                seq += 1;
+            }
+            settled.raise(origin.clone(), seq);
+        }
+        settled
     }
 
     /// Counts and logs (rate-limited) a generation or snapshot refused for its signature.
@@ -781,6 +818,7 @@ impl Engine {
             state: self.state.clone(),
             desired: self.desired.clone(),
             version_vector: self.log.version_vector().clone(),
+            settled: self.settled(),
             generations: self.log.len(),
             compacted: self.log.base().covers().total(),
             reverted: self.log.reverts().map(|revert| revert.target).collect(),

@@ -87,7 +87,7 @@ pub async fn run_puller(
                 .peer_version_vectors()
                 .await
                 .into_iter()
-                .filter(|(_, theirs)| view.version_vector.is_behind(theirs))
+                .filter(|(_, theirs)| view.settled.is_behind(theirs))
                 .map(|(addr, _)| addr)
                 .collect();
             // A peer whose reverts differ may hold one we lack (or lack one of ours: then it

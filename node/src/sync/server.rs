@@ -138,12 +138,12 @@ async fn take_push(mut stream: IncomingStream, server: &Server) -> Result<(), Sy
     server.engine.ingest_reverts(push.reverts, Some(stream.peer)).await;
     let generations = keep_valid(push.generations, &server.transport, stream.peer);
     server.engine.ingest(generations, Some(stream.peer)).await;
-    let have = server.engine.view().version_vector.clone();
-    let ack = encode_at(&PushAck { have: have.clone() }, version, "push ack")
+    let view = server.engine.view();
+    let ack = encode_at(&PushAck { have: view.version_vector.clone() }, version, "push ack")
         .map_err(|e| SyncError::Stream(e.to_string()))?;
     write_frame(&mut stream.send, &ack).await?;
     stream.send.finish().map_err(|e| SyncError::Stream(e.to_string()))?;
-    if have.is_behind(&push.sender_has) {
+    if view.settled.is_behind(&push.sender_has) {
         server.pulls.request(stream.peer);
     }
     Ok(())
