@@ -105,12 +105,22 @@ async fn serve_pull(mut stream: IncomingStream, store: Arc<Store>, metrics: &Met
         write_frame(&mut stream.send, &frame(&PullFrame::Revert(revert)).map_err(unwritable)?).await?;
     }
     if let Some(snapshot) = snapshot {
-        for write in snapshot.writes() {
-            write_frame(&mut stream.send, &frame(&PullFrame::SnapshotWrite(write.clone())).map_err(unwritable)?)
-                .await?;
+        // Whole or not at all: a snapshot with a write the puller's format cannot hold (a
+        // signed one, for a puller of format 4) is withheld, like such a generation.
+        let writes = snapshot.writes().map(|write| frame(&PullFrame::SnapshotWrite(write.clone())));
+        match writes.collect::<Result<Vec<_>, _>>() {
+            Ok(writes) => {
+                for bytes in writes {
+                    write_frame(&mut stream.send, &bytes).await?;
+                }
+                let end = PullFrame::SnapshotEnd { covers: snapshot.covers().clone() };
+                write_frame(&mut stream.send, &frame(&end).map_err(unwritable)?).await?;
+            }
+            Err(error) => {
+                metrics.sync_format_withheld.inc();
+                debug!(peer = %stream.peer, %error, "snapshot withheld from a peer of an older format");
+            }
         }
-        let end = PullFrame::SnapshotEnd { covers: snapshot.covers().clone() };
-        write_frame(&mut stream.send, &frame(&end).map_err(unwritable)?).await?;
     }
     for generation in generations {
         let id = generation.id().clone();
