@@ -167,8 +167,8 @@ impl EngineHandle {
     }
 
     /// Validates, stamps, stores and applies a change; returns its generation once durable.
-    /// `author` is recorded once every member reads wire format 4 (left out before).
-    /// Accepts a change: signed by its operator where the cluster requires it.
+    /// A signed change is recorded as by its operator; it must pass the checks every peer
+    /// makes ([`Trust::check`]) and its key must not be revoked in this node's log.
     pub async fn submit(
         &self,
         change: Change,
