@@ -51,36 +51,51 @@ fn wire_formats(node: &Node) -> Vec<Value> {
     status["members"].as_array().into_iter().flatten().map(|m| m["wire"].clone()).collect()
 }
 
-#[test]
-fn a_store_written_by_the_previous_format_is_read_and_served() -> Result<()> {
-    let mut cluster = Cluster::new(0)?;
+/// Starts node `old1` over the gzipped store `fixture` (in `node/tests/fixtures/`).
+fn node_over(cluster: &mut Cluster, fixture: &str) -> Result<()> {
     let ca = cluster.ca.clone();
     let node = cluster.add_node_with_ca("old1", &ca)?;
     std::fs::create_dir_all(&node.data)?;
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/tests/fixtures/store-v3-old1.redb.gz");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/tests/fixtures").join(fixture);
     let unzipped = Command::new("gzip").arg("-dc").arg(&fixture).output().context("gzip runs")?;
     ensure!(unzipped.status.success(), "gunzip {}: {}", fixture.display(), String::from_utf8_lossy(&unzipped.stderr));
     std::fs::write(node.data.join("grapevine.redb"), &unzipped.stdout)?;
-    node.start()?;
+    node.start()
+}
 
-    // What the build of format 3 wrote: a flag, a config value with a schema, a newer value of
-    // it that was rolled back.
+#[test]
+fn a_store_written_by_the_previous_format_is_read_and_served() -> Result<()> {
+    let mut cluster = Cluster::new(0)?;
+    node_over(&mut cluster, "store-v4-old1.redb.gz")?;
+    let node = &mut cluster.nodes[0];
+
+    // What the build of format 4 wrote: a flag, a config value with a schema, a newer value of
+    // it that was rolled back; each by the harness's token.
     let ids: Vec<Value> = history(node)?.iter().map(|g| g["id"].clone()).collect();
     assert_eq!(ids, ["old1.3", "old1.2", "old1.1"], "the whole log is read");
-    assert!(history(node)?.iter().all(|g| g["author"].is_null()), "format 3 recorded no author");
+    assert!(history(node)?.iter().all(|g| g["author"] == AUTHOR && g["signed_by"].is_null()));
     assert_eq!(config_value(node, "limits"), Some(serde_json::json!({"burst": 50})), "old1.3 stays reverted");
     let flag = node.cli_json(&["flag", "get", "checkout"])?;
     assert_eq!(flag["value"], true, "{flag}");
     let refused = node.cli(&["config", "put", "limits", "--value", "{}"]);
-    assert!(!refused.status.success(), "the schema stored in format 3 still holds");
+    assert!(!refused.status.success(), "the schema stored in format 4 still holds");
 
-    // New records go in format 4 beside the old ones, and the mixed store reads back.
+    // New records go in format 5 beside the old ones, and the mixed store reads back.
     let id = put(node, "limits", r#"{"burst": 70}"#)?;
     node.terminate()?;
     node.start()?;
     assert_eq!(author_of(node, &id)?, AUTHOR);
     assert_eq!(config_value(node, "limits"), Some(serde_json::json!({"burst": 70})));
     assert_eq!(history(node)?.len(), 4);
+    Ok(())
+}
+
+#[test]
+fn a_store_of_two_formats_back_is_refused_naming_the_formats() -> Result<()> {
+    let mut cluster = Cluster::new(0)?;
+    let refused = node_over(&mut cluster, "store-v3-old1.redb.gz").expect_err("a format 3 store is not read");
+    let message = format!("{refused:#}");
+    ensure!(message.contains("expected format version 4 to 5, got version 3"), "{message}");
     Ok(())
 }
 
