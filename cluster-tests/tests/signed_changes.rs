@@ -104,8 +104,17 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
 
     // An operator's signed change reaches every node, the compromised one too.
     let answer: Value = serde_json::from_slice(
-        &check(n2.cli(&["config", "put", "limits", "--value", "5", "--json", "--signing-key", alice.to_str().unwrap()]))?
-            .stdout,
+        &check(n2.cli(&[
+            "config",
+            "put",
+            "limits",
+            "--value",
+            "5",
+            "--json",
+            "--signing-key",
+            alice.to_str().unwrap(),
+        ]))?
+        .stdout,
     )?;
     assert_eq!(answer["author"], "alice", "a signed change is by its operator: {answer}");
     check(put(n3, "payments.limit", "7", Some(&carol)))?;

@@ -211,7 +211,7 @@ fn generations() -> Vec<Generation> {
     let (root, operator) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
     let alice: grapevine_proto::Author = "alice".parse().expect("a valid author");
     let delegation = root.delegate("grapevine", alice.clone(), operator.public(), vec!["payments.".into()], u64::MAX);
-    signed.signed = Some(operator.sign_change("grapevine", delegation, signed.hlc.wall_ms, &signed.change));
+    signed.signed = Some(Box::new(operator.sign_change("grapevine", delegation, signed.hlc.wall_ms, &signed.change)));
     signed.author = Some(alice);
     [first, second, grouped, emergency, control, signed].into_iter().map(GenerationBody::seal).collect()
 }

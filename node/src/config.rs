@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use grapevine_proto::signing::{PublicKey, Trust};
-use grapevine_proto::{NodeName, VersionVector};
 use grapevine_proto::rollout::{Policy, PolicyOptions};
+use grapevine_proto::signing::{PublicKey, Trust};
 use grapevine_proto::snapshot::Retention;
 use grapevine_proto::targeting::Fractional;
+use grapevine_proto::{NodeName, VersionVector};
 
 use crate::alerts::AlertsConfig;
 use crate::health::HealthConfig;

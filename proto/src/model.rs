@@ -307,7 +307,7 @@ pub struct GenerationBody {
     pub author: Option<Author>,
     /// The operator's signature on the change (format 5 on), checked against the cluster's
     /// root keys by every node ([`crate::signing`]).
-    pub signed: Option<Signed>,
+    pub signed: Option<Box<Signed>>,
 }
 
 impl GenerationBody {

@@ -196,8 +196,14 @@ impl SecretKey {
         prefixes: Vec<String>,
         not_after_ms: u64,
     ) -> Delegation {
-        let mut delegation =
-            Delegation { operator, key, prefixes, not_after_ms, root: self.public(), signature: Signature::from_bytes(&[0; 64]) };
+        let mut delegation = Delegation {
+            operator,
+            key,
+            prefixes,
+            not_after_ms,
+            root: self.public(),
+            signature: Signature::from_bytes(&[0; 64]),
+        };
         delegation.signature = self.sign(&delegation.message(cluster));
         delegation
     }
@@ -442,7 +448,7 @@ mod tests {
             groups: vec![],
             change,
             author,
-            signed,
+            signed: signed.map(Box::new),
         }
     }
 
@@ -501,7 +507,10 @@ mod tests {
         let forger = key(7);
         let self_made = forger.delegate(CLUSTER, "alice".parse().unwrap(), forger.public(), vec![], u64::MAX);
         let forged = forger.sign_change(CLUSTER, self_made, NOW, &change);
-        assert!(matches!(trust(&root).check(&body(change.clone(), Some(forged))), Err(SigningError::UnknownRoot { .. })));
+        assert!(matches!(
+            trust(&root).check(&body(change.clone(), Some(forged))),
+            Err(SigningError::UnknownRoot { .. })
+        ));
         // Alice's real delegation, signed by a key that is not Alice's.
         let stolen = forger.sign_change(CLUSTER, alice(&root, &[]), NOW, &change);
         assert!(matches!(trust(&root).check(&body(change, Some(stolen))), Err(SigningError::BadSignature { .. })));
@@ -522,7 +531,9 @@ mod tests {
         assert_eq!(revoked_by(&revocation), Some(key(3).public()));
         assert!(check(put(revocation.as_str())).is_err());
         let mut control = put("payments.limit");
-        control.controls.push(crate::rollout::Control::Pause { target: GenId { origin: "n1".parse().unwrap(), seq: 1 } });
+        control
+            .controls
+            .push(crate::rollout::Control::Pause { target: GenId { origin: "n1".parse().unwrap(), seq: 1 } });
         assert!(matches!(check(control), Err(SigningError::OutOfScope { .. })));
     }
 
@@ -580,9 +591,12 @@ mod tests {
             rounds.sort_by(f64::total_cmp);
             rounds[4]
         };
-        let sign_us = median_us(200, Box::new(|i| {
-            key(2).sign_change(CLUSTER, delegation.clone(), NOW + i as u64, &change);
-        }));
+        let sign_us = median_us(
+            200,
+            Box::new(|i| {
+                key(2).sign_change(CLUSTER, delegation.clone(), NOW + i as u64, &change);
+            }),
+        );
         let generation = body(change.clone(), Some(key(2).sign_change(CLUSTER, delegation.clone(), NOW, &change)));
         let trust = trust(&root);
         let check_us = median_us(200, Box::new(|_| trust.check(&generation).unwrap()));

@@ -337,8 +337,8 @@ mod tests {
 
     use super::*;
     use crate::hlc::Stamp;
-    use crate::signing::SecretKey;
     use crate::model::{Change, GenId, GenerationBody, JsonText, Op};
+    use crate::signing::SecretKey;
 
     fn arb_generation() -> impl Strategy<Value = Generation> {
         let name = "[a-z][a-z0-9_-]{0,31}";
@@ -378,7 +378,7 @@ mod tests {
                     groups: vec![],
                     change,
                     author,
-                    signed,
+                    signed: signed.map(Box::new),
                 }
                 .seal()
             })
@@ -503,7 +503,7 @@ mod tests {
         let author: crate::Author = "alice".parse().unwrap();
         generation.body.author = Some(author.clone());
         let authored = generation.body.clone().seal();
-        generation.body.signed = Some(signed_by(&author, 5, &generation.body.change));
+        generation.body.signed = Some(Box::new(signed_by(&author, 5, &generation.body.change)));
         assert!(authored.clone().body.seal().verify().is_ok());
         let mut forged = authored.clone();
         forged.body.signed = generation.body.signed.clone();

@@ -364,9 +364,9 @@ impl From<&Generation> for GenerationSummary {
             hlc: body.hlc.to_string(),
             hash: generation.hash.to_string(),
             author: body.author.clone(),
-            signed_by: body.signed.as_ref().map(|signed| {
-                json!({"key": signed.delegation.key.to_string(), "root": signed.delegation.root.to_string()})
-            }),
+            signed_by: body.signed.as_ref().map(
+                |signed| json!({"key": signed.delegation.key.to_string(), "root": signed.delegation.root.to_string()}),
+            ),
             members: body.members.clone(),
             ops,
             policy: body.change.policy.clone(),
@@ -468,9 +468,11 @@ async fn signed_change_of(
     }
     let request: SignedChangeRequest = parse_body(&body, r#"{"change": "<hex>", "signed": "<hex>"}"#)?;
     let change: Change = decode_hex(&request.change, "change")?;
-    let signed: Signed = decode_hex(&request.signed, "signed")?;
+    let signed: Box<Signed> = decode_hex(&request.signed, "signed")?;
     if wait.dry_run || wait.prepare {
-        return Err(ApiError::bad_request("a signed change is stored as signed: prepare and dry-run the request it came from"));
+        return Err(ApiError::bad_request(
+            "a signed change is stored as signed: prepare and dry-run the request it came from",
+        ));
     }
     access::covers_all(state, principal, change.ops.iter().map(|op| op.key().as_str()))?;
     for control in &change.controls {
@@ -607,7 +609,7 @@ async fn submit(state: &ApiState, op: Op, wait: &ChangeQuery) -> ApiResult<Value
 pub(crate) async fn submit_change(
     state: &ApiState,
     change: Change,
-    signed: Option<Signed>,
+    signed: Option<Box<Signed>>,
     wait: &ChangeQuery,
 ) -> ApiResult<Value> {
     if wait.dry_run || wait.prepare {

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
+use grapevine_proto::signing::{Signed, SigningError, Trust, revocations};
 use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_change};
-use grapevine_proto::signing::{Signed, SigningError, Trust, revocations};
 use grapevine_proto::{
     AppliedState, Author, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Op, Revert,
     Snapshot, ValidationError, VersionVector,
@@ -136,18 +136,44 @@ enum Command {
     Submit {
         change: Change,
         author: Option<Author>,
-        signed: Option<Signed>,
+        signed: Option<Box<Signed>>,
         reply: oneshot::Sender<Result<Generation, SubmitError>>,
     },
-    Preview { change: Change, reply: oneshot::Sender<Result<Preview, SubmitError>> },
-    Readiness { reply: oneshot::Sender<Readiness> },
-    Waiting { reply: oneshot::Sender<Vec<(GenId, usize, usize)>> },
-    Ingest { generations: Vec<Generation>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
-    IngestReverts { reverts: Vec<Revert>, from: Option<SocketAddr>, reply: oneshot::Sender<usize> },
-    Rollback { target: GenId, reply: oneshot::Sender<Result<RollbackOutcome, RollbackError>> },
-    AbsorbSnapshot { snapshot: Snapshot, reply: oneshot::Sender<bool> },
-    History { reply: oneshot::Sender<Vec<Generation>> },
-    Rollout { id: GenId, reply: oneshot::Sender<Option<RolloutView>> },
+    Preview {
+        change: Change,
+        reply: oneshot::Sender<Result<Preview, SubmitError>>,
+    },
+    Readiness {
+        reply: oneshot::Sender<Readiness>,
+    },
+    Waiting {
+        reply: oneshot::Sender<Vec<(GenId, usize, usize)>>,
+    },
+    Ingest {
+        generations: Vec<Generation>,
+        from: Option<SocketAddr>,
+        reply: oneshot::Sender<usize>,
+    },
+    IngestReverts {
+        reverts: Vec<Revert>,
+        from: Option<SocketAddr>,
+        reply: oneshot::Sender<usize>,
+    },
+    Rollback {
+        target: GenId,
+        reply: oneshot::Sender<Result<RollbackOutcome, RollbackError>>,
+    },
+    AbsorbSnapshot {
+        snapshot: Snapshot,
+        reply: oneshot::Sender<bool>,
+    },
+    History {
+        reply: oneshot::Sender<Vec<Generation>>,
+    },
+    Rollout {
+        id: GenId,
+        reply: oneshot::Sender<Option<RolloutView>>,
+    },
 }
 
 /// A handle to the engine; cheap to clone.
@@ -173,7 +199,7 @@ impl EngineHandle {
         &self,
         change: Change,
         author: Option<Author>,
-        signed: Option<Signed>,
+        signed: Option<Box<Signed>>,
     ) -> Result<Generation, SubmitError> {
         self.ask(|reply| Command::Submit { change, author, signed, reply }).await.unwrap_or(Err(SubmitError::Stopped))
     }
@@ -446,7 +472,7 @@ impl Engine {
         &self,
         change: Change,
         author: Option<Author>,
-        signed: Option<Signed>,
+        signed: Option<Box<Signed>>,
         clock: &mut Clock,
     ) -> Result<Generation, SubmitError> {
         if let Some(reason) = &self.parts.recovering {
@@ -549,7 +575,7 @@ impl Engine {
         &mut self,
         change: Change,
         author: Option<Author>,
-        signed: Option<Signed>,
+        signed: Option<Box<Signed>>,
     ) -> Result<Generation, SubmitError> {
         let mut clock = self.clock.clone();
         let generation = self.seal(change, author, signed, &mut clock).await?;
