@@ -477,6 +477,18 @@ mod tests {
     fn the_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/node.example.toml");
         let raw = RawConfig::from_file(&path).unwrap();
-        Config::try_from(raw).unwrap();
+        let config = Config::try_from(raw).unwrap();
+        assert!(config.trust.required());
+        assert!(config.trust.unsigned_through.covers(&"n2.17".parse().unwrap()));
+    }
+
+    #[test]
+    fn signing_roots_are_checked() {
+        let section = |text: &str| toml::from_str::<SigningSection>(text).unwrap().trust("c");
+        let refused = section("roots = [\"ed25519:00\"]").unwrap_err().to_string();
+        assert!(refused.contains("roots: public key must be ed25519: and 64 hex digits"), "{refused}");
+        let refused = section("unsigned_through = { n1 = 3 }").unwrap_err().to_string();
+        assert!(refused.contains("unsigned_through needs roots"), "{refused}");
+        assert!(!section("").unwrap().required());
     }
 }
