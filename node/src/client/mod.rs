@@ -374,6 +374,10 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
     if let Some(reason) = answer["recovering"].as_str() {
         println!("RECOVERING from peers, serving no reads and taking no changes: {reason}");
     }
+    match answer["signing"]["roots"].as_array().map(Vec::len) {
+        Some(0) | None => println!("changes: NOT SIGNED ([signing] names no root key; see docs/security.md)"),
+        Some(roots) => println!("changes: signed by operator keys of {roots} root key(s)"),
+    }
     for source in answer["health"].as_array().into_iter().flatten() {
         let state = if source["ok"] == true { "ok" } else { "FAILING" };
         println!("health source {}: {state} ({})", text(source, "source"), text(source, "detail"));
