@@ -57,24 +57,27 @@ pub fn revoked_by(key: &Key) -> Option<PublicKey> {
 }
 
 /// The earliest revocation of each revoked operator key in `log` (its snapshot and its
-/// generations): the first write of its [`revocation_key`] in fold order. A revocation is
-/// final: reverting the change that wrote it does not restore the key (delegate a new one).
+/// generations): the first write of its [`revocation_key`] in fold order, by a change whose own
+/// key was not revoked before it (a stolen key cannot revoke its owner's colleagues after its
+/// own revocation). A revocation is final: reverting the change that wrote it does not restore
+/// the key, since reverts are not signed (delegate a new key instead).
 pub fn revocations(log: &Log) -> BTreeMap<PublicKey, (Stamp, GenId)> {
+    let snapshot = log.base().writes().map(|w| ((w.hlc, &w.generation), w.proof.as_ref().map(|p| &p.signed), &w.op));
+    let generations = log.iter().flat_map(|g| {
+        let at = g.order_key();
+        g.body.change.ops.iter().map(move |op| (at, g.body.signed.as_deref(), op))
+    });
+    let mut writes: Vec<_> = snapshot.chain(generations).filter(|(_, _, op)| revoked_by(op.key()).is_some()).collect();
     let mut revoked: BTreeMap<PublicKey, (Stamp, GenId)> = BTreeMap::new();
-    let mut note = |key: &Key, at: (Stamp, &GenId)| {
-        if let Some(public) = revoked_by(key) {
-            let earliest = revoked.entry(public).or_insert_with(|| (at.0, at.1.clone()));
-            if at < (earliest.0, &earliest.1) {
-                *earliest = (at.0, at.1.clone());
-            }
-        }
-    };
-    for write in log.base().writes() {
-        note(write.op.key(), (write.hlc, &write.generation));
+    if writes.is_empty() {
+        return revoked;
     }
-    for generation in log.iter() {
-        for op in &generation.body.change.ops {
-            note(op.key(), generation.order_key());
+    writes.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((stamp, id), signed, op) in writes {
+        let by_revoked =
+            signed.and_then(|s| revoked.get(&s.delegation.key)).is_some_and(|at| (at.0, &at.1) < (stamp, id));
+        if let (false, Some(public)) = (by_revoked, revoked_by(op.key())) {
+            revoked.entry(public).or_insert_with(|| (stamp, id.clone()));
         }
     }
     revoked
@@ -564,6 +567,12 @@ mod tests {
         assert_eq!(revocations(&log)[&bob.public()].1.seq, 3);
         log.revert(&crate::Revert::of(&one));
         assert!(revoked_after(&log).is_empty());
+        // Bob's key, revoked, cannot revoke Alice's after that; before it, it could have.
+        log.insert(signed_put(5, NOW + 40, &bob, &bob_delegation, revocation_key(&alice.public()).as_str()));
+        assert!(!revocations(&log).contains_key(&alice.public()));
+        assert_eq!(revoked_after(&log), vec![(GenId { origin: "n1".parse().unwrap(), seq: 5 }, bob.public())]);
+        log.insert(signed_put(6, NOW + 5, &bob, &bob_delegation, revocation_key(&alice.public()).as_str()));
+        assert_eq!(revocations(&log)[&alice.public()].1.seq, 6);
     }
 
     fn alice_full(root: &SecretKey) -> Delegation {
