@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use grapevine_proto::validate::{validate_generation, validate_snapshot};
-use grapevine_proto::wire::{WireError, decode, encode};
+use grapevine_proto::wire::{WireError, decode_stored, encode, newest};
 use grapevine_proto::{GenId, Generation, NodeName, Revert, Snapshot, VersionVector};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
@@ -102,7 +102,51 @@ impl Store {
         }
         let store = Store { db, path };
         store.claim(name)?;
+        let rewritten = store.rewrite_older_records()?;
+        if rewritten > 0 {
+            tracing::info!(records = rewritten, format = newest(), "rewrote records of an older format in the newest");
+        }
         Ok(store)
+    }
+
+    /// Rewrites in the newest format, in one transaction, every generation and the snapshot
+    /// that an older build wrote, so that the next build, which reads only its own format and
+    /// the one before, reads the whole store. A record that does not decode is left as it is:
+    /// reading it later reports it. Returns how many records were rewritten.
+    fn rewrite_older_records(&self) -> Result<usize, StoreError> {
+        let e = self.error();
+        let newest = newest();
+        let older = |bytes: &[u8]| bytes.first().is_some_and(|&version| version < newest);
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let mut rewritten = 0;
+        {
+            let mut table = txn.open_table(GENERATIONS).map_err(|x| e(x.into()))?;
+            let mut old: Vec<((String, u64), Generation)> = Vec::new();
+            for row in table.iter().map_err(|x| e(x.into()))? {
+                let (key, value) = row.map_err(|x| e(x.into()))?;
+                if older(value.value())
+                    && let Ok((generation, _)) = decode_stored::<Generation>(value.value(), "generation")
+                {
+                    let (origin, seq) = key.value();
+                    old.push(((origin.to_owned(), seq), generation));
+                }
+            }
+            for ((origin, seq), generation) in &old {
+                table.insert((origin.as_str(), *seq), encode(generation).as_slice()).map_err(|x| e(x.into()))?;
+            }
+            rewritten += old.len();
+            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(|x| e(x.into()))?;
+            let snapshot = match snapshots.get(SNAPSHOT_KEY).map_err(|x| e(x.into()))? {
+                Some(bytes) if older(bytes.value()) => decode_stored::<Snapshot>(bytes.value(), "snapshot").ok(),
+                _ => None,
+            };
+            if let Some((snapshot, _)) = snapshot {
+                snapshots.insert(SNAPSHOT_KEY, encode(&snapshot).as_slice()).map_err(|x| e(x.into()))?;
+                rewritten += 1;
+            }
+        }
+        txn.commit().map_err(|x| e(x.into()))?;
+        Ok(rewritten)
     }
 
     /// Whether the error says the file's content is damaged (as opposed to the store being
@@ -208,7 +252,8 @@ impl Store {
         };
         let corrupt =
             |detail: String| StoreError::Corrupt { path: self.path.clone(), record: "snapshot".to_owned(), detail };
-        let snapshot: Snapshot = decode(bytes.value(), "snapshot").map_err(|x| self.undecodable("snapshot", x))?;
+        let (snapshot, _) =
+            decode_stored::<Snapshot>(bytes.value(), "snapshot").map_err(|x| self.undecodable("snapshot", x))?;
         validate_snapshot(&snapshot).map_err(|x| corrupt(x.to_string()))?;
         Ok(snapshot)
     }
@@ -302,8 +347,8 @@ impl Store {
     fn decode_record(&self, origin: &str, seq: u64, bytes: &[u8]) -> Result<Generation, StoreError> {
         let corrupt =
             |detail: String| StoreError::Corrupt { path: self.path.clone(), record: format!("{origin}.{seq}"), detail };
-        let generation: Generation =
-            decode(bytes, "generation").map_err(|x| self.undecodable(&format!("{origin}.{seq}"), x))?;
+        let (generation, _) = decode_stored::<Generation>(bytes, "generation")
+            .map_err(|x| self.undecodable(&format!("{origin}.{seq}"), x))?;
         validate_generation(&generation).map_err(|x| corrupt(x.to_string()))?;
         let id = generation.id();
         if id.origin.as_str() != origin || id.seq != seq {
@@ -423,6 +468,29 @@ mod tests {
         txn.commit().unwrap();
     }
 
+    /// A record of format 3, as the format-4 build left it in its store: read, and rewritten in
+    /// the newest format when the store opens, so the build after this one reads it too.
+    #[test]
+    fn records_of_older_formats_are_rewritten_in_the_newest_on_open() {
+        let fixture = include_str!("../../proto/tests/fixtures/wire-v3.txt");
+        let hex = fixture.lines().find_map(|line| line.strip_prefix("generation ")).unwrap();
+        let v3 = hex::decode(hex).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let name: NodeName = "old1".parse().unwrap();
+        let store = Store::open(dir.path(), &name).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(GENERATIONS).unwrap().insert(("old1", 7), v3.as_slice()).unwrap();
+        txn.commit().unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded[0].id().to_string(), "old1.7", "read as it is before the rewrite");
+        drop(store);
+        let store = Store::open(dir.path(), &name).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        let stored = txn.open_table(GENERATIONS).unwrap().get(("old1", 7)).unwrap().unwrap().value().to_vec();
+        assert_eq!(stored[0], grapevine_proto::wire::WIRE_VERSION);
+        assert_eq!(store.load().unwrap(), loaded, "the same generation, hash and all");
+    }
+
     #[test]
     fn a_damaged_record_is_corruption_and_another_format_version_is_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -434,11 +502,11 @@ mod tests {
         raw_record(&store, &bytes);
         let damaged = store.load().unwrap_err();
         assert!(Store::is_corruption(&damaged), "{damaged}");
-        bytes[0] = 3;
+        bytes[0] = 2;
         raw_record(&store, &bytes);
         let older = store.load().unwrap_err();
         assert!(!Store::is_corruption(&older), "{older}");
-        assert!(older.to_string().contains("expected format version 4 to 5, got version 3"), "{older}");
+        assert!(older.to_string().contains("expected format version 4 to 5, got version 2"), "{older}");
         drop(store);
         let aside = Store::quarantine(dir.path()).unwrap();
         assert!(aside.file_name().unwrap().to_string_lossy().starts_with("grapevine.redb.corrupt-"));

@@ -135,6 +135,42 @@ pub fn decode_versioned<T: Versioned>(bytes: &[u8], what: &'static str) -> Resul
     Ok((value, version))
 }
 
+/// Decodes a record of a node's own store: like [`decode_versioned`], and also format 3, which
+/// builds of format 4 read from their store and left there as it was. A node rewrites such
+/// records in the newest format when it opens its store, so that the next build reads them
+/// (peers of format 3 stay refused: only the disk is read this far back).
+pub fn decode_stored<T: Stored>(bytes: &[u8], what: &'static str) -> Result<(T, u8), WireError> {
+    match bytes.split_first() {
+        Some((3, rest)) if newest() == WIRE_VERSION => Ok((T::from_v3(take_all(rest, what)?), 3)),
+        _ => decode_versioned(bytes, what),
+    }
+}
+
+/// An item a node keeps in its store, and how format 3 encoded it.
+pub trait Stored: Versioned {
+    type V3: DeserializeOwned;
+    fn from_v3(old: Self::V3) -> Self;
+}
+
+impl Stored for Generation {
+    type V3 = v3::Generation;
+
+    fn from_v3(old: v3::Generation) -> Generation {
+        let v3::GenerationBody { id, hlc, members, groups, change } = old.body;
+        let body = GenerationBody { id, hlc, members, groups, change, author: None, signed: None };
+        Generation { body, hash: old.hash }
+    }
+}
+
+impl Stored for Snapshot {
+    /// Snapshots did not change from format 3 to 4.
+    type V3 = v4::Snapshot;
+
+    fn from_v3(old: v4::Snapshot) -> Snapshot {
+        Snapshot::from_previous(old)
+    }
+}
+
 fn take_all<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, WireError> {
     let (value, trailing) =
         postcard::take_from_bytes(bytes).map_err(|error| WireError::Malformed { what, error: error.to_string() })?;
@@ -273,6 +309,29 @@ impl Versioned for Push {
     fn to_previous(&self) -> Result<v4::Push, &'static str> {
         let generations = self.generations.iter().map(Generation::to_previous).collect::<Result<_, _>>()?;
         Ok(v4::Push { reverts: self.reverts.clone(), generations, sender_has: self.sender_has.clone() })
+    }
+}
+
+/// A generation as format 3 encoded it (before its author), read from a store only.
+pub mod v3 {
+    use serde::Deserialize;
+
+    use crate::hlc::Stamp;
+    use crate::model::{Change, ContentHash, GenId, NodeName};
+
+    #[derive(Deserialize)]
+    pub struct GenerationBody {
+        pub id: GenId,
+        pub hlc: Stamp,
+        pub members: Vec<NodeName>,
+        pub groups: Vec<String>,
+        pub change: Change,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Generation {
+        pub body: GenerationBody,
+        pub hash: ContentHash,
     }
 }
 
@@ -453,7 +512,7 @@ mod tests {
 
     #[test]
     fn items_written_by_format_4_are_read_and_written_back_byte_for_byte() {
-        let fixtures = fixtures(include_str!("../tests/fixtures/wire-v4.txt"));
+        let fixtures = fixtures_v4();
         let generation: Generation = decode(&fixtures["generation"], "generation").unwrap();
         assert_eq!(generation.id().to_string(), "old1.7");
         assert_eq!((&generation.body.author, &generation.body.signed), (&None, &None));
@@ -491,10 +550,24 @@ mod tests {
     }
 
     #[test]
-    fn format_3_is_refused_with_the_versions_this_build_reads() {
+    fn format_3_is_refused_from_peers_and_read_from_the_store() {
         let fixtures = fixtures(include_str!("../tests/fixtures/wire-v3.txt"));
         let refused = decode::<Generation>(&fixtures["generation"], "generation").unwrap_err();
         assert_eq!(refused.to_string(), "expected format version 4 to 5, got version 3");
+        let (stored, version) = decode_stored::<Generation>(&fixtures["generation"], "generation").unwrap();
+        assert_eq!((stored.id().to_string(), version), ("old1.7".to_owned(), 3));
+        stored.verify().expect("a format 3 generation keeps its hash");
+        let v4 = fixtures_v4();
+        assert_eq!(encode_at(&stored, 4, "generation").unwrap(), v4["generation"], "as the format-4 build wrote it");
+        let snapshot = encode_at(&Snapshot::default(), 4, "snapshot").unwrap();
+        let mut old = snapshot.clone();
+        old[0] = 3;
+        assert_eq!(decode_stored::<Snapshot>(&old, "snapshot").unwrap(), (Snapshot::default(), 3));
+        assert!(decode_stored::<Generation>(&[2, 0], "generation").is_err());
+    }
+
+    fn fixtures_v4() -> std::collections::BTreeMap<&'static str, Vec<u8>> {
+        fixtures(include_str!("../tests/fixtures/wire-v4.txt"))
     }
 
     #[test]
