@@ -17,7 +17,7 @@ mod connection;
 pub mod credentials;
 pub mod signing;
 use connection::Connection;
-pub use signing::Intent;
+pub use signing::{FlagIntent, Intent};
 
 /// How long the CLI waits for a node to answer. A change is acknowledged once durable on the
 /// node, which takes milliseconds; anything near this means the node is unwell.
@@ -251,7 +251,12 @@ fn key_path(key: &str) -> Result<String, CliError> {
 /// The query string that makes the node wait for replicas.
 pub async fn flag_set(client: &Client, key: &str, request: Value, change: &ChangeArgs) -> Result<(), CliError> {
     let path = format!("/v1/flags/{}", key_path(key)?);
-    let intent = Intent { keys: [key.to_owned()].into(), ..Intent::default() };
+    let expected = match (request["on"].as_bool(), request["variant"].as_str()) {
+        (Some(on), _) => FlagIntent::Serving { variant: if on { "on" } else { "off" }.into(), enabled: true },
+        (None, Some(variant)) => FlagIntent::Serving { variant: variant.to_owned(), enabled: false },
+        (None, None) => FlagIntent::Definition(request["definition"].clone()),
+    };
+    let intent = Intent { keys: [key.to_owned()].into(), flags: vec![(key.to_owned(), expected)], ..Intent::default() };
     let answer = client.change(&path, &change.query(), Some(request), &intent).await?;
     report_accepted(client, &format!("flag {key}"), &answer);
     Ok(())
@@ -269,7 +274,7 @@ pub async fn config_put(
         request["schema"] = schema;
     }
     let path = format!("/v1/config/{}", key_path(key)?);
-    let intent = Intent { keys: [key.to_owned()].into(), values: vec![(key.to_owned(), value)], control_of: None };
+    let intent = Intent { keys: [key.to_owned()].into(), values: vec![(key.to_owned(), value)], ..Intent::default() };
     let answer = client.change(&path, &change.query(), Some(request), &intent).await?;
     report_accepted(client, &format!("config {key}"), &answer);
     Ok(())
@@ -482,7 +487,7 @@ pub async fn revoke_key(client: &Client, public: &str, reason: Option<String>) -
     }
     let (key, value) = signing::revocation(public, reason)?;
     let path = format!("/v1/config/{}", key_path(&key)?);
-    let intent = Intent { keys: [key.clone()].into(), values: vec![(key.clone(), value.clone())], control_of: None };
+    let intent = Intent { keys: [key.clone()].into(), values: vec![(key.clone(), value.clone())], ..Intent::default() };
     let query = [("emergency", "true".to_owned())];
     let answer = client.change(&path, &query, Some(serde_json::json!({ "value": value })), &intent).await?;
     report_accepted(client, &format!("the revocation of {public}"), &answer);

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use grapevine_proto::eval::FlagDefinition;
 use grapevine_proto::signing::{Delegation, MAX_PREFIXES, PublicKey, SecretKey, revocation_key};
 use grapevine_proto::{Author, Change, GenId};
 use serde::{Deserialize, Serialize};
@@ -227,8 +228,33 @@ pub struct Intent {
     pub keys: BTreeSet<String>,
     /// Config values the operations must carry exactly.
     pub values: Vec<(String, Value)>,
+    /// What the flags the operations set must be.
+    pub flags: Vec<(String, FlagIntent)>,
     /// The generation the change's controls may target (none: no controls).
     pub control_of: Option<GenId>,
+}
+
+/// What a flag set by a change must be, as `flag set` asked for it.
+#[derive(Debug)]
+pub enum FlagIntent {
+    /// `--on`, `--off` (`enabled`) or `--variant`: serving this variant by default.
+    Serving { variant: String, enabled: bool },
+    /// `--file`: this definition (compared parsed, as the node stores it canonically).
+    Definition(Value),
+}
+
+impl FlagIntent {
+    fn allows(&self, key: &grapevine_proto::Key, carried: &FlagDefinition) -> bool {
+        match self {
+            FlagIntent::Serving { variant, enabled } => {
+                carried.default_variant.as_ref() == Some(variant)
+                    && (!enabled || carried.state == grapevine_proto::eval::FlagState::Enabled)
+            }
+            FlagIntent::Definition(asked) => grapevine_proto::JsonText::from_value(asked)
+                .and_then(|text| FlagDefinition::parse(key, &text))
+                .is_ok_and(|asked| &asked == carried),
+        }
+    }
 }
 
 impl Signer {
@@ -284,6 +310,17 @@ fn check_intent(change: &Change, intent: &Intent) -> Result<(), String> {
             return Err(format!("the node prepared config {key} = {carried:?}, not the value asked for"));
         }
     }
+    for (key, expected) in &intent.flags {
+        let carried = change.ops.iter().find_map(|op| match op {
+            grapevine_proto::Op::SetFlag { key: k, definition } if k.as_str() == key => {
+                FlagDefinition::parse(k, definition).ok().map(|flag| (k, flag))
+            }
+            _ => None,
+        });
+        if !carried.is_some_and(|(k, flag)| expected.allows(k, &flag)) {
+            return Err(format!("the node prepared flag {key} otherwise than asked ({expected:?})"));
+        }
+    }
     if let Some(control) = change.controls.iter().find(|c| Some(c.target()) != intent.control_of.as_ref()) {
         return Err(format!("the node prepared a control of {}, which was not asked for", control.target()));
     }
@@ -330,7 +367,7 @@ mod tests {
         let intent = Intent {
             keys: ["limits".to_owned()].into(),
             values: vec![("limits".to_owned(), serde_json::json!(5))],
-            control_of: None,
+            ..Intent::default()
         };
         check_intent(&Change::with_ops(vec![put("limits", "5")]), &intent).unwrap();
         let other_value = check_intent(&Change::with_ops(vec![put("limits", "6")]), &intent).unwrap_err();
@@ -340,5 +377,23 @@ mod tests {
         let mut control = Change::with_ops(vec![]);
         control.controls.push(grapevine_proto::rollout::Control::Resume { target: "n1.1".parse().unwrap() });
         assert!(check_intent(&control, &intent).is_err());
+
+        let flag = |on: bool| grapevine_proto::Op::SetFlag {
+            key: "beta".parse().unwrap(),
+            definition: FlagDefinition::boolean(on).to_json_text().unwrap(),
+        };
+        let on = FlagIntent::Serving { variant: "on".into(), enabled: true };
+        let intent = Intent { keys: ["beta".to_owned()].into(), flags: vec![("beta".into(), on)], ..Intent::default() };
+        check_intent(&Change::with_ops(vec![flag(true)]), &intent).unwrap();
+        let off = check_intent(&Change::with_ops(vec![flag(false)]), &intent).unwrap_err();
+        assert!(off.contains("flag beta otherwise than asked"), "{off}");
+        let file = serde_json::to_value(FlagDefinition::boolean(false)).unwrap();
+        let intent = Intent {
+            keys: ["beta".to_owned()].into(),
+            flags: vec![("beta".into(), FlagIntent::Definition(file))],
+            ..Intent::default()
+        };
+        check_intent(&Change::with_ops(vec![flag(false)]), &intent).unwrap();
+        assert!(check_intent(&Change::with_ops(vec![flag(true)]), &intent).is_err());
     }
 }
