@@ -54,8 +54,8 @@ impl CliError {
 pub struct Client {
     connection: Connection,
     pub json: bool,
-    /// The operator key that signs this invocation's changes, if one is configured.
-    signer: Option<signing::Signer>,
+    /// The operator key file that signs this invocation's changes, if one is configured.
+    signing_key: Option<std::path::PathBuf>,
 }
 
 /// `$USER@HOSTNAME` (the account's name without `$USER`), with characters an author may not hold replaced by `_`, cut to the limit.
@@ -100,8 +100,8 @@ impl Client {
                 .map_err(|_| CliError::Usage("the token holds characters a header cannot carry".into()))?;
             connection.add_header(reqwest::header::AUTHORIZATION, value);
         }
-        let signer = signing::signer_for(args.signing_key.as_deref())?;
-        Ok(Client { connection, json: args.json, signer })
+        let signing_key = signing::key_file_for(args.signing_key.as_deref());
+        Ok(Client { connection, json: args.json, signing_key })
     }
 
     /// Sends a change request. With an operator key, the node prepares the change, the CLI
@@ -114,9 +114,10 @@ impl Client {
         intent: &Intent,
     ) -> Result<Value, CliError> {
         let dry_run = query.iter().any(|(name, value)| *name == "dry_run" && value == "true");
-        let Some(signer) = self.signer.as_ref().filter(|_| !dry_run) else {
+        let Some(key_file) = self.signing_key.as_deref().filter(|_| !dry_run) else {
             return self.request_with(Method::POST, path, query, body).await;
         };
+        let signer = signing::KeyFile::read(key_file)?.signer()?;
         let mut prepare = query.to_vec();
         prepare.push(("prepare", "true".to_owned()));
         let prepared = self.request_with(Method::POST, path, &prepare, body).await?;
@@ -482,7 +483,7 @@ pub async fn backup(client: &Client, out: &Path) -> Result<(), CliError> {
 
 /// `key revoke KEY`: a signed write of the key's revocation, applied everywhere at once.
 pub async fn revoke_key(client: &Client, public: &str, reason: Option<String>) -> Result<(), CliError> {
-    if client.signer.is_none() {
+    if client.signing_key.is_none() {
         return Err(CliError::Usage("a revocation is a signed change: give your key with --signing-key".into()));
     }
     let (key, value) = signing::revocation(public, reason)?;

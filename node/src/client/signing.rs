@@ -200,16 +200,11 @@ pub fn default_file() -> Option<PathBuf> {
     Some(super::credentials::file()?.with_file_name("signing.key"))
 }
 
-/// The signer of this invocation: the key file named, else the default one if it exists.
-pub fn signer_for(given: Option<&Path>) -> Result<Option<Signer>, CliError> {
-    let path = match given {
-        Some(path) => path.to_owned(),
-        None => match default_file() {
-            Some(path) if path.exists() => path,
-            _ => return Ok(None),
-        },
-    };
-    KeyFile::read(&path)?.signer().map(Some)
+/// The key file of this invocation: the one named, else the default one if it exists. It is
+/// read only when a change is signed, so a key without its delegation yet does not stand in
+/// the way of reads.
+pub fn key_file_for(given: Option<&Path>) -> Option<PathBuf> {
+    given.map(Path::to_owned).or_else(|| default_file().filter(|path| path.exists()))
 }
 
 /// An operator's key with its delegation.
