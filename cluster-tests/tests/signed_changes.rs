@@ -83,6 +83,11 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
     ensure!(message.contains("accepts signed changes only") && message.contains("--signing-key"), "{message}");
     let untrusted = put(n2, "limits", "1", Some(&mallory));
     ensure!(stderr(&untrusted).contains("not one of this cluster's root keys"), "{}", stderr(&untrusted));
+    // A key not delegated yet signs nothing, and stands in the way of no read.
+    let (dave, _) = new_key(&keys, "dave")?;
+    check(n1.cli(&["status", "--signing-key", dave.to_str().unwrap()]))?;
+    let undelegated = put(n1, "limits", "1", Some(&dave));
+    ensure!(stderr(&undelegated).contains("has no delegation"), "{}", stderr(&undelegated));
     let scoped = put(n1, "search.limit", "1", Some(&carol));
     ensure!(stderr(&scoped).contains("may change keys under [\"payments.\"] only"), "{}", stderr(&scoped));
 
