@@ -91,6 +91,14 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
     let scoped = put(n1, "search.limit", "1", Some(&carol));
     ensure!(stderr(&scoped).contains("may change keys under [\"payments.\"] only"), "{}", stderr(&scoped));
 
+    // `status` names the member whose [signing] differs.
+    wait_until(Duration::from_secs(10), "n1's status to name n4's other roots", || {
+        let status = String::from_utf8_lossy(&n1.cli(&["status"]).stdout).into_owned();
+        status.contains("changes: signed by operator keys of 1 root key(s)")
+            && status.contains("trusts other root keys than this node's")
+            && status.contains("n4 (none)")
+    })?;
+
     // The compromised node takes anything, and tries to spread it: nobody else stores it.
     check(put(n4, "limits", "666", None))?;
     check(put(n4, "admins", "\"mallory\"", Some(&mallory)))?;

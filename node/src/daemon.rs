@@ -20,7 +20,7 @@ use crate::alerts::Alerts;
 use crate::api::{ApiState, router};
 use crate::config::Config;
 use crate::engine::{self, EngineHandle, EngineParts, Stored};
-use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS, KEY_WIRE};
+use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS, KEY_SIGNING, KEY_WIRE};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -155,6 +155,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         (KEY_API.to_owned(), format!("http://{}", reachable(api_addr, gossip_addr))),
         (KEY_LABELS.to_owned(), config.labels_text()),
         (KEY_WIRE.to_owned(), wire::newest().to_string()),
+        (KEY_SIGNING.to_owned(), config.trust.fingerprint()),
     ];
     if !config.trust.required() {
         tracing::warn!(

@@ -52,9 +52,11 @@ pub const PREFIX_REPORT: &str = "rep.";
 pub const KEY_KPI: &str = "kpi";
 /// The summary of the reverts this node holds (`count.hash`); a peer with another pulls.
 pub const KEY_REVERTS: &str = "reverts";
-/// The newest wire format this node reads and writes (`wire::newest`). Builds of format 3
-/// publish none: a member without it reads format 3 only.
+/// The newest wire format this node reads and writes (`wire::newest`).
 pub const KEY_WIRE: &str = "wire";
+/// Which root keys this node's `[signing]` trusts (`Trust::fingerprint`; `none` without
+/// roots): members that differ store different changes, so `status` names them.
+pub const KEY_SIGNING: &str = "signing";
 /// `rv.<generation>` = why this node wrote the revert of a generation (`quorum`, `rollback`).
 pub const PREFIX_REVERTED_BY: &str = "rv.";
 
@@ -121,8 +123,11 @@ pub struct Member {
     pub version_vector: BTreeMap<String, u64>,
     pub applied: Option<String>,
     pub state_digest: Option<String>,
-    /// The newest wire format the member reads (3 for a build that publishes none).
+    /// The newest wire format the member reads.
     pub wire: u8,
+    /// The fingerprint of the root keys its `[signing]` trusts (`none`: signatures not
+    /// required); `None` for a build that publishes none.
+    pub signing: Option<String>,
 }
 
 /// The running gossip of a node.
@@ -713,6 +718,7 @@ fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> 
         applied: state.get(KEY_APPLIED).filter(|v| !v.is_empty()).map(str::to_owned),
         state_digest: state.get(KEY_DIGEST).map(str::to_owned),
         wire: wire_version_in(state),
+        signing: state.get(KEY_SIGNING).map(str::to_owned),
     }
 }
 

@@ -27,6 +27,7 @@ use std::str::FromStr;
 
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
 use crate::log::{Log, VersionVector};
@@ -339,6 +340,22 @@ impl Trust {
         !self.roots.is_empty()
     }
 
+    /// A short name of the roots trusted (the first 16 hex digits of the SHA-256 of the sorted
+    /// keys), `none` without roots: nodes that print the same one take the same changes.
+    pub fn fingerprint(&self) -> String {
+        if self.roots.is_empty() {
+            return "none".to_owned();
+        }
+        let mut roots = self.roots.clone();
+        roots.sort();
+        roots.dedup();
+        let mut digest = Sha256::new();
+        for root in &roots {
+            digest.update(root.0);
+        }
+        hex::encode(digest.finalize())[..16].to_owned()
+    }
+
     /// Checks a generation from an operator, a peer or a backup.
     pub fn check(&self, body: &GenerationBody) -> Result<(), SigningError> {
         if !self.required() {
@@ -469,6 +486,11 @@ mod tests {
         // Without roots, nothing is required.
         Trust::default().check(&body(change.clone(), None)).unwrap();
 
+        assert_eq!(Trust::default().fingerprint(), "none");
+        let (one, two) = (key(1).public(), key(2).public());
+        let both = |roots: Vec<PublicKey>| Trust { roots, ..trust(&root) }.fingerprint();
+        assert_eq!(both(vec![one, two]), both(vec![two, one, two]), "order and repeats do not count");
+        assert_ne!(both(vec![one]), both(vec![one, two]));
         let unsigned = trust(&root).check(&body(change.clone(), None)).unwrap_err();
         assert_eq!(
             unsigned.to_string(),

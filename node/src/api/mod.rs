@@ -311,6 +311,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
         "signing": {
             "required": state.trust.required(),
             "roots": state.trust.roots.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "fingerprint": state.trust.fingerprint(),
         },
         "members": members,
     })))

@@ -384,6 +384,22 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
         Some(0) | None => println!("changes: NOT SIGNED ([signing] names no root key; see docs/security.md)"),
         Some(roots) => println!("changes: signed by operator keys of {roots} root key(s)"),
     }
+    // Members that trust other roots store other changes: the same [signing] belongs on all.
+    let ours = &answer["signing"]["fingerprint"];
+    let others: Vec<String> = answer["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| !m["signing"].is_null() && &m["signing"] != ours)
+        .map(|m| format!("{} ({})", text(m, "name"), text(m, "signing")))
+        .collect();
+    if !others.is_empty() {
+        println!(
+            "WARNING: members whose [signing] trusts other root keys than this node's ({}): {}",
+            text(&answer["signing"], "fingerprint"),
+            others.join(", ")
+        );
+    }
     for source in answer["health"].as_array().into_iter().flatten() {
         let state = if source["ok"] == true { "ok" } else { "FAILING" };
         println!("health source {}: {state} ({})", text(source, "source"), text(source, "detail"));
