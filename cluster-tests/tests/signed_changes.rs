@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use grapevine_cluster_tests::{Cluster, Node, check, grapevine, http_get, wait_until};
+use grapevine_cluster_tests::{Cluster, Node, check, grapevine, http_get, http_request, wait_until};
 use serde_json::Value;
 
 /// Makes key `name` in `dir` and returns its file and public key.
@@ -139,6 +139,10 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
     let control = n1.cli(&["rollout", "pause", limits, "--signing-key", carol.to_str().unwrap()]);
     ensure!(stderr(&control).contains("only, got a rollout control"), "{}", stderr(&control));
     check(n1.cli(&["rollout", "pause", limits, "--signing-key", alice_arg]))?;
+    // A rollback is a revert, not a change: nothing to prepare, and a prepare writes nothing.
+    let url = format!("{}/v1/rollouts/{limits}/rollback?prepare=true", n1.url());
+    let (status, body) = http_request("POST", &url, None)?;
+    ensure!(status == 400 && body.contains("nothing to sign"), "{status} {body}");
     wait_until(Duration::from_secs(15), "the signed changes on every node", || {
         cluster.nodes.iter().all(|n| {
             value_of(n, "payments.limit") == Some(Value::from(7))

@@ -92,9 +92,10 @@ pub async fn control(
     let target = generation_id(&generation)?;
     may_touch(&state, &principal, &target).await?;
     if action == "rollback" {
-        if wait.dry_run {
+        if wait.dry_run || wait.prepare {
+            // A revert is derived from its target alone: there is nothing to sign either.
             return Err(ApiError::bad_request(
-                "a rollback has no dry run: it writes only the revert, which `rollout status` previews",
+                "a rollback has no dry run and nothing to sign: it writes only the revert, which `rollout status` previews",
             ));
         }
         return rollback(&state, target).await;
