@@ -251,7 +251,11 @@ impl Metrics {
             "Generations and snapshots refused for a clock stamp beyond the maximum offset",
             metrics.clock_offset_refusals.clone(),
         );
-        r.register("reverts", "Reverts learned, by how: quorum, rollback, received", metrics.reverts.clone());
+        r.register(
+            "reverts",
+            "Reverts learned, by how: quorum, rollback, revocation, received",
+            metrics.reverts.clone(),
+        );
         r.register("reverts_known", "Reverts held in the log", metrics.reverts_known.clone());
         r.register("anomaly_reports", "Generations this node judged anomalous", metrics.anomaly_reports.clone());
         r.register(

@@ -18,8 +18,8 @@
 //!
 //! A node holding a cluster certificate but no operator key cannot make a generation that
 //! passes: it can only replay an operator's signed change, which then carries the same content
-//! and, by the window, a stamp near the original's (a replay sorts old and loses to every
-//! later write of its keys).
+//! and, by the window, a stamp at most [`ISSUE_WINDOW_MS`] after its signing: for that long a
+//! replay can bring the change's values back over a later write of its keys; after it, never.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -144,7 +144,8 @@ async fn pull(
 ) -> Result<usize, SyncError> {
     let view = engine.view();
     let request = PullRequest {
-        have: view.version_vector.clone(),
+        // What this node holds or refused for good: the peer sends neither again.
+        have: view.settled.clone(),
         max_bytes: MAX_PULL_BYTES as u64,
         reverts: view.reverted.iter().cloned().collect(),
     };
