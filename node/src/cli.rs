@@ -483,9 +483,6 @@ pub fn run(cli: Cli) -> ExitCode {
             rt.block_on(async { client::backup(&Client::with_timeout(&client, BACKUP_TIMEOUT)?, &out).await })
         }),
         Command::Token(TokenCommand::New { name, role, prefixes, json }) => new_token(name, role, prefixes, json),
-        Command::Key(KeyCommand::Revoke { public, reason, client }) => {
-            with_client(&client, |c| async move { client::revoke_key(&c, &public, reason).await })
-        }
         Command::Key(command) => crate::client::signing::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "grapevine", &mut std::io::stdout());
@@ -556,7 +553,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
 }
 
-fn with_client<F, Fut>(args: &ClientArgs, f: F) -> Result<(), CliError>
+pub(crate) fn with_client<F, Fut>(args: &ClientArgs, f: F) -> Result<(), CliError>
 where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<(), CliError>>,

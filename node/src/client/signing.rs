@@ -121,7 +121,8 @@ impl KeyFile {
     }
 }
 
-/// `key new`, `key delegate`, `key show` (`key revoke` talks to a node: `client::revoke_key`).
+/// `key new`, `key delegate`, `key show`, and `key revoke`, which talks to a node
+/// (`client::revoke_key`).
 pub fn run(command: KeyCommand) -> Result<(), CliError> {
     let usage = |option: &str, error: &dyn std::fmt::Display| CliError::Usage(format!("{option}: {error}"));
     match command {
@@ -178,7 +179,9 @@ pub fn run(command: KeyCommand) -> Result<(), CliError> {
             let shown = serde_json::json!({"name": file.name, "public": file.key.public().to_string(), "delegation": delegation});
             println!("{}", serde_json::to_string_pretty(&shown).expect("a Value always serializes"));
         }
-        KeyCommand::Revoke { .. } => unreachable!("`key revoke` is run by `client::revoke_key`"),
+        KeyCommand::Revoke { public, reason, client } => {
+            return crate::cli::with_client(&client, |c| async move { super::revoke_key(&c, &public, reason).await });
+        }
     }
     Ok(())
 }
