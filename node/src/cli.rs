@@ -68,6 +68,13 @@ pub enum Command {
     Rollout(RolloutCommand),
     /// Members of the cluster as a node sees them, with their log summaries.
     Status {
+        /// First wait up to DURATION (like 10s) until the node answers and is ready
+        /// (`/readyz`: caught up with its peers); exit 3 if it never answered, 1 if not ready.
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
+        /// With --wait: also until the node sees at least N live members, itself included.
+        #[arg(long, value_name = "N", requires = "wait")]
+        members: Option<usize>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -289,7 +296,8 @@ pub enum RolloutCommand {
     Status {
         /// A generation id like n1.3.
         generation: Option<String>,
-        /// Redraw every second until every wave is open.
+        /// Redraw every second until every wave is open and each of its members applied it
+        /// (or the rollout is paused or reverted).
         #[arg(long)]
         watch: bool,
         #[command(flatten)]
@@ -467,7 +475,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Flag(command) => runtime().and_then(|rt| rt.block_on(run_flag(command))),
         Command::Config(command) => runtime().and_then(|rt| rt.block_on(run_config(command))),
         Command::Rollout(command) => runtime().and_then(|rt| rt.block_on(run_rollout(command))),
-        Command::Status { client } => with_client(&client, |c| async move { client::status(&c).await }),
+        Command::Status { wait, members, client } => with_client(&client, |c| async move {
+            if let Some(within) = wait {
+                client::wait::until_ready(&c, client::wait::parse_within(&within)?, members).await?;
+            }
+            client::status(&c).await
+        }),
         Command::History { limit, client } => with_client(&client, |c| async move { client::history(&c, limit).await }),
         Command::Apply { file, change, client } => runtime().and_then(|rt| {
             rt.block_on(async {

@@ -41,7 +41,7 @@ fn endpoint(method: &Method, path: &str, key: Option<String>) -> (Requirement, C
             (role(Role::Read), Admin)
         }
         ("/v1/flags/{key}" | "/v1/config/{key}" | "/v1/watch" | "/ofrep/v1/events", "GET")
-        | ("/v1/flags/{key}/evaluate" | "/ofrep/v1/evaluate/flags/{key}" | "/ofrep/v1/evaluate/flags", "POST") => {
+        | ("/v1/flags/{key}/evaluate" | "/ofrep/v1/evaluate/flags/{*key}" | "/ofrep/v1/evaluate/flags", "POST") => {
             (role(Role::Read), Applications)
         }
         ("/v1/backup", "GET") => (Requirement::Unrestricted(Role::Read), Admin),

@@ -92,7 +92,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rollouts", get(rollout::list))
         .route("/v1/rollouts/{generation}", get(rollout::show))
         .route("/v1/rollouts/{generation}/{action}", post(rollout::control))
-        .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
+        .route("/ofrep/v1/evaluate/flags/{*key}", post(ofrep::evaluate_flag))
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
         .route("/ofrep/v1/events", get(ofrep::events))
         .route("/v1/watch", get(watch::watch))

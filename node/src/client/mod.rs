@@ -16,6 +16,7 @@ use serde_json::Value;
 mod connection;
 pub mod credentials;
 pub mod signing;
+pub mod wait;
 use connection::Connection;
 pub use signing::{FlagIntent, Intent};
 
@@ -162,6 +163,18 @@ impl Client {
             return Ok(value);
         }
         Err(refusal(status, &value))
+    }
+
+    /// A request whose answer is read whatever its status, when it is JSON (`/readyz` answers
+    /// 503 with the reasons it is not ready).
+    async fn request_raw(&self, method: Method, path: &str) -> Result<Value, CliError> {
+        let reply = self.connection.send(method, path, None).await?;
+        let status = reply.status;
+        let text = reply.text().await?;
+        match serde_json::from_str::<Value>(&text) {
+            Ok(value) if value.is_object() => Ok(value),
+            _ => Err(refusal(status, &Value::String(text))),
+        }
     }
 
     /// `GET path`, saved to `out` as it streams: through `out.partial`, renamed once whole, so
@@ -617,15 +630,27 @@ pub async fn rollout_status(client: &Client, generation: Option<&str>, watch: bo
                 println!("no rollouts in this node's log");
             }
         }
-        // A paused rollout will not move until someone resumes it, a reverted one never: stop watching.
-        let done = rollouts
-            .iter()
-            .all(|r| r["all_waves_open"] == true || r["controls"]["paused"] == true || r["reverted"] == true);
+        let done = rollouts.iter().all(finished);
         if !watch || done {
             return Ok(());
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
     }
+}
+
+/// Whether a watched rollout will not move on its own any more: every wave open and each of its
+/// members applied it (so reading the change from any of them shows it), or paused (it waits for
+/// someone to resume it), or reverted (for good).
+fn finished(rollout: &Value) -> bool {
+    let applied_everywhere = || {
+        rollout["waves"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|wave| wave["members"].as_array().into_iter().flatten().all(|member| !member["report"].is_null()))
+    };
+    let all_open = rollout["all_waves_open"] == true && applied_everywhere();
+    all_open || rollout["controls"]["paused"] == true || rollout["reverted"] == true
 }
 
 fn print_rollout(rollout: &Value, color: bool) {
