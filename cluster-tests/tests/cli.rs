@@ -128,3 +128,20 @@ fn keys_with_slashes_and_exact_numbers_round_trip() -> Result<()> {
     assert!(!String::from_utf8_lossy(&piped.stderr).contains("panicked"), "{piped:?}");
     Ok(())
 }
+
+#[test]
+fn status_wait_says_whether_the_node_never_answered_or_was_not_ready() -> Result<()> {
+    // Nothing listens on port 1: exit 3 once the wait is over, saying how long it waited.
+    let started = std::time::Instant::now();
+    let output = grapevine(&["status", "--wait", "300ms", "--node", "http://127.0.0.1:1"]);
+    assert_fails(output, 3, "(after waiting 300 ms)");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "it did not wait");
+    assert_fails(grapevine(&["status", "--wait", "soon"]), 2, "--wait: expected a duration like 30s");
+
+    // A lone node answers and is ready, but does not see the two members asked for: exit 1.
+    let cluster = Cluster::start(1)?;
+    let node = &cluster.nodes[0];
+    assert_fails(node.cli(&["status", "--wait", "500ms", "--members", "2"]), 1, "it sees 1 live members (n1)");
+    check(node.cli(&["status", "--wait", "5s", "--members", "1"]))?;
+    Ok(())
+}
