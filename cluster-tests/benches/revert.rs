@@ -12,13 +12,17 @@
 //!    from the first failed request on the canary to the last node applying the revert.
 //!
 //! The ratio of the medians of (2) and (1) is the figure: a revert should be no slower than a
-//! change. Run: `cargo bench -p grapevine-cluster-tests --bench revert` (`GRAPEVINE_BENCH_RUNS=5`).
+//! change. What applications see is measured too, on each node's applied-state watch (`GET
+//! /v1/watch`): from the first node holding the rollback until the value is gone from every
+//! node's watch, and from the first failed request until the bad value is gone from the watch
+//! of every node that served it. Run: `cargo bench -p grapevine-cluster-tests --bench revert` (`GRAPEVINE_BENCH_RUNS=5`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use grapevine_cluster_tests::inproc::InProcessCluster;
+use grapevine_cluster_tests::watch::WatchRecorder;
 use grapevine_node::engine::View;
 use grapevine_node::health::HealthConfig;
 use grapevine_proto::{GenId, Key};
@@ -101,7 +105,10 @@ async fn main() -> Result<()> {
     // A baseline before the first change.
     tokio::time::sleep(Duration::from_secs(if quick { 2 } else { 5 })).await;
     let http = grapevine_cluster_tests::http_client();
+    // What the applications see: each node's applied-state watch.
+    let watch = WatchRecorder::start(&apis, "").await?;
     let (mut changes, mut rollbacks, mut reverts, mut loops) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut unserved_rollbacks, mut unserved_loops) = (Vec::new(), Vec::new());
     for run in 0..runs {
         // 1. An ordinary change, everywhere at once.
         let key: Key = format!("plain-{run}").parse()?;
@@ -119,6 +126,9 @@ async fn main() -> Result<()> {
         http.post(url).send().await?.error_for_status()?;
         let (first, last) = spread(&cluster, move |view| view.reverted.contains(&generation)).await?;
         rollbacks.push(last - first);
+        // Every node served the value: each stops when its watch says the key is gone.
+        let gone = watch.arrivals(key.as_str(), |e| e.value.is_null(), Duration::from_secs(60)).await?;
+        unserved_rollbacks.push(*gone.iter().max().context("nodes")? - first);
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         // 2. A bad change under the default policy: the canary applies it, fails, reports.
@@ -132,19 +142,28 @@ async fn main() -> Result<()> {
         let failed = first_failure.lock().unwrap().context("the canary's application never failed")?;
         reverts.push(last - first);
         loops.push(last - failed);
+        // The nodes whose applications saw "bad" (the canary, at least) stop serving it.
+        let served_bad = watch.nodes_with(key.as_str(), |e| e.value == json!("bad"));
+        let gone = watch.arrivals_on(&served_bad, key.as_str(), |e| e.value.is_null(), Duration::from_secs(60)).await?;
+        unserved_loops.push(*gone.iter().max().context("the canary served it")? - failed);
         eprintln!(
-            "run {run}: change spread {:.1} ms, rollback spread {:.1} ms, revert spread {:.1} ms, first failed request to reverted everywhere {:.0} ms",
+            "run {run}: change spread {:.1} ms, rollback spread {:.1} ms (value gone from every watch {:.1} ms), revert spread {:.1} ms, first failed request to reverted everywhere {:.0} ms (bad value gone from the watch of the {} that served it {:.0} ms)",
             ms(*changes.last().unwrap()),
             ms(*rollbacks.last().unwrap()),
+            ms(*unserved_rollbacks.last().unwrap()),
             ms(last - first),
-            ms(last - failed)
+            ms(last - failed),
+            served_bad.len(),
+            ms(*unserved_loops.last().unwrap()),
         );
         *bad_key.lock().unwrap() = None;
         // Let the baseline settle before the next run.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     applications.abort();
+    watch.stop();
     let (change, rollback, revert, detect) = (median(changes), median(rollbacks), median(reverts), median(loops));
+    let (rollback_unserved, detect_unserved) = (median(unserved_rollbacks), median(unserved_loops));
     println!(
         "{NODES} nodes, 1 s gossip, {runs} runs: first holder to all applied, median: change {:.1} ms; rollback {:.1} ms (ratio {:.2}); automatic revert, from the node that saw the quorum, {:.1} ms (ratio {:.2})",
         ms(change),
@@ -167,10 +186,21 @@ async fn main() -> Result<()> {
             rollback.as_secs_f64() / change.as_secs_f64()
         ),
     );
+    println!(
+        "what applications see, median: a rolled-back value gone from every node's watch {:.1} ms after the first node held the revert; the bad value gone from the watch of every node that served it {:.0} ms after the first failed request",
+        ms(rollback_unserved),
+        ms(detect_unserved)
+    );
     grapevine_cluster_tests::suite_row(
         &format!("first failed request to revert applied on all {NODES} (default policy)"),
         &format!("{:.0} ms", ms(detect)),
         "-",
+        "-",
+    );
+    grapevine_cluster_tests::suite_row(
+        &format!("first failed request to the bad value no longer served (watch), {NODES} nodes"),
+        &format!("{:.0} ms", ms(detect_unserved)),
+        &format!("rollback: value gone from all {NODES} watches {:.1} ms after the revert's first holder", ms(rollback_unserved)),
         "-",
     );
     cluster.stop().await;

@@ -1,5 +1,7 @@
 //! Propagation of one change to every node, Grapevine over QUIC side by side with chitchat's
-//! own key propagation over UDP at the same gossip interval, in one run; idle cost per node at
+//! own key propagation over UDP at the same gossip interval, in one run: until every node
+//! stores it (its version vector covers it) and until every node serves it (its applied-state
+//! watch, `GET /v1/watch`, sends the event an application following it would get); idle cost per node at
 //! each size (bytes, CPU against chitchat's UDP transport, memory) and its growth with N; time
 //! for a 1 MiB config value to reach 10 nodes. All nodes in this process, on loopback.
 //!
@@ -15,6 +17,7 @@ use anyhow::{Context, Result};
 use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use grapevine_cluster_tests::inproc::InProcessCluster;
+use grapevine_cluster_tests::watch::WatchRecorder;
 use grapevine_cluster_tests::{bench_quick, free_port, process_rss_kib, suite_row};
 use grapevine_node::daemon::RunningNode;
 use grapevine_proto::GenId;
@@ -37,6 +40,15 @@ fn ms(duration: Duration) -> f64 {
 struct Grapevine {
     cluster: InProcessCluster,
     http: reqwest::Client,
+    /// Every node's applied-state watch: when it serves each change.
+    watch: WatchRecorder,
+}
+
+/// How long one change took to reach every node: until the last node stored it (its version
+/// vector covers it), and until the last node served it (its applied-state watch sent it).
+struct Spread {
+    stored: Duration,
+    served: Duration,
 }
 
 impl Grapevine {
@@ -46,11 +58,14 @@ impl Grapevine {
             raw.rollout = Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() });
         })
         .await?;
-        Ok(Grapevine { cluster, http: grapevine_cluster_tests::http_client() })
+        let apis: Vec<String> = cluster.nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect();
+        let watch = WatchRecorder::start(&apis, "").await?;
+        Ok(Grapevine { cluster, http: grapevine_cluster_tests::http_client(), watch })
     }
 
-    /// Puts `value` under `key` on node `writer`; returns the time until every node holds it.
-    async fn spread(&self, writer: usize, key: &str, value: serde_json::Value) -> Result<Duration> {
+    /// Puts `value` under `key` on node `writer`; returns the times from the POST until every
+    /// node stores it and serves it.
+    async fn spread(&self, writer: usize, key: &str, value: serde_json::Value) -> Result<Spread> {
         let url = format!("http://{}/v1/config/{key}", self.cluster.nodes[writer].api_addr);
         let started = Instant::now();
         let answer: serde_json::Value =
@@ -62,10 +77,14 @@ impl Grapevine {
                 .await
                 .context("a node never got the change")??;
         }
-        Ok(started.elapsed())
+        let stored = started.elapsed();
+        let served = self.watch.arrivals(key, |_| true, Duration::from_secs(60)).await?;
+        let served = served.iter().max().context("nodes")?.duration_since(started);
+        Ok(Spread { stored, served })
     }
 
     async fn stop(self) {
+        self.watch.stop();
         self.cluster.stop().await;
     }
 }
@@ -159,18 +178,22 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
     println!(
         "one change to all nodes, gossip interval {interval_ms} ms, {runs} changes per size (writer drawn from seed 1):"
     );
+    println!("clocks start at the POST; stop when the last node stores it (version vector), serves it (watch event), or holds the chitchat key");
     println!(
-        "{:>5}  {:>24}  {:>24}  {:>12}",
-        "nodes", "grapevine QUIC p50 / p99", "chitchat UDP p50 / p99", "p50 ratio"
+        "{:>5}  {:>24}  {:>24}  {:>24}  {:>12}",
+        "nodes", "stored p50 / p99", "served p50 / p99", "chitchat UDP p50 / p99", "stored ratio"
     );
     for &count in sizes {
         let mut random = SplitMix64::new(1);
         let grapevine = Grapevine::start(count, interval_ms).await?;
-        let mut ours = Vec::new();
+        let (mut ours, mut served) = (Vec::new(), Vec::new());
         for run in 0..runs {
-            ours.push(grapevine.spread(random.below(count), &format!("bench-{run}"), json!(run)).await?);
+            let spread = grapevine.spread(random.below(count), &format!("bench-{run}"), json!(run)).await?;
+            ours.push(spread.stored);
+            served.push(spread.served);
         }
         grapevine.stop().await;
+        served.sort();
         let chitchats = Chitchats::start(count, Duration::from_millis(interval_ms)).await?;
         let mut theirs = Vec::new();
         for run in 0..runs {
@@ -182,15 +205,23 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
         let (p50, their_p50) = (percentile(&ours, 0.5), percentile(&theirs, 0.5));
         let bound = grapevine_proto::sim::epidemic_bound(count, grapevine_node::sync::FANOUT);
         suite_row(
-            &format!("change to all {count} nodes, p50 / p99 (1 s gossip)"),
+            &format!("change served by all {count} nodes (watch), p50 / p99"),
+            &format!("{:.1} / {:.1} ms", ms(percentile(&served, 0.5)), ms(percentile(&served, 0.99))),
+            &format!("stored by all {:.1} / {:.1} ms", ms(p50), ms(percentile(&ours, 0.99))),
+            &format!("+{:.1} ms to serve (p50)", ms(percentile(&served, 0.5)) - ms(p50)),
+        );
+        suite_row(
+            &format!("change stored by all {count} nodes, p50 / p99 (1 s gossip)"),
             &format!("{:.1} / {:.1} ms", ms(p50), ms(percentile(&ours, 0.99))),
             &format!("chitchat UDP {:.0} / {:.0} ms", ms(their_p50), ms(percentile(&theirs, 0.99))),
             &format!("{:.0}x faster (push bound {bound:.1} hops)", their_p50.as_secs_f64() / p50.as_secs_f64()),
         );
         println!(
-            "{count:>5}  {:>10.1} / {:>8.1} ms  {:>10.1} / {:>8.1} ms  {:>11.0}x",
+            "{count:>5}  {:>10.1} / {:>8.1} ms  {:>10.1} / {:>8.1} ms  {:>10.1} / {:>8.1} ms  {:>11.0}x",
             ms(p50),
             ms(percentile(&ours, 0.99)),
+            ms(percentile(&served, 0.5)),
+            ms(percentile(&served, 0.99)),
             ms(their_p50),
             ms(percentile(&theirs, 0.99)),
             their_p50.as_secs_f64() / p50.as_secs_f64()
@@ -249,20 +280,24 @@ fn fit(xs: &[f64], ys: &[f64]) -> (f64, f64) {
 async fn large_value(count: usize, interval_ms: u64) -> Result<()> {
     let cluster = Grapevine::start(count, interval_ms).await?;
     let value = json!("x".repeat(1024 * 1024 - 2));
-    let mut times = Vec::new();
+    let (mut times, mut served) = (Vec::new(), Vec::new());
     for run in 0..if bench_quick() { 2 } else { 5 } {
-        times.push(cluster.spread(run % count, &format!("large-{run}"), value.clone()).await?);
+        let spread = cluster.spread(run % count, &format!("large-{run}"), value.clone()).await?;
+        times.push(spread.stored);
+        served.push(spread.served);
     }
     times.sort();
+    served.sort();
     println!(
-        "a 1 MiB config value to all {count} nodes: median {:.1} ms, max {:.1} ms ({} values, from the POST to the last node storing it)",
+        "a 1 MiB config value to all {count} nodes: median {:.1} ms stored, {:.1} ms served, max {:.1} ms stored ({} values, from the POST to the last node storing it / sending it on its watch)",
         ms(percentile(&times, 0.5)),
+        ms(percentile(&served, 0.5)),
         ms(times[times.len() - 1]),
         times.len()
     );
     suite_row(
-        &format!("1 MiB config value to all {count} nodes, median"),
-        &format!("{:.1} ms", ms(percentile(&times, 0.5))),
+        &format!("1 MiB config value to all {count} nodes, median stored / served"),
+        &format!("{:.1} / {:.1} ms", ms(percentile(&times, 0.5)), ms(percentile(&served, 0.5))),
         "-",
         "-",
     );

@@ -8,6 +8,7 @@
 pub mod chaos;
 pub mod inproc;
 pub mod scenario;
+pub mod watch;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
