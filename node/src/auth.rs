@@ -219,9 +219,11 @@ impl Auth {
             });
             return Ok(anonymous);
         };
+        // RFC 7235: the scheme is case-insensitive (`bearer`, `BEARER`).
         let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or_else(|| Refusal::Unauthenticated("expected an Authorization header `Bearer TOKEN`".into()))?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.tokens
@@ -345,6 +347,11 @@ mod tests {
         let refused = check(Some(&anonymous), &write("x")).unwrap_err();
         assert_eq!(refused, Refusal::Forbidden("anonymous has the read role; this endpoint needs write".into()));
         assert!(matches!(auth.over_tcp(Some("Bearer gv_nope")), Err(Refusal::Unauthenticated(_))));
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let principal = auth.over_tcp(Some(&format!("{scheme} {token}"))).unwrap().unwrap();
+            assert_eq!(principal.name, deploy.name, "the scheme {scheme} is case-insensitive");
+        }
+        assert!(matches!(auth.over_tcp(Some(&format!("Basic {token}"))), Err(Refusal::Unauthenticated(_))));
         assert!(matches!(auth.over_tcp(Some("Basic abc")), Err(Refusal::Unauthenticated(_))));
         assert!(matches!(check(None, &write("x")), Err(Refusal::Unauthenticated(_))));
         assert_eq!(check(None, &Requirement::Public), Ok(()));
