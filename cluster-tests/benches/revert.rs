@@ -200,7 +200,10 @@ async fn main() -> Result<()> {
     grapevine_cluster_tests::suite_row(
         &format!("first failed request to the bad value no longer served (watch), {NODES} nodes"),
         &format!("{:.0} ms", ms(detect_unserved)),
-        &format!("rollback: value gone from all {NODES} watches {:.1} ms after the revert's first holder", ms(rollback_unserved)),
+        &format!(
+            "rollback: value gone from all {NODES} watches {:.1} ms after the revert's first holder",
+            ms(rollback_unserved)
+        ),
         "-",
     );
     cluster.stop().await;

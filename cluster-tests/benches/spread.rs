@@ -178,7 +178,9 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
     println!(
         "one change to all nodes, gossip interval {interval_ms} ms, {runs} changes per size (writer drawn from seed 1):"
     );
-    println!("clocks start at the POST; stop when the last node stores it (version vector), serves it (watch event), or holds the chitchat key");
+    println!(
+        "clocks start at the POST; stop when the last node stores it (version vector), serves it (watch event), or holds the chitchat key"
+    );
     println!(
         "{:>5}  {:>24}  {:>24}  {:>24}  {:>12}",
         "nodes", "stored p50 / p99", "served p50 / p99", "chitchat UDP p50 / p99", "stored ratio"

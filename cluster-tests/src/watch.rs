@@ -73,7 +73,8 @@ impl WatchRecorder {
                 return Ok(found.into_iter().flatten().collect());
             }
             if Instant::now() > deadline {
-                let missing: Vec<usize> = nodes.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| *n).collect();
+                let missing: Vec<usize> =
+                    nodes.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| *n).collect();
                 bail!("no watch event for {key} from nodes {missing:?} within {} ms", within.as_millis());
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -145,3 +145,20 @@ fn status_wait_says_whether_the_node_never_answered_or_was_not_ready() -> Result
     check(node.cli(&["status", "--wait", "5s", "--members", "1"]))?;
     Ok(())
 }
+
+#[test]
+fn unknown_or_bad_query_parameters_are_refused_naming_them() -> Result<()> {
+    use grapevine_cluster_tests::http_request;
+    let cluster = Cluster::start(1)?;
+    let url = cluster.nodes[0].url();
+    for path in ["/v1/history?foo=1", "/v1/rollouts?foo=1", "/v1/config/x?foo=1"] {
+        let (status, body) = http_request("GET", &format!("{url}{path}"), None)?;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("unknown field `foo`"), "{path}: {body}");
+    }
+    let (status, body) =
+        http_request("POST", &format!("{url}/v1/config/x?anomaly_quorum_min=-1"), Some(r#"{"value": 1}"#))?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("anomaly_quorum_min must be a whole number from 0, got \\\"-1\\\""), "{body}");
+    Ok(())
+}

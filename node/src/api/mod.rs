@@ -318,6 +318,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct HistoryQuery {
     limit: Option<usize>,
 }
@@ -577,6 +578,15 @@ impl ChangeQuery {
                 _ => policy.push((name, value)),
             }
         }
+        // One option at a time first, so a bad value is refused naming its option
+        // (`anomaly_quorum_min must be a number ..., got "-1"`), not serde's bare reason.
+        for (name, value) in &policy {
+            let one = serde_urlencoded::to_string([(name, value)]).map_err(|e| refused(e.to_string()))?;
+            serde_urlencoded::from_str::<PolicyOptions>(&one).map_err(|error| match error.to_string() {
+                unknown if unknown.starts_with("unknown field") => refused(unknown),
+                reason => refused(format!("{name} must be {}, got {value:?} ({reason})", expected_option(name))),
+            })?;
+        }
         let policy = serde_urlencoded::to_string(&policy).map_err(|e| refused(e.to_string()))?;
         parsed.policy = serde_urlencoded::from_str(&policy).map_err(|e| refused(e.to_string()))?;
         Ok(parsed)
@@ -586,6 +596,15 @@ impl ChangeQuery {
     fn policy(&self, default: &Policy) -> Result<Policy, ApiError> {
         let base = if self.emergency { default.as_emergency() } else { default.clone() };
         self.policy.apply(base).map_err(|error| ApiError::bad_request(ValidationError::Policy { detail: error.0 }))
+    }
+}
+
+/// What a numeric policy option of a change's query takes (the text ones take any text and are
+/// checked by [`PolicyOptions::apply`]).
+fn expected_option(name: &str) -> &'static str {
+    match name {
+        "anomaly_quorum_min" | "min_samples" | "max_latency_p99_ms" => "a whole number from 0",
+        _ => "a number",
     }
 }
 
@@ -841,4 +860,26 @@ async fn get_config(
         "generation": entry.generation.to_string(),
     });
     Ok(([(header::ETAG, etag)], Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChangeQuery;
+
+    fn refusal(query: &str) -> String {
+        ChangeQuery::parse(query).err().map(|e| e.message).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_bad_query_is_refused_naming_its_option() {
+        let message = refusal("anomaly_quorum_min=-1");
+        assert!(
+            message.starts_with("query: anomaly_quorum_min must be a whole number from 0, got \"-1\""),
+            "{message}"
+        );
+        assert!(refusal("health_quorum=lots").contains("health_quorum must be a number, got \"lots\""));
+        assert!(refusal("wait=1").contains("unknown field `wait`"));
+        assert!(refusal("wait_replicas=x").contains("wait_replicas must be a count, got \"x\""));
+        assert!(ChangeQuery::parse("anomaly_quorum_min=2&waves=1,100%25&emergency=true").is_ok());
+    }
 }
