@@ -228,6 +228,7 @@ impl TryFrom<RawConfig> for Config {
             });
         }
         let data = raw.data.ok_or(ConfigError::Missing { option: "data", flag: "--data" })?;
+        let tls = raw.tls.ok_or(ConfigError::Missing { option: "tls", flag: "--tls" })?;
         let auth = crate::auth::Auth::from_section(&raw.auth.unwrap_or_default(), &data)
             .map_err(|error| ConfigError::Section { section: "auth", error })?;
         let cluster = check_cluster(raw.cluster.unwrap_or_else(|| "grapevine".to_owned()))?;
@@ -240,8 +241,8 @@ impl TryFrom<RawConfig> for Config {
             advertise,
             api: socket_addr("api", raw.api.as_deref().unwrap_or("127.0.0.1:7401"))?,
             seeds,
-            data,
-            tls: raw.tls.ok_or(ConfigError::Missing { option: "tls", flag: "--tls" })?,
+            data: data.clone(),
+            tls: tls.clone(),
             labels: check_labels(raw.labels.unwrap_or_default())?,
             gossip_interval: Duration::from_millis(gossip_interval_ms),
             dead_node_grace_period: Duration::from_secs(in_range(
@@ -284,8 +285,10 @@ impl TryFrom<RawConfig> for Config {
             fractional: raw.fractional.unwrap_or_default(),
             files: {
                 let files = raw.files.unwrap_or_default();
+                let own = [("data directory", data.as_path()), ("TLS directory", tls.as_path())];
                 for file in &files {
                     file.validate().map_err(|error| ConfigError::Section { section: "files", error })?;
+                    file.validate_outside(&own).map_err(|error| ConfigError::Section { section: "files", error })?;
                 }
                 files
             },
@@ -456,6 +459,32 @@ mod tests {
         let labels = parse_labels("zone=eu 1").unwrap();
         assert!(error(RawConfig { labels: Some(labels), ..minimal() }).contains("labels"));
         assert!(parse_labels("zone").is_err());
+    }
+
+    #[test]
+    fn a_file_inside_the_nodes_own_directories_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        // A link to the data directory is the data directory.
+        std::os::unix::fs::symlink(&data, dir.path().join("link")).unwrap();
+        let file = |path: std::path::PathBuf| {
+            let text = format!("path = {:?}\nkey = \"k\"\n", path.display().to_string());
+            toml::from_str::<crate::files::FileConfig>(&text).unwrap()
+        };
+        let config = |path| RawConfig {
+            data: Some(data.clone()),
+            tls: Some(dir.path().join("tls")),
+            files: Some(vec![file(path)]),
+            ..minimal()
+        };
+        for inside in
+            [data.join("grapevine.redb"), dir.path().join("link/grapevine.redb"), dir.path().join("tls/node.key")]
+        {
+            let error = Config::try_from(config(inside.clone())).unwrap_err().to_string();
+            assert!(error.contains("expected a path outside the node's"), "{}: {error}", inside.display());
+        }
+        Config::try_from(config(dir.path().join("app/limits.json"))).unwrap();
     }
 
     #[test]

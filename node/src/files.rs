@@ -96,6 +96,23 @@ impl FileConfig {
         Ok(())
     }
 
+    /// Refuses a path inside one of the node's own directories (`(what, dir)`): rendering
+    /// there would overwrite the store or the node's certificates.
+    pub fn validate_outside(&self, own: &[(&str, &Path)]) -> Result<(), String> {
+        let path = resolved(&self.path);
+        for (what, dir) in own {
+            let dir = resolved(dir);
+            if path.starts_with(&dir) {
+                return Err(format!(
+                    "file {}: expected a path outside the node's {what} {}, which the node owns",
+                    self.path.display(),
+                    dir.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn timeout(&self) -> Duration {
         self.timeout_ms.map_or(DEFAULT_COMMAND_TIMEOUT, Duration::from_millis)
     }
@@ -452,6 +469,22 @@ fn write_lkg(data: &Path, path: &Path, bytes: &[u8]) {
     if let Err(error) = written {
         warn!(path = %path.display(), %error, "cannot keep the last-known-good copy");
     }
+}
+
+/// `path` as the file system resolves it: absolute, through symbolic links as far as it exists
+/// (so `/srv/../var/lib/grapevine` and a link to the data directory are seen for what they are).
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else { return absolute };
+        rest.push(name);
+        existing = parent;
+    }
+    let mut resolved = existing.canonicalize().unwrap_or_else(|_| existing.to_path_buf());
+    resolved.extend(rest.into_iter().rev());
+    resolved
 }
 
 #[cfg(test)]
