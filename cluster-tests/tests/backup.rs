@@ -42,6 +42,12 @@ fn a_backup_of_a_running_node_restores_it() -> Result<()> {
 
     let saved = cluster.nodes[0].cli_json(&["backup", "--out", backup.to_str().unwrap()])?;
     assert!(saved["bytes"].as_u64().is_some_and(|b| b > 0), "{saved}");
+    // Every value in the clear: the files are the user's alone, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&backup), 0o600, "the backup");
+    assert_eq!(mode(&cluster.nodes[0].data), 0o700, "the data directory");
+    assert_eq!(mode(&cluster.nodes[0].data.join("grapevine.redb")), 0o600, "the store");
     let again = cluster.nodes[0].cli(&["backup", "--out", backup.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2), "an existing file is never overwritten");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));

@@ -462,9 +462,13 @@ fn read_lkg(data: &Path, path: &Path) -> Option<Vec<u8>> {
 
 fn write_lkg(data: &Path, path: &Path, bytes: &[u8]) {
     let lkg = lkg_path(data, path);
-    let written = lkg.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+    let written = lkg.parent().map_or(Ok(()), crate::private::create_dir).and_then(|()| {
+        use std::io::Write;
         let temp = lkg.with_extension("tmp");
-        write_synced(&temp, bytes).and_then(|()| std::fs::rename(&temp, &lkg))
+        let mut file = crate::private::create_file(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &lkg)
     });
     if let Err(error) = written {
         warn!(path = %path.display(), %error, "cannot keep the last-known-good copy");

@@ -18,6 +18,7 @@ pub mod files;
 pub mod gossip;
 pub mod health;
 pub mod metrics;
+pub mod private;
 pub mod store;
 pub mod sync;
 pub mod tls;

@@ -79,10 +79,20 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store of node `name` in `dir`.
     pub fn open(dir: &Path, name: &NodeName) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|error| StoreError::CreateDir { path: dir.to_owned(), error })?;
+        crate::private::create_dir(dir).map_err(|error| StoreError::CreateDir { path: dir.to_owned(), error })?;
         let path = dir.join(STORE_FILE);
+        let existed = path.exists();
         let mut db = match Database::create(&path) {
-            Ok(db) => db,
+            Ok(db) if existed => {
+                crate::private::warn_if_open(&path);
+                db
+            }
+            Ok(db) => {
+                let failed =
+                    |error| StoreError::Database { path: path.clone(), error: Box::new(redb::Error::Io(error)) };
+                crate::private::restrict(&path).map_err(failed)?;
+                db
+            }
             Err(DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked { path: dir.to_owned() });
             }
@@ -368,6 +378,7 @@ impl Store {
             return Err(failed(redb::Error::Io(exists)));
         }
         let copy = Database::create(path).map_err(|x| failed(x.into()))?;
+        crate::private::restrict(path).map_err(|x| failed(redb::Error::Io(x)))?;
         let read = self.db.begin_read().map_err(|x| failed(x.into()))?;
         let write = copy.begin_write().map_err(|x| failed(x.into()))?;
         copy_table(&read, &write, GENERATIONS).map_err(boxed)?;

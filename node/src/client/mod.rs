@@ -192,7 +192,8 @@ impl Client {
         }
         let partial = out.with_extension("partial");
         let cannot = |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", partial.display()));
-        let mut file = tokio::fs::File::create(&partial).await.map_err(cannot)?;
+        // A backup holds every value in the clear: the owner's alone, whatever the umask.
+        let mut file = tokio::fs::File::from_std(crate::private::create_file(&partial).map_err(cannot)?);
         let mut written = 0;
         while let Some(chunk) = reply.chunk().await? {
             file.write_all(&chunk).await.map_err(cannot)?;
