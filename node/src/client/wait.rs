@@ -25,14 +25,15 @@ pub async fn until_ready(client: &Client, within: Duration, members: Option<usiz
                 error
             }
         };
-        if Instant::now() + POLL_INTERVAL > deadline {
+        let now = Instant::now();
+        if now >= deadline {
             let waited = format!("after waiting {} ms", within.as_millis());
             return Err(match last {
                 CliError::Unreachable(error) if !answered => CliError::Unreachable(format!("{error} ({waited})")),
                 other => CliError::Failed(format!("node not ready {waited}: {other}")),
             });
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
     }
 }
 
