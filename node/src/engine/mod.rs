@@ -353,7 +353,7 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
     let judged =
         |g: &&Generation| released.contains(g.id()) && !log.is_reverted(g.id()) && !g.body.change.ops.is_empty();
     for generation in log.iter().filter(judged).filter(recent) {
-        release::judge(&parts.health, generation);
+        release::judge(&parts.health, generation, &parts.name);
     }
     let deferred_reverts = Default::default();
     let releases = BTreeMap::new();

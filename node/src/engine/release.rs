@@ -95,11 +95,15 @@ pub(super) fn controls_of(log: &Log) -> BTreeMap<GenId, Controls> {
     controls
 }
 
-/// Starts judging a generation this node applied.
-pub(super) fn judge(health: &Health, generation: &Generation) {
+/// Starts judging a generation this node (`own`) applied; when its wave gates a later one,
+/// its report is pushed again the moment it is baked.
+pub(super) fn judge(health: &Health, generation: &Generation, own: &NodeName) {
     let policy = &generation.body.change.policy;
     let watch_window = Duration::from_millis(policy.watch_window_ms);
-    health.applied(generation.id().clone(), watch_window, policy.thresholds.clone());
+    let plan = Plan::of(&generation.body);
+    let gates_a_wave = plan.wave_of(own) + 1 < plan.waves.len();
+    let gate_bake = gates_a_wave.then(|| Duration::from_millis(policy.bake_ms));
+    health.applied(generation.id().clone(), watch_window, policy.thresholds.clone(), gate_bake);
 }
 
 impl Engine {
@@ -130,7 +134,7 @@ impl Engine {
             self.released.insert(generation.id().clone());
             self.state.apply(&generation);
             if !generation.body.change.ops.is_empty() {
-                judge(&self.parts.health, &generation);
+                judge(&self.parts.health, &generation, &self.parts.name);
             }
             info!(generation = %generation.id(), "applied");
         }
