@@ -661,12 +661,23 @@ impl Gossip {
     /// Starts a gossip exchange with every live peer now, instead of at the next round, so
     /// a new key reaches them in one round trip.
     pub async fn nudge_live_peers(&self) {
+        self.nudge_live_peers_up_to(usize::MAX).await;
+    }
+
+    /// Like [`Gossip::nudge_live_peers`], for at most `limit` of them: the first in an order
+    /// of their addresses hashed with this node's, so that nodes nudging at the same moment
+    /// reach different peers, who pass on what they learned in their next rounds.
+    pub async fn nudge_live_peers_up_to(&self, limit: usize) {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let own = self.handle.chitchat_id().gossip_advertise_addr;
-        let peers: Vec<SocketAddr> = self
+        let mut peers: Vec<SocketAddr> = self
             .handle
             .with_chitchat(|chitchat| chitchat.live_nodes().map(|id| id.gossip_advertise_addr).collect())
             .await;
-        for peer in peers.into_iter().filter(|addr| *addr != own) {
+        peers.retain(|addr| *addr != own);
+        let order = BuildHasherDefault::<DefaultHasher>::default();
+        peers.sort_by_key(|peer| order.hash_one((own, peer)));
+        for peer in peers.into_iter().take(limit) {
             let _ = self.handle.gossip(peer);
         }
     }

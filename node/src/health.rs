@@ -49,6 +49,13 @@ pub const KPI_WINDOW: Duration = Duration::from_secs(60);
 /// interval), so a failing canary is caught within a push, not a sample interval.
 const MIN_JUDGE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Most live peers a node pushes its baked report to at once (a forced gossip exchange each,
+/// three messages carrying both digests). Every member of a wave gets baked at about the same
+/// moment, so pushing to every peer would cost wave size times cluster size exchanges in one
+/// burst (64,000 for a 50% wave of 400 members); past this many peers, gossip rounds carry the
+/// report on from the ones pushed to, and observers' aging bounds the wait.
+const MAX_BAKED_NUDGES: usize = 32;
+
 /// How often a node republishes its KPIs (a small gossip key that changes every time).
 const KPI_PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -156,6 +163,9 @@ struct Tracked {
     judgement: Judgement,
     /// No more samples: the generation was reverted.
     frozen: bool,
+    /// The bake time of the wave this node's report gates (`None` in the last wave): once
+    /// healthy for that long, the report is published again and pushed to peers at once.
+    gate_bake: Option<Duration>,
 }
 
 impl Tracked {
@@ -242,8 +252,15 @@ impl Health {
     }
 
     /// Starts judging a generation just applied (or, after a restart, applied before it:
-    /// its age starts again from zero, which only delays a gate); its report goes out at once.
-    pub fn applied(&self, generation: GenId, watch_window: Duration, thresholds: Thresholds) {
+    /// its age starts again from zero, which only delays a gate); its report goes out at once,
+    /// and again the moment it has been healthy for `gate_bake`, when its wave gates another.
+    pub fn applied(
+        &self,
+        generation: GenId,
+        watch_window: Duration,
+        thresholds: Thresholds,
+        gate_bake: Option<Duration>,
+    ) {
         let mut state = self.lock();
         if state.tracked.len() >= MAX_TRACKED {
             let oldest = state.tracked.iter().min_by_key(|(_, t)| t.applied_at).map(|(id, _)| id.clone());
@@ -262,6 +279,7 @@ impl Health {
             samples: VecDeque::new(),
             judgement,
             frozen: false,
+            gate_bake,
         };
         state.tracked.insert(generation, tracked);
         drop(state);
@@ -433,6 +451,13 @@ impl Health {
             .collect()
     }
 
+    /// The bake time, in ms, of each generation whose report here gates a later wave.
+    fn gate_bakes(&self) -> BTreeMap<GenId, u64> {
+        let state = self.lock();
+        let bake_ms = |t: &Tracked| t.gate_bake.map(|bake| bake.as_millis() as u64);
+        state.tracked.iter().filter_map(|(id, tracked)| Some((id.clone(), bake_ms(tracked)?))).collect()
+    }
+
     /// The last outcome of each source.
     pub fn sources(&self) -> Vec<SourceStatus> {
         self.lock().sources.values().cloned().collect()
@@ -505,10 +530,8 @@ pub async fn run(task: HealthTask, shutdown: CancellationToken) {
     let config = health.lock().config.clone();
     let mut ticker = tokio::time::interval(config.sample_interval());
     let http = reqwest::Client::new();
-    // What was last published per generation. A report is republished only when its verdict
-    // changes: observers age it on their own clocks (`Gossip::reports_for`), so an unchanged
-    // verdict costs no gossip.
-    let mut published: BTreeMap<GenId, Verdict> = BTreeMap::new();
+    let mut published = Published::new();
+    let mut next_baked: Option<Instant> = None;
     let mut kpis_published: Option<Instant> = None;
     let mut judged = Instant::now();
     loop {
@@ -530,33 +553,96 @@ pub async fn run(task: HealthTask, shutdown: CancellationToken) {
                     judged = Instant::now();
                 }
             }
+            // A report getting baked is the one change that comes with no sample or event.
+            _ = sleep_until(next_baked) => {}
         }
-        for anomaly in health.take_anomalies() {
-            warn!(generation = %anomaly.generation, reason = %anomaly.reason, kpis = %anomaly.kpis, "judged anomalous");
-            metrics.anomaly_reports.inc();
-            alerts.raise(Alert {
-                kind: AlertKind::Anomaly,
-                node: name.to_string(),
-                generation: anomaly.generation.to_string(),
-                trigger: None,
-                reason: anomaly.reason,
-                reporting_nodes: vec![name.to_string()],
-                kpis: BTreeMap::from([(name.to_string(), anomaly.kpis.to_string())]),
-                at_ms: unix_ms(),
-            });
-        }
+        raise_anomalies(&health, &alerts, &metrics, &name);
         let dropped = health.take_dropped();
         for id in &dropped {
             published.remove(id);
         }
         gossip.delete_reports(&dropped).await;
-        let changed: BTreeMap<GenId, Report> =
-            health.reports().into_iter().filter(|(id, report)| published.get(id) != Some(&report.verdict)).collect();
-        for (id, report) in &changed {
-            published.insert(id.clone(), report.verdict);
-        }
-        gossip.publish_reports(&changed).await;
+        next_baked = publish_reports(&health, &gossip, &mut published).await;
     }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts, logs and alerts the anomalies judged since the last call.
+fn raise_anomalies(health: &Health, alerts: &Alerts, metrics: &crate::metrics::Metrics, name: &NodeName) {
+    for anomaly in health.take_anomalies() {
+        warn!(generation = %anomaly.generation, reason = %anomaly.reason, kpis = %anomaly.kpis, "judged anomalous");
+        metrics.anomaly_reports.inc();
+        alerts.raise(Alert {
+            kind: AlertKind::Anomaly,
+            node: name.to_string(),
+            generation: anomaly.generation.to_string(),
+            trigger: None,
+            reason: anomaly.reason,
+            reporting_nodes: vec![name.to_string()],
+            kpis: BTreeMap::from([(name.to_string(), anomaly.kpis.to_string())]),
+            at_ms: unix_ms(),
+        });
+    }
+}
+
+/// What was last published per generation: the verdict, and whether it was baked (healthy
+/// for the bake time of the wave it gates).
+type Published = BTreeMap<GenId, (Verdict, bool)>;
+
+/// Publishes the reports that changed since `published`; returns when the next one gets baked.
+///
+/// A report goes out again only when its verdict changes (observers age it on their own
+/// clocks, `Gossip::reports_for`, so an unchanged verdict costs no gossip), or when it gets
+/// baked for a wave it gates. Observers age a report from when they first saw it, a lower
+/// bound short by the gossip delay of that first sight; so the report that says "baked" goes
+/// out the moment it is true and is pushed to live peers at once: the next wave opens within
+/// milliseconds of the bake, not a gossip delay later.
+async fn publish_reports(health: &Health, gossip: &Gossip, published: &mut Published) -> Option<Instant> {
+    let bakes = health.gate_bakes();
+    let reports = health.reports();
+    let now = Instant::now();
+    let due = due_reports(&reports, &bakes, published);
+    for (id, report) in &due.changed {
+        let baked = bakes.get(id).and_then(|bake| report.baked_in(*bake)) == Some(0);
+        published.insert(id.clone(), (report.verdict, baked));
+    }
+    gossip.publish_reports(&due.changed).await;
+    if due.baked {
+        gossip.nudge_live_peers_up_to(MAX_BAKED_NUDGES).await;
+    }
+    due.next_baked_in_ms.map(|wait_ms| now + Duration::from_millis(wait_ms))
+}
+
+/// What [`due_reports`] finds to publish.
+#[derive(Debug, PartialEq)]
+struct Due {
+    /// The reports whose verdict changed, or that got baked, since last published.
+    changed: BTreeMap<GenId, Report>,
+    /// Whether one of them got baked for a wave it gates: peers wait on it.
+    baked: bool,
+    /// In how many ms the next healthy report gets baked for a wave it gates.
+    next_baked_in_ms: Option<u64>,
+}
+
+/// The reports to publish, from this node's `reports` now, the bake time of the waves they
+/// gate (`bakes`), and what was `published` last.
+fn due_reports(reports: &BTreeMap<GenId, Report>, bakes: &BTreeMap<GenId, u64>, published: &Published) -> Due {
+    let baked_in = |id: &GenId, report: &Report| bakes.get(id).and_then(|bake| report.baked_in(*bake));
+    let changed: BTreeMap<GenId, Report> = reports
+        .iter()
+        .filter(|(id, report)| published.get(*id) != Some(&(report.verdict, baked_in(id, report) == Some(0))))
+        .map(|(id, report)| (id.clone(), *report))
+        .collect();
+    let baked = changed.iter().any(|(id, report)| baked_in(id, report) == Some(0));
+    let next_baked_in_ms = reports.iter().filter_map(|(id, report)| baked_in(id, report)).filter(|w| *w > 0).min();
+    Due { changed, baked, next_baked_in_ms }
 }
 
 pub fn unix_ms() -> u64 {
@@ -673,7 +759,7 @@ mod tests {
         for _ in 0..20 {
             health.record(sample(100, 0, 40.0));
         }
-        health.applied(id(1), Duration::from_secs(60), thresholds.clone());
+        health.applied(id(1), Duration::from_secs(60), thresholds.clone(), None);
         assert_eq!(verdict(&health, 1), Verdict::Inconclusive, "no samples yet");
         health.record(sample(100, 1, 42.0));
         assert_eq!(verdict(&health, 1), Verdict::Healthy);
@@ -699,7 +785,7 @@ mod tests {
             healthy: BTreeSet::new(),
         };
         fresh.set_peers(BTreeMap::from([("n2".parse().unwrap(), peer)]));
-        fresh.applied(id(2), Duration::from_secs(60), thresholds);
+        fresh.applied(id(2), Duration::from_secs(60), thresholds, None);
         for _ in 0..6 {
             fresh.record(sample(100, 0, 120.0));
         }
@@ -711,9 +797,9 @@ mod tests {
     fn when_samples_look_bad_the_newest_generation_not_judged_healthy_takes_the_blame() {
         let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
         let thresholds = Thresholds { min_samples: 10, ..Thresholds::default() };
-        health.applied(id(1), Duration::from_secs(60), thresholds.clone());
+        health.applied(id(1), Duration::from_secs(60), thresholds.clone(), None);
         std::thread::sleep(Duration::from_millis(2));
-        health.applied(id(2), Duration::from_secs(60), thresholds);
+        health.applied(id(2), Duration::from_secs(60), thresholds, None);
         health.record(sample(100, 60, 5.0));
         assert_eq!(verdict(&health, 2), Verdict::Anomalous);
         assert_eq!(health.reports()[&id(1)].verdict, Verdict::Inconclusive);
@@ -735,9 +821,9 @@ mod tests {
     fn a_newer_generation_other_nodes_run_healthy_does_not_shield_an_older_one() {
         let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
         let thresholds = Thresholds { min_samples: 10, ..Thresholds::default() };
-        health.applied(id(1), Duration::from_secs(60), thresholds.clone());
+        health.applied(id(1), Duration::from_secs(60), thresholds.clone(), None);
         std::thread::sleep(Duration::from_millis(2));
-        health.applied(id(2), Duration::from_secs(60), thresholds);
+        health.applied(id(2), Duration::from_secs(60), thresholds, None);
         // Another node applied n1.2 and judges it healthy; no one vouches for n1.1.
         let peer = PeerHealth { kpis: None, reported: BTreeSet::from([id(2)]), healthy: BTreeSet::from([id(2)]) };
         health.set_peers(BTreeMap::from([("n2".parse().unwrap(), peer)]));
@@ -760,9 +846,9 @@ mod tests {
         let fresh = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
         fresh.set_peers(BTreeMap::from([("n2".parse().unwrap(), both)]));
         let thresholds = Thresholds { min_samples: 10, ..Thresholds::default() };
-        fresh.applied(id(3), Duration::from_secs(60), thresholds.clone());
+        fresh.applied(id(3), Duration::from_secs(60), thresholds.clone(), None);
         std::thread::sleep(Duration::from_millis(2));
-        fresh.applied(id(4), Duration::from_secs(60), thresholds);
+        fresh.applied(id(4), Duration::from_secs(60), thresholds, None);
         fresh.record(sample(100, 60, 5.0));
         assert_eq!(verdict(&fresh, 4), Verdict::Anomalous);
         assert_eq!(verdict(&fresh, 3), Verdict::Inconclusive);
@@ -771,12 +857,17 @@ mod tests {
     #[test]
     fn an_older_generation_defers_to_a_newer_one_still_collecting_and_not_to_a_healthy_one() {
         let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
-        health.applied(id(1), Duration::from_secs(60), Thresholds { min_samples: 1_000, ..Thresholds::default() });
+        health.applied(
+            id(1),
+            Duration::from_secs(60),
+            Thresholds { min_samples: 1_000, ..Thresholds::default() },
+            None,
+        );
         for _ in 0..10 {
             health.record(sample(100, 50, 5.0));
         }
         std::thread::sleep(Duration::from_millis(2));
-        health.applied(id(2), Duration::from_secs(60), Thresholds { min_samples: 100, ..Thresholds::default() });
+        health.applied(id(2), Duration::from_secs(60), Thresholds { min_samples: 100, ..Thresholds::default() }, None);
         assert_eq!(verdict(&health, 1), Verdict::Inconclusive, "the newer one may be the cause");
         assert_eq!(health.reports()[&id(2)].verdict, Verdict::Inconclusive);
         // The newer one turns out healthy on its own samples: the harm came before it.
@@ -788,11 +879,11 @@ mod tests {
     #[test]
     fn an_apply_failure_is_anomalous_at_once_and_a_frozen_generation_takes_no_samples() {
         let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
-        health.applied(id(1), Duration::from_secs(60), Thresholds::default());
+        health.applied(id(1), Duration::from_secs(60), Thresholds::default(), None);
         health.apply_failed(&id(1), "reload hook exited with status 1".into());
         assert_eq!(health.reports()[&id(1)].verdict, Verdict::Anomalous);
         assert_eq!(health.take_anomalies().len(), 1);
-        health.applied(id(2), Duration::from_secs(60), Thresholds::default());
+        health.applied(id(2), Duration::from_secs(60), Thresholds::default(), None);
         health.freeze(&id(2));
         health.record(sample(1_000, 1_000, 1.0));
         assert_eq!(verdict(&health, 2), Verdict::Inconclusive, "frozen before any sample");
@@ -801,12 +892,43 @@ mod tests {
     #[test]
     fn without_sources_an_applied_generation_is_healthy() {
         let health = Health::new(HealthConfig::default());
-        health.applied(id(1), Duration::from_secs(60), Thresholds::default());
+        health.applied(id(1), Duration::from_secs(60), Thresholds::default(), None);
         assert_eq!(verdict(&health, 1), Verdict::Healthy);
-        health.applied(id(2), Duration::from_secs(60), Thresholds::default());
+        health.applied(id(2), Duration::from_secs(60), Thresholds::default(), None);
         health.apply_failed(&id(2), "reload hook exited with status 1".into());
         assert_eq!(verdict(&health, 2), Verdict::Anomalous, "a failed apply needs no source");
         assert_eq!(health.kpis(), None, "nothing to publish");
+    }
+
+    #[test]
+    fn a_report_goes_out_again_when_its_verdict_changes_or_it_gets_baked_for_a_wave_it_gates() {
+        let report = |verdict, elapsed_ms| Report { verdict, elapsed_ms };
+        let bakes = BTreeMap::from([(id(1), 1_000)]);
+        let mut published = Published::new();
+        // First sight: published, not baked yet, due to be in 600 ms.
+        let reports = BTreeMap::from([(id(1), report(Verdict::Healthy, 400)), (id(2), report(Verdict::Healthy, 400))]);
+        let due = due_reports(&reports, &bakes, &published);
+        assert_eq!(due.changed.len(), 2);
+        assert_eq!((due.baked, due.next_baked_in_ms), (false, Some(600)));
+        published.insert(id(1), (Verdict::Healthy, false));
+        published.insert(id(2), (Verdict::Healthy, false));
+        // Aging alone publishes nothing until the bake...
+        let reports =
+            BTreeMap::from([(id(1), report(Verdict::Healthy, 999)), (id(2), report(Verdict::Healthy, 5_000))]);
+        let due = due_reports(&reports, &bakes, &published);
+        assert!(due.changed.is_empty(), "{due:?}: id(2) gates no wave, so its age is never news");
+        assert_eq!(due.next_baked_in_ms, Some(1));
+        // ...then the report that says baked goes out, and peers must hear of it now.
+        let reports = BTreeMap::from([(id(1), report(Verdict::Healthy, 1_000))]);
+        let due = due_reports(&reports, &bakes, &published);
+        assert_eq!(due.changed, BTreeMap::from([(id(1), report(Verdict::Healthy, 1_000))]));
+        assert_eq!((due.baked, due.next_baked_in_ms), (true, None));
+        published.insert(id(1), (Verdict::Healthy, true));
+        assert_eq!(due_reports(&reports, &bakes, &published).changed.len(), 0, "once");
+        // A verdict that is not healthy never gets baked: no deadline, no push.
+        let reports = BTreeMap::from([(id(1), report(Verdict::Inconclusive, 300))]);
+        let due = due_reports(&reports, &bakes, &published);
+        assert_eq!((due.changed.len(), due.baked, due.next_baked_in_ms), (1, false, None));
     }
 
     #[tokio::test]

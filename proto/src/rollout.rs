@@ -8,6 +8,8 @@
 //! least its quorum of members reporting `healthy` on the generation for at least the bake
 //! time, or an operator promoted past it, and the rollout is not paused. Missing reports
 //! never count: a silent or partitioned wave stalls the rollout, it never advances it.
+//! Between facts, reports only age, so `Plan::opens_in` says when a gate will open if nothing
+//! else happens: the engine sleeps until then instead of polling.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -279,6 +281,14 @@ pub struct Report {
     pub elapsed_ms: u64,
 }
 
+impl Report {
+    /// In how many ms this report says healthy for at least `bake_ms`, if it only ages: 0
+    /// when it does now, `None` when it is not healthy (aging never makes it so).
+    pub fn baked_in(&self, bake_ms: u64) -> Option<u64> {
+        (self.verdict == Verdict::Healthy).then(|| bake_ms.saturating_sub(self.elapsed_ms))
+    }
+}
+
 impl fmt::Display for Report {
     /// The gossip form: `h:12000`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -492,13 +502,46 @@ impl Plan {
 
     /// Whether a wave's members report healthy, baked, in at least the quorum.
     pub fn baked(&self, members: &[NodeName], policy: &Policy, reports: &BTreeMap<NodeName, Report>) -> bool {
+        self.baked_in(members, policy, reports) == Some(0)
+    }
+
+    /// In how many ms a wave's members will report healthy, baked, in at least the quorum, if
+    /// their reports only age from here: 0 when they do now, `None` when too few report
+    /// healthy for aging alone to get there (only a new report can).
+    pub fn baked_in(&self, members: &[NodeName], policy: &Policy, reports: &BTreeMap<NodeName, Report>) -> Option<u64> {
         let needed = (members.len() * policy.health_quorum_permille as usize).div_ceil(1000).max(1);
-        let healthy = members
+        let mut waits: Vec<u64> = members
             .iter()
             .filter_map(|member| reports.get(member))
-            .filter(|report| report.verdict == Verdict::Healthy && report.elapsed_ms >= policy.bake_ms)
-            .count();
-        healthy >= needed
+            .filter_map(|report| report.baked_in(policy.bake_ms))
+            .collect();
+        waits.sort_unstable();
+        // The quorum is baked once its `needed`-th fastest healthy member is.
+        waits.get(needed - 1).copied()
+    }
+
+    /// In how many ms wave `wave`'s gate opens if no report, control or member changes and the
+    /// reports only age: 0 when it is open now, `None` when only a new fact can open it (a
+    /// pause, or an earlier wave short of healthy reports). The engine sleeps until then, so
+    /// a gate opens the moment its last needed report is baked, without polling; reports it
+    /// has not seen yet wake it on their own.
+    pub fn opens_in(
+        &self,
+        wave: usize,
+        policy: &Policy,
+        controls: Controls,
+        reports: &BTreeMap<NodeName, Report>,
+    ) -> Option<u64> {
+        if self.is_open(wave, policy, controls, reports) {
+            return Some(0);
+        }
+        if controls.paused {
+            return None;
+        }
+        // The latch needs a new report, so aging opens the gate only through the rule: when
+        // the slowest earlier wave is baked.
+        let earlier = &self.waves[..wave.min(self.waves.len())];
+        earlier.iter().try_fold(0, |slowest, members| Some(slowest.max(self.baked_in(members, policy, reports)?)))
     }
 
     /// How many waves are open.
@@ -639,6 +682,43 @@ mod tests {
         assert!(plan.is_open(1, &policy, none, &reports), "a later wave's member went through wave 1 too");
     }
 
+    /// `reports` as they read `ms` later, with nothing new.
+    fn aged(reports: &BTreeMap<NodeName, Report>, ms: u64) -> BTreeMap<NodeName, Report> {
+        reports.iter().map(|(n, r)| (n.clone(), Report { elapsed_ms: r.elapsed_ms + ms, ..*r })).collect()
+    }
+
+    #[test]
+    fn a_gate_opens_in_the_time_its_slowest_needed_report_takes_to_bake() {
+        let policy = Policy { waves: parse_waves("1,50%,100%").unwrap(), bake_ms: 1_000, ..Policy::default() };
+        let plan = Plan::of(&body(6, policy.clone(), vec![]));
+        let (canary, wave_1) = (plan.waves[0][0].clone(), plan.waves[1].clone());
+        let none = Controls::default();
+        let mut reports = BTreeMap::new();
+        assert_eq!(plan.opens_in(0, &policy, none, &reports), Some(0), "the canary never waits");
+        assert_eq!(plan.opens_in(1, &policy, none, &reports), None, "no report: only a report can open it");
+        reports.insert(canary.clone(), Report { verdict: Verdict::Inconclusive, elapsed_ms: 5_000 });
+        assert_eq!(plan.opens_in(1, &policy, none, &reports), None, "aging never makes a verdict healthy");
+        reports.insert(canary.clone(), healthy(300));
+        assert_eq!(plan.opens_in(1, &policy, none, &reports), Some(700));
+        let paused = Controls { paused: true, promoted_through: None };
+        assert_eq!(plan.opens_in(1, &policy, paused, &reports), None, "a pause waits for a resume");
+        let promoted = Controls { paused: true, promoted_through: Some(1) };
+        assert_eq!(plan.opens_in(1, &policy, promoted, &reports), Some(0));
+        // Wave 2 waits for the slowest earlier wave, and in wave 1 for the quorum's slowest:
+        // at 0.9 both members of wave 1, at 0.5 the faster one.
+        reports.insert(wave_1[0].clone(), healthy(900));
+        assert_eq!(plan.opens_in(2, &policy, none, &reports), None, "wave 1 is short of its quorum");
+        reports.insert(wave_1[1].clone(), healthy(200));
+        assert_eq!(plan.opens_in(2, &policy, none, &reports), Some(800));
+        let half = Policy { health_quorum_permille: 500, ..policy.clone() };
+        assert_eq!(plan.opens_in(2, &half, none, &reports), Some(700), "the canary is slower than wave 1's quorum");
+        reports.insert(canary, healthy(1_000));
+        assert_eq!(plan.opens_in(2, &half, none, &reports), Some(100));
+        assert_eq!(plan.opens_in(2, &policy, none, &aged(&reports, 800)), Some(0));
+        reports.insert(wave_1[1].clone(), Report { verdict: Verdict::Anomalous, elapsed_ms: 2_000 });
+        assert_eq!(plan.opens_in(2, &policy, none, &reports), None, "an anomalous member never bakes");
+    }
+
     #[test]
     fn waves_by_label_put_one_zone_in_each_wave_after_the_canary() {
         let policy = Policy { waves_by: Some("zone".into()), ..Policy::default() };
@@ -725,6 +805,41 @@ mod tests {
             prop_assert_eq!(all.len(), members);
             prop_assert_eq!(plan.waves.iter().map(Vec::len).sum::<usize>(), members);
             prop_assert_eq!(plan.waves[0].len(), 1);
+        }
+
+        #[test]
+        fn a_gate_opens_exactly_when_opens_in_says_if_reports_only_age(
+            members in 2..30usize,
+            quorum in 1..=1000u16,
+            reported in proptest::collection::vec((0..4u8, 0..3_000u64), 30),
+            wave_pick in 0..16usize,
+            paused in any::<bool>(),
+        ) {
+            let policy = Policy {
+                waves: parse_waves("1,30%,70%,100%").unwrap(),
+                bake_ms: 1_000,
+                health_quorum_permille: quorum,
+                ..Policy::default()
+            };
+            let plan = Plan::of(&body(members, policy.clone(), vec![]));
+            let wave = wave_pick % plan.waves.len();
+            let controls = Controls { paused, promoted_through: None };
+            // Some members report (healthy, inconclusive or anomalous, of any age); the rest are silent.
+            let reports: BTreeMap<NodeName, Report> = plan.waves.iter().flatten().zip(&reported)
+                .filter_map(|(node, (kind, elapsed_ms))| {
+                    let verdict = [Verdict::Healthy, Verdict::Inconclusive, Verdict::Anomalous].get(*kind as usize)?;
+                    Some((node.clone(), Report { verdict: *verdict, elapsed_ms: *elapsed_ms }))
+                })
+                .collect();
+            match plan.opens_in(wave, &policy, controls, &reports) {
+                Some(wait) => {
+                    prop_assert!(plan.is_open(wave, &policy, controls, &aged(&reports, wait)), "not open after {wait} ms");
+                    if wait > 0 {
+                        prop_assert!(!plan.is_open(wave, &policy, controls, &aged(&reports, wait - 1)), "open before {wait} ms");
+                    }
+                }
+                None => prop_assert!(!plan.is_open(wave, &policy, controls, &aged(&reports, MAX_BAKE_MS)), "aging opened it"),
+            }
         }
 
         #[test]

@@ -46,9 +46,13 @@ mod revert;
 pub use release::{MemberView, RolloutView, WaveView};
 pub use revert::{RollbackError, RollbackOutcome};
 
-/// How often the engine re-checks the gates of generations not yet released here, besides
-/// whenever a peer's report changes.
-const RELEASE_CHECK: Duration = Duration::from_millis(250);
+/// The safety net under the event-driven gates. A gate opens on a new fact, which wakes the
+/// engine itself (a report: `Gossip::reports_changed`; a generation or control: its command),
+/// or when its last needed report is baked, which the engine sleeps until (`next_gate`). One
+/// fact raises no event: a member turning live again (chitchat fires no key event for it),
+/// whose report then counts again; and the end of a recovery is a condition held over time.
+/// Both are rare and slow already (failure detection takes seconds), so once a second does.
+const RELEASE_RECHECK: Duration = Duration::from_secs(1);
 /// How long a node recovering from a damaged store must see every live peer's log summary
 /// and none ahead of its own before it serves again: a few gossip rounds at the default 1 s.
 const RECOVERY_SETTLE: Duration = Duration::from_secs(3);
@@ -308,6 +312,8 @@ struct Engine {
     /// Generations whose quorum this node saw while a live member had written the revert,
     /// and since when it waits for that revert to arrive.
     deferred_reverts: BTreeMap<GenId, Instant>,
+    /// When the first gate waiting here opens if the reports only age (`release_pass`).
+    next_gate: Option<Instant>,
     /// Generations refused for good (no trusted operator signature), by origin, up to
     /// [`MAX_REFUSED`] ids: each is counted once, and a peer holding them is not ahead.
     refused: BTreeMap<NodeName, BTreeSet<u64>>,
@@ -347,7 +353,7 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
     let judged =
         |g: &&Generation| released.contains(g.id()) && !log.is_reverted(g.id()) && !g.body.change.ops.is_empty();
     for generation in log.iter().filter(judged).filter(recent) {
-        release::judge(&parts.health, generation);
+        release::judge(&parts.health, generation, &parts.name);
     }
     let deferred_reverts = Default::default();
     let releases = BTreeMap::new();
@@ -363,6 +369,7 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
         warnings,
         caught_up_since: None,
         deferred_reverts,
+        next_gate: None,
         refused: BTreeMap::new(),
     };
     engine.publish().await;
@@ -379,6 +386,14 @@ pub struct Stored {
     pub reverts: Vec<Revert>,
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn now_ms(skew_ms: i64) -> u64 {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     now.saturating_add_signed(skew_ms)
@@ -387,25 +402,25 @@ fn now_ms(skew_ms: i64) -> u64 {
 impl Engine {
     async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         let mut compaction = tokio::time::interval(COMPACTION_CHECK);
-        let mut release = tokio::time::interval(RELEASE_CHECK);
+        let mut recheck = tokio::time::interval(RELEASE_RECHECK);
         let reports_changed = self.parts.gossip.reports_changed();
         loop {
+            let deadline = self.next_deadline();
             let command = tokio::select! {
                 command = queue.recv() => match command { Some(command) => command, None => return },
                 _ = compaction.tick() => {
                     self.compact().await;
                     continue;
                 }
-                _ = release.tick() => {
+                _ = sleep_until(deadline) => {
+                    self.timed_pass().await;
+                    continue;
+                }
+                _ = recheck.tick() => {
                     if self.parts.recovering.is_some() {
                         self.end_recovery_if_caught_up().await;
                     }
-                    // The quorum can change only with reports or the log, which wake `decide`
-                    // themselves; the tick re-checks reverts only while one is deferred.
-                    if !self.deferred_reverts.is_empty() {
-                        self.revert_pass().await;
-                    }
-                    self.release_pass().await;
+                    self.timed_pass().await;
                     continue;
                 }
                 _ = reports_changed.notified() => {
@@ -457,6 +472,22 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The next instant a decision may change with no new fact: a gate whose last needed
+    /// report gets baked, or the end of a deferred revert's wait.
+    fn next_deadline(&self) -> Option<Instant> {
+        let reverts = self.deferred_reverts.values().map(|since| *since + revert::REVERT_DEFER);
+        reverts.chain(self.next_gate).min()
+    }
+
+    /// What a deadline or the recheck decides: the quorum changes only with reports or the
+    /// log, which wake `decide` themselves, so reverts are looked at only while one waits.
+    async fn timed_pass(&mut self) {
+        if !self.deferred_reverts.is_empty() {
+            self.revert_pass().await;
+        }
+        self.release_pass().await;
     }
 
     /// Reverts what revoked keys signed and what the reports say hurts, then releases what
@@ -539,7 +570,7 @@ impl Engine {
             .filter(|(_, theirs)| ours.is_behind(theirs))
             .map(|(peer, _)| peer.to_string())
             .collect();
-        let open: Vec<String> = self.gates().await.0.iter().map(|(g, _)| g.id().to_string()).collect();
+        let open: Vec<String> = self.gates().await.open.iter().map(|(g, _)| g.id().to_string()).collect();
         let recovering = self.parts.recovering.clone();
         let ready = behind.is_empty() && open.is_empty() && recovering.is_none();
         Readiness { ready, behind, open_not_applied: open, recovering }

@@ -8,7 +8,7 @@
 //! reverted generations. A reverted generation is never released.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use grapevine_proto::rollout::{AnomalyQuorum, Controls, Plan, Report};
 use grapevine_proto::{GenId, Generation, Log, NodeName};
@@ -17,6 +17,18 @@ use tracing::{error, info};
 
 use super::Engine;
 use crate::health::Health;
+
+/// The gates of the generations waiting here, from one look at the log and the reports.
+pub(super) struct Gates {
+    /// The generations whose gate is open for this node, in fold order, with the evidence
+    /// that opened it.
+    pub open: Vec<(Generation, Release)>,
+    /// How many others wait for their wave.
+    pub waiting: usize,
+    /// In how many ms the first of those opens if the reports only age (`Plan::opens_in`);
+    /// `None` when each waits for a new fact (a report, a control, a member).
+    pub next_in_ms: Option<u64>,
+}
 
 /// What `rollout status` shows about one generation, as this node sees it.
 #[derive(Clone, Debug, Serialize)]
@@ -83,18 +95,24 @@ pub(super) fn controls_of(log: &Log) -> BTreeMap<GenId, Controls> {
     controls
 }
 
-/// Starts judging a generation this node applied.
-pub(super) fn judge(health: &Health, generation: &Generation) {
+/// Starts judging a generation this node (`own`) applied; when its wave gates a later one,
+/// its report is pushed again the moment it is baked.
+pub(super) fn judge(health: &Health, generation: &Generation, own: &NodeName) {
     let policy = &generation.body.change.policy;
     let watch_window = Duration::from_millis(policy.watch_window_ms);
-    health.applied(generation.id().clone(), watch_window, policy.thresholds.clone());
+    let plan = Plan::of(&generation.body);
+    let gates_a_wave = plan.wave_of(own) + 1 < plan.waves.len();
+    let gate_bake = gates_a_wave.then(|| Duration::from_millis(policy.bake_ms));
+    health.applied(generation.id().clone(), watch_window, policy.thresholds.clone(), gate_bake);
 }
 
 impl Engine {
-    /// Releases every generation whose gate is open for this node.
+    /// Releases every generation whose gate is open for this node, and sets when the next
+    /// gate opens if no new fact arrives first.
     pub(super) async fn release_pass(&mut self) {
-        let (newly, waiting) = self.gates().await;
+        let Gates { open: newly, waiting, next_in_ms } = self.gates().await;
         self.parts.metrics.generations_waiting.set(waiting as i64);
+        self.next_gate = next_in_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         if newly.is_empty() {
             return;
         }
@@ -116,7 +134,7 @@ impl Engine {
             self.released.insert(generation.id().clone());
             self.state.apply(&generation);
             if !generation.body.change.ops.is_empty() {
-                judge(&self.parts.health, &generation);
+                judge(&self.parts.health, &generation, &self.parts.name);
             }
             info!(generation = %generation.id(), "applied");
         }
@@ -124,39 +142,42 @@ impl Engine {
         self.publish().await;
     }
 
-    /// The generations not yet released here whose gate is open for this node, in fold
-    /// order, with the evidence that opened it, and how many others wait for their wave.
-    pub(super) async fn gates(&self) -> (Vec<(Generation, Release)>, usize) {
+    /// The gates of the generations not yet released here (nor reverted), as of now.
+    pub(super) async fn gates(&self) -> Gates {
         let (released, log) = (&self.released, &self.log);
         let mut candidates: Vec<&Generation> =
             log.iter().filter(|g| !released.contains(g.id()) && !log.is_reverted(g.id())).collect();
+        let mut gates = Gates { open: Vec::new(), waiting: 0, next_in_ms: None };
         if candidates.is_empty() {
-            // The common case, every 250 ms: nothing waits, so no controls to fold.
-            return (Vec::new(), 0);
+            // The common case: nothing waits, so no controls to fold.
+            return gates;
         }
         candidates.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         let controls = controls_of(&self.log);
         let own = self.parts.name.clone();
-        let (mut open, mut waiting) = (Vec::new(), 0);
         for generation in candidates {
             let body = &generation.body;
             let plan = Plan::of(body);
             let wave = plan.wave_of(&own);
             let controls = controls.get(&body.id).copied().unwrap_or_default();
             let mut release = Release { wave, at_unix_ms: 0, controls, reports: BTreeMap::new() };
-            let is_open = wave == 0 || {
-                let reports = self.parts.gossip.reports_for(&body.id).await;
-                let is_open = plan.is_open(wave, &body.change.policy, controls, &reports);
-                release.reports = reports;
-                is_open
-            };
-            if is_open {
-                open.push((generation.clone(), release));
+            let opens_in = if wave == 0 {
+                Some(0)
             } else {
-                waiting += 1;
+                let reports = self.parts.gossip.reports_for(&body.id).await;
+                let opens_in = plan.opens_in(wave, &body.change.policy, controls, &reports);
+                release.reports = reports;
+                opens_in
+            };
+            match opens_in {
+                Some(0) => gates.open.push((generation.clone(), release)),
+                later => {
+                    gates.waiting += 1;
+                    gates.next_in_ms = gates.next_in_ms.into_iter().chain(later).min();
+                }
             }
         }
-        (open, waiting)
+        gates
     }
 
     /// The generations not yet released here (nor reverted): id, open waves, waves.

@@ -1,9 +1,9 @@
 //! Reverts: the cluster undoing a generation that hurts, without a human.
 //!
-//! Whenever reports change (and every release check), the engine looks at the generations
-//! some member reports anomalous. When the distinct members reporting one anomalous reach its
-//! policy's anomaly quorum (`proto::rollout::AnomalyQuorum`), this node writes its revert. The
-//! revert is derived from the generation alone (`proto::Revert`), so every node that sees the
+//! Whenever reports change (and, while a revert is deferred, when its wait ends), the engine
+//! looks at the generations some member reports anomalous. When the distinct members reporting
+//! one anomalous reach its policy's anomaly quorum (`proto::rollout::AnomalyQuorum`), this node
+//! writes its revert. The revert is derived from the generation alone (`proto::Revert`), so every node that sees the
 //! quorum, on any side of a partition, writes the same one, and every log holds it once. An
 //! operator's `rollback` writes the same revert.
 //!

@@ -13,7 +13,7 @@
 //! untrusted or names another node, is treated as absent: it never counts toward a gate or a
 //! quorum. [`Verifier`] caches each certificate's check per member for [`CERT_RECHECK`] (and
 //! until the CA bundle is reloaded), and each value's check per certificate, so the engine's
-//! reads every 250 ms cost a map lookup; a refusal is counted once per check.
+//! reads on every report change cost a map lookup; a refusal is counted once per check.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
