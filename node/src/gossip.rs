@@ -11,9 +11,10 @@
 //! Reports (`rep.<generation>`) and KPIs (`kpi`) are signed by the node's TLS key, and the node
 //! publishes its certificate (`cert`); readers keep only values that verify (see [`signed`]).
 
+pub mod heard;
 pub mod signed;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,9 +31,10 @@ use grapevine_proto::rollout::{Report, Verdict};
 use grapevine_proto::wire::OLDEST_READABLE;
 use grapevine_proto::{GenId, NodeName, VersionVector};
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 
+use self::heard::HeardFrom;
 use self::signed::{Published, Signer, Verifier};
 use crate::health::PeerHealth;
 use crate::metrics::{Metrics, WarnLimiter, reason};
@@ -134,6 +136,8 @@ pub struct Member {
 pub struct Gossip {
     handle: ChitchatHandle,
     version_vectors_changed: Arc<Notify>,
+    /// Peers that sent us gossip lately: log sync pulls from them before they are alive again.
+    heard: Arc<HeardFrom>,
     reports_changed: Arc<Notify>,
     /// When this node first saw each report value: a report ages on our own monotonic clock
     /// from then, a lower bound of its true age that compares no clocks across hosts.
@@ -211,11 +215,12 @@ impl Gossip {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
-        let adapter = QuicGossip { transport, inbox: Mutex::new(Some(inbox)) };
-        let handle = spawn_chitchat(chitchat_config, initial_keys, &adapter).await?;
         // chitchat refreshes its live-node watcher once per round only; a key event fires as
         // soon as a delta is applied, so a peer's new generation is pulled without waiting.
         let version_vectors_changed = Arc::new(Notify::new());
+        let heard = Arc::new(HeardFrom::new(config.interval, version_vectors_changed.clone()));
+        let adapter = QuicGossip { transport, inbox: Mutex::new(Some(inbox)), heard: heard.clone() };
+        let handle = spawn_chitchat(chitchat_config, initial_keys, &adapter).await?;
         let reports_changed = Arc::new(Notify::new());
         let subscribe = |prefix: &'static str, notify: Arc<Notify>| {
             handle.with_chitchat(move |chitchat| {
@@ -232,6 +237,7 @@ impl Gossip {
         Ok(Gossip {
             handle,
             version_vectors_changed,
+            heard,
             reports_changed,
             reports_seen,
             _listeners: listeners,
@@ -259,7 +265,8 @@ impl Gossip {
             .await;
     }
 
-    /// Notified whenever a peer's version vector or reverts summary changes.
+    /// Notified whenever a peer's version vector or reverts summary changes, and when a peer
+    /// not heard from lately sends gossip again (it may be ahead: see [`heard`]).
     pub fn version_vectors_changed(&self) -> Arc<Notify> {
         self.version_vectors_changed.clone()
     }
@@ -515,6 +522,28 @@ impl Gossip {
             .await
     }
 
+    /// Like [`Gossip::live_peers`], with the members the failure detector still holds dead but
+    /// that sent us gossip lately ([`heard`]): the peers log sync may pull from.
+    async fn reachable_peers<T: Send + 'static>(
+        &self,
+        read: impl Fn(&ChitchatId, &NodeState) -> Option<T> + Send + 'static,
+    ) -> Vec<T> {
+        let own = self.handle.chitchat_id().clone();
+        let heard: HashSet<SocketAddr> = self.heard.recent(Instant::now());
+        self.handle
+            .with_chitchat(move |chitchat| {
+                let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+                let heard_dead = chitchat.dead_nodes().filter(|id| heard.contains(&id.gossip_advertise_addr));
+                let reachable: HashSet<&ChitchatId> = live.iter().copied().chain(heard_dead).collect();
+                reachable
+                    .into_iter()
+                    .filter(|id| **id != own)
+                    .filter_map(|id| read(id, chitchat.node_state(id)?))
+                    .collect()
+            })
+            .await
+    }
+
     /// Every member's (live or dead) value of `key`, by name.
     async fn members_value_of(&self, key: String) -> BTreeMap<String, String> {
         self.handle
@@ -605,6 +634,25 @@ impl Gossip {
                     .collect()
             })
             .await
+    }
+
+    /// Version vectors of the peers log sync may pull from: live ones, and dead ones that sent
+    /// us gossip lately (a healed partition is pulled across before chitchat revives them).
+    pub async fn reachable_version_vectors(&self) -> Vec<(SocketAddr, VersionVector)> {
+        self.reachable_peers(|id, state| Some((id.gossip_advertise_addr, version_vector_of(state)))).await
+    }
+
+    /// Reverts summaries of the same peers as [`Gossip::reachable_version_vectors`].
+    pub async fn reachable_reverts_digests(&self) -> Vec<(SocketAddr, String)> {
+        self.reachable_peers(|id, state| {
+            Some((id.gossip_advertise_addr, state.get(KEY_REVERTS).unwrap_or_default().to_owned()))
+        })
+        .await
+    }
+
+    /// Changes whenever chitchat's set of live members does (at the end of a gossip round).
+    pub async fn live_members_watcher(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
+        self.handle.with_chitchat(|chitchat| chitchat.live_nodes_watcher()).await
     }
 
     /// Live peers' summaries of the reverts they hold (empty for a peer without the key).
@@ -762,6 +810,7 @@ pub fn version_vector_keys(vector: &VersionVector) -> impl Iterator<Item = (Stri
 struct QuicGossip {
     transport: Transport,
     inbox: Mutex<Option<mpsc::Receiver<(SocketAddr, Bytes)>>>,
+    heard: Arc<HeardFrom>,
 }
 
 #[async_trait]
@@ -774,7 +823,8 @@ impl ChitchatTransport for QuicGossip {
         );
         let inbox = self.inbox.lock().expect("inbox lock poisoned").take();
         let inbox = inbox.ok_or_else(|| anyhow::anyhow!("the gossip socket of {bound} is already open"))?;
-        Ok(Box::new(GossipSocket { transport: self.transport.clone(), inbox, peers: HashMap::new() }))
+        let heard = self.heard.clone();
+        Ok(Box::new(GossipSocket { transport: self.transport.clone(), inbox, peers: HashMap::new(), heard }))
     }
 }
 
@@ -784,6 +834,7 @@ struct GossipSocket {
     transport: Transport,
     inbox: mpsc::Receiver<(SocketAddr, Bytes)>,
     peers: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    heard: Arc<HeardFrom>,
 }
 
 impl GossipSocket {
@@ -824,6 +875,9 @@ impl Socket for GossipSocket {
             match ChitchatMessage::deserialize(&mut &bytes[..]) {
                 Ok(message) => {
                     self.metrics().gossip_received.inc();
+                    // Before chitchat applies it: the key events it fires then find the sender
+                    // already counted as reachable.
+                    self.heard.record(from, Instant::now());
                     return Ok((from, message));
                 }
                 Err(error) => {

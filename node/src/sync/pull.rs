@@ -2,8 +2,13 @@
 //! and every revert we lack.
 //!
 //! The puller wakes when a peer's version-vector or reverts key changes in gossip, when a push told us
-//! its sender holds more than it could inline (`PullRequests`), and every gossip interval
-//! (anti-entropy: whatever pushes missed is repaired here).
+//! its sender holds more than it could inline (`PullRequests`), when a peer becomes reachable
+//! (heard from again, or alive again), and every gossip interval (anti-entropy: whatever pushes
+//! missed is repaired here).
+//!
+//! It pulls from live peers and from dead ones that sent us gossip lately (`gossip::heard`):
+//! after a partition heals, the other side's vectors arrive with its first messages, one to two
+//! gossip intervals before chitchat's failure detector holds it alive again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,12 +71,17 @@ pub async fn run_puller(
 ) {
     let mut ticker = tokio::time::interval(interval);
     let changed = gossip.version_vectors_changed();
+    // A member revived by heartbeats that others relayed may not have sent us anything yet:
+    // its vector arrived while it was dead, and nothing else would prompt a look before the
+    // next tick.
+    let mut live = gossip.live_members_watcher().await;
     let mut turn = 0usize;
     loop {
         let mut prompted = None;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = changed.notified() => {}
+            Ok(()) = live.changed() => {}
             _ = ticker.tick() => {}
             peer = requests.recv() => prompted = peer,
         }
@@ -84,7 +94,7 @@ pub async fn run_puller(
         for _ in 0..MAX_PULLS_PER_WAKE {
             let view = engine.view();
             let mut ahead: Vec<SocketAddr> = gossip
-                .peer_version_vectors()
+                .reachable_version_vectors()
                 .await
                 .into_iter()
                 .filter(|(_, theirs)| view.settled.is_behind(theirs))
@@ -92,7 +102,7 @@ pub async fn run_puller(
                 .collect();
             // A peer whose reverts differ may hold one we lack (or lack one of ours: then it
             // pulls from us, and the pull from it brings nothing and ends this round).
-            for (addr, digest) in gossip.peer_reverts_digests().await {
+            for (addr, digest) in gossip.reachable_reverts_digests().await {
                 if digest != view.reverts_digest && !ahead.contains(&addr) {
                     ahead.push(addr);
                 }
