@@ -62,6 +62,12 @@ fn an_unhealthy_canary_keeps_the_change_on_the_canary() -> Result<()> {
     // Two anomaly reports revert it: the canary's alone only holds the rollout.
     let generation = put_with(&cluster.nodes[0], "risky", "1,50%,100%", "1s", &["--anomaly-quorum-min", "2"])?;
     let waves = waves(&cluster.nodes[0], &generation)?;
+    // An absurd count is refused, not summed: once it wrapped into a small count whose errors
+    // looked like a rate over 100%, "within limits".
+    let absurd = r#"{"requests": 18446744073709551615, "errors": 0}"#;
+    let (status, body) = http_request("POST", &format!("{}/v1/health", cluster.nodes[0].url()), Some(absurd))?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("requests must be at most 1000000000000 per sample"), "{body}");
     let started = Instant::now();
     // For 5 s (5 bakes), the canary's application reports 50% errors, the others none.
     while started.elapsed() < Duration::from_secs(5) {

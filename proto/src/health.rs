@@ -29,6 +29,15 @@ pub const MIN_ERROR_RATE_DELTA: f64 = 0.005;
 /// A relative latency limit is never closer than this to the reference, in milliseconds.
 pub const MIN_LATENCY_DELTA_MS: f64 = 5.0;
 
+/// The most requests one sample may count: a billion requests a second over the longest
+/// sample interval (60 s) is 6e10, so anything above 1e12 is a broken or hostile source.
+/// Windows sum at most [`MAX_WINDOW_REQUESTS`] / this many samples without saturating.
+pub const MAX_SAMPLE_REQUESTS: u64 = 1_000_000_000_000;
+
+/// The most requests a window (a node's or a pool's) may count, as a peer's `kpi` says:
+/// 1e6 samples at the per-sample limit. Beyond it a peer's KPIs are malformed.
+pub const MAX_WINDOW_REQUESTS: u64 = MAX_SAMPLE_REQUESTS * 1_000_000;
+
 /// KPIs over a span of time: request and error counts, and the median of the per-interval
 /// p99 latencies (with how many intervals reported one).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -45,8 +54,10 @@ impl Window {
         let mut window = Window::default();
         let mut latencies = Vec::new();
         for (requests, errors, latency) in samples {
-            window.requests += requests;
-            window.errors += errors.min(requests);
+            // Saturating: counts were checked where they came in, but a sum must never wrap
+            // into a small count whose errors then look like a high rate.
+            window.requests = window.requests.saturating_add(requests);
+            window.errors = window.errors.saturating_add(errors.min(requests));
             latencies.extend(latency.filter(|l| l.is_finite() && *l >= 0.0));
         }
         window.latency_intervals = latencies.len() as u32;
@@ -60,9 +71,9 @@ impl Window {
         let mut pooled = Window::default();
         let mut latencies = Vec::new();
         for window in windows {
-            pooled.requests += window.requests;
-            pooled.errors += window.errors;
-            pooled.latency_intervals += window.latency_intervals;
+            pooled.requests = pooled.requests.saturating_add(window.requests);
+            pooled.errors = pooled.errors.saturating_add(window.errors.min(window.requests));
+            pooled.latency_intervals = pooled.latency_intervals.saturating_add(window.latency_intervals);
             latencies.extend(window.latency_ms.filter(|_| window.latency_intervals > 0));
         }
         pooled.latency_ms = median(&mut latencies);
@@ -70,7 +81,7 @@ impl Window {
     }
 
     pub fn error_rate(&self) -> f64 {
-        if self.requests == 0 { 0.0 } else { self.errors as f64 / self.requests as f64 }
+        if self.requests == 0 { 0.0 } else { self.errors.min(self.requests) as f64 / self.requests as f64 }
     }
 }
 
@@ -98,7 +109,7 @@ impl std::str::FromStr for Window {
             latency_ms,
             latency_intervals: intervals.parse().map_err(|_| bad())?,
         };
-        if window.errors > window.requests {
+        if window.errors > window.requests || window.requests > MAX_WINDOW_REQUESTS {
             return Err(bad());
         }
         Ok(window)
@@ -260,6 +271,35 @@ fn percent(rate: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever counts come in, sums never wrap: the errors never exceed the requests and
+        /// the rate stays a rate.
+        #[test]
+        fn counts_never_wrap_into_a_false_rate(
+            samples in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..8),
+            extremes in proptest::collection::vec(prop_oneof![Just(u64::MAX), Just(u64::MAX - 1), Just(0u64)], 0..4),
+        ) {
+            let mut all: Vec<(u64, u64, Option<f64>)> = samples.iter().map(|&(r, e)| (r, e, None)).collect();
+            all.extend(extremes.iter().map(|&r| (r, r, None)));
+            let window = Window::of(all.iter().copied());
+            prop_assert!(window.errors <= window.requests);
+            prop_assert!((0.0..=1.0).contains(&window.error_rate()));
+            let pooled = Window::pool([&window, &window, &Window::of([(30, 30, None)])]);
+            prop_assert!(pooled.errors <= pooled.requests);
+            prop_assert!((0.0..=1.0).contains(&pooled.error_rate()));
+            let total: u128 = all.iter().map(|&(r, _, _)| u128::from(r)).sum();
+            prop_assert_eq!(u128::from(window.requests), total.min(u128::from(u64::MAX)));
+        }
+    }
+
+    #[test]
+    fn a_peers_absurd_counts_are_malformed() {
+        assert!("18446744073709551615:0::0".parse::<Window>().is_err());
+        assert!(format!("{}:0::0", MAX_WINDOW_REQUESTS).parse::<Window>().is_ok());
+    }
+
     use super::*;
     use crate::sim::SplitMix64;
 

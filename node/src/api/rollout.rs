@@ -6,6 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use grapevine_proto::health::MAX_SAMPLE_REQUESTS;
 use grapevine_proto::rollout::Control;
 use grapevine_proto::{Change, GenId};
 use serde::Deserialize;
@@ -34,6 +35,13 @@ pub async fn push_health(State(state): State<ApiState>, body: Bytes) -> ApiResul
         ));
     }
     let sample: Sample = parse_body(&body, r#"{"requests": N, "errors": M, "latency_p99_ms": X}"#)?;
+    if sample.requests > MAX_SAMPLE_REQUESTS {
+        let message = format!(
+            "requests must be at most {MAX_SAMPLE_REQUESTS} per sample (MAX_SAMPLE_REQUESTS), got {}",
+            sample.requests
+        );
+        return Err(ApiError::bad_request(message));
+    }
     if sample.errors > sample.requests {
         let message = format!("errors ({}) cannot exceed requests ({})", sample.errors, sample.requests);
         return Err(ApiError::bad_request(message));
