@@ -21,7 +21,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::command::Outcome;
 use crate::engine::EngineHandle;
 use crate::health::Health;
 use crate::metrics::{Metrics, reason};
@@ -426,27 +426,16 @@ fn swap_in(temp: &Path, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `command` with `{path}` replaced, killed past `timeout`; Err says why it failed.
+/// Runs `command` with `{path}` replaced, killed with its process group past `timeout`, and
+/// judged by its exit status (`command::run`); Err says why it failed.
 async fn run_command(command: &[String], path: &Path, timeout: Duration) -> Result<(), String> {
     let path = path.to_string_lossy();
     let args: Vec<String> = command.iter().map(|arg| arg.replace("{path}", &path)).collect();
-    let child = tokio::process::Command::new(&args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => Err(format!("{} did not finish within {timeout:?} (killed)", args[0])),
-        Ok(Err(e)) => Err(format!("{} failed: {e}", args[0])),
-        Ok(Ok(output)) if output.status.success() => Ok(()),
-        Ok(Ok(output)) => {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let stderr: String = stderr.trim().chars().take(300).collect();
-            Err(format!("{} exited with {}: {stderr}", args[0], output.status))
-        }
+    match crate::command::run(&args, timeout, true).await {
+        Err(e) => Err(format!("cannot run {}: {e}", args[0])),
+        Ok(Outcome::TimedOut) => Err(format!("{} did not finish within {timeout:?} (killed)", args[0])),
+        Ok(Outcome::Exited { status, .. }) if status.success() => Ok(()),
+        Ok(Outcome::Exited { status, stderr }) => Err(format!("{} exited with {status}: {stderr}", args[0])),
     }
 }
 
@@ -523,6 +512,13 @@ mod tests {
         assert!(failed.unwrap_err().contains("bad"));
         let slow = run_command(&["sleep".into(), "5".into()], path, Duration::from_millis(50)).await;
         assert!(slow.unwrap_err().contains("killed"));
+        // A reload that leaves a daemon behind holds stderr open: judged by its exit, at once.
+        let forked = ["sh".into(), "-c".into(), "sleep 60 & exit 0".into()];
+        assert_eq!(
+            run_command(&forked, path, Duration::from_secs(3)).await,
+            Ok(()),
+            "a reload that left a child behind"
+        );
         let echoed =
             run_command(&["test".into(), "{path}".into(), "=".into(), "/tmp/x".into()], path, Duration::from_secs(5))
                 .await;

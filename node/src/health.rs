@@ -21,7 +21,6 @@
 //! outlasts the window, or a node that joins late, still finds the earlier waves' reports.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::alerts::{Alert, AlertKind, Alerts};
+use crate::command::Outcome;
 use crate::gossip::Gossip;
 
 /// Generations whose reports are kept at once; past it, the one applied longest ago goes.
@@ -686,23 +686,17 @@ async fn sample_sources(health: &Health, config: &HealthConfig, http: &reqwest::
 
 async fn run_command(command: &[String], timeout: Duration) -> Result<Sample, String> {
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| format!("cannot run {}: {error}", command[0]))?;
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) => Ok(Sample {
+    match crate::command::run(command, timeout, false).await {
+        Ok(Outcome::Exited { status, .. }) => Ok(Sample {
             requests: 1,
             errors: u64::from(!status.success()),
             latency_p99_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
         }),
-        Ok(Err(error)) => Err(format!("{} failed: {error}", command[0])),
-        // Killed on drop; a command that hangs is a failed check.
-        Err(_) => Ok(Sample { requests: 1, errors: 1, latency_p99_ms: Some(timeout.as_secs_f64() * 1000.0) }),
+        Err(error) => Err(format!("cannot run {}: {error}", command[0])),
+        // Killed with its process group; a command that hangs is a failed check.
+        Ok(Outcome::TimedOut) => {
+            Ok(Sample { requests: 1, errors: 1, latency_p99_ms: Some(timeout.as_secs_f64() * 1000.0) })
+        }
     }
 }
 
