@@ -75,6 +75,10 @@ pub struct FileConfig {
     /// Whether empty output may replace a file that is not empty [default: false].
     #[serde(default)]
     pub allow_empty: bool,
+    /// Whether the file may be rendered in a directory every user may write to
+    /// [default: false]: there another user could replace the file after the check.
+    #[serde(default)]
+    pub allow_shared_directory: bool,
 }
 
 impl FileConfig {
@@ -378,22 +382,22 @@ async fn install(file: &FileConfig, bytes: &[u8], previous: Option<&[u8]>) -> Re
             format!("refused to replace {} with empty output (allow_empty is off)", path.display()),
         ));
     }
-    let temp = temp_path(path);
-    write_synced(&temp, bytes).map_err(|e| ("render_failed", format!("cannot write {}: {e}", temp.display())))?;
+    refuse_shared_directory(file).map_err(|detail| ("render_failed", detail))?;
+    let temp = write_temp(path, bytes)
+        .map_err(|e| ("render_failed", format!("cannot write next to {}: {e}", path.display())))?;
     if !file.check.is_empty()
         && let Err(error) = run_command(&file.check, &temp, file.timeout()).await
     {
-        let _ = std::fs::remove_file(&temp);
         return Err(("check_failed", format!("check of {} failed: {error}", path.display())));
     }
-    swap_in(&temp, path).map_err(|e| ("render_failed", format!("cannot replace {}: {e}", path.display())))?;
+    swap_in(temp, path).map_err(|e| ("render_failed", format!("cannot replace {}: {e}", path.display())))?;
     if file.reload.is_empty() {
         return Ok(());
     }
     let Err(error) = run_command(&file.reload, path, file.timeout()).await else { return Ok(()) };
     // Put the last-known-good back, and reload it.
     let restored = match current {
-        Some(good) => write_synced(&temp, &good).and_then(|()| swap_in(&temp, path)).map_err(|e| e.to_string()),
+        Some(good) => write_temp(path, &good).and_then(|temp| swap_in(temp, path)).map_err(|e| e.to_string()),
         None => std::fs::remove_file(path).map_err(|e| e.to_string()),
     };
     let again = run_command(&file.reload, path, file.timeout()).await;
@@ -405,21 +409,49 @@ async fn install(file: &FileConfig, bytes: &[u8], previous: Option<&[u8]>) -> Re
     Err(("reload_failed", format!("reload after {} failed: {error}; {restored}", path.display())))
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.grapevine-tmp"))
+/// Refuses a file whose directory every user may write to, unless the config allows it.
+fn refuse_shared_directory(file: &FileConfig) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = file.path.parent() else { return Ok(()) };
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o002 != 0 && !file.allow_shared_directory {
+        return Err(format!(
+            "refused to render {}: its directory {} is writable by every user (mode {:o}), so another user could \
+             replace the file; set allow_shared_directory = true to render there anyway",
+            file.path.display(),
+            dir.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to a new file next to `path`, synced: a random name created exclusively, so
+/// no link or directory a local user planted is followed or stands in the way, with the mode
+/// of the file it will replace (0644 for a new one, less the umask). Removed when dropped.
+fn write_temp(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile::TempPath> {
     use std::io::Write;
-    let mut file = std::fs::File::create(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mode =
+        std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).map_or(0o644, |m| m.permissions().mode() & 0o777);
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".grapevine-tmp")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
     file.write_all(bytes)?;
-    file.sync_all()
+    file.as_file().sync_all()?;
+    Ok(file.into_temp_path())
 }
 
 /// Renames `temp` over `path` and fsyncs the directory, so the rename survives a crash.
-fn swap_in(temp: &Path, path: &Path) -> std::io::Result<()> {
-    std::fs::rename(temp, path)?;
+fn swap_in(temp: tempfile::TempPath, path: &Path) -> std::io::Result<()> {
+    temp.persist(path).map_err(|e| e.error)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -501,6 +533,39 @@ mod tests {
         assert!(render(&json!([1]), Format::Env).unwrap_err().contains("object of scalars"));
         assert!(render(&json!({"a b": 1}), Format::Env).unwrap_err().contains("not a variable name"));
         assert!(render(&json!(3), Format::Toml).unwrap_err().contains("object"));
+    }
+
+    fn file_at(path: &Path) -> FileConfig {
+        toml::from_str(&format!("path = {:?}\nkey = \"k\"\n", path.display().to_string())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_planted_link_or_directory_at_the_old_temp_name_changes_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.json");
+        std::fs::write(&path, "old").unwrap();
+        // A link where the temp file used to be (`.NAME.grapevine-tmp`), to a file a root-run
+        // node must not overwrite; and a directory there, which made every render fail.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let planted = dir.path().join(".app.json.grapevine-tmp");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        install(&file_at(&path), b"new", None).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "the planted link was followed");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        std::fs::remove_file(&planted).unwrap();
+        std::fs::create_dir(&planted).unwrap();
+        install(&file_at(&path), b"newer", None).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "newer");
+
+        // A directory every user may write to is refused unless the config allows it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = install(&file_at(&path), b"x", None).await.unwrap_err();
+        assert!(refused.1.contains("writable by every user (mode 777)"), "{}", refused.1);
+        let shared = FileConfig { allow_shared_directory: true, ..file_at(&path) };
+        install(&shared, b"shared", None).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "shared");
     }
 
     #[tokio::test]
