@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, Side};
+use quinn::{Connecting, Connection, ConnectionError, Endpoint, RecvStream, SendStream, Side};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, WarnLimiter, reason};
@@ -129,6 +129,8 @@ struct Inner {
     /// Kept to build the configs of a reload the same way.
     transport_config: Arc<quinn::TransportConfig>,
     connections: Mutex<HashMap<SocketAddr, Connection>>,
+    /// Woken at each new entry of `connections`, for dials that would rather take it.
+    registered: Notify,
     gossip_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     streams_tx: mpsc::Sender<IncomingStream>,
     metrics: Arc<Metrics>,
@@ -186,6 +188,7 @@ impl Transport {
             tls: watch::Sender::new(Arc::new(active)),
             transport_config,
             connections: Mutex::new(HashMap::new()),
+            registered: Notify::new(),
             gossip_tx,
             streams_tx,
             metrics,
@@ -249,14 +252,16 @@ impl Transport {
             .endpoint
             .connect_with(client_config, addr, "grapevine")
             .map_err(|e| TransportError::Dial { addr, error: e.to_string() })?;
-        let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-            Err(_) => return Err(TransportError::HandshakeTimeout { addr }),
-            Ok(Err(error)) => {
-                self.inner.handshake_failed(addr, &error, "outgoing");
-                return Err(TransportError::Connection { addr, error });
-            }
-            Ok(Ok(connection)) => connection,
-        };
+        let connection =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.inner.ours_or_theirs(addr, connecting)).await {
+                Err(_) => return Err(TransportError::HandshakeTimeout { addr }),
+                Ok(Err(error)) => {
+                    self.inner.handshake_failed(addr, &error, "outgoing");
+                    return Err(TransportError::Connection { addr, error });
+                }
+                Ok(Ok(Dialed::Theirs(connection))) => return Ok(connection),
+                Ok(Ok(Dialed::Ours(connection))) => connection,
+            };
         self.inner.register(connection.clone());
         tokio::spawn(serve_connection(self.inner.clone(), connection.clone()));
         Ok(connection)
@@ -301,7 +306,37 @@ impl Transport {
     }
 }
 
+/// How a dial ended: with our handshake, or with a connection that came up meanwhile.
+enum Dialed {
+    /// Our handshake completed: the connection is new and not yet registered.
+    Ours(Connection),
+    /// The peer dialed us (or another of our tasks dialed it) first: already registered and served.
+    Theirs(Connection),
+}
+
 impl Inner {
+    /// Our handshake with `addr`, or a connection to `addr` that registers while it runs,
+    /// whichever comes first. After a partition heals, a handshake begun during it sends its
+    /// next Initial only after QUIC's backoff (1 s, then 2 s, within `HANDSHAKE_TIMEOUT`), while
+    /// the peer's own dial may land at once: the messages of a peer sender waiting on ours
+    /// would otherwise wait out the timeout with a working connection in the map.
+    async fn ours_or_theirs(&self, addr: SocketAddr, connecting: Connecting) -> Result<Dialed, ConnectionError> {
+        tokio::pin!(connecting);
+        loop {
+            // Enabled before the map is read, so a registration in between still wakes us.
+            let registered = self.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            if let Some(connection) = self.cached(addr) {
+                return Ok(Dialed::Theirs(connection));
+            }
+            tokio::select! {
+                handshake = &mut connecting => return handshake.map(Dialed::Ours),
+                () = &mut registered => {}
+            }
+        }
+    }
+
     fn cached(&self, addr: SocketAddr) -> Option<Connection> {
         let connections = self.connections.lock().expect("connection map lock poisoned");
         connections.get(&addr).filter(|c| c.close_reason().is_none()).cloned()
@@ -324,6 +359,8 @@ impl Inner {
     fn register(&self, connection: Connection) {
         let mut connections = self.connections.lock().expect("connection map lock poisoned");
         connections.insert(connection.remote_address(), connection);
+        drop(connections);
+        self.registered.notify_waiters();
     }
 
     fn forget(&self, connection: &Connection) {
@@ -520,6 +557,42 @@ async fn hand_over_stream(inner: Arc<Inner>, peer: SocketAddr, send: SendStream,
 mod tests {
     use super::*;
     use crate::tls::{ca_init, ca_issue};
+
+    /// A dial whose handshake stalls (its first Initial was lost, as in a partition) takes the
+    /// connection the peer dials meanwhile, instead of waiting for QUIC to retransmit after
+    /// about a second, or out the handshake timeout.
+    #[tokio::test]
+    async fn a_stalled_dial_takes_the_connection_its_peer_dials_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        ca_init(&ca).unwrap();
+        for name in ["a", "b"] {
+            ca_issue(&ca, name, &["127.0.0.1".parse().unwrap()], &[], &dir.path().join(name)).unwrap();
+        }
+        let bind = |name: &str, addr: SocketAddr| {
+            let tls = NodeTls::load(&dir.path().join(name)).unwrap();
+            Transport::bind(addr, &tls, Arc::new(Metrics::new())).unwrap()
+        };
+        let (a, _a_inboxes) = bind("a", "127.0.0.1:0".parse().unwrap());
+        // b's address answers nothing at first: a's first Initial is lost.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b_addr = silent.local_addr().unwrap();
+        let dialing = tokio::spawn({
+            let a = a.clone();
+            async move { a.connect(b_addr).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(silent);
+        let (b, _b_inboxes) = bind("b", b_addr);
+        b.connect(a.local_addr()).await.unwrap();
+        // Well before a's Initial is retransmitted (quinn's first PTO is about 1 s).
+        let connection = tokio::time::timeout(Duration::from_millis(700), dialing)
+            .await
+            .expect("the dial still waits on its own handshake")
+            .unwrap()
+            .unwrap();
+        assert_eq!(connection.side(), Side::Server, "the dial should return the connection b opened");
+    }
 
     /// A node that dials from many addresses with one certificate gets at most
     /// [`MAX_CONNECTIONS_PER_PEER`] connections; the next is closed, saying why, and counted.
