@@ -136,18 +136,20 @@ impl Engine {
     /// Stores the revert of `target`, applies it, spreads it, and says why.
     async fn write_revert(&mut self, target: &GenId, cause: Cause) -> Result<(), StoreError> {
         let revert = Revert::of(target);
-        self.store_reverts(vec![revert.clone()]).await?;
-        self.log.revert(&revert);
         let (trigger, reason_text, reporting) = match &cause {
             Cause::Quorum(quorum) => ("quorum", format!("anomaly quorum: {quorum}"), quorum.anomalous.clone()),
             Cause::Rollback => ("rollback", format!("operator rollback on {}", self.parts.name), Vec::new()),
             Cause::Revoked(key) => ("revocation", format!("signed by {key}, revoked before it"), Vec::new()),
         };
+        self.store_reverts(vec![revert.clone()]).await?;
+        // Logged as soon as it is durable, before anything that awaits: a node killed later
+        // still leaves the reason for the revert it stored (the chaos checker reads it).
+        warn!(generation = %target, revert = %revert, trigger, reason = %reason_text, "reverted");
+        self.log.revert(&revert);
         self.take_effect(vec![revert.clone()], None).await;
         // As for a new change: every live peer exchanges gossip with us now, learns our
         // reverts summary, and pulls what the push has not brought it yet.
         self.parts.gossip.nudge_live_peers().await;
-        warn!(generation = %target, revert = %revert, trigger, reason = %reason_text, "reverted");
         self.parts.metrics.reverts.get_or_create(&reason(trigger)).inc();
         self.parts.gossip.publish_revert_cause(target, trigger).await;
         let names: Vec<String> = reporting.iter().map(ToString::to_string).collect();
