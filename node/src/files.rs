@@ -157,9 +157,9 @@ pub fn render(value: &Value, format: Format) -> Result<Vec<u8>, String> {
             text.push('\n');
             Ok(text.into_bytes())
         }
-        Format::Yaml => serde_yaml_ng::to_string(&plain(value)).map(String::into_bytes).map_err(|e| e.to_string()),
+        Format::Yaml => serde_yaml_ng::to_string(&plain(value)?).map(String::into_bytes).map_err(|e| e.to_string()),
         Format::Toml => {
-            let table = toml::Value::try_from(plain(value)).map_err(|e| e.to_string())?;
+            let table = toml::Value::try_from(plain(value)?).map_err(|e| e.to_string())?;
             if !table.is_table() {
                 return Err(format!("toml needs an object at the top, got {value}"));
             }
@@ -169,16 +169,23 @@ pub fn render(value: &Value, format: Format) -> Result<Vec<u8>, String> {
             let object = value.as_object().ok_or_else(|| format!("env needs an object of scalars, got {value}"))?;
             let mut out = String::new();
             for (name, value) in object {
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!("env: {name:?} is not a variable name"));
+                let starts_well = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+                if !starts_well || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "env: {name:?} is not a variable name (a letter or _, then letters, digits or _)"
+                    ));
                 }
                 let text = match value {
                     Value::String(text) => text.clone(),
                     Value::Number(_) | Value::Bool(_) => value.to_string(),
                     other => return Err(format!("env: {name} must be a string, number or boolean, got {other}")),
                 };
-                if text.contains('\n') {
-                    return Err(format!("env: {name} holds a newline"));
+                // A reader of the file splits lines on more than \n (CR, NUL, U+2028 in some):
+                // such a value could smuggle a second variable in.
+                if let Some(bad) =
+                    text.chars().find(|&c| (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}')
+                {
+                    return Err(format!("env: {name} holds the control or line-separator character {bad:?}"));
                 }
                 out.push_str(&format!("{name}={text}\n"));
             }
@@ -202,19 +209,51 @@ enum Plain {
     Map(BTreeMap<String, Plain>),
 }
 
-fn plain(value: &Value) -> Plain {
-    match value {
+fn plain(value: &Value) -> Result<Plain, String> {
+    Ok(match value {
         Value::Null => Plain::Null,
         Value::Bool(flag) => Plain::Bool(*flag),
         Value::Number(number) => match (number.as_i64(), number.as_u64()) {
             (Some(int), _) => Plain::Int(int),
             (None, Some(uint)) => Plain::UInt(uint),
-            _ => Plain::Float(number.as_f64().unwrap_or(f64::NAN)),
+            _ => Plain::Float(exact_float(&number.to_string())?),
         },
         Value::String(text) => Plain::Text(text.clone()),
-        Value::Array(items) => Plain::List(items.iter().map(plain).collect()),
-        Value::Object(object) => Plain::Map(object.iter().map(|(k, v)| (k.clone(), plain(v))).collect()),
+        Value::Array(items) => Plain::List(items.iter().map(plain).collect::<Result<_, _>>()?),
+        Value::Object(object) => {
+            Plain::Map(object.iter().map(|(k, v)| Ok((k.clone(), plain(v)?))).collect::<Result<_, String>>()?)
+        }
+    })
+}
+
+/// The number `text` as a float, if a float holds it exactly enough to write it back as the
+/// same decimal number; yaml and toml writers would otherwise change it silently
+/// (`12345678901234567890123456789` would become `1.2345678901234568e28`).
+fn exact_float(text: &str) -> Result<f64, String> {
+    let float: f64 = text.parse().map_err(|_| format!("expected a number, got {text}"))?;
+    if float.is_finite() && decimal(&format!("{float:e}")) == decimal(text) {
+        return Ok(float);
     }
+    Err(format!(
+        "the number {text} has more digits than yaml and toml keep (a 64-bit float or integer); \
+         send it as a string, or render this key as json or raw"
+    ))
+}
+
+/// A decimal number's sign, significant digits and the position of its point, so that two
+/// spellings of one number (`1.50`, `15e-1`) compare equal.
+fn decimal(text: &str) -> (bool, String, i64) {
+    let (negative, text) = text.strip_prefix('-').map_or((false, text), |rest| (true, rest));
+    let (mantissa, exponent) = text.split_once(['e', 'E']).unwrap_or((text, "0"));
+    let exponent: i64 = exponent.trim_start_matches('+').parse().unwrap_or(0);
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{integer}{fraction}");
+    let leading = digits.len() - digits.trim_start_matches('0').len();
+    let significant = digits.trim_start_matches('0').trim_end_matches('0').to_owned();
+    if significant.is_empty() {
+        return (false, String::new(), 0);
+    }
+    (negative, significant, integer.len() as i64 + exponent - leading as i64)
 }
 
 /// The last outcome of one file, for `status`.
@@ -533,6 +572,29 @@ mod tests {
         assert!(render(&json!([1]), Format::Env).unwrap_err().contains("object of scalars"));
         assert!(render(&json!({"a b": 1}), Format::Env).unwrap_err().contains("not a variable name"));
         assert!(render(&json!(3), Format::Toml).unwrap_err().contains("object"));
+    }
+
+    #[test]
+    fn numbers_render_exactly_or_not_at_all_and_env_values_cannot_smuggle_lines() {
+        let big: Value = serde_json::from_str(r#"{"n": 12345678901234567890123456789}"#).unwrap();
+        for format in [Format::Yaml, Format::Toml] {
+            let error = render(&big, format).unwrap_err();
+            assert!(error.contains("12345678901234567890123456789 has more digits"), "{error}");
+        }
+        assert!(
+            String::from_utf8(render(&big, Format::Json).unwrap()).unwrap().contains("12345678901234567890123456789")
+        );
+        let fine: Value = serde_json::from_str(r#"{"a": 0.1, "b": 1.50, "c": -2.5e-3, "d": 1e300}"#).unwrap();
+        let yaml = String::from_utf8(render(&fine, Format::Yaml).unwrap()).unwrap();
+        assert!(yaml.contains("a: 0.1") && yaml.contains("b: 1.5") && yaml.contains("c: -0.0025"), "{yaml}");
+        assert!(render(&serde_json::from_str(r#"{"x": 0.12345678901234567890123}"#).unwrap(), Format::Yaml).is_err());
+
+        for bad in ["a\rB=1", "a\u{0}b", "a\u{2028}b", "a\nb"] {
+            let error = render(&json!({"A": bad}), Format::Env).unwrap_err();
+            assert!(error.contains("control or line-separator"), "{bad:?}: {error}");
+        }
+        assert!(render(&json!({"1X": 1}), Format::Env).unwrap_err().contains("not a variable name"));
+        assert_eq!(render(&json!({"_X1": "tab\tok"}), Format::Env).unwrap(), b"_X1=tab\tok\n");
     }
 
     fn file_at(path: &Path) -> FileConfig {
