@@ -264,7 +264,12 @@ async fn idle(count: usize, interval_ms: u64, window: Duration) -> Result<f64> {
         &format!("idle per node, {count} nodes"),
         &format!("{per_node:.0} B/s, {cpu:.2}% core, {rss_mib:.1} MiB"),
         &format!("chitchat UDP {udp_cpu:.2}% core"),
-        &format!("{:.1}x the CPU per message (QUIC + TLS)", cpu / udp_cpu.max(1e-9)),
+        // Under one clock tick (10 ms) in the window, chitchat's CPU reads as 0: no ratio then.
+        &if udp_cpu >= 0.01 {
+            format!("{:.1}x the CPU per message (QUIC + TLS)", cpu / udp_cpu)
+        } else {
+            "chitchat below the CPU clock's resolution".to_owned()
+        },
     );
     Ok(per_node)
 }
