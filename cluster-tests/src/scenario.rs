@@ -26,6 +26,9 @@ use serde_json::{Value, json};
 pub enum Op {
     /// `config put KEY --value VALUE` on a node; the acknowledged generation is recorded.
     Change { node: usize, key: String, value: i64 },
+    /// Within the bound, the node refuses `config put KEY` with an error that contains
+    /// `because` (it may take changes until the condition arises); nothing is acknowledged.
+    ChangeRefused { node: usize, key: String, because: &'static str, within: Duration },
     /// `count` changes of keys `k0..k{keys}` on nodes drawn from the seed.
     RandomChanges { count: usize, keys: usize },
     /// Cut every link between nodes of different groups, both ways.
@@ -56,6 +59,9 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::Change { node, key, value } => write!(f, "Change(n{} {key}={value})", node + 1),
+            Op::ChangeRefused { node, key, because, within } => {
+                write!(f, "ChangeRefused(n{} {key}, {because:?}, within {within:?})", node + 1)
+            }
             Op::RandomChanges { count, keys } => write!(f, "RandomChanges({count} over {keys} keys)"),
             Op::Partition(groups) => {
                 let groups: Vec<String> = groups
@@ -188,6 +194,9 @@ impl Run {
     async fn apply(&mut self, op: &Op) -> Result<Option<Duration>> {
         match op {
             Op::Change { node, key, value } => self.change(*node, key, *value).await?,
+            Op::ChangeRefused { node, key, because, within } => {
+                self.change_refused(*node, key, because, *within).await?
+            }
             Op::RandomChanges { count, keys } => {
                 for _ in 0..*count {
                     let running: Vec<usize> = (0..self.slots.len()).filter(|i| self.slots[*i].node.is_some()).collect();
@@ -277,6 +286,27 @@ impl Run {
         let generation = answer["generation"].as_str().context("a generation id")?;
         self.acknowledged.insert(generation.parse()?);
         Ok(())
+    }
+
+    /// Tries a change every 200 ms until the node refuses it for `because`; a change it takes
+    /// meanwhile is not acknowledged to the scenario (the condition had not arisen yet).
+    async fn change_refused(&mut self, node: usize, key: &str, because: &str, within: Duration) -> Result<()> {
+        let url = format!("http://{}/v1/config/{key}", self.slots[node].api);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let response = self.http.post(&url).json(&json!({ "value": 0 })).send().await?;
+            let (status, answer) = (response.status(), response.json::<Value>().await?);
+            if !status.is_success() && answer["error"].as_str().is_some_and(|e| e.contains(because)) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "n{} did not refuse a change for {because:?} within {within:?}; last answer {status}: {answer}",
+                    node + 1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     fn partition(&self, groups: &[Vec<usize>]) {

@@ -27,6 +27,11 @@ const DEAD_NODE_GRACE_PERIOD_S: std::ops::RangeInclusive<u64> = 10..=86_400;
 /// How far ahead of our clock a peer's stamp may be and still move it. Zero would refuse all
 /// skew; an hour would let one bad clock win every key for an hour.
 const MAX_CLOCK_OFFSET_MS: std::ops::RangeInclusive<u64> = 1..=3_600_000;
+/// How far ahead a peer's stamp, or this node's own clock against its peers', may run: NTP
+/// keeps hosts within a few milliseconds, and the offset is measured within half a round
+/// trip, so 100 ms leaves room for a drifting host and a slow network while bounding the time
+/// a fast clock's write can stay ahead of newer ones.
+const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 100;
 
 /// Generations kept whole before compaction: at least one; at most a million, since the
 /// engine holds the whole log in memory.
@@ -253,7 +258,7 @@ impl TryFrom<RawConfig> for Config {
             )?),
             max_clock_offset_ms: in_range(
                 "max_clock_offset_ms",
-                raw.max_clock_offset_ms.unwrap_or(500),
+                raw.max_clock_offset_ms.unwrap_or(DEFAULT_MAX_CLOCK_OFFSET_MS),
                 MAX_CLOCK_OFFSET_MS,
                 "a number of milliseconds from 1 to 3600000",
             )?,

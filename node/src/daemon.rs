@@ -174,6 +174,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let (alerts, alerts_task) = Alerts::new(&config.alerts, metrics.clone(), shutdown.clone());
     let (pushes, push_jobs) = mpsc::channel(PUSH_QUEUE_CAPACITY);
     let trust = Arc::new(config.trust.clone());
+    let offsets = crate::clock::Offsets::default();
     let parts = EngineParts {
         name: config.name.clone(),
         max_clock_offset_ms: config.max_clock_offset_ms,
@@ -187,6 +188,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         alerts: alerts.clone(),
         recovering,
         trust: trust.clone(),
+        offsets: offsets.clone(),
     };
     let (engine, engine_task) = engine::spawn(parts, stored).await;
 
@@ -209,7 +211,22 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         push_jobs,
         shutdown.clone(),
     );
-    let server = Server { store: store.clone(), engine: engine.clone(), transport: transport.clone(), pulls };
+    let server = Server {
+        store: store.clone(),
+        engine: engine.clone(),
+        transport: transport.clone(),
+        pulls,
+        clock_skew_ms: config.clock_skew_ms(),
+    };
+    let prober = crate::sync::clock::Prober {
+        transport: transport.clone(),
+        gossip: gossip.clone(),
+        offsets: offsets.clone(),
+        metrics: metrics.clone(),
+        clock_skew_ms: config.clock_skew_ms(),
+        max_clock_offset_ms: config.max_clock_offset_ms,
+    };
+    let prober = crate::sync::clock::run_prober(prober, shutdown.clone());
     let server = run_server(server, inboxes.streams, shutdown.clone());
     let health_task = health::HealthTask {
         health: health.clone(),
@@ -228,6 +245,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         limits: Arc::new(crate::api::limits::RateLimits::new(config.limits)),
         store,
         data: config.data.clone(),
+        offsets,
+        max_clock_offset_ms: config.max_clock_offset_ms,
         feed,
         files: files.clone(),
         holdings,
@@ -271,6 +290,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         tokio::spawn(puller),
         tokio::spawn(pusher),
         tokio::spawn(server),
+        tokio::spawn(prober),
         tokio::spawn(api),
         tokio::spawn(health_task),
         engine_task,

@@ -119,6 +119,8 @@ pub struct Metrics {
     pub propagation: Family<Reason, Histogram, fn() -> Histogram>,
     /// Generations live peers hold that this node lacks (summed over origins), at scrape time.
     pub log_behind: Gauge,
+    /// How far this node's clock runs ahead of the median of its peers' (negative: behind).
+    pub clock_ahead: Gauge,
     /// This node's verdict on each generation it judges: 1 for the current verdict.
     pub generation_verdict: Family<VerdictLabel, Gauge>,
     /// For each generation waiting here for its wave: the waves open in this node's view...
@@ -175,6 +177,7 @@ impl Metrics {
             generations_waiting: Gauge::default(),
             propagation: Family::new_with_constructor(propagation_histogram),
             log_behind: Gauge::default(),
+            clock_ahead: Gauge::default(),
             generation_verdict: Family::default(),
             rollout_open_waves: Family::default(),
             rollout_waves: Family::default(),
@@ -280,6 +283,11 @@ impl Metrics {
             "log_behind_generations",
             "Generations live peers hold that this node lacks",
             metrics.log_behind.clone(),
+        );
+        r.register(
+            "clock_ahead_milliseconds",
+            "How far this node's clock runs ahead of the median of its peers' (negative: behind); past max_clock_offset_ms it takes no changes",
+            metrics.clock_ahead.clone(),
         );
         r.register("ofrep_requests", "OFREP requests, by HTTP status", metrics.ofrep_requests.clone());
         r.register(

@@ -64,6 +64,8 @@ pub const STREAM_GOSSIP: u8 = 1;
 pub const STREAM_PULL: u8 = 2;
 /// The kind byte of a bidirectional stream that pushes new generations (eager push).
 pub const STREAM_PUSH: u8 = 3;
+/// The kind byte of a bidirectional stream that asks the peer's wall clock (`sync::clock`).
+pub const STREAM_CLOCK: u8 = 4;
 
 /// The application close code of a connection closed because a reload stopped trusting the
 /// peer's certificate (0 is a shutdown). The peer redials and its handshake is refused.

@@ -243,9 +243,10 @@ pub fn generate(seed: u64, shape: Shape) -> Vec<Step> {
                     Fault::Kill { node: random.below(n), during }
                 }
                 8 if !down => {
-                    // Within the maximum clock offset (500 ms by default) and beyond it: beyond,
-                    // peers hold its generations back until their own clocks reach the stamp.
-                    let magnitude = [200, 450, 1500][random.below(3)];
+                    // Within the maximum clock offset (100 ms by default) and beyond it: beyond,
+                    // a node ahead refuses changes (its clock is fenced), and peers hold back
+                    // what it stamped before they measured it.
+                    let magnitude = [40, 90, 1500][random.below(3)];
                     let sign = if random.below(2) == 0 { -1 } else { 1 };
                     Fault::Skew { node: random.below(n), ms: sign * magnitude }
                 }

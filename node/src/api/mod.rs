@@ -69,6 +69,9 @@ pub struct ApiState {
     /// The store, for `/v1/backup`, and the data directory the backup is written in first.
     pub store: Arc<crate::store::Store>,
     pub data: std::path::PathBuf,
+    /// This node's clock against its peers', and how far ahead it may run.
+    pub offsets: crate::clock::Offsets,
+    pub max_clock_offset_ms: u64,
     /// The transport, whose link filter the test endpoints set.
     #[cfg(feature = "testsuite")]
     pub transport: crate::transport::Transport,
@@ -146,7 +149,9 @@ impl From<SubmitError> for ApiError {
         let status = match &error {
             SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
             SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            SubmitError::Stopped | SubmitError::Recovering(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SubmitError::Stopped | SubmitError::Recovering(_) | SubmitError::ClockAhead { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             SubmitError::Signing(SigningError::Unsigned { .. }) => {
                 let message = format!(
                     "{error}: sign it with an operator key (`grapevine --signing-key FILE`, or GRAPEVINE_SIGNING_KEY; see docs/security.md)"
@@ -293,6 +298,15 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
 }
 
+/// Where this node's clock stands against its peers' (`null` before any was measured).
+fn clock_status(state: &ApiState) -> Value {
+    let standing = state.offsets.standing();
+    let fenced = crate::clock::fenced(standing, state.max_clock_offset_ms);
+    standing.map_or(Value::Null, |s| {
+        json!({"ahead_ms": s.ahead_ms, "peers": s.peers, "max_offset_ms": state.max_clock_offset_ms, "fenced": fenced})
+    })
+}
+
 async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
     let members = state.gossip.members().await;
     let view = state.engine.view();
@@ -306,6 +320,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
         "applied": view.state.latest().map(ToString::to_string),
         "state_digest": short_digest(&view.state),
         "recovering": view.recovering,
+        "clock": clock_status(&state),
         "health": state.health.sources(),
         "files": state.files.statuses(),
         "signing": {

@@ -394,6 +394,13 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
     if let Some(reason) = answer["recovering"].as_str() {
         println!("RECOVERING from peers, serving no reads and taking no changes: {reason}");
     }
+    let clock = &answer["clock"];
+    if clock["fenced"] == true {
+        println!(
+            "CLOCK AHEAD: this node's clock runs {} ms ahead of its peers' (the median of {}), past max_clock_offset_ms = {}: it takes no changes until the clock is fixed (NTP)",
+            clock["ahead_ms"], clock["peers"], clock["max_offset_ms"]
+        );
+    }
     match answer["signing"]["roots"].as_array().map(Vec::len) {
         Some(0) | None => println!("changes: NOT SIGNED ([signing] names no root key; see docs/security.md)"),
         Some(roots) => println!("changes: signed by operator keys of {roots} root key(s)"),

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::signing::{Signed, SigningError, Trust, revocations};
@@ -134,6 +134,12 @@ pub enum SubmitError {
     /// The change is not signed by a trusted operator key; nothing was stored.
     #[error(transparent)]
     Signing(#[from] SigningError),
+    /// This node's clock runs too far ahead of its peers' to stamp a change; nothing was stored.
+    #[error(
+        "this node's clock runs {ahead_ms} ms ahead of its peers' (the median of {peers}), past max_clock_offset_ms = {limit_ms}: \
+         it takes no changes until its clock is fixed (NTP), since its stamps would win over newer writes; send the change to another node"
+    )]
+    ClockAhead { ahead_ms: i64, peers: usize, limit_ms: u64 },
 }
 
 enum Command {
@@ -293,6 +299,9 @@ pub struct EngineParts {
     pub recovering: Option<String>,
     /// Whose changes this node takes (signed changes).
     pub trust: Arc<Trust>,
+    /// This node's clock against its peers': ahead by more than `max_clock_offset_ms`, it
+    /// takes no changes.
+    pub offsets: crate::clock::Offsets,
 }
 
 struct Engine {
@@ -395,8 +404,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn now_ms(skew_ms: i64) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    now.saturating_add_signed(skew_ms)
+    crate::clock::wall_ms(skew_ms)
 }
 
 impl Engine {
@@ -608,6 +616,13 @@ impl Engine {
         author: Option<Author>,
         signed: Option<Box<Signed>>,
     ) -> Result<Generation, SubmitError> {
+        let standing = self.parts.offsets.standing();
+        if crate::clock::fenced(standing, self.parts.max_clock_offset_ms)
+            && let Some(standing) = standing
+        {
+            let limit_ms = self.parts.max_clock_offset_ms;
+            return Err(SubmitError::ClockAhead { ahead_ms: standing.ahead_ms, peers: standing.peers, limit_ms });
+        }
         let mut clock = self.clock.clone();
         let generation = self.seal(change, author, signed, &mut clock).await?;
         // The same check every peer makes on it, and, since this node knows the history, no

@@ -25,6 +25,7 @@ use tracing::debug;
 use crate::metrics::reason;
 use crate::transport::{Transport, TransportError};
 
+pub mod clock;
 mod pull;
 mod push;
 mod server;

@@ -16,7 +16,7 @@ use super::{MAX_FRAME_BYTES, MAX_REQUEST_BYTES, PullRequests, SyncError, keep_va
 use crate::engine::EngineHandle;
 use crate::metrics::{Metrics, reason};
 use crate::store::Store;
-use crate::transport::{IncomingStream, STREAM_PULL, STREAM_PUSH, Transport};
+use crate::transport::{IncomingStream, STREAM_CLOCK, STREAM_PULL, STREAM_PUSH, Transport};
 
 /// Streams this node serves at once; more wait for a permit.
 const MAX_CONCURRENT_SERVES: usize = 8;
@@ -31,6 +31,8 @@ pub struct Server {
     pub engine: EngineHandle,
     pub transport: Transport,
     pub pulls: PullRequests,
+    /// Added to the wall clock this node reads to peers' clock probes (tests of skewed clocks).
+    pub clock_skew_ms: i64,
 }
 
 /// Serves the streams peers open, until shutdown.
@@ -51,6 +53,12 @@ pub async fn run_server(server: Server, mut streams: mpsc::Receiver<IncomingStre
             let (what, result) = match kind {
                 STREAM_PULL => ("pull", serve_pull(stream, server.store, &metrics).await),
                 STREAM_PUSH => ("push", take_push(stream, &server).await),
+                STREAM_CLOCK => {
+                    if let Err(error) = super::clock::serve(stream, server.clock_skew_ms).await {
+                        debug!(%peer, %error, "answering a clock probe failed");
+                    }
+                    return;
+                }
                 _ => {
                     metrics.peer_malformed.get_or_create(&reason("unknown_stream_kind")).inc();
                     return;
