@@ -106,18 +106,24 @@ fn a_node_killed_mid_render_leaves_the_whole_old_file() -> Result<()> {
     // The check takes 3 s: the node is killed while it runs.
     let mut cluster = cluster("sleep 3", "true")?;
     let limits = cluster.dir.path().join("limits.json");
-    let temp = cluster.dir.path().join(".limits.json.grapevine-tmp");
+    // The temp file has a random name: `.limits.json.XXXXXX.grapevine-tmp`.
+    let dir = cluster.dir.path().to_path_buf();
+    let temps = move || -> usize {
+        let names = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.file_name());
+        names.filter(|n| n.to_string_lossy().starts_with(".limits.json.")).count()
+    };
     put(&cluster.nodes[0], "app/limits", r#"{"burst": 1}"#)?;
     wait_until(Duration::from_secs(15), "the first render", || read(&limits).contains("\"burst\": 1"))?;
     let old = read(&limits);
     put(&cluster.nodes[0], "app/limits", r#"{"burst": 2}"#)?;
-    wait_until(Duration::from_secs(10), "the check to start", || temp.exists())?;
+    wait_until(Duration::from_secs(10), "the check to start", || temps() == 1)?;
     cluster.nodes[0].kill9();
     assert_eq!(read(&limits), old, "the file is whole and old after the kill");
     cluster.nodes[0].start()?;
     wait_until(Duration::from_secs(20), "the render after the restart", || read(&limits).contains("\"burst\": 2"))?;
     let new: Value = serde_json::from_str(&read(&limits))?;
     assert_eq!(new["burst"], 2, "whole and new");
+    assert_eq!(temps(), 0, "the temp file the kill left is removed by the next render");
     check(cluster.nodes[0].cli(&["status"]))?;
     Ok(())
 }

@@ -422,6 +422,7 @@ async fn install(file: &FileConfig, bytes: &[u8], previous: Option<&[u8]>) -> Re
         ));
     }
     refuse_shared_directory(file).map_err(|detail| ("render_failed", detail))?;
+    remove_stale_temps(path);
     let temp = write_temp(path, bytes)
         .map_err(|e| ("render_failed", format!("cannot write next to {}: {e}", path.display())))?;
     if !file.check.is_empty()
@@ -466,6 +467,21 @@ fn refuse_shared_directory(file: &FileConfig) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Removes the temp files of `path` that a node killed mid-render left (`.NAME.*.grapevine-tmp`):
+/// links and files only, never what they point to.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let ours = entry_name.starts_with(&prefix) && entry_name.ends_with(".grapevine-tmp");
+        if ours && entry.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Writes `bytes` to a new file next to `path`, synced: a random name created exclusively, so
