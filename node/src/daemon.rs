@@ -34,6 +34,10 @@ use crate::transport::{Transport, TransportError};
 pub enum StartError {
     #[error("certificates in {dir}: {error}")]
     Tls { dir: String, error: TlsError },
+    /// The certificate is issued for another node: the node would write under one name and
+    /// authenticate as another (`docs/security.md`, "A node's name is its certificate's").
+    #[error("--name {name} but the certificate in {dir} is issued for {found}")]
+    Name { name: String, dir: String, found: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -128,8 +132,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     if let Some(version) = config.test_wire_version {
         wire::act_as_version(version);
     }
-    let (tls_watch, tls) = TlsWatch::load(&config.tls)
-        .map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
+    let dir = config.tls.display().to_string();
+    let (tls_watch, tls) = TlsWatch::load(&config.tls, config.name.as_str()).map_err(|error| match error {
+        TlsError::WrongName { expected, found } => StartError::Name { name: expected, dir: dir.clone(), found },
+        error => StartError::Tls { dir: dir.clone(), error },
+    })?;
     let (store, stored, recovering) = open_store(&config).await?;
     let health = Health::new(config.health.clone());
     let api_listener =

@@ -74,6 +74,10 @@ pub enum TlsError {
     /// rcgen or rustls refused to build something.
     #[error("certificate error: {0}")]
     Build(String),
+    /// The certificate is issued for another node than the one this node is: a node's name is
+    /// its certificate's (`docs/security.md`).
+    #[error("expected a certificate issued for {expected}, got one issued for {found}")]
+    WrongName { expected: String, found: String },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -244,6 +248,16 @@ impl NodeTls {
         Ok(tls)
     }
 
+    /// The node name the certificate is issued for: its common name, which `ca issue --name`
+    /// sets (extra `--dns` names are host names, not node names).
+    pub fn name(&self) -> Result<String, TlsError> {
+        certificate_name(&self.chain[0]).ok_or_else(|| TlsError::Invalid {
+            path: NODE_CERT_FILE.into(),
+            expected: "a certificate with a common name (made by `grapevine ca issue --name`)",
+            found: "none".into(),
+        })
+    }
+
     /// How many CA certificates `ca.pem` holds.
     pub fn ca_count(&self) -> usize {
         self.cas.len()
@@ -333,6 +347,18 @@ pub struct NodeIdentity {
     pub certificate: CertificateDer<'static>,
     /// The key of `node.key`.
     pub key: Arc<dyn SigningKey>,
+}
+
+/// The common name of a certificate (DER), the node name `ca issue` gave it; `None` when it
+/// cannot be parsed or has none.
+pub fn certificate_name(certificate: &CertificateDer<'_>) -> Option<String> {
+    let params = CertificateParams::from_ca_cert_der(certificate).ok()?;
+    match params.distinguished_name.get(&DnType::CommonName)? {
+        rcgen::DnValue::Utf8String(name) => Some(name.clone()),
+        rcgen::DnValue::PrintableString(name) => Some(name.as_str().to_owned()),
+        rcgen::DnValue::Ia5String(name) => Some(name.as_str().to_owned()),
+        _ => None,
+    }
 }
 
 /// ring, and only ring: with two providers compiled in, rustls panics at the first builder.
@@ -467,6 +493,16 @@ mod tests {
         fs::write(node.join(CA_CERT_FILE), "").unwrap();
         let error = NodeTls::load(&node).unwrap_err().to_string();
         assert!(error.contains("expected PEM certificates") && error.contains("no certificate"), "{error}");
+    }
+
+    #[test]
+    fn the_name_is_the_one_ca_issue_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        ca_init(&ca).unwrap();
+        let node = dir.path().join("n7");
+        ca_issue(&ca, "n7", &[], &["n3".into()], &node).unwrap();
+        assert_eq!(NodeTls::load(&node).unwrap().name().unwrap(), "n7");
     }
 
     #[test]
