@@ -48,6 +48,12 @@ pub enum StartError {
     Socket { path: String, error: std::io::Error },
     #[error("gossip failed to start: {0}")]
     Gossip(anyhow::Error),
+    /// Another process gossips live under this node's name: both would write generations under
+    /// one name, and each node would keep whichever it heard first.
+    #[error(
+        "node {name} is already live at {address}: refusing to start a second process under the same name (was a second certificate issued for {name}?)"
+    )]
+    NameInUse { name: String, address: SocketAddr },
 }
 
 /// Binds the admin socket at `path` with `mode`: a file left by a node that stopped uncleanly
@@ -176,6 +182,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             return Err(StartError::Gossip(error));
         }
     };
+    if let Err(namesake) = crate::gossip::binding::live_namesake_at_start(&gossip, config.gossip_interval).await {
+        gossip.shutdown().await;
+        transport.close().await;
+        return Err(StartError::NameInUse { name: config.name.to_string(), address: namesake.address });
+    }
     let gossip = Arc::new(gossip);
     let shutdown = CancellationToken::new();
     let (alerts, alerts_task) = Alerts::new(&config.alerts, metrics.clone(), shutdown.clone());
@@ -218,6 +229,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     );
     let server = Server { store: store.clone(), engine: engine.clone(), transport: transport.clone(), pulls };
     let server = run_server(server, inboxes.streams, shutdown.clone());
+    let binding_watch =
+        crate::gossip::binding::run_watch(gossip.clone(), alerts.clone(), config.gossip_interval, shutdown.clone());
     let health_task = health::HealthTask {
         health: health.clone(),
         gossip: gossip.clone(),
@@ -280,6 +293,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         tokio::spawn(server),
         tokio::spawn(api),
         tokio::spawn(health_task),
+        tokio::spawn(binding_watch),
         engine_task,
     ];
     tasks.extend(alerts_task.map(tokio::spawn));

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, WarnLimiter, reason};
-use crate::tls::{NodeIdentity, NodeTls, PeerTrust, TlsError};
+use crate::tls::{NodeIdentity, NodeTls, PeerTrust, TlsError, certificate_name};
 
 /// Largest gossip message accepted on a stream. chitchat builds messages of up to 65,510
 /// bytes, a little over UDP's 65,507: the stream path must take them whole.
@@ -129,6 +129,9 @@ struct Inner {
     /// Kept to build the configs of a reload the same way.
     transport_config: Arc<quinn::TransportConfig>,
     connections: Mutex<HashMap<SocketAddr, Connection>>,
+    /// The certificate name of each open connection's peer, by its address: what gossip
+    /// holds a member's claimed name to (`gossip::binding`).
+    peer_names: Mutex<HashMap<SocketAddr, String>>,
     gossip_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     streams_tx: mpsc::Sender<IncomingStream>,
     metrics: Arc<Metrics>,
@@ -186,6 +189,7 @@ impl Transport {
             tls: watch::Sender::new(Arc::new(active)),
             transport_config,
             connections: Mutex::new(HashMap::new()),
+            peer_names: Mutex::new(HashMap::new()),
             gossip_tx,
             streams_tx,
             metrics,
@@ -226,6 +230,12 @@ impl Transport {
     /// gossip are held to it. A reload makes a new one (compare with `Arc::ptr_eq`).
     pub fn trust(&self) -> Arc<PeerTrust> {
         self.inner.tls.borrow().trust.clone()
+    }
+
+    /// The certificate name of the peer of each open connection, by the peer's address.
+    /// Dialing and accepting share one endpoint, so that is the peer's gossip address.
+    pub fn peer_names(&self) -> HashMap<SocketAddr, String> {
+        self.inner.peer_names.lock().expect("peer names lock poisoned").clone()
     }
 
     /// The link filter, for fault injection in tests.
@@ -322,8 +332,15 @@ impl Inner {
     }
 
     fn register(&self, connection: Connection) {
+        let addr = connection.remote_address();
+        let name = peer_certificate(&connection).and_then(|der| certificate_name(&CertificateDer::from(der)));
         let mut connections = self.connections.lock().expect("connection map lock poisoned");
-        connections.insert(connection.remote_address(), connection);
+        let mut names = self.peer_names.lock().expect("peer names lock poisoned");
+        match name {
+            Some(name) => names.insert(addr, name),
+            None => names.remove(&addr),
+        };
+        connections.insert(addr, connection);
     }
 
     fn forget(&self, connection: &Connection) {
@@ -331,6 +348,7 @@ impl Inner {
         let addr = connection.remote_address();
         if connections.get(&addr).is_some_and(|c| c.stable_id() == connection.stable_id()) {
             connections.remove(&addr);
+            self.peer_names.lock().expect("peer names lock poisoned").remove(&addr);
         }
     }
 
