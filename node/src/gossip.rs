@@ -824,7 +824,7 @@ impl Gossip {
             .handle
             .with_chitchat(move |chitchat| {
                 let ids = chitchat.node_states().keys().filter(|id| !claim_holds(&names, id));
-                ids.map(|id| (id.clone(), names[&id.gossip_advertise_addr].clone())).collect()
+                ids.map(|id| (id.clone(), names[&id.gossip_advertise_addr].join(","))).collect()
             })
             .await;
         let mut counted = self.false_claims.lock().expect("false claims lock poisoned");
@@ -856,7 +856,7 @@ impl Gossip {
 /// certificate contradicts are left out.
 fn latest_incarnations<'a>(
     chitchat: &'a chitchat::Chitchat,
-    names: &HashMap<SocketAddr, String>,
+    names: &HashMap<SocketAddr, Vec<String>>,
 ) -> BTreeMap<String, (&'a ChitchatId, &'a NodeState)> {
     let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
     let rank = |id: &ChitchatId| (live.contains(id), id.generation_id);

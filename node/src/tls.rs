@@ -248,14 +248,11 @@ impl NodeTls {
         Ok(tls)
     }
 
-    /// The node name the certificate is issued for: its common name, which `ca issue --name`
-    /// sets (extra `--dns` names are host names, not node names).
-    pub fn name(&self) -> Result<String, TlsError> {
-        certificate_name(&self.chain[0]).ok_or_else(|| TlsError::Invalid {
-            path: NODE_CERT_FILE.into(),
-            expected: "a certificate with a common name (made by `grapevine ca issue --name`)",
-            found: "none".into(),
-        })
+    /// The names the certificate is issued for: its DNS names, the first of which is the
+    /// `--name` of `ca issue`. A node may run under any of them, as peers check a signed report
+    /// (`gossip::signed`).
+    pub fn names(&self) -> Vec<String> {
+        certificate_names(&self.chain[0])
     }
 
     /// How many CA certificates `ca.pem` holds.
@@ -349,16 +346,16 @@ pub struct NodeIdentity {
     pub key: Arc<dyn SigningKey>,
 }
 
-/// The common name of a certificate (DER), the node name `ca issue` gave it; `None` when it
-/// cannot be parsed or has none.
-pub fn certificate_name(certificate: &CertificateDer<'_>) -> Option<String> {
-    let params = CertificateParams::from_ca_cert_der(certificate).ok()?;
-    match params.distinguished_name.get(&DnType::CommonName)? {
-        rcgen::DnValue::Utf8String(name) => Some(name.clone()),
-        rcgen::DnValue::PrintableString(name) => Some(name.as_str().to_owned()),
-        rcgen::DnValue::Ia5String(name) => Some(name.as_str().to_owned()),
+/// The DNS names of a certificate (DER): the names of the node it is issued for, as webpki
+/// reads them when it checks a certificate for a name (the common name is not one: webpki
+/// ignores it). Empty when it cannot be parsed or has none.
+pub fn certificate_names(certificate: &CertificateDer<'_>) -> Vec<String> {
+    let Ok(params) = CertificateParams::from_ca_cert_der(certificate) else { return Vec::new() };
+    let dns = params.subject_alt_names.iter().filter_map(|name| match name {
+        SanType::DnsName(name) => Some(name.as_str().to_owned()),
         _ => None,
-    }
+    });
+    dns.collect()
 }
 
 /// ring, and only ring: with two providers compiled in, rustls panics at the first builder.
@@ -501,8 +498,8 @@ mod tests {
         let ca = dir.path().join("ca");
         ca_init(&ca).unwrap();
         let node = dir.path().join("n7");
-        ca_issue(&ca, "n7", &[], &["n3".into()], &node).unwrap();
-        assert_eq!(NodeTls::load(&node).unwrap().name().unwrap(), "n7");
+        ca_issue(&ca, "n7", &["127.0.0.1".parse().unwrap()], &["n7.example".into()], &node).unwrap();
+        assert_eq!(NodeTls::load(&node).unwrap().names(), ["n7", "n7.example"]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, WarnLimiter, reason};
-use crate::tls::{NodeIdentity, NodeTls, PeerTrust, TlsError, certificate_name};
+use crate::tls::{NodeIdentity, NodeTls, PeerTrust, TlsError, certificate_names};
 
 /// Largest gossip message accepted on a stream. chitchat builds messages of up to 65,510
 /// bytes, a little over UDP's 65,507: the stream path must take them whole.
@@ -129,9 +129,9 @@ struct Inner {
     /// Kept to build the configs of a reload the same way.
     transport_config: Arc<quinn::TransportConfig>,
     connections: Mutex<HashMap<SocketAddr, Connection>>,
-    /// The certificate name of each open connection's peer, by its address: what gossip
+    /// The names in each open connection's peer certificate, by its address: what gossip
     /// holds a member's claimed name to (`gossip::binding`).
-    peer_names: Mutex<HashMap<SocketAddr, String>>,
+    peer_names: Mutex<HashMap<SocketAddr, Vec<String>>>,
     gossip_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     streams_tx: mpsc::Sender<IncomingStream>,
     metrics: Arc<Metrics>,
@@ -232,9 +232,9 @@ impl Transport {
         self.inner.tls.borrow().trust.clone()
     }
 
-    /// The certificate name of the peer of each open connection, by the peer's address.
-    /// Dialing and accepting share one endpoint, so that is the peer's gossip address.
-    pub fn peer_names(&self) -> HashMap<SocketAddr, String> {
+    /// The names in the certificate of the peer of each open connection, by the peer's
+    /// address. Dialing and accepting share one endpoint, so that is the peer's gossip address.
+    pub fn peer_names(&self) -> HashMap<SocketAddr, Vec<String>> {
         self.inner.peer_names.lock().expect("peer names lock poisoned").clone()
     }
 
@@ -333,13 +333,9 @@ impl Inner {
 
     fn register(&self, connection: Connection) {
         let addr = connection.remote_address();
-        let name = peer_certificate(&connection).and_then(|der| certificate_name(&CertificateDer::from(der)));
+        let names = peer_certificate(&connection).map(|der| certificate_names(&CertificateDer::from(der)));
         let mut connections = self.connections.lock().expect("connection map lock poisoned");
-        let mut names = self.peer_names.lock().expect("peer names lock poisoned");
-        match name {
-            Some(name) => names.insert(addr, name),
-            None => names.remove(&addr),
-        };
+        self.peer_names.lock().expect("peer names lock poisoned").insert(addr, names.unwrap_or_default());
         connections.insert(addr, connection);
     }
 

@@ -42,10 +42,12 @@ pub const START_WATCH_ROUNDS: u32 = LIVE_AFTER_RISES + 3;
 /// Namesakes shown in `status` and remembered as raised; past it the oldest is dropped.
 pub const MAX_NAMESAKES_SHOWN: usize = 16;
 
-/// Whether member `id` may be what it claims, given the certificate names of the open
-/// connections by address: true unless a connection at its gossip address names another node.
-pub fn claim_holds(peer_names: &HashMap<SocketAddr, String>, id: &ChitchatId) -> bool {
-    peer_names.get(&id.gossip_advertise_addr).is_none_or(|name| name.as_str() == &*id.node_id)
+/// Whether member `id` may be what it claims, given the names in the certificates of the open
+/// connections by address: true unless the certificate of a connection at its gossip address
+/// is not issued for its name.
+pub fn claim_holds(peer_names: &HashMap<SocketAddr, Vec<String>>, id: &ChitchatId) -> bool {
+    let names = peer_names.get(&id.gossip_advertise_addr);
+    names.is_none_or(|names| names.iter().any(|name| name.as_str() == &*id.node_id))
 }
 
 /// Another incarnation of this node's name, as one look at gossip shows it.

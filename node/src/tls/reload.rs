@@ -75,12 +75,14 @@ impl TlsWatch {
     }
 }
 
-/// Loads `files` and checks that their certificate is issued for `name`: a node that took
-/// another's certificate would speak for that node on every connection.
+/// Loads `files` and checks that their certificate is issued for `name` (one of its DNS
+/// names): a node under another name than its certificate's would write as one node and
+/// authenticate as another.
 fn load_named(files: TlsFiles, name: &str) -> Result<NodeTls, TlsError> {
     let tls = NodeTls::from_files(files)?;
-    let found = tls.name()?;
-    if found != name {
+    let names = tls.names();
+    if !names.iter().any(|issued| issued == name) {
+        let found = if names.is_empty() { "no DNS name".to_owned() } else { names.join(", ") };
         return Err(TlsError::WrongName { expected: name.to_owned(), found });
     }
     Ok(tls)

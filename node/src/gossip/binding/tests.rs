@@ -31,7 +31,7 @@ fn a_namesake_is_live_after_its_heartbeat_rose_in_three_looks() {
 #[test]
 fn a_claim_is_held_to_the_certificate_of_the_connection_at_its_address() {
     let addr = "127.0.0.1:7400".parse().unwrap();
-    let names = HashMap::from([(addr, "n7".to_owned())]);
+    let names = HashMap::from([(addr, vec!["n7".to_owned(), "n7.example".to_owned()])]);
     assert!(!claim_holds(&names, &ChitchatId::new("n3", 1, addr)));
     assert!(claim_holds(&names, &ChitchatId::new("n7", 1, addr)));
     let elsewhere = "127.0.0.1:7401".parse().unwrap();
