@@ -33,6 +33,16 @@ fn held_everywhere(nodes: &[Node], writer: &str, count: u64) -> Result<()> {
     Ok(())
 }
 
+/// No node lists a conflict in `status`: no generation held with other content elsewhere, no
+/// other process live under its name.
+fn no_conflicts(nodes: &[Node]) -> Result<()> {
+    for node in nodes {
+        let conflicts = node.cli_json(&["status"])?["conflicts"].clone();
+        assert_eq!(conflicts, serde_json::json!({"generations": [], "namesakes": []}), "on {}", node.name);
+    }
+    Ok(())
+}
+
 /// Every node shows `name` alive.
 fn alive_everywhere(nodes: &[Node], name: &str) -> Result<()> {
     for node in nodes {
@@ -62,6 +72,7 @@ fn a_node_whose_certificate_names_another_node_refuses_to_start() -> Result<()> 
     cluster.nodes.pop();
     held_everywhere(&cluster.nodes, "n3", 5)?;
     alive_everywhere(&cluster.nodes, "n3")?;
+    no_conflicts(&cluster.nodes)?;
     Ok(())
 }
 
@@ -93,5 +104,8 @@ fn a_second_process_under_a_live_name_refuses_to_start() -> Result<()> {
     cluster.nodes[1].kill9();
     cluster.nodes[1].start()?;
     alive_everywhere(&cluster.nodes, "n2")?;
+    // Its earlier incarnation's heartbeat has stopped: it raises no namesake after a while.
+    std::thread::sleep(Duration::from_secs(2));
+    no_conflicts(&cluster.nodes[1..2])?;
     Ok(())
 }

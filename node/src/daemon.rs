@@ -35,7 +35,7 @@ pub enum StartError {
     #[error("certificates in {dir}: {error}")]
     Tls { dir: String, error: TlsError },
     /// The certificate is issued for another node: the node would write under one name and
-    /// authenticate as another (`docs/security.md`, "A node's name is its certificate's").
+    /// authenticate as another (D70).
     #[error("--name {name} but the certificate in {dir} is issued for {found}")]
     Name { name: String, dir: String, found: String },
     #[error(transparent)]
