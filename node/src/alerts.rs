@@ -75,6 +75,11 @@ pub enum AlertKind {
     Anomaly,
     /// This node wrote the revert of a generation.
     Revert,
+    /// A peer holds other content under a generation id this node holds: two processes wrote
+    /// under one name (`generation` names the id; the content this node holds is kept).
+    Conflict,
+    /// Another process is live under this node's name (`generation` is empty).
+    Namesake,
 }
 
 impl AlertKind {
@@ -82,6 +87,8 @@ impl AlertKind {
         match self {
             AlertKind::Anomaly => "anomaly",
             AlertKind::Revert => "revert",
+            AlertKind::Conflict => "conflict",
+            AlertKind::Namesake => "namesake",
         }
     }
 }

@@ -34,6 +34,10 @@ use crate::transport::{Transport, TransportError};
 pub enum StartError {
     #[error("certificates in {dir}: {error}")]
     Tls { dir: String, error: TlsError },
+    /// The certificate is issued for another node: the node would write under one name and
+    /// authenticate as another (D70).
+    #[error("--name {name} but the certificate in {dir} is issued for {found}")]
+    Name { name: String, dir: String, found: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -44,6 +48,12 @@ pub enum StartError {
     Socket { path: String, error: std::io::Error },
     #[error("gossip failed to start: {0}")]
     Gossip(anyhow::Error),
+    /// Another process gossips live under this node's name: both would write generations under
+    /// one name, and each node would keep whichever it heard first.
+    #[error(
+        "node {name} is already live at {address}: refusing to start a second process under the same name (was a second certificate issued for {name}?)"
+    )]
+    NameInUse { name: String, address: SocketAddr },
 }
 
 /// Binds the admin socket at `path` with `mode`: a file left by a node that stopped uncleanly
@@ -128,8 +138,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     if let Some(version) = config.test_wire_version {
         wire::act_as_version(version);
     }
-    let (tls_watch, tls) = TlsWatch::load(&config.tls)
-        .map_err(|error| StartError::Tls { dir: config.tls.display().to_string(), error })?;
+    let dir = config.tls.display().to_string();
+    let (tls_watch, tls) = TlsWatch::load(&config.tls, config.name.as_str()).map_err(|error| match error {
+        TlsError::WrongName { expected, found } => StartError::Name { name: expected, dir: dir.clone(), found },
+        error => StartError::Tls { dir: dir.clone(), error },
+    })?;
     let (store, stored, recovering) = open_store(&config).await?;
     let health = Health::new(config.health.clone());
     let api_listener =
@@ -169,6 +182,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             return Err(StartError::Gossip(error));
         }
     };
+    if let Err(namesake) = crate::gossip::binding::live_namesake_at_start(&gossip, config.gossip_interval).await {
+        gossip.shutdown().await;
+        transport.close().await;
+        return Err(StartError::NameInUse { name: config.name.to_string(), address: namesake.address });
+    }
     let gossip = Arc::new(gossip);
     let shutdown = CancellationToken::new();
     let (alerts, alerts_task) = Alerts::new(&config.alerts, metrics.clone(), shutdown.clone());
@@ -228,6 +246,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     };
     let prober = crate::sync::clock::run_prober(prober, shutdown.clone());
     let server = run_server(server, inboxes.streams, shutdown.clone());
+    let binding_watch =
+        crate::gossip::binding::run_watch(gossip.clone(), alerts.clone(), config.gossip_interval, shutdown.clone());
     let health_task = health::HealthTask {
         health: health.clone(),
         gossip: gossip.clone(),
@@ -293,6 +313,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         tokio::spawn(prober),
         tokio::spawn(api),
         tokio::spawn(health_task),
+        tokio::spawn(binding_watch),
         engine_task,
     ];
     tasks.extend(alerts_task.map(tokio::spawn));

@@ -10,7 +10,10 @@
 //!
 //! Reports (`rep.<generation>`) and KPIs (`kpi`) are signed by the node's TLS key, and the node
 //! publishes its certificate (`cert`); readers keep only values that verify (see [`signed`]).
+//! Every read leaves out members whose name a connection's certificate contradicts, and the
+//! node watches for another live process under its own name (see [`binding`]).
 
+pub mod binding;
 pub mod heard;
 pub mod signed;
 
@@ -34,6 +37,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 
+use self::binding::{Namesake, NamesakeWatch, claim_holds};
 use self::heard::HeardFrom;
 use self::signed::{Published, Signer, Verifier};
 use crate::health::PeerHealth;
@@ -79,6 +83,10 @@ const MAX_PEER_SENDERS: usize = 1024;
 /// A refused report is logged at most once per member and reason in this interval; every
 /// refusal is counted.
 const FORGED_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Members counted as refused for a false name; past it the memory is cleared (and a member
+/// still refused is counted again).
+const MAX_FALSE_CLAIMS_REMEMBERED: usize = 4 * 1024;
 
 /// Fields of an unsigned `rep.` value (`h:12000`) and `kpi` value (`120:3:41.5:60`).
 const REPORT_FIELDS: usize = 2;
@@ -153,6 +161,10 @@ pub struct Gossip {
     signing: Mutex<Signing>,
     verifier: Mutex<Verifier>,
     forged_warnings: WarnLimiter,
+    /// Namesakes of this node, look after look, and those raised as live (newest last).
+    namesakes: Mutex<(NamesakeWatch, Vec<Namesake>)>,
+    /// Members left out for a name their connection's certificate contradicts, counted once.
+    false_claims: Mutex<HashSet<ChitchatId>>,
     #[cfg(feature = "testsuite")]
     forge: Option<signed::Forge>,
 }
@@ -248,6 +260,8 @@ impl Gossip {
             signing,
             verifier: Mutex::new(Verifier::default()),
             forged_warnings: WarnLimiter::new(FORGED_WARN_INTERVAL),
+            namesakes: Mutex::new((NamesakeWatch::default(), Vec::new())),
+            false_claims: Mutex::new(HashSet::new()),
             #[cfg(feature = "testsuite")]
             forge,
         })
@@ -419,11 +433,13 @@ impl Gossip {
     /// never counts as healthy.
     pub async fn reports_for(&self, generation: &GenId) -> BTreeMap<NodeName, Report> {
         let key = format!("{PREFIX_REPORT}{generation}");
+        let names = self.transport.peer_names();
         let raw: Vec<Raw> = self
             .handle
             .with_chitchat(|chitchat| {
                 chitchat
                     .live_nodes()
+                    .filter(|id| claim_holds(&names, id))
                     .filter_map(|id| {
                         let state = chitchat.node_state(id)?;
                         Some(Raw::of(id, state, &key, state.get(&key)?))
@@ -457,10 +473,11 @@ impl Gossip {
     /// with several incarnations keeps its worst verdict.
     pub async fn all_reports_for(&self, generation: &GenId) -> BTreeMap<NodeName, Report> {
         let key = format!("{PREFIX_REPORT}{generation}");
+        let names = self.transport.peer_names();
         let raw: Vec<Raw> = self
             .handle
             .with_chitchat(|chitchat| {
-                let states = chitchat.node_states().iter();
+                let states = chitchat.node_states().iter().filter(|(id, _)| claim_holds(&names, id));
                 states.filter_map(|(id, state)| Some(Raw::of(id, state, &key, state.get(&key)?))).collect()
             })
             .await;
@@ -478,11 +495,12 @@ impl Gossip {
     /// Generations some member (live or dead) reports anomalous.
     pub async fn anomalous_generations(&self) -> Vec<GenId> {
         let anomalous = Verdict::Anomalous.as_char();
+        let names = self.transport.peer_names();
         let raw: Vec<Raw> = self
             .handle
             .with_chitchat(move |chitchat| {
                 let mut raw = Vec::new();
-                for (id, state) in chitchat.node_states() {
+                for (id, state) in chitchat.node_states().iter().filter(|(id, _)| claim_holds(&names, id)) {
                     let reports = state.key_values().filter(|(key, _)| key.starts_with(PREFIX_REPORT));
                     for (key, value) in reports.filter(|(_, value)| value.starts_with(anomalous)) {
                         raw.push(Raw::of(id, state, key, value));
@@ -511,11 +529,12 @@ impl Gossip {
         read: impl Fn(&ChitchatId, &NodeState) -> Option<T> + Send + 'static,
     ) -> Vec<T> {
         let own = self.handle.chitchat_id().clone();
+        let names = self.transport.peer_names();
         self.handle
             .with_chitchat(move |chitchat| {
                 chitchat
                     .live_nodes()
-                    .filter(|id| **id != own)
+                    .filter(|id| **id != own && claim_holds(&names, id))
                     .filter_map(|id| read(id, chitchat.node_state(id)?))
                     .collect()
             })
@@ -530,6 +549,7 @@ impl Gossip {
     ) -> Vec<T> {
         let own = self.handle.chitchat_id().clone();
         let heard: HashSet<SocketAddr> = self.heard.recent(Instant::now());
+        let names = self.transport.peer_names();
         self.handle
             .with_chitchat(move |chitchat| {
                 let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
@@ -537,7 +557,7 @@ impl Gossip {
                 let reachable: HashSet<&ChitchatId> = live.iter().copied().chain(heard_dead).collect();
                 reachable
                     .into_iter()
-                    .filter(|id| **id != own)
+                    .filter(|id| **id != own && claim_holds(&names, id))
                     .filter_map(|id| read(id, chitchat.node_state(id)?))
                     .collect()
             })
@@ -546,11 +566,13 @@ impl Gossip {
 
     /// Every member's (live or dead) value of `key`, by name.
     async fn members_value_of(&self, key: String) -> BTreeMap<String, String> {
+        let names = self.transport.peer_names();
         self.handle
             .with_chitchat(move |chitchat| {
                 chitchat
                     .node_states()
                     .iter()
+                    .filter(|(id, _)| claim_holds(&names, id))
                     .filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(&key)?.to_owned())))
                     .collect()
             })
@@ -626,9 +648,10 @@ impl Gossip {
     /// Each member's name, address and newest wire format (the latest incarnation of each),
     /// without building the rest of its [`Member`]: the pusher asks for every push.
     async fn wire_versions(&self) -> Vec<(String, SocketAddr, u8)> {
+        let names = self.transport.peer_names();
         self.handle
-            .with_chitchat(|chitchat| {
-                latest_incarnations(chitchat)
+            .with_chitchat(move |chitchat| {
+                latest_incarnations(chitchat, &names)
                     .into_iter()
                     .map(|(name, (id, state))| (name, id.gossip_advertise_addr, wire_version_in(state)))
                     .collect()
@@ -665,10 +688,12 @@ impl Gossip {
 
     /// Each live member's value of label `label` (members without it are left out).
     pub async fn live_label(&self, label: &str) -> BTreeMap<NodeName, String> {
+        let names = self.transport.peer_names();
         self.handle
             .with_chitchat(|chitchat| {
                 chitchat
                     .live_nodes()
+                    .filter(|id| claim_holds(&names, id))
                     .filter_map(|id| {
                         let labels = chitchat.node_state(id)?.get(KEY_LABELS)?.to_owned();
                         let value =
@@ -697,9 +722,13 @@ impl Gossip {
 
     /// Names of live members, sorted, this node included.
     pub async fn live_names(&self) -> Vec<NodeName> {
+        let claims = self.transport.peer_names();
         let mut names: Vec<NodeName> = self
             .handle
-            .with_chitchat(|chitchat| chitchat.live_nodes().filter_map(|id| id.node_id.parse().ok()).collect())
+            .with_chitchat(move |chitchat| {
+                let live = chitchat.live_nodes().filter(|id| claim_holds(&claims, id));
+                live.filter_map(|id| id.node_id.parse().ok()).collect()
+            })
             .await;
         names.sort();
         names.dedup();
@@ -718,9 +747,13 @@ impl Gossip {
     pub async fn nudge_live_peers_up_to(&self, limit: usize) {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let own = self.handle.chitchat_id().gossip_advertise_addr;
+        let names = self.transport.peer_names();
         let mut peers: Vec<SocketAddr> = self
             .handle
-            .with_chitchat(|chitchat| chitchat.live_nodes().map(|id| id.gossip_advertise_addr).collect())
+            .with_chitchat(move |chitchat| {
+                let live = chitchat.live_nodes().filter(|id| claim_holds(&names, id));
+                live.map(|id| id.gossip_advertise_addr).collect()
+            })
             .await;
         peers.retain(|addr| *addr != own);
         let order = BuildHasherDefault::<DefaultHasher>::default();
@@ -733,15 +766,81 @@ impl Gossip {
     /// Every member this node knows of, alive or dead; the latest incarnation of each name.
     pub async fn members(&self) -> Vec<Member> {
         let own = self.handle.chitchat_id().clone();
+        let names = self.transport.peer_names();
         self.handle
-            .with_chitchat(|chitchat| {
+            .with_chitchat(move |chitchat| {
                 let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
-                latest_incarnations(chitchat)
+                latest_incarnations(chitchat, &names)
                     .into_values()
                     .map(|(id, state)| member_of(id, state, live.contains(id), *id == own))
                     .collect()
             })
             .await
+    }
+
+    /// Looks at this node's namesakes once, and returns those that count as live from this look
+    /// on (see [`binding`]); each is remembered for `status`.
+    pub async fn look_for_namesakes(&self) -> Vec<Namesake> {
+        let own = self.handle.chitchat_id().clone();
+        let look: BTreeMap<Namesake, u64> = self
+            .handle
+            .with_chitchat(move |chitchat| {
+                let states = chitchat.node_states().iter();
+                let namesakes = states.filter(|(id, _)| id.node_id == own.node_id && **id != own);
+                namesakes
+                    .map(|(id, state)| {
+                        let namesake = Namesake { address: id.gossip_advertise_addr, incarnation: id.generation_id };
+                        (namesake, u64::from(state.heartbeat()))
+                    })
+                    .collect()
+            })
+            .await;
+        let mut namesakes = self.namesakes.lock().expect("namesakes lock poisoned");
+        let live = namesakes.0.observe(&look);
+        for namesake in &live {
+            if namesakes.1.len() >= binding::MAX_NAMESAKES_SHOWN {
+                namesakes.1.remove(0);
+            }
+            namesakes.1.push(*namesake);
+        }
+        live
+    }
+
+    /// Whether the last look saw any namesake at all, live or not.
+    pub fn namesakes_in_sight(&self) -> bool {
+        !self.namesakes.lock().expect("namesakes lock poisoned").0.is_empty()
+    }
+
+    /// The namesakes raised as live since start, oldest first.
+    pub fn live_namesakes(&self) -> Vec<Namesake> {
+        self.namesakes.lock().expect("namesakes lock poisoned").1.clone()
+    }
+
+    /// Counts and logs (rate-limited) each member whose name the certificate of the connection
+    /// at its address contradicts, once: every read already leaves them out.
+    pub async fn count_false_claims(&self) {
+        let names = self.transport.peer_names();
+        let false_claims: Vec<(ChitchatId, String)> = self
+            .handle
+            .with_chitchat(move |chitchat| {
+                let ids = chitchat.node_states().keys().filter(|id| !claim_holds(&names, id));
+                ids.map(|id| (id.clone(), names[&id.gossip_advertise_addr].join(","))).collect()
+            })
+            .await;
+        let mut counted = self.false_claims.lock().expect("false claims lock poisoned");
+        if counted.len() >= MAX_FALSE_CLAIMS_REMEMBERED {
+            counted.clear();
+        }
+        for (id, certificate) in false_claims {
+            if !counted.insert(id.clone()) {
+                continue;
+            }
+            self.transport.metrics().members_refused.get_or_create(&reason("wrong_name")).inc();
+            if self.forged_warnings.allow(&format!("{}/claim", id.node_id)) {
+                let (member, address) = (&id.node_id, id.gossip_advertise_addr);
+                warn!(%member, %address, %certificate, "refused a member whose connection's certificate names another node; it is left out of membership");
+            }
+        }
     }
 
     /// Stops chitchat's loop and waits for it.
@@ -751,12 +850,20 @@ impl Gossip {
     }
 }
 
-/// Each member name's latest incarnation and its state, by name.
-fn latest_incarnations(chitchat: &chitchat::Chitchat) -> BTreeMap<String, (&ChitchatId, &NodeState)> {
+/// Each member name's latest live incarnation and its state, by name, or its latest dead one
+/// when none is live: a namesake that started after the node and stopped (a second certificate
+/// for its name) must not make the live node look dead. Members whose name a connection's
+/// certificate contradicts are left out.
+fn latest_incarnations<'a>(
+    chitchat: &'a chitchat::Chitchat,
+    names: &HashMap<SocketAddr, Vec<String>>,
+) -> BTreeMap<String, (&'a ChitchatId, &'a NodeState)> {
+    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    let rank = |id: &ChitchatId| (live.contains(id), id.generation_id);
     let mut latest: BTreeMap<String, (&ChitchatId, &NodeState)> = BTreeMap::new();
-    for (id, state) in chitchat.node_states() {
+    for (id, state) in chitchat.node_states().iter().filter(|(id, _)| claim_holds(names, id)) {
         let name = id.node_id.to_string();
-        if latest.get(&name).is_none_or(|(seen, _)| seen.generation_id <= id.generation_id) {
+        if latest.get(&name).is_none_or(|(seen, _)| rank(seen) <= rank(id)) {
             latest.insert(name, (id, state));
         }
     }

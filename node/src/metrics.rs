@@ -103,6 +103,11 @@ pub struct Metrics {
     /// Peers' signed gossip values (reports, KPIs) refused, by reason (`unsigned`,
     /// `bad_signature`, `no_certificate`, `untrusted_certificate`, `wrong_name`).
     pub forged_reports: Family<Reason, Counter>,
+    /// Gossip members left out of membership, by reason (`wrong_name`: the certificate of the
+    /// connection at the member's address names another node), each member counted once.
+    pub members_refused: Family<Reason, Counter>,
+    /// Other processes seen live under this node's own name (a second certificate for it).
+    pub live_namesakes: Counter,
     /// Peers' generations and snapshots refused for a missing or bad operator signature, by
     /// reason (`unsigned`, `unknown_root`, `bad_signature`, ...: [`SigningError::reason`]).
     ///
@@ -170,6 +175,8 @@ impl Metrics {
             reverts_known: Gauge::default(),
             anomaly_reports: Counter::default(),
             forged_reports: Family::default(),
+            members_refused: Family::default(),
+            live_namesakes: Counter::default(),
             unsigned_changes: Family::default(),
             alerts: Family::default(),
             webhook_deliveries: Family::default(),
@@ -265,6 +272,16 @@ impl Metrics {
             "forged_reports",
             "Peers' reports and KPIs refused for a missing or bad signature or certificate, by reason",
             metrics.forged_reports.clone(),
+        );
+        r.register(
+            "members_refused",
+            "Gossip members left out of membership, by reason: wrong_name (a connection's certificate names another node)",
+            metrics.members_refused.clone(),
+        );
+        r.register(
+            "live_namesakes",
+            "Other processes seen live under this node's own name",
+            metrics.live_namesakes.clone(),
         );
         r.register(
             "unsigned_changes_refused",

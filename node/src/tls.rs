@@ -74,6 +74,10 @@ pub enum TlsError {
     /// rcgen or rustls refused to build something.
     #[error("certificate error: {0}")]
     Build(String),
+    /// The certificate is issued for another node than the one this node is: a node's name is
+    /// its certificate's (`docs/security.md`).
+    #[error("expected a certificate issued for {expected}, got one issued for {found}")]
+    WrongName { expected: String, found: String },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -244,6 +248,13 @@ impl NodeTls {
         Ok(tls)
     }
 
+    /// The names the certificate is issued for: its DNS names, the first of which is the
+    /// `--name` of `ca issue`. A node may run under any of them, as peers check a signed report
+    /// (`gossip::signed`).
+    pub fn names(&self) -> Vec<String> {
+        certificate_names(&self.chain[0])
+    }
+
     /// How many CA certificates `ca.pem` holds.
     pub fn ca_count(&self) -> usize {
         self.cas.len()
@@ -333,6 +344,18 @@ pub struct NodeIdentity {
     pub certificate: CertificateDer<'static>,
     /// The key of `node.key`.
     pub key: Arc<dyn SigningKey>,
+}
+
+/// The DNS names of a certificate (DER): the names of the node it is issued for, as webpki
+/// reads them when it checks a certificate for a name (the common name is not one: webpki
+/// ignores it). Empty when it cannot be parsed or has none.
+pub fn certificate_names(certificate: &CertificateDer<'_>) -> Vec<String> {
+    let Ok(params) = CertificateParams::from_ca_cert_der(certificate) else { return Vec::new() };
+    let dns = params.subject_alt_names.iter().filter_map(|name| match name {
+        SanType::DnsName(name) => Some(name.as_str().to_owned()),
+        _ => None,
+    });
+    dns.collect()
 }
 
 /// ring, and only ring: with two providers compiled in, rustls panics at the first builder.
@@ -467,6 +490,16 @@ mod tests {
         fs::write(node.join(CA_CERT_FILE), "").unwrap();
         let error = NodeTls::load(&node).unwrap_err().to_string();
         assert!(error.contains("expected PEM certificates") && error.contains("no certificate"), "{error}");
+    }
+
+    #[test]
+    fn the_name_is_the_one_ca_issue_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        ca_init(&ca).unwrap();
+        let node = dir.path().join("n7");
+        ca_issue(&ca, "n7", &["127.0.0.1".parse().unwrap()], &["n7.example".into()], &node).unwrap();
+        assert_eq!(NodeTls::load(&node).unwrap().names(), ["n7", "n7.example"]);
     }
 
     #[test]

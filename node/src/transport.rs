@@ -25,7 +25,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, WarnLimiter, reason};
-use crate::tls::{NodeIdentity, NodeTls, PeerTrust, TlsError};
+use crate::tls::{NodeIdentity, NodeTls, PeerTrust, TlsError, certificate_names};
 
 /// Largest gossip message accepted on a stream. chitchat builds messages of up to 65,510
 /// bytes, a little over UDP's 65,507: the stream path must take them whole.
@@ -133,6 +133,9 @@ struct Inner {
     connections: Mutex<HashMap<SocketAddr, Connection>>,
     /// Woken at each new entry of `connections`, for dials that would rather take it.
     registered: Notify,
+    /// The names in each open connection's peer certificate, by its address: what gossip
+    /// holds a member's claimed name to (`gossip::binding`).
+    peer_names: Mutex<HashMap<SocketAddr, Vec<String>>>,
     gossip_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     streams_tx: mpsc::Sender<IncomingStream>,
     metrics: Arc<Metrics>,
@@ -191,6 +194,7 @@ impl Transport {
             transport_config,
             connections: Mutex::new(HashMap::new()),
             registered: Notify::new(),
+            peer_names: Mutex::new(HashMap::new()),
             gossip_tx,
             streams_tx,
             metrics,
@@ -231,6 +235,12 @@ impl Transport {
     /// gossip are held to it. A reload makes a new one (compare with `Arc::ptr_eq`).
     pub fn trust(&self) -> Arc<PeerTrust> {
         self.inner.tls.borrow().trust.clone()
+    }
+
+    /// The names in the certificate of the peer of each open connection, by the peer's
+    /// address. Dialing and accepting share one endpoint, so that is the peer's gossip address.
+    pub fn peer_names(&self) -> HashMap<SocketAddr, Vec<String>> {
+        self.inner.peer_names.lock().expect("peer names lock poisoned").clone()
     }
 
     /// The link filter, for fault injection in tests.
@@ -359,8 +369,11 @@ impl Inner {
     }
 
     fn register(&self, connection: Connection) {
+        let addr = connection.remote_address();
+        let names = peer_certificate(&connection).map(|der| certificate_names(&CertificateDer::from(der)));
         let mut connections = self.connections.lock().expect("connection map lock poisoned");
-        connections.insert(connection.remote_address(), connection);
+        self.peer_names.lock().expect("peer names lock poisoned").insert(addr, names.unwrap_or_default());
+        connections.insert(addr, connection);
         drop(connections);
         self.registered.notify_waiters();
     }
@@ -370,6 +383,7 @@ impl Inner {
         let addr = connection.remote_address();
         if connections.get(&addr).is_some_and(|c| c.stable_id() == connection.stable_id()) {
             connections.remove(&addr);
+            self.peer_names.lock().expect("peer names lock poisoned").remove(&addr);
         }
     }
 

@@ -329,6 +329,10 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
             "fingerprint": state.trust.fingerprint(),
         },
         "members": members,
+        "conflicts": {
+            "generations": view.conflicts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "namesakes": state.gossip.live_namesakes(),
+        },
     })))
 }
 

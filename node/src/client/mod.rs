@@ -376,6 +376,20 @@ pub async fn config_get(client: &Client, key: &str, desired: bool) -> Result<(),
     Ok(())
 }
 
+/// Two processes under one name (D70): generations held with other content elsewhere, and
+/// other live processes under this node's name.
+fn print_conflicts(conflicts: &Value) {
+    let list = |field: &str| conflicts[field].as_array().cloned().unwrap_or_default();
+    let generations: Vec<String> = list("generations").iter().filter_map(|g| g.as_str().map(str::to_owned)).collect();
+    if !generations.is_empty() {
+        println!("CONFLICT: peers hold other content under {} (this node keeps its own)", generations.join(", "));
+    }
+    for namesake in list("namesakes") {
+        let (address, incarnation) = (text(&namesake, "address"), &namesake["incarnation"]);
+        println!("CONFLICT: another process is live under this node's name at {address} (incarnation {incarnation})");
+    }
+}
+
 pub async fn status(client: &Client) -> Result<(), CliError> {
     let answer = client.request(Method::GET, "/v1/status", None).await?;
     if client.json {
@@ -421,6 +435,7 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
             others.join(", ")
         );
     }
+    print_conflicts(&answer["conflicts"]);
     for source in answer["health"].as_array().into_iter().flatten() {
         let state = if source["ok"] == true { "ok" } else { "FAILING" };
         println!("health source {}: {state} ({})", text(source, "source"), text(source, "detail"));

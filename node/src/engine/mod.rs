@@ -40,6 +40,7 @@ const COMPACTION_CHECK: Duration = Duration::from_secs(10);
 /// sync task; a full queue makes them wait, which is the back-pressure we want.
 const COMMAND_QUEUE_CAPACITY: usize = 256;
 
+mod conflict;
 mod release;
 mod revert;
 
@@ -82,6 +83,9 @@ pub struct View {
     /// peers: until then it serves no reads and takes no changes (it could serve a stale state,
     /// and reuse ids of its own generations that peers hold).
     pub recovering: Option<String>,
+    /// Ids under which a peer holds other content than this node (latest
+    /// [`conflict::MAX_CONFLICTS_SHOWN`]): two processes wrote under one name (`conflict`).
+    pub conflicts: BTreeSet<GenId>,
 }
 
 /// What `/readyz` answers.
@@ -326,6 +330,8 @@ struct Engine {
     /// Generations refused for good (no trusted operator signature), by origin, up to
     /// [`MAX_REFUSED`] ids: each is counted once, and a peer holding them is not ahead.
     refused: BTreeMap<NodeName, BTreeSet<u64>>,
+    /// Ids under which a peer sent other content than this node holds (`conflict`).
+    conflicts: BTreeSet<GenId>,
 }
 
 /// Most refused generation ids remembered; past it a refusal is counted every time it is
@@ -380,6 +386,7 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
         deferred_reverts,
         next_gate: None,
         refused: BTreeMap::new(),
+        conflicts: BTreeSet::new(),
     };
     engine.publish().await;
     engine.decide().await;
@@ -648,6 +655,7 @@ impl Engine {
 
     async fn ingest(&mut self, generations: Vec<Generation>, from: Option<SocketAddr>) -> usize {
         let mut new: Vec<Generation> = Vec::new();
+        let mut conflicted = false;
         for generation in generations {
             if self.log.base().covers().covers(generation.id()) {
                 // Folded into our snapshot already.
@@ -657,10 +665,7 @@ impl Engine {
             match known {
                 Some(existing) if existing.hash == generation.hash => continue,
                 Some(_) => {
-                    self.parts.metrics.generation_conflicts.inc();
-                    if self.warnings.allow(&format!("conflict {}", generation.id().origin)) {
-                        error!(generation = %generation.id(), "a peer holds other content under a known generation id; kept ours");
-                    }
+                    conflicted |= self.conflict(&generation);
                     continue;
                 }
                 None => {}
@@ -685,6 +690,9 @@ impl Engine {
             new.push(generation);
         }
         if new.is_empty() {
+            if conflicted {
+                self.publish().await;
+            }
             return 0;
         }
         if let Err(error) = self.store_durably(new.clone()).await {
@@ -896,6 +904,7 @@ impl Engine {
             reverted: self.log.reverts().map(|revert| revert.target).collect(),
             reverts_digest: self.log.reverts_digest(),
             recovering: self.parts.recovering.clone(),
+            conflicts: self.conflicts.clone(),
         };
         self.parts.metrics.generations_known.set(view.generations as i64);
         self.parts.metrics.reverts_known.set(view.reverted.len() as i64);

@@ -29,6 +29,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// The `tls` directory of a node and the content last tried from it.
 pub struct TlsWatch {
     dir: PathBuf,
+    /// The node's name: a reloaded certificate must be issued for it too.
+    name: String,
     /// The fingerprint of the files last loaded or refused.
     tried: [u8; 32],
 }
@@ -45,12 +47,13 @@ pub enum Polled {
 
 impl TlsWatch {
     /// The first load, at start: the certificates, and the watch that later polls compare to
-    /// them (from the same read, so a change in between is not missed).
-    pub fn load(dir: &Path) -> Result<(TlsWatch, NodeTls), TlsError> {
+    /// them (from the same read, so a change in between is not missed). The certificate must
+    /// be issued for `name` ([`TlsError::WrongName`] otherwise).
+    pub fn load(dir: &Path, name: &str) -> Result<(TlsWatch, NodeTls), TlsError> {
         let files = TlsFiles::read(dir);
         let tried = files.fingerprint();
-        let tls = NodeTls::from_files(files)?;
-        Ok((TlsWatch { dir: dir.to_owned(), tried }, tls))
+        let tls = load_named(files, name)?;
+        Ok((TlsWatch { dir: dir.to_owned(), name: name.to_owned(), tried }, tls))
     }
 
     pub fn dir(&self) -> &Path {
@@ -65,11 +68,24 @@ impl TlsWatch {
             return Polled::Unchanged;
         }
         self.tried = fingerprint;
-        match NodeTls::from_files(files) {
+        match load_named(files, &self.name) {
             Ok(tls) => Polled::Changed(tls),
             Err(error) => Polled::Refused(error),
         }
     }
+}
+
+/// Loads `files` and checks that their certificate is issued for `name` (one of its DNS
+/// names): a node under another name than its certificate's would write as one node and
+/// authenticate as another.
+fn load_named(files: TlsFiles, name: &str) -> Result<NodeTls, TlsError> {
+    let tls = NodeTls::from_files(files)?;
+    let names = tls.names();
+    if !names.iter().any(|issued| issued == name) {
+        let found = if names.is_empty() { "no DNS name".to_owned() } else { names.join(", ") };
+        return Err(TlsError::WrongName { expected: name.to_owned(), found });
+    }
+    Ok(tls)
 }
 
 /// Polls every [`POLL_INTERVAL`] until `shutdown`, swapping each changed, valid set into
@@ -165,7 +181,7 @@ mod tests {
         let (node, renewed) = (dir.path().join("n1"), dir.path().join("n1-renewed"));
         issue(&ca, "n1", &node);
         issue(&ca, "n1", &renewed);
-        let (mut watch, _) = TlsWatch::load(&node).unwrap();
+        let (mut watch, _) = TlsWatch::load(&node, "n1").unwrap();
         assert!(matches!(watch.poll(), Polled::Unchanged));
 
         // A copy caught mid-write: half of node.pem.
@@ -193,6 +209,23 @@ mod tests {
         assert!(matches!(watch.poll(), Polled::Unchanged));
     }
 
+    #[test]
+    fn a_certificate_for_another_node_is_refused_at_load_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        ca_init(&ca).unwrap();
+        let (n1, n7) = (dir.path().join("n1"), dir.path().join("n7"));
+        issue(&ca, "n1", &n1);
+        issue(&ca, "n7", &n7);
+        let Err(error) = TlsWatch::load(&n7, "n1") else { panic!("a certificate for n7 was taken by n1") };
+        assert_eq!(error.to_string(), "expected a certificate issued for n1, got one issued for n7");
+        let (mut watch, _) = TlsWatch::load(&n1, "n1").unwrap();
+        copy(&n7, &n1, NODE_CERT_FILE);
+        copy(&n7, &n1, NODE_KEY_FILE);
+        let Polled::Refused(error) = watch.poll() else { panic!("a reload to n7's certificate was taken") };
+        assert!(matches!(error, TlsError::WrongName { .. }), "{error}");
+    }
+
     struct Peer {
         dir: PathBuf,
         watch: TlsWatch,
@@ -200,8 +233,8 @@ mod tests {
     }
 
     impl Peer {
-        fn bind(dir: PathBuf) -> Peer {
-            let (watch, tls) = TlsWatch::load(&dir).unwrap();
+        fn bind(dir: PathBuf, name: &str) -> Peer {
+            let (watch, tls) = TlsWatch::load(&dir, name).unwrap();
             let listen = "127.0.0.1:0".parse().unwrap();
             let (transport, _inboxes) = Transport::bind(listen, &tls, Arc::new(Metrics::new())).unwrap();
             Peer { dir, watch, transport }
@@ -238,7 +271,7 @@ mod tests {
         issue(&old_ca, "a", &a_dir);
         issue(&old_ca, "b", &b_dir);
         issue(&new_ca, "b", &b_new);
-        let (mut a, mut b) = (Peer::bind(a_dir.clone()), Peer::bind(b_dir.clone()));
+        let (mut a, mut b) = (Peer::bind(a_dir.clone(), "a"), Peer::bind(b_dir.clone(), "b"));
         let b_addr = b.transport.local_addr();
         let first = a.transport.connect(b_addr).await.unwrap();
 

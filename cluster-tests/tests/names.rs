@@ -1,0 +1,111 @@
+//! A node's name is its certificate's (issue 17): a process started with a certificate issued
+//! for another node, or under the name of a node that is live, refuses to start, and the live
+//! node's acknowledged writes stay on every node.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use grapevine_cluster_tests::{Cluster, Node, alive_members, check, grapevine, wait_until};
+
+const PROPAGATION: Duration = Duration::from_secs(10);
+
+/// Writes `count` config keys through `node` (`<node>-1` = 1, ...), each acknowledged.
+fn write(node: &Node, count: u64) -> Result<()> {
+    for index in 1..=count {
+        check(node.cli(&["config", "put", &format!("{}-{index}", node.name), "--value", &index.to_string()]))?;
+    }
+    Ok(())
+}
+
+/// Every node serves `writer`'s `count` writes, as `writer` wrote them, under its name.
+fn held_everywhere(nodes: &[Node], writer: &str, count: u64) -> Result<()> {
+    for node in nodes {
+        for index in 1..=count {
+            let key = format!("{writer}-{index}");
+            wait_until(PROPAGATION, &format!("{} to hold {key}", node.name), || {
+                node.cli_json(&["config", "get", &key]).is_ok_and(|got| {
+                    got["value"] == index
+                        && got["generation"].as_str().is_some_and(|g| g.starts_with(&format!("{writer}.")))
+                })
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// No node lists a conflict in `status`: no generation held with other content elsewhere, no
+/// other process live under its name.
+fn no_conflicts(nodes: &[Node]) -> Result<()> {
+    for node in nodes {
+        let conflicts = node.cli_json(&["status"])?["conflicts"].clone();
+        assert_eq!(conflicts, serde_json::json!({"generations": [], "namesakes": []}), "on {}", node.name);
+    }
+    Ok(())
+}
+
+/// Every node shows `name` alive.
+fn alive_everywhere(nodes: &[Node], name: &str) -> Result<()> {
+    for node in nodes {
+        wait_until(PROPAGATION, &format!("{} to show {name} alive", node.name), || {
+            alive_members(node).is_ok_and(|alive| alive.iter().any(|n| n == name))
+        })?;
+    }
+    Ok(())
+}
+
+/// Fails on the code before the fix: the impostor started, wrote `n3.1`... with its own
+/// content, and the nodes that heard it first kept it instead of real n3's writes.
+#[test]
+fn a_node_whose_certificate_names_another_node_refuses_to_start() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    write(&cluster.nodes[2], 5)?;
+    let ca = cluster.ca.clone();
+    let impostor = cluster.add_node_with_ca("n7", &ca)?;
+    impostor.name = "n3".into();
+    let error = impostor.start().expect_err("a node with n7's certificate started as n3").to_string();
+    assert!(error.contains("exit status: 1"), "{error}");
+    let expected = format!(
+        "error: node cannot start: --name n3 but the certificate in {} is issued for n7",
+        impostor.tls.display()
+    );
+    assert!(error.contains(&expected), "{error}");
+    cluster.nodes.pop();
+    held_everywhere(&cluster.nodes, "n3", 5)?;
+    alive_everywhere(&cluster.nodes, "n3")?;
+    no_conflicts(&cluster.nodes)?;
+    Ok(())
+}
+
+/// A second certificate issued for n2 passes the certificate check; the process holding it
+/// sees n2 live in gossip and refuses to start. Fails on the code before the fix: it started,
+/// and on stopping left n2 shown dead (its later incarnation won) on every node.
+#[test]
+fn a_second_process_under_a_live_name_refuses_to_start() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    write(&cluster.nodes[1], 5)?;
+    let n2_gossip = cluster.nodes[1].gossip;
+    let second_tls = cluster.dir.path().join("n2-second-tls");
+    let (ca, out) = (cluster.ca.display().to_string(), second_tls.display().to_string());
+    check(grapevine(&["ca", "issue", "--ca", &ca, "--name", "n2", "--ip", "127.0.0.1", "--out", &out]))?;
+    let ca = cluster.ca.clone();
+    let second = cluster.add_node_with_ca("n2-second", &ca)?;
+    second.name = "n2".into();
+    second.tls = second_tls;
+    let error = second.start().expect_err("a second n2 started while n2 was live").to_string();
+    assert!(error.contains("exit status: 1"), "{error}");
+    let expected = format!(
+        "error: node cannot start: node n2 is already live at {n2_gossip}: refusing to start a second process under the same name"
+    );
+    assert!(error.contains(&expected), "{error}");
+    cluster.nodes.pop();
+    held_everywhere(&cluster.nodes, "n2", 5)?;
+    alive_everywhere(&cluster.nodes, "n2")?;
+    // A restart of n2 itself is no namesake: its earlier incarnation's heartbeat has stopped.
+    cluster.nodes[1].kill9();
+    cluster.nodes[1].start()?;
+    alive_everywhere(&cluster.nodes, "n2")?;
+    // Its earlier incarnation's heartbeat has stopped: it raises no namesake after a while.
+    std::thread::sleep(Duration::from_secs(2));
+    no_conflicts(&cluster.nodes[1..2])?;
+    Ok(())
+}
