@@ -58,16 +58,17 @@ fn a_rule_too_costly_to_evaluate_is_refused_by_flag_set_and_apply() -> Result<()
     Ok(())
 }
 
-/// Sets flag `x` to the first rule `node` accepts, the costliest first.
-fn costliest_accepted(node: &Node, dir: &std::path::Path) -> Result<&'static str> {
+/// Sets flag `x` on every node at once to the first rule `node` accepts, the costliest
+/// first: what was accepted, and its generation.
+fn costliest_accepted(node: &Node, dir: &std::path::Path) -> Result<(&'static str, String)> {
     let candidates = [
         ("the issue's rule", nested_some_rule(ISSUE_ITEMS)),
         ("a rule just under the bound", rule_just_under_the_bound()),
     ];
     for (name, rule) in candidates {
         let file = write(dir, "x.json", &flag_with_rule(rule))?;
-        if node.cli(&["flag", "set", "x", "--file", &file]).status.success() {
-            return Ok(name);
+        if let Ok(answer) = node.cli_json(&["flag", "set", "x", "--file", &file, "--emergency"]) {
+            return Ok((name, answer["generation"].as_str().context("a generation")?.to_owned()));
         }
     }
     anyhow::bail!("the node accepted neither rule")
@@ -99,10 +100,10 @@ fn evaluating_the_costliest_accepted_rule_leaves_healthz_and_gossip_live() -> Re
     cluster.wait_formed(Duration::from_secs(30))?;
     let dir = cluster.dir.path().to_owned();
     let (node, peers) = (&cluster.nodes[0], &cluster.nodes[1..]);
-    let accepted = costliest_accepted(node, &dir)?;
-    let probe = format!("{}/ofrep/v1/evaluate/flags/x", node.url());
+    let (accepted, generation) = costliest_accepted(node, &dir)?;
+    // Without evaluating it: `flag get` would.
     grapevine_cluster_tests::wait_until(Duration::from_secs(30), "flag x applied", || {
-        http_request_within("POST", &probe, Some("{}"), Duration::from_secs(120)).is_ok_and(|(status, _)| status == 200)
+        node.cli_json(&["status"]).is_ok_and(|status| status["applied"] == generation.as_str())
     })?;
     // Two clients, as in the issue.
     let stop = Arc::new(AtomicBool::new(false));
