@@ -130,6 +130,45 @@ pub struct RunningNode {
     gossip: Arc<Gossip>,
     engine: EngineHandle,
     tasks: Vec<JoinHandle<()>>,
+    /// Where the HTTP API runs: apart from the tasks that drive gossip and sync.
+    api_runtime: ApiRuntime,
+}
+
+/// Most worker threads of the API runtime: the machine's cores, up to this many. Evaluation is
+/// CPU work; threads past the cores only add switching, and a node of many cores serves the
+/// applications of one host.
+const MAX_API_THREADS: usize = 8;
+
+/// The runtime of the HTTP API (OFREP evaluation, admin, SSE), apart from the one that runs
+/// gossip, sync, the engine and health: a request that takes the CPU (a costly targeting
+/// rule, a burst of evaluations) can then slow other requests, never the failure detector's
+/// heartbeats or log sync (issue 17: two slow evaluations stalled gossip until peers marked
+/// the node dead). Stopped in the background on drop: dropping a runtime where a task awaits
+/// would panic.
+struct ApiRuntime(Option<tokio::runtime::Runtime>);
+
+impl ApiRuntime {
+    fn start() -> std::io::Result<ApiRuntime> {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores.min(MAX_API_THREADS))
+            .thread_name("grapevine-api")
+            .enable_all()
+            .build()?;
+        Ok(ApiRuntime(Some(runtime)))
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        self.0.as_ref().expect("the API runtime runs until dropped").spawn(task)
+    }
+}
+
+impl Drop for ApiRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Checks every resource, then starts the node's tasks.
@@ -149,6 +188,9 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
     let api_addr = api_listener.local_addr().map_err(|error| StartError::Api { addr: config.api, error })?;
     let socket_listener = config.auth.socket.as_ref().map(bind_socket).transpose()?;
+    let api_runtime = ApiRuntime::start().map_err(|error| StartError::Api { addr: api_addr, error })?;
+    // Served by the API runtime, whose reactor takes it over.
+    let api_listener = api_listener.into_std().map_err(|error| StartError::Api { addr: api_addr, error })?;
     let metrics = Arc::new(Metrics::new());
     // Binding starts the accept loop: the last check, so a failure leaves no task behind.
     let (transport, inboxes) = Transport::bind(config.listen, &tls, metrics.clone())?;
@@ -281,16 +323,14 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         gossip: gossip.clone(),
         metrics,
     };
-    let api_shutdown = shutdown.clone();
-    let api_listener = crate::api::limits::LimitedListener::new(
-        api_listener,
-        config.limits.api_connections.get() as usize,
-        config.name.to_string(),
-        api_state.metrics.clone(),
-    );
+    let api_connections = config.limits.api_connections.get() as usize;
     let socket_api = socket_listener.map(|(listener, path)| {
         let (app, shutdown) = (router(api_state.clone()), shutdown.clone());
         async move {
+            let listener = match listener.into_std().and_then(tokio::net::UnixListener::from_std) {
+                Ok(listener) => listener,
+                Err(error) => return tracing::error!(%error, "admin socket server failed"),
+            };
             let app = app.into_make_service_with_connect_info::<crate::api::access::SocketPeer>();
             if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
                 tracing::error!(%error, "admin socket server failed");
@@ -298,10 +338,19 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             let _ = std::fs::remove_file(path);
         }
     });
+    let api_shutdown = shutdown.clone();
     let api = async move {
+        // Registered with the API runtime's reactor, which serves it.
+        let listener = match TcpListener::from_std(api_listener) {
+            Ok(listener) => listener,
+            Err(error) => return tracing::error!(%error, "API server failed"),
+        };
+        let node = api_state.name.to_string();
+        let listener =
+            crate::api::limits::LimitedListener::new(listener, api_connections, node, api_state.metrics.clone());
         // With the client's address, by which anonymous clients are rate-limited.
         let app = router(api_state).into_make_service_with_connect_info::<crate::api::limits::ClientAddr>();
-        let serve = axum::serve(api_listener, app).with_graceful_shutdown(api_shutdown.cancelled_owned());
+        let serve = axum::serve(listener, app).with_graceful_shutdown(api_shutdown.cancelled_owned());
         if let Err(error) = serve.await {
             tracing::error!(%error, "API server failed");
         }
@@ -311,13 +360,13 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         tokio::spawn(pusher),
         tokio::spawn(server),
         tokio::spawn(prober),
-        tokio::spawn(api),
+        api_runtime.spawn(api),
         tokio::spawn(health_task),
         tokio::spawn(binding_watch),
         engine_task,
     ];
     tasks.extend(alerts_task.map(tokio::spawn));
-    tasks.extend(socket_api.map(tokio::spawn));
+    tasks.extend(socket_api.map(|socket_api| api_runtime.spawn(socket_api)));
     tasks.push(tokio::spawn(feed_task));
     let files_task = crate::files::FilesTask {
         files: config.files.clone(),
@@ -330,7 +379,17 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     tasks.push(tokio::spawn(crate::files::run(files_task, shutdown.clone())));
     tasks.push(tokio::spawn(crate::tls::reload::run(tls_watch, transport.clone(), shutdown.clone())));
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
-    Ok(RunningNode { name: config.name, gossip_addr, api_addr, shutdown, transport, gossip, engine, tasks })
+    Ok(RunningNode {
+        name: config.name,
+        gossip_addr,
+        api_addr,
+        shutdown,
+        transport,
+        gossip,
+        engine,
+        tasks,
+        api_runtime,
+    })
 }
 
 /// The API address as peers should print it: the gossip host when the API listens on any.
@@ -374,6 +433,7 @@ impl RunningNode {
                 break;
             }
         }
+        drop(self.api_runtime);
         info!(node = %self.name, "node stopped");
     }
 }

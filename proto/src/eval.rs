@@ -78,6 +78,16 @@ impl FlagDefinition {
         Ok(())
     }
 
+    /// Refuses a targeting rule too costly to evaluate (`cost.rs`): checked on what users
+    /// submit, not on what peers send, so that a rule an older build accepted cannot split the
+    /// log (it is stored, and answers an error when evaluated).
+    pub fn check_cost(&self) -> Result<(), String> {
+        match self.rule.as_ref().and_then(Rule::too_costly) {
+            Some(error) => Err(format!("/targeting: {error}")),
+            None => Ok(()),
+        }
+    }
+
     /// A boolean flag with variants `on: true` and `off: false`, serving `on` or `off`.
     pub fn boolean(on: bool) -> Self {
         FlagDefinition {
@@ -132,6 +142,15 @@ impl FlagDefinition {
         let Some(rule) = &self.rule else {
             return self.default_evaluation(Reason::Static);
         };
+        if let Some(error) = rule.too_costly() {
+            return Evaluation::error(
+                ErrorCode::General,
+                format!("the targeting rule is not evaluated: {error} (refused when submitted since this version)"),
+            );
+        }
+        if let Err(detail) = crate::cost::check_context(context) {
+            return Evaluation::error(ErrorCode::InvalidContext, detail);
+        }
         if rule.needs_targeting_key() && !context.get("targetingKey").is_some_and(Value::is_string) {
             return Evaluation::error(ErrorCode::TargetingKeyMissing, "the targeting rule needs a targetingKey");
         }
@@ -433,6 +452,26 @@ mod tests {
         let error =
             parse(json!({"state": "ENABLED", "variants": {"a": 1}, "targeting": {"$ref": "shared"}})).unwrap_err();
         assert!(error.contains("does not exist"), "{error}");
+    }
+
+    #[test]
+    fn a_context_array_longer_than_the_cost_bound_assumes_is_refused() {
+        let flag = parse(json!({
+            "state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+            "targeting": {"if": [{"in": ["admin", {"var": "user.groups"}]}, "on", null]}
+        }))
+        .unwrap();
+        let groups = |n: usize| Value::Array((0..n).map(|i| json!(format!("g{i}"))).collect());
+        let within = evaluate(&flag, json!({"user": {"groups": groups(1000)}}));
+        assert_eq!(within.error_code, None);
+        let past = evaluate(&flag, json!({"user": {"groups": groups(1001)}}));
+        assert_eq!(past.error_code, Some(ErrorCode::InvalidContext));
+        assert_eq!(
+            past.error_message.unwrap(),
+            "context array /user/groups must have at most 1000 items (MAX_CONTEXT_ARRAY_ITEMS), got 1001"
+        );
+        let untargeted = parse(json!({"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"})).unwrap();
+        assert_eq!(evaluate(&untargeted, json!({"groups": groups(5000)})).reason, Reason::Static);
     }
 
     #[test]

@@ -41,3 +41,25 @@ pub const MAX_SEQ: u64 = 1 << 53;
 
 /// Most variants in one flag definition. flagd flags rarely have more than a handful.
 pub const MAX_VARIANTS: usize = 256;
+
+/// Highest cost bound of a targeting rule, in steps (`cost.rs`). The costliest steps measured
+/// (`merge`, `fractional`, `sem_ver` in iterations nested over literal arrays) take about 50 ns
+/// on a 2-core test machine (`cargo run --release -p grapevine-proto --example rule_cost`), so
+/// the costliest rule accepted evaluates in about 12 ms, and the common costly shape (`in`
+/// over a long allow-list, 2 ns a step) in 0.5 ms. Room enough for an allow-list of 100,000
+/// items, or for `some` over a context's 1,000 groups with a body of 250 steps; the rule of
+/// issue 17 (71 s) costs 80 billion.
+pub const MAX_RULE_COST: u64 = 250_000;
+
+/// Deepest nesting of operations in a targeting rule. datalogic recurses once per level on
+/// the evaluating thread's stack; flagd's testbed nests at most 6 deep.
+pub const MAX_RULE_DEPTH: usize = 32;
+
+/// Most items of an array in an evaluation context, which the cost bound of a rule assumes of
+/// every context array it iterates (`cost.rs`). OpenFeature contexts hold a handful of
+/// attributes; a list of a user's groups or entitlements fits with room to spare.
+pub const MAX_CONTEXT_ARRAY_ITEMS: u64 = 1_000;
+
+/// Longest string `cat` may produce. A rule that joins an accumulator to itself in `reduce`
+/// doubles it per item; bucket keys and names are far shorter.
+pub const MAX_CAT_BYTES: usize = 64 * 1024;

@@ -19,6 +19,9 @@ use datalogic_rs::{CompiledLogic, ContextStack, DataLogic, Evaluator, Operator};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::cost::CostError;
+use crate::limits::MAX_CAT_BYTES;
+
 /// The `fractional` bucketing scheme of a cluster.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +110,10 @@ pub struct Rule {
     uses_flagd: bool,
     /// Whether it reads `$flagd.timestamp` (the time is then read for each evaluation).
     uses_time: bool,
+    /// Why it is too costly to evaluate, if it is (`cost.rs`). Such a rule is refused when it
+    /// is submitted; one that a peer or the disk holds (an older build accepted it) is stored,
+    /// so the log still converges, but never evaluated.
+    too_costly: Option<CostError>,
 }
 
 impl std::fmt::Debug for Rule {
@@ -142,7 +149,13 @@ impl Rule {
         let text = resolved.to_string();
         let uses_flagd = text.contains("$flagd") || text.contains("\"fractional\"");
         let uses_time = text.contains("$flagd.timestamp") || text.contains("\"timestamp\"");
-        Ok(Rule { source: resolved, compiled, needs_targeting_key, uses_flagd, uses_time })
+        let too_costly = crate::cost::check_rule(&resolved).err();
+        Ok(Rule { source: resolved, compiled, needs_targeting_key, uses_flagd, uses_time, too_costly })
+    }
+
+    /// Why the rule is too costly to evaluate, if it is.
+    pub fn too_costly(&self) -> Option<&CostError> {
+        self.too_costly.as_ref()
     }
 
     /// Whether evaluation data needs `$flagd.timestamp`.
@@ -564,6 +577,13 @@ impl Operator for CatOperator {
                 Fractional::V2 => js_string(&value),
                 Fractional::Cbor => py_string(&value),
             });
+            // A `reduce` that joins its accumulator to itself doubles it per item.
+            if out.len() > MAX_CAT_BYTES {
+                return Err(datalogic_rs::Error::Custom(format!(
+                    "cat must produce at most {MAX_CAT_BYTES} bytes (MAX_CAT_BYTES), got {}",
+                    out.len()
+                )));
+            }
         }
         Ok(Value::String(out))
     }

@@ -89,6 +89,20 @@ pub fn validate_change(change: &Change) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Checks a change a user submits: [`validate_change`], and what is refused from users only,
+/// not from peers or the disk (a targeting rule too costly to evaluate: see
+/// [`FlagDefinition::check_cost`]).
+pub fn validate_submitted(change: &Change) -> Result<(), ValidationError> {
+    validate_change(change)?;
+    for op in &change.ops {
+        if let Op::SetFlag { key, definition } = op {
+            let flag = FlagDefinition::parse(key, definition)?;
+            flag.check_cost().map_err(|detail| ValidationError::Flag { key: key.to_string(), detail })?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks a generation from a peer or from disk: its hash, its envelope and its change.
 pub fn validate_generation(generation: &Generation) -> Result<(), ValidationError> {
     generation.verify()?;
@@ -263,6 +277,42 @@ mod tests {
         let mut log = crate::Log::new();
         log.insert(last);
         assert_eq!(log.next_seq(&"n1".parse().unwrap()), MAX_SEQ + 1);
+    }
+
+    /// Issue 17: a 50 KB rule of `some` over `some` over `in`, over arrays of 3,000 items,
+    /// took 71 s an evaluation. It is refused when submitted, with the limit named; from a
+    /// peer or the disk (an older build accepted it) it is stored but never evaluated.
+    #[test]
+    fn a_rule_too_costly_to_evaluate_is_refused_when_submitted() {
+        use crate::testing::{flag_with_rule, nested_some_rule};
+        let definition = JsonText::from_value(&flag_with_rule(nested_some_rule(3000))).unwrap();
+        let change = Change::with_ops(vec![Op::SetFlag { key: "x".parse().unwrap(), definition: definition.clone() }]);
+        let error = validate_submitted(&change).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "flag \"x\": /targeting: rule costs up to 54045009005 operations, above the limit of 250000 \
+             (MAX_RULE_COST); nested iterations multiply"
+        );
+        assert_eq!(validate_change(&change), Ok(()), "a peer's generation is stored, so the log converges");
+        let flag = FlagDefinition::parse(&"x".parse().unwrap(), &definition).unwrap();
+        let evaluation = flag.evaluate("x", &serde_json::Map::new(), crate::targeting::Fractional::V2, 0);
+        assert_eq!(evaluation.error_code, Some(crate::eval::ErrorCode::General));
+        assert!(evaluation.error_message.unwrap().contains("MAX_RULE_COST"));
+    }
+
+    #[test]
+    fn a_rule_just_under_the_bound_is_accepted_and_evaluates() {
+        use crate::testing::{flag_with_rule, rule_just_under_the_bound};
+        let rule = rule_just_under_the_bound();
+        let cost = crate::cost::rule_cost(&rule);
+        assert!(cost <= crate::limits::MAX_RULE_COST && cost > crate::limits::MAX_RULE_COST * 99 / 100, "{cost}");
+        let definition = JsonText::from_value(&flag_with_rule(rule)).unwrap();
+        let key: Key = "x".parse().unwrap();
+        validate_submitted(&Change::with_ops(vec![Op::SetFlag { key: key.clone(), definition: definition.clone() }]))
+            .unwrap();
+        let flag = FlagDefinition::parse(&key, &definition).unwrap();
+        let evaluation = flag.evaluate("x", &serde_json::Map::new(), crate::targeting::Fractional::V2, 0);
+        assert_eq!((evaluation.variant.as_deref(), evaluation.error_code), (Some("b"), None));
     }
 
     #[test]

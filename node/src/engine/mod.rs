@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::signing::{Signed, SigningError, Trust, revocations};
 use grapevine_proto::snapshot::{Retention, compactable};
-use grapevine_proto::validate::{check_envelope, validate_change};
+use grapevine_proto::validate::{check_envelope, validate_submitted};
 use grapevine_proto::{
     AppliedState, Author, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Op, Revert,
     Snapshot, ValidationError, VersionVector,
@@ -524,7 +524,7 @@ impl Engine {
         if let Some(reason) = &self.parts.recovering {
             return Err(SubmitError::Recovering(reason.clone()));
         }
-        validate_change(&change)?;
+        validate_submitted(&change)?;
         let members = self.parts.gossip.live_names().await;
         let groups = self.groups_of(&members, &change).await?;
         let name = self.parts.name.clone();
