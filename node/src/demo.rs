@@ -322,7 +322,7 @@ async fn bad_change(
     post(http, &format!("{first}/v1/config/{PAYMENTS}?emergency=true"), json!({ "value": good })).await?;
     for node in nodes {
         wait_for(&format!("{} to serve the good payments config", node.name), || {
-            node.engine().view().state.config.contains_key(&PAYMENTS.parse().expect("a key"))
+            node.engine().view().state.config.contains_key(&PAYMENTS.parse::<grapevine_proto::Key>().expect("a key"))
         })
         .await?;
     }
@@ -349,7 +349,7 @@ async fn bad_change(
             .view()
             .state
             .config
-            .get(&PAYMENTS.parse().expect("a key"))
+            .get(&PAYMENTS.parse::<grapevine_proto::Key>().expect("a key"))
             .is_some_and(|e| e.generation == generation)
     };
     wait_for("the canary to apply the bad change", || serves_bad(canary)).await?;

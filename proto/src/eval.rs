@@ -69,9 +69,9 @@ impl FlagDefinition {
             None => None,
             Some(Value::Object(rules)) if rules.is_empty() => None,
             Some(rule) => {
-                let rule = Rule::prepare(rule, evaluators).map_err(|e| e.to_string())?;
+                let (rule, resolved) = Rule::prepare(rule, evaluators).map_err(|e| e.to_string())?;
                 // Stored self-contained: the `$ref`s resolved.
-                self.targeting = Some(rule.source.clone());
+                self.targeting = Some(resolved);
                 Some(rule)
             }
         };

@@ -13,6 +13,7 @@ use crdts::{CmRDT, Dot, VClock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::hlc::Stamp;
 use crate::model::{GenId, Generation, NodeName, Revert};
 use crate::snapshot::Snapshot;
 use crate::state::AppliedState;
@@ -81,6 +82,12 @@ pub struct Log {
     /// Targets of the reverts this log holds; kept for good (a few bytes each), so a peer that
     /// still holds a target whole always learns it is reverted.
     reverts: BTreeSet<GenId>,
+    /// The ids of `generations` in fold order `(hlc, origin, seq)`: the newest or oldest are
+    /// found without sorting the whole log (history, the gates of a new generation).
+    order: BTreeSet<(Stamp, GenId)>,
+    /// The ids of the `generations` that carry rollout controls: few, and folded whole
+    /// whenever a gate is looked at.
+    with_controls: BTreeSet<GenId>,
 }
 
 impl Log {
@@ -113,6 +120,16 @@ impl Log {
     /// Generations in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Generation> {
         self.generations.values()
+    }
+
+    /// Generations in fold order `(hlc, origin, seq)`; `.rev()` gives the newest first.
+    pub fn in_fold_order(&self) -> impl DoubleEndedIterator<Item = &Generation> {
+        self.order.iter().filter_map(|(_, id)| self.generations.get(id))
+    }
+
+    /// The generations that carry rollout controls, in id order.
+    pub fn with_controls(&self) -> impl Iterator<Item = &Generation> {
+        self.with_controls.iter().filter_map(|id| self.generations.get(id))
     }
 
     /// Adds the revert of a generation (held or not); true when it is new.
@@ -150,6 +167,13 @@ impl Log {
         AppliedState::fold_from(&self.base, live)
     }
 
+    /// [`Log::state`], sharing the flags `parsed` (another fold of this log) holds from the
+    /// same writes: the applied state holds the desired state's flags, not copies.
+    pub fn state_sharing(&self, counts: impl Fn(&GenId) -> bool, parsed: &AppliedState) -> AppliedState {
+        let live = self.generations.values().filter(|g| counts(g.id()) && !self.reverts.contains(g.id()));
+        AppliedState::fold_sharing(&self.base, live, parsed)
+    }
+
     /// The next sequence number for a generation accepted by `origin`: one past the highest
     /// it has used, contiguous or not.
     pub fn next_seq(&self, origin: &NodeName) -> u64 {
@@ -169,9 +193,21 @@ impl Log {
             return if existing.hash == generation.hash { InsertOutcome::Duplicate } else { InsertOutcome::Conflict };
         }
         let origin = generation.id().origin.clone();
+        self.order.insert((generation.body.hlc, generation.id().clone()));
+        if !generation.body.change.controls.is_empty() {
+            self.with_controls.insert(generation.id().clone());
+        }
         self.generations.insert(generation.id().clone(), generation);
         self.advance(origin);
         InsertOutcome::Inserted
+    }
+
+    /// Takes a generation out of the log and its indexes (it went into the snapshot).
+    fn remove(&mut self, id: &GenId) -> Option<Generation> {
+        let generation = self.generations.remove(id)?;
+        self.order.remove(&(generation.body.hlc, id.clone()));
+        self.with_controls.remove(id);
+        Some(generation)
     }
 
     /// Set union: every generation and revert of `other` that this log lacks, and its snapshot.
@@ -192,7 +228,7 @@ impl Log {
         self.base.merge(snapshot);
         let covered: Vec<GenId> = self.generations.keys().filter(|id| self.base.covers().covers(id)).cloned().collect();
         for id in &covered {
-            self.generations.remove(id);
+            self.remove(id);
         }
         let origins: Vec<NodeName> = self.base.covers().iter().map(|(origin, _)| origin.clone()).collect();
         for origin in origins {
@@ -216,7 +252,7 @@ impl Log {
                 } else {
                     self.base.absorb(generation);
                 }
-                self.generations.remove(&next);
+                self.remove(&next);
                 compacted.push(next.clone());
                 next.seq += 1;
             }
@@ -313,6 +349,23 @@ mod tests {
             prop_assert_eq!(log.version_vector(), a.version_vector());
             prop_assert_eq!(state_of(&log), state_of(&a));
             prop_assert_eq!(log, a);
+        }
+
+        #[test]
+        fn the_fold_order_index_follows_inserts_and_compaction(a in arb_log(), cut in 0..8u64) {
+            let sorted = |log: &Log| {
+                let mut all: Vec<Generation> = log.iter().cloned().collect();
+                all.sort_by(|x, y| x.order_key().cmp(&y.order_key()));
+                all
+            };
+            let in_order = |log: &Log| log.in_fold_order().cloned().collect::<Vec<_>>();
+            prop_assert_eq!(in_order(&a), sorted(&a));
+            let mut compacted = a.clone();
+            compacted.compact(|g| g.id().seq <= cut);
+            prop_assert_eq!(in_order(&compacted), sorted(&compacted));
+            let newest: Vec<Generation> = compacted.in_fold_order().rev().cloned().collect();
+            let oldest_first = sorted(&compacted);
+            prop_assert_eq!(newest.first(), oldest_first.last());
         }
 
         #[test]

@@ -4,9 +4,16 @@
 //! it. (`seq` only breaks ties a correct clock never makes: one origin never reuses a stamp.)
 //! Taking a maximum per key is commutative, so applying generations in any order gives the same
 //! state, and two nodes with the same generations compute the same [`AppliedState::digest`].
+//!
+//! The maps are persistent (`imbl::OrdMap`): a copy shares every node it does not change, so
+//! the engine publishes a new state to readers, and keeps the applied and desired states side
+//! by side, at a cost per change, not per key held. For the same reason the digest is kept as
+//! keys change rather than computed over every key. A flag is parsed once, and held once by
+//! every state that holds it (`Arc`): the applied and the desired states share their flags.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use imbl::OrdMap;
 use sha2::{Digest, Sha256};
 
 use crate::eval::FlagDefinition;
@@ -31,11 +38,13 @@ impl<T> Entry<T> {
 /// Flags and config values as applied on one node.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AppliedState {
-    pub flags: BTreeMap<Key, Entry<FlagDefinition>>,
-    pub config: BTreeMap<Key, Entry<JsonText>>,
+    pub flags: OrdMap<Key, Entry<Arc<FlagDefinition>>>,
+    pub config: OrdMap<Key, Entry<JsonText>>,
     /// The JSON Schema of each config key that has one (set with the key's latest value).
-    pub schemas: BTreeMap<Key, JsonText>,
+    pub schemas: OrdMap<Key, JsonText>,
     latest: Option<(Stamp, GenId)>,
+    /// The sum of the entries' hashes ([`AppliedState::digest`]), kept as entries change.
+    digest: DigestSum,
 }
 
 impl AppliedState {
@@ -61,39 +70,96 @@ impl AppliedState {
         state
     }
 
+    /// Applies a snapshot's writes, then generations, as [`AppliedState::fold_from`], taking
+    /// each flag that `parsed` holds from the same write from there instead of parsing it again.
+    pub fn fold_sharing<'a>(
+        snapshot: &Snapshot,
+        generations: impl IntoIterator<Item = &'a Generation>,
+        parsed: &AppliedState,
+    ) -> Self {
+        let mut state = AppliedState::default();
+        for write in snapshot.writes() {
+            state.write(&write.op, &write.generation, write.hlc, Some(parsed));
+        }
+        for generation in generations {
+            state.apply_sharing(generation, parsed);
+        }
+        state
+    }
+
     /// Applies one validated generation: each of its keys takes its value unless a generation
     /// later in `(hlc, origin, seq)` order already set that key.
     pub fn apply(&mut self, generation: &Generation) {
         let body = &generation.body;
         for op in &body.change.ops {
-            self.apply_write(op, &body.id, body.hlc);
+            self.write(op, &body.id, body.hlc, None);
+        }
+    }
+
+    /// [`AppliedState::apply`], taking each flag that `parsed` holds from this generation from
+    /// there: the applied state shares the flags the desired state parsed.
+    pub fn apply_sharing(&mut self, generation: &Generation, parsed: &AppliedState) {
+        let body = &generation.body;
+        for op in &body.change.ops {
+            self.write(op, &body.id, body.hlc, Some(parsed));
         }
     }
 
     /// Applies one write of generation `generation` stamped `hlc`, if it is the key's latest.
     pub fn apply_write(&mut self, op: &Op, generation: &GenId, hlc: Stamp) {
-        let entry = |value| Entry { value, generation: generation.clone(), hlc };
+        self.write(op, generation, hlc, None);
+    }
+
+    fn write(&mut self, op: &Op, generation: &GenId, hlc: Stamp, parsed: Option<&AppliedState>) {
         match op {
-            Op::SetFlag { key, definition } => match FlagDefinition::parse(key, definition) {
-                Ok(flag) => {
-                    set_if_later(&mut self.flags, key, entry(flag));
-                }
-                // Unreachable for a validated generation; skipping keeps the old value.
-                Err(_) => debug_assert!(false, "applied an unvalidated flag {key}"),
-            },
-            Op::PutConfig { key, value, schema } => {
-                let entry = Entry { value: value.clone(), generation: generation.clone(), hlc };
-                if set_if_later(&mut self.config, key, entry) {
-                    match schema {
-                        Some(schema) => self.schemas.insert(key.clone(), schema.clone()),
-                        None => self.schemas.remove(key),
-                    };
-                }
+            Op::SetFlag { key, definition } => {
+                let shared = parsed.and_then(|p| p.flags.get(key)).filter(|e| e.generation == *generation);
+                self.set_flag(key, definition, shared.map(|e| e.value.clone()), generation, hlc);
             }
+            Op::PutConfig { key, value, schema } => self.put_config(key, value, schema.as_ref(), generation, hlc),
         }
         let is_later = |(latest_hlc, latest): &(Stamp, GenId)| (hlc, generation) > (*latest_hlc, latest);
         if self.latest.as_ref().is_none_or(is_later) {
             self.latest = Some((hlc, generation.clone()));
+        }
+    }
+
+    /// Sets flag `key` from `definition`, or from `parsed` (the same definition, parsed).
+    fn set_flag(
+        &mut self,
+        key: &Key,
+        definition: &JsonText,
+        parsed: Option<Arc<FlagDefinition>>,
+        generation: &GenId,
+        hlc: Stamp,
+    ) {
+        if !is_later(self.flags.get(key), generation, hlc) {
+            return;
+        }
+        let Some(value) = parsed.or_else(|| FlagDefinition::parse(key, definition).ok().map(Arc::new)) else {
+            // Unreachable for a validated generation; skipping keeps the old value.
+            debug_assert!(false, "applied an unvalidated flag {key}");
+            return;
+        };
+        let entry = Entry { value, generation: generation.clone(), hlc };
+        self.digest.add(&flag_hash(key, &entry));
+        if let Some(replaced) = self.flags.insert(key.clone(), entry) {
+            self.digest.subtract(&flag_hash(key, &replaced));
+        }
+    }
+
+    fn put_config(&mut self, key: &Key, value: &JsonText, schema: Option<&JsonText>, generation: &GenId, hlc: Stamp) {
+        if !is_later(self.config.get(key), generation, hlc) {
+            return;
+        }
+        let entry = Entry { value: value.clone(), generation: generation.clone(), hlc };
+        self.digest.add(&config_hash(key, &entry, schema));
+        let replaced_schema = match schema {
+            Some(schema) => self.schemas.insert(key.clone(), schema.clone()),
+            None => self.schemas.remove(key),
+        };
+        if let Some(replaced) = self.config.insert(key.clone(), entry) {
+            self.digest.subtract(&config_hash(key, &replaced, replaced_schema.as_ref()));
         }
     }
 
@@ -102,32 +168,33 @@ impl AppliedState {
         self.latest.as_ref().map(|(_, id)| id)
     }
 
-    /// A digest of every key, its value and the generation that set it. Equal states have
-    /// equal digests on every node.
+    /// A digest of every key, its value and the generation that set it: the sum, modulo
+    /// 2^256, of one SHA-256 per entry (per flag; per config key with its schema). A sum does
+    /// not depend on the order of the entries, and replacing one entry is a subtraction and
+    /// an addition, so the digest costs nothing per key held. Equal states have equal digests
+    /// on every node.
     pub fn digest(&self) -> ContentHash {
-        let mut hasher = Sha256::new();
-        for (key, entry) in &self.flags {
-            let text = serde_json::to_string(&entry.value).expect("a flag always serializes");
-            hash_entry(&mut hasher, "flag", key, &entry.generation, &text);
-        }
-        for (key, entry) in &self.config {
-            hash_entry(&mut hasher, "config", key, &entry.generation, entry.value.as_str());
-            let schema = self.schemas.get(key).map_or("", JsonText::as_str);
-            hash_entry(&mut hasher, "schema", key, &entry.generation, schema);
-        }
-        ContentHash(hasher.finalize().into())
+        ContentHash(self.digest.bytes())
     }
 }
 
-/// Sets `key` to `entry` if it is later than the current one; true when it was set.
-fn set_if_later<T>(map: &mut BTreeMap<Key, Entry<T>>, key: &Key, entry: Entry<T>) -> bool {
-    match map.get(key) {
-        Some(existing) if existing.order_key() >= entry.order_key() => false,
-        _ => {
-            map.insert(key.clone(), entry);
-            true
-        }
-    }
+/// Whether a write of `generation` stamped `hlc` comes after the key's `current` entry.
+fn is_later<T>(current: Option<&Entry<T>>, generation: &GenId, hlc: Stamp) -> bool {
+    current.is_none_or(|existing| existing.order_key() < (hlc, generation))
+}
+
+fn flag_hash(key: &Key, entry: &Entry<Arc<FlagDefinition>>) -> [u8; 32] {
+    let text = serde_json::to_string(entry.value.as_ref()).expect("a flag always serializes");
+    let mut hasher = Sha256::new();
+    hash_entry(&mut hasher, "flag", key, &entry.generation, &text);
+    hasher.finalize().into()
+}
+
+fn config_hash(key: &Key, entry: &Entry<JsonText>, schema: Option<&JsonText>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hash_entry(&mut hasher, "config", key, &entry.generation, entry.value.as_str());
+    hash_entry(&mut hasher, "schema", key, &entry.generation, schema.map_or("", JsonText::as_str));
+    hasher.finalize().into()
 }
 
 fn hash_entry(hasher: &mut Sha256, kind: &str, key: &Key, generation: &GenId, value: &str) {
@@ -137,6 +204,44 @@ fn hash_entry(hasher: &mut Sha256, kind: &str, key: &Key, generation: &GenId, va
         hasher.update(field.as_bytes());
     }
     hasher.update(generation.seq.to_le_bytes());
+}
+
+/// A 256-bit number, in little-endian 64-bit limbs: the sum of the entries' hashes, each read
+/// as a little-endian number. Addition modulo 2^256 is commutative and invertible, which makes
+/// the sum a hash of the set of entries (a multiset hash) that follows one change at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DigestSum([u64; 4]);
+
+impl DigestSum {
+    fn add(&mut self, hash: &[u8; 32]) {
+        let mut carry = false;
+        for (limb, term) in self.0.iter_mut().zip(limbs(hash)) {
+            let (sum, over) = limb.overflowing_add(term);
+            let (sum, over_carry) = sum.overflowing_add(u64::from(carry));
+            (*limb, carry) = (sum, over || over_carry);
+        }
+    }
+
+    fn subtract(&mut self, hash: &[u8; 32]) {
+        let mut borrow = false;
+        for (limb, term) in self.0.iter_mut().zip(limbs(hash)) {
+            let (difference, under) = limb.overflowing_sub(term);
+            let (difference, under_borrow) = difference.overflowing_sub(u64::from(borrow));
+            (*limb, borrow) = (difference, under || under_borrow);
+        }
+    }
+
+    fn bytes(&self) -> [u8; 32] {
+        let mut bytes = [0; 32];
+        for (chunk, limb) in bytes.chunks_exact_mut(8).zip(self.0) {
+            chunk.copy_from_slice(&limb.to_le_bytes());
+        }
+        bytes
+    }
+}
+
+fn limbs(hash: &[u8; 32]) -> impl Iterator<Item = u64> + '_ {
+    hash.chunks_exact(8).map(|chunk| u64::from_le_bytes(chunk.try_into().expect("8 bytes")))
 }
 
 #[cfg(test)]
@@ -154,6 +259,86 @@ mod tests {
         let state = AppliedState::fold([&late, &tie, &early]);
         assert_eq!(state.config[&"k".parse::<Key>().unwrap()].value.as_str(), "3");
         assert_eq!(state.latest(), Some(tie.id()));
+    }
+
+    /// Generation `origin.seq` at `wall_ms` writing `key`: a flag, a config value with a
+    /// schema, or one without (`kind` 0, 1, 2).
+    fn write(origin: &str, seq: u64, wall_ms: u64, kind: usize, key: &str, value: u64) -> Generation {
+        let key: Key = key.parse().unwrap();
+        let op = match kind {
+            0 => Op::SetFlag {
+                key,
+                definition: JsonText::try_from(format!(
+                    r#"{{"state":"ENABLED","variants":{{"a":{value},"b":0}},"defaultVariant":"a"}}"#
+                ))
+                .unwrap(),
+            },
+            _ => Op::PutConfig {
+                key,
+                value: JsonText::try_from(value.to_string()).unwrap(),
+                schema: (kind == 1).then(|| JsonText::try_from(r#"{"type":"number"}"#.to_owned()).unwrap()),
+            },
+        };
+        crate::model::GenerationBody {
+            id: GenId { origin: origin.parse().unwrap(), seq },
+            hlc: Stamp { wall_ms, logical: 0 },
+            members: vec![],
+            groups: vec![],
+            change: crate::model::Change::with_ops(vec![op]),
+            author: None,
+            signed: None,
+        }
+        .seal()
+    }
+
+    /// The digest summed over the entries the state holds now, from nothing.
+    fn digest_from_scratch(state: &AppliedState) -> ContentHash {
+        let mut sum = DigestSum::default();
+        for (key, entry) in &state.flags {
+            sum.add(&flag_hash(key, entry));
+        }
+        for (key, entry) in &state.config {
+            sum.add(&config_hash(key, entry, state.schemas.get(key)));
+        }
+        ContentHash(sum.bytes())
+    }
+
+    #[test]
+    fn adding_then_subtracting_a_hash_gives_the_sum_back() {
+        let mut sum = DigestSum::default();
+        sum.add(&[0xFF; 32]);
+        let before = sum;
+        sum.add(&[0xAB; 32]);
+        assert_ne!(sum, before);
+        sum.subtract(&[0xAB; 32]);
+        assert_eq!(sum, before);
+        sum.subtract(&[0xFF; 32]);
+        assert_eq!(sum, DigestSum::default(), "the carries and borrows cancel");
+    }
+
+    #[test]
+    fn a_different_value_or_generation_gives_a_different_digest() {
+        let one = AppliedState::fold([&write("a", 1, 10, 2, "k", 1)]);
+        let other_value = AppliedState::fold([&write("a", 1, 10, 2, "k", 2)]);
+        let other_generation = AppliedState::fold([&write("b", 1, 10, 2, "k", 1)]);
+        assert_ne!(one.digest(), other_value.digest());
+        assert_ne!(one.digest(), other_generation.digest());
+        assert_ne!(one.digest(), AppliedState::default().digest());
+    }
+
+    proptest! {
+        #[test]
+        fn the_digest_kept_as_keys_change_is_the_digest_of_the_entries(
+            specs in proptest::collection::vec((0..2usize, 0..30u64, 0..3usize, 0..3usize, 0..4u64), 1..16),
+        ) {
+            // Keys overwritten by later and by earlier stamps, schemas set and dropped.
+            let mut state = AppliedState::default();
+            for (i, (origin, wall_ms, kind, key, value)) in specs.into_iter().enumerate() {
+                let key = format!("{}{key}", if kind == 0 { "f" } else { "c" });
+                state.apply(&write(["a", "b"][origin], i as u64 + 1, wall_ms, kind, &key, value));
+                prop_assert_eq!(state.digest(), digest_from_scratch(&state));
+            }
+        }
     }
 
     proptest! {

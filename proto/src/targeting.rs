@@ -99,10 +99,10 @@ fn engine_for(scheme: Fractional) -> &'static DataLogic {
     }]
 }
 
-/// A prepared rule: the rule as written (with `$ref`s resolved), and its compiled form.
+/// A prepared rule: its compiled form. The rule as written (with `$ref`s resolved) is its
+/// flag's `targeting`, kept there alone: a copy here doubled the memory of a flag's rule.
 #[derive(Clone)]
 pub struct Rule {
-    pub source: Value,
     compiled: Arc<CompiledLogic>,
     /// Whether it buckets by the default `targetingKey` (a `fractional` without bucket-by).
     needs_targeting_key: bool,
@@ -118,13 +118,15 @@ pub struct Rule {
 
 impl std::fmt::Debug for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Rule({})", self.source)
+        write!(f, "Rule(compiled)")
     }
 }
 
+/// A rule follows from its flag's `targeting`, which the flag compares: the rules of equal
+/// flags are equal.
 impl PartialEq for Rule {
-    fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
 }
 
@@ -137,8 +139,9 @@ pub struct RuleError {
 }
 
 impl Rule {
-    /// Resolves `$ref`s against `evaluators`, checks the operators and compiles the rule.
-    pub fn prepare(rule: &Value, evaluators: &Map<String, Value>) -> Result<Rule, RuleError> {
+    /// Resolves `$ref`s against `evaluators`, checks the operators and compiles the rule;
+    /// returns it with the resolved source.
+    pub fn prepare(rule: &Value, evaluators: &Map<String, Value>) -> Result<(Rule, Value), RuleError> {
         let resolved = resolve(rule, evaluators, "/targeting", 0)?;
         let renamed = check_and_rename(&resolved, "/targeting")?;
         let compiled = engine_for(Fractional::V2).compile(&renamed).map_err(|error| RuleError {
@@ -150,7 +153,7 @@ impl Rule {
         let uses_flagd = text.contains("$flagd") || text.contains("\"fractional\"");
         let uses_time = text.contains("$flagd.timestamp") || text.contains("\"timestamp\"");
         let too_costly = crate::cost::check_rule(&resolved).err();
-        Ok(Rule { source: resolved, compiled, needs_targeting_key, uses_flagd, uses_time, too_costly })
+        Ok((Rule { compiled, needs_targeting_key, uses_flagd, uses_time, too_costly }, resolved))
     }
 
     /// Why the rule is too costly to evaluate, if it is.

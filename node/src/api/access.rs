@@ -152,8 +152,9 @@ pub async fn may_touch(state: &ApiState, principal: &Principal, id: &grapevine_p
     if principal.unrestricted() {
         return Ok(());
     }
-    let history = state.engine.history().await;
-    match history.iter().find(|g| g.id() == id) {
+    let wanted = id.clone();
+    let found = state.engine.history(1, Box::new(move |g| *g.id() == wanted)).await;
+    match found.first() {
         Some(generation) if may_see(principal, generation) => Ok(()),
         _ => {
             let message = format!(

@@ -403,18 +403,20 @@ async fn history(
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Value> {
     let limit = query.limit.unwrap_or(100).min(MAX_HISTORY);
-    let generations = state.engine.history().await;
-    let mut newest = Vec::new();
     // A principal of some keys sees the changes of those keys only.
-    for generation in generations.iter().rev().filter(|g| access::may_see(&principal, g)).take(limit) {
+    let seen = principal.clone();
+    let generations = state.engine.history(limit, Box::new(move |g| access::may_see(&seen, g))).await;
+    let mut newest = Vec::new();
+    for generation in &generations {
         let mut summary = GenerationSummary::from(generation);
         if !generation.body.change.ops.is_empty() {
             summary.rollout = state.engine.rollout(generation.id().clone()).await;
         }
         newest.push(summary);
     }
-    let compacted = state.engine.view().compacted;
-    Ok(Json(json!({ "node": state.name, "total": generations.len(), "compacted": compacted, "generations": newest })))
+    let view = state.engine.view();
+    let (total, compacted) = (view.generations, view.compacted);
+    Ok(Json(json!({ "node": state.name, "total": total, "compacted": compacted, "generations": newest })))
 }
 
 /// `POST /v1/apply`: a flagd flag file, unchanged. Every flag must be valid (its `$ref`s
@@ -447,7 +449,7 @@ async fn apply_change(
         for (field, value) in &set.metadata {
             flag.metadata.entry(field.clone()).or_insert_with(|| value.clone());
         }
-        if desired.get(&key).is_some_and(|entry| entry.value == flag) {
+        if desired.get(&key).is_some_and(|entry| *entry.value == flag) {
             continue;
         }
         ops.push(Op::SetFlag { key, definition: flag.to_json_text()? });
@@ -711,7 +713,7 @@ async fn set_flag_change(state: &ApiState, key: String, wait: &ChangeQuery, body
     let request: FlagSetRequest = parse_body(&body, r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#)?;
     // From the log's latest definition, not the applied one: a change builds on the one
     // before it even where that one has not reached this node's wave yet.
-    let current = state.engine.view().desired.flags.get(&key).map(|entry| entry.value.clone());
+    let current = state.engine.view().desired.flags.get(&key).map(|entry| entry.value.as_ref().clone());
     let definition = match (request.on, request.variant, request.definition) {
         (Some(on), None, None) => switch_boolean(&key, current, on)?,
         (None, Some(variant), None) => {

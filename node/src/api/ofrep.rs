@@ -62,7 +62,7 @@ fn answer(key: &str, evaluation: Evaluation) -> Result<Value, Value> {
 }
 
 fn evaluate(state: &ApiState, view: &View, key: &str, context: &Map<String, Value>) -> Option<Evaluation> {
-    let key = key.parse().ok()?;
+    let key: grapevine_proto::Key = key.parse().ok()?;
     let entry = view.state.flags.get(&key)?;
     let mut evaluation = entry.value.evaluate(key.as_str(), context, state.fractional, unix_ms() / 1000);
     evaluation.metadata = entry.value.metadata.clone();

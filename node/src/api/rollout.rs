@@ -63,10 +63,10 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Value> {
     let limit = query.limit.unwrap_or(DEFAULT_ROLLOUTS).min(MAX_ROLLOUTS);
-    let history = state.engine.history().await;
+    let shown = move |g: &grapevine_proto::Generation| !g.body.change.ops.is_empty() && may_see(&principal, g);
+    let listed = state.engine.history(limit, Box::new(shown)).await;
     let mut rollouts = Vec::new();
-    let listed = history.iter().rev().filter(|g| !g.body.change.ops.is_empty() && may_see(&principal, g));
-    for generation in listed.take(limit) {
+    for generation in &listed {
         if let Some(view) = state.engine.rollout(generation.id().clone()).await {
             rollouts.push(view);
         }

@@ -10,7 +10,7 @@
 //! restart), it gets a `resync` event, then the current value of every key under the prefix,
 //! then the live feed: it never silently skips a change.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use grapevine_proto::{Entry, GenId, JsonText, Key};
+use imbl::{OrdMap, ordmap::DiffItem};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -96,42 +97,52 @@ impl Feed {
 }
 
 /// The keys whose applied value differs between two views. Generations are compared; only
-/// the values of changed keys are copied.
+/// the values of changed keys are copied. Two states share every part of their maps that no
+/// change touched, and the diff skips those: it costs per key changed, not per key held.
 fn diff(before: &View, after: &View) -> Vec<Change> {
     let mut changes = Vec::new();
-    let flag = |flag: &grapevine_proto::eval::FlagDefinition| serde_json::to_value(flag).unwrap_or_default();
+    let flag =
+        |flag: &Arc<grapevine_proto::eval::FlagDefinition>| serde_json::to_value(flag.as_ref()).unwrap_or_default();
     diff_kind("config", &before.state.config, &after.state.config, JsonText::to_value, &after.reverted, &mut changes);
     diff_kind("flag", &before.state.flags, &after.state.flags, flag, &after.reverted, &mut changes);
     changes
 }
 
-fn diff_kind<T>(
+fn diff_kind<T: PartialEq>(
     kind: &'static str,
-    old: &BTreeMap<Key, Entry<T>>,
-    new: &BTreeMap<Key, Entry<T>>,
+    old: &OrdMap<Key, Entry<T>>,
+    new: &OrdMap<Key, Entry<T>>,
     value: impl Fn(&T) -> Value,
     reverted: &BTreeSet<GenId>,
     out: &mut Vec<Change>,
 ) {
     let cause =
         |previous: Option<&GenId>| if previous.is_some_and(|id| reverted.contains(id)) { "revert" } else { "change" };
-    for (key, entry) in new {
-        let previous = old.get(key).map(|e| &e.generation);
-        if previous != Some(&entry.generation) {
-            out.push(Change {
-                seq: 0,
-                kind,
-                key: key.to_string(),
-                value: value(&entry.value),
-                generation: Some(entry.generation.to_string()),
-                cause: cause(previous),
-            });
-        }
+    // Keys set or changed first, then keys gone, each in key order.
+    let mut gone = Vec::new();
+    for item in old.diff(new) {
+        let (key, entry, previous) = match item {
+            DiffItem::Add(key, entry) => (key, entry, None),
+            DiffItem::Update { old: (_, before), new: (key, entry) } if before.generation != entry.generation => {
+                (key, entry, Some(&before.generation))
+            }
+            DiffItem::Update { .. } => continue,
+            DiffItem::Remove(key, entry) => {
+                let cause = cause(Some(&entry.generation));
+                gone.push(Change { seq: 0, kind, key: key.to_string(), value: Value::Null, generation: None, cause });
+                continue;
+            }
+        };
+        out.push(Change {
+            seq: 0,
+            kind,
+            key: key.to_string(),
+            value: value(&entry.value),
+            generation: Some(entry.generation.to_string()),
+            cause: cause(previous),
+        });
     }
-    for (key, entry) in old.iter().filter(|(key, _)| !new.contains_key(*key)) {
-        let cause = cause(Some(&entry.generation));
-        out.push(Change { seq: 0, kind, key: key.to_string(), value: Value::Null, generation: None, cause });
-    }
+    out.append(&mut gone);
 }
 
 #[derive(Deserialize)]

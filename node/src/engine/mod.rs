@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use grapevine_proto::hlc::Stamp;
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
-use grapevine_proto::signing::{Signed, SigningError, Trust, revocations};
+use grapevine_proto::signing::{Signed, SigningError, Trust, revocations, revoked_by};
 use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_submitted};
 use grapevine_proto::{
@@ -35,6 +36,12 @@ use crate::sync::PushJob;
 /// How often the engine looks for generations to compact, besides after each change that
 /// takes the log past the retention count.
 const COMPACTION_CHECK: Duration = Duration::from_secs(10);
+
+/// A change compacts at once only when the log holds a batch of this share of the retention
+/// (a tenth) beyond it. Each compaction copies and rewrites the whole snapshot (all of the
+/// state): done for every change past the retention, that made a write at the default
+/// retention cost 2.7x one on a fresh node. `COMPACTION_CHECK` compacts a smaller excess.
+const COMPACTION_BATCH_DIVISOR: usize = 10;
 
 /// Commands waiting for the engine. Submissions come from HTTP handlers and ingests from the
 /// sync task; a full queue makes them wait, which is the back-pressure we want.
@@ -182,6 +189,8 @@ enum Command {
         reply: oneshot::Sender<bool>,
     },
     History {
+        limit: usize,
+        shown: HistoryFilter,
         reply: oneshot::Sender<Vec<Generation>>,
     },
     Rollout {
@@ -189,6 +198,9 @@ enum Command {
         reply: oneshot::Sender<Option<RolloutView>>,
     },
 }
+
+/// Which generations a history request lists (the API's filter of what its caller may see).
+pub type HistoryFilter = Box<dyn Fn(&Generation) -> bool + Send>;
 
 /// A handle to the engine; cheap to clone.
 #[derive(Clone)]
@@ -266,9 +278,11 @@ impl EngineHandle {
         self.ask(|reply| Command::Rollout { id, reply }).await.flatten()
     }
 
-    /// Every generation of the log held whole, in `(hlc, origin, seq)` order.
-    pub async fn history(&self) -> Vec<Generation> {
-        self.ask(|reply| Command::History { reply }).await.unwrap_or_default()
+    /// The newest `limit` generations held whole that `shown` accepts, newest first in
+    /// `(hlc, origin, seq)` order. Only those are copied: a log of thousands costs no more to
+    /// list from than a fresh one.
+    pub async fn history(&self, limit: usize, shown: HistoryFilter) -> Vec<Generation> {
+        self.ask(|reply| Command::History { limit, shown, reply }).await.unwrap_or_default()
     }
 
     /// The current view, without waiting on the engine.
@@ -313,6 +327,13 @@ struct Engine {
     log: Log,
     /// Generations released to (applied on) this node.
     released: BTreeSet<GenId>,
+    /// The generations held whole, neither released here nor reverted, in fold order: those
+    /// whose gates a pass looks at. Kept with the log, so a pass costs per generation waiting,
+    /// not per generation held.
+    pending: BTreeSet<(Stamp, GenId)>,
+    /// Whether a write of the log (its snapshot or a generation) revokes an operator key:
+    /// until one does, the revocation pass has nothing to find and reads nothing.
+    holds_revocations: bool,
     /// The evidence each generation released since start was released on (pruned with the log).
     releases: BTreeMap<GenId, release::Release>,
     state: AppliedState,
@@ -357,8 +378,8 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
         let _ = clock.observe(generation.body.hlc, physical);
         log.insert(generation);
     }
-    let state = log.state(|id| released.contains(id));
     let desired = log.state(|_| true);
+    let state = log.state_sharing(|id| released.contains(id), &desired);
     let (view, view_receiver) = watch::channel(Arc::new(View::default()));
     let (commands, queue) = mpsc::channel(COMMAND_QUEUE_CAPACITY);
     let warnings = WarnLimiter::new(Duration::from_secs(30));
@@ -372,10 +393,13 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
     }
     let deferred_reverts = Default::default();
     let releases = BTreeMap::new();
+    let holds_revocations = holds_revocations(&log);
     let mut engine = Engine {
         parts,
         log,
         released,
+        pending: BTreeSet::new(),
+        holds_revocations,
         releases,
         state,
         desired,
@@ -388,6 +412,7 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
         refused: BTreeMap::new(),
         conflicts: BTreeSet::new(),
     };
+    engine.prune_pending();
     engine.publish().await;
     engine.decide().await;
     let task = tokio::spawn(engine.run(queue));
@@ -400,6 +425,17 @@ pub struct Stored {
     pub generations: Vec<Generation>,
     pub released: BTreeSet<GenId>,
     pub reverts: Vec<Revert>,
+}
+
+/// Whether a write of `log` (its snapshot or a generation) is a key revocation.
+fn holds_revocations(log: &Log) -> bool {
+    let snapshot = log.base().writes().any(|write| revoked_by(write.op.key()).is_some());
+    snapshot || log.iter().any(revokes)
+}
+
+/// Whether `generation` writes a key revocation.
+fn revokes(generation: &Generation) -> bool {
+    generation.body.change.ops.iter().any(|op| revoked_by(op.key()).is_some())
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -480,10 +516,9 @@ impl Engine {
                 Command::Rollout { id, reply } => {
                     let _ = reply.send(self.rollout(&id).await);
                 }
-                Command::History { reply } => {
-                    let mut generations: Vec<Generation> = self.log.iter().cloned().collect();
-                    generations.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-                    let _ = reply.send(generations);
+                Command::History { limit, shown, reply } => {
+                    let newest = self.log.in_fold_order().rev().filter(|g| shown(g)).take(limit);
+                    let _ = reply.send(newest.cloned().collect());
                 }
             }
         }
@@ -756,8 +791,11 @@ impl Engine {
         Ok(members.iter().map(|member| values.get(member).cloned().unwrap_or_default()).collect())
     }
 
+    /// Compacts after a change once the log is a batch past the retention
+    /// ([`COMPACTION_BATCH_DIVISOR`]); the periodic check compacts what is past it by less.
     async fn compact_if_over_retention(&mut self) {
-        if self.log.len() > self.parts.retention.generations {
+        let retention = self.parts.retention.generations;
+        if self.log.len() > retention + retention / COMPACTION_BATCH_DIVISOR {
             self.compact().await;
         }
     }
@@ -765,6 +803,11 @@ impl Engine {
     /// Folds into the snapshot the generations outside the retention that every live peer
     /// holds. The state does not change; the log holds fewer generations whole.
     async fn compact(&mut self) {
+        if self.log.len() <= self.parts.retention.generations {
+            // Every generation is among the newest `retention.generations`: none may go, so
+            // the periodic check copies nothing.
+            return;
+        }
         let peers: Vec<VersionVector> =
             self.parts.gossip.peer_version_vectors().await.into_iter().map(|(_, vector)| vector).collect();
         let now = now_ms(self.parts.clock_skew_ms);
@@ -835,11 +878,28 @@ impl Engine {
         self.parts.metrics.propagation.get_or_create(&crate::metrics::reason(stage)).observe(seconds);
     }
 
-    /// Recomputes both states from the log, and publishes them.
+    /// Recomputes both states from the log, and publishes them: after a revert or a snapshot,
+    /// which can take a key back to an earlier value (a new generation only ever moves a key
+    /// forward, and is applied alone: `add`, `release_pass`).
     async fn refold(&mut self) {
-        self.state = self.log.state(|id| self.released.contains(id));
         self.desired = self.log.state(|_| true);
+        self.state = self.log.state_sharing(|id| self.released.contains(id), &self.desired);
+        self.holds_revocations = holds_revocations(&self.log);
+        self.prune_pending();
         self.publish().await;
+    }
+
+    /// Makes `pending` hold exactly the generations held whole, neither released nor
+    /// reverted: rebuilt from the log at start, trimmed after reverts and snapshots.
+    fn prune_pending(&mut self) {
+        let (log, released) = (&self.log, &self.released);
+        let waiting = |id: &GenId| log.get(id).is_some() && !released.contains(id) && !log.is_reverted(id);
+        if self.pending.is_empty() {
+            let unreleased = log.iter().filter(|g| waiting(g.id()));
+            self.pending = unreleased.map(|g| (g.body.hlc, g.id().clone())).collect();
+        } else {
+            self.pending.retain(|(_, id)| waiting(id));
+        }
     }
 
     /// Stores `log`'s snapshot and deletes `covered`, then makes `log` ours. False (and
@@ -859,6 +919,7 @@ impl Engine {
             return false;
         }
         self.parts.health.forget(&covered);
+        self.pending.retain(|(_, id)| !covered.contains(id));
         // Reports and revert causes go with the generations (health deletes the reports of
         // those it judged; a revert this node wrote of one it never applied is deleted here).
         self.parts.gossip.delete_reports(&covered).await;
@@ -888,7 +949,11 @@ impl Engine {
     fn add(&mut self, generation: Generation) {
         if !self.log.is_reverted(generation.id()) {
             self.desired.apply(&generation);
+            if !self.released.contains(generation.id()) {
+                self.pending.insert((generation.body.hlc, generation.id().clone()));
+            }
         }
+        self.holds_revocations |= revokes(&generation);
         let outcome = self.log.insert(generation);
         debug_assert_eq!(outcome, InsertOutcome::Inserted);
     }

@@ -84,9 +84,10 @@ pub struct MemberView {
     pub report: Option<Report>,
 }
 
-/// The controls of every generation, folded from the log in `(hlc, origin, seq)` order.
+/// The controls of every generation, folded from the log in `(hlc, origin, seq)` order. Only
+/// the few generations that carry controls are read (the log keeps their index).
 pub(super) fn controls_of(log: &Log) -> BTreeMap<GenId, Controls> {
-    let mut generations: Vec<&Generation> = log.iter().filter(|g| !g.body.change.controls.is_empty()).collect();
+    let mut generations: Vec<&Generation> = log.with_controls().collect();
     generations.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
     let mut controls: BTreeMap<GenId, Controls> = BTreeMap::new();
     for control in generations.into_iter().flat_map(|g| &g.body.change.controls) {
@@ -132,7 +133,8 @@ impl Engine {
             self.releases.insert(generation.id().clone(), Release { at_unix_ms: now, ..release });
             self.observe_propagation("applied", &generation, now);
             self.released.insert(generation.id().clone());
-            self.state.apply(&generation);
+            self.pending.remove(&(generation.body.hlc, generation.id().clone()));
+            self.state.apply_sharing(&generation, &self.desired);
             if !generation.body.change.ops.is_empty() {
                 judge(&self.parts.health, &generation, &self.parts.name);
             }
@@ -144,15 +146,12 @@ impl Engine {
 
     /// The gates of the generations not yet released here (nor reverted), as of now.
     pub(super) async fn gates(&self) -> Gates {
-        let (released, log) = (&self.released, &self.log);
-        let mut candidates: Vec<&Generation> =
-            log.iter().filter(|g| !released.contains(g.id()) && !log.is_reverted(g.id())).collect();
+        let candidates: Vec<&Generation> = self.waiting_here().collect();
         let mut gates = Gates { open: Vec::new(), waiting: 0, next_in_ms: None };
         if candidates.is_empty() {
             // The common case: nothing waits, so no controls to fold.
             return gates;
         }
-        candidates.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         let controls = controls_of(&self.log);
         let own = self.parts.name.clone();
         for generation in candidates {
@@ -180,14 +179,17 @@ impl Engine {
         gates
     }
 
+    /// The generations held whole, not released here nor reverted, in fold order.
+    fn waiting_here(&self) -> impl Iterator<Item = &Generation> {
+        let (released, log) = (&self.released, &self.log);
+        let held = self.pending.iter().filter_map(|(_, id)| log.get(id));
+        held.filter(move |g| !released.contains(g.id()) && !log.is_reverted(g.id()))
+    }
+
     /// The generations not yet released here (nor reverted): id, open waves, waves.
     pub(super) async fn waiting(&self) -> Vec<(GenId, usize, usize)> {
-        let (released, log) = (&self.released, &self.log);
-        let ids: Vec<GenId> = log
-            .iter()
-            .filter(|g| !released.contains(g.id()) && !log.is_reverted(g.id()) && !g.body.change.ops.is_empty())
-            .map(|g| g.id().clone())
-            .collect();
+        let changes = self.waiting_here().filter(|g| !g.body.change.ops.is_empty());
+        let ids: Vec<GenId> = changes.map(|g| g.id().clone()).collect();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(view) = self.rollout(&id).await {

@@ -105,6 +105,10 @@ impl Engine {
     /// rule reads only the log, so every node that holds the revocation and the generation
     /// writes the same revert; a node that lacks the revocation learns the revert itself.
     pub(super) async fn revocation_pass(&mut self) {
+        if !self.holds_revocations {
+            // No key revoked: nothing to find, and no need to read the whole log to know it.
+            return;
+        }
         for (target, key) in revoked_after(&self.log) {
             if let Err(error) = self.write_revert(&target, Cause::Revoked(key)).await {
                 error!(generation = %target, %error, "could not store the revert of a revoked key's change; will try again");
