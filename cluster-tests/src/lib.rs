@@ -587,6 +587,16 @@ pub fn check(output: Output) -> Result<Output> {
 }
 
 /// A plain HTTP/1.1 GET over std networking: status code and body.
+/// A counter on `node`'s `/metrics`, 0 before its first increment: the series `query` names
+/// (`name{label="value"}`), or, for a bare name, the sum of all its series.
+pub fn counter(node: &Node, query: &str) -> u64 {
+    let Ok((200, text)) = http_get(&format!("{}/metrics", node.url())) else { return 0 };
+    let labelled = format!("{query}{{");
+    let series = text.lines().filter_map(|line| line.rsplit_once(' '));
+    let matching = series.filter(|(series, _)| *series == query || series.starts_with(&labelled));
+    matching.filter_map(|(_, value)| value.parse::<f64>().ok()).sum::<f64>() as u64
+}
+
 pub fn http_get(url: &str) -> Result<(u16, String)> {
     http_request("GET", url, None)
 }

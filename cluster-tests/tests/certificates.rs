@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use grapevine_cluster_tests::{Cluster, Node, alive_members, check, grapevine, http_get, wait_until};
+use grapevine_cluster_tests::{Cluster, Node, alive_members, check, counter, grapevine, wait_until};
 use serde_json::{Value, json};
 
 fn config_value(node: &Node, key: &str) -> Value {
@@ -21,14 +21,6 @@ fn converges(nodes: &[Node], value: u64) -> Result<()> {
     wait_until(Duration::from_secs(20), &format!("step {value} on every node"), || {
         nodes.iter().all(|n| config_value(n, "step") == json!(value))
     })
-}
-
-/// The counter `name` (a whole series, labels included) on `node`'s `/metrics`; 0 before its
-/// first increment.
-fn counter(node: &Node, name: &str) -> u64 {
-    let Ok((200, text)) = http_get(&format!("{}/metrics", node.url())) else { return 0 };
-    let prefix = format!("{name} ");
-    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 const RELOADS_OK: &str = "grapevine_tls_reloads_total{reason=\"ok\"}";

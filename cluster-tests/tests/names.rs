@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use grapevine_cluster_tests::{Cluster, Node, alive_members, check, grapevine, wait_until};
+use grapevine_cluster_tests::{Cluster, Node, alive_members, check, counter, grapevine, wait_until};
 
 const PROPAGATION: Duration = Duration::from_secs(10);
 
@@ -107,5 +107,55 @@ fn a_second_process_under_a_live_name_refuses_to_start() -> Result<()> {
     // Its earlier incarnation's heartbeat has stopped: it raises no namesake after a while.
     std::thread::sleep(Duration::from_secs(2));
     no_conflicts(&cluster.nodes[1..2])?;
+    Ok(())
+}
+
+/// A modified build (the test suite's `test_skip_name_checks`: no check of its certificate's
+/// name, no look for a live namesake) holds n7's certificate and runs as n3 beside the real
+/// n3. It writes first, under ids real n3 then writes too. Every peer refuses its generations,
+/// which n7's certificate cannot prove to be n3's, so real n3's acknowledged writes are the
+/// ones every node holds. Fails on the code before origin proofs: every node stored the
+/// impostor's `n3.1`..`n3.5` (and, had real n3 written under those ids at the same time, the
+/// nodes that heard the impostor first would have kept its content instead of real n3's).
+#[test]
+fn generations_a_modified_build_writes_under_another_name_are_refused_everywhere() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    let ca = cluster.ca.clone();
+    let impostor = cluster.add_node_with_ca("n7", &ca)?;
+    impostor.name = "n3".into();
+    impostor.config_toml.insert_str(0, "test_skip_name_checks = true\n");
+    impostor.start()?;
+    let impostor = cluster.nodes.pop().expect("the impostor");
+    // Peers leave the impostor out of membership (its connection's certificate names n7), so
+    // they do not pull from it; it pushes what it accepts to the peers it sees.
+    wait_until(PROPAGATION, "the impostor to see its peers", || {
+        alive_members(&impostor).is_ok_and(|alive| ["n1", "n2"].iter().all(|p| alive.iter().any(|n| n == p)))
+    })?;
+    for index in 1..=5 {
+        let value = (100 + index).to_string();
+        check(impostor.cli(&["config", "put", &format!("n3-{index}"), "--value", &value]))?;
+    }
+    // Each peer has heard the impostor's five generations first: it refused them, or (before
+    // origin proofs) it holds them.
+    let refused = |node: &Node| counter(node, "grapevine_unproven_origins_refused_total");
+    for node in &cluster.nodes {
+        wait_until(PROPAGATION, &format!("{} to hear the impostor's generations", node.name), || {
+            refused(node) >= 5 || node.cli_json(&["config", "get", "n3-5"]).is_ok()
+        })?;
+    }
+    for node in &cluster.nodes {
+        for index in 1..=5 {
+            let held = node.cli_json(&["config", "get", &format!("n3-{index}")]);
+            assert!(held.is_err(), "{} stored the impostor's n3-{index}: {held:?}", node.name);
+        }
+        assert_eq!(refused(node), 5, "each forgery counted once on {}", node.name);
+    }
+    write(&cluster.nodes[2], 5)?;
+    held_everywhere(&cluster.nodes, "n3", 5)?;
+    for node in &cluster.nodes {
+        let refused = node.cli_json(&["status"])?;
+        assert_eq!(refused["conflicts"]["generations"], serde_json::json!([]), "a forgery is no conflict: {refused}");
+    }
+    drop(impostor);
     Ok(())
 }

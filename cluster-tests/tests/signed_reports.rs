@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use grapevine_cluster_tests::{Cluster, Node, check, grapevine, http_get, wait_until};
+use grapevine_cluster_tests::{Cluster, Node, check, counter, grapevine, wait_until};
 use serde_json::Value;
 
 const FORGE: &str = "GRAPEVINE_TEST_FORGE_REPORTS";
@@ -22,13 +22,6 @@ fn rollout(node: &Node, generation: &str) -> Result<Value> {
 
 fn applied(node: &Node, key: &str) -> bool {
     node.cli(&["config", "get", key]).status.success()
-}
-
-/// The counter `name` (labels included) on `node`'s `/metrics`; 0 before its first increment.
-fn counter(node: &Node, name: &str) -> u64 {
-    let Ok((200, text)) = http_get(&format!("{}/metrics", node.url())) else { return 0 };
-    let prefix = format!("{name} ");
-    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn forged(reason: &str) -> String {

@@ -1,20 +1,24 @@
-//! Rolling upgrades across a wire-format change (format 4 to 5: a generation carries its
-//! operator's signature). A node of format 5 reads a store written by a build of format 4, and
-//! nodes of both formats share one cluster until the last one is upgraded.
+//! Rolling upgrades across a wire-format change (format 5 to 6: a generation carries its
+//! origin's proof). A node of format 6 reads a store written by a build of format 5, and nodes
+//! of both formats share one cluster until the last one is upgraded.
 //!
-//! The store fixture was written by the build of format 4 itself (commit 15805e4). The node
-//! of format 4 in the mixed cluster is this build acting as one (`test_wire_version = 4`): it
-//! writes and reads format 4 only, as that build did.
+//! The store fixture was written by the build of format 5 itself (commit f729e57). The node
+//! of format 5 in the mixed cluster is this build acting as one (`test_wire_version = 5`): it
+//! writes and reads format 5 only, as that build did.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use grapevine_cluster_tests::{Cluster, Node, check, grapevine, http_get, wait_until};
+use grapevine_cluster_tests::{Cluster, Node, counter, wait_until};
 use serde_json::Value;
 
-const OLD_FORMAT: &str = "test_wire_version = 4\n";
+const OLD_FORMAT: &str = "test_wire_version = 5\n";
+
+/// What the upgraded nodes allow during the upgrade: generations without an origin proof,
+/// which the nodes of format 5 write.
+const UNPROVEN: &str = "unproven_through = \"all\"\n";
 
 /// The author a change of the test harness records: the name of its token.
 const AUTHOR: &str = "token:tests";
@@ -31,13 +35,6 @@ fn author_of(node: &Node, generation: &str) -> Result<Value> {
 
 fn config_value(node: &Node, key: &str) -> Option<Value> {
     node.cli_json(&["config", "get", key]).ok().map(|answer| answer["value"].clone())
-}
-
-fn counter(node: &Node, name: &str) -> f64 {
-    let Ok((200, text)) = http_get(&format!("{}/metrics", node.url())) else {
-        return 0.0;
-    };
-    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
 /// Puts config `key` = `value` through `node` (as the harness's token); returns the generation.
@@ -66,21 +63,26 @@ fn node_over(cluster: &mut Cluster, fixture: &str) -> Result<()> {
 #[test]
 fn a_store_written_by_the_previous_format_is_read_and_served() -> Result<()> {
     let mut cluster = Cluster::new(0)?;
-    node_over(&mut cluster, "store-v4-old1.redb.gz")?;
+    node_over(&mut cluster, "store-v5-old1.redb.gz")?;
     let node = &mut cluster.nodes[0];
+    ensure!(node.log_text().contains("rewrote records of an older format in the newest"), "{}", node.log_text());
 
-    // What the build of format 4 wrote: a flag, a config value with a schema, a newer value of
+    // What the build of format 5 wrote: a flag, a config value with a schema, a newer value of
     // it that was rolled back; each by the harness's token.
-    let ids: Vec<Value> = history(node)?.iter().map(|g| g["id"].clone()).collect();
-    assert_eq!(ids, ["old1.3", "old1.2", "old1.1"], "the whole log is read");
-    assert!(history(node)?.iter().all(|g| g["author"] == AUTHOR && g["signed_by"].is_null()));
-    assert_eq!(config_value(node, "limits"), Some(serde_json::json!({"burst": 50})), "old1.3 stays reverted");
-    let flag = node.cli_json(&["flag", "get", "checkout"])?;
-    assert_eq!(flag["value"], true, "{flag}");
-    let refused = node.cli(&["config", "put", "limits", "--value", "{}"]);
-    assert!(!refused.status.success(), "the schema stored in format 4 still holds");
+    for round in 0..2 {
+        let ids: Vec<Value> = history(node)?.iter().map(|g| g["id"].clone()).collect();
+        assert_eq!(ids, ["old1.3", "old1.2", "old1.1"], "round {round}: the whole log is read");
+        assert!(history(node)?.iter().all(|g| g["author"] == AUTHOR && g["signed_by"].is_null()));
+        assert_eq!(config_value(node, "limits"), Some(serde_json::json!({"burst": 50})), "old1.3 stays reverted");
+        let flag = node.cli_json(&["flag", "get", "checkout"])?;
+        assert_eq!(flag["value"], true, "{flag}");
+        node.terminate()?;
+        node.start()?;
+    }
+    let refused = node.cli(&["config", "put", "limits", "--value", "5"]);
+    assert!(!refused.status.success(), "the schema stored in format 5 still holds");
 
-    // New records go in format 5 beside the old ones, and the mixed store reads back.
+    // New records go in format 6 beside the rewritten ones, and the store reads back.
     let id = put(node, "limits", r#"{"burst": 70}"#)?;
     node.terminate()?;
     node.start()?;
@@ -90,23 +92,14 @@ fn a_store_written_by_the_previous_format_is_read_and_served() -> Result<()> {
     Ok(())
 }
 
-/// A cluster that started on format 3 upgraded through format 4, whose build read the old
-/// records from its store and left them there: this build reads them too, and rewrites them
-/// in format 5 at start, so that the build after it (which reads formats 5 and 6) reads them.
+/// A store a build of format 4 wrote and no build of format 5 opened: this build does not read
+/// it, and says which build does, instead of taking it for damage and starting empty.
 #[test]
-fn a_store_the_format_3_build_wrote_is_read_and_rewritten() -> Result<()> {
+fn a_store_of_format_4_is_refused_naming_the_build_that_reads_it() -> Result<()> {
     let mut cluster = Cluster::new(0)?;
-    node_over(&mut cluster, "store-v3-old1.redb.gz")?;
-    let node = &mut cluster.nodes[0];
-    ensure!(node.log_text().contains("rewrote records of an older format in the newest"), "{}", node.log_text());
-    for round in 0..2 {
-        let ids: Vec<Value> = history(node)?.iter().map(|g| g["id"].clone()).collect();
-        assert_eq!(ids, ["old1.3", "old1.2", "old1.1"], "round {round}: the whole log is read");
-        assert!(history(node)?.iter().all(|g| g["author"].is_null()), "format 3 recorded no author");
-        assert_eq!(config_value(node, "limits"), Some(serde_json::json!({"burst": 50})), "old1.3 stays reverted");
-        node.terminate()?;
-        node.start()?;
-    }
+    let error = node_over(&mut cluster, "store-v4-old1.redb.gz").expect_err("a format-4 store").to_string();
+    assert!(error.contains("expected format version 5 to 6, got version 4"), "{error}");
+    assert!(error.contains("Format version"), "points to the upgrade notes: {error}");
     Ok(())
 }
 
@@ -115,9 +108,12 @@ fn nodes_of_two_formats_share_a_cluster_through_a_rolling_upgrade() -> Result<()
     let mut cluster = Cluster::new(3)?;
     // Top-level options go before the `[rollout]` table of the default config.
     cluster.nodes[2].config_toml.insert_str(0, OLD_FORMAT);
+    for node in &mut cluster.nodes {
+        node.config_toml.insert_str(0, UNPROVEN);
+    }
     cluster.start_all()?;
     let [new, _, old] = [0, 1, 2];
-    wait_until(Duration::from_secs(10), "n1 to see n3's format", || wire_formats(&cluster.nodes[new]) == [5, 5, 4])?;
+    wait_until(Duration::from_secs(10), "n1 to see n3's format", || wire_formats(&cluster.nodes[new]) == [6, 6, 5])?;
 
     // Unsigned changes (this cluster names no root key) flow both ways, with their authors.
     let from_new = put(&cluster.nodes[new], "a", "1")?;
@@ -131,33 +127,38 @@ fn nodes_of_two_formats_share_a_cluster_through_a_rolling_upgrade() -> Result<()
     assert_eq!(author_of(&cluster.nodes[old], &from_new)?, AUTHOR);
     assert_eq!(author_of(&cluster.nodes[new], &from_old)?, AUTHOR);
 
-    // A signed change cannot be held in format 4: it is withheld from the old node (counted),
-    // and reaches it once it is upgraded in place (same data directory, written in format 4).
-    let keys = cluster.dir.path().join("keys");
-    std::fs::create_dir_all(&keys)?;
-    let (root, operator) = (keys.join("root.key"), keys.join("alice.key"));
-    check(grapevine(&["key", "new", "--name", "root", "--out", root.to_str().unwrap()]))?;
-    check(grapevine(&["key", "new", "--name", "alice", "--out", operator.to_str().unwrap()]))?;
-    let (root_arg, operator_arg) = (root.to_str().unwrap(), operator.to_str().unwrap());
-    check(grapevine(&["key", "delegate", "--root", root_arg, "--key", operator_arg, "--cluster", "grapevine"]))?;
-    let answer = cluster.nodes[new].cli_json(&["config", "put", "a", "--value", "3", "--signing-key", operator_arg])?;
-    let signed = answer["generation"].as_str().context("a generation")?.to_owned();
-    let withheld = "grapevine_sync_format_withheld_total";
-    wait_until(Duration::from_secs(15), "the signed generation withheld from the format 4 node", || {
-        counter(&cluster.nodes[new], withheld) + counter(&cluster.nodes[1], withheld) > 0.0
-    })?;
-    assert_eq!(author_of(&cluster.nodes[1], &signed)?, "alice");
-    assert!(author_of(&cluster.nodes[old], &signed).is_err(), "format 4 cannot hold {signed}");
+    // Generations travel to the node of format 5 without their origin proofs, and its own
+    // carry none: the upgraded nodes take them because of `unproven_through = "all"`.
+    let unproven = "grapevine_unproven_origins_refused_total";
+    assert_eq!(counter(&cluster.nodes[new], unproven), 0);
 
+    // Upgraded in place (same data directory, written in format 5): its new writes are proven.
     cluster.nodes[old].terminate()?;
     cluster.nodes[old].config_toml = cluster.nodes[old].config_toml.replace(OLD_FORMAT, "");
     cluster.nodes[old].start()?;
-    wait_until(Duration::from_secs(10), "every member to publish format 5", || {
-        wire_formats(&cluster.nodes[new]) == [5, 5, 5]
-    })?;
-    wait_until(Duration::from_secs(15), "the signed change on the upgraded node", || {
-        author_of(&cluster.nodes[old], &signed).is_ok_and(|a| a == "alice")
+    wait_until(Duration::from_secs(10), "every member to publish format 6", || {
+        wire_formats(&cluster.nodes[new]) == [6, 6, 6]
     })?;
     assert_eq!(author_of(&cluster.nodes[old], &from_old)?, AUTHOR, "the old log reads back");
+    // The upgrade's last step (docs/operations.md): once every node runs format 6, allow only
+    // what the log held then, by any origin (a generation that passed through a node of format
+    // 5 lost its proof there), and no later generation without a proof.
+    let vector = cluster.nodes[new].cli_json(&["status"])?["version_vector"].clone();
+    let vector = vector.as_object().context("status shows the version vector")?;
+    let through: Vec<String> = vector.iter().map(|(origin, seq)| format!("{origin} = {seq}")).collect();
+    let after = put(&cluster.nodes[old], "c", "3")?;
+
+    // A node that joins with that allowance takes the whole log from its peers, and refuses
+    // nothing.
+    let ca = cluster.ca.clone();
+    let joiner = cluster.add_node_with_ca("n4", &ca)?;
+    joiner.config_toml.insert_str(0, &format!("unproven_through = {{ {} }}\n", through.join(", ")));
+    joiner.start()?;
+    let joiner = &cluster.nodes[3];
+    wait_until(Duration::from_secs(15), "the joiner to hold the whole log", || {
+        [&from_new, &from_old, &after].iter().all(|id| author_of(joiner, id).is_ok())
+    })?;
+    assert_eq!(config_value(joiner, "c"), Some(serde_json::json!(3)));
+    assert_eq!(counter(joiner, unproven), 0);
     Ok(())
 }

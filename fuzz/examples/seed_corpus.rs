@@ -20,14 +20,14 @@ use grapevine_proto::rollout::{Control, Policy};
 use grapevine_proto::signing::SecretKey;
 use grapevine_proto::wire::{self, PullFrame, PullRequest, Push, PushAck, Versioned};
 use grapevine_proto::{
-    Change, GenId, Generation, GenerationBody, JsonText, Op, Revert, Snapshot, Stamp, VersionVector, Write,
+    Change, GenId, Generation, GenerationBody, JsonText, Op, OriginProof, Revert, Snapshot, Stamp, VersionVector, Write,
 };
 use serde_json::json;
 
 fn main() -> anyhow::Result<()> {
     let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut corpus = Corpus::default();
-    wire_seeds(&mut corpus, &fuzz_dir.join("../proto/tests/fixtures/wire-v3.txt"))?;
+    wire_seeds(&mut corpus, &fuzz_dir.join("../proto/tests/fixtures/wire-v5.txt"))?;
     json_seeds(&mut corpus);
     regression_seeds(&mut corpus);
     for message in record_gossip()? {
@@ -70,15 +70,16 @@ impl Corpus {
 }
 
 fn wire_seeds(corpus: &mut Corpus, fixtures: &Path) -> anyhow::Result<()> {
-    // Items as format 3 wrote them, byte for byte.
+    // Items as the build of format 5 wrote them, byte for byte.
     for line in std::fs::read_to_string(fixtures)?.lines().filter(|line| !line.starts_with('#')) {
         let (name, hex) = line.split_once(' ').ok_or_else(|| anyhow::anyhow!("expected `name hex`, got {line:?}"))?;
         let target = match name {
-            "push" => "wire_push",
+            "push" | "push-signed" => "wire_push",
             "push-ack" => "wire_push_ack",
             "pull-request" => "wire_pull_request",
-            "pull-frame-generation" => "wire_pull_frame",
-            "generation" => "store_generation",
+            "pull-frame-generation" | "pull-frame-generation-signed" | "pull-frame-snapshot-write" => "wire_pull_frame",
+            "generation" | "generation-authored" | "generation-signed" => "store_generation",
+            "snapshot" | "snapshot-signed" => "store_snapshot",
             other => anyhow::bail!("unknown fixture {other:?}"),
         };
         corpus.add(target, hex::decode(hex)?);
@@ -128,7 +129,7 @@ fn wire_seeds(corpus: &mut Corpus, fixtures: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds `item` in the newest format, and in format 3 when that format holds it.
+/// Adds `item` in the newest format, and in the one before when that format holds it.
 fn both_formats<T: Versioned>(corpus: &mut Corpus, target: &'static str, item: &T) {
     corpus.add(target, wire::encode(item));
     if let Ok(old) = wire::encode_at(item, wire::OLDEST_READABLE, "item") {
@@ -213,7 +214,14 @@ fn generations() -> Vec<Generation> {
     let delegation = root.delegate("grapevine", alice.clone(), operator.public(), vec!["payments.".into()], u64::MAX);
     signed.signed = Some(Box::new(operator.sign_change("grapevine", delegation, signed.hlc.wall_ms, &signed.change)));
     signed.author = Some(alice);
-    [first, second, grouped, emergency, control, signed].into_iter().map(GenerationBody::seal).collect()
+    let mut generations: Vec<Generation> =
+        [first, second, grouped, emergency, control, signed].into_iter().map(GenerationBody::seal).collect();
+    // An origin proof's shape (a DER certificate and an ECDSA signature); the node checks its
+    // content, the decoders only its shape.
+    let proof =
+        OriginProof { certificate: [&[0x30, 0x82, 0x01, 0xdc][..], &[0xa5; 476]].concat(), signature: vec![0x30; 71] };
+    generations[0] = generations[0].clone().proven(Some(proof));
+    generations
 }
 
 fn json_seeds(corpus: &mut Corpus) {

@@ -3,13 +3,13 @@
 
 #![no_main]
 
-use grapevine_fuzz::{check_snapshot, stored_item};
+use grapevine_fuzz::{check_snapshot, wire_item};
 use grapevine_proto::Snapshot;
 use grapevine_proto::validate::validate_snapshot;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    if let Some(snapshot) = stored_item::<Snapshot>(bytes, "snapshot") {
+    if let Some(snapshot) = wire_item::<Snapshot>(bytes, "snapshot") {
         if validate_snapshot(&snapshot).is_ok() {
             check_snapshot(&snapshot);
         }

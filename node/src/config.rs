@@ -82,6 +82,13 @@ pub struct RawConfig {
     pub limits: Option<crate::api::limits::LimitsSection>,
     /// `[signing]`: the root keys operators' changes must be signed under.
     pub signing: Option<SigningSection>,
+    /// Which generations may come without their origin's proof: `"all"`, or `{ NODE = SEQ, ...
+    /// }` (the log as it was when the cluster upgraded to format 6).
+    pub unproven_through: Option<UnprovenThrough>,
+    /// Skips the checks that the certificate names the node and that no process runs under
+    /// its name, as a modified build would: for tests showing that peers refuse what it writes.
+    #[cfg(feature = "testsuite")]
+    pub test_skip_name_checks: Option<bool>,
     /// Skews this node's wall clock, for tests of the hybrid logical clock.
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: Option<i64>,
@@ -125,10 +132,11 @@ impl RawConfig {
             files,
             auth,
             limits,
-            signing
+            signing,
+            unproven_through
         );
         #[cfg(feature = "testsuite")]
-        take!(test_clock_skew_ms, test_wire_version);
+        take!(test_clock_skew_ms, test_wire_version, test_skip_name_checks);
         if let Some(labels) = over.labels {
             self.labels.get_or_insert_with(BTreeMap::new).extend(labels);
         }
@@ -178,6 +186,10 @@ pub struct Config {
     pub limits: crate::api::limits::Limits,
     /// Whose changes this node takes: the cluster's root keys.
     pub trust: Trust,
+    /// Which peers' generations may come without an origin proof.
+    pub unproven: crate::origin::Unproven,
+    #[cfg(feature = "testsuite")]
+    pub test_skip_name_checks: bool,
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: i64,
     #[cfg(feature = "testsuite")]
@@ -242,6 +254,7 @@ impl TryFrom<RawConfig> for Config {
             name,
             cluster,
             trust,
+            unproven: raw.unproven_through.map(UnprovenThrough::parse).transpose()?.unwrap_or_default(),
             listen,
             advertise,
             api: socket_addr("api", raw.api.as_deref().unwrap_or("127.0.0.1:7401"))?,
@@ -306,6 +319,8 @@ impl TryFrom<RawConfig> for Config {
             limits: crate::api::limits::Limits::from_section(&raw.limits.unwrap_or_default())
                 .map_err(|error| ConfigError::Section { section: "limits", error })?,
             #[cfg(feature = "testsuite")]
+            test_skip_name_checks: raw.test_skip_name_checks.unwrap_or(false),
+            #[cfg(feature = "testsuite")]
             test_clock_skew_ms: raw.test_clock_skew_ms.unwrap_or(0),
             #[cfg(feature = "testsuite")]
             test_wire_version: match raw.test_wire_version {
@@ -318,6 +333,36 @@ impl TryFrom<RawConfig> for Config {
                 version => version,
             },
         })
+    }
+}
+
+/// `unproven_through` as written: `"all"`, or `{ NODE = SEQ, ... }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum UnprovenThrough {
+    Word(String),
+    Through(BTreeMap<String, u64>),
+}
+
+impl UnprovenThrough {
+    fn parse(self) -> Result<crate::origin::Unproven, ConfigError> {
+        let invalid = |found: String| ConfigError::Invalid {
+            option: "unproven_through",
+            expected: "\"all\" or a table of node = last unproven seq",
+            found,
+        };
+        match self {
+            UnprovenThrough::Word(word) if word == "all" => Ok(crate::origin::Unproven::All),
+            UnprovenThrough::Word(word) => Err(invalid(word)),
+            UnprovenThrough::Through(through) => {
+                let mut vector = VersionVector::default();
+                for (node, seq) in through {
+                    let origin = node.parse::<NodeName>().map_err(|error| invalid(format!("{node}: {error}")))?;
+                    vector.raise(origin, seq);
+                }
+                Ok(crate::origin::Unproven::Through(vector))
+            }
+        }
     }
 }
 
@@ -514,6 +559,26 @@ mod tests {
         let config = Config::try_from(raw).unwrap();
         assert!(config.trust.required());
         assert!(config.trust.unsigned_through.covers(&"n2.17".parse().unwrap()));
+    }
+
+    #[test]
+    fn unproven_through_is_all_or_a_vector() {
+        let parse = |text: &str| {
+            let raw: RawConfig = toml::from_str(text).unwrap();
+            Config::try_from(RawConfig { unproven_through: raw.unproven_through, ..minimal() }).map(|c| c.unproven)
+        };
+        assert_eq!(parse("").unwrap(), crate::origin::Unproven::None);
+        assert_eq!(parse("unproven_through = \"all\"").unwrap(), crate::origin::Unproven::All);
+        let crate::origin::Unproven::Through(vector) = parse("unproven_through = { n1 = 3 }").unwrap() else {
+            panic!("a vector")
+        };
+        assert!(vector.covers(&"n1.3".parse().unwrap()) && !vector.covers(&"n1.4".parse().unwrap()));
+        let refused = parse("unproven_through = \"some\"").unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            "option `unproven_through`: expected \"all\" or a table of node = last unproven seq, got \"some\""
+        );
+        assert!(parse("unproven_through = { \"a.b\" = 3 }").unwrap_err().to_string().contains("a.b"));
     }
 
     #[test]

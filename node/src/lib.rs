@@ -20,6 +20,7 @@ pub mod files;
 pub mod gossip;
 pub mod health;
 pub mod metrics;
+pub mod origin;
 pub mod private;
 pub mod store;
 pub mod sync;

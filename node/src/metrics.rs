@@ -113,6 +113,10 @@ pub struct Metrics {
     ///
     /// [`SigningError::reason`]: grapevine_proto::signing::SigningError::reason
     pub unsigned_changes: Family<Reason, Counter>,
+    /// Peers' generations refused because their origin did not prove it made them, by reason
+    /// (`unsigned`: no proof; `untrusted_certificate`, `wrong_name`, `bad_signature`), each
+    /// distinct generation counted once.
+    pub unproven_origins: Family<Reason, Counter>,
     /// Alerts raised by this node, by kind (`anomaly`, `revert`).
     pub alerts: Family<Reason, Counter>,
     /// Webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
@@ -178,6 +182,7 @@ impl Metrics {
             members_refused: Family::default(),
             live_namesakes: Counter::default(),
             unsigned_changes: Family::default(),
+            unproven_origins: Family::default(),
             alerts: Family::default(),
             webhook_deliveries: Family::default(),
             file_renders: Family::default(),
@@ -287,6 +292,11 @@ impl Metrics {
             "unsigned_changes_refused",
             "Peers' generations and snapshot writes refused for a missing or bad operator signature, by reason",
             metrics.unsigned_changes.clone(),
+        );
+        r.register(
+            "unproven_origins_refused",
+            "Peers' generations refused because their origin's certificate does not prove it made them, by reason",
+            metrics.unproven_origins.clone(),
         );
         r.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
         r.register("webhook_deliveries", "Webhook deliveries, by outcome", metrics.webhook_deliveries.clone());

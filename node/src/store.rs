@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use grapevine_proto::validate::{validate_generation, validate_snapshot};
-use grapevine_proto::wire::{WireError, decode_stored, encode, newest};
+use grapevine_proto::wire::{WireError, decode_versioned, encode, newest};
 use grapevine_proto::{GenId, Generation, NodeName, Revert, Snapshot, VersionVector};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
@@ -135,7 +135,7 @@ impl Store {
             for row in table.iter().map_err(|x| e(x.into()))? {
                 let (key, value) = row.map_err(|x| e(x.into()))?;
                 if older(value.value())
-                    && let Ok((generation, _)) = decode_stored::<Generation>(value.value(), "generation")
+                    && let Ok((generation, _)) = decode_versioned::<Generation>(value.value(), "generation")
                 {
                     let (origin, seq) = key.value();
                     old.push(((origin.to_owned(), seq), generation));
@@ -147,7 +147,7 @@ impl Store {
             rewritten += old.len();
             let mut snapshots = txn.open_table(SNAPSHOTS).map_err(|x| e(x.into()))?;
             let snapshot = match snapshots.get(SNAPSHOT_KEY).map_err(|x| e(x.into()))? {
-                Some(bytes) if older(bytes.value()) => decode_stored::<Snapshot>(bytes.value(), "snapshot").ok(),
+                Some(bytes) if older(bytes.value()) => decode_versioned::<Snapshot>(bytes.value(), "snapshot").ok(),
                 _ => None,
             };
             if let Some((snapshot, _)) = snapshot {
@@ -263,7 +263,7 @@ impl Store {
         let corrupt =
             |detail: String| StoreError::Corrupt { path: self.path.clone(), record: "snapshot".to_owned(), detail };
         let (snapshot, _) =
-            decode_stored::<Snapshot>(bytes.value(), "snapshot").map_err(|x| self.undecodable("snapshot", x))?;
+            decode_versioned::<Snapshot>(bytes.value(), "snapshot").map_err(|x| self.undecodable("snapshot", x))?;
         validate_snapshot(&snapshot).map_err(|x| corrupt(x.to_string()))?;
         Ok(snapshot)
     }
@@ -357,7 +357,7 @@ impl Store {
     fn decode_record(&self, origin: &str, seq: u64, bytes: &[u8]) -> Result<Generation, StoreError> {
         let corrupt =
             |detail: String| StoreError::Corrupt { path: self.path.clone(), record: format!("{origin}.{seq}"), detail };
-        let (generation, _) = decode_stored::<Generation>(bytes, "generation")
+        let (generation, _) = decode_versioned::<Generation>(bytes, "generation")
             .map_err(|x| self.undecodable(&format!("{origin}.{seq}"), x))?;
         validate_generation(&generation).map_err(|x| corrupt(x.to_string()))?;
         let id = generation.id();
@@ -479,18 +479,18 @@ mod tests {
         txn.commit().unwrap();
     }
 
-    /// A record of format 3, as the format-4 build left it in its store: read, and rewritten in
-    /// the newest format when the store opens, so the build after this one reads it too.
+    /// A record of format 5, as the format-5 build wrote it: read, and rewritten in the newest
+    /// format when the store opens, so the build after this one reads it too.
     #[test]
     fn records_of_older_formats_are_rewritten_in_the_newest_on_open() {
-        let fixture = include_str!("../../proto/tests/fixtures/wire-v3.txt");
+        let fixture = include_str!("../../proto/tests/fixtures/wire-v5.txt");
         let hex = fixture.lines().find_map(|line| line.strip_prefix("generation ")).unwrap();
-        let v3 = hex::decode(hex).unwrap();
+        let v5 = hex::decode(hex).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let name: NodeName = "old1".parse().unwrap();
         let store = Store::open(dir.path(), &name).unwrap();
         let txn = store.db.begin_write().unwrap();
-        txn.open_table(GENERATIONS).unwrap().insert(("old1", 7), v3.as_slice()).unwrap();
+        txn.open_table(GENERATIONS).unwrap().insert(("old1", 7), v5.as_slice()).unwrap();
         txn.commit().unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded[0].id().to_string(), "old1.7", "read as it is before the rewrite");
@@ -517,7 +517,7 @@ mod tests {
         raw_record(&store, &bytes);
         let older = store.load().unwrap_err();
         assert!(!Store::is_corruption(&older), "{older}");
-        assert!(older.to_string().contains("expected format version 4 to 5, got version 2"), "{older}");
+        assert!(older.to_string().contains("expected format version 5 to 6, got version 2"), "{older}");
         drop(store);
         let aside = Store::quarantine(dir.path()).unwrap();
         assert!(aside.file_name().unwrap().to_string_lossy().starts_with("grapevine.redb.corrupt-"));

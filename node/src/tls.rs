@@ -394,8 +394,17 @@ pub struct PeerTrust {
 impl PeerTrust {
     /// Checks `chain` (end entity first) as the handshake did; `peer_is_server` when we dialed.
     pub fn check(&self, chain: &[CertificateDer<'_>], peer_is_server: bool) -> Result<(), rustls::Error> {
+        self.check_at(chain, peer_is_server, UnixTime::now())
+    }
+
+    /// Checks `chain` as a handshake at `now` would have.
+    pub fn check_at(
+        &self,
+        chain: &[CertificateDer<'_>],
+        peer_is_server: bool,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
         let (end_entity, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
-        let now = UnixTime::now();
         if peer_is_server {
             let name = ServerName::try_from("grapevine").expect("a valid DNS name");
             self.server.verify_server_cert(end_entity, intermediates, &name, &[], now).map(drop)

@@ -24,7 +24,9 @@ pub mod wire;
 
 pub use hlc::{Clock, ClockError, Stamp};
 pub use log::{InsertOutcome, Log, VersionVector};
-pub use model::{Author, Change, ContentHash, GenId, Generation, GenerationBody, JsonText, Key, NodeName, Op, Revert};
+pub use model::{
+    Author, Change, ContentHash, GenId, Generation, GenerationBody, JsonText, Key, NodeName, Op, OriginProof, Revert,
+};
 pub use snapshot::{Snapshot, Write};
 pub use state::{AppliedState, Entry};
 pub use validate::ValidationError;

@@ -475,7 +475,7 @@ mod tests {
     /// engine publishes the total of its snapshot's vector, which a peer's snapshot sets.
     #[test]
     fn the_total_of_a_peers_vector_saturates() {
-        let bytes = hex::decode("04020161ffffffffffffffffff01016201").unwrap();
+        let bytes = hex::decode("06020161ffffffffffffffffff01016201").unwrap();
         let ack: crate::wire::PushAck = crate::wire::decode(&bytes, "push ack").unwrap();
         assert_eq!(ack.have.total(), u64::MAX);
     }

@@ -326,10 +326,11 @@ impl GenerationBody {
         ContentHash(Sha256::digest(&bytes).into())
     }
 
-    /// Seals the body with its content hash.
+    /// Seals the body with its content hash, without an origin proof (the node that accepts
+    /// it adds one: [`Generation::origin`]).
     pub fn seal(self) -> Generation {
         let hash = self.hash();
-        Generation { body: self, hash }
+        Generation { body: self, hash, origin: None }
     }
 }
 
@@ -338,6 +339,42 @@ impl GenerationBody {
 pub struct Generation {
     pub body: GenerationBody,
     pub hash: ContentHash,
+    /// The accepting node's proof that it made this generation (format 6 on): outside the
+    /// content hash, since it says who made the content, not what it is.
+    pub origin: Option<Box<OriginProof>>,
+}
+
+/// A node's signature, by the key of its TLS certificate, binding a generation's id to its
+/// content hash ([`OriginProof::message`]), with that certificate: any node checks from the
+/// generation alone that its origin (`id.origin`) made it, since the certificate must chain to
+/// the cluster CA and be issued for that name. Without it, any holder of a cluster certificate
+/// could write generations under another node's name, and the nodes that heard those first
+/// would keep them instead of the real node's acknowledged writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginProof {
+    /// The origin's certificate, DER.
+    pub certificate: Vec<u8>,
+    /// The signature over [`OriginProof::message`] (ECDSA P-256 ASN.1 for `ca issue` keys).
+    pub signature: Vec<u8>,
+}
+
+impl OriginProof {
+    /// Separates these signatures from every other use of a node's key.
+    const CONTEXT: &'static [u8] = b"grapevine generation origin v1";
+
+    /// The bytes an origin proof signs: a context, the cluster id, the generation's id and its
+    /// content hash, each length-prefixed so that no two tuples give the same bytes.
+    pub fn message(cluster: &str, id: &GenId, hash: &ContentHash) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::CONTEXT.len() + cluster.len() + id.origin.as_str().len() + 60);
+        out.extend_from_slice(Self::CONTEXT);
+        for field in [cluster.as_bytes(), id.origin.as_str().as_bytes()] {
+            out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out.extend_from_slice(&id.seq.to_be_bytes());
+        out.extend_from_slice(&hash.0);
+        out
+    }
 }
 
 impl Generation {
@@ -348,6 +385,11 @@ impl Generation {
     /// The fold order: greater wins per key. `GenId` orders by origin, then seq.
     pub fn order_key(&self) -> (Stamp, &GenId) {
         (self.body.hlc, &self.body.id)
+    }
+
+    /// The generation with `proof` as its origin proof.
+    pub fn proven(self, proof: Option<OriginProof>) -> Generation {
+        Generation { origin: proof.map(Box::new), ..self }
     }
 
     /// Checks that the hash matches the body, as received from a peer or read from disk.

@@ -263,7 +263,7 @@ mod tests {
     fn seqs_past_the_limit_are_refused() {
         use crate::limits::MAX_SEQ;
         use crate::wire::{PullFrame, decode};
-        let bytes = hex::decode("0402010137ffffffffffffffffff01").unwrap();
+        let bytes = hex::decode("0602010137ffffffffffffffffff01").unwrap();
         let Ok(PullFrame::SnapshotEnd { covers }) = decode(&bytes, "pull frame") else { panic!("a snapshot's end") };
         let error = validate_snapshot(&Snapshot::from_parts(covers, [])).unwrap_err();
         assert_eq!(

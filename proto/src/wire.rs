@@ -6,21 +6,25 @@
 //! version N reads a store written by N-1. A version outside that range is refused with a
 //! clear error instead of misread.
 //!
-//! Version history (the types of the version before live in [`v4`]):
+//! Version history (the types of the version before live in [`v5`]):
 //! - 3: reverts, the anomaly quorum and the thresholds in each change's policy.
-//! - 4: a generation records its author ([`GenerationBody::author`]).
-//! - 5: a generation carries its operator's signature ([`GenerationBody::signed`]), and a
+//! - 4: a generation records its author ([`crate::model::GenerationBody::author`]).
+//! - 5: a generation carries its operator's signature ([`crate::model::GenerationBody::signed`]), and a
 //!   snapshot's write the signed change it came from ([`Write::proof`]).
+//! - 6: a generation carries its origin's proof ([`Generation::origin`]).
+//!
+//! A node rewrites the records of its store that the build before wrote in the newest format
+//! when it opens the store, so that the build after it reads them.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::log::VersionVector;
-use crate::model::{GenId, Generation, GenerationBody, Revert};
+use crate::model::{GenId, Generation, Revert};
 use crate::snapshot::{Snapshot, Write};
 
 /// The format version this build writes.
-pub const WIRE_VERSION: u8 = 5;
+pub const WIRE_VERSION: u8 = 6;
 
 /// The oldest format version this build reads and can write for a peer that reads no newer.
 pub const OLDEST_READABLE: u8 = WIRE_VERSION - 1;
@@ -37,8 +41,7 @@ pub enum WireError {
     /// Bytes that do not decode as the expected type (or whose content fails its checks).
     #[error("malformed {what}: {error}")]
     Malformed { what: &'static str, error: String },
-    /// A value that the older format asked for cannot hold (a signed generation, for a peer
-    /// that reads format 4 only).
+    /// A value that the older format asked for cannot hold.
     #[error("{what} cannot be written in format version {version}: {why}")]
     Unrepresentable { what: &'static str, version: u8, why: &'static str },
 }
@@ -95,7 +98,7 @@ macro_rules! unchanged_since_previous {
     )*};
 }
 
-unchanged_since_previous!(PullRequest, PushAck, Revert, VersionVector);
+unchanged_since_previous!(PullRequest, PushAck, Revert, VersionVector, Write, Snapshot);
 
 /// Encodes `value` in the newest format, with the version byte in front.
 pub fn encode<T: Versioned>(value: &T) -> Vec<u8> {
@@ -133,42 +136,6 @@ pub fn decode_versioned<T: Versioned>(bytes: &[u8], what: &'static str) -> Resul
     }
     let value = if version == WIRE_VERSION { take_all(rest, what)? } else { T::from_previous(take_all(rest, what)?) };
     Ok((value, version))
-}
-
-/// Decodes a record of a node's own store: like [`decode_versioned`], and also format 3, which
-/// builds of format 4 read from their store and left there as it was. A node rewrites such
-/// records in the newest format when it opens its store, so that the next build reads them
-/// (peers of format 3 stay refused: only the disk is read this far back).
-pub fn decode_stored<T: Stored>(bytes: &[u8], what: &'static str) -> Result<(T, u8), WireError> {
-    match bytes.split_first() {
-        Some((3, rest)) if newest() == WIRE_VERSION => Ok((T::from_v3(take_all(rest, what)?), 3)),
-        _ => decode_versioned(bytes, what),
-    }
-}
-
-/// An item a node keeps in its store, and how format 3 encoded it.
-pub trait Stored: Versioned {
-    type V3: DeserializeOwned;
-    fn from_v3(old: Self::V3) -> Self;
-}
-
-impl Stored for Generation {
-    type V3 = v3::Generation;
-
-    fn from_v3(old: v3::Generation) -> Generation {
-        let v3::GenerationBody { id, hlc, members, groups, change } = old.body;
-        let body = GenerationBody { id, hlc, members, groups, change, author: None, signed: None };
-        Generation { body, hash: old.hash }
-    }
-}
-
-impl Stored for Snapshot {
-    /// Snapshots did not change from format 3 to 4.
-    type V3 = v4::Snapshot;
-
-    fn from_v3(old: v4::Snapshot) -> Snapshot {
-        Snapshot::from_previous(old)
-    }
 }
 
 fn take_all<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, WireError> {
@@ -224,153 +191,70 @@ pub struct PushAck {
     pub have: VersionVector,
 }
 
-const NO_SIGNATURES: &str = "format 4 has no operator signatures";
-
 impl Versioned for Generation {
-    type Previous = v4::Generation;
+    type Previous = v5::Generation;
 
-    fn from_previous(old: v4::Generation) -> Generation {
-        let v4::GenerationBody { id, hlc, members, groups, change, author } = old.body;
-        let body = GenerationBody { id, hlc, members, groups, change, author, signed: None };
-        Generation { body, hash: old.hash }
+    fn from_previous(old: v5::Generation) -> Generation {
+        Generation { body: old.body, hash: old.hash, origin: None }
     }
 
-    fn to_previous(&self) -> Result<v4::Generation, &'static str> {
-        let GenerationBody { id, hlc, members, groups, change, author, signed } = self.body.clone();
-        if signed.is_some() {
-            return Err(NO_SIGNATURES);
-        }
-        Ok(v4::Generation { body: v4::GenerationBody { id, hlc, members, groups, change, author }, hash: self.hash })
-    }
-}
-
-impl Versioned for Write {
-    type Previous = v4::Write;
-
-    fn from_previous(old: v4::Write) -> Write {
-        let v4::Write { op, generation, hlc } = old;
-        Write { op, generation, hlc, proof: None }
-    }
-
-    fn to_previous(&self) -> Result<v4::Write, &'static str> {
-        let Write { op, generation, hlc, proof } = self.clone();
-        if proof.is_some() {
-            return Err(NO_SIGNATURES);
-        }
-        Ok(v4::Write { op, generation, hlc })
-    }
-}
-
-impl Versioned for Snapshot {
-    type Previous = v4::Snapshot;
-
-    fn from_previous(old: v4::Snapshot) -> Snapshot {
-        Snapshot::from_parts(old.covers, old.writes.into_iter().map(Write::from_previous))
-    }
-
-    fn to_previous(&self) -> Result<v4::Snapshot, &'static str> {
-        let writes = self.writes().map(Write::to_previous).collect::<Result<_, _>>()?;
-        Ok(v4::Snapshot { covers: self.covers().clone(), writes })
+    /// Format 5 has no origin proof: a peer of format 5 checks none, so the proof is left out.
+    fn to_previous(&self) -> Result<v5::Generation, &'static str> {
+        Ok(v5::Generation { body: self.body.clone(), hash: self.hash })
     }
 }
 
 impl Versioned for PullFrame {
-    type Previous = v4::PullFrame;
+    type Previous = v5::PullFrame;
 
-    fn from_previous(old: v4::PullFrame) -> PullFrame {
+    fn from_previous(old: v5::PullFrame) -> PullFrame {
         match old {
-            v4::PullFrame::Revert(revert) => PullFrame::Revert(revert),
-            v4::PullFrame::SnapshotWrite(write) => PullFrame::SnapshotWrite(Write::from_previous(write)),
-            v4::PullFrame::SnapshotEnd { covers } => PullFrame::SnapshotEnd { covers },
-            v4::PullFrame::Generation(generation) => PullFrame::Generation(Generation::from_previous(generation)),
-            v4::PullFrame::End { more } => PullFrame::End { more },
+            v5::PullFrame::Revert(revert) => PullFrame::Revert(revert),
+            v5::PullFrame::SnapshotWrite(write) => PullFrame::SnapshotWrite(write),
+            v5::PullFrame::SnapshotEnd { covers } => PullFrame::SnapshotEnd { covers },
+            v5::PullFrame::Generation(generation) => PullFrame::Generation(Generation::from_previous(generation)),
+            v5::PullFrame::End { more } => PullFrame::End { more },
         }
     }
 
-    fn to_previous(&self) -> Result<v4::PullFrame, &'static str> {
+    fn to_previous(&self) -> Result<v5::PullFrame, &'static str> {
         Ok(match self.clone() {
-            PullFrame::Revert(revert) => v4::PullFrame::Revert(revert),
-            PullFrame::SnapshotWrite(write) => v4::PullFrame::SnapshotWrite(write.to_previous()?),
-            PullFrame::SnapshotEnd { covers } => v4::PullFrame::SnapshotEnd { covers },
-            PullFrame::Generation(generation) => v4::PullFrame::Generation(generation.to_previous()?),
-            PullFrame::End { more } => v4::PullFrame::End { more },
+            PullFrame::Revert(revert) => v5::PullFrame::Revert(revert),
+            PullFrame::SnapshotWrite(write) => v5::PullFrame::SnapshotWrite(write),
+            PullFrame::SnapshotEnd { covers } => v5::PullFrame::SnapshotEnd { covers },
+            PullFrame::Generation(generation) => v5::PullFrame::Generation(generation.to_previous()?),
+            PullFrame::End { more } => v5::PullFrame::End { more },
         })
     }
 }
 
 impl Versioned for Push {
-    type Previous = v4::Push;
+    type Previous = v5::Push;
 
-    fn from_previous(old: v4::Push) -> Push {
+    fn from_previous(old: v5::Push) -> Push {
         let generations = old.generations.into_iter().map(Generation::from_previous).collect();
         Push { reverts: old.reverts, generations, sender_has: old.sender_has }
     }
 
-    fn to_previous(&self) -> Result<v4::Push, &'static str> {
+    fn to_previous(&self) -> Result<v5::Push, &'static str> {
         let generations = self.generations.iter().map(Generation::to_previous).collect::<Result<_, _>>()?;
-        Ok(v4::Push { reverts: self.reverts.clone(), generations, sender_has: self.sender_has.clone() })
+        Ok(v5::Push { reverts: self.reverts.clone(), generations, sender_has: self.sender_has.clone() })
     }
 }
 
-/// A generation as format 3 encoded it (before its author), read from a store only.
-pub mod v3 {
-    use serde::Deserialize;
-
-    use crate::hlc::Stamp;
-    use crate::model::{Change, ContentHash, GenId, NodeName};
-
-    #[derive(Deserialize)]
-    pub struct GenerationBody {
-        pub id: GenId,
-        pub hlc: Stamp,
-        pub members: Vec<NodeName>,
-        pub groups: Vec<String>,
-        pub change: Change,
-    }
-
-    #[derive(Deserialize)]
-    pub struct Generation {
-        pub body: GenerationBody,
-        pub hash: ContentHash,
-    }
-}
-
-/// The items whose encoding changed in format 5, as format 4 encoded them. Field and variant
+/// The items whose encoding changed in format 6, as format 5 encoded them. Field and variant
 /// order is the encoding: never reorder, only add a new module for a new version.
-pub mod v4 {
+pub mod v5 {
     use serde::{Deserialize, Serialize};
 
-    use crate::hlc::Stamp;
     use crate::log::VersionVector;
-    use crate::model::{Author, Change, ContentHash, GenId, NodeName, Op, Revert};
-
-    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct GenerationBody {
-        pub id: GenId,
-        pub hlc: Stamp,
-        pub members: Vec<NodeName>,
-        pub groups: Vec<String>,
-        pub change: Change,
-        pub author: Option<Author>,
-    }
+    use crate::model::{ContentHash, GenerationBody, Revert};
+    use crate::snapshot::Write;
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Generation {
         pub body: GenerationBody,
         pub hash: ContentHash,
-    }
-
-    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct Write {
-        pub op: Op,
-        pub generation: GenId,
-        pub hlc: Stamp,
-    }
-
-    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct Snapshot {
-        pub covers: VersionVector,
-        pub writes: Vec<Write>,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,7 +280,7 @@ mod tests {
 
     use super::*;
     use crate::hlc::Stamp;
-    use crate::model::{Change, GenId, GenerationBody, JsonText, Op};
+    use crate::model::{Change, GenId, GenerationBody, JsonText, Op, OriginProof};
     use crate::signing::SecretKey;
 
     fn arb_generation() -> impl Strategy<Value = Generation> {
@@ -422,8 +306,12 @@ mod tests {
             proptest::collection::vec(op, 1..5),
             proptest::option::of("[a-z0-9@./+:_-]{1,64}"),
             any::<bool>(),
+            proptest::option::of((
+                proptest::collection::vec(any::<u8>(), 0..600),
+                proptest::collection::vec(any::<u8>(), 0..80),
+            )),
         )
-            .prop_map(|(origin, seq, wall_ms, logical, members, ops, author, signed)| {
+            .prop_map(|(origin, seq, wall_ms, logical, members, ops, author, signed, proof)| {
                 let change = Change::with_ops(ops);
                 let author: Option<crate::Author> = author.map(|a| a.parse().unwrap());
                 let signed = match (&author, signed) {
@@ -440,6 +328,7 @@ mod tests {
                     signed: signed.map(Box::new),
                 }
                 .seal()
+                .proven(proof.map(|(certificate, signature)| OriginProof { certificate, signature }))
             })
     }
 
@@ -489,17 +378,17 @@ mod tests {
         let mut bytes = encode(&PullFrame::End { more: false });
         bytes.push(0);
         assert!(matches!(decode::<PullFrame>(&bytes, "pull frame"), Err(WireError::Malformed { .. })));
-        for version in [2, 3, 6, 9] {
+        for version in [2, 3, 4, 7, 9] {
             bytes[0] = version;
             let refused = decode::<PullFrame>(&bytes, "pull frame").unwrap_err();
             assert_eq!(refused, WireError::UnknownVersion { found: version });
-            assert_eq!(refused.to_string(), format!("expected format version 4 to 5, got version {version}"));
+            assert_eq!(refused.to_string(), format!("expected format version 5 to 6, got version {version}"));
         }
         assert_eq!(decode::<PullFrame>(&[], "pull frame"), Err(WireError::Empty));
     }
 
-    /// Items as a build encoded them, by name: `wire-v3.txt` by the build of format 3
-    /// (commit 6f2157a), `wire-v4.txt` by the build of format 4 (commit 15805e4).
+    /// Items as a build encoded them, by name: `wire-v4.txt` by the build of format 4 (commit
+    /// 15805e4), `wire-v5.txt` by the build of format 5 (commit f729e57).
     fn fixtures(text: &str) -> std::collections::BTreeMap<&str, Vec<u8>> {
         text.lines()
             .filter(|line| !line.starts_with('#'))
@@ -511,67 +400,79 @@ mod tests {
     }
 
     #[test]
-    fn items_written_by_format_4_are_read_and_written_back_byte_for_byte() {
-        let fixtures = fixtures_v4();
+    fn items_written_by_format_5_are_read_and_written_back_byte_for_byte() {
+        let fixtures = fixtures(include_str!("../tests/fixtures/wire-v5.txt"));
         let generation: Generation = decode(&fixtures["generation"], "generation").unwrap();
         assert_eq!(generation.id().to_string(), "old1.7");
-        assert_eq!((&generation.body.author, &generation.body.signed), (&None, &None));
-        generation.verify().expect("a format 3 generation keeps its hash in format 4 and 5");
+        assert_eq!((&generation.body.author, &generation.body.signed, &generation.origin), (&None, &None, &None));
+        generation.verify().expect("a generation keeps its hash from format 3 on");
         crate::validate::validate_generation(&generation).unwrap();
-        assert_eq!(encode_at(&generation, 4, "generation").unwrap(), fixtures["generation"]);
         let authored: Generation = decode(&fixtures["generation-authored"], "generation").unwrap();
         assert_eq!(authored.body.author.as_ref().map(crate::Author::as_str), Some("alice@laptop"));
-        authored.verify().expect("an authored format 4 generation keeps its hash in format 5");
-        assert_eq!(encode_at(&authored, 4, "generation").unwrap(), fixtures["generation-authored"]);
-
-        let (push, version) = decode_versioned::<Push>(&fixtures["push"], "push").unwrap();
-        assert_eq!((version, &push.generations[..]), (4, std::slice::from_ref(&generation)));
-        assert_eq!(encode_at(&push, version, "push").unwrap(), fixtures["push"]);
-        for (name, what) in [("pull-frame-generation", "pull frame"), ("pull-frame-snapshot-write", "pull frame")] {
-            let frame: PullFrame = decode(&fixtures[name], what).unwrap();
-            assert_eq!(encode_at(&frame, 4, what).unwrap(), fixtures[name], "{name}");
+        let signed: Generation = decode(&fixtures["generation-signed"], "generation").unwrap();
+        assert_eq!(signed.body.author.as_ref().map(crate::Author::as_str), Some("alice"));
+        let root = SecretKey::from_seed([1; 32]).public();
+        let trust = crate::signing::Trust { cluster: "grapevine".into(), roots: vec![root], ..Default::default() };
+        trust.check(&signed.body).expect("the operator's signature written in format 5 verifies");
+        for (name, generation) in
+            [("generation", &generation), ("generation-authored", &authored), ("generation-signed", &signed)]
+        {
+            generation.verify().unwrap_or_else(|error| panic!("{name}: {error}"));
+            assert_eq!(encode_at(generation, 5, "generation").unwrap(), fixtures[name], "{name}");
+            // Format 6 adds the origin proof's slot only, and the hash stays.
+            let newer = encode(generation);
+            assert_eq!((newer[0], newer.len()), (6, fixtures[name].len() + 1), "{name}");
+            assert_eq!(&decode::<Generation>(&newer, "generation").unwrap(), generation);
         }
-        let snapshot: Snapshot = decode(&fixtures["snapshot"], "snapshot").unwrap();
-        assert!(snapshot.writes().all(|write| write.proof.is_none()));
-        assert_eq!(encode_at(&snapshot, 4, "snapshot").unwrap(), fixtures["snapshot"]);
+
+        for name in ["push", "push-signed"] {
+            let (push, version) = decode_versioned::<Push>(&fixtures[name], "push").unwrap();
+            assert_eq!(version, 5);
+            assert_eq!(encode_at(&push, version, "push").unwrap(), fixtures[name], "{name}");
+        }
+        for name in ["pull-frame-generation", "pull-frame-generation-signed", "pull-frame-snapshot-write"] {
+            let frame: PullFrame = decode(&fixtures[name], "pull frame").unwrap();
+            assert_eq!(encode_at(&frame, 5, "pull frame").unwrap(), fixtures[name], "{name}");
+        }
+        let snapshot: Snapshot = decode(&fixtures["snapshot-signed"], "snapshot").unwrap();
+        assert!(snapshot.writes().all(|write| write.proof.is_some()));
+        for name in ["snapshot", "snapshot-signed"] {
+            let snapshot: Snapshot = decode(&fixtures[name], "snapshot").unwrap();
+            assert_eq!(encode_at(&snapshot, 5, "snapshot").unwrap(), fixtures[name], "{name}");
+        }
         let request: PullRequest = decode(&fixtures["pull-request"], "pull request").unwrap();
         assert_eq!(request.max_bytes, 1 << 20);
-        assert_eq!(encode_at(&request, 4, "pull request").unwrap(), fixtures["pull-request"]);
+        assert_eq!(encode_at(&request, 5, "pull request").unwrap(), fixtures["pull-request"]);
         let ack: PushAck = decode(&fixtures["push-ack"], "push ack").unwrap();
-        assert_eq!(encode_at(&ack, 4, "push ack").unwrap(), fixtures["push-ack"]);
+        assert_eq!(encode_at(&ack, 5, "push ack").unwrap(), fixtures["push-ack"]);
+    }
 
-        // The same generations in format 5 differ by the signature's slot only, and hash alike.
-        for generation in [generation, authored] {
-            let newer = encode(&generation);
-            let older = encode_at(&generation, 4, "generation").unwrap();
-            assert_eq!((newer[0], newer.len()), (5, older.len() + 1));
-            assert_eq!(decode::<Generation>(&newer, "generation").unwrap(), generation);
+    #[test]
+    fn format_4_is_refused_naming_the_formats_read() {
+        let fixtures = fixtures(include_str!("../tests/fixtures/wire-v4.txt"));
+        for (name, bytes) in &fixtures {
+            let refused = decode::<PullFrame>(bytes, "pull frame").unwrap_err();
+            assert_eq!(refused.to_string(), "expected format version 5 to 6, got version 4", "{name}");
         }
     }
 
     #[test]
-    fn format_3_is_refused_from_peers_and_read_from_the_store() {
-        let fixtures = fixtures(include_str!("../tests/fixtures/wire-v3.txt"));
-        let refused = decode::<Generation>(&fixtures["generation"], "generation").unwrap_err();
-        assert_eq!(refused.to_string(), "expected format version 4 to 5, got version 3");
-        let (stored, version) = decode_stored::<Generation>(&fixtures["generation"], "generation").unwrap();
-        assert_eq!((stored.id().to_string(), version), ("old1.7".to_owned(), 3));
-        stored.verify().expect("a format 3 generation keeps its hash");
-        let v4 = fixtures_v4();
-        assert_eq!(encode_at(&stored, 4, "generation").unwrap(), v4["generation"], "as the format-4 build wrote it");
-        let snapshot = encode_at(&Snapshot::default(), 4, "snapshot").unwrap();
-        let mut old = snapshot.clone();
-        old[0] = 3;
-        assert_eq!(decode_stored::<Snapshot>(&old, "snapshot").unwrap(), (Snapshot::default(), 3));
-        assert!(decode_stored::<Generation>(&[2, 0], "generation").is_err());
-    }
-
-    fn fixtures_v4() -> std::collections::BTreeMap<&'static str, Vec<u8>> {
-        fixtures(include_str!("../tests/fixtures/wire-v4.txt"))
+    fn an_origin_proof_is_outside_the_hash_and_format_5_leaves_it_out() {
+        let generation = crate::testing::put("n1", 1, 5, "k", "1");
+        let proof = OriginProof { certificate: vec![1; 500], signature: vec![2; 72] };
+        let proven = generation.clone().proven(Some(proof));
+        proven.verify().expect("the proof is not content");
+        assert_eq!(proven.hash, generation.hash);
+        assert_eq!(decode::<Generation>(&encode(&proven), "generation").unwrap(), proven);
+        let older = encode_at(&proven, 5, "generation").unwrap();
+        assert_eq!(decode::<Generation>(&older, "generation").unwrap(), generation, "format 5 carries no proof");
+        let push = Push { reverts: vec![], generations: vec![proven], sender_has: VersionVector::default() };
+        let older: Push = decode(&encode_at(&push, 5, "push").unwrap(), "push").unwrap();
+        assert_eq!(older.generations, [generation]);
     }
 
     #[test]
-    fn a_signature_is_covered_by_the_hash_and_has_no_format_4_form() {
+    fn a_signature_is_covered_by_the_hash() {
         let mut generation = crate::testing::put("n1", 1, 5, "k", "1");
         let author: crate::Author = "alice".parse().unwrap();
         generation.body.author = Some(author.clone());
@@ -583,17 +484,9 @@ mod tests {
         assert!(forged.verify().is_err(), "the signature is part of the content");
         let signed = generation.body.seal();
         assert_ne!(signed.hash, authored.hash);
-        let refused = encode_at(&signed, 4, "generation").unwrap_err();
-        assert_eq!(
-            refused.to_string(),
-            "generation cannot be written in format version 4: format 4 has no operator signatures"
-        );
-        let push = Push { reverts: vec![], generations: vec![signed.clone()], sender_has: VersionVector::default() };
-        assert!(encode_at(&push, 4, "push").is_err());
         let mut snapshot = Snapshot::default();
         snapshot.absorb(&signed);
         assert!(snapshot.writes().all(|write| write.proof.is_some()));
-        assert!(encode_at(&snapshot, 4, "snapshot").is_err());
         assert_eq!(decode::<Snapshot>(&encode(&snapshot), "snapshot").unwrap(), snapshot);
         assert_eq!(decode::<Generation>(&encode(&signed), "generation").unwrap(), signed);
     }

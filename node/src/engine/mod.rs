@@ -8,7 +8,7 @@
 //! folded into the snapshot. And it decides, from the reports in gossip, which generations this
 //! node applies (`release.rs`) and which the cluster reverts (`revert.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +19,8 @@ use grapevine_proto::signing::{Signed, SigningError, Trust, revocations, revoked
 use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_submitted};
 use grapevine_proto::{
-    AppliedState, Author, Change, Clock, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName, Op, Revert,
-    Snapshot, ValidationError, VersionVector,
+    AppliedState, Author, Change, Clock, ContentHash, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName,
+    Op, Revert, Snapshot, ValidationError, VersionVector,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -320,6 +320,8 @@ pub struct EngineParts {
     /// This node's clock against its peers': ahead by more than `max_clock_offset_ms`, it
     /// takes no changes.
     pub offsets: crate::clock::Offsets,
+    /// Proves this node's generations and checks its peers' ([`crate::origin`]).
+    pub origins: crate::origin::Origins,
 }
 
 struct Engine {
@@ -353,6 +355,10 @@ struct Engine {
     refused: BTreeMap<NodeName, BTreeSet<u64>>,
     /// Ids under which a peer sent other content than this node holds (`conflict`).
     conflicts: BTreeSet<GenId>,
+    /// Generations refused because their origin did not prove them, up to [`MAX_REFUSED`]:
+    /// each is checked and counted once. Not [`Engine::refused`]: the id stays open for the
+    /// real origin's content.
+    unproven: HashSet<(GenId, ContentHash)>,
 }
 
 /// Most refused generation ids remembered; past it a refusal is counted every time it is
@@ -411,6 +417,7 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
         next_gate: None,
         refused: BTreeMap::new(),
         conflicts: BTreeSet::new(),
+        unproven: HashSet::new(),
     };
     engine.prune_pending();
     engine.publish().await;
@@ -574,6 +581,10 @@ impl Engine {
             signed,
         };
         let generation = body.seal();
+        let generation = {
+            let proof = self.parts.origins.prove(&generation);
+            generation.proven(proof)
+        };
         check_envelope(&generation)?;
         Ok(generation)
     }
@@ -697,13 +708,16 @@ impl Engine {
                 continue;
             }
             let known = self.log.get(generation.id()).or_else(|| new.iter().find(|g| g.id() == generation.id()));
-            match known {
-                Some(existing) if existing.hash == generation.hash => continue,
-                Some(_) => {
-                    conflicted |= self.conflict(&generation);
-                    continue;
-                }
-                None => {}
+            if known.is_some_and(|existing| existing.hash == generation.hash) {
+                continue;
+            }
+            let held_other = known.is_some();
+            if !self.proven(&generation) {
+                continue;
+            }
+            if held_other {
+                conflicted |= self.conflict(&generation);
+                continue;
             }
             if let Err(refusal) = self.parts.trust.check(&generation.body) {
                 // Refused for good: no operator key the cluster trusts signed it.
@@ -746,6 +760,31 @@ impl Engine {
         self.push(Vec::new(), new, from);
         self.revocation_pass().await;
         count
+    }
+
+    /// Whether `generation`'s origin proves it made it ([`crate::origin`]); a refusal is
+    /// counted and logged (rate-limited) once per generation.
+    fn proven(&mut self, generation: &Generation) -> bool {
+        let key = (generation.id().clone(), generation.hash);
+        if self.unproven.contains(&key) {
+            return false;
+        }
+        let Err(refusal) = self.parts.origins.check(generation) else { return true };
+        if self.unproven.len() >= MAX_REFUSED {
+            self.unproven.clear();
+        }
+        self.unproven.insert(key);
+        self.parts.metrics.unproven_origins.get_or_create(&crate::metrics::reason(refusal.reason())).inc();
+        if self.warnings.allow(&format!("origin {}", generation.id().origin)) {
+            let own = generation.id().origin == self.parts.name;
+            error!(
+                generation = %generation.id(),
+                %refusal,
+                own,
+                "refused a generation its origin did not prove it made (another node writes under its name?)"
+            );
+        }
+        false
     }
 
     /// Remembers a generation refused for good; false if it was refused before.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64;
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::tls::{NodeIdentity, PeerTrust, SIGNATURE_SCHEMES};
 
@@ -106,9 +106,14 @@ pub fn message(signer: Signer<'_>, key: &str, value: &str) -> Vec<u8> {
 /// `value` signed by `identity`: `value:signature`. `None` if the key cannot sign (the key
 /// types `NodeTls::identity` accepts all can).
 pub fn sign(identity: &NodeIdentity, signer: Signer<'_>, key: &str, value: &str) -> Option<String> {
-    let scheme = identity.key.choose_scheme(&SIGNATURE_SCHEMES)?;
-    let signature = scheme.sign(&message(signer, key, value)).ok()?;
+    let signature = sign_bytes(identity, &message(signer, key, value))?;
     Some(format!("{value}:{}", BASE64.encode(signature)))
+}
+
+/// The signature of `message` by `identity`'s key, with the first scheme of
+/// [`SIGNATURE_SCHEMES`] the key supports.
+pub fn sign_bytes(identity: &NodeIdentity, message: &[u8]) -> Option<Vec<u8>> {
+    identity.key.choose_scheme(&SIGNATURE_SCHEMES)?.sign(message).ok()
 }
 
 /// The value of `cert` for `identity`.
@@ -141,17 +146,39 @@ pub fn check_certificate(
         return Err(Refusal::UntrustedCertificate);
     }
     let der = CertificateDer::from(BASE64.decode(published).map_err(|_| Refusal::UntrustedCertificate)?);
-    // Every node certificate is a client certificate too (`ca issue`): the handshake's check.
-    trust.check(std::slice::from_ref(&der), false).map_err(|_| Refusal::UntrustedCertificate)?;
-    let parsed = webpki::EndEntityCert::try_from(&der).map_err(|_| Refusal::UntrustedCertificate)?;
-    let name = ServerName::try_from(name).map_err(|_| Refusal::WrongName)?;
-    parsed.verify_is_valid_for_subject_name(&name).map_err(|_| Refusal::WrongName)?;
+    check_certificate_der(trust, name, &der, UnixTime::now())?;
     Ok(der)
+}
+
+/// Checks that `certificate` chained to `trust` at `time` and names `name`.
+pub fn check_certificate_der(
+    trust: &PeerTrust,
+    name: &str,
+    certificate: &CertificateDer<'_>,
+    time: UnixTime,
+) -> Result<(), Refusal> {
+    if certificate.len() > MAX_CERT_BYTES {
+        return Err(Refusal::UntrustedCertificate);
+    }
+    // Every node certificate is a client certificate too (`ca issue`): the handshake's check.
+    trust.check_at(std::slice::from_ref(certificate), false, time).map_err(|_| Refusal::UntrustedCertificate)?;
+    let parsed = webpki::EndEntityCert::try_from(certificate).map_err(|_| Refusal::UntrustedCertificate)?;
+    let name = ServerName::try_from(name).map_err(|_| Refusal::WrongName)?;
+    parsed.verify_is_valid_for_subject_name(&name).map_err(|_| Refusal::WrongName)
 }
 
 /// Checks `signature` (base64) over `message` with the key of `certificate`.
 pub fn check_signature(certificate: &CertificateDer<'_>, message: &[u8], signature: &str) -> Result<(), Refusal> {
     let signature = BASE64.decode(signature).map_err(|_| Refusal::BadSignature)?;
+    check_signature_bytes(certificate, message, &signature)
+}
+
+/// Checks `signature` over `message` with the key of `certificate`.
+pub fn check_signature_bytes(
+    certificate: &CertificateDer<'_>,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), Refusal> {
     let parsed = webpki::EndEntityCert::try_from(certificate).map_err(|_| Refusal::BadSignature)?;
     // The signer chose the first scheme of the list its key supports; an algorithm for another
     // key type fails on the key's type before any arithmetic.
@@ -159,7 +186,7 @@ pub fn check_signature(certificate: &CertificateDer<'_>, message: &[u8], signatu
         ALGORITHMS.mapping.iter().filter(move |(s, _)| s == scheme).flat_map(|(_, algorithms)| algorithms.iter())
     });
     for algorithm in algorithms {
-        if parsed.verify_signature(*algorithm, message, &signature).is_ok() {
+        if parsed.verify_signature(*algorithm, message, signature).is_ok() {
             return Ok(());
         }
     }
@@ -304,4 +331,4 @@ impl Forge {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -8,19 +8,19 @@ use super::*;
 use crate::tls::{NodeTls, ca_init, ca_issue};
 
 /// A cluster CA in a temporary directory, and nodes issued by it.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    pub(crate) fn new() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         ca_init(&dir.path().join("ca")).unwrap();
         Cluster { dir }
     }
 
     /// A node certificate for `name` from the CA `ca`.
-    fn node(&self, ca: &str, name: &str) -> NodeTls {
+    pub(crate) fn node(&self, ca: &str, name: &str) -> NodeTls {
         let ca = self.dir.path().join(ca);
         if !ca.exists() {
             ca_init(&ca).unwrap();
@@ -30,7 +30,7 @@ impl Cluster {
         NodeTls::load(&out).unwrap()
     }
 
-    fn trust(&self) -> Arc<PeerTrust> {
+    pub(crate) fn trust(&self) -> Arc<PeerTrust> {
         let path = self.dir.path().join("observer");
         if !path.exists() {
             ca_issue(&self.dir.path().join("ca"), "observer", &[], &[], &path).unwrap();
