@@ -151,8 +151,17 @@ fn unknown_or_bad_query_parameters_are_refused_naming_them() -> Result<()> {
     use grapevine_cluster_tests::http_request;
     let cluster = Cluster::start(1)?;
     let url = cluster.nodes[0].url();
-    for path in ["/v1/history?foo=1", "/v1/rollouts?foo=1", "/v1/config/x?foo=1"] {
-        let (status, body) = http_request("GET", &format!("{url}{path}"), None)?;
+    let paths = [
+        ("GET", "/v1/history?foo=1"),
+        ("GET", "/v1/rollouts?foo=1"),
+        ("GET", "/v1/config/x?foo=1"),
+        ("GET", "/v1/status?foo=1"),
+        ("GET", "/v1/rollouts/n1.1?foo=1"),
+        ("GET", "/v1/backup?foo=1"),
+        ("POST", "/v1/health?foo=1"),
+    ];
+    for (method, path) in paths {
+        let (status, body) = http_request(method, &format!("{url}{path}"), Some("{}"))?;
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body.contains("unknown field `foo`"), "{path}: {body}");
     }

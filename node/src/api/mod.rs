@@ -111,6 +111,13 @@ pub fn router(state: ApiState) -> Router {
 
 /// An error answered as `{"error": message}`.
 #[derive(Debug)]
+/// The query of a `/v1` route that takes none: any parameter is refused (400) by name, as the
+/// routes with parameters refuse unknown ones. The probes, `/metrics` and OFREP (another
+/// protocol's routes, whose clients may add their own) ignore queries.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParameters {}
+
 pub struct ApiError {
     status: StatusCode,
     message: String,
@@ -231,7 +238,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 /// `GET /v1/backup`: a consistent copy of this node's store, as a redb file to put in place
 /// of `grapevine.redb` (of this node name) to restore it. Written next to the store first
 /// (the same disk, so no other file system fills up), then streamed and removed.
-async fn backup(State(state): State<ApiState>) -> Result<Response, ApiError> {
+async fn backup(State(state): State<ApiState>, _: Query<NoParameters>) -> Result<Response, ApiError> {
     ApiError::unless_recovering(&state.engine.view(), state.name.as_str())?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let path = state.data.join(format!(".backup-{now}.redb"));
@@ -307,7 +314,7 @@ fn clock_status(state: &ApiState) -> Value {
     })
 }
 
-async fn status(State(state): State<ApiState>) -> ApiResult<Value> {
+async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiResult<Value> {
     let members = state.gossip.members().await;
     let view = state.engine.view();
     Ok(Json(json!({

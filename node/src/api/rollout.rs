@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::access::{may_see, may_touch};
-use super::{ApiError, ApiResult, ApiState, ChangeQuery, parse_body, submit_change};
+use super::{ApiError, ApiResult, ApiState, ChangeQuery, NoParameters, parse_body, submit_change};
 use crate::auth::Principal;
 use crate::engine::RollbackError;
 use crate::health::Sample;
@@ -28,7 +28,7 @@ fn generation_id(text: &str) -> Result<GenId, ApiError> {
 }
 
 /// `POST /v1/health`: an application's counts since its previous push.
-pub async fn push_health(State(state): State<ApiState>, body: Bytes) -> ApiResult<Value> {
+pub async fn push_health(State(state): State<ApiState>, _: Query<NoParameters>, body: Bytes) -> ApiResult<Value> {
     if !state.health.accepts_push() {
         return Err(ApiError::bad_request(
             "push is not a health source of this node (set `push = true` under [health] in its config)",
@@ -79,6 +79,7 @@ pub async fn show(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Path(generation): Path<String>,
+    _: Query<NoParameters>,
 ) -> ApiResult<Value> {
     let id = generation_id(&generation)?;
     may_touch(&state, &principal, &id).await?;
