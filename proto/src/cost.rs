@@ -19,6 +19,14 @@
 //!
 //! Comparisons, copies and string operations count one step each: their work is linear in one
 //! value, at most a string of the context or of the rule (see docs/security.md).
+//!
+//! `rule_cost(rule)` computes the bound (issue 17, D72), tracking for each value a `Bound { cost,
+//! len, inner }`; each call of flagd's operators costs `FLAGD_OPERATOR_STEPS` (20). `check_rule`
+//! refuses a rule above `MAX_RULE_COST` or deeper than `MAX_RULE_DEPTH` (`CostError`);
+//! `check_context` refuses a context array past `MAX_CONTEXT_ARRAY_ITEMS`, and `MAX_CAT_BYTES`
+//! bounds `cat`, which together make the bound hold for every context. `examples/rule_cost.rs`
+//! times the costliest shapes per step; its figures set `MAX_RULE_COST` (`docs/operations.md`,
+//! "Limits").
 
 use serde_json::Value;
 

@@ -9,6 +9,31 @@
 //! targeting, the default variant (`STATIC`), or the caller's default when there is none
 //! (`DEFAULT`); with targeting, the variant the rule names (`TARGETING_MATCH`), the default
 //! variant when it names none (`null`: `DEFAULT`), or an error.
+//!
+//! - `FlagDefinition::from_value(value, evaluators)` reads and checks a definition, then prepares
+//!   its rule (`targeting::Rule::prepare`) with `$ref`s resolved against `evaluators`; its error
+//!   says where (`/defaultVariant must be one of the variants (off, on), got "maybe"`).
+//!   `FlagDefinition::parse(key, text)` is the same with no evaluators, for a stored definition
+//!   (`ValidationError::Flag`). The checks: 1 to `MAX_VARIANTS` variants, all of the same JSON type
+//!   and not null; `defaultVariant` names one of them; `targeting` is absent or an object (`{}`: no
+//!   rule), and a rule must prepare. `FlagDefinition::boolean(on)` builds the `on`/`off` flag.
+//! - `evaluate(key, context, scheme)` gives `FlagState`/`Evaluation` with a `Reason`; its errors
+//!   (`ErrorCode`) are `TARGETING_KEY_MISSING` (a `fractional` without bucket-by and no string
+//!   `targetingKey`), `GENERAL` (a variant the flag lacks, a result that names no variant, a
+//!   failing rule, a rule over the cost limit) and `INVALID_CONTEXT` (a context array longer than
+//!   the cost bound assumes). `docs/protocol.md`, "Flag evaluation", has the rules.
+//! - `FlagDefinition::check_cost` refuses a rule over the cost limit; only `validate_submitted`
+//!   calls it, so a costly rule from a peer or the disk is stored and never evaluated (D72).
+//! - `FlagSet::parse` reads a flagd flag file, keeping per flag the definition or why it is
+//!   invalid; `FlagSet::evaluate` gives `FLAG_NOT_FOUND` and `PARSE_ERROR` and merges the file's
+//!   metadata under the flag's. `POST /v1/apply` and the conformance test use it.
+//! - `Evaluation::expecting(Expected)` turns a value of another type into `TYPE_MISMATCH`, for
+//!   typed callers (the conformance test).
+//!
+//! **Architecture Invariant:** a stored flag is self-contained. `$ref`s are resolved when a flag
+//! file is read and the definition is stored with the resolved rule (`Rule::prepare` returns it),
+//! so every node evaluates a flag from its own definition alone; `FlagDefinition::parse` has no
+//! evaluators, so a stored definition that still holds a `$ref` is invalid.
 
 use std::collections::BTreeMap;
 

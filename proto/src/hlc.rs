@@ -3,6 +3,10 @@
 //! Stamps follow physical time when clocks agree and never go backwards when they do not.
 //! A remote stamp further ahead of our physical clock than `max_offset_ms` is refused, so a
 //! node with a wrong clock cannot stamp every later change of the cluster into its future.
+//!
+//! `tick` always returns a stamp greater than any stamp issued or observed before. `observe`
+//! refuses a remote stamp that is more than `max_offset_ms` ahead of physical time
+//! (`ClockError::TooFarAhead`), and leaves the clock unchanged when it does.
 
 use std::fmt;
 

@@ -2,6 +2,10 @@
 //!
 //! Limits are checked where data enters (the admin API and peers' streams) with an error that
 //! names the limit, the expected bound and what was found.
+//!
+//! The rollout limits (`MAX_WAVES`, `MAX_BAKE_MS`, `MAX_WATCH_WINDOW_MS`) live in `rollout.rs`, the
+//! judgement's constants in `health.rs`, `MAX_REF_DEPTH` in `targeting.rs`, `FLAGD_OPERATOR_STEPS`
+//! in `cost.rs`, and the signing limits in `signing.rs`.
 
 /// Longest node name. Node names travel in every chitchat digest, whose whole must fit one
 /// 65,507-byte datagram (DESIGN.md, "Measured constraints"): short names keep room for members.

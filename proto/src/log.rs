@@ -6,6 +6,44 @@
 //! a reverted generation never counts in the state again.
 //! A version vector summarises the log as `origin -> highest contiguous seq`; a peer whose
 //! vector is ahead of ours on any origin has generations we lack.
+//!
+//! - `Log` is the generations held whole (a map `GenId -> Generation`), `base()`, the `Snapshot` of
+//!   the generations compacted away, and the reverts it holds (a set of target ids, kept for good).
+//!   `len()` and `iter()` see only the generations held whole.
+//! - `revert(r)` adds a revert, of a generation held or not, and answers whether it was new;
+//!   `is_reverted(id)` and `reverts()` read the set. `reverts_digest()` summarises it as
+//!   `count.hash` (the count, a dot, and 16 hex digits of a SHA-256 over the targets in order): the
+//!   value of the `reverts` gossip key.
+//! - `state(counts)` is the fold of the snapshot and of the generations held whole that `counts`
+//!   accepts and that are not reverted: with every generation, the desired state; with the released
+//!   ones, the applied state. `state_sharing(counts, parsed)` is the same fold, taking each flag
+//!   from `parsed` (the desired state) when the same write set it there.
+//! - Two indexes follow the generations held whole: `in_fold_order()` walks them in `(hlc, origin,
+//!   seq)` order (`.rev()`: newest first, for history) and `with_controls()` walks the few that
+//!   carry rollout controls (for the engine's `controls_of`), so neither sorts nor scans the log.
+//! - `merge` is set union: it takes the other log's reverts, absorbs its snapshot, then inserts its
+//!   generations. `insert` answers `InsertOutcome` (`Inserted`, `Duplicate`, `Conflict`), and
+//!   `Duplicate` for an id the snapshot covers: its content can no longer be compared.
+//! - `compact(eligible)` moves generations into the snapshot, oldest first per origin, stopping at
+//!   the first one `eligible` refuses, so the snapshot covers a contiguous prefix of each origin. A
+//!   reverted generation is covered without its write (`Snapshot::cover`): only its place in the
+//!   vector remains. `absorb_snapshot(snapshot)` joins a peer's (or the stored) snapshot with ours
+//!   and drops what it covers. `needs_snapshot(theirs)` is true when a peer lacks generations that
+//!   only the snapshot still holds.
+//! - `VersionVector` wraps `crdts::VClock<NodeName>` and maps each origin to its highest contiguous
+//!   seq, counting the snapshot. `covers(id)`, `merge` (the join) and `is_behind` compare vectors.
+//!   `next_seq(origin)` is one past the highest seq the origin has used, held whole or compacted;
+//!   `missing_from(theirs)` returns the generations held whole that a peer lacks.
+//!
+//! **Architecture Invariant:** the reverts are a grow-only set keyed by their target. `Log::revert`
+//! only adds, `Log::merge` takes the union, compaction keeps every revert, and the store never
+//! deletes one (table `reverts`). A revert is derived from its target alone, so there is at most
+//! one revert per generation in any log, whoever wrote it and however often it arrives (test
+//! `a_revert_written_anywhere_in_any_order_is_one_revert_and_the_state_falls_back`; the merge and
+//! compaction proptests, `merge_is_commutative`, `merge_is_associative`, `merge_is_idempotent`,
+//! `any_interleaving_with_duplicates_gives_one_log`, `a_peer_gets_exactly_what_it_lacks`,
+//! `compaction_keeps_the_state_and_the_vector` and `a_peer_behind_the_snapshot_catches_up_from_it`,
+//! draw logs with reverts).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -3,6 +3,36 @@
 //! Every type here that crosses the wire or reaches the disk checks its invariants when it is
 //! deserialized (`serde(try_from)`), so a malformed value from a peer fails to decode instead
 //! of entering the log.
+//!
+//! - `Op::SetFlag { key, definition }` and `Op::PutConfig { key, value, schema }` each carry the
+//!   whole new value of their key; `schema` is the JSON Schema the value follows, if the key has
+//!   one (the API carries the key's current schema forward when a put names none).
+//! - `Change { ops, policy, controls }`: operations, the `rollout::Policy` they roll out under, and
+//!   `rollout::Control`s of other generations' rollouts. `Change::with_ops` uses
+//!   `Policy::default()` and no controls. A control generation has controls and no ops.
+//! - `GenerationBody { id, hlc, members, groups, change, author, signed }`. `members` are the live
+//!   members in the accepting node's view, sorted; waves are cut from them. `groups` is empty, or,
+//!   with a `waves_by` policy, each member's value of that label, aligned with `members`. `author`
+//!   is who submitted it (format 4 on); `signed` the operator's `signing::Signed` on the change
+//!   (format 5 on, boxed so that an unsigned body stays small).
+//! - `Generation { body, hash, origin }`: `origin` is the accepting node's `OriginProof` (its
+//!   certificate and its signature over the cluster id, id and hash; format 6 on), outside the
+//!   hash; `node/src/origin.rs` makes and checks it (D73).
+//! - `NodeName`, `Key` and `JsonText` check their invariants in `TryFrom<String>`.
+//! - `JsonText` keeps JSON as text, because postcard cannot carry `serde_json::Value`.
+//!   `JsonText::from_value` produces compact text with sorted object keys. The workspace enables
+//!   serde_json's `arbitrary_precision`, so numbers keep their digits: a 30-digit integer stays
+//!   that integer instead of becoming a rounded float.
+//! - `GenId { origin, seq }` prints and parses as `origin.seq`.
+//! - `GenerationBody::hash` is the SHA-256 of the postcard encoding of the body, as the oldest
+//!   format that holds it encoded it: without `signed` and `author` as format 3, with `author` only
+//!   as format 4, whole from format 5. So a generation keeps its hash whichever format carries it.
+//!   `Generation::verify` recomputes it.
+//! - `Revert { target }` undoes its target generation on every node, for good. `Revert::of(id)`
+//!   derives it from the target's id alone, and it prints as `origin.seq/revert`: nodes that decide
+//!   to revert the same generation on their own, even on both sides of a partition, write the same
+//!   revert. Who wrote it and why is not part of it; that travels in gossip (`rv.` keys) and in
+//!   alerts.
 
 use std::fmt;
 use std::str::FromStr;

@@ -10,6 +10,53 @@
 //! never count: a silent or partitioned wave stalls the rollout, it never advances it.
 //! Between facts, reports only age, so `Plan::opens_in` says when a gate will open if nothing
 //! else happens: the engine sleeps until then instead of polling.
+//!
+//! `docs/protocol.md` states the rules; this module is their code:
+//!
+//! - `Policy { waves, bake_ms, health_quorum_permille, watch_window_ms, waves_by, emergency,
+//!   anomaly_quorum_min, anomaly_quorum_permille, thresholds }`. `Policy::default()` is
+//!   `1,10%,50%,100%`, 30 s bake, quorum 900 (0.9), 10 min watch window, anomaly quorum at least 1
+//!   node and 340 (0.34) of those that applied it, and `Thresholds::default()`.
+//!   `Policy::emergency()` is the default with one wave of `100%`, no bake, `emergency: true`.
+//! - `Policy::validate` refuses, in this order: 0 or more than `MAX_WAVES` waves; waves that do not
+//!   grow (counts before percents, each strictly larger); a percentage outside 1..=100 or a count
+//!   of 0; a last wave other than `100%`; a bake of 0 with more than one wave unless `emergency`; a
+//!   bake over `MAX_BAKE_MS`; a quorum outside 1..=1000; a watch window over `MAX_WATCH_WINDOW_MS`;
+//!   an anomaly quorum minimum outside 1..=`MAX_MEMBERS`; an anomaly quorum outside 1..=1000;
+//!   thresholds that fail `Thresholds::validate`; an emergency policy with any waves but `[100%]`,
+//!   or with `waves_by`; a watch window shorter than the bake (with more than one wave).
+//! - `PolicyOptions` is a policy in the notation the CLI flags, the HTTP query and the `[rollout]`
+//!   config section share (`waves`, `bake`, `health_quorum`, `watch_window`, `waves_by`,
+//!   `anomaly_quorum`, `anomaly_quorum_min`, `min_samples`, `max_error_rate`, `max_latency_p99_ms`,
+//!   `max_error_ratio`, `max_latency_ratio`; unknown fields refused). `apply(base)` replaces each
+//!   option given, converts shares to thousandths and ratios to percent, and validates the result.
+//!   `parse_waves("1,10%,50%,100%")` and `parse_duration_ms` (`500ms`, `30s`, `2m`, `1h`; a bare
+//!   number is seconds) parse the notation.
+//! - `Plan::of(body)` ranks `body.members` by `sha256(origin, 0, seq big-endian, node)` and cuts
+//!   them by the cumulative wave sizes (`WaveSize::Count` or `Percent`; a percentage rounds up);
+//!   empty waves are dropped. With `waves_by`, the canary (the first wave size) is followed by one
+//!   wave per label value, ordered by the hash of (generation id, value). Emergency or one-wave
+//!   policies give one wave. `wave_of(node)` puts a node that is not among the members in the last
+//!   wave.
+//! - `Plan::is_open(wave, policy, controls, reports)`, `baked` and `open_waves` are the gate, with
+//!   its latch: a wave is open once a member of it or of a later wave reports on the generation
+//!   (D57). `Plan::opens_in` (from `baked_in` and `Report::baked_in`, the same rule) says in how
+//!   many ms the gate opens if the reports only age: 0 when open, `None` when only a new report,
+//!   control or member can open it (D69).
+//! - `Control::{Pause, Resume, Promote { through_wave }}` each name a `target`; `Controls { paused,
+//!   promoted_through }` folds them (`Controls::apply`).
+//! - `Report { verdict, elapsed_ms }` prints and parses as `h:12000` (`i`, `a` for inconclusive and
+//!   anomalous): the value of a `rep.<generation>` gossip key. `Verdict` orders `Healthy` <
+//!   `Inconclusive` < `Anomalous`.
+//! - `AnomalyQuorum::of(policy, reports)` counts the distinct reporters (`applied`: every node that
+//!   applied a generation reports on it), those reporting `anomalous`, and `needed` =
+//!   `max(anomaly_quorum_min, ceil(applied * anomaly_quorum_permille / 1000))`; `reached()` is at
+//!   least one anomalous report and at least `needed` of them.
+//!
+//! **Architecture Invariant:** waves are a function of the generation alone (id, members, groups,
+//! policy): every node computes the same plan, whatever order it holds the members in (proptest
+//! `every_node_computes_the_same_waves_covering_every_member_once`;
+//! `a_silent_wave_never_advances_anything` checks that with the canary silent no later wave opens).
 
 use std::collections::BTreeMap;
 use std::fmt;

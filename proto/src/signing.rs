@@ -20,6 +20,17 @@
 //! passes: it can only replay an operator's signed change, which then carries the same content
 //! and, by the window, a stamp at most [`ISSUE_WINDOW_MS`] after its signing: for that long a
 //! replay can bring the change's values back over a later write of its keys; after it, never.
+//!
+//! The types: `PublicKey` (`ed25519:` + hex), `Signature`, `SecretKey` (from a seed the caller
+//! draws: `delegate`, `sign_change`), `Delegation` (operator, key, prefixes, expiry, root,
+//! signature; `covers(key)`), `Signed` (delegation, `issued_ms`, signature), `WriteProof` (a
+//! snapshot write's change and signature), `SigningError` (`reason()` labels the metric) and
+//! `Trust` (cluster id, roots, `unsigned_through`): `check(body)`, `check_write` and `check_signed`
+//! are the whole acceptance rule. The revocation rule: `revocation_key`/`revoked_by`
+//! (`grapevine.revoked.<hex>`), `revocations(log)` (the earliest revocation per key, in fold order,
+//! by a key not revoked before it) and `revoked_after(log)` (the generations to revert). Limits:
+//! `ISSUE_WINDOW_MS` (10 min), `MAX_PREFIXES` (32), `RESERVED_PREFIX` (`grapevine.`). ed25519 is
+//! ring's, the TLS crypto provider.
 
 use std::collections::BTreeMap;
 use std::fmt;

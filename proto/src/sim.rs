@@ -5,6 +5,11 @@
 //! does), and, when anti-entropy is on, every node that lacks it pulls from one random peer
 //! per round (the periodic log sync). A round is one network hop for a push, one gossip
 //! interval for a pull. The randomness is a seeded [`SplitMix64`], so a seed repeats.
+//!
+//! `SplitMix64` is the project's one seedable generator, also used by the node's link filter and
+//! the scenario runner. `epidemic_bound(n, f)` is `ln n / ln f + ln ln n` rounds. The test drives
+//! 1,000 nodes with fanout 3 over 20 seeds: median 7 rounds, worst 8, bound 8.2
+//! (`docs/benchmarks.md`).
 
 /// A small, fast, seedable generator (SplitMix64, Steele et al.): the same seed gives the same
 /// sequence on every platform and version, which seeded test runs rely on.

@@ -5,6 +5,20 @@
 //! write that wins among them. Absorbing a write keeps the later in `(hlc, origin, seq)`
 //! order, so snapshots merge like the fold itself: in any order, to the same result, and
 //! `fold_from(snapshot, rest)` equals the fold of every generation.
+//!
+//! - `Write { op, generation, hlc, proof }`: `proof` is the generation's signed change
+//!   (`signing::WriteProof`), where it had one. `absorb_write` keeps the later write; `absorb`
+//!   folds in a generation's writes; `cover` covers a reverted generation without any.
+//! - `compactable(log, retention, now_ms, peers)` is the compaction rule: a generation may go when
+//!   it is at least `Retention::age_ms` old (its stamp against `now_ms`), is not among the newest
+//!   `Retention::generations` held whole, and every vector in `peers` (the live peers') covers it.
+//! - A snapshot serializes as `SnapshotParts { covers, writes }`; decoding rebuilds the map through
+//!   `Snapshot::from_parts`.
+//!
+//! **Architecture Invariant:** compaction never removes a generation a live peer lacks, by the
+//! peers' advertised version vectors, and never changes the state: `Log::state` gives the same
+//! fold, reverted generations left out, before and after (proptest
+//! `compaction_keeps_the_state_and_the_vector`, over logs with reverts).
 
 use std::collections::BTreeMap;
 

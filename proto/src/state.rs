@@ -10,6 +10,16 @@
 //! by side, at a cost per change, not per key held. For the same reason the digest is kept as
 //! keys change rather than computed over every key. A flag is parsed once, and held once by
 //! every state that holds it (`Arc`): the applied and the desired states share their flags.
+//!
+//! `AppliedState` keeps flags and config values in two separate maps of `Entry<T>`. `apply` (one
+//! generation) and `apply_write` (one `Op` of a given generation and stamp) keep, for each key, the
+//! entry with the greatest `(hlc, origin, seq)`; `fold` applies generations in any order,
+//! `fold_from(snapshot, generations)` a snapshot's writes, then generations; `apply_sharing` and
+//! `fold_sharing` take each parsed flag from the desired state. `schemas` holds the JSON Schema of
+//! each config key whose winning write carries one; a winning write without a schema removes it.
+//! `digest` is the sum modulo 2^256 of one SHA-256 per entry (per flag; per config key with its
+//! schema): a multiset hash, so the order of the entries does not count, and replacing one is a
+//! subtraction and an addition. `latest` is the applied generation that comes last in fold order.
 
 use std::sync::Arc;
 

@@ -12,6 +12,22 @@
 //!   targetingKey`; `bucket = hash * totalWeight >> 32`;
 //! - `cbor`: the same hash of the canonical CBOR encoding of the bucket-by value (integral
 //!   floats as integers), by default the array `[flagKey, targetingKey]`.
+//!
+//! - `Rule::prepare(rule, evaluators)` resolves `$ref`s (at most `MAX_REF_DEPTH`, 8, deep), checks
+//!   every operator against `OPERATORS` (JsonLogic's and flagd's) with the JSON path of any refusal
+//!   (`RuleError { path, detail }`), renames flagd's `starts_with`, `ends_with` and `cat` to
+//!   Grapevine's (`RENAMED`), and compiles the rule once. It records whether the rule needs a
+//!   `targetingKey`, whether it reads `$flagd` (the flag key) or `$flagd.timestamp` (the time,
+//!   passed in by the caller), and whether it is too costly to evaluate (`Rule::too_costly`,
+//!   `cost.rs`).
+//! - The operators: `FractionalOperator`, `SemVerOperator`, `AffixOperator` (`starts_with`,
+//!   `ends_with`) and `CatOperator`, with `cbor` (canonical CBOR of a JSON value), `js_string` and
+//!   `py_string` (how each scheme's reference evaluator writes a value). `CatOperator` fails past
+//!   `MAX_CAT_BYTES`: a `reduce` could double a string per item. Custom operators read arguments
+//!   that are literals or plain `var` lookups directly (`arg`), instead of compiling them on each
+//!   call.
+//! - `Rule::evaluate(data, scheme)` runs the compiled rule on one of two engines (`ENGINES`), one
+//!   per scheme; they differ only in `fractional` and `cat`.
 
 use std::sync::{Arc, LazyLock};
 

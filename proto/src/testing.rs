@@ -1,4 +1,8 @@
 //! Helpers for tests here and in other crates (feature `testsuite`): never in the product.
+//!
+//! `testing::put(origin, seq, wall_ms, key, value)` seals a one-operation generation: the helper
+//! shared by the unit tests of `proto` and `node` (`node` enables the feature as a dev-dependency).
+//! It is compiled only under `#[cfg(any(test, feature = "testsuite"))]`.
 
 use crate::hlc::Stamp;
 use crate::model::{Change, GenId, Generation, GenerationBody, JsonText, Op};

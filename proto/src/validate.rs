@@ -3,6 +3,24 @@
 //!
 //! The same checks run on a change from the admin API and on a generation from a peer, so a
 //! node never stores what it would have refused from a user.
+//!
+//! - `validate_change`: 1 to `MAX_OPS_PER_CHANGE` operations, each `(kind, key)` set at most once;
+//!   not neither ops nor controls (`EmptyChange`); at most `MAX_OPS_PER_CHANGE` controls; a policy
+//!   that passes `Policy::validate` (`ValidationError::Policy`, `rollout policy: ...`); no `null`
+//!   config value, and each value follows the schema its op carries (`validate_config_value`, the
+//!   `jsonschema` crate; the error names the JSON path: `config "ratelimit": /burst: 50000 is
+//!   greater than the maximum of 10000`). So every node checks schemas again on every generation
+//!   and snapshot it takes in.
+//! - `check_envelope` checks what a generation adds around its change: at most `MAX_MEMBERS`
+//!   members (`TooManyMembers`, "the member ceiling"), `groups` empty or one per member (`rollout
+//!   policy: expected a group per member (N), got M`), and an encoded size (`wire::encode`) of at
+//!   most `MAX_GENERATION_BYTES` (`TooLarge`).
+//! - `validate_generation` = `Generation::verify` (the hash) + `check_envelope` +
+//!   `validate_change`: it runs on every pulled, pushed and loaded generation. The engine runs
+//!   `validate_submitted` (`validate_change`, and no targeting rule over the cost limit) and
+//!   `check_envelope` on every submitted change.
+//! - `validate_snapshot` checks that each write belongs to a generation the snapshot covers and is
+//!   a valid operation (`ValidationError::Snapshot`). It runs on every snapshot pulled or loaded.
 
 use std::collections::BTreeSet;
 

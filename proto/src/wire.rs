@@ -15,6 +15,19 @@
 //!
 //! A node rewrites the records of its store that the build before wrote in the newest format
 //! when it opens the store, so that the build after it reads them.
+//!
+//! `WIRE_VERSION` is 6 and `OLDEST_READABLE` 5. The `Versioned` trait gives each item's previous
+//! form (in `wire::v5`) and the conversions; `encode` writes the newest format, `encode_at` a
+//! peer's older one (or `WireError::Unrepresentable`); `decode` and `decode_versioned` read either
+//! (the latter says which), and refuse empty input, a version byte outside 5 to 6, and trailing
+//! bytes. With the test suite's `act_as_version(5)` a process writes and reads format 5 only, as
+//! the build of format 5 did (mixed-version tests). `docs/protocol.md`, "Wire formats and rolling
+//! upgrades", has the history of formats.
+//!
+//! The log-sync messages: `PullRequest { have, max_bytes, reverts }` (`reverts`: the targets of the
+//! reverts the puller holds) and `PullFrame::{Revert(Revert), SnapshotWrite(Write), SnapshotEnd {
+//! covers }, Generation, End { more }}` (the server sends the reverts the puller lacks first);
+//! `Push { reverts, generations, sender_has }` and `PushAck { have }`.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -6,6 +6,13 @@
 //! The Gherkin runner knows the steps the suite uses; a step it does not know fails the test,
 //! so no scenario is skipped silently. Examples tagged `@fractional-v1` (flagd's legacy
 //! bucketing, which Grapevine does not implement) are the only ones left out, and counted.
+//!
+//! What runs: every Gherkin scenario of the flagd testbed's evaluator suite over its
+//! `testkit-flags.json`, read through `FlagSet::parse` with the `v2` scheme (125 scenarios; the 15
+//! examples tagged `@fractional-v1`, flagd's legacy bucketing, are left out and counted; a step the
+//! runner does not know fails the test), and the 756 vectors of the CBOR scheme computed with
+//! flagd's Python core, with the `cbor` scheme. Each directory's `SOURCE.md` under
+//! `proto/tests/conformance/` says where it comes from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
