@@ -9,6 +9,19 @@
 //! Delivery never blocks the caller: alerts wait in a queue of [`AlertsConfig::queue`] and are
 //! dropped (and counted) when it is full. Each is posted to every webhook until one answer is
 //! 2xx, up to `max_attempts` times with exponential backoff from [`FIRST_BACKOFF`].
+//!
+//! - `AlertsConfig` (`[alerts]`: `queue`, default 1024, 1..=100000; `max_attempts`, default 5,
+//!   1..=20; `[[alerts.webhook]]` `url`, http or https, and `timeout_ms`, default 5000),
+//!   `WebhookConfig`, `AlertKind` (`anomaly`, `revert`), `Alert` (the JSON body) and `Alerts` (a
+//!   cheap-to-clone handle).
+//! - `Alerts::raise` counts the alert (`grapevine_alerts_total{reason=kind}`) and queues it without
+//!   waiting; with the queue full it is dropped and counted
+//!   (`grapevine_webhook_deliveries_total{reason="dropped"}`). Without webhooks nothing is queued
+//!   and no delivery task runs.
+//! - The delivery task posts each alert to every webhook on its own, at most
+//!   `MAX_CONCURRENT_DELIVERIES` (16) at once, waiting `FIRST_BACKOFF` (500 ms), then twice as long
+//!   each time up to `MAX_BACKOFF` (30 s), between attempts. It ends at shutdown, dropping what is
+//!   queued or in flight.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -13,6 +13,19 @@
 //! and the keys it names must lie under one of the principal's prefixes
 //! ([`Requirement`], checked by `api::authorize`). A request without a usable principal is
 //! answered 401, one whose principal falls short 403; both are counted.
+//!
+//! The types: `Role` (`Read` < `Report` < `Write`), `Principal` (name, role, prefixes,
+//! `authenticated`), `Requirement` (`Public`, `Role { role, key }`, `Unrestricted(role)`),
+//! `Refusal` (`Unauthenticated` = 401, `Forbidden` = 403), `AuthSection`/`TokenSection` (`[auth]`
+//! as written) and `Auth` (checked: tokens by SHA-256, the anonymous role, the socket's path, mode
+//! and role).
+//!
+//! - `Auth::over_tcp(authorization)` gives the principal of a TCP request: the token's, the
+//!   anonymous one, or a refusal for an unknown token or a header that is not `Bearer`.
+//!   `Auth::over_socket(uid)` names a socket client after its Unix user (`getpwuid_r`).
+//! - `check(principal, requirement)` decides; `forbid_outside` checks one key against a scope.
+//! - `new_token()` makes `gv_` + 64 hex digits from ring's `SystemRandom`, and its SHA-256.
+//! - In-process clusters (the demo, tests) configure `anonymous = "write"` and no socket.
 
 use std::collections::HashMap;
 use std::fmt;

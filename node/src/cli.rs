@@ -3,6 +3,32 @@
 //! **API Boundary:** commands, options and exit codes are documented in `docs/cli.md`.
 //! Exit codes: 0 success, 1 the request was refused (validation, conflict, not found),
 //! 2 usage error, 3 the node could not be reached.
+//!
+//! - The clap definitions: `Cli`, `Command` (including `Rollback { generation }`, `Apply { file }`,
+//!   `Backup { out }`, `Completions { shell }` and `Man { out }`), `CaCommand`, `NodeArgs`,
+//!   `FlagCommand`, `FlagSetArgs`, `ConfigCommand`, `RolloutCommand` (`status`, `pause`, `resume`,
+//!   `promote`), `ChangeArgs` and `ClientArgs`.
+//! - `ChangeArgs`, on `flag set`, `config put` and `apply`: the policy options `--waves`, `--bake`,
+//!   `--health-quorum`, `--watch-window`, `--waves-by`, `--emergency` (which conflicts with
+//!   `--waves`, `--bake`, `--health-quorum` and `--waves-by`), `--anomaly-quorum`,
+//!   `--anomaly-quorum-min`, `--min-samples`, `--max-error-rate`, `--max-latency-p99-ms`,
+//!   `--max-error-ratio`, `--max-latency-ratio`, `--dry-run` (sent as `dry_run=true`),
+//!   `--wait-replicas` and `--wait-timeout-ms`. `config put` adds `--schema SCHEMA.json`.
+//!   `ChangeArgs::query` turns them into the change request's query string; only the options given
+//!   are sent, so the node's `[rollout]` default fills the rest.
+//! - `ClientArgs` (every client command): `--node`, `--json` and `--author` (`GRAPEVINE_AUTHOR`; by
+//!   default `$USER@HOSTNAME`, made to fit the author alphabet by `client::default_author`), sent
+//!   as the `X-Grapevine-Author` header of every request.
+//! - `completions` prints clap_complete's script for the shell; `man` renders clap_mangen's
+//!   grapevine(1), or with `--out DIR` one page per command (`write_man`). Both come from the same
+//!   `Cli` definition, so they cannot drift from the binary.
+//! - `run` dispatches: `ca` to `tls::ca_init` / `tls::ca_issue`, `node` to `run_node`, `demo` to
+//!   `demo::run`, client commands to `client::*`, and maps each outcome to an exit code
+//!   (`CliError::exit_code`). `main.rs` has already set SIGPIPE for client commands.
+//! - `run_node` builds a `RawConfig` from the file and the flags, installs logging
+//!   (`install_logging`: the only `tracing` subscriber, to stderr, filter from `GRAPEVINE_LOG`,
+//!   default `info`, text or JSON by `--log-format`), and runs the daemon until `shutdown_signal`
+//!   (SIGINT or SIGTERM) completes.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -1,5 +1,35 @@
 //! Node configuration, in two stages: a raw form from the TOML file and the command line,
 //! then a checked [`Config`] of real types. `deploy/node.example.toml` documents each option.
+//!
+//! - `RawConfig` holds every field as an `Option` and refuses unknown TOML keys.
+//!   `RawConfig::overlay`: command-line values replace file values, and labels merge key by key.
+//! - `Config::try_from(RawConfig)` checks each option and builds a `Config` of real types
+//!   (`SocketAddr`, `Duration`, `NodeName`). Its error is `ConfigError`.
+//! - `cluster` must be 1 to 64 of `A-Z a-z 0-9 - _ .` (`check_cluster`). `retain_generations` and
+//!   `retain_age_s` become `Config::retention`, a `proto` `Retention`.
+//! - The sections can be set only in the file; an error in one is `ConfigError::Section`
+//!   (`[rollout]: ...`, `[health]: ...`, `[alerts]: ...`, `[files]: ...`, `[signing]: ...`):
+//!   - `[rollout]` is a `proto::rollout::PolicyOptions` in the CLI's notation, applied over
+//!     `Policy::default()` (`PolicyOptions::apply`, which validates) into `Config::rollout`, the
+//!     policy of a change that names none;
+//!   - `[health]` is a `health::HealthConfig` (sources and sample interval; the thresholds moved to
+//!     `[rollout]`), checked by `HealthConfig::validate`, kept as `Config::health`;
+//!   - `[alerts]` is an `alerts::AlertsConfig`, checked by `AlertsConfig::validate`, kept as
+//!     `Config::alerts`;
+//!   - `[[files]]` is a list of `files::FileConfig`, each checked by `FileConfig::validate`, kept
+//!     as `Config::files`;
+//!   - `[signing]` (`SigningSection`: `roots`, `unsigned_through`) becomes `Config::trust`, a
+//!     `proto::signing::Trust` with the cluster id; each root must parse as `ed25519:` and 64 hex
+//!     digits, and `unsigned_through` without roots is refused.
+//! - `fractional` (`v2` or `cbor`, default `v2`) is the `targeting::Fractional` scheme,
+//!   `Config::fractional`.
+//! - `test_clock_skew_ms` (`testsuite` only) is added to the node's wall clock;
+//!   `Config::clock_skew_ms()` is 0 in every other build.
+//! - Limits: `GOSSIP_INTERVAL_MS` (10..=60000), `DEAD_NODE_GRACE_PERIOD_S` (10..=86400),
+//!   `MAX_CLOCK_OFFSET_MS` (1..=3600000), `RETAIN_GENERATIONS` (1..=1000000, default 10000),
+//!   `RETAIN_AGE_S` (0..=31536000, default 604800), `MAX_LABELS` (16) and `MAX_LABEL_BYTES` (63).
+//! - The unit test `the_example_config_parses` parses `deploy/node.example.toml`, so it cannot
+//!   drift.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

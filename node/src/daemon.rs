@@ -4,6 +4,46 @@
 //! Start-up checks every resource (certificates, store, both ports) before it starts any task,
 //! so a node that cannot run says why and leaves nothing behind. [`start`] returns a [`RunningNode`]; the binary wires
 //! SIGINT/SIGTERM to [`RunningNode::stop`], the demo and tests call it themselves.
+//!
+//! **Architecture Invariant:** request work never runs on the runtime that drives gossip and sync.
+//! The HTTP API (both listeners) is served by `ApiRuntime`, a multi-thread runtime of its own (the
+//! cores, at most `MAX_API_THREADS`); gossip, sync, the engine, health, alerts, files and TLS
+//! reload run on the node's main runtime. A costly evaluation, or many, can slow other requests,
+//! never heartbeats (issue 17, D72). The listeners are bound on the main runtime and handed over as
+//! std sockets; `ApiRuntime` shuts down in the background on drop.
+//!
+//! - `run(config, shutdown)` calls `start`, waits for the shutdown future, then calls
+//!   `RunningNode::stop`. The demo, the scenario runner and the in-process benches call `start` and
+//!   `stop` themselves, and reach into a running node through `RunningNode::engine` (the view and a
+//!   `watch` on it), `RunningNode::metrics` and, in `testsuite` builds, `RunningNode::link_filter`.
+//! - Start-up order: load TLS files (the certificate must name the node: `StartError::Name`), open
+//!   and lock the store, load and validate the snapshot, every stored generation, the released set
+//!   and the reverts (`engine::Stored`), create the `Health` handle, bind the API's TCP port, bind
+//!   the admin socket (`bind_socket`: a stale file is replaced, one another process listens on
+//!   refuses the start; then `chmod` to `socket_mode`), bind UDP (`Transport::bind`, which spawns
+//!   the accept loop), start gossip, watch it for a live namesake
+//!   (`binding::live_namesake_at_start`; `StartError::NameInUse`), create the `Alerts` handle,
+//!   start the engine (`EngineParts`), then spawn the puller, the pusher, the sync server, the
+//!   health task (`health::run` with a `HealthTask`), the watch feed (`api::watch::Feed::start`),
+//!   the API server, with webhooks configured the alerts delivery task, and the files task
+//!   (`files::run`). `PeerHoldings` and the `PullRequests` channel are shared between them.
+//! - If any resource fails, `start` returns before any task has started. If gossip fails to start,
+//!   the transport is closed first.
+//! - Gossip starts with the keys `api`, `labels`, `wire` (`wire::newest()`) and `signing`
+//!   (`Trust::fingerprint`). Without `[signing]` roots, `start` warns `changes are not signed
+//!   ([signing] names no root key) ...`.
+//! - `open_store` opens and reads the store on a blocking task. When that fails with damage
+//!   (`Store::is_corruption`, or a panic inside redb, caught as the task's join error), it moves
+//!   the file aside (`Store::quarantine`), logs the reason at `error`, opens a fresh store, and
+//!   passes the reason to the engine as `EngineParts::recovering` (D54).
+//! - Shutdown: `start` creates one `tokio_util::sync::CancellationToken`, and the puller, the
+//!   pusher, the sync server, the health task, the alerts delivery task (dropping the alerts still
+//!   queued or in flight), the watch feed, the files task (between renders) and the axum server
+//!   (`with_graceful_shutdown`) all end when it is cancelled. `RunningNode::stop` cancels the
+//!   token; shuts chitchat down and waits for it; closes the QUIC endpoint (waiting at most 1 s for
+//!   it to go idle); drops its own `EngineHandle`; and waits for the tasks until one deadline,
+//!   `SHUTDOWN_GRACE` after this point, warning if they have not all ended. The engine task ends
+//!   once every `EngineHandle` has been dropped, and the store is released with it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

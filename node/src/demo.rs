@@ -8,6 +8,14 @@
 //! /v1/health`) and fails when the config it reads says `timeout_ms: 0`. The canary applies
 //! it, its application fails, it reports the anomaly, the quorum is reached and the revert
 //! reaches every node; the demo prints that timeline, then stops.
+//!
+//! `run(nodes)` starts 2 to 20 nodes (`DEMO_GOSSIP_INTERVAL_MS` = 200) with the push health source
+//! (200 ms sample interval), and `Applications`: per node, every 100 ms, read the `payments` config
+//! and push 50 requests to `POST /v1/health` (1 error every other push, all 50 failing while
+//! `timeout_ms` is 0). The flag's bake is `DEMO_BAKE`; it reads each node's wave from `GET
+//! /v1/rollouts/{generation}` and checks that all the state digests are equal. `bad_change` puts a
+//! good `payments` value with `emergency=true`, then `{"timeout_ms": 0}` with waves `1,50%,100%`,
+//! and checks that no node outside the canary applied it (`applied_here`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

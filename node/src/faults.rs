@@ -5,6 +5,11 @@
 //! partition; dropping one direction an asymmetric one; a `loss` fraction drops that share of
 //! messages (gossip messages, pulls and pushes: whole messages, not QUIC packets, which QUIC
 //! would retransmit). Decisions draw from a seeded generator, so a seeded run repeats.
+//!
+//! `LinkFilter` holds per-peer `LinkRule { drop, loss, delay_ms }`s (keyed by the peer's gossip
+//! address) plus a default rule for every other peer. `admit(peer)` returns `None` to drop one
+//! message or stream, or `Some(delay)`. Loss draws from a `proto::sim::SplitMix64`, seeded with the
+//! port the endpoint is bound to and reseedable (`reseed`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -18,6 +18,27 @@
 //! anomalous at once on this node (`Health::apply_failed`), which the anomaly quorum may turn
 //! into a revert. The last-known-good content is kept in the data directory, so it survives a
 //! restart.
+//!
+//! The types: `FileConfig` (`[[files]]`: `path`, `key` or `prefix`, `format`, `check`, `reload`,
+//! `timeout_ms`, `allow_empty`), `Format`, `render`, `FileStatus`, `Files` (the statuses `GET
+//! /v1/status` shows), `FilesTask`, `run` and `DEFAULT_COMMAND_TIMEOUT` (10 s; `timeout_ms`
+//! 1..=600000).
+//!
+//! - `run` renders every file at start and on each new view of the engine (`sync_file`): the value
+//!   of the key, or an object of the keys under the prefix, from the applied state, with the newest
+//!   generation behind it. Content the file and the last-known-good copy already hold is skipped;
+//!   content that failed is not tried again until it changes.
+//! - `install` does the steps above; the temp file is `.NAME.grapevine-tmp`, and `swap_in` renames
+//!   it and fsyncs the directory.
+//! - Each outcome is counted in `grapevine_file_renders_total` and noted in `Files`. A success
+//!   writes the last-known-good copy, `DATA/files/<digest>.lkg` (`write_lkg`), read back at start.
+//! - `run_command` runs an argv with `{path}` replaced, no input, stderr kept for the error, and
+//!   kills it past the timeout.
+//!
+//! **Architecture Invariant:** a file on disk is always the whole old content or the whole new. New
+//! content only reaches the file by `rename` of a complete, fsynced temp file in the same
+//! directory, and a restore after a failed reload takes the same path (test
+//! `a_node_killed_mid_render_leaves_the_whole_old_file`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,64 @@
 //! publishes its certificate (`cert`); readers keep only values that verify (see [`signed`]).
 //! Every read leaves out members whose name a connection's certificate contradicts, and the
 //! node watches for another live process under its own name (see [`binding`]).
+//!
+//! The types: `Gossip`, `GossipConfig`, `Member`, the key names (`KEY_API`, `KEY_LABELS`,
+//! `KEY_GENERATIONS`, `KEY_APPLIED`, `KEY_DIGEST`, `KEY_KPI`, `KEY_REVERTS`,
+//! `PREFIX_VERSION_VECTOR`, `PREFIX_REPORT`, `PREFIX_REVERTED_BY`), and the chitchat
+//! `Transport`/`Socket` adapter (`QuicGossip`, `GossipSocket`, `run_peer_sender`). Submodules:
+//! `binding` (names against certificates, D70), `signed` (signed reports, D67), `heard`
+//! (`HeardFrom`).
+//!
+//! - `Gossip::start` publishes `cert` (the certificate of `Transport::identity`) with the first
+//!   keys. `publish_reports` and `publish_kpis` sign each value with the node's current key; when
+//!   the transport's identity has changed since (a certificate reload), `publish_reports` first
+//!   publishes the new `cert`, then signs every report it published (`Signing`, aged since written)
+//!   and the KPIs again. The health task calls it every sample interval.
+//! - Every reader of `rep.` and `kpi` values (`reports_for`, `all_reports_for`,
+//!   `anomalous_generations`, `peer_health`) reads the raw values and the member's `cert` inside
+//!   chitchat's lock and checks them outside it (`keep_signed`), against `Transport::trust`, the CA
+//!   bundle of the latest reload. A refused value is left out, counted once per check in
+//!   `grapevine_forged_reports_total{reason}` and logged at warn at most once per member and reason
+//!   per minute (`FORGED_WARN_INTERVAL`). `kpis_of` only strips the signature (alert text).
+//! - `version_vectors_changed` is a `Notify` fed by chitchat key subscriptions on `vv.` and on
+//!   `reverts`, and by `HeardFrom` when a peer not heard from lately sends again (it wakes the
+//!   puller); `reports_changed` is one fed by a subscription on `rep.` (it wakes the engine's
+//!   `decide`).
+//! - `publish_reports` sets this node's `rep.<generation>` keys; `delete_reports` deletes them, and
+//!   the `rv.<generation>` keys of the same generations.
+//! - `reports_for(generation)` returns the reports of the **live** members (this node included) on
+//!   one generation, each aged on this node's monotonic clock: `elapsed_ms` plus the time since
+//!   this node first saw that exact value (`reports_seen`, at most `MAX_SEEN_REPORTS` entries, then
+//!   cleared, so every report ages again from its published value). An unparsable value is skipped.
+//! - `all_reports_for(generation)` returns the reports of every member this node knows of, live or
+//!   dead, this node included, unaged; a name with several incarnations keeps its worst verdict.
+//!   `anomalous_generations` lists the generations some member reports anomalous. The revert pass
+//!   and the `anomaly_quorum` of the rollout view read them.
+//! - `peer_health` returns each live peer's `kpi` window and the generations it reports on;
+//!   `kpis_of(names)` the `kpi` values of the named members, live or dead (for revert alerts).
+//! - `publish_revert_cause` sets `rv.<generation>`; `revert_causes` reads every member's;
+//!   `live_revert_writers` names the live peers that have one (the revert pass waits for them).
+//!   `peer_reverts_digests` returns each live peer's gossip address and `reverts` value (empty when
+//!   it has none); the pusher and compaction read it.
+//! - `live_label(label)` returns each live member's value of one label (from the `labels` key).
+//!   `live_names` returns the live members' names, sorted, this node included.
+//! - `wire_version_of(peer)` is the newest wire format the member at that address publishes
+//!   (`KEY_WIRE`; `OLDEST_READABLE` when not known), which sync writes to it in; `members` shows
+//!   each member's `wire` and `signing` (`KEY_SIGNING`, the fingerprint of its roots).
+//! - `peer_version_vectors` returns each live peer's gossip address and advertised vector; the
+//!   pusher, compaction and `wait_replicas` read it. `reachable_version_vectors` and
+//!   `reachable_reverts_digests` are the same for the peers the puller may pull from: the live
+//!   ones, and the dead ones heard from within the window (`HeardFrom::recent`).
+//!   `live_members_watcher` is chitchat's live-set watch; the puller wakes on it too.
+//! - `nudge_live_peers` calls `ChitchatHandle::gossip(addr)` for every live peer.
+//! - Limits: `PEER_QUEUE_CAPACITY`, `PEER_SENDER_IDLE`, `MAX_PEER_SENDERS`, `MAX_SEEN_REPORTS`,
+//!   `FORGED_WARN_INTERVAL`; in `heard.rs` `MAX_HEARD_PEERS` and `HEARD_WINDOW_ROUNDS`; in
+//!   `signed.rs` `MAX_CERT_BYTES`, `CERT_RECHECK`, `MAX_CHECKED_VALUES` and
+//!   `MAX_CHECKED_CERTIFICATES`.
+//!
+//! **Architecture Invariant:** no decision compares clocks across hosts. A report carries the
+//! reporter's own elapsed time, and the observer adds only time measured on its own monotonic clock
+//! (`Instant`).
 
 pub mod binding;
 pub mod heard;

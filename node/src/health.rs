@@ -19,6 +19,70 @@
 //! After its watch window a generation takes no more samples, but its last verdict stays in
 //! gossip until the generation is compacted (or evicted past [`MAX_TRACKED`]): a rollout that
 //! outlasts the window, or a node that joins late, still finds the earlier waves' reports.
+//!
+//! The types: `Health` (a cheap-to-clone handle: a `Mutex`ed state and a `Notify`), `HealthConfig`
+//! (`[health]`), `ProbeConfig`, `ExecConfig`, `PrometheusConfig`, `Sample`, `SourceStatus`,
+//! `PeerHealth`, `Anomaly`, `HealthTask` and `run` (the health task); limits `BASELINE_WINDOW` (600
+//! s), `KPI_WINDOW` (60 s), `KPI_PUBLISH_INTERVAL` (5 s), `MAX_SAMPLES` (8192), `MAX_TRACKED`
+//! (256), `MAX_BAKED_NUDGES` (32) and `DEFAULT_SOURCE_TIMEOUT` (2 s).
+//!
+//! - `Health::applied(generation, watch_window, thresholds, gate_bake)` starts judging a generation
+//!   just released here: a fresh `Instant`, the generation's thresholds, no samples yet, and as its
+//!   baseline the window of this node's samples of the last `BASELINE_WINDOW` (none without
+//!   samples). Its verdict starts `Inconclusive` ("just applied"), and the task is woken so the
+//!   report goes out at once. `gate_bake` is the bake time when this node's wave gates a later one
+//!   (`None` in the last wave): the report goes out again when it has been healthy that long. At
+//!   most `MAX_TRACKED` generations are judged; past it the one applied longest ago is dropped.
+//! - `Health::record(sample)` keeps a `Sample { requests, errors, latency_p99_ms }` in the recent
+//!   samples (the last `BASELINE_WINDOW`, at most `MAX_SAMPLES`) and adds it to every generation
+//!   still watched: not frozen, not anomalous, within its watch window.
+//! - `judge_all`, every sample interval on a node with a source, judges every watched generation
+//!   with `proto::health::judge`: its samples since the apply, against its baseline and against the
+//!   pooled `kpi` windows of the live peers that do not report on it (`PeerHealth`, refreshed from
+//!   gossip every interval, with the generations each peer reports healthy). Then the blame rule:
+//!   the same samples count toward every generation watched, so only one suspect (not judged
+//!   healthy, or anomalous and not yet reverted) may be anomalous: the newest that no live peer
+//!   reports healthy, else the newest; the others stay `Inconclusive` (reason `...; deferred to
+//!   <blamed>, also applied here and not judged healthy`). An anomalous verdict is final: the
+//!   generation takes no more samples, and the anomaly is handed to the task once
+//!   (`take_anomalies`).
+//! - `freeze(generation)`, on a revert: the generation takes no more samples (its last verdict
+//!   stays reported), and every other generation still watched (older or newer) drops the samples
+//!   taken since the frozen one was applied, so none is judged on the harm the reverted one did.
+//! - `apply_failed(generation, reason)` makes a generation this node tracks anomalous at once
+//!   (`apply failed: ...`), with or without health sources, unless it already is; `files` calls it
+//!   on each failed render, check or reload.
+//! - Without any source, every generation this node tracks reports `Healthy` ("no health source:
+//!   judged on the apply alone") unless `apply_failed` made it anomalous, `judge_all` does nothing,
+//!   and no `kpi` key is published.
+//! - `judgement(generation)` is the verdict and its reason (the rollout view's `judgement`);
+//!   `sources()` the last outcome of each source (`SourceStatus { source, ok, detail }`,
+//!   `/v1/status`'s `health`).
+//! - `run` samples the sources every `sample_interval_ms` (default 1000, 100..=60000, checked by
+//!   `HealthConfig::validate`) and wakes on `applied`. Each tick it refreshes the peers' KPIs,
+//!   publishes `kpi` (this node's window over the last `KPI_WINDOW`) if `KPI_PUBLISH_INTERVAL` has
+//!   passed since it last did, and runs `judge_all`. Each time, it logs each new anomaly (`judged
+//!   anomalous` at warn), counts it (`grapevine_anomaly_reports_total`) and raises an `anomaly`
+//!   alert; deletes the `rep.` and `rv.` keys of generations dropped (`forget` on compaction,
+//!   eviction past `MAX_TRACKED`); then publishes (`Gossip::publish_reports`) the reports
+//!   `due_reports` finds: those whose verdict changed since it last published them, and those just
+//!   baked for a wave they gate (healthy for `gate_bake`). An unchanged verdict is not otherwise
+//!   republished: observers age a report themselves, but from their first sight of it, short by
+//!   that sighting's gossip delay; so a baked report goes out the moment it is true, the task
+//!   forces a gossip exchange with up to `MAX_BAKED_NUDGES` live peers
+//!   (`Gossip::nudge_live_peers_up_to`), and the next wave opens within milliseconds (D69). The
+//!   task sleeps until the next report gets baked, besides its tick and `applied`.
+//! - Sources: `push` (samples from `POST /v1/health`); `probe` (an HTTP GET: one request, an error
+//!   unless 2xx, its time as latency); `exec` (a command run by `command.rs`, stdio closed: one
+//!   request, an error unless exit 0, a timeout kills it and counts as an error); `prometheus` (a
+//!   scrape parsed with `prometheus-parse`: the sums over all series of the `requests` and `errors`
+//!   metrics, turned into increases since the previous scrape, a decrease read as a counter reset,
+//!   and the optional `latency_p99_ms` gauge). Each source times out after its `timeout_ms` or
+//!   `DEFAULT_SOURCE_TIMEOUT`.
+//!
+//! **Architecture Invariant:** a node judges only itself, from its own sources' samples; peers'
+//! `kpi` windows serve only as a reference. Other nodes learn its verdict only through its `rep.`
+//! keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

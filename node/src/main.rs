@@ -1,4 +1,8 @@
 //! `grapevine`: parse the command line, then hand over to `cli::run`.
+//!
+//! For client commands (everything but `node` and `demo`) it first restores SIGPIPE's default
+//! disposition (`libc::signal`), so `grapevine history | head` ends quietly instead of panicking in
+//! `println!`. The daemon and the demo keep Rust's default (ignored).
 
 use std::process::ExitCode;
 

@@ -2,6 +2,14 @@
 //!
 //! One [`Metrics`] value is shared by every task of a node; each counter is cheap to clone and
 //! lock-free to increment. `GET /metrics` renders [`Metrics::render`].
+//!
+//! Every name is prefixed `grapevine_`, counters are suffixed `_total`, and a labelled metric has
+//! the single label `reason` (`Reason`); a unit test checks that no name is registered twice. The
+//! gauges `generations_known` and `reverts_known` are set by the engine's `publish`, `members` when
+//! `/metrics` is scraped. `docs/operations.md` lists each metric. `WarnLimiter` allows at most one
+//! warning per key per interval, for at most `MAX_WARN_KEYS` keys: TLS handshake failures per peer
+//! address, refused future stamps per origin, generation conflicts per origin, refused operator
+//! signatures per reason, and a snapshot over its size limit, each at most once every 30 s.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -4,6 +4,33 @@
 //! or counts it as received from a peer. redb holds an exclusive lock on the file, so a second
 //! process on the same data directory is refused at start. Every record is checked against its
 //! content hash when loaded; the applied state is not stored, it is the fold of the log.
+//!
+//! - Five tables. `generations` maps `(origin, seq)` to the versioned encoding of the generations
+//!   held whole. `released` holds the `(origin, seq)` of every generation released to (applied on)
+//!   this node. `reverts` holds the `(origin, seq)` of every revert's target; rows are never
+//!   deleted. `snapshot` holds the encoded `Snapshot` under one key (`base`). `meta` records the
+//!   owning node's name, and `recovering` while the node recovers its log after a damaged store
+//!   (`set_recovering`, `recovering`). The file is `STORE_FILE` (`grapevine.redb`).
+//! - `release(ids)` records releases in one transaction; `released()` reads them at start.
+//!   `put_reverts(reverts)` records reverts in one transaction; `reverts()` reads them at start and
+//!   for every pull served. A row whose origin is not a valid node name refuses the start
+//!   (`StoreError::Corrupt`).
+//! - `open` runs redb's `check_integrity` (page checksums); a file redb had to repair counts as
+//!   `Corrupt`. `load` validates every record (`validate_generation`) and `snapshot` validates the
+//!   snapshot (`validate_snapshot`). A record of another format version is `Format`, which refuses
+//!   the start; `is_corruption` says which errors are damage (`Corrupt`, redb's `Corrupted`, I/O
+//!   `UnexpectedEof`/`InvalidData`), which the daemon recovers from, and `quarantine(dir)` renames
+//!   the file to `grapevine.redb.corrupt-UNIX_MS`. `WrongNode` names the data directory (not the
+//!   redb file) and both node names.
+//! - `compact(snapshot, covered)` replaces the snapshot and deletes `covered` from `generations`
+//!   and `released`, in one transaction. `missing_from(have, max_bytes)` serves pulls.
+//! - `backup_to(path)` copies every table (`copy_table`) as of one read transaction into a new redb
+//!   file, while writes go on: a store of the same node, which restores it when put in place of
+//!   `grapevine.redb`. Records are copied as they are (either wire format).
+//! - Records are written in the newest wire format (`wire::encode`) and read in that or the one
+//!   before (`wire::decode_versioned`). `open` rewrites every record of the older format in the
+//!   newest, in one transaction (`rewrite_older_records`), so the next build, which reads only its
+//!   format and the one before, reads the whole store.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

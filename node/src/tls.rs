@@ -10,6 +10,22 @@
 //! Start-up and every reload go through one path: [`TlsFiles::read`] takes the three files at
 //! once, [`NodeTls::from_files`] parses and checks them. [`reload`] polls the files and swaps a
 //! changed set into the transport without a restart.
+//!
+//! - The parts: `ca_init`, `ca_issue`, `TlsFiles`, `NodeTls` (`load`, `from_files`,
+//!   `server_config`, `client_config`, `peer_trust`, `identity`, `ca_count`, `not_after`),
+//!   `PeerTrust`, `NodeIdentity` (the certificate and signing key that sign gossip reports),
+//!   `SIGNATURE_SCHEMES`, `CaOnlyVerifier`, `ALPN`, the file names (`CA_CERT_FILE`, `CA_KEY_FILE`,
+//!   `NODE_CERT_FILE`, `NODE_KEY_FILE`) and `TlsError`.
+//! - The only crypto provider is rustls's `ring`, passed explicitly. Only TLS 1.3 is allowed.
+//! - `set_validity` gives certificates a validity period starting one day back (clock skew):
+//!   `CA_VALIDITY` (10 years) for the CA, `NODE_VALIDITY` (2 years) for node certificates.
+//! - `TlsFiles::read` reads the three files once (a file that cannot be read is kept as its error),
+//!   and `NodeTls::from_files` parses them, checks with rustls's `CertifiedKey::from_der` that
+//!   `node.key` is the key of `node.pem`, and that every certificate of `ca.pem` is a usable root,
+//!   naming the file at fault.
+//! - `PeerTrust` holds the two verifiers of a set (`WebPkiClientVerifier` for peers that dialed,
+//!   `CaOnlyVerifier` for peers dialed) so that `transport` can hold open connections to a new
+//!   bundle with the same checks as a handshake.
 
 pub mod reload;
 

@@ -11,6 +11,37 @@
 //! [`Transport::set_tls`] swaps in reloaded certificates: new handshakes, both ways, use them
 //! at once, and every open connection whose peer certificate the new CA bundle does not trust
 //! is closed, so dropping a CA shuts its holders out without waiting for connections to end.
+//!
+//! The types: `Transport` (a cheap-to-clone handle to one `quinn::Endpoint`), `Inboxes`,
+//! `IncomingStream` and `TransportError`.
+//!
+//! - `connect` returns whichever comes first, its handshake or a connection to the same address
+//!   entering the map (`Inner::ours_or_theirs`, woken by `Inner::registered`): after a heal, the
+//!   peer's dial often lands while ours waits out QUIC's Initial backoff.
+//! - `send_gossip` sends a gossip message as a datagram if it fits, otherwise on a uni stream;
+//!   `open_stream` opens a bi stream for sync. Stream kind bytes: `STREAM_GOSSIP` = 1,
+//!   `STREAM_PULL` = 2 and `STREAM_PUSH` = 3.
+//! - In `testsuite` builds, the link filter (`faults.rs`) is consulted on gossip send
+//!   (`send_gossip`) and receipt (`deliver_gossip`), on stream open (`open_stream`, which fails
+//!   with `TransportError::Filtered`) and on stream accept (`hand_over_stream`, which drops the
+//!   stream). Only the sending side waits out a delay.
+//! - `is_tls_failure` decides what counts as `grapevine_tls_handshake_failures_total`: only TLS
+//!   alerts, which QUIC carries as crypto error codes 0x100 to 0x1ff (raised here or received from
+//!   the peer). A peer shutting down, a lost connection or a timeout is logged at debug.
+//! - Certificates are swappable (`set_tls`, called by `tls::reload`). The server config lives in
+//!   the endpoint (`Endpoint::set_server_config`); the client config, the `PeerTrust` and the
+//!   `NodeIdentity` of the latest set (`Transport::trust` and `Transport::identity`, which sign and
+//!   check gossip reports) live in `Inner::tls`, a `tokio::sync::watch` of `ActiveTls`, and every
+//!   dial reads it (`Endpoint::connect_with`). `set_tls` builds both configs before it applies
+//!   either, so a failure changes nothing.
+//! - Each connection's task (`serve_connection`) watches `Inner::tls`. When it starts and after
+//!   each reload, `still_trusted` checks the certificate the peer presented at the handshake
+//!   (`Connection::peer_identity`) with the verifier of the connection's side and closes the
+//!   connection with `CLOSE_UNTRUSTED` (1) if it no longer chains. The check runs in each
+//!   connection's own task, not over the per-address map, because the map keeps one connection per
+//!   address and two dials that cross leave a second one open.
+//! - Limits: `MAX_GOSSIP_MESSAGE_BYTES`, `GOSSIP_INBOX_CAPACITY`, `STREAM_INBOX_CAPACITY`,
+//!   `MAX_CONNECTIONS`, `HANDSHAKE_TIMEOUT`, `IDLE_TIMEOUT` and `KEEP_ALIVE`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

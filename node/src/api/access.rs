@@ -1,5 +1,13 @@
 //! Authentication and authorization of every request (`crate::auth` holds the rules): the
 //! principal of the request, what its endpoint needs, and the 401 or 403 when it falls short.
+//!
+//! `authorize` is a `route_layer`, so it runs on matched routes only. `requirement(method, matched
+//! path, key)` says what each endpoint needs (anything not listed needs `write` over every key);
+//! the principal comes from `ConnectInfo<SocketPeer>` (the admin socket's server adds it, with the
+//! peer's uid) or from `Authorization`, and is handed to handlers as an `Extension<Principal>`.
+//! `refused` answers 401 (with `WWW-Authenticate`) or 403 and counts `api_auth_refusals`.
+//! `may_see`, `may_touch` and `covers_all` are the handlers' checks of keys named outside the path
+//! (history and rollouts filtered, rollout actions, apply, OFREP bulk, watch prefix).
 
 use axum::extract::connect_info::Connected;
 use axum::extract::{MatchedPath, RawPathParams, Request, State};

@@ -3,6 +3,66 @@
 //! **API Boundary:** the request and response shapes here are what the CLI and scripts use;
 //! `docs/api.md` lists them. Errors are `{"error": "..."}` with a 4xx status when the request
 //! was refused and 5xx when the node failed.
+//!
+//! Rejections axum makes before a handler runs (405, 413, a bad query string outside the change and
+//! control endpoints, or a bad path encoding) keep axum's plain-text or empty body; 504 means the
+//! change is stored and the wait for replicas timed out.
+//!
+//! This file holds `router`, `ApiState` (with the `Health` handle, `default_policy`, the node's
+//! `[rollout]` policy, `fractional`, the watch `Feed` and the `Files` statuses), `ApiError` and
+//! `ChangeQuery`, with the handlers for `/healthz`, `/metrics`, `/v1/status`, `/v1/history`,
+//! `/v1/flags/{key}`, `/v1/flags/{key}/evaluate`, `/v1/config/{key}`, `/v1/apply`, `/v1/backup`,
+//! and, in `testsuite` builds only, `POST`/`DELETE /v1/testsuite/links`.
+//!
+//! - `switch_boolean` implements `--on`/`--off`. It and `--variant` start from the **desired** flag
+//!   (the log's latest), so a change builds on the one before it even where that one has not
+//!   reached this node's wave.
+//! - `ChangeQuery` is its own extractor (`ChangeQuery::parse`): it takes `wait_replicas`,
+//!   `timeout_ms`, `emergency`, `dry_run` and `prepare`, and reads every other parameter as a
+//!   `PolicyOptions` field, so an unknown or malformed parameter is a JSON 400 (`query: ...`)
+//!   naming it. It also reads the `X-Grapevine-Author` header (`AUTHOR_HEADER`) into the change's
+//!   author (400 if it is not a valid `Author`); `EngineHandle::submit` records it, or a signed
+//!   change's operator. `ChangeQuery::policy` builds a change's policy: `Policy::emergency()` (with
+//!   the node's watch window) for `emergency=true`, else the node's default, then
+//!   `PolicyOptions::apply` with the options of the query (which validates).
+//! - Reads (`GET /v1/flags/{key}`, `POST /v1/flags/{key}/evaluate`, `GET /v1/config/{key}`) take
+//!   `ReadQuery { desired }`: the applied state by default, the desired state with `?desired=true`.
+//! - `put_config_change` fills `schema` from the desired state's `schemas` when the request names
+//!   none. `get_config` answers with a strong `ETag` (the generation) and 304 on a matching
+//!   `If-None-Match`.
+//! - `apply` (`POST /v1/apply`) reads the body with `FlagSet::parse`, refuses it whole at the first
+//!   invalid flag, merges the file's metadata under each flag's, and submits one change with a
+//!   `SetFlag` per flag that differs from the desired state (`changed`); none differing answers
+//!   `changed: 0` without submitting.
+//! - `submit_change` serves the change endpoints and the controls: with `dry_run` it returns
+//!   `EngineHandle::preview` (the generation the change would be, its waves from `Plan::of`, and a
+//!   `diff` of desired values before and after) and stores nothing; `prepare` adds `sign` (the
+//!   change in postcard hex, the cluster id, the format and the node's time as `issued_ms`) for an
+//!   operator to sign; `signed_change` (`POST /v1/changes`) decodes a change and its `Signed`
+//!   (`decode_hex`), checks the principal's scope and submits them as they are; otherwise it
+//!   submits the change, then, for `?wait_replicas=K`, polls `PeerHoldings::count_holding` every
+//!   `REPLICA_POLL` (5 ms) until K other live nodes hold the generation, or answers 504 at the
+//!   deadline (`timeout_ms`, default `DEFAULT_REPLICA_TIMEOUT` 10 s, at most `MAX_REPLICA_TIMEOUT`
+//!   600 s). K above `MAX_MEMBERS` is refused.
+//! - `backup` (`GET /v1/backup`) has `Store::backup_to` write a file `.backup-NANOS.redb` in the
+//!   data directory, opens it, unlinks it and streams it; 503 while recovering.
+//! - `history` adds each change's `RolloutView` (`rollout`; `null` for a control generation);
+//!   `status` reports `reverted`, the number of reverts held.
+//! - `count_change` counts every `POST /v1/flags/{key}`, `POST /v1/config/{key}` and `POST
+//!   /v1/apply` that reaches its handler (a dry run too) in `grapevine_changes_total`, by outcome:
+//!   `accepted`, `refused` (4xx, including a bad key or body) or `failed` (5xx).
+//! - The `/metrics` handler reads membership from chitchat and sets `grapevine_members` at scrape
+//!   time.
+//! - The router's `fallback` answers unknown paths with a JSON 404, `no such endpoint (see
+//!   docs/api.md)`.
+//! - Status codes: `ValidationError`, `SubmitError::Invalid` (including the member ceiling) and a
+//!   bad change or control query -> 400; a missing flag or config, a generation not held whole, an
+//!   unknown rollout action or path -> 404; `POST /v1/health` without the push source, or a bad
+//!   sample -> 400; `SubmitError::Signing` -> 403 (`Unsigned` adds how to sign, `--signing-key`);
+//!   `SubmitError::Store` -> 500; `SubmitError::Stopped` -> 503; replicas not reached within
+//!   `timeout_ms` -> 504.
+//! - Limits: `MAX_HTTP_BODY_BYTES`, `MAX_HISTORY`, `DEFAULT_REPLICA_TIMEOUT`,
+//!   `MAX_REPLICA_TIMEOUT`, `REPLICA_POLL`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,6 +12,13 @@
 //! - `GET /ofrep/v1/events`: Server-Sent Events, one `refetchEvaluation` event each time the
 //!   applied flags change (a change applied here, or a revert), with the flags' digest as
 //!   the event id and `etag`.
+//!
+//! Flags are evaluated over the applied state with the node's `fractional` scheme. `evaluate_flag`
+//! answers 200, or 404 `FLAG_NOT_FOUND`, 400 `INVALID_CONTEXT` for a bad context, or 400 with the
+//! evaluation's error code. `evaluate_all` adds `eventStreams` with `inactivityDelaySec`
+//! `INACTIVITY_DELAY_S` (120). `events` sends `refetchEvaluation` each time `flags_digest`, over
+//! the applied flags' keys and generations, changes on the engine's view channel. OFREP errors keep
+//! OFREP's shape, `{"errorCode", "errorDetails"}`.
 
 use std::convert::Infallible;
 use std::time::Duration;

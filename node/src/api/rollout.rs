@@ -1,5 +1,13 @@
 //! Rollout endpoints: the waves of a generation as this node sees them, the operator's
 //! controls (each one a generation in the log), and the push health source.
+//!
+//! Handlers: `POST /v1/health` (`push_health`), `GET /v1/rollouts` (`list`), `GET
+//! /v1/rollouts/{generation}` (`show`) and `POST /v1/rollouts/{generation}/{action}` (`control`),
+//! with `DEFAULT_ROLLOUTS` (10) and `MAX_ROLLOUTS` (100). `control` writes a control generation,
+//! `Change { ops: [], policy: Policy::emergency(), controls: [control] }`; `promote` sends `Promote
+//! { through_wave: open_waves }`, the first wave closed in this node's view. The action `rollback`
+//! goes to the function `rollback`, which calls `EngineHandle::rollback` and maps `RollbackError`
+//! to 404 (not found), 409 (compacted), 400 (a control), 500 (store) and 503 (stopping).
 
 use axum::Extension;
 use axum::Json;

@@ -9,6 +9,13 @@
 //! it missed. When it missed more than that, or comes from another incarnation of the node (a
 //! restart), it gets a `resync` event, then the current value of every key under the prefix,
 //! then the live feed: it never silently skips a change.
+//!
+//! `Feed::start` runs the feed task: it diffs each new view of the engine against the previous one
+//! (`diff`: `OrdMap::diff`, which skips what the two states share, so it costs per key changed) and
+//! records each `Change` with the next `seq`, keeping the newest `FEED_CAPACITY` (4096) and
+//! broadcasting it. `watch` subscribes first, then replays the kept changes after a `Last-Event-ID`
+//! of this incarnation, or sends `resync` and the current values (`snapshot`), then the live
+//! changes under the prefix; a lagging subscriber gets `resync`.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;

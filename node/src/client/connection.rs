@@ -1,5 +1,9 @@
 //! How the CLI reaches a node: HTTP over TCP (`http://HOST:PORT`, reqwest) or over the node's
 //! admin Unix socket (`unix:/path/admin.sock`, hyper), with the same requests and answers.
+//!
+//! `Connection` reaches a node over TCP (reqwest) or its admin socket (`unix:PATH`; hyper's
+//! HTTP/1.1 client on a `UnixStream`, since reqwest has no Unix sockets), with the same headers;
+//! `Reply` reads the body as it arrives (`chunk`) or whole.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -7,6 +7,10 @@
 //! [nodes."http://10.0.0.1:7401"]
 //! token = "gv_..."
 //! ```
+//!
+//! `token_for(given, base)` picks the token: `--token`/`GRAPEVINE_TOKEN`, else the credentials
+//! file's entry for the node, else its default. The token goes in `Authorization: Bearer`, never
+//! over the socket.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -2,6 +2,38 @@
 //!
 //! Input the node would refuse is checked here first where that is cheap (JSON syntax, size),
 //! with the same messages, so a bad value never leaves the machine; the node checks again.
+//!
+//! `Client` holds a `Connection` and `REQUEST_TIMEOUT`; `CliError` is `Refused`, `Failed`, `Usage`
+//! or `Unreachable` (exit codes 1, 1, 2, 3).
+//!
+//! - One function per client command: `flag_set`, `flag_get`, `config_put`, `config_get`, `apply`,
+//!   `status`, `history`, `rollout_status`, `rollout_control`, `rollback` and `backup`
+//!   (`Client::download`: streams the body to `FILE.partial`, fsyncs, renames; never overwrites).
+//!   Each formats the command's text and `--json` output. `refusal` maps a non-2xx answer to the
+//!   `CliError` of its exit code. `report_accepted` prints an accepted change, or a dry run's id,
+//!   diff (values cut at `DIFF_VALUE_CHARS`, 160) and waves. `flag_get` and `config_get` add
+//!   `?desired=true` for `--desired` (`read_query`).
+//! - `flag_set` and `config_put` always send `wait_replicas` and `timeout_ms`, plus the policy
+//!   options given (`ChangeArgs::query`, through `Client::request_with`).
+//! - `rollout_status` reads `GET /v1/rollouts/{generation}` or `GET /v1/rollouts`; with `--watch`
+//!   it redraws every `WATCH_INTERVAL` (1 s) until every listed rollout has `all_waves_open`, is
+//!   paused or is reverted. `generation_path` checks the id first (a bad one is a usage error).
+//!   `print_rollout` adds ` REVERTED` to the header of a reverted rollout, the `REVERTED by ...`
+//!   line (`revert_line`) and this node's judgement.
+//! - `history` prints, under each change, its waves with each member's report (`member_cells`) and
+//!   the `REVERTED by ...` line; `rollback` posts `POST /v1/rollouts/{generation}/rollback`;
+//!   `status` shows the number of reverts held.
+//! - `key_path` checks a key and puts it in the URL as one path segment, `/` encoded as `%2F`. JSON
+//!   given on the command line is checked with `JsonText::try_from`, which gives the same messages
+//!   the node would.
+//! - `Client::request` turns an error answer into a message: the JSON `error` field, else the
+//!   plain-text body (axum's own 413 and 400 rejections), else `the node answered <status>` (axum's
+//!   empty 405). 4xx becomes `Refused` (413 prefixed `request body is larger than the node accepts:
+//!   `), 504 `Failed` with the node's message as is (the change is durable; the wait for replicas
+//!   timed out), any other 5xx `Failed` (`node error (<status>): ...`), and a transport error
+//!   `Unreachable`.
+//! - `Client::change` is the change request of every command: with a signer, `?prepare=true`, sign,
+//!   `POST /v1/changes` (see `signing.rs`); `revoke_key` serves `key revoke`.
 
 use std::path::Path;
 use std::time::Duration;

@@ -12,6 +12,12 @@
 //!
 //! The CLI finds it at `--signing-key`, `GRAPEVINE_SIGNING_KEY`, or
 //! `$XDG_CONFIG_HOME/grapevine/signing.key` (`~/.config/grapevine/signing.key`).
+//!
+//! `KeyFile` (`generate` from ring's `SystemRandom`; `read` checks the public key and the
+//! delegation against the secret); `key_file_for` finds it, and a key file is read only when a
+//! change is signed, so reads work before the key is delegated. `Signer` and `Intent` (the keys,
+//! config values, flags and control target asked for): `Signer::sign` checks a node's prepared
+//! change against the intent and signs it. `run` serves `key new`, `key delegate` and `key show`.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;

@@ -7,6 +7,89 @@
 //! queue. It also compacts: generations outside the retention that every live peer holds are
 //! folded into the snapshot. And it decides, from the reports in gossip, which generations this
 //! node applies (`release.rs`) and which the cluster reverts (`revert.rs`).
+//!
+//! - Commands arrive on an `mpsc` channel of `COMMAND_QUEUE_CAPACITY` (256): `Submit`, `Preview {
+//!   change }`, `Ingest { generations, from }`, `IngestReverts { reverts, from }`, `Rollback {
+//!   target }`, `AbsorbSnapshot`, `History { limit, shown }` (the newest `limit` generations the
+//!   filter accepts, from `Log::in_fold_order`: only those are copied) and `Rollout { id }`. Each
+//!   is answered on a `oneshot`.
+//! - The same `select!` ticks `COMPACTION_CHECK` (10 s; a `Submit` or `Ingest` compacts at once
+//!   only when the log is a tenth of the retention past it, `COMPACTION_BATCH_DIVISOR`, since each
+//!   compaction rewrites the whole snapshot) and `RELEASE_RECHECK` (1 s), wakes on
+//!   `Gossip::reports_changed`, and sleeps until `next_deadline`: the earliest of `next_gate` (when
+//!   a waiting gate opens by its reports aging, `Plan::opens_in`, set by each `release_pass`) and
+//!   the end of a deferred revert's wait. There is no polling: a gate opens on the report that
+//!   completes it, or at its deadline.
+//! - `decide` is `revocation_pass` (the reverts of what revoked keys signed after their revocation,
+//!   `signing::revoked_after`; skipped until a write of the log revokes a key,
+//!   `holds_revocations`), `revert_pass` then `release_pass`. It runs at start, after every
+//!   `Submit`, `Ingest` and `AbsorbSnapshot`, and whenever a peer's report changes; `ingest` and
+//!   `absorb_snapshot` also run `revocation_pass` themselves, right after storing. The deadline and
+//!   the `RELEASE_RECHECK` tick run `timed_pass`: `release_pass` (and `revert_pass` while a revert
+//!   is deferred). The tick is only a safety net, for a member turning live again (chitchat fires
+//!   no key event for it) and the end of a recovery.
+//! - Signed changes (`EngineParts::trust`, from `[signing]`): `submit` checks the sealed generation
+//!   with `Trust::check` and refuses a key its log revokes (`SubmitError::Signing`, 403); `ingest`
+//!   refuses a generation that fails `Trust::check` for good, before the clock check, counts it
+//!   once and remembers its id in `refused` (at most `MAX_REFUSED`, 65,536); `absorb_snapshot`
+//!   refuses a snapshot with a write whose proof fails. `View::settled` is the version vector with
+//!   refused ids counted as held: pulls, pushes, `/readyz`, the log-lag gauge and the end of a
+//!   recovery compare peers against it, so a peer holding only refused generations is not ahead.
+//! - Readers call `EngineHandle::view()` and get an `Arc<View>` (`state`, the applied state;
+//!   `desired`, the fold of the whole log but the reverted generations; `version_vector`;
+//!   `generations` held whole; `compacted`; `reverted`, the targets of the reverts held;
+//!   `reverts_digest`; `recovering`, why the store was found damaged, while the node recovers) from
+//!   a `watch` channel, without waiting on the queue; `EngineHandle::watch()` returns the receiver.
+//! - While `EngineParts::recovering` is set, `seal` refuses every change
+//!   (`SubmitError::Recovering`, 503), the API refuses reads, `/readyz` and `/v1/watch`, and the
+//!   files task touches no file; each `RELEASE_RECHECK` tick (`end_recovery_if_caught_up`) clears
+//!   it, and the store's mark, once live peers' log summaries are known
+//!   (`Gossip::peer_version_vectors_known`) and none has been ahead of the log's for
+//!   `RECOVERY_SETTLE` (3 s).
+//! - `submit` runs `validate_submitted`, records the live members (`Gossip::live_names`, not
+//!   truncated) and, for a `waves_by` policy, their label values (`groups_of`, through
+//!   `Gossip::live_label`; refused with `--waves-by "LABEL": no live member has that label` when no
+//!   live member has it), stamps the change (`Clock::tick`), seals it, and runs `check_envelope`.
+//!   Past the member ceiling the change is refused (`SubmitError::Invalid`), not stored with a
+//!   shortened list. Once stored it is added to the log and the desired state (`Engine::add`),
+//!   handed to the pusher as a `PushJob`, and every live peer is nudged
+//!   (`Gossip::nudge_live_peers`).
+//! - `ingest` skips duplicates and conflicts (`conflict.rs`), and **refuses** (does not store) a
+//!   generation whose stamp `Clock::observe` finds more than `max_clock_offset_ms` ahead. It stores
+//!   the rest in one transaction, adds them to the log and the desired state (but not a generation
+//!   whose revert arrived first), publishes, and hands them to the pusher with the peer they came
+//!   from, which the pusher leaves out (push on first receipt).
+//! - `compact` runs on the tick and after any `Submit` or `Ingest` that leaves more than
+//!   `retain_generations` held whole: `Log::compact` with `snapshot::compactable` over the live
+//!   peers' advertised vectors **and** this node's released set, then `commit_snapshot` (size check
+//!   against `MAX_SNAPSHOT_BYTES`, `Store::compact`). A reverted generation takes the place of a
+//!   released one: it is compacted (leaving no write) once every live peer's `reverts` key equals
+//!   this node's `reverts_digest`, so a peer that lacks the revert can still learn it with its
+//!   target whole. A control stays whole while its target is held whole. `absorb_snapshot` takes a
+//!   peer's snapshot the same way and refolds both states (`Log::state`). Either way
+//!   `commit_snapshot` then stops judging the covered generations (`Health::forget`) and deletes
+//!   this node's `rep.` and `rv.` keys on them (`Gossip::delete_reports`).
+//! - `spawn` absorbs the stored snapshot, adds the stored reverts, folds the loaded generations,
+//!   computes the applied state from the stored released set, hands every released generation with
+//!   ops, not reverted and stamped within its watch window, to `Health::applied` again (their age
+//!   restarts from zero), publishes, and runs a first `decide`. The node's own stamps are observed
+//!   with `physical_ms = u64::MAX` (followed whatever the wall clock says); peers' stamps are
+//!   observed against the current time, so a peer's far-future stamp does not move the clock at
+//!   restart either.
+//! - After every change, `publish` updates the view, `grapevine_generations_known`,
+//!   `grapevine_reverts_known` and the gossip keys (`applied` and `digest` describe the applied
+//!   state; `reverts` is `Log::reverts_digest`).
+//! - The wall clock is `now_ms(clock_skew_ms)`; the skew is 0 outside `testsuite` builds.
+//!
+//! **Architecture Invariant:** a generation is stored durably (`Store::put`, one committed redb
+//! transaction) before it is acknowledged to a client, added to the log, published, pushed, or
+//! counted in `grapevine_sync_generations_stored_total`. If the store fails, nothing changes.
+//!
+//! **Architecture Invariant:** only released or reverted generations are compacted, and a reverted
+//! one leaves no write, so the snapshot holds only applied writes and `state` = fold(snapshot,
+//! released but not reverted) is unchanged by compaction. The log and the stored snapshot change
+//! together: `Store::compact` writes the new snapshot and deletes the generations it covers (and
+//! their `released` rows) in one transaction, and only then does the engine replace its `Log`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;

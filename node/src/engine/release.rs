@@ -6,6 +6,32 @@
 //! their way; only a revert does. The applied state is the fold of the snapshot and the
 //! released generations not reverted; the desired state is the fold of the whole log but the
 //! reverted generations. A reverted generation is never released.
+//!
+//! - `gates()` returns, with each generation whose gate is open, a `Release`: the node's wave, the
+//!   controls, and the reports of the live members it saw (earlier waves' for the rule, its own and
+//!   later waves' for the latch), plus the count waiting and the earliest deadline, which
+//!   `release_pass` keeps as `next_gate`. `release_pass` stamps each `Release` with the wall clock
+//!   and keeps it in `releases` (pruned with the log); `RolloutView` shows it as `release`.
+//! - `release_pass`: for each generation held whole, not yet released and not reverted, in fold
+//!   order (the engine keeps them in `pending`, so a pass costs per generation waiting, not per
+//!   generation held), it computes `Plan::of`, this node's `wave_of`, the controls (`controls_of`:
+//!   every control in the log, `Log::with_controls`, folded in `(hlc, origin, seq)` order) and the
+//!   live members' reports (`Gossip::reports_for`), and asks `Plan::opens_in`. The newly released
+//!   ids are written to the store (`Store::release`) first; only then are they added to the
+//!   released set, applied to `state`, handed to `Health::applied` (generations with ops only, not
+//!   control generations; with the bake time when this node's wave gates a later one, `judge`),
+//!   counted in `grapevine_generations_applied_total` and logged (`applied`). If the store fails,
+//!   nothing is released and the next pass tries again.
+//! - `rollout(id)` builds the `RolloutView` (`generation`, `keys`, `policy`, `controls`, `waves` of
+//!   `WaveView { index, open, members: [MemberView { name, report }] }`, `open_waves`,
+//!   `all_waves_open`, `applied_here` (whether this node ever released it; a revert does not erase
+//!   that), `reverted`, `anomaly_quorum`, `reverted_by` (the `rv.` keys in gossip) and `judgement`
+//!   (`Health::judgement`'s reason, when this node judges it)) of a generation held whole, as this
+//!   node sees it.
+//!
+//! **Architecture Invariant:** `Store::release` records a release before it is applied, and the
+//! released set only grows (compaction removes a released id together with the generation, once the
+//! snapshot holds its writes). Only the engine task changes the log and the released set.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

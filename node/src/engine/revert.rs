@@ -17,6 +17,37 @@
 //! that, every node writes the revert at once, and the storm of pushes and nudges makes it
 //! spread slower than a change. A writer that dies, or whose revert does not arrive, is not
 //! waited for longer.
+//!
+//! - `revert_pass`: for each generation some member, live or dead, reports anomalous
+//!   (`Gossip::anomalous_generations`), held whole here and not yet reverted, it computes
+//!   `AnomalyQuorum::of` the generation's policy over the reports of every member this node knows
+//!   of (`Gossip::all_reports_for`: live or dead, the worst verdict per name). When the quorum is
+//!   reached and another live member has already written the revert (`Gossip::live_revert_writers`,
+//!   its `rv.` key), it waits (`deferred_reverts`), as above; otherwise, or once the wait is over,
+//!   it writes the revert (`write_revert`). A store failure is logged and the next pass tries
+//!   again. A revert that arrives ends the wait.
+//! - `write_revert` stores the revert (`Store::put_reverts`, one committed transaction), adds it to
+//!   the log, counts it (`grapevine_reverts_total{reason="quorum"|"rollback"|"revocation"}`), logs
+//!   `reverted` at warn, publishes `rv.<generation>` = `quorum`, `rollback` or `revocation`
+//!   (`Cause::Revoked`: signed by a key revoked before it; `revocation_pass`), then `take_effect`:
+//!   `Health::freeze` the target, refold both states (`Log::state`) and publish, and hand a
+//!   `PushJob` with the revert to the pusher. It then nudges every live peer and raises a `revert`
+//!   alert.
+//! - `rollback(target)` (an operator's `rollback`) answers `already_reverted` for a target already
+//!   reverted (held or not), refuses a control generation (`RollbackError::Control`), a generation
+//!   covered by the snapshot (`Compacted`) or unknown (`NotFound`), and otherwise writes the same
+//!   revert as the quorum would, with the cause `rollback` (`RollbackOutcome`).
+//! - `ingest_reverts` stores the reverts it did not hold in one transaction (a store failure drops
+//!   them; they are pulled again), adds them to the log, logs `revert received`, counts
+//!   `grapevine_reverts_total{reason="received"}`, and runs `take_effect` with the peer they came
+//!   from, so they are pushed on (push on first receipt). It raises no alert.
+//!
+//! **Architecture Invariant:** a revert is stored durably (`Store::put_reverts`) before it is added
+//! to the log, applied, published, pushed or counted, and it is never undone. A reverted generation
+//! is never applied: `release_pass` never releases it, and both states are folds that leave it out
+//! (`Log::state`), from the moment the revert is in the log, before or after its target arrives,
+//! and after a restart. The one exception is a write that was already in this node's snapshot when
+//! the revert arrived (`docs/operations.md`, "Automatic revert").
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

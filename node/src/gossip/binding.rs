@@ -17,6 +17,11 @@
 //! collected; the old heartbeat stops, though it may still rise once or twice while this node
 //! catches up with the latest value its peers hold. So a namesake counts as live only after
 //! its heartbeat rose in [`LIVE_AFTER_RISES`] separate observations.
+//!
+//! The parts: `claim_holds` (a member whose address has a connection whose certificate does not
+//! name it is left out of every read of `Gossip`), `NamesakeWatch`, `live_namesake_at_start` (the
+//! start-up refusal) and `run_watch` (the task that counts false claims and alerts namesakes every
+//! gossip round).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

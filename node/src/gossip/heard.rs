@@ -7,6 +7,9 @@
 //! used to pull only from live members, so a healed partition waited that long with the other
 //! side's version vectors already in hand. A message that arrived over QUIC from a peer's
 //! gossip address proves the address answers, so the puller may pull from it at once.
+//!
+//! `HeardFrom` holds the peers `GossipSocket::recv` got a message from, and when (at most
+//! `MAX_HEARD_PEERS`); `recent` names those heard within `HEARD_WINDOW_ROUNDS` gossip intervals.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -14,6 +14,11 @@
 //! quorum. [`Verifier`] caches each certificate's check per member for [`CERT_RECHECK`] (and
 //! until the CA bundle is reloaded), and each value's check per certificate, so the engine's
 //! reads on every report change cost a map lookup; a refusal is counted once per check.
+//!
+//! The parts: `KEY_CERT`, `message`, `sign`, `certificate_value`, `split`, `check_certificate`,
+//! `check_signature`, `Refusal`, and `Verifier`, which remembers each member's certificate check
+//! (per `cert` value and CA bundle) and each value's signature check; and, in `testsuite` builds,
+//! `Forge` (`GRAPEVINE_TEST_FORGE_REPORTS`), a node that forges its reports for the cluster test.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};

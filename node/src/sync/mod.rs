@@ -10,6 +10,12 @@
 //! - **serve** (`server.rs`): answering peers' pulls and pushes.
 //!
 //! Frames on every stream are a 4-byte big-endian length and a versioned postcard item.
+//!
+//! This file holds the framing (`write_frame`, `read_frame`), `SyncError`, `keep_valid` (drops and
+//! counts each generation that fails `validate_generation`, so one bad generation does not hold
+//! back the rest), and `PeerHoldings`: each peer's advertised vector joined with what it
+//! acknowledged to our pushes (`record_ack`, `merged`, `count_holding`). Limits: `FRAME_TIMEOUT`,
+//! `MAX_FRAME_BYTES`, `MAX_REQUEST_BYTES`, `MAX_ACKED_PEERS`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -9,6 +9,17 @@
 //! It pulls from live peers and from dead ones that sent us gossip lately (`gossip::heard`):
 //! after a partition heals, the other side's vectors arrive with its first messages, one to two
 //! gossip intervals before chitchat's failure detector holds it alive again.
+//!
+//! `run_puller` and `PullRequests` (a handle to ask for a pull from one peer now). It pulls from
+//! reachable peers whose vector is ahead of `View::settled` (refused generations counted as held)
+//! or whose `reverts` summary differs from ours. `pull` asks with `View::settled` as what it has
+//! (so a peer does not send refused generations again) and the targets of the reverts it holds,
+//! hands the `Revert` frames to `EngineHandle::ingest_reverts` before anything else, takes a
+//! snapshot first when the server sends one (`SnapshotWrite`...`SnapshotEnd`, checked by
+//! `validate_snapshot`, then `EngineHandle::absorb_snapshot`), then the generations. When a pull
+//! fails part-way, what arrived intact before the failure is still handed to the engine. Limits:
+//! `MAX_PULL_BYTES`, `MAX_REVERTS_PER_PULL`, `INGEST_BATCH`, `MAX_PULLS_PER_WAKE`,
+//! `PULL_REQUEST_CAPACITY`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -8,6 +8,15 @@
 //! summary in gossip (any peer whose summary differs from ours). Targets are ranked by a hash of this node,
 //! the generation and the peer: different nodes and generations pick different peers, with no
 //! random number drawn.
+//!
+//! `run_pusher` takes `PushJob { reverts, generations, from }`; `choose_targets` picks up to
+//! `FANOUT` live peers other than `from` that lack one of the job's generations (by
+//! `PeerHoldings::merged`) or, for a job with reverts, whose `reverts` summary differs, ranked by a
+//! hash of (this node, the job's first generation id or revert target, the peer). Reverts always go
+//! inline; generations go inline when their total encoding is at most `PUSH_INLINE_BYTES`,
+//! otherwise the push carries only `sender_has`. `encode_for` writes each push in the peer's wire
+//! format and drops what that format cannot hold. Limits: `FANOUT`, `PUSH_INLINE_BYTES`,
+//! `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};

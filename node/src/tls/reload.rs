@@ -10,6 +10,18 @@
 //! then the node keeps the set it has. Each content is tried once, so a set caught half
 //! written is refused, then taken at the poll after the last file lands, and a set left
 //! broken is reported once, not at every poll.
+//!
+//! `TlsWatch`, `Polled`, `run`, `apply` and `POLL_INTERVAL` (D65). `daemon::start` loads through
+//! `TlsWatch::load`, which refuses a certificate that does not name the node (`load_named`, at
+//! start and at every reload: `TlsError::WrongName`; the names are the DNS names,
+//! `certificate_names`), keeps the fingerprint (`TlsFiles::fingerprint`, a SHA-256 of the contents)
+//! of that same read, and spawns `run`. Every `POLL_INTERVAL` (2 s) it reads and fingerprints the
+//! files on a blocking thread (`TlsWatch::poll`); a content not tried before is loaded, and `apply`
+//! hands it to `Transport::set_tls` (`tls_reloads{reason="ok"}`, `reloaded TLS certificates` at
+//! info) or keeps the current set (`reason="failed"`, a warning naming the file).
+//!
+//! **Architecture Invariant:** a reload swaps the whole set or nothing: a node never presents a
+//! certificate of one set with a key or a bundle of another.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
