@@ -1,5 +1,9 @@
 //! In-process clusters for benchmarks: real nodes (QUIC, redb, HTTP) in this process, on
 //! loopback ports picked by the kernel, with a fresh CA in a temp dir.
+//!
+//! `InProcessCluster::start(count, configure)` starts nodes `n0..` (each seeded with the first) and
+//! waits until all see each other; the `spread`, `waves` and `revert` benches use it. Nodes are
+//! started with `daemon::start` and stopped with `RunningNode::stop`.
 
 use std::time::{Duration, Instant};
 

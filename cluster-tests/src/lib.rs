@@ -4,6 +4,32 @@
 //! The harness runs the `grapevine` binary next to the test binary, built by cargo with the
 //! `testsuite` feature (the link-filter endpoint), asking cargo to bring it up to date first.
 //! `scenario` drives in-process nodes instead, for partition and loss scenarios as data.
+//!
+//! - The parts: `Cluster`, `Node`, `Links`, `free_port`, `wait_until`, `check`, `http_request` (and
+//!   `http_request_within`, with timeouts: a frozen node accepts connections but never answers),
+//!   `can_use_netns`, and `WebhookSink` (a webhook receiver on loopback that records every JSON
+//!   body posted to it).
+//! - `binary()` runs `cargo build --bin grapevine -p grapevine-node --features testsuite` (cargo
+//!   does nothing when the binary is fresh), or takes `GRAPEVINE_BIN`. `TEST_GOSSIP_INTERVAL_MS` is
+//!   100.
+//! - Each node starts with `--config` pointing at a file written from `Node::config_toml`, by
+//!   default `[rollout]` `waves = "100%"`: one wave, so a change applies everywhere at once (most
+//!   tests are about spreading). A test sets `config_toml` before `start` to change it.
+//! - `Node::kill9` and `Node::terminate` stop a node with SIGKILL or SIGTERM; `Node::freeze` sends
+//!   SIGSTOP or SIGCONT.
+//! - Faults: `Cluster::partition(groups)`, `Cluster::cut(from, to, cut)` (one direction),
+//!   `Cluster::loss(share)` and `Cluster::heal()`; `Cluster::links()` gives a `Links` that cuts
+//!   links from another thread, and `Cluster::enter_netns()` moves the calling thread into the
+//!   namespace (setns, `nix`) so its sockets reach the nodes. `Cluster::new_in_netns(count)` puts
+//!   every node in a fresh network namespace (`gv-<pid>-<n>`, loopback up, each command run with
+//!   `ip netns exec`), where faults are iptables rules on the nodes' UDP ports: DROP per (source
+//!   port, destination port) pair for a partition, `-m statistic --mode random --probability P -j
+//!   DROP` for loss, `-F INPUT` to heal. Without a namespace, the same calls go through each node's
+//!   `/v1/testsuite/links` endpoint (`Node::set_link`, `Node::clear_links`). Dropping a `Cluster`
+//!   kills its nodes and deletes its namespace.
+//! - Benchmarks: `bench_quick()` is the suite's quick mode (`GRAPEVINE_BENCH_QUICK=1`), and
+//!   `suite_row` prints one `SUITE|measure|grapevine|comparison|ratio` line per row of the suite's
+//!   table.
 
 pub mod chaos;
 pub mod inproc;

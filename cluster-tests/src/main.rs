@@ -12,6 +12,12 @@
 //! `--write` the table, the machine, the command and the date replace the generated section of
 //! `docs/benchmarks.md`. It asserts nothing about speed: a benchmark fails only when it cannot
 //! run.
+//!
+//! Every benchmark honours `GRAPEVINE_BENCH_QUICK=1` (the fewest sizes and runs that exercise each
+//! measurement); in quick mode the suite runs them on the debug build. `.ci/run` runs the quick
+//! mode: every benchmark must run; no timing is asserted. `chaos [--quick] [--seeds N] [--seed S]
+//! [--nodes N] [--events N] [--jobs J]` runs the chaos suite (`chaos/`) with a summary table;
+//! `.ci/run` runs `--quick`.
 
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;

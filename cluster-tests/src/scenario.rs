@@ -4,6 +4,17 @@
 //! Every scenario has a seed; the random choices of a run (which node writes, which messages a
 //! lossy link drops) follow from it, and a failure prints the seed and the ops so the run can
 //! be replayed.
+//!
+//! `Scenario { name, nodes, seed, gossip_interval_ms, clock_skews_ms, retain_generations, ops }`;
+//! `Op` (with `Display`): `Change`, `RandomChanges`, `Partition`, `Loss`, `Heal`, `Stop`,
+//! `Restart`, `AssertConverged { within }`, `AssertAbsent`, `AssertValue`, `AssertCompacted`. Nodes
+//! run through `daemon::start`, faults through `RunningNode::link_filter`. The seed drives
+//! `RandomChanges` and reseeds each node's link filter (`seed ^ index`). A failure names the op,
+//! the scenario, its seed and every op. `AssertConverged` compares each running node's version
+//! vector and state digest from `/v1/status`, and checks that the vector covers every acknowledged
+//! generation. `Scenario::run` returns a `Report` (time to each convergence, generations
+//! acknowledged). Scenario nodes are configured with one wave (`PolicyOptions { waves: "100%" }`),
+//! as are the spread bench's.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -1,6 +1,15 @@
 //! What applications see, against real processes: OFREP (single and bulk evaluation with every
 //! status code, ETag and 304, the SSE event stream seeing a change and a revert), config reads
 //! with ETags, and the `/v1/watch` stream of applied changes with `Last-Event-ID` resume.
+//!
+//! In detail: OFREP answers 200 with typed values, metadata and targeting, 404 `FLAG_NOT_FOUND` and
+//! 400 with `TARGETING_KEY_MISSING`, `INVALID_CONTEXT` and `GENERAL`; the bulk evaluation has an
+//! `ETag`, 304 and `eventStreams`, and the event stream sends `refetchEvaluation` on a change and
+//! on its rollback; `GET /v1/config` answers the generation as `ETag` and 304; `/v1/watch` streams
+//! a prefix's changes and a revert, resumes from `Last-Event-ID`, and sends `resync` and the
+//! current values for an id of another incarnation; a schema refuses bad values (also in later puts
+//! without `--schema`), a dry run changes nothing, and `apply` ships a flagd file with
+//! `$evaluators` and metadata once, and refuses one with a dangling `$ref`, naming the flag.
 
 use std::time::Duration;
 

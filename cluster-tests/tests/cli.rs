@@ -2,6 +2,10 @@
 //! that says what was expected and what was found, and nothing is applied.
 //!
 //! Exit codes: 0 success, 1 refused, 2 usage error, 3 node unreachable.
+//!
+//! The cases: refused input, usage errors, an unreachable node, and start-up refusals; a key with
+//! `/` and a 30-digit integer round trip exactly; and `grapevine history | head -c 1` does not
+//! panic.
 
 use anyhow::Result;
 use grapevine_cluster_tests::{Cluster, Node, check, grapevine};

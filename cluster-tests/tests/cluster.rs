@@ -1,5 +1,13 @@
 //! Real `grapevine node` processes on loopback: changes on any node reach every node, survive
 //! `kill -9`, and never cross to or from a node outside the cluster's CA.
+//!
+//! It checks that a change spreads to every node; a node that was SIGKILLed catches up on restart;
+//! a node that starts empty receives everything; SIGTERM releases the data directory; a node with a
+//! foreign-CA certificate never joins, and its handshakes are counted in
+//! `grapevine_tls_handshake_failures_total`; a change acknowledged with `--wait-replicas 1`
+//! survives a `kill -9` of its node at once; `--wait-replicas 1` with the only peer gone exits 1
+//! with the timeout message, and the change is stored all the same; and a 3 MiB config value
+//! (pushed as an announcement, then pulled) reaches every node intact.
 
 use std::time::Duration;
 

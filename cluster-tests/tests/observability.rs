@@ -1,5 +1,8 @@
 //! What operators see, against real processes: `/metrics` parses with real Prometheus parsers
 //! and carries the families operators alert on; `/healthz` and `/readyz` answer.
+//!
+//! `/metrics` is parsed with `prometheus-parse` and, where installed (CI), the Python client's
+//! strict OpenMetrics parser; the test also checks that a change's propagation was observed.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

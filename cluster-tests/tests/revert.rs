@@ -6,6 +6,23 @@
 //! node serves the bad value: `grapevine config get risky` printing `bad`. It runs in the
 //! node's own network namespace, so the same test works with iptables partitions (as root)
 //! and with the link filter.
+//!
+//! It checks that:
+//!
+//! - a canary that turns bad (waves `1,50%,100%`, 3 s bake, `--min-samples 5`) is reverted on every
+//!   node, every node serves the value before it again, only the canary ever applied it
+//!   (`applied_here`), every node holds one revert, `history` shows `ANOMALOUS` and `REVERTED by
+//!   ... (quorum)`, the webhook (`WebhookSink`) receives the canary's `anomaly` alert and a
+//!   `quorum` `revert` alert, and `rollback` of it again answers `already_reverted`;
+//! - an operator's `rollback` reverts a healthy change everywhere (`(rollback)` in `history`), and
+//!   refuses an unknown generation (exit 1), a malformed id (exit 2) and a control generation (exit
+//!   1);
+//! - both sides of a 2|3 partition, with the change applied everywhere (`--emergency`) and judged
+//!   after 25 samples, reach the quorum (2 of 5) and write the revert on their own; after the heal
+//!   every node holds one revert and one state, and gossip shows writers from both sides;
+//! - twenty healthy changes under seeded noisy metrics (1% errors, latency wandering by 30%,
+//!   request counts varying threefold; `GRAPEVINE_SEED` replays) pushed to all five nodes are
+//!   judged healthy by every node and never reverted.
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,20 @@
 //! Health-gated waves with real processes: a change reaches a canary first, then wider waves,
 //! each only while the earlier waves report healthy for the bake time.
+//!
+//! Configs: `[health] push = true, sample_interval_ms = 200` with `[rollout] min_samples = 10`, or
+//! no `[health]`, and the built-in default policy. It checks that:
+//!
+//! - an unhealthy canary (50% errors pushed for 5 s, with waves `1,50%,100%`, a 1 s bake and
+//!   `--anomaly-quorum-min 2`, so that its report alone does not revert it) keeps the change on the
+//!   canary: no other node applies it, every node holds it (`config get --desired`), and `rollout
+//!   status` shows one open wave, the canary `anomalous`, `reverted` false and 2 reports needed;
+//! - a healthy change reaches every wave in order (every node of a later wave applies after every
+//!   node of an earlier one), wave 1 no sooner than one bake, and `all_waves_open` shows in the
+//!   status;
+//! - a partition that cuts off the canary (no health source, waves `1,100%`, 2 s bake) keeps the
+//!   other nodes from applying for 5 s, and they apply after the heal;
+//! - `rollout pause` shows in `controls`, `rollout promote` opens wave 1 of a one-hour bake, bad
+//!   policies are refused with their messages (exit 1), and `--emergency` reaches every node.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -2,6 +2,10 @@
 //! costly to evaluate is refused by `flag set` and `apply` with the limit named, and nothing is
 //! stored; the costliest rule a node accepts, evaluated over and over through OFREP, leaves
 //! `/healthz` answering promptly and the node alive in its peers' view.
+//!
+//! `flag set --file`, `apply` and `apply --dry-run` of a rule like the exit 1 with
+//! `MAX_RULE_COST` named; the accepted rule is evaluated by two OFREP clients for 8 s while
+//! `/healthz` must answer within 1 s and both peers still see the node alive.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

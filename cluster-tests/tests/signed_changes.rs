@@ -7,6 +7,15 @@
 //! every honest node and counted; what an operator signs reaches every node, n4 included. A
 //! revoked key's change made behind a partition is reverted everywhere once the partition
 //! heals.
+//!
+//! The refusals checked: unsigned changes, changes of an untrusted root, of a key not delegated yet
+//! and outside a key's prefixes, each with its reason (a scoped key signs no rollout control);
+//! `status` names the member whose roots differ; the compromised node's inventions are counted once
+//! each and leave no honest node `behind`; an operator's signed config change, flag and control
+//! reach all four, recorded as by the operator, with `signed_by` naming the root; a rollback's
+//! `prepare` is refused (nothing to sign). The second test revokes a key while a node is cut off,
+//! changes a key with it through that node, and checks that the change is reverted on every node
+//! once the partition heals, and that the key's earlier change stays.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -5,6 +5,10 @@
 //! The store fixture was written by the build of format 5 itself (commit f729e57). The node
 //! of format 5 in the mixed cluster is this build acting as one (`test_wire_version = 5`): it
 //! writes and reads format 5 only, as that build did.
+//!
+//! The tests: a store of format 5 is read and rewritten, one of format 4 is refused, and a cluster
+//! runs a node of format 5 through its in-place upgrade and takes a node that joins with the
+//! upgrade's `unproven_through`.
 
 use std::path::Path;
 use std::process::Command;

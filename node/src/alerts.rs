@@ -22,6 +22,9 @@
 //!   `MAX_CONCURRENT_DELIVERIES` (16) at once, waiting `FIRST_BACKOFF` (500 ms), then twice as long
 //!   each time up to `MAX_BACKOFF` (30 s), between attempts. It ends at shutdown, dropping what is
 //!   queued or in flight.
+//!
+//! Tests: a webhook that fails twice gets the alert on the third attempt, a full queue drops and
+//! counts, and bad webhook URLs are refused.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -83,6 +83,11 @@
 //! **Architecture Invariant:** a node judges only itself, from its own sources' samples; peers'
 //! `kpi` windows serve only as a reference. Other nodes learn its verdict only through its `rep.`
 //! keys.
+//!
+//! Tests: verdicts against samples, baseline and peers, a final anomaly raised once, the blame rule
+//! (the newest suspect takes the blame, unless a peer vouches for it and an older suspect has no
+//! one vouching; a revert clears the others' samples), an apply failure and a frozen generation,
+//! healthy without sources, and failing, hanging and missing `exec` commands.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -53,10 +53,20 @@
 //!   `max(anomaly_quorum_min, ceil(applied * anomaly_quorum_permille / 1000))`; `reached()` is at
 //!   least one anomalous report and at least `needed` of them.
 //!
-//! **Architecture Invariant:** waves are a function of the generation alone (id, members, groups,
-//! policy): every node computes the same plan, whatever order it holds the members in (proptest
-//! `every_node_computes_the_same_waves_covering_every_member_once`;
-//! `a_silent_wave_never_advances_anything` checks that with the canary silent no later wave opens).
+//! **Architecture Invariant:** waves are a function of the generation alone (id, members,
+//! groups, policy): every node computes the same plan, whatever order it holds the members in
+//! (proptest `every_node_computes_the_same_waves_covering_every_member_once`). A silent wave
+//! never advances the rollout: with the canary silent, a later wave opens only through a member
+//! that already applied the generation (proptest
+//! `a_silent_canary_opens_a_wave_only_through_a_member_that_went_through`).
+//!
+//! Tests: the default waves on 10 nodes are 1, 4, 5 (the empty 10% wave dropped); bad policies
+//! are refused with their reason; a wave opens only on a baked healthy quorum of every earlier
+//! wave (and pause and promote act); a gate opens in the time its slowest needed report takes to
+//! bake and exactly then (`opens_in`, with a proptest against `is_open` on aged reports);
+//! `waves_by` puts one label value in each wave after the canary; the anomaly quorum is the
+//! larger of the minimum and the share of appliers; `PolicyOptions` replace what they set and
+//! refuse nonsense.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -13,6 +13,11 @@
 //! cargo run -p grapevine-cluster-tests --release -- chaos --seeds 200   # soak
 //! cargo run -p grapevine-cluster-tests --release -- chaos --seed 17     # replay one seed
 //! ```
+//!
+//! `schedule.rs` derives the schedule (changes, faults, heals) from a seed; `run_seed` runs it and
+//! records the history (client operations and outcomes, faults, and an observer thread's record of
+//! what every node serves and of its rollouts), written to `$TMPDIR/grapevine-chaos/seed-N/`;
+//! `check.rs` checks the invariants over it. `docs/chaos.md` describes the suite.
 
 pub mod check;
 pub mod schedule;
