@@ -15,7 +15,9 @@
 //! change. What applications see is measured too, on each node's applied-state watch (`GET
 //! /v1/watch`): from the first node holding the rollback until the value is gone from every
 //! node's watch, and from the first failed request until the bad value is gone from the watch
-//! of every node that served it. Run: `cargo bench -p grapevine-cluster-tests --bench revert` (`GRAPEVINE_BENCH_RUNS=5`).
+//! of every node that served it. Run: `cargo bench -p grapevine-cluster-tests --bench revert`
+//! (`GRAPEVINE_BENCH_RUNS=5`; `GRAPEVINE_BENCH_DETAIL` prints every arrival). It prints the
+//! medians and the ratios of rollback and revert spread to change spread.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! Partitions and loss between real `grapevine node` processes. As root (CI) the nodes run in
 //! a private network namespace and faults are iptables rules on their UDP ports (the kernel
 //! has no netem); otherwise the same faults go through each node's link filter endpoint.
+//! The faults: a 2|3 split, and 20% loss on every link.
 
 use std::time::Duration;
 

@@ -20,7 +20,7 @@
 //!   peer's dial often lands while ours waits out QUIC's Initial backoff.
 //! - `send_gossip` sends a gossip message as a datagram if it fits, otherwise on a uni stream;
 //!   `open_stream` opens a bi stream for sync. Stream kind bytes: `STREAM_GOSSIP` = 1,
-//!   `STREAM_PULL` = 2 and `STREAM_PUSH` = 3.
+//!   `STREAM_PULL` = 2, `STREAM_PUSH` = 3 and `STREAM_CLOCK` = 4 (`sync::clock`).
 //! - In `testsuite` builds, the link filter (`faults.rs`) is consulted on gossip send
 //!   (`send_gossip`) and receipt (`deliver_gossip`), on stream open (`open_stream`, which fails
 //!   with `TransportError::Filtered`) and on stream accept (`hand_over_stream`, which drops the

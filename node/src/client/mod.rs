@@ -4,7 +4,7 @@
 //! with the same messages, so a bad value never leaves the machine; the node checks again.
 //!
 //! `Client` holds a `Connection` and `REQUEST_TIMEOUT`; `CliError` is `Refused`, `Failed`, `Usage`
-//! or `Unreachable` (exit codes 1, 1, 2, 3).
+//! or `Unreachable` (exit codes 1, 1, 2, 3; clap's own usage errors also exit 2).
 //!
 //! - One function per client command: `flag_set`, `flag_get`, `config_put`, `config_get`, `apply`,
 //!   `status`, `history`, `rollout_status`, `rollout_control`, `rollback` and `backup`
