@@ -19,6 +19,7 @@ use datalogic_rs::{CompiledLogic, ContextStack, DataLogic, Evaluator, Operator};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::compiled::Program;
 use crate::cost::CostError;
 use crate::limits::MAX_CAT_BYTES;
 
@@ -104,6 +105,9 @@ fn engine_for(scheme: Fractional) -> &'static DataLogic {
 #[derive(Clone)]
 pub struct Rule {
     compiled: Arc<CompiledLogic>,
+    /// The rule compiled to typed operations (`compiled.rs`); `None` when it uses an operator
+    /// the tree does not cover, and the interpreter alone evaluates it.
+    program: Option<Arc<Program>>,
     /// Whether it buckets by the default `targetingKey` (a `fractional` without bucket-by).
     needs_targeting_key: bool,
     /// Whether it reads `$flagd` (the flag key, the time), directly or through `fractional`.
@@ -153,7 +157,8 @@ impl Rule {
         let uses_flagd = text.contains("$flagd") || text.contains("\"fractional\"");
         let uses_time = text.contains("$flagd.timestamp") || text.contains("\"timestamp\"");
         let too_costly = crate::cost::check_rule(&resolved).err();
-        Ok((Rule { compiled, needs_targeting_key, uses_flagd, uses_time, too_costly }, resolved))
+        let program = Program::compile(&resolved).map(Arc::new);
+        Ok((Rule { compiled, program, needs_targeting_key, uses_flagd, uses_time, too_costly }, resolved))
     }
 
     /// Why the rule is too costly to evaluate, if it is.
@@ -175,7 +180,13 @@ impl Rule {
         self.needs_targeting_key
     }
 
-    /// Evaluates the rule over `data` (the context with `$flagd` and `targetingKey`).
+    /// The compiled rule, when the tree covers it.
+    pub(crate) fn program(&self) -> Option<&Program> {
+        self.program.as_deref()
+    }
+
+    /// Evaluates the rule over `data` (the context with `$flagd` and `targetingKey`) with the
+    /// interpreter.
     pub fn evaluate(&self, data: Value, scheme: Fractional) -> Result<Value, String> {
         engine_for(scheme).evaluate_owned(&self.compiled, data).map_err(|error| error.to_string())
     }
@@ -532,12 +543,17 @@ impl Operator for SemVerOperator {
 
 /// A version as flagd reads it: an optional `v`, missing minor and patch as 0, build metadata
 /// ignored; numbers (`1.2`) read as their text.
-fn version(value: &Value) -> Option<semver::Version> {
-    let text = match value {
-        Value::String(text) => text.clone(),
-        Value::Number(number) => number.to_string(),
-        _ => return None,
-    };
+pub(crate) fn version(value: &Value) -> Option<semver::Version> {
+    match value {
+        Value::String(text) => version_of_text(text),
+        Value::Number(number) => version_of_text(&number.to_string()),
+        _ => None,
+    }
+}
+
+/// [`version`] of a text. A plain `major.minor.patch` (the common case) is read without
+/// allocating; anything else goes through `semver`'s parser.
+pub(crate) fn version_of_text(text: &str) -> Option<semver::Version> {
     let text = text.trim();
     let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
     let text = text.split('+').next().unwrap_or(text);
@@ -545,13 +561,24 @@ fn version(value: &Value) -> Option<semver::Version> {
         Some((core, pre)) => (core, Some(pre)),
         None => (text, None),
     };
-    let mut parts: Vec<&str> = core.split('.').collect();
-    if parts.is_empty()
-        || parts.len() > 3
-        || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return None;
+    let mut parts = [0u64; 3];
+    let mut count = 0;
+    for part in core.split('.') {
+        if count == 3 || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // semver refuses leading zeros and numbers past u64: its parser says so below.
+        if pre.is_some() || (part.len() > 1 && part.starts_with('0')) {
+            return version_parsed(core, pre);
+        }
+        parts[count] = part.parse().ok()?;
+        count += 1;
     }
+    Some(semver::Version::new(parts[0], parts[1], parts[2]))
+}
+
+fn version_parsed(core: &str, pre: Option<&str>) -> Option<semver::Version> {
+    let mut parts: Vec<&str> = core.split('.').collect();
     parts.resize(3, "0");
     let full = match pre {
         Some(pre) => format!("{}-{pre}", parts.join(".")),
