@@ -177,3 +177,27 @@ fn common_rules_are_compiled_and_answer_without_the_interpreter() {
     }
     assert!(super::Program::compile(&json!({"map": [[1], {"var": ""}]})).is_none());
 }
+
+/// The flagd testbed's rules are answered by the compiled tree, save the ones named here.
+#[test]
+fn the_testbed_rules_are_compiled() {
+    let path =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/flagd-testbed/evaluator/flags/testkit-flags.json");
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let evaluators = file.get("$evaluators").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut interpreted = Vec::new();
+    let mut compiled = 0;
+    for (key, flag) in file["flags"].as_object().unwrap() {
+        let Some(targeting) = flag.get("targeting").filter(|t| t.as_object().is_some_and(|o| !o.is_empty())) else {
+            continue;
+        };
+        let Ok((_, resolved)) = crate::targeting::Rule::prepare(targeting, &evaluators) else { continue };
+        match super::Program::compile(&resolved) {
+            Some(_) => compiled += 1,
+            None => interpreted.push(key.as_str()),
+        }
+    }
+    println!("testbed rules: {compiled} compiled, interpreted: {interpreted:?}");
+    assert!(compiled >= 20, "{compiled}");
+    assert_eq!(interpreted, Vec::<&str>::new());
+}
