@@ -100,7 +100,9 @@ enum Order {
 /// What `in` searches.
 #[derive(Debug)]
 enum Haystack {
-    /// A literal array of strings: a set, with the array for the answer's sake.
+    /// A short literal array of strings: scanned (faster than hashing a few items).
+    Few(Box<[Box<str>]>),
+    /// A longer literal array of strings: a set.
     Strings(HashSet<Box<str>>),
     Node(Box<Node>),
 }
@@ -321,10 +323,16 @@ fn compile_var(args: &[Value]) -> Option<Node> {
     Some(Node::Var { path, default })
 }
 
+/// Literal lists of `in` up to this many strings are scanned rather than hashed.
+const SCANNED_ITEMS: usize = 8;
+
 fn compile_in(args: &[Value]) -> Option<Node> {
     let [needle, haystack, ..] = args else { return Some(Node::Literal(Value::Bool(false))) };
     let needle = Box::new(compile(needle)?);
     let haystack = match haystack {
+        Value::Array(items) if items.iter().all(Value::is_string) && items.len() <= SCANNED_ITEMS => {
+            Haystack::Few(items.iter().filter_map(Value::as_str).map(Box::from).collect())
+        }
         Value::Array(items) if items.iter().all(Value::is_string) => {
             Haystack::Strings(items.iter().filter_map(Value::as_str).map(Box::from).collect())
         }
@@ -402,7 +410,7 @@ impl<'a> EvaluationContext<'a> {
     }
 
     /// Why the context is refused for flags with a rule, if it is.
-    pub(crate) fn check(&self) -> Result<(), &str> {
+    pub fn check(&self) -> Result<(), &str> {
         self.checked
             .get_or_init(|| crate::cost::check_context(self.values))
             .as_ref()

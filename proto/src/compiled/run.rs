@@ -36,6 +36,7 @@ type Result<T> = std::result::Result<T, Decline>;
 
 impl<'a> Val<'a> {
     /// The value, seen through a borrowed reference (`Ref(Value::Null)` is `Null`, ...).
+    #[inline]
     fn flat(&self) -> Val<'_> {
         match self {
             Val::Ref(Value::Null) => Val::Null,
@@ -50,6 +51,7 @@ impl<'a> Val<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn as_str(&self) -> Option<&str> {
         match self.flat() {
             Val::Str(text) => Some(text),
@@ -57,6 +59,7 @@ impl<'a> Val<'a> {
         }
     }
 
+    #[inline]
     fn number(&self) -> Option<f64> {
         match self {
             Val::Unsigned(n) => Some(*n as f64),
@@ -65,11 +68,13 @@ impl<'a> Val<'a> {
         }
     }
 
+    #[inline]
     fn is_number(&self) -> bool {
         matches!(self, Val::Unsigned(_) | Val::Ref(Value::Number(_)))
     }
 
     /// What the value names as a rule's answer.
+    #[inline]
     pub(crate) fn named(&self) -> crate::eval::Named<'_> {
         use crate::eval::Named;
         match self.flat() {
@@ -94,6 +99,7 @@ impl<'a> Val<'a> {
 }
 
 /// JavaScript's truthiness, as datalogic reads it.
+#[inline]
 fn truthy(value: &Val) -> bool {
     match value.flat() {
         Val::Null => false,
@@ -108,6 +114,7 @@ fn truthy(value: &Val) -> bool {
 }
 
 /// Whether datalogic might read the string as a date or a duration (its own test).
+#[inline]
 fn could_be_date(text: &str) -> bool {
     let b = text.as_bytes();
     if b.len() < 2 || !b[0].is_ascii_digit() {
@@ -222,39 +229,71 @@ impl Node {
             Node::If(args) => run_if(args, scope),
             Node::Ternary(args) => {
                 let [condition, then, otherwise] = args.as_ref();
-                if truthy(&condition.run(scope)?) { then.run(scope) } else { otherwise.run(scope) }
+                if condition.test(scope)? { then.run(scope) } else { otherwise.run(scope) }
             }
             Node::And(args) => run_logical(args, scope, false),
             Node::Or(args) => run_logical(args, scope, true),
-            Node::Not { negate, arg } => Ok(Val::Bool(truthy(&arg.run(scope)?) != *negate)),
+            Node::Not { .. } | Node::Equal { .. } | Node::Compare { .. } | Node::In { .. } => {
+                Ok(Val::Bool(self.test(scope)?))
+            }
+            Node::Affix { prefix, args } => Ok(affix(*prefix, args, scope)?.map_or(Val::Null, Val::Bool)),
+            Node::SemVer(sem_ver) => Ok(sem_ver.run(scope)?.map_or(Val::Null, Val::Bool)),
+            Node::Fractional(fractional) => fractional.run(scope),
+            Node::Cat(args) => run_cat(args, scope),
+        }
+    }
+
+    /// Whether the value the node evaluates to is truthy: what a condition needs, without
+    /// building the value when the operation answers a boolean.
+    fn test<'a>(&'a self, scope: &Scope<'a>) -> Result<bool> {
+        match self {
+            Node::Not { negate, arg } => Ok(arg.test(scope)? != *negate),
             Node::Equal { strict, negate, args } => run_equal(args, *strict, *negate, scope),
             Node::Compare { op, args } => {
                 let mut previous = args[0].run(scope)?;
                 for arg in &args[1..] {
                     let current = arg.run(scope)?;
                     if !ordered(&previous, &current, *op)? {
-                        return Ok(Val::Bool(false));
+                        return Ok(false);
                     }
                     previous = current;
                 }
-                Ok(Val::Bool(true))
+                Ok(true)
             }
             Node::In { needle, haystack } => run_in(needle, haystack, scope),
-            Node::Affix { prefix, args } => {
-                let [text, affix] = args.as_ref();
-                let (text, affix) = (text.run(scope)?, affix.run(scope)?);
-                Ok(match (text.as_str(), affix.as_str()) {
-                    (Some(text), Some(affix)) => {
-                        Val::Bool(if *prefix { text.starts_with(affix) } else { text.ends_with(affix) })
+            Node::Affix { prefix, args } => Ok(affix(*prefix, args, scope)? == Some(true)),
+            Node::SemVer(sem_ver) => Ok(sem_ver.run(scope)? == Some(true)),
+            // `and` is truthy when every operand is, `or` when one is (what they answer is
+            // the operand that decided).
+            Node::And(args) if !args.is_empty() => {
+                for arg in args.iter() {
+                    if !arg.test(scope)? {
+                        return Ok(false);
                     }
-                    _ => Val::Null,
-                })
+                }
+                Ok(true)
             }
-            Node::SemVer(sem_ver) => sem_ver.run(scope),
-            Node::Fractional(fractional) => fractional.run(scope),
-            Node::Cat(args) => run_cat(args, scope),
+            Node::Or(args) => {
+                for arg in args.iter() {
+                    if arg.test(scope)? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            other => Ok(truthy(&other.run(scope)?)),
         }
     }
+}
+
+/// flagd's `starts_with` / `ends_with`: `None` (null) unless both are strings.
+fn affix<'a>(prefix: bool, args: &'a [Node; 2], scope: &Scope<'a>) -> Result<Option<bool>> {
+    let [text, affix] = args;
+    let (text, affix) = (text.run(scope)?, affix.run(scope)?);
+    Ok(match (text.as_str(), affix.as_str()) {
+        (Some(text), Some(affix)) => Some(if prefix { text.starts_with(affix) } else { text.ends_with(affix) }),
+        _ => None,
+    })
 }
 
 /// A path into the context (`$flagd` paths are compiled to their own nodes).
@@ -276,7 +315,7 @@ fn run_if<'a>(args: &'a [Node], scope: &Scope<'a>) -> Result<Val<'a>> {
         if index == args.len() - 1 {
             return args[index].run(scope);
         }
-        if truthy(&args[index].run(scope)?) {
+        if args[index].test(scope)? {
             return args[index + 1].run(scope);
         }
         index += 2;
@@ -299,23 +338,24 @@ fn run_logical<'a>(args: &'a [Node], scope: &Scope<'a>, stop_on: bool) -> Result
     Ok(last)
 }
 
-fn run_equal<'a>(args: &'a [Node], strict: bool, negate: bool, scope: &Scope<'a>) -> Result<Val<'a>> {
+fn run_equal<'a>(args: &'a [Node], strict: bool, negate: bool, scope: &Scope<'a>) -> Result<bool> {
     let first = args[0].run(scope)?;
     if negate {
         // `!=` and `!==` read only their first two arguments.
-        return Ok(Val::Bool(!equal(&first, &args[1].run(scope)?, strict)?));
+        return Ok(!equal(&first, &args[1].run(scope)?, strict)?);
     }
     for arg in &args[1..] {
         if !equal(&first, &arg.run(scope)?, strict)? {
-            return Ok(Val::Bool(false));
+            return Ok(false);
         }
     }
-    Ok(Val::Bool(true))
+    Ok(true)
 }
 
-fn run_in<'a>(needle: &'a Node, haystack: &'a Haystack, scope: &Scope<'a>) -> Result<Val<'a>> {
+fn run_in<'a>(needle: &'a Node, haystack: &'a Haystack, scope: &Scope<'a>) -> Result<bool> {
     let needle = needle.run(scope)?;
     let found = match haystack {
+        Haystack::Few(items) => needle.as_str().is_some_and(|text| items.iter().any(|item| **item == *text)),
         Haystack::Strings(set) => needle.as_str().is_some_and(|text| set.contains(text)),
         Haystack::Node(node) => match node.run(scope)?.flat() {
             Val::Str(text) => needle.as_str().is_some_and(|needle| text.contains(needle)),
@@ -332,7 +372,7 @@ fn run_in<'a>(needle: &'a Node, haystack: &'a Haystack, scope: &Scope<'a>) -> Re
             _ => false,
         },
     };
-    Ok(Val::Bool(found))
+    Ok(found)
 }
 
 fn run_cat<'a>(args: &'a [Node], scope: &Scope<'a>) -> Result<Val<'a>> {
@@ -355,12 +395,13 @@ fn run_cat<'a>(args: &'a [Node], scope: &Scope<'a>) -> Result<Val<'a>> {
 }
 
 impl SemVer {
-    fn run<'a>(&'a self, scope: &Scope<'a>) -> Result<Val<'a>> {
+    /// The comparison; `None` (null) when a version or the operator cannot be read.
+    fn run<'a>(&'a self, scope: &Scope<'a>) -> Result<Option<bool>> {
         let left = self.left.read(scope)?;
         let operator = self.operator.run(scope)?;
         let right = self.right.read(scope)?;
-        let (Some(left), Some(right)) = (left.as_ref(), right.as_ref()) else { return Ok(Val::Null) };
-        Ok(Val::Bool(match operator.as_str() {
+        let (Some(left), Some(right)) = (left.as_ref(), right.as_ref()) else { return Ok(None) };
+        Ok(Some(match operator.as_str() {
             Some("=") => left == right,
             Some("!=") => left != right,
             Some("<") => left < right,
@@ -369,7 +410,7 @@ impl SemVer {
             Some(">=") => left >= right,
             Some("^") => left.major == right.major,
             Some("~") => left.major == right.major && left.minor == right.minor,
-            _ => return Ok(Val::Null),
+            _ => return Ok(None),
         }))
     }
 }
