@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use crate::compiled::EvaluationContext;
-use crate::compiled::{Decline, Scope};
+use crate::compiled::Scope;
 use crate::limits::MAX_VARIANTS;
 use crate::model::{JsonText, Key};
 use crate::targeting::{Fractional, Rule};
@@ -196,10 +196,9 @@ impl FlagDefinition {
         }
         if let Some(program) = rule.program().filter(|_| compiled) {
             let scope = Scope { context: values, flag_key: key, now_s, scheme };
-            match program.run(&scope) {
-                Ok(answer) => return self.named(answer.named()),
-                // The interpreter answers what the tree does not reproduce.
-                Err(Decline) => {}
+            // On `Decline`, the interpreter answers what the tree does not reproduce.
+            if let Ok(answer) = program.run(&scope) {
+                return self.named(answer.named());
             }
         }
         let mut data = values.clone();

@@ -562,8 +562,7 @@ pub(crate) fn version_of_text(text: &str) -> Option<semver::Version> {
         None => (text, None),
     };
     let mut parts = [0u64; 3];
-    let mut count = 0;
-    for part in core.split('.') {
+    for (count, part) in core.split('.').enumerate() {
         if count == 3 || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -572,7 +571,6 @@ pub(crate) fn version_of_text(text: &str) -> Option<semver::Version> {
             return version_parsed(core, pre);
         }
         parts[count] = part.parse().ok()?;
-        count += 1;
     }
     Some(semver::Version::new(parts[0], parts[1], parts[2]))
 }
