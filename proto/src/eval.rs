@@ -209,7 +209,8 @@ impl FlagDefinition {
             }
             data.insert("$flagd".to_owned(), Value::Object(flagd));
         }
-        match rule.evaluate(Value::Object(data), scheme) {
+        let source = self.targeting.as_ref().expect("a flag with a rule has its targeting");
+        match rule.evaluate(Value::Object(data), scheme, source) {
             Ok(Value::Null) => self.named(Named::Nothing),
             Ok(Value::String(variant)) => self.named(Named::Variant(&variant)),
             Ok(Value::Bool(flag)) => self.named(Named::Variant(if flag { "true" } else { "false" })),
@@ -301,10 +302,14 @@ pub struct FlagSet {
 impl FlagSet {
     /// Reads a flagd flag file.
     pub fn parse(text: &str) -> Result<FlagSet, String> {
-        let file: Value =
+        let mut file: Value =
             serde_json::from_str(text).map_err(|e| format!("expected a flagd flag file (JSON), got {e}"))?;
-        let object = file.as_object().ok_or("expected a flagd flag file: a JSON object with \"flags\"")?;
-        let flags = object.get("flags").and_then(Value::as_object).ok_or("/flags must be an object of flags")?;
+        let object = file.as_object_mut().ok_or("expected a flagd flag file: a JSON object with \"flags\"")?;
+        // Taken out of the file, not copied: a file may hold thousands of flags.
+        let flags = match object.remove("flags") {
+            Some(Value::Object(flags)) => flags,
+            _ => return Err("/flags must be an object of flags".to_owned()),
+        };
         let evaluators = match object.get("$evaluators") {
             None => Map::new(),
             Some(Value::Object(evaluators)) => evaluators.clone(),
@@ -315,11 +320,11 @@ impl FlagSet {
             Some(value) => serde_json::from_value(value.clone()).map_err(|e| format!("/metadata: {e}"))?,
         };
         let flags = flags
-            .iter()
+            .into_iter()
             .map(|(key, flag)| {
-                let parsed = FlagDefinition::from_value(flag.clone(), &evaluators)
-                    .map_err(|detail| format!("flag {key:?}: {detail}"));
-                (key.clone(), parsed)
+                let parsed =
+                    FlagDefinition::from_value(flag, &evaluators).map_err(|detail| format!("flag {key:?}: {detail}"));
+                (key, parsed)
             })
             .collect();
         Ok(FlagSet { flags, metadata })

@@ -13,7 +13,7 @@
 //! - `cbor`: the same hash of the canonical CBOR encoding of the bucket-by value (integral
 //!   floats as integers), by default the array `[flagKey, targetingKey]`.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use datalogic_rs::{CompiledLogic, ContextStack, DataLogic, Evaluator, Operator};
 use serde::{Deserialize, Serialize};
@@ -104,7 +104,10 @@ fn engine_for(scheme: Fractional) -> &'static DataLogic {
 /// flag's `targeting`, kept there alone: a copy here doubled the memory of a flag's rule.
 #[derive(Clone)]
 pub struct Rule {
-    compiled: Arc<CompiledLogic>,
+    /// The interpreter's form of the rule: compiled when the rule is prepared if the tree
+    /// below does not cover it, else at the first evaluation the tree leaves to the
+    /// interpreter (most rules never need it: it is most of a prepared flag's memory and time).
+    interpreted: Arc<OnceLock<Result<Arc<CompiledLogic>, String>>>,
     /// The rule compiled to typed operations (`compiled.rs`); `None` when it uses an operator
     /// the tree does not cover, and the interpreter alone evaluates it.
     program: Option<Arc<Program>>,
@@ -146,19 +149,21 @@ impl Rule {
     /// Resolves `$ref`s against `evaluators`, checks the operators and compiles the rule;
     /// returns it with the resolved source.
     pub fn prepare(rule: &Value, evaluators: &Map<String, Value>) -> Result<(Rule, Value), RuleError> {
-        let resolved = resolve(rule, evaluators, "/targeting", 0)?;
-        let renamed = check_and_rename(&resolved, "/targeting")?;
-        let compiled = engine_for(Fractional::V2).compile(&renamed).map_err(|error| RuleError {
-            path: "/targeting".into(),
-            detail: format!("not valid JsonLogic: {error}"),
-        })?;
+        let resolved = resolve(rule, evaluators, &mut "/targeting".to_owned(), 0)?;
+        check_operators(&resolved, &mut "/targeting".to_owned())?;
+        let program = Program::compile(&resolved).map(Arc::new);
+        let interpreted = Arc::new(OnceLock::new());
+        if program.is_none() {
+            // The interpreter alone evaluates the rule: it must compile now, or be refused.
+            let compiled = interpret(&resolved).map_err(|detail| RuleError { path: "/targeting".into(), detail })?;
+            let _ = interpreted.set(Ok(compiled));
+        }
         let needs_targeting_key = default_bucketing(&resolved);
         let text = resolved.to_string();
         let uses_flagd = text.contains("$flagd") || text.contains("\"fractional\"");
         let uses_time = text.contains("$flagd.timestamp") || text.contains("\"timestamp\"");
         let too_costly = crate::cost::check_rule(&resolved).err();
-        let program = Program::compile(&resolved).map(Arc::new);
-        Ok((Rule { compiled, program, needs_targeting_key, uses_flagd, uses_time, too_costly }, resolved))
+        Ok((Rule { interpreted, program, needs_targeting_key, uses_flagd, uses_time, too_costly }, resolved))
     }
 
     /// Why the rule is too costly to evaluate, if it is.
@@ -186,10 +191,26 @@ impl Rule {
     }
 
     /// Evaluates the rule over `data` (the context with `$flagd` and `targetingKey`) with the
-    /// interpreter.
-    pub fn evaluate(&self, data: Value, scheme: Fractional) -> Result<Value, String> {
-        engine_for(scheme).evaluate_owned(&self.compiled, data).map_err(|error| error.to_string())
+    /// interpreter; `source` is the rule as prepared (its flag's `targeting`).
+    pub fn evaluate(&self, data: Value, scheme: Fractional, source: &Value) -> Result<Value, String> {
+        let compiled = self.interpreted.get_or_init(|| interpret(source));
+        let compiled = compiled.as_ref().map_err(String::clone)?;
+        engine_for(scheme).evaluate_owned(compiled, data).map_err(|error| error.to_string())
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// Whether the interpreter compiles `rule` (its operators checked first).
+    pub(crate) fn interpretable(rule: &serde_json::Value) -> Result<(), String> {
+        super::check_operators(rule, &mut String::new()).map_err(|e| e.to_string())?;
+        super::interpret(rule).map(drop)
+    }
+}
+
+/// The interpreter's compiled form of a checked rule.
+fn interpret(rule: &Value) -> Result<Arc<CompiledLogic>, String> {
+    engine_for(Fractional::V2).compile(&rename(rule)).map_err(|error| format!("not valid JsonLogic: {error}"))
 }
 
 /// Whether a `fractional` in `rule` buckets by the default key (its first argument a bucket).
@@ -208,64 +229,83 @@ fn default_bucketing(rule: &Value) -> bool {
 /// Deepest nesting of `$ref`s (an evaluator may use another).
 const MAX_REF_DEPTH: usize = 8;
 
-fn resolve(rule: &Value, evaluators: &Map<String, Value>, path: &str, depth: usize) -> Result<Value, RuleError> {
-    let error = |detail: String| RuleError { path: path.to_owned(), detail };
+/// Runs `f` with `part` appended to `path` (the JSON path of errors, built without a
+/// `format!` per node: rules of long lists are prepared per flag of a large file).
+fn within<T>(path: &mut String, part: &dyn std::fmt::Display, f: impl FnOnce(&mut String) -> T) -> T {
+    use std::fmt::Write;
+    let before = path.len();
+    let _ = write!(path, "/{part}");
+    let result = f(path);
+    path.truncate(before);
+    result
+}
+
+fn resolve(rule: &Value, evaluators: &Map<String, Value>, path: &mut String, depth: usize) -> Result<Value, RuleError> {
+    let error = |path: &str, detail: String| RuleError { path: path.to_owned(), detail };
     match rule {
         Value::Object(object) if object.len() == 1 && object.contains_key("$ref") => {
-            let name = object["$ref"].as_str().ok_or_else(|| error("$ref must name an evaluator".into()))?;
+            let name = object["$ref"].as_str().ok_or_else(|| error(path, "$ref must name an evaluator".into()))?;
             if depth >= MAX_REF_DEPTH {
-                return Err(error(format!("$ref {name:?} nests deeper than {MAX_REF_DEPTH} evaluators")));
+                return Err(error(path, format!("$ref {name:?} nests deeper than {MAX_REF_DEPTH} evaluators")));
             }
             let target = evaluators.get(name).ok_or_else(|| {
                 let known: Vec<&str> = evaluators.keys().map(String::as_str).collect();
-                error(format!("$ref to evaluator {name:?}, which does not exist (known: {})", known.join(", ")))
+                error(path, format!("$ref to evaluator {name:?}, which does not exist (known: {})", known.join(", ")))
             })?;
-            resolve(target, evaluators, &format!("{path}/$ref:{name}"), depth + 1)
+            within(path, &format_args!("$ref:{name}"), |path| resolve(target, evaluators, path, depth + 1))
         }
         Value::Object(object) => {
             let mut out = Map::new();
             for (key, value) in object {
-                out.insert(key.clone(), resolve(value, evaluators, &format!("{path}/{key}"), depth)?);
+                out.insert(key.clone(), within(path, key, |path| resolve(value, evaluators, path, depth))?);
             }
             Ok(Value::Object(out))
         }
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(index, item)| resolve(item, evaluators, &format!("{path}/{index}"), depth))
+            .map(|(index, item)| within(path, &index, |path| resolve(item, evaluators, path, depth)))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array),
         other => Ok(other.clone()),
     }
 }
 
-/// Checks that every single-key object is a known operator, and renames flagd's operators
-/// that differ from datalogic's built-ins.
-fn check_and_rename(rule: &Value, path: &str) -> Result<Value, RuleError> {
+/// Checks that every single-key object is a known operator.
+fn check_operators(rule: &Value, path: &mut String) -> Result<(), RuleError> {
     match rule {
         Value::Object(object) if object.len() == 1 => {
             let (operator, arguments) = object.iter().next().expect("one entry");
             if !OPERATORS.contains(&operator.as_str()) {
                 return Err(RuleError {
-                    path: path.to_owned(),
+                    path: path.clone(),
                     detail: format!("unknown operator {operator:?} (expected a JsonLogic or flagd operator)"),
                 });
             }
-            let name = RENAMED.iter().find(|(from, _)| from == operator).map_or(operator.as_str(), |(_, to)| to);
-            let arguments = check_and_rename(arguments, &format!("{path}/{operator}"))?;
-            Ok(Value::Object(Map::from_iter([(name.to_owned(), arguments)])))
+            within(path, operator, |path| check_operators(arguments, path))
         }
         Value::Object(object) if !object.is_empty() => Err(RuleError {
-            path: path.to_owned(),
+            path: path.clone(),
             detail: format!("expected an operation with one operator, got an object with {} keys", object.len()),
         }),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(index, item)| check_and_rename(item, &format!("{path}/{index}")))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Value::Array),
-        other => Ok(other.clone()),
+            .try_for_each(|(index, item)| within(path, &index, |path| check_operators(item, path))),
+        _ => Ok(()),
+    }
+}
+
+/// A checked rule with flagd's operators that differ from datalogic's built-ins renamed.
+fn rename(rule: &Value) -> Value {
+    match rule {
+        Value::Object(object) if object.len() == 1 => {
+            let (operator, arguments) = object.iter().next().expect("one entry");
+            let name = RENAMED.iter().find(|(from, _)| from == operator).map_or(operator.as_str(), |(_, to)| to);
+            Value::Object(Map::from_iter([(name.to_owned(), rename(arguments))]))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(rename).collect()),
+        other => other.clone(),
     }
 }
 

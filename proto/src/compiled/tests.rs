@@ -201,3 +201,17 @@ fn the_testbed_rules_are_compiled() {
     assert!(compiled >= 20, "{compiled}");
     assert_eq!(interpreted, Vec::<&str>::new());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// The interpreter compiles a rule only when it first needs it, if the tree covers the
+    /// rule: so every rule the tree compiles must be one the interpreter compiles, or a rule
+    /// it would have refused would now be accepted.
+    #[test]
+    fn what_the_tree_compiles_the_interpreter_compiles(rule in rule()) {
+        prop_assume!(super::Program::compile(&rule).is_some());
+        let renamed = crate::targeting::tests_support::interpretable(&rule);
+        prop_assert!(renamed.is_ok(), "rule {} the interpreter refuses: {:?}", rule, renamed.err());
+    }
+}
