@@ -5,14 +5,18 @@
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
 
-/// An incremental MurmurHash3 x86 32-bit with seed 0.
+/// An incremental MurmurHash3 x86 32-bit with seed 0. Bytes gather in a buffer and are
+/// hashed a buffer at a time: keys are short, so most are hashed in one tight pass.
 pub(crate) struct Murmur3 {
     state: u32,
-    /// Bytes written that do not yet make a 4-byte block.
-    tail: [u8; 4],
-    tail_len: usize,
+    buffer: [u8; BUFFER_BYTES],
+    /// Bytes in `buffer`.
+    buffered: usize,
     total: u32,
 }
+
+/// A multiple of the 4-byte block.
+const BUFFER_BYTES: usize = 64;
 
 fn mix(k: u32) -> u32 {
     k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2)
@@ -20,34 +24,30 @@ fn mix(k: u32) -> u32 {
 
 impl Murmur3 {
     pub(crate) fn new() -> Self {
-        Murmur3 { state: 0, tail: [0; 4], tail_len: 0, total: 0 }
+        Murmur3 { state: 0, buffer: [0; BUFFER_BYTES], buffered: 0, total: 0 }
     }
 
-    fn block(&mut self, block: [u8; 4]) {
-        self.state ^= mix(u32::from_le_bytes(block));
-        self.state = self.state.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+    /// Hashes whole blocks of `bytes` (a multiple of 4 long).
+    fn blocks(&mut self, bytes: &[u8]) {
+        for block in bytes.chunks_exact(4) {
+            self.state ^= mix(u32::from_le_bytes([block[0], block[1], block[2], block[3]]));
+            self.state = self.state.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        }
     }
 
     pub(crate) fn write(&mut self, mut bytes: &[u8]) {
         self.total = self.total.wrapping_add(bytes.len() as u32);
-        if self.tail_len > 0 {
-            let take = (4 - self.tail_len).min(bytes.len());
-            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&bytes[..take]);
-            self.tail_len += take;
+        while !bytes.is_empty() {
+            let take = (BUFFER_BYTES - self.buffered).min(bytes.len());
+            self.buffer[self.buffered..self.buffered + take].copy_from_slice(&bytes[..take]);
+            self.buffered += take;
             bytes = &bytes[take..];
-            if self.tail_len < 4 {
-                return;
+            if self.buffered == BUFFER_BYTES {
+                let buffer = self.buffer;
+                self.blocks(&buffer);
+                self.buffered = 0;
             }
-            self.block(self.tail);
-            self.tail_len = 0;
         }
-        let mut blocks = bytes.chunks_exact(4);
-        for block in &mut blocks {
-            self.block([block[0], block[1], block[2], block[3]]);
-        }
-        let rest = blocks.remainder();
-        self.tail[..rest.len()].copy_from_slice(rest);
-        self.tail_len = rest.len();
     }
 
     /// Writes the canonical CBOR head of a text string of `len` bytes (major type 3).
@@ -72,11 +72,12 @@ impl Murmur3 {
     }
 
     pub(crate) fn finish(mut self) -> u32 {
-        if self.tail_len > 0 {
-            let mut k = 0u32;
-            for (shift, byte) in self.tail[..self.tail_len].iter().enumerate() {
-                k |= u32::from(*byte) << (8 * shift);
-            }
+        let whole = self.buffered / 4 * 4;
+        let buffer = self.buffer;
+        self.blocks(&buffer[..whole]);
+        let tail = &buffer[whole..self.buffered];
+        if !tail.is_empty() {
+            let k = tail.iter().rev().fold(0u32, |k, byte| (k << 8) | u32::from(*byte));
             self.state ^= mix(k);
         }
         let mut hash = self.state ^ self.total;

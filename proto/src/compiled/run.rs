@@ -63,7 +63,7 @@ impl<'a> Val<'a> {
     fn number(&self) -> Option<f64> {
         match self {
             Val::Unsigned(n) => Some(*n as f64),
-            Val::Ref(Value::Number(n)) => Some(n.as_f64().unwrap_or(f64::NAN)),
+            Val::Ref(Value::Number(n)) => Some(float(n)),
             _ => None,
         }
     }
@@ -98,6 +98,23 @@ impl<'a> Val<'a> {
     }
 }
 
+/// A number's value as `Number::as_f64` gives it (NaN for none). Numbers keep their text
+/// (`arbitrary_precision`); a short integer, the common case, is read without the float parser.
+#[inline]
+pub(super) fn float(number: &serde_json::Number) -> f64 {
+    let text = number.as_str();
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    // Up to 15 digits, an integer is exact in a double.
+    if !digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        let value = digits.bytes().fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0')) as f64;
+        return if negative { -value } else { value };
+    }
+    number.as_f64().unwrap_or(f64::NAN)
+}
+
 /// JavaScript's truthiness, as datalogic reads it.
 #[inline]
 fn truthy(value: &Val) -> bool {
@@ -106,7 +123,10 @@ fn truthy(value: &Val) -> bool {
         Val::Bool(flag) => flag,
         Val::Unsigned(n) => n != 0,
         Val::Str(text) => !text.is_empty(),
-        Val::Ref(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Val::Ref(Value::Number(n)) => {
+            let f = float(n);
+            f != 0.0 && !f.is_nan()
+        }
         Val::Ref(Value::Array(items)) => !items.is_empty(),
         Val::Ref(Value::Object(object)) => !object.is_empty(),
         Val::Ref(_) | Val::Text(_) => unreachable!("flattened"),

@@ -11,7 +11,7 @@ use crate::targeting::Fractional;
 
 proptest! {
     #[test]
-    fn the_incremental_hash_is_murmur3(pieces in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..9), 0..5)) {
+    fn the_incremental_hash_is_murmur3(pieces in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..90), 0..5)) {
         let joined: Vec<u8> = pieces.concat();
         let mut hasher = Murmur3::new();
         for piece in &pieces {
@@ -213,5 +213,15 @@ proptest! {
         prop_assume!(super::Program::compile(&rule).is_some());
         let renamed = crate::targeting::tests_support::interpretable(&rule);
         prop_assert!(renamed.is_ok(), "rule {} the interpreter refuses: {:?}", rule, renamed.err());
+    }
+}
+
+proptest! {
+    #[test]
+    fn numbers_read_as_serde_json_reads_them(n in prop_oneof![any::<i64>().prop_map(|n| n.to_string()), any::<f64>().prop_map(|f| f.to_string()), (0u64..1_000_000_000_000_000_000).prop_map(|n| n.to_string())]) {
+        let Ok(Value::Number(number)) = serde_json::from_str::<Value>(&n) else { return Ok(()) };
+        let expected = number.as_f64().unwrap_or(f64::NAN);
+        let read = super::run::float(&number);
+        prop_assert!(read == expected || (read.is_nan() && expected.is_nan()), "{} read {} expected {}", n, read, expected);
     }
 }
