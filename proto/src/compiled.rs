@@ -3,9 +3,10 @@
 //!
 //! A rule is compiled once, when its flag is parsed (so when a change is applied): variable
 //! paths are split into lookups, `$flagd.flagKey` and `$flagd.timestamp` become their own
-//! nodes, literal arrays that `in` searches become hash sets, literal versions of `sem_ver` are
-//! parsed, and `fractional`'s weights are summed ahead. Evaluation then reads the request's
-//! JSON in place and allocates nothing for the common operators.
+//! nodes, literal lists of strings that `in` searches become sets (short ones stay lists to
+//! scan), literal versions of `sem_ver` are parsed, and `fractional`'s weights are summed
+//! ahead. Evaluation then reads the request's JSON in place and allocates nothing for the
+//! common operators.
 //!
 //! The compiled tree covers the operators flagd rules use in practice (`var`, `if`, `?:`,
 //! `and`, `or`, `!`, `!!`, the comparisons, `in`, `cat`, and flagd's `fractional`, `sem_ver`,

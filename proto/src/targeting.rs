@@ -2,9 +2,12 @@
 //!
 //! A rule is prepared once, when its flag is parsed: `$ref`s to shared evaluators are replaced
 //! by the evaluators, every operator is checked against the ones flagd supports, and the rule
-//! is compiled. flagd's operators that differ from datalogic's built-ins of the same name
-//! (`starts_with`, `ends_with`: flagd answers `null`, not `false`, on bad input) are renamed to
-//! ours before compiling. Evaluation is then a walk of the compiled rule over the context.
+//! is compiled to our tree of typed operations (`compiled.rs`), which evaluates it. This
+//! module's datalogic-rs interpreter is the reference, and evaluates what the tree does not
+//! cover: its form of a rule is compiled when the rule is prepared if the tree cannot take
+//! the rule, else at the first evaluation that needs it. flagd's operators that differ from
+//! datalogic's built-ins of the same name (`starts_with`, `ends_with`: flagd answers `null`,
+//! not `false`, on bad input) are renamed to ours before datalogic compiles them.
 //!
 //! `fractional` buckets the evaluation in one of two schemes ([`Fractional`]), chosen per
 //! cluster so that splits match the user's other flagd evaluators:
