@@ -503,11 +503,18 @@ impl Fractional {
                     }
                 }
             }
-            (Scheme::Cbor, Some(value)) => {
-                let mut bytes = Vec::new();
-                crate::targeting::cbor(&value.to_value(), &mut bytes);
-                hasher.write(&bytes);
-            }
+            (Scheme::Cbor, Some(value)) => match value.as_str() {
+                // A string, the common key, encoded as it is hashed.
+                Some(text) => {
+                    hasher.write_text_head(text.len());
+                    hasher.write(text.as_bytes());
+                }
+                None => {
+                    let mut bytes = Vec::new();
+                    crate::targeting::cbor(&value.to_value(), &mut bytes);
+                    hasher.write(&bytes);
+                }
+            },
         }
         Some(hasher.finish())
     }
