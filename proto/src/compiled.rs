@@ -24,7 +24,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-pub(crate) use run::Scope;
+pub(crate) use run::{Scope, field};
 
 /// A compiled rule.
 #[derive(Debug)]

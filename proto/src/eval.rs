@@ -223,7 +223,7 @@ impl FlagDefinition {
     fn named(&self, named: Named) -> Resolution<'_> {
         match named {
             Named::Nothing => self.default_resolution(Reason::Default),
-            Named::Variant(variant) => match self.variants.get_key_value(variant) {
+            Named::Variant(variant) => match crate::compiled::field(&self.variants, variant) {
                 Some((name, value)) => Resolution {
                     value: Some(value),
                     variant: Some(name),

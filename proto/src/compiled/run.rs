@@ -316,14 +316,42 @@ fn affix<'a>(prefix: bool, args: &'a [Node; 2], scope: &Scope<'a>) -> Result<Opt
     })
 }
 
+/// Objects up to this many fields are searched by scanning, lengths compared first: a
+/// context's objects are small, and most of their keys differ from the one sought in length,
+/// where the ordered map's search compares the bytes of every key on its way.
+const SCANNED_FIELDS: usize = 8;
+
+/// `object[name]`.
+#[inline]
+pub(crate) fn field<'a, V>(
+    object: &'a std::collections::BTreeMap<String, V>,
+    name: &str,
+) -> Option<(&'a String, &'a V)> {
+    if object.len() <= SCANNED_FIELDS {
+        object.iter().find(|(key, _)| key.len() == name.len() && key.as_bytes() == name.as_bytes())
+    } else {
+        object.get_key_value(name)
+    }
+}
+
+/// `object[name]` of a JSON object.
+#[inline]
+fn member<'a>(object: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if object.len() <= SCANNED_FIELDS {
+        object.iter().find(|(key, _)| key.len() == name.len() && key.as_bytes() == name.as_bytes()).map(|(_, v)| v)
+    } else {
+        object.get(name)
+    }
+}
+
 /// A path into the context (`$flagd` paths are compiled to their own nodes).
 fn lookup<'a>(context: &'a serde_json::Map<String, Value>, path: &[Segment]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
     let name = match first {
         Segment::Field(name) | Segment::FieldOrIndex(name, _) => name,
     };
-    rest.iter().try_fold(context.get(name.as_ref())?, |value, segment| match (segment, value) {
-        (Segment::Field(name) | Segment::FieldOrIndex(name, _), Value::Object(object)) => object.get(name.as_ref()),
+    rest.iter().try_fold(member(context, name)?, |value, segment| match (segment, value) {
+        (Segment::Field(name) | Segment::FieldOrIndex(name, _), Value::Object(object)) => member(object, name),
         (Segment::FieldOrIndex(_, index), Value::Array(items)) => items.get(*index),
         _ => None,
     })
