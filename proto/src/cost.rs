@@ -94,7 +94,19 @@ pub fn check_rule(rule: &Value) -> Result<u64, CostError> {
 /// Checks what the bound assumes of an evaluation context: no array longer than
 /// [`MAX_CONTEXT_ARRAY_ITEMS`]; the error names the first one that is, by its JSON path.
 pub fn check_context(context: &serde_json::Map<String, Value>) -> Result<(), String> {
+    // A walk that allocates nothing first: the path is built only to name an array too long.
+    if context.values().all(within_bound) {
+        return Ok(());
+    }
     context.iter().try_for_each(|(name, value)| check_value(value, &mut format!("/{name}")))
+}
+
+fn within_bound(value: &Value) -> bool {
+    match value {
+        Value::Array(items) => items.len() as u64 <= MAX_CONTEXT_ARRAY_ITEMS && items.iter().all(within_bound),
+        Value::Object(object) => object.values().all(within_bound),
+        _ => true,
+    }
 }
 
 fn check_value(value: &Value, path: &mut String) -> Result<(), String> {

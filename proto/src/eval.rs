@@ -40,6 +40,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::compiled::EvaluationContext;
+use crate::compiled::Scope;
 use crate::limits::MAX_VARIANTS;
 use crate::model::{JsonText, Key};
 use crate::targeting::{Fractional, Rule};
@@ -161,25 +163,70 @@ impl FlagDefinition {
     /// `now_s` (Unix seconds, given by the caller: this crate reads no clock) is
     /// `$flagd.timestamp`.
     pub fn evaluate(&self, key: &str, context: &Map<String, Value>, scheme: Fractional, now_s: u64) -> Evaluation {
+        self.resolve(key, &EvaluationContext::new(context), scheme, now_s).to_evaluation()
+    }
+
+    /// [`FlagDefinition::evaluate`] without copying anything: the answer borrows the flag's
+    /// variant, and allocates only to say what went wrong. A request that evaluates many flags
+    /// passes the same `context` to each.
+    pub fn resolve<'a>(
+        &'a self,
+        key: &str,
+        context: &EvaluationContext<'_>,
+        scheme: Fractional,
+        now_s: u64,
+    ) -> Resolution<'a> {
+        self.resolve_with(key, context, scheme, now_s, true)
+    }
+
+    /// The answer of the interpreter alone (datalogic-rs): the reference the compiled rules
+    /// are tested, and measured, against.
+    #[cfg(any(test, feature = "testsuite"))]
+    pub fn evaluate_interpreted(
+        &self,
+        key: &str,
+        context: &Map<String, Value>,
+        scheme: Fractional,
+        now_s: u64,
+    ) -> Evaluation {
+        self.resolve_with(key, &EvaluationContext::new(context), scheme, now_s, false).to_evaluation()
+    }
+
+    fn resolve_with<'a>(
+        &'a self,
+        key: &str,
+        context: &EvaluationContext<'_>,
+        scheme: Fractional,
+        now_s: u64,
+        compiled: bool,
+    ) -> Resolution<'a> {
         if self.state == FlagState::Disabled {
-            return Evaluation::of(None, Reason::Disabled);
+            return Resolution::of(None, Reason::Disabled);
         }
         let Some(rule) = &self.rule else {
-            return self.default_evaluation(Reason::Static);
+            return self.default_resolution(Reason::Static);
         };
         if let Some(error) = rule.too_costly() {
-            return Evaluation::error(
+            return Resolution::error(
                 ErrorCode::General,
                 format!("the targeting rule is not evaluated: {error} (refused when submitted since this version)"),
             );
         }
-        if let Err(detail) = crate::cost::check_context(context) {
-            return Evaluation::error(ErrorCode::InvalidContext, detail);
+        if let Err(detail) = context.check() {
+            return Resolution::error(ErrorCode::InvalidContext, detail);
         }
-        if rule.needs_targeting_key() && !context.get("targetingKey").is_some_and(Value::is_string) {
-            return Evaluation::error(ErrorCode::TargetingKeyMissing, "the targeting rule needs a targetingKey");
+        let values = context.values;
+        if rule.needs_targeting_key() && !values.get("targetingKey").is_some_and(Value::is_string) {
+            return Resolution::error(ErrorCode::TargetingKeyMissing, "the targeting rule needs a targetingKey");
         }
-        let mut data = context.clone();
+        if let Some(program) = rule.program().filter(|_| compiled) {
+            let scope = Scope { context: values, flag_key: key, now_s, scheme };
+            // On `Decline`, the interpreter answers what the tree does not reproduce.
+            if let Ok(answer) = program.run(&scope) {
+                return self.named(answer.named());
+            }
+        }
+        let mut data = values.clone();
         if rule.uses_flagd() {
             let mut flagd = Map::from_iter([("flagKey".to_owned(), Value::String(key.to_owned()))]);
             if rule.uses_time() {
@@ -187,40 +234,83 @@ impl FlagDefinition {
             }
             data.insert("$flagd".to_owned(), Value::Object(flagd));
         }
-        match rule.evaluate(Value::Object(data), scheme) {
-            Ok(Value::Null) => self.default_evaluation(Reason::Default),
-            Ok(Value::String(variant)) => self.variant_evaluation(variant),
-            Ok(Value::Bool(flag)) => self.variant_evaluation(flag.to_string()),
-            Ok(other) => {
-                Evaluation::error(ErrorCode::General, format!("the targeting rule must name a variant, got {other}"))
+        let source = self.targeting.as_ref().expect("a flag with a rule has its targeting");
+        match rule.evaluate(Value::Object(data), scheme, source) {
+            Ok(Value::Null) => self.named(Named::Nothing),
+            Ok(Value::String(variant)) => self.named(Named::Variant(&variant)),
+            Ok(Value::Bool(flag)) => self.named(Named::Variant(if flag { "true" } else { "false" })),
+            Ok(other) => self.named(Named::Other(other)),
+            Err(error) => Resolution::error(ErrorCode::General, format!("the targeting rule failed: {error}")),
+        }
+    }
+
+    /// The answer for what a rule named.
+    fn named(&self, named: Named) -> Resolution<'_> {
+        match named {
+            Named::Nothing => self.default_resolution(Reason::Default),
+            Named::Variant(variant) => match crate::compiled::field(&self.variants, variant) {
+                Some((name, value)) => Resolution {
+                    value: Some(value),
+                    variant: Some(name),
+                    ..Resolution::of(None, Reason::TargetingMatch)
+                },
+                None => Resolution::error(
+                    ErrorCode::General,
+                    format!("the targeting rule named variant {variant:?}, which the flag does not have"),
+                ),
+            },
+            Named::Other(other) => {
+                Resolution::error(ErrorCode::General, format!("the targeting rule must name a variant, got {other}"))
             }
-            Err(error) => Evaluation::error(ErrorCode::General, format!("the targeting rule failed: {error}")),
         }
     }
 
-    fn default_evaluation(&self, reason: Reason) -> Evaluation {
-        match &self.default_variant {
-            Some(variant) => Evaluation {
-                value: self.variants.get(variant).cloned(),
-                variant: Some(variant.clone()),
-                ..Evaluation::of(None, reason)
-            },
+    fn default_resolution(&self, reason: Reason) -> Resolution<'_> {
+        match self.default_variant.as_ref().and_then(|variant| self.variants.get_key_value(variant)) {
+            Some((name, value)) => {
+                Resolution { value: Some(value), variant: Some(name), ..Resolution::of(None, reason) }
+            }
             // No default variant: the caller's code default applies (flagd's semantics).
-            None => Evaluation::of(None, Reason::Default),
+            None => Resolution::of(None, Reason::Default),
         }
     }
+}
 
-    fn variant_evaluation(&self, variant: String) -> Evaluation {
-        match self.variants.get(&variant) {
-            Some(value) => Evaluation {
-                value: Some(value.clone()),
-                variant: Some(variant),
-                ..Evaluation::of(None, Reason::TargetingMatch)
-            },
-            None => Evaluation::error(
-                ErrorCode::General,
-                format!("the targeting rule named variant {variant:?}, which the flag does not have"),
-            ),
+/// What a targeting rule answered: a variant's name, nothing (`null`), or another value.
+pub(crate) enum Named<'a> {
+    Nothing,
+    Variant(&'a str),
+    Other(Value),
+}
+
+/// An evaluation's answer, borrowed from its flag: the allocation-free form of [`Evaluation`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolution<'a> {
+    pub value: Option<&'a Value>,
+    pub variant: Option<&'a str>,
+    pub reason: Reason,
+    /// Why it failed: the code, and a message for people.
+    pub error: Option<(ErrorCode, String)>,
+}
+
+impl<'a> Resolution<'a> {
+    fn of(value: Option<&'a Value>, reason: Reason) -> Self {
+        Resolution { value, variant: None, reason, error: None }
+    }
+
+    fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Resolution { error: Some((code, message.into())), ..Resolution::of(None, Reason::Error) }
+    }
+
+    /// The answer as an owned [`Evaluation`] (without metadata).
+    pub fn to_evaluation(&self) -> Evaluation {
+        Evaluation {
+            value: self.value.cloned(),
+            variant: self.variant.map(str::to_owned),
+            reason: self.reason,
+            error_code: self.error.as_ref().map(|(code, _)| *code),
+            error_message: self.error.as_ref().map(|(_, message)| message.clone()),
+            metadata: BTreeMap::new(),
         }
     }
 }
@@ -237,10 +327,14 @@ pub struct FlagSet {
 impl FlagSet {
     /// Reads a flagd flag file.
     pub fn parse(text: &str) -> Result<FlagSet, String> {
-        let file: Value =
+        let mut file: Value =
             serde_json::from_str(text).map_err(|e| format!("expected a flagd flag file (JSON), got {e}"))?;
-        let object = file.as_object().ok_or("expected a flagd flag file: a JSON object with \"flags\"")?;
-        let flags = object.get("flags").and_then(Value::as_object).ok_or("/flags must be an object of flags")?;
+        let object = file.as_object_mut().ok_or("expected a flagd flag file: a JSON object with \"flags\"")?;
+        // Taken out of the file, not copied: a file may hold thousands of flags.
+        let flags = match object.remove("flags") {
+            Some(Value::Object(flags)) => flags,
+            _ => return Err("/flags must be an object of flags".to_owned()),
+        };
         let evaluators = match object.get("$evaluators") {
             None => Map::new(),
             Some(Value::Object(evaluators)) => evaluators.clone(),
@@ -251,11 +345,11 @@ impl FlagSet {
             Some(value) => serde_json::from_value(value.clone()).map_err(|e| format!("/metadata: {e}"))?,
         };
         let flags = flags
-            .iter()
+            .into_iter()
             .map(|(key, flag)| {
-                let parsed = FlagDefinition::from_value(flag.clone(), &evaluators)
-                    .map_err(|detail| format!("flag {key:?}: {detail}"));
-                (key.clone(), parsed)
+                let parsed =
+                    FlagDefinition::from_value(flag, &evaluators).map_err(|detail| format!("flag {key:?}: {detail}"));
+                (key, parsed)
             })
             .collect();
         Ok(FlagSet { flags, metadata })

@@ -2,9 +2,12 @@
 //!
 //! A rule is prepared once, when its flag is parsed: `$ref`s to shared evaluators are replaced
 //! by the evaluators, every operator is checked against the ones flagd supports, and the rule
-//! is compiled. flagd's operators that differ from datalogic's built-ins of the same name
-//! (`starts_with`, `ends_with`: flagd answers `null`, not `false`, on bad input) are renamed to
-//! ours before compiling. Evaluation is then a walk of the compiled rule over the context.
+//! is compiled to our tree of typed operations (`compiled.rs`), which evaluates it. This
+//! module's datalogic-rs interpreter is the reference, and evaluates what the tree does not
+//! cover: its form of a rule is compiled when the rule is prepared if the tree cannot take
+//! the rule, else at the first evaluation that needs it. flagd's operators that differ from
+//! datalogic's built-ins of the same name (`starts_with`, `ends_with`: flagd answers `null`,
+//! not `false`, on bad input) are renamed to ours before datalogic compiles them.
 //!
 //! `fractional` buckets the evaluation in one of two schemes ([`Fractional`]), chosen per
 //! cluster so that splits match the user's other flagd evaluators:
@@ -29,12 +32,13 @@
 //! - `Rule::evaluate(data, scheme)` runs the compiled rule on one of two engines (`ENGINES`), one
 //!   per scheme; they differ only in `fractional` and `cat`.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use datalogic_rs::{CompiledLogic, ContextStack, DataLogic, Evaluator, Operator};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::compiled::Program;
 use crate::cost::CostError;
 use crate::limits::MAX_CAT_BYTES;
 
@@ -119,7 +123,13 @@ fn engine_for(scheme: Fractional) -> &'static DataLogic {
 /// flag's `targeting`, kept there alone: a copy here doubled the memory of a flag's rule.
 #[derive(Clone)]
 pub struct Rule {
-    compiled: Arc<CompiledLogic>,
+    /// The interpreter's form of the rule: compiled when the rule is prepared if the tree
+    /// below does not cover it, else at the first evaluation the tree leaves to the
+    /// interpreter (most rules never need it: it is most of a prepared flag's memory and time).
+    interpreted: Arc<OnceLock<Result<Arc<CompiledLogic>, String>>>,
+    /// The rule compiled to typed operations (`compiled.rs`); `None` when it uses an operator
+    /// the tree does not cover, and the interpreter alone evaluates it.
+    program: Option<Arc<Program>>,
     /// Whether it buckets by the default `targetingKey` (a `fractional` without bucket-by).
     needs_targeting_key: bool,
     /// Whether it reads `$flagd` (the flag key, the time), directly or through `fractional`.
@@ -158,18 +168,21 @@ impl Rule {
     /// Resolves `$ref`s against `evaluators`, checks the operators and compiles the rule;
     /// returns it with the resolved source.
     pub fn prepare(rule: &Value, evaluators: &Map<String, Value>) -> Result<(Rule, Value), RuleError> {
-        let resolved = resolve(rule, evaluators, "/targeting", 0)?;
-        let renamed = check_and_rename(&resolved, "/targeting")?;
-        let compiled = engine_for(Fractional::V2).compile(&renamed).map_err(|error| RuleError {
-            path: "/targeting".into(),
-            detail: format!("not valid JsonLogic: {error}"),
-        })?;
+        let resolved = resolve(rule, evaluators, &mut "/targeting".to_owned(), 0)?;
+        check_operators(&resolved, &mut "/targeting".to_owned())?;
+        let program = Program::compile(&resolved).map(Arc::new);
+        let interpreted = Arc::new(OnceLock::new());
+        if program.is_none() {
+            // The interpreter alone evaluates the rule: it must compile now, or be refused.
+            let compiled = interpret(&resolved).map_err(|detail| RuleError { path: "/targeting".into(), detail })?;
+            let _ = interpreted.set(Ok(compiled));
+        }
         let needs_targeting_key = default_bucketing(&resolved);
         let text = resolved.to_string();
         let uses_flagd = text.contains("$flagd") || text.contains("\"fractional\"");
         let uses_time = text.contains("$flagd.timestamp") || text.contains("\"timestamp\"");
         let too_costly = crate::cost::check_rule(&resolved).err();
-        Ok((Rule { compiled, needs_targeting_key, uses_flagd, uses_time, too_costly }, resolved))
+        Ok((Rule { interpreted, program, needs_targeting_key, uses_flagd, uses_time, too_costly }, resolved))
     }
 
     /// Why the rule is too costly to evaluate, if it is.
@@ -191,10 +204,32 @@ impl Rule {
         self.needs_targeting_key
     }
 
-    /// Evaluates the rule over `data` (the context with `$flagd` and `targetingKey`).
-    pub fn evaluate(&self, data: Value, scheme: Fractional) -> Result<Value, String> {
-        engine_for(scheme).evaluate_owned(&self.compiled, data).map_err(|error| error.to_string())
+    /// The compiled rule, when the tree covers it.
+    pub(crate) fn program(&self) -> Option<&Program> {
+        self.program.as_deref()
     }
+
+    /// Evaluates the rule over `data` (the context with `$flagd` and `targetingKey`) with the
+    /// interpreter; `source` is the rule as prepared (its flag's `targeting`).
+    pub fn evaluate(&self, data: Value, scheme: Fractional, source: &Value) -> Result<Value, String> {
+        let compiled = self.interpreted.get_or_init(|| interpret(source));
+        let compiled = compiled.as_ref().map_err(String::clone)?;
+        engine_for(scheme).evaluate_owned(compiled, data).map_err(|error| error.to_string())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// Whether the interpreter compiles `rule` (its operators checked first).
+    pub(crate) fn interpretable(rule: &serde_json::Value) -> Result<(), String> {
+        super::check_operators(rule, &mut String::new()).map_err(|e| e.to_string())?;
+        super::interpret(rule).map(drop)
+    }
+}
+
+/// The interpreter's compiled form of a checked rule.
+fn interpret(rule: &Value) -> Result<Arc<CompiledLogic>, String> {
+    engine_for(Fractional::V2).compile(&rename(rule)).map_err(|error| format!("not valid JsonLogic: {error}"))
 }
 
 /// Whether a `fractional` in `rule` buckets by the default key (its first argument a bucket).
@@ -213,64 +248,83 @@ fn default_bucketing(rule: &Value) -> bool {
 /// Deepest nesting of `$ref`s (an evaluator may use another).
 const MAX_REF_DEPTH: usize = 8;
 
-fn resolve(rule: &Value, evaluators: &Map<String, Value>, path: &str, depth: usize) -> Result<Value, RuleError> {
-    let error = |detail: String| RuleError { path: path.to_owned(), detail };
+/// Runs `f` with `part` appended to `path` (the JSON path of errors, built without a
+/// `format!` per node: rules of long lists are prepared per flag of a large file).
+fn within<T>(path: &mut String, part: &dyn std::fmt::Display, f: impl FnOnce(&mut String) -> T) -> T {
+    use std::fmt::Write;
+    let before = path.len();
+    let _ = write!(path, "/{part}");
+    let result = f(path);
+    path.truncate(before);
+    result
+}
+
+fn resolve(rule: &Value, evaluators: &Map<String, Value>, path: &mut String, depth: usize) -> Result<Value, RuleError> {
+    let error = |path: &str, detail: String| RuleError { path: path.to_owned(), detail };
     match rule {
         Value::Object(object) if object.len() == 1 && object.contains_key("$ref") => {
-            let name = object["$ref"].as_str().ok_or_else(|| error("$ref must name an evaluator".into()))?;
+            let name = object["$ref"].as_str().ok_or_else(|| error(path, "$ref must name an evaluator".into()))?;
             if depth >= MAX_REF_DEPTH {
-                return Err(error(format!("$ref {name:?} nests deeper than {MAX_REF_DEPTH} evaluators")));
+                return Err(error(path, format!("$ref {name:?} nests deeper than {MAX_REF_DEPTH} evaluators")));
             }
             let target = evaluators.get(name).ok_or_else(|| {
                 let known: Vec<&str> = evaluators.keys().map(String::as_str).collect();
-                error(format!("$ref to evaluator {name:?}, which does not exist (known: {})", known.join(", ")))
+                error(path, format!("$ref to evaluator {name:?}, which does not exist (known: {})", known.join(", ")))
             })?;
-            resolve(target, evaluators, &format!("{path}/$ref:{name}"), depth + 1)
+            within(path, &format_args!("$ref:{name}"), |path| resolve(target, evaluators, path, depth + 1))
         }
         Value::Object(object) => {
             let mut out = Map::new();
             for (key, value) in object {
-                out.insert(key.clone(), resolve(value, evaluators, &format!("{path}/{key}"), depth)?);
+                out.insert(key.clone(), within(path, key, |path| resolve(value, evaluators, path, depth))?);
             }
             Ok(Value::Object(out))
         }
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(index, item)| resolve(item, evaluators, &format!("{path}/{index}"), depth))
+            .map(|(index, item)| within(path, &index, |path| resolve(item, evaluators, path, depth)))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array),
         other => Ok(other.clone()),
     }
 }
 
-/// Checks that every single-key object is a known operator, and renames flagd's operators
-/// that differ from datalogic's built-ins.
-fn check_and_rename(rule: &Value, path: &str) -> Result<Value, RuleError> {
+/// Checks that every single-key object is a known operator.
+fn check_operators(rule: &Value, path: &mut String) -> Result<(), RuleError> {
     match rule {
         Value::Object(object) if object.len() == 1 => {
             let (operator, arguments) = object.iter().next().expect("one entry");
             if !OPERATORS.contains(&operator.as_str()) {
                 return Err(RuleError {
-                    path: path.to_owned(),
+                    path: path.clone(),
                     detail: format!("unknown operator {operator:?} (expected a JsonLogic or flagd operator)"),
                 });
             }
-            let name = RENAMED.iter().find(|(from, _)| from == operator).map_or(operator.as_str(), |(_, to)| to);
-            let arguments = check_and_rename(arguments, &format!("{path}/{operator}"))?;
-            Ok(Value::Object(Map::from_iter([(name.to_owned(), arguments)])))
+            within(path, operator, |path| check_operators(arguments, path))
         }
         Value::Object(object) if !object.is_empty() => Err(RuleError {
-            path: path.to_owned(),
+            path: path.clone(),
             detail: format!("expected an operation with one operator, got an object with {} keys", object.len()),
         }),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(index, item)| check_and_rename(item, &format!("{path}/{index}")))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Value::Array),
-        other => Ok(other.clone()),
+            .try_for_each(|(index, item)| within(path, &index, |path| check_operators(item, path))),
+        _ => Ok(()),
+    }
+}
+
+/// A checked rule with flagd's operators that differ from datalogic's built-ins renamed.
+fn rename(rule: &Value) -> Value {
+    match rule {
+        Value::Object(object) if object.len() == 1 => {
+            let (operator, arguments) = object.iter().next().expect("one entry");
+            let name = RENAMED.iter().find(|(from, _)| from == operator).map_or(operator.as_str(), |(_, to)| to);
+            Value::Object(Map::from_iter([(name.to_owned(), rename(arguments))]))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(rename).collect()),
+        other => other.clone(),
     }
 }
 
@@ -548,12 +602,17 @@ impl Operator for SemVerOperator {
 
 /// A version as flagd reads it: an optional `v`, missing minor and patch as 0, build metadata
 /// ignored; numbers (`1.2`) read as their text.
-fn version(value: &Value) -> Option<semver::Version> {
-    let text = match value {
-        Value::String(text) => text.clone(),
-        Value::Number(number) => number.to_string(),
-        _ => return None,
-    };
+pub(crate) fn version(value: &Value) -> Option<semver::Version> {
+    match value {
+        Value::String(text) => version_of_text(text),
+        Value::Number(number) => version_of_text(&number.to_string()),
+        _ => None,
+    }
+}
+
+/// [`version`] of a text. A plain `major.minor.patch` (the common case) is read without
+/// allocating; anything else goes through `semver`'s parser.
+pub(crate) fn version_of_text(text: &str) -> Option<semver::Version> {
     let text = text.trim();
     let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
     let text = text.split('+').next().unwrap_or(text);
@@ -561,13 +620,22 @@ fn version(value: &Value) -> Option<semver::Version> {
         Some((core, pre)) => (core, Some(pre)),
         None => (text, None),
     };
-    let mut parts: Vec<&str> = core.split('.').collect();
-    if parts.is_empty()
-        || parts.len() > 3
-        || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return None;
+    let mut parts = [0u64; 3];
+    for (count, part) in core.split('.').enumerate() {
+        if count == 3 || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // semver refuses leading zeros and numbers past u64: its parser says so below.
+        if pre.is_some() || (part.len() > 1 && part.starts_with('0')) {
+            return version_parsed(core, pre);
+        }
+        parts[count] = part.parse().ok()?;
     }
+    Some(semver::Version::new(parts[0], parts[1], parts[2]))
+}
+
+fn version_parsed(core: &str, pre: Option<&str>) -> Option<semver::Version> {
+    let mut parts: Vec<&str> = core.split('.').collect();
     parts.resize(3, "0");
     let full = match pre {
         Some(pre) => format!("{}-{pre}", parts.join(".")),

@@ -20,6 +20,7 @@
 //! the applied flags' keys and generations, changes on the engine's view channel. OFREP errors keep
 //! OFREP's shape, `{"errorCode", "errorDetails"}`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -30,8 +31,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use grapevine_proto::eval::{Evaluation, ofrep_context};
-use serde_json::{Map, Value, json};
+use grapevine_proto::eval::{EvaluationContext, Resolution, ofrep_context};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
@@ -56,24 +57,31 @@ fn recovering(state: &ApiState, key: Option<&str>, reason: &str) -> Response {
 }
 
 /// One evaluation in OFREP's shape: success, or failure with its code.
-fn answer(key: &str, evaluation: Evaluation) -> Result<Value, Value> {
-    if let Some(code) = evaluation.error_code {
-        return Err(json!({"key": key, "errorCode": code, "errorDetails": evaluation.error_message}));
+fn answer(key: &str, resolution: &Resolution, metadata: &BTreeMap<String, Value>) -> Result<Value, Value> {
+    if let Some((code, message)) = &resolution.error {
+        return Err(json!({"key": key, "errorCode": code, "errorDetails": message}));
     }
-    let mut success = json!({"key": key, "reason": evaluation.reason, "metadata": evaluation.metadata});
-    if let (Some(value), Some(variant)) = (evaluation.value, evaluation.variant) {
-        success["value"] = value;
+    let mut success = json!({"key": key, "reason": resolution.reason, "metadata": metadata});
+    if let (Some(value), Some(variant)) = (resolution.value, resolution.variant) {
+        success["value"] = value.clone();
         success["variant"] = json!(variant);
     }
     Ok(success)
 }
 
-fn evaluate(state: &ApiState, view: &View, key: &str, context: &Map<String, Value>) -> Option<Evaluation> {
+/// Flag `key` evaluated against the request's context, in OFREP's shape; `None` when the
+/// flag is not applied here.
+fn evaluate(
+    state: &ApiState,
+    view: &View,
+    key: &str,
+    context: &EvaluationContext,
+    now_s: u64,
+) -> Option<Result<Value, Value>> {
     let key: grapevine_proto::Key = key.parse().ok()?;
-    let entry = view.state.flags.get(&key)?;
-    let mut evaluation = entry.value.evaluate(key.as_str(), context, state.fractional, unix_ms() / 1000);
-    evaluation.metadata = entry.value.metadata.clone();
-    Some(evaluation)
+    let flag = &view.state.flags.get(&key)?.value;
+    let resolution = flag.resolve(key.as_str(), context, state.fractional, now_s);
+    Some(answer(key.as_str(), &resolution, &flag.metadata))
 }
 
 /// Counts an OFREP answer by status, and how long its evaluation took.
@@ -107,11 +115,11 @@ fn evaluate_one(state: &ApiState, key: &str, body: &Bytes) -> Response {
     if let Some(reason) = &view.recovering {
         return recovering(state, Some(&key), reason);
     }
-    let Some(evaluation) = evaluate(state, &view, &key, &context) else {
+    let Some(answer) = evaluate(state, &view, &key, &EvaluationContext::new(&context), unix_ms() / 1000) else {
         let details = format!("flag {key:?} is not applied on node {}", state.name);
         return failure(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", details);
     };
-    match answer(&key, evaluation) {
+    match answer {
         Ok(success) => Json(success).into_response(),
         Err(failure) => (StatusCode::BAD_REQUEST, Json(failure)).into_response(),
     }
@@ -139,15 +147,14 @@ fn evaluate_bulk(state: &ApiState, principal: &crate::auth::Principal, headers: 
     if let Some(reason) = &view.recovering {
         return recovering(state, None, reason);
     }
+    // One context and one clock reading for every flag of the request.
+    let (context, now_s) = (EvaluationContext::new(&context), unix_ms() / 1000);
     let flags: Vec<Value> = view
         .state
         .flags
         .keys()
         .filter(|key| principal.covers(key.as_str()))
-        .filter_map(|key| {
-            let evaluation = evaluate(state, &view, key.as_str(), &context)?;
-            Some(answer(key.as_str(), evaluation).unwrap_or_else(|failure| failure))
-        })
+        .filter_map(|key| Some(evaluate(state, &view, key.as_str(), &context, now_s)?.unwrap_or_else(|e| e)))
         .collect();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let events = json!([{"type": "sse", "url": format!("http://{host}/ofrep/v1/events"), "inactivityDelaySec": INACTIVITY_DELAY_S}]);
@@ -199,23 +206,15 @@ mod tests {
 
     #[test]
     fn a_default_from_the_caller_has_no_value_and_an_error_has_its_code() {
-        let evaluation = Evaluation {
-            value: None,
-            variant: None,
-            reason: Reason::Disabled,
-            error_code: None,
-            error_message: None,
-            metadata: Default::default(),
-        };
-        let success = answer("f", evaluation.clone()).unwrap();
+        let resolution = Resolution { value: None, variant: None, reason: Reason::Disabled, error: None };
+        let success = answer("f", &resolution, &BTreeMap::new()).unwrap();
         assert_eq!(success["reason"], "DISABLED");
         assert!(success.get("value").is_none());
-        let failed = Evaluation {
-            error_code: Some(grapevine_proto::eval::ErrorCode::TargetingKeyMissing),
-            error_message: Some("needs a targetingKey".into()),
+        let failed = Resolution {
+            error: Some((grapevine_proto::eval::ErrorCode::TargetingKeyMissing, "needs a targetingKey".into())),
             reason: Reason::Error,
-            ..evaluation
+            ..resolution
         };
-        assert_eq!(answer("f", failed).unwrap_err()["errorCode"], "TARGETING_KEY_MISSING");
+        assert_eq!(answer("f", &failed, &BTreeMap::new()).unwrap_err()["errorCode"], "TARGETING_KEY_MISSING");
     }
 }
