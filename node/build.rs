@@ -3,7 +3,8 @@
 //! code into `OUT_DIR`, included by `src/flagd/mod.rs`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["flagd/evaluation/v1/evaluation.proto", "flagd/sync/v1/sync.proto"];
+    let protos =
+        ["flagd/evaluation/v1/evaluation.proto", "flagd/evaluation/v2/evaluation.proto", "flagd/sync/v1/sync.proto"];
     for proto in &protos {
         println!("cargo:rerun-if-changed=proto/{proto}");
     }

@@ -26,11 +26,12 @@ use crate::health::unix_ms;
 /// The evaluation service, behind the access checks.
 pub fn service(shared: Shared) -> tonic::service::Routes {
     let interceptor = interceptor(shared.api.clone());
-    tonic::service::Routes::new(ServiceServer::with_interceptor(Evaluator { shared }, interceptor))
+    let v2 = super::evaluation_v2::server(Evaluator { shared: shared.clone() }, interceptor.clone());
+    tonic::service::Routes::new(ServiceServer::with_interceptor(Evaluator { shared }, interceptor)).add_service(v2)
 }
 
-struct Evaluator {
-    shared: Shared,
+pub(crate) struct Evaluator {
+    pub(crate) shared: Shared,
 }
 
 /// `reason` as flagd's messages carry it.
@@ -39,7 +40,7 @@ pub(crate) fn reason_text(reason: Reason) -> String {
 }
 
 /// The status flagd answers for an evaluation error.
-fn error_status(code: ErrorCode, message: Option<String>) -> Status {
+pub(crate) fn error_status(code: ErrorCode, message: Option<String>) -> Status {
     let name = serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
     let message = format!("{name}: {}", message.unwrap_or_default());
     match code {
@@ -97,7 +98,11 @@ impl Evaluator {
         Ok(evaluation)
     }
 
-    fn resolve(&self, request: Request<(String, Option<Struct>)>, expected: Expected) -> Result<Resolved, Status> {
+    pub(crate) fn resolve(
+        &self,
+        request: Request<(String, Option<Struct>)>,
+        expected: Expected,
+    ) -> Result<Resolved, Status> {
         let caller = Caller::of(&request)?;
         let (key, context) = request.into_inner();
         let evaluation = self.evaluate(&caller, &key, context, expected)?;
@@ -111,15 +116,15 @@ impl Evaluator {
 }
 
 /// One evaluation, before it takes its response type.
-struct Resolved {
-    value: Option<Value>,
-    reason: String,
-    variant: String,
-    metadata: Option<Struct>,
+pub(crate) struct Resolved {
+    pub(crate) value: Option<Value>,
+    pub(crate) reason: String,
+    pub(crate) variant: String,
+    pub(crate) metadata: Option<Struct>,
 }
 
 /// The request's flag key and context, with its extensions (the caller).
-fn parts<T>(
+pub(crate) fn parts<T>(
     request: Request<T>,
     key: impl FnOnce(&T) -> String,
     context: impl FnOnce(T) -> Option<Struct>,
@@ -180,35 +185,14 @@ impl Service for Evaluator {
 
     async fn resolve_all(&self, request: Request<ResolveAllRequest>) -> Result<Response<ResolveAllResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let context = self.context(request.into_inner().context);
-        let view = self.shared.api.engine.view();
-        serving(&self.shared, &view)?;
-        let mut flags = std::collections::HashMap::new();
-        let selected: Vec<_> =
-            view.state.flags.iter().filter(|(key, entry)| caller.sees(key.as_str(), &entry.value)).collect();
-        for (key, entry) in &selected {
-            let evaluation = entry.value.evaluate(key.as_str(), &context, self.shared.api.fractional, unix_ms() / 1000);
-            // flagd leaves out the flags whose evaluation fails.
-            if evaluation.error_code.is_some() {
-                continue;
-            }
-            let value = evaluation.value.as_ref().and_then(|value| match value {
-                Value::Bool(b) => Some(any_flag::Value::BoolValue(*b)),
-                Value::String(s) => Some(any_flag::Value::StringValue(s.clone())),
-                Value::Number(n) => n.as_f64().map(any_flag::Value::DoubleValue),
-                Value::Object(o) => Some(any_flag::Value::ObjectValue(map_to_struct(o))),
-                _ => None,
-            });
-            let flag = AnyFlag {
-                reason: reason_text(evaluation.reason),
-                variant: evaluation.variant.unwrap_or_default(),
-                value,
-                metadata: Some(map_to_struct(&entry.value.metadata)),
-            };
-            flags.insert(key.to_string(), flag);
-        }
-        let metadata = sync::common_metadata(selected.iter().map(|(_, entry)| &*entry.value));
-        Ok(Response::new(ResolveAllResponse { flags, metadata: Some(map_to_struct(&metadata)) }))
+        let (flags, metadata) = self.resolve_all(&caller, request.into_inner().context)?;
+        let flags = flags
+            .into_iter()
+            .map(|(key, r)| {
+                (key, AnyFlag { reason: r.reason, variant: r.variant, value: any_value(r.value), metadata: r.metadata })
+            })
+            .collect();
+        Ok(Response::new(ResolveAllResponse { flags, metadata }))
     }
 
     type EventStreamStream = Pin<Box<dyn Stream<Item = Result<EventStreamResponse, Status>> + Send>>;
@@ -218,26 +202,71 @@ impl Service for Evaluator {
         request: Request<EventStreamRequest>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
         let caller = Caller::of(&request)?;
+        let events = self.events(caller).map(|(r#type, data)| Ok(EventStreamResponse { r#type, data }));
+        Ok(Response::new(Box::pin(events)))
+    }
+}
+
+/// A value as `AnyFlag` holds it (an integer as a double; no arrays).
+pub(crate) fn any_value(value: Option<Value>) -> Option<any_flag::Value> {
+    match value? {
+        Value::Bool(b) => Some(any_flag::Value::BoolValue(b)),
+        Value::String(s) => Some(any_flag::Value::StringValue(s)),
+        Value::Number(n) => n.as_f64().map(any_flag::Value::DoubleValue),
+        Value::Object(o) => Some(any_flag::Value::ObjectValue(map_to_struct(&o))),
+        _ => None,
+    }
+}
+
+impl Evaluator {
+    /// Every flag the caller sees, evaluated (flagd leaves out those whose evaluation fails),
+    /// and the metadata they share.
+    pub(crate) fn resolve_all(
+        &self,
+        caller: &Caller,
+        context: Option<Struct>,
+    ) -> Result<(Vec<(String, Resolved)>, Option<Struct>), Status> {
+        let context = self.context(context);
+        let view = self.shared.api.engine.view();
+        serving(&self.shared, &view)?;
+        let selected: Vec<_> =
+            view.state.flags.iter().filter(|(key, entry)| caller.sees(key.as_str(), &entry.value)).collect();
+        let mut flags = Vec::new();
+        for (key, entry) in &selected {
+            let evaluation = entry.value.evaluate(key.as_str(), &context, self.shared.api.fractional, unix_ms() / 1000);
+            if evaluation.error_code.is_some() {
+                continue;
+            }
+            let resolved = Resolved {
+                reason: reason_text(evaluation.reason),
+                variant: evaluation.variant.unwrap_or_default(),
+                value: evaluation.value,
+                metadata: Some(map_to_struct(&entry.value.metadata)),
+            };
+            flags.push((key.to_string(), resolved));
+        }
+        let metadata = sync::common_metadata(selected.iter().map(|(_, entry)| &*entry.value));
+        Ok((flags, Some(map_to_struct(&metadata))))
+    }
+
+    /// The event stream's events as (type, data): `provider_ready` at once, then a
+    /// `configuration_change` each time the caller's flags change; ends when the node stops.
+    pub(crate) fn events(&self, caller: Caller) -> impl Stream<Item = (String, Option<Struct>)> + Send + 'static {
         let mut watch = self.shared.api.engine.watch();
         let last = selection(&watch.borrow_and_update(), &caller);
-        let ready = EventStreamResponse { r#type: "provider_ready".to_owned(), data: None };
         let changes = futures_util::stream::unfold((watch, last, caller), |(mut watch, last, caller)| async move {
             loop {
                 watch.changed().await.ok()?;
                 let now = selection(&watch.borrow_and_update(), &caller);
                 if now != last {
-                    let event = EventStreamResponse {
-                        r#type: "configuration_change".to_owned(),
-                        data: Some(map_to_struct(&changed_flags(&last, &now))),
-                    };
-                    return Some((Ok(event), (watch, now, caller)));
+                    let data = Some(map_to_struct(&changed_flags(&last, &now)));
+                    return Some((("configuration_change".to_owned(), data), (watch, now, caller)));
                 }
             }
         });
-        let stream = futures_util::stream::once(async { Ok(ready) })
+        futures_util::stream::once(async { ("provider_ready".to_owned(), None) })
             .chain(changes)
-            .take_until(self.shared.shutdown.clone().cancelled_owned());
-        Ok(Response::new(Box::pin(stream)))
+            .take_until(self.shared.shutdown.clone().cancelled_owned())
     }
 }
 

@@ -1,6 +1,6 @@
 //! flagd's gRPC services, so that every flagd provider works against a node unchanged (D73):
 //!
-//! - `flagd.evaluation.v1.Service` (RPC providers, flagd's port 8013): the node evaluates, as
+//! - `flagd.evaluation.v1.Service` and `v2` (RPC providers, flagd's port 8013): the node evaluates, as
 //!   for OFREP ([`evaluation`]);
 //! - `flagd.sync.v1.FlagSyncService` (in-process providers, flagd's port 8015): the node streams
 //!   its applied flags, and the provider evaluates them itself ([`sync`]).
@@ -24,6 +24,7 @@ use crate::api::ApiState;
 pub mod access;
 pub mod convert;
 pub mod evaluation;
+pub mod evaluation_v2;
 pub mod selector;
 pub mod sync;
 
@@ -35,6 +36,10 @@ pub mod schema {
     /// `flagd.evaluation.v1`: the RPC providers' evaluation service.
     pub mod evaluation {
         tonic::include_proto!("flagd.evaluation.v1");
+    }
+    /// `flagd.evaluation.v2`: the same, with optional values (newer providers).
+    pub mod evaluation_v2 {
+        tonic::include_proto!("flagd.evaluation.v2");
     }
     /// `flagd.sync.v1`: the in-process providers' sync service.
     pub mod sync {
