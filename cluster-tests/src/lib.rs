@@ -7,6 +7,7 @@
 
 pub mod chaos;
 pub mod inproc;
+pub mod providers;
 pub mod scenario;
 pub mod watch;
 

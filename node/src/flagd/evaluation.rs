@@ -202,7 +202,8 @@ impl Service for Evaluator {
         request: Request<EventStreamRequest>,
     ) -> Result<Response<Self::EventStreamStream>, Status> {
         let caller = Caller::of(&request)?;
-        let events = self.events(caller).map(|(r#type, data)| Ok(EventStreamResponse { r#type, data }));
+        let events =
+            self.events(caller).map(|(r#type, data)| Ok(EventStreamResponse { r#type, data })).chain(super::stopping());
         Ok(Response::new(Box::pin(events)))
     }
 }

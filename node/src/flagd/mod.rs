@@ -137,6 +137,13 @@ impl Shared {
     }
 }
 
+/// The last item of every stream: the node is stopping. An error, not a clean end: providers
+/// reconnect after an error (the JavaScript provider only then), and find the node again once
+/// it is back.
+pub(crate) fn stopping<T>() -> impl futures_util::Stream<Item = Result<T, tonic::Status>> + Send {
+    futures_util::stream::once(async { Err(tonic::Status::unavailable("the node is stopping; reconnect")) })
+}
+
 /// The bound ports of the flagd services, ready to serve.
 pub struct Bound {
     evaluation: Option<std::net::TcpListener>,

@@ -147,7 +147,8 @@ impl FlagSyncService for Syncer {
         );
         let stream = futures_util::stream::once(async { Ok(first) })
             .chain(changes)
-            .take_until(self.shared.shutdown.clone().cancelled_owned());
+            .take_until(self.shared.shutdown.clone().cancelled_owned())
+            .chain(super::stopping());
         Ok(Response::new(Box::pin(stream)))
     }
 
