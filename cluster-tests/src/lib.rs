@@ -6,6 +6,7 @@
 //! `scenario` drives in-process nodes instead, for partition and loss scenarios as data.
 
 pub mod chaos;
+pub mod gherkin;
 pub mod inproc;
 pub mod providers;
 pub mod scenario;

@@ -61,6 +61,10 @@ pub struct Options {
     pub tls_ca: Option<PathBuf>,
     /// The name the node's certificate is issued for.
     pub authority: Option<String>,
+    /// The rpc provider's cache: `lru` (the providers' default) or `disabled`.
+    pub cache: Option<String>,
+    /// Seconds a provider reports stale before error when its stream breaks (default 5).
+    pub grace_s: Option<u64>,
 }
 
 fn providers_dir() -> PathBuf {
@@ -97,6 +101,15 @@ pub fn available(language: Language) -> Result<bool> {
     }
     eprintln!("\n*** SKIPPED: the {language} flagd provider is not installed; install it with `{install}` ***\n");
     Ok(false)
+}
+
+/// A provider event (`PROVIDER_READY`, `PROVIDER_CONFIGURATION_CHANGED`, `PROVIDER_STALE`,
+/// `PROVIDER_ERROR`), when it came, and the flags a change named.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub name: String,
+    pub at_ms: u64,
+    pub flags: Vec<String>,
 }
 
 /// A running provider behind its driver.
@@ -136,6 +149,12 @@ impl Provider {
         }
         if let Some(authority) = &options.authority {
             command.args(["--authority", authority]);
+        }
+        if let Some(cache) = &options.cache {
+            command.args(["--cache", cache]);
+        }
+        if let Some(grace) = options.grace_s {
+            command.args(["--grace", &grace.to_string()]);
         }
         let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let stdin = child.stdin.take().context("stdin")?;
@@ -191,11 +210,17 @@ impl Provider {
         answer["seen_at_ms"].as_f64().context("seen_at_ms")
     }
 
-    /// The provider's events so far: `(name, Unix ms)`.
-    pub fn events(&mut self) -> Result<Vec<(String, u64)>> {
+    /// The provider's events so far, in order.
+    pub fn events(&mut self) -> Result<Vec<Event>> {
         let answer = self.call(json!({"op": "events"}))?;
         let events = answer["events"].as_array().context("events")?;
-        Ok(events.iter().filter_map(|e| Some((e[0].as_str()?.to_owned(), e[1].as_u64()?))).collect())
+        Ok(events
+            .iter()
+            .filter_map(|e| {
+                let flags = e[2].as_array().map(|f| f.iter().filter_map(|k| Some(k.as_str()?.to_owned())).collect());
+                Some(Event { name: e[0].as_str()?.to_owned(), at_ms: e[1].as_u64()?, flags: flags.unwrap_or_default() })
+            })
+            .collect())
     }
 }
 

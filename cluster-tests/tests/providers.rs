@@ -286,7 +286,7 @@ fn an_in_process_provider_survives_a_node_restart_without_stale_values() -> Resu
         }
         let events = provider.events()?;
         assert!(
-            events.iter().filter(|(name, _)| name == "PROVIDER_READY").count() >= 2,
+            events.iter().filter(|event| event.name == "PROVIDER_READY").count() >= 2,
             "{}: {events:?}",
             provider.language
         );

@@ -3,6 +3,7 @@
 // ../python/driver.py (one JSON command per stdin line, one JSON answer per stdout line).
 //
 // Started as: node driver.mjs --mode rpc|in-process --port PORT [--selector S] [--tls-ca PEM]
+//   [--authority NAME] [--cache lru|disabled] [--grace SECONDS]
 // (the JavaScript provider has no option for call credentials: it reads with the node's
 // anonymous role, on loopback).
 
@@ -20,12 +21,14 @@ const { values: args } = parseArgs({
     selector: { type: 'string' },
     'tls-ca': { type: 'string' },
     authority: { type: 'string' },
+    cache: { type: 'string' },
+    grace: { type: 'string' },
   },
 });
 
 const events = [];
 for (const event of Object.values(ProviderEvents)) {
-  OpenFeature.addHandler(event, () => events.push([event, Date.now()]));
+  OpenFeature.addHandler(event, (details) => events.push([event, Date.now(), details?.flagsChanged ?? []]));
 }
 
 const options = {
@@ -37,6 +40,8 @@ const options = {
   retryBackoffMaxMs: 500,
 };
 if (args.selector) options.selector = args.selector;
+if (args.cache) options.cache = args.cache;
+if (args.grace) options.retryGracePeriod = Number(args.grace);
 if (args['tls-ca']) {
   options.tls = true;
   options.certPath = args['tls-ca'];

@@ -3,6 +3,7 @@ node, for cluster-tests/tests/providers.rs: one JSON command per stdin line, one
 stdout line.
 
 Started as: driver.py --mode rpc|in-process --port PORT [--selector S] [--token T] [--tls-ca PEM]
+    [--authority NAME] [--cache lru|disabled] [--grace SECONDS]
 
 Commands:
   {"op": "eval", "type": "boolean|string|integer|float|object", "key": K, "default": D, "context": {...}}
@@ -10,7 +11,7 @@ Commands:
   {"op": "wait", ...eval fields..., "value": V, "timeout_ms": N}
       evaluates in a tight loop until the value is V -> {"ok", "seen_at_ms" (Unix ms), "evaluations"}
   {"op": "rate", ...eval fields..., "seconds": S} -> {"per_second"}
-  {"op": "events"} -> {"events": [[name, Unix ms], ...]} (provider events since start)
+  {"op": "events"} -> {"events": [[name, Unix ms, flags changed], ...]} (provider events since start)
   {"op": "versions"} -> the provider's and its core's package versions
   {"op": "quit"}
 """
@@ -25,7 +26,7 @@ from importlib import metadata as package_metadata
 import grpc
 from openfeature import api
 from openfeature.contrib.provider.flagd import FlagdProvider
-from openfeature.contrib.provider.flagd.config import ResolverType
+from openfeature.contrib.provider.flagd.config import CacheType, ResolverType
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import ProviderEvent
 
@@ -34,9 +35,10 @@ EVENTS_LOCK = threading.Lock()
 
 
 def record(name):
-    def handler(_details):
+    def handler(details):
+        flags = list(getattr(details, "flags_changed", None) or [])
         with EVENTS_LOCK:
-            EVENTS.append([name, int(time.time() * 1000)])
+            EVENTS.append([name, int(time.time() * 1000), flags])
 
     return handler
 
@@ -49,8 +51,11 @@ def provider(args):
         "deadline_ms": 5000,
         "retry_backoff_ms": 100,
         "retry_backoff_max_ms": 500,
-        "retry_grace_period": 3,
     }
+    if args.cache:
+        options["cache"] = CacheType(args.cache)
+    if args.grace is not None:
+        options["retry_grace_period"] = args.grace
     if args.selector:
         options["selector"] = args.selector
     if args.tls_ca:
@@ -126,6 +131,8 @@ def main():
     parser.add_argument("--token")
     parser.add_argument("--tls-ca")
     parser.add_argument("--authority")
+    parser.add_argument("--cache", choices=["lru", "disabled"])
+    parser.add_argument("--grace", type=int)
     args = parser.parse_args()
     for event in ProviderEvent:
         api.add_handler(event, record(event.value))
