@@ -40,6 +40,8 @@ impl std::fmt::Display for Language {
 pub enum Mode {
     Rpc,
     InProcess,
+    /// The same language's OFREP provider against the node's API port (for comparison).
+    Ofrep,
 }
 
 impl Mode {
@@ -47,6 +49,7 @@ impl Mode {
         match self {
             Mode::Rpc => "rpc",
             Mode::InProcess => "in-process",
+            Mode::Ofrep => "ofrep",
         }
     }
 }

@@ -2,7 +2,10 @@
 // Grapevine node, for cluster-tests/tests/providers.rs: the same line protocol as
 // ../python/driver.py (one JSON command per stdin line, one JSON answer per stdout line).
 //
-// Started as: node driver.mjs --mode rpc|in-process --port PORT [--selector S] [--tls-ca PEM]
+// Mode `ofrep` drives the JavaScript OFREP provider against the node's API port instead (for
+// the benchmarks' comparison).
+//
+// Started as: node driver.mjs --mode rpc|in-process|ofrep --port PORT [--selector S] [--tls-ca PEM]
 //   [--authority NAME] [--cache lru|disabled] [--grace SECONDS]
 // (the JavaScript provider has no option for call credentials: it reads with the node's
 // anonymous role, on loopback).
@@ -12,6 +15,7 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
 import { FlagdProvider } from '@openfeature/flagd-provider';
+import { OFREPProvider } from '@openfeature/ofrep-provider';
 import { OpenFeature, ProviderEvents } from '@openfeature/server-sdk';
 
 const { values: args } = parseArgs({
@@ -47,7 +51,9 @@ if (args['tls-ca']) {
   options.certPath = args['tls-ca'];
   if (args.authority) options.defaultAuthority = args.authority;
 }
-await OpenFeature.setProviderAndWait(new FlagdProvider(options));
+const provider =
+  args.mode === 'ofrep' ? new OFREPProvider({ baseUrl: `http://127.0.0.1:${args.port}` }) : new FlagdProvider(options);
+await OpenFeature.setProviderAndWait(provider);
 const client = OpenFeature.getClient();
 
 async function evaluate(command) {
@@ -70,7 +76,7 @@ async function evaluate(command) {
 }
 
 function versions() {
-  const names = ['@openfeature/flagd-provider', '@openfeature/flagd-core', '@openfeature/server-sdk', '@grpc/grpc-js'];
+  const names = ['@openfeature/flagd-provider', '@openfeature/flagd-core', '@openfeature/ofrep-provider', '@openfeature/server-sdk', '@grpc/grpc-js'];
   const version = (name) => {
     const file = new URL(`./node_modules/${name}/package.json`, import.meta.url);
     return JSON.parse(readFileSync(file, 'utf8')).version;

@@ -1,8 +1,9 @@
 """Drives the real flagd provider for Python (openfeature-provider-flagd) against a Grapevine
 node, for cluster-tests/tests/providers.rs: one JSON command per stdin line, one JSON answer per
-stdout line.
+stdout line. Mode `ofrep` drives the Python OFREP provider against the node's API port instead
+(for the benchmarks' comparison).
 
-Started as: driver.py --mode rpc|in-process --port PORT [--selector S] [--token T] [--tls-ca PEM]
+Started as: driver.py --mode rpc|in-process|ofrep --port PORT [--selector S] [--token T] [--tls-ca PEM]
     [--authority NAME] [--cache lru|disabled] [--grace SECONDS]
 
 Commands:
@@ -44,6 +45,11 @@ def record(name):
 
 
 def provider(args):
+    if args.mode == "ofrep":
+        from openfeature.contrib.provider.ofrep import OFREPProvider
+
+        headers = (lambda: {"Authorization": f"Bearer {args.token}"}) if args.token else None
+        return OFREPProvider(f"http://127.0.0.1:{args.port}", headers_factory=headers)
     options = {
         "resolver_type": ResolverType.RPC if args.mode == "rpc" else ResolverType.IN_PROCESS,
         "host": "127.0.0.1",
@@ -125,7 +131,7 @@ def run(client, command):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["rpc", "in-process"], required=True)
+    parser.add_argument("--mode", choices=["rpc", "in-process", "ofrep"], required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--selector")
     parser.add_argument("--token")
