@@ -1,7 +1,7 @@
 //! flagd's gRPC services against a real node process, with the node's generated clients (as a
 //! provider speaks to them): every resolver with its values and error codes, the event stream
 //! seeing a change, the sync stream sending the whole configuration at connect and at each
-//! change, selectors by flag set and prefix, tokens in gRPC metadata, and TLS.
+//! change, selectors by flag set and prefix (on OFREP too), tokens in gRPC metadata, and TLS.
 
 use std::time::Duration;
 
@@ -203,6 +203,20 @@ async fn rpc_providers_evaluate_and_in_process_providers_sync_the_applied_flags(
         Some(vec!["app/set-a".to_owned()])
     );
     assert_eq!(set["metadata"], json!({"flagSetId": "checkout", "version": "7"}));
+    // The same selector on OFREP, in the Flagd-Selector header.
+    let http = reqwest::Client::new();
+    let ofrep = |path: &str| {
+        http.post(format!("{}/ofrep/v1/evaluate/flags{path}", node.url()))
+            .bearer_auth(READ_TOKEN)
+            .header("Flagd-Selector", "flagSetId=checkout")
+            .header("content-type", "application/json")
+            .body("{}")
+    };
+    let bulk: Value = ofrep("").send().await?.json().await?;
+    let keys: Vec<_> = bulk["flags"].as_array().context("flags")?.iter().map(|f| f["key"].clone()).collect();
+    assert_eq!(keys, [json!("app/set-a")], "{bulk}");
+    assert_eq!(ofrep("/app/set-a").send().await?.status(), 200);
+    assert_eq!(ofrep("/app/bool").send().await?.status(), 404);
     let bad = sync.fetch_all_flags(with_token(fetch("source=db"), READ_TOKEN)).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     // Deprecated by flagd, still called by older providers.
