@@ -69,10 +69,7 @@ fn fractional_tag(language: Language, mode: Mode) -> &'static str {
 /// Why a scenario does not apply to Grapevine, if it does not.
 fn not_applicable(scenario: &Scenario, language: Language, mode: Mode) -> Option<String> {
     let tag = |t: &str| scenario.tags.contains(t);
-    if !tag(match mode {
-        Mode::Rpc => "rpc",
-        Mode::InProcess => "in-process",
-    }) {
+    if !tag(mode.as_str()) {
         return Some(format!("not tagged @{}", mode.as_str()));
     }
     if tag("deprecated") {

@@ -90,9 +90,9 @@ fn counted(state: &ApiState, started: std::time::Instant, response: Response) ->
 
 /// The `Flagd-Selector` header's selector (flagd's, `crate::flagd::Selector`): every flag
 /// without one; a 400 for one that does not parse.
-fn selector(headers: &HeaderMap, key: Option<&str>) -> Result<Selector, Response> {
+fn selector(headers: &HeaderMap, key: Option<&str>) -> Result<Selector, Box<Response>> {
     let text = headers.get(SELECTOR_HEADER).map(|v| v.to_str().unwrap_or("")).unwrap_or("");
-    Selector::parse(text).map_err(|details| failure(StatusCode::BAD_REQUEST, key, "GENERAL", details))
+    Selector::parse(text).map_err(|details| Box::new(failure(StatusCode::BAD_REQUEST, key, "GENERAL", details)))
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
@@ -111,7 +111,7 @@ fn evaluate_one(state: &ApiState, key: &str, headers: &HeaderMap, body: &Bytes) 
     let key = key.to_owned();
     let selector = match selector(headers, Some(&key)) {
         Ok(selector) => selector,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let context = match ofrep_context(body) {
         Ok(context) => context,
@@ -155,7 +155,7 @@ fn evaluate_bulk(state: &ApiState, principal: &crate::auth::Principal, headers: 
     };
     let selector = match selector(headers, None) {
         Ok(selector) => selector,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let view = state.engine.view();
     if let Some(reason) = &view.recovering {

@@ -115,6 +115,9 @@ impl Evaluator {
     }
 }
 
+/// Every flag's evaluation by key, and the metadata they share.
+pub(crate) type ResolvedAll = (Vec<(String, Resolved)>, Option<Struct>);
+
 /// One evaluation, before it takes its response type.
 pub(crate) struct Resolved {
     pub(crate) value: Option<Value>,
@@ -222,11 +225,7 @@ pub(crate) fn any_value(value: Option<Value>) -> Option<any_flag::Value> {
 impl Evaluator {
     /// Every flag the caller sees, evaluated (flagd leaves out those whose evaluation fails),
     /// and the metadata they share.
-    pub(crate) fn resolve_all(
-        &self,
-        caller: &Caller,
-        context: Option<Struct>,
-    ) -> Result<(Vec<(String, Resolved)>, Option<Struct>), Status> {
+    pub(crate) fn resolve_all(&self, caller: &Caller, context: Option<Struct>) -> Result<ResolvedAll, Status> {
         let context = self.context(context);
         let view = self.shared.api.engine.view();
         serving(&self.shared, &view)?;

@@ -196,31 +196,29 @@ impl Bound {
 
 type Routes = tonic::service::Routes;
 
-fn run(
+async fn run(
     service: &'static str,
     listener: std::net::TcpListener,
     identity: Option<tonic::transport::Identity>,
     routes: Routes,
     shutdown: CancellationToken,
-) -> impl Future<Output = ()> + Send + use<> {
-    async move {
-        // Registered with the reactor of the runtime that serves it (the API runtime).
-        let listener = match TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(error) => return tracing::error!(service, %error, "flagd server failed"),
+) {
+    // Registered with the reactor of the runtime that serves it (the API runtime).
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => return tracing::error!(service, %error, "flagd server failed"),
+    };
+    let mut builder =
+        tonic::transport::Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION).tcp_nodelay(true);
+    if let Some(identity) = identity {
+        builder = match builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)) {
+            Ok(builder) => builder,
+            Err(error) => return tracing::error!(service, %error, "flagd server: bad TLS certificate or key"),
         };
-        let mut builder =
-            tonic::transport::Server::builder().max_concurrent_streams(MAX_STREAMS_PER_CONNECTION).tcp_nodelay(true);
-        if let Some(identity) = identity {
-            builder = match builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)) {
-                Ok(builder) => builder,
-                Err(error) => return tracing::error!(service, %error, "flagd server: bad TLS certificate or key"),
-            };
-        }
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let served = builder.add_routes(routes).serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
-        if let Err(error) = served.await {
-            tracing::error!(service, %error, "flagd server failed");
-        }
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = builder.add_routes(routes).serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
+    if let Err(error) = served.await {
+        tracing::error!(service, %error, "flagd server failed");
     }
 }

@@ -41,11 +41,14 @@ const MAX_CACHED_SCOPES: usize = 256;
 
 type Scope = (Vec<String>, Selector);
 
+/// A configuration and the view it was serialized from.
+type Serialized = (Arc<View>, Arc<str>);
+
 /// The configuration last serialized for each scope, with the view it was made from (held, so
 /// that the view's address identifies it).
 #[derive(Default)]
 pub struct ConfigurationCache {
-    by_scope: Mutex<HashMap<Scope, (Arc<View>, Arc<str>)>>,
+    by_scope: Mutex<HashMap<Scope, Serialized>>,
 }
 
 impl ConfigurationCache {
