@@ -32,7 +32,9 @@
 //!   table.
 
 pub mod chaos;
+pub mod gherkin;
 pub mod inproc;
+pub mod providers;
 pub mod scenario;
 pub mod watch;
 

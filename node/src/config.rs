@@ -119,6 +119,8 @@ pub struct RawConfig {
     /// its name, as a modified build would: for tests showing that peers refuse what it writes.
     #[cfg(feature = "testsuite")]
     pub test_skip_name_checks: Option<bool>,
+    /// `[flagd]`: flagd's gRPC evaluation and sync services (off without the section).
+    pub flagd: Option<crate::flagd::FlagdSection>,
     /// Skews this node's wall clock, for tests of the hybrid logical clock.
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: Option<i64>,
@@ -163,7 +165,8 @@ impl RawConfig {
             auth,
             limits,
             signing,
-            unproven_through
+            unproven_through,
+            flagd
         );
         #[cfg(feature = "testsuite")]
         take!(test_clock_skew_ms, test_wire_version, test_skip_name_checks);
@@ -220,6 +223,8 @@ pub struct Config {
     pub unproven: crate::origin::Unproven,
     #[cfg(feature = "testsuite")]
     pub test_skip_name_checks: bool,
+    /// flagd's gRPC services, when `[flagd]` turns them on.
+    pub flagd: Option<crate::flagd::FlagdConfig>,
     #[cfg(feature = "testsuite")]
     pub test_clock_skew_ms: i64,
     #[cfg(feature = "testsuite")]
@@ -348,6 +353,11 @@ impl TryFrom<RawConfig> for Config {
             auth,
             limits: crate::api::limits::Limits::from_section(&raw.limits.unwrap_or_default())
                 .map_err(|error| ConfigError::Section { section: "limits", error })?,
+            flagd: raw
+                .flagd
+                .map(|section| crate::flagd::FlagdConfig::from_section(&section))
+                .transpose()
+                .map_err(|error| ConfigError::Section { section: "flagd", error })?,
             #[cfg(feature = "testsuite")]
             test_skip_name_checks: raw.test_skip_name_checks.unwrap_or(false),
             #[cfg(feature = "testsuite")]
@@ -575,6 +585,19 @@ mod tests {
         let merged = file.overlay(flags);
         assert_eq!(merged.name.as_deref(), Some("b"));
         assert_eq!(merged.labels.unwrap(), parse_labels("role=web,zone=us").unwrap());
+    }
+
+    #[test]
+    fn a_flagd_section_opens_flagds_ports_and_each_can_be_turned_off() {
+        assert_eq!(Config::try_from(minimal()).unwrap().flagd, None);
+        let raw = |text: &str| RawConfig { ..toml::from_str::<RawConfig>(text).unwrap().overlay(minimal()) };
+        let flagd = Config::try_from(raw("[flagd]")).unwrap().flagd.unwrap();
+        assert_eq!(flagd.evaluation.unwrap().to_string(), "127.0.0.1:8013");
+        assert_eq!(flagd.sync.unwrap().to_string(), "127.0.0.1:8015");
+        let flagd = Config::try_from(raw("[flagd]\nsync = \"\"\ncontext = { zone = \"eu\" }")).unwrap().flagd.unwrap();
+        assert_eq!((flagd.sync, flagd.context["zone"].as_str()), (None, Some("eu")));
+        let error = Config::try_from(raw("[flagd]\ntls_cert = \"c.pem\"")).unwrap_err().to_string();
+        assert!(error.contains("[flagd]: tls_cert and tls_key go together"), "{error}");
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub enum StartError {
     Api { addr: SocketAddr, error: std::io::Error },
     #[error("admin socket {path}: {error} (set [auth] socket, or \"\" for none)")]
     Socket { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Flagd(#[from] crate::flagd::FlagdError),
     #[error("gossip failed to start: {0}")]
     Gossip(anyhow::Error),
     /// Another process gossips live under this node's name: both would write generations under
@@ -237,6 +239,10 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
     let api_addr = api_listener.local_addr().map_err(|error| StartError::Api { addr: config.api, error })?;
     let socket_listener = config.auth.socket.as_ref().map(bind_socket).transpose()?;
+    let flagd = match &config.flagd {
+        Some(flagd) => Some((crate::flagd::bind(flagd).await?, flagd)),
+        None => None,
+    };
     let api_runtime = ApiRuntime::start().map_err(|error| StartError::Api { addr: api_addr, error })?;
     // Served by the API runtime, whose reactor takes it over.
     let api_listener = api_listener.into_std().map_err(|error| StartError::Api { addr: api_addr, error })?;
@@ -383,6 +389,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         gossip: gossip.clone(),
         metrics,
     };
+    let flagd_servers = flagd.map(|(bound, flagd)| {
+        let (evaluation, sync) = (bound.evaluation_addr, bound.sync_addr);
+        info!(evaluation = ?evaluation, sync = ?sync, "flagd gRPC services listening");
+        bound.serve(crate::flagd::Shared::new(api_state.clone(), flagd, shutdown.clone()))
+    });
     let api_connections = config.limits.api_connections.get() as usize;
     let socket_api = socket_listener.map(|(listener, path)| {
         let (app, shutdown) = (router(api_state.clone()), shutdown.clone());
@@ -427,6 +438,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     ];
     tasks.extend(alerts_task.map(tokio::spawn));
     tasks.extend(socket_api.map(|socket_api| api_runtime.spawn(socket_api)));
+    tasks.extend(flagd_servers.into_iter().flatten().map(|server| api_runtime.spawn(server)));
     tasks.push(tokio::spawn(feed_task));
     let files_task = crate::files::FilesTask {
         files: config.files.clone(),

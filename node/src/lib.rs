@@ -28,6 +28,7 @@ pub mod engine;
 #[cfg(feature = "testsuite")]
 pub mod faults;
 pub mod files;
+pub mod flagd;
 pub mod gossip;
 pub mod health;
 pub mod metrics;

@@ -9,6 +9,9 @@
 //!   key), `INVALID_CONTEXT` (a context that is not an object), `GENERAL`.
 //! - `POST /ofrep/v1/evaluate/flags`: every flag, with a strong `ETag` over the answer and
 //!   `304` on a matching `If-None-Match`, and `eventStreams` naming the SSE endpoint below.
+//! - Both take flagd's `Flagd-Selector` header (`flagSetId=ID`, `prefix=P`; see
+//!   `crate::flagd::Selector`): a flag outside it is not found, and the bulk answer leaves it
+//!   out.
 //! - `GET /ofrep/v1/events`: Server-Sent Events, one `refetchEvaluation` event each time the
 //!   applied flags change (a change applied here, or a revert), with the flags' digest as
 //!   the event id and `etag`.
@@ -37,6 +40,8 @@ use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use crate::engine::View;
+use crate::flagd::Selector;
+use crate::flagd::selector::SELECTOR_HEADER;
 use crate::health::unix_ms;
 
 /// How long an idle SDK may keep the event stream before it should close it.
@@ -98,15 +103,31 @@ fn counted(state: &ApiState, started: std::time::Instant, response: Response) ->
     response
 }
 
+/// The `Flagd-Selector` header's selector (flagd's, `crate::flagd::Selector`): every flag
+/// without one; a 400 for one that does not parse.
+fn selector(headers: &HeaderMap, key: Option<&str>) -> Result<Selector, Box<Response>> {
+    let text = headers.get(SELECTOR_HEADER).map(|v| v.to_str().unwrap_or("")).unwrap_or("");
+    Selector::parse(text).map_err(|details| Box::new(failure(StatusCode::BAD_REQUEST, key, "GENERAL", details)))
+}
+
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
-pub async fn evaluate_flag(State(state): State<ApiState>, Path(key): Path<String>, body: Bytes) -> Response {
+pub async fn evaluate_flag(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = std::time::Instant::now();
-    let response = evaluate_one(&state, &key, &body);
+    let response = evaluate_one(&state, &key, &headers, &body);
     counted(&state, started, response)
 }
 
-fn evaluate_one(state: &ApiState, key: &str, body: &Bytes) -> Response {
+fn evaluate_one(state: &ApiState, key: &str, headers: &HeaderMap, body: &Bytes) -> Response {
     let key = key.to_owned();
+    let selector = match selector(headers, Some(&key)) {
+        Ok(selector) => selector,
+        Err(response) => return *response,
+    };
     let context = match ofrep_context(body) {
         Ok(context) => context,
         Err(details) => return failure(StatusCode::BAD_REQUEST, Some(&key), "INVALID_CONTEXT", details),
@@ -115,7 +136,11 @@ fn evaluate_one(state: &ApiState, key: &str, body: &Bytes) -> Response {
     if let Some(reason) = &view.recovering {
         return recovering(state, Some(&key), reason);
     }
-    let Some(answer) = evaluate(state, &view, &key, &EvaluationContext::new(&context), unix_ms() / 1000) else {
+    let selected = key.parse::<grapevine_proto::Key>().ok().and_then(|k| view.state.flags.get(&k).cloned());
+    let answer = selected
+        .filter(|entry| selector.matches(&key, &entry.value))
+        .and_then(|_| evaluate(state, &view, &key, &EvaluationContext::new(&context), unix_ms() / 1000));
+    let Some(answer) = answer else {
         let details = format!("flag {key:?} is not applied on node {}", state.name);
         return failure(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", details);
     };
@@ -143,6 +168,10 @@ fn evaluate_bulk(state: &ApiState, principal: &crate::auth::Principal, headers: 
         Ok(context) => context,
         Err(details) => return failure(StatusCode::BAD_REQUEST, None, "INVALID_CONTEXT", details),
     };
+    let selector = match selector(headers, None) {
+        Ok(selector) => selector,
+        Err(response) => return *response,
+    };
     let view = state.engine.view();
     if let Some(reason) = &view.recovering {
         return recovering(state, None, reason);
@@ -152,9 +181,9 @@ fn evaluate_bulk(state: &ApiState, principal: &crate::auth::Principal, headers: 
     let flags: Vec<Value> = view
         .state
         .flags
-        .keys()
-        .filter(|key| principal.covers(key.as_str()))
-        .filter_map(|key| Some(evaluate(state, &view, key.as_str(), &context, now_s)?.unwrap_or_else(|e| e)))
+        .iter()
+        .filter(|(key, entry)| principal.covers(key.as_str()) && selector.matches(key.as_str(), &entry.value))
+        .filter_map(|(key, _)| Some(evaluate(state, &view, key.as_str(), &context, now_s)?.unwrap_or_else(|e| e)))
         .collect();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let events = json!([{"type": "sse", "url": format!("http://{host}/ofrep/v1/events"), "inactivityDelaySec": INACTIVITY_DELAY_S}]);
