@@ -69,7 +69,9 @@ fn the_fleet_page_shows_and_steers_a_live_cluster_in_a_browser() -> Result<()> {
         node.config_toml = format!("[rollout]\nwaves = \"100%\"\n{}", app_health(node));
         node.auth_toml = auth_toml();
     }
+    let starting = Instant::now();
     cluster.start_all()?;
+    eprintln!("three nodes up in {:?}", starting.elapsed());
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
     std::fs::create_dir_all(&screenshots)?;
     let urls: Vec<String> = cluster.nodes.iter().map(Node::url).collect();

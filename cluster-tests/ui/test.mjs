@@ -83,6 +83,7 @@ try {
   check((await page.textContent('#principal')).includes('anonymous (read)'), 'anonymous reads');
 
   step('the write token, typed once');
+  await page.click('#sign-in');
   await page.fill('#token', token);
   await page.click('#use-token');
   await page.waitForSelector('#principal:has-text("token:tests (write)")');
@@ -125,6 +126,8 @@ try {
   await view(page, 'keys');
   await page.waitForSelector('#flags-list [data-key="checkout"]');
   await page.selectOption('#playground-flag', 'checkout');
+  // The page's node may be outside the paused rollout's canary: evaluate the desired definition.
+  await page.check('#playground-desired');
   await page.fill('#playground-context', '{"targetingKey": "user-7"}');
   await page.click('#playground-evaluate');
   await page.waitForSelector('#playground-result:has-text("variant")');
@@ -155,6 +158,7 @@ try {
   step('a read-only token sees no write buttons');
   const reader = await openPage();
   await reader.goto(`${second}/ui/#rollouts`);
+  await reader.click('#sign-in');
   await reader.fill('#token', readToken);
   await reader.click('#use-token');
   await reader.waitForSelector('#principal:has-text("token:viewer (read)")');

@@ -70,3 +70,29 @@ fn serve(asset: &Asset, headers: &HeaderMap) -> Response {
     answer.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_served_with_its_type_a_strict_policy_and_a_tag_that_answers_304() {
+        let first = serve(&SCRIPT, &HeaderMap::new());
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(first.headers()[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
+        let policy = first.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.starts_with("default-src 'self'") && !policy.contains("unsafe"), "{policy}");
+        let mut again = HeaderMap::new();
+        again.insert(header::IF_NONE_MATCH, first.headers()[header::ETAG].clone());
+        assert_eq!(serve(&SCRIPT, &again).status(), StatusCode::NOT_MODIFIED);
+        assert_ne!(INDEX.etag, SCRIPT.etag);
+    }
+
+    #[test]
+    fn the_page_loads_nothing_from_another_origin() {
+        for file in [INDEX.body, SCRIPT.body, STYLE.body] {
+            let text = std::str::from_utf8(file).unwrap();
+            assert!(!text.contains("http://") && !text.contains("https://"), "an absolute URL in a page file");
+        }
+    }
+}

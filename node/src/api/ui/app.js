@@ -157,7 +157,10 @@ async function identify() {
   $('node-name').textContent = `node ${state.who.node}`;
   const scope = state.who.prefixes.includes('') ? 'every key' : `keys under ${state.who.prefixes.join(', ')}`;
   replace($('principal'), h('span', { title: scope }, `${state.who.principal} (${state.who.role})`));
-  $('sign-out').hidden = !sessionStorage.getItem(TOKEN_KEY);
+  const token = Boolean(sessionStorage.getItem(TOKEN_KEY));
+  $('sign-out').hidden = !token;
+  // Reading anonymously, a token may still bring more rights (the write role).
+  $('sign-in').hidden = token;
   return true;
 }
 
@@ -529,13 +532,18 @@ function before(generations, index, op) {
   return null;
 }
 
+// A control's target: `{"origin", "seq"}` in history, an id elsewhere.
+function targetId(target) {
+  return target && typeof target === 'object' ? `${target.origin}.${target.seq}` : target;
+}
+
 // The controls that target each generation, and the generation they came in.
 function controlsByTarget(generations) {
   const chain = new Map();
   for (const generation of generations) {
     for (const control of generation.controls) {
       const [kind, body] = Object.entries(control)[0] || [String(control), {}];
-      const target = body && body.target;
+      const target = targetId(body && body.target);
       if (!target) continue;
       if (!chain.has(target)) chain.set(target, []);
       chain.get(target).push(`${kind.toLowerCase()} by ${generation.id}${generation.author ? ` (${generation.author})` : ''}`);
@@ -566,7 +574,7 @@ function drawHistory() {
     const revert = rollout && rollout.reverted ? `reverted: ${revertReason(rollout)}` : null;
     const controlText = g.controls.map((c) => {
       const [kind, body] = Object.entries(c)[0] || [String(c), {}];
-      return `${kind.toLowerCase()} of ${body && body.target}${body && body.through_wave !== undefined ? ` through wave ${body.through_wave}` : ''}`;
+      return `${kind.toLowerCase()} of ${targetId(body && body.target)}${body && body.through_wave !== undefined ? ` through wave ${body.through_wave}` : ''}`;
     });
     return h('article', { class: `generation${rollout && rollout.reverted ? ' reverted' : ''}`, 'data-generation': g.id },
       h('h3', {}, g.id, ' ', h('small', {}, hlcTime(g.hlc))),
@@ -664,6 +672,7 @@ function start() {
   $('use-token').addEventListener('click', useToken);
   $('token').addEventListener('keydown', (event) => event.key === 'Enter' && useToken());
   $('sign-out').addEventListener('click', signOut);
+  $('sign-in').addEventListener('click', () => askForToken(`Reading as ${state.who ? state.who.principal : 'nobody'}; a token may bring more rights.`));
   $('fleet-search').addEventListener('input', draw);
   $('fleet-filter').addEventListener('change', draw);
   $('history-search').addEventListener('input', draw);
