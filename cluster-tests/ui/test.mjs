@@ -135,6 +135,25 @@ try {
   check(evaluation.variant === 'on' && evaluation.value === true, `the evaluator answered: ${JSON.stringify(evaluation)}`);
   await page.screenshot({ path: `${shots}/keys.png`, fullPage: true });
 
+  step('promote from the page: the next wave opens, shown live');
+  await view(page, 'rollouts');
+  await article.locator('button[data-action="promote"]').click();
+  const promotion = await page.textContent('#confirm-text');
+  check(/2 hosts \(/.test(promotion), `the confirmation names the hosts: ${promotion}`);
+  const promoted = Date.now();
+  await page.click('#confirm-ok');
+  await article.locator('[data-wave="1"].open').waitFor({ timeout: 3000 });
+  await until('the second wave applied', async () =>
+    (await article.locator('[data-wave="1"] .chip:not(.pending)').count()) === 2, 5000);
+  step(`wave 1 shown open and applied ${Date.now() - promoted} ms after the click`);
+
+  step('rollback from the page');
+  await article.locator('button[data-action="rollback"]').click();
+  check(/revert it on all 3 hosts/.test(await page.textContent('#confirm-text')), 'the rollback names the hosts');
+  await page.click('#confirm-ok');
+  await article.locator('.revert:has-text("rolled back by an operator")').waitFor({ timeout: 3000 });
+  await until('the rollback on another node', async () => (await apiGet(second, `/v1/rollouts/${waved}`)).reverted === true, 5000);
+
   step('a bad change, reverted by the cluster, shown with its reason without a reload');
   await view(page, 'rollouts');
   const bad = cli(first, 'config', 'put', 'risky', '--value', '"bad"', '--waves', '1,100%', '--bake', '3s', '--min-samples', '5').generation;

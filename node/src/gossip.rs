@@ -678,6 +678,11 @@ impl Gossip {
         self.handle.with_chitchat(|chitchat| chitchat.live_nodes_watcher()).await
     }
 
+    /// How long ago each peer, by gossip address, last sent this node gossip itself.
+    pub fn last_heard(&self) -> std::collections::HashMap<SocketAddr, Duration> {
+        self.heard.ages(Instant::now())
+    }
+
     /// Notifies `notify` whenever a key under one of `prefixes` changes in any member's state,
     /// for as long as the returned handles are kept: a stream that tells its client when to read
     /// again (`GET /v1/events`) holds them, and drops them when the client goes.

@@ -325,7 +325,19 @@ fn clock_status(state: &ApiState) -> Value {
 }
 
 async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiResult<Value> {
-    let members = state.gossip.members().await;
+    let heard = state.gossip.last_heard();
+    let members: Vec<Value> = state
+        .gossip
+        .members()
+        .await
+        .into_iter()
+        .map(|member| {
+            let last_heard_ms = heard.get(&member.gossip).map(|age| age.as_millis() as u64);
+            let mut member = serde_json::to_value(member).expect("a member always serializes");
+            member["last_heard_ms"] = json!(last_heard_ms);
+            member
+        })
+        .collect();
     let view = state.engine.view();
     Ok(Json(json!({
         "node": state.name,

@@ -320,6 +320,16 @@ function appliedNewest(member, rollout) {
   return rollout.waves.some((wave) => wave.members.some((m) => m.name === member.name && m.report));
 }
 
+// When this node last heard from the member itself (`last_heard_ms`), and whether it is live.
+function lastSeen(member) {
+  if (member.self) return 'now (this node)';
+  const live = member.alive ? 'live' : 'not live';
+  if (member.last_heard_ms === null || member.last_heard_ms === undefined) {
+    return `${live}; not heard from directly since this node started`;
+  }
+  return `${seconds(member.last_heard_ms)} ago (${live})`;
+}
+
 function drawFleet() {
   const status = state.status;
   const rollouts = state.rollouts.rollouts;
@@ -360,7 +370,7 @@ function drawFleet() {
       h('td', {}, m.behind === 0 ? 'up to date' : plural(m.behind, 'generation')),
       h('td', {}, m.verdicts.length === 0 ? 'judging nothing'
         : m.verdicts.map((v) => h('span', { class: `verdict ${v.verdict}`, title: v.reverted ? 'reverted' : '' }, `${v.generation} ${v.verdict}`))),
-      h('td', {}, m.alive ? (m.self ? 'now (this node)' : 'live in gossip') : 'not live: failure detector gave up on it')));
+      h('td', {}, lastSeen(m))));
   replace($('fleet-table').tBodies[0], rows.length ? rows : h('tr', {}, h('td', { colspan: 6 }, 'no member matches')));
 }
 
