@@ -14,11 +14,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use grapevine_cluster_tests::{Cluster, Node, TEST_LIMITS_TOML, TEST_TOKEN, binary, test_token_toml};
+use grapevine_cluster_tests::{Cluster, Node, TEST_LIMITS_TOML, TEST_TOKEN, binary, check, test_token_toml};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// A token of the read role, for the read-only checks.
 const READ_TOKEN: &str = "gv_ui-read-only";
+/// A token of the read role over keys under `team/` only.
+const SCOPED_TOKEN: &str = "gv_ui-team-only";
 /// The longest the browser script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(150);
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -47,8 +50,12 @@ fn app_health(node: &Node) -> String {
     format!("[health]\nsample_interval_ms = 200\n[[health.exec]]\ncommand = [\"sh\", \"-c\", {check:?}]\n")
 }
 
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 fn auth_toml() -> String {
-    let read_digest: String = Sha256::digest(READ_TOKEN).iter().map(|byte| format!("{byte:02x}")).collect();
+    let read_digest = sha256_hex(READ_TOKEN);
     format!(
         "[auth]\nanonymous = \"read\"\n{}[[auth.token]]\nname = \"viewer\"\nsha256 = \"{read_digest}\"\nrole = \"read\"\n{TEST_LIMITS_TOML}",
         test_token_toml()
@@ -118,4 +125,73 @@ fn the_fleet_page_shows_and_steers_a_live_cluster_in_a_browser() -> Result<()> {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The page's part of the API, without a browser: its files are public on a node that lets no
+/// one read anonymously (and ignore a query), while the reads the page uses need a token and
+/// keep to the caller's scope, and the event stream wakes on a change.
+#[test]
+fn the_page_files_are_public_and_its_reads_keep_to_the_callers_scope() -> Result<()> {
+    let mut cluster = Cluster::new(1)?;
+    cluster.nodes[0].auth_toml = format!(
+        "{}[[auth.token]]\nname = \"team\"\nsha256 = \"{}\"\nrole = \"read\"\nprefixes = [\"team/\"]\n{TEST_LIMITS_TOML}",
+        test_token_toml(),
+        sha256_hex(SCOPED_TOKEN)
+    );
+    cluster.start_all()?;
+    let node = &cluster.nodes[0];
+    check(node.cli(&["config", "put", "team/limits", "--value", "1"]))?;
+    check(node.cli(&["config", "put", "other", "--value", "2"]))?;
+    let url = |path: &str| format!("{}{path}", node.url());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let page = client.get(url("/ui/?from=bookmark")).send().await?;
+        assert_eq!(page.status(), 200);
+        let policy = page.headers()["content-security-policy"].to_str()?.to_owned();
+        assert!(policy.starts_with("default-src 'self'"), "{policy}");
+        for path in ["/v1/whoami", "/v1/keys", "/v1/events"] {
+            assert_eq!(client.get(url(path)).send().await?.status(), 401, "{path} without a token");
+        }
+        let read = |path: &str, token: &str| {
+            let request = client.get(url(path)).bearer_auth(token);
+            let path = path.to_owned();
+            async move {
+                let answer = request.send().await?;
+                let status = answer.status().as_u16();
+                let body = answer.text().await?;
+                anyhow::ensure!(status == 200, "GET {path}: {status} {body}");
+                Ok::<Value, anyhow::Error>(serde_json::from_str(&body)?)
+            }
+        };
+        let who = read("/v1/whoami", SCOPED_TOKEN).await?;
+        assert_eq!((who["principal"].as_str(), who["role"].as_str()), (Some("token:team"), Some("read")), "{who}");
+        assert_eq!(who["prefixes"], serde_json::json!(["team/"]));
+        let keys = read("/v1/keys", SCOPED_TOKEN).await?;
+        let listed: Vec<&str> =
+            keys["config"].as_array().context("config")?.iter().filter_map(|k| k["key"].as_str()).collect();
+        assert_eq!(listed, ["team/limits"], "{keys}");
+        assert_eq!(
+            (&keys["config"][0]["applied"]["value"], &keys["config"][0]["desired"]["value"]),
+            (&1.into(), &1.into())
+        );
+        let refused = client.get(url("/v1/keys?bogus=1")).bearer_auth(TEST_TOKEN).send().await?;
+        assert_eq!(refused.status(), 400);
+        let history = read("/v1/history?values=true&limit=1", TEST_TOKEN).await?;
+        assert_eq!(history["generations"][0]["ops"][0]["value"], 2, "{history}");
+
+        let mut events = client.get(url("/v1/events")).bearer_auth(TEST_TOKEN).send().await?;
+        let mut seen = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut changed = false;
+        while !seen.contains("event: changed") {
+            let chunk = tokio::time::timeout_at(deadline, events.chunk()).await.context("an event within 5 s")??;
+            seen.push_str(&String::from_utf8_lossy(&chunk.context("the stream stays open")?));
+            if seen.contains("event: ready") && !changed {
+                changed = true;
+                check(node.cli(&["config", "put", "other", "--value", "3"]))?;
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })
 }

@@ -102,7 +102,10 @@ try {
   await page.screenshot({ path: `${shots}/fleet-before-rollouts.png`, fullPage: true }).catch(() => {});
 
   step('a waved rollout: the canary applied, the later wave waiting');
-  const waved = cli(first, 'flag', 'set', 'checkout', '--on', '--waves', '1,100%', '--bake', '10m').generation;
+  // Never judged (a million samples first): on a loaded machine a slow health check must not
+  // revert it by itself while the page steers it.
+  const waved = cli(first, 'flag', 'set', 'checkout', '--on', '--waves', '1,100%', '--bake', '10m',
+    '--min-samples', '1000000').generation;
   await view(page, 'rollouts');
   const article = page.locator(`article[data-generation="${waved}"]`);
   await article.waitFor({ timeout: 3000 });
@@ -191,6 +194,12 @@ try {
   step('every check passed');
 } catch (error) {
   console.error(error.stack || String(error));
+  for (const [index, context] of browser.contexts().entries()) {
+    for (const open of context.pages()) {
+      await open.screenshot({ path: `${shots}/failure-${index}.png`, fullPage: true }).catch(() => {});
+      console.error(`page ${index} error box: ${await open.textContent('#error').catch(() => '?')}`);
+    }
+  }
   if (problems.length) console.error(`console: ${problems.join('\n')}`);
   process.exitCode = 1;
 } finally {
