@@ -736,6 +736,30 @@ impl Gossip {
         self.handle.with_chitchat(|chitchat| chitchat.live_nodes_watcher()).await
     }
 
+    /// How long ago each peer, by gossip address, last sent this node gossip itself.
+    pub fn last_heard(&self) -> std::collections::HashMap<SocketAddr, Duration> {
+        self.heard.ages(Instant::now())
+    }
+
+    /// Notifies `notify` whenever a key under one of `prefixes` changes in any member's state,
+    /// for as long as the returned handles are kept: a stream that tells its client when to read
+    /// again (`GET /v1/events`) holds them, and drops them when the client goes.
+    pub async fn subscribe_keys(&self, prefixes: &[&'static str], notify: &Arc<Notify>) -> Vec<ListenerHandle> {
+        let mut handles = Vec::with_capacity(prefixes.len());
+        for prefix in prefixes {
+            let notify = notify.clone();
+            let handle = self
+                .handle
+                .with_chitchat(move |chitchat| {
+                    let notify = notify.clone();
+                    chitchat.subscribe_event(prefix, move |_| notify.notify_one())
+                })
+                .await;
+            handles.push(handle);
+        }
+        handles
+    }
+
     /// Live peers' summaries of the reverts they hold (empty for a peer without the key).
     pub async fn peer_reverts_digests(&self) -> Vec<(SocketAddr, String)> {
         self.live_peers(|id, state| {

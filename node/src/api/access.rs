@@ -41,13 +41,15 @@ fn endpoint(method: &Method, path: &str, key: Option<String>) -> (Requirement, C
     let role = |role: Role| Requirement::Role { role, key: key.clone() };
     use Class::{Admin, Applications};
     match (path, method.as_str()) {
-        ("/healthz" | "/readyz" | "/metrics", _) => (Requirement::Public, Admin),
+        // The fleet page's static files: no data, and the page sends credentials with its calls.
+        ("/healthz" | "/readyz" | "/metrics" | "/ui" | "/ui/" | "/ui/app.js" | "/ui/style.css", _) => {
+            (Requirement::Public, Admin)
+        }
         ("/v1/flags/{key}" | "/v1/config/{key}", "POST") => (role(Role::Write), Admin),
         ("/v1/apply" | "/v1/changes" | "/v1/rollouts/{generation}/{action}", "POST") => (role(Role::Write), Admin),
         ("/v1/health", "POST") => (role(Role::Report), Applications),
-        ("/v1/status" | "/v1/history" | "/v1/rollouts" | "/v1/rollouts/{generation}", "GET") => {
-            (role(Role::Read), Admin)
-        }
+        ("/v1/status" | "/v1/history" | "/v1/rollouts" | "/v1/rollouts/{generation}" | "/v1/keys", "GET")
+        | ("/v1/whoami" | "/v1/events", "GET") => (role(Role::Read), Admin),
         ("/v1/flags/{key}" | "/v1/config/{key}" | "/v1/watch" | "/ofrep/v1/events", "GET")
         | ("/v1/flags/{key}/evaluate" | "/ofrep/v1/evaluate/flags/{*key}" | "/ofrep/v1/evaluate/flags", "POST") => {
             (role(Role::Read), Applications)

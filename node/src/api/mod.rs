@@ -91,9 +91,12 @@ use crate::metrics::{GenerationLabel, Metrics, VerdictLabel, reason};
 use crate::sync::PeerHoldings;
 
 pub mod access;
+mod events;
+mod keys;
 pub mod limits;
 mod ofrep;
 mod rollout;
+mod ui;
 pub mod watch;
 
 /// Largest request body. A value at its 4 MiB limit may grow when JSON-escaped inside a
@@ -162,6 +165,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apply", post(apply))
         .route("/v1/changes", post(signed_change))
         .route("/v1/backup", get(backup))
+        .route("/v1/keys", get(keys::list))
+        .route("/v1/whoami", get(keys::whoami))
+        .route("/v1/events", get(events::events))
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
         // On matched routes only: an unknown path is a 404 for everyone.
         .route_layer(authorize)
         .fallback(|| async { ApiError::not_found("no such endpoint (see docs/api.md)") })
@@ -375,7 +385,19 @@ fn clock_status(state: &ApiState) -> Value {
 }
 
 async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiResult<Value> {
-    let members = state.gossip.members().await;
+    let heard = state.gossip.last_heard();
+    let members: Vec<Value> = state
+        .gossip
+        .members()
+        .await
+        .into_iter()
+        .map(|member| {
+            let last_heard_ms = heard.get(&member.gossip).map(|age| age.as_millis() as u64);
+            let mut member = serde_json::to_value(member).expect("a member always serializes");
+            member["last_heard_ms"] = json!(last_heard_ms);
+            member
+        })
+        .collect();
     let view = state.engine.view();
     Ok(Json(json!({
         "node": state.name,
@@ -407,6 +429,9 @@ async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiRes
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
     limit: Option<usize>,
+    /// Include each `put_config` op's value (`value`), not only its size.
+    #[serde(default)]
+    values: bool,
 }
 
 /// One generation as `history` shows it.
@@ -464,6 +489,15 @@ impl From<&Generation> for GenerationSummary {
     }
 }
 
+/// Adds each `put_config` op's value to its summary (`?values=true`).
+fn with_values(summary: &mut GenerationSummary, generation: &Generation) {
+    for (summary, op) in summary.ops.iter_mut().zip(&generation.body.change.ops) {
+        if let Op::PutConfig { value, .. } = op {
+            summary["value"] = value.to_value();
+        }
+    }
+}
+
 async fn history(
     State(state): State<ApiState>,
     axum::Extension(principal): axum::Extension<crate::auth::Principal>,
@@ -476,6 +510,9 @@ async fn history(
     let mut newest = Vec::new();
     for generation in &generations {
         let mut summary = GenerationSummary::from(generation);
+        if query.values {
+            with_values(&mut summary, generation);
+        }
         if !generation.body.change.ops.is_empty() {
             summary.rollout = state.engine.rollout(generation.id().clone()).await;
         }

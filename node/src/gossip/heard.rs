@@ -59,6 +59,12 @@ impl HeardFrom {
         }
     }
 
+    /// How long before `now` each peer last sent gossip (the fleet page's "last seen").
+    pub fn ages(&self, now: Instant) -> HashMap<SocketAddr, Duration> {
+        let peers = self.peers.lock().expect("heard-from lock poisoned");
+        peers.iter().map(|(addr, at)| (*addr, now.saturating_duration_since(*at))).collect()
+    }
+
     /// The peers heard from within the window before `now`.
     pub fn recent(&self, now: Instant) -> HashSet<SocketAddr> {
         let peers = self.peers.lock().expect("heard-from lock poisoned");

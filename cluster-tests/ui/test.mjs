@@ -1,0 +1,207 @@
+// Drives the fleet page in headless Chromium against a running cluster; started by
+// cluster-tests/tests/ui.rs, which passes the nodes and tokens in the environment:
+// GV_NODES (API URLs, comma-separated), GV_TOKEN (write), GV_READ_TOKEN (read), GV_BINARY
+// (grapevine), GV_CHROMIUM, GV_SCREENSHOTS. Exits non-zero on the first failed check.
+
+import { execFileSync } from 'node:child_process';
+import { chromium } from 'playwright-core';
+
+const nodes = process.env.GV_NODES.split(',');
+const [first, second] = nodes;
+const token = process.env.GV_TOKEN;
+const readToken = process.env.GV_READ_TOKEN;
+const shots = process.env.GV_SCREENSHOTS;
+const started = Date.now();
+
+function step(text) {
+  console.error(`[ui ${((Date.now() - started) / 1000).toFixed(1)} s] ${text}`);
+}
+
+function check(condition, text) {
+  if (!condition) throw new Error(`check failed: ${text}`);
+}
+
+// The CLI, as an operator runs it, against one node.
+function cli(node, ...args) {
+  const out = execFileSync(process.env.GV_BINARY, [...args, '--node', node, '--json'], {
+    env: { ...process.env, GRAPEVINE_TOKEN: token, GRAPEVINE_NODE: '' },
+  });
+  return JSON.parse(out.toString());
+}
+
+async function apiGet(node, path) {
+  const response = await fetch(`${node}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  check(response.ok, `GET ${path} answered ${response.status}`);
+  return response.json();
+}
+
+async function until(what, condition, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await condition()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.GV_CHROMIUM,
+  headless: true,
+  chromiumSandbox: false,
+  args: ['--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+
+const problems = [];
+const urls = [];
+
+async function openPage() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.on('console', (message) => {
+    if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
+  });
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('request', (request) => urls.push(request.url()));
+  return page;
+}
+
+async function view(page, name) {
+  await page.click(`nav a[data-view="${name}"]`);
+  await page.waitForSelector(`#view-${name}:not([hidden])`);
+}
+
+try {
+  const page = await openPage();
+  const response = await page.goto(`${first}/ui/`);
+  check(response.status() === 200, `/ui/ answered ${response.status()}`);
+  check((response.headers()['content-security-policy'] || '').includes("default-src 'self'"), 'a strict CSP on /ui/');
+
+  step('fleet: every member listed, read anonymously');
+  await page.waitForSelector('#fleet-table tbody tr[data-member]');
+  await until('three members', async () => (await page.locator('#fleet-table tr[data-member]').count()) === 3, 10000);
+  check((await page.textContent('#principal')).includes('anonymous (read)'), 'anonymous reads');
+
+  step('the write token, typed once');
+  await page.click('#sign-in');
+  await page.fill('#token', token);
+  await page.click('#use-token');
+  await page.waitForSelector('#principal:has-text("token:tests (write)")');
+  await page.waitForSelector('#live.on');
+  // A reload would lose this mark: every later check proves the page was not reloaded.
+  await page.evaluate(() => { window.notReloaded = true; });
+
+  step('a change made from the CLI on another node appears live');
+  await view(page, 'keys');
+  const put = Date.now();
+  cli(second, 'config', 'put', 'limits', '--value', '{"burst": 50}', '--emergency');
+  await page.waitForSelector('#config-list [data-key="limits"]', { timeout: 3000 });
+  const shownAfter = Date.now() - put;
+  step(`shown ${shownAfter} ms after the CLI returned`);
+  check(shownAfter < 2000, `the change showed within 2 s (${shownAfter} ms)`);
+  await page.screenshot({ path: `${shots}/fleet-before-rollouts.png`, fullPage: true }).catch(() => {});
+
+  step('a waved rollout: the canary applied, the later wave waiting');
+  // Never judged (a million samples first): on a loaded machine a slow health check must not
+  // revert it by itself while the page steers it.
+  const waved = cli(first, 'flag', 'set', 'checkout', '--on', '--waves', '1,100%', '--bake', '10m',
+    '--min-samples', '1000000').generation;
+  await view(page, 'rollouts');
+  const article = page.locator(`article[data-generation="${waved}"]`);
+  await article.waitFor({ timeout: 3000 });
+  await until('the canary applied', async () =>
+    (await article.locator('[data-wave="0"] .chip:not(.pending)').count()) === 1, 5000);
+  check(await article.locator('[data-wave="1"].closed').count() === 1, 'the second wave waits');
+  const gate = await article.locator('[data-wave="1"] .gate').textContent();
+  check(gate.includes('waits on wave 0'), `the gate says what it waits on: ${gate}`);
+  await page.screenshot({ path: `${shots}/rollouts-waved.png`, fullPage: true });
+
+  step('pause from the page, confirmed through the API');
+  await article.locator('button[data-action="pause"]').click();
+  const confirmation = await page.textContent('#confirm-text');
+  check(/hold back the 2 hosts/.test(confirmation), `the confirmation names the hosts: ${confirmation}`);
+  await page.click('#confirm-ok');
+  await until('the pause in the API', async () => (await apiGet(second, `/v1/rollouts/${waved}`)).controls.paused === true, 5000);
+  await article.locator('.state.paused').waitFor({ timeout: 3000 });
+  check(await article.locator('button[data-action="resume"]').count() === 1, 'resume offered once paused');
+
+  step('the keys page: variants, targeting, playground');
+  await view(page, 'keys');
+  await page.waitForSelector('#flags-list [data-key="checkout"]');
+  await page.selectOption('#playground-flag', 'checkout');
+  // The page's node may be outside the paused rollout's canary: evaluate the desired definition.
+  await page.check('#playground-desired');
+  await page.fill('#playground-context', '{"targetingKey": "user-7"}');
+  await page.click('#playground-evaluate');
+  await page.waitForSelector('#playground-result:has-text("variant")');
+  const evaluation = JSON.parse(await page.textContent('#playground-result'));
+  check(evaluation.variant === 'on' && evaluation.value === true, `the evaluator answered: ${JSON.stringify(evaluation)}`);
+  await page.screenshot({ path: `${shots}/keys.png`, fullPage: true });
+
+  step('promote from the page: the next wave opens, shown live');
+  await view(page, 'rollouts');
+  await article.locator('button[data-action="promote"]').click();
+  const promotion = await page.textContent('#confirm-text');
+  check(/2 hosts \(/.test(promotion), `the confirmation names the hosts: ${promotion}`);
+  const promoted = Date.now();
+  await page.click('#confirm-ok');
+  await article.locator('[data-wave="1"].open').waitFor({ timeout: 3000 });
+  await until('the second wave applied', async () =>
+    (await article.locator('[data-wave="1"] .chip:not(.pending)').count()) === 2, 5000);
+  step(`wave 1 shown open and applied ${Date.now() - promoted} ms after the click`);
+
+  step('rollback from the page');
+  await article.locator('button[data-action="rollback"]').click();
+  check(/revert it on all 3 hosts/.test(await page.textContent('#confirm-text')), 'the rollback names the hosts');
+  await page.click('#confirm-ok');
+  await article.locator('.revert:has-text("rolled back by an operator")').waitFor({ timeout: 3000 });
+  await until('the rollback on another node', async () => (await apiGet(second, `/v1/rollouts/${waved}`)).reverted === true, 5000);
+
+  step('a bad change, reverted by the cluster, shown with its reason without a reload');
+  await view(page, 'rollouts');
+  const bad = cli(first, 'config', 'put', 'risky', '--value', '"bad"', '--waves', '1,100%', '--bake', '3s', '--min-samples', '5').generation;
+  const reverted = page.locator(`article[data-generation="${bad}"] .revert`);
+  await reverted.waitFor({ timeout: 30000 });
+  const reason = await reverted.textContent();
+  step(`revert shown: ${reason}`);
+  check(/anomaly quorum reached/.test(reason), `the revert names its reason: ${reason}`);
+  check(await page.evaluate(() => window.notReloaded === true), 'the page was not reloaded');
+  await page.screenshot({ path: `${shots}/rollouts-reverted.png`, fullPage: true });
+
+  step('history and fleet views');
+  await view(page, 'history');
+  await page.waitForSelector(`#history-list [data-generation="${bad}"] .revert`);
+  await page.waitForSelector(`#history-list [data-generation="${waved}"] .chain`);
+  await page.screenshot({ path: `${shots}/history.png`, fullPage: true });
+  await view(page, 'fleet');
+  await page.waitForSelector('#fleet-summary:has-text("hosts applied the newest change")');
+  await page.screenshot({ path: `${shots}/fleet.png`, fullPage: true });
+
+  step('a read-only token sees no write buttons');
+  const reader = await openPage();
+  await reader.goto(`${second}/ui/#rollouts`);
+  await reader.click('#sign-in');
+  await reader.fill('#token', readToken);
+  await reader.click('#use-token');
+  await reader.waitForSelector('#principal:has-text("token:viewer (read)")');
+  await reader.waitForSelector(`article[data-generation="${waved}"]`);
+  check(await reader.locator('button[data-action]').count() === 0, 'no control buttons for read');
+  check((await reader.textContent('#rollouts-role')).includes('has the read role'), 'the reason is shown');
+  await reader.screenshot({ path: `${shots}/rollouts-read-only.png`, fullPage: true });
+
+  check(!urls.some((url) => url.includes(token) || url.includes(readToken)), 'no token in any URL');
+  check(problems.length === 0, `no console errors: ${problems.join('; ')}`);
+  step('every check passed');
+} catch (error) {
+  console.error(error.stack || String(error));
+  for (const [index, context] of browser.contexts().entries()) {
+    for (const open of context.pages()) {
+      await open.screenshot({ path: `${shots}/failure-${index}.png`, fullPage: true }).catch(() => {});
+      console.error(`page ${index} error box: ${await open.textContent('#error').catch(() => '?')}`);
+    }
+  }
+  if (problems.length) console.error(`console: ${problems.join('\n')}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
