@@ -84,6 +84,7 @@ fn generation(name: &NodeName, seq: u64, wall_ms: u64) -> Result<Generation> {
         change: Change::with_ops(ops),
         author: None,
         signed: None,
+        terms: None,
     };
     Ok(body.seal())
 }

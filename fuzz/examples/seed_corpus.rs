@@ -20,14 +20,15 @@ use grapevine_proto::rollout::{Control, Policy};
 use grapevine_proto::signing::SecretKey;
 use grapevine_proto::wire::{self, PullFrame, PullRequest, Push, PushAck, Versioned};
 use grapevine_proto::{
-    Change, GenId, Generation, GenerationBody, JsonText, Op, OriginProof, Revert, Snapshot, Stamp, VersionVector, Write,
+    Change, GenId, Generation, GenerationBody, JsonText, Op, OriginProof, Revert, Snapshot, Stamp, Terms, VersionVector,
+    Write,
 };
 use serde_json::json;
 
 fn main() -> anyhow::Result<()> {
     let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut corpus = Corpus::default();
-    wire_seeds(&mut corpus, &fuzz_dir.join("../proto/tests/fixtures/wire-v5.txt"))?;
+    wire_seeds(&mut corpus, &fuzz_dir.join("../proto/tests/fixtures/wire-v6.txt"))?;
     json_seeds(&mut corpus);
     regression_seeds(&mut corpus);
     for message in record_gossip()? {
@@ -70,15 +71,15 @@ impl Corpus {
 }
 
 fn wire_seeds(corpus: &mut Corpus, fixtures: &Path) -> anyhow::Result<()> {
-    // Items as the build of format 5 wrote them, byte for byte.
+    // Items as the build of format 6 wrote them, byte for byte.
     for line in std::fs::read_to_string(fixtures)?.lines().filter(|line| !line.starts_with('#')) {
         let (name, hex) = line.split_once(' ').ok_or_else(|| anyhow::anyhow!("expected `name hex`, got {line:?}"))?;
         let target = match name {
-            "push" | "push-signed" => "wire_push",
+            "push" | "push-signed" | "push-proven" => "wire_push",
             "push-ack" => "wire_push_ack",
             "pull-request" => "wire_pull_request",
             "pull-frame-generation" | "pull-frame-generation-signed" | "pull-frame-snapshot-write" => "wire_pull_frame",
-            "generation" | "generation-authored" | "generation-signed" => "store_generation",
+            "generation" | "generation-authored" | "generation-signed" | "generation-proven" => "store_generation",
             "snapshot" | "snapshot-signed" => "store_snapshot",
             other => anyhow::bail!("unknown fixture {other:?}"),
         };
@@ -164,6 +165,7 @@ fn generations() -> Vec<Generation> {
         change,
         author: None,
         signed: None,
+        terms: None,
     };
     let split = json!({"state": "ENABLED", "variants": {"red": "#f00", "blue": "#00f"}, "defaultVariant": "red",
         "targeting": {"fractional": [{"var": "email"}, ["red", 50], ["blue", 50]]}});
@@ -212,10 +214,18 @@ fn generations() -> Vec<Generation> {
     let (root, operator) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
     let alice: grapevine_proto::Author = "alice".parse().expect("a valid author");
     let delegation = root.delegate("grapevine", alice.clone(), operator.public(), vec!["payments.".into()], u64::MAX);
-    signed.signed = Some(Box::new(operator.sign_change("grapevine", delegation, signed.hlc.wall_ms, &signed.change)));
-    signed.author = Some(alice);
+    let issued_ms = signed.hlc.wall_ms;
+    signed.signed = Some(Box::new(operator.sign_change("grapevine", delegation.clone(), issued_ms, &signed.change, None)));
+    signed.author = Some(alice.clone());
+    // A scheduled change (format 7): its start is signed with it.
+    let mut scheduled = body("n3", 3, Change::with_ops(vec![config("payments.limit", "8", None)]));
+    let start_at_ms = Some(scheduled.hlc.wall_ms + 3_600_000);
+    let sign = operator.sign_change("grapevine", delegation, scheduled.hlc.wall_ms, &scheduled.change, start_at_ms);
+    scheduled.signed = Some(Box::new(sign));
+    scheduled.author = Some(alice);
+    scheduled.terms = Some(Box::new(Terms { start_at_ms, ..Terms::default() }));
     let mut generations: Vec<Generation> =
-        [first, second, grouped, emergency, control, signed].into_iter().map(GenerationBody::seal).collect();
+        [first, second, grouped, emergency, control, signed, scheduled].into_iter().map(GenerationBody::seal).collect();
     // An origin proof's shape (a DER certificate and an ECDSA signature); the node checks its
     // content, the decoders only its shape.
     let proof =

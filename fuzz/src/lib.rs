@@ -125,6 +125,7 @@ pub fn check_peer_vector(theirs: &VersionVector) {
         change: grapevine_proto::Change::with_ops(vec![]),
         author: None,
         signed: None,
+        terms: None,
     }
     .seal();
     let mut log = Log::new();

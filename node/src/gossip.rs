@@ -817,6 +817,15 @@ impl Gossip {
         names
     }
 
+    /// The live member that reads the oldest wire format (its name and that format), this node
+    /// included; `None` before the first gossip round.
+    pub async fn oldest_live_wire_version(&self) -> Option<(String, u8)> {
+        let live = self.live_names().await;
+        let versions = self.wire_versions().await;
+        let live = versions.into_iter().filter(|(name, _, _)| live.iter().any(|n| n.as_str() == name));
+        live.map(|(name, _, version)| (name, version)).min_by_key(|(_, version)| *version)
+    }
+
     /// Starts a gossip exchange with every live peer now, instead of at the next round, so
     /// a new key reaches them in one round trip.
     pub async fn nudge_live_peers(&self) {

@@ -506,18 +506,18 @@ mod tests {
         txn.commit().unwrap();
     }
 
-    /// A record of format 5, as the format-5 build wrote it: read, and rewritten in the newest
+    /// A record of format 6, as the format-6 build wrote it: read, and rewritten in the newest
     /// format when the store opens, so the build after this one reads it too.
     #[test]
     fn records_of_older_formats_are_rewritten_in_the_newest_on_open() {
-        let fixture = include_str!("../../proto/tests/fixtures/wire-v5.txt");
+        let fixture = include_str!("../../proto/tests/fixtures/wire-v6.txt");
         let hex = fixture.lines().find_map(|line| line.strip_prefix("generation ")).unwrap();
-        let v5 = hex::decode(hex).unwrap();
+        let older = hex::decode(hex).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let name: NodeName = "old1".parse().unwrap();
         let store = Store::open(dir.path(), &name).unwrap();
         let txn = store.db.begin_write().unwrap();
-        txn.open_table(GENERATIONS).unwrap().insert(("old1", 7), v5.as_slice()).unwrap();
+        txn.open_table(GENERATIONS).unwrap().insert(("old1", 7), older.as_slice()).unwrap();
         txn.commit().unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded[0].id().to_string(), "old1.7", "read as it is before the rewrite");
@@ -544,7 +544,7 @@ mod tests {
         raw_record(&store, &bytes);
         let older = store.load().unwrap_err();
         assert!(!Store::is_corruption(&older), "{older}");
-        assert!(older.to_string().contains("expected format version 5 to 6, got version 2"), "{older}");
+        assert!(older.to_string().contains("expected format version 6 to 7, got version 2"), "{older}");
         drop(store);
         let aside = Store::quarantine(dir.path()).unwrap();
         assert!(aside.file_name().unwrap().to_string_lossy().starts_with("grapevine.redb.corrupt-"));

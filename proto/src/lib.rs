@@ -26,7 +26,8 @@ pub mod wire;
 pub use hlc::{Clock, ClockError, Stamp};
 pub use log::{InsertOutcome, Log, VersionVector};
 pub use model::{
-    Author, Change, ContentHash, GenId, Generation, GenerationBody, JsonText, Key, NodeName, Op, OriginProof, Revert,
+    Author, Change, ContentHash, GenId, Generation, GenerationBody, Governance, JsonText, Key, NodeName, Op,
+    OriginProof, Revert, Terms,
 };
 pub use snapshot::{Snapshot, Write};
 pub use state::{AppliedState, Entry};

@@ -10,11 +10,12 @@
 //! - `Change { ops, policy, controls }`: operations, the `rollout::Policy` they roll out under, and
 //!   `rollout::Control`s of other generations' rollouts. `Change::with_ops` uses
 //!   `Policy::default()` and no controls. A control generation has controls and no ops.
-//! - `GenerationBody { id, hlc, members, groups, change, author, signed }`. `members` are the live
+//! - `GenerationBody { id, hlc, members, groups, change, author, signed, terms }`. `members` are the live
 //!   members in the accepting node's view, sorted; waves are cut from them. `groups` is empty, or,
 //!   with a `waves_by` policy, each member's value of that label, aligned with `members`. `author`
 //!   is who submitted it (format 4 on); `signed` the operator's `signing::Signed` on the change
-//!   (format 5 on, boxed so that an unsigned body stays small).
+//!   (format 5 on, boxed so that an unsigned body stays small); `terms` (format 7 on) a
+//!   scheduled start, approvals and a governance record (`Terms`, `Governance`).
 //! - `Generation { body, hash, origin }`: `origin` is the accepting node's `OriginProof` (its
 //!   certificate and its signature over the cluster id, id and hash; format 6 on), outside the
 //!   hash; `node/src/origin.rs` makes and checks it (D73).
@@ -26,7 +27,8 @@
 //! - `GenId { origin, seq }` prints and parses as `origin.seq`.
 //! - `GenerationBody::hash` is the SHA-256 of the postcard encoding of the body, as the oldest
 //!   format that holds it encoded it: without `signed` and `author` as format 3, with `author` only
-//!   as format 4, whole from format 5. So a generation keeps its hash whichever format carries it.
+//!   as format 4, without `terms` as format 5, whole from format 7. So a generation keeps its
+//!   hash whichever format carries it.
 //!   `Generation::verify` recomputes it.
 //! - `Revert { target }` undoes its target generation on every node, for good. `Revert::of(id)`
 //!   derives it from the target's id alone, and it prints as `origin.seq/revert`: nodes that decide
@@ -338,19 +340,61 @@ pub struct GenerationBody {
     /// The operator's signature on the change (format 5 on), checked against the cluster's
     /// root keys by every node ([`crate::signing`]).
     pub signed: Option<Box<Signed>>,
+    /// What the generation carries beside its change (format 7 on): a scheduled start,
+    /// approvals, a governance record. Boxed, so that a plain body stays small.
+    pub terms: Option<Box<Terms>>,
+}
+
+/// What a generation carries beside its change (format 7 on), each part optional. The operator's
+/// signature covers `start_at_ms` with the change ([`crate::signing`]); each approval is another
+/// operator's signature over the same content.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terms {
+    /// The first wave opens no earlier than this (Unix milliseconds, judged against each node's
+    /// hybrid clock): a scheduled start.
+    pub start_at_ms: Option<u64>,
+    /// Signatures of further operators over the same change: approvals (four eyes).
+    pub approvals: Vec<Signed>,
+    /// A governance record. A generation that carries one other than [`Governance::Enact`] has
+    /// no operations and no controls: it is stored and spread, and applies nowhere.
+    pub governance: Option<Governance>,
+}
+
+impl Terms {
+    /// Whether the terms say nothing (a body carries `None` instead).
+    pub fn is_empty(&self) -> bool {
+        self.start_at_ms.is_none() && self.approvals.is_empty() && self.governance.is_none()
+    }
+}
+
+/// A record of the approval process, carried in a generation's [`Terms`]; a proposal is named
+/// by the id of the generation that carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Governance {
+    /// Proposes `change`, signed by the proposer in the body's `signed` (with `start_at_ms` of
+    /// the terms, if any); it cannot be approved after `expires_ms` (Unix milliseconds).
+    Propose { change: Change, expires_ms: u64 },
+    /// Approves `proposal`: the approver's signature is the terms' only approval.
+    Approve { proposal: GenId },
+    /// Rejects `proposal`, signed by the rejecting operator in the body's `signed`.
+    Reject { proposal: GenId },
+    /// Carries out `proposal`: the body's change and `signed` are the proposal's, and the terms'
+    /// approvals are the approvers' signatures.
+    Enact { proposal: GenId },
 }
 
 impl GenerationBody {
     /// SHA-256 of the body's encoding. A body is hashed as the oldest format that holds it
-    /// encoded it: without a signature as format 4 (without the signature's slot), without an
-    /// author as format 3 (without the author's either). So a generation keeps its hash
-    /// whichever format carried it.
+    /// encoded it: without terms as format 6 (without the terms' slot), without a signature as
+    /// format 4 (without the signature's slot either), without an author as format 3 (without
+    /// the author's either). So a generation keeps its hash whichever format carried it.
     pub fn hash(&self) -> ContentHash {
-        let GenerationBody { id, hlc, members, groups, change, author, signed } = self;
-        let bytes = match (author, signed) {
-            (None, None) => postcard::to_stdvec(&(id, hlc, members, groups, change)),
-            (Some(_), None) => postcard::to_stdvec(&(id, hlc, members, groups, change, author)),
-            (_, Some(_)) => postcard::to_stdvec(self),
+        let GenerationBody { id, hlc, members, groups, change, author, signed, terms } = self;
+        let bytes = match (author, signed, terms) {
+            (None, None, None) => postcard::to_stdvec(&(id, hlc, members, groups, change)),
+            (Some(_), None, None) => postcard::to_stdvec(&(id, hlc, members, groups, change, author)),
+            (_, Some(_), None) => postcard::to_stdvec(&(id, hlc, members, groups, change, author, signed)),
+            (_, _, Some(_)) => postcard::to_stdvec(self),
         }
         .expect("a generation body always encodes");
         ContentHash(Sha256::digest(&bytes).into())

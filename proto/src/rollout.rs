@@ -673,6 +673,7 @@ mod tests {
             },
             author: None,
             signed: None,
+            terms: None,
         }
     }
 

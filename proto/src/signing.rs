@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
 use crate::log::{Log, VersionVector};
-use crate::model::{Author, Change, GenId, GenerationBody, Key, Op};
+use crate::model::{Author, Change, GenId, GenerationBody, Key, Op, Terms};
 
 /// How far a node's stamp on a signed change may lie from the time the operator signed it
 /// (either way: the clocks of the operator's machine and the node differ). It bounds how late
@@ -117,6 +117,7 @@ pub fn revoked_after(log: &Log) -> Vec<(GenId, PublicKey)> {
 /// Separates each kind of signed message from every other use of the same key.
 const DELEGATION_CONTEXT: &str = "grapevine delegation v1";
 const CHANGE_CONTEXT: &str = "grapevine change v1";
+const SCHEDULED_CHANGE_CONTEXT: &str = "grapevine scheduled change v1";
 
 /// An ed25519 public key; printed `ed25519:` and 64 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -224,9 +225,16 @@ impl SecretKey {
     }
 
     /// Signs `change` for `cluster` under `delegation` (which must delegate this key), as
-    /// issued at `issued_ms`.
-    pub fn sign_change(&self, cluster: &str, delegation: Delegation, issued_ms: u64, change: &Change) -> Signed {
-        let signature = self.sign(&change_message(cluster, &delegation.operator, issued_ms, change));
+    /// issued at `issued_ms`, to start no earlier than `start_at_ms` where given.
+    pub fn sign_change(
+        &self,
+        cluster: &str,
+        delegation: Delegation,
+        issued_ms: u64,
+        change: &Change,
+        start_at_ms: Option<u64>,
+    ) -> Signed {
+        let signature = self.sign(&change_message(cluster, &delegation.operator, issued_ms, change, start_at_ms));
         Signed { delegation, issued_ms, signature }
     }
 }
@@ -273,8 +281,20 @@ pub struct Signed {
     pub signature: Signature,
 }
 
-fn change_message(cluster: &str, operator: &Author, issued_ms: u64, change: &Change) -> Vec<u8> {
-    postcard::to_stdvec(&(CHANGE_CONTEXT, cluster, operator, issued_ms, change)).expect("a change always encodes")
+/// What an operator signs: the change, and its scheduled start where it has one (a change
+/// without one signs as before format 7, so signatures made then still verify).
+fn change_message(
+    cluster: &str,
+    operator: &Author,
+    issued_ms: u64,
+    change: &Change,
+    start_at_ms: Option<u64>,
+) -> Vec<u8> {
+    match start_at_ms {
+        None => postcard::to_stdvec(&(CHANGE_CONTEXT, cluster, operator, issued_ms, change)),
+        Some(at) => postcard::to_stdvec(&(SCHEDULED_CHANGE_CONTEXT, cluster, operator, issued_ms, change, at)),
+    }
+    .expect("a change always encodes")
 }
 
 /// A write in a snapshot with what makes it trusted: the whole change its generation carried
@@ -283,6 +303,9 @@ fn change_message(cluster: &str, operator: &Author, issued_ms: u64, change: &Cha
 pub struct WriteProof {
     pub change: Change,
     pub signed: Signed,
+    /// The generation's terms, where it had any (format 7 on): its scheduled start, which the
+    /// signature covers, and its approvals.
+    pub terms: Option<Box<Terms>>,
 }
 
 /// Why a generation (or a snapshot's write) is not trusted.
@@ -373,7 +396,10 @@ impl Trust {
             return Ok(());
         }
         match &body.signed {
-            Some(signed) => self.check_signed(signed, &body.change, body.hlc, body.author.as_ref()),
+            Some(signed) => {
+                let start_at_ms = body.terms.as_ref().and_then(|terms| terms.start_at_ms);
+                self.check_signed(signed, &body.change, start_at_ms, body.hlc, body.author.as_ref())
+            }
             None if self.unsigned_through.covers(&body.id) => Ok(()),
             None => Err(SigningError::Unsigned { what: format!("generation {}", body.id) }),
         }
@@ -385,22 +411,25 @@ impl Trust {
             return Ok(());
         }
         match proof {
-            Some(WriteProof { change, signed }) => {
+            Some(WriteProof { change, signed, terms }) => {
                 if !change.ops.contains(op) {
                     return Err(SigningError::ForeignWrite { key: op.key().clone() });
                 }
-                self.check_signed(signed, change, hlc, Some(&signed.delegation.operator))
+                let start_at_ms = terms.as_ref().and_then(|terms| terms.start_at_ms);
+                self.check_signed(signed, change, start_at_ms, hlc, Some(&signed.delegation.operator))
             }
             None if self.unsigned_through.covers(id) => Ok(()),
             None => Err(SigningError::Unsigned { what: format!("the snapshot's write of {} by {id}", op.key()) }),
         }
     }
 
-    /// Checks `signed` on `change`, as stamped `hlc` and recorded as by `author`.
+    /// Checks `signed` on `change` (to start at `start_at_ms`), as stamped `hlc` and recorded as
+    /// by `author`.
     pub fn check_signed(
         &self,
         signed: &Signed,
         change: &Change,
+        start_at_ms: Option<u64>,
         hlc: Stamp,
         author: Option<&Author>,
     ) -> Result<(), SigningError> {
@@ -416,7 +445,8 @@ impl Trust {
             let cluster = self.cluster.clone();
             return Err(SigningError::BadDelegation { operator: operator.clone(), root: delegation.root, cluster });
         }
-        if !signature.verifies(&delegation.key, &change_message(&self.cluster, operator, *issued_ms, change)) {
+        let message = change_message(&self.cluster, operator, *issued_ms, change, start_at_ms);
+        if !signature.verifies(&delegation.key, &message) {
             return Err(SigningError::BadSignature { operator: operator.clone(), cluster: self.cluster.clone() });
         }
         if author != Some(operator) {
@@ -480,6 +510,7 @@ mod tests {
             change,
             author,
             signed: signed.map(Box::new),
+            terms: None,
         }
     }
 
@@ -492,7 +523,7 @@ mod tests {
     fn a_delegated_operator_signs_and_every_node_checks_from_the_generation_alone() {
         let root = key(1);
         let change = put("payments.limit");
-        let signed = key(2).sign_change(CLUSTER, alice(&root, &[]), NOW - 5000, &change);
+        let signed = key(2).sign_change(CLUSTER, alice(&root, &[]), NOW - 5000, &change, None);
         trust(&root).check(&body(change.clone(), Some(signed.clone()))).unwrap();
         // Without roots, nothing is required.
         Trust::default().check(&body(change.clone(), None)).unwrap();
@@ -531,7 +562,7 @@ mod tests {
         let mut late = body(change.clone(), Some(signed.clone()));
         late.hlc.wall_ms = NOW + 2000;
         assert!(matches!(trust(&root).check(&late), Err(SigningError::Expired { .. })));
-        let old = key(2).sign_change(CLUSTER, alice(&root, &[]), NOW - ISSUE_WINDOW_MS - 1, &change);
+        let old = key(2).sign_change(CLUSTER, alice(&root, &[]), NOW - ISSUE_WINDOW_MS - 1, &change, None);
         assert!(matches!(trust(&root).check(&body(change, Some(old))), Err(SigningError::OutsideWindow { .. })));
     }
 
@@ -542,13 +573,13 @@ mod tests {
         // A node's own key, delegating itself: the root it names is not trusted.
         let forger = key(7);
         let self_made = forger.delegate(CLUSTER, "alice".parse().unwrap(), forger.public(), vec![], u64::MAX);
-        let forged = forger.sign_change(CLUSTER, self_made, NOW, &change);
+        let forged = forger.sign_change(CLUSTER, self_made, NOW, &change, None);
         assert!(matches!(
             trust(&root).check(&body(change.clone(), Some(forged))),
             Err(SigningError::UnknownRoot { .. })
         ));
         // Alice's real delegation, signed by a key that is not Alice's.
-        let stolen = forger.sign_change(CLUSTER, alice(&root, &[]), NOW, &change);
+        let stolen = forger.sign_change(CLUSTER, alice(&root, &[]), NOW, &change, None);
         assert!(matches!(trust(&root).check(&body(change, Some(stolen))), Err(SigningError::BadSignature { .. })));
     }
 
@@ -557,7 +588,7 @@ mod tests {
         let root = key(1);
         let scoped = alice(&root, &["payments."]);
         let check = |change: Change| {
-            let signed = key(2).sign_change(CLUSTER, scoped.clone(), NOW, &change);
+            let signed = key(2).sign_change(CLUSTER, scoped.clone(), NOW, &change, None);
             trust(&root).check(&body(change, Some(signed)))
         };
         check(put("payments.limit")).unwrap();
@@ -580,7 +611,7 @@ mod tests {
         let bob_delegation = root.delegate(CLUSTER, "bob".parse().unwrap(), bob.public(), vec![], u64::MAX);
         let signed_put = |seq: u64, wall_ms: u64, signer: &SecretKey, delegation: &Delegation, key: &str| {
             let change = put(key);
-            let signed = signer.sign_change(CLUSTER, delegation.clone(), wall_ms, &change);
+            let signed = signer.sign_change(CLUSTER, delegation.clone(), wall_ms, &change, None);
             let mut body = body(change, Some(signed));
             body.id.seq = seq;
             body.hlc.wall_ms = wall_ms;
@@ -636,10 +667,11 @@ mod tests {
         let sign_us = median_us(
             200,
             Box::new(|i| {
-                key(2).sign_change(CLUSTER, delegation.clone(), NOW + i as u64, &change);
+                key(2).sign_change(CLUSTER, delegation.clone(), NOW + i as u64, &change, None);
             }),
         );
-        let generation = body(change.clone(), Some(key(2).sign_change(CLUSTER, delegation.clone(), NOW, &change)));
+        let generation =
+            body(change.clone(), Some(key(2).sign_change(CLUSTER, delegation.clone(), NOW, &change, None)));
         let trust = trust(&root);
         let check_us = median_us(200, Box::new(|_| trust.check(&generation).unwrap()));
         let mut unsigned = generation.clone();

@@ -73,10 +73,10 @@ impl Snapshot {
     /// [`Log::compact`]: crate::Log::compact
     pub fn absorb(&mut self, generation: &Generation) {
         let body = &generation.body;
-        let proof = body
-            .signed
-            .as_ref()
-            .map(|signed| Box::new(WriteProof { change: body.change.clone(), signed: (**signed).clone() }));
+        let proof = body.signed.as_ref().map(|signed| {
+            let (change, signed, terms) = (body.change.clone(), (**signed).clone(), body.terms.clone());
+            Box::new(WriteProof { change, signed, terms })
+        });
         for op in &body.change.ops {
             let (op, generation, proof) = (op.clone(), body.id.clone(), proof.clone());
             self.absorb_write(Write { op, generation, hlc: body.hlc, proof });

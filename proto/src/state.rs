@@ -297,6 +297,7 @@ mod tests {
             change: crate::model::Change::with_ops(vec![op]),
             author: None,
             signed: None,
+            terms: None,
         }
         .seal()
     }

@@ -22,6 +22,7 @@ pub fn put(origin: &str, seq: u64, wall_ms: u64, key: &str, value: &str) -> Gene
         }]),
         author: None,
         signed: None,
+        terms: None,
     }
     .seal()
 }

@@ -267,6 +267,7 @@ mod tests {
             change: Change::with_ops(vec![config("a", "1")]),
             author: None,
             signed: None,
+            terms: None,
         }
         .seal();
         let error = validate_generation(&generation).unwrap_err();

@@ -33,11 +33,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::log::VersionVector;
-use crate::model::{GenId, Generation, Revert};
+use crate::model::{GenId, Generation, GenerationBody, Revert};
+use crate::signing::WriteProof;
 use crate::snapshot::{Snapshot, Write};
 
 /// The format version this build writes.
-pub const WIRE_VERSION: u8 = 6;
+pub const WIRE_VERSION: u8 = 7;
 
 /// The oldest format version this build reads and can write for a peer that reads no newer.
 pub const OLDEST_READABLE: u8 = WIRE_VERSION - 1;
@@ -111,7 +112,7 @@ macro_rules! unchanged_since_previous {
     )*};
 }
 
-unchanged_since_previous!(PullRequest, PushAck, Revert, VersionVector, Write, Snapshot);
+unchanged_since_previous!(PullRequest, PushAck, Revert, VersionVector);
 
 /// Encodes `value` in the newest format, with the version byte in front.
 pub fn encode<T: Versioned>(value: &T) -> Vec<u8> {
@@ -205,69 +206,148 @@ pub struct PushAck {
 }
 
 impl Versioned for Generation {
-    type Previous = v5::Generation;
+    type Previous = v6::Generation;
 
-    fn from_previous(old: v5::Generation) -> Generation {
-        Generation { body: old.body, hash: old.hash, origin: None }
+    fn from_previous(old: v6::Generation) -> Generation {
+        let v6::GenerationBody { id, hlc, members, groups, change, author, signed } = old.body;
+        let body = GenerationBody { id, hlc, members, groups, change, author, signed, terms: None };
+        Generation { body, hash: old.hash, origin: old.origin }
     }
 
-    /// Format 5 has no origin proof: a peer of format 5 checks none, so the proof is left out.
-    fn to_previous(&self) -> Result<v5::Generation, &'static str> {
-        Ok(v5::Generation { body: self.body.clone(), hash: self.hash })
+    /// Format 6 has no terms: a generation with a scheduled start, approvals or a governance
+    /// record cannot be written in it (its hash covers the terms).
+    fn to_previous(&self) -> Result<v6::Generation, &'static str> {
+        let GenerationBody { id, hlc, members, groups, change, author, signed, terms } = self.body.clone();
+        if terms.is_some() {
+            return Err(TERMS_NEED_FORMAT_7);
+        }
+        let body = v6::GenerationBody { id, hlc, members, groups, change, author, signed };
+        Ok(v6::Generation { body, hash: self.hash, origin: self.origin.clone() })
+    }
+}
+
+const TERMS_NEED_FORMAT_7: &str =
+    "a scheduled start, approvals and governance records need format 7; upgrade every node first";
+
+impl Versioned for Write {
+    type Previous = v6::Write;
+
+    fn from_previous(old: v6::Write) -> Write {
+        let proof =
+            old.proof.map(|proof| Box::new(WriteProof { change: proof.change, signed: proof.signed, terms: None }));
+        Write { op: old.op, generation: old.generation, hlc: old.hlc, proof }
+    }
+
+    fn to_previous(&self) -> Result<v6::Write, &'static str> {
+        let proof = match self.proof.as_deref() {
+            Some(WriteProof { terms: Some(_), .. }) => return Err(TERMS_NEED_FORMAT_7),
+            Some(WriteProof { change, signed, terms: None }) => {
+                Some(Box::new(v6::WriteProof { change: change.clone(), signed: signed.clone() }))
+            }
+            None => None,
+        };
+        Ok(v6::Write { op: self.op.clone(), generation: self.generation.clone(), hlc: self.hlc, proof })
+    }
+}
+
+impl Versioned for Snapshot {
+    type Previous = v6::Snapshot;
+
+    fn from_previous(old: v6::Snapshot) -> Snapshot {
+        Snapshot::from_parts(old.covers, old.writes.into_iter().map(Write::from_previous))
+    }
+
+    fn to_previous(&self) -> Result<v6::Snapshot, &'static str> {
+        let writes = self.writes().map(Write::to_previous).collect::<Result<_, _>>()?;
+        Ok(v6::Snapshot { covers: self.covers().clone(), writes })
     }
 }
 
 impl Versioned for PullFrame {
-    type Previous = v5::PullFrame;
+    type Previous = v6::PullFrame;
 
-    fn from_previous(old: v5::PullFrame) -> PullFrame {
+    fn from_previous(old: v6::PullFrame) -> PullFrame {
         match old {
-            v5::PullFrame::Revert(revert) => PullFrame::Revert(revert),
-            v5::PullFrame::SnapshotWrite(write) => PullFrame::SnapshotWrite(write),
-            v5::PullFrame::SnapshotEnd { covers } => PullFrame::SnapshotEnd { covers },
-            v5::PullFrame::Generation(generation) => PullFrame::Generation(Generation::from_previous(generation)),
-            v5::PullFrame::End { more } => PullFrame::End { more },
+            v6::PullFrame::Revert(revert) => PullFrame::Revert(revert),
+            v6::PullFrame::SnapshotWrite(write) => PullFrame::SnapshotWrite(Write::from_previous(write)),
+            v6::PullFrame::SnapshotEnd { covers } => PullFrame::SnapshotEnd { covers },
+            v6::PullFrame::Generation(generation) => PullFrame::Generation(Generation::from_previous(generation)),
+            v6::PullFrame::End { more } => PullFrame::End { more },
         }
     }
 
-    fn to_previous(&self) -> Result<v5::PullFrame, &'static str> {
-        Ok(match self.clone() {
-            PullFrame::Revert(revert) => v5::PullFrame::Revert(revert),
-            PullFrame::SnapshotWrite(write) => v5::PullFrame::SnapshotWrite(write),
-            PullFrame::SnapshotEnd { covers } => v5::PullFrame::SnapshotEnd { covers },
-            PullFrame::Generation(generation) => v5::PullFrame::Generation(generation.to_previous()?),
-            PullFrame::End { more } => v5::PullFrame::End { more },
+    fn to_previous(&self) -> Result<v6::PullFrame, &'static str> {
+        Ok(match self {
+            PullFrame::Revert(revert) => v6::PullFrame::Revert(revert.clone()),
+            PullFrame::SnapshotWrite(write) => v6::PullFrame::SnapshotWrite(write.to_previous()?),
+            PullFrame::SnapshotEnd { covers } => v6::PullFrame::SnapshotEnd { covers: covers.clone() },
+            PullFrame::Generation(generation) => v6::PullFrame::Generation(generation.to_previous()?),
+            PullFrame::End { more } => v6::PullFrame::End { more: *more },
         })
     }
 }
 
 impl Versioned for Push {
-    type Previous = v5::Push;
+    type Previous = v6::Push;
 
-    fn from_previous(old: v5::Push) -> Push {
+    fn from_previous(old: v6::Push) -> Push {
         let generations = old.generations.into_iter().map(Generation::from_previous).collect();
         Push { reverts: old.reverts, generations, sender_has: old.sender_has }
     }
 
-    fn to_previous(&self) -> Result<v5::Push, &'static str> {
+    fn to_previous(&self) -> Result<v6::Push, &'static str> {
         let generations = self.generations.iter().map(Generation::to_previous).collect::<Result<_, _>>()?;
-        Ok(v5::Push { reverts: self.reverts.clone(), generations, sender_has: self.sender_has.clone() })
+        Ok(v6::Push { reverts: self.reverts.clone(), generations, sender_has: self.sender_has.clone() })
     }
 }
 
-/// The items whose encoding changed in format 6, as format 5 encoded them. Field and variant
+/// The items whose encoding changed in format 7, as format 6 encoded them. Field and variant
 /// order is the encoding: never reorder, only add a new module for a new version.
-pub mod v5 {
+pub mod v6 {
     use serde::{Deserialize, Serialize};
 
+    use crate::hlc::Stamp;
     use crate::log::VersionVector;
-    use crate::model::{ContentHash, GenerationBody, Revert};
-    use crate::snapshot::Write;
+    use crate::model::{Author, Change, ContentHash, GenId, NodeName, Op, OriginProof, Revert};
+    use crate::signing::Signed;
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct GenerationBody {
+        pub id: GenId,
+        pub hlc: Stamp,
+        pub members: Vec<NodeName>,
+        pub groups: Vec<String>,
+        pub change: Change,
+        pub author: Option<Author>,
+        pub signed: Option<Box<Signed>>,
+    }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Generation {
         pub body: GenerationBody,
         pub hash: ContentHash,
+        pub origin: Option<Box<OriginProof>>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct WriteProof {
+        pub change: Change,
+        pub signed: Signed,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Write {
+        pub op: Op,
+        pub generation: GenId,
+        pub hlc: Stamp,
+        pub proof: Option<Box<WriteProof>>,
+    }
+
+    /// A snapshot as its parts: what it covers and its writes.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Snapshot {
+        pub covers: VersionVector,
+        pub writes: Vec<Write>,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,7 +373,7 @@ mod tests {
 
     use super::*;
     use crate::hlc::Stamp;
-    use crate::model::{Change, GenId, GenerationBody, JsonText, Op, OriginProof};
+    use crate::model::{Change, GenId, GenerationBody, JsonText, Op, OriginProof, Terms};
     use crate::signing::SecretKey;
 
     fn arb_generation() -> impl Strategy<Value = Generation> {
@@ -323,14 +403,17 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..600),
                 proptest::collection::vec(any::<u8>(), 0..80),
             )),
+            proptest::option::of(proptest::option::of(any::<u64>())),
         )
-            .prop_map(|(origin, seq, wall_ms, logical, members, ops, author, signed, proof)| {
+            .prop_map(|(origin, seq, wall_ms, logical, members, ops, author, signed, proof, terms)| {
                 let change = Change::with_ops(ops);
                 let author: Option<crate::Author> = author.map(|a| a.parse().unwrap());
+                let start_at_ms = terms.flatten();
                 let signed = match (&author, signed) {
-                    (Some(author), true) => Some(signed_by(author, wall_ms, &change)),
+                    (Some(author), true) => Some(signed_by(author, wall_ms, &change, start_at_ms)),
                     _ => None,
                 };
+                let terms = terms.map(|start_at_ms| Box::new(Terms { start_at_ms, ..Terms::default() }));
                 GenerationBody {
                     id: GenId { origin: origin.parse().unwrap(), seq },
                     hlc: Stamp { wall_ms, logical },
@@ -339,16 +422,22 @@ mod tests {
                     change,
                     author,
                     signed: signed.map(Box::new),
+                    terms,
                 }
                 .seal()
                 .proven(proof.map(|(certificate, signature)| OriginProof { certificate, signature }))
             })
     }
 
-    fn signed_by(author: &crate::Author, issued_ms: u64, change: &Change) -> crate::signing::Signed {
+    fn signed_by(
+        author: &crate::Author,
+        issued_ms: u64,
+        change: &Change,
+        start_at_ms: Option<u64>,
+    ) -> crate::signing::Signed {
         let (root, operator) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
         let delegation = root.delegate("c", author.clone(), operator.public(), vec![], u64::MAX);
-        operator.sign_change("c", delegation, issued_ms, change)
+        operator.sign_change("c", delegation, issued_ms, change, start_at_ms)
     }
 
     proptest! {
@@ -391,17 +480,18 @@ mod tests {
         let mut bytes = encode(&PullFrame::End { more: false });
         bytes.push(0);
         assert!(matches!(decode::<PullFrame>(&bytes, "pull frame"), Err(WireError::Malformed { .. })));
-        for version in [2, 3, 4, 7, 9] {
+        for version in [2, 3, 4, 5, 8, 9] {
             bytes[0] = version;
             let refused = decode::<PullFrame>(&bytes, "pull frame").unwrap_err();
             assert_eq!(refused, WireError::UnknownVersion { found: version });
-            assert_eq!(refused.to_string(), format!("expected format version 5 to 6, got version {version}"));
+            assert_eq!(refused.to_string(), format!("expected format version 6 to 7, got version {version}"));
         }
         assert_eq!(decode::<PullFrame>(&[], "pull frame"), Err(WireError::Empty));
     }
 
     /// Items as a build encoded them, by name: `wire-v4.txt` by the build of format 4 (commit
-    /// 15805e4), `wire-v5.txt` by the build of format 5 (commit f729e57).
+    /// 15805e4), `wire-v5.txt` by the build of format 5 (commit f729e57), `wire-v6.txt` by the
+    /// build of format 6 (commit b213200).
     fn fixtures(text: &str) -> std::collections::BTreeMap<&str, Vec<u8>> {
         text.lines()
             .filter(|line| !line.starts_with('#'))
@@ -413,8 +503,8 @@ mod tests {
     }
 
     #[test]
-    fn items_written_by_format_5_are_read_and_written_back_byte_for_byte() {
-        let fixtures = fixtures(include_str!("../tests/fixtures/wire-v5.txt"));
+    fn items_written_by_format_6_are_read_and_written_back_byte_for_byte() {
+        let fixtures = fixtures(include_str!("../tests/fixtures/wire-v6.txt"));
         let generation: Generation = decode(&fixtures["generation"], "generation").unwrap();
         assert_eq!(generation.id().to_string(), "old1.7");
         assert_eq!((&generation.body.author, &generation.body.signed, &generation.origin), (&None, &None, &None));
@@ -427,61 +517,115 @@ mod tests {
         let root = SecretKey::from_seed([1; 32]).public();
         let trust = crate::signing::Trust { cluster: "grapevine".into(), roots: vec![root], ..Default::default() };
         trust.check(&signed.body).expect("the operator's signature written in format 5 verifies");
-        for (name, generation) in
-            [("generation", &generation), ("generation-authored", &authored), ("generation-signed", &signed)]
-        {
+        let proven: Generation = decode(&fixtures["generation-proven"], "generation").unwrap();
+        assert_eq!(proven.origin.as_ref().map(|proof| proof.certificate.len()), Some(40));
+        assert_eq!(proven.hash, signed.hash, "the origin proof is outside the hash");
+        for (name, generation) in [
+            ("generation", &generation),
+            ("generation-authored", &authored),
+            ("generation-signed", &signed),
+            ("generation-proven", &proven),
+        ] {
             generation.verify().unwrap_or_else(|error| panic!("{name}: {error}"));
-            assert_eq!(encode_at(generation, 5, "generation").unwrap(), fixtures[name], "{name}");
-            // Format 6 adds the origin proof's slot only, and the hash stays.
+            assert_eq!(encode_at(generation, 6, "generation").unwrap(), fixtures[name], "{name}");
+            // Format 7 adds the terms' slot only, and the hash stays.
             let newer = encode(generation);
-            assert_eq!((newer[0], newer.len()), (6, fixtures[name].len() + 1), "{name}");
+            assert_eq!((newer[0], newer.len()), (7, fixtures[name].len() + 1), "{name}");
             assert_eq!(&decode::<Generation>(&newer, "generation").unwrap(), generation);
         }
 
-        for name in ["push", "push-signed"] {
+        for name in ["push", "push-signed", "push-proven"] {
             let (push, version) = decode_versioned::<Push>(&fixtures[name], "push").unwrap();
-            assert_eq!(version, 5);
+            assert_eq!(version, 6);
             assert_eq!(encode_at(&push, version, "push").unwrap(), fixtures[name], "{name}");
         }
         for name in ["pull-frame-generation", "pull-frame-generation-signed", "pull-frame-snapshot-write"] {
             let frame: PullFrame = decode(&fixtures[name], "pull frame").unwrap();
-            assert_eq!(encode_at(&frame, 5, "pull frame").unwrap(), fixtures[name], "{name}");
+            assert_eq!(encode_at(&frame, 6, "pull frame").unwrap(), fixtures[name], "{name}");
         }
         let snapshot: Snapshot = decode(&fixtures["snapshot-signed"], "snapshot").unwrap();
         assert!(snapshot.writes().all(|write| write.proof.is_some()));
+        root_checks_every_write(&trust, &snapshot);
         for name in ["snapshot", "snapshot-signed"] {
             let snapshot: Snapshot = decode(&fixtures[name], "snapshot").unwrap();
-            assert_eq!(encode_at(&snapshot, 5, "snapshot").unwrap(), fixtures[name], "{name}");
+            assert_eq!(encode_at(&snapshot, 6, "snapshot").unwrap(), fixtures[name], "{name}");
+            assert_eq!(decode::<Snapshot>(&encode(&snapshot), "snapshot").unwrap(), snapshot, "{name}");
         }
         let request: PullRequest = decode(&fixtures["pull-request"], "pull request").unwrap();
         assert_eq!(request.max_bytes, 1 << 20);
-        assert_eq!(encode_at(&request, 5, "pull request").unwrap(), fixtures["pull-request"]);
+        assert_eq!(encode_at(&request, 6, "pull request").unwrap(), fixtures["pull-request"]);
         let ack: PushAck = decode(&fixtures["push-ack"], "push ack").unwrap();
-        assert_eq!(encode_at(&ack, 5, "push ack").unwrap(), fixtures["push-ack"]);
+        assert_eq!(encode_at(&ack, 6, "push ack").unwrap(), fixtures["push-ack"]);
     }
 
-    #[test]
-    fn format_4_is_refused_naming_the_formats_read() {
-        let fixtures = fixtures(include_str!("../tests/fixtures/wire-v4.txt"));
-        for (name, bytes) in &fixtures {
-            let refused = decode::<PullFrame>(bytes, "pull frame").unwrap_err();
-            assert_eq!(refused.to_string(), "expected format version 5 to 6, got version 4", "{name}");
+    fn root_checks_every_write(trust: &crate::signing::Trust, snapshot: &Snapshot) {
+        for write in snapshot.writes() {
+            trust.check_write(&write.op, &write.generation, write.hlc, write.proof.as_deref()).unwrap();
         }
     }
 
     #[test]
-    fn an_origin_proof_is_outside_the_hash_and_format_5_leaves_it_out() {
+    fn formats_4_and_5_are_refused_naming_the_formats_read() {
+        for (format, text) in
+            [(4, include_str!("../tests/fixtures/wire-v4.txt")), (5, include_str!("../tests/fixtures/wire-v5.txt"))]
+        {
+            for (name, bytes) in &fixtures(text) {
+                let refused = decode::<PullFrame>(bytes, "pull frame").unwrap_err();
+                assert_eq!(
+                    refused.to_string(),
+                    format!("expected format version 6 to 7, got version {format}"),
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn terms_are_covered_by_the_hash_and_format_6_cannot_hold_them() {
         let generation = crate::testing::put("n1", 1, 5, "k", "1");
-        let proof = OriginProof { certificate: vec![1; 500], signature: vec![2; 72] };
-        let proven = generation.clone().proven(Some(proof));
-        proven.verify().expect("the proof is not content");
-        assert_eq!(proven.hash, generation.hash);
-        assert_eq!(decode::<Generation>(&encode(&proven), "generation").unwrap(), proven);
-        let older = encode_at(&proven, 5, "generation").unwrap();
-        assert_eq!(decode::<Generation>(&older, "generation").unwrap(), generation, "format 5 carries no proof");
-        let push = Push { reverts: vec![], generations: vec![proven], sender_has: VersionVector::default() };
-        let older: Push = decode(&encode_at(&push, 5, "push").unwrap(), "push").unwrap();
-        assert_eq!(older.generations, [generation]);
+        let mut scheduled = generation.body.clone();
+        scheduled.terms = Some(Box::new(Terms { start_at_ms: Some(9), ..Terms::default() }));
+        let scheduled = scheduled.seal();
+        assert_ne!(scheduled.hash, generation.hash, "the terms are content");
+        let mut forged = scheduled.clone();
+        forged.body.terms.as_mut().unwrap().start_at_ms = Some(10);
+        assert!(forged.verify().is_err());
+        assert_eq!(decode::<Generation>(&encode(&scheduled), "generation").unwrap(), scheduled);
+        let refused = encode_at(&scheduled, 6, "generation").unwrap_err();
+        assert!(matches!(refused, WireError::Unrepresentable { version: 6, .. }), "{refused}");
+        let push = Push { reverts: vec![], generations: vec![scheduled.clone()], sender_has: VersionVector::default() };
+        assert!(encode_at(&push, 6, "push").is_err());
+        let mut snapshot = Snapshot::default();
+        snapshot.absorb(&generation);
+        assert!(encode_at(&snapshot, 6, "snapshot").is_ok(), "an unsigned write has no terms to lose");
+        // Without terms, format 6 carries a generation whole and its hash stays.
+        let older: Generation = decode(&encode_at(&generation, 6, "generation").unwrap(), "generation").unwrap();
+        assert_eq!(older, generation);
+    }
+
+    #[test]
+    fn a_scheduled_start_is_signed_with_the_change() {
+        let author: crate::Author = "alice".parse().unwrap();
+        let (root, operator) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
+        let delegation = root.delegate("c", author.clone(), operator.public(), vec![], u64::MAX);
+        let trust = crate::signing::Trust { cluster: "c".into(), roots: vec![root.public()], ..Default::default() };
+        let mut body = crate::testing::put("n1", 1, 5, "k", "1").body;
+        body.author = Some(author);
+        body.terms = Some(Box::new(Terms { start_at_ms: Some(60_000), ..Terms::default() }));
+        let signed = operator.sign_change("c", delegation.clone(), 5, &body.change, Some(60_000));
+        body.signed = Some(Box::new(signed));
+        trust.check(&body).expect("signed with its start");
+        body.terms.as_mut().unwrap().start_at_ms = Some(1);
+        assert!(trust.check(&body).is_err(), "a start moved by a node is refused");
+        body.terms = None;
+        assert!(trust.check(&body).is_err(), "a start dropped by a node is refused");
+        body.signed = Some(Box::new(operator.sign_change("c", delegation, 5, &body.change, None)));
+        trust.check(&body).expect("a change without a start signs as before");
+        let mut snapshot = Snapshot::default();
+        body.terms = Some(Box::new(Terms { start_at_ms: None, ..Terms::default() }));
+        let generation = body.seal();
+        snapshot.absorb(&generation);
+        root_checks_every_write(&trust, &snapshot);
     }
 
     #[test]
@@ -490,7 +634,7 @@ mod tests {
         let author: crate::Author = "alice".parse().unwrap();
         generation.body.author = Some(author.clone());
         let authored = generation.body.clone().seal();
-        generation.body.signed = Some(Box::new(signed_by(&author, 5, &generation.body.change)));
+        generation.body.signed = Some(Box::new(signed_by(&author, 5, &generation.body.change, None)));
         assert!(authored.clone().body.seal().verify().is_ok());
         let mut forged = authored.clone();
         forged.body.signed = generation.body.signed.clone();

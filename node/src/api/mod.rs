@@ -225,6 +225,7 @@ impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         let status = match &error {
             SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
+            SubmitError::FormatTooOld { .. } => StatusCode::CONFLICT,
             SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             SubmitError::Stopped | SubmitError::Recovering(_) | SubmitError::ClockAhead { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -778,7 +779,7 @@ pub(crate) async fn submit_change(
         )));
     }
     let timeout = wait.timeout_ms.map_or(DEFAULT_REPLICA_TIMEOUT, Duration::from_millis).min(MAX_REPLICA_TIMEOUT);
-    let generation = state.engine.submit(change, wait.author.clone(), signed).await?;
+    let generation = state.engine.submit(change, wait.author.clone(), signed, None).await?;
     let id = generation.id();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut replicas = state.holdings.count_holding(state.gossip.peer_version_vectors().await, id);

@@ -285,7 +285,7 @@ impl Signer {
             _ => return Err(refused("the prepared change does not decode".into())),
         };
         check_intent(&change, intent).map_err(refused)?;
-        let signed = self.key.sign_change(cluster, self.delegation.clone(), issued_ms, &change);
+        let signed = self.key.sign_change(cluster, self.delegation.clone(), issued_ms, &change, None);
         let signed = hex::encode(postcard::to_stdvec(&signed).expect("a signature always encodes"));
         Ok(serde_json::json!({ "change": change_hex(&change), "signed": signed }))
     }

@@ -101,9 +101,10 @@ use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::signing::{Signed, SigningError, Trust, revocations, revoked_by};
 use grapevine_proto::snapshot::{Retention, compactable};
 use grapevine_proto::validate::{check_envelope, validate_submitted};
+use grapevine_proto::wire::WIRE_VERSION;
 use grapevine_proto::{
     AppliedState, Author, Change, Clock, ContentHash, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName,
-    Op, Revert, Snapshot, ValidationError, VersionVector,
+    Op, Revert, Snapshot, Terms, ValidationError, VersionVector,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -234,6 +235,13 @@ pub enum SubmitError {
          it takes no changes until its clock is fixed (NTP), since its stamps would win over newer writes; send the change to another node"
     )]
     ClockAhead { ahead_ms: i64, peers: usize, limit_ms: u64 },
+    /// The change needs terms (a scheduled start, approvals, a governance record), which a live
+    /// member of an older wire format could not hold; nothing was stored.
+    #[error(
+        "a scheduled start, approvals and governance records need wire format {WIRE_VERSION} on every live member, \
+         but {member} reads format {format}; upgrade every node first"
+    )]
+    FormatTooOld { member: String, format: u8 },
 }
 
 enum Command {
@@ -241,6 +249,7 @@ enum Command {
         change: Change,
         author: Option<Author>,
         signed: Option<Box<Signed>>,
+        terms: Option<Box<Terms>>,
         reply: oneshot::Sender<Result<Generation, SubmitError>>,
     },
     Preview {
@@ -304,13 +313,17 @@ impl EngineHandle {
     /// Validates, stamps, stores and applies a change; returns its generation once durable.
     /// A signed change is recorded as by its operator; it must pass the checks every peer
     /// makes ([`Trust::check`]) and its key must not be revoked in this node's log.
+    /// `terms` (a scheduled start, approvals, a governance record) need every live member to
+    /// read wire format 7.
     pub async fn submit(
         &self,
         change: Change,
         author: Option<Author>,
         signed: Option<Box<Signed>>,
+        terms: Option<Box<Terms>>,
     ) -> Result<Generation, SubmitError> {
-        self.ask(|reply| Command::Submit { change, author, signed, reply }).await.unwrap_or(Err(SubmitError::Stopped))
+        let submit = |reply| Command::Submit { change, author, signed, terms, reply };
+        self.ask(submit).await.unwrap_or(Err(SubmitError::Stopped))
     }
 
     /// Stores and applies validated generations from peer `from`; returns how many were new.
@@ -574,8 +587,8 @@ impl Engine {
                     let _ = reply.send(self.absorb_snapshot(snapshot).await);
                     self.decide().await;
                 }
-                Command::Submit { change, author, signed, reply } => {
-                    let submitted = self.submit(change, author, signed).await;
+                Command::Submit { change, author, signed, terms, reply } => {
+                    let submitted = self.submit(change, author, signed, terms).await;
                     // Released here before the answer: a client that reads back its change from
                     // the node that took it sees it applied when this node's wave is open (the
                     // first wave, an emergency, or a single wave).
@@ -644,10 +657,17 @@ impl Engine {
         change: Change,
         author: Option<Author>,
         signed: Option<Box<Signed>>,
+        terms: Option<Box<Terms>>,
         clock: &mut Clock,
     ) -> Result<Generation, SubmitError> {
         if let Some(reason) = &self.parts.recovering {
             return Err(SubmitError::Recovering(reason.clone()));
+        }
+        if terms.is_some()
+            && let Some((member, format)) = self.parts.gossip.oldest_live_wire_version().await
+            && format < WIRE_VERSION
+        {
+            return Err(SubmitError::FormatTooOld { member, format });
         }
         validate_submitted(&change)?;
         let members = self.parts.gossip.live_names().await;
@@ -662,6 +682,7 @@ impl Engine {
             // A signed change is by its operator, whoever sent it.
             author: signed.as_ref().map_or(author, |signed| Some(signed.delegation.operator.clone())),
             signed,
+            terms,
         };
         let generation = body.seal();
         let generation = {
@@ -723,7 +744,7 @@ impl Engine {
     /// What `change` would do, changing nothing: the generation it would become (its waves
     /// follow from it) and, per key, the desired value before and after.
     async fn preview(&self, change: Change) -> Result<Preview, SubmitError> {
-        let generation = self.seal(change, None, None, &mut self.clock.clone()).await?;
+        let generation = self.seal(change, None, None, None, &mut self.clock.clone()).await?;
         let diff = generation
             .body
             .change
@@ -751,6 +772,7 @@ impl Engine {
         change: Change,
         author: Option<Author>,
         signed: Option<Box<Signed>>,
+        terms: Option<Box<Terms>>,
     ) -> Result<Generation, SubmitError> {
         let standing = self.parts.offsets.standing();
         if crate::clock::fenced(standing, self.parts.max_clock_offset_ms)
@@ -760,7 +782,7 @@ impl Engine {
             return Err(SubmitError::ClockAhead { ahead_ms: standing.ahead_ms, peers: standing.peers, limit_ms });
         }
         let mut clock = self.clock.clone();
-        let generation = self.seal(change, author, signed, &mut clock).await?;
+        let generation = self.seal(change, author, signed, terms, &mut clock).await?;
         // The same check every peer makes on it, and, since this node knows the history, no
         // change under a key revoked already (peers would revert it at once).
         self.parts.trust.check(&generation.body)?;
