@@ -102,6 +102,8 @@ pub struct RawConfig {
     pub rollout: Option<PolicyOptions>,
     /// `[alerts]`: webhooks for anomalies and reverts.
     pub alerts: Option<AlertsConfig>,
+    /// `[audit]`: the audit trail's file and webhooks.
+    pub audit: Option<crate::audit::AuditConfig>,
     /// flagd's `fractional` bucketing: `v2` (default) or `cbor`; the same on every node.
     pub fractional: Option<Fractional>,
     /// `[[files]]`: config keys rendered to files on the host.
@@ -160,6 +162,7 @@ impl RawConfig {
             health,
             rollout,
             alerts,
+            audit,
             fractional,
             files,
             auth,
@@ -211,6 +214,8 @@ pub struct Config {
     /// The cluster's default rollout policy.
     pub rollout: Policy,
     pub alerts: AlertsConfig,
+    /// The audit trail's sinks, when `[audit]` sets any.
+    pub audit: Option<crate::audit::AuditConfig>,
     pub fractional: Fractional,
     pub files: Vec<crate::files::FileConfig>,
     /// Who may use the API, and for what.
@@ -349,6 +354,13 @@ impl TryFrom<RawConfig> for Config {
                 let alerts = raw.alerts.unwrap_or_default();
                 alerts.validate().map_err(|error| ConfigError::Section { section: "alerts", error })?;
                 alerts
+            },
+            audit: match raw.audit {
+                Some(audit) => {
+                    audit.validate().map_err(|error| ConfigError::Section { section: "audit", error })?;
+                    Some(audit)
+                }
+                None => None,
             },
             auth,
             limits: crate::api::limits::Limits::from_section(&raw.limits.unwrap_or_default())
