@@ -8,14 +8,15 @@
 //! - `cluster` must be 1 to 64 of `A-Z a-z 0-9 - _ .` (`check_cluster`). `retain_generations` and
 //!   `retain_age_s` become `Config::retention`, a `proto` `Retention`.
 //! - The sections can be set only in the file; an error in one is `ConfigError::Section`
-//!   (`[rollout]: ...`, `[health]: ...`, `[alerts]: ...`, `[files]: ...`, `[signing]: ...`):
+//!   (`[rollout]: ...`, `[health]: ...`, `[alerts]: ...`, `[audit]: ...`, `[files]: ...`, `[signing]: ...`):
 //!   - `[rollout]` is a `proto::rollout::PolicyOptions` in the CLI's notation, applied over
 //!     `Policy::default()` (`PolicyOptions::apply`, which validates) into `Config::rollout`, the
 //!     policy of a change that names none;
 //!   - `[health]` is a `health::HealthConfig` (sources and sample interval; the thresholds moved to
 //!     `[rollout]`), checked by `HealthConfig::validate`, kept as `Config::health`;
 //!   - `[alerts]` is an `alerts::AlertsConfig`, checked by `AlertsConfig::validate`, kept as
-//!     `Config::alerts`;
+//!     `Config::alerts`; `[audit]` an `audit::AuditConfig`, checked by `AuditConfig::validate`,
+//!     kept as `Config::audit` (`None` without the section);
 //!   - `[[files]]` is a list of `files::FileConfig`, each checked by `FileConfig::validate`, kept
 //!     as `Config::files`;
 //!   - `[signing]` (`SigningSection`: `roots`, `unsigned_through`) becomes `Config::trust`, a
@@ -624,6 +625,8 @@ mod tests {
         let config = Config::try_from(raw).unwrap();
         assert!(config.trust.required());
         assert!(config.trust.unsigned_through.covers(&"n2.17".parse().unwrap()));
+        let audit = config.audit.expect("the example has an [audit] section");
+        assert_eq!((audit.keep, audit.webhook.len()), (Some(5), 1));
     }
 
     #[test]
