@@ -191,8 +191,8 @@ async fn write_pending(
     let full = records.len() >= BATCH;
     if !records.is_empty() {
         if let Some(sink) = file.take() {
-            // Through a `Value`, whose object keys are sorted: the same bytes as the line
-            // `history --format jsonl` prints for the same record.
+            // Through a `Value`, whose object keys are sorted: a record prints the same line
+            // here and in `history --format jsonl`.
             let line = |r: &Record| serde_json::to_value(r).and_then(|v| serde_json::to_vec(&v));
             let lines: Vec<Vec<u8>> = records.iter().map(|r| line(r).expect("a record always serializes")).collect();
             let (sink, written) = tokio::task::spawn_blocking(move || {
