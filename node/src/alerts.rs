@@ -8,40 +8,33 @@
 //!
 //! Delivery never blocks the caller: alerts wait in a queue of [`AlertsConfig::queue`] and are
 //! dropped (and counted) when it is full. Each is posted to every webhook until one answer is
-//! 2xx, up to `max_attempts` times with exponential backoff from [`FIRST_BACKOFF`].
+//! 2xx, up to `max_attempts` times with exponential backoff (`webhook.rs`, shared with the audit
+//! trail's webhooks).
 //!
 //! - `AlertsConfig` (`[alerts]`: `queue`, default 1024, 1..=100000; `max_attempts`, default 5,
-//!   1..=20; `[[alerts.webhook]]` `url`, http or https, and `timeout_ms`, default 5000),
-//!   `WebhookConfig`, `AlertKind` (`anomaly`, `revert`), `Alert` (the JSON body) and `Alerts` (a
+//!   1..=20; `[[alerts.webhook]]` `url`, http or https, and `timeout_ms`, default 5000: a
+//!   `webhook::WebhookConfig`), `AlertKind` (`anomaly`, `revert`), `Alert` (the JSON body) and `Alerts` (a
 //!   cheap-to-clone handle).
 //! - `Alerts::raise` counts the alert (`grapevine_alerts_total{reason=kind}`) and queues it without
 //!   waiting; with the queue full it is dropped and counted
 //!   (`grapevine_webhook_deliveries_total{reason="dropped"}`). Without webhooks nothing is queued
 //!   and no delivery task runs.
-//! - The delivery task posts each alert to every webhook on its own, at most
-//!   `MAX_CONCURRENT_DELIVERIES` (16) at once, waiting `FIRST_BACKOFF` (500 ms), then twice as long
-//!   each time up to `MAX_BACKOFF` (30 s), between attempts. It ends at shutdown, dropping what is
-//!   queued or in flight.
+//! - The delivery task (`webhook::Outbox`) posts each alert to every webhook on its own, at most 16
+//!   at once, with retries (`grapevine_webhook_deliveries_total{reason}`). It ends at shutdown,
+//!   dropping what is queued or in flight.
 //!
 //! Tests: a webhook that fails twice gets the alert on the third attempt, a full queue drops and
 //! counts, and bad webhook URLs are refused.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 use crate::metrics::{Metrics, reason};
-
-/// Waits before the second attempt; each later one waits twice as long, up to [`MAX_BACKOFF`].
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Deliveries in flight at once (each alert to each webhook is one).
-const MAX_CONCURRENT_DELIVERIES: usize = 16;
+pub use crate::webhook::WebhookConfig;
+use crate::webhook::{self, Delivery, Outbox, Payload};
 
 /// `[alerts]` in the node config.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -55,31 +48,9 @@ pub struct AlertsConfig {
     pub webhook: Vec<WebhookConfig>,
 }
 
-/// A webhook: alerts are POSTed to it as JSON.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    /// How long one attempt may take [default: 5000].
-    pub timeout_ms: Option<u64>,
-}
-
 impl AlertsConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(queue) = self.queue.filter(|q| !(1..=100_000).contains(q)) {
-            return Err(format!("queue must be from 1 to 100000, got {queue}"));
-        }
-        if let Some(attempts) = self.max_attempts.filter(|a| !(1..=20).contains(a)) {
-            return Err(format!("max_attempts must be from 1 to 20, got {attempts}"));
-        }
-        for webhook in &self.webhook {
-            let parsed =
-                reqwest::Url::parse(&webhook.url).map_err(|e| format!("webhook url {:?}: {e}", webhook.url))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(format!("webhook url must be http or https, got {:?}", webhook.url));
-            }
-        }
-        Ok(())
+        webhook::validate(self.queue, self.max_attempts, &self.webhook)
     }
 }
 
@@ -128,10 +99,16 @@ pub struct Alert {
     pub at_ms: u64,
 }
 
+impl Payload for Alert {
+    fn describe(&self) -> String {
+        format!("{} alert on {}", self.kind.as_str(), self.generation)
+    }
+}
+
 /// A handle to raise alerts; cheap to clone.
 #[derive(Clone)]
 pub struct Alerts {
-    queue: Option<mpsc::Sender<Arc<Alert>>>,
+    outbox: Outbox<Alert>,
     metrics: Arc<Metrics>,
 }
 
@@ -142,81 +119,19 @@ impl Alerts {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> (Alerts, Option<impl std::future::Future<Output = ()> + use<>>) {
-        if config.webhook.is_empty() {
-            return (Alerts { queue: None, metrics }, None);
-        }
-        let (sender, receiver) = mpsc::channel(config.queue.unwrap_or(1024));
-        let task = deliver(config.clone(), receiver, metrics.clone(), shutdown);
-        (Alerts { queue: Some(sender), metrics }, Some(task))
+        let delivery = Delivery {
+            queue: config.queue.unwrap_or(webhook::DEFAULT_QUEUE),
+            max_attempts: config.max_attempts.unwrap_or(webhook::DEFAULT_MAX_ATTEMPTS),
+            webhooks: config.webhook.clone(),
+        };
+        let (outbox, task) = Outbox::new(delivery, metrics.webhook_deliveries.clone(), shutdown);
+        (Alerts { outbox, metrics }, task)
     }
 
     /// Counts the alert and queues it for the webhooks; never waits.
     pub fn raise(&self, alert: Alert) {
         self.metrics.alerts.get_or_create(&reason(alert.kind.as_str())).inc();
-        let Some(queue) = &self.queue else { return };
-        if queue.try_send(Arc::new(alert)).is_err() {
-            self.metrics.webhook_deliveries.get_or_create(&reason("dropped")).inc();
-        }
-    }
-}
-
-async fn deliver(
-    config: AlertsConfig,
-    mut queue: mpsc::Receiver<Arc<Alert>>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    let http = reqwest::Client::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_DELIVERIES));
-    let attempts = config.max_attempts.unwrap_or(5);
-    loop {
-        let alert = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            alert = queue.recv() => match alert { Some(alert) => alert, None => return },
-        };
-        for webhook in &config.webhook {
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
-            let (http, metrics, webhook, alert) = (http.clone(), metrics.clone(), webhook.clone(), alert.clone());
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = post_with_retries(&http, &webhook, &alert, attempts, &metrics) => {}
-                }
-                drop(permit);
-            });
-        }
-    }
-}
-
-async fn post_with_retries(
-    http: &reqwest::Client,
-    webhook: &WebhookConfig,
-    alert: &Alert,
-    attempts: u32,
-    metrics: &Metrics,
-) {
-    let timeout = Duration::from_millis(webhook.timeout_ms.unwrap_or(5_000));
-    let mut backoff = FIRST_BACKOFF;
-    for attempt in 1..=attempts {
-        let outcome = http.post(&webhook.url).timeout(timeout).json(alert).send().await;
-        let error = match outcome {
-            Ok(response) if response.status().is_success() => {
-                metrics.webhook_deliveries.get_or_create(&reason("delivered")).inc();
-                return;
-            }
-            Ok(response) => format!("answered {}", response.status()),
-            Err(error) => error.to_string(),
-        };
-        if attempt == attempts {
-            metrics.webhook_deliveries.get_or_create(&reason("failed")).inc();
-            warn!(url = %webhook.url, generation = %alert.generation, attempts, %error, "webhook delivery failed; giving up");
-            return;
-        }
-        metrics.webhook_deliveries.get_or_create(&reason("retried")).inc();
-        debug!(url = %webhook.url, generation = %alert.generation, attempt, %error, "webhook delivery failed; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        self.outbox.send(alert);
     }
 }
 
@@ -229,6 +144,7 @@ mod tests {
     use axum::routing::post;
 
     use super::*;
+    use std::time::Duration;
 
     fn alert(generation: &str) -> Alert {
         Alert {
@@ -292,8 +208,9 @@ mod tests {
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_waiting() {
         let metrics = Arc::new(Metrics::new());
-        let (sender, _receiver) = mpsc::channel(1);
-        let alerts = Alerts { queue: Some(sender), metrics: metrics.clone() };
+        let (sender, _receiver) = tokio::sync::mpsc::channel(1);
+        let outbox = Outbox::with_queue(sender, metrics.webhook_deliveries.clone());
+        let alerts = Alerts { outbox, metrics: metrics.clone() };
         alerts.raise(alert("n1.1"));
         alerts.raise(alert("n1.2"));
         let text = metrics.render();

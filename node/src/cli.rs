@@ -70,6 +70,15 @@ pub struct ClientArgs {
     pub signing_key: Option<PathBuf>,
 }
 
+/// How `history` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryFormat {
+    /// For people (`--json` for the API's answer as is).
+    Text,
+    /// One audit record (JSON) a line.
+    Jsonl,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Make the cluster CA and node certificates.
@@ -125,6 +134,10 @@ pub enum Command {
         /// Show at most this many generations.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// `jsonl`: one audit record a line (the `[audit]` sink's), oldest first: each
+        /// generation, then the reverts of those among them, secrets redacted.
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Text, conflicts_with = "json")]
+        format: HistoryFormat,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -507,7 +520,12 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             client::status(&c).await
         }),
-        Command::History { limit, client } => with_client(&client, |c| async move { client::history(&c, limit).await }),
+        Command::History { limit, format, client } => with_client(&client, |c| async move {
+            match format {
+                HistoryFormat::Text => client::history(&c, limit).await,
+                HistoryFormat::Jsonl => client::history_records(&c, limit).await,
+            }
+        }),
         Command::Apply { file, change, client } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let flags = client::read_json_file(&file)?;

@@ -8,14 +8,15 @@
 //! - `cluster` must be 1 to 64 of `A-Z a-z 0-9 - _ .` (`check_cluster`). `retain_generations` and
 //!   `retain_age_s` become `Config::retention`, a `proto` `Retention`.
 //! - The sections can be set only in the file; an error in one is `ConfigError::Section`
-//!   (`[rollout]: ...`, `[health]: ...`, `[alerts]: ...`, `[files]: ...`, `[signing]: ...`):
+//!   (`[rollout]: ...`, `[health]: ...`, `[alerts]: ...`, `[audit]: ...`, `[files]: ...`, `[signing]: ...`):
 //!   - `[rollout]` is a `proto::rollout::PolicyOptions` in the CLI's notation, applied over
 //!     `Policy::default()` (`PolicyOptions::apply`, which validates) into `Config::rollout`, the
 //!     policy of a change that names none;
 //!   - `[health]` is a `health::HealthConfig` (sources and sample interval; the thresholds moved to
 //!     `[rollout]`), checked by `HealthConfig::validate`, kept as `Config::health`;
 //!   - `[alerts]` is an `alerts::AlertsConfig`, checked by `AlertsConfig::validate`, kept as
-//!     `Config::alerts`;
+//!     `Config::alerts`; `[audit]` an `audit::AuditConfig`, checked by `AuditConfig::validate`,
+//!     kept as `Config::audit` (`None` without the section);
 //!   - `[[files]]` is a list of `files::FileConfig`, each checked by `FileConfig::validate`, kept
 //!     as `Config::files`;
 //!   - `[signing]` (`SigningSection`: `roots`, `unsigned_through`) becomes `Config::trust`, a
@@ -102,6 +103,8 @@ pub struct RawConfig {
     pub rollout: Option<PolicyOptions>,
     /// `[alerts]`: webhooks for anomalies and reverts.
     pub alerts: Option<AlertsConfig>,
+    /// `[audit]`: the audit trail's file and webhooks.
+    pub audit: Option<crate::audit::AuditConfig>,
     /// flagd's `fractional` bucketing: `v2` (default) or `cbor`; the same on every node.
     pub fractional: Option<Fractional>,
     /// `[[files]]`: config keys rendered to files on the host.
@@ -160,6 +163,7 @@ impl RawConfig {
             health,
             rollout,
             alerts,
+            audit,
             fractional,
             files,
             auth,
@@ -211,6 +215,8 @@ pub struct Config {
     /// The cluster's default rollout policy.
     pub rollout: Policy,
     pub alerts: AlertsConfig,
+    /// The audit trail's sinks, when `[audit]` sets any.
+    pub audit: Option<crate::audit::AuditConfig>,
     pub fractional: Fractional,
     pub files: Vec<crate::files::FileConfig>,
     /// Who may use the API, and for what.
@@ -349,6 +355,13 @@ impl TryFrom<RawConfig> for Config {
                 let alerts = raw.alerts.unwrap_or_default();
                 alerts.validate().map_err(|error| ConfigError::Section { section: "alerts", error })?;
                 alerts
+            },
+            audit: match raw.audit {
+                Some(audit) => {
+                    audit.validate().map_err(|error| ConfigError::Section { section: "audit", error })?;
+                    Some(audit)
+                }
+                None => None,
             },
             auth,
             limits: crate::api::limits::Limits::from_section(&raw.limits.unwrap_or_default())
@@ -612,6 +625,8 @@ mod tests {
         let config = Config::try_from(raw).unwrap();
         assert!(config.trust.required());
         assert!(config.trust.unsigned_through.covers(&"n2.17".parse().unwrap()));
+        let audit = config.audit.expect("the example has an [audit] section");
+        assert_eq!((audit.keep, audit.webhook.len()), (Some(5), 1));
     }
 
     #[test]

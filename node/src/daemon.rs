@@ -25,8 +25,9 @@
 //!   (`binding::live_namesake_at_start`; `StartError::NameInUse`), create the `Alerts` handle,
 //!   start the engine (`EngineParts`), then spawn the puller, the pusher, the sync server, the
 //!   health task (`health::run` with a `HealthTask`), the watch feed (`api::watch::Feed::start`),
-//!   the API server, with webhooks configured the alerts delivery task, and the files task
-//!   (`files::run`). `PeerHoldings` and the `PullRequests` channel are shared between them.
+//!   the API server, with webhooks configured the alerts delivery task, with `[audit]` the audit
+//!   task (`audit::run`; its file and cursor are opened with the store, `StartError::Audit`), and
+//!   the files task (`files::run`). `PeerHoldings` and the `PullRequests` channel are shared between them.
 //! - If any resource fails, `start` returns before any task has started. If gossip fails to start,
 //!   the transport is closed first.
 //! - Gossip starts with the keys `api`, `labels`, `wire` (`wire::newest()`) and `signing`
@@ -90,6 +91,9 @@ pub enum StartError {
     Flagd(#[from] crate::flagd::FlagdError),
     #[error("gossip failed to start: {0}")]
     Gossip(anyhow::Error),
+    /// The `[audit]` file or the audit cursor in the data directory cannot be opened.
+    #[error("[audit]: {0}")]
+    Audit(String),
     /// Another process gossips live under this node's name: both would write generations under
     /// one name, and each node would keep whichever it heard first.
     #[error(
@@ -234,6 +238,10 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         error => StartError::Tls { dir: dir.clone(), error },
     })?;
     let (store, stored, recovering) = open_store(&config).await?;
+    let audit = match &config.audit {
+        Some(audit) => Some(crate::audit::Audit::open(audit, &config.data).map_err(StartError::Audit)?),
+        None => None,
+    };
     let health = Health::new(config.health.clone());
     let api_listener =
         TcpListener::bind(config.api).await.map_err(|error| StartError::Api { addr: config.api, error })?;
@@ -367,6 +375,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let (feed, feed_task) = crate::api::watch::Feed::start(engine.clone(), shutdown.clone());
     let files = crate::files::Files::default();
     let (files_health, metrics_for_files) = (health.clone(), metrics.clone());
+    let api_state_metrics = metrics.clone();
     let api_state = ApiState {
         auth: Arc::new(config.auth.clone()),
         trust,
@@ -437,6 +446,10 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         engine_task,
     ];
     tasks.extend(alerts_task.map(tokio::spawn));
+    if let Some(audit) = audit {
+        let (engine, metrics, shutdown) = (engine.clone(), api_state_metrics.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(crate::audit::run(audit, engine, metrics, shutdown)));
+    }
     tasks.extend(socket_api.map(|socket_api| api_runtime.spawn(socket_api)));
     tasks.extend(flagd_servers.into_iter().flatten().map(|server| api_runtime.spawn(server)));
     tasks.push(tokio::spawn(feed_task));

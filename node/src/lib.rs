@@ -16,6 +16,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -38,3 +39,4 @@ pub mod store;
 pub mod sync;
 pub mod tls;
 pub mod transport;
+pub mod webhook;

@@ -129,6 +129,12 @@ pub struct Metrics {
     pub alerts: Family<Reason, Counter>,
     /// Webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
     pub webhook_deliveries: Family<Reason, Counter>,
+    /// Audit records written, by sink (`file`: appended to the file; `webhook`: queued).
+    pub audit_records: Family<Reason, Counter>,
+    /// Failed writes of the audit file or its cursor (each retried).
+    pub audit_file_errors: Counter,
+    /// Audit webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
+    pub audit_webhook_deliveries: Family<Reason, Counter>,
     /// Generations held here whose wave is not open yet (waiting on a gate).
     pub generations_waiting: Gauge,
     /// Seconds from a generation's stamp (its origin's wall clock) to this node, by stage
@@ -193,6 +199,9 @@ impl Metrics {
             unproven_origins: Family::default(),
             alerts: Family::default(),
             webhook_deliveries: Family::default(),
+            audit_records: Family::default(),
+            audit_file_errors: Counter::default(),
+            audit_webhook_deliveries: Family::default(),
             file_renders: Family::default(),
             generations_waiting: Gauge::default(),
             propagation: Family::new_with_constructor(propagation_histogram),
@@ -308,6 +317,17 @@ impl Metrics {
         );
         r.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
         r.register("webhook_deliveries", "Webhook deliveries, by outcome", metrics.webhook_deliveries.clone());
+        r.register("audit_records", "Audit records written, by sink", metrics.audit_records.clone());
+        r.register(
+            "audit_file_errors",
+            "Failed writes of the audit file or its cursor, each retried",
+            metrics.audit_file_errors.clone(),
+        );
+        r.register(
+            "audit_webhook_deliveries",
+            "Audit webhook deliveries, by outcome",
+            metrics.audit_webhook_deliveries.clone(),
+        );
         r.register("file_renders", "Rendered files, by outcome", metrics.file_renders.clone());
         r.register(
             "propagation_seconds",

@@ -112,7 +112,7 @@ macro_rules! unchanged_since_previous {
     )*};
 }
 
-unchanged_since_previous!(PullRequest, PushAck, Revert, VersionVector);
+unchanged_since_previous!(PullRequest, PushAck, Revert, VersionVector, crate::audit::Cursor);
 
 /// Encodes `value` in the newest format, with the version byte in front.
 pub fn encode<T: Versioned>(value: &T) -> Vec<u8> {

@@ -47,6 +47,8 @@
 //! - `backup` (`GET /v1/backup`) has `Store::backup_to` write a file `.backup-NANOS.redb` in the
 //!   data directory, opens it, unlinks it and streams it; 503 while recovering.
 //! - `history` adds each change's `RolloutView` (`rollout`; `null` for a control generation);
+//!   `?values=true` adds config values, their secret parts redacted (`proto::audit::redact`);
+//!   `?format=records` answers the audit records instead (`EngineHandle::audit_history`);
 //!   `status` reports `reverted`, the number of reverts held.
 //! - `count_change` counts every `POST /v1/flags/{key}`, `POST /v1/config/{key}` and `POST
 //!   /v1/apply` that reaches its handler (a dry run too) in `grapevine_changes_total`, by outcome:
@@ -430,9 +432,13 @@ async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiRes
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
     limit: Option<usize>,
-    /// Include each `put_config` op's value (`value`), not only its size.
+    /// Include each `put_config` op's value (`value`), not only its size; parts its schema marks
+    /// secret are redacted.
     #[serde(default)]
     values: bool,
+    /// `records`: the audit records of the generations and of their reverts, oldest first
+    /// (`history --format jsonl`).
+    format: Option<String>,
 }
 
 /// One generation as `history` shows it.
@@ -493,8 +499,9 @@ impl From<&Generation> for GenerationSummary {
 /// Adds each `put_config` op's value to its summary (`?values=true`).
 fn with_values(summary: &mut GenerationSummary, generation: &Generation) {
     for (summary, op) in summary.ops.iter_mut().zip(&generation.body.change.ops) {
-        if let Op::PutConfig { value, .. } = op {
-            summary["value"] = value.to_value();
+        if let Op::PutConfig { key, value, schema } = op {
+            let schemas: Vec<Value> = schema.iter().map(JsonText::to_value).collect();
+            summary["value"] = grapevine_proto::audit::redact(key, &value.to_value(), &schemas).0;
         }
     }
 }
@@ -507,6 +514,14 @@ async fn history(
     let limit = query.limit.unwrap_or(100).min(MAX_HISTORY);
     // A principal of some keys sees the changes of those keys only.
     let seen = principal.clone();
+    match query.format.as_deref() {
+        None => {}
+        Some("records") => {
+            let records = state.engine.audit_history(limit, Box::new(move |g| access::may_see(&seen, g))).await;
+            return Ok(Json(json!({ "node": state.name, "records": records })));
+        }
+        Some(other) => return Err(ApiError::bad_request(format!("format: expected records, got {other:?}"))),
+    }
     let generations = state.engine.history(limit, Box::new(move |g| access::may_see(&seen, g))).await;
     let mut newest = Vec::new();
     for generation in &generations {

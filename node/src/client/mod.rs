@@ -21,7 +21,8 @@
 //!   `print_rollout` adds ` REVERTED` to the header of a reverted rollout, the `REVERTED by ...`
 //!   line (`revert_line`) and this node's judgement.
 //! - `history` prints, under each change, its waves with each member's report (`member_cells`) and
-//!   the `REVERTED by ...` line; `rollback` posts `POST /v1/rollouts/{generation}/rollback`;
+//!   the `REVERTED by ...` line; `history_records` (`--format jsonl`) prints `?format=records`'s
+//!   audit records, one a line; `rollback` posts `POST /v1/rollouts/{generation}/rollback`;
 //!   `status` shows the number of reverts held.
 //! - `key_path` checks a key and puts it in the URL as one path segment, `/` encoded as `%2F`. JSON
 //!   given on the command line is checked with `JsonText::try_from`, which gives the same messages
@@ -549,6 +550,15 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
                 println!("    {line}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `history --format jsonl`: the node's audit records, one a line.
+pub async fn history_records(client: &Client, limit: usize) -> Result<(), CliError> {
+    let answer = client.request(Method::GET, &format!("/v1/history?limit={limit}&format=records"), None).await?;
+    for record in answer.get("records").and_then(Value::as_array).into_iter().flatten() {
+        println!("{record}");
     }
     Ok(())
 }

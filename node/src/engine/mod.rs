@@ -131,10 +131,12 @@ const COMPACTION_BATCH_DIVISOR: usize = 10;
 /// sync task; a full queue makes them wait, which is the back-pressure we want.
 const COMMAND_QUEUE_CAPACITY: usize = 256;
 
+mod audit;
 mod conflict;
 mod release;
 mod revert;
 
+pub use audit::AuditBatch;
 pub use release::{MemberView, RolloutView, WaveView};
 pub use revert::{RollbackError, RollbackOutcome};
 
@@ -289,6 +291,16 @@ enum Command {
         id: GenId,
         reply: oneshot::Sender<Option<RolloutView>>,
     },
+    Audit {
+        cursor: Arc<grapevine_proto::audit::Cursor>,
+        limit: usize,
+        reply: oneshot::Sender<AuditBatch>,
+    },
+    AuditHistory {
+        limit: usize,
+        shown: HistoryFilter,
+        reply: oneshot::Sender<Vec<grapevine_proto::audit::Record>>,
+    },
 }
 
 /// Which generations a history request lists (the API's filter of what its caller may see).
@@ -381,6 +393,16 @@ impl EngineHandle {
         self.ask(|reply| Command::History { limit, shown, reply }).await.unwrap_or_default()
     }
 
+    /// Up to `limit` audit records of the entries `cursor` lacks (`None`: the engine stopped).
+    pub async fn audit(&self, cursor: Arc<grapevine_proto::audit::Cursor>, limit: usize) -> Option<AuditBatch> {
+        self.ask(|reply| Command::Audit { cursor, limit, reply }).await
+    }
+
+    /// The audit records of the newest `limit` generations `shown` accepts, and of their reverts.
+    pub async fn audit_history(&self, limit: usize, shown: HistoryFilter) -> Vec<grapevine_proto::audit::Record> {
+        self.ask(|reply| Command::AuditHistory { limit, shown, reply }).await.unwrap_or_default()
+    }
+
     /// The current view, without waiting on the engine.
     pub fn view(&self) -> Arc<View> {
         self.view.borrow().clone()
@@ -455,6 +477,8 @@ struct Engine {
     /// each is checked and counted once. Not [`Engine::refused`]: the id stays open for the
     /// real origin's content.
     unproven: HashSet<(GenId, ContentHash)>,
+    /// When this node stored each of its latest reverts, and why when it wrote them (audit).
+    revert_notes: BTreeMap<GenId, audit::RevertNote>,
 }
 
 /// Most refused generation ids remembered; past it a refusal is counted every time it is
@@ -514,6 +538,7 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
         refused: BTreeMap::new(),
         conflicts: BTreeSet::new(),
         unproven: HashSet::new(),
+        revert_notes: BTreeMap::new(),
     };
     engine.prune_pending();
     engine.publish().await;
@@ -622,6 +647,12 @@ impl Engine {
                 Command::History { limit, shown, reply } => {
                     let newest = self.log.in_fold_order().rev().filter(|g| shown(g)).take(limit);
                     let _ = reply.send(newest.cloned().collect());
+                }
+                Command::Audit { cursor, limit, reply } => {
+                    let _ = reply.send(self.audit_batch(&cursor, limit).await);
+                }
+                Command::AuditHistory { limit, shown, reply } => {
+                    let _ = reply.send(self.audit_history(limit, shown).await);
                 }
             }
         }

@@ -180,6 +180,7 @@ impl Engine {
         // Logged as soon as it is durable, before anything that awaits: a node killed later
         // still leaves the reason for the revert it stored (the chaos checker reads it).
         warn!(generation = %target, revert = %revert, trigger, reason = %reason_text, "reverted");
+        self.note_revert(target, Some(reason_text.clone()));
         self.log.revert(&revert);
         self.take_effect(vec![revert.clone()], None).await;
         // As for a new change: every live peer exchanges gossip with us now, learns our
@@ -219,6 +220,7 @@ impl Engine {
         }
         for revert in &new {
             self.deferred_reverts.remove(&revert.target);
+            self.note_revert(&revert.target, None);
             self.log.revert(revert);
             info!(generation = %revert.target, revert = %revert, "revert received");
         }
