@@ -95,6 +95,7 @@ mod events;
 mod keys;
 pub mod limits;
 mod ofrep;
+mod proposals;
 mod rollout;
 mod ui;
 pub mod watch;
@@ -164,6 +165,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/watch", get(watch::watch))
         .route("/v1/apply", post(apply))
         .route("/v1/changes", post(signed_change))
+        .route("/v1/proposals", get(proposals::list).post(proposals::propose))
+        .route("/v1/proposals/{proposal}", get(proposals::show))
+        .route("/v1/proposals/{proposal}/{action}", post(proposals::vote))
         .route("/v1/backup", get(backup))
         .route("/v1/keys", get(keys::list))
         .route("/v1/whoami", get(keys::whoami))
@@ -453,6 +457,26 @@ struct GenerationSummary {
     controls: Vec<grapevine_proto::rollout::Control>,
     /// The waves, reports and revert of a change (not of a control), as this node sees them.
     rollout: Option<crate::engine::RolloutView>,
+    /// Its governance record and approvals, where it has any (format 7 on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    governance: Option<Value>,
+}
+
+/// What a generation's terms say of the approval process, for `history`.
+fn governance_summary(terms: &grapevine_proto::Terms) -> Option<Value> {
+    use grapevine_proto::Governance;
+    let approvals: Vec<Value> = terms
+        .approvals
+        .iter()
+        .map(|a| json!({"operator": a.delegation.operator, "key": a.delegation.key.to_string()}))
+        .collect();
+    let (record, proposal) = match terms.governance.as_ref()? {
+        Governance::Propose { .. } => ("propose", None),
+        Governance::Approve { proposal, .. } => ("approve", Some(proposal)),
+        Governance::Reject { proposal, .. } => ("reject", Some(proposal)),
+        Governance::Enact { proposal, .. } => ("enact", Some(proposal)),
+    };
+    Some(json!({"record": record, "proposal": proposal.map(ToString::to_string), "approvals": approvals}))
 }
 
 impl From<&Generation> for GenerationSummary {
@@ -486,6 +510,7 @@ impl From<&Generation> for GenerationSummary {
             policy: body.change.policy.clone(),
             controls: body.change.controls.clone(),
             rollout: None,
+            governance: body.terms.as_deref().and_then(governance_summary),
         }
     }
 }

@@ -100,7 +100,7 @@ use grapevine_proto::hlc::Stamp;
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::signing::{Signed, SigningError, Trust, revocations, revoked_by};
 use grapevine_proto::snapshot::{Retention, compactable};
-use grapevine_proto::validate::{check_envelope, validate_submitted};
+use grapevine_proto::validate::{check_envelope, validate_submitted_terms};
 use grapevine_proto::wire::WIRE_VERSION;
 use grapevine_proto::{
     AppliedState, Author, Change, Clock, ContentHash, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName,
@@ -132,8 +132,11 @@ const COMPACTION_BATCH_DIVISOR: usize = 10;
 const COMMAND_QUEUE_CAPACITY: usize = 256;
 
 mod conflict;
+mod governance;
 mod release;
 mod revert;
+
+pub use governance::{ProposalError, ProposalView, Vote, record_change};
 
 pub use release::{MemberView, RolloutView, WaveView};
 pub use revert::{RollbackError, RollbackOutcome};
@@ -289,6 +292,15 @@ enum Command {
         id: GenId,
         reply: oneshot::Sender<Option<RolloutView>>,
     },
+    Proposals {
+        reply: oneshot::Sender<Vec<ProposalView>>,
+    },
+    Vote {
+        proposal: GenId,
+        signed: Box<Signed>,
+        vote: Vote,
+        reply: oneshot::Sender<Result<(Generation, bool), ProposalError>>,
+    },
 }
 
 /// Which generations a history request lists (the API's filter of what its caller may see).
@@ -379,6 +391,23 @@ impl EngineHandle {
     /// list from than a fresh one.
     pub async fn history(&self, limit: usize, shown: HistoryFilter) -> Vec<Generation> {
         self.ask(|reply| Command::History { limit, shown, reply }).await.unwrap_or_default()
+    }
+
+    /// Every proposal of the log, oldest first (`proto::approvals`).
+    pub async fn proposals(&self) -> Vec<ProposalView> {
+        self.ask(|reply| Command::Proposals { reply }).await.unwrap_or_default()
+    }
+
+    /// An operator's approval or rejection of `proposal`; returns the generation it became and
+    /// whether it enacted the proposal (the signatures met every rule).
+    pub async fn vote(
+        &self,
+        proposal: GenId,
+        signed: Box<Signed>,
+        vote: Vote,
+    ) -> Result<(Generation, bool), ProposalError> {
+        let vote = |reply| Command::Vote { proposal, signed, vote, reply };
+        self.ask(vote).await.unwrap_or(Err(ProposalError::Submit(SubmitError::Stopped)))
     }
 
     /// The current view, without waiting on the engine.
@@ -619,6 +648,18 @@ impl Engine {
                 Command::Rollout { id, reply } => {
                     let _ = reply.send(self.rollout(&id).await);
                 }
+                Command::Proposals { reply } => {
+                    let _ = reply.send(self.proposal_views(now_ms(self.parts.clock_skew_ms)));
+                }
+                Command::Vote { proposal, signed, vote, reply } => {
+                    let voted = self.vote(proposal, signed, vote, now_ms(self.parts.clock_skew_ms)).await;
+                    if let Err(ProposalError::Submit(SubmitError::Signing(refusal))) = &voted {
+                        // A forged or misdirected vote is counted like a forged change.
+                        self.refused_signature(refusal, &"a vote on a proposal");
+                    }
+                    self.decide().await;
+                    let _ = reply.send(voted);
+                }
                 Command::History { limit, shown, reply } => {
                     let newest = self.log.in_fold_order().rev().filter(|g| shown(g)).take(limit);
                     let _ = reply.send(newest.cloned().collect());
@@ -669,7 +710,7 @@ impl Engine {
         {
             return Err(SubmitError::FormatTooOld { member, format });
         }
-        validate_submitted(&change)?;
+        validate_submitted_terms(&change, terms.as_deref())?;
         let members = self.parts.gossip.live_names().await;
         let groups = self.groups_of(&members, &change).await?;
         let name = self.parts.name.clone();
@@ -969,7 +1010,9 @@ impl Engine {
             let settled = |g: &Generation| {
                 if log.is_reverted(g.id()) { reverts_settled } else { released.contains(g.id()) }
             };
-            compacted.compact(|g| settled(g) && !controls_live(g) && eligible(g))
+            // A pending proposal and its approvals stay whole: the snapshot keeps only writes.
+            let pinned = grapevine_proto::approvals::pinned(log, now);
+            compacted.compact(|g| settled(g) && !controls_live(g) && !pinned.contains(g.id()) && eligible(g))
         };
         if covered.is_empty() {
             return;
