@@ -188,3 +188,42 @@ fn expired_rejected_and_conflicting_proposals_say_so() -> Result<()> {
     ensure!(listed["proposals"].as_array().is_some_and(|all| all.len() == 3), "{listed}");
     Ok(())
 }
+
+/// Two approvals that complete a 3-signature proposal only together, made on two nodes cut
+/// off from each other: each is written as a record, and once the cut heals the node that
+/// wrote the newer one enacts the proposal, which then applies everywhere.
+#[test]
+fn approvals_made_apart_complete_a_proposal_once_they_meet() -> Result<()> {
+    let mut cluster = Cluster::new(2)?;
+    let keys = cluster.dir.path().join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let (root, root_public) = new_key(&keys, "root")?;
+    let [(alice, _), (bob, _), (carol, _)] = ["alice", "bob", "carol"].map(|name| new_key(&keys, name).unwrap());
+    for key in [&alice, &bob, &carol] {
+        delegate(&root, key, &[])?;
+    }
+    let rule = "[[signing.approvals]]\nprefix = \"payments/\"\nsignatures = 3\n";
+    for node in &mut cluster.nodes {
+        node.config_toml.push_str(&format!("[signing]\nroots = [\"{root_public}\"]\n{rule}"));
+    }
+    cluster.start_all()?;
+    let [n1, n2] = [0, 1].map(|i| &cluster.nodes[i]);
+    let id = propose(n1, &["config", "payments/limit", "--value", "9"], &alice)?;
+    wait_until(Duration::from_secs(15), "the proposal on n2", || state_of(n2, &id).is_some())?;
+
+    n1.set_link(&format!(r#"{{"peer": "{}", "drop": true}}"#, n2.gossip))?;
+    n2.set_link(&format!(r#"{{"peer": "{}", "drop": true}}"#, n1.gossip))?;
+    for (node, key) in [(n1, &bob), (n2, &carol)] {
+        let said = String::from_utf8_lossy(&check(signed(node, &["change", "approve", &id], key))?.stdout).into_owned();
+        ensure!(said.contains("2 of 3 signatures"), "{said}");
+    }
+    ensure!([n1, n2].iter().all(|n| value_of(n, "payments/limit").is_none()), "enacted with two signatures");
+    n1.clear_links()?;
+    n2.clear_links()?;
+    wait_until(Duration::from_secs(20), "the proposal enacted and applied on both nodes", || {
+        [n1, n2].iter().all(|n| applied(n, "payments/limit") == Some(Value::from(9)))
+    })?;
+    let shown = n1.cli_json(&["change", "show", &id])?;
+    ensure!(shown["enacted"].as_array().is_some_and(|e| e.len() == 1), "enacted once: {shown}");
+    Ok(())
+}

@@ -540,7 +540,7 @@ pub(crate) fn check_window(issued_ms: u64, hlc: Stamp) -> Result<(), SigningErro
 
 /// Every key of `change` lies under the delegation's prefixes, and only an unscoped
 /// delegation signs controls.
-pub(crate) fn check_scope(delegation: &Delegation, change: &Change) -> Result<(), SigningError> {
+pub fn check_scope(delegation: &Delegation, change: &Change) -> Result<(), SigningError> {
     let out_of_scope = |what: String| SigningError::OutOfScope {
         operator: delegation.operator.clone(),
         prefixes: delegation.prefixes.clone(),

@@ -11,7 +11,10 @@
 //!   approvals): the same step, so no node has to notice it later. Otherwise it writes an
 //!   `Approve` record, as a rejection writes a `Reject` record. Two approvals that complete a
 //!   proposal at once on two nodes each enact it: two generations of the same values, the later
-//!   wins per key, which changes nothing (D7x).
+//!   wins per key, which changes nothing (D7x). Two approvals that complete it only together,
+//!   each written as a record on its own node, are enacted by `enact_pass` on the node that
+//!   wrote the newer record once it holds both; a key that signed already may sign again only to
+//!   enact a complete proposal whose enactment never came (the window had passed).
 //! - Records are generations without operations, under the emergency policy (one wave): they
 //!   are released everywhere at once and apply nothing (`record_change`).
 
@@ -19,6 +22,8 @@ use grapevine_proto::approvals::{Proposal, ProposalState, conflicts, proposals};
 use grapevine_proto::signing::Signed;
 use grapevine_proto::{Author, Change, ContentHash, GenId, Generation, Governance, Terms};
 use serde::Serialize;
+
+use tracing::{info, warn};
 
 use super::{Engine, SubmitError};
 
@@ -154,13 +159,18 @@ impl Engine {
             return Ok((self.record(signed, governance).await?, false));
         }
         let key = signed.delegation.key;
-        if proposal.signed_by(&key) {
+        let complete = |p: &Proposal| self.parts.trust.check_rules(&p.change, p.signatures().map(|s| &s.delegation));
+        // A key that signed already adds nothing, unless the signatures are complete and the
+        // enactment never came (two approvals racing, its node gone): then a fresh signature
+        // enacts it within the window again.
+        if proposal.signed_by(&key) && complete(&proposal).is_err() {
             let operator = signed.delegation.operator.clone();
             return Err(ProposalError::AlreadySigned { id, operator, key: key.to_string() });
         }
         // The approver's scope, before anything is written: the record alone does not show it.
         grapevine_proto::signing::check_scope(&signed.delegation, &proposal.change).map_err(SubmitError::from)?;
         let mut approvals = proposal.approval_signatures();
+        approvals.retain(|approval| approval.delegation.key != key);
         approvals.push((*signed).clone());
         let signers = std::iter::once(&proposal.proposer.delegation).chain(approvals.iter().map(|a| &a.delegation));
         if self.parts.trust.check_rules(&proposal.change, signers).is_err() {
@@ -168,11 +178,37 @@ impl Engine {
             let governance = Governance::Approve { proposal: id, digest, expires_ms };
             return Ok((self.record(signed, governance).await?, false));
         }
-        let governance = Some(Governance::Enact { proposal: id, expires_ms: proposal.expires_ms });
+        Ok((self.enact(proposal, approvals).await?, true))
+    }
+
+    /// Writes the enactment of `proposal` with `approvals`.
+    async fn enact(&mut self, proposal: Proposal, approvals: Vec<Signed>) -> Result<Generation, SubmitError> {
+        let governance = Some(Governance::Enact { proposal: proposal.id, expires_ms: proposal.expires_ms });
         let terms = Terms { start_at_ms: proposal.start_at_ms, approvals, governance };
-        let proposer = Some(Box::new(proposal.proposer.clone()));
-        let enacted = self.submit(proposal.change, None, proposer, Some(Box::new(terms))).await?;
-        Ok((enacted, true))
+        let proposer = Some(Box::new(proposal.proposer));
+        self.submit(proposal.change, None, proposer, Some(Box::new(terms))).await
+    }
+
+    /// Enacts the pending proposals whose approval records, written apart on several nodes,
+    /// complete their rules together: the node that wrote the newest record does, so that one
+    /// node, not every node, writes the enactment. Runs when a peer's approval record arrives.
+    pub(super) async fn enact_pass(&mut self, now_ms: u64) {
+        let own = self.parts.name.clone();
+        let ready: Vec<Proposal> = proposals(&self.log)
+            .into_values()
+            .filter(|p| p.state(now_ms) == ProposalState::Pending)
+            .filter(|p| p.approvals.last().is_some_and(|(record, _)| record.origin == own))
+            .filter(|p| self.parts.trust.check_rules(&p.change, p.signatures().map(|s| &s.delegation)).is_ok())
+            .collect();
+        for proposal in ready {
+            let (id, approvals) = (proposal.id.clone(), proposal.approval_signatures());
+            match self.enact(proposal, approvals).await {
+                Ok(generation) => {
+                    info!(proposal = %id, generation = %generation.id(), "enacted a proposal its approvals completed")
+                }
+                Err(error) => warn!(proposal = %id, %error, "could not enact a proposal its approvals completed"),
+            }
+        }
     }
 
     /// Writes a record (no operations, one wave) signed by `signed`.

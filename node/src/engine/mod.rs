@@ -570,6 +570,12 @@ fn revokes(generation: &Generation) -> bool {
     generation.body.change.ops.iter().any(|op| revoked_by(op.key()).is_some())
 }
 
+/// Whether `generation` is an approval record.
+fn approves(generation: &Generation) -> bool {
+    let terms = generation.body.terms.as_deref();
+    matches!(terms.and_then(|t| t.governance.as_ref()), Some(grapevine_proto::Governance::Approve { .. }))
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -902,9 +908,13 @@ impl Engine {
             self.add(generation.clone());
         }
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
+        let approvals = new.iter().any(approves);
         self.publish().await;
         self.push(Vec::new(), new, from);
         self.revocation_pass().await;
+        if approvals {
+            self.enact_pass(now).await;
+        }
         count
     }
 
