@@ -167,7 +167,7 @@ fn expired_rejected_and_conflicting_proposals_say_so() -> Result<()> {
     cluster.start_all()?;
     let [n1, n2] = [0, 1].map(|i| &cluster.nodes[i]);
 
-    let short = propose(n1, &["--expires-in", "2s", "config", "payments/a", "--value", "1"], &alice)?;
+    let short = propose(n1, &["config", "payments/a", "--value", "1", "--expires-in", "2s"], &alice)?;
     let rejected = propose(n1, &["config", "payments/b", "--value", "1"], &alice)?;
     // A key under no rule: alice's proposal then a plain change of the same key by her.
     let conflicting = propose(n1, &["flag", "search/beta", "--on"], &alice)?;

@@ -8,8 +8,8 @@
 //!   `Backup { out }`, `Completions { shell }` and `Man { out }`), `CaCommand`, `NodeArgs`,
 //!   `FlagCommand`, `FlagSetArgs`, `ConfigCommand`, `ConfigPutArgs`, `ApplyArgs`, `RolloutCommand`
 //!   (`status`, `pause`, `resume`, `promote`), `ChangeCommand` (`propose`, `list`, `show`,
-//!   `approve`, `reject`; `ProposeArgs` takes `--expires-in` and a `ProposeCommand` that reuses
-//!   `FlagSetArgs`, `ConfigPutArgs` and `ApplyArgs`), `ChangeArgs` and `ClientArgs`.
+//!   `approve`, `reject`; `ProposeCommand` reuses `FlagSetArgs`, `ConfigPutArgs` and `ApplyArgs`
+//!   and adds `Expiry`, `--expires-in`), `ChangeArgs` and `ClientArgs`.
 //! - `ChangeArgs`, on `flag set`, `config put` and `apply`: the policy options `--waves`, `--bake`,
 //!   `--health-quorum`, `--watch-window`, `--waves-by`, `--emergency` (which conflicts with
 //!   `--waves`, `--bake`, `--health-quorum` and `--waves-by`), `--anomaly-quorum`,
@@ -176,7 +176,8 @@ pub struct ApplyArgs {
 #[derive(Subcommand, Debug)]
 pub enum ChangeCommand {
     /// Propose a change (signed with your key); it applies nowhere until approved.
-    Propose(ProposeArgs),
+    #[command(subcommand)]
+    Propose(ProposeCommand),
     /// The proposals a node knows, pending ones unless --all.
     List {
         /// Also the enacted, rejected and expired ones.
@@ -206,25 +207,39 @@ pub enum ChangeCommand {
     },
 }
 
-/// `change propose [--expires-in DURATION] (flag|config|apply) ...`.
-#[derive(Args, Debug)]
-pub struct ProposeArgs {
-    /// How long the proposal waits for its approvals, like 24h or 30m (at most 7 days).
-    #[arg(long, value_name = "DURATION", default_value = "24h")]
-    pub expires_in: String,
-    #[command(subcommand)]
-    pub what: ProposeCommand,
-}
-
-/// What a proposal changes: the options of `flag set`, `config put` and `apply`.
+/// What a proposal changes: the arguments and options of `flag set`, `config put` and `apply`,
+/// and how long it waits.
 #[derive(Subcommand, Debug)]
 pub enum ProposeCommand {
     /// A flag, as `flag set` takes it.
-    Flag(FlagSetArgs),
+    Flag {
+        #[command(flatten)]
+        args: FlagSetArgs,
+        #[command(flatten)]
+        expiry: Expiry,
+    },
     /// A config value, as `config put` takes it.
-    Config(ConfigPutArgs),
+    Config {
+        #[command(flatten)]
+        args: ConfigPutArgs,
+        #[command(flatten)]
+        expiry: Expiry,
+    },
     /// A flagd flag file, as `apply` takes it.
-    Apply(ApplyArgs),
+    Apply {
+        #[command(flatten)]
+        args: ApplyArgs,
+        #[command(flatten)]
+        expiry: Expiry,
+    },
+}
+
+/// `--expires-in` of `change propose`.
+#[derive(Args, Debug)]
+pub struct Expiry {
+    /// How long the proposal waits for its approvals, like 24h or 30m (at most 7 days).
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub expires_in: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -789,16 +804,17 @@ async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
 async fn run_change(command: ChangeCommand) -> Result<(), CliError> {
     use client::proposals;
     match command {
-        ChangeCommand::Propose(args) => {
-            let expires_in_ms = grapevine_proto::rollout::parse_duration_ms(&args.expires_in)
-                .map_err(|error| CliError::Usage(format!("--expires-in: {}", error.0)))?;
-            let (request, change, client) = match &args.what {
-                ProposeCommand::Flag(flag) => (flag_request(flag)?, &flag.change, &flag.client),
-                ProposeCommand::Config(config) => (config_request(config)?, &config.change, &config.client),
-                ProposeCommand::Apply(apply) => {
-                    (client::apply_request(client::read_json_file(&apply.file)?), &apply.change, &apply.client)
+        ChangeCommand::Propose(what) => {
+            let (request, change, client, expiry) = match &what {
+                ProposeCommand::Flag { args, expiry } => (flag_request(args)?, &args.change, &args.client, expiry),
+                ProposeCommand::Config { args, expiry } => (config_request(args)?, &args.change, &args.client, expiry),
+                ProposeCommand::Apply { args, expiry } => {
+                    let request = client::apply_request(client::read_json_file(&args.file)?);
+                    (request, &args.change, &args.client, expiry)
                 }
             };
+            let expires_in_ms = grapevine_proto::rollout::parse_duration_ms(&expiry.expires_in)
+                .map_err(|error| CliError::Usage(format!("--expires-in: {}", error.0)))?;
             let client = Client::with_timeout(client, change.request_timeout())?;
             proposals::propose(&client, request, change, expires_in_ms).await
         }

@@ -44,6 +44,8 @@
 //!   `REPLICA_POLL` (5 ms) until K other live nodes hold the generation, or answers 504 at the
 //!   deadline (`timeout_ms`, default `DEFAULT_REPLICA_TIMEOUT` 10 s, at most `MAX_REPLICA_TIMEOUT`
 //!   600 s). K above `MAX_MEMBERS` is refused.
+//! - `/v1/proposals` (list, show, propose, approve, reject) lives in `proposals.rs`; `history` adds
+//!   each generation's `governance` (its record, proposal and approvers).
 //! - `backup` (`GET /v1/backup`) has `Store::backup_to` write a file `.backup-NANOS.redb` in the
 //!   data directory, opens it, unlinks it and streams it; 503 while recovering.
 //! - `history` adds each change's `RolloutView` (`rollout`; `null` for a control generation);

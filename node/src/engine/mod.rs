@@ -11,8 +11,8 @@
 //! - Commands arrive on an `mpsc` channel of `COMMAND_QUEUE_CAPACITY` (256): `Submit`, `Preview {
 //!   change }`, `Ingest { generations, from }`, `IngestReverts { reverts, from }`, `Rollback {
 //!   target }`, `AbsorbSnapshot`, `History { limit, shown }` (the newest `limit` generations the
-//!   filter accepts, from `Log::in_fold_order`: only those are copied) and `Rollout { id }`. Each
-//!   is answered on a `oneshot`.
+//!   filter accepts, from `Log::in_fold_order`: only those are copied), `Rollout { id }`,
+//!   `Proposals` and `Vote` (`governance.rs`). Each is answered on a `oneshot`.
 //! - The same `select!` ticks `COMPACTION_CHECK` (10 s; a `Submit` or `Ingest` compacts at once
 //!   only when the log is a tenth of the retention past it, `COMPACTION_BATCH_DIVISOR`, since each
 //!   compaction rewrites the whole snapshot) and `RELEASE_RECHECK` (1 s), wakes on
@@ -61,7 +61,8 @@
 //!   from, which the pusher leaves out (push on first receipt).
 //! - `compact` runs on the tick and after any `Submit` or `Ingest` that leaves more than
 //!   `retain_generations` held whole: `Log::compact` with `snapshot::compactable` over the live
-//!   peers' advertised vectors **and** this node's released set, then `commit_snapshot` (size check
+//!   peers' advertised vectors **and** this node's released set, never a pending proposal nor its
+//!   approvals (`approvals::pinned`), then `commit_snapshot` (size check
 //!   against `MAX_SNAPSHOT_BYTES`, `Store::compact`). A reverted generation takes the place of a
 //!   released one: it is compacted (leaving no write) once every live peer's `reverts` key equals
 //!   this node's `reverts_digest`, so a peer that lacks the revert can still learn it with its
