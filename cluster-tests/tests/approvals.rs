@@ -131,6 +131,8 @@ fn a_two_approval_change_applies_only_after_the_second_signature_on_every_node()
         cluster.nodes.iter().all(|n| state_of(n, &id).as_deref() == Some("enacted"))
     })?;
     refused(signed(n3, &["change", "approve", &id], &carol), "is enacted, not pending")?;
+    let listed = String::from_utf8_lossy(&check(n3.cli(&["history"]))?.stdout).into_owned();
+    ensure!(listed.contains(&format!("enacts proposal {id} (approved by bob)")), "{listed}");
     let history = n3.cli_json(&["history"])?;
     let enacted = &history["generations"][0];
     ensure!(enacted["author"] == "alice" && enacted["governance"]["record"] == "enact", "{history}");
@@ -147,7 +149,9 @@ fn a_two_approval_change_applies_only_after_the_second_signature_on_every_node()
     }
     wait_until(Duration::from_secs(10), "n1's status to name n4's other rules", || {
         let status = String::from_utf8_lossy(&n1.cli(&["status"]).stdout).into_owned();
-        status.contains("trusts other root keys than this node's") && status.contains("n4 (")
+        status.contains("trusts other root keys than this node's")
+            && status.contains("n4 (")
+            && status.contains("approvals: changes under \"payments/\" need 2 operators' signatures")
     })?;
     Ok(())
 }

@@ -423,6 +423,7 @@ async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiRes
             "required": state.trust.required(),
             "roots": state.trust.roots.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "fingerprint": state.trust.fingerprint(),
+            "approvals": state.trust.approvals,
         },
         "members": members,
         "conflicts": {
@@ -473,7 +474,10 @@ fn governance_summary(terms: &grapevine_proto::Terms) -> Option<Value> {
         .map(|a| json!({"operator": a.delegation.operator, "key": a.delegation.key.to_string()}))
         .collect();
     let (record, proposal) = match terms.governance.as_ref()? {
-        Governance::Propose { .. } => ("propose", None),
+        Governance::Propose { change, expires_ms } => {
+            let keys: Vec<String> = change.ops.iter().map(|op| op.key().to_string()).collect();
+            return Some(json!({"record": "propose", "keys": keys, "expires_ms": expires_ms, "approvals": approvals}));
+        }
         Governance::Approve { proposal, .. } => ("approve", Some(proposal)),
         Governance::Reject { proposal, .. } => ("reject", Some(proposal)),
         Governance::Enact { proposal, .. } => ("enact", Some(proposal)),

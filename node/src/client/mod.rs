@@ -476,6 +476,15 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
         Some(0) | None => println!("changes: NOT SIGNED ([signing] names no root key; see docs/security.md)"),
         Some(roots) => println!("changes: signed by operator keys of {roots} root key(s)"),
     }
+    for rule in answer["signing"]["approvals"].as_array().into_iter().flatten() {
+        let among = rule["operators"].as_array().filter(|o| !o.is_empty()).map_or(String::new(), |o| {
+            format!(" among {}", o.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        });
+        println!(
+            "approvals: changes under {} need {} operators' signatures{among}",
+            rule["prefix"], rule["signatures"]
+        );
+    }
     // Members that trust other roots store other changes: the same [signing] belongs on all.
     let ours = &answer["signing"]["fingerprint"];
     let others: Vec<String> = answer["members"]
@@ -549,6 +558,7 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
                 _ => format!("config {} ({} bytes)", text(op, "key"), op.get("bytes").unwrap_or(&Value::Null)),
             })
             .chain(generation.get("controls").and_then(Value::as_array).into_iter().flatten().map(describe_control))
+            .chain(describe_governance(&generation["governance"]))
             .collect();
         let policy = &generation["policy"];
         let rollout = if policy["emergency"] == true {
@@ -659,6 +669,20 @@ fn member_cells(wave: &Value, paint: impl Fn(&str, String) -> String) -> Vec<Str
 }
 
 /// `{"Pause": {"target": {"origin": "n1", "seq": 3}}}` as `pause n1.3`.
+/// A governance record or an enactment, as `history` lists it.
+fn describe_governance(governance: &Value) -> Option<String> {
+    let approvers: Vec<&str> =
+        governance["approvals"].as_array().into_iter().flatten().filter_map(|a| a["operator"].as_str()).collect();
+    let keys: Vec<&str> = governance["keys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let proposal = text(governance, "proposal");
+    Some(match governance["record"].as_str()? {
+        "propose" => format!("proposal of {}", keys.join(", ")),
+        "approve" => format!("approval of proposal {proposal}"),
+        "reject" => format!("rejection of proposal {proposal}"),
+        _ => format!("enacts proposal {proposal} (approved by {})", approvers.join(", ")),
+    })
+}
+
 fn describe_control(control: &Value) -> String {
     let Some((action, fields)) = control.as_object().and_then(|o| o.iter().next()) else { return control.to_string() };
     let target = &fields["target"];

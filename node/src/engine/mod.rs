@@ -834,11 +834,14 @@ impl Engine {
         // The same check every peer makes on it, and, since this node knows the history, no
         // change under a key revoked already (peers would revert it at once).
         self.parts.trust.check(&generation.body)?;
-        if let Some(signed) = &generation.body.signed
-            && let Some(by) = revocations(&self.log).remove(&signed.delegation.key)
-        {
-            let (operator, key) = (signed.delegation.operator.clone(), signed.delegation.key);
-            return Err(SigningError::Revoked { operator, key, by: by.1 }.into());
+        // The operator's key, and each approver's (an enactment's).
+        let approvals = generation.body.terms.iter().flat_map(|terms| &terms.approvals);
+        let mut revoked = revocations(&self.log);
+        for signed in generation.body.signed.iter().map(|signed| &**signed).chain(approvals) {
+            if let Some(by) = revoked.remove(&signed.delegation.key) {
+                let (operator, key) = (signed.delegation.operator.clone(), signed.delegation.key);
+                return Err(SigningError::Revoked { operator, key, by: by.1 }.into());
+            }
         }
         self.clock = clock;
         self.store_durably(vec![generation.clone()]).await?;
