@@ -6,7 +6,7 @@
 //!   proposed one), `conflicts` (newer changes of its keys) and `sign`: what an approver signs
 //!   (cluster, format, the node's time as `issued_ms`, the proposal's digest and expiry, and its
 //!   change in postcard hex, so that the CLI checks the digest against the change it shows).
-//! - `POST /v1/proposals` `{"change", "signed", "expires_ms"}`: the change a node prepared
+//! - `POST /v1/proposals` `{"change", "signed", "expires_ms", "start_at_ms"}`: the change a node prepared
 //!   (`?prepare=true` on `flag set`, `config put` or `apply`), signed by the proposer; stored as a
 //!   `Propose` record that applies nowhere. Needs `[signing]` roots.
 //! - `POST /v1/proposals/{proposal}/approve` and `.../reject` `{"signed"}`: an approval or a
@@ -129,8 +129,10 @@ pub async fn propose(
         change: String,
         signed: String,
         expires_ms: Option<u64>,
+        /// A scheduled start the proposer signed with the change; the enactment keeps it.
+        start_at_ms: Option<u64>,
     }
-    let shape = r#"{"change": "<hex>", "signed": "<hex>", "expires_ms": 1800000000000}"#;
+    let shape = r#"{"change": "<hex>", "signed": "<hex>", "expires_ms": 1800000000000, "start_at_ms": null}"#;
     let request: ProposeRequest = parse_body(&body, shape)?;
     let change: Change = decode_hex(&request.change, "change")?;
     let signed: Box<Signed> = decode_hex(&request.signed, "signed")?;
@@ -149,7 +151,8 @@ pub async fn propose(
         )));
     }
     let needed = state.trust.approvals_needed(&change);
-    let terms = Terms { governance: Some(Governance::Propose { change, expires_ms }), ..Terms::default() };
+    let governance = Some(Governance::Propose { change, expires_ms });
+    let terms = Terms { start_at_ms: request.start_at_ms, governance, ..Terms::default() };
     let generation = state.engine.submit(record_change(), None, Some(signed), Some(Box::new(terms))).await?;
     let mut answer = accepted(&generation);
     answer["proposal"] = json!(generation.id().to_string());

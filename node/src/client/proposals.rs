@@ -60,6 +60,10 @@ pub async fn propose(
     let mut proposal = signer.sign(&prepared, &intent)?;
     let issued_ms = prepared["sign"]["issued_ms"].as_u64().unwrap_or_default();
     proposal["expires_ms"] = issued_ms.saturating_add(expires_in_ms).into();
+    // A scheduled start, where the node prepared one, is signed with the change and kept.
+    if let Some(start_at_ms) = prepared["sign"]["start_at_ms"].as_u64() {
+        proposal["start_at_ms"] = start_at_ms.into();
+    }
     let answer = client.request(Method::POST, "/v1/proposals", Some(proposal)).await?;
     if client.json {
         print_json(&answer);

@@ -387,3 +387,24 @@ fn an_approval_by_a_key_revoked_before_is_reverted_with_its_enactment() {
     log.insert(enacted.seal());
     assert_eq!(crate::signing::revoked_after(&log), vec![(id("n1.2"), key(3).public())]);
 }
+
+#[test]
+fn a_scheduled_proposal_keeps_its_start_through_the_enactment() {
+    let trust = trust(vec![rule("payments/", 2, &[])]);
+    let change = put("payments/limit");
+    let (expires, start) = (NOW + HOUR, Some(NOW + 2 * HOUR));
+    let (secret, delegation) = alice();
+    let proposer = secret.sign_change(CLUSTER, delegation, NOW, &change, start);
+    let digest = proposal_digest(&change, start);
+    let (bob_key, bob_delegation) = bob();
+    let bobs = bob_key.sign_approval(CLUSTER, bob_delegation, NOW, &id("n1.1"), &digest, expires);
+    let enact = |start_at_ms| {
+        let governance = Some(Governance::Enact { proposal: id("n1.1"), expires_ms: expires });
+        let terms = Terms { start_at_ms, approvals: vec![bobs.clone()], governance };
+        body(2, NOW, change.clone(), &proposer, Some(terms))
+    };
+    trust.check(&enact(start)).unwrap();
+    // A node that moves the start breaks the proposer's signature; one that drops it too.
+    assert_eq!(trust.check(&enact(Some(NOW))).unwrap_err().reason(), "bad_signature");
+    assert_eq!(trust.check(&enact(None)).unwrap_err().reason(), "bad_signature");
+}
