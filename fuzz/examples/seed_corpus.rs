@@ -224,14 +224,62 @@ fn generations() -> Vec<Generation> {
     scheduled.signed = Some(Box::new(sign));
     scheduled.author = Some(alice);
     scheduled.terms = Some(Box::new(Terms { start_at_ms, ..Terms::default() }));
+    let put = config("payments/limit", "9", None);
+    let [proposal, approval, enactment] = governance_bodies(&root, &operator, &body, put);
     let mut generations: Vec<Generation> =
-        [first, second, grouped, emergency, control, signed, scheduled].into_iter().map(GenerationBody::seal).collect();
+        [first, second, grouped, emergency, control, signed, scheduled, proposal, approval, enactment]
+            .into_iter()
+            .map(GenerationBody::seal)
+            .collect();
     // An origin proof's shape (a DER certificate and an ECDSA signature); the node checks its
     // content, the decoders only its shape.
     let proof =
         OriginProof { certificate: [&[0x30, 0x82, 0x01, 0xdc][..], &[0xa5; 476]].concat(), signature: vec![0x30; 71] };
     generations[0] = generations[0].clone().proven(Some(proof));
     generations
+}
+
+/// A proposal, an approval and an enactment (format 7 governance records, D79): Alice proposes,
+/// Bob approves, and the enactment carries both signatures.
+fn governance_bodies(
+    root: &SecretKey,
+    alice_key: &SecretKey,
+    body: &dyn Fn(&str, u64, Change) -> GenerationBody,
+    put: Op,
+) -> [GenerationBody; 3] {
+    use grapevine_proto::Governance;
+    use grapevine_proto::approvals::proposal_digest;
+    let (alice, bob): (grapevine_proto::Author, grapevine_proto::Author) =
+        ("alice".parse().expect("a valid author"), "bob".parse().expect("a valid author"));
+    let bob_key = SecretKey::from_seed([3; 32]);
+    let alice_delegation = root.delegate("grapevine", alice.clone(), alice_key.public(), vec![], u64::MAX);
+    let bob_delegation = root.delegate("grapevine", bob.clone(), bob_key.public(), vec![], u64::MAX);
+    let proposed = Change::with_ops(vec![put]);
+    let record = Change { ops: vec![], policy: Policy::emergency(), controls: vec![] };
+    let with = |mut body: GenerationBody, governance: Governance, approvals, signed, author| {
+        body.terms = Some(Box::new(Terms { governance: Some(governance), approvals, ..Terms::default() }));
+        body.signed = Some(Box::new(signed));
+        body.author = Some(author);
+        body
+    };
+    let propose = body("n1", 4, record.clone());
+    let (issued_ms, expires_ms) = (propose.hlc.wall_ms, propose.hlc.wall_ms + 86_400_000);
+    let proposer = alice_key.sign_change("grapevine", alice_delegation, issued_ms, &proposed, None);
+    let id = propose.id.clone();
+    let digest = proposal_digest(&proposed, None);
+    let approver = bob_key.sign_approval("grapevine", bob_delegation, issued_ms + 60_000, &id, &digest, expires_ms);
+    let proposal = with(
+        propose,
+        Governance::Propose { change: proposed.clone(), expires_ms },
+        vec![],
+        proposer.clone(),
+        alice.clone(),
+    );
+    let approve = Governance::Approve { proposal: id.clone(), digest, expires_ms };
+    let approval = with(body("n2", 3, record), approve, vec![], approver.clone(), bob);
+    let enact = Governance::Enact { proposal: id, expires_ms };
+    let enactment = with(body("n2", 4, proposed), enact, vec![approver], proposer, alice);
+    [proposal, approval, enactment]
 }
 
 fn json_seeds(corpus: &mut Corpus) {

@@ -62,7 +62,7 @@ pub fn check_generation(generation: &Generation) {
 /// A cluster that requires signatures under the root the seed corpus signs with.
 fn trust() -> Trust {
     let root = grapevine_proto::signing::SecretKey::from_seed([1; 32]).public();
-    Trust { cluster: "grapevine".into(), roots: vec![root], unsigned_through: VersionVector::default() }
+    Trust { cluster: "grapevine".into(), roots: vec![root], unsigned_through: VersionVector::default(), ..Trust::default() }
 }
 
 /// What the node's engine does with a generation that passed validation: store it in its

@@ -6,8 +6,10 @@
 //!
 //! - The clap definitions: `Cli`, `Command` (including `Rollback { generation }`, `Apply { file }`,
 //!   `Backup { out }`, `Completions { shell }` and `Man { out }`), `CaCommand`, `NodeArgs`,
-//!   `FlagCommand`, `FlagSetArgs`, `ConfigCommand`, `RolloutCommand` (`status`, `pause`, `resume`,
-//!   `promote`), `ChangeArgs` and `ClientArgs`.
+//!   `FlagCommand`, `FlagSetArgs`, `ConfigCommand`, `ConfigPutArgs`, `ApplyArgs`, `RolloutCommand`
+//!   (`status`, `pause`, `resume`, `promote`), `ChangeCommand` (`propose`, `list`, `show`,
+//!   `approve`, `reject`; `ProposeCommand` reuses `FlagSetArgs`, `ConfigPutArgs` and `ApplyArgs`
+//!   and adds `Expiry`, `--expires-in`), `ChangeArgs` and `ClientArgs`.
 //! - `ChangeArgs`, on `flag set`, `config put` and `apply`: the policy options `--waves`, `--bake`,
 //!   `--health-quorum`, `--watch-window`, `--waves-by`, `--emergency` (which conflicts with
 //!   `--waves`, `--bake`, `--health-quorum` and `--waves-by`), `--anomaly-quorum`,
@@ -114,14 +116,11 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Ship a flagd flag file, unchanged: the flags that differ become one change.
-    Apply {
-        /// The flagd flag file (`{"flags": {...}, "$evaluators": {...}}`).
-        file: PathBuf,
-        #[command(flatten)]
-        change: Box<ChangeArgs>,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Apply(ApplyArgs),
+    /// Changes that need other operators' approval (four eyes): propose, list, show, approve,
+    /// reject.
+    #[command(subcommand)]
+    Change(ChangeCommand),
     /// Revert a generation on every node at once, for good (re-shipping it is a new change).
     Rollback {
         /// A generation id like n1.3.
@@ -173,6 +172,87 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// `apply FILE` and its options.
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The flagd flag file (`{"flags": {...}, "$evaluators": {...}}`).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub change: Box<ChangeArgs>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `change ...`: proposals that wait for approvals before they become a change.
+#[derive(Subcommand, Debug)]
+pub enum ChangeCommand {
+    /// Propose a change (signed with your key); it applies nowhere until approved.
+    #[command(subcommand)]
+    Propose(ProposeCommand),
+    /// The proposals a node knows, pending ones unless --all.
+    List {
+        /// Also the enacted, rejected and expired ones.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One proposal: its signatures, its diff against the node's applied values, its conflicts.
+    Show {
+        /// A proposal id like n1.3.
+        proposal: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add your signature to a proposal; the one that completes it makes it a change.
+    Approve {
+        proposal: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reject a proposal: it can no longer be approved.
+    Reject {
+        proposal: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What a proposal changes: the arguments and options of `flag set`, `config put` and `apply`,
+/// and how long it waits.
+#[derive(Subcommand, Debug)]
+pub enum ProposeCommand {
+    /// A flag, as `flag set` takes it.
+    Flag {
+        #[command(flatten)]
+        args: FlagSetArgs,
+        #[command(flatten)]
+        expiry: Expiry,
+    },
+    /// A config value, as `config put` takes it.
+    Config {
+        #[command(flatten)]
+        args: ConfigPutArgs,
+        #[command(flatten)]
+        expiry: Expiry,
+    },
+    /// A flagd flag file, as `apply` takes it.
+    Apply {
+        #[command(flatten)]
+        args: ApplyArgs,
+        #[command(flatten)]
+        expiry: Expiry,
+    },
+}
+
+/// `--expires-in` of `change propose`.
+#[derive(Args, Debug)]
+pub struct Expiry {
+    /// How long the proposal waits for its approvals, like 24h or 30m (at most 7 days).
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub expires_in: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -478,22 +558,7 @@ impl ChangeArgs {
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Create or replace a config value.
-    Put {
-        key: String,
-        /// The value, as JSON.
-        #[arg(long, group = "source", required_unless_present = "file")]
-        value: Option<String>,
-        /// A file holding the value as JSON.
-        #[arg(long, group = "source")]
-        file: Option<PathBuf>,
-        /// A JSON Schema file the key's values must follow from now on (kept with the key).
-        #[arg(long, value_name = "SCHEMA.json")]
-        schema: Option<PathBuf>,
-        #[command(flatten)]
-        change: Box<ChangeArgs>,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Put(ConfigPutArgs),
     /// Read a config value.
     Get {
         key: String,
@@ -503,6 +568,25 @@ pub enum ConfigCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `config put KEY` and its options.
+#[derive(Args, Debug)]
+pub struct ConfigPutArgs {
+    pub key: String,
+    /// The value, as JSON.
+    #[arg(long, group = "source", required_unless_present = "file")]
+    pub value: Option<String>,
+    /// A file holding the value as JSON.
+    #[arg(long, group = "source")]
+    pub file: Option<PathBuf>,
+    /// A JSON Schema file the key's values must follow from now on (kept with the key).
+    #[arg(long, value_name = "SCHEMA.json")]
+    pub schema: Option<PathBuf>,
+    #[command(flatten)]
+    pub change: Box<ChangeArgs>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Runs a parsed command line and maps the outcome to the documented exit code.
@@ -526,13 +610,14 @@ pub fn run(cli: Cli) -> ExitCode {
                 HistoryFormat::Jsonl => client::history_records(&c, limit).await,
             }
         }),
-        Command::Apply { file, change, client } => runtime().and_then(|rt| {
+        Command::Apply(args) => runtime().and_then(|rt| {
             rt.block_on(async {
-                let flags = client::read_json_file(&file)?;
-                let client = Client::with_timeout(&client, change.request_timeout())?;
-                client::apply(&client, flags, &change).await
+                let request = client::apply_request(client::read_json_file(&args.file)?);
+                let client = Client::with_timeout(&args.client, args.change.request_timeout())?;
+                client::apply(&client, request, &args.change).await
             })
         }),
+        Command::Change(command) => runtime().and_then(|rt| rt.block_on(run_change(command))),
         Command::Rollback { generation, client } => {
             with_client(&client, |c| async move { client::rollback(&c, &generation).await })
         }
@@ -690,15 +775,7 @@ async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
     match command {
         FlagCommand::Set(args) => {
             let client = Client::with_timeout(&args.client, args.change.request_timeout())?;
-            let request = if args.on || args.off {
-                serde_json::json!({ "on": args.on })
-            } else if let Some(variant) = args.variant {
-                serde_json::json!({ "variant": variant })
-            } else {
-                let path = args.file.expect("clap requires one of --on, --off, --variant, --file");
-                serde_json::json!({ "definition": client::read_json_file(&path)? })
-            };
-            client::flag_set(&client, &args.key, request, &args.change).await
+            client::flag_set(&client, flag_request(&args)?, &args.change).await
         }
         FlagCommand::Get { key, context, desired, client } => {
             let context = context.as_deref().map(client::parse_context).transpose()?;
@@ -707,21 +784,66 @@ async fn run_flag(command: FlagCommand) -> Result<(), CliError> {
     }
 }
 
+/// The request `flag set` (or `change propose flag`) sends.
+fn flag_request(args: &FlagSetArgs) -> Result<client::ChangeRequest, CliError> {
+    let request = if args.on || args.off {
+        serde_json::json!({ "on": args.on })
+    } else if let Some(variant) = &args.variant {
+        serde_json::json!({ "variant": variant })
+    } else {
+        let path = args.file.as_ref().expect("clap requires one of --on, --off, --variant, --file");
+        serde_json::json!({ "definition": client::read_json_file(path)? })
+    };
+    client::flag_request(&args.key, request)
+}
+
+/// The request `config put` (or `change propose config`) sends.
+fn config_request(args: &ConfigPutArgs) -> Result<client::ChangeRequest, CliError> {
+    let schema = args.schema.as_deref().map(client::read_json_file).transpose()?;
+    let value = match (&args.value, &args.file) {
+        (Some(text), _) => client::parse_json_value(text, "--value")?,
+        (None, Some(path)) => client::read_json_file(path)?,
+        (None, None) => return Err(CliError::Usage("expected --value JSON or --file PATH".into())),
+    };
+    client::config_request(&args.key, value, schema)
+}
+
 async fn run_config(command: ConfigCommand) -> Result<(), CliError> {
     match command {
-        ConfigCommand::Put { key, value, file, schema, change, client } => {
-            let schema = schema.as_deref().map(client::read_json_file).transpose()?;
-            let value = match (value, file) {
-                (Some(text), _) => client::parse_json_value(&text, "--value")?,
-                (None, Some(path)) => client::read_json_file(&path)?,
-                (None, None) => {
-                    return Err(CliError::Usage("expected --value JSON or --file PATH".into()));
-                }
-            };
-            let client = Client::with_timeout(&client, change.request_timeout())?;
-            client::config_put(&client, &key, value, schema, &change).await
+        ConfigCommand::Put(args) => {
+            let request = config_request(&args)?;
+            let client = Client::with_timeout(&args.client, args.change.request_timeout())?;
+            client::config_put(&client, request, &args.change).await
         }
         ConfigCommand::Get { key, desired, client } => client::config_get(&Client::new(&client)?, &key, desired).await,
+    }
+}
+
+async fn run_change(command: ChangeCommand) -> Result<(), CliError> {
+    use client::proposals;
+    match command {
+        ChangeCommand::Propose(what) => {
+            let (request, change, client, expiry) = match &what {
+                ProposeCommand::Flag { args, expiry } => (flag_request(args)?, &args.change, &args.client, expiry),
+                ProposeCommand::Config { args, expiry } => (config_request(args)?, &args.change, &args.client, expiry),
+                ProposeCommand::Apply { args, expiry } => {
+                    let request = client::apply_request(client::read_json_file(&args.file)?);
+                    (request, &args.change, &args.client, expiry)
+                }
+            };
+            let expires_in_ms = grapevine_proto::rollout::parse_duration_ms(&expiry.expires_in)
+                .map_err(|error| CliError::Usage(format!("--expires-in: {}", error.0)))?;
+            let client = Client::with_timeout(client, change.request_timeout())?;
+            proposals::propose(&client, request, change, expires_in_ms).await
+        }
+        ChangeCommand::List { all, client } => proposals::list(&Client::new(&client)?, all).await,
+        ChangeCommand::Show { proposal, client } => proposals::show(&Client::new(&client)?, &proposal).await,
+        ChangeCommand::Approve { proposal, client } => {
+            proposals::vote(&Client::new(&client)?, &proposal, proposals::Vote::Approve).await
+        }
+        ChangeCommand::Reject { proposal, client } => {
+            proposals::vote(&Client::new(&client)?, &proposal, proposals::Vote::Reject).await
+        }
     }
 }
 

@@ -19,9 +19,10 @@
 //!     kept as `Config::audit` (`None` without the section);
 //!   - `[[files]]` is a list of `files::FileConfig`, each checked by `FileConfig::validate`, kept
 //!     as `Config::files`;
-//!   - `[signing]` (`SigningSection`: `roots`, `unsigned_through`) becomes `Config::trust`, a
-//!     `proto::signing::Trust` with the cluster id; each root must parse as `ed25519:` and 64 hex
-//!     digits, and `unsigned_through` without roots is refused.
+//!   - `[signing]` (`SigningSection`: `roots`, `unsigned_through`, `[[signing.approvals]]`) becomes
+//!     `Config::trust`, a `proto::signing::Trust` with the cluster id; each root must parse as
+//!     `ed25519:` and 64 hex digits, and `unsigned_through` or approval rules without roots are
+//!     refused (`approval_rules`: 1 to 17 signatures, operators as names or keys).
 //! - `fractional` (`v2` or `cbor`, default `v2`) is the `targeting::Fractional` scheme,
 //!   `Config::fractional`.
 //! - `test_clock_skew_ms` (`testsuite` only) is added to the node's wall clock;
@@ -37,6 +38,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use grapevine_proto::approvals::ApprovalRule;
 use grapevine_proto::rollout::{Policy, PolicyOptions};
 use grapevine_proto::signing::{PublicKey, Trust};
 use grapevine_proto::snapshot::Retention;
@@ -441,6 +443,20 @@ pub struct SigningSection {
     pub roots: Vec<String>,
     #[serde(default)]
     pub unsigned_through: BTreeMap<String, u64>,
+    /// `[[signing.approvals]]`: how many operators must sign a change, by key prefix.
+    #[serde(default)]
+    pub approvals: Vec<ApprovalRuleText>,
+}
+
+/// `[[signing.approvals]] prefix = "payments/"`, `signatures = 2`, optionally `operators =
+/// ["alice", "bob", "ed25519:..."]` (whose signatures count; every operator's without it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRuleText {
+    pub prefix: String,
+    pub signatures: usize,
+    #[serde(default)]
+    pub operators: Vec<String>,
 }
 
 impl SigningSection {
@@ -459,8 +475,47 @@ impl SigningSection {
             let origin = node.parse::<NodeName>().map_err(|error| section(format!("unsigned_through: {error}")))?;
             unsigned_through.raise(origin, seq);
         }
-        Ok(Trust { cluster: cluster.to_owned(), roots, unsigned_through })
+        let approvals = approval_rules(self.approvals, roots.is_empty()).map_err(section)?;
+        Ok(Trust { cluster: cluster.to_owned(), roots, unsigned_through, approvals })
     }
+}
+
+/// The approval rules, checked: they need roots (a rule counts signatures), 1 to
+/// `MAX_APPROVALS + 1` signatures each, at most `MAX_APPROVAL_RULES`, operators named as
+/// authors or public keys.
+fn approval_rules(rules: Vec<ApprovalRuleText>, without_roots: bool) -> Result<Vec<ApprovalRule>, String> {
+    use grapevine_proto::approvals::{MAX_APPROVAL_RULES, MAX_APPROVALS};
+    if rules.is_empty() {
+        return Ok(Vec::new());
+    }
+    if without_roots {
+        return Err(
+            "approvals need roots: a rule counts operators' signatures, and without roots none is checked".into()
+        );
+    }
+    if rules.len() > MAX_APPROVAL_RULES {
+        return Err(format!("at most {MAX_APPROVAL_RULES} approval rules, got {}", rules.len()));
+    }
+    rules
+        .into_iter()
+        .map(|rule| {
+            let prefix = &rule.prefix;
+            if rule.signatures == 0 || rule.signatures > MAX_APPROVALS + 1 {
+                let (most, found) = (MAX_APPROVALS + 1, rule.signatures);
+                return Err(format!("approvals for {prefix:?}: signatures must be 1 to {most}, got {found}"));
+            }
+            for operator in &rule.operators {
+                let valid =
+                    operator.parse::<PublicKey>().is_ok() || operator.parse::<grapevine_proto::Author>().is_ok();
+                if !valid {
+                    return Err(format!(
+                        "approvals for {prefix:?}: operators must be operator names or ed25519: keys, got {operator:?}"
+                    ));
+                }
+            }
+            Ok(ApprovalRule { prefix: rule.prefix, signatures: rule.signatures, operators: rule.operators })
+        })
+        .collect()
 }
 
 fn check_cluster(cluster: String) -> Result<String, ConfigError> {
@@ -656,6 +711,15 @@ mod tests {
         assert!(refused.contains("roots: public key must be ed25519: and 64 hex digits"), "{refused}");
         let refused = section("unsigned_through = { n1 = 3 }").unwrap_err().to_string();
         assert!(refused.contains("unsigned_through needs roots"), "{refused}");
+        let rule = "[[approvals]]\nprefix = \"payments/\"\nsignatures = 2\noperators = [\"alice\", \"bob\"]";
+        let refused = section(rule).unwrap_err().to_string();
+        assert!(refused.contains("approvals need roots"), "{refused}");
+        let root = grapevine_proto::signing::SecretKey::from_seed([1; 32]).public();
+        let trust = section(&format!("roots = [\"{root}\"]\n{rule}")).unwrap();
+        assert_eq!(trust.approvals[0].signatures, 2);
+        let zero =
+            section(&format!("roots = [\"{root}\"]\n[[approvals]]\nprefix = \"p\"\nsignatures = 0")).unwrap_err();
+        assert!(zero.to_string().contains("signatures must be 1 to 17, got 0"), "{zero}");
         assert!(!section("").unwrap().required());
     }
 }

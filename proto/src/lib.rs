@@ -4,6 +4,7 @@
 //! clock and draws no random number. Time arrives as an argument (`now_ms`), so every rule can
 //! be unit-tested and simulated for thousands of nodes without a socket.
 
+pub mod approvals;
 pub mod audit;
 pub mod compiled;
 pub mod cost;

@@ -368,19 +368,24 @@ impl Terms {
 }
 
 /// A record of the approval process, carried in a generation's [`Terms`]; a proposal is named
-/// by the id of the generation that carries it.
+/// by the id of the generation that carries it. Every record but `Enact` has no operations and
+/// no controls, and each is signed in the body's `signed` by the operator who made it
+/// ([`crate::approvals`] says what each signature covers).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Governance {
     /// Proposes `change`, signed by the proposer in the body's `signed` (with `start_at_ms` of
     /// the terms, if any); it cannot be approved after `expires_ms` (Unix milliseconds).
     Propose { change: Change, expires_ms: u64 },
-    /// Approves `proposal`: the approver's signature is the terms' only approval.
-    Approve { proposal: GenId },
-    /// Rejects `proposal`, signed by the rejecting operator in the body's `signed`.
-    Reject { proposal: GenId },
+    /// Approves `proposal`, whose change and start hash to `digest`
+    /// ([`crate::approvals::proposal_digest`]) and which expires at `expires_ms`: the body's
+    /// `signed` is the approver's signature over these, in the approval context.
+    Approve { proposal: GenId, digest: ContentHash, expires_ms: u64 },
+    /// Rejects `proposal` (of `digest`), signed by the rejecting operator in the body's `signed`,
+    /// in the rejection context.
+    Reject { proposal: GenId, digest: ContentHash },
     /// Carries out `proposal`: the body's change and `signed` are the proposal's, and the terms'
-    /// approvals are the approvers' signatures.
-    Enact { proposal: GenId },
+    /// approvals are the approvers' signatures, each over this proposal and `expires_ms`.
+    Enact { proposal: GenId, expires_ms: u64 },
 }
 
 impl GenerationBody {

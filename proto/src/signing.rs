@@ -25,8 +25,10 @@
 //! draws: `delegate`, `sign_change`), `Delegation` (operator, key, prefixes, expiry, root,
 //! signature; `covers(key)`), `Signed` (delegation, `issued_ms`, signature), `WriteProof` (a
 //! snapshot write's change and signature), `SigningError` (`reason()` labels the metric) and
-//! `Trust` (cluster id, roots, `unsigned_through`): `check(body)`, `check_write` and `check_signed`
-//! are the whole acceptance rule. The revocation rule: `revocation_key`/`revoked_by`
+//! `Trust` (cluster id, roots, `unsigned_through`, the approval rules): `check(body)`, `check_write`
+//! and `check_signed` are the whole acceptance rule (governance records and the approval rules
+//! are checked in `approvals.rs`, through `check_signer`, `check_author`, `check_window` and
+//! `check_scope`). `revoked_after` counts an approver's key as it counts the operator's. The revocation rule: `revocation_key`/`revoked_by`
 //! (`grapevine.revoked.<hex>`), `revocations(log)` (the earliest revocation per key, in fold order,
 //! by a key not revoked before it) and `revoked_after(log)` (the generations to revert). Limits:
 //! `ISSUE_WINDOW_MS` (10 min), `MAX_PREFIXES` (32), `RESERVED_PREFIX` (`grapevine.`). ed25519 is
@@ -40,9 +42,10 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::approvals::ApprovalRule;
 use crate::hlc::Stamp;
 use crate::log::{Log, VersionVector};
-use crate::model::{Author, Change, GenId, GenerationBody, Key, Op, Terms};
+use crate::model::{Author, Change, GenId, GenerationBody, Governance, Key, Op, Terms};
 
 /// How far a node's stamp on a signed change may lie from the time the operator signed it
 /// (either way: the clocks of the operator's machine and the node differ). It bounds how late
@@ -107,9 +110,12 @@ pub fn revoked_after(log: &Log) -> Vec<(GenId, PublicKey)> {
     log.iter()
         .filter(|g| !log.is_reverted(g.id()))
         .filter_map(|g| {
-            let key = g.body.signed.as_ref()?.delegation.key;
-            let (stamp, by) = revoked.get(&key)?;
-            (g.order_key() > (*stamp, by)).then(|| (g.id().clone(), key))
+            // The operator's key, and each approver's: an approval by a revoked key is void too.
+            let approvals = g.body.terms.iter().flat_map(|terms| &terms.approvals);
+            let keys = g.body.signed.iter().map(|signed| &**signed).chain(approvals).map(|s| s.delegation.key);
+            keys.filter_map(|key| Some((revoked.get(&key)?, key)))
+                .find(|((stamp, by), _)| g.order_key() > (*stamp, by))
+                .map(|(_, key)| (g.id().clone(), key))
         })
         .collect()
 }
@@ -166,7 +172,7 @@ impl Signature {
         bytes
     }
 
-    fn verifies(&self, key: &PublicKey, message: &[u8]) -> bool {
+    pub(crate) fn verifies(&self, key: &PublicKey, message: &[u8]) -> bool {
         UnparsedPublicKey::new(&ED25519, key.0).verify(message, &self.to_bytes()).is_ok()
     }
 }
@@ -198,7 +204,7 @@ impl SecretKey {
         PublicKey(self.pair.public_key().as_ref().try_into().expect("an ed25519 public key is 32 bytes"))
     }
 
-    fn sign(&self, message: &[u8]) -> Signature {
+    pub(crate) fn sign(&self, message: &[u8]) -> Signature {
         Signature::from_bytes(self.pair.sign(message).as_ref())
     }
 
@@ -283,7 +289,7 @@ pub struct Signed {
 
 /// What an operator signs: the change, and its scheduled start where it has one (a change
 /// without one signs as before format 7, so signatures made then still verify).
-fn change_message(
+pub(crate) fn change_message(
     cluster: &str,
     operator: &Author,
     issued_ms: u64,
@@ -336,6 +342,21 @@ pub enum SigningError {
     /// Refused at submission only: a revocation is history, and storage never depends on it.
     #[error("the key {key} of {operator} is revoked (generation {by}); ask a root holder for a new delegation")]
     Revoked { operator: Author, key: PublicKey, by: GenId },
+    /// Fewer distinct operators signed a change than an approval rule of its keys requires.
+    #[error(
+        "changes under {prefix:?} need the signatures of {needed} distinct operators{among}, got {found}{counted}: \
+         propose it (`grapevine change propose`) and have it approved"
+    )]
+    MissingApprovals { prefix: String, needed: usize, found: usize, among: String, counted: String },
+    /// An approval (or rejection) whose signature does not verify over its proposal.
+    #[error("the {what} of {operator} does not verify over proposal {proposal} for cluster {cluster:?}")]
+    BadApproval { what: &'static str, operator: Author, proposal: GenId, cluster: String },
+    /// A proposal approved or enacted after its expiry.
+    #[error("proposal {proposal} expired at {expires_ms} ms, and the {what} is stamped {stamp_ms} ms")]
+    ProposalExpired { proposal: String, what: &'static str, expires_ms: u64, stamp_ms: u64 },
+    /// A governance record that breaks its shape's rule (an expiry too far, a record in a snapshot).
+    #[error("governance record: {detail}")]
+    Governance { detail: String },
 }
 
 impl SigningError {
@@ -353,6 +374,10 @@ impl SigningError {
             SigningError::OutOfScope { .. } | SigningError::TooManyPrefixes { .. } => "out_of_scope",
             SigningError::ForeignWrite { .. } => "foreign_write",
             SigningError::Revoked { .. } => "revoked",
+            SigningError::MissingApprovals { .. } => "approvals",
+            SigningError::BadApproval { .. } => "bad_approval",
+            SigningError::ProposalExpired { .. } => "proposal_expired",
+            SigningError::Governance { .. } => "governance",
         }
     }
 }
@@ -367,6 +392,8 @@ pub struct Trust {
     /// Unsigned generations with `seq` up to this origin's entry are taken: the log as it was
     /// when the cluster turned signatures on.
     pub unsigned_through: VersionVector,
+    /// How many operators must sign a change, by key prefix (four eyes; [`crate::approvals`]).
+    pub approvals: Vec<ApprovalRule>,
 }
 
 impl Trust {
@@ -387,18 +414,32 @@ impl Trust {
         for root in &roots {
             digest.update(root.0);
         }
+        // Without rules the fingerprint is what builds before approvals printed.
+        if !self.approvals.is_empty() {
+            digest.update(postcard::to_stdvec(&crate::approvals::sorted(&self.approvals)).expect("rules encode"));
+        }
         hex::encode(digest.finalize())[..16].to_owned()
     }
 
-    /// Checks a generation from an operator, a peer or a backup.
+    /// Checks a generation from an operator, a peer or a backup: its operator's signature, and
+    /// the signatures its key prefixes' approval rules require ([`crate::approvals`]).
     pub fn check(&self, body: &GenerationBody) -> Result<(), SigningError> {
         if !self.required() {
             return Ok(());
         }
+        let terms = body.terms.as_deref();
+        if let Some(governance) = terms.and_then(|terms| terms.governance.as_ref()) {
+            let signed = body
+                .signed
+                .as_deref()
+                .ok_or_else(|| SigningError::Unsigned { what: format!("generation {}", body.id) })?;
+            return self.check_governance(governance, signed, body, terms.expect("governance is in terms"));
+        }
         match &body.signed {
             Some(signed) => {
-                let start_at_ms = body.terms.as_ref().and_then(|terms| terms.start_at_ms);
-                self.check_signed(signed, &body.change, start_at_ms, body.hlc, body.author.as_ref())
+                let start_at_ms = terms.and_then(|terms| terms.start_at_ms);
+                self.check_signed(signed, &body.change, start_at_ms, body.hlc, body.author.as_ref())?;
+                self.check_rules(&body.change, [&signed.delegation])
             }
             None if self.unsigned_through.covers(&body.id) => Ok(()),
             None => Err(SigningError::Unsigned { what: format!("generation {}", body.id) }),
@@ -416,7 +457,19 @@ impl Trust {
                     return Err(SigningError::ForeignWrite { key: op.key().clone() });
                 }
                 let start_at_ms = terms.as_ref().and_then(|terms| terms.start_at_ms);
-                self.check_signed(signed, change, start_at_ms, hlc, Some(&signed.delegation.operator))
+                let operator = Some(&signed.delegation.operator);
+                match terms.as_deref().and_then(|terms| terms.governance.as_ref()) {
+                    Some(Governance::Enact { proposal, expires_ms }) => {
+                        let approvals = terms.as_deref().map_or(&[][..], |terms| &terms.approvals[..]);
+                        let enact = crate::approvals::Enactment { proposal, expires_ms: *expires_ms, approvals };
+                        self.check_enact(signed, change, start_at_ms, &enact, hlc, operator)
+                    }
+                    Some(_) => Err(SigningError::ForeignWrite { key: op.key().clone() }),
+                    None => {
+                        self.check_signed(signed, change, start_at_ms, hlc, operator)?;
+                        self.check_rules(change, [&signed.delegation])
+                    }
+                }
             }
             None if self.unsigned_through.covers(id) => Ok(()),
             None => Err(SigningError::Unsigned { what: format!("the snapshot's write of {} by {id}", op.key()) }),
@@ -433,7 +486,17 @@ impl Trust {
         hlc: Stamp,
         author: Option<&Author>,
     ) -> Result<(), SigningError> {
-        let Signed { delegation, issued_ms, signature } = signed;
+        let message = change_message(&self.cluster, &signed.delegation.operator, signed.issued_ms, change, start_at_ms);
+        self.check_signer(signed, &message, hlc)?;
+        check_author(signed, author)?;
+        check_window(signed.issued_ms, hlc)?;
+        check_scope(&signed.delegation, change)
+    }
+
+    /// Checks that `signed` signs `message` under a delegation of a trusted root, unexpired at
+    /// `hlc`.
+    pub(crate) fn check_signer(&self, signed: &Signed, message: &[u8], hlc: Stamp) -> Result<(), SigningError> {
+        let Signed { delegation, issued_ms: _, signature } = signed;
         let operator = &delegation.operator;
         if !self.roots.contains(&delegation.root) {
             return Err(SigningError::UnknownRoot { root: delegation.root });
@@ -445,35 +508,51 @@ impl Trust {
             let cluster = self.cluster.clone();
             return Err(SigningError::BadDelegation { operator: operator.clone(), root: delegation.root, cluster });
         }
-        let message = change_message(&self.cluster, operator, *issued_ms, change, start_at_ms);
-        if !signature.verifies(&delegation.key, &message) {
+        if !signature.verifies(&delegation.key, message) {
             return Err(SigningError::BadSignature { operator: operator.clone(), cluster: self.cluster.clone() });
-        }
-        if author != Some(operator) {
-            let found = author.map_or_else(|| "nobody".to_owned(), ToString::to_string);
-            return Err(SigningError::WrongAuthor { operator: operator.clone(), found });
         }
         if hlc.wall_ms > delegation.not_after_ms {
             let not_after_ms = delegation.not_after_ms;
             return Err(SigningError::Expired { operator: operator.clone(), not_after_ms, stamp_ms: hlc.wall_ms });
         }
-        if hlc.wall_ms.abs_diff(*issued_ms) > ISSUE_WINDOW_MS {
-            let (issued_ms, stamp_ms, window_ms) = (*issued_ms, hlc.wall_ms, ISSUE_WINDOW_MS);
-            return Err(SigningError::OutsideWindow { issued_ms, stamp_ms, window_ms });
-        }
-        let out_of_scope = |what: String| SigningError::OutOfScope {
-            operator: operator.clone(),
-            prefixes: delegation.prefixes.clone(),
-            what,
-        };
-        if let Some(op) = change.ops.iter().find(|op| !delegation.covers(op.key())) {
-            return Err(out_of_scope(format!("{} {}", op.kind(), op.key())));
-        }
-        if !delegation.prefixes.is_empty() && !change.controls.is_empty() {
-            return Err(out_of_scope("a rollout control".to_owned()));
-        }
         Ok(())
     }
+}
+
+/// The change is recorded as by the operator who signed it.
+pub(crate) fn check_author(signed: &Signed, author: Option<&Author>) -> Result<(), SigningError> {
+    let operator = &signed.delegation.operator;
+    if author != Some(operator) {
+        let found = author.map_or_else(|| "nobody".to_owned(), ToString::to_string);
+        return Err(SigningError::WrongAuthor { operator: operator.clone(), found });
+    }
+    Ok(())
+}
+
+/// The stamp lies within [`ISSUE_WINDOW_MS`] of the time of signing.
+pub(crate) fn check_window(issued_ms: u64, hlc: Stamp) -> Result<(), SigningError> {
+    if hlc.wall_ms.abs_diff(issued_ms) > ISSUE_WINDOW_MS {
+        let (stamp_ms, window_ms) = (hlc.wall_ms, ISSUE_WINDOW_MS);
+        return Err(SigningError::OutsideWindow { issued_ms, stamp_ms, window_ms });
+    }
+    Ok(())
+}
+
+/// Every key of `change` lies under the delegation's prefixes, and only an unscoped
+/// delegation signs controls.
+pub fn check_scope(delegation: &Delegation, change: &Change) -> Result<(), SigningError> {
+    let out_of_scope = |what: String| SigningError::OutOfScope {
+        operator: delegation.operator.clone(),
+        prefixes: delegation.prefixes.clone(),
+        what,
+    };
+    if let Some(op) = change.ops.iter().find(|op| !delegation.covers(op.key())) {
+        return Err(out_of_scope(format!("{} {}", op.kind(), op.key())));
+    }
+    if !delegation.prefixes.is_empty() && !change.controls.is_empty() {
+        return Err(out_of_scope("a rollout control".to_owned()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -497,7 +576,7 @@ mod tests {
     }
 
     fn trust(root: &SecretKey) -> Trust {
-        Trust { cluster: CLUSTER.to_owned(), roots: vec![root.public()], unsigned_through: VersionVector::default() }
+        Trust { cluster: CLUSTER.to_owned(), roots: vec![root.public()], ..Trust::default() }
     }
 
     fn body(change: Change, signed: Option<Signed>) -> GenerationBody {

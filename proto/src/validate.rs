@@ -15,8 +15,13 @@
 //!   members (`TooManyMembers`, "the member ceiling"), `groups` empty or one per member (`rollout
 //!   policy: expected a group per member (N), got M`), and an encoded size (`wire::encode`) of at
 //!   most `MAX_GENERATION_BYTES` (`TooLarge`).
+//! - `validate_terms`: terms are not empty; approvals (at most `MAX_APPROVALS`) come with an
+//!   `Enact` record only; a `Propose`, `Approve` or `Reject` record carries no ops nor controls (a
+//!   proposal's own change has ops and no controls); otherwise `validate_change`
+//!   (`ValidationError::Governance`). `validate_submitted_terms` adds `validate_submitted` on the
+//!   change that will apply.
 //! - `validate_generation` = `Generation::verify` (the hash) + `check_envelope` +
-//!   `validate_change`: it runs on every pulled, pushed and loaded generation. The engine runs
+//!   `validate_terms`: it runs on every pulled, pushed and loaded generation. The engine runs
 //!   `validate_submitted` (`validate_change`, and no targeting rule over the cost limit) and
 //!   `check_envelope` on every submitted change.
 //! - `validate_snapshot` checks that each write belongs to a generation the snapshot covers and is
@@ -24,9 +29,10 @@
 
 use std::collections::BTreeSet;
 
+use crate::approvals::MAX_APPROVALS;
 use crate::eval::FlagDefinition;
 use crate::limits::{MAX_GENERATION_BYTES, MAX_MEMBERS, MAX_OPS_PER_CHANGE, MAX_SEQ};
-use crate::model::{Change, Generation, JsonText, Key, Op};
+use crate::model::{Change, Generation, Governance, JsonText, Key, Op, Terms};
 use crate::snapshot::Snapshot;
 
 /// Why a change, a name or a generation was refused.
@@ -83,6 +89,9 @@ pub enum ValidationError {
     /// A generation whose content does not match its hash.
     #[error("generation {id}: content hash mismatch, expected {expected}, got {found}")]
     HashMismatch { id: String, expected: String, found: String },
+    /// Terms or a governance record that break their shape's rule.
+    #[error("governance record: {detail}")]
+    Governance { detail: String },
 }
 
 /// Checks a change as a whole and each of its operations.
@@ -121,11 +130,58 @@ pub fn validate_submitted(change: &Change) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Checks a generation from a peer or from disk: its hash, its envelope and its change.
+/// Checks a generation from a peer or from disk: its hash, its envelope, its terms and its
+/// change.
 pub fn validate_generation(generation: &Generation) -> Result<(), ValidationError> {
     generation.verify()?;
     check_envelope(generation)?;
-    validate_change(&generation.body.change)
+    validate_terms(&generation.body.change, generation.body.terms.as_deref())
+}
+
+/// Checks a body's change with its terms: terms say something; approvals come with an
+/// enactment only, at most [`MAX_APPROVALS`]; a proposal, approval or rejection carries no
+/// operations and no controls (a proposal's own change has operations and no controls); an
+/// enactment or a plain change is a valid change ([`validate_change`]).
+pub fn validate_terms(change: &Change, terms: Option<&Terms>) -> Result<(), ValidationError> {
+    let Some(terms) = terms else { return validate_change(change) };
+    let refuse = |detail: String| Err(ValidationError::Governance { detail });
+    if terms.is_empty() {
+        return refuse("expected a start, approvals or a record in the terms, got none".to_owned());
+    }
+    if terms.approvals.len() > MAX_APPROVALS {
+        return refuse(format!("at most {MAX_APPROVALS} approvals, got {}", terms.approvals.len()));
+    }
+    let enact = matches!(terms.governance, Some(Governance::Enact { .. }));
+    if !terms.approvals.is_empty() && !enact {
+        return refuse("approvals travel in an enactment only".to_owned());
+    }
+    match &terms.governance {
+        None => validate_change(change),
+        Some(Governance::Enact { .. }) if change.ops.is_empty() => {
+            refuse("an enactment carries its proposal's operations, got none".to_owned())
+        }
+        Some(Governance::Enact { .. }) => validate_change(change),
+        Some(_) if !change.ops.is_empty() || !change.controls.is_empty() => {
+            refuse("a proposal, approval or rejection carries no operations nor controls of its own".to_owned())
+        }
+        Some(Governance::Propose { change: proposed, .. })
+            if !proposed.controls.is_empty() || proposed.ops.is_empty() =>
+        {
+            refuse("a proposal proposes operations, not rollout controls".to_owned())
+        }
+        Some(Governance::Propose { change: proposed, .. }) => validate_change(proposed),
+        Some(_) => Ok(()),
+    }
+}
+
+/// [`validate_terms`], and [`validate_submitted`] on the change that will apply (a proposal's).
+pub fn validate_submitted_terms(change: &Change, terms: Option<&Terms>) -> Result<(), ValidationError> {
+    validate_terms(change, terms)?;
+    match terms.and_then(|terms| terms.governance.as_ref()) {
+        None | Some(Governance::Enact { .. }) => validate_submitted(change),
+        Some(Governance::Propose { change: proposed, .. }) => validate_submitted(proposed),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Checks what a generation adds around its change: its seq, the member set and the encoded

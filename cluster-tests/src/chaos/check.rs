@@ -1,4 +1,5 @@
-//! The invariants a chaos run must keep, checked over its recorded history and the final
+//! The invariants a chaos run must keep (among them, since approvals: no generation applies
+//! without the signatures its rule requires, `approvals_respected`), checked over its recorded history and the final
 //! state of every node after the final heal and quiet period.
 //!
 //! The checker recomputes what it can on its own (the gate rule of a wave, the anomaly
@@ -8,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::schedule::APP_KEY;
+use super::schedule::{APP_KEY, GOVERNED_KEY, GOVERNED_PREFIX};
 use super::{Final, History};
 
 /// A broken invariant, with the part of the history that shows it.
@@ -64,6 +65,7 @@ pub fn check(
     gates_respected(&mut checker, finals);
     reverts_match_quorums(&mut checker, finals, logs);
     served_only_written(&mut checker);
+    approvals_respected(&mut checker, finals);
     damaged_stores_recovered(&mut checker, logs);
     Verdict { checked: checker.checked, violations: checker.violations, stalled }
 }
@@ -469,6 +471,54 @@ fn served_only_written(checker: &mut Checker) {
     }
 }
 
+/// No generation is applied anywhere without the signatures its rule requires: every change of
+/// [`GOVERNED_PREFIX`] in a node's final log is an enactment signed by two distinct operator
+/// keys, and every generation a node served [`GOVERNED_KEY`] from is one of those (unless
+/// compaction folded it away, after every node had checked it).
+fn approvals_respected(checker: &mut Checker, finals: &[Final]) {
+    const INVARIANT: &str = "no generation applies without the signatures its rule requires";
+    let mut enacted: BTreeSet<String> = BTreeSet::new();
+    for last in finals {
+        for (id, generation) in generations(last) {
+            let ops = generation["ops"].as_array().into_iter().flatten();
+            if !ops.filter_map(|op| op["key"].as_str()).any(|key| key.starts_with(GOVERNED_PREFIX)) {
+                continue;
+            }
+            let approvals = generation["governance"]["approvals"].as_array().into_iter().flatten();
+            let mut keys: BTreeSet<&str> = generation["signed_by"]["key"].as_str().into_iter().collect();
+            keys.extend(approvals.filter_map(|approval| approval["key"].as_str()));
+            let signed_enough = generation["governance"]["record"] == "enact" && keys.len() >= 2;
+            checker.expect(signed_enough, INVARIANT, || {
+                let governance = &generation["governance"];
+                let detail = format!(
+                    "{} holds {id}, a change of {GOVERNED_PREFIX} signed by {} distinct key(s) ({governance})",
+                    last.name,
+                    keys.len()
+                );
+                (detail, vec![id.clone()])
+            });
+            if signed_enough {
+                enacted.insert(id);
+            }
+        }
+    }
+    let compacted = finals.iter().any(|last| last.status["compacted"].as_u64().unwrap_or(0) > 0);
+    let observations = checker.history.observations.clone();
+    for seen in observations.iter().filter(|seen| seen.key == GOVERNED_KEY) {
+        let Some(generation) = &seen.generation else { continue };
+        if compacted && !enacted.contains(generation) {
+            continue;
+        }
+        checker.expect(enacted.contains(generation), INVARIANT, || {
+            let detail = format!(
+                "{} served {GOVERNED_KEY} = {} as {generation} at {} ms, which no node holds as a two-signature enactment",
+                seen.node, seen.value, seen.t_ms
+            );
+            (detail, vec![generation.clone(), seen.node.clone()])
+        });
+    }
+}
+
 /// A node whose store was truncated said so; every node that found its store damaged said
 /// when it had recovered from its peers. (Garbage that hit only pages redb no longer uses is
 /// harmless and goes unnoticed: the other invariants check that such a node serves the truth.)
@@ -540,5 +590,36 @@ mod tests {
         assert_eq!(decision.generation, "n5.3");
         assert_eq!((decision.count, decision.applied, decision.needed), (2, 4, 2));
         assert_eq!(decision.anomalous, vec!["n2".to_owned(), "n4".to_owned()]);
+    }
+
+    /// The approvals invariant breaks on a one-signature change of the governed prefix, and on
+    /// a value served from a generation no node holds as an enactment.
+    #[test]
+    fn a_change_of_the_governed_prefix_needs_an_enactment_of_two_keys() {
+        let put = serde_json::json!([{"op": "put_config", "key": GOVERNED_KEY}]);
+        let history = serde_json::json!({"generations": [
+            {"id": "n1.2", "ops": put, "signed_by": {"key": "ed25519:a"},
+             "governance": {"record": "enact", "approvals": [{"key": "ed25519:b"}]}},
+            {"id": "n1.3", "ops": put, "signed_by": {"key": "ed25519:a"}},
+            {"id": "n1.4", "ops": put, "signed_by": {"key": "ed25519:a"},
+             "governance": {"record": "enact", "approvals": [{"key": "ed25519:a"}]}},
+        ]});
+        let last = Final { name: "n1".into(), status: serde_json::json!({"compacted": 0}), history };
+        let seen = |generation: &str| super::super::Observation {
+            t_ms: 1,
+            node: "n2".into(),
+            source: "config",
+            key: GOVERNED_KEY.into(),
+            value: serde_json::json!(1),
+            generation: Some(generation.into()),
+        };
+        let recorded = History { observations: vec![seen("n1.2"), seen("n1.3")], ..History::default() };
+        let mut checker = Checker { history: &recorded, checked: 0, violations: Vec::new() };
+        approvals_respected(&mut checker, &[last]);
+        let broken: Vec<&str> = checker.violations.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(broken.len(), 3, "{broken:?}");
+        assert!(broken[0].contains("n1.3, a change of payments/ signed by 1 distinct key(s)"), "{broken:?}");
+        assert!(broken[1].contains("n1.4"), "the proposer's own approval counts once: {broken:?}");
+        assert!(broken[2].contains("as n1.3"), "{broken:?}");
     }
 }

@@ -33,7 +33,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::{Cluster, Node, can_use_netns, http_request_within};
-use schedule::{APP_KEY, ChangeKind, Damage, Fault, Interrupt, OTHER_KEYS, Shape, Step};
+use schedule::{APP_KEY, ChangeKind, Damage, Fault, GOVERNED_KEY, GOVERNED_PREFIX, Interrupt, OTHER_KEYS, Shape, Step};
 
 /// How a run is set up.
 #[derive(Clone, Debug)]
@@ -143,8 +143,9 @@ pub fn run_seed(seed: u64, options: &Options) -> Result<Report> {
     let steps = schedule::generate(seed, Shape { nodes: options.nodes, events: options.events });
     let mut cluster = if options.netns { Cluster::new_in_netns(options.nodes)? } else { Cluster::new(options.nodes)? };
     cluster.seed_each_other();
+    let operators = Operators::make(cluster.dir.path())?;
     for index in 0..options.nodes {
-        cluster.nodes[index].config_toml = node_config(&cluster.nodes[index], 0);
+        cluster.nodes[index].config_toml = node_config(&cluster.nodes[index], 0, &operators.root);
     }
     cluster.start_all().context("starting the cluster")?;
     cluster.enter_netns()?;
@@ -162,6 +163,8 @@ pub fn run_seed(seed: u64, options: &Options) -> Result<Report> {
         killed: BTreeSet::new(),
         skews: BTreeMap::new(),
         acked: Vec::new(),
+        operators,
+        proposals: Vec::new(),
     };
     let outcome = world.follow(&steps);
     world.heal()?;
@@ -193,6 +196,10 @@ pub fn run_seed(seed: u64, options: &Options) -> Result<Report> {
         stalled: verdict.stalled.len(),
         wall: started.elapsed(),
     })
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|arg| (*arg).to_owned()).collect()
 }
 
 /// Where the history of a seed's last run is written: `$TMPDIR/grapevine-chaos/seed-N/`.
@@ -227,16 +234,49 @@ fn write_history(dir: &Path, history: &History, finals: &[Final], logs: &BTreeMa
 }
 
 /// The config of every chaos node: changes in three waves with a short bake, judged by an
-/// application that fails while the rendered file of `app` holds a `BAD` value.
-fn node_config(node: &Node, skew_ms: i64) -> String {
+/// application that fails while the rendered file of `app` holds a `BAD` value; signed changes
+/// under `root`, and two signatures for [`GOVERNED_PREFIX`].
+fn node_config(node: &Node, skew_ms: i64, root: &str) -> String {
     let file = app_file(node);
     let check = format!("! grep -q BAD {}", file.display());
     format!(
         "test_clock_skew_ms = {skew_ms}\n\n\
          [rollout]\nwaves = \"1,50%,100%\"\nbake = \"1s\"\nmin_samples = 3\n\n\
          [health]\nsample_interval_ms = 200\n[[health.exec]]\ncommand = [\"sh\", \"-c\", {check:?}]\n\n\
-         [[files]]\npath = {file:?}\nkey = \"{APP_KEY}\"\nformat = \"json\"\n"
+         [[files]]\npath = {file:?}\nkey = \"{APP_KEY}\"\nformat = \"json\"\n\n\
+         [signing]\nroots = [\"{root}\"]\n\
+         [[signing.approvals]]\nprefix = \"{GOVERNED_PREFIX}\"\nsignatures = 2\n"
     )
+}
+
+/// The run's keys: a root, and two operators it delegated, Alice (who signs every change and
+/// proposes) and Bob (who approves).
+struct Operators {
+    root: String,
+    alice: PathBuf,
+    bob: PathBuf,
+}
+
+impl Operators {
+    fn make(dir: &Path) -> Result<Operators> {
+        let key = |name: &str| -> Result<(PathBuf, String)> {
+            let file = dir.join(format!("{name}.key"));
+            let made = crate::grapevine(&["key", "new", "--name", name, "--out", file.to_str().context("utf-8")?]);
+            anyhow::ensure!(made.status.success(), "key new: {}", String::from_utf8_lossy(&made.stderr));
+            Ok((file, String::from_utf8(made.stdout)?.trim().to_owned()))
+        };
+        let (root_file, root) = key("root")?;
+        let (alice, _) = key("alice")?;
+        let (bob, _) = key("bob")?;
+        for operator in [&alice, &bob] {
+            let args = ["key", "delegate", "--root", root_file.to_str().context("utf-8")?, "--key"];
+            let mut args: Vec<&str> = args.to_vec();
+            args.extend([operator.to_str().context("utf-8")?, "--cluster", "grapevine"]);
+            let delegated = crate::grapevine(&args);
+            anyhow::ensure!(delegated.status.success(), "key delegate: {}", String::from_utf8_lossy(&delegated.stderr));
+        }
+        Ok(Operators { root, alice, bob })
+    }
 }
 
 fn app_file(node: &Node) -> PathBuf {
@@ -294,6 +334,9 @@ struct World {
     skews: BTreeMap<usize, i64>,
     /// Generations acknowledged to clients, for rollbacks.
     acked: Vec<String>,
+    operators: Operators,
+    /// Proposals acknowledged to clients, for approvals.
+    proposals: Vec<String>,
 }
 
 impl World {
@@ -362,6 +405,24 @@ impl World {
                 let args = vec!["rollback".into(), generation.clone()];
                 return Ok(self.client(node, "rollback".into(), Vec::new(), Some(generation), &args));
             }
+            ChangeKind::Propose => {
+                let value = json!({ "serial": serial });
+                let args = ["change", "propose", "config", GOVERNED_KEY, "--value", &value.to_string(), "--emergency"];
+                let proposed = self.client(node, format!("config {GOVERNED_KEY}"), vec![value], None, &strings(&args));
+                self.proposals.extend(proposed.clone());
+                return Ok(proposed);
+            }
+            ChangeKind::Approve { nth } => {
+                let Some(proposal) =
+                    (!self.proposals.is_empty()).then(|| self.proposals[nth % self.proposals.len()].clone())
+                else {
+                    return Ok(None);
+                };
+                let mut args = strings(&["change", "approve", &proposal]);
+                args.extend(["--signing-key".to_owned(), self.operators.bob.display().to_string()]);
+                // No values: an enactment serves the value its proposal wrote.
+                return Ok(self.client(node, format!("approve {GOVERNED_KEY}"), Vec::new(), None, &args));
+            }
         };
         Ok(self.client(node, what, values, None, &args))
     }
@@ -377,7 +438,12 @@ impl World {
     ) -> Option<String> {
         let node = &self.cluster.nodes[node];
         let t_ms = self.recorder.now_ms();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Every change is signed, by Alice unless the command names another key (an approval).
+        let alice = self.operators.alice.display().to_string();
+        if !args.contains(&"--signing-key") {
+            args.extend(["--signing-key", &alice]);
+        }
         let outcome = node.cli_json(&args).map_err(|e| e.to_string()).and_then(|answer| {
             answer["generation"].as_str().map(str::to_owned).ok_or_else(|| format!("no generation in {answer}"))
         });
@@ -575,7 +641,7 @@ impl World {
     /// Starts `node` with its config (and skew), and re-applies the network fault in force.
     fn start(&mut self, node: usize) -> Result<()> {
         let skew = self.skews.get(&node).copied().unwrap_or(0);
-        let config = node_config(&self.cluster.nodes[node], skew);
+        let config = node_config(&self.cluster.nodes[node], skew, &self.operators.root);
         self.cluster.nodes[node].config_toml = config;
         self.cluster.nodes[node].start()?;
         self.down.lock().expect("down lock").remove(&node);
@@ -698,10 +764,13 @@ fn observe(cluster: &Cluster, recorder: Arc<Recorder>, down: Arc<Mutex<BTreeSet<
                     continue;
                 }
                 let mut seen: Vec<(&'static str, String, Value, Option<String>)> = Vec::new();
-                for key in std::iter::once(APP_KEY).chain(OTHER_KEYS.iter().copied()) {
-                    if let Ok((200, body)) =
-                        http_request_within("GET", &format!("{url}/v1/config/{key}"), None, timeout)
-                        && let Ok(answer) = serde_json::from_str::<Value>(&body)
+                for key in [APP_KEY, GOVERNED_KEY].into_iter().chain(OTHER_KEYS.iter().copied()) {
+                    if let Ok((200, body)) = http_request_within(
+                        "GET",
+                        &format!("{url}/v1/config/{}", key.replace('/', "%2F")),
+                        None,
+                        timeout,
+                    ) && let Ok(answer) = serde_json::from_str::<Value>(&body)
                     {
                         let generation = answer["generation"].as_str().map(str::to_owned);
                         seen.push(("config", key.to_owned(), answer["value"].clone(), generation));

@@ -1,7 +1,8 @@
 //! Seeded schedules: what a chaos run does, step by step, derived from its seed alone.
 //!
 //! A schedule interleaves changes sent to random nodes (good ones, and bad ones whose canary
-//! turns unhealthy), faults, and heals. The same seed gives the same schedule; the timing of
+//! turns unhealthy; proposals of a key under an approval rule, and their approvals), faults,
+//! and heals. The same seed gives the same schedule; the timing of
 //! real processes makes each run's history differ in detail, so a replay repeats the schedule,
 //! not the interleaving (see `docs/chaos.md`).
 
@@ -14,6 +15,11 @@ use grapevine_proto::sim::SplitMix64;
 pub const APP_KEY: &str = "app";
 pub const OTHER_KEYS: &[&str] = &["limits", "banner"];
 pub const FLAGS: &[&str] = &["checkout", "search"];
+/// The key under an approval rule of two signatures (`[[signing.approvals]]`): changed only
+/// through a proposal and another operator's approval.
+pub const GOVERNED_KEY: &str = "payments/limit";
+/// The prefix of that rule.
+pub const GOVERNED_PREFIX: &str = "payments/";
 
 /// One step of a schedule.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +58,10 @@ pub enum ChangeKind {
     Flag { key: &'static str },
     /// An operator's rollback of the `nth` change acknowledged so far (modulo their number).
     Rollback { nth: usize },
+    /// Alice's proposal of [`GOVERNED_KEY`], at once (`--emergency`) once approved.
+    Propose,
+    /// Bob's approval of the `nth` proposal acknowledged so far (modulo their number).
+    Approve { nth: usize },
 }
 
 /// A fault, injected while the cluster runs and ended by the next [`Step::Heal`] (or the final
@@ -151,6 +161,8 @@ impl fmt::Display for Step {
                     }
                     ChangeKind::Flag { key } => write!(f, "change on {node}: flag {key} v{}", change.serial),
                     ChangeKind::Rollback { nth } => write!(f, "rollback on {node} of acknowledged change #{nth}"),
+                    ChangeKind::Propose => write!(f, "proposal on {node}: config {GOVERNED_KEY} {}", change.serial),
+                    ChangeKind::Approve { nth } => write!(f, "approval on {node} of acknowledged proposal #{nth}"),
                 }
             }
             Step::Fault(fault) => {
@@ -274,7 +286,39 @@ pub fn generate(seed: u64, shape: Shape) -> Vec<Step> {
         }
         steps.push(Step::Pause { ms: 200 + random.below(1_300) as u64 });
     }
-    steps
+    with_proposals(steps, n)
+}
+
+/// Every other config change (the first, the third, ...) made a proposal of [`GOVERNED_KEY`],
+/// approved through the next node after the pause that follows it. Derived from the steps
+/// without drawing from the seed's generator, so the faults of every seed stay as they were.
+fn with_proposals(steps: Vec<Step>, nodes: usize) -> Vec<Step> {
+    let mut out = Vec::with_capacity(steps.len());
+    let (mut configs, mut proposals, mut approve_after_pause) = (0, 0, None);
+    let mut serial = steps.iter().filter(|s| matches!(s, Step::Change(_))).count() as u64;
+    for step in steps {
+        let step = match step {
+            Step::Change(Change { node, kind: ChangeKind::Config { key }, serial }) => {
+                configs += 1;
+                if configs % 2 == 0 {
+                    Step::Change(Change { node, kind: ChangeKind::Config { key }, serial })
+                } else {
+                    approve_after_pause = Some(((node + 1) % nodes, proposals));
+                    proposals += 1;
+                    Step::Change(Change { node, kind: ChangeKind::Propose, serial })
+                }
+            }
+            other => other,
+        };
+        let pause = matches!(step, Step::Pause { .. });
+        out.push(step);
+        if let Some((node, nth)) = approve_after_pause.take_if(|_| pause) {
+            serial += 1;
+            out.push(Step::Change(Change { node, kind: ChangeKind::Approve { nth }, serial }));
+            out.push(Step::Pause { ms: 300 });
+        }
+    }
+    out
 }
 
 /// Two non-empty groups, the first the larger (or equal).
@@ -307,6 +351,17 @@ mod tests {
         let mut all = FAULT_KINDS.to_vec();
         all.sort_unstable();
         assert_eq!(kinds, all);
+    }
+
+    #[test]
+    fn the_quick_seeds_propose_and_approve() {
+        let steps: Vec<Step> = QUICK_SEEDS.iter().flat_map(|seed| generate(*seed, QUICK_SHAPE)).collect();
+        let count = |wanted: fn(&ChangeKind) -> bool| {
+            steps.iter().filter(|s| matches!(s, Step::Change(c) if wanted(&c.kind))).count()
+        };
+        let proposals = count(|k| *k == ChangeKind::Propose);
+        assert!(proposals > 0, "no proposal in the quick seeds");
+        assert_eq!(count(|k| matches!(k, ChangeKind::Approve { .. })), proposals, "one approval per proposal");
     }
 
     #[test]

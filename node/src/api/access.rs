@@ -47,6 +47,9 @@ fn endpoint(method: &Method, path: &str, key: Option<String>) -> (Requirement, C
         }
         ("/v1/flags/{key}" | "/v1/config/{key}", "POST") => (role(Role::Write), Admin),
         ("/v1/apply" | "/v1/changes" | "/v1/rollouts/{generation}/{action}", "POST") => (role(Role::Write), Admin),
+        // The proposal's keys are checked in the handlers (`api/proposals.rs`).
+        ("/v1/proposals" | "/v1/proposals/{proposal}/{action}", "POST") => (role(Role::Write), Admin),
+        ("/v1/proposals" | "/v1/proposals/{proposal}", "GET") => (role(Role::Read), Admin),
         ("/v1/health", "POST") => (role(Role::Report), Applications),
         ("/v1/status" | "/v1/history" | "/v1/rollouts" | "/v1/rollouts/{generation}" | "/v1/keys", "GET")
         | ("/v1/whoami" | "/v1/events", "GET") => (role(Role::Read), Admin),

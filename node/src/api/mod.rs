@@ -44,6 +44,8 @@
 //!   `REPLICA_POLL` (5 ms) until K other live nodes hold the generation, or answers 504 at the
 //!   deadline (`timeout_ms`, default `DEFAULT_REPLICA_TIMEOUT` 10 s, at most `MAX_REPLICA_TIMEOUT`
 //!   600 s). K above `MAX_MEMBERS` is refused.
+//! - `/v1/proposals` (list, show, propose, approve, reject) lives in `proposals.rs`; `history` adds
+//!   each generation's `governance` (its record, proposal and approvers).
 //! - `backup` (`GET /v1/backup`) has `Store::backup_to` write a file `.backup-NANOS.redb` in the
 //!   data directory, opens it, unlinks it and streams it; 503 while recovering.
 //! - `history` adds each change's `RolloutView` (`rollout`; `null` for a control generation);
@@ -97,6 +99,7 @@ mod events;
 mod keys;
 pub mod limits;
 mod ofrep;
+mod proposals;
 mod rollout;
 mod ui;
 pub mod watch;
@@ -166,6 +169,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/watch", get(watch::watch))
         .route("/v1/apply", post(apply))
         .route("/v1/changes", post(signed_change))
+        .route("/v1/proposals", get(proposals::list).post(proposals::propose))
+        .route("/v1/proposals/{proposal}", get(proposals::show))
+        .route("/v1/proposals/{proposal}/{action}", post(proposals::vote))
         .route("/v1/backup", get(backup))
         .route("/v1/keys", get(keys::list))
         .route("/v1/whoami", get(keys::whoami))
@@ -419,6 +425,7 @@ async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiRes
             "required": state.trust.required(),
             "roots": state.trust.roots.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "fingerprint": state.trust.fingerprint(),
+            "approvals": state.trust.approvals,
         },
         "members": members,
         "conflicts": {
@@ -459,6 +466,29 @@ struct GenerationSummary {
     controls: Vec<grapevine_proto::rollout::Control>,
     /// The waves, reports and revert of a change (not of a control), as this node sees them.
     rollout: Option<crate::engine::RolloutView>,
+    /// Its governance record and approvals, where it has any (format 7 on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    governance: Option<Value>,
+}
+
+/// What a generation's terms say of the approval process, for `history`.
+fn governance_summary(terms: &grapevine_proto::Terms) -> Option<Value> {
+    use grapevine_proto::Governance;
+    let approvals: Vec<Value> = terms
+        .approvals
+        .iter()
+        .map(|a| json!({"operator": a.delegation.operator, "key": a.delegation.key.to_string()}))
+        .collect();
+    let (record, proposal) = match terms.governance.as_ref()? {
+        Governance::Propose { change, expires_ms } => {
+            let keys: Vec<String> = change.ops.iter().map(|op| op.key().to_string()).collect();
+            return Some(json!({"record": "propose", "keys": keys, "expires_ms": expires_ms, "approvals": approvals}));
+        }
+        Governance::Approve { proposal, .. } => ("approve", Some(proposal)),
+        Governance::Reject { proposal, .. } => ("reject", Some(proposal)),
+        Governance::Enact { proposal, .. } => ("enact", Some(proposal)),
+    };
+    Some(json!({"record": record, "proposal": proposal.map(ToString::to_string), "approvals": approvals}))
 }
 
 impl From<&Generation> for GenerationSummary {
@@ -492,6 +522,7 @@ impl From<&Generation> for GenerationSummary {
             policy: body.change.policy.clone(),
             controls: body.change.controls.clone(),
             rollout: None,
+            governance: body.terms.as_deref().and_then(governance_summary),
         }
     }
 }

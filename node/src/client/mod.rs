@@ -48,6 +48,7 @@ use serde_json::Value;
 
 mod connection;
 pub mod credentials;
+pub mod proposals;
 pub mod signing;
 pub mod wait;
 use connection::Connection;
@@ -89,7 +90,7 @@ pub struct Client {
     connection: Connection,
     pub json: bool,
     /// The operator key file that signs this invocation's changes, if one is configured.
-    signing_key: Option<std::path::PathBuf>,
+    pub(crate) signing_key: Option<std::path::PathBuf>,
 }
 
 /// `$USER@HOSTNAME` (the account's name without `$USER`), with characters an author may not hold replaced by `_`, cut to the limit.
@@ -140,7 +141,7 @@ impl Client {
 
     /// Sends a change request. With an operator key, the node prepares the change, the CLI
     /// checks it against `intent`, signs it, and sends it back to be stored as signed.
-    async fn change(
+    pub(crate) async fn change(
         &self,
         path: &str,
         query: &[(&'static str, String)],
@@ -174,11 +175,11 @@ impl Client {
         &self.connection.base
     }
 
-    async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+    pub(crate) async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
         self.request_with(method, path, &[], body).await
     }
 
-    async fn request_with(
+    pub(crate) async fn request_with(
         &self,
         method: Method,
         path: &str,
@@ -282,11 +283,11 @@ pub fn parse_context(text: &str) -> Result<Value, CliError> {
     Ok(value)
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).expect("a Value always serializes"));
 }
 
-fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+pub(crate) fn text<'a>(value: &'a Value, field: &str) -> &'a str {
     value.get(field).and_then(Value::as_str).unwrap_or("-")
 }
 
@@ -296,8 +297,18 @@ fn key_path(key: &str) -> Result<String, CliError> {
     Ok(key.replace('/', "%2F"))
 }
 
-/// The query string that makes the node wait for replicas.
-pub async fn flag_set(client: &Client, key: &str, request: Value, change: &ChangeArgs) -> Result<(), CliError> {
+/// A change request as every change command sends it: where, what, and what the operator asked
+/// for (checked before signing what the node prepared).
+pub struct ChangeRequest {
+    pub path: String,
+    pub body: Value,
+    pub intent: Intent,
+    /// What it changes, for messages: `flag beta`, `config limits`, `3 flags`.
+    pub what: String,
+}
+
+/// The request of `flag set KEY` with `request` (`{"on"}`, `{"variant"}` or `{"definition"}`).
+pub fn flag_request(key: &str, request: Value) -> Result<ChangeRequest, CliError> {
     let path = format!("/v1/flags/{}", key_path(key)?);
     let expected = match (request["on"].as_bool(), request["variant"].as_str()) {
         (Some(on), _) => FlagIntent::Serving { variant: if on { "on" } else { "off" }.into(), enabled: true },
@@ -305,34 +316,48 @@ pub async fn flag_set(client: &Client, key: &str, request: Value, change: &Chang
         (None, None) => FlagIntent::Definition(request["definition"].clone()),
     };
     let intent = Intent { keys: [key.to_owned()].into(), flags: vec![(key.to_owned(), expected)], ..Intent::default() };
-    let answer = client.change(&path, &change.query(), Some(request), &intent).await?;
-    report_accepted(client, &format!("flag {key}"), &answer);
-    Ok(())
+    Ok(ChangeRequest { path, body: request, intent, what: format!("flag {key}") })
 }
 
-pub async fn config_put(
-    client: &Client,
-    key: &str,
-    value: Value,
-    schema: Option<Value>,
-    change: &ChangeArgs,
-) -> Result<(), CliError> {
-    let mut request = serde_json::json!({ "value": value });
+/// The request of `config put KEY`.
+pub fn config_request(key: &str, value: Value, schema: Option<Value>) -> Result<ChangeRequest, CliError> {
+    let mut body = serde_json::json!({ "value": value });
     if let Some(schema) = schema {
-        request["schema"] = schema;
+        body["schema"] = schema;
     }
     let path = format!("/v1/config/{}", key_path(key)?);
     let intent = Intent { keys: [key.to_owned()].into(), values: vec![(key.to_owned(), value)], ..Intent::default() };
-    let answer = client.change(&path, &change.query(), Some(request), &intent).await?;
-    report_accepted(client, &format!("config {key}"), &answer);
+    Ok(ChangeRequest { path, body, intent, what: format!("config {key}") })
+}
+
+/// The request of `apply FILE`.
+pub fn apply_request(flags: Value) -> ChangeRequest {
+    let names: std::collections::BTreeSet<String> =
+        flags["flags"].as_object().into_iter().flatten().map(|(name, _)| name.clone()).collect();
+    let what = format!("{} flags", names.len());
+    ChangeRequest {
+        path: "/v1/apply".to_owned(),
+        body: flags,
+        intent: Intent { keys: names, ..Intent::default() },
+        what,
+    }
+}
+
+pub async fn flag_set(client: &Client, request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
+    let answer = client.change(&request.path, &change.query(), Some(request.body), &request.intent).await?;
+    report_accepted(client, &request.what, &answer);
+    Ok(())
+}
+
+pub async fn config_put(client: &Client, request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
+    let answer = client.change(&request.path, &change.query(), Some(request.body), &request.intent).await?;
+    report_accepted(client, &request.what, &answer);
     Ok(())
 }
 
 /// `apply FILE`.
-pub async fn apply(client: &Client, flags: Value, change: &ChangeArgs) -> Result<(), CliError> {
-    let names = flags["flags"].as_object().into_iter().flatten().map(|(name, _)| name.clone()).collect();
-    let intent = Intent { keys: names, ..Intent::default() };
-    let answer = client.change("/v1/apply", &change.query(), Some(flags), &intent).await?;
+pub async fn apply(client: &Client, request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
+    let answer = client.change(&request.path, &change.query(), Some(request.body), &request.intent).await?;
     if answer["changed"] == 0 && !client.json {
         println!("{}", text(&answer, "message"));
         return Ok(());
@@ -344,7 +369,7 @@ pub async fn apply(client: &Client, flags: Value, change: &ChangeArgs) -> Result
 /// At most this much of a value is printed in a dry run's diff.
 const DIFF_VALUE_CHARS: usize = 160;
 
-fn report_accepted(client: &Client, what: &str, answer: &Value) {
+pub(crate) fn report_accepted(client: &Client, what: &str, answer: &Value) {
     if client.json {
         print_json(answer);
     } else if answer["dry_run"] == true {
@@ -452,6 +477,15 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
         Some(0) | None => println!("changes: NOT SIGNED ([signing] names no root key; see docs/security.md)"),
         Some(roots) => println!("changes: signed by operator keys of {roots} root key(s)"),
     }
+    for rule in answer["signing"]["approvals"].as_array().into_iter().flatten() {
+        let among = rule["operators"].as_array().filter(|o| !o.is_empty()).map_or(String::new(), |o| {
+            format!(" among {}", o.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        });
+        println!(
+            "approvals: changes under {} need {} operators' signatures{among}",
+            rule["prefix"], rule["signatures"]
+        );
+    }
     // Members that trust other roots store other changes: the same [signing] belongs on all.
     let ours = &answer["signing"]["fingerprint"];
     let others: Vec<String> = answer["members"]
@@ -525,6 +559,7 @@ pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
                 _ => format!("config {} ({} bytes)", text(op, "key"), op.get("bytes").unwrap_or(&Value::Null)),
             })
             .chain(generation.get("controls").and_then(Value::as_array).into_iter().flatten().map(describe_control))
+            .chain(describe_governance(&generation["governance"]))
             .collect();
         let policy = &generation["policy"];
         let rollout = if policy["emergency"] == true {
@@ -644,6 +679,20 @@ fn member_cells(wave: &Value, paint: impl Fn(&str, String) -> String) -> Vec<Str
 }
 
 /// `{"Pause": {"target": {"origin": "n1", "seq": 3}}}` as `pause n1.3`.
+/// A governance record or an enactment, as `history` lists it.
+fn describe_governance(governance: &Value) -> Option<String> {
+    let approvers: Vec<&str> =
+        governance["approvals"].as_array().into_iter().flatten().filter_map(|a| a["operator"].as_str()).collect();
+    let keys: Vec<&str> = governance["keys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let proposal = text(governance, "proposal");
+    Some(match governance["record"].as_str()? {
+        "propose" => format!("proposal of {}", keys.join(", ")),
+        "approve" => format!("approval of proposal {proposal}"),
+        "reject" => format!("rejection of proposal {proposal}"),
+        _ => format!("enacts proposal {proposal} (approved by {})", approvers.join(", ")),
+    })
+}
+
 fn describe_control(control: &Value) -> String {
     let Some((action, fields)) = control.as_object().and_then(|o| o.iter().next()) else { return control.to_string() };
     let target = &fields["target"];
@@ -651,7 +700,7 @@ fn describe_control(control: &Value) -> String {
     format!("{} {}.{}{through}", action.to_lowercase(), text(target, "origin"), target["seq"])
 }
 
-fn generation_path(generation: &str) -> Result<String, CliError> {
+pub(crate) fn generation_path(generation: &str) -> Result<String, CliError> {
     generation.parse::<grapevine_proto::GenId>().map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(format!("/v1/rollouts/{generation}"))
 }

@@ -17,7 +17,8 @@
 //! delegation against the secret); `key_file_for` finds it, and a key file is read only when a
 //! change is signed, so reads work before the key is delegated. `Signer` and `Intent` (the keys,
 //! config values, flags and control target asked for): `Signer::sign` checks a node's prepared
-//! change against the intent and signs it. `run` serves `key new`, `key delegate` and `key show`.
+//! change against the intent and signs it; `Signer::sign_vote` signs an approval or a rejection of
+//! a proposal once its change hashes to the digest shown (`proto::approvals`). `run` serves `key new`, `key delegate` and `key show`.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -267,27 +268,72 @@ impl Signer {
     pub fn sign(&self, prepared: &Value, intent: &Intent) -> Result<Value, CliError> {
         let refused = |detail: String| CliError::Refused(format!("not signed: {detail}"));
         let sign = &prepared["sign"];
-        let format = sign["format"].as_u64().unwrap_or_default();
-        if format != u64::from(grapevine_proto::wire::WIRE_VERSION) {
-            return Err(refused(format!(
-                "the node speaks wire format {format} and this CLI {}: use a CLI of the node's version",
-                grapevine_proto::wire::WIRE_VERSION
-            )));
-        }
+        check_format(sign)?;
         let (Some(cluster), Some(issued_ms), Some(change)) =
             (sign["cluster"].as_str(), sign["issued_ms"].as_u64(), sign["change"].as_str())
         else {
             return Err(refused(format!("the node's answer holds nothing to sign: {prepared}")));
         };
-        let bytes = hex::decode(change).map_err(|error| refused(format!("the prepared change is not hex: {error}")))?;
-        let change: Change = match postcard::take_from_bytes(&bytes) {
-            Ok((change, [])) => change,
-            _ => return Err(refused("the prepared change does not decode".into())),
-        };
+        let change = decode_change(change).map_err(refused)?;
         check_intent(&change, intent).map_err(refused)?;
         let signed = self.key.sign_change(cluster, self.delegation.clone(), issued_ms, &change, None);
         let signed = hex::encode(postcard::to_stdvec(&signed).expect("a signature always encodes"));
         Ok(serde_json::json!({ "change": change_hex(&change), "signed": signed }))
+    }
+}
+
+impl Signer {
+    /// Signs an approval (or a rejection) of the proposal a node showed (`answer["sign"]` of
+    /// `GET /v1/proposals/{id}`), after checking that its change hashes to the digest that is
+    /// signed: the signature then binds to the change shown, whatever the node claims. Returns
+    /// the signature in postcard hex, and the change.
+    pub fn sign_vote(&self, shown: &Value, approve: bool) -> Result<(String, Change), CliError> {
+        let refused = |detail: String| CliError::Refused(format!("not signed: {detail}"));
+        let sign = &shown["sign"];
+        check_format(sign)?;
+        let fields = (
+            sign["cluster"].as_str(),
+            sign["issued_ms"].as_u64(),
+            sign["proposal"].as_str().and_then(|id| id.parse::<GenId>().ok()),
+            sign["expires_ms"].as_u64(),
+            sign["change"].as_str(),
+        );
+        let (Some(cluster), Some(issued_ms), Some(proposal), Some(expires_ms), Some(change)) = fields else {
+            return Err(refused(format!("the node's answer holds no proposal to sign: {shown}")));
+        };
+        let change = decode_change(change).map_err(refused)?;
+        let start_at_ms = sign["start_at_ms"].as_u64();
+        let digest = grapevine_proto::approvals::proposal_digest(&change, start_at_ms);
+        if sign["digest"].as_str() != Some(digest.to_string().as_str()) {
+            return Err(refused(format!("the node's proposal {proposal} does not hash to the digest it asks to sign")));
+        }
+        let delegation = self.delegation.clone();
+        let signed = if approve {
+            self.key.sign_approval(cluster, delegation, issued_ms, &proposal, &digest, expires_ms)
+        } else {
+            self.key.sign_rejection(cluster, delegation, issued_ms, &proposal, &digest)
+        };
+        Ok((hex::encode(postcard::to_stdvec(&signed).expect("a signature always encodes")), change))
+    }
+}
+
+/// The node's answer names this CLI's wire format.
+fn check_format(sign: &Value) -> Result<(), CliError> {
+    let format = sign["format"].as_u64().unwrap_or_default();
+    if format != u64::from(grapevine_proto::wire::WIRE_VERSION) {
+        return Err(CliError::Refused(format!(
+            "not signed: the node speaks wire format {format} and this CLI {}: use a CLI of the node's version",
+            grapevine_proto::wire::WIRE_VERSION
+        )));
+    }
+    Ok(())
+}
+
+fn decode_change(text: &str) -> Result<Change, String> {
+    let bytes = hex::decode(text).map_err(|error| format!("the prepared change is not hex: {error}"))?;
+    match postcard::take_from_bytes(&bytes) {
+        Ok((change, [])) => Ok(change),
+        _ => Err("the prepared change does not decode".into()),
     }
 }
 

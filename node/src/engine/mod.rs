@@ -11,8 +11,8 @@
 //! - Commands arrive on an `mpsc` channel of `COMMAND_QUEUE_CAPACITY` (256): `Submit`, `Preview {
 //!   change }`, `Ingest { generations, from }`, `IngestReverts { reverts, from }`, `Rollback {
 //!   target }`, `AbsorbSnapshot`, `History { limit, shown }` (the newest `limit` generations the
-//!   filter accepts, from `Log::in_fold_order`: only those are copied) and `Rollout { id }`. Each
-//!   is answered on a `oneshot`.
+//!   filter accepts, from `Log::in_fold_order`: only those are copied), `Rollout { id }`,
+//!   `Proposals` and `Vote` (`governance.rs`). Each is answered on a `oneshot`.
 //! - The same `select!` ticks `COMPACTION_CHECK` (10 s; a `Submit` or `Ingest` compacts at once
 //!   only when the log is a tenth of the retention past it, `COMPACTION_BATCH_DIVISOR`, since each
 //!   compaction rewrites the whole snapshot) and `RELEASE_RECHECK` (1 s), wakes on
@@ -61,7 +61,8 @@
 //!   from, which the pusher leaves out (push on first receipt).
 //! - `compact` runs on the tick and after any `Submit` or `Ingest` that leaves more than
 //!   `retain_generations` held whole: `Log::compact` with `snapshot::compactable` over the live
-//!   peers' advertised vectors **and** this node's released set, then `commit_snapshot` (size check
+//!   peers' advertised vectors **and** this node's released set, never a pending proposal nor its
+//!   approvals (`approvals::pinned`), then `commit_snapshot` (size check
 //!   against `MAX_SNAPSHOT_BYTES`, `Store::compact`). A reverted generation takes the place of a
 //!   released one: it is compacted (leaving no write) once every live peer's `reverts` key equals
 //!   this node's `reverts_digest`, so a peer that lacks the revert can still learn it with its
@@ -100,7 +101,7 @@ use grapevine_proto::hlc::Stamp;
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::signing::{Signed, SigningError, Trust, revocations, revoked_by};
 use grapevine_proto::snapshot::{Retention, compactable};
-use grapevine_proto::validate::{check_envelope, validate_submitted};
+use grapevine_proto::validate::{check_envelope, validate_submitted_terms};
 use grapevine_proto::wire::WIRE_VERSION;
 use grapevine_proto::{
     AppliedState, Author, Change, Clock, ContentHash, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName,
@@ -133,10 +134,13 @@ const COMMAND_QUEUE_CAPACITY: usize = 256;
 
 mod audit;
 mod conflict;
+mod governance;
 mod release;
 mod revert;
 
 pub use audit::AuditBatch;
+pub use governance::{ProposalError, ProposalView, Vote, record_change};
+
 pub use release::{MemberView, RolloutView, WaveView};
 pub use revert::{RollbackError, RollbackOutcome};
 
@@ -301,6 +305,15 @@ enum Command {
         shown: HistoryFilter,
         reply: oneshot::Sender<Vec<grapevine_proto::audit::Record>>,
     },
+    Proposals {
+        reply: oneshot::Sender<Vec<ProposalView>>,
+    },
+    Vote {
+        proposal: GenId,
+        signed: Box<Signed>,
+        vote: Vote,
+        reply: oneshot::Sender<Result<(Generation, bool), ProposalError>>,
+    },
 }
 
 /// Which generations a history request lists (the API's filter of what its caller may see).
@@ -401,6 +414,23 @@ impl EngineHandle {
     /// The audit records of the newest `limit` generations `shown` accepts, and of their reverts.
     pub async fn audit_history(&self, limit: usize, shown: HistoryFilter) -> Vec<grapevine_proto::audit::Record> {
         self.ask(|reply| Command::AuditHistory { limit, shown, reply }).await.unwrap_or_default()
+    }
+
+    /// Every proposal of the log, oldest first (`proto::approvals`).
+    pub async fn proposals(&self) -> Vec<ProposalView> {
+        self.ask(|reply| Command::Proposals { reply }).await.unwrap_or_default()
+    }
+
+    /// An operator's approval or rejection of `proposal`; returns the generation it became and
+    /// whether it enacted the proposal (the signatures met every rule).
+    pub async fn vote(
+        &self,
+        proposal: GenId,
+        signed: Box<Signed>,
+        vote: Vote,
+    ) -> Result<(Generation, bool), ProposalError> {
+        let vote = |reply| Command::Vote { proposal, signed, vote, reply };
+        self.ask(vote).await.unwrap_or(Err(ProposalError::Submit(SubmitError::Stopped)))
     }
 
     /// The current view, without waiting on the engine.
@@ -566,6 +596,12 @@ fn revokes(generation: &Generation) -> bool {
     generation.body.change.ops.iter().any(|op| revoked_by(op.key()).is_some())
 }
 
+/// Whether `generation` is an approval record.
+fn approves(generation: &Generation) -> bool {
+    let terms = generation.body.terms.as_deref();
+    matches!(terms.and_then(|t| t.governance.as_ref()), Some(grapevine_proto::Governance::Approve { .. }))
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -644,6 +680,18 @@ impl Engine {
                 Command::Rollout { id, reply } => {
                     let _ = reply.send(self.rollout(&id).await);
                 }
+                Command::Proposals { reply } => {
+                    let _ = reply.send(self.proposal_views(now_ms(self.parts.clock_skew_ms)));
+                }
+                Command::Vote { proposal, signed, vote, reply } => {
+                    let voted = self.vote(proposal, signed, vote, now_ms(self.parts.clock_skew_ms)).await;
+                    if let Err(ProposalError::Submit(SubmitError::Signing(refusal))) = &voted {
+                        // A forged or misdirected vote is counted like a forged change.
+                        self.refused_signature(refusal, &"a vote on a proposal");
+                    }
+                    self.decide().await;
+                    let _ = reply.send(voted);
+                }
                 Command::History { limit, shown, reply } => {
                     let newest = self.log.in_fold_order().rev().filter(|g| shown(g)).take(limit);
                     let _ = reply.send(newest.cloned().collect());
@@ -700,7 +748,7 @@ impl Engine {
         {
             return Err(SubmitError::FormatTooOld { member, format });
         }
-        validate_submitted(&change)?;
+        validate_submitted_terms(&change, terms.as_deref())?;
         let members = self.parts.gossip.live_names().await;
         let groups = self.groups_of(&members, &change).await?;
         let name = self.parts.name.clone();
@@ -817,11 +865,14 @@ impl Engine {
         // The same check every peer makes on it, and, since this node knows the history, no
         // change under a key revoked already (peers would revert it at once).
         self.parts.trust.check(&generation.body)?;
-        if let Some(signed) = &generation.body.signed
-            && let Some(by) = revocations(&self.log).remove(&signed.delegation.key)
-        {
-            let (operator, key) = (signed.delegation.operator.clone(), signed.delegation.key);
-            return Err(SigningError::Revoked { operator, key, by: by.1 }.into());
+        // The operator's key, and each approver's (an enactment's).
+        let approvals = generation.body.terms.iter().flat_map(|terms| &terms.approvals);
+        let mut revoked = revocations(&self.log);
+        for signed in generation.body.signed.iter().map(|signed| &**signed).chain(approvals) {
+            if let Some(by) = revoked.remove(&signed.delegation.key) {
+                let (operator, key) = (signed.delegation.operator.clone(), signed.delegation.key);
+                return Err(SigningError::Revoked { operator, key, by: by.1 }.into());
+            }
         }
         self.clock = clock;
         self.store_durably(vec![generation.clone()]).await?;
@@ -892,9 +943,13 @@ impl Engine {
             self.add(generation.clone());
         }
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
+        let approvals = new.iter().any(approves);
         self.publish().await;
         self.push(Vec::new(), new, from);
         self.revocation_pass().await;
+        if approvals {
+            self.enact_pass(now).await;
+        }
         count
     }
 
@@ -1000,7 +1055,9 @@ impl Engine {
             let settled = |g: &Generation| {
                 if log.is_reverted(g.id()) { reverts_settled } else { released.contains(g.id()) }
             };
-            compacted.compact(|g| settled(g) && !controls_live(g) && eligible(g))
+            // A pending proposal and its approvals stay whole: the snapshot keeps only writes.
+            let pinned = grapevine_proto::approvals::pinned(log, now);
+            compacted.compact(|g| settled(g) && !controls_live(g) && !pinned.contains(g.id()) && eligible(g))
         };
         if covered.is_empty() {
             return;

@@ -1,0 +1,233 @@
+//! Approvals (four eyes) with real processes: a change under `payments/` needs two operators.
+//!
+//! n1 to n3 trust one root and require 2 signatures for `payments/`. n4 trusts the same root
+//! but its config lacks the rule (a misconfigured or rogue node): it takes a change of
+//! `payments/` that one operator signed, and every other node refuses it and counts it.
+//!
+//! Checked: alice's proposal spreads to every node and applies nowhere; a plain signed change
+//! of `payments/` is refused saying what it needs; alice's own approval, an approver out of
+//! scope, an unknown proposal are refused with what was expected; bob's approval through
+//! another node enacts it, and it applies on every node; approving it again, approving an
+//! expired proposal and a rejected one are refused; `change show` names a newer change of the
+//! same key as a conflict, and `approve` warns of it; `status` names n4 as a member of other
+//! rules.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use grapevine_cluster_tests::{Cluster, Node, check, grapevine, http_get, wait_until};
+use serde_json::Value;
+
+fn new_key(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let file = dir.join(format!("{name}.key"));
+    let output = check(grapevine(&["key", "new", "--name", name, "--out", file.to_str().context("utf-8")?]))?;
+    Ok((file, String::from_utf8(output.stdout)?.trim().to_owned()))
+}
+
+fn delegate(root: &Path, key: &Path, prefixes: &[&str]) -> Result<()> {
+    let mut args = vec!["key", "delegate", "--root", root.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    args.extend(["--cluster", "grapevine"]);
+    for prefix in prefixes {
+        args.extend(["--prefix", prefix]);
+    }
+    check(grapevine(&args))?;
+    Ok(())
+}
+
+/// `args` with `--signing-key key`.
+fn signed(node: &Node, args: &[&str], key: &Path) -> std::process::Output {
+    let mut args = args.to_vec();
+    args.extend(["--signing-key", key.to_str().unwrap()]);
+    node.cli(&args)
+}
+
+fn value_of(node: &Node, key: &str) -> Option<Value> {
+    node.cli_json(&["config", "get", key, "--desired"]).ok().map(|answer| answer["value"].clone())
+}
+
+fn applied(node: &Node, key: &str) -> Option<Value> {
+    node.cli_json(&["config", "get", key]).ok().map(|answer| answer["value"].clone())
+}
+
+fn refused_count(node: &Node, reason: &str) -> u64 {
+    let Ok((200, text)) = http_get(&format!("{}/metrics", node.url())) else { return 0 };
+    let prefix = format!("grapevine_unsigned_changes_refused_total{{reason=\"{reason}\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Refused (exit 1) with a message holding `expected`.
+fn refused(output: std::process::Output, expected: &str) -> Result<()> {
+    ensure!(output.status.code() == Some(1), "expected exit 1, got {:?}: {}", output.status, stderr(&output));
+    ensure!(stderr(&output).contains(expected), "expected {expected:?} in: {}", stderr(&output));
+    Ok(())
+}
+
+/// `change propose ... --json` through `node`, signed by `key`; the proposal's id.
+fn propose(node: &Node, what: &[&str], key: &Path) -> Result<String> {
+    let mut args = vec!["change", "propose"];
+    args.extend(what);
+    args.push("--json");
+    let answer: Value = serde_json::from_slice(&check(signed(node, &args, key))?.stdout)?;
+    Ok(answer["proposal"].as_str().context("a proposal id")?.to_owned())
+}
+
+fn state_of(node: &Node, id: &str) -> Option<String> {
+    let shown = node.cli_json(&["change", "show", id]).ok()?;
+    Some(shown["state"].as_str()?.to_owned())
+}
+
+const RULE: &str = "[[signing.approvals]]\nprefix = \"payments/\"\nsignatures = 2\n";
+
+#[test]
+fn a_two_approval_change_applies_only_after_the_second_signature_on_every_node() -> Result<()> {
+    let mut cluster = Cluster::new(4)?;
+    let keys = cluster.dir.path().join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let (root, root_public) = new_key(&keys, "root")?;
+    let [(alice, _), (bob, _), (carol, _)] = ["alice", "bob", "carol"].map(|name| new_key(&keys, name).unwrap());
+    delegate(&root, &alice, &[])?;
+    delegate(&root, &bob, &[])?;
+    delegate(&root, &carol, &["search/"])?;
+    for (index, node) in cluster.nodes.iter_mut().enumerate() {
+        node.config_toml.push_str(&format!("[signing]\nroots = [\"{root_public}\"]\n"));
+        if index < 3 {
+            node.config_toml.push_str(RULE);
+        }
+    }
+    cluster.start_all()?;
+    let [n1, n2, n3, n4] = [0, 1, 2, 3].map(|i| &cluster.nodes[i]);
+
+    // One signature is not enough for payments/, and the refusal says what to do.
+    let alone = signed(n1, &["config", "put", "payments/limit", "--value", "5"], &alice);
+    refused(alone, "changes under \"payments/\" need the signatures of 2 distinct operators, got 1 (alice)")?;
+
+    // Alice proposes: the proposal reaches every node and applies nowhere.
+    let id = propose(n1, &["config", "payments/limit", "--value", "7"], &alice)?;
+    wait_until(Duration::from_secs(15), "the proposal on every node", || {
+        cluster.nodes.iter().all(|n| state_of(n, &id).as_deref() == Some("pending"))
+    })?;
+    let listed = String::from_utf8_lossy(&check(n3.cli(&["change", "list"]))?.stdout).into_owned();
+    ensure!(listed.contains(&id) && listed.contains("1/2") && listed.contains("payments/limit"), "{listed}");
+    ensure!(cluster.nodes.iter().all(|n| value_of(n, "payments/limit").is_none()), "a proposal applied");
+
+    // Bad approvals, each refused with what was expected.
+    refused(signed(n1, &["change", "approve", &id], &alice), "is signed by alice's key")?;
+    refused(signed(n2, &["change", "approve", &id], &carol), "may change keys under [\"search/\"] only")?;
+    refused(signed(n2, &["change", "approve", "n1.99"], &bob), "no proposal n1.99")?;
+
+    // Bob approves through another node: enacted, and applied on every node.
+    let approved = check(signed(n2, &["change", "approve", &id], &bob))?;
+    let said = String::from_utf8_lossy(&approved.stdout).into_owned();
+    ensure!(said.contains(&format!("approved proposal {id}: enacted as generation n2.")), "{said}");
+    wait_until(Duration::from_secs(20), "the enacted change applied on every node", || {
+        cluster.nodes.iter().all(|n| applied(n, "payments/limit") == Some(Value::from(7)))
+    })?;
+    wait_until(Duration::from_secs(10), "the proposal enacted everywhere", || {
+        cluster.nodes.iter().all(|n| state_of(n, &id).as_deref() == Some("enacted"))
+    })?;
+    refused(signed(n3, &["change", "approve", &id], &carol), "is enacted, not pending")?;
+    let listed = String::from_utf8_lossy(&check(n3.cli(&["history"]))?.stdout).into_owned();
+    ensure!(listed.contains(&format!("enacts proposal {id} (approved by bob)")), "{listed}");
+    let history = n3.cli_json(&["history"])?;
+    let enacted = &history["generations"][0];
+    ensure!(enacted["author"] == "alice" && enacted["governance"]["record"] == "enact", "{history}");
+    ensure!(enacted["governance"]["approvals"][0]["operator"] == "bob", "{history}");
+
+    // The node without the rule takes alice's one-signature change; every other node refuses it
+    // and counts it, and keeps the enacted value.
+    check(signed(n4, &["config", "put", "payments/limit", "--value", "666"], &alice))?;
+    wait_until(Duration::from_secs(15), "n1..n3 to refuse n4's one-signature change", || {
+        [n1, n2, n3].iter().all(|n| refused_count(n, "approvals") == 1)
+    })?;
+    for node in [n1, n2, n3] {
+        ensure!(value_of(node, "payments/limit") == Some(Value::from(7)), "{} took n4's change", node.name);
+    }
+    wait_until(Duration::from_secs(10), "n1's status to name n4's other rules", || {
+        let status = String::from_utf8_lossy(&n1.cli(&["status"]).stdout).into_owned();
+        status.contains("trusts other root keys than this node's")
+            && status.contains("n4 (")
+            && status.contains("approvals: changes under \"payments/\" need 2 operators' signatures")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn expired_rejected_and_conflicting_proposals_say_so() -> Result<()> {
+    let mut cluster = Cluster::new(2)?;
+    let keys = cluster.dir.path().join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let (root, root_public) = new_key(&keys, "root")?;
+    let [(alice, _), (bob, _)] = ["alice", "bob"].map(|name| new_key(&keys, name).unwrap());
+    delegate(&root, &alice, &[])?;
+    delegate(&root, &bob, &[])?;
+    for node in &mut cluster.nodes {
+        node.config_toml.push_str(&format!("[signing]\nroots = [\"{root_public}\"]\n{RULE}"));
+    }
+    cluster.start_all()?;
+    let [n1, n2] = [0, 1].map(|i| &cluster.nodes[i]);
+
+    let short = propose(n1, &["config", "payments/a", "--value", "1", "--expires-in", "2s"], &alice)?;
+    let rejected = propose(n1, &["config", "payments/b", "--value", "1"], &alice)?;
+    // A key under no rule: alice's proposal then a plain change of the same key by her.
+    let conflicting = propose(n1, &["flag", "search/beta", "--on"], &alice)?;
+    check(signed(n1, &["flag", "set", "search/beta", "--off"], &alice))?;
+
+    wait_until(Duration::from_secs(15), "the proposals on n2", || state_of(n2, &conflicting).is_some())?;
+    check(signed(n2, &["change", "reject", &rejected], &bob))?;
+    refused(signed(n2, &["change", "approve", &rejected], &bob), "is rejected, not pending")?;
+
+    std::thread::sleep(Duration::from_millis(2500));
+    refused(signed(n2, &["change", "approve", &short], &bob), "is expired, not pending")?;
+
+    let shown = n2.cli_json(&["change", "show", &conflicting])?;
+    ensure!(shown["conflicts"][0]["keys"][0] == "search/beta", "{shown}");
+    let approved = check(signed(n2, &["change", "approve", &conflicting], &bob))?;
+    ensure!(stderr(&approved).contains("CONFLICT: generation n1."), "{}", stderr(&approved));
+    let listed = n1.cli_json(&["change", "list", "--all"])?;
+    ensure!(listed["proposals"].as_array().is_some_and(|all| all.len() == 3), "{listed}");
+    Ok(())
+}
+
+/// Two approvals that complete a 3-signature proposal only together, made on two nodes cut
+/// off from each other: each is written as a record, and once the cut heals the node that
+/// wrote the newer one enacts the proposal, which then applies everywhere.
+#[test]
+fn approvals_made_apart_complete_a_proposal_once_they_meet() -> Result<()> {
+    let mut cluster = Cluster::new(2)?;
+    let keys = cluster.dir.path().join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let (root, root_public) = new_key(&keys, "root")?;
+    let [(alice, _), (bob, _), (carol, _)] = ["alice", "bob", "carol"].map(|name| new_key(&keys, name).unwrap());
+    for key in [&alice, &bob, &carol] {
+        delegate(&root, key, &[])?;
+    }
+    let rule = "[[signing.approvals]]\nprefix = \"payments/\"\nsignatures = 3\n";
+    for node in &mut cluster.nodes {
+        node.config_toml.push_str(&format!("[signing]\nroots = [\"{root_public}\"]\n{rule}"));
+    }
+    cluster.start_all()?;
+    let [n1, n2] = [0, 1].map(|i| &cluster.nodes[i]);
+    let id = propose(n1, &["config", "payments/limit", "--value", "9"], &alice)?;
+    wait_until(Duration::from_secs(15), "the proposal on n2", || state_of(n2, &id).is_some())?;
+
+    n1.set_link(&format!(r#"{{"peer": "{}", "drop": true}}"#, n2.gossip))?;
+    n2.set_link(&format!(r#"{{"peer": "{}", "drop": true}}"#, n1.gossip))?;
+    for (node, key) in [(n1, &bob), (n2, &carol)] {
+        let said = String::from_utf8_lossy(&check(signed(node, &["change", "approve", &id], key))?.stdout).into_owned();
+        ensure!(said.contains("2 of 3 signatures"), "{said}");
+    }
+    ensure!([n1, n2].iter().all(|n| value_of(n, "payments/limit").is_none()), "enacted with two signatures");
+    n1.clear_links()?;
+    n2.clear_links()?;
+    wait_until(Duration::from_secs(20), "the proposal enacted and applied on both nodes", || {
+        [n1, n2].iter().all(|n| applied(n, "payments/limit") == Some(Value::from(9)))
+    })?;
+    let shown = n1.cli_json(&["change", "show", &id])?;
+    ensure!(shown["enacted"].as_array().is_some_and(|e| e.len() == 1), "enacted once: {shown}");
+    Ok(())
+}
