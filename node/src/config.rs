@@ -392,6 +392,13 @@ pub struct RolloutSection {
     pub freeze: Vec<FreezeOptions>,
 }
 
+impl From<PolicyOptions> for RolloutSection {
+    /// A section of policy options only, without freeze windows.
+    fn from(policy: PolicyOptions) -> Self {
+        RolloutSection { policy, freeze: Vec::new() }
+    }
+}
+
 impl<'de> Deserialize<'de> for RolloutSection {
     /// Takes `freeze` out of the table and reads the rest as `PolicyOptions`, which refuses
     /// unknown keys (`serde(flatten)` would let them through).
