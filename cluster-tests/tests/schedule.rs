@@ -92,7 +92,12 @@ fn a_scheduled_change_opens_its_first_wave_at_its_time_on_every_node() -> Result
     assert!(canary_at >= start, "the canary applied it before its start");
     for node in cluster.nodes.iter().filter(|n| n.name != canary) {
         let at = applied_at(node, &id)?;
-        assert!(at >= canary_at + 1_000, "{} applied it {} ms after the canary, within the bake", node.name, at - canary_at);
+        assert!(
+            at >= canary_at + 1_000,
+            "{} applied it {} ms after the canary, within the bake",
+            node.name,
+            at - canary_at
+        );
     }
     Ok(())
 }
@@ -169,8 +174,8 @@ fn a_freeze_holds_a_rollout_while_an_emergency_change_passes() -> Result<()> {
         assert_eq!(status["hold"]["window"], "release-party", "{status}");
         assert_eq!(status["hold"]["until_ms"], ends_ms, "{status}");
     }
-    let text = String::from_utf8_lossy(&check(cluster.nodes[2].cli(&["rollout", "status", &ordinary]))?.stdout)
-        .into_owned();
+    let text =
+        String::from_utf8_lossy(&check(cluster.nodes[2].cli(&["rollout", "status", &ordinary]))?.stdout).into_owned();
     assert!(text.contains(&format!("frozen by release-party until {}", rfc3339(ends_ms))), "{text}");
 
     // The window ends: the change rolls out on its own, from the canary on.
@@ -187,7 +192,8 @@ fn a_freeze_holds_a_rollout_while_an_emergency_change_passes() -> Result<()> {
 fn a_freeze_window_in_an_unknown_zone_is_refused_at_start() -> Result<()> {
     let mut cluster = Cluster::new(1)?;
     cluster.nodes[0].config_toml =
-        "[[rollout.freeze]]\nname = \"weekend\"\nfrom = \"Fri 16:00\"\nto = \"Mon 08:00\"\nzone = \"Europe/Berln\"\n".into();
+        "[[rollout.freeze]]\nname = \"weekend\"\nfrom = \"Fri 16:00\"\nto = \"Mon 08:00\"\nzone = \"Europe/Berln\"\n"
+            .into();
     let error = cluster.nodes[0].start().expect_err("an unknown zone").to_string();
     assert!(
         error.contains("[rollout]: freeze window \"weekend\": expected an IANA time zone like Europe/Berlin or UTC, got zone = \"Europe/Berln\""),

@@ -9,9 +9,11 @@
 //!   `retain_age_s` become `Config::retention`, a `proto` `Retention`.
 //! - The sections can be set only in the file; an error in one is `ConfigError::Section`
 //!   (`[rollout]: ...`, `[health]: ...`, `[alerts]: ...`, `[files]: ...`, `[signing]: ...`):
-//!   - `[rollout]` is a `proto::rollout::PolicyOptions` in the CLI's notation, applied over
-//!     `Policy::default()` (`PolicyOptions::apply`, which validates) into `Config::rollout`, the
-//!     policy of a change that names none;
+//!   - `[rollout]` (`RolloutSection`) is a `proto::rollout::PolicyOptions` in the CLI's
+//!     notation, applied over `Policy::default()` (`PolicyOptions::apply`, which validates) into
+//!     `Config::rollout`, the policy of a change that names none, and its `[[rollout.freeze]]`
+//!     windows (`proto::schedule::FreezeOptions`), checked by `Freezes::parse` into
+//!     `Config::freezes`;
 //!   - `[health]` is a `health::HealthConfig` (sources and sample interval; the thresholds moved to
 //!     `[rollout]`), checked by `HealthConfig::validate`, kept as `Config::health`;
 //!   - `[alerts]` is an `alerts::AlertsConfig`, checked by `AlertsConfig::validate`, kept as
@@ -654,7 +656,10 @@ mod tests {
             read(&format!("[[rollout.freeze]]\nname = \"w\"\nfrom = \"{from}\"\nto = \"{to}\"\nzone = \"{zone}\"\n"))
                 .unwrap_err()
         };
-        assert!(window("Fri 16:00", "Mon 08:00", "Mars/Olympus").contains("[rollout]: freeze window \"w\": expected an IANA time zone"));
+        assert!(
+            window("Fri 16:00", "Mon 08:00", "Mars/Olympus")
+                .contains("[rollout]: freeze window \"w\": expected an IANA time zone")
+        );
         assert!(window("Fri 4pm", "Mon 08:00", "UTC").contains("from: expected"));
         assert!(window("2026-12-27", "2026-12-24", "UTC").contains("expected to after from"));
         assert!(read("[rollout]\nfreez = 1\n").unwrap_err().contains("unknown field `freez`"));

@@ -18,7 +18,10 @@
 //!   (the log's latest), so a change builds on the one before it even where that one has not
 //!   reached this node's wave.
 //! - `ChangeQuery` is its own extractor (`ChangeQuery::parse`): it takes `wait_replicas`,
-//!   `timeout_ms`, `emergency`, `dry_run` and `prepare`, and reads every other parameter as a
+//!   `timeout_ms`, `emergency`, `dry_run`, `prepare`, `start_at` and `start_in` (a scheduled
+//!   start, `ChangeQuery::start_at_ms`, checked by `proto::schedule::check_start` against the
+//!   node's clock; `submit_change` passes it as `Terms` and, with `prepare`, in `sign.start_at_ms`
+//!   with the same clock reading as `issued_ms`), and reads every other parameter as a
 //!   `PolicyOptions` field, so an unknown or malformed parameter is a JSON 400 (`query: ...`)
 //!   naming it. It also reads the `X-Grapevine-Author` header (`AUTHOR_HEADER`) into the change's
 //!   author (400 if it is not a valid `Author`); `EngineHandle::submit` records it, or a signed
@@ -37,8 +40,9 @@
 //! - `submit_change` serves the change endpoints and the controls: with `dry_run` it returns
 //!   `EngineHandle::preview` (the generation the change would be, its waves from `Plan::of`, and a
 //!   `diff` of desired values before and after) and stores nothing; `prepare` adds `sign` (the
-//!   change in postcard hex, the cluster id, the format and the node's time as `issued_ms`) for an
-//!   operator to sign; `signed_change` (`POST /v1/changes`) decodes a change and its `Signed`
+//!   change in postcard hex, the cluster id, the format, the node's time as `issued_ms` and the
+//!   start) for an operator to sign; `signed_change` (`POST /v1/changes`) decodes a change, its
+//!   `Signed` and the signed `start_at_ms`
 //!   (`decode_hex`), checks the principal's scope and submits them as they are; otherwise it
 //!   submits the change, then, for `?wait_replicas=K`, polls `PeerHoldings::count_holding` every
 //!   `REPLICA_POLL` (5 ms) until K other live nodes hold the generation, or answers 504 at the
@@ -47,7 +51,8 @@
 //! - `backup` (`GET /v1/backup`) has `Store::backup_to` write a file `.backup-NANOS.redb` in the
 //!   data directory, opens it, unlinks it and streams it; 503 while recovering.
 //! - `history` adds each change's `RolloutView` (`rollout`; `null` for a control generation);
-//!   `status` reports `reverted`, the number of reverts held.
+//!   `status` reports `reverted`, the number of reverts held, and `freeze` (`freeze_status`: the
+//!   windows, their fingerprint, the freeze in force).
 //! - `count_change` counts every `POST /v1/flags/{key}`, `POST /v1/config/{key}` and `POST
 //!   /v1/apply` that reaches its handler (a dry run too) in `grapevine_changes_total`, by outcome:
 //!   `accepted`, `refused` (4xx, including a bad key or body) or `failed` (5xx).
@@ -1091,13 +1096,18 @@ mod tests {
         assert!(refusal("wait=1").contains("unknown field `wait`"));
         assert!(refusal("wait_replicas=x").contains("wait_replicas must be a count, got \"x\""));
         assert!(ChangeQuery::parse("anomaly_quorum_min=2&waves=1,100%25&emergency=true").is_ok());
-        assert!(refusal("start_at=2026-12-24T08:00:00Z&start_in=5s").contains("expected start_at or start_in, got both"));
+        assert!(
+            refusal("start_at=2026-12-24T08:00:00Z&start_in=5s").contains("expected start_at or start_in, got both")
+        );
     }
 
     #[test]
     fn a_start_is_read_from_the_query_and_checked_against_the_clock() {
         let now = grapevine_proto::schedule::parse_time("2026-12-24T08:00:00Z").unwrap();
-        let start = |query: &str| ChangeQuery::parse(query).unwrap().start_at_ms(now, 100).map_err(|e| e.message);
+        let start = |query: &str| {
+            let parsed = ChangeQuery::parse(query).map_err(|e| e.message)?;
+            parsed.start_at_ms(now, 100).map_err(|e| e.message)
+        };
         assert_eq!(start(""), Ok(None));
         assert_eq!(start("start_in=3s"), Ok(Some(now + 3_000)));
         assert_eq!(start("start_at=2026-12-24T09:00:00%2B01:00"), Ok(Some(now)));

@@ -438,6 +438,21 @@ fn print_conflicts(conflicts: &Value) {
     }
 }
 
+/// `freeze windows: weekend, holidays (fingerprint ...); FROZEN by weekend until ...`, or
+/// nothing for a node without windows.
+fn freeze_line(freeze: &Value) -> Option<String> {
+    let names: Vec<&str> = freeze["windows"].as_array()?.iter().filter_map(Value::as_str).collect();
+    if names.is_empty() {
+        return None;
+    }
+    let active = &freeze["active"];
+    let now = match active["window"].as_str() {
+        Some(window) => format!("FROZEN by {window} until {}", text(active, "until")),
+        None => "none in force now".to_owned(),
+    };
+    Some(format!("freeze windows: {} (fingerprint {}); {now}", names.join(", "), text(freeze, "fingerprint")))
+}
+
 pub async fn status(client: &Client) -> Result<(), CliError> {
     let answer = client.request(Method::GET, "/v1/status", None).await?;
     if client.json {
@@ -462,6 +477,9 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
             "CLOCK AHEAD: this node's clock runs {} ms ahead of its peers' (the median of {}), past max_clock_offset_ms = {}: it takes no changes until the clock is fixed (NTP)",
             clock["ahead_ms"], clock["peers"], clock["max_offset_ms"]
         );
+    }
+    if let Some(line) = freeze_line(&answer["freeze"]) {
+        println!("{line}");
     }
     match answer["signing"]["roots"].as_array().map(Vec::len) {
         Some(0) | None => println!("changes: NOT SIGNED ([signing] names no root key; see docs/security.md)"),

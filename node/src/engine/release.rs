@@ -12,6 +12,11 @@
 //!   later waves' for the latch), plus the count waiting and the earliest deadline, which
 //!   `release_pass` keeps as `next_gate`. `release_pass` stamps each `Release` with the wall clock
 //!   and keeps it in `releases` (pruned with the log); `RolloutView` shows it as `release`.
+//! - Holds: before the gate, `proto::schedule::hold` on this node's hybrid clock
+//!   (`hybrid_now_ms`: the wall clock, or the greatest stamp seen if ahead) holds a generation
+//!   before its scheduled start and, if ordinary, during a freeze window (`EngineParts::freezes`);
+//!   a held generation waits, and the hold's end is a deadline like a bake (`next_in_ms`), so it
+//!   opens on a timer. `RolloutView::hold` (`HoldView`) says why and until when.
 //! - `release_pass`: for each generation held whole, not yet released and not reverted, in fold
 //!   order (the engine keeps them in `pending`, so a pass costs per generation waiting, not per
 //!   generation held), it computes `Plan::of`, this node's `wave_of`, the controls (`controls_of`:
