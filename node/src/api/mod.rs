@@ -817,6 +817,30 @@ async fn submit(state: &ApiState, op: Op, wait: &ChangeQuery) -> ApiResult<Value
     submit_change(state, change, None, wait).await
 }
 
+/// The signature and the scheduled start of a change: a signed change's start is the one its
+/// operator signed (from the body), an unsigned one's the query's; either is checked against
+/// this node's clock (`now`).
+fn start_of(
+    state: &ApiState,
+    signed: Option<(Box<Signed>, Option<u64>)>,
+    wait: &ChangeQuery,
+    now: u64,
+) -> Result<(Option<Box<Signed>>, Option<u64>), ApiError> {
+    let Some((signed, start_at_ms)) = signed else {
+        return Ok((None, wait.start_at_ms(now, state.max_clock_offset_ms)?));
+    };
+    if wait.schedules() {
+        return Err(ApiError::bad_request(
+            "a signed change carries its start in the body (start_at_ms, signed with it), not in the query",
+        ));
+    }
+    if let Some(start) = start_at_ms {
+        check_start(start, now, state.max_clock_offset_ms)
+            .map_err(|error| ApiError::bad_request(format!("start_at_ms: {error}")))?;
+    }
+    Ok((Some(signed), start_at_ms))
+}
+
 /// Submits a change (signed by its operator, where the cluster requires it, with the start the
 /// signature covers) and, if asked, waits until enough peers hold it. An unsigned change starts
 /// when its query says (`start_at`, `start_in`), checked against this node's clock.
@@ -829,21 +853,7 @@ pub(crate) async fn submit_change(
     // One reading of the clock: `start_in` counts from it, and a prepared change is issued at it,
     // so the operator can check the start against what was asked.
     let now = crate::clock::wall_ms(state.clock_skew_ms);
-    let (signed, start_at_ms) = match signed {
-        Some((signed, start_at_ms)) => {
-            if wait.start_at.is_some() || wait.start_in.is_some() {
-                return Err(ApiError::bad_request(
-                    "a signed change carries its start in the body (start_at_ms, signed with it), not in the query",
-                ));
-            }
-            if let Some(start) = start_at_ms {
-                check_start(start, now, state.max_clock_offset_ms)
-                    .map_err(|error| ApiError::bad_request(format!("start_at_ms: {error}")))?;
-            }
-            (Some(signed), start_at_ms)
-        }
-        None => (None, wait.start_at_ms(now, state.max_clock_offset_ms)?),
-    };
+    let (signed, start_at_ms) = start_of(state, signed, wait, now)?;
     if wait.dry_run || wait.prepare {
         let preview = state.engine.preview(change.clone()).await?;
         let mut answer = serde_json::to_value(preview).expect("a preview always serializes");
