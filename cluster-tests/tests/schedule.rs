@@ -6,7 +6,10 @@
 //!   shown as `scheduled` with the time left, and applied on every node at its start (each node's
 //!   recorded apply time is at or after the start, and within 2 s of it: a timer, not a poll);
 //!   with waves `1,100%` and a 1 s bake, wave 1 follows the canary by a bake;
-//! - a scheduled change rolled back before its start is applied by no node, ever;
+//! - a scheduled change rolled back before its start is applied by no node, ever; a start that
+//!   or duration that does not parse (exit 2), or lies in the past or more than a year ahead
+//!   (exit 1) is refused, and
+//!   a rollout control takes none;
 //! - a freeze window covering now (a date window in UTC ending some 25 s after the config is
 //!   written) holds an ordinary change on every node, canary included, and `rollout status` says
 //!   why; an `--emergency` change passes it; every node shows the same fingerprint; when the
@@ -105,12 +108,32 @@ fn a_scheduled_change_opens_its_first_wave_at_its_time_on_every_node() -> Result
 #[test]
 fn a_scheduled_change_rolled_back_before_its_start_is_never_applied() -> Result<()> {
     let cluster = Cluster::start(3)?;
-    let answer = put(&cluster.nodes[0], "cancelled", &["--in", "4s"])?;
+    let answer = put(&cluster.nodes[0], "cancelled", &["--in", "8s"])?;
     let id = generation(&answer)?;
     let start = answer["start_at_ms"].as_u64().context("a start")?;
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(5), "the scheduled change everywhere", || held(node, "cancelled"))?;
     }
+    // Bad starts are refused before anything is stored, and a control takes none.
+    let refused = |args: &[&str], code: i32, message: &str| {
+        let output = cluster.nodes[1].cli(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+    };
+    refused(&["config", "put", "bad", "--value", "1", "--at", "monday"], 2, "--at: expected an RFC 3339 time");
+    refused(
+        &["config", "put", "bad", "--value", "1", "--at", "2020-01-01T00:00:00Z"],
+        1,
+        "expected a time from now on",
+    );
+    refused(&["config", "put", "bad", "--value", "1", "--in", "400d"], 2, "--in: expected a duration");
+    refused(&["config", "put", "bad", "--value", "1", "--in", "9000h"], 1, "more than 366 days ahead");
+    assert!(!held(&cluster.nodes[1], "bad"), "a refused start stored a change");
+    let url = format!("{}/v1/rollouts/{id}/pause?start_in=5s", cluster.nodes[1].url());
+    let (status, body) = grapevine_cluster_tests::http_request("POST", &url, None)?;
+    assert!(status == 400 && body.contains("a pause applies at once"), "{status} {body}");
+
     check(cluster.nodes[2].cli(&["rollback", &id]))?;
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(5), "the revert everywhere", || {
