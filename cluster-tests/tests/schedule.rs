@@ -6,10 +6,9 @@
 //!   shown as `scheduled` with the time left, and applied on every node at its start (each node's
 //!   recorded apply time is at or after the start, and within 2 s of it: a timer, not a poll);
 //!   with waves `1,100%` and a 1 s bake, wave 1 follows the canary by a bake;
-//! - a scheduled change rolled back before its start is applied by no node, ever; a start that
+//! - a scheduled change rolled back before its start is applied by no node, ever; a start time
 //!   or duration that does not parse (exit 2), or lies in the past or more than a year ahead
-//!   (exit 1) is refused, and
-//!   a rollout control takes none;
+//!   (exit 1), is refused, and a rollout control takes none;
 //! - a freeze window covering now (a date window in UTC ending some 25 s after the config is
 //!   written) holds an ordinary change on every node, canary included, and `rollout status` says
 //!   why; an `--emergency` change passes it; every node shows the same fingerprint; when the
