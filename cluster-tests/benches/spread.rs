@@ -55,7 +55,7 @@ impl Grapevine {
     async fn start(count: usize, interval_ms: u64) -> Result<Grapevine> {
         let cluster = InProcessCluster::start(count, |_, _, raw| {
             raw.gossip_interval_ms = Some(interval_ms);
-            raw.rollout = Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() });
+            raw.rollout = Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() }.into());
         })
         .await?;
         let apis: Vec<String> = cluster.nodes.iter().map(|n| format!("http://{}", n.api_addr)).collect();

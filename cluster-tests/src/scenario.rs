@@ -185,7 +185,7 @@ impl Run {
                 retain_generations: scenario.retain_generations,
                 retain_age_s: scenario.retain_generations.map(|_| 0),
                 // One wave: scenarios are about spreading, not rolling out.
-                rollout: Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() }),
+                rollout: Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() }.into()),
                 auth: Some(crate::in_process_auth()),
                 limits: Some(crate::in_process_limits()),
                 ..RawConfig::default()

@@ -12,7 +12,8 @@
 //! and outside a key's prefixes, each with its reason (a scoped key signs no rollout control);
 //! `status` names the member whose roots differ; the compromised node's inventions are counted once
 //! each and leave no honest node `behind`; an operator's signed config change, flag and control
-//! reach all four, recorded as by the operator, with `signed_by` naming the root; a rollback's
+//! reach all four, recorded as by the operator, with `signed_by` naming the root (a change
+//! scheduled `--in 1s` too, its start signed with it, applied everywhere after it); a rollback's
 //! `prepare` is refused (nothing to sign). The second test revokes a key while a node is cut off,
 //! changes a key with it through that node, and checks that the change is reverted on every node
 //! once the partition heals, and that the key's earlier change stays.
@@ -144,6 +145,10 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
     // rollout control (an unscoped key only).
     let alice_arg = alice.to_str().unwrap();
     check(n1.cli(&["flag", "set", "beta", "--on", "--signing-key", alice_arg]))?;
+    // A scheduled start is signed with the change (the node that takes it cannot move it).
+    let later = ["config", "put", "later", "--value", "1", "--in", "1s", "--json", "--signing-key", alice_arg];
+    let scheduled: Value = serde_json::from_slice(&check(n1.cli(&later))?.stdout)?;
+    ensure!(scheduled["start_at_ms"].as_u64().is_some() && scheduled["author"] == "alice", "{scheduled}");
     let limits = answer["generation"].as_str().context("a generation")?;
     let control = n1.cli(&["rollout", "pause", limits, "--signing-key", carol.to_str().unwrap()]);
     ensure!(stderr(&control).contains("only, got a rollout control"), "{}", stderr(&control));
@@ -156,11 +161,12 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
         cluster.nodes.iter().all(|n| {
             value_of(n, "payments.limit") == Some(Value::from(7))
                 && (n.name == "n4" || value_of(n, "limits") == Some(Value::from(5)))
+                && n.cli(&["config", "get", "later"]).status.success()
         })
     })?;
     let history = |node: &Node| node.cli_json(&["history"]).unwrap_or_default();
-    wait_until(Duration::from_secs(15), "the four signed changes in every honest history", || {
-        [n1, n2, n3].iter().all(|n| history(n)["total"] == 4)
+    wait_until(Duration::from_secs(15), "the five signed changes in every honest history", || {
+        [n1, n2, n3].iter().all(|n| history(n)["total"] == 5)
     })?;
     for node in [n1, n2, n3] {
         ensure!(value_of(node, "admins").is_none(), "{} holds mallory's change", node.name);

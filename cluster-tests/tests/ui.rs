@@ -1,7 +1,8 @@
 //! The fleet page (`/ui/`, `docs/ui.md`) in a real browser: headless Chromium driven by
 //! Playwright (`cluster-tests/ui/test.mjs`) against three real node processes. The script
 //! checks what an operator would: every member listed, a change made from the CLI shown live,
-//! a waved rollout's timeline, a pause from the page (confirmed through the API), a bad change
+//! a waved rollout's timeline, a pause from the page (confirmed through the API), a scheduled
+//! rollout marked `scheduled` with its start and time left (then cancelled), a bad change
 //! reverted by the cluster and shown with its reason without a reload, no write buttons for a
 //! read-only token, and no console error. Screenshots land in `target/ui-screenshots/`.
 //!

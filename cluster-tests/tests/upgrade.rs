@@ -9,7 +9,8 @@
 //! build did.
 //!
 //! The tests: a store of format 6 is read and rewritten, one of format 5 is refused, and a cluster
-//! runs a node of format 6 through its in-place upgrade.
+//! runs a node of format 6 through its in-place upgrade (refusing a scheduled change, which needs
+//! format 7, while that node is live).
 
 use std::path::Path;
 use std::process::Command;
@@ -126,6 +127,13 @@ fn nodes_of_two_formats_share_a_cluster_through_a_rolling_upgrade() -> Result<()
     assert_eq!(author_of(&cluster.nodes[new], &from_old)?, AUTHOR);
     let unproven = "grapevine_unproven_origins_refused_total";
     assert!(cluster.nodes.iter().all(|node| counter(node, unproven) == 0), "format 6 proves its generations");
+
+    // A scheduled start needs format 7 on every live member: refused, stored nowhere.
+    let scheduled = cluster.nodes[new].cli(&["config", "put", "later", "--value", "1", "--in", "1m"]);
+    let stderr = String::from_utf8_lossy(&scheduled.stderr);
+    assert_eq!(scheduled.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("need wire format 7 on every live member, but n3 reads format 6"), "{stderr}");
+    assert!(cluster.nodes[new].cli(&["config", "get", "later", "--desired"]).status.code() == Some(1));
 
     // Upgraded in place (same data directory, written in format 6).
     cluster.nodes[old].terminate()?;

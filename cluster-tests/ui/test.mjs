@@ -125,6 +125,17 @@ try {
   await article.locator('.state.paused').waitFor({ timeout: 3000 });
   check(await article.locator('button[data-action="resume"]').count() === 1, 'resume offered once paused');
 
+  step('a scheduled rollout: marked scheduled, with its start and the time left');
+  const scheduled = cli(first, 'config', 'put', 'later', '--value', '1', '--in', '1h').generation;
+  const held = page.locator(`article[data-generation="${scheduled}"]`);
+  await held.locator('.state.paused').waitFor({ timeout: 3000 });
+  const heldState = await held.locator('.state').first().textContent();
+  check(heldState === 'scheduled', `the state says scheduled: ${heldState}`);
+  const holdText = await held.locator('.hold').textContent();
+  check(/scheduled to start at .*, in \d+ s: no wave opens before/.test(holdText), `the hold says when: ${holdText}`);
+  cli(first, 'rollback', scheduled);
+  await held.locator('.state.reverted').waitFor({ timeout: 3000 });
+
   step('the keys page: variants, targeting, playground');
   await view(page, 'keys');
   await page.waitForSelector('#flags-list [data-key="checkout"]');

@@ -14,7 +14,9 @@
 //!   `--health-quorum`, `--watch-window`, `--waves-by`, `--emergency` (which conflicts with
 //!   `--waves`, `--bake`, `--health-quorum` and `--waves-by`), `--anomaly-quorum`,
 //!   `--anomaly-quorum-min`, `--min-samples`, `--max-error-rate`, `--max-latency-p99-ms`,
-//!   `--max-error-ratio`, `--max-latency-ratio`, `--dry-run` (sent as `dry_run=true`),
+//!   `--max-error-ratio`, `--max-latency-ratio`, `--at TIME` and `--in DURATION` (a scheduled
+//!   start, sent as `start_at` and `start_in`; `start_intent` checks them for signing), `--dry-run`
+//!   (sent as `dry_run=true`),
 //!   `--wait-replicas` and `--wait-timeout-ms`. `config put` adds `--schema SCHEMA.json`.
 //!   `ChangeArgs::query` turns them into the change request's query string; only the options given
 //!   are sent, so the node's `[rollout]` default fills the rest.
@@ -485,6 +487,12 @@ pub struct ChangeArgs {
     /// A kill switch: every node at once, no waves, no bake.
     #[arg(long)]
     pub emergency: bool,
+    /// Open the first wave at this time (RFC 3339, like 2026-12-24T08:00:00Z); stored and spread now.
+    #[arg(long, value_name = "TIME", conflicts_with = "start_in")]
+    pub at: Option<String>,
+    /// Open the first wave this long from now (by the node's clock), like 30s, 2h.
+    #[arg(long = "in", value_name = "DURATION")]
+    pub start_in: Option<String>,
     /// The share of the nodes that applied the change whose anomaly reports revert it, in (0, 1] [default: 0.34].
     #[arg(long, value_name = "Q")]
     pub anomaly_quorum: Option<f64>,
@@ -527,6 +535,8 @@ impl ChangeArgs {
             ("bake", &self.bake),
             ("watch_window", &self.watch_window),
             ("waves_by", &self.waves_by),
+            ("start_at", &self.at),
+            ("start_in", &self.start_in),
         ];
         query.extend(options.into_iter().filter_map(|(name, value)| Some((name, value.clone()?))));
         let numbers = [
@@ -547,6 +557,23 @@ impl ChangeArgs {
             query.push(("dry_run", "true".to_owned()));
         }
         query
+    }
+
+    /// The start asked for, to check a prepared change against before signing it; a time or
+    /// a duration that does not parse is a usage error.
+    pub fn start_intent(&self) -> Result<Option<client::StartIntent>, CliError> {
+        use grapevine_proto::{rollout::parse_duration_ms, schedule::parse_time};
+        match (&self.at, &self.start_in) {
+            (Some(at), _) => {
+                let at = parse_time(at).map_err(|error| CliError::Usage(format!("--at: {error}")))?;
+                Ok(Some(client::StartIntent::At(at)))
+            }
+            (None, Some(within)) => {
+                let ms = parse_duration_ms(within).map_err(|error| CliError::Usage(format!("--in: {}", error.0)))?;
+                Ok(Some(client::StartIntent::In(ms)))
+            }
+            (None, None) => Ok(None),
+        }
     }
 
     /// How long the request may take: the node's wait, plus time to answer.

@@ -9,9 +9,11 @@
 //!   `retain_age_s` become `Config::retention`, a `proto` `Retention`.
 //! - The sections can be set only in the file; an error in one is `ConfigError::Section`
 //!   (`[rollout]: ...`, `[health]: ...`, `[alerts]: ...`, `[audit]: ...`, `[files]: ...`, `[signing]: ...`):
-//!   - `[rollout]` is a `proto::rollout::PolicyOptions` in the CLI's notation, applied over
-//!     `Policy::default()` (`PolicyOptions::apply`, which validates) into `Config::rollout`, the
-//!     policy of a change that names none;
+//!   - `[rollout]` (`RolloutSection`) is a `proto::rollout::PolicyOptions` in the CLI's
+//!     notation, applied over `Policy::default()` (`PolicyOptions::apply`, which validates) into
+//!     `Config::rollout`, the policy of a change that names none, and its `[[rollout.freeze]]`
+//!     windows (`proto::schedule::FreezeOptions`), checked by `Freezes::parse` into
+//!     `Config::freezes`;
 //!   - `[health]` is a `health::HealthConfig` (sources and sample interval; the thresholds moved to
 //!     `[rollout]`), checked by `HealthConfig::validate`, kept as `Config::health`;
 //!   - `[alerts]` is an `alerts::AlertsConfig`, checked by `AlertsConfig::validate`, kept as
@@ -40,6 +42,7 @@ use std::time::Duration;
 
 use grapevine_proto::approvals::ApprovalRule;
 use grapevine_proto::rollout::{Policy, PolicyOptions};
+use grapevine_proto::schedule::{FreezeOptions, Freezes};
 use grapevine_proto::signing::{PublicKey, Trust};
 use grapevine_proto::snapshot::Retention;
 use grapevine_proto::targeting::Fractional;
@@ -101,8 +104,9 @@ pub struct RawConfig {
     pub retain_age_s: Option<u64>,
     /// `[health]`: the sources that judge applied generations.
     pub health: Option<HealthConfig>,
-    /// `[rollout]`: the policy of a change that names none, in the CLI's notation.
-    pub rollout: Option<PolicyOptions>,
+    /// `[rollout]`: the policy of a change that names none, in the CLI's notation, and the
+    /// freeze windows (`[[rollout.freeze]]`).
+    pub rollout: Option<RolloutSection>,
     /// `[alerts]`: webhooks for anomalies and reverts.
     pub alerts: Option<AlertsConfig>,
     /// `[audit]`: the audit trail's file and webhooks.
@@ -216,6 +220,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// The cluster's default rollout policy.
     pub rollout: Policy,
+    /// When no wave of an ordinary change opens (`[[rollout.freeze]]`).
+    pub freezes: Freezes,
     pub alerts: AlertsConfig,
     /// The audit trail's sinks, when `[audit]` sets any.
     pub audit: Option<crate::audit::AuditConfig>,
@@ -338,9 +344,14 @@ impl TryFrom<RawConfig> for Config {
                 health.validate().map_err(|error| ConfigError::Section { section: "health", error })?;
                 health
             },
+            freezes: {
+                let freeze = raw.rollout.as_ref().map_or(&[][..], |section| &section.freeze[..]);
+                Freezes::parse(freeze).map_err(|error| ConfigError::Section { section: "rollout", error: error.0 })?
+            },
             rollout: raw
                 .rollout
                 .unwrap_or_default()
+                .policy
                 .apply(Policy::default())
                 .map_err(|error| ConfigError::Section { section: "rollout", error: error.0 })?,
             fractional: raw.fractional.unwrap_or_default(),
@@ -388,6 +399,35 @@ impl TryFrom<RawConfig> for Config {
                 version => version,
             },
         })
+    }
+}
+
+/// `[rollout]` as written: the policy options, and the freeze windows under `freeze`.
+#[derive(Debug, Default, Clone)]
+pub struct RolloutSection {
+    pub policy: PolicyOptions,
+    pub freeze: Vec<FreezeOptions>,
+}
+
+impl From<PolicyOptions> for RolloutSection {
+    /// A section of policy options only, without freeze windows.
+    fn from(policy: PolicyOptions) -> Self {
+        RolloutSection { policy, freeze: Vec::new() }
+    }
+}
+
+impl<'de> Deserialize<'de> for RolloutSection {
+    /// Takes `freeze` out of the table and reads the rest as `PolicyOptions`, which refuses
+    /// unknown keys (`serde(flatten)` would let them through).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let freeze = match table.remove("freeze") {
+            Some(freeze) => freeze.try_into().map_err(|e| D::Error::custom(format!("freeze: {e}")))?,
+            None => Vec::new(),
+        };
+        let policy = toml::Value::Table(table).try_into().map_err(D::Error::custom)?;
+        Ok(RolloutSection { policy, freeze })
     }
 }
 
@@ -666,6 +706,32 @@ mod tests {
         assert_eq!((flagd.sync, flagd.context["zone"].as_str()), (None, Some("eu")));
         let error = Config::try_from(raw("[flagd]\ntls_cert = \"c.pem\"")).unwrap_err().to_string();
         assert!(error.contains("[flagd]: tls_cert and tls_key go together"), "{error}");
+    }
+
+    #[test]
+    fn freeze_windows_are_read_and_bad_ones_refused_at_start() {
+        let read = |text: &str| -> Result<Config, String> {
+            let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+            Config::try_from(raw.overlay(minimal())).map_err(|e| e.to_string())
+        };
+        let config = read(
+            "[rollout]\nbake = \"5s\"\n[[rollout.freeze]]\nname = \"weekend\"\nfrom = \"Fri 16:00\"\nto = \"Mon 08:00\"\nzone = \"Europe/Berlin\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.rollout.bake_ms, 5_000);
+        assert_eq!(config.freezes.names().collect::<Vec<_>>(), ["weekend"]);
+        let window = |from: &str, to: &str, zone: &str| {
+            read(&format!("[[rollout.freeze]]\nname = \"w\"\nfrom = \"{from}\"\nto = \"{to}\"\nzone = \"{zone}\"\n"))
+                .unwrap_err()
+        };
+        assert!(
+            window("Fri 16:00", "Mon 08:00", "Mars/Olympus")
+                .contains("[rollout]: freeze window \"w\": expected an IANA time zone")
+        );
+        assert!(window("Fri 4pm", "Mon 08:00", "UTC").contains("from: expected"));
+        assert!(window("2026-12-27", "2026-12-24", "UTC").contains("expected to after from"));
+        assert!(read("[rollout]\nfreez = 1\n").unwrap_err().contains("unknown field `freez`"));
+        assert!(read("[[rollout.freeze]]\nname = \"w\"\n").unwrap_err().contains("missing field"));
     }
 
     #[test]

@@ -304,6 +304,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let (pushes, push_jobs) = mpsc::channel(PUSH_QUEUE_CAPACITY);
     let trust = Arc::new(config.trust.clone());
     let offsets = crate::clock::Offsets::default();
+    let freezes = Arc::new(config.freezes.clone());
     let parts = EngineParts {
         name: config.name.clone(),
         max_clock_offset_ms: config.max_clock_offset_ms,
@@ -323,6 +324,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             cluster: config.cluster.clone(),
             unproven: config.unproven.clone(),
         },
+        freezes: freezes.clone(),
     };
     let (engine, engine_task) = engine::spawn(parts, stored).await;
 
@@ -384,6 +386,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         data: config.data.clone(),
         offsets,
         max_clock_offset_ms: config.max_clock_offset_ms,
+        clock_skew_ms: config.clock_skew_ms(),
+        freezes,
         feed,
         files: files.clone(),
         holdings,

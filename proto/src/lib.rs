@@ -15,6 +15,7 @@ pub mod limits;
 pub mod log;
 pub mod model;
 pub mod rollout;
+pub mod schedule;
 pub mod signing;
 pub mod sim;
 pub mod snapshot;

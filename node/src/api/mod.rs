@@ -18,7 +18,10 @@
 //!   (the log's latest), so a change builds on the one before it even where that one has not
 //!   reached this node's wave.
 //! - `ChangeQuery` is its own extractor (`ChangeQuery::parse`): it takes `wait_replicas`,
-//!   `timeout_ms`, `emergency`, `dry_run` and `prepare`, and reads every other parameter as a
+//!   `timeout_ms`, `emergency`, `dry_run`, `prepare`, `start_at` and `start_in` (a scheduled
+//!   start, `ChangeQuery::start_at_ms`, checked by `proto::schedule::check_start` against the
+//!   node's clock; `submit_change` passes it as `Terms` and, with `prepare`, in `sign.start_at_ms`
+//!   with the same clock reading as `issued_ms`), and reads every other parameter as a
 //!   `PolicyOptions` field, so an unknown or malformed parameter is a JSON 400 (`query: ...`)
 //!   naming it. It also reads the `X-Grapevine-Author` header (`AUTHOR_HEADER`) into the change's
 //!   author (400 if it is not a valid `Author`); `EngineHandle::submit` records it, or a signed
@@ -37,8 +40,9 @@
 //! - `submit_change` serves the change endpoints and the controls: with `dry_run` it returns
 //!   `EngineHandle::preview` (the generation the change would be, its waves from `Plan::of`, and a
 //!   `diff` of desired values before and after) and stores nothing; `prepare` adds `sign` (the
-//!   change in postcard hex, the cluster id, the format and the node's time as `issued_ms`) for an
-//!   operator to sign; `signed_change` (`POST /v1/changes`) decodes a change and its `Signed`
+//!   change in postcard hex, the cluster id, the format, the node's time as `issued_ms` and the
+//!   start) for an operator to sign; `signed_change` (`POST /v1/changes`) decodes a change, its
+//!   `Signed` and the signed `start_at_ms`
 //!   (`decode_hex`), checks the principal's scope and submits them as they are; otherwise it
 //!   submits the change, then, for `?wait_replicas=K`, polls `PeerHoldings::count_holding` every
 //!   `REPLICA_POLL` (5 ms) until K other live nodes hold the generation, or answers 504 at the
@@ -51,7 +55,8 @@
 //! - `history` adds each change's `RolloutView` (`rollout`; `null` for a control generation);
 //!   `?values=true` adds config values, their secret parts redacted (`proto::audit::redact`);
 //!   `?format=records` answers the audit records instead (`EngineHandle::audit_history`);
-//!   `status` reports `reverted`, the number of reverts held.
+//!   `status` reports `reverted`, the number of reverts held, and `freeze` (`freeze_status`: the
+//!   windows, their fingerprint, the freeze in force).
 //! - `count_change` counts every `POST /v1/flags/{key}`, `POST /v1/config/{key}` and `POST
 //!   /v1/apply` that reaches its handler (a dry run too) in `grapevine_changes_total`, by outcome:
 //!   `accepted`, `refused` (4xx, including a bad key or body) or `failed` (5xx).
@@ -80,10 +85,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use grapevine_proto::eval::{FlagDefinition, FlagState};
 use grapevine_proto::limits::{MAX_MEMBERS, MAX_VALUE_BYTES};
-use grapevine_proto::rollout::{Policy, PolicyOptions};
+use grapevine_proto::rollout::{Policy, PolicyOptions, parse_duration_ms};
+use grapevine_proto::schedule::{check_start, parse_time};
 use grapevine_proto::signing::{Signed, SigningError};
 use grapevine_proto::targeting::Fractional;
-use grapevine_proto::{Author, Change, Generation, JsonText, Key, NodeName, Op, ValidationError};
+use grapevine_proto::{Author, Change, Generation, JsonText, Key, NodeName, Op, Terms, ValidationError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -140,6 +146,10 @@ pub struct ApiState {
     /// This node's clock against its peers', and how far ahead it may run.
     pub offsets: crate::clock::Offsets,
     pub max_clock_offset_ms: u64,
+    /// Added to the wall clock: zero, except in tests of skewed clocks.
+    pub clock_skew_ms: i64,
+    /// The freeze windows (`[[rollout.freeze]]`), for `status`.
+    pub freezes: Arc<grapevine_proto::schedule::Freezes>,
     /// The transport, whose link filter the test endpoints set.
     #[cfg(feature = "testsuite")]
     pub transport: crate::transport::Transport,
@@ -427,12 +437,27 @@ async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiRes
             "fingerprint": state.trust.fingerprint(),
             "approvals": state.trust.approvals,
         },
+        "freeze": freeze_status(&state),
         "members": members,
         "conflicts": {
             "generations": view.conflicts.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "namesakes": state.gossip.live_namesakes(),
         },
     })))
+}
+
+/// The freeze windows of this node, their fingerprint (the same on nodes that carry the same
+/// windows), and the freeze in force now, if any.
+fn freeze_status(state: &ApiState) -> Value {
+    let now = crate::clock::wall_ms(state.clock_skew_ms);
+    let active = state.freezes.covering(now).map(|(window, until_ms)| {
+        json!({"window": window, "until_ms": until_ms, "until": grapevine_proto::schedule::rfc3339(until_ms)})
+    });
+    json!({
+        "windows": state.freezes.names().collect::<Vec<_>>(),
+        "fingerprint": state.freezes.fingerprint(),
+        "active": active,
+    })
 }
 
 #[derive(Deserialize)]
@@ -639,8 +664,12 @@ async fn signed_change_of(
     struct SignedChangeRequest {
         change: String,
         signed: String,
+        /// The scheduled start the signature covers (Unix ms).
+        #[serde(default)]
+        start_at_ms: Option<u64>,
     }
-    let request: SignedChangeRequest = parse_body(&body, r#"{"change": "<hex>", "signed": "<hex>"}"#)?;
+    let shape = r#"{"change": "<hex>", "signed": "<hex>", "start_at_ms": null or Unix ms}"#;
+    let request: SignedChangeRequest = parse_body(&body, shape)?;
     let change: Change = decode_hex(&request.change, "change")?;
     let signed: Box<Signed> = decode_hex(&request.signed, "signed")?;
     if wait.dry_run || wait.prepare {
@@ -652,7 +681,7 @@ async fn signed_change_of(
     for control in &change.controls {
         access::may_touch(state, principal, control.target()).await?;
     }
-    submit_change(state, change, Some(signed), wait).await
+    submit_change(state, change, Some((signed, request.start_at_ms)), wait).await
 }
 
 /// Decodes `field`, hex of a postcard encoding in this build's wire format.
@@ -679,13 +708,23 @@ struct FlagSetRequest {
 }
 
 fn accepted(generation: &Generation) -> Value {
-    json!({
+    let mut answer = json!({
         "generation": generation.id().to_string(),
         "hlc": generation.body.hlc.to_string(),
         "hash": generation.hash.to_string(),
         "members": generation.body.members,
         "author": generation.body.author,
-    })
+    });
+    add_start(&mut answer, generation.body.terms.as_ref().and_then(|terms| terms.start_at_ms));
+    answer
+}
+
+/// Adds a change's scheduled start, as Unix ms and RFC 3339, to an answer.
+fn add_start(answer: &mut Value, start_at_ms: Option<u64>) {
+    if let Some(start) = start_at_ms {
+        answer["start_at_ms"] = json!(start);
+        answer["start_at"] = json!(grapevine_proto::schedule::rfc3339(start));
+    }
 }
 
 /// Counts a change request by outcome: `accepted`, `refused` (4xx) or `failed` (5xx).
@@ -712,6 +751,9 @@ pub struct ChangeQuery {
     dry_run: bool,
     /// A dry run that also answers what an operator signs (`POST /v1/changes` takes it back).
     prepare: bool,
+    /// A scheduled start: an RFC 3339 time (`start_at`) or a duration from now (`start_in`).
+    start_at: Option<String>,
+    start_in: Option<String>,
     policy: PolicyOptions,
     /// Who submits the change: the `X-Grapevine-Author` header.
     author: Option<Author>,
@@ -747,8 +789,13 @@ impl ChangeQuery {
                 "emergency" => parsed.emergency = value.parse().map_err(|_| invalid("true or false"))?,
                 "dry_run" => parsed.dry_run = value.parse().map_err(|_| invalid("true or false"))?,
                 "prepare" => parsed.prepare = value.parse().map_err(|_| invalid("true or false"))?,
+                "start_at" => parsed.start_at = Some(value),
+                "start_in" => parsed.start_in = Some(value),
                 _ => policy.push((name, value)),
             }
+        }
+        if parsed.start_at.is_some() && parsed.start_in.is_some() {
+            return Err(refused("expected start_at or start_in, got both".into()));
         }
         // One option at a time first, so a bad value is refused naming its option
         // (`anomaly_quorum_min must be a number ..., got "-1"`), not serde's bare reason.
@@ -762,6 +809,26 @@ impl ChangeQuery {
         let policy = serde_urlencoded::to_string(&policy).map_err(|e| refused(e.to_string()))?;
         parsed.policy = serde_urlencoded::from_str(&policy).map_err(|e| refused(e.to_string()))?;
         Ok(parsed)
+    }
+
+    /// Whether the query schedules a start.
+    fn schedules(&self) -> bool {
+        self.start_at.is_some() || self.start_in.is_some()
+    }
+
+    /// The scheduled start the query asks for (Unix ms), checked against `now_ms`.
+    fn start_at_ms(&self, now_ms: u64, max_offset_ms: u64) -> Result<Option<u64>, ApiError> {
+        let refused = |error: String| ApiError::bad_request(format!("query: {error}"));
+        let start = match (&self.start_at, &self.start_in) {
+            (Some(at), _) => parse_time(at).map_err(|error| refused(format!("start_at: {error}")))?,
+            (None, Some(within)) => {
+                let ms = parse_duration_ms(within).map_err(|error| refused(format!("start_in: {}", error.0)))?;
+                now_ms.saturating_add(ms)
+            }
+            (None, None) => return Ok(None),
+        };
+        check_start(start, now_ms, max_offset_ms).map_err(|error| refused(format!("start: {error}")))?;
+        Ok(Some(start))
     }
 
     /// The policy the query asks for, checked.
@@ -796,24 +863,55 @@ async fn submit(state: &ApiState, op: Op, wait: &ChangeQuery) -> ApiResult<Value
     submit_change(state, change, None, wait).await
 }
 
-/// Submits a change (signed by its operator, where the cluster requires it) and, if asked,
-/// waits until enough peers hold it.
+/// The signature and the scheduled start of a change: a signed change's start is the one its
+/// operator signed (from the body), an unsigned one's the query's; either is checked against
+/// this node's clock (`now`).
+fn start_of(
+    state: &ApiState,
+    signed: Option<(Box<Signed>, Option<u64>)>,
+    wait: &ChangeQuery,
+    now: u64,
+) -> Result<(Option<Box<Signed>>, Option<u64>), ApiError> {
+    let Some((signed, start_at_ms)) = signed else {
+        return Ok((None, wait.start_at_ms(now, state.max_clock_offset_ms)?));
+    };
+    if wait.schedules() {
+        return Err(ApiError::bad_request(
+            "a signed change carries its start in the body (start_at_ms, signed with it), not in the query",
+        ));
+    }
+    if let Some(start) = start_at_ms {
+        check_start(start, now, state.max_clock_offset_ms)
+            .map_err(|error| ApiError::bad_request(format!("start_at_ms: {error}")))?;
+    }
+    Ok((Some(signed), start_at_ms))
+}
+
+/// Submits a change (signed by its operator, where the cluster requires it, with the start the
+/// signature covers) and, if asked, waits until enough peers hold it. An unsigned change starts
+/// when its query says (`start_at`, `start_in`), checked against this node's clock.
 pub(crate) async fn submit_change(
     state: &ApiState,
     change: Change,
-    signed: Option<Box<Signed>>,
+    signed: Option<(Box<Signed>, Option<u64>)>,
     wait: &ChangeQuery,
 ) -> ApiResult<Value> {
+    // One reading of the clock: `start_in` counts from it, and a prepared change is issued at it,
+    // so the operator can check the start against what was asked.
+    let now = crate::clock::wall_ms(state.clock_skew_ms);
+    let (signed, start_at_ms) = start_of(state, signed, wait, now)?;
     if wait.dry_run || wait.prepare {
         let preview = state.engine.preview(change.clone()).await?;
         let mut answer = serde_json::to_value(preview).expect("a preview always serializes");
         answer["dry_run"] = json!(true);
+        add_start(&mut answer, start_at_ms);
         if wait.prepare {
             answer["sign"] = json!({
                 "cluster": state.cluster,
                 "format": grapevine_proto::wire::WIRE_VERSION,
-                "issued_ms": crate::health::unix_ms(),
+                "issued_ms": now,
                 "change": hex::encode(postcard::to_stdvec(&change).expect("a change always encodes")),
+                "start_at_ms": start_at_ms,
             });
         }
         return Ok(Json(answer));
@@ -825,7 +923,8 @@ pub(crate) async fn submit_change(
         )));
     }
     let timeout = wait.timeout_ms.map_or(DEFAULT_REPLICA_TIMEOUT, Duration::from_millis).min(MAX_REPLICA_TIMEOUT);
-    let generation = state.engine.submit(change, wait.author.clone(), signed, None).await?;
+    let terms = start_at_ms.map(|start_at_ms| Box::new(Terms { start_at_ms: Some(start_at_ms), ..Terms::default() }));
+    let generation = state.engine.submit(change, wait.author.clone(), signed, terms).await?;
     let id = generation.id();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut replicas = state.holdings.count_holding(state.gossip.peer_version_vectors().await, id);
@@ -1053,5 +1152,26 @@ mod tests {
         assert!(refusal("wait=1").contains("unknown field `wait`"));
         assert!(refusal("wait_replicas=x").contains("wait_replicas must be a count, got \"x\""));
         assert!(ChangeQuery::parse("anomaly_quorum_min=2&waves=1,100%25&emergency=true").is_ok());
+        assert!(
+            refusal("start_at=2026-12-24T08:00:00Z&start_in=5s").contains("expected start_at or start_in, got both")
+        );
+    }
+
+    #[test]
+    fn a_start_is_read_from_the_query_and_checked_against_the_clock() {
+        let now = grapevine_proto::schedule::parse_time("2026-12-24T08:00:00Z").unwrap();
+        let start = |query: &str| {
+            let parsed = ChangeQuery::parse(query).map_err(|e| e.message)?;
+            parsed.start_at_ms(now, 100).map_err(|e| e.message)
+        };
+        assert_eq!(start(""), Ok(None));
+        assert_eq!(start("start_in=3s"), Ok(Some(now + 3_000)));
+        assert_eq!(start("start_at=2026-12-24T09:00:00%2B01:00"), Ok(Some(now)));
+        let past = start("start_at=2026-12-24T07:00:00Z").unwrap_err();
+        assert!(past.starts_with("query: start: the start 2026-12-24T07:00:00Z is 3600000 ms in the past"), "{past}");
+        assert!(start("start_in=soon").unwrap_err().contains("start_in: expected a duration"));
+        assert!(start("start_at=monday").unwrap_err().contains("start_at: expected an RFC 3339 time"));
+        assert!(start("start_in=400d").is_err());
+        assert!(start("start_in=9000h").unwrap_err().contains("more than 366 days ahead"));
     }
 }

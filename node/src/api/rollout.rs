@@ -108,6 +108,11 @@ pub async fn control(
 ) -> ApiResult<Value> {
     let target = generation_id(&generation)?;
     may_touch(&state, &principal, &target).await?;
+    if wait.schedules() {
+        return Err(ApiError::bad_request(format!(
+            "a {action} applies at once: start_at and start_in are for changes (flag set, config put, apply)"
+        )));
+    }
     if action == "rollback" {
         if wait.dry_run || wait.prepare {
             // A revert is derived from its target alone: there is nothing to sign either.

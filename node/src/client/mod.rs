@@ -52,7 +52,7 @@ pub mod proposals;
 pub mod signing;
 pub mod wait;
 use connection::Connection;
-pub use signing::{FlagIntent, Intent};
+pub use signing::{FlagIntent, Intent, StartIntent};
 
 /// How long the CLI waits for a node to answer. A change is acknowledged once durable on the
 /// node, which takes milliseconds; anything near this means the node is unwell.
@@ -343,20 +343,23 @@ pub fn apply_request(flags: Value) -> ChangeRequest {
     }
 }
 
-pub async fn flag_set(client: &Client, request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
+pub async fn flag_set(client: &Client, mut request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
+    request.intent.start = change.start_intent()?;
     let answer = client.change(&request.path, &change.query(), Some(request.body), &request.intent).await?;
     report_accepted(client, &request.what, &answer);
     Ok(())
 }
 
-pub async fn config_put(client: &Client, request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
+pub async fn config_put(client: &Client, mut request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
+    request.intent.start = change.start_intent()?;
     let answer = client.change(&request.path, &change.query(), Some(request.body), &request.intent).await?;
     report_accepted(client, &request.what, &answer);
     Ok(())
 }
 
 /// `apply FILE`.
-pub async fn apply(client: &Client, request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
+pub async fn apply(client: &Client, mut request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
+    request.intent.start = change.start_intent()?;
     let answer = client.change(&request.path, &change.query(), Some(request.body), &request.intent).await?;
     if answer["changed"] == 0 && !client.json {
         println!("{}", text(&answer, "message"));
@@ -390,10 +393,16 @@ pub(crate) fn report_accepted(client: &Client, what: &str, answer: &Value) {
             let members: Vec<&str> = wave.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
             println!("  wave {index}: {}", members.join(", "));
         }
+        if let Some(start) = answer["start_at"].as_str() {
+            println!("  first wave opens at {start}");
+        }
     } else {
         let replicas = answer.get("replicas").and_then(Value::as_u64).unwrap_or(0);
         let also = if replicas > 0 { format!(" and on {replicas} other nodes") } else { String::new() };
         println!("{what} accepted as generation {} (durable on {}{also})", text(answer, "generation"), client.base());
+        if let Some(start) = answer["start_at"].as_str() {
+            println!("scheduled: its first wave opens at {start} (cancel before then with `grapevine rollback`)");
+        }
     }
 }
 
@@ -448,6 +457,21 @@ fn print_conflicts(conflicts: &Value) {
     }
 }
 
+/// `freeze windows: weekend, holidays (fingerprint ...); FROZEN by weekend until ...`, or
+/// nothing for a node without windows.
+fn freeze_line(freeze: &Value) -> Option<String> {
+    let names: Vec<&str> = freeze["windows"].as_array()?.iter().filter_map(Value::as_str).collect();
+    if names.is_empty() {
+        return None;
+    }
+    let active = &freeze["active"];
+    let now = match active["window"].as_str() {
+        Some(window) => format!("FROZEN by {window} until {}", text(active, "until")),
+        None => "none in force now".to_owned(),
+    };
+    Some(format!("freeze windows: {} (fingerprint {}); {now}", names.join(", "), text(freeze, "fingerprint")))
+}
+
 pub async fn status(client: &Client) -> Result<(), CliError> {
     let answer = client.request(Method::GET, "/v1/status", None).await?;
     if client.json {
@@ -472,6 +496,9 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
             "CLOCK AHEAD: this node's clock runs {} ms ahead of its peers' (the median of {}), past max_clock_offset_ms = {}: it takes no changes until the clock is fixed (NTP)",
             clock["ahead_ms"], clock["peers"], clock["max_offset_ms"]
         );
+    }
+    if let Some(line) = freeze_line(&answer["freeze"]) {
+        println!("{line}");
     }
     match answer["signing"]["roots"].as_array().map(Vec::len) {
         Some(0) | None => println!("changes: NOT SIGNED ([signing] names no root key; see docs/security.md)"),
@@ -660,6 +687,30 @@ fn revert_line(rollout: &Value) -> Option<String> {
     ))
 }
 
+/// Why this node holds a rollout, and for how long: `scheduled to start at T (in 1m 5s)` or
+/// `frozen by weekend until T (in 2d 3h)`.
+fn hold_line(rollout: &Value) -> Option<String> {
+    let hold = rollout.get("hold").filter(|hold| !hold.is_null())?;
+    let left = hold["in_ms"].as_u64().unwrap_or(0);
+    Some(format!("{} (in {}); no wave opens before", text(hold, "reason"), time_left(left)))
+}
+
+/// `2d 3h`, `1h 5m`, `4m 10s`, `9s`: the two largest units.
+fn time_left(ms: u64) -> String {
+    let seconds = ms.div_ceil(1000);
+    let units = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+    let Some(first) = units.iter().position(|(_, size)| seconds >= *size) else { return "0s".into() };
+    let (name, size) = units[first];
+    let mut text = format!("{}{name}", seconds / size);
+    if let Some((next, next_size)) = units.get(first + 1) {
+        let rest = seconds % size / next_size;
+        if rest > 0 {
+            text.push_str(&format!(" {rest}{next}"));
+        }
+    }
+    text
+}
+
 /// Each member of a wave with its report, painted by `paint(color, text)`.
 fn member_cells(wave: &Value, paint: impl Fn(&str, String) -> String) -> Vec<String> {
     wave["members"]
@@ -783,6 +834,10 @@ fn print_rollout(rollout: &Value, color: bool) {
     let paused = if rollout["controls"]["paused"] == true { paint("33", " PAUSED".into()) } else { String::new() };
     let paused =
         if rollout["reverted"] == true { format!("{paused}{}", paint("31", " REVERTED".into())) } else { paused };
+    let paused = match rollout["hold"]["kind"].as_str() {
+        Some(kind) => format!("{paused}{}", paint("35", format!(" {}", kind.to_uppercase()))),
+        None => paused,
+    };
     println!(
         "{}  {}  waves {}  bake {} ms  quorum {}{paused}",
         paint("1", text(rollout, "generation").to_owned()),
@@ -799,6 +854,9 @@ fn print_rollout(rollout: &Value, color: bool) {
         let state = if wave["open"] == true { paint("32", "open  ".into()) } else { paint("2", "closed".into()) };
         println!("  wave {} {state} {bar} {}", wave["index"], cells.join("  "));
     }
+    if let Some(line) = hold_line(rollout) {
+        println!("  {}", paint("35", line));
+    }
     if let Some(line) = revert_line(rollout) {
         println!("  {}", paint("31", line));
     }
@@ -809,4 +867,16 @@ fn print_rollout(rollout: &Value, color: bool) {
 
 fn elapsed_s(member: &Value) -> f64 {
     member["report"]["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_left_shows_its_two_largest_units() {
+        assert_eq!(super::time_left(0), "0s");
+        assert_eq!(super::time_left(2_500), "3s");
+        assert_eq!(super::time_left(65_000), "1m 5s");
+        assert_eq!(super::time_left(3_600_000), "1h");
+        assert_eq!(super::time_left((2 * 86_400 + 3 * 3_600 + 59) * 1000), "2d 3h");
+    }
 }

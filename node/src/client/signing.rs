@@ -17,8 +17,10 @@
 //! delegation against the secret); `key_file_for` finds it, and a key file is read only when a
 //! change is signed, so reads work before the key is delegated. `Signer` and `Intent` (the keys,
 //! config values, flags and control target asked for): `Signer::sign` checks a node's prepared
-//! change against the intent and signs it; `Signer::sign_vote` signs an approval or a rejection of
-//! a proposal once its change hashes to the digest shown (`proto::approvals`). `run` serves `key new`, `key delegate` and `key show`.
+//! change against the intent (its keys, values, flags, control target and scheduled start,
+//! `StartIntent`) and signs it, the start with the change; `Signer::sign_vote` signs an approval
+//! or a rejection of a proposal once its change hashes to the digest shown (`proto::approvals`).
+//! `run` serves `key new`, `key delegate` and `key show`.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -237,6 +239,29 @@ pub struct Intent {
     pub flags: Vec<(String, FlagIntent)>,
     /// The generation the change's controls may target (none: no controls).
     pub control_of: Option<GenId>,
+    /// The scheduled start asked for (none: the change must have none).
+    pub start: Option<StartIntent>,
+}
+
+/// A scheduled start as the operator asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartIntent {
+    /// `--at`: this time (Unix ms).
+    At(u64),
+    /// `--in`: this long after the node issued the change (its clock, `issued_ms`).
+    In(u64),
+}
+
+impl StartIntent {
+    /// Whether a node that issued a change at `issued_ms` with a start `prepared` did as asked.
+    fn allows(intent: Option<StartIntent>, issued_ms: u64, prepared: Option<u64>) -> bool {
+        match (intent, prepared) {
+            (None, None) => true,
+            (Some(StartIntent::At(at)), Some(start)) => start == at,
+            (Some(StartIntent::In(within)), Some(start)) => Some(start) == issued_ms.checked_add(within),
+            _ => false,
+        }
+    }
 }
 
 /// What a flag set by a change must be, as `flag set` asked for it.
@@ -276,9 +301,16 @@ impl Signer {
         };
         let change = decode_change(change).map_err(refused)?;
         check_intent(&change, intent).map_err(refused)?;
-        let signed = self.key.sign_change(cluster, self.delegation.clone(), issued_ms, &change, None);
+        let start_at_ms = sign["start_at_ms"].as_u64();
+        if !StartIntent::allows(intent.start, issued_ms, start_at_ms) {
+            return Err(refused(format!(
+                "the node prepared a start of {start_at_ms:?} (Unix ms, issued at {issued_ms}), not the one asked for ({:?})",
+                intent.start
+            )));
+        }
+        let signed = self.key.sign_change(cluster, self.delegation.clone(), issued_ms, &change, start_at_ms);
         let signed = hex::encode(postcard::to_stdvec(&signed).expect("a signature always encodes"));
-        Ok(serde_json::json!({ "change": change_hex(&change), "signed": signed }))
+        Ok(serde_json::json!({ "change": change_hex(&change), "signed": signed, "start_at_ms": start_at_ms }))
     }
 }
 
@@ -445,5 +477,16 @@ mod tests {
         };
         check_intent(&Change::with_ops(vec![flag(false)]), &intent).unwrap();
         assert!(check_intent(&Change::with_ops(vec![flag(true)]), &intent).is_err());
+    }
+
+    #[test]
+    fn a_prepared_start_other_than_asked_is_not_signed() {
+        assert!(StartIntent::allows(None, 1_000, None));
+        assert!(!StartIntent::allows(None, 1_000, Some(5_000)), "a start nobody asked for");
+        assert!(!StartIntent::allows(Some(StartIntent::At(5_000)), 1_000, None), "a start dropped");
+        assert!(StartIntent::allows(Some(StartIntent::At(5_000)), 1_000, Some(5_000)));
+        assert!(!StartIntent::allows(Some(StartIntent::At(5_000)), 1_000, Some(5_001)));
+        assert!(StartIntent::allows(Some(StartIntent::In(3_000)), 1_000, Some(4_000)));
+        assert!(!StartIntent::allows(Some(StartIntent::In(3_000)), 1_000, Some(90_000)));
     }
 }

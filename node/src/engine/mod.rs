@@ -140,8 +140,7 @@ mod revert;
 
 pub use audit::AuditBatch;
 pub use governance::{ProposalError, ProposalView, Vote, record_change};
-
-pub use release::{MemberView, RolloutView, WaveView};
+pub use release::{HoldView, MemberView, RolloutView, WaveView};
 pub use revert::{RollbackError, RollbackOutcome};
 
 /// The safety net under the event-driven gates. A gate opens on a new fact, which wakes the
@@ -470,6 +469,8 @@ pub struct EngineParts {
     pub offsets: crate::clock::Offsets,
     /// Proves this node's generations and checks its peers' ([`crate::origin`]).
     pub origins: crate::origin::Origins,
+    /// When no wave of an ordinary change opens here (`[[rollout.freeze]]`).
+    pub freezes: Arc<grapevine_proto::schedule::Freezes>,
 }
 
 struct Engine {

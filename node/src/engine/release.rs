@@ -12,6 +12,11 @@
 //!   later waves' for the latch), plus the count waiting and the earliest deadline, which
 //!   `release_pass` keeps as `next_gate`. `release_pass` stamps each `Release` with the wall clock
 //!   and keeps it in `releases` (pruned with the log); `RolloutView` shows it as `release`.
+//! - Holds: before the gate, `proto::schedule::hold` on this node's hybrid clock
+//!   (`hybrid_now_ms`: the wall clock, or the greatest stamp seen if ahead) holds a generation
+//!   before its scheduled start and, if ordinary, during a freeze window (`EngineParts::freezes`);
+//!   a held generation waits, and the hold's end is a deadline like a bake (`next_in_ms`), so it
+//!   opens on a timer. `RolloutView::hold` (`HoldView`) says why and until when.
 //! - `release_pass`: for each generation held whole, not yet released and not reverted, in fold
 //!   order (the engine keeps them in `pending`, so a pass costs per generation waiting, not per
 //!   generation held), it computes `Plan::of`, this node's `wave_of`, the controls (`controls_of`:
@@ -37,6 +42,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use grapevine_proto::rollout::{AnomalyQuorum, Controls, Plan, Report};
+use grapevine_proto::schedule::{self, Hold};
 use grapevine_proto::{GenId, Generation, Log, NodeName};
 use serde::Serialize;
 use tracing::{error, info};
@@ -80,6 +86,23 @@ pub struct RolloutView {
     pub judgement: Option<String>,
     /// When and on what evidence this node applied it, if it did since it started.
     pub release: Option<Release>,
+    /// When its first wave opens (Unix ms), if it was scheduled (`--at`, `--in`).
+    pub start_at_ms: Option<u64>,
+    /// Why this node holds it now, while it has not applied it: its scheduled start, or a
+    /// freeze window.
+    pub hold: Option<HoldView>,
+}
+
+/// A hold as `rollout status` shows it: `kind` (`scheduled` or `frozen`), `window` (frozen
+/// only), `until_ms`, `until` (RFC 3339) and the time left, `in_ms`.
+#[derive(Clone, Debug, Serialize)]
+pub struct HoldView {
+    #[serde(flatten)]
+    pub hold: Hold,
+    pub until: String,
+    pub in_ms: u64,
+    /// `scheduled to start at ...` or `frozen by NAME until ...`.
+    pub reason: String,
 }
 
 /// The evidence a node applied a generation on: its wave, and the controls and reports that
@@ -180,8 +203,17 @@ impl Engine {
         }
         let controls = controls_of(&self.log);
         let own = self.parts.name.clone();
+        let (now, physical) = (self.hybrid_now_ms(), super::now_ms(self.parts.clock_skew_ms));
         for generation in candidates {
             let body = &generation.body;
+            if let Some(hold) = schedule::hold(body, &self.parts.freezes, now) {
+                // Held by the clock: the timer wakes the engine when the hold ends (the hybrid
+                // clock is behind the end, so the wall clock is too).
+                gates.waiting += 1;
+                let wait = hold.until_ms().saturating_sub(physical);
+                gates.next_in_ms = Some(gates.next_in_ms.map_or(wait, |next| next.min(wait)));
+                continue;
+            }
             let plan = Plan::of(body);
             let wave = plan.wave_of(&own);
             let controls = controls.get(&body.id).copied().unwrap_or_default();
@@ -232,7 +264,14 @@ impl Engine {
         let plan = Plan::of(body);
         let reports = self.parts.gossip.reports_for(id).await;
         let controls = controls_of(&self.log).get(id).copied().unwrap_or_default();
-        let open_waves = plan.open_waves(&body.change.policy, controls, &reports);
+        let hold = self.hold_of(generation);
+        let open_waves = match hold {
+            // Held here: only the waves some member already applied (before a freeze) are open.
+            Some(_) => (0..plan.waves.len())
+                .take_while(|wave| plan.waves[*wave..].iter().flatten().any(|member| reports.contains_key(member)))
+                .count(),
+            None => plan.open_waves(&body.change.policy, controls, &reports),
+        };
         let anomaly_quorum = AnomalyQuorum::of(&body.change.policy, &self.parts.gossip.all_reports_for(id).await);
         let reverted = self.log.is_reverted(id);
         let waves: Vec<WaveView> = plan
@@ -262,6 +301,25 @@ impl Engine {
             reverted_by: self.parts.gossip.revert_causes(id).await,
             judgement: self.parts.health.judgement(id).map(|judgement| judgement.reason),
             release: self.releases.get(id).cloned(),
+            start_at_ms: body.terms.as_ref().and_then(|terms| terms.start_at_ms),
+            hold,
         })
+    }
+
+    /// Why this node holds `generation` now, if it has not applied it and it is not reverted.
+    fn hold_of(&self, generation: &Generation) -> Option<HoldView> {
+        if self.released.contains(generation.id()) || self.log.is_reverted(generation.id()) {
+            return None;
+        }
+        let hold = schedule::hold(&generation.body, &self.parts.freezes, self.hybrid_now_ms())?;
+        let until_ms = hold.until_ms();
+        let in_ms = until_ms.saturating_sub(super::now_ms(self.parts.clock_skew_ms));
+        Some(HoldView { reason: hold.to_string(), until: schedule::rfc3339(until_ms), in_ms, hold })
+    }
+
+    /// The time of this node's hybrid clock: its wall clock, or the greatest stamp it has seen
+    /// if that is ahead (by at most the clock-offset bound). Starts and freezes are judged by it.
+    pub(super) fn hybrid_now_ms(&self) -> u64 {
+        super::now_ms(self.parts.clock_skew_ms).max(self.clock.last().wall_ms)
     }
 }

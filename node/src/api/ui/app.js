@@ -380,6 +380,7 @@ function drawFleet() {
 // pause; or an earlier wave short of its quorum of healthy reports baked for the bake time.
 function gateWaits(rollout, index, age) {
   if (rollout.reverted) return 'reverted: no wave opens';
+  if (rollout.hold) return `${rollout.hold.reason}`;
   const promoted = rollout.controls.promoted_through;
   if (rollout.controls.paused && !(promoted !== null && promoted >= index)) return 'paused';
   const policy = rollout.policy;
@@ -401,6 +402,8 @@ function gateWaits(rollout, index, age) {
 function rolloutState(rollout) {
   if (rollout.reverted) return ['reverted', 'reverted'];
   if (rollout.controls.paused) return ['paused', 'paused'];
+  // A scheduled start or a freeze window holds it on this node (proto/src/schedule.rs).
+  if (rollout.hold) return [rollout.hold.kind, 'paused'];
   if (rollout.all_waves_open) return ['every wave open', 'done'];
   return [`${rollout.open_waves} of ${rollout.waves.length} waves open`, 'rolling'];
 }
@@ -514,6 +517,7 @@ function drawRollout(rollout, age) {
       `Anomaly quorum: ${quorum.anomalous.length} of ${quorum.needed} needed anomalous (${quorum.applied} applied it)`,
       h('meter', { min: 0, max: 100, value: closeness, title: `${closeness}% of the way to a revert` })),
     rollout.reverted ? h('p', { class: 'revert' }, h('strong', {}, 'Reverted. '), revertReason(rollout)) : null,
+    rollout.hold ? h('p', { class: 'hold' }, `${rollout.hold.reason}, in ${seconds(rollout.hold.in_ms)}: no wave opens before.`) : null,
     !rollout.reverted && rollout.judgement ? h('p', { class: 'judgement' }, `This node's judgement: ${rollout.judgement}`) : null);
 }
 
