@@ -33,8 +33,9 @@ use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
 use crate::log::{Log, VersionVector};
-use crate::model::{GenId, Generation, JsonText, Key, Op, Revert};
+use crate::model::{GenId, Generation, Governance, JsonText, Key, Op, Revert};
 use crate::rollout::{Control, Policy};
+use crate::signing::Signed;
 
 /// The schema keyword of Grapevine's own that marks a value, or a part of one, secret (JSON
 /// Schema's `writeOnly: true` does too).
@@ -58,12 +59,31 @@ pub enum RecordKind {
     Control,
     /// The revert of a generation.
     Revert,
+    /// A change proposed for approval (D79): it applies nowhere until enacted.
+    Proposal,
+    /// An operator's approval of a proposal.
+    Approval,
+    /// An operator's rejection of a proposal.
+    Rejection,
 }
 
-/// The kind of record a generation makes.
+/// The kind of record a generation makes. An enactment of a proposal is a `generation` (it
+/// changes values), naming its `proposal` and `approvers`.
 pub fn kind_of(generation: &Generation) -> RecordKind {
     let change = &generation.body.change;
-    if change.ops.is_empty() && !change.controls.is_empty() { RecordKind::Control } else { RecordKind::Generation }
+    match governance(generation) {
+        Some(Governance::Propose { .. }) => RecordKind::Proposal,
+        Some(Governance::Approve { .. }) => RecordKind::Approval,
+        Some(Governance::Reject { .. }) => RecordKind::Rejection,
+        Some(Governance::Enact { .. }) | None if change.ops.is_empty() && !change.controls.is_empty() => {
+            RecordKind::Control
+        }
+        Some(Governance::Enact { .. }) | None => RecordKind::Generation,
+    }
+}
+
+fn governance(generation: &Generation) -> Option<&Governance> {
+    generation.body.terms.as_ref()?.governance.as_ref()
 }
 
 /// One audit record (serialized as one JSON object, one line in a file).
@@ -92,9 +112,19 @@ pub struct Record {
     /// Who submitted it, as the client named itself (or the signing operator).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
-    /// The operator key that signed the change, and the root that delegated it.
+    /// The operator key that signed the change (the proposer's, for a proposal and its
+    /// enactment; the voter's, for an approval or a rejection), and the root that delegated it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signer: Option<Signer>,
+    /// An enactment's: the approvers' keys, beside the proposer's `signer`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<Signer>,
+    /// An approval's, rejection's or enactment's: the proposal it votes on or carries out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<String>,
+    /// A scheduled change's (or proposal's) start, RFC 3339: no wave opens before it (D80).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
     /// The rollout policy of a change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy>,
@@ -124,6 +154,16 @@ pub struct Signer {
     pub operator: String,
     pub key: String,
     pub root: String,
+}
+
+impl Signer {
+    fn of(signed: &Signed) -> Signer {
+        Signer {
+            operator: signed.delegation.operator.to_string(),
+            key: signed.delegation.key.to_string(),
+            root: signed.delegation.root.to_string(),
+        }
+    }
 }
 
 /// One key's value before and after an entry (`null`: the key was not set).
@@ -263,8 +303,18 @@ pub fn records(log: &Log, node: &str, generations: &BTreeSet<GenId>, reverts: &[
 
 fn generation_record(log: &Log, node: &str, generation: &Generation, before: &HashMap<Slot<'_>, Held<'_>>) -> Record {
     let body = &generation.body;
-    let changes = body
-        .change
+    let terms = body.terms.as_deref();
+    // A proposal's changes are those it would make if enacted, against the values now.
+    let change = match governance(generation) {
+        Some(Governance::Propose { change, .. }) => change,
+        _ => &body.change,
+    };
+    let proposal = match governance(generation) {
+        Some(Governance::Approve { proposal, .. } | Governance::Reject { proposal, .. }) => Some(proposal),
+        Some(Governance::Enact { proposal, .. }) => Some(proposal),
+        Some(Governance::Propose { .. }) | None => None,
+    };
+    let changes = change
         .ops
         .iter()
         .map(|op| {
@@ -283,12 +333,11 @@ fn generation_record(log: &Log, node: &str, generation: &Generation, before: &Ha
         hlc: Some(body.hlc.to_string()),
         origin: Some(body.id.origin.to_string()),
         author: body.author.as_ref().map(ToString::to_string),
-        signer: body.signed.as_ref().map(|signed| Signer {
-            operator: signed.delegation.operator.to_string(),
-            key: signed.delegation.key.to_string(),
-            root: signed.delegation.root.to_string(),
-        }),
-        policy: (kind != RecordKind::Control).then(|| body.change.policy.clone()),
+        signer: body.signed.as_deref().map(Signer::of),
+        approvers: terms.map_or_else(Vec::new, |terms| terms.approvals.iter().map(Signer::of).collect()),
+        proposal: proposal.map(ToString::to_string),
+        start_at: terms.and_then(|terms| terms.start_at_ms).map(rfc3339_ms),
+        policy: matches!(kind, RecordKind::Generation | RecordKind::Proposal).then(|| change.policy.clone()),
         changes,
         controls: body.change.controls.iter().map(ControlRecord::from).collect(),
         reverted: Some(log.is_reverted(&body.id)),
@@ -325,6 +374,9 @@ fn revert_record(log: &Log, node: &str, target: &GenId, now: &HashMap<Slot<'_>, 
         origin: None,
         author: None,
         signer: None,
+        approvers: Vec::new(),
+        proposal: None,
+        start_at: None,
         policy: None,
         changes,
         controls: Vec::new(),

@@ -218,3 +218,83 @@ fn the_cursor_settles_out_of_order_ids_and_passes_compacted_ones() {
     assert_eq!(cursor.through.get(&"n2".parse().unwrap()), 5);
     assert!(cursor.beyond.is_empty());
 }
+
+/// A proposal's record shows what it would change; its approval and its enactment name it, and
+/// the enactment names its approvers beside the proposer; a scheduled start is shown.
+#[test]
+fn proposals_votes_and_enactments_are_their_own_kinds() {
+    use crate::model::{Governance, Terms};
+    use crate::signing::SecretKey;
+    let root = SecretKey::from_seed([1; 32]);
+    let signer = |seed: u8, name: &str| {
+        let key = SecretKey::from_seed([seed; 32]);
+        let delegation = root.delegate("c", name.parse().unwrap(), key.public(), vec![], u64::MAX);
+        (key, delegation)
+    };
+    let (alice, bob) = (signer(2, "alice"), signer(3, "bob"));
+    let base = put("n1", 1, 100, "payments/limit", "1");
+    let proposed = put("n1", 9, 200, "payments/limit", "2").body.change;
+    let with_terms =
+        |seq: u64, wall_ms: u64, change: Change, by: &(SecretKey, crate::signing::Delegation), terms: Terms| {
+            let signed = by.0.sign_change("c", by.1.clone(), wall_ms, &change, terms.start_at_ms);
+            let mut body = put("n1", seq, wall_ms, "unused", "0").body;
+            body.change = change;
+            body.author = Some(by.1.operator.clone());
+            body.signed = Some(Box::new(signed));
+            body.terms = Some(Box::new(terms));
+            body.seal()
+        };
+    let empty = Change { ops: vec![], ..proposed.clone() };
+    let proposal_id: GenId = "n1.2".parse().unwrap();
+    let digest = crate::model::ContentHash([0; 32]);
+    let proposal = with_terms(
+        2,
+        300,
+        empty.clone(),
+        &alice,
+        Terms {
+            start_at_ms: Some(1_000),
+            governance: Some(Governance::Propose { change: proposed.clone(), expires_ms: 9_000 }),
+            ..Terms::default()
+        },
+    );
+    let approval = with_terms(
+        3,
+        400,
+        empty,
+        &bob,
+        Terms {
+            governance: Some(Governance::Approve { proposal: proposal_id.clone(), digest, expires_ms: 9_000 }),
+            ..Terms::default()
+        },
+    );
+    let approved = bob.0.sign_change("c", bob.1.clone(), 400, &proposed, None);
+    let enactment = with_terms(
+        4,
+        500,
+        proposed,
+        &alice,
+        Terms {
+            start_at_ms: Some(1_000),
+            approvals: vec![approved],
+            governance: Some(Governance::Enact { proposal: proposal_id, expires_ms: 9_000 }),
+        },
+    );
+    let log = log_of(vec![base, proposal.clone(), approval.clone(), enactment.clone()]);
+    let records = records(&log, "n1", &ids(&["n1.1", "n1.2", "n1.3", "n1.4"]), &[]);
+    let by_id = |id: &str| records.iter().find(|r| r.id == id).unwrap();
+    let (proposal, approval, enactment) = (by_id("n1.2"), by_id("n1.3"), by_id("n1.4"));
+    assert_eq!(proposal.kind, RecordKind::Proposal);
+    assert_eq!(
+        (proposal.changes[0].before.clone(), proposal.changes[0].after.clone()),
+        (Some(json!(1)), Some(json!(2)))
+    );
+    assert_eq!(proposal.start_at.as_deref(), Some("1970-01-01T00:00:01.000Z"));
+    assert_eq!((approval.kind, approval.proposal.as_deref()), (RecordKind::Approval, Some("n1.2")));
+    assert_eq!(approval.signer.as_ref().map(|s| s.operator.as_str()), Some("bob"));
+    assert!(approval.changes.is_empty() && approval.policy.is_none());
+    assert_eq!((enactment.kind, enactment.proposal.as_deref()), (RecordKind::Generation, Some("n1.2")));
+    assert_eq!(enactment.signer.as_ref().map(|s| s.operator.as_str()), Some("alice"));
+    assert_eq!(enactment.approvers.iter().map(|s| s.operator.as_str()).collect::<Vec<_>>(), ["bob"]);
+    assert_eq!(enactment.changes[0].after, Some(json!(2)));
+}
