@@ -9,8 +9,9 @@
 //! scope, an unknown proposal are refused with what was expected; bob's approval through
 //! another node enacts it, and it applies on every node; approving it again, approving an
 //! expired proposal and a rejected one are refused; `change show` names a newer change of the
-//! same key as a conflict, and `approve` warns of it; `status` names n4 as a member of other
-//! rules.
+//! same key as a conflict, and `approve` warns of it; a proposal made `--in 8s` is enacted by its
+//! approval but applies at its start, and its audit record names the start and the approver;
+//! `status` names n4 as a member of other rules.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -171,6 +172,8 @@ fn expired_rejected_and_conflicting_proposals_say_so() -> Result<()> {
     cluster.start_all()?;
     let [n1, n2] = [0, 1].map(|i| &cluster.nodes[i]);
 
+    // A scheduled proposal: its start is signed with it, and its enactment waits for it.
+    let scheduled = propose(n1, &["config", "payments/c", "--value", "3", "--in", "8s"], &alice)?;
     let short = propose(n1, &["config", "payments/a", "--value", "1", "--expires-in", "2s"], &alice)?;
     let rejected = propose(n1, &["config", "payments/b", "--value", "1"], &alice)?;
     // A key under no rule: alice's proposal then a plain change of the same key by her.
@@ -189,7 +192,20 @@ fn expired_rejected_and_conflicting_proposals_say_so() -> Result<()> {
     let approved = check(signed(n2, &["change", "approve", &conflicting], &bob))?;
     ensure!(stderr(&approved).contains("CONFLICT: generation n1."), "{}", stderr(&approved));
     let listed = n1.cli_json(&["change", "list", "--all"])?;
-    ensure!(listed["proposals"].as_array().is_some_and(|all| all.len() == 3), "{listed}");
+    ensure!(listed["proposals"].as_array().is_some_and(|all| all.len() == 4), "{listed}");
+
+    check(signed(n2, &["change", "approve", &scheduled], &bob))?;
+    ensure!(applied(n1, "payments/c").is_none(), "the enactment waits for the proposal's start");
+    wait_until(Duration::from_secs(20), "the scheduled proposal applied on both nodes at its start", || {
+        [n1, n2].iter().all(|node| applied(node, "payments/c") == Some(serde_json::json!(3)))
+    })?;
+    let records = String::from_utf8(check(n1.cli(&["history", "--format", "jsonl"]))?.stdout)?;
+    let enacted = records
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|record| record["proposal"] == scheduled.as_str() && record["kind"] == "generation");
+    let enacted = enacted.context("the enactment's audit record")?;
+    ensure!(enacted["start_at"].is_string() && enacted["approvers"][0]["operator"] == "bob", "{enacted}");
     Ok(())
 }
 

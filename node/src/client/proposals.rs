@@ -42,7 +42,8 @@ pub async fn propose(
     change: &ChangeArgs,
     expires_in_ms: u64,
 ) -> Result<(), CliError> {
-    let ChangeRequest { path, body, intent, what } = request;
+    let ChangeRequest { path, body, mut intent, what } = request;
+    intent.start = change.start_intent()?;
     if change.dry_run {
         let answer = client.change(&path, &change.query(), Some(body), &intent).await?;
         report_accepted(client, &what, &answer);
