@@ -619,6 +619,24 @@ pub fn check(output: Output) -> Result<Output> {
     Ok(output)
 }
 
+/// Makes operator key `name` in `dir` (`grapevine key new`); returns its file and public key.
+pub fn new_key(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let file = dir.join(format!("{name}.key"));
+    let output = check(grapevine(&["key", "new", "--name", name, "--out", path_str(&file)]))?;
+    Ok((file, String::from_utf8(output.stdout)?.trim().to_owned()))
+}
+
+/// Delegates the key in file `key` by the root key in file `root`, for the test clusters' id
+/// (`grapevine`), for keys under `prefixes` (every key when empty).
+pub fn delegate(root: &Path, key: &Path, prefixes: &[&str]) -> Result<()> {
+    let mut args = vec!["key", "delegate", "--root", path_str(root), "--key", path_str(key), "--cluster", "grapevine"];
+    for prefix in prefixes {
+        args.extend(["--prefix", prefix]);
+    }
+    check(grapevine(&args))?;
+    Ok(())
+}
+
 /// A plain HTTP/1.1 GET over std networking: status code and body.
 /// A counter on `node`'s `/metrics`, 0 before its first increment: the series `query` names
 /// (`name{label="value"}`), or, for a bare name, the sum of all its series.

@@ -13,28 +13,12 @@
 //! approval but applies at its start, and its audit record names the start and the approver;
 //! `status` names n4 as a member of other rules.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use grapevine_cluster_tests::{Cluster, Node, check, grapevine, http_get, wait_until};
+use grapevine_cluster_tests::{Cluster, Node, check, counter, delegate, new_key, wait_until};
 use serde_json::Value;
-
-fn new_key(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
-    let file = dir.join(format!("{name}.key"));
-    let output = check(grapevine(&["key", "new", "--name", name, "--out", file.to_str().context("utf-8")?]))?;
-    Ok((file, String::from_utf8(output.stdout)?.trim().to_owned()))
-}
-
-fn delegate(root: &Path, key: &Path, prefixes: &[&str]) -> Result<()> {
-    let mut args = vec!["key", "delegate", "--root", root.to_str().unwrap(), "--key", key.to_str().unwrap()];
-    args.extend(["--cluster", "grapevine"]);
-    for prefix in prefixes {
-        args.extend(["--prefix", prefix]);
-    }
-    check(grapevine(&args))?;
-    Ok(())
-}
 
 /// `args` with `--signing-key key`.
 fn signed(node: &Node, args: &[&str], key: &Path) -> std::process::Output {
@@ -52,9 +36,7 @@ fn applied(node: &Node, key: &str) -> Option<Value> {
 }
 
 fn refused_count(node: &Node, reason: &str) -> u64 {
-    let Ok((200, text)) = http_get(&format!("{}/metrics", node.url())) else { return 0 };
-    let prefix = format!("grapevine_unsigned_changes_refused_total{{reason=\"{reason}\"}} ");
-    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    counter(node, &format!("grapevine_unsigned_changes_refused_total{{reason=\"{reason}\"}}"))
 }
 
 fn stderr(output: &std::process::Output) -> String {

@@ -18,30 +18,12 @@
 //! changes a key with it through that node, and checks that the change is reverted on every node
 //! once the partition heals, and that the key's earlier change stays.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use grapevine_cluster_tests::{Cluster, Node, check, grapevine, http_get, http_request, wait_until};
+use grapevine_cluster_tests::{Cluster, Node, check, counter, delegate, http_get, http_request, new_key, wait_until};
 use serde_json::Value;
-
-/// Makes key `name` in `dir` and returns its file and public key.
-fn new_key(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
-    let file = dir.join(format!("{name}.key"));
-    let output = check(grapevine(&["key", "new", "--name", name, "--out", file.to_str().context("utf-8")?]))?;
-    Ok((file, String::from_utf8(output.stdout)?.trim().to_owned()))
-}
-
-/// Delegates `key`'s file by `root`'s, for the test clusters' id.
-fn delegate(root: &Path, key: &Path, prefixes: &[&str]) -> Result<()> {
-    let mut args = vec!["key", "delegate", "--root", root.to_str().unwrap(), "--key", key.to_str().unwrap()];
-    args.extend(["--cluster", "grapevine"]);
-    for prefix in prefixes {
-        args.extend(["--prefix", prefix]);
-    }
-    check(grapevine(&args))?;
-    Ok(())
-}
 
 /// `config put KEY --value VALUE`, signed by `key` when given.
 fn put(node: &Node, key: &str, value: &str, signer: Option<&Path>) -> std::process::Output {
@@ -57,9 +39,7 @@ fn value_of(node: &Node, key: &str) -> Option<Value> {
 }
 
 fn refused_count(node: &Node, reason: &str) -> u64 {
-    let Ok((200, text)) = http_get(&format!("{}/metrics", node.url())) else { return 0 };
-    let prefix = format!("grapevine_unsigned_changes_refused_total{{reason=\"{reason}\"}} ");
-    text.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    counter(node, &format!("grapevine_unsigned_changes_refused_total{{reason=\"{reason}\"}}"))
 }
 
 fn stderr(output: &std::process::Output) -> String {

@@ -259,21 +259,11 @@ struct Operators {
 
 impl Operators {
     fn make(dir: &Path) -> Result<Operators> {
-        let key = |name: &str| -> Result<(PathBuf, String)> {
-            let file = dir.join(format!("{name}.key"));
-            let made = crate::grapevine(&["key", "new", "--name", name, "--out", file.to_str().context("utf-8")?]);
-            anyhow::ensure!(made.status.success(), "key new: {}", String::from_utf8_lossy(&made.stderr));
-            Ok((file, String::from_utf8(made.stdout)?.trim().to_owned()))
-        };
-        let (root_file, root) = key("root")?;
-        let (alice, _) = key("alice")?;
-        let (bob, _) = key("bob")?;
+        let (root_file, root) = crate::new_key(dir, "root")?;
+        let (alice, _) = crate::new_key(dir, "alice")?;
+        let (bob, _) = crate::new_key(dir, "bob")?;
         for operator in [&alice, &bob] {
-            let args = ["key", "delegate", "--root", root_file.to_str().context("utf-8")?, "--key"];
-            let mut args: Vec<&str> = args.to_vec();
-            args.extend([operator.to_str().context("utf-8")?, "--cluster", "grapevine"]);
-            let delegated = crate::grapevine(&args);
-            anyhow::ensure!(delegated.status.success(), "key delegate: {}", String::from_utf8_lossy(&delegated.stderr));
+            crate::delegate(&root_file, operator, &[])?;
         }
         Ok(Operators { root, alice, bob })
     }
