@@ -248,12 +248,36 @@ pub fn validate_config_value(key: &Key, value: &JsonText, schema: Option<&JsonTe
     let validator = jsonschema::validator_for(&schema.to_value())
         .map_err(|error| refuse(format!("the schema is not a valid JSON Schema: {error}")))?;
     let instance = value.to_value();
+    // The schema validator reads every number as a float, and panicked on one that has none
+    // (found by the `json_schema` fuzz target: `5E55555555555555555555555580`); such a number is
+    // kept as written without a schema, but cannot be checked against one.
+    if let Some((path, number)) = number_beyond_floats(&instance, String::new()) {
+        let path = if path.is_empty() { "/".to_owned() } else { path };
+        return Err(refuse(format!(
+            "{path}: expected a number a schema can check (within a 64-bit float's range), got {number}"
+        )));
+    }
     if let Some(error) = validator.iter_errors(&instance).next() {
         let path = error.instance_path.to_string();
         let path = if path.is_empty() { "/".to_owned() } else { path };
         return Err(refuse(format!("{path}: {error}")));
     }
     Ok(())
+}
+
+/// The first number of `value` (in document order) that has no finite 64-bit float, with its
+/// JSON pointer below `path`.
+fn number_beyond_floats(value: &serde_json::Value, path: String) -> Option<(String, String)> {
+    use serde_json::Value;
+    let pointer = |token: &str| format!("{path}/{}", token.replace('~', "~0").replace('/', "~1"));
+    match value {
+        Value::Number(number) if !number.as_f64().is_some_and(f64::is_finite) => Some((path, number.to_string())),
+        Value::Array(items) => {
+            items.iter().enumerate().find_map(|(index, item)| number_beyond_floats(item, pointer(&index.to_string())))
+        }
+        Value::Object(fields) => fields.iter().find_map(|(name, field)| number_beyond_floats(field, pointer(name))),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -395,5 +419,28 @@ mod tests {
         let text = format!("\"{}\"", "x".repeat(MAX_VALUE_BYTES));
         let error = JsonText::try_from(text).unwrap_err();
         assert!(error.to_string().starts_with("JSON value must be at most 4194304 bytes, got 4194306"));
+    }
+
+    /// Found by the `json_schema` fuzz target in a CI run: a number with no 64-bit float (an
+    /// exponent past its range) under a schema panicked inside the schema validator, from a
+    /// `config put` or a peer's generation. It is refused, naming where; without a schema it
+    /// stays a value, and large numbers a float holds still pass.
+    #[test]
+    fn a_number_beyond_floats_under_a_schema_is_refused_not_a_panic() {
+        let key: Key = "fuzz".parse().unwrap();
+        let text = |t: &str| JsonText::try_from(t.to_owned()).unwrap();
+        let schema = text(
+            r##"{"$defs": {"port": {"type": "integer", "maximum": 65535}}, "type": "object",
+                "patternProperties": {"^svc-": {"$ref": "#/$defs/port"}}, "minProperties": 1}"##,
+        );
+        let huge = text(r#"{"svc-a": 55555555555555555555555E55555555555555555555555580, "svc-b": 0}"#);
+        let refused = validate_config_value(&key, &huge, Some(&schema)).unwrap_err().to_string();
+        assert!(refused.contains("/svc-a: expected a number a schema can check"), "{refused}");
+        assert!(validate_config_value(&key, &huge, None).is_ok(), "no schema, no float needed");
+        let nested = text(r#"{"a": [1, {"b/c": 1e400}]}"#);
+        let refused = validate_config_value(&key, &nested, Some(&text("{}"))).unwrap_err().to_string();
+        assert!(refused.contains("/a/1/b~1c:"), "{refused}");
+        let large = text(r#"{"svc-a": 123456789012345678901234567890}"#);
+        assert!(validate_config_value(&key, &large, Some(&text(r#"{"type": "object"}"#))).is_ok());
     }
 }
