@@ -218,6 +218,20 @@ impl Rule {
     }
 }
 
+/// flagd's `fractional` choice: the variant whose cumulative weight first passes the bucket of
+/// `hash` among `total` (shared by this evaluator and the compiled one, `compiled::run`).
+pub(crate) fn fractional_pick<T>(hash: u32, total: u64, weighted: impl IntoIterator<Item = (T, u64)>) -> Option<T> {
+    let bucket = (u64::from(hash) * total) >> 32;
+    let mut cumulative = 0;
+    for (variant, weight) in weighted {
+        cumulative += weight;
+        if bucket < cumulative {
+            return Some(variant);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 pub(crate) mod tests_support {
     /// Whether the interpreter compiles `rule` (its operators checked first).
@@ -425,15 +439,7 @@ impl Operator for FractionalOperator {
                 murmur3_32(&bytes)
             }
         };
-        let bucket = (u64::from(hash) * total) >> 32;
-        let mut cumulative = 0;
-        for (variant, weight) in weighted {
-            cumulative += weight;
-            if bucket < cumulative {
-                return Ok(variant);
-            }
-        }
-        Ok(Value::Null)
+        Ok(fractional_pick(hash, total, weighted).unwrap_or(Value::Null))
     }
 }
 

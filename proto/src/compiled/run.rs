@@ -570,13 +570,5 @@ fn read_split<'a>(
         return Ok(Val::Null);
     }
     let Some(hash) = fractional.hash(bucket_by, scope) else { return Ok(Val::Null) };
-    let bucket = (u64::from(hash) * total) >> 32;
-    let mut cumulative = 0;
-    for (variant, weight) in weighted {
-        cumulative += weight;
-        if bucket < cumulative {
-            return Ok(variant);
-        }
-    }
-    Ok(Val::Null)
+    Ok(crate::targeting::fractional_pick(hash, total, weighted).unwrap_or(Val::Null))
 }
