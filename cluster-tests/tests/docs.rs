@@ -1,4 +1,4 @@
-//! The README and every page of `docs/` as a newcomer reads them: each command block is run or
+//! The README, every page of `docs/` and the deploy READMEs as a newcomer reads them: each command block is run or
 //! checked here, so a change that breaks one (a new default, a renamed flag) fails CI instead
 //! of a reader. The rules (also in `docs/ARCHITECTURE.md`, "Tested documentation"):
 //!
@@ -55,13 +55,23 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("cluster-tests lives in the workspace").to_path_buf()
 }
 
-/// The pages a reader is pointed to: the README and every page of `docs/`.
+/// The pages a reader is pointed to: the README, every page of `docs/`, and the README of
+/// each way to deploy (`deploy/*/README.md`).
 fn pages() -> Vec<PathBuf> {
-    let mut pages: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
-        .expect("docs/ exists")
-        .map(|entry| entry.expect("a readable entry").path())
-        .filter(|path| path.extension().is_some_and(|e| e == "md"))
-        .collect();
+    let markdown_in = |dir: PathBuf| -> Vec<PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+            .map(|entry| entry.expect("a readable entry").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "md"))
+            .collect()
+    };
+    let mut pages = markdown_in(repo().join("docs"));
+    for entry in std::fs::read_dir(repo().join("deploy")).expect("deploy/ exists") {
+        let dir = entry.expect("a readable entry").path();
+        if dir.is_dir() {
+            pages.extend(markdown_in(dir));
+        }
+    }
     pages.sort();
     pages.insert(0, repo().join("README.md"));
     pages
