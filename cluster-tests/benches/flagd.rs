@@ -2,9 +2,10 @@
 //!
 //! 1. **Change to in-process evaluation**: a flag changed on the node (`--emergency`) until an
 //!    in-process provider's next evaluation returns the new value, p50 and p99 over 100 changes
-//!    per provider. "Applied on the node" is when the node's OFREP event stream announces the
-//!    change (the same applied-state watch the sync streams follow); the provider evaluates in
-//!    a tight loop and reports when it first saw the value. Goal: p99 under 20 ms.
+//!    per provider. "Applied on the node" is when a sync stream of the benchmark's own receives
+//!    the new configuration (the node's applied-state watch wakes every stream at once); the
+//!    provider evaluates in a tight loop and reports when it first saw the value. Goal: p99
+//!    under 20 ms.
 //! 2. **Evaluations per second** of one flag with a targeting rule, in the Python and the
 //!    JavaScript provider: in process (Grapevine's sync stream), rpc (the node evaluates), and
 //!    the same language's OFREP provider (the node's HTTP API), each on one thread.
@@ -23,6 +24,24 @@ use grapevine_cluster_tests::{Cluster, Node, bench_quick, next_sse_event, suite_
 use grapevine_node::flagd::schema::sync::SyncFlagsRequest;
 use grapevine_node::flagd::schema::sync::flag_sync_service_client::FlagSyncServiceClient;
 use serde_json::json;
+
+/// When the node applied each change, as seen by a sync stream of the benchmark's own (the
+/// node sends every stream the configuration when its applied flags change): the wall clock
+/// in milliseconds at each message's arrival, read as they arrive.
+async fn applied_times(sync: u16) -> Result<tokio::sync::mpsc::UnboundedReceiver<f64>> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{sync}"))?.connect().await?;
+    let mut own = FlagSyncServiceClient::new(channel).sync_flags(SyncFlagsRequest::default()).await?.into_inner();
+    own.message().await?.context("the first configuration")?;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(_)) = own.message().await {
+            if sender.send(providers::unix_ms()).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(receiver)
+}
 
 fn set_variant(node: &Node, key: &str, variant: &str) -> Result<()> {
     let output = node.cli(&["flag", "set", key, "--variant", variant, "--emergency"]);
@@ -47,29 +66,24 @@ fn node_rss_kib(node: &Node) -> Result<u64> {
 async fn change_lag(node: &Node, sync: u16, language: Language, changes: usize) -> Result<()> {
     let mut provider = Provider::start(language, Mode::InProcess, sync, &Options::default())?;
     provider.wait_for("string", "bench/lag", json!("none"), json!("a"), Duration::from_secs(10))?;
-    let http = grapevine_cluster_tests::http_client();
-    let mut events = http.get(format!("{}/ofrep/v1/events", node.url())).send().await?;
-    // A sync stream of the benchmark's own: the earlier of its message and the event is when
-    // the node applied the change (both wake on the node's applied-state watch).
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{sync}"))?.connect().await?;
-    let mut own = FlagSyncServiceClient::new(channel).sync_flags(SyncFlagsRequest::default()).await?.into_inner();
-    own.message().await?.context("the first configuration")?;
+    let mut applied = applied_times(sync).await?;
     let mut lags = Vec::new();
     for change in 0..changes {
         let variant = if change % 2 == 0 { "b" } else { "a" };
+        while applied.try_recv().is_ok() {}
         let (applied_at, seen_at) = std::thread::scope(|scope| -> Result<(f64, f64)> {
             let waiter = scope.spawn(|| {
                 provider.wait_for("string", "bench/lag", json!("none"), json!(variant), Duration::from_secs(10))
             });
             set_variant(node, "bench/lag", variant)?;
-            tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(async {
-                    tokio::time::timeout(Duration::from_secs(10), next_sse_event(&mut events)).await
-                })
-            })??;
-            let applied_at = providers::unix_ms();
+            let applied_at = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(async { tokio::time::timeout(Duration::from_secs(10), applied.recv()).await })
+            })?
+            .context("the benchmark's own sync stream ended")?;
             Ok((applied_at, waiter.join().expect("the waiter does not panic")?))
         })?;
+        // Below zero when the provider's stream woke before ours (both follow the same watch).
         lags.push((seen_at - applied_at).max(0.0));
     }
     lags.sort_by(f64::total_cmp);
