@@ -49,6 +49,12 @@ struct Grapevine {
 struct Spread {
     stored: Duration,
     served: Duration,
+    /// Until the POST was answered (the writer stored it durably and applied it).
+    answered: Duration,
+    /// Each node's serve time, earliest first.
+    curve: Vec<Duration>,
+    /// CPU seconds this process spent from the POST until the last node stored it.
+    cpu: f64,
 }
 
 impl Grapevine {
@@ -67,9 +73,10 @@ impl Grapevine {
     /// node stores it and serves it.
     async fn spread(&self, writer: usize, key: &str, value: serde_json::Value) -> Result<Spread> {
         let url = format!("http://{}/v1/config/{key}", self.cluster.nodes[writer].api_addr);
-        let started = Instant::now();
+        let (started, cpu_before) = (Instant::now(), process_cpu_seconds());
         let answer: serde_json::Value =
             self.http.post(url).json(&json!({ "value": value })).send().await?.json().await?;
+        let answered = started.elapsed();
         let id: GenId = answer["generation"].as_str().context("a generation")?.parse()?;
         for node in &self.cluster.nodes {
             let mut watch = node.engine().watch();
@@ -77,10 +84,12 @@ impl Grapevine {
                 .await
                 .context("a node never got the change")??;
         }
-        let stored = started.elapsed();
-        let served = self.watch.arrivals(key, |_| true, Duration::from_secs(60)).await?;
-        let served = served.iter().max().context("nodes")?.duration_since(started);
-        Ok(Spread { stored, served })
+        let (stored, cpu) = (started.elapsed(), process_cpu_seconds() - cpu_before);
+        let arrivals = self.watch.arrivals(key, |_| true, Duration::from_secs(60)).await?;
+        let mut curve: Vec<Duration> = arrivals.iter().map(|at| at.saturating_duration_since(started)).collect();
+        curve.sort();
+        let served = *curve.last().context("nodes")?;
+        Ok(Spread { stored, served, answered, curve, cpu })
     }
 
     async fn stop(self) {
@@ -188,14 +197,16 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
     for &count in sizes {
         let mut random = SplitMix64::new(1);
         let grapevine = Grapevine::start(count, interval_ms).await?;
-        let (mut ours, mut served) = (Vec::new(), Vec::new());
+        let (mut ours, mut served, mut spreads) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             let spread = grapevine.spread(random.below(count), &format!("bench-{run}"), json!(run)).await?;
             ours.push(spread.stored);
             served.push(spread.served);
+            spreads.push(spread);
         }
         grapevine.stop().await;
         served.sort();
+        print_where_the_time_goes(count, &spreads);
         let chitchats = Chitchats::start(count, Duration::from_millis(interval_ms)).await?;
         let mut theirs = Vec::new();
         for run in 0..runs {
@@ -230,6 +241,31 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the time of a change goes, medians over the changes: the POST's answer (the writer
+/// stored and applied it), then the first node, half, 90% and all of them serving it, and the CPU
+/// the whole process (every node) spent until the last stored it.
+fn print_where_the_time_goes(count: usize, spreads: &[Spread]) {
+    let median = |pick: &dyn Fn(&Spread) -> Duration| {
+        let mut all: Vec<Duration> = spreads.iter().map(pick).collect();
+        all.sort();
+        ms(percentile(&all, 0.5))
+    };
+    let nth = |fraction: f64| move |spread: &Spread| spread.curve[((count as f64 * fraction).ceil() as usize).max(1) - 1];
+    let mut cpu: Vec<f64> = spreads.iter().map(|s| s.cpu * 1000.0).collect();
+    cpu.sort_by(f64::total_cmp);
+    println!(
+        "{count} nodes, where the time goes (medians over {} changes, from the POST): answered {:.1} ms; served by the first node {:.1}, half {:.1}, 90% {:.1}, all {:.1} ms; process CPU until all stored {:.1} ms ({:.1} ms per node)",
+        spreads.len(),
+        median(&|s| s.answered),
+        median(&nth(1.0 / count as f64)),
+        median(&nth(0.5)),
+        median(&nth(0.9)),
+        median(&nth(1.0)),
+        cpu[cpu.len() / 2],
+        cpu[cpu.len() / 2] / count as f64,
+    );
 }
 
 /// Idle cost per node at `count` nodes: gossip payload bytes/s sent, % of a core, and resident

@@ -187,14 +187,22 @@ impl Log {
     /// A short summary of the reverts held: their count and a hash of their targets. Equal
     /// summaries mean (but for a hash collision) the same reverts.
     pub fn reverts_digest(&self) -> String {
+        self.reverts_digest_with([])
+    }
+
+    /// The summary the reverts held would have with the reverts of `more` added (a node
+    /// forwards reverts before it holds them).
+    pub fn reverts_digest_with<'a>(&'a self, more: impl IntoIterator<Item = &'a GenId>) -> String {
+        let mut targets: BTreeSet<&GenId> = self.reverts.iter().collect();
+        targets.extend(more);
         let mut hasher = Sha256::new();
-        for target in &self.reverts {
+        for target in &targets {
             hasher.update(target.origin.as_str().as_bytes());
             hasher.update([0]);
             hasher.update(target.seq.to_be_bytes());
         }
         let hash = hex::encode(&hasher.finalize()[..8]);
-        format!("{}.{hash}", self.reverts.len())
+        format!("{}.{hash}", targets.len())
     }
 
     /// The fold of the snapshot and of the generations `counts` accepts that are not
@@ -436,6 +444,8 @@ mod tests {
         one.insert(other_key.clone());
         // The other node hears of the revert before the generation it undoes.
         let mut two = Log::new();
+        assert_eq!(two.reverts_digest_with([&right.target]), one.reverts_digest(), "the summary it will have");
+        assert_ne!(two.reverts_digest(), one.reverts_digest());
         assert!(two.revert(&right));
         assert!(!two.revert(&right), "a revert is held once");
         for generation in [other_key, bad, before.clone()] {

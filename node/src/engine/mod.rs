@@ -880,7 +880,7 @@ impl Engine {
         info!(generation = %generation.id(), "accepted change");
         self.add(generation.clone());
         self.publish().await;
-        self.push(Vec::new(), vec![generation.clone()], None);
+        self.push(Vec::new(), vec![generation.clone()], None, true);
         // Push reaches a few peers at once; the nudge makes every live peer exchange gossip
         // with us now, learn our vector, and pull what push has not brought it yet.
         self.parts.gossip.nudge_live_peers().await;
@@ -932,6 +932,10 @@ impl Engine {
             }
             return 0;
         }
+        // Forwarded before our own commit: the writer stored it durably before anyone saw it,
+        // and waiting for each relay's fsync would add one per hop. What we acknowledge (the
+        // push's answer, our advertised vector) waits for the commit below.
+        self.push(Vec::new(), new.clone(), from, false);
         if let Err(error) = self.store_durably(new.clone()).await {
             let generations: Vec<String> = new.iter().map(|g| g.id().to_string()).collect();
             error!(%error, ?generations, "could not store pulled generations; they will be pulled again");
@@ -946,7 +950,6 @@ impl Engine {
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
         let approvals = new.iter().any(approves);
         self.publish().await;
-        self.push(Vec::new(), new, from);
         self.revocation_pass().await;
         if approvals {
             self.enact_pass(now).await;
@@ -1161,12 +1164,17 @@ impl Engine {
         true
     }
 
-    /// Hands newly stored generations and reverts to the pusher; when its queue is full,
-    /// anti-entropy spreads them instead.
-    fn push(&self, reverts: Vec<Revert>, generations: Vec<Generation>, from: Option<SocketAddr>) {
+    /// Hands new generations and reverts to the pusher (`sweep` when this node wrote them: it
+    /// pushes on until every live peer holds them); when its queue is full, anti-entropy spreads
+    /// them instead.
+    fn push(&self, reverts: Vec<Revert>, generations: Vec<Generation>, from: Option<SocketAddr>, sweep: bool) {
         // Only a job with reverts compares peers' reverts summaries.
-        let reverts_digest = if reverts.is_empty() { String::new() } else { self.log.reverts_digest() };
-        let job = PushJob { reverts, generations, from, reverts_digest };
+        let reverts_digest = if reverts.is_empty() {
+            String::new()
+        } else {
+            self.log.reverts_digest_with(reverts.iter().map(|r| &r.target))
+        };
+        let job = PushJob { reverts, generations, from, reverts_digest, sweep };
         if self.parts.pushes.try_send(job).is_err() {
             self.parts.metrics.push_jobs_dropped.inc();
         }

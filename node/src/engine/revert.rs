@@ -182,7 +182,10 @@ impl Engine {
         warn!(generation = %target, revert = %revert, trigger, reason = %reason_text, "reverted");
         self.note_revert(target, Some(reason_text.clone()));
         self.log.revert(&revert);
-        self.take_effect(vec![revert.clone()], None).await;
+        // An operator's rollback is swept to every live peer, like a new change; a quorum's
+        // revert is written by every node that sees the quorum, each pushing on first write.
+        self.push(vec![revert.clone()], Vec::new(), None, matches!(cause, Cause::Rollback));
+        self.take_effect(std::slice::from_ref(&revert)).await;
         // As for a new change: every live peer exchanges gossip with us now, learns our
         // reverts summary, and pulls what the push has not brought it yet.
         self.parts.gossip.nudge_live_peers().await;
@@ -213,6 +216,8 @@ impl Engine {
             return 0;
         }
         let new: Vec<Revert> = new.into_values().collect();
+        // Forwarded before our own commit, as generations are (`Engine::ingest`).
+        self.push(new.clone(), Vec::new(), from, false);
         if let Err(error) = self.store_reverts(new.clone()).await {
             let generations: Vec<String> = new.iter().map(|r| r.target.to_string()).collect();
             error!(%error, ?generations, "could not store reverts from a peer; they will be pulled again");
@@ -226,17 +231,16 @@ impl Engine {
         }
         self.parts.metrics.reverts.get_or_create(&reason("received")).inc_by(new.len() as u64);
         let count = new.len();
-        self.take_effect(new, from).await;
+        self.take_effect(&new).await;
         count
     }
 
-    /// Reverts just added to the log: push them on first (they are durable already), then
-    /// stop judging their targets and refold both states without them.
-    async fn take_effect(&mut self, reverts: Vec<Revert>, from: Option<SocketAddr>) {
-        for revert in &reverts {
+    /// Reverts just added to the log: stop judging their targets and refold both states
+    /// without them.
+    async fn take_effect(&mut self, reverts: &[Revert]) {
+        for revert in reverts {
             self.parts.health.freeze(&revert.target);
         }
-        self.push(reverts, Vec::new(), from);
         self.refold().await;
     }
 

@@ -18,10 +18,11 @@
 //! format and drops what that format cannot hold. Limits: `FANOUT`, `PUSH_INLINE_BYTES`,
 //! `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use grapevine_proto::wire::{Push, PushAck, decode, encode, encode_at};
 use grapevine_proto::{Generation, NodeName, Revert, VersionVector};
@@ -59,9 +60,27 @@ pub struct PushJob {
     pub from: Option<SocketAddr>,
     /// The summary of this node's reverts with the job's: peers with another one may lack them.
     pub reverts_digest: String,
+    /// This node wrote the job's generations: after the first [`FANOUT`] peers it keeps pushing
+    /// to every live peer not known to hold them ([`sweep`]), so none waits for anti-entropy.
+    pub sweep: bool,
 }
 
-/// Pushes every job to up to [`FANOUT`] peers lacking its generations, until shutdown.
+/// How long the writer of a change keeps pushing it to peers not known to hold it.
+const SWEEP_LIMIT: Duration = Duration::from_secs(5);
+
+/// What a push needs: this node's name, the sockets, and what each peer holds.
+#[derive(Clone)]
+struct Pusher {
+    own: NodeName,
+    transport: Transport,
+    engine: EngineHandle,
+    gossip: Arc<Gossip>,
+    holdings: Arc<PeerHoldings>,
+    permits: Arc<Semaphore>,
+}
+
+/// Pushes every job to up to [`FANOUT`] peers lacking its generations, until shutdown; the
+/// jobs of this node's own changes go on to every live peer that lacks them ([`sweep`]).
 pub async fn run_pusher(
     own: NodeName,
     transport: Transport,
@@ -72,53 +91,118 @@ pub async fn run_pusher(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_PUSHES));
+    let pusher = Pusher { own, transport, engine, gossip, holdings, permits };
     loop {
         let job = tokio::select! {
             _ = shutdown.cancelled() => return,
             job = jobs.recv() => match job { Some(job) => job, None => return },
         };
-        let peers = holdings.merged(gossip.peer_version_vectors().await);
-        let view = engine.view();
-        let other_reverts: Vec<SocketAddr> = if job.reverts.is_empty() {
-            Vec::new()
-        } else {
-            let digests = gossip.peer_reverts_digests().await;
-            digests.into_iter().filter(|(_, digest)| *digest != job.reverts_digest).map(|(peer, _)| peer).collect()
-        };
-        let targets = choose_targets(&own, &job, peers, &other_reverts);
-        if targets.is_empty() {
+        let targets = pusher.targets(&job, &BTreeSet::new()).await;
+        if job.sweep {
+            tokio::spawn(sweep(pusher.clone(), job, targets, shutdown.clone()));
             continue;
         }
-        let inline_bytes: usize = job.generations.iter().map(|g| encode(g).len()).sum();
-        let generations = if inline_bytes <= PUSH_INLINE_BYTES { job.generations } else { Vec::new() };
-        let push = Push { reverts: job.reverts, generations, sender_has: view.version_vector.clone() };
-        let mut encoded: BTreeMap<u8, Arc<Vec<u8>>> = BTreeMap::new();
+        let push = pusher.encoded(&job);
         for peer in targets {
-            let version = gossip.wire_version_of(peer).await;
-            let push = encoded
-                .entry(version)
-                .or_insert_with(|| Arc::new(encode_for(&push, version, transport.metrics())))
-                .clone();
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                transport.metrics().sync_pushes.get_or_create(&reason("skipped_busy")).inc();
+            let Ok(permit) = pusher.permits.clone().try_acquire_owned() else {
+                pusher.transport.metrics().sync_pushes.get_or_create(&reason("skipped_busy")).inc();
                 continue;
             };
-            let (transport, holdings) = (transport.clone(), holdings.clone());
+            let push = push.clone();
+            let pusher = pusher.clone();
             tokio::spawn(async move {
-                let outcome = match push_to(&transport, peer, &push).await {
-                    Ok(have) => {
-                        holdings.record_ack(peer, &have);
-                        "ok"
-                    }
-                    Err(error) => {
-                        debug!(%peer, %error, "push failed");
-                        if error.is_malformed() { "malformed" } else { "failed" }
-                    }
-                };
-                transport.metrics().sync_pushes.get_or_create(&reason(outcome)).inc();
+                pusher.send(peer, &push).await;
                 drop(permit);
             });
         }
+    }
+}
+
+/// Pushes this node's own job to `first` (its [`FANOUT`] targets), then, round after round, to
+/// every live peer still not known to hold it (by its advertised vector and its acknowledgements),
+/// each peer at most once, for at most [`SWEEP_LIMIT`]. Push on first receipt reaches all but
+/// about e^-FANOUT of the nodes; this reaches the rest in a few round trips instead of a gossip
+/// exchange or an anti-entropy interval later. It waits for permits rather than skipping.
+async fn sweep(pusher: Pusher, job: PushJob, first: Vec<SocketAddr>, shutdown: CancellationToken) {
+    let rounds = async {
+        let push = pusher.encoded(&job);
+        let mut tried: BTreeSet<SocketAddr> = BTreeSet::new();
+        let mut targets = first;
+        while !targets.is_empty() {
+            tried.extend(targets.iter().copied());
+            let mut round = tokio::task::JoinSet::new();
+            for peer in targets {
+                let Ok(permit) = pusher.permits.clone().acquire_owned().await else { return };
+                let (pusher, push) = (pusher.clone(), push.clone());
+                round.spawn(async move {
+                    pusher.send(peer, &push).await;
+                    drop(permit);
+                });
+            }
+            round.join_all().await;
+            targets = pusher.targets(&job, &tried).await;
+            targets.truncate(MAX_CONCURRENT_PUSHES);
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::timeout(SWEEP_LIMIT, rounds) => {}
+    }
+}
+
+impl Pusher {
+    /// Up to [`FANOUT`] live peers other than `skip` and the job's sender lacking the job.
+    async fn targets(&self, job: &PushJob, skip: &BTreeSet<SocketAddr>) -> Vec<SocketAddr> {
+        let peers = self.holdings.merged(self.gossip.peer_version_vectors().await);
+        let other_reverts: Vec<SocketAddr> = if job.reverts.is_empty() {
+            Vec::new()
+        } else {
+            let digests = self.gossip.peer_reverts_digests().await;
+            digests.into_iter().filter(|(_, digest)| *digest != job.reverts_digest).map(|(peer, _)| peer).collect()
+        };
+        let peers = peers.into_iter().filter(|(peer, _)| !skip.contains(peer)).collect();
+        let limit = if skip.is_empty() { FANOUT } else { usize::MAX };
+        choose_targets(&self.own, job, peers, &other_reverts, limit)
+    }
+
+    /// The job as a push in each wire format a peer may read, encoded once per format.
+    fn encoded(&self, job: &PushJob) -> Encoded {
+        let inline_bytes: usize = job.generations.iter().map(|g| encode(g).len()).sum();
+        let generations = if inline_bytes <= PUSH_INLINE_BYTES { job.generations.clone() } else { Vec::new() };
+        let sender_has = self.engine.view().version_vector.clone();
+        let push = Push { reverts: job.reverts.clone(), generations, sender_has };
+        Encoded { push: Arc::new(push), formats: Arc::new(Mutex::new(BTreeMap::new())) }
+    }
+
+    /// Pushes to `peer` in its wire format and records what it acknowledged holding.
+    async fn send(&self, peer: SocketAddr, push: &Encoded) {
+        let version = self.gossip.wire_version_of(peer).await;
+        let bytes = push.at(version, self.transport.metrics());
+        let outcome = match push_to(&self.transport, peer, &bytes).await {
+            Ok(have) => {
+                self.holdings.record_ack(peer, &have);
+                "ok"
+            }
+            Err(error) => {
+                debug!(%peer, %error, "push failed");
+                if error.is_malformed() { "malformed" } else { "failed" }
+            }
+        };
+        self.transport.metrics().sync_pushes.get_or_create(&reason(outcome)).inc();
+    }
+}
+
+/// One push, and its encoding in each wire format asked for so far.
+#[derive(Clone)]
+struct Encoded {
+    push: Arc<Push>,
+    formats: Arc<Mutex<BTreeMap<u8, Arc<Vec<u8>>>>>,
+}
+
+impl Encoded {
+    fn at(&self, version: u8, metrics: &Metrics) -> Arc<Vec<u8>> {
+        let mut formats = self.formats.lock().expect("push encodings lock poisoned");
+        formats.entry(version).or_insert_with(|| Arc::new(encode_for(&self.push, version, metrics))).clone()
     }
 }
 
@@ -135,7 +219,7 @@ fn encode_for(push: &Push, version: u8, metrics: &Metrics) -> Vec<u8> {
     encode_at(&push, version, "push").expect("a push of generations each in the format is in the format")
 }
 
-/// Up to [`FANOUT`] peers that lack at least one of the job's generations, or whose reverts
+/// Up to `limit` peers that lack at least one of the job's generations, or whose reverts
 /// differ from ours (`other_reverts`) when the job has reverts, ranked by a hash of (this
 /// node, the job's first generation or revert target, peer).
 fn choose_targets(
@@ -143,6 +227,7 @@ fn choose_targets(
     job: &PushJob,
     peers: Vec<(SocketAddr, VersionVector)>,
     other_reverts: &[SocketAddr],
+    limit: usize,
 ) -> Vec<SocketAddr> {
     let first = match (job.generations.first(), job.reverts.first()) {
         (Some(generation), _) => generation.id(),
@@ -163,7 +248,7 @@ fn choose_targets(
         })
         .collect();
     lacking.sort();
-    lacking.into_iter().take(FANOUT).map(|(_, peer)| peer).collect()
+    lacking.into_iter().take(limit).map(|(_, peer)| peer).collect()
 }
 
 async fn push_to(transport: &Transport, peer: SocketAddr, push: &[u8]) -> Result<VersionVector, SyncError> {
