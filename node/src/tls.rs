@@ -53,7 +53,7 @@ const NODE_VALIDITY: time::Duration = time::Duration::days(2 * 365);
 
 /// Sets validity from yesterday (tolerating clock skew between hosts) for `validity`.
 fn set_validity(params: &mut CertificateParams, validity: time::Duration) {
-    let now = time::OffsetDateTime::now_utc();
+    let now = time::OffsetDateTime::from(crate::clock::wall());
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + validity;
 }

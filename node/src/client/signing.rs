@@ -158,7 +158,7 @@ pub fn run(command: KeyCommand) -> Result<(), CliError> {
             if prefixes.len() > MAX_PREFIXES {
                 return Err(CliError::Usage(format!("at most {MAX_PREFIXES} --prefix, got {}", prefixes.len())));
             }
-            let now_ms = crate::health::unix_ms();
+            let now_ms = crate::clock::unix_ms();
             let not_after_ms = now_ms + u64::from(days) * 24 * 3600 * 1000;
             let delegation = root.key.delegate(&cluster, name.clone(), public, prefixes, not_after_ms);
             let text = encode_delegation(&delegation);
