@@ -467,7 +467,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         statuses: files.clone(),
     };
     tasks.push(tokio::spawn(crate::files::run(files_task, shutdown.clone())));
-    tasks.push(tokio::spawn(crate::tls::reload::run(tls_watch, transport.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(crate::transport::reload::run(tls_watch, transport.clone(), shutdown.clone())));
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
     Ok(RunningNode {
         name: config.name,
