@@ -13,7 +13,7 @@
 //! Every read leaves out members whose name a connection's certificate contradicts, and the
 //! node watches for another live process under its own name (see [`binding`]).
 //!
-//! The types: `Gossip`, `GossipConfig`, `Member`, the key names (`KEY_API`, `KEY_LABELS`,
+//! The types: `Gossip`, `GossipConfig`, `Member`, `PeerHealth`, the key names (`KEY_API`, `KEY_LABELS`,
 //! `KEY_GENERATIONS`, `KEY_APPLIED`, `KEY_DIGEST`, `KEY_KPI`, `KEY_REVERTS`,
 //! `PREFIX_VERSION_VECTOR`, `PREFIX_REPORT`, `PREFIX_REVERTED_BY`), and the chitchat
 //! `Transport`/`Socket` adapter (`QuicGossip`, `GossipSocket`, `run_peer_sender`). Submodules:
@@ -75,7 +75,7 @@ pub mod binding;
 pub mod heard;
 pub mod signed;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,7 +99,6 @@ use self::binding::{Namesake, NamesakeWatch, claim_holds};
 use self::heard::HeardFrom;
 use self::signed::{Published, Signer, Verifier};
 use crate::clock;
-use crate::health::PeerHealth;
 use crate::metrics::{Metrics, WarnLimiter, reason};
 use crate::tls::NodeIdentity;
 use crate::transport::Transport;
@@ -197,6 +196,16 @@ pub struct Member {
     /// The fingerprint of the root keys its `[signing]` trusts (`none`: signatures not
     /// required); `None` for a build that publishes none.
     pub signing: Option<String>,
+}
+
+/// What a live peer publishes that the health task's judging needs: its KPIs, and the generations it reports
+/// on (those it applied).
+#[derive(Clone, Debug, Default)]
+pub struct PeerHealth {
+    pub kpis: Option<Window>,
+    pub reported: BTreeSet<GenId>,
+    /// The generations it judges healthy.
+    pub healthy: BTreeSet<GenId>,
 }
 
 /// The running gossip of a node.

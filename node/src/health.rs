@@ -22,9 +22,9 @@
 //!
 //! The types: `Health` (a cheap-to-clone handle: a `Mutex`ed state and a `Notify`), `HealthConfig`
 //! (`[health]`), `ProbeConfig`, `ExecConfig`, `PrometheusConfig`, `Sample`, `SourceStatus`,
-//! `PeerHealth`, `Anomaly`, `HealthTask` and `run` (the health task); limits `BASELINE_WINDOW` (600
-//! s), `KPI_WINDOW` (60 s), `KPI_PUBLISH_INTERVAL` (5 s), `MAX_SAMPLES` (8192), `MAX_TRACKED`
-//! (256), `MAX_BAKED_NUDGES` (32) and `DEFAULT_SOURCE_TIMEOUT` (2 s).
+//! `Anomaly`, `HealthTask` and `run` (the health task); limits `BASELINE_WINDOW` (600 s),
+//! `KPI_WINDOW` (60 s), `KPI_PUBLISH_INTERVAL` (5 s), `MAX_SAMPLES` (8192), `MAX_TRACKED` (256),
+//! `MAX_BAKED_NUDGES` (32) and `DEFAULT_SOURCE_TIMEOUT` (2 s).
 //!
 //! - `Health::applied(generation, watch_window, thresholds, gate_bake)` starts judging a generation
 //!   just released here: a fresh `Instant`, the generation's thresholds, no samples yet, and as its
@@ -38,8 +38,8 @@
 //!   still watched: not frozen, not anomalous, within its watch window.
 //! - `judge_all`, every sample interval on a node with a source, judges every watched generation
 //!   with `proto::health::judge`: its samples since the apply, against its baseline and against the
-//!   pooled `kpi` windows of the live peers that do not report on it (`PeerHealth`, refreshed from
-//!   gossip every interval, with the generations each peer reports healthy). Then the blame rule:
+//!   pooled `kpi` windows of the live peers that do not report on it (`gossip::PeerHealth`, refreshed
+//!   from gossip every interval, with the generations each peer reports healthy). Then the blame rule:
 //!   the same samples count toward every generation watched, so only one suspect (not judged
 //!   healthy, or anomalous and not yet reverted) may be anomalous: the newest that no live peer
 //!   reports healthy, else the newest; the others stay `Inconclusive` (reason `...; deferred to
@@ -89,7 +89,7 @@
 //! one vouching; a revert clears the others' samples), an apply failure and a frozen generation,
 //! healthy without sources, and failing, hanging and missing `exec` commands.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,7 +104,7 @@ use tracing::warn;
 use crate::alerts::{Alert, AlertKind, Alerts};
 use crate::clock;
 use crate::command::Outcome;
-use crate::gossip::Gossip;
+use crate::gossip::{Gossip, PeerHealth};
 
 /// Generations whose reports are kept at once; past it, the one applied longest ago goes.
 const MAX_TRACKED: usize = 256;
@@ -254,16 +254,6 @@ impl Tracked {
 /// A generation in the order of blame: when it was applied, and its judgement now with the
 /// KPIs behind it (`None` for one judged anomalous before and not reverted since).
 type Candidate = (Instant, GenId, Option<(Judgement, Window)>);
-
-/// What a live peer publishes that judging needs: its KPIs, and the generations it reports
-/// on (those it applied).
-#[derive(Clone, Debug, Default)]
-pub struct PeerHealth {
-    pub kpis: Option<Window>,
-    pub reported: BTreeSet<GenId>,
-    /// The generations it judges healthy.
-    pub healthy: BTreeSet<GenId>,
-}
 
 /// A generation this node just judged anomalous.
 #[derive(Clone, Debug)]
@@ -799,6 +789,8 @@ async fn scrape(http: &reqwest::Client, endpoint: &PrometheusConfig) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn id(seq: u64) -> GenId {
