@@ -108,6 +108,7 @@ pub mod limits;
 mod ofrep;
 mod proposals;
 mod rollout;
+pub mod selector;
 mod ui;
 pub mod watch;
 

@@ -10,7 +10,7 @@
 //! - `POST /ofrep/v1/evaluate/flags`: every flag, with a strong `ETag` over the answer and
 //!   `304` on a matching `If-None-Match`, and `eventStreams` naming the SSE endpoint below.
 //! - Both take flagd's `Flagd-Selector` header (`flagSetId=ID`, `prefix=P`; see
-//!   `crate::flagd::Selector`): a flag outside it is not found, and the bulk answer leaves it
+//!   `selector::Selector`): a flag outside it is not found, and the bulk answer leaves it
 //!   out.
 //! - `GET /ofrep/v1/events`: Server-Sent Events, one `refetchEvaluation` event each time the
 //!   applied flags change (a change applied here, or a revert), with the flags' digest as
@@ -39,10 +39,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
+use super::selector::{SELECTOR_HEADER, Selector};
 use crate::clock;
 use crate::engine::View;
-use crate::flagd::Selector;
-use crate::flagd::selector::SELECTOR_HEADER;
 
 /// How long an idle SDK may keep the event stream before it should close it.
 const INACTIVITY_DELAY_S: u64 = 120;
@@ -103,7 +102,7 @@ fn counted(state: &ApiState, started: std::time::Instant, response: Response) ->
     response
 }
 
-/// The `Flagd-Selector` header's selector (flagd's, `crate::flagd::Selector`): every flag
+/// The `Flagd-Selector` header's selector (flagd's, `selector::Selector`): every flag
 /// without one; a 400 for one that does not parse.
 fn selector(headers: &HeaderMap, key: Option<&str>) -> Result<Selector, Box<Response>> {
     let text = headers.get(SELECTOR_HEADER).map(|v| v.to_str().unwrap_or("")).unwrap_or("");
