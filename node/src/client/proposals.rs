@@ -15,9 +15,9 @@
 use reqwest::Method;
 use serde_json::Value;
 
+use super::args::ChangeArgs;
 use super::signing::KeyFile;
 use super::{ChangeRequest, CliError, Client, print_json, report_accepted, text};
-use crate::cli::ChangeArgs;
 
 /// An approval or a rejection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

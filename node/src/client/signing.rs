@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::CliError;
-use crate::cli::KeyCommand;
+use super::args::KeyCommand;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,7 +189,7 @@ pub fn run(command: KeyCommand) -> Result<(), CliError> {
             println!("{}", serde_json::to_string_pretty(&shown).expect("a Value always serializes"));
         }
         KeyCommand::Revoke { public, reason, client } => {
-            return crate::cli::with_client(&client, |c| async move { super::revoke_key(&c, &public, reason).await });
+            return super::with_client(&client, |c| async move { super::revoke_key(&c, &public, reason).await });
         }
     }
     Ok(())
