@@ -40,6 +40,11 @@ pub fn unix_ms() -> u64 {
     wall().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Now on this node's wall clock as rustls and webpki check certificates at (whole seconds).
+pub fn unix_time() -> rustls::pki_types::UnixTime {
+    rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_millis(unix_ms()))
+}
+
 /// Milliseconds since the Unix epoch on this node's wall clock, plus `skew_ms` (zero, except in
 /// tests of skewed clocks).
 pub fn wall_ms(skew_ms: i64) -> u64 {

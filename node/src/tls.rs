@@ -410,7 +410,7 @@ pub struct PeerTrust {
 impl PeerTrust {
     /// Checks `chain` (end entity first) as the handshake did; `peer_is_server` when we dialed.
     pub fn check(&self, chain: &[CertificateDer<'_>], peer_is_server: bool) -> Result<(), rustls::Error> {
-        self.check_at(chain, peer_is_server, UnixTime::now())
+        self.check_at(chain, peer_is_server, crate::clock::unix_time())
     }
 
     /// Checks `chain` as a handshake at `now` would have.
