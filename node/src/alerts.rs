@@ -144,6 +144,7 @@ mod tests {
     use axum::routing::post;
 
     use super::*;
+    use crate::clock;
     use std::time::Duration;
 
     fn alert(generation: &str) -> Alert {
@@ -185,8 +186,8 @@ mod tests {
         let (alerts, task) = Alerts::new(&config, metrics.clone(), shutdown.clone());
         tokio::spawn(task.unwrap());
         alerts.raise(alert("n1.4"));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while received.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        let deadline = clock::now() + Duration::from_secs(10);
+        while received.lock().unwrap().is_empty() && clock::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let body = received.lock().unwrap()[0].clone();
@@ -196,7 +197,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         // The sender counts the delivery once the answer is back, a moment after the hook saw it.
         let delivered = "grapevine_webhook_deliveries_total{reason=\"delivered\"} 1";
-        while !metrics.render().contains(delivered) && tokio::time::Instant::now() < deadline {
+        while !metrics.render().contains(delivered) && clock::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let text = metrics.render();

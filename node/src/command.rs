@@ -81,6 +81,7 @@ fn kill_group(group: Option<libc::pid_t>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock;
 
     fn sh(script: &str) -> Vec<String> {
         vec!["sh".into(), "-c".into(), script.into()]
@@ -88,12 +89,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_that_leaves_a_child_behind_is_judged_by_its_exit() {
-        let started = std::time::Instant::now();
+        let started = clock::now();
         let outcome = run(&sh("sleep 60 & echo reloaded >&2; exit 0"), Duration::from_secs(5), true).await.unwrap();
         let Outcome::Exited { status, stderr } = outcome else { panic!("judged as timed out: {outcome:?}") };
         assert!(status.success());
         assert_eq!(stderr, "reloaded");
-        assert!(started.elapsed() < Duration::from_secs(4), "it waited for the child's stderr");
+        assert!(clock::elapsed(started) < Duration::from_secs(4), "it waited for the child's stderr");
     }
 
     #[tokio::test]
@@ -106,8 +107,8 @@ mod tests {
         let child: libc::pid_t = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         // The child may take a moment to be reaped by init; it must not stay alive.
         let alive = |pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while alive(child) && std::time::Instant::now() < deadline {
+        let deadline = clock::now() + Duration::from_secs(2);
+        while alive(child) && clock::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!alive(child), "the hung command's child {child} lives on as an orphan");

@@ -48,7 +48,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use grapevine_proto::{NodeName, wire};
 use tokio::net::TcpListener;
@@ -59,6 +59,7 @@ use tracing::info;
 
 use crate::alerts::Alerts;
 use crate::api::{ApiState, router};
+use crate::clock;
 use crate::config::Config;
 use crate::engine::{self, EngineHandle, EngineParts, Stored};
 use crate::gossip::{Gossip, GossipConfig, KEY_API, KEY_LABELS, KEY_SIGNING, KEY_WIRE};
@@ -267,7 +268,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         seeds: config.seeds.clone(),
         interval: config.gossip_interval,
         dead_node_grace_period: config.dead_node_grace_period,
-        incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        incarnation: clock::unix_ms(),
     };
     let initial_keys = vec![
         (KEY_API.to_owned(), format!("http://{}", reachable(api_addr, gossip_addr))),
@@ -466,7 +467,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         statuses: files.clone(),
     };
     tasks.push(tokio::spawn(crate::files::run(files_task, shutdown.clone())));
-    tasks.push(tokio::spawn(crate::tls::reload::run(tls_watch, transport.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(crate::transport::reload::run(tls_watch, transport.clone(), shutdown.clone())));
     info!(node = %config.name, gossip = %gossip_addr, api = %api_addr, "node started");
     Ok(RunningNode {
         name: config.name,
@@ -515,9 +516,9 @@ impl RunningNode {
         drop(self.gossip);
         // The engine ends (and releases the store) once its last handle is gone.
         drop(self.engine);
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let deadline = clock::now() + SHUTDOWN_GRACE;
         for task in self.tasks {
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), task).await.is_err() {
                 tracing::warn!("tasks did not stop within {SHUTDOWN_GRACE:?}; exiting without them");
                 break;
             }

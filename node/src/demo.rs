@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use crate::auth::AuthSection;
 use crate::client::CliError;
+use crate::clock;
 use crate::config::{Config, RawConfig};
 use crate::daemon::{self, RunningNode};
 use crate::health::HealthConfig;
@@ -72,7 +73,7 @@ pub async fn run(nodes: usize) -> Result<(), CliError> {
     let ca = dir.path().join("ca");
     tls::ca_init(&ca).map_err(|e| failed("ca init")(e.to_string()))?;
     let mut running: Vec<RunningNode> = Vec::new();
-    let started = Instant::now();
+    let started = clock::now();
     for index in 1..=nodes {
         let name = format!("n{index}");
         let tls_dir = dir.path().join(&name).join("tls");
@@ -125,21 +126,21 @@ async fn show(
         "\n{} every node sees all {} members alive after {} ms",
         style.green("✓"),
         nodes.len(),
-        started.elapsed().as_millis()
+        clock::elapsed(started).as_millis()
     );
 
     let first = &apis[0];
     let command =
         format!("$ grapevine flag set new-checkout --on --waves 1,50%,100% --bake {DEMO_BAKE} --node {first}");
     println!("\n{}", style.bold(&command));
-    let set = Instant::now();
+    let set = clock::now();
     let url = format!("{first}/v1/flags/new-checkout?waves=1,50%25,100%25&bake={DEMO_BAKE}");
     let answer = post(&http, &url, json!({"on": true})).await?;
     let generation = answer["generation"].as_str().unwrap_or_default().to_owned();
     println!(
         "  accepted as generation {} in {:.1} ms (stored durably on n1 before the reply; every node holds it within ms)",
         style.bold(&generation),
-        set.elapsed().as_secs_f64() * 1000.0
+        clock::elapsed(set).as_secs_f64() * 1000.0
     );
     println!(
         "  {}",
@@ -161,14 +162,14 @@ async fn show(
     let value = json!({"requests_per_second": 500, "burst": 50});
     let command = format!("$ grapevine config put ratelimit --value '{value}' --emergency --node {last}");
     println!("\n{}", style.bold(&command));
-    let put = Instant::now();
+    let put = clock::now();
     let url = format!("{last}/v1/config/ratelimit?emergency=true");
     let answer = post(&http, &url, json!({ "value": value })).await?;
     let generation = answer["generation"].as_str().unwrap_or_default().to_owned();
     println!(
         "  accepted as generation {} on {last_name} in {:.1} ms; --emergency: one wave, every node at once",
         style.bold(&generation),
-        put.elapsed().as_secs_f64() * 1000.0
+        clock::elapsed(put).as_secs_f64() * 1000.0
     );
     watch_arrival(style, &http, nodes, "config/ratelimit", &generation, put, &Default::default()).await?;
 
@@ -206,7 +207,7 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> Result<Value, C
 }
 
 async fn wait_formed(http: &reqwest::Client, apis: &[String]) -> Result<(), CliError> {
-    let deadline = Instant::now() + DEMO_DEADLINE;
+    let deadline = clock::now() + DEMO_DEADLINE;
     loop {
         let mut formed = true;
         for api in apis {
@@ -217,7 +218,7 @@ async fn wait_formed(http: &reqwest::Client, apis: &[String]) -> Result<(), CliE
         if formed {
             return Ok(());
         }
-        if Instant::now() > deadline {
+        if clock::now() > deadline {
             return Err(failed("cluster")(format!("did not form within {DEMO_DEADLINE:?}")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -244,9 +245,9 @@ async fn watch_arrival(
                 if let Ok(Some(answer)) = get(&http, &url).await
                     && answer["generation"] == generation.as_str()
                 {
-                    return Ok((name, since.elapsed(), answer["value"].clone()));
+                    return Ok((name, clock::elapsed(since), answer["value"].clone()));
                 }
-                if since.elapsed() > DEMO_DEADLINE {
+                if clock::elapsed(since) > DEMO_DEADLINE {
                     return Err(failed("propagation")(format!("{name} did not get {generation}")));
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -298,7 +299,7 @@ impl Applications {
                     tick += 1;
                     let errors = if broken { 50 } else { u64::from(tick.is_multiple_of(2)) };
                     if broken {
-                        failed_at.lock().expect("demo lock").get_or_insert_with(Instant::now);
+                        failed_at.lock().expect("demo lock").get_or_insert_with(clock::now);
                     }
                     let sample = json!({"requests": 50, "errors": errors, "latency_p99_ms": 20});
                     let _ = http.post(format!("{api}/v1/health")).json(&sample).send().await;
@@ -338,7 +339,7 @@ async fn bad_change(
     let command = format!("$ grapevine config put {PAYMENTS} --value '{bad}' --waves 1,50%,100% --bake {DEMO_BAKE}");
     println!("\n{}", style.bold(&command));
     println!("  {}", style.dim("a bad change: with timeout_ms 0 the application on a node fails every request"));
-    let accepted = Instant::now();
+    let accepted = clock::now();
     let url = format!("{first}/v1/config/{PAYMENTS}?waves=1,50%25,100%25&bake={DEMO_BAKE}");
     let answer = post(http, &url, json!({ "value": bad })).await?;
     let generation: grapevine_proto::GenId = answer["generation"]
@@ -361,23 +362,23 @@ async fn bad_change(
             .is_some_and(|e| e.generation == generation)
     };
     wait_for("the canary to apply the bad change", || serves_bad(canary)).await?;
-    timeline.push((accepted.elapsed(), format!("canary {canary_name} applied it")));
+    timeline.push((clock::elapsed(accepted), format!("canary {canary_name} applied it")));
     wait_for("the canary's application to fail", || applications.first_failure().is_some()).await?;
     let first_failure = applications.first_failure().expect("just seen");
     timeline.push((first_failure - accepted, format!("the application on {canary_name} fails its first requests")));
     let canary_api = format!("http://{}", canary.api_addr);
     let rollout_url = format!("{canary_api}/v1/rollouts/{generation}");
-    let deadline = Instant::now() + DEMO_DEADLINE;
+    let deadline = clock::now() + DEMO_DEADLINE;
     loop {
         let status = get(http, &rollout_url).await?.unwrap_or_default();
         if status["anomaly_quorum"]["anomalous"].as_array().is_some_and(|a| !a.is_empty()) {
             let quorum = &status["anomaly_quorum"];
             timeline.push((
-                accepted.elapsed(),
+                clock::elapsed(accepted),
                 format!("{canary_name} reports it anomalous: {}", status["judgement"].as_str().unwrap_or("")),
             ));
             timeline.push((
-                accepted.elapsed(),
+                clock::elapsed(accepted),
                 format!(
                     "quorum: {} of {} nodes that applied it report an anomaly, {} needed",
                     quorum["anomalous"].as_array().map_or(0, Vec::len),
@@ -387,7 +388,7 @@ async fn bad_change(
             ));
             break;
         }
-        if Instant::now() > deadline {
+        if clock::now() > deadline {
             return Err(failed("anomaly")(format!("{canary_name} never reported {generation} anomalous")));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -398,7 +399,9 @@ async fn bad_change(
         let (mut view, name, target) = (node.engine().watch(), node.name.to_string(), generation.clone());
         waits.spawn(async move {
             let reverted = tokio::time::timeout(DEMO_DEADLINE, view.wait_for(|v| v.reverted.contains(&target))).await;
-            reverted.map(|_| (accepted.elapsed(), name)).map_err(|_| failed("revert")(format!("{target} not reverted")))
+            reverted
+                .map(|_| (clock::elapsed(accepted), name))
+                .map_err(|_| failed("revert")(format!("{target} not reverted")))
         });
     }
     let mut reverted = Vec::new();
@@ -432,9 +435,9 @@ async fn bad_change(
 
 /// Polls `condition` every millisecond until it holds or the demo deadline passes.
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) -> Result<(), CliError> {
-    let deadline = Instant::now() + DEMO_DEADLINE;
+    let deadline = clock::now() + DEMO_DEADLINE;
     while !condition() {
-        if Instant::now() > deadline {
+        if clock::now() > deadline {
             return Err(failed("waiting")(format!("{what} within {DEMO_DEADLINE:?}")));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -13,7 +13,7 @@
 //! Every read leaves out members whose name a connection's certificate contradicts, and the
 //! node watches for another live process under its own name (see [`binding`]).
 //!
-//! The types: `Gossip`, `GossipConfig`, `Member`, the key names (`KEY_API`, `KEY_LABELS`,
+//! The types: `Gossip`, `GossipConfig`, `Member`, `PeerHealth`, the key names (`KEY_API`, `KEY_LABELS`,
 //! `KEY_GENERATIONS`, `KEY_APPLIED`, `KEY_DIGEST`, `KEY_KPI`, `KEY_REVERTS`,
 //! `PREFIX_VERSION_VECTOR`, `PREFIX_REPORT`, `PREFIX_REVERTED_BY`), and the chitchat
 //! `Transport`/`Socket` adapter (`QuicGossip`, `GossipSocket`, `run_peer_sender`). Submodules:
@@ -75,7 +75,7 @@ pub mod binding;
 pub mod heard;
 pub mod signed;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,7 +98,7 @@ use tracing::{debug, warn};
 use self::binding::{Namesake, NamesakeWatch, claim_holds};
 use self::heard::HeardFrom;
 use self::signed::{Published, Signer, Verifier};
-use crate::health::PeerHealth;
+use crate::clock;
 use crate::metrics::{Metrics, WarnLimiter, reason};
 use crate::tls::NodeIdentity;
 use crate::transport::Transport;
@@ -196,6 +196,16 @@ pub struct Member {
     /// The fingerprint of the root keys its `[signing]` trusts (`none`: signatures not
     /// required); `None` for a build that publishes none.
     pub signing: Option<String>,
+}
+
+/// What a live peer publishes that the health task's judging needs: its KPIs, and the generations it reports
+/// on (those it applied).
+#[derive(Clone, Debug, Default)]
+pub struct PeerHealth {
+    pub kpis: Option<Window>,
+    pub reported: BTreeSet<GenId>,
+    /// The generations it judges healthy.
+    pub healthy: BTreeSet<GenId>,
 }
 
 /// The running gossip of a node.
@@ -351,7 +361,7 @@ impl Gossip {
     /// Publishes this node's reports, signed. After a certificate reload, it first publishes
     /// the new certificate and signs every report and the KPIs again (aged since written).
     pub async fn publish_reports(&self, reports: &BTreeMap<GenId, Report>) {
-        let now = Instant::now();
+        let now = clock::now();
         let current = self.transport.identity();
         let keys = {
             let mut signing = self.signing.lock().expect("signing lock poisoned");
@@ -429,7 +439,7 @@ impl Gossip {
     /// counted and logged (at most once per member and reason per [`FORGED_WARN_INTERVAL`]).
     fn keep_signed(&self, raw: Vec<Raw>, fields: usize) -> Vec<(ChitchatId, String, String)> {
         let trust = self.transport.trust();
-        let now = Instant::now();
+        let now = clock::now();
         let mut verifier = self.verifier.lock().expect("verifier lock poisoned");
         let mut kept = Vec::with_capacity(raw.len());
         for Raw { id, certificate, key, value } in raw {
@@ -506,7 +516,7 @@ impl Gossip {
             })
             .await;
         let signed = self.keep_signed(raw, REPORT_FIELDS);
-        let now = Instant::now();
+        let now = clock::now();
         let mut seen = self.reports_seen.lock().expect("reports lock poisoned");
         if seen.len() > MAX_SEEN_REPORTS {
             seen.clear();
@@ -606,7 +616,7 @@ impl Gossip {
         read: impl Fn(&ChitchatId, &NodeState) -> Option<T> + Send + 'static,
     ) -> Vec<T> {
         let own = self.handle.chitchat_id().clone();
-        let heard: HashSet<SocketAddr> = self.heard.recent(Instant::now());
+        let heard: HashSet<SocketAddr> = self.heard.recent(clock::now());
         let names = self.transport.peer_names();
         self.handle
             .with_chitchat(move |chitchat| {
@@ -738,7 +748,7 @@ impl Gossip {
 
     /// How long ago each peer, by gossip address, last sent this node gossip itself.
     pub fn last_heard(&self) -> std::collections::HashMap<SocketAddr, Duration> {
-        self.heard.ages(Instant::now())
+        self.heard.ages(clock::now())
     }
 
     /// Notifies `notify` whenever a key under one of `prefixes` changes in any member's state,
@@ -1075,7 +1085,7 @@ impl Socket for GossipSocket {
                     self.metrics().gossip_received.inc();
                     // Before chitchat applies it: the key events it fires then find the sender
                     // already counted as reachable.
-                    self.heard.record(from, Instant::now());
+                    self.heard.record(from, clock::now());
                     return Ok((from, message));
                 }
                 Err(error) => {

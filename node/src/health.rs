@@ -22,9 +22,9 @@
 //!
 //! The types: `Health` (a cheap-to-clone handle: a `Mutex`ed state and a `Notify`), `HealthConfig`
 //! (`[health]`), `ProbeConfig`, `ExecConfig`, `PrometheusConfig`, `Sample`, `SourceStatus`,
-//! `PeerHealth`, `Anomaly`, `HealthTask` and `run` (the health task); limits `BASELINE_WINDOW` (600
-//! s), `KPI_WINDOW` (60 s), `KPI_PUBLISH_INTERVAL` (5 s), `MAX_SAMPLES` (8192), `MAX_TRACKED`
-//! (256), `MAX_BAKED_NUDGES` (32) and `DEFAULT_SOURCE_TIMEOUT` (2 s).
+//! `Anomaly`, `HealthTask` and `run` (the health task); limits `BASELINE_WINDOW` (600 s),
+//! `KPI_WINDOW` (60 s), `KPI_PUBLISH_INTERVAL` (5 s), `MAX_SAMPLES` (8192), `MAX_TRACKED` (256),
+//! `MAX_BAKED_NUDGES` (32) and `DEFAULT_SOURCE_TIMEOUT` (2 s).
 //!
 //! - `Health::applied(generation, watch_window, thresholds, gate_bake)` starts judging a generation
 //!   just released here: a fresh `Instant`, the generation's thresholds, no samples yet, and as its
@@ -38,8 +38,8 @@
 //!   still watched: not frozen, not anomalous, within its watch window.
 //! - `judge_all`, every sample interval on a node with a source, judges every watched generation
 //!   with `proto::health::judge`: its samples since the apply, against its baseline and against the
-//!   pooled `kpi` windows of the live peers that do not report on it (`PeerHealth`, refreshed from
-//!   gossip every interval, with the generations each peer reports healthy). Then the blame rule:
+//!   pooled `kpi` windows of the live peers that do not report on it (`gossip::PeerHealth`, refreshed
+//!   from gossip every interval, with the generations each peer reports healthy). Then the blame rule:
 //!   the same samples count toward every generation watched, so only one suspect (not judged
 //!   healthy, or anomalous and not yet reverted) may be anomalous: the newest that no live peer
 //!   reports healthy, else the newest; the others stay `Inconclusive` (reason `...; deferred to
@@ -89,9 +89,9 @@
 //! one vouching; a revert clears the others' samples), an apply failure and a frozen generation,
 //! healthy without sources, and failing, hanging and missing `exec` commands.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use grapevine_proto::health::{Judgement, References, Thresholds, Window, judge};
 use grapevine_proto::rollout::{Report, Verdict};
@@ -102,8 +102,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::alerts::{Alert, AlertKind, Alerts};
+use crate::clock;
 use crate::command::Outcome;
-use crate::gossip::Gossip;
+use crate::gossip::{Gossip, PeerHealth};
 
 /// Generations whose reports are kept at once; past it, the one applied longest ago goes.
 const MAX_TRACKED: usize = 256;
@@ -244,23 +245,15 @@ impl Tracked {
     }
 
     fn watching(&self) -> bool {
-        !self.frozen && self.judgement.verdict != Verdict::Anomalous && self.applied_at.elapsed() <= self.watch_window
+        !self.frozen
+            && self.judgement.verdict != Verdict::Anomalous
+            && clock::elapsed(self.applied_at) <= self.watch_window
     }
 }
 
 /// A generation in the order of blame: when it was applied, and its judgement now with the
 /// KPIs behind it (`None` for one judged anomalous before and not reverted since).
 type Candidate = (Instant, GenId, Option<(Judgement, Window)>);
-
-/// What a live peer publishes that judging needs: its KPIs, and the generations it reports
-/// on (those it applied).
-#[derive(Clone, Debug, Default)]
-pub struct PeerHealth {
-    pub kpis: Option<Window>,
-    pub reported: BTreeSet<GenId>,
-    /// The generations it judges healthy.
-    pub healthy: BTreeSet<GenId>,
-}
 
 /// A generation this node just judged anomalous.
 #[derive(Clone, Debug)]
@@ -341,7 +334,7 @@ impl Health {
         let baseline = state.window_since(BASELINE_WINDOW);
         let judgement = Judgement { verdict: Verdict::Inconclusive, reason: "just applied".to_owned() };
         let tracked = Tracked {
-            applied_at: Instant::now(),
+            applied_at: clock::now(),
             watch_window,
             thresholds,
             baseline,
@@ -389,7 +382,7 @@ impl Health {
     /// Adds one sample to every generation within its watch window, and to the recent ones.
     pub fn record(&self, sample: Sample) {
         let mut state = self.lock();
-        let now = Instant::now();
+        let now = clock::now();
         state.recent.push_back((now, sample));
         while state.recent.len() > MAX_SAMPLES
             || state.recent.front().is_some_and(|(at, _)| now.duration_since(*at) > BASELINE_WINDOW)
@@ -514,7 +507,7 @@ impl Health {
             .tracked
             .iter()
             .map(|(id, tracked)| {
-                let elapsed_ms = tracked.applied_at.elapsed().as_millis() as u64;
+                let elapsed_ms = clock::elapsed(tracked.applied_at).as_millis() as u64;
                 (id.clone(), Report { verdict: state.verdict_of(tracked).verdict, elapsed_ms })
             })
             .collect()
@@ -568,7 +561,7 @@ impl Health {
 impl State {
     /// The window of the recent samples no older than `span`, if there are any.
     fn window_since(&self, span: Duration) -> Option<Window> {
-        let now = Instant::now();
+        let now = clock::now();
         let samples: Vec<(u64, u64, Option<f64>)> =
             self.recent.iter().filter(|(at, _)| now.duration_since(*at) <= span).map(|(_, s)| s.parts()).collect();
         (!samples.is_empty()).then(|| Window::of(samples))
@@ -602,24 +595,24 @@ pub async fn run(task: HealthTask, shutdown: CancellationToken) {
     let mut published = Published::new();
     let mut next_baked: Option<Instant> = None;
     let mut kpis_published: Option<Instant> = None;
-    let mut judged = Instant::now();
+    let mut judged = clock::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {
                 sample_sources(&health, &config, &http).await;
                 health.set_peers(gossip.peer_health().await);
-                if let Some(kpis) = health.kpis().filter(|_| kpis_published.is_none_or(|at| at.elapsed() >= KPI_PUBLISH_INTERVAL)) {
+                if let Some(kpis) = health.kpis().filter(|_| kpis_published.is_none_or(|at| clock::elapsed(at) >= KPI_PUBLISH_INTERVAL)) {
                     gossip.publish_kpis(kpis).await;
-                    kpis_published = Some(Instant::now());
+                    kpis_published = Some(clock::now());
                 }
                 health.judge_all();
-                judged = Instant::now();
+                judged = clock::now();
             }
             _ = health.publish.notified() => {
-                if judged.elapsed() >= MIN_JUDGE_INTERVAL {
+                if clock::elapsed(judged) >= MIN_JUDGE_INTERVAL {
                     health.judge_all();
-                    judged = Instant::now();
+                    judged = clock::now();
                 }
             }
             // A report getting baked is the one change that comes with no sample or event.
@@ -656,7 +649,7 @@ fn raise_anomalies(health: &Health, alerts: &Alerts, metrics: &crate::metrics::M
             reason: anomaly.reason,
             reporting_nodes: vec![name.to_string()],
             kpis: BTreeMap::from([(name.to_string(), anomaly.kpis.to_string())]),
-            at_ms: unix_ms(),
+            at_ms: clock::unix_ms(),
         });
     }
 }
@@ -676,7 +669,7 @@ type Published = BTreeMap<GenId, (Verdict, bool)>;
 async fn publish_reports(health: &Health, gossip: &Gossip, published: &mut Published) -> Option<Instant> {
     let bakes = health.gate_bakes();
     let reports = health.reports();
-    let now = Instant::now();
+    let now = clock::now();
     let due = due_reports(&reports, &bakes, published);
     for (id, report) in &due.changed {
         let baked = bakes.get(id).and_then(|bake| report.baked_in(*bake)) == Some(0);
@@ -714,19 +707,15 @@ fn due_reports(reports: &BTreeMap<GenId, Report>, bakes: &BTreeMap<GenId, u64>, 
     Due { changed, baked, next_baked_in_ms }
 }
 
-pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn sample_sources(health: &Health, config: &HealthConfig, http: &reqwest::Client) {
     for probe in &config.probe {
         let timeout = probe.timeout_ms.map_or(DEFAULT_SOURCE_TIMEOUT, Duration::from_millis);
-        let started = Instant::now();
+        let started = clock::now();
         let outcome = match http.get(&probe.url).timeout(timeout).send().await {
             Ok(response) => Ok(Sample {
                 requests: 1,
                 errors: u64::from(!response.status().is_success()),
-                latency_p99_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+                latency_p99_ms: Some(clock::elapsed(started).as_secs_f64() * 1000.0),
             }),
             Err(error) => Err(format!("probe {} failed: {error}", probe.url)),
         };
@@ -754,12 +743,12 @@ async fn sample_sources(health: &Health, config: &HealthConfig, http: &reqwest::
 }
 
 async fn run_command(command: &[String], timeout: Duration) -> Result<Sample, String> {
-    let started = Instant::now();
+    let started = clock::now();
     match crate::command::run(command, timeout, false).await {
         Ok(Outcome::Exited { status, .. }) => Ok(Sample {
             requests: 1,
             errors: u64::from(!status.success()),
-            latency_p99_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+            latency_p99_ms: Some(clock::elapsed(started).as_secs_f64() * 1000.0),
         }),
         Err(error) => Err(format!("cannot run {}: {error}", command[0])),
         // Killed with its process group; a command that hangs is a failed check.
@@ -800,6 +789,8 @@ async fn scrape(http: &reqwest::Client, endpoint: &PrometheusConfig) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn id(seq: u64) -> GenId {

@@ -22,6 +22,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::clock;
+
 /// The one label of the node's metric families: why or how something happened
 /// (`reason="queue_full"`, `reason="refused"`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -411,7 +413,7 @@ impl WarnLimiter {
 
     /// True when a warning for `key` may be logged now.
     pub fn allow(&self, key: &str) -> bool {
-        let now = Instant::now();
+        let now = clock::now();
         let mut last = self.last.lock().expect("warn limiter lock poisoned");
         if last.len() >= MAX_WARN_KEYS {
             last.clear();

@@ -40,6 +40,8 @@ use grapevine_proto::wire::{WireError, decode_versioned, encode, newest};
 use grapevine_proto::{GenId, Generation, NodeName, Revert, Snapshot, VersionVector};
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
+use crate::clock;
+
 /// Generations by `(origin, seq)`, each the versioned encoding of a [`Generation`].
 const GENERATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("generations");
 /// Generations released to this node (applied), so a restart does not take them back while
@@ -211,7 +213,7 @@ impl Store {
     /// where it went: kept for a post-mortem, never read again.
     pub fn quarantine(dir: &Path) -> Result<PathBuf, StoreError> {
         let path = dir.join(STORE_FILE);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let now = clock::unix_ms();
         let aside = dir.join(format!("{STORE_FILE}.corrupt-{now}"));
         std::fs::rename(&path, &aside)
             .map_err(|error| StoreError::Database { path, error: Box::new(redb::Error::Io(error)) })?;

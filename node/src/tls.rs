@@ -53,7 +53,7 @@ const NODE_VALIDITY: time::Duration = time::Duration::days(2 * 365);
 
 /// Sets validity from yesterday (tolerating clock skew between hosts) for `validity`.
 fn set_validity(params: &mut CertificateParams, validity: time::Duration) {
-    let now = time::OffsetDateTime::now_utc();
+    let now = time::OffsetDateTime::from(crate::clock::wall());
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + validity;
 }
@@ -410,7 +410,7 @@ pub struct PeerTrust {
 impl PeerTrust {
     /// Checks `chain` (end entity first) as the handshake did; `peer_is_server` when we dialed.
     pub fn check(&self, chain: &[CertificateDer<'_>], peer_is_server: bool) -> Result<(), rustls::Error> {
-        self.check_at(chain, peer_is_server, UnixTime::now())
+        self.check_at(chain, peer_is_server, crate::clock::unix_time())
     }
 
     /// Checks `chain` as a handshake at `now` would have.

@@ -28,8 +28,9 @@
 //! - `is_tls_failure` decides what counts as `grapevine_tls_handshake_failures_total`: only TLS
 //!   alerts, which QUIC carries as crypto error codes 0x100 to 0x1ff (raised here or received from
 //!   the peer). A peer shutting down, a lost connection or a timeout is logged at debug.
-//! - Certificates are swappable (`set_tls`, called by `tls::reload`). The server config lives in
-//!   the endpoint (`Endpoint::set_server_config`); the client config, the `PeerTrust` and the
+//! - Certificates are swappable (`set_tls`, called by `reload`, the task that polls
+//!   `tls::reload::TlsWatch`). The server config lives in the endpoint
+//!   (`Endpoint::set_server_config`); the client config, the `PeerTrust` and the
 //!   `NodeIdentity` of the latest set (`Transport::trust` and `Transport::identity`, which sign and
 //!   check gossip reports) live in `Inner::tls`, a `tokio::sync::watch` of `ActiveTls`, and every
 //!   dial reads it (`Endpoint::connect_with`). `set_tls` builds both configs before it applies
@@ -42,6 +43,8 @@
 //!   address and two dials that cross leave a second one open.
 //! - Limits: `MAX_GOSSIP_MESSAGE_BYTES`, `GOSSIP_INBOX_CAPACITY`, `STREAM_INBOX_CAPACITY`,
 //!   `MAX_CONNECTIONS`, `HANDSHAKE_TIMEOUT`, `IDLE_TIMEOUT` and `KEEP_ALIVE`.
+
+pub mod reload;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

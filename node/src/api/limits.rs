@@ -96,6 +96,9 @@ impl RateLimits {
     }
 
     /// Takes one request from `client`'s bucket of `class`, or says how long until one is there.
+    // The wait is measured on governor's own clock, the one its buckets fill by (not
+    // `crate::clock`'s, so paused time does not reach the request rates).
+    #[allow(clippy::disallowed_methods)]
     pub fn take(&self, class: Class, client: &str) -> Result<(), Duration> {
         let limiter = match class {
             Class::Admin => &self.admin,

@@ -94,6 +94,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::clock;
 use crate::engine::{EngineHandle, SubmitError, short_digest};
 use crate::gossip::Gossip;
 use crate::health::Health;
@@ -107,6 +108,7 @@ pub mod limits;
 mod ofrep;
 mod proposals;
 mod rollout;
+pub mod selector;
 mod ui;
 pub mod watch;
 
@@ -329,7 +331,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 /// (the same disk, so no other file system fills up), then streamed and removed.
 async fn backup(State(state): State<ApiState>, _: Query<NoParameters>) -> Result<Response, ApiError> {
     ApiError::unless_recovering(&state.engine.view(), state.name.as_str())?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let now = clock::wall().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let path = state.data.join(format!(".backup-{now}.redb"));
     let store = state.store.clone();
     let written = path.clone();
@@ -449,7 +451,7 @@ async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiRes
 /// The freeze windows of this node, their fingerprint (the same on nodes that carry the same
 /// windows), and the freeze in force now, if any.
 fn freeze_status(state: &ApiState) -> Value {
-    let now = crate::clock::wall_ms(state.clock_skew_ms);
+    let now = clock::wall_ms(state.clock_skew_ms);
     let active = state.freezes.covering(now).map(|(window, until_ms)| {
         json!({"window": window, "until_ms": until_ms, "until": grapevine_proto::schedule::rfc3339(until_ms)})
     });
@@ -898,7 +900,7 @@ pub(crate) async fn submit_change(
 ) -> ApiResult<Value> {
     // One reading of the clock: `start_in` counts from it, and a prepared change is issued at it,
     // so the operator can check the start against what was asked.
-    let now = crate::clock::wall_ms(state.clock_skew_ms);
+    let now = clock::wall_ms(state.clock_skew_ms);
     let (signed, start_at_ms) = start_of(state, signed, wait, now)?;
     if wait.dry_run || wait.prepare {
         let preview = state.engine.preview(change.clone()).await?;
@@ -926,10 +928,10 @@ pub(crate) async fn submit_change(
     let terms = start_at_ms.map(|start_at_ms| Box::new(Terms { start_at_ms: Some(start_at_ms), ..Terms::default() }));
     let generation = state.engine.submit(change, wait.author.clone(), signed, terms).await?;
     let id = generation.id();
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = clock::now() + timeout;
     let mut replicas = state.holdings.count_holding(state.gossip.peer_version_vectors().await, id);
     while replicas < wait.wait_replicas {
-        if tokio::time::Instant::now() >= deadline {
+        if clock::now() >= deadline {
             return Err(ApiError {
                 status: StatusCode::GATEWAY_TIMEOUT,
                 message: format!(
@@ -1025,7 +1027,7 @@ fn flag_answer(
         .flags
         .get(key)
         .ok_or_else(|| ApiError::not_found(format!("flag \"{key}\" not found on node {}", state.name)))?;
-    let evaluation = entry.value.evaluate(key.as_str(), context, state.fractional, crate::health::unix_ms() / 1000);
+    let evaluation = entry.value.evaluate(key.as_str(), context, state.fractional, clock::unix_ms() / 1000);
     Ok(json!({
         "key": key,
         "value": evaluation.value,

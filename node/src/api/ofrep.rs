@@ -10,7 +10,7 @@
 //! - `POST /ofrep/v1/evaluate/flags`: every flag, with a strong `ETag` over the answer and
 //!   `304` on a matching `If-None-Match`, and `eventStreams` naming the SSE endpoint below.
 //! - Both take flagd's `Flagd-Selector` header (`flagSetId=ID`, `prefix=P`; see
-//!   `crate::flagd::Selector`): a flag outside it is not found, and the bulk answer leaves it
+//!   `selector::Selector`): a flag outside it is not found, and the bulk answer leaves it
 //!   out.
 //! - `GET /ofrep/v1/events`: Server-Sent Events, one `refetchEvaluation` event each time the
 //!   applied flags change (a change applied here, or a revert), with the flags' digest as
@@ -39,10 +39,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
+use super::selector::{SELECTOR_HEADER, Selector};
+use crate::clock;
 use crate::engine::View;
-use crate::flagd::Selector;
-use crate::flagd::selector::SELECTOR_HEADER;
-use crate::health::unix_ms;
 
 /// How long an idle SDK may keep the event stream before it should close it.
 const INACTIVITY_DELAY_S: u64 = 120;
@@ -91,7 +90,7 @@ fn evaluate(
 
 /// Counts an OFREP answer by status, and how long its evaluation took.
 fn counted(state: &ApiState, started: std::time::Instant, response: Response) -> Response {
-    state.metrics.ofrep_evaluation.observe(started.elapsed().as_secs_f64());
+    state.metrics.ofrep_evaluation.observe(clock::elapsed(started).as_secs_f64());
     let status = match response.status().as_u16() {
         200 => "200",
         304 => "304",
@@ -103,7 +102,7 @@ fn counted(state: &ApiState, started: std::time::Instant, response: Response) ->
     response
 }
 
-/// The `Flagd-Selector` header's selector (flagd's, `crate::flagd::Selector`): every flag
+/// The `Flagd-Selector` header's selector (flagd's, `selector::Selector`): every flag
 /// without one; a 400 for one that does not parse.
 fn selector(headers: &HeaderMap, key: Option<&str>) -> Result<Selector, Box<Response>> {
     let text = headers.get(SELECTOR_HEADER).map(|v| v.to_str().unwrap_or("")).unwrap_or("");
@@ -117,7 +116,7 @@ pub async fn evaluate_flag(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let started = std::time::Instant::now();
+    let started = clock::now();
     let response = evaluate_one(&state, &key, &headers, &body);
     counted(&state, started, response)
 }
@@ -139,7 +138,7 @@ fn evaluate_one(state: &ApiState, key: &str, headers: &HeaderMap, body: &Bytes) 
     let selected = key.parse::<grapevine_proto::Key>().ok().and_then(|k| view.state.flags.get(&k).cloned());
     let answer = selected
         .filter(|entry| selector.matches(&key, &entry.value))
-        .and_then(|_| evaluate(state, &view, &key, &EvaluationContext::new(&context), unix_ms() / 1000));
+        .and_then(|_| evaluate(state, &view, &key, &EvaluationContext::new(&context), clock::unix_ms() / 1000));
     let Some(answer) = answer else {
         let details = format!("flag {key:?} is not applied on node {}", state.name);
         return failure(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", details);
@@ -157,7 +156,7 @@ pub async fn evaluate_all(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let started = std::time::Instant::now();
+    let started = clock::now();
     let response = evaluate_bulk(&state, &principal, &headers, &body);
     counted(&state, started, response)
 }
@@ -177,7 +176,7 @@ fn evaluate_bulk(state: &ApiState, principal: &crate::auth::Principal, headers: 
         return recovering(state, None, reason);
     }
     // One context and one clock reading for every flag of the request.
-    let (context, now_s) = (EvaluationContext::new(&context), unix_ms() / 1000);
+    let (context, now_s) = (EvaluationContext::new(&context), clock::unix_ms() / 1000);
     let flags: Vec<Value> = view
         .state
         .flags
@@ -218,7 +217,7 @@ pub async fn events(State(state): State<ApiState>) -> Sse<impl Stream<Item = Res
             watch.changed().await.ok()?;
             let digest = flags_digest(&watch.borrow_and_update());
             if digest != last {
-                let data = json!({"type": "refetchEvaluation", "etag": format!("\"{digest}\""), "lastModified": unix_ms() / 1000});
+                let data = json!({"type": "refetchEvaluation", "etag": format!("\"{digest}\""), "lastModified": clock::unix_ms() / 1000});
                 let event = Event::default().id(digest.clone()).event("message").data(data.to_string());
                 return Some((Ok(event), (watch, digest)));
             }

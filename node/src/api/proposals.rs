@@ -106,7 +106,7 @@ pub async fn show(
     answer["sign"] = json!({
         "cluster": state.cluster,
         "format": grapevine_proto::wire::WIRE_VERSION,
-        "issued_ms": crate::health::unix_ms(),
+        "issued_ms": crate::clock::unix_ms(),
         "proposal": proposal.id,
         "digest": proposal.digest.to_string(),
         "expires_ms": proposal.expires_ms,
@@ -143,7 +143,7 @@ pub async fn propose(
     }
     access::covers_all(&state, &principal, change.ops.iter().map(|op| op.key().as_str()))?;
     let expires_ms = request.expires_ms.unwrap_or(signed.issued_ms + DEFAULT_PROPOSAL_LIFETIME_MS);
-    let now = crate::health::unix_ms();
+    let now = crate::clock::unix_ms();
     if expires_ms <= now || expires_ms > signed.issued_ms + MAX_PROPOSAL_LIFETIME_MS {
         return Err(ApiError::bad_request(format!(
             "expires_ms must lie after now ({now}) and at most {MAX_PROPOSAL_LIFETIME_MS} ms after the signing ({}), got {expires_ms}",

@@ -68,7 +68,7 @@ impl Feed {
     /// Starts the feed task over `engine`'s views, until shutdown.
     pub fn start(engine: EngineHandle, shutdown: CancellationToken) -> (Feed, impl std::future::Future<Output = ()>) {
         let (live, _) = broadcast::channel(FEED_CAPACITY);
-        let incarnation = crate::health::unix_ms();
+        let incarnation = crate::clock::unix_ms();
         let inner = Arc::new(FeedInner { incarnation, recent: Mutex::new(VecDeque::new()), live, engine });
         let feed = Feed { inner: inner.clone() };
         let task = async move {

@@ -3,8 +3,10 @@
 //! Input the node would refuse is checked here first where that is cheap (JSON syntax, size),
 //! with the same messages, so a bad value never leaves the machine; the node checks again.
 //!
-//! `Client` holds a `Connection` and `REQUEST_TIMEOUT`; `CliError` is `Refused`, `Failed`, `Usage`
-//! or `Unreachable` (exit codes 1, 1, 2, 3; clap's own usage errors also exit 2).
+//! `Client` holds a `Connection` and `REQUEST_TIMEOUT`, made from the command's `args::ClientArgs`;
+//! `with_client` runs a command with one on a runtime of its own (`runtime`). `CliError` is
+//! `Refused`, `Failed`, `Usage` or `Unreachable` (exit codes 1, 1, 2, 3; clap's own usage errors
+//! also exit 2).
 //!
 //! - One function per client command: `flag_set`, `flag_get`, `config_put`, `config_get`, `apply`,
 //!   `status`, `history`, `rollout_status`, `rollout_control`, `rollback` and `backup`
@@ -42,15 +44,16 @@ use std::time::Duration;
 use grapevine_proto::{Author, JsonText};
 
 use crate::api::AUTHOR_HEADER;
-use crate::cli::{ChangeArgs, ClientArgs};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+pub mod args;
 mod connection;
 pub mod credentials;
 pub mod proposals;
 pub mod signing;
 pub mod wait;
+use args::{ChangeArgs, ClientArgs};
 use connection::Connection;
 pub use signing::{FlagIntent, Intent, StartIntent};
 
@@ -83,6 +86,21 @@ impl CliError {
             CliError::Unreachable(_) => 3,
         }
     }
+}
+
+/// A runtime for one command.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Runtime::new().map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
+}
+
+/// Runs `f` with a client of the node `args` name, on a runtime of its own.
+pub fn with_client<F, Fut>(args: &ClientArgs, f: F) -> Result<(), CliError>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
+{
+    let client = Client::new(args)?;
+    runtime()?.block_on(f(client))
 }
 
 /// A connection to one node's API.

@@ -15,9 +15,9 @@
 use reqwest::Method;
 use serde_json::Value;
 
+use super::args::ChangeArgs;
 use super::signing::KeyFile;
 use super::{ChangeRequest, CliError, Client, print_json, report_accepted, text};
-use crate::cli::ChangeArgs;
 
 /// An approval or a rejection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub async fn propose(
 
 /// The time left until `expires_ms`, like `23h59m` (`expired` once past).
 fn remaining(expires_ms: u64) -> String {
-    let left_ms = expires_ms.saturating_sub(crate::health::unix_ms());
+    let left_ms = expires_ms.saturating_sub(crate::clock::unix_ms());
     if left_ms == 0 {
         return "expired".to_owned();
     }

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::CliError;
-use crate::cli::KeyCommand;
+use super::args::KeyCommand;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,7 +158,7 @@ pub fn run(command: KeyCommand) -> Result<(), CliError> {
             if prefixes.len() > MAX_PREFIXES {
                 return Err(CliError::Usage(format!("at most {MAX_PREFIXES} --prefix, got {}", prefixes.len())));
             }
-            let now_ms = crate::health::unix_ms();
+            let now_ms = crate::clock::unix_ms();
             let not_after_ms = now_ms + u64::from(days) * 24 * 3600 * 1000;
             let delegation = root.key.delegate(&cluster, name.clone(), public, prefixes, not_after_ms);
             let text = encode_delegation(&delegation);
@@ -189,7 +189,7 @@ pub fn run(command: KeyCommand) -> Result<(), CliError> {
             println!("{}", serde_json::to_string_pretty(&shown).expect("a Value always serializes"));
         }
         KeyCommand::Revoke { public, reason, client } => {
-            return crate::cli::with_client(&client, |c| async move { super::revoke_key(&c, &public, reason).await });
+            return super::with_client(&client, |c| async move { super::revoke_key(&c, &public, reason).await });
         }
     }
     Ok(())

@@ -2,9 +2,10 @@
 //! the README) can go on to its first change once the node answers, has caught up with its
 //! peers (`/readyz`), and, with `--members`, sees the cluster it is meant to be part of.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{CliError, Client};
+use crate::clock;
 use reqwest::Method;
 
 /// How often the node is asked again: short next to a node's start (tens of milliseconds),
@@ -14,7 +15,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Waits up to `within` until the node is ready and sees at least `members` live members
 /// (itself included). Exit 3 if it never answered, 1 if it answered but not that.
 pub async fn until_ready(client: &Client, within: Duration, members: Option<usize>) -> Result<(), CliError> {
-    let deadline = Instant::now() + within;
+    let deadline = clock::now() + within;
     let mut answered = false;
     loop {
         let last = match check(client, members).await {
@@ -25,7 +26,7 @@ pub async fn until_ready(client: &Client, within: Duration, members: Option<usiz
                 error
             }
         };
-        let now = Instant::now();
+        let now = clock::now();
         if now >= deadline {
             let waited = format!("after waiting {} ms", within.as_millis());
             return Err(match last {

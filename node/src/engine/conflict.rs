@@ -45,7 +45,7 @@ impl Engine {
             reason: format!("a peer holds other content under {id}; this node keeps the content it holds"),
             reporting_nodes: Vec::new(),
             kpis: Default::default(),
-            at_ms: crate::health::unix_ms(),
+            at_ms: crate::clock::unix_ms(),
         });
         true
     }

@@ -112,6 +112,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::alerts::Alerts;
+use crate::clock;
 use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, KEY_REVERTS, version_vector_keys};
 use crate::health::Health;
 use crate::metrics::{Metrics, WarnLimiter};
@@ -783,8 +784,8 @@ impl Engine {
             self.caught_up_since = None;
             return;
         }
-        let since = *self.caught_up_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < RECOVERY_SETTLE {
+        let since = *self.caught_up_since.get_or_insert_with(clock::now);
+        if clock::elapsed(since) < RECOVERY_SETTLE {
             return;
         }
         let store = self.parts.store.clone();

@@ -39,7 +39,7 @@
 //! snapshot holds its writes). Only the engine task changes the log and the released set.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use grapevine_proto::rollout::{AnomalyQuorum, Controls, Plan, Report};
 use grapevine_proto::schedule::{self, Hold};
@@ -48,6 +48,7 @@ use serde::Serialize;
 use tracing::{error, info};
 
 use super::Engine;
+use crate::clock;
 use crate::health::Health;
 
 /// The gates of the generations waiting here, from one look at the log and the reports.
@@ -162,7 +163,7 @@ impl Engine {
     pub(super) async fn release_pass(&mut self) {
         let Gates { open: newly, waiting, next_in_ms } = self.gates().await;
         self.parts.metrics.generations_waiting.set(waiting as i64);
-        self.next_gate = next_in_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+        self.next_gate = next_in_ms.map(|ms| clock::now() + Duration::from_millis(ms));
         if newly.is_empty() {
             return;
         }

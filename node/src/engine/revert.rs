@@ -51,7 +51,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use grapevine_proto::rollout::AnomalyQuorum;
 use grapevine_proto::signing::{PublicKey, revoked_after};
@@ -61,7 +61,7 @@ use tracing::{debug, error, info, warn};
 
 use super::Engine;
 use crate::alerts::{Alert, AlertKind};
-use crate::health::unix_ms;
+use crate::clock;
 use crate::metrics::reason;
 use crate::store::StoreError;
 
@@ -120,8 +120,8 @@ impl Engine {
                 continue;
             }
             let writers = self.parts.gossip.live_revert_writers(&id).await;
-            let since = *self.deferred_reverts.entry(id.clone()).or_insert_with(Instant::now);
-            if !writers.is_empty() && since.elapsed() < REVERT_DEFER {
+            let since = *self.deferred_reverts.entry(id.clone()).or_insert_with(clock::now);
+            if !writers.is_empty() && clock::elapsed(since) < REVERT_DEFER {
                 debug!(generation = %id, ?writers, "quorum reached; waiting for the revert a live member wrote");
                 continue;
             }
@@ -201,7 +201,7 @@ impl Engine {
             reason: reason_text,
             reporting_nodes: names,
             kpis,
-            at_ms: unix_ms(),
+            at_ms: clock::unix_ms(),
         });
         Ok(())
     }

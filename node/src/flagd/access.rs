@@ -5,10 +5,9 @@
 
 use tonic::{Request, Status};
 
-use super::Selector;
-use super::selector::SELECTOR_HEADER;
 use crate::api::ApiState;
 use crate::api::limits::Class;
+use crate::api::selector::{SELECTOR_HEADER, Selector};
 use crate::auth::{Principal, Refusal, Requirement, Role, check};
 use crate::metrics::reason;
 

@@ -20,8 +20,8 @@ use super::convert::{map_to_struct, struct_to_map};
 use super::schema::evaluation::service_server::{Service, ServiceServer};
 use super::schema::evaluation::*;
 use super::{Shared, sync};
+use crate::clock::unix_ms;
 use crate::engine::View;
-use crate::health::unix_ms;
 
 /// The evaluation service, behind the access checks.
 pub fn service(shared: Shared) -> tonic::service::Routes {

@@ -6,7 +6,7 @@
 //!   its applied flags, and the provider evaluates them itself ([`sync`]).
 //!
 //! Both serve this host's **applied** flags, so a provider follows its host's wave and sees a
-//! revert as soon as the node applies it. Both take flagd's selectors ([`Selector`]), the API's
+//! revert as soon as the node applies it. Both take flagd's selectors (`api::selector`), the API's
 //! tokens and anonymous role, and its request rates ([`access`]); both are off unless the node's
 //! config has a `[flagd]` section, and take TLS from it.
 
@@ -25,10 +25,7 @@ pub mod access;
 pub mod convert;
 pub mod evaluation;
 pub mod evaluation_v2;
-pub mod selector;
 pub mod sync;
-
-pub use selector::Selector;
 
 /// The types and service traits generated from flagd's schemas (`node/proto/`, `build.rs`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -17,12 +17,13 @@ use grapevine_proto::eval::FlagDefinition;
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
+use super::Shared;
 use super::access::{Caller, interceptor};
 use super::convert::map_to_struct;
 use super::evaluation::serving;
 use super::schema::sync::flag_sync_service_server::{FlagSyncService, FlagSyncServiceServer};
 use super::schema::sync::*;
-use super::{Selector, Shared};
+use crate::api::selector::Selector;
 use crate::engine::View;
 
 /// The sync service, behind the access checks.

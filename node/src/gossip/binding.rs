@@ -147,7 +147,7 @@ fn raise(gossip: &Gossip, alerts: &Alerts, namesake: Namesake) {
         reason: format!("another process is live under this node's name at {address} (incarnation {incarnation})"),
         reporting_nodes: Vec::new(),
         kpis: BTreeMap::new(),
-        at_ms: crate::health::unix_ms(),
+        at_ms: crate::clock::unix_ms(),
     });
 }
 

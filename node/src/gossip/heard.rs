@@ -79,6 +79,7 @@ impl HeardFrom {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock;
 
     const INTERVAL: Duration = Duration::from_millis(100);
 
@@ -90,7 +91,7 @@ mod tests {
     #[test]
     fn a_peer_is_recent_for_the_window_after_its_last_message() {
         let heard = HeardFrom::new(INTERVAL, Arc::new(Notify::new()));
-        let start = Instant::now();
+        let start = clock::now();
         heard.record(addr(1), start);
         let window = INTERVAL * HEARD_WINDOW_ROUNDS;
         assert_eq!(heard.recent(start + window), HashSet::from([addr(1)]));
@@ -105,7 +106,7 @@ mod tests {
     async fn only_a_peer_heard_again_after_the_window_wakes_the_puller() {
         let notify = Arc::new(Notify::new());
         let heard = HeardFrom::new(INTERVAL, notify.clone());
-        let start = Instant::now();
+        let start = clock::now();
         heard.record(addr(1), start);
         assert!(woken(&notify).await);
         heard.record(addr(1), start + INTERVAL);
@@ -119,7 +120,7 @@ mod tests {
     #[test]
     fn the_map_is_bounded() {
         let heard = HeardFrom::new(INTERVAL, Arc::new(Notify::new()));
-        let start = Instant::now();
+        let start = clock::now();
         for port in 0..MAX_HEARD_PEERS as u16 {
             heard.record(addr(port), start);
         }

@@ -151,7 +151,7 @@ pub fn check_certificate(
         return Err(Refusal::UntrustedCertificate);
     }
     let der = CertificateDer::from(BASE64.decode(published).map_err(|_| Refusal::UntrustedCertificate)?);
-    check_certificate_der(trust, name, &der, UnixTime::now())?;
+    check_certificate_der(trust, name, &der, crate::clock::unix_time())?;
     Ok(der)
 }
 

@@ -1,17 +1,16 @@
 //! Proving and checking generations' origins: each refusal, the upgrade allowance, and the cost.
 
-use std::time::Instant;
-
 use grapevine_proto::testing::put;
 
 use super::*;
+use crate::clock;
 use crate::gossip::signed::tests::Cluster;
 
 const CLUSTER: &str = "test";
 
 /// A config write by `origin`, stamped now (certificates are valid from their issue on).
 fn generation(origin: &str, seq: u64) -> Generation {
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now_ms = clock::unix_ms();
     put(origin, seq, now_ms, "k", &seq.to_string())
 }
 
@@ -84,9 +83,9 @@ fn cost_of_proving_and_checking_a_generation() {
     let median_us = |run: &dyn Fn(&Generation)| {
         let mut runs: Vec<f64> = (0..9)
             .map(|_| {
-                let started = Instant::now();
+                let started = clock::now();
                 generations.iter().for_each(run);
-                started.elapsed().as_secs_f64() * 1e6 / generations.len() as f64
+                clock::elapsed(started).as_secs_f64() * 1e6 / generations.len() as f64
             })
             .collect();
         runs.sort_by(f64::total_cmp);

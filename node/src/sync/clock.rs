@@ -51,7 +51,7 @@ pub async fn serve(mut stream: IncomingStream, clock_skew_ms: i64) -> Result<(),
 pub async fn run_prober(prober: Prober, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     let mut turn = 0usize;
-    let mut last_logged: Option<tokio::time::Instant> = None;
+    let mut last_logged: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -92,14 +92,14 @@ async fn probe(prober: &Prober, peer: std::net::SocketAddr) -> Result<i64, Strin
 }
 
 /// Publishes the standing as a metric, and says so loudly (rate-limited) while fenced.
-fn report(prober: &Prober, last_logged: &mut Option<tokio::time::Instant>) {
+fn report(prober: &Prober, last_logged: &mut Option<std::time::Instant>) {
     let Some(standing) = prober.offsets.standing() else { return };
     prober.metrics.clock_ahead.set(standing.ahead_ms);
     if !fenced(Some(standing), prober.max_clock_offset_ms) {
         return;
     }
-    if last_logged.is_none_or(|at| at.elapsed() >= FENCED_LOG_INTERVAL) {
-        *last_logged = Some(tokio::time::Instant::now());
+    if last_logged.is_none_or(|at| crate::clock::elapsed(at) >= FENCED_LOG_INTERVAL) {
+        *last_logged = Some(crate::clock::now());
         error!(
             ahead_ms = standing.ahead_ms,
             peers = standing.peers,

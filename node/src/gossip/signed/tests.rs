@@ -2,9 +2,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
+use crate::clock;
 use crate::tls::{NodeTls, ca_init, ca_issue};
 
 /// A cluster CA in a temporary directory, and nodes issued by it.
@@ -58,7 +59,7 @@ fn check(
     value: &str,
 ) -> Result<String, Refusal> {
     let published = Published { signer: signer(name), certificate, key, value };
-    Verifier::default().check(trust, &published, 2, Instant::now()).map(str::to_owned).map_err(|r| r.refusal)
+    Verifier::default().check(trust, &published, 2, clock::now()).map(str::to_owned).map_err(|r| r.refusal)
 }
 
 #[test]
@@ -101,7 +102,7 @@ fn each_forgery_is_refused_for_its_reason() {
     let other_cluster = Signer { cluster: "other", ..signer("n1") };
     let restarted = Signer { incarnation: 8, ..signer("n1") };
     for moved in [other_cluster, restarted] {
-        let refusal = verifier.check(&trust, &published(moved), 2, Instant::now()).unwrap_err().refusal;
+        let refusal = verifier.check(&trust, &published(moved), 2, clock::now()).unwrap_err().refusal;
         assert_eq!(refusal, Refusal::BadSignature);
     }
     // No certificate, garbage, a certificate of another CA.
@@ -127,7 +128,7 @@ fn checks_are_remembered_and_a_reload_of_the_ca_bundle_checks_again() {
     let forged = "h:12000:AAAA";
     let published = Published { signer: signer("n1"), certificate: Some(&certificate), key, value: forged };
     let mut verifier = Verifier::default();
-    let now = Instant::now();
+    let now = clock::now();
     let first = verifier.check(&trust, &published, 2, now).unwrap_err();
     assert_eq!(first, Refused { refusal: Refusal::BadSignature, first: true });
     let again = verifier.check(&trust, &published, 2, now).unwrap_err();
@@ -157,11 +158,11 @@ fn cost_of_signing_and_checking_a_report() {
     let median_us = |mut run: Box<dyn FnMut(usize)>| {
         let mut runs: Vec<f64> = (0..9)
             .map(|round| {
-                let started = Instant::now();
+                let started = clock::now();
                 for i in 0..200 {
                     run(round * 1000 + i);
                 }
-                started.elapsed().as_secs_f64() * 1e6 / 200.0
+                clock::elapsed(started).as_secs_f64() * 1e6 / 200.0
             })
             .collect();
         runs.sort_by(f64::total_cmp);
@@ -181,9 +182,9 @@ fn cost_of_signing_and_checking_a_report() {
     }));
     let mut verifier = Verifier::default();
     let published = Published { signer: signer("n1"), certificate: Some(&certificate), key, value: &values[0] };
-    verifier.check(&trust, &published, 2, Instant::now()).unwrap();
+    verifier.check(&trust, &published, 2, clock::now()).unwrap();
     let cached_us = median_us(Box::new(|_| {
-        verifier.check(&trust, &published, 2, Instant::now()).unwrap();
+        verifier.check(&trust, &published, 2, clock::now()).unwrap();
     }));
     eprintln!(
         "signed reports (median of 9 x 200, debug={}): sign {sign_us:.1} us, check a signature {signature_us:.1} us, \

@@ -10,6 +10,9 @@
 //! - a bare value (flagd's older selectors, which named a source file): read as a flag set id,
 //!   since a Grapevine node has no sources, only the flags it applied;
 //! - empty: every flag the caller may read.
+//!
+//! In the API rather than in `flagd`: OFREP reads them as well, and the flagd services build on
+//! the API (its state, tokens and rates), not the other way round.
 
 use grapevine_proto::eval::FlagDefinition;
 use serde_json::Value;
