@@ -31,7 +31,8 @@
 //!   bundle of the latest reload. A refused value is left out, counted once per check in
 //!   `grapevine_forged_reports_total{reason}` and logged at warn at most once per member and reason
 //!   per minute (`FORGED_WARN_INTERVAL`). `kpis_of` only strips the signature (alert text).
-//! - `version_vectors_changed` is a `Notify` fed by chitchat key subscriptions on `vv.` and on
+//! - `version_vectors_changed` is a `Notify` fed by chitchat key subscriptions on `vv.` (only
+//!   for a value above this node's published one, `advertises_more`) and on
 //!   `reverts`, and by `HeardFrom` when a peer not heard from lately sends again (it wakes the
 //!   puller); `reports_changed` is one fed by a subscription on `rep.` (it wakes the engine's
 //!   `decide`).
@@ -212,6 +213,10 @@ pub struct PeerHealth {
 pub struct Gossip {
     handle: ChitchatHandle,
     version_vectors_changed: Arc<Notify>,
+    /// This node's own vector as last published, by origin: a peer's `vv.` key wakes the
+    /// puller only when it advertises more than this (every peer's vector changes with every
+    /// change, and a wake reads them all: waking on each cost a node O(members^2) per change).
+    held: Arc<Mutex<HashMap<String, u64>>>,
     /// Peers that sent us gossip lately: log sync pulls from them before they are alive again.
     heard: Arc<HeardFrom>,
     reports_changed: Arc<Notify>,
@@ -308,8 +313,22 @@ impl Gossip {
                 chitchat.subscribe_event(prefix, move |_| notify.notify_one())
             })
         };
+        let held = Arc::new(Mutex::new(HashMap::new()));
+        let vectors_ahead = {
+            let (held, notify) = (held.clone(), version_vectors_changed.clone());
+            handle
+                .with_chitchat(move |chitchat| {
+                    let (held, notify) = (held.clone(), notify.clone());
+                    chitchat.subscribe_event(PREFIX_VERSION_VECTOR, move |event| {
+                        if advertises_more(&held, event.key, event.value) {
+                            notify.notify_one();
+                        }
+                    })
+                })
+                .await
+        };
         let listeners = [
-            subscribe(PREFIX_VERSION_VECTOR, version_vectors_changed.clone()).await,
+            vectors_ahead,
             subscribe(KEY_REVERTS, version_vectors_changed.clone()).await,
             subscribe(PREFIX_REPORT, reports_changed.clone()).await,
         ];
@@ -317,6 +336,7 @@ impl Gossip {
         Ok(Gossip {
             handle,
             version_vectors_changed,
+            held,
             heard,
             reports_changed,
             reports_seen,
@@ -337,6 +357,14 @@ impl Gossip {
 
     /// Sets keys of this node's state.
     pub async fn set_keys(&self, keys: Vec<(String, String)>) {
+        {
+            let mut held = self.held.lock().expect("held vector lock poisoned");
+            for (key, value) in &keys {
+                if let (Some(origin), Ok(seq)) = (key.strip_prefix(PREFIX_VERSION_VECTOR), value.parse::<u64>()) {
+                    held.insert(origin.to_owned(), seq);
+                }
+            }
+        }
         self.handle
             .with_chitchat(move |chitchat| {
                 let state = chitchat.self_node_state();
@@ -347,8 +375,9 @@ impl Gossip {
             .await;
     }
 
-    /// Notified whenever a peer's version vector or reverts summary changes, and when a peer
-    /// not heard from lately sends gossip again (it may be ahead: see [`heard`]).
+    /// Notified whenever a peer advertises a generation this node has not published holding,
+    /// or its reverts summary changes, and when a peer not heard from lately sends gossip again
+    /// (it may be ahead: see [`heard`]).
     pub fn version_vectors_changed(&self) -> Arc<Notify> {
         self.version_vectors_changed.clone()
     }
@@ -992,6 +1021,13 @@ fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> 
 /// The newest wire format a member reads, from its `wire` key ([`OLDEST_READABLE`] without).
 fn wire_version_in(state: &NodeState) -> u8 {
     state.get(KEY_WIRE).and_then(|v| v.parse().ok()).unwrap_or(OLDEST_READABLE)
+}
+
+/// Whether a peer's `vv.<origin>` = `value` advertises more of `origin` than `held` (this node's
+/// published vector); a malformed value advertises nothing.
+fn advertises_more(held: &Mutex<HashMap<String, u64>>, origin: &str, value: &str) -> bool {
+    let Ok(seq) = value.parse::<u64>() else { return false };
+    seq > held.lock().expect("held vector lock poisoned").get(origin).copied().unwrap_or(0)
 }
 
 /// A peer's version vector from its `vv.<origin>` keys; malformed entries are skipped.
