@@ -1,5 +1,5 @@
 // The fleet page (docs/ui.md): four views drawn from the node's public API, kept live by its
-// `GET /v1/events` stream. No framework and no build step (D79 in docs/decisions.md): the
+// `GET /v1/events` stream. No framework and no build step (D76 in docs/decisions.md): the
 // DOM is built with `h()` and `textContent` only, so no value from the API is ever parsed as
 // HTML, and the page runs under `Content-Security-Policy: default-src 'self'`.
 
