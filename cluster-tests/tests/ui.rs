@@ -3,7 +3,8 @@
 //! checks what an operator would: every member listed, a change made from the CLI shown live,
 //! a waved rollout's timeline, a pause from the page (confirmed through the API), a scheduled
 //! rollout marked `scheduled` with its start and time left (then cancelled), a bad change
-//! reverted by the cluster and shown with its reason without a reload, no write buttons for a
+//! reverted by the cluster and shown with its reason without a reload, values holding markup
+//! shown as text (no element made from them, no dialog fired), no write buttons for a
 //! read-only token, and no console error. Screenshots land in `target/ui-screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` (Debian's `chromium`) and `npm ci --prefix cluster-tests/ui`;

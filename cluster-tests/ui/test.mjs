@@ -4,6 +4,9 @@
 // (grapevine), GV_CHROMIUM, GV_SCREENSHOTS. Exits non-zero on the first failed check.
 
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const nodes = process.env.GV_NODES.split(',');
@@ -62,6 +65,11 @@ async function openPage() {
     if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
   });
   page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  // A value run as markup would fire `alert`: any dialog of the page's own is a failure.
+  page.on('dialog', (dialog) => {
+    problems.push(`a dialog fired: ${dialog.type()} ${dialog.message()}`);
+    dialog.dismiss().catch(() => {});
+  });
   page.on('request', (request) => urls.push(request.url()));
   return page;
 }
@@ -148,6 +156,36 @@ try {
   const evaluation = JSON.parse(await page.textContent('#playground-result'));
   check(evaluation.variant === 'on' && evaluation.value === true, `the evaluator answered: ${JSON.stringify(evaluation)}`);
   await page.screenshot({ path: `${shots}/keys.png`, fullPage: true });
+
+  step('markup in a value, a variant name and metadata renders as text');
+  const markup = '<img src=x onerror=alert(1)>';
+  const definition = {
+    state: 'ENABLED',
+    variants: { [markup]: `<b>bold</b>${markup}`, plain: '<script>alert(2)</script>' },
+    defaultVariant: markup,
+    metadata: { owner: markup, [`<script>alert(3)</script>`]: 'team' },
+  };
+  const flagFile = join(mkdtempSync(join(tmpdir(), 'gv-ui-')), 'markup.json');
+  writeFileSync(flagFile, JSON.stringify(definition));
+  cli(first, 'flag', 'set', 'markup', '--file', flagFile, '--emergency');
+  cli(first, 'config', 'put', 'markup-config', '--value', JSON.stringify(`</pre>${markup}`), '--emergency');
+  const markupFlag = page.locator('#flags-list [data-key="markup"]');
+  await markupFlag.waitFor({ timeout: 3000 });
+  await page.locator('#config-list [data-key="markup-config"]').waitFor({ timeout: 3000 });
+  const flagText = await markupFlag.textContent();
+  check(flagText.includes(`${markup}: "<b>bold</b>${markup}"`) && flagText.includes('<script>alert(3)</script>'),
+    `the variants and metadata show as text: ${flagText}`);
+  check((await page.textContent('#config-list [data-key="markup-config"]')).includes(`</pre>${markup}`), 'the config value shows as text');
+  await page.selectOption('#playground-flag', 'markup');
+  await page.uncheck('#playground-desired');
+  await page.click('#playground-evaluate');
+  await page.waitForSelector('#playground-result:has-text("variant")');
+  check(JSON.parse(await page.textContent('#playground-result')).variant === markup, 'the evaluator names the variant as text');
+  await view(page, 'history');
+  await page.waitForSelector('#history-list [data-generation] pre:has-text("onerror")');
+  await view(page, 'keys');
+  const injected = await page.evaluate(() => document.querySelectorAll('img, b, script:not([src]), main script').length);
+  check(injected === 0, `no element made from a value (${injected} found)`);
 
   step('promote from the page: the next wave opens, shown live');
   await view(page, 'rollouts');
