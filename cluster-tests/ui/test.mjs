@@ -58,8 +58,12 @@ const browser = await chromium.launch({
 const problems = [];
 const urls = [];
 
-async function openPage() {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+// A desktop page (1280 px), or a phone's (390 x 844, a mobile viewport that honours the
+// page's `<meta name="viewport">`).
+async function openPage({ phone = false } = {}) {
+  const context = await browser.newContext(phone
+    ? { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 1 }
+    : { viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   page.on('console', (message) => {
     if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
@@ -79,6 +83,38 @@ async function view(page, name) {
   await page.waitForSelector(`#view-${name}:not([hidden])`);
 }
 
+async function signIn(page, secret) {
+  await page.click('#sign-in');
+  await page.fill('#token', secret);
+  await page.click('#use-token');
+}
+
+// Presses Tab from the view's link in the header until the focus has been on each of
+// `actions`' buttons of the rollout `generation`, and leaves it on the last one reached; fails
+// if one is never reached.
+async function tabTo(page, generation, actions) {
+  await page.focus('nav a[aria-current="page"]');
+  const reached = new Set();
+  for (let press = 0; press < 80 && reached.size < actions.length; press += 1) {
+    await page.keyboard.press('Tab');
+    const focused = await page.evaluate(() => {
+      const element = document.activeElement;
+      const article = element && element.closest('article[data-generation]');
+      return { action: element && element.dataset.action, generation: article && article.dataset.generation };
+    });
+    if (focused.generation === generation && actions.includes(focused.action)) reached.add(focused.action);
+  }
+  check(reached.size === actions.length, `Tab reaches ${actions.join(', ')} of ${generation} (reached ${[...reached].join(', ') || 'none'})`);
+}
+
+async function focusedAction(page) {
+  return page.evaluate(() => {
+    const element = document.activeElement;
+    const article = element && element.closest('article[data-generation]');
+    return `${article ? article.dataset.generation : '-'}/${element ? element.dataset.action || element.tagName : '-'}`;
+  });
+}
+
 try {
   const page = await openPage();
   const response = await page.goto(`${first}/ui/`);
@@ -91,9 +127,7 @@ try {
   check((await page.textContent('#principal')).includes('anonymous (read)'), 'anonymous reads');
 
   step('the write token, typed once');
-  await page.click('#sign-in');
-  await page.fill('#token', token);
-  await page.click('#use-token');
+  await signIn(page, token);
   await page.waitForSelector('#principal:has-text("token:tests (write)")');
   await page.waitForSelector('#live.on');
   // A reload would lose this mark: every later check proves the page was not reloaded.
@@ -124,6 +158,24 @@ try {
   check(gate.includes('waits on wave 0'), `the gate says what it waits on: ${gate}`);
   await page.screenshot({ path: `${shots}/rollouts-waved.png`, fullPage: true });
 
+  step('the keyboard reaches each control, and redraws keep the focus on it');
+  await tabTo(page, waved, ['pause', 'promote', 'rollback']);
+  const focusedBefore = await focusedAction(page);
+  check(focusedBefore === `${waved}/rollback`, `the focus is on rollback: ${focusedBefore}`);
+  // Two ticks of the bake clock, then a full redraw on a change's event.
+  await new Promise((resolve) => setTimeout(resolve, 2200));
+  const redrawn = cli(first, 'config', 'put', 'focus-check', '--value', '1', '--emergency').generation;
+  await page.locator(`#rollouts-list article[data-generation="${redrawn}"]`).waitFor({ timeout: 3000 });
+  const focusedAfter = await focusedAction(page);
+  check(focusedAfter === focusedBefore, `the focus stays through the redraws: ${focusedAfter}`);
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#confirm[open]');
+  check(/Roll back/.test(await page.textContent('#confirm-text')), 'Enter opens the rollback confirmation');
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#confirm', { state: 'hidden' });
+  check(await focusedAction(page) === focusedBefore, 'Escape cancels, and the focus is back on rollback');
+  check((await apiGet(first, `/v1/rollouts/${waved}`)).reverted === false, 'the cancelled rollback changed nothing');
+
   step('pause from the page, confirmed through the API');
   await article.locator('button[data-action="pause"]').click();
   const confirmation = await page.textContent('#confirm-text');
@@ -132,6 +184,7 @@ try {
   await until('the pause in the API', async () => (await apiGet(second, `/v1/rollouts/${waved}`)).controls.paused === true, 5000);
   await article.locator('.state.paused').waitFor({ timeout: 3000 });
   check(await article.locator('button[data-action="resume"]').count() === 1, 'resume offered once paused');
+  await tabTo(page, waved, ['resume']);
 
   step('a scheduled rollout: marked scheduled, with its start and the time left');
   const scheduled = cli(first, 'config', 'put', 'later', '--value', '1', '--in', '1h').generation;
@@ -226,12 +279,29 @@ try {
   await page.waitForSelector('#fleet-summary:has-text("hosts applied the newest change")');
   await page.screenshot({ path: `${shots}/fleet.png`, fullPage: true });
 
+  step('phone width: every view fits 390 px');
+  const phone = await openPage({ phone: true });
+  await phone.goto(`${first}/ui/#fleet`);
+  await signIn(phone, token);
+  await phone.waitForSelector('#principal:has-text("token:tests (write)")');
+  const filled = { fleet: '#fleet-table tr[data-member]', rollouts: '#rollouts-list article', history: '#history-list article', keys: '#flags-list [data-key]' };
+  for (const [name, selector] of Object.entries(filled)) {
+    await view(phone, name);
+    await phone.waitForSelector(selector);
+    const width = await phone.evaluate(() => {
+      const page = document.documentElement;
+      const wide = [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > page.clientWidth + 1);
+      return { scroll: page.scrollWidth, client: page.clientWidth, inner: window.innerWidth, wide: wide.slice(0, 3).map((e) => `${e.tagName}.${e.className}`) };
+    });
+    check(width.scroll <= width.client && width.client <= width.inner,
+      `${name} at 390 px: the page is ${width.scroll} px wide in a ${width.client} px window (wider: ${width.wide.join(', ')})`);
+    await phone.screenshot({ path: `${shots}/phone-${name}.png`, fullPage: true });
+  }
+
   step('a read-only token sees no write buttons');
   const reader = await openPage();
   await reader.goto(`${second}/ui/#rollouts`);
-  await reader.click('#sign-in');
-  await reader.fill('#token', readToken);
-  await reader.click('#use-token');
+  await signIn(reader, readToken);
   await reader.waitForSelector('#principal:has-text("token:viewer (read)")');
   await reader.waitForSelector(`article[data-generation="${waved}"]`);
   check(await reader.locator('button[data-action]').count() === 0, 'no control buttons for read');
