@@ -48,7 +48,7 @@ function bytesBy(until) {
   const done = entries.filter((e) => e.responseEnd > 0 && e.responseEnd <= until);
   return {
     bytes: done.reduce((sum, e) => sum + e.transferSize, 0),
-    resources: done.map((e) => [new URL(e.name).pathname + new URL(e.name).search, e.transferSize]),
+    resources: done.map((e) => [new URL(e.name).pathname + new URL(e.name).search, e.transferSize, Math.round(e.startTime), Math.round(e.responseEnd)]),
   };
 }
 
@@ -68,6 +68,7 @@ async function firstLoad(run) {
   await context.close();
   if (errors.length) throw new Error(`console errors: ${errors.join('; ')}`);
   log(`load ${run}: ${rows} rows rendered at ${rendered.toFixed(0)} ms, ${atRender.bytes} bytes by then, ${settled.bytes} by ${SETTLE_MS} ms later`);
+  log(`  requested at / done at (ms): ${settled.resources.map(([path, , start, end]) => `${path} ${start}/${end}`).join(', ')}`);
   result({ kind: 'load', rendered_ms: rendered, rows, bytes_rendered: atRender.bytes, bytes_settled: settled.bytes, resources: settled.resources });
 }
 
