@@ -171,9 +171,18 @@ try {
   await page.keyboard.press('Enter');
   await page.waitForSelector('#confirm[open]');
   check(/Roll back/.test(await page.textContent('#confirm-text')), 'Enter opens the rollback confirmation');
+  // A change redraws the list behind the open dialog: the button that opened it is replaced.
+  const behind = cli(first, 'config', 'put', 'focus-check', '--value', '2', '--emergency').generation;
+  await page.locator(`#rollouts-list article[data-generation="${behind}"]`).waitFor({ state: 'attached', timeout: 3000 });
   await page.keyboard.press('Escape');
   await page.waitForSelector('#confirm', { state: 'hidden' });
-  check(await focusedAction(page) === focusedBefore, 'Escape cancels, and the focus is back on rollback');
+  // The dialog's `close` event, which gives the focus back, comes in a task of its own.
+  const refocused = await page.waitForFunction((before) => {
+    const element = document.activeElement;
+    const article = element && element.closest('article[data-generation]');
+    return `${article ? article.dataset.generation : '-'}/${element.dataset.action || element.tagName}` === before;
+  }, focusedBefore, { timeout: 2000 }).then(() => true, () => false);
+  check(refocused, `Escape cancels, and the focus is back on rollback (${await focusedAction(page)})`);
   check((await apiGet(first, `/v1/rollouts/${waved}`)).reverted === false, 'the cancelled rollback changed nothing');
 
   step('pause from the page, confirmed through the API');

@@ -493,20 +493,21 @@ function confirmThen(text, action) {
   $('confirm-text').textContent = text;
   const ok = $('confirm-ok');
   const cancel = $('confirm-cancel');
-  // The dialog gives the focus back to its opener, unless a redraw replaced it meanwhile.
+  // The dialog gives the focus back to its opener, unless a redraw replaced it meanwhile:
+  // then to the same control in the new drawing, however it closed (a button or Escape).
   const opener = focusKey(document.activeElement);
-  const close = () => {
+  dialog.onclose = () => {
     ok.onclick = null;
     cancel.onclick = null;
-    dialog.close();
+    dialog.onclose = null;
     const again = opener && document.querySelector(opener);
     if (again && document.activeElement !== again) again.focus();
   };
   ok.onclick = () => {
-    close();
+    dialog.close();
     action();
   };
-  cancel.onclick = close;
+  cancel.onclick = () => dialog.close();
   dialog.showModal();
 }
 
