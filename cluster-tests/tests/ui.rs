@@ -3,10 +3,12 @@
 //! checks what an operator would: every member listed, a change made from the CLI shown live,
 //! a waved rollout's timeline, a pause from the page (confirmed through the API), a scheduled
 //! rollout marked `scheduled` with its start and time left (then cancelled), a bad change
-//! reverted by the cluster and shown with its reason without a reload, values holding markup
-//! shown as text (no element made from them, no dialog fired), every view within a phone's
-//! width (390 px), the controls reached with Tab and kept focused through redraws, no write
-//! buttons for a read-only token, and no console error. Screenshots land in `target/ui-screenshots/`.
+//! reverted by the cluster and shown with its reason without a reload (each change, wave,
+//! rollback and revert shown within 1.5 s of the page's node holding it), values holding
+//! markup shown as text (no element made from them, no dialog fired), every view within a
+//! phone's width (390 px), the controls reached with Tab and kept focused through redraws, no
+//! write buttons for a read-only token, and no console error. Screenshots land in
+//! `target/ui-screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` (Debian's `chromium`) and `npm ci --prefix cluster-tests/ui`;
 //! without them the test prints a notice and passes, unless `GRAPEVINE_REQUIRE_BROWSER` is
