@@ -280,7 +280,8 @@ try {
   await page.selectOption('#playground-flag', 'markup');
   await page.uncheck('#playground-desired');
   await page.click('#playground-evaluate');
-  await page.waitForSelector('#playground-result:has-text("variant")');
+  // The earlier evaluation's answer also names a variant: wait for this one's.
+  await page.waitForSelector('#playground-result:has-text("onerror")');
   check(JSON.parse(await page.textContent('#playground-result')).variant === markup, 'the evaluator names the variant as text');
   await view(page, 'history');
   await page.waitForSelector('#history-list [data-generation] pre:has-text("onerror")');
