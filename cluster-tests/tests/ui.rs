@@ -8,7 +8,8 @@
 //! markup shown as text (no element made from them, no dialog fired), every view within a
 //! phone's width (390 px), the controls reached with Tab and kept focused through redraws, no
 //! write buttons for a read-only token, and no console error. Screenshots land in
-//! `target/ui-screenshots/`.
+//! `target/ui-screenshots/`; with `GRAPEVINE_UI_DOCS_SCREENSHOTS=1` the few that `docs/ui.md`
+//! shows are written into `docs/ui/` as well.
 //!
 //! Needs `/usr/bin/chromium` (Debian's `chromium`) and `npm ci --prefix cluster-tests/ui`;
 //! without them the test prints a notice and passes, unless `GRAPEVINE_REQUIRE_BROWSER` is
@@ -32,6 +33,8 @@ const READ_TOKEN: &str = "gv_ui-read-only";
 const SCOPED_TOKEN: &str = "gv_ui-team-only";
 /// The longest the browser script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(150);
+/// Set (to anything) to write the screenshots `docs/ui.md` shows into `docs/ui/` too.
+const REFRESH_DOCS_SCREENSHOTS: &str = "GRAPEVINE_UI_DOCS_SCREENSHOTS";
 
 /// A node whose application fails while it serves `risky` = `"bad"`, as in `tests/revert.rs`.
 fn app_health(node: &Node) -> String {
@@ -72,8 +75,12 @@ fn the_fleet_page_shows_and_steers_a_live_cluster_in_a_browser() -> Result<()> {
     std::fs::create_dir_all(&screenshots)?;
     let urls: Vec<String> = cluster.nodes.iter().map(Node::url).collect();
 
+    let mut command = Command::new("node");
+    if std::env::var_os(REFRESH_DOCS_SCREENSHOTS).is_some() {
+        command.env("GV_DOCS_SCREENSHOTS", Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ui"));
+    }
     let started = Instant::now();
-    let mut script = Command::new("node")
+    let mut script = command
         .arg(browser_scripts_dir().join("test.mjs"))
         .env("GV_NODES", urls.join(","))
         .env("GV_TOKEN", TEST_TOKEN)

@@ -1,7 +1,8 @@
 // Drives the fleet page in headless Chromium against a running cluster; started by
 // cluster-tests/tests/ui.rs, which passes the nodes and tokens in the environment:
 // GV_NODES (API URLs, comma-separated), GV_TOKEN (write), GV_READ_TOKEN (read), GV_BINARY
-// (grapevine), GV_CHROMIUM, GV_SCREENSHOTS. Exits non-zero on the first failed check.
+// (grapevine), GV_CHROMIUM, GV_SCREENSHOTS, and GV_DOCS_SCREENSHOTS (docs/ui, when the
+// screenshots docs/ui.md shows are to be refreshed). Exits non-zero on the first failed check.
 
 import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -15,6 +16,7 @@ const [first, second] = nodes;
 const token = process.env.GV_TOKEN;
 const readToken = process.env.GV_READ_TOKEN;
 const shots = process.env.GV_SCREENSHOTS;
+const docShots = process.env.GV_DOCS_SCREENSHOTS;
 const started = Date.now();
 
 function step(text) {
@@ -85,6 +87,12 @@ async function openPage({ phone = false } = {}) {
   });
   page.on('request', (request) => urls.push(request.url()));
   return page;
+}
+
+// One of the screenshots docs/ui.md shows, when they are being refreshed: the window only
+// (1280 x 900, or a phone's), which keeps each file small.
+async function docShot(page, name) {
+  if (docShots) await page.screenshot({ path: `${docShots}/${name}.png` });
 }
 
 async function view(page, name) {
@@ -196,6 +204,7 @@ try {
   const gate = await article.locator('[data-wave="1"] .gate').textContent();
   check(gate.includes('waits on wave 0'), `the gate says what it waits on: ${gate}`);
   await page.screenshot({ path: `${shots}/rollouts-waved.png`, fullPage: true });
+  await docShot(page, 'rollouts');
 
   step('the keyboard reaches each control, and redraws keep the focus on it');
   await tabTo(page, waved, ['pause', 'promote', 'rollback']);
@@ -257,6 +266,7 @@ try {
   const evaluation = JSON.parse(await page.textContent('#playground-result'));
   check(evaluation.variant === 'on' && evaluation.value === true, `the evaluator answered: ${JSON.stringify(evaluation)}`);
   await page.screenshot({ path: `${shots}/keys.png`, fullPage: true });
+  await docShot(page, 'flags');
 
   step('markup in a value, a variant name and metadata renders as text');
   const markup = '<img src=x onerror=alert(1)>';
@@ -329,9 +339,11 @@ try {
   await page.waitForSelector(`#history-list [data-generation="${bad}"] .revert`);
   await page.waitForSelector(`#history-list [data-generation="${waved}"] .chain`);
   await page.screenshot({ path: `${shots}/history.png`, fullPage: true });
+  await docShot(page, 'history');
   await view(page, 'fleet');
   await page.waitForSelector('#fleet-summary:has-text("hosts applied the newest change")');
   await page.screenshot({ path: `${shots}/fleet.png`, fullPage: true });
+  await docShot(page, 'fleet');
 
   step('phone width: every view fits 390 px');
   const phone = await openPage({ phone: true });
@@ -352,6 +364,7 @@ try {
     check(width.scroll <= width.client && width.client <= width.inner,
       `${name} at 390 px: the page is ${width.scroll} px wide in a ${width.client} px window (wider: ${width.wide.join(', ')})`);
     await phone.screenshot({ path: `${shots}/phone-${name}.png`, fullPage: true });
+    if (name === 'rollouts') await docShot(phone, 'phone-rollouts');
   }
 
   step('a read-only token sees no write buttons');
