@@ -29,9 +29,13 @@
 //!   kills its nodes and deletes its namespace.
 //! - Benchmarks: `bench_quick()` is the suite's quick mode (`GRAPEVINE_BENCH_QUICK=1`), and
 //!   `suite_row` prints one `SUITE|measure|grapevine|comparison|ratio` line per row of the suite's
-//!   table.
+//!   table. `fleet` stands in for the members of a large fleet (one endpoint speaking gossip for
+//!   many), for the fleet page's benchmark.
+//! - The browser: `CHROMIUM`, `browser_scripts_dir()` (`cluster-tests/ui`), `missing_browser_tools()`
+//!   and `browser_required()` (`GRAPEVINE_REQUIRE_BROWSER`), for the fleet page's test and benchmark.
 
 pub mod chaos;
+pub mod fleet;
 pub mod gherkin;
 pub mod inproc;
 pub mod providers;
@@ -758,6 +762,35 @@ pub async fn next_sse_event(stream: &mut reqwest::Response) -> Result<String> {
     })
     .await
     .context("no event within 10 s")?
+}
+
+/// Debian's Chromium, which the fleet page's browser test and benchmark drive.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// The directory of the fleet page's browser scripts (`test.mjs`, `bench.mjs`) and their
+/// `node_modules`.
+pub fn browser_scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ui")
+}
+
+/// What is missing to drive the browser (Chromium, Node.js, `playwright-core`), if anything.
+pub fn missing_browser_tools() -> Option<String> {
+    if !Path::new(CHROMIUM).exists() {
+        return Some(format!("{CHROMIUM} (apt-get install chromium)"));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("node (apt-get install nodejs)".to_owned());
+    }
+    if !browser_scripts_dir().join("node_modules/playwright-core").exists() {
+        return Some("playwright-core (npm ci --prefix cluster-tests/ui)".to_owned());
+    }
+    None
+}
+
+/// Whether a missing browser fails the run instead of skipping it (`.ci/run` sets
+/// `GRAPEVINE_REQUIRE_BROWSER`).
+pub fn browser_required() -> bool {
+    std::env::var_os("GRAPEVINE_REQUIRE_BROWSER").is_some()
 }
 
 /// Whether benchmarks run in the suite's quick mode (`GRAPEVINE_BENCH_QUICK=1`): the fewest

@@ -3,19 +3,27 @@
 //! checks what an operator would: every member listed, a change made from the CLI shown live,
 //! a waved rollout's timeline, a pause from the page (confirmed through the API), a scheduled
 //! rollout marked `scheduled` with its start and time left (then cancelled), a bad change
-//! reverted by the cluster and shown with its reason without a reload, no write buttons for a
-//! read-only token, and no console error. Screenshots land in `target/ui-screenshots/`.
+//! reverted by the cluster and shown with its reason without a reload (each change, wave,
+//! rollback and revert shown within 1.5 s of the page's node holding it), values holding
+//! markup shown as text (no element made from them, no dialog fired), every view within a
+//! phone's width (390 px), the controls reached with Tab and kept focused through redraws, no
+//! write buttons for a read-only token, and no console error. Screenshots land in
+//! `target/ui-screenshots/`; with `GRAPEVINE_UI_DOCS_SCREENSHOTS=1` the few that `docs/ui.md`
+//! shows are written into `docs/ui/` as well.
 //!
 //! Needs `/usr/bin/chromium` (Debian's `chromium`) and `npm ci --prefix cluster-tests/ui`;
 //! without them the test prints a notice and passes, unless `GRAPEVINE_REQUIRE_BROWSER` is
 //! set (as `.ci/run` does), when it fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use grapevine_cluster_tests::{Cluster, Node, TEST_LIMITS_TOML, TEST_TOKEN, binary, check, test_token_toml};
+use grapevine_cluster_tests::{
+    CHROMIUM, Cluster, Node, TEST_LIMITS_TOML, TEST_TOKEN, binary, browser_required, browser_scripts_dir, check,
+    missing_browser_tools, test_token_toml,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -25,25 +33,8 @@ const READ_TOKEN: &str = "gv_ui-read-only";
 const SCOPED_TOKEN: &str = "gv_ui-team-only";
 /// The longest the browser script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(150);
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn ui_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("ui")
-}
-
-/// What is missing to run the browser, if anything.
-fn missing_tools() -> Option<String> {
-    if !Path::new(CHROMIUM).exists() {
-        return Some(format!("{CHROMIUM} (apt-get install chromium)"));
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        return Some("node (apt-get install nodejs)".to_owned());
-    }
-    if !ui_dir().join("node_modules/playwright-core").exists() {
-        return Some("playwright-core (npm ci --prefix cluster-tests/ui)".to_owned());
-    }
-    None
-}
+/// Set (to anything) to write the screenshots `docs/ui.md` shows into `docs/ui/` too.
+const REFRESH_DOCS_SCREENSHOTS: &str = "GRAPEVINE_UI_DOCS_SCREENSHOTS";
 
 /// A node whose application fails while it serves `risky` = `"bad"`, as in `tests/revert.rs`.
 fn app_health(node: &Node) -> String {
@@ -65,8 +56,8 @@ fn auth_toml() -> String {
 
 #[test]
 fn the_fleet_page_shows_and_steers_a_live_cluster_in_a_browser() -> Result<()> {
-    if let Some(missing) = missing_tools() {
-        if std::env::var_os("GRAPEVINE_REQUIRE_BROWSER").is_some() {
+    if let Some(missing) = missing_browser_tools() {
+        if browser_required() {
             bail!("the browser test needs {missing}, and GRAPEVINE_REQUIRE_BROWSER is set");
         }
         eprintln!("\n\n*** SKIPPED the fleet page's browser test: missing {missing} ***\n\n");
@@ -84,9 +75,13 @@ fn the_fleet_page_shows_and_steers_a_live_cluster_in_a_browser() -> Result<()> {
     std::fs::create_dir_all(&screenshots)?;
     let urls: Vec<String> = cluster.nodes.iter().map(Node::url).collect();
 
+    let mut command = Command::new("node");
+    if std::env::var_os(REFRESH_DOCS_SCREENSHOTS).is_some() {
+        command.env("GV_DOCS_SCREENSHOTS", Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ui"));
+    }
     let started = Instant::now();
-    let mut script = Command::new("node")
-        .arg(ui_dir().join("test.mjs"))
+    let mut script = command
+        .arg(browser_scripts_dir().join("test.mjs"))
         .env("GV_NODES", urls.join(","))
         .env("GV_TOKEN", TEST_TOKEN)
         .env("GV_READ_TOKEN", READ_TOKEN)

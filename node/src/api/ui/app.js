@@ -1,5 +1,5 @@
 // The fleet page (docs/ui.md): four views drawn from the node's public API, kept live by its
-// `GET /v1/events` stream. No framework and no build step (D79 in docs/decisions.md): the
+// `GET /v1/events` stream. No framework and no build step (D76 in docs/decisions.md): the
 // DOM is built with `h()` and `textContent` only, so no value from the API is ever parsed as
 // HTML, and the page runs under `Content-Security-Policy: default-src 'self'`.
 
@@ -12,6 +12,9 @@ const MIN_REFRESH_MS = 300;
 const RECONNECT_MS = 500;
 const MAX_RECONNECT_MS = 8000;
 const ROLLOUTS_SHOWN = 10;
+// The event stream's `ready` makes a view's first read; if it has not come by then, the page
+// reads anyway (a proxy that holds the stream back must not leave the page empty).
+const FIRST_READ_WAIT_MS = 1000;
 
 const state = {
   view: 'fleet',
@@ -182,8 +185,12 @@ async function restart() {
   if (state.stream) state.stream.abort();
   state.stream = null;
   if (await identify()) {
+    // One first read, when the stream says `ready`: a read made once the stream is open misses
+    // no change. Reading here as well read everything twice on each load (the stream's `ready`
+    // asked again at once): 533 KiB instead of 289 KiB for 400 members (docs/benchmarks.md).
+    const started = Date.now();
     follow();
-    await refresh();
+    setTimeout(() => state.lastRefresh < started && scheduleRefresh(), FIRST_READ_WAIT_MS);
   }
 }
 
@@ -362,15 +369,16 @@ function drawFleet() {
     if (filter === 'dead') return !m.alive;
     return true;
   });
+  // `data-label`: at phone width each row is a card, and each cell names its column.
   const rows = shown.map((m) =>
     h('tr', { 'data-member': m.name, class: m.alive ? '' : 'dead' },
-      h('td', {}, m.name, m.self ? h('span', { class: 'tag' }, 'this node') : null),
-      h('td', {}, m.labels || '—'),
-      h('td', {}, m.applied || 'nothing'),
-      h('td', {}, m.behind === 0 ? 'up to date' : plural(m.behind, 'generation')),
-      h('td', {}, m.verdicts.length === 0 ? 'judging nothing'
+      h('td', { 'data-label': 'Member' }, m.name, m.self ? h('span', { class: 'tag' }, 'this node') : null),
+      h('td', { 'data-label': 'Labels' }, m.labels || '—'),
+      h('td', { 'data-label': 'Applied' }, m.applied || 'nothing'),
+      h('td', { 'data-label': 'Behind' }, m.behind === 0 ? 'up to date' : plural(m.behind, 'generation')),
+      h('td', { 'data-label': 'Health verdicts' }, m.verdicts.length === 0 ? 'judging nothing'
         : m.verdicts.map((v) => h('span', { class: `verdict ${v.verdict}`, title: v.reverted ? 'reverted' : '' }, `${v.generation} ${v.verdict}`))),
-      h('td', {}, lastSeen(m))));
+      h('td', { 'data-label': 'Last seen' }, lastSeen(m))));
   replace($('fleet-table').tBodies[0], rows.length ? rows : h('tr', {}, h('td', { colspan: 6 }, 'no member matches')));
 }
 
@@ -465,21 +473,41 @@ function controls(rollout) {
   return list;
 }
 
+// A selector for the same control after a redraw: its rollout and its action.
+function focusKey(element) {
+  const article = element && element.dataset && element.dataset.action ? element.closest('article[data-generation]') : null;
+  return article ? `article[data-generation="${CSS.escape(article.dataset.generation)}"] [data-action="${element.dataset.action}"]` : null;
+}
+
+// Redraws with `draw`, then gives the focus back to the control that had it: a redraw replaces
+// the buttons, and a keyboard user must not be thrown back to the top of the page.
+function keepingFocus(draw) {
+  const key = focusKey(document.activeElement);
+  draw();
+  const again = key && document.querySelector(key);
+  if (again && document.activeElement !== again) again.focus();
+}
+
 function confirmThen(text, action) {
   const dialog = $('confirm');
   $('confirm-text').textContent = text;
   const ok = $('confirm-ok');
   const cancel = $('confirm-cancel');
-  const close = () => {
+  // The dialog gives the focus back to its opener, unless a redraw replaced it meanwhile:
+  // then to the same control in the new drawing, however it closed (a button or Escape).
+  const opener = focusKey(document.activeElement);
+  dialog.onclose = () => {
     ok.onclick = null;
     cancel.onclick = null;
-    dialog.close();
+    dialog.onclose = null;
+    const again = opener && document.querySelector(opener);
+    if (again && document.activeElement !== again) again.focus();
   };
   ok.onclick = () => {
-    close();
+    dialog.close();
     action();
   };
-  cancel.onclick = close;
+  cancel.onclick = () => dialog.close();
   dialog.showModal();
 }
 
@@ -517,8 +545,12 @@ function drawRollout(rollout, age) {
       `Anomaly quorum: ${quorum.anomalous.length} of ${quorum.needed} needed anomalous (${quorum.applied} applied it)`,
       h('meter', { min: 0, max: 100, value: closeness, title: `${closeness}% of the way to a revert` })),
     rollout.reverted ? h('p', { class: 'revert' }, h('strong', {}, 'Reverted. '), revertReason(rollout)) : null,
-    rollout.hold ? h('p', { class: 'hold' }, `${rollout.hold.reason}, in ${seconds(rollout.hold.in_ms)}: no wave opens before.`) : null,
+    rollout.hold ? h('p', { class: 'hold' }, holdText(rollout, age)) : null,
     !rollout.reverted && rollout.judgement ? h('p', { class: 'judgement' }, `This node's judgement: ${rollout.judgement}`) : null);
+}
+
+function holdText(rollout, age) {
+  return `${rollout.hold.reason}, in ${seconds(Math.max(0, rollout.hold.in_ms - age))}: no wave opens before.`;
 }
 
 function drawRollouts() {
@@ -527,7 +559,28 @@ function drawRollouts() {
   $('rollouts-role').textContent = mayWrite()
     ? `${state.who.principal} has the write role: each control asks for a confirmation first.`
     : `Pause, resume, promote and rollback are hidden: ${state.who ? `${state.who.principal} has the ${state.who.role} role` : 'no principal'}, and they need write.`;
-  replace($('rollouts-list'), rollouts.length ? rollouts.map((r) => drawRollout(r, age)) : h('p', {}, 'No rollouts yet.'));
+  keepingFocus(() => replace($('rollouts-list'), rollouts.length ? rollouts.map((r) => drawRollout(r, age)) : h('p', {}, 'No rollouts yet.')));
+}
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+// Between reads only the clocks move (a gate's bake time, a hold's time left): each second
+// their texts are rewritten in place, and nothing else, so the focus and a selection stay.
+function tickRollouts() {
+  if (state.view !== 'rollouts' || !state.rollouts) return;
+  const age = Date.now() - state.fetchedAt;
+  for (const rollout of state.rollouts.rollouts) {
+    const article = document.querySelector(`#rollouts-list article[data-generation="${CSS.escape(rollout.generation)}"]`);
+    if (!article) continue;
+    for (const wave of rollout.waves.filter((w) => !w.open)) {
+      const gate = article.querySelector(`[data-wave="${wave.index}"] .gate`);
+      if (gate) setText(gate, gateWaits(rollout, wave.index, age));
+    }
+    const hold = article.querySelector('.hold');
+    if (hold && rollout.hold) setText(hold, holdText(rollout, age));
+  }
 }
 
 // ---------------------------------------------------------------- history
@@ -695,7 +748,7 @@ function start() {
   $('playground-evaluate').addEventListener('click', evaluate);
   window.addEventListener('hashchange', () => show(location.hash.slice(1)));
   // The bake clock runs on between reads; only the rollouts view has one.
-  setInterval(() => state.view === 'rollouts' && state.rollouts && drawRollouts(), 1000);
+  setInterval(tickRollouts, 1000);
   setInterval(() => state.who && scheduleRefresh(), SAFETY_POLL_MS);
   show(location.hash.slice(1));
   restart();
