@@ -252,7 +252,8 @@ fn print_where_the_time_goes(count: usize, spreads: &[Spread]) {
         all.sort();
         ms(percentile(&all, 0.5))
     };
-    let nth = |fraction: f64| move |spread: &Spread| spread.curve[((count as f64 * fraction).ceil() as usize).max(1) - 1];
+    let nth =
+        |fraction: f64| move |spread: &Spread| spread.curve[((count as f64 * fraction).ceil() as usize).max(1) - 1];
     let mut cpu: Vec<f64> = spreads.iter().map(|s| s.cpu * 1000.0).collect();
     cpu.sort_by(f64::total_cmp);
     println!(
