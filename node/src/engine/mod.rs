@@ -52,13 +52,14 @@
 //!   live member has it), stamps the change (`Clock::tick`), seals it, and runs `check_envelope`.
 //!   Past the member ceiling the change is refused (`SubmitError::Invalid`), not stored with a
 //!   shortened list. Once stored it is added to the log and the desired state (`Engine::add`),
-//!   handed to the pusher as a `PushJob`, and every live peer is nudged
-//!   (`Gossip::nudge_live_peers`).
+//!   handed to the pusher as a `PushJob` to sweep (pushed on until every live peer holds it),
+//!   and every live peer is nudged (`Gossip::nudge_live_peers`).
 //! - `ingest` skips duplicates and conflicts (`conflict.rs`), and **refuses** (does not store) a
-//!   generation whose stamp `Clock::observe` finds more than `max_clock_offset_ms` ahead. It stores
-//!   the rest in one transaction, adds them to the log and the desired state (but not a generation
-//!   whose revert arrived first), publishes, and hands them to the pusher with the peer they came
-//!   from, which the pusher leaves out (push on first receipt).
+//!   generation whose stamp `Clock::observe` finds more than `max_clock_offset_ms` ahead. It hands
+//!   the rest to the pusher with the peer they came from, which the pusher leaves out (push on
+//!   first receipt), before storing them in one transaction (forwarding waits for no relay's
+//!   fsync; the acknowledgement does), then adds them to the log and the desired state (but not a
+//!   generation whose revert arrived first) and publishes.
 //! - `compact` runs on the tick and after any `Submit` or `Ingest` that leaves more than
 //!   `retain_generations` held whole: `Log::compact` with `snapshot::compactable` over the live
 //!   peers' advertised vectors **and** this node's released set, never a pending proposal nor its

@@ -9,14 +9,17 @@
 //! the generation and the peer: different nodes and generations pick different peers, with no
 //! random number drawn.
 //!
-//! `run_pusher` takes `PushJob { reverts, generations, from }`; `choose_targets` picks up to
-//! `FANOUT` live peers other than `from` that lack one of the job's generations (by
+//! A relay forwards before its own durable commit (the engine queues the job first); the writer
+//! of a change keeps pushing, round after round, until every live peer is known to hold it
+//! (`sweep`). `run_pusher` takes `PushJob { reverts, generations, from, sweep }`;
+//! `choose_targets` picks up to `FANOUT` live peers other than `from` that lack one of the job's
+//! generations (by
 //! `PeerHoldings::merged`) or, for a job with reverts, whose `reverts` summary differs, ranked by a
 //! hash of (this node, the job's first generation id or revert target, the peer). Reverts always go
 //! inline; generations go inline when their total encoding is at most `PUSH_INLINE_BYTES`,
 //! otherwise the push carries only `sender_has`. `encode_for` writes each push in the peer's wire
 //! format and drops what that format cannot hold. Limits: `FANOUT`, `PUSH_INLINE_BYTES`,
-//! `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`.
+//! `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`, `SWEEP_LIMIT`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
