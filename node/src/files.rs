@@ -28,8 +28,9 @@
 //!   of the key, or an object of the keys under the prefix, from the applied state, with the newest
 //!   generation behind it. Content the file and the last-known-good copy already hold is skipped;
 //!   content that failed is not tried again until it changes.
-//! - `install` does the steps above; the temp file is `.NAME.grapevine-tmp`, and `swap_in` renames
-//!   it and fsyncs the directory.
+//! - `install` does the steps above in the file's directory opened once (`Directory`): the temp file
+//!   `.NAME.<random>.grapevine-tmp` is created with `openat` (`O_EXCL | O_NOFOLLOW`) and
+//!   `Temp::swap_in` renames it with `renameat` and fsyncs the directory.
 //! - Each outcome is counted in `grapevine_file_renders_total` and noted in `Files`. A success
 //!   writes the last-known-good copy, `DATA/files/<digest>.lkg` (`write_lkg`), read back at start.
 //! - `run_command` runs an argv with `{path}` replaced, no input, stderr kept for the error, and
@@ -41,6 +42,7 @@
 //! `a_node_killed_mid_render_leaves_the_whole_old_file`).
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -442,23 +444,25 @@ async fn install(file: &FileConfig, bytes: &[u8], previous: Option<&[u8]>) -> Re
             format!("refused to replace {} with empty output (allow_empty is off)", path.display()),
         ));
     }
-    refuse_shared_directory(file).map_err(|detail| ("render_failed", detail))?;
+    let dir = Directory::open(path)
+        .map_err(|e| ("render_failed", format!("cannot open the directory of {}: {e}", path.display())))?;
+    refuse_shared_directory(file, &dir).map_err(|detail| ("render_failed", detail))?;
     remove_stale_temps(path);
-    let temp = write_temp(path, bytes)
+    let temp = write_temp(&dir, path, bytes)
         .map_err(|e| ("render_failed", format!("cannot write next to {}: {e}", path.display())))?;
     if !file.check.is_empty()
-        && let Err(error) = run_command(&file.check, &temp, file.timeout()).await
+        && let Err(error) = run_command(&file.check, &temp.path(), file.timeout()).await
     {
         return Err(("check_failed", format!("check of {} failed: {error}", path.display())));
     }
-    swap_in(temp, path).map_err(|e| ("render_failed", format!("cannot replace {}: {e}", path.display())))?;
+    temp.swap_in().map_err(|e| ("render_failed", format!("cannot replace {}: {e}", path.display())))?;
     if file.reload.is_empty() {
         return Ok(());
     }
     let Err(error) = run_command(&file.reload, path, file.timeout()).await else { return Ok(()) };
     // Put the last-known-good back, and reload it.
     let restored = match current {
-        Some(good) => write_temp(path, &good).and_then(|temp| swap_in(temp, path)).map_err(|e| e.to_string()),
+        Some(good) => write_temp(&dir, path, &good).and_then(Temp::swap_in).map_err(|e| e.to_string()),
         None => std::fs::remove_file(path).map_err(|e| e.to_string()),
     };
     let again = run_command(&file.reload, path, file.timeout()).await;
@@ -470,14 +474,17 @@ async fn install(file: &FileConfig, bytes: &[u8], previous: Option<&[u8]>) -> Re
     Err(("reload_failed", format!("reload after {} failed: {error}; {restored}", path.display())))
 }
 
-/// Refuses a file whose directory every user may write to, unless the config allows it.
-fn refuse_shared_directory(file: &FileConfig) -> Result<(), String> {
+/// Refuses a file whose directory (the one opened, whatever its path names now) every user may
+/// write to, unless the config allows it.
+fn refuse_shared_directory(file: &FileConfig, dir: &Directory) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let Some(dir) = file.path.parent() else { return Ok(()) };
-    let mode = std::fs::metadata(dir)
-        .map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?
+    let mode = dir
+        .handle
+        .metadata()
+        .map_err(|e| format!("cannot read directory {}: {e}", dir.path.display()))?
         .permissions()
         .mode();
+    let dir = &dir.path;
     if mode & 0o002 != 0 && !file.allow_shared_directory {
         return Err(format!(
             "refused to render {}: its directory {} is writable by every user (mode {:o}), so another user could \
@@ -505,33 +512,98 @@ fn remove_stale_temps(path: &Path) {
     }
 }
 
-/// Writes `bytes` to a new file next to `path`, synced: a random name created exclusively, so
-/// no link or directory a local user planted is followed or stands in the way, with the mode
-/// of the file it will replace (0644 for a new one, less the umask). Removed when dropped.
-fn write_temp(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile::TempPath> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mode =
-        std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).map_or(0o644, |m| m.permissions().mode() & 0o777);
-    let mut file = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".grapevine-tmp")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)?;
-    file.write_all(bytes)?;
-    file.as_file().sync_all()?;
-    Ok(file.into_temp_path())
+/// The directory of a rendered file, opened once per render: the temp file is created in it and
+/// renamed within it through this handle (`openat`, `renameat`), so the directory judged by
+/// [`refuse_shared_directory`] is the one written, even if its path is swapped for a link
+/// midway.
+struct Directory {
+    handle: std::fs::File,
+    path: PathBuf,
 }
 
-/// Renames `temp` over `path` and fsyncs the directory, so the rename survives a crash.
-fn swap_in(temp: tempfile::TempPath, path: &Path) -> std::io::Result<()> {
-    temp.persist(path).map_err(|e| e.error)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+impl Directory {
+    fn open(file: &Path) -> std::io::Result<Directory> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let handle =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(&path)?;
+        Ok(Directory { handle, path })
     }
-    Ok(())
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.handle)
+    }
+}
+
+/// A complete, synced temp file in a [`Directory`], for its target; removed when dropped unless
+/// swapped in.
+struct Temp<'a> {
+    dir: &'a Directory,
+    name: std::ffi::CString,
+    target: std::ffi::CString,
+    swapped: bool,
+}
+
+impl Temp<'_> {
+    /// Its path, for a check command to read.
+    fn path(&self) -> PathBuf {
+        self.dir.path.join(std::ffi::OsStr::from_bytes(self.name.as_bytes()))
+    }
+
+    /// Renames it over its target within the directory and fsyncs the directory, so the rename
+    /// survives a crash.
+    fn swap_in(mut self) -> std::io::Result<()> {
+        let fd = self.dir.fd();
+        // SAFETY: both names are NUL-terminated strings that outlive the call; fd is open.
+        if unsafe { libc::renameat(fd, self.name.as_ptr(), fd, self.target.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.swapped = true;
+        self.dir.handle.sync_all()
+    }
+}
+
+impl Drop for Temp<'_> {
+    fn drop(&mut self) {
+        if !self.swapped {
+            // SAFETY: a NUL-terminated name and an open directory fd; unlinkat never follows links.
+            unsafe { libc::unlinkat(self.dir.fd(), self.name.as_ptr(), 0) };
+        }
+    }
+}
+
+/// Writes `bytes` to a new file in `dir` for `path`, synced: a random name created exclusively
+/// and without following links (`O_EXCL | O_NOFOLLOW`, relative to the directory handle), so no
+/// link or directory a local user planted is followed or stands in the way, with the mode of the
+/// file it will replace (0644 for a new one, less the umask).
+fn write_temp<'a>(dir: &'a Directory, path: &Path, bytes: &[u8]) -> std::io::Result<Temp<'a>> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+    let name = path.file_name().ok_or_else(|| invalid("a file path without a file name"))?;
+    let mode =
+        std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).map_or(0o644, |m| m.permissions().mode() & 0o777);
+    let mut random = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        .map_err(|_| std::io::Error::other("no random bytes for a temp name"))?;
+    let mut temp_name = format!(".{}.", name.to_string_lossy()).into_bytes();
+    temp_name.extend(hex::encode(random).bytes());
+    temp_name.extend(b".grapevine-tmp");
+    let nul = |bytes: Vec<u8>| std::ffi::CString::new(bytes).map_err(|_| invalid("a file name with a NUL byte"));
+    let (temp_name, target) = (nul(temp_name)?, nul(name.as_bytes().to_vec())?);
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated name and an open directory fd; the returned fd is checked.
+    let fd = unsafe { libc::openat(dir.fd(), temp_name.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened by us and is owned by nothing else.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let temp = Temp { dir, name: temp_name, target, swapped: false };
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(temp)
 }
 
 /// Runs `command` with `{path}` replaced, killed with its process group past `timeout`, and
@@ -666,6 +738,28 @@ mod tests {
         let shared = FileConfig { allow_shared_directory: true, ..file_at(&path) };
         install(&shared, b"shared", None).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "shared");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_midway_is_not_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let (opened, elsewhere) = (root.path().join("conf"), root.path().join("elsewhere"));
+        std::fs::create_dir(&opened).unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        let path = opened.join("app.json");
+        let dir = Directory::open(&path).unwrap();
+        // Between the check and the write, another user moves the directory away and puts a
+        // link to a directory of their choice in its place.
+        std::fs::rename(&opened, root.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &opened).unwrap();
+        write_temp(&dir, &path, b"new").unwrap().swap_in().unwrap();
+        assert_eq!(std::fs::read_to_string(root.path().join("moved/app.json")).unwrap(), "new");
+        assert!(!elsewhere.join("app.json").exists(), "written through the planted link");
+        let leftovers = std::fs::read_dir(root.path().join("moved")).unwrap().count();
+        assert_eq!(leftovers, 1, "only the file: no temp file left");
+        // A temp file dropped before its swap is removed.
+        drop(write_temp(&dir, &path, b"unused").unwrap());
+        assert_eq!(std::fs::read_dir(root.path().join("moved")).unwrap().count(), 1);
     }
 
     #[tokio::test]
