@@ -199,8 +199,6 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// An error answered as `{"error": message}`.
-#[derive(Debug)]
 /// The query of a `/v1` route that takes none: any parameter is refused (400) by name, as the
 /// routes with parameters refuse unknown ones. The probes, `/metrics` and OFREP (another
 /// protocol's routes, whose clients may add their own) ignore queries.
@@ -208,6 +206,8 @@ pub fn router(state: ApiState) -> Router {
 #[serde(deny_unknown_fields)]
 pub struct NoParameters {}
 
+/// An error answered as `{"error": message}`.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
