@@ -154,7 +154,8 @@ async fn sweep(pusher: Pusher, job: PushJob, first: Vec<SocketAddr>, shutdown: C
 }
 
 impl Pusher {
-    /// Up to [`FANOUT`] live peers other than `skip` and the job's sender lacking the job.
+    /// The live peers lacking the job, other than its sender and `skip`: the first [`FANOUT`]
+    /// by rank when `skip` is empty (a job's first round), every one otherwise (a sweep's next).
     async fn targets(&self, job: &PushJob, skip: &BTreeSet<SocketAddr>) -> Vec<SocketAddr> {
         let peers = self.holdings.merged(self.gossip.peer_version_vectors().await);
         let other_reverts: Vec<SocketAddr> = if job.reverts.is_empty() {
