@@ -39,7 +39,7 @@ use anyhow::{Context, Result, bail, ensure};
 use grapevine_cluster_tests::fleet::{self, Counts, Fleet, Mirror};
 use grapevine_cluster_tests::{
     CHROMIUM, Cluster, TEST_LIMITS_TOML, TEST_TOKEN, bench_quick, browser_required, browser_scripts_dir,
-    missing_browser_tools, suite_row, test_token_toml,
+    missing_browser_tools, suite_row, test_token_toml, wait_within,
 };
 use grapevine_node::store::Store;
 use grapevine_node::tls::NodeTls;
@@ -216,16 +216,9 @@ fn run_browser(api: &str, loads: usize, changes: usize) -> Result<Vec<Value>> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("running node cluster-tests/ui/bench.mjs")?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = script.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > SCRIPT_TIMEOUT {
-            let _ = script.kill();
-            bail!("the browser script ran over {SCRIPT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(status) = wait_within(&mut script, SCRIPT_TIMEOUT)? else {
+        let _ = script.kill();
+        bail!("the browser script ran over {SCRIPT_TIMEOUT:?}");
     };
     let mut out = String::new();
     std::io::Read::read_to_string(&mut script.stdout.take().context("stdout")?, &mut out)?;

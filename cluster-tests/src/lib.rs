@@ -247,12 +247,8 @@ impl Node {
         let mut child = self.child.take().context("not running")?;
         let pid = child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = wait_within(&mut child, Duration::from_secs(10))? {
+            return Ok(status);
         }
         let _ = child.kill();
         bail!("{} did not stop within 10 s of SIGTERM", self.name)
@@ -644,6 +640,21 @@ pub fn delegate(root: &Path, key: &Path, prefixes: &[&str]) -> Result<()> {
 /// A plain HTTP/1.1 GET over std networking: status code and body.
 /// A counter on `node`'s `/metrics`, 0 before its first increment: the series `query` names
 /// (`name{label="value"}`), or, for a bare name, the sum of all its series.
+/// Waits for `child` to exit, for at most `timeout`: its status, or `None` once the time is up
+/// (the child is left running: the caller kills it as it must).
+pub fn wait_within(child: &mut std::process::Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn counter(node: &Node, query: &str) -> u64 {
     let Ok((200, text)) = http_get(&format!("{}/metrics", node.url())) else { return 0 };
     let labelled = format!("{query}{{");

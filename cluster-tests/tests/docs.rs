@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use grapevine_cluster_tests::{binary, can_use_netns};
+use grapevine_cluster_tests::{binary, can_use_netns, wait_within};
 
 /// The kinds of fenced block a page may hold.
 const KINDS: &[&str] = &["sh", "console", "text", "json", "toml", "yaml", "ini", "js"];
@@ -322,16 +322,7 @@ fn run_block(block: &Block) -> Result<()> {
 
 /// Waits for the block's shell, then stops its process group (nodes started with `&`).
 fn wait_for(mut child: std::process::Child) -> Result<()> {
-    let deadline = Instant::now() + BLOCK_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_within(&mut child, BLOCK_TIMEOUT)?;
     let group = format!("-{}", child.id());
     let _ = Command::new("kill").args(["-TERM", "--", &group]).stderr(Stdio::null()).status();
     let _ = child.wait();

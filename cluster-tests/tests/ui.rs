@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use grapevine_cluster_tests::{
     CHROMIUM, Cluster, Node, TEST_LIMITS_TOML, TEST_TOKEN, binary, browser_required, browser_scripts_dir, check,
-    missing_browser_tools, test_token_toml,
+    missing_browser_tools, test_token_toml, wait_within,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -93,15 +93,9 @@ fn the_fleet_page_shows_and_steers_a_live_cluster_in_a_browser() -> Result<()> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("running node cluster-tests/ui/test.mjs")?;
-    let status = loop {
-        if let Some(status) = script.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > SCRIPT_TIMEOUT {
-            let _ = script.kill();
-            bail!("the browser script ran over {SCRIPT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(status) = wait_within(&mut script, SCRIPT_TIMEOUT)? else {
+        let _ = script.kill();
+        bail!("the browser script ran over {SCRIPT_TIMEOUT:?}");
     };
     eprintln!("browser script: {status} after {:?}", started.elapsed());
     if !status.success() {
