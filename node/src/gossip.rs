@@ -1146,3 +1146,19 @@ async fn run_peer_sender(transport: Transport, to: SocketAddr, mut queue: mpsc::
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_vector_entry_above_ours_wakes_the_puller() {
+        let held = Mutex::new(HashMap::from([("n1".to_owned(), 5)]));
+        assert!(!advertises_more(&held, "n1", "5"), "what we hold");
+        assert!(!advertises_more(&held, "n1", "4"), "less than we hold");
+        assert!(advertises_more(&held, "n1", "6"), "more than we hold");
+        assert!(advertises_more(&held, "n2", "1"), "an origin we hold nothing of");
+        assert!(!advertises_more(&held, "n2", "0"));
+        assert!(!advertises_more(&held, "n1", "not a number"), "malformed advertises nothing");
+    }
+}
