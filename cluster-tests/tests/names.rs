@@ -165,13 +165,12 @@ fn generations_a_modified_build_writes_under_another_name_are_refused_everywhere
 /// acknowledged write is replaced (each keeps what it holds), and every node surfaces the
 /// conflict: in `status`, in `grapevine_generation_conflicts_total` and as an alert.
 ///
-/// Fails today, so it is ignored until fixed: no node ever learns of the conflict. A pull asks
-/// only for what the puller's vector does not cover, and both sides cover `n3.1`, so neither
-/// content travels and the states differ for good without a word (found 2026-12-06; issue 17
-/// stays open for it). Run it with `cargo test -p grapevine-cluster-tests --test names --
-/// --ignored`.
+/// Failed before tallies (D84): no node ever learned of the conflict. A pull asks only for what
+/// the puller's vector does not cover, and both sides cover `n3.1`, so neither content
+/// travelled and the states differed for good without a word. Now each node publishes a tally
+/// of what it holds of each origin (`vh.n3`), and a peer with the same range and another
+/// tally is asked for that range again.
 #[test]
-#[ignore = "issue 17: a wiped node's reused ids diverge silently (no conflict is ever surfaced)"]
 fn a_wiped_node_that_writes_before_catching_up_is_a_conflict_every_node_surfaces() -> Result<()> {
     let mut cluster = Cluster::start(3)?;
     write(&cluster.nodes[2], 1)?;

@@ -5,7 +5,8 @@
 //!
 //! Each node publishes a few small keys (see `docs/protocol.md`): its API address, labels,
 //! log size, latest applied generation, state digest, and its version vector as one key per
-//! origin (`vv.<origin>` = highest contiguous seq), so a new generation changes one tiny key.
+//! origin (`vv.<origin>` = highest contiguous seq), so a new generation changes one tiny key,
+//! and beside it a tally of what it holds of that origin (`vh.<origin>`, `Tally`; D84).
 //! Generation bodies never travel in chitchat.
 //!
 //! Reports (`rep.<generation>`) and KPIs (`kpi`) are signed by the node's TLS key, and the node
@@ -15,7 +16,7 @@
 //!
 //! The types: `Gossip`, `GossipConfig`, `Member`, `PeerHealth`, the key names (`KEY_API`, `KEY_LABELS`,
 //! `KEY_GENERATIONS`, `KEY_APPLIED`, `KEY_DIGEST`, `KEY_KPI`, `KEY_REVERTS`,
-//! `PREFIX_VERSION_VECTOR`, `PREFIX_REPORT`, `PREFIX_REVERTED_BY`), and the chitchat
+//! `PREFIX_VERSION_VECTOR`, `PREFIX_TALLY`, `PREFIX_REPORT`, `PREFIX_REVERTED_BY`), and the chitchat
 //! `Transport`/`Socket` adapter (`QuicGossip`, `GossipSocket`, `run_peer_sender`). Submodules:
 //! `binding` (names against certificates, D70), `signed` (signed reports, D67), `heard`
 //! (`HeardFrom`).
@@ -91,7 +92,7 @@ use chitchat::{
 use grapevine_proto::health::Window;
 use grapevine_proto::rollout::{Report, Verdict};
 use grapevine_proto::wire::OLDEST_READABLE;
-use grapevine_proto::{GenId, NodeName, VersionVector};
+use grapevine_proto::{GenId, NodeName, Tally, VersionVector};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
@@ -110,6 +111,10 @@ pub const KEY_GENERATIONS: &str = "generations";
 pub const KEY_APPLIED: &str = "applied";
 pub const KEY_DIGEST: &str = "digest";
 pub const PREFIX_VERSION_VECTOR: &str = "vv.";
+/// `vh.<origin>` = what this node holds whole of `<origin>` up to its vector, summarised
+/// (`Tally`: `after-through.sum`): a peer whose tally of the same range differs holds some id
+/// with other content (a namesake or a wiped node wrote it again; D84).
+pub const PREFIX_TALLY: &str = "vh.";
 /// `rep.<generation>` = this node's report on a generation it applied (`h:12000`).
 pub const PREFIX_REPORT: &str = "rep.";
 /// This node's KPIs over the last minute (`requests:errors:latency_ms:intervals`), for peers
@@ -762,6 +767,12 @@ impl Gossip {
         self.reachable_peers(|id, state| Some((id.gossip_advertise_addr, version_vector_of(state)))).await
     }
 
+    /// Tallies of the same peers as [`Gossip::reachable_version_vectors`], each peer's by
+    /// origin; malformed values are skipped.
+    pub async fn reachable_tallies(&self) -> Vec<(SocketAddr, Vec<(NodeName, Tally)>)> {
+        self.reachable_peers(|id, state| Some((id.gossip_advertise_addr, tallies_of(state)))).await
+    }
+
     /// Reverts summaries of the same peers as [`Gossip::reachable_version_vectors`].
     pub async fn reachable_reverts_digests(&self) -> Vec<(SocketAddr, String)> {
         self.reachable_peers(|id, state| {
@@ -1042,6 +1053,20 @@ pub fn version_vector_of(state: &NodeState) -> VersionVector {
         }
     }
     vector
+}
+
+/// A peer's tallies from its `vh.<origin>` keys; malformed entries are skipped.
+fn tallies_of(state: &NodeState) -> Vec<(NodeName, Tally)> {
+    let tallies = state.key_values().filter_map(|(key, value)| {
+        let origin = key.strip_prefix(PREFIX_TALLY)?;
+        Some((origin.parse().ok()?, value.parse().ok()?))
+    });
+    tallies.collect()
+}
+
+/// The keys that publish `tallies`, one per origin.
+pub fn tally_keys(tallies: &BTreeMap<NodeName, Tally>) -> impl Iterator<Item = (String, String)> + '_ {
+    tallies.iter().map(|(origin, tally)| (format!("{PREFIX_TALLY}{origin}"), tally.to_string()))
 }
 
 /// The keys that publish `vector`, one per origin.

@@ -27,7 +27,7 @@ pub mod validate;
 pub mod wire;
 
 pub use hlc::{Clock, ClockError, Stamp};
-pub use log::{InsertOutcome, Log, VersionVector};
+pub use log::{InsertOutcome, Log, Tally, VersionVector};
 pub use model::{
     Author, Change, ContentHash, GenId, Generation, GenerationBody, Governance, JsonText, Key, NodeName, Op,
     OriginProof, Revert, Terms,

@@ -34,6 +34,10 @@
 //!   seq, counting the snapshot. `covers(id)`, `merge` (the join) and `is_behind` compare vectors.
 //!   `next_seq(origin)` is one past the highest seq the origin has used, held whole or compacted;
 //!   `missing_from(theirs)` returns the generations held whole that a peer lacks.
+//! - `tallies()` summarises, per origin, the generations held whole between the snapshot and the
+//!   version vector (`Tally`: that range and a sum of their content hashes). Two logs whose tallies
+//!   of one origin cover the same range but differ hold some id of it with other content: a
+//!   conflict no version vector shows (the `vh.` gossip key; D84).
 //!
 //! **Architecture Invariant:** the reverts are a grow-only set keyed by their target. `Log::revert`
 //! only adds, `Log::merge` takes the union, compaction keeps every revert, and the store never
@@ -98,6 +102,53 @@ impl VersionVector {
     }
 }
 
+/// The generations a log holds whole of one origin, summarised: the seqs `after + 1 ..= through`
+/// (the snapshot's cover to the version vector, all held whole) and the wrapping sum of the
+/// first 8 bytes of their content hashes. Logs whose tallies of an origin have the same range
+/// and another sum hold some id of it with other content. Written `after-through.sum` (the sum
+/// in 16 hex digits), the value of the `vh.<origin>` gossip key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub after: u64,
+    pub through: u64,
+    pub sum: u64,
+}
+
+impl Tally {
+    /// True when both tallies cover the same range with other content in it.
+    pub fn contradicts(&self, other: &Tally) -> bool {
+        (self.after, self.through) == (other.after, other.through) && self.sum != other.sum
+    }
+
+    fn add(&mut self, generation: &Generation) {
+        let (first, _) = generation.hash.0.split_first_chunk::<8>().expect("a content hash has 32 bytes");
+        self.sum = self.sum.wrapping_add(u64::from_be_bytes(*first));
+        self.through = generation.id().seq;
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}.{:016x}", self.after, self.through, self.sum)
+    }
+}
+
+impl std::str::FromStr for Tally {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let expected = || format!("expected a tally `after-through.sum` (sum in 16 hex digits), found {text:?}");
+        let (range, sum) = text.split_once('.').ok_or_else(expected)?;
+        let (after, through) = range.split_once('-').ok_or_else(expected)?;
+        let (after, through) = (after.parse().map_err(|_| expected())?, through.parse().map_err(|_| expected())?);
+        if sum.len() != 16 || after > through {
+            return Err(expected());
+        }
+        let sum = u64::from_str_radix(sum, 16).map_err(|_| expected())?;
+        Ok(Tally { after, through, sum })
+    }
+}
+
 /// What [`Log::insert`] did with a generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertOutcome {
@@ -126,6 +177,8 @@ pub struct Log {
     /// The ids of the `generations` that carry rollout controls: few, and folded whole
     /// whenever a gate is looked at.
     with_controls: BTreeSet<GenId>,
+    /// Per origin, the generations held whole up to the version vector, summarised.
+    tallies: BTreeMap<NodeName, Tally>,
 }
 
 impl Log {
@@ -153,6 +206,11 @@ impl Log {
 
     pub fn version_vector(&self) -> &VersionVector {
         &self.version_vector
+    }
+
+    /// Per origin, what this log holds whole of it up to the version vector ([`Tally`]).
+    pub fn tallies(&self) -> &BTreeMap<NodeName, Tally> {
+        &self.tallies
     }
 
     /// Generations in id order.
@@ -291,7 +349,7 @@ impl Log {
         let origins: Vec<NodeName> = self.version_vector.iter().map(|(origin, _)| origin.clone()).collect();
         let mut compacted = Vec::new();
         for origin in origins {
-            let mut next = GenId { seq: self.base.covers().get(&origin) + 1, origin };
+            let mut next = GenId { seq: self.base.covers().get(&origin) + 1, origin: origin.clone() };
             while let Some(generation) = self.generations.get(&next).filter(|g| eligible(g)) {
                 if self.reverts.contains(&next) {
                     self.base.cover(&next);
@@ -302,6 +360,7 @@ impl Log {
                 compacted.push(next.clone());
                 next.seq += 1;
             }
+            self.retally(origin);
         }
         compacted
     }
@@ -322,7 +381,32 @@ impl Log {
         while self.generations.contains_key(&GenId { origin: origin.clone(), seq: seq + 1 }) {
             seq += 1;
         }
-        self.version_vector.raise(origin, seq);
+        self.version_vector.raise(origin.clone(), seq);
+        self.retally(origin);
+    }
+
+    /// Brings the origin's tally up to the version vector: extends it, or counts it again
+    /// from the snapshot's cover when that moved (compaction, a peer's snapshot).
+    fn retally(&mut self, origin: NodeName) {
+        let after = self.base.covers().get(&origin);
+        let through = self.version_vector.get(&origin);
+        if through == 0 {
+            // Nothing of it held contiguously yet (the vector has no entry either).
+            return;
+        }
+        let tally = self.tallies.entry(origin.clone()).or_default();
+        if tally.after != after {
+            *tally = Tally { after, through: after, sum: 0 };
+        }
+        if through <= tally.through {
+            return;
+        }
+        let first = GenId { origin: origin.clone(), seq: tally.through + 1 };
+        let last = GenId { origin, seq: through };
+        for generation in self.generations.range(first..=last).map(|(_, g)| g) {
+            debug_assert_eq!(generation.id().seq, tally.through + 1, "held whole and contiguous up to the vector");
+            tally.add(generation);
+        }
     }
 }
 
@@ -536,5 +620,62 @@ mod tests {
         assert_eq!(log.insert(first.clone()), InsertOutcome::Duplicate);
         assert_eq!(log.insert(generation("a", 1, 1, 9)), InsertOutcome::Conflict);
         assert_eq!(log.get(first.id()), Some(&first));
+    }
+
+    /// The tallies counted again from scratch: what `retally` keeps up incrementally.
+    fn tallies_from_scratch(log: &Log) -> BTreeMap<NodeName, Tally> {
+        let mut tallies = BTreeMap::new();
+        for (origin, through) in log.version_vector().iter() {
+            let after = log.base().covers().get(origin);
+            let mut tally = Tally { after, through: after, sum: 0 };
+            for seq in after + 1..=through {
+                tally.add(log.get(&GenId { origin: origin.clone(), seq }).expect("held whole up to the vector"));
+            }
+            tallies.insert(origin.clone(), tally);
+        }
+        tallies
+    }
+
+    proptest! {
+        #[test]
+        fn tallies_follow_inserts_compaction_and_snapshots(a in arb_log(), b in arb_log(), cut in 0..8u64) {
+            prop_assert_eq!(a.tallies(), &tallies_from_scratch(&a));
+            let mut compacted = a.clone();
+            compacted.compact(|g| g.id().seq <= cut);
+            prop_assert_eq!(compacted.tallies(), &tallies_from_scratch(&compacted));
+            let mut joined = b.clone();
+            joined.merge(&compacted);
+            // Logs that hold the same generations tally the same, whatever their order: the
+            // merge and interleaving proptests compare whole logs, tallies included.
+            prop_assert_eq!(joined.tallies(), &tallies_from_scratch(&joined));
+        }
+    }
+
+    #[test]
+    fn a_conflict_the_vectors_cannot_show_is_a_contradicting_tally() {
+        let a: NodeName = "a".parse().unwrap();
+        let (mut one, mut two, mut same) = (Log::new(), Log::new(), Log::new());
+        for seq in 1..=3 {
+            one.insert(generation("a", seq, seq, seq as u8));
+            same.insert(generation("a", seq, seq, seq as u8));
+            // `two` holds other content under a.1 (a node that lost its store wrote again).
+            two.insert(generation("a", seq, seq, if seq == 1 { 9 } else { seq as u8 }));
+        }
+        assert_eq!(one.version_vector(), two.version_vector(), "no vector tells them apart");
+        let (tally, other) = (one.tallies()[&a], two.tallies()[&a]);
+        assert!(tally.contradicts(&other));
+        assert!(!tally.contradicts(&same.tallies()[&a]));
+        assert_eq!(tally, same.tallies()[&a]);
+        // A tally of another range says nothing: the log behind catches up first.
+        let mut behind = Log::new();
+        behind.insert(generation("a", 1, 1, 9));
+        assert!(!behind.tallies()[&a].contradicts(&tally));
+        // The gossip value reads back, and a malformed one says what was expected.
+        assert_eq!(tally.to_string().parse::<Tally>(), Ok(tally));
+        assert!(tally.to_string().starts_with("0-3."), "{tally}");
+        for bad in ["", "3", "0-3", "0-3.xyz", "3-0.0000000000000000", "0-3.00"] {
+            let error = bad.parse::<Tally>().unwrap_err();
+            assert!(error.contains("expected a tally `after-through.sum`"), "{error}");
+        }
     }
 }

@@ -106,7 +106,7 @@ use grapevine_proto::validate::{check_envelope, validate_submitted_terms};
 use grapevine_proto::wire::WIRE_VERSION;
 use grapevine_proto::{
     AppliedState, Author, Change, Clock, ContentHash, GenId, Generation, GenerationBody, InsertOutcome, Log, NodeName,
-    Op, Revert, Snapshot, Terms, ValidationError, VersionVector,
+    Op, Revert, Snapshot, Tally, Terms, ValidationError, VersionVector,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -114,7 +114,7 @@ use tracing::{error, info, warn};
 
 use crate::alerts::Alerts;
 use crate::clock;
-use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, KEY_REVERTS, version_vector_keys};
+use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, KEY_REVERTS, tally_keys, version_vector_keys};
 use crate::health::Health;
 use crate::metrics::{Metrics, WarnLimiter};
 use crate::store::{Store, StoreError};
@@ -169,6 +169,9 @@ pub struct View {
     /// counted as held: a peer ahead of this vector has something to give; a peer ahead of
     /// `version_vector` only by refused generations has not.
     pub settled: VersionVector,
+    /// Per origin, what the log holds whole of it up to `version_vector` (`Log::tallies`): a
+    /// peer's tally of the same range that differs holds some id with other content.
+    pub tallies: BTreeMap<NodeName, Tally>,
     /// Generations held whole.
     pub generations: usize,
     /// Generations folded into the snapshot.
@@ -1207,6 +1210,7 @@ impl Engine {
             desired: self.desired.clone(),
             version_vector: self.log.version_vector().clone(),
             settled: self.settled(),
+            tallies: self.log.tallies().clone(),
             generations: self.log.len(),
             compacted: self.log.base().covers().total(),
             reverted: self.log.reverts().map(|revert| revert.target).collect(),
@@ -1217,6 +1221,7 @@ impl Engine {
         self.parts.metrics.generations_known.set(view.generations as i64);
         self.parts.metrics.reverts_known.set(view.reverted.len() as i64);
         let mut keys: Vec<(String, String)> = version_vector_keys(&view.version_vector).collect();
+        keys.extend(tally_keys(&view.tallies));
         keys.push((KEY_GENERATIONS.to_owned(), view.generations.to_string()));
         keys.push((KEY_APPLIED.to_owned(), view.state.latest().map(ToString::to_string).unwrap_or_default()));
         keys.push((KEY_DIGEST.to_owned(), short_digest(&view.state)));

@@ -4,7 +4,9 @@
 //! The puller wakes when a peer's version-vector or reverts key changes in gossip, when a push told us
 //! its sender holds more than it could inline (`PullRequests`), when a peer becomes reachable
 //! (heard from again, or alive again), and every gossip interval (anti-entropy: whatever pushes
-//! missed is repaired here).
+//! missed is repaired here). At each interval it also compares the peers' tallies (`vh.` keys)
+//! with ours: a peer holding other content under ids both vectors cover is asked for that
+//! origin's range again, so the engine surfaces the conflict (`Contradictions`, D84).
 //!
 //! It pulls from live peers and from dead ones that sent us gossip lately (`gossip::heard`):
 //! after a partition heals, the other side's vectors arrive with its first messages, one to two
@@ -21,14 +23,15 @@
 //! `MAX_PULL_BYTES`, `MAX_REVERTS_PER_PULL`, `INGEST_BATCH`, `MAX_PULLS_PER_WAKE`,
 //! `PULL_REQUEST_CAPACITY`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use grapevine_proto::Snapshot;
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::validate::validate_snapshot;
 use grapevine_proto::wire::{PullFrame, PullRequest, decode, encode_at};
+use grapevine_proto::{NodeName, Snapshot, VersionVector};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -87,19 +90,23 @@ pub async fn run_puller(
     // next tick.
     let mut live = gossip.live_members_watcher().await;
     let mut turn = 0usize;
+    let mut contradictions = Contradictions::default();
     loop {
-        let mut prompted = None;
+        let (mut prompted, mut tick) = (None, false);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = changed.notified() => {}
             Ok(()) = live.changed() => {}
-            _ = ticker.tick() => {}
-            peer = requests.recv() => prompted = peer,
+            _ = ticker.tick() => tick = true,
+            peer = requests.recv() => prompted = peer.map(|peer| (peer, None)),
         }
-        if let Some(peer) = prompted {
+        if tick && prompted.is_none() {
+            prompted = contradictions.next(&engine, &gossip).await;
+        }
+        if let Some((peer, from)) = prompted {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = pull_counted(&transport, &engine, &gossip, peer) => {}
+                _ = pull_counted(&transport, &engine, &gossip, peer, from) => {}
             }
         }
         for _ in 0..MAX_PULLS_PER_WAKE {
@@ -126,7 +133,7 @@ pub async fn run_puller(
             let peer = ahead[turn % ahead.len()];
             let stored = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                stored = pull_counted(&transport, &engine, &gossip, peer) => stored,
+                stored = pull_counted(&transport, &engine, &gossip, peer, None) => stored,
             };
             if stored == 0 {
                 break;
@@ -135,10 +142,58 @@ pub async fn run_puller(
     }
 }
 
+/// Most (peer, origin) pairs whose contradicting tallies are remembered as looked at; past it
+/// the memory is cleared (each is looked at once more).
+const MAX_CONTRADICTIONS_REMEMBERED: usize = 4096;
+
+/// Peers whose tally of an origin contradicts ours (the same range, other content: `Tally`):
+/// some id of it is held with other content there. No vector shows it, so no ordinary pull
+/// would ever bring the other content; a pull from that peer asking again for the origin's
+/// range brings it, and the engine surfaces the conflict (`engine/conflict.rs`). Each pair is
+/// looked at again only for what its range grew by since (a conflict stays, and so does the
+/// contradiction).
+#[derive(Default)]
+struct Contradictions {
+    /// `(peer, origin)` -> the `through` of the tally last looked at.
+    looked: HashMap<(SocketAddr, NodeName), u64>,
+}
+
+impl Contradictions {
+    /// The next peer to pull from, with the origin and the seq to ask from.
+    async fn next(&mut self, engine: &EngineHandle, gossip: &Gossip) -> Option<(SocketAddr, Option<(NodeName, u64)>)> {
+        let ours = engine.view().tallies.clone();
+        for (peer, tallies) in gossip.reachable_tallies().await {
+            for (origin, theirs) in tallies {
+                if !ours.get(&origin).is_some_and(|ours| ours.contradicts(&theirs)) {
+                    continue;
+                }
+                let looked = self.looked.get(&(peer, origin.clone())).copied();
+                if looked.is_some_and(|through| through >= theirs.through) {
+                    continue;
+                }
+                if self.looked.len() >= MAX_CONTRADICTIONS_REMEMBERED {
+                    self.looked.clear();
+                }
+                self.looked.insert((peer, origin.clone()), theirs.through);
+                let from = looked.unwrap_or(theirs.after).max(theirs.after);
+                return Some((peer, Some((origin, from))));
+            }
+        }
+        None
+    }
+}
+
 /// One pull, counted in the metrics; returns how many new generations and reverts were stored.
-async fn pull_counted(transport: &Transport, engine: &EngineHandle, gossip: &Gossip, peer: SocketAddr) -> usize {
+/// `from` asks again for one origin's generations past a seq (see [`Contradictions`]).
+async fn pull_counted(
+    transport: &Transport,
+    engine: &EngineHandle,
+    gossip: &Gossip,
+    peer: SocketAddr,
+    from: Option<(NodeName, u64)>,
+) -> usize {
     let metrics = transport.metrics();
-    match pull(transport, engine, gossip, peer).await {
+    match pull(transport, engine, gossip, peer, from).await {
         Ok(stored) => {
             metrics.sync_pulls.get_or_create(&reason("ok")).inc();
             stored
@@ -162,11 +217,16 @@ async fn pull(
     engine: &EngineHandle,
     gossip: &Gossip,
     peer: SocketAddr,
+    from: Option<(NodeName, u64)>,
 ) -> Result<usize, SyncError> {
     let view = engine.view();
     let request = PullRequest {
-        // What this node holds or refused for good: the peer sends neither again.
-        have: view.settled.clone(),
+        // What this node holds or refused for good: the peer sends neither again (but for the
+        // origin asked `from` again).
+        have: match from {
+            None => view.settled.clone(),
+            Some((origin, seq)) => lowered(&view.settled, &origin, seq),
+        },
         max_bytes: MAX_PULL_BYTES as u64,
         reverts: view.reverted.iter().cloned().collect(),
     };
@@ -231,4 +291,13 @@ async fn pull(
     stored += engine.ingest_reverts(reverts, Some(peer)).await;
     stored += engine.ingest(batch, Some(peer)).await;
     received.map(|()| stored)
+}
+
+/// `vector` with `origin` lowered to `seq` (if it was above).
+fn lowered(vector: &VersionVector, origin: &NodeName, seq: u64) -> VersionVector {
+    let mut out = VersionVector::default();
+    for (name, held) in vector.iter() {
+        out.raise(name.clone(), if name == origin { held.min(seq) } else { held });
+    }
+    out
 }
