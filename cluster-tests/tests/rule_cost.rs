@@ -1,7 +1,8 @@
 //! Issue 17, "a valid rule can freeze a node", against real processes: a targeting rule too
 //! costly to evaluate is refused by `flag set` and `apply` with the limit named, and nothing is
 //! stored; the costliest rule a node accepts, evaluated over and over through OFREP, leaves
-//! `/healthz` answering promptly and the node alive in its peers' view.
+//! `/healthz` answering promptly and the node alive in its peers' view; a costly rule on a large
+//! context is evaluated off the request's task, within its budget (D85).
 //!
 //! `flag set --file`, `apply` and `apply --dry-run` of a rule like the issue's exit 1 with
 //! `MAX_RULE_COST` named; the accepted rule is evaluated by two OFREP clients for 8 s while
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use grapevine_cluster_tests::{Cluster, Node, alive_members, http_request_within};
-use grapevine_proto::testing::{flag_with_rule, nested_some_rule, rule_just_under_the_bound};
+use grapevine_proto::testing::{flag_with_rule, nested_some_rule, rule_just_under_the_bound, strings};
 use serde_json::{Value, json};
 
 /// The issue's rule: `some` over `some` over `in`, over arrays of 3,000 items (71 s an
@@ -139,5 +140,54 @@ fn evaluating_the_costliest_accepted_rule_leaves_healthz_and_gossip_live() -> Re
     }
     ensure!(answered > 0, "no evaluation of {accepted} answered within {LOAD:?}");
     eprintln!("{accepted}: {answered} evaluations in {LOAD:?}, slowest /healthz {slowest:?}");
+    Ok(())
+}
+
+/// The run-time budget (D85): a rule of about 5,000 steps on a context of 100 KB is more work
+/// than a request does on its own task (its steps times the context's bytes), so OFREP runs it
+/// on the blocking pool within its budget (at least 100 ms; it takes a few), and still answers
+/// it; nothing runs past its budget.
+/// Past the budget, or with every permit taken, a request would get a 503 at once (the unit
+/// tests of `node/src/api/budget.rs` hold a slow evaluation and check both).
+#[test]
+fn a_costly_rule_on_a_large_context_is_evaluated_off_the_request_task_within_its_budget() -> Result<()> {
+    let mut cluster = Cluster::new(1)?;
+    cluster.start_all()?;
+    let node = &cluster.nodes[0];
+    let rule = json!({"if": [{"some": [strings("a", 5), {"in": [{"var": ""}, strings("c", 1000)]}]}, "a", "b"]});
+    let file = write(cluster.dir.path(), "x.json", &flag_with_rule(rule))?;
+    node.cli_json(&["flag", "set", "x", "--file", &file])?;
+    let context = json!({"context": {"targetingKey": "u1", "padding": "p".repeat(100_000)}}).to_string();
+    let single = http_request_within(
+        "POST",
+        &format!("{}/ofrep/v1/evaluate/flags/x", node.url()),
+        Some(&context),
+        Duration::from_secs(30),
+    )?;
+    ensure!(single.0 == 200, "a costly evaluation still answers: {single:?}");
+    let single: Value = serde_json::from_str(&single.1)?;
+    ensure!(single["value"] == "B" && single["variant"] == "b", "no item matches, so `b`: {single}");
+    let bulk = http_request_within(
+        "POST",
+        &format!("{}/ofrep/v1/evaluate/flags", node.url()),
+        Some(&context),
+        Duration::from_secs(30),
+    )?;
+    ensure!(bulk.0 == 200, "a costly bulk evaluation still answers: {bulk:?}");
+    let bulk: Value = serde_json::from_str(&bulk.1)?;
+    ensure!(bulk["flags"][0]["value"] == "B", "{bulk}");
+    let counter = |name| grapevine_cluster_tests::counter(node, name);
+    ensure!(counter("grapevine_costly_evaluations_total") == 2, "both ran off the request's task");
+    ensure!(counter("grapevine_evaluations_over_budget_total") == 0, "neither ran past its budget");
+    // A small context keeps the same rule on the request's task.
+    let small = json!({"context": {"targetingKey": "u1"}}).to_string();
+    let answered = http_request_within(
+        "POST",
+        &format!("{}/ofrep/v1/evaluate/flags/x", node.url()),
+        Some(&small),
+        Duration::from_secs(30),
+    )?;
+    ensure!(answered.0 == 200, "{answered:?}");
+    ensure!(counter("grapevine_costly_evaluations_total") == 2, "a small context runs inline");
     Ok(())
 }

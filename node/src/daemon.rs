@@ -194,11 +194,15 @@ const MAX_API_THREADS: usize = 8;
 /// would panic.
 struct ApiRuntime(Option<tokio::runtime::Runtime>);
 
+/// The cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 impl ApiRuntime {
     fn start() -> std::io::Result<ApiRuntime> {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores.min(MAX_API_THREADS))
+            .worker_threads(cores().min(MAX_API_THREADS))
             .thread_name("grapevine-api")
             .enable_all()
             .build()?;
@@ -389,6 +393,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         max_clock_offset_ms: config.max_clock_offset_ms,
         clock_skew_ms: config.clock_skew_ms(),
         freezes,
+        // Half the cores at most on runaway evaluations: the rest stay for gossip and requests.
+        evaluations: crate::api::budget::Budget::new(cores() / 2, metrics.clone()),
         feed,
         files: files.clone(),
         holdings,

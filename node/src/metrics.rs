@@ -156,6 +156,11 @@ pub struct Metrics {
     pub ofrep_requests: Family<Reason, Counter>,
     /// Seconds to evaluate one OFREP request (single or bulk), HTTP excluded.
     pub ofrep_evaluation: Histogram,
+    /// Flag evaluations answered without their result (`timeout`: past their budget; `busy`:
+    /// every permit of costly evaluations taken).
+    pub evaluations_over_budget: Family<Reason, Counter>,
+    /// Requests whose evaluations ran on the blocking pool, within a budget (`api::budget`).
+    pub costly_evaluations: Counter,
     /// Rendered files, by outcome (`ok`, `render_failed`, `empty_refused`, `check_failed`,
     /// `reload_failed`).
     pub file_renders: Family<Reason, Counter>,
@@ -214,6 +219,8 @@ impl Metrics {
             rollout_waves: Family::default(),
             ofrep_requests: Family::default(),
             ofrep_evaluation: Histogram::new(exponential_buckets(0.000_000_5, 2.0, 20)),
+            evaluations_over_budget: Family::default(),
+            costly_evaluations: Counter::default(),
         };
         let r = &mut registry;
         r.register("gossip_messages_received", "Gossip messages received from peers", metrics.gossip_received.clone());
@@ -347,6 +354,16 @@ impl Metrics {
             metrics.clock_ahead.clone(),
         );
         r.register("ofrep_requests", "OFREP requests, by HTTP status", metrics.ofrep_requests.clone());
+        r.register(
+            "evaluations_over_budget",
+            "Flag evaluations answered without their result: past their budget (timeout) or with every permit of costly evaluations taken (busy)",
+            metrics.evaluations_over_budget.clone(),
+        );
+        r.register(
+            "costly_evaluations",
+            "Requests whose flag evaluations ran off the request's task, within a budget: costly rules on a large context",
+            metrics.costly_evaluations.clone(),
+        );
         r.register(
             "generation_verdict",
             "This node's verdict on each generation it judges (1 for the current one)",

@@ -115,6 +115,11 @@ impl FlagDefinition {
         }
     }
 
+    /// The bound on the steps one evaluation of this flag takes (`cost.rs`): 0 without a rule.
+    pub fn cost(&self) -> u64 {
+        self.rule.as_ref().map_or(0, Rule::cost)
+    }
+
     /// A boolean flag with variants `on: true` and `off: false`, serving `on` or `off`.
     pub fn boolean(on: bool) -> Self {
         FlagDefinition {

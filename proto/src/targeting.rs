@@ -140,6 +140,8 @@ pub struct Rule {
     /// is submitted; one that a peer or the disk holds (an older build accepted it) is stored,
     /// so the log still converges, but never evaluated.
     too_costly: Option<CostError>,
+    /// The bound on one evaluation's steps (`cost::rule_cost`), read from the rule alone.
+    cost: u64,
 }
 
 impl std::fmt::Debug for Rule {
@@ -181,8 +183,18 @@ impl Rule {
         let text = resolved.to_string();
         let uses_flagd = text.contains("$flagd") || text.contains("\"fractional\"");
         let uses_time = text.contains("$flagd.timestamp") || text.contains("\"timestamp\"");
-        let too_costly = crate::cost::check_rule(&resolved).err();
-        Ok((Rule { interpreted, program, needs_targeting_key, uses_flagd, uses_time, too_costly }, resolved))
+        let (cost, too_costly) = match crate::cost::check_rule(&resolved) {
+            Ok(cost) => (cost, None),
+            // Never evaluated: it answers an error at once.
+            Err(error) => (0, Some(error)),
+        };
+        Ok((Rule { interpreted, program, needs_targeting_key, uses_flagd, uses_time, too_costly, cost }, resolved))
+    }
+
+    /// The bound on one evaluation's steps (`cost.rs`); 0 for a rule too costly to evaluate
+    /// (it answers an error without evaluating).
+    pub fn cost(&self) -> u64 {
+        self.cost
     }
 
     /// Why the rule is too costly to evaluate, if it is.

@@ -102,6 +102,7 @@ use crate::metrics::{GenerationLabel, Metrics, VerdictLabel, reason};
 use crate::sync::PeerHoldings;
 
 pub mod access;
+pub mod budget;
 mod events;
 mod keys;
 pub mod limits;
@@ -152,6 +153,8 @@ pub struct ApiState {
     pub clock_skew_ms: i64,
     /// The freeze windows (`[[rollout.freeze]]`), for `status`.
     pub freezes: Arc<grapevine_proto::schedule::Freezes>,
+    /// Where costly flag evaluations run, and how long a request waits for one.
+    pub evaluations: budget::Budget,
     /// The transport, whose link filter the test endpoints set.
     #[cfg(feature = "testsuite")]
     pub transport: crate::transport::Transport,
@@ -232,6 +235,12 @@ impl ApiError {
 
     fn not_found(message: impl ToString) -> Self {
         ApiError { status: StatusCode::NOT_FOUND, message: message.to_string() }
+    }
+}
+
+impl From<budget::OverBudget> for ApiError {
+    fn from(over: budget::OverBudget) -> Self {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: over.to_string() }
     }
 }
 
@@ -1067,7 +1076,13 @@ async fn evaluate_flag(
     } else {
         parse_body(&body, r#"{"context": {...}}"#)?
     };
-    Ok(Json(flag_answer(&state, &key, &request.context, &read)?))
+    let view = state.engine.view();
+    let flag = if read.desired { &view.desired } else { &view.state }.flags.get(&key);
+    let steps = budget::steps(flag.map(|entry| &*entry.value));
+    drop(view);
+    let costly = state.clone();
+    let work = move || flag_answer(&costly, &key, &request.context, &read);
+    Ok(Json(state.evaluations.run(steps, body.len(), work).await??))
 }
 
 #[derive(Deserialize)]

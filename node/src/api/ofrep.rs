@@ -38,8 +38,8 @@ use grapevine_proto::eval::{EvaluationContext, Resolution, ofrep_context};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::ApiState;
 use super::selector::{SELECTOR_HEADER, Selector};
+use super::{ApiState, budget};
 use crate::clock;
 use crate::engine::View;
 
@@ -58,6 +58,12 @@ fn failure(status: StatusCode, key: Option<&str>, code: &str, details: String) -
 fn recovering(state: &ApiState, key: Option<&str>, reason: &str) -> Response {
     let details = format!("node {} is recovering its log from peers ({reason})", state.name);
     failure(StatusCode::SERVICE_UNAVAILABLE, key, "GENERAL", details)
+}
+
+/// 503 for a request answered without its evaluation (`budget.rs`): the SDK serves its
+/// default (or last value) and asks again later.
+fn over_budget(key: Option<&str>, over: budget::OverBudget) -> Response {
+    failure(StatusCode::SERVICE_UNAVAILABLE, key, "GENERAL", over.to_string())
 }
 
 /// One evaluation in OFREP's shape: success, or failure with its code.
@@ -117,7 +123,16 @@ pub async fn evaluate_flag(
     body: Bytes,
 ) -> Response {
     let started = clock::now();
-    let response = evaluate_one(&state, &key, &headers, &body);
+    let flag =
+        key.parse::<grapevine_proto::Key>().ok().and_then(|key| state.engine.view().state.flags.get(&key).cloned());
+    let steps = budget::steps(flag.iter().map(|entry| &*entry.value));
+    let response = if budget::is_small(steps, body.len()) {
+        evaluate_one(&state, &key, &headers, &body)
+    } else {
+        let (costly, asked, bytes) = (state.clone(), key.clone(), body.len());
+        let work = move || evaluate_one(&costly, &asked, &headers, &body);
+        state.evaluations.run(steps, bytes, work).await.unwrap_or_else(|over| over_budget(Some(&key), over))
+    };
     counted(&state, started, response)
 }
 
@@ -157,7 +172,14 @@ pub async fn evaluate_all(
     body: Bytes,
 ) -> Response {
     let started = clock::now();
-    let response = evaluate_bulk(&state, &principal, &headers, &body);
+    let steps = budget::steps(state.engine.view().state.flags.values().map(|entry| &*entry.value));
+    let response = if budget::is_small(steps, body.len()) {
+        evaluate_bulk(&state, &principal, &headers, &body)
+    } else {
+        let (costly, bytes) = (state.clone(), body.len());
+        let work = move || evaluate_bulk(&costly, &principal, &headers, &body);
+        state.evaluations.run(steps, bytes, work).await.unwrap_or_else(|over| over_budget(None, over))
+    };
     counted(&state, started, response)
 }
 

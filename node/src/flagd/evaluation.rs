@@ -20,6 +20,7 @@ use super::convert::{map_to_struct, struct_to_map};
 use super::schema::evaluation::service_server::{Service, ServiceServer};
 use super::schema::evaluation::*;
 use super::{Shared, sync};
+use crate::api::budget;
 use crate::clock::unix_ms;
 use crate::engine::View;
 
@@ -98,14 +99,39 @@ impl Evaluator {
         Ok(evaluation)
     }
 
-    pub(crate) fn resolve(
+    /// Runs `work`, an evaluation of rules bounded by `steps` on `context`, within the
+    /// evaluation budget (`api::budget`): on the request's task when small, else on the blocking
+    /// pool, answering `UNAVAILABLE` past its budget or when every permit is taken.
+    async fn budgeted<T: Send + 'static>(
+        &self,
+        steps: u64,
+        context: Option<Struct>,
+        work: impl FnOnce(&Evaluator, Option<Struct>) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let bytes = context.as_ref().map_or(0, prost::Message::encoded_len);
+        if budget::is_small(steps, bytes) {
+            return work(self, context);
+        }
+        let this = Evaluator { shared: self.shared.clone() };
+        let evaluations = &self.shared.api.evaluations;
+        let work = move || work(&this, context);
+        evaluations.run(steps, bytes, work).await.map_err(|over| Status::unavailable(over.to_string()))?
+    }
+
+    pub(crate) async fn resolve(
         &self,
         request: Request<(String, Option<Struct>)>,
         expected: Expected,
     ) -> Result<Resolved, Status> {
         let caller = Caller::of(&request)?;
         let (key, context) = request.into_inner();
-        let evaluation = self.evaluate(&caller, &key, context, expected)?;
+        let steps = {
+            let view = self.shared.api.engine.view();
+            let flag = key.parse::<grapevine_proto::Key>().ok().and_then(|parsed| view.state.flags.get(&parsed));
+            budget::steps(flag.map(|entry| &*entry.value))
+        };
+        let work = move |this: &Evaluator, context| this.evaluate(&caller, &key, context, expected);
+        let evaluation = self.budgeted(steps, context, work).await?;
         Ok(Resolved {
             metadata: Some(map_to_struct(&evaluation.metadata)),
             reason: reason_text(evaluation.reason),
@@ -141,7 +167,7 @@ impl Service for Evaluator {
         &self,
         request: Request<ResolveBooleanRequest>,
     ) -> Result<Response<ResolveBooleanResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Boolean)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Boolean).await?;
         let value = r.value.as_ref().and_then(Value::as_bool).unwrap_or_default();
         Ok(Response::new(ResolveBooleanResponse { value, reason: r.reason, variant: r.variant, metadata: r.metadata }))
     }
@@ -150,7 +176,7 @@ impl Service for Evaluator {
         &self,
         request: Request<ResolveStringRequest>,
     ) -> Result<Response<ResolveStringResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::String)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::String).await?;
         let value = r.value.as_ref().and_then(Value::as_str).unwrap_or_default().to_owned();
         Ok(Response::new(ResolveStringResponse { value, reason: r.reason, variant: r.variant, metadata: r.metadata }))
     }
@@ -159,13 +185,13 @@ impl Service for Evaluator {
         &self,
         request: Request<ResolveFloatRequest>,
     ) -> Result<Response<ResolveFloatResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Float)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Float).await?;
         let value = r.value.as_ref().and_then(Value::as_f64).unwrap_or_default();
         Ok(Response::new(ResolveFloatResponse { value, reason: r.reason, variant: r.variant, metadata: r.metadata }))
     }
 
     async fn resolve_int(&self, request: Request<ResolveIntRequest>) -> Result<Response<ResolveIntResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Integer)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Integer).await?;
         let value = r.value.as_ref().and_then(Value::as_i64).unwrap_or_default();
         Ok(Response::new(ResolveIntResponse { value, reason: r.reason, variant: r.variant, metadata: r.metadata }))
     }
@@ -174,7 +200,7 @@ impl Service for Evaluator {
         &self,
         request: Request<ResolveObjectRequest>,
     ) -> Result<Response<ResolveObjectResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Object)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Object).await?;
         let value = match r.value {
             Some(Value::Object(object)) => Some(map_to_struct(&object)),
             // An array is a JSON object value to OFREP, but flagd's Struct cannot hold one.
@@ -188,7 +214,7 @@ impl Service for Evaluator {
 
     async fn resolve_all(&self, request: Request<ResolveAllRequest>) -> Result<Response<ResolveAllResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let (flags, metadata) = self.resolve_all(&caller, request.into_inner().context)?;
+        let (flags, metadata) = self.resolve_all(caller, request.into_inner().context).await?;
         let flags = flags
             .into_iter()
             .map(|(key, r)| {
@@ -225,7 +251,12 @@ pub(crate) fn any_value(value: Option<Value>) -> Option<any_flag::Value> {
 impl Evaluator {
     /// Every flag the caller sees, evaluated (flagd leaves out those whose evaluation fails),
     /// and the metadata they share.
-    pub(crate) fn resolve_all(&self, caller: &Caller, context: Option<Struct>) -> Result<ResolvedAll, Status> {
+    pub(crate) async fn resolve_all(&self, caller: Caller, context: Option<Struct>) -> Result<ResolvedAll, Status> {
+        let steps = budget::steps(self.shared.api.engine.view().state.flags.values().map(|entry| &*entry.value));
+        self.budgeted(steps, context, move |this, context| this.resolve_all_now(&caller, context)).await
+    }
+
+    fn resolve_all_now(&self, caller: &Caller, context: Option<Struct>) -> Result<ResolvedAll, Status> {
         let context = self.context(context);
         let view = self.shared.api.engine.view();
         serving(&self.shared, &view)?;

@@ -45,7 +45,7 @@ impl Service for Evaluator {
         &self,
         request: Request<ResolveBooleanRequest>,
     ) -> Result<Response<ResolveBooleanResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Boolean)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Boolean).await?;
         let value = r.value.as_ref().and_then(Value::as_bool);
         Ok(Response::new(ResolveBooleanResponse {
             value,
@@ -59,7 +59,7 @@ impl Service for Evaluator {
         &self,
         request: Request<ResolveStringRequest>,
     ) -> Result<Response<ResolveStringResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::String)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::String).await?;
         let value = r.value.as_ref().and_then(Value::as_str).map(str::to_owned);
         Ok(Response::new(ResolveStringResponse { value, variant: variant(&r), reason: r.reason, metadata: r.metadata }))
     }
@@ -68,13 +68,13 @@ impl Service for Evaluator {
         &self,
         request: Request<ResolveFloatRequest>,
     ) -> Result<Response<ResolveFloatResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Float)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Float).await?;
         let value = r.value.as_ref().and_then(Value::as_f64);
         Ok(Response::new(ResolveFloatResponse { value, variant: variant(&r), reason: r.reason, metadata: r.metadata }))
     }
 
     async fn resolve_int(&self, request: Request<ResolveIntRequest>) -> Result<Response<ResolveIntResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Integer)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Integer).await?;
         let value = r.value.as_ref().and_then(Value::as_i64);
         Ok(Response::new(ResolveIntResponse { value, variant: variant(&r), reason: r.reason, metadata: r.metadata }))
     }
@@ -83,7 +83,7 @@ impl Service for Evaluator {
         &self,
         request: Request<ResolveObjectRequest>,
     ) -> Result<Response<ResolveObjectResponse>, Status> {
-        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Object)?;
+        let r = self.resolve(parts(request, |r| r.flag_key.clone(), |r| r.context), Expected::Object).await?;
         let value = match &r.value {
             Some(Value::Object(object)) => Some(map_to_struct(object)),
             Some(other) => {
@@ -97,7 +97,7 @@ impl Service for Evaluator {
 
     async fn resolve_all(&self, request: Request<ResolveAllRequest>) -> Result<Response<ResolveAllResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let (flags, metadata) = Evaluator::resolve_all(self, &caller, request.into_inner().context)?;
+        let (flags, metadata) = Evaluator::resolve_all(self, caller, request.into_inner().context).await?;
         let flags = flags
             .into_iter()
             .map(|(key, r)| {
