@@ -208,3 +208,56 @@ fn a_wiped_node_that_writes_before_catching_up_is_a_conflict_every_node_surfaces
     assert!(cluster.nodes[2].cli_json(&["config", "get", "n3-1"]).is_err(), "n3 kept its own n3.1");
     Ok(())
 }
+
+/// A node that lost its store, and hears from peers holding its old generations before it has
+/// pulled them back, refuses changes (503, naming the peer and what it holds) instead of
+/// reusing their ids; once caught up, its next change takes the next id and no write is lost.
+/// Everything n1, n2 and n3 send one another is held 4 s, so the window between hearing of its
+/// old generations and having pulled them is wide. Fails on the code before the check: the write is accepted as `n3.1` again.
+#[test]
+fn a_wiped_node_that_hears_its_peers_first_refuses_changes_until_it_has_its_own_generations() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    write(&cluster.nodes[2], 1)?;
+    held_everywhere(&cluster.nodes, "n3", 1)?;
+    cluster.nodes[2].kill9();
+    std::fs::remove_dir_all(&cluster.nodes[2].data)?;
+    let n3 = cluster.nodes[2].gossip;
+    for node in &cluster.nodes[..2] {
+        node.set_link(&format!(r#"{{"peer": "{n3}", "delay_ms": 4000}}"#))?;
+    }
+    cluster.nodes[2].start()?;
+    let n3 = &cluster.nodes[2];
+    // Its own pulls wait as long: it hears of n3.1 about 4 s before it can have it.
+    n3.set_link(r#"{"delay_ms": 4000}"#)?;
+    wait_until(Duration::from_secs(30), "n3 to hear a peer holding n3.1", || {
+        n3.cli_json(&["status"]).is_ok_and(|status| {
+            let members = status["members"].as_array().cloned().unwrap_or_default();
+            members.iter().any(|m| m["self"] == false && m["version_vector"]["n3"].as_u64() >= Some(1))
+        })
+    })?;
+    let refused = n3.cli(&["config", "put", "after-wipe", "--value", "2"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    if refused.status.success() {
+        let held = n3.cli_json(&["config", "get", "after-wipe"])?;
+        anyhow::bail!("n3 took a change before it had its own generations back: {held}");
+    }
+    assert!(
+        stderr.contains("this node holds its own generations only up to n3.0, but n")
+            && stderr.contains("holds up to n3.1: it lost its store and is pulling them back"),
+        "{stderr}"
+    );
+    for node in &cluster.nodes {
+        node.clear_links()?;
+    }
+    held_everywhere(&cluster.nodes, "n3", 1)?;
+    check(n3.cli(&["config", "put", "after-wipe", "--value", "2"]))?;
+    let own = n3.cli_json(&["config", "get", "after-wipe"])?;
+    assert_eq!(own["generation"], "n3.2", "the next id: {own}");
+    for node in &cluster.nodes {
+        wait_until(PROPAGATION, &format!("{} to hold after-wipe", node.name), || {
+            node.cli_json(&["config", "get", "after-wipe"]).is_ok_and(|got| got["generation"] == "n3.2")
+        })?;
+    }
+    no_conflicts(&cluster.nodes)?;
+    Ok(())
+}

@@ -767,6 +767,15 @@ impl Gossip {
         self.reachable_peers(|id, state| Some((id.gossip_advertise_addr, version_vector_of(state)))).await
     }
 
+    /// The most of `origin`'s generations any peer log sync may pull from advertises holding
+    /// (`vv.<origin>`), and that peer's name: a node that holds fewer of its own lost them.
+    pub async fn most_held_by_peers(&self, origin: &NodeName) -> Option<(String, u64)> {
+        let key = format!("{PREFIX_VERSION_VECTOR}{origin}");
+        let held =
+            self.reachable_peers(move |id, state| Some((id.node_id.to_string(), state.get(&key)?.parse().ok()?)));
+        held.await.into_iter().max_by_key(|(_, seq)| *seq)
+    }
+
     /// Tallies of the same peers as [`Gossip::reachable_version_vectors`], each peer's by
     /// origin; malformed values are skipped.
     pub async fn reachable_tallies(&self) -> Vec<(SocketAddr, Vec<(NodeName, Tally)>)> {

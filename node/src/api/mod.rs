@@ -256,9 +256,10 @@ impl From<SubmitError> for ApiError {
             SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
             SubmitError::FormatTooOld { .. } => StatusCode::CONFLICT,
             SubmitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            SubmitError::Stopped | SubmitError::Recovering(_) | SubmitError::ClockAhead { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            SubmitError::Stopped
+            | SubmitError::Recovering(_)
+            | SubmitError::ClockAhead { .. }
+            | SubmitError::BehindOwnName { .. } => StatusCode::SERVICE_UNAVAILABLE,
             SubmitError::Signing(SigningError::Unsigned { .. }) => {
                 let message = format!(
                     "{error}: sign it with an operator key (`grapevine --signing-key FILE`, or GRAPEVINE_SIGNING_KEY; see docs/security.md)"

@@ -46,6 +46,9 @@
 //!   it, and the store's mark, once live peers' log summaries are known
 //!   (`Gossip::peer_version_vectors_known`) and none has been ahead of the log's for
 //!   `RECOVERY_SETTLE` (3 s).
+//! - `seal` also refuses a change (`SubmitError::BehindOwnName`, 503) while a peer advertises more
+//!   of this node's own generations than its log holds (`Gossip::most_held_by_peers`): it lost its
+//!   store, and a change now would reuse an id that peer holds (D84).
 //! - `submit` runs `validate_submitted`, records the live members (`Gossip::live_names`, not
 //!   truncated) and, for a `waves_by` policy, their label values (`groups_of`, through
 //!   `Gossip::live_label`; refused with `--waves-by "LABEL": no live member has that label` when no
@@ -236,6 +239,13 @@ pub enum SubmitError {
     /// The node's store was damaged and it has not caught up with its peers yet.
     #[error("this node is recovering its log from peers ({0}); send the change to another node")]
     Recovering(String),
+    /// A peer holds more of this node's own generations than it does: it lost its store and is
+    /// pulling them back, and a change now would reuse an id that peer holds; nothing was stored.
+    #[error(
+        "this node holds its own generations only up to {name}.{own}, but {peer} holds up to {name}.{held}: \
+         it lost its store and is pulling them back, and a change now would reuse their ids; retry in a moment or send the change to another node"
+    )]
+    BehindOwnName { name: NodeName, own: u64, peer: String, held: u64 },
     /// The change is not signed by a trusted operator key; nothing was stored.
     #[error(transparent)]
     Signing(#[from] SigningError),
@@ -748,6 +758,13 @@ impl Engine {
         if let Some(reason) = &self.parts.recovering {
             return Err(SubmitError::Recovering(reason.clone()));
         }
+        let name = self.parts.name.clone();
+        let own = self.log.version_vector().get(&name);
+        if let Some((peer, held)) = self.parts.gossip.most_held_by_peers(&name).await
+            && held > own
+        {
+            return Err(SubmitError::BehindOwnName { name, own, peer, held });
+        }
         if terms.is_some()
             && let Some((member, format)) = self.parts.gossip.oldest_live_wire_version().await
             && format < WIRE_VERSION
@@ -757,7 +774,6 @@ impl Engine {
         validate_submitted_terms(&change, terms.as_deref())?;
         let members = self.parts.gossip.live_names().await;
         let groups = self.groups_of(&members, &change).await?;
-        let name = self.parts.name.clone();
         let body = GenerationBody {
             id: GenId { seq: self.log.next_seq(&name), origin: name },
             hlc: clock.tick(now_ms(self.parts.clock_skew_ms)),
