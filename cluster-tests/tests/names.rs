@@ -212,8 +212,8 @@ fn a_wiped_node_that_writes_before_catching_up_is_a_conflict_every_node_surfaces
 /// A node that lost its store, and hears from peers holding its old generations before it has
 /// pulled them back, refuses changes (503, naming the peer and what it holds) instead of
 /// reusing their ids; once caught up, its next change takes the next id and no write is lost.
-/// Everything n1, n2 and n3 send one another is held 4 s, so the window between hearing of its
-/// old generations and having pulled them is wide. Fails on the code before the check: the write is accepted as `n3.1` again.
+/// Everything n3 sends is held 4 s (`test_link_delay_ms`, from its start), so the window between
+/// hearing of its old generations and having pulled them is wide. Fails on the code before the check: the write is accepted as `n3.1` again.
 #[test]
 fn a_wiped_node_that_hears_its_peers_first_refuses_changes_until_it_has_its_own_generations() -> Result<()> {
     let mut cluster = Cluster::start(3)?;
@@ -221,14 +221,11 @@ fn a_wiped_node_that_hears_its_peers_first_refuses_changes_until_it_has_its_own_
     held_everywhere(&cluster.nodes, "n3", 1)?;
     cluster.nodes[2].kill9();
     std::fs::remove_dir_all(&cluster.nodes[2].data)?;
-    let n3 = cluster.nodes[2].gossip;
-    for node in &cluster.nodes[..2] {
-        node.set_link(&format!(r#"{{"peer": "{n3}", "delay_ms": 4000}}"#))?;
-    }
+    // Everything n3 sends waits 4 s from its start: it hears of n3.1 in its peers' answers to its
+    // first gossip, and its pull of it goes out 4 s later.
+    cluster.nodes[2].config_toml.insert_str(0, "test_link_delay_ms = 4000\n");
     cluster.nodes[2].start()?;
     let n3 = &cluster.nodes[2];
-    // Its own pulls wait as long: it hears of n3.1 about 4 s before it can have it.
-    n3.set_link(r#"{"delay_ms": 4000}"#)?;
     wait_until(Duration::from_secs(30), "n3 to hear a peer holding n3.1", || {
         n3.cli_json(&["status"]).is_ok_and(|status| {
             let members = status["members"].as_array().cloned().unwrap_or_default();
@@ -246,9 +243,7 @@ fn a_wiped_node_that_hears_its_peers_first_refuses_changes_until_it_has_its_own_
             && stderr.contains("holds up to n3.1: it lost its store and is pulling them back"),
         "{stderr}"
     );
-    for node in &cluster.nodes {
-        node.clear_links()?;
-    }
+    n3.clear_links()?;
     held_everywhere(&cluster.nodes, "n3", 1)?;
     check(n3.cli(&["config", "put", "after-wipe", "--value", "2"]))?;
     let own = n3.cli_json(&["config", "get", "after-wipe"])?;
@@ -259,5 +254,42 @@ fn a_wiped_node_that_hears_its_peers_first_refuses_changes_until_it_has_its_own_
         })?;
     }
     no_conflicts(&cluster.nodes)?;
+    Ok(())
+}
+
+/// A second process under a live name that skipped the start-up look (the test suite's
+/// `test_skip_name_checks`, as a modified build or a race at start would) is surfaced by the
+/// node it shadows while both run: in `status` (`conflicts.namesakes`, its address), in
+/// `grapevine_live_namesakes_total` and as a `namesake` alert.
+#[test]
+fn a_namesake_that_starts_anyway_is_surfaced_by_the_node_it_shadows() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    write(&cluster.nodes[1], 1)?;
+    let second_tls = cluster.dir.path().join("n2-second-tls");
+    let (ca, out) = (cluster.ca.display().to_string(), second_tls.display().to_string());
+    check(grapevine(&["ca", "issue", "--ca", &ca, "--name", "n2", "--ip", "127.0.0.1", "--out", &out]))?;
+    let ca = cluster.ca.clone();
+    let second = cluster.add_node_with_ca("n2-second", &ca)?;
+    second.name = "n2".into();
+    second.tls = second_tls;
+    second.config_toml.insert_str(0, "test_skip_name_checks = true\n");
+    second.start()?;
+    let second = cluster.nodes.pop().expect("the second n2");
+    let n2 = &cluster.nodes[1];
+    let address = second.gossip.to_string();
+    wait_until(Duration::from_secs(30), "n2 to list the second process as a namesake", || {
+        n2.cli_json(&["status"]).is_ok_and(|status| {
+            let namesakes = status["conflicts"]["namesakes"].as_array().cloned().unwrap_or_default();
+            namesakes.iter().any(|namesake| namesake["address"] == address.as_str())
+        })
+    })?;
+    assert!(counter(n2, "grapevine_live_namesakes_total") >= 1, "counted");
+    let metrics = http_get(&format!("{}/metrics", n2.url()))?.1;
+    let alerted = metrics.lines().any(|line| {
+        line.strip_prefix(r#"grapevine_alerts_total{reason="namesake"} "#).is_some_and(|count| count != "0")
+    });
+    assert!(alerted, "no namesake alert raised on n2");
+    drop(second);
+    held_everywhere(&cluster.nodes, "n2", 1)?;
     Ok(())
 }

@@ -137,6 +137,11 @@ pub struct RawConfig {
     /// mixed-version tests.
     #[cfg(feature = "testsuite")]
     pub test_wire_version: Option<u8>,
+    /// Holds everything this node sends its peers this long from its start (the link filter's
+    /// rule for every peer), before the API could set it: for tests of what a node does before
+    /// its first gossip round.
+    #[cfg(feature = "testsuite")]
+    pub test_link_delay_ms: Option<u64>,
 }
 
 impl RawConfig {
@@ -179,7 +184,7 @@ impl RawConfig {
             flagd
         );
         #[cfg(feature = "testsuite")]
-        take!(test_clock_skew_ms, test_wire_version, test_skip_name_checks);
+        take!(test_clock_skew_ms, test_wire_version, test_skip_name_checks, test_link_delay_ms);
         if let Some(labels) = over.labels {
             self.labels.get_or_insert_with(BTreeMap::new).extend(labels);
         }
@@ -243,6 +248,8 @@ pub struct Config {
     pub test_clock_skew_ms: i64,
     #[cfg(feature = "testsuite")]
     pub test_wire_version: Option<u8>,
+    #[cfg(feature = "testsuite")]
+    pub test_link_delay_ms: u64,
 }
 
 /// Why a configuration was refused.
@@ -388,6 +395,8 @@ impl TryFrom<RawConfig> for Config {
             test_skip_name_checks: raw.test_skip_name_checks.unwrap_or(false),
             #[cfg(feature = "testsuite")]
             test_clock_skew_ms: raw.test_clock_skew_ms.unwrap_or(0),
+            #[cfg(feature = "testsuite")]
+            test_link_delay_ms: raw.test_link_delay_ms.unwrap_or(0),
             #[cfg(feature = "testsuite")]
             test_wire_version: match raw.test_wire_version {
                 Some(v)

@@ -262,6 +262,11 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let metrics = Arc::new(Metrics::new());
     // Binding starts the accept loop: the last check, so a failure leaves no task behind.
     let (transport, inboxes) = Transport::bind(config.listen, &tls, metrics.clone())?;
+    #[cfg(feature = "testsuite")]
+    if config.test_link_delay_ms > 0 {
+        let rule = crate::faults::LinkRule { delay_ms: config.test_link_delay_ms, ..Default::default() };
+        transport.link_filter().set(None, rule);
+    }
     // Bound to port 0 (demo, tests): advertise the port the endpoint really has.
     let gossip_addr = config.advertise.unwrap_or_else(|| transport.local_addr());
 

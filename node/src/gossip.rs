@@ -767,13 +767,22 @@ impl Gossip {
         self.reachable_peers(|id, state| Some((id.gossip_advertise_addr, version_vector_of(state)))).await
     }
 
-    /// The most of `origin`'s generations any peer log sync may pull from advertises holding
-    /// (`vv.<origin>`), and that peer's name: a node that holds fewer of its own lost them.
+    /// The most of `origin`'s generations any other member advertises holding (`vv.<origin>`),
+    /// and its name: every member this node knows of, live or dead (one not yet judged live, a
+    /// former incarnation of this node), since a node that holds fewer of its own than any of
+    /// them lost some, and a write now would reuse an id that member holds.
     pub async fn most_held_by_peers(&self, origin: &NodeName) -> Option<(String, u64)> {
         let key = format!("{PREFIX_VERSION_VECTOR}{origin}");
-        let held =
-            self.reachable_peers(move |id, state| Some((id.node_id.to_string(), state.get(&key)?.parse().ok()?)));
-        held.await.into_iter().max_by_key(|(_, seq)| *seq)
+        let own = self.handle.chitchat_id().clone();
+        let names = self.transport.peer_names();
+        self.handle
+            .with_chitchat(move |chitchat| {
+                let states = chitchat.node_states().iter().filter(|(id, _)| **id != own && claim_holds(&names, id));
+                let held =
+                    states.filter_map(|(id, state)| Some((id.node_id.to_string(), state.get(&key)?.parse().ok()?)));
+                held.max_by_key(|(_, seq)| *seq)
+            })
+            .await
     }
 
     /// Tallies of the same peers as [`Gossip::reachable_version_vectors`], each peer's by

@@ -46,8 +46,8 @@
 //!   it, and the store's mark, once live peers' log summaries are known
 //!   (`Gossip::peer_version_vectors_known`) and none has been ahead of the log's for
 //!   `RECOVERY_SETTLE` (3 s).
-//! - `seal` also refuses a change (`SubmitError::BehindOwnName`, 503) while a peer advertises more
-//!   of this node's own generations than its log holds (`Gossip::most_held_by_peers`): it lost its
+//! - `seal` also refuses a change (`SubmitError::BehindOwnName`, 503) while any other member, live
+//!   or dead, advertises more of this node's own generations than its log holds (`Gossip::most_held_by_peers`): it lost its
 //!   store, and a change now would reuse an id that peer holds (D84).
 //! - `submit` runs `validate_submitted`, records the live members (`Gossip::live_names`, not
 //!   truncated) and, for a `waves_by` policy, their label values (`groups_of`, through
