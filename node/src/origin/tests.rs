@@ -40,8 +40,10 @@ fn a_generation_proven_by_its_origin_passes_and_every_forgery_is_refused() {
     moved.body.id.seq = 7;
     let moved = moved.body.seal().proven(genuine.origin.as_deref().cloned());
     assert_eq!(check(&moved), Err(Refusal::BadSignature));
-    let other_content = generation("n3", 6).proven(genuine.origin.as_deref().cloned());
-    assert_ne!(other_content.hash, genuine.hash, "stamped at another millisecond or not, the value differs");
+    // Another value (stamped in the same millisecond or not).
+    let other_content = put("n3", 6, clock::unix_ms(), "k", "99").proven(genuine.origin.as_deref().cloned());
+    assert_ne!(other_content.hash, genuine.hash);
+    assert_eq!(check(&other_content), Err(Refusal::BadSignature));
     let other_cluster = prove(&n3, "elsewhere", genuine.id(), &genuine.hash).unwrap();
     assert_eq!(check(&genuine.clone().proven(Some(other_cluster))), Err(Refusal::BadSignature));
     let mut garbled = genuine.origin.as_deref().cloned().unwrap();
