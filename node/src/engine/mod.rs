@@ -887,10 +887,13 @@ impl Engine {
         // The same check every peer makes on it, and, since this node knows the history, no
         // change under a key revoked already (peers would revert it at once).
         self.parts.trust.check(&generation.body)?;
-        // The operator's key, and each approver's (an enactment's).
+        // The operator's key, and each approver's (an enactment's). The revocations are read
+        // from the whole log, so only for a signed change of a log that holds any.
         let approvals = generation.body.terms.iter().flat_map(|terms| &terms.approvals);
-        let mut revoked = revocations(&self.log);
-        for signed in generation.body.signed.iter().map(|signed| &**signed).chain(approvals) {
+        let signers: Vec<&Signed> = generation.body.signed.iter().map(|signed| &**signed).chain(approvals).collect();
+        let mut revoked =
+            if signers.is_empty() || !self.holds_revocations { BTreeMap::new() } else { revocations(&self.log) };
+        for signed in signers {
             if let Some(by) = revoked.remove(&signed.delegation.key) {
                 let (operator, key) = (signed.delegation.operator.clone(), signed.delegation.key);
                 return Err(SigningError::Revoked { operator, key, by: by.1 }.into());
