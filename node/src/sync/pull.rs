@@ -98,15 +98,22 @@ pub async fn run_puller(
             _ = changed.notified() => {}
             Ok(()) = live.changed() => {}
             _ = ticker.tick() => tick = true,
-            peer = requests.recv() => prompted = peer.map(|peer| (peer, None)),
+            peer = requests.recv() => prompted = peer,
         }
-        if tick && prompted.is_none() {
-            prompted = contradictions.next(&engine, &gossip).await;
-        }
-        if let Some((peer, from)) = prompted {
+        if let Some(peer) = prompted {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = pull_counted(&transport, &engine, &gossip, peer, from) => {}
+                _ = pull_counted(&transport, &engine, &gossip, peer, None) => {}
+            }
+        } else if tick && let Some(contradiction) = contradictions.next(&engine, &gossip).await {
+            let (peer, from) = (contradiction.peer, Some((contradiction.origin.clone(), contradiction.from)));
+            let pulled = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                pulled = pull_counted(&transport, &engine, &gossip, peer, from) => pulled,
+            };
+            // A failed pull is tried again at the next interval.
+            if pulled.is_some() {
+                contradictions.looked_at(contradiction);
             }
         }
         for _ in 0..MAX_PULLS_PER_WAKE {
@@ -135,7 +142,7 @@ pub async fn run_puller(
                 _ = shutdown.cancelled() => return,
                 stored = pull_counted(&transport, &engine, &gossip, peer, None) => stored,
             };
-            if stored == 0 {
+            if stored.unwrap_or(0) == 0 {
                 break;
             }
         }
@@ -158,9 +165,17 @@ struct Contradictions {
     looked: HashMap<(SocketAddr, NodeName), u64>,
 }
 
+/// A peer to pull one origin's range from again, from `from`, up to its tally's `through`.
+struct Contradiction {
+    peer: SocketAddr,
+    origin: NodeName,
+    from: u64,
+    through: u64,
+}
+
 impl Contradictions {
-    /// The next peer to pull from, with the origin and the seq to ask from.
-    async fn next(&mut self, engine: &EngineHandle, gossip: &Gossip) -> Option<(SocketAddr, Option<(NodeName, u64)>)> {
+    /// The next contradiction not looked at yet (or only for a shorter range).
+    async fn next(&self, engine: &EngineHandle, gossip: &Gossip) -> Option<Contradiction> {
         let ours = engine.view().tallies.clone();
         for (peer, tallies) in gossip.reachable_tallies().await {
             for (origin, theirs) in tallies {
@@ -171,32 +186,37 @@ impl Contradictions {
                 if looked.is_some_and(|through| through >= theirs.through) {
                     continue;
                 }
-                if self.looked.len() >= MAX_CONTRADICTIONS_REMEMBERED {
-                    self.looked.clear();
-                }
-                self.looked.insert((peer, origin.clone()), theirs.through);
                 let from = looked.unwrap_or(theirs.after).max(theirs.after);
-                return Some((peer, Some((origin, from))));
+                return Some(Contradiction { peer, origin, from, through: theirs.through });
             }
         }
         None
     }
+
+    /// Remembers a contradiction pulled for.
+    fn looked_at(&mut self, contradiction: Contradiction) {
+        if self.looked.len() >= MAX_CONTRADICTIONS_REMEMBERED {
+            self.looked.clear();
+        }
+        self.looked.insert((contradiction.peer, contradiction.origin), contradiction.through);
+    }
 }
 
-/// One pull, counted in the metrics; returns how many new generations and reverts were stored.
-/// `from` asks again for one origin's generations past a seq (see [`Contradictions`]).
+/// One pull, counted in the metrics; returns how many new generations and reverts were stored,
+/// `None` when it failed. `from` asks again for one origin's generations past a seq (see
+/// [`Contradictions`]).
 async fn pull_counted(
     transport: &Transport,
     engine: &EngineHandle,
     gossip: &Gossip,
     peer: SocketAddr,
     from: Option<(NodeName, u64)>,
-) -> usize {
+) -> Option<usize> {
     let metrics = transport.metrics();
     match pull(transport, engine, gossip, peer, from).await {
         Ok(stored) => {
             metrics.sync_pulls.get_or_create(&reason("ok")).inc();
-            stored
+            Some(stored)
         }
         Err(error) => {
             let outcome = if error.is_malformed() {
@@ -207,7 +227,7 @@ async fn pull_counted(
             };
             metrics.sync_pulls.get_or_create(&reason(outcome)).inc();
             debug!(%peer, %error, "pull failed");
-            0
+            None
         }
     }
 }
