@@ -43,6 +43,25 @@ fn no_conflicts(nodes: &[Node]) -> Result<()> {
     Ok(())
 }
 
+/// A process added to `cluster` under the name n2, with a second certificate issued for n2.
+fn second_n2(cluster: &mut Cluster) -> Result<&mut Node> {
+    let second_tls = cluster.dir.path().join("n2-second-tls");
+    let (ca, out) = (cluster.ca.display().to_string(), second_tls.display().to_string());
+    check(grapevine(&["ca", "issue", "--ca", &ca, "--name", "n2", "--ip", "127.0.0.1", "--out", &out]))?;
+    let ca = cluster.ca.clone();
+    let second = cluster.add_node_with_ca("n2-second", &ca)?;
+    second.name = "n2".into();
+    second.tls = second_tls;
+    Ok(second)
+}
+
+/// Whether `node` has raised an alert of `kind` (`grapevine_alerts_total{reason=kind}`).
+fn alerted(node: &Node, kind: &str) -> Result<bool> {
+    let metrics = http_get(&format!("{}/metrics", node.url()))?.1;
+    let series = format!(r#"grapevine_alerts_total{{reason="{kind}"}} "#);
+    Ok(metrics.lines().any(|line| line.strip_prefix(&series).is_some_and(|count| count != "0")))
+}
+
 /// Every node shows `name` alive.
 fn alive_everywhere(nodes: &[Node], name: &str) -> Result<()> {
     for node in nodes {
@@ -84,13 +103,7 @@ fn a_second_process_under_a_live_name_refuses_to_start() -> Result<()> {
     let mut cluster = Cluster::start(3)?;
     write(&cluster.nodes[1], 5)?;
     let n2_gossip = cluster.nodes[1].gossip;
-    let second_tls = cluster.dir.path().join("n2-second-tls");
-    let (ca, out) = (cluster.ca.display().to_string(), second_tls.display().to_string());
-    check(grapevine(&["ca", "issue", "--ca", &ca, "--name", "n2", "--ip", "127.0.0.1", "--out", &out]))?;
-    let ca = cluster.ca.clone();
-    let second = cluster.add_node_with_ca("n2-second", &ca)?;
-    second.name = "n2".into();
-    second.tls = second_tls;
+    let second = second_n2(&mut cluster)?;
     let error = second.start().expect_err("a second n2 started while n2 was live").to_string();
     assert!(error.contains("exit status: 1"), "{error}");
     let expected = format!(
@@ -195,11 +208,7 @@ fn a_wiped_node_that_writes_before_catching_up_is_a_conflict_every_node_surfaces
                 .is_ok_and(|status| status["conflicts"]["generations"] == serde_json::json!(["n3.1"]))
         })?;
         assert!(counter(node, "grapevine_generation_conflicts_total") >= 1, "counted on {}", node.name);
-        let metrics = http_get(&format!("{}/metrics", node.url()))?.1;
-        let alerted = metrics.lines().any(|line| {
-            line.strip_prefix(r#"grapevine_alerts_total{reason="conflict"} "#).is_some_and(|count| count != "0")
-        });
-        assert!(alerted, "no conflict alert raised on {}", node.name);
+        assert!(alerted(node, "conflict")?, "no conflict alert raised on {}", node.name);
     }
     // Each kept the write it held: n1 and n2 serve n3's write from before the wipe, n3 its new one.
     for node in &cluster.nodes[..2] {
@@ -265,13 +274,7 @@ fn a_wiped_node_that_hears_its_peers_first_refuses_changes_until_it_has_its_own_
 fn a_namesake_that_starts_anyway_is_surfaced_by_the_node_it_shadows() -> Result<()> {
     let mut cluster = Cluster::start(3)?;
     write(&cluster.nodes[1], 1)?;
-    let second_tls = cluster.dir.path().join("n2-second-tls");
-    let (ca, out) = (cluster.ca.display().to_string(), second_tls.display().to_string());
-    check(grapevine(&["ca", "issue", "--ca", &ca, "--name", "n2", "--ip", "127.0.0.1", "--out", &out]))?;
-    let ca = cluster.ca.clone();
-    let second = cluster.add_node_with_ca("n2-second", &ca)?;
-    second.name = "n2".into();
-    second.tls = second_tls;
+    let second = second_n2(&mut cluster)?;
     second.config_toml.insert_str(0, "test_skip_name_checks = true\n");
     second.start()?;
     let second = cluster.nodes.pop().expect("the second n2");
@@ -284,11 +287,7 @@ fn a_namesake_that_starts_anyway_is_surfaced_by_the_node_it_shadows() -> Result<
         })
     })?;
     assert!(counter(n2, "grapevine_live_namesakes_total") >= 1, "counted");
-    let metrics = http_get(&format!("{}/metrics", n2.url()))?.1;
-    let alerted = metrics.lines().any(|line| {
-        line.strip_prefix(r#"grapevine_alerts_total{reason="namesake"} "#).is_some_and(|count| count != "0")
-    });
-    assert!(alerted, "no namesake alert raised on n2");
+    assert!(alerted(n2, "namesake")?, "no namesake alert raised on n2");
     drop(second);
     held_everywhere(&cluster.nodes, "n2", 1)?;
     Ok(())

@@ -157,37 +157,23 @@ fn a_costly_rule_on_a_large_context_is_evaluated_off_the_request_task_within_its
     let rule = json!({"if": [{"some": [strings("a", 5), {"in": [{"var": ""}, strings("c", 1000)]}]}, "a", "b"]});
     let file = write(cluster.dir.path(), "x.json", &flag_with_rule(rule))?;
     node.cli_json(&["flag", "set", "x", "--file", &file])?;
+    // An OFREP evaluation of `path` (after `/ofrep/v1/evaluate/`) on `context`: 200 and the answer.
+    let ofrep = |path: &str, context: &str| -> Result<Value> {
+        let url = format!("{}/ofrep/v1/evaluate/{path}", node.url());
+        let (status, body) = http_request_within("POST", &url, Some(context), Duration::from_secs(30))?;
+        ensure!(status == 200, "a costly evaluation still answers: {status} {body}");
+        Ok(serde_json::from_str(&body)?)
+    };
     let context = json!({"context": {"targetingKey": "u1", "padding": "p".repeat(100_000)}}).to_string();
-    let single = http_request_within(
-        "POST",
-        &format!("{}/ofrep/v1/evaluate/flags/x", node.url()),
-        Some(&context),
-        Duration::from_secs(30),
-    )?;
-    ensure!(single.0 == 200, "a costly evaluation still answers: {single:?}");
-    let single: Value = serde_json::from_str(&single.1)?;
+    let single = ofrep("flags/x", &context)?;
     ensure!(single["value"] == "B" && single["variant"] == "b", "no item matches, so `b`: {single}");
-    let bulk = http_request_within(
-        "POST",
-        &format!("{}/ofrep/v1/evaluate/flags", node.url()),
-        Some(&context),
-        Duration::from_secs(30),
-    )?;
-    ensure!(bulk.0 == 200, "a costly bulk evaluation still answers: {bulk:?}");
-    let bulk: Value = serde_json::from_str(&bulk.1)?;
+    let bulk = ofrep("flags", &context)?;
     ensure!(bulk["flags"][0]["value"] == "B", "{bulk}");
     let counter = |name| grapevine_cluster_tests::counter(node, name);
     ensure!(counter("grapevine_costly_evaluations_total") == 2, "both ran off the request's task");
     ensure!(counter("grapevine_evaluations_over_budget_total") == 0, "neither ran past its budget");
     // A small context keeps the same rule on the request's task.
-    let small = json!({"context": {"targetingKey": "u1"}}).to_string();
-    let answered = http_request_within(
-        "POST",
-        &format!("{}/ofrep/v1/evaluate/flags/x", node.url()),
-        Some(&small),
-        Duration::from_secs(30),
-    )?;
-    ensure!(answered.0 == 200, "{answered:?}");
+    ofrep("flags/x", &json!({"context": {"targetingKey": "u1"}}).to_string())?;
     ensure!(counter("grapevine_costly_evaluations_total") == 2, "a small context runs inline");
     Ok(())
 }
