@@ -786,9 +786,24 @@ impl Gossip {
     }
 
     /// Tallies of the same peers as [`Gossip::reachable_version_vectors`], each peer's by
-    /// origin; malformed values are skipped.
-    pub async fn reachable_tallies(&self) -> Vec<(SocketAddr, Vec<(NodeName, Tally)>)> {
-        self.reachable_peers(|id, state| Some((id.gossip_advertise_addr, tallies_of(state)))).await
+    /// origin; malformed values are skipped. Only those whose text differs from this node's own (`ours`) are parsed and returned: the
+    /// only ones that can contradict it. The read runs inside chitchat's lock, so it compares
+    /// text and allocates for no tally that agrees.
+    pub async fn reachable_tallies_unlike(
+        &self,
+        ours: &BTreeMap<NodeName, Tally>,
+    ) -> Vec<(SocketAddr, Vec<(NodeName, Tally)>)> {
+        let ours: HashMap<String, String> = tally_keys(ours).collect();
+        self.reachable_peers(move |id, state| {
+            let unlike = state
+                .key_values()
+                .filter(|(key, value)| key.starts_with(PREFIX_TALLY) && ours.get(*key).is_none_or(|own| own != value));
+            let tallies: Vec<(NodeName, Tally)> = unlike
+                .filter_map(|(key, value)| Some((key.strip_prefix(PREFIX_TALLY)?.parse().ok()?, value.parse().ok()?)))
+                .collect();
+            (!tallies.is_empty()).then_some((id.gossip_advertise_addr, tallies))
+        })
+        .await
     }
 
     /// Reverts summaries of the same peers as [`Gossip::reachable_version_vectors`].
@@ -1071,15 +1086,6 @@ pub fn version_vector_of(state: &NodeState) -> VersionVector {
         }
     }
     vector
-}
-
-/// A peer's tallies from its `vh.<origin>` keys; malformed entries are skipped.
-fn tallies_of(state: &NodeState) -> Vec<(NodeName, Tally)> {
-    let tallies = state.key_values().filter_map(|(key, value)| {
-        let origin = key.strip_prefix(PREFIX_TALLY)?;
-        Some((origin.parse().ok()?, value.parse().ok()?))
-    });
-    tallies.collect()
 }
 
 /// The keys that publish `tallies`, one per origin.

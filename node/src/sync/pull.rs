@@ -177,7 +177,7 @@ impl Contradictions {
     /// The next contradiction not looked at yet (or only for a shorter range).
     async fn next(&self, engine: &EngineHandle, gossip: &Gossip) -> Option<Contradiction> {
         let ours = engine.view().tallies.clone();
-        for (peer, tallies) in gossip.reachable_tallies().await {
+        for (peer, tallies) in gossip.reachable_tallies_unlike(&ours).await {
             for (origin, theirs) in tallies {
                 if !ours.get(&origin).is_some_and(|ours| ours.contradicts(&theirs)) {
                     continue;
