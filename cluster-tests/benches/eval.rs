@@ -15,7 +15,8 @@
 //!    installed): one flag with a targeting rule, and a bulk evaluation of 100 flags.
 //!
 //! Each timing is the median of `ROUNDS` rounds. Run:
-//! `cargo bench -p grapevine-cluster-tests --bench eval`.
+//! `cargo bench -p grapevine-cluster-tests --bench eval`; `-- ofrep` runs part 4 alone (to
+//! profile the node under load, say).
 
 #[path = "eval/cases.rs"]
 mod cases;
@@ -128,6 +129,9 @@ struct Row {
 }
 
 fn main() -> Result<()> {
+    if std::env::args().skip(1).any(|arg| arg == "ofrep") {
+        return http::ofrep_load();
+    }
     let context = cases::context();
     let values: Map<String, Value> = context.as_object().cloned().unwrap_or_default();
     let mut data = values.clone();

@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::alerts::Alerts;
-use crate::api::{ApiState, router};
+use crate::api::{ApiParts, ApiState, router};
 use crate::clock;
 use crate::config::Config;
 use crate::engine::{self, EngineHandle, EngineParts, Stored};
@@ -388,7 +388,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let files = crate::files::Files::default();
     let (files_health, metrics_for_files) = (health.clone(), metrics.clone());
     let api_state_metrics = metrics.clone();
-    let api_state = ApiState {
+    let api_state = ApiState::from(ApiParts {
         auth: Arc::new(config.auth.clone()),
         trust,
         limits: Arc::new(crate::api::limits::RateLimits::new(config.limits)),
@@ -413,7 +413,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         engine: engine.clone(),
         gossip: gossip.clone(),
         metrics,
-    };
+    });
     let flagd_servers = flagd.map(|(bound, flagd)| {
         let (evaluation, sync) = (bound.evaluation_addr, bound.sync_addr);
         info!(evaluation = ?evaluation, sync = ?sync, "flagd gRPC services listening");

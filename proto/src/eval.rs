@@ -386,11 +386,11 @@ pub fn ofrep_context(body: &[u8]) -> Result<Map<String, Value>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    let request: Value =
+    let mut request: Value =
         serde_json::from_slice(body).map_err(|e| format!("expected a JSON body {{\"context\": {{...}}}}, got: {e}"))?;
-    match request.get("context") {
+    match request.get_mut("context").map(Value::take) {
         None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(context)) => Ok(context.clone()),
+        Some(Value::Object(context)) => Ok(context),
         Some(other) => Err(format!("context must be an object, got {other}")),
     }
 }

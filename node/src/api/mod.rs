@@ -120,8 +120,27 @@ pub const MAX_HTTP_BODY_BYTES: usize = 2 * MAX_VALUE_BYTES + 64 * 1024;
 /// Most generations one history request returns.
 const MAX_HISTORY: usize = 1000;
 
+/// What every handler reads: one `Arc`, so that the clone axum takes for each request (the
+/// middleware's and the handler's `State`) is one reference count, not the parts' dozen.
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<ApiParts>);
+
+impl From<ApiParts> for ApiState {
+    fn from(parts: ApiParts) -> ApiState {
+        ApiState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiParts;
+
+    fn deref(&self) -> &ApiParts {
+        &self.0
+    }
+}
+
+/// The node's parts the API serves.
+pub struct ApiParts {
     pub name: NodeName,
     pub cluster: String,
     pub engine: EngineHandle,

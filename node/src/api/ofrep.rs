@@ -27,14 +27,19 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use grapevine_proto::eval::{EvaluationContext, Resolution, ofrep_context};
+use grapevine_proto::eval::{ErrorCode, EvaluationContext, FlagDefinition, Reason, Resolution, ofrep_context};
+use grapevine_proto::state::Entry;
+use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -66,32 +71,59 @@ fn over_budget(key: Option<&str>, over: budget::OverBudget) -> Response {
     failure(StatusCode::SERVICE_UNAVAILABLE, key, "GENERAL", over.to_string())
 }
 
-/// One evaluation in OFREP's shape: success, or failure with its code.
-fn answer(key: &str, resolution: &Resolution, metadata: &BTreeMap<String, Value>) -> Result<Value, Value> {
-    if let Some((code, message)) = &resolution.error {
-        return Err(json!({"key": key, "errorCode": code, "errorDetails": message}));
-    }
-    let mut success = json!({"key": key, "reason": resolution.reason, "metadata": metadata});
-    if let (Some(value), Some(variant)) = (resolution.value, resolution.variant) {
-        success["value"] = value.clone();
-        success["variant"] = json!(variant);
-    }
-    Ok(success)
+/// One flag's answer in OFREP's shape, serialized as it stands (fields in the order the
+/// JSON object of earlier versions had, so a bulk answer's `ETag` is unchanged): borrowed from
+/// the flag, so that answering allocates only the output.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Answer<'a> {
+    Success {
+        key: &'a str,
+        metadata: &'a BTreeMap<String, Value>,
+        reason: Reason,
+        /// Both, or neither when the caller's default applies.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        variant: Option<&'a str>,
+    },
+    Failure {
+        #[serde(rename = "errorCode")]
+        code: ErrorCode,
+        #[serde(rename = "errorDetails")]
+        details: String,
+        key: &'a str,
+    },
 }
 
-/// Flag `key` evaluated against the request's context, in OFREP's shape; `None` when the
-/// flag is not applied here.
-fn evaluate(
+impl<'a> Answer<'a> {
+    fn new(key: &'a str, resolution: Resolution<'a>, metadata: &'a BTreeMap<String, Value>) -> Answer<'a> {
+        if let Some((code, details)) = resolution.error {
+            return Answer::Failure { code, details, key };
+        }
+        let (value, variant) = match (resolution.value, resolution.variant) {
+            (Some(value), Some(variant)) => (Some(value), Some(variant)),
+            _ => (None, None),
+        };
+        Answer::Success { key, metadata, reason: resolution.reason, value, variant }
+    }
+}
+
+/// The applied flag named `key`, if any.
+fn applied<'v>(view: &'v View, key: &str) -> Option<&'v Entry<Arc<FlagDefinition>>> {
+    view.state.flags.get(&key.parse::<grapevine_proto::Key>().ok()?)
+}
+
+/// Flag `key` (applied as `entry`) evaluated against the request's context.
+fn evaluate<'a>(
     state: &ApiState,
-    view: &View,
-    key: &str,
+    key: &'a str,
+    entry: &'a Entry<Arc<FlagDefinition>>,
     context: &EvaluationContext,
     now_s: u64,
-) -> Option<Result<Value, Value>> {
-    let key: grapevine_proto::Key = key.parse().ok()?;
-    let flag = &view.state.flags.get(&key)?.value;
-    let resolution = flag.resolve(key.as_str(), context, state.fractional, now_s);
-    Some(answer(key.as_str(), &resolution, &flag.metadata))
+) -> Answer<'a> {
+    let flag = &*entry.value;
+    Answer::new(key, flag.resolve(key, context, state.fractional, now_s), &flag.metadata)
 }
 
 /// Counts an OFREP answer by status, and how long its evaluation took.
@@ -108,60 +140,72 @@ fn counted(state: &ApiState, started: std::time::Instant, response: Response) ->
     response
 }
 
-/// The `Flagd-Selector` header's selector (flagd's, `selector::Selector`): every flag
-/// without one; a 400 for one that does not parse.
-fn selector(headers: &HeaderMap, key: Option<&str>) -> Result<Selector, Box<Response>> {
-    let text = headers.get(SELECTOR_HEADER).map(|v| v.to_str().unwrap_or("")).unwrap_or("");
-    Selector::parse(text).map_err(|details| Box::new(failure(StatusCode::BAD_REQUEST, key, "GENERAL", details)))
+/// The `Flagd-Selector` header's selector (flagd's, `selector::Selector`), read in place:
+/// every flag without one; what is wrong with one that does not parse.
+pub struct SelectorHeader(Result<Selector, String>);
+
+impl SelectorHeader {
+    fn of(headers: &HeaderMap) -> SelectorHeader {
+        let text = headers.get(SELECTOR_HEADER).map(|v| v.to_str().unwrap_or("")).unwrap_or("");
+        SelectorHeader(Selector::parse(text))
+    }
+
+    /// The selector, or the 400 that says why there is none.
+    fn parsed(self, key: Option<&str>) -> Result<Selector, Response> {
+        self.0.map_err(|details| failure(StatusCode::BAD_REQUEST, key, "GENERAL", details))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SelectorHeader {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<SelectorHeader, Infallible> {
+        Ok(SelectorHeader::of(&parts.headers))
+    }
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
 pub async fn evaluate_flag(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    headers: HeaderMap,
+    selector: SelectorHeader,
     body: Bytes,
 ) -> Response {
     let started = clock::now();
-    let flag =
-        key.parse::<grapevine_proto::Key>().ok().and_then(|key| state.engine.view().state.flags.get(&key).cloned());
-    let steps = budget::steps(flag.iter().map(|entry| &*entry.value));
+    let view = state.engine.view();
+    let steps = budget::steps(applied(&view, &key).map(|entry| &*entry.value));
     let response = if budget::is_small(steps, body.len()) {
-        evaluate_one(&state, &key, &headers, &body)
+        evaluate_one(&state, &view, &key, selector, &body)
     } else {
         let (costly, asked, bytes) = (state.clone(), key.clone(), body.len());
-        let work = move || evaluate_one(&costly, &asked, &headers, &body);
+        let work = move || evaluate_one(&costly, &view, &asked, selector, &body);
         state.evaluations.run(steps, bytes, work).await.unwrap_or_else(|over| over_budget(Some(&key), over))
     };
     counted(&state, started, response)
 }
 
-fn evaluate_one(state: &ApiState, key: &str, headers: &HeaderMap, body: &Bytes) -> Response {
-    let key = key.to_owned();
-    let selector = match selector(headers, Some(&key)) {
+fn evaluate_one(state: &ApiState, view: &View, key: &str, selector: SelectorHeader, body: &[u8]) -> Response {
+    let selector = match selector.parsed(Some(key)) {
         Ok(selector) => selector,
-        Err(response) => return *response,
+        Err(response) => return response,
     };
     let context = match ofrep_context(body) {
         Ok(context) => context,
-        Err(details) => return failure(StatusCode::BAD_REQUEST, Some(&key), "INVALID_CONTEXT", details),
+        Err(details) => return failure(StatusCode::BAD_REQUEST, Some(key), "INVALID_CONTEXT", details),
     };
-    let view = state.engine.view();
     if let Some(reason) = &view.recovering {
-        return recovering(state, Some(&key), reason);
+        return recovering(state, Some(key), reason);
     }
-    let selected = key.parse::<grapevine_proto::Key>().ok().and_then(|k| view.state.flags.get(&k).cloned());
-    let answer = selected
-        .filter(|entry| selector.matches(&key, &entry.value))
-        .and_then(|_| evaluate(state, &view, &key, &EvaluationContext::new(&context), clock::unix_ms() / 1000));
-    let Some(answer) = answer else {
+    let Some(entry) = applied(view, key).filter(|entry| selector.matches(key, &entry.value)) else {
         let details = format!("flag {key:?} is not applied on node {}", state.name);
-        return failure(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", details);
+        return failure(StatusCode::NOT_FOUND, Some(key), "FLAG_NOT_FOUND", details);
     };
-    match answer {
-        Ok(success) => Json(success).into_response(),
-        Err(failure) => (StatusCode::BAD_REQUEST, Json(failure)).into_response(),
-    }
+    let answer = evaluate(state, key, entry, &EvaluationContext::new(&context), clock::unix_ms() / 1000);
+    let status = match answer {
+        Answer::Success { .. } => StatusCode::OK,
+        Answer::Failure { .. } => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(answer)).into_response()
 }
 
 /// `POST /ofrep/v1/evaluate/flags`.
@@ -172,44 +216,56 @@ pub async fn evaluate_all(
     body: Bytes,
 ) -> Response {
     let started = clock::now();
-    let steps = budget::steps(state.engine.view().state.flags.values().map(|entry| &*entry.value));
+    let view = state.engine.view();
+    let steps = budget::steps(view.state.flags.values().map(|entry| &*entry.value));
     let response = if budget::is_small(steps, body.len()) {
-        evaluate_bulk(&state, &principal, &headers, &body)
+        evaluate_bulk(&state, &view, &principal, &headers, &body)
     } else {
         let (costly, bytes) = (state.clone(), body.len());
-        let work = move || evaluate_bulk(&costly, &principal, &headers, &body);
+        let work = move || evaluate_bulk(&costly, &view, &principal, &headers, &body);
         state.evaluations.run(steps, bytes, work).await.unwrap_or_else(|over| over_budget(None, over))
     };
     counted(&state, started, response)
 }
 
 /// Every applied flag in the principal's scope, evaluated.
-fn evaluate_bulk(state: &ApiState, principal: &crate::auth::Principal, headers: &HeaderMap, body: &Bytes) -> Response {
+fn evaluate_bulk(
+    state: &ApiState,
+    view: &View,
+    principal: &crate::auth::Principal,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let context = match ofrep_context(body) {
         Ok(context) => context,
         Err(details) => return failure(StatusCode::BAD_REQUEST, None, "INVALID_CONTEXT", details),
     };
-    let selector = match selector(headers, None) {
+    let selector = match SelectorHeader::of(headers).parsed(None) {
         Ok(selector) => selector,
-        Err(response) => return *response,
+        Err(response) => return response,
     };
-    let view = state.engine.view();
     if let Some(reason) = &view.recovering {
         return recovering(state, None, reason);
     }
     // One context and one clock reading for every flag of the request.
     let (context, now_s) = (EvaluationContext::new(&context), clock::unix_ms() / 1000);
-    let flags: Vec<Value> = view
+    let flags: Vec<Answer> = view
         .state
         .flags
         .iter()
         .filter(|(key, entry)| principal.covers(key.as_str()) && selector.matches(key.as_str(), &entry.value))
-        .filter_map(|(key, _)| Some(evaluate(state, &view, key.as_str(), &context, now_s)?.unwrap_or_else(|e| e)))
+        .map(|(key, entry)| evaluate(state, key.as_str(), entry, &context, now_s))
         .collect();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let events = json!([{"type": "sse", "url": format!("http://{host}/ofrep/v1/events"), "inactivityDelaySec": INACTIVITY_DELAY_S}]);
-    let body = json!({"flags": flags, "eventStreams": events});
-    let bytes = serde_json::to_vec(&body).expect("an answer always serializes");
+    // Fields in the order of the JSON object earlier versions answered (see `Answer`).
+    #[derive(Serialize)]
+    struct Bulk<'a> {
+        #[serde(rename = "eventStreams")]
+        event_streams: Value,
+        flags: Vec<Answer<'a>>,
+    }
+    let bytes = serde_json::to_vec(&Bulk { event_streams: events, flags }).expect("an answer always serializes");
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
     if super::if_none_match(headers, &etag) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
@@ -250,21 +306,28 @@ pub async fn events(State(state): State<ApiState>) -> Sse<impl Stream<Item = Res
 
 #[cfg(test)]
 mod tests {
-    use grapevine_proto::eval::Reason;
-
     use super::*;
 
     #[test]
     fn a_default_from_the_caller_has_no_value_and_an_error_has_its_code() {
+        let metadata = BTreeMap::new();
         let resolution = Resolution { value: None, variant: None, reason: Reason::Disabled, error: None };
-        let success = answer("f", &resolution, &BTreeMap::new()).unwrap();
-        assert_eq!(success["reason"], "DISABLED");
-        assert!(success.get("value").is_none());
+        let success = serde_json::to_value(Answer::new("f", resolution.clone(), &metadata)).unwrap();
+        assert_eq!(success, json!({"key": "f", "reason": "DISABLED", "metadata": {}}));
+        let on = json!(true);
+        let resolved =
+            Resolution { value: Some(&on), variant: Some("on"), reason: Reason::TargetingMatch, error: None };
+        let success = serde_json::to_string(&Answer::new("f", resolved, &metadata)).unwrap();
+        assert_eq!(success, r#"{"key":"f","metadata":{},"reason":"TARGETING_MATCH","value":true,"variant":"on"}"#);
         let failed = Resolution {
             error: Some((grapevine_proto::eval::ErrorCode::TargetingKeyMissing, "needs a targetingKey".into())),
             reason: Reason::Error,
             ..resolution
         };
-        assert_eq!(answer("f", &failed, &BTreeMap::new()).unwrap_err()["errorCode"], "TARGETING_KEY_MISSING");
+        let failure = serde_json::to_value(Answer::new("f", failed, &metadata)).unwrap();
+        assert_eq!(
+            failure,
+            json!({"key": "f", "errorCode": "TARGETING_KEY_MISSING", "errorDetails": "needs a targetingKey"})
+        );
     }
 }
