@@ -12,7 +12,8 @@
 //! 3. Preparing 10,000 flags: parsing and compiling a flagd file of 10,000 flags (what
 //!    `apply` does), and the memory each prepared flag holds.
 //! 4. OFREP over HTTP on loopback with `wrk` (Debian's; skipped with a note when it is not
-//!    installed): one flag with a targeting rule, and a bulk evaluation of 100 flags.
+//!    installed): one flag with a targeting rule, and a bulk evaluation of 100 flags, beside
+//!    the HTTP floor (the same stack answering without the node: `http.rs`).
 //!
 //! Each timing is the median of `ROUNDS` rounds. Run:
 //! `cargo bench -p grapevine-cluster-tests --bench eval`; `-- ofrep` runs part 4 alone (to
@@ -27,7 +28,7 @@ mod others;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
@@ -53,25 +54,33 @@ struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+/// Off in the HTTP floor's process (`http.rs`), whose threads would contend on the counters.
+static COUNTING: AtomicBool = AtomicBool::new(true);
 
 // SAFETY: every call is forwarded unchanged to the system allocator; the counters are atomics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
         // SAFETY: the caller's contract is the system allocator's.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
         // SAFETY: as above.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -129,7 +138,14 @@ struct Row {
 }
 
 fn main() -> Result<()> {
-    if std::env::args().skip(1).any(|arg| arg == "ofrep") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [floor, address] = &args[..]
+        && floor == "floor"
+    {
+        COUNTING.store(false, Ordering::Relaxed);
+        return http::serve_floor(address);
+    }
+    if args.iter().any(|arg| arg == "ofrep") {
         return http::ofrep_load();
     }
     let context = cases::context();

@@ -149,11 +149,6 @@ impl SelectorHeader {
         let text = headers.get(SELECTOR_HEADER).map(|v| v.to_str().unwrap_or("")).unwrap_or("");
         SelectorHeader(Selector::parse(text))
     }
-
-    /// The selector, or the 400 that says why there is none.
-    fn parsed(self, key: Option<&str>) -> Result<Selector, Response> {
-        self.0.map_err(|details| failure(StatusCode::BAD_REQUEST, key, "GENERAL", details))
-    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for SelectorHeader {
@@ -185,9 +180,9 @@ pub async fn evaluate_flag(
 }
 
 fn evaluate_one(state: &ApiState, view: &View, key: &str, selector: SelectorHeader, body: &[u8]) -> Response {
-    let selector = match selector.parsed(Some(key)) {
+    let selector = match selector.0 {
         Ok(selector) => selector,
-        Err(response) => return response,
+        Err(details) => return failure(StatusCode::BAD_REQUEST, Some(key), "GENERAL", details),
     };
     let context = match ofrep_context(body) {
         Ok(context) => context,
@@ -240,9 +235,9 @@ fn evaluate_bulk(
         Ok(context) => context,
         Err(details) => return failure(StatusCode::BAD_REQUEST, None, "INVALID_CONTEXT", details),
     };
-    let selector = match SelectorHeader::of(headers).parsed(None) {
+    let selector = match SelectorHeader::of(headers).0 {
         Ok(selector) => selector,
-        Err(response) => return response,
+        Err(details) => return failure(StatusCode::BAD_REQUEST, None, "GENERAL", details),
     };
     if let Some(reason) = &view.recovering {
         return recovering(state, None, reason);
