@@ -82,9 +82,13 @@ impl FlagDefinition {
     }
 
     /// A flag from its JSON, with `$ref`s resolved against `evaluators`; the error says where.
-    pub fn from_value(value: Value, evaluators: &Map<String, Value>) -> Result<Self, String> {
+    pub fn from_value(mut value: Value, evaluators: &Map<String, Value>) -> Result<Self, String> {
+        // The rule is moved in, not read through serde: reading a `Value` from a `Value`
+        // rebuilds it node by node (a fifth of the time of preparing a large flag file).
+        let targeting = value.as_object_mut().and_then(|object| object.remove("targeting"));
         let mut flag: FlagDefinition =
             serde_json::from_value(value).map_err(|e| format!("expected a flagd flag definition, got {e}"))?;
+        flag.targeting = targeting.filter(|rule| !rule.is_null());
         flag.check()?;
         flag.prepare(evaluators)?;
         Ok(flag)
@@ -92,9 +96,12 @@ impl FlagDefinition {
 
     /// Prepares the targeting rule; an empty object means none.
     fn prepare(&mut self, evaluators: &Map<String, Value>) -> Result<(), String> {
-        self.rule = match &self.targeting {
+        self.rule = match self.targeting.take() {
             None => None,
-            Some(Value::Object(rules)) if rules.is_empty() => None,
+            Some(Value::Object(rules)) if rules.is_empty() => {
+                self.targeting = Some(Value::Object(rules));
+                None
+            }
             Some(rule) => {
                 let (rule, resolved) = Rule::prepare(rule, evaluators).map_err(|e| e.to_string())?;
                 // Stored self-contained: the `$ref`s resolved.

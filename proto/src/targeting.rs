@@ -168,9 +168,9 @@ pub struct RuleError {
 
 impl Rule {
     /// Resolves `$ref`s against `evaluators`, checks the operators and compiles the rule;
-    /// returns it with the resolved source.
-    pub fn prepare(rule: &Value, evaluators: &Map<String, Value>) -> Result<(Rule, Value), RuleError> {
-        let resolved = resolve(rule, evaluators, &mut "/targeting".to_owned(), 0)?;
+    /// returns it with the resolved source (`rule` itself, its `$ref`s replaced).
+    pub fn prepare(mut resolved: Value, evaluators: &Map<String, Value>) -> Result<(Rule, Value), RuleError> {
+        resolve(&mut resolved, evaluators, &mut "/targeting".to_owned(), 0)?;
         check_operators(&resolved, &mut "/targeting".to_owned())?;
         let program = Program::compile(&resolved).map(Arc::new);
         let interpreted = Arc::new(OnceLock::new());
@@ -180,9 +180,7 @@ impl Rule {
             let _ = interpreted.set(Ok(compiled));
         }
         let needs_targeting_key = default_bucketing(&resolved);
-        let text = resolved.to_string();
-        let uses_flagd = text.contains("$flagd") || text.contains("\"fractional\"");
-        let uses_time = text.contains("$flagd.timestamp") || text.contains("\"timestamp\"");
+        let (uses_flagd, uses_time) = reads_flagd(&resolved);
         let (cost, too_costly) = match crate::cost::check_rule(&resolved) {
             Ok(cost) => (cost, None),
             // Never evaluated: it answers an error at once.
@@ -285,7 +283,14 @@ fn within<T>(path: &mut String, part: &dyn std::fmt::Display, f: impl FnOnce(&mu
     result
 }
 
-fn resolve(rule: &Value, evaluators: &Map<String, Value>, path: &mut String, depth: usize) -> Result<Value, RuleError> {
+/// Replaces every `$ref` of `rule` by its evaluator, itself resolved: in place, so that a rule
+/// without `$ref`s (most of them) is not copied.
+fn resolve(
+    rule: &mut Value,
+    evaluators: &Map<String, Value>,
+    path: &mut String,
+    depth: usize,
+) -> Result<(), RuleError> {
     let error = |path: &str, detail: String| RuleError { path: path.to_owned(), detail };
     match rule {
         Value::Object(object) if object.len() == 1 && object.contains_key("$ref") => {
@@ -293,26 +298,41 @@ fn resolve(rule: &Value, evaluators: &Map<String, Value>, path: &mut String, dep
             if depth >= MAX_REF_DEPTH {
                 return Err(error(path, format!("$ref {name:?} nests deeper than {MAX_REF_DEPTH} evaluators")));
             }
-            let target = evaluators.get(name).ok_or_else(|| {
+            let mut target = evaluators.get(name).cloned().ok_or_else(|| {
                 let known: Vec<&str> = evaluators.keys().map(String::as_str).collect();
                 error(path, format!("$ref to evaluator {name:?}, which does not exist (known: {})", known.join(", ")))
             })?;
-            within(path, &format_args!("$ref:{name}"), |path| resolve(target, evaluators, path, depth + 1))
+            within(path, &format_args!("$ref:{name}"), |path| resolve(&mut target, evaluators, path, depth + 1))?;
+            *rule = target;
+            Ok(())
         }
-        Value::Object(object) => {
-            let mut out = Map::new();
-            for (key, value) in object {
-                out.insert(key.clone(), within(path, key, |path| resolve(value, evaluators, path, depth))?);
-            }
-            Ok(Value::Object(out))
-        }
+        Value::Object(object) => object
+            .iter_mut()
+            .try_for_each(|(key, value)| within(path, key, |path| resolve(value, evaluators, path, depth))),
         Value::Array(items) => items
-            .iter()
+            .iter_mut()
             .enumerate()
-            .map(|(index, item)| within(path, &index, |path| resolve(item, evaluators, path, depth)))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Value::Array),
-        other => Ok(other.clone()),
+            .try_for_each(|(index, item)| within(path, &index, |path| resolve(item, evaluators, path, depth))),
+        _ => Ok(()),
+    }
+}
+
+/// What a rule reads of `$flagd`: whether any string of it (operator or argument) mentions
+/// `$flagd` or is `fractional` (which buckets by the flag key), and whether any mentions
+/// `$flagd.timestamp` or is `timestamp`. Generous: a rule that reads neither only costs the
+/// interpreter a `$flagd` object it does not look at.
+fn reads_flagd(rule: &Value) -> (bool, bool) {
+    let of_text = |text: &str| {
+        (text.contains("$flagd") || text == "fractional", text.contains("$flagd.timestamp") || text == "timestamp")
+    };
+    let either = |(a, b): (bool, bool), (c, d): (bool, bool)| (a || c, b || d);
+    match rule {
+        Value::String(text) => of_text(text),
+        Value::Array(items) => items.iter().map(reads_flagd).fold((false, false), either),
+        Value::Object(object) => {
+            object.iter().map(|(key, value)| either(of_text(key), reads_flagd(value))).fold((false, false), either)
+        }
+        _ => (false, false),
     }
 }
 
@@ -838,12 +858,12 @@ mod tests {
     #[test]
     fn unknown_operators_and_missing_refs_are_refused_with_their_path() {
         let evaluators = Map::from_iter([("ok".to_owned(), json!({"==": [1, 1]}))]);
-        let error = Rule::prepare(&json!({"if": [{"nope": [1]}, "a", "b"]}), &evaluators).unwrap_err();
+        let error = Rule::prepare(json!({"if": [{"nope": [1]}, "a", "b"]}), &evaluators).unwrap_err();
         assert_eq!(error.path, "/targeting/if/0");
         assert!(error.detail.contains("unknown operator \"nope\""), "{error}");
-        let error = Rule::prepare(&json!({"if": [{"$ref": "missing"}, "a", "b"]}), &evaluators).unwrap_err();
+        let error = Rule::prepare(json!({"if": [{"$ref": "missing"}, "a", "b"]}), &evaluators).unwrap_err();
         assert!(error.detail.contains("does not exist"), "{error}");
-        assert!(Rule::prepare(&json!({"if": [{"$ref": "ok"}, "a", "b"]}), &evaluators).is_ok());
+        assert!(Rule::prepare(json!({"if": [{"$ref": "ok"}, "a", "b"]}), &evaluators).is_ok());
     }
 
     #[test]

@@ -191,7 +191,7 @@ fn the_testbed_rules_are_compiled() {
         let Some(targeting) = flag.get("targeting").filter(|t| t.as_object().is_some_and(|o| !o.is_empty())) else {
             continue;
         };
-        let Ok((_, resolved)) = crate::targeting::Rule::prepare(targeting, &evaluators) else { continue };
+        let Ok((_, resolved)) = crate::targeting::Rule::prepare(targeting.clone(), &evaluators) else { continue };
         match super::Program::compile(&resolved) {
             Some(_) => compiled += 1,
             None => interpreted.push(key.as_str()),
