@@ -653,6 +653,9 @@ pub(crate) fn version(value: &Value) -> Option<semver::Version> {
 pub(crate) fn version_of_text(text: &str) -> Option<semver::Version> {
     let text = text.trim();
     let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
+    if let Some([major, minor, patch]) = plain_version(text.as_bytes()) {
+        return Some(semver::Version::new(major, minor, patch));
+    }
     let text = text.split('+').next().unwrap_or(text);
     let (core, pre) = match text.split_once('-') {
         Some((core, pre)) => (core, Some(pre)),
@@ -670,6 +673,20 @@ pub(crate) fn version_of_text(text: &str) -> Option<semver::Version> {
         parts[count] = part.parse().ok()?;
     }
     Some(semver::Version::new(parts[0], parts[1], parts[2]))
+}
+
+/// `major[.minor[.patch]]` of digits without leading zeros, each below 10^19, read in one pass:
+/// the common case; `None` sends anything else through the general reading.
+fn plain_version(text: &[u8]) -> Option<[u64; 3]> {
+    let mut parts = [0u64; 3];
+    for (count, part) in text.split(|b| *b == b'.').enumerate() {
+        let leading_zero = part.len() > 1 && part[0] == b'0';
+        if count == 3 || part.is_empty() || part.len() > 19 || leading_zero {
+            return None;
+        }
+        parts[count] = part.iter().try_fold(0u64, |n, b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))?;
+    }
+    Some(parts)
 }
 
 fn version_parsed(core: &str, pre: Option<&str>) -> Option<semver::Version> {

@@ -5,18 +5,15 @@
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
 
-/// An incremental MurmurHash3 x86 32-bit with seed 0. Bytes gather in a buffer and are
-/// hashed a buffer at a time: keys are short, so most are hashed in one tight pass.
+/// An incremental MurmurHash3 x86 32-bit with seed 0. Whole 4-byte blocks are mixed as they
+/// come; a block split between two writes waits in `carry` (no buffer to copy).
 pub(crate) struct Murmur3 {
     state: u32,
-    buffer: [u8; BUFFER_BYTES],
-    /// Bytes in `buffer`.
-    buffered: usize,
+    /// The bytes of an unfinished block, little-endian, and how many there are (0 to 3).
+    carry: u32,
+    carried: u32,
     total: u32,
 }
-
-/// A multiple of the 4-byte block.
-const BUFFER_BYTES: usize = 64;
 
 fn mix(k: u32) -> u32 {
     k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2)
@@ -24,30 +21,35 @@ fn mix(k: u32) -> u32 {
 
 impl Murmur3 {
     pub(crate) fn new() -> Self {
-        Murmur3 { state: 0, buffer: [0; BUFFER_BYTES], buffered: 0, total: 0 }
+        Murmur3 { state: 0, carry: 0, carried: 0, total: 0 }
     }
 
-    /// Hashes whole blocks of `bytes` (a multiple of 4 long).
-    fn blocks(&mut self, bytes: &[u8]) {
-        for block in bytes.chunks_exact(4) {
-            self.state ^= mix(u32::from_le_bytes([block[0], block[1], block[2], block[3]]));
-            self.state = self.state.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-        }
+    #[inline]
+    fn block(&mut self, k: u32) {
+        self.state ^= mix(k);
+        self.state = self.state.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
     }
 
+    #[inline]
     pub(crate) fn write(&mut self, mut bytes: &[u8]) {
         self.total = self.total.wrapping_add(bytes.len() as u32);
-        while !bytes.is_empty() {
-            let take = (BUFFER_BYTES - self.buffered).min(bytes.len());
-            self.buffer[self.buffered..self.buffered + take].copy_from_slice(&bytes[..take]);
-            self.buffered += take;
-            bytes = &bytes[take..];
-            if self.buffered == BUFFER_BYTES {
-                let buffer = self.buffer;
-                self.blocks(&buffer);
-                self.buffered = 0;
+        while self.carried > 0 {
+            let Some((first, rest)) = bytes.split_first() else { return };
+            self.carry |= u32::from(*first) << (8 * self.carried);
+            self.carried += 1;
+            bytes = rest;
+            if self.carried == 4 {
+                self.block(self.carry);
+                (self.carry, self.carried) = (0, 0);
             }
         }
+        let blocks = bytes.chunks_exact(4);
+        let tail = blocks.remainder();
+        for block in blocks {
+            self.block(u32::from_le_bytes([block[0], block[1], block[2], block[3]]));
+        }
+        self.carry = tail.iter().rev().fold(0u32, |k, byte| (k << 8) | u32::from(*byte));
+        self.carried = tail.len() as u32;
     }
 
     /// Writes the canonical CBOR head of a text string of `len` bytes (major type 3).
@@ -71,16 +73,12 @@ impl Murmur3 {
         }
     }
 
-    pub(crate) fn finish(mut self) -> u32 {
-        let whole = self.buffered / 4 * 4;
-        let buffer = self.buffer;
-        self.blocks(&buffer[..whole]);
-        let tail = &buffer[whole..self.buffered];
-        if !tail.is_empty() {
-            let k = tail.iter().rev().fold(0u32, |k, byte| (k << 8) | u32::from(*byte));
-            self.state ^= mix(k);
+    pub(crate) fn finish(self) -> u32 {
+        let mut hash = self.state;
+        if self.carried > 0 {
+            hash ^= mix(self.carry);
         }
-        let mut hash = self.state ^ self.total;
+        hash ^= self.total;
         hash ^= hash >> 16;
         hash = hash.wrapping_mul(0x85eb_ca6b);
         hash ^= hash >> 13;

@@ -311,7 +311,12 @@ fn affix<'a>(prefix: bool, args: &'a [Node; 2], scope: &Scope<'a>) -> Result<Opt
     let [text, affix] = args;
     let (text, affix) = (text.run(scope)?, affix.run(scope)?);
     Ok(match (text.as_str(), affix.as_str()) {
-        (Some(text), Some(affix)) => Some(if prefix { text.starts_with(affix) } else { text.ends_with(affix) }),
+        (Some(text), Some(affix)) => Some(
+            affix.len() <= text.len() && {
+                let at = if prefix { 0 } else { text.len() - affix.len() };
+                same_bytes(&text.as_bytes()[at..at + affix.len()], affix.as_bytes())
+            },
+        ),
         _ => None,
     })
 }
@@ -328,7 +333,7 @@ pub(crate) fn field<'a, V>(
     name: &str,
 ) -> Option<(&'a String, &'a V)> {
     if object.len() <= SCANNED_FIELDS {
-        object.iter().find(|(key, _)| key.len() == name.len() && key.as_bytes() == name.as_bytes())
+        object.iter().find(|(key, _)| same_bytes(key.as_bytes(), name.as_bytes()))
     } else {
         object.get_key_value(name)
     }
@@ -338,9 +343,27 @@ pub(crate) fn field<'a, V>(
 #[inline]
 fn member<'a>(object: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
     if object.len() <= SCANNED_FIELDS {
-        object.iter().find(|(key, _)| key.len() == name.len() && key.as_bytes() == name.as_bytes()).map(|(_, v)| v)
+        object.iter().find(|(key, _)| same_bytes(key.as_bytes(), name.as_bytes())).map(|(_, v)| v)
     } else {
         object.get(name)
+    }
+}
+
+/// `a == b`, inline for the short strings of keys and affixes: two overlapping word loads
+/// instead of a call to `memcmp` (a fifth of an evaluation of five conditions went there).
+#[inline(always)]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+    match n {
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
     }
 }
 
@@ -502,7 +525,7 @@ impl Fractional {
 
     /// The bucketing hash, per the scheme; `None` when there is nothing to bucket by.
     fn hash(&self, bucket_by: Option<Val>, scope: &Scope) -> Option<u32> {
-        let targeting_key = scope.context.get("targetingKey");
+        let targeting_key = member(scope.context, "targetingKey");
         let mut hasher = Murmur3::new();
         match (scope.scheme, bucket_by) {
             (Scheme::V2, None) => {
