@@ -17,6 +17,7 @@
 //! evaluation [`Declines`](Decline) and the interpreter answers, so the answers are the
 //! interpreter's in every case (a property test checks it on random rules and contexts).
 
+mod flat;
 mod hash;
 mod run;
 
@@ -41,6 +42,14 @@ pub(crate) struct Decline;
 enum Segment {
     Field(Box<str>),
     FieldOrIndex(Box<str>, usize),
+}
+
+impl Segment {
+    fn name(&self) -> &str {
+        match self {
+            Segment::Field(name) | Segment::FieldOrIndex(name, _) => name,
+        }
+    }
 }
 
 /// A compiled operation.
@@ -396,27 +405,37 @@ fn read_buckets(buckets: &[Value]) -> Option<Buckets> {
     Some(Buckets::Read(buckets.iter().map(read).collect::<Option<_>>()?))
 }
 
-/// The request's context, read in place, with what evaluating against it needs checked once.
+/// The request's context, read in place, with what evaluating against it needs checked and
+/// laid out once.
 pub struct EvaluationContext<'a> {
     pub(crate) values: &'a Map<String, Value>,
-    /// Whether the context is within the cost bound's assumptions (`cost::check_context`),
-    /// computed at the first flag with a rule and kept for the request's other flags.
-    checked: std::cell::OnceCell<Result<(), String>>,
+    /// Whether the context is within the cost bound's assumptions (`cost::check_context`), and
+    /// if it is, the context laid flat (`flat.rs`): made at the first flag with a rule and kept
+    /// for the request's other flags.
+    prepared: std::cell::OnceCell<Result<flat::Flat<'a>, String>>,
 }
 
 impl<'a> EvaluationContext<'a> {
     /// A context for one request: one flag, or many against the same context (bulk).
     pub fn new(values: &'a Map<String, Value>) -> Self {
-        EvaluationContext { values, checked: std::cell::OnceCell::new() }
+        EvaluationContext { values, prepared: std::cell::OnceCell::new() }
+    }
+
+    fn prepared(&self) -> Result<&flat::Flat<'a>, &str> {
+        let prepared = self
+            .prepared
+            .get_or_init(|| crate::cost::check_context(self.values).map(|()| flat::Flat::new(self.values)));
+        prepared.as_ref().map_err(String::as_str)
     }
 
     /// Why the context is refused for flags with a rule, if it is.
     pub fn check(&self) -> Result<(), &str> {
-        self.checked
-            .get_or_init(|| crate::cost::check_context(self.values))
-            .as_ref()
-            .map(|_| ())
-            .map_err(String::as_str)
+        self.prepared().map(|_| ())
+    }
+
+    /// The context laid flat; `None` when it is refused (see [`EvaluationContext::check`]).
+    pub(crate) fn flat(&self) -> Option<&flat::Flat<'a>> {
+        self.prepared().ok()
     }
 }
 

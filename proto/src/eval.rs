@@ -231,8 +231,8 @@ impl FlagDefinition {
         if rule.needs_targeting_key() && !values.get("targetingKey").is_some_and(Value::is_string) {
             return Resolution::error(ErrorCode::TargetingKeyMissing, "the targeting rule needs a targetingKey");
         }
-        if let Some(program) = rule.program().filter(|_| compiled) {
-            let scope = Scope { context: values, flag_key: key, now_s, scheme };
+        if let Some((program, flat)) = rule.program().filter(|_| compiled).zip(context.flat()) {
+            let scope = Scope { context: flat, flag_key: key, now_s, scheme };
             // On `Decline`, the interpreter answers what the tree does not reproduce.
             if let Ok(answer) = program.run(&scope) {
                 return self.named(answer.named());

@@ -7,13 +7,13 @@ use std::cmp::Ordering;
 use serde_json::Value;
 
 use super::hash::Murmur3;
-use super::{Bucket, Buckets, Decline, Fractional, Haystack, Node, Order, Program, Segment, SemVer, Version};
+use super::{Bucket, Buckets, Decline, Fractional, Haystack, Node, Order, Program, SemVer, Version};
 use crate::limits::MAX_CAT_BYTES;
 use crate::targeting::{Fractional as Scheme, js_string, py_string};
 
 /// What one evaluation reads besides the context: the flag's key, the time, the scheme.
 pub(crate) struct Scope<'a> {
-    pub(crate) context: &'a serde_json::Map<String, Value>,
+    pub(crate) context: &'a super::flat::Flat<'a>,
     pub(crate) flag_key: &'a str,
     pub(crate) now_s: u64,
     pub(crate) scheme: Scheme,
@@ -239,7 +239,7 @@ impl Node {
     fn run<'a>(&'a self, scope: &Scope<'a>) -> Result<Val<'a>> {
         match self {
             Node::Literal(value) => Ok(Val::Ref(value)),
-            Node::Var { path, default } => match lookup(scope.context, path) {
+            Node::Var { path, default } => match scope.context.lookup(path) {
                 Some(value) => Ok(Val::Ref(value)),
                 None => default.as_ref().map_or(Ok(Val::Null), |default| default.run(scope)),
             },
@@ -341,7 +341,7 @@ pub(crate) fn field<'a, V>(
 
 /// `object[name]` of a JSON object.
 #[inline]
-fn member<'a>(object: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(super) fn member<'a>(object: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
     if object.len() <= SCANNED_FIELDS {
         object.iter().find(|(key, _)| same_bytes(key.as_bytes(), name.as_bytes())).map(|(_, v)| v)
     } else {
@@ -352,7 +352,7 @@ fn member<'a>(object: &'a serde_json::Map<String, Value>, name: &str) -> Option<
 /// `a == b`, inline for the short strings of keys and affixes: two overlapping word loads
 /// instead of a call to `memcmp` (a fifth of an evaluation of five conditions went there).
 #[inline(always)]
-pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
@@ -365,19 +365,6 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
         8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
         _ => a == b,
     }
-}
-
-/// A path into the context (`$flagd` paths are compiled to their own nodes).
-fn lookup<'a>(context: &'a serde_json::Map<String, Value>, path: &[Segment]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    let name = match first {
-        Segment::Field(name) | Segment::FieldOrIndex(name, _) => name,
-    };
-    rest.iter().try_fold(member(context, name)?, |value, segment| match (segment, value) {
-        (Segment::Field(name) | Segment::FieldOrIndex(name, _), Value::Object(object)) => member(object, name),
-        (Segment::FieldOrIndex(_, index), Value::Array(items)) => items.get(*index),
-        _ => None,
-    })
 }
 
 fn run_if<'a>(args: &'a [Node], scope: &Scope<'a>) -> Result<Val<'a>> {
@@ -525,7 +512,7 @@ impl Fractional {
 
     /// The bucketing hash, per the scheme; `None` when there is nothing to bucket by.
     fn hash(&self, bucket_by: Option<Val>, scope: &Scope) -> Option<u32> {
-        let targeting_key = member(scope.context, "targetingKey");
+        let targeting_key = scope.context.get("targetingKey");
         let mut hasher = Murmur3::new();
         match (scope.scheme, bucket_by) {
             (Scheme::V2, None) => {
