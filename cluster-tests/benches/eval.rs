@@ -2,8 +2,9 @@
 //!
 //! 1. ns per evaluation of eight rules (`cases.rs`: static, `ends_with`, `fractional` 50/50
 //!    and 4-way, a `sem_ver` range, `in` over 100 items, an `and` of five conditions over
-//!    nested attributes, a shared `$evaluators` segment) for Grapevine's compiled evaluator,
-//!    side by side in the same run with Unleash's `unleash-yggdrasil` on the comparable
+//!    nested attributes, a shared `$evaluators` segment) for Grapevine's compiled evaluator
+//!    (the flag's whole resolution, and its compiled rule alone: what datalogic's figure
+//!    measures), side by side in the same run with Unleash's `unleash-yggdrasil` on the comparable
 //!    strategy, datalogic-rs 5.4 compiling the raw JsonLogic rule over a context parsed once,
 //!    flagd's own `flagd-evaluation-engine`, and Grapevine's interpreter (datalogic-rs 4, the
 //!    reference the compiled rules are tested against). The bench first asserts that all
@@ -130,6 +131,8 @@ fn prepare(case: &cases::Case) -> FlagDefinition {
 /// The figures of one rule.
 struct Row {
     grapevine: f64,
+    /// The compiled rule alone, as datalogic-rs 5 is timed (no flag state, no variant).
+    rule: Option<f64>,
     allocations: f64,
     yggdrasil: f64,
     datalogic5: Option<f64>,
@@ -158,8 +161,17 @@ fn main() -> Result<()> {
         iterations()
     );
     println!(
-        "{:<20} {:>9} {:>7} {:>10} {:>7} {:>11} {:>10} {:>11}",
-        "rule", "grapevine", "allocs", "yggdrasil", "ratio", "datalogic5", "flagd-rs", "interpreted"
+        "{:<20} {:>9} {:>7} {:>10} {:>7} {:>6} {:>11} {:>10} {:>10} {:>11}",
+        "rule",
+        "grapevine",
+        "allocs",
+        "yggdrasil",
+        "ratio",
+        "alone",
+        "datalogic5",
+        "dl5/alone",
+        "flagd-rs",
+        "interpreted"
     );
     for case in cases::cases() {
         let flag = prepare(&case);
@@ -226,9 +238,18 @@ fn measure(
     let evaluate = || {
         black_box(flag.resolve(black_box("f"), black_box(&prepared), Fractional::V2, NOW_S));
     };
+    if flag.targeting.is_some() {
+        let answered = flag.run_rule_alone("f", &prepared, Fractional::V2, NOW_S);
+        ensure!(answered == Some(true), "{}: the compiled rule alone answered {answered:?}", case.name);
+    }
     let mut arena = datalogic5::bumpalo::Bump::new();
     Ok(Row {
         grapevine: time(evaluate),
+        rule: flag.targeting.as_ref().map(|_| {
+            time(|| {
+                black_box(flag.run_rule_alone(black_box("f"), black_box(&prepared), Fractional::V2, NOW_S));
+            })
+        }),
         allocations: allocations(evaluate),
         yggdrasil: time(|| {
             black_box(yggdrasil.evaluate());
@@ -255,19 +276,26 @@ fn measure(
 fn print_row(name: &str, row: &Row) {
     let ns = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.0}"));
     let ratio = row.yggdrasil / row.grapevine;
+    let to_datalogic = match (row.rule, row.datalogic5) {
+        (Some(rule), Some(datalogic)) => format!("{:.2}x", datalogic / rule),
+        _ => "-".to_owned(),
+    };
     println!(
-        "{name:<20} {:>9.1} {:>7.2} {:>10.0} {:>6.1}x {:>11} {:>10} {:>11}",
+        "{name:<20} {:>9.1} {:>7.2} {:>10.0} {:>6.1}x {:>6} {:>11} {:>10} {:>10} {:>11}",
         row.grapevine,
         row.allocations,
         row.yggdrasil,
         ratio,
+        ns(row.rule),
         ns(row.datalogic5),
+        to_datalogic,
         ns(row.flagd),
         ns(row.interpreted)
     );
     let others = format!(
-        "yggdrasil {:.0} ns/op, datalogic-rs 5 {} ns, flagd-evaluation-engine {} ns, allocations {:.2}/op",
+        "yggdrasil {:.0} ns/op; rule alone {} ns against datalogic-rs 5 {} ns ({to_datalogic}); flagd-evaluation-engine {} ns; allocations {:.2}/op",
         row.yggdrasil,
+        ns(row.rule),
         ns(row.datalogic5),
         ns(row.flagd),
         row.allocations

@@ -421,7 +421,8 @@ impl<'a> EvaluationContext<'a> {
         EvaluationContext { values, prepared: std::cell::OnceCell::new() }
     }
 
-    fn prepared(&self) -> Result<&flat::Flat<'a>, &str> {
+    /// The context laid flat, or why it is refused for flags with a rule.
+    pub(crate) fn prepared(&self) -> Result<&flat::Flat<'a>, &str> {
         let prepared = self
             .prepared
             .get_or_init(|| crate::cost::check_context(self.values).map(|()| flat::Flat::new(self.values)));
@@ -431,11 +432,6 @@ impl<'a> EvaluationContext<'a> {
     /// Why the context is refused for flags with a rule, if it is.
     pub fn check(&self) -> Result<(), &str> {
         self.prepared().map(|_| ())
-    }
-
-    /// The context laid flat; `None` when it is refused (see [`EvaluationContext::check`]).
-    pub(crate) fn flat(&self) -> Option<&flat::Flat<'a>> {
-        self.prepared().ok()
     }
 }
 

@@ -73,7 +73,7 @@ impl<'a> Flat<'a> {
 
     /// The context's member `name`.
     #[inline]
-    pub(super) fn get(&self, name: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, name: &str) -> Option<&'a Value> {
         match self.top {
             Some(members) => self.find(members, name).map(|member| member.value),
             None => member(self.map, name),
