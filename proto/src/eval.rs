@@ -309,7 +309,7 @@ impl FlagDefinition {
     }
 
     fn default_resolution(&self, reason: Reason) -> Resolution<'_> {
-        match self.default_variant.as_ref().and_then(|variant| self.variants.get_key_value(variant)) {
+        match self.default_variant.as_ref().and_then(|variant| crate::compiled::field(&self.variants, variant)) {
             Some((name, value)) => {
                 Resolution { value: Some(value), variant: Some(name), ..Resolution::of(None, reason) }
             }
