@@ -6,7 +6,9 @@
 //! nodes, literal lists of strings that `in` searches become sets (short ones stay lists to
 //! scan), literal versions of `sem_ver` are parsed, and `fractional`'s weights are summed
 //! ahead. Evaluation then reads the request's JSON in place and allocates nothing for the
-//! common operators.
+//! common operators: the request's context is checked and laid flat once (`flat.rs`: one
+//! vector for the request, whatever the number of its flags), and variables are found in it
+//! by short scans.
 //!
 //! The compiled tree covers the operators flagd rules use in practice (`var`, `if`, `?:`,
 //! `and`, `or`, `!`, `!!`, the comparisons, `in`, `cat`, and flagd's `fractional`, `sem_ver`,

@@ -287,7 +287,6 @@ impl FlagDefinition {
     }
 
     /// The answer for what a rule named.
-    #[inline]
     fn named(&self, named: Named) -> Resolution<'_> {
         match named {
             Named::Nothing => self.default_resolution(Reason::Default),

@@ -66,6 +66,7 @@ impl<'a> Flat<'a> {
         Some(Members { start, len: object.len() as u32 })
     }
 
+    #[inline]
     fn find(&self, members: Members, name: &str) -> Option<&Member<'a>> {
         let (start, len) = (members.start as usize, members.len as usize);
         self.members[start..start + len].iter().find(|member| same_bytes(member.key.as_bytes(), name.as_bytes()))
@@ -81,6 +82,7 @@ impl<'a> Flat<'a> {
     }
 
     /// The value at `path` (datalogic's reading: a numeric step indexes an array too).
+    #[inline]
     pub(super) fn lookup(&self, path: &[Segment]) -> Option<&'a Value> {
         let mut at = self.top.map_or(At::Map(self.map), At::Laid);
         let mut found = None;

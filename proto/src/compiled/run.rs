@@ -150,7 +150,7 @@ fn equal(left: &Val, right: &Val, strict: bool) -> Result<bool> {
         if could_be_date(l) && could_be_date(r) {
             return Err(Decline);
         }
-        return Ok(l == r);
+        return Ok(same_bytes(l.as_bytes(), r.as_bytes()));
     }
     if strict {
         return Ok(match (&left, &right) {
@@ -413,7 +413,9 @@ fn run_equal<'a>(args: &'a [Node], strict: bool, negate: bool, scope: &Scope<'a>
 fn run_in<'a>(needle: &'a Node, haystack: &'a Haystack, scope: &Scope<'a>) -> Result<bool> {
     let needle = needle.run(scope)?;
     let found = match haystack {
-        Haystack::Few(items) => needle.as_str().is_some_and(|text| items.iter().any(|item| **item == *text)),
+        Haystack::Few(items) => {
+            needle.as_str().is_some_and(|text| items.iter().any(|item| same_bytes(item.as_bytes(), text.as_bytes())))
+        }
         Haystack::Strings(set) => needle.as_str().is_some_and(|text| set.contains(text)),
         Haystack::Node(node) => match node.run(scope)?.flat() {
             Val::Str(text) => needle.as_str().is_some_and(|needle| text.contains(needle)),
