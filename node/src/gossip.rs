@@ -786,9 +786,9 @@ impl Gossip {
     }
 
     /// Tallies of the same peers as [`Gossip::reachable_version_vectors`], each peer's by
-    /// origin; malformed values are skipped. Only those whose text differs from this node's own (`ours`) are parsed and returned: the
-    /// only ones that can contradict it. The read runs inside chitchat's lock, so it compares
-    /// text and allocates for no tally that agrees.
+    /// origin; malformed values are skipped. Only those whose text differs from this node's
+    /// own (`ours`) are parsed and returned: the only ones that can contradict it. The read
+    /// runs inside chitchat's lock, so it compares text and allocates for no tally that agrees.
     pub async fn reachable_tallies_unlike(
         &self,
         ours: &BTreeMap<NodeName, Tally>,
