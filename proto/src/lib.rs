@@ -14,6 +14,7 @@ pub mod hlc;
 pub mod limits;
 pub mod log;
 pub mod model;
+pub mod replica;
 pub mod rollout;
 pub mod schedule;
 pub mod signing;

@@ -52,7 +52,8 @@ impl Engine {
     /// Up to `limit` records of entries `cursor` lacks: generations first, then reverts.
     pub(super) async fn audit_batch(&self, cursor: &Cursor, limit: usize) -> AuditBatch {
         let generations: BTreeSet<GenId> = self
-            .log
+            .replica
+            .log()
             .missing_from(&cursor.through)
             .map(|g| g.id().clone())
             .filter(|id| !cursor.beyond.contains(id))
@@ -60,23 +61,23 @@ impl Engine {
             .collect();
         let room = limit - generations.len();
         let reverts: Vec<GenId> =
-            self.log.reverts().map(|r| r.target).filter(|t| !cursor.reverts.contains(t)).take(room).collect();
+            self.replica.log().reverts().map(|r| r.target).filter(|t| !cursor.reverts.contains(t)).take(room).collect();
         let records = self.records(&generations, &reverts).await;
-        let compacted = self.log.base().covers().clone();
+        let compacted = self.replica.log().base().covers().clone();
         AuditBatch { records, generations: generations.into_iter().collect(), reverts, compacted }
     }
 
     /// The records of the newest `limit` generations `shown` accepts, oldest first, then of the
     /// reverts of those among them that are reverted.
     pub(super) async fn audit_history(&self, limit: usize, shown: HistoryFilter) -> Vec<Record> {
-        let newest = self.log.in_fold_order().rev().filter(|g| shown(g)).take(limit);
+        let newest = self.replica.log().in_fold_order().rev().filter(|g| shown(g)).take(limit);
         let generations: BTreeSet<GenId> = newest.map(|g| g.id().clone()).collect();
-        let reverts: Vec<GenId> = generations.iter().filter(|id| self.log.is_reverted(id)).cloned().collect();
+        let reverts: Vec<GenId> = generations.iter().filter(|id| self.replica.log().is_reverted(id)).cloned().collect();
         self.records(&generations, &reverts).await
     }
 
     async fn records(&self, generations: &BTreeSet<GenId>, reverts: &[GenId]) -> Vec<Record> {
-        let mut built = records(&self.log, self.parts.name.as_str(), generations, reverts);
+        let mut built = records(self.replica.log(), self.parts.name.as_str(), generations, reverts);
         for record in built.iter_mut() {
             let Some(target) = record.target.as_deref().and_then(|t| t.parse::<GenId>().ok()) else { continue };
             record.reverted_by = Some(self.parts.gossip.revert_causes(&target).await);

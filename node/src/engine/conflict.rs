@@ -8,22 +8,19 @@
 //! accepted it, is the write it acknowledged. Nodes that heard the two in different orders
 //! then hold different content under one id for good, so each conflict is surfaced: counted
 //! (`grapevine_generation_conflicts_total`), logged, listed in `status` (`conflicts`), and
-//! alerted once per id.
+//! alerted once per id (the replica remembers the latest
+//! `replica::MAX_CONFLICTS_SHOWN` ids).
 
-use grapevine_proto::{GenId, Generation};
+use grapevine_proto::Generation;
 use tracing::error;
 
 use super::Engine;
 use crate::alerts::{Alert, AlertKind};
 
-/// Conflicting ids remembered for `status` and alerted once each; past it the oldest (lowest
-/// id) is dropped from `status`, and a new one is alerted still.
-pub(super) const MAX_CONFLICTS_SHOWN: usize = 64;
-
 impl Engine {
     /// Surfaces that a peer sent `generation`, whose id this node holds with other content;
-    /// true when the id is new to `status` (the caller publishes the view).
-    pub(super) fn conflict(&mut self, generation: &Generation) -> bool {
+    /// `first` when the id is new to `status` (then it is alerted, and the caller publishes).
+    pub(super) fn conflict(&mut self, generation: &Generation, first: bool) -> bool {
         self.parts.metrics.generation_conflicts.inc();
         let id = generation.id();
         let own = id.origin == self.parts.name;
@@ -34,7 +31,7 @@ impl Engine {
                 error!(generation = %id, "a peer holds other content under a known generation id: two processes wrote under one name; kept ours");
             }
         }
-        if !self.remember_conflict(id) {
+        if !first {
             return false;
         }
         self.parts.alerts.raise(Alert {
@@ -47,18 +44,6 @@ impl Engine {
             kpis: Default::default(),
             at_ms: crate::clock::unix_ms(),
         });
-        true
-    }
-
-    /// Remembers a conflicting id for `status`; false if it was known.
-    fn remember_conflict(&mut self, id: &GenId) -> bool {
-        if self.conflicts.contains(id) {
-            return false;
-        }
-        if self.conflicts.len() >= MAX_CONFLICTS_SHOWN {
-            self.conflicts.pop_first();
-        }
-        self.conflicts.insert(id.clone());
         true
     }
 }

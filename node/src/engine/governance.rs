@@ -19,6 +19,7 @@
 //!   are released everywhere at once and apply nothing (`record_change`).
 
 use grapevine_proto::approvals::{Proposal, ProposalState, conflicts, proposals};
+use grapevine_proto::replica::Submission;
 use grapevine_proto::signing::Signed;
 use grapevine_proto::{Author, Change, ContentHash, GenId, Generation, Governance, Terms};
 use serde::Serialize;
@@ -94,7 +95,7 @@ impl Engine {
     /// Every proposal of the log, oldest first, as of `now_ms`.
     pub(super) fn proposal_views(&self, now_ms: u64) -> Vec<ProposalView> {
         let mut views: Vec<ProposalView> =
-            proposals(&self.log).into_values().map(|proposal| self.view_of(&proposal, now_ms)).collect();
+            proposals(self.replica.log()).into_values().map(|proposal| self.view_of(&proposal, now_ms)).collect();
         views.sort_by(|a, b| a.hlc.cmp(&b.hlc));
         views
     }
@@ -108,7 +109,7 @@ impl Engine {
                 "record": record.to_string(),
             })
         });
-        let conflicts = conflicts(&self.log, proposal).into_iter().map(|(id, keys)| {
+        let conflicts = conflicts(self.replica.log(), proposal).into_iter().map(|(id, keys)| {
             let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
             serde_json::json!({ "generation": id.to_string(), "keys": keys })
         });
@@ -143,7 +144,8 @@ impl Engine {
         vote: Vote,
         now_ms: u64,
     ) -> Result<(Generation, bool), ProposalError> {
-        let proposal = proposals(&self.log).remove(&id).ok_or_else(|| ProposalError::NotFound { id: id.clone() })?;
+        let proposal =
+            proposals(self.replica.log()).remove(&id).ok_or_else(|| ProposalError::NotFound { id: id.clone() })?;
         let verb = if vote == Vote::Approve { "approved" } else { "rejected" };
         let state = proposal.state(now_ms);
         if state != ProposalState::Pending {
@@ -186,7 +188,13 @@ impl Engine {
         let governance = Some(Governance::Enact { proposal: proposal.id, expires_ms: proposal.expires_ms });
         let terms = Terms { start_at_ms: proposal.start_at_ms, approvals, governance };
         let proposer = Some(Box::new(proposal.proposer));
-        self.submit(proposal.change, None, proposer, Some(Box::new(terms))).await
+        self.submit(Submission {
+            change: proposal.change,
+            author: None,
+            signed: proposer,
+            terms: Some(Box::new(terms)),
+        })
+        .await
     }
 
     /// Enacts the pending proposals whose approval records, written apart on several nodes,
@@ -194,7 +202,7 @@ impl Engine {
     /// node, not every node, writes the enactment. Runs when a peer's approval record arrives.
     pub(super) async fn enact_pass(&mut self, now_ms: u64) {
         let own = self.parts.name.clone();
-        let ready: Vec<Proposal> = proposals(&self.log)
+        let ready: Vec<Proposal> = proposals(self.replica.log())
             .into_values()
             .filter(|p| p.state(now_ms) == ProposalState::Pending)
             .filter(|p| p.approvals.last().is_some_and(|(record, _)| record.origin == own))
@@ -215,7 +223,7 @@ impl Engine {
     async fn record(&mut self, signed: Box<Signed>, governance: Governance) -> Result<Generation, SubmitError> {
         let change = record_change();
         let terms = Terms { governance: Some(governance), ..Terms::default() };
-        self.submit(change, None, Some(signed), Some(Box::new(terms))).await
+        self.submit(Submission { change, author: None, signed: Some(signed), terms: Some(Box::new(terms)) }).await
     }
 }
 

@@ -1,67 +1,38 @@
-//! Releases: which generations of the log this node applies, decided by `proto::rollout`'s
-//! gate from the generation's waves, the controls in the log, and the reports in gossip.
+//! Releases, the engine's side: the reports the gates read, the store's record of a release,
+//! and what `rollout status` shows. The gate itself is `proto::replica` (`release.rs` there).
 //!
-//! A released generation stays released (it is recorded in the store), so a restart never
-//! takes back what the node applied while the reports that opened the gate are still on
-//! their way; only a revert does. The applied state is the fold of the snapshot and the
-//! released generations not reverted; the desired state is the fold of the whole log but the
-//! reverted generations. A reverted generation is never released.
-//!
-//! - `gates()` returns, with each generation whose gate is open, a `Release`: the node's wave, the
-//!   controls, and the reports of the live members it saw (earlier waves' for the rule, its own and
-//!   later waves' for the latch), plus the count waiting and the earliest deadline, which
-//!   `release_pass` keeps as `next_gate`. `release_pass` stamps each `Release` with the wall clock
-//!   and keeps it in `releases` (pruned with the log); `RolloutView` shows it as `release`.
-//! - Holds: before the gate, `proto::schedule::hold` on this node's hybrid clock
-//!   (`hybrid_now_ms`: the wall clock, or the greatest stamp seen if ahead) holds a generation
-//!   before its scheduled start and, if ordinary, during a freeze window (`EngineParts::freezes`);
-//!   a held generation waits, and the hold's end is a deadline like a bake (`next_in_ms`), so it
-//!   opens on a timer. `RolloutView::hold` (`HoldView`) says why and until when.
-//! - `release_pass`: for each generation held whole, not yet released and not reverted, in fold
-//!   order (the engine keeps them in `pending`, so a pass costs per generation waiting, not per
-//!   generation held), it computes `Plan::of`, this node's `wave_of`, the controls (`controls_of`:
-//!   every control in the log, `Log::with_controls`, folded in `(hlc, origin, seq)` order) and the
-//!   live members' reports (`Gossip::reports_for`), and asks `Plan::opens_in`. The newly released
-//!   ids are written to the store (`Store::release`) first; only then are they added to the
-//!   released set, applied to `state`, handed to `Health::applied` (generations with ops only, not
-//!   control generations; with the bake time when this node's wave gates a later one, `judge`),
-//!   counted in `grapevine_generations_applied_total` and logged (`applied`). If the store fails,
-//!   nothing is released and the next pass tries again.
+//! - `release_pass`: `gates` reads the live members' reports (`Gossip::reports_for`) on every
+//!   generation waiting here (`Replica::waiting`) and asks `Replica::gates`; it keeps
+//!   `next_in_ms` as `next_gate`. The newly open ids are written to the store
+//!   (`Store::release`) first; only then does `Replica::release` apply them, and the engine
+//!   hands those with operations to `Health::applied` (`judge`), counts them in
+//!   `grapevine_generations_applied_total` and logs `applied`. If the store fails, nothing is
+//!   released and the next pass tries again.
 //! - `rollout(id)` builds the `RolloutView` (`generation`, `keys`, `policy`, `controls`, `waves` of
 //!   `WaveView { index, open, members: [MemberView { name, report }] }`, `open_waves`,
 //!   `all_waves_open`, `applied_here` (whether this node ever released it; a revert does not erase
-//!   that), `reverted`, `anomaly_quorum`, `reverted_by` (the `rv.` keys in gossip) and `judgement`
-//!   (`Health::judgement`'s reason, when this node judges it)) of a generation held whole, as this
-//!   node sees it.
+//!   that), `reverted`, `anomaly_quorum`, `reverted_by` (the `rv.` keys in gossip), `judgement`
+//!   (`Health::judgement`'s reason, when this node judges it), `release` (the evidence it was
+//!   released on, `Replica::release_of`) and `hold` (`HoldView`: why it waits, before its
+//!   scheduled start or in a freeze window, `Replica::hold_of`)) of a generation held whole, as
+//!   this node sees it.
 //!
 //! **Architecture Invariant:** `Store::release` records a release before it is applied, and the
 //! released set only grows (compaction removes a released id together with the generation, once the
-//! snapshot holds its writes). Only the engine task changes the log and the released set.
+//! snapshot holds its writes). Only the engine task changes the replica.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use grapevine_proto::replica::{Gates, Release, controls_of};
 use grapevine_proto::rollout::{AnomalyQuorum, Controls, Plan, Report};
 use grapevine_proto::schedule::{self, Hold};
-use grapevine_proto::{GenId, Generation, Log, NodeName};
+use grapevine_proto::{GenId, Generation, NodeName};
 use serde::Serialize;
 use tracing::{error, info};
 
 use super::Engine;
 use crate::clock;
-use crate::health::Health;
-
-/// The gates of the generations waiting here, from one look at the log and the reports.
-pub(super) struct Gates {
-    /// The generations whose gate is open for this node, in fold order, with the evidence
-    /// that opened it.
-    pub open: Vec<(Generation, Release)>,
-    /// How many others wait for their wave.
-    pub waiting: usize,
-    /// In how many ms the first of those opens if the reports only age (`Plan::opens_in`);
-    /// `None` when each waits for a new fact (a report, a control, a member).
-    pub next_in_ms: Option<u64>,
-}
 
 /// What `rollout status` shows about one generation, as this node sees it.
 #[derive(Clone, Debug, Serialize)]
@@ -106,19 +77,6 @@ pub struct HoldView {
     pub reason: String,
 }
 
-/// The evidence a node applied a generation on: its wave, and the controls and reports that
-/// opened the wave's gate in its view then. The chaos suite checks the gate rule against it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Release {
-    /// This node's wave.
-    pub wave: usize,
-    /// This node's wall clock (unix ms) when it applied it.
-    pub at_unix_ms: u64,
-    pub controls: Controls,
-    /// The reports of live members it saw (none recorded for wave 0, which needs none).
-    pub reports: BTreeMap<NodeName, Report>,
-}
-
 /// One wave of a rollout.
 #[derive(Clone, Debug, Serialize)]
 pub struct WaveView {
@@ -132,29 +90,6 @@ pub struct WaveView {
 pub struct MemberView {
     pub name: NodeName,
     pub report: Option<Report>,
-}
-
-/// The controls of every generation, folded from the log in `(hlc, origin, seq)` order. Only
-/// the few generations that carry controls are read (the log keeps their index).
-pub(super) fn controls_of(log: &Log) -> BTreeMap<GenId, Controls> {
-    let mut generations: Vec<&Generation> = log.with_controls().collect();
-    generations.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    let mut controls: BTreeMap<GenId, Controls> = BTreeMap::new();
-    for control in generations.into_iter().flat_map(|g| &g.body.change.controls) {
-        controls.entry(control.target().clone()).or_default().apply(control);
-    }
-    controls
-}
-
-/// Starts judging a generation this node (`own`) applied; when its wave gates a later one,
-/// its report is pushed again the moment it is baked.
-pub(super) fn judge(health: &Health, generation: &Generation, own: &NodeName) {
-    let policy = &generation.body.change.policy;
-    let watch_window = Duration::from_millis(policy.watch_window_ms);
-    let plan = Plan::of(&generation.body);
-    let gates_a_wave = plan.wave_of(own) + 1 < plan.waves.len();
-    let gate_bake = gates_a_wave.then(|| Duration::from_millis(policy.bake_ms));
-    health.applied(generation.id().clone(), watch_window, policy.thresholds.clone(), gate_bake);
 }
 
 impl Engine {
@@ -176,78 +111,33 @@ impl Engine {
             error!(%error, ?generations, "could not record released generations; will try again");
             return;
         }
-        let now = super::now_ms(self.parts.clock_skew_ms);
-        let log = &self.log;
-        self.releases.retain(|id, _| log.get(id).is_some());
-        for (generation, release) in newly {
-            self.releases.insert(generation.id().clone(), Release { at_unix_ms: now, ..release });
-            self.observe_propagation("applied", &generation, now);
-            self.released.insert(generation.id().clone());
-            self.pending.remove(&(generation.body.hlc, generation.id().clone()));
-            self.state.apply_sharing(&generation, &self.desired);
-            if !generation.body.change.ops.is_empty() {
-                judge(&self.parts.health, &generation, &self.parts.name);
-            }
+        let now = self.now();
+        for (generation, _) in &newly {
+            self.observe_propagation("applied", generation, now.wall_ms);
             info!(generation = %generation.id(), "applied");
+        }
+        for judging in self.replica.release(newly, now) {
+            super::judge(&self.parts.health, judging);
         }
         self.parts.metrics.generations_applied.inc_by(ids.len() as u64);
         self.publish().await;
     }
 
-    /// The gates of the generations not yet released here (nor reverted), as of now.
+    /// The gates of the generations not yet released here (nor reverted), as of now, from
+    /// the live members' reports on each.
     pub(super) async fn gates(&self) -> Gates {
-        let candidates: Vec<&Generation> = self.waiting_here().collect();
-        let mut gates = Gates { open: Vec::new(), waiting: 0, next_in_ms: None };
-        if candidates.is_empty() {
-            // The common case: nothing waits, so no controls to fold.
-            return gates;
+        let waiting: Vec<GenId> = self.replica.waiting().map(|g| g.id().clone()).collect();
+        let mut reports = BTreeMap::new();
+        for id in waiting {
+            let seen = self.parts.gossip.reports_for(&id).await;
+            reports.insert(id, seen);
         }
-        let controls = controls_of(&self.log);
-        let own = self.parts.name.clone();
-        let (now, physical) = (self.hybrid_now_ms(), super::now_ms(self.parts.clock_skew_ms));
-        for generation in candidates {
-            let body = &generation.body;
-            if let Some(hold) = schedule::hold(body, &self.parts.freezes, now) {
-                // Held by the clock: the timer wakes the engine when the hold ends (the hybrid
-                // clock is behind the end, so the wall clock is too).
-                gates.waiting += 1;
-                let wait = hold.until_ms().saturating_sub(physical);
-                gates.next_in_ms = Some(gates.next_in_ms.map_or(wait, |next| next.min(wait)));
-                continue;
-            }
-            let plan = Plan::of(body);
-            let wave = plan.wave_of(&own);
-            let controls = controls.get(&body.id).copied().unwrap_or_default();
-            let mut release = Release { wave, at_unix_ms: 0, controls, reports: BTreeMap::new() };
-            let opens_in = if wave == 0 {
-                Some(0)
-            } else {
-                let reports = self.parts.gossip.reports_for(&body.id).await;
-                let opens_in = plan.opens_in(wave, &body.change.policy, controls, &reports);
-                release.reports = reports;
-                opens_in
-            };
-            match opens_in {
-                Some(0) => gates.open.push((generation.clone(), release)),
-                later => {
-                    gates.waiting += 1;
-                    gates.next_in_ms = gates.next_in_ms.into_iter().chain(later).min();
-                }
-            }
-        }
-        gates
-    }
-
-    /// The generations held whole, not released here nor reverted, in fold order.
-    fn waiting_here(&self) -> impl Iterator<Item = &Generation> {
-        let (released, log) = (&self.released, &self.log);
-        let held = self.pending.iter().filter_map(|(_, id)| log.get(id));
-        held.filter(move |g| !released.contains(g.id()) && !log.is_reverted(g.id()))
+        self.replica.gates(&reports, self.now())
     }
 
     /// The generations not yet released here (nor reverted): id, open waves, waves.
     pub(super) async fn waiting(&self) -> Vec<(GenId, usize, usize)> {
-        let changes = self.waiting_here().filter(|g| !g.body.change.ops.is_empty());
+        let changes = self.replica.waiting().filter(|g| !g.body.change.ops.is_empty());
         let ids: Vec<GenId> = changes.map(|g| g.id().clone()).collect();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -260,11 +150,12 @@ impl Engine {
 
     /// The rollout of one generation as this node sees it, or `None` if it is not held whole.
     pub(super) async fn rollout(&self, id: &GenId) -> Option<RolloutView> {
-        let generation = self.log.get(id)?;
+        let log = self.replica.log();
+        let generation = log.get(id)?;
         let body = &generation.body;
         let plan = Plan::of(body);
         let reports = self.parts.gossip.reports_for(id).await;
-        let controls = controls_of(&self.log).get(id).copied().unwrap_or_default();
+        let controls = controls_of(log).get(id).copied().unwrap_or_default();
         let hold = self.hold_of(generation);
         let open_waves = match hold {
             // Held here: only the waves some member already applied (before a freeze) are open.
@@ -274,7 +165,7 @@ impl Engine {
             None => plan.open_waves(&body.change.policy, controls, &reports),
         };
         let anomaly_quorum = AnomalyQuorum::of(&body.change.policy, &self.parts.gossip.all_reports_for(id).await);
-        let reverted = self.log.is_reverted(id);
+        let reverted = log.is_reverted(id);
         let waves: Vec<WaveView> = plan
             .waves
             .iter()
@@ -296,12 +187,12 @@ impl Engine {
             waves,
             all_waves_open: open_waves == plan.waves.len(),
             open_waves,
-            applied_here: self.released.contains(id),
+            applied_here: self.replica.is_released(id),
             reverted,
             anomaly_quorum,
             reverted_by: self.parts.gossip.revert_causes(id).await,
             judgement: self.parts.health.judgement(id).map(|judgement| judgement.reason),
-            release: self.releases.get(id).cloned(),
+            release: self.replica.release_of(id).cloned(),
             start_at_ms: body.terms.as_ref().and_then(|terms| terms.start_at_ms),
             hold,
         })
@@ -309,18 +200,10 @@ impl Engine {
 
     /// Why this node holds `generation` now, if it has not applied it and it is not reverted.
     fn hold_of(&self, generation: &Generation) -> Option<HoldView> {
-        if self.released.contains(generation.id()) || self.log.is_reverted(generation.id()) {
-            return None;
-        }
-        let hold = schedule::hold(&generation.body, &self.parts.freezes, self.hybrid_now_ms())?;
+        let now = self.now();
+        let hold = self.replica.hold_of(generation, now)?;
         let until_ms = hold.until_ms();
-        let in_ms = until_ms.saturating_sub(super::now_ms(self.parts.clock_skew_ms));
+        let in_ms = until_ms.saturating_sub(now.wall_ms);
         Some(HoldView { reason: hold.to_string(), until: schedule::rfc3339(until_ms), in_ms, hold })
-    }
-
-    /// The time of this node's hybrid clock: its wall clock, or the greatest stamp it has seen
-    /// if that is ahead (by at most the clock-offset bound). Starts and freezes are judged by it.
-    pub(super) fn hybrid_now_ms(&self) -> u64 {
-        super::now_ms(self.parts.clock_skew_ms).max(self.clock.last().wall_ms)
     }
 }
