@@ -73,7 +73,7 @@ impl Grapevine {
     /// node stores it and serves it.
     async fn spread(&self, writer: usize, key: &str, value: serde_json::Value) -> Result<Spread> {
         let url = format!("http://{}/v1/config/{key}", self.cluster.nodes[writer].api_addr);
-        let (started, cpu_before) = (Instant::now(), process_cpu_seconds());
+        let (started, cpu_before) = (Instant::now(), grapevine_cluster_tests::process_cpu_seconds());
         let answer: serde_json::Value =
             self.http.post(url).json(&json!({ "value": value })).send().await?.json().await?;
         let answered = started.elapsed();
@@ -84,7 +84,7 @@ impl Grapevine {
                 .await
                 .context("a node never got the change")??;
         }
-        let (stored, cpu) = (started.elapsed(), process_cpu_seconds() - cpu_before);
+        let (stored, cpu) = (started.elapsed(), grapevine_cluster_tests::process_cpu_seconds() - cpu_before);
         let arrivals = self.watch.arrivals(key, |_| true, Duration::from_secs(60)).await?;
         let mut curve: Vec<Duration> = arrivals.iter().map(|at| at.saturating_duration_since(started)).collect();
         curve.sort();
@@ -165,14 +165,6 @@ impl Chitchats {
             let _ = handle.shutdown().await;
         }
     }
-}
-
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
 }
 
 fn gossip_bytes(node: &RunningNode) -> u64 {
@@ -278,9 +270,10 @@ async fn idle(count: usize, interval_ms: u64, window: Duration) -> Result<f64> {
     let cluster = Grapevine::start(count, interval_ms).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let bytes_before: u64 = cluster.cluster.nodes.iter().map(gossip_bytes).sum();
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = grapevine_cluster_tests::process_cpu_seconds();
     tokio::time::sleep(window).await;
-    let cpu = (process_cpu_seconds() - cpu_before) / window.as_secs_f64() / count as f64 * 100.0;
+    let cpu =
+        (grapevine_cluster_tests::process_cpu_seconds() - cpu_before) / window.as_secs_f64() / count as f64 * 100.0;
     let bytes: u64 = cluster.cluster.nodes.iter().map(gossip_bytes).sum::<u64>() - bytes_before;
     let rss_mib = process_rss_kib().saturating_sub(rss_before) as f64 / 1024.0 / count as f64;
     // Each byte is counted once sent and once received: halve for bytes on the wire.
@@ -288,9 +281,10 @@ async fn idle(count: usize, interval_ms: u64, window: Duration) -> Result<f64> {
     cluster.stop().await;
     let chitchats = Chitchats::start(count, Duration::from_millis(interval_ms)).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = grapevine_cluster_tests::process_cpu_seconds();
     tokio::time::sleep(window).await;
-    let udp_cpu = (process_cpu_seconds() - cpu_before) / window.as_secs_f64() / count as f64 * 100.0;
+    let udp_cpu =
+        (grapevine_cluster_tests::process_cpu_seconds() - cpu_before) / window.as_secs_f64() / count as f64 * 100.0;
     chitchats.stop().await;
     println!(
         "idle, {count} nodes, gossip interval {interval_ms} ms, {}-second window: {:.0} gossip payload bytes/s sent per node, {cpu:.2}% of a core per node, {rss_mib:.1} MiB per node; chitchat UDP {udp_cpu:.2}% of a core per node",

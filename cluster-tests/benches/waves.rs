@@ -77,20 +77,13 @@ fn median_of(times: &mut [Duration]) -> Duration {
     times[times.len() / 2]
 }
 
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).into_iter().flatten().filter_map(|v| v.parse::<f64>().ok()).sum();
-    ticks / 100.0
-}
-
 /// CPU of the whole process over an idle window, in % of a core.
 async fn idle_cpu() -> f64 {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let window = Duration::from_secs(if grapevine_cluster_tests::bench_quick() { 3 } else { 10 });
-    let before = process_cpu_seconds();
+    let before = grapevine_cluster_tests::process_cpu_seconds();
     tokio::time::sleep(window).await;
-    (process_cpu_seconds() - before) / window.as_secs_f64() * 100.0
+    (grapevine_cluster_tests::process_cpu_seconds() - before) / window.as_secs_f64() * 100.0
 }
 
 #[tokio::main(flavor = "multi_thread")]

@@ -816,6 +816,15 @@ pub fn suite_row(name: &str, grapevine: &str, comparison: &str, ratio: &str) {
     println!("SUITE|{name}|{grapevine}|{comparison}|{ratio}");
 }
 
+/// CPU seconds this process has used, user and system (`/proc/self/stat`'s utime and stime).
+pub fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command's closing parenthesis: utime is the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).into_iter().flatten().filter_map(|v| v.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
+
 /// This process's resident memory, in KiB.
 pub fn process_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

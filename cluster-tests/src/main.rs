@@ -17,7 +17,9 @@
 //! measurement); in quick mode the suite runs them on the debug build. `.ci/run` runs the quick
 //! mode: every benchmark must run; no timing is asserted. `chaos [--quick] [--seeds N] [--seed S]
 //! [--nodes N] [--events N] [--jobs J]` runs the chaos suite (`chaos/`) with a summary table;
-//! `.ci/run` runs `--quick`.
+//! `.ci/run` runs `--quick`. `sim [--quick] [--seeds N] [--first S] [--seed S] [--nodes N]
+//! [--no-faults] [--spread] [--trace] [--jobs J]` runs the fleet simulator (`proto::sim::fleet`,
+//! `docs/simulation.md`); `.ci/run` runs `--quick` (100 seeds of 50 nodes).
 
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
@@ -44,6 +46,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("chaos") {
         return chaos(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("sim") {
+        return sim(&args[1..]);
     }
     if args.first().map(String::as_str) != Some("bench")
         || args.iter().skip(1).any(|a| a != "--quick" && a != "--write")
@@ -82,6 +87,111 @@ fn main() -> ExitCode {
         eprintln!("benchmarks that did not run: {failed:?}");
         ExitCode::FAILURE
     }
+}
+
+const SIM_USAGE: &str = "usage: grapevine-cluster-tests sim [--quick] [--seeds N] [--first S] [--seed S]... \
+[--nodes N] [--no-faults] [--spread] [--trace] [--jobs J]";
+
+/// `sim`: runs the fleet simulator (`proto::sim::fleet`) over seeds, checks each run's
+/// invariants and prints its figures (every run's with one seed, the failing ones' and the
+/// medians with more). Exits 1 when a run breaks an invariant, 2 on a usage error.
+fn sim(args: &[String]) -> ExitCode {
+    use grapevine_proto::sim::fleet;
+    let (mut seeds, mut count, mut first, mut nodes, mut quick) = (Vec::new(), None, 1u64, 50usize, false);
+    let (mut faults, mut waves, mut trace) = (true, true, false);
+    let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut number = |name: &str| -> Result<u64, String> {
+            let value = args.next().ok_or_else(|| format!("{name} needs a number"))?;
+            value.parse().map_err(|_| format!("{name}: expected a number, got {value:?}"))
+        };
+        let parsed = match arg.as_str() {
+            "--quick" => {
+                quick = true;
+                Ok(())
+            }
+            "--no-faults" => {
+                faults = false;
+                Ok(())
+            }
+            "--spread" => {
+                waves = false;
+                Ok(())
+            }
+            "--trace" => {
+                trace = true;
+                Ok(())
+            }
+            "--seeds" => number("--seeds").map(|n| count = Some(n)),
+            "--first" => number("--first").map(|n| first = n),
+            "--seed" => number("--seed").map(|n| seeds.push(n)),
+            "--nodes" => number("--nodes").map(|n| nodes = n as usize),
+            "--jobs" => number("--jobs").map(|n| jobs = (n as usize).max(1)),
+            other => Err(format!("unknown option {other:?}")),
+        };
+        if let Err(error) = parsed {
+            eprintln!("{error}\n{SIM_USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    if nodes < 2 {
+        eprintln!("--nodes: expected at least 2, got {nodes}\n{SIM_USAGE}");
+        return ExitCode::from(2);
+    }
+    if quick {
+        // CI: a hundred fleets of 50, every fault drawn.
+        (count, nodes) = (Some(100), 50);
+    }
+    if let Some(count) = count {
+        seeds.extend(first..first + count);
+    }
+    if seeds.is_empty() {
+        seeds.push(first);
+    }
+    let one = seeds.len() == 1;
+    eprintln!(
+        "sim: {} seeds, {nodes} nodes, faults {}, {}, {jobs} at a time",
+        seeds.len(),
+        if faults { "on" } else { "off" },
+        if waves { "waves" } else { "spread and revert" }
+    );
+    let started = Instant::now();
+    let cpu = grapevine_cluster_tests::process_cpu_seconds();
+    let queue = std::sync::Mutex::new(seeds.clone().into_iter());
+    let outcomes = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(seeds.len()) {
+            scope.spawn(|| {
+                loop {
+                    let Some(seed) = queue.lock().expect("queue lock").next() else { return };
+                    let options = fleet::Options { faults, waves, ..fleet::Options::new(nodes, seed) };
+                    let outcome = fleet::run(options);
+                    if trace {
+                        eprintln!("{}", outcome.trace.join("\n"));
+                    }
+                    if one || !outcome.violations.is_empty() {
+                        eprint!("{}", outcome.summary());
+                    }
+                    outcomes.lock().expect("outcomes lock").push(outcome);
+                }
+            });
+        }
+    });
+    let outcomes = outcomes.into_inner().expect("outcomes lock");
+    let cpu = grapevine_cluster_tests::process_cpu_seconds() - cpu;
+    let failed: Vec<u64> = outcomes.iter().filter(|o| !o.violations.is_empty()).map(|o| o.options.seed).collect();
+    println!("{}", fleet::medians(&outcomes));
+    println!(
+        "sim ran {} seeds at {nodes} nodes in {:.1} s ({:.1} s of CPU){}; {} with violations{}",
+        outcomes.len(),
+        started.elapsed().as_secs_f64(),
+        cpu,
+        if quick { " (quick mode)" } else { "" },
+        failed.len(),
+        if failed.is_empty() { String::new() } else { format!(": seeds {failed:?}") }
+    );
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 const CHAOS_USAGE: &str = "usage: grapevine-cluster-tests chaos [--quick] [--seeds N] [--first S] [--seed S]... \

@@ -36,11 +36,12 @@ use crate::log::{InsertOutcome, Log, Tally, VersionVector};
 use crate::model::{
     Author, Change, ContentHash, GenId, Generation, GenerationBody, NodeName, Op, OriginProof, Revert, Terms,
 };
+use crate::rollout::Plan;
 use crate::schedule::Freezes;
 use crate::signing::{Signed, SigningError, Trust, revocations, revoked_by};
 use crate::snapshot::{Retention, Snapshot};
 use crate::state::AppliedState;
-use crate::validate::{ValidationError, check_envelope, validate_submitted_terms};
+use crate::validate::{ValidationError, check_envelope_with, validate_submitted_terms};
 use crate::wire::WIRE_VERSION;
 
 mod compact;
@@ -80,6 +81,9 @@ pub struct Config {
     pub trust: Arc<Trust>,
     /// When no wave of an ordinary change opens here (`[[rollout.freeze]]`).
     pub freezes: Arc<Freezes>,
+    /// Most members a change of this node may record: `limits::MAX_MEMBERS` in a node, whose
+    /// gossip digest must fit a datagram; the simulator, which has none, may study more.
+    pub max_members: usize,
 }
 
 /// What the store holds at start.
@@ -217,10 +221,11 @@ pub struct Replica {
     log: Log,
     /// Generations released to (applied on) this node.
     released: BTreeSet<GenId>,
-    /// The generations held whole, neither released here nor reverted, in fold order: those
-    /// whose gates a pass looks at. Kept with the log, so a pass costs per generation waiting,
-    /// not per generation held.
-    pending: BTreeSet<(Stamp, GenId)>,
+    /// The generations held whole, neither released here nor reverted, in fold order, with
+    /// their waves: those whose gates a pass looks at. Kept with the log, so a pass costs per
+    /// generation waiting, not per generation held, and ranks a generation's members once
+    /// (`Plan::of` hashes every member).
+    pending: BTreeMap<(Stamp, GenId), Plan>,
     /// Whether a write of the log (its snapshot or a generation) revokes an operator key:
     /// until one does, the revocation pass has nothing to find and reads nothing.
     holds_revocations: bool,
@@ -273,7 +278,7 @@ impl Replica {
             config,
             log,
             released,
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
             holds_revocations,
             releases: BTreeMap::new(),
             state,
@@ -421,7 +426,7 @@ impl Replica {
         let generation = body.seal();
         let proof = prove(&generation);
         let generation = generation.proven(proof);
-        check_envelope(&generation)?;
+        check_envelope_with(&generation, self.config.max_members)?;
         Ok(generation)
     }
 
@@ -563,7 +568,7 @@ impl Replica {
         if !self.log.is_reverted(generation.id()) {
             self.desired.apply(&generation);
             if !self.released.contains(generation.id()) {
-                self.pending.insert((generation.body.hlc, generation.id().clone()));
+                self.pending.insert((generation.body.hlc, generation.id().clone()), Plan::of(&generation.body));
             }
         }
         self.holds_revocations |= revokes(&generation);
@@ -588,9 +593,9 @@ impl Replica {
         let waiting = |id: &GenId| log.get(id).is_some() && !released.contains(id) && !log.is_reverted(id);
         if self.pending.is_empty() {
             let unreleased = log.iter().filter(|g| waiting(g.id()));
-            self.pending = unreleased.map(|g| (g.body.hlc, g.id().clone())).collect();
+            self.pending = unreleased.map(|g| ((g.body.hlc, g.id().clone()), Plan::of(&g.body))).collect();
         } else {
-            self.pending.retain(|(_, id)| waiting(id));
+            self.pending.retain(|(_, id), _| waiting(id));
         }
     }
 }

@@ -11,6 +11,8 @@
 //! 1,000 nodes with fanout 3 over 20 seeds: median 7 rounds, worst 8, bound 8.2
 //! (`docs/benchmarks.md`).
 
+pub mod fleet;
+
 /// A small, fast, seedable generator (SplitMix64, Steele et al.): the same seed gives the same
 /// sequence on every platform and version, which seeded test runs rely on.
 #[derive(Clone, Debug)]

@@ -187,10 +187,15 @@ pub fn validate_submitted_terms(change: &Change, terms: Option<&Terms>) -> Resul
 /// Checks what a generation adds around its change: its seq, the member set and the encoded
 /// size.
 pub fn check_envelope(generation: &Generation) -> Result<(), ValidationError> {
+    check_envelope_with(generation, MAX_MEMBERS)
+}
+
+/// [`check_envelope`] with another member ceiling (the simulator's, which has no datagram).
+pub fn check_envelope_with(generation: &Generation, max_members: usize) -> Result<(), ValidationError> {
     check_seq(generation.id().seq, || format!("a generation of {}", generation.id().origin))?;
     let members = generation.body.members.len();
-    if members > MAX_MEMBERS {
-        return Err(ValidationError::TooManyMembers { limit: MAX_MEMBERS, found: members });
+    if members > max_members {
+        return Err(ValidationError::TooManyMembers { limit: max_members, found: members });
     }
     let groups = generation.body.groups.len();
     if groups != 0 && groups != members {

@@ -384,6 +384,7 @@ pub async fn spawn(parts: EngineParts, stored: Stored) -> (EngineHandle, JoinHan
         retention: parts.retention,
         trust: parts.trust.clone(),
         freezes: parts.freezes.clone(),
+        max_members: grapevine_proto::limits::MAX_MEMBERS,
     };
     let epoch = clock::now();
     let now = Now { wall_ms: now_ms(parts.clock_skew_ms), mono_ms: 0 };

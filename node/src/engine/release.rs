@@ -1,8 +1,8 @@
 //! Releases, the engine's side: the reports the gates read, the store's record of a release,
 //! and what `rollout status` shows. The gate itself is `proto::replica` (`release.rs` there).
 //!
-//! - `release_pass`: `gates` reads the live members' reports (`Gossip::reports_for`) on every
-//!   generation waiting here (`Replica::waiting`) and asks `Replica::gates`; it keeps
+//! - `release_pass`: `gates` reads the live members' reports (`Gossip::reports_for`) on the
+//!   generations waiting here whose gate reads them (`Replica::needs_reports`) and asks `Replica::gates`; it keeps
 //!   `next_in_ms` as `next_gate`. The newly open ids are written to the store
 //!   (`Store::release`) first; only then does `Replica::release` apply them, and the engine
 //!   hands those with operations to `Health::applied` (`judge`), counts them in
@@ -126,13 +126,13 @@ impl Engine {
     /// The gates of the generations not yet released here (nor reverted), as of now, from
     /// the live members' reports on each.
     pub(super) async fn gates(&self) -> Gates {
-        let waiting: Vec<GenId> = self.replica.waiting().map(|g| g.id().clone()).collect();
+        let now = self.now();
         let mut reports = BTreeMap::new();
-        for id in waiting {
+        for id in self.replica.needs_reports(now) {
             let seen = self.parts.gossip.reports_for(&id).await;
             reports.insert(id, seen);
         }
-        self.replica.gates(&reports, self.now())
+        self.replica.gates(&reports, now)
     }
 
     /// The generations not yet released here (nor reverted): id, open waves, waves.

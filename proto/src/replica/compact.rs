@@ -103,7 +103,7 @@ impl Replica {
     /// Commits `log` from `compaction` once the store holds its snapshot and has deleted
     /// `covered`. The states do not change: only applied writes fold.
     pub fn commit_compaction(&mut self, log: Log, covered: &[GenId]) {
-        self.pending.retain(|(_, id)| !covered.contains(id));
+        self.pending.retain(|(_, id), _| !covered.contains(id));
         self.log = log;
     }
 

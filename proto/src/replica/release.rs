@@ -7,7 +7,8 @@
 //!
 //! - `waiting` lists the generations held whole, not released nor reverted, in fold order (the
 //!   replica keeps them in `pending`, so a pass costs per generation waiting, not per
-//!   generation held): the node reads their reports from gossip.
+//!   generation held); `needs_reports` those of them whose gate reads reports now (not held,
+//!   this node past the first wave): the node reads their reports from gossip.
 //! - `gates(reports, now)`: for each, `schedule::hold` on the hybrid clock holds it before its
 //!   scheduled start and, if ordinary, during a freeze window (its end is a deadline, like a
 //!   bake); otherwise `Plan::of`, this node's `wave_of`, the controls (`controls_of`) and the
@@ -81,9 +82,23 @@ pub fn controls_of(log: &Log) -> BTreeMap<GenId, Controls> {
 impl Replica {
     /// The generations held whole, not released here nor reverted, in fold order.
     pub fn waiting(&self) -> impl Iterator<Item = &Generation> {
+        self.waiting_plans().map(|(generation, _)| generation)
+    }
+
+    /// `waiting`, with each generation's waves.
+    fn waiting_plans(&self) -> impl Iterator<Item = (&Generation, &Plan)> {
         let (released, log) = (&self.released, &self.log);
-        let held = self.pending.iter().filter_map(|(_, id)| log.get(id));
-        held.filter(move |g| !released.contains(g.id()) && !log.is_reverted(g.id()))
+        let held = self.pending.iter().filter_map(|((_, id), plan)| Some((log.get(id)?, plan)));
+        held.filter(move |(g, _)| !released.contains(g.id()) && !log.is_reverted(g.id()))
+    }
+
+    /// The waiting generations whose gate reads reports now: not held by the clock, and this
+    /// node past their first wave. Only theirs need reading from gossip for `gates`.
+    pub fn needs_reports(&self, now: Now) -> Vec<GenId> {
+        let hybrid = self.hybrid_now_ms(now);
+        let waiting =
+            self.waiting_plans().filter(|(g, _)| schedule::hold(&g.body, &self.config.freezes, hybrid).is_none());
+        waiting.filter(|(_, plan)| plan.wave_of(&self.config.name) > 0).map(|(g, _)| g.id().clone()).collect()
     }
 
     /// Why this node holds `generation` now, if it has not applied it and it is not reverted:
@@ -98,7 +113,7 @@ impl Replica {
     /// The gates of the generations waiting here, as of `now`, from the live members' reports
     /// on each (`reports`; a generation missing from it has none).
     pub fn gates(&self, reports: &BTreeMap<GenId, BTreeMap<NodeName, Report>>, now: Now) -> Gates {
-        let candidates: Vec<&Generation> = self.waiting().collect();
+        let candidates: Vec<(&Generation, &Plan)> = self.waiting_plans().collect();
         let mut gates = Gates::default();
         if candidates.is_empty() {
             // The common case: nothing waits, so no controls to fold.
@@ -107,7 +122,7 @@ impl Replica {
         let controls = controls_of(&self.log);
         let own = &self.config.name;
         let hybrid = self.hybrid_now_ms(now);
-        for generation in candidates {
+        for (generation, plan) in candidates {
             let body = &generation.body;
             if let Some(hold) = schedule::hold(body, &self.config.freezes, hybrid) {
                 // Held by the clock: it opens when the hold ends (the hybrid clock is behind
@@ -117,7 +132,6 @@ impl Replica {
                 gates.next_in_ms = Some(gates.next_in_ms.map_or(wait, |next| next.min(wait)));
                 continue;
             }
-            let plan = Plan::of(body);
             let wave = plan.wave_of(own);
             let controls = controls.get(&body.id).copied().unwrap_or_default();
             let mut release = Release { wave, at_unix_ms: 0, controls, reports: BTreeMap::new() };

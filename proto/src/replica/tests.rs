@@ -20,6 +20,7 @@ fn config(own: &str) -> Config {
         retention: Retention { generations: 2, age_ms: 0 },
         trust: Arc::new(Trust::default()),
         freezes: Arc::new(Freezes::default()),
+        max_members: crate::limits::MAX_MEMBERS,
     }
 }
 

@@ -1,0 +1,1584 @@
+//! The whole fleet in one process: `Options::nodes` replicas of the real core
+//! (`replica::Replica`) over a simulated network, disk and clock, every draw from one seed.
+//!
+//! Each simulated node is a shell like the node's engine: it reads what the replica decides on
+//! from its view of gossip, stores what a decision needs stored on a simulated disk (the node is
+//! busy for the write's time, as the engine task is), commits to the replica after, and sends
+//! what the engine's pusher and puller send. What is simulated, and how:
+//!
+//! - **Time** is discrete events in ms, ordered by (time, sequence number): the same seed gives
+//!   the same history, byte for byte (`Outcome::trace`).
+//! - **Network**: every message takes `latency_ms` plus a uniform draw of up to `jitter_ms`;
+//!   a message is lost with the run's loss rate; a partition (full, one way, or flapping) drops
+//!   what crosses it. Gossip is chitchat's three-way exchange every `gossip_interval_ms` with
+//!   `gossip_fanout` live peers: a digest of every member's version, the newer entries back,
+//!   then the other side's newer entries. A member's state is what the node publishes in
+//!   gossip: its version vector, reverts summary, reports and `rv.` keys.
+//! - **Failure detection** is an oracle with chitchat's delays: a member that stops being
+//!   reachable (down, or cut off by a partition) counts live for `failure_timeout_ms` more, and
+//!   one that comes back counts live a gossip interval later.
+//! - **Disk**: a write takes `disk_ms` (a slow disk more); a crash loses every write not done.
+//!   A restart starts the replica over what the disk holds (`Replica::start`).
+//! - **Clocks**: each node's wall clock runs `skew_ms` off the simulation's.
+//! - **Applications** follow the value they are served: a node that serves `app = "bad"`
+//!   reports the generation that wrote it anomalous `detect_ms` after applying it, any other
+//!   generation healthy. A report ages from when it was published (the node ages it from when
+//!   it first saw it: the difference is the gossip delay).
+//!
+//! A run (`run`): the fleet settles, idles (`IDLE_WINDOW_MS`, measured), takes a good change
+//! rolled out in waves (when `Options::waves`), then a bad one (`app = "bad"`, in waves, or to
+//! every node at once in a spread-and-revert run), with the faults drawn from the seed around
+//! it; after the last heal it runs until every node up holds the same log, reverts and applied
+//! state, or `limit_ms`. Then `check` verifies the invariants the chaos suite checks of real
+//! processes (`Violation`s) and the run reports its figures (`Figures`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::SplitMix64;
+use crate::replica::{Anomaly, Cause, Config, Members, Now, Release, Replica, Stored, Submission};
+use crate::rollout::{Plan, Policy, Report, Verdict};
+use crate::schedule::Freezes;
+use crate::signing::Trust;
+use crate::snapshot::Retention;
+use crate::{Change, GenId, Generation, JsonText, Key, NodeName, Op, Revert, VersionVector};
+
+/// The simulation's clock starts here on the wall clock, so stamps look like real ones.
+const EPOCH_MS: u64 = 1_800_000_000_000;
+/// Bytes a member's entry adds to a gossip digest (name, incarnation, heartbeat, versions).
+const DIGEST_ENTRY_BYTES: u64 = 40;
+/// The engine's safety-net recheck (`RELEASE_RECHECK`).
+const RECHECK_MS: u64 = 1000;
+/// How long a pull waits for its answer before another may start.
+const PULL_TIMEOUT_MS: u64 = 2000;
+/// How long the writer of a change sweeps, and how many pushes it has in flight at once
+/// (the pusher's `SWEEP_LIMIT` and `MAX_CONCURRENT_PUSHES`).
+const SWEEP_LIMIT_MS: u64 = 5000;
+const MAX_CONCURRENT_PUSHES: usize = 16;
+/// Most generations one pull answer carries.
+const PULL_BATCH: usize = 256;
+/// The fleet gossips this long before the measured idle window.
+const SETTLE_MS: u64 = 2000;
+/// The window idle traffic is measured over.
+pub const IDLE_WINDOW_MS: u64 = 10_000;
+/// The key applications read their health from.
+pub const APP_KEY: &str = "app";
+/// The key of the good change.
+pub const FEATURE_KEY: &str = "feature";
+/// Nodes allowed to differ at the end without a violation when gates stall: none (every
+/// application here is healthy but for the bad value).
+const BAD_VALUE: &str = "\"bad\"";
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: usize,
+    pub seed: u64,
+    pub gossip_interval_ms: u64,
+    pub latency_ms: u64,
+    pub jitter_ms: u64,
+    pub disk_ms: u64,
+    /// Peers a node pushes a new generation to (the pusher's `FANOUT`).
+    pub push_fanout: usize,
+    /// Peers a node gossips with each round.
+    pub gossip_fanout: usize,
+    pub failure_timeout_ms: u64,
+    /// From applying a change to the application's verdict on it.
+    pub detect_ms: u64,
+    pub bake_ms: u64,
+    /// Faults drawn from the seed: loss, a partition (full, one way or flapping) around the bad
+    /// change, a crash and restart, skewed clocks, a slow disk.
+    pub faults: bool,
+    /// A good change rolled out in waves before the bad one, which also rolls out in waves;
+    /// without, the bad change goes to every node at once (a spread-and-revert run).
+    pub waves: bool,
+    /// Test only: release every waiting generation without its gate; `check` must catch it.
+    pub break_gates: bool,
+    /// Simulated ms after the bad change by which the fleet must have converged.
+    pub limit_ms: u64,
+}
+
+impl Options {
+    /// The defaults the figures are taken with: the node's defaults (1 s gossip, fanout 3),
+    /// 1 ms links with 1 ms of jitter, 2 ms disk writes, 2 s bakes.
+    pub fn new(nodes: usize, seed: u64) -> Options {
+        Options {
+            nodes,
+            seed,
+            gossip_interval_ms: 1000,
+            latency_ms: 1,
+            jitter_ms: 1,
+            disk_ms: 2,
+            push_fanout: 3,
+            gossip_fanout: 3,
+            failure_timeout_ms: 5000,
+            detect_ms: 1000,
+            bake_ms: 2000,
+            faults: true,
+            waves: true,
+            break_gates: false,
+            limit_ms: 120_000,
+        }
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let mut command = format!(
+            "cargo run -p grapevine-cluster-tests --release -- sim --seed {} --nodes {}",
+            self.seed, self.nodes
+        );
+        if !self.faults {
+            command.push_str(" --no-faults");
+        }
+        if !self.waves {
+            command.push_str(" --spread");
+        }
+        command
+    }
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+/// What a run measured; times are simulated ms.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    /// From the good change's acceptance (its writer stored it) to every node up storing it.
+    pub good_stored_ms: Option<u64>,
+    /// From the good change's acceptance to every node up serving it.
+    pub good_served_ms: Option<u64>,
+    /// Per wave of the good change, from its acceptance to every member of the wave serving it.
+    pub waves_ms: Vec<Option<u64>>,
+    /// Most hops a generation took to a node that stored it first from a push.
+    pub good_hops: u32,
+    /// From the bad change's acceptance to the first revert written.
+    pub revert_written_ms: Option<u64>,
+    /// From the bad change's acceptance to no node serving the bad value (and every node up
+    /// holding the revert).
+    pub revert_done_ms: Option<u64>,
+    /// Nodes that ever served the bad value.
+    pub bad_applied: usize,
+    /// Idle traffic per node per second: messages and bytes.
+    pub idle_messages: f64,
+    pub idle_bytes: f64,
+    /// Per node, from the good change's acceptance to every node storing it (or the bad
+    /// change's, in a spread run): messages and bytes sent beyond the idle rate.
+    pub change_messages: f64,
+    pub change_bytes: f64,
+    /// Simulated ms the run took.
+    pub simulated_ms: u64,
+    /// Events processed.
+    pub events: u64,
+}
+
+/// A run's result.
+#[derive(Debug)]
+pub struct Outcome {
+    pub options: Options,
+    pub figures: Figures,
+    pub violations: Vec<Violation>,
+    /// Every decision and fault, one line each, in order.
+    pub trace: Vec<String>,
+    /// The faults drawn, for the summary.
+    pub faults: Vec<String>,
+}
+
+impl Outcome {
+    /// A hash of the trace (FNV-1a): the same seed and options give the same value.
+    pub fn trace_digest(&self) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for line in &self.trace {
+            for byte in line.bytes().chain(std::iter::once(b'\n')) {
+                hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
+    /// The figures, one per line.
+    pub fn summary(&self) -> String {
+        let f = &self.figures;
+        let ms = |v: Option<u64>| v.map_or("never".to_owned(), |v| format!("{v} ms"));
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "seed {} nodes {}: {} violations",
+            self.options.seed,
+            self.options.nodes,
+            self.violations.len()
+        );
+        let _ = writeln!(
+            out,
+            "  faults: {}",
+            if self.faults.is_empty() { "none".to_owned() } else { self.faults.join("; ") }
+        );
+        if self.options.waves {
+            let _ = writeln!(
+                out,
+                "  good change: stored by all {}, served by all {}, {} hops at most",
+                ms(f.good_stored_ms),
+                ms(f.good_served_ms),
+                f.good_hops
+            );
+            let waves: Vec<String> = f.waves_ms.iter().map(|w| ms(*w)).collect();
+            let _ = writeln!(out, "  good change, each wave served by all its members: {}", waves.join(", "));
+        } else {
+            let _ = writeln!(out, "  bad change: stored by all {}, {} hops at most", ms(f.good_stored_ms), f.good_hops);
+        }
+        let _ = writeln!(
+            out,
+            "  bad change: revert written {}, no node serving it {}, served by {} nodes in all",
+            ms(f.revert_written_ms),
+            ms(f.revert_done_ms),
+            f.bad_applied
+        );
+        let _ = writeln!(
+            out,
+            "  per node per second idle: {:.1} messages, {:.0} B; per node per change: {:.1} messages, {:.0} B",
+            f.idle_messages, f.idle_bytes, f.change_messages, f.change_bytes
+        );
+        let _ = writeln!(out, "  simulated {} ms, {} events", f.simulated_ms, f.events);
+        for violation in &self.violations {
+            let _ = writeln!(out, "  VIOLATION {}: {}", violation.invariant, violation.detail);
+        }
+        if !self.violations.is_empty() {
+            let _ = writeln!(out, "  replay: {}", self.options.replay_command());
+        }
+        out
+    }
+}
+
+/// The median of each figure over `outcomes`, one per line (a figure some runs lack is the
+/// median of those that have it, with how many do).
+pub fn medians(outcomes: &[Outcome]) -> String {
+    fn median(mut values: Vec<f64>) -> Option<f64> {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied()
+    }
+    let ms = |pick: &dyn Fn(&Figures) -> Option<u64>| {
+        let values: Vec<f64> = outcomes.iter().filter_map(|o| pick(&o.figures)).map(|v| v as f64).collect();
+        let count = values.len();
+        match median(values) {
+            Some(value) => format!("{value:.0} ms ({count} of {} runs)", outcomes.len()),
+            None => format!("never (0 of {} runs)", outcomes.len()),
+        }
+    };
+    let number =
+        |pick: &dyn Fn(&Figures) -> f64| median(outcomes.iter().map(|o| pick(&o.figures)).collect()).unwrap_or(0.0);
+    let mut out = String::from("medians over the runs:\n");
+    let _ = writeln!(out, "  change stored by all: {}", ms(&|f| f.good_stored_ms));
+    let _ = writeln!(out, "  change served by all (waves): {}", ms(&|f| f.good_served_ms));
+    let _ = writeln!(out, "  most hops to a node: {:.0}", number(&|f| f.good_hops as f64));
+    let _ = writeln!(out, "  bad change: revert written {}", ms(&|f| f.revert_written_ms));
+    let _ = writeln!(out, "  bad change: no node serving it {}", ms(&|f| f.revert_done_ms));
+    let _ = writeln!(out, "  nodes that served the bad value: {:.0}", number(&|f| f.bad_applied as f64));
+    let _ = writeln!(
+        out,
+        "  per node per second idle: {:.1} messages, {:.0} B; per node per change: {:.1} messages, {:.0} B",
+        number(&|f| f.idle_messages),
+        number(&|f| f.idle_bytes),
+        number(&|f| f.change_messages),
+        number(&|f| f.change_bytes)
+    );
+    let _ = write!(
+        out,
+        "  simulated {:.0} ms, {:.0} events a run",
+        number(&|f| f.simulated_ms as f64),
+        number(&|f| f.events as f64)
+    );
+    out
+}
+
+/// Runs one simulation.
+pub fn run(options: Options) -> Outcome {
+    let mut world = World::new(options);
+    world.play();
+    world.finish()
+}
+
+/// What a node publishes in gossip.
+#[derive(Debug, Default)]
+struct Published {
+    vv: VersionVector,
+    reverts_digest: String,
+    /// This node's report on each generation it judges, and when it published it.
+    reports: Arc<BTreeMap<GenId, (Report, u64)>>,
+    /// The generations whose revert this node wrote (`rv.` keys).
+    revert_writers: Arc<BTreeSet<GenId>>,
+    /// What the state adds to a gossip delta: an upper bound (chitchat sends changed keys only).
+    bytes: u64,
+}
+
+/// What a node's disk holds once written.
+#[derive(Debug, Default)]
+struct Disk {
+    generations: BTreeMap<GenId, Generation>,
+    released: BTreeSet<GenId>,
+    reverts: BTreeMap<GenId, Revert>,
+}
+
+struct Node {
+    name: NodeName,
+    replica: Option<Replica>,
+    disk: Disk,
+    /// Bumped by a crash: work of an earlier incarnation is lost.
+    incarnation: u32,
+    /// A durable write is in flight, done at `busy_until`: the node waits for it.
+    storing: bool,
+    busy_until: u64,
+    skew_ms: i64,
+    extra_disk_ms: u64,
+    down_since: Option<u64>,
+    up_since: u64,
+    /// Every state this node published; version v is `published[v - 1]`.
+    published: Vec<Arc<Published>>,
+    reports: Arc<BTreeMap<GenId, (Report, u64)>>,
+    revert_writers: Arc<BTreeSet<GenId>>,
+    applied_at: BTreeMap<GenId, u64>,
+    /// Generations some member reports anomalous, in this node's view.
+    anomalous: BTreeSet<GenId>,
+    pull_until: u64,
+    decide_scheduled: bool,
+    deadline_token: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Full,
+    /// Side 0 cannot reach side 1; side 1 reaches side 0.
+    OneWay,
+}
+
+#[derive(Clone, Debug)]
+struct Partition {
+    side: Vec<bool>,
+    mode: Mode,
+    since: u64,
+    healed_at: u64,
+}
+
+impl Partition {
+    fn delivers(&self, from: usize, to: usize) -> bool {
+        if self.side[from] == self.side[to] {
+            return true;
+        }
+        self.mode == Mode::OneWay && self.side[from]
+    }
+}
+
+#[derive(Debug)]
+enum Msg {
+    Generations { generations: Vec<Generation>, hops: u32, pulled: bool },
+    Reverts { reverts: Vec<Revert>, hops: u32 },
+    Pull { have: VersionVector, reverts_digest: String },
+    Syn,
+    Ack(Vec<(u32, u32)>),
+    Ack2(Vec<(u32, u32)>),
+}
+
+#[derive(Debug)]
+enum Work {
+    Own { generation: Box<Generation>, clock: crate::Clock },
+    Ingest { new: Vec<Generation>, hops: u32 },
+    Reverts { reverts: Vec<Revert>, written: Option<Cause> },
+    Release { open: Vec<(Generation, Release)> },
+}
+
+#[derive(Debug)]
+enum Event {
+    Gossip(usize),
+    Recheck(usize),
+    Decide(usize),
+    Deadline {
+        node: usize,
+        token: u64,
+    },
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Msg,
+    },
+    Stored {
+        node: usize,
+        incarnation: u32,
+        work: Work,
+    },
+    Judge {
+        node: usize,
+        incarnation: u32,
+        id: GenId,
+    },
+    Submit {
+        node: usize,
+        change: Box<Change>,
+        bad: bool,
+    },
+    /// The writer's next sweep round of its own generation.
+    Sweep {
+        node: usize,
+        generation: Box<Generation>,
+        tried: BTreeSet<usize>,
+        until: u64,
+    },
+    Crash(usize),
+    Restart(usize),
+    Cut(Partition),
+    Heal,
+}
+
+impl Event {
+    /// The node the event happens on, if it happens on one.
+    fn node(&self) -> Option<usize> {
+        match self {
+            Event::Gossip(n) | Event::Recheck(n) | Event::Decide(n) => Some(*n),
+            Event::Deadline { node, .. }
+            | Event::Judge { node, .. }
+            | Event::Submit { node, .. }
+            | Event::Sweep { node, .. } => Some(*node),
+            Event::Deliver { to, .. } => Some(*to),
+            Event::Stored { .. } | Event::Crash(_) | Event::Restart(_) | Event::Cut(_) | Event::Heal => None,
+        }
+    }
+}
+
+struct Queued {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// What happened, for the checker and the figures.
+#[derive(Default)]
+struct Record {
+    /// Generations acknowledged to their client: id, writer, when.
+    acknowledged: Vec<(GenId, usize, u64)>,
+    /// When each node first stored each generation, and in how many hops (0: pulled or own).
+    stored: BTreeMap<GenId, BTreeMap<usize, (u64, u32)>>,
+    /// When each node applied each generation, and on what evidence.
+    applied: BTreeMap<GenId, BTreeMap<usize, (u64, Release)>>,
+    /// When each node first held each revert.
+    reverted: BTreeMap<GenId, BTreeMap<usize, u64>>,
+    /// Reverts written, by whom, why, when.
+    written: Vec<(usize, GenId, Cause, u64)>,
+    /// Messages and bytes sent, in all.
+    messages: u64,
+    bytes: u64,
+}
+
+struct World {
+    options: Options,
+    random: SplitMix64,
+    now: u64,
+    seq: u64,
+    events: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    nodes: Vec<Node>,
+    /// `views[a][x]`: the version of member x's published state node a holds.
+    views: Vec<Vec<u32>>,
+    partition: Option<Partition>,
+    last_partition: Option<Partition>,
+    loss: f64,
+    trace: Vec<String>,
+    faults: Vec<String>,
+    record: Record,
+    good: Option<GenId>,
+    bad: Option<GenId>,
+    /// When the good and bad changes were accepted.
+    good_at: Option<u64>,
+    bad_at: Option<u64>,
+    /// Traffic at the idle window's start and end, and at the measured change's acceptance.
+    idle: Option<((u64, u64), (u64, u64))>,
+    change_start: Option<(u64, u64)>,
+    change_traffic: Option<(u64, u64, u64)>,
+    /// When the last fault ends.
+    quiet_from: u64,
+    /// Changes the run's writers refused (none should be).
+    refused: Vec<String>,
+}
+
+fn node_name(index: usize) -> NodeName {
+    format!("n{index:05}").parse().expect("a valid node name")
+}
+
+fn put(key: &str, value: &str) -> Op {
+    Op::PutConfig {
+        key: key.parse::<Key>().expect("a valid key"),
+        value: JsonText::try_from(value.to_owned()).expect("valid JSON"),
+        schema: None,
+    }
+}
+
+impl World {
+    fn new(options: Options) -> World {
+        assert!(options.nodes >= 2, "a fleet of at least two nodes");
+        let random = SplitMix64::new(options.seed);
+        let n = options.nodes;
+        let nodes = (0..n)
+            .map(|index| Node {
+                name: node_name(index),
+                replica: None,
+                disk: Disk::default(),
+                incarnation: 0,
+                storing: false,
+                busy_until: 0,
+                skew_ms: 0,
+                extra_disk_ms: 0,
+                down_since: None,
+                up_since: 0,
+                published: Vec::new(),
+                reports: Arc::default(),
+                revert_writers: Arc::default(),
+                applied_at: BTreeMap::new(),
+                anomalous: BTreeSet::new(),
+                pull_until: 0,
+                decide_scheduled: false,
+                deadline_token: 0,
+            })
+            .collect();
+        let mut world = World {
+            options,
+            random,
+            now: 0,
+            seq: 0,
+            events: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            views: vec![vec![0; n]; n],
+            partition: None,
+            last_partition: None,
+            loss: 0.0,
+            trace: Vec::new(),
+            faults: Vec::new(),
+            record: Record::default(),
+            good: None,
+            bad: None,
+            good_at: None,
+            bad_at: None,
+            idle: None,
+            change_start: None,
+            change_traffic: None,
+            quiet_from: 0,
+            refused: Vec::new(),
+        };
+        for node in 0..n {
+            world.boot(node);
+        }
+        // Every member knows every other from the start (they share their seeds).
+        for a in 0..n {
+            for x in 0..n {
+                world.views[a][x] = 1;
+            }
+        }
+        for node in 0..n {
+            let gossip = world.random.below(world.options.gossip_interval_ms as usize) as u64;
+            world.at(gossip, Event::Gossip(node));
+            let recheck = world.random.below(RECHECK_MS as usize) as u64;
+            world.at(recheck, Event::Recheck(node));
+        }
+        world
+    }
+
+    fn config(&self, node: usize) -> Config {
+        Config {
+            name: self.nodes[node].name.clone(),
+            max_clock_offset_ms: 500,
+            retention: Retention { generations: 1_000_000, age_ms: u64::MAX },
+            trust: Arc::new(Trust::default()),
+            freezes: Arc::new(Freezes::default()),
+            max_members: self.options.nodes.max(crate::limits::MAX_MEMBERS),
+        }
+    }
+
+    fn clock(&self, node: usize) -> Now {
+        let wall_ms = (EPOCH_MS + self.now).saturating_add_signed(self.nodes[node].skew_ms);
+        Now { wall_ms, mono_ms: self.now }
+    }
+
+    /// Starts (or restarts) a node's replica over what its disk holds.
+    fn boot(&mut self, node: usize) {
+        let disk = &self.nodes[node].disk;
+        let stored = Stored {
+            snapshot: Default::default(),
+            generations: disk.generations.values().cloned().collect(),
+            released: disk.released.clone(),
+            reverts: disk.reverts.values().cloned().collect(),
+        };
+        let (replica, judging) = Replica::start(self.config(node), stored, None, self.clock(node));
+        let state = &mut self.nodes[node];
+        state.replica = Some(replica);
+        state.reports = Arc::default();
+        state.applied_at.clear();
+        for judging in judging {
+            self.judge(node, judging.id);
+        }
+        self.publish(node);
+    }
+
+    fn at(&mut self, delay: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued { at: self.now + delay, seq: self.seq, event }));
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        let line = format!("{:>8} {}", self.now, line());
+        self.trace.push(line);
+    }
+
+    fn replica(&self, node: usize) -> &Replica {
+        self.nodes[node].replica.as_ref().expect("the node is up")
+    }
+
+    fn replica_mut(&mut self, node: usize) -> &mut Replica {
+        self.nodes[node].replica.as_mut().expect("the node is up")
+    }
+
+    fn content(&self, x: usize, version: u32) -> &Arc<Published> {
+        &self.nodes[x].published[version as usize - 1]
+    }
+
+    /// Whether `viewer` holds `x` live (the failure-detection oracle, see the module doc).
+    fn live(&self, viewer: usize, x: usize) -> bool {
+        if viewer == x {
+            return true;
+        }
+        let node = &self.nodes[x];
+        let cut = self.partition.as_ref().filter(|p| !p.delivers(x, viewer)).map(|p| p.since);
+        let unreachable = match (node.down_since, cut) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(since) = unreachable {
+            return self.now.saturating_sub(since) < self.options.failure_timeout_ms;
+        }
+        let mut back = node.up_since;
+        if let Some(p) = self.last_partition.as_ref().filter(|p| !p.delivers(x, viewer)) {
+            back = back.max(p.healed_at);
+        }
+        back == 0 || self.now.saturating_sub(back) >= self.options.gossip_interval_ms
+    }
+
+    fn live_peers(&self, node: usize) -> Vec<usize> {
+        (0..self.options.nodes).filter(|x| *x != node && self.live(node, *x)).collect()
+    }
+
+    /// `count` distinct random live peers of `node`, but `not`.
+    fn random_peers(&mut self, node: usize, count: usize, not: Option<usize>) -> Vec<usize> {
+        let mut peers: Vec<usize> = self.live_peers(node);
+        peers.retain(|p| Some(*p) != not);
+        let mut chosen = Vec::with_capacity(count);
+        while chosen.len() < count && !peers.is_empty() {
+            let index = self.random.below(peers.len());
+            chosen.push(peers.swap_remove(index));
+        }
+        chosen
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Msg, bytes: u64) {
+        self.record.messages += 1;
+        self.record.bytes += bytes;
+        if self.loss > 0.0 && self.random.next_unit() < self.loss {
+            return;
+        }
+        if self.partition.as_ref().is_some_and(|p| !p.delivers(from, to)) {
+            return;
+        }
+        let delay = self.options.latency_ms + self.random.below(self.options.jitter_ms as usize + 1) as u64;
+        self.at(delay, Event::Deliver { from, to, msg });
+    }
+
+    fn publish(&mut self, node: usize) {
+        let state = &self.nodes[node];
+        let replica = state.replica.as_ref().expect("the node is up");
+        let vv = replica.settled();
+        let reverts_digest = replica.log().reverts_digest();
+        if let Some(last) = state.published.last()
+            && last.vv == vv
+            && last.reverts_digest == reverts_digest
+            && Arc::ptr_eq(&last.reports, &state.reports)
+            && Arc::ptr_eq(&last.revert_writers, &state.revert_writers)
+        {
+            return;
+        }
+        let bytes = 24 * (vv.iter().count() + state.reports.len() + state.revert_writers.len()) as u64 + 64;
+        let published = Published {
+            vv,
+            reverts_digest,
+            reports: state.reports.clone(),
+            revert_writers: state.revert_writers.clone(),
+            bytes,
+        };
+        let state = &mut self.nodes[node];
+        state.published.push(Arc::new(published));
+        let version = state.published.len() as u32;
+        self.views[node][node] = version;
+    }
+
+    fn play(&mut self) {
+        let n = self.options.nodes;
+        let idle_start = SETTLE_MS;
+        let first_change = idle_start + IDLE_WINDOW_MS;
+        // The good change, when there is one, from a node drawn from the seed.
+        let mut next = first_change;
+        if self.options.waves {
+            let writer = self.random.below(n);
+            let mut change = Change::with_ops(vec![put(FEATURE_KEY, "\"on\"")]);
+            change.policy = Policy { bake_ms: self.options.bake_ms, ..Policy::default() };
+            self.at(next, Event::Submit { node: writer, change: Box::new(change), bad: false });
+        }
+        self.run_until(idle_start);
+        let start = (self.record.messages, self.record.bytes);
+        self.run_until(first_change);
+        self.idle = Some((start, (self.record.messages, self.record.bytes)));
+        if self.options.waves {
+            // Until every node serves it (the last wave) or a minute.
+            let deadline = next + 60_000;
+            while self.now < deadline && !self.all_serve(FEATURE_KEY) {
+                self.run_until(self.now + 100);
+            }
+            next = self.now + 1_000;
+        }
+        self.draw_faults(next);
+        let writer = self.random.below(n);
+        let mut change = Change::with_ops(vec![put(APP_KEY, BAD_VALUE)]);
+        change.policy = if self.options.waves {
+            Policy { bake_ms: self.options.bake_ms, ..Policy::default() }
+        } else {
+            Policy::emergency()
+        };
+        self.at(next - self.now, Event::Submit { node: writer, change: Box::new(change), bad: true });
+        let limit = next + self.options.limit_ms;
+        self.run_until(self.quiet_from.max(next + 1_000));
+        while self.now < limit && !self.converged() {
+            self.run_until(self.now + 500);
+        }
+        // A little more, for anything still in flight to land.
+        self.run_until(self.now + 2 * self.options.gossip_interval_ms);
+    }
+
+    fn run_until(&mut self, until: u64) {
+        while let Some(Reverse(queued)) = self.queue.peek() {
+            if queued.at > until {
+                break;
+            }
+            let Reverse(Queued { at, event, .. }) = self.queue.pop().expect("peeked");
+            self.now = at;
+            self.events += 1;
+            self.handle(event);
+        }
+        self.now = until;
+    }
+
+    fn handle(&mut self, event: Event) {
+        if let Some(node) = event.node() {
+            if self.nodes[node].replica.is_none() {
+                if let Event::Submit { bad, .. } = &event {
+                    self.trace(|| format!("n{node} is down: submit refused (bad={bad})"));
+                }
+                return;
+            }
+            let state = &self.nodes[node];
+            if state.storing {
+                // The engine handles one thing at a time: this waits for the store (queued
+                // after its completion, even when due at the same instant).
+                self.at(state.busy_until.saturating_sub(self.now), event);
+                return;
+            }
+        }
+        match event {
+            Event::Gossip(node) => self.gossip_round(node),
+            Event::Recheck(node) => {
+                self.decide(node);
+                self.at(RECHECK_MS, Event::Recheck(node));
+            }
+            Event::Decide(node) => {
+                self.nodes[node].decide_scheduled = false;
+                self.decide(node);
+            }
+            Event::Deadline { node, token } => {
+                if self.nodes[node].deadline_token == token {
+                    self.decide(node);
+                }
+            }
+            Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
+            Event::Stored { node, incarnation, work } => {
+                if self.nodes[node].incarnation == incarnation && self.nodes[node].replica.is_some() {
+                    self.nodes[node].storing = false;
+                    self.stored(node, work);
+                }
+            }
+            Event::Judge { node, incarnation, id } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.verdict(node, id);
+                }
+            }
+            Event::Submit { node, change, bad } => self.submit(node, *change, bad),
+            Event::Sweep { node, generation, tried, until } => self.sweep(node, *generation, tried, until),
+            Event::Crash(node) => self.crash(node),
+            Event::Restart(node) => {
+                let state = &mut self.nodes[node];
+                state.down_since = None;
+                state.up_since = self.now;
+                state.busy_until = self.now;
+                self.boot(node);
+                self.trace(|| format!("n{node} restarts"));
+                // Its timers died with it.
+                self.at(self.options.gossip_interval_ms, Event::Gossip(node));
+                self.at(RECHECK_MS, Event::Recheck(node));
+                self.schedule_decide(node);
+            }
+            Event::Cut(partition) => {
+                let cut = partition.side.iter().filter(|s| **s).count();
+                let mode = partition.mode;
+                self.trace(|| format!("partition {mode:?}: {cut} nodes apart"));
+                self.partition = Some(partition);
+            }
+            Event::Heal => {
+                if let Some(mut partition) = self.partition.take() {
+                    partition.healed_at = self.now;
+                    self.last_partition = Some(partition);
+                    self.trace(|| "heal".to_owned());
+                }
+            }
+        }
+    }
+
+    /// Starts a durable write of `work`: the node is busy until it is done, then commits it.
+    fn store(&mut self, node: usize, work: Work) {
+        let state = &mut self.nodes[node];
+        let took = self.options.disk_ms + state.extra_disk_ms;
+        state.storing = true;
+        state.busy_until = self.now + took;
+        let incarnation = state.incarnation;
+        self.at(took, Event::Stored { node, incarnation, work });
+    }
+
+    fn schedule_decide(&mut self, node: usize) {
+        if !self.nodes[node].decide_scheduled {
+            self.nodes[node].decide_scheduled = true;
+            self.at(0, Event::Decide(node));
+        }
+    }
+
+    fn submit(&mut self, node: usize, change: Change, bad: bool) {
+        let live: Vec<NodeName> =
+            (0..self.options.nodes).filter(|x| self.live(node, *x)).map(|x| self.nodes[x].name.clone()).collect();
+        let own = &self.nodes[node].name;
+        let most_held_own = (0..self.options.nodes)
+            .filter(|x| *x != node)
+            .map(|x| (x, self.content(x, self.views[node][x]).vv.get(own)))
+            .max_by_key(|(_, held)| *held)
+            .map(|(x, held)| (self.nodes[x].name.to_string(), held));
+        let members = Members { live, most_held_own, ..Members::default() };
+        let now = self.clock(node);
+        let replica = self.replica(node);
+        let mut clock = replica.clock().clone();
+        let submission = Submission { change, author: None, signed: None, terms: None };
+        let sealed = replica.seal(submission, members, now, &mut clock, |_| None);
+        let generation = match sealed.and_then(|g| replica.check_own(&g).map(|()| g)) {
+            Ok(generation) => generation,
+            Err(error) => {
+                self.trace(|| format!("n{node} refuses a change: {error}"));
+                self.refused.push(format!("n{node}: {error}"));
+                return;
+            }
+        };
+        if bad {
+            self.bad = Some(generation.id().clone());
+        } else {
+            self.good = Some(generation.id().clone());
+        }
+        self.store(node, Work::Own { generation: Box::new(generation), clock });
+    }
+
+    fn stored(&mut self, node: usize, work: Work) {
+        match work {
+            Work::Own { generation, clock } => {
+                let generation = *generation;
+                let id = generation.id().clone();
+                self.nodes[node].disk.generations.insert(id.clone(), generation.clone());
+                self.replica_mut(node).accept_own(generation.clone(), clock);
+                self.publish(node);
+                self.record.acknowledged.push((id.clone(), node, self.now));
+                self.record.stored.entry(id.clone()).or_default().entry(node).or_insert((self.now, 0));
+                if Some(&id) == self.good.as_ref() || (Some(&id) == self.bad.as_ref() && !self.options.waves) {
+                    self.change_start = Some((self.record.messages, self.record.bytes));
+                }
+                if Some(&id) == self.good.as_ref() {
+                    self.good_at = Some(self.now);
+                } else if Some(&id) == self.bad.as_ref() {
+                    self.bad_at = Some(self.now);
+                }
+                self.trace(|| format!("n{node} accepts {id}"));
+                // The writer pushes to a fanout of peers, then sweeps the rest; and it nudges
+                // every live peer.
+                let until = self.now + SWEEP_LIMIT_MS;
+                self.sweep(node, generation, BTreeSet::new(), until);
+                self.nudge(node);
+                self.schedule_decide(node);
+            }
+            Work::Ingest { new, hops } => {
+                for generation in new {
+                    let id = generation.id().clone();
+                    self.nodes[node].disk.generations.insert(id.clone(), generation.clone());
+                    self.replica_mut(node).add(generation);
+                    self.trace(|| format!("n{node} stores {id} ({hops} hops)"));
+                    self.record.stored.entry(id).or_default().entry(node).or_insert((self.now, hops));
+                }
+                self.publish(node);
+                self.note_change_traffic();
+                self.schedule_decide(node);
+            }
+            Work::Reverts { reverts, written } => {
+                for revert in &reverts {
+                    self.nodes[node].disk.reverts.insert(revert.target.clone(), revert.clone());
+                    let held = self.record.reverted.entry(revert.target.clone()).or_default();
+                    held.entry(node).or_insert(self.now);
+                    self.trace(|| format!("n{node} holds the revert of {}", revert.target));
+                }
+                self.replica_mut(node).add_reverts(&reverts);
+                if let Some(cause) = written {
+                    let target = reverts[0].target.clone();
+                    let mut writers = (*self.nodes[node].revert_writers).clone();
+                    writers.insert(target.clone());
+                    self.nodes[node].revert_writers = Arc::new(writers);
+                    self.trace(|| format!("n{node} reverts {target} ({})", cause.trigger()));
+                    self.record.written.push((node, target, cause, self.now));
+                    let peers = self.random_peers(node, self.options.push_fanout, None);
+                    for peer in peers {
+                        self.send(node, peer, Msg::Reverts { reverts: reverts.clone(), hops: 1 }, 64);
+                    }
+                    self.nudge(node);
+                }
+                self.publish(node);
+                self.schedule_decide(node);
+            }
+            Work::Release { open } => {
+                let now = self.clock(node);
+                for (generation, release) in &open {
+                    let id = generation.id().clone();
+                    self.trace(|| format!("n{node} applies {id} in wave {}", release.wave));
+                    self.nodes[node].disk.released.insert(id.clone());
+                    let applied = self.record.applied.entry(id).or_default();
+                    applied.entry(node).or_insert((self.now, Release { at_unix_ms: now.wall_ms, ..release.clone() }));
+                }
+                let judging = self.replica_mut(node).release(open, now);
+                for judging in judging {
+                    self.judge(node, judging.id);
+                }
+                self.publish(node);
+                self.schedule_decide(node);
+            }
+        }
+    }
+
+    /// One round of the writer's push of its own `generation`: the first to `push_fanout`
+    /// peers, each next one (a round trip later: a push's answer waits for the receiver's
+    /// commit) to up to `MAX_CONCURRENT_PUSHES` live peers not tried yet that its view does not
+    /// show holding it, until none is left or the sweep's time is up.
+    fn sweep(&mut self, node: usize, generation: Generation, mut tried: BTreeSet<usize>, until: u64) {
+        if self.now > until {
+            return;
+        }
+        let lacking = self.lacking(node, std::slice::from_ref(&generation), None);
+        let mut targets: Vec<usize> = lacking.into_iter().filter(|peer| !tried.contains(peer)).collect();
+        let count = if tried.is_empty() { self.options.push_fanout } else { MAX_CONCURRENT_PUSHES };
+        let mut chosen = Vec::new();
+        while chosen.len() < count && !targets.is_empty() {
+            let index = self.random.below(targets.len());
+            chosen.push(targets.swap_remove(index));
+        }
+        if chosen.is_empty() {
+            return;
+        }
+        let bytes = generation_bytes(&generation);
+        for peer in &chosen {
+            let msg = Msg::Generations { generations: vec![generation.clone()], hops: 1, pulled: false };
+            self.send(node, *peer, msg, bytes);
+        }
+        tried.extend(chosen);
+        let round = 2 * (self.options.latency_ms + self.options.jitter_ms) + self.options.disk_ms;
+        self.at(round, Event::Sweep { node, generation: Box::new(generation), tried, until });
+    }
+
+    /// Live peers of `node` (but `not`) that its view does not show holding all of `generations`.
+    fn lacking(&self, node: usize, generations: &[Generation], not: Option<usize>) -> Vec<usize> {
+        let holds = |x: usize| {
+            let vv = &self.content(x, self.views[node][x]).vv;
+            generations.iter().all(|g| vv.covers(g.id()))
+        };
+        self.live_peers(node).into_iter().filter(|x| Some(*x) != not && !holds(*x)).collect()
+    }
+
+    /// Starts judging `id`, applied here now: inconclusive until the application's verdict.
+    fn judge(&mut self, node: usize, id: GenId) {
+        let now = self.now;
+        let state = &mut self.nodes[node];
+        state.applied_at.insert(id.clone(), now);
+        let mut reports = (*state.reports).clone();
+        reports.insert(id.clone(), (Report { verdict: Verdict::Inconclusive, elapsed_ms: 0 }, now));
+        state.reports = Arc::new(reports);
+        let incarnation = state.incarnation;
+        self.at(self.options.detect_ms, Event::Judge { node, incarnation, id });
+    }
+
+    /// The application's verdict on `id`: anomalous when it serves the bad value `id` wrote.
+    fn verdict(&mut self, node: usize, id: GenId) {
+        let replica = self.replica(node);
+        if replica.log().is_reverted(&id) {
+            return;
+        }
+        let bad_key = APP_KEY.parse::<Key>().expect("a valid key");
+        let serves_bad = replica.state().config.get(&bad_key).is_some_and(|entry| {
+            entry.generation == id && entry.value.to_value() == serde_json::Value::String("bad".into())
+        });
+        let verdict = if serves_bad { Verdict::Anomalous } else { Verdict::Healthy };
+        let state = &mut self.nodes[node];
+        let elapsed_ms = self.now - state.applied_at.get(&id).copied().unwrap_or(self.now);
+        let mut reports = (*state.reports).clone();
+        reports.insert(id.clone(), (Report { verdict, elapsed_ms }, self.now));
+        state.reports = Arc::new(reports);
+        if verdict == Verdict::Anomalous {
+            state.anomalous.insert(id.clone());
+            self.trace(|| format!("n{node} reports {id} anomalous"));
+        }
+        self.publish(node);
+        self.schedule_decide(node);
+    }
+
+    fn crash(&mut self, node: usize) {
+        let state = &mut self.nodes[node];
+        if state.replica.is_none() {
+            return;
+        }
+        state.replica = None;
+        state.incarnation += 1;
+        state.down_since = Some(self.now);
+        state.storing = false;
+        state.busy_until = self.now;
+        self.trace(|| format!("n{node} crashes"));
+    }
+
+    fn nudge(&mut self, node: usize) {
+        for peer in self.live_peers(node) {
+            self.send(node, peer, Msg::Syn, self.options.nodes as u64 * DIGEST_ENTRY_BYTES);
+        }
+    }
+
+    fn gossip_round(&mut self, node: usize) {
+        let bytes = self.options.nodes as u64 * DIGEST_ENTRY_BYTES;
+        for peer in self.random_peers(node, self.options.gossip_fanout, None) {
+            self.send(node, peer, Msg::Syn, bytes);
+        }
+        self.maybe_pull(node);
+        self.at(self.options.gossip_interval_ms, Event::Gossip(node));
+    }
+
+    /// Entries of `from`'s view newer than `to`'s.
+    fn newer(&self, from: usize, to: usize) -> Vec<(u32, u32)> {
+        let (mine, theirs) = (&self.views[from], &self.views[to]);
+        let mut newer = Vec::new();
+        for (start, (a, b)) in mine.chunks(64).zip(theirs.chunks(64)).enumerate() {
+            if a == b {
+                continue;
+            }
+            for (offset, (a, b)) in a.iter().zip(b).enumerate() {
+                if a > b {
+                    newer.push(((start * 64 + offset) as u32, *a));
+                }
+            }
+        }
+        newer
+    }
+
+    fn delta_bytes(&self, entries: &[(u32, u32)]) -> u64 {
+        entries.iter().map(|(x, v)| self.content(*x as usize, *v).bytes).sum()
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
+        match msg {
+            Msg::Syn => {
+                let newer = self.newer(to, from);
+                let bytes = self.options.nodes as u64 * DIGEST_ENTRY_BYTES + self.delta_bytes(&newer);
+                self.send(to, from, Msg::Ack(newer), bytes);
+            }
+            Msg::Ack(entries) => {
+                self.merge(to, &entries);
+                let newer = self.newer(to, from);
+                let bytes = self.delta_bytes(&newer);
+                self.send(to, from, Msg::Ack2(newer), bytes);
+            }
+            Msg::Ack2(entries) => self.merge(to, &entries),
+            Msg::Pull { have, reverts_digest } => {
+                let replica = self.replica(to);
+                let generations: Vec<Generation> =
+                    replica.log().missing_from(&have).take(PULL_BATCH).cloned().collect();
+                let reverts: Vec<Revert> = if reverts_digest == replica.log().reverts_digest() {
+                    Vec::new()
+                } else {
+                    replica.log().reverts().collect()
+                };
+                if !reverts.is_empty() {
+                    let bytes = 64 * reverts.len() as u64;
+                    self.send(to, from, Msg::Reverts { reverts, hops: 0 }, bytes);
+                }
+                let bytes = generations.iter().map(generation_bytes).sum::<u64>() + 16;
+                self.send(to, from, Msg::Generations { generations, hops: 0, pulled: true }, bytes);
+            }
+            Msg::Generations { generations, hops, pulled } => {
+                if pulled {
+                    self.nodes[to].pull_until = 0;
+                }
+                self.ingest(to, from, generations, hops);
+            }
+            Msg::Reverts { reverts, hops } => {
+                let fresh = self.replica(to).fresh_reverts(reverts);
+                if fresh.is_empty() {
+                    return;
+                }
+                // Forwarded before the store, as the engine does.
+                for peer in self.random_peers(to, self.options.push_fanout, Some(from)) {
+                    self.send(to, peer, Msg::Reverts { reverts: fresh.clone(), hops: hops + 1 }, 64);
+                }
+                self.store(to, Work::Reverts { reverts: fresh, written: None });
+            }
+        }
+    }
+
+    fn ingest(&mut self, node: usize, from: usize, generations: Vec<Generation>, hops: u32) {
+        if generations.is_empty() {
+            return;
+        }
+        let now = self.clock(node);
+        let triage = self.replica_mut(node).triage(generations, now, |_| true);
+        if !triage.ahead.is_empty() {
+            let ahead = triage.ahead.len();
+            self.trace(|| format!("n{node} refuses {ahead} generations stamped ahead"));
+        }
+        if triage.new.is_empty() {
+            return;
+        }
+        if hops > 0 {
+            // Push on first receipt, to a fanout of live peers not known to hold them.
+            let mut lacking = self.lacking(node, &triage.new, Some(from));
+            let mut peers = Vec::new();
+            while peers.len() < self.options.push_fanout && !lacking.is_empty() {
+                let index = self.random.below(lacking.len());
+                peers.push(lacking.swap_remove(index));
+            }
+            for peer in peers {
+                let bytes = triage.new.iter().map(generation_bytes).sum();
+                let msg = Msg::Generations { generations: triage.new.clone(), hops: hops + 1, pulled: false };
+                self.send(node, peer, msg, bytes);
+            }
+        }
+        self.store(node, Work::Ingest { new: triage.new, hops });
+    }
+
+    /// Takes in newer gossip entries; reports or revert writers that changed wake a decision,
+    /// and a member whose log is ahead is pulled from.
+    fn merge(&mut self, node: usize, entries: &[(u32, u32)]) {
+        let mut woken = false;
+        let mut ahead = false;
+        let settled = self.replica(node).settled();
+        for &(x, version) in entries {
+            let x = x as usize;
+            let current = self.views[node][x];
+            if version <= current {
+                continue;
+            }
+            self.views[node][x] = version;
+            let (old, new) = (self.content(x, current).clone(), self.content(x, version).clone());
+            if !Arc::ptr_eq(&old.reports, &new.reports) || !Arc::ptr_eq(&old.revert_writers, &new.revert_writers) {
+                woken = true;
+                let anomalous = new.reports.iter().filter(|(_, (r, _))| r.verdict == Verdict::Anomalous);
+                let ids: Vec<GenId> = anomalous.map(|(id, _)| id.clone()).collect();
+                self.nodes[node].anomalous.extend(ids);
+            }
+            ahead |= settled.is_behind(&new.vv) || old.reverts_digest != new.reverts_digest;
+        }
+        if woken {
+            self.schedule_decide(node);
+        }
+        if ahead {
+            self.maybe_pull(node);
+        }
+    }
+
+    /// Pulls from one live peer whose log is ahead, unless a pull is in flight.
+    fn maybe_pull(&mut self, node: usize) {
+        if self.now < self.nodes[node].pull_until {
+            return;
+        }
+        let replica = self.replica(node);
+        let (settled, digest) = (replica.settled(), replica.log().reverts_digest());
+        let ahead: Vec<usize> = self
+            .live_peers(node)
+            .into_iter()
+            .filter(|x| {
+                let theirs = self.content(*x, self.views[node][*x]);
+                settled.is_behind(&theirs.vv) || (theirs.reverts_digest != digest && !theirs.reverts_digest.is_empty())
+            })
+            .collect();
+        if ahead.is_empty() {
+            return;
+        }
+        let peer = ahead[self.random.below(ahead.len())];
+        self.nodes[node].pull_until = self.now + PULL_TIMEOUT_MS;
+        let bytes = 24 * settled.iter().count() as u64 + 64;
+        self.send(node, peer, Msg::Pull { have: settled, reverts_digest: digest }, bytes);
+    }
+
+    /// The engine's `decide`: reverts the quorum calls for (one write at a time: the next
+    /// decision follows its commit), then releases what the gates open.
+    fn decide(&mut self, node: usize) {
+        let now = self.clock(node);
+        let n = self.options.nodes;
+        let mut anomalies = BTreeMap::new();
+        let candidates: Vec<GenId> = self.nodes[node].anomalous.iter().cloned().collect();
+        for id in candidates {
+            if !self.replica(node).judges_revert_of(&id) {
+                continue;
+            }
+            let mut anomaly = Anomaly::default();
+            for x in 0..n {
+                let content = self.content(x, self.views[node][x]);
+                if let Some((report, _)) = content.reports.get(&id) {
+                    anomaly.reports.insert(self.nodes[x].name.clone(), *report);
+                }
+                if x != node && content.revert_writers.contains(&id) && self.live(node, x) {
+                    anomaly.live_writers += 1;
+                }
+            }
+            anomalies.insert(id, anomaly);
+        }
+        if !anomalies.is_empty() {
+            let due = self.replica_mut(node).reverts_due(&anomalies, now);
+            if let Some((id, quorum)) = due.into_iter().next() {
+                self.store(
+                    node,
+                    Work::Reverts { reverts: vec![Revert::of(&id)], written: Some(Cause::Quorum(quorum)) },
+                );
+                return;
+            }
+        }
+        let mut deadline = self.replica(node).next_revert_deadline().map(|ms| ms.saturating_sub(self.now));
+        let mut reports = BTreeMap::new();
+        for id in self.replica(node).needs_reports(now) {
+            let mut seen = BTreeMap::new();
+            for x in (0..n).filter(|x| self.live(node, *x)) {
+                if let Some((report, published)) = self.content(x, self.views[node][x]).reports.get(&id) {
+                    let elapsed_ms = report.elapsed_ms + self.now.saturating_sub(*published);
+                    seen.insert(self.nodes[x].name.clone(), Report { elapsed_ms, ..*report });
+                }
+            }
+            reports.insert(id, seen);
+        }
+        let mut gates = self.replica(node).gates(&reports, now);
+        if self.options.break_gates {
+            // The deliberately broken rule: every waiting generation opens, on no evidence.
+            let name = self.nodes[node].name.clone();
+            let waiting: Vec<Generation> = self.replica(node).waiting().cloned().collect();
+            gates.open = waiting
+                .into_iter()
+                .map(|g| {
+                    let wave = Plan::of(&g.body).wave_of(&name);
+                    (g, Release { wave, at_unix_ms: 0, controls: Default::default(), reports: BTreeMap::new() })
+                })
+                .collect();
+        }
+        deadline = deadline.into_iter().chain(gates.next_in_ms).min();
+        if let Some(delay) = deadline {
+            let state = &mut self.nodes[node];
+            state.deadline_token += 1;
+            let token = state.deadline_token;
+            self.at(delay.max(1), Event::Deadline { node, token });
+        }
+        if !gates.open.is_empty() {
+            self.store(node, Work::Release { open: gates.open });
+        }
+    }
+
+    fn note_change_traffic(&mut self) {
+        let Some(id) = (if self.options.waves { self.good.clone() } else { self.bad.clone() }) else { return };
+        if self.change_traffic.is_some() {
+            return;
+        }
+        let stored = self.record.stored.get(&id).map_or(0, BTreeMap::len);
+        if stored == self.options.nodes
+            && let Some((messages, bytes)) = self.change_start
+        {
+            self.change_traffic = Some((self.record.messages - messages, self.record.bytes - bytes, self.now));
+        }
+    }
+
+    /// Whether every node up serves `key`.
+    fn all_serve(&self, key: &str) -> bool {
+        let key = key.parse::<Key>().expect("a valid key");
+        self.nodes.iter().all(|node| node.replica.as_ref().is_some_and(|r| r.state().config.contains_key(&key)))
+    }
+
+    /// Whether every node is up and holds the same log, reverts and applied state, with nothing
+    /// waiting.
+    fn converged(&self) -> bool {
+        let Some(first) = self.nodes[0].replica.as_ref() else { return false };
+        let (vv, digest, state) = (first.log().version_vector(), first.log().reverts_digest(), first.state().digest());
+        self.nodes.iter().all(|node| {
+            node.replica.as_ref().is_some_and(|r| {
+                r.log().version_vector() == vv
+                    && r.log().reverts_digest() == digest
+                    && r.state().digest() == state
+                    && r.waiting().next().is_none()
+            })
+        })
+    }
+
+    fn draw_faults(&mut self, bad_at: u64) {
+        if !self.options.faults {
+            return;
+        }
+        let n = self.options.nodes;
+        let random = &mut self.random;
+        self.loss = random.below(4) as f64 / 100.0;
+        if self.loss > 0.0 {
+            self.faults.push(format!("loss {:.0}%", self.loss * 100.0));
+        }
+        // Skewed clocks on a tenth of the nodes, within the clock-offset bound.
+        for node in 0..n {
+            if random.below(10) == 0 {
+                let skew = random.below(801) as i64 - 400;
+                self.nodes[node].skew_ms = skew;
+            }
+        }
+        let skewed = self.nodes.iter().filter(|node| node.skew_ms != 0).count();
+        self.faults.push(format!("{skewed} clocks skewed up to 400 ms"));
+        let slow = self.random.below(n);
+        self.nodes[slow].extra_disk_ms = 50;
+        self.faults.push(format!("n{slow}'s disk 50 ms slower"));
+        let mut quiet = bad_at;
+        // A partition from just before the bad change, for 3 to 15 s.
+        let share = 20 + self.random.below(31);
+        let side: Vec<bool> = (0..n).map(|_| self.random.below(100) < share).collect();
+        let mode = if self.random.below(5) == 0 { Mode::OneWay } else { Mode::Full };
+        let start = bad_at.saturating_sub(500);
+        let length = 3_000 + self.random.below(12_001) as u64;
+        let flapping = self.random.below(4) == 0;
+        let partition = Partition { side, mode, since: start, healed_at: 0 };
+        if flapping {
+            self.faults.push(format!("a link flapping {mode:?} between {share}% of the nodes and the rest"));
+            let mut at = start;
+            for _ in 0..3 {
+                self.at(at - self.now, Event::Cut(Partition { since: at, ..partition.clone() }));
+                self.at(at + 1_000 - self.now, Event::Heal);
+                at += 2_000;
+            }
+            quiet = quiet.max(at);
+        } else {
+            self.faults.push(format!("partition {mode:?} of {share}% of the nodes for {length} ms"));
+            self.at(start - self.now, Event::Cut(partition));
+            self.at(start + length - self.now, Event::Heal);
+            quiet = quiet.max(start + length);
+        }
+        // A crash and a restart.
+        let victim = self.random.below(n);
+        let crash_at = bad_at + self.random.below(3_001) as u64;
+        let down = 2_000 + self.random.below(6_001) as u64;
+        self.faults.push(format!("n{victim} crashes for {down} ms"));
+        self.at(crash_at - self.now, Event::Crash(victim));
+        self.at(crash_at + down - self.now, Event::Restart(victim));
+        self.quiet_from = quiet.max(crash_at + down);
+    }
+
+    fn finish(self) -> Outcome {
+        let violations = self.check();
+        let figures = self.figures();
+        Outcome { options: self.options, figures, violations, trace: self.trace, faults: self.faults }
+    }
+
+    fn figures(&self) -> Figures {
+        let n = self.options.nodes;
+        let mut figures = Figures { simulated_ms: self.now, events: self.events, ..Figures::default() };
+        let seconds = IDLE_WINDOW_MS as f64 / 1000.0;
+        let idle_rate = self
+            .idle
+            .map(|((m0, b0), (m1, b1))| ((m1 - m0) as f64 / seconds / n as f64, (b1 - b0) as f64 / seconds / n as f64));
+        if let Some((messages, bytes)) = idle_rate {
+            figures.idle_messages = messages;
+            figures.idle_bytes = bytes;
+        }
+        let measured = if self.options.waves { (&self.good, self.good_at) } else { (&self.bad, self.bad_at) };
+        if let (Some(id), Some(at)) = measured {
+            let stored = self.record.stored.get(id);
+            if stored.is_some_and(|s| s.len() == n) {
+                let stored = stored.expect("checked");
+                figures.good_stored_ms = stored.values().map(|(t, _)| t - at).max();
+                figures.good_hops = stored.values().map(|(_, h)| *h).max().unwrap_or(0);
+            }
+            if let Some((messages, bytes, end)) = self.change_traffic {
+                let seconds = (end - at) as f64 / 1000.0;
+                let (idle_m, idle_b) = idle_rate.unwrap_or((0.0, 0.0));
+                figures.change_messages = (messages as f64 / n as f64 - idle_m * seconds).max(0.0);
+                figures.change_bytes = (bytes as f64 / n as f64 - idle_b * seconds).max(0.0);
+            }
+        }
+        if let (Some(good), Some(at)) = (&self.good, self.good_at) {
+            let applied = self.record.applied.get(good);
+            if applied.is_some_and(|a| a.len() == n) {
+                figures.good_served_ms = applied.and_then(|a| a.values().map(|(t, _)| t - at).max());
+            }
+            if let Some(generation) = self.generation(good) {
+                let plan = Plan::of(&generation.body);
+                figures.waves_ms = plan
+                    .waves
+                    .iter()
+                    .map(|members| {
+                        let times: Option<Vec<u64>> = members
+                            .iter()
+                            .map(|m| {
+                                let index = self.nodes.iter().position(|node| &node.name == m)?;
+                                applied?.get(&index).map(|(t, _)| t - at)
+                            })
+                            .collect();
+                        times.and_then(|t| t.into_iter().max())
+                    })
+                    .collect();
+            }
+        }
+        if let (Some(bad), Some(at)) = (&self.bad, self.bad_at) {
+            figures.revert_written_ms = self.record.written.iter().filter(|w| &w.1 == bad).map(|w| w.3 - at).min();
+            let applied = self.record.applied.get(bad);
+            figures.bad_applied = applied.map_or(0, BTreeMap::len);
+            let reverted = self.record.reverted.get(bad);
+            if reverted.is_some_and(|r| r.len() == n) {
+                figures.revert_done_ms = reverted.and_then(|r| r.values().map(|t| t.saturating_sub(at)).max());
+            }
+        }
+        figures
+    }
+
+    /// A generation as some node holds it.
+    fn generation(&self, id: &GenId) -> Option<&Generation> {
+        self.nodes.iter().find_map(|node| node.disk.generations.get(id))
+    }
+
+    /// The invariants of the chaos suite (cluster-tests' `chaos::check`), over the simulated run.
+    fn check(&self) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        let mut violation = |invariant, detail: String| violations.push(Violation { invariant, detail });
+        for refusal in &self.refused {
+            violation("a node up takes the run's changes", refusal.clone());
+        }
+        if self.bad_at.is_none() || (self.options.waves && self.good_at.is_none()) {
+            violation("a node up takes the run's changes", "a change was never accepted".to_owned());
+        }
+        if !self.converged() {
+            let differ: Vec<String> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(index, node)| {
+                    let replica = node.replica.as_ref()?;
+                    Some(format!(
+                        "n{index}: {} generations, {} reverts, {} waiting",
+                        replica.log().len(),
+                        replica.log().reverts().count(),
+                        replica.waiting().count()
+                    ))
+                })
+                .take(5)
+                .collect();
+            violation("the fleet converges after the last heal", differ.join("; "));
+        }
+        for (id, writer, _) in &self.record.acknowledged {
+            for (index, node) in self.nodes.iter().enumerate() {
+                let Some(replica) = node.replica.as_ref() else { continue };
+                if !replica.log().version_vector().covers(id) {
+                    violation(
+                        "an acknowledged write reaches every node",
+                        format!("{id} (by n{writer}) is missing on n{index}"),
+                    );
+                }
+            }
+        }
+        for (id, applied) in &self.record.applied {
+            let Some(generation) = self.generation(id) else { continue };
+            let plan = Plan::of(&generation.body);
+            for (node, (_, release)) in applied {
+                let policy = &generation.body.change.policy;
+                if !plan.is_open(release.wave, policy, release.controls, &release.reports) {
+                    violation(
+                        "a node applies a generation only when its wave's gate is open",
+                        format!("n{node} applied {id} in wave {} on {} reports", release.wave, release.reports.len()),
+                    );
+                }
+            }
+        }
+        for (node, target, cause, _) in &self.record.written {
+            if let Cause::Quorum(quorum) = cause {
+                let Some(generation) = self.generation(target) else { continue };
+                let policy = &generation.body.change.policy;
+                let share = (quorum.applied * policy.anomaly_quorum_permille as usize).div_ceil(1000);
+                let needed = share.max(policy.anomaly_quorum_min as usize);
+                if quorum.anomalous.len() < needed || quorum.anomalous.is_empty() {
+                    violation(
+                        "a revert is written only on its anomaly quorum",
+                        format!("n{node} reverted {target}: {quorum}"),
+                    );
+                }
+            }
+        }
+        for (id, reverted) in &self.record.reverted {
+            let applied = self.record.applied.get(id);
+            for (node, held_at) in reverted {
+                if let Some((applied_at, _)) = applied.and_then(|a| a.get(node))
+                    && applied_at > held_at
+                {
+                    violation(
+                        "a reverted generation is never applied",
+                        format!("n{node} applied {id} after holding its revert"),
+                    );
+                }
+            }
+        }
+        let bad_key = APP_KEY.parse::<Key>().expect("a valid key");
+        for (index, node) in self.nodes.iter().enumerate() {
+            let Some(replica) = node.replica.as_ref() else { continue };
+            if let Some(entry) = replica.state().config.get(&bad_key)
+                && entry.value.to_value() == serde_json::Value::String("bad".into())
+            {
+                violation("no node serves a reverted value at the end", format!("n{index} serves {APP_KEY} = bad"));
+            }
+        }
+        violations
+    }
+}
+
+/// The bytes a generation takes on the wire.
+fn generation_bytes(generation: &Generation) -> u64 {
+    crate::wire::encode(generation).len() as u64
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,40 @@
+//! The simulator's own tests: determinism, a clean run, and a broken rule caught.
+
+use super::*;
+
+fn small(seed: u64) -> Options {
+    Options { limit_ms: 60_000, ..Options::new(20, seed) }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_history_byte_for_byte() {
+    let (one, two) = (run(small(7)), run(small(7)));
+    assert_eq!(one.trace, two.trace);
+    assert_eq!(one.trace_digest(), two.trace_digest());
+    assert!(one.trace.len() > 20, "a run decides things: {}", one.trace.len());
+    assert_ne!(run(small(8)).trace_digest(), one.trace_digest(), "another seed, another history");
+}
+
+#[test]
+fn a_run_with_faults_keeps_every_invariant_and_reverts_the_bad_change() {
+    for seed in 0..3 {
+        let outcome = run(small(seed));
+        println!("{}", outcome.summary());
+        assert!(outcome.violations.is_empty(), "{}", outcome.summary());
+        let figures = &outcome.figures;
+        assert!(figures.revert_done_ms.is_some(), "{}", outcome.summary());
+        assert!(figures.good_served_ms.is_some(), "{}", outcome.summary());
+        assert!(figures.bad_applied >= 1, "the canary applies it: {}", outcome.summary());
+    }
+}
+
+#[test]
+fn a_gate_broken_on_purpose_is_caught() {
+    let outcome = run(Options { break_gates: true, faults: false, ..small(3) });
+    let broken = outcome.violations.iter().filter(|v| v.invariant.contains("wave's gate is open")).count();
+    assert!(broken > 0, "{}", outcome.summary());
+    assert!(
+        outcome.summary().contains("replay: cargo run -p grapevine-cluster-tests --release -- sim --seed 3 --nodes 20")
+    );
+}
+
