@@ -26,9 +26,9 @@
 //!   it first saw it: the difference is the gossip delay).
 //!
 //! A run (`run`): the fleet settles, idles (`IDLE_WINDOW_MS`, measured), takes a good change
-//! rolled out in waves (when `Options::waves`), then a bad one (`app = "bad"`, in waves, or to
-//! every node at once in a spread-and-revert run), with the faults drawn from the seed around
-//! it; after the last heal it runs until every node up holds the same log, reverts and applied
+//! rolled out through its waves (when `Options::waves`), then a bad one (`app = "bad"`, in
+//! waves: its canary applies it and reports it anomalous), with the faults drawn from the seed
+//! around it; after the last heal it runs until every node up holds the same log, reverts and applied
 //! state, or `limit_ms`. Then `check` verifies the invariants the chaos suite checks of real
 //! processes (`Violation`s) and the run reports its figures (`Figures`).
 
@@ -91,8 +91,9 @@ pub struct Options {
     /// Faults drawn from the seed: loss, a partition (full, one way or flapping) around the bad
     /// change, a crash and restart, skewed clocks, a slow disk.
     pub faults: bool,
-    /// A good change rolled out in waves before the bad one, which also rolls out in waves;
-    /// without, the bad change goes to every node at once (a spread-and-revert run).
+    /// A good change rolled out through all its waves before the bad one; without, only the
+    /// bad one (a spread-and-revert run: it is stored everywhere, applied by its canary, and
+    /// reverted everywhere).
     pub waves: bool,
     /// Test only: release every waiting generation without its gate; `check` must catch it.
     pub break_gates: bool,
@@ -159,9 +160,11 @@ pub struct Figures {
     pub good_hops: u32,
     /// From the bad change's acceptance to the first revert written.
     pub revert_written_ms: Option<u64>,
-    /// From the bad change's acceptance to no node serving the bad value (and every node up
-    /// holding the revert).
+    /// From the bad change's acceptance to no node serving the bad value: the last node that
+    /// applied it holds the revert.
     pub revert_done_ms: Option<u64>,
+    /// From the bad change's acceptance to every node holding the revert.
+    pub revert_everywhere_ms: Option<u64>,
     /// Nodes that ever served the bad value.
     pub bad_applied: usize,
     /// Idle traffic per node per second: messages and bytes.
@@ -233,9 +236,10 @@ impl Outcome {
         }
         let _ = writeln!(
             out,
-            "  bad change: revert written {}, no node serving it {}, served by {} nodes in all",
+            "  bad change: revert written {}, no node serving it {}, every node holding the revert {}, served by {} nodes in all",
             ms(f.revert_written_ms),
             ms(f.revert_done_ms),
+            ms(f.revert_everywhere_ms),
             f.bad_applied
         );
         let _ = writeln!(
@@ -273,10 +277,16 @@ pub fn medians(outcomes: &[Outcome]) -> String {
         |pick: &dyn Fn(&Figures) -> f64| median(outcomes.iter().map(|o| pick(&o.figures)).collect()).unwrap_or(0.0);
     let mut out = String::from("medians over the runs:\n");
     let _ = writeln!(out, "  change stored by all: {}", ms(&|f| f.good_stored_ms));
-    let _ = writeln!(out, "  change served by all (waves): {}", ms(&|f| f.good_served_ms));
-    let _ = writeln!(out, "  most hops to a node: {:.0}", number(&|f| f.good_hops as f64));
+    if outcomes.iter().any(|o| o.options.waves) {
+        let _ = writeln!(out, "  change served by all (waves): {}", ms(&|f| f.good_served_ms));
+    }
+    let nodes = outcomes.first().map_or(2, |o| o.options.nodes);
+    let fanout = outcomes.first().map_or(3, |o| o.options.push_fanout);
+    let bound = super::epidemic_bound(nodes, fanout);
+    let _ = writeln!(out, "  most hops to a node: {:.0} (epidemic bound {bound:.1})", number(&|f| f.good_hops as f64));
     let _ = writeln!(out, "  bad change: revert written {}", ms(&|f| f.revert_written_ms));
     let _ = writeln!(out, "  bad change: no node serving it {}", ms(&|f| f.revert_done_ms));
+    let _ = writeln!(out, "  bad change: every node holding the revert {}", ms(&|f| f.revert_everywhere_ms));
     let _ = writeln!(out, "  nodes that served the bad value: {:.0}", number(&|f| f.bad_applied as f64));
     let _ = writeln!(
         out,
@@ -763,11 +773,7 @@ impl World {
         self.draw_faults(next);
         let writer = self.random.below(n);
         let mut change = Change::with_ops(vec![put(APP_KEY, BAD_VALUE)]);
-        change.policy = if self.options.waves {
-            Policy { bake_ms: self.options.bake_ms, ..Policy::default() }
-        } else {
-            Policy::emergency()
-        };
+        change.policy = Policy { bake_ms: self.options.bake_ms, ..Policy::default() };
         self.at(next - self.now, Event::Submit { node: writer, change: Box::new(change), bad: true });
         let limit = next + self.options.limit_ms;
         self.run_until(self.quiet_from.max(next + 1_000));
@@ -1472,8 +1478,15 @@ impl World {
             figures.bad_applied = applied.map_or(0, BTreeMap::len);
             let reverted = self.record.reverted.get(bad);
             if reverted.is_some_and(|r| r.len() == n) {
-                figures.revert_done_ms = reverted.and_then(|r| r.values().map(|t| t.saturating_sub(at)).max());
+                figures.revert_everywhere_ms = reverted.and_then(|r| r.values().map(|t| t.saturating_sub(at)).max());
             }
+            // Stopped serving it: every node that applied it holds the revert.
+            let stopped: Option<Vec<u64>> = applied
+                .into_iter()
+                .flatten()
+                .map(|(node, _)| reverted.and_then(|r| r.get(node)).map(|t| t.saturating_sub(at)))
+                .collect();
+            figures.revert_done_ms = stopped.and_then(|times| times.into_iter().max());
         }
         figures
     }

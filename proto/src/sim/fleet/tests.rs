@@ -37,4 +37,3 @@ fn a_gate_broken_on_purpose_is_caught() {
         outcome.summary().contains("replay: cargo run -p grapevine-cluster-tests --release -- sim --seed 3 --nodes 20")
     );
 }
-
