@@ -21,6 +21,8 @@
 //! - `release.rs`: the gates of the waves (`gates`, `release`, `judging`, `controls_of`).
 //! - `revert.rs`: the anomaly quorum with its deferral (`reverts_due`), revoked keys'
 //!   changes (`revocations_due`), rollbacks (`rollback`) and reverts taking effect.
+//! - `governance.rs`: what a vote on a proposal becomes (`vote`), and which proposals this node
+//!   enacts when approvals written apart complete them (`ready_to_enact`).
 //! - `compact.rs`: which generations fold into the snapshot (`compaction`), a peer's snapshot
 //!   (`absorb`), and the end of a recovery (`caught_up`).
 //!
@@ -45,10 +47,12 @@ use crate::validate::{ValidationError, check_envelope_with, validate_submitted_t
 use crate::wire::WIRE_VERSION;
 
 mod compact;
+mod governance;
 mod release;
 mod revert;
 
 pub use compact::{Absorbed, RECOVERY_SETTLE_MS};
+pub use governance::{Ballot, ProposalError, Vote};
 pub use release::{Gates, Judging, Release, controls_of};
 pub use revert::{Anomaly, Cause, REVERT_DEFER_MS, RollbackError, RollbackOutcome};
 

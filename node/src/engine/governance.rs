@@ -1,25 +1,18 @@
-//! Proposals on this node: what the log says of them (`proposals::proposals`, a pure fold in
-//! `proto::approvals`), and the votes that add to them.
+//! Proposals on this node: the views the API lists (`proposal_views`, from
+//! `proto::approvals`' fold of the log), and the votes that add to them. What a vote becomes
+//! is `Replica::vote`'s decision (`proto/src/replica/governance.rs`); the engine writes it.
 //!
-//! - `views(now_ms)` lists every proposal of the log as a `ProposalView` with its state,
-//!   signatures, the count its rules need and its conflicts (newer changes of its keys).
-//! - `vote(proposal, signed, Vote)` takes an operator's approval or rejection, checked against
-//!   the proposal first so that a refusal says what was expected (`ProposalError`): an unknown
-//!   id, a proposal no longer pending, a key that signed it already, an approver out of scope or
-//!   whose signature does not verify. An approval that makes the signatures meet every rule of
-//!   the change writes the `Enact` generation at once (the proposal's change and signature, all
-//!   approvals): the same step, so no node has to notice it later. Otherwise it writes an
-//!   `Approve` record, as a rejection writes a `Reject` record. Two approvals that complete a
-//!   proposal at once on two nodes each enact it: two generations of the same values, the later
-//!   wins per key, which changes nothing (D79). Two approvals that complete it only together,
-//!   each written as a record on its own node, are enacted by `enact_pass` on the node that
-//!   wrote the newer record once it holds both; a key that signed already may sign again only to
-//!   enact a complete proposal whose enactment never came (the window had passed).
+//! - `vote(proposal, signed, Vote)` asks the replica, then writes the record (`Approve`,
+//!   `Reject`) or the enactment (`Enact`, the proposal's change and signature with every
+//!   approval) through `submit`, like any change.
+//! - `enact_pass` writes the enactments `Replica::ready_to_enact` finds, when a peer's approval
+//!   record arrives.
 //! - Records are generations without operations, under the emergency policy (one wave): they
 //!   are released everywhere at once and apply nothing (`record_change`).
 
 use grapevine_proto::approvals::{Proposal, ProposalState, conflicts, proposals};
-use grapevine_proto::replica::Submission;
+use grapevine_proto::replica::{Ballot, Submission};
+pub use grapevine_proto::replica::{ProposalError, Vote};
 use grapevine_proto::signing::Signed;
 use grapevine_proto::{Author, Change, ContentHash, GenId, Generation, Governance, Terms};
 use serde::Serialize;
@@ -27,32 +20,6 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::{Engine, SubmitError};
-
-/// An approval or a rejection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Vote {
-    Approve,
-    Reject,
-}
-
-/// Why a vote was not taken.
-#[derive(Debug, thiserror::Error)]
-pub enum ProposalError {
-    /// No proposal of this id in the log.
-    #[error("no proposal {id} on this node (`grapevine change list` lists them)")]
-    NotFound { id: GenId },
-    /// The proposal is enacted, rejected or expired.
-    #[error("proposal {id} is {state}, not pending: it cannot be {verb} any more{detail}")]
-    NotPending { id: GenId, state: &'static str, verb: &'static str, detail: String },
-    /// The key signed the proposal already (as proposer or approver).
-    #[error(
-        "proposal {id} is signed by {operator}'s key {key} already: an approval counts once per key, and another operator's is needed"
-    )]
-    AlreadySigned { id: GenId, operator: Author, key: String },
-    /// The vote, or the generation it makes, was refused.
-    #[error(transparent)]
-    Submit(#[from] SubmitError),
-}
 
 /// A proposal as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -80,15 +47,6 @@ pub struct ProposalView {
     pub change: Change,
     #[serde(skip)]
     pub digest: ContentHash,
-}
-
-fn state_name(state: ProposalState) -> &'static str {
-    match state {
-        ProposalState::Pending => "pending",
-        ProposalState::Enacted => "enacted",
-        ProposalState::Rejected => "rejected",
-        ProposalState::Expired => "expired",
-    }
 }
 
 impl Engine {
@@ -144,43 +102,10 @@ impl Engine {
         vote: Vote,
         now_ms: u64,
     ) -> Result<(Generation, bool), ProposalError> {
-        let proposal =
-            proposals(self.replica.log()).remove(&id).ok_or_else(|| ProposalError::NotFound { id: id.clone() })?;
-        let verb = if vote == Vote::Approve { "approved" } else { "rejected" };
-        let state = proposal.state(now_ms);
-        if state != ProposalState::Pending {
-            let detail = match state {
-                ProposalState::Expired => format!(" (it expired at {} ms; propose it again)", proposal.expires_ms),
-                ProposalState::Enacted => format!(" (enacted as {})", proposal.enacted[0]),
-                _ => String::new(),
-            };
-            return Err(ProposalError::NotPending { id, state: state_name(state), verb, detail });
+        match self.replica.vote(id, &signed, vote, now_ms)? {
+            Ballot::Record(governance) => Ok((self.record(signed, governance).await?, false)),
+            Ballot::Enact(proposal, approvals) => Ok((self.enact(*proposal, approvals).await?, true)),
         }
-        if vote == Vote::Reject {
-            let governance = Governance::Reject { proposal: id, digest: proposal.digest };
-            return Ok((self.record(signed, governance).await?, false));
-        }
-        let key = signed.delegation.key;
-        let complete = |p: &Proposal| self.parts.trust.check_rules(&p.change, p.signatures().map(|s| &s.delegation));
-        // A key that signed already adds nothing, unless the signatures are complete and the
-        // enactment never came (two approvals racing, its node gone): then a fresh signature
-        // enacts it within the window again.
-        if proposal.signed_by(&key) && complete(&proposal).is_err() {
-            let operator = signed.delegation.operator.clone();
-            return Err(ProposalError::AlreadySigned { id, operator, key: key.to_string() });
-        }
-        // The approver's scope, before anything is written: the record alone does not show it.
-        grapevine_proto::signing::check_scope(&signed.delegation, &proposal.change).map_err(SubmitError::from)?;
-        let mut approvals = proposal.approval_signatures();
-        approvals.retain(|approval| approval.delegation.key != key);
-        approvals.push((*signed).clone());
-        let signers = std::iter::once(&proposal.proposer.delegation).chain(approvals.iter().map(|a| &a.delegation));
-        if self.parts.trust.check_rules(&proposal.change, signers).is_err() {
-            let (digest, expires_ms) = (proposal.digest, proposal.expires_ms);
-            let governance = Governance::Approve { proposal: id, digest, expires_ms };
-            return Ok((self.record(signed, governance).await?, false));
-        }
-        Ok((self.enact(proposal, approvals).await?, true))
     }
 
     /// Writes the enactment of `proposal` with `approvals`.
@@ -198,17 +123,10 @@ impl Engine {
     }
 
     /// Enacts the pending proposals whose approval records, written apart on several nodes,
-    /// complete their rules together: the node that wrote the newest record does, so that one
-    /// node, not every node, writes the enactment. Runs when a peer's approval record arrives.
+    /// complete their rules together, when this node wrote the newest record. Runs when a
+    /// peer's approval record arrives.
     pub(super) async fn enact_pass(&mut self, now_ms: u64) {
-        let own = self.parts.name.clone();
-        let ready: Vec<Proposal> = proposals(self.replica.log())
-            .into_values()
-            .filter(|p| p.state(now_ms) == ProposalState::Pending)
-            .filter(|p| p.approvals.last().is_some_and(|(record, _)| record.origin == own))
-            .filter(|p| self.parts.trust.check_rules(&p.change, p.signatures().map(|s| &s.delegation)).is_ok())
-            .collect();
-        for proposal in ready {
+        for proposal in self.replica.ready_to_enact(now_ms) {
             let (id, approvals) = (proposal.id.clone(), proposal.approval_signatures());
             match self.enact(proposal, approvals).await {
                 Ok(generation) => {

@@ -408,3 +408,62 @@ fn a_scheduled_proposal_keeps_its_start_through_the_enactment() {
     assert_eq!(trust.check(&enact(Some(NOW))).unwrap_err().reason(), "bad_signature");
     assert_eq!(trust.check(&enact(None)).unwrap_err().reason(), "bad_signature");
 }
+
+/// A replica named `own` over `log`'s generations, under `trust`.
+fn replica(own: &str, log: &Log, trust: Trust) -> crate::replica::Replica {
+    use crate::replica::{Config, Now, Replica, Stored};
+    let config = Config {
+        name: own.parse().unwrap(),
+        max_clock_offset_ms: 500,
+        retention: crate::snapshot::Retention { generations: 100, age_ms: 0 },
+        trust: std::sync::Arc::new(trust),
+        freezes: Default::default(),
+        max_members: crate::limits::MAX_MEMBERS,
+    };
+    let stored = Stored { generations: log.iter().cloned().collect(), ..Stored::default() };
+    Replica::start(config, stored, None, Now { wall_ms: NOW, mono_ms: 0 }).0
+}
+
+#[test]
+fn a_vote_becomes_a_record_until_it_completes_the_rule_then_the_enactment() {
+    use crate::replica::{Ballot, ProposalError, Vote};
+    let change = put("payments/limit");
+    let expires = NOW + HOUR;
+    let empty = Change { ops: vec![], ..change.clone() };
+    let terms = Terms {
+        governance: Some(Governance::Propose { change: change.clone(), expires_ms: expires }),
+        ..Terms::default()
+    };
+    let rules = || trust(vec![rule("payments/", 3, &[])]);
+    let mut log = Log::new();
+    log.insert(body(1, NOW, empty, &proposed(&change, NOW), Some(terms)).seal());
+    let bob_approves = approval(bob(), "n1.1", &change, NOW + 10, expires);
+    let carol_approves = approval(carol(), "n1.1", &change, NOW + 20, expires);
+
+    let node = replica("n1", &log, rules());
+    let ballot = node.vote(id("n1.1"), &bob_approves, Vote::Approve, NOW + 10).unwrap();
+    assert!(matches!(ballot, Ballot::Record(Governance::Approve { .. })), "2 of 3 signatures: a record");
+    let ballot = node.vote(id("n1.1"), &bob_approves, Vote::Reject, NOW + 10).unwrap();
+    assert!(matches!(ballot, Ballot::Record(Governance::Reject { .. })));
+    let again = node.vote(id("n1.1"), &proposed(&change, NOW + 5), Vote::Approve, NOW + 10);
+    assert!(matches!(again, Err(ProposalError::AlreadySigned { .. })), "the proposer's key signed it");
+    assert!(matches!(node.vote(id("n1.9"), &bob_approves, Vote::Approve, NOW), Err(ProposalError::NotFound { .. })));
+    let late = node.vote(id("n1.1"), &bob_approves, Vote::Approve, expires + 1).unwrap_err();
+    assert!(late.to_string().contains("is expired, not pending"), "{late}");
+
+    log.insert(approve_record(2, bob_approves, &change, expires, NOW + 10).seal());
+    let node = replica("n1", &log, rules());
+    match node.vote(id("n1.1"), &carol_approves, Vote::Approve, NOW + 20).unwrap() {
+        Ballot::Enact(proposal, approvals) => {
+            assert_eq!(proposal.id, id("n1.1"));
+            let approvers: Vec<&str> = approvals.iter().map(|a| a.delegation.operator.as_str()).collect();
+            assert_eq!(approvers, ["bob", "carol"]);
+        }
+        other => panic!("the third signature enacts it: {other:?}"),
+    }
+    assert!(node.ready_to_enact(NOW + 20).is_empty(), "bob's record alone does not complete it");
+
+    log.insert(approve_record(3, carol_approves, &change, expires, NOW + 20).seal());
+    assert_eq!(replica("n1", &log, rules()).ready_to_enact(NOW + 30).len(), 1, "n1 wrote the newest record");
+    assert!(replica("n2", &log, rules()).ready_to_enact(NOW + 30).is_empty(), "only the newest record's writer enacts");
+}
