@@ -84,7 +84,6 @@ use crate::gossip::{Gossip, KEY_APPLIED, KEY_DIGEST, KEY_GENERATIONS, KEY_REVERT
 use crate::health::Health;
 use crate::metrics::{Metrics, WarnLimiter};
 use crate::store::{Store, StoreError};
-use crate::sync::PushJob;
 
 /// How often the engine looks for generations to compact, besides after each change that
 /// takes the log a batch past the retention count (`Replica::over_retention_batch`).
@@ -328,6 +327,20 @@ impl EngineHandle {
     pub fn watch(&self) -> watch::Receiver<Arc<View>> {
         self.view.clone()
     }
+}
+
+/// What the engine hands the pusher (`sync::push`): generations and reverts a node just
+/// stored, and the peer they came from (not pushed back to it).
+pub struct PushJob {
+    pub reverts: Vec<Revert>,
+    pub generations: Vec<Generation>,
+    pub from: Option<SocketAddr>,
+    /// The summary of this node's reverts with the job's: peers with another one may lack them.
+    pub reverts_digest: String,
+    /// This node wrote the job's generations: after the first `sync::FANOUT` peers it keeps
+    /// pushing to every live peer not known to hold them (`sync::push`'s sweep), so none waits
+    /// for anti-entropy.
+    pub sweep: bool,
 }
 
 /// What the engine is made of.

@@ -28,13 +28,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grapevine_proto::wire::{Push, PushAck, decode, encode, encode_at};
-use grapevine_proto::{Generation, NodeName, Revert, VersionVector};
+use grapevine_proto::{Generation, NodeName, VersionVector};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{PeerHoldings, SyncError, read_frame, write_frame};
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, PushJob};
 use crate::gossip::Gossip;
 use crate::metrics::{Metrics, reason};
 use crate::transport::{STREAM_PUSH, Transport};
@@ -54,19 +54,6 @@ const MAX_CONCURRENT_PUSHES: usize = 16;
 
 /// Push jobs waiting for the pusher; when full, the newest job is dropped (and counted).
 pub const PUSH_QUEUE_CAPACITY: usize = 256;
-
-/// Generations and reverts a node just stored, and the peer they came from (not pushed back
-/// to it).
-pub struct PushJob {
-    pub reverts: Vec<Revert>,
-    pub generations: Vec<Generation>,
-    pub from: Option<SocketAddr>,
-    /// The summary of this node's reverts with the job's: peers with another one may lack them.
-    pub reverts_digest: String,
-    /// This node wrote the job's generations: after the first [`FANOUT`] peers it keeps pushing
-    /// to every live peer not known to hold them ([`sweep`]), so none waits for anti-entropy.
-    pub sweep: bool,
-}
 
 /// How long the writer of a change keeps pushing it to peers not known to hold it.
 const SWEEP_LIMIT: Duration = Duration::from_secs(5);
