@@ -166,12 +166,22 @@ fn sim(args: &[String]) -> ExitCode {
                 loop {
                     let Some(seed) = queue.lock().expect("queue lock").next() else { return };
                     let options = fleet::Options { faults, waves, ..fleet::Options::new(nodes, seed) };
-                    let outcome = fleet::run(options);
+                    let mut outcome = fleet::run(options);
+                    // The chaos suite's checker judges the run too, as it judges real processes.
+                    let verdict = chaos::simulated::check(&outcome);
+                    let checked = verdict.checked;
+                    outcome.violations.extend(
+                        verdict
+                            .violations
+                            .into_iter()
+                            .map(|v| fleet::Violation { invariant: v.invariant, detail: v.detail }),
+                    );
                     if trace {
                         eprintln!("{}", outcome.trace.join("\n"));
                     }
                     if one || !outcome.violations.is_empty() {
                         eprint!("{}", outcome.summary());
+                        eprintln!("  chaos checker: {checked} checks");
                     }
                     outcomes.lock().expect("outcomes lock").push(outcome);
                 }

@@ -12,16 +12,18 @@
 //! - 5: a generation carries its operator's signature ([`crate::model::GenerationBody::signed`]), and a
 //!   snapshot's write the signed change it came from ([`Write::proof`]).
 //! - 6: a generation carries its origin's proof ([`Generation::origin`]).
+//! - 7: a generation carries terms ([`crate::model::GenerationBody::terms`]: a scheduled start,
+//!   approvals, a governance record).
 //!
 //! A node rewrites the records of its store that the build before wrote in the newest format
 //! when it opens the store, so that the build after it reads them.
 //!
-//! `WIRE_VERSION` is 6 and `OLDEST_READABLE` 5. The `Versioned` trait gives each item's previous
-//! form (in `wire::v5`) and the conversions; `encode` writes the newest format, `encode_at` a
+//! `WIRE_VERSION` is 7 and `OLDEST_READABLE` 6. The `Versioned` trait gives each item's previous
+//! form (in `wire::v6`) and the conversions; `encode` writes the newest format, `encode_at` a
 //! peer's older one (or `WireError::Unrepresentable`); `decode` and `decode_versioned` read either
-//! (the latter says which), and refuse empty input, a version byte outside 5 to 6, and trailing
-//! bytes. With the test suite's `act_as_version(5)` a process writes and reads format 5 only, as
-//! the build of format 5 did (mixed-version tests). `docs/protocol.md`, "Wire formats and rolling
+//! (the latter says which), and refuse empty input, a version byte outside 6 to 7, and trailing
+//! bytes. With the test suite's `act_as_version(6)` a process writes and reads format 6 only, as
+//! the build of format 6 did (mixed-version tests). `docs/protocol.md`, "Wire formats and rolling
 //! upgrades", has the history of formats.
 //!
 //! The log-sync messages: `PullRequest { have, max_bytes, reverts }` (`reverts`: the targets of the

@@ -21,6 +21,7 @@
 
 pub mod check;
 pub mod schedule;
+pub mod simulated;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

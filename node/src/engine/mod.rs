@@ -46,7 +46,7 @@
 //! - `publish` sends the replica's `View` to readers (`EngineHandle::view()`, a `watch`
 //!   channel: readers never wait on the queue), sets `grapevine_generations_known` and
 //!   `grapevine_reverts_known`, and the gossip keys (`applied` and `digest` describe the applied
-//!   state; `reverts` is `Log::reverts_digest`; `vv.` and `tally.` the log's summary).
+//!   state; `reverts` is `Log::reverts_digest`; `vv.` and `vh.` the log's summary).
 //! - While the replica is recovering (`EngineParts::recovering`: the store was found damaged),
 //!   `seal` refuses every change (503), the API refuses reads, `/readyz` and `/v1/watch`, and the
 //!   files task touches no file, until `Replica::caught_up` (then the store's mark is cleared).

@@ -3,9 +3,9 @@
 //! `run_server` and `Server` answer `STREAM_PULL` from the store (the reverts the puller lacks
 //! first, then the snapshot for a puller behind it, then the generations) and take `STREAM_PUSH`:
 //! ingest the reverts, then the generations, answer `PushAck`, and prompt a pull from the sender
-//! when it holds more than we do. What a puller's older format cannot hold (nothing, from format 5
-//! to 6: the origin proof is simply left out) would be left out of the answer and counted in
-//! `sync_format_withheld`. Limits: `MAX_CONCURRENT_SERVES`, `MAX_PUSH_FRAME_BYTES`.
+//! when it holds more than we do. What a puller's older format cannot hold (from format 6 to 7: a
+//! generation with terms) is left out of the answer and counted in `sync_format_withheld`.
+//! Limits: `MAX_CONCURRENT_SERVES`, `MAX_PUSH_FRAME_BYTES`.
 
 use std::sync::Arc;
 

@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use super::SplitMix64;
 use crate::replica::{Anomaly, Cause, Config, Members, Now, Release, Replica, Stored, Submission};
-use crate::rollout::{Plan, Policy, Report, Verdict};
+use crate::rollout::{AnomalyQuorum, Plan, Policy, Report, Verdict};
 use crate::schedule::Freezes;
 use crate::signing::Trust;
 use crate::snapshot::Retention;
@@ -180,12 +180,53 @@ pub struct Figures {
     pub events: u64,
 }
 
+/// One node at the end of a run, as the chaos checker reads a real node's status and history.
+#[derive(Debug)]
+pub struct NodeEnd {
+    pub name: NodeName,
+    /// Up at the end (every node is, unless the run did not converge).
+    pub up: bool,
+    pub state_digest: String,
+    pub version_vector: VersionVector,
+    pub reverted: Vec<GenId>,
+    /// Every generation held whole, with its rollout as this node sees it.
+    pub generations: Vec<GenerationEnd>,
+}
+
+/// A generation's rollout as one node sees it at the end (the fields of the node's
+/// `RolloutView` the chaos checker reads).
+#[derive(Debug)]
+pub struct GenerationEnd {
+    pub generation: Generation,
+    pub plan: Plan,
+    pub applied_here: bool,
+    pub reverted: bool,
+    pub open_waves: usize,
+    pub anomaly_quorum: AnomalyQuorum,
+    /// The evidence it was applied on here, if it was.
+    pub release: Option<Release>,
+}
+
+/// What happened in a run, in the terms of the chaos suite's history.
+#[derive(Debug, Default)]
+pub struct Happened {
+    /// Changes acknowledged to their client: writer, id, when, and the key and value written.
+    pub acknowledged: Vec<(NodeName, GenId, u64, String, serde_json::Value)>,
+    /// Every release: when, where, what, and its evidence.
+    pub releases: Vec<(u64, NodeName, GenId, Release)>,
+    /// Every revert written on the anomaly quorum: where, what, and the quorum it saw.
+    pub quorum_reverts: Vec<(NodeName, GenId, AnomalyQuorum)>,
+}
+
 /// A run's result.
 #[derive(Debug)]
 pub struct Outcome {
     pub options: Options,
     pub figures: Figures,
     pub violations: Vec<Violation>,
+    /// Every node at the end, and what happened: what the chaos checker reads.
+    pub ends: Vec<NodeEnd>,
+    pub happened: Happened,
     /// Every decision and fault, one line each, in order.
     pub trace: Vec<String>,
     /// The faults drawn, for the summary.
@@ -1420,7 +1461,87 @@ impl World {
     fn finish(self) -> Outcome {
         let violations = self.check();
         let figures = self.figures();
-        Outcome { options: self.options, figures, violations, trace: self.trace, faults: self.faults }
+        let ends = (0..self.options.nodes).map(|node| self.end_of(node)).collect();
+        let happened = self.happened();
+        Outcome { options: self.options, figures, violations, ends, happened, trace: self.trace, faults: self.faults }
+    }
+
+    /// `node` at the end, as its status and history would show it.
+    fn end_of(&self, node: usize) -> NodeEnd {
+        let state = &self.nodes[node];
+        let Some(replica) = state.replica.as_ref() else {
+            let (version_vector, reverted) = (VersionVector::default(), Vec::new());
+            let state_digest = String::new();
+            return NodeEnd {
+                name: state.name.clone(),
+                up: false,
+                state_digest,
+                version_vector,
+                reverted,
+                generations: Vec::new(),
+            };
+        };
+        let n = self.options.nodes;
+        let mut generations = Vec::new();
+        for generation in replica.log().iter() {
+            let id = generation.id();
+            let plan = Plan::of(&generation.body);
+            let policy = &generation.body.change.policy;
+            let (mut live, mut all) = (BTreeMap::new(), BTreeMap::new());
+            for x in 0..n {
+                if let Some((report, published)) = self.content(x, self.views[node][x]).reports.get(id) {
+                    all.insert(self.nodes[x].name.clone(), *report);
+                    if self.live(node, x) {
+                        let elapsed_ms = report.elapsed_ms + self.now.saturating_sub(*published);
+                        live.insert(self.nodes[x].name.clone(), Report { elapsed_ms, ..*report });
+                    }
+                }
+            }
+            let release = self.record.applied.get(id).and_then(|applied| applied.get(&node)).map(|(_, r)| r.clone());
+            generations.push(GenerationEnd {
+                open_waves: plan.open_waves(policy, Default::default(), &live),
+                anomaly_quorum: AnomalyQuorum::of(policy, &all),
+                applied_here: replica.is_released(id),
+                reverted: replica.log().is_reverted(id),
+                release,
+                plan,
+                generation: generation.clone(),
+            });
+        }
+        NodeEnd {
+            name: state.name.clone(),
+            up: true,
+            state_digest: replica.state().digest().to_string(),
+            version_vector: replica.log().version_vector().clone(),
+            reverted: replica.log().reverts().map(|revert| revert.target).collect(),
+            generations,
+        }
+    }
+
+    fn happened(&self) -> Happened {
+        let name = |node: usize| self.nodes[node].name.clone();
+        let mut happened = Happened::default();
+        for (id, writer, at) in &self.record.acknowledged {
+            let Some(generation) = self.generation(id) else { continue };
+            for op in &generation.body.change.ops {
+                if let Op::PutConfig { key, value, .. } = op {
+                    let entry = (name(*writer), id.clone(), *at, key.to_string(), value.to_value());
+                    happened.acknowledged.push(entry);
+                }
+            }
+        }
+        for (id, applied) in &self.record.applied {
+            for (node, (at, release)) in applied {
+                happened.releases.push((*at, name(*node), id.clone(), release.clone()));
+            }
+        }
+        happened.releases.sort_by_key(|(at, ..)| *at);
+        for (node, target, cause, _) in &self.record.written {
+            if let Cause::Quorum(quorum) = cause {
+                happened.quorum_reverts.push((name(*node), target.clone(), quorum.clone()));
+            }
+        }
+        happened
     }
 
     fn figures(&self) -> Figures {
