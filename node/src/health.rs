@@ -39,10 +39,10 @@
 //! - `judge_all`, every sample interval on a node with a source, judges every watched generation
 //!   with `proto::health::judge`: its samples since the apply, against its baseline and against the
 //!   pooled `kpi` windows of the live peers that do not report on it (`gossip::PeerHealth`, refreshed
-//!   from gossip every interval, with the generations each peer reports healthy). Then the blame rule:
-//!   the same samples count toward every generation watched, so only one suspect (not judged
-//!   healthy, or anomalous and not yet reverted) may be anomalous: the newest that no live peer
-//!   reports healthy, else the newest; the others stay `Inconclusive` (reason `...; deferred to
+//!   from gossip every interval, with the generations each peer reports healthy). Then the blame rule
+//!   (`proto::health::blame`): the same samples count toward every generation watched, so only one
+//!   suspect (not judged healthy, or anomalous and not yet reverted) may be anomalous: the newest
+//!   that no live peer reports healthy, else the newest; the others stay `Inconclusive` (reason `...; deferred to
 //!   <blamed>, also applied here and not judged healthy`). An anomalous verdict is final: the
 //!   generation takes no more samples, and the anomaly is handed to the task once
 //!   (`take_anomalies`).
@@ -93,7 +93,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use grapevine_proto::health::{Judgement, References, Thresholds, Window, judge};
+use grapevine_proto::health::{Judgement, References, Thresholds, Window, blame, judge};
 use grapevine_proto::rollout::{Report, Verdict};
 use grapevine_proto::{GenId, NodeName};
 use serde::{Deserialize, Serialize};
@@ -416,35 +416,19 @@ impl Health {
             let since = tracked.window();
             judged.push((id.clone(), tracked.applied_at, judge(&tracked.thresholds, &since, &references), since));
         }
-        // The same samples count toward every generation watched, so bad samples make every
-        // one of them look bad. Blame goes to one suspect (a generation watched and not judged
-        // healthy, or anomalous and not yet reverted): the newest that no other node judges
-        // healthy, or the newest of all when every suspect is judged healthy elsewhere. The
-        // other suspects stay inconclusive (which holds their waves); once the blamed one is
-        // reverted, they forget the samples taken while it was applied (`freeze`).
-        //
-        // Newest first, because a change usually hurts at once; but a change that other nodes
-        // run healthy is not what hurts here when an older change no one vouches for is also
-        // applied here (found by the chaos suite: a bad canary applied just before an innocent
-        // change that was healthy everywhere else deferred to it forever and was never reverted).
+        // Blame goes to one suspect (`proto::health::blame`); the other anomalous ones wait.
         let latched = tracked
             .iter()
             .filter(|(_, t)| !t.watching() && !t.frozen && t.judgement.verdict == Verdict::Anomalous)
             .map(|(id, t)| (t.applied_at, id.clone(), None));
-        let mut order: Vec<Candidate> = judged
+        let order: Vec<Candidate> = judged
             .into_iter()
             .map(|(id, applied_at, judgement, since)| (applied_at, id, Some((judgement, since))))
             .chain(latched)
             .collect();
-        order.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
-        let suspect = |(_, _, judged): &&Candidate| judged.as_ref().is_none_or(|(j, _)| j.verdict != Verdict::Healthy);
-        let vouched = |id: &GenId| peers.values().any(|peer| peer.healthy.contains(id));
-        let blamed: Option<GenId> = order
-            .iter()
-            .filter(suspect)
-            .find(|(_, id, _)| !vouched(id))
-            .or_else(|| order.iter().find(suspect))
-            .map(|(_, id, _)| id.clone());
+        let verdicts: Vec<(Instant, GenId, Option<Verdict>)> =
+            order.iter().map(|(at, id, judged)| (*at, id.clone(), judged.as_ref().map(|(j, _)| j.verdict))).collect();
+        let blamed = blame(&verdicts, |id| peers.values().any(|peer| peer.healthy.contains(id)));
         for (_, id, judged) in order {
             let Some((mut judgement, since)) = judged else { continue };
             if judgement.verdict == Verdict::Anomalous {

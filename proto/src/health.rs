@@ -10,7 +10,8 @@
 //! and is conservative, so repeated looks during a watch window stay rare false alarms.
 //! Latency compares medians of per-interval p99 values, which one slow interval cannot move.
 //!
-//! The node gathers the samples (`node::health`); this module only judges them.
+//! The node gathers the samples (`node::health`); this module only judges them, and says which
+//! of the generations a node watches the bad samples are blamed on (`blame`).
 //!
 //! - `Window { requests, errors, latency_ms, latency_intervals }` is KPIs over a span:
 //!   `Window::of(samples)` sums requests and errors (errors capped at requests) and takes the
@@ -41,6 +42,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::GenId;
 use crate::rollout::{PolicyError, Verdict};
 
 /// The false-alarm probability each error-rate comparison allows (one in ten thousand).
@@ -287,6 +289,27 @@ fn significantly_above(window: &Window, limit: f64) -> bool {
 }
 
 /// The Kullback-Leibler divergence between Bernoulli(p) and Bernoulli(q), `0 < q < 1`.
+/// The blame rule. The same samples count toward every generation a node watches, so bad
+/// samples make each of them look bad; blame goes to one suspect. `watched` are the generations a
+/// node judges, each with an ordering key of when it applied it (later is newer) and its
+/// verdict now, `None` for one whose anomalous verdict is final and that is not reverted yet. A
+/// suspect is one not judged healthy; the blamed is the newest suspect that no other node vouches
+/// for (judges healthy), or the newest suspect when every one is vouched for. The other suspects
+/// stay inconclusive, which holds their waves; once the blamed one is reverted they forget the
+/// samples taken while it was applied (`node::health`'s `freeze`).
+///
+/// Newest first, because a change usually hurts at once; but a change that other nodes run
+/// healthy is not what hurts here when an older change no one vouches for is also applied here
+/// (found by the chaos suite: a bad canary applied just before an innocent change that was
+/// healthy everywhere else deferred to it forever and was never reverted).
+pub fn blame<K: Ord>(watched: &[(K, GenId, Option<Verdict>)], vouched: impl Fn(&GenId) -> bool) -> Option<GenId> {
+    let mut order: Vec<&(K, GenId, Option<Verdict>)> = watched.iter().collect();
+    order.sort_by(|a, b| (&b.0, &b.1).cmp(&(&a.0, &a.1)));
+    let suspect = |(_, _, verdict): &&&(K, GenId, Option<Verdict>)| *verdict != Some(Verdict::Healthy);
+    let blamed = order.iter().filter(suspect).find(|(_, id, _)| !vouched(id)).or_else(|| order.iter().find(suspect));
+    blamed.map(|(_, id, _)| id.clone())
+}
+
 fn kl_bernoulli(p: f64, q: f64) -> f64 {
     let term = |a: f64, b: f64| if a == 0.0 { 0.0 } else { a * (a / b).ln() };
     term(p, q) + term(1.0 - p, 1.0 - q)
@@ -298,6 +321,20 @@ fn percent(rate: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn blame_goes_to_the_newest_suspect_no_other_node_vouches_for() {
+        use crate::rollout::Verdict::{Anomalous, Healthy, Inconclusive};
+        let id = |seq: u64| crate::GenId { origin: "n1".parse().unwrap(), seq };
+        let none = |_: &crate::GenId| false;
+        let watched = [(1, id(1), Some(Anomalous)), (2, id(2), Some(Anomalous)), (3, id(3), Some(Healthy))];
+        assert_eq!(super::blame(&watched, none), Some(id(2)), "the newest not judged healthy");
+        assert_eq!(super::blame(&watched, |g| *g == id(2)), Some(id(1)), "the newest no one vouches for");
+        assert_eq!(super::blame(&watched, |_| true), Some(id(2)), "all vouched for: the newest suspect");
+        let latched = [(5, id(5), Some(Inconclusive)), (9, id(9), None)];
+        assert_eq!(super::blame(&latched, none), Some(id(9)), "an anomaly not reverted yet stays a suspect");
+        assert_eq!(super::blame(&[(1, id(1), Some(Healthy))], none), None, "no suspect, no blame");
+    }
+
     use proptest::prelude::*;
 
     proptest! {
