@@ -90,7 +90,7 @@ use chitchat::{
     NodeState, Serializable, spawn_chitchat,
 };
 use grapevine_proto::health::Window;
-use grapevine_proto::rollout::{Report, Verdict};
+use grapevine_proto::rollout::{Report, Verdict, worst_per_member};
 use grapevine_proto::wire::OLDEST_READABLE;
 use grapevine_proto::{GenId, NodeName, Tally, VersionVector};
 use serde::Serialize;
@@ -559,13 +559,12 @@ impl Gossip {
             .into_iter()
             .filter_map(|(id, _, value)| {
                 let node = id.node_id.parse::<NodeName>().ok()?;
-                let mut report = value.parse::<Report>().ok()?;
+                let report = value.parse::<Report>().ok()?;
                 let slot = seen.entry((node.to_string(), key.clone())).or_insert_with(|| (value.clone(), now));
                 if slot.0 != value {
                     *slot = (value, now);
                 }
-                report.elapsed_ms += now.duration_since(slot.1).as_millis() as u64;
-                Some((node, report))
+                Some((node, report.aged(now.duration_since(slot.1).as_millis() as u64)))
             })
             .collect()
     }
@@ -583,15 +582,11 @@ impl Gossip {
                 states.filter_map(|(id, state)| Some(Raw::of(id, state, &key, state.get(&key)?))).collect()
             })
             .await;
-        let mut reports: BTreeMap<NodeName, Report> = BTreeMap::new();
-        for (id, _, value) in self.keep_signed(raw, REPORT_FIELDS) {
-            let (Ok(report), Ok(name)) = (value.parse::<Report>(), id.node_id.parse::<NodeName>()) else { continue };
-            let slot = reports.entry(name).or_insert(report);
-            if report.verdict > slot.verdict {
-                *slot = report;
-            }
-        }
-        reports
+        let reports = self
+            .keep_signed(raw, REPORT_FIELDS)
+            .into_iter()
+            .filter_map(|(id, _, value)| Some((id.node_id.parse::<NodeName>().ok()?, value.parse::<Report>().ok()?)));
+        worst_per_member(reports)
     }
 
     /// Generations some member (live or dead) reports anomalous.

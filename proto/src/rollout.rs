@@ -344,6 +344,27 @@ impl Report {
     pub fn baked_in(&self, bake_ms: u64) -> Option<u64> {
         (self.verdict == Verdict::Healthy).then(|| bake_ms.saturating_sub(self.elapsed_ms))
     }
+
+    /// The report as an observer reads it `seen_for_ms` after it first saw it: reports age on
+    /// the observer's clock, from its first sight (short of the true age by that sighting's
+    /// gossip delay, never beyond it).
+    pub fn aged(self, seen_for_ms: u64) -> Report {
+        Report { elapsed_ms: self.elapsed_ms.saturating_add(seen_for_ms), ..self }
+    }
+}
+
+/// Every member's report on one generation, each name once with its worst verdict: a name
+/// that ran as several incarnations (a restarted node) counts as one member, and an anomaly
+/// one of them reported is not washed out by another's healthy report.
+pub fn worst_per_member(reports: impl IntoIterator<Item = (NodeName, Report)>) -> BTreeMap<NodeName, Report> {
+    let mut worst: BTreeMap<NodeName, Report> = BTreeMap::new();
+    for (name, report) in reports {
+        let slot = worst.entry(name).or_insert(report);
+        if report.verdict > slot.verdict {
+            *slot = report;
+        }
+    }
+    worst
 }
 
 impl fmt::Display for Report {
@@ -738,6 +759,27 @@ mod tests {
         reports.insert(wave_mate, healthy(10));
         assert!(plan.is_open(2, &policy, none, &reports));
         assert!(plan.is_open(1, &policy, none, &reports), "a later wave's member went through wave 1 too");
+    }
+
+    #[test]
+    fn a_member_counts_once_with_its_worst_verdict_and_reports_age_from_first_sight() {
+        let (n1, n2): (NodeName, NodeName) = ("n1".parse().unwrap(), "n2".parse().unwrap());
+        let report = |verdict, elapsed_ms| Report { verdict, elapsed_ms };
+        let worst = worst_per_member([
+            (n1.clone(), report(Verdict::Anomalous, 5)),
+            (n1.clone(), report(Verdict::Healthy, 900)),
+            (n2.clone(), report(Verdict::Healthy, 10)),
+            (n2.clone(), report(Verdict::Inconclusive, 1)),
+        ]);
+        assert_eq!(
+            worst[&n1],
+            report(Verdict::Anomalous, 5),
+            "a restarted node's healthy report does not wash out its anomaly"
+        );
+        assert_eq!(worst[&n2], report(Verdict::Inconclusive, 1));
+        assert_eq!(worst.len(), 2);
+        assert_eq!(report(Verdict::Healthy, 400).aged(600), report(Verdict::Healthy, 1000));
+        assert_eq!(report(Verdict::Healthy, u64::MAX).aged(1).elapsed_ms, u64::MAX);
     }
 
     /// `reports` as they read `ms` later, with nothing new.
