@@ -14,12 +14,12 @@
 //! Every read leaves out members whose name a connection's certificate contradicts, and the
 //! node watches for another live process under its own name (see [`binding`]).
 //!
-//! The types: `Gossip`, `GossipConfig`, `Member`, `PeerHealth`, the key names (`KEY_API`, `KEY_LABELS`,
-//! `KEY_GENERATIONS`, `KEY_APPLIED`, `KEY_DIGEST`, `KEY_KPI`, `KEY_REVERTS`,
-//! `PREFIX_VERSION_VECTOR`, `PREFIX_TALLY`, `PREFIX_REPORT`, `PREFIX_REVERTED_BY`), and the chitchat
-//! `Transport`/`Socket` adapter (`QuicGossip`, `GossipSocket`, `run_peer_sender`). Submodules:
-//! `binding` (names against certificates, D70), `signed` (signed reports, D67), `heard`
-//! (`HeardFrom`).
+//! The types: `Gossip`, `GossipConfig`, `Member`, `PeerHealth`. Submodules: `keys` (the key
+//! schema: `KEY_API`, `KEY_LABELS`, `KEY_GENERATIONS`, `KEY_APPLIED`, `KEY_DIGEST`, `KEY_KPI`,
+//! `KEY_REVERTS`, `KEY_WIRE`, `KEY_SIGNING`, `PREFIX_VERSION_VECTOR`, `PREFIX_TALLY`,
+//! `PREFIX_REPORT`, `PREFIX_REVERTED_BY`, and the vector and tally keys), `socket` (chitchat's
+//! `Transport`/`Socket` over QUIC: `QuicGossip`, `GossipSocket`, `run_peer_sender`), `signed`
+//! (signed reports, D67), `binding` (names against certificates, D70), `heard` (`HeardFrom`).
 //!
 //! - `Gossip::start` publishes `cert` (the certificate of `Transport::identity`) with the first
 //!   keys. `publish_reports` and `publish_kpis` sign each value with the node's current key; when
@@ -64,8 +64,8 @@
 //!   ones, and the dead ones heard from within the window (`HeardFrom::recent`).
 //!   `live_members_watcher` is chitchat's live-set watch; the puller wakes on it too.
 //! - `nudge_live_peers` calls `ChitchatHandle::gossip(addr)` for every live peer.
-//! - Limits: `PEER_QUEUE_CAPACITY`, `PEER_SENDER_IDLE`, `MAX_PEER_SENDERS`, `MAX_SEEN_REPORTS`,
-//!   `FORGED_WARN_INTERVAL`; in `heard.rs` `MAX_HEARD_PEERS` and `HEARD_WINDOW_ROUNDS`; in
+//! - Limits: `MAX_SEEN_REPORTS`, `FORGED_WARN_INTERVAL`; in `socket.rs` `PEER_QUEUE_CAPACITY`,
+//!   `PEER_SENDER_IDLE` and `MAX_PEER_SENDERS`; in `heard.rs` `MAX_HEARD_PEERS` and `HEARD_WINDOW_ROUNDS`; in
 //!   `signed.rs` `MAX_CERT_BYTES`, `CERT_RECHECK`, `MAX_CHECKED_VALUES` and
 //!   `MAX_CHECKED_CERTIFICATES`.
 //!
@@ -75,19 +75,21 @@
 
 pub mod binding;
 pub mod heard;
+mod keys;
 pub mod signed;
+mod socket;
+
+pub use keys::*;
+use socket::QuicGossip;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use chitchat::transport::{Socket, Transport as ChitchatTransport};
 use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage, Deserializable, FailureDetectorConfig, ListenerHandle,
-    NodeState, Serializable, spawn_chitchat,
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ListenerHandle, NodeState, spawn_chitchat,
 };
 use grapevine_proto::health::Window;
 use grapevine_proto::rollout::{Report, Verdict, worst_per_member};
@@ -95,54 +97,19 @@ use grapevine_proto::wire::OLDEST_READABLE;
 use grapevine_proto::{GenId, NodeName, Tally, VersionVector};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use self::binding::{Namesake, NamesakeWatch, claim_holds};
 use self::heard::HeardFrom;
 use self::signed::{Published, Signer, Verifier};
 use crate::clock;
-use crate::metrics::{Metrics, WarnLimiter, reason};
+use crate::metrics::{WarnLimiter, reason};
 use crate::tls::NodeIdentity;
 use crate::transport::Transport;
-
-pub const KEY_API: &str = "api";
-pub const KEY_LABELS: &str = "labels";
-pub const KEY_GENERATIONS: &str = "generations";
-pub const KEY_APPLIED: &str = "applied";
-pub const KEY_DIGEST: &str = "digest";
-pub const PREFIX_VERSION_VECTOR: &str = "vv.";
-/// `vh.<origin>` = what this node holds whole of `<origin>` up to its vector, summarised
-/// (`Tally`: `after-through.sum`): a peer whose tally of the same range differs holds some id
-/// with other content (a namesake or a wiped node wrote it again; D84).
-pub const PREFIX_TALLY: &str = "vh.";
-/// `rep.<generation>` = this node's report on a generation it applied (`h:12000`).
-pub const PREFIX_REPORT: &str = "rep.";
-/// This node's KPIs over the last minute (`requests:errors:latency_ms:intervals`), for peers
-/// that compare theirs with it.
-pub const KEY_KPI: &str = "kpi";
-/// The summary of the reverts this node holds (`count.hash`); a peer with another pulls.
-pub const KEY_REVERTS: &str = "reverts";
-/// The newest wire format this node reads and writes (`wire::newest`).
-pub const KEY_WIRE: &str = "wire";
-/// Which root keys this node's `[signing]` trusts (`Trust::fingerprint`; `none` without
-/// roots): members that differ store different changes, so `status` names them.
-pub const KEY_SIGNING: &str = "signing";
-/// `rv.<generation>` = why this node wrote the revert of a generation (`quorum`, `rollback`).
-pub const PREFIX_REVERTED_BY: &str = "rv.";
-
-/// Gossip messages waiting to be sent to one peer. chitchat sends a few per round; a full
-/// queue means the peer is unreachable or slow, and the message is dropped as UDP would.
-const PEER_QUEUE_CAPACITY: usize = 16;
-
-/// A peer's sender task ends after this long without messages, so unused peers cost nothing.
-const PEER_SENDER_IDLE: Duration = Duration::from_secs(60);
 
 /// Report values remembered with the time they were first seen; past it they are forgotten
 /// (and age again from zero, which only delays a gate).
 const MAX_SEEN_REPORTS: usize = 64 * 1024;
-
-/// Most peers with a live sender task; past it, messages to new peers are dropped.
-const MAX_PEER_SENDERS: usize = 1024;
 
 /// A refused report is logged at most once per member and reason in this interval; every
 /// refusal is counted.
@@ -1057,138 +1024,11 @@ fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> 
     }
 }
 
-/// The newest wire format a member reads, from its `wire` key ([`OLDEST_READABLE`] without).
-fn wire_version_in(state: &NodeState) -> u8 {
-    state.get(KEY_WIRE).and_then(|v| v.parse().ok()).unwrap_or(OLDEST_READABLE)
-}
-
 /// Whether a peer's `vv.<origin>` = `value` advertises more of `origin` than `held` (this node's
 /// published vector); a malformed value advertises nothing.
 fn advertises_more(held: &Mutex<HashMap<String, u64>>, origin: &str, value: &str) -> bool {
     let Ok(seq) = value.parse::<u64>() else { return false };
     seq > held.lock().expect("held vector lock poisoned").get(origin).copied().unwrap_or(0)
-}
-
-/// A peer's version vector from its `vv.<origin>` keys; malformed entries are skipped.
-pub fn version_vector_of(state: &NodeState) -> VersionVector {
-    let mut vector = VersionVector::default();
-    for (key, value) in state.key_values() {
-        let Some(origin) = key.strip_prefix(PREFIX_VERSION_VECTOR) else {
-            continue;
-        };
-        if let (Ok(origin), Ok(seq)) = (origin.parse::<NodeName>(), value.parse::<u64>()) {
-            vector.raise(origin, seq);
-        }
-    }
-    vector
-}
-
-/// The keys that publish `tallies`, one per origin.
-pub fn tally_keys(tallies: &BTreeMap<NodeName, Tally>) -> impl Iterator<Item = (String, String)> + '_ {
-    tallies.iter().map(|(origin, tally)| (format!("{PREFIX_TALLY}{origin}"), tally.to_string()))
-}
-
-/// The keys that publish `vector`, one per origin.
-pub fn version_vector_keys(vector: &VersionVector) -> impl Iterator<Item = (String, String)> + '_ {
-    vector.iter().map(|(origin, seq)| (format!("{PREFIX_VERSION_VECTOR}{origin}"), seq.to_string()))
-}
-
-/// chitchat's `Transport` on our endpoint. chitchat calls `open` once, with the address the
-/// endpoint is already bound to.
-struct QuicGossip {
-    transport: Transport,
-    inbox: Mutex<Option<mpsc::Receiver<(SocketAddr, Bytes)>>>,
-    heard: Arc<HeardFrom>,
-}
-
-#[async_trait]
-impl ChitchatTransport for QuicGossip {
-    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let bound = self.transport.local_addr();
-        anyhow::ensure!(
-            listen_addr == bound,
-            "gossip must listen on the endpoint's address {bound}, got {listen_addr}"
-        );
-        let inbox = self.inbox.lock().expect("inbox lock poisoned").take();
-        let inbox = inbox.ok_or_else(|| anyhow::anyhow!("the gossip socket of {bound} is already open"))?;
-        let heard = self.heard.clone();
-        Ok(Box::new(GossipSocket { transport: self.transport.clone(), inbox, peers: HashMap::new(), heard }))
-    }
-}
-
-/// chitchat's `Socket`: `send` queues and returns at once (it runs inside chitchat's single
-/// gossip loop, which must never wait on a handshake); `recv` is cancel-safe (an mpsc recv).
-struct GossipSocket {
-    transport: Transport,
-    inbox: mpsc::Receiver<(SocketAddr, Bytes)>,
-    peers: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
-    heard: Arc<HeardFrom>,
-}
-
-impl GossipSocket {
-    fn metrics(&self) -> &Metrics {
-        self.transport.metrics()
-    }
-
-    fn sender_for(&mut self, to: SocketAddr) -> Option<&mpsc::Sender<Bytes>> {
-        if self.peers.get(&to).is_none_or(|sender| sender.is_closed()) {
-            if self.peers.len() >= MAX_PEER_SENDERS {
-                self.peers.retain(|_, sender| !sender.is_closed());
-                if self.peers.len() >= MAX_PEER_SENDERS {
-                    return None;
-                }
-            }
-            let (sender, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
-            tokio::spawn(run_peer_sender(self.transport.clone(), to, receiver));
-            self.peers.insert(to, sender);
-        }
-        self.peers.get(&to)
-    }
-}
-
-#[async_trait]
-impl Socket for GossipSocket {
-    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
-        let bytes = Bytes::from(message.serialize_to_vec());
-        let queued = self.sender_for(to).is_some_and(|sender| sender.try_send(bytes).is_ok());
-        if !queued {
-            self.metrics().gossip_dropped.get_or_create(&reason("queue_full")).inc();
-        }
-        Ok(())
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
-        loop {
-            let (from, bytes) = self.inbox.recv().await.ok_or_else(|| anyhow::anyhow!("the transport has stopped"))?;
-            match ChitchatMessage::deserialize(&mut &bytes[..]) {
-                Ok(message) => {
-                    self.metrics().gossip_received.inc();
-                    // Before chitchat applies it: the key events it fires then find the sender
-                    // already counted as reachable.
-                    self.heard.record(from, clock::now());
-                    return Ok((from, message));
-                }
-                Err(error) => {
-                    self.metrics().gossip_dropped.get_or_create(&reason("malformed")).inc();
-                    debug!(peer = %from, %error, "dropped malformed gossip message");
-                }
-            }
-        }
-    }
-}
-
-/// Sends one peer's queued gossip in order; ends when idle or when the socket is dropped.
-async fn run_peer_sender(transport: Transport, to: SocketAddr, mut queue: mpsc::Receiver<Bytes>) {
-    while let Ok(Some(message)) = tokio::time::timeout(PEER_SENDER_IDLE, queue.recv()).await {
-        if let Err(error) = transport.send_gossip(to, message).await {
-            debug!(peer = %to, %error, "gossip send failed");
-            let mut dropped = 1;
-            while queue.try_recv().is_ok() {
-                dropped += 1;
-            }
-            transport.metrics().gossip_dropped.get_or_create(&reason("send_failed")).inc_by(dropped);
-        }
-    }
 }
 
 #[cfg(test)]
