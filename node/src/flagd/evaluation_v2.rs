@@ -14,7 +14,11 @@ use super::access::Caller;
 use super::convert::map_to_struct;
 use super::evaluation::{Evaluator, Resolved, error_status, parts};
 use super::schema::evaluation_v2::service_server::{Service, ServiceServer};
-use super::schema::evaluation_v2::*;
+use super::schema::evaluation_v2::{
+    AnyFlag, EventStreamRequest, EventStreamResponse, ResolveAllRequest, ResolveAllResponse, ResolveBooleanRequest,
+    ResolveBooleanResponse, ResolveFloatRequest, ResolveFloatResponse, ResolveIntRequest, ResolveIntResponse,
+    ResolveObjectRequest, ResolveObjectResponse, ResolveStringRequest, ResolveStringResponse, any_flag,
+};
 use grapevine_proto::eval::ErrorCode;
 
 /// The v2 service of `evaluator`, behind `interceptor`.

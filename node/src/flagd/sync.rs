@@ -22,7 +22,10 @@ use super::access::{Caller, interceptor};
 use super::convert::map_to_struct;
 use super::evaluation::serving;
 use super::schema::sync::flag_sync_service_server::{FlagSyncService, FlagSyncServiceServer};
-use super::schema::sync::*;
+use super::schema::sync::{
+    FetchAllFlagsRequest, FetchAllFlagsResponse, GetMetadataRequest, GetMetadataResponse, SyncFlagsRequest,
+    SyncFlagsResponse,
+};
 use crate::api::selector::Selector;
 use crate::engine::View;
 

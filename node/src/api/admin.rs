@@ -1,0 +1,157 @@
+//! The node's own endpoints: `/readyz`, `/metrics`, `/v1/status` and `/v1/backup`.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::clock;
+use crate::engine::short_digest;
+use crate::metrics::{GenerationLabel, VerdictLabel, reason};
+
+use super::{ApiError, ApiResult, ApiState, NoParameters};
+
+/// `GET /readyz`: 200 once the node has caught up with its live peers' logs and applied
+/// every generation whose wave is open for it; 503 with what it still waits for.
+pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
+    let readiness = state.engine.readiness().await;
+    let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(readiness)).into_response()
+}
+
+/// `GET /v1/backup`: a consistent copy of this node's store, as a redb file to put in place
+/// of `grapevine.redb` (of this node name) to restore it. Written next to the store first
+/// (the same disk, so no other file system fills up), then streamed and removed.
+pub(super) async fn backup(State(state): State<ApiState>, _: Query<NoParameters>) -> Result<Response, ApiError> {
+    ApiError::unless_recovering(&state.engine.view(), state.name.as_str())?;
+    let now = clock::wall().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let path = state.data.join(format!(".backup-{now}.redb"));
+    let store = state.store.clone();
+    let written = path.clone();
+    let failed = |message: String| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message };
+    tokio::task::spawn_blocking(move || store.backup_to(&written))
+        .await
+        .map_err(|e| failed(format!("backup task failed: {e}")))?
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            failed(format!("node {}: backup failed: {e}", state.name))
+        })?;
+    let file = tokio::fs::File::open(&path).await;
+    // Unlinked at once: the open file streams on, and nothing is left behind if the client goes.
+    let _ = std::fs::remove_file(&path);
+    let file = file.map_err(|e| failed(format!("node {}: cannot read the backup: {e}", state.name)))?;
+    let length = file.metadata().await.map(|m| m.len()).unwrap_or_default();
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (axum::http::header::CONTENT_LENGTH, length.to_string()),
+        (axum::http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"grapevine-{}.redb\"", state.name)),
+    ];
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((headers, body).into_response())
+}
+
+pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
+    // Membership is read from chitchat at scrape time, so the gauge is never stale.
+    let members = state.gossip.members().await;
+    let alive = members.iter().filter(|m| m.alive).count();
+    state.metrics.members.get_or_create(&reason("alive")).set(alive as i64);
+    state.metrics.members.get_or_create(&reason("dead")).set((members.len() - alive) as i64);
+    // How far behind the most advanced live peer this node's log is, in generations.
+    let ours = state.engine.view().settled.clone();
+    let behind = state
+        .gossip
+        .peer_version_vectors()
+        .await
+        .iter()
+        .map(|(_, theirs)| theirs.iter().map(|(origin, seq)| seq.saturating_sub(ours.get(origin))).sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    state.metrics.log_behind.set(behind as i64);
+    // Per-generation gauges: refilled, so generations that are done leave no stale series.
+    let metrics = &state.metrics;
+    metrics.generation_verdict.clear();
+    for (id, report) in state.health.reports() {
+        let verdict = match report.verdict {
+            grapevine_proto::rollout::Verdict::Healthy => "healthy",
+            grapevine_proto::rollout::Verdict::Inconclusive => "inconclusive",
+            grapevine_proto::rollout::Verdict::Anomalous => "anomalous",
+        };
+        metrics.generation_verdict.get_or_create(&VerdictLabel { generation: id.to_string(), verdict }).set(1);
+    }
+    metrics.rollout_open_waves.clear();
+    metrics.rollout_waves.clear();
+    for (id, open, waves) in state.engine.waiting().await {
+        let label = GenerationLabel { generation: id.to_string() };
+        metrics.rollout_open_waves.get_or_create(&label).set(open as i64);
+        metrics.rollout_waves.get_or_create(&label).set(waves as i64);
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
+}
+
+/// Where this node's clock stands against its peers' (`null` before any was measured).
+pub(super) fn clock_status(state: &ApiState) -> Value {
+    let standing = state.offsets.standing();
+    let fenced = crate::clock::fenced(standing, state.max_clock_offset_ms);
+    standing.map_or(Value::Null, |s| {
+        json!({"ahead_ms": s.ahead_ms, "peers": s.peers, "max_offset_ms": state.max_clock_offset_ms, "fenced": fenced})
+    })
+}
+
+pub(super) async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiResult<Value> {
+    let heard = state.gossip.last_heard();
+    let members: Vec<Value> = state
+        .gossip
+        .members()
+        .await
+        .into_iter()
+        .map(|member| {
+            let last_heard_ms = heard.get(&member.gossip).map(|age| age.as_millis() as u64);
+            let mut member = serde_json::to_value(member).expect("a member always serializes");
+            member["last_heard_ms"] = json!(last_heard_ms);
+            member
+        })
+        .collect();
+    let view = state.engine.view();
+    Ok(Json(json!({
+        "node": state.name,
+        "cluster": state.cluster,
+        "generations": view.generations,
+        "compacted": view.compacted,
+        "reverted": view.reverted.len(),
+        "version_vector": view.version_vector.iter().map(|(o, s)| (o.to_string(), s)).collect::<std::collections::BTreeMap<_, _>>(),
+        "applied": view.state.latest().map(ToString::to_string),
+        "state_digest": short_digest(&view.state),
+        "recovering": view.recovering,
+        "clock": clock_status(&state),
+        "health": state.health.sources(),
+        "files": state.files.statuses(),
+        "signing": {
+            "required": state.trust.required(),
+            "roots": state.trust.roots.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "fingerprint": state.trust.fingerprint(),
+            "approvals": state.trust.approvals,
+        },
+        "freeze": freeze_status(&state),
+        "members": members,
+        "conflicts": {
+            "generations": view.conflicts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "namesakes": state.gossip.live_namesakes(),
+        },
+    })))
+}
+
+/// The freeze windows of this node, their fingerprint (the same on nodes that carry the same
+/// windows), and the freeze in force now, if any.
+pub(super) fn freeze_status(state: &ApiState) -> Value {
+    let now = clock::wall_ms(state.clock_skew_ms);
+    let active = state.freezes.covering(now).map(|(window, until_ms)| {
+        json!({"window": window, "until_ms": until_ms, "until": grapevine_proto::schedule::rfc3339(until_ms)})
+    });
+    json!({
+        "windows": state.freezes.names().collect::<Vec<_>>(),
+        "fingerprint": state.freezes.fingerprint(),
+        "active": active,
+    })
+}
