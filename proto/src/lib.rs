@@ -8,6 +8,7 @@ pub mod approvals;
 pub mod audit;
 pub mod compiled;
 pub mod cost;
+pub mod edit;
 pub mod eval;
 pub mod health;
 pub mod hlc;

@@ -12,7 +12,7 @@ use grapevine_proto::limits::MAX_MEMBERS;
 use grapevine_proto::rollout::{Policy, PolicyOptions, parse_duration_ms};
 use grapevine_proto::schedule::{check_start, parse_time};
 use grapevine_proto::signing::Signed;
-use grapevine_proto::{Author, Change, Generation, Key, Op, Terms, ValidationError};
+use grapevine_proto::{Author, Change, Generation, Op, Terms, ValidationError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -44,19 +44,7 @@ pub(super) async fn apply_change(
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("expected a flagd flag file in UTF-8"))?;
     let set = grapevine_proto::eval::FlagSet::parse(text).map_err(ApiError::bad_request)?;
     access::covers_all(state, principal, set.flags.keys().map(String::as_str))?;
-    let desired = state.engine.view().desired.flags.clone();
-    let mut ops = Vec::new();
-    for (name, flag) in set.flags {
-        let mut flag = flag.map_err(ApiError::bad_request)?;
-        let key: Key = name.parse().map_err(|error| ApiError::bad_request(format!("flag {name:?}: {error}")))?;
-        for (field, value) in &set.metadata {
-            flag.metadata.entry(field.clone()).or_insert_with(|| value.clone());
-        }
-        if desired.get(&key).is_some_and(|entry| *entry.value == flag) {
-            continue;
-        }
-        ops.push(Op::SetFlag { key, definition: flag.to_json_text()? });
-    }
+    let ops = grapevine_proto::edit::flag_file_ops(set, &state.engine.view().desired).map_err(ApiError::bad_request)?;
     if ops.is_empty() {
         return Ok(Json(json!({"changed": 0, "message": "every flag in the file is already the log's latest"})));
     }

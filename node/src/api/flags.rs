@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use grapevine_proto::eval::{FlagDefinition, FlagState};
+use grapevine_proto::eval::FlagDefinition;
 use grapevine_proto::{JsonText, Key, Op};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -45,7 +45,9 @@ pub(super) async fn set_flag_change(
     // before it even where that one has not reached this node's wave yet.
     let current = state.engine.view().desired.flags.get(&key).map(|entry| entry.value.as_ref().clone());
     let definition = match (request.on, request.variant, request.definition) {
-        (Some(on), None, None) => switch_boolean(&key, current, on)?,
+        (Some(on), None, None) => {
+            grapevine_proto::edit::switch_boolean(&key, current, on).map_err(ApiError::bad_request)?
+        }
         (None, Some(variant), None) => {
             let mut flag = current.ok_or_else(|| {
                 ApiError::not_found(format!(
@@ -65,24 +67,6 @@ pub(super) async fn set_flag_change(
         }
     };
     submit(state, Op::SetFlag { key, definition: definition.to_json_text()? }, wait).await
-}
-
-/// `--on`/`--off`: a boolean flag serving `on` or `off`. An existing flag keeps its metadata,
-/// but a flag of another shape is not silently turned into a boolean.
-pub(super) fn switch_boolean(key: &Key, current: Option<FlagDefinition>, on: bool) -> Result<FlagDefinition, ApiError> {
-    let Some(mut flag) = current else {
-        return Ok(FlagDefinition::boolean(on));
-    };
-    if flag.variants != FlagDefinition::boolean(on).variants {
-        let names: Vec<&str> = flag.variants.keys().map(String::as_str).collect();
-        return Err(ApiError::bad_request(format!(
-            "flag \"{key}\": --on/--off need variants on: true and off: false, got variants ({}); use --variant or --file",
-            names.join(", ")
-        )));
-    }
-    flag.state = FlagState::Enabled;
-    flag.default_variant = Some(if on { "on" } else { "off" }.to_owned());
-    Ok(flag)
 }
 
 pub(super) fn flag_answer(

@@ -17,7 +17,7 @@
 //! `events.rs`, `watch.rs`, `ofrep.rs`, `ui.rs`, and, in `testsuite` builds only, `links.rs`
 //! (`POST`/`DELETE /v1/testsuite/links`).
 //!
-//! - `switch_boolean` implements `--on`/`--off`. It and `--variant` start from the **desired** flag
+//! - `proto::edit::switch_boolean` implements `--on`/`--off`. It and `--variant` start from the **desired** flag
 //!   (the log's latest), so a change builds on the one before it even where that one has not
 //!   reached this node's wave.
 //! - `ChangeQuery` is its own extractor (`ChangeQuery::parse`): it takes `wait_replicas`,
@@ -36,10 +36,10 @@
 //! - `put_config_change` fills `schema` from the desired state's `schemas` when the request names
 //!   none. `get_config` answers with a strong `ETag` (the generation) and 304 on a matching
 //!   `If-None-Match`.
-//! - `apply` (`POST /v1/apply`) reads the body with `FlagSet::parse`, refuses it whole at the first
-//!   invalid flag, merges the file's metadata under each flag's, and submits one change with a
-//!   `SetFlag` per flag that differs from the desired state (`changed`); none differing answers
-//!   `changed: 0` without submitting.
+//! - `apply` (`POST /v1/apply`) reads the body with `FlagSet::parse` and submits one change with
+//!   the ops of `proto::edit::flag_file_ops` (refused whole at the first invalid flag; the file's
+//!   metadata merged under each flag's; a `SetFlag` per flag that differs from the desired state:
+//!   `changed`); none differing answers `changed: 0` without submitting.
 //! - `submit_change` serves the change endpoints and the controls: with `dry_run` it returns
 //!   `EngineHandle::preview` (the generation the change would be, its waves from `Plan::of`, and a
 //!   `diff` of desired values before and after) and stores nothing; `prepare` adds `sign` (the
