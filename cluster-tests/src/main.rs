@@ -89,6 +89,64 @@ fn main() -> ExitCode {
     }
 }
 
+/// The seeds a command line names: each `--seed S`, then `--seeds N` from `--first S`
+/// (default 1), or `--first` alone.
+struct Seeds {
+    listed: Vec<u64>,
+    count: Option<u64>,
+    first: u64,
+}
+
+impl Default for Seeds {
+    fn default() -> Self {
+        Seeds { listed: Vec::new(), count: None, first: 1 }
+    }
+}
+
+impl Seeds {
+    /// Takes the value of `--seed`, `--seeds` or `--first`.
+    fn set(&mut self, option: &str, value: u64) {
+        match option {
+            "--seed" => self.listed.push(value),
+            "--seeds" => self.count = Some(value),
+            _ => self.first = value,
+        }
+    }
+
+    /// The seeds to run: `fixed` (a quick mode's) and those listed, then the counted ones; the
+    /// first seed alone when none is named.
+    fn resolve(self, fixed: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let mut seeds: Vec<u64> = fixed.into_iter().chain(self.listed).collect();
+        if let Some(count) = self.count {
+            seeds.extend(self.first..self.first + count);
+        }
+        if seeds.is_empty() {
+            seeds.push(self.first);
+        }
+        seeds
+    }
+}
+
+/// Runs `run` for each seed, `jobs` at a time, and returns the results in the seeds' order.
+fn each_seed<T: Send>(seeds: &[u64], jobs: usize, run: impl Fn(u64) -> T + Sync) -> Vec<T> {
+    let queue = std::sync::Mutex::new(seeds.iter().copied().enumerate());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, seeds.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let Some((index, seed)) = queue.lock().expect("queue lock").next() else { return };
+                    let result = run(seed);
+                    results.lock().expect("results lock").push((index, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("results lock");
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
 const SIM_USAGE: &str = "usage: grapevine-cluster-tests sim [--quick] [--seeds N] [--first S] [--seed S]... \
 [--nodes N] [--no-faults] [--spread] [--trace] [--jobs J]";
 
@@ -97,7 +155,7 @@ const SIM_USAGE: &str = "usage: grapevine-cluster-tests sim [--quick] [--seeds N
 /// medians with more). Exits 1 when a run breaks an invariant, 2 on a usage error.
 fn sim(args: &[String]) -> ExitCode {
     use grapevine_proto::sim::fleet;
-    let (mut seeds, mut count, mut first, mut nodes, mut quick) = (Vec::new(), None, 1u64, 50usize, false);
+    let (mut seeds, mut nodes, mut quick) = (Seeds::default(), 50usize, false);
     let (mut faults, mut waves, mut trace) = (true, true, false);
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut args = args.iter();
@@ -123,9 +181,7 @@ fn sim(args: &[String]) -> ExitCode {
                 trace = true;
                 Ok(())
             }
-            "--seeds" => number("--seeds").map(|n| count = Some(n)),
-            "--first" => number("--first").map(|n| first = n),
-            "--seed" => number("--seed").map(|n| seeds.push(n)),
+            "--seeds" | "--first" | "--seed" => number(arg).map(|n| seeds.set(arg, n)),
             "--nodes" => number("--nodes").map(|n| nodes = n as usize),
             "--jobs" => number("--jobs").map(|n| jobs = (n as usize).max(1)),
             other => Err(format!("unknown option {other:?}")),
@@ -141,14 +197,9 @@ fn sim(args: &[String]) -> ExitCode {
     }
     if quick {
         // CI: a hundred fleets of 50, every fault drawn.
-        (count, nodes) = (Some(100), 50);
+        (seeds.count, nodes) = (Some(100), 50);
     }
-    if let Some(count) = count {
-        seeds.extend(first..first + count);
-    }
-    if seeds.is_empty() {
-        seeds.push(first);
-    }
+    let seeds = seeds.resolve([]);
     let one = seeds.len() == 1;
     eprintln!(
         "sim: {} seeds, {nodes} nodes, faults {}, {}, {jobs} at a time",
@@ -158,37 +209,23 @@ fn sim(args: &[String]) -> ExitCode {
     );
     let started = Instant::now();
     let cpu = grapevine_cluster_tests::process_cpu_seconds();
-    let queue = std::sync::Mutex::new(seeds.clone().into_iter());
-    let outcomes = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(seeds.len()) {
-            scope.spawn(|| {
-                loop {
-                    let Some(seed) = queue.lock().expect("queue lock").next() else { return };
-                    let options = fleet::Options { faults, waves, ..fleet::Options::new(nodes, seed) };
-                    let mut outcome = fleet::run(options);
-                    // The chaos suite's checker judges the run too, as it judges real processes.
-                    let verdict = chaos::simulated::check(&outcome);
-                    let checked = verdict.checked;
-                    outcome.violations.extend(
-                        verdict
-                            .violations
-                            .into_iter()
-                            .map(|v| fleet::Violation { invariant: v.invariant, detail: v.detail }),
-                    );
-                    if trace {
-                        eprintln!("{}", outcome.trace.join("\n"));
-                    }
-                    if one || !outcome.violations.is_empty() {
-                        eprint!("{}", outcome.summary());
-                        eprintln!("  chaos checker: {checked} checks");
-                    }
-                    outcomes.lock().expect("outcomes lock").push(outcome);
-                }
-            });
+    let outcomes = each_seed(&seeds, jobs, |seed| {
+        let options = fleet::Options { faults, waves, ..fleet::Options::new(nodes, seed) };
+        let mut outcome = fleet::run(options);
+        // The chaos suite's checker judges the run too, as it judges real processes.
+        let verdict = chaos::simulated::check(&outcome);
+        let checked = verdict.checked;
+        let violations = verdict.violations.into_iter();
+        outcome.violations.extend(violations.map(|v| fleet::Violation { invariant: v.invariant, detail: v.detail }));
+        if trace {
+            eprintln!("{}", outcome.trace.join("\n"));
         }
+        if one || !outcome.violations.is_empty() {
+            eprint!("{}", outcome.summary());
+            eprintln!("  chaos checker: {checked} checks");
+        }
+        outcome
     });
-    let outcomes = outcomes.into_inner().expect("outcomes lock");
     let cpu = grapevine_cluster_tests::process_cpu_seconds() - cpu;
     let failed: Vec<u64> = outcomes.iter().filter(|o| !o.violations.is_empty()).map(|o| o.options.seed).collect();
     println!("{}", fleet::medians(&outcomes));
@@ -210,8 +247,7 @@ const CHAOS_USAGE: &str = "usage: grapevine-cluster-tests chaos [--quick] [--see
 /// `chaos`: runs seeded schedules against real clusters and checks each run's invariants.
 /// Exits 1 when any run breaks one (or cannot run), 2 on a usage error.
 fn chaos(args: &[String]) -> ExitCode {
-    let (mut seeds, mut count, mut first, mut nodes, mut events, mut jobs, mut quick) =
-        (Vec::new(), None, 1u64, 5usize, 16usize, 1usize, false);
+    let (mut seeds, mut nodes, mut events, mut jobs, mut quick) = (Seeds::default(), 5usize, 16usize, 1usize, false);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> Result<u64, String> {
@@ -223,9 +259,7 @@ fn chaos(args: &[String]) -> ExitCode {
                 quick = true;
                 Ok(())
             }
-            "--seeds" => number("--seeds").map(|n| count = Some(n)),
-            "--first" => number("--first").map(|n| first = n),
-            "--seed" => number("--seed").map(|n| seeds.push(n)),
+            "--seeds" | "--first" | "--seed" => number(arg).map(|n| seeds.set(arg, n)),
             "--nodes" => number("--nodes").map(|n| nodes = n as usize),
             "--events" => number("--events").map(|n| events = n as usize),
             "--jobs" => number("--jobs").map(|n| jobs = (n as usize).max(1)),
@@ -242,18 +276,14 @@ fn chaos(args: &[String]) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let mut quick_seeds = Vec::new();
     if quick {
         // Fixed, so CI runs the same schedules every time; together they inject every fault.
         let shape = chaos::schedule::QUICK_SHAPE;
         (nodes, events) = (shape.nodes, shape.events);
-        seeds.extend(chaos::schedule::QUICK_SEEDS);
+        quick_seeds.extend(chaos::schedule::QUICK_SEEDS);
     }
-    if let Some(count) = count {
-        seeds.extend(first..first + count);
-    }
-    if seeds.is_empty() {
-        seeds.push(first);
-    }
+    let seeds = seeds.resolve(quick_seeds);
     let options = chaos::Options::new(nodes, events);
     eprintln!(
         "chaos: {} seeds, {nodes} nodes, {events} events each, faults by {}, {jobs} at a time",
@@ -261,42 +291,31 @@ fn chaos(args: &[String]) -> ExitCode {
         if options.netns { "iptables in a network namespace" } else { "the link filter (not root)" }
     );
     let started = Instant::now();
-    let queue = std::sync::Mutex::new(seeds.clone().into_iter());
-    let reports = std::sync::Mutex::new(Vec::new());
-    let failed = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| {
-                loop {
-                    let Some(seed) = queue.lock().expect("queue lock").next() else { return };
-                    eprintln!("seed {seed}: running");
-                    match chaos::run_seed(seed, &options) {
-                        Ok(report) => {
-                            eprintln!(
-                                "seed {seed}: {} violations, {} checks, {:.1} s",
-                                report.violations.len(),
-                                report.checked,
-                                report.wall.as_secs_f64()
-                            );
-                            if !report.violations.is_empty() {
-                                eprintln!("{}", chaos::summary(std::slice::from_ref(&report)));
-                            }
-                            reports.lock().expect("reports lock").push(report);
-                        }
-                        Err(error) => {
-                            eprintln!("seed {seed}: could not run: {error:#}");
-                            failed.lock().expect("failed lock").push(seed);
-                        }
-                    }
+    let results = each_seed(&seeds, jobs, |seed| {
+        eprintln!("seed {seed}: running");
+        let result = chaos::run_seed(seed, &options);
+        match &result {
+            Ok(report) => {
+                eprintln!(
+                    "seed {seed}: {} violations, {} checks, {:.1} s",
+                    report.violations.len(),
+                    report.checked,
+                    report.wall.as_secs_f64()
+                );
+                if !report.violations.is_empty() {
+                    eprintln!("{}", chaos::summary(std::slice::from_ref(report)));
                 }
-            });
+            }
+            Err(error) => eprintln!("seed {seed}: could not run: {error:#}"),
         }
+        result.map_err(|_| seed)
     });
-    let mut reports = reports.into_inner().expect("reports lock");
+    let (reports, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let mut reports: Vec<chaos::Report> = reports.into_iter().filter_map(Result::ok).collect();
     reports.sort_by_key(|r| r.seed);
+    let failed: Vec<u64> = failed.into_iter().filter_map(Result::err).collect();
     println!("\n{}", chaos::summary(&reports));
     println!("chaos ran in {:.0} s{}", started.elapsed().as_secs_f64(), if quick { " (quick mode)" } else { "" });
-    let failed = failed.into_inner().expect("failed lock");
     let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
     if !failed.is_empty() {
         eprintln!("seeds that could not run: {failed:?}");
@@ -419,4 +438,31 @@ fn write_docs(table: &str, quick: bool, seconds: f64) -> std::io::Result<()> {
         }
     };
     std::fs::write(&path, updated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Seeds, each_seed};
+
+    #[test]
+    fn seeds_are_the_fixed_and_listed_ones_then_the_counted_ones_or_the_first_alone() {
+        let named = |options: &[(&str, u64)], fixed: &[u64]| {
+            let mut seeds = Seeds::default();
+            for (option, value) in options {
+                seeds.set(option, *value);
+            }
+            seeds.resolve(fixed.iter().copied())
+        };
+        assert_eq!(named(&[], &[]), [1]);
+        assert_eq!(named(&[("--first", 7)], &[]), [7]);
+        assert_eq!(named(&[("--seeds", 3), ("--first", 5)], &[]), [5, 6, 7]);
+        assert_eq!(named(&[("--seed", 9), ("--seeds", 2)], &[40, 41]), [40, 41, 9, 1, 2]);
+    }
+
+    #[test]
+    fn each_seed_runs_every_seed_once_and_answers_in_their_order() {
+        let seeds = [5, 3, 8, 1, 9, 2];
+        assert_eq!(each_seed(&seeds, 3, |seed| seed * 10), [50, 30, 80, 10, 90, 20]);
+        assert_eq!(each_seed(&[], 2, |seed| seed), Vec::<u64>::new());
+    }
 }
