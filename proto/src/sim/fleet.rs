@@ -67,8 +67,7 @@ pub const IDLE_WINDOW_MS: u64 = 10_000;
 pub const APP_KEY: &str = "app";
 /// The key of the good change.
 pub const FEATURE_KEY: &str = "feature";
-/// Nodes allowed to differ at the end without a violation when gates stall: none (every
-/// application here is healthy but for the bad value).
+/// The value of `APP_KEY` that makes an application unhealthy (JSON text).
 const BAD_VALUE: &str = "\"bad\"";
 
 /// What to simulate.
@@ -1098,9 +1097,11 @@ impl World {
             return;
         }
         let bad_key = APP_KEY.parse::<Key>().expect("a valid key");
-        let serves_bad = replica.state().config.get(&bad_key).is_some_and(|entry| {
-            entry.generation == id && entry.value.to_value() == serde_json::Value::String("bad".into())
-        });
+        let serves_bad = replica
+            .state()
+            .config
+            .get(&bad_key)
+            .is_some_and(|entry| entry.generation == id && entry.value.as_str() == BAD_VALUE);
         let verdict = if serves_bad { Verdict::Anomalous } else { Verdict::Healthy };
         let state = &mut self.nodes[node];
         let elapsed_ms = self.now - state.applied_at.get(&id).copied().unwrap_or(self.now);
@@ -1700,7 +1701,7 @@ impl World {
         for (index, node) in self.nodes.iter().enumerate() {
             let Some(replica) = node.replica.as_ref() else { continue };
             if let Some(entry) = replica.state().config.get(&bad_key)
-                && entry.value.to_value() == serde_json::Value::String("bad".into())
+                && entry.value.as_str() == BAD_VALUE
             {
                 violation("no node serves a reverted value at the end", format!("n{index} serves {APP_KEY} = bad"));
             }
