@@ -5,7 +5,8 @@
 //! changes into the future: peers hold them back until their own clocks reach the stamp, then
 //! they win over every write made meanwhile. So each node measures its offset to its peers
 //! (NTP-style, over QUIC: `sync::clock`), and a node ahead of the median of its peers by more
-//! than `max_clock_offset_ms` fences itself: it takes no changes until its clock is fixed.
+//! than `max_clock_offset_ms` fences itself: it takes no changes until its clock is fixed
+//! (`proto::hlc::Standing`, which `Replica::seal` checks; this module keeps the measurements).
 //!
 //! This module is the one place the node reads time: `clippy.toml` disallows `Instant::now`,
 //! `SystemTime::now` and their kin everywhere else, so a test under tokio's paused time sees
@@ -15,6 +16,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use grapevine_proto::hlc::Standing;
 
 /// Now on the monotonic clock, read through tokio's: under a runtime with paused time (tokio's
 /// `test-util`) it is the paused time, so deadlines and ages follow the test's clock.
@@ -69,15 +72,6 @@ pub struct Offsets {
     peers: Arc<Mutex<HashMap<SocketAddr, Measured>>>,
 }
 
-/// Where this node's clock stands against its peers'.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Standing {
-    /// How far this node's clock runs ahead of the median of its peers' (negative: behind).
-    pub ahead_ms: i64,
-    /// How many peers were measured.
-    pub peers: usize,
-}
-
 impl Offsets {
     /// Records that `peer`'s clock reads `peer_minus_ours_ms` ahead of ours.
     pub fn record(&self, peer: SocketAddr, peer_minus_ours_ms: i64) {
@@ -90,49 +84,13 @@ impl Offsets {
         let mut peers = self.peers.lock().expect("offsets lock");
         peers.retain(|_, m| elapsed(m.at) < OFFSET_TTL);
         let offsets: Vec<i64> = peers.values().map(|m| m.peer_minus_ours_ms).collect();
-        ahead_of_median(&offsets).map(|ahead_ms| Standing { ahead_ms, peers: offsets.len() })
+        Standing::of(&offsets)
     }
-}
-
-/// How far our clock runs ahead of the median of peers whose clocks read `peer_minus_ours` ahead
-/// of ours. The median, so one peer with a broken clock moves nothing; with two peers, their
-/// mean.
-pub fn ahead_of_median(peer_minus_ours: &[i64]) -> Option<i64> {
-    let mut sorted = peer_minus_ours.to_vec();
-    sorted.sort_unstable();
-    let middle = sorted.len() / 2;
-    let median = match sorted.len() {
-        0 => return None,
-        n if n % 2 == 1 => sorted[middle],
-        _ => sorted[middle - 1] / 2 + sorted[middle] / 2,
-    };
-    Some(median.saturating_neg())
-}
-
-/// Whether a node so placed must take no changes: it runs ahead of its peers by more than the
-/// offset a peer accepts. Behind is harmless: its stamps lose to newer writes, as they should.
-pub fn fenced(standing: Option<Standing>, max_clock_offset_ms: u64) -> bool {
-    standing.is_some_and(|s| s.ahead_ms > max_clock_offset_ms as i64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_node_fences_itself_only_when_ahead_of_most_of_its_peers() {
-        assert_eq!(ahead_of_median(&[]), None);
-        // Peers read 25 s behind ours: we run 25 s ahead.
-        assert_eq!(ahead_of_median(&[-25_000, -25_010, -24_990]), Some(25_000));
-        // One peer with a broken clock moves nothing.
-        assert_eq!(ahead_of_median(&[3, -1, 600_000]), Some(-3));
-        assert_eq!(ahead_of_median(&[-100, -300]), Some(200));
-        let standing = |ahead_ms| Some(Standing { ahead_ms, peers: 3 });
-        assert!(fenced(standing(25_000), 100));
-        assert!(!fenced(standing(100), 100), "at the bound is within it");
-        assert!(!fenced(standing(-25_000), 100), "behind is harmless");
-        assert!(!fenced(None, 100), "no peer measured yet");
-    }
 
     #[test]
     fn offsets_keep_the_latest_per_peer() {

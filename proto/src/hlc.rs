@@ -7,6 +7,10 @@
 //! `tick` always returns a stamp greater than any stamp issued or observed before. `observe`
 //! refuses a remote stamp that is more than `max_offset_ms` ahead of physical time
 //! (`ClockError::TooFarAhead`), and leaves the clock unchanged when it does.
+//!
+//! [`Standing`] is where a node's clock stands against its peers' (the median of the offsets it
+//! measured) and whether that fences it: a node ahead of the median by more than the offset a
+//! peer accepts takes no changes, since its stamps would win over every newer write.
 
 use std::fmt;
 
@@ -81,6 +85,39 @@ impl Clock {
     }
 }
 
+/// Where this node's clock stands against its peers'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Standing {
+    /// How far this node's clock runs ahead of the median of its peers' (negative: behind).
+    pub ahead_ms: i64,
+    /// How many peers were measured.
+    pub peers: usize,
+}
+
+impl Standing {
+    /// The standing of a node whose peers' clocks read `peer_minus_ours` ms ahead of its own;
+    /// `None` before any peer is measured. The median, so one peer with a broken clock moves
+    /// nothing; with two peers, their mean.
+    pub fn of(peer_minus_ours: &[i64]) -> Option<Standing> {
+        let mut sorted = peer_minus_ours.to_vec();
+        sorted.sort_unstable();
+        let middle = sorted.len() / 2;
+        let median = match sorted.len() {
+            0 => return None,
+            n if n % 2 == 1 => sorted[middle],
+            _ => sorted[middle - 1] / 2 + sorted[middle] / 2,
+        };
+        Some(Standing { ahead_ms: median.saturating_neg(), peers: sorted.len() })
+    }
+
+    /// Whether a node so placed must take no changes: it runs ahead of its peers by more than
+    /// the offset a peer accepts. Behind is harmless: its stamps lose to newer writes, as they
+    /// should.
+    pub fn fenced(&self, max_clock_offset_ms: u64) -> bool {
+        self.ahead_ms > max_clock_offset_ms as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +146,20 @@ mod tests {
         let error = clock.observe(Stamp { wall_ms: 1_501, logical: 0 }, 1_000).unwrap_err();
         assert!(matches!(error, ClockError::TooFarAhead { ahead_ms: 501, .. }));
         assert_eq!(clock.tick(1_000), Stamp { wall_ms: 1_000, logical: 0 });
+    }
+
+    #[test]
+    fn a_node_fences_itself_only_when_ahead_of_most_of_its_peers() {
+        assert_eq!(Standing::of(&[]), None);
+        let ahead = |offsets: &[i64]| Standing::of(offsets).map(|s| s.ahead_ms);
+        // Peers read 25 s behind ours: we run 25 s ahead.
+        assert_eq!(Standing::of(&[-25_000, -25_010, -24_990]), Some(Standing { ahead_ms: 25_000, peers: 3 }));
+        // One peer with a broken clock moves nothing.
+        assert_eq!(ahead(&[3, -1, 600_000]), Some(-3));
+        assert_eq!(ahead(&[-100, -300]), Some(200));
+        let standing = |ahead_ms| Standing { ahead_ms, peers: 3 };
+        assert!(standing(25_000).fenced(100));
+        assert!(!standing(100).fenced(100), "at the bound is within it");
+        assert!(!standing(-25_000).fenced(100), "behind is harmless");
     }
 }

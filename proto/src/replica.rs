@@ -33,7 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use crate::hlc::{Clock, ClockError, Stamp};
+use crate::hlc::{Clock, ClockError, Stamp, Standing};
 use crate::log::{InsertOutcome, Log, Tally, VersionVector};
 use crate::model::{
     Author, Change, ContentHash, GenId, Generation, GenerationBody, NodeName, Op, OriginProof, Revert, Terms,
@@ -144,6 +144,9 @@ pub struct Members {
     pub most_held_own: Option<(String, u64)>,
     /// The live member that reads the oldest wire format, and that format.
     pub oldest_wire: Option<(String, u8)>,
+    /// Where this node's clock stands against its peers' (`None` before any is measured): a
+    /// node [`Standing::fenced`] takes no changes.
+    pub clock: Option<Standing>,
 }
 
 /// Why a submitted change was not accepted.
@@ -388,7 +391,8 @@ impl Replica {
     }
 
     /// The generation `submission` becomes here now, checked and stamped by `clock` (a copy
-    /// of the replica's, committed by `accept_own`), proven by `prove`; not stored.
+    /// of the replica's, committed by `accept_own`), proven by `prove`; not stored. Refused
+    /// while this node's clock is fenced, recovering, or behind a peer on its own generations.
     pub fn seal(
         &self,
         submission: Submission,
@@ -398,6 +402,10 @@ impl Replica {
         prove: impl FnOnce(&Generation) -> Option<OriginProof>,
     ) -> Result<Generation, SubmitError> {
         let Submission { change, author, signed, terms } = submission;
+        let limit_ms = self.config.max_clock_offset_ms;
+        if let Some(Standing { ahead_ms, peers }) = members.clock.filter(|standing| standing.fenced(limit_ms)) {
+            return Err(SubmitError::ClockAhead { ahead_ms, peers, limit_ms });
+        }
         if let Some(reason) = &self.recovering {
             return Err(SubmitError::Recovering(reason.clone()));
         }

@@ -93,7 +93,7 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
 /// Where this node's clock stands against its peers' (`null` before any was measured).
 pub(super) fn clock_status(state: &ApiState) -> Value {
     let standing = state.offsets.standing();
-    let fenced = crate::clock::fenced(standing, state.max_clock_offset_ms);
+    let fenced = standing.is_some_and(|s| s.fenced(state.max_clock_offset_ms));
     standing.map_or(Value::Null, |s| {
         json!({"ahead_ms": s.ahead_ms, "peers": s.peers, "max_offset_ms": state.max_clock_offset_ms, "fenced": fenced})
     })

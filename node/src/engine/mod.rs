@@ -23,10 +23,10 @@
 //!   `revocation_pass` themselves, right after storing. Deadlines and the tick run `timed_pass`.
 //!   The tick is only a safety net, for a member turning live again (chitchat fires no key event
 //!   for it) and the end of a recovery (`Replica::caught_up`).
-//! - `submit`: the clock fence (`clock::fenced`: this node's clock ahead of its peers', 503),
-//!   then `Replica::seal` from the live members' facts (`Members`: live names, the change's
+//! - `submit`: `Replica::seal` from the live members' facts (`Members`: live names, the change's
 //!   `waves_by` label values, the most of this node's own generations a peer advertises, the
-//!   oldest wire format), proven by `Origins::prove`; `Replica::check_own`; stored; then
+//!   oldest wire format, and the clock's standing against its peers, which fences a node running
+//!   ahead: 503), proven by `Origins::prove`; `Replica::check_own`; stored; then
 //!   `accept_own`, published, handed to the pusher as a `PushJob` to sweep (pushed on until every
 //!   live peer holds it), and every live peer is nudged (`Gossip::nudge_live_peers`).
 //! - `ingest`: `Replica::triage` (its origin checked by `Origins::check`, counted and logged once
@@ -573,6 +573,7 @@ impl Engine {
             label_values,
             most_held_own: gossip.most_held_by_peers(&self.parts.name).await,
             oldest_wire: gossip.oldest_live_wire_version().await,
+            clock: self.parts.offsets.standing(),
         }
     }
 
@@ -637,13 +638,6 @@ impl Engine {
     }
 
     async fn submit(&mut self, submission: Submission) -> Result<Generation, SubmitError> {
-        let standing = self.parts.offsets.standing();
-        if crate::clock::fenced(standing, self.parts.max_clock_offset_ms)
-            && let Some(standing) = standing
-        {
-            let limit_ms = self.parts.max_clock_offset_ms;
-            return Err(SubmitError::ClockAhead { ahead_ms: standing.ahead_ms, peers: standing.peers, limit_ms });
-        }
         let mut clock = self.replica.clock().clone();
         let generation = self.seal(submission, &mut clock).await?;
         self.replica.check_own(&generation)?;

@@ -1,7 +1,7 @@
 //! Clock probes: each node asks a few live peers for their wall clock over a QUIC stream
 //! (`STREAM_CLOCK`) and estimates its offset to each, as NTP does: the peer's reading minus
 //! the midpoint of our send and receive times, within half the round trip. `clock::Offsets`
-//! keeps them; the engine fences the node when it runs ahead of its peers (`clock::fenced`).
+//! keeps them; the replica fences the node when it runs ahead of its peers (`hlc::Standing::fenced`).
 //!
 //! A peer of an older build does not know the stream kind: it counts it as malformed and drops
 //! it, and the probe of that peer yields nothing.
@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
-use crate::clock::{Offsets, fenced, wall_ms};
+use crate::clock::{Offsets, wall_ms};
 use crate::gossip::Gossip;
 use crate::metrics::Metrics;
 use crate::transport::{IncomingStream, STREAM_CLOCK, Transport};
@@ -95,7 +95,7 @@ async fn probe(prober: &Prober, peer: std::net::SocketAddr) -> Result<i64, Strin
 fn report(prober: &Prober, last_logged: &mut Option<std::time::Instant>) {
     let Some(standing) = prober.offsets.standing() else { return };
     prober.metrics.clock_ahead.set(standing.ahead_ms);
-    if !fenced(Some(standing), prober.max_clock_offset_ms) {
+    if !standing.fenced(prober.max_clock_offset_ms) {
         return;
     }
     if last_logged.is_none_or(|at| crate::clock::elapsed(at) >= FENCED_LOG_INTERVAL) {

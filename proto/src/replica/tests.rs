@@ -91,7 +91,7 @@ fn a_submitted_change_is_sealed_from_the_live_members_and_applied_in_the_first_w
 }
 
 #[test]
-fn seal_refuses_while_recovering_or_behind_its_own_name_and_a_label_no_member_has() {
+fn seal_refuses_on_a_fenced_clock_while_recovering_or_behind_its_own_name_and_a_label_no_member_has() {
     let (recovering, _) = Replica::start(config("a"), Stored::default(), Some("torn".into()), at(0));
     let submission =
         || Submission { change: put("x", 1, 0, "k", "1").body.change, author: None, signed: None, terms: None };
@@ -101,6 +101,14 @@ fn seal_refuses_while_recovering_or_behind_its_own_name_and_a_label_no_member_ha
     assert!(matches!(refused, Err(SubmitError::Recovering(reason)) if reason == "torn"));
 
     let fresh = replica("a");
+    let limit_ms = fresh.config().max_clock_offset_ms;
+    let standing = |ahead_ms| Some(crate::hlc::Standing { ahead_ms, peers: 3 });
+    let ahead = Members { clock: standing(limit_ms as i64 + 1), ..live.clone() };
+    let refused = fresh.seal(submission(), ahead, at(1), &mut clock, |_| None);
+    assert!(matches!(refused, Err(SubmitError::ClockAhead { peers: 3, .. })), "{refused:?}");
+    let within = Members { clock: standing(limit_ms as i64), ..live.clone() };
+    assert!(fresh.seal(submission(), within, at(1), &mut clock, |_| None).is_ok(), "at the bound is within it");
+
     let behind = Members { most_held_own: Some(("b".into(), 3)), ..live.clone() };
     let refused = fresh.seal(submission(), behind, at(1), &mut clock, |_| None);
     assert!(matches!(refused, Err(SubmitError::BehindOwnName { own: 0, held: 3, .. })), "{refused:?}");
