@@ -1,25 +1,36 @@
 //! The Prometheus alert rules and the Grafana dashboard under `deploy/` read well-formed and
-//! name only metrics a node exposes.
+//! name only metrics a node exposes, and the metrics table of `docs/operations.md` names each
+//! of them with its type.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use grapevine_node::metrics::Metrics;
 
-fn deploy(file: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(file);
+/// A file of the repository, by its path from the repository's root.
+fn read(path: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Metric families a node exposes, by the names their `# TYPE` lines give.
-fn exposed() -> BTreeSet<String> {
+fn deploy(file: &str) -> String {
+    read(&format!("deploy/{file}"))
+}
+
+/// Metric families a node exposes, with their types, as their `# TYPE` lines give them.
+fn exposed_types() -> BTreeSet<(String, String)> {
     Metrics::new()
         .render()
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .map(str::to_owned)
+        .filter_map(|rest| rest.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
         .collect()
+}
+
+/// Metric families a node exposes, by the names their `# TYPE` lines give.
+fn exposed() -> BTreeSet<String> {
+    exposed_types().into_iter().map(|(name, _)| name).collect()
 }
 
 /// Every `grapevine_...` name in `text`, as its family (without `_total`, `_bucket`, ...).
@@ -72,4 +83,26 @@ fn the_dashboard_is_grafana_json_and_names_exposed_metrics() {
     for name in names {
         assert!(exposed.contains(&name), "the dashboard names {name}, which no node exposes");
     }
+}
+
+/// The metrics table of `docs/operations.md` is the operator's list of what a node exports: a
+/// metric added, renamed or retyped without it fails here.
+#[test]
+fn the_operations_guide_lists_each_exposed_metric_with_its_type() {
+    let guide = read("docs/operations.md");
+    let section = guide.split("\n## Metrics\n").nth(1).expect("operations.md has a \"## Metrics\" section");
+    let section = section.split_once("\n## ").map_or(section, |(metrics, _)| metrics);
+    let mut documented = BTreeSet::new();
+    for row in section.lines().filter(|line| line.starts_with("| `grapevine_")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (names, kind) = (cells[1], cells[2]);
+        documented.extend(referenced(names).into_iter().map(|name| (name, kind.to_owned())));
+    }
+    let exposed = exposed_types();
+    let missing: Vec<_> = exposed.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&exposed).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "the metrics table of docs/operations.md lacks {missing:?}, and lists {stale:?}, which no node exposes"
+    );
 }
