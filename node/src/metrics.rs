@@ -1,15 +1,18 @@
 //! Prometheus metrics of one node (prometheus-client), and a limiter for repeated warnings.
 //!
 //! One [`Metrics`] value is shared by every task of a node; each counter is cheap to clone and
-//! lock-free to increment. `GET /metrics` renders [`Metrics::render`].
+//! lock-free to increment. `GET /metrics` renders [`Metrics::render`]. Each metric is declared
+//! once, in the `metrics!` invocation: its field, its exported name and its help text together.
 //!
 //! Every name is prefixed `grapevine_`, counters are suffixed `_total`, and a labelled metric has
 //! the single label `reason` (`Reason`); a unit test checks that no name is registered twice. The
 //! gauges `generations_known` and `reverts_known` are set by the engine's `publish`, `members` when
-//! `/metrics` is scraped. `docs/operations.md` lists each metric. `WarnLimiter` allows at most one
-//! warning per key per interval, for at most `MAX_WARN_KEYS` keys: TLS handshake failures per peer
-//! address, refused future stamps per origin, generation conflicts per origin, refused operator
-//! signatures per reason, and a snapshot over its size limit, each at most once every 30 s.
+//! `/metrics` is scraped. `docs/operations.md` lists each metric, and `node/tests/deploy_files.rs`
+//! checks that its table names exactly the exposed metrics with their types. `WarnLimiter` allows
+//! at most one warning per key per interval, for at most `MAX_WARN_KEYS` keys: TLS handshake
+//! failures per peer address, refused future stamps per origin, generation conflicts per origin,
+//! refused operator signatures per reason, and a snapshot over its size limit, each at most once
+//! every 30 s.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -49,350 +52,212 @@ pub struct VerdictLabel {
     pub verdict: &'static str,
 }
 
-/// Every metric of a node.
-pub struct Metrics {
-    registry: Registry,
+/// Declares each metric once, so a field cannot go unregistered or a name drift from its field:
+/// the field of [`Metrics`] (doc comment, name, type and, when not `Default::default()`, the
+/// value it starts from), then after `=>` the name and help text it is exported under. It
+/// generates the struct and `Metrics::new`, which registers the metrics in the order declared
+/// (the order of the exposition).
+macro_rules! metrics {
+    (@new) => { Default::default() };
+    (@new $new:expr) => { $new };
+    ($(
+        $(#[$meta:meta])*
+        $vis:vis $field:ident: $type:ty $(= $new:expr)? => $name:literal, $help:literal;
+    )*) => {
+        /// Every metric of a node.
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[$meta])* $vis $field: $type,)*
+        }
+
+        impl Metrics {
+            pub fn new() -> Self {
+                let mut registry = Registry::with_prefix("grapevine");
+                $(
+                    let $field: $type = metrics!(@new $($new)?);
+                    registry.register($name, $help, $field.clone());
+                )*
+                Metrics { registry, $($field),* }
+            }
+        }
+    };
+}
+
+metrics! {
     /// Gossip messages received from peers and handed to chitchat.
-    pub gossip_received: Counter,
+    pub gossip_received: Counter
+        => "gossip_messages_received", "Gossip messages received from peers";
     /// Gossip messages sent to peers.
-    pub gossip_sent: Counter,
+    pub gossip_sent: Counter
+        => "gossip_messages_sent", "Gossip messages sent to peers";
     /// Gossip messages dropped, by reason (`queue_full`, `inbox_full`, `malformed`, `send_failed`,
     /// `link_filter`).
-    pub gossip_dropped: Family<Reason, Counter>,
+    pub gossip_dropped: Family<Reason, Counter>
+        => "gossip_messages_dropped", "Gossip messages dropped, by reason";
     /// Bytes of gossip sent and received.
-    pub gossip_bytes: Family<Reason, Counter>,
+    pub gossip_bytes: Family<Reason, Counter>
+        => "gossip_bytes", "Gossip bytes, by direction";
     /// TLS handshakes that failed, in either direction (a peer outside the CA, or a bad cert).
-    pub tls_handshake_failures: Counter,
+    pub tls_handshake_failures: Counter
+        => "tls_handshake_failures", "Failed TLS handshakes with peers";
     /// Reloads of changed certificate files, by outcome (`ok`, `failed`).
-    pub tls_reloads: Family<Reason, Counter>,
+    pub tls_reloads: Family<Reason, Counter>
+        => "tls_reloads", "Reloads of changed certificate files, by outcome";
     /// Log-sync pulls made, by outcome.
-    pub sync_pulls: Family<Reason, Counter>,
+    pub sync_pulls: Family<Reason, Counter>
+        => "sync_pulls", "Log-sync pulls made, by outcome";
     /// Log-sync pulls served to peers, by outcome.
-    pub sync_served: Family<Reason, Counter>,
+    pub sync_served: Family<Reason, Counter>
+        => "sync_served", "Log-sync pulls served, by outcome";
     /// Eager pushes sent, by outcome (`ok`, `failed`, `malformed`, `skipped_busy`).
-    pub sync_pushes: Family<Reason, Counter>,
+    pub sync_pushes: Family<Reason, Counter>
+        => "sync_pushes", "Eager pushes sent, by outcome";
     /// Eager pushes received, by outcome.
-    pub sync_pushes_received: Family<Reason, Counter>,
+    pub sync_pushes_received: Family<Reason, Counter>
+        => "sync_pushes_received", "Eager pushes received, by outcome";
     /// Push jobs dropped because the pusher's queue was full.
-    pub push_jobs_dropped: Counter,
+    pub push_jobs_dropped: Counter
+        => "push_jobs_dropped", "Push jobs dropped on a full queue";
     /// Generations not sent to a peer because its older wire format cannot hold them.
-    pub sync_format_withheld: Counter,
+    pub sync_format_withheld: Counter
+        => "sync_format_withheld",
+           "Generations not sent to a peer whose older wire format cannot hold them (upgrade it)";
     /// API requests refused: `unauthenticated` (401) or `forbidden` (403).
-    pub api_auth_refusals: Family<Reason, Counter>,
+    pub api_auth_refusals: Family<Reason, Counter>
+        => "api_auth_refusals", "API requests refused: unauthenticated (401) or forbidden (403)";
     /// API requests answered 429, by class (`admin`, `applications`).
-    pub api_rate_limited: Family<Reason, Counter>,
+    pub api_rate_limited: Family<Reason, Counter>
+        => "api_rate_limited", "API requests over their client's rate, by class (admin, applications): answered 429";
     /// API connections answered 503 because the node had its limit open.
-    pub api_connections_refused: Counter,
+    pub api_connections_refused: Counter
+        => "api_connections_refused",
+           "API connections answered 503 because the node had its limit open ([limits] api_connections)";
     /// Peer connections refused: `too_many` (the node's limit), `per_peer` (one certificate's).
-    pub peer_connections_refused: Family<Reason, Counter>,
+    pub peer_connections_refused: Family<Reason, Counter>
+        => "peer_connections_refused",
+           "Peer connections refused: too_many (the node's limit) or per_peer (one certificate's limit)";
     /// Generations received by log sync and stored.
-    pub sync_generations_stored: Counter,
+    pub sync_generations_stored: Counter
+        => "sync_generations_stored", "Generations stored from log sync";
     /// Malformed traffic from peers (frames, requests, generations) dropped, by kind.
-    pub peer_malformed: Family<Reason, Counter>,
+    pub peer_malformed: Family<Reason, Counter>
+        => "peer_malformed", "Malformed traffic from peers dropped, by kind";
     /// Changes submitted through the admin API, by outcome (`accepted`, `refused`, `failed`).
-    pub changes: Family<Reason, Counter>,
+    pub changes: Family<Reason, Counter>
+        => "changes", "Changes submitted to this node, by outcome";
     /// Generations in the local log.
-    pub generations_known: Gauge,
+    pub generations_known: Gauge
+        => "generations_known", "Generations in the local log";
     /// Generations folded into the snapshot by compaction.
-    pub generations_compacted: Counter,
+    pub generations_compacted: Counter
+        => "generations_compacted", "Generations folded into the snapshot";
     /// Generations released to (applied on) this node by their rollout gate.
-    pub generations_applied: Counter,
+    pub generations_applied: Counter
+        => "generations_applied", "Generations applied here by their rollout gate";
     /// Members of the cluster in this node's view, by state (`alive`, `dead`).
-    pub members: Family<Reason, Gauge>,
+    pub members: Family<Reason, Gauge>
+        => "members", "Cluster members in this node's view, by state";
     /// Generations received with the same id as a stored one but other content.
-    pub generation_conflicts: Counter,
+    pub generation_conflicts: Counter
+        => "generation_conflicts", "Generations with a known id but other content";
     /// Generations and snapshots refused because a clock stamp was beyond the maximum offset.
-    pub clock_offset_refusals: Counter,
+    pub clock_offset_refusals: Counter
+        => "clock_offset_refusals", "Generations and snapshots refused for a clock stamp beyond the maximum offset";
     /// Reverts this node learned, by how (`quorum`: it saw the anomaly quorum and wrote it;
     /// `rollback`: an operator asked it; `received`: from a peer).
-    pub reverts: Family<Reason, Counter>,
+    pub reverts: Family<Reason, Counter>
+        => "reverts", "Reverts learned, by how: quorum, rollback, revocation, received";
     /// Reverts held in the log (grow-only).
-    pub reverts_known: Gauge,
+    pub reverts_known: Gauge
+        => "reverts_known", "Reverts held in the log";
     /// Generations this node judged anomalous (each one reported once).
-    pub anomaly_reports: Counter,
+    pub anomaly_reports: Counter
+        => "anomaly_reports", "Generations this node judged anomalous";
     /// Peers' signed gossip values (reports, KPIs) refused, by reason (`unsigned`,
     /// `bad_signature`, `no_certificate`, `untrusted_certificate`, `wrong_name`).
-    pub forged_reports: Family<Reason, Counter>,
+    pub forged_reports: Family<Reason, Counter>
+        => "forged_reports", "Peers' reports and KPIs refused for a missing or bad signature or certificate, by reason";
     /// Gossip members left out of membership, by reason (`wrong_name`: the certificate of the
     /// connection at the member's address names another node), each member counted once.
-    pub members_refused: Family<Reason, Counter>,
+    pub members_refused: Family<Reason, Counter>
+        => "members_refused",
+           "Gossip members left out of membership, by reason: wrong_name (a connection's certificate names another node)";
     /// Other processes seen live under this node's own name (a second certificate for it).
-    pub live_namesakes: Counter,
+    pub live_namesakes: Counter
+        => "live_namesakes", "Other processes seen live under this node's own name";
     /// Peers' generations and snapshots refused for a missing or bad operator signature, by
     /// reason (`unsigned`, `unknown_root`, `bad_signature`, ...: [`SigningError::reason`]).
     ///
     /// [`SigningError::reason`]: grapevine_proto::signing::SigningError::reason
-    pub unsigned_changes: Family<Reason, Counter>,
+    pub unsigned_changes: Family<Reason, Counter>
+        => "unsigned_changes_refused",
+           "Peers' generations and snapshot writes refused for a missing or bad operator signature, by reason";
     /// Peers' generations refused because their origin did not prove it made them, by reason
     /// (`unsigned`: no proof; `untrusted_certificate`, `wrong_name`, `bad_signature`), each
     /// distinct generation counted once.
-    pub unproven_origins: Family<Reason, Counter>,
+    pub unproven_origins: Family<Reason, Counter>
+        => "unproven_origins_refused",
+           "Peers' generations refused because their origin's certificate does not prove it made them, by reason";
     /// Alerts raised by this node, by kind (`anomaly`, `revert`).
-    pub alerts: Family<Reason, Counter>,
+    pub alerts: Family<Reason, Counter>
+        => "alerts", "Alerts raised, by kind";
     /// Webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
-    pub webhook_deliveries: Family<Reason, Counter>,
+    pub webhook_deliveries: Family<Reason, Counter>
+        => "webhook_deliveries", "Webhook deliveries, by outcome";
     /// Audit records written, by sink (`file`: appended to the file; `webhook`: queued).
-    pub audit_records: Family<Reason, Counter>,
+    pub audit_records: Family<Reason, Counter>
+        => "audit_records", "Audit records written, by sink";
     /// Failed writes of the audit file or its cursor (each retried).
-    pub audit_file_errors: Counter,
+    pub audit_file_errors: Counter
+        => "audit_file_errors", "Failed writes of the audit file or its cursor, each retried";
     /// Audit webhook deliveries, by outcome (`delivered`, `retried`, `failed`, `dropped`).
-    pub audit_webhook_deliveries: Family<Reason, Counter>,
+    pub audit_webhook_deliveries: Family<Reason, Counter>
+        => "audit_webhook_deliveries", "Audit webhook deliveries, by outcome";
     /// Generations held here whose wave is not open yet (waiting on a gate).
-    pub generations_waiting: Gauge,
+    pub generations_waiting: Gauge
+        => "generations_waiting", "Generations held here whose wave is not open yet";
     /// Seconds from a generation's stamp (its origin's wall clock) to this node, by stage
     /// (`stored`: received from a peer; `applied`: released here).
-    pub propagation: Family<Reason, Histogram, fn() -> Histogram>,
+    pub propagation: Family<Reason, Histogram, fn() -> Histogram> = Family::new_with_constructor(propagation_histogram)
+        => "propagation_seconds", "Seconds from a generation's stamp to this node, by stage";
     /// Generations live peers hold that this node lacks (summed over origins), at scrape time.
-    pub log_behind: Gauge,
+    pub log_behind: Gauge
+        => "log_behind_generations", "Generations live peers hold that this node lacks";
     /// How far this node's clock runs ahead of the median of its peers' (negative: behind).
-    pub clock_ahead: Gauge,
+    pub clock_ahead: Gauge
+        => "clock_ahead_milliseconds",
+           "How far this node's clock runs ahead of the median of its peers' (negative: behind); past max_clock_offset_ms it takes no changes";
     /// This node's verdict on each generation it judges: 1 for the current verdict.
-    pub generation_verdict: Family<VerdictLabel, Gauge>,
+    pub generation_verdict: Family<VerdictLabel, Gauge>
+        => "generation_verdict", "This node's verdict on each generation it judges (1 for the current one)";
     /// For each generation waiting here for its wave: the waves open in this node's view...
-    pub rollout_open_waves: Family<GenerationLabel, Gauge>,
+    pub rollout_open_waves: Family<GenerationLabel, Gauge>
+        => "rollout_open_waves", "Waves open in this node's view, for each generation waiting here for its wave";
     /// ...and its waves in all.
-    pub rollout_waves: Family<GenerationLabel, Gauge>,
+    pub rollout_waves: Family<GenerationLabel, Gauge>
+        => "rollout_waves", "Waves of each generation waiting here for its wave";
     /// OFREP requests, by HTTP status (`200`, `304`, `400`, `404`).
-    pub ofrep_requests: Family<Reason, Counter>,
+    pub ofrep_requests: Family<Reason, Counter>
+        => "ofrep_requests", "OFREP requests, by HTTP status";
     /// Seconds to evaluate one OFREP request (single or bulk), HTTP excluded.
-    pub ofrep_evaluation: Histogram,
+    pub ofrep_evaluation: Histogram = Histogram::new(exponential_buckets(0.000_000_5, 2.0, 20))
+        => "ofrep_evaluation_seconds", "Seconds to evaluate one OFREP request";
     /// Flag evaluations answered without their result (`timeout`: past their budget; `busy`:
     /// every permit of costly evaluations taken).
-    pub evaluations_over_budget: Family<Reason, Counter>,
+    pub evaluations_over_budget: Family<Reason, Counter>
+        => "evaluations_over_budget",
+           "Flag evaluations answered without their result: past their budget (timeout) or with every permit of costly evaluations taken (busy)";
     /// Requests whose evaluations ran on the blocking pool, within a budget (`api::budget`).
-    pub costly_evaluations: Counter,
+    pub costly_evaluations: Counter
+        => "costly_evaluations",
+           "Requests whose flag evaluations ran off the request's task, within a budget: costly rules on a large context";
     /// Rendered files, by outcome (`ok`, `render_failed`, `empty_refused`, `check_failed`,
     /// `reload_failed`).
-    pub file_renders: Family<Reason, Counter>,
+    pub file_renders: Family<Reason, Counter>
+        => "file_renders", "Rendered files, by outcome";
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("grapevine");
-        let mut metrics = Metrics {
-            registry: Registry::default(),
-            gossip_received: Counter::default(),
-            gossip_sent: Counter::default(),
-            gossip_dropped: Family::default(),
-            gossip_bytes: Family::default(),
-            tls_handshake_failures: Counter::default(),
-            tls_reloads: Family::default(),
-            sync_pulls: Family::default(),
-            sync_served: Family::default(),
-            sync_pushes: Family::default(),
-            sync_pushes_received: Family::default(),
-            push_jobs_dropped: Counter::default(),
-            sync_format_withheld: Counter::default(),
-            api_auth_refusals: Family::default(),
-            api_rate_limited: Family::default(),
-            peer_connections_refused: Family::default(),
-            api_connections_refused: Counter::default(),
-            sync_generations_stored: Counter::default(),
-            peer_malformed: Family::default(),
-            changes: Family::default(),
-            generations_known: Gauge::default(),
-            generations_compacted: Counter::default(),
-            generations_applied: Counter::default(),
-            members: Family::default(),
-            generation_conflicts: Counter::default(),
-            clock_offset_refusals: Counter::default(),
-            reverts: Family::default(),
-            reverts_known: Gauge::default(),
-            anomaly_reports: Counter::default(),
-            forged_reports: Family::default(),
-            members_refused: Family::default(),
-            live_namesakes: Counter::default(),
-            unsigned_changes: Family::default(),
-            unproven_origins: Family::default(),
-            alerts: Family::default(),
-            webhook_deliveries: Family::default(),
-            audit_records: Family::default(),
-            audit_file_errors: Counter::default(),
-            audit_webhook_deliveries: Family::default(),
-            file_renders: Family::default(),
-            generations_waiting: Gauge::default(),
-            propagation: Family::new_with_constructor(propagation_histogram),
-            log_behind: Gauge::default(),
-            clock_ahead: Gauge::default(),
-            generation_verdict: Family::default(),
-            rollout_open_waves: Family::default(),
-            rollout_waves: Family::default(),
-            ofrep_requests: Family::default(),
-            ofrep_evaluation: Histogram::new(exponential_buckets(0.000_000_5, 2.0, 20)),
-            evaluations_over_budget: Family::default(),
-            costly_evaluations: Counter::default(),
-        };
-        let r = &mut registry;
-        r.register("gossip_messages_received", "Gossip messages received from peers", metrics.gossip_received.clone());
-        r.register("gossip_messages_sent", "Gossip messages sent to peers", metrics.gossip_sent.clone());
-        r.register("gossip_messages_dropped", "Gossip messages dropped, by reason", metrics.gossip_dropped.clone());
-        r.register("gossip_bytes", "Gossip bytes, by direction", metrics.gossip_bytes.clone());
-        r.register(
-            "tls_handshake_failures",
-            "Failed TLS handshakes with peers",
-            metrics.tls_handshake_failures.clone(),
-        );
-        r.register("tls_reloads", "Reloads of changed certificate files, by outcome", metrics.tls_reloads.clone());
-        r.register("sync_pulls", "Log-sync pulls made, by outcome", metrics.sync_pulls.clone());
-        r.register("sync_served", "Log-sync pulls served, by outcome", metrics.sync_served.clone());
-        r.register("sync_pushes", "Eager pushes sent, by outcome", metrics.sync_pushes.clone());
-        r.register("sync_pushes_received", "Eager pushes received, by outcome", metrics.sync_pushes_received.clone());
-        r.register(
-            "api_connections_refused",
-            "API connections answered 503 because the node had its limit open ([limits] api_connections)",
-            metrics.api_connections_refused.clone(),
-        );
-        r.register(
-            "peer_connections_refused",
-            "Peer connections refused: too_many (the node's limit) or per_peer (one certificate's limit)",
-            metrics.peer_connections_refused.clone(),
-        );
-        r.register(
-            "api_rate_limited",
-            "API requests over their client's rate, by class (admin, applications): answered 429",
-            metrics.api_rate_limited.clone(),
-        );
-        r.register(
-            "api_auth_refusals",
-            "API requests refused: unauthenticated (401) or forbidden (403)",
-            metrics.api_auth_refusals.clone(),
-        );
-        r.register(
-            "sync_format_withheld",
-            "Generations not sent to a peer whose older wire format cannot hold them (upgrade it)",
-            metrics.sync_format_withheld.clone(),
-        );
-        r.register("push_jobs_dropped", "Push jobs dropped on a full queue", metrics.push_jobs_dropped.clone());
-        r.register(
-            "sync_generations_stored",
-            "Generations stored from log sync",
-            metrics.sync_generations_stored.clone(),
-        );
-        r.register("peer_malformed", "Malformed traffic from peers dropped, by kind", metrics.peer_malformed.clone());
-        r.register("changes", "Changes submitted to this node, by outcome", metrics.changes.clone());
-        r.register("generations_known", "Generations in the local log", metrics.generations_known.clone());
-        r.register(
-            "generations_compacted",
-            "Generations folded into the snapshot",
-            metrics.generations_compacted.clone(),
-        );
-        r.register(
-            "generations_applied",
-            "Generations applied here by their rollout gate",
-            metrics.generations_applied.clone(),
-        );
-        r.register("members", "Cluster members in this node's view, by state", metrics.members.clone());
-        r.register(
-            "generation_conflicts",
-            "Generations with a known id but other content",
-            metrics.generation_conflicts.clone(),
-        );
-        r.register(
-            "clock_offset_refusals",
-            "Generations and snapshots refused for a clock stamp beyond the maximum offset",
-            metrics.clock_offset_refusals.clone(),
-        );
-        r.register(
-            "reverts",
-            "Reverts learned, by how: quorum, rollback, revocation, received",
-            metrics.reverts.clone(),
-        );
-        r.register("reverts_known", "Reverts held in the log", metrics.reverts_known.clone());
-        r.register("anomaly_reports", "Generations this node judged anomalous", metrics.anomaly_reports.clone());
-        r.register(
-            "forged_reports",
-            "Peers' reports and KPIs refused for a missing or bad signature or certificate, by reason",
-            metrics.forged_reports.clone(),
-        );
-        r.register(
-            "members_refused",
-            "Gossip members left out of membership, by reason: wrong_name (a connection's certificate names another node)",
-            metrics.members_refused.clone(),
-        );
-        r.register(
-            "live_namesakes",
-            "Other processes seen live under this node's own name",
-            metrics.live_namesakes.clone(),
-        );
-        r.register(
-            "unsigned_changes_refused",
-            "Peers' generations and snapshot writes refused for a missing or bad operator signature, by reason",
-            metrics.unsigned_changes.clone(),
-        );
-        r.register(
-            "unproven_origins_refused",
-            "Peers' generations refused because their origin's certificate does not prove it made them, by reason",
-            metrics.unproven_origins.clone(),
-        );
-        r.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
-        r.register("webhook_deliveries", "Webhook deliveries, by outcome", metrics.webhook_deliveries.clone());
-        r.register("audit_records", "Audit records written, by sink", metrics.audit_records.clone());
-        r.register(
-            "audit_file_errors",
-            "Failed writes of the audit file or its cursor, each retried",
-            metrics.audit_file_errors.clone(),
-        );
-        r.register(
-            "audit_webhook_deliveries",
-            "Audit webhook deliveries, by outcome",
-            metrics.audit_webhook_deliveries.clone(),
-        );
-        r.register("file_renders", "Rendered files, by outcome", metrics.file_renders.clone());
-        r.register(
-            "propagation_seconds",
-            "Seconds from a generation's stamp to this node, by stage",
-            metrics.propagation.clone(),
-        );
-        r.register(
-            "log_behind_generations",
-            "Generations live peers hold that this node lacks",
-            metrics.log_behind.clone(),
-        );
-        r.register(
-            "clock_ahead_milliseconds",
-            "How far this node's clock runs ahead of the median of its peers' (negative: behind); past max_clock_offset_ms it takes no changes",
-            metrics.clock_ahead.clone(),
-        );
-        r.register("ofrep_requests", "OFREP requests, by HTTP status", metrics.ofrep_requests.clone());
-        r.register(
-            "evaluations_over_budget",
-            "Flag evaluations answered without their result: past their budget (timeout) or with every permit of costly evaluations taken (busy)",
-            metrics.evaluations_over_budget.clone(),
-        );
-        r.register(
-            "costly_evaluations",
-            "Requests whose flag evaluations ran off the request's task, within a budget: costly rules on a large context",
-            metrics.costly_evaluations.clone(),
-        );
-        r.register(
-            "generation_verdict",
-            "This node's verdict on each generation it judges (1 for the current one)",
-            metrics.generation_verdict.clone(),
-        );
-        r.register(
-            "rollout_open_waves",
-            "Waves open in this node's view, for each generation waiting here for its wave",
-            metrics.rollout_open_waves.clone(),
-        );
-        r.register(
-            "rollout_waves",
-            "Waves of each generation waiting here for its wave",
-            metrics.rollout_waves.clone(),
-        );
-        r.register(
-            "ofrep_evaluation_seconds",
-            "Seconds to evaluate one OFREP request",
-            metrics.ofrep_evaluation.clone(),
-        );
-        r.register(
-            "generations_waiting",
-            "Generations held here whose wave is not open yet",
-            metrics.generations_waiting.clone(),
-        );
-        metrics.registry = registry;
-        metrics
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
