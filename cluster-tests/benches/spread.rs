@@ -80,9 +80,11 @@ impl Grapevine {
         let id: GenId = answer["generation"].as_str().context("a generation")?.parse()?;
         for node in &self.cluster.nodes {
             let mut watch = node.engine().watch();
-            tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|view| view.version_vector.covers(&id)))
-                .await
-                .context("a node never got the change")??;
+            let got =
+                tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|view| view.version_vector.covers(&id)));
+            if got.await.is_err() {
+                anyhow::bail!("{id} did not reach every node within 60 s: {}", self.lacking(&id).await);
+            }
         }
         let (stored, cpu) = (started.elapsed(), grapevine_cluster_tests::process_cpu_seconds() - cpu_before);
         let arrivals = self.watch.arrivals(key, |_| true, Duration::from_secs(60)).await?;
@@ -90,6 +92,53 @@ impl Grapevine {
         curve.sort();
         let served = *curve.last().context("nodes")?;
         Ok(Spread { stored, served, answered, curve, cpu })
+    }
+
+    /// Who lacks `id`, and how each of them sees the cluster (from its `/v1/status`): what a
+    /// bench that never finishes reports instead of only timing out.
+    async fn lacking(&self, id: &GenId) -> String {
+        let mut seen = Vec::new();
+        for node in self.cluster.nodes.iter().filter(|n| !n.engine().view().version_vector.covers(id)) {
+            let url = format!("http://{}/v1/status", node.api_addr);
+            let status: serde_json::Value = match self.http.get(url).send().await {
+                Ok(answer) => answer.json().await.unwrap_or_default(),
+                Err(error) => json!({ "error": error.to_string() }),
+            };
+            let members = status["members"].as_array().cloned().unwrap_or_default();
+            let alive = members.iter().filter(|m| m["alive"] == true).count();
+            let silent: Vec<String> = members
+                .iter()
+                .filter(|m| m["last_heard_ms"].as_u64().is_none_or(|ms| ms > 5_000))
+                .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                .collect();
+            let text = node.metrics().render();
+            let counters: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+                .filter(|l| {
+                    ["dropped", "refused", "failures", "sync_pulls", "gossip_messages"].iter().any(|k| l.contains(k))
+                })
+                .collect();
+            seen.push(format!(
+                "{} (holds {} generations of {} members known, {alive} alive, not heard for 5 s: {silent:?}; {counters:?})",
+                status["node"], status["generations"], members.len()
+            ));
+        }
+        let mut drops: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for node in &self.cluster.nodes {
+            let text = node.metrics().render();
+            for line in
+                text.lines().filter(|l| l.contains("dropped") || l.contains("refused") || l.contains("failures"))
+            {
+                if let Some((name, value)) = line.rsplit_once(' ')
+                    && !name.starts_with('#')
+                {
+                    *drops.entry(name.to_owned()).or_default() += value.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+        drops.retain(|_, n| *n > 0);
+        format!("{}; across all nodes: {drops:?}", seen.join("; "))
     }
 
     async fn stop(self) {

@@ -565,7 +565,7 @@ impl Gossip {
             .with_chitchat(move |chitchat| {
                 let mut raw = Vec::new();
                 for (id, state) in chitchat.node_states().iter().filter(|(id, _)| claim_holds(&names, id)) {
-                    let reports = state.key_values().filter(|(key, _)| key.starts_with(PREFIX_REPORT));
+                    let reports = with_prefix(state, PREFIX_REPORT);
                     for (key, value) in reports.filter(|(_, value)| value.starts_with(anomalous)) {
                         raw.push(Raw::of(id, state, key, value));
                     }
@@ -649,7 +649,7 @@ impl Gossip {
         let peers: Vec<(Vec<Raw>, Vec<Raw>)> = self
             .live_peers(|id, state| {
                 let kpis = state.get(KEY_KPI).map(|value| Raw::of(id, state, KEY_KPI, value)).into_iter().collect();
-                let reports = state.key_values().filter(|(key, _)| key.starts_with(PREFIX_REPORT));
+                let reports = with_prefix(state, PREFIX_REPORT);
                 Some((kpis, reports.map(|(key, value)| Raw::of(id, state, key, value)).collect()))
             })
             .await;
@@ -757,9 +757,8 @@ impl Gossip {
     ) -> Vec<(SocketAddr, Vec<(NodeName, Tally)>)> {
         let ours: HashMap<String, String> = tally_keys(ours).collect();
         self.reachable_peers(move |id, state| {
-            let unlike = state
-                .key_values()
-                .filter(|(key, value)| key.starts_with(PREFIX_TALLY) && ours.get(*key).is_none_or(|own| own != value));
+            let unlike =
+                with_prefix(state, PREFIX_TALLY).filter(|(key, value)| ours.get(*key).is_none_or(|own| own != value));
             let tallies: Vec<(NodeName, Tally)> = unlike
                 .filter_map(|(key, value)| Some((key.strip_prefix(PREFIX_TALLY)?.parse().ok()?, value.parse().ok()?)))
                 .collect();

@@ -168,8 +168,9 @@ struct Inner {
     /// Woken at each new entry of `connections`, for dials that would rather take it.
     registered: Notify,
     /// The names in each open connection's peer certificate, by its address: what gossip
-    /// holds a member's claimed name to (`gossip::binding`).
-    peer_names: Mutex<HashMap<SocketAddr, Vec<String>>>,
+    /// holds a member's claimed name to (`gossip::binding`). Copied on write: every gossip
+    /// read takes the map, and connections come and go far less often.
+    peer_names: Mutex<Arc<HashMap<SocketAddr, Vec<String>>>>,
     gossip_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     streams_tx: mpsc::Sender<IncomingStream>,
     metrics: Arc<Metrics>,
@@ -228,7 +229,7 @@ impl Transport {
             transport_config,
             connections: Mutex::new(HashMap::new()),
             registered: Notify::new(),
-            peer_names: Mutex::new(HashMap::new()),
+            peer_names: Mutex::new(Arc::default()),
             gossip_tx,
             streams_tx,
             metrics,
@@ -273,7 +274,7 @@ impl Transport {
 
     /// The names in the certificate of the peer of each open connection, by the peer's
     /// address. Dialing and accepting share one endpoint, so that is the peer's gossip address.
-    pub fn peer_names(&self) -> HashMap<SocketAddr, Vec<String>> {
+    pub fn peer_names(&self) -> Arc<HashMap<SocketAddr, Vec<String>>> {
         self.inner.peer_names.lock().expect("peer names lock poisoned").clone()
     }
 
@@ -406,7 +407,9 @@ impl Inner {
         let addr = connection.remote_address();
         let names = peer_certificate(&connection).map(|der| certificate_names(&CertificateDer::from(der)));
         let mut connections = self.connections.lock().expect("connection map lock poisoned");
-        self.peer_names.lock().expect("peer names lock poisoned").insert(addr, names.unwrap_or_default());
+        let mut peer_names = self.peer_names.lock().expect("peer names lock poisoned");
+        Arc::make_mut(&mut peer_names).insert(addr, names.unwrap_or_default());
+        drop(peer_names);
         connections.insert(addr, connection);
         drop(connections);
         self.registered.notify_waiters();
@@ -417,7 +420,7 @@ impl Inner {
         let addr = connection.remote_address();
         if connections.get(&addr).is_some_and(|c| c.stable_id() == connection.stable_id()) {
             connections.remove(&addr);
-            self.peer_names.lock().expect("peer names lock poisoned").remove(&addr);
+            Arc::make_mut(&mut self.peer_names.lock().expect("peer names lock poisoned")).remove(&addr);
         }
     }
 

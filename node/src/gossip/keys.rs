@@ -41,15 +41,19 @@ pub(super) fn wire_version_in(state: &NodeState) -> u8 {
 /// A peer's version vector from its `vv.<origin>` keys; malformed entries are skipped.
 pub fn version_vector_of(state: &NodeState) -> VersionVector {
     let mut vector = VersionVector::default();
-    for (key, value) in state.key_values() {
-        let Some(origin) = key.strip_prefix(PREFIX_VERSION_VECTOR) else {
-            continue;
-        };
+    for (key, value) in with_prefix(state, PREFIX_VERSION_VECTOR) {
+        let origin = &key[PREFIX_VERSION_VECTOR.len()..];
         if let (Ok(origin), Ok(seq)) = (origin.parse::<NodeName>(), value.parse::<u64>()) {
             vector.raise(origin, seq);
         }
     }
     vector
+}
+
+/// The live keys of `state` that start with `prefix`, and their values: a range of chitchat's
+/// ordered map, not a scan of every key the member publishes.
+pub fn with_prefix<'a>(state: &'a NodeState, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    state.iter_prefix(prefix).map(|(key, versioned)| (key, versioned.value.as_str()))
 }
 
 /// The keys that publish `tallies`, one per origin.
