@@ -292,7 +292,7 @@ impl Control {
 
 /// What the controls in the log say about one generation's rollout. Controls fold in
 /// `(hlc, origin, seq)` order: the last pause or resume wins; promotion only grows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Controls {
     pub paused: bool,
     pub promoted_through: Option<u32>,
@@ -391,7 +391,7 @@ impl FromStr for Report {
 
 /// Whether the nodes that applied a generation say it hurts. Every node that applied it
 /// reports on it (see `Report`), so the reporters are the nodes that applied it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnomalyQuorum {
     /// Distinct nodes that report on the generation: those that applied it.
     pub applied: usize,

@@ -12,15 +12,14 @@ use grapevine_proto::limits::MAX_MEMBERS;
 use grapevine_proto::rollout::{Policy, PolicyOptions, parse_duration_ms};
 use grapevine_proto::schedule::{check_start, parse_time};
 use grapevine_proto::signing::Signed;
-use grapevine_proto::{Author, Change, Generation, Op, Terms, ValidationError};
+use grapevine_proto::{Author, Change, Op, Terms, ValidationError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 
+use super::replies::{Accepted, ChangeReply, DiffEntry, DryRun, SignChange, Unchanged};
+use super::{ApiError, ApiResult, ApiState, access, parse_body};
 use crate::clock;
 use crate::metrics::reason;
-
-use super::{ApiError, ApiResult, ApiState, access, parse_body};
 
 /// `POST /v1/apply`: a flagd flag file, unchanged. Every flag must be valid (its `$ref`s
 /// resolved against the file's `$evaluators`, the file's `metadata` under each flag's); the
@@ -30,7 +29,7 @@ pub(super) async fn apply(
     axum::Extension(principal): axum::Extension<crate::auth::Principal>,
     wait: ChangeQuery,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<ChangeReply> {
     let result = apply_change(&state, &principal, &wait, body).await;
     count_change(&state, result)
 }
@@ -40,19 +39,24 @@ pub(super) async fn apply_change(
     principal: &crate::auth::Principal,
     wait: &ChangeQuery,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<ChangeReply> {
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("expected a flagd flag file in UTF-8"))?;
     let set = grapevine_proto::eval::FlagSet::parse(text).map_err(ApiError::bad_request)?;
     access::covers_all(state, principal, set.flags.keys().map(String::as_str))?;
     let ops = grapevine_proto::edit::flag_file_ops(set, &state.engine.view().desired).map_err(ApiError::bad_request)?;
     if ops.is_empty() {
-        return Ok(Json(json!({"changed": 0, "message": "every flag in the file is already the log's latest"})));
+        let message = "every flag in the file is already the log's latest".to_owned();
+        return Ok(Json(ChangeReply::Unchanged(Unchanged { changed: 0, message })));
     }
-    let changed = ops.len();
+    let changed = Some(ops.len());
     let change = Change { ops, policy: wait.policy(&state.default_policy)?, controls: Vec::new() };
-    let mut answer = submit_change(state, change, None, wait).await?;
-    answer["changed"] = json!(changed);
-    Ok(answer)
+    let Json(mut answer) = submit_change(state, change, None, wait).await?;
+    match &mut answer {
+        ChangeReply::Accepted(accepted) => accepted.changed = changed,
+        ChangeReply::DryRun(dry_run) => dry_run.changed = changed,
+        ChangeReply::Unchanged(_) => {}
+    }
+    Ok(Json(answer))
 }
 
 /// `POST /v1/changes`: a change as a node prepared it (`?prepare=true` on any change request),
@@ -63,7 +67,7 @@ pub(super) async fn signed_change(
     axum::Extension(principal): axum::Extension<crate::auth::Principal>,
     wait: ChangeQuery,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<ChangeReply> {
     let result = signed_change_of(&state, &principal, &wait, body).await;
     count_change(&state, result)
 }
@@ -73,7 +77,7 @@ pub(super) async fn signed_change_of(
     principal: &crate::auth::Principal,
     wait: &ChangeQuery,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<ChangeReply> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct SignedChangeRequest {
@@ -113,28 +117,8 @@ pub(super) fn decode_hex<T: DeserializeOwned>(text: &str, field: &str) -> Result
     }
 }
 
-pub(super) fn accepted(generation: &Generation) -> Value {
-    let mut answer = json!({
-        "generation": generation.id().to_string(),
-        "hlc": generation.body.hlc.to_string(),
-        "hash": generation.hash.to_string(),
-        "members": generation.body.members,
-        "author": generation.body.author,
-    });
-    add_start(&mut answer, generation.body.terms.as_ref().and_then(|terms| terms.start_at_ms));
-    answer
-}
-
-/// Adds a change's scheduled start, as Unix ms and RFC 3339, to an answer.
-pub(super) fn add_start(answer: &mut Value, start_at_ms: Option<u64>) {
-    if let Some(start) = start_at_ms {
-        answer["start_at_ms"] = json!(start);
-        answer["start_at"] = json!(grapevine_proto::schedule::rfc3339(start));
-    }
-}
-
 /// Counts a change request by outcome: `accepted`, `refused` (4xx) or `failed` (5xx).
-pub(super) fn count_change(state: &ApiState, result: ApiResult<Value>) -> ApiResult<Value> {
+pub(super) fn count_change<T>(state: &ApiState, result: ApiResult<T>) -> ApiResult<T> {
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(error) if error.status.is_client_error() => "refused",
@@ -266,7 +250,7 @@ pub(super) const MAX_REPLICA_TIMEOUT: Duration = Duration::from_secs(600);
 pub(super) const REPLICA_POLL: Duration = Duration::from_millis(5);
 
 /// Submits a one-operation change and, if asked, waits until enough peers hold it.
-pub(super) async fn submit(state: &ApiState, op: Op, wait: &ChangeQuery) -> ApiResult<Value> {
+pub(super) async fn submit(state: &ApiState, op: Op, wait: &ChangeQuery) -> ApiResult<ChangeReply> {
     let change = Change { ops: vec![op], policy: wait.policy(&state.default_policy)?, controls: Vec::new() };
     submit_change(state, change, None, wait).await
 }
@@ -303,26 +287,13 @@ pub(crate) async fn submit_change(
     change: Change,
     signed: Option<(Box<Signed>, Option<u64>)>,
     wait: &ChangeQuery,
-) -> ApiResult<Value> {
+) -> ApiResult<ChangeReply> {
     // One reading of the clock: `start_in` counts from it, and a prepared change is issued at it,
     // so the operator can check the start against what was asked.
     let now = clock::wall_ms(state.clock_skew_ms);
     let (signed, start_at_ms) = start_of(state, signed, wait, now)?;
     if wait.dry_run || wait.prepare {
-        let preview = state.engine.preview(change.clone()).await?;
-        let mut answer = serde_json::to_value(preview).expect("a preview always serializes");
-        answer["dry_run"] = json!(true);
-        add_start(&mut answer, start_at_ms);
-        if wait.prepare {
-            answer["sign"] = json!({
-                "cluster": state.cluster,
-                "format": grapevine_proto::wire::WIRE_VERSION,
-                "issued_ms": now,
-                "change": hex::encode(postcard::to_stdvec(&change).expect("a change always encodes")),
-                "start_at_ms": start_at_ms,
-            });
-        }
-        return Ok(Json(answer));
+        return Ok(Json(ChangeReply::DryRun(dry_run(state, change, wait.prepare.then_some(now), start_at_ms).await?)));
     }
     if wait.wait_replicas > MAX_MEMBERS {
         return Err(ApiError::bad_request(format!(
@@ -351,7 +322,35 @@ pub(crate) async fn submit_change(
         tokio::time::sleep(REPLICA_POLL).await;
         replicas = state.holdings.count_holding(state.gossip.peer_version_vectors().await, id);
     }
-    let mut answer = accepted(&generation);
-    answer["replicas"] = json!(replicas);
-    Ok(Json(answer))
+    Ok(Json(ChangeReply::Accepted(Accepted { replicas: Some(replicas), ..Accepted::of(&generation) })))
+}
+
+/// What `change` would do, stored nowhere; with `issued_ms` (`?prepare=true`), also what an
+/// operator signs to store it.
+async fn dry_run(
+    state: &ApiState,
+    change: Change,
+    issued_ms: Option<u64>,
+    start_at_ms: Option<u64>,
+) -> Result<DryRun, ApiError> {
+    let sign = issued_ms.map(|issued_ms| SignChange {
+        cluster: state.cluster.clone(),
+        format: grapevine_proto::wire::WIRE_VERSION.into(),
+        issued_ms,
+        change: hex::encode(postcard::to_stdvec(&change).expect("a change always encodes")),
+        start_at_ms,
+    });
+    let preview = state.engine.preview(change).await?;
+    let diff = preview.diff.into_iter();
+    Ok(DryRun {
+        dry_run: true,
+        generation: preview.generation,
+        policy: preview.policy,
+        waves: preview.waves,
+        diff: diff.map(|d| DiffEntry { kind: d.kind.into(), key: d.key, before: d.before, after: d.after }).collect(),
+        start_at_ms,
+        start_at: start_at_ms.map(grapevine_proto::schedule::rfc3339),
+        sign,
+        changed: None,
+    })
 }

@@ -7,8 +7,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use grapevine_proto::{JsonText, Op};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::replies::{ChangeReply, ConfigValue};
 use super::{ApiError, ApiResult, ApiState, ChangeQuery, ReadQuery, count_change, parse_body, parse_key, submit};
 
 #[derive(Deserialize)]
@@ -25,7 +26,7 @@ pub(super) async fn put_config(
     Path(key): Path<String>,
     wait: ChangeQuery,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<ChangeReply> {
     let result = put_config_change(&state, key, &wait, body).await;
     count_change(&state, result)
 }
@@ -35,7 +36,7 @@ pub(super) async fn put_config_change(
     key: String,
     wait: &ChangeQuery,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<ChangeReply> {
     let key = parse_key(key)?;
     let request: ConfigPutRequest = parse_body(&body, r#"{"value": <JSON value>, "schema": <JSON Schema>?}"#)?;
     let schema = match request.schema {
@@ -73,10 +74,7 @@ pub(super) async fn get_config(
     if if_none_match(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    let body = json!({
-        "key": key,
-        "value": entry.value.to_value(),
-        "generation": entry.generation.to_string(),
-    });
+    let body =
+        ConfigValue { key: key.to_string(), value: entry.value.to_value(), generation: entry.generation.to_string() };
     Ok(([(header::ETAG, etag)], Json(body)).into_response())
 }

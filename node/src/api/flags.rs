@@ -6,10 +6,11 @@ use axum::extract::{Path, Query, State};
 use grapevine_proto::eval::FlagDefinition;
 use grapevine_proto::{JsonText, Key, Op};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::clock;
 
+use super::replies::{ChangeReply, FlagEvaluation};
 use super::{
     ApiError, ApiResult, ApiState, ChangeQuery, ReadQuery, budget, count_change, parse_body, parse_key, submit,
 };
@@ -28,7 +29,7 @@ pub(super) async fn set_flag(
     Path(key): Path<String>,
     wait: ChangeQuery,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<ChangeReply> {
     let result = set_flag_change(&state, key, &wait, body).await;
     count_change(&state, result)
 }
@@ -38,7 +39,7 @@ pub(super) async fn set_flag_change(
     key: String,
     wait: &ChangeQuery,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<ChangeReply> {
     let key = parse_key(key)?;
     let request: FlagSetRequest = parse_body(&body, r#"{"on": bool} or {"variant": "NAME"} or {"definition": {...}}"#)?;
     // From the log's latest definition, not the applied one: a change builds on the one
@@ -74,7 +75,7 @@ pub(super) fn flag_answer(
     key: &Key,
     context: &serde_json::Map<String, Value>,
     read: &ReadQuery,
-) -> Result<Value, ApiError> {
+) -> Result<FlagEvaluation, ApiError> {
     let view = state.engine.view();
     ApiError::unless_recovering(&view, state.name.as_str())?;
     let entry = if read.desired { &view.desired } else { &view.state }
@@ -82,23 +83,23 @@ pub(super) fn flag_answer(
         .get(key)
         .ok_or_else(|| ApiError::not_found(format!("flag \"{key}\" not found on node {}", state.name)))?;
     let evaluation = entry.value.evaluate(key.as_str(), context, state.fractional, clock::unix_ms() / 1000);
-    Ok(json!({
-        "key": key,
-        "value": evaluation.value,
-        "variant": evaluation.variant,
-        "reason": evaluation.reason,
-        "error_code": evaluation.error_code,
-        "error_message": evaluation.error_message,
-        "generation": entry.generation.to_string(),
-        "definition": entry.value,
-    }))
+    Ok(FlagEvaluation {
+        key: key.to_string(),
+        value: evaluation.value,
+        variant: evaluation.variant,
+        reason: evaluation.reason,
+        error_code: evaluation.error_code,
+        error_message: evaluation.error_message,
+        generation: entry.generation.to_string(),
+        definition: serde_json::to_value(&entry.value).expect("a flag definition always serializes"),
+    })
 }
 
 pub(super) async fn get_flag(
     State(state): State<ApiState>,
     Path(key): Path<String>,
     Query(read): Query<ReadQuery>,
-) -> ApiResult<Value> {
+) -> ApiResult<FlagEvaluation> {
     Ok(Json(flag_answer(&state, &parse_key(key)?, &Default::default(), &read)?))
 }
 
@@ -114,7 +115,7 @@ pub(super) async fn evaluate_flag(
     Path(key): Path<String>,
     Query(read): Query<ReadQuery>,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<FlagEvaluation> {
     let key = parse_key(key)?;
     let request = if body.is_empty() {
         EvaluateRequest { context: Default::default() }

@@ -15,7 +15,8 @@
 //! `/v1/flags/{key}/evaluate`), `config.rs` (`/v1/config/{key}`), `changes.rs` (`/v1/apply`,
 //! `/v1/changes`, `ChangeQuery`, `submit_change`), `rollout.rs`, `proposals.rs`, `keys.rs`,
 //! `events.rs`, `watch.rs`, `ofrep.rs`, `ui.rs`, and, in `testsuite` builds only, `links.rs`
-//! (`POST`/`DELETE /v1/testsuite/links`).
+//! (`POST`/`DELETE /v1/testsuite/links`). `replies/` holds the types of the answers, which the
+//! CLI client and the cluster tests read back.
 //!
 //! - `proto::edit::switch_boolean` implements `--on`/`--off`. It and `--variant` start from the **desired** flag
 //!   (the log's latest), so a change builds on the one before it even where that one has not
@@ -113,6 +114,7 @@ pub mod limits;
 mod links;
 mod ofrep;
 mod proposals;
+pub mod replies;
 mod rollout;
 pub mod selector;
 mod ui;
@@ -120,7 +122,7 @@ pub mod watch;
 
 use admin::{backup, metrics, readyz, status};
 pub use changes::{AUTHOR_HEADER, ChangeQuery};
-use changes::{accepted, apply, count_change, decode_hex, signed_change, submit, submit_change};
+use changes::{apply, count_change, decode_hex, signed_change, submit, submit_change};
 use config::{get_config, if_none_match, put_config};
 use flags::{evaluate_flag, get_flag, set_flag};
 use history::history;

@@ -26,7 +26,8 @@ use grapevine_proto::{Change, GenId, Governance, Op, Terms};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, ApiState, NoParameters, accepted, access, decode_hex, parse_body};
+use super::replies::{Accepted, Proposed, Voted};
+use super::{ApiError, ApiResult, ApiState, NoParameters, access, decode_hex, parse_body};
 use crate::auth::Principal;
 use crate::engine::{ProposalError, ProposalView, Vote, record_change};
 
@@ -122,7 +123,7 @@ pub async fn propose(
     axum::Extension(principal): axum::Extension<Principal>,
     _: Query<NoParameters>,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<Proposed> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct ProposeRequest {
@@ -154,11 +155,8 @@ pub async fn propose(
     let governance = Some(Governance::Propose { change, expires_ms });
     let terms = Terms { start_at_ms: request.start_at_ms, governance, ..Terms::default() };
     let generation = state.engine.submit(record_change(), None, Some(signed), Some(Box::new(terms))).await?;
-    let mut answer = accepted(&generation);
-    answer["proposal"] = json!(generation.id().to_string());
-    answer["expires_ms"] = json!(expires_ms);
-    answer["approvals_needed"] = json!(needed);
-    Ok(Json(answer))
+    let proposal = generation.id().to_string();
+    Ok(Json(Proposed { record: Accepted::of(&generation), proposal, expires_ms, approvals_needed: needed }))
 }
 
 /// `POST /v1/proposals/{proposal}/{approve|reject}`.
@@ -168,7 +166,7 @@ pub async fn vote(
     Path((id, action)): Path<(String, String)>,
     _: Query<NoParameters>,
     body: Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<Voted> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct VoteRequest {
@@ -184,8 +182,5 @@ pub async fn vote(
     let signed: Box<Signed> = decode_hex(&request.signed, "signed")?;
     find(&state, &principal, &id).await?;
     let (generation, enacted) = state.engine.vote(id.clone(), signed, vote).await?;
-    let mut answer = accepted(&generation);
-    answer["proposal"] = json!(id.to_string());
-    answer["enacted"] = json!(enacted);
-    Ok(Json(answer))
+    Ok(Json(Voted { record: Accepted::of(&generation), proposal: id.to_string(), enacted }))
 }

@@ -14,6 +14,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use grapevine_proto::health::MAX_SAMPLE_REQUESTS;
 use grapevine_proto::rollout::Control;
 use grapevine_proto::{Change, GenId};
@@ -105,7 +106,7 @@ pub async fn control(
     Extension(principal): Extension<Principal>,
     Path((generation, action)): Path<(String, String)>,
     wait: ChangeQuery,
-) -> ApiResult<Value> {
+) -> Result<Response, ApiError> {
     let target = generation_id(&generation)?;
     may_touch(&state, &principal, &target).await?;
     if wait.schedules() {
@@ -120,7 +121,7 @@ pub async fn control(
                 "a rollback has no dry run and nothing to sign: it writes only the revert, which `rollout status` previews",
             ));
         }
-        return rollback(&state, target).await;
+        return Ok(rollback(&state, target).await?.into_response());
     }
     let view = state.engine.rollout(target.clone()).await.ok_or_else(|| {
         ApiError::not_found(format!("generation {target} is not in the log of node {} (or is compacted)", state.name))
@@ -135,7 +136,7 @@ pub async fn control(
         }
     };
     let change = Change { ops: Vec::new(), policy: state.default_policy.as_emergency(), controls: vec![control] };
-    submit_change(&state, change, None, &wait).await
+    Ok(submit_change(&state, change, None, &wait).await?.into_response())
 }
 
 async fn rollback(state: &ApiState, target: GenId) -> ApiResult<Value> {

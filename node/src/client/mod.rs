@@ -41,10 +41,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use grapevine_proto::{Author, JsonText};
+use grapevine_proto::{Author, JsonText, NodeName};
 
 use crate::api::AUTHOR_HEADER;
+use crate::api::replies::{ChangeReply, DryRun, ErrorReply};
 use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub mod args;
@@ -165,27 +168,41 @@ impl Client {
         query: &[(&'static str, String)],
         body: Option<Value>,
         intent: &Intent,
-    ) -> Result<Value, CliError> {
+    ) -> Result<Answer<ChangeReply>, CliError> {
         let dry_run = query.iter().any(|(name, value)| *name == "dry_run" && value == "true");
         let Some(key_file) = self.signing_key.as_deref().filter(|_| !dry_run) else {
-            return self.request_with(Method::POST, path, query, body).await;
+            return self.request_as(Method::POST, path, query, body).await;
         };
         let signer = signing::KeyFile::read(key_file)?.signer()?;
-        let mut prepare = query.to_vec();
-        prepare.push(("prepare", "true".to_owned()));
-        let prepared = self.request_with(Method::POST, path, &prepare, body).await?;
-        if prepared.get("sign").is_none() {
+        let prepared = self.prepare(path, query, body).await?;
+        let preview = match prepared.reply {
+            ChangeReply::DryRun(preview) => preview,
             // Nothing to change (`apply` of flags that are already the latest).
-            return Ok(prepared);
-        }
-        let signed = signer.sign(&prepared, intent)?;
+            ChangeReply::Unchanged(_) => return Ok(prepared),
+            ChangeReply::Accepted(_) => return Err(nothing_to_sign(&prepared.raw)),
+        };
+        let sign = preview.sign.as_ref().ok_or_else(|| nothing_to_sign(&prepared.raw))?;
+        let signed = signer.sign(sign, intent)?;
         let wait: Vec<(&str, String)> =
             query.iter().filter(|(name, _)| matches!(*name, "wait_replicas" | "timeout_ms")).cloned().collect();
-        let mut answer = self.request_with(Method::POST, "/v1/changes", &wait, Some(signed)).await?;
-        if let Some(changed) = prepared.get("changed") {
-            answer["changed"] = changed.clone();
+        let mut answer: Answer<ChangeReply> = self.request_as(Method::POST, "/v1/changes", &wait, Some(signed)).await?;
+        if let (Some(changed), ChangeReply::Accepted(accepted)) = (preview.changed, &mut answer.reply) {
+            accepted.changed = Some(changed);
+            answer.raw["changed"] = changed.into();
         }
         Ok(answer)
+    }
+
+    /// `?prepare=true` on a change request: what the node would store, and what to sign.
+    pub(crate) async fn prepare(
+        &self,
+        path: &str,
+        query: &[(&'static str, String)],
+        body: Option<Value>,
+    ) -> Result<Answer<ChangeReply>, CliError> {
+        let mut prepare = query.to_vec();
+        prepare.push(("prepare", "true".to_owned()));
+        self.request_as(Method::POST, path, &prepare, body).await
     }
 
     /// The node this client talks to (`http://...` or `unix:...`).
@@ -195,6 +212,17 @@ impl Client {
 
     pub(crate) async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
         self.request_with(method, path, &[], body).await
+    }
+
+    /// A request whose answer is read as the reply `T`, and kept as sent for `--json`.
+    pub(crate) async fn request_as<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Answer<T>, CliError> {
+        Answer::read(self.request_with(method, path, query, body).await?)
     }
 
     pub(crate) async fn request_with(
@@ -257,13 +285,38 @@ impl Client {
     }
 }
 
+/// A node's answer: read as its reply type `T`, and as sent, which `--json` prints (so a
+/// newer node's extra fields show, in the node's order).
+pub(crate) struct Answer<T> {
+    pub reply: T,
+    pub raw: Value,
+}
+
+impl<T: DeserializeOwned> Answer<T> {
+    /// Reads `raw` as `T`; an answer of another shape (a node of another version) fails, saying so.
+    pub(crate) fn read(raw: Value) -> Result<Answer<T>, CliError> {
+        match T::deserialize(&raw) {
+            Ok(reply) => Ok(Answer { reply, raw }),
+            Err(error) => Err(CliError::Failed(format!(
+                "the node's answer is not the {} this CLI reads ({error}): {raw}",
+                std::any::type_name::<T>().rsplit("::").next().unwrap_or("reply")
+            ))),
+        }
+    }
+}
+
+/// A change prepared without what to sign: a node that does not know `?prepare=true`.
+fn nothing_to_sign(prepared: &Value) -> CliError {
+    CliError::Refused(format!("not signed: the node's answer holds nothing to sign: {prepared}"))
+}
+
 /// The error a non-2xx answer stands for.
 fn refusal(status: StatusCode, value: &Value) -> CliError {
-    let message = match (value.get("error").and_then(Value::as_str), value.as_str()) {
-        (Some(error), _) => error.to_owned(),
-        (None, Some(text)) if !text.trim().is_empty() => text.trim().to_owned(),
-        (None, Some(_)) => format!("the node answered {status}"),
-        (None, None) => value.to_string(),
+    let message = match (ErrorReply::deserialize(value), value.as_str()) {
+        (Ok(ErrorReply { error }), _) => error,
+        (Err(_), Some(text)) if !text.trim().is_empty() => text.trim().to_owned(),
+        (Err(_), Some(_)) => format!("the node answered {status}"),
+        (Err(_), None) => value.to_string(),
     };
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         return CliError::Refused(format!("request body is larger than the node accepts: {message}"));
@@ -379,48 +432,54 @@ pub async fn config_put(client: &Client, mut request: ChangeRequest, change: &Ch
 pub async fn apply(client: &Client, mut request: ChangeRequest, change: &ChangeArgs) -> Result<(), CliError> {
     request.intent.start = change.start_intent()?;
     let answer = client.change(&request.path, &change.query(), Some(request.body), &request.intent).await?;
-    if answer["changed"] == 0 && !client.json {
-        println!("{}", text(&answer, "message"));
-        return Ok(());
-    }
-    report_accepted(client, &format!("{} flags", answer["changed"]), &answer);
+    let changed = answer.reply.changed().unwrap_or_default();
+    report_accepted(client, &format!("{changed} flags"), &answer);
     Ok(())
 }
 
 /// At most this much of a value is printed in a dry run's diff.
 const DIFF_VALUE_CHARS: usize = 160;
 
-pub(crate) fn report_accepted(client: &Client, what: &str, answer: &Value) {
+pub(crate) fn report_accepted(client: &Client, what: &str, answer: &Answer<ChangeReply>) {
     if client.json {
-        print_json(answer);
-    } else if answer["dry_run"] == true {
-        println!("dry run: {what} would be generation {}; nothing was changed", text(answer, "generation"));
-        let short = |value: &Value| {
-            let text = value.to_string();
-            if text.chars().count() > DIFF_VALUE_CHARS {
-                format!("{}...", text.chars().take(DIFF_VALUE_CHARS).collect::<String>())
-            } else {
-                text
+        print_json(&answer.raw);
+        return;
+    }
+    match &answer.reply {
+        ChangeReply::DryRun(dry_run) => report_dry_run(what, dry_run),
+        ChangeReply::Accepted(accepted) => {
+            let replicas = accepted.replicas.unwrap_or(0);
+            let also = if replicas > 0 { format!(" and on {replicas} other nodes") } else { String::new() };
+            let generation = &accepted.generation;
+            println!("{what} accepted as generation {generation} (durable on {}{also})", client.base());
+            if let Some(start) = &accepted.start_at {
+                println!("scheduled: its first wave opens at {start} (cancel before then with `grapevine rollback`)");
             }
-        };
-        for entry in answer["diff"].as_array().into_iter().flatten() {
-            let before = if entry["before"].is_null() { "(new)".to_owned() } else { short(&entry["before"]) };
-            println!("  {} {}: {before} -> {}", text(entry, "kind"), text(entry, "key"), short(&entry["after"]));
         }
-        for (index, wave) in answer["waves"].as_array().into_iter().flatten().enumerate() {
-            let members: Vec<&str> = wave.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            println!("  wave {index}: {}", members.join(", "));
+        ChangeReply::Unchanged(unchanged) => println!("{}", unchanged.message),
+    }
+}
+
+fn report_dry_run(what: &str, dry_run: &DryRun) {
+    println!("dry run: {what} would be generation {}; nothing was changed", dry_run.generation);
+    let short = |value: &Value| {
+        let text = value.to_string();
+        if text.chars().count() > DIFF_VALUE_CHARS {
+            format!("{}...", text.chars().take(DIFF_VALUE_CHARS).collect::<String>())
+        } else {
+            text
         }
-        if let Some(start) = answer["start_at"].as_str() {
-            println!("  first wave opens at {start}");
-        }
-    } else {
-        let replicas = answer.get("replicas").and_then(Value::as_u64).unwrap_or(0);
-        let also = if replicas > 0 { format!(" and on {replicas} other nodes") } else { String::new() };
-        println!("{what} accepted as generation {} (durable on {}{also})", text(answer, "generation"), client.base());
-        if let Some(start) = answer["start_at"].as_str() {
-            println!("scheduled: its first wave opens at {start} (cancel before then with `grapevine rollback`)");
-        }
+    };
+    for entry in &dry_run.diff {
+        let before = entry.before.as_ref().map_or("(new)".to_owned(), short);
+        println!("  {} {}: {before} -> {}", entry.kind, entry.key, short(&entry.after));
+    }
+    for (index, wave) in dry_run.waves.iter().enumerate() {
+        let members: Vec<&str> = wave.iter().map(NodeName::as_str).collect();
+        println!("  wave {index}: {}", members.join(", "));
+    }
+    if let Some(start) = &dry_run.start_at {
+        println!("  first wave opens at {start}");
     }
 }
 

@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::args::ChangeArgs;
 use super::signing::KeyFile;
-use super::{ChangeRequest, CliError, Client, print_json, report_accepted, text};
+use super::{Answer, ChangeRequest, CliError, Client, nothing_to_sign, print_json, report_accepted, text};
+use crate::api::replies::{ChangeReply, DryRun, Proposed};
 
 /// An approval or a rejection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,33 +51,33 @@ pub async fn propose(
         return Ok(());
     }
     let signer = signer_of(client, "a proposal")?;
-    let mut prepare = change.query();
-    prepare.push(("prepare", "true".to_owned()));
-    let prepared = client.request_with(Method::POST, &path, &prepare, Some(body)).await?;
-    if prepared.get("sign").is_none() {
+    let prepared = client.prepare(&path, &change.query(), Some(body)).await?;
+    let sign = match &prepared.reply {
+        ChangeReply::DryRun(DryRun { sign: Some(sign), .. }) => sign,
         // Nothing to change (`apply` of flags that are already the latest).
-        println!("{}", text(&prepared, "message"));
-        return Ok(());
-    }
-    let mut proposal = signer.sign(&prepared, &intent)?;
-    let issued_ms = prepared["sign"]["issued_ms"].as_u64().unwrap_or_default();
-    proposal["expires_ms"] = issued_ms.saturating_add(expires_in_ms).into();
+        ChangeReply::Unchanged(unchanged) => {
+            println!("{}", unchanged.message);
+            return Ok(());
+        }
+        _ => return Err(nothing_to_sign(&prepared.raw)),
+    };
+    let mut proposal = signer.sign(sign, &intent)?;
+    proposal["expires_ms"] = sign.issued_ms.saturating_add(expires_in_ms).into();
     // A scheduled start, where the node prepared one, is signed with the change and kept.
-    if let Some(start_at_ms) = prepared["sign"]["start_at_ms"].as_u64() {
+    if let Some(start_at_ms) = sign.start_at_ms {
         proposal["start_at_ms"] = start_at_ms.into();
     }
-    let answer = client.request(Method::POST, "/v1/proposals", Some(proposal)).await?;
+    let answer: Answer<Proposed> = client.request_as(Method::POST, "/v1/proposals", &[], Some(proposal)).await?;
     if client.json {
-        print_json(&answer);
+        print_json(&answer.raw);
         return Ok(());
     }
-    let id = text(&answer, "proposal");
-    let needed = answer["approvals_needed"].as_u64().unwrap_or(0);
+    let Proposed { proposal: id, approvals_needed: needed, expires_ms, .. } = &answer.reply;
     println!(
         "proposed {what} as {id} on {}: it applies nowhere until {needed} more operator(s) approve it \
          (`grapevine change approve {id}`), within {}",
         client.base(),
-        remaining(answer["expires_ms"].as_u64().unwrap_or(0))
+        remaining(*expires_ms)
     );
     Ok(())
 }

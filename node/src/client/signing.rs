@@ -34,6 +34,7 @@ use serde_json::Value;
 
 use super::CliError;
 use super::args::KeyCommand;
+use crate::api::replies::SignChange;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,20 +289,15 @@ impl FlagIntent {
 }
 
 impl Signer {
-    /// Signs the change a node prepared (`answer["sign"]` of a `?prepare=true` request), after
+    /// Signs the change a node prepared (`sign` of a `?prepare=true` request's answer), after
     /// checking it is what `intent` asked for. Returns the body of `POST /v1/changes`.
-    pub fn sign(&self, prepared: &Value, intent: &Intent) -> Result<Value, CliError> {
+    pub fn sign(&self, sign: &SignChange, intent: &Intent) -> Result<Value, CliError> {
         let refused = |detail: String| CliError::Refused(format!("not signed: {detail}"));
-        let sign = &prepared["sign"];
-        check_format(sign)?;
-        let (Some(cluster), Some(issued_ms), Some(change)) =
-            (sign["cluster"].as_str(), sign["issued_ms"].as_u64(), sign["change"].as_str())
-        else {
-            return Err(refused(format!("the node's answer holds nothing to sign: {prepared}")));
-        };
-        let change = decode_change(change).map_err(refused)?;
+        check_format(sign.format)?;
+        let SignChange { cluster, issued_ms, start_at_ms, .. } = sign;
+        let (issued_ms, start_at_ms) = (*issued_ms, *start_at_ms);
+        let change = decode_change(&sign.change).map_err(refused)?;
         check_intent(&change, intent).map_err(refused)?;
-        let start_at_ms = sign["start_at_ms"].as_u64();
         if !StartIntent::allows(intent.start, issued_ms, start_at_ms) {
             return Err(refused(format!(
                 "the node prepared a start of {start_at_ms:?} (Unix ms, issued at {issued_ms}), not the one asked for ({:?})",
@@ -322,7 +318,7 @@ impl Signer {
     pub fn sign_vote(&self, shown: &Value, approve: bool) -> Result<(String, Change), CliError> {
         let refused = |detail: String| CliError::Refused(format!("not signed: {detail}"));
         let sign = &shown["sign"];
-        check_format(sign)?;
+        check_format(sign["format"].as_u64().unwrap_or_default())?;
         let fields = (
             sign["cluster"].as_str(),
             sign["issued_ms"].as_u64(),
@@ -350,8 +346,7 @@ impl Signer {
 }
 
 /// The node's answer names this CLI's wire format.
-fn check_format(sign: &Value) -> Result<(), CliError> {
-    let format = sign["format"].as_u64().unwrap_or_default();
+fn check_format(format: u64) -> Result<(), CliError> {
     if format != u64::from(grapevine_proto::wire::WIRE_VERSION) {
         return Err(CliError::Refused(format!(
             "not signed: the node speaks wire format {format} and this CLI {}: use a CLI of the node's version",

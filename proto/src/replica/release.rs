@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Now, Replica};
 use crate::health::Thresholds;
@@ -45,7 +45,7 @@ pub struct Gates {
 
 /// The evidence a node applied a generation on: its wave, and the controls and reports that
 /// opened the wave's gate in its view then. The chaos suite checks the gate rule against it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     /// This node's wave.
     pub wave: usize,

@@ -1,0 +1,82 @@
+//! Every reply reads back what it writes, and what `docs/api.md` shows reads as its type:
+//! the client and the tests read the node's answers through these types, so a shape they
+//! cannot read is a broken client.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// Reads `shown` as `T`, and checks that `T` writes it back as it was.
+fn reads_back<T: Serialize + DeserializeOwned>(shown: Value) -> T {
+    let reply: T = serde_json::from_value(shown.clone()).unwrap_or_else(|e| panic!("{e}: {shown}"));
+    assert_eq!(serde_json::to_value(&reply).unwrap(), shown, "written back otherwise");
+    reply
+}
+
+fn policy() -> Value {
+    json!({"waves": [{"Count": 1}, {"Percent": 100}], "bake_ms": 5000, "health_quorum_permille": 900,
+           "watch_window_ms": 600000, "waves_by": null, "emergency": false, "anomaly_quorum_min": 1,
+           "anomaly_quorum_permille": 340,
+           "thresholds": {"min_samples": 20, "max_error_rate_permille": 50, "max_latency_p99_ms": null,
+                          "max_error_ratio_percent": 200, "max_latency_ratio_percent": 150}})
+}
+
+#[test]
+fn a_change_answer_reads_as_what_it_is() {
+    let accepted = json!({"generation": "n1.2", "hash": "7c27", "hlc": "1795297136461.0", "members": ["n1", "n2"],
+                          "author": "alice@laptop", "replicas": 0});
+    let reply: ChangeReply = reads_back(accepted);
+    assert_eq!(reply.generation(), Some("n1.2"));
+    let ChangeReply::Accepted(accepted) = reply else { panic!("not accepted: {reply:?}") };
+    assert_eq!((accepted.replicas, accepted.start_at_ms, accepted.changed), (Some(0), None, None));
+
+    // Numbers kept as sent (`arbitrary_precision`), floats included, in a diff's values.
+    let dry_run = json!({"dry_run": true, "generation": "n1.8", "policy": policy(), "waves": [["n2"], ["n1", "n3"]],
+                         "diff": [{"kind": "config", "key": "ratelimit", "before": null, "after": {"share": 0.25}}],
+                         "start_at_ms": 1798099200000_u64, "start_at": "2026-12-24T08:00:00Z", "changed": 2,
+                         "sign": {"cluster": "prod", "format": 7, "issued_ms": 1763800000000_u64, "change": "0101",
+                                  "start_at_ms": null}});
+    let reply: ChangeReply = reads_back(dry_run);
+    let ChangeReply::DryRun(dry_run) = &reply else { panic!("not a dry run: {reply:?}") };
+    assert_eq!(dry_run.diff[0].before, None);
+    assert_eq!(dry_run.sign.as_ref().map(|sign| sign.issued_ms), Some(1763800000000));
+    assert_eq!(reply.changed(), Some(2));
+
+    let unchanged = json!({"changed": 0, "message": "every flag in the file is already the log's latest"});
+    assert!(matches!(reads_back::<ChangeReply>(unchanged), ChangeReply::Unchanged(Unchanged { changed: 0, .. })));
+}
+
+#[test]
+fn a_field_present_only_sometimes_is_left_out_when_absent() {
+    let accepted = Accepted {
+        generation: "n1.1".into(),
+        hlc: "1.0".into(),
+        hash: "ab".into(),
+        members: vec!["n1".parse().unwrap()],
+        author: None,
+        start_at_ms: None,
+        start_at: None,
+        replicas: None,
+        changed: None,
+    };
+    let written = serde_json::to_value(&accepted).unwrap();
+    assert_eq!(written, json!({"generation": "n1.1", "hlc": "1.0", "hash": "ab", "members": ["n1"], "author": null}));
+}
+
+#[test]
+fn a_proposal_and_a_vote_read_back_with_the_record_they_became() {
+    let record = json!({"generation": "n1.12", "hlc": "1763800000000.0", "hash": "ab", "members": ["n1"],
+                        "author": "alice", "start_at_ms": 1798099200000_u64, "start_at": "2026-12-24T08:00:00Z"});
+    let mut proposed = record.clone();
+    proposed["proposal"] = json!("n1.12");
+    proposed["expires_ms"] = json!(1763886400000_u64);
+    proposed["approvals_needed"] = json!(1);
+    let proposed: Proposed = reads_back(proposed);
+    assert_eq!(proposed.record.start_at_ms, Some(1798099200000));
+    let mut voted = record;
+    voted["proposal"] = json!("n1.12");
+    voted["enacted"] = json!(true);
+    assert!(reads_back::<Voted>(voted).enacted);
+}
