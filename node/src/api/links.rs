@@ -5,13 +5,13 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
+use super::replies::Done;
 use super::{ApiResult, ApiState, parse_body};
 
 /// `POST /v1/testsuite/links`: `{"peer": "IP:PORT" or null for every peer, "drop", "loss",
 /// "delay_ms", "outbound_only"}` sets a rule of this node's link filter.
-pub(super) async fn set_link(State(state): State<ApiState>, body: Bytes) -> ApiResult<Value> {
+pub(super) async fn set_link(State(state): State<ApiState>, body: Bytes) -> ApiResult<Done> {
     // No `serde(flatten)`: with arbitrary_precision it cannot read numbers.
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -37,11 +37,11 @@ pub(super) async fn set_link(State(state): State<ApiState>, body: Bytes) -> ApiR
         outbound_only: request.outbound_only,
     };
     state.transport.link_filter().set(request.peer, rule);
-    Ok(Json(json!({ "ok": true })))
+    Ok(Json(Done::OK))
 }
 
 /// `DELETE /v1/testsuite/links`: every link passes again.
-pub(super) async fn clear_links(State(state): State<ApiState>) -> ApiResult<Value> {
+pub(super) async fn clear_links(State(state): State<ApiState>) -> ApiResult<Done> {
     state.transport.link_filter().clear();
-    Ok(Json(json!({ "ok": true })))
+    Ok(Json(Done::OK))
 }

@@ -19,12 +19,12 @@ use grapevine_proto::health::MAX_SAMPLE_REQUESTS;
 use grapevine_proto::rollout::Control;
 use grapevine_proto::{Change, GenId};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::access::{may_see, may_touch};
+use super::replies::{Done, Hold, Rollback, Rollout, Rollouts, Wave, WaveMember};
 use super::{ApiError, ApiResult, ApiState, ChangeQuery, NoParameters, parse_body, submit_change};
 use crate::auth::Principal;
-use crate::engine::RollbackError;
+use crate::engine::{HoldView, RollbackError, RollbackOutcome, RolloutView};
 use crate::health::Sample;
 
 /// Rollouts `GET /v1/rollouts` lists unless asked for more.
@@ -37,7 +37,7 @@ fn generation_id(text: &str) -> Result<GenId, ApiError> {
 }
 
 /// `POST /v1/health`: an application's counts since its previous push.
-pub async fn push_health(State(state): State<ApiState>, _: Query<NoParameters>, body: Bytes) -> ApiResult<Value> {
+pub async fn push_health(State(state): State<ApiState>, _: Query<NoParameters>, body: Bytes) -> ApiResult<Done> {
     if !state.health.accepts_push() {
         return Err(ApiError::bad_request(
             "push is not a health source of this node (set `push = true` under [health] in its config)",
@@ -56,7 +56,7 @@ pub async fn push_health(State(state): State<ApiState>, _: Query<NoParameters>, 
         return Err(ApiError::bad_request(message));
     }
     state.health.record(sample);
-    Ok(Json(json!({ "ok": true })))
+    Ok(Json(Done::OK))
 }
 
 #[derive(Deserialize)]
@@ -70,17 +70,17 @@ pub async fn list(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
     Query(query): Query<ListQuery>,
-) -> ApiResult<Value> {
+) -> ApiResult<Rollouts> {
     let limit = query.limit.unwrap_or(DEFAULT_ROLLOUTS).min(MAX_ROLLOUTS);
     let shown = move |g: &grapevine_proto::Generation| !g.body.change.ops.is_empty() && may_see(&principal, g);
     let listed = state.engine.history(limit, Box::new(shown)).await;
     let mut rollouts = Vec::new();
     for generation in &listed {
         if let Some(view) = state.engine.rollout(generation.id().clone()).await {
-            rollouts.push(view);
+            rollouts.push(rollout_reply(view));
         }
     }
-    Ok(Json(json!({ "node": state.name, "rollouts": rollouts })))
+    Ok(Json(Rollouts { node: state.name.to_string(), rollouts }))
 }
 
 /// `GET /v1/rollouts/{generation}`.
@@ -89,13 +89,13 @@ pub async fn show(
     Extension(principal): Extension<Principal>,
     Path(generation): Path<String>,
     _: Query<NoParameters>,
-) -> ApiResult<Value> {
+) -> ApiResult<Rollout> {
     let id = generation_id(&generation)?;
     may_touch(&state, &principal, &id).await?;
     let view = state.engine.rollout(id.clone()).await.ok_or_else(|| {
         ApiError::not_found(format!("generation {id} is not in the log of node {} (or is compacted)", state.name))
     })?;
-    Ok(Json(serde_json::to_value(view).expect("a rollout view always serializes")))
+    Ok(Json(rollout_reply(view)))
 }
 
 /// `POST /v1/rollouts/{generation}/{pause|resume|promote}`: writes the control as a
@@ -139,7 +139,7 @@ pub async fn control(
     Ok(submit_change(&state, change, None, &wait).await?.into_response())
 }
 
-async fn rollback(state: &ApiState, target: GenId) -> ApiResult<Value> {
+async fn rollback(state: &ApiState, target: GenId) -> ApiResult<Rollback> {
     let outcome = state.engine.rollback(target).await.map_err(|error| {
         let status = match &error {
             RollbackError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -150,5 +150,41 @@ async fn rollback(state: &ApiState, target: GenId) -> ApiResult<Value> {
         };
         ApiError { status, message: format!("node {}: {error}", state.name) }
     })?;
-    Ok(Json(serde_json::to_value(outcome).expect("a rollback outcome always serializes")))
+    let RollbackOutcome { generation, revert, already_reverted } = outcome;
+    Ok(Json(Rollback { generation, revert, already_reverted }))
+}
+
+/// The engine's view of a rollout, as the API answers it.
+pub(super) fn rollout_reply(view: RolloutView) -> Rollout {
+    let waves = view.waves.into_iter().map(|wave| Wave {
+        index: wave.index,
+        open: wave.open,
+        members: wave.members.into_iter().map(|m| WaveMember { name: m.name, report: m.report }).collect(),
+    });
+    Rollout {
+        generation: view.generation,
+        keys: view.keys,
+        policy: view.policy,
+        controls: view.controls,
+        waves: waves.collect(),
+        open_waves: view.open_waves,
+        all_waves_open: view.all_waves_open,
+        applied_here: view.applied_here,
+        reverted: view.reverted,
+        anomaly_quorum: view.anomaly_quorum,
+        reverted_by: view.reverted_by,
+        judgement: view.judgement,
+        release: view.release,
+        start_at_ms: view.start_at_ms,
+        hold: view.hold.map(hold_reply),
+    }
+}
+
+fn hold_reply(view: HoldView) -> Hold {
+    let until_ms = view.hold.until_ms();
+    let (kind, window) = match view.hold {
+        grapevine_proto::schedule::Hold::Scheduled { .. } => ("scheduled", None),
+        grapevine_proto::schedule::Hold::Frozen { window, .. } => ("frozen", Some(window)),
+    };
+    Hold { kind: kind.into(), window, until_ms, until: view.until, in_ms: view.in_ms, reason: view.reason }
 }

@@ -9,23 +9,18 @@
 //! also exit 2).
 //!
 //! - One function per client command: `flag_set`, `flag_get`, `config_put`, `config_get`, `apply`,
-//!   `status`, `history`, `rollout_status`, `rollout_control`, `rollback` and `backup`
-//!   (`Client::download`: streams the body to `FILE.partial`, fsyncs, renames; never overwrites).
-//!   Each formats the command's text and `--json` output. `refusal` maps a non-2xx answer to the
-//!   `CliError` of its exit code. `report_accepted` prints an accepted change, or a dry run's id,
-//!   diff (values cut at `DIFF_VALUE_CHARS`, 160) and waves. `flag_get` and `config_get` add
-//!   `?desired=true` for `--desired` (`read_query`).
+//!   `status` and `backup` (`Client::download`: streams the body to `FILE.partial`, fsyncs,
+//!   renames; never overwrites); those on rollouts and the log (`rollout status`, `history`,
+//!   `rollback`, ...) are in `rollouts.rs`, and proposals in `proposals.rs`. Each formats the
+//!   command's text and `--json` output. `refusal` maps a non-2xx answer to the `CliError` of its
+//!   exit code. `report_accepted` prints an accepted change, or a dry run's id, diff (values cut
+//!   at `DIFF_VALUE_CHARS`, 160) and waves. `flag_get` and `config_get` add `?desired=true` for
+//!   `--desired` (`read_query`); `status` shows the number of reverts held.
+//! - Answers are read into the reply types of `api::replies`, the ones the node answers with,
+//!   through `Client::request_as`, which returns an `Answer`: the reply, and the JSON as the node
+//!   sent it, which `--json` prints.
 //! - `flag_set` and `config_put` always send `wait_replicas` and `timeout_ms`, plus the policy
 //!   options given (`ChangeArgs::query`, through `Client::request_with`).
-//! - `rollout_status` reads `GET /v1/rollouts/{generation}` or `GET /v1/rollouts`; with `--watch`
-//!   it redraws every `WATCH_INTERVAL` (1 s) until every listed rollout has `all_waves_open`, is
-//!   paused or is reverted. `generation_path` checks the id first (a bad one is a usage error).
-//!   `print_rollout` adds ` REVERTED` to the header of a reverted rollout, the `REVERTED by ...`
-//!   line (`revert_line`) and this node's judgement.
-//! - `history` prints, under each change, its waves with each member's report (`member_cells`) and
-//!   the `REVERTED by ...` line; `history_records` (`--format jsonl`) prints `?format=records`'s
-//!   audit records, one a line; `rollback` posts `POST /v1/rollouts/{generation}/rollback`;
-//!   `status` shows the number of reverts held.
 //! - `key_path` checks a key and puts it in the URL as one path segment, `/` encoded as `%2F`. JSON
 //!   given on the command line is checked with `JsonText::try_from`, which gives the same messages
 //!   the node would.
@@ -54,10 +49,12 @@ pub mod args;
 mod connection;
 pub mod credentials;
 pub mod proposals;
+mod rollouts;
 pub mod signing;
 pub mod wait;
 use args::{ChangeArgs, ClientArgs};
 use connection::Connection;
+pub use rollouts::{history, history_records, rollback, rollout_control, rollout_status};
 pub use signing::{FlagIntent, Intent, StartIntent};
 
 /// How long the CLI waits for a node to answer. A change is acknowledged once durable on the
@@ -644,64 +641,6 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn history(client: &Client, limit: usize) -> Result<(), CliError> {
-    let answer = client.request(Method::GET, &format!("/v1/history?limit={limit}"), None).await?;
-    if client.json {
-        print_json(&answer);
-        return Ok(());
-    }
-    let generations = answer.get("generations").and_then(Value::as_array).cloned().unwrap_or_default();
-    println!("{} of {} generations, newest first", generations.len(), answer.get("total").unwrap_or(&Value::Null));
-    for generation in &generations {
-        let ops: Vec<String> = generation
-            .get("ops")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|op| match text(op, "op") {
-                "set_flag" => format!("flag {}", text(op, "key")),
-                _ => format!("config {} ({} bytes)", text(op, "key"), op.get("bytes").unwrap_or(&Value::Null)),
-            })
-            .chain(generation.get("controls").and_then(Value::as_array).into_iter().flatten().map(describe_control))
-            .chain(describe_governance(&generation["governance"]))
-            .collect();
-        let policy = &generation["policy"];
-        let rollout = if policy["emergency"] == true {
-            "emergency".to_owned()
-        } else {
-            let waves = policy["waves"].as_array().map_or(0, Vec::len);
-            format!("{waves} waves, bake {} ms", policy["bake_ms"])
-        };
-        let author = generation["author"].as_str().map_or(String::new(), |author| format!("  by {author}"));
-        println!(
-            "{:<14} hlc {:<18} {:<28} {}{author}",
-            text(generation, "id"),
-            text(generation, "hlc"),
-            rollout,
-            ops.join(", ")
-        );
-        if let Some(rollout) = generation.get("rollout").filter(|r| !r.is_null()) {
-            for wave in rollout["waves"].as_array().into_iter().flatten() {
-                let state = if wave["open"] == true { "open" } else { "closed" };
-                println!("    wave {} {state:<6} {}", wave["index"], member_cells(wave, |_, text| text).join("  "));
-            }
-            if let Some(line) = revert_line(rollout) {
-                println!("    {line}");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `history --format jsonl`: the node's audit records, one a line.
-pub async fn history_records(client: &Client, limit: usize) -> Result<(), CliError> {
-    let answer = client.request(Method::GET, &format!("/v1/history?limit={limit}&format=records"), None).await?;
-    for record in answer.get("records").and_then(Value::as_array).into_iter().flatten() {
-        println!("{record}");
-    }
-    Ok(())
-}
-
 /// `backup --out FILE`: a consistent copy of the node's store.
 pub async fn backup(client: &Client, out: &Path) -> Result<(), CliError> {
     let bytes = client.download("/v1/backup", out).await?;
@@ -726,234 +665,4 @@ pub async fn revoke_key(client: &Client, public: &str, reason: Option<String>) -
     let answer = client.change(&path, &query, Some(serde_json::json!({ "value": value })), &intent).await?;
     report_accepted(client, &format!("the revocation of {public}"), &answer);
     Ok(())
-}
-
-/// `rollback GEN`.
-pub async fn rollback(client: &Client, generation: &str) -> Result<(), CliError> {
-    let answer = client.request(Method::POST, &format!("{}/rollback", generation_path(generation)?), None).await?;
-    if client.json {
-        print_json(&answer);
-    } else if answer["already_reverted"] == true {
-        println!("{generation} was already reverted ({}); nothing to do", text(&answer, "revert"));
-    } else {
-        println!("wrote {}: {generation} is undone on every node as the revert reaches it", text(&answer, "revert"));
-    }
-    Ok(())
-}
-
-/// Why a rollout was reverted, and by whom, if it was.
-fn revert_line(rollout: &Value) -> Option<String> {
-    if rollout["reverted"] != true {
-        return None;
-    }
-    let by: Vec<String> = rollout["reverted_by"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(node, cause)| format!("{node} ({})", cause.as_str().unwrap_or("?")))
-        .collect();
-    let by = if by.is_empty() { "a node no longer in gossip".to_owned() } else { by.join(", ") };
-    let quorum = &rollout["anomaly_quorum"];
-    let anomalous: Vec<&str> = quorum["anomalous"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    Some(format!(
-        "REVERTED by {by}; anomalous: {} of {} that applied it ({}), quorum {}",
-        anomalous.len(),
-        quorum["applied"],
-        anomalous.join(", "),
-        quorum["needed"]
-    ))
-}
-
-/// Why this node holds a rollout, and for how long: `scheduled to start at T (in 1m 5s)` or
-/// `frozen by weekend until T (in 2d 3h)`.
-fn hold_line(rollout: &Value) -> Option<String> {
-    let hold = rollout.get("hold").filter(|hold| !hold.is_null())?;
-    let left = hold["in_ms"].as_u64().unwrap_or(0);
-    Some(format!("{} (in {}); no wave opens before", text(hold, "reason"), time_left(left)))
-}
-
-/// `2d 3h`, `1h 5m`, `4m 10s`, `9s`: the two largest units.
-fn time_left(ms: u64) -> String {
-    let seconds = ms.div_ceil(1000);
-    let units = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
-    let Some(first) = units.iter().position(|(_, size)| seconds >= *size) else { return "0s".into() };
-    let (name, size) = units[first];
-    let mut text = format!("{}{name}", seconds / size);
-    if let Some((next, next_size)) = units.get(first + 1) {
-        let rest = seconds % size / next_size;
-        if rest > 0 {
-            text.push_str(&format!(" {rest}{next}"));
-        }
-    }
-    text
-}
-
-/// Each member of a wave with its report, painted by `paint(color, text)`.
-fn member_cells(wave: &Value, paint: impl Fn(&str, String) -> String) -> Vec<String> {
-    wave["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|member| {
-            let name = text(member, "name").to_owned();
-            match member["report"]["verdict"].as_str() {
-                Some("healthy") => paint("32", format!("{name} healthy {:.1}s", elapsed_s(member))),
-                Some("anomalous") => paint("31", format!("{name} ANOMALOUS {:.1}s", elapsed_s(member))),
-                Some(verdict) => paint("36", format!("{name} {verdict} {:.1}s", elapsed_s(member))),
-                None => paint("2", format!("{name} waiting")),
-            }
-        })
-        .collect()
-}
-
-/// `{"Pause": {"target": {"origin": "n1", "seq": 3}}}` as `pause n1.3`.
-/// A governance record or an enactment, as `history` lists it.
-fn describe_governance(governance: &Value) -> Option<String> {
-    let approvers: Vec<&str> =
-        governance["approvals"].as_array().into_iter().flatten().filter_map(|a| a["operator"].as_str()).collect();
-    let keys: Vec<&str> = governance["keys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    let proposal = text(governance, "proposal");
-    Some(match governance["record"].as_str()? {
-        "propose" => format!("proposal of {}", keys.join(", ")),
-        "approve" => format!("approval of proposal {proposal}"),
-        "reject" => format!("rejection of proposal {proposal}"),
-        _ => format!("enacts proposal {proposal} (approved by {})", approvers.join(", ")),
-    })
-}
-
-fn describe_control(control: &Value) -> String {
-    let Some((action, fields)) = control.as_object().and_then(|o| o.iter().next()) else { return control.to_string() };
-    let target = &fields["target"];
-    let through = fields.get("through_wave").map_or(String::new(), |w| format!(" through wave {w}"));
-    format!("{} {}.{}{through}", action.to_lowercase(), text(target, "origin"), target["seq"])
-}
-
-pub(crate) fn generation_path(generation: &str) -> Result<String, CliError> {
-    generation.parse::<grapevine_proto::GenId>().map_err(|e| CliError::Usage(e.to_string()))?;
-    Ok(format!("/v1/rollouts/{generation}"))
-}
-
-/// `rollout pause|resume|promote GEN`.
-pub async fn rollout_control(client: &Client, generation: &str, action: &str) -> Result<(), CliError> {
-    let path = format!("{}/{action}", generation_path(generation)?);
-    let intent = Intent { control_of: generation.parse().ok(), ..Intent::default() };
-    let answer = client.change(&path, &[], None, &intent).await?;
-    report_accepted(client, &format!("{action} of {generation}"), &answer);
-    Ok(())
-}
-
-/// How often `rollout status --watch` redraws.
-const WATCH_INTERVAL: Duration = Duration::from_secs(1);
-
-/// `rollout status [GEN] [--watch]`.
-pub async fn rollout_status(client: &Client, generation: Option<&str>, watch: bool) -> Result<(), CliError> {
-    use std::io::IsTerminal;
-    let path = match generation {
-        Some(generation) => generation_path(generation)?,
-        None => "/v1/rollouts".to_owned(),
-    };
-    let terminal = std::io::stdout().is_terminal();
-    loop {
-        let answer = client.request(Method::GET, &path, None).await?;
-        let rollouts: Vec<Value> = match answer.get("rollouts").and_then(Value::as_array) {
-            Some(list) => list.clone(),
-            None => vec![answer.clone()],
-        };
-        if client.json {
-            print_json(&answer);
-        } else {
-            if watch && terminal {
-                print!("\x1b[2J\x1b[H");
-            }
-            for rollout in &rollouts {
-                print_rollout(rollout, terminal);
-            }
-            if rollouts.is_empty() {
-                println!("no rollouts in this node's log");
-            }
-        }
-        let done = rollouts.iter().all(finished);
-        if !watch || done {
-            return Ok(());
-        }
-        tokio::time::sleep(WATCH_INTERVAL).await;
-    }
-}
-
-/// Whether a watched rollout will not move on its own any more: every wave open and each of its
-/// members applied it (so reading the change from any of them shows it), or paused (it waits for
-/// someone to resume it), or reverted (for good).
-fn finished(rollout: &Value) -> bool {
-    let applied_everywhere = || {
-        rollout["waves"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .all(|wave| wave["members"].as_array().into_iter().flatten().all(|member| !member["report"].is_null()))
-    };
-    let all_open = rollout["all_waves_open"] == true && applied_everywhere();
-    all_open || rollout["controls"]["paused"] == true || rollout["reverted"] == true
-}
-
-fn print_rollout(rollout: &Value, color: bool) {
-    let paint = |code: &str, text: String| if color { format!("\x1b[{code}m{text}\x1b[0m") } else { text };
-    let policy = &rollout["policy"];
-    let waves: Vec<String> = policy["waves"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|w| match (w.get("Count"), w.get("Percent")) {
-            (Some(count), _) => count.to_string(),
-            (_, Some(percent)) => format!("{percent}%"),
-            _ => w.to_string(),
-        })
-        .collect();
-    let paused = if rollout["controls"]["paused"] == true { paint("33", " PAUSED".into()) } else { String::new() };
-    let paused =
-        if rollout["reverted"] == true { format!("{paused}{}", paint("31", " REVERTED".into())) } else { paused };
-    let paused = match rollout["hold"]["kind"].as_str() {
-        Some(kind) => format!("{paused}{}", paint("35", format!(" {}", kind.to_uppercase()))),
-        None => paused,
-    };
-    println!(
-        "{}  {}  waves {}  bake {} ms  quorum {}{paused}",
-        paint("1", text(rollout, "generation").to_owned()),
-        rollout["keys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-        waves.join(","),
-        policy["bake_ms"],
-        policy["health_quorum_permille"].as_u64().map_or(0.0, |q| q as f64 / 1000.0),
-    );
-    for wave in rollout["waves"].as_array().into_iter().flatten() {
-        let members = wave["members"].as_array().cloned().unwrap_or_default();
-        let cells = member_cells(wave, paint);
-        let applied = members.iter().filter(|m| !m["report"].is_null()).count();
-        let bar: String = (0..members.len()).map(|i| if i < applied { '█' } else { '░' }).collect();
-        let state = if wave["open"] == true { paint("32", "open  ".into()) } else { paint("2", "closed".into()) };
-        println!("  wave {} {state} {bar} {}", wave["index"], cells.join("  "));
-    }
-    if let Some(line) = hold_line(rollout) {
-        println!("  {}", paint("35", line));
-    }
-    if let Some(line) = revert_line(rollout) {
-        println!("  {}", paint("31", line));
-    }
-    if let Some(judgement) = rollout["judgement"].as_str() {
-        println!("  this node: {judgement}");
-    }
-}
-
-fn elapsed_s(member: &Value) -> f64 {
-    member["report"]["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn time_left_shows_its_two_largest_units() {
-        assert_eq!(super::time_left(0), "0s");
-        assert_eq!(super::time_left(2_500), "3s");
-        assert_eq!(super::time_left(65_000), "1m 5s");
-        assert_eq!(super::time_left(3_600_000), "1h");
-        assert_eq!(super::time_left((2 * 86_400 + 3 * 3_600 + 59) * 1000), "2d 3h");
-    }
 }

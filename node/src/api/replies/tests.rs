@@ -80,3 +80,71 @@ fn a_proposal_and_a_vote_read_back_with_the_record_they_became() {
     voted["enacted"] = json!(true);
     assert!(reads_back::<Voted>(voted).enacted);
 }
+
+/// The first JSON block under `heading` in `docs/api.md`.
+fn documented(heading: &str) -> Value {
+    let page = include_str!("../../../../docs/api.md");
+    let section = &page[page.find(heading).unwrap_or_else(|| panic!("no {heading} in docs/api.md"))..];
+    let start = section.find("```json\n").expect("a JSON block") + "```json\n".len();
+    let block = &section[start..];
+    serde_json::from_str(&block[..block.find("```").expect("the block ends")]).expect("the example is JSON")
+}
+
+/// Reads what the docs show as `T`.
+fn reads_documented<T: DeserializeOwned>(heading: &str) -> T {
+    let shown = documented(heading);
+    serde_json::from_value(shown.clone()).unwrap_or_else(|e| panic!("{heading}: {e}: {shown}"))
+}
+
+#[test]
+fn what_the_docs_show_reads_as_its_reply() {
+    let rollout: Rollout = reads_documented("## `GET /v1/rollouts/{generation}`");
+    assert_eq!((rollout.open_waves, rollout.waves[2].members[0].report), (2, None));
+    assert!(!rollout.finished());
+    assert!(Rollout { reverted: true, ..rollout.clone() }.finished(), "a reverted rollout moves no more");
+    let rollback: Rollback = reads_documented("## `POST /v1/rollouts/{generation}/rollback`");
+    assert_eq!(rollback.revert, "n1.3/revert");
+}
+
+#[test]
+fn a_rollout_reads_back_with_its_release_and_hold() {
+    let rollout = json!({
+        "generation": "n1.3", "keys": ["config ratelimit"], "policy": policy(),
+        "controls": {"paused": false, "promoted_through": 1},
+        "waves": [{"index": 0, "open": true,
+                   "members": [{"name": "n4", "report": {"verdict": "inconclusive", "elapsed_ms": 3100}}]}],
+        "open_waves": 1, "all_waves_open": false, "applied_here": true, "reverted": false,
+        "anomaly_quorum": {"applied": 1, "anomalous": [], "needed": 1}, "reverted_by": {"n2": "rollback"},
+        "judgement": null,
+        "release": {"wave": 0, "at_unix_ms": 1795297136461_u64, "controls": {"paused": false, "promoted_through": null},
+                    "reports": {"n2": {"verdict": "healthy", "elapsed_ms": 5000}}},
+        "start_at_ms": null,
+        "hold": {"kind": "frozen", "window": "weekend", "until_ms": 1798099200000_u64,
+                 "until": "2026-12-24T08:00:00Z", "in_ms": 65000, "reason": "frozen by weekend until 2026-12-24T08:00:00Z"},
+    });
+    let rollout: Rollout = reads_back(rollout);
+    assert_eq!(rollout.release.as_ref().map(|release| release.reports.len()), Some(1));
+    let mut listed: Rollouts = reads_back(json!({"node": "n1", "rollouts": []}));
+    listed.rollouts.push(Rollout { hold: None, ..rollout });
+    assert_eq!(serde_json::from_value::<Rollouts>(serde_json::to_value(&listed).unwrap()).unwrap(), listed);
+}
+
+#[test]
+fn a_history_reads_back_with_its_ops_governance_and_numbers_as_sent() {
+    let history = json!({"node": "n1", "total": 2, "compacted": 0, "generations": [
+        {"id": "n1.2", "origin": "n1", "seq": 2, "hlc": "1795297136452.0", "hash": "ab", "author": "alice",
+         "signed_by": {"key": "ed25519:aa", "root": "ed25519:bb"}, "members": ["n1", "n2"],
+         "ops": [{"op": "set_flag", "key": "share",
+                  "definition": {"state": "ENABLED", "variants": {"low": 0.1, "high": 2.5}, "defaultVariant": "low"}},
+                 {"op": "put_config", "key": "limits", "bytes": 12, "schema": true, "value": {"burst": 1.50}}],
+         "policy": policy(), "controls": [], "rollout": null,
+         "governance": {"record": "enact", "proposal": "n1.1", "approvals": [{"operator": "bob", "key": "ed25519:cc"}]}},
+        {"id": "n1.1", "origin": "n1", "seq": 1, "hlc": "1795297136451.0", "hash": "cd", "author": null,
+         "signed_by": null, "members": ["n1"], "ops": [], "policy": policy(),
+         "controls": [{"Promote": {"target": {"origin": "n1", "seq": 0}, "through_wave": 2}}], "rollout": null,
+         "governance": {"record": "propose", "keys": ["limits"], "expires_ms": 1763886400000_u64, "approvals": []}}]});
+    let history: History = reads_back(history);
+    assert_eq!(history.generations[0].ops[1].key(), "limits");
+    let records = json!({"node": "n1", "records": [{"generation": "n1.1", "share": 0.5}]});
+    reads_back::<AuditRecords>(records);
+}
