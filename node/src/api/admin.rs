@@ -4,20 +4,23 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
 use crate::clock;
 use crate::engine::short_digest;
 use crate::metrics::{GenerationLabel, VerdictLabel, reason};
 
+use super::replies::{
+    ActiveFreeze, Clock, Conflicts, FileStatus, Freeze, HealthSource, MemberStatus, Namesake, Readiness, Signing,
+    Status,
+};
 use super::{ApiError, ApiResult, ApiState, NoParameters};
 
 /// `GET /readyz`: 200 once the node has caught up with its live peers' logs and applied
 /// every generation whose wave is open for it; 503 with what it still waits for.
 pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
-    let readiness = state.engine.readiness().await;
-    let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(readiness)).into_response()
+    let crate::engine::Readiness { ready, behind, open_not_applied, recovering } = state.engine.readiness().await;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { ready, behind, open_not_applied, recovering })).into_response()
 }
 
 /// `GET /v1/backup`: a consistent copy of this node's store, as a redb file to put in place
@@ -90,68 +93,89 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
 }
 
-/// Where this node's clock stands against its peers' (`null` before any was measured).
-pub(super) fn clock_status(state: &ApiState) -> Value {
+/// Where this node's clock stands against its peers' (`None` before any was measured).
+pub(super) fn clock_status(state: &ApiState) -> Option<Clock> {
     let standing = state.offsets.standing();
-    let fenced = standing.is_some_and(|s| s.fenced(state.max_clock_offset_ms));
-    standing.map_or(Value::Null, |s| {
-        json!({"ahead_ms": s.ahead_ms, "peers": s.peers, "max_offset_ms": state.max_clock_offset_ms, "fenced": fenced})
-    })
+    let max_offset_ms = state.max_clock_offset_ms;
+    standing.map(|s| Clock { ahead_ms: s.ahead_ms, peers: s.peers, max_offset_ms, fenced: s.fenced(max_offset_ms) })
 }
 
-pub(super) async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiResult<Value> {
-    let heard = state.gossip.last_heard();
-    let members: Vec<Value> = state
-        .gossip
-        .members()
-        .await
-        .into_iter()
-        .map(|member| {
-            let last_heard_ms = heard.get(&member.gossip).map(|age| age.as_millis() as u64);
-            let mut member = serde_json::to_value(member).expect("a member always serializes");
-            member["last_heard_ms"] = json!(last_heard_ms);
-            member
-        })
-        .collect();
+pub(super) async fn status(State(state): State<ApiState>, _: Query<NoParameters>) -> ApiResult<Status> {
+    let members = members(&state).await;
     let view = state.engine.view();
-    Ok(Json(json!({
-        "node": state.name,
-        "cluster": state.cluster,
-        "generations": view.generations,
-        "compacted": view.compacted,
-        "reverted": view.reverted.len(),
-        "version_vector": view.version_vector.iter().map(|(o, s)| (o.to_string(), s)).collect::<std::collections::BTreeMap<_, _>>(),
-        "applied": view.state.latest().map(ToString::to_string),
-        "state_digest": short_digest(&view.state),
-        "recovering": view.recovering,
-        "clock": clock_status(&state),
-        "health": state.health.sources(),
-        "files": state.files.statuses(),
-        "signing": {
-            "required": state.trust.required(),
-            "roots": state.trust.roots.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "fingerprint": state.trust.fingerprint(),
-            "approvals": state.trust.approvals,
+    let health = state.health.sources().into_iter();
+    let files = state.files.statuses().into_iter();
+    let trust = &state.trust;
+    Ok(Json(Status {
+        node: state.name.to_string(),
+        cluster: state.cluster.clone(),
+        generations: view.generations,
+        compacted: view.compacted,
+        reverted: view.reverted.len(),
+        version_vector: view.version_vector.iter().map(|(origin, seq)| (origin.to_string(), seq)).collect(),
+        applied: view.state.latest().map(ToString::to_string),
+        state_digest: short_digest(&view.state),
+        recovering: view.recovering.clone(),
+        clock: clock_status(&state),
+        health: health.map(|s| HealthSource { source: s.source, ok: s.ok, detail: s.detail }).collect(),
+        files: files
+            .map(|f| FileStatus { path: f.path, generation: f.generation, ok: f.ok, detail: f.detail })
+            .collect(),
+        signing: Signing {
+            required: trust.required(),
+            roots: trust.roots.iter().map(ToString::to_string).collect(),
+            fingerprint: trust.fingerprint(),
+            approvals: trust.approvals.clone(),
         },
-        "freeze": freeze_status(&state),
-        "members": members,
-        "conflicts": {
-            "generations": view.conflicts.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "namesakes": state.gossip.live_namesakes(),
+        freeze: freeze_status(&state),
+        members,
+        conflicts: Conflicts {
+            generations: view.conflicts.iter().map(ToString::to_string).collect(),
+            namesakes: state
+                .gossip
+                .live_namesakes()
+                .into_iter()
+                .map(|n| Namesake { address: n.address, incarnation: n.incarnation })
+                .collect(),
         },
-    })))
+    }))
+}
+
+/// Every member in this node's gossip view, with when this node last heard from it directly.
+async fn members(state: &ApiState) -> Vec<MemberStatus> {
+    let heard = state.gossip.last_heard();
+    let members = state.gossip.members().await.into_iter();
+    members
+        .map(|member| MemberStatus {
+            last_heard_ms: heard.get(&member.gossip).map(|age| age.as_millis() as u64),
+            name: member.name,
+            gossip: member.gossip,
+            alive: member.alive,
+            is_self: member.is_self,
+            api: member.api,
+            labels: member.labels,
+            generations: member.generations,
+            version_vector: member.version_vector,
+            applied: member.applied,
+            state_digest: member.state_digest,
+            wire: member.wire,
+            signing: member.signing,
+        })
+        .collect()
 }
 
 /// The freeze windows of this node, their fingerprint (the same on nodes that carry the same
 /// windows), and the freeze in force now, if any.
-pub(super) fn freeze_status(state: &ApiState) -> Value {
+pub(super) fn freeze_status(state: &ApiState) -> Freeze {
     let now = clock::wall_ms(state.clock_skew_ms);
-    let active = state.freezes.covering(now).map(|(window, until_ms)| {
-        json!({"window": window, "until_ms": until_ms, "until": grapevine_proto::schedule::rfc3339(until_ms)})
+    let active = state.freezes.covering(now).map(|(window, until_ms)| ActiveFreeze {
+        window,
+        until_ms,
+        until: grapevine_proto::schedule::rfc3339(until_ms),
     });
-    json!({
-        "windows": state.freezes.names().collect::<Vec<_>>(),
-        "fingerprint": state.freezes.fingerprint(),
-        "active": active,
-    })
+    Freeze {
+        windows: state.freezes.names().map(str::to_owned).collect(),
+        fingerprint: state.freezes.fingerprint(),
+        active,
+    }
 }

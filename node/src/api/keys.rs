@@ -7,8 +7,9 @@ use axum::extract::{Query, State};
 use grapevine_proto::Key;
 use grapevine_proto::state::{AppliedState, Entry};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::replies::{KeyEntry, KeySide, Keys, Whoami};
 use super::{ApiError, ApiResult, ApiState};
 use crate::auth::Principal;
 
@@ -31,17 +32,17 @@ pub async fn whoami(
     State(state): State<ApiState>,
     principal: Option<axum::Extension<Principal>>,
     _: Query<super::NoParameters>,
-) -> ApiResult<Value> {
+) -> ApiResult<Whoami> {
     let Some(axum::Extension(principal)) = principal else {
         return Err(ApiError::not_found("no principal on this request"));
     };
-    Ok(Json(json!({
-        "node": state.name,
-        "principal": principal.name,
-        "role": principal.role.to_string(),
-        "prefixes": principal.prefixes,
-        "authenticated": principal.authenticated,
-    })))
+    Ok(Json(Whoami {
+        node: state.name.to_string(),
+        principal: principal.name,
+        role: principal.role.to_string(),
+        prefixes: principal.prefixes,
+        authenticated: principal.authenticated,
+    }))
 }
 
 /// `GET /v1/keys?prefix=P&limit=N`: each flag and config key in the caller's scope, with its
@@ -50,27 +51,25 @@ pub async fn list(
     State(state): State<ApiState>,
     principal: Option<axum::Extension<Principal>>,
     Query(query): Query<KeysQuery>,
-) -> ApiResult<Value> {
+) -> ApiResult<Keys> {
     let view = state.engine.view();
     ApiError::unless_recovering(&view, state.name.as_str())?;
     let limit = query.limit.unwrap_or(MAX_KEYS).min(MAX_KEYS);
     let in_scope = |key: &Key| {
         key.as_str().starts_with(query.prefix.as_str()) && principal.as_ref().is_none_or(|p| p.covers(key.as_str()))
     };
-    let flags = side_by_side(&view.state, &view.desired, |s| &s.flags, &in_scope, limit, |v| json!(v.as_ref()));
+    let definition =
+        |flag: &std::sync::Arc<_>| serde_json::to_value(flag).expect("a flag definition always serializes");
+    let flags = side_by_side(&view.state, &view.desired, |s| &s.flags, &in_scope, limit, definition);
     let config = side_by_side(&view.state, &view.desired, |s| &s.config, &in_scope, limit, |v| v.to_value());
-    Ok(Json(json!({
-        "node": state.name,
-        "flags": flags.0,
-        "config": config.0,
-        "truncated": flags.1 || config.1,
-    })))
+    let truncated = flags.1 || config.1;
+    Ok(Json(Keys { node: state.name.to_string(), flags: flags.0, config: config.0, truncated }))
 }
 
 type Entries<T> = imbl::OrdMap<Key, Entry<T>>;
 
-/// One kind's keys, in key order, as `{"key", "applied", "desired"}`; each side is
-/// `{"generation", "value"}` or `null`. Also whether keys were left out past `limit`.
+/// One kind's keys, in key order, each with its applied and desired side (`None` where it has
+/// none). Also whether keys were left out past `limit`.
 fn side_by_side<T: Clone>(
     applied: &AppliedState,
     desired: &AppliedState,
@@ -78,19 +77,19 @@ fn side_by_side<T: Clone>(
     in_scope: &impl Fn(&Key) -> bool,
     limit: usize,
     value: impl Fn(&T) -> Value,
-) -> (Vec<Value>, bool) {
+) -> (Vec<KeyEntry>, bool) {
     let (applied, desired) = (kind(applied), kind(desired));
     let mut keys: Vec<&Key> = applied.keys().chain(desired.keys()).filter(|key| in_scope(key)).collect();
     keys.sort();
     keys.dedup();
     let truncated = keys.len() > limit;
     let side = |entry: Option<&Entry<T>>| {
-        entry.map_or(Value::Null, |e| json!({"generation": e.generation.to_string(), "value": value(&e.value)}))
+        entry.map(|e| KeySide { generation: e.generation.to_string(), value: value(&e.value) })
     };
     let listed = keys
         .into_iter()
         .take(limit)
-        .map(|key| json!({"key": key, "applied": side(applied.get(key)), "desired": side(desired.get(key))}))
+        .map(|key| KeyEntry { key: key.to_string(), applied: side(applied.get(key)), desired: side(desired.get(key)) })
         .collect();
     (listed, truncated)
 }

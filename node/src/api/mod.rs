@@ -92,7 +92,6 @@ use grapevine_proto::targeting::Fractional;
 use grapevine_proto::{Key, NodeName, ValidationError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use crate::engine::{EngineHandle, SubmitError};
 use crate::gossip::Gossip;
@@ -307,7 +306,7 @@ impl From<SubmitError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        (self.status, Json(replies::ErrorReply { error: self.message })).into_response()
     }
 }
 

@@ -24,9 +24,11 @@ use grapevine_proto::approvals::{DEFAULT_PROPOSAL_LIFETIME_MS, MAX_PROPOSAL_LIFE
 use grapevine_proto::signing::Signed;
 use grapevine_proto::{Change, GenId, Governance, Op, Terms};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::replies::{Accepted, Proposed, Voted};
+use super::replies::{
+    Accepted, ProposalDiff, ProposalShown, ProposalSummary, Proposals, Proposed, SignApproval, Voted,
+};
 use super::{ApiError, ApiResult, ApiState, NoParameters, access, decode_hex, parse_body};
 use crate::auth::Principal;
 use crate::engine::{ProposalError, ProposalView, Vote, record_change};
@@ -58,10 +60,37 @@ pub async fn list(
     State(state): State<ApiState>,
     axum::Extension(principal): axum::Extension<Principal>,
     _: Query<NoParameters>,
-) -> ApiResult<Value> {
-    let proposals: Vec<ProposalView> =
-        state.engine.proposals().await.into_iter().filter(|p| may_see(&principal, p)).collect();
-    Ok(Json(json!({ "node": state.name, "proposals": proposals })))
+) -> ApiResult<Proposals> {
+    let seen = state.engine.proposals().await.into_iter().filter(|p| may_see(&principal, p));
+    let proposals = seen.map(summary).collect::<Result<_, _>>()?;
+    Ok(Json(Proposals { node: state.name.to_string(), proposals }))
+}
+
+/// The engine's view of a proposal, as the API answers it. The view holds its approvals,
+/// rejection and conflicts as JSON the engine wrote; one it wrote otherwise is a bug (500).
+fn summary(view: ProposalView) -> Result<ProposalSummary, ApiError> {
+    fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+        serde_json::from_value(value).map_err(|error| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("a proposal's record is not what the API answers: {error}"),
+        })
+    }
+    Ok(ProposalSummary {
+        id: view.id,
+        state: view.state,
+        proposer: view.proposer,
+        proposer_key: view.proposer_key,
+        hlc: view.hlc,
+        expires_ms: view.expires_ms,
+        start_at_ms: view.start_at_ms,
+        keys: view.keys,
+        approvals: view.approvals.into_iter().map(typed).collect::<Result<_, _>>()?,
+        signatures: view.signatures,
+        needed: view.needed,
+        rejected: view.rejected.map(typed).transpose()?,
+        enacted: view.enacted,
+        conflicts: view.conflicts.into_iter().map(typed).collect::<Result<_, _>>()?,
+    })
 }
 
 /// The proposal `id`, if the caller may see it.
@@ -79,42 +108,35 @@ pub async fn show(
     axum::Extension(principal): axum::Extension<Principal>,
     Path(id): Path<String>,
     _: Query<NoParameters>,
-) -> ApiResult<Value> {
+) -> ApiResult<ProposalShown> {
     let id = parse_id(&id)?;
     let proposal = find(&state, &principal, &id).await?;
     let view = state.engine.view();
-    let diff: Vec<Value> = proposal
-        .change
-        .ops
-        .iter()
-        .map(|op| {
-            let key = op.key();
-            let (applied, proposed) = match op {
-                Op::SetFlag { definition, .. } => {
-                    (view.state.flags.get(key).map(|e| json!(e.value)), definition.to_value())
-                }
-                Op::PutConfig { value, .. } => {
-                    (view.state.config.get(key).map(|e| e.value.to_value()), value.to_value())
-                }
-            };
-            json!({ "kind": op.kind(), "key": key, "applied": applied, "proposed": proposed })
-        })
-        .collect();
-    let mut answer = serde_json::to_value(&proposal).expect("a proposal always serializes");
-    answer["node"] = json!(state.name);
-    answer["diff"] = json!(diff);
-    answer["policy"] = json!(proposal.change.policy);
-    answer["sign"] = json!({
-        "cluster": state.cluster,
-        "format": grapevine_proto::wire::WIRE_VERSION,
-        "issued_ms": crate::clock::unix_ms(),
-        "proposal": proposal.id,
-        "digest": proposal.digest.to_string(),
-        "expires_ms": proposal.expires_ms,
-        "start_at_ms": proposal.start_at_ms,
-        "change": hex::encode(postcard::to_stdvec(&proposal.change).expect("a change always encodes")),
+    let diff = proposal.change.ops.iter().map(|op| {
+        let key = op.key();
+        let (applied, proposed) = match op {
+            Op::SetFlag { definition, .. } => {
+                let applied = view.state.flags.get(key).map(|e| serde_json::to_value(&e.value));
+                (applied.transpose().expect("a flag definition always serializes"), definition.to_value())
+            }
+            Op::PutConfig { value, .. } => (view.state.config.get(key).map(|e| e.value.to_value()), value.to_value()),
+        };
+        ProposalDiff { kind: op.kind().to_owned(), key: key.to_string(), applied, proposed }
     });
-    Ok(Json(answer))
+    let diff = diff.collect();
+    let sign = SignApproval {
+        cluster: state.cluster.clone(),
+        format: grapevine_proto::wire::WIRE_VERSION.into(),
+        issued_ms: crate::clock::unix_ms(),
+        proposal: proposal.id.clone(),
+        digest: proposal.digest.to_string(),
+        expires_ms: proposal.expires_ms,
+        start_at_ms: proposal.start_at_ms,
+        change: hex::encode(postcard::to_stdvec(&proposal.change).expect("a change always encodes")),
+    };
+    let policy = proposal.change.policy.clone();
+    let node = state.name.to_string();
+    Ok(Json(ProposalShown { node, proposal: summary(proposal)?, diff, policy, sign }))
 }
 
 /// `POST /v1/proposals`: a signed change, stored as a proposal.

@@ -24,7 +24,7 @@
 //! - `key_path` checks a key and puts it in the URL as one path segment, `/` encoded as `%2F`. JSON
 //!   given on the command line is checked with `JsonText::try_from`, which gives the same messages
 //!   the node would.
-//! - `Client::request` turns an error answer into a message: the JSON `error` field, else the
+//! - `Client::request_with` turns an error answer into a message: the JSON `error` field, else the
 //!   plain-text body (axum's own 413 and 400 rejections), else `the node answered <status>` (axum's
 //!   empty 405). 4xx becomes `Refused` (413 prefixed `request body is larger than the node accepts:
 //!   `), 504 `Failed` with the node's message as is (the change is durable; the wait for replicas
@@ -39,7 +39,7 @@ use std::time::Duration;
 use grapevine_proto::{Author, JsonText, NodeName};
 
 use crate::api::AUTHOR_HEADER;
-use crate::api::replies::{ChangeReply, DryRun, ErrorReply};
+use crate::api::replies::{ChangeReply, ConfigValue, DryRun, ErrorReply, FlagEvaluation};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -51,11 +51,13 @@ pub mod credentials;
 pub mod proposals;
 mod rollouts;
 pub mod signing;
+mod status;
 pub mod wait;
 use args::{ChangeArgs, ClientArgs};
 use connection::Connection;
 pub use rollouts::{history, history_records, rollback, rollout_control, rollout_status};
 pub use signing::{FlagIntent, Intent, StartIntent};
+pub use status::status;
 
 /// How long the CLI waits for a node to answer. A change is acknowledged once durable on the
 /// node, which takes milliseconds; anything near this means the node is unwell.
@@ -207,10 +209,6 @@ impl Client {
         &self.connection.base
     }
 
-    pub(crate) async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
-        self.request_with(method, path, &[], body).await
-    }
-
     /// A request whose answer is read as the reply `T`, and kept as sent for `--json`.
     pub(crate) async fn request_as<T: DeserializeOwned>(
         &self,
@@ -355,10 +353,6 @@ pub(crate) fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).expect("a Value always serializes"));
 }
 
-pub(crate) fn text<'a>(value: &'a Value, field: &str) -> &'a str {
-    value.get(field).and_then(Value::as_str).unwrap_or("-")
-}
-
 /// A key as one URL path segment: keys may hold `/`, which must not split the path.
 fn key_path(key: &str) -> Result<String, CliError> {
     key.parse::<grapevine_proto::Key>().map_err(|e| CliError::Refused(e.to_string()))?;
@@ -487,156 +481,32 @@ fn read_query(desired: bool) -> Vec<(&'static str, String)> {
 pub async fn flag_get(client: &Client, key: &str, context: Option<Value>, desired: bool) -> Result<(), CliError> {
     let body = serde_json::json!({ "context": context.unwrap_or_else(|| serde_json::json!({})) });
     let path = format!("/v1/flags/{}/evaluate", key_path(key)?);
-    let answer = client.request_with(Method::POST, &path, &read_query(desired), Some(body)).await?;
+    let answer: Answer<FlagEvaluation> =
+        client.request_as(Method::POST, &path, &read_query(desired), Some(body)).await?;
+    let FlagEvaluation { key, value, variant, reason, generation, .. } = answer.reply;
+    let value = value.unwrap_or(Value::Null);
+    // Its OpenFeature name, `TARGETING_MATCH`.
+    let reason = serde_json::to_value(reason).expect("a reason always serializes");
     if client.json {
-        let fields = ["key", "value", "variant", "reason", "generation"];
-        let shown: serde_json::Map<String, Value> =
-            fields.iter().map(|f| (f.to_string(), answer.get(*f).cloned().unwrap_or(Value::Null))).collect();
-        print_json(&Value::Object(shown));
-    } else {
-        println!(
-            "{key} = {}  (variant {}, reason {}, generation {})",
-            answer.get("value").unwrap_or(&Value::Null),
-            text(&answer, "variant"),
-            text(&answer, "reason"),
-            text(&answer, "generation"),
+        print_json(
+            &serde_json::json!({"key": key, "value": value, "variant": variant, "reason": reason, "generation": generation}),
         );
+    } else {
+        let variant = variant.as_deref().unwrap_or("-");
+        let reason = reason.as_str().unwrap_or("-");
+        println!("{key} = {value}  (variant {variant}, reason {reason}, generation {generation})");
     }
     Ok(())
 }
 
 pub async fn config_get(client: &Client, key: &str, desired: bool) -> Result<(), CliError> {
     let path = format!("/v1/config/{}", key_path(key)?);
-    let answer = client.request_with(Method::GET, &path, &read_query(desired), None).await?;
+    let answer: Answer<ConfigValue> = client.request_as(Method::GET, &path, &read_query(desired), None).await?;
     if client.json {
-        print_json(&answer);
+        print_json(&answer.raw);
     } else {
-        print_json(answer.get("value").unwrap_or(&Value::Null));
-        eprintln!("(generation {})", text(&answer, "generation"));
-    }
-    Ok(())
-}
-
-/// Two processes under one name (D70): generations held with other content elsewhere, and
-/// other live processes under this node's name.
-fn print_conflicts(conflicts: &Value) {
-    let list = |field: &str| conflicts[field].as_array().cloned().unwrap_or_default();
-    let generations: Vec<String> = list("generations").iter().filter_map(|g| g.as_str().map(str::to_owned)).collect();
-    if !generations.is_empty() {
-        println!("CONFLICT: peers hold other content under {} (this node keeps its own)", generations.join(", "));
-    }
-    for namesake in list("namesakes") {
-        let (address, incarnation) = (text(&namesake, "address"), &namesake["incarnation"]);
-        println!("CONFLICT: another process is live under this node's name at {address} (incarnation {incarnation})");
-    }
-}
-
-/// `freeze windows: weekend, holidays (fingerprint ...); FROZEN by weekend until ...`, or
-/// nothing for a node without windows.
-fn freeze_line(freeze: &Value) -> Option<String> {
-    let names: Vec<&str> = freeze["windows"].as_array()?.iter().filter_map(Value::as_str).collect();
-    if names.is_empty() {
-        return None;
-    }
-    let active = &freeze["active"];
-    let now = match active["window"].as_str() {
-        Some(window) => format!("FROZEN by {window} until {}", text(active, "until")),
-        None => "none in force now".to_owned(),
-    };
-    Some(format!("freeze windows: {} (fingerprint {}); {now}", names.join(", "), text(freeze, "fingerprint")))
-}
-
-pub async fn status(client: &Client) -> Result<(), CliError> {
-    let answer = client.request(Method::GET, "/v1/status", None).await?;
-    if client.json {
-        print_json(&answer);
-        return Ok(());
-    }
-    println!(
-        "node {} in cluster {}: {} generations ({} reverted), applied {}, state digest {}",
-        text(&answer, "node"),
-        text(&answer, "cluster"),
-        answer.get("generations").unwrap_or(&Value::Null),
-        answer.get("reverted").unwrap_or(&Value::Null),
-        text(&answer, "applied"),
-        text(&answer, "state_digest"),
-    );
-    if let Some(reason) = answer["recovering"].as_str() {
-        println!("RECOVERING from peers, serving no reads and taking no changes: {reason}");
-    }
-    let clock = &answer["clock"];
-    if clock["fenced"] == true {
-        println!(
-            "CLOCK AHEAD: this node's clock runs {} ms ahead of its peers' (the median of {}), past max_clock_offset_ms = {}: it takes no changes until the clock is fixed (NTP)",
-            clock["ahead_ms"], clock["peers"], clock["max_offset_ms"]
-        );
-    }
-    if let Some(line) = freeze_line(&answer["freeze"]) {
-        println!("{line}");
-    }
-    match answer["signing"]["roots"].as_array().map(Vec::len) {
-        Some(0) | None => println!("changes: NOT SIGNED ([signing] names no root key; see docs/security.md)"),
-        Some(roots) => println!("changes: signed by operator keys of {roots} root key(s)"),
-    }
-    for rule in answer["signing"]["approvals"].as_array().into_iter().flatten() {
-        let among = rule["operators"].as_array().filter(|o| !o.is_empty()).map_or(String::new(), |o| {
-            format!(" among {}", o.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-        });
-        println!(
-            "approvals: changes under {} need {} operators' signatures{among}",
-            rule["prefix"], rule["signatures"]
-        );
-    }
-    // Members that trust other roots store other changes: the same [signing] belongs on all.
-    let ours = &answer["signing"]["fingerprint"];
-    let others: Vec<String> = answer["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| !m["signing"].is_null() && &m["signing"] != ours)
-        .map(|m| format!("{} ({})", text(m, "name"), text(m, "signing")))
-        .collect();
-    if !others.is_empty() {
-        println!(
-            "WARNING: members whose [signing] trusts other root keys than this node's ({}): {}",
-            text(&answer["signing"], "fingerprint"),
-            others.join(", ")
-        );
-    }
-    print_conflicts(&answer["conflicts"]);
-    for source in answer["health"].as_array().into_iter().flatten() {
-        let state = if source["ok"] == true { "ok" } else { "FAILING" };
-        println!("health source {}: {state} ({})", text(source, "source"), text(source, "detail"));
-    }
-    for file in answer["files"].as_array().into_iter().flatten() {
-        let state = if file["ok"] == true { "ok" } else { "NOT APPLIED" };
-        println!(
-            "file {}: {state}, generation {} ({})",
-            text(file, "path"),
-            text(file, "generation"),
-            text(file, "detail")
-        );
-    }
-    println!();
-    println!(
-        "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16} {:>4}",
-        "MEMBER", "ALIVE", "GOSSIP", "API", "GENERATIONS", "APPLIED", "DIGEST", "WIRE"
-    );
-    for member in answer.get("members").and_then(Value::as_array).into_iter().flatten() {
-        let name = format!("{}{}", text(member, "name"), if member["self"] == true { "*" } else { "" });
-        let alive = if member["alive"] == true { "yes" } else { "no" };
-        let generations = member.get("generations").filter(|g| !g.is_null()).map_or("-".to_owned(), Value::to_string);
-        println!(
-            "{:<16} {:<6} {:<22} {:<26} {:>11} {:<14} {:<16} {:>4}",
-            name,
-            alive,
-            text(member, "gossip"),
-            text(member, "api"),
-            generations,
-            text(member, "applied"),
-            text(member, "state_digest"),
-            member["wire"],
-        );
+        print_json(&answer.reply.value);
+        eprintln!("(generation {})", answer.reply.generation);
     }
     Ok(())
 }

@@ -17,8 +17,9 @@ use serde_json::Value;
 
 use super::args::ChangeArgs;
 use super::signing::KeyFile;
-use super::{Answer, ChangeRequest, CliError, Client, nothing_to_sign, print_json, report_accepted, text};
-use crate::api::replies::{ChangeReply, DryRun, Proposed};
+use super::{Answer, ChangeRequest, CliError, Client, nothing_to_sign, print_json, report_accepted};
+use crate::api::replies::{ChangeReply, DryRun, ProposalShown, ProposalSummary, Proposals, Proposed, Voted};
+use grapevine_proto::approvals::ProposalState;
 
 /// An approval or a rejection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,39 +95,52 @@ fn remaining(expires_ms: u64) -> String {
 
 /// `change list [--all]`.
 pub async fn list(client: &Client, all: bool) -> Result<(), CliError> {
-    let mut answer = client.request(Method::GET, "/v1/proposals", None).await?;
-    if let Some(proposals) = answer["proposals"].as_array_mut()
-        && !all
-    {
-        proposals.retain(|p| p["state"] == "pending");
+    let mut answer: Answer<Proposals> = client.request_as(Method::GET, "/v1/proposals", &[], None).await?;
+    if !all {
+        let pending: Vec<bool> = answer.reply.proposals.iter().map(|p| p.state == ProposalState::Pending).collect();
+        answer.reply.proposals.retain(|p| p.state == ProposalState::Pending);
+        // The JSON printed keeps the same ones, in the same order.
+        if let Some(listed) = answer.raw.get_mut("proposals").and_then(Value::as_array_mut) {
+            let mut keep = pending.into_iter();
+            listed.retain(|_| keep.next().unwrap_or(false));
+        }
     }
     if client.json {
-        print_json(&answer);
+        print_json(&answer.raw);
         return Ok(());
     }
-    let proposals = answer["proposals"].as_array().cloned().unwrap_or_default();
+    let Proposals { node, proposals } = &answer.reply;
     if proposals.is_empty() {
-        println!("no {}proposals on {}", if all { "" } else { "pending " }, text(&answer, "node"));
+        println!("no {}proposals on {node}", if all { "" } else { "pending " });
         return Ok(());
     }
     println!("{:<12} {:<9} {:<7} {:<16} {:<10} KEYS", "ID", "STATE", "SIGNED", "PROPOSER", "EXPIRES");
-    for p in &proposals {
-        let signed = format!("{}/{}", p["signatures"], p["needed"]);
-        let keys: Vec<&str> = p["keys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let expires =
-            if p["state"] == "pending" { remaining(p["expires_ms"].as_u64().unwrap_or(0)) } else { "-".into() };
-        let conflict = if p["conflicts"].as_array().is_some_and(|c| !c.is_empty()) { " (CONFLICTS)" } else { "" };
+    for p in proposals {
+        let signed = format!("{}/{}", p.signatures, p.needed);
+        let pending = p.state == ProposalState::Pending;
+        let expires = if pending { remaining(p.expires_ms) } else { "-".into() };
+        let conflict = if p.conflicts.is_empty() { "" } else { " (CONFLICTS)" };
         println!(
             "{:<12} {:<9} {:<7} {:<16} {:<10} {}{conflict}",
-            text(p, "id"),
-            text(p, "state"),
+            p.id,
+            state_name(p.state),
             signed,
-            text(p, "proposer"),
+            p.proposer.as_str(),
             expires,
-            keys.join(", ")
+            p.keys.join(", ")
         );
     }
     Ok(())
+}
+
+/// `pending`, `enacted`, `rejected` or `expired`, as the API names it.
+fn state_name(state: ProposalState) -> &'static str {
+    match state {
+        ProposalState::Pending => "pending",
+        ProposalState::Enacted => "enacted",
+        ProposalState::Rejected => "rejected",
+        ProposalState::Expired => "expired",
+    }
 }
 
 fn proposal_path(id: &str) -> Result<String, CliError> {
@@ -136,63 +150,54 @@ fn proposal_path(id: &str) -> Result<String, CliError> {
 
 /// `change show ID`.
 pub async fn show(client: &Client, id: &str) -> Result<(), CliError> {
-    let mut answer = client.request(Method::GET, &proposal_path(id)?, None).await?;
+    let mut answer: Answer<ProposalShown> = client.request_as(Method::GET, &proposal_path(id)?, &[], None).await?;
     if client.json {
-        if let Some(shown) = answer.as_object_mut() {
+        if let Some(shown) = answer.raw.as_object_mut() {
             shown.remove("sign");
         }
-        print_json(&answer);
+        print_json(&answer.raw);
         return Ok(());
     }
-    let p = &answer;
+    let shown = &answer.reply;
+    let p = &shown.proposal;
     println!(
         "proposal {} by {} ({}): {}, {} of {} signatures",
-        text(p, "id"),
-        text(p, "proposer"),
-        text(p, "proposer_key"),
-        text(p, "state"),
-        p["signatures"],
-        p["needed"]
+        p.id,
+        p.proposer.as_str(),
+        p.proposer_key,
+        state_name(p.state),
+        p.signatures,
+        p.needed
     );
-    if p["state"] == "pending" {
-        println!("  expires in {}", remaining(p["expires_ms"].as_u64().unwrap_or(0)));
+    if p.state == ProposalState::Pending {
+        println!("  expires in {}", remaining(p.expires_ms));
     }
-    for approval in p["approvals"].as_array().into_iter().flatten() {
-        println!(
-            "  approved by {} ({}) in {}",
-            text(approval, "operator"),
-            text(approval, "key"),
-            text(approval, "record")
-        );
+    for approval in &p.approvals {
+        println!("  approved by {} ({}) in {}", approval.operator.as_str(), approval.key, approval.record);
     }
-    if let Some(rejected) = p["rejected"].as_object() {
-        println!(
-            "  rejected by {} in {}",
-            rejected["by"].as_str().unwrap_or("-"),
-            rejected["record"].as_str().unwrap_or("-")
-        );
+    if let Some(rejected) = &p.rejected {
+        println!("  rejected by {} in {}", rejected.by.as_str(), rejected.record);
     }
-    for enacted in p["enacted"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+    for enacted in &p.enacted {
         println!("  enacted as generation {enacted}");
     }
-    println!("  diff against the values applied on {}:", text(p, "node"));
-    for entry in p["diff"].as_array().into_iter().flatten() {
-        let applied = if entry["applied"].is_null() { "(none)".to_owned() } else { entry["applied"].to_string() };
-        println!("    {} {}: {applied} -> {}", text(entry, "kind"), text(entry, "key"), entry["proposed"]);
+    println!("  diff against the values applied on {}:", shown.node);
+    for entry in &shown.diff {
+        let applied = entry.applied.as_ref().map_or("(none)".to_owned(), Value::to_string);
+        println!("    {} {}: {applied} -> {}", entry.kind, entry.key, entry.proposed);
     }
     print_conflicts(p);
     Ok(())
 }
 
 /// Newer changes of the proposal's keys: enacting it overwrites them.
-fn print_conflicts(proposal: &Value) {
-    for conflict in proposal["conflicts"].as_array().into_iter().flatten() {
-        let keys: Vec<&str> = conflict["keys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+fn print_conflicts(proposal: &ProposalSummary) {
+    for conflict in &proposal.conflicts {
         eprintln!(
             "CONFLICT: generation {} changed {} after proposal {} was made; enacting it overwrites that",
-            text(conflict, "generation"),
-            keys.join(", "),
-            text(proposal, "id")
+            conflict.generation,
+            conflict.keys.join(", "),
+            proposal.id
         );
     }
 }
@@ -202,27 +207,29 @@ pub async fn vote(client: &Client, id: &str, vote: Vote) -> Result<(), CliError>
     let path = proposal_path(id)?;
     let what = if vote == Vote::Approve { "an approval" } else { "a rejection" };
     let signer = signer_of(client, what)?;
-    let shown = client.request(Method::GET, &path, None).await?;
-    let (signed, _) = signer.sign_vote(&shown, vote == Vote::Approve)?;
+    let shown: Answer<ProposalShown> = client.request_as(Method::GET, &path, &[], None).await?;
+    let (signed, _) = signer.sign_vote(&shown.reply.sign, vote == Vote::Approve)?;
+    let proposal = &shown.reply.proposal;
     if vote == Vote::Approve {
-        print_conflicts(&shown);
+        print_conflicts(proposal);
     }
     let action = if vote == Vote::Approve { "approve" } else { "reject" };
     let body = serde_json::json!({ "signed": signed });
-    let mut answer = client.request(Method::POST, &format!("{path}/{action}"), Some(body)).await?;
+    let mut answer: Answer<Voted> =
+        client.request_as(Method::POST, &format!("{path}/{action}"), &[], Some(body)).await?;
     if client.json {
-        answer["conflicts"] = shown["conflicts"].clone();
-        print_json(&answer);
+        answer.raw["conflicts"] = serde_json::to_value(&proposal.conflicts).expect("conflicts always serialize");
+        print_json(&answer.raw);
         return Ok(());
     }
-    let generation = text(&answer, "generation");
-    match (vote, answer["enacted"] == true) {
+    let generation = &answer.reply.record.generation;
+    match (vote, answer.reply.enacted) {
         (Vote::Approve, true) => {
             println!("approved proposal {id}: enacted as generation {generation}, which rolls out now")
         }
         (Vote::Approve, false) => {
-            let have = shown["signatures"].as_u64().unwrap_or(0) + 1;
-            println!("approved proposal {id} (record {generation}): {have} of {} signatures", shown["needed"])
+            let have = proposal.signatures + 1;
+            println!("approved proposal {id} (record {generation}): {have} of {} signatures", proposal.needed)
         }
         (Vote::Reject, _) => println!("rejected proposal {id} (record {generation}): it can no longer be approved"),
     }

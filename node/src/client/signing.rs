@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use super::CliError;
 use super::args::KeyCommand;
-use crate::api::replies::SignChange;
+use crate::api::replies::{SignApproval, SignChange};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,28 +311,19 @@ impl Signer {
 }
 
 impl Signer {
-    /// Signs an approval (or a rejection) of the proposal a node showed (`answer["sign"]` of
+    /// Signs an approval (or a rejection) of the proposal a node showed (`sign` of
     /// `GET /v1/proposals/{id}`), after checking that its change hashes to the digest that is
     /// signed: the signature then binds to the change shown, whatever the node claims. Returns
     /// the signature in postcard hex, and the change.
-    pub fn sign_vote(&self, shown: &Value, approve: bool) -> Result<(String, Change), CliError> {
+    pub fn sign_vote(&self, sign: &SignApproval, approve: bool) -> Result<(String, Change), CliError> {
         let refused = |detail: String| CliError::Refused(format!("not signed: {detail}"));
-        let sign = &shown["sign"];
-        check_format(sign["format"].as_u64().unwrap_or_default())?;
-        let fields = (
-            sign["cluster"].as_str(),
-            sign["issued_ms"].as_u64(),
-            sign["proposal"].as_str().and_then(|id| id.parse::<GenId>().ok()),
-            sign["expires_ms"].as_u64(),
-            sign["change"].as_str(),
-        );
-        let (Some(cluster), Some(issued_ms), Some(proposal), Some(expires_ms), Some(change)) = fields else {
-            return Err(refused(format!("the node's answer holds no proposal to sign: {shown}")));
-        };
-        let change = decode_change(change).map_err(refused)?;
-        let start_at_ms = sign["start_at_ms"].as_u64();
+        check_format(sign.format)?;
+        let SignApproval { cluster, issued_ms, expires_ms, start_at_ms, .. } = sign;
+        let (issued_ms, expires_ms, start_at_ms) = (*issued_ms, *expires_ms, *start_at_ms);
+        let proposal = sign.proposal.parse::<GenId>().map_err(|e| refused(format!("the node's proposal id: {e}")))?;
+        let change = decode_change(&sign.change).map_err(refused)?;
         let digest = grapevine_proto::approvals::proposal_digest(&change, start_at_ms);
-        if sign["digest"].as_str() != Some(digest.to_string().as_str()) {
+        if sign.digest != digest.to_string() {
             return Err(refused(format!("the node's proposal {proposal} does not hash to the digest it asks to sign")));
         }
         let delegation = self.delegation.clone();

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use super::{CliError, Client};
+use super::{Answer, CliError, Client};
+use crate::api::replies::{Readiness, Status};
 use crate::clock;
 use reqwest::Method;
 
@@ -40,19 +41,13 @@ pub async fn until_ready(client: &Client, within: Duration, members: Option<usiz
 
 /// One look: `Ok` when the node is ready and sees enough members, else why not.
 async fn check(client: &Client, members: Option<usize>) -> Result<(), CliError> {
-    let readiness = client.request_raw(Method::GET, "/readyz").await?;
-    if readiness["ready"] != true {
-        return Err(CliError::Failed(format!("/readyz answered {readiness}")));
+    let readiness: Answer<Readiness> = Answer::read(client.request_raw(Method::GET, "/readyz").await?)?;
+    if !readiness.reply.ready {
+        return Err(CliError::Failed(format!("/readyz answered {}", readiness.raw)));
     }
     let Some(wanted) = members else { return Ok(()) };
-    let status = client.request(Method::GET, "/v1/status", None).await?;
-    let alive: Vec<&str> = status["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["alive"] == true)
-        .filter_map(|m| m["name"].as_str())
-        .collect();
+    let status: Answer<Status> = client.request_as(Method::GET, "/v1/status", &[], None).await?;
+    let alive: Vec<&str> = status.reply.alive().collect();
     if alive.len() >= wanted {
         return Ok(());
     }

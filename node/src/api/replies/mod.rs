@@ -15,7 +15,7 @@
 //!   endpoint answers, with `SignChange`, what `?prepare=true` asks an operator to sign.
 //! - `rollout.rs`: `Rollout` (`GET /v1/rollouts/{generation}`), `Rollouts`, `Rollback`.
 //! - `history.rs`: `History` and its `GenerationSummary`, `AuditRecords`.
-//! - `status.rs`: `Status` (`GET /v1/status`) and its parts.
+//! - `status.rs`: `Status` (`GET /v1/status`) and its parts, `Readiness` (`GET /readyz`).
 //! - `read.rs`: `FlagEvaluation`, `ConfigValue`, `Keys`, `Whoami`.
 //! - `proposal.rs`: `Proposals`, `ProposalShown`, `Proposed`, `Voted`.
 //!
@@ -43,7 +43,8 @@ pub use proposal::{
 pub use read::{ConfigValue, FlagEvaluation, KeyEntry, KeySide, Keys, Whoami};
 pub use rollout::{Hold, Rollback, Rollout, Rollouts, Wave, WaveMember};
 pub use status::{
-    ActiveFreeze, Clock, Conflicts, FileStatus, Freeze, HealthSource, MemberStatus, Namesake, Signing, Status,
+    ActiveFreeze, Clock, Conflicts, FileStatus, Freeze, HealthSource, MemberStatus, Namesake, Readiness, Signing,
+    Status,
 };
 
 /// What every refused or failed request answers: `{"error": "..."}`.

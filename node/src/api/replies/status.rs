@@ -8,6 +8,18 @@ use std::path::PathBuf;
 use grapevine_proto::approvals::ApprovalRule;
 use serde::{Deserialize, Serialize};
 
+/// `GET /readyz`: 200 when ready, 503 with what the node still waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Live peers whose logs hold generations this node lacks.
+    pub behind: Vec<String>,
+    /// Generations whose wave is open for this node but that it has not applied yet.
+    pub open_not_applied: Vec<String>,
+    /// Why the store was damaged, while the node recovers from its peers (never ready then).
+    pub recovering: Option<String>,
+}
+
 /// `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {

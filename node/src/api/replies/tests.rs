@@ -148,3 +148,48 @@ fn a_history_reads_back_with_its_ops_governance_and_numbers_as_sent() {
     let records = json!({"node": "n1", "records": [{"generation": "n1.1", "share": 0.5}]});
     reads_back::<AuditRecords>(records);
 }
+
+#[test]
+fn the_documented_status_and_reads_read_as_their_replies() {
+    let status: Status = reads_documented("## `GET /v1/status`");
+    assert_eq!(status.alive().collect::<Vec<_>>(), ["n1"]);
+    assert_eq!((status.members[0].last_heard_ms, status.clock.map(|c| c.fenced)), (Some(140), Some(false)));
+    let keys: Keys = reads_documented("## `GET /v1/keys?prefix=P&limit=N`");
+    assert_eq!(keys.flags[0].applied.as_ref().map(|side| side.generation.as_str()), Some("n1.2"));
+    let whoami: Whoami = reads_documented("## `GET /v1/whoami`");
+    assert_eq!(whoami.prefixes, [""]);
+    let flag: FlagEvaluation = reads_documented("## `GET /v1/flags/{key}`");
+    assert_eq!((flag.reason, flag.error_code), (grapevine_proto::eval::Reason::Static, None));
+    let config: ConfigValue = reads_documented("## `GET /v1/config/{key}`");
+    assert_eq!(config.value["burst"], 50);
+    let proposals: Proposals = reads_documented("## `/v1/proposals`");
+    assert_eq!(proposals.proposals[0].conflicts[0].generation, "n3.40");
+}
+
+#[test]
+fn a_status_reads_back_with_its_freeze_and_conflicts() {
+    let mut status = documented("## `GET /v1/status`");
+    status["freeze"] = json!({"windows": ["weekend"], "fingerprint": "ab12",
+                              "active": {"window": "weekend", "until_ms": 1798099200000_u64, "until": "2026-12-24T08:00:00Z"}});
+    status["conflicts"] =
+        json!({"generations": ["n2.4"], "namesakes": [{"address": "127.0.0.1:17400", "incarnation": 17}]});
+    status["signing"]["approvals"] = json!([{"prefix": "payments/", "signatures": 2, "operators": ["alice"]}]);
+    status["clock"] = Value::Null;
+    let status: Status = reads_back(status);
+    assert_eq!(status.freeze.active.map(|active| active.window), Some("weekend".into()));
+    reads_back::<Readiness>(json!({"ready": false, "behind": ["n2"], "open_not_applied": [], "recovering": null}));
+}
+
+#[test]
+fn a_shown_proposal_reads_back_with_its_diff_and_what_to_sign() {
+    let mut shown = documented("## `/v1/proposals`")["proposals"][0].clone();
+    shown["approvals"] = json!([{"operator": "bob", "key": "ed25519:cc", "record": "n2.3"}]);
+    shown["rejected"] = json!({"record": "n3.1", "by": "carol"});
+    shown["node"] = json!("n2");
+    shown["diff"] = json!([{"kind": "config", "key": "payments/limit", "applied": null, "proposed": {"max": 2.5}}]);
+    shown["policy"] = policy();
+    shown["sign"] = json!({"cluster": "prod", "format": 7, "issued_ms": 1763800000000_u64, "proposal": "n1.12",
+                           "digest": "ab", "expires_ms": 1763886400000_u64, "start_at_ms": null, "change": "0101"});
+    let shown: ProposalShown = reads_back(shown);
+    assert_eq!(shown.proposal.rejected.map(|r| r.record), Some("n3.1".into()));
+}
