@@ -59,8 +59,8 @@ impl InProcessCluster {
         'poll: while Instant::now() < deadline {
             for node in &self.nodes {
                 let url = format!("http://{}/v1/status", node.api_addr);
-                let status: serde_json::Value = http.get(url).send().await?.json().await?;
-                let alive = status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count();
+                let status: grapevine_node::api::replies::Status = http.get(url).send().await?.json().await?;
+                let alive = status.alive().count();
                 if alive < self.nodes.len() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue 'poll;

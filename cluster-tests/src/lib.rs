@@ -49,6 +49,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use grapevine_node::api::replies;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Gossip interval of test clusters: short, so tests spend little time waiting for rounds.
@@ -269,6 +271,39 @@ impl Node {
             bail!("grapevine {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
         }
         Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// Runs a client command with `--json` and reads what it printed as the node's reply `T`
+    /// (`grapevine_node::api::replies`): the type the node answered with.
+    pub fn cli_as<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
+        let printed = self.cli_json(args)?;
+        serde_json::from_value(printed.clone())
+            .with_context(|| format!("grapevine {} printed another shape: {printed}", args.join(" ")))
+    }
+
+    /// `grapevine status`.
+    pub fn status(&self) -> Result<replies::Status> {
+        self.cli_as(&["status"])
+    }
+
+    /// `grapevine history` (the newest 100 generations).
+    pub fn history(&self) -> Result<replies::History> {
+        self.cli_as(&["history"])
+    }
+
+    /// `grapevine rollout status GEN`.
+    pub fn rollout(&self, generation: &str) -> Result<replies::Rollout> {
+        self.cli_as(&["rollout", "status", generation])
+    }
+
+    /// `grapevine config get KEY`: the applied value and the generation that set it.
+    pub fn config(&self, key: &str) -> Result<replies::ConfigValue> {
+        self.cli_as(&["config", "get", key])
+    }
+
+    /// A change command (`flag set`, `config put`, `apply`, ...) and what the node answered.
+    pub fn change(&self, args: &[&str]) -> Result<replies::ChangeReply> {
+        self.cli_as(args)
     }
 
     /// Sets a rule of the node's link filter (`POST /v1/testsuite/links`).
@@ -589,14 +624,7 @@ impl Links {
 
 /// Names of the members `node` sees alive.
 pub fn alive_members(node: &Node) -> Result<Vec<String>> {
-    let status = node.cli_json(&["status"])?;
-    Ok(status["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["alive"] == true)
-        .filter_map(|m| m["name"].as_str().map(str::to_owned))
-        .collect())
+    Ok(node.status()?.alive().map(str::to_owned).collect())
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.

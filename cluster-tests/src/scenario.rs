@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use grapevine_node::api::replies::{ChangeReply, ConfigValue, ErrorReply, Status};
 use grapevine_node::config::{Config, RawConfig};
 use grapevine_node::daemon::{self, RunningNode};
 use grapevine_node::faults::LinkRule;
@@ -30,6 +31,8 @@ use grapevine_node::tls;
 use grapevine_proto::rollout::PolicyOptions;
 use grapevine_proto::sim::SplitMix64;
 use grapevine_proto::{GenId, VersionVector};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 /// One step of a scenario.
@@ -255,8 +258,8 @@ impl Run {
             Op::AssertCompacted { node, at_least } => {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 loop {
-                    let status = self.get(self.slots[*node].api, "/v1/status").await?;
-                    let compacted = status["compacted"].as_u64().unwrap_or(0);
+                    let status: Status = self.get(self.slots[*node].api, "/v1/status").await?;
+                    let compacted = status.compacted;
                     if compacted >= *at_least {
                         break;
                     }
@@ -266,8 +269,8 @@ impl Run {
             }
             Op::AssertValue { key, value } => {
                 for slot in self.slots.iter().filter(|s| s.node.is_some()) {
-                    let answer = self.get(slot.api, &format!("/v1/config/{key}")).await?;
-                    anyhow::ensure!(answer["value"] == *value, "{} serves {key} = {answer}", slot.config.name);
+                    let answer: ConfigValue = self.get(slot.api, &format!("/v1/config/{key}")).await?;
+                    anyhow::ensure!(answer.value == *value, "{} serves {key}: {answer:?}", slot.config.name);
                 }
             }
             Op::AssertAbsent { nodes, key, after } => {
@@ -294,7 +297,8 @@ impl Run {
         if !status.is_success() {
             bail!("change on n{} refused: {answer}", node + 1);
         }
-        let generation = answer["generation"].as_str().context("a generation id")?;
+        let answer = ChangeReply::deserialize(&answer)?;
+        let generation = answer.generation().context("a generation id")?;
         self.acknowledged.insert(generation.parse()?);
         Ok(())
     }
@@ -307,7 +311,8 @@ impl Run {
         loop {
             let response = self.http.post(&url).json(&json!({ "value": 0 })).send().await?;
             let (status, answer) = (response.status(), response.json::<Value>().await?);
-            if !status.is_success() && answer["error"].as_str().is_some_and(|e| e.contains(because)) {
+            let refusal = ErrorReply::deserialize(&answer).map(|refusal| refusal.error).unwrap_or_default();
+            if !status.is_success() && refusal.contains(because) {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -332,7 +337,8 @@ impl Run {
         }
     }
 
-    async fn get(&self, api: SocketAddr, path: &str) -> Result<Value> {
+    /// `GET path` of the node at `api`, read as the reply `T`.
+    async fn get<T: DeserializeOwned>(&self, api: SocketAddr, path: &str) -> Result<T> {
         Ok(self.http.get(format!("http://{api}{path}")).send().await?.json().await?)
     }
 
@@ -341,9 +347,8 @@ impl Run {
         loop {
             let mut formed = true;
             for slot in &self.slots {
-                let status = self.get(slot.api, "/v1/status").await?;
-                let alive = status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count();
-                formed &= alive == self.slots.len();
+                let status: Status = self.get(slot.api, "/v1/status").await?;
+                formed &= status.alive().count() == self.slots.len();
             }
             if formed {
                 return Ok(());
@@ -358,12 +363,12 @@ impl Run {
     /// One running node's log, as its version vector (compaction folds generations away, so
     /// the vector, not the list, is the log's identity), and its state digest.
     async fn snapshot(&self, api: SocketAddr) -> Result<(VersionVector, String)> {
-        let status = self.get(api, "/v1/status").await?;
+        let status: Status = self.get(api, "/v1/status").await?;
         let mut vector = VersionVector::default();
-        for (origin, seq) in status["version_vector"].as_object().into_iter().flatten() {
-            vector.raise(origin.parse()?, seq.as_u64().context("a seq")?);
+        for (origin, seq) in status.version_vector {
+            vector.raise(origin.parse()?, seq);
         }
-        Ok((vector, status["state_digest"].as_str().unwrap_or_default().to_owned()))
+        Ok((vector, status.state_digest))
     }
 
     async fn assert_converged(&self, within: Duration) -> Result<Duration> {

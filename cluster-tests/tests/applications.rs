@@ -13,15 +13,16 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use grapevine_cluster_tests::{Cluster, Node, check, next_sse_event as next_event};
+use grapevine_node::api::replies::{Accepted, ChangeReply, DryRun};
 use serde_json::{Value, json};
 
 fn put_flag(node: &Node, dir: &std::path::Path, key: &str, definition: Value) -> Result<String> {
     let path = dir.join(format!("{key}.json"));
     std::fs::write(&path, definition.to_string())?;
-    let answer = node.cli_json(&["flag", "set", key, "--file", path.to_str().context("a UTF-8 path")?])?;
-    Ok(answer["generation"].as_str().context("a generation")?.to_owned())
+    let answer = node.change(&["flag", "set", key, "--file", path.to_str().context("a UTF-8 path")?])?;
+    Ok(answer.generation().context("a generation")?.to_owned())
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: &str) -> Result<(u16, Value)> {
@@ -171,8 +172,8 @@ async fn config_reads_carry_etags_and_the_watch_stream_resumes() -> Result<()> {
     let node = &cluster.nodes[0];
     let http = grapevine_cluster_tests::http_client();
     let put = |key: &str, value: &str| -> Result<String> {
-        let answer = node.cli_json(&["config", "put", key, "--value", value])?;
-        Ok(answer["generation"].as_str().context("a generation")?.to_owned())
+        let answer = node.change(&["config", "put", key, "--value", value])?;
+        Ok(answer.generation().context("a generation")?.to_owned())
     };
     let first = put("app/limit", "1")?;
     // A read, its ETag, and 304 for the same.
@@ -259,7 +260,7 @@ fn schemas_refuse_bad_values_dry_runs_change_nothing_and_apply_takes_a_flagd_fil
     refused(&["config", "put", "ratelimit", "--value", "{}"], "\"burst\" is a required property");
 
     // A dry run shows the diff and the waves, and changes nothing.
-    let preview = node.cli_json(&[
+    let preview = node.change(&[
         "config",
         "put",
         "ratelimit",
@@ -271,11 +272,11 @@ fn schemas_refuse_bad_values_dry_runs_change_nothing_and_apply_takes_a_flagd_fil
         "5s",
         "--dry-run",
     ])?;
-    assert_eq!(preview["dry_run"], true, "{preview}");
-    assert_eq!(preview["diff"][0]["before"]["burst"], 50);
-    assert_eq!(preview["diff"][0]["after"]["burst"], 60);
-    assert_eq!(preview["waves"].as_array().map(Vec::len), Some(2), "{preview}");
-    assert_eq!(node.cli_json(&["config", "get", "ratelimit"])?["value"]["burst"], 50, "a dry run changed the value");
+    let ChangeReply::DryRun(preview) = preview else { bail!("not a dry run: {preview:?}") };
+    let diff = &preview.diff[0];
+    assert_eq!((&diff.before, &diff.after), (&Some(json!({"burst": 50})), &json!({"burst": 60})), "{preview:?}");
+    assert_eq!(preview.waves.len(), 2, "{preview:?}");
+    assert_eq!(node.config("ratelimit")?.value["burst"], 50, "a dry run changed the value");
 
     // A flagd file, unchanged: shared evaluators, metadata, targeting.
     let file = dir.join("flags.json");
@@ -293,11 +294,11 @@ fn schemas_refuse_bad_values_dry_runs_change_nothing_and_apply_takes_a_flagd_fil
         .to_string(),
     )?;
     let file = file.to_str().context("a UTF-8 path")?;
-    let preview = node.cli_json(&["apply", file, "--dry-run"])?;
-    assert_eq!((&preview["changed"], &preview["dry_run"]), (&json!(2), &json!(true)), "{preview}");
+    let preview = node.change(&["apply", file, "--dry-run"])?;
+    assert!(matches!(preview, ChangeReply::DryRun(DryRun { changed: Some(2), .. })), "{preview:?}");
     assert!(!node.cli(&["flag", "get", "theme"]).status.success(), "a dry run applied a flag");
-    let applied = node.cli_json(&["apply", file])?;
-    assert_eq!(applied["changed"], 2, "{applied}");
+    let applied = node.change(&["apply", file])?;
+    assert!(matches!(applied, ChangeReply::Accepted(Accepted { changed: Some(2), .. })), "{applied:?}");
     let staff = node.cli_json(&["flag", "get", "new-nav", "--context", r#"{"email": "a@example.com"}"#])?;
     assert_eq!((&staff["value"], &staff["reason"]), (&json!(true), &json!("TARGETING_MATCH")), "{staff}");
     let again = String::from_utf8(check(node.cli(&["apply", file]))?.stdout)?;

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use grapevine_cluster_tests::{Cluster, Node, check, counter, delegate, new_key, wait_until};
+use grapevine_node::api::replies::{ConfigValue, ProposalSummary, Proposals, Proposed};
+use grapevine_proto::approvals::ProposalState;
 use serde_json::Value;
 
 /// `args` with `--signing-key key`.
@@ -28,11 +30,11 @@ fn signed(node: &Node, args: &[&str], key: &Path) -> std::process::Output {
 }
 
 fn value_of(node: &Node, key: &str) -> Option<Value> {
-    node.cli_json(&["config", "get", key, "--desired"]).ok().map(|answer| answer["value"].clone())
+    node.cli_as::<ConfigValue>(&["config", "get", key, "--desired"]).ok().map(|answer| answer.value)
 }
 
 fn applied(node: &Node, key: &str) -> Option<Value> {
-    node.cli_json(&["config", "get", key]).ok().map(|answer| answer["value"].clone())
+    node.config(key).ok().map(|answer| answer.value)
 }
 
 fn refused_count(node: &Node, reason: &str) -> u64 {
@@ -55,13 +57,17 @@ fn propose(node: &Node, what: &[&str], key: &Path) -> Result<String> {
     let mut args = vec!["change", "propose"];
     args.extend(what);
     args.push("--json");
-    let answer: Value = serde_json::from_slice(&check(signed(node, &args, key))?.stdout)?;
-    Ok(answer["proposal"].as_str().context("a proposal id")?.to_owned())
+    let answer: Proposed = serde_json::from_slice(&check(signed(node, &args, key))?.stdout)?;
+    Ok(answer.proposal)
 }
 
-fn state_of(node: &Node, id: &str) -> Option<String> {
-    let shown = node.cli_json(&["change", "show", id]).ok()?;
-    Some(shown["state"].as_str()?.to_owned())
+/// `change show ID` (its `--json` leaves out what to sign).
+fn shown(node: &Node, id: &str) -> Result<ProposalSummary> {
+    node.cli_as(&["change", "show", id])
+}
+
+fn state_of(node: &Node, id: &str) -> Option<ProposalState> {
+    Some(shown(node, id).ok()?.state)
 }
 
 const RULE: &str = "[[signing.approvals]]\nprefix = \"payments/\"\nsignatures = 2\n";
@@ -92,7 +98,7 @@ fn a_two_approval_change_applies_only_after_the_second_signature_on_every_node()
     // Alice proposes: the proposal reaches every node and applies nowhere.
     let id = propose(n1, &["config", "payments/limit", "--value", "7"], &alice)?;
     wait_until(Duration::from_secs(15), "the proposal on every node", || {
-        cluster.nodes.iter().all(|n| state_of(n, &id).as_deref() == Some("pending"))
+        cluster.nodes.iter().all(|n| state_of(n, &id) == Some(ProposalState::Pending))
     })?;
     let listed = String::from_utf8_lossy(&check(n3.cli(&["change", "list"]))?.stdout).into_owned();
     ensure!(listed.contains(&id) && listed.contains("1/2") && listed.contains("payments/limit"), "{listed}");
@@ -111,15 +117,16 @@ fn a_two_approval_change_applies_only_after_the_second_signature_on_every_node()
         cluster.nodes.iter().all(|n| applied(n, "payments/limit") == Some(Value::from(7)))
     })?;
     wait_until(Duration::from_secs(10), "the proposal enacted everywhere", || {
-        cluster.nodes.iter().all(|n| state_of(n, &id).as_deref() == Some("enacted"))
+        cluster.nodes.iter().all(|n| state_of(n, &id) == Some(ProposalState::Enacted))
     })?;
     refused(signed(n3, &["change", "approve", &id], &carol), "is enacted, not pending")?;
     let listed = String::from_utf8_lossy(&check(n3.cli(&["history"]))?.stdout).into_owned();
     ensure!(listed.contains(&format!("enacts proposal {id} (approved by bob)")), "{listed}");
-    let history = n3.cli_json(&["history"])?;
-    let enacted = &history["generations"][0];
-    ensure!(enacted["author"] == "alice" && enacted["governance"]["record"] == "enact", "{history}");
-    ensure!(enacted["governance"]["approvals"][0]["operator"] == "bob", "{history}");
+    let history = n3.history()?;
+    let enacted = &history.generations[0];
+    let governance = enacted.governance.as_ref().context("the enactment's governance")?;
+    ensure!(enacted.author.as_ref().map(|a| a.as_str()) == Some("alice"), "{enacted:?}");
+    ensure!(governance.record == "enact" && governance.approvals[0].operator.as_str() == "bob", "{enacted:?}");
 
     // The node without the rule takes alice's one-signature change; every other node refuses it
     // and counts it, and keeps the enacted value.
@@ -169,12 +176,12 @@ fn expired_rejected_and_conflicting_proposals_say_so() -> Result<()> {
     std::thread::sleep(Duration::from_millis(2500));
     refused(signed(n2, &["change", "approve", &short], &bob), "is expired, not pending")?;
 
-    let shown = n2.cli_json(&["change", "show", &conflicting])?;
-    ensure!(shown["conflicts"][0]["keys"][0] == "search/beta", "{shown}");
+    let conflicts = shown(n2, &conflicting)?.conflicts;
+    ensure!(conflicts.first().is_some_and(|c| c.keys == ["search/beta"]), "{conflicts:?}");
     let approved = check(signed(n2, &["change", "approve", &conflicting], &bob))?;
     ensure!(stderr(&approved).contains("CONFLICT: generation n1."), "{}", stderr(&approved));
-    let listed = n1.cli_json(&["change", "list", "--all"])?;
-    ensure!(listed["proposals"].as_array().is_some_and(|all| all.len() == 4), "{listed}");
+    let listed: Proposals = n1.cli_as(&["change", "list", "--all"])?;
+    ensure!(listed.proposals.len() == 4, "{listed:?}");
 
     check(signed(n2, &["change", "approve", &scheduled], &bob))?;
     ensure!(applied(n1, "payments/c").is_none(), "the enactment waits for the proposal's start");
@@ -225,7 +232,7 @@ fn approvals_made_apart_complete_a_proposal_once_they_meet() -> Result<()> {
     wait_until(Duration::from_secs(20), "the proposal enacted and applied on both nodes", || {
         [n1, n2].iter().all(|n| applied(n, "payments/limit") == Some(Value::from(9)))
     })?;
-    let shown = n1.cli_json(&["change", "show", &id])?;
-    ensure!(shown["enacted"].as_array().is_some_and(|e| e.len() == 1), "enacted once: {shown}");
+    let shown = shown(n1, &id)?;
+    ensure!(shown.enacted.len() == 1, "enacted once: {shown:?}");
     Ok(())
 }

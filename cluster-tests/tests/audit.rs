@@ -49,8 +49,7 @@ fn ids(records: &[Value]) -> Vec<String> {
 fn put(node: &Node, key: &str, value: &str, options: &[&str]) -> Result<String> {
     let mut args = vec!["config", "put", key, "--value", value];
     args.extend(options);
-    let answer = node.cli_json(&args)?;
-    Ok(answer["generation"].as_str().context("a generation")?.to_owned())
+    Ok(node.change(&args)?.generation().context("a generation")?.to_owned())
 }
 
 fn write_schema(dir: &Path, name: &str, schema: &Value) -> Result<String> {
@@ -82,13 +81,12 @@ fn every_entry_of_a_reverted_rollout_reaches_both_sinks_once_and_no_secret_in_cl
     let db_value = format!("{{\"user\": \"app\", \"password\": \"{NESTED_SECRET}\"}}");
     let db = put(first, "db", &db_value, &["--schema", &nested, "--emergency"])?;
     let token = put(first, "api.token", &format!("\"{WHOLE_SECRET}\""), &["--schema", &whole, "--emergency"])?;
-    let pause = first.cli_json(&["rollout", "pause", &good])?;
-    let control = pause["generation"].as_str().context("a control generation")?.to_owned();
+    let control = first.change(&["rollout", "pause", &good])?.generation().context("a control generation")?.to_owned();
     let bad = put(first, "risky", "\"bad\"", &["--waves", "1,50%,100%", "--bake", "3s", "--min-samples", "5"])?;
     let revert = format!("{bad}/revert");
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(40), &format!("{} to hold the revert of {bad}", node.name), || {
-            node.cli_json(&["rollout", "status", &bad]).is_ok_and(|s| s["reverted"] == true)
+            node.rollout(&bad).is_ok_and(|s| s.reverted)
         })?;
     }
 

@@ -96,9 +96,8 @@ fn tokens_roles_prefixes_and_the_admin_socket_decide_who_may_do_what() -> Result
     assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
 
     // Authors are who authenticated, not what the client claims.
-    let history = node.cli_json(&["history"])?;
-    let authors: Vec<&str> =
-        history["generations"].as_array().into_iter().flatten().filter_map(|g| g["author"].as_str()).collect();
+    let history = node.history()?;
+    let authors: Vec<&str> = history.generations.iter().filter_map(|g| g.author.as_ref()).map(|a| a.as_str()).collect();
     let user = String::from_utf8(std::process::Command::new("id").arg("-un").output()?.stdout)?;
     assert_eq!(authors, [format!("unix:{}", user.trim()).as_str(), "token:payments-deploy"]);
 

@@ -5,20 +5,21 @@ use std::time::Duration;
 
 use anyhow::Result;
 use grapevine_cluster_tests::{Cluster, Node, check, wait_until};
+use grapevine_node::api::replies::History;
 use serde_json::{Value, json};
 
 fn config_value(node: &Node, key: &str) -> Value {
-    node.cli_json(&["config", "get", key]).map(|answer| answer["value"].clone()).unwrap_or_default()
+    node.config(key).map(|answer| answer.value).unwrap_or_default()
 }
 
 /// Each generation's id and content hash, newest first.
-fn log_of(node: &Node) -> Result<Vec<(Value, Value)>> {
-    let history = node.cli_json(&["history", "--limit", "100"])?;
-    Ok(history["generations"].as_array().into_iter().flatten().map(|g| (g["id"].clone(), g["hash"].clone())).collect())
+fn log_of(node: &Node) -> Result<Vec<(String, String)>> {
+    let history: History = node.cli_as(&["history", "--limit", "100"])?;
+    Ok(history.generations.into_iter().map(|g| (g.id, g.hash)).collect())
 }
 
-fn generations(node: &Node) -> Value {
-    node.cli_json(&["status"]).map(|status| status["generations"].clone()).unwrap_or_default()
+fn generations(node: &Node) -> Option<usize> {
+    node.status().ok().map(|status| status.generations)
 }
 
 #[test]
@@ -36,7 +37,7 @@ fn a_backup_of_a_running_node_restores_it() -> Result<()> {
     }
     check(cluster.nodes[0].cli(&["rollback", "n2.10"]))?;
     wait_until(Duration::from_secs(10), "both nodes to hold the 20 changes", || {
-        cluster.nodes.iter().all(|n| generations(n) == json!(20))
+        cluster.nodes.iter().all(|n| generations(n) == Some(20))
     })?;
     let before = log_of(&cluster.nodes[0])?;
 

@@ -12,7 +12,7 @@ use grapevine_cluster_tests::{Cluster, Node, alive_members, check, counter, grap
 use serde_json::{Value, json};
 
 fn config_value(node: &Node, key: &str) -> Value {
-    node.cli_json(&["config", "get", key]).map(|answer| answer["value"].clone()).unwrap_or_default()
+    node.config(key).map(|answer| answer.value).unwrap_or_default()
 }
 
 /// Puts `value` on the first of `nodes` and waits until each of them serves it.
@@ -92,8 +92,8 @@ fn the_cluster_ca_is_rotated_host_by_host_without_a_split() -> Result<()> {
     std::fs::write(stranger.tls.join("ca.pem"), format!("{old_ca}{new_ca}"))?;
     stranger.start()?;
     std::thread::sleep(Duration::from_secs(3));
-    let members = cluster.nodes[0].cli_json(&["status"])?["members"].clone();
-    let names: Vec<&str> = members.as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect();
+    let members = cluster.nodes[0].status()?.members;
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
     assert!(!names.contains(&"n9"), "a certificate of the dropped CA got in: {names:?}");
     Ok(())
 }

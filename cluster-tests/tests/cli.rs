@@ -16,8 +16,8 @@ fn assert_fails(output: std::process::Output, code: i32, message: &str) {
     assert!(stderr.contains(message), "expected {message:?} in stderr: {stderr}");
 }
 
-fn generations(node: &Node) -> Result<u64> {
-    Ok(node.cli_json(&["history"])?["total"].as_u64().unwrap())
+fn generations(node: &Node) -> Result<usize> {
+    Ok(node.history()?.total)
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn refused_changes_exit_1_and_change_nothing() -> Result<()> {
     assert_fails(node.cli(&["flag", "get", "nope"]), 1, "not found");
 
     assert_eq!(generations(node)?, 2, "a refused change was stored");
-    assert_eq!(node.cli_json(&["config", "get", "c"])?["value"], 1);
+    assert_eq!(node.config("c")?.value, 1);
     Ok(())
 }
 
@@ -121,10 +121,10 @@ fn keys_with_slashes_and_exact_numbers_round_trip() -> Result<()> {
     let node = &cluster.nodes[0];
     let big = "123456789012345678901234567890";
     check(node.cli(&["config", "put", "team/limits", "--value", &format!(r#"{{"max": {big}, "ratio": 0.1}}"#)]))?;
-    let answer = node.cli_json(&["config", "get", "team/limits"])?;
-    assert_eq!(answer["key"], "team/limits");
-    assert_eq!(answer["value"]["max"].to_string(), big, "{answer}");
-    assert_eq!(answer["value"]["ratio"].to_string(), "0.1");
+    let answer = node.config("team/limits")?;
+    assert_eq!(answer.key, "team/limits");
+    assert_eq!(answer.value["max"].to_string(), big, "{answer:?}");
+    assert_eq!(answer.value["ratio"].to_string(), "0.1");
     let piped = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{} history --node {} | head -c 1", grapevine_cluster_tests::binary().display(), node.url()))

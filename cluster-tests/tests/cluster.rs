@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use grapevine_cluster_tests::{Cluster, Node, alive_members, check, http_get, wait_until};
+use grapevine_node::api::replies::ChangeReply;
 use serde_json::Value;
 
 const PROPAGATION: Duration = Duration::from_secs(10);
@@ -21,16 +22,17 @@ fn flag(node: &Node, key: &str) -> Option<Value> {
     node.cli_json(&["flag", "get", key]).ok()
 }
 
+/// The value `node` serves for `key`, if any.
 fn config(node: &Node, key: &str) -> Option<Value> {
-    node.cli_json(&["config", "get", key]).ok()
+    node.config(key).ok().map(|answer| answer.value)
 }
 
 #[test]
 fn a_change_on_any_node_is_visible_on_every_node() -> Result<()> {
     let cluster = Cluster::start(3)?;
-    let accepted = cluster.nodes[1].cli_json(&["flag", "set", "checkout", "--on"])?;
-    let generation = accepted["generation"].as_str().unwrap().to_owned();
-    assert!(generation.starts_with("n2."), "accepted by n2: {accepted}");
+    let accepted = cluster.nodes[1].change(&["flag", "set", "checkout", "--on"])?;
+    let generation = accepted.generation().context("a generation")?.to_owned();
+    assert!(generation.starts_with("n2."), "accepted by n2: {accepted:?}");
     for node in &cluster.nodes {
         wait_until(PROPAGATION, &format!("{} to serve checkout", node.name), || {
             flag(node, "checkout").is_some_and(|f| f["value"] == true && f["generation"] == generation.as_str())
@@ -46,12 +48,12 @@ fn a_change_on_any_node_is_visible_on_every_node() -> Result<()> {
         let digests: Vec<String> = cluster
             .nodes
             .iter()
-            .filter_map(|n| n.cli_json(&["status"]).ok())
-            .map(|s| format!("{}/{}", s["state_digest"], s["generations"]))
+            .filter_map(|n| n.status().ok())
+            .map(|s| format!("{}/{}", s.state_digest, s.generations))
             .collect();
         digests.len() == 3 && digests.iter().all(|d| *d == digests[0]) && digests[0].ends_with("/2")
     })?;
-    assert_eq!(config(&cluster.nodes[0], "ratelimit").unwrap()["value"]["burst"], 50);
+    assert_eq!(config(&cluster.nodes[0], "ratelimit").unwrap()["burst"], 50);
     Ok(())
 }
 
@@ -66,10 +68,9 @@ fn a_node_killed_with_sigkill_catches_up_on_restart_and_keeps_what_it_had() -> R
     cluster.nodes[2].start()?;
 
     let n3 = &cluster.nodes[2];
-    assert_eq!(config(n3, "first").expect("kept across kill -9")["value"], 1);
-    wait_until(PROPAGATION, "restarted n3 to catch up", || config(n3, "second").is_some_and(|c| c["value"] == 2))?;
-    let history = n3.cli_json(&["history"])?;
-    assert_eq!(history["total"], 2);
+    assert_eq!(config(n3, "first").expect("kept across kill -9"), 1);
+    wait_until(PROPAGATION, "restarted n3 to catch up", || config(n3, "second").is_some_and(|c| c == 2))?;
+    assert_eq!(n3.history()?.total, 2);
     Ok(())
 }
 
@@ -82,9 +83,9 @@ fn a_node_started_empty_gets_every_generation() -> Result<()> {
     cluster.add_node()?.start()?;
     let late = &cluster.nodes[2];
     wait_until(PROPAGATION, "the late joiner to hold all 5 generations", || {
-        late.cli_json(&["history"]).is_ok_and(|h| h["total"] == 5)
+        late.history().is_ok_and(|h| h.total == 5)
     })?;
-    assert_eq!(config(late, "k4").unwrap()["value"], 4);
+    assert_eq!(config(late, "k4").unwrap(), 4);
     Ok(())
 }
 
@@ -95,7 +96,7 @@ fn sigterm_stops_a_node_cleanly_and_releases_its_data_directory() -> Result<()> 
     let status = cluster.nodes[0].terminate()?;
     assert!(status.success(), "exit status after SIGTERM: {status}");
     cluster.nodes[0].start()?;
-    assert_eq!(config(&cluster.nodes[0], "k").unwrap()["value"], "v");
+    assert_eq!(config(&cluster.nodes[0], "k").unwrap(), "v");
     Ok(())
 }
 
@@ -112,9 +113,8 @@ fn a_node_with_a_foreign_ca_certificate_never_joins_and_its_changes_never_arrive
     // Give gossip many rounds (100 ms each) to do what it would do.
     std::thread::sleep(Duration::from_secs(3));
     for node in &cluster.nodes[..2] {
-        let status = node.cli_json(&["status"])?;
-        let names: Vec<&str> =
-            status["members"].as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
+        let status = node.status()?;
+        let names: Vec<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
         assert!(!names.contains(&"rogue"), "{} lists the rogue node: {names:?}", node.name);
         assert!(flag(node, "takeover").is_none(), "{} serves the rogue change", node.name);
         assert!(flag(node, "legit").is_some());
@@ -137,13 +137,14 @@ fn a_node_with_a_foreign_ca_certificate_never_joins_and_its_changes_never_arrive
 #[test]
 fn a_change_acknowledged_with_wait_replicas_survives_the_crash_of_its_node() -> Result<()> {
     let mut cluster = Cluster::start(3)?;
-    let answer = cluster.nodes[0].cli_json(&["config", "put", "durable", "--value", "42", "--wait-replicas", "1"])?;
-    assert!(answer["replicas"].as_u64().unwrap() >= 1, "{answer}");
+    let answer = cluster.nodes[0].change(&["config", "put", "durable", "--value", "42", "--wait-replicas", "1"])?;
+    let ChangeReply::Accepted(accepted) = &answer else { panic!("not accepted: {answer:?}") };
+    assert!(accepted.replicas.is_some_and(|replicas| replicas >= 1), "{answer:?}");
     // kill -9 at once: the change must live on the node(s) that acknowledged it.
     cluster.nodes[0].kill9();
     for node in &cluster.nodes[1..] {
         wait_until(PROPAGATION, &format!("{} to hold the change", node.name), || {
-            config(node, "durable").is_some_and(|c| c["value"] == 42)
+            config(node, "durable").is_some_and(|c| c == 42)
         })?;
     }
     Ok(())
@@ -168,7 +169,7 @@ fn wait_replicas_times_out_with_a_clear_error_when_peers_are_gone() -> Result<()
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is stored on n1 but reached 0 of the 1 other nodes asked for within 500 ms"), "{stderr}");
     // Accepted and durable all the same.
-    assert_eq!(config(&cluster.nodes[0], "alone").unwrap()["value"], 1);
+    assert_eq!(config(&cluster.nodes[0], "alone").unwrap(), 1);
     Ok(())
 }
 
@@ -182,7 +183,7 @@ fn a_large_config_value_reaches_every_node_intact() -> Result<()> {
     check(cluster.nodes[0].cli(&["config", "put", "large", "--file", file.to_str().unwrap()]))?;
     for node in &cluster.nodes {
         wait_until(PROPAGATION, &format!("{} to hold the large value", node.name), || {
-            config(node, "large").is_some_and(|c| c["value"].as_str() == Some(text.as_str()))
+            config(node, "large").is_some_and(|c| c.as_str() == Some(text.as_str()))
         })?;
     }
     Ok(())

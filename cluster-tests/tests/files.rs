@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use grapevine_cluster_tests::{Cluster, Node, check, wait_until};
+use grapevine_node::api::replies::FileStatus;
 use serde_json::Value;
 
 /// A one-node cluster rendering `app/limits` to `limits.json` (JSON) and `app/banner` to
@@ -29,8 +30,8 @@ fn cluster(check_command: &str, reload_command: &str) -> Result<Cluster> {
 }
 
 fn put(node: &Node, key: &str, value: &str) -> Result<String> {
-    let answer = node.cli_json(&["config", "put", key, "--value", value])?;
-    Ok(answer["generation"].as_str().context("a generation")?.to_owned())
+    let answer = node.change(&["config", "put", key, "--value", value])?;
+    Ok(answer.generation().context("a generation")?.to_owned())
 }
 
 fn read(path: &Path) -> String {
@@ -38,13 +39,12 @@ fn read(path: &Path) -> String {
 }
 
 fn reverted(node: &Node, generation: &str) -> bool {
-    node.cli_json(&["rollout", "status", generation]).is_ok_and(|s| s["reverted"] == true)
+    node.rollout(generation).is_ok_and(|s| s.reverted)
 }
 
-fn file_status(node: &Node, path: &Path) -> Value {
-    let status = node.cli_json(&["status"]).unwrap_or_default();
-    let files = status["files"].as_array().cloned().unwrap_or_default();
-    files.into_iter().find(|f| f["path"] == path.to_string_lossy().as_ref()).unwrap_or_default()
+fn file_status(node: &Node, path: &Path) -> Result<FileStatus> {
+    let files = node.status()?.files;
+    files.into_iter().find(|f| f.path == path).with_context(|| format!("no status of {}", path.display()))
 }
 
 #[test]
@@ -65,10 +65,10 @@ fn a_good_change_is_rendered_and_a_failed_check_keeps_the_old_file_and_reverts()
     wait_until(Duration::from_secs(15), "the failed check to revert the change", || reverted(node, &bad))?;
     assert!(read(&limits).contains("\"burst\": 50"), "the old file stays: {}", read(&limits));
     assert!(!read(&limits).contains("50000"));
-    assert_eq!(node.cli_json(&["config", "get", "app/limits"])?["value"]["burst"], 50, "the revert is served");
-    let status = node.cli_json(&["rollout", "status", &bad])?;
-    assert!(status["judgement"].as_str().unwrap_or("").contains("check of"), "{status}");
-    assert_eq!(status["anomaly_quorum"]["anomalous"][0], node.name.as_str());
+    assert_eq!(node.config("app/limits")?.value["burst"], 50, "the revert is served");
+    let status = node.rollout(&bad)?;
+    assert!(status.judgement.as_deref().unwrap_or("").contains("check of"), "{status:?}");
+    assert_eq!(status.anomaly_quorum.anomalous.first().map(|n| n.as_str()), Some(node.name.as_str()));
     assert!(!dir.join(".limits.json.grapevine-tmp").exists(), "the refused file is gone");
 
     // Empty output where the file was not empty is refused too.
@@ -92,12 +92,9 @@ fn a_failed_reload_restores_the_last_known_good_file() -> Result<()> {
     let bad = put(node, "app/limits", r#"{"burst": 7}"#)?;
     wait_until(Duration::from_secs(15), "the failed reload to revert the change", || reverted(node, &bad))?;
     assert!(read(&limits).contains("\"burst\": 5"), "the last-known-good file is back: {}", read(&limits));
-    let status = file_status(node, &limits);
-    assert_eq!(status["ok"], false, "{status}");
-    assert!(
-        status["detail"].as_str().unwrap_or("").contains("the last-known-good file is back and reloaded"),
-        "{status}"
-    );
+    let status = file_status(node, &limits)?;
+    assert!(!status.ok, "{status:?}");
+    assert!(status.detail.contains("the last-known-good file is back and reloaded"), "{status:?}");
     Ok(())
 }
 
@@ -143,9 +140,9 @@ fn a_file_whose_only_value_is_reverted_is_removed_and_reloaded() -> Result<()> {
     wait_until(Duration::from_secs(5), "a reload after the removal", || {
         read(&dir.join("reloads")).lines().count() == 2
     })?;
-    let status = file_status(node, &limits);
-    assert_eq!(status["ok"], true, "{status}");
-    assert_eq!(status["detail"], "removed: the key has no applied value", "{status}");
+    let status = file_status(node, &limits)?;
+    assert!(status.ok, "{status:?}");
+    assert_eq!(status.detail, "removed: the key has no applied value", "{status:?}");
     // A new value renders the file again.
     put(node, "app/limits", r#"{"burst": 10}"#)?;
     wait_until(Duration::from_secs(10), "the file rendered again", || read(&limits).contains("\"burst\": 10"))?;

@@ -23,10 +23,8 @@ fn held_everywhere(nodes: &[Node], writer: &str, count: u64) -> Result<()> {
         for index in 1..=count {
             let key = format!("{writer}-{index}");
             wait_until(PROPAGATION, &format!("{} to hold {key}", node.name), || {
-                node.cli_json(&["config", "get", &key]).is_ok_and(|got| {
-                    got["value"] == index
-                        && got["generation"].as_str().is_some_and(|g| g.starts_with(&format!("{writer}.")))
-                })
+                node.config(&key)
+                    .is_ok_and(|got| got.value == index && got.generation.starts_with(&format!("{writer}.")))
             })?;
         }
     }
@@ -37,8 +35,8 @@ fn held_everywhere(nodes: &[Node], writer: &str, count: u64) -> Result<()> {
 /// other process live under its name.
 fn no_conflicts(nodes: &[Node]) -> Result<()> {
     for node in nodes {
-        let conflicts = node.cli_json(&["status"])?["conflicts"].clone();
-        assert_eq!(conflicts, serde_json::json!({"generations": [], "namesakes": []}), "on {}", node.name);
+        let conflicts = node.status()?.conflicts;
+        assert!(conflicts.generations.is_empty() && conflicts.namesakes.is_empty(), "on {}: {conflicts:?}", node.name);
     }
     Ok(())
 }
@@ -153,12 +151,12 @@ fn generations_a_modified_build_writes_under_another_name_are_refused_everywhere
     let refused = |node: &Node| counter(node, "grapevine_unproven_origins_refused_total");
     for node in &cluster.nodes {
         wait_until(PROPAGATION, &format!("{} to hear the impostor's generations", node.name), || {
-            refused(node) >= 5 || node.cli_json(&["config", "get", "n3-5"]).is_ok()
+            refused(node) >= 5 || node.config("n3-5").is_ok()
         })?;
     }
     for node in &cluster.nodes {
         for index in 1..=5 {
-            let held = node.cli_json(&["config", "get", &format!("n3-{index}")]);
+            let held = node.config(&format!("n3-{index}"));
             assert!(held.is_err(), "{} stored the impostor's n3-{index}: {held:?}", node.name);
         }
         assert_eq!(refused(node), 5, "each forgery counted once on {}", node.name);
@@ -166,8 +164,8 @@ fn generations_a_modified_build_writes_under_another_name_are_refused_everywhere
     write(&cluster.nodes[2], 5)?;
     held_everywhere(&cluster.nodes, "n3", 5)?;
     for node in &cluster.nodes {
-        let refused = node.cli_json(&["status"])?;
-        assert_eq!(refused["conflicts"]["generations"], serde_json::json!([]), "a forgery is no conflict: {refused}");
+        let conflicts = node.status()?.conflicts;
+        assert!(conflicts.generations.is_empty(), "a forgery is no conflict: {conflicts:?}");
     }
     drop(impostor);
     Ok(())
@@ -197,24 +195,23 @@ fn a_wiped_node_that_writes_before_catching_up_is_a_conflict_every_node_surfaces
     }
     cluster.nodes[2].start()?;
     check(cluster.nodes[2].cli(&["config", "put", "after-wipe", "--value", "2"]))?;
-    let own = cluster.nodes[2].cli_json(&["config", "get", "after-wipe"])?;
-    assert_eq!(own["generation"], "n3.1", "the empty store starts its ids again: {own}");
+    let own = cluster.nodes[2].config("after-wipe")?;
+    assert_eq!(own.generation, "n3.1", "the empty store starts its ids again: {own:?}");
     for node in &cluster.nodes[..2] {
         node.clear_links()?;
     }
     for node in &cluster.nodes {
         wait_until(PROPAGATION, &format!("{} to surface the conflict on n3.1", node.name), || {
-            node.cli_json(&["status"])
-                .is_ok_and(|status| status["conflicts"]["generations"] == serde_json::json!(["n3.1"]))
+            node.status().is_ok_and(|status| status.conflicts.generations == ["n3.1"])
         })?;
         assert!(counter(node, "grapevine_generation_conflicts_total") >= 1, "counted on {}", node.name);
         assert!(alerted(node, "conflict")?, "no conflict alert raised on {}", node.name);
     }
     // Each kept the write it held: n1 and n2 serve n3's write from before the wipe, n3 its new one.
     for node in &cluster.nodes[..2] {
-        assert_eq!(node.cli_json(&["config", "get", "n3-1"])?["value"], 1, "on {}", node.name);
+        assert_eq!(node.config("n3-1")?.value, 1, "on {}", node.name);
     }
-    assert!(cluster.nodes[2].cli_json(&["config", "get", "n3-1"]).is_err(), "n3 kept its own n3.1");
+    assert!(cluster.nodes[2].config("n3-1").is_err(), "n3 kept its own n3.1");
     Ok(())
 }
 
@@ -236,16 +233,15 @@ fn a_wiped_node_that_hears_its_peers_first_refuses_changes_until_it_has_its_own_
     cluster.nodes[2].start()?;
     let n3 = &cluster.nodes[2];
     wait_until(Duration::from_secs(30), "n3 to hear a peer holding n3.1", || {
-        n3.cli_json(&["status"]).is_ok_and(|status| {
-            let members = status["members"].as_array().cloned().unwrap_or_default();
-            members.iter().any(|m| m["self"] == false && m["version_vector"]["n3"].as_u64() >= Some(1))
+        n3.status().is_ok_and(|status| {
+            status.members.iter().any(|m| !m.is_self && m.version_vector.get("n3").is_some_and(|seq| *seq >= 1))
         })
     })?;
     let refused = n3.cli(&["config", "put", "after-wipe", "--value", "2"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     if refused.status.success() {
-        let held = n3.cli_json(&["config", "get", "after-wipe"])?;
-        anyhow::bail!("n3 took a change before it had its own generations back: {held}");
+        let held = n3.config("after-wipe")?;
+        anyhow::bail!("n3 took a change before it had its own generations back: {held:?}");
     }
     assert!(
         stderr.contains("this node holds its own generations only up to n3.0, but n")
@@ -255,11 +251,11 @@ fn a_wiped_node_that_hears_its_peers_first_refuses_changes_until_it_has_its_own_
     n3.clear_links()?;
     held_everywhere(&cluster.nodes, "n3", 1)?;
     check(n3.cli(&["config", "put", "after-wipe", "--value", "2"]))?;
-    let own = n3.cli_json(&["config", "get", "after-wipe"])?;
-    assert_eq!(own["generation"], "n3.2", "the next id: {own}");
+    let own = n3.config("after-wipe")?;
+    assert_eq!(own.generation, "n3.2", "the next id: {own:?}");
     for node in &cluster.nodes {
         wait_until(PROPAGATION, &format!("{} to hold after-wipe", node.name), || {
-            node.cli_json(&["config", "get", "after-wipe"]).is_ok_and(|got| got["generation"] == "n3.2")
+            node.config("after-wipe").is_ok_and(|got| got.generation == "n3.2")
         })?;
     }
     no_conflicts(&cluster.nodes)?;
@@ -279,12 +275,9 @@ fn a_namesake_that_starts_anyway_is_surfaced_by_the_node_it_shadows() -> Result<
     second.start()?;
     let second = cluster.nodes.pop().expect("the second n2");
     let n2 = &cluster.nodes[1];
-    let address = second.gossip.to_string();
+    let address = second.gossip;
     wait_until(Duration::from_secs(30), "n2 to list the second process as a namesake", || {
-        n2.cli_json(&["status"]).is_ok_and(|status| {
-            let namesakes = status["conflicts"]["namesakes"].as_array().cloned().unwrap_or_default();
-            namesakes.iter().any(|namesake| namesake["address"] == address.as_str())
-        })
+        n2.status().is_ok_and(|status| status.conflicts.namesakes.iter().any(|n| n.address == address))
     })?;
     assert!(counter(n2, "grapevine_live_namesakes_total") >= 1, "counted");
     assert!(alerted(n2, "namesake")?, "no namesake alert raised on n2");

@@ -30,13 +30,9 @@ fn serves(node: &Node, key: &str) -> bool {
 }
 
 /// Every node reports `generations` generations and one state digest.
-fn converged(cluster: &Cluster, generations: u64) -> bool {
-    let states: Vec<(u64, String)> = cluster
-        .nodes
-        .iter()
-        .filter_map(|n| n.cli_json(&["status"]).ok())
-        .map(|s| (s["generations"].as_u64().unwrap_or(0), s["state_digest"].to_string()))
-        .collect();
+fn converged(cluster: &Cluster, generations: usize) -> bool {
+    let states: Vec<(usize, String)> =
+        cluster.nodes.iter().filter_map(|n| n.status().ok()).map(|s| (s.generations, s.state_digest)).collect();
     states.len() == cluster.nodes.len() && states.iter().all(|s| *s == states[0]) && states[0].0 == generations
 }
 
@@ -63,7 +59,7 @@ fn a_2_3_split_of_real_processes_heals_to_one_state() -> Result<()> {
     })?;
     wait_until(Duration::from_secs(15), "one state after the heal", || converged(&cluster, 4))?;
     let shared: Vec<String> =
-        nodes.iter().map(|n| n.cli_json(&["config", "get", "shared"]).unwrap()["value"].to_string()).collect();
+        nodes.iter().map(|n| n.config("shared").map(|c| c.value.to_string())).collect::<Result<_>>()?;
     assert!(shared.iter().all(|v| *v == shared[0]), "shared differs: {shared:?}");
     Ok(())
 }

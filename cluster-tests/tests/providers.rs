@@ -22,8 +22,7 @@ fn put_flag(node: &Node, dir: &std::path::Path, key: &str, definition: &Value, p
     std::fs::write(&path, definition.to_string())?;
     let mut args = vec!["flag", "set", key, "--file", path.to_str().context("a UTF-8 path")?];
     args.extend(policy);
-    let answer = node.cli_json(&args)?;
-    Ok(answer["generation"].as_str().context("a generation")?.to_owned())
+    Ok(node.change(&args)?.generation().context("a generation")?.to_owned())
 }
 
 fn split() -> Value {
@@ -322,8 +321,7 @@ fn a_waved_change_reaches_the_canary_hosts_provider_before_a_later_waves() -> Re
     }
     let generation =
         put_flag(&cluster.nodes[0], &dir, "app/waved", &flag("new"), &["--waves", "1,100%", "--bake", "2s"])?;
-    let status = cluster.nodes[0].cli_json(&["rollout", "status", &generation])?;
-    let canary = status["waves"][0]["members"][0]["name"].as_str().context("the canary")?.to_owned();
+    let canary = cluster.nodes[0].rollout(&generation)?.waves[0].members[0].name.to_string();
     let canary_index = cluster.nodes.iter().position(|n| n.name == canary).context("the canary node")?;
     let later_index = 1 - canary_index;
     // Healthy reports from both hosts open the second wave after the bake.

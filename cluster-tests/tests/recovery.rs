@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 use grapevine_cluster_tests::chaos::damage_file;
 use grapevine_cluster_tests::chaos::schedule::Damage;
 use grapevine_cluster_tests::{Cluster, Node, can_use_netns, check, http_get, wait_until};
+use grapevine_node::api::replies::Status;
 use serde_json::Value;
 
-fn status(node: &Node) -> Result<Value> {
-    node.cli_json(&["status"])
+fn status(node: &Node) -> Result<Status> {
+    node.status()
 }
 
 fn failure(node: &Node, args: &[&str]) -> (Option<i32>, String) {
@@ -45,7 +46,7 @@ fn a_damaged_store_is_moved_aside_never_served_and_recovered_from_peers() -> Res
         let value = format!("{{\"round\": {round}}}");
         check(cluster.nodes[0].cli(&["config", "put", "limits", "--value", &value]))?;
         check(cluster.nodes[2].cli(&["config", "put", &format!("mine-{round}"), "--value", "1"]))?;
-        let digest = |node: &Node| status(node).map(|s| s["state_digest"].clone()).unwrap_or_default();
+        let digest = |node: &Node| status(node).map(|s| s.state_digest).unwrap_or_default();
         wait_until(Duration::from_secs(15), "the three nodes to converge", || {
             let first = digest(&cluster.nodes[0]);
             cluster.nodes.iter().all(|n| digest(n) == first)
@@ -63,8 +64,8 @@ fn a_damaged_store_is_moved_aside_never_served_and_recovered_from_peers() -> Res
 
         // Cut off from its peers, it has nothing it can vouch for: it says why and serves nothing.
         let recovering = status(node)?;
-        let reason =
-            recovering["recovering"].as_str().with_context(|| format!("{damage:?}: not recovering: {recovering}"))?;
+        let reason = recovering.recovering.as_deref();
+        let reason = reason.with_context(|| format!("{damage:?}: not recovering: {recovering:?}"))?;
         assert!(reason.contains("moved aside to"), "{damage:?}: {reason}");
         let text = String::from_utf8(check(node.cli(&["status"]))?.stdout)?;
         assert!(text.contains("RECOVERING from peers"), "{damage:?}: {text}");
@@ -85,7 +86,7 @@ fn a_damaged_store_is_moved_aside_never_served_and_recovered_from_peers() -> Res
             node.kill9();
             node.start()?;
             let again = status(node)?;
-            assert!(again["recovering"].as_str().is_some_and(|r| r.contains("moved aside to")), "{again}");
+            assert!(again.recovering.as_ref().is_some_and(|r| r.contains("moved aside to")), "{again:?}");
             assert_eq!(failure(node, &["config", "get", "limits"]).0, Some(1), "{damage:?}: still refused");
         }
         let aside = std::fs::read_dir(&node.data)?
@@ -97,17 +98,17 @@ fn a_damaged_store_is_moved_aside_never_served_and_recovered_from_peers() -> Res
         cluster.heal()?;
         let node = &cluster.nodes[2];
         wait_until(Duration::from_secs(20), "the node to recover from its peers", || {
-            status(node).is_ok_and(|s| s["recovering"].is_null())
+            status(node).is_ok_and(|s| s.recovering.is_none())
         })?;
         let recovered = status(node)?;
-        assert_eq!(recovered["state_digest"], expected["state_digest"], "{damage:?}: {recovered}");
-        assert_eq!(recovered["version_vector"], expected["version_vector"], "{damage:?}: {recovered}");
-        assert_eq!(node.cli_json(&["config", "get", "limits"])?["value"], serde_json::from_str::<Value>(&value)?);
+        assert_eq!(recovered.state_digest, expected.state_digest, "{damage:?}: {recovered:?}");
+        assert_eq!(recovered.version_vector, expected.version_vector, "{damage:?}: {recovered:?}");
+        assert_eq!(node.config("limits")?.value, serde_json::from_str::<Value>(&value)?);
         assert!(node.log_text().contains("recovered the log from peers"), "{damage:?}");
         // Its own generations came back from peers, so a new change takes the next id.
-        let next = node.cli_json(&["config", "put", "after", "--value", &round.to_string()])?;
-        let own = expected["version_vector"]["n3"].as_u64().context("n3's generations")?;
-        assert_eq!(next["generation"], format!("n3.{}", own + 1), "{damage:?}: {next}");
+        let next = node.change(&["config", "put", "after", "--value", &round.to_string()])?;
+        let own = expected.version_vector.get("n3").context("n3's generations")?;
+        assert_eq!(next.generation(), Some(format!("n3.{}", own + 1).as_str()), "{damage:?}: {next:?}");
     }
     Ok(())
 }

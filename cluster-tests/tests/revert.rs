@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use grapevine_cluster_tests::{Cluster, Node, WebhookSink, binary, can_use_netns, check, http_request, wait_until};
-use serde_json::Value;
+use grapevine_node::api::replies::{Rollback, Rollout};
+use grapevine_proto::rollout::Verdict;
 
 /// A node whose health is its application's check of the value it serves for `risky`.
 fn app_health(node: &Node) -> String {
@@ -37,20 +38,20 @@ fn app_health(node: &Node) -> String {
 }
 
 fn value(node: &Node, key: &str) -> Option<String> {
-    let answer = node.cli_json(&["config", "get", key]).ok()?;
-    answer["value"].as_str().map(str::to_owned)
+    node.config(key).ok()?.value.as_str().map(str::to_owned)
 }
 
-fn rollout(node: &Node, generation: &str) -> Result<Value> {
-    node.cli_json(&["rollout", "status", generation])
+/// Whether every member of the rollout reports it healthy.
+fn healthy_everywhere(rollout: &Rollout, members: usize) -> bool {
+    let reports: Vec<_> = rollout.waves.iter().flat_map(|wave| &wave.members).map(|member| member.report).collect();
+    reports.len() == members && reports.iter().all(|report| report.is_some_and(|r| r.verdict == Verdict::Healthy))
 }
 
 fn put(node: &Node, value: &str, options: &[&str]) -> Result<String> {
     let json = format!("{value:?}");
     let mut args = vec!["config", "put", "risky", "--value", &json];
     args.extend(options);
-    let answer = node.cli_json(&args)?;
-    Ok(answer["generation"].as_str().context("a generation")?.to_owned())
+    Ok(node.change(&args)?.generation().context("a generation")?.to_owned())
 }
 
 fn every_node_serves(cluster: &Cluster, expected: &str, timeout: Duration) -> Result<()> {
@@ -76,13 +77,13 @@ fn a_canary_that_turns_bad_is_reverted_everywhere_and_no_other_node_ever_applies
 
     let started = Instant::now();
     let generation = put(first, "bad", &["--waves", "1,50%,100%", "--bake", "3s", "--min-samples", "5"])?;
-    let status = rollout(first, &generation)?;
-    let canary = status["waves"][0]["members"][0]["name"].as_str().context("a canary")?.to_owned();
+    let status = first.rollout(&generation)?;
+    let canary = status.waves[0].members[0].name.to_string();
     // The canary's check fails, it reports, the quorum (1 of the 1 node that applied it) is
     // reached, and the revert reaches every node.
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(30), &format!("{} to hold the revert", node.name), || {
-            rollout(node, &generation).is_ok_and(|s| s["reverted"] == true)
+            node.rollout(&generation).is_ok_and(|s| s.reverted)
         })?;
     }
     let reverted_after = started.elapsed();
@@ -90,13 +91,14 @@ fn a_canary_that_turns_bad_is_reverted_everywhere_and_no_other_node_ever_applies
     eprintln!("reverted everywhere {reverted_after:?} after the change was accepted");
 
     for node in &cluster.nodes {
-        let status = rollout(node, &generation)?;
-        let applied = status["applied_here"] == true;
+        let status = node.rollout(&generation)?;
+        let applied = status.applied_here;
         assert_eq!(applied, node.name == canary, "{} applied it: {applied}; canary {canary}", node.name);
-        assert_eq!(status["anomaly_quorum"]["anomalous"], serde_json::json!([canary]), "{status}");
+        let anomalous: Vec<String> = status.anomaly_quorum.anomalous.iter().map(ToString::to_string).collect();
+        assert_eq!(anomalous, [canary.clone()], "{status:?}");
         // One revert in every log.
-        let node_status = node.cli_json(&["status"])?;
-        assert_eq!(node_status["reverted"], 1, "{node_status}");
+        let node_status = node.status()?;
+        assert_eq!(node_status.reverted, 1, "{node_status:?}");
     }
     // History says who reported what and why it was reverted.
     let other = cluster.nodes.iter().find(|n| n.name != canary).context("a node besides the canary")?;
@@ -119,8 +121,8 @@ fn a_canary_that_turns_bad_is_reverted_everywhere_and_no_other_node_ever_applies
 
     // A reverted generation stays reverted: re-shipping the value is a new change.
     check(first.cli(&["rollback", &generation]))?;
-    let again = first.cli_json(&["rollback", &generation])?;
-    assert_eq!(again["already_reverted"], true, "{again}");
+    let again: Rollback = first.cli_as(&["rollback", &generation])?;
+    assert!(again.already_reverted, "{again:?}");
     let (status, _) = http_request("GET", &format!("{}/v1/rollouts/{generation}", first.url()), None)?;
     assert_eq!(status, 200);
     Ok(())
@@ -147,8 +149,8 @@ fn an_operator_rollback_reverts_a_healthy_change_and_refuses_what_it_cannot_reve
     };
     refused(&["rollback", "n1.99"], 1, "not in the log");
     refused(&["rollback", "nonsense"], 2, "ORIGIN.SEQ");
-    let pause = first.cli_json(&["rollout", "pause", &generation])?;
-    let control = pause["generation"].as_str().context("a control generation")?;
+    let pause = first.change(&["rollout", "pause", &generation])?;
+    let control = pause.generation().context("a control generation")?;
     refused(&["rollback", control], 1, "rollout control");
     Ok(())
 }
@@ -174,16 +176,16 @@ fn both_sides_of_a_partition_revert_on_their_own_and_converge_on_one_revert() ->
         for &index in side {
             let node = &cluster.nodes[index];
             wait_until(Duration::from_secs(30), &format!("{} to revert on its side", node.name), || {
-                rollout(node, &generation).is_ok_and(|s| s["reverted"] == true)
+                node.rollout(&generation).is_ok_and(|s| s.reverted)
             })?;
         }
     }
     // Each side wrote the revert itself: the writers a node sees are all on its own side.
     for side in &sides {
         for &index in side {
-            let status = rollout(&cluster.nodes[index], &generation)?;
-            let writers: Vec<&String> = status["reverted_by"].as_object().context("reverted_by")?.keys().collect();
-            assert!(!writers.is_empty(), "{status}");
+            let status = cluster.nodes[index].rollout(&generation)?;
+            let writers: Vec<&String> = status.reverted_by.keys().collect();
+            assert!(!writers.is_empty(), "{status:?}");
             for writer in writers {
                 let at = cluster.nodes.iter().position(|n| n.name == *writer).context("a writer")?;
                 assert!(side.contains(&at), "{} sees a revert written across the partition by {writer}", index);
@@ -192,12 +194,12 @@ fn both_sides_of_a_partition_revert_on_their_own_and_converge_on_one_revert() ->
     }
     cluster.heal()?;
     // One revert in every log, one state everywhere.
-    let states = || -> Vec<(Value, Value, Value)> {
+    let states = || -> Vec<(String, usize, usize)> {
         cluster
             .nodes
             .iter()
-            .filter_map(|n| n.cli_json(&["status"]).ok())
-            .map(|s| (s["state_digest"].clone(), s["reverted"].clone(), s["generations"].clone()))
+            .filter_map(|n| n.status().ok())
+            .map(|s| (s.state_digest, s.reverted, s.generations))
             .collect()
     };
     let converged = wait_until(Duration::from_secs(30), "one state and one revert everywhere", || {
@@ -208,13 +210,9 @@ fn both_sides_of_a_partition_revert_on_their_own_and_converge_on_one_revert() ->
     every_node_serves(&cluster, "good", Duration::from_secs(5))?;
     // After the heal, gossip shows writers from both sides: both wrote the same revert.
     wait_until(Duration::from_secs(20), "writers from both sides in gossip", || {
-        rollout(first, &generation).is_ok_and(|s| {
-            let writers: Vec<usize> = s["reverted_by"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(name, _)| cluster.nodes.iter().position(|n| n.name == *name))
-                .collect();
+        first.rollout(&generation).is_ok_and(|s| {
+            let writers: Vec<usize> =
+                s.reverted_by.keys().filter_map(|name| cluster.nodes.iter().position(|n| n.name == *name)).collect();
             sides.iter().all(|side| writers.iter().any(|w| side.contains(w)))
         })
     })?;
@@ -262,7 +260,7 @@ fn healthy_changes_under_noisy_metrics_are_never_reverted() -> Result<()> {
     let mut generations = Vec::new();
     for change in 0..CHANGES {
         let node = &cluster.nodes[change % cluster.nodes.len()];
-        let answer = node.cli_json(&[
+        let answer = node.change(&[
             "config",
             "put",
             &format!("k{change}"),
@@ -273,22 +271,14 @@ fn healthy_changes_under_noisy_metrics_are_never_reverted() -> Result<()> {
             "--bake",
             "1s",
         ])?;
-        generations.push(answer["generation"].as_str().context("a generation")?.to_owned());
+        generations.push(answer.generation().context("a generation")?.to_owned());
         std::thread::sleep(Duration::from_millis(300));
     }
     // Every change reaches every node, judged healthy by each.
     let first = &cluster.nodes[0];
     for generation in &generations {
         wait_until(Duration::from_secs(60), &format!("{generation} judged healthy by every node"), || {
-            rollout(first, generation).is_ok_and(|s| {
-                let members: Vec<&Value> = s["waves"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|w| w["members"].as_array().into_iter().flatten())
-                    .collect();
-                members.len() == 5 && members.iter().all(|m| m["report"]["verdict"] == "healthy")
-            })
+            first.rollout(generation).is_ok_and(|s| healthy_everywhere(&s, 5))
         })?;
     }
     // And they stay so: ten more seconds of noise.
@@ -296,12 +286,12 @@ fn healthy_changes_under_noisy_metrics_are_never_reverted() -> Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     applications.join().expect("the application thread");
     for node in &cluster.nodes {
-        let status = node.cli_json(&["status"])?;
-        assert_eq!(status["reverted"], 0, "seed {seed}: {} reverted a healthy change", node.name);
+        let status = node.status()?;
+        assert_eq!(status.reverted, 0, "seed {seed}: {} reverted a healthy change", node.name);
     }
     for generation in &generations {
-        let status = rollout(first, generation)?;
-        assert_eq!(status["anomaly_quorum"]["anomalous"], serde_json::json!([]), "seed {seed}: {status}");
+        let status = first.rollout(generation)?;
+        assert!(status.anomaly_quorum.anomalous.is_empty(), "seed {seed}: {status:?}");
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use grapevine_cluster_tests::{Cluster, Node, check, http_request, wait_until};
-use serde_json::Value;
+use grapevine_proto::rollout::Verdict;
 
 /// Nodes that judge by pushed samples (at least 10 requests).
 const PUSH_HEALTH: &str = "[health]\npush = true\nsample_interval_ms = 200\n[rollout]\nmin_samples = 10\n";
@@ -35,20 +35,11 @@ fn cluster(count: usize, config_toml: &str) -> Result<Cluster> {
     Ok(cluster)
 }
 
-fn rollout(node: &Node, generation: &str) -> Result<Value> {
-    node.cli_json(&["rollout", "status", generation])
-}
-
 /// Wave index of each node in the rollout of `generation`.
 fn waves(node: &Node, generation: &str) -> Result<BTreeMap<String, usize>> {
-    let status = rollout(node, generation)?;
-    let mut waves = BTreeMap::new();
-    for wave in status["waves"].as_array().context("waves")? {
-        for member in wave["members"].as_array().context("members")? {
-            waves.insert(member["name"].as_str().context("name")?.to_owned(), wave["index"].as_u64().unwrap() as usize);
-        }
-    }
-    Ok(waves)
+    let rollout = node.rollout(generation)?;
+    let members = rollout.waves.iter().flat_map(|wave| wave.members.iter().map(|m| (m.name.to_string(), wave.index)));
+    Ok(members.collect())
 }
 
 fn applied(node: &Node, key: &str) -> bool {
@@ -67,8 +58,7 @@ fn put(node: &Node, key: &str, waves: &str, bake: &str) -> Result<String> {
 fn put_with(node: &Node, key: &str, waves: &str, bake: &str, options: &[&str]) -> Result<String> {
     let mut args = vec!["config", "put", key, "--value", "1", "--waves", waves, "--bake", bake];
     args.extend(options);
-    let answer = node.cli_json(&args)?;
-    Ok(answer["generation"].as_str().context("a generation")?.to_owned())
+    Ok(node.change(&args)?.generation().context("a generation")?.to_owned())
 }
 
 #[test]
@@ -104,12 +94,12 @@ fn an_unhealthy_canary_keeps_the_change_on_the_canary() -> Result<()> {
         // Every node holds it in its log all the same.
         check(node.cli(&["config", "get", "risky", "--desired"]))?;
     }
-    let status = rollout(&cluster.nodes[1], &generation)?;
-    assert_eq!(status["open_waves"], 1, "{status}");
-    let canary = status["waves"][0]["members"][0].clone();
-    assert_eq!(canary["report"]["verdict"], "anomalous", "{status}");
-    assert_eq!(status["reverted"], false, "one report of the two needed: {status}");
-    assert_eq!(status["anomaly_quorum"]["needed"], 2, "{status}");
+    let status = cluster.nodes[1].rollout(&generation)?;
+    assert_eq!(status.open_waves, 1, "{status:?}");
+    let canary = status.waves[0].members[0].report.map(|report| report.verdict);
+    assert_eq!(canary, Some(Verdict::Anomalous), "{status:?}");
+    assert!(!status.reverted, "one report of the two needed: {status:?}");
+    assert_eq!(status.anomaly_quorum.needed, 2, "{status:?}");
     Ok(())
 }
 
@@ -144,7 +134,7 @@ fn a_healthy_change_reaches_every_wave_in_order() -> Result<()> {
     let first_of = |wave: usize| applied_at.iter().filter(|(n, _)| waves[*n] == wave).map(|(_, t)| *t).min().unwrap();
     assert!(first_of(1) >= Duration::from_secs(1), "wave 1 opened before the bake: {applied_at:?}");
     wait_until(Duration::from_secs(5), "every wave open in the status", || {
-        rollout(&cluster.nodes[0], &generation).is_ok_and(|s| s["all_waves_open"] == true)
+        cluster.nodes[0].rollout(&generation).is_ok_and(|s| s.all_waves_open)
     })?;
     Ok(())
 }
@@ -186,7 +176,7 @@ fn operators_pause_and_promote_rollouts_and_bad_policies_are_refused() -> Result
     assert!(later.iter().all(|n| !applied(n, "slow")), "a five-minute bake let wave 1 in");
     check(node.cli(&["rollout", "pause", &generation]))?;
     wait_until(Duration::from_secs(5), "the pause to show", || {
-        rollout(node, &generation).is_ok_and(|s| s["controls"]["paused"] == true)
+        node.rollout(&generation).is_ok_and(|s| s.controls.paused)
     })?;
     check(node.cli(&["rollout", "promote", &generation]))?;
     for n in &later {

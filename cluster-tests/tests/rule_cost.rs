@@ -56,8 +56,8 @@ fn a_rule_too_costly_to_evaluate_is_refused_by_flag_set_and_apply() -> Result<()
     let set = write(&dir, "flags.json", &json!({"flags": {"x": flag}}))?;
     assert_refused(node.cli(&["apply", &set]), "apply")?;
     assert_refused(node.cli(&["apply", &set, "--dry-run"]), "apply --dry-run")?;
-    let history = node.cli_json(&["history"])?;
-    ensure!(history["total"] == 0, "nothing is stored, got {history}");
+    let history = node.history()?;
+    ensure!(history.total == 0, "nothing is stored, got {history:?}");
     let get = node.cli(&["flag", "get", "x", "--desired"]);
     ensure!(get.status.code() == Some(1), "flag x does not exist, got {}", String::from_utf8_lossy(&get.stdout));
     Ok(())
@@ -72,8 +72,8 @@ fn costliest_accepted(node: &Node, dir: &std::path::Path) -> Result<(&'static st
     ];
     for (name, rule) in candidates {
         let file = write(dir, "x.json", &flag_with_rule(rule))?;
-        if let Ok(answer) = node.cli_json(&["flag", "set", "x", "--file", &file, "--emergency"]) {
-            return Ok((name, answer["generation"].as_str().context("a generation")?.to_owned()));
+        if let Ok(answer) = node.change(&["flag", "set", "x", "--file", &file, "--emergency"]) {
+            return Ok((name, answer.generation().context("a generation")?.to_owned()));
         }
     }
     anyhow::bail!("the node accepted neither rule")
@@ -108,7 +108,7 @@ fn evaluating_the_costliest_accepted_rule_leaves_healthz_and_gossip_live() -> Re
     let (accepted, generation) = costliest_accepted(node, &dir)?;
     // Without evaluating it: `flag get` would.
     grapevine_cluster_tests::wait_until(Duration::from_secs(30), "flag x applied", || {
-        node.cli_json(&["status"]).is_ok_and(|status| status["applied"] == generation.as_str())
+        node.status().is_ok_and(|status| status.applied.as_ref() == Some(&generation))
     })?;
     // Two clients, as in the issue.
     let stop = Arc::new(AtomicBool::new(false));

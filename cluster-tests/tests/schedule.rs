@@ -17,10 +17,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use grapevine_cluster_tests::{Cluster, Node, check, wait_until};
+use grapevine_node::api::replies::{Accepted, ChangeReply, Freeze};
 use grapevine_proto::schedule::rfc3339;
-use serde_json::Value;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -34,44 +34,41 @@ fn held(node: &Node, key: &str) -> bool {
     node.cli(&["config", "get", key, "--desired"]).status.success()
 }
 
-fn rollout(node: &Node, generation: &str) -> Result<Value> {
-    node.cli_json(&["rollout", "status", generation])
-}
-
 /// When `node` applied `generation`, by its own wall clock (Unix ms).
 fn applied_at(node: &Node, generation: &str) -> Result<u64> {
-    let status = rollout(node, generation)?;
-    status["release"]["at_unix_ms"].as_u64().with_context(|| format!("{} records no release: {status}", node.name))
+    let status = node.rollout(generation)?;
+    let release = status.release.as_ref();
+    release.map(|release| release.at_unix_ms).with_context(|| format!("{} records no release: {status:?}", node.name))
 }
 
-fn put(node: &Node, key: &str, options: &[&str]) -> Result<Value> {
+/// `config put KEY --value 1 OPTIONS`, accepted.
+fn put(node: &Node, key: &str, options: &[&str]) -> Result<Accepted> {
     let mut args = vec!["config", "put", key, "--value", "1"];
     args.extend(options);
-    node.cli_json(&args)
-}
-
-fn generation(answer: &Value) -> Result<String> {
-    Ok(answer["generation"].as_str().context("an accepted change names its generation")?.to_owned())
+    match node.change(&args)? {
+        ChangeReply::Accepted(accepted) => Ok(accepted),
+        other => bail!("expected an accepted change, got {other:?}"),
+    }
 }
 
 #[test]
 fn a_scheduled_change_opens_its_first_wave_at_its_time_on_every_node() -> Result<()> {
     let cluster = Cluster::start(4)?;
     let answer = put(&cluster.nodes[0], "at-three", &["--in", "3s"])?;
-    let id = generation(&answer)?;
-    let start = answer["start_at_ms"].as_u64().context("the answer names the start")?;
-    assert_eq!(answer["start_at"], rfc3339(start), "{answer}");
+    let id = answer.generation.clone();
+    let start = answer.start_at_ms.context("the answer names the start")?;
+    assert_eq!(answer.start_at, Some(rfc3339(start)), "{answer:?}");
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(5), "the scheduled change everywhere", || held(node, "at-three"))?;
     }
     ensure!(now_ms() < start, "the test was too slow to look before the start");
     for node in &cluster.nodes {
         assert!(!applied(node, "at-three"), "{} applied it before its start", node.name);
-        let status = rollout(node, &id)?;
-        assert_eq!(status["hold"]["kind"], "scheduled", "{status}");
-        assert_eq!(status["hold"]["until_ms"], start, "{status}");
-        assert!(status["hold"]["in_ms"].as_u64().is_some_and(|left| left <= 3_000), "{status}");
-        assert_eq!(status["open_waves"], 0, "{status}");
+        let status = node.rollout(&id)?;
+        let hold = status.hold.as_ref().with_context(|| format!("not held: {status:?}"))?;
+        assert_eq!((hold.kind.as_str(), hold.until_ms), ("scheduled", start), "{status:?}");
+        assert!(hold.in_ms <= 3_000, "{status:?}");
+        assert_eq!(status.open_waves, 0, "{status:?}");
     }
     let text = String::from_utf8_lossy(&check(cluster.nodes[1].cli(&["rollout", "status", &id]))?.stdout).into_owned();
     assert!(text.contains("SCHEDULED") && text.contains("scheduled to start at"), "{text}");
@@ -84,12 +81,12 @@ fn a_scheduled_change_opens_its_first_wave_at_its_time_on_every_node() -> Result
 
     // Waves after the first bake from when the first opened.
     let answer = put(&cluster.nodes[1], "waved", &["--in", "2s", "--waves", "1,100%", "--bake", "1s"])?;
-    let (id, start) = (generation(&answer)?, answer["start_at_ms"].as_u64().context("a start")?);
+    let (id, start) = (answer.generation, answer.start_at_ms.context("a start")?);
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(15), "the waved change everywhere", || applied(node, "waved"))?;
     }
-    let status = rollout(&cluster.nodes[1], &id)?;
-    let canary = status["waves"][0]["members"][0]["name"].as_str().context("a canary")?.to_owned();
+    let status = cluster.nodes[1].rollout(&id)?;
+    let canary = status.waves[0].members[0].name.to_string();
     let canary_at = applied_at(cluster.nodes.iter().find(|n| n.name == canary).context("the canary")?, &id)?;
     assert!(canary_at >= start, "the canary applied it before its start");
     for node in cluster.nodes.iter().filter(|n| n.name != canary) {
@@ -108,8 +105,8 @@ fn a_scheduled_change_opens_its_first_wave_at_its_time_on_every_node() -> Result
 fn a_scheduled_change_rolled_back_before_its_start_is_never_applied() -> Result<()> {
     let cluster = Cluster::start(3)?;
     let answer = put(&cluster.nodes[0], "cancelled", &["--in", "8s"])?;
-    let id = generation(&answer)?;
-    let start = answer["start_at_ms"].as_u64().context("a start")?;
+    let id = answer.generation;
+    let start = answer.start_at_ms.context("a start")?;
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(5), "the scheduled change everywhere", || held(node, "cancelled"))?;
     }
@@ -136,7 +133,7 @@ fn a_scheduled_change_rolled_back_before_its_start_is_never_applied() -> Result<
     check(cluster.nodes[2].cli(&["rollback", &id]))?;
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(5), "the revert everywhere", || {
-            rollout(node, &id).is_ok_and(|status| status["reverted"] == true)
+            node.rollout(&id).is_ok_and(|status| status.reverted)
         })?;
     }
     ensure!(now_ms() < start, "the test was too slow to roll back before the start");
@@ -145,10 +142,10 @@ fn a_scheduled_change_rolled_back_before_its_start_is_never_applied() -> Result<
     for node in &cluster.nodes {
         assert!(!applied(node, "cancelled"), "{} applied a cancelled change", node.name);
         assert!(!held(node, "cancelled"), "{} still wants it", node.name);
-        let status = rollout(node, &id)?;
-        assert_eq!(status["applied_here"], false, "{status}");
-        assert!(status["hold"].is_null(), "a reverted change is not held: {status}");
-        assert!(status["waves"][0]["members"].as_array().unwrap().iter().all(|m| m["report"].is_null()), "{status}");
+        let status = node.rollout(&id)?;
+        assert!(!status.applied_here, "{status:?}");
+        assert!(status.hold.is_none(), "a reverted change is not held: {status:?}");
+        assert!(status.waves[0].members.iter().all(|m| m.report.is_none()), "{status:?}");
     }
     Ok(())
 }
@@ -173,15 +170,14 @@ fn a_freeze_holds_a_rollout_while_an_emergency_change_passes() -> Result<()> {
     }
     cluster.start_all()?;
     ensure!(now_ms() + 8_000 < ends_ms, "the cluster took too long to start to see the freeze");
-    let fingerprints: Vec<Value> =
-        cluster.nodes.iter().map(|n| n.cli_json(&["status"]).map(|s| s["freeze"].clone())).collect::<Result<_>>()?;
-    for freeze in &fingerprints {
-        assert_eq!(freeze["fingerprint"], fingerprints[0]["fingerprint"], "{fingerprints:?}");
-        assert_eq!(freeze["active"]["window"], "release-party", "{freeze}");
-        assert_eq!(freeze["active"]["until_ms"], ends_ms, "{freeze}");
+    let freezes: Vec<Freeze> = cluster.nodes.iter().map(|n| n.status().map(|s| s.freeze)).collect::<Result<_>>()?;
+    for freeze in &freezes {
+        assert_eq!(freeze.fingerprint, freezes[0].fingerprint, "{freezes:?}");
+        let active = freeze.active.as_ref().map(|active| (active.window.as_str(), active.until_ms));
+        assert_eq!(active, Some(("release-party", ends_ms)), "{freeze:?}");
     }
 
-    let ordinary = generation(&put(&cluster.nodes[0], "ordinary", &[])?)?;
+    let ordinary = put(&cluster.nodes[0], "ordinary", &[])?.generation;
     check(cluster.nodes[1].cli(&["config", "put", "kill", "--value", "1", "--emergency"]))?;
     for node in &cluster.nodes {
         wait_until(Duration::from_secs(10), "the emergency change to pass the freeze", || applied(node, "kill"))?;
@@ -191,10 +187,14 @@ fn a_freeze_holds_a_rollout_while_an_emergency_change_passes() -> Result<()> {
     ensure!(now_ms() + 1_000 < ends_ms, "the test was too slow to look inside the freeze");
     for node in &cluster.nodes {
         assert!(!applied(node, "ordinary"), "{} applied an ordinary change during a freeze", node.name);
-        let status = rollout(node, &ordinary)?;
-        assert_eq!(status["hold"]["kind"], "frozen", "{status}");
-        assert_eq!(status["hold"]["window"], "release-party", "{status}");
-        assert_eq!(status["hold"]["until_ms"], ends_ms, "{status}");
+        let status = node.rollout(&ordinary)?;
+        let hold = status.hold.as_ref().with_context(|| format!("not held: {status:?}"))?;
+        let window = hold.window.as_deref();
+        assert_eq!(
+            (hold.kind.as_str(), window, hold.until_ms),
+            ("frozen", Some("release-party"), ends_ms),
+            "{status:?}"
+        );
     }
     let text =
         String::from_utf8_lossy(&check(cluster.nodes[2].cli(&["rollout", "status", &ordinary]))?.stdout).into_owned();

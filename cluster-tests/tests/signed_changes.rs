@@ -21,8 +21,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use grapevine_cluster_tests::{Cluster, Node, check, counter, delegate, http_get, http_request, new_key, wait_until};
+use grapevine_node::api::replies::{Accepted, ConfigValue, GenerationSummary, Readiness};
 use serde_json::Value;
 
 /// `config put KEY --value VALUE`, signed by `key` when given.
@@ -35,7 +36,7 @@ fn put(node: &Node, key: &str, value: &str, signer: Option<&Path>) -> std::proce
 }
 
 fn value_of(node: &Node, key: &str) -> Option<Value> {
-    node.cli_json(&["config", "get", key, "--desired"]).ok().map(|answer| answer["value"].clone())
+    node.cli_as::<ConfigValue>(&["config", "get", key, "--desired"]).ok().map(|answer| answer.value)
 }
 
 fn refused_count(node: &Node, reason: &str) -> u64 {
@@ -101,12 +102,12 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
     for node in [n1, n2, n3] {
         ensure!(refused_count(node, "unsigned") == 1 && refused_count(node, "unknown_root") == 1, "{}", node.name);
         let (_, readiness) = http_get(&format!("{}/readyz", node.url()))?;
-        let readiness: Value = serde_json::from_str(&readiness)?;
-        ensure!(readiness["behind"] == serde_json::json!([]), "{}: {readiness}", node.name);
+        let readiness: Readiness = serde_json::from_str(&readiness)?;
+        ensure!(readiness.behind.is_empty(), "{}: {readiness:?}", node.name);
     }
 
     // An operator's signed change reaches every node, the compromised one too.
-    let answer: Value = serde_json::from_slice(
+    let answer: Accepted = serde_json::from_slice(
         &check(n2.cli(&[
             "config",
             "put",
@@ -119,7 +120,11 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
         ]))?
         .stdout,
     )?;
-    assert_eq!(answer["author"], "alice", "a signed change is by its operator: {answer}");
+    assert_eq!(
+        answer.author.as_ref().map(|a| a.as_str()),
+        Some("alice"),
+        "a signed change is by its operator: {answer:?}"
+    );
     check(put(n3, "payments.limit", "7", Some(&carol)))?;
     // Every kind of change signs the same way: a flag (checked against what was asked), a
     // rollout control (an unscoped key only).
@@ -127,9 +132,10 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
     check(n1.cli(&["flag", "set", "beta", "--on", "--signing-key", alice_arg]))?;
     // A scheduled start is signed with the change (the node that takes it cannot move it).
     let later = ["config", "put", "later", "--value", "1", "--in", "1s", "--json", "--signing-key", alice_arg];
-    let scheduled: Value = serde_json::from_slice(&check(n1.cli(&later))?.stdout)?;
-    ensure!(scheduled["start_at_ms"].as_u64().is_some() && scheduled["author"] == "alice", "{scheduled}");
-    let limits = answer["generation"].as_str().context("a generation")?;
+    let scheduled: Accepted = serde_json::from_slice(&check(n1.cli(&later))?.stdout)?;
+    let author = scheduled.author.as_ref().map(|a| a.as_str());
+    ensure!(scheduled.start_at_ms.is_some() && author == Some("alice"), "{scheduled:?}");
+    let limits = answer.generation.as_str();
     let control = n1.cli(&["rollout", "pause", limits, "--signing-key", carol.to_str().unwrap()]);
     ensure!(stderr(&control).contains("only, got a rollout control"), "{}", stderr(&control));
     check(n1.cli(&["rollout", "pause", limits, "--signing-key", alice_arg]))?;
@@ -144,15 +150,14 @@ fn only_a_delegated_operator_key_changes_the_fleet() -> Result<()> {
                 && n.cli(&["config", "get", "later"]).status.success()
         })
     })?;
-    let history = |node: &Node| node.cli_json(&["history"]).unwrap_or_default();
     wait_until(Duration::from_secs(15), "the five signed changes in every honest history", || {
-        [n1, n2, n3].iter().all(|n| history(n)["total"] == 5)
+        [n1, n2, n3].iter().all(|n| n.history().is_ok_and(|h| h.total == 5))
     })?;
     for node in [n1, n2, n3] {
         ensure!(value_of(node, "admins").is_none(), "{} holds mallory's change", node.name);
-        let history = history(node);
-        let generations = history["generations"].as_array().context("generations")?;
-        ensure!(generations.iter().all(|g| g["signed_by"]["root"] == root_public.as_str()), "{history}");
+        let history = node.history()?;
+        let by_root = |g: &GenerationSummary| g.signed_by.as_ref().is_some_and(|by| by.root == root_public);
+        ensure!(history.generations.iter().all(by_root), "{history:?}");
     }
     Ok(())
 }
@@ -197,7 +202,7 @@ fn a_revoked_keys_change_behind_a_partition_is_reverted_everywhere() -> Result<(
     wait_until(Duration::from_secs(20), "bob's late change reverted on every node", || {
         cluster.nodes.iter().all(|n| value_of(n, "after").is_none() && value_of(n, "before").is_some())
     })?;
-    let status = cluster.nodes[0].cli_json(&["status"])?;
-    ensure!(status["reverted"] == 1, "one revert: {status}");
+    let status = cluster.nodes[0].status()?;
+    ensure!(status.reverted == 1, "one revert: {status:?}");
     Ok(())
 }

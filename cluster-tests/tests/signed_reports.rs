@@ -12,13 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use grapevine_cluster_tests::{Cluster, Node, check, counter, grapevine, wait_until};
-use serde_json::Value;
+use grapevine_proto::rollout::Verdict;
 
 const FORGE: &str = "GRAPEVINE_TEST_FORGE_REPORTS";
-
-fn rollout(node: &Node, generation: &str) -> Result<Value> {
-    node.cli_json(&["rollout", "status", generation])
-}
 
 fn applied(node: &Node, key: &str) -> bool {
     node.cli(&["config", "get", key]).status.success()
@@ -35,10 +31,8 @@ fn put(node: &Node, key: &str) -> Result<(String, String)> {
 
 fn put_baked(node: &Node, key: &str, bake: &str) -> Result<(String, String)> {
     let args = ["config", "put", key, "--value", "1", "--waves", "1,100%", "--bake", bake];
-    let answer = node.cli_json(&args)?;
-    let generation = answer["generation"].as_str().context("a generation")?.to_owned();
-    let status = rollout(node, &generation)?;
-    let canary = status["waves"][0]["members"][0]["name"].as_str().context("a canary")?.to_owned();
+    let generation = node.change(&args)?.generation().context("a generation")?.to_owned();
+    let canary = node.rollout(&generation)?.waves[0].members[0].name.to_string();
     Ok((generation, canary))
 }
 
@@ -84,16 +78,15 @@ fn a_node_reporting_for_another_opens_no_gate_and_makes_no_quorum() -> Result<()
             assert_eq!(applied(node, key), node.name == *canary, "{} applied {generation} ({key})", node.name);
         }
         for node in &cluster.nodes[..3] {
-            let status = rollout(node, generation)?;
-            assert_eq!(status["open_waves"], 1, "{}: {status}", node.name);
-            assert_eq!(status["reverted"], false, "{}: {status}", node.name);
-            assert_eq!(status["anomaly_quorum"]["anomalous"], serde_json::json!([]), "{}: {status}", node.name);
-            assert_eq!(status["anomaly_quorum"]["applied"], 0, "{}: {status}", node.name);
-            assert!(status["waves"][0]["members"][0]["report"].is_null(), "{}: {status}", node.name);
+            let status = node.rollout(generation)?;
+            assert_eq!((status.open_waves, status.reverted), (1, false), "{}: {status:?}", node.name);
+            let quorum = &status.anomaly_quorum;
+            assert!(quorum.anomalous.is_empty() && quorum.applied == 0, "{}: {status:?}", node.name);
+            assert!(status.waves[0].members[0].report.is_none(), "{}: {status:?}", node.name);
         }
     }
-    let status = first.cli_json(&["status"])?;
-    assert_eq!(status["reverted"], 0, "{status}");
+    let status = first.status()?;
+    assert_eq!(status.reverted, 0, "{status:?}");
     // The forged reports reached every honest node and were refused there.
     for node in &cluster.nodes[..3] {
         for reason in ["bad_signature", "wrong_name"] {
@@ -118,7 +111,7 @@ fn a_canary_that_renews_its_certificate_still_opens_the_gate() -> Result<()> {
     let canary = cluster.nodes.iter().find(|n| n.name == canary).context("the canary")?;
     let others: Vec<&Node> = cluster.nodes.iter().filter(|n| n.name != canary.name).collect();
     wait_until(Duration::from_secs(10), "the canary's report on the others", || {
-        others.iter().all(|n| rollout(n, &generation).is_ok_and(|s| !s["waves"][0]["members"][0]["report"].is_null()))
+        others.iter().all(|n| n.rollout(&generation).is_ok_and(|s| s.waves[0].members[0].report.is_some()))
     })?;
 
     let renewed = cluster.dir.path().join("renewed-tls");
@@ -134,9 +127,9 @@ fn a_canary_that_renews_its_certificate_still_opens_the_gate() -> Result<()> {
         cluster.nodes.iter().all(|node| applied(node, "renewed"))
     })?;
     for node in &others {
-        let status = rollout(node, &generation)?;
-        let report = &status["waves"][0]["members"][0]["report"];
-        assert_eq!(report["verdict"], "healthy", "{}: {status}", node.name);
+        let status = node.rollout(&generation)?;
+        let verdict = status.waves[0].members[0].report.map(|report| report.verdict);
+        assert_eq!(verdict, Some(Verdict::Healthy), "{}: {status:?}", node.name);
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ use grapevine_cluster_tests::{
     CHROMIUM, Cluster, Node, TEST_LIMITS_TOML, TEST_TOKEN, binary, browser_required, browser_scripts_dir, check,
     missing_browser_tools, test_token_toml, wait_within,
 };
+use grapevine_node::api::replies::{History, KeySide, Keys, OpSummary, Whoami};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -154,21 +155,19 @@ fn the_page_files_are_public_and_its_reads_keep_to_the_callers_scope() -> Result
                 Ok::<Value, anyhow::Error>(serde_json::from_str(&body)?)
             }
         };
-        let who = read("/v1/whoami", SCOPED_TOKEN).await?;
-        assert_eq!((who["principal"].as_str(), who["role"].as_str()), (Some("token:team"), Some("read")), "{who}");
-        assert_eq!(who["prefixes"], serde_json::json!(["team/"]));
-        let keys = read("/v1/keys", SCOPED_TOKEN).await?;
-        let listed: Vec<&str> =
-            keys["config"].as_array().context("config")?.iter().filter_map(|k| k["key"].as_str()).collect();
-        assert_eq!(listed, ["team/limits"], "{keys}");
-        assert_eq!(
-            (&keys["config"][0]["applied"]["value"], &keys["config"][0]["desired"]["value"]),
-            (&1.into(), &1.into())
-        );
+        let who: Whoami = serde_json::from_value(read("/v1/whoami", SCOPED_TOKEN).await?)?;
+        assert_eq!((who.principal.as_str(), who.role.as_str()), ("token:team", "read"), "{who:?}");
+        assert_eq!(who.prefixes, ["team/"]);
+        let keys: Keys = serde_json::from_value(read("/v1/keys", SCOPED_TOKEN).await?)?;
+        let listed: Vec<&str> = keys.config.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(listed, ["team/limits"], "{keys:?}");
+        let value = |side: &Option<KeySide>| side.as_ref().map(|side| side.value.clone());
+        assert_eq!((value(&keys.config[0].applied), value(&keys.config[0].desired)), (Some(1.into()), Some(1.into())));
         let refused = client.get(url("/v1/keys?bogus=1")).bearer_auth(TEST_TOKEN).send().await?;
         assert_eq!(refused.status(), 400);
-        let history = read("/v1/history?values=true&limit=1", TEST_TOKEN).await?;
-        assert_eq!(history["generations"][0]["ops"][0]["value"], 2, "{history}");
+        let history: History = serde_json::from_value(read("/v1/history?values=true&limit=1", TEST_TOKEN).await?)?;
+        let op = &history.generations[0].ops[0];
+        assert!(matches!(op, OpSummary::PutConfig { value: Some(value), .. } if *value == 2), "{history:?}");
 
         let mut events = client.get(url("/v1/events")).bearer_auth(TEST_TOKEN).send().await?;
         let mut seen = String::new();

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use grapevine_cluster_tests::{Cluster, Node, counter, wait_until};
+use grapevine_node::api::replies::GenerationSummary;
 use serde_json::Value;
 
 const OLD_FORMAT: &str = "test_wire_version = 6\n";
@@ -25,29 +26,29 @@ const OLD_FORMAT: &str = "test_wire_version = 6\n";
 /// The author a change of the test harness records: the name of its token.
 const AUTHOR: &str = "token:tests";
 
-fn history(node: &Node) -> Result<Vec<Value>> {
-    let answer = node.cli_json(&["history"])?;
-    Ok(answer["generations"].as_array().cloned().unwrap_or_default())
+fn history(node: &Node) -> Result<Vec<GenerationSummary>> {
+    Ok(node.history()?.generations)
 }
 
-fn author_of(node: &Node, generation: &str) -> Result<Value> {
-    let entry = history(node)?.into_iter().find(|g| g["id"] == generation);
-    Ok(entry.with_context(|| format!("{generation} is not in the history of {}", node.name))?["author"].clone())
+/// Who `generation` is by, as `node`'s history records it.
+fn author_of(node: &Node, generation: &str) -> Result<Option<String>> {
+    let entry = history(node)?.into_iter().find(|g| g.id == generation);
+    let entry = entry.with_context(|| format!("{generation} is not in the history of {}", node.name))?;
+    Ok(entry.author.map(|author| author.to_string()))
 }
 
 fn config_value(node: &Node, key: &str) -> Option<Value> {
-    node.cli_json(&["config", "get", key]).ok().map(|answer| answer["value"].clone())
+    node.config(key).ok().map(|answer| answer.value)
 }
 
 /// Puts config `key` = `value` through `node` (as the harness's token); returns the generation.
 fn put(node: &Node, key: &str, value: &str) -> Result<String> {
-    let answer = node.cli_json(&["config", "put", key, "--value", value])?;
-    Ok(answer["generation"].as_str().context("an accepted change names its generation")?.to_owned())
+    let answer = node.change(&["config", "put", key, "--value", value])?;
+    Ok(answer.generation().context("an accepted change names its generation")?.to_owned())
 }
 
-fn wire_formats(node: &Node) -> Vec<Value> {
-    let status = node.cli_json(&["status"]).unwrap_or_default();
-    status["members"].as_array().into_iter().flatten().map(|m| m["wire"].clone()).collect()
+fn wire_formats(node: &Node) -> Vec<u8> {
+    node.status().map(|status| status.members.iter().map(|m| m.wire).collect()).unwrap_or_default()
 }
 
 /// Starts node `old1` over the gzipped store `fixture` (in `node/tests/fixtures/`).
@@ -72,9 +73,10 @@ fn a_store_written_by_the_previous_format_is_read_and_served() -> Result<()> {
     // What the build of format 5 wrote and that of format 6 rewrote: a flag, a config value with a schema, a newer value of
     // it that was rolled back; each by the harness's token.
     for round in 0..2 {
-        let ids: Vec<Value> = history(node)?.iter().map(|g| g["id"].clone()).collect();
+        let ids: Vec<String> = history(node)?.into_iter().map(|g| g.id).collect();
         assert_eq!(ids, ["old1.3", "old1.2", "old1.1"], "round {round}: the whole log is read");
-        assert!(history(node)?.iter().all(|g| g["author"] == AUTHOR && g["signed_by"].is_null()));
+        let by_harness = |g: &GenerationSummary| g.author.as_ref().is_some_and(|a| a.as_str() == AUTHOR);
+        assert!(history(node)?.iter().all(|g| by_harness(g) && g.signed_by.is_none()));
         assert_eq!(config_value(node, "limits"), Some(serde_json::json!({"burst": 50})), "old1.3 stays reverted");
         let flag = node.cli_json(&["flag", "get", "checkout"])?;
         assert_eq!(flag["value"], true, "{flag}");
@@ -88,7 +90,7 @@ fn a_store_written_by_the_previous_format_is_read_and_served() -> Result<()> {
     let id = put(node, "limits", r#"{"burst": 70}"#)?;
     node.terminate()?;
     node.start()?;
-    assert_eq!(author_of(node, &id)?, AUTHOR);
+    assert_eq!(author_of(node, &id)?.as_deref(), Some(AUTHOR));
     assert_eq!(config_value(node, "limits"), Some(serde_json::json!({"burst": 70})));
     assert_eq!(history(node)?.len(), 4);
     Ok(())
@@ -123,8 +125,8 @@ fn nodes_of_two_formats_share_a_cluster_through_a_rolling_upgrade() -> Result<()
         })
     };
     wait_until(Duration::from_secs(15), "both changes on every node", || spread(&cluster))?;
-    assert_eq!(author_of(&cluster.nodes[old], &from_new)?, AUTHOR);
-    assert_eq!(author_of(&cluster.nodes[new], &from_old)?, AUTHOR);
+    assert_eq!(author_of(&cluster.nodes[old], &from_new)?.as_deref(), Some(AUTHOR));
+    assert_eq!(author_of(&cluster.nodes[new], &from_old)?.as_deref(), Some(AUTHOR));
     let unproven = "grapevine_unproven_origins_refused_total";
     assert!(cluster.nodes.iter().all(|node| counter(node, unproven) == 0), "format 6 proves its generations");
 
@@ -142,7 +144,7 @@ fn nodes_of_two_formats_share_a_cluster_through_a_rolling_upgrade() -> Result<()
     wait_until(Duration::from_secs(10), "every member to publish format 7", || {
         wire_formats(&cluster.nodes[new]) == [7, 7, 7]
     })?;
-    assert_eq!(author_of(&cluster.nodes[old], &from_old)?, AUTHOR, "the old log reads back");
+    assert_eq!(author_of(&cluster.nodes[old], &from_old)?.as_deref(), Some(AUTHOR), "the old log reads back");
     let after = put(&cluster.nodes[old], "c", "3")?;
     wait_until(Duration::from_secs(15), "the change after the upgrade everywhere", || {
         cluster.nodes.iter().all(|n| author_of(n, &after).is_ok())
