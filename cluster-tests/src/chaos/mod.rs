@@ -31,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use grapevine_node::api::replies::Status;
 use serde_json::{Value, json};
 
 use crate::{Cluster, Node, can_use_netns, http_request_within};
@@ -435,9 +436,13 @@ impl World {
         if !args.contains(&"--signing-key") {
             args.extend(["--signing-key", &alice]);
         }
-        let outcome = node.cli_json(&args).map_err(|e| e.to_string()).and_then(|answer| {
-            answer["generation"].as_str().map(str::to_owned).ok_or_else(|| format!("no generation in {answer}"))
-        });
+        /// What a change, a proposal, a vote and a rollback all answer (`Accepted`, `Proposed`,
+        /// `Voted`, `Rollback`): the generation they wrote or target.
+        #[derive(serde::Deserialize)]
+        struct Named {
+            generation: String,
+        }
+        let outcome = node.cli_as::<Named>(&args).map(|answer| answer.generation).map_err(|e| format!("{e:#}"));
         let text = match &outcome {
             Ok(generation) => format!("{} {what} {values:?} -> ok {generation}", node.name),
             Err(error) => format!("{} {what} {values:?} -> error: {}", node.name, error.trim()),
@@ -519,10 +524,10 @@ impl World {
                 let deadline = Instant::now() + Duration::from_secs(8);
                 let mut canary = None;
                 while Instant::now() < deadline {
-                    if let Ok(view) = asked.cli_json(&["rollout", "status", &generation]) {
-                        let name = view["waves"][0]["members"][0]["name"].as_str().map(str::to_owned);
-                        if !view["anomaly_quorum"]["anomalous"].as_array().is_none_or(Vec::is_empty) {
-                            canary = name;
+                    if let Ok(view) = asked.rollout(&generation) {
+                        let name = view.waves.first().and_then(|wave| wave.members.first());
+                        if !view.anomaly_quorum.anomalous.is_empty() {
+                            canary = name.map(|member| member.name.to_string());
                             break;
                         }
                     }
@@ -681,22 +686,22 @@ impl World {
             let timeout = Duration::from_secs(5);
             let (code, body) = http_request_within("GET", &format!("{}/v1/status", node.url()), None, timeout)?;
             anyhow::ensure!(code == 200, "{}: status {code}", node.name);
-            let status: Value = serde_json::from_str(&body)?;
-            anyhow::ensure!(status["recovering"].is_null(), "{} is recovering", node.name);
+            let status: Status = serde_json::from_str(&body)?;
+            anyhow::ensure!(status.recovering.is_none(), "{} is recovering", node.name);
             let (ready, body) = http_request_within("GET", &format!("{}/readyz", node.url()), None, timeout)?;
             anyhow::ensure!(ready == 200, "{} is not ready: {body}", node.name);
             // Membership too: a node that sees a member as dead ignores its reports.
-            let alive = status["members"].as_array().into_iter().flatten().filter(|m| m["alive"] == true).count();
+            let alive = status.alive().count();
             anyhow::ensure!(alive == self.cluster.nodes.len(), "{} sees {alive} members alive", node.name);
             // Not the state digest: a rollout stalled in a closed wave legally leaves nodes apart.
-            let summary = json!([status["version_vector"], status["reverted"]]);
+            let summary = json!([status.version_vector, status.reverted]);
             match &seen {
                 None => seen = Some((node.name.clone(), summary)),
                 Some((first, theirs)) => {
                     anyhow::ensure!(*theirs == summary, "{first} holds {theirs}, {} holds {summary}", node.name)
                 }
             }
-            states.push(status["state_digest"].clone());
+            states.push(Value::from(status.state_digest));
         }
         Ok(Value::Array(states))
     }
