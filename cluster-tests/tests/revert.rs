@@ -95,7 +95,7 @@ fn a_canary_that_turns_bad_is_reverted_everywhere_and_no_other_node_ever_applies
         let applied = status.applied_here;
         assert_eq!(applied, node.name == canary, "{} applied it: {applied}; canary {canary}", node.name);
         let anomalous: Vec<String> = status.anomaly_quorum.anomalous.iter().map(ToString::to_string).collect();
-        assert_eq!(anomalous, [canary.clone()], "{status:?}");
+        assert_eq!(anomalous, std::slice::from_ref(&canary), "{status:?}");
         // One revert in every log.
         let node_status = node.status()?;
         assert_eq!(node_status.reverted, 1, "{node_status:?}");
