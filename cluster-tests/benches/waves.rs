@@ -56,7 +56,7 @@ fn watch_served(nodes: &[RunningNode], key: &Key) -> BTreeMap<NodeName, tokio::t
 async fn wave_overheads(node: &RunningNode, id: GenId, served: &BTreeMap<NodeName, Instant>) -> Result<Vec<Duration>> {
     let rollout = node.engine().rollout(id).await.context("the rollout of the change")?;
     let quorum = usize::from(rollout.policy.health_quorum_permille);
-    let times = |wave: &grapevine_node::engine::WaveView| -> Vec<Instant> {
+    let times = |wave: &grapevine_node::replies::Wave| -> Vec<Instant> {
         let mut times: Vec<Instant> = wave.members.iter().filter_map(|m| served.get(&m.name).copied()).collect();
         times.sort();
         times

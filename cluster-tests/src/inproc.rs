@@ -59,7 +59,7 @@ impl InProcessCluster {
         'poll: while Instant::now() < deadline {
             for node in &self.nodes {
                 let url = format!("http://{}/v1/status", node.api_addr);
-                let status: grapevine_node::api::replies::Status = http.get(url).send().await?.json().await?;
+                let status: grapevine_node::replies::Status = http.get(url).send().await?.json().await?;
                 let alive = status.alive().count();
                 if alive < self.nodes.len() {
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -49,7 +49,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use grapevine_node::api::replies;
+use grapevine_node::replies;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -274,7 +274,7 @@ impl Node {
     }
 
     /// Runs a client command with `--json` and reads what it printed as the node's reply `T`
-    /// (`grapevine_node::api::replies`): the type the node answered with.
+    /// (`grapevine_node::replies`): the type the node answered with.
     pub fn cli_as<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
         let printed = self.cli_json(args)?;
         serde_json::from_value(printed.clone())

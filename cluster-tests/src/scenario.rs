@@ -23,10 +23,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use grapevine_node::api::replies::{ChangeReply, ConfigValue, ErrorReply, Status};
 use grapevine_node::config::{Config, RawConfig};
 use grapevine_node::daemon::{self, RunningNode};
 use grapevine_node::faults::LinkRule;
+use grapevine_node::replies::{ChangeReply, ConfigValue, ErrorReply, Status};
 use grapevine_node::tls;
 use grapevine_proto::rollout::PolicyOptions;
 use grapevine_proto::sim::SplitMix64;

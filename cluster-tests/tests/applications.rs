@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use grapevine_cluster_tests::{Cluster, Node, check, next_sse_event as next_event};
-use grapevine_node::api::replies::{Accepted, ChangeReply, DryRun};
+use grapevine_node::replies::{Accepted, ChangeReply, DryRun};
 use serde_json::{Value, json};
 
 fn put_flag(node: &Node, dir: &std::path::Path, key: &str, definition: Value) -> Result<String> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use grapevine_cluster_tests::{Cluster, Node, check, counter, delegate, new_key, wait_until};
-use grapevine_node::api::replies::{ConfigValue, ProposalSummary, Proposals, Proposed};
+use grapevine_node::replies::{ConfigValue, ProposalSummary, Proposals, Proposed};
 use grapevine_proto::approvals::ProposalState;
 use serde_json::Value;
 

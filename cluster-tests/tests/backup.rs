@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use grapevine_cluster_tests::{Cluster, Node, check, wait_until};
-use grapevine_node::api::replies::History;
+use grapevine_node::replies::History;
 use serde_json::{Value, json};
 
 fn config_value(node: &Node, key: &str) -> Value {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use grapevine_cluster_tests::{Cluster, Node, alive_members, check, http_get, wait_until};
-use grapevine_node::api::replies::ChangeReply;
+use grapevine_node::replies::ChangeReply;
 use serde_json::Value;
 
 const PROPAGATION: Duration = Duration::from_secs(10);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use grapevine_cluster_tests::{Cluster, Node, check, wait_until};
-use grapevine_node::api::replies::FileStatus;
+use grapevine_node::replies::FileStatus;
 use serde_json::Value;
 
 /// A one-node cluster rendering `app/limits` to `limits.json` (JSON) and `app/banner` to

@@ -87,7 +87,7 @@ fn metrics_parse_with_real_parsers_and_probes_answer() -> Result<()> {
     assert_eq!((status, body.trim()), (200, "ok"));
     let (status, body) = http_request("GET", &format!("{}/readyz", node.url()), None)?;
     assert_eq!(status, 200, "{body}");
-    let readiness: grapevine_node::api::replies::Readiness = serde_json::from_str(&body)?;
+    let readiness: grapevine_node::replies::Readiness = serde_json::from_str(&body)?;
     assert!(readiness.ready && readiness.behind.is_empty(), "{readiness:?}");
     Ok(())
 }

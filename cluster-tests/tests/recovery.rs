@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use grapevine_cluster_tests::chaos::damage_file;
 use grapevine_cluster_tests::chaos::schedule::Damage;
 use grapevine_cluster_tests::{Cluster, Node, can_use_netns, check, http_get, wait_until};
-use grapevine_node::api::replies::Status;
+use grapevine_node::replies::Status;
 use serde_json::Value;
 
 fn status(node: &Node) -> Result<Status> {

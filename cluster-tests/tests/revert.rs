@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use grapevine_cluster_tests::{Cluster, Node, WebhookSink, binary, can_use_netns, check, http_request, wait_until};
-use grapevine_node::api::replies::{Rollback, Rollout};
+use grapevine_node::replies::{Rollback, Rollout};
 use grapevine_proto::rollout::Verdict;
 
 /// A node whose health is its application's check of the value it serves for `risky`.

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use grapevine_cluster_tests::{Cluster, Node, check, wait_until};
-use grapevine_node::api::replies::{Accepted, ChangeReply, Freeze};
+use grapevine_node::replies::{Accepted, ChangeReply, Freeze};
 use grapevine_proto::schedule::rfc3339;
 
 fn now_ms() -> u64 {

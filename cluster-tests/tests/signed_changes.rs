@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use grapevine_cluster_tests::{Cluster, Node, check, counter, delegate, http_get, http_request, new_key, wait_until};
-use grapevine_node::api::replies::{Accepted, ConfigValue, GenerationSummary, Readiness};
+use grapevine_node::replies::{Accepted, ConfigValue, GenerationSummary, Readiness};
 use serde_json::Value;
 
 /// `config put KEY --value VALUE`, signed by `key` when given.

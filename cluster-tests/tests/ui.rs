@@ -24,7 +24,7 @@ use grapevine_cluster_tests::{
     CHROMIUM, Cluster, Node, TEST_LIMITS_TOML, TEST_TOKEN, binary, browser_required, browser_scripts_dir, check,
     missing_browser_tools, test_token_toml, wait_within,
 };
-use grapevine_node::api::replies::{History, KeySide, Keys, OpSummary, Whoami};
+use grapevine_node::replies::{History, KeySide, Keys, OpSummary, Whoami};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

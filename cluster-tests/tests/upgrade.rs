@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use grapevine_cluster_tests::{Cluster, Node, counter, wait_until};
-use grapevine_node::api::replies::GenerationSummary;
+use grapevine_node::replies::GenerationSummary;
 use serde_json::Value;
 
 const OLD_FORMAT: &str = "test_wire_version = 6\n";

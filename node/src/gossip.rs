@@ -14,8 +14,8 @@
 //! Every read leaves out members whose name a connection's certificate contradicts, and the
 //! node watches for another live process under its own name (see [`binding`]).
 //!
-//! The types: `Gossip`, `GossipConfig`, `Member`, `PeerHealth`. Submodules: `keys` (the key
-//! schema: `KEY_API`, `KEY_LABELS`, `KEY_GENERATIONS`, `KEY_APPLIED`, `KEY_DIGEST`, `KEY_KPI`,
+//! The types: `Gossip`, `GossipConfig`, `PeerHealth`; members are `replies::MemberStatus`, as
+//! `status` shows them. Submodules: `keys` (the key schema: `KEY_API`, `KEY_LABELS`, `KEY_GENERATIONS`, `KEY_APPLIED`, `KEY_DIGEST`, `KEY_KPI`,
 //! `KEY_REVERTS`, `KEY_WIRE`, `KEY_SIGNING`, `PREFIX_VERSION_VECTOR`, `PREFIX_TALLY`,
 //! `PREFIX_REPORT`, `PREFIX_REVERTED_BY`, and the vector and tally keys), `socket` (chitchat's
 //! `Transport`/`Socket` over QUIC: `QuicGossip`, `GossipSocket`, `run_peer_sender`), `signed`
@@ -95,7 +95,6 @@ use grapevine_proto::health::Window;
 use grapevine_proto::rollout::{Report, Verdict, worst_per_member};
 use grapevine_proto::wire::OLDEST_READABLE;
 use grapevine_proto::{GenId, NodeName, Tally, VersionVector};
-use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::warn;
 
@@ -104,6 +103,7 @@ use self::heard::HeardFrom;
 use self::signed::{Published, Signer, Verifier};
 use crate::clock;
 use crate::metrics::{WarnLimiter, reason};
+use crate::replies::MemberStatus;
 use crate::tls::NodeIdentity;
 use crate::transport::Transport;
 
@@ -148,27 +148,6 @@ impl GossipConfig {
             dead_node_grace_period: self.dead_node_grace_period,
         }
     }
-}
-
-/// One member as this node sees it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Member {
-    pub name: String,
-    pub gossip: SocketAddr,
-    pub alive: bool,
-    #[serde(rename = "self")]
-    pub is_self: bool,
-    pub api: Option<String>,
-    pub labels: Option<String>,
-    pub generations: Option<u64>,
-    pub version_vector: BTreeMap<String, u64>,
-    pub applied: Option<String>,
-    pub state_digest: Option<String>,
-    /// The newest wire format the member reads.
-    pub wire: u8,
-    /// The fingerprint of the root keys its `[signing]` trusts (`none`: signatures not
-    /// required); `None` for a build that publishes none.
-    pub signing: Option<String>,
 }
 
 /// What a live peer publishes that the health task's judging needs: its KPIs, and the generations it reports
@@ -710,7 +689,7 @@ impl Gossip {
     }
 
     /// Each member's name, address and newest wire format (the latest incarnation of each),
-    /// without building the rest of its [`Member`]: the pusher asks for every push.
+    /// without building the rest of its `MemberStatus`: the pusher asks for every push.
     async fn wire_versions(&self) -> Vec<(String, SocketAddr, u8)> {
         let names = self.transport.peer_names();
         self.handle
@@ -899,7 +878,7 @@ impl Gossip {
     }
 
     /// Every member this node knows of, alive or dead; the latest incarnation of each name.
-    pub async fn members(&self) -> Vec<Member> {
+    pub async fn members(&self) -> Vec<MemberStatus> {
         let own = self.handle.chitchat_id().clone();
         let names = self.transport.peer_names();
         self.handle
@@ -1005,9 +984,9 @@ fn latest_incarnations<'a>(
     latest
 }
 
-fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> Member {
+fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> MemberStatus {
     let version_vector = version_vector_of(state).iter().map(|(o, s)| (o.to_string(), s)).collect();
-    Member {
+    MemberStatus {
         name: id.node_id.to_string(),
         gossip: id.gossip_advertise_addr,
         alive,
@@ -1020,6 +999,8 @@ fn member_of(id: &ChitchatId, state: &NodeState, alive: bool, is_self: bool) -> 
         state_digest: state.get(KEY_DIGEST).map(str::to_owned),
         wire: wire_version_in(state),
         signing: state.get(KEY_SIGNING).map(str::to_owned),
+        // Filled by the API, which knows when it last heard from each (`Gossip::last_heard`).
+        last_heard_ms: None,
     }
 }
 

@@ -35,6 +35,7 @@ pub mod health;
 pub mod metrics;
 pub mod origin;
 pub mod private;
+pub mod replies;
 pub mod store;
 pub mod sync;
 pub mod tls;

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use grapevine_node::api::replies::Status;
+use grapevine_node::replies::Status;
 use serde_json::{Value, json};
 
 use crate::{Cluster, Node, can_use_netns, http_request_within};

@@ -9,11 +9,11 @@ use crate::clock;
 use crate::engine::short_digest;
 use crate::metrics::{GenerationLabel, VerdictLabel, reason};
 
-use super::replies::{
+use super::{ApiError, ApiResult, ApiState, NoParameters};
+use crate::replies::{
     ActiveFreeze, Clock, Conflicts, FileStatus, Freeze, HealthSource, MemberStatus, Namesake, Readiness, Signing,
     Status,
 };
-use super::{ApiError, ApiResult, ApiState, NoParameters};
 
 /// `GET /readyz`: 200 once the node has caught up with its live peers' logs and applied
 /// every generation whose wave is open for it; 503 with what it still waits for.
@@ -148,18 +148,7 @@ async fn members(state: &ApiState) -> Vec<MemberStatus> {
     members
         .map(|member| MemberStatus {
             last_heard_ms: heard.get(&member.gossip).map(|age| age.as_millis() as u64),
-            name: member.name,
-            gossip: member.gossip,
-            alive: member.alive,
-            is_self: member.is_self,
-            api: member.api,
-            labels: member.labels,
-            generations: member.generations,
-            version_vector: member.version_vector,
-            applied: member.applied,
-            state_digest: member.state_digest,
-            wire: member.wire,
-            signing: member.signing,
+            ..member
         })
         .collect()
 }

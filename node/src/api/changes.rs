@@ -16,10 +16,10 @@ use grapevine_proto::{Author, Change, Op, Terms, ValidationError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::replies::{Accepted, ChangeReply, DiffEntry, DryRun, SignChange, Unchanged};
 use super::{ApiError, ApiResult, ApiState, access, parse_body};
 use crate::clock;
 use crate::metrics::reason;
+use crate::replies::{Accepted, ChangeReply, DiffEntry, DryRun, SignChange, Unchanged};
 
 /// `POST /v1/apply`: a flagd flag file, unchanged. Every flag must be valid (its `$ref`s
 /// resolved against the file's `$evaluators`, the file's `metadata` under each flag's); the

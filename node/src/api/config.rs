@@ -9,8 +9,8 @@ use grapevine_proto::{JsonText, Op};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::replies::{ChangeReply, ConfigValue};
 use super::{ApiError, ApiResult, ApiState, ChangeQuery, ReadQuery, count_change, parse_body, parse_key, submit};
+use crate::replies::{ChangeReply, ConfigValue};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,10 +10,10 @@ use serde_json::Value;
 
 use crate::clock;
 
-use super::replies::{ChangeReply, FlagEvaluation};
 use super::{
     ApiError, ApiResult, ApiState, ChangeQuery, ReadQuery, budget, count_change, parse_body, parse_key, submit,
 };
+use crate::replies::{ChangeReply, FlagEvaluation};
 
 /// What `flag set` asks for: exactly one of the fields.
 #[derive(Deserialize)]

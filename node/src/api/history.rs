@@ -7,9 +7,8 @@ use axum::response::{IntoResponse, Response};
 use grapevine_proto::{Generation, JsonText, Op};
 use serde::Deserialize;
 
-use super::replies::{AuditRecords, GenerationSummary, Governance, GovernanceApproval, History, OpSummary, SignedBy};
-use super::rollout::rollout_reply;
 use super::{ApiError, ApiState, MAX_HISTORY, access};
+use crate::replies::{AuditRecords, GenerationSummary, Governance, GovernanceApproval, History, OpSummary, SignedBy};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,7 +116,7 @@ pub(super) async fn history(
             with_values(&mut summary, generation);
         }
         if !generation.body.change.ops.is_empty() {
-            summary.rollout = state.engine.rollout(generation.id().clone()).await.map(rollout_reply);
+            summary.rollout = state.engine.rollout(generation.id().clone()).await;
         }
         newest.push(summary);
     }

@@ -9,9 +9,9 @@ use grapevine_proto::state::{AppliedState, Entry};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::replies::{KeyEntry, KeySide, Keys, Whoami};
 use super::{ApiError, ApiResult, ApiState};
 use crate::auth::Principal;
+use crate::replies::{KeyEntry, KeySide, Keys, Whoami};
 
 /// Most keys of each kind one answer lists: a page of values, each up to 4 MiB, must stay an
 /// answer a browser can hold.

@@ -6,8 +6,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use serde::Deserialize;
 
-use super::replies::Done;
 use super::{ApiResult, ApiState, parse_body};
+use crate::replies::Done;
 
 /// `POST /v1/testsuite/links`: `{"peer": "IP:PORT" or null for every peer, "drop", "loss",
 /// "delay_ms", "outbound_only"}` sets a rule of this node's link filter.

@@ -15,8 +15,8 @@
 //! `/v1/flags/{key}/evaluate`), `config.rs` (`/v1/config/{key}`), `changes.rs` (`/v1/apply`,
 //! `/v1/changes`, `ChangeQuery`, `submit_change`), `rollout.rs`, `proposals.rs`, `keys.rs`,
 //! `events.rs`, `watch.rs`, `ofrep.rs`, `ui.rs`, and, in `testsuite` builds only, `links.rs`
-//! (`POST`/`DELETE /v1/testsuite/links`). `replies/` holds the types of the answers, which the
-//! CLI client and the cluster tests read back.
+//! (`POST`/`DELETE /v1/testsuite/links`). The answers are the types of `crate::replies`, which
+//! the CLI client and the cluster tests read back.
 //!
 //! - `proto::edit::switch_boolean` implements `--on`/`--off`. It and `--variant` start from the **desired** flag
 //!   (the log's latest), so a change builds on the one before it even where that one has not
@@ -56,7 +56,7 @@
 //!   each generation's `governance` (its record, proposal and approvers).
 //! - `backup` (`GET /v1/backup`) has `Store::backup_to` write a file `.backup-NANOS.redb` in the
 //!   data directory, opens it, unlinks it and streams it; 503 while recovering.
-//! - `history` adds each change's `RolloutView` (`rollout`; `null` for a control generation);
+//! - `history` adds each change's `replies::Rollout` (`rollout`; `null` for a control generation);
 //!   `?values=true` adds config values, their secret parts redacted (`proto::audit::redact`);
 //!   `?format=records` answers the audit records instead (`EngineHandle::audit_history`);
 //!   `status` reports `reverted`, the number of reverts held, and `freeze` (`freeze_status`: the
@@ -113,7 +113,6 @@ pub mod limits;
 mod links;
 mod ofrep;
 mod proposals;
-pub mod replies;
 mod rollout;
 pub mod selector;
 mod ui;
@@ -306,7 +305,7 @@ impl From<SubmitError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(replies::ErrorReply { error: self.message })).into_response()
+        (self.status, Json(crate::replies::ErrorReply { error: self.message })).into_response()
     }
 }
 

@@ -26,12 +26,12 @@ use grapevine_proto::{Change, GenId, Governance, Op, Terms};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::replies::{
-    Accepted, ProposalDiff, ProposalShown, ProposalSummary, Proposals, Proposed, SignApproval, Voted,
-};
 use super::{ApiError, ApiResult, ApiState, NoParameters, access, decode_hex, parse_body};
 use crate::auth::Principal;
 use crate::engine::{ProposalError, ProposalView, Vote, record_change};
+use crate::replies::{
+    Accepted, ProposalDiff, ProposalShown, ProposalSummary, Proposals, Proposed, SignApproval, Voted,
+};
 
 impl From<ProposalError> for ApiError {
     fn from(error: ProposalError) -> Self {

@@ -21,11 +21,11 @@ use grapevine_proto::{Change, GenId};
 use serde::Deserialize;
 
 use super::access::{may_see, may_touch};
-use super::replies::{Done, Hold, Rollback, Rollout, Rollouts, Wave, WaveMember};
 use super::{ApiError, ApiResult, ApiState, ChangeQuery, NoParameters, parse_body, submit_change};
 use crate::auth::Principal;
-use crate::engine::{HoldView, RollbackError, RollbackOutcome, RolloutView};
+use crate::engine::{RollbackError, RollbackOutcome};
 use crate::health::Sample;
+use crate::replies::{Done, Rollback, Rollout, Rollouts};
 
 /// Rollouts `GET /v1/rollouts` lists unless asked for more.
 const DEFAULT_ROLLOUTS: usize = 10;
@@ -77,7 +77,7 @@ pub async fn list(
     let mut rollouts = Vec::new();
     for generation in &listed {
         if let Some(view) = state.engine.rollout(generation.id().clone()).await {
-            rollouts.push(rollout_reply(view));
+            rollouts.push(view);
         }
     }
     Ok(Json(Rollouts { node: state.name.to_string(), rollouts }))
@@ -95,7 +95,7 @@ pub async fn show(
     let view = state.engine.rollout(id.clone()).await.ok_or_else(|| {
         ApiError::not_found(format!("generation {id} is not in the log of node {} (or is compacted)", state.name))
     })?;
-    Ok(Json(rollout_reply(view)))
+    Ok(Json(view))
 }
 
 /// `POST /v1/rollouts/{generation}/{pause|resume|promote}`: writes the control as a
@@ -152,39 +152,4 @@ async fn rollback(state: &ApiState, target: GenId) -> ApiResult<Rollback> {
     })?;
     let RollbackOutcome { generation, revert, already_reverted } = outcome;
     Ok(Json(Rollback { generation, revert, already_reverted }))
-}
-
-/// The engine's view of a rollout, as the API answers it.
-pub(super) fn rollout_reply(view: RolloutView) -> Rollout {
-    let waves = view.waves.into_iter().map(|wave| Wave {
-        index: wave.index,
-        open: wave.open,
-        members: wave.members.into_iter().map(|m| WaveMember { name: m.name, report: m.report }).collect(),
-    });
-    Rollout {
-        generation: view.generation,
-        keys: view.keys,
-        policy: view.policy,
-        controls: view.controls,
-        waves: waves.collect(),
-        open_waves: view.open_waves,
-        all_waves_open: view.all_waves_open,
-        applied_here: view.applied_here,
-        reverted: view.reverted,
-        anomaly_quorum: view.anomaly_quorum,
-        reverted_by: view.reverted_by,
-        judgement: view.judgement,
-        release: view.release,
-        start_at_ms: view.start_at_ms,
-        hold: view.hold.map(hold_reply),
-    }
-}
-
-fn hold_reply(view: HoldView) -> Hold {
-    let until_ms = view.hold.until_ms();
-    let (kind, window) = match view.hold {
-        grapevine_proto::schedule::Hold::Scheduled { .. } => ("scheduled", None),
-        grapevine_proto::schedule::Hold::Frozen { window, .. } => ("frozen", Some(window)),
-    };
-    Hold { kind: kind.into(), window, until_ms, until: view.until, in_ms: view.in_ms, reason: view.reason }
 }

@@ -16,7 +16,7 @@
 //!   exit code. `report_accepted` prints an accepted change, or a dry run's id, diff (values cut
 //!   at `DIFF_VALUE_CHARS`, 160) and waves. `flag_get` and `config_get` add `?desired=true` for
 //!   `--desired` (`read_query`); `status` shows the number of reverts held.
-//! - Answers are read into the reply types of `api::replies`, the ones the node answers with,
+//! - Answers are read into the reply types of `replies`, the ones the node answers with,
 //!   through `Client::request_as`, which returns an `Answer`: the reply, and the JSON as the node
 //!   sent it, which `--json` prints.
 //! - `flag_set` and `config_put` always send `wait_replicas` and `timeout_ms`, plus the policy
@@ -39,7 +39,7 @@ use std::time::Duration;
 use grapevine_proto::{Author, JsonText, NodeName};
 
 use crate::api::AUTHOR_HEADER;
-use crate::api::replies::{ChangeReply, ConfigValue, DryRun, ErrorReply, FlagEvaluation};
+use crate::replies::{ChangeReply, ConfigValue, DryRun, ErrorReply, FlagEvaluation};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

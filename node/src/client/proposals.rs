@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::args::ChangeArgs;
 use super::signing::KeyFile;
 use super::{Answer, ChangeRequest, CliError, Client, nothing_to_sign, print_json, report_accepted};
-use crate::api::replies::{ChangeReply, DryRun, ProposalShown, ProposalSummary, Proposals, Proposed, Voted};
+use crate::replies::{ChangeReply, DryRun, ProposalShown, ProposalSummary, Proposals, Proposed, Voted};
 use grapevine_proto::approvals::ProposalState;
 
 /// An approval or a rejection.

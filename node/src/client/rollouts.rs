@@ -16,7 +16,7 @@ use grapevine_proto::rollout::{Control, Verdict};
 use reqwest::Method;
 
 use super::{Answer, CliError, Client, Intent, print_json, report_accepted};
-use crate::api::replies::{
+use crate::replies::{
     AuditRecords, GenerationSummary, Governance, History, OpSummary, Rollback, Rollout, Rollouts, Wave, WaveMember,
 };
 

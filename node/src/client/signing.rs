@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use super::CliError;
 use super::args::KeyCommand;
-use crate::api::replies::{SignApproval, SignChange};
+use crate::replies::{SignApproval, SignChange};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

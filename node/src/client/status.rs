@@ -4,7 +4,7 @@
 use reqwest::Method;
 
 use super::{Answer, CliError, Client, print_json};
-use crate::api::replies::{Conflicts, Freeze, Status};
+use crate::replies::{Conflicts, Freeze, Status};
 
 pub async fn status(client: &Client) -> Result<(), CliError> {
     let answer: Answer<Status> = client.request_as(Method::GET, "/v1/status", &[], None).await?;

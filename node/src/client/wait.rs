@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::{Answer, CliError, Client};
-use crate::api::replies::{Readiness, Status};
 use crate::clock;
+use crate::replies::{Readiness, Status};
 use reqwest::Method;
 
 /// How often the node is asked again: short next to a node's start (tens of milliseconds),

@@ -102,7 +102,6 @@ mod revert;
 pub use audit::AuditBatch;
 pub use governance::{ProposalError, ProposalView, Vote, record_change};
 pub use grapevine_proto::replica::{DiffEntry, RollbackError, RollbackOutcome, Stored, SubmitError, View};
-pub use release::{HoldView, MemberView, RolloutView, WaveView};
 
 /// The safety net under the event-driven gates. A gate opens on a new fact, which wakes the
 /// engine itself (a report: `Gossip::reports_changed`; a generation or control: its command),
@@ -178,7 +177,7 @@ enum Command {
     },
     Rollout {
         id: GenId,
-        reply: oneshot::Sender<Option<RolloutView>>,
+        reply: oneshot::Sender<Option<crate::replies::Rollout>>,
     },
     Audit {
         cursor: Arc<grapevine_proto::audit::Cursor>,
@@ -280,7 +279,7 @@ impl EngineHandle {
     }
 
     /// The rollout of a generation held whole, as this node sees it.
-    pub async fn rollout(&self, id: GenId) -> Option<RolloutView> {
+    pub async fn rollout(&self, id: GenId) -> Option<crate::replies::Rollout> {
         self.ask(|reply| Command::Rollout { id, reply }).await.flatten()
     }
 

@@ -8,12 +8,12 @@
 //!   hands those with operations to `Health::applied` (`judge`), counts them in
 //!   `grapevine_generations_applied_total` and logs `applied`. If the store fails, nothing is
 //!   released and the next pass tries again.
-//! - `rollout(id)` builds the `RolloutView` (`generation`, `keys`, `policy`, `controls`, `waves` of
-//!   `WaveView { index, open, members: [MemberView { name, report }] }`, `open_waves`,
+//! - `rollout(id)` builds the `replies::Rollout` that `rollout status` shows (`generation`, `keys`,
+//!   `policy`, `controls`, `waves` of `Wave { index, open, members: [WaveMember { name, report }] }`, `open_waves`,
 //!   `all_waves_open`, `applied_here` (whether this node ever released it; a revert does not erase
 //!   that), `reverted`, `anomaly_quorum`, `reverted_by` (the `rv.` keys in gossip), `judgement`
 //!   (`Health::judgement`'s reason, when this node judges it), `release` (the evidence it was
-//!   released on, `Replica::release_of`) and `hold` (`HoldView`: why it waits, before its
+//!   released on, `Replica::release_of`) and `hold` (`replies::Hold`: why it waits, before its
 //!   scheduled start or in a freeze window, `Replica::hold_of`)) of a generation held whole, as
 //!   this node sees it.
 //!
@@ -24,73 +24,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use grapevine_proto::replica::{Gates, Release, controls_of};
-use grapevine_proto::rollout::{AnomalyQuorum, Controls, Plan, Report};
-use grapevine_proto::schedule::{self, Hold};
-use grapevine_proto::{GenId, Generation, NodeName};
-use serde::Serialize;
+use grapevine_proto::replica::{Gates, controls_of};
+use grapevine_proto::rollout::{AnomalyQuorum, Plan};
+use grapevine_proto::schedule;
+use grapevine_proto::{GenId, Generation};
 use tracing::{error, info};
 
 use super::Engine;
 use crate::clock;
-
-/// What `rollout status` shows about one generation, as this node sees it.
-#[derive(Clone, Debug, Serialize)]
-pub struct RolloutView {
-    pub generation: String,
-    pub keys: Vec<String>,
-    pub policy: grapevine_proto::rollout::Policy,
-    pub controls: Controls,
-    pub waves: Vec<WaveView>,
-    /// Waves open in this node's view.
-    pub open_waves: usize,
-    /// Whether every wave is open in this node's view.
-    pub all_waves_open: bool,
-    /// Whether this node ever applied it (a revert since does not erase the record).
-    pub applied_here: bool,
-    /// Whether it is reverted.
-    pub reverted: bool,
-    /// Who reports it anomalous, against the quorum that reverts it.
-    pub anomaly_quorum: AnomalyQuorum,
-    /// The nodes that wrote its revert, and why (`quorum` or `rollback`), as gossip tells.
-    pub reverted_by: BTreeMap<String, String>,
-    /// Why this node judges it as it does, if it judges it.
-    pub judgement: Option<String>,
-    /// When and on what evidence this node applied it, if it did since it started.
-    pub release: Option<Release>,
-    /// When its first wave opens (Unix ms), if it was scheduled (`--at`, `--in`).
-    pub start_at_ms: Option<u64>,
-    /// Why this node holds it now, while it has not applied it: its scheduled start, or a
-    /// freeze window.
-    pub hold: Option<HoldView>,
-}
-
-/// A hold as `rollout status` shows it: `kind` (`scheduled` or `frozen`), `window` (frozen
-/// only), `until_ms`, `until` (RFC 3339) and the time left, `in_ms`.
-#[derive(Clone, Debug, Serialize)]
-pub struct HoldView {
-    #[serde(flatten)]
-    pub hold: Hold,
-    pub until: String,
-    pub in_ms: u64,
-    /// `scheduled to start at ...` or `frozen by NAME until ...`.
-    pub reason: String,
-}
-
-/// One wave of a rollout.
-#[derive(Clone, Debug, Serialize)]
-pub struct WaveView {
-    pub index: usize,
-    pub open: bool,
-    pub members: Vec<MemberView>,
-}
-
-/// One member of a wave: its report, if any.
-#[derive(Clone, Debug, Serialize)]
-pub struct MemberView {
-    pub name: NodeName,
-    pub report: Option<Report>,
-}
+use crate::replies::{Hold, Rollout, Wave, WaveMember};
 
 impl Engine {
     /// Releases every generation whose gate is open for this node, and sets when the next
@@ -149,7 +91,7 @@ impl Engine {
     }
 
     /// The rollout of one generation as this node sees it, or `None` if it is not held whole.
-    pub(super) async fn rollout(&self, id: &GenId) -> Option<RolloutView> {
+    pub(super) async fn rollout(&self, id: &GenId) -> Option<Rollout> {
         let log = self.replica.log();
         let generation = log.get(id)?;
         let body = &generation.body;
@@ -166,20 +108,20 @@ impl Engine {
         };
         let anomaly_quorum = AnomalyQuorum::of(&body.change.policy, &self.parts.gossip.all_reports_for(id).await);
         let reverted = log.is_reverted(id);
-        let waves: Vec<WaveView> = plan
+        let waves: Vec<Wave> = plan
             .waves
             .iter()
             .enumerate()
-            .map(|(index, members)| WaveView {
+            .map(|(index, members)| Wave {
                 index,
                 open: index < open_waves,
                 members: members
                     .iter()
-                    .map(|name| MemberView { name: name.clone(), report: reports.get(name).copied() })
+                    .map(|name| WaveMember { name: name.clone(), report: reports.get(name).copied() })
                     .collect(),
             })
             .collect();
-        Some(RolloutView {
+        Some(Rollout {
             generation: id.to_string(),
             keys: body.change.ops.iter().map(|op| format!("{} {}", op.kind(), op.key())).collect(),
             policy: body.change.policy.clone(),
@@ -199,11 +141,21 @@ impl Engine {
     }
 
     /// Why this node holds `generation` now, if it has not applied it and it is not reverted.
-    fn hold_of(&self, generation: &Generation) -> Option<HoldView> {
+    fn hold_of(&self, generation: &Generation) -> Option<Hold> {
         let now = self.now();
         let hold = self.replica.hold_of(generation, now)?;
         let until_ms = hold.until_ms();
-        let in_ms = until_ms.saturating_sub(now.wall_ms);
-        Some(HoldView { reason: hold.to_string(), until: schedule::rfc3339(until_ms), in_ms, hold })
+        let (kind, window) = match &hold {
+            schedule::Hold::Scheduled { .. } => ("scheduled", None),
+            schedule::Hold::Frozen { window, .. } => ("frozen", Some(window.clone())),
+        };
+        Some(Hold {
+            kind: kind.into(),
+            window,
+            until_ms,
+            until: schedule::rfc3339(until_ms),
+            in_ms: until_ms.saturating_sub(now.wall_ms),
+            reason: hold.to_string(),
+        })
     }
 }

@@ -83,7 +83,7 @@ fn a_proposal_and_a_vote_read_back_with_the_record_they_became() {
 
 /// The first JSON block under `heading` in `docs/api.md`.
 fn documented(heading: &str) -> Value {
-    let page = include_str!("../../../../docs/api.md");
+    let page = include_str!("../../../docs/api.md");
     let section = &page[page.find(heading).unwrap_or_else(|| panic!("no {heading} in docs/api.md"))..];
     let start = section.find("```json\n").expect("a JSON block") + "```json\n".len();
     let block = &section[start..];

@@ -15,7 +15,7 @@ pub struct Rollouts {
     pub rollouts: Vec<Rollout>,
 }
 
-/// One generation's rollout as the answering node sees it (the engine's `RolloutView`).
+/// One generation's rollout as the answering node sees it (the engine builds it: `Engine::rollout`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     pub generation: String,

@@ -9,7 +9,7 @@
 //!
 //! **Architecture Invariant:** this module depends on `proto` and serde only, never on the
 //! engine, gossip or axum: the client and the tests import it without the server's internals.
-//! Handlers convert their views into these types.
+//! The engine builds `Rollout` itself; the handlers convert the other views into these types.
 //!
 //! - `change.rs`: `ChangeReply` (`Accepted`, `DryRun`, `Unchanged`), what every change
 //!   endpoint answers, with `SignChange`, what `?prepare=true` asks an operator to sign.
