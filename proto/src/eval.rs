@@ -42,10 +42,10 @@ use serde_json::{Map, Value};
 
 pub use crate::compiled::EvaluationContext;
 use crate::compiled::Scope;
+use crate::error::ValidationError;
 use crate::limits::MAX_VARIANTS;
 use crate::model::{JsonText, Key};
 use crate::targeting::{Fractional, Rule};
-use crate::validate::ValidationError;
 
 /// Whether a flag is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

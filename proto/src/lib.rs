@@ -9,6 +9,7 @@ pub mod audit;
 pub mod compiled;
 pub mod cost;
 pub mod edit;
+pub mod error;
 pub mod eval;
 pub mod health;
 pub mod hlc;
@@ -28,6 +29,7 @@ pub mod testing;
 pub mod validate;
 pub mod wire;
 
+pub use error::ValidationError;
 pub use hlc::{Clock, ClockError, Stamp};
 pub use log::{InsertOutcome, Log, Tally, VersionVector};
 pub use model::{
@@ -36,4 +38,3 @@ pub use model::{
 };
 pub use snapshot::{Snapshot, Write};
 pub use state::{AppliedState, Entry};
-pub use validate::ValidationError;

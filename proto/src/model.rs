@@ -42,11 +42,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::error::ValidationError;
 use crate::hlc::Stamp;
 use crate::limits::{MAX_AUTHOR_BYTES, MAX_KEY_BYTES, MAX_NODE_NAME_BYTES, MAX_VALUE_BYTES};
 use crate::rollout::{Control, Policy};
 use crate::signing::Signed;
-use crate::validate::ValidationError;
 
 /// The name of a node: 1 to 32 bytes of ASCII letters, digits, `-` and `_`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -33,6 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
+use crate::error::ValidationError;
 use crate::hlc::{Clock, ClockError, Stamp, Standing};
 use crate::log::{InsertOutcome, Log, Tally, VersionVector};
 use crate::model::{
@@ -43,7 +44,7 @@ use crate::schedule::Freezes;
 use crate::signing::{Signed, SigningError, Trust, revocations, revoked_by};
 use crate::snapshot::{Retention, Snapshot};
 use crate::state::AppliedState;
-use crate::validate::{ValidationError, check_envelope_with, validate_submitted_terms};
+use crate::validate::{check_envelope_with, validate_submitted_terms};
 use crate::wire::WIRE_VERSION;
 
 mod compact;

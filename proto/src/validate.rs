@@ -1,5 +1,5 @@
 //! Validation of everything that enters the log, with errors that say what was expected and
-//! what was found.
+//! what was found (`ValidationError`, in `error.rs`, below the types that return it).
 //!
 //! The same checks run on a change from the admin API and on a generation from a peer, so a
 //! node never stores what it would have refused from a user.
@@ -30,69 +30,11 @@
 use std::collections::BTreeSet;
 
 use crate::approvals::MAX_APPROVALS;
+use crate::error::ValidationError;
 use crate::eval::FlagDefinition;
 use crate::limits::{MAX_GENERATION_BYTES, MAX_MEMBERS, MAX_OPS_PER_CHANGE, MAX_SEQ};
 use crate::model::{Change, Generation, Governance, JsonText, Key, Op, Terms};
 use crate::snapshot::Snapshot;
-
-/// Why a change, a name or a generation was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ValidationError {
-    /// A node name outside the allowed alphabet or length.
-    #[error("node name must be 1 to 32 ASCII letters, digits, '-' or '_', got {found:?}")]
-    NodeName { found: String },
-    /// A flag or config key outside the allowed alphabet or length.
-    #[error("key must be 1 to 128 ASCII letters, digits, '-', '_', '.' or '/', got {found:?}")]
-    Key { found: String },
-    /// An author outside the allowed alphabet or length.
-    #[error("author must be 1 to 64 ASCII letters, digits or any of - _ . @ / + :, got {found:?}")]
-    Author { found: String },
-    /// A generation id that is not `ORIGIN.SEQ`.
-    #[error("generation id must look like ORIGIN.SEQ with SEQ >= 1 (e.g. n1.3), got {found:?}")]
-    GenId { found: String },
-    /// Input that should hold a JSON value holds nothing.
-    #[error("expected a JSON value, got empty input")]
-    EmptyValue,
-    /// Text that does not parse as JSON.
-    #[error("expected valid JSON, got a parse error: {error}")]
-    Json { error: String },
-    /// Something larger than its limit.
-    #[error("{what} must be at most {limit} bytes, got {found} bytes")]
-    TooLarge { what: &'static str, limit: usize, found: usize },
-    /// A flag definition that is not a valid flagd flag.
-    #[error("flag {key:?}: {detail}")]
-    Flag { key: String, detail: String },
-    /// A config value that is refused.
-    #[error("config {key:?}: {detail}")]
-    Config { key: String, detail: String },
-    /// A change without operations.
-    #[error("a change must have at least one operation, got none")]
-    EmptyChange,
-    /// A change with more operations than allowed.
-    #[error("a change may have at most {limit} operations, got {found}")]
-    TooManyOps { limit: usize, found: usize },
-    /// A change that sets the same key twice.
-    #[error("a change may set each key once, got {kind} {key:?} twice")]
-    DuplicateKey { kind: &'static str, key: String },
-    /// A generation recording more members than a cluster may have.
-    #[error("a cluster may have at most {limit} members (the member ceiling), got {found}")]
-    TooManyMembers { limit: usize, found: usize },
-    /// A rollout policy that cannot work.
-    #[error("rollout policy: {detail}")]
-    Policy { detail: String },
-    /// A snapshot that contradicts itself.
-    #[error("invalid snapshot: {detail}")]
-    Snapshot { detail: String },
-    /// A generation id, or a snapshot's entry, past the highest sequence number.
-    #[error("{what} must have a sequence number of at most {limit}, got {found}")]
-    SeqTooLarge { what: String, limit: u64, found: u64 },
-    /// A generation whose content does not match its hash.
-    #[error("generation {id}: content hash mismatch, expected {expected}, got {found}")]
-    HashMismatch { id: String, expected: String, found: String },
-    /// Terms or a governance record that break their shape's rule.
-    #[error("governance record: {detail}")]
-    Governance { detail: String },
-}
 
 /// Checks a change as a whole and each of its operations.
 pub fn validate_change(change: &Change) -> Result<(), ValidationError> {

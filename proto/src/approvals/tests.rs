@@ -1,9 +1,10 @@
 //! The approval rules, one test per way a change can fall short of them.
 
 use super::*;
+use crate::error::ValidationError;
 use crate::model::{GenerationBody, JsonText, Op};
 use crate::signing::{ISSUE_WINDOW_MS, WriteProof};
-use crate::validate::{ValidationError, validate_terms};
+use crate::validate::validate_terms;
 
 const CLUSTER: &str = "prod";
 const NOW: u64 = 1_800_000_000_000;
