@@ -39,7 +39,8 @@ use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
 use crate::log::Log;
-use crate::model::{Author, Change, ContentHash, GenId, Generation, Governance, Key, Terms};
+use crate::model::{Change, ContentHash, Generation, Governance, Terms};
+use crate::name::{Author, GenId, Key};
 use crate::signing::{
     Delegation, PublicKey, SecretKey, Signed, SigningError, Trust, change_message, check_author, check_scope,
     check_window,

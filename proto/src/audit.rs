@@ -33,7 +33,8 @@ use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
 use crate::log::{Log, VersionVector};
-use crate::model::{GenId, Generation, Governance, JsonText, Key, Op, Revert};
+use crate::model::{Generation, Governance, JsonText, Op, Revert};
+use crate::name::{GenId, Key, NodeName};
 use crate::rollout::{Control, Policy};
 use crate::signing::Signed;
 
@@ -235,7 +236,7 @@ impl Cursor {
         }
     }
 
-    fn settle(&mut self, origin: &crate::model::NodeName) {
+    fn settle(&mut self, origin: &NodeName) {
         let mut next = GenId { origin: origin.clone(), seq: self.through.get(origin) + 1 };
         while self.beyond.remove(&next) {
             self.through.raise(next.origin.clone(), next.seq);

@@ -2,9 +2,9 @@
 //! each variant saying what was expected and what was found.
 //!
 //! It sits at the bottom of the crate, below the types that return it: names, keys and JSON
-//! check themselves while they are deserialized (`model.rs`), and flag definitions while they
-//! are parsed (`eval.rs`). The checks of whole changes and generations, which return it too,
-//! live above them in `validate.rs`.
+//! check themselves while they are deserialized (`name.rs`, `model.rs`), and flag definitions
+//! while they are parsed (`eval.rs`). The checks of whole changes and generations, which return
+//! it too, live above them in `validate.rs`.
 
 /// Why a change, a name or a generation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -44,7 +44,8 @@ pub use crate::compiled::EvaluationContext;
 use crate::compiled::Scope;
 use crate::error::ValidationError;
 use crate::limits::MAX_VARIANTS;
-use crate::model::{JsonText, Key};
+use crate::model::JsonText;
+use crate::name::Key;
 use crate::targeting::{Fractional, Rule};
 
 /// Whether a flag is served.

@@ -16,6 +16,7 @@ pub mod hlc;
 pub mod limits;
 pub mod log;
 pub mod model;
+pub mod name;
 pub mod replica;
 pub mod rollout;
 pub mod schedule;
@@ -33,8 +34,8 @@ pub use error::ValidationError;
 pub use hlc::{Clock, ClockError, Stamp};
 pub use log::{InsertOutcome, Log, Tally, VersionVector};
 pub use model::{
-    Author, Change, ContentHash, GenId, Generation, GenerationBody, Governance, JsonText, Key, NodeName, Op,
-    OriginProof, Revert, Terms,
+    Change, ContentHash, Generation, GenerationBody, Governance, JsonText, Op, OriginProof, Revert, Terms,
 };
+pub use name::{Author, GenId, Key, NodeName};
 pub use snapshot::{Snapshot, Write};
 pub use state::{AppliedState, Entry};

@@ -56,7 +56,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
-use crate::model::{GenId, Generation, NodeName, Revert};
+use crate::model::{Generation, Revert};
+use crate::name::{GenId, NodeName};
 use crate::snapshot::Snapshot;
 use crate::state::AppliedState;
 

@@ -1,4 +1,5 @@
-//! The data model: node names, keys, changes and the generations that record them.
+//! The data model: changes and the generations that record them, made of the names in
+//! `name.rs`.
 //!
 //! Every type here that crosses the wire or reaches the disk checks its invariants when it is
 //! deserialized (`serde(try_from)`), so a malformed value from a peer fails to decode instead
@@ -19,12 +20,10 @@
 //! - `Generation { body, hash, origin }`: `origin` is the accepting node's `OriginProof` (its
 //!   certificate and its signature over the cluster id, id and hash; format 6 on), outside the
 //!   hash; `node/src/origin.rs` makes and checks it (D73).
-//! - `NodeName`, `Key` and `JsonText` check their invariants in `TryFrom<String>`.
-//! - `JsonText` keeps JSON as text, because postcard cannot carry `serde_json::Value`.
-//!   `JsonText::from_value` produces compact text with sorted object keys. The workspace enables
-//!   serde_json's `arbitrary_precision`, so numbers keep their digits: a 30-digit integer stays
-//!   that integer instead of becoming a rounded float.
-//! - `GenId { origin, seq }` prints and parses as `origin.seq`.
+//! - `JsonText` checks its invariants in `TryFrom<String>`, and keeps JSON as text, because
+//!   postcard cannot carry `serde_json::Value`. `JsonText::from_value` produces compact text with
+//!   sorted object keys. The workspace enables serde_json's `arbitrary_precision`, so numbers keep
+//!   their digits: a 30-digit integer stays that integer instead of becoming a rounded float.
 //! - `GenerationBody::hash` is the SHA-256 of the postcard encoding of the body, as the oldest
 //!   format that holds it encoded it: without `signed` and `author` as format 3, with `author` only
 //!   as format 4, without `terms` as format 5, whole from format 7. So a generation keeps its
@@ -37,154 +36,16 @@
 //!   alerts.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ValidationError;
 use crate::hlc::Stamp;
-use crate::limits::{MAX_AUTHOR_BYTES, MAX_KEY_BYTES, MAX_NODE_NAME_BYTES, MAX_VALUE_BYTES};
+use crate::limits::MAX_VALUE_BYTES;
+use crate::name::{Author, GenId, Key, NodeName};
 use crate::rollout::{Control, Policy};
 use crate::signing::Signed;
-
-/// The name of a node: 1 to 32 bytes of ASCII letters, digits, `-` and `_`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct NodeName(String);
-
-impl NodeName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for NodeName {
-    type Error = ValidationError;
-
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if name.is_empty() || name.len() > MAX_NODE_NAME_BYTES || !name.chars().all(valid_char) {
-            return Err(ValidationError::NodeName { found: name });
-        }
-        Ok(NodeName(name))
-    }
-}
-
-impl FromStr for NodeName {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        NodeName::try_from(s.to_owned())
-    }
-}
-
-impl From<NodeName> for String {
-    fn from(name: NodeName) -> String {
-        name.0
-    }
-}
-
-impl fmt::Display for NodeName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A flag or config key: 1 to 128 bytes of ASCII letters, digits, `-`, `_`, `.` and `/`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Key(String);
-
-impl Key {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Key {
-    type Error = ValidationError;
-
-    fn try_from(key: String) -> Result<Self, Self::Error> {
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || "-_./".contains(c);
-        if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.chars().all(valid_char) {
-            return Err(ValidationError::Key { found: key });
-        }
-        Ok(Key(key))
-    }
-}
-
-impl FromStr for Key {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Key::try_from(s.to_owned())
-    }
-}
-
-impl From<Key> for String {
-    fn from(key: Key) -> String {
-        key.0
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Who submitted a change, as the client named itself (`alice@laptop`, `ci/deploy-bot`): 1 to
-/// 64 bytes of ASCII letters, digits and `-_.@/+:`. Recorded in the generation (format 4 on).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Author(String);
-
-impl Author {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `text` made an author: characters outside the alphabet become `_`, and it is cut to
-    /// the limit (`unknown` when empty). For names from the system (a login, a host name).
-    pub fn lossy(text: &str) -> Author {
-        let cleaned: String =
-            text.chars().map(|c| if Author::allowed(c) { c } else { '_' }).take(MAX_AUTHOR_BYTES).collect();
-        Author(if cleaned.is_empty() { "unknown".to_owned() } else { cleaned })
-    }
-
-    fn allowed(c: char) -> bool {
-        c.is_ascii_alphanumeric() || "-_.@/+:".contains(c)
-    }
-}
-
-impl TryFrom<String> for Author {
-    type Error = ValidationError;
-
-    fn try_from(author: String) -> Result<Self, Self::Error> {
-        if author.is_empty() || author.len() > MAX_AUTHOR_BYTES || !author.chars().all(Author::allowed) {
-            return Err(ValidationError::Author { found: author });
-        }
-        Ok(Author(author))
-    }
-}
-
-impl FromStr for Author {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Author::try_from(s.to_owned())
-    }
-}
-
-impl From<Author> for String {
-    fn from(author: Author) -> String {
-        author.0
-    }
-}
-
-impl fmt::Display for Author {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A JSON document kept as its text, at most [`MAX_VALUE_BYTES`].
 ///
@@ -232,35 +93,6 @@ impl TryFrom<String> for JsonText {
 impl From<JsonText> for String {
     fn from(text: JsonText) -> String {
         text.0
-    }
-}
-
-/// The identity of a generation: the node that accepted it and that node's sequence number.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct GenId {
-    pub origin: NodeName,
-    pub seq: u64,
-}
-
-impl fmt::Display for GenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.origin, self.seq)
-    }
-}
-
-impl FromStr for GenId {
-    type Err = ValidationError;
-
-    /// Parses the `origin.seq` form that [`fmt::Display`] prints.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || ValidationError::GenId { found: s.to_owned() };
-        let (origin, seq) = s.rsplit_once('.').ok_or_else(invalid)?;
-        let seq = seq.parse::<u64>().map_err(|_| invalid())?;
-        let origin = origin.parse::<NodeName>().map_err(|_| invalid())?;
-        if seq == 0 {
-            return Err(invalid());
-        }
-        Ok(GenId { origin, seq })
     }
 }
 
@@ -511,35 +343,6 @@ impl fmt::Display for Revert {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_and_keys_are_checked() {
-        assert!("n1".parse::<NodeName>().is_ok());
-        assert!("".parse::<NodeName>().is_err());
-        assert!("a.b".parse::<NodeName>().is_err());
-        assert!("x".repeat(33).parse::<NodeName>().is_err());
-        assert!("checkout.new-flow".parse::<Key>().is_ok());
-        assert!("with space".parse::<Key>().is_err());
-        assert!("k".repeat(129).parse::<Key>().is_err());
-    }
-
-    #[test]
-    fn gen_id_round_trips_through_text() {
-        let id: GenId = "node-1.42".parse().unwrap();
-        assert_eq!(id.origin.as_str(), "node-1");
-        assert_eq!(id.seq, 42);
-        assert_eq!(id.to_string(), "node-1.42");
-        assert!("node-1".parse::<GenId>().is_err());
-        assert!("node-1.0".parse::<GenId>().is_err());
-        assert!("node-1.x".parse::<GenId>().is_err());
-    }
-
-    #[test]
-    fn system_names_become_authors() {
-        assert_eq!(Author::lossy("ada lovelace@host.example").as_str(), "ada_lovelace@host.example");
-        assert_eq!(Author::lossy("").as_str(), "unknown");
-        assert_eq!(Author::lossy(&"x".repeat(100)).as_str().len(), MAX_AUTHOR_BYTES);
-    }
 
     #[test]
     fn json_text_refuses_invalid_and_oversized_json() {

@@ -36,9 +36,8 @@ use std::sync::Arc;
 use crate::error::ValidationError;
 use crate::hlc::{Clock, ClockError, Stamp, Standing};
 use crate::log::{InsertOutcome, Log, Tally, VersionVector};
-use crate::model::{
-    Author, Change, ContentHash, GenId, Generation, GenerationBody, NodeName, Op, OriginProof, Revert, Terms,
-};
+use crate::model::{Change, ContentHash, Generation, GenerationBody, Op, OriginProof, Revert, Terms};
+use crate::name::{Author, GenId, NodeName};
 use crate::rollout::Plan;
 use crate::schedule::Freezes;
 use crate::signing::{Signed, SigningError, Trust, revocations, revoked_by};

@@ -77,7 +77,8 @@ use sha2::{Digest, Sha256};
 
 use crate::health::Thresholds;
 use crate::limits::MAX_MEMBERS;
-use crate::model::{GenId, GenerationBody, NodeName};
+use crate::model::GenerationBody;
+use crate::name::{GenId, NodeName};
 
 /// Most waves in one policy.
 pub const MAX_WAVES: usize = 16;

@@ -45,7 +45,8 @@ use sha2::{Digest, Sha256};
 use crate::approvals::ApprovalRule;
 use crate::hlc::Stamp;
 use crate::log::{Log, VersionVector};
-use crate::model::{Author, Change, GenId, GenerationBody, Governance, Key, Op, Terms};
+use crate::model::{Change, GenerationBody, Governance, Op, Terms};
+use crate::name::{Author, GenId, Key};
 
 /// How far a node's stamp on a signed change may lie from the time the operator signed it
 /// (either way: the clocks of the operator's machine and the node differ). It bounds how late

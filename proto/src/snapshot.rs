@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::hlc::Stamp;
 use crate::log::VersionVector;
-use crate::model::{GenId, Generation, Key, Op};
+use crate::model::{Generation, Op};
+use crate::name::{GenId, Key};
 use crate::signing::WriteProof;
 
 /// The winning write of one key: the operation, and the generation that made it.

@@ -28,7 +28,8 @@ use sha2::{Digest, Sha256};
 
 use crate::eval::FlagDefinition;
 use crate::hlc::Stamp;
-use crate::model::{ContentHash, GenId, Generation, JsonText, Key, Op};
+use crate::model::{ContentHash, Generation, JsonText, Op};
+use crate::name::{GenId, Key};
 use crate::snapshot::Snapshot;
 
 /// A value and the generation that set it.

@@ -5,7 +5,8 @@
 //! It is compiled only under `#[cfg(any(test, feature = "testsuite"))]`.
 
 use crate::hlc::Stamp;
-use crate::model::{Change, GenId, Generation, GenerationBody, JsonText, Op};
+use crate::model::{Change, Generation, GenerationBody, JsonText, Op};
+use crate::name::GenId;
 
 /// A sealed generation `origin.seq`, stamped at `wall_ms`, that puts config `key` = `value`
 /// (JSON text).

@@ -33,7 +33,8 @@ use crate::approvals::MAX_APPROVALS;
 use crate::error::ValidationError;
 use crate::eval::FlagDefinition;
 use crate::limits::{MAX_GENERATION_BYTES, MAX_MEMBERS, MAX_OPS_PER_CHANGE, MAX_SEQ};
-use crate::model::{Change, Generation, Governance, JsonText, Key, Op, Terms};
+use crate::model::{Change, Generation, Governance, JsonText, Op, Terms};
+use crate::name::Key;
 use crate::snapshot::Snapshot;
 
 /// Checks a change as a whole and each of its operations.
@@ -284,7 +285,8 @@ mod tests {
     #[test]
     fn a_generation_past_the_member_ceiling_is_refused() {
         use crate::hlc::Stamp;
-        use crate::model::{GenId, GenerationBody};
+        use crate::model::GenerationBody;
+        use crate::name::GenId;
         let members = (0..=MAX_MEMBERS).map(|i| format!("n{i}").parse().unwrap()).collect();
         let generation = GenerationBody {
             id: GenId { origin: "n0".parse().unwrap(), seq: 1 },

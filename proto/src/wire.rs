@@ -35,7 +35,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::log::VersionVector;
-use crate::model::{GenId, Generation, GenerationBody, Revert};
+use crate::model::{Generation, GenerationBody, Revert};
+use crate::name::GenId;
 use crate::signing::WriteProof;
 use crate::snapshot::{Snapshot, Write};
 
@@ -310,7 +311,8 @@ pub mod v6 {
 
     use crate::hlc::Stamp;
     use crate::log::VersionVector;
-    use crate::model::{Author, Change, ContentHash, GenId, NodeName, Op, OriginProof, Revert};
+    use crate::model::{Change, ContentHash, Op, OriginProof, Revert};
+    use crate::name::{Author, GenId, NodeName};
     use crate::signing::Signed;
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,7 +377,8 @@ mod tests {
 
     use super::*;
     use crate::hlc::Stamp;
-    use crate::model::{Change, GenId, GenerationBody, JsonText, Op, OriginProof, Terms};
+    use crate::model::{Change, GenerationBody, JsonText, Op, OriginProof, Terms};
+    use crate::name::GenId;
     use crate::signing::SecretKey;
 
     fn arb_generation() -> impl Strategy<Value = Generation> {
