@@ -21,7 +21,7 @@ use grapevine_cluster_tests::watch::WatchRecorder;
 use grapevine_cluster_tests::{bench_quick, free_port, process_rss_kib, suite_row};
 use grapevine_node::daemon::RunningNode;
 use grapevine_proto::GenId;
-use grapevine_proto::rollout::PolicyOptions;
+use grapevine_proto::policy::PolicyOptions;
 use grapevine_proto::sim::SplitMix64;
 use serde_json::json;
 

@@ -28,7 +28,7 @@ use grapevine_node::daemon::{self, RunningNode};
 use grapevine_node::faults::LinkRule;
 use grapevine_node::replies::{ChangeReply, ConfigValue, ErrorReply, Status};
 use grapevine_node::tls;
-use grapevine_proto::rollout::PolicyOptions;
+use grapevine_proto::policy::PolicyOptions;
 use grapevine_proto::sim::SplitMix64;
 use grapevine_proto::{GenId, VersionVector};
 use serde::Deserialize;

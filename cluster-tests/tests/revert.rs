@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use grapevine_cluster_tests::{Cluster, Node, WebhookSink, binary, can_use_netns, check, http_request, wait_until};
 use grapevine_node::replies::{Rollback, Rollout};
-use grapevine_proto::rollout::Verdict;
+use grapevine_proto::report::Verdict;
 
 /// A node whose health is its application's check of the value it serves for `risky`.
 fn app_health(node: &Node) -> String {

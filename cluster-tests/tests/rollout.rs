@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use grapevine_cluster_tests::{Cluster, Node, check, http_request, wait_until};
-use grapevine_proto::rollout::Verdict;
+use grapevine_proto::report::Verdict;
 
 /// Nodes that judge by pushed samples (at least 10 requests).
 const PUSH_HEALTH: &str = "[health]\npush = true\nsample_interval_ms = 200\n[rollout]\nmin_samples = 10\n";

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use grapevine_cluster_tests::{Cluster, Node, check, counter, grapevine, wait_until};
-use grapevine_proto::rollout::Verdict;
+use grapevine_proto::report::Verdict;
 
 const FORGE: &str = "GRAPEVINE_TEST_FORGE_REPORTS";
 

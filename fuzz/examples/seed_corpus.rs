@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chitchat::transport::{ChannelTransport, Socket, Transport};
 use chitchat::{ChitchatConfig, ChitchatId, ChitchatMessage, FailureDetectorConfig, Serializable, spawn_chitchat};
 use grapevine_proto::eval::FlagDefinition;
-use grapevine_proto::rollout::{Control, Policy};
+use grapevine_proto::policy::{Control, Policy};
 use grapevine_proto::signing::SecretKey;
 use grapevine_proto::wire::{self, PullFrame, PullRequest, Push, PushAck, Versioned};
 use grapevine_proto::{

@@ -643,7 +643,7 @@ async fn run_change(command: ChangeCommand) -> Result<(), CliError> {
                     (request, &args.change, &args.client, expiry)
                 }
             };
-            let expires_in_ms = grapevine_proto::rollout::parse_duration_ms(&expiry.expires_in)
+            let expires_in_ms = grapevine_proto::policy::parse_duration_ms(&expiry.expires_in)
                 .map_err(|error| CliError::Usage(format!("--expires-in: {}", error.0)))?;
             let client = Client::with_timeout(client, change.request_timeout())?;
             proposals::propose(&client, request, change, expires_in_ms).await

@@ -9,7 +9,7 @@
 //!   `retain_age_s` become `Config::retention`, a `proto` `Retention`.
 //! - The sections can be set only in the file; an error in one is `ConfigError::Section`
 //!   (`[rollout]: ...`, `[health]: ...`, `[alerts]: ...`, `[audit]: ...`, `[files]: ...`, `[signing]: ...`):
-//!   - `[rollout]` (`RolloutSection`) is a `proto::rollout::PolicyOptions` in the CLI's
+//!   - `[rollout]` (`RolloutSection`) is a `proto::policy::PolicyOptions` in the CLI's
 //!     notation, applied over `Policy::default()` (`PolicyOptions::apply`, which validates) into
 //!     `Config::rollout`, the policy of a change that names none, and its `[[rollout.freeze]]`
 //!     windows (`proto::schedule::FreezeOptions`), checked by `Freezes::parse` into
@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use grapevine_proto::approvals::ApprovalRule;
-use grapevine_proto::rollout::{Policy, PolicyOptions};
+use grapevine_proto::policy::{Policy, PolicyOptions};
 use grapevine_proto::schedule::{FreezeOptions, Freezes};
 use grapevine_proto::signing::{PublicKey, Trust};
 use grapevine_proto::snapshot::Retention;

@@ -92,7 +92,7 @@ use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ListenerHandle, NodeState, spawn_chitchat,
 };
 use grapevine_proto::health::Window;
-use grapevine_proto::rollout::{Report, Verdict, worst_per_member};
+use grapevine_proto::report::{Report, Verdict, worst_per_member};
 use grapevine_proto::wire::OLDEST_READABLE;
 use grapevine_proto::{GenId, NodeName, Tally, VersionVector};
 use tokio::sync::{Notify, mpsc, watch};

@@ -93,8 +93,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use grapevine_proto::health::{Judgement, References, Thresholds, Window, blame, judge};
-use grapevine_proto::rollout::{Report, Verdict};
+use grapevine_proto::health::{Judgement, References, Window, blame, judge};
+use grapevine_proto::policy::Thresholds;
+use grapevine_proto::report::{Report, Verdict};
 use grapevine_proto::{GenId, NodeName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;

@@ -35,7 +35,7 @@ use crate::hlc::Stamp;
 use crate::log::{Log, VersionVector};
 use crate::model::{Generation, Governance, JsonText, Op, Revert};
 use crate::name::{GenId, Key, NodeName};
-use crate::rollout::{Control, Policy};
+use crate::policy::{Control, Policy};
 use crate::signing::Signed;
 
 /// The schema keyword of Grapevine's own that marks a value, or a part of one, secret (JSON

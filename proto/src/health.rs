@@ -19,11 +19,8 @@
 //!   add up, latency is the median of their medians). It prints and parses as
 //!   `requests:errors:latency_ms:intervals` (`120:3:41.5:60`, latency empty when unknown): the
 //!   value of the `kpi` gossip key and of the KPIs in alerts.
-//! - `Thresholds { min_samples, max_error_rate_permille, max_latency_p99_ms,
-//!   max_error_ratio_percent, max_latency_ratio_percent }`, part of each `Policy`. The default is
-//!   20 requests, 5% errors, no latency limit, 2x the reference's error rate and 1.5x its latency.
-//!   `validate` refuses `min_samples` outside 1..=1000000, an error rate outside (0, 1], a latency
-//!   limit of 0, and ratios outside (1, 100].
+//! - The limits are the generation's policy's `Thresholds` (`policy.rs`), and the verdicts
+//!   `report::Verdict`: both are data below this module.
 //! - `judge(thresholds, since, references)`: fewer than `min_samples` requests since the apply is
 //!   `Inconclusive`. Then `Anomalous` when the error rate is significantly above `max_error_rate`;
 //!   when the median p99 is above `max_latency_p99_ms` with at least `MIN_LATENCY_INTERVALS`
@@ -43,7 +40,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::GenId;
-use crate::rollout::{PolicyError, Verdict};
+use crate::policy::{PolicyError, Thresholds};
+use crate::report::Verdict;
 
 /// The false-alarm probability each error-rate comparison allows (one in ten thousand).
 pub const SIGNIFICANCE: f64 = 1e-4;
@@ -152,58 +150,6 @@ fn median(values: &mut [f64]) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
     Some(if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 })
-}
-
-/// The limits a generation is judged by: part of its rollout policy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Thresholds {
-    /// Requests a node must see after the apply before it judges at all.
-    pub min_samples: u32,
-    /// Absolute: the highest acceptable error rate, in thousandths.
-    pub max_error_rate_permille: u16,
-    /// Absolute: the highest acceptable median p99 latency, in milliseconds.
-    pub max_latency_p99_ms: Option<u32>,
-    /// Relative: the error rate may grow to this share of the reference's, in percent.
-    pub max_error_ratio_percent: u16,
-    /// Relative: the latency may grow to this share of the reference's, in percent.
-    pub max_latency_ratio_percent: u16,
-}
-
-impl Default for Thresholds {
-    /// At least 20 requests; at most 5% errors; errors at most 2x and latency at most 1.5x the
-    /// baseline's and the peers'.
-    fn default() -> Self {
-        Thresholds {
-            min_samples: 20,
-            max_error_rate_permille: 50,
-            max_latency_p99_ms: None,
-            max_error_ratio_percent: 200,
-            max_latency_ratio_percent: 150,
-        }
-    }
-}
-
-impl Thresholds {
-    pub fn validate(&self) -> Result<(), PolicyError> {
-        let error = |message: String| Err(PolicyError(message));
-        if self.min_samples == 0 || self.min_samples > 1_000_000 {
-            return error(format!("min samples must be from 1 to 1000000, got {}", self.min_samples));
-        }
-        if self.max_error_rate_permille == 0 || self.max_error_rate_permille > 1000 {
-            let found = f64::from(self.max_error_rate_permille) / 1000.0;
-            return error(format!("max error rate must be in (0, 1], got {found}"));
-        }
-        if self.max_latency_p99_ms == Some(0) {
-            return error("max latency must be at least 1 ms, got 0".into());
-        }
-        for (what, percent) in [("error", self.max_error_ratio_percent), ("latency", self.max_latency_ratio_percent)] {
-            if !(101..=10_000).contains(&percent) {
-                let found = f64::from(percent) / 100.0;
-                return error(format!("max {what} ratio must be above 1 and at most 100, got {found}"));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// What a node compares its KPIs since the apply with.
@@ -323,7 +269,7 @@ fn percent(rate: f64) -> String {
 mod tests {
     #[test]
     fn blame_goes_to_the_newest_suspect_no_other_node_vouches_for() {
-        use crate::rollout::Verdict::{Anomalous, Healthy, Inconclusive};
+        use crate::report::Verdict::{Anomalous, Healthy, Inconclusive};
         let id = |seq: u64| crate::GenId { origin: "n1".parse().unwrap(), seq };
         let none = |_: &crate::GenId| false;
         let watched = [(1, id(1), Some(Anomalous)), (2, id(2), Some(Anomalous)), (3, id(3), Some(Healthy))];

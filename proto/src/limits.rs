@@ -3,7 +3,7 @@
 //! Limits are checked where data enters (the admin API and peers' streams) with an error that
 //! names the limit, the expected bound and what was found.
 //!
-//! The rollout limits (`MAX_WAVES`, `MAX_BAKE_MS`, `MAX_WATCH_WINDOW_MS`) live in `rollout.rs`, the
+//! The rollout limits (`MAX_WAVES`, `MAX_BAKE_MS`, `MAX_WATCH_WINDOW_MS`) live in `policy.rs`, the
 //! judgement's constants in `health.rs`, `MAX_REF_DEPTH` in `targeting.rs`, `FLAGD_OPERATOR_STEPS`
 //! in `cost.rs`, and the signing limits in `signing.rs`.
 

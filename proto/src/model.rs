@@ -8,8 +8,8 @@
 //! - `Op::SetFlag { key, definition }` and `Op::PutConfig { key, value, schema }` each carry the
 //!   whole new value of their key; `schema` is the JSON Schema the value follows, if the key has
 //!   one (the API carries the key's current schema forward when a put names none).
-//! - `Change { ops, policy, controls }`: operations, the `rollout::Policy` they roll out under, and
-//!   `rollout::Control`s of other generations' rollouts. `Change::with_ops` uses
+//! - `Change { ops, policy, controls }`: operations, the `policy::Policy` they roll out under, and
+//!   `policy::Control`s of other generations' rollouts. `Change::with_ops` uses
 //!   `Policy::default()` and no controls. A control generation has controls and no ops.
 //! - `GenerationBody { id, hlc, members, groups, change, author, signed, terms }`. `members` are the live
 //!   members in the accepting node's view, sorted; waves are cut from them. `groups` is empty, or,
@@ -44,7 +44,7 @@ use crate::error::ValidationError;
 use crate::hlc::Stamp;
 use crate::limits::MAX_VALUE_BYTES;
 use crate::name::{Author, GenId, Key, NodeName};
-use crate::rollout::{Control, Policy};
+use crate::policy::{Control, Policy};
 use crate::signing::Signed;
 
 /// A JSON document kept as its text, at most [`MAX_VALUE_BYTES`].

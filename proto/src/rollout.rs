@@ -1,5 +1,6 @@
-//! Rollout: the policy a change carries, its deterministic waves, and the gate that releases
-//! it to a node, as pure functions of gossiped facts.
+//! Rollout: a generation's deterministic waves, and the gate that releases it to a node, as
+//! pure functions of gossiped facts. They read data from below: the policy and the controls
+//! (`policy.rs`) and the nodes' reports (`report.rs`).
 //!
 //! A generation records the members alive when it was accepted. Members are ranked by
 //! `sha256(generation id, node)` and cut by the policy's cumulative wave sizes (or, with
@@ -13,25 +14,6 @@
 //!
 //! `docs/protocol.md` states the rules; this module is their code:
 //!
-//! - `Policy { waves, bake_ms, health_quorum_permille, watch_window_ms, waves_by, emergency,
-//!   anomaly_quorum_min, anomaly_quorum_permille, thresholds }`. `Policy::default()` is
-//!   `1,10%,50%,100%`, 30 s bake, quorum 900 (0.9), 10 min watch window, anomaly quorum at least 1
-//!   node and 340 (0.34) of those that applied it, and `Thresholds::default()`.
-//!   `Policy::emergency()` is the default with one wave of `100%`, no bake, `emergency: true`.
-//! - `Policy::validate` refuses, in this order: 0 or more than `MAX_WAVES` waves; waves that do not
-//!   grow (counts before percents, each strictly larger); a percentage outside 1..=100 or a count
-//!   of 0; a last wave other than `100%`; a bake of 0 with more than one wave unless `emergency`; a
-//!   bake over `MAX_BAKE_MS`; a quorum outside 1..=1000; a watch window over `MAX_WATCH_WINDOW_MS`;
-//!   an anomaly quorum minimum outside 1..=`MAX_MEMBERS`; an anomaly quorum outside 1..=1000;
-//!   thresholds that fail `Thresholds::validate`; an emergency policy with any waves but `[100%]`,
-//!   or with `waves_by`; a watch window shorter than the bake (with more than one wave).
-//! - `PolicyOptions` is a policy in the notation the CLI flags, the HTTP query and the `[rollout]`
-//!   config section share (`waves`, `bake`, `health_quorum`, `watch_window`, `waves_by`,
-//!   `anomaly_quorum`, `anomaly_quorum_min`, `min_samples`, `max_error_rate`, `max_latency_p99_ms`,
-//!   `max_error_ratio`, `max_latency_ratio`; unknown fields refused). `apply(base)` replaces each
-//!   option given, converts shares to thousandths and ratios to percent, and validates the result.
-//!   `parse_waves("1,10%,50%,100%")` and `parse_duration_ms` (`500ms`, `30s`, `2m`, `1h`; a bare
-//!   number is seconds) parse the notation.
 //! - `Plan::of(body)` ranks `body.members` by `sha256(origin, 0, seq big-endian, node)` and cuts
 //!   them by the cumulative wave sizes (`WaveSize::Count` or `Percent`; a percentage rounds up);
 //!   empty waves are dropped. With `waves_by`, the canary (the first wave size) is followed by one
@@ -43,11 +25,6 @@
 //!   (D57). `Plan::opens_in` (from `baked_in` and `Report::baked_in`, the same rule) says in how
 //!   many ms the gate opens if the reports only age: 0 when open, `None` when only a new report,
 //!   control or member can open it (D69).
-//! - `Control::{Pause, Resume, Promote { through_wave }}` each name a `target`; `Controls { paused,
-//!   promoted_through }` folds them (`Controls::apply`).
-//! - `Report { verdict, elapsed_ms }` prints and parses as `h:12000` (`i`, `a` for inconclusive and
-//!   anomalous): the value of a `rep.<generation>` gossip key. `Verdict` orders `Healthy` <
-//!   `Inconclusive` < `Anomalous`.
 //! - `AnomalyQuorum::of(policy, reports)` counts the distinct reporters (`applied`: every node that
 //!   applied a generation reports on it), those reporting `anomalous`, and `needed` =
 //!   `max(anomaly_quorum_min, ceil(applied * anomaly_quorum_permille / 1000))`; `reached()` is at
@@ -60,335 +37,22 @@
 //! that already applied the generation (proptest
 //! `a_silent_canary_opens_a_wave_only_through_a_member_that_went_through`).
 //!
-//! Tests: the default waves on 10 nodes are 1, 4, 5 (the empty 10% wave dropped); bad policies
-//! are refused with their reason; a wave opens only on a baked healthy quorum of every earlier
-//! wave (and pause and promote act); a gate opens in the time its slowest needed report takes to
-//! bake and exactly then (`opens_in`, with a proptest against `is_open` on aged reports);
-//! `waves_by` puts one label value in each wave after the canary; the anomaly quorum is the
-//! larger of the minimum and the share of appliers; `PolicyOptions` replace what they set and
-//! refuse nonsense.
+//! Tests: the default waves on 10 nodes are 1, 4, 5 (the empty 10% wave dropped); a wave opens
+//! only on a baked healthy quorum of every earlier wave (and pause and promote act); a gate
+//! opens in the time its slowest needed report takes to bake and exactly then (`opens_in`, with
+//! a proptest against `is_open` on aged reports); `waves_by` puts one label value in each wave
+//! after the canary; the anomaly quorum is the larger of the minimum and the share of appliers.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::health::Thresholds;
-use crate::limits::MAX_MEMBERS;
 use crate::model::GenerationBody;
 use crate::name::{GenId, NodeName};
-
-/// Most waves in one policy.
-pub const MAX_WAVES: usize = 16;
-/// The longest bake time: a day. A rollout slower than that is a paused one.
-pub const MAX_BAKE_MS: u64 = 24 * 3600 * 1000;
-/// The longest watch window: a week.
-pub const MAX_WATCH_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
-
-/// One cumulative wave size: a number of nodes or a percentage of the member set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WaveSize {
-    Count(u32),
-    Percent(u8),
-}
-
-impl WaveSize {
-    /// How many of `members` nodes the waves up to this one hold.
-    fn cumulative(self, members: usize) -> usize {
-        match self {
-            WaveSize::Count(count) => (count as usize).min(members),
-            WaveSize::Percent(percent) => (members * percent as usize).div_ceil(100),
-        }
-    }
-}
-
-impl fmt::Display for WaveSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WaveSize::Count(count) => write!(f, "{count}"),
-            WaveSize::Percent(percent) => write!(f, "{percent}%"),
-        }
-    }
-}
-
-/// Why a policy was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("rollout policy: {0}")]
-pub struct PolicyError(pub String);
-
-/// How a change rolls out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Policy {
-    /// Cumulative wave sizes; the last is 100%.
-    pub waves: Vec<WaveSize>,
-    /// How long a wave's members must report healthy before the next wave opens.
-    pub bake_ms: u64,
-    /// The share of a wave, in thousandths, that must report healthy (1 to 1000).
-    pub health_quorum_permille: u16,
-    /// How long after apply a node keeps judging and reporting a generation.
-    pub watch_window_ms: u64,
-    /// Group the waves after the canary by this label: one label value per wave.
-    pub waves_by: Option<String>,
-    /// A kill switch: one wave, no bake.
-    pub emergency: bool,
-    /// Generation g is reverted when at least this many distinct nodes report it anomalous...
-    pub anomaly_quorum_min: u32,
-    /// ...and at least this share, in thousandths, of the nodes that applied it.
-    pub anomaly_quorum_permille: u16,
-    /// The limits each node judges the generation by.
-    pub thresholds: Thresholds,
-}
-
-impl Default for Policy {
-    /// The built-in default: 1 node, 10%, 50%, 100%, 30 s bake, 90% healthy, 10 min watch;
-    /// reverted when at least 1 node and 34% of those that applied it report an anomaly.
-    fn default() -> Self {
-        Policy {
-            waves: vec![WaveSize::Count(1), WaveSize::Percent(10), WaveSize::Percent(50), WaveSize::Percent(100)],
-            bake_ms: 30_000,
-            health_quorum_permille: 900,
-            watch_window_ms: 600_000,
-            waves_by: None,
-            emergency: false,
-            anomaly_quorum_min: 1,
-            anomaly_quorum_permille: 340,
-            thresholds: Thresholds::default(),
-        }
-    }
-}
-
-impl Policy {
-    /// The emergency policy: every node at once, no bake.
-    pub fn emergency() -> Self {
-        Policy::default().as_emergency()
-    }
-
-    /// This policy as a kill switch: one wave of every node, no bake, no label waves; its
-    /// watch window, anomaly quorum and thresholds stay.
-    pub fn as_emergency(&self) -> Self {
-        Policy { waves: vec![WaveSize::Percent(100)], bake_ms: 0, emergency: true, waves_by: None, ..self.clone() }
-    }
-
-    /// Checks the policy, saying what is wrong.
-    pub fn validate(&self) -> Result<(), PolicyError> {
-        let error = |message: String| Err(PolicyError(message));
-        if self.waves.is_empty() || self.waves.len() > MAX_WAVES {
-            return error(format!("expected 1 to {MAX_WAVES} waves, got {}", self.waves.len()));
-        }
-        for pair in self.waves.windows(2) {
-            let in_order = match (pair[0], pair[1]) {
-                (WaveSize::Count(a), WaveSize::Count(b)) => a < b,
-                (WaveSize::Percent(a), WaveSize::Percent(b)) => a < b,
-                (WaveSize::Count(_), WaveSize::Percent(_)) => true,
-                (WaveSize::Percent(_), WaveSize::Count(_)) => false,
-            };
-            if !in_order {
-                return error(format!("waves must grow, counts before percents, got {} after {}", pair[1], pair[0]));
-            }
-        }
-        for wave in &self.waves {
-            match wave {
-                WaveSize::Percent(p) if *p == 0 || *p > 100 => {
-                    return error(format!("a wave percentage must be from 1% to 100%, got {p}%"));
-                }
-                WaveSize::Count(0) => return error("a wave count must be at least 1, got 0".into()),
-                _ => {}
-            }
-        }
-        if self.waves.last() != Some(&WaveSize::Percent(100)) {
-            return error(format!("the last wave must be 100%, got {}", self.waves.last().expect("not empty")));
-        }
-        if self.bake_ms == 0 && !self.emergency && self.waves.len() > 1 {
-            return error("a bake time of 0 is for --emergency changes only, got 0 with waves".into());
-        }
-        if self.bake_ms > MAX_BAKE_MS {
-            return error(format!("bake time must be at most 24h, got {} ms", self.bake_ms));
-        }
-        if self.health_quorum_permille == 0 || self.health_quorum_permille > 1000 {
-            let found = f64::from(self.health_quorum_permille) / 1000.0;
-            return error(format!("health quorum must be in (0, 1], got {found}"));
-        }
-        if self.watch_window_ms > MAX_WATCH_WINDOW_MS {
-            return error(format!("watch window must be at most 7 days, got {} ms", self.watch_window_ms));
-        }
-        if self.anomaly_quorum_min == 0 || self.anomaly_quorum_min as usize > MAX_MEMBERS {
-            return error(format!(
-                "anomaly quorum min must be from 1 to {MAX_MEMBERS}, got {}",
-                self.anomaly_quorum_min
-            ));
-        }
-        if self.anomaly_quorum_permille == 0 || self.anomaly_quorum_permille > 1000 {
-            let found = f64::from(self.anomaly_quorum_permille) / 1000.0;
-            return error(format!("anomaly quorum must be in (0, 1], got {found}"));
-        }
-        self.thresholds.validate()?;
-        if self.emergency && self.waves != [WaveSize::Percent(100)] {
-            return error("an emergency change has one wave of 100%".into());
-        }
-        if self.emergency && self.waves_by.is_some() {
-            return error("an emergency change has one wave: --waves-by does not apply".into());
-        }
-        if !self.emergency && self.waves.len() > 1 && self.watch_window_ms < self.bake_ms {
-            return error(format!(
-                "the watch window must be at least the bake time ({} ms), got {} ms",
-                self.bake_ms, self.watch_window_ms
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Parses `1,10%,50%,100%`.
-pub fn parse_waves(text: &str) -> Result<Vec<WaveSize>, PolicyError> {
-    text.split(',')
-        .map(str::trim)
-        .map(|part| {
-            let parsed = match part.strip_suffix('%') {
-                Some(percent) => percent.parse::<u8>().map(WaveSize::Percent).ok(),
-                None => part.parse::<u32>().map(WaveSize::Count).ok(),
-            };
-            parsed.ok_or_else(|| PolicyError(format!("a wave must be a count (5) or a percentage (10%), got {part:?}")))
-        })
-        .collect()
-}
-
-/// Parses a duration like `30s`, `500ms`, `2m` or `1h` into milliseconds.
-pub fn parse_duration_ms(text: &str) -> Result<u64, PolicyError> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale = match unit {
-        "ms" => 1,
-        "s" | "" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => 0,
-    };
-    match number.parse::<u64>() {
-        Ok(value) if scale > 0 => Ok(value.saturating_mul(scale)),
-        _ => Err(PolicyError(format!("expected a duration like 30s, 500ms, 2m or 1h, got {text:?}"))),
-    }
-}
-
-/// A control an operator writes about another generation's rollout.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Control {
-    /// No further wave opens until resumed.
-    Pause { target: GenId },
-    /// Undoes a pause.
-    Resume { target: GenId },
-    /// Opens every wave up to and including `through_wave`, whatever the health.
-    Promote { target: GenId, through_wave: u32 },
-}
-
-impl Control {
-    pub fn target(&self) -> &GenId {
-        match self {
-            Control::Pause { target } | Control::Resume { target } | Control::Promote { target, .. } => target,
-        }
-    }
-}
-
-/// What the controls in the log say about one generation's rollout. Controls fold in
-/// `(hlc, origin, seq)` order: the last pause or resume wins; promotion only grows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Controls {
-    pub paused: bool,
-    pub promoted_through: Option<u32>,
-}
-
-impl Controls {
-    /// Folds one control (in log order).
-    pub fn apply(&mut self, control: &Control) {
-        match control {
-            Control::Pause { .. } => self.paused = true,
-            Control::Resume { .. } => self.paused = false,
-            Control::Promote { through_wave, .. } => {
-                self.promoted_through = Some(self.promoted_through.map_or(*through_wave, |p| p.max(*through_wave)));
-            }
-        }
-    }
-}
-
-/// A node's verdict on a generation it applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Healthy,
-    Inconclusive,
-    Anomalous,
-}
-
-impl Verdict {
-    pub fn as_char(self) -> char {
-        match self {
-            Verdict::Healthy => 'h',
-            Verdict::Inconclusive => 'i',
-            Verdict::Anomalous => 'a',
-        }
-    }
-}
-
-/// What a node reports about one generation: its verdict, and how long ago (on its own
-/// monotonic clock) it applied it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Report {
-    pub verdict: Verdict,
-    pub elapsed_ms: u64,
-}
-
-impl Report {
-    /// In how many ms this report says healthy for at least `bake_ms`, if it only ages: 0
-    /// when it does now, `None` when it is not healthy (aging never makes it so).
-    pub fn baked_in(&self, bake_ms: u64) -> Option<u64> {
-        (self.verdict == Verdict::Healthy).then(|| bake_ms.saturating_sub(self.elapsed_ms))
-    }
-
-    /// The report as an observer reads it `seen_for_ms` after it first saw it: reports age on
-    /// the observer's clock, from its first sight (short of the true age by that sighting's
-    /// gossip delay, never beyond it).
-    pub fn aged(self, seen_for_ms: u64) -> Report {
-        Report { elapsed_ms: self.elapsed_ms.saturating_add(seen_for_ms), ..self }
-    }
-}
-
-/// Every member's report on one generation, each name once with its worst verdict: a name
-/// that ran as several incarnations (a restarted node) counts as one member, and an anomaly
-/// one of them reported is not washed out by another's healthy report.
-pub fn worst_per_member(reports: impl IntoIterator<Item = (NodeName, Report)>) -> BTreeMap<NodeName, Report> {
-    let mut worst: BTreeMap<NodeName, Report> = BTreeMap::new();
-    for (name, report) in reports {
-        let slot = worst.entry(name).or_insert(report);
-        if report.verdict > slot.verdict {
-            *slot = report;
-        }
-    }
-    worst
-}
-
-impl fmt::Display for Report {
-    /// The gossip form: `h:12000`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.verdict.as_char(), self.elapsed_ms)
-    }
-}
-
-impl FromStr for Report {
-    type Err = PolicyError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || PolicyError(format!("expected a report like h:12000, got {text:?}"));
-        let (verdict, elapsed) = text.split_once(':').ok_or_else(bad)?;
-        let verdict = match verdict {
-            "h" => Verdict::Healthy,
-            "i" => Verdict::Inconclusive,
-            "a" => Verdict::Anomalous,
-            _ => return Err(bad()),
-        };
-        Ok(Report { verdict, elapsed_ms: elapsed.parse().map_err(|_| bad())? })
-    }
-}
+use crate::policy::{Controls, Policy, WaveSize};
+use crate::report::{Report, Verdict};
 
 /// Whether the nodes that applied a generation say it hurts. Every node that applied it
 /// reports on it (see `Report`), so the reporters are the nodes that applied it.
@@ -429,98 +93,6 @@ impl fmt::Display for AnomalyQuorum {
             self.needed
         )
     }
-}
-
-/// Policy options as the CLI, the HTTP query and the `[rollout]` config section name them;
-/// each option set replaces the base policy's.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyOptions {
-    /// Cumulative waves, like `1,10%,50%,100%`.
-    pub waves: Option<String>,
-    /// Bake time per wave, like `30s`.
-    pub bake: Option<String>,
-    /// Share of a wave that must report healthy, in (0, 1].
-    pub health_quorum: Option<f64>,
-    /// How long a node judges a generation after applying it, like `10m`.
-    pub watch_window: Option<String>,
-    /// After the canary, one wave per value of this label.
-    pub waves_by: Option<String>,
-    /// Share of the nodes that applied a generation whose anomaly reports revert it, in (0, 1].
-    pub anomaly_quorum: Option<f64>,
-    /// Fewest anomaly reports that revert a generation.
-    pub anomaly_quorum_min: Option<u32>,
-    /// Requests a node must see after the apply before it judges.
-    pub min_samples: Option<u32>,
-    /// Highest acceptable error rate, in (0, 1].
-    pub max_error_rate: Option<f64>,
-    /// Highest acceptable median p99 latency, in milliseconds.
-    pub max_latency_p99_ms: Option<u32>,
-    /// How many times the baseline's (and the peers') error rate is still acceptable.
-    pub max_error_ratio: Option<f64>,
-    /// How many times the baseline's (and the peers') latency is still acceptable.
-    pub max_latency_ratio: Option<f64>,
-}
-
-impl PolicyOptions {
-    /// `base` with every option set here replacing its value, checked.
-    pub fn apply(&self, mut policy: Policy) -> Result<Policy, PolicyError> {
-        if let Some(waves) = &self.waves {
-            policy.waves = parse_waves(waves)?;
-        }
-        if let Some(bake) = &self.bake {
-            policy.bake_ms = parse_duration_ms(bake)?;
-        }
-        if let Some(quorum) = self.health_quorum {
-            policy.health_quorum_permille = share_permille("health quorum", quorum)?;
-        }
-        if let Some(window) = &self.watch_window {
-            policy.watch_window_ms = parse_duration_ms(window)?;
-        }
-        if let Some(label) = &self.waves_by {
-            policy.waves_by = Some(label.clone());
-        }
-        if let Some(quorum) = self.anomaly_quorum {
-            policy.anomaly_quorum_permille = share_permille("anomaly quorum", quorum)?;
-        }
-        if let Some(min) = self.anomaly_quorum_min {
-            policy.anomaly_quorum_min = min;
-        }
-        let thresholds = &mut policy.thresholds;
-        if let Some(min) = self.min_samples {
-            thresholds.min_samples = min;
-        }
-        if let Some(rate) = self.max_error_rate {
-            thresholds.max_error_rate_permille = share_permille("max error rate", rate)?;
-        }
-        if let Some(latency) = self.max_latency_p99_ms {
-            thresholds.max_latency_p99_ms = Some(latency);
-        }
-        if let Some(ratio) = self.max_error_ratio {
-            thresholds.max_error_ratio_percent = ratio_percent("max error ratio", ratio)?;
-        }
-        if let Some(ratio) = self.max_latency_ratio {
-            thresholds.max_latency_ratio_percent = ratio_percent("max latency ratio", ratio)?;
-        }
-        policy.validate()?;
-        Ok(policy)
-    }
-}
-
-/// A share in (0, 1] as thousandths.
-fn share_permille(what: &str, share: f64) -> Result<u16, PolicyError> {
-    if !(share > 0.0 && share <= 1.0) {
-        return Err(PolicyError(format!("{what} must be in (0, 1], got {share}")));
-    }
-    Ok((share * 1000.0).round().max(1.0) as u16)
-}
-
-/// A ratio above 1 and at most 100 as percent.
-fn ratio_percent(what: &str, ratio: f64) -> Result<u16, PolicyError> {
-    if !(ratio > 1.0 && ratio <= 100.0) {
-        return Err(PolicyError(format!("{what} must be above 1 and at most 100, got {ratio}")));
-    }
-    Ok((ratio * 100.0).round() as u16)
 }
 
 /// The waves of one generation: disjoint, in order.
@@ -677,6 +249,7 @@ mod tests {
     use super::*;
     use crate::hlc::Stamp;
     use crate::model::{Change, Op};
+    use crate::policy::{MAX_BAKE_MS, parse_waves};
 
     fn body(members: usize, policy: Policy, groups: Vec<String>) -> GenerationBody {
         GenerationBody {
@@ -712,27 +285,6 @@ mod tests {
     }
 
     #[test]
-    fn bad_policies_are_refused_with_the_reason() {
-        let with = |waves: &str| Policy { waves: parse_waves(waves).unwrap(), ..Policy::default() }.validate();
-        assert!(with("50%,10%,100%").unwrap_err().to_string().contains("waves must grow"));
-        assert!(with("1,10%,50%").unwrap_err().to_string().contains("last wave must be 100%"));
-        assert!(parse_waves("1,150%").is_err() || with("1,150%").is_err());
-        assert!(with("1,0%,100%").is_err());
-        assert!(Policy { bake_ms: 0, ..Policy::default() }.validate().unwrap_err().to_string().contains("--emergency"));
-        assert!(Policy { health_quorum_permille: 0, ..Policy::default() }.validate().is_err());
-        assert!(Policy { health_quorum_permille: 1001, ..Policy::default() }.validate().is_err());
-        let short_window = Policy { watch_window_ms: 1_000, ..Policy::default() };
-        assert!(short_window.validate().unwrap_err().to_string().contains("watch window must be at least"));
-        let grouped = Policy { waves_by: Some("zone".into()), ..Policy::emergency() };
-        assert!(grouped.validate().is_err());
-        assert_eq!(Policy::emergency().validate(), Ok(()));
-        assert_eq!(Policy::default().validate(), Ok(()));
-        assert_eq!(parse_duration_ms("2s"), Ok(2_000));
-        assert_eq!(parse_duration_ms("150ms"), Ok(150));
-        assert!(parse_duration_ms("soon").is_err());
-    }
-
-    #[test]
     fn a_wave_opens_only_on_a_baked_healthy_quorum_of_every_earlier_wave() {
         let policy = Policy { waves: parse_waves("1,50%,100%").unwrap(), bake_ms: 1_000, ..Policy::default() };
         let plan = Plan::of(&body(6, policy.clone(), vec![]));
@@ -760,27 +312,6 @@ mod tests {
         reports.insert(wave_mate, healthy(10));
         assert!(plan.is_open(2, &policy, none, &reports));
         assert!(plan.is_open(1, &policy, none, &reports), "a later wave's member went through wave 1 too");
-    }
-
-    #[test]
-    fn a_member_counts_once_with_its_worst_verdict_and_reports_age_from_first_sight() {
-        let (n1, n2): (NodeName, NodeName) = ("n1".parse().unwrap(), "n2".parse().unwrap());
-        let report = |verdict, elapsed_ms| Report { verdict, elapsed_ms };
-        let worst = worst_per_member([
-            (n1.clone(), report(Verdict::Anomalous, 5)),
-            (n1.clone(), report(Verdict::Healthy, 900)),
-            (n2.clone(), report(Verdict::Healthy, 10)),
-            (n2.clone(), report(Verdict::Inconclusive, 1)),
-        ]);
-        assert_eq!(
-            worst[&n1],
-            report(Verdict::Anomalous, 5),
-            "a restarted node's healthy report does not wash out its anomaly"
-        );
-        assert_eq!(worst[&n2], report(Verdict::Inconclusive, 1));
-        assert_eq!(worst.len(), 2);
-        assert_eq!(report(Verdict::Healthy, 400).aged(600), report(Verdict::Healthy, 1000));
-        assert_eq!(report(Verdict::Healthy, u64::MAX).aged(1).elapsed_ms, u64::MAX);
     }
 
     /// `reports` as they read `ms` later, with nothing new.
@@ -864,28 +395,6 @@ mod tests {
         assert!(AnomalyQuorum::of(&strict, &reports(&[("a", Anomalous), ("b", Anomalous)])).reached());
         assert!(!AnomalyQuorum::of(&policy, &BTreeMap::new()).reached());
         assert!(!AnomalyQuorum::of(&policy, &reports(&[("a", Inconclusive)])).reached());
-    }
-
-    #[test]
-    fn policy_options_replace_what_they_set_and_refuse_nonsense() {
-        let options = PolicyOptions {
-            anomaly_quorum: Some(0.5),
-            anomaly_quorum_min: Some(2),
-            max_error_rate: Some(0.01),
-            max_error_ratio: Some(3.0),
-            ..PolicyOptions::default()
-        };
-        let policy = options.apply(Policy::default()).unwrap();
-        assert_eq!((policy.anomaly_quorum_permille, policy.anomaly_quorum_min), (500, 2));
-        assert_eq!(policy.thresholds.max_error_rate_permille, 10);
-        assert_eq!(policy.thresholds.max_error_ratio_percent, 300);
-        assert_eq!(policy.waves, Policy::default().waves);
-        let refused = |options: PolicyOptions| options.apply(Policy::default()).unwrap_err().to_string();
-        assert!(refused(PolicyOptions { anomaly_quorum: Some(0.0), ..Default::default() }).contains("(0, 1]"));
-        assert!(refused(PolicyOptions { anomaly_quorum_min: Some(0), ..Default::default() }).contains("from 1"));
-        assert!(refused(PolicyOptions { max_error_ratio: Some(1.0), ..Default::default() }).contains("above 1"));
-        assert!(refused(PolicyOptions { min_samples: Some(0), ..Default::default() }).contains("min samples"));
-        assert!(refused(PolicyOptions { bake: Some("soon".into()), ..Default::default() }).contains("duration"));
     }
 
     proptest! {

@@ -366,7 +366,7 @@ impl Freezes {
 mod tests {
     use super::*;
     use crate::model::Terms;
-    use crate::rollout::Policy;
+    use crate::policy::Policy;
 
     fn at(text: &str) -> u64 {
         parse_time(text).unwrap()

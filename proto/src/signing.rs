@@ -680,7 +680,7 @@ mod tests {
         let mut control = put("payments.limit");
         control
             .controls
-            .push(crate::rollout::Control::Pause { target: GenId { origin: "n1".parse().unwrap(), seq: 1 } });
+            .push(crate::policy::Control::Pause { target: GenId { origin: "n1".parse().unwrap(), seq: 1 } });
         assert!(matches!(check(control), Err(SigningError::OutOfScope { .. })));
     }
 

@@ -76,9 +76,9 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
     metrics.generation_verdict.clear();
     for (id, report) in state.health.reports() {
         let verdict = match report.verdict {
-            grapevine_proto::rollout::Verdict::Healthy => "healthy",
-            grapevine_proto::rollout::Verdict::Inconclusive => "inconclusive",
-            grapevine_proto::rollout::Verdict::Anomalous => "anomalous",
+            grapevine_proto::report::Verdict::Healthy => "healthy",
+            grapevine_proto::report::Verdict::Inconclusive => "inconclusive",
+            grapevine_proto::report::Verdict::Anomalous => "anomalous",
         };
         metrics.generation_verdict.get_or_create(&VerdictLabel { generation: id.to_string(), verdict }).set(1);
     }

@@ -9,7 +9,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use grapevine_proto::limits::MAX_MEMBERS;
-use grapevine_proto::rollout::{Policy, PolicyOptions, parse_duration_ms};
+use grapevine_proto::policy::{Policy, PolicyOptions, parse_duration_ms};
 use grapevine_proto::schedule::{check_start, parse_time};
 use grapevine_proto::signing::Signed;
 use grapevine_proto::{Author, Change, Op, Terms, ValidationError};

@@ -86,7 +86,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use grapevine_proto::limits::MAX_VALUE_BYTES;
-use grapevine_proto::rollout::Policy;
+use grapevine_proto::policy::Policy;
 use grapevine_proto::signing::SigningError;
 use grapevine_proto::targeting::Fractional;
 use grapevine_proto::{Key, NodeName, ValidationError};

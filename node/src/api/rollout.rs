@@ -16,7 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use grapevine_proto::health::MAX_SAMPLE_REQUESTS;
-use grapevine_proto::rollout::Control;
+use grapevine_proto::policy::Control;
 use grapevine_proto::{Change, GenId};
 use serde::Deserialize;
 

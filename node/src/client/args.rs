@@ -141,7 +141,7 @@ impl ChangeArgs {
     /// The start asked for, to check a prepared change against before signing it; a time or
     /// a duration that does not parse is a usage error.
     pub fn start_intent(&self) -> Result<Option<StartIntent>, CliError> {
-        use grapevine_proto::{rollout::parse_duration_ms, schedule::parse_time};
+        use grapevine_proto::{policy::parse_duration_ms, schedule::parse_time};
         match (&self.at, &self.start_in) {
             (Some(at), _) => {
                 let at = parse_time(at).map_err(|error| CliError::Usage(format!("--at: {error}")))?;

@@ -12,7 +12,8 @@
 
 use std::time::Duration;
 
-use grapevine_proto::rollout::{Control, Verdict};
+use grapevine_proto::policy::Control;
+use grapevine_proto::report::Verdict;
 use reqwest::Method;
 
 use super::{Answer, CliError, Client, Intent, print_json, report_accepted};

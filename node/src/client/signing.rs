@@ -443,7 +443,7 @@ mod tests {
         let extra = check_intent(&Change::with_ops(vec![put("limits", "5"), put("admins", "1")]), &intent).unwrap_err();
         assert!(extra.contains("config admins"), "{extra}");
         let mut control = Change::with_ops(vec![]);
-        control.controls.push(grapevine_proto::rollout::Control::Resume { target: "n1.1".parse().unwrap() });
+        control.controls.push(grapevine_proto::policy::Control::Resume { target: "n1.1".parse().unwrap() });
         assert!(check_intent(&control, &intent).is_err());
 
         let flag = |on: bool| grapevine_proto::Op::SetFlag {

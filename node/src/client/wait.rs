@@ -60,7 +60,7 @@ async fn check(client: &Client, members: Option<usize>) -> Result<(), CliError> 
 
 /// `--wait`'s value: a duration like `10s`.
 pub fn parse_within(text: &str) -> Result<Duration, CliError> {
-    grapevine_proto::rollout::parse_duration_ms(text)
+    grapevine_proto::policy::parse_duration_ms(text)
         .map(Duration::from_millis)
         .map_err(|error| CliError::Usage(format!("--wait: {}", error.0)))
 }

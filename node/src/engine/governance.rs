@@ -147,5 +147,5 @@ impl Engine {
 
 /// The change of a governance record: no operations, released everywhere at once.
 pub fn record_change() -> Change {
-    Change { ops: Vec::new(), policy: grapevine_proto::rollout::Policy::emergency(), controls: Vec::new() }
+    Change { ops: Vec::new(), policy: grapevine_proto::policy::Policy::emergency(), controls: Vec::new() }
 }

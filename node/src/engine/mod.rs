@@ -128,7 +128,7 @@ pub struct Readiness {
 pub struct Preview {
     /// The id it would take on this node now.
     pub generation: String,
-    pub policy: grapevine_proto::rollout::Policy,
+    pub policy: grapevine_proto::policy::Policy,
     /// Its waves, from the members alive now.
     pub waves: Vec<Vec<NodeName>>,
     pub diff: Vec<DiffEntry>,

@@ -300,7 +300,7 @@ impl Verifier {
 /// with `cert`, that node's certificate is published too (a node speaking for another).
 #[cfg(feature = "testsuite")]
 pub struct Forge {
-    pub verdict: grapevine_proto::rollout::Verdict,
+    pub verdict: grapevine_proto::report::Verdict,
     pub identity: NodeIdentity,
     pub publish_certificate: bool,
 }
@@ -311,7 +311,7 @@ impl Forge {
 
     /// The forgery the environment asks for, if any.
     pub fn from_env() -> Option<Forge> {
-        use grapevine_proto::rollout::Verdict;
+        use grapevine_proto::report::Verdict;
         let text = std::env::var(Self::ENV).ok()?;
         let parsed = (|| {
             let mut parts = text.splitn(3, ':');

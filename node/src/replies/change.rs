@@ -1,7 +1,7 @@
 //! What the change endpoints answer (`POST /v1/flags/{key}`, `POST /v1/config/{key}`,
 //! `POST /v1/apply`, `POST /v1/changes`, `POST /v1/rollouts/{generation}/{pause|resume|promote}`).
 
-use grapevine_proto::rollout::Policy;
+use grapevine_proto::policy::Policy;
 use grapevine_proto::{Author, Generation, NodeName};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};

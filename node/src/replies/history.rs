@@ -1,7 +1,7 @@
 //! What `GET /v1/history` answers: the newest generations with their rollouts, or their audit
 //! records (`?format=records`).
 
-use grapevine_proto::rollout::{Control, Policy};
+use grapevine_proto::policy::{Control, Policy};
 use grapevine_proto::{Author, NodeName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -3,7 +3,7 @@
 
 use grapevine_proto::Author;
 use grapevine_proto::approvals::ProposalState;
-use grapevine_proto::rollout::Policy;
+use grapevine_proto::policy::Policy;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 
 use grapevine_proto::NodeName;
+use grapevine_proto::policy::{Controls, Policy};
 use grapevine_proto::replica::Release;
-use grapevine_proto::rollout::{AnomalyQuorum, Controls, Policy, Report};
+use grapevine_proto::report::Report;
+use grapevine_proto::rollout::AnomalyQuorum;
 use serde::{Deserialize, Serialize};
 
 /// `GET /v1/rollouts`: the newest rollouts, newest first.

@@ -296,7 +296,7 @@ fn terms_have_a_shape() {
         Terms { governance: Some(Governance::Enact { proposal: id("n1.1"), expires_ms: 1 }), ..Terms::default() };
     assert!(shape(&empty, enact_nothing).contains("carries its proposal's operations"));
     let mut control = empty.clone();
-    control.controls.push(crate::rollout::Control::Pause { target: id("n1.1") });
+    control.controls.push(crate::policy::Control::Pause { target: id("n1.1") });
     let propose_control =
         Terms { governance: Some(Governance::Propose { change: control, expires_ms: 1 }), ..Terms::default() };
     assert!(shape(&empty, propose_control).contains("not rollout controls"));

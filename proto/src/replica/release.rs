@@ -25,8 +25,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Now, Replica};
-use crate::health::Thresholds;
-use crate::rollout::{Controls, Plan, Report};
+use crate::policy::Controls;
+use crate::policy::Thresholds;
+use crate::report::Report;
+use crate::rollout::Plan;
 use crate::schedule::{self, Hold};
 use crate::{GenId, Generation, Log, NodeName};
 

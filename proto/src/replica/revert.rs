@@ -31,7 +31,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{Now, Replica};
-use crate::rollout::{AnomalyQuorum, Report};
+use crate::report::Report;
+use crate::rollout::AnomalyQuorum;
 use crate::signing::{PublicKey, revoked_after};
 use crate::{GenId, NodeName, Revert};
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::rollout::{Policy, Report, Verdict};
+use crate::policy::Policy;
+use crate::report::{Report, Verdict};
 use crate::testing::put;
 
 fn name(text: &str) -> NodeName {

@@ -38,8 +38,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::SplitMix64;
+use crate::policy::Policy;
 use crate::replica::{Anomaly, Cause, Config, Members, Now, Release, Replica, Stored, Submission};
-use crate::rollout::{AnomalyQuorum, Plan, Policy, Report, Verdict};
+use crate::report::{Report, Verdict};
+use crate::rollout::{AnomalyQuorum, Plan};
 use crate::schedule::Freezes;
 use crate::signing::Trust;
 use crate::snapshot::Retention;
