@@ -8,7 +8,7 @@ use std::fmt::Debug;
 
 use grapevine_proto::eval::{Expected, FlagDefinition, Reason};
 use grapevine_proto::rollout::Plan;
-use grapevine_proto::signing::Trust;
+use grapevine_proto::trust::Trust;
 use grapevine_proto::targeting::Fractional;
 use grapevine_proto::validate::validate_generation;
 use grapevine_proto::wire::{self, OLDEST_READABLE, Versioned, WIRE_VERSION, WireError};
@@ -107,7 +107,7 @@ pub fn check_snapshot(snapshot: &Snapshot) {
 /// What the engine publishes about its log (`View`) and computes for its next change.
 fn check_log(log: &Log) {
     let _ = log.base().covers().total();
-    let _ = grapevine_proto::signing::revoked_after(log);
+    let _ = grapevine_proto::trust::revoked_after(log);
     for (origin, _) in log.version_vector().iter() {
         let _ = log.next_seq(origin);
     }

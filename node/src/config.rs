@@ -22,7 +22,7 @@
 //!   - `[[files]]` is a list of `files::FileConfig`, each checked by `FileConfig::validate`, kept
 //!     as `Config::files`;
 //!   - `[signing]` (`SigningSection`: `roots`, `unsigned_through`, `[[signing.approvals]]`) becomes
-//!     `Config::trust`, a `proto::signing::Trust` with the cluster id; each root must parse as
+//!     `Config::trust`, a `proto::trust::Trust` with the cluster id; each root must parse as
 //!     `ed25519:` and 64 hex digits, and `unsigned_through` or approval rules without roots are
 //!     refused (`approval_rules`: 1 to 17 signatures, operators as names or keys).
 //! - `fractional` (`v2` or `cbor`, default `v2`) is the `targeting::Fractional` scheme,
@@ -43,9 +43,10 @@ use std::time::Duration;
 use grapevine_proto::approvals::ApprovalRule;
 use grapevine_proto::policy::{Policy, PolicyOptions};
 use grapevine_proto::schedule::{FreezeOptions, Freezes};
-use grapevine_proto::signing::{PublicKey, Trust};
+use grapevine_proto::signing::PublicKey;
 use grapevine_proto::snapshot::Retention;
 use grapevine_proto::targeting::Fractional;
+use grapevine_proto::trust::Trust;
 use grapevine_proto::{NodeName, VersionVector};
 
 use crate::alerts::AlertsConfig;

@@ -1,5 +1,7 @@
-//! Approvals (four eyes): how many operators must sign a change, and the proposals that gather
-//! their signatures, decided by every node from the generation alone.
+//! Approvals (four eyes): how many operators must sign a change, what each approval signs, and
+//! the proposals that gather the signatures, decided by every node from the generation alone.
+//! The rules and the records are data here; `trust.rs` checks them with the rest of a
+//! generation's signatures (`Trust::check_governance`, `check_enact`, `check_rules`).
 //!
 //! A node's `[signing]` names **approval rules** by key prefix ([`ApprovalRule`]: `payments/`
 //! needs 2 distinct operator keys, optionally only of some operators). A change that touches a
@@ -20,11 +22,11 @@
 //!   proposal and one content, and cannot be replayed as a change or for another proposal.
 //! - `Reject { proposal, digest }`: the same, in the rejection context.
 //! - `Enact { proposal, expires_ms }`: the proposal's change and the proposer's `signed`, with
-//!   the approvals in `terms.approvals`. Checked as a whole ([`Trust::check_enact`]): the
+//!   the approvals in `terms.approvals`. Checked as a whole (`Trust::check_enact`): the
 //!   proposer's signature without the 10 minute window (a proposal waits for hours), every
 //!   approval valid for this proposal, content and expiry, by a delegation of a trusted root
 //!   covering every key, unexpired at the stamp; the stamp before the expiry and within
-//!   [`ISSUE_WINDOW_MS`] of the newest signature (so a captured enactment replays as briefly as
+//!   `ISSUE_WINDOW_MS` of the newest signature (so a captured enactment replays as briefly as
 //!   a signed change); and the rules met, counting distinct keys (the proposer's own approval
 //!   counts once).
 //!
@@ -41,10 +43,7 @@ use crate::hlc::Stamp;
 use crate::log::Log;
 use crate::model::{Change, ContentHash, Generation, Governance, Terms};
 use crate::name::{Author, GenId, Key};
-use crate::signing::{
-    Delegation, PublicKey, SecretKey, Signed, SigningError, Trust, change_message, check_author, check_scope,
-    check_window,
-};
+use crate::signing::{Delegation, PublicKey, SecretKey, Signed};
 
 /// The longest a proposal may wait for its approvals, from its signing. A node cannot stretch
 /// a proposal's expiry further (the proposer's signature does not cover it; this bound does).
@@ -114,7 +113,7 @@ pub fn approval_message(
         .expect("an approval always encodes")
 }
 
-fn rejection_message(
+pub(crate) fn rejection_message(
     cluster: &str,
     operator: &Author,
     issued_ms: u64,
@@ -153,165 +152,6 @@ impl SecretKey {
         let message = rejection_message(cluster, &delegation.operator, issued_ms, proposal, digest);
         Signed { signature: self.sign(&message), delegation, issued_ms }
     }
-}
-
-/// What an `Enact` record adds to a signed change: the proposal, its expiry and the approvals.
-#[derive(Clone, Copy, Debug)]
-pub struct Enactment<'a> {
-    pub proposal: &'a GenId,
-    pub expires_ms: u64,
-    pub approvals: &'a [Signed],
-}
-
-impl Trust {
-    /// Checks a governance record signed by `signed` (see the module's list).
-    pub(crate) fn check_governance(
-        &self,
-        governance: &Governance,
-        signed: &Signed,
-        body: &crate::model::GenerationBody,
-        terms: &Terms,
-    ) -> Result<(), SigningError> {
-        let (hlc, author) = (body.hlc, body.author.as_ref());
-        let operator = &signed.delegation.operator;
-        match governance {
-            Governance::Propose { change, expires_ms } => {
-                self.check_signed(signed, change, terms.start_at_ms, hlc, author)?;
-                check_lifetime(signed.issued_ms, *expires_ms)?;
-                check_unexpired(&body.id.to_string(), "proposal", *expires_ms, hlc.wall_ms)
-            }
-            Governance::Approve { proposal, digest, expires_ms } => {
-                let message =
-                    approval_message(&self.cluster, operator, signed.issued_ms, proposal, digest, *expires_ms);
-                self.check_vote(signed, &message, hlc, "approval", proposal)?;
-                check_author(signed, author)?;
-                check_window(signed.issued_ms, hlc)?;
-                check_unexpired(&proposal.to_string(), "approval", *expires_ms, signed.issued_ms.max(hlc.wall_ms))
-            }
-            Governance::Reject { proposal, digest } => {
-                let message = rejection_message(&self.cluster, operator, signed.issued_ms, proposal, digest);
-                self.check_vote(signed, &message, hlc, "rejection", proposal)?;
-                check_author(signed, author)?;
-                check_window(signed.issued_ms, hlc)
-            }
-            Governance::Enact { proposal, expires_ms } => {
-                let enact = Enactment { proposal, expires_ms: *expires_ms, approvals: &terms.approvals };
-                self.check_enact(signed, &body.change, terms.start_at_ms, &enact, hlc, author)
-            }
-        }
-    }
-
-    /// Checks an enacted proposal: the proposer's signature on `change`, every approval, the
-    /// window on the newest signature, the expiry, and the rules of the change's keys.
-    pub fn check_enact(
-        &self,
-        signed: &Signed,
-        change: &Change,
-        start_at_ms: Option<u64>,
-        enact: &Enactment<'_>,
-        hlc: Stamp,
-        author: Option<&Author>,
-    ) -> Result<(), SigningError> {
-        let operator = &signed.delegation.operator;
-        let message = change_message(&self.cluster, operator, signed.issued_ms, change, start_at_ms);
-        self.check_signer(signed, &message, hlc)?;
-        check_author(signed, author)?;
-        check_scope(&signed.delegation, change)?;
-        check_lifetime(signed.issued_ms, enact.expires_ms)?;
-        let proposal = enact.proposal.to_string();
-        check_unexpired(&proposal, "enactment", enact.expires_ms, hlc.wall_ms)?;
-        let digest = proposal_digest(change, start_at_ms);
-        let mut newest = signed.issued_ms;
-        for approval in enact.approvals {
-            let approver = &approval.delegation.operator;
-            let message = approval_message(
-                &self.cluster,
-                approver,
-                approval.issued_ms,
-                enact.proposal,
-                &digest,
-                enact.expires_ms,
-            );
-            self.check_vote(approval, &message, hlc, "approval", enact.proposal)?;
-            check_scope(&approval.delegation, change)?;
-            check_unexpired(&proposal, "approval", enact.expires_ms, approval.issued_ms)?;
-            newest = newest.max(approval.issued_ms);
-        }
-        check_window(newest, hlc)?;
-        let approvers = enact.approvals.iter().map(|approval| &approval.delegation);
-        self.check_rules(change, std::iter::once(&signed.delegation).chain(approvers))
-    }
-
-    /// Checks that every approval rule governing `change` counts enough distinct keys among
-    /// `signers`.
-    pub fn check_rules<'a>(
-        &self,
-        change: &Change,
-        signers: impl IntoIterator<Item = &'a Delegation>,
-    ) -> Result<(), SigningError> {
-        let signers: Vec<&Delegation> = signers.into_iter().collect();
-        for rule in self.approvals.iter().filter(|rule| rule.applies(change)) {
-            let mut keys: BTreeSet<PublicKey> = BTreeSet::new();
-            let mut names: Vec<&str> = Vec::new();
-            for delegation in signers.iter().filter(|d| rule.counts(d)) {
-                if keys.insert(delegation.key) {
-                    names.push(delegation.operator.as_str());
-                }
-            }
-            if keys.len() < rule.signatures {
-                let among =
-                    if rule.operators.is_empty() { String::new() } else { format!(" among {:?}", rule.operators) };
-                let counted = if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) };
-                let (prefix, needed, found) = (rule.prefix.clone(), rule.signatures, keys.len());
-                return Err(SigningError::MissingApprovals { prefix, needed, found, among, counted });
-            }
-        }
-        Ok(())
-    }
-
-    /// The signatures `change` needs beyond its proposer's: the most any of its rules asks for,
-    /// less one (0 when no rule governs it).
-    pub fn approvals_needed(&self, change: &Change) -> usize {
-        let rules = self.approvals.iter().filter(|rule| rule.applies(change));
-        rules.map(|rule| rule.signatures).max().unwrap_or(0).saturating_sub(1)
-    }
-
-    /// `check_signer` for an approval or a rejection: a signature that does not verify is a
-    /// forged (or misdirected) vote.
-    fn check_vote(
-        &self,
-        signed: &Signed,
-        message: &[u8],
-        hlc: Stamp,
-        what: &'static str,
-        proposal: &GenId,
-    ) -> Result<(), SigningError> {
-        self.check_signer(signed, message, hlc).map_err(|error| match error {
-            SigningError::BadSignature { operator, cluster } => {
-                SigningError::BadApproval { what, operator, proposal: proposal.clone(), cluster }
-            }
-            other => other,
-        })
-    }
-}
-
-/// A proposal's expiry lies at most [`MAX_PROPOSAL_LIFETIME_MS`] after its signing.
-fn check_lifetime(issued_ms: u64, expires_ms: u64) -> Result<(), SigningError> {
-    if expires_ms > issued_ms.saturating_add(MAX_PROPOSAL_LIFETIME_MS) {
-        let detail = format!(
-            "a proposal may wait at most {MAX_PROPOSAL_LIFETIME_MS} ms from its signing at {issued_ms} ms, got an expiry at {expires_ms} ms"
-        );
-        return Err(SigningError::Governance { detail });
-    }
-    Ok(())
-}
-
-fn check_unexpired(proposal: &str, what: &'static str, expires_ms: u64, at_ms: u64) -> Result<(), SigningError> {
-    if at_ms > expires_ms {
-        let proposal = proposal.to_owned();
-        return Err(SigningError::ProposalExpired { proposal, what, expires_ms, stamp_ms: at_ms });
-    }
-    Ok(())
 }
 
 /// A proposal, as the log tells it.

@@ -29,6 +29,7 @@ pub mod state;
 pub mod targeting;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
+pub mod trust;
 pub mod validate;
 pub mod wire;
 

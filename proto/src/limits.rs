@@ -5,7 +5,7 @@
 //!
 //! The rollout limits (`MAX_WAVES`, `MAX_BAKE_MS`, `MAX_WATCH_WINDOW_MS`) live in `policy.rs`, the
 //! judgement's constants in `health.rs`, `MAX_REF_DEPTH` in `targeting.rs`, `FLAGD_OPERATOR_STEPS`
-//! in `cost.rs`, and the signing limits in `signing.rs`.
+//! in `cost.rs`, and the signing limits in `signing.rs` and `trust.rs`.
 
 /// Longest node name. Node names travel in every chitchat digest, whose whole must fit one
 /// 65,507-byte datagram (DESIGN.md, "Measured constraints"): short names keep room for members.

@@ -40,9 +40,10 @@ use crate::model::{Change, ContentHash, Generation, GenerationBody, Op, OriginPr
 use crate::name::{Author, GenId, NodeName};
 use crate::rollout::Plan;
 use crate::schedule::Freezes;
-use crate::signing::{Signed, SigningError, Trust, revocations, revoked_by};
+use crate::signing::{Signed, SigningError, revoked_by};
 use crate::snapshot::{Retention, Snapshot};
 use crate::state::AppliedState;
+use crate::trust::{Trust, revocations};
 use crate::validate::{check_envelope_with, validate_submitted_terms};
 use crate::wire::WIRE_VERSION;
 

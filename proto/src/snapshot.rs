@@ -7,8 +7,9 @@
 //! `fold_from(snapshot, rest)` equals the fold of every generation.
 //!
 //! - `Write { op, generation, hlc, proof }`: `proof` is the generation's signed change
-//!   (`signing::WriteProof`), where it had one. `absorb_write` keeps the later write; `absorb`
-//!   folds in a generation's writes; `cover` covers a reverted generation without any.
+//!   (`WriteProof`: its change, the operator's `signing::Signed` on it and its terms), where it
+//!   had one; `trust.rs` checks it. `absorb_write` keeps the later write; `absorb` folds in a
+//!   generation's writes; `cover` covers a reverted generation without any.
 //! - `compactable(log, retention, now_ms, peers)` is the compaction rule: a generation may go when
 //!   it is at least `Retention::age_ms` old (its stamp against `now_ms`), is not among the newest
 //!   `Retention::generations` held whole, and every vector in `peers` (the live peers') covers it.
@@ -26,9 +27,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::hlc::Stamp;
 use crate::log::VersionVector;
-use crate::model::{Generation, Op};
+use crate::model::{Change, Generation, Op, Terms};
 use crate::name::{GenId, Key};
-use crate::signing::WriteProof;
+use crate::signing::Signed;
 
 /// The winning write of one key: the operation, and the generation that made it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +46,17 @@ impl Write {
     fn order_key(&self) -> (Stamp, &GenId) {
         (self.hlc, &self.generation)
     }
+}
+
+/// A write in a snapshot with what makes it trusted: the whole change its generation carried
+/// and the operator's signature on it (a signature covers the change, not one operation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteProof {
+    pub change: Change,
+    pub signed: Signed,
+    /// The generation's terms, where it had any (format 7 on): its scheduled start, which the
+    /// signature covers, and its approvals.
+    pub terms: Option<Box<Terms>>,
 }
 
 /// Generations folded away: what they cover and what they left.

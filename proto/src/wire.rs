@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::log::VersionVector;
 use crate::model::{Generation, GenerationBody, Revert};
 use crate::name::GenId;
-use crate::signing::WriteProof;
+use crate::snapshot::WriteProof;
 use crate::snapshot::{Snapshot, Write};
 
 /// The format version this build writes.
@@ -520,7 +520,7 @@ mod tests {
         let signed: Generation = decode(&fixtures["generation-signed"], "generation").unwrap();
         assert_eq!(signed.body.author.as_ref().map(crate::Author::as_str), Some("alice"));
         let root = SecretKey::from_seed([1; 32]).public();
-        let trust = crate::signing::Trust { cluster: "grapevine".into(), roots: vec![root], ..Default::default() };
+        let trust = crate::trust::Trust { cluster: "grapevine".into(), roots: vec![root], ..Default::default() };
         trust.check(&signed.body).expect("the operator's signature written in format 5 verifies");
         let proven: Generation = decode(&fixtures["generation-proven"], "generation").unwrap();
         assert_eq!(proven.origin.as_ref().map(|proof| proof.certificate.len()), Some(40));
@@ -563,7 +563,7 @@ mod tests {
         assert_eq!(encode_at(&ack, 6, "push ack").unwrap(), fixtures["push-ack"]);
     }
 
-    fn root_checks_every_write(trust: &crate::signing::Trust, snapshot: &Snapshot) {
+    fn root_checks_every_write(trust: &crate::trust::Trust, snapshot: &Snapshot) {
         for write in snapshot.writes() {
             trust.check_write(&write.op, &write.generation, write.hlc, write.proof.as_deref()).unwrap();
         }
@@ -613,7 +613,7 @@ mod tests {
         let author: crate::Author = "alice".parse().unwrap();
         let (root, operator) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
         let delegation = root.delegate("c", author.clone(), operator.public(), vec![], u64::MAX);
-        let trust = crate::signing::Trust { cluster: "c".into(), roots: vec![root.public()], ..Default::default() };
+        let trust = crate::trust::Trust { cluster: "c".into(), roots: vec![root.public()], ..Default::default() };
         let mut body = crate::testing::put("n1", 1, 5, "k", "1").body;
         body.author = Some(author);
         body.terms = Some(Box::new(Terms { start_at_ms: Some(60_000), ..Terms::default() }));

@@ -173,7 +173,7 @@ pub struct ApiParts {
     /// Request rates per client (`[limits]`).
     pub limits: Arc<limits::RateLimits>,
     /// Whose changes the cluster takes (`[signing]`).
-    pub trust: Arc<grapevine_proto::signing::Trust>,
+    pub trust: Arc<grapevine_proto::trust::Trust>,
     /// The store, for `/v1/backup`, and the data directory the backup is written in first.
     pub store: Arc<crate::store::Store>,
     pub data: std::path::PathBuf,

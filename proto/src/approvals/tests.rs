@@ -3,7 +3,8 @@
 use super::*;
 use crate::error::ValidationError;
 use crate::model::{GenerationBody, JsonText, Op};
-use crate::signing::{ISSUE_WINDOW_MS, WriteProof};
+use crate::snapshot::WriteProof;
+use crate::trust::{ISSUE_WINDOW_MS, Trust};
 use crate::validate::validate_terms;
 
 const CLUSTER: &str = "prod";
@@ -386,7 +387,7 @@ fn an_approval_by_a_key_revoked_before_is_reverted_with_its_enactment() {
     let mut enacted = enact(&change, vec![approval(bob(), "n1.1", &change, NOW + 10, expires)], NOW + 10, expires);
     enacted.id.seq = 2;
     log.insert(enacted.seal());
-    assert_eq!(crate::signing::revoked_after(&log), vec![(id("n1.2"), key(3).public())]);
+    assert_eq!(crate::trust::revoked_after(&log), vec![(id("n1.2"), key(3).public())]);
 }
 
 #[test]

@@ -17,7 +17,8 @@
 
 use super::{Replica, SubmitError};
 use crate::approvals::{Proposal, ProposalState, proposals};
-use crate::signing::{Signed, check_scope};
+use crate::signing::Signed;
+use crate::trust::check_scope;
 use crate::{Author, GenId, Governance};
 
 /// An approval or a rejection.

@@ -17,7 +17,7 @@
 //! - `judges_revert_of(id)`: held whole and not reverted (the node reads its reports then).
 //! - `reverts_due(anomalies, now)`: the generations to revert now, with their quorum.
 //! - `revocations_due()`: generations signed by a revoked key and ordered after the
-//!   revocation (`signing::revoked_after`), read only once the log revokes a key.
+//!   revocation (`trust::revoked_after`), read only once the log revokes a key.
 //! - `rollback(target)`: an operator's rollback, checked (`RollbackError`).
 //! - `fresh_reverts(reverts)`: the reverts the log lacks, one per target; `add_reverts`, once
 //!   they are stored, adds them to the log and refolds both states without their targets.
@@ -33,7 +33,8 @@ use serde::Serialize;
 use super::{Now, Replica};
 use crate::report::Report;
 use crate::rollout::AnomalyQuorum;
-use crate::signing::{PublicKey, revoked_after};
+use crate::signing::PublicKey;
+use crate::trust::revoked_after;
 use crate::{GenId, NodeName, Revert};
 
 /// How long (ms) a node that sees the quorum waits for a revert a live member already wrote,

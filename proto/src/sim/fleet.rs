@@ -43,8 +43,8 @@ use crate::replica::{Anomaly, Cause, Config, Members, Now, Release, Replica, Sto
 use crate::report::{Report, Verdict};
 use crate::rollout::{AnomalyQuorum, Plan};
 use crate::schedule::Freezes;
-use crate::signing::Trust;
 use crate::snapshot::Retention;
+use crate::trust::Trust;
 use crate::{Change, GenId, Generation, JsonText, Key, NodeName, Op, Revert, VersionVector};
 
 /// The simulation's clock starts here on the wall clock, so stamps look like real ones.
