@@ -41,10 +41,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use grapevine_proto::approvals::ApprovalRule;
+use grapevine_proto::log::Retention;
 use grapevine_proto::policy::{Policy, PolicyOptions};
 use grapevine_proto::schedule::{FreezeOptions, Freezes};
 use grapevine_proto::signing::PublicKey;
-use grapevine_proto::snapshot::Retention;
 use grapevine_proto::targeting::Fractional;
 use grapevine_proto::trust::Trust;
 use grapevine_proto::{NodeName, VersionVector};

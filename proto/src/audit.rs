@@ -32,7 +32,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
-use crate::log::{Log, VersionVector};
+use crate::log::Log;
+use crate::model::VersionVector;
 use crate::model::{Generation, Governance, JsonText, Op, Revert};
 use crate::name::{GenId, Key, NodeName};
 use crate::policy::{Control, Policy};

@@ -35,9 +35,10 @@ pub mod wire;
 
 pub use error::ValidationError;
 pub use hlc::{Clock, ClockError, Stamp};
-pub use log::{InsertOutcome, Log, Tally, VersionVector};
+pub use log::{InsertOutcome, Log, Tally};
 pub use model::{
     Change, ContentHash, Generation, GenerationBody, Governance, JsonText, Op, OriginProof, Revert, Terms,
+    VersionVector,
 };
 pub use name::{Author, GenId, Key, NodeName};
 pub use snapshot::{Snapshot, Write};

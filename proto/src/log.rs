@@ -30,14 +30,21 @@
 //!   vector remains. `absorb_snapshot(snapshot)` joins a peer's (or the stored) snapshot with ours
 //!   and drops what it covers. `needs_snapshot(theirs)` is true when a peer lacks generations that
 //!   only the snapshot still holds.
-//! - `VersionVector` wraps `crdts::VClock<NodeName>` and maps each origin to its highest contiguous
-//!   seq, counting the snapshot. `covers(id)`, `merge` (the join) and `is_behind` compare vectors.
-//!   `next_seq(origin)` is one past the highest seq the origin has used, held whole or compacted;
+//! - The log's `version_vector()` (a `model::VersionVector`) maps each origin to its highest
+//!   contiguous seq, counting the snapshot. `next_seq(origin)` is one past the highest seq the origin has used, held whole or compacted;
 //!   `missing_from(theirs)` returns the generations held whole that a peer lacks.
 //! - `tallies()` summarises, per origin, the generations held whole between the snapshot and the
 //!   version vector (`Tally`: that range and a sum of their content hashes). Two logs whose tallies
 //!   of one origin cover the same range but differ hold some id of it with other content: a
 //!   conflict no version vector shows (the `vh.` gossip key; D84).
+//! - `compactable(log, retention, now_ms, peers)` is the compaction rule: a generation may go when
+//!   it is at least `Retention::age_ms` old (its stamp against `now_ms`), is not among the newest
+//!   `Retention::generations` held whole, and every vector in `peers` (the live peers') covers it.
+//!
+//! **Architecture Invariant:** compaction never removes a generation a live peer lacks, by the
+//! peers' advertised version vectors, and never changes the state: `Log::state` gives the same
+//! fold, reverted generations left out, before and after (proptest
+//! `compaction_keeps_the_state_and_the_vector`, over logs with reverts).
 //!
 //! **Architecture Invariant:** the reverts are a grow-only set keyed by their target. `Log::revert`
 //! only adds, `Log::merge` takes the union, compaction keeps every revert, and the store never
@@ -51,57 +58,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crdts::{CmRDT, Dot, VClock};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
-use crate::model::{Generation, Revert};
+use crate::model::{Generation, Revert, VersionVector};
 use crate::name::{GenId, NodeName};
 use crate::snapshot::Snapshot;
 use crate::state::AppliedState;
-
-/// `origin -> highest seq such that every seq from 1 up to it is in the log`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VersionVector(VClock<NodeName>);
-
-impl VersionVector {
-    pub fn get(&self, origin: &NodeName) -> u64 {
-        self.0.get(origin)
-    }
-
-    /// Raises `origin` to `seq` if that is higher.
-    pub fn raise(&mut self, origin: NodeName, seq: u64) {
-        self.0.apply(Dot::new(origin, seq));
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&NodeName, u64)> {
-        self.0.dots.iter().map(|(origin, seq)| (origin, *seq))
-    }
-
-    /// True when `other` holds a generation this vector does not cover.
-    pub fn is_behind(&self, other: &VersionVector) -> bool {
-        other.iter().any(|(origin, seq)| seq > self.get(origin))
-    }
-
-    /// True when the vector covers generation `id` (its seq is at most the origin's entry).
-    pub fn covers(&self, id: &GenId) -> bool {
-        id.seq <= self.get(&id.origin)
-    }
-
-    /// Raises every origin to the higher of the two vectors (the vectors' join).
-    pub fn merge(&mut self, other: &VersionVector) {
-        for (origin, seq) in other.iter() {
-            self.raise(origin.clone(), seq);
-        }
-    }
-
-    /// Number of generations the vector covers, at most `u64::MAX`: a peer's snapshot may
-    /// claim any seqs, and their sum must not overflow.
-    pub fn total(&self) -> u64 {
-        self.iter().fold(0, |total, (_, seq)| total.saturating_add(seq))
-    }
-}
 
 /// The generations a log holds whole of one origin, summarised: the seqs `after + 1 ..= through`
 /// (the snapshot's cover to the version vector, all held whole) and the wrapping sum of the
@@ -411,6 +374,35 @@ impl Log {
     }
 }
 
+/// How much history a node keeps whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many generations are never compacted.
+    pub generations: usize,
+    /// Generations younger than this (by their stamp, against our clock) are never compacted.
+    pub age_ms: u64,
+}
+
+/// Which generations of `log` may be compacted now: outside the retention (both its count
+/// and its age), and held by every live peer (`peers`: their version vectors), so compaction
+/// never drops a generation a live node still lacks.
+pub fn compactable<'a>(
+    log: &'a Log,
+    retention: Retention,
+    now_ms: u64,
+    peers: &'a [VersionVector],
+) -> impl FnMut(&Generation) -> bool + 'a {
+    let mut order: Vec<(Stamp, &GenId)> = log.iter().map(Generation::order_key).collect();
+    order.sort_unstable();
+    // Everything at or after the cutoff is among the newest `retention.generations`.
+    let cutoff = order.len().checked_sub(retention.generations).and_then(|index| order.get(index).copied());
+    move |generation| {
+        let old_enough = now_ms.saturating_sub(generation.body.hlc.wall_ms) >= retention.age_ms;
+        let beyond_count = cutoff.is_some_and(|cutoff| generation.order_key() < cutoff);
+        old_enough && beyond_count && peers.iter().all(|peer| peer.covers(generation.id()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -507,6 +499,36 @@ mod tests {
             }
             prop_assert!(!b_after.version_vector().is_behind(a.version_vector()));
         }
+    }
+
+    fn log_of(count: u64) -> Log {
+        let mut log = Log::new();
+        for seq in 1..=count {
+            log.insert(generation("a", seq, seq * 1_000, seq as u8));
+        }
+        log
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_the_young() {
+        let log = log_of(10);
+        let retention = Retention { generations: 4, age_ms: 3_000 };
+        let mut all_have = log.version_vector().clone();
+        let mut compacted = log.clone();
+        let peers = [all_have.clone()];
+        let ids = compacted.compact(compactable(&log, retention, 10_000, &peers));
+        // 10 generations, the newest 4 kept: seqs 1..=6 may go, all old enough at 10 s.
+        assert_eq!(ids.len(), 6);
+        assert_eq!(AppliedState::fold_from(compacted.base(), compacted.iter()), AppliedState::fold(log.iter()));
+        // At 7 s only generations at least 3 s old (seqs 1..=4) may go.
+        let ids = log.clone().compact(compactable(&log, retention, 7_000, &peers));
+        assert_eq!(ids.len(), 4);
+        // A live peer that lacks seq 3 stops compaction before it.
+        all_have = VersionVector::default();
+        all_have.raise("a".parse().unwrap(), 2);
+        let lagging = [all_have];
+        let ids = log.clone().compact(compactable(&log, retention, 10_000, &lagging));
+        assert_eq!(ids.len(), 2);
     }
 
     fn state_of(log: &Log) -> crate::AppliedState {

@@ -34,9 +34,13 @@
 //!   to revert the same generation on their own, even on both sides of a partition, write the same
 //!   revert. Who wrote it and why is not part of it; that travels in gossip (`rv.` keys) and in
 //!   alerts.
+//! - `VersionVector` wraps `crdts::VClock<NodeName>`: `origin -> highest contiguous seq`, the
+//!   summary of a set of generations that peers compare (the log's, a snapshot's cover, what a
+//!   puller has). `covers(id)`, `merge` (the join) and `is_behind` compare vectors.
 
 use std::fmt;
 
+use crdts::{CmRDT, Dot, VClock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -337,6 +341,48 @@ impl Revert {
 impl fmt::Display for Revert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/revert", self.target)
+    }
+}
+
+/// `origin -> highest seq such that every seq from 1 up to it is in the log`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionVector(VClock<NodeName>);
+
+impl VersionVector {
+    pub fn get(&self, origin: &NodeName) -> u64 {
+        self.0.get(origin)
+    }
+
+    /// Raises `origin` to `seq` if that is higher.
+    pub fn raise(&mut self, origin: NodeName, seq: u64) {
+        self.0.apply(Dot::new(origin, seq));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeName, u64)> {
+        self.0.dots.iter().map(|(origin, seq)| (origin, *seq))
+    }
+
+    /// True when `other` holds a generation this vector does not cover.
+    pub fn is_behind(&self, other: &VersionVector) -> bool {
+        other.iter().any(|(origin, seq)| seq > self.get(origin))
+    }
+
+    /// True when the vector covers generation `id` (its seq is at most the origin's entry).
+    pub fn covers(&self, id: &GenId) -> bool {
+        id.seq <= self.get(&id.origin)
+    }
+
+    /// Raises every origin to the higher of the two vectors (the vectors' join).
+    pub fn merge(&mut self, other: &VersionVector) {
+        for (origin, seq) in other.iter() {
+            self.raise(origin.clone(), seq);
+        }
+    }
+
+    /// Number of generations the vector covers, at most `u64::MAX`: a peer's snapshot may
+    /// claim any seqs, and their sum must not overflow.
+    pub fn total(&self) -> u64 {
+        self.iter().fold(0, |total, (_, seq)| total.saturating_add(seq))
     }
 }
 

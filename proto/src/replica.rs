@@ -35,13 +35,15 @@ use std::sync::Arc;
 
 use crate::error::ValidationError;
 use crate::hlc::{Clock, ClockError, Stamp, Standing};
-use crate::log::{InsertOutcome, Log, Tally, VersionVector};
+use crate::log::Retention;
+use crate::log::{InsertOutcome, Log, Tally};
+use crate::model::VersionVector;
 use crate::model::{Change, ContentHash, Generation, GenerationBody, Op, OriginProof, Revert, Terms};
 use crate::name::{Author, GenId, NodeName};
 use crate::rollout::Plan;
 use crate::schedule::Freezes;
 use crate::signing::{Signed, SigningError, revoked_by};
-use crate::snapshot::{Retention, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::state::AppliedState;
 use crate::trust::{Trust, revocations};
 use crate::validate::{check_envelope_with, validate_submitted_terms};

@@ -10,24 +10,18 @@
 //!   (`WriteProof`: its change, the operator's `signing::Signed` on it and its terms), where it
 //!   had one; `trust.rs` checks it. `absorb_write` keeps the later write; `absorb` folds in a
 //!   generation's writes; `cover` covers a reverted generation without any.
-//! - `compactable(log, retention, now_ms, peers)` is the compaction rule: a generation may go when
-//!   it is at least `Retention::age_ms` old (its stamp against `now_ms`), is not among the newest
-//!   `Retention::generations` held whole, and every vector in `peers` (the live peers') covers it.
 //! - A snapshot serializes as `SnapshotParts { covers, writes }`; decoding rebuilds the map through
 //!   `Snapshot::from_parts`.
 //!
-//! **Architecture Invariant:** compaction never removes a generation a live peer lacks, by the
-//! peers' advertised version vectors, and never changes the state: `Log::state` gives the same
-//! fold, reverted generations left out, before and after (proptest
-//! `compaction_keeps_the_state_and_the_vector`, over logs with reverts).
+//! A snapshot is data below the log, which holds one: which generations may be compacted, and
+//! the invariant that compaction keeps, are `log.rs`'s (`compactable`, `Log::compact`).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::hlc::Stamp;
-use crate::log::VersionVector;
-use crate::model::{Change, Generation, Op, Terms};
+use crate::model::{Change, Generation, Op, Terms, VersionVector};
 use crate::name::{GenId, Key};
 use crate::signing::Signed;
 
@@ -132,35 +126,6 @@ impl Snapshot {
     }
 }
 
-/// How much history a node keeps whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
-    /// The newest this many generations are never compacted.
-    pub generations: usize,
-    /// Generations younger than this (by their stamp, against our clock) are never compacted.
-    pub age_ms: u64,
-}
-
-/// Which generations of `log` may be compacted now: outside the retention (both its count
-/// and its age), and held by every live peer (`peers`: their version vectors), so compaction
-/// never drops a generation a live node still lacks.
-pub fn compactable<'a>(
-    log: &'a crate::Log,
-    retention: Retention,
-    now_ms: u64,
-    peers: &'a [VersionVector],
-) -> impl FnMut(&Generation) -> bool + 'a {
-    let mut order: Vec<(Stamp, &GenId)> = log.iter().map(Generation::order_key).collect();
-    order.sort_unstable();
-    // Everything at or after the cutoff is among the newest `retention.generations`.
-    let cutoff = order.len().checked_sub(retention.generations).and_then(|index| order.get(index).copied());
-    move |generation| {
-        let old_enough = now_ms.saturating_sub(generation.body.hlc.wall_ms) >= retention.age_ms;
-        let beyond_count = cutoff.is_some_and(|cutoff| generation.order_key() < cutoff);
-        old_enough && beyond_count && peers.iter().all(|peer| peer.covers(generation.id()))
-    }
-}
-
 /// The encoded form of a [`Snapshot`] (its map key is derived from each write).
 #[derive(Serialize, Deserialize)]
 struct SnapshotParts {
@@ -185,7 +150,7 @@ impl<'de> Deserialize<'de> for Snapshot {
 mod tests {
     use super::*;
 
-    use crate::{AppliedState, Log};
+    use crate::Log;
 
     fn put(origin: &str, seq: u64, wall_ms: u64) -> Generation {
         crate::testing::put(origin, seq, wall_ms, &format!("k{}", seq % 3), &seq.to_string())
@@ -197,28 +162,6 @@ mod tests {
             log.insert(put("a", seq, seq * 1_000));
         }
         log
-    }
-
-    #[test]
-    fn retention_keeps_the_newest_and_the_young() {
-        let log = log_of(10);
-        let retention = Retention { generations: 4, age_ms: 3_000 };
-        let mut all_have = log.version_vector().clone();
-        let mut compacted = log.clone();
-        let peers = [all_have.clone()];
-        let ids = compacted.compact(compactable(&log, retention, 10_000, &peers));
-        // 10 generations, the newest 4 kept: seqs 1..=6 may go, all old enough at 10 s.
-        assert_eq!(ids.len(), 6);
-        assert_eq!(AppliedState::fold_from(compacted.base(), compacted.iter()), AppliedState::fold(log.iter()));
-        // At 7 s only generations at least 3 s old (seqs 1..=4) may go.
-        let ids = log.clone().compact(compactable(&log, retention, 7_000, &peers));
-        assert_eq!(ids.len(), 4);
-        // A live peer that lacks seq 3 stops compaction before it.
-        all_have = VersionVector::default();
-        all_have.raise("a".parse().unwrap(), 2);
-        let lagging = [all_have];
-        let ids = log.clone().compact(compactable(&log, retention, 10_000, &lagging));
-        assert_eq!(ids.len(), 2);
     }
 
     #[test]

@@ -44,7 +44,8 @@ use crate::approvals::{
     ApprovalRule, MAX_PROPOSAL_LIFETIME_MS, approval_message, proposal_digest, rejection_message, sorted,
 };
 use crate::hlc::Stamp;
-use crate::log::{Log, VersionVector};
+use crate::log::Log;
+use crate::model::VersionVector;
 use crate::model::{Change, GenerationBody, Governance, Op, Terms};
 use crate::name::{Author, GenId};
 use crate::signing::{Delegation, MAX_PREFIXES, PublicKey, SecretKey, Signed, SigningError, revoked_by};

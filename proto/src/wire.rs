@@ -34,7 +34,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::log::VersionVector;
+use crate::model::VersionVector;
 use crate::model::{Generation, GenerationBody, Revert};
 use crate::name::GenId;
 use crate::snapshot::WriteProof;
@@ -310,7 +310,7 @@ pub mod v6 {
     use serde::{Deserialize, Serialize};
 
     use crate::hlc::Stamp;
-    use crate::log::VersionVector;
+    use crate::model::VersionVector;
     use crate::model::{Change, ContentHash, Op, OriginProof, Revert};
     use crate::name::{Author, GenId, NodeName};
     use crate::signing::Signed;

@@ -68,9 +68,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
+use grapevine_proto::log::Retention;
 use grapevine_proto::replica::{Absorbed, Config, Judging, Members, Now, Replica, Submission, Triage};
 use grapevine_proto::signing::{Signed, SigningError};
-use grapevine_proto::snapshot::Retention;
 use grapevine_proto::trust::Trust;
 use grapevine_proto::{
     AppliedState, Author, Change, Clock, GenId, Generation, Log, NodeName, Revert, Snapshot, Terms, VersionVector,

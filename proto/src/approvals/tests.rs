@@ -417,7 +417,7 @@ fn replica(own: &str, log: &Log, trust: Trust) -> crate::replica::Replica {
     let config = Config {
         name: own.parse().unwrap(),
         max_clock_offset_ms: 500,
-        retention: crate::snapshot::Retention { generations: 100, age_ms: 0 },
+        retention: crate::log::Retention { generations: 100, age_ms: 0 },
         trust: std::sync::Arc::new(trust),
         freezes: Default::default(),
         max_members: crate::limits::MAX_MEMBERS,

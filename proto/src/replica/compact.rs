@@ -1,7 +1,7 @@
 //! Compaction, peers' snapshots, and the end of a recovery.
 //!
 //! - `compaction(peers, reverts_settled, now)`: the log with the generations outside the
-//!   retention that every live peer holds folded into its snapshot (`snapshot::compactable`
+//!   retention that every live peer holds folded into its snapshot (`log::compactable`
 //!   over the live peers' advertised vectors), and which they are. Only what this node applied
 //!   folds away (the snapshot is applied state); a reverted generation takes the place of a
 //!   released one, folded away (leaving no write) once every live peer's reverts summary
@@ -24,8 +24,8 @@
 
 use super::{Now, Replica};
 use crate::hlc::ClockError;
+use crate::log::compactable;
 use crate::signing::SigningError;
-use crate::snapshot::compactable;
 use crate::{GenId, Generation, Log, Snapshot, VersionVector};
 
 /// How long (ms) a node recovering from a damaged store must see every live peer's log summary

@@ -38,12 +38,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::SplitMix64;
+use crate::log::Retention;
 use crate::policy::Policy;
 use crate::replica::{Anomaly, Cause, Config, Members, Now, Release, Replica, Stored, Submission};
 use crate::report::{Report, Verdict};
 use crate::rollout::{AnomalyQuorum, Plan};
 use crate::schedule::Freezes;
-use crate::snapshot::Retention;
 use crate::trust::Trust;
 use crate::{Change, GenId, Generation, JsonText, Key, NodeName, Op, Revert, VersionVector};
 
