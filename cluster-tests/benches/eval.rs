@@ -35,7 +35,7 @@ use std::time::Instant;
 use anyhow::{Result, ensure};
 use grapevine_cluster_tests::{bench_quick, suite_row};
 use grapevine_proto::eval::{EvaluationContext, FlagDefinition, FlagSet};
-use grapevine_proto::targeting::Fractional;
+use grapevine_proto::flagd::Fractional;
 use serde_json::{Map, Value, json};
 
 const ITERATIONS: u32 = 200_000;

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use grapevine_cluster_tests::providers::{self, Language, Mode, Options, Provider, with_flagd};
 use grapevine_cluster_tests::{Cluster, Node, next_sse_event};
 use grapevine_proto::eval::FlagDefinition;
-use grapevine_proto::targeting::Fractional;
+use grapevine_proto::flagd::Fractional;
 use serde_json::{Value, json};
 
 fn put_flag(node: &Node, dir: &std::path::Path, key: &str, definition: &Value, policy: &[&str]) -> Result<String> {

@@ -25,7 +25,7 @@
 //!     `Config::trust`, a `proto::trust::Trust` with the cluster id; each root must parse as
 //!     `ed25519:` and 64 hex digits, and `unsigned_through` or approval rules without roots are
 //!     refused (`approval_rules`: 1 to 17 signatures, operators as names or keys).
-//! - `fractional` (`v2` or `cbor`, default `v2`) is the `targeting::Fractional` scheme,
+//! - `fractional` (`v2` or `cbor`, default `v2`) is the `flagd::Fractional` scheme,
 //!   `Config::fractional`.
 //! - `test_clock_skew_ms` (`testsuite` only) is added to the node's wall clock;
 //!   `Config::clock_skew_ms()` is 0 in every other build.
@@ -41,11 +41,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use grapevine_proto::approvals::ApprovalRule;
+use grapevine_proto::flagd::Fractional;
 use grapevine_proto::log::Retention;
 use grapevine_proto::policy::{Policy, PolicyOptions};
 use grapevine_proto::schedule::{FreezeOptions, Freezes};
 use grapevine_proto::signing::PublicKey;
-use grapevine_proto::targeting::Fractional;
 use grapevine_proto::trust::Trust;
 use grapevine_proto::{NodeName, VersionVector};
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use grapevine_proto::cost::rule_cost;
 use grapevine_proto::eval::FlagDefinition;
-use grapevine_proto::targeting::Fractional;
+use grapevine_proto::flagd::Fractional;
 use serde_json::{Map, Value, json};
 
 fn items(prefix: &str, n: usize) -> Value {

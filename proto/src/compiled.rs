@@ -27,7 +27,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-pub(crate) use run::{Scope, field};
+pub(crate) use run::{Named, Scope, field};
 
 /// A compiled rule.
 #[derive(Debug)]
@@ -358,7 +358,7 @@ fn compile_sem_ver(args: &[Value]) -> Option<Node> {
     let version = |value: &Value| -> Option<Version> {
         Some(match value {
             Value::Object(_) | Value::Array(_) => Version::Node(compile(value)?),
-            literal => Version::Parsed(crate::targeting::version(literal)),
+            literal => Version::Parsed(crate::flagd::version(literal)),
         })
     };
     Some(Node::SemVer(Box::new(SemVer { left: version(left)?, operator: compile(operator)?, right: version(right)? })))

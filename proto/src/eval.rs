@@ -41,12 +41,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use crate::compiled::EvaluationContext;
-use crate::compiled::Scope;
+use crate::compiled::{Named, Scope};
 use crate::error::ValidationError;
+use crate::flagd::Fractional;
 use crate::limits::MAX_VARIANTS;
 use crate::model::JsonText;
 use crate::name::Key;
-use crate::targeting::{Fractional, Rule};
+use crate::targeting::Rule;
 
 /// Whether a flag is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,13 +318,6 @@ impl FlagDefinition {
             None => Resolution::of(None, Reason::Default),
         }
     }
-}
-
-/// What a targeting rule answered: a variant's name, nothing (`null`), or another value.
-pub(crate) enum Named<'a> {
-    Nothing,
-    Variant(&'a str),
-    Other(Value),
 }
 
 /// An evaluation's answer, borrowed from its flag: the allocation-free form of [`Evaluation`].

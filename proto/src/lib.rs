@@ -11,6 +11,7 @@ pub mod cost;
 pub mod edit;
 pub mod error;
 pub mod eval;
+pub mod flagd;
 pub mod health;
 pub mod hlc;
 pub mod limits;

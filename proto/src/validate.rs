@@ -343,7 +343,7 @@ mod tests {
         );
         assert_eq!(validate_change(&change), Ok(()), "a peer's generation is stored, so the log converges");
         let flag = FlagDefinition::parse(&"x".parse().unwrap(), &definition).unwrap();
-        let evaluation = flag.evaluate("x", &serde_json::Map::new(), crate::targeting::Fractional::V2, 0);
+        let evaluation = flag.evaluate("x", &serde_json::Map::new(), crate::flagd::Fractional::V2, 0);
         assert_eq!(evaluation.error_code, Some(crate::eval::ErrorCode::General));
         assert!(evaluation.error_message.unwrap().contains("MAX_RULE_COST"));
     }
@@ -359,7 +359,7 @@ mod tests {
         validate_submitted(&Change::with_ops(vec![Op::SetFlag { key: key.clone(), definition: definition.clone() }]))
             .unwrap();
         let flag = FlagDefinition::parse(&key, &definition).unwrap();
-        let evaluation = flag.evaluate("x", &serde_json::Map::new(), crate::targeting::Fractional::V2, 0);
+        let evaluation = flag.evaluate("x", &serde_json::Map::new(), crate::flagd::Fractional::V2, 0);
         assert_eq!((evaluation.variant.as_deref(), evaluation.error_code), (Some("b"), None));
     }
 

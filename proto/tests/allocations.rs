@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use grapevine_proto::eval::{EvaluationContext, FlagSet};
-use grapevine_proto::targeting::Fractional;
+use grapevine_proto::flagd::Fractional;
 use serde_json::{Value, json};
 
 struct Counting;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use grapevine_proto::eval::{ErrorCode, Evaluation, Expected, FlagSet, Reason};
-use grapevine_proto::targeting::Fractional;
+use grapevine_proto::flagd::Fractional;
 use serde_json::{Map, Value, json};
 
 /// `$flagd.timestamp` in these tests (no testbed rule reads it).

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::hash::Murmur3;
 use super::{Bucket, Buckets, Decline, Fractional, Haystack, Node, Order, Program, SemVer, Version};
+use crate::flagd::{Fractional as Scheme, js_string, py_string};
 use crate::limits::MAX_CAT_BYTES;
-use crate::targeting::{Fractional as Scheme, js_string, py_string};
 
 /// What one evaluation reads besides the context: the flag's key, the time, the scheme.
 pub(crate) struct Scope<'a> {
@@ -17,6 +17,13 @@ pub(crate) struct Scope<'a> {
     pub(crate) flag_key: &'a str,
     pub(crate) now_s: u64,
     pub(crate) scheme: Scheme,
+}
+
+/// What a targeting rule answered: a variant's name, nothing (`null`), or another value.
+pub(crate) enum Named<'a> {
+    Nothing,
+    Variant(&'a str),
+    Other(Value),
 }
 
 /// A value met during evaluation: borrowed from the rule or the context where it can be.
@@ -75,8 +82,7 @@ impl<'a> Val<'a> {
 
     /// What the value names as a rule's answer.
     #[inline]
-    pub(crate) fn named(&self) -> crate::eval::Named<'_> {
-        use crate::eval::Named;
+    pub(crate) fn named(&self) -> Named<'_> {
         match self.flat() {
             Val::Null => Named::Nothing,
             Val::Str(text) => Named::Variant(text),
@@ -481,9 +487,9 @@ impl Version {
         Ok(match self {
             Version::Parsed(version) => Cow::Borrowed(version),
             Version::Node(node) => Cow::Owned(match node.run(scope)?.flat() {
-                Val::Str(text) => crate::targeting::version_of_text(text),
-                Val::Unsigned(n) => crate::targeting::version_of_text(&n.to_string()),
-                Val::Ref(value @ Value::Number(_)) => crate::targeting::version(value),
+                Val::Str(text) => crate::flagd::version_of_text(text),
+                Val::Unsigned(n) => crate::flagd::version_of_text(&n.to_string()),
+                Val::Ref(value @ Value::Number(_)) => crate::flagd::version(value),
                 _ => None,
             }),
         })
@@ -538,7 +544,7 @@ impl Fractional {
                     }
                     None => {
                         let mut bytes = Vec::new();
-                        crate::targeting::cbor(targeting_key, &mut bytes);
+                        crate::flagd::cbor(targeting_key, &mut bytes);
                         hasher.write(&bytes);
                     }
                 }
@@ -551,7 +557,7 @@ impl Fractional {
                 }
                 None => {
                     let mut bytes = Vec::new();
-                    crate::targeting::cbor(&value.to_value(), &mut bytes);
+                    crate::flagd::cbor(&value.to_value(), &mut bytes);
                     hasher.write(&bytes);
                 }
             },
@@ -582,5 +588,5 @@ fn read_split<'a>(
         return Ok(Val::Null);
     }
     let Some(hash) = fractional.hash(bucket_by, scope) else { return Ok(Val::Null) };
-    Ok(crate::targeting::fractional_pick(hash, total, weighted).unwrap_or(Val::Null))
+    Ok(crate::flagd::fractional_pick(hash, total, weighted).unwrap_or(Val::Null))
 }

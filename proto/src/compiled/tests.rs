@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::hash::Murmur3;
 use crate::eval::FlagDefinition;
-use crate::targeting::Fractional;
+use crate::flagd::Fractional;
 
 proptest! {
     #[test]
