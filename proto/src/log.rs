@@ -14,10 +14,8 @@
 //!   `is_reverted(id)` and `reverts()` read the set. `reverts_digest()` summarises it as
 //!   `count.hash` (the count, a dot, and 16 hex digits of a SHA-256 over the targets in order): the
 //!   value of the `reverts` gossip key.
-//! - `state(counts)` is the fold of the snapshot and of the generations held whole that `counts`
-//!   accepts and that are not reverted: with every generation, the desired state; with the released
-//!   ones, the applied state. `state_sharing(counts, parsed)` is the same fold, taking each flag
-//!   from `parsed` (the desired state) when the same write set it there.
+//! - The log knows nothing of what its values mean: its fold into the desired and the applied
+//!   state (`Log::state`, which parses flags) is `state.rs`'s, above it.
 //! - Two indexes follow the generations held whole: `in_fold_order()` walks them in `(hlc, origin,
 //!   seq)` order (`.rev()`: newest first, for history) and `with_controls()` walks the few that
 //!   carry rollout controls (for the engine's `controls_of`), so neither sorts nor scans the log.
@@ -64,7 +62,6 @@ use crate::hlc::Stamp;
 use crate::model::{Generation, Revert, VersionVector};
 use crate::name::{GenId, NodeName};
 use crate::snapshot::Snapshot;
-use crate::state::AppliedState;
 
 /// The generations a log holds whole of one origin, summarised: the seqs `after + 1 ..= through`
 /// (the snapshot's cover to the version vector, all held whole) and the wrapping sum of the
@@ -225,21 +222,6 @@ impl Log {
         }
         let hash = hex::encode(&hasher.finalize()[..8]);
         format!("{}.{hash}", targets.len())
-    }
-
-    /// The fold of the snapshot and of the generations `counts` accepts that are not
-    /// reverted: with every generation, the desired state; with the released ones, the
-    /// applied state.
-    pub fn state(&self, counts: impl Fn(&GenId) -> bool) -> AppliedState {
-        let live = self.generations.values().filter(|g| counts(g.id()) && !self.reverts.contains(g.id()));
-        AppliedState::fold_from(&self.base, live)
-    }
-
-    /// [`Log::state`], sharing the flags `parsed` (another fold of this log) holds from the
-    /// same writes: the applied state holds the desired state's flags, not copies.
-    pub fn state_sharing(&self, counts: impl Fn(&GenId) -> bool, parsed: &AppliedState) -> AppliedState {
-        let live = self.generations.values().filter(|g| counts(g.id()) && !self.reverts.contains(g.id()));
-        AppliedState::fold_sharing(&self.base, live, parsed)
     }
 
     /// The next sequence number for a generation accepted by `origin`: one past the highest
@@ -408,6 +390,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::state::AppliedState;
 
     fn generation(origin: &str, seq: u64, wall_ms: u64, value: u8) -> Generation {
         crate::testing::put(origin, seq, wall_ms, "k", &value.to_string())
@@ -531,7 +514,7 @@ mod tests {
         assert_eq!(ids.len(), 2);
     }
 
-    fn state_of(log: &Log) -> crate::AppliedState {
+    fn state_of(log: &Log) -> AppliedState {
         log.state(|_| true)
     }
 

@@ -20,6 +20,12 @@
 //! `digest` is the sum modulo 2^256 of one SHA-256 per entry (per flag; per config key with its
 //! schema): a multiset hash, so the order of the entries does not count, and replacing one is a
 //! subtraction and an addition. `latest` is the applied generation that comes last in fold order.
+//!
+//! `Log::state(counts)` is the fold of the log's snapshot and of the generations held whole that
+//! `counts` accepts and that are not reverted: with every generation, the desired state; with the
+//! released ones, the applied state. `Log::state_sharing(counts, parsed)` is the same fold, taking
+//! each flag from `parsed` (the desired state) when the same write set it there. Both are defined
+//! here, above the log, which holds generations without parsing their flags.
 
 use std::sync::Arc;
 
@@ -28,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::eval::FlagDefinition;
 use crate::hlc::Stamp;
+use crate::log::Log;
 use crate::model::{ContentHash, Generation, JsonText, Op};
 use crate::name::{GenId, Key};
 use crate::snapshot::Snapshot;
@@ -186,6 +193,24 @@ impl AppliedState {
     /// on every node.
     pub fn digest(&self) -> ContentHash {
         ContentHash(self.digest.bytes())
+    }
+}
+
+/// The log's folds: defined here, above the log, so that the log itself knows nothing of flags.
+impl Log {
+    /// The fold of the snapshot and of the generations `counts` accepts that are not
+    /// reverted: with every generation, the desired state; with the released ones, the
+    /// applied state.
+    pub fn state(&self, counts: impl Fn(&GenId) -> bool) -> AppliedState {
+        let live = self.iter().filter(|g| counts(g.id()) && !self.is_reverted(g.id()));
+        AppliedState::fold_from(self.base(), live)
+    }
+
+    /// [`Log::state`], sharing the flags `parsed` (another fold of this log) holds from the
+    /// same writes: the applied state holds the desired state's flags, not copies.
+    pub fn state_sharing(&self, counts: impl Fn(&GenId) -> bool, parsed: &AppliedState) -> AppliedState {
+        let live = self.iter().filter(|g| counts(g.id()) && !self.is_reverted(g.id()));
+        AppliedState::fold_sharing(self.base(), live, parsed)
     }
 }
 
