@@ -7,9 +7,9 @@
 use std::fmt::Debug;
 
 use grapevine_proto::eval::{Expected, FlagDefinition, Reason};
+use grapevine_proto::flagd::Fractional;
 use grapevine_proto::rollout::Plan;
 use grapevine_proto::trust::Trust;
-use grapevine_proto::flagd::Fractional;
 use grapevine_proto::validate::validate_generation;
 use grapevine_proto::wire::{self, OLDEST_READABLE, Versioned, WIRE_VERSION, WireError};
 use grapevine_proto::{AppliedState, Generation, Log, Snapshot, VersionVector};

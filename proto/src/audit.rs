@@ -33,8 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::hlc::Stamp;
 use crate::log::Log;
-use crate::model::VersionVector;
-use crate::model::{Generation, Governance, JsonText, Op, Revert};
+use crate::model::{Generation, Governance, JsonText, Op, Revert, VersionVector};
 use crate::name::{GenId, Key, NodeName};
 use crate::policy::{Control, Policy};
 use crate::signing::Signed;

@@ -391,6 +391,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_total_of_a_peers_vector_saturates() {
+        let bytes = hex::decode("06020161ffffffffffffffffff01016201").unwrap();
+        let ack: crate::wire::PushAck = crate::wire::decode(&bytes, "push ack").unwrap();
+        assert_eq!(ack.have.total(), u64::MAX);
+    }
+
+    #[test]
     fn json_text_refuses_invalid_and_oversized_json() {
         assert!(JsonText::try_from("{\"a\":1}".to_owned()).is_ok());
         assert!(JsonText::try_from("{".to_owned()).is_err());

@@ -35,10 +35,8 @@ use std::sync::Arc;
 
 use crate::error::ValidationError;
 use crate::hlc::{Clock, ClockError, Stamp, Standing};
-use crate::log::Retention;
-use crate::log::{InsertOutcome, Log, Tally};
-use crate::model::VersionVector;
-use crate::model::{Change, ContentHash, Generation, GenerationBody, Op, OriginProof, Revert, Terms};
+use crate::log::{InsertOutcome, Log, Retention, Tally};
+use crate::model::{Change, ContentHash, Generation, GenerationBody, Op, OriginProof, Revert, Terms, VersionVector};
 use crate::name::{Author, GenId, NodeName};
 use crate::rollout::Plan;
 use crate::schedule::Freezes;

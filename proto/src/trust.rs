@@ -45,8 +45,7 @@ use crate::approvals::{
 };
 use crate::hlc::Stamp;
 use crate::log::Log;
-use crate::model::VersionVector;
-use crate::model::{Change, GenerationBody, Governance, Op, Terms};
+use crate::model::{Change, GenerationBody, Governance, Op, Terms, VersionVector};
 use crate::name::{Author, GenId};
 use crate::signing::{Delegation, MAX_PREFIXES, PublicKey, SecretKey, Signed, SigningError, revoked_by};
 use crate::snapshot::WriteProof;
@@ -57,9 +56,9 @@ use crate::snapshot::WriteProof;
 pub const ISSUE_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 /// The earliest revocation of each revoked operator key in `log` (its snapshot and its
-/// generations): the first write of its [`revocation_key`] in fold order, by a change whose own
-/// key was not revoked before it (a stolen key cannot revoke its owner's colleagues after its
-/// own revocation). A revocation is final: reverting the change that wrote it does not restore
+/// generations): the first write of its [`revocation_key`](crate::signing::revocation_key) in
+/// fold order, by a change whose own key was not revoked before it (a stolen key cannot revoke
+/// its owner's colleagues after its own revocation). A revocation is final: reverting the change that wrote it does not restore
 /// the key, since reverts are not signed (delegate a new key instead).
 pub fn revocations(log: &Log) -> BTreeMap<PublicKey, (Stamp, GenId)> {
     let snapshot = log.base().writes().map(|w| ((w.hlc, &w.generation), w.proof.as_ref().map(|p| &p.signed), &w.op));

@@ -34,11 +34,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::model::VersionVector;
-use crate::model::{Generation, GenerationBody, Revert};
+use crate::model::{Generation, GenerationBody, Revert, VersionVector};
 use crate::name::GenId;
-use crate::snapshot::WriteProof;
-use crate::snapshot::{Snapshot, Write};
+use crate::snapshot::{Snapshot, Write, WriteProof};
 
 /// The format version this build writes.
 pub const WIRE_VERSION: u8 = 7;
@@ -310,8 +308,7 @@ pub mod v6 {
     use serde::{Deserialize, Serialize};
 
     use crate::hlc::Stamp;
-    use crate::model::VersionVector;
-    use crate::model::{Change, ContentHash, Op, OriginProof, Revert};
+    use crate::model::{Change, ContentHash, Op, OriginProof, Revert, VersionVector};
     use crate::name::{Author, GenId, NodeName};
     use crate::signing::Signed;
 

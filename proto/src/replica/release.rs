@@ -25,8 +25,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Now, Replica};
-use crate::policy::Controls;
-use crate::policy::Thresholds;
+use crate::policy::{Controls, Thresholds};
 use crate::report::Report;
 use crate::rollout::Plan;
 use crate::schedule::{self, Hold};
