@@ -79,7 +79,7 @@ fn generation(name: &NodeName, seq: u64, wall_ms: u64) -> Result<Generation> {
     let body = GenerationBody {
         id: GenId { origin: name.clone(), seq },
         hlc: Stamp { wall_ms, logical: 0 },
-        members: vec![name.clone()],
+        members: vec![name.clone()].into(),
         groups: vec![],
         change: Change::with_ops(ops),
         author: None,

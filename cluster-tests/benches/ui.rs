@@ -108,7 +108,7 @@ fn fill_store(data: &Path, name: &str, others: &[String]) -> Result<()> {
         let body = GenerationBody {
             id: GenId { origin: origin.clone(), seq },
             hlc: Stamp { wall_ms: first + seq * STAMP_SPACING_MS, logical: 0 },
-            members: members.clone(),
+            members: members.clone().into(),
             groups: vec![],
             change: Change::with_ops(ops(seq as usize)?),
             author: Some("token:deploy".parse()?),

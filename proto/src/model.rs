@@ -12,7 +12,8 @@
 //!   `policy::Control`s of other generations' rollouts. `Change::with_ops` uses
 //!   `Policy::default()` and no controls. A control generation has controls and no ops.
 //! - `GenerationBody { id, hlc, members, groups, change, author, signed, terms }`. `members` are the live
-//!   members in the accepting node's view, sorted; waves are cut from them. `groups` is empty, or,
+//!   members in the accepting node's view, sorted; waves are cut from them. They are a
+//!   `MemberList`: a list every copy of the generation shares (it encodes as a plain list). `groups` is empty, or,
 //!   with a `waves_by` policy, each member's value of that label, aligned with `members`. `author`
 //!   is who submitted it (format 4 on); `signed` the operator's `signing::Signed` on the change
 //!   (format 5 on, boxed so that an unsigned body stays small); `terms` (format 7 on) a
@@ -38,7 +39,9 @@
 //!   summary of a set of generations that peers compare (the log's, a snapshot's cover, what a
 //!   puller has). `covers(id)`, `merge` (the join) and `is_behind` compare vectors.
 
+use std::any::Any;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use crdts::{CmRDT, Dot, VClock};
 use serde::{Deserialize, Serialize};
@@ -50,6 +53,77 @@ use crate::limits::MAX_VALUE_BYTES;
 use crate::name::{Author, GenId, Key, NodeName};
 use crate::policy::{Control, Policy};
 use crate::signing::Signed;
+
+/// The members a generation records (`GenerationBody::members`): a list of names, shared by
+/// every copy of the generation. A fleet's list is long and every node holds the same one, so
+/// copying it per node (log, store, pushes) made a simulated fleet of 10,000 hold 10,000 copies
+/// of 10,000 names per change. The waves ranked from it (`rollout::Plan::shared`) are kept with
+/// it, for the same reason.
+///
+/// It reads as a slice (`Deref`), and encodes as a sequence, as the `Vec` it replaced did.
+#[derive(Clone, Default)]
+pub struct MemberList(Arc<MemberListInner>);
+
+#[derive(Default)]
+struct MemberListInner {
+    names: Box<[NodeName]>,
+    /// What a layer above derives from the list once and keeps with it: the waves ranked from
+    /// it (`rollout::Plan::shared`). Typed there, not here, since data sits below decisions.
+    derived: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl MemberList {
+    /// Where `Plan::shared` keeps the waves ranked from this list.
+    pub(crate) fn derived(&self) -> &OnceLock<Box<dyn Any + Send + Sync>> {
+        &self.0.derived
+    }
+}
+
+impl std::ops::Deref for MemberList {
+    type Target = [NodeName];
+
+    fn deref(&self) -> &[NodeName] {
+        &self.0.names
+    }
+}
+
+impl From<Vec<NodeName>> for MemberList {
+    fn from(names: Vec<NodeName>) -> MemberList {
+        MemberList(Arc::new(MemberListInner { names: names.into_boxed_slice(), derived: OnceLock::new() }))
+    }
+}
+
+impl FromIterator<NodeName> for MemberList {
+    fn from_iter<I: IntoIterator<Item = NodeName>>(names: I) -> MemberList {
+        names.into_iter().collect::<Vec<_>>().into()
+    }
+}
+
+impl PartialEq for MemberList {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || **self == **other
+    }
+}
+
+impl Eq for MemberList {}
+
+impl fmt::Debug for MemberList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for MemberList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<NodeName>::deserialize(deserializer).map(MemberList::from)
+    }
+}
 
 /// A JSON document kept as its text, at most [`MAX_VALUE_BYTES`].
 ///
@@ -166,7 +240,7 @@ pub struct GenerationBody {
     /// Hybrid-logical-clock stamp; `(hlc, origin)` orders generations for the fold.
     pub hlc: Stamp,
     /// The members alive in the accepting node's view, sorted: waves are cut from this set.
-    pub members: Vec<NodeName>,
+    pub members: MemberList,
     /// With a `waves_by` policy, each member's value of that label (aligned with `members`).
     pub groups: Vec<String>,
     pub change: Change,
@@ -395,6 +469,19 @@ mod tests {
         let bytes = hex::decode("06020161ffffffffffffffffff01016201").unwrap();
         let ack: crate::wire::PushAck = crate::wire::decode(&bytes, "push ack").unwrap();
         assert_eq!(ack.have.total(), u64::MAX);
+    }
+
+    #[test]
+    fn a_member_list_reads_and_encodes_as_the_list_it_holds() {
+        let names: Vec<NodeName> = ["n2", "n10", "n1"].iter().map(|n| n.parse().unwrap()).collect();
+        let list = MemberList::from(names.clone());
+        assert_eq!(postcard::to_stdvec(&list).unwrap(), postcard::to_stdvec(&names).unwrap());
+        assert_eq!(serde_json::to_string(&list).unwrap(), serde_json::to_string(&names).unwrap());
+        let decoded: MemberList = postcard::from_bytes(&postcard::to_stdvec(&names).unwrap()).unwrap();
+        assert_eq!(decoded, list);
+        assert_eq!(format!("{list:?}"), format!("{names:?}"));
+        assert_eq!((list.len(), &list[1]), (3, &names[1]));
+        assert_ne!(list, MemberList::from(names[..2].to_vec()));
     }
 
     #[test]

@@ -232,8 +232,9 @@ pub struct Replica {
     /// The generations held whole, neither released here nor reverted, in fold order, with
     /// their waves: those whose gates a pass looks at. Kept with the log, so a pass costs per
     /// generation waiting, not per generation held, and ranks a generation's members once
-    /// (`Plan::of` hashes every member).
-    pending: BTreeMap<(Stamp, GenId), Plan>,
+    /// (`Plan::of` hashes every member), shared with every other copy of the generation
+    /// (`Plan::shared`).
+    pending: BTreeMap<(Stamp, GenId), Arc<Plan>>,
     /// Whether a write of the log (its snapshot or a generation) revokes an operator key:
     /// until one does, the revocation pass has nothing to find and reads nothing.
     holds_revocations: bool,
@@ -428,7 +429,7 @@ impl Replica {
         let body = GenerationBody {
             id: GenId { seq: self.log.next_seq(&name), origin: name },
             hlc: clock.tick(now.wall_ms),
-            members: members.live,
+            members: members.live.into(),
             groups,
             change,
             // A signed change is by its operator, whoever sent it.
@@ -581,7 +582,7 @@ impl Replica {
         if !self.log.is_reverted(generation.id()) {
             self.desired.apply(&generation);
             if !self.released.contains(generation.id()) {
-                self.pending.insert((generation.body.hlc, generation.id().clone()), Plan::of(&generation.body));
+                self.pending.insert((generation.body.hlc, generation.id().clone()), Plan::shared(&generation.body));
             }
         }
         self.holds_revocations |= revokes(&generation);
@@ -606,7 +607,7 @@ impl Replica {
         let waiting = |id: &GenId| log.get(id).is_some() && !released.contains(id) && !log.is_reverted(id);
         if self.pending.is_empty() {
             let unreleased = log.iter().filter(|g| waiting(g.id()));
-            self.pending = unreleased.map(|g| ((g.body.hlc, g.id().clone()), Plan::of(&g.body))).collect();
+            self.pending = unreleased.map(|g| ((g.body.hlc, g.id().clone()), Plan::shared(&g.body))).collect();
         } else {
             self.pending.retain(|(_, id), _| waiting(id));
         }

@@ -19,7 +19,10 @@
 //!   empty waves are dropped. With `waves_by`, the canary (the first wave size) is followed by one
 //!   wave per label value, ordered by the hash of (generation id, value). Emergency or one-wave
 //!   policies give one wave. `wave_of(node)` puts a node that is not among the members in the last
-//!   wave.
+//!   wave. `Plan::shared(body)` is the same plan, ranked once and kept with the body's member list
+//!   (`model::MemberList`), which every copy of the generation shares: a simulated fleet of
+//!   10,000 ranks each generation once, not once per node. A plan indexes each member's wave, so
+//!   `wave_of` and the gate look names up instead of searching waves that name every member.
 //! - `Plan::is_open(wave, policy, controls, reports)`, `baked` and `open_waves` are the gate, with
 //!   its latch: a wave is open once a member of it or of a later wave reports on the generation
 //!   (D57). `Plan::opens_in` (from `baked_in` and `Report::baked_in`, the same rule) says in how
@@ -43,8 +46,9 @@
 //! a proptest against `is_open` on aged reports); `waves_by` puts one label value in each wave
 //! after the canary; the anomaly quorum is the larger of the minimum and the share of appliers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -96,32 +100,122 @@ impl fmt::Display for AnomalyQuorum {
 }
 
 /// The waves of one generation: disjoint, in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct Plan {
+    /// Read only: the index below is built from them with the plan.
     pub waves: Vec<Vec<NodeName>>,
+    /// Each member's wave, when no member is in two: `wave_of` and the gate look a name up
+    /// here instead of searching the waves, which in a flat fleet name every member.
+    #[serde(skip)]
+    index: Option<Arc<HashMap<NodeName, usize>>>,
+}
+
+impl PartialEq for Plan {
+    fn eq(&self, other: &Plan) -> bool {
+        self.waves == other.waves
+    }
+}
+
+impl Eq for Plan {}
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plan").field("waves", &self.waves).finish()
+    }
+}
+
+/// What a generation's waves are computed from besides its members: a plan kept with a member
+/// list (`Plan::shared`) is used only for a body with the same inputs (a body changed after its
+/// plan was computed, or another body given the same list, gets its own).
+pub(crate) struct PlanInputs {
+    id: GenId,
+    emergency: bool,
+    waves: Vec<WaveSize>,
+    waves_by: Option<String>,
+    groups: Vec<String>,
+}
+
+impl PlanInputs {
+    fn of(body: &GenerationBody) -> PlanInputs {
+        let policy = &body.change.policy;
+        PlanInputs {
+            id: body.id.clone(),
+            emergency: policy.emergency,
+            waves: policy.waves.clone(),
+            waves_by: policy.waves_by.clone(),
+            groups: body.groups.clone(),
+        }
+    }
+
+    fn matches(&self, body: &GenerationBody) -> bool {
+        let policy = &body.change.policy;
+        self.id == body.id
+            && self.emergency == policy.emergency
+            && self.waves == policy.waves
+            && self.waves_by == policy.waves_by
+            && self.groups == body.groups
+    }
 }
 
 impl Plan {
     /// The waves of `body`, from its recorded members (and their groups, with `waves_by`).
     pub fn of(body: &GenerationBody) -> Plan {
+        Plan::clone(&Plan::shared(body))
+    }
+
+    /// `Plan::of`, shared: computed once per member list and kept with it, so every copy of a
+    /// generation (every node of a simulated fleet) shares one plan, ranked once (ranking
+    /// hashes every member).
+    pub fn shared(body: &GenerationBody) -> Arc<Plan> {
+        let memo = body.members.derived();
+        if let Some((inputs, plan)) = memo.get().and_then(|kept| kept.downcast_ref::<(PlanInputs, Arc<Plan>)>())
+            && inputs.matches(body)
+        {
+            return plan.clone();
+        }
+        let plan = Arc::new(Plan::rank(body));
+        // The first body to ask keeps its plan with the list; another (the same list under
+        // other inputs, in tests) computes its own each time.
+        let _ = memo.set(Box::new((PlanInputs::of(body), plan.clone())));
+        plan
+    }
+
+    fn rank(body: &GenerationBody) -> Plan {
         let policy = &body.change.policy;
         let mut ranked: Vec<(Vec<u8>, &NodeName)> =
             body.members.iter().map(|member| (rank(&body.id, member.as_str()), member)).collect();
         ranked.sort();
         let ranked: Vec<NodeName> = ranked.into_iter().map(|(_, member)| member.clone()).collect();
         if policy.emergency || policy.waves.len() == 1 {
-            return Plan { waves: vec![ranked] };
+            return Plan::from_waves(vec![ranked]);
         }
         let waves = match &policy.waves_by {
             Some(_) => grouped(body, &ranked),
             None => cut(&ranked, &policy.waves),
         };
-        Plan { waves: waves.into_iter().filter(|wave| !wave.is_empty()).collect() }
+        Plan::from_waves(waves.into_iter().filter(|wave| !wave.is_empty()).collect())
+    }
+
+    fn from_waves(waves: Vec<Vec<NodeName>>) -> Plan {
+        let mut index = HashMap::new();
+        for (wave, members) in waves.iter().enumerate() {
+            for member in members {
+                if index.insert(member.clone(), wave).is_some() {
+                    // A name in two waves (a malformed member list): searched, as it always was.
+                    return Plan { waves, index: None };
+                }
+            }
+        }
+        Plan { waves, index: Some(Arc::new(index)) }
     }
 
     /// The wave `node` is in: a node that joined after the generation is in the last.
     pub fn wave_of(&self, node: &NodeName) -> usize {
-        self.waves.iter().position(|wave| wave.contains(node)).unwrap_or(self.waves.len().saturating_sub(1))
+        let last = self.waves.len().saturating_sub(1);
+        match &self.index {
+            Some(index) => index.get(node).copied().unwrap_or(last),
+            None => self.waves.iter().position(|wave| wave.contains(node)).unwrap_or(last),
+        }
     }
 
     /// Whether wave `wave` may apply: every earlier wave reached its quorum of healthy
@@ -144,11 +238,35 @@ impl Plan {
         // wave-mate that was down while the gate was open, and came back after an earlier
         // wave's report turned anomalous (short of the anomaly quorum), would never apply what
         // the rest of its wave did: the cluster would stay split for good.
-        let later = &self.waves[wave.min(self.waves.len())..];
-        if later.iter().flatten().any(|member| reports.contains_key(member)) {
+        if self.latched(wave, reports) {
             return true;
         }
-        self.waves[..wave.min(self.waves.len())].iter().all(|members| self.baked(members, policy, reports))
+        (0..wave.min(self.waves.len())).all(|earlier| self.wave_baked_in(earlier, policy, reports) == Some(0))
+    }
+
+    /// Whether a member of wave `wave` or a later one reports (the gate's latch), from the
+    /// shorter of the reports and those waves' members.
+    fn latched(&self, wave: usize, reports: &BTreeMap<NodeName, Report>) -> bool {
+        let later = &self.waves[wave.min(self.waves.len())..];
+        match &self.index {
+            Some(index) if reports.len() < later.iter().map(Vec::len).sum() => {
+                reports.keys().any(|member| index.get(member).is_some_and(|w| *w >= wave))
+            }
+            _ => later.iter().flatten().any(|member| reports.contains_key(member)),
+        }
+    }
+
+    /// `baked_in` of the members of wave `wave`, from the shorter of the reports and the wave.
+    fn wave_baked_in(&self, wave: usize, policy: &Policy, reports: &BTreeMap<NodeName, Report>) -> Option<u64> {
+        let members = &self.waves[wave];
+        let Some(index) = self.index.as_ref().filter(|_| reports.len() < members.len()) else {
+            return self.baked_in(members, policy, reports);
+        };
+        let needed = (members.len() * policy.health_quorum_permille as usize).div_ceil(1000).max(1);
+        let in_wave = reports.iter().filter(|(member, _)| index.get(*member) == Some(&wave));
+        let mut waits: Vec<u64> = in_wave.filter_map(|(_, report)| report.baked_in(policy.bake_ms)).collect();
+        waits.sort_unstable();
+        waits.get(needed - 1).copied()
     }
 
     /// Whether a wave's members report healthy, baked, in at least the quorum.
@@ -191,8 +309,8 @@ impl Plan {
         }
         // The latch needs a new report, so aging opens the gate only through the rule: when
         // the slowest earlier wave is baked.
-        let earlier = &self.waves[..wave.min(self.waves.len())];
-        earlier.iter().try_fold(0, |slowest, members| Some(slowest.max(self.baked_in(members, policy, reports)?)))
+        let earlier = 0..wave.min(self.waves.len());
+        earlier.into_iter().try_fold(0, |slowest, w| Some(slowest.max(self.wave_baked_in(w, policy, reports)?)))
     }
 
     /// How many waves are open.
@@ -228,8 +346,13 @@ fn cut(ranked: &[NodeName], waves: &[WaveSize]) -> Vec<Vec<NodeName>> {
 fn grouped(body: &GenerationBody, ranked: &[NodeName]) -> Vec<Vec<NodeName>> {
     let canary_size = body.change.policy.waves[0].cumulative(ranked.len()).min(ranked.len());
     let (canary, rest) = ranked.split_at(canary_size);
+    // Each member's first place in the list (one pass, not a search per member).
+    let mut places: HashMap<&NodeName, usize> = HashMap::new();
+    for (place, member) in body.members.iter().enumerate() {
+        places.entry(member).or_insert(place);
+    }
     let group_of = |node: &NodeName| {
-        let index = body.members.iter().position(|m| m == node).expect("ranked from the members");
+        let index = places[node];
         body.groups.get(index).cloned().unwrap_or_default()
     };
     let mut groups: BTreeMap<Vec<u8>, Vec<NodeName>> = BTreeMap::new();
@@ -397,6 +520,21 @@ mod tests {
         assert!(!AnomalyQuorum::of(&policy, &reports(&[("a", Inconclusive)])).reached());
     }
 
+    #[test]
+    fn copies_of_a_generation_share_its_plan_and_a_changed_body_gets_its_own() {
+        let generation = body(40, Policy::default(), vec![]);
+        let plan = Plan::shared(&generation);
+        assert!(Arc::ptr_eq(&plan, &Plan::shared(&generation.clone())), "a copy shares the plan");
+        // The same member list under another id ranks otherwise: never the kept plan.
+        let mut other = generation.clone();
+        other.id.seq += 1;
+        let theirs = Plan::shared(&other);
+        assert!(!Arc::ptr_eq(&plan, &theirs));
+        assert_eq!(*theirs, Plan::rank(&other));
+        assert_ne!(theirs.waves, plan.waves, "another id, another ranking");
+        assert_eq!(Plan::of(&generation), *plan);
+    }
+
     proptest! {
         #[test]
         fn every_node_computes_the_same_waves_covering_every_member_once(
@@ -407,7 +545,7 @@ mod tests {
             generation.id.seq = seq;
             let plan = Plan::of(&generation);
             let mut shuffled = generation.clone();
-            shuffled.members.reverse();
+            shuffled.members = shuffled.members.iter().rev().cloned().collect();
             prop_assert_eq!(&Plan::of(&shuffled), &plan, "member order must not matter");
             let mut all: Vec<&NodeName> = plan.waves.iter().flatten().collect();
             all.sort();
@@ -468,6 +606,41 @@ mod tests {
                 prop_assert_eq!(plan.is_open(wave, &policy, Controls::default(), &reports), went_through);
                 let paused = Controls { paused: true, promoted_through: None };
                 prop_assert!(!plan.is_open(wave, &policy, paused, &reports), "a pause holds every later wave");
+            }
+        }
+
+        #[test]
+        fn the_index_of_the_waves_answers_as_searching_them(
+            members in 2..60usize,
+            quorum in 1..=1000u16,
+            reported in proptest::collection::vec((0..5u8, 0..3_000u64), 64),
+        ) {
+            let policy = Policy {
+                waves: parse_waves("1,30%,70%,100%").unwrap(),
+                bake_ms: 1_000,
+                health_quorum_permille: quorum,
+                ..Policy::default()
+            };
+            let plan = Plan::of(&body(members, policy.clone(), vec![]));
+            prop_assert!(plan.index.is_some());
+            let searched = Plan { waves: plan.waves.clone(), index: None };
+            // Nodes that joined after the generation, then its members; some report, of any
+            // verdict and age, so the gate reads the shorter of the reports and the waves.
+            let late = (0..4).map(|i| format!("late{i}").parse::<NodeName>().unwrap());
+            let names: Vec<NodeName> = late.chain(plan.waves.iter().flatten().cloned()).collect();
+            let reports: BTreeMap<NodeName, Report> = names.iter().zip(&reported)
+                .filter_map(|(node, (kind, elapsed_ms))| {
+                    let verdict = [Verdict::Healthy, Verdict::Inconclusive, Verdict::Anomalous].get(*kind as usize)?;
+                    Some((node.clone(), Report { verdict: *verdict, elapsed_ms: *elapsed_ms }))
+                })
+                .collect();
+            for node in &names {
+                prop_assert_eq!(plan.wave_of(node), searched.wave_of(node));
+            }
+            let controls = Controls::default();
+            for wave in 0..plan.waves.len() {
+                prop_assert_eq!(plan.is_open(wave, &policy, controls, &reports), searched.is_open(wave, &policy, controls, &reports));
+                prop_assert_eq!(plan.opens_in(wave, &policy, controls, &reports), searched.opens_in(wave, &policy, controls, &reports));
             }
         }
     }

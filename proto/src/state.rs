@@ -318,7 +318,7 @@ mod tests {
         crate::model::GenerationBody {
             id: GenId { origin: origin.parse().unwrap(), seq },
             hlc: Stamp { wall_ms, logical: 0 },
-            members: vec![],
+            members: vec![].into(),
             groups: vec![],
             change: crate::model::Change::with_ops(vec![op]),
             author: None,

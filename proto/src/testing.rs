@@ -14,7 +14,7 @@ pub fn put(origin: &str, seq: u64, wall_ms: u64, key: &str, value: &str) -> Gene
     GenerationBody {
         id: GenId { origin: origin.parse().expect("a valid node name"), seq },
         hlc: Stamp { wall_ms, logical: 0 },
-        members: vec![],
+        members: vec![].into(),
         groups: vec![],
         change: Change::with_ops(vec![Op::PutConfig {
             key: key.parse().expect("a valid key"),

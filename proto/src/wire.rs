@@ -211,7 +211,7 @@ impl Versioned for Generation {
 
     fn from_previous(old: v6::Generation) -> Generation {
         let v6::GenerationBody { id, hlc, members, groups, change, author, signed } = old.body;
-        let body = GenerationBody { id, hlc, members, groups, change, author, signed, terms: None };
+        let body = GenerationBody { id, hlc, members: members.into(), groups, change, author, signed, terms: None };
         Generation { body, hash: old.hash, origin: old.origin }
     }
 
@@ -222,7 +222,7 @@ impl Versioned for Generation {
         if terms.is_some() {
             return Err(TERMS_NEED_FORMAT_7);
         }
-        let body = v6::GenerationBody { id, hlc, members, groups, change, author, signed };
+        let body = v6::GenerationBody { id, hlc, members: members.to_vec(), groups, change, author, signed };
         Ok(v6::Generation { body, hash: self.hash, origin: self.origin.clone() })
     }
 }

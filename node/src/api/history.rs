@@ -71,7 +71,7 @@ pub(super) fn summary(generation: &Generation) -> GenerationSummary {
         hash: generation.hash.to_string(),
         author: body.author.clone(),
         signed_by,
-        members: body.members.clone(),
+        members: body.members.to_vec(),
         ops: ops.collect(),
         policy: body.change.policy.clone(),
         controls: body.change.controls.clone(),

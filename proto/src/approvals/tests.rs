@@ -66,7 +66,7 @@ fn body(seq: u64, wall_ms: u64, change: Change, signed: &Signed, terms: Option<T
     GenerationBody {
         id: GenId { origin: "n1".parse().unwrap(), seq },
         hlc: Stamp { wall_ms, logical: 0 },
-        members: vec![],
+        members: vec![].into(),
         groups: vec![],
         change,
         author: Some(signed.delegation.operator.clone()),

@@ -114,7 +114,7 @@ fn a_control_names_what_it_controls() {
     let body = GenerationBody {
         id: "n2.1".parse().unwrap(),
         hlc: Stamp { wall_ms: 500, logical: 0 },
-        members: vec![],
+        members: vec![].into(),
         groups: vec![],
         change: Change {
             ops: vec![],

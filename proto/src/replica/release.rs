@@ -89,7 +89,7 @@ impl Replica {
     /// `waiting`, with each generation's waves.
     fn waiting_plans(&self) -> impl Iterator<Item = (&Generation, &Plan)> {
         let (released, log) = (&self.released, &self.log);
-        let held = self.pending.iter().filter_map(|((_, id), plan)| Some((log.get(id)?, plan)));
+        let held = self.pending.iter().filter_map(|((_, id), plan)| Some((log.get(id)?, &**plan)));
         held.filter(move |(g, _)| !released.contains(g.id()) && !log.is_reverted(g.id()))
     }
 
@@ -176,7 +176,7 @@ impl Replica {
     /// How this node judges `generation`, which it applied.
     pub fn judging(&self, generation: &Generation) -> Judging {
         let policy = &generation.body.change.policy;
-        let plan = Plan::of(&generation.body);
+        let plan = Plan::shared(&generation.body);
         let gates_a_wave = plan.wave_of(&self.config.name) + 1 < plan.waves.len();
         Judging {
             id: generation.id().clone(),

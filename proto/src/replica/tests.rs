@@ -79,7 +79,7 @@ fn a_submitted_change_is_sealed_from_the_live_members_and_applied_in_the_first_w
     let mut clock = replica.clock().clone();
     let generation = replica.seal(submission, members, at(5_000), &mut clock, |_| None).expect("sealed");
     assert_eq!(generation.id().to_string(), "a.1");
-    assert_eq!(generation.body.members, vec![name("a")]);
+    assert_eq!(generation.body.members.to_vec(), vec![name("a")]);
     assert_eq!(generation.body.hlc.wall_ms, 5_000);
     replica.check_own(&generation).expect("the checks peers make pass");
     replica.accept_own(generation, clock);
@@ -304,7 +304,7 @@ fn history() -> Vec<Generation> {
         .map(|i| {
             let origin = origins[i as usize % 3];
             let mut body = put(origin, i / 3 + 1, 1_000 + i * 7 % 5, &format!("k{}", i % 4), &format!("{i}")).body;
-            body.members = vec![name("n")];
+            body.members = vec![name("n")].into();
             body.change.policy = Policy::emergency();
             body.seal()
         })

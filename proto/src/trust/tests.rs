@@ -28,7 +28,7 @@ fn body(change: Change, signed: Option<Signed>) -> GenerationBody {
     GenerationBody {
         id: GenId { origin: "n1".parse().unwrap(), seq: 1 },
         hlc: Stamp { wall_ms: NOW, logical: 0 },
-        members: vec![],
+        members: vec![].into(),
         groups: vec![],
         change,
         author,
