@@ -37,6 +37,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+mod views;
+
+use self::views::{Delta, MAX_NODES, Summaries, Version, Views};
 use super::SplitMix64;
 use crate::log::Retention;
 use crate::policy::Policy;
@@ -45,7 +48,7 @@ use crate::report::{Report, Verdict};
 use crate::rollout::{AnomalyQuorum, Plan};
 use crate::schedule::Freezes;
 use crate::trust::Trust;
-use crate::{Change, GenId, Generation, JsonText, Key, NodeName, Op, Revert, VersionVector};
+use crate::{Change, ContentHash, GenId, Generation, JsonText, Key, NodeName, Op, Revert, VersionVector};
 
 /// The simulation's clock starts here on the wall clock, so stamps look like real ones.
 const EPOCH_MS: u64 = 1_800_000_000_000;
@@ -199,7 +202,8 @@ pub struct NodeEnd {
 #[derive(Debug)]
 pub struct GenerationEnd {
     pub generation: Generation,
-    pub plan: Plan,
+    /// Shared by every node that holds the generation (`Plan::shared`).
+    pub plan: Arc<Plan>,
     pub applied_here: bool,
     pub reverted: bool,
     pub open_waves: usize,
@@ -357,8 +361,8 @@ pub fn run(options: Options) -> Outcome {
 /// What a node publishes in gossip.
 #[derive(Debug, Default)]
 struct Published {
-    vv: VersionVector,
-    reverts_digest: String,
+    /// Its log: version vector and reverts digest (`Summaries`).
+    summary: u32,
     /// This node's report on each generation it judges, and when it published it.
     reports: Arc<BTreeMap<GenId, (Report, u64)>>,
     /// The generations whose revert this node wrote (`rv.` keys).
@@ -430,8 +434,8 @@ enum Msg {
     Reverts { reverts: Vec<Revert>, hops: u32 },
     Pull { have: VersionVector, reverts_digest: String },
     Syn,
-    Ack(Vec<(u32, u32)>),
-    Ack2(Vec<(u32, u32)>),
+    Ack(Delta),
+    Ack2(Delta),
 }
 
 #[derive(Debug)]
@@ -548,10 +552,23 @@ struct World {
     events: u64,
     queue: BinaryHeap<Reverse<Queued>>,
     nodes: Vec<Node>,
-    /// `views[a][x]`: the version of member x's published state node a holds.
-    views: Vec<Vec<u32>>,
+    /// What each node's gossip holds of every member.
+    views: Views,
+    /// The log summaries members published.
+    summaries: Summaries,
     partition: Option<Partition>,
     last_partition: Option<Partition>,
+    /// Nodes down now, and when a node last came back or a partition last healed (0: never):
+    /// with none down, no partition and the last return a gossip interval ago, every node
+    /// holds every other live, and no liveness need be asked member by member.
+    down: usize,
+    back_at: u64,
+    /// Per generation, the members that ever published a report on it, and that ever wrote
+    /// its revert: what a decision reads of a view, instead of every member's entry.
+    reporters: BTreeMap<GenId, BTreeSet<usize>>,
+    revert_writers: BTreeMap<GenId, BTreeSet<usize>>,
+    /// The wire size of each generation submitted.
+    encoded_bytes: BTreeMap<(GenId, ContentHash), u64>,
     loss: f64,
     trace: Vec<String>,
     faults: Vec<String>,
@@ -586,6 +603,7 @@ fn put(key: &str, value: &str) -> Op {
 impl World {
     fn new(options: Options) -> World {
         assert!(options.nodes >= 2, "a fleet of at least two nodes");
+        assert!(options.nodes <= MAX_NODES, "a fleet of at most {MAX_NODES} nodes");
         let random = SplitMix64::new(options.seed);
         let n = options.nodes;
         let nodes = (0..n)
@@ -618,9 +636,15 @@ impl World {
             events: 0,
             queue: BinaryHeap::new(),
             nodes,
-            views: vec![vec![0; n]; n],
+            views: Views::new(n),
+            summaries: Summaries::default(),
             partition: None,
             last_partition: None,
+            down: 0,
+            back_at: 0,
+            reporters: BTreeMap::new(),
+            revert_writers: BTreeMap::new(),
+            encoded_bytes: BTreeMap::new(),
             loss: 0.0,
             trace: Vec::new(),
             faults: Vec::new(),
@@ -639,11 +663,7 @@ impl World {
             world.boot(node);
         }
         // Every member knows every other from the start (they share their seeds).
-        for a in 0..n {
-            for x in 0..n {
-                world.views[a][x] = 1;
-            }
-        }
+        world.views.know_everyone();
         for node in 0..n {
             let gossip = world.random.below(world.options.gossip_interval_ms as usize) as u64;
             world.at(gossip, Event::Gossip(node));
@@ -707,8 +727,23 @@ impl World {
         self.nodes[node].replica.as_mut().expect("the node is up")
     }
 
-    fn content(&self, x: usize, version: u32) -> &Arc<Published> {
+    fn content(&self, x: usize, version: Version) -> &Arc<Published> {
         &self.nodes[x].published[version as usize - 1]
+    }
+
+    /// What node `a` holds of member `x`'s published state.
+    fn seen_by(&self, a: usize, x: usize) -> &Arc<Published> {
+        self.content(x, self.views.get(a, x))
+    }
+
+    /// The members that ever published a report on `id`: only they can show one in a view.
+    fn reporters_of(&self, id: &GenId) -> impl Iterator<Item = usize> + '_ {
+        self.reporters.get(id).into_iter().flatten().copied()
+    }
+
+    /// The members that ever wrote `id`'s revert (published it in their `rv.` keys).
+    fn revert_writers_of(&self, id: &GenId) -> impl Iterator<Item = usize> + '_ {
+        self.revert_writers.get(id).into_iter().flatten().copied()
     }
 
     /// Whether `viewer` holds `x` live (the failure-detection oracle, see the module doc).
@@ -733,7 +768,17 @@ impl World {
     }
 
     fn live_peers(&self, node: usize) -> Vec<usize> {
+        if self.everyone_live() {
+            return (0..self.options.nodes).filter(|x| *x != node).collect();
+        }
         (0..self.options.nodes).filter(|x| *x != node && self.live(node, *x)).collect()
+    }
+
+    /// Whether every node holds every other live (`live` is true throughout): no node is down,
+    /// no partition is in effect, and none ended or came back within a gossip interval.
+    fn everyone_live(&self) -> bool {
+        let settled = self.now.saturating_sub(self.back_at) >= self.options.gossip_interval_ms;
+        self.partition.is_none() && self.down == 0 && (self.back_at == 0 || settled)
     }
 
     /// `count` distinct random live peers of `node`, but `not`.
@@ -765,27 +810,22 @@ impl World {
         let state = &self.nodes[node];
         let replica = state.replica.as_ref().expect("the node is up");
         let vv = replica.settled();
-        let reverts_digest = replica.log().reverts_digest();
+        let vv_entries = vv.iter().count();
+        let summary = self.summaries.intern(vv, replica.log().reverts_digest());
         if let Some(last) = state.published.last()
-            && last.vv == vv
-            && last.reverts_digest == reverts_digest
+            && last.summary == summary
             && Arc::ptr_eq(&last.reports, &state.reports)
             && Arc::ptr_eq(&last.revert_writers, &state.revert_writers)
         {
             return;
         }
-        let bytes = 24 * (vv.iter().count() + state.reports.len() + state.revert_writers.len()) as u64 + 64;
-        let published = Published {
-            vv,
-            reverts_digest,
-            reports: state.reports.clone(),
-            revert_writers: state.revert_writers.clone(),
-            bytes,
-        };
+        let bytes = 24 * (vv_entries + state.reports.len() + state.revert_writers.len()) as u64 + 64;
+        let published =
+            Published { summary, reports: state.reports.clone(), revert_writers: state.revert_writers.clone(), bytes };
         let state = &mut self.nodes[node];
         state.published.push(Arc::new(published));
-        let version = state.published.len() as u32;
-        self.views[node][node] = version;
+        let version = self.views.publish(node, summary);
+        debug_assert_eq!(version as usize, state.published.len());
     }
 
     fn play(&mut self) {
@@ -887,8 +927,11 @@ impl World {
             Event::Crash(node) => self.crash(node),
             Event::Restart(node) => {
                 let state = &mut self.nodes[node];
-                state.down_since = None;
+                if state.down_since.take().is_some() {
+                    self.down -= 1;
+                }
                 state.up_since = self.now;
+                self.back_at = self.now;
                 state.busy_until = self.now;
                 self.boot(node);
                 self.trace(|| format!("n{node} restarts"));
@@ -907,6 +950,7 @@ impl World {
                 if let Some(mut partition) = self.partition.take() {
                     partition.healed_at = self.now;
                     self.last_partition = Some(partition);
+                    self.back_at = self.now;
                     self.trace(|| "heal".to_owned());
                 }
             }
@@ -936,7 +980,7 @@ impl World {
         let own = &self.nodes[node].name;
         let most_held_own = (0..self.options.nodes)
             .filter(|x| *x != node)
-            .map(|x| (x, self.content(x, self.views[node][x]).vv.get(own)))
+            .map(|x| (x, self.summaries.vv(self.seen_by(node, x).summary).get(own)))
             .max_by_key(|(_, held)| *held)
             .map(|(x, held)| (self.nodes[x].name.to_string(), held));
         let members = Members { live, most_held_own, ..Members::default() };
@@ -953,6 +997,8 @@ impl World {
                 return;
             }
         };
+        let bytes = generation_bytes(&generation);
+        self.encoded_bytes.insert((generation.id().clone(), generation.hash), bytes);
         if bad {
             self.bad = Some(generation.id().clone());
         } else {
@@ -1012,6 +1058,7 @@ impl World {
                     let mut writers = (*self.nodes[node].revert_writers).clone();
                     writers.insert(target.clone());
                     self.nodes[node].revert_writers = Arc::new(writers);
+                    self.revert_writers.entry(target.clone()).or_default().insert(node);
                     self.trace(|| format!("n{node} reverts {target} ({})", cause.trigger()));
                     self.record.written.push((node, target, cause, self.now));
                     let peers = self.random_peers(node, self.options.push_fanout, None);
@@ -1061,7 +1108,7 @@ impl World {
         if chosen.is_empty() {
             return;
         }
-        let bytes = generation_bytes(&generation);
+        let bytes = self.bytes_of(&generation);
         for peer in &chosen {
             let msg = Msg::Generations { generations: vec![generation.clone()], hops: 1, pulled: false };
             self.send(node, *peer, msg, bytes);
@@ -1071,13 +1118,42 @@ impl World {
         self.at(round, Event::Sweep { node, generation: Box::new(generation), tried, until });
     }
 
+    /// The bytes `generation` takes on the wire, encoded once per generation (a fleet's
+    /// generation names every member).
+    fn bytes_of(&self, generation: &Generation) -> u64 {
+        let key = (generation.id().clone(), generation.hash);
+        self.encoded_bytes.get(&key).copied().unwrap_or_else(|| generation_bytes(generation))
+    }
+
     /// Live peers of `node` (but `not`) that its view does not show holding all of `generations`.
     fn lacking(&self, node: usize, generations: &[Generation], not: Option<usize>) -> Vec<usize> {
-        let holds = |x: usize| {
-            let vv = &self.content(x, self.views[node][x]).vv;
-            generations.iter().all(|g| vv.covers(g.id()))
+        let lacks = |summary, summaries: &Summaries| {
+            let vv = summaries.vv(summary);
+            !generations.iter().all(|g| vv.covers(g.id()))
         };
-        self.live_peers(node).into_iter().filter(|x| Some(*x) != not && !holds(*x)).collect()
+        match self.summaries_where(node, lacks) {
+            Some(lacking) => self.live_members_at(node, &lacking, not),
+            None => Vec::new(),
+        }
+    }
+
+    /// The log summaries some member shows in `node`'s view that `pick` picks, marked by id;
+    /// `None` when it picks none (then no member qualifies, and no row need be read).
+    fn summaries_where(&self, node: usize, pick: impl Fn(u32, &Summaries) -> bool) -> Option<Vec<bool>> {
+        let mut picked = vec![false; self.summaries.len()];
+        let mut any = false;
+        for summary in self.views.seen(node).filter(|summary| pick(*summary, &self.summaries)) {
+            picked[summary as usize] = true;
+            any = true;
+        }
+        any.then_some(picked)
+    }
+
+    /// The live peers of `node` (but `not`), in order, that its view shows at a summary `picked`
+    /// marks.
+    fn live_members_at(&self, node: usize, picked: &[bool], not: Option<usize>) -> Vec<usize> {
+        let members = self.views.members_at(node, picked).filter(|x| Some(*x) != not);
+        if self.everyone_live() { members.collect() } else { members.filter(|x| self.live(node, *x)).collect() }
     }
 
     /// Starts judging `id`, applied here now: inconclusive until the application's verdict.
@@ -1088,6 +1164,7 @@ impl World {
         let mut reports = (*state.reports).clone();
         reports.insert(id.clone(), (Report { verdict: Verdict::Inconclusive, elapsed_ms: 0 }, now));
         state.reports = Arc::new(reports);
+        self.reporters.entry(id.clone()).or_default().insert(node);
         let incarnation = state.incarnation;
         self.at(self.options.detect_ms, Event::Judge { node, incarnation, id });
     }
@@ -1126,6 +1203,7 @@ impl World {
         state.replica = None;
         state.incarnation += 1;
         state.down_since = Some(self.now);
+        self.down += 1;
         state.storing = false;
         state.busy_until = self.now;
         self.trace(|| format!("n{node} crashes"));
@@ -1147,24 +1225,12 @@ impl World {
     }
 
     /// Entries of `from`'s view newer than `to`'s.
-    fn newer(&self, from: usize, to: usize) -> Vec<(u32, u32)> {
-        let (mine, theirs) = (&self.views[from], &self.views[to]);
-        let mut newer = Vec::new();
-        for (start, (a, b)) in mine.chunks(64).zip(theirs.chunks(64)).enumerate() {
-            if a == b {
-                continue;
-            }
-            for (offset, (a, b)) in a.iter().zip(b).enumerate() {
-                if a > b {
-                    newer.push(((start * 64 + offset) as u32, *a));
-                }
-            }
-        }
-        newer
+    fn newer(&self, from: usize, to: usize) -> Delta {
+        self.views.newer(from, to)
     }
 
-    fn delta_bytes(&self, entries: &[(u32, u32)]) -> u64 {
-        entries.iter().map(|(x, v)| self.content(*x as usize, *v).bytes).sum()
+    fn delta_bytes(&self, entries: &Delta) -> u64 {
+        entries.iter().map(|(x, v)| self.content(x, v).bytes).sum()
     }
 
     fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
@@ -1194,7 +1260,7 @@ impl World {
                     let bytes = 64 * reverts.len() as u64;
                     self.send(to, from, Msg::Reverts { reverts, hops: 0 }, bytes);
                 }
-                let bytes = generations.iter().map(generation_bytes).sum::<u64>() + 16;
+                let bytes = generations.iter().map(|g| self.bytes_of(g)).sum::<u64>() + 16;
                 self.send(to, from, Msg::Generations { generations, hops: 0, pulled: true }, bytes);
             }
             Msg::Generations { generations, hops, pulled } => {
@@ -1239,7 +1305,7 @@ impl World {
                 peers.push(lacking.swap_remove(index));
             }
             for peer in peers {
-                let bytes = triage.new.iter().map(generation_bytes).sum();
+                let bytes = triage.new.iter().map(|g| self.bytes_of(g)).sum();
                 let msg = Msg::Generations { generations: triage.new.clone(), hops: hops + 1, pulled: false };
                 self.send(node, peer, msg, bytes);
             }
@@ -1249,25 +1315,28 @@ impl World {
 
     /// Takes in newer gossip entries; reports or revert writers that changed wake a decision,
     /// and a member whose log is ahead is pulled from.
-    fn merge(&mut self, node: usize, entries: &[(u32, u32)]) {
+    fn merge(&mut self, node: usize, entries: &Delta) {
         let mut woken = false;
         let mut ahead = false;
         let settled = self.replica(node).settled();
-        for &(x, version) in entries {
-            let x = x as usize;
-            let current = self.views[node][x];
-            if version <= current {
-                continue;
-            }
-            self.views[node][x] = version;
-            let (old, new) = (self.content(x, current).clone(), self.content(x, version).clone());
-            if !Arc::ptr_eq(&old.reports, &new.reports) || !Arc::ptr_eq(&old.revert_writers, &new.revert_writers) {
+        // Whether the node is behind each summary, decided once per summary.
+        let mut behind: Vec<Option<bool>> = vec![None; self.summaries.len()];
+        for (x, version) in entries.iter() {
+            let Some(current) = self.views.raise(node, x, version) else { continue };
+            let (old, new) = (self.content(x, current), self.content(x, version));
+            let changed =
+                !Arc::ptr_eq(&old.reports, &new.reports) || !Arc::ptr_eq(&old.revert_writers, &new.revert_writers);
+            let anomalous = changed.then(|| new.reports.iter().filter(|(_, (r, _))| r.verdict == Verdict::Anomalous));
+            let ids: Vec<GenId> = anomalous.into_iter().flatten().map(|(id, _)| id.clone()).collect();
+            let (old, new) = (old.summary, new.summary);
+            let summaries = &self.summaries;
+            ahead = ahead
+                || *behind[new as usize].get_or_insert_with(|| settled.is_behind(summaries.vv(new)))
+                || (old != new && summaries.reverts_digest(old) != summaries.reverts_digest(new));
+            if changed {
                 woken = true;
-                let anomalous = new.reports.iter().filter(|(_, (r, _))| r.verdict == Verdict::Anomalous);
-                let ids: Vec<GenId> = anomalous.map(|(id, _)| id.clone()).collect();
                 self.nodes[node].anomalous.extend(ids);
             }
-            ahead |= settled.is_behind(&new.vv) || old.reverts_digest != new.reverts_digest;
         }
         if woken {
             self.schedule_decide(node);
@@ -1284,14 +1353,12 @@ impl World {
         }
         let replica = self.replica(node);
         let (settled, digest) = (replica.settled(), replica.log().reverts_digest());
-        let ahead: Vec<usize> = self
-            .live_peers(node)
-            .into_iter()
-            .filter(|x| {
-                let theirs = self.content(*x, self.views[node][*x]);
-                settled.is_behind(&theirs.vv) || (theirs.reverts_digest != digest && !theirs.reverts_digest.is_empty())
-            })
-            .collect();
+        let ahead = self.summaries_where(node, |summary, summaries| {
+            let theirs = summaries.reverts_digest(summary);
+            settled.is_behind(summaries.vv(summary)) || (theirs != digest && !theirs.is_empty())
+        });
+        let Some(ahead) = ahead else { return };
+        let ahead = self.live_members_at(node, &ahead, None);
         if ahead.is_empty() {
             return;
         }
@@ -1305,7 +1372,6 @@ impl World {
     /// decision follows its commit), then releases what the gates open.
     fn decide(&mut self, node: usize) {
         let now = self.clock(node);
-        let n = self.options.nodes;
         let mut anomalies = BTreeMap::new();
         let candidates: Vec<GenId> = self.nodes[node].anomalous.iter().cloned().collect();
         for id in candidates {
@@ -1313,12 +1379,13 @@ impl World {
                 continue;
             }
             let mut anomaly = Anomaly::default();
-            for x in 0..n {
-                let content = self.content(x, self.views[node][x]);
-                if let Some((report, _)) = content.reports.get(&id) {
+            for x in self.reporters_of(&id) {
+                if let Some((report, _)) = self.seen_by(node, x).reports.get(&id) {
                     anomaly.reports.insert(self.nodes[x].name.clone(), *report);
                 }
-                if x != node && content.revert_writers.contains(&id) && self.live(node, x) {
+            }
+            for x in self.revert_writers_of(&id) {
+                if x != node && self.seen_by(node, x).revert_writers.contains(&id) && self.live(node, x) {
                     anomaly.live_writers += 1;
                 }
             }
@@ -1337,13 +1404,13 @@ impl World {
         let mut deadline = self.replica(node).next_revert_deadline().map(|ms| ms.saturating_sub(self.now));
         let mut reports = BTreeMap::new();
         for id in self.replica(node).needs_reports(now) {
-            let mut seen = BTreeMap::new();
-            for x in (0..n).filter(|x| self.live(node, *x)) {
-                if let Some((report, published)) = self.content(x, self.views[node][x]).reports.get(&id) {
-                    let elapsed_ms = report.elapsed_ms + self.now.saturating_sub(*published);
-                    seen.insert(self.nodes[x].name.clone(), Report { elapsed_ms, ..*report });
-                }
-            }
+            let seen = self.reporters_of(&id).filter(|x| self.live(node, *x)).filter_map(|x| {
+                let (report, published) = self.seen_by(node, x).reports.get(&id)?;
+                let elapsed_ms = report.elapsed_ms + self.now.saturating_sub(*published);
+                Some((self.nodes[x].name.clone(), Report { elapsed_ms, ..*report }))
+            });
+            // Collected at once: the map is built from the sorted reports, not entry by entry.
+            let seen: BTreeMap<NodeName, Report> = seen.collect();
             reports.insert(id, seen);
         }
         let mut gates = self.replica(node).gates(&reports, now);
@@ -1354,7 +1421,7 @@ impl World {
             gates.open = waiting
                 .into_iter()
                 .map(|g| {
-                    let wave = Plan::of(&g.body).wave_of(&name);
+                    let wave = Plan::shared(&g.body).wave_of(&name);
                     (g, Release { wave, at_unix_ms: 0, controls: Default::default(), reports: BTreeMap::new() })
                 })
                 .collect();
@@ -1484,15 +1551,14 @@ impl World {
                 generations: Vec::new(),
             };
         };
-        let n = self.options.nodes;
         let mut generations = Vec::new();
         for generation in replica.log().iter() {
             let id = generation.id();
-            let plan = Plan::of(&generation.body);
+            let plan = Plan::shared(&generation.body);
             let policy = &generation.body.change.policy;
             let (mut live, mut all) = (BTreeMap::new(), BTreeMap::new());
-            for x in 0..n {
-                if let Some((report, published)) = self.content(x, self.views[node][x]).reports.get(id) {
+            for x in self.reporters_of(id) {
+                if let Some((report, published)) = self.seen_by(node, x).reports.get(id) {
                     all.insert(self.nodes[x].name.clone(), *report);
                     if self.live(node, x) {
                         let elapsed_ms = report.elapsed_ms + self.now.saturating_sub(*published);
@@ -1579,7 +1645,9 @@ impl World {
                 figures.good_served_ms = applied.and_then(|a| a.values().map(|(t, _)| t - at).max());
             }
             if let Some(generation) = self.generation(good) {
-                let plan = Plan::of(&generation.body);
+                let plan = Plan::shared(&generation.body);
+                let index_of: BTreeMap<&NodeName, usize> =
+                    self.nodes.iter().enumerate().map(|(index, node)| (&node.name, index)).collect();
                 figures.waves_ms = plan
                     .waves
                     .iter()
@@ -1587,7 +1655,7 @@ impl World {
                         let times: Option<Vec<u64>> = members
                             .iter()
                             .map(|m| {
-                                let index = self.nodes.iter().position(|node| &node.name == m)?;
+                                let index = *index_of.get(m)?;
                                 applied?.get(&index).map(|(t, _)| t - at)
                             })
                             .collect();
@@ -1661,7 +1729,7 @@ impl World {
         }
         for (id, applied) in &self.record.applied {
             let Some(generation) = self.generation(id) else { continue };
-            let plan = Plan::of(&generation.body);
+            let plan = Plan::shared(&generation.body);
             for (node, (_, release)) in applied {
                 let policy = &generation.body.change.policy;
                 if !plan.is_open(release.wave, policy, release.controls, &release.reports) {
