@@ -6,7 +6,11 @@
 //! quorum) from the numbers nodes report, rather than trusting their conclusions.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use grapevine_proto::NodeName;
+use grapevine_proto::replica::Release;
+use grapevine_proto::rollout::Verdict as Judged;
 use serde_json::Value;
 
 use super::schedule::{APP_KEY, GOVERNED_KEY, GOVERNED_PREFIX};
@@ -70,6 +74,55 @@ pub fn check(
     Verdict { checked: checker.checked, violations: checker.violations, stalled }
 }
 
+/// A generation's rollout as one node's history shows it (its `rollout` view): the parts the
+/// checks read. Its waves and release evidence are shared, not copied: in a flat fleet both
+/// name up to every member, and a simulated fleet of 10,000 held them as 10,000 JSON copies of
+/// 10,000 names per generation (the waves are the same in every view; the simulator's record
+/// of a release is the evidence itself).
+#[derive(Clone, Debug)]
+pub struct Rollout {
+    pub applied_here: bool,
+    pub reverted: bool,
+    pub open_waves: usize,
+    pub waves: Waves,
+    /// The generation's policy, as the view shows it.
+    pub policy: Value,
+    pub anomaly_quorum: Value,
+    /// The evidence of its release here, if it was released.
+    pub release: Option<Arc<Release>>,
+}
+
+/// The members of a rollout's waves, wave by wave.
+pub type Waves = Arc<Vec<Vec<NodeName>>>;
+
+impl Rollout {
+    /// A rollout view as a node's API serves it; `None` for `null`. A member name or a release
+    /// that does not read as one is left out (the checks then have less to go on).
+    pub fn from_json(rollout: &Value) -> Option<Rollout> {
+        if rollout.is_null() {
+            return None;
+        }
+        let names = |wave: &Value| -> Vec<NodeName> {
+            let members = wave["members"].as_array().into_iter().flatten();
+            members.filter_map(|m| m["name"].as_str()?.parse().ok()).collect()
+        };
+        Some(Rollout {
+            applied_here: rollout["applied_here"] == true,
+            reverted: rollout["reverted"] == true,
+            open_waves: rollout["open_waves"].as_u64().unwrap_or(0) as usize,
+            waves: Arc::new(rollout["waves"].as_array().into_iter().flatten().map(names).collect()),
+            policy: rollout["policy"].clone(),
+            anomaly_quorum: rollout["anomaly_quorum"].clone(),
+            release: serde_json::from_value(rollout["release"].clone()).ok().map(Arc::new),
+        })
+    }
+
+    /// The members of wave `index`.
+    fn wave_members(&self, index: usize) -> &[NodeName] {
+        self.waves.get(index).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Generations of a node's final history, by id.
 fn generations(last: &Final) -> BTreeMap<String, &Value> {
     last.history["generations"]
@@ -82,25 +135,8 @@ fn generations(last: &Final) -> BTreeMap<String, &Value> {
 
 /// The generations a node applied and holds unreverted.
 fn applied_set(last: &Final) -> BTreeSet<String> {
-    generations(last)
-        .into_iter()
-        .filter(|(_, g)| g["rollout"]["applied_here"] == true && g["rollout"]["reverted"] != true)
-        .map(|(id, _)| id)
-        .collect()
-}
-
-/// The names of the members of wave `index` of a rollout view.
-fn wave_members(rollout: &Value, index: usize) -> Vec<String> {
-    rollout["waves"][index]["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["name"].as_str().map(str::to_owned))
-        .collect()
-}
-
-fn wave_count(rollout: &Value) -> usize {
-    rollout["waves"].as_array().map_or(0, Vec::len)
+    let applied = |id: &String| last.rollouts.get(id).is_some_and(|r| r.applied_here && !r.reverted);
+    generations(last).into_keys().filter(applied).collect()
 }
 
 /// Generations some node applied and another did not: each must be waiting, on the node that
@@ -115,21 +151,22 @@ fn stalled(checker: &mut Checker, finals: &[Final]) -> BTreeSet<String> {
     for last in finals {
         let held = generations(last);
         for id in everywhere.difference(&applied[last.name.as_str()]) {
-            let Some(generation) = held.get(id) else { continue };
-            let rollout = &generation["rollout"];
-            if rollout["reverted"] == true || rollout.is_null() {
+            if !held.contains_key(id) {
                 continue;
             }
-            let open = rollout["open_waves"].as_u64().unwrap_or(0) as usize;
-            let wave = (0..wave_count(rollout)).position(|w| wave_members(rollout, w).contains(&last.name));
+            let Some(rollout) = last.rollouts.get(id).filter(|r| !r.reverted) else { continue };
+            let open = rollout.open_waves;
+            let is_last = |m: &NodeName| m.as_str() == last.name;
+            let wave = (0..rollout.waves.len()).position(|w| rollout.wave_members(w).iter().any(is_last));
             let waiting = wave.is_some_and(|wave| wave >= open);
             checker.expect(waiting, "every node holds the same log, reverts and state", || {
                 (format!("{id} is applied elsewhere but not on {}, whose wave is open", last.name), vec![id.clone()])
             });
             let Some(wave) = wave else { continue };
-            let went_through: Vec<String> = (wave..wave_count(rollout))
-                .flat_map(|w| wave_members(rollout, w))
+            let went_through: Vec<String> = (wave..rollout.waves.len())
+                .flat_map(|w| rollout.wave_members(w))
                 .filter(|m| applied.get(m.as_str()).is_some_and(|set| set.contains(id)))
+                .map(ToString::to_string)
                 .collect();
             checker.expect(went_through.is_empty(), "every node holds the same log, reverts and state", || {
                 (
@@ -149,7 +186,7 @@ fn stalled(checker: &mut Checker, finals: &[Final]) -> BTreeSet<String> {
 }
 
 fn reverted_set(last: &Final) -> BTreeSet<String> {
-    generations(last).into_iter().filter(|(_, g)| g["rollout"]["reverted"] == true).map(|(id, _)| id).collect()
+    generations(last).into_keys().filter(|id| last.rollouts.get(id).is_some_and(|r| r.reverted)).collect()
 }
 
 /// Every live node holds the same log and the same reverted set, and nodes that applied the
@@ -232,11 +269,12 @@ fn acknowledged_everywhere(checker: &mut Checker, finals: &[Final]) {
 /// counted as healthy did apply the generation.
 fn gates_respected(checker: &mut Checker, finals: &[Final]) {
     const INVARIANT: &str = "no node applies a generation before its wave's gate opens";
-    let mut releases: BTreeMap<(String, String), Value> = checker.history.releases.clone();
+    let mut releases: BTreeMap<(String, String), &Rollout> =
+        checker.history.releases.iter().map(|(key, rollout)| (key.clone(), rollout)).collect();
     for last in finals {
-        for (id, generation) in generations(last) {
-            if !generation["rollout"]["release"].is_null() {
-                releases.entry((last.name.clone(), id)).or_insert_with(|| generation["rollout"].clone());
+        for id in generations(last).into_keys() {
+            if let Some(rollout) = last.rollouts.get(&id).filter(|r| r.release.is_some()) {
+                releases.entry((last.name.clone(), id)).or_insert(rollout);
             }
         }
     }
@@ -244,52 +282,53 @@ fn gates_respected(checker: &mut Checker, finals: &[Final]) {
     // hold `id` whole, nor when its store was damaged (its record of releases went with it,
     // and a generation reverted since is never released again).
     let damaged: BTreeSet<&str> = checker.history.corruptions.keys().map(String::as_str).collect();
-    let views: BTreeMap<&str, BTreeMap<String, &Value>> =
-        finals.iter().map(|l| (l.name.as_str(), generations(l))).collect();
+    let views: BTreeMap<&str, (&Final, BTreeMap<String, &Value>)> =
+        finals.iter().map(|l| (l.name.as_str(), (l, generations(l)))).collect();
     let never_applied = |member: &str, id: &str| {
+        let applied_here = |last: &Final| last.rollouts.get(id).is_some_and(|r| r.applied_here);
         !damaged.contains(member)
-            && views.get(member).and_then(|held| held.get(id)).is_some_and(|g| g["rollout"]["applied_here"] != true)
+            && views.get(member).is_some_and(|(last, held)| held.contains_key(id) && !applied_here(last))
     };
     for ((node, id), rollout) in releases {
-        let release = &rollout["release"];
-        let wave = release["wave"].as_u64().unwrap_or(0) as usize;
-        let promoted = release["controls"]["promoted_through"].as_u64().is_some_and(|p| p as usize >= wave);
+        let Some(release) = &rollout.release else { continue };
+        let wave = release.wave;
+        let promoted = release.controls.promoted_through.is_some_and(|p| p as usize >= wave);
         if wave == 0 || promoted {
             checker.checked += 1;
             continue;
         }
         // The latch: a member of this wave or a later one had applied it (it reports on it).
-        let went_through = (wave..wave_count(&rollout))
-            .flat_map(|w| wave_members(&rollout, w))
-            .find(|m| *m != node && !release["reports"][m.as_str()].is_null());
+        let went_through = (wave..rollout.waves.len())
+            .flat_map(|w| rollout.wave_members(w))
+            .find(|m| m.as_str() != node && release.reports.contains_key(*m));
         if let Some(member) = went_through {
-            checker.expect(!never_applied(&member, &id), INVARIANT, || {
+            checker.expect(!never_applied(member.as_str(), &id), INVARIANT, || {
                 (format!("{node} applied {id} because {member} had, but {member} never applied it"), vec![id.clone()])
             });
             continue;
         }
-        let bake = rollout["policy"]["bake_ms"].as_u64().unwrap_or(0);
-        let permille = rollout["policy"]["health_quorum_permille"].as_u64().unwrap_or(1000) as usize;
+        let bake = rollout.policy["bake_ms"].as_u64().unwrap_or(0);
+        let permille = rollout.policy["health_quorum_permille"].as_u64().unwrap_or(1000) as usize;
         for earlier in 0..wave {
-            let members = wave_members(&rollout, earlier);
+            let members = rollout.wave_members(earlier);
             let needed = (members.len() * permille).div_ceil(1000).max(1);
-            let healthy: Vec<&String> = members
+            let healthy: Vec<&NodeName> = members
                 .iter()
                 .filter(|m| {
-                    let report = &release["reports"][m.as_str()];
-                    report["verdict"] == "healthy" && report["elapsed_ms"].as_u64().is_some_and(|e| e >= bake)
+                    let report = release.reports.get(*m);
+                    report.is_some_and(|r| r.verdict == Judged::Healthy && r.elapsed_ms >= bake)
                 })
                 .collect();
             checker.expect(healthy.len() >= needed, INVARIANT, || {
                 let detail = format!(
                     "{node} applied {id} in wave {wave}, but wave {earlier} had {} of the {needed} healthy baked reports needed: {}",
                     healthy.len(),
-                    release["reports"]
+                    serde_json::to_string(&release.reports).unwrap_or_default()
                 );
                 (detail, vec![id.clone(), node.clone()])
             });
             for member in healthy {
-                checker.expect(!never_applied(member, &id), INVARIANT, || {
+                checker.expect(!never_applied(member.as_str(), &id), INVARIANT, || {
                     (format!("{node} counted {member} healthy on {id}, which {member} never applied"), vec![id.clone()])
                 });
             }
@@ -298,12 +337,12 @@ fn gates_respected(checker: &mut Checker, finals: &[Final]) {
 }
 
 /// Whether a rollout view's anomaly reports reach its quorum, recomputed from its numbers.
-pub fn quorum_reached(rollout: &Value) -> bool {
-    let quorum = &rollout["anomaly_quorum"];
+pub fn quorum_reached(rollout: &Rollout) -> bool {
+    let quorum = &rollout.anomaly_quorum;
     let anomalous = quorum["anomalous"].as_array().map_or(0, Vec::len);
     let applied = quorum["applied"].as_u64().unwrap_or(0) as usize;
-    let permille = rollout["policy"]["anomaly_quorum_permille"].as_u64().unwrap_or(1000) as usize;
-    let min = rollout["policy"]["anomaly_quorum_min"].as_u64().unwrap_or(1) as usize;
+    let permille = rollout.policy["anomaly_quorum_permille"].as_u64().unwrap_or(1000) as usize;
+    let min = rollout.policy["anomaly_quorum_min"].as_u64().unwrap_or(1) as usize;
     anomalous > 0 && anomalous >= (applied * permille).div_ceil(1000).max(min)
 }
 
@@ -313,11 +352,12 @@ fn reverts_match_quorums(checker: &mut Checker, finals: &[Final], logs: &BTreeMa
     let mut expected: BTreeMap<String, String> = checker.history.quorum_seen.clone();
     let mut policies: BTreeMap<String, Value> = BTreeMap::new();
     for last in finals {
-        for (id, generation) in generations(last) {
-            if quorum_reached(&generation["rollout"]) {
+        for id in generations(last).into_keys() {
+            let rollout = last.rollouts.get(&id);
+            if rollout.is_some_and(quorum_reached) {
                 expected.entry(id.clone()).or_insert_with(|| format!("{}'s final view", last.name));
             }
-            policies.entry(id).or_insert_with(|| generation["rollout"]["policy"].clone());
+            policies.entry(id).or_insert_with(|| rollout.map_or(Value::Null, |r| r.policy.clone()));
         }
     }
     // A quorum can be reached in one node's view for an instant (say 1 of the 1 node it has
@@ -592,6 +632,29 @@ mod tests {
         assert_eq!(decision.anomalous, vec!["n2".to_owned(), "n4".to_owned()]);
     }
 
+    /// A rollout view reads back as a node serves it: waves by name, the release evidence whole.
+    #[test]
+    fn a_rollout_view_reads_back_its_waves_and_its_release() {
+        let report = grapevine_proto::rollout::Report { verdict: Judged::Healthy, elapsed_ms: 1_500 };
+        let release = Release {
+            wave: 1,
+            at_unix_ms: 7,
+            controls: Default::default(),
+            reports: [("n1".parse().unwrap(), report)].into_iter().collect(),
+        };
+        let view = serde_json::json!({
+            "applied_here": true, "open_waves": 2, "release": release,
+            "waves": [{"index": 0, "members": [{"name": "n1"}]}, {"index": 1, "members": [{"name": "n2"}, {"name": "n3"}]}],
+        });
+        let rollout = Rollout::from_json(&view).unwrap();
+        assert!(rollout.applied_here && !rollout.reverted);
+        assert_eq!((rollout.open_waves, rollout.wave_members(1).len()), (2, 2));
+        assert_eq!(rollout.release.as_deref(), Some(&release));
+        let unreleased = Rollout::from_json(&serde_json::json!({"release": null})).unwrap();
+        assert!(unreleased.release.is_none());
+        assert!(Rollout::from_json(&Value::Null).is_none());
+    }
+
     /// The approvals invariant breaks on a one-signature change of the governed prefix, and on
     /// a value served from a generation no node holds as an enactment.
     #[test]
@@ -604,7 +667,7 @@ mod tests {
             {"id": "n1.4", "ops": put, "signed_by": {"key": "ed25519:a"},
              "governance": {"record": "enact", "approvals": [{"key": "ed25519:a"}]}},
         ]});
-        let last = Final { name: "n1".into(), status: serde_json::json!({"compacted": 0}), history };
+        let last = Final::new("n1".into(), serde_json::json!({"compacted": 0}), history);
         let seen = |generation: &str| super::super::Observation {
             t_ms: 1,
             node: "n2".into(),

@@ -66,7 +66,7 @@ pub struct History {
     /// Generations whose anomaly quorum some node's view showed reached, and which view.
     pub quorum_seen: BTreeMap<String, String>,
     /// Releases as nodes reported them: (node, generation) -> the rollout view then.
-    pub releases: BTreeMap<(String, String), Value>,
+    pub releases: BTreeMap<(String, String), check::Rollout>,
     /// Faults injected, by kind.
     pub faults: BTreeMap<&'static str, usize>,
     /// Store damages, by node name.
@@ -280,9 +280,21 @@ pub struct Final {
     pub name: String,
     pub status: Value,
     pub history: Value,
+    /// Each generation's rollout view, by id, as the checks read it (a simulated fleet's
+    /// `history` leaves them out: they share their waves here).
+    pub rollouts: BTreeMap<String, check::Rollout>,
 }
 
 impl Final {
+    /// A node's final state from its status and history as its API serves them.
+    pub fn new(name: String, status: Value, history: Value) -> Final {
+        let generations = history["generations"].as_array().into_iter().flatten();
+        let rollouts = generations
+            .filter_map(|g| Some((g["id"].as_str()?.to_owned(), check::Rollout::from_json(&g["rollout"])?)))
+            .collect();
+        Final { name, status, history, rollouts }
+    }
+
     fn collect(node: &Node) -> Result<Final> {
         let get = |path: &str| -> Result<Value> {
             let (code, body) =
@@ -290,7 +302,7 @@ impl Final {
             anyhow::ensure!(code == 200, "{} {path}: {code} {body}", node.name);
             Ok(serde_json::from_str(&body)?)
         };
-        Ok(Final { name: node.name.clone(), status: get("/v1/status")?, history: get("/v1/history?limit=1000")? })
+        Ok(Final::new(node.name.clone(), get("/v1/status")?, get("/v1/history?limit=1000")?))
     }
 }
 
@@ -828,15 +840,15 @@ fn observe_rollouts(name: &str, url: &str, recorder: &Recorder) {
     let Ok(history) = serde_json::from_str::<Value>(&body) else { return };
     let mut recorded = recorder.history.lock().expect("history lock");
     for generation in history["generations"].as_array().into_iter().flatten() {
-        let (Some(id), rollout) = (generation["id"].as_str(), &generation["rollout"]) else { continue };
-        if rollout.is_null() {
+        let (Some(id), Some(rollout)) = (generation["id"].as_str(), check::Rollout::from_json(&generation["rollout"]))
+        else {
             continue;
+        };
+        if check::quorum_reached(&rollout) && !recorded.quorum_seen.contains_key(id) {
+            recorded.quorum_seen.insert(id.to_owned(), format!("{name}'s view: {}", rollout.anomaly_quorum));
         }
-        if check::quorum_reached(rollout) && !recorded.quorum_seen.contains_key(id) {
-            recorded.quorum_seen.insert(id.to_owned(), format!("{name}'s view: {}", rollout["anomaly_quorum"]));
-        }
-        if !rollout["release"].is_null() {
-            recorded.releases.entry((name.to_owned(), id.to_owned())).or_insert_with(|| rollout.clone());
+        if rollout.release.is_some() {
+            recorded.releases.entry((name.to_owned(), id.to_owned())).or_insert(rollout);
         }
     }
 }

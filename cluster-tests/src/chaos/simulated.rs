@@ -9,20 +9,26 @@
 //! (`applied_here`, `reverted`, `open_waves`, `waves`, `policy`, `anomaly_quorum`, `release`);
 //! the `reverted ... trigger="quorum" reason=anomaly quorum: ...` log line of each revert; and,
 //! as observations, the value each release made a node serve.
+//!
+//! Every node's view of a generation names the same waves: they are written once per
+//! generation and shared by every view (`check::Waves`), as the simulator shares the plan.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use grapevine_proto::replica::Release;
 use grapevine_proto::sim::fleet::{GenerationEnd, NodeEnd, Outcome};
 use grapevine_proto::{Op, rollout::Plan};
 use serde_json::{Value, json};
 
-use super::check::{self, Verdict};
+use super::check::{self, Rollout, Verdict, Waves};
 use super::{Final, History, Observation, Op as ClientOp};
 
 /// Judges a simulated run with the chaos suite's checker.
 pub fn check(outcome: &Outcome) -> Verdict {
-    let history = history(outcome);
-    let finals: Vec<Final> = outcome.ends.iter().filter(|end| end.up).map(final_of).collect();
+    let mut waves = WavesOf::default();
+    let history = history(outcome, &mut waves);
+    let finals: Vec<Final> = outcome.ends.iter().filter(|end| end.up).map(|end| final_of(end, &mut waves)).collect();
     let mut logs: BTreeMap<String, String> = BTreeMap::new();
     for (node, target, quorum) in &outcome.happened.quorum_reverts {
         let line = format!("WARN reverted generation={target} trigger=\"quorum\" reason=anomaly quorum: {quorum}\n");
@@ -36,7 +42,24 @@ pub fn check(outcome: &Outcome) -> Verdict {
     check::check(&history, &finals, &logs, not_converged)
 }
 
-fn history(outcome: &Outcome) -> History {
+/// The waves of each plan, written once per plan.
+#[derive(Default)]
+struct WavesOf {
+    written: Vec<(Arc<Plan>, Waves)>,
+}
+
+impl WavesOf {
+    fn of(&mut self, plan: &Arc<Plan>) -> Waves {
+        if let Some((_, waves)) = self.written.iter().find(|(held, _)| Arc::ptr_eq(held, plan)) {
+            return waves.clone();
+        }
+        let waves = Arc::new(plan.waves.clone());
+        self.written.push((plan.clone(), Arc::clone(&waves)));
+        waves
+    }
+}
+
+fn history(outcome: &Outcome, waves: &mut WavesOf) -> History {
     let happened = &outcome.happened;
     let events = outcome
         .trace
@@ -76,7 +99,7 @@ fn history(outcome: &Outcome) -> History {
                 });
             }
         }
-        let rollout = rollout(end, Some(release));
+        let rollout = rollout(end, Some(release), waves);
         releases.insert((node.to_string(), id.to_string()), rollout);
     }
     let quorum_seen = happened
@@ -87,30 +110,22 @@ fn history(outcome: &Outcome) -> History {
     History { events, ops, observations, quorum_seen, releases, faults: BTreeMap::new(), corruptions: BTreeMap::new() }
 }
 
-fn waves(plan: &Plan) -> Value {
-    let waves = plan.waves.iter().enumerate().map(|(index, members)| {
-        let members: Vec<Value> = members.iter().map(|name| json!({ "name": name })).collect();
-        json!({ "index": index, "members": members })
-    });
-    Value::Array(waves.collect())
-}
-
 /// The rollout view of a generation as its node sees it at the end; `release`, the evidence of
 /// a release (the end's, by default).
-fn rollout(end: &GenerationEnd, release: Option<&grapevine_proto::replica::Release>) -> Value {
-    let release = release.or(end.release.as_ref());
-    json!({
-        "applied_here": end.applied_here,
-        "reverted": end.reverted,
-        "open_waves": end.open_waves,
-        "waves": waves(&end.plan),
-        "policy": end.generation.body.change.policy,
-        "anomaly_quorum": end.anomaly_quorum,
-        "release": release,
-    })
+fn rollout(end: &GenerationEnd, release: Option<&Arc<Release>>, waves: &mut WavesOf) -> Rollout {
+    let release = release.or(end.release.as_ref()).cloned();
+    Rollout {
+        applied_here: end.applied_here,
+        reverted: end.reverted,
+        open_waves: end.open_waves,
+        waves: waves.of(&end.plan),
+        policy: json!(end.generation.body.change.policy),
+        anomaly_quorum: json!(end.anomaly_quorum),
+        release,
+    }
 }
 
-fn final_of(end: &NodeEnd) -> Final {
+fn final_of(end: &NodeEnd, waves: &mut WavesOf) -> Final {
     let version_vector: serde_json::Map<String, Value> =
         end.version_vector.iter().map(|(origin, seq)| (origin.to_string(), json!(seq))).collect();
     let reverted: Vec<String> = end.reverted.iter().map(ToString::to_string).collect();
@@ -130,11 +145,11 @@ fn final_of(end: &NodeEnd) -> Final {
                 "id": g.generation.id().to_string(),
                 "hash": g.generation.hash.to_string(),
                 "ops": ops,
-                "rollout": rollout(g, None),
             })
         })
         .collect();
-    Final { name: end.name.to_string(), status, history: json!({ "generations": generations }) }
+    let rollouts = end.generations.iter().map(|g| (g.generation.id().to_string(), rollout(g, None, waves))).collect();
+    Final { name: end.name.to_string(), status, history: json!({ "generations": generations }), rollouts }
 }
 
 #[cfg(test)]

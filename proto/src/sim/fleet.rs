@@ -209,7 +209,8 @@ pub struct GenerationEnd {
     pub open_waves: usize,
     pub anomaly_quorum: AnomalyQuorum,
     /// The evidence it was applied on here, if it was.
-    pub release: Option<Release>,
+    /// Shared with `Happened::releases` (in a flat fleet, the evidence names up to every member).
+    pub release: Option<Arc<Release>>,
 }
 
 /// What happened in a run, in the terms of the chaos suite's history.
@@ -218,7 +219,7 @@ pub struct Happened {
     /// Changes acknowledged to their client: writer, id, when, and the key and value written.
     pub acknowledged: Vec<(NodeName, GenId, u64, String, serde_json::Value)>,
     /// Every release: when, where, what, and its evidence.
-    pub releases: Vec<(u64, NodeName, GenId, Release)>,
+    pub releases: Vec<(u64, NodeName, GenId, Arc<Release>)>,
     /// Every revert written on the anomaly quorum: where, what, and the quorum it saw.
     pub quorum_reverts: Vec<(NodeName, GenId, AnomalyQuorum)>,
 }
@@ -534,7 +535,7 @@ struct Record {
     /// When each node first stored each generation, and in how many hops (0: pulled or own).
     stored: BTreeMap<GenId, BTreeMap<usize, (u64, u32)>>,
     /// When each node applied each generation, and on what evidence.
-    applied: BTreeMap<GenId, BTreeMap<usize, (u64, Release)>>,
+    applied: BTreeMap<GenId, BTreeMap<usize, (u64, Arc<Release>)>>,
     /// When each node first held each revert.
     reverted: BTreeMap<GenId, BTreeMap<usize, u64>>,
     /// Reverts written, by whom, why, when.
@@ -1077,7 +1078,8 @@ impl World {
                     self.trace(|| format!("n{node} applies {id} in wave {}", release.wave));
                     self.nodes[node].disk.released.insert(id.clone());
                     let applied = self.record.applied.entry(id).or_default();
-                    applied.entry(node).or_insert((self.now, Release { at_unix_ms: now.wall_ms, ..release.clone() }));
+                    let evidence = || Arc::new(Release { at_unix_ms: now.wall_ms, ..release.clone() });
+                    applied.entry(node).or_insert_with(|| (self.now, evidence()));
                 }
                 let judging = self.replica_mut(node).release(open, now);
                 for judging in judging {
