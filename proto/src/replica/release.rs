@@ -135,17 +135,20 @@ impl Replica {
             }
             let wave = plan.wave_of(own);
             let controls = controls.get(&body.id).copied().unwrap_or_default();
-            let mut release = Release { wave, at_unix_ms: 0, controls, reports: BTreeMap::new() };
+            let seen = reports.get(&body.id).filter(|_| wave > 0);
+            let empty = BTreeMap::new();
             let opens_in = if wave == 0 {
                 Some(0)
             } else {
-                let reports = reports.get(&body.id).cloned().unwrap_or_default();
-                let opens_in = plan.opens_in(wave, &body.change.policy, controls, &reports);
-                release.reports = reports;
-                opens_in
+                plan.opens_in(wave, &body.change.policy, controls, seen.unwrap_or(&empty))
             };
             match opens_in {
-                Some(0) => gates.open.push((generation.clone(), release)),
+                Some(0) => {
+                    // The evidence is copied only for a gate that opens (a closed one is asked
+                    // again on every new report, and a flat fleet's reports name every member).
+                    let reports = seen.cloned().unwrap_or_default();
+                    gates.open.push((generation.clone(), Release { wave, at_unix_ms: 0, controls, reports }));
+                }
                 later => {
                     gates.waiting += 1;
                     gates.next_in_ms = gates.next_in_ms.into_iter().chain(later).min();
