@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use grapevine_proto::NodeName;
 use grapevine_proto::replica::Release;
-use grapevine_proto::rollout::Verdict as Judged;
+use grapevine_proto::report::Verdict as Judged;
 use serde_json::Value;
 
 use super::schedule::{APP_KEY, GOVERNED_KEY, GOVERNED_PREFIX};
@@ -635,7 +635,7 @@ mod tests {
     /// A rollout view reads back as a node serves it: waves by name, the release evidence whole.
     #[test]
     fn a_rollout_view_reads_back_its_waves_and_its_release() {
-        let report = grapevine_proto::rollout::Report { verdict: Judged::Healthy, elapsed_ms: 1_500 };
+        let report = grapevine_proto::report::Report { verdict: Judged::Healthy, elapsed_ms: 1_500 };
         let release = Release {
             wave: 1,
             at_unix_ms: 7,

@@ -83,7 +83,7 @@ impl Accepted {
             generation: generation.id().to_string(),
             hlc: generation.body.hlc.to_string(),
             hash: generation.hash.to_string(),
-            members: generation.body.members.clone(),
+            members: generation.body.members.to_vec(),
             author: generation.body.author.clone(),
             start_at_ms,
             start_at: start_at_ms.map(grapevine_proto::schedule::rfc3339),
