@@ -20,6 +20,7 @@ use grapevine_cluster_tests::inproc::InProcessCluster;
 use grapevine_cluster_tests::watch::WatchRecorder;
 use grapevine_cluster_tests::{bench_quick, free_port, process_rss_kib, suite_row};
 use grapevine_node::daemon::RunningNode;
+use grapevine_node::replies::Status;
 use grapevine_proto::GenId;
 use grapevine_proto::policy::PolicyOptions;
 use grapevine_proto::sim::SplitMix64;
@@ -83,7 +84,7 @@ impl Grapevine {
             let got =
                 tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|view| view.version_vector.covers(&id)));
             if got.await.is_err() {
-                anyhow::bail!("{id} did not reach every node within 60 s: {}", self.lacking(&id).await);
+                anyhow::bail!("{id} did not reach every node within 60 s: {}", self.lacking(&id, writer).await);
             }
         }
         let (stored, cpu) = (started.elapsed(), grapevine_cluster_tests::process_cpu_seconds() - cpu_before);
@@ -94,41 +95,54 @@ impl Grapevine {
         Ok(Spread { stored, served, answered, curve, cpu })
     }
 
-    /// Who lacks `id`, and how each of them sees the cluster (from its `/v1/status`): what a
-    /// bench that never finishes reports instead of only timing out.
-    async fn lacking(&self, id: &GenId) -> String {
+    /// Who lacks `id`, how each of them sees the cluster, and how the writer sees them (from
+    /// their `/v1/status`): what a bench that never finishes reports instead of only timing out.
+    async fn lacking(&self, id: &GenId, writer: usize) -> String {
+        let origin = id.origin.as_str();
+        let holds = |vector: &std::collections::BTreeMap<String, u64>| vector.get(origin).is_some_and(|s| *s >= id.seq);
+        let writer_view = self.status(writer).await;
         let mut seen = Vec::new();
-        for node in self.cluster.nodes.iter().filter(|n| !n.engine().view().version_vector.covers(id)) {
-            let url = format!("http://{}/v1/status", node.api_addr);
-            let status: serde_json::Value = match self.http.get(url).send().await {
-                Ok(answer) => answer.json().await.unwrap_or_default(),
-                Err(error) => json!({ "error": error.to_string() }),
+        for (index, node) in self.cluster.nodes.iter().enumerate() {
+            if node.engine().view().version_vector.covers(id) {
+                continue;
+            }
+            let Some(status) = self.status(index).await else {
+                seen.push(format!("node {index}: no status"));
+                continue;
             };
-            let members = status["members"].as_array().cloned().unwrap_or_default();
-            let alive = members.iter().filter(|m| m["alive"] == true).count();
-            let silent: Vec<String> = members
-                .iter()
-                .filter(|m| m["last_heard_ms"].as_u64().is_none_or(|ms| ms > 5_000))
-                .filter_map(|m| m["name"].as_str().map(str::to_owned))
-                .collect();
+            let members = &status.members;
+            let alive = members.iter().filter(|m| m.alive).count();
+            let holders = members.iter().filter(|m| !m.is_self && holds(&m.version_vector)).count();
+            let silent = members.iter().filter(|m| m.last_heard_ms.is_none_or(|ms| ms > 5_000)).count();
+            let by_writer = writer_view.as_ref().and_then(|w| w.members.iter().find(|m| m.name == status.node));
+            let by_writer = by_writer.map(|m| {
+                format!("alive {}, holds it {}, heard {:?} ms ago", m.alive, holds(&m.version_vector), m.last_heard_ms)
+            });
             let text = node.metrics().render();
             let counters: Vec<&str> = text
                 .lines()
                 .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
                 .filter(|l| {
-                    ["dropped", "refused", "failures", "sync_pulls", "gossip_messages"].iter().any(|k| l.contains(k))
+                    let watched = ["dropped", "refused", "failures", "malformed", "sync_", "push", "gossip_messages"];
+                    watched.iter().any(|k| l.contains(k))
                 })
                 .collect();
             seen.push(format!(
-                "{} (holds {} generations of {} members known, {alive} alive, not heard for 5 s: {silent:?}; {counters:?})",
-                status["node"], status["generations"], members.len()
+                "{} (holds {} generations; {} members known, {alive} alive, {holders} seen holding it, {silent} not heard \
+                 from directly for 5 s; the writer sees it: {by_writer:?}; {counters:?})",
+                status.node,
+                status.generations,
+                members.len()
             ));
         }
         let mut drops: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
         for node in &self.cluster.nodes {
             let text = node.metrics().render();
             for line in
-                text.lines().filter(|l| l.contains("dropped") || l.contains("refused") || l.contains("failures"))
+                text.lines().filter(|l| {
+                    let failed = l.contains("reason=\"failed\"") || l.contains("malformed");
+                    failed || l.contains("dropped") || l.contains("refused") || l.contains("failures")
+                })
             {
                 if let Some((name, value)) = line.rsplit_once(' ')
                     && !name.starts_with('#')
@@ -139,6 +153,12 @@ impl Grapevine {
         }
         drops.retain(|_, n| *n > 0);
         format!("{}; across all nodes: {drops:?}", seen.join("; "))
+    }
+
+    /// Node `index`'s `/v1/status`, if it answers.
+    async fn status(&self, index: usize) -> Option<Status> {
+        let url = format!("http://{}/v1/status", self.cluster.nodes[index].api_addr);
+        self.http.get(url).send().await.ok()?.json().await.ok()
     }
 
     async fn stop(self) {

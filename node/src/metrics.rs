@@ -106,6 +106,9 @@ metrics! {
     /// Log-sync pulls made, by outcome.
     pub sync_pulls: Family<Reason, Counter>
         => "sync_pulls", "Log-sync pulls made, by outcome";
+    /// Anti-entropy probes (pulls made with no peer known ahead), by outcome.
+    pub sync_probes: Family<Reason, Counter>
+        => "sync_probes", "Anti-entropy probes (pulls with no peer known ahead), by outcome: found, none, failed";
     /// Log-sync pulls served to peers, by outcome.
     pub sync_served: Family<Reason, Counter>
         => "sync_served", "Log-sync pulls served, by outcome";

@@ -1,12 +1,14 @@
 //! Pulling: ask a peer for every generation our version vector lacks, within a byte budget,
 //! and every revert we lack.
 //!
-//! The puller wakes when a peer's version-vector or reverts key changes in gossip, when a push told us
-//! its sender holds more than it could inline (`PullRequests`), when a peer becomes reachable
-//! (heard from again, or alive again), and every gossip interval (anti-entropy: whatever pushes
-//! missed is repaired here). At each interval it also compares the peers' tallies (`vh.` keys)
-//! with ours: a peer holding other content under ids both vectors cover is asked for that
-//! origin's range again, so the engine surfaces the conflict (`Contradictions`, D84).
+//! The puller wakes when a peer's version-vector or reverts key changes in gossip, when a push
+//! told us its sender holds more than it could inline (`PullRequests`), when a peer becomes
+//! reachable (heard from again, or alive again), and every gossip interval (anti-entropy:
+//! whatever pushes missed is repaired here; when gossip shows no peer ahead, the interval still
+//! pulls from one peer in turn, a `probe`, which does not trust gossip's view). At each interval
+//! it also compares the peers' tallies (`vh.` keys) with ours: a peer holding other content
+//! under ids both vectors cover is asked for that origin's range again, so the engine surfaces
+//! the conflict (`Contradictions`, D84).
 //!
 //! It pulls from live peers and from dead ones that sent us gossip lately (`gossip::heard`):
 //! after a partition heals, the other side's vectors arrive with its first messages, one to two
@@ -133,6 +135,10 @@ pub async fn run_puller(
                 }
             }
             if ahead.is_empty() {
+                // Once per interval, when gossip shows no peer ahead: ask one anyway.
+                if tick {
+                    probe(&transport, &engine, &gossip, &mut turn, &shutdown).await;
+                }
                 break;
             }
             // Take turns among the peers that are ahead, so one slow peer cannot starve us.
@@ -147,6 +153,37 @@ pub async fn run_puller(
             }
         }
     }
+}
+
+/// The anti-entropy probe: a pull from one reachable peer, taken in turn, although gossip shows
+/// none ahead of this node. Gossip is a rumor: a node whose view of the peers' keys has fallen
+/// behind (a node starved of gossip exchanges on a saturated machine saw no holder of a change
+/// for a minute while it spread everywhere else) would otherwise wait for its view to recover,
+/// and the writer's sweep tries each peer once. A probe costs a request and an empty answer;
+/// one that brings something is counted (`sync_probes{reason="found"}`): gossip had missed it.
+async fn probe(
+    transport: &Transport,
+    engine: &EngineHandle,
+    gossip: &Gossip,
+    turn: &mut usize,
+    shutdown: &CancellationToken,
+) {
+    let peers: Vec<SocketAddr> = gossip.reachable_version_vectors().await.into_iter().map(|(addr, _)| addr).collect();
+    if peers.is_empty() {
+        return;
+    }
+    *turn = turn.wrapping_add(1);
+    let peer = peers[*turn % peers.len()];
+    let stored = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        stored = pull_counted(transport, engine, gossip, peer, None) => stored,
+    };
+    let outcome = match stored {
+        Some(0) => "none",
+        Some(_) => "found",
+        None => "failed",
+    };
+    transport.metrics().sync_probes.get_or_create(&reason(outcome)).inc();
 }
 
 /// Most (peer, origin) pairs whose contradicting tallies are remembered as looked at; past it
