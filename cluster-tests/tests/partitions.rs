@@ -1,12 +1,12 @@
 //! Partitions and loss between real `grapevine node` processes. As root (CI) the nodes run in
 //! a private network namespace and faults are iptables rules on their UDP ports (the kernel
 //! has no netem); otherwise the same faults go through each node's link filter endpoint.
-//! The faults: a 2|3 split, and 20% loss on every link.
+//! The faults: a 2|3 split, 20% loss on every link, and a node deaf to gossip (link filter only).
 
 use std::time::Duration;
 
 use anyhow::Result;
-use grapevine_cluster_tests::{Cluster, Node, can_use_netns, check, wait_until};
+use grapevine_cluster_tests::{Cluster, Node, can_use_netns, check, counter, wait_until};
 
 /// How long after the heal every node must serve the other side's writes. The heal bench
 /// measures about 0.1 s (`docs/benchmarks.md`); this bound only catches a heal that waits on
@@ -73,5 +73,31 @@ fn real_processes_converge_under_twenty_percent_loss() -> Result<()> {
     }
     wait_until(Duration::from_secs(20), "one state under loss", || converged(&cluster, 12))?;
     cluster.heal()?;
+    Ok(())
+}
+
+/// A node whose gossip stops while pushes and pulls still pass (its view of its peers frozen
+/// from before a change) gets the change from the anti-entropy probe (D88): no gossip trigger
+/// shows it a peer ahead, and the writer's sweep and the relay's push tried it while it was cut
+/// off. Gossip runs every 1 s here so that its frozen view still holds the peers live (the
+/// failure detector waits about 18 intervals of silence) while it probes.
+#[test]
+fn a_node_deaf_to_gossip_gets_a_change_it_missed_by_probing() -> Result<()> {
+    let mut cluster = Cluster::new(3)?;
+    for node in &mut cluster.nodes {
+        node.gossip_interval_ms = Some(1_000);
+    }
+    cluster.start_all()?;
+    let nodes = &cluster.nodes;
+    nodes[2].set_link(r#"{"peer": null, "drop": true}"#)?;
+    check(nodes[0].cli(&["config", "put", "missed", "--value", "1"]))?;
+    wait_until(Duration::from_secs(5), "the other node to serve the change", || serves(&nodes[1], "missed"))?;
+    // The writer's sweep and the relay's push to the cut-off node have failed by now.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!serves(&nodes[2], "missed"), "the change crossed a cut link");
+    nodes[2].set_link(r#"{"peer": null, "drop": true, "gossip_only": true}"#)?;
+    wait_until(Duration::from_secs(8), "the node deaf to gossip to serve the change", || serves(&nodes[2], "missed"))?;
+    let found = counter(&nodes[2], r#"grapevine_sync_probes_total{reason="found"}"#);
+    assert!(found >= 1, "a probe brought the change, and is counted so: {found}");
     Ok(())
 }

@@ -9,7 +9,8 @@
 //! `LinkFilter` holds per-peer `LinkRule { drop, loss, delay_ms }`s (keyed by the peer's gossip
 //! address) plus a default rule for every other peer. `admit(peer)` returns `None` to drop one
 //! message or stream, or `Some(delay)`. Loss draws from a `proto::sim::SplitMix64`, seeded with the
-//! port the endpoint is bound to and reseedable (`reseed`).
+//! port the endpoint is bound to and reseedable (`reseed`). A rule may hold only for gossip
+//! (`gossip_only`): sync streams pass.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,7 +37,12 @@ pub struct LinkRule {
     /// it: a one-way (asymmetric) link.
     #[serde(default)]
     pub outbound_only: bool,
+    /// Apply the rule only to gossip messages, not to log-sync streams (pushes and pulls): a
+    /// node whose view of its peers stops while it can still sync.
+    #[serde(default)]
+    pub gossip_only: bool,
 }
+
 
 /// The rules of one node: per peer, with a rule for every other peer.
 pub struct LinkFilter {
@@ -83,11 +89,12 @@ impl LinkFilter {
         self.state.lock().expect("link filter lock poisoned").random = SplitMix64::new(seed);
     }
 
-    /// `None` to drop one message to (`outbound`) or from `peer`; `Some(delay)` to let it pass.
-    pub fn admit(&self, peer: SocketAddr, outbound: bool) -> Option<Duration> {
+    /// `None` to drop one gossip message (`gossip`) or sync stream to (`outbound`) or from
+    /// `peer`; `Some(delay)` to let it pass.
+    pub fn admit(&self, peer: SocketAddr, outbound: bool, gossip: bool) -> Option<Duration> {
         let mut state = self.state.lock().expect("link filter lock poisoned");
         let rule = state.rules.get(&peer).copied().unwrap_or(state.default);
-        if rule.outbound_only && !outbound {
+        if (rule.outbound_only && !outbound) || (rule.gossip_only && !gossip) {
             return Some(Duration::ZERO);
         }
         if rule.drop || (rule.loss > 0.0 && state.random.next_unit() < rule.loss) {
@@ -105,18 +112,21 @@ mod tests {
     fn rules_drop_delay_and_lose_a_seeded_share() {
         let filter = LinkFilter::new(7);
         let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
-        assert_eq!(filter.admit(a, true), Some(Duration::ZERO));
+        assert_eq!(filter.admit(a, true, true), Some(Duration::ZERO));
         filter.set(Some(a), LinkRule { drop: true, ..LinkRule::default() });
         filter.set(None, LinkRule { delay_ms: 5, ..LinkRule::default() });
-        assert_eq!(filter.admit(a, true), None);
-        assert_eq!(filter.admit(a, false), None);
-        assert_eq!(filter.admit(b, true), Some(Duration::from_millis(5)));
+        assert_eq!(filter.admit(a, true, true), None);
+        assert_eq!(filter.admit(a, false, true), None);
+        assert_eq!(filter.admit(b, true, true), Some(Duration::from_millis(5)));
         filter.set(Some(a), LinkRule { drop: true, outbound_only: true, ..LinkRule::default() });
-        assert_eq!(filter.admit(a, true), None, "what this node sends is dropped");
-        assert_eq!(filter.admit(a, false), Some(Duration::ZERO), "what it receives passes");
+        assert_eq!(filter.admit(a, true, true), None, "what this node sends is dropped");
+        assert_eq!(filter.admit(a, false, true), Some(Duration::ZERO), "what it receives passes");
+        filter.set(Some(a), LinkRule { drop: true, gossip_only: true, ..LinkRule::default() });
+        assert_eq!(filter.admit(a, true, true), None, "gossip is dropped");
+        assert_eq!(filter.admit(a, false, false), Some(Duration::ZERO), "pushes and pulls pass");
         filter.clear();
         filter.set(None, LinkRule { loss: 0.2, ..LinkRule::default() });
-        let dropped = (0..10_000).filter(|_| filter.admit(b, true).is_none()).count();
+        let dropped = (0..10_000).filter(|_| filter.admit(b, true, true).is_none()).count();
         assert!((1_800..2_200).contains(&dropped), "{dropped} of 10000 dropped at 20% loss");
     }
 }

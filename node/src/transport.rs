@@ -316,7 +316,7 @@ impl Transport {
 
     /// Opens a bidirectional stream of `kind` to `addr`.
     pub async fn open_stream(&self, addr: SocketAddr, kind: u8) -> Result<(SendStream, RecvStream), TransportError> {
-        self.inner.admit(addr).await.ok_or(TransportError::Filtered { addr })?;
+        self.inner.admit(addr, Traffic::Sync).await.ok_or(TransportError::Filtered { addr })?;
         let connection = self.connect(addr).await?;
         let stream_error = |error: String| TransportError::Stream { addr, error };
         let (mut send, recv) = connection.open_bi().await.map_err(|e| stream_error(e.to_string()))?;
@@ -326,7 +326,7 @@ impl Transport {
 
     /// Sends one gossip message: as a datagram when it fits, else on a unidirectional stream.
     pub async fn send_gossip(&self, addr: SocketAddr, message: Bytes) -> Result<(), TransportError> {
-        if self.inner.admit(addr).await.is_none() {
+        if self.inner.admit(addr, Traffic::Gossip).await.is_none() {
             self.inner.metrics.gossip_dropped.get_or_create(&reason("link_filter")).inc();
             return Ok(());
         }
@@ -351,6 +351,13 @@ impl Transport {
         self.inner.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
+}
+
+/// What crosses a link, for the link filter: a gossip message, or a log-sync stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Traffic {
+    Gossip,
+    Sync,
 }
 
 /// How a dial ended: with our handshake, or with a connection that came up meanwhile.
@@ -440,32 +447,32 @@ impl Inner {
     }
 
     /// Whether the link filter lets one message to or from `peer` through; waits out its delay.
-    async fn admit(&self, peer: SocketAddr) -> Option<()> {
+    async fn admit(&self, peer: SocketAddr, traffic: Traffic) -> Option<()> {
         #[cfg(feature = "testsuite")]
         {
-            let delay = self.filter.admit(peer, true)?;
+            let delay = self.filter.admit(peer, true, traffic == Traffic::Gossip)?;
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
         }
-        let _ = peer;
+        let _ = (peer, traffic);
         Some(())
     }
 
     /// Whether the link filter drops one incoming message from `peer` (no delay on receipt:
     /// the sender's filter delays).
-    fn refuses(&self, peer: SocketAddr) -> bool {
+    fn refuses(&self, peer: SocketAddr, traffic: Traffic) -> bool {
         #[cfg(feature = "testsuite")]
-        return self.filter.admit(peer, false).is_none();
+        return self.filter.admit(peer, false, traffic == Traffic::Gossip).is_none();
         #[cfg(not(feature = "testsuite"))]
         {
-            let _ = peer;
+            let _ = (peer, traffic);
             false
         }
     }
 
     fn deliver_gossip(&self, from: SocketAddr, message: Bytes) {
-        if self.refuses(from) {
+        if self.refuses(from, Traffic::Gossip) {
             self.metrics.gossip_dropped.get_or_create(&reason("link_filter")).inc();
             return;
         }
@@ -597,7 +604,7 @@ async fn hand_over_stream(inner: Arc<Inner>, peer: SocketAddr, send: SendStream,
         inner.metrics.peer_malformed.get_or_create(&reason("stream_kind")).inc();
         return;
     }
-    if inner.refuses(peer) {
+    if inner.refuses(peer, Traffic::Sync) {
         return;
     }
     let stream = IncomingStream { peer, kind: kind[0], send, recv };
