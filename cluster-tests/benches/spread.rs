@@ -78,7 +78,7 @@ impl Grapevine {
         let answer: serde_json::Value =
             self.http.post(url).json(&json!({ "value": value })).send().await?.json().await?;
         let answered = started.elapsed();
-        let id: GenId = answer["generation"].as_str().context("a generation")?.parse()?;
+        let id: GenId = answer["generation"].as_str().with_context(|| format!("a generation in {answer}"))?.parse()?;
         for node in &self.cluster.nodes {
             let mut watch = node.engine().watch();
             let got =
@@ -138,12 +138,10 @@ impl Grapevine {
         let mut drops: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
         for node in &self.cluster.nodes {
             let text = node.metrics().render();
-            for line in
-                text.lines().filter(|l| {
-                    let failed = l.contains("reason=\"failed\"") || l.contains("malformed");
-                    failed || l.contains("dropped") || l.contains("refused") || l.contains("failures")
-                })
-            {
+            for line in text.lines().filter(|l| {
+                let failed = l.contains("reason=\"failed\"") || l.contains("malformed");
+                failed || l.contains("dropped") || l.contains("refused") || l.contains("failures")
+            }) {
                 if let Some((name, value)) = line.rsplit_once(' ')
                     && !name.starts_with('#')
                 {

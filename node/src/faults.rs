@@ -43,7 +43,6 @@ pub struct LinkRule {
     pub gossip_only: bool,
 }
 
-
 /// The rules of one node: per peer, with a rule for every other peer.
 pub struct LinkFilter {
     state: Mutex<FilterState>,

@@ -48,8 +48,8 @@ pub use error::ValidationError;
 pub use hlc::{Clock, ClockError, Stamp};
 pub use log::{InsertOutcome, Log, Tally};
 pub use model::{
-    Change, ContentHash, Generation, GenerationBody, Governance, JsonText, MemberList, Op, OriginProof, Revert,
-    Terms, VersionVector,
+    Change, ContentHash, Generation, GenerationBody, Governance, JsonText, MemberList, Op, OriginProof, Revert, Terms,
+    VersionVector,
 };
 pub use name::{Author, GenId, Key, NodeName};
 pub use snapshot::{Snapshot, Write};
