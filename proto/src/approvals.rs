@@ -184,6 +184,18 @@ pub enum ProposalState {
     Expired,
 }
 
+impl ProposalState {
+    /// `pending`, `enacted`, `rejected` or `expired`: its name in the API and in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProposalState::Pending => "pending",
+            ProposalState::Enacted => "enacted",
+            ProposalState::Rejected => "rejected",
+            ProposalState::Expired => "expired",
+        }
+    }
+}
+
 impl Proposal {
     pub fn state(&self, now_ms: u64) -> ProposalState {
         if !self.enacted.is_empty() {

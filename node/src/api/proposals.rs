@@ -24,13 +24,12 @@ use grapevine_proto::approvals::{DEFAULT_PROPOSAL_LIFETIME_MS, MAX_PROPOSAL_LIFE
 use grapevine_proto::signing::Signed;
 use grapevine_proto::{Change, GenId, Governance, Op, Terms};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{ApiError, ApiResult, ApiState, NoParameters, access, decode_hex, parse_body};
 use crate::auth::Principal;
 use crate::engine::{ProposalError, ProposalView, Vote, record_change};
 use crate::replies::{
-    Accepted, ProposalDiff, ProposalShown, ProposalSummary, Proposals, Proposed, SignApproval, Voted,
+    Accepted, ProposalDiff, ProposalShown, Proposals, Proposed, SignApproval, Voted,
 };
 
 impl From<ProposalError> for ApiError {
@@ -52,7 +51,7 @@ fn parse_id(text: &str) -> Result<GenId, ApiError> {
 }
 
 fn may_see(principal: &Principal, proposal: &ProposalView) -> bool {
-    principal.unrestricted() || proposal.keys.iter().all(|key| principal.covers(key))
+    principal.unrestricted() || proposal.summary.keys.iter().all(|key| principal.covers(key))
 }
 
 /// `GET /v1/proposals`.
@@ -62,43 +61,16 @@ pub async fn list(
     _: Query<NoParameters>,
 ) -> ApiResult<Proposals> {
     let seen = state.engine.proposals().await.into_iter().filter(|p| may_see(&principal, p));
-    let proposals = seen.map(summary).collect::<Result<_, _>>()?;
+    let proposals = seen.map(|proposal| proposal.summary).collect();
     Ok(Json(Proposals { node: state.name.to_string(), proposals }))
-}
-
-/// The engine's view of a proposal, as the API answers it. The view holds its approvals,
-/// rejection and conflicts as JSON the engine wrote; one it wrote otherwise is a bug (500).
-fn summary(view: ProposalView) -> Result<ProposalSummary, ApiError> {
-    fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-        serde_json::from_value(value).map_err(|error| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("a proposal's record is not what the API answers: {error}"),
-        })
-    }
-    Ok(ProposalSummary {
-        id: view.id,
-        state: view.state,
-        proposer: view.proposer,
-        proposer_key: view.proposer_key,
-        hlc: view.hlc,
-        expires_ms: view.expires_ms,
-        start_at_ms: view.start_at_ms,
-        keys: view.keys,
-        approvals: view.approvals.into_iter().map(typed).collect::<Result<_, _>>()?,
-        signatures: view.signatures,
-        needed: view.needed,
-        rejected: view.rejected.map(typed).transpose()?,
-        enacted: view.enacted,
-        conflicts: view.conflicts.into_iter().map(typed).collect::<Result<_, _>>()?,
-    })
 }
 
 /// The proposal `id`, if the caller may see it.
 async fn find(state: &ApiState, principal: &Principal, id: &GenId) -> Result<ProposalView, ApiError> {
     let wanted = id.to_string();
-    let found = state.engine.proposals().await.into_iter().find(|p| p.id == wanted);
+    let found = state.engine.proposals().await.into_iter().find(|p| p.summary.id == wanted);
     let proposal = found.ok_or_else(|| ApiError::from(ProposalError::NotFound { id: id.clone() }))?;
-    access::covers_all(state, principal, proposal.keys.iter().map(String::as_str))?;
+    access::covers_all(state, principal, proposal.summary.keys.iter().map(String::as_str))?;
     Ok(proposal)
 }
 
@@ -128,15 +100,15 @@ pub async fn show(
         cluster: state.cluster.clone(),
         format: grapevine_proto::wire::WIRE_VERSION.into(),
         issued_ms: crate::clock::unix_ms(),
-        proposal: proposal.id.clone(),
+        proposal: proposal.summary.id.clone(),
         digest: proposal.digest.to_string(),
-        expires_ms: proposal.expires_ms,
-        start_at_ms: proposal.start_at_ms,
+        expires_ms: proposal.summary.expires_ms,
+        start_at_ms: proposal.summary.start_at_ms,
         change: hex::encode(postcard::to_stdvec(&proposal.change).expect("a change always encodes")),
     };
     let policy = proposal.change.policy.clone();
     let node = state.name.to_string();
-    Ok(Json(ProposalShown { node, proposal: summary(proposal)?, diff, policy, sign }))
+    Ok(Json(ProposalShown { node, proposal: proposal.summary, diff, policy, sign }))
 }
 
 /// `POST /v1/proposals`: a signed change, stored as a proposal.

@@ -123,7 +123,7 @@ pub async fn list(client: &Client, all: bool) -> Result<(), CliError> {
         println!(
             "{:<12} {:<9} {:<7} {:<16} {:<10} {}{conflict}",
             p.id,
-            state_name(p.state),
+            p.state.name(),
             signed,
             p.proposer.as_str(),
             expires,
@@ -131,16 +131,6 @@ pub async fn list(client: &Client, all: bool) -> Result<(), CliError> {
         );
     }
     Ok(())
-}
-
-/// `pending`, `enacted`, `rejected` or `expired`, as the API names it.
-fn state_name(state: ProposalState) -> &'static str {
-    match state {
-        ProposalState::Pending => "pending",
-        ProposalState::Enacted => "enacted",
-        ProposalState::Rejected => "rejected",
-        ProposalState::Expired => "expired",
-    }
 }
 
 fn proposal_path(id: &str) -> Result<String, CliError> {
@@ -165,7 +155,7 @@ pub async fn show(client: &Client, id: &str) -> Result<(), CliError> {
         p.id,
         p.proposer.as_str(),
         p.proposer_key,
-        state_name(p.state),
+        p.state.name(),
         p.signatures,
         p.needed
     );

@@ -10,42 +10,22 @@
 //! - Records are generations without operations, under the emergency policy (one wave): they
 //!   are released everywhere at once and apply nothing (`record_change`).
 
-use grapevine_proto::approvals::{Proposal, ProposalState, conflicts, proposals};
+use grapevine_proto::approvals::{Proposal, conflicts, proposals};
 use grapevine_proto::replica::{Ballot, Submission};
 pub use grapevine_proto::replica::{ProposalError, Vote};
 use grapevine_proto::signing::Signed;
-use grapevine_proto::{Author, Change, ContentHash, GenId, Generation, Governance, Terms};
-use serde::Serialize;
+use grapevine_proto::{Change, ContentHash, GenId, Generation, Governance, Terms};
 
 use tracing::{info, warn};
 
 use super::{Engine, SubmitError};
+use crate::replies::{ProposalApproval, ProposalConflict, ProposalRejection, ProposalSummary};
 
-/// A proposal as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+/// A proposal as the API shows it, with the change and digest an approver signs.
+#[derive(Debug, Clone)]
 pub struct ProposalView {
-    pub id: String,
-    pub state: ProposalState,
-    pub proposer: Author,
-    pub proposer_key: String,
-    /// The proposal's stamp.
-    pub hlc: String,
-    pub expires_ms: u64,
-    pub start_at_ms: Option<u64>,
-    pub keys: Vec<String>,
-    /// The approvals gathered: operator, key, and the record that carries each.
-    pub approvals: Vec<serde_json::Value>,
-    /// Distinct keys that signed it, the proposer's included.
-    pub signatures: usize,
-    /// The signatures its strictest rule needs on this node (1 when no rule governs its keys).
-    pub needed: usize,
-    pub rejected: Option<serde_json::Value>,
-    pub enacted: Vec<String>,
-    /// Changes of its keys made after it: enacting it overwrites them.
-    pub conflicts: Vec<serde_json::Value>,
-    #[serde(skip)]
+    pub summary: ProposalSummary,
     pub change: Change,
-    #[serde(skip)]
     pub digest: ContentHash,
 }
 
@@ -54,26 +34,24 @@ impl Engine {
     pub(super) fn proposal_views(&self, now_ms: u64) -> Vec<ProposalView> {
         let mut views: Vec<ProposalView> =
             proposals(self.replica.log()).into_values().map(|proposal| self.view_of(&proposal, now_ms)).collect();
-        views.sort_by(|a, b| a.hlc.cmp(&b.hlc));
+        views.sort_by(|a, b| a.summary.hlc.cmp(&b.summary.hlc));
         views
     }
 
     fn view_of(&self, proposal: &Proposal, now_ms: u64) -> ProposalView {
         let needed = self.parts.trust.approvals_needed(&proposal.change) + 1;
-        let approvals = proposal.approvals.iter().map(|(record, signed)| {
-            serde_json::json!({
-                "operator": signed.delegation.operator,
-                "key": signed.delegation.key.to_string(),
-                "record": record.to_string(),
-            })
+        let approvals = proposal.approvals.iter().map(|(record, signed)| ProposalApproval {
+            operator: signed.delegation.operator.clone(),
+            key: signed.delegation.key.to_string(),
+            record: record.to_string(),
         });
-        let conflicts = conflicts(self.replica.log(), proposal).into_iter().map(|(id, keys)| {
-            let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
-            serde_json::json!({ "generation": id.to_string(), "keys": keys })
+        let conflicts = conflicts(self.replica.log(), proposal).into_iter().map(|(id, keys)| ProposalConflict {
+            generation: id.to_string(),
+            keys: keys.iter().map(ToString::to_string).collect(),
         });
         let rejected =
-            proposal.rejected.as_ref().map(|(id, by)| serde_json::json!({"record": id.to_string(), "by": by}));
-        ProposalView {
+            proposal.rejected.as_ref().map(|(id, by)| ProposalRejection { record: id.to_string(), by: by.clone() });
+        let summary = ProposalSummary {
             id: proposal.id.to_string(),
             state: proposal.state(now_ms),
             proposer: proposal.proposer.delegation.operator.clone(),
@@ -88,9 +66,8 @@ impl Engine {
             rejected,
             enacted: proposal.enacted.iter().map(ToString::to_string).collect(),
             conflicts: conflicts.collect(),
-            change: proposal.change.clone(),
-            digest: proposal.digest,
-        }
+        };
+        ProposalView { summary, change: proposal.change.clone(), digest: proposal.digest }
     }
 
     /// Takes `signed`'s approval or rejection of `id`; returns the generation it became and

@@ -56,16 +56,6 @@ pub enum ProposalError {
     Submit(#[from] SubmitError),
 }
 
-/// A proposal state's name, as errors say it.
-fn state_name(state: ProposalState) -> &'static str {
-    match state {
-        ProposalState::Pending => "pending",
-        ProposalState::Enacted => "enacted",
-        ProposalState::Rejected => "rejected",
-        ProposalState::Expired => "expired",
-    }
-}
-
 impl Replica {
     /// What `signed`'s vote on proposal `id` becomes, as of `now_ms` (see the module doc).
     pub fn vote(&self, id: GenId, signed: &Signed, vote: Vote, now_ms: u64) -> Result<Ballot, ProposalError> {
@@ -78,7 +68,7 @@ impl Replica {
                 ProposalState::Enacted => format!(" (enacted as {})", proposal.enacted[0]),
                 _ => String::new(),
             };
-            return Err(ProposalError::NotPending { id, state: state_name(state), verb, detail });
+            return Err(ProposalError::NotPending { id, state: state.name(), verb, detail });
         }
         if vote == Vote::Reject {
             return Ok(Ballot::Record(Governance::Reject { proposal: id, digest: proposal.digest }));
