@@ -28,9 +28,7 @@ use serde::Deserialize;
 use super::{ApiError, ApiResult, ApiState, NoParameters, access, decode_hex, parse_body};
 use crate::auth::Principal;
 use crate::engine::{ProposalError, ProposalView, Vote, record_change};
-use crate::replies::{
-    Accepted, ProposalDiff, ProposalShown, Proposals, Proposed, SignApproval, Voted,
-};
+use crate::replies::{Accepted, ProposalDiff, ProposalShown, Proposals, Proposed, SignApproval, Voted};
 
 impl From<ProposalError> for ApiError {
     fn from(error: ProposalError) -> Self {
