@@ -263,6 +263,19 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
             served.push(spread.served);
             spreads.push(spread);
         }
+        let probes = |outcome: &str| {
+            let series = format!("grapevine_sync_probes_total{{reason=\"{outcome}\"}} ");
+            let counts = grapevine.cluster.nodes.iter().map(|node| node.metrics().render());
+            counts
+                .filter_map(|text| text.lines().find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok()))
+                .sum::<u64>()
+        };
+        println!(
+            "{count} nodes, anti-entropy probes (D88): {} found what gossip had missed, {} found nothing, {} failed",
+            probes("found"),
+            probes("none"),
+            probes("failed")
+        );
         grapevine.stop().await;
         served.sort();
         print_where_the_time_goes(count, &spreads);
