@@ -156,7 +156,7 @@ fn generations() -> Vec<Generation> {
         value: JsonText::try_from(value.to_owned()).expect("JSON"),
         schema: schema.map(|schema| JsonText::try_from(schema.to_owned()).expect("JSON")),
     };
-    let members: Vec<_> = ["n1", "n2", "n3", "n4"].iter().map(|name| name.parse().expect("a valid name")).collect();
+    let members: grapevine_proto::MemberList = ["n1", "n2", "n3", "n4"].iter().map(|name| name.parse().expect("a valid name")).collect();
     let body = |origin: &str, seq: u64, change: Change| GenerationBody {
         id: GenId { origin: origin.parse().expect("a valid name"), seq },
         hlc: Stamp { wall_ms: 1_700_000_000_000 + seq, logical: seq as u32 },

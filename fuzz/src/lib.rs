@@ -120,7 +120,7 @@ pub fn check_peer_vector(theirs: &VersionVector) {
     let generation = grapevine_proto::GenerationBody {
         id: grapevine_proto::GenId { origin: "n1".parse().expect("a valid name"), seq: 2 },
         hlc: grapevine_proto::Stamp::default(),
-        members: vec![],
+        members: vec![].into(),
         groups: vec![],
         change: grapevine_proto::Change::with_ops(vec![]),
         author: None,

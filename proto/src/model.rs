@@ -93,6 +93,15 @@ impl From<Vec<NodeName>> for MemberList {
     }
 }
 
+impl<'a> IntoIterator for &'a MemberList {
+    type Item = &'a NodeName;
+    type IntoIter = std::slice::Iter<'a, NodeName>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 impl FromIterator<NodeName> for MemberList {
     fn from_iter<I: IntoIterator<Item = NodeName>>(names: I) -> MemberList {
         names.into_iter().collect::<Vec<_>>().into()

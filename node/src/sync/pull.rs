@@ -168,7 +168,10 @@ async fn probe(
     turn: &mut usize,
     shutdown: &CancellationToken,
 ) {
-    let peers: Vec<SocketAddr> = gossip.reachable_version_vectors().await.into_iter().map(|(addr, _)| addr).collect();
+    let mut peers: Vec<SocketAddr> =
+        gossip.reachable_version_vectors().await.into_iter().map(|(addr, _)| addr).collect();
+    // Read from a set: sorted, so that the turn walks them all.
+    peers.sort_unstable();
     if peers.is_empty() {
         return;
     }
