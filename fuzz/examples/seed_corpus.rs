@@ -342,6 +342,11 @@ fn regression_seeds(corpus: &mut Corpus) {
     // JsonText held what a Value cannot: a lone surrogate escape, and 128 nested arrays.
     corpus.add("json_schema", r#""\ud800""#);
     corpus.add("json_schema", ["[".repeat(128), "]".repeat(128), "\0{}".to_owned()].concat());
+    // The schema validator panicked on a number with no 64-bit float: in the value, then in
+    // the schema (committed as seed-regression-*, too).
+    let port = r##"{"$defs": {"port": {"type": "integer", "maximum": 65535}}, "type": "object", "patternProperties": {"^svc-": {"$ref": "#/$defs/port"}}, "minProperties": 1}"##;
+    corpus.add("json_schema", format!("{port}\0{{\"svc-a\": 55555555555555555555555E55555555555555555555555580}}"));
+    corpus.add("json_schema", port.replace("65535", "8e0535") + "\0{\"svc-a\": 80}");
 }
 
 /// Gossip as three chitchat nodes exchange it (SYN, SYN-ACK, ACK with deltas of the node's

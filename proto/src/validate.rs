@@ -193,7 +193,16 @@ pub fn validate_config_value(key: &Key, value: &JsonText, schema: Option<&JsonTe
         return Err(refuse("expected a JSON value other than null, got null".to_owned()));
     }
     let Some(schema) = schema else { return Ok(()) };
-    let validator = jsonschema::validator_for(&schema.to_value())
+    let schema = schema.to_value();
+    // The same holds for the schema's own numbers: the validator panicked compiling
+    // `"maximum": 8e535` (found by the same fuzz target).
+    if let Some((path, number)) = number_beyond_floats(&schema, String::new()) {
+        let path = if path.is_empty() { "/".to_owned() } else { path };
+        return Err(refuse(format!(
+            "the schema is not a valid JSON Schema here: {path}: expected a number within a 64-bit float's range, got {number}"
+        )));
+    }
+    let validator = jsonschema::validator_for(&schema)
         .map_err(|error| refuse(format!("the schema is not a valid JSON Schema: {error}")))?;
     let instance = value.to_value();
     // The schema validator reads every number as a float, and panicked on one that has none
@@ -391,5 +400,20 @@ mod tests {
         assert!(refused.contains("/a/1/b~1c:"), "{refused}");
         let large = text(r#"{"svc-a": 123456789012345678901234567890}"#);
         assert!(validate_config_value(&key, &large, Some(&text(r#"{"type": "object"}"#))).is_ok());
+    }
+
+    /// Found by the same fuzz target in a later CI run: such a number in the schema itself
+    /// (`"maximum": 8e0535`) panicked while the validator compiled it.
+    #[test]
+    fn a_schema_with_a_number_beyond_floats_is_refused_not_a_panic() {
+        let key: Key = "fuzz".parse().unwrap();
+        let text = |t: &str| JsonText::try_from(t.to_owned()).unwrap();
+        let schema = text(
+            r##"{"$defs": {"port": {"Type": "integer", "exclusiveMinimum": 0, "maximum": 8e0535}}, "txpe": "object",
+                "patternProperties": {"^svc-": {"$ref": "#/$defs/port"}}, "minProperties": 1}"##,
+        );
+        let value = text(r#"{"svc-a": 80, "Avc-b": 0}"#);
+        let refused = validate_config_value(&key, &value, Some(&schema)).unwrap_err().to_string();
+        assert!(refused.contains("/$defs/port/maximum: expected a number within a 64-bit float's range"), "{refused}");
     }
 }
