@@ -438,6 +438,28 @@ mod tests {
     }
 
     /// `reports` as they read `ms` later, with nothing new.
+    /// The waves `1, 30%, 70%, 100%`, baked for 1 s, under a health quorum of `quorum`.
+    fn four_waves(quorum: u16) -> Policy {
+        Policy {
+            waves: parse_waves("1,30%,70%,100%").unwrap(),
+            bake_ms: 1_000,
+            health_quorum_permille: quorum,
+            ..Policy::default()
+        }
+    }
+
+    /// Reports of `nodes` as drawn: each `(kind, age)` a healthy, inconclusive or anomalous
+    /// report of that age, or (a kind past those) none.
+    fn drawn_reports<'a>(nodes: impl Iterator<Item = &'a NodeName>, drawn: &[(u8, u64)]) -> BTreeMap<NodeName, Report> {
+        let verdicts = [Verdict::Healthy, Verdict::Inconclusive, Verdict::Anomalous];
+        nodes
+            .zip(drawn)
+            .filter_map(|(node, (kind, elapsed_ms))| {
+                Some((node.clone(), Report { verdict: *verdicts.get(*kind as usize)?, elapsed_ms: *elapsed_ms }))
+            })
+            .collect()
+    }
+
     fn aged(reports: &BTreeMap<NodeName, Report>, ms: u64) -> BTreeMap<NodeName, Report> {
         reports.iter().map(|(n, r)| (n.clone(), Report { elapsed_ms: r.elapsed_ms + ms, ..*r })).collect()
     }
@@ -563,22 +585,12 @@ mod tests {
             wave_pick in 0..16usize,
             paused in any::<bool>(),
         ) {
-            let policy = Policy {
-                waves: parse_waves("1,30%,70%,100%").unwrap(),
-                bake_ms: 1_000,
-                health_quorum_permille: quorum,
-                ..Policy::default()
-            };
+            let policy = four_waves(quorum);
             let plan = Plan::of(&body(members, policy.clone(), vec![]));
             let wave = wave_pick % plan.waves.len();
             let controls = Controls { paused, promoted_through: None };
             // Some members report (healthy, inconclusive or anomalous, of any age); the rest are silent.
-            let reports: BTreeMap<NodeName, Report> = plan.waves.iter().flatten().zip(&reported)
-                .filter_map(|(node, (kind, elapsed_ms))| {
-                    let verdict = [Verdict::Healthy, Verdict::Inconclusive, Verdict::Anomalous].get(*kind as usize)?;
-                    Some((node.clone(), Report { verdict: *verdict, elapsed_ms: *elapsed_ms }))
-                })
-                .collect();
+            let reports = drawn_reports(plan.waves.iter().flatten(), &reported);
             match plan.opens_in(wave, &policy, controls, &reports) {
                 Some(wait) => {
                     prop_assert!(plan.is_open(wave, &policy, controls, &aged(&reports, wait)), "not open after {wait} ms");
@@ -615,12 +627,7 @@ mod tests {
             quorum in 1..=1000u16,
             reported in proptest::collection::vec((0..5u8, 0..3_000u64), 64),
         ) {
-            let policy = Policy {
-                waves: parse_waves("1,30%,70%,100%").unwrap(),
-                bake_ms: 1_000,
-                health_quorum_permille: quorum,
-                ..Policy::default()
-            };
+            let policy = four_waves(quorum);
             let plan = Plan::of(&body(members, policy.clone(), vec![]));
             prop_assert!(plan.index.is_some());
             let searched = Plan { waves: plan.waves.clone(), index: None };
@@ -628,12 +635,7 @@ mod tests {
             // verdict and age, so the gate reads the shorter of the reports and the waves.
             let late = (0..4).map(|i| format!("late{i}").parse::<NodeName>().unwrap());
             let names: Vec<NodeName> = late.chain(plan.waves.iter().flatten().cloned()).collect();
-            let reports: BTreeMap<NodeName, Report> = names.iter().zip(&reported)
-                .filter_map(|(node, (kind, elapsed_ms))| {
-                    let verdict = [Verdict::Healthy, Verdict::Inconclusive, Verdict::Anomalous].get(*kind as usize)?;
-                    Some((node.clone(), Report { verdict: *verdict, elapsed_ms: *elapsed_ms }))
-                })
-                .collect();
+            let reports = drawn_reports(names.iter(), &reported);
             for node in &names {
                 prop_assert_eq!(plan.wave_of(node), searched.wave_of(node));
             }
