@@ -47,7 +47,8 @@
 //!   dead, this node included, unaged; a name with several incarnations keeps its worst verdict.
 //!   `anomalous_generations` lists the generations some member reports anomalous. The revert pass
 //!   and the `anomaly_quorum` of the rollout view read them.
-//! - `peer_health` returns each live peer's `kpi` window and the generations it reports on;
+//! - `peer_health(generations)` returns each live peer's `kpi` window and which of the given
+//!   generations (those the health task judges) it reports on and judges healthy;
 //!   `kpis_of(names)` the `kpi` values of the named members, live or dead (for revert alerts).
 //! - `publish_revert_cause` sets `rv.<generation>`; `revert_causes` reads every member's;
 //!   `live_revert_writers` names the live peers that have one (the revert pass waits for them).
@@ -168,6 +169,8 @@ pub struct Gossip {
     /// puller only when it advertises more than this (every peer's vector changes with every
     /// change, and a wake reads them all: waking on each cost a node O(members^2) per change).
     held: Arc<Mutex<HashMap<String, u64>>>,
+    /// Each member's vector, parsed once per version of its state.
+    vectors: Arc<Vectors>,
     /// Peers that sent us gossip lately: log sync pulls from them before they are alive again.
     heard: Arc<HeardFrom>,
     reports_changed: Arc<Notify>,
@@ -288,6 +291,7 @@ impl Gossip {
             handle,
             version_vectors_changed,
             held,
+            vectors: Arc::new(Vectors::default()),
             heard,
             reports_changed,
             reports_seen,
@@ -622,13 +626,14 @@ impl Gossip {
             .await
     }
 
-    /// Live peers (this node excluded): their KPIs, the generations they report on, and
-    /// those they judge healthy.
-    pub async fn peer_health(&self) -> BTreeMap<NodeName, PeerHealth> {
+    /// Live peers (this node excluded): their KPIs, and which of `generations` they report on
+    /// and judge healthy.
+    pub async fn peer_health(&self, generations: BTreeSet<GenId>) -> BTreeMap<NodeName, PeerHealth> {
+        let keys: Vec<String> = generations.iter().map(|id| format!("{PREFIX_REPORT}{id}")).collect();
         let peers: Vec<(Vec<Raw>, Vec<Raw>)> = self
-            .live_peers(|id, state| {
+            .live_peers(move |id, state| {
                 let kpis = state.get(KEY_KPI).map(|value| Raw::of(id, state, KEY_KPI, value)).into_iter().collect();
-                let reports = with_prefix(state, PREFIX_REPORT);
+                let reports = keys.iter().filter_map(|key| Some((key, state.get(key)?)));
                 Some((kpis, reports.map(|(key, value)| Raw::of(id, state, key, value)).collect()))
             })
             .await;
@@ -705,7 +710,8 @@ impl Gossip {
     /// Version vectors of the peers log sync may pull from: live ones, and dead ones that sent
     /// us gossip lately (a healed partition is pulled across before chitchat revives them).
     pub async fn reachable_version_vectors(&self) -> Vec<(SocketAddr, VersionVector)> {
-        self.reachable_peers(|id, state| Some((id.gossip_advertise_addr, version_vector_of(state)))).await
+        let vectors = self.vectors.clone();
+        self.reachable_peers(move |id, state| Some((id.gossip_advertise_addr, vectors.of(id, state)))).await
     }
 
     /// The most of `origin`'s generations any other member advertises holding (`vv.<origin>`),
@@ -812,15 +818,17 @@ impl Gossip {
 
     /// Live peers (this node excluded) with their advertised version vectors.
     pub async fn peer_version_vectors(&self) -> Vec<(SocketAddr, VersionVector)> {
-        self.live_peers(|id, state| Some((id.gossip_advertise_addr, version_vector_of(state)))).await
+        let vectors = self.vectors.clone();
+        self.live_peers(move |id, state| Some((id.gossip_advertise_addr, vectors.of(id, state)))).await
     }
 
     /// Like [`Gossip::peer_version_vectors`], only for peers whose log summary has arrived
     /// (they publish `generations` with their vector): an empty vector from them is known.
     pub async fn peer_version_vectors_known(&self) -> Vec<(SocketAddr, VersionVector)> {
-        self.live_peers(|id, state| {
+        let vectors = self.vectors.clone();
+        self.live_peers(move |id, state| {
             state.get(KEY_GENERATIONS)?;
-            Some((id.gossip_advertise_addr, version_vector_of(state)))
+            Some((id.gossip_advertise_addr, vectors.of(id, state)))
         })
         .await
     }

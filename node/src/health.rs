@@ -59,7 +59,8 @@
 //!   `sources()` the last outcome of each source (`SourceStatus { source, ok, detail }`,
 //!   `/v1/status`'s `health`).
 //! - `run` samples the sources every `sample_interval_ms` (default 1000, 100..=60000, checked by
-//!   `HealthConfig::validate`) and wakes on `applied`. Each tick it refreshes the peers' KPIs,
+//!   `HealthConfig::validate`) and wakes on `applied`. Each tick it refreshes the peers' KPIs and
+//!   their reports on the generations it judges (`judged`: none without a source),
 //!   publishes `kpi` (this node's window over the last `KPI_WINDOW`) if `KPI_PUBLISH_INTERVAL` has
 //!   passed since it last did, and runs `judge_all`. Each time, it logs each new anomaly (`judged
 //!   anomalous` at warn), counts it (`grapevine_anomaly_reports_total`) and raises an `anomaly`
@@ -89,7 +90,7 @@
 //! one vouching; a revert clears the others' samples), an apply failure and a frozen generation,
 //! healthy without sources, and failing, hanging and missing `exec` commands.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -460,6 +461,20 @@ impl Health {
         std::mem::take(&mut self.lock().anomalies)
     }
 
+    /// The generations [`Health::judge_all`] reads peers' reports on (those still watched,
+    /// and those judged anomalous here and not reverted, which the blame rule weighs); `None`
+    /// without a source, when it judges nothing and reads no peer at all. The task reads only
+    /// these reports from gossip, each checked against its member's signature: a node's
+    /// reports on the rest of its history would cost a check per member and report for nothing.
+    fn judged(&self) -> Option<BTreeSet<GenId>> {
+        let state = self.lock();
+        if !state.config.has_sources() {
+            return None;
+        }
+        let latched = |t: &Tracked| !t.frozen && t.judgement.verdict == Verdict::Anomalous;
+        Some(state.tracked.iter().filter(|(_, t)| t.watching() || latched(t)).map(|(id, _)| id.clone()).collect())
+    }
+
     fn set_peers(&self, peers: BTreeMap<NodeName, PeerHealth>) {
         self.lock().peers = peers;
     }
@@ -586,7 +601,9 @@ pub async fn run(task: HealthTask, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {
                 sample_sources(&health, &config, &http).await;
-                health.set_peers(gossip.peer_health().await);
+                if let Some(judged) = health.judged() {
+                    health.set_peers(gossip.peer_health(judged).await);
+                }
                 if let Some(kpis) = health.kpis().filter(|_| kpis_published.is_none_or(|at| clock::elapsed(at) >= KPI_PUBLISH_INTERVAL)) {
                     gossip.publish_kpis(kpis).await;
                     kpis_published = Some(clock::now());
@@ -789,6 +806,23 @@ mod tests {
 
     fn sample(requests: u64, errors: u64, latency: f64) -> Sample {
         Sample { requests, errors, latency_p99_ms: Some(latency) }
+    }
+
+    #[test]
+    fn peers_are_read_only_on_the_generations_judged() {
+        let silent = Health::new(HealthConfig::default());
+        silent.applied(id(1), Duration::from_secs(60), Thresholds::default(), None);
+        assert_eq!(silent.judged(), None, "a node without a source judges nothing and reads no peer");
+
+        let health = Health::new(HealthConfig { push: true, ..HealthConfig::default() });
+        health.applied(id(1), Duration::from_millis(1), Thresholds::default(), None);
+        health.applied(id(2), Duration::from_secs(60), Thresholds::default(), None);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(health.judged(), Some(BTreeSet::from([id(2)])), "past its watch window, id 1 is not judged");
+        health.apply_failed(&id(1), "render failed".into());
+        assert_eq!(health.judged(), Some(BTreeSet::from([id(1), id(2)])), "an anomaly not reverted weighs in blame");
+        health.freeze(&id(1));
+        assert_eq!(health.judged(), Some(BTreeSet::from([id(2)])), "a reverted one does not");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! (`docs/protocol.md`, "Keys each node publishes"), and the functions that write and read the version
 //! vector and tallies as keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
-use chitchat::NodeState;
+use chitchat::{ChitchatId, NodeState};
 use grapevine_proto::wire::OLDEST_READABLE;
 use grapevine_proto::{NodeName, Tally, VersionVector};
 
@@ -50,6 +51,37 @@ pub fn version_vector_of(state: &NodeState) -> VersionVector {
     vector
 }
 
+/// Members whose parsed vector [`Vectors`] keeps; past it, it starts over.
+const MAX_KEPT_VECTORS: usize = 16 * 1024;
+
+/// Each member's version vector as last parsed, with the version of the member's state it was
+/// parsed at. A member's chitchat state changes only by its owner's writes, each with a higher
+/// version, so the same version means the same keys: the vector is parsed again only after the
+/// member wrote something. The puller and the pusher read every peer's vector on each wake and
+/// each job; parsing every `vv.` key of every member each time cost O(members^2) string parses
+/// per change and node.
+#[derive(Default)]
+pub struct Vectors(Mutex<HashMap<ChitchatId, (u64, VersionVector)>>);
+
+impl Vectors {
+    /// [`version_vector_of`] `state`, member `id`'s, parsed again only if it changed.
+    pub fn of(&self, id: &ChitchatId, state: &NodeState) -> VersionVector {
+        let version = state.max_version();
+        let mut kept = self.0.lock().expect("vectors lock poisoned");
+        if let Some((at, vector)) = kept.get(id)
+            && *at == version
+        {
+            return vector.clone();
+        }
+        let vector = version_vector_of(state);
+        if kept.len() >= MAX_KEPT_VECTORS {
+            kept.clear();
+        }
+        kept.insert(id.clone(), (version, vector.clone()));
+        vector
+    }
+}
+
 /// The live keys of `state` that start with `prefix`, and their values: a range of chitchat's
 /// ordered map, not a scan of every key the member publishes.
 pub fn with_prefix<'a>(state: &'a NodeState, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
@@ -64,4 +96,26 @@ pub fn tally_keys(tallies: &BTreeMap<NodeName, Tally>) -> impl Iterator<Item = (
 /// The keys that publish `vector`, one per origin.
 pub fn version_vector_keys(vector: &VersionVector) -> impl Iterator<Item = (String, String)> + '_ {
     vector.iter().map(|(origin, seq)| (format!("{PREFIX_VERSION_VECTOR}{origin}"), seq.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vector_is_parsed_again_only_after_its_member_writes() {
+        let vectors = Vectors::default();
+        let mut state = NodeState::for_test();
+        let id = state.chitchat_id().clone();
+        state.set("vv.n1", "3");
+        let before = vectors.of(&id, &state);
+        assert_eq!(before.iter().map(|(o, s)| (o.to_string(), s)).collect::<Vec<_>>(), [("n1".to_owned(), 3)]);
+        assert_eq!(vectors.of(&id, &state), before, "the same version gives the same vector");
+        state.set("vv.n1", "4");
+        state.set("vv.n2", "1");
+        let after: Vec<(String, u64)> = vectors.of(&id, &state).iter().map(|(o, s)| (o.to_string(), s)).collect();
+        assert_eq!(after, [("n1".to_owned(), 4), ("n2".to_owned(), 1)], "a write is seen at once");
+        state.delete("vv.n2");
+        assert_eq!(vectors.of(&id, &state), version_vector_of(&state), "and so is a deletion");
+    }
 }
