@@ -36,7 +36,10 @@
 //!   for a value above this node's published one, `advertises_more`) and on
 //!   `reverts`, and by `HeardFrom` when a peer not heard from lately sends again (it wakes the
 //!   puller); `reports_changed` is one fed by a subscription on `rep.` (it wakes the engine's
-//!   `decide`).
+//!   `decide`). The same subscription keeps `anomalous`: each member and generation whose report
+//!   was anomalous when set (seeded by a scan in the same lock as the subscribing, so none is
+//!   missed), so finding the anomalous reports reads those few keys, not every report of every
+//!   member (the revert pass runs on each report change; a scan each time grew with the history).
 //! - `publish_reports` sets this node's `rep.<generation>` keys; `delete_reports` deletes them, and
 //!   the `rv.<generation>` keys of the same generations.
 //! - `reports_for(generation)` returns the reports of the **live** members (this node included) on
@@ -45,7 +48,8 @@
 //!   cleared, so every report ages again from its published value). An unparsable value is skipped.
 //! - `all_reports_for(generation)` returns the reports of every member this node knows of, live or
 //!   dead, this node included, unaged; a name with several incarnations keeps its worst verdict.
-//!   `anomalous_generations` lists the generations some member reports anomalous. The revert pass
+//!   `anomalous_generations` lists the generations some member reports anomalous (of the
+//!   candidates in `anomalous`, those whose report still is; the rest are forgotten). The revert pass
 //!   and the `anomaly_quorum` of the rollout view read them.
 //! - `peer_health(generations)` returns each live peer's `kpi` window and which of the given
 //!   generations (those the health task judges) it reports on and judges healthy;
@@ -60,9 +64,11 @@
 //!   (`KEY_WIRE`; `OLDEST_READABLE` when not known), which sync writes to it in; `members` shows
 //!   each member's `wire` and `signing` (`KEY_SIGNING`, the fingerprint of its roots).
 //! - `peer_version_vectors` returns each live peer's gossip address and advertised vector; the
-//!   pusher, compaction and `wait_replicas` read it. `reachable_version_vectors` and
-//!   `reachable_reverts_digests` are the same for the peers the puller may pull from: the live
-//!   ones, and the dead ones heard from within the window (`HeardFrom::recent`).
+//!   pusher, compaction and `wait_replicas` read it. Each member's vector is parsed once per
+//!   version of its state (`keys::Vectors`). `reachable_addrs`, `reachable_where(test)` (those
+//!   whose vector passes `test`, read in place) and `reachable_reverts_digests` are for the peers
+//!   the puller may pull from: the live ones, and the dead ones heard from within the window
+//!   (`HeardFrom::recent`).
 //!   `live_members_watcher` is chitchat's live-set watch; the puller wakes on it too.
 //! - `nudge_live_peers` calls `ChitchatHandle::gossip(addr)` for every live peer.
 //! - Limits: `MAX_SEEN_REPORTS`, `FORGED_WARN_INTERVAL`; in `socket.rs` `PEER_QUEUE_CAPACITY`,
@@ -174,6 +180,9 @@ pub struct Gossip {
     /// Peers that sent us gossip lately: log sync pulls from them before they are alive again.
     heard: Arc<HeardFrom>,
     reports_changed: Arc<Notify>,
+    /// Each member and generation (`rep.` key without the prefix) whose report was anomalous
+    /// when set: the only reports `anomalous_generations` reads.
+    anomalous: Arc<Mutex<HashSet<(ChitchatId, String)>>>,
     /// When this node first saw each report value: a report ages on our own monotonic clock
     /// from then, a lower bound of its true age that compares no clocks across hosts.
     reports_seen: Mutex<HashMap<(String, String), (String, Instant)>>,
@@ -281,11 +290,30 @@ impl Gossip {
                 })
                 .await
         };
-        let listeners = [
-            vectors_ahead,
-            subscribe(KEY_REVERTS, version_vectors_changed.clone()).await,
-            subscribe(PREFIX_REPORT, reports_changed.clone()).await,
-        ];
+        let anomalous = Arc::new(Mutex::new(HashSet::new()));
+        let reports = {
+            let (anomalous, notify) = (anomalous.clone(), reports_changed.clone());
+            let flag = Verdict::Anomalous.as_char();
+            handle
+                .with_chitchat(move |chitchat| {
+                    let mut seen = anomalous.lock().expect("anomalous lock poisoned");
+                    for (id, state) in chitchat.node_states() {
+                        let reports = with_prefix(state, PREFIX_REPORT).filter(|(_, value)| value.starts_with(flag));
+                        seen.extend(reports.map(|(key, _)| (id.clone(), key[PREFIX_REPORT.len()..].to_owned())));
+                    }
+                    drop(seen);
+                    let (anomalous, notify) = (anomalous.clone(), notify.clone());
+                    chitchat.subscribe_event(PREFIX_REPORT, move |event| {
+                        if event.value.starts_with(flag) {
+                            let candidate = (event.node.clone(), event.key.to_owned());
+                            anomalous.lock().expect("anomalous lock poisoned").insert(candidate);
+                        }
+                        notify.notify_one();
+                    })
+                })
+                .await
+        };
+        let listeners = [vectors_ahead, subscribe(KEY_REVERTS, version_vectors_changed.clone()).await, reports];
         let reports_seen = Mutex::new(HashMap::new());
         Ok(Gossip {
             handle,
@@ -294,6 +322,7 @@ impl Gossip {
             vectors: Arc::new(Vectors::default()),
             heard,
             reports_changed,
+            anomalous,
             reports_seen,
             _listeners: listeners,
             transport: own_transport,
@@ -541,18 +570,22 @@ impl Gossip {
 
     /// Generations some member (live or dead) reports anomalous.
     pub async fn anomalous_generations(&self) -> Vec<GenId> {
-        let anomalous = Verdict::Anomalous.as_char();
+        let flag = Verdict::Anomalous.as_char();
         let names = self.transport.peer_names();
+        let candidates = self.anomalous.clone();
         let raw: Vec<Raw> = self
             .handle
             .with_chitchat(move |chitchat| {
                 let mut raw = Vec::new();
-                for (id, state) in chitchat.node_states().iter().filter(|(id, _)| claim_holds(&names, id)) {
-                    let reports = with_prefix(state, PREFIX_REPORT);
-                    for (key, value) in reports.filter(|(_, value)| value.starts_with(anomalous)) {
-                        raw.push(Raw::of(id, state, key, value));
+                candidates.lock().expect("anomalous lock poisoned").retain(|(id, generation)| {
+                    let key = format!("{PREFIX_REPORT}{generation}");
+                    let Some(state) = chitchat.node_state(id) else { return false };
+                    let Some(value) = state.get(&key).filter(|value| value.starts_with(flag)) else { return false };
+                    if claim_holds(&names, id) {
+                        raw.push(Raw::of(id, state, &key, value));
                     }
-                }
+                    true
+                });
                 raw
             })
             .await;
@@ -689,12 +722,18 @@ impl Gossip {
     /// upgraded in place keeps its address): [`OLDEST_READABLE`] for a peer that is not known
     /// yet.
     pub async fn wire_version_of(&self, peer: SocketAddr) -> u8 {
-        let versions = self.wire_versions().await;
-        versions.iter().find(|(_, addr, _)| *addr == peer).map_or(OLDEST_READABLE, |(_, _, version)| *version)
+        let names = self.transport.peer_names();
+        self.handle
+            .with_chitchat(move |chitchat| {
+                let at_peer = chitchat.node_states().iter().filter(|(id, _)| id.gossip_advertise_addr == peer);
+                let latest = at_peer.filter(|(id, _)| claim_holds(&names, id)).max_by_key(|(id, _)| id.generation_id);
+                latest.map_or(OLDEST_READABLE, |(_, state)| wire_version_in(state))
+            })
+            .await
     }
 
     /// Each member's name, address and newest wire format (the latest incarnation of each),
-    /// without building the rest of its `MemberStatus`: the pusher asks for every push.
+    /// without building the rest of its `MemberStatus`.
     async fn wire_versions(&self) -> Vec<(String, SocketAddr, u8)> {
         let names = self.transport.peer_names();
         self.handle
@@ -707,11 +746,17 @@ impl Gossip {
             .await
     }
 
-    /// Version vectors of the peers log sync may pull from: live ones, and dead ones that sent
-    /// us gossip lately (a healed partition is pulled across before chitchat revives them).
-    pub async fn reachable_version_vectors(&self) -> Vec<(SocketAddr, VersionVector)> {
+    /// The peers log sync may pull from: live ones, and dead ones that sent us gossip lately
+    /// (a healed partition is pulled across before chitchat revives them).
+    pub async fn reachable_addrs(&self) -> Vec<SocketAddr> {
+        self.reachable_peers(|id, _| Some(id.gossip_advertise_addr)).await
+    }
+
+    /// Those of [`Gossip::reachable_addrs`] whose advertised vector passes `test`, each read in
+    /// place: the puller asks on every wake which peers are ahead of it.
+    pub async fn reachable_where(&self, test: impl Fn(&VersionVector) -> bool + Send + 'static) -> Vec<SocketAddr> {
         let vectors = self.vectors.clone();
-        self.reachable_peers(move |id, state| Some((id.gossip_advertise_addr, vectors.of(id, state)))).await
+        self.reachable_peers(move |id, state| vectors.with(id, state, &test).then_some(id.gossip_advertise_addr)).await
     }
 
     /// The most of `origin`'s generations any other member advertises holding (`vv.<origin>`),
@@ -732,7 +777,7 @@ impl Gossip {
             .await
     }
 
-    /// Tallies of the same peers as [`Gossip::reachable_version_vectors`], each peer's by
+    /// Tallies of the same peers as [`Gossip::reachable_addrs`], each peer's by
     /// origin; malformed values are skipped. Only those whose text differs from this node's
     /// own (`ours`) are parsed and returned: the only ones that can contradict it. The read
     /// runs inside chitchat's lock, so it compares text and allocates for no tally that agrees.
@@ -752,7 +797,7 @@ impl Gossip {
         .await
     }
 
-    /// Reverts summaries of the same peers as [`Gossip::reachable_version_vectors`].
+    /// Reverts summaries of the same peers as [`Gossip::reachable_addrs`].
     pub async fn reachable_reverts_digests(&self) -> Vec<(SocketAddr, String)> {
         self.reachable_peers(|id, state| {
             Some((id.gossip_advertise_addr, state.get(KEY_REVERTS).unwrap_or_default().to_owned()))

@@ -66,19 +66,23 @@ pub struct Vectors(Mutex<HashMap<ChitchatId, (u64, VersionVector)>>);
 impl Vectors {
     /// [`version_vector_of`] `state`, member `id`'s, parsed again only if it changed.
     pub fn of(&self, id: &ChitchatId, state: &NodeState) -> VersionVector {
+        self.with(id, state, VersionVector::clone)
+    }
+
+    /// `read` of member `id`'s vector, without copying it.
+    pub fn with<T>(&self, id: &ChitchatId, state: &NodeState, read: impl FnOnce(&VersionVector) -> T) -> T {
         let version = state.max_version();
         let mut kept = self.0.lock().expect("vectors lock poisoned");
         if let Some((at, vector)) = kept.get(id)
             && *at == version
         {
-            return vector.clone();
+            return read(vector);
         }
-        let vector = version_vector_of(state);
         if kept.len() >= MAX_KEPT_VECTORS {
             kept.clear();
         }
-        kept.insert(id.clone(), (version, vector.clone()));
-        vector
+        let (_, vector) = kept.entry(id.clone()).insert_entry((version, version_vector_of(state))).into_mut();
+        read(vector)
     }
 }
 

@@ -120,13 +120,8 @@ pub async fn run_puller(
         }
         for _ in 0..MAX_PULLS_PER_WAKE {
             let view = engine.view();
-            let mut ahead: Vec<SocketAddr> = gossip
-                .reachable_version_vectors()
-                .await
-                .into_iter()
-                .filter(|(_, theirs)| view.settled.is_behind(theirs))
-                .map(|(addr, _)| addr)
-                .collect();
+            let ours = view.clone();
+            let mut ahead = gossip.reachable_where(move |theirs| ours.settled.is_behind(theirs)).await;
             // A peer whose reverts differ may hold one we lack (or lack one of ours: then it
             // pulls from us, and the pull from it brings nothing and ends this round).
             for (addr, digest) in gossip.reachable_reverts_digests().await {
@@ -168,8 +163,7 @@ async fn probe(
     turn: &mut usize,
     shutdown: &CancellationToken,
 ) {
-    let mut peers: Vec<SocketAddr> =
-        gossip.reachable_version_vectors().await.into_iter().map(|(addr, _)| addr).collect();
+    let mut peers: Vec<SocketAddr> = gossip.reachable_addrs().await;
     // Read from a set: sorted, so that the turn walks them all.
     peers.sort_unstable();
     if peers.is_empty() {
