@@ -153,6 +153,25 @@ impl Grapevine {
         format!("{}; across all nodes: {drops:?}", seen.join("; "))
     }
 
+    /// The sync and gossip counters of every node, summed by series: pulls, probes, pushes
+    /// sent and received by outcome, generations stored by sync, gossip messages sent.
+    fn traffic(&self) -> std::collections::BTreeMap<String, u64> {
+        let watched = ["sync_pulls", "sync_probes", "sync_pushes", "sync_generations_stored", "gossip_messages_sent"];
+        let mut sums = std::collections::BTreeMap::new();
+        for node in &self.cluster.nodes {
+            for line in node.metrics().render().lines().filter(|l| !l.starts_with('#')) {
+                let Some((series, value)) = line.rsplit_once(' ') else { continue };
+                let name = series.trim_start_matches("grapevine_");
+                if watched.iter().any(|w| name.starts_with(w))
+                    && let Ok(value) = value.parse::<u64>()
+                {
+                    *sums.entry(name.to_owned()).or_default() += value;
+                }
+            }
+        }
+        sums
+    }
+
     /// Node `index`'s `/v1/status`, if it answers.
     async fn status(&self, index: usize) -> Option<Status> {
         let url = format!("http://{}/v1/status", self.cluster.nodes[index].api_addr);
@@ -257,12 +276,21 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
         let mut random = SplitMix64::new(1);
         let grapevine = Grapevine::start(count, interval_ms).await?;
         let (mut ours, mut served, mut spreads) = (Vec::new(), Vec::new(), Vec::new());
+        let before = grapevine.traffic();
         for run in 0..runs {
             let spread = grapevine.spread(random.below(count), &format!("bench-{run}"), json!(run)).await?;
             ours.push(spread.stored);
             served.push(spread.served);
             spreads.push(spread);
         }
+        let after = grapevine.traffic();
+        let per_change: Vec<String> = after
+            .iter()
+            .map(|(series, n)| (series, n - before.get(series).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(series, n)| format!("{series} {:.1}", n as f64 / runs as f64))
+            .collect();
+        println!("{count} nodes, sync and gossip traffic per change, all nodes summed: {}", per_change.join(", "));
         let probes = |outcome: &str| {
             let series = format!("grapevine_sync_probes_total{{reason=\"{outcome}\"}} ");
             let counts = grapevine.cluster.nodes.iter().map(|node| node.metrics().render());
