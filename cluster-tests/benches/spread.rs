@@ -291,13 +291,8 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
             .map(|(series, n)| format!("{series} {:.1}", n as f64 / runs as f64))
             .collect();
         println!("{count} nodes, sync and gossip traffic per change, all nodes summed: {}", per_change.join(", "));
-        let probes = |outcome: &str| {
-            let series = format!("grapevine_sync_probes_total{{reason=\"{outcome}\"}} ");
-            let counts = grapevine.cluster.nodes.iter().map(|node| node.metrics().render());
-            counts
-                .filter_map(|text| text.lines().find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok()))
-                .sum::<u64>()
-        };
+        let probes =
+            |outcome: &str| after.get(&format!("sync_probes_total{{reason=\"{outcome}\"}}")).copied().unwrap_or(0);
         println!(
             "{count} nodes, anti-entropy probes (D88): {} found what gossip had missed, {} found nothing, {} failed",
             probes("found"),

@@ -20,8 +20,8 @@ use grapevine_proto::policy::{Control, Policy};
 use grapevine_proto::signing::SecretKey;
 use grapevine_proto::wire::{self, PullFrame, PullRequest, Push, PushAck, Versioned};
 use grapevine_proto::{
-    Change, GenId, Generation, GenerationBody, JsonText, Op, OriginProof, Revert, Snapshot, Stamp, Terms, VersionVector,
-    Write,
+    Change, GenId, Generation, GenerationBody, JsonText, Op, OriginProof, Revert, Snapshot, Stamp, Terms,
+    VersionVector, Write,
 };
 use serde_json::json;
 
@@ -156,7 +156,8 @@ fn generations() -> Vec<Generation> {
         value: JsonText::try_from(value.to_owned()).expect("JSON"),
         schema: schema.map(|schema| JsonText::try_from(schema.to_owned()).expect("JSON")),
     };
-    let members: grapevine_proto::MemberList = ["n1", "n2", "n3", "n4"].iter().map(|name| name.parse().expect("a valid name")).collect();
+    let members: grapevine_proto::MemberList =
+        ["n1", "n2", "n3", "n4"].iter().map(|name| name.parse().expect("a valid name")).collect();
     let body = |origin: &str, seq: u64, change: Change| GenerationBody {
         id: GenId { origin: origin.parse().expect("a valid name"), seq },
         hlc: Stamp { wall_ms: 1_700_000_000_000 + seq, logical: seq as u32 },
@@ -215,7 +216,8 @@ fn generations() -> Vec<Generation> {
     let alice: grapevine_proto::Author = "alice".parse().expect("a valid author");
     let delegation = root.delegate("grapevine", alice.clone(), operator.public(), vec!["payments.".into()], u64::MAX);
     let issued_ms = signed.hlc.wall_ms;
-    signed.signed = Some(Box::new(operator.sign_change("grapevine", delegation.clone(), issued_ms, &signed.change, None)));
+    signed.signed =
+        Some(Box::new(operator.sign_change("grapevine", delegation.clone(), issued_ms, &signed.change, None)));
     signed.author = Some(alice.clone());
     // A scheduled change (format 7): its start is signed with it.
     let mut scheduled = body("n3", 3, Change::with_ops(vec![config("payments.limit", "8", None)]));

@@ -437,7 +437,6 @@ mod tests {
         assert!(plan.is_open(1, &policy, none, &reports), "a later wave's member went through wave 1 too");
     }
 
-    /// `reports` as they read `ms` later, with nothing new.
     /// The waves `1, 30%, 70%, 100%`, baked for 1 s, under a health quorum of `quorum`.
     fn four_waves(quorum: u16) -> Policy {
         Policy {
@@ -460,6 +459,7 @@ mod tests {
             .collect()
     }
 
+    /// `reports` as they read `ms` later, with nothing new.
     fn aged(reports: &BTreeMap<NodeName, Report>, ms: u64) -> BTreeMap<NodeName, Report> {
         reports.iter().map(|(n, r)| (n.clone(), Report { elapsed_ms: r.elapsed_ms + ms, ..*r })).collect()
     }
