@@ -142,14 +142,60 @@ pub fn binary() -> &'static Path {
     })
 }
 
-/// A free port on loopback for UDP (gossip) or TCP (API). The socket is closed before the
-/// node binds it; on a busy machine another process could take it in between, rarely.
+/// A free port on loopback for UDP (gossip) or TCP (API), reserved for this process's lifetime.
+///
+/// Port 0 would be racy twice over: the kernel hands the same ephemeral ports to every
+/// outgoing connection (a CLI command, an HTTP client) and to the next `bind(0)`, so between
+/// this call and the node's bind another test could take the port. Instead the port comes from
+/// below the kernel's ephemeral range (`ip_local_port_range`), where nothing is handed out
+/// automatically, and is reserved among concurrent test processes by an advisory lock on a file
+/// named after it (`$TMPDIR/grapevine-test-ports/<port>`), held until this process exits (the
+/// kernel drops it even on SIGKILL). Within the process a counter never gives a port twice. The
+/// port is also bound once, UDP or TCP as asked, to skip ports another program listens on. When
+/// the range below the ephemeral one is too small, it falls back to the kernel's choice.
 pub fn free_port(udp: bool) -> u16 {
-    if udp {
-        UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free UDP port").port()
-    } else {
-        TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free TCP port").port()
+    let bound = |port: u16| {
+        if udp {
+            UdpSocket::bind(("127.0.0.1", port)).and_then(|s| s.local_addr())
+        } else {
+            TcpListener::bind(("127.0.0.1", port)).and_then(|s| s.local_addr())
+        }
+        .map(|address| address.port())
+    };
+    reserved_port(&bound).unwrap_or_else(|| bound(0).expect("a free port on loopback"))
+}
+
+/// The lowest port [`free_port`] reserves; it reserves up to the kernel's ephemeral range.
+const RESERVED_PORTS_FROM: u16 = 20_000;
+
+fn reserved_port(bound: &dyn Fn(u16) -> std::io::Result<u16>) -> Option<u16> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Locks held for the life of the process: dropping one would free its port for others.
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())?;
+    let span = u32::from(ephemeral_from.checked_sub(RESERVED_PORTS_FROM).filter(|span| *span >= 1024)?);
+    let dir = std::env::temp_dir().join("grapevine-test-ports");
+    std::fs::create_dir_all(&dir).ok()?;
+    // Processes start at spread-out places, so they seldom contend for the same locks.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = RESERVED_PORTS_FROM + offset as u16;
+        let Ok(file) =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        if file.try_lock().is_ok() && bound(port).is_ok() {
+            HELD.lock().expect("the port locks are never poisoned").push(file);
+            return Some(port);
+        }
     }
+    None
 }
 
 /// Runs `grapevine` with `args` and waits for it.
@@ -554,13 +600,27 @@ impl Cluster {
     /// thirty debug nodes at once on two shared cores (a run of `.ci/run` once took over 20 s).
     pub const FORMATION: Duration = Duration::from_secs(45);
 
-    /// Waits until every running node sees every running node alive.
+    /// Waits until every running node sees every running node alive. On timeout the error says,
+    /// per node, whom it saw alive (or why it did not answer) and ends with its log's tail.
     pub fn wait_formed(&self, timeout: Duration) -> Result<()> {
         let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
-        wait_until(timeout, "the cluster to form", || {
+        let formed = wait_until(timeout, "the cluster to form", || {
             running
                 .iter()
                 .all(|node| alive_members(node).is_ok_and(|alive| running.iter().all(|n| alive.contains(&n.name))))
+        });
+        formed.map_err(|timeout| {
+            let seen = running.iter().map(|node| {
+                let alive = match alive_members(node) {
+                    Ok(alive) => format!("sees alive {alive:?}"),
+                    Err(error) => format!("does not answer: {error:#}"),
+                };
+                let log = node.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("{} ({}) {alive}; its log ends:\n{}", node.name, node.gossip, tail.join("\n"))
+            });
+            timeout.context(seen.collect::<Vec<_>>().join("\n"))
         })
     }
 }
