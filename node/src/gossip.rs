@@ -193,6 +193,8 @@ pub struct Gossip {
     cluster_id: String,
     name: NodeName,
     incarnation: u64,
+    /// The gossip interval: how long one round takes.
+    interval: Duration,
     /// What this node signed and published, to sign again after a certificate reload.
     signing: Mutex<Signing>,
     verifier: Mutex<Verifier>,
@@ -329,6 +331,7 @@ impl Gossip {
             cluster_id: config.cluster_id.clone(),
             name: config.name.clone(),
             incarnation: config.incarnation,
+            interval: config.interval,
             signing,
             verifier: Mutex::new(Verifier::default()),
             forged_warnings: WarnLimiter::new(FORGED_WARN_INTERVAL),
@@ -865,6 +868,21 @@ impl Gossip {
     pub async fn peer_version_vectors(&self) -> Vec<(SocketAddr, VersionVector)> {
         let vectors = self.vectors.clone();
         self.live_peers(move |id, state| Some((id.gossip_advertise_addr, vectors.of(id, state)))).await
+    }
+
+    /// Like [`Gossip::peer_version_vectors`], with each peer's name: the push tree is drawn
+    /// over names (`grapevine_proto::push`), and pushes go to addresses.
+    pub async fn named_peer_version_vectors(&self) -> Vec<(NodeName, SocketAddr, VersionVector)> {
+        let vectors = self.vectors.clone();
+        self.live_peers(move |id, state| {
+            Some((id.node_id.parse().ok()?, id.gossip_advertise_addr, vectors.of(id, state)))
+        })
+        .await
+    }
+
+    /// The gossip interval this node runs at.
+    pub fn interval(&self) -> Duration {
+        self.interval
     }
 
     /// Like [`Gossip::peer_version_vectors`], only for peers whose log summary has arrived

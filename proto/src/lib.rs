@@ -33,6 +33,7 @@ pub mod targeting;
 pub mod approvals;
 pub mod audit;
 pub mod health;
+pub mod push;
 pub mod rollout;
 pub mod schedule;
 pub mod trust;

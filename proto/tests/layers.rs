@@ -31,6 +31,7 @@ const LAYERS: &[&str] = &[
     "state",
     "edit",
     // Decisions.
+    "push",
     "schedule",
     "health",
     "rollout",

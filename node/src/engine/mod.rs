@@ -27,8 +27,9 @@
 //!   `waves_by` label values, the most of this node's own generations a peer advertises, the
 //!   oldest wire format, and the clock's standing against its peers, which fences a node running
 //!   ahead: 503), proven by `Origins::prove`; `Replica::check_own`; stored; then
-//!   `accept_own`, published, handed to the pusher as a `PushJob` to sweep (pushed on until every
-//!   live peer holds it), and every live peer is nudged (`Gossip::nudge_live_peers`).
+//!   `accept_own`, published, and handed to the pusher as a `PushJob` to sweep (pushed down its
+//!   push tree, then on to any live peer not yet holding it). No gossip nudge: peers that
+//!   learned the new vector from one would pull what the tree is bringing them.
 //! - `ingest`: `Replica::triage` (its origin checked by `Origins::check`, counted and logged once
 //!   per generation and content), conflicts surfaced (`conflict.rs`), refusals counted; the new
 //!   ones handed to the pusher with the peer they came from (left out: push on first receipt)
@@ -337,9 +338,9 @@ pub struct PushJob {
     pub from: Option<SocketAddr>,
     /// The summary of this node's reverts with the job's: peers with another one may lack them.
     pub reverts_digest: String,
-    /// This node wrote the job's generations: after the first `sync::FANOUT` peers it keeps
-    /// pushing to every live peer not known to hold them (`sync::push`'s sweep), so none waits
-    /// for anti-entropy.
+    /// This node wrote the job's generations (or an operator's rollback): after its push tree
+    /// it keeps pushing to every live peer not known to hold them (`sync::push`'s sweep), so
+    /// none waits for anti-entropy.
     pub sweep: bool,
 }
 
@@ -645,10 +646,10 @@ impl Engine {
         info!(generation = %generation.id(), "accepted change");
         self.replica.accept_own(generation.clone(), clock);
         self.publish().await;
+        // Down its push tree to every live member, then swept to any the tree missed; no
+        // gossip nudge: peers that learned our vector from one would pull what the tree is
+        // already bringing them.
         self.push(Vec::new(), vec![generation.clone()], None, true);
-        // Push reaches a few peers at once; the nudge makes every live peer exchange gossip
-        // with us now, learn our vector, and pull what push has not brought it yet.
-        self.parts.gossip.nudge_live_peers().await;
         Ok(generation)
     }
 

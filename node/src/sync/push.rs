@@ -1,25 +1,29 @@
-//! Eager push: a node that stores new generations (or reverts) sends them at once to a few live
-//! peers that lack them, and each receiver does the same on first receipt (push on first receipt,
-//! fanout [`FANOUT`]), so a change crosses the cluster in about log_FANOUT(N) network hops
-//! instead of waiting for gossip rounds. Whatever a push misses, pull repairs.
+//! Eager push: a node that stores new generations (or reverts) sends them at once to the peers
+//! that lack them, and each receiver does the same on first receipt, so a change crosses the
+//! cluster in a few network hops instead of waiting for gossip rounds. Whatever a push misses,
+//! pull repairs.
+//!
+//! Generations travel down their push tree (`grapevine_proto::push`): each node pushes to its
+//! [`FANOUT`] children in the tree of the job's first generation, drawn over the live members it
+//! sees, so a change reaches N members in about log_FANOUT(N) hops with N - 1 pushes. When a
+//! push to a child fails, the node pushes to that child's children itself. Reverts go to
+//! [`FANOUT`] peers whose reverts summary differs from ours, ranked by a hash of this node, the
+//! revert's target and the peer (many nodes write a quorum's revert at once, so no one tree
+//! would do).
 //!
 //! Who lacks a generation is judged from each peer's advertised version vector joined with
-//! what it acknowledged to our earlier pushes; who lacks a revert, from each peer's reverts
-//! summary in gossip (any peer whose summary differs from ours). Targets are ranked by a hash of this node,
-//! the generation and the peer: different nodes and generations pick different peers, with no
-//! random number drawn.
+//! what it acknowledged to our earlier pushes: a child known to hold the job is skipped (it
+//! pushed to its own children when it first held it).
 //!
-//! A relay forwards before its own durable commit (the engine queues the job first); the writer
-//! of a change keeps pushing, round after round, until every live peer is known to hold it
-//! (`sweep`). `run_pusher` takes `PushJob { reverts, generations, from, sweep }`;
-//! `choose_targets` picks up to `FANOUT` live peers other than `from` that lack one of the job's
-//! generations (by
-//! `PeerHoldings::merged`) or, for a job with reverts, whose `reverts` summary differs, ranked by a
-//! hash of (this node, the job's first generation id or revert target, the peer). Reverts always go
-//! inline; generations go inline when their total encoding is at most `PUSH_INLINE_BYTES`,
-//! otherwise the push carries only `sender_has`. `encode_for` writes each push in the peer's wire
-//! format and drops what that format cannot hold. Limits: `FANOUT`, `PUSH_INLINE_BYTES`,
-//! `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`, `SWEEP_LIMIT`.
+//! A relay forwards before its own durable commit (the engine queues the job first). The writer
+//! of a change pushes to its children, then, two gossip intervals later, sweeps: round after
+//! round, to every live peer still not known to hold it, for what the tree missed (a view that
+//! differed, a relay that died). `run_pusher` takes `PushJob { reverts, generations, from,
+//! sweep }`. Reverts always go inline; generations go inline when their total encoding is at
+//! most `PUSH_INLINE_BYTES`, otherwise the push carries only `sender_has`. `encode_for` writes
+//! each push in the peer's wire format and drops what that format cannot hold. Limits:
+//! `FANOUT`, `PUSH_INLINE_BYTES`, `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`,
+//! `SWEEP_AFTER_ROUNDS`, `SWEEP_LIMIT`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -28,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use grapevine_proto::wire::{Push, PushAck, decode, encode, encode_at};
-use grapevine_proto::{Generation, NodeName, VersionVector};
+use grapevine_proto::{GenId, Generation, NodeName, VersionVector};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -39,9 +43,8 @@ use crate::gossip::Gossip;
 use crate::metrics::{Metrics, reason};
 use crate::transport::{STREAM_PUSH, Transport};
 
-/// Peers each new generation is pushed to by each node that stores it. With push on first
-/// receipt, a fanout of 3 leaves about e^-3 (5%) of nodes to anti-entropy in the worst case;
-/// the accepting node also nudges every live peer through gossip, which closes that gap.
+/// Children of each node in a generation's push tree, and peers each new revert is pushed to by
+/// each node that stores it.
 pub const FANOUT: usize = 3;
 
 /// Largest total of generation bytes sent inline in one push. Larger generations are announced
@@ -55,7 +58,13 @@ const MAX_CONCURRENT_PUSHES: usize = 16;
 /// Push jobs waiting for the pusher; when full, the newest job is dropped (and counted).
 pub const PUSH_QUEUE_CAPACITY: usize = 256;
 
-/// How long the writer of a change keeps pushing it to peers not known to hold it.
+/// Gossip intervals the writer of a change waits, after pushing to its children, before it
+/// sweeps: by then the tree has long reached whom it reaches, and gossip has told the writer
+/// of most holders, so the sweep pushes mostly to members the tree missed.
+const SWEEP_AFTER_ROUNDS: u32 = 2;
+
+/// How long the writer of a change keeps pushing it to peers not known to hold it, from its
+/// first push.
 const SWEEP_LIMIT: Duration = Duration::from_secs(5);
 
 /// What a push needs: this node's name, the sockets, and what each peer holds.
@@ -69,8 +78,9 @@ struct Pusher {
     permits: Arc<Semaphore>,
 }
 
-/// Pushes every job to up to [`FANOUT`] peers lacking its generations, until shutdown; the
-/// jobs of this node's own changes go on to every live peer that lacks them ([`sweep`]).
+/// Pushes every job: generations to this node's children in their push tree, reverts to up to
+/// [`FANOUT`] peers whose reverts differ, until shutdown; the jobs of this node's own changes
+/// are then swept to every live peer still lacking them ([`sweep`]).
 pub async fn run_pusher(
     own: NodeName,
     transport: Transport,
@@ -87,51 +97,39 @@ pub async fn run_pusher(
             _ = shutdown.cancelled() => return,
             job = jobs.recv() => match job { Some(job) => job, None => return },
         };
-        let targets = pusher.targets(&job, &BTreeSet::new()).await;
-        if job.sweep {
-            tokio::spawn(sweep(pusher.clone(), job, targets, shutdown.clone()));
-            continue;
-        }
+        let first = pusher.first_targets(&job).await;
         let push = pusher.encoded(&job);
-        for peer in targets {
-            let Ok(permit) = pusher.permits.clone().try_acquire_owned() else {
-                pusher.transport.metrics().sync_pushes.get_or_create(&reason("skipped_busy")).inc();
-                continue;
-            };
-            let push = push.clone();
-            let pusher = pusher.clone();
-            tokio::spawn(async move {
-                pusher.send(peer, &push).await;
-                drop(permit);
-            });
+        if job.sweep {
+            tokio::spawn(sweep(pusher.clone(), job, push, first, shutdown.clone()));
+        } else {
+            tokio::spawn(pusher.clone().push_down(push, first, false));
         }
     }
 }
 
-/// Pushes this node's own job to `first` (its [`FANOUT`] targets), then, round after round, to
-/// every live peer still not known to hold it (by its advertised vector and its acknowledgements),
-/// each peer at most once, for at most [`SWEEP_LIMIT`]. Push on first receipt reaches all but
-/// about e^-FANOUT of the nodes; this reaches the rest in a few round trips instead of a gossip
-/// exchange or an anti-entropy interval later. It waits for permits rather than skipping.
-async fn sweep(pusher: Pusher, job: PushJob, first: Vec<SocketAddr>, shutdown: CancellationToken) {
+/// Pushes this node's own job to its children (`first`), then, after [`SWEEP_AFTER_ROUNDS`]
+/// gossip intervals (at once for a rollback's revert: reverts spread by fanout, not a tree,
+/// and miss about e^-FANOUT of the members), round after round to every live peer still not known to hold it (by its
+/// advertised vector and its acknowledgements), each at most once, up to
+/// [`MAX_CONCURRENT_PUSHES`] a round, until [`SWEEP_LIMIT`] from the start. The tree reaches
+/// every member whose view agrees with ours; this reaches the rest without waiting for
+/// anti-entropy. It waits for permits rather than skipping.
+async fn sweep(pusher: Pusher, job: PushJob, push: Encoded, first: Targets, shutdown: CancellationToken) {
     let rounds = async {
-        let push = pusher.encoded(&job);
-        let mut tried: BTreeSet<SocketAddr> = BTreeSet::new();
-        let mut targets = first;
-        while !targets.is_empty() {
-            tried.extend(targets.iter().copied());
-            let mut round = tokio::task::JoinSet::new();
-            for peer in targets {
-                let Ok(permit) = pusher.permits.clone().acquire_owned().await else { return };
-                let (pusher, push) = (pusher.clone(), push.clone());
-                round.spawn(async move {
-                    pusher.send(peer, &push).await;
-                    drop(permit);
-                });
-            }
-            round.join_all().await;
-            targets = pusher.targets(&job, &tried).await;
+        let mut tried: BTreeSet<SocketAddr> = first.peers.iter().copied().collect();
+        let tree = first.tree.is_some();
+        pusher.clone().push_down(push.clone(), first, true).await;
+        if tree {
+            tokio::time::sleep(pusher.gossip.interval() * SWEEP_AFTER_ROUNDS).await;
+        }
+        loop {
+            let mut targets = pusher.targets(&job, &tried).await;
             targets.truncate(MAX_CONCURRENT_PUSHES);
+            if targets.is_empty() {
+                return;
+            }
+            tried.extend(targets.iter().copied());
+            pusher.clone().push_down(push.clone(), Targets { peers: targets, tree: None }, true).await;
         }
     };
     tokio::select! {
@@ -140,9 +138,63 @@ async fn sweep(pusher: Pusher, job: PushJob, first: Vec<SocketAddr>, shutdown: C
     }
 }
 
+/// Whom a job goes to first, and the tree they were drawn from (a job with generations).
+struct Targets {
+    peers: Vec<SocketAddr>,
+    tree: Option<Tree>,
+}
+
+/// One generation's push tree as this node sees it, to push to a failed child's children.
+struct Tree {
+    generation: GenId,
+    members: Vec<NodeName>,
+    /// The live peers, by address and by name.
+    names: BTreeMap<SocketAddr, NodeName>,
+    addrs: BTreeMap<NodeName, SocketAddr>,
+    /// The live peers not known to hold the job, but the one it came from.
+    lacking: BTreeSet<SocketAddr>,
+}
+
+impl Tree {
+    /// `member`'s children that lack the job.
+    fn children_of(&self, member: &NodeName) -> Vec<SocketAddr> {
+        let children = grapevine_proto::push::children(&self.generation, member, &self.members, FANOUT);
+        children
+            .iter()
+            .filter_map(|child| self.addrs.get(child))
+            .filter(|addr| self.lacking.contains(addr))
+            .copied()
+            .collect()
+    }
+}
+
 impl Pusher {
+    /// The first targets of a job: this node's children in the push tree of its first
+    /// generation, or, for reverts, up to [`FANOUT`] peers by rank.
+    async fn first_targets(&self, job: &PushJob) -> Targets {
+        let Some(first) = job.generations.first() else {
+            return Targets { peers: self.targets(job, &BTreeSet::new()).await, tree: None };
+        };
+        let peers = self.gossip.named_peer_version_vectors().await;
+        let mut tree = Tree {
+            generation: first.id().clone(),
+            members: peers.iter().map(|(name, _, _)| name.clone()).collect(),
+            names: peers.iter().map(|(name, addr, _)| (*addr, name.clone())).collect(),
+            addrs: peers.iter().map(|(name, addr, _)| (name.clone(), *addr)).collect(),
+            lacking: BTreeSet::new(),
+        };
+        let vectors = self.holdings.merged(peers.into_iter().map(|(_, addr, have)| (addr, have)).collect());
+        let lacks = |have: &VersionVector| job.generations.iter().any(|g| !have.covers(g.id()));
+        tree.lacking = vectors
+            .into_iter()
+            .filter(|(addr, have)| Some(*addr) != job.from && lacks(have))
+            .map(|(addr, _)| addr)
+            .collect();
+        Targets { peers: tree.children_of(&self.own), tree: Some(tree) }
+    }
+
     /// The live peers lacking the job, other than its sender and `skip`: the first [`FANOUT`]
-    /// by rank when `skip` is empty (a job's first round), every one otherwise (a sweep's next).
+    /// by rank when `skip` is empty (a revert's first push), every one otherwise (a sweep).
     async fn targets(&self, job: &PushJob, skip: &BTreeSet<SocketAddr>) -> Vec<SocketAddr> {
         let peers = self.holdings.merged(self.gossip.peer_version_vectors().await);
         let other_reverts: Vec<SocketAddr> = if job.reverts.is_empty() {
@@ -156,6 +208,41 @@ impl Pusher {
         choose_targets(&self.own, job, peers, &other_reverts, limit)
     }
 
+    /// Pushes to each target, and to the children of each target of the tree whose push failed
+    /// (and so on down). With `wait`, it waits for a permit; otherwise a push over
+    /// [`MAX_CONCURRENT_PUSHES`] is skipped and counted.
+    async fn push_down(self, push: Encoded, targets: Targets, wait: bool) {
+        let Targets { peers, tree } = targets;
+        let mut pushes = tokio::task::JoinSet::new();
+        let mut pending = peers;
+        loop {
+            for peer in pending.drain(..) {
+                let permit = if wait {
+                    let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
+                    permit
+                } else {
+                    let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                        self.transport.metrics().sync_pushes.get_or_create(&reason("skipped_busy")).inc();
+                        continue;
+                    };
+                    permit
+                };
+                let (pusher, push) = (self.clone(), push.clone());
+                pushes.spawn(async move {
+                    let delivered = pusher.send(peer, &push).await;
+                    drop(permit);
+                    (peer, delivered)
+                });
+            }
+            let Some(Ok((peer, delivered))) = pushes.join_next().await else { return };
+            if let (false, Some(tree)) = (delivered, &tree)
+                && let Some(name) = tree.names.get(&peer)
+            {
+                pending = tree.children_of(name);
+            }
+        }
+    }
+
     /// The job as a push in each wire format a peer may read, encoded once per format.
     fn encoded(&self, job: &PushJob) -> Encoded {
         let inline_bytes: usize = job.generations.iter().map(|g| encode(g).len()).sum();
@@ -165,8 +252,9 @@ impl Pusher {
         Encoded { push: Arc::new(push), formats: Arc::new(Mutex::new(BTreeMap::new())) }
     }
 
-    /// Pushes to `peer` in its wire format and records what it acknowledged holding.
-    async fn send(&self, peer: SocketAddr, push: &Encoded) {
+    /// Pushes to `peer` in its wire format and records what it acknowledged holding; whether
+    /// the peer answered.
+    async fn send(&self, peer: SocketAddr, push: &Encoded) -> bool {
         let version = self.gossip.wire_version_of(peer).await;
         let bytes = push.at(version, self.transport.metrics());
         let outcome = match push_to(&self.transport, peer, &bytes).await {
@@ -180,6 +268,7 @@ impl Pusher {
             }
         };
         self.transport.metrics().sync_pushes.get_or_create(&reason(outcome)).inc();
+        outcome == "ok"
     }
 }
 

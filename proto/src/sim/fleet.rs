@@ -58,9 +58,11 @@ const DIGEST_ENTRY_BYTES: u64 = 40;
 const RECHECK_MS: u64 = 1000;
 /// How long a pull waits for its answer before another may start.
 const PULL_TIMEOUT_MS: u64 = 2000;
-/// How long the writer of a change sweeps, and how many pushes it has in flight at once
-/// (the pusher's `SWEEP_LIMIT` and `MAX_CONCURRENT_PUSHES`).
+/// How long the writer of a change sweeps, how many gossip intervals after its first pushes it
+/// starts, and how many pushes it has in flight at once (the pusher's `SWEEP_LIMIT`,
+/// `SWEEP_AFTER_ROUNDS` and `MAX_CONCURRENT_PUSHES`).
 const SWEEP_LIMIT_MS: u64 = 5000;
+const SWEEP_AFTER_ROUNDS: u64 = 2;
 const MAX_CONCURRENT_PUSHES: usize = 16;
 /// Most generations one pull answer carries.
 const PULL_BATCH: usize = 256;
@@ -84,7 +86,8 @@ pub struct Options {
     pub latency_ms: u64,
     pub jitter_ms: u64,
     pub disk_ms: u64,
-    /// Peers a node pushes a new generation to (the pusher's `FANOUT`).
+    /// Children of each node in a generation's push tree, and peers a node pushes a new revert
+    /// to (the pusher's `FANOUT`).
     pub push_fanout: usize,
     /// Peers a node gossips with each round.
     pub gossip_fanout: usize,
@@ -545,6 +548,13 @@ struct Record {
     bytes: u64,
 }
 
+/// A generation's push tree over every node: node indices in tree order, and each node's
+/// position in it.
+struct Tree {
+    order: Vec<usize>,
+    position: Vec<usize>,
+}
+
 struct World {
     options: Options,
     random: SplitMix64,
@@ -570,6 +580,8 @@ struct World {
     revert_writers: BTreeMap<GenId, BTreeSet<usize>>,
     /// The wire size of each generation submitted.
     encoded_bytes: BTreeMap<(GenId, ContentHash), u64>,
+    /// Each generation's push tree over every node (`crate::push`).
+    trees: BTreeMap<GenId, Arc<Tree>>,
     loss: f64,
     trace: Vec<String>,
     faults: Vec<String>,
@@ -646,6 +658,7 @@ impl World {
             reporters: BTreeMap::new(),
             revert_writers: BTreeMap::new(),
             encoded_bytes: BTreeMap::new(),
+            trees: BTreeMap::new(),
             loss: 0.0,
             trace: Vec::new(),
             faults: Vec::new(),
@@ -1027,11 +1040,18 @@ impl World {
                     self.bad_at = Some(self.now);
                 }
                 self.trace(|| format!("n{node} accepts {id}"));
-                // The writer pushes to a fanout of peers, then sweeps the rest; and it nudges
-                // every live peer.
+                // The writer pushes to its children in the generation's push tree, then,
+                // two gossip intervals later, sweeps whom the tree missed.
                 let until = self.now + SWEEP_LIMIT_MS;
-                self.sweep(node, generation, BTreeSet::new(), until);
-                self.nudge(node);
+                let children = self.push_children(node, std::slice::from_ref(&generation), None);
+                let bytes = self.bytes_of(&generation);
+                for peer in &children {
+                    let msg = Msg::Generations { generations: vec![generation.clone()], hops: 1, pulled: false };
+                    self.send(node, *peer, msg, bytes);
+                }
+                let tried = children.into_iter().collect();
+                let after = SWEEP_AFTER_ROUNDS * self.options.gossip_interval_ms;
+                self.at(after, Event::Sweep { node, generation: Box::new(generation), tried, until });
                 self.schedule_decide(node);
             }
             Work::Ingest { new, hops } => {
@@ -1091,19 +1111,18 @@ impl World {
         }
     }
 
-    /// One round of the writer's push of its own `generation`: the first to `push_fanout`
-    /// peers, each next one (a round trip later: a push's answer waits for the receiver's
-    /// commit) to up to `MAX_CONCURRENT_PUSHES` live peers not tried yet that its view does not
-    /// show holding it, until none is left or the sweep's time is up.
+    /// One round of the writer's sweep of its own `generation`: to up to
+    /// `MAX_CONCURRENT_PUSHES` live peers not tried yet that its view does not show holding it,
+    /// the next round a round trip later (a push's answer waits for the receiver's commit),
+    /// until none is left or the sweep's time is up.
     fn sweep(&mut self, node: usize, generation: Generation, mut tried: BTreeSet<usize>, until: u64) {
         if self.now > until {
             return;
         }
         let lacking = self.lacking(node, std::slice::from_ref(&generation), None);
         let mut targets: Vec<usize> = lacking.into_iter().filter(|peer| !tried.contains(peer)).collect();
-        let count = if tried.is_empty() { self.options.push_fanout } else { MAX_CONCURRENT_PUSHES };
         let mut chosen = Vec::new();
-        while chosen.len() < count && !targets.is_empty() {
+        while chosen.len() < MAX_CONCURRENT_PUSHES && !targets.is_empty() {
             let index = self.random.below(targets.len());
             chosen.push(targets.swap_remove(index));
         }
@@ -1118,6 +1137,39 @@ impl World {
         tried.extend(chosen);
         let round = 2 * (self.options.latency_ms + self.options.jitter_ms) + self.options.disk_ms;
         self.at(round, Event::Sweep { node, generation: Box::new(generation), tried, until });
+    }
+
+    /// `node`'s children in the push tree of the first of `generations`, drawn over the members
+    /// its view holds live, that it does not know to hold them all (and not `from`).
+    fn push_children(&mut self, node: usize, generations: &[Generation], from: Option<usize>) -> Vec<usize> {
+        let id = generations[0].id();
+        let nodes = self.options.nodes;
+        let tree = self.trees.entry(id.clone()).or_insert_with(|| {
+            let origin = (0..nodes).find(|x| node_name(*x) == id.origin);
+            let mut rest: Vec<([u8; 8], usize)> =
+                (0..nodes).filter(|x| Some(*x) != origin).map(|x| (crate::push::rank(id, &node_name(x)), x)).collect();
+            rest.sort();
+            let order: Vec<usize> = origin.into_iter().chain(rest.into_iter().map(|(_, x)| x)).collect();
+            let mut position = vec![0; nodes];
+            for (at, x) in order.iter().enumerate() {
+                position[*x] = at;
+            }
+            Arc::new(Tree { order, position })
+        });
+        let tree = tree.clone();
+        let (order, position) = (&tree.order, &tree.position);
+        let fanout = self.options.push_fanout;
+        let children: Vec<usize> = if self.everyone_live() {
+            crate::push::children_at(order, position[node], fanout).to_vec()
+        } else {
+            let origin = order[0];
+            let view: Vec<usize> =
+                order.iter().copied().filter(|x| *x == node || *x == origin || self.live(node, *x)).collect();
+            let at = view.iter().position(|x| *x == node).expect("a node is in its own view");
+            crate::push::children_at(&view, at, fanout).to_vec()
+        };
+        let lacking: BTreeSet<usize> = self.lacking(node, generations, from).into_iter().collect();
+        children.into_iter().filter(|child| lacking.contains(child)).collect()
     }
 
     /// The bytes `generation` takes on the wire, encoded once per generation (a fleet's
@@ -1299,13 +1351,8 @@ impl World {
             return;
         }
         if hops > 0 {
-            // Push on first receipt, to a fanout of live peers not known to hold them.
-            let mut lacking = self.lacking(node, &triage.new, Some(from));
-            let mut peers = Vec::new();
-            while peers.len() < self.options.push_fanout && !lacking.is_empty() {
-                let index = self.random.below(lacking.len());
-                peers.push(lacking.swap_remove(index));
-            }
+            // Push on first receipt, to its children in the first generation's push tree.
+            let peers = self.push_children(node, &triage.new, Some(from));
             for peer in peers {
                 let bytes = triage.new.iter().map(|g| self.bytes_of(g)).sum();
                 let msg = Msg::Generations { generations: triage.new.clone(), hops: hops + 1, pulled: false };
