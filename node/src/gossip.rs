@@ -870,12 +870,19 @@ impl Gossip {
         self.live_peers(move |id, state| Some((id.gossip_advertise_addr, vectors.of(id, state)))).await
     }
 
-    /// Like [`Gossip::peer_version_vectors`], with each peer's name: the push tree is drawn
-    /// over names (`grapevine_proto::push`), and pushes go to addresses.
-    pub async fn named_peer_version_vectors(&self) -> Vec<(NodeName, SocketAddr, VersionVector)> {
+    /// Live peers (this node excluded) by name and address: the push tree is drawn over names
+    /// (`grapevine_proto::push`), and pushes go to addresses.
+    pub async fn named_live_peers(&self) -> Vec<(NodeName, SocketAddr)> {
+        self.live_peers(|id, _| Some((id.node_id.parse().ok()?, id.gossip_advertise_addr))).await
+    }
+
+    /// Like [`Gossip::peer_version_vectors`], for the live peers in `only`: a relay reads the
+    /// vectors of its few children in a push tree, not of every peer.
+    pub async fn peer_version_vectors_of(&self, only: BTreeSet<SocketAddr>) -> Vec<(SocketAddr, VersionVector)> {
         let vectors = self.vectors.clone();
         self.live_peers(move |id, state| {
-            Some((id.node_id.parse().ok()?, id.gossip_advertise_addr, vectors.of(id, state)))
+            let addr = id.gossip_advertise_addr;
+            only.contains(&addr).then(|| (addr, vectors.of(id, state)))
         })
         .await
     }

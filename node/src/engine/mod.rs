@@ -695,8 +695,14 @@ impl Engine {
         }
         // Forwarded before our own commit: the writer stored it durably before anyone saw it,
         // and waiting for each relay's fsync would add one per hop. What we acknowledge (the
-        // push's answer, our advertised vector) waits for the commit below.
-        self.push(Vec::new(), new.clone(), from, false);
+        // push's answer, our advertised vector) waits for the commit below. Generations too
+        // large to push inline are only announced, and a receiver pulls them from us: that
+        // push waits until we hold them and our vector says so.
+        let inline = crate::sync::fits_inline(&new);
+        if inline {
+            self.push(Vec::new(), new.clone(), from, false);
+        }
+        let announced = (!inline).then(|| new.clone());
         if let Err(error) = self.store_durably(new.clone()).await {
             let generations: Vec<String> = new.iter().map(|g| g.id().to_string()).collect();
             error!(%error, ?generations, "could not store pulled generations; they will be pulled again");
@@ -711,6 +717,9 @@ impl Engine {
         }
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
         self.publish().await;
+        if let Some(announced) = announced {
+            self.push(Vec::new(), announced, from, false);
+        }
         self.revocation_pass().await;
         if approvals {
             self.enact_pass(stored_ms).await;

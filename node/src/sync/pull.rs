@@ -25,11 +25,12 @@
 //! `MAX_PULL_BYTES`, `MAX_REVERTS_PER_PULL`, `INGEST_BATCH`, `MAX_PULLS_PER_WAKE`,
 //! `PULL_REQUEST_CAPACITY`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chitchat::{ChitchatId, NodeState};
 use grapevine_proto::limits::MAX_SNAPSHOT_BYTES;
 use grapevine_proto::validate::validate_snapshot;
 use grapevine_proto::wire::{PullFrame, PullRequest, decode, encode_at};
@@ -91,6 +92,7 @@ pub async fn run_puller(
     // its vector arrived while it was dead, and nothing else would prompt a look before the
     // next tick.
     let mut live = gossip.live_members_watcher().await;
+    let mut members = live_ids(&mut live);
     let mut turn = 0usize;
     let mut contradictions = Contradictions::default();
     loop {
@@ -98,7 +100,16 @@ pub async fn run_puller(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = changed.notified() => {}
-            Ok(()) = live.changed() => {}
+            // chitchat sends the live members with their states, again whenever any state
+            // changes (each change moves every member's vector): only a change of who is live
+            // is news here.
+            Ok(()) = live.changed() => {
+                let now = live_ids(&mut live);
+                if now == members {
+                    continue;
+                }
+                members = now;
+            }
             _ = ticker.tick() => tick = true,
             peer = requests.recv() => prompted = peer,
         }
@@ -148,6 +159,11 @@ pub async fn run_puller(
             }
         }
     }
+}
+
+/// The live members the watch holds now, marking them seen.
+fn live_ids(live: &mut tokio::sync::watch::Receiver<BTreeMap<ChitchatId, NodeState>>) -> Vec<ChitchatId> {
+    live.borrow_and_update().keys().cloned().collect()
 }
 
 /// The anti-entropy probe: a pull from one reachable peer, taken in turn, although gossip shows

@@ -95,14 +95,14 @@ pub async fn run_pusher(
     loop {
         let job = tokio::select! {
             _ = shutdown.cancelled() => return,
-            job = jobs.recv() => match job { Some(job) => job, None => return },
+            job = jobs.recv() => match job { Some(job) => Arc::new(job), None => return },
         };
         let first = pusher.first_targets(&job).await;
         let push = pusher.encoded(&job);
         if job.sweep {
             tokio::spawn(sweep(pusher.clone(), job, push, first, shutdown.clone()));
         } else {
-            tokio::spawn(pusher.clone().push_down(push, first, false));
+            tokio::spawn(pusher.clone().push_down(job, push, first, false));
         }
     }
 }
@@ -114,11 +114,11 @@ pub async fn run_pusher(
 /// [`MAX_CONCURRENT_PUSHES`] a round, until [`SWEEP_LIMIT`] from the start. The tree reaches
 /// every member whose view agrees with ours; this reaches the rest without waiting for
 /// anti-entropy. It waits for permits rather than skipping.
-async fn sweep(pusher: Pusher, job: PushJob, push: Encoded, first: Targets, shutdown: CancellationToken) {
+async fn sweep(pusher: Pusher, job: Arc<PushJob>, push: Encoded, first: Targets, shutdown: CancellationToken) {
     let rounds = async {
         let mut tried: BTreeSet<SocketAddr> = first.peers.iter().copied().collect();
         let tree = first.tree.is_some();
-        pusher.clone().push_down(push.clone(), first, true).await;
+        pusher.clone().push_down(job.clone(), push.clone(), first, true).await;
         if tree {
             tokio::time::sleep(pusher.gossip.interval() * SWEEP_AFTER_ROUNDS).await;
         }
@@ -129,7 +129,8 @@ async fn sweep(pusher: Pusher, job: PushJob, push: Encoded, first: Targets, shut
                 return;
             }
             tried.extend(targets.iter().copied());
-            pusher.clone().push_down(push.clone(), Targets { peers: targets, tree: None }, true).await;
+            let targets = Targets { peers: targets, tree: None };
+            pusher.clone().push_down(job.clone(), push.clone(), targets, true).await;
         }
     };
     tokio::select! {
@@ -151,46 +152,46 @@ struct Tree {
     /// The live peers, by address and by name.
     names: BTreeMap<SocketAddr, NodeName>,
     addrs: BTreeMap<NodeName, SocketAddr>,
-    /// The live peers not known to hold the job, but the one it came from.
-    lacking: BTreeSet<SocketAddr>,
 }
 
 impl Tree {
-    /// `member`'s children that lack the job.
+    /// `member`'s children, by address.
     fn children_of(&self, member: &NodeName) -> Vec<SocketAddr> {
         let children = grapevine_proto::push::children(&self.generation, member, &self.members, FANOUT);
-        children
-            .iter()
-            .filter_map(|child| self.addrs.get(child))
-            .filter(|addr| self.lacking.contains(addr))
-            .copied()
-            .collect()
+        children.iter().filter_map(|child| self.addrs.get(child)).copied().collect()
     }
 }
 
 impl Pusher {
     /// The first targets of a job: this node's children in the push tree of its first
-    /// generation, or, for reverts, up to [`FANOUT`] peers by rank.
+    /// generation that lack it, or, for reverts, up to [`FANOUT`] peers by rank. Only the
+    /// children's vectors are read: a relay does this before it forwards.
     async fn first_targets(&self, job: &PushJob) -> Targets {
         let Some(first) = job.generations.first() else {
             return Targets { peers: self.targets(job, &BTreeSet::new()).await, tree: None };
         };
-        let peers = self.gossip.named_peer_version_vectors().await;
-        let mut tree = Tree {
+        let peers = self.gossip.named_live_peers().await;
+        let tree = Tree {
             generation: first.id().clone(),
-            members: peers.iter().map(|(name, _, _)| name.clone()).collect(),
-            names: peers.iter().map(|(name, addr, _)| (*addr, name.clone())).collect(),
-            addrs: peers.iter().map(|(name, addr, _)| (name.clone(), *addr)).collect(),
-            lacking: BTreeSet::new(),
+            members: peers.iter().map(|(name, _)| name.clone()).collect(),
+            names: peers.iter().map(|(name, addr)| (*addr, name.clone())).collect(),
+            addrs: peers.into_iter().collect(),
         };
-        let vectors = self.holdings.merged(peers.into_iter().map(|(_, addr, have)| (addr, have)).collect());
-        let lacks = |have: &VersionVector| job.generations.iter().any(|g| !have.covers(g.id()));
-        tree.lacking = vectors
+        let peers = self.lacking(job, tree.children_of(&self.own)).await;
+        Targets { peers, tree: Some(tree) }
+    }
+
+    /// Those of `peers` that are live, not the job's sender, and not known to hold all of its
+    /// generations (by their advertised vectors joined with their acknowledgements).
+    async fn lacking(&self, job: &PushJob, peers: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let only: BTreeSet<SocketAddr> = peers.iter().copied().filter(|peer| Some(*peer) != job.from).collect();
+        let vectors = self.holdings.merged(self.gossip.peer_version_vectors_of(only).await);
+        let lacks: BTreeSet<SocketAddr> = vectors
             .into_iter()
-            .filter(|(addr, have)| Some(*addr) != job.from && lacks(have))
-            .map(|(addr, _)| addr)
+            .filter(|(_, have)| job.generations.iter().any(|g| !have.covers(g.id())))
+            .map(|(peer, _)| peer)
             .collect();
-        Targets { peers: tree.children_of(&self.own), tree: Some(tree) }
+        peers.into_iter().filter(|peer| lacks.contains(peer)).collect()
     }
 
     /// The live peers lacking the job, other than its sender and `skip`: the first [`FANOUT`]
@@ -211,7 +212,7 @@ impl Pusher {
     /// Pushes to each target, and to the children of each target of the tree whose push failed
     /// (and so on down). With `wait`, it waits for a permit; otherwise a push over
     /// [`MAX_CONCURRENT_PUSHES`] is skipped and counted.
-    async fn push_down(self, push: Encoded, targets: Targets, wait: bool) {
+    async fn push_down(self, job: Arc<PushJob>, push: Encoded, targets: Targets, wait: bool) {
         let Targets { peers, tree } = targets;
         let mut pushes = tokio::task::JoinSet::new();
         let mut pending = peers;
@@ -238,15 +239,14 @@ impl Pusher {
             if let (false, Some(tree)) = (delivered, &tree)
                 && let Some(name) = tree.names.get(&peer)
             {
-                pending = tree.children_of(name);
+                pending = self.lacking(&job, tree.children_of(name)).await;
             }
         }
     }
 
     /// The job as a push in each wire format a peer may read, encoded once per format.
     fn encoded(&self, job: &PushJob) -> Encoded {
-        let inline_bytes: usize = job.generations.iter().map(|g| encode(g).len()).sum();
-        let generations = if inline_bytes <= PUSH_INLINE_BYTES { job.generations.clone() } else { Vec::new() };
+        let generations = if fits_inline(&job.generations) { job.generations.clone() } else { Vec::new() };
         let sender_has = self.engine.view().version_vector.clone();
         let push = Push { reverts: job.reverts.clone(), generations, sender_has };
         Encoded { push: Arc::new(push), formats: Arc::new(Mutex::new(BTreeMap::new())) }
@@ -270,6 +270,12 @@ impl Pusher {
         self.transport.metrics().sync_pushes.get_or_create(&reason(outcome)).inc();
         outcome == "ok"
     }
+}
+
+/// Whether `generations` go inline in a push: their encodings add up to at most
+/// [`PUSH_INLINE_BYTES`]. Otherwise the push only announces them, and the receiver pulls.
+pub fn fits_inline(generations: &[Generation]) -> bool {
+    generations.iter().map(|g| encode(g).len()).sum::<usize>() <= PUSH_INLINE_BYTES
 }
 
 /// One push, and its encoding in each wire format asked for so far.
