@@ -311,7 +311,7 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
         ours.sort();
         theirs.sort();
         let (p50, their_p50) = (percentile(&ours, 0.5), percentile(&theirs, 0.5));
-        let bound = grapevine_proto::sim::epidemic_bound(count, grapevine_node::sync::FANOUT);
+        let depth = grapevine_proto::push::depth(count, grapevine_node::sync::FANOUT);
         suite_row(
             &format!("change served by all {count} nodes (watch), p50 / p99"),
             &format!("{:.1} / {:.1} ms", ms(percentile(&served, 0.5)), ms(percentile(&served, 0.99))),
@@ -322,7 +322,7 @@ async fn compare(sizes: &[usize], runs: usize, interval_ms: u64) -> Result<()> {
             &format!("change stored by all {count} nodes, p50 / p99 (1 s gossip)"),
             &format!("{:.1} / {:.1} ms", ms(p50), ms(percentile(&ours, 0.99))),
             &format!("chitchat UDP {:.0} / {:.0} ms", ms(their_p50), ms(percentile(&theirs, 0.99))),
-            &format!("{:.0}x faster (push bound {bound:.1} hops)", their_p50.as_secs_f64() / p50.as_secs_f64()),
+            &format!("{:.0}x faster (push tree {depth} hops deep)", their_p50.as_secs_f64() / p50.as_secs_f64()),
         );
         println!(
             "{count:>5}  {:>10.1} / {:>8.1} ms  {:>10.1} / {:>8.1} ms  {:>10.1} / {:>8.1} ms  {:>11.0}x",

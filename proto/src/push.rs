@@ -33,6 +33,18 @@ pub fn children_at<T>(order: &[T], position: usize, fanout: usize) -> &[T] {
     &order[first..first.saturating_add(fanout).min(order.len())]
 }
 
+/// How many hops a push tree over `members` (the root included) is deep: the hops from the
+/// root to the member of the last rank.
+pub fn depth(members: usize, fanout: usize) -> u32 {
+    let (mut depth, mut last) = (0, members.saturating_sub(1));
+    while last > 0 {
+        // The parent of rank `i` is rank `(i - 1) / fanout`.
+        last = (last - 1) / fanout.max(1);
+        depth += 1;
+    }
+    depth
+}
+
 /// The members in `generation`'s tree order: the origin, then the rest (with `own`) by
 /// [`rank`], ties (none in practice) by name.
 fn order(generation: &GenId, own: &NodeName, members: &[NodeName]) -> Vec<NodeName> {
@@ -94,6 +106,7 @@ mod tests {
             assert_eq!(hops.len(), 50, "every member is reached");
             // 1 + 3 + 9 + 27 = 40 < 50 <= 121: four hops.
             assert_eq!(hops.values().max(), Some(&4));
+            assert_eq!(depth(50, 3), 4);
         }
     }
 
@@ -154,6 +167,7 @@ mod tests {
             }
             let hops = reached(&generation, &members, fanout);
             prop_assert_eq!(hops.keys().cloned().collect::<BTreeSet<_>>(), members.iter().cloned().collect());
+            prop_assert_eq!(hops.values().max().map(|d| *d as u32), Some(depth(count, fanout)));
         }
     }
 }

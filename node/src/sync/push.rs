@@ -6,7 +6,8 @@
 //! Generations travel down their push tree (`grapevine_proto::push`): each node pushes to its
 //! [`FANOUT`] children in the tree of the job's first generation, drawn over the live members it
 //! sees, so a change reaches N members in about log_FANOUT(N) hops with N - 1 pushes. When a
-//! push to a child fails, the node pushes to that child's children itself. Reverts go to
+//! push to a child fails, or goes unanswered for `TAKEOVER_AFTER`, the node pushes to that
+//! child's children itself. Reverts go to
 //! [`FANOUT`] peers whose reverts summary differs from ours, ranked by a hash of this node, the
 //! revert's target and the peer (many nodes write a quorum's revert at once, so no one tree
 //! would do).
@@ -23,7 +24,7 @@
 //! most `PUSH_INLINE_BYTES`, otherwise the push carries only `sender_has`. `encode_for` writes
 //! each push in the peer's wire format and drops what that format cannot hold. Limits:
 //! `FANOUT`, `PUSH_INLINE_BYTES`, `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`,
-//! `SWEEP_AFTER_ROUNDS`, `SWEEP_LIMIT`.
+//! `SWEEP_AFTER_ROUNDS`, `SWEEP_LIMIT`, `TAKEOVER_AFTER`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -62,6 +63,12 @@ pub const PUSH_QUEUE_CAPACITY: usize = 256;
 /// sweeps: by then the tree has long reached whom it reaches, and gossip has told the writer
 /// of most holders, so the sweep pushes mostly to members the tree missed.
 const SWEEP_AFTER_ROUNDS: u32 = 2;
+
+/// How long a push down the tree may go unanswered before this node also pushes to that
+/// child's children: a child cut off by a partition, or dead and not yet known to be, would
+/// otherwise hold back its whole subtree until the writer's sweep or anti-entropy. An answer
+/// waits for the child's commit: milliseconds on a healthy host.
+const TAKEOVER_AFTER: Duration = Duration::from_millis(250);
 
 /// How long the writer of a change keeps pushing it to peers not known to hold it, from its
 /// first push.
@@ -210,11 +217,13 @@ impl Pusher {
     }
 
     /// Pushes to each target, and to the children of each target of the tree whose push failed
-    /// (and so on down). With `wait`, it waits for a permit; otherwise a push over
-    /// [`MAX_CONCURRENT_PUSHES`] is skipped and counted.
+    /// or has not been answered within [`TAKEOVER_AFTER`] (and so on down); a slow push goes
+    /// on. With `wait`, it waits for a permit; otherwise a push over [`MAX_CONCURRENT_PUSHES`]
+    /// is skipped and counted.
     async fn push_down(self, job: Arc<PushJob>, push: Encoded, targets: Targets, wait: bool) {
         let Targets { peers, tree } = targets;
         let mut pushes = tokio::task::JoinSet::new();
+        let (slow_tx, mut slow) = mpsc::unbounded_channel();
         let mut pending = peers;
         loop {
             for peer in pending.drain(..) {
@@ -228,15 +237,33 @@ impl Pusher {
                     };
                     permit
                 };
-                let (pusher, push) = (self.clone(), push.clone());
+                let (pusher, push, slow_tx) = (self.clone(), push.clone(), slow_tx.clone());
                 pushes.spawn(async move {
-                    let delivered = pusher.send(peer, &push).await;
+                    let send = pusher.send(peer, &push);
+                    tokio::pin!(send);
+                    let (delivered, taken_over) = tokio::select! {
+                        delivered = &mut send => (delivered, false),
+                        () = tokio::time::sleep(TAKEOVER_AFTER) => {
+                            let _ = slow_tx.send(peer);
+                            (send.await, true)
+                        }
+                    };
                     drop(permit);
-                    (peer, delivered)
+                    // A failed push is taken over now, unless it was already for being slow.
+                    (!delivered && !taken_over).then_some(peer)
                 });
             }
-            let Some(Ok((peer, delivered))) = pushes.join_next().await else { return };
-            if let (false, Some(tree)) = (delivered, &tree)
+            let failed = tokio::select! {
+                // A slow push's takeover comes before the last push's end.
+                biased;
+                Some(peer) = slow.recv() => Some(peer),
+                joined = pushes.join_next() => match joined {
+                    Some(Ok(failed)) => failed,
+                    Some(Err(_)) => None,
+                    None => return,
+                },
+            };
+            if let (Some(peer), Some(tree)) = (failed, &tree)
                 && let Some(name) = tree.names.get(&peer)
             {
                 pending = self.lacking(&job, tree.children_of(name)).await;

@@ -63,6 +63,9 @@ const PULL_TIMEOUT_MS: u64 = 2000;
 /// `SWEEP_AFTER_ROUNDS` and `MAX_CONCURRENT_PUSHES`).
 const SWEEP_LIMIT_MS: u64 = 5000;
 const SWEEP_AFTER_ROUNDS: u64 = 2;
+/// How long a push down the tree goes unanswered before its sender pushes to the child's
+/// children (the pusher's `TAKEOVER_AFTER`).
+const TAKEOVER_MS: u64 = 250;
 const MAX_CONCURRENT_PUSHES: usize = 16;
 /// Most generations one pull answer carries.
 const PULL_BATCH: usize = 256;
@@ -479,6 +482,14 @@ enum Event {
         change: Box<Change>,
         bad: bool,
     },
+    /// `node`'s push of `generations` to `child`, its child in their push tree, went
+    /// unanswered: it pushes to the child's children itself.
+    Takeover {
+        node: usize,
+        child: usize,
+        generations: Vec<Generation>,
+        hops: u32,
+    },
     /// The writer's next sweep round of its own generation.
     Sweep {
         node: usize,
@@ -500,7 +511,8 @@ impl Event {
             Event::Deadline { node, .. }
             | Event::Judge { node, .. }
             | Event::Submit { node, .. }
-            | Event::Sweep { node, .. } => Some(*node),
+            | Event::Sweep { node, .. }
+            | Event::Takeover { node, .. } => Some(*node),
             Event::Deliver { to, .. } => Some(*to),
             Event::Stored { .. } | Event::Crash(_) | Event::Restart(_) | Event::Cut(_) | Event::Heal => None,
         }
@@ -807,17 +819,19 @@ impl World {
         chosen
     }
 
-    fn send(&mut self, from: usize, to: usize, msg: Msg, bytes: u64) {
+    /// Sends `msg`; whether it goes on its way (not lost, not cut off).
+    fn send(&mut self, from: usize, to: usize, msg: Msg, bytes: u64) -> bool {
         self.record.messages += 1;
         self.record.bytes += bytes;
         if self.loss > 0.0 && self.random.next_unit() < self.loss {
-            return;
+            return false;
         }
         if self.partition.as_ref().is_some_and(|p| !p.delivers(from, to)) {
-            return;
+            return false;
         }
         let delay = self.options.latency_ms + self.random.below(self.options.jitter_ms as usize + 1) as u64;
         self.at(delay, Event::Deliver { from, to, msg });
+        true
     }
 
     fn publish(&mut self, node: usize) {
@@ -938,6 +952,11 @@ impl World {
             }
             Event::Submit { node, change, bad } => self.submit(node, *change, bad),
             Event::Sweep { node, generation, tried, until } => self.sweep(node, *generation, tried, until),
+            Event::Takeover { node, child, generations, hops } => {
+                for grandchild in self.tree_children(node, child, &generations, None) {
+                    self.push_tree(node, grandchild, &generations, hops + 1);
+                }
+            }
             Event::Crash(node) => self.crash(node),
             Event::Restart(node) => {
                 let state = &mut self.nodes[node];
@@ -1043,11 +1062,10 @@ impl World {
                 // The writer pushes to its children in the generation's push tree, then,
                 // two gossip intervals later, sweeps whom the tree missed.
                 let until = self.now + SWEEP_LIMIT_MS;
-                let children = self.push_children(node, std::slice::from_ref(&generation), None);
-                let bytes = self.bytes_of(&generation);
+                let generations = std::slice::from_ref(&generation);
+                let children = self.tree_children(node, node, generations, None);
                 for peer in &children {
-                    let msg = Msg::Generations { generations: vec![generation.clone()], hops: 1, pulled: false };
-                    self.send(node, *peer, msg, bytes);
+                    self.push_tree(node, *peer, generations, 1);
                 }
                 let tried = children.into_iter().collect();
                 let after = SWEEP_AFTER_ROUNDS * self.options.gossip_interval_ms;
@@ -1139,9 +1157,29 @@ impl World {
         self.at(round, Event::Sweep { node, generation: Box::new(generation), tried, until });
     }
 
-    /// `node`'s children in the push tree of the first of `generations`, drawn over the members
-    /// its view holds live, that it does not know to hold them all (and not `from`).
-    fn push_children(&mut self, node: usize, generations: &[Generation], from: Option<usize>) -> Vec<usize> {
+    /// Pushes `generations` to `peer`, a child in their push tree; when the push cannot arrive
+    /// (lost, cut off, or the peer is down) `node` pushes to the child's children
+    /// `TAKEOVER_MS` later, as the pusher does when a push goes unanswered.
+    fn push_tree(&mut self, node: usize, peer: usize, generations: &[Generation], hops: u32) {
+        let bytes = generations.iter().map(|g| self.bytes_of(g)).sum();
+        let msg = Msg::Generations { generations: generations.to_vec(), hops, pulled: false };
+        let arrives = self.send(node, peer, msg, bytes) && self.nodes[peer].replica.is_some();
+        if !arrives {
+            let generations = generations.to_vec();
+            self.at(TAKEOVER_MS, Event::Takeover { node, child: peer, generations, hops });
+        }
+    }
+
+    /// `member`'s children in the push tree of the first of `generations`, drawn over the
+    /// members `node`'s view holds live, that `node` does not know to hold them all (and not
+    /// `from`).
+    fn tree_children(
+        &mut self,
+        node: usize,
+        member: usize,
+        generations: &[Generation],
+        from: Option<usize>,
+    ) -> Vec<usize> {
         let id = generations[0].id();
         let nodes = self.options.nodes;
         let tree = self.trees.entry(id.clone()).or_insert_with(|| {
@@ -1160,12 +1198,12 @@ impl World {
         let (order, position) = (&tree.order, &tree.position);
         let fanout = self.options.push_fanout;
         let children: Vec<usize> = if self.everyone_live() {
-            crate::push::children_at(order, position[node], fanout).to_vec()
+            crate::push::children_at(order, position[member], fanout).to_vec()
         } else {
             let origin = order[0];
-            let view: Vec<usize> =
-                order.iter().copied().filter(|x| *x == node || *x == origin || self.live(node, *x)).collect();
-            let at = view.iter().position(|x| *x == node).expect("a node is in its own view");
+            let placed = |x: usize| x == node || x == member || x == origin || self.live(node, x);
+            let view: Vec<usize> = order.iter().copied().filter(|x| placed(*x)).collect();
+            let at = view.iter().position(|x| *x == member).expect("the member is placed in the view");
             crate::push::children_at(&view, at, fanout).to_vec()
         };
         let lacking: BTreeSet<usize> = self.lacking(node, generations, from).into_iter().collect();
@@ -1350,14 +1388,12 @@ impl World {
         if triage.new.is_empty() {
             return;
         }
-        if hops > 0 {
-            // Push on first receipt, to its children in the first generation's push tree.
-            let peers = self.push_children(node, &triage.new, Some(from));
-            for peer in peers {
-                let bytes = triage.new.iter().map(|g| self.bytes_of(g)).sum();
-                let msg = Msg::Generations { generations: triage.new.clone(), hops: hops + 1, pulled: false };
-                self.send(node, peer, msg, bytes);
-            }
+        // Push on first receipt, however they came (pushed or pulled, as the engine does), to
+        // its children in the first generation's push tree: a node that pulled a generation
+        // before its parent's push arrived still covers its subtree.
+        let peers = self.tree_children(node, node, &triage.new, Some(from));
+        for peer in peers {
+            self.push_tree(node, peer, &triage.new, hops + 1);
         }
         self.store(node, Work::Ingest { new: triage.new, hops });
     }
