@@ -7,10 +7,9 @@
 //! [`FANOUT`] children in the tree of the job's first generation, drawn over the live members it
 //! sees, so a change reaches N members in about log_FANOUT(N) hops with N - 1 pushes. When a
 //! push to a child fails, or goes unanswered for `TAKEOVER_AFTER`, the node pushes to that
-//! child's children itself. Reverts go to
-//! [`FANOUT`] peers whose reverts summary differs from ours, ranked by a hash of this node, the
-//! revert's target and the peer (many nodes write a quorum's revert at once, so no one tree
-//! would do).
+//! child's children itself. Reverts go to [`FANOUT`] peers whose reverts summary differs from
+//! ours, ranked by a hash of this node, the revert's target and the peer (many nodes write a
+//! quorum's revert at once, so no one tree would do).
 //!
 //! Who lacks a generation is judged from each peer's advertised version vector joined with
 //! what it acknowledged to our earlier pushes: a child known to hold the job is skipped (it
@@ -116,10 +115,10 @@ pub async fn run_pusher(
 
 /// Pushes this node's own job to its children (`first`), then, after [`SWEEP_AFTER_ROUNDS`]
 /// gossip intervals (at once for a rollback's revert: reverts spread by fanout, not a tree,
-/// and miss about e^-FANOUT of the members), round after round to every live peer still not known to hold it (by its
-/// advertised vector and its acknowledgements), each at most once, up to
-/// [`MAX_CONCURRENT_PUSHES`] a round, until [`SWEEP_LIMIT`] from the start. The tree reaches
-/// every member whose view agrees with ours; this reaches the rest without waiting for
+/// and miss about e^-FANOUT of the members), round after round to every live peer still not
+/// known to hold it (by its advertised vector and its acknowledgements), each at most once, up
+/// to [`MAX_CONCURRENT_PUSHES`] a round, until [`SWEEP_LIMIT`] from the start. The tree
+/// reaches every member whose view agrees with ours; this reaches the rest without waiting for
 /// anti-entropy. It waits for permits rather than skipping.
 async fn sweep(pusher: Pusher, job: Arc<PushJob>, push: Encoded, first: Targets, shutdown: CancellationToken) {
     let rounds = async {

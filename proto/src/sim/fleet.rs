@@ -63,10 +63,10 @@ const PULL_TIMEOUT_MS: u64 = 2000;
 /// `SWEEP_AFTER_ROUNDS` and `MAX_CONCURRENT_PUSHES`).
 const SWEEP_LIMIT_MS: u64 = 5000;
 const SWEEP_AFTER_ROUNDS: u64 = 2;
+const MAX_CONCURRENT_PUSHES: usize = 16;
 /// How long a push down the tree goes unanswered before its sender pushes to the child's
 /// children (the pusher's `TAKEOVER_AFTER`).
 const TAKEOVER_MS: u64 = 250;
-const MAX_CONCURRENT_PUSHES: usize = 16;
 /// Most generations one pull answer carries.
 const PULL_BATCH: usize = 256;
 /// The fleet gossips this long before the measured idle window.
