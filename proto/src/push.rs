@@ -46,16 +46,24 @@ pub fn depth(members: usize, fanout: usize) -> u32 {
 }
 
 /// The members in `generation`'s tree order: the origin, then the rest (with `own`) by
-/// [`rank`], ties (none in practice) by name.
+/// [`rank`].
 fn order(generation: &GenId, own: &NodeName, members: &[NodeName]) -> Vec<NodeName> {
-    let origin = &generation.origin;
-    let mut rest: Vec<&NodeName> = members.iter().chain([own]).filter(|member| *member != origin).collect();
-    rest.sort();
-    rest.dedup();
-    let mut keyed: Vec<([u8; 8], &NodeName)> =
-        rest.into_iter().map(|member| (rank(generation, member), member)).collect();
-    keyed.sort();
-    std::iter::once(origin.clone()).chain(keyed.into_iter().map(|(_, member)| member.clone())).collect()
+    let mut all: Vec<&NodeName> = members.iter().chain([own, &generation.origin]).collect();
+    all.sort();
+    all.dedup();
+    tree_order(generation, all.into_iter().map(|member| (member.clone(), member.clone())))
+}
+
+/// The items of `members` (each a distinct member's name and what stands for it) in
+/// `generation`'s tree order: the origin's first, when listed, then the others by [`rank`],
+/// ties (none in practice) by name.
+pub fn tree_order<T>(generation: &GenId, members: impl IntoIterator<Item = (NodeName, T)>) -> Vec<T> {
+    let mut keyed: Vec<(bool, [u8; 8], NodeName, T)> = members
+        .into_iter()
+        .map(|(name, item)| (name != generation.origin, rank(generation, &name), name, item))
+        .collect();
+    keyed.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+    keyed.into_iter().map(|(_, _, _, item)| item).collect()
 }
 
 /// Where `member` stands in `generation`'s tree among the members other than the origin: the
@@ -106,8 +114,8 @@ mod tests {
             assert_eq!(hops.len(), 50, "every member is reached");
             // 1 + 3 + 9 + 27 = 40 < 50 <= 121: four hops.
             assert_eq!(hops.values().max(), Some(&4));
-            assert_eq!(depth(50, 3), 4);
         }
+        assert_eq!(depth(50, 3), 4);
     }
 
     #[test]

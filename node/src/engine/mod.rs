@@ -342,6 +342,9 @@ pub struct PushJob {
     /// it keeps pushing to every live peer not known to hold them (`sync::push`'s sweep), so
     /// none waits for anti-entropy.
     pub sweep: bool,
+    /// The generations go in the push itself (`sync::fits_inline`); otherwise the push only
+    /// announces them and receivers pull them from this node.
+    pub inline: bool,
 }
 
 /// What the engine is made of.
@@ -698,11 +701,13 @@ impl Engine {
         // push's answer, our advertised vector) waits for the commit below. Generations too
         // large to push inline are only announced, and a receiver pulls them from us: that
         // push waits until we hold them and our vector says so.
-        let inline = crate::sync::fits_inline(&new);
-        if inline {
-            self.push(Vec::new(), new.clone(), from, false);
-        }
-        let announced = (!inline).then(|| new.clone());
+        let job = self.push_job(Vec::new(), new.clone(), from, false);
+        let announced = if job.inline {
+            self.send_push(job);
+            None
+        } else {
+            Some(job)
+        };
         if let Err(error) = self.store_durably(new.clone()).await {
             let generations: Vec<String> = new.iter().map(|g| g.id().to_string()).collect();
             error!(%error, ?generations, "could not store pulled generations; they will be pulled again");
@@ -717,8 +722,8 @@ impl Engine {
         }
         self.parts.metrics.sync_generations_stored.inc_by(count as u64);
         self.publish().await;
-        if let Some(announced) = announced {
-            self.push(Vec::new(), announced, from, false);
+        if let Some(job) = announced {
+            self.send_push(job);
         }
         self.revocation_pass().await;
         if approvals {
@@ -830,13 +835,28 @@ impl Engine {
     /// pushes on until every live peer holds them); when its queue is full, anti-entropy spreads
     /// them instead.
     fn push(&self, reverts: Vec<Revert>, generations: Vec<Generation>, from: Option<SocketAddr>, sweep: bool) {
+        self.send_push(self.push_job(reverts, generations, from, sweep));
+    }
+
+    /// The pusher's job for new generations and reverts, its generations measured once.
+    fn push_job(
+        &self,
+        reverts: Vec<Revert>,
+        generations: Vec<Generation>,
+        from: Option<SocketAddr>,
+        sweep: bool,
+    ) -> PushJob {
         // Only a job with reverts compares peers' reverts summaries.
         let reverts_digest = if reverts.is_empty() {
             String::new()
         } else {
             self.replica.log().reverts_digest_with(reverts.iter().map(|r| &r.target))
         };
-        let job = PushJob { reverts, generations, from, reverts_digest, sweep };
+        let inline = crate::sync::fits_inline(&generations);
+        PushJob { reverts, generations, from, reverts_digest, sweep, inline }
+    }
+
+    fn send_push(&self, job: PushJob) {
         if self.parts.pushes.try_send(job).is_err() {
             self.parts.metrics.push_jobs_dropped.inc();
         }

@@ -155,8 +155,7 @@ struct Targets {
 struct Tree {
     generation: GenId,
     members: Vec<NodeName>,
-    /// The live peers, by address and by name.
-    names: BTreeMap<SocketAddr, NodeName>,
+    /// The live peers' addresses.
     addrs: BTreeMap<NodeName, SocketAddr>,
 }
 
@@ -165,6 +164,12 @@ impl Tree {
     fn children_of(&self, member: &NodeName) -> Vec<SocketAddr> {
         let children = grapevine_proto::push::children(&self.generation, member, &self.members, FANOUT);
         children.iter().filter_map(|child| self.addrs.get(child)).copied().collect()
+    }
+
+    /// The children of the live peer at `addr` (a push to it failed or is slow: rare).
+    fn children_of_addr(&self, addr: SocketAddr) -> Vec<SocketAddr> {
+        let name = self.addrs.iter().find(|(_, at)| **at == addr).map(|(name, _)| name);
+        name.map(|name| self.children_of(name)).unwrap_or_default()
     }
 }
 
@@ -180,7 +185,6 @@ impl Pusher {
         let tree = Tree {
             generation: first.id().clone(),
             members: peers.iter().map(|(name, _)| name.clone()).collect(),
-            names: peers.iter().map(|(name, addr)| (*addr, name.clone())).collect(),
             addrs: peers.into_iter().collect(),
         };
         let peers = self.lacking(job, tree.children_of(&self.own)).await;
@@ -262,17 +266,15 @@ impl Pusher {
                     None => return,
                 },
             };
-            if let (Some(peer), Some(tree)) = (failed, &tree)
-                && let Some(name) = tree.names.get(&peer)
-            {
-                pending = self.lacking(&job, tree.children_of(name)).await;
+            if let (Some(peer), Some(tree)) = (failed, &tree) {
+                pending = self.lacking(&job, tree.children_of_addr(peer)).await;
             }
         }
     }
 
     /// The job as a push in each wire format a peer may read, encoded once per format.
     fn encoded(&self, job: &PushJob) -> Encoded {
-        let generations = if fits_inline(&job.generations) { job.generations.clone() } else { Vec::new() };
+        let generations = if job.inline { job.generations.clone() } else { Vec::new() };
         let sender_has = self.engine.view().version_vector.clone();
         let push = Push { reverts: job.reverts.clone(), generations, sender_has };
         Encoded { push: Arc::new(push), formats: Arc::new(Mutex::new(BTreeMap::new())) }

@@ -1183,11 +1183,7 @@ impl World {
         let id = generations[0].id();
         let nodes = self.options.nodes;
         let tree = self.trees.entry(id.clone()).or_insert_with(|| {
-            let origin = (0..nodes).find(|x| node_name(*x) == id.origin);
-            let mut rest: Vec<([u8; 8], usize)> =
-                (0..nodes).filter(|x| Some(*x) != origin).map(|x| (crate::push::rank(id, &node_name(x)), x)).collect();
-            rest.sort();
-            let order: Vec<usize> = origin.into_iter().chain(rest.into_iter().map(|(_, x)| x)).collect();
+            let order = crate::push::tree_order(id, (0..nodes).map(|x| (node_name(x), x)));
             let mut position = vec![0; nodes];
             for (at, x) in order.iter().enumerate() {
                 position[*x] = at;
