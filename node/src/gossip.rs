@@ -34,8 +34,9 @@
 //!   per minute (`FORGED_WARN_INTERVAL`). `kpis_of` only strips the signature (alert text).
 //! - `version_vectors_changed` is a `Notify` fed by chitchat key subscriptions on `vv.` (only
 //!   for a value above this node's published one, `advertises_more`) and on
-//!   `reverts`, and by `HeardFrom` when a peer not heard from lately sends again (it wakes the
-//!   puller); `reports_changed` is one fed by a subscription on `rep.` (it wakes the engine's
+//!   `reverts` (it wakes the puller); `heard_again` is one fed by `HeardFrom` when a peer not
+//!   heard from lately sends again (the puller looks at `heard_dead` then: only a dead member
+//!   heard again is a new pull source); `reports_changed` is one fed by a subscription on `rep.` (it wakes the engine's
 //!   `decide`). The same subscription keeps `anomalous`: each member and generation whose report
 //!   was anomalous when set (seeded by a scan in the same lock as the subscribing, so none is
 //!   missed), so finding the anomalous reports reads those few keys, not every report of every
@@ -65,10 +66,10 @@
 //!   each member's `wire` and `signing` (`KEY_SIGNING`, the fingerprint of its roots).
 //! - `peer_version_vectors` returns each live peer's gossip address and advertised vector; the
 //!   pusher, compaction and `wait_replicas` read it. Each member's vector is parsed once per
-//!   version of its state (`keys::Vectors`). `reachable_addrs`, `reachable_where(test)` (those
-//!   whose vector passes `test`, read in place) and `reachable_reverts_digests` are for the peers
-//!   the puller may pull from: the live ones, and the dead ones heard from within the window
-//!   (`HeardFrom::recent`).
+//!   version of its state (`keys::Vectors`). `reachable_addrs`, `reachable_ahead_of(vector)` (those
+//!   advertising more than `vector`, compared in place: `keys::advertises_beyond`) and
+//!   `reachable_reverts_digests` are for the peers the puller may pull from: the live ones, and
+//!   the dead ones heard from within the window (`HeardFrom::recent`; `heard_dead` names those).
 //!   `live_members_watcher` is chitchat's live-set watch; the puller wakes on it too.
 //! - `nudge_live_peers` calls `ChitchatHandle::gossip(addr)` for every live peer.
 //! - Limits: `MAX_SEEN_REPORTS`, `FORGED_WARN_INTERVAL`; in `socket.rs` `PEER_QUEUE_CAPACITY`,
@@ -171,6 +172,7 @@ pub struct PeerHealth {
 pub struct Gossip {
     handle: ChitchatHandle,
     version_vectors_changed: Arc<Notify>,
+    heard_again: Arc<Notify>,
     /// This node's own vector as last published, by origin: a peer's `vv.` key wakes the
     /// puller only when it advertises more than this (every peer's vector changes with every
     /// change, and a wake reads them all: waking on each cost a node O(members^2) per change).
@@ -268,7 +270,8 @@ impl Gossip {
         // chitchat refreshes its live-node watcher once per round only; a key event fires as
         // soon as a delta is applied, so a peer's new generation is pulled without waiting.
         let version_vectors_changed = Arc::new(Notify::new());
-        let heard = Arc::new(HeardFrom::new(config.interval, version_vectors_changed.clone()));
+        let heard_again = Arc::new(Notify::new());
+        let heard = Arc::new(HeardFrom::new(config.interval, heard_again.clone()));
         let adapter = QuicGossip { transport, inbox: Mutex::new(Some(inbox)), heard: heard.clone() };
         let handle = spawn_chitchat(chitchat_config, initial_keys, &adapter).await?;
         let reports_changed = Arc::new(Notify::new());
@@ -320,6 +323,7 @@ impl Gossip {
         Ok(Gossip {
             handle,
             version_vectors_changed,
+            heard_again,
             held,
             vectors: Arc::new(Vectors::default()),
             heard,
@@ -363,10 +367,15 @@ impl Gossip {
     }
 
     /// Notified whenever a peer advertises a generation this node has not published holding,
-    /// or its reverts summary changes, and when a peer not heard from lately sends gossip again
-    /// (it may be ahead: see [`heard`]).
+    /// or its reverts summary changes.
     pub fn version_vectors_changed(&self) -> Arc<Notify> {
         self.version_vectors_changed.clone()
+    }
+
+    /// Notified when a peer not heard from lately sends gossip again: if the failure detector
+    /// still holds it dead, it just became reachable ([`Gossip::heard_dead`]) and may be ahead.
+    pub fn heard_again(&self) -> Arc<Notify> {
+        self.heard_again.clone()
     }
 
     /// Notified whenever a peer's report changes.
@@ -755,11 +764,28 @@ impl Gossip {
         self.reachable_peers(|id, _| Some(id.gossip_advertise_addr)).await
     }
 
-    /// Those of [`Gossip::reachable_addrs`] whose advertised vector passes `test`, each read in
-    /// place: the puller asks on every wake which peers are ahead of it.
-    pub async fn reachable_where(&self, test: impl Fn(&VersionVector) -> bool + Send + 'static) -> Vec<SocketAddr> {
-        let vectors = self.vectors.clone();
-        self.reachable_peers(move |id, state| vectors.with(id, state, &test).then_some(id.gossip_advertise_addr)).await
+    /// Those of [`Gossip::reachable_addrs`] that advertise a generation `ours` does not cover
+    /// (`keys::advertises_beyond`): the puller asks on every wake which peers are ahead of it.
+    pub async fn reachable_ahead_of(&self, ours: VersionVector) -> Vec<SocketAddr> {
+        self.reachable_peers(move |id, state| advertises_beyond(state, &ours).then_some(id.gossip_advertise_addr)).await
+    }
+
+    /// The members the failure detector holds dead that sent us gossip lately ([`heard`]),
+    /// sorted: the reachable peers only [`heard`] makes so.
+    pub async fn heard_dead(&self) -> Vec<SocketAddr> {
+        let heard: HashSet<SocketAddr> = self.heard.recent(clock::now());
+        if heard.is_empty() {
+            return Vec::new();
+        }
+        let mut dead: Vec<SocketAddr> = self
+            .handle
+            .with_chitchat(move |chitchat| {
+                let addrs = chitchat.dead_nodes().map(|id| id.gossip_advertise_addr);
+                addrs.filter(|addr| heard.contains(addr)).collect()
+            })
+            .await;
+        dead.sort_unstable();
+        dead
     }
 
     /// The most of `origin`'s generations any other member advertises holding (`vv.<origin>`),

@@ -436,6 +436,11 @@ impl VersionVector {
         self.0.get(origin)
     }
 
+    /// [`VersionVector::get`] by the origin's name as text (0 for a name it does not hold).
+    pub fn get_by_name(&self, origin: &str) -> u64 {
+        self.0.dots.get(origin).copied().unwrap_or(0)
+    }
+
     /// Raises `origin` to `seq` if that is higher.
     pub fn raise(&mut self, origin: NodeName, seq: u64) {
         self.0.apply(Dot::new(origin, seq));

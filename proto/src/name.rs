@@ -42,11 +42,26 @@ impl TryFrom<String> for NodeName {
     type Error = ValidationError;
 
     fn try_from(name: String) -> Result<Self, Self::Error> {
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if name.is_empty() || name.len() > MAX_NODE_NAME_BYTES || !name.chars().all(valid_char) {
+        if !NodeName::is_valid(&name) {
             return Err(ValidationError::NodeName { found: name });
         }
         Ok(NodeName(name.into()))
+    }
+}
+
+impl NodeName {
+    /// Whether `name` is a node name: what [`NodeName::try_from`] takes, checked without a copy.
+    pub fn is_valid(name: &str) -> bool {
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        !name.is_empty() && name.len() <= MAX_NODE_NAME_BYTES && name.chars().all(valid_char)
+    }
+}
+
+/// A name compares, orders and hashes as its text (all derived from `Arc<str>`'s), so maps
+/// keyed by names are looked up by `&str` without building a name.
+impl std::borrow::Borrow<str> for NodeName {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

@@ -51,15 +51,26 @@ pub fn version_vector_of(state: &NodeState) -> VersionVector {
     vector
 }
 
+/// Whether member `state` advertises a generation `ours` does not cover: `ours.is_behind` its
+/// [`version_vector_of`], read in place. The puller asks it of every reachable peer on each
+/// wake, and every member's state changes with each change (so [`Vectors`] would parse them
+/// all again): this costs a comparison per `vv.` key, with no copy.
+pub fn advertises_beyond(state: &NodeState, ours: &VersionVector) -> bool {
+    with_prefix(state, PREFIX_VERSION_VECTOR).any(|(key, value)| {
+        let origin = &key[PREFIX_VERSION_VECTOR.len()..];
+        value.parse::<u64>().is_ok_and(|seq| seq > ours.get_by_name(origin)) && NodeName::is_valid(origin)
+    })
+}
+
 /// Members whose parsed vector [`Vectors`] keeps; past it, it starts over.
 const MAX_KEPT_VECTORS: usize = 16 * 1024;
 
 /// Each member's version vector as last parsed, with the version of the member's state it was
 /// parsed at. A member's chitchat state changes only by its owner's writes, each with a higher
 /// version, so the same version means the same keys: the vector is parsed again only after the
-/// member wrote something. The puller and the pusher read every peer's vector on each wake and
-/// each job; parsing every `vv.` key of every member each time cost O(members^2) string parses
-/// per change and node.
+/// member wrote something. The pusher and compaction read peers' vectors on each job and
+/// check; parsing every `vv.` key of every member each time cost O(members^2) string parses
+/// per change and node. (The puller compares in place instead: [`advertises_beyond`].)
 #[derive(Default)]
 pub struct Vectors(Mutex<HashMap<ChitchatId, (u64, VersionVector)>>);
 
@@ -105,6 +116,34 @@ pub fn version_vector_keys(vector: &VersionVector) -> impl Iterator<Item = (Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_advertises_beyond_a_vector_as_its_parsed_vector_does() {
+        let ours = version_vector_of(&{
+            let mut state = NodeState::for_test();
+            state.set("vv.n1", "5");
+            state.set("vv.n2", "2");
+            state
+        });
+        let cases: [(&[(&str, &str)], bool); 8] = [
+            (&[], false),
+            (&[("vv.n1", "5"), ("vv.n2", "2")], false),
+            (&[("vv.n1", "4")], false),
+            (&[("vv.n1", "6")], true),
+            (&[("vv.n3", "1")], true),
+            (&[("vv.n3", "0")], false),
+            (&[("vv.n1", "not a number"), ("vv.n2", "-1")], false),
+            (&[("vv.bad name!", "9"), ("vn.n1", "9"), ("vv.", "9")], false),
+        ];
+        for (keys, beyond) in cases {
+            let mut state = NodeState::for_test();
+            for (key, value) in keys {
+                state.set(*key, *value);
+            }
+            assert_eq!(advertises_beyond(&state, &ours), beyond, "{keys:?}");
+            assert_eq!(ours.is_behind(&version_vector_of(&state)), beyond, "{keys:?}: the parsed vector agrees");
+        }
+    }
 
     #[test]
     fn a_vector_is_parsed_again_only_after_its_member_writes() {

@@ -1,9 +1,10 @@
 //! Pulling: ask a peer for every generation our version vector lacks, within a byte budget,
 //! and every revert we lack.
 //!
-//! The puller wakes when a peer's version-vector or reverts key changes in gossip, when a push
-//! told us its sender holds more than it could inline (`PullRequests`), when a peer becomes
-//! reachable (heard from again, or alive again), and every gossip interval (anti-entropy:
+//! The puller wakes when a peer's version-vector key advertises more than we hold or its
+//! reverts key changes in gossip, when a push told us its sender holds more than it could
+//! inline (`PullRequests`), when a peer becomes reachable (a dead member heard from again, or
+//! the live members change), and every gossip interval (anti-entropy:
 //! whatever pushes missed is repaired here; when gossip shows no peer ahead, the interval still
 //! pulls from one peer in turn, a `probe`, which does not trust gossip's view). At each interval
 //! it also compares the peers' tallies (`vh.` keys) with ours: a peer holding other content
@@ -88,6 +89,8 @@ pub async fn run_puller(
 ) {
     let mut ticker = tokio::time::interval(interval);
     let changed = gossip.version_vectors_changed();
+    let heard_again = gossip.heard_again();
+    let mut heard_dead = gossip.heard_dead().await;
     // A member revived by heartbeats that others relayed may not have sent us anything yet:
     // its vector arrived while it was dead, and nothing else would prompt a look before the
     // next tick.
@@ -100,6 +103,17 @@ pub async fn run_puller(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = changed.notified() => {}
+            // A peer heard after a silence: news only if the failure detector holds it dead (a
+            // live one was a pull source already). In a large cluster most peers are heard less
+            // often than the window, so most hearings are of live ones.
+            _ = heard_again.notified() => {
+                let now = gossip.heard_dead().await;
+                let news = now.iter().any(|addr| heard_dead.binary_search(addr).is_err());
+                heard_dead = now;
+                if !news {
+                    continue;
+                }
+            }
             // chitchat sends the live members with their states, again whenever any state
             // changes (each change moves every member's vector): only a change of who is live
             // is news here.
@@ -131,8 +145,7 @@ pub async fn run_puller(
         }
         for _ in 0..MAX_PULLS_PER_WAKE {
             let view = engine.view();
-            let ours = view.clone();
-            let mut ahead = gossip.reachable_where(move |theirs| ours.settled.is_behind(theirs)).await;
+            let mut ahead = gossip.reachable_ahead_of(view.settled.clone()).await;
             // A peer whose reverts differ may hold one we lack (or lack one of ours: then it
             // pulls from us, and the pull from it brings nothing and ends this round).
             for (addr, digest) in gossip.reachable_reverts_digests().await {
