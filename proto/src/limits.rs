@@ -26,6 +26,12 @@ pub const MAX_OPS_PER_CHANGE: usize = 256;
 /// sync; a change of several large values must be split into several changes.
 pub const MAX_GENERATION_BYTES: usize = 2 * MAX_VALUE_BYTES + 64 * 1024;
 
+/// Largest total of generation bytes a push carries inline. Larger generations are only
+/// announced (the receiver learns the sender's vector) and pulled, so one push stream never
+/// carries megabytes that the receiver may already hold. Receivers size their push frame
+/// limit from it.
+pub const PUSH_INLINE_BYTES: usize = 64 * 1024;
+
 /// Largest encoded snapshot. A node that comes back after the retention takes the whole
 /// snapshot in one pull, so it bounds that pull's memory; compaction stops short of it.
 pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;

@@ -342,8 +342,9 @@ pub struct PushJob {
     /// it keeps pushing to every live peer not known to hold them (`sync::push`'s sweep), so
     /// none waits for anti-entropy.
     pub sweep: bool,
-    /// The generations go in the push itself (`sync::fits_inline`); otherwise the push only
-    /// announces them and receivers pull them from this node.
+    /// The generations go in the push itself (their encodings add up to at most
+    /// `limits::PUSH_INLINE_BYTES`); otherwise the push only announces them and receivers pull
+    /// them from this node.
     pub inline: bool,
 }
 
@@ -852,7 +853,8 @@ impl Engine {
         } else {
             self.replica.log().reverts_digest_with(reverts.iter().map(|r| &r.target))
         };
-        let inline = crate::sync::fits_inline(&generations);
+        let bytes: usize = generations.iter().map(|g| grapevine_proto::wire::encode(g).len()).sum();
+        let inline = bytes <= grapevine_proto::limits::PUSH_INLINE_BYTES;
         PushJob { reverts, generations, from, reverts_digest, sweep, inline }
     }
 

@@ -37,7 +37,7 @@ mod push;
 mod server;
 
 pub use pull::{MAX_PULL_BYTES, PullRequests, run_puller};
-pub use push::{FANOUT, PUSH_QUEUE_CAPACITY, fits_inline, run_pusher};
+pub use push::{FANOUT, PUSH_QUEUE_CAPACITY, run_pusher};
 pub use server::{Server, run_server};
 
 /// How long one frame may take to arrive before the exchange is abandoned.

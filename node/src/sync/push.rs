@@ -19,10 +19,11 @@
 //! of a change pushes to its children, then, two gossip intervals later, sweeps: round after
 //! round, to every live peer still not known to hold it, for what the tree missed (a view that
 //! differed, a relay that died). `run_pusher` takes `PushJob { reverts, generations, from,
-//! sweep }`. Reverts always go inline; generations go inline when their total encoding is at
-//! most `PUSH_INLINE_BYTES`, otherwise the push carries only `sender_has`. `encode_for` writes
+//! sweep, inline }`. Reverts always go inline; generations go inline when the engine found
+//! their total encoding within `limits::PUSH_INLINE_BYTES` (`inline`), otherwise the push
+//! carries only `sender_has`. `encode_for` writes
 //! each push in the peer's wire format and drops what that format cannot hold. Limits:
-//! `FANOUT`, `PUSH_INLINE_BYTES`, `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`,
+//! `FANOUT`, `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`,
 //! `SWEEP_AFTER_ROUNDS`, `SWEEP_LIMIT`, `TAKEOVER_AFTER`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,7 +32,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use grapevine_proto::wire::{Push, PushAck, decode, encode, encode_at};
+use grapevine_proto::wire::{Push, PushAck, decode, encode_at};
 use grapevine_proto::{GenId, Generation, NodeName, VersionVector};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -46,11 +47,6 @@ use crate::transport::{STREAM_PUSH, Transport};
 /// Children of each node in a generation's push tree, and peers each new revert is pushed to by
 /// each node that stores it.
 pub const FANOUT: usize = 3;
-
-/// Largest total of generation bytes sent inline in one push. Larger generations are announced
-/// (the receiver learns our vector) and pulled, so one stream never carries megabytes that
-/// the receiver may already hold.
-pub const PUSH_INLINE_BYTES: usize = 64 * 1024;
 
 /// Pushes in flight at once; past it a push is skipped and anti-entropy does its work.
 const MAX_CONCURRENT_PUSHES: usize = 16;
@@ -298,12 +294,6 @@ impl Pusher {
         self.transport.metrics().sync_pushes.get_or_create(&reason(outcome)).inc();
         outcome == "ok"
     }
-}
-
-/// Whether `generations` go inline in a push: their encodings add up to at most
-/// [`PUSH_INLINE_BYTES`]. Otherwise the push only announces them, and the receiver pulls.
-pub fn fits_inline(generations: &[Generation]) -> bool {
-    generations.iter().map(|g| encode(g).len()).sum::<usize>() <= PUSH_INLINE_BYTES
 }
 
 /// One push, and its encoding in each wire format asked for so far.

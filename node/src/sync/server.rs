@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeSet;
 
+use grapevine_proto::limits::PUSH_INLINE_BYTES;
 use grapevine_proto::wire::{PullFrame, PullRequest, Push, PushAck, WireError, decode_versioned, encode_at};
 use grapevine_proto::{GenId, Revert};
 use tokio::sync::{Semaphore, mpsc};
@@ -18,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::pull::MAX_PULL_BYTES;
-use super::push::PUSH_INLINE_BYTES;
 use super::{MAX_FRAME_BYTES, MAX_REQUEST_BYTES, PullRequests, SyncError, keep_valid, read_frame, write_frame};
 use crate::engine::EngineHandle;
 use crate::metrics::{Metrics, reason};
