@@ -33,11 +33,11 @@
 //!   `grapevine_forged_reports_total{reason}` and logged at warn at most once per member and reason
 //!   per minute (`FORGED_WARN_INTERVAL`). `kpis_of` only strips the signature (alert text).
 //! - `version_vectors_changed` is a `Notify` fed by chitchat key subscriptions on `vv.` (only
-//!   for a value above this node's published one, `advertises_more`) and on
-//!   `reverts` (it wakes the puller); `heard_again` is one fed by `HeardFrom` when a peer not
-//!   heard from lately sends again (the puller looks at `heard_dead` then: only a dead member
-//!   heard again is a new pull source); `reports_changed` is one fed by a subscription on `rep.` (it wakes the engine's
-//!   `decide`). The same subscription keeps `anomalous`: each member and generation whose report
+//!   for a value above this node's published one, `advertises_more`) and on `reverts` (it
+//!   wakes the puller); `heard_again` is one fed by `HeardFrom` when a peer not heard from
+//!   lately sends again (the puller looks at `heard_dead` then: only a dead member heard again
+//!   is a new pull source); `reports_changed` is one fed by a subscription on `rep.` (it wakes
+//!   the engine's `decide`). The same subscription keeps `anomalous`: each member and generation whose report
 //!   was anomalous when set (seeded by a scan in the same lock as the subscribing, so none is
 //!   missed), so finding the anomalous reports reads those few keys, not every report of every
 //!   member (the revert pass runs on each report change; a scan each time grew with the history).

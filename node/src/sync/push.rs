@@ -21,10 +21,9 @@
 //! differed, a relay that died). `run_pusher` takes `PushJob { reverts, generations, from,
 //! sweep, inline }`. Reverts always go inline; generations go inline when the engine found
 //! their total encoding within `limits::PUSH_INLINE_BYTES` (`inline`), otherwise the push
-//! carries only `sender_has`. `encode_for` writes
-//! each push in the peer's wire format and drops what that format cannot hold. Limits:
-//! `FANOUT`, `MAX_CONCURRENT_PUSHES`, `PUSH_QUEUE_CAPACITY`,
-//! `SWEEP_AFTER_ROUNDS`, `SWEEP_LIMIT`, `TAKEOVER_AFTER`.
+//! carries only `sender_has`. `encode_for` writes each push in the peer's wire format and
+//! drops what that format cannot hold. Limits: `FANOUT`, `MAX_CONCURRENT_PUSHES`,
+//! `PUSH_QUEUE_CAPACITY`, `SWEEP_AFTER_ROUNDS`, `SWEEP_LIMIT`, `TAKEOVER_AFTER`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
