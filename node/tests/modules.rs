@@ -46,8 +46,8 @@ fn a_cycle_is_found() {
     assert!(cycles(&acyclic).is_empty());
 }
 
-/// One cycle through each strongly connected component of more than one module: for each
-/// module in order, the first path back to it through modules after it not yet reported.
+/// Cycles enough to name every module on one: for each module in order that no cycle found so
+/// far passes through, the shortest path back to it that avoids those modules.
 fn cycles<'a>(graph: &BTreeMap<&'a str, BTreeSet<&'a str>>) -> Vec<Vec<&'a str>> {
     let mut reported: BTreeSet<&str> = BTreeSet::new();
     let mut found = Vec::new();
