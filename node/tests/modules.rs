@@ -46,8 +46,9 @@ fn a_cycle_is_found() {
     assert!(cycles(&acyclic).is_empty());
 }
 
-/// Cycles enough to name every module on one: for each module in order that no cycle found so
-/// far passes through, the shortest path back to it that avoids those modules.
+/// At least one cycle in each group of modules that import each other (a cycle stays within its
+/// group, so a group's first module finds one): for each module in order that no cycle found
+/// so far passes through, the shortest path back to it that avoids those modules, if any.
 fn cycles<'a>(graph: &BTreeMap<&'a str, BTreeSet<&'a str>>) -> Vec<Vec<&'a str>> {
     let mut reported: BTreeSet<&str> = BTreeSet::new();
     let mut found = Vec::new();
