@@ -49,3 +49,20 @@ fn a_change_goes_down_its_push_tree_one_push_per_node() {
     assert_eq!(figures.good_hops, crate::push::depth(100, 3), "{}", outcome.summary());
     assert!(figures.change_messages < 1.2, "messages per node per change: {}", figures.change_messages);
 }
+
+#[test]
+fn a_one_cell_run_is_the_run_before_cells() {
+    // Recorded on 334d9bb, before the simulator knew cells: a fleet of one cell must keep
+    // every draw and decision of the flat fleet, byte for byte. A change that moves these on
+    // purpose (a new rule of the flat fleet) records them again and says why.
+    let pinned = [
+        (small(7), 0x429d_c48d_2323_2e8a, 7460),
+        (small(1), 0x0c89_cc13_2b78_5757, 7012),
+        (Options { faults: false, waves: false, ..Options::new(100, 1) }, 0xb703_e889_7c33_57a7, 19_993),
+    ];
+    for (options, digest, events) in pinned {
+        let replay = options.replay_command();
+        let outcome = run(options);
+        assert_eq!((outcome.trace_digest(), outcome.figures.events), (digest, events), "{replay}");
+    }
+}
