@@ -12,6 +12,9 @@ pub enum ValidationError {
     /// A node name outside the allowed alphabet or length.
     #[error("node name must be 1 to 32 ASCII letters, digits, '-' or '_', got {found:?}")]
     NodeName { found: String },
+    /// A cell name outside the allowed alphabet or length.
+    #[error("cell name must be 1 to 32 ASCII letters, digits, '-' or '_', got {found:?}")]
+    CellName { found: String },
     /// A flag or config key outside the allowed alphabet or length.
     #[error("key must be 1 to 128 ASCII letters, digits, '-', '_', '.' or '/', got {found:?}")]
     Key { found: String },

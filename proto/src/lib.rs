@@ -32,6 +32,7 @@ pub mod targeting;
 // Decisions on the data.
 pub mod approvals;
 pub mod audit;
+pub mod cell;
 pub mod health;
 pub mod push;
 pub mod rollout;
@@ -52,6 +53,6 @@ pub use model::{
     Change, ContentHash, Generation, GenerationBody, Governance, JsonText, MemberList, Op, OriginProof, Revert, Terms,
     VersionVector,
 };
-pub use name::{Author, GenId, Key, NodeName};
+pub use name::{Author, CellName, GenId, Key, NodeName};
 pub use snapshot::{Snapshot, Write};
 pub use state::{AppliedState, Entry};

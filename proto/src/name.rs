@@ -1,4 +1,4 @@
-//! Names: of a node (`NodeName`), a flag or config key (`Key`), the author of a change
+//! Names: of a node (`NodeName`), a cell of the fleet (`CellName`), a flag or config key (`Key`), the author of a change
 //! (`Author`) and a generation (`GenId`). Everything else in the crate is made of them, so they
 //! sit at the bottom, below the rollout policy and the signatures a change carries.
 //!
@@ -79,6 +79,48 @@ impl From<NodeName> for String {
 }
 
 impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of a cell (`docs/protocol.md`, "Cells"): what a node name may be, 1 to 32 bytes of
+/// ASCII letters, digits, `-` and `_` (a zone such as `eu-west-1a` is one).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CellName(Arc<str>);
+
+impl CellName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CellName {
+    type Error = ValidationError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        if !NodeName::is_valid(&name) {
+            return Err(ValidationError::CellName { found: name });
+        }
+        Ok(CellName(name.into()))
+    }
+}
+
+impl FromStr for CellName {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CellName::try_from(s.to_owned())
+    }
+}
+
+impl From<CellName> for String {
+    fn from(name: CellName) -> String {
+        name.0.to_string()
+    }
+}
+
+impl fmt::Display for CellName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -219,6 +261,11 @@ mod tests {
         assert!("".parse::<NodeName>().is_err());
         assert!("a.b".parse::<NodeName>().is_err());
         assert!("x".repeat(33).parse::<NodeName>().is_err());
+        for name in ["eu-west-1a", "n1", "a.b", "", "with space"] {
+            assert_eq!(name.parse::<CellName>().is_ok(), name.parse::<NodeName>().is_ok(), "{name:?}");
+        }
+        let refused = "a.b".parse::<CellName>().expect_err("a dot is not in a cell name").to_string();
+        assert!(refused.contains("cell name must be") && refused.contains("\"a.b\""), "{refused}");
         assert!("checkout.new-flow".parse::<Key>().is_ok());
         assert!("with space".parse::<Key>().is_err());
         assert!("k".repeat(129).parse::<Key>().is_err());

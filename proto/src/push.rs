@@ -58,9 +58,23 @@ fn order(generation: &GenId, own: &NodeName, members: &[NodeName]) -> Vec<NodeNa
 /// `generation`'s tree order: the origin's first, when listed, then the others by [`rank`],
 /// ties (none in practice) by name.
 pub fn tree_order<T>(generation: &GenId, members: impl IntoIterator<Item = (NodeName, T)>) -> Vec<T> {
-    let mut keyed: Vec<(bool, [u8; 8], NodeName, T)> = members
+    tree_order_rooted(generation, std::slice::from_ref(&generation.origin), members)
+}
+
+/// [`tree_order`] with `roots` first, in their order, each when listed (a cell's tree has the
+/// representative that brought the generation into the cell at its root, or the origin and then
+/// the representative that takes it out: `proto::cell`), then the others by [`rank`].
+pub fn tree_order_rooted<T>(
+    generation: &GenId,
+    roots: &[NodeName],
+    members: impl IntoIterator<Item = (NodeName, T)>,
+) -> Vec<T> {
+    let mut keyed: Vec<(usize, [u8; 8], NodeName, T)> = members
         .into_iter()
-        .map(|(name, item)| (name != generation.origin, rank(generation, &name), name, item))
+        .map(|(name, item)| {
+            let root = roots.iter().position(|root| *root == name).unwrap_or(usize::MAX);
+            (root, rank(generation, &name), name, item)
+        })
         .collect();
     keyed.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
     keyed.into_iter().map(|(_, _, _, item)| item).collect()
@@ -176,6 +190,26 @@ mod tests {
             let hops = reached(&generation, &members, fanout);
             prop_assert_eq!(hops.keys().cloned().collect::<BTreeSet<_>>(), members.iter().cloned().collect());
             prop_assert_eq!(hops.values().max().map(|d| *d as u32), Some(depth(count, fanout)));
+        }
+
+        /// Rooted at the origin alone, a tree is the plain one; with more roots, they lead in
+        /// their order and every other member keeps its relative place.
+        #[test]
+        fn a_rooted_tree_puts_its_roots_first_and_keeps_the_rest_in_rank_order(
+            count in 2usize..40, seq in 1u64..1000, second in 0usize..40
+        ) {
+            let members = names(count);
+            let generation = id(&members[0], seq);
+            let listed = || members.iter().map(|m| (m.clone(), m.clone()));
+            let plain = tree_order(&generation, listed());
+            prop_assert_eq!(&tree_order_rooted(&generation, &[members[0].clone()], listed()), &plain);
+            let second = members[1 + second % (count - 1)].clone();
+            let roots = [members[0].clone(), second.clone()];
+            let rooted = tree_order_rooted(&generation, &roots, listed());
+            prop_assert_eq!(&rooted[0], &members[0]);
+            prop_assert_eq!(&rooted[1], &second);
+            let rest: Vec<&NodeName> = plain.iter().filter(|m| !roots.contains(m)).collect();
+            prop_assert_eq!(rooted[2..].iter().collect::<Vec<_>>(), rest);
         }
     }
 }

@@ -33,6 +33,7 @@ const LAYERS: &[&str] = &[
     "edit",
     // Decisions.
     "push",
+    "cell",
     "schedule",
     "health",
     "rollout",
