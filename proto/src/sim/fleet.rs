@@ -37,8 +37,12 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+mod backbone;
+mod cells;
 mod views;
 
+use self::backbone::Payload;
+use self::cells::Cells;
 use self::views::{Delta, MAX_NODES, Summaries, Version, Views};
 use super::SplitMix64;
 use crate::log::Retention;
@@ -109,6 +113,14 @@ pub struct Options {
     pub break_gates: bool,
     /// Simulated ms after the bad change by which the fleet must have converged.
     pub limit_ms: u64,
+    /// Cells the fleet is split into (1: one flat cluster), joined by a backbone of each
+    /// cell's representatives (`docs/simulation.md`, "Cells"). More than one needs `waves`
+    /// off until waves move cell by cell.
+    pub cells: usize,
+    /// What a message between two cells takes, before the jitter.
+    pub inter_cell_latency_ms: u64,
+    /// Representatives per cell (`cell::REPRESENTATIVES`).
+    pub representatives: usize,
 }
 
 impl Options {
@@ -131,6 +143,9 @@ impl Options {
             waves: true,
             break_gates: false,
             limit_ms: 120_000,
+            cells: 1,
+            inter_cell_latency_ms: 20,
+            representatives: crate::cell::REPRESENTATIVES,
         }
     }
 
@@ -145,6 +160,16 @@ impl Options {
         }
         if !self.waves {
             command.push_str(" --spread");
+        }
+        if self.cells > 1 {
+            let _ = write!(command, " --cells {}", self.cells);
+            let defaults = Options::new(self.nodes, self.seed);
+            if self.inter_cell_latency_ms != defaults.inter_cell_latency_ms {
+                let _ = write!(command, " --inter-cell-ms {}", self.inter_cell_latency_ms);
+            }
+            if self.representatives != defaults.representatives {
+                let _ = write!(command, " --representatives {}", self.representatives);
+            }
         }
         command
     }
@@ -437,12 +462,29 @@ impl Partition {
 
 #[derive(Debug)]
 enum Msg {
-    Generations { generations: Vec<Generation>, hops: u32, pulled: bool },
-    Reverts { reverts: Vec<Revert>, hops: u32 },
-    Pull { have: VersionVector, reverts_digest: String },
+    /// `root_cell`: pushed down the backbone tree rooted at that cell.
+    Generations {
+        generations: Vec<Generation>,
+        hops: u32,
+        pulled: bool,
+        root_cell: Option<usize>,
+    },
+    Reverts {
+        reverts: Vec<Revert>,
+        hops: u32,
+        root_cell: Option<usize>,
+    },
+    Pull {
+        have: VersionVector,
+        reverts_digest: String,
+    },
     Syn,
     Ack(Delta),
     Ack2(Delta),
+    /// A representative's log summary (`Summaries` id), to another cell's representative.
+    BackboneSyn(u32),
+    /// The answer's own summary.
+    BackboneAck(u32),
 }
 
 #[derive(Debug)]
@@ -490,6 +532,17 @@ enum Event {
         generations: Vec<Generation>,
         hops: u32,
     },
+    /// `node`'s push down the backbone to `cell`'s representative `tried.last()` went
+    /// unanswered: it pushes to the cell's next representative, or, when each was tried, to
+    /// the cell's children in the backbone tree itself.
+    BackboneTakeover {
+        node: usize,
+        cell: usize,
+        tried: Vec<usize>,
+        payload: Payload,
+        hops: u32,
+        root: usize,
+    },
     /// The writer's next sweep round of its own generation.
     Sweep {
         node: usize,
@@ -512,7 +565,8 @@ impl Event {
             | Event::Judge { node, .. }
             | Event::Submit { node, .. }
             | Event::Sweep { node, .. }
-            | Event::Takeover { node, .. } => Some(*node),
+            | Event::Takeover { node, .. }
+            | Event::BackboneTakeover { node, .. } => Some(*node),
             Event::Deliver { to, .. } => Some(*to),
             Event::Stored { .. } | Event::Crash(_) | Event::Restart(_) | Event::Cut(_) | Event::Heal => None,
         }
@@ -555,16 +609,19 @@ struct Record {
     reverted: BTreeMap<GenId, BTreeMap<usize, u64>>,
     /// Reverts written, by whom, why, when.
     written: Vec<(usize, GenId, Cause, u64)>,
-    /// Messages and bytes sent, in all.
+    /// Messages and bytes sent, in all, and messages between cells.
     messages: u64,
     bytes: u64,
+    backbone_messages: u64,
 }
 
-/// A generation's push tree over every node: node indices in tree order, and each node's
-/// position in it.
+/// A generation's push tree over a cell's nodes (or the backbone's over the cells): indices
+/// in tree order, each one's position in it (by its place in the cell), and how many roots
+/// lead the order.
 struct Tree {
     order: Vec<usize>,
     position: Vec<usize>,
+    roots: usize,
 }
 
 struct World {
@@ -575,7 +632,9 @@ struct World {
     events: u64,
     queue: BinaryHeap<Reverse<Queued>>,
     nodes: Vec<Node>,
-    /// What each node's gossip holds of every member.
+    /// The cells the fleet is split into.
+    cells: Cells,
+    /// What each node's gossip holds of every member of its cell.
     views: Views,
     /// The log summaries members published.
     summaries: Summaries,
@@ -592,8 +651,12 @@ struct World {
     revert_writers: BTreeMap<GenId, BTreeSet<usize>>,
     /// The wire size of each generation submitted.
     encoded_bytes: BTreeMap<(GenId, ContentHash), u64>,
-    /// Each generation's push tree over every node (`crate::push`).
-    trees: BTreeMap<GenId, Arc<Tree>>,
+    /// Each generation's push tree over each cell's nodes (`crate::push`), by (generation,
+    /// cell, the representative the tree is rooted at: `usize::MAX` for none).
+    trees: BTreeMap<(GenId, usize, usize), Arc<Tree>>,
+    /// Each generation's (or revert target's) backbone tree over the cells, by its root cell
+    /// (`crate::cell::backbone_order`).
+    backbone_trees: BTreeMap<(GenId, usize), Arc<Tree>>,
     loss: f64,
     trace: Vec<String>,
     faults: Vec<String>,
@@ -617,6 +680,11 @@ fn node_name(index: usize) -> NodeName {
     format!("n{index:05}").parse().expect("a valid node name")
 }
 
+/// The index of the simulated node named `name` (`node_name`), if it is one.
+fn node_index(name: &NodeName) -> Option<usize> {
+    name.as_str().strip_prefix('n')?.parse().ok()
+}
+
 fn put(key: &str, value: &str) -> Op {
     Op::PutConfig {
         key: key.parse::<Key>().expect("a valid key"),
@@ -628,7 +696,9 @@ fn put(key: &str, value: &str) -> Op {
 impl World {
     fn new(options: Options) -> World {
         assert!(options.nodes >= 2, "a fleet of at least two nodes");
-        assert!(options.nodes <= MAX_NODES, "a fleet of at most {MAX_NODES} nodes");
+        assert!(options.cells == 1 || !options.waves, "waves do not move cell by cell yet: cells need a spread run");
+        let cells = Cells::new(options.nodes, options.cells);
+        assert!(cells.sizes().iter().all(|size| *size <= MAX_NODES), "a cell of at most {MAX_NODES} nodes");
         let random = SplitMix64::new(options.seed);
         let n = options.nodes;
         let nodes = (0..n)
@@ -661,7 +731,8 @@ impl World {
             events: 0,
             queue: BinaryHeap::new(),
             nodes,
-            views: Views::new(n),
+            views: Views::new(&cells.sizes()),
+            cells,
             summaries: Summaries::default(),
             partition: None,
             last_partition: None,
@@ -671,6 +742,7 @@ impl World {
             revert_writers: BTreeMap::new(),
             encoded_bytes: BTreeMap::new(),
             trees: BTreeMap::new(),
+            backbone_trees: BTreeMap::new(),
             loss: 0.0,
             trace: Vec::new(),
             faults: Vec::new(),
@@ -762,14 +834,18 @@ impl World {
         self.content(x, self.views.get(a, x))
     }
 
-    /// The members that ever published a report on `id`: only they can show one in a view.
-    fn reporters_of(&self, id: &GenId) -> impl Iterator<Item = usize> + '_ {
-        self.reporters.get(id).into_iter().flatten().copied()
+    /// The members of `node`'s cell that ever published a report on `id`: only they can show
+    /// one in its view.
+    fn reporters_of(&self, node: usize, id: &GenId) -> impl Iterator<Item = usize> + '_ {
+        let members = self.cells.cell_of(node).members.clone();
+        self.reporters.get(id).into_iter().flat_map(move |set| set.range(members.clone())).copied()
     }
 
-    /// The members that ever wrote `id`'s revert (published it in their `rv.` keys).
-    fn revert_writers_of(&self, id: &GenId) -> impl Iterator<Item = usize> + '_ {
-        self.revert_writers.get(id).into_iter().flatten().copied()
+    /// The members of `node`'s cell that ever wrote `id`'s revert (published it in their `rv.`
+    /// keys).
+    fn revert_writers_of(&self, node: usize, id: &GenId) -> impl Iterator<Item = usize> + '_ {
+        let members = self.cells.cell_of(node).members.clone();
+        self.revert_writers.get(id).into_iter().flat_map(move |set| set.range(members.clone())).copied()
     }
 
     /// Whether `viewer` holds `x` live (the failure-detection oracle, see the module doc).
@@ -793,11 +869,13 @@ impl World {
         back == 0 || self.now.saturating_sub(back) >= self.options.gossip_interval_ms
     }
 
+    /// The peers of `node`'s cell it holds live.
     fn live_peers(&self, node: usize) -> Vec<usize> {
+        let members = self.cells.cell_of(node).members.clone();
         if self.everyone_live() {
-            return (0..self.options.nodes).filter(|x| *x != node).collect();
+            return members.filter(|x| *x != node).collect();
         }
-        (0..self.options.nodes).filter(|x| *x != node && self.live(node, *x)).collect()
+        members.filter(|x| *x != node && self.live(node, *x)).collect()
     }
 
     /// Whether every node holds every other live (`live` is true throughout): no node is down,
@@ -823,13 +901,21 @@ impl World {
     fn send(&mut self, from: usize, to: usize, msg: Msg, bytes: u64) -> bool {
         self.record.messages += 1;
         self.record.bytes += bytes;
+        if self.cells.of(from) != self.cells.of(to) {
+            self.record.backbone_messages += 1;
+        }
         if self.loss > 0.0 && self.random.next_unit() < self.loss {
             return false;
         }
         if self.partition.as_ref().is_some_and(|p| !p.delivers(from, to)) {
             return false;
         }
-        let delay = self.options.latency_ms + self.random.below(self.options.jitter_ms as usize + 1) as u64;
+        let latency = if self.cells.of(from) == self.cells.of(to) {
+            self.options.latency_ms
+        } else {
+            self.options.inter_cell_latency_ms
+        };
+        let delay = latency + self.random.below(self.options.jitter_ms as usize + 1) as u64;
         self.at(delay, Event::Deliver { from, to, msg });
         true
     }
@@ -957,6 +1043,9 @@ impl World {
                     self.push_tree(node, grandchild, &generations, hops + 1);
                 }
             }
+            Event::BackboneTakeover { node, cell, tried, payload, hops, root } => {
+                self.backbone_push(node, cell, payload, hops, root, tried);
+            }
             Event::Crash(node) => self.crash(node),
             Event::Restart(node) => {
                 let state = &mut self.nodes[node];
@@ -1008,10 +1097,11 @@ impl World {
     }
 
     fn submit(&mut self, node: usize, change: Change, bad: bool) {
+        let members = self.cells.cell_of(node).members.clone();
         let live: Vec<NodeName> =
-            (0..self.options.nodes).filter(|x| self.live(node, *x)).map(|x| self.nodes[x].name.clone()).collect();
+            members.clone().filter(|x| self.live(node, *x)).map(|x| self.nodes[x].name.clone()).collect();
         let own = &self.nodes[node].name;
-        let most_held_own = (0..self.options.nodes)
+        let most_held_own = members
             .filter(|x| *x != node)
             .map(|x| (x, self.summaries.vv(self.seen_by(node, x).summary).get(own)))
             .max_by_key(|(_, held)| *held)
@@ -1067,6 +1157,7 @@ impl World {
                 for peer in &children {
                     self.push_tree(node, *peer, generations, 1);
                 }
+                self.leave_cell(node, Payload::Generations(vec![generation.clone()]), 0);
                 let tried = children.into_iter().collect();
                 let after = SWEEP_AFTER_ROUNDS * self.options.gossip_interval_ms;
                 self.at(after, Event::Sweep { node, generation: Box::new(generation), tried, until });
@@ -1102,9 +1193,10 @@ impl World {
                     self.record.written.push((node, target, cause, self.now));
                     let peers = self.random_peers(node, self.options.push_fanout, None);
                     for peer in peers {
-                        self.send(node, peer, Msg::Reverts { reverts: reverts.clone(), hops: 1 }, 64);
+                        self.send(node, peer, Msg::Reverts { reverts: reverts.clone(), hops: 1, root_cell: None }, 64);
                     }
                     self.nudge(node);
+                    self.revert_leaves(node, &reverts);
                 }
                 self.publish(node);
                 self.schedule_decide(node);
@@ -1149,7 +1241,8 @@ impl World {
         }
         let bytes = self.bytes_of(&generation);
         for peer in &chosen {
-            let msg = Msg::Generations { generations: vec![generation.clone()], hops: 1, pulled: false };
+            let msg =
+                Msg::Generations { generations: vec![generation.clone()], hops: 1, pulled: false, root_cell: None };
             self.send(node, *peer, msg, bytes);
         }
         tried.extend(chosen);
@@ -1162,7 +1255,7 @@ impl World {
     /// `TAKEOVER_MS` later, as the pusher does when a push goes unanswered.
     fn push_tree(&mut self, node: usize, peer: usize, generations: &[Generation], hops: u32) {
         let bytes = generations.iter().map(|g| self.bytes_of(g)).sum();
-        let msg = Msg::Generations { generations: generations.to_vec(), hops, pulled: false };
+        let msg = Msg::Generations { generations: generations.to_vec(), hops, pulled: false, root_cell: None };
         let arrives = self.send(node, peer, msg, bytes) && self.nodes[peer].replica.is_some();
         if !arrives {
             let generations = generations.to_vec();
@@ -1171,8 +1264,8 @@ impl World {
     }
 
     /// `member`'s children in the push tree of the first of `generations`, drawn over the
-    /// members `node`'s view holds live, that `node` does not know to hold them all (and not
-    /// `from`).
+    /// members of its cell that `node`'s view holds live, that `node` does not know to hold
+    /// them all (and not `from`).
     fn tree_children(
         &mut self,
         node: usize,
@@ -1180,30 +1273,46 @@ impl World {
         generations: &[Generation],
         from: Option<usize>,
     ) -> Vec<usize> {
-        let id = generations[0].id();
-        let nodes = self.options.nodes;
-        let tree = self.trees.entry(id.clone()).or_insert_with(|| {
-            let order = crate::push::tree_order(id, (0..nodes).map(|x| (node_name(x), x)));
-            let mut position = vec![0; nodes];
-            for (at, x) in order.iter().enumerate() {
-                position[*x] = at;
-            }
-            Arc::new(Tree { order, position })
-        });
-        let tree = tree.clone();
+        let tree = self.cell_tree(node, generations[0].id());
         let (order, position) = (&tree.order, &tree.position);
         let fanout = self.options.push_fanout;
+        let start = self.cells.cell_of(node).members.start;
         let children: Vec<usize> = if self.everyone_live() {
-            crate::push::children_at(order, position[member], fanout).to_vec()
+            crate::push::children_at(order, position[member - start], fanout).to_vec()
         } else {
-            let origin = order[0];
-            let placed = |x: usize| x == node || x == member || x == origin || self.live(node, x);
+            let roots = &order[..tree.roots];
+            let placed = |x: usize| x == node || x == member || roots.contains(&x) || self.live(node, x);
             let view: Vec<usize> = order.iter().copied().filter(|x| placed(*x)).collect();
             let at = view.iter().position(|x| *x == member).expect("the member is placed in the view");
             crate::push::children_at(&view, at, fanout).to_vec()
         };
         let lacking: BTreeSet<usize> = self.lacking(node, generations, from).into_iter().collect();
         children.into_iter().filter(|child| lacking.contains(child)).collect()
+    }
+
+    /// Generation `id`'s push tree over `node`'s cell, as `node` draws it: rooted at the
+    /// origin when it is of the cell (then at the representative that takes `id` out of the
+    /// cell, one hop down), else at the representative `id` enters the cell through
+    /// (`cell::entry` over the representatives `node` holds live).
+    fn cell_tree(&mut self, node: usize, id: &GenId) -> Arc<Tree> {
+        let cell = self.cells.of(node);
+        let entry = if self.cells.len() > 1 { self.entry_seen(node, cell, id) } else { None };
+        let key = (id.clone(), cell, entry.unwrap_or(usize::MAX));
+        if let Some(tree) = self.trees.get(&key) {
+            return tree.clone();
+        }
+        let members = &self.cells.get(cell).members;
+        let origin = node_index(&id.origin).filter(|origin| members.contains(origin));
+        let mut roots: Vec<NodeName> = origin.into_iter().map(node_name).collect();
+        roots.extend(entry.filter(|entry| Some(*entry) != origin).map(node_name));
+        let order = crate::push::tree_order_rooted(id, &roots, members.clone().map(|x| (node_name(x), x)));
+        let mut position = vec![0; members.len()];
+        for (at, x) in order.iter().enumerate() {
+            position[*x - members.start] = at;
+        }
+        let tree = Arc::new(Tree { order, position, roots: roots.len() });
+        self.trees.insert(key, tree.clone());
+        tree
     }
 
     /// The bytes `generation` takes on the wire, encoded once per generation (a fleet's
@@ -1298,17 +1407,26 @@ impl World {
     }
 
     fn nudge(&mut self, node: usize) {
+        let bytes = self.digest_bytes(node);
         for peer in self.live_peers(node) {
-            self.send(node, peer, Msg::Syn, self.options.nodes as u64 * DIGEST_ENTRY_BYTES);
+            self.send(node, peer, Msg::Syn, bytes);
         }
     }
 
+    /// What a gossip digest of `node`'s cell takes: an entry per member.
+    fn digest_bytes(&self, node: usize) -> u64 {
+        self.cells.cell_of(node).members.len() as u64 * DIGEST_ENTRY_BYTES
+    }
+
     fn gossip_round(&mut self, node: usize) {
-        let bytes = self.options.nodes as u64 * DIGEST_ENTRY_BYTES;
+        let bytes = self.digest_bytes(node);
         for peer in self.random_peers(node, self.options.gossip_fanout, None) {
             self.send(node, peer, Msg::Syn, bytes);
         }
         self.maybe_pull(node);
+        if self.cells.len() > 1 {
+            self.backbone_round(node);
+        }
         self.at(self.options.gossip_interval_ms, Event::Gossip(node));
     }
 
@@ -1325,7 +1443,7 @@ impl World {
         match msg {
             Msg::Syn => {
                 let newer = self.newer(to, from);
-                let bytes = self.options.nodes as u64 * DIGEST_ENTRY_BYTES + self.delta_bytes(&newer);
+                let bytes = self.digest_bytes(to) + self.delta_bytes(&newer);
                 self.send(to, from, Msg::Ack(newer), bytes);
             }
             Msg::Ack(entries) => {
@@ -1346,32 +1464,39 @@ impl World {
                 };
                 if !reverts.is_empty() {
                     let bytes = 64 * reverts.len() as u64;
-                    self.send(to, from, Msg::Reverts { reverts, hops: 0 }, bytes);
+                    self.send(to, from, Msg::Reverts { reverts, hops: 0, root_cell: None }, bytes);
                 }
                 let bytes = generations.iter().map(|g| self.bytes_of(g)).sum::<u64>() + 16;
-                self.send(to, from, Msg::Generations { generations, hops: 0, pulled: true }, bytes);
+                let msg = Msg::Generations { generations, hops: 0, pulled: true, root_cell: None };
+                self.send(to, from, msg, bytes);
             }
-            Msg::Generations { generations, hops, pulled } => {
+            Msg::Generations { generations, hops, pulled, root_cell } => {
                 if pulled {
                     self.nodes[to].pull_until = 0;
                 }
-                self.ingest(to, from, generations, hops);
+                self.ingest(to, from, generations, hops, root_cell);
             }
-            Msg::Reverts { reverts, hops } => {
+            Msg::Reverts { reverts, hops, root_cell } => {
                 let fresh = self.replica(to).fresh_reverts(reverts);
                 if fresh.is_empty() {
                     return;
                 }
                 // Forwarded before the store, as the engine does.
                 for peer in self.random_peers(to, self.options.push_fanout, Some(from)) {
-                    self.send(to, peer, Msg::Reverts { reverts: fresh.clone(), hops: hops + 1 }, 64);
+                    let msg = Msg::Reverts { reverts: fresh.clone(), hops: hops + 1, root_cell: None };
+                    self.send(to, peer, msg, 64);
+                }
+                if self.cells.len() > 1 {
+                    self.revert_crosses(to, from, &fresh, hops, root_cell);
                 }
                 self.store(to, Work::Reverts { reverts: fresh, written: None });
             }
+            Msg::BackboneSyn(summary) => self.backbone_syn(to, from, summary),
+            Msg::BackboneAck(summary) => self.backbone_ack(to, from, summary),
         }
     }
 
-    fn ingest(&mut self, node: usize, from: usize, generations: Vec<Generation>, hops: u32) {
+    fn ingest(&mut self, node: usize, from: usize, generations: Vec<Generation>, hops: u32, root: Option<usize>) {
         if generations.is_empty() {
             return;
         }
@@ -1387,9 +1512,25 @@ impl World {
         // Push on first receipt, however they came (pushed or pulled, as the engine does), to
         // its children in the first generation's push tree: a node that pulled a generation
         // before its parent's push arrived still covers its subtree.
-        let peers = self.tree_children(node, node, &triage.new, Some(from));
+        let mut peers = self.tree_children(node, node, &triage.new, Some(from));
+        let crossed = self.cells.of(from) != self.cells.of(node);
+        if crossed {
+            // Into the cell: the tree's root may be another representative (views differ, or
+            // it was taken over), so its children are pushed to as well.
+            let root = self.cell_tree(node, triage.new[0].id()).order[0];
+            if root != node {
+                for child in self.tree_children(node, root, &triage.new, Some(from)) {
+                    if !peers.contains(&child) {
+                        peers.push(child);
+                    }
+                }
+            }
+        }
         for peer in peers {
             self.push_tree(node, peer, &triage.new, hops + 1);
+        }
+        if self.cells.len() > 1 {
+            self.generations_cross(node, crossed, &triage.new, hops, root);
         }
         self.store(node, Work::Ingest { new: triage.new, hops });
     }
@@ -1434,16 +1575,30 @@ impl World {
         }
         let replica = self.replica(node);
         let (settled, digest) = (replica.settled(), replica.log().reverts_digest());
-        let ahead = self.summaries_where(node, |summary, summaries| {
-            let theirs = summaries.reverts_digest(summary);
-            settled.is_behind(summaries.vv(summary)) || (theirs != digest && !theirs.is_empty())
-        });
+        let ahead = self.summaries_where(node, |summary, summaries| is_ahead(&settled, &digest, summary, summaries));
         let Some(ahead) = ahead else { return };
         let ahead = self.live_members_at(node, &ahead, None);
         if ahead.is_empty() {
             return;
         }
         let peer = ahead[self.random.below(ahead.len())];
+        self.pull(node, peer, settled, digest);
+    }
+
+    /// Pulls from `peer`, whose log summary is `summary`, if it is ahead and no pull is in
+    /// flight.
+    fn pull_if_ahead(&mut self, node: usize, peer: usize, summary: u32) {
+        if self.now < self.nodes[node].pull_until {
+            return;
+        }
+        let replica = self.replica(node);
+        let (settled, digest) = (replica.settled(), replica.log().reverts_digest());
+        if is_ahead(&settled, &digest, summary, &self.summaries) {
+            self.pull(node, peer, settled, digest);
+        }
+    }
+
+    fn pull(&mut self, node: usize, peer: usize, settled: VersionVector, digest: String) {
         self.nodes[node].pull_until = self.now + PULL_TIMEOUT_MS;
         let bytes = 24 * settled.iter().count() as u64 + 64;
         self.send(node, peer, Msg::Pull { have: settled, reverts_digest: digest }, bytes);
@@ -1460,12 +1615,12 @@ impl World {
                 continue;
             }
             let mut anomaly = Anomaly::default();
-            for x in self.reporters_of(&id) {
+            for x in self.reporters_of(node, &id) {
                 if let Some((report, _)) = self.seen_by(node, x).reports.get(&id) {
                     anomaly.reports.insert(self.nodes[x].name.clone(), *report);
                 }
             }
-            for x in self.revert_writers_of(&id) {
+            for x in self.revert_writers_of(node, &id) {
                 if x != node && self.seen_by(node, x).revert_writers.contains(&id) && self.live(node, x) {
                     anomaly.live_writers += 1;
                 }
@@ -1485,7 +1640,7 @@ impl World {
         let mut deadline = self.replica(node).next_revert_deadline().map(|ms| ms.saturating_sub(self.now));
         let mut reports = BTreeMap::new();
         for id in self.replica(node).needs_reports(now) {
-            let seen = self.reporters_of(&id).filter(|x| self.live(node, *x)).filter_map(|x| {
+            let seen = self.reporters_of(node, &id).filter(|x| self.live(node, *x)).filter_map(|x| {
                 let (report, published) = self.seen_by(node, x).reports.get(&id)?;
                 let elapsed_ms = report.elapsed_ms + self.now.saturating_sub(*published);
                 Some((self.nodes[x].name.clone(), Report { elapsed_ms, ..*report }))
@@ -1580,7 +1735,9 @@ impl World {
         let share = 20 + self.random.below(31);
         let side: Vec<bool> = (0..n).map(|_| self.random.below(100) < share).collect();
         let mode = if self.random.below(5) == 0 { Mode::OneWay } else { Mode::Full };
-        let start = bad_at.saturating_sub(500);
+        // (In a spread run the bad change follows the idle window at once: the cut starts with
+        // it.)
+        let start = bad_at.saturating_sub(500).max(self.now);
         let length = 3_000 + self.random.below(12_001) as u64;
         let flapping = self.random.below(4) == 0;
         let partition = Partition { side, mode, since: start, healed_at: 0 };
@@ -1638,7 +1795,7 @@ impl World {
             let plan = Plan::shared(&generation.body);
             let policy = &generation.body.change.policy;
             let (mut live, mut all) = (BTreeMap::new(), BTreeMap::new());
-            for x in self.reporters_of(id) {
+            for x in self.reporters_of(node, id) {
                 if let Some((report, published)) = self.seen_by(node, x).reports.get(id) {
                     all.insert(self.nodes[x].name.clone(), *report);
                     if self.live(node, x) {
@@ -1859,6 +2016,13 @@ impl World {
         }
         violations
     }
+}
+
+/// Whether a member at log summary `summary` is ahead of a log at `settled` with reverts
+/// `digest`: it holds a generation the log lacks, or other reverts.
+fn is_ahead(settled: &VersionVector, digest: &str, summary: u32, summaries: &Summaries) -> bool {
+    let theirs = summaries.reverts_digest(summary);
+    settled.is_behind(summaries.vv(summary)) || (theirs != digest && !theirs.is_empty())
 }
 
 /// The bytes a generation takes on the wire.

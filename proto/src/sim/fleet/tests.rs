@@ -66,3 +66,42 @@ fn a_one_cell_run_is_the_run_before_cells() {
         assert_eq!((outcome.trace_digest(), outcome.figures.events), (digest, events), "{replay}");
     }
 }
+
+fn cells(nodes: usize, cells: usize, seed: u64) -> Options {
+    Options { faults: false, waves: false, cells, ..Options::new(nodes, seed) }
+}
+
+#[test]
+fn a_change_crosses_every_cell_down_the_backbone_one_push_per_node() {
+    // 300 nodes in 10 cells of 30: the writer's cell tree reaches the entry in one hop, the
+    // backbone tree over 10 cells is 2 hops deep, and each cell's tree 3.
+    let outcome = run(cells(300, 10, 1));
+    let figures = &outcome.figures;
+    assert!(outcome.violations.is_empty(), "{}", outcome.summary());
+    let hops = 1 + crate::push::depth(10, 3) + crate::push::depth(30, 3);
+    assert!(figures.good_hops <= hops, "at most {hops} hops: {}", outcome.summary());
+    assert!(figures.change_messages < 1.2, "messages per node per change: {}", outcome.summary());
+    let crossing = 20 * crate::push::depth(10, 3) as u64;
+    assert!(figures.good_stored_ms.is_some_and(|ms| ms >= crossing), "two backbone hops: {}", outcome.summary());
+    assert!(figures.revert_everywhere_ms.is_some(), "the revert written in one cell reaches every cell");
+}
+
+#[test]
+fn cells_give_the_same_history_for_the_same_seed() {
+    let (one, two) = (run(cells(120, 4, 5)), run(cells(120, 4, 5)));
+    assert_eq!(one.trace_digest(), two.trace_digest());
+    assert!(
+        one.options.replay_command().ends_with("--no-faults --spread --cells 4"),
+        "{}",
+        one.options.replay_command()
+    );
+}
+
+#[test]
+fn cells_with_faults_keep_every_invariant() {
+    for seed in 0..3 {
+        let outcome = run(Options { faults: true, ..cells(200, 8, seed) });
+        assert!(outcome.violations.is_empty(), "{}", outcome.summary());
+        assert!(outcome.figures.revert_everywhere_ms.is_some(), "{}", outcome.summary());
+    }
+}
