@@ -18,8 +18,9 @@
 //! mode: every benchmark must run; no timing is asserted. `chaos [--quick] [--seeds N] [--seed S]
 //! [--nodes N] [--events N] [--jobs J]` runs the chaos suite (`chaos/`) with a summary table;
 //! `.ci/run` runs `--quick`. `sim [--quick] [--seeds N] [--first S] [--seed S] [--nodes N]
-//! [--no-faults] [--spread] [--trace] [--jobs J]` runs the fleet simulator (`proto::sim::fleet`,
-//! `docs/simulation.md`); `.ci/run` runs `--quick` (100 seeds of 50 nodes).
+//! [--no-faults] [--spread] [--cells N | --cell-size S] [--inter-cell-ms MS] [--representatives K]
+//! [--trace] [--jobs J]` runs the fleet simulator (`proto::sim::fleet`, `docs/simulation.md`);
+//! `.ci/run` runs `--quick` (100 seeds of 50 nodes).
 
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
@@ -148,7 +149,8 @@ fn each_seed<T: Send>(seeds: &[u64], jobs: usize, run: impl Fn(u64) -> T + Sync)
 }
 
 const SIM_USAGE: &str = "usage: grapevine-cluster-tests sim [--quick] [--seeds N] [--first S] [--seed S]... \
-[--nodes N] [--no-faults] [--spread] [--trace] [--jobs J]";
+[--nodes N] [--no-faults] [--spread] [--cells N | --cell-size S] [--inter-cell-ms MS] [--representatives K] \
+[--trace] [--jobs J]";
 
 /// `sim`: runs the fleet simulator (`proto::sim::fleet`) over seeds, checks each run's
 /// invariants and prints its figures (every run's with one seed, the failing ones' and the
@@ -157,6 +159,9 @@ fn sim(args: &[String]) -> ExitCode {
     use grapevine_proto::sim::fleet;
     let (mut seeds, mut nodes, mut quick) = (Seeds::default(), 50usize, false);
     let (mut faults, mut waves, mut trace) = (true, true, false);
+    let defaults = fleet::Options::new(2, 0);
+    let (mut cells, mut cell_size) = (None, None);
+    let (mut inter_cell_ms, mut representatives) = (defaults.inter_cell_latency_ms, defaults.representatives);
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -184,6 +189,10 @@ fn sim(args: &[String]) -> ExitCode {
             "--seeds" | "--first" | "--seed" => number(arg).map(|n| seeds.set(arg, n)),
             "--nodes" => number("--nodes").map(|n| nodes = n as usize),
             "--jobs" => number("--jobs").map(|n| jobs = (n as usize).max(1)),
+            "--cells" => number("--cells").map(|n| cells = Some(n as usize)),
+            "--cell-size" => number("--cell-size").map(|n| cell_size = Some(n as usize)),
+            "--inter-cell-ms" => number("--inter-cell-ms").map(|n| inter_cell_ms = n),
+            "--representatives" => number("--representatives").map(|n| representatives = n as usize),
             other => Err(format!("unknown option {other:?}")),
         };
         if let Err(error) = parsed {
@@ -195,6 +204,34 @@ fn sim(args: &[String]) -> ExitCode {
         eprintln!("--nodes: expected at least 2, got {nodes}\n{SIM_USAGE}");
         return ExitCode::from(2);
     }
+    let cells = match (cells, cell_size) {
+        (Some(_), Some(_)) => Err("--cells and --cell-size: expected one of them, got both".to_owned()),
+        (Some(count), None) if count == 0 || count > nodes => {
+            Err(format!("--cells: expected 1 to {nodes} (the nodes), got {count}"))
+        }
+        (Some(count), None) => Ok(count),
+        (None, Some(0)) => Err("--cell-size: expected at least 1, got 0".to_owned()),
+        (None, Some(size)) => Ok(nodes.div_ceil(size)),
+        (None, None) => Ok(1),
+    }
+    .and_then(|cells| match nodes.div_ceil(cells) {
+        size if size > fleet::MAX_CELL_NODES => Err(format!(
+            "a cell of at most {} nodes: {nodes} nodes in {cells} cells make cells of {size} (use --cells or --cell-size)",
+            fleet::MAX_CELL_NODES
+        )),
+        _ if cells > 1 && waves => {
+            Err("--cells needs --spread: waves do not yet move cell by cell (a wave's gate reads reports inside one cell)".to_owned())
+        }
+        _ if representatives == 0 => Err("--representatives: expected at least 1, got 0".to_owned()),
+        _ => Ok(cells),
+    });
+    let cells = match cells {
+        Ok(cells) => cells,
+        Err(error) => {
+            eprintln!("{error}\n{SIM_USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     if quick {
         // CI: a hundred fleets of 50, every fault drawn.
         (seeds.count, nodes) = (Some(100), 50);
@@ -202,15 +239,23 @@ fn sim(args: &[String]) -> ExitCode {
     let seeds = seeds.resolve([]);
     let one = seeds.len() == 1;
     eprintln!(
-        "sim: {} seeds, {nodes} nodes, faults {}, {}, {jobs} at a time",
+        "sim: {} seeds, {nodes} nodes{}, faults {}, {}, {jobs} at a time",
         seeds.len(),
+        if cells > 1 { format!(" in {cells} cells") } else { String::new() },
         if faults { "on" } else { "off" },
         if waves { "waves" } else { "spread and revert" }
     );
     let started = Instant::now();
     let cpu = grapevine_cluster_tests::process_cpu_seconds();
     let outcomes = each_seed(&seeds, jobs, |seed| {
-        let options = fleet::Options { faults, waves, ..fleet::Options::new(nodes, seed) };
+        let options = fleet::Options {
+            faults,
+            waves,
+            cells,
+            inter_cell_latency_ms: inter_cell_ms,
+            representatives,
+            ..fleet::Options::new(nodes, seed)
+        };
         let mut outcome = fleet::run(options);
         // The chaos suite's checker judges the run too, as it judges real processes.
         let verdict = chaos::simulated::check(&outcome);

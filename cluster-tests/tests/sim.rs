@@ -57,3 +57,26 @@ fn a_usage_error_exits_2_and_says_what_was_expected() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output).1.contains("--seeds: expected a number, got \"many\""));
 }
+
+#[test]
+fn a_fleet_in_cells_prints_its_cells_and_keeps_every_invariant() {
+    let output = sim(&["--seed", "3", "--nodes", "40", "--cells", "4", "--spread"]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("seed 3 nodes 40: 0 violations"), "{stderr}");
+    assert!(stderr.contains("cells: 4 of 10 nodes, 3 representatives each, 20 ms between cells"), "{stderr}");
+    assert!(stdout.contains("sim ran 1 seeds at 40 nodes"), "{stdout}");
+}
+
+#[test]
+fn cells_are_refused_where_they_do_not_fit_and_say_why() {
+    let output = sim(&["--nodes", "40", "--cells", "4"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).1.contains("--cells needs --spread"), "{}", text(&output).1);
+    let output = sim(&["--nodes", "40", "--cells", "4", "--cell-size", "10", "--spread"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).1.contains("expected one of them, got both"), "{}", text(&output).1);
+    let output = sim(&["--nodes", "40", "--cells", "41", "--spread"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).1.contains("--cells: expected 1 to 40 (the nodes), got 41"), "{}", text(&output).1);
+}

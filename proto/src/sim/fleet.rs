@@ -84,6 +84,10 @@ pub const FEATURE_KEY: &str = "feature";
 /// The value of `APP_KEY` that makes an application unhealthy (JSON text).
 const BAD_VALUE: &str = "\"bad\"";
 
+/// Most nodes one cell may have (a flat fleet is one cell): a gossip delta names a member of
+/// its cell in 16 bits.
+pub const MAX_CELL_NODES: usize = MAX_NODES;
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -149,6 +153,16 @@ impl Options {
         }
     }
 
+    /// The cells, and the idle messages between them per node per second.
+    fn cells_line(&self, idle_backbone_messages: f64) -> String {
+        let (smallest, largest) = (self.nodes / self.cells, self.nodes.div_ceil(self.cells));
+        let size = if smallest == largest { smallest.to_string() } else { format!("{smallest} to {largest}") };
+        format!(
+            "cells: {} of {size} nodes, {} representatives each, {} ms between cells; idle between cells {:.2} messages per node per second",
+            self.cells, self.representatives, self.inter_cell_latency_ms, idle_backbone_messages
+        )
+    }
+
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         let mut command = format!(
@@ -191,6 +205,8 @@ pub struct Figures {
     pub good_served_ms: Option<u64>,
     /// Per wave of the good change, from its acceptance to every member of the wave serving it.
     pub waves_ms: Vec<Option<u64>>,
+    /// From the good change's acceptance to 99% of the nodes up storing it.
+    pub good_stored_p99_ms: Option<u64>,
     /// Most hops a generation took to a node that stored it first from a push.
     pub good_hops: u32,
     /// From the bad change's acceptance to the first revert written.
@@ -205,6 +221,8 @@ pub struct Figures {
     /// Idle traffic per node per second: messages and bytes.
     pub idle_messages: f64,
     pub idle_bytes: f64,
+    /// Of the idle messages, those between cells (per node per second).
+    pub idle_backbone_messages: f64,
     /// Per node, from the good change's acceptance to every node storing it (or the bad
     /// change's, in a spread run): messages and bytes sent beyond the idle rate.
     pub change_messages: f64,
@@ -310,7 +328,13 @@ impl Outcome {
             let waves: Vec<String> = f.waves_ms.iter().map(|w| ms(*w)).collect();
             let _ = writeln!(out, "  good change, each wave served by all its members: {}", waves.join(", "));
         } else {
-            let _ = writeln!(out, "  bad change: stored by all {}, {} hops at most", ms(f.good_stored_ms), f.good_hops);
+            let _ = writeln!(
+                out,
+                "  bad change: stored by all {} (by 99% {}), {} hops at most",
+                ms(f.good_stored_ms),
+                ms(f.good_stored_p99_ms),
+                f.good_hops
+            );
         }
         let _ = writeln!(
             out,
@@ -325,6 +349,9 @@ impl Outcome {
             "  per node per second idle: {:.1} messages, {:.0} B; per node per change: {:.1} messages, {:.0} B",
             f.idle_messages, f.idle_bytes, f.change_messages, f.change_bytes
         );
+        if self.options.cells > 1 {
+            let _ = writeln!(out, "  {}", self.options.cells_line(f.idle_backbone_messages));
+        }
         let _ = writeln!(out, "  simulated {} ms, {} events", f.simulated_ms, f.events);
         for violation in &self.violations {
             let _ = writeln!(out, "  VIOLATION {}: {}", violation.invariant, violation.detail);
@@ -355,13 +382,19 @@ pub fn medians(outcomes: &[Outcome]) -> String {
         |pick: &dyn Fn(&Figures) -> f64| median(outcomes.iter().map(|o| pick(&o.figures)).collect()).unwrap_or(0.0);
     let mut out = String::from("medians over the runs:\n");
     let _ = writeln!(out, "  change stored by all: {}", ms(&|f| f.good_stored_ms));
+    let _ = writeln!(out, "  change stored by 99%: {}", ms(&|f| f.good_stored_p99_ms));
     if outcomes.iter().any(|o| o.options.waves) {
         let _ = writeln!(out, "  change served by all (waves): {}", ms(&|f| f.good_served_ms));
     }
     let nodes = outcomes.first().map_or(2, |o| o.options.nodes);
     let fanout = outcomes.first().map_or(3, |o| o.options.push_fanout);
     let bound = super::epidemic_bound(nodes, fanout);
-    let _ = writeln!(out, "  most hops to a node: {:.0} (epidemic bound {bound:.1})", number(&|f| f.good_hops as f64));
+    let _ = writeln!(
+        out,
+        "  most hops to a node: {:.0} (epidemic bound {bound:.1}, 1.5 times it {:.1})",
+        number(&|f| f.good_hops as f64),
+        1.5 * bound
+    );
     let _ = writeln!(out, "  bad change: revert written {}", ms(&|f| f.revert_written_ms));
     let _ = writeln!(out, "  bad change: no node serving it {}", ms(&|f| f.revert_done_ms));
     let _ = writeln!(out, "  bad change: every node holding the revert {}", ms(&|f| f.revert_everywhere_ms));
@@ -374,6 +407,9 @@ pub fn medians(outcomes: &[Outcome]) -> String {
         number(&|f| f.change_messages),
         number(&|f| f.change_bytes)
     );
+    if let Some(first) = outcomes.first().filter(|o| o.options.cells > 1) {
+        let _ = writeln!(out, "  {}", first.options.cells_line(number(&|f| f.idle_backbone_messages)));
+    }
     let _ = write!(
         out,
         "  simulated {:.0} ms, {:.0} events a run",
@@ -668,6 +704,8 @@ struct World {
     bad_at: Option<u64>,
     /// Traffic at the idle window's start and end, and at the measured change's acceptance.
     idle: Option<((u64, u64), (u64, u64))>,
+    /// Messages between cells in the idle window.
+    idle_backbone: u64,
     change_start: Option<(u64, u64)>,
     change_traffic: Option<(u64, u64, u64)>,
     /// When the last fault ends.
@@ -752,6 +790,7 @@ impl World {
             good_at: None,
             bad_at: None,
             idle: None,
+            idle_backbone: 0,
             change_start: None,
             change_traffic: None,
             quiet_from: 0,
@@ -956,8 +995,10 @@ impl World {
         }
         self.run_until(idle_start);
         let start = (self.record.messages, self.record.bytes);
+        let backbone = self.record.backbone_messages;
         self.run_until(first_change);
         self.idle = Some((start, (self.record.messages, self.record.bytes)));
+        self.idle_backbone = self.record.backbone_messages - backbone;
         if self.options.waves {
             // Until every node serves it (the last wave) or a minute.
             let deadline = next + 60_000;
@@ -1861,13 +1902,17 @@ impl World {
         if let Some((messages, bytes)) = idle_rate {
             figures.idle_messages = messages;
             figures.idle_bytes = bytes;
+            figures.idle_backbone_messages = self.idle_backbone as f64 / seconds / n as f64;
         }
         let measured = if self.options.waves { (&self.good, self.good_at) } else { (&self.bad, self.bad_at) };
         if let (Some(id), Some(at)) = measured {
             let stored = self.record.stored.get(id);
             if stored.is_some_and(|s| s.len() == n) {
                 let stored = stored.expect("checked");
-                figures.good_stored_ms = stored.values().map(|(t, _)| t - at).max();
+                let mut times: Vec<u64> = stored.values().map(|(t, _)| t - at).collect();
+                times.sort_unstable();
+                figures.good_stored_ms = times.last().copied();
+                figures.good_stored_p99_ms = times.get((times.len() * 99).div_ceil(100).saturating_sub(1)).copied();
                 figures.good_hops = stored.values().map(|(_, h)| *h).max().unwrap_or(0);
             }
             if let Some((messages, bytes, end)) = self.change_traffic {

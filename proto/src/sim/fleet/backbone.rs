@@ -67,7 +67,7 @@ impl World {
     }
 
     /// `key`'s backbone tree over every cell, rooted at `root`.
-    fn backbone_tree(&mut self, key: &GenId, root: usize) -> Arc<Tree> {
+    pub(super) fn backbone_tree(&mut self, key: &GenId, root: usize) -> Arc<Tree> {
         let cached = (key.clone(), root);
         if let Some(tree) = self.backbone_trees.get(&cached) {
             return tree.clone();
@@ -189,9 +189,15 @@ impl World {
         reps.retain(|rep| !tried.contains(rep));
         let target = reps.iter().copied().min_by_key(|rep| (crate::push::rank(&key, &self.nodes[*rep].name), *rep));
         let Some(target) = target else {
+            if !tried.is_empty() {
+                self.trace(|| format!("n{node} pushes {key} past cell {cell}: none of its representatives answered"));
+            }
             self.push_down_backbone(node, cell, payload, hops, root);
             return;
         };
+        if let Some(last) = tried.last() {
+            self.trace(|| format!("n{node} pushes {key} to n{target} of cell {cell}: n{last} did not answer"));
+        }
         let (msg, bytes) = match &payload {
             Payload::Generations(generations) => {
                 let bytes = generations.iter().map(|g| self.bytes_of(g)).sum();

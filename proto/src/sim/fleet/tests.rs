@@ -105,3 +105,33 @@ fn cells_with_faults_keep_every_invariant() {
         assert!(outcome.figures.revert_everywhere_ms.is_some(), "{}", outcome.summary());
     }
 }
+
+#[test]
+fn a_dead_entry_is_taken_over_by_its_cells_next_representative() {
+    // The entry of a cell the change crosses to crashes just after the change is accepted, not
+    // yet judged dead: the push to it goes unanswered, and TAKEOVER_MS later the cell's next
+    // representative gets it. Backbone anti-entropy alone would take a gossip round (3 s here).
+    let options = Options { gossip_interval_ms: 3000, ..cells(300, 10, 2) };
+    let mut world = World::new(options);
+    world.run_until(SETTLE_MS);
+    let change = Change::with_ops(vec![put(FEATURE_KEY, "\"on\"")]);
+    world.at(0, Event::Submit { node: 0, change: Box::new(change), bad: false });
+    world.run_until(world.now);
+    let id = world.good.clone().expect("the change is sealed");
+    let tree = world.backbone_tree(&id, 0);
+    let child = crate::push::children_at(&tree.order, 0, 3)[0];
+    let entry = world.entry_seen(0, child, &id).expect("the cell has representatives");
+    world.crash(entry);
+    world.run_until(world.now + 1_000);
+    let accepted = world.good_at.expect("the change is accepted");
+    let stored = &world.record.stored[&id];
+    let cell = world.cells.get(child).members.clone();
+    let latest = cell.clone().filter(|x| *x != entry).map(|x| stored.get(&x).map(|(at, _)| at - accepted));
+    let latest: Option<Vec<u64>> = latest.collect();
+    let latest = latest.expect("every live member of the cell stores it within a second").into_iter().max();
+    assert!(latest.is_some_and(|ms| (TAKEOVER_MS..TAKEOVER_MS + 200).contains(&ms)), "{latest:?}");
+    assert!(
+        world.trace.iter().any(|line| line.contains(&format!("of cell {child}: n{entry} did not answer"))),
+        "the takeover is traced"
+    );
+}
