@@ -470,6 +470,9 @@ struct Node {
     pull_until: u64,
     decide_scheduled: bool,
     deadline_token: u64,
+    /// What this node pushed down the backbone (`backbone::World::pass_down`): whether a
+    /// revert, and its key.
+    passed_down: BTreeSet<(bool, GenId)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -759,6 +762,7 @@ impl World {
                 pull_until: 0,
                 decide_scheduled: false,
                 deadline_token: 0,
+                passed_down: BTreeSet::new(),
             })
             .collect();
         let mut world = World {
@@ -1439,6 +1443,7 @@ impl World {
             return;
         }
         state.replica = None;
+        state.passed_down.clear();
         state.incarnation += 1;
         state.down_since = Some(self.now);
         self.down += 1;
@@ -1518,8 +1523,12 @@ impl World {
                 self.ingest(to, from, generations, hops, root_cell);
             }
             Msg::Reverts { reverts, hops, root_cell } => {
+                let pushed_down = root_cell.map(|root| (root, reverts.clone()));
                 let fresh = self.replica(to).fresh_reverts(reverts);
                 if fresh.is_empty() {
+                    if let Some((root, reverts)) = pushed_down {
+                        self.pass_down(to, Payload::Reverts(reverts), hops, root);
+                    }
                     return;
                 }
                 // Forwarded before the store, as the engine does.
@@ -1542,12 +1551,20 @@ impl World {
             return;
         }
         let now = self.clock(node);
+        let pushed_down = root.map(|root| (root, generations.clone()));
         let triage = self.replica_mut(node).triage(generations, now, |_| true);
         if !triage.ahead.is_empty() {
             let ahead = triage.ahead.len();
             self.trace(|| format!("n{node} refuses {ahead} generations stamped ahead"));
         }
         if triage.new.is_empty() {
+            if let Some((root, generations)) = pushed_down {
+                let vv = self.replica(node).log().version_vector();
+                let held: Vec<Generation> = generations.into_iter().filter(|g| vv.covers(g.id())).collect();
+                if !held.is_empty() {
+                    self.pass_down(node, Payload::Generations(held), hops, root);
+                }
+            }
             return;
         }
         // Push on first receipt, however they came (pushed or pulled, as the engine does), to

@@ -93,7 +93,7 @@ impl World {
         }
         let cell = self.cells.of(node);
         if self.entry_seen(node, cell, payload.key()) == Some(node) {
-            self.push_down_backbone(node, cell, payload, hops, cell);
+            self.pass_down(node, payload, hops, cell);
         }
     }
 
@@ -125,7 +125,7 @@ impl World {
     ) {
         let cell = self.cells.of(node);
         if let Some(root) = root {
-            self.push_down_backbone(node, cell, Payload::Generations(new.to_vec()), hops, root);
+            self.pass_down(node, Payload::Generations(new.to_vec()), hops, root);
         } else if !crossed && super::node_index(&new[0].id().origin).is_some_and(|o| self.cells.of(o) == cell) {
             self.leave_cell(node, Payload::Generations(new.to_vec()), hops);
         }
@@ -156,9 +156,20 @@ impl World {
             self.nudge(node);
         }
         match root {
-            Some(root) => self.push_down_backbone(node, cell, Payload::Reverts(fresh.to_vec()), hops, root),
+            Some(root) => self.pass_down(node, Payload::Reverts(fresh.to_vec()), hops, root),
             None if cell == self.cells.of(from) => self.leave_cell(node, Payload::Reverts(fresh.to_vec()), hops),
             None => {}
+        }
+    }
+
+    /// Pushes `payload` down the backbone tree rooted at `root` from `node`'s cell, once per
+    /// node: also when `node` holds it already (a representative that pulled it from another
+    /// cell before its parent's push came still passes that push down).
+    pub(super) fn pass_down(&mut self, node: usize, payload: Payload, hops: u32, root: usize) {
+        let revert = matches!(payload, Payload::Reverts(_));
+        if self.nodes[node].passed_down.insert((revert, payload.key().clone())) {
+            let cell = self.cells.of(node);
+            self.push_down_backbone(node, cell, payload, hops, root);
         }
     }
 

@@ -83,7 +83,10 @@ fn a_change_crosses_every_cell_down_the_backbone_one_push_per_node() {
     assert!(figures.change_messages < 1.2, "messages per node per change: {}", outcome.summary());
     let crossing = 20 * crate::push::depth(10, 3) as u64;
     assert!(figures.good_stored_ms.is_some_and(|ms| ms >= crossing), "two backbone hops: {}", outcome.summary());
-    assert!(figures.revert_everywhere_ms.is_some(), "the revert written in one cell reaches every cell");
+    // The revert goes the same way, keyed by its target: down the backbone, not left to
+    // anti-entropy (a gossip round, 1 s).
+    let (written, everywhere) = (figures.revert_written_ms.unwrap_or(0), figures.revert_everywhere_ms);
+    assert!(everywhere.is_some_and(|ms| ms < written + 200), "the revert crosses every cell: {}", outcome.summary());
 }
 
 #[test]
