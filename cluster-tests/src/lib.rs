@@ -210,7 +210,9 @@ pub struct Node {
     pub api: SocketAddr,
     pub data: PathBuf,
     pub tls: PathBuf,
-    seeds: Vec<SocketAddr>,
+    /// Gossip addresses the node joins through (`--seed`): the first node's, unless a test sets
+    /// others.
+    pub seeds: Vec<SocketAddr>,
     log: PathBuf,
     child: Option<Child>,
     /// `--gossip-interval-ms`; the node's default (1000) when `None`.

@@ -278,6 +278,9 @@ pub struct NodeArgs {
     /// Node name, unique in the cluster.
     #[arg(long)]
     pub name: Option<String>,
+    /// The cell this node gossips in [default: default].
+    #[arg(long)]
+    pub cell: Option<String>,
     /// Gossip address (QUIC over UDP) [default: 127.0.0.1:7400].
     #[arg(long)]
     pub listen: Option<String>,
@@ -544,6 +547,7 @@ fn run_node(args: NodeArgs) -> Result<(), CliError> {
     let labels = args.labels.as_deref().map(parse_labels).transpose().map_err(|e| CliError::Usage(e.to_string()))?;
     let flags = RawConfig {
         name: args.name,
+        cell: args.cell,
         listen: args.listen,
         advertise: args.advertise,
         api: args.api,

@@ -47,7 +47,7 @@ use grapevine_proto::policy::{Policy, PolicyOptions};
 use grapevine_proto::schedule::{FreezeOptions, Freezes};
 use grapevine_proto::signing::PublicKey;
 use grapevine_proto::trust::Trust;
-use grapevine_proto::{NodeName, VersionVector};
+use grapevine_proto::{CellName, NodeName, VersionVector};
 
 use crate::alerts::AlertsConfig;
 use crate::health::HealthConfig;
@@ -91,6 +91,7 @@ const MAX_LABEL_BYTES: usize = 63;
 pub struct RawConfig {
     pub name: Option<String>,
     pub cluster: Option<String>,
+    pub cell: Option<String>,
     pub listen: Option<String>,
     pub advertise: Option<String>,
     pub api: Option<String>,
@@ -161,6 +162,7 @@ impl RawConfig {
         take!(
             name,
             cluster,
+            cell,
             listen,
             advertise,
             api,
@@ -212,6 +214,8 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError>
 pub struct Config {
     pub name: NodeName,
     pub cluster: String,
+    /// The cell this node gossips in (`docs/operations.md`, "Cells"): `default` unless set.
+    pub cell: CellName,
     pub listen: SocketAddr,
     pub advertise: Option<SocketAddr>,
     pub api: SocketAddr,
@@ -306,10 +310,19 @@ impl TryFrom<RawConfig> for Config {
         let auth = crate::auth::Auth::from_section(&raw.auth.unwrap_or_default(), &data)
             .map_err(|error| ConfigError::Section { section: "auth", error })?;
         let cluster = check_cluster(raw.cluster.unwrap_or_else(|| "grapevine".to_owned()))?;
+        let cell = match raw.cell {
+            None => grapevine_proto::cell::default_cell(),
+            Some(cell) => cell.parse().map_err(|_| ConfigError::Invalid {
+                option: "cell",
+                expected: "1 to 32 ASCII letters, digits, '-' or '_'",
+                found: cell,
+            })?,
+        };
         let trust = raw.signing.unwrap_or_default().trust(&cluster)?;
         Ok(Config {
             name,
             cluster,
+            cell,
             trust,
             unproven: raw.unproven_through.map(UnprovenThrough::parse).transpose()?.unwrap_or_default(),
             listen,
@@ -610,6 +623,18 @@ fn check_labels(labels: BTreeMap<String, String>) -> Result<BTreeMap<String, Str
 }
 
 impl Config {
+    /// The id this node's gossip runs under: the cluster's for the default cell (so an existing
+    /// cluster stays one cell of its fleet with no restart), `<cluster>/<cell>` for any other
+    /// (a cluster id has no `/`). chitchat refuses a peer of another id, so a cell's
+    /// membership, failure detection and reports stay inside it, whatever the seeds list.
+    pub fn gossip_cluster_id(&self) -> String {
+        if self.cell.as_str() == grapevine_proto::cell::DEFAULT_CELL {
+            self.cluster.clone()
+        } else {
+            format!("{}/{}", self.cluster, self.cell)
+        }
+    }
+
     /// Milliseconds added to this node's wall clock: always zero outside the test suite.
     pub fn clock_skew_ms(&self) -> i64 {
         #[cfg(feature = "testsuite")]
@@ -643,6 +668,18 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:7400");
         assert_eq!(config.api.to_string(), "127.0.0.1:7401");
         assert_eq!(config.gossip_interval, Duration::from_secs(1));
+        assert_eq!((config.cell.as_str(), config.gossip_cluster_id().as_str()), ("default", "grapevine"));
+    }
+
+    #[test]
+    fn a_cell_gossips_under_its_own_id_and_a_bad_name_is_refused() {
+        let config = Config::try_from(RawConfig { cell: Some("eu-west-1a".into()), ..minimal() }).unwrap();
+        assert_eq!(config.gossip_cluster_id(), "grapevine/eu-west-1a");
+        let named_default = Config::try_from(RawConfig { cell: Some("default".into()), ..minimal() }).unwrap();
+        assert_eq!(named_default.gossip_cluster_id(), "grapevine", "the default cell, named or not, is one cell");
+        let refused =
+            Config::try_from(RawConfig { cell: Some("eu/west".into()), ..minimal() }).unwrap_err().to_string();
+        assert!(refused.contains("option `cell`") && refused.contains("\"eu/west\""), "{refused}");
     }
 
     #[test]

@@ -272,7 +272,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
 
     let gossip_config = GossipConfig {
         name: config.name.clone(),
-        cluster_id: config.cluster.clone(),
+        cluster_id: config.gossip_cluster_id(),
         advertise: gossip_addr,
         seeds: config.seeds.clone(),
         interval: config.gossip_interval,
@@ -410,6 +410,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         transport: transport.clone(),
         name: config.name.clone(),
         cluster: config.cluster.clone(),
+        cell: config.cell.clone(),
         engine: engine.clone(),
         gossip: gossip.clone(),
         metrics,

@@ -38,6 +38,12 @@ pub fn reason(reason: &'static str) -> Reason {
     Reason { reason }
 }
 
+/// A cell, by name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CellLabel {
+    pub cell: String,
+}
+
 /// A generation, for the per-generation gauges (a bounded set: those this node judges or
 /// waits on, refilled at each scrape).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +166,9 @@ metrics! {
     /// Members of the cluster in this node's view, by state (`alive`, `dead`).
     pub members: Family<Reason, Gauge>
         => "members", "Cluster members in this node's view, by state";
+    /// This node's cell (the label); 1 when it is one of the cell's representatives, else 0.
+    pub cell_representative: Family<CellLabel, Gauge>
+        => "cell_representative", "1 when this node is one of its cell's representatives (the label names the cell)";
     /// Generations received with the same id as a stored one but other content.
     pub generation_conflicts: Counter
         => "generation_conflicts", "Generations with a known id but other content";

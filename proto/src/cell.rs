@@ -24,6 +24,15 @@ use sha2::{Digest, Sha256};
 use crate::name::{CellName, GenId, NodeName};
 use crate::push;
 
+/// The cell of a node that names none: a fleet of one cell, and the cell an existing cluster
+/// becomes when cells are added beside it (its gossip keeps the cluster's id).
+pub const DEFAULT_CELL: &str = "default";
+
+/// The cell named [`DEFAULT_CELL`].
+pub fn default_cell() -> CellName {
+    DEFAULT_CELL.parse().expect("the default cell's name is valid")
+}
+
 /// Representatives per cell unless configured: one may die and one may be cut off while a
 /// third still carries the cell's traffic.
 pub const REPRESENTATIVES: usize = 3;

@@ -7,13 +7,15 @@ use axum::response::{IntoResponse, Response};
 
 use crate::clock;
 use crate::engine::short_digest;
-use crate::metrics::{GenerationLabel, VerdictLabel, reason};
+use crate::metrics::{CellLabel, GenerationLabel, VerdictLabel, reason};
 
 use super::{ApiError, ApiResult, ApiState, NoParameters};
 use crate::replies::{
-    ActiveFreeze, Clock, Conflicts, FileStatus, Freeze, HealthSource, MemberStatus, Namesake, Readiness, Signing,
-    Status,
+    ActiveFreeze, CellStatus, Clock, Conflicts, FileStatus, Freeze, HealthSource, MemberStatus, Namesake, Readiness,
+    Signing, Status,
 };
+use grapevine_proto::cell::REPRESENTATIVES;
+use grapevine_proto::{CellName, NodeName};
 
 /// `GET /readyz`: 200 once the node has caught up with its live peers' logs and applied
 /// every generation whose wave is open for it; 503 with what it still waits for.
@@ -60,6 +62,9 @@ pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
     let alive = members.iter().filter(|m| m.alive).count();
     state.metrics.members.get_or_create(&reason("alive")).set(alive as i64);
     state.metrics.members.get_or_create(&reason("dead")).set((members.len() - alive) as i64);
+    let representative = representatives(&state.cell, &members).contains(&state.name.to_string());
+    let cell = CellLabel { cell: state.cell.to_string() };
+    state.metrics.cell_representative.get_or_create(&cell).set(i64::from(representative));
     // How far behind the most advanced live peer this node's log is, in generations.
     let ours = state.engine.view().settled.clone();
     let behind = state
@@ -106,9 +111,11 @@ pub(super) async fn status(State(state): State<ApiState>, _: Query<NoParameters>
     let health = state.health.sources().into_iter();
     let files = state.files.statuses().into_iter();
     let trust = &state.trust;
+    let cell = CellStatus { name: state.cell.to_string(), representatives: representatives(&state.cell, &members) };
     Ok(Json(Status {
         node: state.name.to_string(),
         cluster: state.cluster.clone(),
+        cell,
         generations: view.generations,
         compacted: view.compacted,
         reverted: view.reverted.len(),
@@ -142,6 +149,15 @@ pub(super) async fn status(State(state): State<ApiState>, _: Query<NoParameters>
 }
 
 /// Every member in this node's gossip view, with when this node last heard from it directly.
+/// The representatives of `cell` among the `members` alive, by name.
+fn representatives(cell: &CellName, members: &[MemberStatus]) -> Vec<String> {
+    let alive = members.iter().filter(|m| m.alive).filter_map(|m| m.name.parse::<NodeName>().ok());
+    grapevine_proto::cell::representatives(cell, alive.map(|name| (name.clone(), name)), REPRESENTATIVES)
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
 async fn members(state: &ApiState) -> Vec<MemberStatus> {
     let heard = state.gossip.last_heard();
     let members = state.gossip.members().await.into_iter();

@@ -155,6 +155,8 @@ impl std::ops::Deref for ApiState {
 pub struct ApiParts {
     pub name: NodeName,
     pub cluster: String,
+    /// This node's cell.
+    pub cell: grapevine_proto::CellName,
     pub engine: EngineHandle,
     pub gossip: Arc<Gossip>,
     pub metrics: Arc<Metrics>,

@@ -22,6 +22,7 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
         status.applied.as_deref().unwrap_or("-"),
         status.state_digest,
     );
+    print_cell(status);
     if let Some(reason) = &status.recovering {
         println!("RECOVERING from peers, serving no reads and taking no changes: {reason}");
     }
@@ -47,6 +48,16 @@ pub async fn status(client: &Client) -> Result<(), CliError> {
     }
     print_members(status);
     Ok(())
+}
+
+/// The node's cell and its representatives (none shown by a node of a version before cells).
+fn print_cell(status: &Status) {
+    let cell = &status.cell;
+    if cell.name.is_empty() {
+        return;
+    }
+    let one = if cell.representatives.contains(&status.node) { " (this node is one)" } else { "" };
+    println!("cell {}: representatives {}{one}", cell.name, cell.representatives.join(", "));
 }
 
 /// Whether changes are signed, the approval rules, and the members that trust other roots.

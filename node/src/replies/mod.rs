@@ -43,8 +43,8 @@ pub use proposal::{
 pub use read::{ConfigValue, FlagEvaluation, KeyEntry, KeySide, Keys, Whoami};
 pub use rollout::{Hold, Rollback, Rollout, Rollouts, Wave, WaveMember};
 pub use status::{
-    ActiveFreeze, Clock, Conflicts, FileStatus, Freeze, HealthSource, MemberStatus, Namesake, Readiness, Signing,
-    Status,
+    ActiveFreeze, CellStatus, Clock, Conflicts, FileStatus, Freeze, HealthSource, MemberStatus, Namesake, Readiness,
+    Signing, Status,
 };
 
 /// What every refused or failed request answers: `{"error": "..."}`.

@@ -25,6 +25,9 @@ pub struct Readiness {
 pub struct Status {
     pub node: String,
     pub cluster: String,
+    /// The node's cell and its representatives (a node of a version before cells sends none).
+    #[serde(default)]
+    pub cell: CellStatus,
     /// Generations held whole.
     pub generations: usize,
     /// Generations the snapshot covers.
@@ -54,6 +57,15 @@ impl Status {
     pub fn alive(&self) -> impl Iterator<Item = &str> {
         self.members.iter().filter(|member| member.alive).map(|member| member.name.as_str())
     }
+}
+
+/// A node's cell (`docs/operations.md`, "Cells").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellStatus {
+    pub name: String,
+    /// Its representatives as this node sees them: the first live members in the cell's
+    /// rendezvous order (`proto::cell::representatives`).
+    pub representatives: Vec<String>,
 }
 
 /// This node's clock against its live peers'.
