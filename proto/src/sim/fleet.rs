@@ -1785,13 +1785,32 @@ impl World {
         }
         let skewed = self.nodes.iter().filter(|node| node.skew_ms != 0).count();
         self.faults.push(format!("{skewed} clocks skewed up to 400 ms"));
+        let cells = self.cells.len();
+        if cells > 1 {
+            // A cell whose clocks are all off by the same amount (NTP wrong for a whole zone).
+            let cell = self.random.below(cells);
+            let skew = self.random.below(801) as i64 - 400;
+            for x in self.cells.get(cell).members.clone() {
+                self.nodes[x].skew_ms = skew;
+            }
+            self.faults.push(format!("cell {cell}'s clocks all {skew} ms off"));
+        }
         let slow = self.random.below(n);
         self.nodes[slow].extra_disk_ms = 50;
         self.faults.push(format!("n{slow}'s disk 50 ms slower"));
         let mut quiet = bad_at;
         // A partition from just before the bad change, for 3 to 15 s.
         let share = 20 + self.random.below(31);
-        let side: Vec<bool> = (0..n).map(|_| self.random.below(100) < share).collect();
+        // With cells, half the time the cut falls between whole cells: a cell (or several) cut
+        // off from the backbone, or the backbone split in two.
+        let by_cells = cells > 1 && self.random.below(2) == 0;
+        let side: Vec<bool> = if by_cells {
+            let apart: Vec<bool> = (0..cells).map(|_| self.random.below(100) < share).collect();
+            (0..n).map(|x| apart[self.cells.of(x)]).collect()
+        } else {
+            (0..n).map(|_| self.random.below(100) < share).collect()
+        };
+        let of = if by_cells { "cells" } else { "nodes" };
         let mode = if self.random.below(5) == 0 { Mode::OneWay } else { Mode::Full };
         // (In a spread run the bad change follows the idle window at once: the cut starts with
         // it.)
@@ -1800,7 +1819,7 @@ impl World {
         let flapping = self.random.below(4) == 0;
         let partition = Partition { side, mode, since: start, healed_at: 0 };
         if flapping {
-            self.faults.push(format!("a link flapping {mode:?} between {share}% of the nodes and the rest"));
+            self.faults.push(format!("a link flapping {mode:?} between {share}% of the {of} and the rest"));
             let mut at = start;
             for _ in 0..3 {
                 self.at(at - self.now, Event::Cut(Partition { since: at, ..partition.clone() }));
@@ -1809,7 +1828,7 @@ impl World {
             }
             quiet = quiet.max(at);
         } else {
-            self.faults.push(format!("partition {mode:?} of {share}% of the nodes for {length} ms"));
+            self.faults.push(format!("partition {mode:?} of {share}% of the {of} for {length} ms"));
             self.at(start - self.now, Event::Cut(partition));
             self.at(start + length - self.now, Event::Heal);
             quiet = quiet.max(start + length);
@@ -1821,7 +1840,22 @@ impl World {
         self.faults.push(format!("n{victim} crashes for {down} ms"));
         self.at(crash_at - self.now, Event::Crash(victim));
         self.at(crash_at + down - self.now, Event::Restart(victim));
-        self.quiet_from = quiet.max(crash_at + down);
+        quiet = quiet.max(crash_at + down);
+        if cells > 1 {
+            // Every representative of one cell crashes at once (the victim above aside).
+            let cell = self.random.below(cells);
+            let at = bad_at + self.random.below(3_001) as u64;
+            let down = 2_000 + self.random.below(6_001) as u64;
+            let reps = self.cells.get(cell).rendezvous.iter().take(self.options.representatives);
+            let reps: Vec<usize> = reps.copied().filter(|x| *x != victim).collect();
+            self.faults.push(format!("cell {cell}'s representatives {reps:?} crash for {down} ms"));
+            for rep in reps {
+                self.at(at - self.now, Event::Crash(rep));
+                self.at(at + down - self.now, Event::Restart(rep));
+            }
+            quiet = quiet.max(at + down);
+        }
+        self.quiet_from = quiet;
     }
 
     fn finish(self) -> Outcome {
