@@ -24,6 +24,11 @@
 //!   reports the generation that wrote it anomalous `detect_ms` after applying it, any other
 //!   generation healthy. A report ages from when it was published (the node ages it from when
 //!   it first saw it: the difference is the gossip delay).
+//! - **Cells** (`Options::cells`, more than one): gossip, failure detection and reports stay in
+//!   a node's cell (`cells.rs`: contiguous blocks of nodes; `views.rs`: a table per cell), and
+//!   generations and reverts cross cells through each cell's representatives down a backbone
+//!   tree, with takeover and anti-entropy between representatives (`backbone.rs`, D90). One
+//!   cell is the flat fleet, draw for draw.
 //!
 //! A run (`run`): the fleet settles, idles (`IDLE_WINDOW_MS`, measured), takes a good change
 //! rolled out through its waves (when `Options::waves`), then a bad one (`app = "bad"`, in
