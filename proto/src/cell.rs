@@ -19,8 +19,6 @@
 //! The hashes are SHA-256, never the standard library's hasher, so that nodes built by
 //! different compiler versions agree.
 
-use sha2::{Digest, Sha256};
-
 use crate::name::{CellName, GenId, NodeName};
 use crate::push;
 
@@ -40,7 +38,7 @@ pub const REPRESENTATIVES: usize = 3;
 /// Where `member` stands among `cell`'s candidates for representative: the first 8 bytes of
 /// SHA-256 over the cell's name, a zero byte and the member's name.
 pub fn rendezvous_rank(cell: &CellName, member: &NodeName) -> [u8; 8] {
-    first_eight(Sha256::new().chain_update(cell.as_str()).chain_update([0]).chain_update(member.as_str()))
+    push::hash_rank(&[cell.as_str().as_bytes(), &[0], member.as_str().as_bytes()])
 }
 
 /// The items of `members` (a member's name and what stands for it) in `cell`'s rendezvous
@@ -72,7 +70,7 @@ pub fn entry<'a>(key: &GenId, representatives: impl IntoIterator<Item = &'a Node
 /// 8 bytes of SHA-256 over the id, a byte 1 (a cell's rank never equals a member's, whose byte
 /// is 0) and the cell's name.
 pub fn backbone_rank(key: &GenId, cell: &CellName) -> [u8; 8] {
-    first_eight(Sha256::new().chain_update(key.to_string()).chain_update([1]).chain_update(cell.as_str()))
+    push::hash_rank(&[key.to_string().as_bytes(), &[1], cell.as_str().as_bytes()])
 }
 
 /// The items of `cells` (a cell's name and what stands for it) in `key`'s backbone tree order:
@@ -84,13 +82,6 @@ pub fn backbone_order<T>(key: &GenId, root: &CellName, cells: impl IntoIterator<
     keyed.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
     keyed.dedup_by(|a, b| a.2 == b.2);
     keyed.into_iter().map(|(_, _, _, item)| item).collect()
-}
-
-fn first_eight(hasher: Sha256) -> [u8; 8] {
-    let digest = hasher.finalize();
-    let mut rank = [0; 8];
-    rank.copy_from_slice(&digest[..8]);
-    rank
 }
 
 #[cfg(test)]

@@ -83,8 +83,13 @@ pub fn tree_order_rooted<T>(
 /// Where `member` stands in `generation`'s tree among the members other than the origin: the
 /// first 8 bytes of SHA-256 over the generation's id, a zero byte and the member's name.
 pub fn rank(generation: &GenId, member: &NodeName) -> [u8; 8] {
-    let id = generation.to_string();
-    let digest = Sha256::new().chain_update(id).chain_update([0]).chain_update(member.as_str()).finalize();
+    hash_rank(&[generation.to_string().as_bytes(), &[0], member.as_str().as_bytes()])
+}
+
+/// The first 8 bytes of SHA-256 over `parts`, in order: the rank of a member in a push tree,
+/// and of a member or a cell in `proto::cell`'s orders.
+pub(crate) fn hash_rank(parts: &[&[u8]]) -> [u8; 8] {
+    let digest = parts.iter().fold(Sha256::new(), |hasher, part| hasher.chain_update(part)).finalize();
     let mut rank = [0; 8];
     rank.copy_from_slice(&digest[..8]);
     rank
