@@ -6,7 +6,8 @@
 //! for a 1 MiB config value to reach 10 nodes. All nodes in this process, on loopback.
 //!
 //! Run: `cargo bench -p grapevine-cluster-tests --bench spread`
-//! (`GRAPEVINE_BENCH_SIZES=5,20,50`, `GRAPEVINE_BENCH_RUNS=10`, `GRAPEVINE_BENCH_INTERVAL_MS=1000`).
+//! (`GRAPEVINE_BENCH_SIZES=5,20,50`, `GRAPEVINE_BENCH_RUNS=10`, `GRAPEVINE_BENCH_INTERVAL_MS=1000`,
+//! `GRAPEVINE_BENCH_CELLS=100/5`: the idle cost of that many nodes flat, then in that many cells).
 //! Prints p50 and p99 and their ratio; asserts nothing about speed.
 
 use std::collections::BTreeSet;
@@ -60,7 +61,16 @@ struct Spread {
 
 impl Grapevine {
     async fn start(count: usize, interval_ms: u64) -> Result<Grapevine> {
-        let cluster = InProcessCluster::start(count, |_, _, raw| {
+        Grapevine::start_in_cells(count, 1, interval_ms).await
+    }
+
+    /// `count` nodes in `cells` cells of contiguous indices (`c0`, `c1`, ...; one cell: the
+    /// default cell).
+    async fn start_in_cells(count: usize, cells: usize, interval_ms: u64) -> Result<Grapevine> {
+        let cluster = InProcessCluster::start(count, |index, _, raw| {
+            if cells > 1 {
+                raw.cell = Some(format!("c{}", index * cells / count));
+            }
             raw.gossip_interval_ms = Some(interval_ms);
             raw.rollout = Some(PolicyOptions { waves: Some("100%".into()), ..PolicyOptions::default() }.into());
         })
@@ -364,13 +374,14 @@ fn print_where_the_time_goes(count: usize, spreads: &[Spread]) {
     );
 }
 
-/// Idle cost per node at `count` nodes: gossip payload bytes/s sent, % of a core, and resident
-/// memory (the process's growth over the cluster's start, divided by the nodes: an in-process
-/// approximation); then the same CPU for chitchat's own UDP transport at the same size and
-/// interval, which sends the same chitchat messages (its loop is the same code).
-async fn idle(count: usize, interval_ms: u64, window: Duration) -> Result<f64> {
+/// Idle cost per node at `count` nodes in `cells` cells: gossip payload bytes/s sent, % of a
+/// core, and resident memory (the process's growth over the cluster's start, divided by the
+/// nodes: an in-process approximation); then the same CPU for chitchat's own UDP transport at
+/// the same size (in one cluster) and interval, which sends the same chitchat messages (its
+/// loop is the same code).
+async fn idle(count: usize, cells: usize, interval_ms: u64, window: Duration) -> Result<f64> {
     let rss_before = process_rss_kib();
-    let cluster = Grapevine::start(count, interval_ms).await?;
+    let cluster = Grapevine::start_in_cells(count, cells, interval_ms).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let bytes_before: u64 = cluster.cluster.nodes.iter().map(gossip_bytes).sum();
     let cpu_before = grapevine_cluster_tests::process_cpu_seconds();
@@ -389,13 +400,14 @@ async fn idle(count: usize, interval_ms: u64, window: Duration) -> Result<f64> {
     let udp_cpu =
         (grapevine_cluster_tests::process_cpu_seconds() - cpu_before) / window.as_secs_f64() / count as f64 * 100.0;
     chitchats.stop().await;
+    let nodes = if cells > 1 { format!("{count} nodes in {cells} cells") } else { format!("{count} nodes") };
     println!(
-        "idle, {count} nodes, gossip interval {interval_ms} ms, {}-second window: {:.0} gossip payload bytes/s sent per node, {cpu:.2}% of a core per node, {rss_mib:.1} MiB per node; chitchat UDP {udp_cpu:.2}% of a core per node",
+        "idle, {nodes}, gossip interval {interval_ms} ms, {}-second window: {:.0} gossip payload bytes/s sent per node, {cpu:.2}% of a core per node, {rss_mib:.1} MiB per node; chitchat UDP ({count} in one cluster) {udp_cpu:.2}% of a core per node",
         window.as_secs(),
         per_node
     );
     suite_row(
-        &format!("idle per node, {count} nodes"),
+        &format!("idle per node, {nodes}"),
         &format!("{per_node:.0} B/s, {cpu:.2}% core, {rss_mib:.1} MiB"),
         &format!("chitchat UDP {udp_cpu:.2}% core"),
         // Under one clock tick (10 ms) in the window, chitchat's CPU reads as 0: no ratio then.
@@ -460,7 +472,7 @@ async fn main() -> Result<()> {
     let window = Duration::from_secs(env_or("GRAPEVINE_BENCH_IDLE_SECONDS", if quick { 3 } else { 10 }));
     let mut per_node = Vec::new();
     for &count in &sizes {
-        per_node.push(idle(count, interval_ms, window).await?);
+        per_node.push(idle(count, 1, interval_ms, window).await?);
     }
     if sizes.len() >= 2 {
         let xs: Vec<f64> = sizes.iter().map(|&n| n as f64).collect();
@@ -473,6 +485,14 @@ async fn main() -> Result<()> {
             "linear fit",
         );
     }
+    // The same nodes in cells, beside the flat cluster (`GRAPEVINE_BENCH_CELLS=NODES/CELLS`):
+    // a node gossips with its cell only, so its idle cost is its cell's.
+    let (count, cells) = std::env::var("GRAPEVINE_BENCH_CELLS")
+        .ok()
+        .and_then(|v| v.split_once('/').and_then(|(n, c)| Some((n.parse().ok()?, c.parse().ok()?))))
+        .unwrap_or(if quick { (6, 2) } else { (100, 5) });
+    idle(count, 1, interval_ms, window).await?;
+    idle(count, cells, interval_ms, window).await?;
     large_value(if quick { 3 } else { 10 }, interval_ms).await?;
     Ok(())
 }

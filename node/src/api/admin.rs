@@ -148,7 +148,6 @@ pub(super) async fn status(State(state): State<ApiState>, _: Query<NoParameters>
     }))
 }
 
-/// Every member in this node's gossip view, with when this node last heard from it directly.
 /// The representatives of `cell` among the `members` alive, by name.
 fn representatives(cell: &CellName, members: &[MemberStatus]) -> Vec<String> {
     let alive = members.iter().filter(|m| m.alive).filter_map(|m| m.name.parse::<NodeName>().ok());
@@ -158,6 +157,7 @@ fn representatives(cell: &CellName, members: &[MemberStatus]) -> Vec<String> {
         .collect()
 }
 
+/// Every member in this node's gossip view, with when this node last heard from it directly.
 async fn members(state: &ApiState) -> Vec<MemberStatus> {
     let heard = state.gossip.last_heard();
     let members = state.gossip.members().await.into_iter();
