@@ -204,38 +204,17 @@ fn sim(args: &[String]) -> ExitCode {
         eprintln!("--nodes: expected at least 2, got {nodes}\n{SIM_USAGE}");
         return ExitCode::from(2);
     }
-    let cells = match (cells, cell_size) {
-        (Some(_), Some(_)) => Err("--cells and --cell-size: expected one of them, got both".to_owned()),
-        (Some(count), None) if count == 0 || count > nodes => {
-            Err(format!("--cells: expected 1 to {nodes} (the nodes), got {count}"))
-        }
-        (Some(count), None) => Ok(count),
-        (None, Some(0)) => Err("--cell-size: expected at least 1, got 0".to_owned()),
-        (None, Some(size)) => Ok(nodes.div_ceil(size)),
-        (None, None) => Ok(1),
+    if quick {
+        // CI: a hundred fleets of 50, every fault drawn.
+        (seeds.count, nodes) = (Some(100), 50);
     }
-    .and_then(|cells| match nodes.div_ceil(cells) {
-        size if size > fleet::MAX_CELL_NODES => Err(format!(
-            "a cell of at most {} nodes: {nodes} nodes in {cells} cells make cells of {size} (use --cells or --cell-size)",
-            fleet::MAX_CELL_NODES
-        )),
-        _ if cells > 1 && waves => {
-            Err("--cells needs --spread: waves do not yet move cell by cell (a wave's gate reads reports inside one cell)".to_owned())
-        }
-        _ if representatives == 0 => Err("--representatives: expected at least 1, got 0".to_owned()),
-        _ => Ok(cells),
-    });
-    let cells = match cells {
+    let cells = match sim_cells(nodes, cells, cell_size, waves, representatives) {
         Ok(cells) => cells,
         Err(error) => {
             eprintln!("{error}\n{SIM_USAGE}");
             return ExitCode::from(2);
         }
     };
-    if quick {
-        // CI: a hundred fleets of 50, every fault drawn.
-        (seeds.count, nodes) = (Some(100), 50);
-    }
     let seeds = seeds.resolve([]);
     let one = seeds.len() == 1;
     eprintln!(
@@ -284,6 +263,43 @@ fn sim(args: &[String]) -> ExitCode {
         if failed.is_empty() { String::new() } else { format!(": seeds {failed:?}") }
     );
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The cells a `sim` run splits its `nodes` into, from `--cells` or `--cell-size`, or why not.
+fn sim_cells(
+    nodes: usize,
+    cells: Option<usize>,
+    cell_size: Option<usize>,
+    waves: bool,
+    representatives: usize,
+) -> Result<usize, String> {
+    let cells = match (cells, cell_size) {
+        (Some(_), Some(_)) => return Err("--cells and --cell-size: expected one of them, got both".to_owned()),
+        (Some(count), None) if count == 0 || count > nodes => {
+            return Err(format!("--cells: expected 1 to {nodes} (the nodes), got {count}"));
+        }
+        (Some(count), None) => count,
+        (None, Some(0)) => return Err("--cell-size: expected at least 1, got 0".to_owned()),
+        (None, Some(size)) => nodes.div_ceil(size),
+        (None, None) => 1,
+    };
+    let size = nodes.div_ceil(cells);
+    let most = grapevine_proto::sim::fleet::MAX_CELL_NODES;
+    if size > most {
+        return Err(format!(
+            "a cell of at most {most} nodes: {nodes} nodes in {cells} cells make cells of {size} (use --cells or --cell-size)"
+        ));
+    }
+    if cells > 1 && waves {
+        return Err(
+            "--cells needs --spread: waves do not yet move cell by cell (a wave's gate reads reports inside one cell)"
+                .to_owned(),
+        );
+    }
+    if representatives == 0 {
+        return Err("--representatives: expected at least 1, got 0".to_owned());
+    }
+    Ok(cells)
 }
 
 const CHAOS_USAGE: &str = "usage: grapevine-cluster-tests chaos [--quick] [--seeds N] [--first S] [--seed S]... \

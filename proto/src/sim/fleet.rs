@@ -1580,9 +1580,9 @@ impl World {
         if crossed {
             // Into the cell: the tree's root may be another representative (views differ, or
             // it was taken over), so its children are pushed to as well.
-            let root = self.cell_tree(node, triage.new[0].id()).order[0];
-            if root != node {
-                for child in self.tree_children(node, root, &triage.new, Some(from)) {
+            let tree_root = self.cell_tree(node, triage.new[0].id()).order[0];
+            if tree_root != node {
+                for child in self.tree_children(node, tree_root, &triage.new, Some(from)) {
                     if !peers.contains(&child) {
                         peers.push(child);
                     }

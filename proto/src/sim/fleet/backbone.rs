@@ -60,7 +60,11 @@ impl World {
     /// The representative of `cell` that `key` enters and leaves it through, as `viewer` sees
     /// it.
     pub(super) fn entry_seen(&self, viewer: usize, cell: usize, key: &GenId) -> Option<usize> {
-        let reps = self.representatives_seen(viewer, cell);
+        self.entry_among(key, self.representatives_seen(viewer, cell))
+    }
+
+    /// Of the representatives `reps`, the one `key` enters their cell through (`cell::entry`).
+    fn entry_among(&self, key: &GenId, reps: Vec<usize>) -> Option<usize> {
         let names: Vec<_> = reps.iter().map(|x| self.nodes[*x].name.clone()).collect();
         let entry = crate::cell::entry(key, &names)?;
         reps.into_iter().find(|x| self.nodes[*x].name == *entry)
@@ -198,8 +202,7 @@ impl World {
         let key = payload.key().clone();
         let mut reps = self.representatives_seen(node, cell);
         reps.retain(|rep| !tried.contains(rep));
-        let target = reps.iter().copied().min_by_key(|rep| (crate::push::rank(&key, &self.nodes[*rep].name), *rep));
-        let Some(target) = target else {
+        let Some(target) = self.entry_among(&key, reps) else {
             if !tried.is_empty() {
                 self.trace(|| format!("n{node} pushes {key} past cell {cell}: none of its representatives answered"));
             }
